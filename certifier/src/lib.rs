@@ -1,0 +1,1 @@
+//! tashkent-certifier: GSI certification and the global commit order.

@@ -1,0 +1,2 @@
+//! tashkent: replica proxy, local-cluster orchestration and the CLI.
+pub mod pg;

@@ -1,0 +1,1 @@
+//! tashkent-tpcb: AllUpdates and TPC-B drivers and their reports.

@@ -1,0 +1,1 @@
+//! tashkent-wal: the certifier's write-ahead log (see issue "wal/").
