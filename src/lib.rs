@@ -1,2 +1,10 @@
-//! tashkent: replica proxy, local-cluster orchestration and the CLI.
+//! tashkent: replication middleware that turns N unmodified PostgreSQL
+//! servers into one update-anywhere database, with durability owned by the
+//! middleware (Tashkent-MW). This crate holds the replica proxy, the
+//! local-cluster orchestration and the CLI; the log lives in `tashkent-wal`,
+//! certification in `tashkent-certifier`, workload drivers in `tashkent-tpcb`.
+
+pub mod error;
 pub mod pg;
+
+pub use error::{Error, Result};

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The whole test suite, against real PostgreSQL servers it starts itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo test --workspace
