@@ -1,0 +1,104 @@
+//! State shared between the `Wal` handles, the writer thread and readers.
+//!
+//! Lock discipline: `state` is held only for short, non-blocking sections
+//! (queueing an op, taking the queue, publishing the durable LSN to
+//! waiters); no I/O ever happens under it, so `submit` never waits for the
+//! disk. `segments` is written only by the writer thread.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+use tokio::sync::oneshot;
+
+use crate::segment::SegmentInfo;
+use crate::{Lsn, WalError, WalOptions};
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, WalError>>;
+
+/// Work for the writer thread, executed strictly in queue order.
+pub(crate) enum Op {
+    Append {
+        lsn: Lsn,
+        payload: Bytes,
+        reply: Reply<Lsn>,
+    },
+    Truncate {
+        lsn: Lsn,
+        reply: Reply<()>,
+    },
+    Purge {
+        lsn: Lsn,
+        reply: Reply<()>,
+    },
+}
+
+pub(crate) struct State {
+    /// LSN the next `submit` assigns.
+    pub next_lsn: Lsn,
+    pub queue: Vec<Op>,
+    /// No new ops are accepted; the writer drains the queue and exits.
+    pub closed: bool,
+    /// Set on the first failed write/fsync; never cleared.
+    pub poisoned: Option<std::sync::Arc<WalError>>,
+    /// `wait_durable` callers, resolved when the durable LSN passes them.
+    pub waiters: Vec<(Lsn, Reply<()>)>,
+    /// Highest LSN ever passed to `purge_below` (or the first LSN at open):
+    /// `truncate_after` may not cut below it, so a queued purge and a
+    /// truncate can never both apply to the same segment.
+    pub purge_floor: Lsn,
+}
+
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub opts: WalOptions,
+    pub state: Mutex<State>,
+    /// Wakes the writer when the queue becomes non-empty or on close.
+    pub wake: Condvar,
+    pub written: AtomicU64,
+    pub durable: AtomicU64,
+    pub last: AtomicU64,
+    pub first: AtomicU64,
+    /// All segments, oldest first; the last is the one being appended to.
+    pub segments: RwLock<Vec<SegmentInfo>>,
+    pub stats: Counters,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub appends: AtomicU64,
+    pub groups: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl Shared {
+    pub fn poison_error(&self, cause: &std::sync::Arc<WalError>) -> WalError {
+        WalError::Poisoned {
+            cause: cause.clone(),
+        }
+    }
+
+    /// Publishes a new durable LSN and wakes the `wait_durable` callers it
+    /// satisfies. The store happens under `state` so a waiter registering
+    /// concurrently either sees the new value or is woken here.
+    pub fn publish_durable(&self, lsn: Lsn) {
+        let ready: Vec<Reply<()>> = {
+            let mut st = self.state.lock();
+            self.durable.store(lsn, Ordering::Release);
+            let mut ready = Vec::new();
+            let mut i = 0;
+            while i < st.waiters.len() {
+                if st.waiters[i].0 <= lsn {
+                    ready.push(st.waiters.swap_remove(i).1);
+                } else {
+                    i += 1;
+                }
+            }
+            ready
+        };
+        for r in ready {
+            let _ = r.send(Ok(()));
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The writer thread: drains the queue, writes each group of appends with
+//! one write and ONE `fdatasync` (via the backend), then acknowledges
+//! everyone in the group. While it is busy with a group's I/O, new
+//! submissions pile up in the queue and form the next group, so the group
+//! size adapts to the load by itself (classic group commit).
+//!
+//! It also runs `truncate_after` and `purge_below` in queue order, so they
+//! see exactly the appends submitted before them. Any failed write, fsync or
+//! segment operation poisons the log: the failing group gets the error,
+//! everything queued or submitted later gets `WalError::Poisoned`, and no
+//! acknowledgement is ever sent again (retrying an fsync can lie).
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::backend::IoBackend;
+use crate::error::IoContext;
+use crate::format::{self, SEGMENT_HEADER_LEN};
+use crate::segment::{self, ActiveSegment, SegmentInfo};
+use crate::shared::{Op, Reply, Shared};
+use crate::{fault, Lsn, WalError};
+
+/// Groups larger than this are split (bounds the copy buffer; a single
+/// larger record still goes in a group of its own).
+const MAX_GROUP_BYTES: usize = 16 << 20;
+/// The group buffer is shrunk back to this after a huge record.
+const KEEP_BUF_BYTES: usize = 4 << 20;
+
+struct Pending {
+    lsn: Lsn,
+    payload: Bytes,
+    reply: Option<Reply<Lsn>>,
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    backend: Box<dyn IoBackend>,
+    active: ActiveSegment,
+    /// Frames of the group being written (reused across groups).
+    buf: Vec<u8>,
+    /// Swapped with the shared queue so both allocations are reused.
+    spare: Vec<Op>,
+    /// Holds the directory lock for as long as the writer runs.
+    _lock: File,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        backend: Box<dyn IoBackend>,
+        active: ActiveSegment,
+        lock: File,
+    ) -> Writer {
+        Writer {
+            shared,
+            backend,
+            active,
+            buf: Vec::new(),
+            spare: Vec::new(),
+            _lock: lock,
+        }
+    }
+
+    /// Runs until the log is closed and the queue is empty. Returns the
+    /// poison cause if the log failed.
+    pub(crate) fn run(mut self) -> Result<(), WalError> {
+        loop {
+            {
+                let mut st = self.shared.state.lock();
+                while st.queue.is_empty() && !st.closed {
+                    self.shared.wake.wait(&mut st);
+                }
+                if st.queue.is_empty() {
+                    break;
+                }
+                std::mem::swap(&mut st.queue, &mut self.spare);
+            }
+            let mut ops = std::mem::take(&mut self.spare);
+            self.process(&mut ops);
+            self.spare = ops;
+        }
+        match &self.shared.state.lock().poisoned {
+            Some(cause) => Err(self.shared.poison_error(cause)),
+            None => Ok(()),
+        }
+    }
+
+    fn process(&mut self, ops: &mut Vec<Op>) {
+        let max_records = self.shared.opts.max_group_records.max(1);
+        let mut group: Vec<Pending> = Vec::new();
+        let mut group_bytes = 0usize;
+        for op in ops.drain(..) {
+            match op {
+                Op::Append {
+                    lsn,
+                    payload,
+                    reply,
+                } => {
+                    let flen = format::frame_len(payload.len());
+                    if !group.is_empty()
+                        && (group.len() >= max_records || group_bytes + flen > MAX_GROUP_BYTES)
+                    {
+                        self.commit_group(&mut group);
+                        group_bytes = 0;
+                    }
+                    group_bytes += flen;
+                    group.push(Pending {
+                        lsn,
+                        payload,
+                        reply: Some(reply),
+                    });
+                }
+                Op::Truncate { lsn, reply } => {
+                    self.commit_group(&mut group);
+                    group_bytes = 0;
+                    let r = self.guarded(|w| w.truncate(lsn), true);
+                    let _ = reply.send(r);
+                }
+                Op::Purge { lsn, reply } => {
+                    self.commit_group(&mut group);
+                    group_bytes = 0;
+                    // A failed purge leaves a consistent log (some old
+                    // segments deleted), so it does not poison.
+                    let r = self.guarded(|w| w.purge(lsn), false);
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        self.commit_group(&mut group);
+    }
+
+    /// Runs a non-append op unless the log is poisoned; poisons on failure
+    /// if `fatal`.
+    fn guarded(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<(), WalError>,
+        fatal: bool,
+    ) -> Result<(), WalError> {
+        if let Some(cause) = self.shared.state.lock().poisoned.clone() {
+            return Err(self.shared.poison_error(&cause));
+        }
+        let r = f(self);
+        if let (Err(e), true) = (&r, fatal) {
+            self.poison(e.clone());
+        }
+        r
+    }
+
+    /// Writes `group` (possibly across a segment roll), one fdatasync per
+    /// segment touched, and acknowledges it. Empties `group`.
+    fn commit_group(&mut self, group: &mut Vec<Pending>) {
+        if group.is_empty() {
+            return;
+        }
+        if let Some(cause) = self.shared.state.lock().poisoned.clone() {
+            let err = self.shared.poison_error(&cause);
+            for p in group.drain(..) {
+                if let Some(r) = p.reply {
+                    let _ = r.send(Err(err.clone()));
+                }
+            }
+            return;
+        }
+        if let Err(e) = self.write_group(group) {
+            // Entries still holding their reply were not acknowledged.
+            for p in group.iter_mut() {
+                if let Some(r) = p.reply.take() {
+                    let _ = r.send(Err(e.clone()));
+                }
+            }
+            self.poison(e);
+        }
+        group.clear();
+        if self.buf.capacity() > KEEP_BUF_BYTES {
+            self.buf = Vec::new();
+        }
+    }
+
+    fn write_group(&mut self, group: &mut [Pending]) -> Result<(), WalError> {
+        self.buf.clear();
+        // Every frame of this write records what was durable before it.
+        let mut synced = self.shared.durable.load(Ordering::Acquire);
+        let mut start = 0;
+        for i in 0..group.len() {
+            let flen = format::frame_len(group[i].payload.len()) as u64;
+            if self.active.write_pos + self.buf.len() as u64 + flen > self.active.capacity {
+                if i > start {
+                    self.flush(&mut group[start..i])?;
+                    start = i;
+                    synced = self.shared.durable.load(Ordering::Acquire);
+                }
+                self.roll(group[i].lsn, flen)?;
+            }
+            format::append_frame(&mut self.buf, group[i].lsn, synced, &group[i].payload);
+        }
+        self.flush(&mut group[start..])
+    }
+
+    /// Writes and syncs `self.buf` (the frames of `entries`), publishes the
+    /// new positions and acknowledges `entries`.
+    fn flush(&mut self, entries: &mut [Pending]) -> Result<(), WalError> {
+        let Some(last) = entries.last().map(|p| p.lsn) else {
+            return Ok(());
+        };
+        let shared = &self.shared;
+        self.backend.write_and_sync(
+            &self.active.file,
+            &self.active.path,
+            self.active.write_pos,
+            &self.buf,
+            &mut || shared.written.store(last, Ordering::Release),
+        )?;
+        self.active.write_pos += self.buf.len() as u64;
+        let stats = &self.shared.stats;
+        stats.groups.fetch_add(1, Ordering::Relaxed);
+        stats
+            .appends
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        stats
+            .bytes
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        self.buf.clear();
+        // Durable before acknowledging: whoever gets an ack sees
+        // durable_lsn() >= their LSN.
+        self.shared.publish_durable(last);
+        for p in entries.iter_mut() {
+            if let Some(r) = p.reply.take() {
+                let _ = r.send(Ok(p.lsn));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment whose first record is `first_lsn` (a frame of
+    /// `frame_len` bytes that did not fit). A record larger than the segment
+    /// size gets a segment of exactly its size.
+    fn roll(&mut self, first_lsn: Lsn, frame_len: u64) -> Result<(), WalError> {
+        let size = self
+            .shared
+            .opts
+            .segment_size
+            .max(SEGMENT_HEADER_LEN as u64 + frame_len);
+        let replaces_empty = self.active.write_pos == SEGMENT_HEADER_LEN as u64;
+        let seg = segment::create_segment(&self.shared.dir, first_lsn, size)?;
+        if !replaces_empty {
+            // An empty active segment has this very name and was just
+            // atomically replaced by a bigger one; otherwise it is sealed.
+            self.shared.segments.write().push(SegmentInfo {
+                first_lsn,
+                path: seg.path.clone(),
+            });
+        }
+        self.active = seg;
+        Ok(())
+    }
+
+    /// Drops every record > `lsn`: deletes later segments newest-first
+    /// (syncing the directory after each, so a crash leaves a prefix, never
+    /// a hole), then zeroes the cut segment's tail backwards.
+    fn truncate(&mut self, lsn: Lsn) -> Result<(), WalError> {
+        let segs = self.shared.segments.read().clone();
+        let Some(k) = segs.iter().rposition(|s| s.first_lsn <= lsn + 1) else {
+            return Err(WalError::InvalidLsn {
+                lsn,
+                reason: "below the oldest retained segment".into(),
+            });
+        };
+        for s in segs[k + 1..].iter().rev() {
+            self.shared.segments.write().pop();
+            remove_if_exists(&s.path)?;
+            segment::sync_dir(&self.shared.dir)?;
+        }
+        let target = &segs[k];
+        if target.first_lsn != self.active.first_lsn {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&target.path)
+                .ctx(&target.path)?;
+            let capacity = file.metadata().ctx(&target.path)?.len();
+            self.active = ActiveSegment {
+                first_lsn: target.first_lsn,
+                path: target.path.clone(),
+                file,
+                capacity,
+                write_pos: capacity, // fixed up below
+            };
+        }
+        let (cut, end) = {
+            let map = segment::map_file(&self.active.file, &self.active.path)?;
+            let buf: &[u8] = map.as_deref().unwrap_or(&[]);
+            find_cut(buf, self.active.first_lsn, lsn + 1)
+        };
+        segment::zero_range_backwards(&self.active.file, &self.active.path, cut, end)?;
+        self.active.write_pos = cut;
+        self.shared.written.store(lsn, Ordering::Release);
+        self.shared.publish_durable(lsn);
+        Ok(())
+    }
+
+    /// Deletes the oldest segments while every record in them is < `lsn`,
+    /// oldest first, syncing the directory after each deletion. A crash
+    /// therefore only ever leaves a shorter prefix missing. The active
+    /// segment is never deleted.
+    fn purge(&mut self, lsn: Lsn) -> Result<(), WalError> {
+        let mut deleted = 0usize;
+        loop {
+            let victim = {
+                let segs = self.shared.segments.read();
+                match (segs.first(), segs.get(1)) {
+                    (Some(s0), Some(s1)) if s1.first_lsn <= lsn => Some(s0.clone()),
+                    _ => None,
+                }
+            };
+            let Some(victim) = victim else { break };
+            if deleted > 0 {
+                if let Some(e) = fault::injected("wal::purge_between") {
+                    return Err(WalError::io(&victim.path, e));
+                }
+            }
+            {
+                // Hide it from new readers first; open readers keep their map.
+                let mut segs = self.shared.segments.write();
+                segs.remove(0);
+                if let Some(s) = segs.first() {
+                    self.shared.first.store(s.first_lsn, Ordering::Release);
+                }
+            }
+            remove_if_exists(&victim.path)?;
+            segment::sync_dir(&self.shared.dir)?;
+            deleted += 1;
+        }
+        Ok(())
+    }
+
+    fn poison(&self, err: WalError) {
+        let cause = Arc::new(err);
+        let (queued, waiters) = {
+            let mut st = self.shared.state.lock();
+            if st.poisoned.is_none() {
+                st.poisoned = Some(cause.clone());
+            }
+            (
+                std::mem::take(&mut st.queue),
+                std::mem::take(&mut st.waiters),
+            )
+        };
+        tracing::error!(error = %cause, "WAL poisoned; no further appends will be acknowledged");
+        let err = self.shared.poison_error(&cause);
+        for op in queued {
+            match op {
+                Op::Append { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                Op::Truncate { reply, .. } | Op::Purge { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+        for (_, reply) in waiters {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+}
+
+/// In a segment starting at `first_lsn`, the offset of record `target` (or
+/// of the end of the chain if it is not there) and the end of the chain.
+fn find_cut(buf: &[u8], first_lsn: Lsn, target: Lsn) -> (u64, u64) {
+    let mut pos = SEGMENT_HEADER_LEN;
+    let mut lsn = first_lsn;
+    let mut cut = None;
+    while let Ok(f) = format::decode_frame(buf, pos) {
+        if f.lsn != lsn {
+            break;
+        }
+        if lsn == target {
+            cut = Some(pos);
+        }
+        lsn += 1;
+        pos = f.next;
+    }
+    let end = pos.min(buf.len()) as u64;
+    (cut.map_or(end, |c| c as u64), end)
+}
+
+fn remove_if_exists(path: &std::path::Path) -> Result<(), WalError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r.ctx(path),
+    }
+}
