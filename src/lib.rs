@@ -6,5 +6,6 @@
 
 pub mod error;
 pub mod pg;
+pub mod wire;
 
 pub use error::{Error, Result};
