@@ -1,1 +1,37 @@
 //! tashkent-certifier: GSI certification and the global commit order.
+//!
+//! The certifier decides which update transactions commit and in which
+//! order, and makes each committed writeset durable in its WAL before anyone
+//! is told (DESIGN.md, "Transaction life cycle" steps 4–5).
+//!
+//! - [`rule`], [`window`], [`dedupe`], [`certifier`]: the decision, pure code;
+//! - [`writeset`] and [`proto`]: the writeset format (protobuf, versioned);
+//! - [`record`]: the WAL record (one per committed version, version == LSN);
+//! - [`service`], [`subscribe`], [`recovery`], [`server`]: the gRPC service
+//!   on top of the WAL;
+//! - [`client`]: what the proxy uses;
+//! - [`config`]: `CertifierConfig` (TOML `[certifier]`) and `CertifierArgs`.
+
+pub mod certifier;
+pub mod dedupe;
+pub mod error;
+pub mod rule;
+pub mod window;
+pub mod writeset;
+
+/// Generated from `proto/certifier.proto`.
+#[allow(clippy::all)]
+pub mod proto {
+    tonic::include_proto!("tashkent.certifier.v1");
+}
+
+/// A position in the global commit order: the first committed transaction
+/// is version 1, each commit adds exactly one; 0 means "nothing".
+pub type Version = u64;
+
+pub use certifier::{Certifier, Decision, Limits};
+pub use error::CertifierError;
+pub use proto::{AbortCode, Ddl, Item, Op, ParentRef, Writeset};
+pub use rule::{Abort, ConflictSet};
+pub use window::{HorizonCause, WindowLimits};
+pub use writeset::WRITESET_FORMAT_VERSION;

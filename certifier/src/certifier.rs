@@ -1,0 +1,235 @@
+//! The certifier's state machine, without I/O: version counter, conflict
+//! window, idempotence table and replica progress. The service wraps it in a
+//! short lock and adds the WAL.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::dedupe::{Dedupe, Prior};
+use crate::error::CertifierError;
+use crate::proto::{AbortCode, Writeset};
+use crate::rule::{self, Abort, ConflictSet};
+use crate::window::{ConflictWindow, HorizonCause, WindowLimits};
+use crate::Version;
+
+/// Memory bounds of the certifier's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub window: WindowLimits,
+    /// Transaction ids remembered (committed ones: at least every version in
+    /// the window; aborted ones: at most this many).
+    pub max_dedupe: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            window: WindowLimits::default(),
+            max_dedupe: 1_000_000,
+        }
+    }
+}
+
+/// The decision for one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Commit(Version),
+    Abort(Abort),
+}
+
+/// What a replica last reported.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaProgress {
+    pub applied: Version,
+    pub oldest_snapshot: Version,
+    pub reported_at: Instant,
+}
+
+/// GSI certification with a strictly dense version order.
+///
+/// Invariants:
+/// - versions are assigned `latest + 1`, one per commit, never reused;
+/// - a transaction with snapshot `s` commits iff `horizon <= s <= latest`
+///   and no version in `(s, latest]` conflicts with it (see `rule`); a
+///   snapshot below the horizon aborts with `SnapshotTooOld`, never certified
+///   against a window that forgot history;
+/// - the horizon never decreases and never exceeds `latest`; it moves up to
+///   the minimum `oldest_snapshot` over the replicas that have reported (a
+///   replica that never reported holds nothing back; one that stopped
+///   reporting holds it where it was), or further when the window's memory
+///   bound is hit;
+/// - a transaction id that committed is answered with its version again
+///   (see `dedupe` for how long).
+pub struct Certifier {
+    window: ConflictWindow,
+    latest: Version,
+    dedupe: Dedupe,
+    replicas: BTreeMap<u32, ReplicaProgress>,
+}
+
+impl Certifier {
+    /// A certifier with nothing committed yet.
+    pub fn new(limits: Limits) -> Certifier {
+        Certifier::resume(limits, 0, HorizonCause::Start)
+    }
+
+    /// A certifier whose versions `<= latest` are history it does not
+    /// remember; feed the versions after that to [`Certifier::replay`].
+    pub fn resume(limits: Limits, latest: Version, cause: HorizonCause) -> Certifier {
+        Certifier {
+            window: ConflictWindow::new(limits.window, latest, cause),
+            latest,
+            dedupe: Dedupe::new(limits.max_dedupe, latest + 1),
+            replicas: BTreeMap::new(),
+        }
+    }
+
+    pub fn latest(&self) -> Version {
+        self.latest
+    }
+
+    pub fn window(&self) -> &ConflictWindow {
+        &self.window
+    }
+
+    pub fn replicas(&self) -> &BTreeMap<u32, ReplicaProgress> {
+        &self.replicas
+    }
+
+    pub fn dedupe_len(&self) -> usize {
+        self.dedupe.len()
+    }
+
+    /// The answer `txn_id` got before, if it must get it again.
+    pub fn prior(&self, txn_id: &[u8], snapshot: Version) -> Option<Prior> {
+        self.dedupe.lookup(txn_id, snapshot)
+    }
+
+    /// The decision for a transaction not seen before (see [`Self::prior`]),
+    /// without changing anything: `Commit(v)` names the version
+    /// [`Self::commit`] will assign.
+    pub fn check(
+        &self,
+        snapshot: Version,
+        cs: &ConflictSet,
+        ws: &Writeset,
+    ) -> Result<Decision, CertifierError> {
+        if snapshot > self.latest {
+            return Err(CertifierError::InvalidArgument(format!(
+                "snapshot {snapshot} is ahead of the latest version {}",
+                self.latest
+            )));
+        }
+        let horizon = self.window.horizon();
+        if snapshot < horizon {
+            return Ok(Decision::Abort(Abort {
+                code: AbortCode::SnapshotTooOld,
+                reason: format!(
+                    "snapshot {snapshot} is older than the certifier's conflict window \
+                     (horizon {horizon}: {}); retry the transaction",
+                    self.window.cause()
+                ),
+                conflict_version: 0,
+            }));
+        }
+        Ok(match rule::check(&self.window, snapshot, cs, ws) {
+            Ok(()) => Decision::Commit(self.latest + 1),
+            Err(a) => Decision::Abort(a),
+        })
+    }
+
+    /// Commits the transaction [`Self::check`] approved: assigns
+    /// `latest + 1` and records its keys.
+    pub fn commit(&mut self, txn_id: Bytes, cs: &ConflictSet) -> Version {
+        let v = self.latest + 1;
+        self.latest = v;
+        self.window.insert(v, cs.window_entries());
+        self.dedupe.committed(txn_id, v);
+        self.dedupe.prune(self.window.horizon(), v);
+        v
+    }
+
+    /// Re-applies a version read back from the WAL at restart; `version`
+    /// must be `latest + 1`.
+    pub fn replay(
+        &mut self,
+        version: Version,
+        txn_id: Bytes,
+        cs: &ConflictSet,
+    ) -> Result<(), CertifierError> {
+        if version != self.latest + 1 {
+            return Err(CertifierError::CorruptRecord {
+                version,
+                reason: format!("expected version {}", self.latest + 1),
+            });
+        }
+        self.commit(txn_id, cs);
+        Ok(())
+    }
+
+    /// Remembers an abort so a retry gets the same reason.
+    pub fn record_abort(&mut self, txn_id: Bytes, abort: Abort) {
+        self.dedupe.aborted(txn_id, abort);
+    }
+
+    /// `prior`, `check`, then `commit`/`record_abort` in one step; for callers
+    /// without a log (tests, benchmarks).
+    pub fn certify(&mut self, ws: &Writeset) -> Result<Decision, CertifierError> {
+        match self.prior(&ws.txn_id, ws.snapshot) {
+            Some(Prior::Committed(v)) => return Ok(Decision::Commit(v)),
+            Some(Prior::Aborted(a)) => return Ok(Decision::Abort(a)),
+            Some(Prior::LookInWal { from, to }) => {
+                return Err(CertifierError::OutcomeUnknown(format!(
+                    "transaction may have committed in versions {from}..={to}, not remembered"
+                )))
+            }
+            None => {}
+        }
+        let cs = ConflictSet::of(ws);
+        let d = self.check(ws.snapshot, &cs, ws)?;
+        match &d {
+            Decision::Commit(_) => {
+                self.commit(ws.txn_id.clone(), &cs);
+            }
+            Decision::Abort(a) => self.record_abort(ws.txn_id.clone(), a.clone()),
+        }
+        Ok(d)
+    }
+
+    /// A replica's progress; returns the (possibly advanced) horizon.
+    pub fn report(
+        &mut self,
+        replica: u32,
+        applied: Version,
+        oldest_snapshot: Version,
+        now: Instant,
+    ) -> Result<Version, CertifierError> {
+        if applied > self.latest {
+            return Err(CertifierError::InvalidArgument(format!(
+                "replica {replica} reports applied version {applied} beyond the latest version {}",
+                self.latest
+            )));
+        }
+        if oldest_snapshot > applied {
+            return Err(CertifierError::InvalidArgument(format!(
+                "replica {replica} reports oldest snapshot {oldest_snapshot} above its applied \
+                 version {applied}"
+            )));
+        }
+        self.replicas.insert(
+            replica,
+            ReplicaProgress {
+                applied,
+                oldest_snapshot,
+                reported_at: now,
+            },
+        );
+        if let Some(h) = self.replicas.values().map(|p| p.oldest_snapshot).min() {
+            self.window.advance(h, HorizonCause::Reports);
+            self.dedupe.prune(self.window.horizon(), self.latest);
+        }
+        Ok(self.window.horizon())
+    }
+}

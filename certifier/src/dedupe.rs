@@ -1,0 +1,114 @@
+//! Idempotence: transaction id → the answer it got.
+//!
+//! Committed answers are kept for every version `>= floor`, where the floor
+//! never passes `horizon + 1` (so every commit the conflict window remembers
+//! is also remembered here) and otherwise trails the latest version by at
+//! most `max_entries`. A lookup miss for a snapshot `s` with `s + 1 < floor`
+//! is therefore ambiguous — the transaction may have committed at a version
+//! this table forgot — and the caller resolves it from the WAL.
+//!
+//! Aborted answers are a convenience (the same reason text on a retry), kept
+//! FIFO up to `max_entries`; correctness does not depend on them, because a
+//! retried aborted transaction aborts again (the conflicting version is still
+//! newer than its snapshot, or its snapshot is now below the horizon).
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::rule::Abort;
+use crate::Version;
+
+/// What a transaction id was answered before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prior {
+    Committed(Version),
+    Aborted(Abort),
+    /// Not remembered, but it may have committed in `from..=to`: look there
+    /// in the WAL.
+    LookInWal {
+        from: Version,
+        to: Version,
+    },
+}
+
+pub struct Dedupe {
+    committed: HashMap<Bytes, Version>,
+    order: VecDeque<(Version, Bytes)>,
+    floor: Version,
+    aborted: HashMap<Bytes, Abort>,
+    aborted_order: VecDeque<Bytes>,
+    max_entries: usize,
+}
+
+impl Dedupe {
+    /// Remembers commits from version `floor` on.
+    pub fn new(max_entries: usize, floor: Version) -> Dedupe {
+        Dedupe {
+            committed: HashMap::new(),
+            order: VecDeque::new(),
+            floor,
+            aborted: HashMap::new(),
+            aborted_order: VecDeque::new(),
+            max_entries,
+        }
+    }
+
+    pub fn lookup(&self, txn_id: &[u8], snapshot: Version) -> Option<Prior> {
+        if let Some(&v) = self.committed.get(txn_id) {
+            return Some(Prior::Committed(v));
+        }
+        if let Some(a) = self.aborted.get(txn_id) {
+            return Some(Prior::Aborted(a.clone()));
+        }
+        // A commit of this transaction has a version > snapshot.
+        let from = snapshot.saturating_add(1);
+        (from < self.floor).then(|| Prior::LookInWal {
+            from,
+            to: self.floor - 1,
+        })
+    }
+
+    pub fn committed(&mut self, txn_id: Bytes, version: Version) {
+        self.committed.insert(txn_id.clone(), version);
+        self.order.push_back((version, txn_id));
+    }
+
+    pub fn aborted(&mut self, txn_id: Bytes, abort: Abort) {
+        if self.aborted.insert(txn_id.clone(), abort).is_none() {
+            self.aborted_order.push_back(txn_id);
+        }
+        while self.aborted_order.len() > self.max_entries {
+            if let Some(old) = self.aborted_order.pop_front() {
+                self.aborted.remove(&old);
+            }
+        }
+    }
+
+    /// Forgets commits below `min(horizon + 1, latest + 1 - max_entries)`.
+    pub fn prune(&mut self, horizon: Version, latest: Version) {
+        let by_size = (latest + 1).saturating_sub(self.max_entries as u64);
+        let floor = (horizon + 1).min(by_size).max(self.floor);
+        while let Some((v, _)) = self.order.front() {
+            if *v >= floor {
+                break;
+            }
+            if let Some((_, id)) = self.order.pop_front() {
+                self.committed.remove(&id);
+            }
+        }
+        self.floor = floor;
+    }
+
+    pub fn floor(&self) -> Version {
+        self.floor
+    }
+
+    pub fn len(&self) -> usize {
+        self.committed.len() + self.aborted.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

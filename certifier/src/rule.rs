@@ -1,0 +1,269 @@
+//! The GSI certification rule, as pure code: which conflict keys a writeset
+//! has and whether a transaction conflicts with what committed after its
+//! snapshot.
+//!
+//! A transaction `T` with snapshot `s` conflicts with a committed `T'` of
+//! version `v' > s` iff
+//! - they share a **write key** (primary key, old primary key of a re-key,
+//!   any unique-constraint value, old or new) of the same table; or
+//! - one **references** a parent key (foreign key) that the other
+//!   **removes** (DELETE of the parent, or UPDATE that changes the parent's
+//!   primary key or the referenced unique value); or
+//! - one runs **DDL/TRUNCATE** on a table the other writes rows of or runs
+//!   DDL on.
+//!
+//! Two children of one parent do not conflict, nor does a child insert with a
+//! parent update that keeps the parent's keys. Reads are not tracked: this is
+//! snapshot isolation, not serializability (write skew commits).
+//!
+//! Keys are reduced to 64-bit fingerprints of `(table, key bytes)`; each kind
+//! of use (write, removed parent, reference, rows of a table, DDL on a table)
+//! gets its own derived fingerprint so the window keeps them apart.
+
+use std::hash::{Hash, Hasher};
+
+use crate::proto::{AbortCode, Op, Writeset};
+use crate::window::ConflictWindow;
+use crate::Version;
+
+/// Which use of a key a window entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+enum Space {
+    Write = 1,
+    Removed = 2,
+    Reference = 3,
+    TableRows = 4,
+    TableDdl = 5,
+}
+
+/// A conflict key's base fingerprint and where it came from (index of the
+/// item, or of the DDL statement for `ddl`), for the abort reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    pub fp: u64,
+    pub src: u32,
+}
+
+/// The conflict keys of one writeset.
+#[derive(Debug, Clone, Default)]
+pub struct ConflictSet {
+    pub write: Vec<Key>,
+    pub removed: Vec<Key>,
+    pub references: Vec<Key>,
+    /// Tables whose rows are written (deduplicated).
+    pub tables: Vec<Key>,
+    /// Tables DDL runs on (deduplicated).
+    pub ddl: Vec<Key>,
+}
+
+/// Base fingerprint of a row key of `table` (SipHash-1-3 of both parts,
+/// length-prefixed so that ("ab","c") and ("a","bc") differ).
+fn row_fp(table: &str, key: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    0u8.hash(&mut h);
+    table.hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
+}
+
+fn table_fp(table: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    1u8.hash(&mut h);
+    table.hash(&mut h);
+    h.finish()
+}
+
+/// The fingerprint of `base` in `space`: a bijective mix (splitmix64
+/// finaliser), so distinct (base, space) pairs only collide by chance.
+#[inline]
+fn in_space(base: u64, space: Space) -> u64 {
+    let mut z = base ^ (space as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn push_unique(v: &mut Vec<Key>, k: Key) {
+    if !v.iter().any(|x| x.fp == k.fp) {
+        v.push(k);
+    }
+}
+
+impl ConflictSet {
+    /// The conflict keys of a (validated) writeset.
+    pub fn of(ws: &Writeset) -> ConflictSet {
+        let mut cs = ConflictSet::default();
+        for (i, item) in ws.items.iter().enumerate() {
+            let src = u32::try_from(i).unwrap_or(u32::MAX);
+            let t = item.table.as_str();
+            let key = |k: &[u8]| Key {
+                fp: row_fp(t, k),
+                src,
+            };
+            let pk = key(&item.key);
+            cs.write.push(pk);
+            for u in &item.unique_keys {
+                cs.write.push(key(u));
+            }
+            for u in &item.old_unique_keys {
+                cs.write.push(key(u));
+                cs.removed.push(key(u));
+            }
+            match Op::try_from(item.op) {
+                Ok(Op::Delete) => {
+                    cs.removed.push(pk);
+                    for u in &item.unique_keys {
+                        cs.removed.push(key(u));
+                    }
+                }
+                Ok(Op::Update) => {
+                    if let Some(old) = &item.old_key {
+                        cs.write.push(key(old));
+                        cs.removed.push(key(old));
+                    }
+                }
+                _ => {}
+            }
+            for r in &item.references {
+                cs.references.push(Key {
+                    fp: row_fp(&r.table, &r.key),
+                    src,
+                });
+            }
+            push_unique(
+                &mut cs.tables,
+                Key {
+                    fp: table_fp(t),
+                    src,
+                },
+            );
+        }
+        for (i, d) in ws.ddl.iter().enumerate() {
+            let src = u32::try_from(i).unwrap_or(u32::MAX);
+            for t in &d.tables {
+                push_unique(
+                    &mut cs.ddl,
+                    Key {
+                        fp: table_fp(t),
+                        src,
+                    },
+                );
+            }
+        }
+        cs
+    }
+
+    /// Number of window entries a commit of this set adds.
+    pub fn len(&self) -> usize {
+        self.write.len()
+            + self.removed.len()
+            + self.references.len()
+            + self.tables.len()
+            + self.ddl.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The window fingerprints a commit of this set records.
+    pub fn window_entries(&self) -> impl Iterator<Item = u64> + '_ {
+        fn s(v: &[Key], sp: Space) -> impl Iterator<Item = u64> + '_ {
+            v.iter().map(move |k| in_space(k.fp, sp))
+        }
+        s(&self.write, Space::Write)
+            .chain(s(&self.removed, Space::Removed))
+            .chain(s(&self.references, Space::Reference))
+            .chain(s(&self.tables, Space::TableRows))
+            .chain(s(&self.ddl, Space::TableDdl))
+    }
+}
+
+/// Why a transaction aborts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Abort {
+    pub code: AbortCode,
+    pub reason: String,
+    /// The committed version it conflicts with (0 for "snapshot too old").
+    pub conflict_version: Version,
+}
+
+/// Which kind of conflict was found, for the reason text.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Write,
+    ParentRemoved,
+    ReferencedRemoved,
+    DdlOnRows,
+    RowsOrDdlOnDdl,
+}
+
+/// Applies the rule: `Ok(())` if a transaction with `snapshot` and conflict
+/// set `cs` may commit given `window`, the abort otherwise. `ws` is only used
+/// to name the table in the reason. The caller has checked
+/// `snapshot >= window.horizon()`.
+pub fn check(
+    window: &ConflictWindow,
+    snapshot: Version,
+    cs: &ConflictSet,
+    ws: &Writeset,
+) -> Result<(), Abort> {
+    let newer = |fp: u64, sp: Space| window.get(in_space(fp, sp)).filter(|&v| v > snapshot);
+    let conflict = |kind: Kind, k: &Key, v: Version| {
+        let table = match kind {
+            Kind::RowsOrDdlOnDdl => ws
+                .ddl
+                .get(k.src as usize)
+                .map(|d| d.tables.join(", "))
+                .unwrap_or_default(),
+            _ => ws
+                .items
+                .get(k.src as usize)
+                .map(|i| i.table.clone())
+                .unwrap_or_default(),
+        };
+        let what = match kind {
+            Kind::Write => "a row or unique key of table",
+            Kind::ParentRemoved => "a parent row (deleted or re-keyed) referenced here, table",
+            Kind::ReferencedRemoved => "a row removed here that it references, table",
+            Kind::DdlOnRows => "DDL/TRUNCATE on table",
+            Kind::RowsOrDdlOnDdl => "rows or DDL of a table this DDL changes:",
+        };
+        Err(Abort {
+            code: AbortCode::Conflict,
+            reason: format!(
+                "could not serialize access due to concurrent update: version {v} \
+                 (committed after snapshot {snapshot}) wrote {what} {table}"
+            ),
+            conflict_version: v,
+        })
+    };
+    for k in &cs.write {
+        if let Some(v) = newer(k.fp, Space::Write) {
+            return conflict(Kind::Write, k, v);
+        }
+    }
+    for k in &cs.references {
+        if let Some(v) = newer(k.fp, Space::Removed) {
+            return conflict(Kind::ParentRemoved, k, v);
+        }
+    }
+    for k in &cs.removed {
+        if let Some(v) = newer(k.fp, Space::Reference) {
+            return conflict(Kind::ReferencedRemoved, k, v);
+        }
+    }
+    for k in &cs.tables {
+        if let Some(v) = newer(k.fp, Space::TableDdl) {
+            return conflict(Kind::DdlOnRows, k, v);
+        }
+    }
+    for k in &cs.ddl {
+        let v = newer(k.fp, Space::TableDdl).max(newer(k.fp, Space::TableRows));
+        if let Some(v) = v {
+            return conflict(Kind::RowsOrDdlOnDdl, k, v);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! Unit tests of the certification rule through the pure `Certifier`:
+//! the GSI cases of DESIGN.md ("Conflict keys", "DDL") and the horizon.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use tashkent_certifier::proto::ParentRef;
+use tashkent_certifier::writeset::{ddl, item};
+use tashkent_certifier::{
+    AbortCode, Certifier, CertifierError, Decision, Item, Limits, Op, WindowLimits, Writeset,
+    WRITESET_FORMAT_VERSION,
+};
+
+fn txn(id: &str, snapshot: u64, items: Vec<Item>) -> Writeset {
+    Writeset {
+        format_version: WRITESET_FORMAT_VERSION,
+        txn_id: Bytes::copy_from_slice(id.as_bytes()),
+        origin: 1,
+        snapshot,
+        items,
+        ddl: vec![],
+    }
+}
+
+fn upd(table: &str, key: &str) -> Item {
+    item(table, Op::Update, key.as_bytes().to_vec())
+}
+
+fn commits(c: &mut Certifier, ws: &Writeset) -> u64 {
+    match c.certify(ws).unwrap() {
+        Decision::Commit(v) => v,
+        Decision::Abort(a) => panic!("{:?} should commit, aborted: {}", ws.txn_id, a.reason),
+    }
+}
+
+fn aborts(c: &mut Certifier, ws: &Writeset) -> String {
+    match c.certify(ws).unwrap() {
+        Decision::Commit(v) => panic!("{:?} should abort, committed at {v}", ws.txn_id),
+        Decision::Abort(a) => {
+            assert_eq!(a.code, AbortCode::Conflict, "{}", a.reason);
+            a.reason
+        }
+    }
+}
+
+fn child(key: &str, parent: &str) -> Item {
+    Item {
+        references: vec![ParentRef {
+            table: "parent".into(),
+            key: Bytes::copy_from_slice(parent.as_bytes()),
+        }],
+        ..item("child", Op::Insert, key.as_bytes().to_vec())
+    }
+}
+
+#[test]
+fn lost_update_is_prevented_first_committer_wins() {
+    let mut c = Certifier::new(Limits::default());
+    // Both read account 1 at snapshot 0 and write it.
+    assert_eq!(commits(&mut c, &txn("a", 0, vec![upd("acct", "1")])), 1);
+    let reason = aborts(&mut c, &txn("b", 0, vec![upd("acct", "1")]));
+    assert!(
+        reason.contains("version 1") && reason.contains("acct"),
+        "{reason}"
+    );
+    // A transaction that saw version 1 may write it again.
+    assert_eq!(commits(&mut c, &txn("c", 1, vec![upd("acct", "1")])), 2);
+}
+
+#[test]
+fn versions_are_dense_and_only_commits_consume_them() {
+    let mut c = Certifier::new(Limits::default());
+    for i in 0..10u64 {
+        let key = format!("k{}", i % 3);
+        let _ = c
+            .certify(&txn(&format!("t{i}"), 0, vec![upd("t", &key)]))
+            .unwrap();
+    }
+    // k0, k1, k2 committed once each at snapshot 0; the rest aborted.
+    assert_eq!(c.latest(), 3);
+    assert_eq!(commits(&mut c, &txn("next", 3, vec![upd("t", "k0")])), 4);
+}
+
+#[test]
+fn write_skew_is_allowed_gsi_is_not_serializable() {
+    // Classic on-call doctors: both read {x, y} at snapshot 0, each updates a
+    // different row. Serializable would abort one; GSI commits both.
+    let mut c = Certifier::new(Limits::default());
+    assert_eq!(commits(&mut c, &txn("a", 0, vec![upd("doctors", "x")])), 1);
+    assert_eq!(commits(&mut c, &txn("b", 0, vec![upd("doctors", "y")])), 2);
+}
+
+#[test]
+fn same_key_in_different_tables_does_not_conflict() {
+    let mut c = Certifier::new(Limits::default());
+    commits(&mut c, &txn("a", 0, vec![upd("t1", "1")]));
+    commits(&mut c, &txn("b", 0, vec![upd("t2", "1")]));
+}
+
+#[test]
+fn unique_key_conflicts_across_different_primary_keys() {
+    let mut c = Certifier::new(Limits::default());
+    let with_email = |pk: &str, email: &str| Item {
+        unique_keys: vec![Bytes::copy_from_slice(email.as_bytes())],
+        ..item("users", Op::Insert, pk.as_bytes().to_vec())
+    };
+    commits(&mut c, &txn("a", 0, vec![with_email("1", "u1:a@x")]));
+    let r = aborts(&mut c, &txn("b", 0, vec![with_email("2", "u1:a@x")]));
+    assert!(r.contains("users"), "{r}");
+    commits(&mut c, &txn("c", 0, vec![with_email("3", "u1:b@x")]));
+    // Freeing a unique value (UPDATE that changes it) conflicts with a
+    // concurrent insert that takes the old value.
+    let change = Item {
+        unique_keys: vec![Bytes::from_static(b"u1:c@x")],
+        old_unique_keys: vec![Bytes::from_static(b"u1:b@x")],
+        ..item("users", Op::Update, b"3".to_vec())
+    };
+    commits(&mut c, &txn("d", 2, vec![change]));
+    aborts(&mut c, &txn("e", 2, vec![with_email("4", "u1:b@x")]));
+}
+
+#[test]
+fn rekey_conflicts_on_old_and_new_key() {
+    let mut c = Certifier::new(Limits::default());
+    let rekey = Item {
+        old_key: Some(Bytes::from_static(b"1")),
+        ..upd("t", "2")
+    };
+    commits(&mut c, &txn("a", 0, vec![rekey]));
+    aborts(&mut c, &txn("b", 0, vec![upd("t", "1")]));
+    aborts(
+        &mut c,
+        &txn("c", 0, vec![item("t", Op::Insert, b"2".to_vec())]),
+    );
+}
+
+#[test]
+fn child_insert_then_parent_delete_conflicts() {
+    let mut c = Certifier::new(Limits::default());
+    commits(&mut c, &txn("child", 0, vec![child("c1", "p1")]));
+    let r = aborts(
+        &mut c,
+        &txn("del", 0, vec![item("parent", Op::Delete, b"p1".to_vec())]),
+    );
+    assert!(r.contains("removed here that it references"), "{r}");
+}
+
+#[test]
+fn parent_delete_then_child_insert_conflicts() {
+    let mut c = Certifier::new(Limits::default());
+    commits(
+        &mut c,
+        &txn("del", 0, vec![item("parent", Op::Delete, b"p1".to_vec())]),
+    );
+    let r = aborts(&mut c, &txn("child", 0, vec![child("c1", "p1")]));
+    assert!(r.contains("parent row"), "{r}");
+    // A child of another parent is unaffected.
+    commits(&mut c, &txn("other", 0, vec![child("c2", "p2")]));
+}
+
+#[test]
+fn parent_rekey_conflicts_with_child_insert() {
+    let mut c = Certifier::new(Limits::default());
+    let rekey = Item {
+        old_key: Some(Bytes::from_static(b"p1")),
+        ..item("parent", Op::Update, b"p9".to_vec())
+    };
+    commits(&mut c, &txn("rekey", 0, vec![rekey]));
+    aborts(&mut c, &txn("child", 0, vec![child("c1", "p1")]));
+}
+
+#[test]
+fn two_children_of_one_parent_do_not_conflict() {
+    let mut c = Certifier::new(Limits::default());
+    commits(&mut c, &txn("a", 0, vec![child("c1", "p1")]));
+    commits(&mut c, &txn("b", 0, vec![child("c2", "p1")]));
+}
+
+#[test]
+fn parent_non_key_update_and_child_insert_do_not_conflict() {
+    let mut c = Certifier::new(Limits::default());
+    commits(&mut c, &txn("upd", 0, vec![upd("parent", "p1")]));
+    commits(&mut c, &txn("child", 0, vec![child("c1", "p1")]));
+    commits(&mut c, &txn("upd2", 0, vec![upd("parent", "p2")]));
+    commits(&mut c, &txn("child2", 0, vec![child("c2", "p2")]));
+    // ...but the parent row itself is still a write-write conflict.
+    aborts(&mut c, &txn("upd3", 0, vec![upd("parent", "p1")]));
+}
+
+#[test]
+fn ddl_conflicts_with_concurrent_writers_and_ddl_of_its_table() {
+    let mut c = Certifier::new(Limits::default());
+    let alter = |id: &str, s: u64, t: &str| Writeset {
+        ddl: vec![ddl(&format!("ALTER TABLE {t} ADD c int"), &[t], 0)],
+        ..txn(id, s, vec![])
+    };
+    commits(&mut c, &txn("w", 0, vec![upd("t", "1")]));
+    // DDL after a concurrent writer: aborts.
+    let r = aborts(&mut c, &alter("ddl1", 0, "t"));
+    assert!(r.contains("DDL changes: t"), "{r}");
+    // DDL on another table: fine.
+    commits(&mut c, &alter("ddl_u", 0, "u"));
+    // Writer after a concurrent DDL: aborts, whatever row.
+    let r = aborts(&mut c, &txn("w2", 0, vec![upd("u", "999")]));
+    assert!(r.contains("DDL/TRUNCATE on table u"), "{r}");
+    // Concurrent DDL on the same table: aborts.
+    aborts(&mut c, &alter("ddl_u2", 1, "u"));
+    // Not concurrent (snapshot saw the DDL): fine.
+    commits(&mut c, &txn("w3", 2, vec![upd("u", "999")]));
+    // TRUNCATE is DDL as well.
+    let trunc = Writeset {
+        ddl: vec![ddl("TRUNCATE t", &["t"], 0)],
+        ..txn("tr", 3, vec![])
+    };
+    commits(&mut c, &trunc);
+    aborts(&mut c, &txn("w4", 3, vec![upd("t", "2")]));
+}
+
+#[test]
+fn snapshot_older_than_the_horizon_is_aborted_with_the_reason() {
+    let mut c = Certifier::new(Limits::default());
+    for i in 0..5 {
+        commits(
+            &mut c,
+            &txn(&format!("t{i}"), i, vec![upd("t", &format!("{i}"))]),
+        );
+    }
+    let now = Instant::now();
+    c.report(1, 5, 3, now).unwrap();
+    assert_eq!(
+        c.window().horizon(),
+        3,
+        "one replica reported oldest snapshot 3"
+    );
+    c.report(2, 4, 2, now).unwrap();
+    assert_eq!(c.window().horizon(), 3, "the horizon never goes back");
+    c.report(2, 5, 5, now).unwrap();
+    assert_eq!(c.window().horizon(), 3, "replica 1 still holds snapshot 3");
+    c.report(1, 5, 4, now).unwrap();
+    assert_eq!(c.window().horizon(), 4);
+    // Snapshot 3 touches a key nobody wrote since: still aborted, because the
+    // window can no longer prove that.
+    match c.certify(&txn("old", 3, vec![upd("t", "zzz")])).unwrap() {
+        Decision::Abort(a) => {
+            assert_eq!(a.code, AbortCode::SnapshotTooOld);
+            assert!(
+                a.reason.contains("older than") && a.reason.contains("horizon 4"),
+                "{}",
+                a.reason
+            );
+            assert!(
+                a.reason.contains("oldest snapshot still in use"),
+                "{}",
+                a.reason
+            );
+        }
+        d => panic!("{d:?}"),
+    }
+    commits(&mut c, &txn("ok", 4, vec![upd("t", "zzz")]));
+    // Reports are validated.
+    assert!(matches!(
+        c.report(1, 99, 1, now),
+        Err(CertifierError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        c.report(1, 5, 6, now),
+        Err(CertifierError::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn memory_limit_advances_the_horizon_and_says_so() {
+    let limits = Limits {
+        window: WindowLimits {
+            max_entries: 1000,
+            max_versions: 3,
+        },
+        max_dedupe: 10,
+    };
+    let mut c = Certifier::new(limits);
+    for i in 0..5 {
+        commits(
+            &mut c,
+            &txn(&format!("t{i}"), i, vec![upd("t", &format!("{i}"))]),
+        );
+    }
+    assert_eq!(c.window().horizon(), 2);
+    match c.certify(&txn("old", 1, vec![upd("t", "new")])).unwrap() {
+        Decision::Abort(a) => {
+            assert_eq!(a.code, AbortCode::SnapshotTooOld);
+            assert!(
+                a.reason.contains("memory limit") && a.reason.contains("max_versions=3"),
+                "{}",
+                a.reason
+            );
+        }
+        d => panic!("{d:?}"),
+    }
+}
+
+#[test]
+fn retried_transaction_gets_its_original_answer() {
+    let mut c = Certifier::new(Limits::default());
+    let a = txn("a", 0, vec![upd("t", "1")]);
+    let b = txn("b", 0, vec![upd("t", "1")]);
+    assert_eq!(commits(&mut c, &a), 1);
+    let reason = aborts(&mut c, &b);
+    commits(&mut c, &txn("c", 1, vec![upd("t", "2")]));
+    assert_eq!(commits(&mut c, &a), 1, "retry of a committed txn");
+    assert_eq!(aborts(&mut c, &b), reason, "retry of an aborted txn");
+    assert_eq!(c.latest(), 2);
+}
+
+#[test]
+fn snapshot_from_the_future_is_invalid() {
+    let mut c = Certifier::new(Limits::default());
+    assert!(matches!(
+        c.certify(&txn("f", 1, vec![upd("t", "1")])),
+        Err(CertifierError::InvalidArgument(m)) if m.contains("ahead")
+    ));
+}
