@@ -33,7 +33,7 @@ fn payload(key: u64, len: usize) -> Vec<u8> {
 fn len_for(key: u64) -> usize {
     // Mostly small, sometimes a few KiB, so groups straddle segment rolls.
     let h = key.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
-    if h % 16 == 0 {
+    if h.is_multiple_of(16) {
         8 + (h % 9000) as usize
     } else {
         8 + (h % 300) as usize

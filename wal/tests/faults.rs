@@ -1,0 +1,217 @@
+//! Fault injection with the `fail` crate. Needs the `failpoints` feature:
+//!
+//! ```text
+//! cargo test -p tashkent-wal --features failpoints --test faults
+//! ```
+//!
+//! Failpoints are process-global, so every test holds a `FailScenario`
+//! (which serializes them and clears all failpoints on teardown).
+
+mod common;
+
+use common::*;
+use fail::FailScenario;
+use tashkent_wal::{Backend, Wal, WalError};
+
+async fn fsync_failure_poisons_forever(b: Backend) {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), opts(b)).unwrap();
+    for i in 1..=3 {
+        wal.append(payload(i, 10)).await.unwrap();
+    }
+    fail::cfg("wal::fsync", "return").unwrap();
+    let err = wal.append(payload(4, 10)).await.unwrap_err();
+    assert!(matches!(err, WalError::Io { .. }), "{err}");
+    fail::remove("wal::fsync");
+    // Never acknowledged again, even though fsync would work now.
+    let err = wal.append(payload(5, 10)).await.unwrap_err();
+    assert!(err.is_poisoned(), "{err}");
+    assert!(wal.submit(payload(6, 10)).unwrap_err().is_poisoned());
+    assert!(wal.truncate_after(2).await.unwrap_err().is_poisoned());
+    assert_eq!(wal.durable_lsn(), 3);
+    assert!(wal.close().await.unwrap_err().is_poisoned());
+    // Reopening recovers (record 4 was written, so it may be there).
+    let wal = Wal::open(dir.path(), opts(b)).unwrap();
+    assert!((3..=4).contains(&wal.last_lsn()));
+    for (lsn, p) in read_all(&wal, 1).into_iter().take(3) {
+        assert_eq!(p, payload(lsn, 10));
+    }
+    scenario.teardown();
+}
+
+async fn failed_group_and_everything_queued_get_errors_never_acks(b: Backend) {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), opts(b)).unwrap();
+    wal.append(&b"ok"[..]).await.unwrap();
+    // The next group stalls between write and fsync while more appends
+    // queue up; then its fsync fails.
+    fail::cfg("wal::before_fsync", "sleep(200)").unwrap();
+    fail::cfg("wal::fsync", "return").unwrap();
+    let first = wal.submit(&b"doomed"[..]).unwrap();
+    while wal.written_lsn() < 2 {
+        tokio::task::yield_now().await;
+    }
+    let queued: Vec<_> = (0..50)
+        .map(|i| wal.submit(payload(i, 20)).unwrap())
+        .collect();
+    let waiter = {
+        let wal = wal.clone();
+        tokio::spawn(async move { wal.wait_durable(30).await })
+    };
+    assert!(matches!(first.await, Err(WalError::Io { .. })));
+    for t in queued {
+        let e = t.await.unwrap_err();
+        assert!(e.is_poisoned(), "{e}");
+    }
+    assert!(waiter.await.unwrap().unwrap_err().is_poisoned());
+    assert_eq!(wal.durable_lsn(), 1);
+    scenario.teardown();
+}
+
+async fn disk_full_fails_the_whole_group(b: Backend) {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), opts(b)).unwrap();
+    // First group: stalls (so a big second group forms), then succeeds.
+    // Second group: ENOSPC.
+    fail::cfg("wal::write", "1*sleep(200)->return(enospc)").unwrap();
+    let first = wal.submit(&b"first"[..]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let group: Vec<_> = (0..20)
+        .map(|i| wal.submit(payload(i, 20)).unwrap())
+        .collect();
+    assert_eq!(first.await.unwrap(), 1);
+    for t in group {
+        let e = t.await.unwrap_err();
+        assert!(matches!(e, WalError::DiskFull { .. }), "{e}");
+    }
+    fail::remove("wal::write");
+    match wal.append(&b"later"[..]).await.unwrap_err() {
+        WalError::Poisoned { cause } => assert!(matches!(*cause, WalError::DiskFull { .. })),
+        e => panic!("{e}"),
+    }
+    assert_eq!(wal.durable_lsn(), 1);
+    drop(wal);
+    // Space "freed": reopen and continue after the last durable record.
+    let wal = Wal::open(dir.path(), opts(b)).unwrap();
+    assert_eq!(wal.last_lsn(), 1);
+    assert_eq!(wal.append(&b"again"[..]).await.unwrap(), 2);
+    scenario.teardown();
+}
+
+async fn short_writes_are_completed(b: Backend) {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let o = small_segments(b, 8192);
+    let wal = Wal::open(dir.path(), o.clone()).unwrap();
+    fail::cfg("wal::short_write", "return").unwrap();
+    let tickets: Vec<_> = (1..=200u64)
+        .map(|i| wal.submit(payload(i, (i * 31 % 500) as usize)).unwrap())
+        .collect();
+    for t in tickets {
+        t.await.unwrap();
+    }
+    fail::remove("wal::short_write");
+    wal.close().await.unwrap();
+    let wal = Wal::open(dir.path(), o).unwrap();
+    let all = read_all(&wal, 1);
+    assert_eq!(all.len(), 200);
+    for (lsn, p) in all {
+        assert_eq!(p, payload(lsn, (lsn * 31 % 500) as usize));
+    }
+    scenario.teardown();
+}
+
+async fn failed_segment_roll_poisons_and_log_reopens(b: Backend) {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let o = small_segments(b, 4096);
+    let wal = Wal::open(dir.path(), o.clone()).unwrap();
+    let mut ok = 0;
+    fail::cfg("wal::segment_roll", "return").unwrap();
+    let err = loop {
+        match wal.append(payload(ok + 1, 100)).await {
+            Ok(_) => ok += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, WalError::Io { .. }), "{err}");
+    assert!(ok > 10, "the first segment holds many records");
+    fail::remove("wal::segment_roll");
+    assert!(wal.append(&b"x"[..]).await.unwrap_err().is_poisoned());
+    drop(wal);
+    // The half-created segment (.tmp) is cleaned up; nothing acked is lost.
+    let wal = Wal::open(dir.path(), o).unwrap();
+    assert_eq!(wal.last_lsn(), ok);
+    assert_eq!(read_all(&wal, 1).len() as u64, ok);
+    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".tmp")));
+    assert_eq!(wal.append(&b"y"[..]).await.unwrap(), ok + 1);
+    scenario.teardown();
+}
+
+async fn purge_interrupted_between_deletions_loses_nothing(b: Backend) {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let o = small_segments(b, 4096);
+    let wal = Wal::open(dir.path(), o.clone()).unwrap();
+    for i in 1..=300u64 {
+        wal.append(payload(i, 100)).await.unwrap();
+    }
+    let before = segment_files(dir.path()).len();
+    // "Crash" after the first deletion.
+    fail::cfg("wal::purge_between", "return").unwrap();
+    assert!(wal.purge_below(200).await.is_err());
+    fail::remove("wal::purge_between");
+    assert_eq!(segment_files(dir.path()).len(), before - 1);
+    // A failed purge does not poison.
+    assert_eq!(wal.append(payload(301, 100)).await.unwrap(), 301);
+    drop(wal);
+    let wal = Wal::open(dir.path(), o).unwrap();
+    let first = wal.first_lsn();
+    assert!(first > 1 && first < 200);
+    let all = read_all(&wal, first);
+    assert_eq!(all.last().map(|r| r.0), Some(301));
+    for (lsn, p) in &all {
+        assert_eq!(*p, payload(*lsn, 100));
+    }
+    // Finishing the purge later works.
+    wal.purge_below(200).await.unwrap();
+    assert!(wal.first_lsn() > first && wal.first_lsn() <= 200);
+    scenario.teardown();
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod portable {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(tashkent_wal::Backend::Portable).await
+                }
+            )*
+        }
+        mod io_uring {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(tashkent_wal::Backend::IoUring).await
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    fsync_failure_poisons_forever,
+    failed_group_and_everything_queued_get_errors_never_acks,
+    disk_full_fails_the_whole_group,
+    short_writes_are_completed,
+    failed_segment_roll_poisons_and_log_reopens,
+    purge_interrupted_between_deletions_loses_nothing,
+);
