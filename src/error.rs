@@ -66,6 +66,18 @@ pub enum Error {
         state: &'static str,
     },
 
+    /// A statement sent to a replica failed.
+    #[error("{context}: {source}")]
+    Sql {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// Captured writeset text that cannot be read.
+    #[error("writeset capture: {reason}")]
+    Capture { reason: String },
+
     /// An I/O error with what was being done.
     #[error("{context}: {source}")]
     Io {
@@ -80,6 +92,14 @@ impl Error {
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
         let context = context.into();
         move |source| Error::Io { context, source }
+    }
+}
+
+impl Error {
+    /// Wraps a database error with the operation that failed.
+    pub fn sql(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Sql { context, source }
     }
 }
 

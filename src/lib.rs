@@ -4,6 +4,7 @@
 //! local-cluster orchestration and the CLI; the log lives in `tashkent-wal`,
 //! certification in `tashkent-certifier`, workload drivers in `tashkent-tpcb`.
 
+pub mod capture;
 pub mod error;
 pub mod pg;
 pub mod wire;
