@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Row images and keys become `bytes::Bytes`: chunks are sliced and
         // forwarded without copying.
         .bytes(".")
+        // Undecodable requests become InvalidArgument (see src/codec.rs).
+        .codec_path("crate::codec::StrictProstCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -7,15 +7,24 @@
 //! - [`rule`], [`window`], [`dedupe`], [`certifier`]: the decision, pure code;
 //! - [`writeset`] and [`proto`]: the writeset format (protobuf, versioned);
 //! - [`record`]: the WAL record (one per committed version, version == LSN);
-//! - [`service`], [`subscribe`], [`recovery`], [`server`]: the gRPC service
+//! - [`service`], `subscribe`, [`recovery`], [`server`]: the gRPC service
 //!   on top of the WAL;
 //! - [`client`]: what the proxy uses;
 //! - [`config`]: `CertifierConfig` (TOML `[certifier]`) and `CertifierArgs`.
 
 pub mod certifier;
+pub mod client;
+mod codec;
+pub mod config;
 pub mod dedupe;
 pub mod error;
+pub mod record;
+pub mod recovery;
 pub mod rule;
+pub mod server;
+pub mod service;
+mod subscribe;
+mod tail;
 pub mod window;
 pub mod writeset;
 
@@ -30,8 +39,12 @@ pub mod proto {
 pub type Version = u64;
 
 pub use certifier::{Certifier, Decision, Limits};
+pub use client::{CertifierClient, ClientOptions, CommittedWriteset};
+pub use config::{CertifierArgs, CertifierConfig, WalBackend};
 pub use error::CertifierError;
 pub use proto::{AbortCode, Ddl, Item, Op, ParentRef, Writeset};
 pub use rule::{Abort, ConflictSet};
+pub use server::{run, serve, start, RunningCertifier};
+pub use service::{CertifierService, Outcome};
 pub use window::{HorizonCause, WindowLimits};
 pub use writeset::WRITESET_FORMAT_VERSION;

@@ -1,0 +1,190 @@
+//! The client the proxy uses: `CertifierClient`.
+//!
+//! `certify` chunks large writesets transparently; `subscribe` reassembles
+//! the frames of each version and checks that versions arrive dense and in
+//! order. The client is cheap to clone (one HTTP/2 connection shared).
+
+use std::pin::Pin;
+
+use bytes::BytesMut;
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::error::CertifierError;
+use crate::proto::certifier_client::CertifierClient as Grpc;
+use crate::proto::{
+    certify_response, AbortCode, ReportAppliedRequest, StatusRequest, StatusResponse,
+    SubscribeRequest, Writeset,
+};
+use crate::service::Outcome;
+use crate::writeset;
+use crate::Version;
+
+/// A committed writeset, as Subscribe delivers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommittedWriteset {
+    pub version: Version,
+    pub writeset: Writeset,
+}
+
+/// Client-side settings; they must agree with the certifier's.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    /// The certifier's `max_message_bytes`.
+    pub max_message_bytes: usize,
+    /// Size of the Certify chunks a large writeset is cut into.
+    pub chunk_bytes: usize,
+    /// Largest writeset a subscriber reassembles.
+    pub max_writeset_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            chunk_bytes: 4 << 20,
+            max_writeset_bytes: 1 << 32,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CertifierClient {
+    grpc: Grpc<Channel>,
+    opts: ClientOptions,
+}
+
+type SubscribeStream =
+    Pin<Box<dyn Stream<Item = Result<CommittedWriteset, CertifierError>> + Send>>;
+
+impl CertifierClient {
+    /// Connects to `addr` ("host:port" or "http://host:port").
+    pub async fn connect(addr: impl AsRef<str>) -> Result<CertifierClient, CertifierError> {
+        CertifierClient::connect_with(addr, ClientOptions::default()).await
+    }
+
+    pub async fn connect_with(
+        addr: impl AsRef<str>,
+        opts: ClientOptions,
+    ) -> Result<CertifierClient, CertifierError> {
+        let addr = addr.as_ref();
+        let uri = if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}")
+        };
+        let channel = Endpoint::from_shared(uri)?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        let grpc = Grpc::new(channel)
+            .max_decoding_message_size(opts.max_message_bytes)
+            .max_encoding_message_size(opts.max_message_bytes);
+        Ok(CertifierClient { grpc, opts })
+    }
+
+    /// Certifies `ws` (its txn_id makes retries idempotent: on an error
+    /// whose outcome is unknown, retry with the same writeset).
+    pub async fn certify(&self, ws: Writeset) -> Result<Outcome, CertifierError> {
+        let chunk = self
+            .opts
+            .chunk_bytes
+            .min(self.opts.max_message_bytes - 1024);
+        let chunks = writeset::split(ws, chunk);
+        let resp = self
+            .grpc
+            .clone()
+            .certify(futures::stream::iter(chunks))
+            .await?
+            .into_inner();
+        match resp.outcome {
+            Some(certify_response::Outcome::Committed(c)) => {
+                Ok(Outcome::Committed { version: c.version })
+            }
+            Some(certify_response::Outcome::Aborted(a)) => Ok(Outcome::Aborted {
+                code: AbortCode::try_from(a.code).unwrap_or(AbortCode::Unspecified),
+                reason: a.reason,
+            }),
+            None => Err(CertifierError::Protocol(
+                "Certify answer without outcome".into(),
+            )),
+        }
+    }
+
+    /// Committed writesets from `from` (0 = from the first), in version
+    /// order, following new commits until the stream is dropped.
+    pub async fn subscribe(&self, from: Version) -> Result<SubscribeStream, CertifierError> {
+        let frames = self
+            .grpc
+            .clone()
+            .subscribe(SubscribeRequest { from_version: from })
+            .await?
+            .into_inner();
+        let max = self.opts.max_writeset_bytes;
+        let state = (frames, BytesMut::new(), from.max(1));
+        let s = futures::stream::unfold(Some(state), move |state| async move {
+            let (mut frames, mut buf, next) = state?;
+            loop {
+                let frame = match frames.next().await {
+                    None => return None,
+                    Some(Err(e)) => return Some((Err(e.into()), None)),
+                    Some(Ok(f)) => f,
+                };
+                if frame.version != next {
+                    let e = CertifierError::Protocol(format!(
+                        "expected version {next}, got {}",
+                        frame.version
+                    ));
+                    return Some((Err(e), None));
+                }
+                if buf.len() + frame.data.len() > max {
+                    let e = CertifierError::Protocol(format!(
+                        "writeset {next} is larger than {max} bytes"
+                    ));
+                    return Some((Err(e), None));
+                }
+                buf.extend_from_slice(&frame.data);
+                if frame.last {
+                    let item = Writeset::decode(buf.split().freeze())
+                        .map(|writeset| CommittedWriteset {
+                            version: next,
+                            writeset,
+                        })
+                        .map_err(|e| CertifierError::Protocol(format!("writeset {next}: {e}")));
+                    return Some((item, Some((frames, buf, next + 1))));
+                }
+            }
+        });
+        Ok(Box::pin(s))
+    }
+
+    /// Reports a replica's progress; returns the certifier's horizon.
+    pub async fn report_applied(
+        &self,
+        replica_id: u32,
+        applied_version: Version,
+        oldest_snapshot: Version,
+    ) -> Result<Version, CertifierError> {
+        let r = self
+            .grpc
+            .clone()
+            .report_applied(ReportAppliedRequest {
+                replica_id,
+                applied_version,
+                oldest_snapshot,
+            })
+            .await?;
+        Ok(r.into_inner().horizon)
+    }
+
+    pub async fn status(&self) -> Result<StatusResponse, CertifierError> {
+        Ok(self
+            .grpc
+            .clone()
+            .status(StatusRequest {})
+            .await?
+            .into_inner())
+    }
+}

@@ -1,0 +1,256 @@
+//! Configuration: `CertifierConfig` (the `[certifier]` section of the
+//! cluster's TOML file) and `CertifierArgs` (clap flags: `--config FILE`
+//! plus one flag per setting, overriding the file). The root `tashkent`
+//! binary flattens `CertifierArgs` into its `certifier` subcommand.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tashkent_wal::{Backend, WalOptions};
+
+use crate::certifier::Limits;
+use crate::error::CertifierError;
+use crate::record::HEADER_LEN;
+use crate::window::WindowLimits;
+
+/// gRPC messages larger than this are refused (each way); Certify chunks
+/// and Subscribe frames are cut to fit.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// Which WAL I/O backend to use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum WalBackend {
+    /// io_uring if the kernel allows it, else portable.
+    #[default]
+    Auto,
+    IoUring,
+    Portable,
+}
+
+/// The certifier's settings. Every field has a default; see `Default`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CertifierConfig {
+    /// gRPC listen address; port 0 picks a free port (printed at start).
+    pub listen: SocketAddr,
+    /// WAL directory (created if absent).
+    pub wal_dir: PathBuf,
+    pub wal_backend: WalBackend,
+    /// Preallocated size of each WAL segment.
+    pub wal_segment_bytes: u64,
+    /// Largest gRPC message, each way.
+    pub max_message_bytes: usize,
+    /// Largest writeset (sum of its Certify chunks); larger ones are refused
+    /// with RESOURCE_EXHAUSTED. Also bounds a WAL record. At most ~4 GiB.
+    pub max_writeset_bytes: u64,
+    /// Conflict window bound: key entries.
+    pub window_max_entries: usize,
+    /// Conflict window bound: versions.
+    pub window_max_versions: usize,
+    /// Transaction ids remembered for idempotent retries.
+    pub dedupe_max_entries: usize,
+    /// Recent committed records kept in memory for subscribers, in bytes.
+    pub tail_cache_bytes: usize,
+}
+
+impl Default for CertifierConfig {
+    fn default() -> Self {
+        let limits = Limits::default();
+        CertifierConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            wal_dir: PathBuf::from("certifier-wal"),
+            wal_backend: WalBackend::Auto,
+            wal_segment_bytes: 64 << 20,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_writeset_bytes: 256 << 20,
+            window_max_entries: limits.window.max_entries,
+            window_max_versions: limits.window.max_versions,
+            dedupe_max_entries: limits.max_dedupe,
+            tail_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A TOML file may hold other sections (the whole cluster's config).
+#[derive(Deserialize)]
+struct File {
+    #[serde(default)]
+    certifier: CertifierConfig,
+}
+
+impl CertifierConfig {
+    /// The `[certifier]` section of a TOML document (defaults if absent).
+    pub fn from_toml_str(s: &str) -> Result<CertifierConfig, CertifierError> {
+        let f: File = toml::from_str(s).map_err(|e| CertifierError::Config(e.to_string()))?;
+        Ok(f.certifier)
+    }
+
+    pub fn load(path: &Path) -> Result<CertifierConfig, CertifierError> {
+        let s = std::fs::read_to_string(path)
+            .map_err(|e| CertifierError::Config(format!("{}: {e}", path.display())))?;
+        CertifierConfig::from_toml_str(&s)
+            .map_err(|e| CertifierError::Config(format!("{}: {e}", path.display())))
+    }
+
+    pub fn validate(&self) -> Result<(), CertifierError> {
+        let bad = |m: &str| Err(CertifierError::Config(m.to_owned()));
+        if self.max_message_bytes < 4096 {
+            return bad("max_message_bytes must be at least 4096");
+        }
+        if self.max_writeset_bytes == 0
+            || self.max_writeset_bytes > u64::from(u32::MAX) - 2 * HEADER_LEN as u64
+        {
+            return bad("max_writeset_bytes must be between 1 and 4 GiB");
+        }
+        if self.window_max_entries == 0 || self.window_max_versions == 0 {
+            return bad("window_max_entries and window_max_versions must be positive");
+        }
+        if self.wal_segment_bytes < 4096 {
+            return bad("wal_segment_bytes must be at least 4096");
+        }
+        Ok(())
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            window: WindowLimits {
+                max_entries: self.window_max_entries,
+                max_versions: self.window_max_versions,
+            },
+            max_dedupe: self.dedupe_max_entries,
+        }
+    }
+
+    /// Largest WAL record: a maximal writeset plus the record header (the
+    /// encoding of the assembled writeset is never larger than its chunks).
+    pub fn max_record_bytes(&self) -> u64 {
+        self.max_writeset_bytes + HEADER_LEN as u64
+    }
+
+    pub fn wal_options(&self) -> WalOptions {
+        WalOptions {
+            backend: match self.wal_backend {
+                WalBackend::Auto => Backend::Auto,
+                WalBackend::IoUring => Backend::IoUring,
+                WalBackend::Portable => Backend::Portable,
+            },
+            segment_size: self.wal_segment_bytes,
+            max_record_size: self.max_record_bytes(),
+            ..WalOptions::default()
+        }
+    }
+}
+
+/// Command-line flags of the certifier; each overrides the config file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CertifierArgs {
+    /// TOML file whose [certifier] section holds the settings.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address (port 0: any free port; the bound address is
+    /// printed as "listening on ADDR").
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// WAL directory.
+    #[arg(long, value_name = "DIR")]
+    pub wal_dir: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub wal_backend: Option<WalBackend>,
+    #[arg(long, value_name = "BYTES")]
+    pub wal_segment_bytes: Option<u64>,
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+    #[arg(long, value_name = "BYTES")]
+    pub max_writeset_bytes: Option<u64>,
+    #[arg(long, value_name = "N")]
+    pub window_max_entries: Option<usize>,
+    #[arg(long, value_name = "N")]
+    pub window_max_versions: Option<usize>,
+    #[arg(long, value_name = "N")]
+    pub dedupe_max_entries: Option<usize>,
+    #[arg(long, value_name = "BYTES")]
+    pub tail_cache_bytes: Option<usize>,
+}
+
+impl CertifierArgs {
+    /// The file's settings (or the defaults) with the flags applied, validated.
+    pub fn resolve(&self) -> Result<CertifierConfig, CertifierError> {
+        let mut c = match &self.config {
+            Some(p) => CertifierConfig::load(p)?,
+            None => CertifierConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => {$( if let Some(v) = self.$f.clone() { c.$f = v; } )*};
+        }
+        set!(
+            listen,
+            wal_dir,
+            wal_backend,
+            wal_segment_bytes,
+            max_message_bytes,
+            max_writeset_bytes,
+            window_max_entries,
+            window_max_versions,
+            dedupe_max_entries,
+            tail_cache_bytes
+        );
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: CertifierArgs,
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.toml");
+        std::fs::write(
+            &path,
+            "[proxy]\nx = 1\n[certifier]\nlisten = \"0.0.0.0:9000\"\nwal_dir = \"/w\"\n\
+             wal_backend = \"portable\"\nwindow_max_versions = 10\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "x",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--max-writeset-bytes",
+            "1000000",
+        ]);
+        let c = cli.args.resolve().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.wal_dir, PathBuf::from("/w"));
+        assert_eq!(c.wal_backend, WalBackend::Portable);
+        assert_eq!(c.window_max_versions, 10);
+        assert_eq!(c.max_writeset_bytes, 1_000_000);
+        assert_eq!(c.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(CertifierConfig::from_toml_str("[certifier]\nlisten_addr = \"x\"\n").is_err());
+        let c = CertifierConfig {
+            max_message_bytes: 10,
+            ..CertifierConfig::default()
+        };
+        assert!(c.validate().is_err());
+        assert_eq!(
+            CertifierConfig::from_toml_str("").unwrap(),
+            CertifierConfig::default()
+        );
+    }
+}

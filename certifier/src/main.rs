@@ -1,0 +1,31 @@
+//! `tashkent-certifier`: the certifier as a standalone binary (the same
+//! `CertifierArgs` as `tashkent certifier`). Prints `listening on ADDR` on
+//! stdout once it accepts connections.
+
+use clap::Parser;
+use tashkent_certifier::CertifierArgs;
+
+#[derive(Parser)]
+#[command(name = "tashkent-certifier", version, about = "tashkent GSI certifier")]
+struct Cli {
+    #[command(flatten)]
+    args: CertifierArgs,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match tashkent_certifier::run(Cli::parse().args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tashkent-certifier: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

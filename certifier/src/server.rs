@@ -1,0 +1,165 @@
+//! Running the certifier: open the WAL, recover, listen, serve until told to
+//! stop, close the WAL.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+
+use tashkent_wal::Wal;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+
+use crate::config::{CertifierArgs, CertifierConfig};
+use crate::error::CertifierError;
+use crate::proto::certifier_server::CertifierServer;
+use crate::recovery;
+use crate::service::{CertifierService, ServiceLimits};
+use crate::tail::Tail;
+
+/// Most records the subscriber tail cache holds (besides its byte bound).
+const TAIL_MAX_RECORDS: usize = 1 << 20;
+
+/// A certifier serving in this process.
+pub struct RunningCertifier {
+    local_addr: SocketAddr,
+    service: CertifierService,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), CertifierError>>,
+}
+
+impl RunningCertifier {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The service itself, for in-process use (benchmarks, tests).
+    pub fn service(&self) -> &CertifierService {
+        &self.service
+    }
+
+    /// Stops serving (ends subscriber streams, drains requests) and closes
+    /// the WAL.
+    pub async fn shutdown(mut self) -> Result<(), CertifierError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after `shutdown` or a fatal error).
+    pub async fn wait(self) -> Result<(), CertifierError> {
+        self.task
+            .await
+            .map_err(|e| CertifierError::Io(std::io::Error::other(e)))?
+    }
+}
+
+/// Opens the WAL, rebuilds the state from it, binds `config.listen` and
+/// starts serving in the background.
+pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, CertifierError> {
+    config.validate()?;
+    let (wal, certifier, tail) = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, CertifierError> {
+            let wal = Wal::open(&config.wal_dir, config.wal_options())?;
+            let mut tail = Tail::new(config.tail_cache_bytes, TAIL_MAX_RECORDS);
+            let certifier = recovery::recover(&wal, config.limits(), &mut tail)?;
+            Ok((wal, certifier, tail))
+        })
+        .await
+        .map_err(|e| CertifierError::Io(std::io::Error::other(e)))??
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let local_addr = listener.local_addr()?;
+    let limits = ServiceLimits {
+        max_writeset_bytes: config.max_writeset_bytes,
+        max_message_bytes: config.max_message_bytes,
+    };
+    let service = CertifierService::new(
+        wal.clone(),
+        certifier,
+        tail,
+        limits,
+        config.max_record_bytes(),
+    );
+    let grpc = CertifierServer::new(service.clone())
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let svc = service.clone();
+    let svc_on_stop = service.clone();
+    let task = tokio::spawn(async move {
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let served = Server::builder()
+            .add_service(grpc)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_rx.await;
+                // Ends subscriber streams so the graceful drain can finish.
+                svc_on_stop.stop();
+            })
+            .await;
+        svc.stop();
+        let closed = wal.close().await;
+        served?;
+        closed?;
+        Ok(())
+    });
+    tracing::info!(%local_addr, wal_dir = %config.wal_dir.display(), "certifier listening");
+    Ok(RunningCertifier {
+        local_addr,
+        service,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+/// Serves until `shutdown` resolves. Prints `listening on ADDR` (the bound
+/// address) as one line on stdout once ready, for scripts and tests.
+pub async fn serve(
+    config: CertifierConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), CertifierError> {
+    let running = start(config).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {}", running.local_addr())?;
+        out.flush()?;
+    }
+    let RunningCertifier { stop, mut task, .. } = running;
+    let joined = tokio::select! {
+        () = shutdown => {
+            if let Some(stop) = stop {
+                let _ = stop.send(());
+            }
+            (&mut task).await
+        }
+        r = &mut task => r,
+    };
+    joined.map_err(|e| CertifierError::Io(std::io::Error::other(e)))?
+}
+
+/// `tashkent certifier` / `tashkent-certifier`: resolve the flags and config
+/// file, serve until SIGINT or SIGTERM.
+pub async fn run(args: CertifierArgs) -> Result<(), CertifierError> {
+    let config = args.resolve()?;
+    serve(config, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("certifier shutting down");
+}

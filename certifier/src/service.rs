@@ -1,0 +1,414 @@
+//! The certifier on top of the WAL, and its tonic service.
+//!
+//! Pipelining: under the state lock a transaction is looked up, certified,
+//! given `v = latest + 1` and submitted to the WAL (`submit` assigns LSN `v`
+//! synchronously and never blocks on I/O); the lock is released and only
+//! then is the WAL ticket awaited. Many transactions thus wait for the same
+//! group `fdatasync` while later ones are being certified: throughput is
+//! bounded by the CPU work under the lock, not by fsync latency.
+//!
+//! Answers: `Committed(v)` only once `v` is durable. `Aborted` only once the
+//! version it conflicts with is durable, so that after a crash the same
+//! transaction retried meets the same conflict (rebuilt from the WAL) or a
+//! snapshot below the rebuilt horizon: it is aborted again.
+//!
+//! A WAL failure poisons the service: every later request is answered
+//! `Unavailable` and nothing is acknowledged again until a restart.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::Stream;
+use parking_lot::Mutex;
+use tashkent_wal::{Wal, WalError};
+use tokio::sync::{watch, Notify};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::certifier::{Certifier, Decision};
+use crate::dedupe::Prior;
+use crate::error::CertifierError;
+use crate::proto::{self, certify_response, AbortCode, CertifyResponse, Writeset};
+use crate::rule::ConflictSet;
+use crate::tail::Tail;
+use crate::writeset::{self, Assembler};
+use crate::{record, subscribe, Version};
+
+/// Limits the service enforces on requests.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceLimits {
+    /// Sum of the encoded sizes of one Certify call's chunks.
+    pub max_writeset_bytes: u64,
+    /// Largest gRPC message, each way (Subscribe frames are cut to fit).
+    pub max_message_bytes: usize,
+}
+
+/// The outcome of a certification, as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Committed { version: Version },
+    Aborted { code: AbortCode, reason: String },
+}
+
+impl From<Outcome> for CertifyResponse {
+    fn from(o: Outcome) -> CertifyResponse {
+        let outcome = match o {
+            Outcome::Committed { version } => {
+                certify_response::Outcome::Committed(proto::Committed { version })
+            }
+            Outcome::Aborted { code, reason } => {
+                certify_response::Outcome::Aborted(proto::Aborted {
+                    code: code as i32,
+                    reason,
+                })
+            }
+        };
+        CertifyResponse {
+            outcome: Some(outcome),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) state: Mutex<Certifier>,
+    pub(crate) tail: Mutex<Tail>,
+    pub(crate) wal: Wal,
+    /// Highest durable version, for subscribers.
+    pub(crate) durable: watch::Sender<Version>,
+    submitted: Notify,
+    stopping: AtomicBool,
+    poison: OnceLock<String>,
+    pub(crate) limits: ServiceLimits,
+    max_record_bytes: u64,
+}
+
+impl Inner {
+    /// The server is shutting down: subscriber streams end.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn poisoned(&self) -> Result<(), CertifierError> {
+        match self.poison.get() {
+            Some(cause) => Err(CertifierError::Poisoned(cause.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a WAL failure (the first one wins) and returns the error to
+    /// answer with.
+    fn fail(&self, e: WalError) -> CertifierError {
+        let cause = self.poison.get_or_init(|| {
+            tracing::error!(error = %e, "WAL failed; certifier stops acknowledging");
+            e.to_string()
+        });
+        CertifierError::Poisoned(cause.clone())
+    }
+}
+
+/// The certification service; cheap to clone.
+#[derive(Clone)]
+pub struct CertifierService {
+    pub(crate) inner: Arc<Inner>,
+}
+
+enum Step {
+    Ticket(tashkent_wal::AppendTicket, Version),
+    Committed(Version),
+    Aborted(crate::rule::Abort),
+    Scan { from: Version, to: Version },
+}
+
+impl CertifierService {
+    /// Serves `certifier` (rebuilt from `wal`, see `recovery`) with `tail`.
+    /// Spawns the durability follower on the current tokio runtime.
+    pub fn new(
+        wal: Wal,
+        certifier: Certifier,
+        tail: Tail,
+        limits: ServiceLimits,
+        max_record_bytes: u64,
+    ) -> CertifierService {
+        let (durable, _) = watch::channel(wal.durable_lsn());
+        let inner = Arc::new(Inner {
+            state: Mutex::new(certifier),
+            tail: Mutex::new(tail),
+            wal,
+            durable,
+            submitted: Notify::new(),
+            stopping: AtomicBool::new(false),
+            poison: OnceLock::new(),
+            limits,
+            max_record_bytes,
+        });
+        tokio::spawn(follow_durability(inner.clone()));
+        CertifierService { inner }
+    }
+
+    /// Stops the durability follower (and thereby lets subscriber streams
+    /// end); call before closing the WAL.
+    pub fn stop(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.submitted.notify_one();
+    }
+
+    pub fn wal(&self) -> &Wal {
+        &self.inner.wal
+    }
+
+    /// Certifies one complete writeset: the whole Certify call minus the
+    /// chunking. Answers only when the outcome is durable.
+    pub async fn certify(&self, ws: Writeset) -> Result<Outcome, CertifierError> {
+        writeset::validate(&ws)?;
+        let inner = &*self.inner;
+        inner.poisoned()?;
+        let cs = ConflictSet::of(&ws);
+        let mut rec = record::encode(&ws);
+        if rec.len() as u64 > inner.max_record_bytes {
+            return Err(CertifierError::WritesetTooLarge {
+                max: inner.limits.max_writeset_bytes,
+            });
+        }
+        let mut consult_dedupe = true;
+        loop {
+            let step = {
+                let mut c = inner.state.lock();
+                inner.poisoned()?;
+                let prior = if consult_dedupe {
+                    c.prior(&ws.txn_id, ws.snapshot)
+                } else {
+                    None
+                };
+                match prior {
+                    Some(Prior::Committed(v)) => Step::Committed(v),
+                    Some(Prior::Aborted(a)) => Step::Aborted(a),
+                    Some(Prior::LookInWal { from, to }) => Step::Scan { from, to },
+                    None => match c.check(ws.snapshot, &cs, &ws)? {
+                        Decision::Commit(v) => {
+                            record::set_version(&mut rec, v);
+                            let payload = std::mem::take(&mut rec).freeze();
+                            let ticket = inner
+                                .wal
+                                .submit(payload.clone())
+                                .map_err(|e| inner.fail(e))?;
+                            if ticket.lsn != v {
+                                // Someone else wrote to our WAL: nothing we
+                                // answer from here on could be trusted.
+                                let e = WalError::InvalidLsn {
+                                    lsn: ticket.lsn,
+                                    reason: format!("certifier expected version {v}"),
+                                };
+                                return Err(inner.fail(e));
+                            }
+                            c.commit(ws.txn_id.clone(), &cs);
+                            inner.tail.lock().push(v, payload);
+                            inner.submitted.notify_one();
+                            Step::Ticket(ticket, v)
+                        }
+                        Decision::Abort(a) => {
+                            c.record_abort(ws.txn_id.clone(), a.clone());
+                            Step::Aborted(a)
+                        }
+                    },
+                }
+            };
+            match step {
+                Step::Ticket(ticket, version) => {
+                    ticket.await.map_err(|e| inner.fail(e))?;
+                    return Ok(Outcome::Committed { version });
+                }
+                Step::Committed(version) => {
+                    inner
+                        .wal
+                        .wait_durable(version)
+                        .await
+                        .map_err(|e| inner.fail(e))?;
+                    inner.poisoned()?;
+                    return Ok(Outcome::Committed { version });
+                }
+                Step::Aborted(a) => {
+                    if a.conflict_version > 0 {
+                        let w = inner.wal.wait_durable(a.conflict_version).await;
+                        w.map_err(|e| inner.fail(e))?;
+                    }
+                    inner.poisoned()?;
+                    return Ok(Outcome::Aborted {
+                        code: a.code,
+                        reason: a.reason,
+                    });
+                }
+                Step::Scan { from, to } => {
+                    if let Some(version) = self.scan_wal(ws.txn_id.clone(), from, to).await? {
+                        return Ok(Outcome::Committed { version });
+                    }
+                    // Never committed; certify normally (its snapshot is
+                    // below the horizon, so it aborts as too old).
+                    consult_dedupe = false;
+                }
+            }
+        }
+    }
+
+    /// Looks for `txn_id` in the WAL records `from..=to` (all durable): the
+    /// retry of a transaction older than the dedupe table remembers.
+    async fn scan_wal(
+        &self,
+        txn_id: Bytes,
+        from: Version,
+        to: Version,
+    ) -> Result<Option<Version>, CertifierError> {
+        let wal = self.inner.wal.clone();
+        let found = tokio::task::spawn_blocking(move || -> Result<_, CertifierError> {
+            let first = wal.first_lsn();
+            if from < first {
+                return Err(CertifierError::OutcomeUnknown(format!(
+                    "transaction not remembered and versions {from}..{first} were purged from \
+                     the WAL"
+                )));
+            }
+            for r in wal.read_from(from)? {
+                let (lsn, rec) = r?;
+                if lsn > to {
+                    break;
+                }
+                if record::decode(lsn, &rec)?.txn_id == txn_id {
+                    return Ok(Some(lsn));
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(|e| CertifierError::Io(std::io::Error::other(e)))??;
+        Ok(found)
+    }
+
+    /// A replica's progress (see the .proto); returns the horizon.
+    pub fn report_applied(
+        &self,
+        replica: u32,
+        applied: Version,
+        oldest_snapshot: Version,
+    ) -> Result<Version, CertifierError> {
+        self.inner
+            .state
+            .lock()
+            .report(replica, applied, oldest_snapshot, Instant::now())
+    }
+
+    pub fn status(&self) -> proto::StatusResponse {
+        let inner = &*self.inner;
+        let now = Instant::now();
+        let c = inner.state.lock();
+        let w = c.window();
+        proto::StatusResponse {
+            latest_version: c.latest(),
+            durable_version: inner.wal.durable_lsn().min(c.latest()),
+            horizon: w.horizon(),
+            horizon_cause: w.cause().to_string(),
+            window_entries: w.entries() as u64,
+            window_versions: w.versions() as u64,
+            replicas: c
+                .replicas()
+                .iter()
+                .map(|(&id, p)| proto::ReplicaStatus {
+                    replica_id: id,
+                    applied_version: p.applied,
+                    oldest_snapshot: p.oldest_snapshot,
+                    millis_since_report: now.duration_since(p.reported_at).as_millis() as u64,
+                })
+                .collect(),
+            first_version: inner.wal.first_lsn(),
+            poisoned: inner.poison.get().is_some(),
+        }
+    }
+}
+
+/// Publishes the durable version to subscribers: waits for whatever was
+/// submitted last (one wait per group, not per record) and detects a
+/// poisoned WAL even when no request is waiting.
+async fn follow_durability(inner: Arc<Inner>) {
+    let mut seen = inner.wal.durable_lsn();
+    loop {
+        if inner.stopping.load(Ordering::Acquire) {
+            break;
+        }
+        let target = inner.wal.last_lsn();
+        if target <= seen {
+            inner.submitted.notified().await;
+            continue;
+        }
+        if let Err(e) = inner.wal.wait_durable(target).await {
+            if !inner.stopping.load(Ordering::Acquire) {
+                inner.fail(e);
+            }
+            break;
+        }
+        seen = target;
+        inner.durable.send_if_modified(|d| {
+            let changed = target > *d;
+            *d = (*d).max(target);
+            changed
+        });
+    }
+    // Wake subscribers so they notice the end.
+    inner.durable.send_modify(|_| {});
+}
+
+#[tonic::async_trait]
+impl proto::certifier_server::Certifier for CertifierService {
+    async fn certify(
+        &self,
+        request: Request<Streaming<Writeset>>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        let mut chunks = request.into_inner();
+        let mut asm = Assembler::new(self.inner.limits.max_writeset_bytes);
+        while let Some(chunk) = chunks.message().await? {
+            asm.push(chunk)?;
+        }
+        let outcome = CertifierService::certify(self, asm.finish()?).await?;
+        Ok(Response::new(outcome.into()))
+    }
+
+    type SubscribeStream =
+        Pin<Box<dyn Stream<Item = Result<proto::SubscribeFrame, Status>> + Send + 'static>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let from = request.into_inner().from_version.max(1);
+        let latest = self.inner.state.lock().latest();
+        if from > latest + 1 {
+            return Err(CertifierError::InvalidArgument(format!(
+                "cannot subscribe from version {from}: the latest version is {latest}"
+            ))
+            .into());
+        }
+        if from < self.inner.wal.first_lsn() {
+            return Err(CertifierError::Purged {
+                from,
+                first: self.inner.wal.first_lsn(),
+            }
+            .into());
+        }
+        Ok(Response::new(subscribe::stream(self.inner.clone(), from)))
+    }
+
+    async fn report_applied(
+        &self,
+        request: Request<proto::ReportAppliedRequest>,
+    ) -> Result<Response<proto::ReportAppliedResponse>, Status> {
+        let r = request.into_inner();
+        let horizon = self.report_applied(r.replica_id, r.applied_version, r.oldest_snapshot)?;
+        Ok(Response::new(proto::ReportAppliedResponse { horizon }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        Ok(Response::new(CertifierService::status(self)))
+    }
+}

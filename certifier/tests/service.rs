@@ -1,0 +1,414 @@
+//! The service over real gRPC on 127.0.0.1:0: concurrent clients, chunked
+//! writesets, malformed requests, Subscribe while commits continue,
+//! idempotent retries, restart on the same WAL.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use rand::{Rng, SeedableRng};
+use tashkent_certifier::writeset::item;
+use tashkent_certifier::{
+    AbortCode, CertifierClient, CertifierConfig, ClientOptions, Item, Op, Outcome,
+    RunningCertifier, WalBackend, Writeset, WRITESET_FORMAT_VERSION,
+};
+use tempfile::TempDir;
+
+fn config(dir: &TempDir) -> CertifierConfig {
+    CertifierConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        wal_dir: dir.path().join("wal"),
+        wal_backend: WalBackend::Auto,
+        wal_segment_bytes: 1 << 20,
+        ..CertifierConfig::default()
+    }
+}
+
+async fn start(cfg: CertifierConfig) -> (RunningCertifier, CertifierClient) {
+    let running = tashkent_certifier::start(cfg.clone()).await.unwrap();
+    let opts = ClientOptions {
+        max_message_bytes: cfg.max_message_bytes,
+        chunk_bytes: cfg.max_message_bytes / 2,
+        ..ClientOptions::default()
+    };
+    let client = CertifierClient::connect_with(running.local_addr().to_string(), opts)
+        .await
+        .unwrap();
+    (running, client)
+}
+
+fn ws(id: &str, snapshot: u64, keys: &[String]) -> Writeset {
+    Writeset {
+        format_version: WRITESET_FORMAT_VERSION,
+        txn_id: Bytes::copy_from_slice(id.as_bytes()),
+        origin: 1,
+        snapshot,
+        items: keys
+            .iter()
+            .map(|k| Item {
+                row: Bytes::from(format!("row of {k} by {id}")),
+                ..item("t", Op::Update, k.clone().into_bytes())
+            })
+            .collect(),
+        ddl: vec![],
+    }
+}
+
+fn committed(o: &Outcome) -> Option<u64> {
+    match o {
+        Outcome::Committed { version } => Some(*version),
+        Outcome::Aborted { .. } => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_get_dense_versions_and_subscribe_sees_them() {
+    let dir = TempDir::new().unwrap();
+    let (server, client) = start(config(&dir)).await;
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(c);
+            let mut acks = Vec::new();
+            for i in 0..150 {
+                let snapshot = client.status().await.unwrap().durable_version;
+                let keys: Vec<String> = (0..3)
+                    .map(|_| format!("k{}", rng.random_range(0..50)))
+                    .collect();
+                let w = ws(&format!("c{c}-{i}"), snapshot, &keys);
+                let o = client.certify(w.clone()).await.unwrap();
+                if let Some(v) = committed(&o) {
+                    acks.push((v, w));
+                }
+            }
+            acks
+        }));
+    }
+    let mut acked = BTreeMap::new();
+    for t in tasks {
+        for (v, w) in t.await.unwrap() {
+            assert!(acked.insert(v, w).is_none(), "version {v} given twice");
+        }
+    }
+    let n = acked.len() as u64;
+    assert!(n > 100, "only {n} commits");
+    assert_eq!(
+        acked.keys().copied().collect::<Vec<_>>(),
+        (1..=n).collect::<Vec<_>>()
+    );
+    let st = client.status().await.unwrap();
+    assert_eq!((st.latest_version, st.durable_version), (n, n));
+    let got: Vec<_> = client
+        .subscribe(0)
+        .await
+        .unwrap()
+        .take(n as usize)
+        .collect()
+        .await;
+    for (i, cw) in got.into_iter().enumerate() {
+        let cw = cw.unwrap();
+        assert_eq!(cw.version, i as u64 + 1);
+        assert_eq!(&cw.writeset, &acked[&cw.version]);
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_writeset_is_chunked_both_ways_and_the_limit_is_enforced() {
+    let dir = TempDir::new().unwrap();
+    let cfg = CertifierConfig {
+        max_message_bytes: 64 << 10,
+        max_writeset_bytes: 8 << 20,
+        ..config(&dir)
+    };
+    let (server, client) = start(cfg).await;
+    let keys: Vec<String> = (0..50_000).map(|i| format!("key-{i}")).collect();
+    let big = ws("big", 0, &keys);
+    let size = prost::Message::encoded_len(&big);
+    assert!(size > 2 << 20, "{size}");
+    assert_eq!(
+        client.certify(big.clone()).await.unwrap(),
+        Outcome::Committed { version: 1 }
+    );
+    let mut sub = client.subscribe(1).await.unwrap();
+    let cw = sub.next().await.unwrap().unwrap();
+    assert_eq!((cw.version, cw.writeset == big), (1, true));
+
+    let keys: Vec<String> = (0..200_000).map(|i| format!("key-{i}")).collect();
+    let err = client
+        .certify(ws("huge", 1, &keys))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("too large") && err.contains("max_writeset_bytes"),
+        "{err}"
+    );
+    assert!(err.contains("resource"), "{err}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_invalid_argument_with_the_reason() {
+    let dir = TempDir::new().unwrap();
+    let (server, client) = start(config(&dir)).await;
+    let bad = |mutate: fn(&mut Writeset)| {
+        let mut w = ws("bad", 0, &["k".into()]);
+        mutate(&mut w);
+        w
+    };
+    for (w, want) in [
+        (bad(|w| w.format_version = 7), "format_version 7"),
+        (bad(|w| w.txn_id = Bytes::new()), "txn_id"),
+        (bad(|w| w.items[0].op = 0), "op not set"),
+        (bad(|w| w.snapshot = 99), "ahead of the latest"),
+        (bad(|w| w.items.clear()), "empty writeset"),
+    ] {
+        match client.certify(w).await {
+            Err(tashkent_certifier::CertifierError::Rpc(s)) => {
+                assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+                assert!(s.message().contains(want), "{} !~ {want}", s.message());
+            }
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+    let e = client
+        .report_applied(1, 5, 0)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("beyond the latest"), "{e}");
+    // Bytes that are not protobuf at all.
+    let s = raw::call(
+        server.local_addr(),
+        "/tashkent.certifier.v1.Certifier/ReportApplied",
+        &[0xff, 0xff, 0xff],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("malformed"), "{s:?}");
+    // Nothing above consumed a version.
+    let o = client.certify(ws("good", 0, &["k".into()])).await.unwrap();
+    assert_eq!(o, Outcome::Committed { version: 1 });
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_from_zero_and_from_the_middle_while_commits_continue() {
+    let dir = TempDir::new().unwrap();
+    let (server, client) = start(config(&dir)).await;
+    const N: u64 = 300;
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..N {
+                // Snapshot = all previous: never conflicts.
+                let w = ws(&format!("w{i}"), i, &[format!("k{}", i % 7)]);
+                assert_eq!(
+                    client.certify(w.clone()).await.unwrap(),
+                    Outcome::Committed { version: i + 1 }
+                );
+                acked.push(w);
+                if i % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            acked
+        })
+    };
+    let from_zero = client.subscribe(0).await.unwrap();
+    while client.status().await.unwrap().durable_version < 50 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let from_mid = client.subscribe(40).await.unwrap();
+    let a: Vec<_> = from_zero.take(N as usize).collect().await;
+    let b: Vec<_> = from_mid.take((N - 39) as usize).collect().await;
+    let acked = writer.await.unwrap();
+    for (i, cw) in a.into_iter().enumerate() {
+        let cw = cw.unwrap();
+        assert_eq!((cw.version, &cw.writeset), (i as u64 + 1, &acked[i]));
+    }
+    for (i, cw) in b.into_iter().enumerate() {
+        let cw = cw.unwrap();
+        assert_eq!((cw.version, &cw.writeset), (i as u64 + 40, &acked[i + 39]));
+    }
+    // Beyond the head is refused, at the head waits.
+    let e = client.subscribe(N + 2).await.err().unwrap().to_string();
+    assert!(e.contains("latest version"), "{e}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_reports_status_and_restart() {
+    let dir = TempDir::new().unwrap();
+    let cfg = CertifierConfig {
+        window_max_versions: 5,
+        dedupe_max_entries: 5,
+        ..config(&dir)
+    };
+    let (server, client) = start(cfg.clone()).await;
+    let a = ws("a", 0, &["x".into()]);
+    let b = ws("b", 0, &["x".into()]);
+    assert_eq!(
+        client.certify(a.clone()).await.unwrap(),
+        Outcome::Committed { version: 1 }
+    );
+    let abort_b = client.certify(b.clone()).await.unwrap();
+    assert!(
+        matches!(
+            &abort_b,
+            Outcome::Aborted {
+                code: AbortCode::Conflict,
+                ..
+            }
+        ),
+        "{abort_b:?}"
+    );
+    assert_eq!(
+        client.certify(a.clone()).await.unwrap(),
+        Outcome::Committed { version: 1 }
+    );
+    assert_eq!(client.certify(b.clone()).await.unwrap(), abort_b);
+    for i in 0..20u64 {
+        let w = ws(&format!("n{i}"), i + 1, &[format!("y{i}")]);
+        assert_eq!(
+            client.certify(w).await.unwrap(),
+            Outcome::Committed { version: i + 2 }
+        );
+    }
+    let st = client.status().await.unwrap();
+    assert_eq!(st.latest_version, 21);
+    assert_eq!(st.horizon, 16, "window of 5 versions");
+    assert!(
+        st.horizon_cause.contains("memory limit"),
+        "{}",
+        st.horizon_cause
+    );
+    // "a" is older than both the window and the dedupe table: found in the WAL.
+    assert_eq!(
+        client.certify(a.clone()).await.unwrap(),
+        Outcome::Committed { version: 1 }
+    );
+    // A new transaction with that old snapshot is too old.
+    match client.certify(ws("c", 0, &["z".into()])).await.unwrap() {
+        Outcome::Aborted { code, reason } => {
+            assert_eq!(code, AbortCode::SnapshotTooOld);
+            assert!(
+                reason.contains("horizon 16") && reason.contains("memory limit"),
+                "{reason}"
+            );
+        }
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(client.report_applied(3, 21, 18).await.unwrap(), 18);
+    let st = client.status().await.unwrap();
+    assert_eq!(st.replicas.len(), 1);
+    assert_eq!(
+        (st.replicas[0].replica_id, st.replicas[0].applied_version),
+        (3, 21)
+    );
+    server.shutdown().await.unwrap();
+
+    let (server, client) = start(cfg).await;
+    let st = client.status().await.unwrap();
+    assert_eq!((st.latest_version, st.durable_version), (21, 21));
+    assert_eq!(st.horizon, 16, "rebuilt window: 5 versions");
+    assert_eq!(
+        client.certify(a.clone()).await.unwrap(),
+        Outcome::Committed { version: 1 }
+    );
+    let n19 = ws("n19", 20, &["y19".into()]);
+    assert_eq!(
+        client.certify(n19).await.unwrap(),
+        Outcome::Committed { version: 21 }
+    );
+    // The conflict is rebuilt from the WAL: a concurrent writer of y19 aborts.
+    let late = ws("late", 20, &["y19".into()]);
+    assert!(matches!(
+        client.certify(late).await.unwrap(),
+        Outcome::Aborted {
+            code: AbortCode::Conflict,
+            ..
+        }
+    ));
+    assert_eq!(
+        client.certify(ws("next", 21, &["x".into()])).await.unwrap(),
+        Outcome::Committed { version: 22 }
+    );
+    let all: Vec<_> = client.subscribe(1).await.unwrap().take(22).collect().await;
+    let ids: HashSet<_> = all
+        .iter()
+        .map(|c| c.as_ref().unwrap().writeset.txn_id.clone())
+        .collect();
+    assert_eq!(ids.len(), 22);
+    assert_eq!(all[0].as_ref().unwrap().writeset, a);
+    server.shutdown().await.unwrap();
+}
+
+/// A gRPC call with an arbitrary request body.
+mod raw {
+    use bytes::{Buf, BufMut, Bytes};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::Status;
+
+    #[derive(Default)]
+    struct RawCodec;
+    struct Enc;
+    struct Dec;
+
+    impl Encoder for Enc {
+        type Item = Bytes;
+        type Error = Status;
+        fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for Dec {
+        type Item = Bytes;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+            Ok(Some(src.copy_to_bytes(src.remaining())))
+        }
+    }
+
+    impl Codec for RawCodec {
+        type Encode = Bytes;
+        type Decode = Bytes;
+        type Encoder = Enc;
+        type Decoder = Dec;
+        fn encoder(&mut self) -> Enc {
+            Enc
+        }
+        fn decoder(&mut self) -> Dec {
+            Dec
+        }
+    }
+
+    pub async fn call(
+        addr: std::net::SocketAddr,
+        path: &'static str,
+        body: &[u8],
+    ) -> Result<Bytes, Status> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+        grpc.unary(
+            tonic::Request::new(Bytes::copy_from_slice(body)),
+            path,
+            RawCodec,
+        )
+        .await
+        .map(|r| r.into_inner())
+    }
+}
