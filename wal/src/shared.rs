@@ -48,6 +48,12 @@ pub(crate) struct State {
     /// `truncate_after` may not cut below it, so a queued purge and a
     /// truncate can never both apply to the same segment.
     pub purge_floor: Lsn,
+    /// Submitters wake the writer only once the queue holds this many ops:
+    /// `usize::MAX` while the writer is busy (it will look at the queue
+    /// when done anyway, so no futex wake is spent), 1 while it idles, and
+    /// the size of the previous group while it briefly waits for a group to
+    /// fill (see `writer.rs`).
+    pub wake_at: usize,
 }
 
 pub(crate) struct Shared {
@@ -73,6 +79,14 @@ pub(crate) struct Counters {
 }
 
 impl Shared {
+    /// Queues `op` and wakes the writer if it is waiting for that.
+    pub fn enqueue(&self, st: &mut State, op: Op) {
+        st.queue.push(op);
+        if st.queue.len() >= st.wake_at {
+            self.wake.notify_one();
+        }
+    }
+
     pub fn poison_error(&self, cause: &std::sync::Arc<WalError>) -> WalError {
         WalError::Poisoned {
             cause: cause.clone(),

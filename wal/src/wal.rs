@@ -100,6 +100,7 @@ impl Wal {
                 poisoned: None,
                 waiters: Vec::new(),
                 purge_floor: first,
+                wake_at: 1,
             }),
             wake: Condvar::new(),
             written: AtomicU64::new(last),
@@ -157,14 +158,16 @@ impl Wal {
             let lsn = st.next_lsn;
             st.next_lsn += 1;
             self.shared().last.store(lsn, Ordering::Release);
-            st.queue.push(Op::Append {
-                lsn,
-                payload,
-                reply,
-            });
+            self.shared().enqueue(
+                &mut st,
+                Op::Append {
+                    lsn,
+                    payload,
+                    reply,
+                },
+            );
             lsn
         };
-        self.shared().wake.notify_one();
         Ok(AppendTicket { lsn, rx })
     }
 
@@ -279,9 +282,10 @@ impl Wal {
             }
             st.next_lsn = lsn + 1;
             self.shared().last.store(lsn, Ordering::Release);
-            st.queue.push(Op::Truncate { lsn, reply: tx });
+            st.wake_at = 1; // not worth waiting for a group
+            self.shared()
+                .enqueue(&mut st, Op::Truncate { lsn, reply: tx });
         }
-        self.shared().wake.notify_one();
         rx.await.unwrap_or(Err(WalError::Closed))
     }
 
@@ -295,9 +299,9 @@ impl Wal {
             let mut st = self.shared().state.lock();
             check_open(self.shared(), &st)?;
             st.purge_floor = st.purge_floor.max(lsn);
-            st.queue.push(Op::Purge { lsn, reply: tx });
+            st.wake_at = 1;
+            self.shared().enqueue(&mut st, Op::Purge { lsn, reply: tx });
         }
-        self.shared().wake.notify_one();
         rx.await.unwrap_or(Err(WalError::Closed))
     }
 

@@ -14,6 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -27,6 +28,8 @@ use crate::{fault, Lsn, WalError};
 /// Groups larger than this are split (bounds the copy buffer; a single
 /// larger record still goes in a group of its own).
 const MAX_GROUP_BYTES: usize = 16 << 20;
+/// Upper bound of the group-fill wait (see `run`).
+const MAX_GROUP_WAIT: Duration = Duration::from_micros(200);
 /// The group buffer is shrunk back to this after a huge record.
 const KEEP_BUF_BYTES: usize = 4 << 20;
 
@@ -68,19 +71,49 @@ impl Writer {
     /// Runs until the log is closed and the queue is empty. Returns the
     /// poison cause if the log failed.
     pub(crate) fn run(mut self) -> Result<(), WalError> {
-        loop {
+        // Size and duration of the previous group, for the group-fill wait.
+        let mut last_group = 1usize;
+        let mut last_cost = Duration::ZERO;
+        'outer: loop {
             {
                 let mut st = self.shared.state.lock();
-                while st.queue.is_empty() && !st.closed {
-                    self.shared.wake.wait(&mut st);
+                let mut deadline: Option<Instant> = None;
+                loop {
+                    if st.queue.is_empty() {
+                        if st.closed {
+                            break 'outer;
+                        }
+                        st.wake_at = 1;
+                        deadline = None;
+                        self.shared.wake.wait(&mut st);
+                        continue;
+                    }
+                    // Group-fill wait (an adaptive commit_delay). When the
+                    // previous group was larger than what is queued now, its
+                    // appenders are most likely just resubmitting; waiting a
+                    // fraction of a group's cost for them turns alternating
+                    // big/small groups into uniformly big ones. With a single
+                    // appender last_group is 1 and there is never a wait.
+                    if st.closed || st.queue.len() >= last_group {
+                        break;
+                    }
+                    let dl = *deadline.get_or_insert_with(|| {
+                        Instant::now() + (last_cost / 2).min(MAX_GROUP_WAIT)
+                    });
+                    st.wake_at = last_group;
+                    if self.shared.wake.wait_until(&mut st, dl).timed_out() {
+                        break;
+                    }
                 }
-                if st.queue.is_empty() {
-                    break;
-                }
+                // Busy from here on: submitters need not wake us.
+                st.wake_at = usize::MAX;
                 std::mem::swap(&mut st.queue, &mut self.spare);
             }
             let mut ops = std::mem::take(&mut self.spare);
+            last_group = ops.len();
+            let started = Instant::now();
             self.process(&mut ops);
+            last_cost = started.elapsed();
             self.spare = ops;
         }
         match &self.shared.state.lock().poisoned {
