@@ -4,3 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo test --workspace
+# Fault injection needs the WAL built with its failpoints compiled in.
+cargo test -p tashkent-wal --features failpoints --test faults
