@@ -5,7 +5,8 @@
 //! Sites (configure with `fail::cfg(name, action)` in tests):
 //! - `wal::write`            - the group write fails (`return(enospc)` gives ENOSPC, else EIO)
 //! - `wal::short_write`      - the kernel is handed only half the buffer first (`return`)
-//! - `wal::before_fsync`     - after the write, before the fdatasync (`return` = EIO, `sleep(ms)`, `pause`)
+//! - `wal::before_fsync`     - after the write, before the fdatasync is reported (`return` = EIO,
+//!   `sleep(ms)`, `pause`); with io_uring the linked fsync has run by then
 //! - `wal::fsync`            - the fdatasync reports failure (`return` = EIO)
 //! - `wal::segment_roll`     - a new segment file was created but not yet renamed into place
 //! - `wal::purge_between`    - purge deleted one segment and is about to delete the next

@@ -109,7 +109,8 @@ pub(crate) fn recover(dir: &Path, segment_size: u64) -> Result<Recovered, WalErr
             next_lsn: expected,
         });
     }
-    unreachable!("segments is not empty")
+    // The loop returns at the last segment; the list was checked non-empty.
+    Err(WalError::corruption(dir, 0, "no segment files"))
 }
 
 /// Follows the chain of valid frames with consecutive LSNs from the segment

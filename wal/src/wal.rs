@@ -312,7 +312,7 @@ impl Wal {
         self.inner.shutdown();
         let done = self.inner.done.lock().take();
         let r = match done {
-            Some(rx) => rx.await.unwrap_or(Ok(())),
+            Some(rx) => rx.await.unwrap_or(Err(WalError::Closed)),
             None => Ok(()), // another clone is closing it
         };
         self.inner.join();

@@ -477,3 +477,13 @@ fn auto_picks_io_uring_when_available() {
     };
     assert_eq!(wal.stats().backend, expect);
 }
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Wal>();
+    send_sync::<WalError>();
+    send::<tashkent_wal::WalReader>();
+    send::<tashkent_wal::AppendTicket>();
+}

@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use io_uring::{opcode, squeue, types, IoUring};
 
 use super::{is_retryable, IoBackend};
 use crate::{fault, Backend, WalError};
@@ -56,18 +56,32 @@ impl Uring {
         })
     }
 
-    /// Waits until `n` completions are available and returns them by tag.
-    fn reap(&mut self, n: usize, out: &mut Vec<cqueue::Entry>) -> io::Result<()> {
-        while out.len() < n {
-            if let Err(e) = self.ring.submit_and_wait(n - out.len()) {
+    /// Submits what is queued and collects completions (by tag) into
+    /// `wrote`/`synced` until `done` says enough is in.
+    fn reap_until(
+        &mut self,
+        wrote: &mut Option<i32>,
+        synced: &mut Option<i32>,
+        done: impl Fn(&Option<i32>, &Option<i32>) -> bool,
+    ) -> io::Result<()> {
+        loop {
+            for c in self.ring.completion() {
+                match c.user_data() {
+                    WRITE_TAG => *wrote = Some(c.result()),
+                    FSYNC_TAG => *synced = Some(c.result()),
+                    _ => {}
+                }
+            }
+            if done(wrote, synced) {
+                return Ok(());
+            }
+            if let Err(e) = self.ring.submit_and_wait(1) {
                 if !is_retryable(&e) {
                     self.broken = true;
                     return Err(e);
                 }
             }
-            out.extend(self.ring.completion());
         }
-        Ok(())
     }
 }
 
@@ -93,10 +107,13 @@ impl IoBackend for Uring {
         if let Some(e) = fault::injected("wal::write") {
             return Err(WalError::io(path, e));
         }
+        if buf.is_empty() {
+            on_written();
+            return file.sync_data().map_err(|e| WalError::io(path, e));
+        }
         let fd = types::Fd(file.as_raw_fd());
         let mut done = 0usize;
         let mut first = true;
-        let mut cqes = Vec::with_capacity(2);
         loop {
             let rest = buf.len() - done;
             let mut len = rest.min(MAX_CHUNK);
@@ -140,20 +157,23 @@ impl IoBackend for Uring {
                     ));
                 }
             }
-            let want = if with_fsync { 2 } else { 1 };
-            cqes.clear();
-            self.reap(want, &mut cqes)
-                .map_err(|e| WalError::io(path, e))?;
+            // Reap the write first, so `on_written` (the written LSN) moves
+            // while the fsync is still running; then, if linked, the fsync
+            // (always reaped, even when cancelled, so no stale completion is
+            // left in the ring for the next round).
             let mut wrote: Option<i32> = None;
             let mut synced: Option<i32> = None;
-            for c in &cqes {
-                match c.user_data() {
-                    WRITE_TAG => wrote = Some(c.result()),
-                    FSYNC_TAG => synced = Some(c.result()),
-                    _ => {}
-                }
-            }
+            self.reap_until(&mut wrote, &mut synced, |w, _| w.is_some())
+                .map_err(|e| WalError::io(path, e))?;
             let wrote = wrote.unwrap_or(-libc::EIO);
+            let complete = wrote > 0 && done + wrote as usize == buf.len();
+            if complete {
+                on_written();
+            }
+            if with_fsync {
+                self.reap_until(&mut None, &mut synced, |_, s| s.is_some())
+                    .map_err(|e| WalError::io(path, e))?;
+            }
             if wrote < 0 {
                 let e = io::Error::from_raw_os_error(-wrote);
                 if is_retryable(&e) {
@@ -168,18 +188,17 @@ impl IoBackend for Uring {
                 ));
             }
             done += wrote as usize;
-            if done < buf.len() {
+            if !complete {
                 // Short write (or a non-final chunk): any linked fsync was
                 // cancelled or is moot; write the remainder.
                 continue;
             }
-            on_written();
             if let Some(e) = fault::injected("wal::before_fsync") {
                 return Err(WalError::io(path, e));
             }
             let synced = match synced {
                 Some(r) => r,
-                // The final bytes came from a chunk without a linked fsync
+                // Everything was written by a chunk without a linked fsync
                 // (cannot happen with the sizing above, but be exact).
                 None => {
                     file.sync_data().map_err(|e| WalError::io(path, e))?;
@@ -187,8 +206,8 @@ impl IoBackend for Uring {
                 }
             };
             if synced < 0 {
-                // Includes ECANCELED only if the write was short, which was
-                // handled above; anything here is a real fsync failure.
+                // ECANCELED only follows a short write, handled above; this
+                // is a real fsync failure.
                 return Err(WalError::io(path, io::Error::from_raw_os_error(-synced)));
             }
             if let Some(e) = fault::injected("wal::fsync") {
