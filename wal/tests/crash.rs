@@ -2,12 +2,14 @@
 //! concurrent tasks and prints every acknowledged LSN; we SIGKILL it at a
 //! random moment, reopen the log and check that every acknowledged record
 //! is there byte-identical, that every record present is a complete record
-//! the child really submitted, and that the log opens cleanly. Repeated
+//! the child really submitted, and that the log opens cleanly. The child
+//! also purges as it goes; no record at or above an announced purge LSN may
+//! go missing. Repeated
 //! many times on the same directory (so recovery after recovery is tested),
 //! alternating backends.
 //!
 //! Seeded: the seed is printed; replay with `WAL_CRASH_SEED=<seed>`.
-//! `WAL_CRASH_RUNS` overrides the number of kills (default 40).
+//! `WAL_CRASH_RUNS` overrides the number of kills (default 50).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -37,7 +39,7 @@ fn env_u64(name: &str) -> Option<u64> {
 #[test]
 fn sigkill_at_random_moments_loses_no_acknowledged_record() {
     let seed = env_u64("WAL_CRASH_SEED").unwrap_or_else(rand::random);
-    let runs = env_u64("WAL_CRASH_RUNS").unwrap_or(40);
+    let runs = env_u64("WAL_CRASH_RUNS").unwrap_or(50);
     eprintln!("crash test seed {seed} (replay with WAL_CRASH_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -47,6 +49,9 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
     // Every LSN ever acknowledged -> (key, len).
     let mut acked: BTreeMap<u64, (u64, usize)> = BTreeMap::new();
     let mut runs_with_acks = 0;
+    // Highest purge LSN the child announced (0: none yet).
+    let mut max_purge = 0u64;
+    let mut purges = 0;
     for run in 1..=runs {
         let backend = if uring && run % 2 == 0 {
             "io_uring"
@@ -89,6 +94,11 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         }
         for l in lines {
             let s = String::from_utf8(l).unwrap();
+            if let Some(n) = s.strip_prefix("purge ") {
+                max_purge = max_purge.max(n.trim().parse().unwrap());
+                purges += 1;
+                continue;
+            }
             let f: Vec<u64> = s.split_whitespace().map(|x| x.parse().unwrap()).collect();
             let (lsn, key, len) = (f[0], f[1], f[2] as usize);
             if let Some(prev) = acked.insert(lsn, (key, len)) {
@@ -116,8 +126,14 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
                 "run {run}: acked LSN {max_acked} > last {last} (seed {seed})"
             );
         }
-        let mut expect = 1;
-        for rec in wal.read_from(1).unwrap() {
+        // Only whole segments below an announced purge LSN may be gone.
+        let first = wal.first_lsn();
+        assert!(
+            first == 1 || first <= max_purge,
+            "run {run}: first LSN {first} but the highest purge was {max_purge} (seed {seed})"
+        );
+        let mut expect = first;
+        for rec in wal.read_from(first).unwrap() {
             let (lsn, p) = rec.unwrap_or_else(|e| panic!("run {run}: read: {e} (seed {seed})"));
             assert_eq!(lsn, expect);
             expect += 1;
@@ -128,6 +144,8 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
                 "run {run}: LSN {lsn} is not a record the child wrote (seed {seed})"
             );
             if let Some(&(k, len)) = acked.get(&lsn) {
+                // Also proves every acked LSN >= first is present: the
+                // reader checks LSNs are dense from `first` to `last`.
                 assert_eq!(
                     (key, p.len()),
                     (k, len),
@@ -143,7 +161,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         drop(wal);
     }
     eprintln!(
-        "crash test: {runs} kills, {} acknowledged records verified, {:.1}s",
+        "crash test: {runs} kills, {} acknowledged records, {purges} purges, {:.1}s",
         acked.len(),
         started.elapsed().as_secs_f64()
     );

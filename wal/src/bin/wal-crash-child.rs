@@ -1,6 +1,8 @@
 //! Test helper for `tests/crash.rs`: appends to a WAL from many concurrent
 //! tasks forever and prints `"<lsn> <key> <len>"` for every acknowledged
-//! (durable) append, until the parent SIGKILLs it.
+//! (durable) append, until the parent SIGKILLs it. A purger task
+//! meanwhile prints `"purge <n>"` and then calls `purge_below(n)`, so kills
+//! also land in the middle of purges.
 //!
 //! Usage: `wal-crash-child <dir> <portable|io_uring> <run-id>`
 //!
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_time()
         .build()
     {
         Ok(rt) => rt,
@@ -83,6 +86,27 @@ fn main() -> ExitCode {
     let result: Result<(), String> = rt.block_on(async move {
         println!("ready");
         let mut tasks = Vec::new();
+        let purger = {
+            let wal = wal.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+                    let n = wal.durable_lsn().saturating_sub(300);
+                    if n > wal.first_lsn() {
+                        {
+                            // Announce first: the parent must then find every
+                            // record >= n, whether or not the purge finished.
+                            let mut out = std::io::stdout().lock();
+                            writeln!(out, "purge {n}").map_err(|e| e.to_string())?;
+                            out.flush().map_err(|e| e.to_string())?;
+                        }
+                        wal.purge_below(n).await.map_err(|e| e.to_string())?;
+                    }
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), String>(())
+            })
+        };
         for t in 0..TASKS {
             let wal = wal.clone();
             tasks.push(tokio::spawn(async move {
@@ -105,6 +129,7 @@ fn main() -> ExitCode {
         for t in tasks {
             t.await.map_err(|e| e.to_string())??;
         }
+        purger.await.map_err(|e| e.to_string())??;
         Ok(())
     });
     match result {
