@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Start a local PostgreSQL server and print how to connect; Ctrl-C stops it.
     Up(UpArgs),
+    /// Run the certifier: GSI certification, global order, durable log, gRPC.
+    Certifier(tashkent_certifier::CertifierArgs),
 }
 
 #[derive(clap::Args)]
@@ -53,6 +55,10 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Up(args) => up(args),
+        Command::Certifier(args) => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(tashkent_certifier::run(args))
+            .context("certifier"),
     }
 }
 
