@@ -6,6 +6,9 @@
 //! same WAL with `max_group_records = 1`, i.e. one write + fdatasync per
 //! append, so the only difference measured is the grouping.
 //!
+//! `WAL_BENCH_NOWAIT=1` adds a third mode: group commit with
+//! `max_group_wait = 0`, to show what the adaptive group-fill wait buys.
+//!
 //! Criterion reports appends/s (throughput in elements); at the end a table
 //! prints appends/s, MB/s and the group/fsync_each ratio per cell, measured
 //! side by side in the same run.
@@ -42,6 +45,16 @@ fn backends() -> Vec<(&'static str, Backend)> {
     v
 }
 
+/// (name, max_group_records, max_group_wait µs). `WAL_BENCH_NOWAIT=1` adds
+/// group commit without the group-fill wait, to show what the wait buys.
+fn modes() -> Vec<(&'static str, usize, u64)> {
+    let mut v = vec![("group", usize::MAX, 200), ("fsync_each", 1, 0)];
+    if std::env::var_os("WAL_BENCH_NOWAIT").is_some() {
+        v.push(("nowait", usize::MAX, 0));
+    }
+    v
+}
+
 fn bench_append(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -56,13 +69,14 @@ fn bench_append(c: &mut Criterion) {
     for &size in &SIZES {
         for &conc in &CONCURRENCY {
             for (bname, backend) in backends() {
-                for (mode, max_group) in [("group", usize::MAX), ("fsync_each", 1)] {
+                for (mode, max_group, wait) in modes() {
                     let dir = tempfile::tempdir().expect("tempdir");
                     let wal = Wal::open(
                         dir.path(),
                         WalOptions {
                             backend,
                             max_group_records: max_group,
+                            max_group_wait: Duration::from_micros(wait),
                             ..WalOptions::default()
                         },
                     )
@@ -134,6 +148,13 @@ fn print_summary() {
     for &size in &SIZES {
         for &conc in &CONCURRENCY {
             for bname in ["io_uring", "portable"] {
+                if let Some(nw) = rate(&("nowait", bname, conc, size)) {
+                    let per_sync = groups
+                        .get(&("nowait", bname, conc, size))
+                        .copied()
+                        .unwrap_or(0.0);
+                    println!("  (group commit without the group-fill wait: {nw:.0} ap/s, {per_sync:.1} ap/sync)");
+                }
                 let g = rate(&("group", bname, conc, size));
                 let e = rate(&("fsync_each", bname, conc, size));
                 let (Some(g), Some(e)) = (g, e) else { continue };

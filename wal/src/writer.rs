@@ -28,8 +28,6 @@ use crate::{fault, Lsn, WalError};
 /// Groups larger than this are split (bounds the copy buffer; a single
 /// larger record still goes in a group of its own).
 const MAX_GROUP_BYTES: usize = 16 << 20;
-/// Upper bound of the group-fill wait (see `run`).
-const MAX_GROUP_WAIT: Duration = Duration::from_micros(200);
 /// The group buffer is shrunk back to this after a huge record.
 const KEEP_BUF_BYTES: usize = 4 << 20;
 
@@ -94,12 +92,12 @@ impl Writer {
                     // fraction of a group's cost for them turns alternating
                     // big/small groups into uniformly big ones. With a single
                     // appender last_group is 1 and there is never a wait.
-                    if st.closed || st.queue.len() >= last_group {
+                    let max_wait = self.shared.opts.max_group_wait;
+                    if st.closed || st.queue.len() >= last_group || max_wait.is_zero() {
                         break;
                     }
-                    let dl = *deadline.get_or_insert_with(|| {
-                        Instant::now() + (last_cost / 2).min(MAX_GROUP_WAIT)
-                    });
+                    let dl = *deadline
+                        .get_or_insert_with(|| Instant::now() + (last_cost / 2).min(max_wait));
                     st.wake_at = last_group;
                     if self.shared.wake.wait_until(&mut st, dl).timed_out() {
                         break;
