@@ -108,8 +108,18 @@
 //!
 //! With the `failpoints` cargo feature, the sites listed in `fault.rs`
 //! (`wal::write`, `wal::short_write`, `wal::before_fsync`, `wal::fsync`,
-//! `wal::segment_roll`, `wal::purge_between`) are live. Fault tests:
-//! `cargo test -p tashkent-wal --features failpoints --test faults`.
+//! `wal::segment_roll`, `wal::purge_between`, `wal::truncate_step`) are live; without it they
+//! compile to nothing.
+//!
+//! ## Tests and benchmarks
+//!
+//! ```text
+//! cargo test -p tashkent-wal                                   # unit, conformance (both backends),
+//!                                                              # recovery, crash (SIGKILL) tests
+//! cargo test -p tashkent-wal --features failpoints --test faults   # fault injection
+//! WAL_CRASH_SEED=<seed> cargo test -p tashkent-wal --test crash    # replay a crash run
+//! cargo bench -p tashkent-wal --bench append [-- c64/256B]         # throughput matrix
+//! ```
 
 mod backend;
 mod error;

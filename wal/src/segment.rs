@@ -145,6 +145,11 @@ pub(crate) fn zero_range_backwards(
             .ctx(path)?;
         file.sync_data().ctx(path)?;
         end = start;
+        if end > from {
+            if let Some(e) = fault::injected("wal::truncate_step") {
+                return Err(WalError::io(path, e));
+            }
+        }
     }
     Ok(())
 }

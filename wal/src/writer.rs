@@ -300,7 +300,12 @@ impl Writer {
                 reason: "below the oldest retained segment".into(),
             });
         };
-        for s in segs[k + 1..].iter().rev() {
+        for (i, s) in segs[k + 1..].iter().rev().enumerate() {
+            if i > 0 {
+                if let Some(e) = fault::injected("wal::truncate_step") {
+                    return Err(WalError::io(&s.path, e));
+                }
+            }
             self.shared.segments.write().pop();
             remove_if_exists(&s.path)?;
             segment::sync_dir(&self.shared.dir)?;

@@ -186,6 +186,51 @@ async fn purge_interrupted_between_deletions_loses_nothing(b: Backend) {
     scenario.teardown();
 }
 
+/// Interrupt truncate_after after its first step: the log must reopen with
+/// records 1..=cut intact and a dense prefix of the rest (never a hole).
+async fn check_interrupted_truncate(
+    b: Backend,
+    o: tashkent_wal::WalOptions,
+    n: u64,
+    len: usize,
+    cut: u64,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), o.clone()).unwrap();
+    let tickets: Vec<_> = (1..=n)
+        .map(|i| wal.submit(payload(i, len)).unwrap())
+        .collect();
+    for t in tickets {
+        t.await.unwrap();
+    }
+    fail::cfg("wal::truncate_step", "1*off->return").unwrap();
+    assert!(wal.truncate_after(cut).await.is_err());
+    fail::remove("wal::truncate_step");
+    // Interrupted truncation is fatal for the handle (LSNs were reassigned).
+    assert!(wal.append(&b"x"[..]).await.unwrap_err().is_poisoned());
+    drop(wal);
+    let wal = Wal::open(dir.path(), o).unwrap_or_else(|e| panic!("{b:?}: reopen failed: {e}"));
+    let last = wal.last_lsn();
+    assert!(last >= cut && last < n, "{b:?}: last {last}");
+    let all = read_all(&wal, 1);
+    assert_eq!(all.len() as u64, last);
+    for (lsn, p) in all {
+        assert_eq!(p, payload(lsn, len), "{b:?}: LSN {lsn}");
+    }
+    // And truncating again completes the job.
+    wal.truncate_after(cut).await.unwrap();
+    assert_eq!(wal.append(&b"next"[..]).await.unwrap(), cut + 1);
+}
+
+async fn interrupted_truncate_leaves_a_prefix(b: Backend) {
+    let scenario = FailScenario::setup();
+    // Across many small segments: deleted newest-first.
+    check_interrupted_truncate(b, small_segments(b, 4096), 300, 100, 20).await;
+    // A tail of > 4 MiB in one segment: zeroed in chunks, last chunk first.
+    check_interrupted_truncate(b, opts(b), 600, 16 << 10, 20).await;
+    scenario.teardown();
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod portable {
@@ -214,4 +259,5 @@ both_backends!(
     short_writes_are_completed,
     failed_segment_roll_poisons_and_log_reopens,
     purge_interrupted_between_deletions_loses_nothing,
+    interrupted_truncate_leaves_a_prefix,
 );
