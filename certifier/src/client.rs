@@ -5,6 +5,7 @@
 //! order. The client is cheap to clone (one HTTP/2 connection shared).
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use futures::{Stream, StreamExt};
@@ -13,6 +14,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::config::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::error::CertifierError;
+use crate::pipeline::PipelineClient;
 use crate::proto::certifier_client::CertifierClient as Grpc;
 use crate::proto::{
     certify_response, AbortCode, ReportAppliedRequest, StatusRequest, StatusResponse,
@@ -21,6 +23,9 @@ use crate::proto::{
 use crate::service::Outcome;
 use crate::writeset;
 use crate::Version;
+
+/// HTTP/2 flow-control window, per stream and per connection.
+pub(crate) const WINDOW_BYTES: u32 = 8 << 20;
 
 /// A committed writeset, as Subscribe delivers it.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +58,7 @@ impl Default for ClientOptions {
 #[derive(Clone)]
 pub struct CertifierClient {
     grpc: Grpc<Channel>,
+    pipeline: Arc<PipelineClient>,
     opts: ClientOptions,
 }
 
@@ -77,22 +83,45 @@ impl CertifierClient {
         };
         let channel = Endpoint::from_shared(uri)?
             .tcp_nodelay(true)
+            // One pipeline stream carries every transaction of this client:
+            // the default 64 KiB HTTP/2 window would throttle it.
+            .initial_stream_window_size(Some(WINDOW_BYTES))
+            .initial_connection_window_size(Some(WINDOW_BYTES))
             .connect()
             .await?;
         let grpc = Grpc::new(channel)
             .max_decoding_message_size(opts.max_message_bytes)
             .max_encoding_message_size(opts.max_message_bytes);
-        Ok(CertifierClient { grpc, opts })
+        Ok(CertifierClient {
+            pipeline: Arc::new(PipelineClient::new(grpc.clone(), opts.max_message_bytes)),
+            grpc,
+            opts,
+        })
     }
 
     /// Certifies `ws` (its txn_id makes retries idempotent: on an error
-    /// whose outcome is unknown, retry with the same writeset).
+    /// whose outcome is unknown, retry with the same writeset). Writesets
+    /// that fit one chunk share the connection's CertifyPipeline stream;
+    /// larger ones are sent in chunks over a Certify call of their own.
     pub async fn certify(&self, ws: Writeset) -> Result<Outcome, CertifierError> {
         let chunk = self
             .opts
             .chunk_bytes
-            .min(self.opts.max_message_bytes - 1024);
-        let chunks = writeset::split(ws, chunk);
+            .min(self.opts.max_message_bytes.saturating_sub(1024));
+        if ws.encoded_len() <= chunk {
+            return self.pipeline.certify(ws).await;
+        }
+        self.certify_chunked(ws, chunk).await
+    }
+
+    /// Certifies `ws` over a Certify call of its own, in chunks of at most
+    /// `chunk_bytes` (encoded).
+    pub async fn certify_chunked(
+        &self,
+        ws: Writeset,
+        chunk_bytes: usize,
+    ) -> Result<Outcome, CertifierError> {
+        let chunks = writeset::split(ws, chunk_bytes);
         let resp = self
             .grpc
             .clone()

@@ -18,6 +18,7 @@ mod codec;
 pub mod config;
 pub mod dedupe;
 pub mod error;
+mod pipeline;
 pub mod record;
 pub mod recovery;
 pub mod rule;

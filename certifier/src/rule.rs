@@ -57,12 +57,19 @@ pub struct ConflictSet {
     pub ddl: Vec<Key>,
 }
 
-/// Base fingerprint of a row key of `table` (SipHash-1-3 of both parts,
-/// length-prefixed so that ("ab","c") and ("a","bc") differ).
-fn row_fp(table: &str, key: &[u8]) -> u64 {
+/// SipHash-1-3 state that has absorbed a row key's table: cloned per key
+/// so the table name is hashed once per item, not once per key. Length
+/// prefixes (from `Hash for str`/`[u8]`) keep ("ab","c") and ("a","bc")
+/// apart.
+fn row_hasher(table: &str) -> std::hash::DefaultHasher {
     let mut h = std::hash::DefaultHasher::new();
     0u8.hash(&mut h);
     table.hash(&mut h);
+    h
+}
+
+fn row_fp(table: &std::hash::DefaultHasher, key: &[u8]) -> u64 {
+    let mut h = table.clone();
     key.hash(&mut h);
     h.finish()
 }
@@ -93,51 +100,60 @@ fn push_unique(v: &mut Vec<Key>, k: Key) {
 impl ConflictSet {
     /// The conflict keys of a (validated) writeset.
     pub fn of(ws: &Writeset) -> ConflictSet {
-        let mut cs = ConflictSet::default();
+        let mut cs = ConflictSet {
+            write: Vec::with_capacity(ws.items.len()),
+            ..ConflictSet::default()
+        };
+        // (table name, its row hasher, its table fingerprint) of the
+        // previous item: consecutive items mostly share a table.
+        let mut cur: Option<(&str, std::hash::DefaultHasher, u64)> = None;
         for (i, item) in ws.items.iter().enumerate() {
             let src = u32::try_from(i).unwrap_or(u32::MAX);
             let t = item.table.as_str();
+            if cur.as_ref().is_none_or(|(name, _, _)| *name != t) {
+                cur = Some((t, row_hasher(t), table_fp(t)));
+            }
+            let Some((_, hasher, tfp)) = &cur else {
+                continue;
+            };
             let key = |k: &[u8]| Key {
-                fp: row_fp(t, k),
+                fp: row_fp(hasher, k),
                 src,
             };
             let pk = key(&item.key);
             cs.write.push(pk);
+            let uniques_start = cs.write.len();
             for u in &item.unique_keys {
                 cs.write.push(key(u));
             }
+            let uniques_end = cs.write.len();
             for u in &item.old_unique_keys {
-                cs.write.push(key(u));
-                cs.removed.push(key(u));
+                let k = key(u);
+                cs.write.push(k);
+                cs.removed.push(k);
             }
             match Op::try_from(item.op) {
                 Ok(Op::Delete) => {
                     cs.removed.push(pk);
-                    for u in &item.unique_keys {
-                        cs.removed.push(key(u));
-                    }
+                    cs.removed
+                        .extend_from_slice(&cs.write[uniques_start..uniques_end]);
                 }
                 Ok(Op::Update) => {
                     if let Some(old) = &item.old_key {
-                        cs.write.push(key(old));
-                        cs.removed.push(key(old));
+                        let k = key(old);
+                        cs.write.push(k);
+                        cs.removed.push(k);
                     }
                 }
                 _ => {}
             }
             for r in &item.references {
                 cs.references.push(Key {
-                    fp: row_fp(&r.table, &r.key),
+                    fp: row_fp(&row_hasher(&r.table), &r.key),
                     src,
                 });
             }
-            push_unique(
-                &mut cs.tables,
-                Key {
-                    fp: table_fp(t),
-                    src,
-                },
-            );
+            push_unique(&mut cs.tables, Key { fp: *tfp, src });
         }
         for (i, d) in ws.ddl.iter().enumerate() {
             let src = u32::try_from(i).unwrap_or(u32::MAX);

@@ -94,6 +94,8 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
     let task = tokio::spawn(async move {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let served = Server::builder()
+            .initial_stream_window_size(Some(crate::client::WINDOW_BYTES))
+            .initial_connection_window_size(Some(crate::client::WINDOW_BYTES))
             .add_service(grpc)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_rx.await;

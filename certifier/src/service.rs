@@ -79,6 +79,8 @@ pub(crate) struct Inner {
     pub(crate) durable: watch::Sender<Version>,
     submitted: Notify,
     stopping: AtomicBool,
+    /// Flips to true on `stop()`: long-lived streams end.
+    pub(crate) stop_signal: watch::Sender<bool>,
     poison: OnceLock<String>,
     pub(crate) limits: ServiceLimits,
     max_record_bytes: u64,
@@ -139,6 +141,7 @@ impl CertifierService {
             durable,
             submitted: Notify::new(),
             stopping: AtomicBool::new(false),
+            stop_signal: watch::channel(false).0,
             poison: OnceLock::new(),
             limits,
             max_record_bytes,
@@ -151,6 +154,7 @@ impl CertifierService {
     /// end); call before closing the WAL.
     pub fn stop(&self) {
         self.inner.stopping.store(true, Ordering::Release);
+        self.inner.stop_signal.send_replace(true);
         self.inner.submitted.notify_one();
     }
 
@@ -369,6 +373,19 @@ impl proto::certifier_server::Certifier for CertifierService {
         }
         let outcome = CertifierService::certify(self, asm.finish()?).await?;
         Ok(Response::new(outcome.into()))
+    }
+
+    type CertifyPipelineStream =
+        Pin<Box<dyn Stream<Item = Result<proto::PipelineResponse, Status>> + Send + 'static>>;
+
+    async fn certify_pipeline(
+        &self,
+        request: Request<Streaming<proto::PipelineRequest>>,
+    ) -> Result<Response<Self::CertifyPipelineStream>, Status> {
+        Ok(Response::new(crate::pipeline::serve(
+            self.clone(),
+            request.into_inner(),
+        )))
     }
 
     type SubscribeStream =

@@ -1,0 +1,245 @@
+//! Certifier benchmarks (criterion; short default runs).
+//!
+//! - `rule/certify_5_keys`: the pure `Certifier` on one core, 5-row
+//!   writesets with random keys out of 10M (steady state: the window is at
+//!   its memory bound and prunes as it goes). Goal >= 1M/s.
+//! - `service/wal_in_process`: `CertifierService::certify` with the real WAL
+//!   (group fdatasync), many concurrent tasks, no gRPC.
+//! - `grpc/end_to_end`: concurrent clients over gRPC on 127.0.0.1 with the
+//!   real WAL. Goal >= 50k/s on the 2-core machine.
+//!
+//! Run: `CARGO_TARGET_DIR=/work/target-cert cargo bench -p tashkent-certifier --bench certify`
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rand::{Rng, SeedableRng};
+use tashkent_certifier::writeset::item;
+use tashkent_certifier::{
+    Certifier, CertifierClient, CertifierConfig, Decision, Limits, Op, Outcome, Writeset,
+    WRITESET_FORMAT_VERSION,
+};
+
+const KEYS: u64 = 10_000_000;
+
+fn writeset(rng: &mut impl Rng, id: u64, snapshot: u64) -> Writeset {
+    Writeset {
+        format_version: WRITESET_FORMAT_VERSION,
+        txn_id: Bytes::copy_from_slice(&id.to_le_bytes()),
+        origin: 1,
+        snapshot,
+        items: (0..5)
+            .map(|_| {
+                let k = rng.random_range(0..KEYS);
+                let mut it = item("accounts", Op::Update, k.to_be_bytes().to_vec());
+                it.row = Bytes::from_static(b"0123456789abcdef0123456789abcdef");
+                it
+            })
+            .collect(),
+        ddl: vec![],
+    }
+}
+
+fn rule(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rule");
+    g.throughput(Throughput::Elements(1));
+    g.measurement_time(Duration::from_secs(3));
+    // `lag`: how far behind the head the replicas' oldest snapshot is (they
+    // report every 1000 commits); None: nobody reports, the window sits at
+    // its memory bound (4M entries) and prunes on every commit.
+    for (name, lag) in [
+        ("certify_5_keys_replicas_lag_10k", Some(10_000u64)),
+        ("certify_5_keys_window_at_memory_bound", None),
+    ] {
+        g.bench_function(name, |b| {
+            let mut cert = Certifier::new(Limits::default());
+            let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+            let mut id = 0u64;
+            let now = Instant::now();
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(1000);
+                    left -= n;
+                    let head = cert.latest();
+                    if let Some(lag) = lag {
+                        let oldest = head.saturating_sub(lag);
+                        cert.report(1, head, oldest, now).expect("report");
+                    }
+                    // Snapshots lag the head a little, as on a busy replica.
+                    let batch: Vec<_> = (0..n)
+                        .map(|i| {
+                            id += 1;
+                            writeset(&mut rng, id, (head + i).saturating_sub(50))
+                        })
+                        .collect();
+                    let t = Instant::now();
+                    for ws in &batch {
+                        match cert.certify(ws) {
+                            Ok(Decision::Commit(_) | Decision::Abort(_)) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    total += t.elapsed();
+                }
+                total
+            });
+        });
+    }
+    g.finish();
+}
+
+fn bench_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir")
+}
+
+/// Runs `iters` certifications spread over `tasks` concurrent workers; each
+/// worker's closure certifies one writeset.
+async fn drive<F, Fut>(iters: u64, tasks: u64, head: Arc<AtomicU64>, certify: F) -> Duration
+where
+    F: Fn(Writeset) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Outcome> + Send,
+{
+    static ID: AtomicU64 = AtomicU64::new(1 << 40);
+    let t = Instant::now();
+    let mut hs = Vec::new();
+    for w in 0..tasks {
+        let n = iters / tasks + u64::from(w < iters % tasks);
+        let certify = certify.clone();
+        let head = head.clone();
+        hs.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(w);
+            for _ in 0..n {
+                let id = ID.fetch_add(1, Ordering::Relaxed);
+                let ws = writeset(&mut rng, id, head.load(Ordering::Relaxed));
+                if let Outcome::Committed { version } = certify(ws).await {
+                    head.fetch_max(version, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for h in hs {
+        h.await.expect("worker");
+    }
+    t.elapsed()
+}
+
+fn end_to_end(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = bench_dir();
+    let cfg = CertifierConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        wal_dir: dir.path().join("wal"),
+        ..CertifierConfig::default()
+    };
+    let server = rt.block_on(tashkent_certifier::start(cfg)).expect("start");
+    let addr = server.local_addr().to_string();
+    let head = Arc::new(AtomicU64::new(0));
+    // A replica that reports every 10 ms, 1000 versions behind the head
+    // (keeps the conflict window at a realistic size).
+    let reporter = {
+        let svc = server.service().clone();
+        let head = head.clone();
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let h = head.load(Ordering::Relaxed);
+                let _ = svc.report_applied(1, h, h.saturating_sub(1000));
+            }
+        })
+    };
+
+    let mut g = c.benchmark_group("service");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(4));
+    let svc = server.service().clone();
+    g.bench_function("wal_in_process_256_tasks", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let svc = svc.clone();
+            let head = head.clone();
+            async move {
+                drive(iters, 256, head, move |ws| {
+                    let svc = svc.clone();
+                    async move { svc.certify(ws).await.expect("certify") }
+                })
+                .await
+            }
+        });
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("grpc");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(5));
+    // The floor: a trivial unary RPC (Status) at the same concurrency.
+    let status_clients: Vec<CertifierClient> = rt
+        .block_on(async {
+            let mut v = Vec::new();
+            for _ in 0..4 {
+                v.push(CertifierClient::connect(&addr).await?);
+            }
+            Ok::<_, tashkent_certifier::CertifierError>(v)
+        })
+        .expect("connect");
+    g.bench_function("status_rpc_4conn_x32", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let clients = status_clients.clone();
+            async move {
+                let t = Instant::now();
+                let mut hs = Vec::new();
+                for w in 0..128u64 {
+                    let client = clients[w as usize % clients.len()].clone();
+                    let n = iters / 128 + u64::from(w < iters % 128);
+                    hs.push(tokio::spawn(async move {
+                        for _ in 0..n {
+                            client.status().await.expect("status");
+                        }
+                    }));
+                }
+                for h in hs {
+                    h.await.expect("worker");
+                }
+                t.elapsed()
+            }
+        });
+    });
+    for (conns, per_conn) in [(4u64, 32u64), (8, 32)] {
+        let clients: Vec<CertifierClient> = rt
+            .block_on(async {
+                let mut v = Vec::new();
+                for _ in 0..conns {
+                    v.push(CertifierClient::connect(&addr).await?);
+                }
+                Ok::<_, tashkent_certifier::CertifierError>(v)
+            })
+            .expect("connect");
+        let name = format!("end_to_end_{conns}conn_x{per_conn}");
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let clients = clients.clone();
+                let head = head.clone();
+                async move {
+                    let next = Arc::new(AtomicU64::new(0));
+                    drive(iters, conns * per_conn, head, move |ws| {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let client = clients[i % clients.len()].clone();
+                        async move { client.certify(ws).await.expect("certify") }
+                    })
+                    .await
+                }
+            });
+        });
+    }
+    g.finish();
+    reporter.abort();
+    rt.block_on(server.shutdown()).expect("shutdown");
+}
+
+criterion_group!(benches, rule, end_to_end);
+criterion_main!(benches);
