@@ -193,10 +193,13 @@ impl CertifierService {
                         Decision::Commit(v) => {
                             record::set_version(&mut rec, v);
                             let payload = std::mem::take(&mut rec).freeze();
-                            let ticket = inner
-                                .wal
-                                .submit(payload.clone())
-                                .map_err(|e| inner.fail(e))?;
+                            // Into the tail first, so that by the time the
+                            // WAL reports `v` durable, subscribers find it in
+                            // memory. Subscribers only read durable versions,
+                            // and if the submit fails nothing becomes durable
+                            // again (poisoned), so the early push is harmless.
+                            inner.tail.lock().push(v, payload.clone());
+                            let ticket = inner.wal.submit(payload).map_err(|e| inner.fail(e))?;
                             if ticket.lsn != v {
                                 // Someone else wrote to our WAL: nothing we
                                 // answer from here on could be trusted.
@@ -207,7 +210,6 @@ impl CertifierService {
                                 return Err(inner.fail(e));
                             }
                             c.commit(ws.txn_id.clone(), &cs);
-                            inner.tail.lock().push(v, payload);
                             inner.submitted.notify_one();
                             Step::Ticket(ticket, v)
                         }

@@ -198,8 +198,61 @@ async fn malformed_requests_get_invalid_argument_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_from_zero_and_from_the_middle_while_commits_continue() {
+    subscribe_while_committing(64 << 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_reads_the_wal_for_what_the_tail_cache_dropped() {
+    // A tail cache of 2 KiB holds the last ~25 records: older ones come from
+    // the WAL reader, then the stream switches to the tail and follows.
     let dir = TempDir::new().unwrap();
-    let (server, client) = start(config(&dir)).await;
+    let cfg = CertifierConfig {
+        tail_cache_bytes: 2048,
+        ..config(&dir)
+    };
+    let (server, client) = start(cfg).await;
+    let mut acked = Vec::new();
+    for i in 0..400u64 {
+        let w = ws(&format!("w{i}"), i, &[format!("k{i}")]);
+        assert_eq!(
+            client.certify(w.clone()).await.unwrap(),
+            Outcome::Committed { version: i + 1 }
+        );
+        acked.push(w);
+    }
+    let from_one = client.subscribe(1).await.unwrap();
+    let from_mid = client.subscribe(123).await.unwrap();
+    for i in 400..450u64 {
+        let w = ws(&format!("w{i}"), i, &[format!("k{i}")]);
+        assert_eq!(
+            client.certify(w.clone()).await.unwrap(),
+            Outcome::Committed { version: i + 1 }
+        );
+        acked.push(w);
+    }
+    let a: Vec<_> = from_one.take(450).collect().await;
+    let b: Vec<_> = from_mid.take(450 - 122).collect().await;
+    for (i, cw) in a.into_iter().enumerate() {
+        let cw = cw.unwrap();
+        assert_eq!((cw.version, &cw.writeset), (i as u64 + 1, &acked[i]));
+    }
+    for (i, cw) in b.into_iter().enumerate() {
+        let cw = cw.unwrap();
+        assert_eq!(
+            (cw.version, &cw.writeset),
+            (i as u64 + 123, &acked[i + 122])
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
+async fn subscribe_while_committing(tail_cache_bytes: usize) {
+    let dir = TempDir::new().unwrap();
+    let cfg = CertifierConfig {
+        tail_cache_bytes,
+        ..config(&dir)
+    };
+    let (server, client) = start(cfg).await;
     const N: u64 = 300;
     let writer = {
         let client = client.clone();
