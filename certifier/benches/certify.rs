@@ -134,6 +134,11 @@ fn end_to_end(c: &mut Criterion) {
     let cfg = CertifierConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         wal_dir: dir.path().join("wal"),
+        wal_backend: match std::env::var("BENCH_WAL_BACKEND").as_deref() {
+            Ok("portable") => tashkent_certifier::WalBackend::Portable,
+            Ok("io_uring") => tashkent_certifier::WalBackend::IoUring,
+            _ => tashkent_certifier::WalBackend::Auto,
+        },
         ..CertifierConfig::default()
     };
     let server = rt.block_on(tashkent_certifier::start(cfg)).expect("start");

@@ -11,11 +11,11 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, Stream, StreamExt};
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
@@ -76,66 +76,80 @@ fn batch_bytes(max_message_bytes: usize) -> usize {
         .max(1)
 }
 
-/// Server half: certifies each entry as it arrives (concurrently, so they
-/// share group commits) and streams the answers back, batched.
+/// Server half: certifies the entries of a stream concurrently (so they
+/// share group commits) inside one task, and sends whatever answers are
+/// ready together: one wake-up and one message per group commit rather than
+/// per transaction.
 pub(crate) fn serve(
     svc: CertifierService,
     mut inbound: Streaming<PipelineRequest>,
 ) -> ResponseStream {
-    let (tx, rx) = mpsc::channel::<Result<PipelineAnswer, Status>>(QUEUE);
+    let (tx, rx) = mpsc::channel::<Result<PipelineResponse, Status>>(64);
     let mut stop = svc.inner.stop_signal.subscribe();
     let max_bytes = batch_bytes(svc.inner.limits.max_message_bytes);
     tokio::spawn(async move {
-        let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES));
+        let mut inflight = FuturesUnordered::new();
+        let mut inflight_bytes = 0usize;
+        let mut reading = true;
         loop {
-            let msg = tokio::select! {
-                m = inbound.message() => m,
+            tokio::select! {
+                msg = inbound.message(), if reading && inflight_bytes < IN_FLIGHT_BYTES => {
+                    match msg {
+                        Ok(Some(req)) => {
+                            for entry in req.entries {
+                                let size = entry.encoded_len();
+                                inflight_bytes += size;
+                                let svc = svc.clone();
+                                inflight.push(async move {
+                                    let outcome = answer(&svc, entry.writeset).await;
+                                    let a = PipelineAnswer {
+                                        request_id: entry.request_id,
+                                        outcome: Some(outcome),
+                                    };
+                                    (a, size)
+                                });
+                            }
+                        }
+                        // The client closed its half: finish what is in flight.
+                        Ok(None) => reading = false,
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    }
+                }
+                Some((first, size)) = inflight.next(), if !inflight.is_empty() => {
+                    inflight_bytes -= size;
+                    let mut bytes = first.encoded_len();
+                    let mut answers = vec![first];
+                    // Everything else already answered goes in the same message.
+                    while answers.len() < BATCH && bytes < max_bytes {
+                        match inflight.next().now_or_never() {
+                            Some(Some((a, size))) => {
+                                inflight_bytes -= size;
+                                bytes += a.encoded_len() + 8;
+                                answers.push(a);
+                            }
+                            _ => break,
+                        }
+                    }
+                    if tx.send(Ok(PipelineResponse { answers })).await.is_err() {
+                        return;
+                    }
+                }
                 // Shutting down: stop reading; answers in flight still go
                 // out, then the stream ends (the client sees Unavailable for
                 // anything it sends after this and retries).
-                _ = stop.wait_for(|s| *s) => break,
-            };
-            let req = match msg {
-                Ok(Some(req)) => req,
-                // The client closed its half: answers in flight still go out
-                // (their tasks hold clones of `tx`).
-                Ok(None) => break,
-                Err(status) => {
-                    let _ = tx.send(Err(status)).await;
-                    break;
-                }
-            };
-            for entry in req.entries {
-                let size = entry.encoded_len().clamp(1, IN_FLIGHT_BYTES) as u32;
-                let Ok(permit) = budget.clone().acquire_many_owned(size).await else {
-                    return;
-                };
-                let svc = svc.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let outcome = answer(&svc, entry.writeset).await;
-                    drop(permit);
-                    let a = PipelineAnswer {
-                        request_id: entry.request_id,
-                        outcome: Some(outcome),
-                    };
-                    let _ = tx.send(Ok(a)).await;
-                });
+                _ = async { stop.wait_for(|s| *s).await.map(|_| ()) }, if reading => reading = false,
+            }
+            if !reading && inflight.is_empty() {
+                return;
             }
         }
     });
-    let weight: fn(&Result<PipelineAnswer, Status>) -> usize = |a| match a {
-        Ok(a) => a.encoded_len() + 8,
-        Err(_) => 0,
-    };
-    let out = batches(rx, max_bytes, weight).map(|batch| {
-        let mut answers = Vec::with_capacity(batch.len());
-        for a in batch {
-            answers.push(a?);
-        }
-        Ok(PipelineResponse { answers })
-    });
-    Box::pin(out)
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    }))
 }
 
 async fn answer(svc: &CertifierService, ws: Option<Writeset>) -> pipeline_answer::Outcome {
