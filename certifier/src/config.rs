@@ -25,7 +25,10 @@ pub enum WalBackend {
     /// io_uring if the kernel allows it, else portable.
     #[default]
     Auto,
+    /// io_uring (linked write + fdatasync); fails to start if unavailable.
+    #[value(name = "io_uring")]
     IoUring,
+    /// pwrite + fdatasync.
     Portable,
 }
 
@@ -146,7 +149,7 @@ impl CertifierConfig {
 /// Command-line flags of the certifier; each overrides the config file.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct CertifierArgs {
-    /// TOML file whose [certifier] section holds the settings.
+    /// TOML file whose `[certifier]` section holds the settings.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// gRPC listen address (port 0: any free port; the bound address is
@@ -156,20 +159,28 @@ pub struct CertifierArgs {
     /// WAL directory.
     #[arg(long, value_name = "DIR")]
     pub wal_dir: Option<PathBuf>,
+    /// WAL I/O backend.
     #[arg(long, value_enum)]
     pub wal_backend: Option<WalBackend>,
+    /// Preallocated size of each WAL segment (default 64 MiB).
     #[arg(long, value_name = "BYTES")]
     pub wal_segment_bytes: Option<u64>,
+    /// Largest gRPC message, each way (default 16 MiB).
     #[arg(long, value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// Largest writeset, summed over its chunks (default 256 MiB).
     #[arg(long, value_name = "BYTES")]
     pub max_writeset_bytes: Option<u64>,
+    /// Conflict window bound in key entries (default 4M).
     #[arg(long, value_name = "N")]
     pub window_max_entries: Option<usize>,
+    /// Conflict window bound in versions (default 1M).
     #[arg(long, value_name = "N")]
     pub window_max_versions: Option<usize>,
+    /// Transaction ids remembered for idempotent retries (default 1M).
     #[arg(long, value_name = "N")]
     pub dedupe_max_entries: Option<usize>,
+    /// Recent committed records cached for subscribers (default 64 MiB).
     #[arg(long, value_name = "BYTES")]
     pub tail_cache_bytes: Option<usize>,
 }
