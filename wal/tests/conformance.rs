@@ -1,6 +1,7 @@
 //! One conformance suite, run against both I/O backends (the macro at the
 //! bottom instantiates every test once per backend).
 
+#[macro_use]
 mod common;
 
 use std::collections::HashSet;
@@ -430,28 +431,7 @@ async fn many_clones_dropped_concurrently(b: Backend) {
     assert_eq!(wal.last_lsn(), 16);
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod portable {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(tashkent_wal::Backend::Portable).await
-                }
-            )*
-        }
-        mod io_uring {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(tashkent_wal::Backend::IoUring).await
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+both_backends!(
     append_read_reopen,
     zero_byte_records,
     concurrent_appenders,

@@ -19,18 +19,9 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use tashkent_wal::{Backend, Wal, WalOptions};
 
-/// Same as in the child.
-fn payload(key: u64, len: usize) -> Vec<u8> {
-    let mut out = key.to_le_bytes().to_vec();
-    let mut x = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.push(x as u8);
-    }
-    out
-}
+#[path = "common/crash_payload.rs"]
+mod crash_payload;
+use crash_payload::payload;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())

@@ -7,6 +7,7 @@
 //! Failpoints are process-global, so every test holds a `FailScenario`
 //! (which serializes them and clears all failpoints on teardown).
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -229,27 +230,6 @@ async fn interrupted_truncate_leaves_a_prefix(b: Backend) {
     // A tail of > 4 MiB in one segment: zeroed in chunks, last chunk first.
     check_interrupted_truncate(b, opts(b), 600, 16 << 10, 20).await;
     scenario.teardown();
-}
-
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod portable {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(tashkent_wal::Backend::Portable).await
-                }
-            )*
-        }
-        mod io_uring {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(tashkent_wal::Backend::IoUring).await
-                }
-            )*
-        }
-    };
 }
 
 both_backends!(

@@ -18,19 +18,9 @@ use tashkent_wal::{Backend, Wal, WalOptions};
 
 const TASKS: u64 = 16;
 
-/// The record for `key`: the key itself, then `len - 8` bytes of xorshift
-/// noise seeded by it. Duplicated in tests/crash.rs on purpose.
-fn payload(key: u64, len: usize) -> Vec<u8> {
-    let mut out = key.to_le_bytes().to_vec();
-    let mut x = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.push(x as u8);
-    }
-    out
-}
+#[path = "../../tests/common/crash_payload.rs"]
+mod crash_payload;
+use crash_payload::payload;
 
 fn len_for(key: u64) -> usize {
     // Mostly small, sometimes a few KiB, so groups straddle segment rolls.

@@ -7,6 +7,29 @@ use std::path::{Path, PathBuf};
 
 use tashkent_wal::{Backend, Lsn, Wal, WalOptions};
 
+/// Runs each named `async fn(Backend)` as a test against both backends.
+#[allow(unused_macros)] // not every test target uses it
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod portable {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(tashkent_wal::Backend::Portable).await
+                }
+            )*
+        }
+        mod io_uring {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(tashkent_wal::Backend::IoUring).await
+                }
+            )*
+        }
+    };
+}
+
 pub const SEGMENT_HEADER_LEN: u64 = 32;
 pub const FRAME_HEADER_LEN: u64 = 24;
 
