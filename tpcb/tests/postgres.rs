@@ -1,0 +1,184 @@
+//! Loads and runs both workloads against a real PostgreSQL 15 started by
+//! the repository's harness (`tashkent::pg`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tashkent::pg::{PgConfig, PgServer};
+use tashkent_tpcb::{
+    load, load_rows, run, tpcb_invariant, Error, Phase, Progress, Report, ResultRow, RunConfig,
+    RunStats, Workload,
+};
+
+async fn sql(conninfo: &str, statements: &str) {
+    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .expect("connecting");
+    tokio::spawn(connection);
+    client.batch_execute(statements).await.expect(statements);
+}
+
+async fn count(conninfo: &str, query: &str) -> i64 {
+    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .expect("connecting");
+    tokio::spawn(connection);
+    client.query_one(query, &[]).await.expect(query).get(0)
+}
+
+fn config(conninfo: &str, workload: Workload) -> RunConfig {
+    RunConfig {
+        clients: 2,
+        duration: Duration::from_secs(2),
+        warmup: Duration::from_millis(300),
+        seed: 42,
+        ..RunConfig::new(vec![conninfo.to_owned()], workload, 1)
+    }
+}
+
+fn assert_sane(stats: &RunStats) {
+    assert!(stats.committed > 0, "{stats:?}");
+    let l = stats.latency_ms;
+    assert!(l.p50 > 0.0, "{stats:?}");
+    assert!(l.p50 <= l.p90 && l.p90 <= l.p99, "{stats:?}");
+    assert!(l.mean > 0.0, "{stats:?}");
+    assert!(stats.throughput_tps > 0.0, "{stats:?}");
+    assert_eq!(stats.elapsed, Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_and_runs_both_workloads_against_postgres() {
+    let server = PgServer::start(PgConfig::default()).expect("starting PostgreSQL");
+    let db = server.conninfo("postgres");
+    let mut report = Report::default();
+
+    // A run before loading says so.
+    let err = run(&config(&db, Workload::AllUpdates), None)
+        .await
+        .expect_err("running without tables");
+    assert!(matches!(err, Error::NotLoaded(_)), "{err}");
+
+    // AllUpdates: loading twice replaces the table.
+    load(&db, Workload::AllUpdates, 1).await.unwrap();
+    load(&db, Workload::AllUpdates, 1).await.unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM allupdates").await, 100_000);
+    let reports = AtomicUsize::new(0);
+    let last = std::sync::Mutex::new(None::<Progress>);
+    let on_progress = |p: &Progress| {
+        reports.fetch_add(1, Ordering::Relaxed);
+        *last.lock().unwrap() = Some(*p);
+    };
+    let stats = run(&config(&db, Workload::AllUpdates), Some(&on_progress))
+        .await
+        .unwrap();
+    assert_sane(&stats);
+    assert!(reports.load(Ordering::Relaxed) >= 2);
+    let last = last.lock().unwrap().unwrap();
+    assert_eq!(last.phase, Phase::Done);
+    assert!(last.committed >= stats.committed);
+    // Warm-up and transactions past the window update rows too.
+    assert!(count(&db, "SELECT sum(val)::bigint FROM allupdates").await >= stats.committed as i64);
+    report.results.push(ResultRow {
+        workload: Workload::AllUpdates,
+        system: "postgres".into(),
+        replicas: 1,
+        stats,
+    });
+
+    // A run with another size than loaded is refused.
+    let wrong = RunConfig {
+        scale: 2,
+        ..config(&db, Workload::AllUpdates)
+    };
+    assert!(matches!(run(&wrong, None).await, Err(Error::NotLoaded(_))));
+
+    // TPC-B, clients spread over two targets (the same server twice).
+    load(&db, Workload::Tpcb, 1).await.unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM pgbench_branches").await, 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM pgbench_tellers").await, 10);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pgbench_accounts").await,
+        100_000
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM pgbench_history").await, 0);
+    tpcb_invariant(&db).await.unwrap();
+    let cfg = RunConfig {
+        targets: vec![db.clone(), db.clone()],
+        ..config(&db, Workload::Tpcb)
+    };
+    let stats = run(&cfg, None).await.unwrap();
+    assert_sane(&stats);
+    tpcb_invariant(&db).await.unwrap();
+    assert!(count(&db, "SELECT count(*) FROM pgbench_history").await >= stats.committed as i64);
+    report.results.push(ResultRow {
+        workload: Workload::Tpcb,
+        system: "postgres".into(),
+        replicas: 1,
+        stats,
+    });
+
+    // The invariant check notices a teller out of step.
+    sql(
+        &db,
+        "UPDATE pgbench_tellers SET tbalance = tbalance + 1 WHERE tid = 1",
+    )
+    .await;
+    let err = tpcb_invariant(&db).await.expect_err("broken invariant");
+    let text = err.to_string();
+    assert!(matches!(err, Error::Invariant { .. }), "{text}");
+    assert!(text.contains("sum(tbalance)"), "{text}");
+    assert!(!text.contains("sum(abalance) ≠ sum(bbalance)"), "{text}");
+
+    // Aborts: four clients on one row under REPEATABLE READ, where an
+    // update of a row changed since the snapshot fails with 40001.
+    load_rows(&db, Workload::AllUpdates, 1, 1).await.unwrap();
+    sql(
+        &db,
+        "ALTER DATABASE postgres SET default_transaction_isolation = 'repeatable read'",
+    )
+    .await;
+    let cfg = RunConfig {
+        clients: 4,
+        rows_per_scale: 1,
+        ..config(&db, Workload::AllUpdates)
+    };
+    let stats = run(&cfg, None).await.unwrap();
+    assert!(stats.committed > 0, "{stats:?}");
+    assert!(stats.aborts > 0, "no serialization failures: {stats:?}");
+    assert!(
+        stats.abort_rate > 0.0 && stats.abort_rate < 1.0,
+        "{stats:?}"
+    );
+    assert_eq!(stats.unknown, 0);
+    // Every commit (measured or not) added exactly one; aborts added nothing.
+    assert!(count(&db, "SELECT val FROM allupdates WHERE id = 1").await >= stats.committed as i64);
+
+    // The same under REPEATABLE READ for TPC-B: aborted attempts are
+    // rolled back, so the invariant still holds afterwards.
+    load(&db, Workload::Tpcb, 1).await.unwrap();
+    let cfg = RunConfig {
+        clients: 4,
+        ..config(&db, Workload::Tpcb)
+    };
+    let stats = run(&cfg, None).await.unwrap();
+    assert!(stats.committed > 0, "{stats:?}");
+    assert!(stats.aborts > 0, "no serialization failures: {stats:?}");
+    tpcb_invariant(&db).await.unwrap();
+    report.results.push(ResultRow {
+        workload: Workload::Tpcb,
+        system: "postgres-rr".into(),
+        replicas: 1,
+        stats,
+    });
+
+    // The measured figures make a report.
+    let table = report.to_table();
+    assert!(table.contains("postgres-rr"), "{table}");
+    eprintln!("{table}");
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(report.write_plot(dir.path()).unwrap().len(), 2);
+    assert_eq!(
+        Report::from_json(&report.to_json().unwrap()).unwrap(),
+        report
+    );
+}
