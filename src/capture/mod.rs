@@ -6,7 +6,9 @@
 //! setting `tashkent.ws`, and `tashkent.apply` replays such lines on
 //! another replica. This module installs that SQL, reads a transaction's
 //! lines back, extracts the conflict keys the certifier needs, and applies
-//! lines through an applier session.
+//! lines through an applier session. It also owns the replica's applied
+//! version (an insert-only log, `tashkent.applied`) and the striping of
+//! sequences over the replicas (`tashkent.replica`).
 
 use serde::Deserialize;
 use tokio_postgres::Client;
@@ -19,6 +21,72 @@ pub const INSTALL_SQL: &str = include_str!("capture.sql");
 /// Reads the current transaction's captured lines (NULL or '' when none).
 pub const READ_SQL: &str = "SELECT current_setting('tashkent.ws', true)";
 
+/// Reads the replica's applied version: one bigint, the newest row of the
+/// insert-only log (an index-only backward scan). Sent as the first
+/// statement of a REPEATABLE READ transaction, it is exactly the version
+/// of that transaction's snapshot.
+pub const SNAPSHOT_VERSION_SQL: &str = "SELECT max(version) FROM tashkent.applied";
+
+/// The statement that records version `v` as applied, to run in the
+/// transaction that commits `v`. It inserts a row of its own, so commits in
+/// REPEATABLE READ never update a row changed after their snapshot.
+pub fn record_applied_sql(v: u64) -> String {
+    format!("INSERT INTO tashkent.applied (version) VALUES ({v})")
+}
+
+/// The statement that deletes applied-log rows older than `below`; the
+/// newest row always survives, whatever `below` is.
+pub fn prune_applied_sql(below: u64) -> String {
+    format!(
+        "DELETE FROM tashkent.applied WHERE version < {below} \
+         AND version < (SELECT max(version) FROM tashkent.applied)"
+    )
+}
+
+/// Reads the replica's applied version.
+pub async fn applied_version(client: &Client) -> Result<u64> {
+    let row = client
+        .query_one(SNAPSHOT_VERSION_SQL, &[])
+        .await
+        .map_err(Error::sql("reading the applied version"))?;
+    let v: Option<i64> = row.get(0);
+    let v = v.ok_or_else(|| Error::Capture {
+        reason: "tashkent.applied is empty: capture is not installed properly".to_string(),
+    })?;
+    u64::try_from(v).map_err(|_| Error::Capture {
+        reason: format!("negative applied version {v}"),
+    })
+}
+
+/// Records this replica's place among `replicas` replicas (`id` in
+/// `1..=replicas`) and stripes its sequences: every user sequence (and
+/// every one created later, also by replicated DDL) hands out only values
+/// congruent to `id` modulo `replicas`, so replicas never draw the same
+/// serial value.
+pub async fn configure_replica(client: &Client, id: u32, replicas: u32) -> Result<()> {
+    if replicas == 0 || id == 0 || id > replicas {
+        return Err(Error::Config(format!(
+            "replica id {id} is not in 1..={replicas}"
+        )));
+    }
+    let (id, replicas) = match (i32::try_from(id), i32::try_from(replicas)) {
+        (Ok(id), Ok(replicas)) => (id, replicas),
+        _ => {
+            return Err(Error::Config(format!(
+                "{replicas} replicas are more than tashkent supports"
+            )))
+        }
+    };
+    client
+        .execute(
+            "SELECT tashkent.configure_replica($1, $2)",
+            &[&id, &replicas],
+        )
+        .await
+        .map(drop)
+        .map_err(Error::sql("configuring the replica's sequences"))
+}
+
 /// Installs (or refreshes) capture in the database `client` is connected to.
 pub async fn install(client: &Client) -> Result<()> {
     client
@@ -27,11 +95,17 @@ pub async fn install(client: &Client) -> Result<()> {
         .map_err(Error::sql("installing writeset capture"))
 }
 
-/// What one statement changed, with the keys the certifier checks.
+/// What one captured line holds (a statement's effect on at most 1,000
+/// rows of one table, or one DDL statement), with the keys the certifier
+/// checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapturedChange {
-    /// Schema-qualified table name.
+    /// Schema-qualified table name (for DDL: its first affected table, or
+    /// `tashkent.catalog` when it affects none).
     pub table: String,
+    /// The tables the line conflicts with as a whole: for DDL the tables it
+    /// creates, alters or drops (possibly none); otherwise `[table]`.
+    pub tables: Vec<String>,
     /// The kind of statement.
     pub op: ChangeOp,
     /// Write conflict keys: primary and unique keys of every row written.
@@ -55,6 +129,9 @@ pub enum ChangeOp {
     Delete,
     #[serde(rename = "T")]
     Truncate,
+    /// A DDL statement, replayed as SQL text.
+    #[serde(rename = "X")]
+    Ddl,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +144,8 @@ struct LineKeys {
     gone: Option<Vec<String>>,
     #[serde(default)]
     refs: Option<Vec<String>>,
+    #[serde(default)]
+    tables: Option<Vec<String>>,
 }
 
 /// Splits a transaction's captured text into its changes.
@@ -78,8 +157,13 @@ pub fn parse(captured: &str) -> Result<Vec<CapturedChange>> {
             let keys: LineKeys = serde_json::from_str(line).map_err(|e| Error::Capture {
                 reason: format!("unreadable captured line ({e}): {line:.200}"),
             })?;
+            let tables = match keys.op {
+                ChangeOp::Ddl => keys.tables.unwrap_or_default(),
+                _ => vec![keys.t.clone()],
+            };
             Ok(CapturedChange {
                 table: keys.t,
+                tables,
                 op: keys.op,
                 keys: keys.keys.unwrap_or_default(),
                 gone: keys.gone.unwrap_or_default(),
@@ -138,6 +222,36 @@ mod tests {
         assert_eq!(changes[0].line, text.lines().next().unwrap());
         assert_eq!(changes[1].op, ChangeOp::Truncate);
         assert_eq!(changes[1].table, "public.b");
+        assert_eq!(changes[0].tables, vec!["public.a"]);
+        assert_eq!(changes[1].tables, vec!["public.b"]);
+    }
+
+    #[test]
+    fn parses_ddl_lines_with_their_tables() {
+        let text = concat!(
+            r#"{"t": "s.x", "ds": "ISO, MDY", "is": "postgres", "op": "X", "tz": "UTC", "sql": "DROP TABLE x, y", "path": "s", "tables": ["s.x", "s.y"]}"#,
+            "\n",
+            r#"{"t": "tashkent.catalog", "ds": "ISO, MDY", "is": "postgres", "op": "X", "tz": "UTC", "sql": "CREATE SCHEMA s", "path": "public", "tables": []}"#,
+            "\n"
+        );
+        let changes = parse(text).unwrap();
+        assert_eq!(changes[0].op, ChangeOp::Ddl);
+        assert_eq!(changes[0].table, "s.x");
+        assert_eq!(changes[0].tables, vec!["s.x", "s.y"]);
+        assert!(changes[0].keys.is_empty());
+        assert_eq!(changes[1].table, "tashkent.catalog");
+        assert!(changes[1].tables.is_empty());
+    }
+
+    #[test]
+    fn applied_log_statements() {
+        assert_eq!(
+            record_applied_sql(7),
+            "INSERT INTO tashkent.applied (version) VALUES (7)"
+        );
+        let prune = prune_applied_sql(100);
+        assert!(prune.starts_with("DELETE FROM tashkent.applied WHERE version < 100 AND"));
+        assert!(prune.contains("(SELECT max(version) FROM tashkent.applied)"));
     }
 
     #[test]
