@@ -78,6 +78,18 @@ pub enum Error {
     #[error("writeset capture: {reason}")]
     Capture { reason: String },
 
+    /// The certifier could not be reached or refused a request.
+    #[error("{context}: {source}")]
+    Certifier {
+        context: String,
+        #[source]
+        source: tashkent_certifier::CertifierError,
+    },
+
+    /// A configuration value or file is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+
     /// An I/O error with what was being done.
     #[error("{context}: {source}")]
     Io {

@@ -5,8 +5,10 @@
 //! certification in `tashkent-certifier`, workload drivers in `tashkent-tpcb`.
 
 pub mod capture;
+pub mod cluster;
 pub mod error;
 pub mod pg;
+pub mod proxy;
 pub mod wire;
 
 pub use error::{Error, Result};

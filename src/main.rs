@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use tashkent::pg::{Durability, PgConfig, PgServer};
+use clap::{Parser, Subcommand};
+use tashkent::cluster::{ClusterConfig, DurabilityMode, LocalCluster};
 
 #[derive(Parser)]
 #[command(
@@ -19,30 +19,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a local PostgreSQL server and print how to connect; Ctrl-C stops it.
+    /// Start a local cluster (replicas, certifier, proxies) and print how to connect; Ctrl-C stops it.
     Up(UpArgs),
     /// Run the certifier: GSI certification, global order, durable log, gRPC.
     Certifier(tashkent_certifier::CertifierArgs),
+    /// Run a replica proxy: PostgreSQL clients connect here.
+    Proxy(tashkent::proxy::ProxyArgs),
 }
 
 #[derive(clap::Args)]
 struct UpArgs {
-    /// State directory; kept, so a second `up` resumes the same server.
-    #[arg(long, default_value = "tashkent-state")]
-    state_dir: PathBuf,
-    /// Port of the server (default: a free one).
+    /// TOML file whose `[cluster]` section describes the cluster (see
+    /// cluster.example.toml); the flags below override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// State directory; kept, so a second `up` resumes the same cluster.
     #[arg(long)]
-    port: Option<u16>,
-    /// Where durability lives: `middleware` runs PostgreSQL with fsync off,
-    /// `database` keeps PostgreSQL's own fsync per commit.
-    #[arg(long, value_enum, default_value_t = DurabilityMode::Middleware)]
-    durability: DurabilityMode,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum DurabilityMode {
-    Middleware,
-    Database,
+    state_dir: Option<PathBuf>,
+    /// Number of PostgreSQL replicas (each with its proxy).
+    #[arg(long)]
+    replicas: Option<u32>,
+    /// Where durability lives: `middleware` (Tashkent-MW: the certifier's
+    /// log, replicas with fsync off) or `database` (Base: every replica
+    /// commit pays PostgreSQL's own fsync).
+    #[arg(long, value_enum)]
+    durability: Option<DurabilityMode>,
+    /// Port of the first proxy, the others follow (default: free ports,
+    /// kept in the state directory).
+    #[arg(long)]
+    proxy_port: Option<u16>,
 }
 
 fn main() -> Result<()> {
@@ -59,40 +64,65 @@ fn main() -> Result<()> {
             .context("starting the tokio runtime")?
             .block_on(tashkent_certifier::run(args))
             .context("certifier"),
+        Command::Proxy(args) => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(tashkent::proxy::run(args)),
     }
 }
 
 fn up(args: UpArgs) -> Result<()> {
-    let base = std::path::absolute(&args.state_dir)
-        .with_context(|| format!("resolving {}", args.state_dir.display()))?;
-    let durability = match args.durability {
-        DurabilityMode::Middleware => Durability::Off,
-        DurabilityMode::Database => Durability::On,
+    let mut cfg = match &args.config {
+        Some(p) => ClusterConfig::load(p)?,
+        None => ClusterConfig::default(),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    // Signals are caught before the server starts, so a Ctrl-C during
-    // startup still ends in an orderly stop.
-    let shutdown = runtime.block_on(async { ShutdownSignal::install() })?;
-    let server = PgServer::start(PgConfig {
-        base_dir: Some(base.join("replica-1")),
-        port: args.port,
-        durability,
-        ..PgConfig::default()
+    if let Some(v) = args.state_dir {
+        cfg.state_dir = v;
+    }
+    if let Some(v) = args.replicas {
+        cfg.replicas = v;
+    }
+    if let Some(v) = args.durability {
+        cfg.durability = v;
+    }
+    if let Some(v) = args.proxy_port {
+        cfg.proxy_port = v;
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        // Signals are caught before anything starts, so a Ctrl-C during
+        // startup still ends in an orderly stop.
+        let shutdown = ShutdownSignal::install()?;
+        let cluster = LocalCluster::start(&cfg)
+            .await
+            .context("starting the cluster")?;
+        let mut text = format!(
+            "tashkent is up: {} replica(s), durability {:?} (state in {}).\n",
+            cfg.replicas,
+            cfg.durability,
+            cluster.state_dir().display()
+        )
+        .to_lowercase();
+        text.push_str(&format!(
+            "connect: psql \"{}\"\n",
+            cluster.proxy_conninfo(0)
+        ));
+        for i in 1..cfg.replicas as usize {
+            text.push_str(&format!(
+                "proxy {}: psql \"{}\"\n",
+                i + 1,
+                cluster.proxy_conninfo(i)
+            ));
+        }
+        text.push_str(&format!(
+            "failover: psql \"{}\"\n",
+            cluster.multi_host_conninfo()
+        ));
+        text.push_str("Ctrl-C stops it.");
+        say(&text);
+        let signal = shutdown.wait().await;
+        eprintln!("{signal}: stopping");
+        cluster.shutdown().await.context("stopping the cluster")
     })
-    .context("starting PostgreSQL")?;
-    say(&format!(
-        "PostgreSQL is up (data in {}).\nconnect: psql \"{}\"\nurl:     {}\nCtrl-C stops it.",
-        server.data_dir().display(),
-        server.conninfo("postgres"),
-        server.url("postgres")
-    ));
-    let signal = runtime.block_on(shutdown.wait());
-    eprintln!("{signal}: stopping");
-    drop(server);
-    Ok(())
 }
 
 /// Prints a line for the operator. A closed stdout (the reader went away)

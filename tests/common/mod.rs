@@ -70,3 +70,5 @@ pub fn assert_exited(pids: &[i32]) {
 pub fn assert_gone(dir: &Path) {
     assert!(!dir.exists(), "{} was left behind", dir.display());
 }
+
+pub mod cluster;

@@ -1,0 +1,160 @@
+//! The proxy's settings: TOML section `[proxy]` and command-line flags
+//! (flags override the file).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::wire::DEFAULT_MAX_MESSAGE_LEN;
+
+/// Everything one proxy needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// This replica's id, 1..=replicas (also its sequences' residue).
+    pub replica_id: u32,
+    /// Number of replicas in the cluster (the sequences' stride).
+    pub replicas: u32,
+    /// Where clients connect (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The replica's PostgreSQL.
+    pub pg_host: String,
+    pub pg_port: u16,
+    /// The replicated database; clients asking for another are refused.
+    pub database: String,
+    /// Superuser the proxy itself uses (capture install, applier).
+    pub admin_user: String,
+    /// The certifier's gRPC address (`host:port`).
+    pub certifier: String,
+    /// Largest protocol message accepted from a client.
+    pub max_message_bytes: usize,
+    /// How long startup waits for the certifier.
+    #[serde(with = "secs")]
+    pub connect_timeout: Duration,
+}
+
+mod secs {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        f64::deserialize(d).map(Duration::from_secs_f64)
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            replica_id: 1,
+            replicas: 1,
+            listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            pg_host: "127.0.0.1".into(),
+            pg_port: 5432,
+            database: "postgres".into(),
+            admin_user: "postgres".into(),
+            certifier: "127.0.0.1:7700".into(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_LEN,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct File {
+    proxy: Option<ProxyConfig>,
+}
+
+impl ProxyConfig {
+    /// Reads the `[proxy]` section of a TOML file (defaults when absent).
+    pub fn load(path: &Path) -> Result<ProxyConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(Error::io(format!("reading {}", path.display())))?;
+        let file: File =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Ok(file.proxy.unwrap_or_default())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.replicas == 0 || self.replica_id == 0 || self.replica_id > self.replicas {
+            return Err(Error::Config(format!(
+                "replica_id must be in 1..={} (replicas), got {}",
+                self.replicas, self.replica_id
+            )));
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(Error::Config(
+                "max_message_bytes must be at least 1024".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// libpq-style connection string for the proxy's own sessions.
+    pub fn admin_conninfo(&self) -> String {
+        format!(
+            "host={} port={} user={} dbname={} application_name=tashkent-proxy",
+            self.pg_host, self.pg_port, self.admin_user, self.database
+        )
+    }
+
+    pub fn from_args(args: ProxyArgs) -> Result<ProxyConfig> {
+        let mut c = match &args.config {
+            Some(p) => ProxyConfig::load(p)?,
+            None => ProxyConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => {$( if let Some(v) = args.$f.clone() { c.$f = v; } )*};
+        }
+        set!(
+            replica_id,
+            replicas,
+            listen,
+            pg_host,
+            pg_port,
+            database,
+            admin_user,
+            certifier,
+            max_message_bytes
+        );
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Command-line flags of `tashkent proxy`; each overrides the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ProxyArgs {
+    /// TOML file whose `[proxy]` section holds the settings.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This replica's id (1..=replicas).
+    #[arg(long)]
+    pub replica_id: Option<u32>,
+    /// Number of replicas in the cluster.
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    /// Client listen address (port 0: any free port; printed as "listening on ADDR").
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Host of the replica's PostgreSQL.
+    #[arg(long)]
+    pub pg_host: Option<String>,
+    /// Port of the replica's PostgreSQL.
+    #[arg(long)]
+    pub pg_port: Option<u16>,
+    /// The replicated database.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Superuser the proxy uses for capture and apply.
+    #[arg(long)]
+    pub admin_user: Option<String>,
+    /// The certifier's address, host:port.
+    #[arg(long, value_name = "ADDR")]
+    pub certifier: Option<String>,
+    /// Largest client protocol message in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+}

@@ -1,0 +1,105 @@
+//! A framed, buffered PostgreSQL protocol stream: the proxy's side of a
+//! client connection and of its connection to the replica.
+//!
+//! Reads return whole messages (lengths checked against a maximum before
+//! anything is buffered for them); writes are collected in an output buffer
+//! and go out on `flush`, so a relay writes many small messages in one
+//! syscall.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::wire::{decode_message, decode_startup, Message, StartupPacket, WireError};
+
+/// Why a stream stopped delivering messages.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("connection closed")]
+    Closed,
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] WireError),
+}
+
+pub struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    max_message: usize,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, max_message: usize) -> Conn {
+        let _ = stream.set_nodelay(true);
+        Conn {
+            stream,
+            rbuf: BytesMut::with_capacity(16 << 10),
+            wbuf: BytesMut::with_capacity(16 << 10),
+            max_message,
+        }
+    }
+
+    /// True when a whole message is buffered, so `read` will not wait.
+    pub fn has_buffered_message(&self) -> bool {
+        if self.rbuf.len() < 5 {
+            return false;
+        }
+        let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]);
+        self.rbuf.len() > len as usize
+    }
+
+    async fn fill(&mut self) -> Result<(), ConnError> {
+        self.rbuf.reserve(16 << 10);
+        if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            return Err(ConnError::Closed);
+        }
+        Ok(())
+    }
+
+    /// The next tagged message.
+    pub async fn read(&mut self) -> Result<Message, ConnError> {
+        loop {
+            if let Some(m) = decode_message(&mut self.rbuf, self.max_message)? {
+                return Ok(m);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The connection's first, untagged packet.
+    pub async fn read_startup(&mut self) -> Result<StartupPacket, ConnError> {
+        loop {
+            if let Some(p) = decode_startup(&mut self.rbuf)? {
+                return Ok(p);
+            }
+            self.fill().await?;
+        }
+    }
+
+    pub fn push(&mut self, msg: &Message) {
+        msg.encode_into(&mut self.wbuf);
+    }
+
+    pub fn push_raw(&mut self, bytes: &[u8]) {
+        self.wbuf.extend_from_slice(bytes);
+    }
+
+    pub fn pending_output(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    pub async fn send(&mut self, msg: &Message) -> Result<(), ConnError> {
+        self.push(msg);
+        self.flush().await
+    }
+}

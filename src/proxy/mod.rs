@@ -1,0 +1,156 @@
+//! The replica proxy: what tashkent's users connect to.
+//!
+//! One proxy sits in front of one PostgreSQL replica. It speaks the
+//! PostgreSQL wire protocol to clients ([`session`]), runs their
+//! transactions on its replica with writeset capture, certifies update
+//! transactions with the certifier, and commits them in the global order
+//! together with every other replica's transactions ([`applier`]).
+
+mod applier;
+mod config;
+mod conn;
+mod session;
+mod shared;
+pub mod sql;
+pub mod writeset;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tashkent_certifier::CertifierClient;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{ProxyArgs, ProxyConfig};
+use shared::Shared;
+
+use crate::capture;
+use crate::error::{Error, Result};
+
+/// A proxy serving clients; dropping it (or `shutdown`) stops accepting
+/// and ends its sessions.
+pub struct RunningProxy {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningProxy {
+    /// Where clients connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the proxy and waits for its tasks.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Prepares the replica (capture installed, sequences striped), connects
+/// to the certifier, and starts serving on `cfg.listen`.
+pub async fn start(cfg: ProxyConfig) -> Result<RunningProxy> {
+    cfg.validate()?;
+    let admin = applier::connect_admin(&cfg).await?;
+    capture::install(&admin).await?;
+    capture::configure_replica(&admin, cfg.replica_id, cfg.replicas).await?;
+    let applied = capture::applied_version(&admin).await?;
+    drop(admin);
+    let certifier = connect_certifier(&cfg).await?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(Error::io(format!("listening on {}", cfg.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(Error::io("reading the listening address"))?;
+    let shared = Arc::new(Shared::new(cfg, certifier, applied));
+    let (stop, stopped) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(applier::run(shared.clone())),
+        tokio::spawn(report_ticker(shared.clone())),
+        tokio::spawn(accept_loop(shared, listener, stopped)),
+    ];
+    Ok(RunningProxy { addr, stop, tasks })
+}
+
+/// Runs a proxy until SIGINT/SIGTERM (the `tashkent proxy` command).
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let cfg = ProxyConfig::from_args(args)?;
+    let proxy = start(cfg).await.context("starting the proxy")?;
+    println!("listening on {}", proxy.local_addr());
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    proxy.shutdown().await;
+    Ok(())
+}
+
+async fn connect_certifier(cfg: &ProxyConfig) -> Result<CertifierClient> {
+    let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
+    loop {
+        match CertifierClient::connect(&cfg.certifier).await {
+            Ok(c) => return Ok(c),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(Error::Certifier {
+                    context: format!("connecting to the certifier at {}", cfg.certifier),
+                    source: e,
+                })
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut sessions = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    sessions.spawn(session::serve(shared.clone(), stream));
+                }
+                Err(e) => {
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            _ = stopped.changed() => break,
+        }
+    }
+    sessions.shutdown().await;
+}
+
+/// Keeps the certifier's view of this replica fresh while no writesets
+/// arrive (open snapshots move on as transactions end).
+async fn report_ticker(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        applier::report(&shared).await;
+    }
+}

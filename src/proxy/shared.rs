@@ -1,0 +1,149 @@
+//! State one proxy's sessions and its applier share: the replica's applied
+//! version, the hand-off of certified local transactions to the ordered
+//! committer, and the open snapshots reported to the certifier.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tashkent_certifier::{CertifierClient, Version};
+use tokio::sync::{oneshot, watch, Notify};
+
+use super::ProxyConfig;
+
+/// The applier's signal to a session: every version below `version` is
+/// committed on the replica; commit yours now and say on `done` whether
+/// the local commit succeeded (if not, or if `done` is dropped, the applier
+/// applies the writeset from the log instead).
+pub struct Turn {
+    pub version: Version,
+    pub done: oneshot::Sender<bool>,
+}
+
+/// How the applier reaches a session whose transaction blocks it.
+#[derive(Default)]
+pub struct SessionSignal {
+    /// Set by the applier: roll the open transaction back (it holds a lock
+    /// a certified writeset needs, and has not been certified itself, so it
+    /// would fail certification anyway).
+    pub doomed: AtomicBool,
+    /// Set by the session while its transaction is being certified or
+    /// committed: then it is never doomed.
+    pub committing: AtomicBool,
+    pub wake: Notify,
+}
+
+pub struct Shared {
+    pub cfg: ProxyConfig,
+    pub certifier: CertifierClient,
+    /// The replica's applied version (every version up to it is committed
+    /// there).
+    pub applied: watch::Sender<Version>,
+    /// Local transactions sent to the certifier, by transaction id: the
+    /// applier hands each its turn when it reaches the version.
+    pending: Mutex<HashMap<Vec<u8>, oneshot::Sender<Turn>>>,
+    /// Snapshot versions of open transactions (with counts).
+    snapshots: Mutex<BTreeMap<Version, usize>>,
+    /// Client sessions by their backend's process id.
+    sessions: Mutex<HashMap<i32, Arc<SessionSignal>>>,
+    nonce: u64,
+    next_txn: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(cfg: ProxyConfig, certifier: CertifierClient, applied: Version) -> Shared {
+        Shared {
+            cfg,
+            certifier,
+            applied: watch::Sender::new(applied),
+            pending: Mutex::new(HashMap::new()),
+            snapshots: Mutex::new(BTreeMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            // Distinct per proxy process, so transaction ids of an earlier
+            // incarnation are never mistaken for this one's.
+            nonce: RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now())),
+            next_txn: AtomicU64::new(1),
+        }
+    }
+
+    /// A transaction id unique across replicas and proxy restarts.
+    pub fn new_txn_id(&self) -> bytes::Bytes {
+        let mut id = Vec::with_capacity(20);
+        id.extend_from_slice(&self.cfg.replica_id.to_be_bytes());
+        id.extend_from_slice(&self.nonce.to_be_bytes());
+        id.extend_from_slice(&self.next_txn.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        id.into()
+    }
+
+    pub fn expect_turn(&self, txn_id: &[u8]) -> oneshot::Receiver<Turn> {
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(txn_id.to_vec(), tx);
+        rx
+    }
+
+    /// Withdraws a pending hand-off; false when the applier already took it
+    /// (the transaction is committed and its turn is on the way).
+    pub fn withdraw(&self, txn_id: &[u8]) -> bool {
+        self.pending.lock().remove(txn_id).is_some()
+    }
+
+    pub fn take_pending(&self, txn_id: &[u8]) -> Option<oneshot::Sender<Turn>> {
+        self.pending.lock().remove(txn_id)
+    }
+
+    pub fn open_snapshot(&self, v: Version) {
+        *self.snapshots.lock().entry(v).or_default() += 1;
+    }
+
+    pub fn close_snapshot(&self, v: Version) {
+        let mut s = self.snapshots.lock();
+        if let Some(n) = s.get_mut(&v) {
+            *n -= 1;
+            if *n == 0 {
+                s.remove(&v);
+            }
+        }
+    }
+
+    /// The oldest snapshot still in use (the applied version when none is).
+    pub fn oldest_snapshot(&self) -> Version {
+        let applied = *self.applied.borrow();
+        self.snapshots
+            .lock()
+            .keys()
+            .next()
+            .map_or(applied, |&v| v.min(applied))
+    }
+
+    pub fn register_session(&self, backend_pid: i32) -> Arc<SessionSignal> {
+        let signal = Arc::new(SessionSignal::default());
+        self.sessions.lock().insert(backend_pid, signal.clone());
+        signal
+    }
+
+    pub fn unregister_session(&self, backend_pid: i32) {
+        self.sessions.lock().remove(&backend_pid);
+    }
+
+    /// Dooms the uncertified transaction of the session on `backend_pid`;
+    /// false when that backend is no client session or is committing.
+    pub fn doom(&self, backend_pid: i32) -> bool {
+        let Some(signal) = self.sessions.lock().get(&backend_pid).cloned() else {
+            return false;
+        };
+        if signal.committing.load(Ordering::Acquire) {
+            return false;
+        }
+        signal.doomed.store(true, Ordering::Release);
+        signal.wake.notify_one();
+        true
+    }
+
+    /// Waits until the replica has applied `v`.
+    pub async fn wait_applied(&self, v: Version) {
+        let mut rx = self.applied.subscribe();
+        let _ = rx.wait_for(|&a| a >= v).await;
+    }
+}

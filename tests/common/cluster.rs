@@ -1,0 +1,189 @@
+//! A whole tashkent cluster for integration tests: N PostgreSQL replicas
+//! (the harness), one certifier in this process, and one `tashkent proxy`
+//! child process per replica. Everything is torn down on drop.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tashkent::pg::{PgConfig, PgServer};
+use tashkent_certifier::{CertifierClient, CertifierConfig, RunningCertifier};
+use tokio_postgres::Client;
+
+use super::{connect, connect_str, shared_tempdir};
+
+pub struct Cluster {
+    pub replicas: Vec<PgServer>,
+    pub proxies: Vec<Option<ProxyProcess>>,
+    pub certifier: Option<RunningCertifier>,
+    pub certifier_addr: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A `tashkent proxy` child process, SIGKILLed on drop.
+pub struct ProxyProcess {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Cluster {
+    pub async fn start(n: usize) -> Cluster {
+        let dir = shared_tempdir();
+        let certifier = tashkent_certifier::start(CertifierConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            wal_dir: dir.path().join("wal"),
+            ..CertifierConfig::default()
+        })
+        .await
+        .expect("starting the certifier");
+        let certifier_addr = certifier.local_addr().to_string();
+        let replicas: Vec<PgServer> = (0..n)
+            .map(|_| PgServer::start(PgConfig::default()).expect("starting a replica"))
+            .collect();
+        let mut cluster = Cluster {
+            replicas,
+            proxies: Vec::new(),
+            certifier: Some(certifier),
+            certifier_addr,
+            _dir: dir,
+        };
+        for i in 0..n {
+            let p = cluster.spawn_proxy(i);
+            cluster.proxies.push(Some(p));
+        }
+        cluster
+    }
+
+    /// Starts the proxy of replica `i` (0-based) as a child process.
+    pub fn spawn_proxy(&self, i: usize) -> ProxyProcess {
+        let pg = &self.replicas[i];
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tashkent"))
+            .args(["proxy", "--listen", "127.0.0.1:0", "--pg-host", pg.host()])
+            .args(["--pg-port", &pg.port().to_string()])
+            .args(["--replica-id", &(i + 1).to_string()])
+            .args(["--replicas", &self.replicas.len().to_string()])
+            .args(["--certifier", &self.certifier_addr])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning tashkent proxy");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(a) = line.strip_prefix("listening on ") {
+                        break a.trim().to_string();
+                    }
+                }
+                other => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("proxy {} ended before listening: {other:?}", i + 1);
+                }
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        ProxyProcess { child, addr }
+    }
+
+    /// libpq connection string of proxy `i`.
+    pub fn proxy_conninfo(&self, i: usize) -> String {
+        let addr = &self.proxies[i].as_ref().expect("proxy running").addr;
+        let (host, port) = addr.rsplit_once(':').unwrap();
+        format!("host={host} port={port} user=postgres dbname=postgres")
+    }
+
+    /// A client connected through proxy `i`.
+    pub async fn client(&self, i: usize) -> Client {
+        connect_str(&self.proxy_conninfo(i)).await
+    }
+
+    /// A client connected straight to replica `i` (for checks only).
+    pub async fn replica(&self, i: usize) -> Client {
+        connect(&self.replicas[i], "postgres").await
+    }
+
+    /// Waits until every replica has applied everything the certifier
+    /// made durable.
+    pub async fn wait_converged(&self) {
+        let cert = CertifierClient::connect(&self.certifier_addr)
+            .await
+            .unwrap();
+        let target = cert.status().await.unwrap().durable_version;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 0..self.replicas.len() {
+            let c = self.replica(i).await;
+            loop {
+                let v = tashkent::capture::applied_version(&c).await.unwrap();
+                if v >= target {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {} stuck at version {v} of {target}",
+                    i + 1
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// Row count and checksum of every user table of replica `i`.
+    pub async fn digests(&self, i: usize) -> BTreeMap<String, (i64, String)> {
+        let c = self.replica(i).await;
+        c.batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3")
+            .await
+            .unwrap();
+        let tables = c
+            .query(
+                "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
+                 WHERE schemaname NOT IN ('pg_catalog', 'information_schema', 'tashkent') ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for t in tables {
+            let name: String = t.get(0);
+            let row = c
+                .query_one(
+                    &format!(
+                        "SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {name} t"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            out.insert(name, (row.get(0), row.get(1)));
+        }
+        out
+    }
+
+    /// Waits for convergence, then asserts every replica holds the same
+    /// tables with the same contents; returns replica 1's digests.
+    pub async fn assert_identical(&self) -> BTreeMap<String, (i64, String)> {
+        self.wait_converged().await;
+        let first = self.digests(0).await;
+        for i in 1..self.replicas.len() {
+            let other = self.digests(i).await;
+            assert_eq!(first, other, "replica 1 and replica {} differ", i + 1);
+        }
+        first
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Proxies first (they hold connections to the replicas).
+        self.proxies.clear();
+    }
+}

@@ -1,0 +1,495 @@
+//! The replica proxy end to end: 3 PostgreSQL replicas, 1 certifier,
+//! 3 `tashkent proxy` processes, real clients.
+
+mod common;
+
+use common::cluster::Cluster;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+fn sqlstate(e: &tokio_postgres::Error) -> Option<&SqlState> {
+    e.as_db_error().map(|d| d.code())
+}
+
+async fn count(c: &Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_through_different_proxies_converges() {
+    let cluster = Cluster::start(3).await;
+    let p1 = cluster.client(0).await;
+    let p2 = cluster.client(1).await;
+    let p3 = cluster.client(2).await;
+    p1.batch_execute(
+        "CREATE TABLE account (id int PRIMARY KEY, owner text UNIQUE, balance numeric NOT NULL, \
+         opened timestamptz DEFAULT now(), tags text[]); \
+         CREATE TABLE audit (id bigserial PRIMARY KEY, note text)",
+    )
+    .await
+    .unwrap();
+    // GSI: another replica sees the DDL once it has applied it.
+    cluster.wait_converged().await;
+    // Autocommit, multi-statement, explicit transaction, extended protocol.
+    p2.batch_execute(
+        "INSERT INTO account (id, owner, balance) VALUES (1, 'ann', 10), (2, 'bob', 20)",
+    )
+    .await
+    .unwrap();
+    p3.batch_execute(
+        "BEGIN; UPDATE account SET balance = balance + 5 WHERE id = 1; \
+         INSERT INTO audit (note) VALUES ('deposit'); COMMIT",
+    )
+    .await
+    .unwrap();
+    cluster.wait_converged().await;
+    let stmt = p1
+        .prepare(
+            "INSERT INTO account (id, owner, balance, tags) VALUES ($1, $2, $3::text::numeric, $4)",
+        )
+        .await
+        .unwrap();
+    for i in 3..20i32 {
+        p1.execute(
+            &stmt,
+            &[
+                &i,
+                &format!("o{i}"),
+                &format!("{i}.5"),
+                &vec![format!("t{i}")],
+            ],
+        )
+        .await
+        .unwrap();
+    }
+    cluster.wait_converged().await;
+    p2.execute("DELETE FROM account WHERE id = $1", &[&2i32])
+        .await
+        .unwrap();
+    p3.batch_execute("INSERT INTO audit (note) VALUES ('a'), ('b')")
+        .await
+        .unwrap();
+    // A rolled-back transaction leaves nothing anywhere.
+    p2.batch_execute("BEGIN; INSERT INTO account VALUES (99, 'zed', 1); ROLLBACK")
+        .await
+        .unwrap();
+    // Reads through a proxy see the proxy's replica.
+    cluster.wait_converged().await;
+    assert_eq!(count(&p3, "SELECT count(*) FROM account").await, 18);
+    let digests = cluster.assert_identical().await;
+    assert_eq!(digests["public.account"].0, 18);
+    assert_eq!(digests["public.audit"].0, 3);
+    // Sequences draw from disjoint residues: audit ids from replicas 3 and 3
+    // again are ≡ 3 (mod 3).
+    let ids: Vec<i64> = p1
+        .query("SELECT id FROM audit ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(ids.iter().all(|id| id % 3 == 0), "{ids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_updates_first_committer_wins_and_write_skew_commits() {
+    let cluster = Cluster::start(3).await;
+    let setup = cluster.client(0).await;
+    setup
+        .batch_execute(
+            "CREATE TABLE counter (id int PRIMARY KEY, n int NOT NULL); \
+             INSERT INTO counter VALUES (1, 0), (2, 0), (3, 0)",
+        )
+        .await
+        .unwrap();
+    cluster.wait_converged().await;
+    let a = cluster.client(0).await;
+    let b = cluster.client(1).await;
+
+    // Lost update: both read n, both write n + 1; exactly one commits.
+    a.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("BEGIN").await.unwrap();
+    let na: i32 = a
+        .query_one("SELECT n FROM counter WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let nb: i32 = b
+        .query_one("SELECT n FROM counter WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    a.execute("UPDATE counter SET n = $1 WHERE id = 1", &[&(na + 1)])
+        .await
+        .unwrap();
+    b.execute("UPDATE counter SET n = $1 WHERE id = 1", &[&(nb + 1)])
+        .await
+        .unwrap();
+    let ra = a.batch_execute("COMMIT").await;
+    let rb = b.batch_execute("COMMIT").await;
+    assert_one_commits(ra, rb);
+
+    // Write skew: each reads both rows and writes a different one; GSI
+    // commits both (it is not serializable and does not claim to be).
+    a.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("BEGIN").await.unwrap();
+    let sa = count(&a, "SELECT sum(n)::bigint FROM counter WHERE id IN (2, 3)").await;
+    let sb = count(&b, "SELECT sum(n)::bigint FROM counter WHERE id IN (2, 3)").await;
+    a.execute(
+        "UPDATE counter SET n = $1 WHERE id = 2",
+        &[&(sa as i32 + 1)],
+    )
+    .await
+    .unwrap();
+    b.execute(
+        "UPDATE counter SET n = $1 WHERE id = 3",
+        &[&(sb as i32 + 1)],
+    )
+    .await
+    .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    b.batch_execute("COMMIT").await.unwrap();
+
+    let d = cluster.assert_identical().await;
+    assert_eq!(d["public.counter"].0, 3);
+    let c = cluster.replica(2).await;
+    assert_eq!(count(&c, "SELECT sum(n)::bigint FROM counter").await, 3);
+}
+
+type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
+/// Runs one statement in a transaction on `a` and one on `b`, both
+/// executed before either commits; asserts that exactly one commits and
+/// the other gets 40001.
+async fn race(a: &Client, sql_a: &str, pa: Params<'_>, b: &Client, sql_b: &str, pb: Params<'_>) {
+    a.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("BEGIN").await.unwrap();
+    a.execute(sql_a, pa).await.unwrap();
+    b.execute(sql_b, pb).await.unwrap();
+    let ra = a.batch_execute("COMMIT").await;
+    let rb = b.batch_execute("COMMIT").await;
+    assert_one_commits(ra, rb);
+}
+
+/// Exactly one of two commits succeeded; the other got 40001.
+fn assert_one_commits(
+    ra: Result<(), tokio_postgres::Error>,
+    rb: Result<(), tokio_postgres::Error>,
+) {
+    assert_eq!(
+        [ra.is_ok(), rb.is_ok()].iter().filter(|x| **x).count(),
+        1,
+        "{ra:?} {rb:?}"
+    );
+    let err = ra.err().or(rb.err()).unwrap();
+    assert_eq!(
+        sqlstate(&err),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unique_and_foreign_key_races_never_break_apply() {
+    let cluster = Cluster::start(3).await;
+    let setup = cluster.client(0).await;
+    setup
+        .batch_execute(
+            "CREATE TABLE parent (id int PRIMARY KEY); \
+             CREATE TABLE child (id int PRIMARY KEY, parent int REFERENCES parent, code text UNIQUE); \
+             INSERT INTO parent SELECT generate_series(1, 40)",
+        )
+        .await
+        .unwrap();
+    cluster.wait_converged().await;
+    let a = cluster.client(0).await;
+    let b = cluster.client(1).await;
+    for round in 0..20i32 {
+        // Same unique code, different primary keys, on two replicas.
+        let code = format!("c{round}");
+        race(
+            &a,
+            "INSERT INTO child VALUES ($1, NULL, $2)",
+            &[&(1000 + round), &code],
+            &b,
+            "INSERT INTO child VALUES ($1, NULL, $2)",
+            &[&(2000 + round), &code],
+        )
+        .await;
+        // Delete a parent on one replica while a child references it on another.
+        let p = round + 1;
+        race(
+            &a,
+            "DELETE FROM parent WHERE id = $1",
+            &[&p],
+            &b,
+            "INSERT INTO child VALUES ($1, $2, NULL)",
+            &[&(3000 + round), &p],
+        )
+        .await;
+    }
+    cluster.assert_identical().await;
+    // No orphan anywhere.
+    for i in 0..3 {
+        let c = cluster.replica(i).await;
+        let orphans = count(
+            &c,
+            "SELECT count(*) FROM child WHERE parent IS NOT NULL AND parent NOT IN (SELECT id FROM parent)",
+        )
+        .await;
+        assert_eq!(orphans, 0, "replica {}", i + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ddl_through_one_proxy_reaches_all_and_new_tables_replicate() {
+    let cluster = Cluster::start(3).await;
+    let p1 = cluster.client(0).await;
+    p1.batch_execute("CREATE SCHEMA shop; SET search_path = shop; CREATE TABLE item (id int PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    p1.batch_execute("ALTER TABLE shop.item ADD COLUMN price int NOT NULL DEFAULT 7; CREATE INDEX ON shop.item (name)")
+        .await
+        .unwrap();
+    let p3 = cluster.client(2).await;
+    cluster.wait_converged().await;
+    p3.batch_execute("INSERT INTO shop.item (id, name) VALUES (1, 'x'), (2, 'y')")
+        .await
+        .unwrap();
+    let p2 = cluster.client(1).await;
+    cluster.wait_converged().await;
+    p2.batch_execute("UPDATE shop.item SET price = 9 WHERE id = 2; TRUNCATE shop.item; INSERT INTO shop.item VALUES (5, 'z', 1)")
+        .await
+        .unwrap();
+    let d = cluster.assert_identical().await;
+    assert_eq!(d["shop.item"].0, 1);
+    p2.batch_execute("DROP TABLE shop.item").await.unwrap();
+    cluster.wait_converged().await;
+    for i in 0..3 {
+        let c = cluster.replica(i).await;
+        assert_eq!(
+            count(
+                &c,
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'shop'"
+            )
+            .await,
+            0
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diverging_features_are_refused_with_0a000() {
+    let cluster = Cluster::start(1).await;
+    let c = cluster.client(0).await;
+    c.batch_execute("CREATE TABLE nokey (v int); INSERT INTO nokey VALUES (1)")
+        .await
+        .unwrap();
+    for sql in [
+        "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        "SET default_transaction_isolation = 'serializable'",
+        "LISTEN chan",
+        "NOTIFY chan",
+        "SELECT pg_advisory_lock(1)",
+        "PREPARE TRANSACTION 'x'",
+        "UPDATE nokey SET v = 2",
+        "DELETE FROM nokey",
+        "SET session_replication_role = replica",
+        "CREATE DATABASE other",
+    ] {
+        let err = c.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(
+            sqlstate(&err),
+            Some(&SqlState::FEATURE_NOT_SUPPORTED),
+            "{sql}: {err}"
+        );
+        // The session stays usable.
+        c.batch_execute("SELECT 1").await.unwrap();
+    }
+    // Inside a transaction the refusal aborts it, like any error.
+    c.batch_execute("BEGIN").await.unwrap();
+    assert!(c.batch_execute("LISTEN x").await.is_err());
+    let err = c.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some(&SqlState::IN_FAILED_SQL_TRANSACTION));
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // Extended protocol too.
+    let err = c
+        .prepare("SELECT pg_try_advisory_lock($1)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some(&SqlState::FEATURE_NOT_SUPPORTED));
+    assert_eq!(count(&c, "SELECT count(*) FROM nokey").await, 1);
+    // Another database than the replicated one is refused at startup.
+    let other = cluster
+        .proxy_conninfo(0)
+        .replace("dbname=postgres", "dbname=template1");
+    let err = tokio_postgres::connect(&other, tokio_postgres::NoTls)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        sqlstate(&err),
+        Some(&SqlState::INVALID_CATALOG_NAME),
+        "{err}"
+    );
+}
+
+/// pgbench (the real, unmodified client) against proxy `i`.
+fn pgbench(cluster: &Cluster, i: usize, args: &[&str]) -> std::process::Command {
+    let tool = cluster.replicas[0].binaries().tool("pgbench").unwrap();
+    let addr = &cluster.proxies[i].as_ref().unwrap().addr;
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let mut cmd = std::process::Command::new(tool);
+    cmd.args(["-h", host, "-p", port, "-U", "postgres"])
+        .args(args)
+        .arg("postgres");
+    cmd
+}
+
+fn assert_ok(out: &std::process::Output, what: &str) -> String {
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
+    text
+}
+
+async fn assert_tpcb_invariant(c: &Client, replica: usize) {
+    let row = c
+        .query_one(
+            "SELECT (SELECT sum(abalance) FROM pgbench_accounts)::bigint, \
+                    (SELECT sum(tbalance) FROM pgbench_tellers)::bigint, \
+                    (SELECT sum(bbalance) FROM pgbench_branches)::bigint, \
+                    (SELECT coalesce(sum(delta), 0) FROM pgbench_history)::bigint, \
+                    (SELECT count(*) FROM pgbench_history)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (a, t, b, h, n): (i64, i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert!(n > 0, "replica {replica}: no history rows");
+    assert!(
+        a == t && t == b && b == h,
+        "replica {replica}: accounts {a}, tellers {t}, branches {b}, history {h}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pgbench_unmodified_through_two_proxies() {
+    let cluster = Cluster::start(3).await;
+    assert_ok(
+        &pgbench(&cluster, 0, &["-i", "-s", "2", "-q"])
+            .output()
+            .unwrap(),
+        "pgbench -i",
+    );
+    cluster.wait_converged().await;
+    let run = |i: usize, mode: &'static str| {
+        let mut cmd = pgbench(
+            &cluster,
+            i,
+            &[
+                "-n",
+                "-M",
+                mode,
+                "-c",
+                "2",
+                "-j",
+                "1",
+                "-T",
+                "4",
+                "--max-tries=1000",
+            ],
+        );
+        std::thread::spawn(move || cmd.output().unwrap())
+    };
+    let simple = run(0, "simple");
+    let prepared = run(1, "prepared");
+    for (name, h) in [("simple", simple), ("prepared", prepared)] {
+        let text = assert_ok(&h.join().unwrap(), name);
+        let processed: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no transaction count in:\n{text}"));
+        assert!(processed > 0, "{name}: {text}");
+    }
+    let d = cluster.assert_identical().await;
+    assert_eq!(d["public.pgbench_accounts"].0, 200_000);
+    for i in 0..3 {
+        assert_tpcb_invariant(&cluster.replica(i).await, i + 1).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_sigkill_under_load_loses_no_acknowledged_commit() {
+    let mut cluster = Cluster::start(3).await;
+    cluster
+        .client(0)
+        .await
+        .batch_execute("CREATE TABLE ack (id bigint PRIMARY KEY, writer int)")
+        .await
+        .unwrap();
+    cluster.wait_converged().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..6i32 {
+        // Writers 0..4 use proxy 2 (killed), 4..6 proxy 1.
+        let client = cluster.client(if w < 4 { 1 } else { 0 }).await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for k in 0i64.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let id = i64::from(w) * 1_000_000 + k;
+                match client
+                    .execute("INSERT INTO ack VALUES ($1, $2)", &[&id, &w])
+                    .await
+                {
+                    Ok(_) => acked.push(id),
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    drop(cluster.proxies[1].take()); // SIGKILL
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(
+        acked.iter().any(|id| *id < 4_000_000),
+        "no commit through the killed proxy"
+    );
+    cluster.proxies[1] = Some(cluster.spawn_proxy(1));
+    cluster.assert_identical().await;
+    for i in 0..3 {
+        let c = cluster.replica(i).await;
+        let present: std::collections::HashSet<i64> = c
+            .query("SELECT id FROM ack", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let lost: Vec<_> = acked.iter().filter(|id| !present.contains(id)).collect();
+        assert!(
+            lost.is_empty(),
+            "replica {}: acknowledged commits lost: {lost:?}",
+            i + 1
+        );
+    }
+}
