@@ -28,6 +28,9 @@ pub struct Conn {
     rbuf: BytesMut,
     wbuf: BytesMut,
     max_message: usize,
+    /// For a client connection: type bytes that may arrive (checked before
+    /// waiting for a message's body, as PostgreSQL does).
+    valid_tag: Option<fn(u8) -> bool>,
 }
 
 impl Conn {
@@ -38,7 +41,14 @@ impl Conn {
             rbuf: BytesMut::with_capacity(16 << 10),
             wbuf: BytesMut::with_capacity(16 << 10),
             max_message,
+            valid_tag: None,
         }
+    }
+
+    /// Refuses unknown message types as soon as their first byte arrives.
+    pub fn check_tags(mut self, valid: fn(u8) -> bool) -> Conn {
+        self.valid_tag = Some(valid);
+        self
     }
 
     /// True when a whole message is buffered, so `read` will not wait.
@@ -61,6 +71,14 @@ impl Conn {
     /// The next tagged message.
     pub async fn read(&mut self) -> Result<Message, ConnError> {
         loop {
+            if let (Some(valid), Some(&tag)) = (self.valid_tag, self.rbuf.first()) {
+                if !valid(tag) {
+                    return Err(ConnError::Protocol(WireError::Malformed {
+                        what: "frontend",
+                        reason: format!("invalid frontend message type {tag}"),
+                    }));
+                }
+            }
             if let Some(m) = decode_message(&mut self.rbuf, self.max_message)? {
                 return Ok(m);
             }

@@ -591,6 +591,13 @@ impl<'t, 'a> Cursor<'t, 'a> {
     }
 }
 
+/// True when the statement is a COPY (it may switch the connection into
+/// copy mode, so nothing may be pipelined behind it).
+pub fn is_copy(stmt: &str) -> bool {
+    let toks: Vec<Token> = Scanner::new(stmt).collect();
+    Cursor::new(&toks).next_word().as_deref() == Some("copy")
+}
+
 fn classify_one(stmt: &str) -> Kind {
     let toks: Vec<Token> = Scanner::new(stmt).collect();
     if let Some(refusal) = refused_anywhere(&toks) {

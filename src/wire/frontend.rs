@@ -134,6 +134,12 @@ impl FrontendMessage {
     }
 }
 
+/// True for the type bytes a client may send after startup; anything
+/// else is refused at once, before its length is trusted.
+pub fn is_frontend_tag(tag: u8) -> bool {
+    name_of(tag) != "frontend"
+}
+
 fn name_of(tag: u8) -> &'static str {
     match tag {
         b'Q' => "Query",

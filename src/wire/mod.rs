@@ -15,4 +15,4 @@ pub use frame::{
     decode_message, decode_startup, Message, StartupPacket, WireError, DEFAULT_MAX_MESSAGE_LEN,
     MAX_STARTUP_LEN,
 };
-pub use frontend::{Describe, FrontendMessage};
+pub use frontend::{is_frontend_tag, Describe, FrontendMessage};

@@ -1,0 +1,201 @@
+//! The session's side of the replica connection: opening the transaction,
+//! relaying answers, COPY FROM STDIN, and the proxy's own queries.
+
+use super::*;
+
+impl Session {
+    /// Queues the transaction's opening query (sent with what follows).
+    pub(super) fn open_txn(&mut self, explicit: bool, read_only: bool) {
+        let mode = if read_only { " READ ONLY" } else { "" };
+        let sql = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ{mode}; {}",
+            capture::SNAPSHOT_VERSION_SQL
+        );
+        self.backend.push(&query(&sql));
+        self.signal.doomed.store(false, Ordering::Release);
+        self.txn = Some(Txn {
+            explicit,
+            snapshot: None,
+            failed: false,
+            opening: true,
+            prefetched_ws: None,
+        });
+    }
+
+    /// Reads the opening query's answer if it is outstanding.
+    pub(super) async fn finish_open(&mut self) -> Result<()> {
+        if !self.txn.as_ref().is_some_and(|t| t.opening) {
+            return Ok(());
+        }
+        if let Some(t) = &mut self.txn {
+            t.opening = false;
+        }
+        let answer = self.own_answer().await?;
+        let version = answer
+            .value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<Version>().ok());
+        match (answer.error, version) {
+            (None, Some(v)) => {
+                self.shared.open_snapshot(v);
+                if let Some(t) = &mut self.txn {
+                    t.snapshot = Some(v);
+                }
+            }
+            (error, _) => {
+                let e = error.unwrap_or_else(|| {
+                    ErrorResponse::error("XX000", "could not read the replica's applied version")
+                });
+                self.client.push(&e.message());
+                self.fail_txn();
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn backend_read(&mut self) -> Result<Message> {
+        if !self.backend.has_buffered_message() || self.client.pending_output() > (256 << 10) {
+            self.client.flush().await.map_err(SessionError::Client)?;
+        }
+        self.backend.read().await.map_err(SessionError::Backend)
+    }
+
+    pub(super) async fn flush_backend(&mut self) -> Result<()> {
+        self.backend.flush().await.map_err(SessionError::Backend)
+    }
+
+    /// Relays the backend's answer to the client up to ReadyForQuery
+    /// (which is kept: the proxy reports its own transaction status).
+    pub(super) async fn relay(&mut self) -> Result<Relayed> {
+        self.flush_backend().await?;
+        self.finish_open().await?;
+        let mut error = false;
+        loop {
+            let m = self.backend_read().await?;
+            match m.tag() {
+                b'Z' => {
+                    let status = TransactionStatus::parse(&m)
+                        .map_err(|e| SessionError::Backend(ConnError::Protocol(e)))?;
+                    if error || status == TransactionStatus::Failed {
+                        self.fail_txn();
+                    }
+                    return Ok(Relayed { status, error });
+                }
+                b'E' => {
+                    error = true;
+                    match ErrorResponse::parse(&m) {
+                        Ok(e) if e.sqlstate() == Some("57014") => {
+                            let e = self.translate(e);
+                            self.client.push(&e.message());
+                        }
+                        _ => self.client.push(&m),
+                    }
+                }
+                b'G' => {
+                    self.client.push(&m);
+                    self.client.flush().await.map_err(SessionError::Client)?;
+                    self.copy_in().await?;
+                }
+                _ => self.client.push(&m),
+            }
+        }
+    }
+
+    /// `relay`, with the writeset read-out sent right behind what is
+    /// relayed when `read_ws` (the transaction ends there): one round trip
+    /// fewer per commit.
+    pub(super) async fn relay_reading_ws(&mut self, read_ws: bool) -> Result<Relayed> {
+        if read_ws {
+            self.backend.push(&query(READ_WS_SQL));
+        }
+        let r = self.relay().await?;
+        if read_ws {
+            let answer = self.own_answer().await?;
+            if let (false, None, Some(t)) = (r.error, answer.error, self.txn.as_mut()) {
+                t.prefetched_ws = Some(text_of(answer.value));
+            }
+        }
+        Ok(r)
+    }
+
+    /// COPY FROM STDIN: the client's data goes to the backend until it ends.
+    pub(super) async fn copy_in(&mut self) -> Result<()> {
+        loop {
+            let m = self.client.read().await.map_err(SessionError::Client)?;
+            self.backend.push(&m);
+            let end = matches!(m.tag(), b'c' | b'f');
+            if end && self.in_batch {
+                // In extended mode the server waits for a Sync after the
+                // copy; the client's own Sync follows and is not answered
+                // twice.
+                self.backend.push(&Message::new(b'S', Bytes::new()));
+                self.swallow_sync = true;
+            }
+            if end || self.backend.pending_output() > (256 << 10) {
+                self.flush_backend().await?;
+            }
+            if end {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the answer to one of the proxy's own queries (not relayed,
+    /// except notifications and parameter changes).
+    pub(super) async fn own_answer(&mut self) -> Result<Answer> {
+        self.flush_backend().await?;
+        let mut answer = Answer {
+            error: None,
+            value: None,
+        };
+        let mut first_row = true;
+        loop {
+            let m = self.backend.read().await.map_err(SessionError::Backend)?;
+            match m.tag() {
+                b'Z' => return Ok(answer),
+                b'E' if answer.error.is_none() => {
+                    answer.error = ErrorResponse::parse(&m).ok();
+                }
+                b'D' if first_row => {
+                    first_row = false;
+                    answer.value = first_column(m.body());
+                }
+                b'A' | b'S' => self.client.push(&m),
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) async fn own_query(&mut self, sql: &str) -> Result<Answer> {
+        self.backend.push(&query(sql));
+        self.own_answer().await
+    }
+
+    pub(super) async fn rollback(&mut self) -> Result<()> {
+        self.finish_open_quietly().await?;
+        self.own_query("ROLLBACK").await?;
+        self.close_txn();
+        Ok(())
+    }
+
+    /// Reads an outstanding opening answer without reporting its error
+    /// (the transaction is being ended anyway).
+    pub(super) async fn finish_open_quietly(&mut self) -> Result<()> {
+        if self.txn.as_ref().is_some_and(|t| t.opening) {
+            if let Some(t) = &mut self.txn {
+                t.opening = false;
+            }
+            let answer = self.own_answer().await?;
+            if let (None, Some(v)) = (answer.error, answer.value) {
+                if let Some(v) = std::str::from_utf8(&v).ok().and_then(|v| v.parse().ok()) {
+                    self.shared.open_snapshot(v);
+                    if let Some(t) = &mut self.txn {
+                        t.snapshot = Some(v);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,487 @@
+//! One client connection: the protocol relay and the transaction life
+//! cycle around it (DESIGN.md, "Transaction life cycle").
+//!
+//! The proxy keeps one backend connection per client and relays messages
+//! as bytes. It owns the transaction boundaries: every transaction runs on
+//! the replica as `REPEATABLE READ` opened by the proxy, whose first query
+//! reads the applied version (the snapshot version, I3); BEGIN is answered
+//! at once and the opening query travels with the client's next statement.
+//! COMMIT (explicit, or the end of an autocommit statement or extended
+//! batch) reads the captured writeset; an empty one commits locally, any
+//! other is certified and committed in version order when the applier
+//! hands this session its turn. The proxy never retries for the client:
+//! a certification abort is `40001`, an unknowable outcome `08007`.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tashkent_certifier::{Outcome, Version};
+use tokio::net::TcpStream;
+
+use super::conn::{Conn, ConnError};
+use super::shared::{SessionSignal, Shared};
+use super::sql::{classify, is_copy, split_statements, Kind};
+use super::writeset;
+use crate::capture;
+use crate::wire::{ErrorResponse, FrontendMessage, Message, StartupPacket, TransactionStatus};
+
+mod backend;
+mod commit;
+mod extended;
+mod simple;
+
+const READ_WS_SQL: &str = "SELECT current_setting('tashkent.ws', true)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client: {0}")]
+    Client(ConnError),
+    #[error("replica: {0}")]
+    Backend(ConnError),
+}
+
+type Result<T> = std::result::Result<T, SessionError>;
+
+/// A transaction open on the backend.
+struct Txn {
+    /// Opened by BEGIN (else: an autocommit statement or extended batch).
+    explicit: bool,
+    /// The snapshot's version; `None` until the opening query's answer is
+    /// read.
+    snapshot: Option<Version>,
+    /// An error happened: only ROLLBACK (or ROLLBACK TO) gets out.
+    failed: bool,
+    /// The opening query was sent and its answer not yet read.
+    opening: bool,
+    /// The captured text read together with the last statement.
+    prefetched_ws: Option<String>,
+}
+
+pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
+    let mut client =
+        Conn::new(stream, shared.cfg.max_message_bytes).check_tags(crate::wire::is_frontend_tag);
+    let (backend, backend_pid) = match handshake(&shared, &mut client).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!("connection setup: {e}");
+            return;
+        }
+    };
+    let signal = shared.register_session(backend_pid);
+    let mut session = Session {
+        shared,
+        signal,
+        backend_pid,
+        early_abort: None,
+        client,
+        backend,
+        txn: None,
+        statements: HashMap::new(),
+        portals: HashMap::new(),
+        batch: Vec::new(),
+        copy_statements: Default::default(),
+        in_batch: false,
+        swallow_sync: false,
+    };
+    if let Err(e) = session.run().await {
+        tracing::debug!("session ended: {e}");
+        if let SessionError::Backend(_) = e {
+            let err = ErrorResponse::fatal("08006", format!("connection to the replica lost: {e}"));
+            let _ = session.client.send(&err.message()).await;
+        }
+    }
+    session.close_txn();
+    session.shared.unregister_session(session.backend_pid);
+}
+
+/// Startup: SSL/GSS encryption refused ('N'), cancel requests forwarded,
+/// and authentication relayed to the replica, which decides (the client
+/// runs nothing before the replica says AuthenticationOk).
+async fn handshake(shared: &Shared, client: &mut Conn) -> Result<Option<(Conn, i32)>> {
+    loop {
+        let packet = client.read_startup().await.map_err(SessionError::Client)?;
+        let params = match &packet {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                client.push_raw(b"N");
+                client.flush().await.map_err(SessionError::Client)?;
+                continue;
+            }
+            StartupPacket::Cancel { .. } => {
+                // The client holds the replica's own backend key (relayed
+                // at startup), so the request goes on unchanged.
+                if let Ok(mut pg) = connect_backend(shared).await {
+                    pg.push_raw(&packet.encode());
+                    let _ = pg.flush().await;
+                }
+                return Ok(None);
+            }
+            StartupPacket::Startup { params, .. } => params,
+        };
+        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let Some(user) = param("user") else {
+            return refuse(
+                client,
+                ErrorResponse::fatal(
+                    "28000",
+                    "no PostgreSQL user name specified in startup packet",
+                ),
+            )
+            .await;
+        };
+        let database = param("database").unwrap_or(user);
+        if database != shared.cfg.database {
+            return refuse(
+                client,
+                ErrorResponse::fatal(
+                    "3D000",
+                    format!(
+                    "database \"{database}\" is not replicated by this proxy (it serves \"{}\")",
+                    shared.cfg.database
+                ),
+                ),
+            )
+            .await;
+        }
+        let mut backend = match connect_backend(shared).await {
+            Ok(b) => b,
+            Err(e) => {
+                return refuse(
+                    client,
+                    ErrorResponse::fatal("08006", format!("cannot reach the replica: {e}")),
+                )
+                .await;
+            }
+        };
+        backend.push_raw(&packet.encode());
+        backend.flush().await.map_err(SessionError::Backend)?;
+        let mut backend_pid = 0;
+        loop {
+            let m = backend.read().await.map_err(SessionError::Backend)?;
+            client.push(&m);
+            match m.tag() {
+                b'R' => {
+                    let code = m
+                        .body()
+                        .get(..4)
+                        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                    client.flush().await.map_err(SessionError::Client)?;
+                    // Cleartext, MD5, SASL start and SASL continue expect
+                    // the client's answer.
+                    if matches!(code, Some(3 | 5 | 10 | 11)) {
+                        let answer = client.read().await.map_err(SessionError::Client)?;
+                        if answer.tag() != b'p' {
+                            return refuse(
+                                client,
+                                ErrorResponse::fatal(
+                                    "08P01",
+                                    "expected an authentication response",
+                                ),
+                            )
+                            .await;
+                        }
+                        backend.send(&answer).await.map_err(SessionError::Backend)?;
+                    }
+                }
+                b'E' => {
+                    client.flush().await.map_err(SessionError::Client)?;
+                    return Ok(None);
+                }
+                b'K' => {
+                    if let Some(b) = m.body().get(..4) {
+                        backend_pid = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                    }
+                }
+                b'Z' => {
+                    client.flush().await.map_err(SessionError::Client)?;
+                    return Ok(Some((backend, backend_pid)));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Sends a FATAL error during startup; the connection then ends.
+async fn refuse(client: &mut Conn, e: ErrorResponse) -> Result<Option<(Conn, i32)>> {
+    client
+        .send(&e.message())
+        .await
+        .map_err(SessionError::Client)?;
+    Ok(None)
+}
+
+async fn connect_backend(shared: &Shared) -> std::result::Result<Conn, ConnError> {
+    let stream = TcpStream::connect((shared.cfg.pg_host.as_str(), shared.cfg.pg_port)).await?;
+    Ok(Conn::new(stream, shared.cfg.max_message_bytes))
+}
+
+fn query(sql: &str) -> Message {
+    let mut body = BytesMut::with_capacity(sql.len() + 1);
+    body.put_slice(sql.as_bytes());
+    body.put_u8(0);
+    Message::new(b'Q', body.freeze())
+}
+
+fn command_complete(tag: &str) -> Message {
+    let mut body = BytesMut::with_capacity(tag.len() + 1);
+    body.put_slice(tag.as_bytes());
+    body.put_u8(0);
+    Message::new(b'C', body.freeze())
+}
+
+fn warning(sqlstate: &str, text: &str) -> Message {
+    let mut n = ErrorResponse::error(sqlstate, text);
+    for (code, value) in n.fields.iter_mut() {
+        if *code == b'S' || *code == b'V' {
+            *value = "WARNING".into();
+        }
+    }
+    n.notice()
+}
+
+/// What a relayed exchange ended with.
+struct Relayed {
+    status: TransactionStatus,
+    error: bool,
+}
+
+/// The answer to one of the proxy's own queries.
+struct Answer {
+    error: Option<ErrorResponse>,
+    /// First column of the first row, as text (`None`: no row or NULL).
+    value: Option<Bytes>,
+}
+
+/// Whether to go on with the rest of a simple query.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    /// The applier's early-abort signal for this session.
+    signal: Arc<SessionSignal>,
+    backend_pid: i32,
+    /// The error an early-aborted explicit transaction reports next.
+    early_abort: Option<ErrorResponse>,
+    client: Conn,
+    backend: Conn,
+    txn: Option<Txn>,
+    /// Kinds of the client's prepared statements and portals ("" unnamed).
+    statements: HashMap<String, Kind>,
+    portals: HashMap<String, Kind>,
+    /// Extended-protocol messages up to the next Sync.
+    batch: Vec<(Message, FrontendMessage)>,
+    /// Prepared statements that are COPY commands.
+    copy_statements: std::collections::HashSet<String>,
+    /// A batch is being run (a COPY then ends with a Sync of its own).
+    in_batch: bool,
+    /// The client's Sync that ends an extended-protocol COPY was already
+    /// answered.
+    swallow_sync: bool,
+}
+
+impl Session {
+    async fn run(&mut self) -> Result<()> {
+        loop {
+            let read = tokio::select! {
+                m = self.client.read() => m,
+                _ = self.signal.wake.notified() => {
+                    self.abort_doomed().await?;
+                    continue;
+                }
+            };
+            let msg = match read {
+                Ok(m) => m,
+                Err(ConnError::Closed) => return Ok(()),
+                Err(ConnError::Protocol(e)) => {
+                    return self.protocol_violation(&e.to_string()).await
+                }
+                Err(e) => return Err(SessionError::Client(e)),
+            };
+            let parsed = match FrontendMessage::parse(&msg) {
+                Ok(p) => p,
+                Err(e) => return self.protocol_violation(&e.to_string()).await,
+            };
+            match parsed {
+                FrontendMessage::Query { sql } => self.simple_query(&msg, &sql).await?,
+                FrontendMessage::Parse { .. }
+                | FrontendMessage::Bind { .. }
+                | FrontendMessage::Describe { .. }
+                | FrontendMessage::Execute { .. }
+                | FrontendMessage::Close { .. }
+                | FrontendMessage::Flush => {
+                    if self.batch.len() >= 100_000 {
+                        return self
+                            .protocol_violation(
+                                "more than 100000 extended-query messages without Sync",
+                            )
+                            .await;
+                    }
+                    self.batch.push((msg, parsed));
+                }
+                FrontendMessage::Sync if self.batch.is_empty() && self.swallow_sync => {
+                    self.swallow_sync = false;
+                }
+                FrontendMessage::Sync => {
+                    self.in_batch = true;
+                    let r = self.run_batch().await;
+                    self.in_batch = false;
+                    r?;
+                }
+                FrontendMessage::Terminate => {
+                    self.close_txn();
+                    let _ = self.backend.send(&msg).await;
+                    return Ok(());
+                }
+                // Outside COPY the server ignores these too.
+                FrontendMessage::CopyData(_)
+                | FrontendMessage::CopyDone
+                | FrontendMessage::CopyFail { .. } => {}
+                FrontendMessage::FunctionCall => {
+                    let e = ErrorResponse::error(
+                        "0A000",
+                        "fast-path function calls are not supported by tashkent",
+                    )
+                    .with_hint("Call the function with SELECT.");
+                    self.client.push(&e.message());
+                    self.fail_txn();
+                    self.ready().await?;
+                }
+                FrontendMessage::Password(_) => {
+                    return self
+                        .protocol_violation("unexpected authentication message")
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn protocol_violation(&mut self, what: &str) -> Result<()> {
+        let e = ErrorResponse::fatal("08P01", format!("protocol violation: {what}"));
+        let _ = self.client.send(&e.message()).await;
+        Ok(())
+    }
+
+    /// Rolls back a transaction the applier doomed while it waited for
+    /// its client; an explicit one then reports `40001` and stays failed
+    /// until the client ends it.
+    async fn abort_doomed(&mut self) -> Result<()> {
+        if !self.signal.doomed.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let Some(txn) = &self.txn else {
+            return Ok(());
+        };
+        let report = txn.explicit && !txn.failed;
+        let explicit = txn.explicit;
+        self.rollback().await?;
+        if explicit {
+            self.txn = Some(Txn {
+                explicit: true,
+                snapshot: None,
+                failed: true,
+                opening: false,
+                prefetched_ws: None,
+            });
+            if report {
+                self.early_abort = Some(early_abort_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for a statement sent into a failed transaction.
+    fn failed_txn_error(&mut self) -> ErrorResponse {
+        self.early_abort.take().unwrap_or_else(in_failed_txn)
+    }
+
+    /// A cancelled statement of a doomed transaction is an early abort.
+    fn translate(&self, e: ErrorResponse) -> ErrorResponse {
+        if e.sqlstate() == Some("57014") && self.signal.doomed.load(Ordering::Acquire) {
+            early_abort_error()
+        } else {
+            e
+        }
+    }
+
+    fn status(&self) -> TransactionStatus {
+        match &self.txn {
+            None => TransactionStatus::Idle,
+            Some(t) if t.failed => TransactionStatus::Failed,
+            Some(_) => TransactionStatus::InBlock,
+        }
+    }
+
+    async fn ready(&mut self) -> Result<()> {
+        let z = self.status().message();
+        self.client.push(&z);
+        self.client.flush().await.map_err(SessionError::Client)
+    }
+
+    fn fail_txn(&mut self) {
+        if let Some(t) = &mut self.txn {
+            t.failed = true;
+        }
+    }
+
+    /// Forgets the open transaction (the backend rolls it back when the
+    /// connection closes).
+    fn close_txn(&mut self) {
+        self.early_abort = None;
+        if let Some(Txn {
+            snapshot: Some(s), ..
+        }) = self.txn.take()
+        {
+            self.shared.close_snapshot(s);
+        }
+    }
+}
+
+fn in_failed_txn() -> ErrorResponse {
+    ErrorResponse::error(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
+
+fn early_abort_error() -> ErrorResponse {
+    ErrorResponse::error(
+        "40001",
+        "could not serialize access: the transaction was aborted because it blocked a committed transaction being applied",
+    )
+    .with_hint("Retry the transaction.")
+}
+
+fn unknown_outcome(why: &str) -> ErrorResponse {
+    ErrorResponse::error(
+        "08007",
+        "the outcome of the COMMIT is unknown: the certifier could not be reached after the transaction was sent",
+    )
+    .with_detail(why.to_string())
+    .with_hint("Check whether the transaction's effects are present before retrying it.")
+}
+
+fn text_of(value: Option<Bytes>) -> String {
+    value
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default()
+}
+
+/// The first column of a DataRow, as its text bytes (`None` for NULL).
+fn first_column(body: &Bytes) -> Option<Bytes> {
+    if body.len() < 6 {
+        return None;
+    }
+    let n = i16::from_be_bytes([body[0], body[1]]);
+    let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+    if n < 1 || len < 0 || body.len() < 6 + len as usize {
+        return None;
+    }
+    Some(body.slice(6..6 + len as usize))
+}
