@@ -17,8 +17,8 @@ use crate::error::CertifierError;
 use crate::pipeline::PipelineClient;
 use crate::proto::certifier_client::CertifierClient as Grpc;
 use crate::proto::{
-    certify_response, AbortCode, ReportAppliedRequest, StatusRequest, StatusResponse,
-    SubscribeRequest, Writeset,
+    certify_response, AbortCode, ReportAppliedRequest, ReportCheckpointRequest,
+    ReportCheckpointResponse, StatusRequest, StatusResponse, SubscribeRequest, Writeset,
 };
 use crate::service::Outcome;
 use crate::writeset;
@@ -149,7 +149,11 @@ impl CertifierClient {
             .grpc
             .clone()
             .subscribe(SubscribeRequest { from_version: from })
-            .await?
+            .await
+            .map_err(|s| {
+                CertifierError::purged_from_status(&s, from.max(1))
+                    .unwrap_or(CertifierError::Rpc(s))
+            })?
             .into_inner();
         let max = self.opts.max_writeset_bytes;
         let state = (frames, BytesMut::new(), from.max(1));
@@ -158,7 +162,11 @@ impl CertifierClient {
             loop {
                 let frame = match frames.next().await {
                     None => return None,
-                    Some(Err(e)) => return Some((Err(e.into()), None)),
+                    Some(Err(e)) => {
+                        let e = CertifierError::purged_from_status(&e, next)
+                            .unwrap_or(CertifierError::Rpc(e));
+                        return Some((Err(e), None));
+                    }
                     Some(Ok(f)) => f,
                 };
                 if frame.version != next {
@@ -206,6 +214,21 @@ impl CertifierClient {
             })
             .await?;
         Ok(r.into_inner().horizon)
+    }
+
+    /// Reports the oldest kept checkpoint's version; the certifier may then
+    /// purge its log (see the .proto for the rule). Returns the purge point
+    /// the rule allowed and the oldest version still in the log.
+    pub async fn report_checkpoint(
+        &self,
+        version: Version,
+    ) -> Result<ReportCheckpointResponse, CertifierError> {
+        Ok(self
+            .grpc
+            .clone()
+            .report_checkpoint(ReportCheckpointRequest { version })
+            .await?
+            .into_inner())
     }
 
     pub async fn status(&self) -> Result<StatusResponse, CertifierError> {

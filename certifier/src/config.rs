@@ -56,6 +56,11 @@ pub struct CertifierConfig {
     pub dedupe_max_entries: usize,
     /// Recent committed records kept in memory for subscribers, in bytes.
     pub tail_cache_bytes: usize,
+    /// Log purge (see `purge`): a replica that has not reported its
+    /// progress for this long is not waited for (it will be rebuilt from a
+    /// checkpoint if it needs purged versions), and nothing is purged this
+    /// soon after the certifier starts.
+    pub purge_replica_timeout_ms: u64,
 }
 
 impl Default for CertifierConfig {
@@ -72,6 +77,7 @@ impl Default for CertifierConfig {
             window_max_versions: limits.window.max_versions,
             dedupe_max_entries: limits.max_dedupe,
             tail_cache_bytes: 64 << 20,
+            purge_replica_timeout_ms: 30_000,
         }
     }
 }
@@ -183,6 +189,10 @@ pub struct CertifierArgs {
     /// Recent committed records cached for subscribers (default 64 MiB).
     #[arg(long, value_name = "BYTES")]
     pub tail_cache_bytes: Option<usize>,
+    /// Log purge does not wait for a replica silent this long, and does
+    /// nothing this soon after start (default 30000).
+    #[arg(long, value_name = "MS")]
+    pub purge_replica_timeout_ms: Option<u64>,
 }
 
 impl CertifierArgs {
@@ -205,7 +215,8 @@ impl CertifierArgs {
             window_max_entries,
             window_max_versions,
             dedupe_max_entries,
-            tail_cache_bytes
+            tail_cache_bytes,
+            purge_replica_timeout_ms
         );
         c.validate()?;
         Ok(c)

@@ -38,8 +38,16 @@ pub enum CertifierError {
     #[error("outcome unknown: {0}")]
     OutcomeUnknown(String),
 
-    /// The versions a subscriber asked for were purged from the WAL.
-    #[error("versions from {from} are no longer available (oldest retained: {first})")]
+    /// The versions a subscriber asked for were purged from the WAL: the
+    /// replica cannot catch up from the log and must be rebuilt from a
+    /// checkpoint. Sent as FAILED_PRECONDITION with the oldest retained
+    /// version in the `tashkent-first-version` metadata, which the client
+    /// turns back into this variant.
+    #[error(
+        "versions from {from} were purged from the certifier's log (oldest retained: {first}): \
+         this replica cannot catch up from the log; rebuild it from a checkpoint \
+         (`tashkent recover`)"
+    )]
     Purged { from: Version, first: Version },
 
     /// Configuration is inconsistent or unreadable.
@@ -62,6 +70,32 @@ pub enum CertifierError {
     Protocol(String),
 }
 
+/// gRPC metadata key of a Purged answer: the oldest version still in the log.
+pub const FIRST_VERSION_METADATA: &str = "tashkent-first-version";
+
+impl CertifierError {
+    /// A Subscribe answer that says the log no longer holds the versions
+    /// asked for (see [`CertifierError::Purged`]); `None` for other errors.
+    pub fn purged_from_status(status: &tonic::Status, from: Version) -> Option<CertifierError> {
+        if status.code() != tonic::Code::FailedPrecondition {
+            return None;
+        }
+        let first = status
+            .metadata()
+            .get(FIRST_VERSION_METADATA)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        Some(CertifierError::Purged { from, first })
+    }
+
+    /// True for [`CertifierError::Purged`].
+    pub fn is_purged(&self) -> bool {
+        matches!(self, CertifierError::Purged { .. })
+    }
+}
+
 impl From<CertifierError> for tonic::Status {
     fn from(e: CertifierError) -> tonic::Status {
         use tonic::Status;
@@ -72,7 +106,13 @@ impl From<CertifierError> for tonic::Status {
             CertifierError::Poisoned(_) => Status::unavailable(msg),
             CertifierError::Wal(ref w) if w.is_poisoned() => Status::unavailable(msg),
             CertifierError::OutcomeUnknown(_) => Status::failed_precondition(msg),
-            CertifierError::Purged { .. } => Status::out_of_range(msg),
+            CertifierError::Purged { first, .. } => {
+                let mut s = Status::failed_precondition(msg);
+                if let Ok(v) = first.to_string().parse() {
+                    s.metadata_mut().insert(FIRST_VERSION_METADATA, v);
+                }
+                s
+            }
             CertifierError::Rpc(s) => s,
             CertifierError::Wal(_)
             | CertifierError::CorruptRecord { .. }

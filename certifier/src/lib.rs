@@ -7,8 +7,8 @@
 //! - [`rule`], [`window`], [`dedupe`], [`certifier`]: the decision, pure code;
 //! - [`writeset`] and [`proto`]: the writeset format (protobuf, versioned);
 //! - [`record`]: the WAL record (one per committed version, version == LSN);
-//! - [`service`], `pipeline`, `subscribe`, [`recovery`], [`server`]: the
-//!   gRPC service on top of the WAL;
+//! - [`service`], `pipeline`, `subscribe`, [`recovery`], [`purge`],
+//!   [`server`]: the gRPC service on top of the WAL;
 //! - [`client`]: what the proxy uses;
 //! - [`config`]: `CertifierConfig` (TOML `[certifier]`) and `CertifierArgs`.
 
@@ -19,6 +19,7 @@ pub mod config;
 pub mod dedupe;
 pub mod error;
 mod pipeline;
+pub mod purge;
 pub mod record;
 pub mod recovery;
 pub mod rule;

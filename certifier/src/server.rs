@@ -77,6 +77,7 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
     let limits = ServiceLimits {
         max_writeset_bytes: config.max_writeset_bytes,
         max_message_bytes: config.max_message_bytes,
+        purge_replica_timeout: std::time::Duration::from_millis(config.purge_replica_timeout_ms),
     };
     let service = CertifierService::new(
         wal.clone(),

@@ -16,7 +16,7 @@
 //! `Unavailable` and nothing is acknowledged again until a restart.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -43,6 +43,9 @@ pub struct ServiceLimits {
     pub max_writeset_bytes: u64,
     /// Largest gRPC message, each way (Subscribe frames are cut to fit).
     pub max_message_bytes: usize,
+    /// Log purge: a replica silent for longer is not waited for (see
+    /// `purge`).
+    pub purge_replica_timeout: std::time::Duration,
 }
 
 /// The outcome of a certification, as the client sees it.
@@ -84,6 +87,11 @@ pub(crate) struct Inner {
     poison: OnceLock<String>,
     pub(crate) limits: ServiceLimits,
     max_record_bytes: u64,
+    /// Highest checkpoint version reported (0: none yet).
+    checkpoint: AtomicU64,
+    /// Highest purge point handed to the WAL; serialises purges.
+    purged: tokio::sync::Mutex<Version>,
+    started: Instant,
 }
 
 impl Inner {
@@ -145,6 +153,9 @@ impl CertifierService {
             poison: OnceLock::new(),
             limits,
             max_record_bytes,
+            checkpoint: AtomicU64::new(0),
+            purged: tokio::sync::Mutex::new(0),
+            started: Instant::now(),
         });
         tokio::spawn(follow_durability(inner.clone()));
         CertifierService { inner }
@@ -303,6 +314,53 @@ impl CertifierService {
             .report(replica, applied, oldest_snapshot, Instant::now())
     }
 
+    /// The oldest kept checkpoint is at `version`: remember it and purge
+    /// what nobody needs any more (see `purge`). Returns the purge point
+    /// and the first version still in the log.
+    pub async fn report_checkpoint(
+        &self,
+        version: Version,
+    ) -> Result<(Version, Version), CertifierError> {
+        let inner = &*self.inner;
+        inner.poisoned()?;
+        let durable = inner.wal.durable_lsn();
+        if version > durable {
+            return Err(CertifierError::InvalidArgument(format!(
+                "checkpoint version {version} is beyond the durable version {durable}"
+            )));
+        }
+        inner.checkpoint.fetch_max(version, Ordering::AcqRel);
+        self.purge().await
+    }
+
+    /// Purges the WAL segments below the purge point of
+    /// [`crate::purge::purge_point`]; returns that point and the first
+    /// version still in the log.
+    pub async fn purge(&self) -> Result<(Version, Version), CertifierError> {
+        let inner = &*self.inner;
+        let mut purged = inner.purged.lock().await;
+        let point = {
+            let c = inner.state.lock();
+            crate::purge::purge_point(
+                inner.checkpoint.load(Ordering::Acquire),
+                c.replicas(),
+                inner.started,
+                Instant::now(),
+                inner.limits.purge_replica_timeout,
+            )
+        };
+        if point > *purged && point > inner.wal.first_lsn() {
+            inner.wal.purge_below(point).await?;
+            *purged = point;
+            tracing::info!(
+                purge_below = point,
+                first_version = inner.wal.first_lsn(),
+                "purged the certifier log"
+            );
+        }
+        Ok((point, inner.wal.first_lsn()))
+    }
+
     pub fn status(&self) -> proto::StatusResponse {
         let inner = &*self.inner;
         let now = Instant::now();
@@ -327,6 +385,7 @@ impl CertifierService {
                 .collect(),
             first_version: inner.wal.first_lsn(),
             poisoned: inner.poison.get().is_some(),
+            checkpoint_version: inner.checkpoint.load(Ordering::Acquire),
         }
     }
 }
@@ -422,6 +481,18 @@ impl proto::certifier_server::Certifier for CertifierService {
         let r = request.into_inner();
         let horizon = self.report_applied(r.replica_id, r.applied_version, r.oldest_snapshot)?;
         Ok(Response::new(proto::ReportAppliedResponse { horizon }))
+    }
+
+    async fn report_checkpoint(
+        &self,
+        request: Request<proto::ReportCheckpointRequest>,
+    ) -> Result<Response<proto::ReportCheckpointResponse>, Status> {
+        let (purge_below, first_version) =
+            CertifierService::report_checkpoint(self, request.into_inner().version).await?;
+        Ok(Response::new(proto::ReportCheckpointResponse {
+            purge_below,
+            first_version,
+        }))
     }
 
     async fn status(

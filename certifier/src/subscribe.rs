@@ -93,8 +93,15 @@ async fn read_wal(
     tokio::task::spawn_blocking(move || -> Result<_, CertifierError> {
         let mut out = Vec::new();
         let mut bytes = 0;
-        for r in wal.read_from(from)? {
-            let (lsn, rec) = r?;
+        // A purge may overtake a slow subscriber: say so, like Subscribe.
+        let purged = |e: tashkent_wal::WalError| match e {
+            tashkent_wal::WalError::Purged { lsn, first } => {
+                CertifierError::Purged { from: lsn, first }
+            }
+            e => e.into(),
+        };
+        for r in wal.read_from(from).map_err(purged)? {
+            let (lsn, rec) = r.map_err(purged)?;
             if lsn > to {
                 break;
             }
