@@ -493,3 +493,41 @@ async fn proxy_sigkill_under_load_loses_no_acknowledged_commit() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_local_transaction_blocking_the_applier_is_aborted_early() {
+    let cluster = Cluster::start(2).await;
+    let setup = cluster.client(0).await;
+    setup
+        .batch_execute(
+            "CREATE TABLE hot (id int PRIMARY KEY, v int); INSERT INTO hot VALUES (1, 0)",
+        )
+        .await
+        .unwrap();
+    cluster.wait_converged().await;
+    // A holds the row's lock on replica 1 and then waits for its client.
+    let a = cluster.client(0).await;
+    a.batch_execute("BEGIN; UPDATE hot SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    // B commits a change of the same row through replica 2; replica 1's
+    // applier needs A's lock.
+    let b = cluster.client(1).await;
+    b.batch_execute("UPDATE hot SET v = 2 WHERE id = 1")
+        .await
+        .unwrap();
+    // Replica 1 catches up although A never ends on its own...
+    cluster.wait_converged().await;
+    // ...because A was aborted: its next statement reports 40001.
+    let err = a.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(
+        sqlstate(&err),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE),
+        "{err}"
+    );
+    a.batch_execute("ROLLBACK").await.unwrap();
+    let d = cluster.assert_identical().await;
+    assert_eq!(d["public.hot"].0, 1);
+    let r1 = cluster.replica(0).await;
+    assert_eq!(count(&r1, "SELECT v::bigint FROM hot").await, 2);
+}
