@@ -4,6 +4,7 @@
 //! local-cluster orchestration and the CLI; the log lives in `tashkent-wal`,
 //! certification in `tashkent-certifier`, workload drivers in `tashkent-tpcb`.
 
+pub mod bench;
 pub mod capture;
 pub mod cluster;
 pub mod error;

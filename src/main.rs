@@ -25,6 +25,8 @@ enum Command {
     Certifier(tashkent_certifier::CertifierArgs),
     /// Run a replica proxy: PostgreSQL clients connect here.
     Proxy(tashkent::proxy::ProxyArgs),
+    /// Measure standalone PostgreSQL (fsync on), Base and Tashkent-MW side by side (AllUpdates, TPC-B).
+    Bench(tashkent::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -51,14 +53,20 @@ struct UpArgs {
 }
 
 fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // The bench draws progress bars on stderr: only warnings may cross them.
+    let level = match cli.command {
+        Command::Bench(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Up(args) => up(args),
         Command::Certifier(args) => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")?
@@ -67,6 +75,7 @@ fn main() -> Result<()> {
         Command::Proxy(args) => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")?
             .block_on(tashkent::proxy::run(args)),
+        Command::Bench(args) => tashkent::bench::main(args),
     }
 }
 

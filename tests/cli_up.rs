@@ -16,13 +16,20 @@ const BIN: &str = env!("CARGO_BIN_EXE_tashkent");
 struct Up {
     child: Child,
     conninfo: String,
+    /// Every printed proxy (`connect:`, then `proxy 2:`, …), in order.
+    proxies: Vec<String>,
 }
 
 impl Up {
     fn start(state: &Path) -> Up {
+        Up::start_with(state, &[])
+    }
+
+    fn start_with(state: &Path, args: &[&str]) -> Up {
         let mut child = Command::new(BIN)
             .args(["up", "--state-dir"])
             .arg(state)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -30,7 +37,8 @@ impl Up {
             .expect("running tashkent up");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let conninfo = loop {
+        let mut proxies = Vec::new();
+        loop {
             let line = match lines.next() {
                 Some(Ok(line)) => line,
                 other => {
@@ -39,12 +47,25 @@ impl Up {
                 }
             };
             if let Some(rest) = line.strip_prefix("connect: psql \"") {
-                break rest.trim_end_matches('"').to_string();
+                proxies.push(rest.trim_end_matches('"').to_string());
+            } else if let Some(rest) = line
+                .strip_prefix("proxy ")
+                .and_then(|r| r.split_once(": psql \""))
+            {
+                assert_eq!(rest.0, (proxies.len() + 1).to_string(), "{line}");
+                proxies.push(rest.1.trim_end_matches('"').to_string());
+            } else if line.starts_with("failover: ") {
+                break;
             }
-        };
+        }
         // Keep reading, so the process never writes into a closed pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Up { child, conninfo }
+        let conninfo = proxies.first().cloned().expect("a connect: line");
+        Up {
+            child,
+            conninfo,
+            proxies,
+        }
     }
 
     /// Ctrl-C, then waits for a clean exit.
@@ -75,8 +96,30 @@ impl Drop for Up {
 }
 
 fn postmaster_pid(state: &Path) -> i32 {
-    let text = std::fs::read_to_string(state.join("replica-1/data/postmaster.pid")).unwrap();
+    replica_pid(state, 1)
+}
+
+fn replica_pid(state: &Path, replica: usize) -> i32 {
+    let path = state.join(format!("replica-{replica}/data/postmaster.pid"));
+    let text = std::fs::read_to_string(path).unwrap();
     text.lines().next().unwrap().trim().parse().unwrap()
+}
+
+/// Polls `sql` (one bigint) through `client` until it returns `want`;
+/// replication to the other replicas is asynchronous.
+async fn eventually(client: &tokio_postgres::Client, sql: &str, want: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = client.query_one(sql, &[]).await.map(|r| r.get::<_, i64>(0));
+        match got {
+            Ok(v) if v == want => return,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "{sql}: wanted {want}, still {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -113,6 +156,57 @@ async fn up_serves_sql_stops_cleanly_and_resumes() {
     common::assert_exited(&[pid]);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn up_with_two_replicas_serves_sql_through_every_proxy_and_resumes() {
+    let dir = common::shared_tempdir();
+    let state = dir.path().join("state");
+    let count = "SELECT count(*) FROM kv";
+
+    let up = Up::start_with(&state, &["--replicas", "2"]);
+    assert_eq!(up.proxies.len(), 2, "{:?}", up.proxies);
+    let first = common::connect_str(&up.proxies[0]).await;
+    let second = common::connect_str(&up.proxies[1]).await;
+    first
+        .batch_execute(
+            "CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv VALUES (1, 'one')",
+        )
+        .await
+        .unwrap();
+    // The table and its row reach the second replica; writes there reach the first.
+    eventually(&second, count, 1).await;
+    second
+        .batch_execute("INSERT INTO kv VALUES (2, 'two')")
+        .await
+        .unwrap();
+    eventually(&first, count, 2).await;
+    drop((first, second));
+    let pids = [replica_pid(&state, 1), replica_pid(&state, 2)];
+    let proxies = up.proxies.clone();
+    up.interrupt();
+    common::assert_exited(&pids);
+    for i in 1..=2 {
+        assert!(
+            !state
+                .join(format!("replica-{i}/data/postmaster.pid"))
+                .exists(),
+            "replica {i} was stopped cleanly"
+        );
+    }
+
+    let up = Up::start_with(&state, &["--replicas", "2"]);
+    assert_eq!(
+        up.proxies, proxies,
+        "a second `up` serves on the same ports"
+    );
+    for conninfo in &up.proxies {
+        let client = common::connect_str(conninfo).await;
+        eventually(&client, count, 2).await;
+    }
+    let pids = [replica_pid(&state, 1), replica_pid(&state, 2)];
+    up.interrupt();
+    common::assert_exited(&pids);
+}
+
 #[test]
 fn missing_postgres_names_the_install_command() {
     let dir = common::shared_tempdir();
@@ -132,5 +226,26 @@ fn missing_postgres_names_the_install_command() {
     assert!(
         stderr.contains("PG_BIN=/nonexistent/postgresql/bin"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn example_cluster_file_parses() {
+    use tashkent::cluster::{ClusterConfig, DurabilityMode};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.example.toml");
+    let cfg = ClusterConfig::load(&path).expect("cluster.example.toml parses");
+    cfg.validate().unwrap();
+    let default = ClusterConfig::default();
+    assert_eq!(cfg.state_dir, default.state_dir);
+    assert_eq!(cfg.replicas, default.replicas);
+    assert_eq!(cfg.durability, DurabilityMode::Middleware);
+    assert_eq!(cfg.proxy_port, default.proxy_port);
+    assert_eq!(cfg.database, default.database);
+    assert_eq!(
+        cfg.pg_settings,
+        vec![
+            ("shared_buffers".to_string(), "'256MB'".to_string()),
+            ("work_mem".to_string(), "'8MB'".to_string()),
+        ]
     );
 }
