@@ -39,8 +39,9 @@ use crate::pg::{Durability, PgConfig, PgServer};
 /// The database every system serves the workloads in.
 const DATABASE: &str = "postgres";
 
-/// How long the replicas may take to apply what was committed.
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the replicas may go without applying anything while they are
+/// behind the certifier before the bench calls them stuck.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A system under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
@@ -676,7 +677,9 @@ async fn connect(conninfo: &str) -> Result<tokio_postgres::Client> {
 }
 
 /// Waits until every replica of `cluster` has applied the certifier's
-/// latest version (everything committed so far).
+/// latest version (everything committed so far). Fails if the replicas
+/// make no progress for [`STALL_TIMEOUT`], with the certifier's view of
+/// them for the bug report.
 async fn wait_applied(cluster: &LocalCluster) -> Result<()> {
     let addr = cluster
         .certifier_addr()
@@ -693,7 +696,8 @@ async fn wait_applied(cluster: &LocalCluster) -> Result<()> {
     for r in &cluster.replicas {
         clients.push(connect(&r.conninfo(DATABASE)).await?);
     }
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    let mut last: Vec<u64> = Vec::new();
+    let mut progress_at = Instant::now();
     loop {
         let mut applied = Vec::new();
         for c in &clients {
@@ -706,10 +710,28 @@ async fn wait_applied(cluster: &LocalCluster) -> Result<()> {
         if applied.iter().all(|&v| v >= latest) {
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        if applied != last {
+            last = applied;
+            progress_at = Instant::now();
+        } else if progress_at.elapsed() >= STALL_TIMEOUT {
+            let seen = match certifier.status().await {
+                Ok(s) => format!(
+                    "certifier: latest {}, durable {}, horizon {} ({}), replicas reported {:?}",
+                    s.latest_version,
+                    s.durable_version,
+                    s.horizon,
+                    s.horizon_cause,
+                    s.replicas
+                        .iter()
+                        .map(|r| (r.replica_id, r.applied_version, r.millis_since_report))
+                        .collect::<Vec<_>>()
+                ),
+                Err(e) => format!("certifier status: {e}"),
+            };
             bail!(
-                "replicas did not apply version {latest} within {} s (applied: {applied:?})",
-                CONVERGE_TIMEOUT.as_secs()
+                "replicas stuck below version {latest}: applied {last:?} unchanged for {} s \
+                 ({seen}; (id, applied, ms since report))",
+                STALL_TIMEOUT.as_secs()
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
