@@ -68,8 +68,12 @@
 -- captured.
 --
 -- Lines are jsonb text (never a raw newline inside). Keys and row images
--- are rendered with fixed TimeZone/DateStyle/IntervalStyle/float settings,
--- so the same row gives the same key text in every session.
+-- are rendered with fixed TimeZone/DateStyle/IntervalStyle/float settings
+-- (set by the capture functions of every table with a column whose text
+-- depends on them), so the same row gives the same key text in every
+-- session. A statement of up to 1,000 rows is captured from one scan of
+-- its transition tables; an UPDATE that changes no key (the common case)
+-- needs no comparison of its old and new rows beyond their keys.
 -- A key is "<schema>.<table> <index> <json array of the index's values>":
 -- the primary key and every unique index give one per row (none when a
 -- value is NULL), so a foreign key's reference and the parent's own key
@@ -134,10 +138,14 @@ CREATE TABLE IF NOT EXISTS tashkent.replica (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS replica_singleton ON tashkent.replica ((true));
 
+-- (PL/pgSQL: a SQL function returning void is not inlined, and its body
+-- would be parsed again on every call.)
 CREATE OR REPLACE FUNCTION tashkent.append(entry text) RETURNS void
-LANGUAGE sql AS $$
-    SELECT set_config('tashkent.ws',
-        coalesce(current_setting('tashkent.ws', true), '') || entry || E'\n', true)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('tashkent.ws',
+        coalesce(current_setting('tashkent.ws', true), '') || entry || E'\n', true);
+END
 $$;
 
 -- The canonical name of a table: schema-qualified, identifiers quoted as needed.
@@ -316,6 +324,29 @@ LANGUAGE sql IMMUTABLE AS $$
         '(SELECT jsonb_agg(DISTINCT k) FROM unnest(array_agg(%s)) k WHERE k IS NOT NULL)', arr) END
 $$;
 
+-- True for a type whose json and jsonb text is the same under any
+-- TimeZone, DateStyle, IntervalStyle and extra_float_digits (the settings
+-- the capture functions fix): a domain over, or an array of, such a type
+-- too. Timestamps with time zone, times, intervals, floats, ranges and
+-- composite types are not.
+CREATE OR REPLACE FUNCTION tashkent.settings_free_type(t oid) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE b(t, depth) AS (
+        SELECT t, 0
+        UNION ALL
+        SELECT CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.typelem END, b.depth + 1
+        FROM b JOIN pg_type ty ON ty.oid = b.t
+        WHERE b.depth < 20
+          AND (ty.typtype = 'd' OR (ty.typelem <> 0 AND ty.typsubscript = 'array_subscript_handler'::regproc)))
+    SELECT ty.typtype = 'e' OR ty.oid IN (
+        'bool'::regtype, 'int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'oid'::regtype,
+        'numeric'::regtype, 'text'::regtype, 'varchar'::regtype, 'bpchar'::regtype,
+        'name'::regtype, '"char"'::regtype, 'uuid'::regtype, 'json'::regtype, 'jsonb'::regtype,
+        'bytea'::regtype, 'date'::regtype, 'timestamp'::regtype)
+    FROM b JOIN pg_type ty ON ty.oid = b.t
+    ORDER BY b.depth DESC LIMIT 1
+$$;
+
 -- (Re)generates the capture functions and triggers of one table.
 CREATE OR REPLACE FUNCTION tashkent.install_capture(rel oid) RETURNS void
 LANGUAGE plpgsql SET tashkent.internal = 'on' AS $install$
@@ -330,13 +361,30 @@ DECLARE
     fn_prefix text := 'capture_' || rel::text;
     pk_obj_old text;
     pk_obj_new text;
-    keys_new_sql text;
-    keys_old_sql text;
-    refs_sql text;
     -- Per-row arrays of keys, for the statements cut into several lines.
     keys_new_arr text;
     keys_old_arr text;
     refs_arr text;
+    -- A statement of up to 1,000 rows gets its whole line from one scan
+    -- (of at most 1,001 rows, to tell): the rows, and the keys and
+    -- references as plain arrays (NULL if none), in scan order. Sorting
+    -- them into distinct keys is only needed for more than one.
+    keys_new_agg text;
+    keys_old_agg text;
+    refs_agg text;
+    -- A small statement's line is put together as text, exactly as the
+    -- jsonb object would print (keys by length, then bytes), from this
+    -- start: {"t": <table>, "op": "<op>",
+    line_start text := '{"t": ' || to_jsonb(tashkent.table_name(rel))::text || ', "op": ';
+    -- Sorts array %1$s into distinct jsonb %2$s (one element: as it is).
+    canon_sql text := $c$IF cardinality(%1$s) > 1 THEN
+                    %2$s := (SELECT jsonb_agg(DISTINCT k) FROM unnest(%1$s) k);
+                ELSE
+                    %2$s := to_jsonb(%1$s);
+                END IF;$c$;
+    -- Appends the text expression %s as a line: inline, and an assignment
+    -- (a simple expression, where PERFORM would run a query).
+    append_sql text := $a$ws := set_config('tashkent.ws', coalesce(current_setting('tashkent.ws', true), '') || (%s) || E'\n', true)$a$;
     -- Settings every capture function runs with (canonical key and row text).
     settings text := $s$SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3$s$;
     -- DDL earlier in the same client message replays this statement too.
@@ -347,6 +395,13 @@ DECLARE
 BEGIN
     IF tname IS NULL OR NOT tashkent.is_replicated(rel) THEN
         RETURN;
+    END IF;
+    -- Setting them costs every statement; a table whose columns all print
+    -- the same under any of them does without.
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute a
+                   WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                     AND NOT coalesce(tashkent.settings_free_type(a.atttypid), false)) THEN
+        settings := '';
     END IF;
     PERFORM tashkent.drop_capture(rel);
 
@@ -376,34 +431,40 @@ BEGIN
         refs := refs || tashkent.key_sql('tashkent_new', fk.cols, fk.parent, fk.parent_index);
     END LOOP;
 
-    keys_new_sql := CASE WHEN cardinality(new_keys) = 0 THEN 'NULL::jsonb' ELSE format(
-        '(SELECT jsonb_agg(DISTINCT v.tashkent_k) FROM tashkent_new, LATERAL (VALUES %s) v(tashkent_k) WHERE v.tashkent_k IS NOT NULL)',
-        (SELECT string_agg(format('(%s)', e), ', ') FROM unnest(new_keys) e)) END;
-    keys_old_sql := CASE WHEN cardinality(old_keys) = 0 THEN 'NULL::jsonb' ELSE format(
-        '(SELECT jsonb_agg(DISTINCT v.tashkent_k) FROM tashkent_old, LATERAL (VALUES %s) v(tashkent_k) WHERE v.tashkent_k IS NOT NULL)',
-        (SELECT string_agg(format('(%s)', e), ', ') FROM unnest(old_keys) e)) END;
-    refs_sql := CASE WHEN cardinality(refs) = 0 THEN 'NULL::jsonb' ELSE format(
-        '(SELECT jsonb_agg(DISTINCT v.tashkent_k) FROM tashkent_new, LATERAL (VALUES %s) v(tashkent_k) WHERE v.tashkent_k IS NOT NULL)',
-        (SELECT string_agg(format('(%s)', e), ', ') FROM unnest(refs) e)) END;
     keys_new_arr := format('ARRAY[%s]::text[]', array_to_string(new_keys, ', '));
     keys_old_arr := format('ARRAY[%s]::text[]', array_to_string(old_keys, ', '));
     refs_arr := format('ARRAY[%s]::text[]', array_to_string(refs, ', '));
+    keys_new_agg := CASE WHEN cardinality(new_keys) = 0 THEN 'NULL::text[]' ELSE format($a$nullif(array_remove(%s, NULL), '{}')$a$,
+        (SELECT string_agg(format('array_agg(%s)', e), ' || ') FROM unnest(new_keys) e)) END;
+    keys_old_agg := CASE WHEN cardinality(old_keys) = 0 THEN 'NULL::text[]' ELSE format($a$nullif(array_remove(%s, NULL), '{}')$a$,
+        (SELECT string_agg(format('array_agg(%s)', e), ' || ') FROM unnest(old_keys) e)) END;
+    refs_agg := CASE WHEN cardinality(refs) = 0 THEN 'NULL::text[]' ELSE format($a$nullif(array_remove(%s, NULL), '{}')$a$,
+        (SELECT string_agg(format('array_agg(%s)', e), ' || ') FROM unnest(refs) e)) END;
 
     -- INSERT: every table. Up to 1,000 rows in one line; more are numbered
     -- and cut into lines of 1,000, each with its rows' keys and references.
     EXECUTE format($f$
         CREATE FUNCTION tashkent.%I() RETURNS trigger LANGUAGE plpgsql %s
         AS $b$
+        DECLARE
+            ws text;
+            c bigint;
+            r_new jsonb;
+            a_new text[];
+            a_ref text[];
+            k_new jsonb;
+            f_new jsonb;
         BEGIN%s
-            IF NOT EXISTS (SELECT 1 FROM tashkent_new) THEN
+            SELECT count(*), jsonb_agg(tashkent_new.*), %s, %s
+            INTO c, r_new, a_new, a_ref
+            FROM (SELECT * FROM tashkent_new LIMIT 1001) tashkent_new;
+            IF c = 0 THEN
                 RETURN NULL;
             END IF;
-            IF NOT EXISTS (SELECT 1 FROM tashkent_new OFFSET 1000) THEN
-                PERFORM tashkent.append(jsonb_build_object(
-                    't', %L, 'op', 'I',
-                    'rows', (SELECT jsonb_agg(tashkent_new.*) FROM tashkent_new),
-                    'keys', %s,
-                    'refs', %s)::text);
+            IF c <= 1000 THEN
+                %s
+                %s
+                %s;
             ELSE
                 PERFORM tashkent.append((
                     SELECT string_agg(jsonb_build_object(
@@ -417,7 +478,10 @@ BEGIN
             END IF;
             RETURN NULL;
         END $b$$f$, fn_prefix || '_i', settings, mixed_guard,
-        tname, keys_new_sql, refs_sql,
+        keys_new_agg, refs_agg,
+        format(canon_sql, 'a_new', 'k_new'), format(canon_sql, 'a_ref', 'f_new'),
+        format(append_sql, format($a$%L || coalesce(k_new::text, 'null') || ', "refs": ' || coalesce(f_new::text, 'null') || ', "rows": ' || r_new::text || '}'$a$,
+            line_start || '"I", "keys": ')),
         tname, tashkent.chunk_keys_sql('n.ks', new_keys), tashkent.chunk_keys_sql('n.rs', refs), keys_new_arr, refs_arr);
     EXECUTE format('CREATE TRIGGER tashkent_capture_i AFTER INSERT ON %s
         REFERENCING NEW TABLE AS tashkent_new FOR EACH STATEMENT EXECUTE FUNCTION tashkent.%I()',
@@ -463,18 +527,40 @@ BEGIN
         CREATE FUNCTION tashkent.%I() RETURNS trigger LANGUAGE plpgsql %s
         AS $b$
         DECLARE
+            ws text;
+            c bigint;
+            r_new jsonb;
+            a_new text[];
+            a_ref text[];
+            a_old text[];
             k_new jsonb;
+            f_new jsonb;
             k_old jsonb;
         BEGIN%s
-            IF NOT EXISTS (SELECT 1 FROM tashkent_new) THEN
+            SELECT count(*), jsonb_agg(tashkent_new.*), %s, %s,
+                   (SELECT %s FROM (SELECT * FROM tashkent_old LIMIT 1001) tashkent_old)
+            INTO c, r_new, a_new, a_ref, a_old
+            FROM (SELECT * FROM tashkent_new LIMIT 1001) tashkent_new;
+            IF c = 0 THEN
                 RETURN NULL;
             END IF;
-            IF NOT EXISTS (SELECT 1 FROM tashkent_new OFFSET 1000) THEN
-                k_new := %s;
-                k_old := %s;
+            IF c <= 1000 THEN
+                %s
+                %s
+                -- The same keys, in the same order or not: no key changed,
+                -- nothing is deleted or gone, the keys are the new ones.
+                IF a_old = a_new THEN
+                    k_old := k_new;
+                ELSE
+                    %s
+                END IF;
+            END IF;
+            IF c <= 1000 AND k_new = k_old THEN
+                %s;
+            ELSIF c <= 1000 THEN
                 PERFORM tashkent.append(jsonb_build_object(
                     't', %L, 'op', 'U',
-                    'rows', (SELECT jsonb_agg(tashkent_new.*) FROM tashkent_new),
+                    'rows', r_new,
                     'del', (SELECT jsonb_agg(%s) FROM tashkent_old
                             WHERE %s NOT IN (SELECT %s FROM tashkent_new)),
                     'keys', (SELECT jsonb_agg(DISTINCT k) FROM (
@@ -483,7 +569,7 @@ BEGIN
                     'gone', (SELECT jsonb_agg(k) FROM (
                              SELECT jsonb_array_elements_text(k_old) AS k
                              EXCEPT SELECT jsonb_array_elements_text(k_new)) g),
-                    'refs', %s)::text);
+                    'refs', f_new)::text);
             ELSE
                 PERFORM tashkent.append((
                     WITH o AS MATERIALIZED (
@@ -536,8 +622,13 @@ BEGIN
             END IF;
             RETURN NULL;
         END $b$$f$, fn_prefix || '_u', settings, mixed_guard,
-        keys_new_sql, keys_old_sql, tname,
-        pk_obj_old, pk_obj_old, pk_obj_new, refs_sql,
+        keys_new_agg, refs_agg, keys_old_agg,
+        format(canon_sql, 'a_new', 'k_new'), format(canon_sql, 'a_ref', 'f_new'),
+        format(canon_sql, 'a_old', 'k_old'),
+        format(append_sql, format($a$%L || coalesce(k_new::text, 'null') || ', "refs": ' || coalesce(f_new::text, 'null') || ', "rows": ' || r_new::text || '}'$a$,
+            line_start || '"U", "del": null, "gone": null, "keys": ')),
+        tname,
+        pk_obj_old, pk_obj_old, pk_obj_new,
         pk_obj_old, keys_old_arr, pk_obj_new, keys_new_arr, refs_arr, tname);
     EXECUTE format('CREATE TRIGGER tashkent_capture_u AFTER UPDATE ON %s
         REFERENCING OLD TABLE AS tashkent_old NEW TABLE AS tashkent_new FOR EACH STATEMENT EXECUTE FUNCTION tashkent.%I()',
@@ -548,18 +639,21 @@ BEGIN
         CREATE FUNCTION tashkent.%I() RETURNS trigger LANGUAGE plpgsql %s
         AS $b$
         DECLARE
+            ws text;
+            c bigint;
+            d_old jsonb;
+            a_old text[];
             k_old jsonb;
         BEGIN%s
-            IF NOT EXISTS (SELECT 1 FROM tashkent_old) THEN
+            SELECT count(*), jsonb_agg(%s), %s
+            INTO c, d_old, a_old
+            FROM (SELECT * FROM tashkent_old LIMIT 1001) tashkent_old;
+            IF c = 0 THEN
                 RETURN NULL;
             END IF;
-            IF NOT EXISTS (SELECT 1 FROM tashkent_old OFFSET 1000) THEN
-                k_old := %s;
-                PERFORM tashkent.append(jsonb_build_object(
-                    't', %L, 'op', 'D',
-                    'del', (SELECT jsonb_agg(%s) FROM tashkent_old),
-                    'keys', k_old,
-                    'gone', k_old)::text);
+            IF c <= 1000 THEN
+                %s
+                %s;
             ELSE
                 PERFORM tashkent.append((
                     SELECT string_agg(jsonb_build_object(
@@ -572,7 +666,9 @@ BEGIN
             END IF;
             RETURN NULL;
         END $b$$f$, fn_prefix || '_d', settings, mixed_guard,
-        keys_old_sql, tname, pk_obj_old,
+        pk_obj_old, keys_old_agg, format(canon_sql, 'a_old', 'k_old'),
+        format(append_sql, format($a$%L || d_old::text || ', "gone": ' || coalesce(k_old::text, 'null') || ', "keys": ' || coalesce(k_old::text, 'null') || '}'$a$,
+            line_start || '"D", "del": ')),
         tname, tashkent.chunk_keys_sql('o.ks', old_keys), pk_obj_old, keys_old_arr);
     EXECUTE format('CREATE TRIGGER tashkent_capture_d AFTER DELETE ON %s
         REFERENCING OLD TABLE AS tashkent_old FOR EACH STATEMENT EXECUTE FUNCTION tashkent.%I()',
