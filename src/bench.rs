@@ -84,7 +84,11 @@ impl System {
 
 /// Flags of `tashkent bench`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// Another experiment instead of the side-by-side comparison.
+    #[command(subcommand)]
+    pub experiment: Option<Experiment>,
     /// Workloads to run, comma-separated: allupdates, tpcb.
     #[arg(long, value_delimiter = ',', default_value = "allupdates,tpcb")]
     pub workloads: Vec<Workload>,
@@ -133,6 +137,14 @@ pub struct BenchArgs {
     /// are part of what is measured.
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+}
+
+/// Experiments of `tashkent bench` other than the side-by-side comparison.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Experiment {
+    /// Recovery time (restore a checkpoint + replay the log) against log
+    /// length and database size; see `recovery_bench`.
+    Recovery(crate::recovery_bench::RecoveryBenchArgs),
 }
 
 fn parse_secs(s: &str) -> std::result::Result<Duration, String> {
@@ -772,6 +784,9 @@ fn spinner(message: String) -> ProgressBar {
 /// the ratios and where the files are; fails if any run failed or any
 /// invariant broke. Ctrl-C stops every system it started.
 pub fn main(args: BenchArgs) -> Result<()> {
+    if let Some(Experiment::Recovery(args)) = args.experiment {
+        return crate::recovery_bench::main(args);
+    }
     let plan = args.plan()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let outcome = runtime.block_on(async {

@@ -20,6 +20,7 @@ use tashkent_certifier::{CertifierConfig, RunningCertifier};
 use crate::error::{Error, Result};
 use crate::pg::{Durability, PgConfig, PgServer};
 use crate::proxy::{ProxyConfig, RunningProxy};
+use crate::{checkpoint, recover};
 
 /// Where durability lives (DESIGN.md, "Modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -110,6 +111,9 @@ pub struct LocalCluster {
     certifier: Option<RunningCertifier>,
     state_dir: PathBuf,
     database: String,
+    /// The configuration it was started with (recovery rebuilds replicas
+    /// and proxies from it).
+    config: ClusterConfig,
 }
 
 impl LocalCluster {
@@ -149,6 +153,7 @@ impl LocalCluster {
             certifier: None,
             state_dir: state.clone(),
             database: cfg.database.clone(),
+            config: cfg.clone(),
         };
         let certifier = tashkent_certifier::start(CertifierConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], ports.certifier)),
@@ -231,6 +236,160 @@ impl LocalCluster {
             ports.join(","),
             self.database
         )
+    }
+
+    /// What a checkpoint of replica `i` (0-based) reads.
+    pub fn checkpoint_source(&self, i: usize) -> checkpoint::Source {
+        let pg = &self.replicas[i];
+        checkpoint::Source {
+            host: pg.host().to_string(),
+            port: pg.port(),
+            user: pg.user().to_string(),
+            database: self.database.clone(),
+            replica_id: i as u32 + 1,
+            binaries: pg.binaries().clone(),
+        }
+    }
+
+    /// Takes a checkpoint of replica `cfg.replica` into `cfg`'s directory
+    /// (under the state directory), retires old ones and lets the
+    /// certifier purge its log; returns the checkpoint and the log's first
+    /// version afterwards.
+    pub async fn checkpoint(
+        &self,
+        cfg: &checkpoint::CheckpointConfig,
+    ) -> Result<(checkpoint::Checkpoint, Option<u64>)> {
+        cfg.validate()?;
+        let i = cfg.replica as usize - 1;
+        if i >= self.replicas.len() {
+            return Err(Error::Config(format!(
+                "checkpoint.replica {} is not a replica of this cluster",
+                cfg.replica
+            )));
+        }
+        let cert = self.certifier_client().await?;
+        checkpoint::checkpoint_and_purge(
+            &self.checkpoint_source(i),
+            cfg,
+            &cfg.dir_in(&self.state_dir),
+            Some(&cert),
+        )
+        .await
+    }
+
+    /// Starts automatic checkpoints if the `[checkpoint]` section of
+    /// `config_file` sets `interval_secs`; they stop when the handle drops.
+    pub fn periodic_checkpoints(
+        &self,
+        config_file: Option<&Path>,
+    ) -> Result<Option<checkpoint::Periodic>> {
+        let cfg = match config_file {
+            Some(p) => checkpoint::CheckpointConfig::load(p)?,
+            None => return Ok(None),
+        };
+        if cfg.interval_secs == 0 {
+            return Ok(None);
+        }
+        let i = cfg.replica as usize - 1;
+        if i >= self.replicas.len() {
+            return Err(Error::Config(format!(
+                "checkpoint.replica {} is not a replica of this cluster",
+                cfg.replica
+            )));
+        }
+        let dir = cfg.dir_in(&self.state_dir);
+        Ok(Some(checkpoint::periodic(
+            self.checkpoint_source(i),
+            cfg,
+            dir,
+            self.certifier_addr().map(|a| a.to_string()),
+        )))
+    }
+
+    /// A client of this cluster's certifier.
+    pub async fn certifier_client(&self) -> Result<tashkent_certifier::CertifierClient> {
+        let addr = self
+            .certifier_addr()
+            .ok_or_else(|| Error::Config("the certifier is not running".into()))?;
+        tashkent_certifier::CertifierClient::connect(addr.to_string())
+            .await
+            .map_err(|source| Error::Certifier {
+                context: format!("connecting to the certifier at {addr}"),
+                source,
+            })
+    }
+
+    /// Rebuilds replica `i` (0-based) while the others keep serving, as
+    /// after the loss of its disk: its proxy stops, its server is killed
+    /// and gets a new data directory, the newest usable checkpoint of
+    /// `cfg`'s directory is restored into it, and its proxy starts again
+    /// on the same port and replays the log from the checkpoint's version.
+    pub async fn recover_replica(
+        &mut self,
+        i: usize,
+        cfg: &checkpoint::CheckpointConfig,
+    ) -> Result<recover::Restored> {
+        let listen = self.proxies[i].local_addr();
+        self.proxies.remove(i).shutdown().await;
+        let first = self
+            .certifier_client()
+            .await?
+            .status()
+            .await
+            .map_err(|source| Error::Certifier {
+                context: "reading the certifier's status".into(),
+                source,
+            })?
+            .first_version;
+        let dir = cfg.dir_in(&self.state_dir);
+        let choice = checkpoint::newest_usable(&dir, first)?;
+        let (base, port, durability) = {
+            let old = &self.replicas[i];
+            (old.base_dir().to_path_buf(), old.port(), old.durability())
+        };
+        let settings = self.config.pg_settings.clone();
+        // While it is rebuilt the replica is not in the list (a failure
+        // leaves the cluster without it).
+        let mut old = self.replicas.remove(i);
+        let server = tokio::task::spawn_blocking(move || {
+            old.kill()?;
+            drop(old);
+            recover::rebuild(&base, Some(port), durability, settings)
+        })
+        .await
+        .map_err(|e| Error::Recovery(format!("rebuilding replica {}: {e}", i + 1)))??;
+        self.replicas.insert(i, server);
+        let started = std::time::Instant::now();
+        let version = recover::restore_checkpoint(
+            &self.checkpoint_source(i),
+            self.replicas.len() as u32,
+            &choice.checkpoint,
+            cfg.jobs,
+        )
+        .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let pg = &self.replicas[i];
+        let proxy = crate::proxy::start(ProxyConfig {
+            replica_id: i as u32 + 1,
+            replicas: self.replicas.len() as u32,
+            listen,
+            pg_host: pg.host().to_string(),
+            pg_port: pg.port(),
+            database: self.database.clone(),
+            certifier: self
+                .certifier_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            ..ProxyConfig::default()
+        })
+        .await?;
+        self.proxies.insert(i, proxy);
+        Ok(recover::Restored {
+            checkpoint: choice.checkpoint,
+            refused: choice.refused,
+            version,
+            seconds,
+        })
     }
 
     /// Stops the proxies, the certifier and the replicas, in that order.

@@ -90,6 +90,27 @@ pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
 
+    /// A checkpoint is damaged or unreadable; it is never restored.
+    #[error("checkpoint {path} is refused: {reason}")]
+    CheckpointInvalid { path: PathBuf, reason: String },
+
+    /// No checkpoint can rebuild a replica; `details` lists why each one
+    /// was refused and what the operator can do.
+    #[error("no usable checkpoint in {dir}: {details}")]
+    NoCheckpoint { dir: PathBuf, details: String },
+
+    /// A PostgreSQL tool (pg_dump, pg_restore) failed.
+    #[error("{tool} failed ({status}): {output}")]
+    ToolFailed {
+        tool: String,
+        status: String,
+        output: String,
+    },
+
+    /// Recovery of a replica cannot proceed (e.g. its server still runs).
+    #[error("recovery: {0}")]
+    Recovery(String),
+
     /// An I/O error with what was being done.
     #[error("{context}: {source}")]
     Io {

@@ -6,10 +6,13 @@
 
 pub mod bench;
 pub mod capture;
+pub mod checkpoint;
 pub mod cluster;
 pub mod error;
 pub mod pg;
 pub mod proxy;
+pub mod recover;
+pub mod recovery_bench;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -25,6 +25,10 @@ enum Command {
     Certifier(tashkent_certifier::CertifierArgs),
     /// Run a replica proxy: PostgreSQL clients connect here.
     Proxy(tashkent::proxy::ProxyArgs),
+    /// Take a checkpoint of a replica (a consistent dump at a known version) while it serves.
+    Checkpoint(tashkent::checkpoint::CheckpointArgs),
+    /// Rebuild a replica whose data directory is lost or untrusted from the newest usable checkpoint.
+    Recover(tashkent::recover::RecoverArgs),
     /// Measure standalone PostgreSQL (fsync on), Base and Tashkent-MW side by side (AllUpdates, TPC-B).
     Bench(tashkent::bench::BenchArgs),
 }
@@ -75,6 +79,12 @@ fn main() -> Result<()> {
         Command::Proxy(args) => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")?
             .block_on(tashkent::proxy::run(args)),
+        Command::Checkpoint(args) => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(tashkent::checkpoint::run(args)),
+        Command::Recover(args) => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(tashkent::recover::run(args)),
         Command::Bench(args) => tashkent::bench::main(args),
     }
 }
@@ -104,6 +114,7 @@ fn up(args: UpArgs) -> Result<()> {
         let cluster = LocalCluster::start(&cfg)
             .await
             .context("starting the cluster")?;
+        let _checkpoints = cluster.periodic_checkpoints(args.config.as_deref())?;
         let mut text = format!(
             "tashkent is up: {} replica(s), durability {:?} (state in {}).\n",
             cfg.replicas,

@@ -34,6 +34,9 @@ pub struct ProxyConfig {
     /// How long startup waits for the certifier.
     #[serde(with = "secs")]
     pub connect_timeout: Duration,
+    /// Most versions the applier commits in one replica transaction when
+    /// several are waiting (catching up); 1 commits each on its own.
+    pub max_apply_batch: usize,
 }
 
 mod secs {
@@ -58,6 +61,7 @@ impl Default for ProxyConfig {
             certifier: "127.0.0.1:7700".into(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_LEN,
             connect_timeout: Duration::from_secs(10),
+            max_apply_batch: 500,
         }
     }
 }
@@ -83,6 +87,9 @@ impl ProxyConfig {
                 "replica_id must be in 1..={} (replicas), got {}",
                 self.replicas, self.replica_id
             )));
+        }
+        if self.max_apply_batch == 0 {
+            return Err(Error::Config("max_apply_batch must be at least 1".into()));
         }
         if self.max_message_bytes < 1024 {
             return Err(Error::Config(
@@ -117,7 +124,8 @@ impl ProxyConfig {
             database,
             admin_user,
             certifier,
-            max_message_bytes
+            max_message_bytes,
+            max_apply_batch
         );
         c.validate()?;
         Ok(c)
@@ -157,4 +165,8 @@ pub struct ProxyArgs {
     /// Largest client protocol message in bytes.
     #[arg(long, value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// Most versions the applier commits in one replica transaction while
+    /// catching up (1: one each).
+    #[arg(long, value_name = "N")]
+    pub max_apply_batch: Option<usize>,
 }

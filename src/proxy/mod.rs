@@ -9,6 +9,7 @@
 mod applier;
 mod config;
 mod conn;
+mod merge;
 mod session;
 mod shared;
 pub mod sql;

@@ -50,6 +50,10 @@ pub struct Shared {
     sessions: Mutex<HashMap<i32, Arc<SessionSignal>>>,
     nonce: u64,
     next_txn: AtomicU64,
+    /// Set when the certifier no longer holds the versions this replica
+    /// needs (they were purged): it cannot catch up and must be rebuilt
+    /// from a checkpoint; until then writes are refused with this reason.
+    recovery_needed: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -65,6 +69,7 @@ impl Shared {
             // incarnation are never mistaken for this one's.
             nonce: RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now())),
             next_txn: AtomicU64::new(1),
+            recovery_needed: Mutex::new(None),
         }
     }
 
@@ -87,6 +92,11 @@ impl Shared {
     /// (the transaction is committed and its turn is on the way).
     pub fn withdraw(&self, txn_id: &[u8]) -> bool {
         self.pending.lock().remove(txn_id).is_some()
+    }
+
+    /// True while a local session waits for the turn of `txn_id`.
+    pub fn is_pending(&self, txn_id: &[u8]) -> bool {
+        self.pending.lock().contains_key(txn_id)
     }
 
     pub fn take_pending(&self, txn_id: &[u8]) -> Option<oneshot::Sender<Turn>> {
@@ -139,6 +149,20 @@ impl Shared {
         signal.doomed.store(true, Ordering::Release);
         signal.wake.notify_one();
         true
+    }
+
+    /// Why this replica must be rebuilt from a checkpoint, if it must.
+    pub fn recovery_needed(&self) -> Option<String> {
+        self.recovery_needed.lock().clone()
+    }
+
+    /// Records that the replica cannot catch up from the log; true the
+    /// first time.
+    pub fn set_recovery_needed(&self, why: String) -> bool {
+        let first = self.recovery_needed.lock().replace(why).is_none();
+        // Sessions waiting for a turn that cannot come are told (08007).
+        self.pending.lock().clear();
+        first
     }
 
     /// Waits until the replica has applied `v`.

@@ -18,7 +18,66 @@ pub struct Cluster {
     pub proxies: Vec<Option<ProxyProcess>>,
     pub certifier: Option<RunningCertifier>,
     pub certifier_addr: String,
+    /// The certifier as a `tashkent certifier` child process (instead of
+    /// `certifier`), see [`Cluster::start_with_certifier_process`].
+    pub certifier_process: Option<CertifierProcess>,
     _dir: tempfile::TempDir,
+}
+
+/// A `tashkent certifier` child process, SIGKILLed on drop.
+pub struct CertifierProcess {
+    pub child: Child,
+    pub addr: String,
+    pub wal_dir: std::path::PathBuf,
+}
+
+impl CertifierProcess {
+    /// Starts `tashkent certifier --listen <listen> --wal-dir <wal_dir>`
+    /// (plus `extra` flags) and waits for its `listening on ADDR` line.
+    pub fn spawn(wal_dir: &std::path::Path, listen: &str, extra: &[&str]) -> CertifierProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tashkent"))
+            .args(["certifier", "--listen", listen, "--wal-dir"])
+            .arg(wal_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning tashkent certifier");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(a) = line.strip_prefix("listening on ") {
+                        break a.trim().to_string();
+                    }
+                }
+                other => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("certifier ended before listening: {other:?}");
+                }
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        CertifierProcess {
+            child,
+            addr,
+            wal_dir: wal_dir.to_path_buf(),
+        }
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for CertifierProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// A `tashkent proxy` child process, SIGKILLed on drop.
@@ -35,6 +94,75 @@ impl Drop for ProxyProcess {
 }
 
 impl Cluster {
+    /// Like [`Cluster::start`], with the in-process certifier's
+    /// configuration adjusted by `adjust`.
+    pub async fn start_with(n: usize, adjust: impl FnOnce(&mut CertifierConfig)) -> Cluster {
+        let dir = shared_tempdir();
+        let mut cfg = CertifierConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            wal_dir: dir.path().join("wal"),
+            ..CertifierConfig::default()
+        };
+        adjust(&mut cfg);
+        let certifier = tashkent_certifier::start(cfg)
+            .await
+            .expect("starting the certifier");
+        let addr = certifier.local_addr().to_string();
+        Cluster::assemble(n, dir, Some(certifier), None, addr)
+    }
+
+    /// Like [`Cluster::start`], with the certifier as a `tashkent
+    /// certifier` child process (so that it can be SIGKILLed).
+    pub async fn start_with_certifier_process(n: usize) -> Cluster {
+        let dir = shared_tempdir();
+        let process = CertifierProcess::spawn(&dir.path().join("wal"), "127.0.0.1:0", &[]);
+        let addr = process.addr.clone();
+        Cluster::assemble(n, dir, None, Some(process), addr)
+    }
+
+    fn assemble(
+        n: usize,
+        dir: tempfile::TempDir,
+        certifier: Option<RunningCertifier>,
+        certifier_process: Option<CertifierProcess>,
+        certifier_addr: String,
+    ) -> Cluster {
+        let replicas: Vec<PgServer> = (0..n)
+            .map(|_| PgServer::start(PgConfig::default()).expect("starting a replica"))
+            .collect();
+        let mut cluster = Cluster {
+            replicas,
+            proxies: Vec::new(),
+            certifier,
+            certifier_addr,
+            certifier_process,
+            _dir: dir,
+        };
+        for i in 0..n {
+            let p = cluster.spawn_proxy(i);
+            cluster.proxies.push(Some(p));
+        }
+        cluster
+    }
+
+    /// The cluster's temporary directory (world-traversable).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// SIGKILLs the certifier child process and starts it again on the
+    /// same address and WAL.
+    pub fn restart_certifier_process(&mut self) {
+        let mut old = self
+            .certifier_process
+            .take()
+            .expect("the certifier runs as a child process");
+        old.kill();
+        let wal_dir = old.wal_dir.clone();
+        drop(old);
+        self.certifier_process = Some(CertifierProcess::spawn(&wal_dir, &self.certifier_addr, &[]));
+    }
+
     pub async fn start(n: usize) -> Cluster {
         let dir = shared_tempdir();
         let certifier = tashkent_certifier::start(CertifierConfig {
@@ -53,6 +181,7 @@ impl Cluster {
             proxies: Vec::new(),
             certifier: Some(certifier),
             certifier_addr,
+            certifier_process: None,
             _dir: dir,
         };
         for i in 0..n {

@@ -51,6 +51,14 @@ impl Session {
             self.close_txn();
             return Ok(answer.error.map_or(Ok(()), Err));
         };
+        if let Some(why) = self.shared.recovery_needed() {
+            // Its turn would never come: the log it needs is gone.
+            self.rollback().await?;
+            return Ok(Err(ErrorResponse::error("55000", why).with_hint(
+                "This replica must be rebuilt from a checkpoint (`tashkent recover`); \
+                 connect to another replica meanwhile.",
+            )));
+        }
         let mut turn = self.shared.expect_turn(&txn_id);
         let certifier = self.shared.certifier.clone();
         let certify = certifier.certify(ws);

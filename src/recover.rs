@@ -1,0 +1,468 @@
+//! Recovery of a replica (DESIGN.md, "Recovery").
+//!
+//! - **Disk intact** (PostgreSQL or the proxy restarted, the data directory
+//!   is trusted): nothing to do here. The proxy reads the applied version
+//!   from the database and its applier subscribes from the next version,
+//!   applying whatever was certified meanwhile, including the replica's own
+//!   transactions that were certified but not committed when it crashed
+//!   ("crash mid-commit").
+//! - **Disk lost or untrusted** (a host crash with `fsync = off`, a new
+//!   replica): [`rebuild`] gives the replica a new data directory (harness
+//!   `initdb`) and [`restore`]s the newest usable checkpoint into it with
+//!   `pg_restore -j`: the checkpoint is verified against its manifest first
+//!   and a damaged one is refused (the next older one is tried), as is one
+//!   older than the certifier's log (its versions were purged). The dump
+//!   carries another replica's place, so the replica is configured again
+//!   (`configure_replica`: id and sequence striping). Its proxy, started
+//!   afterwards, replays the log from the checkpoint's version + 1 and the
+//!   replica rejoins.
+//!
+//! `tashkent recover` runs [`recover_offline`]: the replica's server must
+//! not be running; it is rebuilt, restored and stopped again, ready for its
+//! proxy (or `tashkent up`) to start.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::capture;
+use crate::checkpoint::{self, Checkpoint, Source};
+use crate::error::{Error, Result};
+use crate::pg::{Durability, PgConfig, PgServer};
+
+/// Drops every generated capture function (`tashkent.capture_<oid>_*`)
+/// and, by CASCADE, the triggers that call them; DDL capture stays off
+/// meanwhile (`tashkent.internal`).
+const DROP_RESTORED_CAPTURE_SQL: &str = r"BEGIN;
+SET LOCAL tashkent.internal = 'on';
+SET LOCAL client_min_messages = warning;
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure AS sig FROM pg_proc p
+        WHERE p.pronamespace = 'tashkent'::regnamespace
+          AND p.proname LIKE 'capture\_%'
+    LOOP
+        EXECUTE format('DROP FUNCTION %s CASCADE', f.sig);
+    END LOOP;
+END
+$$;
+COMMIT";
+
+/// What [`restore`] did.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub checkpoint: Checkpoint,
+    /// Newer checkpoints refused, with the reason.
+    pub refused: Vec<(PathBuf, String)>,
+    /// The replica's applied version after the restore (the checkpoint's).
+    pub version: u64,
+    /// Time spent in `pg_restore` and reconfiguring.
+    pub seconds: f64,
+}
+
+/// Restores the newest usable checkpoint of `dir` into `target`'s database,
+/// which must be freshly initialised (no `tashkent` schema), and configures
+/// the result as replica `target.replica_id` of `replicas`. `first_version`
+/// is the first version the certifier's log still holds (1 when nothing
+/// was purged): an older checkpoint cannot be replayed to the present.
+pub async fn restore(
+    target: &Source,
+    replicas: u32,
+    dir: &Path,
+    first_version: u64,
+    jobs: u32,
+) -> Result<Restored> {
+    let choice = checkpoint::newest_usable(dir, first_version)?;
+    let started = Instant::now();
+    let version = restore_checkpoint(target, replicas, &choice.checkpoint, jobs).await?;
+    Ok(Restored {
+        checkpoint: choice.checkpoint,
+        refused: choice.refused,
+        version,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Restores one checkpoint (verified again first) into `target`'s fresh
+/// database and configures the replica; returns its applied version.
+pub async fn restore_checkpoint(
+    target: &Source,
+    replicas: u32,
+    ckpt: &Checkpoint,
+    jobs: u32,
+) -> Result<u64> {
+    // The files may have changed since they were listed.
+    let ckpt = checkpoint::verify(&ckpt.dir)?;
+    let client = connect(&target.conninfo()).await?;
+    let existing: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'tashkent')",
+            &[],
+        )
+        .await
+        .map_err(Error::sql("inspecting the target database"))?
+        .get(0);
+    if existing {
+        return Err(Error::Recovery(format!(
+            "database {} on {}:{} already holds a tashkent replica; a checkpoint is only \
+             restored into a new data directory",
+            target.database, target.host, target.port
+        )));
+    }
+    let pg_restore = target.binaries.tool("pg_restore")?;
+    let out = tokio::process::Command::new(&pg_restore)
+        .args([
+            "-h",
+            &target.host,
+            "-p",
+            &target.port.to_string(),
+            "-U",
+            &target.user,
+        ])
+        .args(["-d", &target.database, "--exit-on-error"])
+        .args(["-j", &jobs.max(1).to_string()])
+        .arg(ckpt.dump_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(Error::io(format!("running {}", pg_restore.display())))?;
+    if !out.status.success() {
+        return Err(Error::ToolFailed {
+            tool: "pg_restore".into(),
+            status: out.status.to_string(),
+            output: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    let applied = capture::applied_version(&client).await?;
+    if applied != ckpt.manifest.version {
+        return Err(Error::CheckpointInvalid {
+            path: ckpt.dir.clone(),
+            reason: format!(
+                "the restored database is at version {applied}, the manifest says {}",
+                ckpt.manifest.version
+            ),
+        });
+    }
+    // The generated capture functions are named after their table's oid,
+    // which the restore changed: drop them (and with them the restored
+    // triggers) and let the install generate them for the new oids.
+    client
+        .batch_execute(DROP_RESTORED_CAPTURE_SQL)
+        .await
+        .map_err(Error::sql("dropping the restored capture triggers"))?;
+    capture::install(&client).await?;
+    capture::configure_replica(&client, target.replica_id, replicas).await?;
+    // Fresh statistics for the replay that follows.
+    client
+        .batch_execute("ANALYZE")
+        .await
+        .map_err(Error::sql("analysing the restored database"))?;
+    tracing::info!(
+        version = applied,
+        checkpoint = %ckpt.dir.display(),
+        replica = target.replica_id,
+        "checkpoint restored"
+    );
+    Ok(applied)
+}
+
+/// Gives the harness server in `base` a new, empty data directory (the old
+/// one is deleted) and starts it. Refuses while a server runs on it.
+pub fn rebuild(
+    base: &Path,
+    port: Option<u16>,
+    durability: Durability,
+    settings: Vec<(String, String)>,
+) -> Result<PgServer> {
+    let data = base.join("data");
+    if let Some(pid) = running_postmaster(&data) {
+        return Err(Error::Recovery(format!(
+            "PostgreSQL (pid {pid}) is still running on {}; stop it first",
+            data.display()
+        )));
+    }
+    if data.exists() {
+        tracing::warn!(data = %data.display(), "deleting the untrusted data directory");
+        std::fs::remove_dir_all(&data)
+            .map_err(Error::io(format!("removing {}", data.display())))?;
+    }
+    PgServer::start(PgConfig {
+        base_dir: Some(base.to_path_buf()),
+        port,
+        durability,
+        settings,
+        ..PgConfig::default()
+    })
+}
+
+/// The pid in `data/postmaster.pid` if that process is alive.
+fn running_postmaster(data: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+/// What `tashkent recover` needs.
+#[derive(Debug, Clone)]
+pub struct OfflineRecovery {
+    /// The replica's harness base directory (`<state>/replica-<i>` for a
+    /// local cluster).
+    pub base_dir: PathBuf,
+    pub checkpoint_dir: PathBuf,
+    pub replica_id: u32,
+    pub replicas: u32,
+    pub database: String,
+    /// The certifier, to refuse checkpoints older than its log (optional).
+    pub certifier: Option<String>,
+    pub jobs: u32,
+}
+
+/// Rebuilds the replica in `r.base_dir` from the newest usable checkpoint
+/// and stops its server again: its proxy replays the log when it starts.
+pub async fn recover_offline(r: &OfflineRecovery) -> Result<Restored> {
+    let first_version = match &r.certifier {
+        Some(addr) => {
+            let c = tashkent_certifier::CertifierClient::connect(addr)
+                .await
+                .map_err(|source| Error::Certifier {
+                    context: format!("connecting to the certifier at {addr}"),
+                    source,
+                })?;
+            c.status()
+                .await
+                .map_err(|source| Error::Certifier {
+                    context: "reading the certifier's status".into(),
+                    source,
+                })?
+                .first_version
+        }
+        None => 1,
+    };
+    // Choose before destroying anything: no usable checkpoint, no rebuild.
+    let choice = checkpoint::newest_usable(&r.checkpoint_dir, first_version)?;
+    let base = r.base_dir.clone();
+    let mut server =
+        tokio::task::spawn_blocking(move || rebuild(&base, None, Durability::Off, Vec::new()))
+            .await
+            .map_err(|e| Error::Recovery(format!("rebuilding the data directory: {e}")))??;
+    let target = Source {
+        host: server.host().to_string(),
+        port: server.port(),
+        user: server.user().to_string(),
+        database: r.database.clone(),
+        replica_id: r.replica_id,
+        binaries: server.binaries().clone(),
+    };
+    let started = Instant::now();
+    let restored = restore_checkpoint(&target, r.replicas, &choice.checkpoint, r.jobs).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let stopped = tokio::task::spawn_blocking(move || {
+        let r = server.stop();
+        // Restored with fsync off: flush before a server with fsync on
+        // (Base mode) trusts these files.
+        nix::unistd::sync();
+        r
+    })
+    .await
+    .map_err(|e| Error::Recovery(format!("stopping the server: {e}")))?;
+    let version = restored?;
+    stopped?;
+    Ok(Restored {
+        checkpoint: choice.checkpoint,
+        refused: choice.refused,
+        version,
+        seconds,
+    })
+}
+
+/// Where things are in a local cluster's state directory (see
+/// `cluster`): replica bases, the checkpoint directory, `ports.json`.
+#[derive(Debug, Clone)]
+pub struct LocalLayout {
+    pub state_dir: PathBuf,
+}
+
+impl LocalLayout {
+    pub fn new(state_dir: &Path) -> LocalLayout {
+        LocalLayout {
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+
+    /// The harness base directory of replica `id` (1-based).
+    pub fn replica_base(&self, id: u32) -> PathBuf {
+        self.state_dir.join(format!("replica-{id}"))
+    }
+
+    fn ports(&self) -> Result<serde_json::Value> {
+        let path = self.state_dir.join("ports.json");
+        let bytes = std::fs::read(&path).map_err(Error::io(format!(
+            "reading {} (has the cluster ever started?)",
+            path.display()
+        )))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The certifier's address, from `ports.json`.
+    pub fn certifier_addr(&self) -> Result<String> {
+        let port = self.ports()?["certifier"]
+            .as_u64()
+            .ok_or_else(|| Error::Config("ports.json has no certifier port".into()))?;
+        Ok(format!("127.0.0.1:{port}"))
+    }
+
+    /// How many replicas the cluster has, from `ports.json`.
+    pub fn replicas(&self) -> Result<u32> {
+        self.ports()?["proxies"]
+            .as_array()
+            .map(|a| a.len() as u32)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Error::Config("ports.json lists no proxies".into()))
+    }
+
+    /// The port of replica `id`'s running server (from its
+    /// `postmaster.pid`).
+    pub fn running_port(&self, id: u32) -> Result<u16> {
+        let data = self.replica_base(id).join("data");
+        let not_running = || {
+            Error::Recovery(format!(
+                "replica {id} is not running (no live postmaster in {})",
+                data.display()
+            ))
+        };
+        if running_postmaster(&data).is_none() {
+            return Err(not_running());
+        }
+        let text =
+            std::fs::read_to_string(data.join("postmaster.pid")).map_err(|_| not_running())?;
+        // Line 4 of postmaster.pid is the port.
+        text.lines()
+            .nth(3)
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(not_running)
+    }
+}
+
+/// Flags of `tashkent recover`; each overrides the config file.
+///
+/// With `--state-dir` (a stopped local cluster of `tashkent up`) replica
+/// `--replica` is rebuilt in place and the next `tashkent up` replays the
+/// log into it. Otherwise `--base-dir`, `--dir`, `--replica` and
+/// `--replicas` say everything, and the replica's proxy is started by hand
+/// afterwards.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RecoverArgs {
+    /// TOML file: its `[checkpoint]` and `[cluster]` sections.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory of a local cluster (`tashkent up`), stopped.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The replica to rebuild (1-based id).
+    #[arg(long)]
+    pub replica: u32,
+    /// Number of replicas in the cluster (sequence striping).
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    /// The replica's harness base directory (holds `data/`).
+    #[arg(long, value_name = "DIR")]
+    pub base_dir: Option<PathBuf>,
+    /// Where the checkpoints are.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The replicated database (default postgres).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// The certifier (host:port), to skip checkpoints older than its log.
+    #[arg(long, value_name = "ADDR")]
+    pub certifier: Option<String>,
+    /// Parallel pg_restore jobs.
+    #[arg(long)]
+    pub jobs: Option<u32>,
+}
+
+/// `tashkent recover`.
+pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
+    let ckpt = match &args.config {
+        Some(p) => checkpoint::CheckpointConfig::load(p)?,
+        None => checkpoint::CheckpointConfig::default(),
+    };
+    let cluster = match &args.config {
+        Some(p) => crate::cluster::ClusterConfig::load(p)?,
+        None => crate::cluster::ClusterConfig::default(),
+    };
+    let state_dir = args
+        .state_dir
+        .clone()
+        .or_else(|| args.config.as_ref().map(|_| cluster.state_dir.clone()));
+    let local = state_dir.as_deref().map(LocalLayout::new);
+    let base_dir = match (&args.base_dir, &local) {
+        (Some(b), _) => b.clone(),
+        (None, Some(l)) => l.replica_base(args.replica),
+        (None, None) => anyhow::bail!(
+            "say which replica to rebuild: --state-dir of a local cluster, or --base-dir"
+        ),
+    };
+    let dir = match (&args.dir, &state_dir) {
+        (Some(d), _) => d.clone(),
+        (None, Some(s)) => ckpt.dir_in(s),
+        (None, None) => ckpt.dir.clone(),
+    };
+    let replicas = match (args.replicas, &local) {
+        (Some(n), _) => n,
+        (None, Some(l)) => l.replicas()?,
+        (None, None) => anyhow::bail!("--replicas is needed without --state-dir"),
+    };
+    let mut certifier = args.certifier.clone();
+    if certifier.is_none() {
+        if let Some(addr) = local.as_ref().and_then(|l| l.certifier_addr().ok()) {
+            // A stopped cluster's certifier is not there: then the proxy
+            // finds out at its start whether the log still reaches back.
+            let reachable = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                tashkent_certifier::CertifierClient::connect(&addr),
+            )
+            .await
+            .is_ok_and(|c| c.is_ok());
+            if reachable {
+                certifier = Some(addr);
+            }
+        }
+    }
+    let r = OfflineRecovery {
+        base_dir,
+        checkpoint_dir: dir,
+        replica_id: args.replica,
+        replicas,
+        database: args.database.clone().unwrap_or(cluster.database.clone()),
+        certifier,
+        jobs: args.jobs.unwrap_or(ckpt.jobs),
+    };
+    let restored = recover_offline(&r).await?;
+    for (dir, why) in &restored.refused {
+        eprintln!("refused {}: {why}", dir.display());
+    }
+    println!(
+        "replica {} rebuilt from {} at version {} in {:.1}s; its proxy replays the log from \
+         version {} when it starts",
+        r.replica_id,
+        restored.checkpoint.dir.display(),
+        restored.version,
+        restored.seconds,
+        restored.version + 1
+    );
+    Ok(())
+}
+
+async fn connect(conninfo: &str) -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .map_err(Error::sql(format!("connecting ({conninfo})")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}

@@ -1,0 +1,736 @@
+//! The recovery-time experiment: how long rebuilding a replica from a
+//! checkpoint takes, against the length of the log to replay and the size
+//! of the database, split into its two phases (DESIGN.md, "Recovery").
+//!
+//! For each database size (AllUpdates rows):
+//!
+//! 1. a source PostgreSQL gets capture installed and the AllUpdates table
+//!    loaded directly (no middleware: the load is not what is measured);
+//!    a checkpoint of it is taken (version 0);
+//! 2. a fresh certifier's log is filled with AllUpdates writesets (one
+//!    row update each, the captured line of a real UPDATE on the source
+//!    with other ids and values), certified through the pipelined client;
+//! 3. for each log length, a new replica is rebuilt: new data directory
+//!    (initdb, not counted), **restore** (`pg_restore -j`, reconfiguration
+//!    and ANALYZE: `recover::restore_checkpoint`), then its proxy starts and
+//!    **replays** the log from version 1; replay ends when the replica's
+//!    applied version reaches the end of the log.
+//!
+//! The result ([`RecoveryReport`]) is a text table, JSON and an SVG plot of
+//! restore and replay time against log length, one line per database
+//! size. The replay rate (writesets per second) is what the log length
+//! costs; the goal on the 2-core development machine is 20,000/s.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+use tashkent_certifier::{CertifierClient, CertifierConfig, Outcome, Writeset};
+
+use crate::checkpoint::{self, Source};
+use crate::error::{Error, Result};
+use crate::pg::{PgConfig, PgServer};
+use crate::proxy::{self, ProxyConfig};
+use crate::{capture, recover};
+
+/// What to measure.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoveryPlan {
+    /// Database sizes: AllUpdates rows.
+    pub rows: Vec<u64>,
+    /// Log lengths to replay (writesets), ascending.
+    pub log_lengths: Vec<u64>,
+    /// Parallel pg_dump / pg_restore jobs.
+    pub jobs: u32,
+    /// Certifications in flight while the log is generated.
+    pub in_flight: usize,
+    /// The replaying proxy's `max_apply_batch`.
+    pub apply_batch: usize,
+    /// Also replay this many writesets with `max_apply_batch = 1` (one
+    /// replica transaction per version), for comparison; must be one of
+    /// `log_lengths`.
+    pub baseline_log: Option<u64>,
+    /// Where the temporary state goes (default: the system temporary
+    /// directory).
+    #[serde(skip)]
+    pub work_dir: Option<PathBuf>,
+}
+
+impl Default for RecoveryPlan {
+    fn default() -> Self {
+        RecoveryPlan {
+            rows: vec![100_000, 1_000_000],
+            log_lengths: vec![10_000, 100_000, 1_000_000],
+            jobs: 2,
+            in_flight: 2048,
+            apply_batch: 500,
+            baseline_log: Some(10_000),
+            work_dir: None,
+        }
+    }
+}
+
+/// One rebuilt replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryRow {
+    /// AllUpdates rows in the database.
+    pub rows: u64,
+    /// `pg_database_size` of the source.
+    pub db_bytes: u64,
+    /// Size of the checkpoint's dump.
+    pub dump_bytes: u64,
+    /// How long taking the checkpoint took (pg_dump).
+    pub checkpoint_s: f64,
+    /// Writesets replayed.
+    pub log_length: u64,
+    /// The replaying proxy's `max_apply_batch` (1: a replica transaction
+    /// and a `tashkent.apply` call per version).
+    pub apply_batch: usize,
+    /// pg_restore, reconfiguration and ANALYZE.
+    pub restore_s: f64,
+    /// From the proxy's start until the replica applied the whole log.
+    pub replay_s: f64,
+    /// `log_length / replay_s`.
+    pub replay_per_s: f64,
+}
+
+/// All rows of one experiment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryReport {
+    pub results: Vec<RecoveryRow>,
+}
+
+/// Width and height of the plot, in SVG pixels.
+const PLOT_SIZE: (u32, u32) = (800, 500);
+
+impl RecoveryReport {
+    /// An aligned text table, one line per rebuilt replica.
+    pub fn to_table(&self) -> String {
+        const HEADER: [&str; 9] = [
+            "rows",
+            "db MB",
+            "dump MB",
+            "ckpt s",
+            "log",
+            "batch",
+            "restore s",
+            "replay s",
+            "replay/s",
+        ];
+        let cells: Vec<[String; 9]> = self
+            .results
+            .iter()
+            .map(|r| {
+                [
+                    r.rows.to_string(),
+                    format!("{:.1}", r.db_bytes as f64 / 1e6),
+                    format!("{:.1}", r.dump_bytes as f64 / 1e6),
+                    format!("{:.2}", r.checkpoint_s),
+                    r.log_length.to_string(),
+                    r.apply_batch.to_string(),
+                    format!("{:.2}", r.restore_s),
+                    format!("{:.2}", r.replay_s),
+                    format!("{:.0}", r.replay_per_s),
+                ]
+            })
+            .collect();
+        let mut widths = HEADER.map(str::len);
+        for row in &cells {
+            for (w, c) in widths.iter_mut().zip(row) {
+                *w = (*w).max(c.len());
+            }
+        }
+        let mut out = String::from("Recovery: restore a checkpoint, replay the log\n");
+        let line = |out: &mut String, row: &[&str]| {
+            let text: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(c, w)| format!("{c:>w$}"))
+                .collect();
+            let _ = writeln!(out, "{}", text.join("  "));
+        };
+        line(&mut out, &HEADER);
+        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        line(
+            &mut out,
+            &rule.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        for row in &cells {
+            line(
+                &mut out,
+                &row.iter().map(String::as_str).collect::<Vec<_>>(),
+            );
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self)
+            .map_err(|e| Error::Config(format!("serialising the report: {e}")))
+    }
+
+    /// Writes `recovery-table.txt`, `recovery.json` and
+    /// `recovery-time.svg` into `dir` (created if missing).
+    pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+        let files = [
+            ("recovery-table.txt", self.to_table()),
+            ("recovery.json", self.to_json()?),
+            (
+                "recovery-time.svg",
+                self.plot_svg()
+                    .map_err(|e| Error::Config(format!("plotting: {e}")))?,
+            ),
+        ];
+        let mut written = Vec::new();
+        for (name, text) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, text)
+                .map_err(Error::io(format!("writing {}", path.display())))?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+
+    /// Restore and replay time (s) against log length (log scale), one
+    /// colour per database size: replay solid with circles, restore
+    /// dashed-looking with triangles.
+    pub fn plot_svg(&self) -> std::result::Result<String, String> {
+        let mut sizes: Vec<(u64, usize)> = self
+            .results
+            .iter()
+            .map(|r| (r.rows, r.apply_batch))
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        let x_lo = self
+            .results
+            .iter()
+            .map(|r| r.log_length.max(1) as f64)
+            .fold(f64::MAX, f64::min);
+        let x_hi = self
+            .results
+            .iter()
+            .map(|r| r.log_length.max(1) as f64)
+            .fold(1.0, f64::max);
+        let (x_lo, x_hi) = if self.results.is_empty() {
+            (1.0, 10.0)
+        } else {
+            (x_lo / 1.5, x_hi * 1.5)
+        };
+        let y_hi = self
+            .results
+            .iter()
+            .map(|r| r.replay_s.max(r.restore_s))
+            .fold(0.0, f64::max)
+            * 1.15;
+        let y_hi = if y_hi > 0.0 { y_hi } else { 1.0 };
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
+            root.fill(&WHITE).map_err(|e| e.to_string())?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(
+                    "Recovery time by log length (restore + replay)",
+                    ("sans-serif", 22),
+                )
+                .margin(15)
+                .x_label_area_size(45)
+                .y_label_area_size(60)
+                .build_cartesian_2d((x_lo..x_hi).log_scale(), 0.0..y_hi)
+                .map_err(|e| e.to_string())?;
+            chart
+                .configure_mesh()
+                .x_desc("writesets to replay")
+                .y_desc("seconds")
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| format!("{y:.1}"))
+                .draw()
+                .map_err(|e| e.to_string())?;
+            for (i, &(rows, batch)) in sizes.iter().enumerate() {
+                let color = Palette99::pick(i).to_rgba();
+                let mut pts: Vec<&RecoveryRow> = self
+                    .results
+                    .iter()
+                    .filter(|r| r.rows == rows && r.apply_batch == batch)
+                    .collect();
+                pts.sort_by_key(|r| r.log_length);
+                let replay: Vec<(f64, f64)> = pts
+                    .iter()
+                    .map(|r| (r.log_length.max(1) as f64, r.replay_s))
+                    .collect();
+                let restore: Vec<(f64, f64)> = pts
+                    .iter()
+                    .map(|r| (r.log_length.max(1) as f64, r.restore_s))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(replay.clone(), color.stroke_width(2)))
+                    .map_err(|e| e.to_string())?
+                    .label(format!("replay, {rows} rows, batch {batch}"))
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                    });
+                chart
+                    .draw_series(PointSeries::of_element(
+                        replay,
+                        4,
+                        color.filled(),
+                        &|c, s, st| Circle::new(c, s, st),
+                    ))
+                    .map_err(|e| e.to_string())?;
+                chart
+                    .draw_series(LineSeries::new(restore.clone(), color.stroke_width(1)))
+                    .map_err(|e| e.to_string())?
+                    .label(format!("restore, {rows} rows, batch {batch}"))
+                    .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 5, color.filled()));
+                chart
+                    .draw_series(PointSeries::of_element(
+                        restore,
+                        5,
+                        color.filled(),
+                        &|c, s, st| TriangleMarker::new(c, s, st),
+                    ))
+                    .map_err(|e| e.to_string())?;
+            }
+            if !sizes.is_empty() {
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::UpperLeft)
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .draw()
+                    .map_err(|e| e.to_string())?;
+            }
+            root.present().map_err(|e| e.to_string())?;
+        }
+        Ok(svg)
+    }
+}
+
+/// Runs the experiment; `progress` gets one line per step.
+pub async fn recovery_experiment(
+    plan: &RecoveryPlan,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<RecoveryReport> {
+    let mut lengths = plan.log_lengths.clone();
+    lengths.sort_unstable();
+    lengths.dedup();
+    if plan.rows.is_empty() || lengths.is_empty() || lengths[0] == 0 {
+        return Err(Error::Config(
+            "the recovery experiment needs database sizes and positive log lengths".into(),
+        ));
+    }
+    let mut report = RecoveryReport::default();
+    for &rows in &plan.rows {
+        let state = work_dir(plan.work_dir.as_deref())?;
+        let r = one_size(plan, rows, &lengths, state.path(), progress, &mut report).await;
+        drop(state);
+        r?;
+    }
+    Ok(report)
+}
+
+/// A world-traversable temporary directory (the servers run as another
+/// account when this runs as root).
+fn work_dir(parent: Option<&Path>) -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut b = tempfile::Builder::new();
+    b.prefix("tashkent-recovery-");
+    let dir = match parent {
+        Some(p) => b.tempdir_in(p),
+        None => b.tempdir(),
+    }
+    .map_err(Error::io("creating the experiment's directory"))?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(Error::io("opening the experiment's directory"))?;
+    Ok(dir)
+}
+
+async fn one_size(
+    plan: &RecoveryPlan,
+    rows: u64,
+    lengths: &[u64],
+    state: &Path,
+    progress: &(dyn Fn(&str) + Sync),
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    // 1. The source and its checkpoint.
+    progress(&format!("{rows} rows: loading the source database"));
+    let base = state.join("source");
+    let mut source = tokio::task::spawn_blocking(move || PgServer::start(base_config(base, None)))
+        .await
+        .map_err(|e| Error::Config(format!("starting the source: {e}")))??;
+    let src = Source {
+        host: source.host().to_string(),
+        port: source.port(),
+        user: source.user().to_string(),
+        database: "postgres".into(),
+        replica_id: 1,
+        binaries: source.binaries().clone(),
+    };
+    let client = connect(&src.conninfo()).await?;
+    capture::install(&client).await?;
+    capture::configure_replica(&client, 1, 2).await?;
+    tashkent_tpcb::load_rows(
+        &src.conninfo(),
+        tashkent_tpcb::Workload::AllUpdates,
+        1,
+        rows,
+    )
+    .await
+    .map_err(|e| Error::Config(format!("loading {rows} rows: {e}")))?;
+    client
+        .batch_execute("VACUUM ANALYZE allupdates")
+        .await
+        .map_err(Error::sql("vacuuming the source"))?;
+    // The captured line of a real update: the template of the log.
+    client
+        .batch_execute("BEGIN; UPDATE allupdates SET val = val + 1 WHERE id = 1")
+        .await
+        .map_err(Error::sql("capturing a template writeset"))?;
+    let template = capture::read(&client).await?;
+    client
+        .batch_execute("ROLLBACK")
+        .await
+        .map_err(Error::sql("capturing a template writeset"))?;
+    if template.trim().is_empty() {
+        return Err(Error::Capture {
+            reason: "the template update captured nothing".into(),
+        });
+    }
+    let db_bytes: i64 = client
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await
+        .map_err(Error::sql("reading the database size"))?
+        .get(0);
+    drop(client);
+    progress(&format!("{rows} rows: taking the checkpoint"));
+    let ckpt = checkpoint::take(&src, &state.join("checkpoints"), plan.jobs).await?;
+    if ckpt.manifest.version != 0 {
+        return Err(Error::Config(format!(
+            "the source is at version {}, expected 0",
+            ckpt.manifest.version
+        )));
+    }
+    tokio::task::spawn_blocking(move || source.stop())
+        .await
+        .map_err(|e| Error::Config(format!("stopping the source: {e}")))??;
+
+    // 2. The certifier and its log.
+    let certifier = tashkent_certifier::start(CertifierConfig {
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        wal_dir: state.join("certifier-wal"),
+        ..CertifierConfig::default()
+    })
+    .await
+    .map_err(|source| Error::Certifier {
+        context: "starting the certifier".into(),
+        source,
+    })?;
+    let addr = certifier.local_addr().to_string();
+    let cert = CertifierClient::connect(&addr)
+        .await
+        .map_err(|source| Error::Certifier {
+            context: "connecting to the certifier".into(),
+            source,
+        })?;
+    let mut generated = 0u64;
+    let result = async {
+        for &length in lengths {
+            progress(&format!(
+                "{rows} rows: filling the log to {length} writesets"
+            ));
+            let started = Instant::now();
+            generate(&cert, &template, rows, generated, length, plan.in_flight).await?;
+            tracing::info!(
+                writesets = length - generated,
+                seconds = started.elapsed().as_secs_f64(),
+                "log filled"
+            );
+            generated = length;
+            let mut batches = vec![plan.apply_batch];
+            if plan.baseline_log == Some(length) && plan.apply_batch != 1 {
+                batches.push(1);
+            }
+            for batch in batches {
+                progress(&format!(
+                    "{rows} rows: rebuilding a replica and replaying {length} writesets \
+                     (batches of up to {batch})"
+                ));
+                let (restore_s, replay_s) =
+                    rebuild_and_replay(state, &ckpt, &addr, length, plan.jobs, batch).await?;
+                let row = RecoveryRow {
+                    rows,
+                    db_bytes: db_bytes as u64,
+                    dump_bytes: ckpt.manifest.dump_bytes(),
+                    checkpoint_s: ckpt.manifest.dump_seconds,
+                    log_length: length,
+                    apply_batch: batch,
+                    restore_s,
+                    replay_s,
+                    replay_per_s: length as f64 / replay_s,
+                };
+                progress(&format!(
+                    "{rows} rows, {length} writesets, batch {batch}: restore {restore_s:.2} s, \
+                     replay {replay_s:.2} s ({:.0}/s)",
+                    row.replay_per_s
+                ));
+                report.results.push(row);
+            }
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+    let stopped = certifier.shutdown().await;
+    result?;
+    stopped.map_err(|source| Error::Certifier {
+        context: "stopping the certifier".into(),
+        source,
+    })
+}
+
+fn base_config(base: PathBuf, port: Option<u16>) -> PgConfig {
+    PgConfig {
+        base_dir: Some(base),
+        port,
+        ..PgConfig::default()
+    }
+}
+
+/// Certifies AllUpdates writesets until the log holds `to` versions (it
+/// holds `from`): row `k mod rows + 1` gets value `k`, so that no two
+/// writesets in flight touch the same row.
+async fn generate(
+    cert: &CertifierClient,
+    template: &str,
+    rows: u64,
+    from: u64,
+    to: u64,
+    in_flight: usize,
+) -> Result<()> {
+    let line: serde_json::Value =
+        serde_json::from_str(template.trim()).map_err(|e| Error::Capture {
+            reason: format!("template writeset {template:?}: {e}"),
+        })?;
+    let key_prefix = line["keys"][0]
+        .as_str()
+        .and_then(|k| k.strip_suffix("[1]"))
+        .ok_or_else(|| Error::Capture {
+            reason: format!("unexpected key in the template writeset: {template}"),
+        })?
+        .to_string();
+    let make = |k: u64, snapshot: u64| -> Result<Writeset> {
+        let id = k % rows + 1;
+        let mut l = line.clone();
+        l["rows"][0]["id"] = serde_json::json!(id);
+        l["rows"][0]["val"] = serde_json::json!(k);
+        l["keys"] = serde_json::json!([format!("{key_prefix}[{id}]")]);
+        let txn_id = bytes::Bytes::from(format!("recovery-bench-{k}"));
+        proxy::writeset::build(txn_id, 1, snapshot, &l.to_string())?.ok_or_else(|| Error::Capture {
+            reason: "an empty synthetic writeset".into(),
+        })
+    };
+    let mut committed = from;
+    let mut next = from;
+    let mut pending = FuturesUnordered::new();
+    while committed < to {
+        while next < to && pending.len() < in_flight {
+            let ws = make(next, committed)?;
+            let cert = cert.clone();
+            pending.push(async move { cert.certify(ws).await });
+            next += 1;
+        }
+        match pending.next().await {
+            Some(Ok(Outcome::Committed { version })) => committed = committed.max(version),
+            Some(Ok(Outcome::Aborted { reason, .. })) => {
+                return Err(Error::Config(format!(
+                    "a synthetic writeset was aborted: {reason}"
+                )))
+            }
+            Some(Err(source)) => {
+                return Err(Error::Certifier {
+                    context: "certifying a synthetic writeset".into(),
+                    source,
+                })
+            }
+            None => break,
+        }
+    }
+    // Every one of them is committed, so the log holds exactly `to`.
+    while let Some(r) = pending.next().await {
+        r.map_err(|source| Error::Certifier {
+            context: "certifying a synthetic writeset".into(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Rebuilds a replica from `ckpt` and lets its proxy replay `length`
+/// versions; returns (restore seconds, replay seconds).
+async fn rebuild_and_replay(
+    state: &Path,
+    ckpt: &checkpoint::Checkpoint,
+    certifier: &str,
+    length: u64,
+    jobs: u32,
+    apply_batch: usize,
+) -> Result<(f64, f64)> {
+    let base = state.join(format!("replica-{length}"));
+    let b = base.clone();
+    let mut server = tokio::task::spawn_blocking(move || PgServer::start(base_config(b, None)))
+        .await
+        .map_err(|e| Error::Config(format!("starting the replica: {e}")))??;
+    let target = Source {
+        host: server.host().to_string(),
+        port: server.port(),
+        user: server.user().to_string(),
+        database: "postgres".into(),
+        replica_id: 2,
+        binaries: server.binaries().clone(),
+    };
+    let result = async {
+        let started = Instant::now();
+        let version = recover::restore_checkpoint(&target, 2, ckpt, jobs).await?;
+        let restore_s = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let proxy = proxy::start(ProxyConfig {
+            replica_id: 2,
+            replicas: 2,
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            pg_host: target.host.clone(),
+            pg_port: target.port,
+            database: target.database.clone(),
+            certifier: certifier.to_string(),
+            max_apply_batch: apply_batch,
+            ..ProxyConfig::default()
+        })
+        .await?;
+        let watch = connect(&target.conninfo()).await?;
+        let goal = version + length;
+        loop {
+            if capture::applied_version(&watch).await? >= goal {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let replay_s = started.elapsed().as_secs_f64();
+        proxy.shutdown().await;
+        Ok::<_, Error>((restore_s, replay_s))
+    }
+    .await;
+    let _ = tokio::task::spawn_blocking(move || server.stop()).await;
+    let _ = std::fs::remove_dir_all(&base);
+    result
+}
+
+async fn connect(conninfo: &str) -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .map_err(Error::sql(format!("connecting ({conninfo})")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Flags of the recovery experiment (`tashkent bench recovery`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RecoveryBenchArgs {
+    /// Database sizes in AllUpdates rows, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    pub rows: Vec<u64>,
+    /// Log lengths (writesets to replay), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    pub log: Vec<u64>,
+    /// Parallel pg_dump / pg_restore jobs.
+    #[arg(long, default_value_t = 2)]
+    pub jobs: u32,
+    /// The replaying proxy's most versions per replica transaction.
+    #[arg(long, default_value_t = 500)]
+    pub apply_batch: usize,
+    /// Also replay this log length one version per replica transaction
+    /// (the unbatched applier), for comparison; 0: don't.
+    #[arg(long, default_value_t = 10_000)]
+    pub baseline_log: u64,
+    /// Where the table, JSON and plot are written (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "bench-results")]
+    pub results_dir: PathBuf,
+    /// Where the temporary state goes (default: the system temporary
+    /// directory).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+}
+
+/// Runs the experiment from the command line: progress on stderr, the
+/// table and the files written on stdout.
+pub fn main(args: RecoveryBenchArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let plan = RecoveryPlan {
+        rows: args.rows,
+        log_lengths: args.log,
+        jobs: args.jobs,
+        apply_batch: args.apply_batch,
+        baseline_log: Some(args.baseline_log).filter(|n| *n > 0),
+        work_dir: args.work_dir,
+        ..RecoveryPlan::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let report = runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let progress = |s: &str| eprintln!("{s}");
+        tokio::select! {
+            r = recovery_experiment(&plan, &progress) => Ok(r?),
+            _ = int.recv() => anyhow::bail!("interrupted (SIGINT)"),
+            _ = term.recv() => anyhow::bail!("terminated (SIGTERM)"),
+        }
+    })?;
+    let files = report.write(&args.results_dir)?;
+    let mut text = report.to_table();
+    for f in files {
+        let _ = writeln!(text, "wrote {}", f.display());
+    }
+    print!("{text}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_json_and_plot() {
+        let row = |rows, log, replay_s| RecoveryRow {
+            rows,
+            db_bytes: rows * 150,
+            dump_bytes: rows * 20,
+            checkpoint_s: 0.5,
+            log_length: log,
+            apply_batch: 500,
+            restore_s: 1.5,
+            replay_s,
+            replay_per_s: log as f64 / replay_s,
+        };
+        let r = RecoveryReport {
+            results: vec![
+                row(100_000, 10_000, 1.0),
+                row(100_000, 100_000, 9.0),
+                row(1_000_000, 10_000, 1.2),
+            ],
+        };
+        let t = r.to_table();
+        assert!(t.contains("replay/s"), "{t}");
+        assert!(t.contains("11111"), "{t}");
+        let back: RecoveryReport = serde_json::from_str(&r.to_json().unwrap()).unwrap();
+        assert_eq!(back, r);
+        let svg = r.plot_svg().unwrap();
+        assert!(svg.contains("<svg") && svg.contains("replay, 100000 rows, batch 500"));
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(r.write(dir.path()).unwrap().len(), 3);
+    }
+}
