@@ -931,6 +931,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_cluster_file_documents_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.example.toml");
+        assert_eq!(
+            CheckpointConfig::load(&path).unwrap(),
+            CheckpointConfig::default()
+        );
+    }
+
+    #[test]
     fn config_section() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("c.toml");

@@ -16,10 +16,16 @@
 //!    **replays** the log from version 1; replay ends when the replica's
 //!    applied version reaches the end of the log.
 //!
+//! The replaying proxy commits up to `apply_batch` queued versions per
+//! replica transaction (`ProxyConfig::max_apply_batch`); one log length
+//! (`baseline_log`) is also replayed with batches of 1, one replica
+//! transaction and one `tashkent.apply` call per version, for comparison.
+//!
 //! The result ([`RecoveryReport`]) is a text table, JSON and an SVG plot of
 //! restore and replay time against log length, one line per database
-//! size. The replay rate (writesets per second) is what the log length
-//! costs; the goal on the 2-core development machine is 20,000/s.
+//! size and batch size. The replay rate (writesets per second) is what the
+//! log length costs; the goal on the 2-core development machine is
+//! 20,000/s.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

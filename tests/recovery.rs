@@ -772,6 +772,24 @@ async fn local_cluster_checkpoint_and_online_recovery() {
         assert!(first.is_some());
         versions.push(taken.manifest.version);
     }
+    // Automatic checkpoints, as `tashkent up` starts them from its file.
+    let file = dir.path().join("cluster.toml");
+    std::fs::write(
+        &file,
+        "[checkpoint]\ndir = \"auto\"\nkeep = 1\ninterval_secs = 1\n",
+    )
+    .unwrap();
+    let periodic = cluster.periodic_checkpoints(Some(&file)).unwrap();
+    assert!(periodic.is_some());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while checkpoint::list(&dir.path().join("state/auto"))
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "no automatic checkpoint");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(periodic);
     let kept: Vec<u64> = checkpoint::list(&dir.path().join("state/checkpoints"))
         .unwrap()
         .into_iter()
