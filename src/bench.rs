@@ -142,8 +142,8 @@ pub struct BenchArgs {
 /// Experiments of `tashkent bench` other than the side-by-side comparison.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Experiment {
-    /// Recovery time (restore a checkpoint + replay the log) against log
-    /// length and database size; see `recovery_bench`.
+    /// Recovery time (restore a checkpoint, replay the log) against log
+    /// length and database size.
     Recovery(crate::recovery_bench::RecoveryBenchArgs),
 }
 
