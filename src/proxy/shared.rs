@@ -32,6 +32,10 @@ pub struct SessionSignal {
     /// Set by the session while its transaction is being certified or
     /// committed: then it is never doomed.
     pub committing: AtomicBool,
+    /// Statement cancels the applier sent this session's backend: that
+    /// many `57014` errors are early aborts, whenever they arrive (a
+    /// cancel may land after the doomed transaction ended, on the next).
+    pub applier_cancels: AtomicU64,
     pub wake: Notify,
 }
 
@@ -147,6 +151,7 @@ impl Shared {
             return false;
         }
         signal.doomed.store(true, Ordering::Release);
+        signal.applier_cancels.fetch_add(1, Ordering::AcqRel);
         signal.wake.notify_one();
         true
     }

@@ -76,6 +76,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         signal,
         backend_pid,
         early_abort: None,
+        cancels_translated: 0,
         client,
         backend,
         txn: None,
@@ -269,6 +270,8 @@ struct Session {
     backend_pid: i32,
     /// The error an early-aborted explicit transaction reports next.
     early_abort: Option<ErrorResponse>,
+    /// Cancelled statements reported as early aborts so far.
+    cancels_translated: u64,
     client: Conn,
     backend: Conn,
     txn: Option<Txn>,
@@ -402,8 +405,11 @@ impl Session {
     }
 
     /// A cancelled statement of a doomed transaction is an early abort.
-    fn translate(&self, e: ErrorResponse) -> ErrorResponse {
-        if e.sqlstate() == Some("57014") && self.signal.doomed.load(Ordering::Acquire) {
+    fn translate(&mut self, e: ErrorResponse) -> ErrorResponse {
+        if e.sqlstate() == Some("57014")
+            && self.signal.applier_cancels.load(Ordering::Acquire) > self.cancels_translated
+        {
+            self.cancels_translated += 1;
             early_abort_error()
         } else {
             e
