@@ -143,33 +143,8 @@ impl RecoveryReport {
                 ]
             })
             .collect();
-        let mut widths = HEADER.map(str::len);
-        for row in &cells {
-            for (w, c) in widths.iter_mut().zip(row) {
-                *w = (*w).max(c.len());
-            }
-        }
         let mut out = String::from("Recovery: restore a checkpoint, replay the log\n");
-        let line = |out: &mut String, row: &[&str]| {
-            let text: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .map(|(c, w)| format!("{c:>w$}"))
-                .collect();
-            let _ = writeln!(out, "{}", text.join("  "));
-        };
-        line(&mut out, &HEADER);
-        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-        line(
-            &mut out,
-            &rule.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
-        for row in &cells {
-            line(
-                &mut out,
-                &row.iter().map(String::as_str).collect::<Vec<_>>(),
-            );
-        }
+        tashkent_tpcb::write_table(&mut out, &HEADER, &cells, false);
         out
     }
 

@@ -35,31 +35,13 @@ impl CertifierProcess {
     /// Starts `tashkent certifier --listen <listen> --wal-dir <wal_dir>`
     /// (plus `extra` flags) and waits for its `listening on ADDR` line.
     pub fn spawn(wal_dir: &std::path::Path, listen: &str, extra: &[&str]) -> CertifierProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tashkent"))
-            .args(["certifier", "--listen", listen, "--wal-dir"])
-            .arg(wal_dir)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawning tashkent certifier");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(a) = line.strip_prefix("listening on ") {
-                        break a.trim().to_string();
-                    }
-                }
-                other => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("certifier ended before listening: {other:?}");
-                }
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
+        let (child, addr) = spawn_listening(
+            Command::new(env!("CARGO_BIN_EXE_tashkent"))
+                .args(["certifier", "--listen", listen, "--wal-dir"])
+                .arg(wal_dir)
+                .args(extra),
+            "certifier",
+        );
         CertifierProcess {
             child,
             addr,
@@ -194,33 +176,15 @@ impl Cluster {
     /// Starts the proxy of replica `i` (0-based) as a child process.
     pub fn spawn_proxy(&self, i: usize) -> ProxyProcess {
         let pg = &self.replicas[i];
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tashkent"))
-            .args(["proxy", "--listen", "127.0.0.1:0", "--pg-host", pg.host()])
-            .args(["--pg-port", &pg.port().to_string()])
-            .args(["--replica-id", &(i + 1).to_string()])
-            .args(["--replicas", &self.replicas.len().to_string()])
-            .args(["--certifier", &self.certifier_addr])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawning tashkent proxy");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(a) = line.strip_prefix("listening on ") {
-                        break a.trim().to_string();
-                    }
-                }
-                other => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("proxy {} ended before listening: {other:?}", i + 1);
-                }
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
+        let (child, addr) = spawn_listening(
+            Command::new(env!("CARGO_BIN_EXE_tashkent"))
+                .args(["proxy", "--listen", "127.0.0.1:0", "--pg-host", pg.host()])
+                .args(["--pg-port", &pg.port().to_string()])
+                .args(["--replica-id", &(i + 1).to_string()])
+                .args(["--replicas", &self.replicas.len().to_string()])
+                .args(["--certifier", &self.certifier_addr]),
+            &format!("proxy {}", i + 1),
+        );
         ProxyProcess { child, addr }
     }
 
@@ -315,4 +279,33 @@ impl Drop for Cluster {
         // Proxies first (they hold connections to the replicas).
         self.proxies.clear();
     }
+}
+
+/// Spawns a tashkent server process (logging at warn) and waits for its
+/// `listening on ADDR` line; the rest of its stdout is drained in the
+/// background so it never blocks on a full pipe.
+pub fn spawn_listening(cmd: &mut Command, what: &str) -> (Child, String) {
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning the {what}: {e}"));
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(a) = line.strip_prefix("listening on ") {
+                    break a.trim().to_string();
+                }
+            }
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} ended before listening: {other:?}");
+            }
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
 }

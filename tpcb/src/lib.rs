@@ -21,7 +21,7 @@ mod workload;
 
 pub use driver::{bar_callback, progress_bar, run, Phase, Progress, ProgressFn, RunConfig};
 pub use error::{Error, Result};
-pub use report::{Report, ResultRow};
+pub use report::{write_table, Report, ResultRow};
 pub use stats::{percentile_sorted, LatencySummary, RunStats};
 pub use workload::{
     load, load_rows, tpcb_invariant, Workload, LOAD_BATCH, ROWS_PER_SCALE, TELLERS_PER_BRANCH,

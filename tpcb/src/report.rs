@@ -71,43 +71,12 @@ impl Report {
                     ]
                 })
                 .collect();
-            let mut widths = HEADER.map(str::len);
-            for row in &cells {
-                for (w, c) in widths.iter_mut().zip(row) {
-                    *w = (*w).max(c.chars().count());
-                }
-            }
             if n > 0 {
                 out.push('\n');
             }
             let _ = writeln!(out, "{}", workload.title());
-            let line = |out: &mut String, row: &[&str]| {
-                let mut text = String::new();
-                for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
-                    if i > 0 {
-                        text.push_str("  ");
-                    }
-                    // The system name reads left to right, figures align right.
-                    if i == 0 {
-                        let _ = write!(text, "{cell:<w$}");
-                    } else {
-                        let _ = write!(text, "{cell:>w$}");
-                    }
-                }
-                let _ = writeln!(out, "{}", text.trim_end());
-            };
-            line(&mut out, &HEADER);
-            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            line(
-                &mut out,
-                &rule.iter().map(String::as_str).collect::<Vec<_>>(),
-            );
-            for row in &cells {
-                line(
-                    &mut out,
-                    &row.iter().map(String::as_str).collect::<Vec<_>>(),
-                );
-            }
+            // The system name reads left to right, figures align right.
+            write_table(&mut out, &HEADER, &cells, true);
         }
         out
     }
@@ -257,6 +226,43 @@ impl Report {
             root.present().map_err(|e| e.to_string())?;
         }
         Ok(svg)
+    }
+}
+
+/// Writes an aligned text table: the header, a rule of dashes, the rows.
+/// Columns are right-aligned (figures), except the first when
+/// `first_left` (a name); lines carry no trailing spaces.
+pub fn write_table<R: AsRef<[String]>>(
+    out: &mut String,
+    header: &[&str],
+    rows: &[R],
+    first_left: bool,
+) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row.as_ref()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |out: &mut String, row: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, (cell, &w)) in row.zip(&widths).enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            if i == 0 && first_left {
+                let _ = write!(text, "{cell:<w$}");
+            } else {
+                let _ = write!(text, "{cell:>w$}");
+            }
+        }
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(out, &mut header.iter().copied());
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    line(out, &mut rule.iter().map(String::as_str));
+    for row in rows {
+        line(out, &mut row.as_ref().iter().map(String::as_str));
     }
 }
 
