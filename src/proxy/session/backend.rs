@@ -22,10 +22,11 @@ impl Session {
         });
     }
 
-    /// Reads the opening query's answer if it is outstanding.
-    pub(super) async fn finish_open(&mut self) -> Result<()> {
+    /// Reads the opening query's answer if it is outstanding; false when
+    /// it failed (its error is then reported to the client).
+    pub(super) async fn finish_open(&mut self) -> Result<bool> {
         if !self.txn.as_ref().is_some_and(|t| t.opening) {
-            return Ok(());
+            return Ok(true);
         }
         if let Some(t) = &mut self.txn {
             t.opening = false;
@@ -44,14 +45,21 @@ impl Session {
                 }
             }
             (error, _) => {
-                let e = error.unwrap_or_else(|| {
-                    ErrorResponse::error("XX000", "could not read the replica's applied version")
-                });
+                // A cancel the applier sent a doomed transaction may land
+                // on the next one's opening query: an early abort too.
+                let e = match error {
+                    Some(e) => self.translate(e),
+                    None => ErrorResponse::error(
+                        "XX000",
+                        "could not read the replica's applied version",
+                    ),
+                };
                 self.client.push(&e.message());
                 self.fail_txn();
+                return Ok(false);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     pub(super) async fn backend_read(&mut self) -> Result<Message> {
@@ -69,7 +77,15 @@ impl Session {
     /// (which is kept: the proxy reports its own transaction status).
     pub(super) async fn relay(&mut self) -> Result<Relayed> {
         self.flush_backend().await?;
-        self.finish_open().await?;
+        if !self.finish_open().await? {
+            // What followed the failed opening query ran in an aborted
+            // transaction: its errors would only repeat the first one.
+            self.own_answer().await?;
+            return Ok(Relayed {
+                status: TransactionStatus::Failed,
+                error: true,
+            });
+        }
         let mut error = false;
         loop {
             let m = self.backend_read().await?;
