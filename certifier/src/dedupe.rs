@@ -32,11 +32,15 @@ pub enum Prior {
     },
 }
 
+/// Transaction ids are hashed with foldhash under a random seed: SipHash
+/// (std's default) was a measurable share of certification time.
+type IdMap<V> = HashMap<Bytes, V, foldhash::fast::RandomState>;
+
 pub struct Dedupe {
-    committed: HashMap<Bytes, Version>,
+    committed: IdMap<Version>,
     order: VecDeque<(Version, Bytes)>,
     floor: Version,
-    aborted: HashMap<Bytes, Abort>,
+    aborted: IdMap<Abort>,
     aborted_order: VecDeque<Bytes>,
     max_entries: usize,
 }
@@ -45,10 +49,10 @@ impl Dedupe {
     /// Remembers commits from version `floor` on.
     pub fn new(max_entries: usize, floor: Version) -> Dedupe {
         Dedupe {
-            committed: HashMap::new(),
+            committed: IdMap::default(),
             order: VecDeque::new(),
             floor,
-            aborted: HashMap::new(),
+            aborted: IdMap::default(),
             aborted_order: VecDeque::new(),
             max_entries,
         }
