@@ -154,6 +154,12 @@ pub async fn restore_checkpoint(
         .map_err(Error::sql("dropping the restored capture triggers"))?;
     capture::install(&client).await?;
     capture::configure_replica(&client, target.replica_id, replicas).await?;
+    // The sequences are the checkpoint's (maybe another replica's): move
+    // them past every value this replica handed out before the checkpoint.
+    client
+        .batch_execute(&capture::advance_sequences_sql(None))
+        .await
+        .map_err(Error::sql("advancing the restored sequences"))?;
     // Fresh statistics for the replay that follows.
     client
         .batch_execute("ANALYZE")

@@ -710,6 +710,44 @@ async fn replicas_draw_sequence_values_from_disjoint_residues() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn restored_sequences_move_past_their_own_stripe() {
+    let server = PgServer::start(PgConfig::default()).unwrap();
+    let c = connect(&server, "postgres").await;
+    capture::install(&c).await.unwrap();
+    run_each(
+        &c,
+        "CREATE TABLE t (id bigserial PRIMARY KEY, d int);
+         CREATE SEQUENCE down INCREMENT BY -1 START WITH -1 MAXVALUE -1;
+         ALTER SEQUENCE down OWNED BY t.d;
+         CREATE TABLE other (id serial PRIMARY KEY)",
+    )
+    .await;
+    capture::configure_replica(&c, 2, 3).await.unwrap();
+    // Rows as a restore and a replay leave them: this replica's values
+    // (residue 2 of 3) and another replica's larger ones.
+    c.batch_execute(
+        "INSERT INTO t (id, d) VALUES (2, -1), (302, -301), (1000, -999), (5, NULL);
+         INSERT INTO other (id) VALUES (8)",
+    )
+    .await
+    .unwrap();
+    let only_other = capture::advance_sequences_sql(Some(&["public.other".to_string()]));
+    c.batch_execute(&only_other).await.unwrap();
+    assert_eq!(values(&c, "SELECT nextval('t_id_seq')").await, vec![2]);
+    assert_eq!(values(&c, "SELECT nextval('other_id_seq')").await, vec![11]);
+    c.batch_execute(&capture::advance_sequences_sql(None))
+        .await
+        .unwrap();
+    assert_eq!(values(&c, "SELECT nextval('t_id_seq')").await, vec![305]);
+    assert_eq!(values(&c, "SELECT nextval('down')").await, vec![-304]);
+    // Never backwards.
+    c.batch_execute(&capture::advance_sequences_sql(None))
+        .await
+        .unwrap();
+    assert_eq!(values(&c, "SELECT nextval('t_id_seq')").await, vec![308]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn applied_version_is_an_insert_only_log() {
     let server = PgServer::start(PgConfig::default()).unwrap();
     let c = connect(&server, "postgres").await;

@@ -414,6 +414,17 @@ async fn restart_with_disk_intact_resumes_from_the_applied_version() {
 async fn replica_without_disk_is_rebuilt_from_a_checkpoint_under_load() {
     let mut cluster = Cluster::start(3).await;
     setup(&cluster).await;
+    // Serial values replica 2 draws before and after the checkpoint (which
+    // is taken on replica 1): the rebuilt replica must not draw them again.
+    cluster
+        .client(0)
+        .await
+        .batch_execute("CREATE TABLE serials (id bigserial PRIMARY KEY, via int)")
+        .await
+        .unwrap();
+    cluster.wait_converged().await;
+    insert_serials(&cluster, 1, 20).await;
+    insert_serials(&cluster, 0, 5).await;
     let targets = targets_of(&cluster);
     let load = Load::start(&targets, &[0, 0, 1, 1, 2, 2]);
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -439,6 +450,7 @@ async fn replica_without_disk_is_rebuilt_from_a_checkpoint_under_load() {
     let c = listed[0].checked.as_ref().unwrap();
     assert!(c.manifest.version > 0);
     // More commits after the checkpoint: they are replayed from the log.
+    insert_serials(&cluster, 1, 20).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     // Replica 2's host dies: proxy and server gone, disk untrusted.
     drop(cluster.proxies[1].take());
@@ -461,6 +473,31 @@ async fn replica_without_disk_is_rebuilt_from_a_checkpoint_under_load() {
         .await
         .unwrap();
     assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (2, 3));
+    // ... and hands out values past every one it drew before (a stale
+    // sequence would answer 23505 here).
+    insert_serials(&cluster, 1, 20).await;
+    cluster.wait_converged().await;
+    let ids: Vec<i64> = r
+        .query("SELECT id FROM serials WHERE via = 2 ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(ids.len(), 60);
+    assert!(ids.iter().all(|id| id % 3 == 2), "{ids:?}");
+}
+
+/// Inserts `n` rows into `serials` through proxy `i`, one transaction
+/// each, every one of which must commit.
+async fn insert_serials(cluster: &Cluster, i: usize, n: usize) {
+    let c = cluster.client(i).await;
+    let via = i32::try_from(i + 1).unwrap();
+    for _ in 0..n {
+        c.execute("INSERT INTO serials (via) VALUES ($1)", &[&via])
+            .await
+            .unwrap_or_else(|e| panic!("insert through proxy {}: {e:?}", i + 1));
+    }
 }
 
 /// (c) Crash in the middle of a commit: on replica 2, a session of the

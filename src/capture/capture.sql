@@ -283,6 +283,66 @@ BEGIN
 END
 $$;
 
+-- Moves this replica's sequences past the values of its own stripe found
+-- in the columns they own (serial and identity columns of the tables named
+-- in `tables`, every table when NULL). Needed after a rebuild: the
+-- restored sequences hold the checkpoint's state (perhaps another
+-- replica's), while the replayed log brings back rows whose values this
+-- replica handed out later. Sequences only move forward (setval is not
+-- transactional, so a rolled-back caller still leaves them safe), and one
+-- backward index scan per column finds the value when the column is
+-- indexed.
+CREATE OR REPLACE FUNCTION tashkent.advance_sequences(tables text[]) RETURNS void
+LANGUAGE plpgsql SET tashkent.internal = 'on' AS $$
+DECLARE
+    cfg record;
+    d record;
+    s record;
+    top bigint;
+    last bigint;
+    called boolean;
+    upcoming bigint;
+    n bigint;
+    residue bigint;
+BEGIN
+    SELECT r.id, r.replicas INTO cfg FROM tashkent.replica r;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    n := cfg.replicas;
+    residue := cfg.id % n;
+    FOR d IN
+        SELECT dep.objid AS seq, dep.refobjid AS rel, a.attname
+        FROM pg_depend dep
+        JOIN pg_class sc ON sc.oid = dep.objid AND sc.relkind = 'S'
+        JOIN pg_attribute a ON a.attrelid = dep.refobjid AND a.attnum = dep.refobjsubid
+        WHERE dep.classid = 'pg_class'::regclass
+          AND dep.refclassid = 'pg_class'::regclass
+          AND dep.deptype IN ('a', 'i')
+          AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+          AND NOT a.attisdropped
+          AND tashkent.is_user_relation(dep.objid)
+          AND (tables IS NULL
+               OR dep.refobjid IN (SELECT to_regclass(t) FROM unnest(tables) t))
+    LOOP
+        SELECT * INTO s FROM pg_sequence WHERE seqrelid = d.seq;
+        EXECUTE format(
+            'SELECT %1$I FROM %2$s WHERE ((%1$I %% %3$s) + %3$s) %% %3$s = %4$s '
+            'ORDER BY %1$I %5$s LIMIT 1',
+            d.attname, tashkent.table_name(d.rel), n, residue,
+            CASE WHEN s.seqincrement > 0 THEN 'DESC' ELSE 'ASC' END)
+        INTO top;
+        CONTINUE WHEN top IS NULL;
+        EXECUTE format('SELECT last_value, is_called FROM %s', tashkent.table_name(d.seq))
+        INTO last, called;
+        upcoming := CASE WHEN called THEN last + s.seqincrement ELSE last END;
+        IF (s.seqincrement > 0 AND top >= upcoming) OR (s.seqincrement < 0 AND top <= upcoming) THEN
+            PERFORM setval(d.seq, top, true);
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- Records this replica's place and stripes every user sequence.
 CREATE OR REPLACE FUNCTION tashkent.configure_replica(id int, replicas int) RETURNS void
 LANGUAGE plpgsql SET tashkent.internal = 'on' AS $$

@@ -34,6 +34,25 @@ pub fn record_applied_sql(v: u64) -> String {
     format!("INSERT INTO tashkent.applied (version) VALUES ({v})")
 }
 
+/// The statement that moves this replica's sequences past the values of
+/// its own stripe in the serial/identity columns of `tables` (qualified
+/// names as captured; every table when `None`): run after rows this
+/// replica once inserted are restored or replayed from the log (see
+/// `tashkent.advance_sequences`).
+pub fn advance_sequences_sql(tables: Option<&[String]>) -> String {
+    let arg = match tables {
+        None => "NULL".to_owned(),
+        Some(tables) => {
+            let quoted: Vec<String> = tables
+                .iter()
+                .map(|t| format!("'{}'", t.replace('\'', "''")))
+                .collect();
+            format!("ARRAY[{}]::text[]", quoted.join(","))
+        }
+    };
+    format!("SELECT tashkent.advance_sequences({arg})")
+}
+
 /// The statement that deletes applied-log rows older than `below`; the
 /// newest row always survives, whatever `below` is.
 pub fn prune_applied_sql(below: u64) -> String {

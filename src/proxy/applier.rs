@@ -258,9 +258,10 @@ async fn commit_in_order(
         }
     }
     let text = writeset::apply_text(&c.writeset);
+    let own = own_tables(shared, std::slice::from_ref(&c));
     let mut attempt = 0u32;
     loop {
-        match apply_once(shared, client, v, v, &text, attempt > 0).await {
+        match apply_once(shared, client, v, v, &text, &own, attempt > 0).await {
             Ok(rewound) => return rewound,
             Err(e) => {
                 attempt += 1;
@@ -297,7 +298,8 @@ async fn commit_batch(
         text.push_str(&writeset::apply_text(&c.writeset));
     }
     let text = super::merge::merge_upserts(&text);
-    match apply_once(shared, client, first, last, &text, false).await {
+    let own = own_tables(shared, &batch);
+    match apply_once(shared, client, first, last, &text, &own, false).await {
         Ok(rewound) => return rewound,
         Err(e) => tracing::warn!("applying versions {first}..={last} together: {e}; one by one"),
     }
@@ -308,6 +310,20 @@ async fn commit_batch(
         }
     }
     None
+}
+
+/// Tables this replica's own transactions wrote in `batch`. Applied from
+/// the log they restore rows whose serial values this replica drew (a
+/// rebuild, or a crash mid-commit): its sequences must move past them.
+fn own_tables(shared: &Shared, batch: &[CommittedWriteset]) -> Vec<String> {
+    let mut tables: Vec<String> = batch
+        .iter()
+        .filter(|c| c.writeset.origin == shared.cfg.replica_id)
+        .flat_map(|c| c.writeset.items.iter().map(|i| i.table.clone()))
+        .collect();
+    tables.sort_unstable();
+    tables.dedup();
+    tables
 }
 
 /// Connects the applier's sessions if they are not (first use, or the
@@ -342,6 +358,7 @@ async fn apply_once(
     first: Version,
     last: Version,
     text: &str,
+    own_tables: &[String],
     retry: bool,
 ) -> Result<Option<Version>> {
     if let Some(db) = ensure_connected(shared, client, first).await? {
@@ -359,6 +376,10 @@ async fn apply_once(
     sql.push_str("BEGIN; SELECT tashkent.apply('");
     sql.push_str(&text.replace('\'', "''"));
     sql.push_str("'); ");
+    if !own_tables.is_empty() {
+        sql.push_str(&capture::advance_sequences_sql(Some(own_tables)));
+        sql.push_str("; ");
+    }
     if first == last {
         sql.push_str(&capture::record_applied_sql(v));
     } else {

@@ -128,8 +128,11 @@ impl Session {
         let r = self.relay().await?;
         if read_ws {
             let answer = self.own_answer().await?;
-            if let (false, None, Some(t)) = (r.error, answer.error, self.txn.as_mut()) {
-                t.prefetched_ws = Some(text_of(answer.value));
+            if let (false, Some(t)) = (r.error, self.txn.as_mut()) {
+                t.prefetched_ws = Some(match answer.error {
+                    None => Ok(text_of(answer.value)),
+                    Some(e) => Err(e),
+                });
             }
         }
         Ok(r)

@@ -20,7 +20,11 @@ impl Session {
         };
         let snapshot = txn.snapshot.unwrap_or(0);
         let captured = match txn.prefetched_ws.take() {
-            Some(text) => text,
+            Some(Ok(text)) => text,
+            Some(Err(e)) => {
+                self.rollback().await?;
+                return Ok(Err(e));
+            }
             None => {
                 let answer = self.own_query(READ_WS_SQL).await?;
                 if let Some(e) = answer.error {

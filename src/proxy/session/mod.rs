@@ -55,8 +55,10 @@ struct Txn {
     failed: bool,
     /// The opening query was sent and its answer not yet read.
     opening: bool,
-    /// The captured text read together with the last statement.
-    prefetched_ws: Option<String>,
+    /// The captured text read together with the last statement, or why
+    /// reading it failed (a late early-abort cancel can land there, which
+    /// leaves the backend's transaction aborted).
+    prefetched_ws: Option<std::result::Result<String, ErrorResponse>>,
 }
 
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
