@@ -95,12 +95,13 @@ async fn release_blockers(shared: &Shared, conn: &ApplierConn) {
     };
     for row in rows {
         let pid: i32 = row.get(0);
-        if shared.doom(pid) {
+        if let Some(session) = shared.doom(pid) {
             tracing::debug!("aborting local transaction on backend {pid}: it blocks the applier");
             let _ = conn
                 .monitor
                 .execute("SELECT pg_cancel_backend($1)", &[&pid])
                 .await;
+            session.cancel_delivered();
         }
     }
 }

@@ -32,11 +32,37 @@ pub struct SessionSignal {
     /// Set by the session while its transaction is being certified or
     /// committed: then it is never doomed.
     pub committing: AtomicBool,
-    /// Statement cancels the applier sent this session's backend: that
-    /// many `57014` errors are early aborts, whenever they arrive (a
-    /// cancel may land after the doomed transaction ended, on the next).
-    pub applier_cancels: AtomicU64,
+    /// Statement cancels of the applier, see [`Cancels`].
+    pub cancels: Mutex<Cancels>,
     pub wake: Notify,
+}
+
+/// The applier's statement cancels for one session's backend.
+///
+/// A cancel (`pg_cancel_backend`) is asynchronous: it may land after the
+/// doomed transaction ended, on whatever the backend runs next. So the
+/// session counts them: a `57014` while some are outstanding is an early
+/// abort, and before it opens a transaction with outstanding cancels it
+/// waits until they are delivered and absorbs them with a query of its own
+/// — a cancel that hit `BEGIN` could otherwise let the client's pipelined
+/// statement run outside any transaction. One lock, so the applier never
+/// requests a cancel for a transaction the session already ended.
+#[derive(Debug, Default)]
+pub struct Cancels {
+    /// The session's transaction is open on the backend (its opening
+    /// answered) and may be doomed.
+    pub txn_open: bool,
+    /// Cancels the applier decided to send.
+    pub requested: u64,
+    /// Cancels the applier sent (or gave up sending).
+    pub delivered: u64,
+}
+
+impl SessionSignal {
+    /// The applier sent a cancel [`Shared::doom`] counted (or gave up).
+    pub fn cancel_delivered(&self) {
+        self.cancels.lock().delivered += 1;
+    }
 }
 
 pub struct Shared {
@@ -141,19 +167,26 @@ impl Shared {
         self.sessions.lock().remove(&backend_pid);
     }
 
-    /// Dooms the uncertified transaction of the session on `backend_pid`;
-    /// false when that backend is no client session or is committing.
-    pub fn doom(&self, backend_pid: i32) -> bool {
-        let Some(signal) = self.sessions.lock().get(&backend_pid).cloned() else {
-            return false;
-        };
+    /// Dooms the uncertified transaction of the session on `backend_pid`
+    /// and counts the statement cancel the caller must then send (and
+    /// report with [`SessionSignal::cancel_delivered`]); `None` when that
+    /// backend is no client session, has no open transaction, or is
+    /// committing.
+    pub fn doom(&self, backend_pid: i32) -> Option<Arc<SessionSignal>> {
+        let signal = self.sessions.lock().get(&backend_pid).cloned()?;
         if signal.committing.load(Ordering::Acquire) {
-            return false;
+            return None;
+        }
+        {
+            let mut c = signal.cancels.lock();
+            if !c.txn_open {
+                return None;
+            }
+            c.requested += 1;
         }
         signal.doomed.store(true, Ordering::Release);
-        signal.applier_cancels.fetch_add(1, Ordering::AcqRel);
         signal.wake.notify_one();
-        true
+        Some(signal)
     }
 
     /// Why this replica must be rebuilt from a checkpoint, if it must.

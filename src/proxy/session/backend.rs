@@ -4,8 +4,16 @@
 use super::*;
 
 impl Session {
-    /// Queues the transaction's opening query (sent with what follows).
+    /// Queues the transaction's opening query (sent with what follows),
+    /// behind a query that absorbs the applier's outstanding cancels if
+    /// there are any (see `shared::Cancels`).
     pub(super) fn open_txn(&mut self, explicit: bool, read_only: bool) {
+        let requested = self.signal.cancels.lock().requested;
+        let absorb = (requested > self.cancels_settled).then_some(requested);
+        if absorb.is_some() {
+            self.backend.push(&query("SELECT 1"));
+            self.absorb_after = absorb;
+        }
         let mode = if read_only { " READ ONLY" } else { "" };
         let sql = format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ{mode}; {}",
@@ -18,18 +26,26 @@ impl Session {
             snapshot: None,
             failed: false,
             opening: true,
+            absorb,
             prefetched_ws: None,
         });
     }
 
-    /// Reads the opening query's answer if it is outstanding; false when
-    /// it failed (its error is then reported to the client).
-    pub(super) async fn finish_open(&mut self) -> Result<bool> {
-        if !self.txn.as_ref().is_some_and(|t| t.opening) {
-            return Ok(true);
-        }
-        if let Some(t) = &mut self.txn {
-            t.opening = false;
+    /// Reads the answers of the outstanding opening query (and of the
+    /// absorbing query before it): `None` if none is outstanding, else the
+    /// snapshot's version or the (untranslated) error.
+    async fn read_opening(
+        &mut self,
+    ) -> Result<Option<std::result::Result<Version, ErrorResponse>>> {
+        let Some(t) = self.txn.as_mut().filter(|t| t.opening) else {
+            return Ok(None);
+        };
+        t.opening = false;
+        if let Some(requested) = t.absorb.take() {
+            // Whatever it answers, every cancel up to `requested` has now
+            // landed or been dropped.
+            self.own_answer().await?;
+            self.cancels_settled = self.cancels_settled.max(requested);
         }
         let answer = self.own_answer().await?;
         let version = answer
@@ -37,29 +53,37 @@ impl Session {
             .as_deref()
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.parse::<Version>().ok());
-        match (answer.error, version) {
+        Ok(Some(match (answer.error, version) {
             (None, Some(v)) => {
                 self.shared.open_snapshot(v);
                 if let Some(t) = &mut self.txn {
                     t.snapshot = Some(v);
                 }
+                self.signal.cancels.lock().txn_open = true;
+                Ok(v)
             }
-            (error, _) => {
+            (Some(e), _) => Err(e),
+            (None, None) => Err(ErrorResponse::error(
+                "XX000",
+                "could not read the replica's applied version",
+            )),
+        }))
+    }
+
+    /// Reads the opening query's answer if it is outstanding; false when
+    /// it failed (its error is then reported to the client).
+    pub(super) async fn finish_open(&mut self) -> Result<bool> {
+        match self.read_opening().await? {
+            None | Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => {
                 // A cancel the applier sent a doomed transaction may land
                 // on the next one's opening query: an early abort too.
-                let e = match error {
-                    Some(e) => self.translate(e),
-                    None => ErrorResponse::error(
-                        "XX000",
-                        "could not read the replica's applied version",
-                    ),
-                };
+                let e = self.translate(e);
                 self.client.push(&e.message());
                 self.fail_txn();
-                return Ok(false);
+                Ok(false)
             }
         }
-        Ok(true)
     }
 
     pub(super) async fn backend_read(&mut self) -> Result<Message> {
@@ -70,6 +94,15 @@ impl Session {
     }
 
     pub(super) async fn flush_backend(&mut self) -> Result<()> {
+        if let Some(requested) = self.absorb_after.take() {
+            // The absorbing query must run after the cancels were sent.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while self.signal.cancels.lock().delivered < requested
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
         self.backend.flush().await.map_err(SessionError::Backend)
     }
 
@@ -193,28 +226,34 @@ impl Session {
 
     pub(super) async fn rollback(&mut self) -> Result<()> {
         self.finish_open_quietly().await?;
-        self.own_query("ROLLBACK").await?;
+        self.rollback_backend().await?;
         self.close_txn();
         Ok(())
     }
 
-    /// Reads an outstanding opening answer without reporting its error
-    /// (the transaction is being ended anyway).
-    pub(super) async fn finish_open_quietly(&mut self) -> Result<()> {
-        if self.txn.as_ref().is_some_and(|t| t.opening) {
-            if let Some(t) = &mut self.txn {
-                t.opening = false;
-            }
-            let answer = self.own_answer().await?;
-            if let (None, Some(v)) = (answer.error, answer.value) {
-                if let Some(v) = std::str::from_utf8(&v).ok().and_then(|v| v.parse().ok()) {
-                    self.shared.open_snapshot(v);
-                    if let Some(t) = &mut self.txn {
-                        t.snapshot = Some(v);
-                    }
+    /// ROLLBACK on the backend. A late cancel landing on it leaves the
+    /// transaction block open (aborted): then once more.
+    pub(super) async fn rollback_backend(&mut self) -> Result<()> {
+        for _ in 0..3 {
+            match self.own_query("ROLLBACK").await?.error {
+                None => return Ok(()),
+                Some(e) => {
+                    self.translate(e);
                 }
             }
         }
-        Ok(())
+        // The session ends; closing the connection rolls back.
+        Err(SessionError::Backend(ConnError::Io(std::io::Error::other(
+            "the replica refused ROLLBACK three times",
+        ))))
+    }
+
+    /// Reads an outstanding opening answer without reporting it; returns
+    /// its error (translated), if it failed.
+    pub(super) async fn finish_open_quietly(&mut self) -> Result<Option<ErrorResponse>> {
+        Ok(match self.read_opening().await? {
+            Some(Err(e)) => Some(self.translate(e)),
+            None | Some(Ok(_)) => None,
+        })
     }
 }

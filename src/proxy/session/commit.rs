@@ -14,7 +14,10 @@ impl Session {
     }
 
     pub(super) async fn commit_inner(&mut self) -> Result<std::result::Result<(), ErrorResponse>> {
-        self.finish_open_quietly().await?;
+        if let Some(e) = self.finish_open_quietly().await? {
+            self.rollback().await?;
+            return Ok(Err(e));
+        }
         let Some(txn) = self.txn.as_mut() else {
             return Ok(Ok(()));
         };
@@ -52,8 +55,14 @@ impl Session {
         };
         let Some(ws) = ws else {
             let answer = self.own_query("COMMIT").await?;
+            if let Some(e) = answer.error {
+                // Not committed, and the block may still be open.
+                self.rollback_backend().await?;
+                self.close_txn();
+                return Ok(Err(e));
+            }
             self.close_txn();
-            return Ok(answer.error.map_or(Ok(()), Err));
+            return Ok(Ok(()));
         };
         if let Some(why) = self.shared.recovery_needed() {
             // Its turn would never come: the log it needs is gone.
@@ -111,7 +120,7 @@ impl Session {
         if !ok {
             // The writeset is certified and durable: the applier applies
             // it from the log, and the client's COMMIT stands.
-            self.own_query("ROLLBACK").await?;
+            self.rollback_backend().await?;
         }
         let _ = turn.done.send(ok);
         self.close_txn();

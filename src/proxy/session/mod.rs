@@ -55,6 +55,9 @@ struct Txn {
     failed: bool,
     /// The opening query was sent and its answer not yet read.
     opening: bool,
+    /// An absorbing query precedes the opening query; reading its answer
+    /// settles the applier's cancels up to this count.
+    absorb: Option<u64>,
     /// The captured text read together with the last statement, or why
     /// reading it failed (a late early-abort cancel can land there, which
     /// leaves the backend's transaction aborted).
@@ -78,7 +81,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         signal,
         backend_pid,
         early_abort: None,
-        cancels_translated: 0,
+        cancels_settled: 0,
+        absorb_after: None,
         client,
         backend,
         txn: None,
@@ -272,8 +276,12 @@ struct Session {
     backend_pid: i32,
     /// The error an early-aborted explicit transaction reports next.
     early_abort: Option<ErrorResponse>,
-    /// Cancelled statements reported as early aborts so far.
-    cancels_translated: u64,
+    /// The applier's cancels known to have landed or been dropped (see
+    /// `shared::Cancels`).
+    cancels_settled: u64,
+    /// An absorbing query for the cancels up to this count is queued: the
+    /// next flush waits until they are delivered.
+    absorb_after: Option<u64>,
     client: Conn,
     backend: Conn,
     txn: Option<Txn>,
@@ -392,6 +400,7 @@ impl Session {
                 snapshot: None,
                 failed: true,
                 opening: false,
+                absorb: None,
                 prefetched_ws: None,
             });
             if report {
@@ -406,12 +415,13 @@ impl Session {
         self.early_abort.take().unwrap_or_else(in_failed_txn)
     }
 
-    /// A cancelled statement of a doomed transaction is an early abort.
+    /// A statement cancelled while the applier's cancels are outstanding
+    /// is an early abort.
     fn translate(&mut self, e: ErrorResponse) -> ErrorResponse {
         if e.sqlstate() == Some("57014")
-            && self.signal.applier_cancels.load(Ordering::Acquire) > self.cancels_translated
+            && self.signal.cancels.lock().requested > self.cancels_settled
         {
-            self.cancels_translated += 1;
+            self.cancels_settled += 1;
             early_abort_error()
         } else {
             e
@@ -442,6 +452,7 @@ impl Session {
     /// connection closes).
     fn close_txn(&mut self) {
         self.early_abort = None;
+        self.signal.cancels.lock().txn_open = false;
         if let Some(Txn {
             snapshot: Some(s), ..
         }) = self.txn.take()
