@@ -716,18 +716,23 @@ async fn restored_sequences_move_past_their_own_stripe() {
     capture::install(&c).await.unwrap();
     run_each(
         &c,
-        "CREATE TABLE t (id bigserial PRIMARY KEY, d int);
+        "CREATE TABLE t (id bigserial PRIMARY KEY, d int UNIQUE, e int);
          CREATE SEQUENCE down INCREMENT BY -1 START WITH -1 MAXVALUE -1;
          ALTER SEQUENCE down OWNED BY t.d;
-         CREATE TABLE other (id serial PRIMARY KEY)",
+         CREATE SEQUENCE unindexed OWNED BY t.e;
+         CREATE TABLE other (id serial PRIMARY KEY);
+         CREATE SEQUENCE capped MAXVALUE 100;
+         CREATE TABLE capped_t (id int PRIMARY KEY DEFAULT nextval('capped'));
+         ALTER SEQUENCE capped OWNED BY capped_t.id",
     )
     .await;
     capture::configure_replica(&c, 2, 3).await.unwrap();
     // Rows as a restore and a replay leave them: this replica's values
     // (residue 2 of 3) and another replica's larger ones.
     c.batch_execute(
-        "INSERT INTO t (id, d) VALUES (2, -1), (302, -301), (1000, -999), (5, NULL);
-         INSERT INTO other (id) VALUES (8)",
+        "INSERT INTO t (id, d, e) VALUES (2, -1, 500), (302, -301, 2), (1000, -999, 8), (5, NULL, NULL);
+         INSERT INTO other (id) VALUES (8);
+         INSERT INTO capped_t (id) VALUES (302)",
     )
     .await
     .unwrap();
@@ -740,6 +745,11 @@ async fn restored_sequences_move_past_their_own_stripe() {
         .unwrap();
     assert_eq!(values(&c, "SELECT nextval('t_id_seq')").await, vec![305]);
     assert_eq!(values(&c, "SELECT nextval('down')").await, vec![-304]);
+    // A column without a unique index cannot fail on a value drawn twice:
+    // left alone; a value beyond the sequence's range is skipped, not an
+    // error.
+    assert_eq!(values(&c, "SELECT nextval('unindexed')").await, vec![2]);
+    assert_eq!(values(&c, "SELECT nextval('capped')").await, vec![2]);
     // Never backwards.
     c.batch_execute(&capture::advance_sequences_sql(None))
         .await

@@ -288,10 +288,13 @@ $$;
 -- in `tables`, every table when NULL). Needed after a rebuild: the
 -- restored sequences hold the checkpoint's state (perhaps another
 -- replica's), while the replayed log brings back rows whose values this
--- replica handed out later. Sequences only move forward (setval is not
--- transactional, so a rolled-back caller still leaves them safe), and one
--- backward index scan per column finds the value when the column is
--- indexed.
+-- replica handed out later. Only columns that lead a unique index are
+-- looked at: a value drawn twice can only fail there (23505), and the
+-- index makes the lookup one backward scan. Sequences only move forward
+-- (setval is not transactional, so a rolled-back caller still leaves them
+-- safe). A column that cannot be handled (a value outside the sequence's
+-- range, a table gone) is skipped with a warning: this runs inside the
+-- applier's transactions, which must not fail because of it.
 CREATE OR REPLACE FUNCTION tashkent.advance_sequences(tables text[]) RETURNS void
 LANGUAGE plpgsql SET tashkent.internal = 'on' AS $$
 DECLARE
@@ -322,23 +325,32 @@ BEGIN
           AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
           AND NOT a.attisdropped
           AND tashkent.is_user_relation(dep.objid)
+          AND EXISTS (SELECT 1 FROM pg_index i
+                      WHERE i.indrelid = dep.refobjid AND i.indisunique
+                        AND i.indkey[0] = dep.refobjsubid)
           AND (tables IS NULL
                OR dep.refobjid IN (SELECT to_regclass(t) FROM unnest(tables) t))
     LOOP
-        SELECT * INTO s FROM pg_sequence WHERE seqrelid = d.seq;
-        EXECUTE format(
-            'SELECT %1$I FROM %2$s WHERE ((%1$I %% %3$s) + %3$s) %% %3$s = %4$s '
-            'ORDER BY %1$I %5$s LIMIT 1',
-            d.attname, tashkent.table_name(d.rel), n, residue,
-            CASE WHEN s.seqincrement > 0 THEN 'DESC' ELSE 'ASC' END)
-        INTO top;
-        CONTINUE WHEN top IS NULL;
-        EXECUTE format('SELECT last_value, is_called FROM %s', tashkent.table_name(d.seq))
-        INTO last, called;
-        upcoming := CASE WHEN called THEN last + s.seqincrement ELSE last END;
-        IF (s.seqincrement > 0 AND top >= upcoming) OR (s.seqincrement < 0 AND top <= upcoming) THEN
-            PERFORM setval(d.seq, top, true);
-        END IF;
+        BEGIN
+            SELECT * INTO STRICT s FROM pg_sequence WHERE seqrelid = d.seq;
+            EXECUTE format(
+                'SELECT %1$I FROM %2$s WHERE ((%1$I %% %3$s) + %3$s) %% %3$s = %4$s '
+                'ORDER BY %1$I %5$s LIMIT 1',
+                d.attname, tashkent.table_name(d.rel), n, residue,
+                CASE WHEN s.seqincrement > 0 THEN 'DESC' ELSE 'ASC' END)
+            INTO top;
+            CONTINUE WHEN top IS NULL OR top < s.seqmin OR top > s.seqmax;
+            EXECUTE format('SELECT last_value, is_called FROM %s', tashkent.table_name(d.seq))
+            INTO last, called;
+            upcoming := CASE WHEN called THEN last + s.seqincrement ELSE last END;
+            IF (s.seqincrement > 0 AND top >= upcoming)
+               OR (s.seqincrement < 0 AND top <= upcoming) THEN
+                PERFORM setval(d.seq, top, true);
+            END IF;
+        EXCEPTION WHEN others THEN
+            RAISE WARNING 'tashkent: sequence % of %.% not advanced: %',
+                d.seq::regclass, d.rel::regclass, d.attname, SQLERRM;
+        END;
     END LOOP;
 END
 $$;
