@@ -22,8 +22,16 @@
 //!
 //! `Wal::purge_below` deletes whole segments only, so the log's first
 //! version after a purge is at most the purge point.
+//!
+//! The checkpoint version is kept in `checkpoint-version` in the WAL
+//! directory (decimal text, replaced atomically), so that a restarted
+//! certifier goes on purging without waiting for the next checkpoint. A
+//! missing or unreadable file means "no checkpoint": that only delays
+//! purging, it never purges too much.
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::certifier::ReplicaProgress;
@@ -46,6 +54,48 @@ pub fn purge_point(
         .filter(|p| now.saturating_duration_since(p.reported_at) <= replica_timeout)
         .map(|p| p.applied + 1)
         .fold(checkpoint + 1, Version::min)
+}
+
+const CHECKPOINT_FILE: &str = "checkpoint-version";
+
+/// The checkpoint version stored in the WAL directory `dir`; 0 when there
+/// is none (or it is unreadable, or beyond `latest`, which is reported).
+pub fn load_checkpoint(dir: &Path, latest: Version) -> Version {
+    let path = dir.join(CHECKPOINT_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+        Err(e) => {
+            tracing::warn!(
+                "{}: {e}; no purge until the next checkpoint",
+                path.display()
+            );
+            return 0;
+        }
+    };
+    match text.trim().parse::<Version>() {
+        Ok(v) if v <= latest => v,
+        _ => {
+            tracing::warn!(
+                "{}: {:?} is no checkpoint version at or below {latest}; no purge until the \
+                 next checkpoint",
+                path.display(),
+                text.trim()
+            );
+            0
+        }
+    }
+}
+
+/// Stores `version` as the checkpoint version in `dir` (write, fsync,
+/// rename, fsync the directory).
+pub fn store_checkpoint(dir: &Path, version: Version) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{CHECKPOINT_FILE}.new"));
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{version}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(CHECKPOINT_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

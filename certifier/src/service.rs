@@ -142,6 +142,7 @@ impl CertifierService {
         max_record_bytes: u64,
     ) -> CertifierService {
         let (durable, _) = watch::channel(wal.durable_lsn());
+        let checkpoint = crate::purge::load_checkpoint(wal.dir(), wal.last_lsn());
         let inner = Arc::new(Inner {
             state: Mutex::new(certifier),
             tail: Mutex::new(tail),
@@ -153,12 +154,14 @@ impl CertifierService {
             poison: OnceLock::new(),
             limits,
             max_record_bytes,
-            checkpoint: AtomicU64::new(0),
+            checkpoint: AtomicU64::new(checkpoint),
             purged: tokio::sync::Mutex::new(0),
             started: Instant::now(),
         });
         tokio::spawn(follow_durability(inner.clone()));
-        CertifierService { inner }
+        let svc = CertifierService { inner };
+        tokio::spawn(purge_periodically(svc.clone()));
+        svc
     }
 
     /// Stops the durability follower (and thereby lets subscriber streams
@@ -329,7 +332,23 @@ impl CertifierService {
                 "checkpoint version {version} is beyond the durable version {durable}"
             )));
         }
-        inner.checkpoint.fetch_max(version, Ordering::AcqRel);
+        if inner.checkpoint.fetch_max(version, Ordering::AcqRel) < version {
+            // Under the purge lock: concurrent reports store in order.
+            let _serial = inner.purged.lock().await;
+            let (dir, v) = (
+                inner.wal.dir().to_path_buf(),
+                inner.checkpoint.load(Ordering::Acquire),
+            );
+            let stored =
+                tokio::task::spawn_blocking(move || crate::purge::store_checkpoint(&dir, v))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r);
+            if let Err(e) = stored {
+                // Only purging after a restart waits for the next report.
+                tracing::warn!("storing checkpoint version {v}: {e}");
+            }
+        }
         self.purge().await
     }
 
@@ -393,6 +412,35 @@ impl CertifierService {
 /// Publishes the durable version to subscribers: waits for whatever was
 /// submitted last (one wait per group, not per record) and detects a
 /// poisoned WAL even when no request is waiting.
+/// Purges again every `purge_replica_timeout` (1..10 s): replicas that
+/// caught up, or went silent, since the last checkpoint report let the log
+/// shrink without waiting for the next one, also after a restart.
+async fn purge_periodically(svc: CertifierService) {
+    let every = svc.inner.limits.purge_replica_timeout.clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(10),
+    );
+    let mut stop = svc.inner.stop_signal.subscribe();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let inner = &svc.inner;
+        if inner.stopping()
+            || inner.poisoned().is_err()
+            || inner.checkpoint.load(Ordering::Acquire) == 0
+        {
+            continue;
+        }
+        if let Err(e) = svc.purge().await {
+            tracing::warn!("purging the log: {e}");
+        }
+    }
+}
+
 async fn follow_durability(inner: Arc<Inner>) {
     let mut seen = inner.wal.durable_lsn();
     loop {

@@ -39,14 +39,20 @@ fn ws(i: u64) -> Writeset {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn checkpoint_report_purges_what_nobody_needs() {
-    let dir = TempDir::new().unwrap();
-    let cfg = config(&dir);
+/// Starts a certifier on `cfg` and connects a client to it.
+async fn serve(cfg: &CertifierConfig) -> (tashkent_certifier::RunningCertifier, CertifierClient) {
     let server = tashkent_certifier::start(cfg.clone()).await.unwrap();
     let client = CertifierClient::connect(server.local_addr().to_string())
         .await
         .unwrap();
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_report_purges_what_nobody_needs() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    let (server, client) = serve(&cfg).await;
     for i in 0..300 {
         assert_eq!(
             client.certify(ws(i)).await.unwrap(),
@@ -103,13 +109,47 @@ async fn checkpoint_report_purges_what_nobody_needs() {
 
     // The purge is durable: a restart on the same WAL keeps it.
     server.shutdown().await.unwrap();
-    let server = tashkent_certifier::start(cfg).await.unwrap();
-    let client = CertifierClient::connect(server.local_addr().to_string())
-        .await
-        .unwrap();
+    let (server, client) = serve(&cfg).await;
     let status = client.status().await.unwrap();
     assert_eq!(status.first_version, first);
     assert_eq!(status.latest_version, 300);
     assert!(client.subscribe(first - 1).await.is_err());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_version_survives_a_restart_and_purging_resumes() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    let (server, client) = serve(&cfg).await;
+    for i in 0..300 {
+        client.certify(ws(i)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A replica at 120 holds the purge back.
+    client.report_applied(1, 120, 120).await.unwrap();
+    let r = client.report_checkpoint(200).await.unwrap();
+    assert_eq!(r.purge_below, 121);
+    server.shutdown().await.unwrap();
+
+    let (server, client) = serve(&cfg).await;
+    let status = client.status().await.unwrap();
+    assert_eq!(status.checkpoint_version, 200);
+    assert!(status.first_version <= 121, "{}", status.first_version);
+    // Nobody reports now: once the start-up grace period is over, the
+    // certifier purges on its own up to the remembered checkpoint.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let first = loop {
+        let first = client.status().await.unwrap().first_version;
+        if first > 121 {
+            break first;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no purge after the restart (first version {first})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(first <= 201, "purged past the checkpoint: {first}");
     server.shutdown().await.unwrap();
 }
