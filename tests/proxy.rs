@@ -526,8 +526,23 @@ async fn idle_local_transaction_blocking_the_applier_is_aborted_early() {
         "{err}"
     );
     a.batch_execute("ROLLBACK").await.unwrap();
+    // The same, but the client's next word is COMMIT: it must fail too,
+    // not answer "ROLLBACK" as if the client had seen an error.
+    a.batch_execute("BEGIN; UPDATE hot SET v = 3 WHERE id = 1")
+        .await
+        .unwrap();
+    b.batch_execute("UPDATE hot SET v = 4 WHERE id = 1")
+        .await
+        .unwrap();
+    cluster.wait_converged().await;
+    let err = a.batch_execute("COMMIT").await.unwrap_err();
+    assert_eq!(
+        sqlstate(&err),
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE),
+        "{err}"
+    );
     let d = cluster.assert_identical().await;
     assert_eq!(d["public.hot"].0, 1);
     let r1 = cluster.replica(0).await;
-    assert_eq!(count(&r1, "SELECT v::bigint FROM hot").await, 2);
+    assert_eq!(count(&r1, "SELECT v::bigint FROM hot").await, 4);
 }

@@ -128,7 +128,20 @@ impl Session {
             return Ok(true);
         };
         if !commit || txn.failed {
+            // An early abort the client has not been told of yet: its
+            // COMMIT fails with it (PostgreSQL answers COMMIT of a failed
+            // transaction with a plain "ROLLBACK", which only makes sense
+            // after the client saw the error).
+            let untold = if commit {
+                self.early_abort.take()
+            } else {
+                None
+            };
             self.rollback().await?;
+            if let Some(e) = untold {
+                self.client.push(&e.message());
+                return Ok(false);
+            }
             self.client.push(&command_complete("ROLLBACK"));
             return Ok(true);
         }
