@@ -546,3 +546,88 @@ async fn idle_local_transaction_blocking_the_applier_is_aborted_early() {
     let r1 = cluster.replica(0).await;
     assert_eq!(count(&r1, "SELECT v::bigint FROM hot").await, 4);
 }
+
+/// ROLLBACK TO a savepoint leaves a failed transaction as in PostgreSQL:
+/// what came before the savepoint commits (and replicates); SAVEPOINT in
+/// a failed transaction is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_to_savepoint_recovers_a_failed_transaction() {
+    let cluster = Cluster::start(2).await;
+    let a = cluster.client(0).await;
+    a.batch_execute("CREATE TABLE sp (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    a.batch_execute("BEGIN; INSERT INTO sp VALUES (1); SAVEPOINT s")
+        .await
+        .unwrap();
+    let dup = a
+        .batch_execute("INSERT INTO sp VALUES (1)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&dup), Some(&SqlState::UNIQUE_VIOLATION), "{dup}");
+    let refused = a.batch_execute("SAVEPOINT t").await.unwrap_err();
+    assert_eq!(
+        sqlstate(&refused),
+        Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+        "{refused}"
+    );
+    // Over the extended protocol too.
+    a.execute("ROLLBACK TO SAVEPOINT s", &[]).await.unwrap();
+    a.execute("INSERT INTO sp VALUES ($1)", &[&2i32])
+        .await
+        .unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    let d = cluster.assert_identical().await;
+    assert_eq!(d["public.sp"].0, 2);
+}
+
+/// A transaction that holds a lock its writeset does not show (SELECT
+/// FOR UPDATE) and is already committing while the applier needs that
+/// lock for a lower version: it gives its locks up, the applier applies
+/// both versions, and its COMMIT succeeds — no deadlock.
+#[tokio::test(flavor = "multi_thread")]
+async fn committing_transaction_gives_up_locks_the_applier_needs() {
+    let cluster = Cluster::start(2).await;
+    let setup = cluster.client(0).await;
+    setup
+        .batch_execute(
+            "CREATE TABLE gate (id int PRIMARY KEY, v int); INSERT INTO gate VALUES (1, 0); \
+             CREATE TABLE hot (id int PRIMARY KEY, v int); INSERT INTO hot VALUES (1, 0); \
+             CREATE TABLE other (id int PRIMARY KEY, v int); INSERT INTO other VALUES (1, 0)",
+        )
+        .await
+        .unwrap();
+    cluster.wait_converged().await;
+    // T on replica 1 locks hot's row without writing it.
+    let t = cluster.client(0).await;
+    t.batch_execute("BEGIN; SELECT * FROM hot WHERE id = 1 FOR UPDATE; UPDATE other SET v = 1")
+        .await
+        .unwrap();
+    // The test's own session on replica 1 (no proxy session, so never
+    // aborted early) holds gate's row: replica 1's applier stops there.
+    let x = cluster.replica(0).await;
+    x.batch_execute("BEGIN; SELECT * FROM gate WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    // B writes gate, then hot, through replica 2 and commits: version v_b.
+    let b = cluster.client(1).await;
+    b.batch_execute("BEGIN; UPDATE gate SET v = 1; UPDATE hot SET v = 1; COMMIT")
+        .await
+        .unwrap();
+    // T commits (certified after v_b: it wrote nothing B wrote) and waits
+    // for its turn, behind v_b.
+    let committing = tokio::spawn(async move { t.batch_execute("COMMIT").await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The applier gets past gate and needs hot's row, which T holds.
+    x.batch_execute("COMMIT").await.unwrap();
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(20), committing)
+        .await
+        .expect("T's COMMIT and the applier deadlocked")
+        .unwrap();
+    outcome.unwrap();
+    let d = cluster.assert_identical().await;
+    assert_eq!(d["public.other"].0, 1);
+    let r1 = cluster.replica(0).await;
+    assert_eq!(count(&r1, "SELECT v::bigint FROM other").await, 1);
+    assert_eq!(count(&r1, "SELECT v::bigint FROM hot").await, 1);
+}

@@ -167,26 +167,31 @@ impl Shared {
         self.sessions.lock().remove(&backend_pid);
     }
 
-    /// Dooms the uncertified transaction of the session on `backend_pid`
-    /// and counts the statement cancel the caller must then send (and
-    /// report with [`SessionSignal::cancel_delivered`]); `None` when that
-    /// backend is no client session, has no open transaction, or is
-    /// committing.
+    /// Dooms the transaction of the session on `backend_pid`, which holds
+    /// a lock the applier waits for. An uncommitted one is rolled back (its
+    /// running statement cancelled: the caller sends the cancel counted
+    /// here when this returns the session, and reports it with
+    /// [`SessionSignal::cancel_delivered`]); a committing one gives its
+    /// locks up and lets the applier apply its writeset from the log (see
+    /// `session::commit`). `None`: nothing to cancel.
     pub fn doom(&self, backend_pid: i32) -> Option<Arc<SessionSignal>> {
         let signal = self.sessions.lock().get(&backend_pid).cloned()?;
-        if signal.committing.load(Ordering::Acquire) {
-            return None;
-        }
-        {
+        let cancel = {
             let mut c = signal.cancels.lock();
             if !c.txn_open {
                 return None;
             }
-            c.requested += 1;
-        }
-        signal.doomed.store(true, Ordering::Release);
+            let cancel = !signal.committing.load(Ordering::Acquire);
+            if cancel {
+                c.requested += 1;
+            }
+            // Under the lock: the session clears it when it opens its next
+            // transaction, so it never dooms that one.
+            signal.doomed.store(true, Ordering::Release);
+            cancel
+        };
         signal.wake.notify_one();
-        Some(signal)
+        cancel.then_some(signal)
     }
 
     /// Why this replica must be rebuilt from a checkpoint, if it must.

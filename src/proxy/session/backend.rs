@@ -20,11 +20,11 @@ impl Session {
             capture::SNAPSHOT_VERSION_SQL
         );
         self.backend.push(&query(&sql));
-        self.signal.doomed.store(false, Ordering::Release);
         self.txn = Some(Txn {
             explicit,
             snapshot: None,
             failed: false,
+            doomed: false,
             opening: true,
             absorb,
             prefetched_ws: None,
@@ -59,7 +59,10 @@ impl Session {
                 if let Some(t) = &mut self.txn {
                     t.snapshot = Some(v);
                 }
-                self.signal.cancels.lock().txn_open = true;
+                let mut c = self.signal.cancels.lock();
+                c.txn_open = true;
+                // A doom meant for an earlier transaction is stale.
+                self.signal.doomed.store(false, Ordering::Release);
                 Ok(v)
             }
             (Some(e), _) => Err(e),
@@ -126,8 +129,15 @@ impl Session {
                 b'Z' => {
                     let status = TransactionStatus::parse(&m)
                         .map_err(|e| SessionError::Backend(ConnError::Protocol(e)))?;
+                    let rolled_back_to = std::mem::take(&mut self.rollback_to_sent)
+                        && !error
+                        && status == TransactionStatus::InBlock;
                     if error || status == TransactionStatus::Failed {
                         self.fail_txn();
+                    } else if rolled_back_to {
+                        if let Some(t) = self.txn.as_mut().filter(|t| !t.doomed) {
+                            t.failed = false;
+                        }
                     }
                     return Ok(Relayed { status, error });
                 }

@@ -77,10 +77,14 @@ impl Session {
         let certify = certifier.certify(ws);
         tokio::pin!(certify);
         let mut certified = false;
+        let mut version = None;
+        // Gave its locks up for the applier: the writeset is applied from
+        // the log, this session only waits for the outcome.
+        let mut released = false;
         let turn = loop {
             tokio::select! {
                 biased;
-                t = &mut turn => match t {
+                t = &mut turn, if !released => match t {
                     Ok(t) => break t,
                     // The applier took the hand-off and then dropped it:
                     // it applies the writeset itself.
@@ -90,10 +94,20 @@ impl Session {
                     }
                 },
                 outcome = &mut certify, if !certified => match outcome {
-                    Ok(Outcome::Committed { .. }) => certified = true,
+                    Ok(Outcome::Committed { version: v }) => {
+                        if released {
+                            return Ok(self.applied_from_log(v).await);
+                        }
+                        certified = true;
+                        version = Some(v);
+                    }
                     Ok(Outcome::Aborted { reason, .. }) => {
-                        self.shared.withdraw(&txn_id);
-                        self.rollback().await?;
+                        if released {
+                            self.close_txn();
+                        } else {
+                            self.shared.withdraw(&txn_id);
+                            self.rollback().await?;
+                        }
                         return Ok(Err(ErrorResponse::error(
                             "40001",
                             "could not serialize access: the transaction conflicts with a concurrently committed one",
@@ -102,6 +116,10 @@ impl Session {
                         .with_hint("Retry the transaction.")));
                     }
                     Err(e) => {
+                        if released {
+                            self.close_txn();
+                            return Ok(Err(unknown_outcome(&e.to_string())));
+                        }
                         if self.shared.withdraw(&txn_id) {
                             self.rollback().await?;
                             return Ok(Err(unknown_outcome(&e.to_string())));
@@ -110,6 +128,22 @@ impl Session {
                         certified = true;
                     }
                 },
+                // The applier waits for a lock this transaction holds (one
+                // its writeset does not show, e.g. SELECT FOR UPDATE), to
+                // apply a version below ours: waiting for our turn would
+                // deadlock. Give the locks up, unless the turn is ours
+                // already (then the applier is past that version).
+                () = self.signal.wake.notified(), if !released => {
+                    if self.signal.doomed.swap(false, Ordering::AcqRel)
+                        && self.shared.withdraw(&txn_id)
+                    {
+                        self.rollback_backend().await?;
+                        released = true;
+                        if let Some(v) = version {
+                            return Ok(self.applied_from_log(v).await);
+                        }
+                    }
+                }
             }
         };
         let v = turn.version;
@@ -128,5 +162,14 @@ impl Session {
             self.shared.wait_applied(v).await;
         }
         Ok(Ok(()))
+    }
+
+    /// The committed writeset `v` of this session, whose locks it gave
+    /// up, is applied by the applier from the log: the COMMIT stands once
+    /// the replica has it.
+    async fn applied_from_log(&mut self, v: Version) -> std::result::Result<(), ErrorResponse> {
+        self.close_txn();
+        self.shared.wait_applied(v).await;
+        Ok(())
     }
 }

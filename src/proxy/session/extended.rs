@@ -28,12 +28,7 @@ impl Session {
             let control = kind.is_some_and(is_control);
             let refused = matches!(parsed, FrontendMessage::Parse { .. })
                 && matches!(kind, Some(Kind::Refused { .. }));
-            let blocked = is_execute
-                && self.txn.as_ref().is_some_and(|t| t.failed)
-                && !matches!(
-                    kind,
-                    Some(Kind::Commit { .. } | Kind::Rollback { .. } | Kind::Savepoint)
-                );
+            let blocked = is_execute && !self.admits(kind);
             if control || refused || blocked {
                 // The proxy answers: everything sent before must be answered first.
                 if forwarded {
@@ -107,6 +102,9 @@ impl Session {
                     continue;
                 }
                 _ => {}
+            }
+            if is_execute && matches!(kind, Some(Kind::Savepoint { rollback_to: true })) {
+                self.rollback_to_sent = true;
             }
             self.backend.push(msg);
             forwarded = true;

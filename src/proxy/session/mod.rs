@@ -53,6 +53,9 @@ struct Txn {
     snapshot: Option<Version>,
     /// An error happened: only ROLLBACK (or ROLLBACK TO) gets out.
     failed: bool,
+    /// Aborted early for the applier: not even ROLLBACK TO gets out (the
+    /// backend's transaction is gone, or must not go on).
+    doomed: bool,
     /// The opening query was sent and its answer not yet read.
     opening: bool,
     /// An absorbing query precedes the opening query; reading its answer
@@ -83,6 +86,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         early_abort: None,
         cancels_settled: 0,
         absorb_after: None,
+        rollback_to_sent: false,
         client,
         backend,
         txn: None,
@@ -282,6 +286,9 @@ struct Session {
     /// An absorbing query for the cancels up to this count is queued: the
     /// next flush waits until they are delivered.
     absorb_after: Option<u64>,
+    /// A ROLLBACK TO is among what the next relay answers: if it succeeds
+    /// the failed transaction goes on.
+    rollback_to_sent: bool,
     client: Conn,
     backend: Conn,
     txn: Option<Txn>,
@@ -399,6 +406,7 @@ impl Session {
                 explicit: true,
                 snapshot: None,
                 failed: true,
+                doomed: true,
                 opening: false,
                 absorb: None,
                 prefetched_ws: None,
@@ -412,7 +420,28 @@ impl Session {
 
     /// The error for a statement sent into a failed transaction.
     fn failed_txn_error(&mut self) -> ErrorResponse {
-        self.early_abort.take().unwrap_or_else(in_failed_txn)
+        let doomed = self.txn.as_ref().is_some_and(|t| t.doomed);
+        self.early_abort.take().unwrap_or_else(|| {
+            if doomed {
+                early_abort_error()
+            } else {
+                in_failed_txn()
+            }
+        })
+    }
+
+    /// Whether a statement of `kind` runs in the open transaction as it
+    /// is: always unless it failed; then only what ends it, or ROLLBACK TO
+    /// a savepoint unless it was aborted early.
+    fn admits(&self, kind: Option<&Kind>) -> bool {
+        match &self.txn {
+            Some(t) if t.failed => match kind {
+                Some(Kind::Commit { .. } | Kind::Rollback { .. }) => true,
+                Some(Kind::Savepoint { rollback_to: true }) => !t.doomed,
+                _ => false,
+            },
+            _ => true,
+        }
     }
 
     /// A statement cancelled while the applier's cancels are outstanding
@@ -422,6 +451,9 @@ impl Session {
             && self.signal.cancels.lock().requested > self.cancels_settled
         {
             self.cancels_settled += 1;
+            if let Some(t) = &mut self.txn {
+                t.doomed = true;
+            }
             early_abort_error()
         } else {
             e

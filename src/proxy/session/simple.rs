@@ -35,12 +35,7 @@ impl Session {
 
     pub(super) async fn statement(&mut self, stmt: &str, last: bool) -> Result<Flow> {
         let kind = classify(stmt);
-        if self.txn.as_ref().is_some_and(|t| t.failed)
-            && !matches!(
-                kind,
-                Kind::Commit { .. } | Kind::Rollback { .. } | Kind::Savepoint
-            )
-        {
+        if !self.admits(Some(&kind)) {
             let e = self.failed_txn_error();
             self.client.push(&e.message());
             return Ok(Flow::Stop);
@@ -77,7 +72,7 @@ impl Session {
                 self.client.push(&command_complete("SET"));
                 Ok(Flow::Continue)
             }
-            Kind::LocalMaintenance | Kind::Savepoint if self.txn.is_none() => {
+            Kind::LocalMaintenance | Kind::Savepoint { .. } if self.txn.is_none() => {
                 self.backend.push(&query(stmt));
                 let r = self.relay().await?;
                 Ok(if r.error { Flow::Stop } else { Flow::Continue })
@@ -86,6 +81,7 @@ impl Session {
                 if self.txn.is_none() {
                     self.open_txn(false, false);
                 }
+                self.rollback_to_sent = matches!(kind, Kind::Savepoint { rollback_to: true });
                 self.backend.push(&query(stmt));
                 // Nothing may follow a COPY on the wire: it may switch the
                 // connection to copy mode.

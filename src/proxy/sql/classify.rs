@@ -35,7 +35,7 @@ fn classify_by_head(toks: &[Token]) -> Kind {
         "start" if c.eat("transaction") => begin(c.rest()),
         "commit" | "end" => end_transaction(&head, &mut c, true),
         "rollback" | "abort" => end_transaction(&head, &mut c, false),
-        "savepoint" | "release" => Kind::Savepoint,
+        "savepoint" | "release" => Kind::Savepoint { rollback_to: false },
         "prepare" => prepare_statement(&mut c),
         "set" => set_statement(&mut c),
         "listen" | "unlisten" | "notify" => notification_refused(&head.to_ascii_uppercase()),
@@ -100,7 +100,7 @@ fn end_transaction(head: &str, c: &mut Cursor, commit: bool) -> Kind {
     }
     c.eat_any(&["work", "transaction"]);
     if !commit && c.eat("to") {
-        return Kind::Savepoint;
+        return Kind::Savepoint { rollback_to: true };
     }
     let chain = c.eat("and") && !c.eat("no") && c.eat("chain");
     if commit {

@@ -50,8 +50,9 @@ pub enum Kind {
     /// ROLLBACK / ABORT [WORK|TRANSACTION] [AND [NO] CHAIN] — but not ROLLBACK TO [SAVEPOINT] x,
     /// not ROLLBACK PREPARED.
     Rollback { chain: bool },
-    /// SAVEPOINT x, RELEASE [SAVEPOINT] x, ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] x.
-    Savepoint,
+    /// SAVEPOINT x, RELEASE [SAVEPOINT] x, ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] x
+    /// (`rollback_to`: the one that leaves a failed transaction).
+    Savepoint { rollback_to: bool },
     /// SET TRANSACTION ... / SET SESSION CHARACTERISTICS AS TRANSACTION ... with an isolation
     /// level other than SERIALIZABLE (or only READ WRITE/READ ONLY/DEFERRABLE modes). The proxy
     /// answers these itself.

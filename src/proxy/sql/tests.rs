@@ -145,14 +145,29 @@ fn commit_and_rollback_forms() {
 #[test]
 fn savepoint_forms() {
     check(&[
-        ("SAVEPOINT a", Kind::Savepoint),
-        ("savepoint \"my point\"", Kind::Savepoint),
-        ("RELEASE SAVEPOINT a", Kind::Savepoint),
-        ("release a", Kind::Savepoint),
-        ("ROLLBACK TO SAVEPOINT a", Kind::Savepoint),
-        ("rollback to a", Kind::Savepoint),
-        ("ROLLBACK WORK TO SAVEPOINT a", Kind::Savepoint),
-        ("ROLLBACK TRANSACTION /* x */ TO a", Kind::Savepoint),
+        ("SAVEPOINT a", Kind::Savepoint { rollback_to: false }),
+        (
+            "savepoint \"my point\"",
+            Kind::Savepoint { rollback_to: false },
+        ),
+        (
+            "RELEASE SAVEPOINT a",
+            Kind::Savepoint { rollback_to: false },
+        ),
+        ("release a", Kind::Savepoint { rollback_to: false }),
+        (
+            "ROLLBACK TO SAVEPOINT a",
+            Kind::Savepoint { rollback_to: true },
+        ),
+        ("rollback to a", Kind::Savepoint { rollback_to: true }),
+        (
+            "ROLLBACK WORK TO SAVEPOINT a",
+            Kind::Savepoint { rollback_to: true },
+        ),
+        (
+            "ROLLBACK TRANSACTION /* x */ TO a",
+            Kind::Savepoint { rollback_to: true },
+        ),
     ]);
 }
 
