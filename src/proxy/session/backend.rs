@@ -98,11 +98,16 @@ impl Session {
 
     pub(super) async fn flush_backend(&mut self) -> Result<()> {
         if let Some(requested) = self.absorb_after.take() {
-            // The absorbing query must run after the cancels were sent.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            while self.signal.cancels.lock().delivered < requested
-                && std::time::Instant::now() < deadline
-            {
+            // The absorbing query must run after the cancels were sent: a
+            // cancel still on its way could hit BEGIN. Rather end the
+            // session (closing the connection rolls back) than risk that.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while self.signal.cancels.lock().delivered < requested {
+                if std::time::Instant::now() >= deadline {
+                    return Err(SessionError::Backend(ConnError::Io(std::io::Error::other(
+                        "an early-abort cancel of the applier was not delivered in 10 s",
+                    ))));
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
         }
