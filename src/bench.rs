@@ -34,7 +34,7 @@ use tashkent_certifier::CertifierClient;
 use tashkent_tpcb::{Report, ResultRow, RunConfig, RunStats, Workload, ROWS_PER_SCALE};
 
 use crate::cluster::{ClusterConfig, DurabilityMode, LocalCluster};
-use crate::pg::{Durability, PgConfig, PgServer};
+use crate::pg::{connect, Durability, PgConfig, PgServer};
 
 /// The database every system serves the workloads in.
 const DATABASE: &str = "postgres";
@@ -676,16 +676,6 @@ async fn fingerprint(workload: Workload, conninfo: &str) -> Result<String> {
         .map(|i| row.get::<_, i64>(i).to_string())
         .collect();
     Ok(values.join("/"))
-}
-
-async fn connect(conninfo: &str) -> Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to {conninfo}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
 }
 
 /// Waits until every replica of `cluster` has applied the certifier's

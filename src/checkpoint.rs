@@ -36,10 +36,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
-use crate::pg::PgBinaries;
+use crate::pg::{connect, PgBinaries};
 
 /// The manifest's file name inside a checkpoint directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -716,16 +715,6 @@ pub async fn run(args: CheckpointArgs) -> anyhow::Result<()> {
             None => return Ok(()),
         }
     }
-}
-
-async fn connect(conninfo: &str) -> Result<Client> {
-    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .map_err(Error::sql(format!("connecting ({conninfo})")))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
 }
 
 fn unix_ms() -> u64 {

@@ -27,7 +27,7 @@ use std::time::Instant;
 use crate::capture;
 use crate::checkpoint::{self, Checkpoint, Source};
 use crate::error::{Error, Result};
-use crate::pg::{Durability, PgConfig, PgServer};
+use crate::pg::{connect, Durability, PgConfig, PgServer};
 
 /// Drops every generated capture function (`tashkent.capture_<oid>_*`)
 /// and, by CASCADE, the triggers that call them; DDL capture stays off
@@ -461,14 +461,4 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
         restored.version + 1
     );
     Ok(())
-}
-
-async fn connect(conninfo: &str) -> Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .map_err(Error::sql(format!("connecting ({conninfo})")))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
 }

@@ -38,7 +38,7 @@ use tashkent_certifier::{CertifierClient, CertifierConfig, Outcome, Writeset};
 
 use crate::checkpoint::{self, Source};
 use crate::error::{Error, Result};
-use crate::pg::{PgConfig, PgServer};
+use crate::pg::{connect, PgConfig, PgServer};
 use crate::proxy::{self, ProxyConfig};
 use crate::{capture, recover};
 
@@ -606,16 +606,6 @@ async fn rebuild_and_replay(
     let _ = tokio::task::spawn_blocking(move || server.stop()).await;
     let _ = std::fs::remove_dir_all(&base);
     result
-}
-
-async fn connect(conninfo: &str) -> Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .map_err(Error::sql(format!("connecting ({conninfo})")))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
 }
 
 /// Flags of the recovery experiment (`tashkent bench recovery`).

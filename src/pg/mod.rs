@@ -10,11 +10,13 @@
 //! to run as root.
 
 mod binaries;
+mod client;
 mod process;
 mod server;
 mod settings;
 
 pub use binaries::{PgBinaries, SearchPath};
+pub use client::connect;
 pub use process::{server_processes, RunAs, ServerIdentity};
 pub use server::{PgConfig, PgServer};
 pub use settings::Durability;

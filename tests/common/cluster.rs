@@ -146,31 +146,7 @@ impl Cluster {
     }
 
     pub async fn start(n: usize) -> Cluster {
-        let dir = shared_tempdir();
-        let certifier = tashkent_certifier::start(CertifierConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            wal_dir: dir.path().join("wal"),
-            ..CertifierConfig::default()
-        })
-        .await
-        .expect("starting the certifier");
-        let certifier_addr = certifier.local_addr().to_string();
-        let replicas: Vec<PgServer> = (0..n)
-            .map(|_| PgServer::start(PgConfig::default()).expect("starting a replica"))
-            .collect();
-        let mut cluster = Cluster {
-            replicas,
-            proxies: Vec::new(),
-            certifier: Some(certifier),
-            certifier_addr,
-            certifier_process: None,
-            _dir: dir,
-        };
-        for i in 0..n {
-            let p = cluster.spawn_proxy(i);
-            cluster.proxies.push(Some(p));
-        }
-        cluster
+        Cluster::start_with(n, |_| {}).await
     }
 
     /// Starts the proxy of replica `i` (0-based) as a child process.
