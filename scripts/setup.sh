@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 with only the Rust toolchain lacks to
 # build, run and test tashkent: the PostgreSQL server (which brings initdb,
-# pgbench, pg_dump and the unprivileged `postgres` account) and its client.
-# Idempotent, and silent when everything is already present.
+# pgbench, pg_dump and the unprivileged `postgres` account), its client,
+# and its server headers (the writeset-capture trigger library is compiled
+# against them, see build.rs). Idempotent, and silent when everything is
+# already present.
 set -euo pipefail
 
 have_server() {
@@ -16,10 +18,28 @@ have_server() {
     return 1
 }
 
+# The newest installed server major version (empty when none).
+server_major() {
+    local dir newest=""
+    for dir in /usr/lib/postgresql/*/bin; do
+        [ -x "$dir/postgres" ] && newest=$(basename "$(dirname "$dir")")
+    done
+    echo "$newest"
+}
+
+have_headers() {
+    local major
+    major=$(server_major)
+    [ -n "$major" ] && [ -f "/usr/include/postgresql/$major/server/postgres.h" ]
+}
+
 missing=()
 have_server || missing+=(postgresql postgresql-contrib)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 id postgres >/dev/null 2>&1 || missing+=(postgresql)
+if have_server && ! have_headers; then
+    missing+=("postgresql-server-dev-$(server_major)")
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2
@@ -45,5 +65,13 @@ echo "create_main_cluster = false" |
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 have_server || {
     echo "setup: PostgreSQL server binaries still missing after install" >&2
+    exit 1
+}
+if ! have_headers; then
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "postgresql-server-dev-$(server_major)" >/dev/null
+fi
+have_headers || {
+    echo "setup: PostgreSQL server headers still missing after install" >&2
     exit 1
 }

@@ -78,6 +78,13 @@ pub enum Error {
     #[error("writeset capture: {reason}")]
     Capture { reason: String },
 
+    /// A transaction's writeset is larger than the cluster accepts.
+    #[error(
+        "the transaction's writeset is larger than {max} bytes (max_writeset_bytes): split the \
+         transaction into smaller ones"
+    )]
+    WritesetTooLarge { max: u64 },
+
     /// The certifier could not be reached or refused a request.
     #[error("{context}: {source}")]
     Certifier {

@@ -50,6 +50,35 @@ END
 $$;
 COMMIT";
 
+/// A dump's table of contents (`pg_restore -l`) without the capture
+/// library's functions and triggers.
+fn restore_list(toc: &str) -> String {
+    const FUNCTIONS: [&str; 6] = [
+        "capture_row(",
+        "capture_truncate(",
+        "ws_append_ddl(",
+        "ws_read(",
+        "ws_size(",
+        "capture_version(",
+    ];
+    toc.lines()
+        .filter(|line| {
+            let library_function = line
+                .split_once(" FUNCTION tashkent ")
+                .is_some_and(|(_, f)| FUNCTIONS.iter().any(|n| f.starts_with(n)));
+            let tokens: Vec<&str> = line.split_whitespace().collect();
+            let capture_trigger = line.contains(" TRIGGER ")
+                && tokens.len() >= 2
+                && matches!(
+                    tokens[tokens.len() - 2],
+                    "tashkent_capture" | "tashkent_capture_t"
+                );
+            !library_function && !capture_trigger
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 /// What [`restore`] did.
 #[derive(Debug, Clone)]
 pub struct Restored {
@@ -112,6 +141,28 @@ pub async fn restore_checkpoint(
         )));
     }
     let pg_restore = target.binaries.tool("pg_restore")?;
+    // The capture library's functions cannot be created before the
+    // library is in the new data directory (PostgreSQL loads a C function's
+    // library when it is created), and the dump names the build that took
+    // it: leave them and their triggers out; the install below makes them.
+    let toc = tokio::process::Command::new(&pg_restore)
+        .arg("-l")
+        .arg(ckpt.dump_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(Error::io(format!("running {} -l", pg_restore.display())))?;
+    if !toc.status.success() {
+        return Err(Error::ToolFailed {
+            tool: "pg_restore -l".into(),
+            status: toc.status.to_string(),
+            output: String::from_utf8_lossy(&toc.stderr).into_owned(),
+        });
+    }
+    let list_dir = tempfile::tempdir().map_err(Error::io("creating a temporary directory"))?;
+    let list = list_dir.path().join("restore.list");
+    std::fs::write(&list, restore_list(&String::from_utf8_lossy(&toc.stdout)))
+        .map_err(Error::io(format!("writing {}", list.display())))?;
     let out = tokio::process::Command::new(&pg_restore)
         .args([
             "-h",
@@ -123,6 +174,8 @@ pub async fn restore_checkpoint(
         ])
         .args(["-d", &target.database, "--exit-on-error"])
         .args(["-j", &jobs.max(1).to_string()])
+        .arg("-L")
+        .arg(&list)
         .arg(ckpt.dump_dir())
         .stdin(std::process::Stdio::null())
         .output()
@@ -145,14 +198,15 @@ pub async fn restore_checkpoint(
             ),
         });
     }
-    // The generated capture functions are named after their table's oid,
-    // which the restore changed: drop them (and with them the restored
-    // triggers) and let the install generate them for the new oids.
+    // A checkpoint from before the capture library holds generated capture
+    // functions named after their table's oid, which the restore changed:
+    // drop them (and with them their triggers); the install makes the
+    // triggers anew.
     client
         .batch_execute(DROP_RESTORED_CAPTURE_SQL)
         .await
         .map_err(Error::sql("dropping the restored capture triggers"))?;
-    capture::install(&client).await?;
+    capture::install(&client, capture::DEFAULT_MAX_WRITESET_BYTES).await?;
     capture::configure_replica(&client, target.replica_id, replicas).await?;
     // The sequences are the checkpoint's (maybe another replica's): move
     // them past every value this replica handed out before the checkpoint.
@@ -461,4 +515,42 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
         restored.version + 1
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restore_list;
+
+    #[test]
+    fn restore_list_leaves_out_the_capture_library() {
+        let toc = "\
+;
+; Archive created at 2026-11-30 11:00:00 UTC
+215; 1255 16387 FUNCTION tashkent capture_row() postgres
+216; 1255 16388 FUNCTION tashkent capture_version() postgres
+217; 1255 16389 FUNCTION tashkent configure_replica(integer, integer) postgres
+218; 1255 16390 FUNCTION tashkent ws_append_ddl(text) postgres
+219; 1255 16391 FUNCTION public ws_read() postgres
+3210; 2620 16420 TRIGGER public parent tashkent_capture postgres
+3211; 2620 16421 TRIGGER public \"my table\" tashkent_capture_t postgres
+3212; 2620 16422 TRIGGER public parent audit postgres
+3300; 0 16400 TABLE DATA public parent postgres
+";
+        let kept = restore_list(toc);
+        assert!(kept.contains("configure_replica"));
+        assert!(
+            kept.contains("FUNCTION public ws_read()"),
+            "other schemas are kept"
+        );
+        assert!(kept.contains("TRIGGER public parent audit"));
+        assert!(kept.contains("TABLE DATA public parent"));
+        for gone in [
+            "capture_row",
+            "capture_version",
+            "ws_append_ddl",
+            "tashkent_capture",
+        ] {
+            assert!(!kept.contains(gone), "{gone} kept:\n{kept}");
+        }
+    }
 }

@@ -353,7 +353,7 @@ async fn one_size(
         binaries: source.binaries().clone(),
     };
     let client = connect(&src.conninfo()).await?;
-    capture::install(&client).await?;
+    capture::install(&client, capture::DEFAULT_MAX_WRITESET_BYTES).await?;
     capture::configure_replica(&client, 1, 2).await?;
     tashkent_tpcb::load_rows(
         &src.conninfo(),
@@ -367,7 +367,8 @@ async fn one_size(
         .batch_execute("VACUUM ANALYZE allupdates")
         .await
         .map_err(Error::sql("vacuuming the source"))?;
-    // The captured line of a real update: the template of the log.
+    // The captured entry of a real update is the template of the log;
+    // the primary-key hashes of every row make the other rows' keys.
     client
         .batch_execute("BEGIN; UPDATE allupdates SET val = val + 1 WHERE id = 1")
         .await
@@ -377,11 +378,17 @@ async fn one_size(
         .batch_execute("ROLLBACK")
         .await
         .map_err(Error::sql("capturing a template writeset"))?;
-    if template.trim().is_empty() {
-        return Err(Error::Capture {
-            reason: "the template update captured nothing".into(),
-        });
-    }
+    let hashes: Vec<i64> = client
+        .query(
+            "SELECT hashint4extended(id, 0) FROM generate_series(1, $1::int) AS id ORDER BY id",
+            &[&(rows as i64)],
+        )
+        .await
+        .map_err(Error::sql("hashing the primary keys"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let template = Template::new(&template, hashes)?;
     let db_bytes: i64 = client
         .query_one("SELECT pg_database_size(current_database())", &[])
         .await
@@ -481,37 +488,78 @@ fn base_config(base: PathBuf, port: Option<u16>) -> PgConfig {
     }
 }
 
+/// A captured AllUpdates update, made into the update of any row.
+struct Template {
+    table: String,
+    /// The primary key's conflict key without the row's hash.
+    key_prefix: Vec<u8>,
+    /// The record text after the `val` column.
+    row_rest: String,
+    /// `hashint4extended(id, 0)` of every id, from 1.
+    hashes: Vec<i64>,
+}
+
+impl Template {
+    fn new(captured: &[u8], hashes: Vec<i64>) -> Result<Template> {
+        let bad = |why: &str| Error::Capture {
+            reason: format!("unexpected template writeset ({why}): {captured:?}"),
+        };
+        let entries = capture::entry::parse_all(captured)?;
+        let Some(capture::entry::Entry::Update(u)) = entries.first() else {
+            return Err(bad("not one update"));
+        };
+        // The key: index name, NUL, tag 1, the 8-byte hash (tashkent_capture.c).
+        let key_prefix =
+            u.pk.get(..u.pk.len().saturating_sub(8))
+                .filter(|p| p.ends_with(&[0, 1]))
+                .ok_or_else(|| bad("primary key"))?
+                .to_vec();
+        let row = std::str::from_utf8(&u.row).map_err(|_| bad("row"))?;
+        let row_rest = row
+            .splitn(3, ',')
+            .nth(2)
+            .ok_or_else(|| bad("row"))?
+            .to_owned();
+        Ok(Template {
+            table: u.table.clone(),
+            key_prefix,
+            row_rest,
+            hashes,
+        })
+    }
+
+    /// The captured entry of setting row `id`'s val to `val`.
+    fn update(&self, id: u64, val: u64) -> capture::entry::Entry {
+        let mut pk = self.key_prefix.clone();
+        pk.extend_from_slice(&self.hashes[(id - 1) as usize].to_le_bytes());
+        capture::entry::Entry::Update(capture::entry::RowChange {
+            table: self.table.clone(),
+            pk: pk.into(),
+            row: format!("({id},{val},{}", self.row_rest).into(),
+            ..capture::entry::RowChange::default()
+        })
+    }
+}
+
 /// Certifies AllUpdates writesets until the log holds `to` versions (it
 /// holds `from`): row `k mod rows + 1` gets value `k`, so that no two
 /// writesets in flight touch the same row.
 async fn generate(
     cert: &CertifierClient,
-    template: &str,
+    template: &Template,
     rows: u64,
     from: u64,
     to: u64,
     in_flight: usize,
 ) -> Result<()> {
-    let line: serde_json::Value =
-        serde_json::from_str(template.trim()).map_err(|e| Error::Capture {
-            reason: format!("template writeset {template:?}: {e}"),
-        })?;
-    let key_prefix = line["keys"][0]
-        .as_str()
-        .and_then(|k| k.strip_suffix("[1]"))
-        .ok_or_else(|| Error::Capture {
-            reason: format!("unexpected key in the template writeset: {template}"),
-        })?
-        .to_string();
     let make = |k: u64, snapshot: u64| -> Result<Writeset> {
         let id = k % rows + 1;
-        let mut l = line.clone();
-        l["rows"][0]["id"] = serde_json::json!(id);
-        l["rows"][0]["val"] = serde_json::json!(k);
-        l["keys"] = serde_json::json!([format!("{key_prefix}[{id}]")]);
+        let entry = capture::entry::encode(&[template.update(id, k)]);
         let txn_id = bytes::Bytes::from(format!("recovery-bench-{k}"));
-        proxy::writeset::build(txn_id, 1, snapshot, &l.to_string())?.ok_or_else(|| Error::Capture {
-            reason: "an empty synthetic writeset".into(),
+        proxy::writeset::build(txn_id, 1, snapshot, &entry, u64::MAX)?.ok_or_else(|| {
+            Error::Capture {
+                reason: "an empty synthetic writeset".into(),
+            }
         })
     };
     let mut committed = from;

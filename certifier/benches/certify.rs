@@ -49,6 +49,7 @@ fn writeset(rng: &mut impl Rng, id: u64, snapshot: u64) -> Writeset {
             })
             .collect(),
         ddl: vec![],
+        last_chunk: false,
     }
 }
 

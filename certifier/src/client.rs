@@ -27,6 +27,30 @@ use crate::Version;
 /// HTTP/2 flow-control window, per stream and per connection.
 pub(crate) const WINDOW_BYTES: u32 = 8 << 20;
 
+/// The sending half of a streamed Certify call (see
+/// [`CertifierClient::certify_stream`]).
+pub struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<Writeset>,
+}
+
+impl ChunkSender {
+    /// Sends the next chunk (waits while the call is behind: the caller
+    /// produces chunks no faster than the certifier takes them).
+    pub async fn send(&self, chunk: Writeset) -> Result<(), CertifierError> {
+        self.tx.send(chunk).await.map_err(|_| {
+            CertifierError::Rpc(tonic::Status::unavailable(
+                "the Certify call ended before its last chunk",
+            ))
+        })
+    }
+
+    /// Sends the last chunk; the call's answer follows.
+    pub async fn finish(self, mut chunk: Writeset) -> Result<(), CertifierError> {
+        chunk.last_chunk = true;
+        self.send(chunk).await
+    }
+}
+
 /// A committed writeset, as Subscribe delivers it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommittedWriteset {
@@ -64,6 +88,25 @@ pub struct CertifierClient {
 
 type SubscribeStream =
     Pin<Box<dyn Stream<Item = Result<CommittedWriteset, CertifierError>> + Send>>;
+
+/// Raw Subscribe frames, see [`CertifierClient::subscribe_frames`].
+pub type FrameStream =
+    Pin<Box<dyn Stream<Item = Result<crate::proto::SubscribeFrame, CertifierError>> + Send>>;
+
+fn outcome_of(resp: crate::proto::CertifyResponse) -> Result<Outcome, CertifierError> {
+    match resp.outcome {
+        Some(certify_response::Outcome::Committed(c)) => {
+            Ok(Outcome::Committed { version: c.version })
+        }
+        Some(certify_response::Outcome::Aborted(a)) => Ok(Outcome::Aborted {
+            code: AbortCode::try_from(a.code).unwrap_or(AbortCode::Unspecified),
+            reason: a.reason,
+        }),
+        None => Err(CertifierError::Protocol(
+            "Certify answer without outcome".into(),
+        )),
+    }
+}
 
 impl CertifierClient {
     /// Connects to `addr` ("host:port" or "http://host:port").
@@ -128,23 +171,39 @@ impl CertifierClient {
             .certify(futures::stream::iter(chunks))
             .await?
             .into_inner();
-        match resp.outcome {
-            Some(certify_response::Outcome::Committed(c)) => {
-                Ok(Outcome::Committed { version: c.version })
-            }
-            Some(certify_response::Outcome::Aborted(a)) => Ok(Outcome::Aborted {
-                code: AbortCode::try_from(a.code).unwrap_or(AbortCode::Unspecified),
-                reason: a.reason,
-            }),
-            None => Err(CertifierError::Protocol(
-                "Certify answer without outcome".into(),
-            )),
-        }
+        outcome_of(resp)
     }
 
-    /// Committed writesets from `from` (0 = from the first), in version
-    /// order, following new commits until the stream is dropped.
-    pub async fn subscribe(&self, from: Version) -> Result<SubscribeStream, CertifierError> {
+    /// Certifies a writeset sent in chunks as it is produced: chunks go
+    /// through the returned sender (the first carries the header, the last
+    /// is sent with [`ChunkSender::finish`]); the future answers once the
+    /// outcome is durable. If the sender is dropped before `finish`, the
+    /// certifier refuses the call and nothing is certified.
+    pub fn certify_stream(
+        &self,
+    ) -> (
+        ChunkSender,
+        impl std::future::Future<Output = Result<Outcome, CertifierError>> + Send + 'static,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Writeset>(2);
+        let mut grpc = self.grpc.clone();
+        let call =
+            async move {
+                let chunks = futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|c| (c, rx))
+                });
+                let resp = grpc.certify(chunks).await?.into_inner();
+                outcome_of(resp)
+            };
+        (ChunkSender { tx }, call)
+    }
+
+    /// The raw Subscribe frames from `from` (0 = from the first): each a
+    /// slice of one version's record, versions dense and in order (checked),
+    /// the frame with `last` completing its version. Lets a subscriber
+    /// apply a writeset of any size while it streams in (see
+    /// [`crate::writeset::StreamDecoder`]).
+    pub async fn subscribe_frames(&self, from: Version) -> Result<FrameStream, CertifierError> {
         let frames = self
             .grpc
             .clone()
@@ -155,6 +214,37 @@ impl CertifierClient {
                     .unwrap_or(CertifierError::Rpc(s))
             })?
             .into_inner();
+        let state = (frames, from.max(1));
+        let s = futures::stream::unfold(Some(state), move |state| async move {
+            let (mut frames, next) = state?;
+            let frame = match frames.next().await {
+                None => return None,
+                Some(Err(e)) => {
+                    let e = CertifierError::purged_from_status(&e, next)
+                        .unwrap_or(CertifierError::Rpc(e));
+                    return Some((Err(e), None));
+                }
+                Some(Ok(f)) => f,
+            };
+            if frame.version != next {
+                let e = CertifierError::Protocol(format!(
+                    "expected version {next}, got {}",
+                    frame.version
+                ));
+                return Some((Err(e), None));
+            }
+            let next = if frame.last { next + 1 } else { next };
+            Some((Ok(frame), Some((frames, next))))
+        });
+        Ok(Box::pin(s))
+    }
+
+    /// Committed writesets from `from` (0 = from the first), in version
+    /// order, following new commits until the stream is dropped. Each is
+    /// assembled in memory (up to `max_writeset_bytes`); see
+    /// [`CertifierClient::subscribe_frames`] for writesets of any size.
+    pub async fn subscribe(&self, from: Version) -> Result<SubscribeStream, CertifierError> {
+        let frames = self.subscribe_frames(from).await?;
         let max = self.opts.max_writeset_bytes;
         let state = (frames, BytesMut::new(), from.max(1));
         let s = futures::stream::unfold(Some(state), move |state| async move {
@@ -162,20 +252,9 @@ impl CertifierClient {
             loop {
                 let frame = match frames.next().await {
                     None => return None,
-                    Some(Err(e)) => {
-                        let e = CertifierError::purged_from_status(&e, next)
-                            .unwrap_or(CertifierError::Rpc(e));
-                        return Some((Err(e), None));
-                    }
+                    Some(Err(e)) => return Some((Err(e), None)),
                     Some(Ok(f)) => f,
                 };
-                if frame.version != next {
-                    let e = CertifierError::Protocol(format!(
-                        "expected version {next}, got {}",
-                        frame.version
-                    ));
-                    return Some((Err(e), None));
-                }
                 if buf.len() + frame.data.len() > max {
                     let e = CertifierError::Protocol(format!(
                         "writeset {next} is larger than {max} bytes"

@@ -41,7 +41,7 @@ pub mod proto {
 pub type Version = u64;
 
 pub use certifier::{Certifier, Decision, Limits};
-pub use client::{CertifierClient, ClientOptions, CommittedWriteset};
+pub use client::{CertifierClient, ChunkSender, ClientOptions, CommittedWriteset, FrameStream};
 pub use config::{CertifierArgs, CertifierConfig, WalBackend};
 pub use error::CertifierError;
 pub use proto::{AbortCode, Ddl, Item, Op, ParentRef, Writeset};

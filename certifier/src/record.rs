@@ -12,7 +12,9 @@
 //!   6     2   flags, 0
 //!   8     8   version, little-endian (== the record's LSN)
 //!  16     n   protobuf encoding of the `Writeset` (which carries its own
-//!             format_version), byte for byte what Subscribe streams
+//!             format_version), fields in execution order (see
+//!             `writeset::encode_in_order`), byte for byte what Subscribe
+//!             streams
 //! ```
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -34,8 +36,7 @@ pub fn encode(ws: &Writeset) -> BytesMut {
     buf.put_u16_le(RECORD_FORMAT_VERSION);
     buf.put_u16_le(0);
     buf.put_u64_le(0);
-    // Cannot fail: the buffer has the capacity encoded_len() asked for.
-    let _ = ws.encode(&mut buf);
+    crate::writeset::encode_in_order(ws, &mut buf);
     buf
 }
 

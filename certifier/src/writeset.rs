@@ -11,7 +11,7 @@ use crate::error::CertifierError;
 use crate::proto::{Ddl, Item, Op, Writeset};
 
 /// The only writeset format this release reads and writes.
-pub const WRITESET_FORMAT_VERSION: u32 = 1;
+pub const WRITESET_FORMAT_VERSION: u32 = 2;
 /// Longest accepted transaction id.
 pub const MAX_TXN_ID_LEN: usize = 64;
 
@@ -92,6 +92,7 @@ pub struct Assembler {
     ws: Option<Writeset>,
     bytes: u64,
     max_bytes: u64,
+    complete: bool,
 }
 
 impl Assembler {
@@ -100,12 +101,19 @@ impl Assembler {
             ws: None,
             bytes: 0,
             max_bytes,
+            complete: false,
         }
     }
 
     /// Adds one chunk. The first chunk fixes the header; later chunks must
     /// leave the header fields at their defaults or repeat them exactly.
     pub fn push(&mut self, chunk: Writeset) -> Result<(), CertifierError> {
+        if self.complete {
+            return Err(CertifierError::InvalidArgument(
+                "a Certify chunk after the one marked last_chunk".into(),
+            ));
+        }
+        self.complete = chunk.last_chunk;
         self.bytes = self.bytes.saturating_add(chunk.encoded_len() as u64);
         if self.bytes > self.max_bytes {
             return Err(CertifierError::WritesetTooLarge {
@@ -135,10 +143,19 @@ impl Assembler {
         Ok(())
     }
 
-    /// The whole writeset (not yet validated).
+    /// The whole writeset (not yet validated); refused unless the last
+    /// chunk said so (the client may have given up half way).
     pub fn finish(self) -> Result<Writeset, CertifierError> {
-        self.ws
-            .ok_or_else(|| CertifierError::InvalidArgument("Certify stream had no chunk".into()))
+        if !self.complete {
+            return Err(CertifierError::InvalidArgument(
+                "Certify stream ended without a chunk marked last_chunk: not certified".into(),
+            ));
+        }
+        let mut ws = self
+            .ws
+            .ok_or_else(|| CertifierError::InvalidArgument("Certify stream had no chunk".into()))?;
+        ws.last_chunk = false;
+        Ok(ws)
     }
 }
 
@@ -147,6 +164,14 @@ impl Assembler {
 /// own, which the server will refuse with a clear error). The inverse of
 /// [`Assembler`].
 pub fn split(ws: Writeset, max_chunk_bytes: usize) -> Vec<Writeset> {
+    let mut chunks = split_unmarked(ws, max_chunk_bytes);
+    if let Some(last) = chunks.last_mut() {
+        last.last_chunk = true;
+    }
+    chunks
+}
+
+fn split_unmarked(ws: Writeset, max_chunk_bytes: usize) -> Vec<Writeset> {
     if ws.encoded_len() <= max_chunk_bytes {
         return vec![ws];
     }
@@ -157,6 +182,7 @@ pub fn split(ws: Writeset, max_chunk_bytes: usize) -> Vec<Writeset> {
         snapshot,
         items,
         ddl,
+        last_chunk: _,
     } = ws;
     let header = Writeset {
         format_version,
@@ -165,6 +191,7 @@ pub fn split(ws: Writeset, max_chunk_bytes: usize) -> Vec<Writeset> {
         snapshot,
         items: Vec::new(),
         ddl: Vec::new(),
+        last_chunk: false,
     };
     // DDL goes with the first chunk; `before_item` is then already absolute.
     let mut cur = Writeset {
@@ -185,6 +212,191 @@ pub fn split(ws: Writeset, max_chunk_bytes: usize) -> Vec<Writeset> {
     }
     out.push(cur);
     out
+}
+
+/// Encodes `ws` as protobuf with its fields in execution order: the header
+/// first, then each `Ddl` right before the item it precedes (stable by
+/// `before_item`), then the items after the last one. Any protobuf reader
+/// decodes it as `ws`; a streaming reader meets every statement before
+/// the rows that follow it. Same length as `ws.encoded_len()`.
+pub fn encode_in_order(ws: &Writeset, buf: &mut impl bytes::BufMut) {
+    use prost::encoding;
+    if ws.format_version != 0 {
+        encoding::uint32::encode(1, &ws.format_version, buf);
+    }
+    if !ws.txn_id.is_empty() {
+        encoding::bytes::encode(2, &ws.txn_id, buf);
+    }
+    if ws.origin != 0 {
+        encoding::uint32::encode(3, &ws.origin, buf);
+    }
+    if ws.snapshot != 0 {
+        encoding::uint64::encode(4, &ws.snapshot, buf);
+    }
+    let mut ddl: Vec<&Ddl> = ws.ddl.iter().collect();
+    ddl.sort_by_key(|d| d.before_item);
+    let mut ddl = ddl.into_iter().peekable();
+    for (i, item) in ws.items.iter().enumerate() {
+        while let Some(d) = ddl.next_if(|d| d.before_item <= i as u64) {
+            encoding::message::encode(6, d, buf);
+        }
+        encoding::message::encode(5, item, buf);
+    }
+    for d in ddl {
+        encoding::message::encode(6, d, buf);
+    }
+    if ws.last_chunk {
+        encoding::bool::encode(7, &ws.last_chunk, buf);
+    }
+}
+
+/// The header fields of a writeset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Header {
+    pub format_version: u32,
+    pub txn_id: bytes::Bytes,
+    pub origin: u32,
+    pub snapshot: u64,
+}
+
+/// A piece of a writeset, as [`StreamDecoder`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    /// Always first (before any item or statement).
+    Header(Header),
+    Ddl(Ddl),
+    Item(Item),
+}
+
+/// Decodes a writeset's encoding as it arrives in slices (Subscribe
+/// frames), handing out its header, statements and items one by one, in
+/// the order they appear: a writeset of any size is read holding at most
+/// one item in memory. Records are encoded in execution order (see
+/// [`encode_in_order`]), so parts come in the order they are applied.
+#[derive(Default)]
+pub struct StreamDecoder {
+    buf: bytes::BytesMut,
+    header: Header,
+    header_sent: bool,
+    /// Largest single field accepted (an item or statement).
+    max_field: usize,
+}
+
+impl StreamDecoder {
+    pub fn new(max_field: usize) -> StreamDecoder {
+        StreamDecoder {
+            max_field,
+            ..StreamDecoder::default()
+        }
+    }
+
+    /// Adds the next slice and returns the parts it completes.
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<Part>, CertifierError> {
+        let bad = |m: String| CertifierError::Protocol(format!("writeset stream: {m}"));
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        loop {
+            let mut view: &[u8] = &self.buf;
+            let Some(key) = try_varint(&mut view).map_err(|e| bad(e.into()))? else {
+                break;
+            };
+            let (field, wire) = (key >> 3, key & 7);
+            let value_start = self.buf.len() - view.len();
+            let (consumed, payload) = match wire {
+                0 => match try_varint(&mut view).map_err(|e| bad(e.into()))? {
+                    None => break,
+                    Some(v) => (self.buf.len() - view.len(), Value::Varint(v)),
+                },
+                2 => {
+                    let Some(len) = try_varint(&mut view).map_err(|e| bad(e.into()))? else {
+                        break;
+                    };
+                    let len = usize::try_from(len).map_err(|_| bad("field too long".into()))?;
+                    if len > self.max_field.max(1 << 20) {
+                        return Err(bad(format!("a field of {len} bytes")));
+                    }
+                    if view.len() < len {
+                        break;
+                    }
+                    let start = self.buf.len() - view.len();
+                    (start + len, Value::Len(start))
+                }
+                1 => {
+                    if view.len() < 8 {
+                        break;
+                    }
+                    (value_start + 8, Value::Fixed)
+                }
+                5 => {
+                    if view.len() < 4 {
+                        break;
+                    }
+                    (value_start + 4, Value::Fixed)
+                }
+                w => return Err(bad(format!("unsupported wire type {w}"))),
+            };
+            let field_bytes = self.buf.split_to(consumed).freeze();
+            let body = |start: usize| field_bytes.slice(start..);
+            match (field, payload) {
+                (1, Value::Varint(v)) => self.header.format_version = v as u32,
+                (2, Value::Len(start)) => self.header.txn_id = body(start),
+                (3, Value::Varint(v)) => self.header.origin = v as u32,
+                (4, Value::Varint(v)) => self.header.snapshot = v,
+                (5 | 6, Value::Len(start)) => {
+                    if !self.header_sent {
+                        self.header_sent = true;
+                        out.push(Part::Header(self.header.clone()));
+                    }
+                    let b = body(start);
+                    out.push(if field == 5 {
+                        Part::Item(Item::decode(b).map_err(|e| bad(format!("item: {e}")))?)
+                    } else {
+                        Part::Ddl(Ddl::decode(b).map_err(|e| bad(format!("ddl: {e}")))?)
+                    });
+                }
+                (1..=6, _) => return Err(bad(format!("field {field} has the wrong wire type"))),
+                // Unknown (newer) fields and last_chunk: skipped.
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ends the writeset: nothing may be left over. Returns the header if
+    /// no part carried it yet (a writeset with neither items nor ddl).
+    pub fn finish(&mut self) -> Result<Option<Header>, CertifierError> {
+        if !self.buf.is_empty() {
+            return Err(CertifierError::Protocol(format!(
+                "writeset stream: {} bytes of an unfinished field at the end",
+                self.buf.len()
+            )));
+        }
+        let header = (!self.header_sent).then(|| self.header.clone());
+        *self = StreamDecoder::new(self.max_field);
+        Ok(header)
+    }
+}
+
+enum Value {
+    Varint(u64),
+    Len(usize),
+    Fixed,
+}
+
+/// Reads a varint from the front of `buf`; `None` if it is not complete.
+fn try_varint(buf: &mut &[u8]) -> Result<Option<u64>, &'static str> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            *buf = &buf[i + 1..];
+            return Ok(Some(v));
+        }
+    }
+    Err("invalid varint")
 }
 
 /// An item; a convenience for proxies and tests.
@@ -223,6 +435,7 @@ mod tests {
                 })
                 .collect(),
             ddl: vec![ddl("CREATE TABLE t (k int primary key)", &["t"], 0)],
+            last_chunk: false,
         }
     }
 
@@ -232,11 +445,97 @@ mod tests {
         let chunks = split(orig.clone(), 4096);
         assert!(chunks.len() > 20, "{} chunks", chunks.len());
         assert!(chunks.iter().all(|c| c.encoded_len() <= 4096));
+        assert!(chunks.last().unwrap().last_chunk);
         let mut a = Assembler::new(u64::MAX);
         for c in chunks {
             a.push(c).unwrap();
         }
         assert_eq!(a.finish().unwrap(), orig);
+    }
+
+    #[test]
+    fn a_stream_without_its_last_chunk_is_refused() {
+        let mut chunks = split(ws(1000), 4096);
+        chunks.pop();
+        let mut a = Assembler::new(u64::MAX);
+        for c in chunks {
+            a.push(c).unwrap();
+        }
+        assert!(
+            matches!(a.finish(), Err(CertifierError::InvalidArgument(m)) if m.contains("last_chunk"))
+        );
+        let mut a = Assembler::new(u64::MAX);
+        let mut one = ws(1);
+        one.last_chunk = true;
+        a.push(one.clone()).unwrap();
+        assert!(a.push(one).is_err(), "nothing after the last chunk");
+    }
+
+    #[test]
+    fn ordered_encoding_puts_statements_before_their_rows() {
+        let mut w = ws(3);
+        w.ddl = vec![
+            ddl("late", &["t"], 3),
+            ddl("first", &["t"], 0),
+            ddl("middle", &["t"], 2),
+            ddl("first-2", &["t"], 0),
+        ];
+        let mut buf = Vec::new();
+        encode_in_order(&w, &mut buf);
+        assert_eq!(buf.len(), w.encoded_len());
+        let back = Writeset::decode(&buf[..]).unwrap();
+        assert_eq!(back.items, w.items);
+        let sqls: Vec<&str> = back.ddl.iter().map(|d| d.sql.as_str()).collect();
+        assert_eq!(sqls, ["first", "first-2", "middle", "late"]);
+        let text = String::from_utf8_lossy(&buf);
+        let pos = |s: &str| text.find(s).unwrap();
+        assert!(
+            pos("first-2") < pos("k0") && pos("k1") < pos("middle") && pos("middle") < pos("k2")
+        );
+        assert!(pos("k2") < pos("late"));
+    }
+
+    #[test]
+    fn stream_decoder_reads_any_slicing_in_execution_order() {
+        let mut w = ws(20);
+        w.ddl = vec![ddl("first", &["t"], 0), ddl("mid", &["t"], 10)];
+        let mut buf = Vec::new();
+        encode_in_order(&w, &mut buf);
+        for step in [1, 3, 7, 64, buf.len()] {
+            let mut d = StreamDecoder::new(1 << 20);
+            let mut parts = Vec::new();
+            for piece in buf.chunks(step) {
+                parts.extend(d.push(piece).unwrap());
+            }
+            assert_eq!(d.finish().unwrap(), None);
+            assert_eq!(parts.len(), 23, "step {step}");
+            let Part::Header(h) = &parts[0] else {
+                panic!("header first")
+            };
+            assert_eq!(
+                (h.format_version, h.origin, h.snapshot),
+                (WRITESET_FORMAT_VERSION, 3, 7)
+            );
+            assert_eq!(&h.txn_id[..], b"t1");
+            assert!(matches!(&parts[1], Part::Ddl(d) if d.sql == "first"));
+            assert!(matches!(&parts[12], Part::Ddl(d) if d.sql == "mid"));
+            assert!(matches!(&parts[22], Part::Item(i) if i.key == b"k19"[..]));
+        }
+        // Damage is an error, never a panic; a cut shows at finish.
+        let mut d = StreamDecoder::new(1 << 20);
+        d.push(&buf[..buf.len() - 3]).unwrap();
+        assert!(d.finish().is_err());
+        let mut d = StreamDecoder::new(1 << 20);
+        assert!(d.push(&[0xff; 12]).is_err());
+        // A header-only writeset.
+        let h = Writeset {
+            format_version: 2,
+            origin: 5,
+            ..Writeset::default()
+        };
+        let mut d = StreamDecoder::new(1 << 20);
+        assert!(d.push(&h.encode_to_vec()).unwrap().is_empty());
+        assert_eq!(d.finish().unwrap().unwrap().origin, 5);
     }
 
     #[test]

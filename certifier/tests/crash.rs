@@ -95,6 +95,7 @@ fn writeset(rng: &mut impl Rng, id: String, snapshot: u64) -> Writeset {
             })
             .collect(),
         ddl: vec![],
+        last_chunk: false,
     }
 }
 

@@ -206,6 +206,7 @@ fn build(id: usize, snapshot: u64, items: &[GenItem], ddl: &[u8]) -> Writeset {
                 before_item: 0,
             })
             .collect(),
+        last_chunk: false,
     };
     if ws.items.is_empty() && ws.ddl.is_empty() {
         ws.items.push(tashkent_certifier::writeset::item(

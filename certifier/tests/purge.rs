@@ -36,6 +36,7 @@ fn ws(i: u64) -> Writeset {
             ..item("t", Op::Update, format!("k{i}").into_bytes())
         }],
         ddl: vec![],
+        last_chunk: false,
     }
 }
 

@@ -19,6 +19,7 @@ fn txn(id: &str, snapshot: u64, items: Vec<Item>) -> Writeset {
         snapshot,
         items,
         ddl: vec![],
+        last_chunk: false,
     }
 }
 

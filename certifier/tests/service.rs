@@ -52,6 +52,7 @@ fn ws(id: &str, snapshot: u64, keys: &[String]) -> Writeset {
             })
             .collect(),
         ddl: vec![],
+        last_chunk: false,
     }
 }
 

@@ -1,31 +1,44 @@
 //! Writeset capture and apply on a replica.
 //!
-//! The work happens inside PostgreSQL (see `capture.sql`, whose header
-//! documents the captured format): statement-level triggers generated per
-//! table append one JSON line per statement to the transaction-local
-//! setting `tashkent.ws`, and `tashkent.apply` replays such lines on
-//! another replica. This module installs that SQL, reads a transaction's
-//! lines back, extracts the conflict keys the certifier needs, and applies
-//! lines through an applier session. It also owns the replica's applied
-//! version (an insert-only log, `tashkent.applied`) and the striping of
-//! sequences over the replicas (`tashkent.replica`).
+//! Capture happens inside PostgreSQL: a row trigger in C
+//! (`tashkent_capture.c`, compiled by `build.rs` against the server headers
+//! and shipped to the replica by [`install`]) appends one entry per changed
+//! row to a buffer that follows the transaction; `tashkent.ws_read()` hands
+//! it out before COMMIT ([`entry`] reads it). TRUNCATE and DDL are captured
+//! too (`capture.sql`: the install script, the event triggers, the applied
+//! version log and the striping of sequences). [`change`] is the packed
+//! form rows travel in inside certifier items, and [`apply`] replays them
+//! on another replica.
 
-use serde::Deserialize;
+pub mod apply;
+pub mod change;
+pub mod entry;
+
+use bytes::{Bytes, BytesMut};
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
 
-/// The SQL that installs capture and apply into a database (idempotent).
-pub const INSTALL_SQL: &str = include_str!("capture.sql");
+/// The install script; `@LIBRARY@` stands for the capture library's path.
+const INSTALL_SQL: &str = include_str!("capture.sql");
 
-/// Reads the current transaction's captured lines (NULL or '' when none).
-pub const READ_SQL: &str = "SELECT current_setting('tashkent.ws', true)";
+/// The compiled capture library (see `build.rs`).
+static LIBRARY: &[u8] = include_bytes!(env!("TASHKENT_CAPTURE_LIB"));
+/// The PostgreSQL major version the library was compiled for.
+const LIBRARY_PG_MAJOR: &str = env!("TASHKENT_CAPTURE_PG_MAJOR");
+
+/// Reads the current transaction's captured entries: one bytea per chunk
+/// of the buffer (no row when nothing was captured). Read in binary.
+pub const READ_SQL: &str = "SELECT tashkent.ws_read()";
 
 /// Reads the replica's applied version: one bigint, the newest row of the
 /// insert-only log (an index-only backward scan). Sent as the first
 /// statement of a REPEATABLE READ transaction, it is exactly the version
 /// of that transaction's snapshot.
 pub const SNAPSHOT_VERSION_SQL: &str = "SELECT max(version) FROM tashkent.applied";
+
+/// Default cap on one transaction's captured bytes (`max_writeset_bytes`).
+pub const DEFAULT_MAX_WRITESET_BYTES: u64 = 256 << 20;
 
 /// The statement that records version `v` as applied, to run in the
 /// transaction that commits `v`. It inserts a row of its own, so commits in
@@ -43,10 +56,7 @@ pub fn advance_sequences_sql(tables: Option<&[String]>) -> String {
     let arg = match tables {
         None => "NULL".to_owned(),
         Some(tables) => {
-            let quoted: Vec<String> = tables
-                .iter()
-                .map(|t| format!("'{}'", t.replace('\'', "''")))
-                .collect();
+            let quoted: Vec<String> = tables.iter().map(|t| apply::literal(t)).collect();
             format!("ARRAY[{}]::text[]", quoted.join(","))
         }
     };
@@ -106,180 +116,155 @@ pub async fn configure_replica(client: &Client, id: u32, replicas: u32) -> Resul
         .map_err(Error::sql("configuring the replica's sequences"))
 }
 
-/// Installs (or refreshes) capture in the database `client` is connected to.
-pub async fn install(client: &Client) -> Result<()> {
-    client
-        .batch_execute(INSTALL_SQL)
-        .await
-        .map_err(Error::sql("installing writeset capture"))
+/// The library's file name: its PostgreSQL major version and a checksum
+/// of its bytes, so a different build never overwrites a library that
+/// running backends have loaded.
+fn library_file() -> String {
+    format!(
+        "tashkent_capture_{LIBRARY_PG_MAJOR}_{:08x}.so",
+        crc32fast::hash(LIBRARY)
+    )
 }
 
-/// What one captured line holds (a statement's effect on at most 1,000
-/// rows of one table, or one DDL statement), with the keys the certifier
-/// checks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CapturedChange {
-    /// Schema-qualified table name (for DDL: its first affected table, or
-    /// `tashkent.catalog` when it affects none).
-    pub table: String,
-    /// The tables the line conflicts with as a whole: for DDL the tables it
-    /// creates, alters or drops (possibly none); otherwise `[table]`.
-    pub tables: Vec<String>,
-    /// The kind of statement.
-    pub op: ChangeOp,
-    /// Write conflict keys: primary and unique keys of every row written.
-    pub keys: Vec<String>,
-    /// Unique keys that no longer exist (deleted or re-keyed rows).
-    pub gone: Vec<String>,
-    /// Unique keys of parent rows the written rows reference.
-    pub refs: Vec<String>,
-    /// The line as captured, which is what is shipped and applied.
-    pub line: String,
-}
-
-/// The statement kind of a captured line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum ChangeOp {
-    #[serde(rename = "I")]
-    Insert,
-    #[serde(rename = "U")]
-    Update,
-    #[serde(rename = "D")]
-    Delete,
-    #[serde(rename = "T")]
-    Truncate,
-    /// A DDL statement, replayed as SQL text.
-    #[serde(rename = "X")]
-    Ddl,
-}
-
-#[derive(Deserialize)]
-struct LineKeys {
-    t: String,
-    op: ChangeOp,
-    #[serde(default)]
-    keys: Option<Vec<String>>,
-    #[serde(default)]
-    gone: Option<Vec<String>>,
-    #[serde(default)]
-    refs: Option<Vec<String>>,
-    #[serde(default)]
-    tables: Option<Vec<String>>,
-}
-
-/// Splits a transaction's captured text into its changes.
-pub fn parse(captured: &str) -> Result<Vec<CapturedChange>> {
-    captured
-        .lines()
-        .filter(|line| !line.is_empty())
-        .map(|line| {
-            let keys: LineKeys = serde_json::from_str(line).map_err(|e| Error::Capture {
-                reason: format!("unreadable captured line ({e}): {line:.200}"),
-            })?;
-            let tables = match keys.op {
-                ChangeOp::Ddl => keys.tables.unwrap_or_default(),
-                _ => vec![keys.t.clone()],
-            };
-            Ok(CapturedChange {
-                table: keys.t,
-                tables,
-                op: keys.op,
-                keys: keys.keys.unwrap_or_default(),
-                gone: keys.gone.unwrap_or_default(),
-                refs: keys.refs.unwrap_or_default(),
-                line: line.to_string(),
-            })
-        })
-        .collect()
-}
-
-/// Reads what the open transaction on `client` has captured so far.
-pub async fn read(client: &Client) -> Result<String> {
+/// Installs (or refreshes) capture in the database `client` is connected
+/// to, as a superuser: writes the capture library into the server's data
+/// directory (over the connection, so the server may be remote), runs the
+/// install script, and caps each transaction's captured bytes at
+/// `max_writeset_bytes`.
+pub async fn install(client: &Client, max_writeset_bytes: u64) -> Result<()> {
     let row = client
-        .query_one(READ_SQL, &[])
+        .query_one(
+            "SELECT current_setting('server_version_num')::int / 10000, \
+                    current_setting('server_encoding'), current_database()",
+            &[],
+        )
+        .await
+        .map_err(Error::sql("reading the server's version"))?;
+    let major: i32 = row.get(0);
+    let encoding: String = row.get(1);
+    let database: String = row.get(2);
+    if major.to_string() != LIBRARY_PG_MAJOR {
+        return Err(Error::Capture {
+            reason: format!(
+                "this tashkent was built for PostgreSQL {LIBRARY_PG_MAJOR} and the replica runs \
+                 PostgreSQL {major}: build it with PG_CONFIG pointing at that version's pg_config"
+            ),
+        });
+    }
+    if encoding != "UTF8" {
+        return Err(Error::Capture {
+            reason: format!(
+                "database {database} has encoding {encoding}; tashkent replicates UTF8 databases"
+            ),
+        });
+    }
+    let file = library_file();
+    let size: Option<i64> = client
+        .query_one("SELECT (pg_stat_file($1, true)).size", &[&file])
+        .await
+        .map_err(Error::sql("looking for the capture library"))?
+        .get(0);
+    if size != Some(LIBRARY.len() as i64) {
+        write_library(client, &file)
+            .await
+            .map_err(Error::sql(format!(
+                "writing the capture library {file} into the data directory"
+            )))?;
+    }
+    let sql = INSTALL_SQL.replace("@LIBRARY@", &format!("./{file}"));
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(Error::sql("installing writeset capture"))?;
+    let format: i32 = client
+        .query_one("SELECT tashkent.capture_version()", &[])
+        .await
+        .map_err(Error::sql("checking the capture library"))?
+        .get(0);
+    if format != entry::CAPTURE_FORMAT {
+        return Err(Error::Capture {
+            reason: format!(
+                "the capture library speaks format {format}, this proxy reads {}",
+                entry::CAPTURE_FORMAT
+            ),
+        });
+    }
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET tashkent.max_writeset_bytes = {}",
+            apply::ident(&database),
+            apply::literal(&max_writeset_bytes.to_string())
+        ))
+        .await
+        .map_err(Error::sql("setting tashkent.max_writeset_bytes"))
+}
+
+/// Writes the library as a server-side file through a large object (one
+/// transaction: nothing is left behind if it fails).
+async fn write_library(
+    client: &Client,
+    file: &str,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    client.batch_execute("BEGIN").await?;
+    let written = async {
+        let oid: tokio_postgres::types::Oid = client
+            .query_one("SELECT lo_from_bytea(0, $1)", &[&LIBRARY])
+            .await?
+            .get(0);
+        client
+            .execute("SELECT lo_export($1, $2)", &[&oid, &file])
+            .await?;
+        client.execute("SELECT lo_unlink($1)", &[&oid]).await?;
+        client.batch_execute("COMMIT").await
+    }
+    .await;
+    if written.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    written
+}
+
+/// Reads what the open transaction on `client` has captured so far (all
+/// chunks, concatenated).
+pub async fn read(client: &Client) -> Result<Bytes> {
+    let rows = client
+        .query(READ_SQL, &[])
         .await
         .map_err(Error::sql("reading the captured writeset"))?;
-    Ok(row.get::<_, Option<String>>(0).unwrap_or_default())
+    let mut out = BytesMut::new();
+    for row in rows {
+        let chunk: &[u8] = row.get(0);
+        out.extend_from_slice(chunk);
+    }
+    Ok(out.freeze())
 }
 
 /// Prepares a session to apply writesets: capture triggers and foreign-key
-/// checks (already certified at the origin) must not fire there.
+/// checks (already certified at the origin) must not fire there, and rows
+/// are read under the settings capture renders them with.
 pub async fn become_applier(client: &Client) -> Result<()> {
     client
-        .batch_execute("SET session_replication_role = replica")
+        .batch_execute(&format!(
+            "SET session_replication_role = replica; {}",
+            apply::SESSION_SETTINGS
+        ))
         .await
         .map_err(Error::sql("entering applier mode"))
 }
 
-/// Applies captured lines in the transaction open on an applier session.
-pub async fn apply(client: &Client, captured: &str) -> Result<()> {
-    client
-        .execute("SELECT tashkent.apply($1)", &[&captured])
-        .await
-        .map(drop)
-        .map_err(Error::sql("applying a writeset"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_keys_and_keeps_the_line() {
-        let text = concat!(
-            r#"{"t": "public.a", "op": "U", "del": null, "keys": ["public.a a_pkey [1]"], "gone": null, "refs": ["public.p p_pkey [7]"], "rows": [{"id": 1}]}"#,
-            "\n",
-            r#"{"t": "public.b", "op": "T"}"#,
-            "\n"
-        );
-        let changes = parse(text).unwrap();
-        assert_eq!(changes.len(), 2);
-        assert_eq!(changes[0].op, ChangeOp::Update);
-        assert_eq!(changes[0].keys, vec!["public.a a_pkey [1]"]);
-        assert!(changes[0].gone.is_empty());
-        assert_eq!(changes[0].refs, vec!["public.p p_pkey [7]"]);
-        assert_eq!(changes[0].line, text.lines().next().unwrap());
-        assert_eq!(changes[1].op, ChangeOp::Truncate);
-        assert_eq!(changes[1].table, "public.b");
-        assert_eq!(changes[0].tables, vec!["public.a"]);
-        assert_eq!(changes[1].tables, vec!["public.b"]);
+/// Applies a whole writeset in the transaction open on an applier session
+/// (tests and tools; the proxy's applier streams, see `proxy::applier`).
+pub async fn apply_writeset(client: &Client, ws: &tashkent_certifier::Writeset) -> Result<()> {
+    let mut a = apply::Apply::new();
+    let mut ddl = ws.ddl.iter().peekable();
+    for (i, item) in ws.items.iter().enumerate() {
+        while let Some(d) = ddl.next_if(|d| d.before_item <= i as u64) {
+            a.ddl(client, d).await?;
+        }
+        a.item(client, item).await?;
     }
-
-    #[test]
-    fn parses_ddl_lines_with_their_tables() {
-        let text = concat!(
-            r#"{"t": "s.x", "ds": "ISO, MDY", "is": "postgres", "op": "X", "tz": "UTC", "sql": "DROP TABLE x, y", "path": "s", "tables": ["s.x", "s.y"]}"#,
-            "\n",
-            r#"{"t": "tashkent.catalog", "ds": "ISO, MDY", "is": "postgres", "op": "X", "tz": "UTC", "sql": "CREATE SCHEMA s", "path": "public", "tables": []}"#,
-            "\n"
-        );
-        let changes = parse(text).unwrap();
-        assert_eq!(changes[0].op, ChangeOp::Ddl);
-        assert_eq!(changes[0].table, "s.x");
-        assert_eq!(changes[0].tables, vec!["s.x", "s.y"]);
-        assert!(changes[0].keys.is_empty());
-        assert_eq!(changes[1].table, "tashkent.catalog");
-        assert!(changes[1].tables.is_empty());
+    for d in ddl {
+        a.ddl(client, d).await?;
     }
-
-    #[test]
-    fn applied_log_statements() {
-        assert_eq!(
-            record_applied_sql(7),
-            "INSERT INTO tashkent.applied (version) VALUES (7)"
-        );
-        let prune = prune_applied_sql(100);
-        assert!(prune.starts_with("DELETE FROM tashkent.applied WHERE version < 100 AND"));
-        assert!(prune.contains("(SELECT max(version) FROM tashkent.applied)"));
-    }
-
-    #[test]
-    fn unreadable_line_is_an_error() {
-        let err = parse("{\"t\": 1}\n").unwrap_err();
-        assert!(
-            err.to_string().contains("unreadable captured line"),
-            "{err}"
-        );
-        assert!(parse("").unwrap().is_empty());
-    }
+    a.finish(client).await
 }

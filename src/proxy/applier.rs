@@ -8,27 +8,45 @@
 //! ("crash mid-commit"). Either way the replica commits the version in the
 //! same transaction that records it in `tashkent.applied` (I2), and the
 //! next version is not started before that commit returned.
+//!
+//! A version that fits one Subscribe frame is decoded whole; consecutive
+//! such versions applied from the log share one replica transaction
+//! (catching up). A larger one is applied while it streams in, in pieces
+//! of bounded size inside one replica transaction (I8).
+//!
+//! Failures: the transaction is rolled back and the stream is opened
+//! again at the version that failed, after a back-off that grows to
+//! [`MAX_BACKOFF`]. A version that keeps failing is reported once in the
+//! log with its cause and published in `Shared::apply_stuck`: sessions
+//! refuse writes and committers waiting for a later version are told,
+//! instead of hanging silently.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
-use tashkent_certifier::{CertifierClient, CommittedWriteset, Version};
+use futures::{FutureExt, Stream, StreamExt};
+use tashkent_certifier::proto::SubscribeFrame;
+use tashkent_certifier::writeset::{Part, StreamDecoder};
+use tashkent_certifier::{CertifierClient, CertifierError, CommittedWriteset, Version, Writeset};
 use tokio_postgres::Client;
 
-use super::shared::{Shared, Turn};
-use super::writeset;
+use super::shared::{ApplyStuck, Shared, Turn};
 use super::ProxyConfig;
-use crate::capture;
+use crate::capture::{self, apply::Apply};
 use crate::error::{Error, Result};
+use prost::Message;
 
 /// Batches stop growing past this many bytes of writesets.
 const MAX_BATCH_BYTES: usize = 4 << 20;
-
 /// How often the applier reports progress to the certifier at most.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
 /// Versions of `tashkent.applied` rows kept behind the newest.
 const APPLIED_LOG_KEEP: u64 = 1000;
+/// Longest pause between attempts at a failing version.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long an apply may wait on locks before blocking local transactions
+/// are aborted.
+const BLOCKED_CHECK: Duration = Duration::from_millis(20);
 
 /// A session of the proxy's own on its replica.
 pub async fn connect_admin(cfg: &ProxyConfig) -> Result<Client> {
@@ -44,25 +62,62 @@ pub async fn connect_admin(cfg: &ProxyConfig) -> Result<Client> {
     Ok(client)
 }
 
-/// The applier's session, and a second one that watches for local
-/// transactions blocking it.
+/// The applier's session, a second one that watches for local
+/// transactions blocking it, and its prepared statements.
 pub struct ApplierConn {
     client: Client,
     pid: i32,
     monitor: Client,
+    apply: Apply,
+}
+
+impl ApplierConn {
+    /// Applies an item, aborting local transactions that block it.
+    async fn item(&mut self, shared: &Shared, item: &tashkent_certifier::Item) -> Result<()> {
+        unblocked(
+            shared,
+            &self.monitor,
+            self.pid,
+            self.apply.item(&self.client, item),
+        )
+        .await
+    }
+
+    /// Runs a statement, aborting local transactions that block it.
+    async fn ddl(&mut self, shared: &Shared, d: &tashkent_certifier::Ddl) -> Result<()> {
+        unblocked(
+            shared,
+            &self.monitor,
+            self.pid,
+            self.apply.ddl(&self.client, d),
+        )
+        .await
+    }
+
+    /// Applies what is gathered.
+    async fn finish(&mut self, shared: &Shared) -> Result<()> {
+        unblocked(
+            shared,
+            &self.monitor,
+            self.pid,
+            self.apply.finish(&self.client),
+        )
+        .await
+    }
 }
 
 /// Connects the applier's sessions to the replica.
 pub async fn connect(shared: &Shared) -> Result<ApplierConn> {
     let client = connect_admin(&shared.cfg).await?;
     let monitor = connect_admin(&shared.cfg).await?;
+    capture::become_applier(&client).await?;
     // The applier must never be the victim of a deadlock with a local
     // transaction: with a longer timeout the other side's check fires
     // first and aborts the local transaction.
     client
         .batch_execute(
-            "SET session_replication_role = replica; SET deadlock_timeout = '10s'; \
-             SET standard_conforming_strings = on; SET statement_timeout = 0",
+            "SET deadlock_timeout = '10s'; SET standard_conforming_strings = on; \
+             SET statement_timeout = 0",
         )
         .await
         .map_err(Error::sql("preparing the applier session"))?;
@@ -75,20 +130,16 @@ pub async fn connect(shared: &Shared) -> Result<ApplierConn> {
         client,
         pid,
         monitor,
+        apply: Apply::new(),
     })
 }
-
-/// How long an apply may wait on locks before blocking local transactions
-/// are aborted.
-const BLOCKED_CHECK: Duration = Duration::from_millis(20);
 
 /// Early abort (DESIGN.md, step 7): local transactions that hold locks the
 /// applier waits for and are not being certified are doomed and their
 /// statements cancelled.
-async fn release_blockers(shared: &Shared, conn: &ApplierConn) {
-    let Ok(rows) = conn
-        .monitor
-        .query("SELECT unnest(pg_blocking_pids($1))", &[&conn.pid])
+async fn release_blockers(shared: &Shared, monitor: &Client, pid: i32) {
+    let Ok(rows) = monitor
+        .query("SELECT unnest(pg_blocking_pids($1))", &[&pid])
         .await
     else {
         return;
@@ -97,8 +148,7 @@ async fn release_blockers(shared: &Shared, conn: &ApplierConn) {
         let pid: i32 = row.get(0);
         if let Some(session) = shared.doom(pid) {
             tracing::debug!("aborting local transaction on backend {pid}: it blocks the applier");
-            let _ = conn
-                .monitor
+            let _ = monitor
                 .execute("SELECT pg_cancel_backend($1)", &[&pid])
                 .await;
             session.cancel_delivered();
@@ -106,15 +156,51 @@ async fn release_blockers(shared: &Shared, conn: &ApplierConn) {
     }
 }
 
-/// Runs until the proxy shuts down; errors are logged and retried.
+/// Runs `fut` (a statement of the applier) while aborting local
+/// transactions that block it.
+async fn unblocked<T>(
+    shared: &Shared,
+    monitor: &Client,
+    pid: i32,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(fut);
+    let mut check =
+        tokio::time::interval_at(tokio::time::Instant::now() + BLOCKED_CHECK, BLOCKED_CHECK);
+    loop {
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = check.tick() => release_blockers(shared, monitor, pid).await,
+        }
+    }
+}
+
+/// Why following the stream stopped.
+enum Stop {
+    /// The stream ended or broke: subscribe again.
+    Stream(CertifierError),
+    /// Applying `version` failed: roll back, back off, try again.
+    Apply { version: Version, error: Error },
+    /// The replica holds fewer versions than this proxy thought (it
+    /// restarted without commits it had acknowledged; the log has them).
+    Rewound(Version),
+}
+
+type Frames = std::pin::Pin<
+    Box<dyn Stream<Item = std::result::Result<SubscribeFrame, CertifierError>> + Send>,
+>;
+
+/// Runs until the proxy shuts down.
 pub async fn run(shared: Arc<Shared>) {
-    let mut client: Option<ApplierConn> = None;
+    let mut conn: Option<ApplierConn> = None;
     let mut last_report = std::time::Instant::now() - REPORT_EVERY;
     // The log stream gets an HTTP/2 connection of its own: while catching
     // up, its backlog fills the connection's flow-control window, and the
     // answers of other calls on that connection (the progress reports this
     // loop awaits) could not arrive until this loop reads on: a deadlock.
     let mut subscriber: Option<CertifierClient> = None;
+    let mut failures = 0u32;
+    let mut verify = true;
     loop {
         let from = *shared.applied.borrow() + 1;
         let sub = match &subscriber {
@@ -131,7 +217,7 @@ pub async fn run(shared: Arc<Shared>) {
                 }
             },
         };
-        let stream = match sub.subscribe(from).await {
+        let frames = match sub.subscribe_frames(from).await {
             Ok(s) => s,
             Err(e) if e.is_purged() => {
                 needs_recovery(&shared, &e);
@@ -144,70 +230,73 @@ pub async fn run(shared: Arc<Shared>) {
                 continue;
             }
         };
-        let mut stream = stream.peekable();
-        while let Some(next) = stream.next().await {
-            let committed = match next {
-                Ok(c) => c,
-                Err(e) if e.is_purged() => {
-                    needs_recovery(&shared, &e);
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!("certifier stream: {e}");
-                    break;
-                }
-            };
-            let v = committed.version;
-            if v <= *shared.applied.borrow() {
-                continue;
-            }
-            // Catching up: the versions already waiting behind this one
-            // that are applied from the log anyway share its replica
-            // transaction and its `tashkent.apply` call.
-            let mut batch = vec![committed];
-            if batchable(&shared, &batch[0]) {
-                let mut bytes = 0;
-                while batch.len() < shared.cfg.max_apply_batch && bytes < MAX_BATCH_BYTES {
-                    let ready = std::pin::Pin::new(&mut stream)
-                        .next_if(|r| matches!(r, Ok(c) if batchable(&shared, c)))
-                        .now_or_never();
-                    let Some(Some(Ok(c))) = ready else { break };
-                    bytes += c.writeset.items.iter().map(|i| i.row.len()).sum::<usize>();
-                    batch.push(c);
-                }
-            }
-            let last = batch.last().map_or(v, |c| c.version);
-            let rewound = if batch.len() == 1 {
-                let committed = batch.pop().expect("one version");
-                commit_in_order(&shared, &mut client, committed).await
-            } else {
-                commit_batch(&shared, &mut client, batch).await
-            };
-            if let Some(db) = rewound {
-                // PostgreSQL restarted without its newest commits (with
-                // synchronous_commit off they were only in memory; the
-                // certifier's log has them): replay them from there.
+        let mut f = Follower {
+            shared: &shared,
+            conn: &mut conn,
+            frames: frames.peekable(),
+            verify,
+            last_report: &mut last_report,
+            failures: &mut failures,
+        };
+        let stop = f.follow().await;
+        verify = false;
+        match stop {
+            Stop::Stream(e) if e.is_purged() => needs_recovery(&shared, &e),
+            Stop::Stream(e) => tracing::warn!("certifier stream: {e}"),
+            Stop::Rewound(db) => {
                 tracing::warn!(
                     "the replica restarted at version {db}, below {}: replaying from version {}",
-                    v - 1,
+                    *shared.applied.borrow(),
                     db + 1
                 );
                 shared.applied.send_replace(db);
-                break;
+                continue;
             }
-            shared.applied.send_replace(last);
-            if last_report.elapsed() >= REPORT_EVERY {
-                last_report = std::time::Instant::now();
-                report(&shared).await;
+            Stop::Apply { version, error } => {
+                failures += 1;
+                verify = true;
+                stuck(&shared, version, &error, failures);
+                let pause = Duration::from_millis(50u64.saturating_mul(1 << failures.min(7)))
+                    .min(MAX_BACKOFF);
+                tokio::time::sleep(pause).await;
+                continue;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
+/// A version failed `failures` times in a row: the second failure makes
+/// it loud (log once per cause; writes refused while it lasts).
+fn stuck(shared: &Shared, version: Version, error: &Error, failures: u32) {
+    let cause = error.to_string();
+    if failures < 2 {
+        tracing::warn!("applying version {version} failed (retrying): {cause}");
+        return;
+    }
+    let s = ApplyStuck { version, cause };
+    let changed = shared.apply_stuck.send_if_modified(|cur| {
+        if cur.as_ref() == Some(&s) {
+            return false;
+        }
+        *cur = Some(s.clone());
+        true
+    });
+    if changed {
+        tracing::error!(
+            "replica {} cannot apply version {}: {}; writes are refused here until it can \
+             (retrying every {:?} at most)",
+            shared.cfg.replica_id,
+            s.version,
+            s.cause,
+            MAX_BACKOFF
+        );
+    }
+}
+
 /// The log no longer holds what this replica needs: say so once, loudly,
 /// and make sessions refuse writes (they could never commit).
-fn needs_recovery(shared: &Shared, e: &tashkent_certifier::CertifierError) {
+fn needs_recovery(shared: &Shared, e: &CertifierError) {
     let why = format!("replica {} cannot catch up: {e}", shared.cfg.replica_id);
     if shared.set_recovery_needed(why.clone()) {
         tracing::error!("{why}");
@@ -232,186 +321,433 @@ pub async fn report(shared: &Shared) {
     }
 }
 
-/// Commits version `c.version` (every version below it is committed).
-/// `Some(db)`: the replica turned out to hold only the versions up to `db`
-/// (see [`ensure_connected`]); nothing was committed, the caller replays
-/// from `db + 1`.
-async fn commit_in_order(
-    shared: &Shared,
-    client: &mut Option<ApplierConn>,
-    c: CommittedWriteset,
-) -> Option<Version> {
-    let v = c.version;
-    // Before a local session commits `v` on a replica that may have lost
-    // versions below it.
-    match ensure_connected(shared, client, v).await {
-        Ok(Some(db)) => return Some(db),
-        Ok(None) => {}
-        // apply_once connects again below.
-        Err(e) => tracing::warn!("connecting the applier: {e}"),
-    }
-    if c.writeset.origin == shared.cfg.replica_id {
-        if let Some(turn) = shared.take_pending(&c.writeset.txn_id) {
-            let (done, committed) = tokio::sync::oneshot::channel();
-            if turn.send(Turn { version: v, done }).is_ok() && committed.await == Ok(true) {
-                return None;
+struct Follower<'a> {
+    shared: &'a Shared,
+    conn: &'a mut Option<ApplierConn>,
+    frames: futures::stream::Peekable<Frames>,
+    /// After a failure: read the replica's applied version before applying
+    /// (an attempt whose answer was lost may have committed).
+    verify: bool,
+    last_report: &'a mut std::time::Instant,
+    failures: &'a mut u32,
+}
+
+impl Follower<'_> {
+    async fn follow(&mut self) -> Stop {
+        let mut carry: Option<CommittedWriteset> = None;
+        loop {
+            let first = match carry.take() {
+                Some(c) => Whole(c),
+                None => match self.frames.next().await {
+                    None => return Stop::Stream(CertifierError::Protocol("stream ended".into())),
+                    Some(Err(e)) => return Stop::Stream(e),
+                    Some(Ok(frame)) if frame.last => match decode(frame) {
+                        Ok(c) => Whole(c),
+                        Err(e) => return e,
+                    },
+                    Some(Ok(frame)) => Streamed(frame),
+                },
+            };
+            let v = match &first {
+                Whole(c) => c.version,
+                Streamed(f) => f.version,
+            };
+            if let Err(stop) = self.ensure_connected(v).await {
+                return stop;
+            }
+            let applied = *self.shared.applied.borrow();
+            let last = match first {
+                Whole(c) if c.version <= applied => continue,
+                Streamed(f) if f.version <= applied => {
+                    if let Err(stop) = self.skip_rest(f.version).await {
+                        return stop;
+                    }
+                    continue;
+                }
+                Whole(c) => {
+                    let mut batch = vec![c];
+                    if self.batchable(&batch[0]) {
+                        carry = self.gather(&mut batch);
+                    }
+                    let last = batch.last().map_or(v, |c| c.version);
+                    if let Err(stop) = self.commit_whole(batch).await {
+                        return stop;
+                    }
+                    last
+                }
+                Streamed(f) => {
+                    if let Err(stop) = self.commit_streamed(f).await {
+                        return stop;
+                    }
+                    v
+                }
+            };
+            self.shared.applied.send_replace(last);
+            *self.failures = 0;
+            if self.shared.apply_stuck.borrow().is_some() {
+                self.shared.apply_stuck.send_replace(None);
+                tracing::info!("replica {} applies again", self.shared.cfg.replica_id);
+            }
+            if last / APPLIED_LOG_KEEP > applied / APPLIED_LOG_KEEP {
+                self.prune(last).await;
+            }
+            if self.last_report.elapsed() >= REPORT_EVERY {
+                *self.last_report = std::time::Instant::now();
+                report(self.shared).await;
             }
         }
     }
-    let text = writeset::apply_text(&c.writeset);
-    let own = own_tables(shared, std::slice::from_ref(&c));
-    let mut attempt = 0u32;
-    loop {
-        match apply_once(shared, client, v, v, &text, &own, attempt > 0).await {
-            Ok(rewound) => return rewound,
-            Err(e) => {
-                attempt += 1;
-                tracing::error!("applying version {v} (attempt {attempt}): {e}");
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(20)))).await;
+
+    /// Consecutive single-frame versions already received that can share
+    /// `batch`'s replica transaction; returns one read but not batchable.
+    fn gather(&mut self, batch: &mut Vec<CommittedWriteset>) -> Option<CommittedWriteset> {
+        let mut bytes = 0;
+        while batch.len() < self.shared.cfg.max_apply_batch && bytes < MAX_BATCH_BYTES {
+            let next = std::pin::Pin::new(&mut self.frames)
+                .next_if(|r| matches!(r, Ok(f) if f.last))
+                .now_or_never();
+            let Some(Some(Ok(frame))) = next else {
+                break;
+            };
+            bytes += frame.data.len();
+            let Ok(c) = decode(frame) else {
+                // Undecodable: leave it to the next round, which reports it.
+                break;
+            };
+            if !self.batchable(&c) {
+                return Some(c);
             }
+            batch.push(c);
         }
+        None
     }
-}
 
-/// True for a version the applier applies from the log that may share a
-/// replica transaction with others: not a local session's (which commits
-/// it itself when its turn comes) and without DDL or TRUNCATE (which
-/// `tashkent.apply` must see on its own).
-fn batchable(shared: &Shared, c: &CommittedWriteset) -> bool {
-    c.writeset.ddl.is_empty()
-        && !(c.writeset.origin == shared.cfg.replica_id && shared.is_pending(&c.writeset.txn_id))
-}
+    /// True for a version the applier applies from the log that may share
+    /// a replica transaction with others: not a local session's (which
+    /// commits it itself when its turn comes) and without DDL or TRUNCATE.
+    fn batchable(&self, c: &CommittedWriteset) -> bool {
+        c.writeset.ddl.is_empty() && !self.local_pending(&c.writeset.txn_id, c.writeset.origin)
+    }
 
-/// Commits consecutive versions (see [`batchable`]) in one replica
-/// transaction: their captured lines in version order in one
-/// `tashkent.apply` call, and one `tashkent.applied` row per version, so
-/// the applied version is exact in every snapshot (I2, I3). If the batch
-/// fails, its versions are committed one by one. `Some(db)` as for
-/// [`commit_in_order`].
-async fn commit_batch(
-    shared: &Shared,
-    client: &mut Option<ApplierConn>,
-    batch: Vec<CommittedWriteset>,
-) -> Option<Version> {
-    let (first, last) = (batch[0].version, batch[batch.len() - 1].version);
-    let mut text = String::new();
-    for c in &batch {
-        text.push_str(&writeset::apply_text(&c.writeset));
+    fn local_pending(&self, txn_id: &[u8], origin: u32) -> bool {
+        origin == self.shared.cfg.replica_id && self.shared.is_pending(txn_id)
     }
-    let text = super::merge::merge_upserts(&text);
-    let own = own_tables(shared, &batch);
-    match apply_once(shared, client, first, last, &text, &own, false).await {
-        Ok(rewound) => return rewound,
-        Err(e) => tracing::warn!("applying versions {first}..={last} together: {e}; one by one"),
-    }
-    for c in batch {
-        let rewound = commit_in_order(shared, client, c).await;
-        if rewound.is_some() {
-            return rewound;
+
+    /// Connects the applier's sessions if they are not (first use, or the
+    /// replica's PostgreSQL went away), and after a reconnect or a failure
+    /// reads the replica's applied version back: below `v - 1`, the server
+    /// restarted without commits it had acknowledged (fsync and
+    /// synchronous_commit are off; the certifier's log is what is durable).
+    async fn ensure_connected(&mut self, v: Version) -> std::result::Result<(), Stop> {
+        let fresh = self
+            .conn
+            .as_ref()
+            .is_none_or(|c| c.client.is_closed() || c.monitor.is_closed());
+        if !fresh && !self.verify {
+            return Ok(());
         }
-    }
-    None
-}
-
-/// Tables this replica's own transactions wrote in `batch`. Applied from
-/// the log they restore rows whose serial values this replica drew (a
-/// rebuild, or a crash mid-commit): its sequences must move past them.
-fn own_tables(shared: &Shared, batch: &[CommittedWriteset]) -> Vec<String> {
-    let mut tables: Vec<String> = batch
-        .iter()
-        .filter(|c| c.writeset.origin == shared.cfg.replica_id)
-        .flat_map(|c| c.writeset.items.iter().map(|i| i.table.clone()))
-        .collect();
-    tables.sort_unstable();
-    tables.dedup();
-    tables
-}
-
-/// Connects the applier's sessions if they are not (first use, or the
-/// replica's PostgreSQL went away). After a reconnect the replica's applied
-/// version is read back: `Some(db)` when it is below `v - 1`, i.e. the
-/// server restarted without commits it had acknowledged (fsync and
-/// synchronous_commit are off; the certifier's log is what is durable).
-async fn ensure_connected(
-    shared: &Shared,
-    client: &mut Option<ApplierConn>,
-    v: Version,
-) -> Result<Option<Version>> {
-    if client
-        .as_ref()
-        .is_none_or(|c| c.client.is_closed() || c.monitor.is_closed())
-    {
-        let conn = connect(shared).await?;
-        let db = capture::applied_version(&conn.client).await?;
-        *client = Some(conn);
+        if fresh {
+            *self.conn = Some(
+                connect(self.shared)
+                    .await
+                    .map_err(|error| Stop::Apply { version: v, error })?,
+            );
+        }
+        let conn = self.conn.as_ref().expect("connected above");
+        let db = capture::applied_version(&conn.client)
+            .await
+            .map_err(|error| Stop::Apply { version: v, error })?;
+        self.verify = false;
         if db + 1 < v {
-            return Ok(Some(db));
+            return Err(Stop::Rewound(db));
+        }
+        if db >= v && db > *self.shared.applied.borrow() {
+            // Committed by an attempt whose answer was lost.
+            self.shared.applied.send_replace(db);
+        }
+        Ok(())
+    }
+
+    /// Commits whole versions: a local session's by handing it the turn,
+    /// the rest applied from the log in one replica transaction.
+    async fn commit_whole(
+        &mut self,
+        batch: Vec<CommittedWriteset>,
+    ) -> std::result::Result<(), Stop> {
+        let (first, last) = (batch[0].version, batch[batch.len() - 1].version);
+        if batch.len() == 1 {
+            let c = &batch[0];
+            if self.local_pending(&c.writeset.txn_id, c.writeset.origin)
+                && hand_turn(self.shared, &c.writeset.txn_id, first).await
+            {
+                return Ok(());
+            }
+        }
+        let own = own_tables(self.shared, batch.iter().map(|c| &c.writeset));
+        let shared = self.shared;
+        let conn = self.conn.as_mut().expect("connected");
+        let r = async {
+            begin(&conn.client).await?;
+            for c in &batch {
+                check_format(&c.writeset, c.version)?;
+                let mut ddl = c.writeset.ddl.iter().peekable();
+                for (i, item) in c.writeset.items.iter().enumerate() {
+                    while let Some(d) = ddl.next_if(|d| d.before_item <= i as u64) {
+                        conn.ddl(shared, d).await?;
+                    }
+                    conn.item(shared, item).await?;
+                }
+                for d in ddl {
+                    conn.ddl(shared, d).await?;
+                }
+            }
+            conn.finish(shared).await?;
+            end(&conn.client, first, last, &own).await
+        }
+        .await;
+        self.settle(r, first).await
+    }
+
+    /// Applies (or hands over) a version that spans several frames, while
+    /// it streams in.
+    async fn commit_streamed(&mut self, first: SubscribeFrame) -> std::result::Result<(), Stop> {
+        let v = first.version;
+        let mut decoder = StreamDecoder::new(self.shared.cfg.max_writeset_bytes as usize);
+        let parts = decoder.push(&first.data).map_err(|e| Stop::Apply {
+            version: v,
+            error: certifier_error(e),
+        })?;
+        let mut parts = parts.into_iter().peekable();
+        let Some(Part::Header(header)) = parts.next() else {
+            return Err(Stop::Apply {
+                version: v,
+                error: Error::Capture {
+                    reason: format!("writeset {v} does not start with its header"),
+                },
+            });
+        };
+        if header.format_version != tashkent_certifier::WRITESET_FORMAT_VERSION {
+            return Err(Stop::Apply {
+                version: v,
+                error: format_error(header.format_version, v),
+            });
+        }
+        if self.local_pending(&header.txn_id, header.origin) {
+            self.skip_rest(v).await?;
+            if hand_turn(self.shared, &header.txn_id, v).await {
+                return Ok(());
+            }
+            // The session could not commit it: apply it from the log,
+            // whose frames are gone by now.
+            return Err(Stop::Stream(CertifierError::Protocol(format!(
+                "version {v} is applied from the log after its session gave up"
+            ))));
+        }
+        let own_origin = header.origin == self.shared.cfg.replica_id;
+        let shared = self.shared;
+        let conn = self.conn.as_mut().expect("connected");
+        let mut tables: Vec<String> = Vec::new();
+        let frames = &mut self.frames;
+        let r = async {
+            begin(&conn.client).await?;
+            let mut done = false;
+            let mut pending: Vec<Part> = parts.collect();
+            loop {
+                for part in pending.drain(..) {
+                    match part {
+                        Part::Header(_) => {}
+                        Part::Ddl(d) => conn.ddl(shared, &d).await?,
+                        Part::Item(item) => {
+                            if own_origin && !tables.contains(&item.table) {
+                                tables.push(item.table.clone());
+                            }
+                            conn.item(shared, &item).await?
+                        }
+                    }
+                }
+                if done {
+                    break;
+                }
+                let frame = match frames.next().await {
+                    Some(Ok(f)) => f,
+                    Some(Err(e)) => return Err(certifier_error(e)),
+                    None => {
+                        return Err(certifier_error(CertifierError::Protocol(
+                            "stream ended inside a writeset".into(),
+                        )))
+                    }
+                };
+                done = frame.last;
+                pending = decoder.push(&frame.data).map_err(certifier_error)?;
+                if done {
+                    decoder.finish().map_err(certifier_error)?;
+                }
+            }
+            conn.finish(shared).await?;
+            end(&conn.client, v, v, &tables).await
+        }
+        .await;
+        self.settle(r, v).await
+    }
+
+    /// Rolls a failed attempt back.
+    async fn settle(&mut self, r: Result<()>, v: Version) -> std::result::Result<(), Stop> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                if let Some(conn) = self.conn.as_mut() {
+                    let _ = conn.client.batch_execute("ROLLBACK").await;
+                    conn.apply.forget_tables();
+                }
+                Err(Stop::Apply { version: v, error })
+            }
         }
     }
-    Ok(None)
+
+    /// Reads and drops the remaining frames of version `v`.
+    async fn skip_rest(&mut self, v: Version) -> std::result::Result<(), Stop> {
+        loop {
+            match self.frames.next().await {
+                Some(Ok(f)) if f.version == v => {
+                    if f.last {
+                        return Ok(());
+                    }
+                }
+                Some(Ok(f)) => {
+                    return Err(Stop::Stream(CertifierError::Protocol(format!(
+                        "version {} before version {v} ended",
+                        f.version
+                    ))))
+                }
+                Some(Err(e)) => return Err(Stop::Stream(e)),
+                None => {
+                    return Err(Stop::Stream(CertifierError::Protocol(
+                        "stream ended".into(),
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Keeps `tashkent.applied` short: local commits add rows too.
+    async fn prune(&mut self, last: Version) {
+        let Some(conn) = self.conn.as_ref() else {
+            return;
+        };
+        let keep_from =
+            (last / APPLIED_LOG_KEEP * APPLIED_LOG_KEEP).saturating_sub(APPLIED_LOG_KEEP);
+        if keep_from == 0 {
+            return;
+        }
+        if let Err(e) = conn
+            .client
+            .batch_execute(&capture::prune_applied_sql(keep_from))
+            .await
+        {
+            tracing::debug!("pruning tashkent.applied: {e}");
+        }
+    }
 }
 
-/// Applies the captured lines `text` of versions `first..=last` in one
-/// replica transaction that records each of them as applied.
-async fn apply_once(
-    shared: &Shared,
-    client: &mut Option<ApplierConn>,
-    first: Version,
-    last: Version,
-    text: &str,
-    own_tables: &[String],
-    retry: bool,
-) -> Result<Option<Version>> {
-    if let Some(db) = ensure_connected(shared, client, first).await? {
-        return Ok(Some(db));
+enum First {
+    Whole(CommittedWriteset),
+    Streamed(SubscribeFrame),
+}
+use First::{Streamed, Whole};
+
+fn decode(frame: SubscribeFrame) -> std::result::Result<CommittedWriteset, Stop> {
+    let v = frame.version;
+    Writeset::decode(frame.data)
+        .map(|writeset| CommittedWriteset {
+            version: v,
+            writeset,
+        })
+        .map_err(|e| Stop::Apply {
+            version: v,
+            error: Error::Capture {
+                reason: format!("undecodable writeset {v}: {e}"),
+            },
+        })
+}
+
+fn certifier_error(e: CertifierError) -> Error {
+    Error::Certifier {
+        context: "reading a writeset from the log".into(),
+        source: e,
     }
-    let v = last;
-    let conn = client.as_ref().expect("connected above");
-    let pg = &conn.client;
-    // After a failure the version may be committed already (an attempt
-    // whose answer was lost): never apply twice.
-    if retry && capture::applied_version(pg).await? >= v {
-        return Ok(None);
+}
+
+fn format_error(format: u32, v: Version) -> Error {
+    Error::Capture {
+        reason: format!(
+            "writeset {v} has format {format}; this proxy applies format {} (a log written by \
+             another tashkent release)",
+            tashkent_certifier::WRITESET_FORMAT_VERSION
+        ),
     }
-    let mut sql = String::with_capacity(text.len() + 160);
-    sql.push_str("BEGIN; SELECT tashkent.apply('");
-    sql.push_str(&text.replace('\'', "''"));
-    sql.push_str("'); ");
+}
+
+fn check_format(ws: &Writeset, v: Version) -> Result<()> {
+    if ws.format_version == tashkent_certifier::WRITESET_FORMAT_VERSION {
+        Ok(())
+    } else {
+        Err(format_error(ws.format_version, v))
+    }
+}
+
+async fn begin(client: &Client) -> Result<()> {
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(Error::sql("opening the applier's transaction"))
+}
+
+/// Records versions `first..=last` as applied (one row each, I2) and
+/// commits; moves sequences past rows of this replica's own that came from
+/// the log (`own_tables`).
+async fn end(client: &Client, first: Version, last: Version, own_tables: &[String]) -> Result<()> {
+    let mut sql = String::new();
     if !own_tables.is_empty() {
         sql.push_str(&capture::advance_sequences_sql(Some(own_tables)));
         sql.push_str("; ");
     }
     if first == last {
-        sql.push_str(&capture::record_applied_sql(v));
+        sql.push_str(&capture::record_applied_sql(last));
     } else {
         sql.push_str(&format!(
             "INSERT INTO tashkent.applied (version) SELECT generate_series({first}, {last})"
         ));
     }
-    sql.push_str("; ");
-    if last / APPLIED_LOG_KEEP > (first - 1) / APPLIED_LOG_KEEP {
-        let keep_from = last / APPLIED_LOG_KEEP * APPLIED_LOG_KEEP;
-        sql.push_str(&capture::prune_applied_sql(keep_from - APPLIED_LOG_KEEP));
-        sql.push_str("; ");
-    }
-    sql.push_str("COMMIT");
-    let apply = pg.batch_execute(&sql);
-    tokio::pin!(apply);
-    let mut check =
-        tokio::time::interval_at(tokio::time::Instant::now() + BLOCKED_CHECK, BLOCKED_CHECK);
-    let applied = loop {
-        tokio::select! {
-            r = &mut apply => break r,
-            _ = check.tick() => release_blockers(shared, conn).await,
-        }
-    };
-    if let Err(e) = applied {
-        let _ = pg.batch_execute("ROLLBACK").await;
-        return Err(Error::sql(if first == last {
-            format!("applying version {v}")
+    sql.push_str("; COMMIT");
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(Error::sql(if first == last {
+            format!("committing version {last}")
         } else {
-            format!("applying versions {first}..={last}")
-        })(e));
-    }
-    Ok(None)
+            format!("committing versions {first}..={last}")
+        }))
+}
+
+/// Hands version `v` to the local session waiting for it; true when that
+/// session committed it.
+async fn hand_turn(shared: &Shared, txn_id: &[u8], v: Version) -> bool {
+    let Some(turn) = shared.take_pending(txn_id) else {
+        return false;
+    };
+    let (done, committed) = tokio::sync::oneshot::channel();
+    turn.send(Turn { version: v, done }).is_ok() && committed.await == Ok(true)
+}
+
+/// Tables this replica's own transactions wrote in `batch`. Applied from
+/// the log they restore rows whose serial values this replica drew (a
+/// rebuild, or a crash mid-commit): its sequences must move past them.
+fn own_tables<'a>(shared: &Shared, batch: impl Iterator<Item = &'a Writeset>) -> Vec<String> {
+    let mut tables: Vec<String> = batch
+        .filter(|ws| ws.origin == shared.cfg.replica_id)
+        .flat_map(|ws| ws.items.iter().map(|i| i.table.clone()))
+        .collect();
+    tables.sort_unstable();
+    tables.dedup();
+    tables
 }

@@ -37,6 +37,10 @@ pub struct ProxyConfig {
     /// Most versions the applier commits in one replica transaction when
     /// several are waiting (catching up); 1 commits each on its own.
     pub max_apply_batch: usize,
+    /// Largest writeset (captured changes of one transaction) accepted;
+    /// larger transactions fail with 54000 before certification. Must not
+    /// exceed the certifier's `max_writeset_bytes`.
+    pub max_writeset_bytes: u64,
 }
 
 mod secs {
@@ -62,6 +66,7 @@ impl Default for ProxyConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_LEN,
             connect_timeout: Duration::from_secs(10),
             max_apply_batch: 500,
+            max_writeset_bytes: crate::capture::DEFAULT_MAX_WRITESET_BYTES,
         }
     }
 }
@@ -90,6 +95,11 @@ impl ProxyConfig {
         }
         if self.max_apply_batch == 0 {
             return Err(Error::Config("max_apply_batch must be at least 1".into()));
+        }
+        if self.max_writeset_bytes < 4096 {
+            return Err(Error::Config(
+                "max_writeset_bytes must be at least 4096".into(),
+            ));
         }
         if self.max_message_bytes < 1024 {
             return Err(Error::Config(
@@ -125,7 +135,8 @@ impl ProxyConfig {
             admin_user,
             certifier,
             max_message_bytes,
-            max_apply_batch
+            max_apply_batch,
+            max_writeset_bytes
         );
         c.validate()?;
         Ok(c)
@@ -165,6 +176,10 @@ pub struct ProxyArgs {
     /// Largest client protocol message in bytes.
     #[arg(long, value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// Largest writeset of one transaction in bytes (at most the
+    /// certifier's max_writeset_bytes); larger ones fail with 54000.
+    #[arg(long, value_name = "BYTES")]
+    pub max_writeset_bytes: Option<u64>,
     /// Most versions the applier commits in one replica transaction while
     /// catching up (1: one each).
     #[arg(long, value_name = "N")]

@@ -9,7 +9,6 @@
 mod applier;
 mod config;
 mod conn;
-mod merge;
 mod session;
 mod shared;
 pub mod sql;
@@ -68,7 +67,7 @@ impl Drop for RunningProxy {
 pub async fn start(cfg: ProxyConfig) -> Result<RunningProxy> {
     cfg.validate()?;
     let admin = applier::connect_admin(&cfg).await?;
-    capture::install(&admin).await?;
+    capture::install(&admin, cfg.max_writeset_bytes).await?;
     capture::configure_replica(&admin, cfg.replica_id, cfg.replicas).await?;
     let applied = capture::applied_version(&admin).await?;
     drop(admin);

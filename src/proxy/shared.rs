@@ -84,6 +84,17 @@ pub struct Shared {
     /// needs (they were purged): it cannot catch up and must be rebuilt
     /// from a checkpoint; until then writes are refused with this reason.
     recovery_needed: Mutex<Option<String>>,
+    /// Set while the applier fails to apply a version: writes are refused
+    /// (they could not commit before it), sessions waiting for their turn
+    /// are told, and it clears once the version applies.
+    pub apply_stuck: watch::Sender<Option<ApplyStuck>>,
+}
+
+/// Why the applier cannot go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyStuck {
+    pub version: Version,
+    pub cause: String,
 }
 
 impl Shared {
@@ -100,6 +111,7 @@ impl Shared {
             nonce: RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now())),
             next_txn: AtomicU64::new(1),
             recovery_needed: Mutex::new(None),
+            apply_stuck: watch::Sender::new(None),
         }
     }
 

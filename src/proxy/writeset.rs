@@ -1,124 +1,332 @@
-//! Conversion between a transaction's captured lines (see `capture.sql`)
-//! and the certifier's `Writeset`.
+//! From captured entries (`capture::entry`) to the certifier's `Writeset`.
 //!
-//! One captured line (one statement's effect on one table) becomes one
-//! certifier item: its first conflict key is the item's key, the others its
-//! unique keys, an UPDATE's vanished keys its `old_unique_keys`, and its
-//! foreign-key references `ParentRef`s. TRUNCATE and DDL lines become `Ddl`
-//! entries (table-level conflicts) at their position among the items. The
-//! line itself travels as the item's row image (or the DDL's text), so the
-//! applier rebuilds exactly the text `tashkent.apply` takes, in order.
+//! Consecutive row changes of one table and one operation become one
+//! certifier item (a *run*): its `row` bytes carry the changes in the
+//! packed form of `capture::change`, its keys are the rows' conflict keys.
+//! A run ends at another table or operation, at a row whose primary key
+//! the run already touches (so the applier may delete a run's old keys
+//! before writing its rows, and never upserts one row twice in one
+//! statement), and at [`RUN_ROWS`] rows or [`RUN_BYTES`] bytes. TRUNCATE
+//! and DDL entries become `Ddl` entries at their position.
+//!
+//! [`Builder`] takes the entries of a transaction one by one and hands
+//! out chunks of at most about [`CHUNK_BYTES`] as they fill up, so a
+//! transaction of any size is certified in bounded memory; it refuses one
+//! whose writeset exceeds the cluster's `max_writeset_bytes` before it is
+//! certified.
 
-use bytes::Bytes;
+use std::collections::HashSet;
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
 use tashkent_certifier::{Ddl, Item, Op, ParentRef, Version, Writeset, WRITESET_FORMAT_VERSION};
 
-use crate::capture::{self, ChangeOp};
-use crate::error::Result;
+use crate::capture::change::{self, Kind};
+use crate::capture::entry::{Entry, RowChange};
+use crate::error::{Error, Result};
 
-/// Builds the writeset of a transaction from its captured text (`None`
-/// when nothing was captured: a read-only transaction).
+/// Most rows in one item.
+pub const RUN_ROWS: usize = 1000;
+/// Most payload bytes in one item (a single larger row still gets one).
+pub const RUN_BYTES: usize = 1 << 20;
+/// A chunk is handed out once its items reach this many encoded bytes.
+pub const CHUNK_BYTES: usize = 4 << 20;
+
+/// The run being filled.
+struct Run {
+    table: String,
+    op: Op,
+    payload: BytesMut,
+    rows: usize,
+    /// Primary keys the run touches (new and old).
+    pks: HashSet<Bytes>,
+    write: Vec<Bytes>,
+    removed: Vec<Bytes>,
+    refs: Vec<ParentRef>,
+    ref_set: HashSet<(String, Bytes)>,
+}
+
+impl Run {
+    fn new(table: &str, op: Op) -> Run {
+        Run {
+            table: table.to_owned(),
+            op,
+            payload: BytesMut::new(),
+            rows: 0,
+            pks: HashSet::new(),
+            write: Vec::new(),
+            removed: Vec::new(),
+            refs: Vec::new(),
+            ref_set: HashSet::new(),
+        }
+    }
+
+    fn admits(&self, table: &str, op: Op, r: &RowChange) -> bool {
+        self.table == table
+            && self.op == op
+            && self.rows < RUN_ROWS
+            && self.payload.len() < RUN_BYTES
+            && (r.pk.is_empty() || !self.pks.contains(&r.pk))
+            && (r.old_pk.is_empty() || !self.pks.contains(&r.old_pk))
+    }
+
+    fn add(&mut self, op: Op, r: RowChange) {
+        let kind = match op {
+            Op::Delete => Kind::Delete,
+            _ if !r.old_pk.is_empty() => Kind::Rekey,
+            _ => Kind::Write,
+        };
+        let old = (kind == Kind::Rekey).then_some((&r.old_pk[..], &r.old_row[..]));
+        change::push(&mut self.payload, kind, &r.pk, &r.row, old);
+        self.rows += 1;
+        if !r.pk.is_empty() {
+            self.pks.insert(r.pk.clone());
+            self.write.push(r.pk);
+        }
+        self.write.extend(r.uniques);
+        if !r.old_pk.is_empty() {
+            self.pks.insert(r.old_pk.clone());
+            self.removed.push(r.old_pk);
+        }
+        self.removed.extend(r.gone);
+        for (table, key) in r.refs {
+            if self.ref_set.insert((table.clone(), key.clone())) {
+                self.refs.push(ParentRef { table, key });
+            }
+        }
+    }
+
+    /// The item; `n` numbers it within the transaction (for the key of a
+    /// run without any key).
+    fn into_item(self, txn_id: &[u8], n: u64) -> Item {
+        let mut write = self.write.into_iter();
+        // Rows of a table without a primary key or unique index (INSERT
+        // only) have no conflict key; a key unique to this item keeps the
+        // certifier's "every item has a key" rule without conflicts.
+        let key = write.next().unwrap_or_else(|| {
+            let mut k = b"\0row ".to_vec();
+            k.extend_from_slice(txn_id);
+            k.extend_from_slice(format!(" {n}").as_bytes());
+            Bytes::from(k)
+        });
+        Item {
+            table: self.table,
+            op: self.op as i32,
+            key,
+            old_key: None,
+            row: self.payload.freeze(),
+            unique_keys: write.collect(),
+            old_unique_keys: self.removed,
+            references: self.refs,
+        }
+    }
+}
+
+/// Builds one transaction's writeset from its entries, in chunks.
+pub struct Builder {
+    txn_id: Bytes,
+    origin: u32,
+    snapshot: Version,
+    max_bytes: u64,
+    run: Option<Run>,
+    items: Vec<Item>,
+    ddl: Vec<Ddl>,
+    /// Items already handed out in chunks.
+    emitted: u64,
+    chunks: usize,
+    pending_bytes: usize,
+    total_bytes: u64,
+}
+
+impl Builder {
+    pub fn new(txn_id: Bytes, origin: u32, snapshot: Version, max_bytes: u64) -> Builder {
+        Builder {
+            txn_id,
+            origin,
+            snapshot,
+            max_bytes,
+            run: None,
+            items: Vec::new(),
+            ddl: Vec::new(),
+            emitted: 0,
+            chunks: 0,
+            pending_bytes: 0,
+            total_bytes: 0,
+        }
+    }
+
+    pub fn txn_id(&self) -> &Bytes {
+        &self.txn_id
+    }
+
+    /// Adds the next entry of the transaction.
+    pub fn push(&mut self, e: Entry) -> Result<()> {
+        match e {
+            Entry::Insert(r) => self.row(Op::Insert, r),
+            Entry::Update(r) => self.row(Op::Update, r),
+            Entry::Delete(r) => self.row(Op::Delete, r),
+            Entry::Truncate { table } => {
+                let sql = serde_json::json!({"op": "T", "t": table}).to_string();
+                self.statement(sql, vec![table])
+            }
+            Entry::Ddl { json } => {
+                let tables = ddl_tables(&json)?;
+                self.statement(json, tables)
+            }
+        }
+    }
+
+    fn row(&mut self, op: Op, r: RowChange) -> Result<()> {
+        if !self
+            .run
+            .as_ref()
+            .is_some_and(|run| run.admits(&r.table, op, &r))
+        {
+            self.end_run()?;
+            self.run = Some(Run::new(&r.table, op));
+        }
+        if let Some(run) = self.run.as_mut() {
+            run.add(op, r);
+        }
+        Ok(())
+    }
+
+    fn statement(&mut self, sql: String, tables: Vec<String>) -> Result<()> {
+        self.end_run()?;
+        let d = Ddl {
+            sql,
+            tables,
+            before_item: self.emitted + self.items.len() as u64,
+        };
+        self.count(d.encoded_len())?;
+        self.ddl.push(d);
+        Ok(())
+    }
+
+    fn end_run(&mut self) -> Result<()> {
+        if let Some(run) = self.run.take() {
+            let n = self.emitted + self.items.len() as u64;
+            let item = run.into_item(&self.txn_id, n);
+            self.count(item.encoded_len())?;
+            self.items.push(item);
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, bytes: usize) -> Result<()> {
+        self.pending_bytes += bytes + 8;
+        self.total_bytes += bytes as u64 + 8;
+        if self.total_bytes > self.max_bytes {
+            return Err(Error::WritesetTooLarge {
+                max: self.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// A chunk, once the finished items reach [`CHUNK_BYTES`].
+    pub fn full_chunk(&mut self) -> Option<Writeset> {
+        (self.pending_bytes >= CHUNK_BYTES).then(|| self.chunk())
+    }
+
+    /// True once a chunk was handed out: the rest must follow as chunks.
+    pub fn chunked(&self) -> bool {
+        self.chunks > 0
+    }
+
+    /// The rest after the last entry: the whole writeset if no chunk was
+    /// handed out (`None` when nothing was captured: a read-only
+    /// transaction), else the last chunk.
+    pub fn finish(mut self) -> Result<Option<Writeset>> {
+        self.end_run()?;
+        if self.chunks == 0 && self.items.is_empty() && self.ddl.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.chunk()))
+    }
+
+    fn chunk(&mut self) -> Writeset {
+        let items = std::mem::take(&mut self.items);
+        self.emitted += items.len() as u64;
+        self.pending_bytes = 0;
+        let first = self.chunks == 0;
+        self.chunks += 1;
+        Writeset {
+            // Later chunks leave the header at its defaults (see the .proto).
+            format_version: WRITESET_FORMAT_VERSION,
+            txn_id: if first {
+                self.txn_id.clone()
+            } else {
+                Bytes::new()
+            },
+            origin: if first { self.origin } else { 0 },
+            snapshot: if first { self.snapshot } else { 0 },
+            // Chunks after the first count before_item from their first item.
+            ddl: std::mem::take(&mut self.ddl)
+                .into_iter()
+                .map(|mut d| {
+                    d.before_item -= self.emitted - items.len() as u64;
+                    d
+                })
+                .collect(),
+            items,
+            last_chunk: false,
+        }
+    }
+}
+
+/// The tables a DDL entry names (its first affected table when it lists
+/// none: `tashkent.catalog` for DDL on no table).
+fn ddl_tables(json: &str) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        t: String,
+        #[serde(default)]
+        tables: Vec<String>,
+    }
+    let line: Line = serde_json::from_str(json).map_err(|e| Error::Capture {
+        reason: format!("unreadable DDL entry ({e}): {json:.200}"),
+    })?;
+    Ok(if line.tables.is_empty() {
+        vec![line.t]
+    } else {
+        line.tables
+    })
+}
+
+/// Builds a whole writeset from captured bytes (tests, tools).
 pub fn build(
     txn_id: Bytes,
     origin: u32,
     snapshot: Version,
-    captured: &str,
+    captured: &[u8],
+    max_bytes: u64,
 ) -> Result<Option<Writeset>> {
-    let changes = capture::parse(captured)?;
-    if changes.is_empty() {
+    let mut b = Builder::new(txn_id, origin, snapshot, max_bytes);
+    for e in crate::capture::entry::parse_all(captured)? {
+        b.push(e)?;
+    }
+    let mut chunks = Vec::new();
+    while let Some(c) = b.full_chunk() {
+        chunks.push(c);
+    }
+    let Some(mut last) = b.finish()? else {
         return Ok(None);
+    };
+    last.last_chunk = true;
+    chunks.push(last);
+    let mut asm = tashkent_certifier::writeset::Assembler::new(u64::MAX);
+    for c in chunks {
+        asm.push(c).map_err(|e| Error::Capture {
+            reason: e.to_string(),
+        })?;
     }
-    let mut items = Vec::with_capacity(changes.len());
-    let mut ddl = Vec::new();
-    for change in changes {
-        let op = match change.op {
-            ChangeOp::Insert => Op::Insert,
-            ChangeOp::Update => Op::Update,
-            ChangeOp::Delete => Op::Delete,
-            ChangeOp::Truncate | ChangeOp::Ddl => {
-                // DDL on no table (CREATE SCHEMA, CREATE FUNCTION …)
-                // conflicts with other such DDL through the line's own
-                // placeholder table.
-                let tables = if change.tables.is_empty() {
-                    vec![change.table]
-                } else {
-                    change.tables
-                };
-                ddl.push(Ddl {
-                    sql: change.line,
-                    tables,
-                    before_item: items.len() as u64,
-                });
-                continue;
-            }
-        };
-        let mut keys = change.keys.into_iter().map(Bytes::from);
-        // Rows of a table without a primary key (INSERT only) have no
-        // conflict key; a key unique to this item keeps the certifier's
-        // "every item has a key" rule without creating conflicts.
-        let key = keys.next().unwrap_or_else(|| {
-            let mut k = b"\0row ".to_vec();
-            k.extend_from_slice(&txn_id);
-            k.extend_from_slice(format!(" {}", items.len()).as_bytes());
-            Bytes::from(k)
-        });
-        let references = change
-            .refs
-            .into_iter()
-            .map(|r| ParentRef {
-                table: key_table(&r).to_string(),
-                key: Bytes::from(r),
-            })
-            .collect();
-        let old_unique_keys = if op == Op::Update {
-            change.gone.into_iter().map(Bytes::from).collect()
-        } else {
-            Vec::new()
-        };
-        items.push(Item {
-            table: change.table,
-            op: op as i32,
-            key,
-            old_key: None,
-            row: Bytes::from(change.line),
-            unique_keys: keys.collect(),
-            old_unique_keys,
-            references,
-        });
-    }
-    Ok(Some(Writeset {
-        format_version: WRITESET_FORMAT_VERSION,
-        txn_id,
-        origin,
-        snapshot,
-        items,
-        ddl,
-    }))
+    asm.finish().map(Some).map_err(|e| Error::Capture {
+        reason: e.to_string(),
+    })
 }
 
-/// The captured lines of a committed writeset, in their original order:
-/// the text `tashkent.apply` replays.
-pub fn apply_text(ws: &Writeset) -> String {
-    let len: usize = ws.items.iter().map(|i| i.row.len() + 1).sum::<usize>()
-        + ws.ddl.iter().map(|d| d.sql.len() + 1).sum::<usize>();
-    let mut text = String::with_capacity(len);
-    let mut ddl = ws.ddl.iter().peekable();
-    for (i, item) in ws.items.iter().enumerate() {
-        while let Some(d) = ddl.next_if(|d| d.before_item <= i as u64) {
-            text.push_str(&d.sql);
-            text.push('\n');
-        }
-        text.push_str(&String::from_utf8_lossy(&item.row));
-        text.push('\n');
-    }
-    for d in ddl {
-        text.push_str(&d.sql);
-        text.push('\n');
-    }
-    text
-}
-
-/// The table part of a conflict key `"<schema>.<table> <index> [values]"`:
-/// everything up to the first space outside double quotes.
+/// The table part of a certifier key or table name, for messages.
 pub fn key_table(key: &str) -> &str {
     let mut quoted = false;
     for (i, c) in key.char_indices() {
@@ -134,52 +342,143 @@ pub fn key_table(key: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::change;
+    use crate::capture::entry::encode;
 
-    const LINES: &str = concat!(
-        r#"{"t": "public.c", "op": "I", "keys": ["public.c c_pkey [1]", "public.c c_code_key [\"x\"]"], "refs": ["public.\"my p\" \"p key\" [7]"], "rows": [{"id": 1}]}"#,
-        "\n",
-        r#"{"t": "public.b", "op": "T"}"#,
-        "\n",
-        r#"{"t": "public.a", "op": "U", "keys": ["public.a a_pkey [2]", "public.a a_pkey [1]"], "gone": ["public.a a_pkey [1]"], "del": [{"id": 1}], "rows": [{"id": 2}]}"#,
-        "\n",
-        r#"{"t": "public.n", "op": "I", "rows": [{"v": 1}]}"#,
-        "\n",
-        r#"{"t": "public.a", "op": "X", "sql": "ALTER TABLE a ADD c int", "tables": ["public.a"]}"#,
-        "\n",
-    );
+    fn ins(table: &str, id: u32) -> Entry {
+        Entry::Insert(RowChange {
+            table: table.into(),
+            pk: Bytes::from(format!("{table}_pkey\0{id}")),
+            row: Bytes::from(format!("({id},x)")),
+            uniques: vec![Bytes::from(format!("u\0{id}"))],
+            refs: vec![("public.p".into(), Bytes::from_static(b"p_pkey\0\x011"))],
+            ..RowChange::default()
+        })
+    }
+
+    fn upd(table: &str, id: u32, old: Option<u32>) -> Entry {
+        Entry::Update(RowChange {
+            table: table.into(),
+            pk: Bytes::from(format!("pk\0{id}")),
+            row: Bytes::from(format!("({id},y)")),
+            old_pk: old.map_or(Bytes::new(), |o| Bytes::from(format!("pk\0{o}"))),
+            old_row: old.map_or(Bytes::new(), |o| Bytes::from(format!("({o},y)"))),
+            gone: old
+                .map(|o| vec![Bytes::from(format!("u\0{o}"))])
+                .unwrap_or_default(),
+            ..RowChange::default()
+        })
+    }
+
+    fn build_all(entries: &[Entry]) -> Writeset {
+        build(Bytes::from_static(b"t1"), 2, 9, &encode(entries), u64::MAX)
+            .unwrap()
+            .unwrap()
+    }
 
     #[test]
-    fn lines_become_items_and_ddl_and_come_back_in_order() {
-        let ws = build(Bytes::from_static(b"t1"), 2, 9, LINES)
-            .unwrap()
-            .unwrap();
+    fn runs_group_one_table_and_operation_and_break_on_a_repeated_key() {
+        let ws = build_all(&[
+            ins("public.a", 1),
+            ins("public.a", 2),
+            ins("public.a", 2),
+            upd("public.a", 3, None),
+            upd("public.a", 5, Some(4)),
+            upd("public.a", 4, None),
+            Entry::Truncate {
+                table: "public.b".into(),
+            },
+            ins("public.c", 1),
+        ]);
         assert_eq!((ws.origin, ws.snapshot), (2, 9));
-        assert_eq!(ws.items.len(), 3);
-        assert_eq!(ws.ddl.len(), 2);
-        let c = &ws.items[0];
-        assert_eq!(c.key, &b"public.c c_pkey [1]"[..]);
+        let shape: Vec<(&str, i32, usize)> = ws
+            .items
+            .iter()
+            .map(|i| {
+                (
+                    i.table.as_str(),
+                    i.op,
+                    change::decode(i.row.clone()).unwrap().len(),
+                )
+            })
+            .collect();
         assert_eq!(
-            c.unique_keys,
-            vec![Bytes::from_static(b"public.c c_code_key [\"x\"]")]
+            shape,
+            vec![
+                ("public.a", Op::Insert as i32, 2),
+                ("public.a", Op::Insert as i32, 1),
+                ("public.a", Op::Update as i32, 2),
+                ("public.a", Op::Update as i32, 1),
+                ("public.c", Op::Insert as i32, 1),
+            ]
         );
-        assert_eq!(c.references[0].table, "public.\"my p\"");
-        let a = &ws.items[1];
-        assert_eq!(a.op, Op::Update as i32);
+        // Keys: every pk and unique, the removed old pk and unique, one
+        // reference per parent.
+        assert_eq!(&ws.items[0].key[..], b"public.a_pkey\x001");
+        assert_eq!(ws.items[0].unique_keys.len(), 3);
+        assert_eq!(ws.items[0].references.len(), 1);
+        let rekey = &ws.items[2];
         assert_eq!(
-            a.old_unique_keys,
-            vec![Bytes::from_static(b"public.a a_pkey [1]")]
+            rekey.old_unique_keys,
+            vec![
+                Bytes::from_static(b"pk\x004"),
+                Bytes::from_static(b"u\x004")
+            ]
         );
-        assert_eq!(ws.ddl[0].before_item, 1);
+        let changes = change::decode(rekey.row.clone()).unwrap();
+        assert_eq!(changes[1].kind, Kind::Rekey);
+        assert_eq!(&changes[1].old_row[..], b"(4,y)");
+        assert_eq!(ws.ddl.len(), 1);
+        assert_eq!(ws.ddl[0].before_item, 4);
         assert_eq!(ws.ddl[0].tables, vec!["public.b"]);
-        assert_eq!(ws.ddl[1].before_item, 3);
-        assert!(ws.items[2].key.starts_with(b"\0row t1"));
         tashkent_certifier::writeset::validate(&ws).unwrap();
-        assert_eq!(apply_text(&ws), LINES);
+    }
+
+    #[test]
+    fn large_transactions_come_in_chunks_that_assemble_to_the_whole() {
+        let entries: Vec<Entry> = (0..100_000).map(|i| ins("public.big", i)).collect();
+        let mut b = Builder::new(Bytes::from_static(b"t"), 1, 0, u64::MAX);
+        let mut chunks = Vec::new();
+        for e in entries.iter().cloned() {
+            b.push(e).unwrap();
+            if let Some(c) = b.full_chunk() {
+                chunks.push(c);
+            }
+        }
+        assert!(b.chunked());
+        chunks.push(b.finish().unwrap().unwrap());
+        assert!(chunks.len() > 1);
+        assert!(chunks
+            .iter()
+            .all(|c| c.encoded_len() < CHUNK_BYTES + RUN_BYTES + 4096));
+        let whole = build_all(&entries);
+        let rows: usize = whole
+            .items
+            .iter()
+            .map(|i| change::decode(i.row.clone()).unwrap().len())
+            .sum();
+        assert_eq!(rows, 100_000);
+        assert!(whole
+            .items
+            .iter()
+            .all(|i| change::decode(i.row.clone()).unwrap().len() <= RUN_ROWS));
+    }
+
+    #[test]
+    fn too_large_is_refused_before_certification() {
+        let entries: Vec<Entry> = (0..1000).map(|i| ins("public.big", i)).collect();
+        let err = build(Bytes::from_static(b"t"), 1, 0, &encode(&entries), 10_000).unwrap_err();
+        assert!(
+            matches!(err, Error::WritesetTooLarge { max: 10_000 }),
+            "{err}"
+        );
     }
 
     #[test]
     fn nothing_captured_is_no_writeset() {
-        assert!(build(Bytes::from_static(b"t"), 1, 0, "").unwrap().is_none());
+        assert!(build(Bytes::from_static(b"t"), 1, 0, b"", u64::MAX)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl Session {
             doomed: false,
             opening: true,
             absorb,
-            prefetched_ws: None,
+            readout: false,
         });
     }
 
@@ -166,24 +166,40 @@ impl Session {
         }
     }
 
-    /// `relay`, with the writeset read-out sent right behind what is
-    /// relayed when `read_ws` (the transaction ends there): one round trip
-    /// fewer per commit.
+    /// `relay`, with the read-out of the captured entries sent right
+    /// behind what is relayed when `read_ws` (the transaction ends there):
+    /// one round trip fewer per commit. COMMIT reads its answer.
     pub(super) async fn relay_reading_ws(&mut self, read_ws: bool) -> Result<Relayed> {
         if read_ws {
-            self.backend.push(&query(READ_WS_SQL));
+            self.push_readout();
         }
         let r = self.relay().await?;
         if read_ws {
-            let answer = self.own_answer().await?;
-            if let (false, Some(t)) = (r.error, self.txn.as_mut()) {
-                t.prefetched_ws = Some(match answer.error {
-                    None => Ok(text_of(answer.value)),
-                    Some(e) => Err(e),
-                });
+            match self.txn.as_mut() {
+                Some(t) if !r.error && !t.failed => t.readout = true,
+                _ => {
+                    self.own_answer().await?;
+                }
             }
         }
         Ok(r)
+    }
+
+    /// Queues the read-out of the captured entries: the extended protocol,
+    /// so the chunks come as binary bytea (no hex, no client_encoding).
+    pub(super) fn push_readout(&mut self) {
+        for m in readout_messages() {
+            self.backend.push(m);
+        }
+    }
+
+    /// Reads and drops an outstanding read-out answer.
+    pub(super) async fn drain_readout(&mut self) -> Result<()> {
+        if let Some(t) = self.txn.as_mut().filter(|t| t.readout) {
+            t.readout = false;
+            self.own_answer().await?;
+        }
+        Ok(())
     }
 
     /// COPY FROM STDIN: the client's data goes to the backend until it ends.
@@ -241,6 +257,7 @@ impl Session {
 
     pub(super) async fn rollback(&mut self) -> Result<()> {
         self.finish_open_quietly().await?;
+        self.drain_readout().await?;
         self.rollback_backend().await?;
         self.close_txn();
         Ok(())
@@ -249,6 +266,7 @@ impl Session {
     /// ROLLBACK on the backend. A late cancel landing on it leaves the
     /// transaction block open (aborted): then once more.
     pub(super) async fn rollback_backend(&mut self) -> Result<()> {
+        self.drain_readout().await?;
         for _ in 0..3 {
             match self.own_query("ROLLBACK").await?.error {
                 None => return Ok(()),
@@ -271,4 +289,34 @@ impl Session {
             None | Some(Ok(_)) => None,
         })
     }
+}
+
+/// Parse, Bind (binary results), Execute and Sync of the read-out, built
+/// once. Unnamed statement and portal: the client's unnamed ones do not
+/// survive the proxy's own queries anyway (a simple Query drops them too).
+fn readout_messages() -> &'static [Message] {
+    static MESSAGES: std::sync::OnceLock<Vec<Message>> = std::sync::OnceLock::new();
+    MESSAGES.get_or_init(|| {
+        let mut parse = BytesMut::new();
+        parse.put_u8(0);
+        parse.put_slice(capture::READ_SQL.as_bytes());
+        parse.put_u8(0);
+        parse.put_i16(0);
+        let mut bind = BytesMut::new();
+        bind.put_u8(0); // portal ""
+        bind.put_u8(0); // statement ""
+        bind.put_i16(0); // parameter formats
+        bind.put_i16(0); // parameters
+        bind.put_i16(1); // result formats: all binary
+        bind.put_i16(1);
+        let mut execute = BytesMut::new();
+        execute.put_u8(0);
+        execute.put_i32(0);
+        vec![
+            Message::new(b'P', parse.freeze()),
+            Message::new(b'B', bind.freeze()),
+            Message::new(b'E', execute.freeze()),
+            Message::new(b'S', Bytes::new()),
+        ]
+    })
 }

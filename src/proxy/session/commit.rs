@@ -1,7 +1,33 @@
 //! COMMIT: writeset read-out, certification, and the ordered local commit
 //! when the applier hands the session its turn.
+//!
+//! The captured entries are read as they come from the replica and built
+//! into the writeset (`writeset::Builder`); a writeset larger than one
+//! chunk is certified over a streamed Certify call while it is still being
+//! read, so neither the proxy nor the replica's answer ever holds a whole
+//! large transaction (I8).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tashkent_certifier::{CertifierError, ChunkSender};
 
 use super::*;
+use crate::capture::entry::EntryReader;
+use crate::proxy::writeset::Builder;
+
+type Certification =
+    Pin<Box<dyn Future<Output = std::result::Result<Outcome, CertifierError>> + Send>>;
+
+/// What reading the captured entries ended with.
+enum Readout {
+    /// Read; the certification, if one was started while reading.
+    Read(Option<(ChunkSender, Certification)>),
+    /// The replica answered the read-out with an error.
+    Failed(ErrorResponse),
+    /// The entries could not be made into a writeset.
+    Refused(ErrorResponse),
+}
 
 impl Session {
     /// Commits the open transaction; `Err` is the error for the client
@@ -22,69 +48,183 @@ impl Session {
             return Ok(Ok(()));
         };
         let snapshot = txn.snapshot.unwrap_or(0);
-        let captured = match txn.prefetched_ws.take() {
-            Some(Ok(text)) => text,
-            Some(Err(e)) => {
-                self.rollback().await?;
-                return Ok(Err(e));
-            }
-            None => {
-                let answer = self.own_query(READ_WS_SQL).await?;
-                if let Some(e) = answer.error {
-                    self.rollback().await?;
-                    return Ok(Err(e));
-                }
-                text_of(answer.value)
-            }
-        };
+        if !std::mem::take(&mut txn.readout) {
+            self.push_readout();
+        }
         let txn_id = self.shared.new_txn_id();
-        let ws = match writeset::build(
+        // Registered before anything is certified: the applier must find
+        // it when the version comes.
+        let mut turn = self.shared.expect_turn(&txn_id);
+        let mut builder = Builder::new(
             txn_id.clone(),
             self.shared.cfg.replica_id,
             snapshot,
-            &captured,
-        ) {
-            Ok(ws) => ws,
-            Err(e) => {
+            self.shared.cfg.max_writeset_bytes,
+        );
+        let streamed = match self.read_captured(&mut builder).await? {
+            Readout::Read(streamed) => streamed,
+            Readout::Failed(e) | Readout::Refused(e) => {
+                self.shared.withdraw(&txn_id);
                 self.rollback().await?;
-                return Ok(Err(ErrorResponse::error(
-                    "XX000",
-                    format!("reading the writeset: {e}"),
-                )));
-            }
-        };
-        let Some(ws) = ws else {
-            let answer = self.own_query("COMMIT").await?;
-            if let Some(e) = answer.error {
-                // Not committed, and the block may still be open.
-                self.rollback_backend().await?;
-                self.close_txn();
                 return Ok(Err(e));
             }
-            self.close_txn();
-            return Ok(Ok(()));
         };
+        let rest = match builder.finish() {
+            Ok(rest) => rest,
+            Err(e) => {
+                self.shared.withdraw(&txn_id);
+                self.rollback().await?;
+                return Ok(Err(writeset_error(&e)));
+            }
+        };
+        let certify: Certification = match (streamed, rest) {
+            (Some((sender, call)), Some(last)) => {
+                if let Err(e) = sender.finish(last).await {
+                    self.shared.withdraw(&txn_id);
+                    self.rollback().await?;
+                    return Ok(Err(unknown_outcome(&e.to_string())));
+                }
+                call
+            }
+            (None, Some(ws)) => {
+                if let Some(e) = self.refuses_writes() {
+                    self.shared.withdraw(&txn_id);
+                    self.rollback().await?;
+                    return Ok(Err(e));
+                }
+                let certifier = self.shared.certifier.clone();
+                Box::pin(async move { certifier.certify(ws).await })
+            }
+            (_, None) => {
+                self.shared.withdraw(&txn_id);
+                return self.commit_read_only().await;
+            }
+        };
+        self.certified_commit(txn_id, &mut turn, certify).await
+    }
+
+    /// Reads the answer of the read-out into `builder`; once a chunk is
+    /// full, certification starts over a streamed call and the chunks go
+    /// out as they fill.
+    async fn read_captured(&mut self, builder: &mut Builder) -> Result<Readout> {
+        self.flush_backend().await?;
+        let mut reader = EntryReader::new();
+        let mut streamed: Option<(ChunkSender, Certification)> = None;
+        let mut failure: Option<Readout> = None;
+        loop {
+            let m = self.backend.read().await.map_err(SessionError::Backend)?;
+            match m.tag() {
+                b'Z' => break,
+                b'E' if failure.is_none() => {
+                    failure = Some(Readout::Failed(ErrorResponse::parse(&m).unwrap_or_else(
+                        |_| ErrorResponse::error("XX000", "reading the captured writeset failed"),
+                    )));
+                }
+                b'D' if failure.is_none() => {
+                    let Some(chunk) = first_column(m.body()) else {
+                        continue;
+                    };
+                    let built = reader
+                        .push(&chunk)
+                        .and_then(|entries| entries.into_iter().try_for_each(|e| builder.push(e)));
+                    if let Err(e) = built {
+                        failure = Some(Readout::Refused(writeset_error(&e)));
+                        continue;
+                    }
+                    if let Some(chunk) = builder.full_chunk() {
+                        if streamed.is_none() {
+                            if let Some(e) = self.refuses_writes() {
+                                failure = Some(Readout::Refused(e));
+                                continue;
+                            }
+                            let (sender, call) = self.shared.certifier.certify_stream();
+                            // Driven on its own: the chunks flow while this
+                            // session reads on.
+                            let call = tokio::spawn(call);
+                            let call: Certification = Box::pin(async move {
+                                call.await.unwrap_or_else(|e| {
+                                    Err(CertifierError::Protocol(format!("certify task: {e}")))
+                                })
+                            });
+                            streamed = Some((sender, call));
+                        }
+                        let sent = match &streamed {
+                            Some((sender, _)) => sender.send(chunk).await,
+                            None => Ok(()),
+                        };
+                        if let Err(e) = sent {
+                            failure = Some(Readout::Refused(unknown_outcome(&e.to_string())));
+                        }
+                    }
+                }
+                b'A' | b'S' => self.client.push(&m),
+                _ => {}
+            }
+        }
+        if let Some(f) = failure {
+            // Dropping the sender without its last chunk: the certifier
+            // refuses the call, nothing is certified.
+            return Ok(f);
+        }
+        if let Err(e) = reader.finish() {
+            return Ok(Readout::Refused(writeset_error(&e)));
+        }
+        Ok(Readout::Read(streamed))
+    }
+
+    /// Why this replica takes no writes now, if it does not.
+    fn refuses_writes(&self) -> Option<ErrorResponse> {
         if let Some(why) = self.shared.recovery_needed() {
             // Its turn would never come: the log it needs is gone.
-            self.rollback().await?;
-            return Ok(Err(ErrorResponse::error("55000", why).with_hint(
+            return Some(ErrorResponse::error("55000", why).with_hint(
                 "This replica must be rebuilt from a checkpoint (`tashkent recover`); \
                  connect to another replica meanwhile.",
-            )));
+            ));
         }
-        let mut turn = self.shared.expect_turn(&txn_id);
-        let certifier = self.shared.certifier.clone();
-        let certify = certifier.certify(ws);
-        tokio::pin!(certify);
+        self.shared.apply_stuck.borrow().as_ref().map(|s| {
+            ErrorResponse::error(
+                "55000",
+                format!(
+                    "replica {} cannot apply version {}: {}; writes are refused here until it can",
+                    self.shared.cfg.replica_id, s.version, s.cause
+                ),
+            )
+            .with_hint("Connect to another replica meanwhile; the proxy's log has the details.")
+        })
+    }
+
+    /// A transaction that wrote nothing: commits locally.
+    async fn commit_read_only(&mut self) -> Result<std::result::Result<(), ErrorResponse>> {
+        let answer = self.own_query("COMMIT").await?;
+        if let Some(e) = answer.error {
+            // Not committed, and the block may still be open.
+            self.rollback_backend().await?;
+            self.close_txn();
+            return Ok(Err(e));
+        }
+        self.close_txn();
+        Ok(Ok(()))
+    }
+
+    /// Waits for the certification and the turn, then commits in order.
+    async fn certified_commit(
+        &mut self,
+        txn_id: Bytes,
+        turn: &mut tokio::sync::oneshot::Receiver<super::super::shared::Turn>,
+        mut certify: Certification,
+    ) -> Result<std::result::Result<(), ErrorResponse>> {
         let mut certified = false;
         let mut version = None;
         // Gave its locks up for the applier: the writeset is applied from
         // the log, this session only waits for the outcome.
         let mut released = false;
+        let mut stuck = self.shared.apply_stuck.subscribe();
+        // Looked at once certified, even if it was set before.
+        stuck.mark_changed();
         let turn = loop {
             tokio::select! {
                 biased;
-                t = &mut turn, if !released => match t {
+                t = &mut *turn, if !released => match t {
                     Ok(t) => break t,
                     // The applier took the hand-off and then dropped it:
                     // it applies the writeset itself.
@@ -122,12 +262,45 @@ impl Session {
                         }
                         if self.shared.withdraw(&txn_id) {
                             self.rollback().await?;
-                            return Ok(Err(unknown_outcome(&e.to_string())));
+                            return Ok(Err(match e {
+                                CertifierError::WritesetTooLarge { .. } => {
+                                    writeset_error(&crate::error::Error::WritesetTooLarge {
+                                        max: self.shared.cfg.max_writeset_bytes,
+                                    })
+                                }
+                                e => unknown_outcome(&e.to_string()),
+                            }));
                         }
                         // Already handed to us by the applier: committed.
                         certified = true;
                     }
                 },
+                // The applier cannot apply a version before ours: our turn
+                // does not come while that lasts. The transaction is (or
+                // will be) committed in the global order; say so.
+                _ = stuck.changed(), if certified && !released => {
+                    let s = stuck.borrow_and_update().clone();
+                    if s.as_ref().is_none_or(|s| version.is_none_or(|v| s.version >= v)) {
+                        continue;
+                    }
+                    let Some(v) = version else { continue };
+                    if !self.shared.withdraw(&txn_id) {
+                        continue;
+                    }
+                    self.rollback_backend().await?;
+                    self.close_txn();
+                    let (sv, cause) = s.map(|s| (s.version, s.cause)).unwrap_or_default();
+                    return Ok(Err(ErrorResponse::error(
+                        "08007",
+                        format!(
+                            "the transaction is committed as version {v} in the global order, but \
+                             replica {} cannot apply version {sv} before it: {cause}",
+                            self.shared.cfg.replica_id
+                        ),
+                    )
+                    .with_detail("It is durable and visible on the replicas that applied it; this one applies it once it recovers.")
+                    .with_hint("Read it on another replica.")));
+                }
                 // The applier waits for a lock this transaction holds (one
                 // its writeset does not show, e.g. SELECT FOR UPDATE), to
                 // apply a version below ours: waiting for our turn would
@@ -171,5 +344,18 @@ impl Session {
         self.close_txn();
         self.shared.wait_applied(v).await;
         Ok(())
+    }
+}
+
+/// The client's error for a writeset that cannot be built.
+fn writeset_error(e: &crate::error::Error) -> ErrorResponse {
+    match e {
+        crate::error::Error::WritesetTooLarge { max } => ErrorResponse::error(
+            "54000",
+            format!("the transaction writes more than tashkent accepts: its writeset exceeds {max} bytes"),
+        )
+        .with_detail("max_writeset_bytes limits the captured changes of one transaction.")
+        .with_hint("Split the transaction into smaller ones."),
+        e => ErrorResponse::error("XX000", format!("reading the writeset: {e}")),
     }
 }

@@ -23,7 +23,6 @@ use tokio::net::TcpStream;
 use super::conn::{Conn, ConnError};
 use super::shared::{SessionSignal, Shared};
 use super::sql::{classify, is_copy, split_statements, Kind};
-use super::writeset;
 use crate::capture;
 use crate::wire::{ErrorResponse, FrontendMessage, Message, StartupPacket, TransactionStatus};
 
@@ -31,8 +30,6 @@ mod backend;
 mod commit;
 mod extended;
 mod simple;
-
-const READ_WS_SQL: &str = "SELECT current_setting('tashkent.ws', true)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -61,10 +58,10 @@ struct Txn {
     /// An absorbing query precedes the opening query; reading its answer
     /// settles the applier's cancels up to this count.
     absorb: Option<u64>,
-    /// The captured text read together with the last statement, or why
-    /// reading it failed (a late early-abort cancel can land there, which
-    /// leaves the backend's transaction aborted).
-    prefetched_ws: Option<std::result::Result<String, ErrorResponse>>,
+    /// The read-out of the captured entries was sent right behind the
+    /// last statement (the transaction ends there) and its answer is not
+    /// read yet: COMMIT reads it, anything else drains it first.
+    readout: bool,
 }
 
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
@@ -409,7 +406,7 @@ impl Session {
                 doomed: true,
                 opening: false,
                 absorb: None,
-                prefetched_ws: None,
+                readout: false,
             });
             if report {
                 self.early_abort = Some(early_abort_error());
@@ -516,12 +513,6 @@ fn unknown_outcome(why: &str) -> ErrorResponse {
     )
     .with_detail(why.to_string())
     .with_hint("Check whether the transaction's effects are present before retrying it.")
-}
-
-fn text_of(value: Option<Bytes>) -> String {
-    value
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
-        .unwrap_or_default()
 }
 
 /// The first column of a DataRow, as its text bytes (`None` for NULL).
