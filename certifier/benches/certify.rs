@@ -50,6 +50,7 @@ fn writeset(rng: &mut impl Rng, id: u64, snapshot: u64) -> Writeset {
             .collect(),
         ddl: vec![],
         last_chunk: false,
+        spool: None,
     }
 }
 

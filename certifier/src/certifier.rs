@@ -114,7 +114,7 @@ impl Certifier {
         &self,
         snapshot: Version,
         cs: &ConflictSet,
-        ws: &Writeset,
+        names: &impl rule::Names,
     ) -> Result<Decision, CertifierError> {
         if snapshot > self.latest {
             return Err(CertifierError::InvalidArgument(format!(
@@ -134,7 +134,7 @@ impl Certifier {
                 conflict_version: 0,
             }));
         }
-        Ok(match rule::check(&self.window, snapshot, cs, ws) {
+        Ok(match rule::check(&self.window, snapshot, cs, names) {
             Ok(()) => Decision::Commit(self.latest + 1),
             Err(a) => Decision::Abort(a),
         })

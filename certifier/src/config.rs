@@ -138,6 +138,14 @@ impl CertifierConfig {
         self.max_writeset_bytes + HEADER_LEN as u64
     }
 
+    /// The spool log's options: chunks are at most one message.
+    pub fn spool_options(&self) -> WalOptions {
+        WalOptions {
+            max_record_size: self.max_message_bytes as u64 + 8,
+            ..self.wal_options()
+        }
+    }
+
     pub fn wal_options(&self) -> WalOptions {
         WalOptions {
             backend: match self.wal_backend {

@@ -25,6 +25,7 @@ pub mod recovery;
 pub mod rule;
 pub mod server;
 pub mod service;
+pub mod spool;
 mod subscribe;
 mod tail;
 pub mod window;

@@ -9,7 +9,9 @@
 //! offset size
 //!   0     4   magic "TKCW" (tashkent certifier writeset)
 //!   4     2   record format version, little-endian (1)
-//!   6     2   flags, 0
+//!   6     2   flags: bit 0 = spooled (the writeset's items and statements
+//!             are in the spool log, the body holds its header and `spool`,
+//!             see `spool`); other bits 0
 //!   8     8   version, little-endian (== the record's LSN)
 //!  16     n   protobuf encoding of the `Writeset` (which carries its own
 //!             format_version), fields in execution order (see
@@ -27,6 +29,8 @@ use crate::Version;
 pub const MAGIC: &[u8; 4] = b"TKCW";
 pub const RECORD_FORMAT_VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 16;
+/// Flag: the record's writeset is spooled.
+pub const FLAG_SPOOLED: u16 = 1;
 
 /// Encodes `ws` with version 0; [`set_version`] fills it in once known (so
 /// the encoding happens outside the certifier's lock).
@@ -38,6 +42,19 @@ pub fn encode(ws: &Writeset) -> BytesMut {
     buf.put_u64_le(0);
     crate::writeset::encode_in_order(ws, &mut buf);
     buf
+}
+
+/// Encodes the record of a spooled writeset: `ws` holds the header fields
+/// and `spool`, no items or statements.
+pub fn encode_spooled(ws: &Writeset) -> BytesMut {
+    let mut buf = encode(ws);
+    buf[6..8].copy_from_slice(&FLAG_SPOOLED.to_le_bytes());
+    buf
+}
+
+/// True when the record (checked by [`body`]) is spooled.
+pub fn is_spooled(record: &[u8]) -> bool {
+    record.len() >= 8 && u16::from_le_bytes([record[6], record[7]]) & FLAG_SPOOLED != 0
 }
 
 pub fn set_version(buf: &mut BytesMut, version: Version) {
@@ -56,6 +73,10 @@ pub fn body(lsn: u64, record: &Bytes) -> Result<Bytes, CertifierError> {
     let format = u16::from_le_bytes([record[4], record[5]]);
     if format != RECORD_FORMAT_VERSION {
         return Err(bad(format!("unsupported record format version {format}")));
+    }
+    let flags = u16::from_le_bytes([record[6], record[7]]);
+    if flags & !FLAG_SPOOLED != 0 {
+        return Err(bad(format!("unknown record flags {flags:#06x}")));
     }
     let mut v = [0u8; 8];
     v.copy_from_slice(&record[8..16]);

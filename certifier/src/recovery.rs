@@ -22,12 +22,20 @@ use crate::certifier::{Certifier, Limits};
 use crate::error::CertifierError;
 use crate::record;
 use crate::rule::ConflictSet;
+use crate::spool::Spool;
 use crate::tail::Tail;
 use crate::window::HorizonCause;
+use crate::writeset::{Part, StreamDecoder};
 
 /// Rebuilds the certifier from `wal` (blocking: reads the WAL) and fills
-/// `tail` with the newest records.
-pub fn recover(wal: &Wal, limits: Limits, tail: &mut Tail) -> Result<Certifier, CertifierError> {
+/// `tail` with the newest records; tells `spool` which of its records the
+/// retained versions need.
+pub fn recover(
+    wal: &Wal,
+    spool: &Spool,
+    limits: Limits,
+    tail: &mut Tail,
+) -> Result<Certifier, CertifierError> {
     let last = wal.last_lsn();
     let first = wal.first_lsn();
     if last == 0 {
@@ -36,13 +44,35 @@ pub fn recover(wal: &Wal, limits: Limits, tail: &mut Tail) -> Result<Certifier, 
     let keep = limits.window.max_versions.max(limits.max_dedupe) as u64;
     let start = first.max((last + 1).saturating_sub(keep)).max(1);
     let mut c = Certifier::resume(limits, start - 1, HorizonCause::Restart);
+    // Spooled versions older than the replayed ones: only their spool
+    // references matter.
+    if first < start {
+        for r in wal.read_from(first)? {
+            let (lsn, rec) = r?;
+            if lsn >= start {
+                break;
+            }
+            if record::is_spooled(&rec) {
+                if let Some(s) = record::decode(lsn, &rec)?.spool {
+                    spool.retained(lsn, s.first);
+                }
+            }
+        }
+    }
     if start > last {
         return Ok(c);
     }
     for r in wal.read_from(start)? {
         let (lsn, rec) = r?;
         let ws = record::decode(lsn, &rec)?;
-        c.replay(lsn, ws.txn_id.clone(), &ConflictSet::of(&ws))?;
+        let cs = match &ws.spool {
+            Some(s) if record::is_spooled(&rec) => {
+                spool.retained(lsn, s.first);
+                spooled_conflicts(spool, s, lsn)?
+            }
+            _ => ConflictSet::of(&ws),
+        };
+        c.replay(lsn, ws.txn_id.clone(), &cs)?;
         tail.push(lsn, rec);
     }
     if c.latest() != last {
@@ -58,4 +88,34 @@ pub fn recover(wal: &Wal, limits: Limits, tail: &mut Tail) -> Result<Certifier, 
         "certifier state rebuilt from the WAL"
     );
     Ok(c)
+}
+
+/// The conflict keys of a spooled version, read back from the spool.
+fn spooled_conflicts(
+    spool: &Spool,
+    r: &crate::proto::SpoolRef,
+    version: u64,
+) -> Result<ConflictSet, CertifierError> {
+    let mut cs = ConflictSet::default();
+    let (mut items, mut ddls) = (0usize, 0usize);
+    let mut decoder = StreamDecoder::new(usize::MAX);
+    let corrupt = |reason: String| CertifierError::CorruptRecord { version, reason };
+    for chunk in spool.chunks(r)? {
+        let chunk = chunk.map_err(|e| corrupt(e.to_string()))?;
+        for part in decoder.push(&chunk).map_err(|e| corrupt(e.to_string()))? {
+            match part {
+                Part::Header(_) => {}
+                Part::Item(i) => {
+                    cs.add(std::slice::from_ref(&i), &[], items, ddls);
+                    items += 1;
+                }
+                Part::Ddl(d) => {
+                    cs.add(&[], std::slice::from_ref(&d), items, ddls);
+                    ddls += 1;
+                }
+            }
+        }
+    }
+    decoder.finish().map_err(|e| corrupt(e.to_string()))?;
+    Ok(cs)
 }

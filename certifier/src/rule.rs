@@ -22,7 +22,7 @@
 
 use std::hash::{BuildHasher, Hash, Hasher};
 
-use crate::proto::{AbortCode, Op, Writeset};
+use crate::proto::{AbortCode, Ddl, Item, Op, Writeset};
 use crate::window::ConflictWindow;
 use crate::Version;
 
@@ -114,11 +114,19 @@ impl ConflictSet {
             write: Vec::with_capacity(ws.items.len()),
             ..ConflictSet::default()
         };
+        cs.add(&ws.items, &ws.ddl, 0, 0);
+        cs
+    }
+
+    /// Adds the keys of a part of a writeset (a chunk): `items` are items
+    /// `item_base..` of the whole, `ddl` its statements `ddl_base..`.
+    pub fn add(&mut self, items: &[Item], ddl: &[Ddl], item_base: usize, ddl_base: usize) {
+        let cs = self;
         // (table name, its row hasher, its table fingerprint) of the
         // previous item: consecutive items mostly share a table.
         let mut cur: Option<(&str, FpHasher, u64)> = None;
-        for (i, item) in ws.items.iter().enumerate() {
-            let src = u32::try_from(i).unwrap_or(u32::MAX);
+        for (i, item) in items.iter().enumerate() {
+            let src = u32::try_from(item_base + i).unwrap_or(u32::MAX);
             let t = item.table.as_str();
             if cur.as_ref().is_none_or(|(name, _, _)| *name != t) {
                 cur = Some((t, row_hasher(t), table_fp(t)));
@@ -165,8 +173,8 @@ impl ConflictSet {
             }
             push_unique(&mut cs.tables, Key { fp: *tfp, src });
         }
-        for (i, d) in ws.ddl.iter().enumerate() {
-            let src = u32::try_from(i).unwrap_or(u32::MAX);
+        for (i, d) in ddl.iter().enumerate() {
+            let src = u32::try_from(ddl_base + i).unwrap_or(u32::MAX);
             for t in &d.tables {
                 push_unique(
                     &mut cs.ddl,
@@ -177,7 +185,6 @@ impl ConflictSet {
                 );
             }
         }
-        cs
     }
 
     /// Number of window entries a commit of this set adds.
@@ -206,6 +213,65 @@ impl ConflictSet {
     }
 }
 
+/// Names the tables of a writeset's items and statements, for abort
+/// reasons.
+pub trait Names {
+    /// The table of item `i`.
+    fn item_table(&self, i: usize) -> String;
+    /// The tables of statement `i`.
+    fn ddl_tables(&self, i: usize) -> String;
+}
+
+impl Names for Writeset {
+    fn item_table(&self, i: usize) -> String {
+        self.items
+            .get(i)
+            .map(|i| i.table.clone())
+            .unwrap_or_default()
+    }
+
+    fn ddl_tables(&self, i: usize) -> String {
+        self.ddl
+            .get(i)
+            .map(|d| d.tables.join(", "))
+            .unwrap_or_default()
+    }
+}
+
+/// The names of a writeset seen in parts (chunks): each run of items of
+/// one table once, every statement's tables.
+#[derive(Debug, Default)]
+pub struct PartNames {
+    /// (first item, table) whenever the table changes.
+    items: Vec<(usize, String)>,
+    ddl: Vec<String>,
+}
+
+impl PartNames {
+    /// Adds a part's items (numbered from `item_base`) and statements.
+    pub fn add(&mut self, items: &[Item], ddl: &[Ddl], item_base: usize) {
+        for (i, item) in items.iter().enumerate() {
+            if self.items.last().is_none_or(|(_, t)| *t != item.table) {
+                self.items.push((item_base + i, item.table.clone()));
+            }
+        }
+        self.ddl.extend(ddl.iter().map(|d| d.tables.join(", ")));
+    }
+}
+
+impl Names for PartNames {
+    fn item_table(&self, i: usize) -> String {
+        let at = self.items.partition_point(|(first, _)| *first <= i);
+        at.checked_sub(1)
+            .map(|at| self.items[at].1.clone())
+            .unwrap_or_default()
+    }
+
+    fn ddl_tables(&self, i: usize) -> String {
+        self.ddl.get(i).cloned().unwrap_or_default()
+    }
+}
+
 /// Why a transaction aborts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Abort {
@@ -226,28 +292,20 @@ enum Kind {
 }
 
 /// Applies the rule: `Ok(())` if a transaction with `snapshot` and conflict
-/// set `cs` may commit given `window`, the abort otherwise. `ws` is only used
-/// to name the table in the reason. The caller has checked
+/// set `cs` may commit given `window`, the abort otherwise. `names` only
+/// name the table in the reason. The caller has checked
 /// `snapshot >= window.horizon()`.
 pub fn check(
     window: &ConflictWindow,
     snapshot: Version,
     cs: &ConflictSet,
-    ws: &Writeset,
+    names: &impl Names,
 ) -> Result<(), Abort> {
     let newer = |fp: u64, sp: Space| window.get(in_space(fp, sp)).filter(|&v| v > snapshot);
     let conflict = |kind: Kind, k: &Key, v: Version| {
         let table = match kind {
-            Kind::RowsOrDdlOnDdl => ws
-                .ddl
-                .get(k.src as usize)
-                .map(|d| d.tables.join(", "))
-                .unwrap_or_default(),
-            _ => ws
-                .items
-                .get(k.src as usize)
-                .map(|i| i.table.clone())
-                .unwrap_or_default(),
+            Kind::RowsOrDdlOnDdl => names.ddl_tables(k.src as usize),
+            _ => names.item_table(k.src as usize),
         };
         let what = match kind {
             Kind::Write => "a row or unique key of table",

@@ -16,6 +16,7 @@ use crate::error::CertifierError;
 use crate::proto::certifier_server::CertifierServer;
 use crate::recovery;
 use crate::service::{CertifierService, ServiceLimits};
+use crate::spool::Spool;
 use crate::tail::Tail;
 
 /// Most records the subscriber tail cache holds (besides its byte bound).
@@ -61,17 +62,22 @@ impl RunningCertifier {
 /// starts serving in the background.
 pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, CertifierError> {
     config.validate()?;
-    let (wal, certifier, tail) = {
+    let (wal, spool, certifier, tail) = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || -> Result<_, CertifierError> {
             let wal = Wal::open(&config.wal_dir, config.wal_options())?;
+            let spool = Spool::open(&config.wal_dir, config.spool_options())?;
             let mut tail = Tail::new(config.tail_cache_bytes, TAIL_MAX_RECORDS);
-            let certifier = recovery::recover(&wal, config.limits(), &mut tail)?;
-            Ok((wal, certifier, tail))
+            let certifier = recovery::recover(&wal, &spool, config.limits(), &mut tail)?;
+            Ok((wal, spool, certifier, tail))
         })
         .await
         .map_err(|e| CertifierError::Io(std::io::Error::other(e)))??
     };
+    let spool = std::sync::Arc::new(spool);
+    // What no retained version and no call needs (chunks of calls that
+    // never finished before a restart).
+    spool.purge(wal.first_lsn()).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let local_addr = listener.local_addr()?;
     let limits = ServiceLimits {
@@ -81,6 +87,7 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
     };
     let service = CertifierService::new(
         wal.clone(),
+        spool.clone(),
         certifier,
         tail,
         limits,
@@ -105,9 +112,16 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
             })
             .await;
         svc.stop();
+        drop(svc);
         let closed = wal.close().await;
+        // The service's tasks may still hold the spool for a moment.
+        let spool_closed = match std::sync::Arc::try_unwrap(spool) {
+            Ok(spool) => spool.close().await,
+            Err(_) => Ok(()),
+        };
         served?;
         closed?;
+        spool_closed?;
         Ok(())
     });
     tracing::info!(%local_addr, wal_dir = %config.wal_dir.display(), "certifier listening");

@@ -23,6 +23,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::Stream;
 use parking_lot::Mutex;
+use prost::Message as _;
 use tashkent_wal::{Wal, WalError};
 use tokio::sync::{watch, Notify};
 use tonic::{Request, Response, Status, Streaming};
@@ -31,7 +32,8 @@ use crate::certifier::{Certifier, Decision};
 use crate::dedupe::Prior;
 use crate::error::CertifierError;
 use crate::proto::{self, certify_response, AbortCode, CertifyResponse, Writeset};
-use crate::rule::ConflictSet;
+use crate::rule::{ConflictSet, Names, PartNames};
+use crate::spool::Spool;
 use crate::tail::Tail;
 use crate::writeset::{self, Assembler};
 use crate::{record, subscribe, Version};
@@ -78,6 +80,8 @@ pub(crate) struct Inner {
     pub(crate) state: Mutex<Certifier>,
     pub(crate) tail: Mutex<Tail>,
     pub(crate) wal: Wal,
+    /// Chunks of writesets certified in chunks (see `spool`).
+    pub(crate) spool: Arc<Spool>,
     /// Highest durable version, for subscribers.
     pub(crate) durable: watch::Sender<Version>,
     submitted: Notify,
@@ -124,6 +128,9 @@ pub struct CertifierService {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// Chunks of one Certify call in the spool's queue at most.
+const SPOOL_IN_FLIGHT: usize = 2;
+
 enum Step {
     Ticket(tashkent_wal::AppendTicket, Version),
     Committed(Version),
@@ -136,6 +143,7 @@ impl CertifierService {
     /// Spawns the durability follower on the current tokio runtime.
     pub fn new(
         wal: Wal,
+        spool: Arc<Spool>,
         certifier: Certifier,
         tail: Tail,
         limits: ServiceLimits,
@@ -147,6 +155,7 @@ impl CertifierService {
             state: Mutex::new(certifier),
             tail: Mutex::new(tail),
             wal,
+            spool,
             durable,
             submitted: Notify::new(),
             stopping: AtomicBool::new(false),
@@ -183,19 +192,177 @@ impl CertifierService {
         let inner = &*self.inner;
         inner.poisoned()?;
         let cs = ConflictSet::of(&ws);
-        let mut rec = record::encode(&ws);
+        let rec = record::encode(&ws);
         if rec.len() as u64 > inner.max_record_bytes {
             return Err(CertifierError::WritesetTooLarge {
                 max: inner.limits.max_writeset_bytes,
             });
         }
+        let (outcome, _) = self.decide(&ws.txn_id, ws.snapshot, &cs, &ws, rec).await?;
+        Ok(outcome)
+    }
+
+    /// Certifies a writeset that arrives in chunks (`first`, then the rest
+    /// of `rest` up to the chunk marked last): each chunk is spooled as it
+    /// arrives (see `spool`), and only its conflict keys stay in memory.
+    pub(crate) async fn certify_spooled(
+        &self,
+        first: Writeset,
+        rest: &mut Streaming<Writeset>,
+    ) -> Result<Outcome, CertifierError> {
+        let inner = &*self.inner;
+        inner.poisoned()?;
+        let header = Writeset {
+            format_version: first.format_version,
+            txn_id: first.txn_id.clone(),
+            origin: first.origin,
+            snapshot: first.snapshot,
+            ..Writeset::default()
+        };
+        writeset::validate_header(&header)?;
+        // Unique among the calls in progress, which is all it must be: a
+        // call's records are the ones after its first with its tag.
+        static TAGS: AtomicU64 = AtomicU64::new(1);
+        let tag = TAGS.fetch_add(1, Ordering::Relaxed);
+        let spooled = self.spool_chunks(first, rest, tag).await;
+        let (cs, names, spool) = match spooled {
+            Ok(s) => s,
+            Err(e) => {
+                inner.spool.finished(tag, None);
+                return Err(e);
+            }
+        };
+        let rec = record::encode_spooled(&Writeset {
+            spool: Some(spool),
+            ..header.clone()
+        });
+        let decided = self
+            .decide(&header.txn_id, header.snapshot, &cs, &names, rec)
+            .await;
+        match &decided {
+            Ok((Outcome::Committed { version }, true)) => {
+                inner.spool.finished(tag, Some((*version, spool.first)))
+            }
+            _ => inner.spool.finished(tag, None),
+        }
+        decided.map(|(o, _)| o)
+    }
+
+    /// Spools the chunks of one Certify call; returns their conflict keys,
+    /// names, and where they are once durable.
+    async fn spool_chunks(
+        &self,
+        first: Writeset,
+        rest: &mut Streaming<Writeset>,
+        tag: u64,
+    ) -> Result<(ConflictSet, PartNames, crate::proto::SpoolRef), CertifierError> {
+        let inner = &*self.inner;
+        let max = inner.limits.max_writeset_bytes;
+        let mut cs = ConflictSet::default();
+        let mut names = PartNames::default();
+        let mut spool = crate::proto::SpoolRef {
+            tag,
+            ..Default::default()
+        };
+        let (mut items, mut ddls, mut bytes) = (0usize, 0usize, 0u64);
+        let mut first_lsn = None;
+        let mut next = Some(first.clone());
+        // Chunks handed to the spool and not yet written: bounded, so a
+        // client faster than the disk waits (HTTP/2 flow control) instead
+        // of filling the spool's queue.
+        let mut unwritten: std::collections::VecDeque<tashkent_wal::AppendTicket> =
+            Default::default();
+        let ticket = loop {
+            let mut chunk =
+                match next.take() {
+                    Some(c) => c,
+                    None => match rest.message().await? {
+                        Some(c) => c,
+                        None => return Err(CertifierError::InvalidArgument(
+                            "Certify stream ended without a chunk marked last_chunk: not certified"
+                                .into(),
+                        )),
+                    },
+                };
+            let header_ok = (chunk.format_version == 0
+                || chunk.format_version == first.format_version)
+                && (chunk.txn_id.is_empty() || chunk.txn_id == first.txn_id)
+                && (chunk.origin == 0 || chunk.origin == first.origin)
+                && (chunk.snapshot == 0 || chunk.snapshot == first.snapshot);
+            if !header_ok || chunk.spool.is_some() {
+                return Err(CertifierError::InvalidArgument(
+                    "a later Certify chunk has a header different from the first chunk's".into(),
+                ));
+            }
+            bytes = bytes.saturating_add(chunk.encoded_len() as u64);
+            if bytes > max {
+                return Err(CertifierError::WritesetTooLarge { max });
+            }
+            writeset::validate_part(&chunk)?;
+            for d in &mut chunk.ddl {
+                d.before_item += items as u64;
+            }
+            cs.add(&chunk.items, &chunk.ddl, items, ddls);
+            names.add(&chunk.items, &chunk.ddl, items);
+            let mut parts = Vec::with_capacity(chunk.encoded_len());
+            writeset::encode_parts(&chunk.items, &chunk.ddl, items as u64, &mut parts);
+            while unwritten.len() >= SPOOL_IN_FLIGHT {
+                if let Some(t) = unwritten.pop_front() {
+                    t.await.map_err(|e| self.spool_failed(e.into()))?;
+                }
+            }
+            let t = inner
+                .spool
+                .append(tag, &parts, first_lsn)
+                .map_err(|e| self.spool_failed(e))?;
+            first_lsn.get_or_insert(t.lsn);
+            spool.last = t.lsn;
+            spool.bytes += parts.len() as u64;
+            items += chunk.items.len();
+            ddls += chunk.ddl.len();
+            if chunk.last_chunk {
+                break t;
+            }
+            unwritten.push_back(t);
+        };
+        if items == 0 && ddls == 0 {
+            return Err(CertifierError::InvalidArgument(
+                "empty writeset: read-only transactions are not certified".into(),
+            ));
+        }
+        spool.first = first_lsn.unwrap_or_default();
+        ticket.await.map_err(|e| self.spool_failed(e.into()))?;
+        Ok((cs, names, spool))
+    }
+
+    /// A spool failure loses durability like a WAL failure: poison.
+    fn spool_failed(&self, e: CertifierError) -> CertifierError {
+        match e {
+            CertifierError::Wal(w) => self.inner.fail(w),
+            e => e,
+        }
+    }
+
+    /// The decision for `txn_id` (conflict keys `cs`) and, on commit, its
+    /// record `rec` in the WAL; answers once the outcome is durable. The
+    /// flag says whether this call committed it (not a retry's earlier
+    /// answer).
+    async fn decide(
+        &self,
+        txn_id: &Bytes,
+        snapshot: Version,
+        cs: &ConflictSet,
+        names: &(impl Names + Sync),
+        mut rec: bytes::BytesMut,
+    ) -> Result<(Outcome, bool), CertifierError> {
+        let inner = &*self.inner;
         let mut consult_dedupe = true;
         loop {
             let step = {
                 let mut c = inner.state.lock();
                 inner.poisoned()?;
                 let prior = if consult_dedupe {
-                    c.prior(&ws.txn_id, ws.snapshot)
+                    c.prior(txn_id, snapshot)
                 } else {
                     None
                 };
@@ -203,7 +370,7 @@ impl CertifierService {
                     Some(Prior::Committed(v)) => Step::Committed(v),
                     Some(Prior::Aborted(a)) => Step::Aborted(a),
                     Some(Prior::LookInWal { from, to }) => Step::Scan { from, to },
-                    None => match c.check(ws.snapshot, &cs, &ws)? {
+                    None => match c.check(snapshot, cs, names)? {
                         Decision::Commit(v) => {
                             record::set_version(&mut rec, v);
                             let payload = std::mem::take(&mut rec).freeze();
@@ -223,12 +390,12 @@ impl CertifierService {
                                 };
                                 return Err(inner.fail(e));
                             }
-                            c.commit(ws.txn_id.clone(), &cs);
+                            c.commit(txn_id.clone(), cs);
                             inner.submitted.notify_one();
                             Step::Ticket(ticket, v)
                         }
                         Decision::Abort(a) => {
-                            c.record_abort(ws.txn_id.clone(), a.clone());
+                            c.record_abort(txn_id.clone(), a.clone());
                             Step::Aborted(a)
                         }
                     },
@@ -237,7 +404,7 @@ impl CertifierService {
             match step {
                 Step::Ticket(ticket, version) => {
                     ticket.await.map_err(|e| inner.fail(e))?;
-                    return Ok(Outcome::Committed { version });
+                    return Ok((Outcome::Committed { version }, true));
                 }
                 Step::Committed(version) => {
                     inner
@@ -246,7 +413,7 @@ impl CertifierService {
                         .await
                         .map_err(|e| inner.fail(e))?;
                     inner.poisoned()?;
-                    return Ok(Outcome::Committed { version });
+                    return Ok((Outcome::Committed { version }, false));
                 }
                 Step::Aborted(a) => {
                     if a.conflict_version > 0 {
@@ -254,14 +421,17 @@ impl CertifierService {
                         w.map_err(|e| inner.fail(e))?;
                     }
                     inner.poisoned()?;
-                    return Ok(Outcome::Aborted {
-                        code: a.code,
-                        reason: a.reason,
-                    });
+                    return Ok((
+                        Outcome::Aborted {
+                            code: a.code,
+                            reason: a.reason,
+                        },
+                        false,
+                    ));
                 }
                 Step::Scan { from, to } => {
-                    if let Some(version) = self.scan_wal(ws.txn_id.clone(), from, to).await? {
-                        return Ok(Outcome::Committed { version });
+                    if let Some(version) = self.scan_wal(txn_id.clone(), from, to).await? {
+                        return Ok((Outcome::Committed { version }, false));
                     }
                     // Never committed; certify normally (its snapshot is
                     // below the horizon, so it aborts as too old).
@@ -377,6 +547,7 @@ impl CertifierService {
                 "purged the certifier log"
             );
         }
+        inner.spool.purge(inner.wal.first_lsn()).await?;
         Ok((point, inner.wal.first_lsn()))
     }
 
@@ -476,11 +647,18 @@ impl proto::certifier_server::Certifier for CertifierService {
         request: Request<Streaming<Writeset>>,
     ) -> Result<Response<CertifyResponse>, Status> {
         let mut chunks = request.into_inner();
-        let mut asm = Assembler::new(self.inner.limits.max_writeset_bytes);
-        while let Some(chunk) = chunks.message().await? {
-            asm.push(chunk)?;
-        }
-        let outcome = CertifierService::certify(self, asm.finish()?).await?;
+        let Some(first) = chunks.message().await? else {
+            return Err(
+                CertifierError::InvalidArgument("Certify stream had no chunk".into()).into(),
+            );
+        };
+        let outcome = if first.last_chunk {
+            let mut asm = Assembler::new(self.inner.limits.max_writeset_bytes);
+            asm.push(first)?;
+            CertifierService::certify(self, asm.finish()?).await?
+        } else {
+            self.certify_spooled(first, &mut chunks).await?
+        };
         Ok(Response::new(outcome.into()))
     }
 

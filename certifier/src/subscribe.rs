@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
-use tokio::sync::mpsc;
+use prost::Message;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
 use crate::error::CertifierError;
@@ -22,40 +23,66 @@ use crate::Version;
 const MAX_BATCH: usize = 256;
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Frames buffered per subscriber before the sender waits for the client.
-const CHANNEL_FRAMES: usize = 32;
+const CHANNEL_FRAMES: usize = 256;
+/// Bytes of frames buffered per subscriber before the sender waits: what
+/// one subscriber holds in the certifier's memory, besides its batch.
+const CHANNEL_BYTES: usize = 4 << 20;
+/// Largest frame.
+const FRAME_BYTES: usize = 1 << 20;
 /// Room for the frame's other fields and gRPC framing.
 const FRAME_OVERHEAD: usize = 64;
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<SubscribeFrame, Status>> + Send + 'static>>;
 
+/// The frames on their way to one subscriber, bounded by count and bytes
+/// (a frame's share of the byte budget is returned when gRPC takes it).
+struct Outbox {
+    tx: mpsc::Sender<(Result<SubscribeFrame, Status>, Option<OwnedSemaphorePermit>)>,
+    bytes: Arc<Semaphore>,
+}
+
+impl Outbox {
+    /// False when the subscriber is gone.
+    async fn send(&self, frame: Result<SubscribeFrame, Status>) -> bool {
+        let len = frame
+            .as_ref()
+            .map_or(0, |f| f.data.len())
+            .clamp(1, CHANNEL_BYTES);
+        let Ok(permit) = self.bytes.clone().acquire_many_owned(len as u32).await else {
+            return false;
+        };
+        self.tx.send((frame, Some(permit))).await.is_ok()
+    }
+}
+
 pub(crate) fn stream(inner: Arc<Inner>, from: Version) -> FrameStream {
     let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
+    let out = Outbox {
+        tx,
+        bytes: Arc::new(Semaphore::new(CHANNEL_BYTES)),
+    };
     tokio::spawn(async move {
         let r = tokio::select! {
-            r = run(&inner, from, &tx) => r,
+            r = run(&inner, from, &out) => r,
             // The client went away.
-            () = tx.closed() => Ok(()),
+            () = out.tx.closed() => Ok(()),
         };
         if let Err(e) = r {
-            let _ = tx.send(Err(e.into())).await;
+            let _ = out.send(Err(e.into())).await;
         }
     });
     Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+        rx.recv().await.map(|(frame, _permit)| (frame, rx))
     }))
 }
 
-async fn run(
-    inner: &Inner,
-    from: Version,
-    tx: &mpsc::Sender<Result<SubscribeFrame, Status>>,
-) -> Result<(), CertifierError> {
+async fn run(inner: &Inner, from: Version, tx: &Outbox) -> Result<(), CertifierError> {
     let mut durable_rx = inner.durable.subscribe();
     let frame_max = inner
         .limits
         .max_message_bytes
         .saturating_sub(FRAME_OVERHEAD)
-        .max(1);
+        .clamp(1, FRAME_BYTES);
     let mut next = from;
     loop {
         let durable = *durable_rx.borrow_and_update();
@@ -78,7 +105,12 @@ async fn run(
                     reason: format!("expected version {next}"),
                 });
             }
-            send_record(tx, version, record::body(version, &rec)?, frame_max).await?;
+            let body = record::body(version, &rec)?;
+            if record::is_spooled(&rec) {
+                send_spooled(inner, tx, version, body, frame_max).await?;
+            } else {
+                send_record(tx, version, body, frame_max, true).await?;
+            }
             next += 1;
         }
     }
@@ -123,26 +155,98 @@ async fn read_wal(
     .map_err(|e| CertifierError::Io(std::io::Error::other(e)))?
 }
 
-async fn send_record(
-    tx: &mpsc::Sender<Result<SubscribeFrame, Status>>,
+/// Streams a spooled version: its header, then its chunks from the spool
+/// log (read on a blocking thread, one at a time).
+async fn send_spooled(
+    inner: &Inner,
+    tx: &Outbox,
     version: Version,
     body: Bytes,
     frame_max: usize,
 ) -> Result<(), CertifierError> {
+    let ws = crate::proto::Writeset::decode(body).map_err(|e| CertifierError::CorruptRecord {
+        version,
+        reason: format!("undecodable spooled record: {e}"),
+    })?;
+    let Some(spool) = ws.spool else {
+        return Err(CertifierError::CorruptRecord {
+            version,
+            reason: "spooled record without its spool reference".into(),
+        });
+    };
+    let header = crate::proto::Writeset {
+        format_version: ws.format_version,
+        txn_id: ws.txn_id,
+        origin: ws.origin,
+        snapshot: ws.snapshot,
+        ..Default::default()
+    };
+    send_record(tx, version, header.encode_to_vec().into(), frame_max, false).await?;
+    let (chunk_tx, mut chunks) = mpsc::channel::<Result<Bytes, CertifierError>>(1);
+    let s = inner.spool.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        let chunks = match s.chunks(&spool) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = chunk_tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        for c in chunks {
+            if chunk_tx.blocking_send(c).is_err() {
+                return;
+            }
+        }
+    });
+    let mut sent = 0u64;
+    // One chunk behind: the last one's last frame completes the version.
+    let mut pending: Option<Bytes> = None;
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = chunk.map_err(|e| match e {
+            CertifierError::CorruptRecord { reason, .. } => {
+                CertifierError::CorruptRecord { version, reason }
+            }
+            e => e,
+        })?;
+        sent += chunk.len() as u64;
+        if let Some(p) = pending.replace(chunk) {
+            send_record(tx, version, p, frame_max, false).await?;
+        }
+    }
+    send_record(tx, version, pending.unwrap_or_default(), frame_max, true).await?;
+    let _ = reader.await;
+    if sent != spool.bytes {
+        return Err(CertifierError::CorruptRecord {
+            version,
+            reason: format!("{sent} bytes spooled where {} were certified", spool.bytes),
+        });
+    }
+    Ok(())
+}
+
+/// Sends `body` as frames of at most `frame_max` bytes; the last one
+/// completes the version if `ends`.
+async fn send_record(
+    tx: &Outbox,
+    version: Version,
+    body: Bytes,
+    frame_max: usize,
+    ends: bool,
+) -> Result<(), CertifierError> {
     let mut rest = body;
     loop {
         let data = rest.split_to(rest.len().min(frame_max));
-        let last = rest.is_empty();
+        let last = rest.is_empty() && ends;
         let frame = SubscribeFrame {
             version,
             data,
             last,
         };
-        if tx.send(Ok(frame)).await.is_err() {
+        if !tx.send(Ok(frame)).await {
             // Client gone: the select in `stream` ends the task.
             return Ok(());
         }
-        if last {
+        if rest.is_empty() {
             return Ok(());
         }
     }

@@ -18,6 +18,22 @@ pub const MAX_TXN_ID_LEN: usize = 64;
 /// Checks everything the certifier relies on; the error says what is wrong
 /// (it becomes `InvalidArgument` at the service edge).
 pub fn validate(ws: &Writeset) -> Result<(), CertifierError> {
+    validate_header(ws)?;
+    if ws.spool.is_some() {
+        return Err(CertifierError::InvalidArgument(
+            "the spool field is the certifier's own".into(),
+        ));
+    }
+    if ws.items.is_empty() && ws.ddl.is_empty() {
+        return Err(CertifierError::InvalidArgument(
+            "empty writeset: read-only transactions are not certified".into(),
+        ));
+    }
+    validate_part(ws)
+}
+
+/// Checks the header fields (format version, transaction id).
+pub fn validate_header(ws: &Writeset) -> Result<(), CertifierError> {
     let bad = |m: String| Err(CertifierError::InvalidArgument(m));
     if ws.format_version != WRITESET_FORMAT_VERSION {
         return bad(format!(
@@ -31,9 +47,13 @@ pub fn validate(ws: &Writeset) -> Result<(), CertifierError> {
             ws.txn_id.len()
         ));
     }
-    if ws.items.is_empty() && ws.ddl.is_empty() {
-        return bad("empty writeset: read-only transactions are not certified".into());
-    }
+    Ok(())
+}
+
+/// Checks the items and statements of a writeset or of one chunk of it
+/// (whose `before_item` counts from its own first item).
+pub fn validate_part(ws: &Writeset) -> Result<(), CertifierError> {
+    let bad = |m: String| Err(CertifierError::InvalidArgument(m));
     for (i, item) in ws.items.iter().enumerate() {
         validate_item(item).or_else(|m| bad(format!("item {i}: {m}")))?;
     }
@@ -183,15 +203,14 @@ fn split_unmarked(ws: Writeset, max_chunk_bytes: usize) -> Vec<Writeset> {
         items,
         ddl,
         last_chunk: _,
+        spool: _,
     } = ws;
     let header = Writeset {
         format_version,
         txn_id,
         origin,
         snapshot,
-        items: Vec::new(),
-        ddl: Vec::new(),
-        last_chunk: false,
+        ..Writeset::default()
     };
     // DDL goes with the first chunk; `before_item` is then already absolute.
     let mut cur = Writeset {
@@ -233,20 +252,31 @@ pub fn encode_in_order(ws: &Writeset, buf: &mut impl bytes::BufMut) {
     if ws.snapshot != 0 {
         encoding::uint64::encode(4, &ws.snapshot, buf);
     }
-    let mut ddl: Vec<&Ddl> = ws.ddl.iter().collect();
+    encode_parts(&ws.items, &ws.ddl, 0, buf);
+    if ws.last_chunk {
+        encoding::bool::encode(7, &ws.last_chunk, buf);
+    }
+    if let Some(spool) = &ws.spool {
+        encoding::message::encode(8, spool, buf);
+    }
+}
+
+/// Encodes items (numbered from `base`) and statements (`before_item`
+/// counted in the same numbering) in execution order: a part of
+/// [`encode_in_order`], for chunks.
+pub fn encode_parts(items: &[Item], ddl: &[Ddl], base: u64, buf: &mut impl bytes::BufMut) {
+    use prost::encoding;
+    let mut ddl: Vec<&Ddl> = ddl.iter().collect();
     ddl.sort_by_key(|d| d.before_item);
     let mut ddl = ddl.into_iter().peekable();
-    for (i, item) in ws.items.iter().enumerate() {
-        while let Some(d) = ddl.next_if(|d| d.before_item <= i as u64) {
+    for (i, item) in items.iter().enumerate() {
+        while let Some(d) = ddl.next_if(|d| d.before_item <= base + i as u64) {
             encoding::message::encode(6, d, buf);
         }
         encoding::message::encode(5, item, buf);
     }
     for d in ddl {
         encoding::message::encode(6, d, buf);
-    }
-    if ws.last_chunk {
-        encoding::bool::encode(7, &ws.last_chunk, buf);
     }
 }
 
@@ -435,7 +465,7 @@ mod tests {
                 })
                 .collect(),
             ddl: vec![ddl("CREATE TABLE t (k int primary key)", &["t"], 0)],
-            last_chunk: false,
+            ..Writeset::default()
         }
     }
 

@@ -96,6 +96,7 @@ fn writeset(rng: &mut impl Rng, id: String, snapshot: u64) -> Writeset {
             .collect(),
         ddl: vec![],
         last_chunk: false,
+        spool: None,
     }
 }
 

@@ -19,6 +19,7 @@ fn ws(id: &str, snapshot: u64) -> Writeset {
         items: vec![item("t", Op::Update, id.as_bytes().to_vec())],
         ddl: vec![],
         last_chunk: false,
+        spool: None,
     }
 }
 

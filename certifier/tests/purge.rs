@@ -37,6 +37,7 @@ fn ws(i: u64) -> Writeset {
         }],
         ddl: vec![],
         last_chunk: false,
+        spool: None,
     }
 }
 

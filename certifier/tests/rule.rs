@@ -20,6 +20,7 @@ fn txn(id: &str, snapshot: u64, items: Vec<Item>) -> Writeset {
         items,
         ddl: vec![],
         last_chunk: false,
+        spool: None,
     }
 }
 

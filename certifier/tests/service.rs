@@ -53,6 +53,7 @@ fn ws(id: &str, snapshot: u64, keys: &[String]) -> Writeset {
             .collect(),
         ddl: vec![],
         last_chunk: false,
+        spool: None,
     }
 }
 
@@ -148,6 +149,65 @@ async fn large_writeset_is_chunked_both_ways_and_the_limit_is_enforced() {
         "{err}"
     );
     assert!(err.contains("resource"), "{err}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_writesets_survive_a_restart_and_an_unfinished_stream_certifies_nothing() {
+    let dir = TempDir::new().unwrap();
+    let cfg = CertifierConfig {
+        max_message_bytes: 64 << 10,
+        ..config(&dir)
+    };
+    let (server, client) = start(cfg.clone()).await;
+    let keys: Vec<String> = (0..20_000).map(|i| format!("key-{i}")).collect();
+    let big = ws("big", 0, &keys);
+    assert_eq!(
+        client.certify(big.clone()).await.unwrap(),
+        Outcome::Committed { version: 1 }
+    );
+    // A client that gives up half way: nothing is certified.
+    let (sender, call) = client.certify_stream();
+    let call = tokio::spawn(call);
+    let mut chunks = tashkent_certifier::writeset::split(ws("quit", 1, &keys[..5000]), 16 << 10);
+    assert!(chunks.len() > 2);
+    chunks.pop();
+    for c in chunks {
+        sender.send(c).await.unwrap();
+    }
+    drop(sender);
+    let err = call.await.unwrap().unwrap_err().to_string();
+    assert!(err.contains("last_chunk"), "{err}");
+    assert_eq!(client.status().await.unwrap().latest_version, 1);
+    let small = ws("small", 1, &["other".to_string()]);
+    assert_eq!(
+        client.certify(small.clone()).await.unwrap(),
+        Outcome::Committed { version: 2 }
+    );
+    server.shutdown().await.unwrap();
+
+    // After a restart the spooled version streams back identical and its
+    // keys are in the rebuilt conflict window.
+    let (server, client) = start(cfg).await;
+    let mut sub = client.subscribe(1).await.unwrap();
+    let cw = sub.next().await.unwrap().unwrap();
+    assert_eq!((cw.version, cw.writeset == big), (1, true));
+    let cw = sub.next().await.unwrap().unwrap();
+    assert_eq!((cw.version, cw.writeset == small), (2, true));
+    let o = client
+        .certify(ws("late", 0, &["key-1234".to_string()]))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            o,
+            Outcome::Aborted {
+                code: AbortCode::Conflict,
+                ..
+            }
+        ),
+        "{o:?}"
+    );
     server.shutdown().await.unwrap();
 }
 

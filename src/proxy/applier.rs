@@ -513,10 +513,42 @@ impl Follower<'_> {
     async fn commit_streamed(&mut self, first: SubscribeFrame) -> std::result::Result<(), Stop> {
         let v = first.version;
         let mut decoder = StreamDecoder::new(self.shared.cfg.max_writeset_bytes as usize);
-        let parts = decoder.push(&first.data).map_err(|e| Stop::Apply {
+        let fail = |e: CertifierError| Stop::Apply {
             version: v,
             error: certifier_error(e),
-        })?;
+        };
+        let mut parts = decoder.push(&first.data).map_err(fail)?;
+        // A spooled writeset's first frame holds only its header: read on
+        // until the first part.
+        let mut done = false;
+        while parts.is_empty() && !done {
+            let frame = match self.frames.next().await {
+                Some(Ok(f)) if f.version == v => f,
+                Some(Ok(f)) => {
+                    return Err(Stop::Stream(CertifierError::Protocol(format!(
+                        "version {} before version {v} ended",
+                        f.version
+                    ))))
+                }
+                Some(Err(e)) => return Err(Stop::Stream(e)),
+                None => {
+                    return Err(Stop::Stream(CertifierError::Protocol(
+                        "stream ended".into(),
+                    )))
+                }
+            };
+            done = frame.last;
+            parts = decoder.push(&frame.data).map_err(fail)?;
+        }
+        if parts.is_empty() {
+            // Header only: nothing is certified like that.
+            return Err(Stop::Apply {
+                version: v,
+                error: Error::Capture {
+                    reason: format!("writeset {v} holds no rows and no statements"),
+                },
+            });
+        }
         let mut parts = parts.into_iter().peekable();
         let Some(Part::Header(header)) = parts.next() else {
             return Err(Stop::Apply {
@@ -533,7 +565,9 @@ impl Follower<'_> {
             });
         }
         if self.local_pending(&header.txn_id, header.origin) {
-            self.skip_rest(v).await?;
+            if !done {
+                self.skip_rest(v).await?;
+            }
             if hand_turn(self.shared, &header.txn_id, v).await {
                 return Ok(());
             }
@@ -550,7 +584,6 @@ impl Follower<'_> {
         let frames = &mut self.frames;
         let r = async {
             begin(&conn.client).await?;
-            let mut done = false;
             let mut pending: Vec<Part> = parts.collect();
             loop {
                 for part in pending.drain(..) {

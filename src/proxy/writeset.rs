@@ -271,6 +271,7 @@ impl Builder {
                 .collect(),
             items,
             last_chunk: false,
+            spool: None,
         }
     }
 }

@@ -275,12 +275,12 @@ impl Session {
                         certified = true;
                     }
                 },
-                // The applier cannot apply a version before ours: our turn
+                // The applier cannot apply a version up to ours: our turn
                 // does not come while that lasts. The transaction is (or
                 // will be) committed in the global order; say so.
                 _ = stuck.changed(), if certified && !released => {
                     let s = stuck.borrow_and_update().clone();
-                    if s.as_ref().is_none_or(|s| version.is_none_or(|v| s.version >= v)) {
+                    if s.as_ref().is_none_or(|s| version.is_none_or(|v| s.version > v)) {
                         continue;
                     }
                     let Some(v) = version else { continue };
@@ -294,7 +294,7 @@ impl Session {
                         "08007",
                         format!(
                             "the transaction is committed as version {v} in the global order, but \
-                             replica {} cannot apply version {sv} before it: {cause}",
+                             replica {} cannot apply version {sv}: {cause}",
                             self.shared.cfg.replica_id
                         ),
                     )
