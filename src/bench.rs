@@ -145,6 +145,10 @@ pub enum Experiment {
     /// Recovery time (restore a checkpoint, replay the log) against log
     /// length and database size.
     Recovery(crate::recovery_bench::RecoveryBenchArgs),
+    /// Memory under minutes of load: the RSS of every tashkent process
+    /// sampled while AllUpdates runs through the proxies; fails if one
+    /// grows after the warm-up.
+    Soak(crate::soak_bench::SoakArgs),
 }
 
 fn parse_secs(s: &str) -> std::result::Result<Duration, String> {
@@ -741,7 +745,7 @@ async fn wait_applied(cluster: &LocalCluster) -> Result<()> {
 }
 
 /// A fresh temporary directory the PostgreSQL account can traverse.
-fn work_dir(parent: Option<&Path>) -> Result<tempfile::TempDir> {
+pub(crate) fn work_dir(parent: Option<&Path>) -> Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt;
     let mut b = tempfile::Builder::new();
     b.prefix("tashkent-bench-");
@@ -774,8 +778,10 @@ fn spinner(message: String) -> ProgressBar {
 /// the ratios and where the files are; fails if any run failed or any
 /// invariant broke. Ctrl-C stops every system it started.
 pub fn main(args: BenchArgs) -> Result<()> {
-    if let Some(Experiment::Recovery(args)) = args.experiment {
-        return crate::recovery_bench::main(args);
+    match args.experiment {
+        Some(Experiment::Recovery(args)) => return crate::recovery_bench::main(args),
+        Some(Experiment::Soak(args)) => return crate::soak_bench::main(args),
+        None => {}
     }
     let plan = args.plan()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;

@@ -13,6 +13,8 @@ pub mod pg;
 pub mod proxy;
 pub mod recover;
 pub mod recovery_bench;
+pub mod soak_bench;
+pub mod verify;
 pub mod wire;
 
 pub use error::{Error, Result};

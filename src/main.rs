@@ -31,6 +31,10 @@ enum Command {
     Recover(tashkent::recover::RecoverArgs),
     /// Measure standalone PostgreSQL (fsync on), Base and Tashkent-MW side by side (AllUpdates, TPC-B).
     Bench(tashkent::bench::BenchArgs),
+    /// Check online that every replica holds the same contents (checksums
+    /// of every replicated table, chunk by chunk, each at one version on
+    /// all replicas); exits 0 only when they are identical
+    Verify(tashkent::verify::VerifyArgs),
 }
 
 #[derive(clap::Args)]
@@ -91,6 +95,15 @@ fn main() -> Result<()> {
             .context("starting the tokio runtime")?
             .block_on(tashkent::recover::run(args)),
         Command::Bench(args) => tashkent::bench::main(args),
+        Command::Verify(args) => {
+            let identical = tokio::runtime::Runtime::new()
+                .context("starting the tokio runtime")?
+                .block_on(tashkent::verify::run(args))?;
+            if !identical {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 

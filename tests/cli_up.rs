@@ -202,6 +202,22 @@ async fn up_with_two_replicas_serves_sql_through_every_proxy_and_resumes() {
         let client = common::connect_str(conninfo).await;
         eventually(&client, count, 2).await;
     }
+    // `tashkent verify` finds the running cluster from its state directory.
+    let out = std::process::Command::new(BIN)
+        .args(["verify", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("replica 1, replica 2 identical") && text.contains("2 rows"),
+        "{text}"
+    );
     let pids = [replica_pid(&state, 1), replica_pid(&state, 2)];
     up.interrupt();
     common::assert_exited(&pids);

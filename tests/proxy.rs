@@ -296,6 +296,8 @@ async fn diverging_features_are_refused_with_0a000() {
         "DELETE FROM nokey",
         "SET session_replication_role = replica",
         "CREATE DATABASE other",
+        "SELECT lo_create(0)",
+        "SELECT lo_from_bytea(0, 'data')",
     ] {
         let err = c.batch_execute(sql).await.expect_err(sql);
         assert_eq!(
@@ -630,4 +632,72 @@ async fn committing_transaction_gives_up_locks_the_applier_needs() {
     let r1 = cluster.replica(0).await;
     assert_eq!(count(&r1, "SELECT v::bigint FROM other").await, 1);
     assert_eq!(count(&r1, "SELECT v::bigint FROM hot").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_through_the_proxies_finds_a_difference_injected_behind_their_back() {
+    let cluster = Cluster::start(2).await;
+    let c = cluster.client(0).await;
+    c.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, note text);
+         CREATE TABLE log (line text)",
+    )
+    .await
+    .unwrap();
+    c.batch_execute(
+        "INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 5000) g;
+         INSERT INTO log VALUES ('a'), ('b')",
+    )
+    .await
+    .unwrap();
+    cluster.wait_converged().await;
+    let verify = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tashkent"));
+        cmd.arg("verify").args(["--chunk-rows", "1000"]);
+        for p in &cluster.proxies {
+            cmd.args(["--proxy", &p.as_ref().unwrap().addr]);
+        }
+        cmd.args(extra);
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = verify(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("identical") && text.contains("5002 rows"),
+        "{text}"
+    );
+    // A proxy answers where its replica is.
+    let rows = c.simple_query("SHOW tashkent.replica_id").await.unwrap();
+    let id = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(id.as_deref(), Some("1"));
+
+    // Replica 2 changed behind the proxies' back.
+    let r2 = cluster.replica(1).await;
+    r2.batch_execute("UPDATE items SET note = 'changed' WHERE id = 4321")
+        .await
+        .unwrap();
+    let (code, text) = verify(&[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("public.items") && text.contains("('4000', '5000']"),
+        "{text}"
+    );
+    assert!(!text.contains("public.log"), "{text}");
+    r2.batch_execute("INSERT INTO log VALUES ('c')")
+        .await
+        .unwrap();
+    let (code, text) = verify(&[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("public.log") && text.contains("no primary key"),
+        "{text}"
+    );
 }

@@ -8,21 +8,18 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::Cluster;
+use common::cluster::{blocking, tashkent, Cluster};
 use common::connect_str;
 use tashkent::checkpoint::{self, CheckpointConfig, Source};
-use tashkent::pg::{PgConfig, PgServer};
+use tashkent::pg::PgServer;
 use tashkent_certifier::CertifierClient;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tashkent");
 const BRANCHES: u64 = 4;
 const TELLERS: u64 = BRANCHES * 10;
 const ACCOUNTS: u64 = BRANCHES * 1000;
@@ -321,61 +318,6 @@ fn source(pg: &PgServer, replica_id: u32) -> Source {
 }
 
 /// Runs `tashkent` with `args`; returns (success, stdout + stderr).
-fn tashkent(args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
-/// Rebuilds replica `i` (its proxy must be stopped) with `tashkent
-/// recover` into a new base directory, then starts its server there and
-/// its proxy, which replays the log. Returns the recover command's output.
-async fn recover_with_cli(cluster: &mut Cluster, i: usize, ckpt_dir: &Path, tag: &str) -> String {
-    blocking(|| cluster.replicas[i].kill()).unwrap();
-    let base: PathBuf = cluster.dir().join(format!("replica-{}-{tag}", i + 1));
-    let replicas = cluster.replicas.len().to_string();
-    let id = (i + 1).to_string();
-    let (ok, text) = blocking(|| {
-        tashkent(&[
-            "recover",
-            "--base-dir",
-            base.to_str().unwrap(),
-            "--dir",
-            ckpt_dir.to_str().unwrap(),
-            "--replica",
-            &id,
-            "--replicas",
-            &replicas,
-            "--certifier",
-            &cluster.certifier_addr,
-        ])
-    });
-    assert!(ok, "tashkent recover failed:\n{text}");
-    cluster.replicas[i] = blocking(|| {
-        PgServer::start(PgConfig {
-            base_dir: Some(base),
-            ..PgConfig::default()
-        })
-    })
-    .unwrap();
-    cluster.proxies[i] = Some(cluster.spawn_proxy(i));
-    text
-}
-
 /// (a) A replica's PostgreSQL and then its proxy are SIGKILLed under load
 /// and restarted on the same data directory: the replica resumes from its
 /// applied version (commits PostgreSQL lost with synchronous_commit off
@@ -429,21 +371,7 @@ async fn replica_without_disk_is_rebuilt_from_a_checkpoint_under_load() {
     let load = Load::start(&targets, &[0, 0, 1, 1, 2, 2]);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let ckpt_dir = cluster.dir().join("checkpoints");
-    let port = cluster.replicas[0].port().to_string();
-    let (ok, text) = blocking(|| {
-        tashkent(&[
-            "checkpoint",
-            "--pg-port",
-            &port,
-            "--replica",
-            "1",
-            "--dir",
-            ckpt_dir.to_str().unwrap(),
-            "--certifier",
-            &cluster.certifier_addr,
-        ])
-    });
-    assert!(ok, "tashkent checkpoint failed:\n{text}");
+    let text = cluster.checkpoint_cli(0, &ckpt_dir);
     assert!(text.contains("checkpoint at version"), "{text}");
     let listed = checkpoint::list(&ckpt_dir).unwrap();
     assert_eq!(listed.len(), 1);
@@ -454,7 +382,7 @@ async fn replica_without_disk_is_rebuilt_from_a_checkpoint_under_load() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     // Replica 2's host dies: proxy and server gone, disk untrusted.
     drop(cluster.proxies[1].take());
-    let text = recover_with_cli(&mut cluster, 1, &ckpt_dir, "rebuilt").await;
+    let text = cluster.rebuild_replica(1, &ckpt_dir, "rebuilt").await;
     assert!(
         text.contains(&format!("at version {}", c.manifest.version)),
         "{text}"
@@ -680,7 +608,7 @@ async fn purge_then_recover_across_the_purged_range() {
     assert!(refusal.contains("tashkent recover"), "{refusal}");
     // Rebuilt from the checkpoint, it replays from there.
     drop(cluster.proxies[2].take());
-    let text = recover_with_cli(&mut cluster, 2, &ckpt_dir, "rebuilt").await;
+    let text = cluster.rebuild_replica(2, &ckpt_dir, "rebuilt").await;
     assert!(
         text.contains(&format!("at version {}", ckpt.manifest.version)),
         "{text}"
@@ -731,7 +659,7 @@ async fn damaged_checkpoints_are_refused() {
     f.set_len(victim.bytes / 2).unwrap();
     drop(f);
     drop(cluster.proxies[1].take());
-    let text = recover_with_cli(&mut cluster, 1, &ckpt_dir, "rebuilt").await;
+    let text = cluster.rebuild_replica(1, &ckpt_dir, "rebuilt").await;
     assert!(
         text.contains(&format!("at version {}", older.manifest.version)),
         "the older checkpoint was not used:\n{text}"

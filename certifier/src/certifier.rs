@@ -27,7 +27,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             window: WindowLimits::default(),
-            max_dedupe: 1_000_000,
+            // ~150 bytes each; a retry older than this is found by
+            // scanning the WAL instead.
+            max_dedupe: 100_000,
         }
     }
 }

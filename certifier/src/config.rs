@@ -76,7 +76,7 @@ impl Default for CertifierConfig {
             window_max_entries: limits.window.max_entries,
             window_max_versions: limits.window.max_versions,
             dedupe_max_entries: limits.max_dedupe,
-            tail_cache_bytes: 64 << 20,
+            tail_cache_bytes: 16 << 20,
             purge_replica_timeout_ms: 30_000,
         }
     }
@@ -191,10 +191,11 @@ pub struct CertifierArgs {
     /// Conflict window bound in versions (default 1M).
     #[arg(long, value_name = "N")]
     pub window_max_versions: Option<usize>,
-    /// Transaction ids remembered for idempotent retries (default 1M).
+    /// Transaction ids remembered for idempotent retries (default 100k;
+    /// an older retry is looked up in the WAL).
     #[arg(long, value_name = "N")]
     pub dedupe_max_entries: Option<usize>,
-    /// Recent committed records cached for subscribers (default 64 MiB).
+    /// Recent committed records cached for subscribers (default 16 MiB).
     #[arg(long, value_name = "BYTES")]
     pub tail_cache_bytes: Option<usize>,
     /// Log purge does not wait for a replica silent this long, and does

@@ -21,6 +21,8 @@ pub struct Cluster {
     /// The certifier as a `tashkent certifier` child process (instead of
     /// `certifier`), see [`Cluster::start_with_certifier_process`].
     pub certifier_process: Option<CertifierProcess>,
+    /// Flags every proxy started from now on gets.
+    pub proxy_args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -115,6 +117,7 @@ impl Cluster {
         let mut cluster = Cluster {
             replicas,
             proxies: Vec::new(),
+            proxy_args: Vec::new(),
             certifier,
             certifier_addr,
             certifier_process,
@@ -158,10 +161,31 @@ impl Cluster {
                 .args(["--pg-port", &pg.port().to_string()])
                 .args(["--replica-id", &(i + 1).to_string()])
                 .args(["--replicas", &self.replicas.len().to_string()])
-                .args(["--certifier", &self.certifier_addr]),
+                .args(["--certifier", &self.certifier_addr])
+                .args(&self.proxy_args),
             &format!("proxy {}", i + 1),
         );
         ProxyProcess { child, addr }
+    }
+
+    /// Stops every proxy and starts them again with `args` added.
+    pub fn restart_proxies_with(&mut self, args: &[&str]) {
+        self.proxy_args = args.iter().map(|a| a.to_string()).collect();
+        for i in 0..self.proxies.len() {
+            drop(self.proxies[i].take());
+            self.proxies[i] = Some(self.spawn_proxy(i));
+        }
+    }
+
+    /// Peak resident memory (kB) of the proxy of replica `i` and of the
+    /// certifier process, from /proc (VmHWM).
+    pub fn peak_rss_kb(&self, pid: u32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
     }
 
     /// libpq connection string of proxy `i`.
@@ -206,47 +230,32 @@ impl Cluster {
         }
     }
 
-    /// Row count and checksum of every user table of replica `i`.
-    pub async fn digests(&self, i: usize) -> BTreeMap<String, (i64, String)> {
-        let c = self.replica(i).await;
-        c.batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3")
-            .await
-            .unwrap();
-        let tables = c
-            .query(
-                "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
-                 WHERE schemaname NOT IN ('pg_catalog', 'information_schema', 'tashkent') ORDER BY 1",
-                &[],
-            )
-            .await
-            .unwrap();
-        let mut out = BTreeMap::new();
-        for t in tables {
-            let name: String = t.get(0);
-            let row = c
-                .query_one(
-                    &format!(
-                        "SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {name} t"
-                    ),
-                    &[],
-                )
-                .await
-                .unwrap();
-            out.insert(name, (row.get(0), row.get(1)));
-        }
-        out
+    /// The replicas as `tashkent verify` targets.
+    pub fn verify_targets(&self) -> Vec<tashkent::verify::Target> {
+        self.replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| tashkent::verify::Target {
+                name: format!("replica {}", i + 1),
+                conninfo: r.conninfo("postgres"),
+            })
+            .collect()
     }
 
-    /// Waits for convergence, then asserts every replica holds the same
-    /// tables with the same contents; returns replica 1's digests.
+    /// Waits for convergence, then asserts with `tashkent verify` that
+    /// every replica holds the same tables with the same contents; returns
+    /// each table's rows and checksum.
     pub async fn assert_identical(&self) -> BTreeMap<String, (i64, String)> {
         self.wait_converged().await;
-        let first = self.digests(0).await;
-        for i in 1..self.replicas.len() {
-            let other = self.digests(i).await;
-            assert_eq!(first, other, "replica 1 and replica {} differ", i + 1);
-        }
-        first
+        let report = tashkent::verify::verify(
+            &self.verify_targets(),
+            &tashkent::verify::Options::default(),
+        )
+        .await
+        .expect("running verify");
+        assert!(report.identical(), "{}", report.verdict());
+        assert!(report.verdict().contains("identical"));
+        report.tables
     }
 }
 
@@ -284,4 +293,92 @@ pub fn spawn_listening(cmd: &mut Command, what: &str) -> (Child, String) {
     };
     std::thread::spawn(move || lines.for_each(drop));
     (child, addr)
+}
+
+/// Runs the `tashkent` binary (logging at warn); success and output.
+pub fn tashkent(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tashkent"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Blocking work inside a multi-threaded test runtime.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+impl Cluster {
+    /// Takes a checkpoint of replica `i` into `dir` with `tashkent
+    /// checkpoint` (reporting it to the certifier); returns its output.
+    pub fn checkpoint_cli(&self, i: usize, dir: &std::path::Path) -> String {
+        let port = self.replicas[i].port().to_string();
+        let id = (i + 1).to_string();
+        let (ok, text) = blocking(|| {
+            tashkent(&[
+                "checkpoint",
+                "--pg-port",
+                &port,
+                "--replica",
+                &id,
+                "--dir",
+                dir.to_str().unwrap(),
+                "--certifier",
+                &self.certifier_addr,
+            ])
+        });
+        assert!(ok, "tashkent checkpoint failed:\n{text}");
+        text
+    }
+
+    /// Rebuilds replica `i` (its proxy must be stopped) with `tashkent
+    /// recover` into a new base directory, then starts its server there
+    /// and its proxy, which replays the log. Returns the recover command's
+    /// output.
+    pub async fn rebuild_replica(
+        &mut self,
+        i: usize,
+        ckpt_dir: &std::path::Path,
+        tag: &str,
+    ) -> String {
+        let cluster = self;
+        blocking(|| cluster.replicas[i].kill()).unwrap();
+        let base: std::path::PathBuf = cluster.dir().join(format!("replica-{}-{tag}", i + 1));
+        let replicas = cluster.replicas.len().to_string();
+        let id = (i + 1).to_string();
+        let (ok, text) = blocking(|| {
+            tashkent(&[
+                "recover",
+                "--base-dir",
+                base.to_str().unwrap(),
+                "--dir",
+                ckpt_dir.to_str().unwrap(),
+                "--replica",
+                &id,
+                "--replicas",
+                &replicas,
+                "--certifier",
+                &cluster.certifier_addr,
+            ])
+        });
+        assert!(ok, "tashkent recover failed:\n{text}");
+        cluster.replicas[i] = blocking(|| {
+            PgServer::start(PgConfig {
+                base_dir: Some(base),
+                ..PgConfig::default()
+            })
+        })
+        .unwrap();
+        cluster.proxies[i] = Some(cluster.spawn_proxy(i));
+        text
+    }
 }

@@ -27,7 +27,7 @@ impl Session {
             let is_execute = matches!(parsed, FrontendMessage::Execute { .. });
             let control = kind.is_some_and(is_control);
             let refused = matches!(parsed, FrontendMessage::Parse { .. })
-                && matches!(kind, Some(Kind::Refused { .. }));
+                && matches!(kind, Some(Kind::Refused { .. } | Kind::ProxyShow { .. }));
             let blocked = is_execute && !self.admits(kind);
             if control || refused || blocked {
                 // The proxy answers: everything sent before must be answered first.
@@ -47,7 +47,15 @@ impl Session {
             }
             match parsed {
                 FrontendMessage::Parse { statement, .. } => {
-                    let kind = kind.cloned().unwrap_or(Kind::Other);
+                    let kind = match kind.cloned().unwrap_or(Kind::Other) {
+                        Kind::ProxyShow { .. } => Kind::Refused {
+                            message:
+                                "SHOW tashkent.* is answered over the simple query protocol only"
+                                    .into(),
+                            hint: "Send it as a plain query (psql does).".into(),
+                        },
+                        k => k,
+                    };
                     if let Kind::Refused { message, hint } = &kind {
                         self.client.push(
                             &ErrorResponse::error("0A000", message.clone())

@@ -457,6 +457,44 @@ impl Session {
         }
     }
 
+    /// Answers `SHOW tashkent.<name>` (a text column named `name`).
+    fn proxy_show(&mut self, name: &str) -> std::result::Result<(), ErrorResponse> {
+        let cfg = &self.shared.cfg;
+        let value = match name {
+            "replica" => format!(
+                "host={} port={} dbname={}",
+                cfg.pg_host, cfg.pg_port, cfg.database
+            ),
+            "replica_id" => cfg.replica_id.to_string(),
+            "applied_version" => self.shared.applied.borrow().to_string(),
+            _ => {
+                return Err(ErrorResponse::error(
+                    "42704",
+                    format!("unrecognized tashkent setting \"tashkent.{name}\""),
+                )
+                .with_hint("The proxy shows tashkent.replica, tashkent.replica_id and tashkent.applied_version."))
+            }
+        };
+        let mut desc = BytesMut::new();
+        desc.put_i16(1);
+        desc.put_slice(name.as_bytes());
+        desc.put_u8(0);
+        desc.put_u32(0); // table
+        desc.put_i16(0); // column
+        desc.put_u32(25); // text
+        desc.put_i16(-1);
+        desc.put_i32(-1);
+        desc.put_i16(0);
+        let mut row = BytesMut::new();
+        row.put_i16(1);
+        row.put_i32(value.len() as i32);
+        row.put_slice(value.as_bytes());
+        self.client.push(&Message::new(b'T', desc.freeze()));
+        self.client.push(&Message::new(b'D', row.freeze()));
+        self.client.push(&command_complete("SHOW"));
+        Ok(())
+    }
+
     fn status(&self) -> TransactionStatus {
         match &self.txn {
             None => TransactionStatus::Idle,

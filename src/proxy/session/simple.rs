@@ -72,6 +72,14 @@ impl Session {
                 self.client.push(&command_complete("SET"));
                 Ok(Flow::Continue)
             }
+            Kind::ProxyShow { name } => match self.proxy_show(&name) {
+                Ok(()) => Ok(Flow::Continue),
+                Err(e) => {
+                    self.client.push(&e.message());
+                    self.fail_txn();
+                    Ok(Flow::Stop)
+                }
+            },
             Kind::LocalMaintenance | Kind::Savepoint { .. } if self.txn.is_none() => {
                 self.backend.push(&query(stmt));
                 let r = self.relay().await?;

@@ -13,6 +13,9 @@ pub fn is_copy(stmt: &str) -> bool {
 
 pub(super) fn classify_one(stmt: &str) -> Kind {
     let toks: Vec<Token> = Scanner::new(stmt).collect();
+    if let Some(show) = proxy_show(&toks) {
+        return show;
+    }
     if let Some(refusal) = refused_anywhere(&toks) {
         return refusal;
     }
@@ -53,6 +56,22 @@ fn classify_by_head(toks: &[Token]) -> Kind {
         "truncate" => Kind::Truncate,
         "select" | "with" => select_into(toks),
         _ => Kind::Other,
+    }
+}
+
+/// `SHOW tashkent.<name>`: answered by the proxy itself.
+fn proxy_show(toks: &[Token]) -> Option<Kind> {
+    match toks {
+        [show, schema, dot, name]
+            if show.ident().as_deref() == Some("show")
+                && schema.ident().as_deref() == Some("tashkent")
+                && dot.is_punct(b'.') =>
+        {
+            Some(Kind::ProxyShow {
+                name: name.ident()?.into_owned(),
+            })
+        }
+        _ => None,
     }
 }
 
@@ -404,6 +423,12 @@ fn refused_anywhere(toks: &[Token]) -> Option<Kind> {
         if name == "pg_notify" && called {
             return Some(notification_refused("pg_notify()"));
         }
+        if called && LARGE_OBJECT_FUNCTIONS.contains(&&*name) {
+            return Some(large_object_refused(&format!("{}()", tok.text)));
+        }
+        if name == "large" && next.and_then(Token::ident).as_deref() == Some("object") {
+            return Some(large_object_refused("LARGE OBJECT"));
+        }
         if name == "tashkent" && next.is_some_and(|t| t.is_punct(b'.')) {
             return Some(tashkent_schema_refused());
         }
@@ -415,6 +440,29 @@ fn refused_anywhere(toks: &[Token]) -> Option<Kind> {
     }
     None
 }
+
+/// PostgreSQL's large-object functions: large objects live in
+/// `pg_largeobject`, a system catalog that capture cannot see.
+const LARGE_OBJECT_FUNCTIONS: [&str; 18] = [
+    "lo_create",
+    "lo_creat",
+    "lo_import",
+    "lo_export",
+    "lo_unlink",
+    "lo_put",
+    "lo_get",
+    "lo_from_bytea",
+    "lo_open",
+    "lo_close",
+    "lo_truncate",
+    "lo_truncate64",
+    "lo_lseek",
+    "lo_lseek64",
+    "lo_tell",
+    "lo_tell64",
+    "lowrite",
+    "loread",
+];
 
 /// The arguments of `set_config('name', 'value', ...)`, when both are literals.
 fn set_config_call(args: &[Token]) -> Option<Kind> {
@@ -447,6 +495,13 @@ fn notification_refused(what: &str) -> Kind {
     refused(
         format!("{what} is not supported: notifications are delivered by one replica only"),
         "Poll a table for changes, or use a message queue outside the database.",
+    )
+}
+
+fn large_object_refused(what: &str) -> Kind {
+    refused(
+        format!("{what} is not supported: large objects are not replicated by tashkent"),
+        "Store the data in a bytea column (any size up to 1 GB); it is replicated like any other value.",
     )
 }
 

@@ -72,6 +72,10 @@ pub enum Kind {
     Truncate,
     /// Refused: the proxy answers SQLSTATE 0A000 with `message` and `hint`.
     Refused { message: String, hint: String },
+    /// `SHOW tashkent.<name>`: the proxy answers (simple query protocol):
+    /// `replica` (how to reach this proxy's PostgreSQL), `replica_id`,
+    /// `applied_version`.
+    ProxyShow { name: String },
     /// Everything else (SELECT, INSERT/UPDATE/DELETE/MERGE, WITH ..., COPY, SET, SHOW, RESET,
     /// PREPARE, EXECUTE, DEALLOCATE, DECLARE/FETCH/MOVE/CLOSE, EXPLAIN, DO, CALL, LOCK, VALUES,
     /// TABLE, ...).

@@ -374,6 +374,51 @@ fn notification_refusals() {
 }
 
 #[test]
+fn proxy_show_forms() {
+    check(&[
+        (
+            "SHOW tashkent.replica",
+            Kind::ProxyShow {
+                name: "replica".into(),
+            },
+        ),
+        (
+            "show TASHKENT.Applied_Version",
+            Kind::ProxyShow {
+                name: "applied_version".into(),
+            },
+        ),
+    ]);
+    check_refused(&[("SHOW tashkent.replica, x", "schema tashkent")]);
+}
+
+#[test]
+fn large_object_refusals() {
+    check_refused(&[
+        ("SELECT lo_create(0)", "large objects are not replicated"),
+        ("select LO_CREAT(-1)", "lo_creat"),
+        ("SELECT lo_import('/etc/hosts')", "lo_import"),
+        (
+            "SELECT pg_catalog.lo_from_bytea(0, '\\x00')",
+            "lo_from_bytea",
+        ),
+        ("SELECT lo_put(16384, 0, 'x')", "lo_put"),
+        ("SELECT lowrite(lo_open(16384, 131072), 'x')", "lo"),
+        ("SELECT lo_unlink(16384)", "lo_unlink"),
+        ("ALTER LARGE OBJECT 16384 OWNER TO bob", "LARGE OBJECT"),
+        ("GRANT SELECT ON LARGE OBJECT 16384 TO bob", "LARGE OBJECT"),
+        ("COMMENT ON LARGE OBJECT 16384 IS 'x'", "LARGE OBJECT"),
+    ]);
+    // Names that only look alike, and the words in literals, pass.
+    check_not_refused(&[
+        "SELECT lo_create_count FROM stats",
+        "SELECT my_lo_create(1)",
+        "SELECT 'lo_create(0)'",
+        "SELECT large, object FROM t",
+    ]);
+}
+
+#[test]
 fn two_phase_refusals() {
     check_refused(&[
         ("PREPARE TRANSACTION 'gid'", "PREPARE TRANSACTION"),
