@@ -67,7 +67,7 @@ pub enum Error {
     },
 
     /// A statement sent to a replica failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", server_text(source))]
     Sql {
         context: String,
         #[source]
@@ -140,6 +140,22 @@ impl Error {
     pub fn sql(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
         let context = context.into();
         move |source| Error::Sql { context, source }
+    }
+}
+
+/// A PostgreSQL error as its server message says it (SQLSTATE, message,
+/// detail), not tokio-postgres's bare "db error".
+pub fn server_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} ({})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                text.push_str(": ");
+                text.push_str(d);
+            }
+            text
+        }
+        None => e.to_string(),
     }
 }
 

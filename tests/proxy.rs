@@ -701,3 +701,68 @@ async fn verify_through_the_proxies_finds_a_difference_injected_behind_their_bac
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_apply_that_cannot_proceed_is_loud_and_refuses_writes_until_it_can() {
+    let cluster = Cluster::start(2).await;
+    let c1 = cluster.client(0).await;
+    c1.batch_execute("CREATE TABLE u (id int PRIMARY KEY, code text UNIQUE)")
+        .await
+        .unwrap();
+    cluster.wait_converged().await;
+    // Behind the proxies' back, replica 2 gets a row the certified
+    // writeset below collides with: its apply fails there.
+    let r2 = cluster.replica(1).await;
+    r2.batch_execute("INSERT INTO u VALUES (99, 'taken')")
+        .await
+        .unwrap();
+    c1.batch_execute("INSERT INTO u VALUES (1, 'taken')")
+        .await
+        .unwrap();
+    let c2 = cluster.client(1).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let refusal = loop {
+        match c2.batch_execute("INSERT INTO u VALUES (2, 'other')").await {
+            Err(e) => break e,
+            Ok(()) => {
+                // Committed before the applier gave up: not this one's turn.
+                assert!(std::time::Instant::now() < deadline, "writes never refused");
+                c2.batch_execute("DELETE FROM u WHERE id = 2").await.ok();
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let db = refusal.as_db_error().expect("a server error");
+    assert!(
+        matches!(db.code().code(), "55000" | "08007"),
+        "{}: {}",
+        db.code().code(),
+        db.message()
+    );
+    assert!(
+        db.message().contains("cannot apply version") && db.message().contains("duplicate key"),
+        "{}",
+        db.message()
+    );
+    // Reads go on.
+    assert!(count(&c2, "SELECT count(*) FROM u").await >= 1);
+    // The cause removed, the replica applies again and takes writes.
+    r2.batch_execute("DELETE FROM u WHERE id = 99")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match c2.batch_execute("INSERT INTO u VALUES (3, 'later')").await {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "still refused: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    }
+    cluster.assert_identical().await;
+    assert_eq!(
+        count(&c1, "SELECT count(*) FROM u WHERE id IN (1, 3)").await,
+        2
+    );
+}
