@@ -7,27 +7,23 @@
 //! - [`rule`], [`window`], [`dedupe`], [`certifier`]: the decision, pure code;
 //! - [`writeset`] and [`proto`]: the writeset format (protobuf, versioned);
 //! - [`record`]: the WAL record (one per committed version, version == LSN);
-//! - [`service`], `pipeline`, `subscribe`, [`recovery`], [`purge`],
-//!   [`server`]: the gRPC service on top of the WAL;
-//! - [`client`]: what the proxy uses;
+//! - [`outcome`]: what a certification answers, on and off the wire;
+//! - [`server`]: the gRPC service on top of the WAL (certify, the
+//!   pipeline's server half, Subscribe, the spool, recovery, purge);
+//! - [`client`]: what the proxy uses (the pipeline's client half);
 //! - [`config`]: `CertifierConfig` (TOML `[certifier]`) and `CertifierArgs`.
 
+mod batch;
 pub mod certifier;
 pub mod client;
 mod codec;
 pub mod config;
 pub mod dedupe;
 pub mod error;
-mod pipeline;
-pub mod purge;
+pub mod outcome;
 pub mod record;
-pub mod recovery;
 pub mod rule;
 pub mod server;
-pub mod service;
-pub mod spool;
-mod subscribe;
-mod tail;
 pub mod window;
 pub mod writeset;
 
@@ -45,9 +41,10 @@ pub use certifier::{Certifier, Decision, Limits};
 pub use client::{CertifierClient, ChunkSender, ClientOptions, CommittedWriteset, FrameStream};
 pub use config::{CertifierArgs, CertifierConfig, WalBackend};
 pub use error::CertifierError;
+pub use outcome::Outcome;
 pub use proto::{AbortCode, Ddl, Item, Op, ParentRef, Writeset};
 pub use rule::{Abort, ConflictSet};
+pub use server::service::CertifierService;
 pub use server::{run, serve, start, RunningCertifier};
-pub use service::{CertifierService, Outcome};
 pub use window::{HorizonCause, WindowLimits};
 pub use writeset::WRITESET_FORMAT_VERSION;

@@ -12,10 +12,10 @@ use prost::Message;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
+use super::service::Inner;
 use crate::error::CertifierError;
 use crate::proto::SubscribeFrame;
 use crate::record;
-use crate::service::Inner;
 use crate::Version;
 
 /// Records fetched per round (bounds a subscriber's memory together with

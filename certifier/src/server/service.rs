@@ -1,4 +1,5 @@
-//! The certifier on top of the WAL, and its tonic service.
+//! The certifier on top of the WAL: certification (whole writesets and
+//! spooled ones), progress reports, checkpoints and purge, status.
 //!
 //! Pipelining: under the state lock a transaction is looked up, certified,
 //! given `v = latest + 1` and submitted to the WAL (`submit` assigns LSN `v`
@@ -15,28 +16,27 @@
 //! A WAL failure poisons the service: every later request is answered
 //! `Unavailable` and nothing is acknowledged again until a restart.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::Stream;
 use parking_lot::Mutex;
 use prost::Message as _;
 use tashkent_wal::{Wal, WalError};
 use tokio::sync::{watch, Notify};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Streaming;
 
+use super::spool::Spool;
+use super::tail::Tail;
 use crate::certifier::{Certifier, Decision};
 use crate::dedupe::Prior;
 use crate::error::CertifierError;
-use crate::proto::{self, certify_response, AbortCode, CertifyResponse, Writeset};
+use crate::outcome::Outcome;
+use crate::proto::{self, Writeset};
 use crate::rule::{ConflictSet, Names, PartNames};
-use crate::spool::Spool;
-use crate::tail::Tail;
-use crate::writeset::{self, Assembler};
-use crate::{record, subscribe, Version};
+use crate::writeset::{self};
+use crate::{record, Version};
 
 /// Limits the service enforces on requests.
 #[derive(Debug, Clone, Copy)]
@@ -48,32 +48,6 @@ pub struct ServiceLimits {
     /// Log purge: a replica silent for longer is not waited for (see
     /// `purge`).
     pub purge_replica_timeout: std::time::Duration,
-}
-
-/// The outcome of a certification, as the client sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Committed { version: Version },
-    Aborted { code: AbortCode, reason: String },
-}
-
-impl From<Outcome> for CertifyResponse {
-    fn from(o: Outcome) -> CertifyResponse {
-        let outcome = match o {
-            Outcome::Committed { version } => {
-                certify_response::Outcome::Committed(proto::Committed { version })
-            }
-            Outcome::Aborted { code, reason } => {
-                certify_response::Outcome::Aborted(proto::Aborted {
-                    code: code as i32,
-                    reason,
-                })
-            }
-        };
-        CertifyResponse {
-            outcome: Some(outcome),
-        }
-    }
 }
 
 pub(crate) struct Inner {
@@ -150,7 +124,7 @@ impl CertifierService {
         max_record_bytes: u64,
     ) -> CertifierService {
         let (durable, _) = watch::channel(wal.durable_lsn());
-        let checkpoint = crate::purge::load_checkpoint(wal.dir(), wal.last_lsn());
+        let checkpoint = super::purge::load_checkpoint(wal.dir(), wal.last_lsn());
         let inner = Arc::new(Inner {
             state: Mutex::new(certifier),
             tail: Mutex::new(tail),
@@ -510,7 +484,7 @@ impl CertifierService {
                 inner.checkpoint.load(Ordering::Acquire),
             );
             let stored =
-                tokio::task::spawn_blocking(move || crate::purge::store_checkpoint(&dir, v))
+                tokio::task::spawn_blocking(move || super::purge::store_checkpoint(&dir, v))
                     .await
                     .map_err(std::io::Error::other)
                     .and_then(|r| r);
@@ -523,14 +497,14 @@ impl CertifierService {
     }
 
     /// Purges the WAL segments below the purge point of
-    /// [`crate::purge::purge_point`]; returns that point and the first
+    /// [`super::purge::purge_point`]; returns that point and the first
     /// version still in the log.
     pub async fn purge(&self) -> Result<(Version, Version), CertifierError> {
         let inner = &*self.inner;
         let mut purged = inner.purged.lock().await;
         let point = {
             let c = inner.state.lock();
-            crate::purge::purge_point(
+            super::purge::purge_point(
                 inner.checkpoint.load(Ordering::Acquire),
                 c.replicas(),
                 inner.started,
@@ -638,93 +612,4 @@ async fn follow_durability(inner: Arc<Inner>) {
     }
     // Wake subscribers so they notice the end.
     inner.durable.send_modify(|_| {});
-}
-
-#[tonic::async_trait]
-impl proto::certifier_server::Certifier for CertifierService {
-    async fn certify(
-        &self,
-        request: Request<Streaming<Writeset>>,
-    ) -> Result<Response<CertifyResponse>, Status> {
-        let mut chunks = request.into_inner();
-        let Some(first) = chunks.message().await? else {
-            return Err(
-                CertifierError::InvalidArgument("Certify stream had no chunk".into()).into(),
-            );
-        };
-        let outcome = if first.last_chunk {
-            let mut asm = Assembler::new(self.inner.limits.max_writeset_bytes);
-            asm.push(first)?;
-            CertifierService::certify(self, asm.finish()?).await?
-        } else {
-            self.certify_spooled(first, &mut chunks).await?
-        };
-        Ok(Response::new(outcome.into()))
-    }
-
-    type CertifyPipelineStream =
-        Pin<Box<dyn Stream<Item = Result<proto::PipelineResponse, Status>> + Send + 'static>>;
-
-    async fn certify_pipeline(
-        &self,
-        request: Request<Streaming<proto::PipelineRequest>>,
-    ) -> Result<Response<Self::CertifyPipelineStream>, Status> {
-        Ok(Response::new(crate::pipeline::serve(
-            self.clone(),
-            request.into_inner(),
-        )))
-    }
-
-    type SubscribeStream =
-        Pin<Box<dyn Stream<Item = Result<proto::SubscribeFrame, Status>> + Send + 'static>>;
-
-    async fn subscribe(
-        &self,
-        request: Request<proto::SubscribeRequest>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let from = request.into_inner().from_version.max(1);
-        let latest = self.inner.state.lock().latest();
-        if from > latest + 1 {
-            return Err(CertifierError::InvalidArgument(format!(
-                "cannot subscribe from version {from}: the latest version is {latest}"
-            ))
-            .into());
-        }
-        if from < self.inner.wal.first_lsn() {
-            return Err(CertifierError::Purged {
-                from,
-                first: self.inner.wal.first_lsn(),
-            }
-            .into());
-        }
-        Ok(Response::new(subscribe::stream(self.inner.clone(), from)))
-    }
-
-    async fn report_applied(
-        &self,
-        request: Request<proto::ReportAppliedRequest>,
-    ) -> Result<Response<proto::ReportAppliedResponse>, Status> {
-        let r = request.into_inner();
-        let horizon = self.report_applied(r.replica_id, r.applied_version, r.oldest_snapshot)?;
-        Ok(Response::new(proto::ReportAppliedResponse { horizon }))
-    }
-
-    async fn report_checkpoint(
-        &self,
-        request: Request<proto::ReportCheckpointRequest>,
-    ) -> Result<Response<proto::ReportCheckpointResponse>, Status> {
-        let (purge_below, first_version) =
-            CertifierService::report_checkpoint(self, request.into_inner().version).await?;
-        Ok(Response::new(proto::ReportCheckpointResponse {
-            purge_below,
-            first_version,
-        }))
-    }
-
-    async fn status(
-        &self,
-        _request: Request<proto::StatusRequest>,
-    ) -> Result<Response<proto::StatusResponse>, Status> {
-        Ok(Response::new(CertifierService::status(self)))
-    }
 }

@@ -18,12 +18,12 @@
 
 use tashkent_wal::Wal;
 
+use super::spool::Spool;
+use super::tail::Tail;
 use crate::certifier::{Certifier, Limits};
 use crate::error::CertifierError;
 use crate::record;
 use crate::rule::ConflictSet;
-use crate::spool::Spool;
-use crate::tail::Tail;
 use crate::window::HorizonCause;
 use crate::writeset::{Part, StreamDecoder};
 

@@ -4,6 +4,8 @@
 //! the frames of each version and checks that versions arrive dense and in
 //! order. The client is cheap to clone (one HTTP/2 connection shared).
 
+mod pipeline;
+
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -14,15 +16,15 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::config::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::error::CertifierError;
-use crate::pipeline::PipelineClient;
+use crate::outcome::Outcome;
 use crate::proto::certifier_client::CertifierClient as Grpc;
 use crate::proto::{
-    certify_response, AbortCode, ReportAppliedRequest, ReportCheckpointRequest,
-    ReportCheckpointResponse, StatusRequest, StatusResponse, SubscribeRequest, Writeset,
+    ReportAppliedRequest, ReportCheckpointRequest, ReportCheckpointResponse, StatusRequest,
+    StatusResponse, SubscribeRequest, Writeset,
 };
-use crate::service::Outcome;
 use crate::writeset;
 use crate::Version;
+use pipeline::PipelineClient;
 
 /// HTTP/2 flow-control window, per stream and per connection.
 pub(crate) const WINDOW_BYTES: u32 = 8 << 20;
@@ -93,21 +95,6 @@ type SubscribeStream =
 pub type FrameStream =
     Pin<Box<dyn Stream<Item = Result<crate::proto::SubscribeFrame, CertifierError>> + Send>>;
 
-fn outcome_of(resp: crate::proto::CertifyResponse) -> Result<Outcome, CertifierError> {
-    match resp.outcome {
-        Some(certify_response::Outcome::Committed(c)) => {
-            Ok(Outcome::Committed { version: c.version })
-        }
-        Some(certify_response::Outcome::Aborted(a)) => Ok(Outcome::Aborted {
-            code: AbortCode::try_from(a.code).unwrap_or(AbortCode::Unspecified),
-            reason: a.reason,
-        }),
-        None => Err(CertifierError::Protocol(
-            "Certify answer without outcome".into(),
-        )),
-    }
-}
-
 impl CertifierClient {
     /// Connects to `addr` ("host:port" or "http://host:port").
     pub async fn connect(addr: impl AsRef<str>) -> Result<CertifierClient, CertifierError> {
@@ -171,7 +158,7 @@ impl CertifierClient {
             .certify(futures::stream::iter(chunks))
             .await?
             .into_inner();
-        outcome_of(resp)
+        Outcome::try_from(resp)
     }
 
     /// Certifies a writeset sent in chunks as it is produced: chunks go
@@ -193,7 +180,7 @@ impl CertifierClient {
                     rx.recv().await.map(|c| (c, rx))
                 });
                 let resp = grpc.certify(chunks).await?.into_inner();
-                outcome_of(resp)
+                Outcome::try_from(resp)
             };
         (ChunkSender { tx }, call)
     }

@@ -1,5 +1,20 @@
-//! Running the certifier: open the WAL, recover, listen, serve until told to
-//! stop, close the WAL.
+//! The certifier's server side: the service on top of the WAL, its gRPC
+//! face, and running it (open the WAL, recover, listen, serve until told
+//! to stop, close the WAL).
+//!
+//! Arrows point one way: `grpc` hands each RPC to `service` (certify),
+//! `pipeline` or `subscribe`, which use `service`'s state; `service` uses
+//! the WAL, the `spool`, the `tail` cache and `purge`; `recovery` rebuilds
+//! its state at start.
+
+mod grpc;
+mod pipeline;
+pub mod purge;
+pub mod recovery;
+pub mod service;
+pub mod spool;
+mod subscribe;
+pub(crate) mod tail;
 
 use std::future::Future;
 use std::io::Write;
@@ -14,10 +29,9 @@ use tonic::transport::Server;
 use crate::config::{CertifierArgs, CertifierConfig};
 use crate::error::CertifierError;
 use crate::proto::certifier_server::CertifierServer;
-use crate::recovery;
-use crate::service::{CertifierService, ServiceLimits};
-use crate::spool::Spool;
-use crate::tail::Tail;
+use service::{CertifierService, ServiceLimits};
+use spool::Spool;
+use tail::Tail;
 
 /// Most records the subscriber tail cache holds (besides its byte bound).
 const TAIL_MAX_RECORDS: usize = 1 << 20;

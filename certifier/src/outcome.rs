@@ -1,0 +1,95 @@
+//! The outcome of a certification, and its conversions to and from the
+//! wire (the Certify answer and a CertifyPipeline answer), in one place.
+
+use tonic::Status;
+
+use crate::error::CertifierError;
+use crate::proto::{self, certify_response, pipeline_answer, AbortCode, CertifyResponse};
+use crate::Version;
+
+/// The outcome of a certification, as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Committed { version: Version },
+    Aborted { code: AbortCode, reason: String },
+}
+
+impl Outcome {
+    fn aborted(a: proto::Aborted) -> Outcome {
+        Outcome::Aborted {
+            code: AbortCode::try_from(a.code).unwrap_or(AbortCode::Unspecified),
+            reason: a.reason,
+        }
+    }
+}
+
+impl From<Outcome> for CertifyResponse {
+    fn from(o: Outcome) -> CertifyResponse {
+        let outcome = match o {
+            Outcome::Committed { version } => {
+                certify_response::Outcome::Committed(proto::Committed { version })
+            }
+            Outcome::Aborted { code, reason } => {
+                certify_response::Outcome::Aborted(proto::Aborted {
+                    code: code as i32,
+                    reason,
+                })
+            }
+        };
+        CertifyResponse {
+            outcome: Some(outcome),
+        }
+    }
+}
+
+impl TryFrom<CertifyResponse> for Outcome {
+    type Error = CertifierError;
+
+    fn try_from(r: CertifyResponse) -> Result<Outcome, CertifierError> {
+        match r.outcome {
+            Some(certify_response::Outcome::Committed(c)) => {
+                Ok(Outcome::Committed { version: c.version })
+            }
+            Some(certify_response::Outcome::Aborted(a)) => Ok(Outcome::aborted(a)),
+            None => Err(CertifierError::Protocol(
+                "Certify answer without outcome".into(),
+            )),
+        }
+    }
+}
+
+/// A pipeline answer: the outcome, or what a unary call would have
+/// answered as its status.
+pub(crate) fn to_answer(r: Result<Outcome, CertifierError>) -> pipeline_answer::Outcome {
+    use pipeline_answer::Outcome as O;
+    match r {
+        Ok(Outcome::Committed { version }) => O::Committed(proto::Committed { version }),
+        Ok(Outcome::Aborted { code, reason }) => O::Aborted(proto::Aborted {
+            code: code as i32,
+            reason,
+        }),
+        Err(e) => {
+            let s = Status::from(e);
+            O::Error(proto::RequestError {
+                code: s.code() as i32,
+                message: s.message().to_owned(),
+            })
+        }
+    }
+}
+
+/// The inverse of [`to_answer`].
+pub(crate) fn from_answer(o: Option<pipeline_answer::Outcome>) -> Result<Outcome, CertifierError> {
+    use pipeline_answer::Outcome as O;
+    match o {
+        Some(O::Committed(c)) => Ok(Outcome::Committed { version: c.version }),
+        Some(O::Aborted(a)) => Ok(Outcome::aborted(a)),
+        Some(O::Error(e)) => Err(CertifierError::Rpc(Status::new(
+            tonic::Code::from_i32(e.code),
+            e.message,
+        ))),
+        None => Err(CertifierError::Protocol(
+            "pipeline answer without outcome".into(),
+        )),
+    }
+}

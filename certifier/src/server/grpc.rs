@@ -1,0 +1,102 @@
+//! The tonic service: each RPC of `Certifier` handed to the part that
+//! serves it (certification in `service`, the pipeline, Subscribe).
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::service::CertifierService;
+use super::{pipeline, subscribe};
+use crate::error::CertifierError;
+use crate::proto::{self, CertifyResponse, Writeset};
+use crate::writeset::Assembler;
+
+#[tonic::async_trait]
+impl proto::certifier_server::Certifier for CertifierService {
+    async fn certify(
+        &self,
+        request: Request<Streaming<Writeset>>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        let mut chunks = request.into_inner();
+        let Some(first) = chunks.message().await? else {
+            return Err(
+                CertifierError::InvalidArgument("Certify stream had no chunk".into()).into(),
+            );
+        };
+        let outcome = if first.last_chunk {
+            let mut asm = Assembler::new(self.inner.limits.max_writeset_bytes);
+            asm.push(first)?;
+            CertifierService::certify(self, asm.finish()?).await?
+        } else {
+            self.certify_spooled(first, &mut chunks).await?
+        };
+        Ok(Response::new(outcome.into()))
+    }
+
+    type CertifyPipelineStream =
+        Pin<Box<dyn Stream<Item = Result<proto::PipelineResponse, Status>> + Send + 'static>>;
+
+    async fn certify_pipeline(
+        &self,
+        request: Request<Streaming<proto::PipelineRequest>>,
+    ) -> Result<Response<Self::CertifyPipelineStream>, Status> {
+        Ok(Response::new(pipeline::serve(
+            self.clone(),
+            request.into_inner(),
+        )))
+    }
+
+    type SubscribeStream =
+        Pin<Box<dyn Stream<Item = Result<proto::SubscribeFrame, Status>> + Send + 'static>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let from = request.into_inner().from_version.max(1);
+        let latest = self.inner.state.lock().latest();
+        if from > latest + 1 {
+            return Err(CertifierError::InvalidArgument(format!(
+                "cannot subscribe from version {from}: the latest version is {latest}"
+            ))
+            .into());
+        }
+        if from < self.inner.wal.first_lsn() {
+            return Err(CertifierError::Purged {
+                from,
+                first: self.inner.wal.first_lsn(),
+            }
+            .into());
+        }
+        Ok(Response::new(subscribe::stream(self.inner.clone(), from)))
+    }
+
+    async fn report_applied(
+        &self,
+        request: Request<proto::ReportAppliedRequest>,
+    ) -> Result<Response<proto::ReportAppliedResponse>, Status> {
+        let r = request.into_inner();
+        let horizon = self.report_applied(r.replica_id, r.applied_version, r.oldest_snapshot)?;
+        Ok(Response::new(proto::ReportAppliedResponse { horizon }))
+    }
+
+    async fn report_checkpoint(
+        &self,
+        request: Request<proto::ReportCheckpointRequest>,
+    ) -> Result<Response<proto::ReportCheckpointResponse>, Status> {
+        let (purge_below, first_version) =
+            CertifierService::report_checkpoint(self, request.into_inner().version).await?;
+        Ok(Response::new(proto::ReportCheckpointResponse {
+            purge_below,
+            first_version,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        Ok(Response::new(CertifierService::status(self)))
+    }
+}
