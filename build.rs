@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SOURCE: &str = "src/capture/tashkent_capture.c";
+const SOURCE: &str = "src/proxy/capture/tashkent_capture.c";
 
 fn main() {
     println!("cargo:rerun-if-changed={SOURCE}");

@@ -4,8 +4,8 @@ mod common;
 
 use bytes::Bytes;
 use common::connect;
-use tashkent::capture::{self, entry::Entry};
-use tashkent::pg::{PgConfig, PgServer};
+use tashkent::ops::pg::{PgConfig, PgServer};
+use tashkent::proxy::capture::{self, entry::Entry};
 use tashkent::proxy::writeset;
 use tokio_postgres::Client;
 

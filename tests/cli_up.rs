@@ -247,7 +247,7 @@ fn missing_postgres_names_the_install_command() {
 
 #[test]
 fn example_cluster_file_parses() {
-    use tashkent::cluster::{ClusterConfig, DurabilityMode};
+    use tashkent::ops::cluster::{ClusterConfig, DurabilityMode};
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.example.toml");
     let cfg = ClusterConfig::load(&path).expect("cluster.example.toml parses");
     cfg.validate().unwrap();

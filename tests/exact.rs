@@ -662,9 +662,9 @@ async fn assert_exact(cluster: &Cluster, phase: &str, seed: u64) {
 async fn caught_up(cluster: &Cluster) {
     let a = cluster.replica(0).await;
     let b = cluster.replica(1).await;
-    let target = tashkent::capture::applied_version(&a).await.unwrap();
+    let target = tashkent::proxy::capture::applied_version(&a).await.unwrap();
     for _ in 0..2000 {
-        if tashkent::capture::applied_version(&b).await.unwrap() >= target {
+        if tashkent::proxy::capture::applied_version(&b).await.unwrap() >= target {
             return;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

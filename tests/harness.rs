@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use common::{assert_gone, connect};
-use tashkent::pg::{server_processes, Durability, PgBinaries, PgConfig, PgServer, ServerIdentity};
+use tashkent::ops::pg::{
+    server_processes, Durability, PgBinaries, PgConfig, PgServer, ServerIdentity,
+};
 
 fn start(durability: Durability) -> PgServer {
     PgServer::start(PgConfig {

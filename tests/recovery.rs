@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{blocking, tashkent, Cluster};
 use common::connect_str;
-use tashkent::checkpoint::{self, CheckpointConfig, Source};
-use tashkent::pg::PgServer;
+use tashkent::ops::checkpoint::{self, CheckpointConfig, Source};
+use tashkent::ops::pg::PgServer;
 use tashkent_certifier::CertifierClient;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -711,12 +711,14 @@ async fn damaged_checkpoints_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn local_cluster_checkpoint_and_online_recovery() {
     let dir = common::shared_tempdir();
-    let cfg = tashkent::cluster::ClusterConfig {
+    let cfg = tashkent::ops::cluster::ClusterConfig {
         state_dir: dir.path().join("state"),
         replicas: 2,
         ..Default::default()
     };
-    let mut cluster = tashkent::cluster::LocalCluster::start(&cfg).await.unwrap();
+    let mut cluster = tashkent::ops::cluster::LocalCluster::start(&cfg)
+        .await
+        .unwrap();
     let c = connect_str(&cluster.proxy_conninfo(0)).await;
     c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
         .await

@@ -32,8 +32,8 @@ use tokio_postgres::Client;
 
 use super::shared::{ApplyStuck, Shared, Turn};
 use super::ProxyConfig;
-use crate::capture::{self, apply::Apply};
 use crate::error::{Error, Result};
+use crate::proxy::capture::{self, apply::Apply};
 use prost::Message;
 
 /// Batches stop growing past this many bytes of writesets.

@@ -2,13 +2,13 @@
 //! (flags override the file).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::wire::DEFAULT_MAX_MESSAGE_LEN;
+use crate::proxy::wire::DEFAULT_MAX_MESSAGE_LEN;
 
 /// Everything one proxy needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -66,7 +66,7 @@ impl Default for ProxyConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_LEN,
             connect_timeout: Duration::from_secs(10),
             max_apply_batch: 500,
-            max_writeset_bytes: crate::capture::DEFAULT_MAX_WRITESET_BYTES,
+            max_writeset_bytes: crate::proxy::capture::DEFAULT_MAX_WRITESET_BYTES,
         }
     }
 }
@@ -116,72 +116,4 @@ impl ProxyConfig {
             self.pg_host, self.pg_port, self.admin_user, self.database
         )
     }
-
-    pub fn from_args(args: ProxyArgs) -> Result<ProxyConfig> {
-        let mut c = match &args.config {
-            Some(p) => ProxyConfig::load(p)?,
-            None => ProxyConfig::default(),
-        };
-        macro_rules! set {
-            ($($f:ident),*) => {$( if let Some(v) = args.$f.clone() { c.$f = v; } )*};
-        }
-        set!(
-            replica_id,
-            replicas,
-            listen,
-            pg_host,
-            pg_port,
-            database,
-            admin_user,
-            certifier,
-            max_message_bytes,
-            max_apply_batch,
-            max_writeset_bytes
-        );
-        c.validate()?;
-        Ok(c)
-    }
-}
-
-/// Command-line flags of `tashkent proxy`; each overrides the file.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ProxyArgs {
-    /// TOML file whose `[proxy]` section holds the settings.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// This replica's id (1..=replicas).
-    #[arg(long)]
-    pub replica_id: Option<u32>,
-    /// Number of replicas in the cluster.
-    #[arg(long)]
-    pub replicas: Option<u32>,
-    /// Client listen address (port 0: any free port; printed as "listening on ADDR").
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// Host of the replica's PostgreSQL.
-    #[arg(long)]
-    pub pg_host: Option<String>,
-    /// Port of the replica's PostgreSQL.
-    #[arg(long)]
-    pub pg_port: Option<u16>,
-    /// The replicated database.
-    #[arg(long)]
-    pub database: Option<String>,
-    /// Superuser the proxy uses for capture and apply.
-    #[arg(long)]
-    pub admin_user: Option<String>,
-    /// The certifier's address, host:port.
-    #[arg(long, value_name = "ADDR")]
-    pub certifier: Option<String>,
-    /// Largest client protocol message in bytes.
-    #[arg(long, value_name = "BYTES")]
-    pub max_message_bytes: Option<usize>,
-    /// Largest writeset of one transaction in bytes (at most the
-    /// certifier's max_writeset_bytes); larger ones fail with 54000.
-    #[arg(long, value_name = "BYTES")]
-    pub max_writeset_bytes: Option<u64>,
-    /// Most versions the applier commits in one replica transaction while
-    /// catching up (1: one each).
-    #[arg(long, value_name = "N")]
-    pub max_apply_batch: Option<usize>,
 }

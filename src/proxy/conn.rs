@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::wire::{decode_message, decode_startup, Message, StartupPacket, WireError};
+use crate::proxy::wire::{decode_message, decode_startup, Message, StartupPacket, WireError};
 
 /// Why a stream stopped delivering messages.
 #[derive(Debug, thiserror::Error)]

@@ -7,11 +7,13 @@
 //! together with every other replica's transactions ([`applier`]).
 
 mod applier;
+pub mod capture;
 mod config;
 mod conn;
 mod session;
 mod shared;
 pub mod sql;
+pub mod wire;
 pub mod writeset;
 
 use std::net::SocketAddr;
@@ -23,10 +25,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{ProxyArgs, ProxyConfig};
+pub use config::ProxyConfig;
 use shared::Shared;
 
-use crate::capture;
 use crate::error::{Error, Result};
 
 /// A proxy serving clients; dropping it (or `shutdown`) stops accepting
@@ -86,23 +87,6 @@ pub async fn start(cfg: ProxyConfig) -> Result<RunningProxy> {
         tokio::spawn(accept_loop(shared, listener, stopped)),
     ];
     Ok(RunningProxy { addr, stop, tasks })
-}
-
-/// Runs a proxy until SIGINT/SIGTERM (the `tashkent proxy` command).
-pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let cfg = ProxyConfig::from_args(args)?;
-    let proxy = start(cfg).await.context("starting the proxy")?;
-    println!("listening on {}", proxy.local_addr());
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
-    proxy.shutdown().await;
-    Ok(())
 }
 
 async fn connect_certifier(cfg: &ProxyConfig) -> Result<CertifierClient> {

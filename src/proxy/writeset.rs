@@ -21,9 +21,9 @@ use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tashkent_certifier::{Ddl, Item, Op, ParentRef, Version, Writeset, WRITESET_FORMAT_VERSION};
 
-use crate::capture::change::{self, Kind};
-use crate::capture::entry::{Entry, RowChange};
 use crate::error::{Error, Result};
+use crate::proxy::capture::change::{self, Kind};
+use crate::proxy::capture::entry::{Entry, RowChange};
 
 /// Most rows in one item.
 pub const RUN_ROWS: usize = 1000;
@@ -304,7 +304,7 @@ pub fn build(
     max_bytes: u64,
 ) -> Result<Option<Writeset>> {
     let mut b = Builder::new(txn_id, origin, snapshot, max_bytes);
-    for e in crate::capture::entry::parse_all(captured)? {
+    for e in crate::proxy::capture::entry::parse_all(captured)? {
         b.push(e)?;
     }
     let mut chunks = Vec::new();
@@ -343,8 +343,8 @@ pub fn key_table(key: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::change;
-    use crate::capture::entry::encode;
+    use crate::proxy::capture::change;
+    use crate::proxy::capture::entry::encode;
 
     fn ins(table: &str, id: u32) -> Entry {
         Entry::Insert(RowChange {

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tashkent::pg::{PgConfig, PgServer};
+use tashkent::ops::pg::{PgConfig, PgServer};
 use tashkent_certifier::{CertifierClient, CertifierConfig, RunningCertifier};
 use tokio_postgres::Client;
 
@@ -216,7 +216,7 @@ impl Cluster {
         for i in 0..self.replicas.len() {
             let c = self.replica(i).await;
             loop {
-                let v = tashkent::capture::applied_version(&c).await.unwrap();
+                let v = tashkent::proxy::capture::applied_version(&c).await.unwrap();
                 if v >= target {
                     break;
                 }
@@ -231,11 +231,11 @@ impl Cluster {
     }
 
     /// The replicas as `tashkent verify` targets.
-    pub fn verify_targets(&self) -> Vec<tashkent::verify::Target> {
+    pub fn verify_targets(&self) -> Vec<tashkent::ops::verify::Target> {
         self.replicas
             .iter()
             .enumerate()
-            .map(|(i, r)| tashkent::verify::Target {
+            .map(|(i, r)| tashkent::ops::verify::Target {
                 name: format!("replica {}", i + 1),
                 conninfo: r.conninfo("postgres"),
             })
@@ -247,9 +247,9 @@ impl Cluster {
     /// each table's rows and checksum.
     pub async fn assert_identical(&self) -> BTreeMap<String, (i64, String)> {
         self.wait_converged().await;
-        let report = tashkent::verify::verify(
+        let report = tashkent::ops::verify::verify(
             &self.verify_targets(),
-            &tashkent::verify::Options::default(),
+            &tashkent::ops::verify::Options::default(),
         )
         .await
         .expect("running verify");

@@ -5,7 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use tashkent::pg::PgServer;
+use tashkent::ops::pg::PgServer;
 
 /// Connects to `dbname` on `server`, driving the connection in the background.
 pub async fn connect(server: &PgServer, dbname: &str) -> tokio_postgres::Client {

@@ -1,10 +1,10 @@
 //! Loads and runs both workloads against a real PostgreSQL 15 started by
-//! the repository's harness (`tashkent::pg`).
+//! the repository's harness (`tashkent::ops::pg`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tashkent::pg::{PgConfig, PgServer};
+use tashkent::ops::pg::{PgConfig, PgServer};
 use tashkent_tpcb::{
     load, load_rows, run, tpcb_invariant, Error, Phase, Progress, Report, ResultRow, RunConfig,
     RunStats, Workload,

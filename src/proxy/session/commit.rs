@@ -13,7 +13,7 @@ use std::pin::Pin;
 use tashkent_certifier::{CertifierError, ChunkSender};
 
 use super::*;
-use crate::capture::entry::EntryReader;
+use crate::proxy::capture::entry::EntryReader;
 use crate::proxy::writeset::Builder;
 
 type Certification =

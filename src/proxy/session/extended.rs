@@ -88,7 +88,7 @@ impl Session {
                     }
                 }
                 FrontendMessage::Describe { target, .. } if control => {
-                    if *target == crate::wire::Describe::Statement {
+                    if *target == crate::proxy::wire::Describe::Statement {
                         self.client
                             .push(&Message::new(b't', Bytes::from_static(&[0, 0])));
                     }
@@ -97,8 +97,8 @@ impl Session {
                 }
                 FrontendMessage::Close { target, name } => {
                     match target {
-                        crate::wire::Describe::Statement => self.statements.remove(name),
-                        crate::wire::Describe::Portal => self.portals.remove(name),
+                        crate::proxy::wire::Describe::Statement => self.statements.remove(name),
+                        crate::proxy::wire::Describe::Portal => self.portals.remove(name),
                     };
                 }
                 FrontendMessage::Execute { .. } if control => {
@@ -205,8 +205,8 @@ impl Session {
                 }
                 FrontendMessage::Describe { target, name }
                 | FrontendMessage::Close { target, name } => Some(match target {
-                    crate::wire::Describe::Statement => statement_kind(&statements, name),
-                    crate::wire::Describe::Portal => portal_kind(&portals, name),
+                    crate::proxy::wire::Describe::Statement => statement_kind(&statements, name),
+                    crate::proxy::wire::Describe::Portal => portal_kind(&portals, name),
                 }),
                 FrontendMessage::Execute { portal, .. } => Some(portal_kind(&portals, portal)),
                 _ => None,

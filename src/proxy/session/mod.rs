@@ -23,8 +23,10 @@ use tokio::net::TcpStream;
 use super::conn::{Conn, ConnError};
 use super::shared::{SessionSignal, Shared};
 use super::sql::{classify, is_copy, split_statements, Kind};
-use crate::capture;
-use crate::wire::{ErrorResponse, FrontendMessage, Message, StartupPacket, TransactionStatus};
+use crate::proxy::capture;
+use crate::proxy::wire::{
+    ErrorResponse, FrontendMessage, Message, StartupPacket, TransactionStatus,
+};
 
 mod backend;
 mod commit;
@@ -65,8 +67,8 @@ struct Txn {
 }
 
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
-    let mut client =
-        Conn::new(stream, shared.cfg.max_message_bytes).check_tags(crate::wire::is_frontend_tag);
+    let mut client = Conn::new(stream, shared.cfg.max_message_bytes)
+        .check_tags(crate::proxy::wire::is_frontend_tag);
     let (backend, backend_pid) = match handshake(&shared, &mut client).await {
         Ok(Some(b)) => b,
         Ok(None) => return,

@@ -23,6 +23,9 @@
 //! every figure, one SVG plot per workload of throughput against replica
 //! count) go to stdout and to a results directory.
 
+mod recovery;
+mod soak;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,8 +36,8 @@ use serde::Serialize;
 use tashkent_certifier::CertifierClient;
 use tashkent_tpcb::{Report, ResultRow, RunConfig, RunStats, Workload, ROWS_PER_SCALE};
 
-use crate::cluster::{ClusterConfig, DurabilityMode, LocalCluster};
-use crate::pg::{connect, Durability, PgConfig, PgServer};
+use tashkent::ops::cluster::{ClusterConfig, DurabilityMode, LocalCluster};
+use tashkent::ops::pg::{connect, Durability, PgConfig, PgServer};
 
 /// The database every system serves the workloads in.
 const DATABASE: &str = "postgres";
@@ -61,8 +64,6 @@ pub enum System {
 }
 
 impl System {
-    pub const ALL: [System; 3] = [System::PostgresFsync, System::Base, System::TashkentMw];
-
     /// The name in tables, JSON and plots.
     pub fn name(self) -> &'static str {
         match self {
@@ -144,11 +145,11 @@ pub struct BenchArgs {
 pub enum Experiment {
     /// Recovery time (restore a checkpoint, replay the log) against log
     /// length and database size.
-    Recovery(crate::recovery_bench::RecoveryBenchArgs),
+    Recovery(recovery::RecoveryBenchArgs),
     /// Memory under minutes of load: the RSS of every tashkent process
     /// sampled while AllUpdates runs through the proxies; fails if one
     /// grows after the warm-up.
-    Soak(crate::soak_bench::SoakArgs),
+    Soak(soak::SoakArgs),
 }
 
 fn parse_secs(s: &str) -> std::result::Result<Duration, String> {
@@ -708,7 +709,7 @@ async fn wait_applied(cluster: &LocalCluster) -> Result<()> {
         let mut applied = Vec::new();
         for c in &clients {
             applied.push(
-                crate::capture::applied_version(c)
+                tashkent::proxy::capture::applied_version(c)
                     .await
                     .context("reading a replica's applied version")?,
             );
@@ -779,8 +780,8 @@ fn spinner(message: String) -> ProgressBar {
 /// invariant broke. Ctrl-C stops every system it started.
 pub fn main(args: BenchArgs) -> Result<()> {
     match args.experiment {
-        Some(Experiment::Recovery(args)) => return crate::recovery_bench::main(args),
-        Some(Experiment::Soak(args)) => return crate::soak_bench::main(args),
+        Some(Experiment::Recovery(args)) => return recovery::main(args),
+        Some(Experiment::Soak(args)) => return soak::main(args),
         None => {}
     }
     let plan = args.plan()?;

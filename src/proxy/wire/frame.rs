@@ -348,8 +348,8 @@ mod tests {
             let _ = decode_startup(&mut buf);
             let mut buf = BytesMut::from(&bytes[..]);
             while let Ok(Some(msg)) = decode_message(&mut buf, 256) {
-                let _ = crate::wire::FrontendMessage::parse(&msg);
-                let _ = crate::wire::ErrorResponse::parse(&msg);
+                let _ = crate::proxy::wire::FrontendMessage::parse(&msg);
+                let _ = crate::proxy::wire::ErrorResponse::parse(&msg);
             }
         }
 
@@ -359,9 +359,9 @@ mod tests {
             body in proptest::collection::vec(any::<u8>(), 0..64),
         ) {
             let msg = Message::new(tag, body);
-            let _ = crate::wire::FrontendMessage::parse(&msg);
-            let _ = crate::wire::ErrorResponse::parse(&msg);
-            let _ = crate::wire::TransactionStatus::parse(&msg);
+            let _ = crate::proxy::wire::FrontendMessage::parse(&msg);
+            let _ = crate::proxy::wire::ErrorResponse::parse(&msg);
+            let _ = crate::proxy::wire::TransactionStatus::parse(&msg);
         }
 
         #[test]

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tashkent_tpcb::{RunConfig, Workload};
 
-use crate::pg::{connect, PgConfig, PgServer};
+use tashkent::ops::pg::{connect, PgConfig, PgServer};
 
 /// Flags of `tashkent bench soak`.
 #[derive(Debug, Clone, clap::Args)]
@@ -202,7 +202,7 @@ pub fn main(args: SoakArgs) -> Result<()> {
 }
 
 async fn soak(args: &SoakArgs) -> Result<SoakReport> {
-    let dir = crate::bench::work_dir(args.work_dir.as_deref())?;
+    let dir = super::work_dir(args.work_dir.as_deref())?;
     let mut replicas = Vec::new();
     for i in 1..=args.replicas {
         let base = dir.path().join(format!("replica-{i}"));
@@ -335,15 +335,17 @@ async fn soak(args: &SoakArgs) -> Result<SoakReport> {
         applied_rows.push(n);
     }
     if replicas.len() > 1 {
-        let targets: Vec<crate::verify::Target> = replicas
+        let targets: Vec<tashkent::ops::verify::Target> = replicas
             .iter()
             .enumerate()
-            .map(|(i, r)| crate::verify::Target {
+            .map(|(i, r)| tashkent::ops::verify::Target {
                 name: format!("replica {}", i + 1),
                 conninfo: r.conninfo("postgres"),
             })
             .collect();
-        let report = crate::verify::verify(&targets, &crate::verify::Options::default()).await?;
+        let report =
+            tashkent::ops::verify::verify(&targets, &tashkent::ops::verify::Options::default())
+                .await?;
         if !report.identical() {
             problems.push(report.verdict());
         }

@@ -36,11 +36,12 @@ use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use tashkent_certifier::{CertifierClient, CertifierConfig, Outcome, Writeset};
 
-use crate::checkpoint::{self, Source};
-use crate::error::{Error, Result};
-use crate::pg::{connect, PgConfig, PgServer};
-use crate::proxy::{self, ProxyConfig};
-use crate::{capture, recover};
+use tashkent::error::{Error, Result};
+use tashkent::ops::checkpoint::{self, Source};
+use tashkent::ops::pg::{connect, PgConfig, PgServer};
+use tashkent::ops::recover;
+use tashkent::proxy::capture;
+use tashkent::proxy::{self, ProxyConfig};
 
 /// What to measure.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 use tashkent_certifier::{CertifierConfig, RunningCertifier};
 
 use crate::error::{Error, Result};
-use crate::pg::{Durability, PgConfig, PgServer};
+use crate::ops::pg::{Durability, PgConfig, PgServer};
+use crate::ops::{checkpoint, recover};
 use crate::proxy::{ProxyConfig, RunningProxy};
-use crate::{checkpoint, recover};
 
 /// Where durability lives (DESIGN.md, "Modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]

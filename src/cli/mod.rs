@@ -1,0 +1,118 @@
+//! The `tashkent` command line: one module per subcommand. This is the
+//! only place that uses anyhow; the libraries have their own error types.
+
+mod bench;
+mod checkpoint;
+mod proxy;
+mod recover;
+mod up;
+mod verify;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "tashkent",
+    version,
+    about = "Replication middleware for PostgreSQL (Tashkent-MW)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local cluster (replicas, certifier, proxies) and print how to connect; Ctrl-C stops it.
+    Up(up::UpArgs),
+    /// Run the certifier: GSI certification, global order, durable log, gRPC.
+    Certifier(tashkent_certifier::CertifierArgs),
+    /// Run a replica proxy: PostgreSQL clients connect here.
+    Proxy(proxy::ProxyArgs),
+    /// Take a checkpoint of a replica (a consistent dump at a known version) while it serves.
+    Checkpoint(checkpoint::CheckpointArgs),
+    /// Rebuild a replica whose data directory is lost or untrusted from the newest usable checkpoint.
+    Recover(recover::RecoverArgs),
+    /// Measure standalone PostgreSQL (fsync on), Base and Tashkent-MW side by side (AllUpdates, TPC-B).
+    Bench(bench::BenchArgs),
+    /// Check online that every replica holds the same contents (checksums
+    /// of every replicated table, chunk by chunk, each at one version on
+    /// all replicas); exits 0 only when they are identical
+    Verify(verify::VerifyArgs),
+}
+
+/// Parses the command line and runs the subcommand.
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // The bench draws progress bars on stderr: only warnings may cross them.
+    let level = match cli.command {
+        Command::Bench(_) => "warn",
+        _ => "info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::Certifier(args) => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(tashkent_certifier::run(args))
+            .context("certifier"),
+        Command::Proxy(args) => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(proxy::run(args)),
+        Command::Checkpoint(args) => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(checkpoint::run(args)),
+        Command::Recover(args) => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(recover::run(args)),
+        Command::Bench(args) => bench::main(args),
+        Command::Verify(args) => {
+            let identical = tokio::runtime::Runtime::new()
+                .context("starting the tokio runtime")?
+                .block_on(verify::run(args))?;
+            if !identical {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Prints a line for the operator. A closed stdout (the reader went away)
+/// must not stop a running cluster, so write errors are ignored.
+pub(crate) fn say(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+/// SIGINT/SIGTERM, installed early.
+pub(crate) struct ShutdownSignal {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    pub(crate) fn install() -> Result<ShutdownSignal> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignal {
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        })
+    }
+
+    pub(crate) async fn wait(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! `tashkent proxy`: one replica's proxy, until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tashkent::proxy::{self, ProxyConfig};
+
+/// Command-line flags of `tashkent proxy`; each overrides the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ProxyArgs {
+    /// TOML file whose `[proxy]` section holds the settings.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This replica's id (1..=replicas).
+    #[arg(long)]
+    pub replica_id: Option<u32>,
+    /// Number of replicas in the cluster.
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    /// Client listen address (port 0: any free port; printed as "listening on ADDR").
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Host of the replica's PostgreSQL.
+    #[arg(long)]
+    pub pg_host: Option<String>,
+    /// Port of the replica's PostgreSQL.
+    #[arg(long)]
+    pub pg_port: Option<u16>,
+    /// The replicated database.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Superuser the proxy uses for capture and apply.
+    #[arg(long)]
+    pub admin_user: Option<String>,
+    /// The certifier's address, host:port.
+    #[arg(long, value_name = "ADDR")]
+    pub certifier: Option<String>,
+    /// Largest client protocol message in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Largest writeset of one transaction in bytes (at most the
+    /// certifier's max_writeset_bytes); larger ones fail with 54000.
+    #[arg(long, value_name = "BYTES")]
+    pub max_writeset_bytes: Option<u64>,
+    /// Most versions the applier commits in one replica transaction while
+    /// catching up (1: one each).
+    #[arg(long, value_name = "N")]
+    pub max_apply_batch: Option<usize>,
+}
+
+impl ProxyArgs {
+    /// The file's `[proxy]` section (or the defaults), flags over it.
+    fn config(self) -> anyhow::Result<ProxyConfig> {
+        let args = self;
+        let mut c = match &args.config {
+            Some(p) => ProxyConfig::load(p)?,
+            None => ProxyConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => {$( if let Some(v) = args.$f.clone() { c.$f = v; } )*};
+        }
+        set!(
+            replica_id,
+            replicas,
+            listen,
+            pg_host,
+            pg_port,
+            database,
+            admin_user,
+            certifier,
+            max_message_bytes,
+            max_apply_batch,
+            max_writeset_bytes
+        );
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Runs a proxy until SIGINT/SIGTERM (the `tashkent proxy` command).
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let cfg = args.config()?;
+    let proxy = proxy::start(cfg).await.context("starting the proxy")?;
+    println!("listening on {}", proxy.local_addr());
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! `tashkent recover`: rebuild a replica from the newest usable checkpoint.
+
+use std::path::PathBuf;
+
+use tashkent::ops::checkpoint;
+use tashkent::ops::recover::{recover_offline, LocalLayout, OfflineRecovery};
+
+/// Flags of `tashkent recover`; each overrides the config file.
+///
+/// With `--state-dir` (a stopped local cluster of `tashkent up`) replica
+/// `--replica` is rebuilt in place and the next `tashkent up` replays the
+/// log into it. Otherwise `--base-dir`, `--dir`, `--replica` and
+/// `--replicas` say everything, and the replica's proxy is started by hand
+/// afterwards.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RecoverArgs {
+    /// TOML file: its `[checkpoint]` and `[cluster]` sections.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory of a local cluster (`tashkent up`), stopped.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The replica to rebuild (1-based id).
+    #[arg(long)]
+    pub replica: u32,
+    /// Number of replicas in the cluster (sequence striping).
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    /// The replica's harness base directory (holds `data/`).
+    #[arg(long, value_name = "DIR")]
+    pub base_dir: Option<PathBuf>,
+    /// Where the checkpoints are.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The replicated database (default postgres).
+    #[arg(long)]
+    pub database: Option<String>,
+    /// The certifier (host:port), to skip checkpoints older than its log.
+    #[arg(long, value_name = "ADDR")]
+    pub certifier: Option<String>,
+    /// Parallel pg_restore jobs.
+    #[arg(long)]
+    pub jobs: Option<u32>,
+}
+
+/// `tashkent recover`.
+pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
+    let ckpt = match &args.config {
+        Some(p) => checkpoint::CheckpointConfig::load(p)?,
+        None => checkpoint::CheckpointConfig::default(),
+    };
+    let cluster = match &args.config {
+        Some(p) => tashkent::ops::cluster::ClusterConfig::load(p)?,
+        None => tashkent::ops::cluster::ClusterConfig::default(),
+    };
+    let state_dir = args
+        .state_dir
+        .clone()
+        .or_else(|| args.config.as_ref().map(|_| cluster.state_dir.clone()));
+    let local = state_dir.as_deref().map(LocalLayout::new);
+    let base_dir = match (&args.base_dir, &local) {
+        (Some(b), _) => b.clone(),
+        (None, Some(l)) => l.replica_base(args.replica),
+        (None, None) => anyhow::bail!(
+            "say which replica to rebuild: --state-dir of a local cluster, or --base-dir"
+        ),
+    };
+    let dir = match (&args.dir, &state_dir) {
+        (Some(d), _) => d.clone(),
+        (None, Some(s)) => ckpt.dir_in(s),
+        (None, None) => ckpt.dir.clone(),
+    };
+    let replicas = match (args.replicas, &local) {
+        (Some(n), _) => n,
+        (None, Some(l)) => l.replicas()?,
+        (None, None) => anyhow::bail!("--replicas is needed without --state-dir"),
+    };
+    let mut certifier = args.certifier.clone();
+    if certifier.is_none() {
+        if let Some(addr) = local.as_ref().and_then(|l| l.certifier_addr().ok()) {
+            // A stopped cluster's certifier is not there: then the proxy
+            // finds out at its start whether the log still reaches back.
+            let reachable = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                tashkent_certifier::CertifierClient::connect(&addr),
+            )
+            .await
+            .is_ok_and(|c| c.is_ok());
+            if reachable {
+                certifier = Some(addr);
+            }
+        }
+    }
+    let r = OfflineRecovery {
+        base_dir,
+        checkpoint_dir: dir,
+        replica_id: args.replica,
+        replicas,
+        database: args.database.clone().unwrap_or(cluster.database.clone()),
+        certifier,
+        jobs: args.jobs.unwrap_or(ckpt.jobs),
+    };
+    let restored = recover_offline(&r).await?;
+    for (dir, why) in &restored.refused {
+        eprintln!("refused {}: {why}", dir.display());
+    }
+    println!(
+        "replica {} rebuilt from {} at version {} in {:.1}s; its proxy replays the log from \
+         version {} when it starts",
+        r.replica_id,
+        restored.checkpoint.dir.display(),
+        restored.version,
+        restored.seconds,
+        restored.version + 1
+    );
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! `tashkent up`: a whole local cluster until Ctrl-C.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use tashkent::ops::cluster::{ClusterConfig, DurabilityMode, LocalCluster};
+
+use super::{say, ShutdownSignal};
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// TOML file whose `[cluster]` section describes the cluster (see
+    /// cluster.example.toml); the flags below override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// State directory; kept, so a second `up` resumes the same cluster.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Number of PostgreSQL replicas (each with its proxy).
+    #[arg(long)]
+    replicas: Option<u32>,
+    /// Where durability lives: `middleware` (Tashkent-MW: the certifier's
+    /// log, replicas with fsync off) or `database` (Base: every replica
+    /// commit pays PostgreSQL's own fsync).
+    #[arg(long, value_enum)]
+    durability: Option<DurabilityMode>,
+    /// Port of the first proxy, the others follow (default: free ports,
+    /// kept in the state directory).
+    #[arg(long)]
+    proxy_port: Option<u16>,
+}
+
+pub fn run(args: UpArgs) -> Result<()> {
+    let mut cfg = match &args.config {
+        Some(p) => ClusterConfig::load(p)?,
+        None => ClusterConfig::default(),
+    };
+    if let Some(v) = args.state_dir {
+        cfg.state_dir = v;
+    }
+    if let Some(v) = args.replicas {
+        cfg.replicas = v;
+    }
+    if let Some(v) = args.durability {
+        cfg.durability = v;
+    }
+    if let Some(v) = args.proxy_port {
+        cfg.proxy_port = v;
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        // Signals are caught before anything starts, so a Ctrl-C during
+        // startup still ends in an orderly stop.
+        let shutdown = ShutdownSignal::install()?;
+        let cluster = LocalCluster::start(&cfg)
+            .await
+            .context("starting the cluster")?;
+        let _checkpoints = cluster.periodic_checkpoints(args.config.as_deref())?;
+        let mut text = format!(
+            "tashkent is up: {} replica(s), durability {:?} (state in {}).\n",
+            cfg.replicas,
+            cfg.durability,
+            cluster.state_dir().display()
+        )
+        .to_lowercase();
+        text.push_str(&format!(
+            "connect: psql \"{}\"\n",
+            cluster.proxy_conninfo(0)
+        ));
+        for i in 1..cfg.replicas as usize {
+            text.push_str(&format!(
+                "proxy {}: psql \"{}\"\n",
+                i + 1,
+                cluster.proxy_conninfo(i)
+            ));
+        }
+        text.push_str(&format!(
+            "failover: psql \"{}\"\n",
+            cluster.multi_host_conninfo()
+        ));
+        text.push_str("Ctrl-C stops it.");
+        say(&text);
+        let signal = shutdown.wait().await;
+        eprintln!("{signal}: stopping");
+        cluster.shutdown().await.context("stopping the cluster")
+    })
+}
