@@ -248,9 +248,10 @@ fn missing_postgres_names_the_install_command() {
 #[test]
 fn example_cluster_file_parses() {
     use tashkent::ops::cluster::{ClusterConfig, DurabilityMode};
+    use tashkent::ops::config::ConfigFile;
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.example.toml");
-    let cfg = ClusterConfig::load(&path).expect("cluster.example.toml parses");
-    cfg.validate().unwrap();
+    let file = ConfigFile::load(&path).expect("cluster.example.toml parses");
+    let cfg = file.cluster;
     let default = ClusterConfig::default();
     assert_eq!(cfg.state_dir, default.state_dir);
     assert_eq!(cfg.replicas, default.replicas);
@@ -264,4 +265,47 @@ fn example_cluster_file_parses() {
             ("work_mem".to_string(), "'8MB'".to_string()),
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_honours_the_proxy_and_certifier_sections_of_the_cluster_file() {
+    let dir = common::shared_tempdir();
+    let state = dir.path().join("state");
+    let file = dir.path().join("cluster.toml");
+    std::fs::write(
+        &file,
+        "[cluster]\nreplicas = 1\n[proxy]\nmax_writeset_bytes = 100000\n\
+         [certifier]\ntail_cache_bytes = 1048576\n",
+    )
+    .unwrap();
+    let up = Up::start_with(&state, &["--config", file.to_str().unwrap()]);
+    assert_eq!(up.proxies.len(), 1);
+    let c = common::connect_str(&up.conninfo).await;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    // The [proxy] section's cap: a transaction over it is refused.
+    let err = c
+        .batch_execute("INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 5000) g")
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "54000", "{}", db.message());
+    assert!(db.message().contains("100000 bytes"), "{}", db.message());
+    c.batch_execute("INSERT INTO t VALUES (1, 'small')")
+        .await
+        .unwrap();
+    drop(c);
+    let pid = postmaster_pid(&state);
+    up.interrupt();
+    common::assert_exited(&[pid]);
+    // An unknown section is an error, not ignored.
+    std::fs::write(&file, "[proxies]\nmax_writeset_bytes = 1\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--config", file.to_str().unwrap(), "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("proxies"));
 }

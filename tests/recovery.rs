@@ -711,12 +711,20 @@ async fn damaged_checkpoints_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn local_cluster_checkpoint_and_online_recovery() {
     let dir = common::shared_tempdir();
-    let cfg = tashkent::ops::cluster::ClusterConfig {
-        state_dir: dir.path().join("state"),
-        replicas: 2,
-        ..Default::default()
-    };
-    let mut cluster = tashkent::ops::cluster::LocalCluster::start(&cfg)
+    // Automatic checkpoints, as `tashkent up` starts them from its file
+    // (started below, once the manual ones are done).
+    let file = dir.path().join("cluster.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[cluster]\nstate_dir = {:?}\nreplicas = 2\n\
+             [checkpoint]\ndir = \"auto\"\nkeep = 1\ninterval_secs = 1\n",
+            dir.path().join("state")
+        ),
+    )
+    .unwrap();
+    let config = tashkent::ops::config::ConfigFile::load(&file).unwrap();
+    let mut cluster = tashkent::ops::cluster::LocalCluster::start(&config)
         .await
         .unwrap();
     let c = connect_str(&cluster.proxy_conninfo(0)).await;
@@ -739,14 +747,7 @@ async fn local_cluster_checkpoint_and_online_recovery() {
         assert!(first.is_some());
         versions.push(taken.manifest.version);
     }
-    // Automatic checkpoints, as `tashkent up` starts them from its file.
-    let file = dir.path().join("cluster.toml");
-    std::fs::write(
-        &file,
-        "[checkpoint]\ndir = \"auto\"\nkeep = 1\ninterval_secs = 1\n",
-    )
-    .unwrap();
-    let periodic = cluster.periodic_checkpoints(Some(&file)).unwrap();
+    let periodic = cluster.periodic_checkpoints().unwrap();
     assert!(periodic.is_some());
     let deadline = Instant::now() + Duration::from_secs(30);
     while checkpoint::list(&dir.path().join("state/auto"))

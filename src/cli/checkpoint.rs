@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tashkent::ops::checkpoint::{checkpoint_and_purge, remove_partial, CheckpointConfig, Source};
+use tashkent::ops::checkpoint::{checkpoint_and_purge, remove_partial, Source};
+use tashkent::ops::config::ConfigFile;
 use tashkent::ops::pg::PgBinaries;
+use tashkent::ops::state_dir::StateDir;
 
 /// Flags of `tashkent checkpoint`; each overrides the config file.
 ///
@@ -55,23 +57,9 @@ pub struct CheckpointArgs {
 /// `tashkent checkpoint`.
 pub async fn run(args: CheckpointArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let mut cfg = match &args.config {
-        Some(p) => CheckpointConfig::load(p)?,
-        None => CheckpointConfig::default(),
-    };
-    let cluster = match &args.config {
-        Some(p) => tashkent::ops::cluster::ClusterConfig::load(p)?,
-        None => tashkent::ops::cluster::ClusterConfig::default(),
-    };
-    if let Some(v) = args.replica {
-        cfg.replica = v;
-    }
-    if let Some(v) = args.keep {
-        cfg.keep = v;
-    }
-    if let Some(v) = args.jobs {
-        cfg.jobs = v;
-    }
+    let file = ConfigFile::load_or_default(args.config.as_deref())?;
+    let (mut cfg, cluster) = (file.checkpoint, file.cluster);
+    super::override_fields!(args => cfg; replica, keep, jobs);
     cfg.validate()?;
     let state_dir = args
         .state_dir
@@ -85,12 +73,12 @@ pub async fn run(args: CheckpointArgs) -> anyhow::Result<()> {
             args.dir.clone().unwrap_or_else(|| cfg.dir.clone()),
         ),
         (Some(state), None) => {
-            let local = tashkent::ops::recover::LocalLayout::new(state);
+            let local = StateDir::new(state);
             let port = local.running_port(cfg.replica)?;
             (
                 port,
                 local.certifier_addr().ok(),
-                args.dir.clone().unwrap_or_else(|| cfg.dir_in(state)),
+                args.dir.clone().unwrap_or_else(|| local.checkpoints(&cfg.dir)),
             )
         }
         (None, None) => anyhow::bail!(

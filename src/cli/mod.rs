@@ -11,6 +11,16 @@ mod verify;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+/// Copies each flag that was given (`Some`) over the same-named field of a
+/// setting read from the cluster file: `override_fields!(args => cfg;
+/// replicas, database)`.
+macro_rules! override_fields {
+    ($args:expr => $cfg:expr; $($f:ident),* $(,)?) => {
+        $( if let Some(v) = $args.$f.clone() { $cfg.$f = v; } )*
+    };
+}
+pub(crate) use override_fields;
+
 #[derive(Parser)]
 #[command(
     name = "tashkent",

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use tashkent::ops::config::ConfigFile;
 use tashkent::proxy::{self, ProxyConfig};
 
 /// Command-line flags of `tashkent proxy`; each overrides the file.
@@ -52,14 +53,8 @@ impl ProxyArgs {
     /// The file's `[proxy]` section (or the defaults), flags over it.
     fn config(self) -> anyhow::Result<ProxyConfig> {
         let args = self;
-        let mut c = match &args.config {
-            Some(p) => ProxyConfig::load(p)?,
-            None => ProxyConfig::default(),
-        };
-        macro_rules! set {
-            ($($f:ident),*) => {$( if let Some(v) = args.$f.clone() { c.$f = v; } )*};
-        }
-        set!(
+        let mut c = ConfigFile::load_or_default(args.config.as_deref())?.proxy;
+        super::override_fields!(args => c;
             replica_id,
             replicas,
             listen,

@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use tashkent::ops::checkpoint;
-use tashkent::ops::recover::{recover_offline, LocalLayout, OfflineRecovery};
+use tashkent::ops::config::ConfigFile;
+use tashkent::ops::recover::{recover_offline, OfflineRecovery};
+use tashkent::ops::state_dir::StateDir;
 
 /// Flags of `tashkent recover`; each overrides the config file.
 ///
@@ -45,19 +46,13 @@ pub struct RecoverArgs {
 
 /// `tashkent recover`.
 pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
-    let ckpt = match &args.config {
-        Some(p) => checkpoint::CheckpointConfig::load(p)?,
-        None => checkpoint::CheckpointConfig::default(),
-    };
-    let cluster = match &args.config {
-        Some(p) => tashkent::ops::cluster::ClusterConfig::load(p)?,
-        None => tashkent::ops::cluster::ClusterConfig::default(),
-    };
+    let file = ConfigFile::load_or_default(args.config.as_deref())?;
+    let (ckpt, cluster) = (file.checkpoint, file.cluster);
     let state_dir = args
         .state_dir
         .clone()
         .or_else(|| args.config.as_ref().map(|_| cluster.state_dir.clone()));
-    let local = state_dir.as_deref().map(LocalLayout::new);
+    let local = state_dir.as_deref().map(StateDir::new);
     let base_dir = match (&args.base_dir, &local) {
         (Some(b), _) => b.clone(),
         (None, Some(l)) => l.replica_base(args.replica),
@@ -67,7 +62,7 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
     };
     let dir = match (&args.dir, &state_dir) {
         (Some(d), _) => d.clone(),
-        (None, Some(s)) => ckpt.dir_in(s),
+        (None, Some(s)) => StateDir::new(s).checkpoints(&ckpt.dir),
         (None, None) => ckpt.dir.clone(),
     };
     let replicas = match (args.replicas, &local) {

@@ -3,14 +3,17 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use tashkent::ops::cluster::{ClusterConfig, DurabilityMode, LocalCluster};
+use tashkent::ops::cluster::{DurabilityMode, LocalCluster};
+use tashkent::ops::config::ConfigFile;
 
 use super::{say, ShutdownSignal};
 
 #[derive(clap::Args)]
 pub struct UpArgs {
-    /// TOML file whose `[cluster]` section describes the cluster (see
-    /// cluster.example.toml); the flags below override it.
+    /// The cluster file (see cluster.example.toml): `[cluster]` describes
+    /// the cluster, `[proxy]` and `[certifier]` are the settings of every
+    /// proxy and of the certifier, `[checkpoint]` automatic checkpoints;
+    /// the flags below override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// State directory; kept, so a second `up` resumes the same cluster.
@@ -31,31 +34,18 @@ pub struct UpArgs {
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
-    let mut cfg = match &args.config {
-        Some(p) => ClusterConfig::load(p)?,
-        None => ClusterConfig::default(),
-    };
-    if let Some(v) = args.state_dir {
-        cfg.state_dir = v;
-    }
-    if let Some(v) = args.replicas {
-        cfg.replicas = v;
-    }
-    if let Some(v) = args.durability {
-        cfg.durability = v;
-    }
-    if let Some(v) = args.proxy_port {
-        cfg.proxy_port = v;
-    }
+    let mut file = ConfigFile::load_or_default(args.config.as_deref())?;
+    super::override_fields!(args => file.cluster; state_dir, replicas, durability, proxy_port);
+    let cfg = file.cluster.clone();
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
         // Signals are caught before anything starts, so a Ctrl-C during
         // startup still ends in an orderly stop.
         let shutdown = ShutdownSignal::install()?;
-        let cluster = LocalCluster::start(&cfg)
+        let cluster = LocalCluster::start(&file)
             .await
             .context("starting the cluster")?;
-        let _checkpoints = cluster.periodic_checkpoints(args.config.as_deref())?;
+        let _checkpoints = cluster.periodic_checkpoints()?;
         let mut text = format!(
             "tashkent is up: {} replica(s), durability {:?} (state in {}).\n",
             cfg.replicas,

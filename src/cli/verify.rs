@@ -34,7 +34,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     use anyhow::Context as _;
     let targets = match (&args.state_dir, args.proxies.is_empty()) {
         (Some(state), true) => {
-            let local = tashkent::ops::recover::LocalLayout::new(state);
+            let local = tashkent::ops::state_dir::StateDir::new(state);
             let mut targets = Vec::new();
             for id in 1..=local.replicas()? {
                 let port = local.running_port(id)?;

@@ -3,13 +3,9 @@
 //! this process (the replicas are child processes).
 //!
 //! State lives in one directory, kept across runs so a second start
-//! resumes the same cluster:
-//!
-//! ```text
-//! <state>/replica-<i>/      harness base directory of replica i (data, log)
-//! <state>/certifier-wal/    the certifier's log
-//! <state>/ports.json        ports chosen at first start (reused later)
-//! ```
+//! resumes the same cluster (its layout: `state_dir`). The cluster file's
+//! `[proxy]` and `[certifier]` sections are the templates of every proxy
+//! and of the certifier (their addresses are the cluster's own).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use tashkent_certifier::{CertifierConfig, RunningCertifier};
 
 use crate::error::{Error, Result};
+use crate::ops::config::ConfigFile;
 use crate::ops::pg::{Durability, PgConfig, PgServer};
+use crate::ops::state_dir::StateDir;
 use crate::ops::{checkpoint, recover};
 use crate::proxy::{ProxyConfig, RunningProxy};
 
@@ -71,21 +69,7 @@ impl Default for ClusterConfig {
     }
 }
 
-#[derive(Deserialize)]
-struct File {
-    cluster: Option<ClusterConfig>,
-}
-
 impl ClusterConfig {
-    /// Reads the `[cluster]` section of a TOML file.
-    pub fn load(path: &Path) -> Result<ClusterConfig> {
-        let text = std::fs::read_to_string(path)
-            .map_err(Error::io(format!("reading {}", path.display())))?;
-        let file: File =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        Ok(file.cluster.unwrap_or_default())
-    }
-
     pub fn validate(&self) -> Result<()> {
         if !(1..=16).contains(&self.replicas) {
             return Err(Error::Config(format!(
@@ -97,42 +81,31 @@ impl ClusterConfig {
     }
 }
 
-/// Ports chosen at the first start.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Ports {
-    certifier: u16,
-    proxies: Vec<u16>,
-}
-
 /// A running local cluster; `shutdown` (or drop) stops everything.
 pub struct LocalCluster {
     pub replicas: Vec<PgServer>,
     proxies: Vec<RunningProxy>,
     certifier: Option<RunningCertifier>,
-    state_dir: PathBuf,
-    database: String,
+    state: StateDir,
     /// The configuration it was started with (recovery rebuilds replicas
     /// and proxies from it).
-    config: ClusterConfig,
+    config: ConfigFile,
 }
 
 impl LocalCluster {
-    /// Starts (or resumes) the cluster described by `cfg`.
-    pub async fn start(cfg: &ClusterConfig) -> Result<LocalCluster> {
+    /// Starts (or resumes) the cluster `file` describes.
+    pub async fn start(file: &ConfigFile) -> Result<LocalCluster> {
+        let cfg = &file.cluster;
         cfg.validate()?;
-        let state = std::path::absolute(&cfg.state_dir)
+        let root = std::path::absolute(&cfg.state_dir)
             .map_err(Error::io(format!("resolving {}", cfg.state_dir.display())))?;
-        std::fs::create_dir_all(&state)
-            .map_err(Error::io(format!("creating {}", state.display())))?;
-        let ports_path = state.join("ports.json");
-        let mut ports: Ports = match std::fs::read(&ports_path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| Error::Config(format!("{}: {e}", ports_path.display())))?,
-            Err(_) => Ports::default(),
-        };
+        std::fs::create_dir_all(&root)
+            .map_err(Error::io(format!("creating {}", root.display())))?;
+        let state = StateDir::new(&root);
+        let mut ports = state.ports()?;
         let mut replicas = Vec::new();
         for i in 1..=cfg.replicas {
-            let base = state.join(format!("replica-{i}"));
+            let base = state.replica_base(i);
             let settings = cfg.pg_settings.clone();
             let durability = cfg.durability.replica_durability();
             let server = tokio::task::spawn_blocking(move || {
@@ -151,14 +124,13 @@ impl LocalCluster {
             replicas,
             proxies: Vec::new(),
             certifier: None,
-            state_dir: state.clone(),
-            database: cfg.database.clone(),
-            config: cfg.clone(),
+            state: state.clone(),
+            config: file.clone(),
         };
         let certifier = tashkent_certifier::start(CertifierConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], ports.certifier)),
-            wal_dir: state.join("certifier-wal"),
-            ..CertifierConfig::default()
+            wal_dir: state.certifier_wal(),
+            ..file.certifier.clone()
         })
         .await
         .map_err(|source| Error::Certifier {
@@ -166,9 +138,8 @@ impl LocalCluster {
             source,
         })?;
         ports.certifier = certifier.local_addr().port();
-        let certifier_addr = certifier.local_addr().to_string();
         cluster.certifier = Some(certifier);
-        for (i, pg) in cluster.replicas.iter().enumerate() {
+        for i in 0..cluster.replicas.len() {
             let port = ports
                 .proxies
                 .get(i)
@@ -178,17 +149,8 @@ impl LocalCluster {
                 } else {
                     cfg.proxy_port + i as u16
                 });
-            let proxy = crate::proxy::start(ProxyConfig {
-                replica_id: i as u32 + 1,
-                replicas: cfg.replicas,
-                listen: SocketAddr::from(([127, 0, 0, 1], port)),
-                pg_host: pg.host().to_string(),
-                pg_port: pg.port(),
-                database: cfg.database.clone(),
-                certifier: certifier_addr.clone(),
-                ..ProxyConfig::default()
-            })
-            .await?;
+            let listen = SocketAddr::from(([127, 0, 0, 1], port));
+            let proxy = crate::proxy::start(cluster.proxy_config(i, listen)).await?;
             cluster.proxies.push(proxy);
         }
         ports.proxies = cluster
@@ -196,14 +158,31 @@ impl LocalCluster {
             .iter()
             .map(|p| p.local_addr().port())
             .collect();
-        let json = serde_json::to_vec_pretty(&ports).expect("ports serialise");
-        std::fs::write(&ports_path, json)
-            .map_err(Error::io(format!("writing {}", ports_path.display())))?;
+        state.write_ports(&ports)?;
         Ok(cluster)
     }
 
+    /// The settings of replica `i`'s proxy (0-based): the file's `[proxy]`
+    /// section with the cluster's own addresses.
+    fn proxy_config(&self, i: usize, listen: SocketAddr) -> ProxyConfig {
+        let pg = &self.replicas[i];
+        ProxyConfig {
+            replica_id: i as u32 + 1,
+            replicas: self.config.cluster.replicas,
+            listen,
+            pg_host: pg.host().to_string(),
+            pg_port: pg.port(),
+            database: self.config.cluster.database.clone(),
+            certifier: self
+                .certifier_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            ..self.config.proxy.clone()
+        }
+    }
+
     pub fn state_dir(&self) -> &Path {
-        &self.state_dir
+        self.state.root()
     }
 
     pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
@@ -221,7 +200,7 @@ impl LocalCluster {
             "host={} port={} user=postgres dbname={}",
             a.ip(),
             a.port(),
-            self.database
+            self.config.cluster.database
         )
     }
 
@@ -234,7 +213,7 @@ impl LocalCluster {
             "host={} port={} user=postgres dbname={}",
             hosts.join(","),
             ports.join(","),
-            self.database
+            self.config.cluster.database
         )
     }
 
@@ -245,7 +224,7 @@ impl LocalCluster {
             host: pg.host().to_string(),
             port: pg.port(),
             user: pg.user().to_string(),
-            database: self.database.clone(),
+            database: self.config.cluster.database.clone(),
             replica_id: i as u32 + 1,
             binaries: pg.binaries().clone(),
         }
@@ -271,22 +250,16 @@ impl LocalCluster {
         checkpoint::checkpoint_and_purge(
             &self.checkpoint_source(i),
             cfg,
-            &cfg.dir_in(&self.state_dir),
+            &self.state.checkpoints(&cfg.dir),
             Some(&cert),
         )
         .await
     }
 
-    /// Starts automatic checkpoints if the `[checkpoint]` section of
-    /// `config_file` sets `interval_secs`; they stop when the handle drops.
-    pub fn periodic_checkpoints(
-        &self,
-        config_file: Option<&Path>,
-    ) -> Result<Option<checkpoint::Periodic>> {
-        let cfg = match config_file {
-            Some(p) => checkpoint::CheckpointConfig::load(p)?,
-            None => return Ok(None),
-        };
+    /// Starts automatic checkpoints if the cluster file's `[checkpoint]`
+    /// section sets `interval_secs`; they stop when the handle drops.
+    pub fn periodic_checkpoints(&self) -> Result<Option<checkpoint::Periodic>> {
+        let cfg = self.config.checkpoint.clone();
         if cfg.interval_secs == 0 {
             return Ok(None);
         }
@@ -297,7 +270,7 @@ impl LocalCluster {
                 cfg.replica
             )));
         }
-        let dir = cfg.dir_in(&self.state_dir);
+        let dir = self.state.checkpoints(&cfg.dir);
         Ok(Some(checkpoint::periodic(
             self.checkpoint_source(i),
             cfg,
@@ -341,13 +314,13 @@ impl LocalCluster {
                 source,
             })?
             .first_version;
-        let dir = cfg.dir_in(&self.state_dir);
+        let dir = self.state.checkpoints(&cfg.dir);
         let choice = checkpoint::newest_usable(&dir, first)?;
         let (base, port, durability) = {
             let old = &self.replicas[i];
             (old.base_dir().to_path_buf(), old.port(), old.durability())
         };
-        let settings = self.config.pg_settings.clone();
+        let settings = self.config.cluster.pg_settings.clone();
         // While it is rebuilt the replica is not in the list (a failure
         // leaves the cluster without it).
         let mut old = self.replicas.remove(i);
@@ -368,21 +341,7 @@ impl LocalCluster {
         )
         .await?;
         let seconds = started.elapsed().as_secs_f64();
-        let pg = &self.replicas[i];
-        let proxy = crate::proxy::start(ProxyConfig {
-            replica_id: i as u32 + 1,
-            replicas: self.replicas.len() as u32,
-            listen,
-            pg_host: pg.host().to_string(),
-            pg_port: pg.port(),
-            database: self.database.clone(),
-            certifier: self
-                .certifier_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            ..ProxyConfig::default()
-        })
-        .await?;
+        let proxy = crate::proxy::start(self.proxy_config(i, listen)).await?;
         self.proxies.insert(i, proxy);
         Ok(recover::Restored {
             checkpoint: choice.checkpoint,

@@ -2,12 +2,16 @@
 //! checks and rebuilds a cluster.
 //!
 //! - [`pg`]: the PostgreSQL harness (binaries, initdb, start/stop/kill);
+//! - [`config`]: the cluster file, every section read once;
+//! - [`state_dir`]: the layout of a local cluster's state directory;
 //! - [`cluster`]: a whole local cluster (`tashkent up`, the bench, tests);
 //! - [`checkpoint`], [`recover`]: consistent dumps and rebuilding a replica;
 //! - [`verify`]: are the replicas identical?
 
 pub mod checkpoint;
 pub mod cluster;
+pub mod config;
 pub mod pg;
 pub mod recover;
+pub mod state_dir;
 pub mod verify;

@@ -258,7 +258,7 @@ pub fn rebuild(
 }
 
 /// The pid in `data/postmaster.pid` if that process is alive.
-fn running_postmaster(data: &Path) -> Option<i32> {
+pub(crate) fn running_postmaster(data: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
     Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
@@ -335,75 +335,6 @@ pub async fn recover_offline(r: &OfflineRecovery) -> Result<Restored> {
         version,
         seconds,
     })
-}
-
-/// Where things are in a local cluster's state directory (see
-/// `cluster`): replica bases, the checkpoint directory, `ports.json`.
-#[derive(Debug, Clone)]
-pub struct LocalLayout {
-    pub state_dir: PathBuf,
-}
-
-impl LocalLayout {
-    pub fn new(state_dir: &Path) -> LocalLayout {
-        LocalLayout {
-            state_dir: state_dir.to_path_buf(),
-        }
-    }
-
-    /// The harness base directory of replica `id` (1-based).
-    pub fn replica_base(&self, id: u32) -> PathBuf {
-        self.state_dir.join(format!("replica-{id}"))
-    }
-
-    fn ports(&self) -> Result<serde_json::Value> {
-        let path = self.state_dir.join("ports.json");
-        let bytes = std::fs::read(&path).map_err(Error::io(format!(
-            "reading {} (has the cluster ever started?)",
-            path.display()
-        )))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
-    }
-
-    /// The certifier's address, from `ports.json`.
-    pub fn certifier_addr(&self) -> Result<String> {
-        let port = self.ports()?["certifier"]
-            .as_u64()
-            .ok_or_else(|| Error::Config("ports.json has no certifier port".into()))?;
-        Ok(format!("127.0.0.1:{port}"))
-    }
-
-    /// How many replicas the cluster has, from `ports.json`.
-    pub fn replicas(&self) -> Result<u32> {
-        self.ports()?["proxies"]
-            .as_array()
-            .map(|a| a.len() as u32)
-            .filter(|n| *n > 0)
-            .ok_or_else(|| Error::Config("ports.json lists no proxies".into()))
-    }
-
-    /// The port of replica `id`'s running server (from its
-    /// `postmaster.pid`).
-    pub fn running_port(&self, id: u32) -> Result<u16> {
-        let data = self.replica_base(id).join("data");
-        let not_running = || {
-            Error::Recovery(format!(
-                "replica {id} is not running (no live postmaster in {})",
-                data.display()
-            ))
-        };
-        if running_postmaster(&data).is_none() {
-            return Err(not_running());
-        }
-        let text =
-            std::fs::read_to_string(data.join("postmaster.pid")).map_err(|_| not_running())?;
-        // Line 4 of postmaster.pid is the port.
-        text.lines()
-            .nth(3)
-            .and_then(|l| l.trim().parse().ok())
-            .ok_or_else(not_running)
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! (flags override the file).
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -11,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::proxy::wire::DEFAULT_MAX_MESSAGE_LEN;
 
 /// Everything one proxy needs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProxyConfig {
     /// This replica's id, 1..=replicas (also its sequences' residue).
@@ -71,21 +70,7 @@ impl Default for ProxyConfig {
     }
 }
 
-#[derive(Deserialize)]
-struct File {
-    proxy: Option<ProxyConfig>,
-}
-
 impl ProxyConfig {
-    /// Reads the `[proxy]` section of a TOML file (defaults when absent).
-    pub fn load(path: &Path) -> Result<ProxyConfig> {
-        let text = std::fs::read_to_string(path)
-            .map_err(Error::io(format!("reading {}", path.display())))?;
-        let file: File =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        Ok(file.proxy.unwrap_or_default())
-    }
-
     pub fn validate(&self) -> Result<()> {
         if self.replicas == 0 || self.replica_id == 0 || self.replica_id > self.replicas {
             return Err(Error::Config(format!(

@@ -37,6 +37,7 @@ use tashkent_certifier::CertifierClient;
 use tashkent_tpcb::{Report, ResultRow, RunConfig, RunStats, Workload, ROWS_PER_SCALE};
 
 use tashkent::ops::cluster::{ClusterConfig, DurabilityMode, LocalCluster};
+use tashkent::ops::config::ConfigFile;
 use tashkent::ops::pg::{connect, Durability, PgConfig, PgServer};
 
 /// The database every system serves the workloads in.
@@ -423,7 +424,7 @@ struct Target {
 /// A running system; stopped by [`Running::stop`] (or on drop).
 enum Running {
     Standalone(PgServer),
-    Cluster(LocalCluster),
+    Cluster(Box<LocalCluster>),
 }
 
 impl Running {
@@ -442,14 +443,17 @@ impl Running {
                 Ok(Running::Standalone(server))
             }
             Some(durability) => {
-                let cfg = ClusterConfig {
-                    state_dir: state.to_owned(),
-                    replicas,
-                    durability,
-                    database: DATABASE.into(),
-                    ..ClusterConfig::default()
+                let file = ConfigFile {
+                    cluster: ClusterConfig {
+                        state_dir: state.to_owned(),
+                        replicas,
+                        durability,
+                        database: DATABASE.into(),
+                        ..ClusterConfig::default()
+                    },
+                    ..ConfigFile::default()
                 };
-                Ok(Running::Cluster(LocalCluster::start(&cfg).await?))
+                Ok(Running::Cluster(Box::new(LocalCluster::start(&file).await?)))
             }
         }
     }

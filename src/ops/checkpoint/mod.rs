@@ -139,24 +139,7 @@ impl Default for CheckpointConfig {
     }
 }
 
-#[derive(Deserialize)]
-struct File {
-    checkpoint: Option<CheckpointConfig>,
-}
-
 impl CheckpointConfig {
-    /// Reads the `[checkpoint]` section of a TOML file (defaults when
-    /// absent; other sections are left to their readers).
-    pub fn load(path: &Path) -> Result<CheckpointConfig> {
-        let text = std::fs::read_to_string(path)
-            .map_err(Error::io(format!("reading {}", path.display())))?;
-        let file: File =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        let cfg = file.checkpoint.unwrap_or_default();
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
     pub fn validate(&self) -> Result<()> {
         if self.keep == 0 {
             return Err(Error::Config("checkpoint.keep must be at least 1".into()));
@@ -170,15 +153,6 @@ impl CheckpointConfig {
             ));
         }
         Ok(())
-    }
-
-    /// The checkpoint directory, resolved against `state_dir`.
-    pub fn dir_in(&self, state_dir: &Path) -> PathBuf {
-        if self.dir.is_absolute() {
-            self.dir.clone()
-        } else {
-            state_dir.join(&self.dir)
-        }
     }
 }
 
@@ -786,30 +760,5 @@ mod tests {
         assert_eq!(versions, vec![5, 4]);
         assert!(!a.exists() && !b.exists() && !broken_old.exists());
         assert!(c.exists() && d.exists() && broken_new.exists());
-    }
-
-    #[test]
-    fn the_example_cluster_file_documents_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster.example.toml");
-        assert_eq!(
-            CheckpointConfig::load(&path).unwrap(),
-            CheckpointConfig::default()
-        );
-    }
-
-    #[test]
-    fn config_section() {
-        let tmp = tempfile::tempdir().unwrap();
-        let p = tmp.path().join("c.toml");
-        std::fs::write(
-            &p,
-            "[cluster]\nreplicas = 2\n[checkpoint]\nkeep = 3\ninterval_secs = 60\n",
-        )
-        .unwrap();
-        let c = CheckpointConfig::load(&p).unwrap();
-        assert_eq!((c.keep, c.interval_secs, c.jobs), (3, 60, 2));
-        assert_eq!(c.dir_in(Path::new("/s")), PathBuf::from("/s/checkpoints"));
-        std::fs::write(&p, "[checkpoint]\nkeep = 0\n").unwrap();
-        assert!(CheckpointConfig::load(&p).is_err());
     }
 }

@@ -1,0 +1,153 @@
+//! The state directory of a local cluster (`tashkent up`): the one owner
+//! of its layout. Everything that finds a replica, the certifier's log, a
+//! checkpoint or a port of a local cluster asks this type.
+//!
+//! ```text
+//! <state>/replica-<i>/      harness base directory of replica i (1-based)
+//!         replica-<i>/data  its PostgreSQL data directory
+//! <state>/certifier-wal/    the certifier's log (and spool/ inside it)
+//! <state>/checkpoints/      checkpoints (`[checkpoint] dir`, relative to <state>)
+//! <state>/ports.json        ports chosen at the first start, kept for the next
+//! ```
+//!
+//! `ports.json` is a JSON object `{"certifier": <port>, "proxies": [<port>, ...]}`
+//! (one proxy per replica, replica 1 first), written by [`StateDir::write_ports`].
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Ports a local cluster chose at its first start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ports {
+    pub certifier: u16,
+    pub proxies: Vec<u16>,
+}
+
+/// A local cluster's state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: &Path) -> StateDir {
+        StateDir {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The harness base directory of replica `id` (1-based).
+    pub fn replica_base(&self, id: u32) -> PathBuf {
+        self.root.join(format!("replica-{id}"))
+    }
+
+    /// The certifier's WAL directory.
+    pub fn certifier_wal(&self) -> PathBuf {
+        self.root.join("certifier-wal")
+    }
+
+    /// Where checkpoints go: `dir` under the state directory (an absolute
+    /// `dir` stays as it is).
+    pub fn checkpoints(&self, dir: &Path) -> PathBuf {
+        self.root.join(dir)
+    }
+
+    fn ports_file(&self) -> PathBuf {
+        self.root.join("ports.json")
+    }
+
+    /// The ports of the first start (none yet: all 0).
+    pub fn ports(&self) -> Result<Ports> {
+        match std::fs::read(self.ports_file()) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::Config(format!("{}: {e}", self.ports_file().display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Ports::default()),
+            Err(e) => Err(Error::Io {
+                context: format!("reading {}", self.ports_file().display()),
+                source: e,
+            }),
+        }
+    }
+
+    pub fn write_ports(&self, ports: &Ports) -> Result<()> {
+        let json = serde_json::to_vec_pretty(ports).expect("ports serialise");
+        std::fs::write(self.ports_file(), json).map_err(Error::io(format!(
+            "writing {}",
+            self.ports_file().display()
+        )))
+    }
+
+    /// The ports of a cluster that has started before.
+    fn started_ports(&self) -> Result<Ports> {
+        let ports = self.ports()?;
+        if ports.proxies.is_empty() {
+            return Err(Error::Config(format!(
+                "{} has no ports.json: has the cluster ever started?",
+                self.root.display()
+            )));
+        }
+        Ok(ports)
+    }
+
+    /// The certifier's address.
+    pub fn certifier_addr(&self) -> Result<String> {
+        Ok(format!("127.0.0.1:{}", self.started_ports()?.certifier))
+    }
+
+    /// How many replicas the cluster has.
+    pub fn replicas(&self) -> Result<u32> {
+        Ok(self.started_ports()?.proxies.len() as u32)
+    }
+
+    /// The port of replica `id`'s running server (from its
+    /// `postmaster.pid`).
+    pub fn running_port(&self, id: u32) -> Result<u16> {
+        let data = self.replica_base(id).join("data");
+        let not_running = || {
+            Error::Recovery(format!(
+                "replica {id} is not running (no live postmaster in {})",
+                data.display()
+            ))
+        };
+        if crate::ops::recover::running_postmaster(&data).is_none() {
+            return Err(not_running());
+        }
+        let text =
+            std::fs::read_to_string(data.join("postmaster.pid")).map_err(|_| not_running())?;
+        // Line 4 of postmaster.pid is the port.
+        text.lines()
+            .nth(3)
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(not_running)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_round_trip_and_a_new_directory_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::new(dir.path());
+        assert_eq!(s.ports().unwrap(), Ports::default());
+        assert!(s.replicas().is_err());
+        let ports = Ports {
+            certifier: 7400,
+            proxies: vec![6432, 6433],
+        };
+        s.write_ports(&ports).unwrap();
+        assert_eq!(s.ports().unwrap(), ports);
+        assert_eq!(s.replicas().unwrap(), 2);
+        assert_eq!(s.certifier_addr().unwrap(), "127.0.0.1:7400");
+        assert_eq!(s.replica_base(2), dir.path().join("replica-2"));
+        assert_eq!(s.checkpoints(Path::new("/abs")), Path::new("/abs"));
+    }
+}
