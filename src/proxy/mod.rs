@@ -10,6 +10,7 @@ mod applier;
 pub mod capture;
 mod config;
 mod conn;
+pub mod errors;
 mod session;
 mod shared;
 pub mod sql;

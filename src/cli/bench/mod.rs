@@ -453,7 +453,9 @@ impl Running {
                     },
                     ..ConfigFile::default()
                 };
-                Ok(Running::Cluster(Box::new(LocalCluster::start(&file).await?)))
+                Ok(Running::Cluster(Box::new(
+                    LocalCluster::start(&file).await?,
+                )))
             }
         }
     }

@@ -66,8 +66,7 @@ impl Session {
                 Ok(v)
             }
             (Some(e), _) => Err(e),
-            (None, None) => Err(ErrorResponse::error(
-                "XX000",
+            (None, None) => Err(errors::internal(
                 "could not read the replica's applied version",
             )),
         }))

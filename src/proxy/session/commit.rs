@@ -14,6 +14,7 @@ use tashkent_certifier::{CertifierError, ChunkSender};
 
 use super::*;
 use crate::proxy::capture::entry::EntryReader;
+use crate::proxy::errors;
 use crate::proxy::writeset::Builder;
 
 type Certification =
@@ -82,7 +83,7 @@ impl Session {
                 if let Err(e) = sender.finish(last).await {
                     self.shared.withdraw(&txn_id);
                     self.rollback().await?;
-                    return Ok(Err(unknown_outcome(&e.to_string())));
+                    return Ok(Err(errors::unknown_outcome(&e.to_string())));
                 }
                 call
             }
@@ -117,7 +118,7 @@ impl Session {
                 b'Z' => break,
                 b'E' if failure.is_none() => {
                     failure = Some(Readout::Failed(ErrorResponse::parse(&m).unwrap_or_else(
-                        |_| ErrorResponse::error("XX000", "reading the captured writeset failed"),
+                        |_| errors::internal("reading the captured writeset failed"),
                     )));
                 }
                 b'D' if failure.is_none() => {
@@ -153,7 +154,8 @@ impl Session {
                             None => Ok(()),
                         };
                         if let Err(e) = sent {
-                            failure = Some(Readout::Refused(unknown_outcome(&e.to_string())));
+                            failure =
+                                Some(Readout::Refused(errors::unknown_outcome(&e.to_string())));
                         }
                     }
                 }
@@ -176,21 +178,13 @@ impl Session {
     fn refuses_writes(&self) -> Option<ErrorResponse> {
         if let Some(why) = self.shared.recovery_needed() {
             // Its turn would never come: the log it needs is gone.
-            return Some(ErrorResponse::error("55000", why).with_hint(
-                "This replica must be rebuilt from a checkpoint (`tashkent recover`); \
-                 connect to another replica meanwhile.",
-            ));
+            return Some(errors::recovery_needed(why));
         }
-        self.shared.apply_stuck.borrow().as_ref().map(|s| {
-            ErrorResponse::error(
-                "55000",
-                format!(
-                    "replica {} cannot apply version {}: {}; writes are refused here until it can",
-                    self.shared.cfg.replica_id, s.version, s.cause
-                ),
-            )
-            .with_hint("Connect to another replica meanwhile; the proxy's log has the details.")
-        })
+        self.shared
+            .apply_stuck
+            .borrow()
+            .as_ref()
+            .map(|s| errors::replica_cannot_apply(self.shared.cfg.replica_id, s.version, &s.cause))
     }
 
     /// A transaction that wrote nothing: commits locally.
@@ -230,7 +224,7 @@ impl Session {
                     // it applies the writeset itself.
                     Err(_) => {
                         self.rollback().await?;
-                        return Ok(Err(unknown_outcome("the replica's committer went away")));
+                        return Ok(Err(errors::unknown_outcome("the replica's committer went away")));
                     }
                 },
                 outcome = &mut certify, if !certified => match outcome {
@@ -248,17 +242,12 @@ impl Session {
                             self.shared.withdraw(&txn_id);
                             self.rollback().await?;
                         }
-                        return Ok(Err(ErrorResponse::error(
-                            "40001",
-                            "could not serialize access: the transaction conflicts with a concurrently committed one",
-                        )
-                        .with_detail(reason)
-                        .with_hint("Retry the transaction.")));
+                        return Ok(Err(errors::certification_conflict(reason)));
                     }
                     Err(e) => {
                         if released {
                             self.close_txn();
-                            return Ok(Err(unknown_outcome(&e.to_string())));
+                            return Ok(Err(errors::unknown_outcome(&e.to_string())));
                         }
                         if self.shared.withdraw(&txn_id) {
                             self.rollback().await?;
@@ -268,7 +257,7 @@ impl Session {
                                         max: self.shared.cfg.max_writeset_bytes,
                                     })
                                 }
-                                e => unknown_outcome(&e.to_string()),
+                                e => errors::unknown_outcome(&e.to_string()),
                             }));
                         }
                         // Already handed to us by the applier: committed.
@@ -290,16 +279,12 @@ impl Session {
                     self.rollback_backend().await?;
                     self.close_txn();
                     let (sv, cause) = s.map(|s| (s.version, s.cause)).unwrap_or_default();
-                    return Ok(Err(ErrorResponse::error(
-                        "08007",
-                        format!(
-                            "the transaction is committed as version {v} in the global order, but \
-                             replica {} cannot apply version {sv}: {cause}",
-                            self.shared.cfg.replica_id
-                        ),
-                    )
-                    .with_detail("It is durable and visible on the replicas that applied it; this one applies it once it recovers.")
-                    .with_hint("Read it on another replica.")));
+                    return Ok(Err(errors::committed_elsewhere(
+                        v,
+                        self.shared.cfg.replica_id,
+                        sv,
+                        &cause,
+                    )));
                 }
                 // The applier waits for a lock this transaction holds (one
                 // its writeset does not show, e.g. SELECT FOR UPDATE), to
@@ -350,12 +335,7 @@ impl Session {
 /// The client's error for a writeset that cannot be built.
 fn writeset_error(e: &crate::error::Error) -> ErrorResponse {
     match e {
-        crate::error::Error::WritesetTooLarge { max } => ErrorResponse::error(
-            "54000",
-            format!("the transaction writes more than tashkent accepts: its writeset exceeds {max} bytes"),
-        )
-        .with_detail("max_writeset_bytes limits the captured changes of one transaction.")
-        .with_hint("Split the transaction into smaller ones."),
-        e => ErrorResponse::error("XX000", format!("reading the writeset: {e}")),
+        crate::error::Error::WritesetTooLarge { max } => errors::writeset_too_large(*max),
+        e => errors::internal(format!("reading the writeset: {e}")),
     }
 }

@@ -58,9 +58,7 @@ impl Session {
                     };
                     if let Kind::Refused { message, hint } = &kind {
                         self.client.push(
-                            &ErrorResponse::error("0A000", message.clone())
-                                .with_hint(hint.clone())
-                                .message(),
+                            &errors::feature_not_supported(message.clone(), hint.clone()).message(),
                         );
                         self.fail_txn();
                         skipping = true;

@@ -21,6 +21,7 @@ use tashkent_certifier::{Outcome, Version};
 use tokio::net::TcpStream;
 
 use super::conn::{Conn, ConnError};
+use super::errors;
 use super::shared::{SessionSignal, Shared};
 use super::sql::{classify, is_copy, split_statements, Kind};
 use crate::proxy::capture;
@@ -99,7 +100,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     if let Err(e) = session.run().await {
         tracing::debug!("session ended: {e}");
         if let SessionError::Backend(_) = e {
-            let err = ErrorResponse::fatal("08006", format!("connection to the replica lost: {e}"));
+            let err = errors::replica_connection_lost(&e);
             let _ = session.client.send(&err.message()).await;
         }
     }
@@ -132,37 +133,20 @@ async fn handshake(shared: &Shared, client: &mut Conn) -> Result<Option<(Conn, i
         };
         let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         let Some(user) = param("user") else {
-            return refuse(
-                client,
-                ErrorResponse::fatal(
-                    "28000",
-                    "no PostgreSQL user name specified in startup packet",
-                ),
-            )
-            .await;
+            return refuse(client, errors::no_user()).await;
         };
         let database = param("database").unwrap_or(user);
         if database != shared.cfg.database {
             return refuse(
                 client,
-                ErrorResponse::fatal(
-                    "3D000",
-                    format!(
-                    "database \"{database}\" is not replicated by this proxy (it serves \"{}\")",
-                    shared.cfg.database
-                ),
-                ),
+                errors::not_replicated_database(database, &shared.cfg.database),
             )
             .await;
         }
         let mut backend = match connect_backend(shared).await {
             Ok(b) => b,
             Err(e) => {
-                return refuse(
-                    client,
-                    ErrorResponse::fatal("08006", format!("cannot reach the replica: {e}")),
-                )
-                .await;
+                return refuse(client, errors::replica_unreachable(e)).await;
             }
         };
         backend.push_raw(&packet.encode());
@@ -183,14 +167,7 @@ async fn handshake(shared: &Shared, client: &mut Conn) -> Result<Option<(Conn, i
                     if matches!(code, Some(3 | 5 | 10 | 11)) {
                         let answer = client.read().await.map_err(SessionError::Client)?;
                         if answer.tag() != b'p' {
-                            return refuse(
-                                client,
-                                ErrorResponse::fatal(
-                                    "08P01",
-                                    "expected an authentication response",
-                                ),
-                            )
-                            .await;
+                            return refuse(client, errors::expected_authentication()).await;
                         }
                         backend.send(&answer).await.map_err(SessionError::Backend)?;
                     }
@@ -240,16 +217,6 @@ fn command_complete(tag: &str) -> Message {
     body.put_slice(tag.as_bytes());
     body.put_u8(0);
     Message::new(b'C', body.freeze())
-}
-
-fn warning(sqlstate: &str, text: &str) -> Message {
-    let mut n = ErrorResponse::error(sqlstate, text);
-    for (code, value) in n.fields.iter_mut() {
-        if *code == b'S' || *code == b'V' {
-            *value = "WARNING".into();
-        }
-    }
-    n.notice()
 }
 
 /// What a relayed exchange ended with.
@@ -363,12 +330,7 @@ impl Session {
                 | FrontendMessage::CopyDone
                 | FrontendMessage::CopyFail { .. } => {}
                 FrontendMessage::FunctionCall => {
-                    let e = ErrorResponse::error(
-                        "0A000",
-                        "fast-path function calls are not supported by tashkent",
-                    )
-                    .with_hint("Call the function with SELECT.");
-                    self.client.push(&e.message());
+                    self.client.push(&errors::fast_path_refused().message());
                     self.fail_txn();
                     self.ready().await?;
                 }
@@ -382,7 +344,7 @@ impl Session {
     }
 
     async fn protocol_violation(&mut self, what: &str) -> Result<()> {
-        let e = ErrorResponse::fatal("08P01", format!("protocol violation: {what}"));
+        let e = errors::protocol_violation(what);
         let _ = self.client.send(&e.message()).await;
         Ok(())
     }
@@ -411,7 +373,7 @@ impl Session {
                 readout: false,
             });
             if report {
-                self.early_abort = Some(early_abort_error());
+                self.early_abort = Some(errors::early_abort());
             }
         }
         Ok(())
@@ -422,9 +384,9 @@ impl Session {
         let doomed = self.txn.as_ref().is_some_and(|t| t.doomed);
         self.early_abort.take().unwrap_or_else(|| {
             if doomed {
-                early_abort_error()
+                errors::early_abort()
             } else {
-                in_failed_txn()
+                errors::in_failed_transaction()
             }
         })
     }
@@ -453,7 +415,7 @@ impl Session {
             if let Some(t) = &mut self.txn {
                 t.doomed = true;
             }
-            early_abort_error()
+            errors::early_abort()
         } else {
             e
         }
@@ -469,13 +431,7 @@ impl Session {
             ),
             "replica_id" => cfg.replica_id.to_string(),
             "applied_version" => self.shared.applied.borrow().to_string(),
-            _ => {
-                return Err(ErrorResponse::error(
-                    "42704",
-                    format!("unrecognized tashkent setting \"tashkent.{name}\""),
-                )
-                .with_hint("The proxy shows tashkent.replica, tashkent.replica_id and tashkent.applied_version."))
-            }
+            _ => return Err(errors::unknown_proxy_setting(name)),
         };
         let mut desc = BytesMut::new();
         desc.put_i16(1);
@@ -529,30 +485,6 @@ impl Session {
             self.shared.close_snapshot(s);
         }
     }
-}
-
-fn in_failed_txn() -> ErrorResponse {
-    ErrorResponse::error(
-        "25P02",
-        "current transaction is aborted, commands ignored until end of transaction block",
-    )
-}
-
-fn early_abort_error() -> ErrorResponse {
-    ErrorResponse::error(
-        "40001",
-        "could not serialize access: the transaction was aborted because it blocked a committed transaction being applied",
-    )
-    .with_hint("Retry the transaction.")
-}
-
-fn unknown_outcome(why: &str) -> ErrorResponse {
-    ErrorResponse::error(
-        "08007",
-        "the outcome of the COMMIT is unknown: the certifier could not be reached after the transaction was sent",
-    )
-    .with_detail(why.to_string())
-    .with_hint("Check whether the transaction's effects are present before retrying it.")
 }
 
 /// The first column of a DataRow, as its text bytes (`None` for NULL).

@@ -42,11 +42,8 @@ impl Session {
         }
         match kind {
             Kind::Refused { message, hint } => {
-                self.client.push(
-                    &ErrorResponse::error("0A000", message)
-                        .with_hint(hint)
-                        .message(),
-                );
+                self.client
+                    .push(&errors::feature_not_supported(message, hint).message());
                 self.fail_txn();
                 Ok(Flow::Stop)
             }
@@ -114,10 +111,7 @@ impl Session {
         match &mut self.txn {
             None => self.open_txn(true, read_only),
             Some(t) if !t.explicit => t.explicit = true,
-            Some(_) => self.client.push(&warning(
-                "25001",
-                "there is already a transaction in progress",
-            )),
+            Some(_) => self.client.push(&errors::already_in_transaction()),
         }
         self.client.push(&command_complete("BEGIN"));
     }
@@ -126,8 +120,7 @@ impl Session {
     pub(super) async fn end_explicit(&mut self, commit: bool) -> Result<bool> {
         let tag = if commit { "COMMIT" } else { "ROLLBACK" };
         let Some(txn) = &self.txn else {
-            self.client
-                .push(&warning("25P01", "there is no transaction in progress"));
+            self.client.push(&errors::no_transaction());
             self.client.push(&command_complete(tag));
             return Ok(true);
         };

@@ -1,0 +1,180 @@
+//! Every error and warning the proxy sends a client itself, one named
+//! constructor each, with its SQLSTATE. (Errors of PostgreSQL are relayed
+//! as they are.)
+
+use crate::proxy::wire::{ErrorResponse, Message};
+use tashkent_certifier::Version;
+
+/// `0A000`: a statement the proxy refuses (see `sql::Kind::Refused`).
+pub fn feature_not_supported(message: impl Into<String>, hint: impl Into<String>) -> ErrorResponse {
+    ErrorResponse::error("0A000", message).with_hint(hint)
+}
+
+/// `0A000`: the fast-path function call protocol.
+pub fn fast_path_refused() -> ErrorResponse {
+    feature_not_supported(
+        "fast-path function calls are not supported by tashkent",
+        "Call the function with SELECT.",
+    )
+}
+
+/// `40001`: certification found a conflict (first committer wins).
+pub fn certification_conflict(reason: String) -> ErrorResponse {
+    ErrorResponse::error(
+        "40001",
+        "could not serialize access: the transaction conflicts with a concurrently committed one",
+    )
+    .with_detail(reason)
+    .with_hint("Retry the transaction.")
+}
+
+/// `40001`: aborted early, it blocked the applier.
+pub fn early_abort() -> ErrorResponse {
+    ErrorResponse::error(
+        "40001",
+        "could not serialize access: the transaction was aborted because it blocked a committed transaction being applied",
+    )
+    .with_hint("Retry the transaction.")
+}
+
+/// `25P02`: a statement sent into a failed transaction.
+pub fn in_failed_transaction() -> ErrorResponse {
+    ErrorResponse::error(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
+
+/// `08007`: the certifier could not be reached after COMMIT was sent.
+pub fn unknown_outcome(why: &str) -> ErrorResponse {
+    ErrorResponse::error(
+        "08007",
+        "the outcome of the COMMIT is unknown: the certifier could not be reached after the transaction was sent",
+    )
+    .with_detail(why.to_string())
+    .with_hint("Check whether the transaction's effects are present before retrying it.")
+}
+
+/// `08007`: committed in the global order, but this replica cannot apply
+/// the log up to it.
+pub fn committed_elsewhere(
+    version: Version,
+    replica: u32,
+    stuck_at: Version,
+    cause: &str,
+) -> ErrorResponse {
+    ErrorResponse::error(
+        "08007",
+        format!(
+            "the transaction is committed as version {version} in the global order, but \
+             replica {replica} cannot apply version {stuck_at}: {cause}"
+        ),
+    )
+    .with_detail(
+        "It is durable and visible on the replicas that applied it; this one applies it once it recovers.",
+    )
+    .with_hint("Read it on another replica.")
+}
+
+/// `54000`: the transaction's writeset is over the cluster's cap.
+pub fn writeset_too_large(max: u64) -> ErrorResponse {
+    ErrorResponse::error(
+        "54000",
+        format!(
+            "the transaction writes more than tashkent accepts: its writeset exceeds {max} bytes"
+        ),
+    )
+    .with_detail("max_writeset_bytes limits the captured changes of one transaction.")
+    .with_hint("Split the transaction into smaller ones.")
+}
+
+/// `55000`: the replica needs versions the certifier purged.
+pub fn recovery_needed(why: String) -> ErrorResponse {
+    ErrorResponse::error("55000", why).with_hint(
+        "This replica must be rebuilt from a checkpoint (`tashkent recover`); \
+         connect to another replica meanwhile.",
+    )
+}
+
+/// `55000`: the replica's applier fails on a version.
+pub fn replica_cannot_apply(replica: u32, version: Version, cause: &str) -> ErrorResponse {
+    ErrorResponse::error(
+        "55000",
+        format!(
+            "replica {replica} cannot apply version {version}: {cause}; writes are refused here until it can"
+        ),
+    )
+    .with_hint("Connect to another replica meanwhile; the proxy's log has the details.")
+}
+
+/// `XX000`: something of the proxy's own failed (a bug).
+pub fn internal(message: impl Into<String>) -> ErrorResponse {
+    ErrorResponse::error("XX000", message)
+}
+
+/// `42704`: `SHOW tashkent.<name>` of a name the proxy does not know.
+pub fn unknown_proxy_setting(name: &str) -> ErrorResponse {
+    ErrorResponse::error(
+        "42704",
+        format!("unrecognized tashkent setting \"tashkent.{name}\""),
+    )
+    .with_hint(
+        "The proxy shows tashkent.replica, tashkent.replica_id and tashkent.applied_version.",
+    )
+}
+
+/// `28000` (FATAL): a startup packet without a user.
+pub fn no_user() -> ErrorResponse {
+    ErrorResponse::fatal(
+        "28000",
+        "no PostgreSQL user name specified in startup packet",
+    )
+}
+
+/// `3D000` (FATAL): a database the proxy does not replicate.
+pub fn not_replicated_database(asked: &str, served: &str) -> ErrorResponse {
+    ErrorResponse::fatal(
+        "3D000",
+        format!("database \"{asked}\" is not replicated by this proxy (it serves \"{served}\")"),
+    )
+}
+
+/// `08006` (FATAL): the replica cannot be reached at startup.
+pub fn replica_unreachable(why: impl std::fmt::Display) -> ErrorResponse {
+    ErrorResponse::fatal("08006", format!("cannot reach the replica: {why}"))
+}
+
+/// `08006` (FATAL): the connection to the replica broke.
+pub fn replica_connection_lost(why: impl std::fmt::Display) -> ErrorResponse {
+    ErrorResponse::fatal("08006", format!("connection to the replica lost: {why}"))
+}
+
+/// `08P01` (FATAL): the client broke the protocol.
+pub fn protocol_violation(what: &str) -> ErrorResponse {
+    ErrorResponse::fatal("08P01", format!("protocol violation: {what}"))
+}
+
+/// `08P01` (FATAL): something else where an authentication answer belongs.
+pub fn expected_authentication() -> ErrorResponse {
+    ErrorResponse::fatal("08P01", "expected an authentication response")
+}
+
+/// `25001` (WARNING): BEGIN inside a transaction.
+pub fn already_in_transaction() -> Message {
+    warning("25001", "there is already a transaction in progress")
+}
+
+/// `25P01` (WARNING): COMMIT or ROLLBACK outside a transaction.
+pub fn no_transaction() -> Message {
+    warning("25P01", "there is no transaction in progress")
+}
+
+fn warning(sqlstate: &str, text: &str) -> Message {
+    let mut n = ErrorResponse::error(sqlstate, text);
+    for (code, value) in n.fields.iter_mut() {
+        if *code == b'S' || *code == b'V' {
+            *value = "WARNING".into();
+        }
+    }
+    n.notice()
+}
