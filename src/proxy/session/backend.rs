@@ -20,15 +20,7 @@ impl Session {
             capture::SNAPSHOT_VERSION_SQL
         );
         self.backend.push(&query(&sql));
-        self.txn = Some(Txn {
-            explicit,
-            snapshot: None,
-            failed: false,
-            doomed: false,
-            opening: true,
-            absorb,
-            readout: false,
-        });
+        self.txn = Some(Txn::opening(explicit, absorb));
     }
 
     /// Reads the answers of the outstanding opening query (and of the
@@ -37,11 +29,10 @@ impl Session {
     async fn read_opening(
         &mut self,
     ) -> Result<Option<std::result::Result<Version, ErrorResponse>>> {
-        let Some(t) = self.txn.as_mut().filter(|t| t.opening) else {
+        let Some(absorb) = self.txn.as_mut().and_then(Txn::take_opening) else {
             return Ok(None);
         };
-        t.opening = false;
-        if let Some(requested) = t.absorb.take() {
+        if let Some(requested) = absorb {
             // Whatever it answers, every cancel up to `requested` has now
             // landed or been dropped.
             self.own_answer().await?;
@@ -57,7 +48,7 @@ impl Session {
             (None, Some(v)) => {
                 self.shared.open_snapshot(v);
                 if let Some(t) = &mut self.txn {
-                    t.snapshot = Some(v);
+                    t.opened_at(v);
                 }
                 let mut c = self.signal.cancels.lock();
                 c.txn_open = true;
@@ -139,8 +130,8 @@ impl Session {
                     if error || status == TransactionStatus::Failed {
                         self.fail_txn();
                     } else if rolled_back_to {
-                        if let Some(t) = self.txn.as_mut().filter(|t| !t.doomed) {
-                            t.failed = false;
+                        if let Some(t) = &mut self.txn {
+                            t.rolled_back_to();
                         }
                     }
                     return Ok(Relayed { status, error });
@@ -174,11 +165,9 @@ impl Session {
         }
         let r = self.relay().await?;
         if read_ws {
-            match self.txn.as_mut() {
-                Some(t) if !r.error && !t.failed => t.readout = true,
-                _ => {
-                    self.own_answer().await?;
-                }
+            let kept = !r.error && self.txn.as_mut().is_some_and(Txn::read_out_sent);
+            if !kept {
+                self.own_answer().await?;
             }
         }
         Ok(r)
@@ -194,8 +183,7 @@ impl Session {
 
     /// Reads and drops an outstanding read-out answer.
     pub(super) async fn drain_readout(&mut self) -> Result<()> {
-        if let Some(t) = self.txn.as_mut().filter(|t| t.readout) {
-            t.readout = false;
+        if self.txn.as_mut().is_some_and(Txn::take_read_out) {
             self.own_answer().await?;
         }
         Ok(())

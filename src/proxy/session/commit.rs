@@ -48,8 +48,8 @@ impl Session {
         let Some(txn) = self.txn.as_mut() else {
             return Ok(Ok(()));
         };
-        let snapshot = txn.snapshot.unwrap_or(0);
-        if !std::mem::take(&mut txn.readout) {
+        let snapshot = txn.snapshot().unwrap_or(0);
+        if !txn.take_read_out() {
             self.push_readout();
         }
         let txn_id = self.shared.new_txn_id();

@@ -120,12 +120,16 @@ impl Session {
             FrontendMessage::Bind { statement, .. } => self.copy_statements.contains(statement),
             _ => false,
         });
-        let implicit_end = !has_copy && self.txn.as_ref().is_some_and(|t| !t.explicit && !t.failed);
+        let implicit_end = !has_copy
+            && self
+                .txn
+                .as_ref()
+                .is_some_and(|t| !t.explicit() && !t.failed());
         if forwarded {
             self.backend.push(&Message::new(b'S', Bytes::new()));
             self.relay_reading_ws(implicit_end).await?;
         }
-        if self.txn.as_ref().is_some_and(|t| !t.explicit) {
+        if self.txn.as_ref().is_some_and(|t| !t.explicit()) {
             self.end_implicit().await?;
         }
         self.ready().await

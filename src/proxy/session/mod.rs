@@ -33,6 +33,9 @@ mod backend;
 mod commit;
 mod extended;
 mod simple;
+mod txn;
+
+use txn::Txn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -43,29 +46,6 @@ pub enum SessionError {
 }
 
 type Result<T> = std::result::Result<T, SessionError>;
-
-/// A transaction open on the backend.
-struct Txn {
-    /// Opened by BEGIN (else: an autocommit statement or extended batch).
-    explicit: bool,
-    /// The snapshot's version; `None` until the opening query's answer is
-    /// read.
-    snapshot: Option<Version>,
-    /// An error happened: only ROLLBACK (or ROLLBACK TO) gets out.
-    failed: bool,
-    /// Aborted early for the applier: not even ROLLBACK TO gets out (the
-    /// backend's transaction is gone, or must not go on).
-    doomed: bool,
-    /// The opening query was sent and its answer not yet read.
-    opening: bool,
-    /// An absorbing query precedes the opening query; reading its answer
-    /// settles the applier's cancels up to this count.
-    absorb: Option<u64>,
-    /// The read-out of the captured entries was sent right behind the
-    /// last statement (the transaction ends there) and its answer is not
-    /// read yet: COMMIT reads it, anything else drains it first.
-    readout: bool,
-}
 
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let mut client = Conn::new(stream, shared.cfg.max_message_bytes)
@@ -359,19 +339,11 @@ impl Session {
         let Some(txn) = &self.txn else {
             return Ok(());
         };
-        let report = txn.explicit && !txn.failed;
-        let explicit = txn.explicit;
+        let report = txn.explicit() && !txn.failed();
+        let explicit = txn.explicit();
         self.rollback().await?;
         if explicit {
-            self.txn = Some(Txn {
-                explicit: true,
-                snapshot: None,
-                failed: true,
-                doomed: true,
-                opening: false,
-                absorb: None,
-                readout: false,
-            });
+            self.txn = Some(Txn::doomed_remnant());
             if report {
                 self.early_abort = Some(errors::early_abort());
             }
@@ -381,7 +353,7 @@ impl Session {
 
     /// The error for a statement sent into a failed transaction.
     fn failed_txn_error(&mut self) -> ErrorResponse {
-        let doomed = self.txn.as_ref().is_some_and(|t| t.doomed);
+        let doomed = self.txn.as_ref().is_some_and(Txn::doomed);
         self.early_abort.take().unwrap_or_else(|| {
             if doomed {
                 errors::early_abort()
@@ -395,14 +367,7 @@ impl Session {
     /// is: always unless it failed; then only what ends it, or ROLLBACK TO
     /// a savepoint unless it was aborted early.
     fn admits(&self, kind: Option<&Kind>) -> bool {
-        match &self.txn {
-            Some(t) if t.failed => match kind {
-                Some(Kind::Commit { .. } | Kind::Rollback { .. }) => true,
-                Some(Kind::Savepoint { rollback_to: true }) => !t.doomed,
-                _ => false,
-            },
-            _ => true,
-        }
+        self.txn.as_ref().is_none_or(|t| t.admits(kind))
     }
 
     /// A statement cancelled while the applier's cancels are outstanding
@@ -413,7 +378,7 @@ impl Session {
         {
             self.cancels_settled += 1;
             if let Some(t) = &mut self.txn {
-                t.doomed = true;
+                t.doom();
             }
             errors::early_abort()
         } else {
@@ -454,11 +419,9 @@ impl Session {
     }
 
     fn status(&self) -> TransactionStatus {
-        match &self.txn {
-            None => TransactionStatus::Idle,
-            Some(t) if t.failed => TransactionStatus::Failed,
-            Some(_) => TransactionStatus::InBlock,
-        }
+        self.txn
+            .as_ref()
+            .map_or(TransactionStatus::Idle, Txn::status)
     }
 
     async fn ready(&mut self) -> Result<()> {
@@ -469,7 +432,7 @@ impl Session {
 
     fn fail_txn(&mut self) {
         if let Some(t) = &mut self.txn {
-            t.failed = true;
+            t.fail();
         }
     }
 
@@ -478,10 +441,7 @@ impl Session {
     fn close_txn(&mut self) {
         self.early_abort = None;
         self.signal.cancels.lock().txn_open = false;
-        if let Some(Txn {
-            snapshot: Some(s), ..
-        }) = self.txn.take()
-        {
+        if let Some(s) = self.txn.take().and_then(|t| t.snapshot()) {
             self.shared.close_snapshot(s);
         }
     }

@@ -17,14 +17,14 @@ impl Session {
                 break;
             }
         }
-        if self.txn.as_ref().is_some_and(|t| !t.explicit) {
+        if self.txn.as_ref().is_some_and(|t| !t.explicit()) {
             self.end_implicit().await?;
         }
         self.ready().await
     }
 
     pub(super) async fn end_implicit(&mut self) -> Result<()> {
-        if self.txn.as_ref().is_some_and(|t| t.failed) {
+        if self.txn.as_ref().is_some_and(Txn::failed) {
             return self.rollback().await;
         }
         if let Err(e) = self.commit().await? {
@@ -91,7 +91,7 @@ impl Session {
                 // Nothing may follow a COPY on the wire: it may switch the
                 // connection to copy mode.
                 let implicit_end =
-                    last && !is_copy(stmt) && self.txn.as_ref().is_some_and(|t| !t.explicit);
+                    last && !is_copy(stmt) && self.txn.as_ref().is_some_and(|t| !t.explicit());
                 let r = self.relay_reading_ws(implicit_end).await?;
                 if r.error {
                     return Ok(Flow::Stop);
@@ -110,7 +110,7 @@ impl Session {
     pub(super) fn begin(&mut self, read_only: bool) {
         match &mut self.txn {
             None => self.open_txn(true, read_only),
-            Some(t) if !t.explicit => t.explicit = true,
+            Some(t) if !t.explicit() => t.make_explicit(),
             Some(_) => self.client.push(&errors::already_in_transaction()),
         }
         self.client.push(&command_complete("BEGIN"));
@@ -124,7 +124,7 @@ impl Session {
             self.client.push(&command_complete(tag));
             return Ok(true);
         };
-        if !commit || txn.failed {
+        if !commit || txn.failed() {
             // An early abort the client has not been told of yet: its
             // COMMIT fails with it (PostgreSQL answers COMMIT of a failed
             // transaction with a plain "ROLLBACK", which only makes sense
