@@ -76,15 +76,10 @@ impl ProxyArgs {
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let cfg = args.config()?;
+    let shutdown = super::ShutdownSignal::install()?;
     let proxy = proxy::start(cfg).await.context("starting the proxy")?;
     println!("listening on {}", proxy.local_addr());
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
+    shutdown.wait().await;
     proxy.shutdown().await;
     Ok(())
 }

@@ -1,10 +1,10 @@
 //! The replica proxy: what tashkent's users connect to.
 //!
 //! One proxy sits in front of one PostgreSQL replica. It speaks the
-//! PostgreSQL wire protocol to clients ([`session`]), runs their
+//! PostgreSQL wire protocol to clients (`session`), runs their
 //! transactions on its replica with writeset capture, certifies update
 //! transactions with the certifier, and commits them in the global order
-//! together with every other replica's transactions ([`applier`]).
+//! together with every other replica's transactions (`applier`).
 
 mod applier;
 pub mod capture;

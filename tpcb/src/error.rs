@@ -48,8 +48,8 @@ pub enum Error {
     },
 
     /// Drawing a plot.
-    #[error("plotting {workload}: {message}")]
-    Plot { workload: String, message: String },
+    #[error("plotting {what}: {message}")]
+    Plot { what: String, message: String },
 
     /// Encoding or decoding a report as JSON.
     #[error("report JSON: {0}")]

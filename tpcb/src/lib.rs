@@ -9,7 +9,8 @@
 //!    or more servers and returns [`RunStats`] (throughput, latency
 //!    percentiles, aborts);
 //! 3. a [`Report`] collects the results and renders them as a text table,
-//!    JSON and one SVG plot per workload.
+//!    JSON and one SVG plot per workload; the recovery-time experiment's
+//!    [`RecoveryReport`] renders through the same writers.
 //!
 //! [`tpcb_invariant`] checks TPC-B's consistency condition after a run.
 
@@ -21,7 +22,7 @@ mod workload;
 
 pub use driver::{bar_callback, progress_bar, run, Phase, Progress, ProgressFn, RunConfig};
 pub use error::{Error, Result};
-pub use report::{write_table, Report, ResultRow};
+pub use report::{write_files, write_table, RecoveryReport, RecoveryRow, Report, ResultRow};
 pub use stats::{percentile_sorted, LatencySummary, RunStats};
 pub use workload::{
     load, load_rows, tpcb_invariant, Workload, LOAD_BATCH, ROWS_PER_SCALE, TELLERS_PER_BRANCH,

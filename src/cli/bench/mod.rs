@@ -793,9 +793,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
     let plan = args.plan()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let outcome = runtime.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let shutdown = super::ShutdownSignal::install()?;
         eprintln!(
             "tashkent bench: {} on {} ({} setups), {} clients, {} s + {} s warm-up each; results in {}",
             plan.workloads
@@ -818,8 +816,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
         // proxies, certifier) and removes the temporary state.
         tokio::select! {
             r = run(&plan) => r,
-            _ = int.recv() => bail!("interrupted (SIGINT); every system started was stopped"),
-            _ = term.recv() => bail!("terminated (SIGTERM); every system started was stopped"),
+            s = shutdown.wait() => bail!("stopped by {s}; every system started was stopped"),
         }
     })?;
     let mut text = summary_text(&outcome);

@@ -32,7 +32,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use tashkent_certifier::{CertifierClient, CertifierConfig, Outcome, Writeset};
 
@@ -42,6 +41,7 @@ use tashkent::ops::pg::{connect, PgConfig, PgServer};
 use tashkent::ops::recover;
 use tashkent::proxy::capture;
 use tashkent::proxy::{self, ProxyConfig};
+pub use tashkent_tpcb::{RecoveryReport, RecoveryRow};
 
 /// What to measure.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,218 +77,6 @@ impl Default for RecoveryPlan {
             baseline_log: Some(10_000),
             work_dir: None,
         }
-    }
-}
-
-/// One rebuilt replica.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecoveryRow {
-    /// AllUpdates rows in the database.
-    pub rows: u64,
-    /// `pg_database_size` of the source.
-    pub db_bytes: u64,
-    /// Size of the checkpoint's dump.
-    pub dump_bytes: u64,
-    /// How long taking the checkpoint took (pg_dump).
-    pub checkpoint_s: f64,
-    /// Writesets replayed.
-    pub log_length: u64,
-    /// The replaying proxy's `max_apply_batch` (1: a replica transaction
-    /// and a `tashkent.apply` call per version).
-    pub apply_batch: usize,
-    /// pg_restore, reconfiguration and ANALYZE.
-    pub restore_s: f64,
-    /// From the proxy's start until the replica applied the whole log.
-    pub replay_s: f64,
-    /// `log_length / replay_s`.
-    pub replay_per_s: f64,
-}
-
-/// All rows of one experiment.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RecoveryReport {
-    pub results: Vec<RecoveryRow>,
-}
-
-/// Width and height of the plot, in SVG pixels.
-const PLOT_SIZE: (u32, u32) = (800, 500);
-
-impl RecoveryReport {
-    /// An aligned text table, one line per rebuilt replica.
-    pub fn to_table(&self) -> String {
-        const HEADER: [&str; 9] = [
-            "rows",
-            "db MB",
-            "dump MB",
-            "ckpt s",
-            "log",
-            "batch",
-            "restore s",
-            "replay s",
-            "replay/s",
-        ];
-        let cells: Vec<[String; 9]> = self
-            .results
-            .iter()
-            .map(|r| {
-                [
-                    r.rows.to_string(),
-                    format!("{:.1}", r.db_bytes as f64 / 1e6),
-                    format!("{:.1}", r.dump_bytes as f64 / 1e6),
-                    format!("{:.2}", r.checkpoint_s),
-                    r.log_length.to_string(),
-                    r.apply_batch.to_string(),
-                    format!("{:.2}", r.restore_s),
-                    format!("{:.2}", r.replay_s),
-                    format!("{:.0}", r.replay_per_s),
-                ]
-            })
-            .collect();
-        let mut out = String::from("Recovery: restore a checkpoint, replay the log\n");
-        tashkent_tpcb::write_table(&mut out, &HEADER, &cells, false);
-        out
-    }
-
-    pub fn to_json(&self) -> Result<String> {
-        serde_json::to_string_pretty(self)
-            .map_err(|e| Error::Config(format!("serialising the report: {e}")))
-    }
-
-    /// Writes `recovery-table.txt`, `recovery.json` and
-    /// `recovery-time.svg` into `dir` (created if missing).
-    pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
-        std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-        let files = [
-            ("recovery-table.txt", self.to_table()),
-            ("recovery.json", self.to_json()?),
-            (
-                "recovery-time.svg",
-                self.plot_svg()
-                    .map_err(|e| Error::Config(format!("plotting: {e}")))?,
-            ),
-        ];
-        let mut written = Vec::new();
-        for (name, text) in files {
-            let path = dir.join(name);
-            std::fs::write(&path, text)
-                .map_err(Error::io(format!("writing {}", path.display())))?;
-            written.push(path);
-        }
-        Ok(written)
-    }
-
-    /// Restore and replay time (s) against log length (log scale), one
-    /// colour per database size: replay solid with circles, restore
-    /// dashed-looking with triangles.
-    pub fn plot_svg(&self) -> std::result::Result<String, String> {
-        let mut sizes: Vec<(u64, usize)> = self
-            .results
-            .iter()
-            .map(|r| (r.rows, r.apply_batch))
-            .collect();
-        sizes.sort_unstable();
-        sizes.dedup();
-        let x_lo = self
-            .results
-            .iter()
-            .map(|r| r.log_length.max(1) as f64)
-            .fold(f64::MAX, f64::min);
-        let x_hi = self
-            .results
-            .iter()
-            .map(|r| r.log_length.max(1) as f64)
-            .fold(1.0, f64::max);
-        let (x_lo, x_hi) = if self.results.is_empty() {
-            (1.0, 10.0)
-        } else {
-            (x_lo / 1.5, x_hi * 1.5)
-        };
-        let y_hi = self
-            .results
-            .iter()
-            .map(|r| r.replay_s.max(r.restore_s))
-            .fold(0.0, f64::max)
-            * 1.15;
-        let y_hi = if y_hi > 0.0 { y_hi } else { 1.0 };
-        let mut svg = String::new();
-        {
-            let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
-            root.fill(&WHITE).map_err(|e| e.to_string())?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(
-                    "Recovery time by log length (restore + replay)",
-                    ("sans-serif", 22),
-                )
-                .margin(15)
-                .x_label_area_size(45)
-                .y_label_area_size(60)
-                .build_cartesian_2d((x_lo..x_hi).log_scale(), 0.0..y_hi)
-                .map_err(|e| e.to_string())?;
-            chart
-                .configure_mesh()
-                .x_desc("writesets to replay")
-                .y_desc("seconds")
-                .x_label_formatter(&|x| format!("{x:.0}"))
-                .y_label_formatter(&|y| format!("{y:.1}"))
-                .draw()
-                .map_err(|e| e.to_string())?;
-            for (i, &(rows, batch)) in sizes.iter().enumerate() {
-                let color = Palette99::pick(i).to_rgba();
-                let mut pts: Vec<&RecoveryRow> = self
-                    .results
-                    .iter()
-                    .filter(|r| r.rows == rows && r.apply_batch == batch)
-                    .collect();
-                pts.sort_by_key(|r| r.log_length);
-                let replay: Vec<(f64, f64)> = pts
-                    .iter()
-                    .map(|r| (r.log_length.max(1) as f64, r.replay_s))
-                    .collect();
-                let restore: Vec<(f64, f64)> = pts
-                    .iter()
-                    .map(|r| (r.log_length.max(1) as f64, r.restore_s))
-                    .collect();
-                chart
-                    .draw_series(LineSeries::new(replay.clone(), color.stroke_width(2)))
-                    .map_err(|e| e.to_string())?
-                    .label(format!("replay, {rows} rows, batch {batch}"))
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                    });
-                chart
-                    .draw_series(PointSeries::of_element(
-                        replay,
-                        4,
-                        color.filled(),
-                        &|c, s, st| Circle::new(c, s, st),
-                    ))
-                    .map_err(|e| e.to_string())?;
-                chart
-                    .draw_series(LineSeries::new(restore.clone(), color.stroke_width(1)))
-                    .map_err(|e| e.to_string())?
-                    .label(format!("restore, {rows} rows, batch {batch}"))
-                    .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 5, color.filled()));
-                chart
-                    .draw_series(PointSeries::of_element(
-                        restore,
-                        5,
-                        color.filled(),
-                        &|c, s, st| TriangleMarker::new(c, s, st),
-                    ))
-                    .map_err(|e| e.to_string())?;
-            }
-            if !sizes.is_empty() {
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::UpperLeft)
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .draw()
-                    .map_err(|e| e.to_string())?;
-            }
-            root.present().map_err(|e| e.to_string())?;
-        }
-        Ok(svg)
     }
 }
 
@@ -700,14 +488,11 @@ pub fn main(args: RecoveryBenchArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let report = runtime.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut term = signal(SignalKind::terminate())?;
+        let shutdown = crate::cli::ShutdownSignal::install()?;
         let progress = |s: &str| eprintln!("{s}");
         tokio::select! {
             r = recovery_experiment(&plan, &progress) => Ok(r?),
-            _ = int.recv() => anyhow::bail!("interrupted (SIGINT)"),
-            _ = term.recv() => anyhow::bail!("terminated (SIGTERM)"),
+            s = shutdown.wait() => anyhow::bail!("stopped by {s}"),
         }
     })?;
     let files = report.write(&args.results_dir)?;
@@ -717,40 +502,4 @@ pub fn main(args: RecoveryBenchArgs) -> anyhow::Result<()> {
     }
     print!("{text}");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_json_and_plot() {
-        let row = |rows, log, replay_s| RecoveryRow {
-            rows,
-            db_bytes: rows * 150,
-            dump_bytes: rows * 20,
-            checkpoint_s: 0.5,
-            log_length: log,
-            apply_batch: 500,
-            restore_s: 1.5,
-            replay_s,
-            replay_per_s: log as f64 / replay_s,
-        };
-        let r = RecoveryReport {
-            results: vec![
-                row(100_000, 10_000, 1.0),
-                row(100_000, 100_000, 9.0),
-                row(1_000_000, 10_000, 1.2),
-            ],
-        };
-        let t = r.to_table();
-        assert!(t.contains("replay/s"), "{t}");
-        assert!(t.contains("11111"), "{t}");
-        let back: RecoveryReport = serde_json::from_str(&r.to_json().unwrap()).unwrap();
-        assert_eq!(back, r);
-        let svg = r.plot_svg().unwrap();
-        assert!(svg.contains("<svg") && svg.contains("replay, 100000 rows, batch 500"));
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(r.write(dir.path()).unwrap().len(), 3);
-    }
 }

@@ -42,15 +42,15 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
-    /// BEGIN / START TRANSACTION [modes]; BEGIN WORK/TRANSACTION. `read_only` when READ ONLY was
+    /// `BEGIN` / `START TRANSACTION [modes]`; `BEGIN WORK/TRANSACTION`. `read_only` when READ ONLY was
     /// asked. (Statements asking SERIALIZABLE are `Refused`, not `Begin`.)
     Begin { read_only: bool },
-    /// COMMIT / END [WORK|TRANSACTION] [AND [NO] CHAIN]. `chain` for AND CHAIN.
+    /// `COMMIT` / `END [WORK|TRANSACTION] [AND [NO] CHAIN]`. `chain` for AND CHAIN.
     Commit { chain: bool },
-    /// ROLLBACK / ABORT [WORK|TRANSACTION] [AND [NO] CHAIN] — but not ROLLBACK TO [SAVEPOINT] x,
+    /// `ROLLBACK` / `ABORT [WORK|TRANSACTION] [AND [NO] CHAIN]` — but not `ROLLBACK TO [SAVEPOINT] x`,
     /// not ROLLBACK PREPARED.
     Rollback { chain: bool },
-    /// SAVEPOINT x, RELEASE [SAVEPOINT] x, ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] x
+    /// `SAVEPOINT x`, `RELEASE [SAVEPOINT] x`, `ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] x`
     /// (`rollback_to`: the one that leaves a failed transaction).
     Savepoint { rollback_to: bool },
     /// SET TRANSACTION ... / SET SESSION CHARACTERISTICS AS TRANSACTION ... with an isolation
@@ -68,7 +68,7 @@ pub enum Kind {
     /// ...`, `SELECT ... INTO TEMP`, names qualified by `pg_temp`), which are `Other`: they live
     /// in this session only and are not captured.
     Ddl,
-    /// TRUNCATE [TABLE] ...
+    /// `TRUNCATE [TABLE] ...`
     Truncate,
     /// Refused: the proxy answers SQLSTATE 0A000 with `message` and `hint`.
     Refused { message: String, hint: String },

@@ -1,11 +1,13 @@
-//! Benchmark reports: a text table, JSON and throughput plots.
+//! The throughput comparison's report: a text table per workload, JSON,
+//! and a plot of throughput against replica count per workload.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::plot::{self, Marker, Plot, Series, XAxis};
+use super::write_table;
 use crate::error::{Error, Result};
 use crate::stats::RunStats;
 use crate::workload::Workload;
@@ -26,9 +28,6 @@ pub struct ResultRow {
 pub struct Report {
     pub results: Vec<ResultRow>,
 }
-
-/// Width and height of a plot, in SVG pixels.
-const PLOT_SIZE: (u32, u32) = (800, 500);
 
 impl Report {
     /// The workloads present, in order of first appearance.
@@ -97,31 +96,18 @@ impl Report {
     /// measured at a single replica count shows as a lone marker. Returns
     /// the files written.
     pub fn write_plot(&self, dir: &Path) -> Result<Vec<PathBuf>> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let mut written = Vec::new();
+        let mut files = Vec::new();
         for workload in self.workloads() {
             let svg = self.plot_svg(workload).map_err(|message| Error::Plot {
-                workload: workload.name().to_owned(),
+                what: workload.name().to_owned(),
                 message,
             })?;
-            let path = dir.join(format!("{}-throughput.svg", workload.name()));
-            std::fs::write(&path, svg).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-            written.push(path);
+            files.push((format!("{}-throughput.svg", workload.name()), svg));
         }
-        Ok(written)
+        super::write_files(dir, files)
     }
 
     /// Renders the throughput plot of `workload` as an SVG document.
-    ///
-    /// Text goes into the SVG as `<text>` elements; plotters is built
-    /// without its `ttf` feature, so it sizes labels with an estimate and
-    /// needs no system font libraries.
     pub fn plot_svg(&self, workload: Workload) -> std::result::Result<String, String> {
         let rows: Vec<&ResultRow> = self.rows(workload).collect();
         let mut systems: Vec<&str> = Vec::new();
@@ -130,145 +116,54 @@ impl Report {
                 systems.push(&r.system);
             }
         }
-        let (x_lo, x_hi) = rows
+        let (lo, hi) = rows
             .iter()
             .map(|r| r.replicas)
             .fold((u32::MAX, 0), |(lo, hi), x| (lo.min(x), hi.max(x)));
-        let (x_lo, x_hi) = if rows.is_empty() {
-            (1, 1)
-        } else {
-            (x_lo, x_hi)
-        };
-        let y_max = rows
+        let (lo, hi) = if rows.is_empty() { (1, 1) } else { (lo, hi) };
+        let series: Vec<Series> = systems
             .iter()
-            .map(|r| r.stats.throughput_tps)
-            .fold(0.0f64, f64::max);
-        let y_top = if y_max > 0.0 { y_max * 1.15 } else { 1.0 };
-
-        let mut svg = String::new();
-        {
-            let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
-            root.fill(&WHITE).map_err(|e| e.to_string())?;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(
-                    format!("{}: throughput by replica count", workload.title()),
-                    ("sans-serif", 22),
-                )
-                .margin(15)
-                .x_label_area_size(45)
-                .y_label_area_size(70)
-                .build_cartesian_2d((f64::from(x_lo) - 0.5)..(f64::from(x_hi) + 0.5), 0.0..y_top)
-                .map_err(|e| e.to_string())?;
-            chart
-                .configure_mesh()
-                .x_desc("replicas")
-                .y_desc("throughput (tps)")
-                .x_labels((x_hi - x_lo) as usize + 2)
-                .x_label_formatter(&|x| {
-                    if x.fract() == 0.0 {
-                        format!("{x:.0}")
-                    } else {
-                        String::new()
-                    }
-                })
-                .y_label_formatter(&|y| format!("{y:.0}"))
-                .disable_x_mesh()
-                .draw()
-                .map_err(|e| e.to_string())?;
-
-            for (i, system) in systems.iter().enumerate() {
-                let color = Palette99::pick(i).to_rgba();
+            .enumerate()
+            .map(|(i, system)| {
                 let mut points: Vec<(f64, f64)> = rows
                     .iter()
                     .filter(|r| r.system == *system)
                     .map(|r| (f64::from(r.replicas), r.stats.throughput_tps))
                     .collect();
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
-                let name = system.to_string();
-                if points.len() > 1 {
-                    chart
-                        .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                        .map_err(|e| e.to_string())?
-                        .label(name.clone())
-                        .legend(move |(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                        });
-                    chart
-                        .draw_series(PointSeries::of_element(
-                            points,
-                            4,
-                            color.filled(),
-                            &|c, s, st| Circle::new(c, s, st),
-                        ))
-                        .map_err(|e| e.to_string())?;
-                } else {
-                    chart
-                        .draw_series(PointSeries::of_element(
-                            points,
-                            5,
-                            color.filled(),
-                            &|c, s, st| Circle::new(c, s, st),
-                        ))
-                        .map_err(|e| e.to_string())?
-                        .label(name)
-                        .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+                // A system measured at one replica count is a lone marker.
+                let single = points.len() < 2;
+                Series {
+                    label: system.to_string(),
+                    color: i,
+                    points,
+                    line: if single { 0 } else { 2 },
+                    marker: Marker::Circle,
+                    marker_size: if single { 5 } else { 4 },
+                    legend_marker: single,
                 }
-            }
-            if !systems.is_empty() {
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::UpperLeft)
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .draw()
-                    .map_err(|e| e.to_string())?;
-            }
-            root.present().map_err(|e| e.to_string())?;
-        }
-        Ok(svg)
-    }
-}
-
-/// Writes an aligned text table: the header, a rule of dashes, the rows.
-/// Columns are right-aligned (figures), except the first when
-/// `first_left` (a name); lines carry no trailing spaces.
-pub fn write_table<R: AsRef<[String]>>(
-    out: &mut String,
-    header: &[&str],
-    rows: &[R],
-    first_left: bool,
-) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, c) in widths.iter_mut().zip(row.as_ref()) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |out: &mut String, row: &mut dyn Iterator<Item = &str>| {
-        let mut text = String::new();
-        for (i, (cell, &w)) in row.zip(&widths).enumerate() {
-            if i > 0 {
-                text.push_str("  ");
-            }
-            if i == 0 && first_left {
-                let _ = write!(text, "{cell:<w$}");
-            } else {
-                let _ = write!(text, "{cell:>w$}");
-            }
-        }
-        let _ = writeln!(out, "{}", text.trim_end());
-    };
-    line(out, &mut header.iter().copied());
-    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-    line(out, &mut rule.iter().map(String::as_str));
-    for row in rows {
-        line(out, &mut row.as_ref().iter().map(String::as_str));
+            })
+            .collect();
+        let caption = format!("{}: throughput by replica count", workload.title());
+        plot::render(
+            &Plot {
+                caption: &caption,
+                x_desc: "replicas",
+                y_desc: "throughput (tps)",
+                y_label_area: 70,
+                x_axis: XAxis::Counts { lo, hi },
+                y_decimals: 0,
+            },
+            &series,
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use plotters::style::{Color, Palette, Palette99};
 
     use super::*;
     use crate::stats::LatencySummary;
