@@ -118,7 +118,7 @@
 //!                                                              # recovery, crash (SIGKILL) tests
 //! cargo test -p tashkent-wal --features failpoints --test faults   # fault injection
 //! WAL_CRASH_SEED=<seed> cargo test -p tashkent-wal --test crash    # replay a crash run
-//! cargo bench -p tashkent-wal --bench append [-- c64/256B]         # throughput matrix
+//! cargo bench --bench wal_append [-- c64/256B]         # throughput matrix
 //! ```
 
 mod backend;

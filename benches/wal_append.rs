@@ -14,8 +14,8 @@
 //! side by side in the same run.
 //!
 //! ```text
-//! cargo bench -p tashkent-wal --bench append                 # everything (~3 min)
-//! cargo bench -p tashkent-wal --bench append -- c64/256B     # the headline cell
+//! cargo bench --bench wal_append                 # everything (~3 min)
+//! cargo bench --bench wal_append -- c64/256B     # the headline cell
 //! ```
 
 use std::collections::BTreeMap;

@@ -13,7 +13,7 @@
 //!
 //! The bench runs with mimalloc, as the certifier binary does.
 //!
-//! Run: `CARGO_TARGET_DIR=/work/target-cert cargo bench -p tashkent-certifier --bench certify`
+//! Run: `cargo bench --bench certify`
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
