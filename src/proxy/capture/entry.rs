@@ -25,7 +25,7 @@ pub enum Entry {
         table: String,
     },
     /// A DDL statement: the JSON object the event trigger built (see
-    /// `capture.sql`, `on_ddl_end`).
+    /// `sql/50_ddl.sql`, `on_ddl_end`; `FORMAT.md`).
     Ddl {
         json: String,
     },

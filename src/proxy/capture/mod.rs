@@ -5,8 +5,9 @@
 //! and shipped to the replica by [`install`]) appends one entry per changed
 //! row to a buffer that follows the transaction; `tashkent.ws_read()` hands
 //! it out before COMMIT ([`entry`] reads it). TRUNCATE and DDL are captured
-//! too (`capture.sql`: the install script, the event triggers, the applied
-//! version log and the striping of sequences). [`change`] is the packed
+//! too (`sql/`: the install script, in ordered parts, with the event
+//! triggers, the applied version log and the striping of sequences;
+//! `FORMAT.md` maps every layer of the format to the code that writes it). [`change`] is the packed
 //! form rows travel in inside certifier items, and [`apply`] replays them
 //! on another replica.
 
@@ -19,8 +20,18 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
 
-/// The install script; `@LIBRARY@` stands for the capture library's path.
-const INSTALL_SQL: &str = include_str!("capture.sql");
+/// The install script, run in this order as one transaction (`FORMAT.md`
+/// says what each part does); `@LIBRARY@` stands for the capture
+/// library's path.
+const INSTALL_SQL: [&str; 7] = [
+    include_str!("sql/00_schema.sql"),
+    include_str!("sql/10_relations.sql"),
+    include_str!("sql/20_sequences.sql"),
+    include_str!("sql/30_library.sql"),
+    include_str!("sql/40_triggers.sql"),
+    include_str!("sql/50_ddl.sql"),
+    include_str!("sql/90_existing.sql"),
+];
 
 /// The compiled capture library (see `build.rs`).
 static LIBRARY: &[u8] = include_bytes!(env!("TASHKENT_CAPTURE_LIB"));
@@ -171,7 +182,7 @@ pub async fn install(client: &Client, max_writeset_bytes: u64) -> Result<()> {
                 "writing the capture library {file} into the data directory"
             )))?;
     }
-    let sql = INSTALL_SQL.replace("@LIBRARY@", &format!("./{file}"));
+    let sql = INSTALL_SQL.concat().replace("@LIBRARY@", &format!("./{file}"));
     client
         .batch_execute(&sql)
         .await

@@ -1,7 +1,7 @@
 /*
  * tashkent_capture: writeset capture for tashkent, loaded into every
  * replica's PostgreSQL (unmodified; this is an ordinary C trigger library,
- * shipped by the proxy, see `src/capture/mod.rs`).
+ * shipped by the proxy, see `src/proxy/capture/mod.rs`).
  *
  * A row trigger on every replicated table appends one *entry* per changed
  * row to a buffer that lives as long as the transaction; `ws_read()` hands
@@ -22,7 +22,7 @@
  *   'U' update   table pk row old_pk old_row uniques gone refs
  *   'D' delete   table pk old_row uniques
  *   'T' truncate table
- *   'X' DDL      json                 (from the event trigger, see capture.sql)
+ *   'X' DDL      json                 (from the event trigger, see FORMAT.md)
  *
  * - table: the schema-qualified, quoted name (of the partitioned root for
  *   rows of a partition; the partition itself for TRUNCATE of one);

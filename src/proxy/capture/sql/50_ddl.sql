@@ -1,0 +1,150 @@
+-- DDL capture: the event triggers that append one "X" entry per DDL
+-- statement and keep capture installed on new tables.
+
+-- The query text without leading white space and comments.
+CREATE OR REPLACE FUNCTION tashkent.statement_start(q text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    before text;
+BEGIN
+    LOOP
+        before := q;
+        q := regexp_replace(q, '^\s+', '');
+        q := regexp_replace(q, '^--[^\n]*', '');
+        q := regexp_replace(q, '^/\*.*?\*/', '');
+        EXIT WHEN q = before;
+    END LOOP;
+    RETURN q;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tashkent.on_ddl_end() RETURNS event_trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    cmd record;
+    rel oid;
+    tables text[] := '{}';
+    seqs oid[] := '{}';
+    persistent boolean := false;
+    dropped jsonb;
+    ctx text;
+    q text;
+    stmt text;
+BEGIN
+    IF current_setting('tashkent.internal', true) = 'on' THEN
+        RETURN;
+    END IF;
+    FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
+        -- Keep capture installed on the table.
+        rel := CASE
+            WHEN cmd.classid = 'pg_class'::regclass AND cmd.object_type = 'table' THEN cmd.objid
+            WHEN cmd.classid = 'pg_class'::regclass AND cmd.object_type = 'index'
+                THEN (SELECT indrelid FROM pg_index WHERE indexrelid = cmd.objid)
+            WHEN cmd.classid = 'pg_constraint'::regclass
+                THEN (SELECT conrelid FROM pg_constraint WHERE oid = cmd.objid)
+        END;
+        IF rel IS NOT NULL THEN
+            PERFORM tashkent.install_capture(rel);
+        END IF;
+        CONTINUE WHEN cmd.in_extension;
+        persistent := persistent OR cmd.schema_name IS DISTINCT FROM 'pg_temp';
+        tables := tables || ARRAY(SELECT tashkent.ddl_tables(cmd.classid, cmd.objid));
+        -- Sequences created or altered, directly or as a table's column.
+        IF cmd.classid = 'pg_class'::regclass THEN
+            seqs := seqs || ARRAY(
+                SELECT c.oid FROM pg_class c WHERE c.oid = cmd.objid AND c.relkind = 'S'
+                UNION ALL
+                SELECT d.objid FROM pg_depend d JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S'
+                WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                  AND d.refobjid = cmd.objid AND d.deptype IN ('a', 'i'));
+        END IF;
+    END LOOP;
+    -- Striping is every replica's own business: here too when applying.
+    PERFORM tashkent.stripe_sequence(s) FROM (SELECT DISTINCT unnest(seqs) AS s) u;
+
+    IF current_setting('session_replication_role') = 'replica' THEN
+        RETURN;
+    END IF;
+    dropped := nullif(current_setting('tashkent.dropped', true), '')::jsonb;
+    IF dropped IS NOT NULL THEN
+        PERFORM set_config('tashkent.dropped', '', true);
+        persistent := persistent OR (dropped->>'persistent')::boolean;
+        tables := tables || ARRAY(SELECT jsonb_array_elements_text(dropped->'tables'));
+    END IF;
+    -- Temporary objects only, or nothing changed: nothing to replicate.
+    IF NOT persistent THEN
+        RETURN;
+    END IF;
+
+    GET DIAGNOSTICS ctx = PG_CONTEXT;
+    q := tashkent.statement_start(current_query());
+    IF position(E'\n' IN ctx) > 0
+       OR NOT (q ~* '^(CREATE|ALTER|DROP|COMMENT|GRANT|REVOKE|SECURITY|IMPORT|REFRESH|REASSIGN)\M'
+               OR (tg_tag = 'SELECT INTO' AND q ~* '^(SELECT|WITH)\M')) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'feature_not_supported',
+            MESSAGE = format('%s inside a function or DO block is not replicated by tashkent', tg_tag),
+            HINT = 'Run the DDL statement directly, as a query of its own.';
+    END IF;
+    stmt := extract(epoch FROM statement_timestamp())::text;
+    IF current_setting('tashkent.ddl_at', true) = stmt THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'feature_not_supported',
+            MESSAGE = 'tashkent does not replicate a query string that holds several DDL statements',
+            HINT = 'Send each DDL statement as a query of its own.';
+    END IF;
+    PERFORM set_config('tashkent.ddl_at', stmt, true);
+
+    tables := ARRAY(SELECT t FROM unnest(tables) WITH ORDINALITY AS u(t, ord) GROUP BY t ORDER BY min(ord));
+    PERFORM tashkent.ws_append_ddl(jsonb_build_object(
+        't', coalesce(tables[1], 'tashkent.catalog'),
+        'op', 'X',
+        'sql', current_query(),
+        'tables', to_jsonb(tables),
+        'path', current_setting('search_path'),
+        'tz', current_setting('TimeZone'),
+        'ds', current_setting('DateStyle'),
+        'is', current_setting('IntervalStyle'))::text);
+END
+$$;
+
+-- A dropped table takes its triggers along (and the format-1 functions of
+-- an older install with it). Outside the applier, the dropped tables are
+-- kept (transaction-local) for the statement's "X" entry, which on_ddl_end
+-- writes right after.
+CREATE OR REPLACE FUNCTION tashkent.on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    obj record;
+    prev jsonb;
+BEGIN
+    IF current_setting('tashkent.internal', true) = 'on' THEN
+        RETURN;
+    END IF;
+    FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table' LOOP
+        PERFORM tashkent.drop_capture(obj.objid);
+    END LOOP;
+    IF current_setting('session_replication_role') = 'replica' THEN
+        RETURN;
+    END IF;
+    prev := coalesce(nullif(current_setting('tashkent.dropped', true), '')::jsonb,
+                     '{"tables": [], "persistent": false}');
+    PERFORM set_config('tashkent.dropped', jsonb_build_object(
+        'tables', (prev->'tables') || coalesce((
+            SELECT jsonb_agg(format('%I.%I', d.schema_name, d.object_name) ORDER BY d.ordinality)
+            FROM pg_event_trigger_dropped_objects() WITH ORDINALITY AS d
+            WHERE d.object_type = 'table' AND NOT d.is_temporary
+              AND d.schema_name NOT IN ('tashkent', 'pg_catalog', 'information_schema')
+              AND d.schema_name NOT LIKE 'pg\_%'), '[]'),
+        'persistent', (prev->>'persistent')::boolean
+            OR EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() WHERE NOT is_temporary)
+    )::text, true);
+END
+$$;
+
+DROP EVENT TRIGGER IF EXISTS tashkent_ddl_end;
+CREATE EVENT TRIGGER tashkent_ddl_end ON ddl_command_end EXECUTE FUNCTION tashkent.on_ddl_end();
+ALTER EVENT TRIGGER tashkent_ddl_end ENABLE ALWAYS;
+DROP EVENT TRIGGER IF EXISTS tashkent_sql_drop;
+CREATE EVENT TRIGGER tashkent_sql_drop ON sql_drop EXECUTE FUNCTION tashkent.on_sql_drop();
+ALTER EVENT TRIGGER tashkent_sql_drop ENABLE ALWAYS;
