@@ -715,7 +715,7 @@ async fn every_value_reads_back_identical_on_every_apply_path() {
     // 2. Catching up: with replica 2's proxy down, rows are inserted and
     // updated at once (also several in one transaction); back up, it
     // applies them in batches.
-    drop(cluster.proxies[1].take());
+    cluster.kill_proxy(1).await;
     for _ in 0..120 {
         id += 1;
         w.write(id, &draw_row(&mut rng), false).await;
@@ -730,7 +730,7 @@ async fn every_value_reads_back_identical_on_every_apply_path() {
         w.write(id, &draw_row(&mut rng), true).await;
     }
     w.client.batch_execute("COMMIT").await.unwrap();
-    cluster.proxies[1] = Some(cluster.spawn_proxy(1));
+    cluster.restart_proxy(1).await;
     assert_exact(&cluster, "catch-up batches", seed).await;
 
     // 3. A rebuild: a checkpoint of replica 1, more writes, then replica 2
@@ -743,7 +743,7 @@ async fn every_value_reads_back_identical_on_every_apply_path() {
         let other = rng.random_range(1..=id);
         w.write(other, &draw_row(&mut rng), true).await;
     }
-    drop(cluster.proxies[1].take());
+    cluster.kill_proxy(1).await;
     cluster.rebuild_replica(1, &ckpt, "rebuilt").await;
     assert_exact(&cluster, "rebuild and replay", seed).await;
 }

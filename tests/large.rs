@@ -40,7 +40,7 @@ async fn until_rows(c: &Client, table: &str, want: i64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn million_row_insert_and_copy_replicate_in_bounded_memory() {
-    let cluster = Cluster::start_with_certifier_process(2).await;
+    let cluster = Cluster::start(2).await;
     let origin = cluster.client(0).await;
     let far = cluster.replica(1).await;
     origin
@@ -91,17 +91,17 @@ async fn million_row_insert_and_copy_replicate_in_bounded_memory() {
     let peaks: Vec<(String, u64, u64)> = vec![
         (
             "proxy 1".into(),
-            cluster.peak_rss_kb(cluster.proxies[0].as_ref().unwrap().child.id()),
+            cluster.peak_rss_kb(cluster.proxy_process(0)),
             PROXY_CAP_KB,
         ),
         (
             "proxy 2".into(),
-            cluster.peak_rss_kb(cluster.proxies[1].as_ref().unwrap().child.id()),
+            cluster.peak_rss_kb(cluster.proxy_process(1)),
             PROXY_CAP_KB,
         ),
         (
             "certifier".into(),
-            cluster.peak_rss_kb(cluster.certifier_process.as_ref().unwrap().child.id()),
+            cluster.peak_rss_kb(cluster.certifier_pid().unwrap()),
             CERTIFIER_CAP_KB,
         ),
     ];
@@ -120,7 +120,9 @@ async fn million_row_insert_and_copy_replicate_in_bounded_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_transaction_over_the_cap_fails_with_54000_before_certification() {
     let mut cluster = Cluster::start(2).await;
-    cluster.restart_proxies_with(&["--max-writeset-bytes", "1000000"]);
+    cluster
+        .restart_proxies_with(|p| p.max_writeset_bytes = 1_000_000)
+        .await;
     let c = cluster.client(0).await;
     c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
         .await

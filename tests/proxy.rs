@@ -339,10 +339,10 @@ async fn diverging_features_are_refused_with_0a000() {
 /// pgbench (the real, unmodified client) against proxy `i`.
 fn pgbench(cluster: &Cluster, i: usize, args: &[&str]) -> std::process::Command {
     let tool = cluster.replicas[0].binaries().tool("pgbench").unwrap();
-    let addr = &cluster.proxies[i].as_ref().unwrap().addr;
-    let (host, port) = addr.rsplit_once(':').unwrap();
+    let addr = cluster.proxy_addrs()[i];
     let mut cmd = std::process::Command::new(tool);
-    cmd.args(["-h", host, "-p", port, "-U", "postgres"])
+    cmd.args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-U", "postgres"])
         .args(args)
         .arg("postgres");
     cmd
@@ -465,7 +465,7 @@ async fn proxy_sigkill_under_load_loses_no_acknowledged_commit() {
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    drop(cluster.proxies[1].take()); // SIGKILL
+    cluster.kill_proxy(1).await; // SIGKILL
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut acked = Vec::new();
@@ -476,7 +476,7 @@ async fn proxy_sigkill_under_load_loses_no_acknowledged_commit() {
         acked.iter().any(|id| *id < 4_000_000),
         "no commit through the killed proxy"
     );
-    cluster.proxies[1] = Some(cluster.spawn_proxy(1));
+    cluster.restart_proxy(1).await;
     cluster.assert_identical().await;
     for i in 0..3 {
         let c = cluster.replica(i).await;
@@ -654,8 +654,8 @@ async fn verify_through_the_proxies_finds_a_difference_injected_behind_their_bac
     let verify = |extra: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tashkent"));
         cmd.arg("verify").args(["--chunk-rows", "1000"]);
-        for p in &cluster.proxies {
-            cmd.args(["--proxy", &p.as_ref().unwrap().addr]);
+        for a in cluster.proxy_addrs() {
+            cmd.args(["--proxy", &a.to_string()]);
         }
         cmd.args(extra);
         let out = cmd.output().unwrap();

@@ -56,7 +56,7 @@ fn sqlstate_of(body: &[u8]) -> String {
 }
 
 async fn connected(cluster: &Cluster) -> TcpStream {
-    let addr = &cluster.proxies[0].as_ref().unwrap().addr;
+    let addr = cluster.proxy_addrs()[0];
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(&startup_packet()).await.unwrap();
     let msgs = read_until(&mut s, b'Z').await;
@@ -72,7 +72,7 @@ async fn malformed_input_gets_08p01_and_never_runs_sql() {
     let cluster = Cluster::start(1).await;
 
     // SSL is declined with 'N', then a normal startup works.
-    let addr = cluster.proxies[0].as_ref().unwrap().addr.clone();
+    let addr = cluster.proxy_addrs()[0];
     let mut s = TcpStream::connect(&addr).await.unwrap();
     s.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
     let mut answer = [0u8; 1];

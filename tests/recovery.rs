@@ -337,9 +337,9 @@ async fn restart_with_disk_intact_resumes_from_the_applied_version() {
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Then proxy 3 crashes and comes back.
-    drop(cluster.proxies[2].take());
+    cluster.kill_proxy(2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    cluster.proxies[2] = Some(cluster.spawn_proxy(2));
+    cluster.restart_proxy(2).await;
     targets.lock().unwrap()[2] = cluster.proxy_conninfo(2);
     let before = load.acked();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -381,7 +381,7 @@ async fn replica_without_disk_is_rebuilt_from_a_checkpoint_under_load() {
     insert_serials(&cluster, 1, 20).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     // Replica 2's host dies: proxy and server gone, disk untrusted.
-    drop(cluster.proxies[1].take());
+    cluster.kill_proxy(1).await;
     let text = cluster.rebuild_replica(1, &ckpt_dir, "rebuilt").await;
     assert!(
         text.contains(&format!("at version {}", c.manifest.version)),
@@ -468,10 +468,10 @@ async fn proxy_killed_between_certification_and_local_commit() {
         !side_insert.is_finished(),
         "the insert committed at its origin"
     );
-    drop(cluster.proxies[1].take());
+    cluster.kill_proxy(1).await;
     assert!(side_insert.await.unwrap().is_err());
     blocker.batch_execute("ROLLBACK").await.unwrap();
-    cluster.proxies[1] = Some(cluster.spawn_proxy(1));
+    cluster.restart_proxy(1).await;
     targets.lock().unwrap()[1] = cluster.proxy_conninfo(1);
     let before = load.acked();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -498,14 +498,14 @@ async fn proxy_killed_between_certification_and_local_commit() {
 /// what was in flight and then carry on; nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn certifier_sigkill_and_restart_under_load() {
-    let mut cluster = Cluster::start_with_certifier_process(3).await;
+    let mut cluster = Cluster::start(3).await;
     setup(&cluster).await;
     let targets = targets_of(&cluster);
     let load = Load::start(&targets, &[0, 0, 1, 1, 2, 2]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before_kill = load.acked();
     assert!(before_kill > 0);
-    blocking(|| cluster.restart_certifier_process());
+    cluster.restart_certifier().await;
     let restarted = load.acked();
     tokio::time::sleep(Duration::from_millis(3000)).await;
     assert!(
@@ -566,14 +566,12 @@ async fn purge_then_recover_across_the_purged_range() {
     let load = Load::start(&targets, &[0, 0, 1, 1]);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     // Replica 3 goes away (cleanly; its disk stays intact).
-    drop(cluster.proxies[2].take());
+    cluster.kill_proxy(2).await;
     blocking(|| cluster.replicas[2].stop()).unwrap();
     let r3_applied = {
         // Read it back after a restart later; remember the certifier's
         // view now.
-        let cert = CertifierClient::connect(&cluster.certifier_addr)
-            .await
-            .unwrap();
+        let cert = CertifierClient::connect(cluster.certifier()).await.unwrap();
         cert.status().await.unwrap().durable_version
     };
     tokio::time::sleep(Duration::from_millis(3000)).await;
@@ -583,9 +581,7 @@ async fn purge_then_recover_across_the_purged_range() {
         keep: 1,
         ..CheckpointConfig::default()
     };
-    let cert = CertifierClient::connect(&cluster.certifier_addr)
-        .await
-        .unwrap();
+    let cert = CertifierClient::connect(cluster.certifier()).await.unwrap();
     let (ckpt, first) = checkpoint::checkpoint_and_purge(
         &source(&cluster.replicas[0], 1),
         &cfg,
@@ -602,12 +598,12 @@ async fn purge_then_recover_across_the_purged_range() {
     assert!(first <= ckpt.manifest.version + 1);
     // Replica 3 comes back with its disk: the log it needs is gone.
     blocking(|| cluster.replicas[2].start_postmaster()).unwrap();
-    cluster.proxies[2] = Some(cluster.spawn_proxy(2));
+    cluster.restart_proxy(2).await;
     let refusal = wait_for_refusal(&cluster, 2).await;
     assert!(refusal.contains("purged"), "{refusal}");
     assert!(refusal.contains("tashkent recover"), "{refusal}");
     // Rebuilt from the checkpoint, it replays from there.
-    drop(cluster.proxies[2].take());
+    cluster.kill_proxy(2).await;
     let text = cluster.rebuild_replica(2, &ckpt_dir, "rebuilt").await;
     assert!(
         text.contains(&format!("at version {}", ckpt.manifest.version)),
@@ -658,7 +654,7 @@ async fn damaged_checkpoints_are_refused() {
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(victim.bytes / 2).unwrap();
     drop(f);
-    drop(cluster.proxies[1].take());
+    cluster.kill_proxy(1).await;
     let text = cluster.rebuild_replica(1, &ckpt_dir, "rebuilt").await;
     assert!(
         text.contains(&format!("at version {}", older.manifest.version)),

@@ -1,6 +1,10 @@
 //! A whole tashkent cluster on this machine: N PostgreSQL replicas the
-//! harness initialises, the certifier, and one proxy per replica, all in
-//! this process (the replicas are child processes).
+//! harness initialises, the certifier, and one proxy per replica. The
+//! one orchestrator of the code base: `tashkent up` runs the certifier and
+//! the proxies in its own process ([`Placement::InProcess`]); the tests,
+//! the soak and the bench run each as a child process of the tashkent
+//! binary ([`Placement::Processes`]), so that any part can be SIGKILLed,
+//! restarted and measured on its own.
 //!
 //! State lives in one directory, kept across runs so a second start
 //! resumes the same cluster (its layout: `state_dir`). The cluster file's
@@ -16,7 +20,8 @@ use tashkent_certifier::{CertifierConfig, RunningCertifier};
 use crate::error::{Error, Result};
 use crate::ops::config::ConfigFile;
 use crate::ops::pg::{Durability, PgConfig, PgServer};
-use crate::ops::state_dir::StateDir;
+use crate::ops::process::ChildProcess;
+use crate::ops::state_dir::{Ports, StateDir};
 use crate::ops::{checkpoint, recover};
 use crate::proxy::{ProxyConfig, RunningProxy};
 
@@ -81,11 +86,40 @@ impl ClusterConfig {
     }
 }
 
+/// Where the certifier and the proxies run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Tasks of this process (`tashkent up`).
+    InProcess,
+    /// Child processes of the tashkent binary `exe` (`tashkent certifier
+    /// --config`, `tashkent proxy --config` with files in the state
+    /// directory).
+    Processes { exe: PathBuf },
+}
+
+/// The certifier or a proxy, wherever it runs.
+enum Part<T> {
+    InProcess(T),
+    Process(ChildProcess),
+}
+
 /// A running local cluster; `shutdown` (or drop) stops everything.
+///
+/// Invariants: `replicas[i]` is replica `i + 1` (its proxy is
+/// `proxies[i]`, `None` while stopped) and lives under the state
+/// directory unless a test moved it; a proxy always starts from
+/// `config.proxy` with the cluster's own addresses filled in, so a
+/// restarted proxy is the proxy that ran before; the certifier keeps its
+/// address and its log across restarts.
 pub struct LocalCluster {
     pub replicas: Vec<PgServer>,
-    proxies: Vec<RunningProxy>,
-    certifier: Option<RunningCertifier>,
+    proxies: Vec<Option<Part<RunningProxy>>>,
+    certifier: Option<Part<RunningCertifier>>,
+    /// Where the certifier listens (kept across its restarts).
+    certifier_listen: SocketAddr,
+    /// Where each proxy listens (kept across its restarts).
+    proxy_listen: Vec<SocketAddr>,
+    placement: Placement,
     state: StateDir,
     /// The configuration it was started with (recovery rebuilds replicas
     /// and proxies from it).
@@ -93,8 +127,15 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Starts (or resumes) the cluster `file` describes.
+    /// Starts (or resumes) the cluster `file` describes, all in this
+    /// process.
     pub async fn start(file: &ConfigFile) -> Result<LocalCluster> {
+        LocalCluster::start_placed(file, Placement::InProcess).await
+    }
+
+    /// Starts (or resumes) the cluster `file` describes, its certifier
+    /// and proxies placed as `placement` says.
+    pub async fn start_placed(file: &ConfigFile, placement: Placement) -> Result<LocalCluster> {
         let cfg = &file.cluster;
         cfg.validate()?;
         let root = std::path::absolute(&cfg.state_dir)
@@ -102,7 +143,7 @@ impl LocalCluster {
         std::fs::create_dir_all(&root)
             .map_err(Error::io(format!("creating {}", root.display())))?;
         let state = StateDir::new(&root);
-        let mut ports = state.ports()?;
+        let ports = state.ports()?;
         let mut replicas = Vec::new();
         for i in 1..=cfg.replicas {
             let base = state.replica_base(i);
@@ -124,21 +165,13 @@ impl LocalCluster {
             replicas,
             proxies: Vec::new(),
             certifier: None,
+            certifier_listen: SocketAddr::from(([127, 0, 0, 1], ports.certifier)),
+            proxy_listen: Vec::new(),
+            placement,
             state: state.clone(),
             config: file.clone(),
         };
-        let certifier = tashkent_certifier::start(CertifierConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], ports.certifier)),
-            wal_dir: state.certifier_wal(),
-            ..file.certifier.clone()
-        })
-        .await
-        .map_err(|source| Error::Certifier {
-            context: "starting the certifier".into(),
-            source,
-        })?;
-        ports.certifier = certifier.local_addr().port();
-        cluster.certifier = Some(certifier);
+        cluster.start_certifier().await?;
         for i in 0..cluster.replicas.len() {
             let port = ports
                 .proxies
@@ -149,17 +182,151 @@ impl LocalCluster {
                 } else {
                     cfg.proxy_port + i as u16
                 });
-            let listen = SocketAddr::from(([127, 0, 0, 1], port));
-            let proxy = crate::proxy::start(cluster.proxy_config(i, listen)).await?;
-            cluster.proxies.push(proxy);
+            cluster
+                .proxy_listen
+                .push(SocketAddr::from(([127, 0, 0, 1], port)));
+            cluster.proxies.push(None);
+            cluster.start_proxy(i).await?;
         }
-        ports.proxies = cluster
-            .proxies
-            .iter()
-            .map(|p| p.local_addr().port())
-            .collect();
-        state.write_ports(&ports)?;
+        state.write_ports(&Ports {
+            certifier: cluster.certifier_listen.port(),
+            proxies: cluster.proxy_listen.iter().map(|a| a.port()).collect(),
+        })?;
         Ok(cluster)
+    }
+
+    /// Starts the certifier (again) on its address with its log.
+    pub async fn start_certifier(&mut self) -> Result<()> {
+        self.stop_certifier().await?;
+        let cfg = CertifierConfig {
+            listen: self.certifier_listen,
+            wal_dir: self.state.certifier_wal(),
+            ..self.config.certifier.clone()
+        };
+        let part = match &self.placement {
+            Placement::InProcess => {
+                Part::InProcess(tashkent_certifier::start(cfg).await.map_err(|source| {
+                    Error::Certifier {
+                        context: "starting the certifier".into(),
+                        source,
+                    }
+                })?)
+            }
+            Placement::Processes { exe } => {
+                let file = self.state.certifier_config_file();
+                write_section(&file, "certifier", &cfg)?;
+                let args = vec!["certifier".into(), "--config".into(), path_arg(&file)];
+                let exe = exe.clone();
+                Part::Process(
+                    tokio::task::spawn_blocking(move || {
+                        ChildProcess::spawn(&exe, "certifier", &args)
+                    })
+                    .await
+                    .map_err(|e| Error::Config(format!("starting the certifier: {e}")))??,
+                )
+            }
+        };
+        self.certifier_listen = part_addr(&part, |c: &RunningCertifier| c.local_addr());
+        self.certifier = Some(part);
+        Ok(())
+    }
+
+    /// SIGKILLs the certifier (a child process), or stops it (in process).
+    pub async fn kill_certifier(&mut self) -> Result<()> {
+        match self.certifier.take() {
+            Some(Part::Process(p)) => {
+                tokio::task::spawn_blocking(move || p.kill())
+                    .await
+                    .map_err(|e| Error::Config(format!("killing the certifier: {e}")))?;
+                Ok(())
+            }
+            other => {
+                self.certifier = other;
+                self.stop_certifier().await
+            }
+        }
+    }
+
+    async fn stop_certifier(&mut self) -> Result<()> {
+        match self.certifier.take() {
+            None => Ok(()),
+            Some(Part::InProcess(c)) => c.shutdown().await.map_err(|source| Error::Certifier {
+                context: "stopping the certifier".into(),
+                source,
+            }),
+            Some(Part::Process(p)) => tokio::task::spawn_blocking(move || p.terminate())
+                .await
+                .map_err(|e| Error::Config(format!("stopping the certifier: {e}"))),
+        }
+    }
+
+    /// Starts the proxy of replica `i` (0-based; stopping it first if it
+    /// runs) on its address, from the `[proxy]` template.
+    pub async fn start_proxy(&mut self, i: usize) -> Result<()> {
+        self.stop_proxy(i).await;
+        let cfg = self.proxy_config(i, self.proxy_listen[i]);
+        let part = match &self.placement {
+            Placement::InProcess => Part::InProcess(crate::proxy::start(cfg).await?),
+            Placement::Processes { exe } => {
+                let file = self.state.proxy_config_file(i as u32 + 1);
+                write_section(&file, "proxy", &cfg)?;
+                let args = vec!["proxy".into(), "--config".into(), path_arg(&file)];
+                let exe = exe.clone();
+                let name = format!("proxy {}", i + 1);
+                Part::Process(
+                    tokio::task::spawn_blocking(move || ChildProcess::spawn(&exe, &name, &args))
+                        .await
+                        .map_err(|e| Error::Config(format!("starting proxy {}: {e}", i + 1)))??,
+                )
+            }
+        };
+        self.proxy_listen[i] = part_addr(&part, |p: &RunningProxy| p.local_addr());
+        self.proxies[i] = Some(part);
+        Ok(())
+    }
+
+    /// SIGKILLs the proxy of replica `i` (a child process), or stops it
+    /// (in process).
+    pub async fn kill_proxy(&mut self, i: usize) {
+        match self.proxies[i].take() {
+            Some(Part::Process(p)) => {
+                let _ = tokio::task::spawn_blocking(move || p.kill()).await;
+            }
+            Some(Part::InProcess(p)) => p.shutdown().await,
+            None => {}
+        }
+    }
+
+    /// Stops the proxy of replica `i` gracefully (SIGTERM for a process).
+    pub async fn stop_proxy(&mut self, i: usize) {
+        match self.proxies[i].take() {
+            Some(Part::Process(p)) => {
+                let _ = tokio::task::spawn_blocking(move || p.terminate()).await;
+            }
+            Some(Part::InProcess(p)) => p.shutdown().await,
+            None => {}
+        }
+    }
+
+    /// Changes the `[proxy]` template; proxies started from now on use it.
+    pub fn edit_proxy_template(&mut self, edit: impl FnOnce(&mut ProxyConfig)) {
+        edit(&mut self.config.proxy);
+    }
+
+    /// The process id of proxy `i`, when it runs as a child process.
+    pub fn proxy_pid(&self, i: usize) -> Option<u32> {
+        match self.proxies[i].as_ref()? {
+            Part::Process(p) => Some(p.pid()),
+            Part::InProcess(_) => None,
+        }
+    }
+
+    /// The process id of the certifier, when it runs as a child process.
+    pub fn certifier_pid(&self) -> Option<u32> {
+        match self.certifier.as_ref()? {
+            Part::Process(p) => Some(p.pid()),
+            Part::InProcess(_) => None,
+        }
     }
 
     /// The settings of replica `i`'s proxy (0-based): the file's `[proxy]`
@@ -185,17 +352,18 @@ impl LocalCluster {
         self.state.root()
     }
 
+    /// Where each proxy listens (also while one is stopped).
     pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
-        self.proxies.iter().map(|p| p.local_addr()).collect()
+        self.proxy_listen.clone()
     }
 
     pub fn certifier_addr(&self) -> Option<SocketAddr> {
-        self.certifier.as_ref().map(|c| c.local_addr())
+        self.certifier.as_ref().map(|_| self.certifier_listen)
     }
 
     /// libpq connection string of proxy `i` (0-based).
     pub fn proxy_conninfo(&self, i: usize) -> String {
-        let a = self.proxies[i].local_addr();
+        let a = self.proxy_listen[i];
         format!(
             "host={} port={} user=postgres dbname={}",
             a.ip(),
@@ -302,8 +470,7 @@ impl LocalCluster {
         i: usize,
         cfg: &checkpoint::CheckpointConfig,
     ) -> Result<recover::Restored> {
-        let listen = self.proxies[i].local_addr();
-        self.proxies.remove(i).shutdown().await;
+        self.stop_proxy(i).await;
         let first = self
             .certifier_client()
             .await?
@@ -341,8 +508,7 @@ impl LocalCluster {
         )
         .await?;
         let seconds = started.elapsed().as_secs_f64();
-        let proxy = crate::proxy::start(self.proxy_config(i, listen)).await?;
-        self.proxies.insert(i, proxy);
+        self.start_proxy(i).await?;
         Ok(recover::Restored {
             checkpoint: choice.checkpoint,
             refused: choice.refused,
@@ -353,15 +519,10 @@ impl LocalCluster {
 
     /// Stops the proxies, the certifier and the replicas, in that order.
     pub async fn shutdown(mut self) -> Result<()> {
-        for p in self.proxies.drain(..) {
-            p.shutdown().await;
+        for i in 0..self.proxies.len() {
+            self.stop_proxy(i).await;
         }
-        if let Some(c) = self.certifier.take() {
-            c.shutdown().await.map_err(|source| Error::Certifier {
-                context: "stopping the certifier".into(),
-                source,
-            })?;
-        }
+        self.stop_certifier().await?;
         let replicas = std::mem::take(&mut self.replicas);
         tokio::task::spawn_blocking(move || {
             for mut r in replicas {
@@ -373,4 +534,36 @@ impl LocalCluster {
         .map_err(|e| Error::Config(format!("stopping replicas: {e}")))??;
         Ok(())
     }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        // Proxies first: they hold connections to the replicas and the
+        // certifier. Processes are SIGKILLed, tasks stopped.
+        self.proxies.clear();
+        self.certifier = None;
+    }
+}
+
+fn part_addr<T>(part: &Part<T>, in_process: impl Fn(&T) -> SocketAddr) -> SocketAddr {
+    match part {
+        Part::InProcess(t) => in_process(t),
+        Part::Process(p) => p.addr(),
+    }
+}
+
+fn path_arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Writes `value` as the TOML section `[name]` of a file of its own.
+fn write_section<T: Serialize>(path: &Path, name: &str, value: &T) -> Result<()> {
+    let mut table = toml::Table::new();
+    table.insert(
+        name.to_owned(),
+        toml::Value::try_from(value)
+            .map_err(|e| Error::Config(format!("writing [{name}] settings: {e}")))?,
+    );
+    std::fs::write(path, table.to_string())
+        .map_err(Error::io(format!("writing {}", path.display())))
 }

@@ -4,7 +4,8 @@
 //! - [`pg`]: the PostgreSQL harness (binaries, initdb, start/stop/kill);
 //! - [`config`]: the cluster file, every section read once;
 //! - [`state_dir`]: the layout of a local cluster's state directory;
-//! - [`cluster`]: a whole local cluster (`tashkent up`, the bench, tests);
+//! - [`cluster`]: a whole local cluster (`tashkent up`, the bench, tests),
+//!   its parts in this process or as child processes ([`process`]);
 //! - [`checkpoint`], [`recover`]: consistent dumps and rebuilding a replica;
 //! - [`verify`]: are the replicas identical?
 
@@ -12,6 +13,7 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod config;
 pub mod pg;
+pub mod process;
 pub mod recover;
 pub mod state_dir;
 pub mod verify;

@@ -8,6 +8,8 @@
 //! <state>/certifier-wal/    the certifier's log (and spool/ inside it)
 //! <state>/checkpoints/      checkpoints (`[checkpoint] dir`, relative to <state>)
 //! <state>/ports.json        ports chosen at the first start, kept for the next
+//! <state>/proxy-<i>.toml    settings of proxy i when it runs as a process
+//! <state>/certifier.toml    settings of the certifier when it runs as a process
 //! ```
 //!
 //! `ports.json` is a JSON object `{"certifier": <port>, "proxies": [<port>, ...]}`
@@ -57,6 +59,16 @@ impl StateDir {
     /// `dir` stays as it is).
     pub fn checkpoints(&self, dir: &Path) -> PathBuf {
         self.root.join(dir)
+    }
+
+    /// The `[proxy]` file a proxy process of replica `id` is started with.
+    pub fn proxy_config_file(&self, id: u32) -> PathBuf {
+        self.root.join(format!("proxy-{id}.toml"))
+    }
+
+    /// The `[certifier]` file a certifier process is started with.
+    pub fn certifier_config_file(&self) -> PathBuf {
+        self.root.join("certifier.toml")
     }
 
     fn ports_file(&self) -> PathBuf {

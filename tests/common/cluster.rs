@@ -1,133 +1,65 @@
-//! A whole tashkent cluster for integration tests: N PostgreSQL replicas
-//! (the harness), one certifier in this process, and one `tashkent proxy`
-//! child process per replica. Everything is torn down on drop.
+//! A whole tashkent cluster for integration tests: the library's own
+//! orchestrator (`ops::cluster::LocalCluster`) with its certifier and
+//! proxies as child processes of the tashkent binary under test, in a
+//! temporary state directory, plus what the tests check with. Everything
+//! is torn down on drop.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::ops::{Deref, DerefMut};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use tashkent::ops::cluster::{ClusterConfig, LocalCluster, Placement};
+use tashkent::ops::config::ConfigFile;
 use tashkent::ops::pg::{PgConfig, PgServer};
-use tashkent_certifier::{CertifierClient, CertifierConfig, RunningCertifier};
+use tashkent::proxy::ProxyConfig;
+use tashkent_certifier::{CertifierClient, CertifierConfig};
 use tokio_postgres::Client;
 
 use super::{connect, connect_str, shared_tempdir};
 
 pub struct Cluster {
-    pub replicas: Vec<PgServer>,
-    pub proxies: Vec<Option<ProxyProcess>>,
-    pub certifier: Option<RunningCertifier>,
-    pub certifier_addr: String,
-    /// The certifier as a `tashkent certifier` child process (instead of
-    /// `certifier`), see [`Cluster::start_with_certifier_process`].
-    pub certifier_process: Option<CertifierProcess>,
-    /// Flags every proxy started from now on gets.
-    pub proxy_args: Vec<String>,
+    inner: LocalCluster,
     _dir: tempfile::TempDir,
 }
 
-/// A `tashkent certifier` child process, SIGKILLed on drop.
-pub struct CertifierProcess {
-    pub child: Child,
-    pub addr: String,
-    pub wal_dir: std::path::PathBuf,
-}
-
-impl CertifierProcess {
-    /// Starts `tashkent certifier --listen <listen> --wal-dir <wal_dir>`
-    /// (plus `extra` flags) and waits for its `listening on ADDR` line.
-    pub fn spawn(wal_dir: &std::path::Path, listen: &str, extra: &[&str]) -> CertifierProcess {
-        let (child, addr) = spawn_listening(
-            Command::new(env!("CARGO_BIN_EXE_tashkent"))
-                .args(["certifier", "--listen", listen, "--wal-dir"])
-                .arg(wal_dir)
-                .args(extra),
-            "certifier",
-        );
-        CertifierProcess {
-            child,
-            addr,
-            wal_dir: wal_dir.to_path_buf(),
-        }
-    }
-
-    /// SIGKILL, and wait until it is gone.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Deref for Cluster {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        &self.inner
     }
 }
 
-impl Drop for CertifierProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A `tashkent proxy` child process, SIGKILLed on drop.
-pub struct ProxyProcess {
-    pub child: Child,
-    pub addr: String,
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut LocalCluster {
+        &mut self.inner
     }
 }
 
 impl Cluster {
-    /// Like [`Cluster::start`], with the in-process certifier's
-    /// configuration adjusted by `adjust`.
+    /// `n` replicas, the certifier configured by `adjust`.
     pub async fn start_with(n: usize, adjust: impl FnOnce(&mut CertifierConfig)) -> Cluster {
         let dir = shared_tempdir();
-        let mut cfg = CertifierConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            wal_dir: dir.path().join("wal"),
-            ..CertifierConfig::default()
+        let mut file = ConfigFile {
+            cluster: ClusterConfig {
+                state_dir: dir.path().join("state"),
+                replicas: n as u32,
+                ..ClusterConfig::default()
+            },
+            ..ConfigFile::default()
         };
-        adjust(&mut cfg);
-        let certifier = tashkent_certifier::start(cfg)
+        adjust(&mut file.certifier);
+        let placement = Placement::Processes {
+            exe: env!("CARGO_BIN_EXE_tashkent").into(),
+        };
+        let inner = LocalCluster::start_placed(&file, placement)
             .await
-            .expect("starting the certifier");
-        let addr = certifier.local_addr().to_string();
-        Cluster::assemble(n, dir, Some(certifier), None, addr)
+            .expect("starting the cluster");
+        Cluster { inner, _dir: dir }
     }
 
-    /// Like [`Cluster::start`], with the certifier as a `tashkent
-    /// certifier` child process (so that it can be SIGKILLed).
-    pub async fn start_with_certifier_process(n: usize) -> Cluster {
-        let dir = shared_tempdir();
-        let process = CertifierProcess::spawn(&dir.path().join("wal"), "127.0.0.1:0", &[]);
-        let addr = process.addr.clone();
-        Cluster::assemble(n, dir, None, Some(process), addr)
-    }
-
-    fn assemble(
-        n: usize,
-        dir: tempfile::TempDir,
-        certifier: Option<RunningCertifier>,
-        certifier_process: Option<CertifierProcess>,
-        certifier_addr: String,
-    ) -> Cluster {
-        let replicas: Vec<PgServer> = (0..n)
-            .map(|_| PgServer::start(PgConfig::default()).expect("starting a replica"))
-            .collect();
-        let mut cluster = Cluster {
-            replicas,
-            proxies: Vec::new(),
-            proxy_args: Vec::new(),
-            certifier,
-            certifier_addr,
-            certifier_process,
-            _dir: dir,
-        };
-        for i in 0..n {
-            let p = cluster.spawn_proxy(i);
-            cluster.proxies.push(Some(p));
-        }
-        cluster
+    pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, |_| {}).await
     }
 
     /// The cluster's temporary directory (world-traversable).
@@ -135,46 +67,39 @@ impl Cluster {
         self._dir.path()
     }
 
-    /// SIGKILLs the certifier child process and starts it again on the
-    /// same address and WAL.
-    pub fn restart_certifier_process(&mut self) {
-        let mut old = self
-            .certifier_process
-            .take()
-            .expect("the certifier runs as a child process");
-        old.kill();
-        let wal_dir = old.wal_dir.clone();
-        drop(old);
-        self.certifier_process = Some(CertifierProcess::spawn(&wal_dir, &self.certifier_addr, &[]));
+    /// The certifier's address.
+    pub fn certifier(&self) -> String {
+        self.certifier_addr()
+            .expect("the certifier runs")
+            .to_string()
     }
 
-    pub async fn start(n: usize) -> Cluster {
-        Cluster::start_with(n, |_| {}).await
+    /// SIGKILLs the certifier and starts it again on the same address
+    /// and log.
+    pub async fn restart_certifier(&mut self) {
+        self.kill_certifier().await.unwrap();
+        self.start_certifier()
+            .await
+            .expect("restarting the certifier");
     }
 
-    /// Starts the proxy of replica `i` (0-based) as a child process.
-    pub fn spawn_proxy(&self, i: usize) -> ProxyProcess {
-        let pg = &self.replicas[i];
-        let (child, addr) = spawn_listening(
-            Command::new(env!("CARGO_BIN_EXE_tashkent"))
-                .args(["proxy", "--listen", "127.0.0.1:0", "--pg-host", pg.host()])
-                .args(["--pg-port", &pg.port().to_string()])
-                .args(["--replica-id", &(i + 1).to_string()])
-                .args(["--replicas", &self.replicas.len().to_string()])
-                .args(["--certifier", &self.certifier_addr])
-                .args(&self.proxy_args),
-            &format!("proxy {}", i + 1),
-        );
-        ProxyProcess { child, addr }
+    /// Starts (again) the proxy of replica `i` (0-based).
+    pub async fn restart_proxy(&mut self, i: usize) {
+        self.start_proxy(i).await.expect("starting a proxy");
     }
 
-    /// Stops every proxy and starts them again with `args` added.
-    pub fn restart_proxies_with(&mut self, args: &[&str]) {
-        self.proxy_args = args.iter().map(|a| a.to_string()).collect();
-        for i in 0..self.proxies.len() {
-            drop(self.proxies[i].take());
-            self.proxies[i] = Some(self.spawn_proxy(i));
+    /// Stops every proxy and starts them again with `edit` applied to
+    /// their settings.
+    pub async fn restart_proxies_with(&mut self, edit: impl FnOnce(&mut ProxyConfig)) {
+        self.edit_proxy_template(edit);
+        for i in 0..self.replicas.len() {
+            self.restart_proxy(i).await;
         }
+    }
+
+    /// Process id of the proxy of replica `i`.
+    pub fn proxy_process(&self, i: usize) -> u32 {
+        self.proxy_pid(i).expect("the proxy runs as a process")
     }
 
     /// Peak resident memory (kB) of the proxy of replica `i` and of the
@@ -186,13 +111,6 @@ impl Cluster {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmHWM")
-    }
-
-    /// libpq connection string of proxy `i`.
-    pub fn proxy_conninfo(&self, i: usize) -> String {
-        let addr = &self.proxies[i].as_ref().expect("proxy running").addr;
-        let (host, port) = addr.rsplit_once(':').unwrap();
-        format!("host={host} port={port} user=postgres dbname=postgres")
     }
 
     /// A client connected through proxy `i`.
@@ -208,9 +126,7 @@ impl Cluster {
     /// Waits until every replica has applied everything the certifier
     /// made durable.
     pub async fn wait_converged(&self) {
-        let cert = CertifierClient::connect(&self.certifier_addr)
-            .await
-            .unwrap();
+        let cert = CertifierClient::connect(self.certifier()).await.unwrap();
         let target = cert.status().await.unwrap().durable_version;
         let deadline = Instant::now() + Duration::from_secs(60);
         for i in 0..self.replicas.len() {
@@ -259,42 +175,6 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Proxies first (they hold connections to the replicas).
-        self.proxies.clear();
-    }
-}
-
-/// Spawns a tashkent server process (logging at warn) and waits for its
-/// `listening on ADDR` line; the rest of its stdout is drained in the
-/// background so it never blocks on a full pipe.
-pub fn spawn_listening(cmd: &mut Command, what: &str) -> (Child, String) {
-    let mut child = cmd
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning the {what}: {e}"));
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(a) = line.strip_prefix("listening on ") {
-                    break a.trim().to_string();
-                }
-            }
-            other => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{what} ended before listening: {other:?}");
-            }
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
-}
-
 /// Runs the `tashkent` binary (logging at warn); success and output.
 pub fn tashkent(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tashkent"))
@@ -333,7 +213,7 @@ impl Cluster {
                 "--dir",
                 dir.to_str().unwrap(),
                 "--certifier",
-                &self.certifier_addr,
+                &self.certifier(),
             ])
         });
         assert!(ok, "tashkent checkpoint failed:\n{text}");
@@ -355,6 +235,7 @@ impl Cluster {
         let base: std::path::PathBuf = cluster.dir().join(format!("replica-{}-{tag}", i + 1));
         let replicas = cluster.replicas.len().to_string();
         let id = (i + 1).to_string();
+        let certifier = cluster.certifier();
         let (ok, text) = blocking(|| {
             tashkent(&[
                 "recover",
@@ -367,7 +248,7 @@ impl Cluster {
                 "--replicas",
                 &replicas,
                 "--certifier",
-                &cluster.certifier_addr,
+                &certifier,
             ])
         });
         assert!(ok, "tashkent recover failed:\n{text}");
@@ -378,7 +259,7 @@ impl Cluster {
             })
         })
         .unwrap();
-        cluster.proxies[i] = Some(cluster.spawn_proxy(i));
+        cluster.restart_proxy(i).await;
         text
     }
 }

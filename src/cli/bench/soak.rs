@@ -9,16 +9,16 @@
 //! short too, and the replicas identical (`verify`).
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use tashkent_tpcb::{RunConfig, Workload};
 
-use tashkent::ops::pg::{connect, PgConfig, PgServer};
+use tashkent::ops::cluster::{ClusterConfig, LocalCluster, Placement};
+use tashkent::ops::config::ConfigFile;
+use tashkent::ops::pg::connect;
 
 /// Flags of `tashkent bench soak`.
 #[derive(Debug, Clone, clap::Args)]
@@ -50,55 +50,7 @@ pub struct SoakArgs {
     pub work_dir: Option<PathBuf>,
 }
 
-/// One tashkent process of the soak cluster, killed on drop.
-struct Process {
-    name: String,
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `tashkent <args>` and waits for its `listening on ADDR` line.
-fn spawn(name: &str, args: &[String]) -> Result<Process> {
-    let exe = std::env::current_exe().context("locating the tashkent binary")?;
-    let mut child = Command::new(exe)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting the {name}"))?;
-    let stdout = child.stdout.take().context("the child's stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        match lines.next() {
-            Some(Ok(l)) => {
-                if let Some(a) = l.strip_prefix("listening on ") {
-                    break a.trim().to_owned();
-                }
-            }
-            _ => {
-                let _ = child.kill();
-                bail!("the {name} exited before listening");
-            }
-        }
-    };
-    // Keep draining its stdout so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Ok(Process {
-        name: name.to_owned(),
-        child,
-        addr,
-    })
-}
-
+/// Resident memory of `pid` in kB (VmRSS).
 fn rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -203,56 +155,18 @@ pub fn main(args: SoakArgs) -> Result<()> {
 
 async fn soak(args: &SoakArgs) -> Result<SoakReport> {
     let dir = super::work_dir(args.work_dir.as_deref())?;
-    let mut replicas = Vec::new();
-    for i in 1..=args.replicas {
-        let base = dir.path().join(format!("replica-{i}"));
-        replicas.push(
-            tokio::task::spawn_blocking(move || {
-                PgServer::start(PgConfig {
-                    base_dir: Some(base),
-                    ..PgConfig::default()
-                })
-            })
-            .await??,
-        );
-    }
-    let certifier = spawn(
-        "certifier",
-        &[
-            "certifier".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--wal-dir".into(),
-            dir.path().join("wal").display().to_string(),
-        ],
-    )?;
-    let mut proxies = Vec::new();
-    for (i, pg) in replicas.iter().enumerate() {
-        proxies.push(spawn(
-            &format!("proxy {}", i + 1),
-            &[
-                "proxy".into(),
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--pg-host".into(),
-                pg.host().into(),
-                "--pg-port".into(),
-                pg.port().to_string(),
-                "--replica-id".into(),
-                (i + 1).to_string(),
-                "--replicas".into(),
-                args.replicas.to_string(),
-                "--certifier".into(),
-                certifier.addr.clone(),
-            ],
-        )?);
-    }
-    let targets: Vec<String> = proxies
-        .iter()
-        .map(|p| {
-            let (host, port) = p.addr.rsplit_once(':').unwrap_or((&p.addr, "0"));
-            format!("host={host} port={port} user=postgres dbname=postgres")
-        })
+    let file = ConfigFile {
+        cluster: ClusterConfig {
+            state_dir: dir.path().join("state"),
+            replicas: args.replicas,
+            ..ClusterConfig::default()
+        },
+        ..ConfigFile::default()
+    };
+    let exe = std::env::current_exe().context("locating the tashkent binary")?;
+    let cluster = LocalCluster::start_placed(&file, Placement::Processes { exe }).await?;
+    let targets: Vec<String> = (0..cluster.replicas.len())
+        .map(|i| cluster.proxy_conninfo(i))
         .collect();
     eprintln!(
         "soak: {} replica(s), {} clients, {} s of AllUpdates ({} s warm-up), sampling every {} s",
@@ -261,8 +175,14 @@ async fn soak(args: &SoakArgs) -> Result<SoakReport> {
     tashkent_tpcb::load(&targets[0], Workload::AllUpdates, 1)
         .await
         .context("loading the table")?;
-    let processes: Vec<&Process> = std::iter::once(&certifier).chain(&proxies).collect();
-    let pids: Vec<u32> = processes.iter().map(|p| p.child.id()).collect();
+    let mut processes = vec![("certifier".to_string(), cluster.certifier_pid())];
+    for i in 0..cluster.replicas.len() {
+        processes.push((format!("proxy {}", i + 1), cluster.proxy_pid(i)));
+    }
+    let pids: Vec<u32> = processes
+        .iter()
+        .map(|(name, pid)| pid.with_context(|| format!("the {name} is not a process")))
+        .collect::<Result<_>>()?;
     let cfg = RunConfig {
         clients: args.clients,
         duration: Duration::from_secs(args.duration),
@@ -294,7 +214,7 @@ async fn soak(args: &SoakArgs) -> Result<SoakReport> {
     ));
     let mut problems = Vec::new();
     let mut after_warmup = Vec::new();
-    for (i, p) in processes.iter().enumerate() {
+    for (i, (name, _)) in processes.iter().enumerate() {
         let at = samples
             .iter()
             .rev()
@@ -310,7 +230,7 @@ async fn soak(args: &SoakArgs) -> Result<SoakReport> {
         if max > at + args.max_growth_mb * 1024 {
             problems.push(format!(
                 "{} grew from {:.1} MiB to {:.1} MiB after the warm-up",
-                p.name,
+                name,
                 at as f64 / 1024.0,
                 max as f64 / 1024.0
             ));
@@ -318,7 +238,7 @@ async fn soak(args: &SoakArgs) -> Result<SoakReport> {
         after_warmup.push((at, max, end));
     }
     let mut applied_rows = Vec::new();
-    for r in &replicas {
+    for r in &cluster.replicas {
         let c = connect(&r.conninfo("postgres")).await?;
         // Everything committed is applied before the log is counted.
         let n: i64 = c
@@ -334,8 +254,9 @@ async fn soak(args: &SoakArgs) -> Result<SoakReport> {
         }
         applied_rows.push(n);
     }
-    if replicas.len() > 1 {
-        let targets: Vec<tashkent::ops::verify::Target> = replicas
+    if cluster.replicas.len() > 1 {
+        let targets: Vec<tashkent::ops::verify::Target> = cluster
+            .replicas
             .iter()
             .enumerate()
             .map(|(i, r)| tashkent::ops::verify::Target {
@@ -351,7 +272,7 @@ async fn soak(args: &SoakArgs) -> Result<SoakReport> {
         }
     }
     Ok(SoakReport {
-        processes: processes.iter().map(|p| p.name.clone()).collect(),
+        processes: processes.into_iter().map(|(name, _)| name).collect(),
         samples,
         warmup_s: args.warmup,
         committed: stats.committed,

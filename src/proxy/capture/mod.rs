@@ -182,7 +182,9 @@ pub async fn install(client: &Client, max_writeset_bytes: u64) -> Result<()> {
                 "writing the capture library {file} into the data directory"
             )))?;
     }
-    let sql = INSTALL_SQL.concat().replace("@LIBRARY@", &format!("./{file}"));
+    let sql = INSTALL_SQL
+        .concat()
+        .replace("@LIBRARY@", &format!("./{file}"));
     client
         .batch_execute(&sql)
         .await

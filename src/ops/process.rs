@@ -1,0 +1,141 @@
+//! A tashkent server (`tashkent certifier`, `tashkent proxy`) as a child
+//! process: started, found by the `listening on ADDR` line it prints,
+//! SIGKILLed on drop. A local cluster placed in processes is made of
+//! these, so each part can be killed and measured on its own.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub use nix::sys::signal::Signal;
+
+use crate::error::{Error, Result};
+
+/// How long a server may take to print its address.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to exit after SIGTERM before it is killed.
+const TERM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running server process; SIGKILLed (and reaped) when dropped.
+///
+/// Invariant: `child` has printed `listening on <addr>`; its stdout is
+/// drained by a thread of its own, so it never blocks on a full pipe.
+#[derive(Debug)]
+pub struct ChildProcess {
+    name: String,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ChildProcess {
+    /// Starts `exe args…` (logging at `RUST_LOG=warn` unless set) and
+    /// waits until it listens.
+    pub fn spawn(exe: &Path, name: &str, args: &[String]) -> Result<ChildProcess> {
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn");
+        }
+        let mut child = cmd.spawn().map_err(Error::io(format!(
+            "starting the {name} ({})",
+            exe.display()
+        )))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The thread reads the address line, then keeps draining.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(a) = line.strip_prefix("listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(a.trim().to_owned());
+                    }
+                }
+            }
+        });
+        let mut process = ChildProcess {
+            name: name.to_owned(),
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        let line = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => break line,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    if let Ok(Some(status)) = process.child.try_wait() {
+                        return Err(Error::Config(format!(
+                            "the {name} exited ({status}) before listening"
+                        )));
+                    }
+                }
+                Err(_) => {
+                    return Err(Error::Config(format!(
+                        "the {name} did not print its address in {} s",
+                        LISTEN_TIMEOUT.as_secs()
+                    )))
+                }
+            }
+        };
+        process.addr = line
+            .parse()
+            .map_err(|e| Error::Config(format!("the {name} printed the address {line:?}: {e}")))?;
+        Ok(process)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    pub fn kill(mut self) {
+        self.kill_now();
+    }
+
+    fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited in 10 s.
+    pub fn terminate(self) {
+        self.stop_with(Signal::SIGTERM);
+    }
+
+    /// Sends `signal` and waits up to 10 s for the process to exit: its
+    /// exit status, or `None` when it had to be killed.
+    pub fn stop_with(mut self, signal: Signal) -> Option<ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if nix::sys::signal::kill(pid, signal).is_ok() {
+            let deadline = Instant::now() + TERM_TIMEOUT;
+            while Instant::now() < deadline {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    return Some(status);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.kill_now();
+        None
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
+}
