@@ -1,6 +1,6 @@
 //! Writeset capture on one real replica, applied on another.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::connect;

@@ -1,7 +1,7 @@
 //! The replica proxy end to end: 3 PostgreSQL replicas, 1 certifier,
 //! 3 `tashkent proxy` processes, real clients.
 
-mod common;
+use crate::common;
 
 use common::cluster::Cluster;
 use tokio_postgres::error::SqlState;

@@ -1,7 +1,7 @@
 //! The proxy's wire protocol edge: real clients (psql, COPY, cancel) and
 //! malformed input over a raw socket.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

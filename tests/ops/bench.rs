@@ -2,7 +2,7 @@
 //! workloads on every system at 1 and 2 replicas, and the files it writes.
 //! Timings are not asserted, only that every figure is there.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 

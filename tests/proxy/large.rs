@@ -3,7 +3,7 @@
 //! writable; no tashkent process's memory grows with them. A transaction
 //! larger than the cluster accepts fails with 54000 before certification.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! The PostgreSQL harness against real servers.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,6 @@
 //! `tashkent up` as a newcomer runs it: a real process, real signals.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

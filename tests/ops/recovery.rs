@@ -5,7 +5,7 @@
 //! commit is present on every replica, no aborted one is, the replicas are
 //! identical and TPC-B's invariant holds everywhere.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

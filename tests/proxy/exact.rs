@@ -6,7 +6,7 @@
 //!
 //! Seeded: the seed is printed; `TASHKENT_EXACT_SEED=<seed>` replays a run.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,0 +1,18 @@
+//! Operating tashkent, as its users run it: the PostgreSQL harness, the
+//! `tashkent` commands (up, certifier, bench) as real processes, and
+//! recovery from crashes under load.
+//!
+//! - `harness`: starting, stopping and killing real PostgreSQL servers;
+//! - `up`: `tashkent up` as a newcomer runs it;
+//! - `certifier_cli`: `tashkent certifier`;
+//! - `recovery`: kill -9 of every part, checkpoints and rebuilds (I6);
+//! - `bench`: `tashkent bench` writes every figure it promises.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bench;
+mod certifier_cli;
+mod harness;
+mod recovery;
+mod up;

@@ -1,0 +1,18 @@
+//! The proxy, end to end against real PostgreSQL replicas, a certifier
+//! and `tashkent proxy` processes: one test target per part of the system
+//! (`tests/proxy`, `tests/ops`), one module per concern.
+//!
+//! - `session`: the transaction life cycle through real clients;
+//! - `protocol`: the wire-protocol edge (psql, COPY, cancel, bad input);
+//! - `capture`: writeset capture on one replica, applied on another;
+//! - `exact`: every accepted type reads back byte-identical (I7);
+//! - `large`: transactions of any size in bounded memory (I8).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod capture;
+mod exact;
+mod large;
+mod protocol;
+mod session;
