@@ -30,7 +30,7 @@ use tashkent_certifier::writeset::{Part, StreamDecoder};
 use tashkent_certifier::{CertifierClient, CertifierError, CommittedWriteset, Version, Writeset};
 use tokio_postgres::Client;
 
-use super::shared::{ApplyStuck, Shared, Turn};
+use super::coordination::{ApplyStuck, Shared, Turn};
 use super::ProxyConfig;
 use crate::error::{Error, Result};
 use crate::proxy::capture::{self, apply::Apply};

@@ -10,9 +10,9 @@ mod applier;
 pub mod capture;
 mod config;
 mod conn;
+mod coordination;
 pub mod errors;
 mod session;
-mod shared;
 pub mod sql;
 pub mod wire;
 pub mod writeset;
@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::ProxyConfig;
-use shared::Shared;
+use coordination::Shared;
 
 use crate::error::{Error, Result};
 

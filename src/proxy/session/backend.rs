@@ -6,7 +6,7 @@ use super::*;
 impl Session {
     /// Queues the transaction's opening query (sent with what follows),
     /// behind a query that absorbs the applier's outstanding cancels if
-    /// there are any (see `shared::Cancels`).
+    /// there are any (see `coordination::Cancels`).
     pub(super) fn open_txn(&mut self, explicit: bool, read_only: bool) {
         let requested = self.signal.cancels.lock().requested;
         let absorb = (requested > self.cancels_settled).then_some(requested);

@@ -204,7 +204,7 @@ impl Session {
     async fn certified_commit(
         &mut self,
         txn_id: Bytes,
-        turn: &mut tokio::sync::oneshot::Receiver<super::super::shared::Turn>,
+        turn: &mut tokio::sync::oneshot::Receiver<super::super::coordination::Turn>,
         mut certify: Certification,
     ) -> Result<std::result::Result<(), ErrorResponse>> {
         let mut certified = false;

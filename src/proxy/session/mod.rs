@@ -21,8 +21,8 @@ use tashkent_certifier::{Outcome, Version};
 use tokio::net::TcpStream;
 
 use super::conn::{Conn, ConnError};
+use super::coordination::{SessionSignal, Shared};
 use super::errors;
-use super::shared::{SessionSignal, Shared};
 use super::sql::{classify, is_copy, split_statements, Kind};
 use crate::proxy::capture;
 use crate::proxy::wire::{
@@ -227,7 +227,7 @@ struct Session {
     /// The error an early-aborted explicit transaction reports next.
     early_abort: Option<ErrorResponse>,
     /// The applier's cancels known to have landed or been dropped (see
-    /// `shared::Cancels`).
+    /// `coordination::Cancels`).
     cancels_settled: u64,
     /// An absorbing query for the cancels up to this count is queued: the
     /// next flush waits until they are delivered.

@@ -1,6 +1,7 @@
-//! State one proxy's sessions and its applier share: the replica's applied
-//! version, the hand-off of certified local transactions to the ordered
-//! committer, and the open snapshots reported to the certifier.
+//! How one proxy's sessions and its applier coordinate: the replica's
+//! applied version, the hand-off of certified local transactions to the
+//! ordered committer, early aborts of sessions that block it, and the
+//! open snapshots reported to the certifier.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
@@ -65,6 +66,19 @@ impl SessionSignal {
     }
 }
 
+/// What a proxy's sessions and its applier share.
+///
+/// Invariants (DESIGN.md I2–I4):
+/// - `applied` only grows, and every version up to it is committed on the
+///   replica (it is `max(tashkent.applied)` after each commit);
+/// - a local transaction is in `pending` from before its certification
+///   until the applier hands it its `Turn`: the applier never reaches a
+///   local version it cannot find, and commits nothing after version `v`
+///   until `v`'s turn reported back (or was dropped, and `v` applied from
+///   the log instead);
+/// - `snapshots` counts the open transactions by snapshot version: its
+///   minimum is what the certifier may forget below;
+/// - while `recovery_needed` or `apply_stuck` is set, no write commits.
 pub struct Shared {
     pub cfg: ProxyConfig,
     pub certifier: CertifierClient,
