@@ -2,7 +2,7 @@
 //!
 //! The certifier decides which update transactions commit and in which
 //! order, and makes each committed writeset durable in its WAL before anyone
-//! is told (DESIGN.md, "Transaction life cycle" steps 4–5).
+//! is told (ARCHITECTURE.md, "The life of a transaction" steps 4–5).
 //!
 //! - [`rule`], [`window`], [`dedupe`], [`certifier`]: the decision, pure code;
 //! - [`writeset`] and [`proto`]: the writeset format (protobuf, versioned);

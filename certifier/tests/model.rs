@@ -1,5 +1,5 @@
 //! Property test: the `Certifier` against a brute-force model that keeps the
-//! whole history and applies the rule of DESIGN.md literally, over random
+//! whole history and applies the rule of ARCHITECTURE.md literally, over random
 //! histories of certifications, retries and replica reports.
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -1,5 +1,5 @@
 //! Unit tests of the certification rule through the pure `Certifier`:
-//! the GSI cases of DESIGN.md ("Conflict keys", "DDL") and the horizon.
+//! the GSI cases of ARCHITECTURE.md ("Conflict keys", "DDL") and the horizon.
 
 use std::time::Instant;
 

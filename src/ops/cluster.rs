@@ -25,7 +25,7 @@ use crate::ops::state_dir::{Ports, StateDir};
 use crate::ops::{checkpoint, recover};
 use crate::proxy::{ProxyConfig, RunningProxy};
 
-/// Where durability lives (DESIGN.md, "Modes").
+/// Where durability lives (ARCHITECTURE.md, "Modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DurabilityMode {

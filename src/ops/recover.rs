@@ -1,4 +1,4 @@
-//! Recovery of a replica (DESIGN.md, "Recovery").
+//! Recovery of a replica (ARCHITECTURE.md, "Recovery").
 //!
 //! - **Disk intact** (PostgreSQL or the proxy restarted, the data directory
 //!   is trusted): nothing to do here. The proxy reads the applied version

@@ -134,7 +134,7 @@ pub async fn connect(shared: &Shared) -> Result<ApplierConn> {
     })
 }
 
-/// Early abort (DESIGN.md, step 7): local transactions that hold locks the
+/// Early abort (ARCHITECTURE.md, step 7): local transactions that hold locks the
 /// applier waits for and are not being certified are doomed and their
 /// statements cancelled.
 async fn release_blockers(shared: &Shared, monitor: &Client, pid: i32) {

@@ -68,7 +68,7 @@ impl SessionSignal {
 
 /// What a proxy's sessions and its applier share.
 ///
-/// Invariants (DESIGN.md I2–I4):
+/// Invariants (ARCHITECTURE.md I2–I4):
 /// - `applied` only grows, and every version up to it is committed on the
 ///   replica (it is `max(tashkent.applied)` after each commit);
 /// - a local transaction is in `pending` from before its certification

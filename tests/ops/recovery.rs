@@ -1,4 +1,4 @@
-//! Recovery under running load, with real processes (DESIGN.md,
+//! Recovery under running load, with real processes (ARCHITECTURE.md,
 //! "Recovery", invariant I6): 3 PostgreSQL replicas, `tashkent proxy`
 //! child processes, a TPC-B-like load whose every transaction leaves a
 //! unique tag in `pgbench_history`. After each fault: every acknowledged

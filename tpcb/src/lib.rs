@@ -1,7 +1,7 @@
 //! tashkent-tpcb: AllUpdates and TPC-B drivers and their reports.
 //!
 //! `tashkent bench` uses this crate to compare standalone PostgreSQL, Base
-//! replication and Tashkent-MW side by side (DESIGN.md, "Measuring"):
+//! replication and Tashkent-MW side by side (ARCHITECTURE.md, "Measuring"):
 //!
 //! 1. [`load`] creates and fills a workload's tables with plain SQL through
 //!    one connection (so it works through the middleware too);

@@ -1,6 +1,6 @@
 //! Log purge: how far the WAL may be cut from below.
 //!
-//! Two kinds of readers need old versions of the log (DESIGN.md,
+//! Two kinds of readers need old versions of the log (ARCHITECTURE.md,
 //! "Recovery"): a live replica catching up needs every version above its
 //! applied version, and a replica rebuilt from a checkpoint at version `c`
 //! needs every version above `c`. The checkpoint module reports the version

@@ -1,4 +1,4 @@
-//! `tashkent bench`: the side-by-side measurement of DESIGN.md, "Measuring".
+//! `tashkent bench`: the side-by-side measurement of ARCHITECTURE.md, "Measuring".
 //!
 //! One command starts every system to compare, each fresh in its own
 //! temporary state directory, drives the workloads of `tashkent-tpcb`

@@ -1,6 +1,6 @@
 //! The recovery-time experiment: how long rebuilding a replica from a
 //! checkpoint takes, against the length of the log to replay and the size
-//! of the database, split into its two phases (DESIGN.md, "Recovery").
+//! of the database, split into its two phases (ARCHITECTURE.md, "Recovery").
 //!
 //! For each database size (AllUpdates rows):
 //!

@@ -1,5 +1,5 @@
 //! Checkpoints: consistent dumps of a replica at a known version, taken
-//! while it keeps serving (DESIGN.md, "Recovery").
+//! while it keeps serving (ARCHITECTURE.md, "Recovery").
 //!
 //! Taking one ([`take`]): a `REPEATABLE READ READ ONLY` transaction on the
 //! replica reads `max(version)` of `tashkent.applied` and exports its

@@ -1,5 +1,5 @@
 //! One client connection: the protocol relay and the transaction life
-//! cycle around it (DESIGN.md, "Transaction life cycle").
+//! cycle around it (ARCHITECTURE.md, "The life of a transaction").
 //!
 //! The proxy keeps one backend connection per client and relays messages
 //! as bytes. It owns the transaction boundaries: every transaction runs on

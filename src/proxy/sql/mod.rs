@@ -2,7 +2,7 @@
 //! kind each statement is.
 //!
 //! The proxy must know where a transaction begins and ends, which statements change the schema
-//! (they are replicated in the global order, see DESIGN.md "DDL"), which ones only concern this
+//! (they are replicated in the global order, see ARCHITECTURE.md "DDL"), which ones only concern this
 //! replica, and which ones cannot work under replication at all (they are refused with SQLSTATE
 //! 0A000 before they reach PostgreSQL). It does not parse SQL: a scanner that knows PostgreSQL's
 //! lexical rules (string literals, quoted identifiers, dollar quotes, nested comments) yields the
