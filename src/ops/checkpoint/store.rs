@@ -125,7 +125,7 @@ pub fn retire(dir: &Path, keep: usize) -> Result<Vec<Checkpoint>> {
 }
 
 /// Removes partial checkpoint directories left by an interrupted
-/// [`take`] (call when no checkpoint is being taken into `dir`).
+/// [`take`](super::take) (call when no checkpoint is being taken into `dir`).
 pub fn remove_partial(dir: &Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
