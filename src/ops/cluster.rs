@@ -337,7 +337,8 @@ impl LocalCluster {
             replica_id: i as u32 + 1,
             replicas: self.config.cluster.replicas,
             listen,
-            pg_host: pg.host().to_string(),
+            // The Unix socket: cheaper per message than loopback TCP.
+            pg_host: pg.socket_dir().display().to_string(),
             pg_port: pg.port(),
             database: self.config.cluster.database.clone(),
             certifier: self

@@ -19,7 +19,8 @@ pub struct ProxyConfig {
     pub replicas: u32,
     /// Where clients connect (port 0: any free port).
     pub listen: SocketAddr,
-    /// The replica's PostgreSQL.
+    /// The replica's PostgreSQL: a host name or address, or (starting
+    /// with `/`, as in libpq) the directory of its Unix socket.
     pub pg_host: String,
     pub pg_port: u16,
     /// The replicated database; clients asking for another are refused.

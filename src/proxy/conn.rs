@@ -8,7 +8,7 @@
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::proxy::wire::{decode_message, decode_startup, Message, StartupPacket, WireError};
 
@@ -23,8 +23,52 @@ pub enum ConnError {
     Protocol(#[from] WireError),
 }
 
+/// A TCP connection (clients; a replica by address) or a Unix-domain
+/// one (a replica on this host, by its socket directory: cheaper per
+/// message).
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Connects to PostgreSQL at `host` (a socket directory when it starts
+    /// with `/`, as in libpq) and `port`.
+    pub async fn connect(host: &str, port: u16) -> std::io::Result<Stream> {
+        if host.starts_with('/') {
+            let path = std::path::Path::new(host).join(format!(".s.PGSQL.{port}"));
+            Ok(Stream::Unix(UnixStream::connect(path).await?))
+        } else {
+            let s = TcpStream::connect((host, port)).await?;
+            let _ = s.set_nodelay(true);
+            Ok(Stream::Tcp(s))
+        }
+    }
+
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read_buf(buf).await,
+            Stream::Unix(s) => s.read_buf(buf).await,
+        }
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(buf).await,
+            Stream::Unix(s) => s.write_all(buf).await,
+        }
+    }
+}
+
+impl From<TcpStream> for Stream {
+    fn from(s: TcpStream) -> Stream {
+        let _ = s.set_nodelay(true);
+        Stream::Tcp(s)
+    }
+}
+
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     max_message: usize,
@@ -34,10 +78,9 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, max_message: usize) -> Conn {
-        let _ = stream.set_nodelay(true);
+    pub fn new(stream: impl Into<Stream>, max_message: usize) -> Conn {
         Conn {
-            stream,
+            stream: stream.into(),
             rbuf: BytesMut::with_capacity(16 << 10),
             wbuf: BytesMut::with_capacity(16 << 10),
             max_message,

@@ -583,6 +583,39 @@ async fn rollback_to_savepoint_recovers_a_failed_transaction() {
     assert_eq!(d["public.sp"].0, 2);
 }
 
+/// The proxy's own statements are prepared once per backend; a client
+/// that drops every prepared statement (`DISCARD ALL`, as poolers do, or
+/// `DEALLOCATE ALL`, over either protocol) keeps working: the proxy
+/// prepares its own again, and nothing is lost on the way.
+#[tokio::test(flavor = "multi_thread")]
+async fn discard_all_and_deallocate_keep_transactions_working() {
+    let cluster = Cluster::start(2).await;
+    let a = cluster.client(0).await;
+    a.batch_execute("CREATE TABLE d (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    a.batch_execute("INSERT INTO d VALUES (1)").await.unwrap();
+    a.batch_execute("DISCARD ALL").await.unwrap();
+    a.batch_execute("INSERT INTO d VALUES (2)").await.unwrap();
+    a.batch_execute("BEGIN; INSERT INTO d VALUES (3); COMMIT")
+        .await
+        .unwrap();
+    a.execute("DEALLOCATE ALL", &[]).await.unwrap();
+    a.execute("INSERT INTO d VALUES ($1)", &[&4i32])
+        .await
+        .unwrap();
+    // A failed transaction still ends (ROLLBACK is parsed again in it).
+    a.batch_execute("DISCARD ALL").await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("INSERT INTO d VALUES (1)")
+        .await
+        .unwrap_err();
+    a.batch_execute("ROLLBACK").await.unwrap();
+    a.batch_execute("INSERT INTO d VALUES (5)").await.unwrap();
+    let d = cluster.assert_identical().await;
+    assert_eq!(d["public.d"].0, 5);
+}
+
 /// A transaction that holds a lock its writeset does not show (SELECT
 /// FOR UPDATE) and is already committing while the applier needs that
 /// lock for a lower version: it gives its locks up, the applier applies

@@ -123,6 +123,19 @@ impl PgServer {
         "127.0.0.1"
     }
 
+    /// The directory of the server's Unix socket (`.s.PGSQL.<port>`): the
+    /// base directory, or the system's temporary directory when the base
+    /// directory's path is too long for a socket address.
+    pub fn socket_dir(&self) -> PathBuf {
+        // sun_path holds 108 bytes: the directory, '/', ".s.PGSQL.65535"
+        // and a NUL must fit.
+        if self.base.as_os_str().len() + 16 <= 100 {
+            self.base.clone()
+        } else {
+            std::env::temp_dir()
+        }
+    }
+
     /// The TCP port (0 until the first start when chosen automatically).
     pub fn port(&self) -> u16 {
         self.port
@@ -344,7 +357,12 @@ impl PgServer {
         let conf = data.join("tashkent.conf");
         std::fs::write(
             &conf,
-            settings::render(self.port, self.durability, &self.settings),
+            settings::render(
+                self.port,
+                &self.socket_dir(),
+                self.durability,
+                &self.settings,
+            ),
         )
         .map_err(Error::io(format!("writing {}", conf.display())))?;
         let log_path = self.log_path();

@@ -4,6 +4,7 @@
 //! with `pg_ctl` gets the same settings as one started by the harness.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 /// How a server makes its own commits durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,19 +29,28 @@ impl Durability {
     }
 }
 
-/// Renders the settings file for a server on `port`.
+/// Renders the settings file for a server on `port` with its Unix socket
+/// in `socket_dir`.
 ///
 /// Memory is sized for a small (2-core) machine that runs several servers
 /// at once; parallel query is off because it only competes with the other
 /// servers for the same cores.
-pub(crate) fn render(port: u16, durability: Durability, extra: &[(String, String)]) -> String {
+pub(crate) fn render(
+    port: u16,
+    socket_dir: &Path,
+    durability: Durability,
+    extra: &[(String, String)],
+) -> String {
     let flag = durability.onoff();
     let mut settings: Vec<(&str, String)> = vec![
         ("listen_addresses", quote("127.0.0.1")),
         ("port", port.to_string()),
-        // TCP only: socket paths are length-limited and would collide
-        // between servers sharing a directory.
-        ("unix_socket_directories", quote("")),
+        // The socket's file name carries the port: servers sharing a
+        // directory do not collide.
+        (
+            "unix_socket_directories",
+            quote(&socket_dir.display().to_string()),
+        ),
         ("max_connections", "200".into()),
         ("fsync", flag.into()),
         ("synchronous_commit", flag.into()),
@@ -89,7 +99,7 @@ mod tests {
 
     #[test]
     fn durability_off_turns_off_all_three() {
-        let conf = render(5555, Durability::Off, &[]);
+        let conf = render(5555, Path::new("/tmp/x"), Durability::Off, &[]);
         for key in ["fsync", "synchronous_commit", "full_page_writes"] {
             assert_eq!(value(&conf, key), vec!["off"], "{key}");
         }
@@ -98,7 +108,7 @@ mod tests {
 
     #[test]
     fn durability_on_keeps_all_three() {
-        let conf = render(5555, Durability::On, &[]);
+        let conf = render(5555, Path::new("/tmp/x"), Durability::On, &[]);
         for key in ["fsync", "synchronous_commit", "full_page_writes"] {
             assert_eq!(value(&conf, key), vec!["on"], "{key}");
         }
@@ -107,7 +117,7 @@ mod tests {
     #[test]
     fn extra_settings_replace_defaults() {
         let extra = vec![("shared_buffers".to_string(), "'256MB'".to_string())];
-        let conf = render(5555, Durability::Off, &extra);
+        let conf = render(5555, Path::new("/tmp/x"), Durability::Off, &extra);
         assert_eq!(value(&conf, "shared_buffers"), vec!["'256MB'"]);
     }
 

@@ -51,9 +51,12 @@ pub const SNAPSHOT_VERSION_SQL: &str = "SELECT max(version) FROM tashkent.applie
 /// Default cap on one transaction's captured bytes (`max_writeset_bytes`).
 pub const DEFAULT_MAX_WRITESET_BYTES: u64 = 256 << 20;
 
-/// The statement that records version `v` as applied, to run in the
-/// transaction that commits `v`. It inserts a row of its own, so commits in
+/// The statement that records version `$1` as applied, to run in the
+/// transaction that commits it. It inserts a row of its own, so commits in
 /// REPEATABLE READ never update a row changed after their snapshot.
+pub const RECORD_APPLIED_SQL: &str = "INSERT INTO tashkent.applied (version) VALUES ($1)";
+
+/// [`RECORD_APPLIED_SQL`] for version `v`, as a statement of its own.
 pub fn record_applied_sql(v: u64) -> String {
     format!("INSERT INTO tashkent.applied (version) VALUES ({v})")
 }

@@ -189,7 +189,7 @@ impl Session {
 
     /// A transaction that wrote nothing: commits locally.
     async fn commit_read_only(&mut self) -> Result<std::result::Result<(), ErrorResponse>> {
-        let answer = self.own_query("COMMIT").await?;
+        let answer = self.own_flight(&[(OwnStatement::Commit, &[])]).await?;
         if let Some(e) = answer.error {
             // Not committed, and the block may still be open.
             self.rollback_backend().await?;
@@ -305,8 +305,12 @@ impl Session {
             }
         };
         let v = turn.version;
+        let version = v.to_string();
         let answer = self
-            .own_query(&format!("{}; COMMIT", capture::record_applied_sql(v)))
+            .own_flight(&[
+                (OwnStatement::RecordApplied, &[&version]),
+                (OwnStatement::Commit, &[]),
+            ])
             .await?;
         let ok = answer.error.is_none();
         if !ok {

@@ -65,6 +65,11 @@ impl Session {
                         continue;
                     }
                     if let FrontendMessage::Parse { sql, .. } = parsed {
+                        if drops_prepared(sql) {
+                            self.dropping.statements.insert(statement.clone());
+                        } else {
+                            self.dropping.statements.remove(statement);
+                        }
                         if is_copy(sql) {
                             self.copy_statements.insert(statement.clone());
                         } else {
@@ -77,9 +82,14 @@ impl Session {
                         continue;
                     }
                 }
-                FrontendMessage::Bind { portal, .. } => {
+                FrontendMessage::Bind { portal, statement } => {
                     self.portals
                         .insert(portal.clone(), kind.cloned().unwrap_or(Kind::Other));
+                    if self.dropping.statements.contains(statement) {
+                        self.dropping.portals.insert(portal.clone());
+                    } else {
+                        self.dropping.portals.remove(portal);
+                    }
                     if control {
                         self.client.push(&Message::new(b'2', Bytes::new()));
                         continue;
@@ -114,6 +124,12 @@ impl Session {
             }
             self.backend.push(msg);
             forwarded = true;
+            if let FrontendMessage::Execute { portal, .. } = parsed {
+                if self.dropping.portals.contains(portal) {
+                    // Our statements queued from here on are parsed again.
+                    self.own.forget();
+                }
+            }
         }
         // The client's Sync.
         let has_copy = batch.iter().any(|(_, m)| match m {

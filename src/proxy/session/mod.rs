@@ -20,22 +20,23 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tashkent_certifier::{Outcome, Version};
 use tokio::net::TcpStream;
 
-use super::conn::{Conn, ConnError};
+use super::conn::{Conn, ConnError, Stream};
 use super::coordination::{SessionSignal, Shared};
 use super::errors;
-use super::sql::{classify, is_copy, split_statements, Kind};
-use crate::proxy::capture;
+use super::sql::{classify, drops_prepared, is_copy, split_statements, Kind};
 use crate::proxy::wire::{
     ErrorResponse, FrontendMessage, Message, StartupPacket, TransactionStatus,
 };
 
 mod commit;
 mod extended;
+mod own;
 mod relay;
 mod simple;
 mod startup;
 mod txn;
 
+use own::{Own, OwnStatement};
 use startup::handshake;
 use txn::Txn;
 
@@ -78,6 +79,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         copy_statements: Default::default(),
         in_batch: false,
         swallow_sync: false,
+        own: Own::default(),
+        dropping: Dropping::default(),
     };
     if let Err(e) = session.run().await {
         tracing::debug!("session ended: {e}");
@@ -155,6 +158,18 @@ struct Session {
     /// The client's Sync that ends an extended-protocol COPY was already
     /// answered.
     swallow_sync: bool,
+    /// The proxy's own statements on the backend.
+    own: Own,
+    /// The client's statements and portals that drop prepared statements.
+    dropping: Dropping,
+}
+
+/// Prepared statements and portals of the client that run `DISCARD ALL`
+/// or `DEALLOCATE` (executing one drops the proxy's statements too).
+#[derive(Default)]
+struct Dropping {
+    statements: std::collections::HashSet<String>,
+    portals: std::collections::HashSet<String>,
 }
 
 impl Session {

@@ -14,12 +14,12 @@ impl Session {
             self.backend.push(&query("SELECT 1"));
             self.absorb_after = absorb;
         }
-        let mode = if read_only { " READ ONLY" } else { "" };
-        let sql = format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ{mode}; {}",
-            capture::SNAPSHOT_VERSION_SQL
-        );
-        self.backend.push(&query(&sql));
+        let begin = if read_only {
+            OwnStatement::BeginReadOnly
+        } else {
+            OwnStatement::Begin
+        };
+        self.push_own(&[(begin, &[]), (OwnStatement::Snapshot, &[])]);
         self.txn = Some(Txn::opening(explicit, absorb));
     }
 
@@ -173,12 +173,10 @@ impl Session {
         Ok(r)
     }
 
-    /// Queues the read-out of the captured entries: the extended protocol,
-    /// so the chunks come as binary bytea (no hex, no client_encoding).
+    /// Queues the read-out of the captured entries: binary results, so
+    /// the chunks come as bytea bytes (no hex, no client_encoding).
     pub(super) fn push_readout(&mut self) {
-        for m in readout_messages() {
-            self.backend.push(m);
-        }
+        self.push_own(&[(OwnStatement::ReadOut, &[])]);
     }
 
     /// Reads and drops an outstanding read-out answer.
@@ -226,6 +224,10 @@ impl Session {
                 b'Z' => return Ok(answer),
                 b'E' if answer.error.is_none() => {
                     answer.error = ErrorResponse::parse(&m).ok();
+                    if answer.error.as_ref().and_then(|e| e.sqlstate()) == Some("26000") {
+                        // Our statements are gone from the backend.
+                        self.own.forget();
+                    }
                 }
                 b'D' if first_row => {
                     first_row = false;
@@ -237,8 +239,24 @@ impl Session {
         }
     }
 
-    pub(super) async fn own_query(&mut self, sql: &str) -> Result<Answer> {
-        self.backend.push(&query(sql));
+    /// Queues the proxy's own statements as one flight (one Sync).
+    pub(super) fn push_own(&mut self, statements: &[(OwnStatement, &[&str])]) {
+        let mut out = Vec::with_capacity(4 + 2 * statements.len());
+        for (stmt, params) in statements {
+            self.own.execute(*stmt, params, &mut out);
+        }
+        out.push(own::sync());
+        for m in &out {
+            self.backend.push(m);
+        }
+    }
+
+    /// Runs the proxy's own statements as one flight and reads the answer.
+    pub(super) async fn own_flight(
+        &mut self,
+        statements: &[(OwnStatement, &[&str])],
+    ) -> Result<Answer> {
+        self.push_own(statements);
         self.own_answer().await
     }
 
@@ -255,7 +273,11 @@ impl Session {
     pub(super) async fn rollback_backend(&mut self) -> Result<()> {
         self.drain_readout().await?;
         for _ in 0..3 {
-            match self.own_query("ROLLBACK").await?.error {
+            match self
+                .own_flight(&[(OwnStatement::Rollback, &[])])
+                .await?
+                .error
+            {
                 None => return Ok(()),
                 Some(e) => {
                     self.translate(e);
@@ -276,34 +298,4 @@ impl Session {
             None | Some(Ok(_)) => None,
         })
     }
-}
-
-/// Parse, Bind (binary results), Execute and Sync of the read-out, built
-/// once. Unnamed statement and portal: the client's unnamed ones do not
-/// survive the proxy's own queries anyway (a simple Query drops them too).
-fn readout_messages() -> &'static [Message] {
-    static MESSAGES: std::sync::OnceLock<Vec<Message>> = std::sync::OnceLock::new();
-    MESSAGES.get_or_init(|| {
-        let mut parse = BytesMut::new();
-        parse.put_u8(0);
-        parse.put_slice(capture::READ_SQL.as_bytes());
-        parse.put_u8(0);
-        parse.put_i16(0);
-        let mut bind = BytesMut::new();
-        bind.put_u8(0); // portal ""
-        bind.put_u8(0); // statement ""
-        bind.put_i16(0); // parameter formats
-        bind.put_i16(0); // parameters
-        bind.put_i16(1); // result formats: all binary
-        bind.put_i16(1);
-        let mut execute = BytesMut::new();
-        execute.put_u8(0);
-        execute.put_i32(0);
-        vec![
-            Message::new(b'P', parse.freeze()),
-            Message::new(b'B', bind.freeze()),
-            Message::new(b'E', execute.freeze()),
-            Message::new(b'S', Bytes::new()),
-        ]
-    })
 }

@@ -79,6 +79,9 @@ impl Session {
             },
             Kind::LocalMaintenance | Kind::Savepoint { .. } if self.txn.is_none() => {
                 self.backend.push(&query(stmt));
+                if drops_prepared(stmt) {
+                    self.own.forget();
+                }
                 let r = self.relay().await?;
                 Ok(if r.error { Flow::Stop } else { Flow::Continue })
             }
@@ -88,6 +91,10 @@ impl Session {
                 }
                 self.rollback_to_sent = matches!(kind, Kind::Savepoint { rollback_to: true });
                 self.backend.push(&query(stmt));
+                if drops_prepared(stmt) {
+                    // Our statements queued from here on are parsed again.
+                    self.own.forget();
+                }
                 // Nothing may follow a COPY on the wire: it may switch the
                 // connection to copy mode.
                 let implicit_end =

@@ -97,6 +97,6 @@ async fn refuse(client: &mut Conn, e: ErrorResponse) -> Result<Option<(Conn, i32
 }
 
 async fn connect_backend(shared: &Shared) -> std::result::Result<Conn, ConnError> {
-    let stream = TcpStream::connect((shared.cfg.pg_host.as_str(), shared.cfg.pg_port)).await?;
+    let stream = Stream::connect(&shared.cfg.pg_host, shared.cfg.pg_port).await?;
     Ok(Conn::new(stream, shared.cfg.max_message_bytes))
 }

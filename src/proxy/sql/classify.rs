@@ -11,6 +11,18 @@ pub fn is_copy(stmt: &str) -> bool {
     Cursor::new(&toks).next_word().as_deref() == Some("copy")
 }
 
+/// True when the statement drops prepared statements of the session
+/// (`DISCARD ALL`, `DEALLOCATE`), the proxy's own among them.
+pub fn drops_prepared(stmt: &str) -> bool {
+    let toks: Vec<Token> = Scanner::new(stmt).collect();
+    let mut c = Cursor::new(&toks);
+    match c.next_word().as_deref() {
+        Some("deallocate") => true,
+        Some("discard") => c.next_word().as_deref() == Some("all"),
+        _ => false,
+    }
+}
+
 pub(super) fn classify_one(stmt: &str) -> Kind {
     let toks: Vec<Token> = Scanner::new(stmt).collect();
     if let Some(show) = proxy_show(&toks) {

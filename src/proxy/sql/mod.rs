@@ -109,5 +109,5 @@ mod scan;
 mod tests;
 
 use classify::classify_one;
-pub use classify::is_copy;
+pub use classify::{drops_prepared, is_copy};
 use scan::*;
