@@ -21,6 +21,7 @@
 //! refuse writes and committers waiting for a later version are told,
 //! instead of hanging silently.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +29,10 @@ use futures::{FutureExt, Stream, StreamExt};
 use tashkent_certifier::proto::SubscribeFrame;
 use tashkent_certifier::writeset::{Part, StreamDecoder};
 use tashkent_certifier::{CertifierClient, CertifierError, CommittedWriteset, Version, Writeset};
-use tokio_postgres::Client;
+use tokio::sync::oneshot;
+use tokio_postgres::{Client, Statement};
 
+use super::commit_order::Place;
 use super::coordination::{ApplyStuck, Shared, Turn};
 use super::ProxyConfig;
 use crate::error::{Error, Result};
@@ -69,6 +72,11 @@ pub struct ApplierConn {
     pid: i32,
     monitor: Client,
     apply: Apply,
+    /// `tashkent.take_turns($1, $2)` and `tashkent.wait_turn($1, $2)`.
+    take_turns: Statement,
+    wait_turn: Statement,
+    /// The first version of the transaction being applied.
+    applying: Version,
 }
 
 impl ApplierConn {
@@ -78,6 +86,7 @@ impl ApplierConn {
             shared,
             &self.monitor,
             self.pid,
+            self.applying,
             self.apply.item(&self.client, item),
         )
         .await
@@ -89,6 +98,7 @@ impl ApplierConn {
             shared,
             &self.monitor,
             self.pid,
+            self.applying,
             self.apply.ddl(&self.client, d),
         )
         .await
@@ -100,9 +110,57 @@ impl ApplierConn {
             shared,
             &self.monitor,
             self.pid,
+            self.applying,
             self.apply.finish(&self.client),
         )
         .await
+    }
+
+    /// Opens the transaction of versions `first..=last` and takes their
+    /// turn in the commit order (in one round trip).
+    async fn begin(&mut self, shared: &Shared, first: Version, last: Version) -> Result<()> {
+        self.applying = first;
+        let (f, l) = (first as i64, last as i64);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&f, &l];
+        let (begun, turn) = futures::join!(
+            self.client.batch_execute("BEGIN"),
+            self.client.query_one(&self.take_turns, &params)
+        );
+        begun.map_err(Error::sql("opening the applier's transaction"))?;
+        let xid: String = turn
+            .map_err(Error::sql(format!("taking the turn of version {first}")))?
+            .get(0);
+        let xid = xid.parse().map_err(|_| Error::Capture {
+            reason: format!("take_turns answered the transaction id {xid:?}"),
+        })?;
+        shared.order.took_turn(first, last, xid);
+        Ok(())
+    }
+
+    /// Waits for the predecessor of `first` (transaction `prev_xid`) to
+    /// commit, moves sequences past rows of this replica's own that came
+    /// from the log (`own_tables`), and commits.
+    async fn end(
+        &mut self,
+        first: Version,
+        prev_xid: Option<u64>,
+        own_tables: &[String],
+    ) -> Result<()> {
+        if !own_tables.is_empty() {
+            self.client
+                .batch_execute(&capture::advance_sequences_sql(Some(own_tables)))
+                .await
+                .map_err(Error::sql("advancing sequences past replayed rows"))?;
+        }
+        let prev = first as i64 - 1;
+        let prev_xid = prev_xid.map(|x| x.to_string());
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&prev, &prev_xid];
+        let (waited, committed) = futures::join!(
+            self.client.execute(&self.wait_turn, &params),
+            self.client.batch_execute("COMMIT")
+        );
+        waited.map_err(Error::sql(format!("waiting for version {prev} to commit")))?;
+        committed.map_err(Error::sql(format!("committing version {first}")))
     }
 }
 
@@ -126,18 +184,29 @@ pub async fn connect(shared: &Shared) -> Result<ApplierConn> {
         .await
         .map_err(Error::sql("reading the applier's backend pid"))?
         .get(0);
+    let take_turns = client
+        .prepare("SELECT tashkent.take_turns($1, $2)::text")
+        .await
+        .map_err(Error::sql("preparing the applier's statements"))?;
+    let wait_turn = client
+        .prepare("SELECT tashkent.wait_turn($1, $2::text::xid8)")
+        .await
+        .map_err(Error::sql("preparing the applier's statements"))?;
     Ok(ApplierConn {
         client,
         pid,
         monitor,
         apply: Apply::new(),
+        take_turns,
+        wait_turn,
+        applying: 0,
     })
 }
 
 /// Early abort (ARCHITECTURE.md, step 7): local transactions that hold locks the
 /// applier waits for and are not being certified are doomed and their
 /// statements cancelled.
-async fn release_blockers(shared: &Shared, monitor: &Client, pid: i32) {
+async fn release_blockers(shared: &Shared, monitor: &Client, pid: i32, applying: Version) {
     let Ok(rows) = monitor
         .query("SELECT unnest(pg_blocking_pids($1))", &[&pid])
         .await
@@ -146,7 +215,7 @@ async fn release_blockers(shared: &Shared, monitor: &Client, pid: i32) {
     };
     for row in rows {
         let pid: i32 = row.get(0);
-        if let Some(session) = shared.doom(pid) {
+        if let Some(session) = shared.doom(pid, applying) {
             tracing::debug!("aborting local transaction on backend {pid}: it blocks the applier");
             let _ = monitor
                 .execute("SELECT pg_cancel_backend($1)", &[&pid])
@@ -162,6 +231,7 @@ async fn unblocked<T>(
     shared: &Shared,
     monitor: &Client,
     pid: i32,
+    applying: Version,
     fut: impl std::future::Future<Output = T>,
 ) -> T {
     tokio::pin!(fut);
@@ -170,7 +240,7 @@ async fn unblocked<T>(
     loop {
         tokio::select! {
             r = &mut fut => return r,
-            _ = check.tick() => release_blockers(shared, monitor, pid).await,
+            _ = check.tick() => release_blockers(shared, monitor, pid, applying).await,
         }
     }
 }
@@ -184,6 +254,9 @@ enum Stop {
     /// The replica holds fewer versions than this proxy thought (it
     /// restarted without commits it had acknowledged; the log has them).
     Rewound(Version),
+    /// The commit of this version failed after it was handed over: the
+    /// commit order broke there; apply from there from the log.
+    Broken(Version),
 }
 
 type Frames = std::pin::Pin<
@@ -200,6 +273,7 @@ pub async fn run(shared: Arc<Shared>) {
     // loop awaits) could not arrive until this loop reads on: a deadlock.
     let mut subscriber: Option<CertifierClient> = None;
     let mut failures = 0u32;
+    let mut inflight = InFlight::default();
     let mut verify = true;
     loop {
         let from = *shared.applied.borrow() + 1;
@@ -232,6 +306,7 @@ pub async fn run(shared: Arc<Shared>) {
         };
         let mut f = Follower {
             shared: &shared,
+            inflight: &mut inflight,
             conn: &mut conn,
             frames: frames.peekable(),
             verify,
@@ -239,8 +314,19 @@ pub async fn run(shared: Arc<Shared>) {
             failures: &mut failures,
         };
         let stop = f.follow().await;
+        drop(f);
+        // Before the stream starts again: every commit handed out must be
+        // over, or a version still being committed by its session would
+        // be applied from the log as well.
+        inflight.drain(&shared).await;
         verify = false;
         match stop {
+            Stop::Broken(v) => {
+                tracing::debug!(
+                    "the commit of version {v} failed: applying from there from the log"
+                );
+                continue;
+            }
             Stop::Stream(e) if e.is_purged() => needs_recovery(&shared, &e),
             Stop::Stream(e) => tracing::warn!("certifier stream: {e}"),
             Stop::Rewound(db) => {
@@ -250,6 +336,7 @@ pub async fn run(shared: Arc<Shared>) {
                     db + 1
                 );
                 shared.applied.send_replace(db);
+                shared.order.reset(db);
                 continue;
             }
             Stop::Apply { version, error } => {
@@ -323,6 +410,9 @@ pub async fn report(shared: &Shared) {
 
 struct Follower<'a> {
     shared: &'a Shared,
+    /// Versions handed to sessions (or committed here) whose commits have
+    /// not all been seen to finish, in version order.
+    inflight: &'a mut InFlight,
     conn: &'a mut Option<ApplierConn>,
     frames: futures::stream::Peekable<Frames>,
     /// After a failure: read the replica's applied version before applying
@@ -338,14 +428,13 @@ impl Follower<'_> {
         loop {
             let first = match carry.take() {
                 Some(c) => Whole(c),
-                None => match self.frames.next().await {
-                    None => return Stop::Stream(CertifierError::Protocol("stream ended".into())),
-                    Some(Err(e)) => return Stop::Stream(e),
-                    Some(Ok(frame)) if frame.last => match decode(frame) {
+                None => match self.next_frame().await {
+                    Err(stop) => return stop,
+                    Ok(frame) if frame.last => match decode(frame) {
                         Ok(c) => Whole(c),
                         Err(e) => return e,
                     },
-                    Some(Ok(frame)) => Streamed(frame),
+                    Ok(frame) => Streamed(frame),
                 },
             };
             let v = match &first {
@@ -355,10 +444,10 @@ impl Follower<'_> {
             if let Err(stop) = self.ensure_connected(v).await {
                 return stop;
             }
-            let applied = *self.shared.applied.borrow();
-            let last = match first {
-                Whole(c) if c.version <= applied => continue,
-                Streamed(f) if f.version <= applied => {
+            let done = self.inflight.last().max(*self.shared.applied.borrow());
+            match first {
+                Whole(c) if c.version <= done => continue,
+                Streamed(f) if f.version <= done => {
                     if let Err(stop) = self.skip_rest(f.version).await {
                         return stop;
                     }
@@ -369,32 +458,61 @@ impl Follower<'_> {
                     if self.batchable(&batch[0]) {
                         carry = self.gather(&mut batch);
                     }
-                    let last = batch.last().map_or(v, |c| c.version);
                     if let Err(stop) = self.commit_whole(batch).await {
                         return stop;
                     }
-                    last
                 }
                 Streamed(f) => {
                     if let Err(stop) = self.commit_streamed(f).await {
                         return stop;
                     }
-                    v
                 }
             };
-            self.shared.applied.send_replace(last);
-            *self.failures = 0;
-            if self.shared.apply_stuck.borrow().is_some() {
-                self.shared.apply_stuck.send_replace(None);
-                tracing::info!("replica {} applies again", self.shared.cfg.replica_id);
-            }
-            if last / APPLIED_LOG_KEEP > applied / APPLIED_LOG_KEEP {
+            let last = self.inflight.last();
+            if last / APPLIED_LOG_KEEP > done / APPLIED_LOG_KEEP {
                 self.prune(last).await;
             }
             if self.last_report.elapsed() >= REPORT_EVERY {
                 *self.last_report = std::time::Instant::now();
                 report(self.shared).await;
             }
+        }
+    }
+
+    /// The next frame of the stream; meanwhile, commits that finish move
+    /// the applied version on.
+    async fn next_frame(&mut self) -> std::result::Result<SubscribeFrame, Stop> {
+        loop {
+            if let Some(failed) = self.inflight.settle_ready(self.shared) {
+                return Err(Stop::Broken(failed));
+            }
+            let frame = tokio::select! {
+                biased;
+                f = self.frames.next() => f,
+                failed = self.inflight.settle_next(self.shared), if self.inflight.waiting() => {
+                    match failed {
+                        Some(failed) => return Err(Stop::Broken(failed)),
+                        None => continue,
+                    }
+                }
+            };
+            return match frame {
+                None => Err(Stop::Stream(CertifierError::Protocol(
+                    "stream ended".into(),
+                ))),
+                Some(Err(e)) => Err(Stop::Stream(e)),
+                Some(Ok(f)) => Ok(f),
+            };
+        }
+    }
+
+    /// A version the applier commits itself went through.
+    fn committed_here(&mut self, first: Version, last: Version) {
+        self.inflight.push(first, last, None);
+        *self.failures = 0;
+        if self.shared.apply_stuck.borrow().is_some() {
+            self.shared.apply_stuck.send_replace(None);
+            tracing::info!("replica {} applies again", self.shared.cfg.replica_id);
         }
     }
 
@@ -446,6 +564,14 @@ impl Follower<'_> {
         if !fresh && !self.verify {
             return Ok(());
         }
+        if fresh && !self.inflight.queue.is_empty() {
+            // What the replica holds is read back once the commits in
+            // flight are over.
+            return Err(Stop::Apply {
+                version: v,
+                error: Error::Recovery("the applier's connection to the replica was lost".into()),
+            });
+        }
         if fresh {
             *self.conn = Some(
                 connect(self.shared)
@@ -464,6 +590,7 @@ impl Follower<'_> {
         if db >= v && db > *self.shared.applied.borrow() {
             // Committed by an attempt whose answer was lost.
             self.shared.applied.send_replace(db);
+            self.shared.order.reset(db);
         }
         Ok(())
     }
@@ -477,17 +604,19 @@ impl Follower<'_> {
         let (first, last) = (batch[0].version, batch[batch.len() - 1].version);
         if batch.len() == 1 {
             let c = &batch[0];
-            if self.local_pending(&c.writeset.txn_id, c.writeset.origin)
-                && hand_turn(self.shared, &c.writeset.txn_id, first).await
-            {
-                return Ok(());
+            if self.local_pending(&c.writeset.txn_id, c.writeset.origin) {
+                if let Some(done) = hand_turn(self.shared, &c.writeset.txn_id, first) {
+                    self.inflight.push(first, first, Some(done));
+                    return Ok(());
+                }
             }
         }
         let own = own_tables(self.shared, batch.iter().map(|c| &c.writeset));
+        let prev_xid = place(self.shared, first).await?;
         let shared = self.shared;
         let conn = self.conn.as_mut().expect("connected");
         let r = async {
-            begin(&conn.client).await?;
+            conn.begin(shared, first, last).await?;
             for c in &batch {
                 check_format(&c.writeset, c.version)?;
                 let mut ddl = c.writeset.ddl.iter().peekable();
@@ -502,10 +631,12 @@ impl Follower<'_> {
                 }
             }
             conn.finish(shared).await?;
-            end(&conn.client, first, last, &own).await
+            conn.end(first, prev_xid, &own).await
         }
         .await;
-        self.settle(r, first).await
+        self.settle(r, first).await?;
+        self.committed_here(first, last);
+        Ok(())
     }
 
     /// Applies (or hands over) a version that spans several frames, while
@@ -568,7 +699,8 @@ impl Follower<'_> {
             if !done {
                 self.skip_rest(v).await?;
             }
-            if hand_turn(self.shared, &header.txn_id, v).await {
+            if let Some(done) = hand_turn(self.shared, &header.txn_id, v) {
+                self.inflight.push(v, v, Some(done));
                 return Ok(());
             }
             // The session could not commit it: apply it from the log,
@@ -578,12 +710,13 @@ impl Follower<'_> {
             ))));
         }
         let own_origin = header.origin == self.shared.cfg.replica_id;
+        let prev_xid = place(self.shared, v).await?;
         let shared = self.shared;
         let conn = self.conn.as_mut().expect("connected");
         let mut tables: Vec<String> = Vec::new();
         let frames = &mut self.frames;
         let r = async {
-            begin(&conn.client).await?;
+            conn.begin(shared, v, v).await?;
             let mut pending: Vec<Part> = parts.collect();
             loop {
                 for part in pending.drain(..) {
@@ -617,10 +750,12 @@ impl Follower<'_> {
                 }
             }
             conn.finish(shared).await?;
-            end(&conn.client, v, v, &tables).await
+            conn.end(v, prev_xid, &tables).await
         }
         .await;
-        self.settle(r, v).await
+        self.settle(r, v).await?;
+        self.committed_here(v, v);
+        Ok(())
     }
 
     /// Rolls a failed attempt back.
@@ -728,48 +863,23 @@ fn check_format(ws: &Writeset, v: Version) -> Result<()> {
     }
 }
 
-async fn begin(client: &Client) -> Result<()> {
-    client
-        .batch_execute("BEGIN")
-        .await
-        .map_err(Error::sql("opening the applier's transaction"))
+/// Waits for the place of `first` in the commit order: the transaction id
+/// of its predecessor (`None`: committed).
+async fn place(shared: &Shared, first: Version) -> std::result::Result<Option<u64>, Stop> {
+    match shared.order.wait_place(first).await {
+        Place::Go { prev_xid } => Ok(prev_xid),
+        Place::Broken(b) => Err(Stop::Broken(b)),
+    }
 }
 
-/// Records versions `first..=last` as applied (one row each, I2) and
-/// commits; moves sequences past rows of this replica's own that came from
-/// the log (`own_tables`).
-async fn end(client: &Client, first: Version, last: Version, own_tables: &[String]) -> Result<()> {
-    let mut sql = String::new();
-    if !own_tables.is_empty() {
-        sql.push_str(&capture::advance_sequences_sql(Some(own_tables)));
-        sql.push_str("; ");
-    }
-    if first == last {
-        sql.push_str(&capture::record_applied_sql(last));
-    } else {
-        sql.push_str(&format!(
-            "INSERT INTO tashkent.applied (version) SELECT generate_series({first}, {last})"
-        ));
-    }
-    sql.push_str("; COMMIT");
-    client
-        .batch_execute(&sql)
-        .await
-        .map_err(Error::sql(if first == last {
-            format!("committing version {last}")
-        } else {
-            format!("committing versions {first}..={last}")
-        }))
-}
-
-/// Hands version `v` to the local session waiting for it; true when that
-/// session committed it.
-async fn hand_turn(shared: &Shared, txn_id: &[u8], v: Version) -> bool {
-    let Some(turn) = shared.take_pending(txn_id) else {
-        return false;
-    };
-    let (done, committed) = tokio::sync::oneshot::channel();
-    turn.send(Turn { version: v, done }).is_ok() && committed.await == Ok(true)
+/// Hands version `v` to the local session waiting for it, which commits
+/// it and says on the returned channel whether it did; `None` when no
+/// session takes it (the applier applies it from the log).
+fn hand_turn(shared: &Shared, txn_id: &[u8], v: Version) -> Option<oneshot::Receiver<bool>> {
+    let turn = shared.take_pending(txn_id)?;
+    let (done, committed) = oneshot::channel();
+    turn.send(Turn { version: v, done }).ok()?;
+    Some(committed)
 }
 
 /// Tables this replica's own transactions wrote in `batch`. Applied from
@@ -783,4 +893,113 @@ fn own_tables<'a>(shared: &Shared, batch: impl Iterator<Item = &'a Writeset>) ->
     tables.sort_unstable();
     tables.dedup();
     tables
+}
+
+/// Commits not yet seen to finish, in version order: versions handed to
+/// their sessions (which say on a channel whether they committed) and
+/// versions the applier committed itself. The applied version moves as
+/// the front finishes; a commit that failed breaks the commit order, and
+/// everything after it is applied from the log again.
+#[derive(Default)]
+struct InFlight {
+    queue: VecDeque<Handed>,
+}
+
+struct Handed {
+    first: Version,
+    last: Version,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    /// The session says on this channel whether it committed.
+    Waiting(oneshot::Receiver<bool>),
+    Known(bool),
+}
+
+impl InFlight {
+    /// Versions `first..=last` handed to a session (`done`), or committed
+    /// by the applier (`None`).
+    fn push(&mut self, first: Version, last: Version, done: Option<oneshot::Receiver<bool>>) {
+        let outcome = match done {
+            Some(rx) => Outcome::Waiting(rx),
+            None => Outcome::Known(true),
+        };
+        self.queue.push_back(Handed {
+            first,
+            last,
+            outcome,
+        });
+    }
+
+    /// The last version handed or committed (0: none in flight).
+    fn last(&self) -> Version {
+        self.queue.back().map_or(0, |h| h.last)
+    }
+
+    /// True when the front waits for a session.
+    fn waiting(&self) -> bool {
+        self.queue
+            .front()
+            .is_some_and(|h| matches!(h.outcome, Outcome::Waiting(_)))
+    }
+
+    /// Moves the applied version past the commits that finished; the
+    /// first version of a failed one, if the front failed.
+    fn settle_ready(&mut self, shared: &Shared) -> Option<Version> {
+        while let Some(front) = self.queue.front_mut() {
+            if let Outcome::Waiting(rx) = &mut front.outcome {
+                match rx.try_recv() {
+                    Ok(ok) => front.outcome = Outcome::Known(ok),
+                    Err(oneshot::error::TryRecvError::Empty) => return None,
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        front.outcome = Outcome::Known(false)
+                    }
+                }
+            }
+            if matches!(front.outcome, Outcome::Known(false)) {
+                return Some(front.first);
+            }
+            shared.applied.send_replace(front.last);
+            self.queue.pop_front();
+        }
+        None
+    }
+
+    /// Waits for the front session's commit, then settles.
+    async fn settle_next(&mut self, shared: &Shared) -> Option<Version> {
+        if let Some(front) = self.queue.front_mut() {
+            if let Outcome::Waiting(rx) = &mut front.outcome {
+                front.outcome = Outcome::Known(rx.await.unwrap_or(false));
+            }
+        }
+        self.settle_ready(shared)
+    }
+
+    /// Waits until every commit in flight finished (after a failure, the
+    /// later ones fail too: the order is broken at the first failure so
+    /// that none waits for a turn that never comes), then starts the
+    /// commit order over from the applied version.
+    async fn drain(&mut self, shared: &Shared) {
+        let mut failed = false;
+        while let Some(h) = self.queue.pop_front() {
+            let ok = match h.outcome {
+                Outcome::Known(ok) => ok,
+                Outcome::Waiting(rx) => rx.await.unwrap_or(false),
+            };
+            if ok && !failed {
+                shared.applied.send_replace(h.last);
+            } else if ok {
+                tracing::error!(
+                    "versions {}..={} committed after an earlier version failed",
+                    h.first,
+                    h.last
+                );
+            } else if !failed {
+                failed = true;
+                shared.order.break_at(h.first);
+            }
+        }
+        shared.order.reset(*shared.applied.borrow());
+    }
 }

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use tashkent_certifier::{CertifierClient, Version};
 use tokio::sync::{oneshot, watch, Notify};
 
+use super::commit_order::CommitOrder;
 use super::ProxyConfig;
 
 /// The applier's signal to a session: every version below `version` is
@@ -31,8 +32,14 @@ pub struct SessionSignal {
     /// would fail certification anyway).
     pub doomed: AtomicBool,
     /// Set by the session while its transaction is being certified or
-    /// committed: then it is never doomed.
+    /// committed: then it gives its locks up instead of being cancelled,
+    /// unless its commit is on the replica already (`commit_in_flight`).
     pub committing: AtomicBool,
+    /// The version the session commits (0: not known yet).
+    pub commit_version: AtomicU64,
+    /// The session's commit flight (take turn, wait turn, COMMIT) is on
+    /// the replica: only a cancel stops it.
+    pub commit_in_flight: AtomicBool,
     /// Statement cancels of the applier, see [`Cancels`].
     pub cancels: Mutex<Cancels>,
     pub wake: Notify,
@@ -102,6 +109,8 @@ pub struct Shared {
     /// (they could not commit before it), sessions waiting for their turn
     /// are told, and it clears once the version applies.
     pub apply_stuck: watch::Sender<Option<ApplyStuck>>,
+    /// The commit order on the replica.
+    pub order: CommitOrder,
 }
 
 /// Why the applier cannot go on.
@@ -126,6 +135,7 @@ impl Shared {
             next_txn: AtomicU64::new(1),
             recovery_needed: Mutex::new(None),
             apply_stuck: watch::Sender::new(None),
+            order: CommitOrder::new(applied),
         }
     }
 
@@ -200,14 +210,22 @@ impl Shared {
     /// [`SessionSignal::cancel_delivered`]); a committing one gives its
     /// locks up and lets the applier apply its writeset from the log (see
     /// `session::commit`). `None`: nothing to cancel.
-    pub fn doom(&self, backend_pid: i32) -> Option<Arc<SessionSignal>> {
+    ///
+    /// `applying` is the version the applier is at: a session committing
+    /// an earlier version commits before it, so it is left alone.
+    pub fn doom(&self, backend_pid: i32, applying: Version) -> Option<Arc<SessionSignal>> {
         let signal = self.sessions.lock().get(&backend_pid).cloned()?;
         let cancel = {
             let mut c = signal.cancels.lock();
             if !c.txn_open {
                 return None;
             }
-            let cancel = !signal.committing.load(Ordering::Acquire);
+            let committing = signal.committing.load(Ordering::Acquire);
+            let version = signal.commit_version.load(Ordering::Acquire);
+            if committing && version != 0 && version < applying {
+                return None;
+            }
+            let cancel = !committing || signal.commit_in_flight.load(Ordering::Acquire);
             if cancel {
                 c.requested += 1;
             }

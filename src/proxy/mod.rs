@@ -8,6 +8,7 @@
 
 mod applier;
 pub mod capture;
+mod commit_order;
 mod config;
 mod conn;
 mod coordination;

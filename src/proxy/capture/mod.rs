@@ -23,13 +23,14 @@ use crate::error::{Error, Result};
 /// The install script, run in this order as one transaction (`FORMAT.md`
 /// says what each part does); `@LIBRARY@` stands for the capture
 /// library's path.
-const INSTALL_SQL: [&str; 7] = [
+const INSTALL_SQL: [&str; 8] = [
     include_str!("sql/00_schema.sql"),
     include_str!("sql/10_relations.sql"),
     include_str!("sql/20_sequences.sql"),
     include_str!("sql/30_library.sql"),
     include_str!("sql/40_triggers.sql"),
     include_str!("sql/50_ddl.sql"),
+    include_str!("sql/60_commit_order.sql"),
     include_str!("sql/90_existing.sql"),
 ];
 
@@ -51,12 +52,9 @@ pub const SNAPSHOT_VERSION_SQL: &str = "SELECT max(version) FROM tashkent.applie
 /// Default cap on one transaction's captured bytes (`max_writeset_bytes`).
 pub const DEFAULT_MAX_WRITESET_BYTES: u64 = 256 << 20;
 
-/// The statement that records version `$1` as applied, to run in the
+/// The statement that records version `v` as applied, to run in the
 /// transaction that commits it. It inserts a row of its own, so commits in
 /// REPEATABLE READ never update a row changed after their snapshot.
-pub const RECORD_APPLIED_SQL: &str = "INSERT INTO tashkent.applied (version) VALUES ($1)";
-
-/// [`RECORD_APPLIED_SQL`] for version `v`, as a statement of its own.
 pub fn record_applied_sql(v: u64) -> String {
     format!("INSERT INTO tashkent.applied (version) VALUES ({v})")
 }

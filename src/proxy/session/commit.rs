@@ -14,6 +14,7 @@ use tashkent_certifier::{CertifierError, ChunkSender};
 
 use super::*;
 use crate::proxy::capture::entry::EntryReader;
+use crate::proxy::commit_order::Place;
 use crate::proxy::errors;
 use crate::proxy::writeset::Builder;
 
@@ -305,25 +306,114 @@ impl Session {
             }
         };
         let v = turn.version;
-        let version = v.to_string();
-        let answer = self
-            .own_flight(&[
-                (OwnStatement::RecordApplied, &[&version]),
-                (OwnStatement::Commit, &[]),
-            ])
-            .await?;
-        let ok = answer.error.is_none();
-        if !ok {
-            // The writeset is certified and durable: the applier applies
-            // it from the log, and the client's COMMIT stands.
-            self.rollback_backend().await?;
-        }
+        let ok = self.commit_in_order(v).await?;
         let _ = turn.done.send(ok);
         self.close_txn();
         if !ok {
+            // The writeset is certified and durable: the applier applies
+            // it from the log, and the client's COMMIT stands.
             self.shared.wait_applied(v).await;
         }
         Ok(Ok(()))
+    }
+
+    /// Commits version `v` in the replica's commit order (`commit_order`):
+    /// once its predecessor took its turn, one flight takes this
+    /// version's turn, waits for the predecessor's commit and commits.
+    /// False when it did not commit (the applier applies it from the log).
+    async fn commit_in_order(&mut self, v: Version) -> Result<bool> {
+        self.signal.commit_version.store(v, Ordering::Release);
+        let place = loop {
+            tokio::select! {
+                p = self.shared.order.wait_place(v) => break p,
+                // The applier needs a lock this transaction holds, for a
+                // version before ours: give the locks up.
+                () = self.signal.wake.notified() => {
+                    if self.signal.doomed.swap(false, Ordering::AcqRel) {
+                        break Place::Broken(v);
+                    }
+                }
+            }
+        };
+        let prev_xid = match place {
+            Place::Go { prev_xid } => prev_xid.map(|x| x.to_string()),
+            Place::Broken(_) => {
+                self.signal.commit_version.store(0, Ordering::Release);
+                self.shared.order.break_at(v);
+                self.rollback_backend().await?;
+                return Ok(false);
+            }
+        };
+        let (version, prev) = (v.to_string(), (v - 1).to_string());
+        let mut out = Vec::with_capacity(12);
+        self.own
+            .execute(OwnStatement::TakeTurn, &[Some(&version)], &mut out);
+        out.push(own::flush());
+        self.own.execute(
+            OwnStatement::WaitTurn,
+            &[Some(&prev), prev_xid.as_deref()],
+            &mut out,
+        );
+        self.own.execute(OwnStatement::Commit, &[], &mut out);
+        out.push(own::sync());
+        for m in &out {
+            self.backend.push(m);
+        }
+        self.signal.commit_in_flight.store(true, Ordering::Release);
+        let read = self.read_commit_flight(v).await;
+        self.signal.commit_in_flight.store(false, Ordering::Release);
+        self.signal.commit_version.store(0, Ordering::Release);
+        let error = read?;
+        if let Some(e) = error {
+            tracing::debug!(
+                "committing version {v} in order failed: {} ({})",
+                e.message_text().unwrap_or_default(),
+                e.sqlstate().unwrap_or_default()
+            );
+            // A cancel of the applier's that landed here is settled.
+            self.translate(e);
+            self.shared.order.break_at(v);
+            self.rollback_backend().await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Reads the answer of the commit flight of `v`: the turn is taken at
+    /// the first CommandComplete (the Flush behind it brings it at once);
+    /// the error, if any statement failed.
+    async fn read_commit_flight(&mut self, v: Version) -> Result<Option<ErrorResponse>> {
+        self.flush_backend().await?;
+        let mut xid: Option<u64> = None;
+        let mut turn_taken = false;
+        let mut error = None;
+        loop {
+            let m = self.backend.read().await.map_err(SessionError::Backend)?;
+            match m.tag() {
+                b'D' if !turn_taken => {
+                    xid = first_column(m.body())
+                        .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok());
+                }
+                b'C' if !turn_taken => {
+                    turn_taken = true;
+                    match xid {
+                        Some(x) => self.shared.order.took_turn(v, v, x),
+                        None => {
+                            error = Some(errors::internal("take_turns answered no transaction id"))
+                        }
+                    }
+                }
+                b'E' if error.is_none() => {
+                    error = Some(
+                        ErrorResponse::parse(&m)
+                            .unwrap_or_else(|_| errors::internal("committing in order failed")),
+                    );
+                }
+                b'Z' => return Ok(error),
+                b'A' | b'S' => self.client.push(&m),
+                _ => {}
+            }
+        }
     }
 
     /// The committed writeset `v` of this session, whose locks it gave

@@ -23,8 +23,12 @@ pub(super) enum OwnStatement {
     Snapshot,
     /// The captured entries (`capture::READ_SQL`), read in binary.
     ReadOut,
-    /// `INSERT INTO tashkent.applied VALUES ($1)`.
-    RecordApplied,
+    /// `tashkent.take_turns($1, $1)`: records version `$1` as applied and
+    /// takes its place in the commit order; returns the transaction's id.
+    TakeTurn,
+    /// `tashkent.wait_turn($1, $2)`: waits until version `$1` (whose
+    /// transaction is `$2`, NULL when known committed) committed.
+    WaitTurn,
     Commit,
     Rollback,
 }
@@ -36,7 +40,8 @@ impl OwnStatement {
             OwnStatement::BeginReadOnly => "__tashkent_begin_ro",
             OwnStatement::Snapshot => "__tashkent_snapshot",
             OwnStatement::ReadOut => "__tashkent_read_out",
-            OwnStatement::RecordApplied => "__tashkent_applied",
+            OwnStatement::TakeTurn => "__tashkent_take_turn",
+            OwnStatement::WaitTurn => "__tashkent_wait_turn",
             OwnStatement::Commit => "__tashkent_commit",
             OwnStatement::Rollback => "__tashkent_rollback",
         }
@@ -48,7 +53,8 @@ impl OwnStatement {
             OwnStatement::BeginReadOnly => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
             OwnStatement::Snapshot => capture::SNAPSHOT_VERSION_SQL,
             OwnStatement::ReadOut => capture::READ_SQL,
-            OwnStatement::RecordApplied => capture::RECORD_APPLIED_SQL,
+            OwnStatement::TakeTurn => "SELECT tashkent.take_turns($1, $1)",
+            OwnStatement::WaitTurn => "SELECT tashkent.wait_turn($1, $2)",
             OwnStatement::Commit => "COMMIT",
             OwnStatement::Rollback => "ROLLBACK",
         }
@@ -57,8 +63,9 @@ impl OwnStatement {
     /// Parameter types of the Parse message (0: inferred).
     fn params(self) -> &'static [u32] {
         match self {
-            // int8
-            OwnStatement::RecordApplied => &[20],
+            // int8; int8, xid8
+            OwnStatement::TakeTurn => &[20],
+            OwnStatement::WaitTurn => &[20, 5069],
             _ => &[],
         }
     }
@@ -83,7 +90,7 @@ impl Own {
 
     /// Messages that run `stmt` with `params` (text), preceded by its
     /// Parse if the backend lacks it. No Sync: the caller ends the flight.
-    pub fn execute(&mut self, stmt: OwnStatement, params: &[&str], out: &mut Vec<Message>) {
+    pub fn execute(&mut self, stmt: OwnStatement, params: &[Option<&str>], out: &mut Vec<Message>) {
         let bit = 1u8 << (stmt as u8);
         if self.prepared & bit == 0 {
             if self.close_first {
@@ -100,6 +107,12 @@ impl Own {
 /// The Sync that ends a flight.
 pub(super) fn sync() -> Message {
     Message::new(b'S', Bytes::new())
+}
+
+/// A Flush inside a flight: the backend sends what it has answered so far
+/// (the commit order's next committer waits for it).
+pub(super) fn flush() -> Message {
+    Message::new(b'H', Bytes::new())
 }
 
 fn close(stmt: OwnStatement) -> Message {
@@ -123,7 +136,7 @@ fn parse(stmt: OwnStatement) -> Message {
     Message::new(b'P', b.freeze())
 }
 
-fn bind(stmt: OwnStatement, params: &[&str]) -> Message {
+fn bind(stmt: OwnStatement, params: &[Option<&str>]) -> Message {
     let mut b = BytesMut::new();
     b.put_u8(0); // the unnamed portal
     b.put_slice(stmt.name().as_bytes());
@@ -131,8 +144,13 @@ fn bind(stmt: OwnStatement, params: &[&str]) -> Message {
     b.put_i16(0); // parameters in text
     b.put_i16(params.len() as i16);
     for p in params {
-        b.put_i32(p.len() as i32);
-        b.put_slice(p.as_bytes());
+        match p {
+            Some(p) => {
+                b.put_i32(p.len() as i32);
+                b.put_slice(p.as_bytes());
+            }
+            None => b.put_i32(-1),
+        }
     }
     // The read-out's chunks come as binary bytea (no hex, whatever the
     // client's settings); everything else as text.
@@ -158,7 +176,7 @@ mod tests {
 
     fn tags(own: &mut Own, stmt: OwnStatement) -> Vec<u8> {
         let mut out = Vec::new();
-        own.execute(stmt, &["42"], &mut out);
+        own.execute(stmt, &[Some("42")], &mut out);
         out.iter().map(|m| m.tag()).collect()
     }
 
@@ -167,7 +185,7 @@ mod tests {
         let mut own = Own::default();
         assert_eq!(tags(&mut own, OwnStatement::Begin), b"PBE");
         assert_eq!(tags(&mut own, OwnStatement::Begin), b"BE");
-        assert_eq!(tags(&mut own, OwnStatement::RecordApplied), b"PBE");
+        assert_eq!(tags(&mut own, OwnStatement::TakeTurn), b"PBE");
         own.forget();
         assert_eq!(tags(&mut own, OwnStatement::Begin), b"CPBE");
         assert_eq!(tags(&mut own, OwnStatement::Begin), b"BE");

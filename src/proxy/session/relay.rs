@@ -240,7 +240,7 @@ impl Session {
     }
 
     /// Queues the proxy's own statements as one flight (one Sync).
-    pub(super) fn push_own(&mut self, statements: &[(OwnStatement, &[&str])]) {
+    pub(super) fn push_own(&mut self, statements: &[(OwnStatement, &[Option<&str>])]) {
         let mut out = Vec::with_capacity(4 + 2 * statements.len());
         for (stmt, params) in statements {
             self.own.execute(*stmt, params, &mut out);
@@ -254,7 +254,7 @@ impl Session {
     /// Runs the proxy's own statements as one flight and reads the answer.
     pub(super) async fn own_flight(
         &mut self,
-        statements: &[(OwnStatement, &[&str])],
+        statements: &[(OwnStatement, &[Option<&str>])],
     ) -> Result<Answer> {
         self.push_own(statements);
         self.own_answer().await
