@@ -10,39 +10,63 @@ use tashkent_tpcb::{Report, Workload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tashkent");
 
-const SYSTEMS: [(&str, &[u32]); 3] = [
+const SYSTEMS: [(&str, &[u32]); 5] = [
     ("postgres-fsync", &[1]),
+    ("postgres-nofsync", &[1]),
+    ("postgres-rr", &[1]),
     ("base", &[1, 2]),
     ("tashkent-mw", &[1, 2]),
 ];
+
+/// Runs `tashkent bench args…` on small tables (500 rows per scale unit),
+/// 3 clients, 1 s measured; its stdout, after asserting it succeeded.
+fn bench(args: &[&str], results: &std::path::Path, work: &std::path::Path) -> String {
+    let out = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .args([
+            "--rows-per-scale",
+            "500",
+            "--clients",
+            "3",
+            "--duration",
+            "1",
+        ])
+        .arg("--results-dir")
+        .arg(results)
+        .arg("--work-dir")
+        .arg(work)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running tashkent bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "tashkent bench failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    stdout
+}
 
 #[test]
 fn bench_prints_tables_and_writes_json_and_plots() {
     let dir = common::shared_tempdir();
     let results = dir.path().join("results");
     let work = dir.path().join("work");
-    let out = Command::new(BIN)
-        .args([
-            "bench",
+    let stdout = bench(
+        &[
             "--workloads",
             "allupdates,tpcb",
             "--replicas",
             "1,2",
-        ])
-        .args(["--scale", "2", "--rows-per-scale", "500", "--clients", "3"])
-        .args(["--duration", "1", "--warmup", "0.2", "--results-dir"])
-        .arg(&results)
-        .arg("--work-dir")
-        .arg(&work)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running tashkent bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "tashkent bench failed ({}):\n{stdout}\n{stderr}",
-        out.status
+            "--scale",
+            "2",
+            "--warmup",
+            "0.2",
+        ],
+        &results,
+        &work,
     );
 
     // The table: one section per workload, a line per system and count.
@@ -139,8 +163,9 @@ fn bench_prints_tables_and_writes_json_and_plots() {
         "{json}"
     );
     let ratios = value["ratios"].as_array().expect("ratios");
-    // Per workload: against the standalone server and against Base at 1 and 2.
-    assert_eq!(ratios.len(), 6, "{json}");
+    // Per workload: against the three standalone servers and against Base
+    // at 1 and 2.
+    assert_eq!(ratios.len(), 10, "{json}");
     assert!(
         ratios.iter().all(|r| r["ratio"].as_f64().unwrap() > 0.0),
         "{json}"
@@ -175,6 +200,51 @@ fn bench_prints_tables_and_writes_json_and_plots() {
         .map(|e| e.unwrap().path())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Unmodified pgbench as the client: one process per proxy, figures cut
+/// from its per-transaction logs.
+#[test]
+fn bench_drives_the_load_with_pgbench() {
+    let dir = common::shared_tempdir();
+    let results = dir.path().join("results");
+    let stdout = bench(
+        &[
+            "--client",
+            "pgbench",
+            "--replicas",
+            "2",
+            "--systems",
+            "postgres-nofsync,tashkent-mw",
+            "--scale",
+            "1",
+            "--warmup",
+            "0.5",
+        ],
+        &results,
+        &dir.path().join("work"),
+    );
+    let json = std::fs::read_to_string(results.join("results.json")).expect("results.json");
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(value["plan"]["client"], "pgbench", "{json}");
+    let report = Report::from_json(&json).expect("results.json is a report");
+    for w in [Workload::AllUpdates, Workload::Tpcb] {
+        let got: Vec<(String, u32)> = report
+            .rows(w)
+            .map(|r| (r.system.clone(), r.replicas))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("postgres-nofsync".into(), 1), ("tashkent-mw".into(), 2)],
+            "{w}"
+        );
+        for r in report.rows(w) {
+            assert!(r.stats.committed > 0, "{w}: {r:?}");
+            let l = r.stats.latency_ms;
+            assert!(0.0 < l.p50 && l.p50 <= l.p90 && l.p90 <= l.p99, "{r:?}");
+        }
+    }
+    assert!(!stdout.contains("PROBLEMS"), "{stdout}");
 }
 
 #[test]

@@ -25,5 +25,6 @@ pub use error::{Error, Result};
 pub use report::{write_files, write_table, RecoveryReport, RecoveryRow, Report, ResultRow};
 pub use stats::{percentile_sorted, LatencySummary, RunStats};
 pub use workload::{
-    load, load_rows, tpcb_invariant, Workload, LOAD_BATCH, ROWS_PER_SCALE, TELLERS_PER_BRANCH,
+    load, load_rows, pgbench_script, tpcb_invariant, Workload, LOAD_BATCH, ROWS_PER_SCALE,
+    TELLERS_PER_BRANCH,
 };

@@ -109,6 +109,36 @@ impl Size {
     }
 }
 
+/// The pgbench script of `workload` on tables loaded for `scale` and
+/// `rows_per_scale` (the same transactions as the built-in driver; TPC-B
+/// is pgbench's own `tpcb-like`, its key ranges written out so that
+/// tables of any size fit).
+pub fn pgbench_script(workload: Workload, scale: u32, rows_per_scale: u64) -> Result<String> {
+    let size = Size::new(scale, rows_per_scale)?;
+    Ok(match workload {
+        Workload::AllUpdates => format!(
+            "\\set id random(1, {})\n\
+             UPDATE allupdates SET val = val + 1 WHERE id = :id;\n",
+            size.rows
+        ),
+        Workload::Tpcb => format!(
+            "\\set aid random(1, {})\n\
+             \\set bid random(1, {})\n\
+             \\set tid random(1, {})\n\
+             \\set delta random(-5000, 5000)\n\
+             BEGIN;\n\
+             UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;\n\
+             SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n\
+             UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;\n\
+             UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;\n\
+             INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) \
+             VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);\n\
+             END;\n",
+            size.rows, size.branches, size.tellers
+        ),
+    })
+}
+
 /// Connects to `conninfo` (libpq key/value string or URL) without TLS and
 /// drives the connection in a background task.
 pub(crate) async fn connect(conninfo: &str, context: &str) -> Result<Client> {
@@ -297,5 +327,22 @@ mod tests {
         assert!(Size::new(0, 1).is_err());
         assert!(Size::new(1, 0).is_err());
         assert!(Size::new(30_000, ROWS_PER_SCALE).is_err());
+    }
+
+    #[test]
+    fn pgbench_scripts_draw_keys_from_the_loaded_ranges() {
+        let a = pgbench_script(Workload::AllUpdates, 2, 500).unwrap();
+        assert!(a.starts_with("\\set id random(1, 1000)\n"), "{a}");
+        let t = pgbench_script(Workload::Tpcb, 2, 500).unwrap();
+        for want in [
+            "random(1, 1000)",
+            "random(1, 2)",
+            "random(1, 20)",
+            "BEGIN;",
+            "END;",
+        ] {
+            assert!(t.contains(want), "{want} in {t}");
+        }
+        assert!(pgbench_script(Workload::Tpcb, 0, 500).is_err());
     }
 }

@@ -23,6 +23,7 @@
 //! every figure, one SVG plot per workload of throughput against replica
 //! count) go to stdout and to a results directory.
 
+mod pgbench;
 mod recovery;
 mod soak;
 
@@ -36,7 +37,7 @@ use serde::Serialize;
 use tashkent_certifier::CertifierClient;
 use tashkent_tpcb::{Report, ResultRow, RunConfig, RunStats, Workload, ROWS_PER_SCALE};
 
-use tashkent::ops::cluster::{ClusterConfig, DurabilityMode, LocalCluster};
+use tashkent::ops::cluster::{ClusterConfig, DurabilityMode, LocalCluster, Placement};
 use tashkent::ops::config::ConfigFile;
 use tashkent::ops::pg::{connect, Durability, PgConfig, PgServer};
 
@@ -54,6 +55,16 @@ pub enum System {
     #[value(name = "postgres-fsync")]
     #[serde(rename = "postgres-fsync")]
     PostgresFsync,
+    /// One standalone PostgreSQL, fsync and synchronous_commit off (what a
+    /// Tashkent-MW replica runs).
+    #[value(name = "postgres-nofsync")]
+    #[serde(rename = "postgres-nofsync")]
+    PostgresNofsync,
+    /// One standalone PostgreSQL, fsync on, every transaction repeatable
+    /// read (the isolation tashkent gives).
+    #[value(name = "postgres-rr")]
+    #[serde(rename = "postgres-rr")]
+    PostgresRr,
     /// Ordering in the middleware, durability in every replica (`durability = database`).
     #[value(name = "base")]
     #[serde(rename = "base")]
@@ -69,19 +80,52 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::PostgresFsync => "postgres-fsync",
+            System::PostgresNofsync => "postgres-nofsync",
+            System::PostgresRr => "postgres-rr",
             System::Base => "base",
             System::TashkentMw => "tashkent-mw",
         }
     }
 
-    /// The cluster mode, or `None` for the standalone server.
+    /// The cluster mode, or `None` for a standalone server.
     fn durability(self) -> Option<DurabilityMode> {
         match self {
-            System::PostgresFsync => None,
+            System::PostgresFsync | System::PostgresNofsync | System::PostgresRr => None,
             System::Base => Some(DurabilityMode::Database),
             System::TashkentMw => Some(DurabilityMode::Middleware),
         }
     }
+
+    /// A standalone server's configuration.
+    fn standalone(self) -> PgConfig {
+        let (durability, settings) = match self {
+            System::PostgresNofsync => (Durability::Off, vec![]),
+            System::PostgresRr => (
+                Durability::On,
+                vec![(
+                    "default_transaction_isolation".to_owned(),
+                    "'repeatable read'".to_owned(),
+                )],
+            ),
+            _ => (Durability::On, vec![]),
+        };
+        PgConfig {
+            base_dir: None,
+            durability,
+            settings,
+            ..PgConfig::default()
+        }
+    }
+}
+
+/// What drives the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Client {
+    /// tashkent-tpcb's driver (tokio-postgres), in the bench's process.
+    Builtin,
+    /// Unmodified pgbench processes, one per proxy (`-M prepared`).
+    Pgbench,
 }
 
 /// Flags of `tashkent bench`.
@@ -94,16 +138,21 @@ pub struct BenchArgs {
     /// Workloads to run, comma-separated: allupdates, tpcb.
     #[arg(long, value_delimiter = ',', default_value = "allupdates,tpcb")]
     pub workloads: Vec<Workload>,
-    /// Systems to measure, comma-separated: postgres-fsync (standalone,
-    /// fsync on), base (durability = database), tashkent-mw (durability =
-    /// middleware).
+    /// Systems to measure, comma-separated: postgres-fsync,
+    /// postgres-nofsync, postgres-rr (standalone: fsync on, fsync off,
+    /// fsync on with repeatable read), base (durability = database),
+    /// tashkent-mw (durability = middleware).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "postgres-fsync,base,tashkent-mw"
+        default_value = "postgres-fsync,postgres-nofsync,postgres-rr,base,tashkent-mw"
     )]
     pub systems: Vec<System>,
+    /// What drives the load: builtin (tashkent-tpcb's driver) or pgbench
+    /// (unmodified pgbench, one process per proxy, `-M prepared`).
+    #[arg(long, value_enum, default_value = "builtin")]
+    pub client: Client,
     /// Replica counts of the clusters, comma-separated (e.g. 1,3); the
     /// standalone server always runs once, as 1. Default 1,2,3.
     #[arg(long, value_delimiter = ',', conflicts_with = "max_replicas")]
@@ -171,6 +220,7 @@ pub struct BenchPlan {
     pub scale: u32,
     pub rows_per_scale: u64,
     pub clients: usize,
+    pub client: Client,
     #[serde(rename = "duration_s", serialize_with = "secs")]
     pub duration: Duration,
     #[serde(rename = "warmup_s", serialize_with = "secs")]
@@ -222,6 +272,7 @@ impl BenchArgs {
             scale: self.scale,
             rows_per_scale: self.rows_per_scale,
             clients: self.clients,
+            client: self.client,
             duration: self.duration,
             warmup: self.warmup,
             seed: self.seed,
@@ -236,9 +287,9 @@ impl BenchPlan {
     pub fn setups(&self) -> Vec<(System, u32)> {
         let mut out = Vec::new();
         for &s in &self.systems {
-            match s {
-                System::PostgresFsync => out.push((s, 1)),
-                _ => out.extend(self.replicas.iter().map(|&n| (s, n))),
+            match s.durability() {
+                None => out.push((s, 1)),
+                Some(_) => out.extend(self.replicas.iter().map(|&n| (s, n))),
             }
         }
         out
@@ -296,7 +347,13 @@ pub fn ratios(report: &Report) -> Vec<Ratio> {
                 }
             }
         };
-        push(1, System::PostgresFsync.name());
+        for standalone in [
+            System::PostgresFsync,
+            System::PostgresNofsync,
+            System::PostgresRr,
+        ] {
+            push(1, standalone.name());
+        }
         let mut counts: Vec<u32> = report
             .rows(w)
             .filter(|r| r.system == System::Base.name())
@@ -431,15 +488,10 @@ impl Running {
     async fn start(system: System, replicas: u32, state: &Path) -> Result<Running> {
         match system.durability() {
             None => {
-                let server = tokio::task::spawn_blocking(|| {
-                    PgServer::start(PgConfig {
-                        base_dir: None,
-                        durability: Durability::On,
-                        ..PgConfig::default()
-                    })
-                })
-                .await
-                .context("starting PostgreSQL")??;
+                let cfg = system.standalone();
+                let server = tokio::task::spawn_blocking(move || PgServer::start(cfg))
+                    .await
+                    .context("starting PostgreSQL")??;
                 Ok(Running::Standalone(server))
             }
             Some(durability) => {
@@ -453,8 +505,11 @@ impl Running {
                     },
                     ..ConfigFile::default()
                 };
+                // The system runs in processes of its own, apart from the
+                // load and its runtime.
+                let exe = std::env::current_exe().context("locating the tashkent binary")?;
                 Ok(Running::Cluster(Box::new(
-                    LocalCluster::start(&file).await?,
+                    LocalCluster::start_placed(&file, Placement::Processes { exe }).await?,
                 )))
             }
         }
@@ -508,7 +563,7 @@ async fn run_setup(
     let spinner = spinner(format!(
         "{label}: starting {}",
         match system {
-            System::PostgresFsync => "PostgreSQL".to_owned(),
+            s if s.durability().is_none() => "PostgreSQL".to_owned(),
             _ => format!("{replicas} replica(s), certifier and proxies"),
         }
     ));
@@ -595,9 +650,32 @@ async fn run_workload(
     if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed_precise} {msg}") {
         bar.set_style(style.progress_chars("=> "));
     }
-    let stats = {
-        let callback = tashkent_tpcb::bar_callback(&bar);
-        tashkent_tpcb::run(&cfg, Some(&callback)).await
+    let stats = match plan.client {
+        Client::Builtin => {
+            let callback = tashkent_tpcb::bar_callback(&bar);
+            tashkent_tpcb::run(&cfg, Some(&callback))
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        Client::Pgbench => {
+            let logs = work_dir(plan.work_dir.as_deref())?;
+            let pgbench = tashkent::ops::pg::PgBinaries::locate()
+                .and_then(|b| b.tool("pgbench"))
+                .context("locating pgbench")?;
+            bar.set_message("pgbench");
+            let ticker = tokio::spawn({
+                let bar = bar.clone();
+                async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        bar.tick();
+                    }
+                }
+            });
+            let stats = pgbench::run(&cfg, &pgbench, logs.path()).await;
+            ticker.abort();
+            stats
+        }
     };
     bar.finish_and_clear();
     spinner.enable_steady_tick(Duration::from_millis(120));
