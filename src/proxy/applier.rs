@@ -36,7 +36,10 @@ use super::commit_order::Place;
 use super::coordination::{ApplyStuck, Shared, Turn};
 use super::ProxyConfig;
 use crate::error::{Error, Result};
-use crate::proxy::capture::{self, apply::Apply};
+use crate::proxy::capture::{
+    self,
+    apply::{Apply, Planned},
+};
 use prost::Message;
 
 /// Batches stop growing past this many bytes of writesets.
@@ -120,21 +123,91 @@ impl ApplierConn {
     /// turn in the commit order (in one round trip).
     async fn begin(&mut self, shared: &Shared, first: Version, last: Version) -> Result<()> {
         self.applying = first;
-        let (f, l) = (first as i64, last as i64);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&f, &l];
         let (begun, turn) = futures::join!(
             self.client.batch_execute("BEGIN"),
-            self.client.query_one(&self.take_turns, &params)
+            take_turn(&self.client, &self.take_turns, shared, first, last)
         );
         begun.map_err(Error::sql("opening the applier's transaction"))?;
-        let xid: String = turn
-            .map_err(Error::sql(format!("taking the turn of version {first}")))?
-            .get(0);
-        let xid = xid.parse().map_err(|_| Error::Capture {
-            reason: format!("take_turns answered the transaction id {xid:?}"),
-        })?;
-        shared.order.took_turn(first, last, xid);
-        Ok(())
+        turn
+    }
+
+    /// Versions `first..=last` whose row changes are `planned`, in one
+    /// pipeline: BEGIN, the turn, the rows, sequences moved past rows of
+    /// this replica's own (`own_tables`), the wait for the predecessor
+    /// (transaction `prev_xid`) and COMMIT. A statement that fails aborts
+    /// the transaction, so the COMMIT behind it rolls back: the first
+    /// error is the outcome.
+    async fn commit_planned(
+        &mut self,
+        shared: &Shared,
+        first: Version,
+        last: Version,
+        prev_xid: Option<u64>,
+        own_tables: &[String],
+        planned: &[Planned],
+    ) -> Result<()> {
+        type Step<'a> =
+            std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+        self.applying = first;
+        let prev = first as i64 - 1;
+        let prev_xid = prev_xid.map(|x| x.to_string());
+        let advance =
+            (!own_tables.is_empty()).then(|| capture::advance_sequences_sql(Some(own_tables)));
+        let client = &self.client;
+        let mut steps: Vec<Step<'_>> = Vec::with_capacity(planned.len() + 5);
+        steps.push(Box::pin(async {
+            client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(Error::sql("opening the applier's transaction"))
+        }));
+        steps.push(Box::pin(take_turn(
+            client,
+            &self.take_turns,
+            shared,
+            first,
+            last,
+        )));
+        for p in planned {
+            steps.push(Box::pin(p.execute(client)));
+        }
+        if let Some(sql) = &advance {
+            steps.push(Box::pin(async move {
+                client
+                    .batch_execute(sql)
+                    .await
+                    .map_err(Error::sql("advancing sequences past replayed rows"))
+            }));
+        }
+        let wait_turn = &self.wait_turn;
+        if let Some(prev_xid) = &prev_xid {
+            steps.push(Box::pin(async move {
+                client
+                    .execute(wait_turn, &[&prev, prev_xid])
+                    .await
+                    .map(drop)
+                    .map_err(Error::sql(format!("waiting for version {prev} to commit")))
+            }));
+        }
+        steps.push(Box::pin(async {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(Error::sql(format!("committing version {first}")))
+        }));
+        let results = unblocked(
+            shared,
+            &self.monitor,
+            self.pid,
+            first,
+            futures::future::join_all(steps),
+        )
+        .await;
+        let r: Result<()> = results.into_iter().collect();
+        if r.is_ok() {
+            shared.order.committed(last);
+        }
+        r
     }
 
     /// Waits for the predecessor of `first` (transaction `prev_xid`) to
@@ -142,7 +215,9 @@ impl ApplierConn {
     /// from the log (`own_tables`), and commits.
     async fn end(
         &mut self,
+        shared: &Shared,
         first: Version,
+        last: Version,
         prev_xid: Option<u64>,
         own_tables: &[String],
     ) -> Result<()> {
@@ -153,15 +228,45 @@ impl ApplierConn {
                 .map_err(Error::sql("advancing sequences past replayed rows"))?;
         }
         let prev = first as i64 - 1;
-        let prev_xid = prev_xid.map(|x| x.to_string());
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&prev, &prev_xid];
-        let (waited, committed) = futures::join!(
-            self.client.execute(&self.wait_turn, &params),
-            self.client.batch_execute("COMMIT")
-        );
+        let waited = async {
+            match prev_xid.map(|x| x.to_string()) {
+                Some(xid) => self
+                    .client
+                    .execute(&self.wait_turn, &[&prev, &xid])
+                    .await
+                    .map(drop),
+                None => Ok(()),
+            }
+        };
+        let (waited, committed) = futures::join!(waited, self.client.batch_execute("COMMIT"));
         waited.map_err(Error::sql(format!("waiting for version {prev} to commit")))?;
-        committed.map_err(Error::sql(format!("committing version {first}")))
+        committed.map_err(Error::sql(format!("committing version {first}")))?;
+        shared.order.committed(last);
+        Ok(())
     }
+}
+
+/// Takes the turn of versions `first..=last` in the open transaction
+/// (`take_turns`, the prepared `tashkent.take_turns`) and says so to the
+/// commit order.
+async fn take_turn(
+    client: &Client,
+    take_turns: &Statement,
+    shared: &Shared,
+    first: Version,
+    last: Version,
+) -> Result<()> {
+    let (f, l) = (first as i64, last as i64);
+    let xid: String = client
+        .query_one(take_turns, &[&f, &l])
+        .await
+        .map_err(Error::sql(format!("taking the turn of version {first}")))?
+        .get(0);
+    let xid = xid.parse().map_err(|_| Error::Capture {
+        reason: format!("take_turns answered the transaction id {xid:?}"),
+    })?;
+    shared.order.took_turn(first, last, xid);
+    Ok(())
 }
 
 /// Connects the applier's sessions to the replica.
@@ -615,6 +720,21 @@ impl Follower<'_> {
         let prev_xid = place(self.shared, first).await?;
         let shared = self.shared;
         let conn = self.conn.as_mut().expect("connected");
+        if batch.iter().all(|c| c.writeset.ddl.is_empty()) {
+            let r = async {
+                for c in &batch {
+                    check_format(&c.writeset, c.version)?;
+                }
+                let items = batch.iter().flat_map(|c| c.writeset.items.iter());
+                let planned = conn.apply.plan(&conn.client, items).await?;
+                conn.commit_planned(shared, first, last, prev_xid, &own, &planned)
+                    .await
+            }
+            .await;
+            self.settle(r, first).await?;
+            self.committed_here(first, last);
+            return Ok(());
+        }
         let r = async {
             conn.begin(shared, first, last).await?;
             for c in &batch {
@@ -631,7 +751,7 @@ impl Follower<'_> {
                 }
             }
             conn.finish(shared).await?;
-            conn.end(first, prev_xid, &own).await
+            conn.end(shared, first, last, prev_xid, &own).await
         }
         .await;
         self.settle(r, first).await?;
@@ -750,7 +870,7 @@ impl Follower<'_> {
                 }
             }
             conn.finish(shared).await?;
-            conn.end(v, prev_xid, &tables).await
+            conn.end(shared, v, v, prev_xid, &tables).await
         }
         .await;
         self.settle(r, v).await?;

@@ -34,7 +34,7 @@ pub struct OrderState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
     /// Take the turn and wait for `v - 1`, whose transaction is
-    /// `prev_xid` (`None`: committed).
+    /// `prev_xid` (`None`: committed, nothing to wait for).
     Go { prev_xid: Option<u64> },
     /// The committer of this version failed: do not commit.
     Broken(Version),
@@ -100,6 +100,19 @@ impl CommitOrder {
         });
     }
 
+    /// Version `v` committed: if no later version took its turn yet, its
+    /// successor need not wait for it.
+    pub fn committed(&self, v: Version) {
+        self.state.send_if_modified(|s| {
+            if s.positioned == v && s.xid.is_some() {
+                s.xid = None;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
     /// The committer of `v` failed: later committers must not commit.
     pub fn break_at(&self, v: Version) {
         self.state.send_modify(|s| {
@@ -142,6 +155,16 @@ mod tests {
         // A batch moves it by several versions.
         order.took_turn(12, 14, 701);
         assert_eq!(order.state().positioned, 14);
+        // Once 14 committed, 15 has nothing to wait for.
+        order.committed(13);
+        assert_eq!(
+            order.wait_place(15).await,
+            Place::Go {
+                prev_xid: Some(701)
+            }
+        );
+        order.committed(14);
+        assert_eq!(order.wait_place(15).await, Place::Go { prev_xid: None });
     }
 
     #[tokio::test]

@@ -276,3 +276,34 @@ fn bench_refuses_bad_flags() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// `tashkent bench recovery` as a user runs it, small: a checkpoint of
+/// 1,000 rows, 200 writesets replayed batched and one by one.
+#[test]
+fn bench_recovery_replays_batched_and_one_by_one() {
+    let dir = common::shared_tempdir();
+    let results = dir.path().join("results");
+    let out = Command::new(BIN)
+        .args(["bench", "recovery", "--rows", "1000", "--log", "200"])
+        .args(["--baseline-log", "200", "--results-dir"])
+        .arg(&results)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("running tashkent bench recovery");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tashkent bench recovery failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = std::fs::read_to_string(results.join("recovery-table.txt")).expect("the table");
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.trim_start().starts_with("1000 "))
+        .collect();
+    assert_eq!(rows.len(), 2, "a batched and a one-by-one replay:\n{table}");
+    assert!(results.join("recovery.json").exists());
+}

@@ -95,28 +95,13 @@ pub async fn recovery_experiment(
     }
     let mut report = RecoveryReport::default();
     for &rows in &plan.rows {
-        let state = work_dir(plan.work_dir.as_deref())?;
+        let state = super::work_dir(plan.work_dir.as_deref())
+            .map_err(|e| Error::Config(format!("{e:#}")))?;
         let r = one_size(plan, rows, &lengths, state.path(), progress, &mut report).await;
         drop(state);
         r?;
     }
     Ok(report)
-}
-
-/// A world-traversable temporary directory (the servers run as another
-/// account when this runs as root).
-fn work_dir(parent: Option<&Path>) -> Result<tempfile::TempDir> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut b = tempfile::Builder::new();
-    b.prefix("tashkent-recovery-");
-    let dir = match parent {
-        Some(p) => b.tempdir_in(p),
-        None => b.tempdir(),
-    }
-    .map_err(Error::io("creating the experiment's directory"))?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-        .map_err(Error::io("opening the experiment's directory"))?;
-    Ok(dir)
 }
 
 async fn one_size(
@@ -169,7 +154,7 @@ async fn one_size(
         .map_err(Error::sql("capturing a template writeset"))?;
     let hashes: Vec<i64> = client
         .query(
-            "SELECT hashint4extended(id, 0) FROM generate_series(1, $1::int) AS id ORDER BY id",
+            "SELECT hashint4extended(id, 0) FROM generate_series(1, $1::bigint::int) AS id ORDER BY id",
             &[&(rows as i64)],
         )
         .await

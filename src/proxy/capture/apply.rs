@@ -50,6 +50,28 @@ struct TableStatements {
     delete: Option<Statement>,
 }
 
+/// One statement of an apply with its rows, ready to run ([`Apply::plan`]).
+pub struct Planned {
+    statement: Statement,
+    rows: Vec<Bytes>,
+    table: String,
+    deletes: bool,
+}
+
+impl Planned {
+    /// Runs the statement on `client` (in a pipeline when polled together
+    /// with others).
+    pub async fn execute(&self, client: &Client) -> Result<()> {
+        let rows = texts(&self.rows)?;
+        let what = if self.deletes { "deleting" } else { "writing" };
+        client
+            .execute(&self.statement, &[&rows])
+            .await
+            .map_err(Error::sql(format!("{what} rows of {}", self.table)))?;
+        Ok(())
+    }
+}
+
 /// Rows gathered for one table.
 #[derive(Default)]
 struct Run {
@@ -83,6 +105,37 @@ impl Apply {
     /// Applies one item's row changes (after everything fed before it).
     pub async fn item(&mut self, client: &Client, item: &Item) -> Result<()> {
         self.flush_truncate(client).await?;
+        let mut done = Vec::new();
+        self.gather(item, &mut done)?;
+        for run in done {
+            self.run(client, run).await?;
+        }
+        Ok(())
+    }
+
+    /// The statements that apply `items` (row changes only, with nothing
+    /// fed before them still pending), in order, without running them:
+    /// the caller sends them in one pipeline.
+    pub async fn plan<'a>(
+        &mut self,
+        client: &Client,
+        items: impl IntoIterator<Item = &'a Item>,
+    ) -> Result<Vec<Planned>> {
+        let mut runs = Vec::new();
+        for item in items {
+            self.gather(item, &mut runs)?;
+        }
+        runs.push(std::mem::take(&mut self.run));
+        let mut out = Vec::new();
+        for run in runs {
+            self.planned(client, run, &mut out).await?;
+        }
+        Ok(out)
+    }
+
+    /// Adds an item's row changes to the current run; runs that are
+    /// complete go to `done`.
+    fn gather(&mut self, item: &Item, done: &mut Vec<Run>) -> Result<()> {
         for c in change::decode(item.row.clone())? {
             let touches = |run: &Run| {
                 (!c.pk.is_empty() && run.pks.contains(&c.pk))
@@ -93,7 +146,7 @@ impl Apply {
                 || self.run.deletes.len() + self.run.writes.len() >= RUN_ROWS
                 || self.run.bytes >= RUN_BYTES
             {
-                self.flush(client).await?;
+                done.push(std::mem::take(&mut self.run));
                 self.run.table = item.table.clone();
             }
             let run = &mut self.run;
@@ -186,6 +239,20 @@ impl Apply {
 
     async fn flush(&mut self, client: &Client) -> Result<()> {
         let run = std::mem::take(&mut self.run);
+        self.run(client, run).await
+    }
+
+    async fn run(&mut self, client: &Client, run: Run) -> Result<()> {
+        let mut planned = Vec::new();
+        self.planned(client, run, &mut planned).await?;
+        for p in &planned {
+            p.execute(client).await?;
+        }
+        Ok(())
+    }
+
+    /// The DELETE and the upsert of `run` (those it needs).
+    async fn planned(&mut self, client: &Client, run: Run, out: &mut Vec<Planned>) -> Result<()> {
         if run.deletes.is_empty() && run.writes.is_empty() {
             return Ok(());
         }
@@ -197,18 +264,20 @@ impl Apply {
                     run.table
                 ),
             })?;
-            let rows = texts(&run.deletes)?;
-            client
-                .execute(delete, &[&rows])
-                .await
-                .map_err(Error::sql(format!("deleting rows of {}", run.table)))?;
+            out.push(Planned {
+                statement: delete.clone(),
+                rows: run.deletes,
+                table: run.table.clone(),
+                deletes: true,
+            });
         }
         if !run.writes.is_empty() {
-            let rows = texts(&run.writes)?;
-            client
-                .execute(&st.write, &[&rows])
-                .await
-                .map_err(Error::sql(format!("writing rows of {}", run.table)))?;
+            out.push(Planned {
+                statement: st.write.clone(),
+                rows: run.writes,
+                table: run.table,
+                deletes: false,
+            });
         }
         Ok(())
     }

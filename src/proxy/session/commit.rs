@@ -349,11 +349,13 @@ impl Session {
         self.own
             .execute(OwnStatement::TakeTurn, &[Some(&version)], &mut out);
         out.push(own::flush());
-        self.own.execute(
-            OwnStatement::WaitTurn,
-            &[Some(&prev), prev_xid.as_deref()],
-            &mut out,
-        );
+        if let Some(prev_xid) = prev_xid.as_deref() {
+            self.own.execute(
+                OwnStatement::WaitTurn,
+                &[Some(&prev), Some(prev_xid)],
+                &mut out,
+            );
+        }
         self.own.execute(OwnStatement::Commit, &[], &mut out);
         out.push(own::sync());
         for m in &out {
@@ -376,6 +378,7 @@ impl Session {
             self.rollback_backend().await?;
             return Ok(false);
         }
+        self.shared.order.committed(v);
         Ok(true)
     }
 

@@ -78,7 +78,12 @@ where
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1))
         .fold(0.0f64, f64::max);
-    let y_top = if y_max > 0.0 { y_max * 1.15 } else { 1.0 };
+    // The legend sits in the upper left corner: the top band of the plot
+    // is kept free for it, so that no point hides behind it.
+    let legend_px = 16.0 + 22.0 * series.len() as f64;
+    let plot_px = f64::from(PLOT_SIZE.1) - 130.0;
+    let free = (1.0 - legend_px / plot_px - 0.05).max(0.3);
+    let y_top = if y_max > 0.0 { y_max / free } else { 1.0 };
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
