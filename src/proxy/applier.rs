@@ -246,6 +246,12 @@ impl ApplierConn {
     }
 }
 
+/// `wait_turn`'s error: the predecessor did not commit.
+fn predecessor_failed(e: &Error) -> bool {
+    matches!(e, Error::Sql { source, .. }
+        if source.code().map(|c| c.code()) == Some(capture::PREDECESSOR_FAILED))
+}
+
 /// Takes the turn of versions `first..=last` in the open transaction
 /// (`take_turns`, the prepared `tashkent.take_turns`) and says so to the
 /// commit order.
@@ -265,8 +271,13 @@ async fn take_turn(
     let xid = xid.parse().map_err(|_| Error::Capture {
         reason: format!("take_turns answered the transaction id {xid:?}"),
     })?;
-    shared.order.took_turn(first, last, xid);
-    Ok(())
+    if shared.order.took_turn(first, last, xid) {
+        Ok(())
+    } else {
+        Err(Error::Capture {
+            reason: format!("versions {first}..={last} took their turn out of order"),
+        })
+    }
 }
 
 /// Connects the applier's sessions to the replica.
@@ -611,6 +622,29 @@ impl Follower<'_> {
         }
     }
 
+    /// Waits for the place of `first` in the commit order: the transaction
+    /// id of its predecessor (`None`: committed). Meanwhile, sessions'
+    /// commits that finish are settled: one that failed without breaking
+    /// the order (its session went away) must not leave this waiting.
+    async fn place(&mut self, first: Version) -> std::result::Result<Option<u64>, Stop> {
+        loop {
+            if let Some(failed) = self.inflight.settle_ready(self.shared) {
+                return Err(Stop::Broken(failed));
+            }
+            tokio::select! {
+                p = self.shared.order.wait_place(first) => return match p {
+                    Place::Go { prev_xid } => Ok(prev_xid),
+                    Place::Broken(b) => Err(Stop::Broken(b)),
+                },
+                failed = self.inflight.settle_next(self.shared), if self.inflight.waiting() => {
+                    if let Some(failed) = failed {
+                        return Err(Stop::Broken(failed));
+                    }
+                }
+            }
+        }
+    }
+
     /// A version the applier commits itself went through.
     fn committed_here(&mut self, first: Version, last: Version) {
         self.inflight.push(first, last, None);
@@ -717,7 +751,7 @@ impl Follower<'_> {
             }
         }
         let own = own_tables(self.shared, batch.iter().map(|c| &c.writeset));
-        let prev_xid = place(self.shared, first).await?;
+        let prev_xid = self.place(first).await?;
         let shared = self.shared;
         let conn = self.conn.as_mut().expect("connected");
         if batch.iter().all(|c| c.writeset.ddl.is_empty()) {
@@ -726,7 +760,9 @@ impl Follower<'_> {
                     check_format(&c.writeset, c.version)?;
                 }
                 let items = batch.iter().flat_map(|c| c.writeset.items.iter());
-                let planned = conn.apply.plan(&conn.client, items).await?;
+                // Preparing a table's statements locks the table.
+                let plan = conn.apply.plan(&conn.client, items);
+                let planned = unblocked(shared, &conn.monitor, conn.pid, first, plan).await?;
                 conn.commit_planned(shared, first, last, prev_xid, &own, &planned)
                     .await
             }
@@ -830,7 +866,7 @@ impl Follower<'_> {
             ))));
         }
         let own_origin = header.origin == self.shared.cfg.replica_id;
-        let prev_xid = place(self.shared, v).await?;
+        let prev_xid = self.place(v).await?;
         let shared = self.shared;
         let conn = self.conn.as_mut().expect("connected");
         let mut tables: Vec<String> = Vec::new();
@@ -886,6 +922,12 @@ impl Follower<'_> {
                 if let Some(conn) = self.conn.as_mut() {
                     let _ = conn.client.batch_execute("ROLLBACK").await;
                     conn.apply.forget_tables();
+                }
+                if predecessor_failed(&error) {
+                    // The commit before this one failed (its committer
+                    // breaks the order too): apply both from the log.
+                    self.shared.order.break_at(v);
+                    return Err(Stop::Broken(v));
                 }
                 Err(Stop::Apply { version: v, error })
             }
@@ -980,15 +1022,6 @@ fn check_format(ws: &Writeset, v: Version) -> Result<()> {
         Ok(())
     } else {
         Err(format_error(ws.format_version, v))
-    }
-}
-
-/// Waits for the place of `first` in the commit order: the transaction id
-/// of its predecessor (`None`: committed).
-async fn place(shared: &Shared, first: Version) -> std::result::Result<Option<u64>, Stop> {
-    match shared.order.wait_place(first).await {
-        Place::Go { prev_xid } => Ok(prev_xid),
-        Place::Broken(b) => Err(Stop::Broken(b)),
     }
 }
 

@@ -86,9 +86,14 @@ impl CommitOrder {
     }
 
     /// Versions `first..=last` took their turn in transaction `xid`.
-    pub fn took_turn(&self, first: Version, last: Version, xid: u64) {
-        self.state.send_modify(|s| {
-            if s.positioned + 1 == first {
+    /// False (and the order is not moved) when that was out of order: the
+    /// committer must not commit.
+    #[must_use]
+    pub fn took_turn(&self, first: Version, last: Version, xid: u64) -> bool {
+        let mut in_order = false;
+        self.state.send_if_modified(|s| {
+            in_order = s.positioned + 1 == first;
+            if in_order {
                 s.positioned = last;
                 s.xid = Some(xid);
             } else {
@@ -97,7 +102,9 @@ impl CommitOrder {
                     s.positioned
                 );
             }
+            in_order
         });
+        in_order
     }
 
     /// Version `v` committed: if no later version took its turn yet, its
@@ -145,7 +152,7 @@ mod tests {
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        order.took_turn(11, 11, 700);
+        assert!(order.took_turn(11, 11, 700));
         assert_eq!(
             waiter.await.unwrap(),
             Place::Go {
@@ -153,7 +160,9 @@ mod tests {
             }
         );
         // A batch moves it by several versions.
-        order.took_turn(12, 14, 701);
+        assert!(order.took_turn(12, 14, 701));
+        // Out of order: refused.
+        assert!(!order.took_turn(12, 12, 702));
         assert_eq!(order.state().positioned, 14);
         // Once 14 committed, 15 has nothing to wait for.
         order.committed(13);
@@ -170,7 +179,7 @@ mod tests {
     #[tokio::test]
     async fn a_broken_order_stops_later_committers_until_reset() {
         let order = CommitOrder::new(10);
-        order.took_turn(11, 11, 700);
+        assert!(order.took_turn(11, 11, 700));
         order.break_at(11);
         assert_eq!(order.wait_place(12).await, Place::Broken(11));
         order.reset(10);

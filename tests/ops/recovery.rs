@@ -266,6 +266,17 @@ async fn assert_tpcb_invariant(c: &Client, replica: usize) {
 /// The checks after every fault: identical replicas, nothing acknowledged
 /// lost, nothing aborted present, TPC-B's invariant. Returns how many
 /// transactions of unknown outcome did commit.
+/// After a fault: the load still commits; then it stops, nothing hung,
+/// and [`check`] holds.
+async fn commits_on_then_check(cluster: &Cluster, load: Load) {
+    let before = load.acked();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(load.acked() > before, "the load stopped committing");
+    let o = load.stop().await;
+    assert_eq!(o.timeouts, 0, "transactions hung");
+    check(cluster, &o).await;
+}
+
 async fn check(cluster: &Cluster, o: &Outcomes) -> usize {
     assert!(!o.acked.is_empty(), "the load committed nothing");
     cluster.assert_identical().await;
@@ -341,12 +352,41 @@ async fn restart_with_disk_intact_resumes_from_the_applied_version() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.restart_proxy(2).await;
     targets.lock().unwrap()[2] = cluster.proxy_conninfo(2);
-    let before = load.acked();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(load.acked() > before, "the load stopped committing");
-    let o = load.stop().await;
-    assert_eq!(o.timeouts, 0, "transactions hung");
-    check(&cluster, &o).await;
+    commits_on_then_check(&cluster, load).await;
+}
+
+/// Backends die under load (`pg_terminate_backend` of random sessions on
+/// every replica, the proxies' client sessions mid-commit and the
+/// appliers' alike): nothing acknowledged is lost, nothing hangs, and the
+/// replicas converge. A session that dies while its version waits for its
+/// turn must not leave later versions waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn terminated_backends_under_load_lose_nothing_and_hang_nothing() {
+    let cluster = Cluster::start(2).await;
+    setup(&cluster).await;
+    let targets = targets_of(&cluster);
+    let load = Load::start(&targets, &[0, 0, 0, 1, 1, 1]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killers = [cluster.replica(0).await, cluster.replica(1).await];
+    let mut terminated = 0;
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        for k in &killers {
+            terminated += k
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+                       AND datname = current_database() AND random() < 0.2",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .len();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(terminated > 10, "only {terminated} backends terminated");
+    commits_on_then_check(&cluster, load).await;
 }
 
 /// (b) A replica loses its disk under load: it is rebuilt from a

@@ -51,18 +51,32 @@ struct TableStatements {
 }
 
 /// One statement of an apply with its rows, ready to run ([`Apply::plan`]).
+///
+/// Everything that can fail on this side is checked when it is planned:
+/// in a pipeline, a statement that failed before it was sent would not
+/// abort the transaction, and the COMMIT behind it would commit without it.
 pub struct Planned {
     statement: Statement,
-    rows: Vec<Bytes>,
+    rows: Vec<String>,
     table: String,
     deletes: bool,
 }
 
 impl Planned {
+    fn new(statement: Statement, rows: &[Bytes], table: String, deletes: bool) -> Result<Planned> {
+        let rows = texts(rows)?.into_iter().map(str::to_owned).collect();
+        Ok(Planned {
+            statement,
+            rows,
+            table,
+            deletes,
+        })
+    }
+
     /// Runs the statement on `client` (in a pipeline when polled together
     /// with others).
     pub async fn execute(&self, client: &Client) -> Result<()> {
-        let rows = texts(&self.rows)?;
+        let rows: Vec<&str> = self.rows.iter().map(String::as_str).collect();
         let what = if self.deletes { "deleting" } else { "writing" };
         client
             .execute(&self.statement, &[&rows])
@@ -264,20 +278,20 @@ impl Apply {
                     run.table
                 ),
             })?;
-            out.push(Planned {
-                statement: delete.clone(),
-                rows: run.deletes,
-                table: run.table.clone(),
-                deletes: true,
-            });
+            out.push(Planned::new(
+                delete.clone(),
+                &run.deletes,
+                run.table.clone(),
+                true,
+            )?);
         }
         if !run.writes.is_empty() {
-            out.push(Planned {
-                statement: st.write.clone(),
-                rows: run.writes,
-                table: run.table,
-                deletes: false,
-            });
+            out.push(Planned::new(
+                st.write.clone(),
+                &run.writes,
+                run.table,
+                false,
+            )?);
         }
         Ok(())
     }

@@ -41,6 +41,10 @@ const LIBRARY_PG_MAJOR: &str = env!("TASHKENT_CAPTURE_PG_MAJOR");
 
 /// Reads the current transaction's captured entries: one bytea per chunk
 /// of the buffer (no row when nothing was captured). Read in binary.
+/// The SQLSTATE of `tashkent.wait_turn` when the predecessor did not
+/// commit (`sql/60_commit_order.sql`).
+pub const PREDECESSOR_FAILED: &str = "T0001";
+
 pub const READ_SQL: &str = "SELECT tashkent.ws_read()";
 
 /// Reads the replica's applied version: one bigint, the newest row of the

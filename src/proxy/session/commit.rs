@@ -322,6 +322,14 @@ impl Session {
     /// version's turn, waits for the predecessor's commit and commits.
     /// False when it did not commit (the applier applies it from the log).
     async fn commit_in_order(&mut self, v: Version) -> Result<bool> {
+        // Any way out of here that does not commit (an error, or this
+        // future dropped with the client) breaks the order at `v`, so that
+        // no later committer waits for a turn that never comes.
+        let mut guard = BreakOnDrop {
+            shared: self.shared.clone(),
+            v,
+            armed: true,
+        };
         self.signal.commit_version.store(v, Ordering::Release);
         let place = loop {
             tokio::select! {
@@ -378,6 +386,7 @@ impl Session {
             self.rollback_backend().await?;
             return Ok(false);
         }
+        guard.armed = false;
         self.shared.order.committed(v);
         Ok(true)
     }
@@ -399,11 +408,11 @@ impl Session {
                 }
                 b'C' if !turn_taken => {
                     turn_taken = true;
-                    match xid {
-                        Some(x) => self.shared.order.took_turn(v, v, x),
-                        None => {
-                            error = Some(errors::internal("take_turns answered no transaction id"))
-                        }
+                    let in_order = xid.is_some_and(|x| self.shared.order.took_turn(v, v, x));
+                    if !in_order {
+                        error = Some(errors::internal(
+                            "taking the turn in the commit order failed",
+                        ));
                     }
                 }
                 b'E' if error.is_none() => {
@@ -434,5 +443,20 @@ fn writeset_error(e: &crate::error::Error) -> ErrorResponse {
     match e {
         crate::error::Error::WritesetTooLarge { max } => errors::writeset_too_large(*max),
         e => errors::internal(format!("reading the writeset: {e}")),
+    }
+}
+
+/// Breaks the commit order at `v` when dropped armed.
+struct BreakOnDrop {
+    shared: std::sync::Arc<crate::proxy::coordination::Shared>,
+    v: Version,
+    armed: bool,
+}
+
+impl Drop for BreakOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.order.break_at(self.v);
+        }
     }
 }
