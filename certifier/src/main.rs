@@ -25,6 +25,8 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: never escape codes in a file or pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match tashkent_certifier::run(Cli::parse().args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
