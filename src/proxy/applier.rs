@@ -6,8 +6,12 @@
 //! applies the writeset itself from the log: a remote transaction, a local
 //! one whose session died, or one certified before this proxy restarted
 //! ("crash mid-commit"). Either way the replica commits the version in the
-//! same transaction that records it in `tashkent.applied` (I2), and the
-//! next version is not started before that commit returned.
+//! same transaction that records it in `tashkent.applied` (I2). The next
+//! version does not wait for that commit: commits overlap and become
+//! visible in version order through the commit order (`commit_order`);
+//! the outcomes of the commits handed out are settled in version order
+//! ([`InFlight`]), and a failed one breaks the order, after which
+//! everything from it on is applied from the log again.
 //!
 //! A version that fits one Subscribe frame is decoded whole; consecutive
 //! such versions applied from the log share one replica transaction
