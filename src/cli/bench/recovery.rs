@@ -316,8 +316,9 @@ impl Template {
 }
 
 /// Certifies AllUpdates writesets until the log holds `to` versions (it
-/// holds `from`): row `k mod rows + 1` gets value `k`, so that no two
-/// writesets in flight touch the same row.
+/// holds `from`): row `k mod rows + 1` gets value `k`, at most a
+/// quarter of `rows` in flight, so that no two writesets in flight touch
+/// the same row.
 async fn generate(
     cert: &CertifierClient,
     template: &Template,
@@ -336,6 +337,11 @@ async fn generate(
             }
         })
     };
+    // A writeset's snapshot must hold the previous writer of its row
+    // (`rows` writesets earlier); the snapshot lags by up to `in_flight`.
+    let in_flight = in_flight
+        .min(usize::try_from(rows / 4).unwrap_or(usize::MAX))
+        .max(1);
     let mut committed = from;
     let mut next = from;
     let mut pending = FuturesUnordered::new();

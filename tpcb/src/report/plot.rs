@@ -109,11 +109,10 @@ where
                 String::new()
             }
         };
-        let plain = |x: &f64| format!("{x:.0}");
         if let Some(n) = x_labels {
             mesh.x_labels(n).x_label_formatter(&whole).disable_x_mesh();
         } else {
-            mesh.x_label_formatter(&plain);
+            mesh.x_label_formatter(&log_tick);
         }
         mesh.draw().map_err(|e| e.to_string())?;
 
@@ -175,4 +174,36 @@ where
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
+}
+
+/// A tick of a log axis: 1, 2 and 5 of each decade, short (`20k`, `1M`);
+/// the ticks between are left unlabelled, so labels never crowd.
+fn log_tick(x: &f64) -> String {
+    if *x <= 0.0 {
+        return String::new();
+    }
+    let decade = 10f64.powi(x.log10().floor() as i32);
+    let lead = x / decade;
+    if ![1.0, 2.0, 5.0].iter().any(|m| (lead - m).abs() < 1e-6) {
+        return String::new();
+    }
+    match *x {
+        x if x >= 1e6 => format!("{}M", x / 1e6),
+        x if x >= 1e3 => format!("{}k", x / 1e3),
+        x => format!("{x}"),
+    }
+}
+
+#[cfg(test)]
+mod log_tick_tests {
+    use super::log_tick;
+
+    #[test]
+    fn only_one_two_and_five_of_each_decade_are_labelled() {
+        let labels: Vec<String> = [10000.0, 20000.0, 30000.0, 50000.0, 90000.0, 1e5, 2e6, 7.0]
+            .iter()
+            .map(log_tick)
+            .collect();
+        assert_eq!(labels, ["10k", "20k", "", "50k", "", "100k", "2M", ""]);
+    }
 }
