@@ -138,9 +138,7 @@ impl ApplierConn {
     /// Versions `first..=last` whose row changes are `planned`, in one
     /// pipeline: BEGIN, the turn, the rows, sequences moved past rows of
     /// this replica's own (`own_tables`), the wait for the predecessor
-    /// (transaction `prev_xid`) and COMMIT. A statement that fails aborts
-    /// the transaction, so the COMMIT behind it rolls back: the first
-    /// error is the outcome.
+    /// (transaction `prev_xid`) and COMMIT ([`Self::run_steps`]).
     async fn commit_planned(
         &mut self,
         shared: &Shared,
@@ -150,13 +148,10 @@ impl ApplierConn {
         own_tables: &[String],
         planned: &[Planned],
     ) -> Result<()> {
-        type Step<'a> =
-            std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
         self.applying = first;
-        let prev = first as i64 - 1;
-        let prev_xid = prev_xid.map(|x| x.to_string());
         let advance =
             (!own_tables.is_empty()).then(|| capture::advance_sequences_sql(Some(own_tables)));
+        let prev_xid = prev_xid.map(|x| x.to_string());
         let client = &self.client;
         let mut steps: Vec<Step<'_>> = Vec::with_capacity(planned.len() + 5);
         steps.push(Box::pin(async {
@@ -175,7 +170,41 @@ impl ApplierConn {
         for p in planned {
             steps.push(Box::pin(p.execute(client)));
         }
-        if let Some(sql) = &advance {
+        self.push_commit(&mut steps, first, prev_xid.as_deref(), advance.as_deref());
+        self.run_steps(shared, first, last, steps).await
+    }
+
+    /// Waits for the predecessor of `first` (transaction `prev_xid`) to
+    /// commit, moves sequences past rows of this replica's own that came
+    /// from the log (`own_tables`), and commits, in one pipeline.
+    async fn end(
+        &mut self,
+        shared: &Shared,
+        first: Version,
+        last: Version,
+        prev_xid: Option<u64>,
+        own_tables: &[String],
+    ) -> Result<()> {
+        let advance =
+            (!own_tables.is_empty()).then(|| capture::advance_sequences_sql(Some(own_tables)));
+        let prev_xid = prev_xid.map(|x| x.to_string());
+        let mut steps: Vec<Step<'_>> = Vec::with_capacity(3);
+        self.push_commit(&mut steps, first, prev_xid.as_deref(), advance.as_deref());
+        self.run_steps(shared, first, last, steps).await
+    }
+
+    /// The end of the transaction of `first..`: the sequences moved
+    /// (`advance`), the wait for the predecessor (transaction `prev_xid`;
+    /// none when it is known committed) and COMMIT.
+    fn push_commit<'a>(
+        &'a self,
+        steps: &mut Vec<Step<'a>>,
+        first: Version,
+        prev_xid: Option<&'a str>,
+        advance: Option<&'a str>,
+    ) {
+        let client = &self.client;
+        if let Some(sql) = advance {
             steps.push(Box::pin(async move {
                 client
                     .batch_execute(sql)
@@ -183,22 +212,36 @@ impl ApplierConn {
                     .map_err(Error::sql("advancing sequences past replayed rows"))
             }));
         }
-        let wait_turn = &self.wait_turn;
-        if let Some(prev_xid) = &prev_xid {
+        if let Some(prev_xid) = prev_xid {
+            let prev = first as i64 - 1;
+            let wait_turn = &self.wait_turn;
             steps.push(Box::pin(async move {
                 client
-                    .execute(wait_turn, &[&prev, prev_xid])
+                    .execute(wait_turn, &[&prev, &prev_xid])
                     .await
                     .map(drop)
                     .map_err(Error::sql(format!("waiting for version {prev} to commit")))
             }));
         }
-        steps.push(Box::pin(async {
+        steps.push(Box::pin(async move {
             client
                 .batch_execute("COMMIT")
                 .await
                 .map_err(Error::sql(format!("committing version {first}")))
         }));
+    }
+
+    /// Sends `steps` in one pipeline (each is sent when first polled, in
+    /// order) while watching for local transactions that block them. A
+    /// statement that fails aborts the transaction, so the COMMIT behind
+    /// it rolls back: the first error is the outcome.
+    async fn run_steps(
+        &self,
+        shared: &Shared,
+        first: Version,
+        last: Version,
+        steps: Vec<Step<'_>>,
+    ) -> Result<()> {
         let results = unblocked(
             shared,
             &self.monitor,
@@ -213,40 +256,27 @@ impl ApplierConn {
         }
         r
     }
+}
 
-    /// Waits for the predecessor of `first` (transaction `prev_xid`) to
-    /// commit, moves sequences past rows of this replica's own that came
-    /// from the log (`own_tables`), and commits.
-    async fn end(
-        &mut self,
-        shared: &Shared,
-        first: Version,
-        last: Version,
-        prev_xid: Option<u64>,
-        own_tables: &[String],
-    ) -> Result<()> {
-        if !own_tables.is_empty() {
-            self.client
-                .batch_execute(&capture::advance_sequences_sql(Some(own_tables)))
-                .await
-                .map_err(Error::sql("advancing sequences past replayed rows"))?;
-        }
-        let prev = first as i64 - 1;
-        let waited = async {
-            match prev_xid.map(|x| x.to_string()) {
-                Some(xid) => self
-                    .client
-                    .execute(&self.wait_turn, &[&prev, &xid])
-                    .await
-                    .map(drop),
-                None => Ok(()),
-            }
-        };
-        let (waited, committed) = futures::join!(waited, self.client.batch_execute("COMMIT"));
-        waited.map_err(Error::sql(format!("waiting for version {prev} to commit")))?;
-        committed.map_err(Error::sql(format!("committing version {first}")))?;
-        shared.order.committed(last);
-        Ok(())
+/// One statement of a pipelined replica transaction.
+type Step<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+
+/// The next frame of version `v`, which has not ended yet: another
+/// version's frame, or the end of the stream, is a protocol error.
+async fn frame_of(
+    frames: &mut futures::stream::Peekable<Frames>,
+    v: Version,
+) -> std::result::Result<SubscribeFrame, CertifierError> {
+    match frames.next().await {
+        Some(Ok(f)) if f.version == v => Ok(f),
+        Some(Ok(f)) => Err(CertifierError::Protocol(format!(
+            "version {} before version {v} ended",
+            f.version
+        ))),
+        Some(Err(e)) => Err(e),
+        None => Err(CertifierError::Protocol(format!(
+            "stream ended inside version {v}"
+        ))),
     }
 }
 
@@ -813,21 +843,7 @@ impl Follower<'_> {
         // until the first part.
         let mut done = false;
         while parts.is_empty() && !done {
-            let frame = match self.frames.next().await {
-                Some(Ok(f)) if f.version == v => f,
-                Some(Ok(f)) => {
-                    return Err(Stop::Stream(CertifierError::Protocol(format!(
-                        "version {} before version {v} ended",
-                        f.version
-                    ))))
-                }
-                Some(Err(e)) => return Err(Stop::Stream(e)),
-                None => {
-                    return Err(Stop::Stream(CertifierError::Protocol(
-                        "stream ended".into(),
-                    )))
-                }
-            };
+            let frame = frame_of(&mut self.frames, v).await.map_err(Stop::Stream)?;
             done = frame.last;
             parts = decoder.push(&frame.data).map_err(fail)?;
         }
@@ -894,15 +910,7 @@ impl Follower<'_> {
                 if done {
                     break;
                 }
-                let frame = match frames.next().await {
-                    Some(Ok(f)) => f,
-                    Some(Err(e)) => return Err(certifier_error(e)),
-                    None => {
-                        return Err(certifier_error(CertifierError::Protocol(
-                            "stream ended inside a writeset".into(),
-                        )))
-                    }
-                };
+                let frame = frame_of(frames, v).await.map_err(certifier_error)?;
                 done = frame.last;
                 pending = decoder.push(&frame.data).map_err(certifier_error)?;
                 if done {
@@ -941,24 +949,12 @@ impl Follower<'_> {
     /// Reads and drops the remaining frames of version `v`.
     async fn skip_rest(&mut self, v: Version) -> std::result::Result<(), Stop> {
         loop {
-            match self.frames.next().await {
-                Some(Ok(f)) if f.version == v => {
-                    if f.last {
-                        return Ok(());
-                    }
-                }
-                Some(Ok(f)) => {
-                    return Err(Stop::Stream(CertifierError::Protocol(format!(
-                        "version {} before version {v} ended",
-                        f.version
-                    ))))
-                }
-                Some(Err(e)) => return Err(Stop::Stream(e)),
-                None => {
-                    return Err(Stop::Stream(CertifierError::Protocol(
-                        "stream ended".into(),
-                    )))
-                }
+            if frame_of(&mut self.frames, v)
+                .await
+                .map_err(Stop::Stream)?
+                .last
+            {
+                return Ok(());
             }
         }
     }

@@ -32,14 +32,12 @@ pub struct SessionSignal {
     /// would fail certification anyway).
     pub doomed: AtomicBool,
     /// Set by the session while its transaction is being certified or
-    /// committed: then it gives its locks up instead of being cancelled,
-    /// unless its commit is on the replica already (`commit_in_flight`).
+    /// committed: then it gives its locks up instead of being cancelled.
     pub committing: AtomicBool,
-    /// The version the session commits (0: not known yet).
+    /// The version the session commits (0: not known yet). A session is
+    /// handed its version only after the applier is past every earlier
+    /// one, so a doom from the applier never concerns a known version.
     pub commit_version: AtomicU64,
-    /// The session's commit flight (take turn, wait turn, COMMIT) is on
-    /// the replica: only a cancel stops it.
-    pub commit_in_flight: AtomicBool,
     /// Statement cancels of the applier, see [`Cancels`].
     pub cancels: Mutex<Cancels>,
     pub wake: Notify,
@@ -225,7 +223,7 @@ impl Shared {
             if committing && version != 0 && version < applying {
                 return None;
             }
-            let cancel = !committing || signal.commit_in_flight.load(Ordering::Acquire);
+            let cancel = !committing;
             if cancel {
                 c.requested += 1;
             }

@@ -369,9 +369,7 @@ impl Session {
         for m in &out {
             self.backend.push(m);
         }
-        self.signal.commit_in_flight.store(true, Ordering::Release);
         let read = self.read_commit_flight(v).await;
-        self.signal.commit_in_flight.store(false, Ordering::Release);
         self.signal.commit_version.store(0, Ordering::Release);
         let error = read?;
         if let Some(e) = error {
