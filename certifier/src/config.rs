@@ -61,6 +61,9 @@ pub struct CertifierConfig {
     /// checkpoint if it needs purged versions), and nothing is purged this
     /// soon after the certifier starts.
     pub purge_replica_timeout_ms: u64,
+    /// Where Prometheus metrics are served (`GET /metrics`); none: off.
+    /// Port 0 picks a free port (printed at start as "metrics on ADDR").
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for CertifierConfig {
@@ -78,6 +81,7 @@ impl Default for CertifierConfig {
             dedupe_max_entries: limits.max_dedupe,
             tail_cache_bytes: 16 << 20,
             purge_replica_timeout_ms: 30_000,
+            metrics_listen: None,
         }
     }
 }
@@ -202,6 +206,9 @@ pub struct CertifierArgs {
     /// nothing this soon after start (default 30000).
     #[arg(long, value_name = "MS")]
     pub purge_replica_timeout_ms: Option<u64>,
+    /// Serve Prometheus metrics on ADDR (`GET /metrics`; default: off).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl CertifierArgs {
@@ -227,6 +234,9 @@ impl CertifierArgs {
             tail_cache_bytes,
             purge_replica_timeout_ms
         );
+        if self.metrics_listen.is_some() {
+            c.metrics_listen = self.metrics_listen;
+        }
         c.validate()?;
         Ok(c)
     }

@@ -26,7 +26,10 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         // Colour only on a terminal: never escape codes in a file or pipe.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     match tashkent_certifier::run(Cli::parse().args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

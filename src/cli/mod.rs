@@ -5,6 +5,7 @@ mod bench;
 mod checkpoint;
 mod proxy;
 mod recover;
+mod status;
 mod up;
 mod verify;
 
@@ -50,6 +51,9 @@ enum Command {
     /// of every replicated table, chunk by chunk, each at one version on
     /// all replicas); exits 0 only when they are identical
     Verify(verify::VerifyArgs),
+    /// Show a running cluster: the certifier, each replica's state,
+    /// applied version, lag and connections, the newest checkpoint
+    Status(status::StatusArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -57,7 +61,7 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     // The bench draws progress bars on stderr: only warnings may cross them.
     let level = match cli.command {
-        Command::Bench(_) => "warn",
+        Command::Bench(_) | Command::Status(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -66,8 +70,12 @@ pub fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
-        // Colour only on a terminal: never escape codes in a file or pipe.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Colour only on a terminal, and not when NO_COLOR asks so
+        // (no-color.org): never escape codes in a file or pipe.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     match cli.command {
         Command::Up(args) => up::run(args),
@@ -85,6 +93,9 @@ pub fn main() -> Result<()> {
             .context("starting the tokio runtime")?
             .block_on(recover::run(args)),
         Command::Bench(args) => bench::main(args),
+        Command::Status(args) => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(status::run(args)),
         Command::Verify(args) => {
             let identical = tokio::runtime::Runtime::new()
                 .context("starting the tokio runtime")?

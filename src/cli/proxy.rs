@@ -47,6 +47,9 @@ pub struct ProxyArgs {
     /// catching up (1: one each).
     #[arg(long, value_name = "N")]
     pub max_apply_batch: Option<usize>,
+    /// Serve Prometheus metrics on ADDR (`GET /metrics`; default: off).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ProxyArgs {
@@ -67,6 +70,9 @@ impl ProxyArgs {
             max_apply_batch,
             max_writeset_bytes
         );
+        if args.metrics_listen.is_some() {
+            c.metrics_listen = args.metrics_listen;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -78,6 +84,10 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let cfg = args.config()?;
     let shutdown = super::ShutdownSignal::install()?;
     let proxy = proxy::start(cfg).await.context("starting the proxy")?;
+    // Before the address line: whoever waits for that one has both.
+    if let Some(m) = proxy.metrics_addr() {
+        println!("metrics on {m}");
+    }
     println!("listening on {}", proxy.local_addr());
     shutdown.wait().await;
     proxy.shutdown().await;

@@ -68,6 +68,20 @@ pub fn run(args: UpArgs) -> Result<()> {
             "failover: psql \"{}\"\n",
             cluster.multi_host_conninfo()
         ));
+        if let (Some(c), Some(p)) = (
+            cluster.certifier_metrics_addr(),
+            cluster.proxy_metrics_addrs(),
+        ) {
+            let proxies: Vec<String> = p.iter().map(|a| format!("http://{a}/metrics")).collect();
+            text.push_str(&format!(
+                "metrics: http://{c}/metrics (certifier), {} (proxies)\n",
+                proxies.join(", ")
+            ));
+        }
+        text.push_str(&format!(
+            "status: tashkent status --state-dir {}\n",
+            cluster.state_dir().display()
+        ));
         text.push_str("Ctrl-C stops it.");
         say(&text);
         let signal = shutdown.wait().await;

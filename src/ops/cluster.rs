@@ -59,6 +59,9 @@ pub struct ClusterConfig {
     pub database: String,
     /// Extra `postgresql.conf` settings for every replica.
     pub pg_settings: Vec<(String, String)>,
+    /// Whether the certifier and every proxy serve Prometheus metrics (on
+    /// 127.0.0.1, ports chosen at the first start and kept).
+    pub metrics: bool,
 }
 
 impl Default for ClusterConfig {
@@ -70,6 +73,7 @@ impl Default for ClusterConfig {
             proxy_port: 0,
             database: "postgres".into(),
             pg_settings: Vec::new(),
+            metrics: true,
         }
     }
 }
@@ -119,6 +123,10 @@ pub struct LocalCluster {
     certifier_listen: SocketAddr,
     /// Where each proxy listens (kept across its restarts).
     proxy_listen: Vec<SocketAddr>,
+    /// Where the certifier and each proxy serve metrics (kept likewise;
+    /// unused when metrics are off).
+    certifier_metrics: SocketAddr,
+    proxy_metrics: Vec<SocketAddr>,
     placement: Placement,
     state: StateDir,
     /// The configuration it was started with (recovery rebuilds replicas
@@ -167,6 +175,8 @@ impl LocalCluster {
             certifier: None,
             certifier_listen: SocketAddr::from(([127, 0, 0, 1], ports.certifier)),
             proxy_listen: Vec::new(),
+            certifier_metrics: SocketAddr::from(([127, 0, 0, 1], ports.certifier_metrics)),
+            proxy_metrics: Vec::new(),
             placement,
             state: state.clone(),
             config: file.clone(),
@@ -185,12 +195,18 @@ impl LocalCluster {
             cluster
                 .proxy_listen
                 .push(SocketAddr::from(([127, 0, 0, 1], port)));
+            let metrics_port = ports.proxy_metrics.get(i).copied().unwrap_or(0);
+            cluster
+                .proxy_metrics
+                .push(SocketAddr::from(([127, 0, 0, 1], metrics_port)));
             cluster.proxies.push(None);
             cluster.start_proxy(i).await?;
         }
         state.write_ports(&Ports {
             certifier: cluster.certifier_listen.port(),
             proxies: cluster.proxy_listen.iter().map(|a| a.port()).collect(),
+            certifier_metrics: cluster.certifier_metrics.port(),
+            proxy_metrics: cluster.proxy_metrics.iter().map(|a| a.port()).collect(),
         })?;
         Ok(cluster)
     }
@@ -201,6 +217,11 @@ impl LocalCluster {
         let cfg = CertifierConfig {
             listen: self.certifier_listen,
             wal_dir: self.state.certifier_wal(),
+            metrics_listen: self
+                .config
+                .cluster
+                .metrics
+                .then_some(self.certifier_metrics),
             ..self.config.certifier.clone()
         };
         let part = match &self.placement {
@@ -227,6 +248,9 @@ impl LocalCluster {
             }
         };
         self.certifier_listen = part_addr(&part, |c: &RunningCertifier| c.local_addr());
+        if let Some(m) = part_metrics_addr(&part, RunningCertifier::metrics_addr) {
+            self.certifier_metrics = m;
+        }
         self.certifier = Some(part);
         Ok(())
     }
@@ -281,6 +305,9 @@ impl LocalCluster {
             }
         };
         self.proxy_listen[i] = part_addr(&part, |p: &RunningProxy| p.local_addr());
+        if let Some(m) = part_metrics_addr(&part, RunningProxy::metrics_addr) {
+            self.proxy_metrics[i] = m;
+        }
         self.proxies[i] = Some(part);
         Ok(())
     }
@@ -345,12 +372,29 @@ impl LocalCluster {
                 .certifier_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
+            metrics_listen: self.config.cluster.metrics.then_some(self.proxy_metrics[i]),
             ..self.config.proxy.clone()
         }
     }
 
     pub fn state_dir(&self) -> &Path {
         self.state.root()
+    }
+
+    /// Where the certifier serves metrics (None: metrics are off).
+    pub fn certifier_metrics_addr(&self) -> Option<SocketAddr> {
+        self.config
+            .cluster
+            .metrics
+            .then_some(self.certifier_metrics)
+    }
+
+    /// Where each proxy serves metrics (None: metrics are off).
+    pub fn proxy_metrics_addrs(&self) -> Option<Vec<SocketAddr>> {
+        self.config
+            .cluster
+            .metrics
+            .then(|| self.proxy_metrics.clone())
     }
 
     /// Where each proxy listens (also while one is stopped).
@@ -550,6 +594,16 @@ fn part_addr<T>(part: &Part<T>, in_process: impl Fn(&T) -> SocketAddr) -> Socket
     match part {
         Part::InProcess(t) => in_process(t),
         Part::Process(p) => p.addr(),
+    }
+}
+
+fn part_metrics_addr<T>(
+    part: &Part<T>,
+    in_process: impl Fn(&T) -> Option<SocketAddr>,
+) -> Option<SocketAddr> {
+    match part {
+        Part::InProcess(t) => in_process(t),
+        Part::Process(p) => p.metrics_addr(),
     }
 }
 

@@ -8,6 +8,7 @@
 //!   its parts in this process or as child processes ([`process`]);
 //! - [`checkpoint`], [`recover`]: consistent dumps and rebuilding a replica;
 //! - [`verify`]: are the replicas identical?
+//! - [`status`]: one look at a running cluster (`tashkent status`).
 
 pub mod checkpoint;
 pub mod cluster;
@@ -16,4 +17,5 @@ pub mod pg;
 pub mod process;
 pub mod recover;
 pub mod state_dir;
+pub mod status;
 pub mod verify;

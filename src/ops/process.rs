@@ -20,13 +20,15 @@ const TERM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running server process; SIGKILLed (and reaped) when dropped.
 ///
-/// Invariant: `child` has printed `listening on <addr>`; its stdout is
-/// drained by a thread of its own, so it never blocks on a full pipe.
+/// Invariant: `child` has printed `listening on <addr>` (and before it
+/// `metrics on <addr>` if it serves metrics); its stdout is drained by a
+/// thread of its own, so it never blocks on a full pipe.
 #[derive(Debug)]
 pub struct ChildProcess {
     name: String,
     child: Child,
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl ChildProcess {
@@ -47,14 +49,17 @@ impl ChildProcess {
         )))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = std::sync::mpsc::channel();
-        // The thread reads the address line, then keeps draining.
+        // The thread reads the address lines, then keeps draining.
         std::thread::spawn(move || {
             let mut tx = Some(tx);
+            let mut metrics = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(a) = line.strip_prefix("listening on ") {
+                if let Some(a) = line.strip_prefix("metrics on ") {
+                    metrics = Some(a.trim().to_owned());
+                } else if let Some(a) = line.strip_prefix("listening on ") {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(a.trim().to_owned());
+                        let _ = tx.send((a.trim().to_owned(), metrics.take()));
                     }
                 }
             }
@@ -63,11 +68,12 @@ impl ChildProcess {
             name: name.to_owned(),
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_addr: None,
         };
         let deadline = Instant::now() + LISTEN_TIMEOUT;
-        let line = loop {
+        let (line, metrics) = loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) => break line,
+                Ok(lines) => break lines,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
                     if let Ok(Some(status)) = process.child.try_wait() {
                         return Err(Error::Config(format!(
@@ -83,14 +89,22 @@ impl ChildProcess {
                 }
             }
         };
-        process.addr = line
-            .parse()
-            .map_err(|e| Error::Config(format!("the {name} printed the address {line:?}: {e}")))?;
+        let parse = |line: &str| -> Result<SocketAddr> {
+            line.parse()
+                .map_err(|e| Error::Config(format!("the {name} printed the address {line:?}: {e}")))
+        };
+        process.addr = parse(&line)?;
+        process.metrics_addr = metrics.as_deref().map(parse).transpose()?;
         Ok(process)
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where it serves metrics, if it said so.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn pid(&self) -> u32 {

@@ -12,8 +12,10 @@
 //! <state>/certifier.toml    settings of the certifier when it runs as a process
 //! ```
 //!
-//! `ports.json` is a JSON object `{"certifier": <port>, "proxies": [<port>, ...]}`
-//! (one proxy per replica, replica 1 first), written by [`StateDir::write_ports`].
+//! `ports.json` is a JSON object `{"certifier": <port>, "proxies": [<port>, ...],
+//! "certifier_metrics": <port>, "proxy_metrics": [<port>, ...]}` (one proxy
+//! per replica, replica 1 first; the metrics ports are absent in a state
+//! directory from before metrics), written by [`StateDir::write_ports`].
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +28,12 @@ use crate::error::{Error, Result};
 pub struct Ports {
     pub certifier: u16,
     pub proxies: Vec<u16>,
+    /// Where the certifier serves metrics (0: not chosen yet).
+    #[serde(default)]
+    pub certifier_metrics: u16,
+    /// Where each proxy serves metrics, replica 1 first.
+    #[serde(default)]
+    pub proxy_metrics: Vec<u16>,
 }
 
 /// A local cluster's state directory.
@@ -154,10 +162,20 @@ mod tests {
         let ports = Ports {
             certifier: 7400,
             proxies: vec![6432, 6433],
+            certifier_metrics: 9400,
+            proxy_metrics: vec![9401, 9402],
         };
         s.write_ports(&ports).unwrap();
         assert_eq!(s.ports().unwrap(), ports);
         assert_eq!(s.replicas().unwrap(), 2);
+        // A state directory from before metrics still reads.
+        std::fs::write(
+            dir.path().join("ports.json"),
+            r#"{"certifier": 7400, "proxies": [6432]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.ports().unwrap().proxy_metrics, Vec::<u16>::new());
+        s.write_ports(&ports).unwrap();
         assert_eq!(s.certifier_addr().unwrap(), "127.0.0.1:7400");
         assert_eq!(s.replica_base(2), dir.path().join("replica-2"));
         assert_eq!(s.checkpoints(Path::new("/abs")), Path::new("/abs"));

@@ -651,7 +651,11 @@ impl Follower<'_> {
                     "stream ended".into(),
                 ))),
                 Some(Err(e)) => Err(Stop::Stream(e)),
-                Some(Ok(f)) => Ok(f),
+                Some(Ok(f)) => {
+                    let applied = *self.shared.applied.borrow();
+                    self.shared.metrics.received(f.version, applied);
+                    Ok(f)
+                }
             };
         }
     }
@@ -681,6 +685,9 @@ impl Follower<'_> {
 
     /// A version the applier commits itself went through.
     fn committed_here(&mut self, first: Version, last: Version) {
+        self.shared
+            .metrics
+            .applied_batch((last - first + 1) as usize);
         self.inflight.push(first, last, None);
         *self.failures = 0;
         if self.shared.apply_stuck.borrow().is_some() {

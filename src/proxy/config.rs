@@ -41,6 +41,9 @@ pub struct ProxyConfig {
     /// larger transactions fail with 54000 before certification. Must not
     /// exceed the certifier's `max_writeset_bytes`.
     pub max_writeset_bytes: u64,
+    /// Where Prometheus metrics are served (`GET /metrics`); none: off.
+    /// Port 0 picks a free port (printed at start as "metrics on ADDR").
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 mod secs {
@@ -71,6 +74,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(10),
             max_apply_batch: 500,
             max_writeset_bytes: crate::proxy::capture::DEFAULT_MAX_WRITESET_BYTES,
+            metrics_listen: None,
         }
     }
 }

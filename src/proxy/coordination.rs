@@ -109,6 +109,7 @@ pub struct Shared {
     pub apply_stuck: watch::Sender<Option<ApplyStuck>>,
     /// The commit order on the replica.
     pub order: CommitOrder,
+    pub metrics: super::metrics::ProxyMetrics,
 }
 
 /// Why the applier cannot go on.
@@ -134,6 +135,7 @@ impl Shared {
             recovery_needed: Mutex::new(None),
             apply_stuck: watch::Sender::new(None),
             order: CommitOrder::new(applied),
+            metrics: Default::default(),
         }
     }
 

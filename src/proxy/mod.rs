@@ -13,6 +13,7 @@ mod config;
 mod conn;
 mod coordination;
 pub mod errors;
+mod metrics;
 mod session;
 pub mod sql;
 pub mod wire;
@@ -36,6 +37,7 @@ use crate::error::{Error, Result};
 /// and ends its sessions.
 pub struct RunningProxy {
     addr: SocketAddr,
+    metrics: Option<tashkent_metrics::MetricsServer>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -44,6 +46,11 @@ impl RunningProxy {
     /// Where clients connect.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where its metrics are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.local_addr())
     }
 
     /// Stops the proxy and waits for its tasks.
@@ -82,13 +89,29 @@ pub async fn start(cfg: ProxyConfig) -> Result<RunningProxy> {
         .local_addr()
         .map_err(Error::io("reading the listening address"))?;
     let shared = Arc::new(Shared::new(cfg, certifier, applied));
+    let metrics = match shared.cfg.metrics_listen {
+        Some(at) => {
+            let s = shared.clone();
+            let render: tashkent_metrics::Render = Arc::new(move || s.metrics.render(&s));
+            let server = tashkent_metrics::MetricsServer::serve(at, render)
+                .await
+                .map_err(|e| Error::Config(format!("serving metrics: {e}")))?;
+            Some(server)
+        }
+        None => None,
+    };
     let (stop, stopped) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(applier::run(shared.clone())),
         tokio::spawn(report_ticker(shared.clone())),
         tokio::spawn(accept_loop(shared, listener, stopped)),
     ];
-    Ok(RunningProxy { addr, stop, tasks })
+    Ok(RunningProxy {
+        addr,
+        metrics,
+        stop,
+        tasks,
+    })
 }
 
 async fn connect_certifier(cfg: &ProxyConfig) -> Result<CertifierClient> {

@@ -4,6 +4,7 @@
 //!
 //! - `harness`: starting, stopping and killing real PostgreSQL servers;
 //! - `up`: `tashkent up` as a newcomer runs it;
+//! - `observe`: metrics, `tashkent status` and what `up` prints;
 //! - `certifier_cli`: `tashkent certifier`;
 //! - `recovery`: kill -9 of every part, checkpoints and rebuilds (I6);
 //! - `bench`: `tashkent bench` writes every figure it promises.
@@ -14,5 +15,6 @@ mod common;
 mod bench;
 mod certifier_cli;
 mod harness;
+mod observe;
 mod recovery;
 mod up;

@@ -152,6 +152,20 @@ pub enum Backend {
     Portable,
 }
 
+/// One group the writer wrote and made durable with one fdatasync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupSync {
+    /// Records in the group.
+    pub records: usize,
+    /// Frame bytes written.
+    pub bytes: usize,
+    /// The write and the fdatasync, together.
+    pub duration: std::time::Duration,
+}
+
+/// What [`Wal::observe_syncs`] calls for each [`GroupSync`].
+pub type SyncObserver = std::sync::Arc<dyn Fn(GroupSync) + Send + Sync>;
+
 /// Options for [`Wal::open`].
 #[derive(Debug, Clone)]
 pub struct WalOptions {

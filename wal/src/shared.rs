@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     /// All segments, oldest first; the last is the one being appended to.
     pub segments: RwLock<Vec<SegmentInfo>>,
     pub stats: Counters,
+    /// Told of every group written and synced (metrics), once set.
+    pub observer: std::sync::OnceLock<crate::SyncObserver>,
 }
 
 #[derive(Default)]

@@ -109,6 +109,7 @@ impl Wal {
             first: AtomicU64::new(first),
             segments: RwLock::new(rec.segments),
             stats: Counters::default(),
+            observer: std::sync::OnceLock::new(),
         });
         let writer = Writer::new(shared.clone(), backend, rec.active, lock);
         let (done_tx, done_rx) = oneshot::channel();
@@ -206,6 +207,13 @@ impl Wal {
             groups: s.groups.load(Ordering::Relaxed),
             bytes: s.bytes.load(Ordering::Relaxed),
         }
+    }
+
+    /// Has `observer` told of every group the writer syncs from now on
+    /// (called on the writer thread, so it must be quick). One observer
+    /// per log: a second call is ignored and returns false.
+    pub fn observe_syncs(&self, observer: crate::SyncObserver) -> bool {
+        self.shared().observer.set(observer).is_ok()
     }
 
     /// The directory of this log.

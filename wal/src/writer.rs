@@ -238,6 +238,7 @@ impl Writer {
             return Ok(());
         };
         let shared = &self.shared;
+        let started = std::time::Instant::now();
         self.backend.write_and_sync(
             &self.active.file,
             &self.active.path,
@@ -246,6 +247,13 @@ impl Writer {
             &mut || shared.written.store(last, Ordering::Release),
         )?;
         self.active.write_pos += self.buf.len() as u64;
+        if let Some(observe) = self.shared.observer.get() {
+            observe(crate::GroupSync {
+                records: entries.len(),
+                bytes: self.buf.len(),
+                duration: started.elapsed(),
+            });
+        }
         let stats = &self.shared.stats;
         stats.groups.fetch_add(1, Ordering::Relaxed);
         stats

@@ -8,6 +8,7 @@
 //! its state at start.
 
 mod grpc;
+pub mod metrics;
 mod pipeline;
 pub mod purge;
 pub mod recovery;
@@ -39,6 +40,7 @@ const TAIL_MAX_RECORDS: usize = 1 << 20;
 /// A certifier serving in this process.
 pub struct RunningCertifier {
     local_addr: SocketAddr,
+    metrics: Option<tashkent_metrics::MetricsServer>,
     service: CertifierService,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), CertifierError>>,
@@ -48,6 +50,11 @@ impl RunningCertifier {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where its metrics are served, if they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.local_addr())
     }
 
     /// The service itself, for in-process use (benchmarks, tests).
@@ -107,6 +114,19 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
         limits,
         config.max_record_bytes(),
     );
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let svc = service.clone();
+            let render: tashkent_metrics::Render =
+                std::sync::Arc::new(move || svc.render_metrics());
+            let server = tashkent_metrics::MetricsServer::serve(addr, render)
+                .await
+                .map_err(|e| CertifierError::Io(std::io::Error::other(e)))?;
+            tracing::debug!(addr = %server.local_addr(), "certifier metrics");
+            Some(server)
+        }
+        None => None,
+    };
     let grpc = CertifierServer::new(service.clone())
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
@@ -138,9 +158,11 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
         spool_closed?;
         Ok(())
     });
-    tracing::info!(%local_addr, wal_dir = %config.wal_dir.display(), "certifier listening");
+    // Debug: `tashkent up` prints the addresses itself, the binary on stdout.
+    tracing::debug!(%local_addr, wal_dir = %config.wal_dir.display(), "certifier listening");
     Ok(RunningCertifier {
         local_addr,
+        metrics,
         service,
         stop: Some(stop_tx),
         task,
@@ -156,10 +178,19 @@ pub async fn serve(
     let running = start(config).await?;
     {
         let mut out = std::io::stdout().lock();
+        // Before the address line: whoever waits for that one has both.
+        if let Some(m) = running.metrics_addr() {
+            writeln!(out, "metrics on {m}")?;
+        }
         writeln!(out, "listening on {}", running.local_addr())?;
         out.flush()?;
     }
-    let RunningCertifier { stop, mut task, .. } = running;
+    let RunningCertifier {
+        stop,
+        mut task,
+        metrics: _metrics,
+        ..
+    } = running;
     let joined = tokio::select! {
         () = shutdown => {
             if let Some(stop) = stop {

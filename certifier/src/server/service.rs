@@ -70,6 +70,7 @@ pub(crate) struct Inner {
     /// Highest purge point handed to the WAL; serialises purges.
     purged: tokio::sync::Mutex<Version>,
     started: Instant,
+    pub(crate) metrics: Arc<super::metrics::CertifierMetrics>,
 }
 
 impl Inner {
@@ -125,6 +126,8 @@ impl CertifierService {
     ) -> CertifierService {
         let (durable, _) = watch::channel(wal.durable_lsn());
         let checkpoint = super::purge::load_checkpoint(wal.dir(), wal.last_lsn());
+        let metrics = Arc::new(super::metrics::CertifierMetrics::default());
+        wal.observe_syncs(metrics.sync_observer());
         let inner = Arc::new(Inner {
             state: Mutex::new(certifier),
             tail: Mutex::new(tail),
@@ -140,6 +143,7 @@ impl CertifierService {
             checkpoint: AtomicU64::new(checkpoint),
             purged: tokio::sync::Mutex::new(0),
             started: Instant::now(),
+            metrics,
         });
         tokio::spawn(follow_durability(inner.clone()));
         let svc = CertifierService { inner };
@@ -157,6 +161,11 @@ impl CertifierService {
 
     pub fn wal(&self) -> &Wal {
         &self.inner.wal
+    }
+
+    /// The metrics as of now, as OpenMetrics text.
+    pub fn render_metrics(&self) -> String {
+        self.inner.metrics.render(self)
     }
 
     /// Certifies one complete writeset: the whole Certify call minus the
@@ -340,6 +349,9 @@ impl CertifierService {
                 } else {
                     None
                 };
+                if prior.is_some() {
+                    inner.metrics.decided("repeated");
+                }
                 match prior {
                     Some(Prior::Committed(v)) => Step::Committed(v),
                     Some(Prior::Aborted(a)) => Step::Aborted(a),
@@ -369,6 +381,7 @@ impl CertifierService {
                             Step::Ticket(ticket, v)
                         }
                         Decision::Abort(a) => {
+                            inner.metrics.decided("aborted");
                             c.record_abort(txn_id.clone(), a.clone());
                             Step::Aborted(a)
                         }
@@ -378,6 +391,7 @@ impl CertifierService {
             match step {
                 Step::Ticket(ticket, version) => {
                     ticket.await.map_err(|e| inner.fail(e))?;
+                    inner.metrics.decided("committed");
                     return Ok((Outcome::Committed { version }, true));
                 }
                 Step::Committed(version) => {

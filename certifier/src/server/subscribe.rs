@@ -62,6 +62,7 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Version) -> FrameStream {
         bytes: Arc::new(Semaphore::new(CHANNEL_BYTES)),
     };
     tokio::spawn(async move {
+        let _counted = super::metrics::SubscriberGuard::new(&inner.metrics.subscribers);
         let r = tokio::select! {
             r = run(&inner, from, &out) => r,
             // The client went away.

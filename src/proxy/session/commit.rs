@@ -16,6 +16,7 @@ use super::*;
 use crate::proxy::capture::entry::EntryReader;
 use crate::proxy::commit_order::Place;
 use crate::proxy::errors;
+use crate::proxy::metrics::AbortCause;
 use crate::proxy::writeset::Builder;
 
 type Certification =
@@ -38,10 +39,20 @@ impl Session {
         self.signal.committing.store(true, Ordering::Release);
         let outcome = self.commit_inner().await;
         self.signal.committing.store(false, Ordering::Release);
-        Ok(outcome?.map_err(|e| self.translate(e)))
+        let outcome = outcome?.map_err(|e| self.translate(e));
+        if let Err(e) = &outcome {
+            match e.sqlstate() {
+                // Counted where the cause is known (certification, early abort).
+                Some("40001") => {}
+                Some("08007") => self.shared.metrics.aborted(AbortCause::UnknownOutcome),
+                _ => self.shared.metrics.aborted(AbortCause::Error),
+            }
+        }
+        Ok(outcome)
     }
 
     pub(super) async fn commit_inner(&mut self) -> Result<std::result::Result<(), ErrorResponse>> {
+        let started = std::time::Instant::now();
         if let Some(e) = self.finish_open_quietly().await? {
             self.rollback().await?;
             return Ok(Err(e));
@@ -102,7 +113,8 @@ impl Session {
                 return self.commit_read_only().await;
             }
         };
-        self.certified_commit(txn_id, &mut turn, certify).await
+        self.certified_commit(txn_id, &mut turn, certify, started)
+            .await
     }
 
     /// Reads the answer of the read-out into `builder`; once a chunk is
@@ -198,6 +210,7 @@ impl Session {
             return Ok(Err(e));
         }
         self.close_txn();
+        self.shared.metrics.committed(false, None);
         Ok(Ok(()))
     }
 
@@ -207,6 +220,24 @@ impl Session {
         txn_id: Bytes,
         turn: &mut tokio::sync::oneshot::Receiver<super::super::coordination::Turn>,
         mut certify: Certification,
+        started: std::time::Instant,
+    ) -> Result<std::result::Result<(), ErrorResponse>> {
+        let mut certified_at = None;
+        let outcome = self
+            .certified_commit_inner(txn_id, turn, &mut certify, &mut certified_at)
+            .await?;
+        if outcome.is_ok() {
+            self.shared.metrics.committed(true, Some(started.elapsed()));
+        }
+        Ok(outcome)
+    }
+
+    async fn certified_commit_inner(
+        &mut self,
+        txn_id: Bytes,
+        turn: &mut tokio::sync::oneshot::Receiver<super::super::coordination::Turn>,
+        certify: &mut Certification,
+        certified_at: &mut Option<std::time::Instant>,
     ) -> Result<std::result::Result<(), ErrorResponse>> {
         let mut certified = false;
         let mut version = None;
@@ -228,8 +259,9 @@ impl Session {
                         return Ok(Err(errors::unknown_outcome("the replica's committer went away")));
                     }
                 },
-                outcome = &mut certify, if !certified => match outcome {
+                outcome = &mut *certify, if !certified => match outcome {
                     Ok(Outcome::Committed { version: v }) => {
+                        *certified_at = Some(std::time::Instant::now());
                         if released {
                             return Ok(self.applied_from_log(v).await);
                         }
@@ -237,6 +269,7 @@ impl Session {
                         version = Some(v);
                     }
                     Ok(Outcome::Aborted { reason, .. }) => {
+                        self.shared.metrics.aborted(AbortCause::Certification);
                         if released {
                             self.close_txn();
                         } else {
@@ -306,7 +339,7 @@ impl Session {
             }
         };
         let v = turn.version;
-        let ok = self.commit_in_order(v).await?;
+        let ok = self.commit_in_order(v, *certified_at).await?;
         let _ = turn.done.send(ok);
         self.close_txn();
         if !ok {
@@ -321,10 +354,15 @@ impl Session {
     /// once its predecessor took its turn, one flight takes this
     /// version's turn, waits for the predecessor's commit and commits.
     /// False when it did not commit (the applier applies it from the log).
-    async fn commit_in_order(&mut self, v: Version) -> Result<bool> {
+    async fn commit_in_order(
+        &mut self,
+        v: Version,
+        certified_at: Option<std::time::Instant>,
+    ) -> Result<bool> {
         // Any way out of here that does not commit (an error, or this
         // future dropped with the client) breaks the order at `v`, so that
         // no later committer waits for a turn that never comes.
+        let since = std::time::Instant::now();
         let mut guard = BreakOnDrop {
             shared: self.shared.clone(),
             v,
@@ -343,6 +381,11 @@ impl Session {
                 }
             }
         };
+        // The turn may come before the certifier's answer: then the wait
+        // starts here.
+        self.shared
+            .metrics
+            .waited_for_turn(certified_at.unwrap_or(since).elapsed());
         let prev_xid = match place {
             Place::Go { prev_xid } => prev_xid.map(|x| x.to_string()),
             Place::Broken(_) => {

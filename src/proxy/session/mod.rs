@@ -51,6 +51,7 @@ pub enum SessionError {
 type Result<T> = std::result::Result<T, SessionError>;
 
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
+    let _counted = shared.metrics.connection();
     let mut client = Conn::new(stream, shared.cfg.max_message_bytes)
         .check_tags(crate::proxy::wire::is_frontend_tag);
     let (backend, backend_pid) = match handshake(&shared, &mut client).await {
@@ -297,6 +298,9 @@ impl Session {
             && self.signal.cancels.lock().requested > self.cancels_settled
         {
             self.cancels_settled += 1;
+            self.shared
+                .metrics
+                .aborted(crate::proxy::metrics::AbortCause::EarlyAbort);
             if let Some(t) = &mut self.txn {
                 t.doom();
             }

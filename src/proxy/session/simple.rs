@@ -141,6 +141,16 @@ impl Session {
             } else {
                 None
             };
+            // An early abort is counted where it happened; a failed
+            // transaction was ended by the replica's error, not by the
+            // client's choice.
+            if untold.is_none() && !txn.doomed() {
+                self.shared.metrics.aborted(if txn.failed() {
+                    crate::proxy::metrics::AbortCause::StatementError
+                } else {
+                    crate::proxy::metrics::AbortCause::Client
+                });
+            }
             self.rollback().await?;
             if let Some(e) = untold {
                 self.client.push(&e.message());

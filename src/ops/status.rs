@@ -1,0 +1,254 @@
+//! `tashkent status`: one look at a running cluster — the certifier (its
+//! own Status call), each replica as its proxy sees it (the proxy's
+//! metrics endpoint) and the newest checkpoint. A part that does not
+//! answer is reported as down, never as an error of the whole look.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tashkent_certifier::CertifierClient;
+
+use crate::error::Result;
+use crate::ops::checkpoint;
+use crate::ops::state_dir::StateDir;
+
+/// Where to look.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    pub certifier: String,
+    /// Each replica's proxy: (client address, metrics address).
+    pub proxies: Vec<(String, Option<String>)>,
+    /// The checkpoint directory, if known.
+    pub checkpoints: Option<std::path::PathBuf>,
+}
+
+impl Targets {
+    /// The addresses a local cluster's state directory records.
+    pub fn of_state_dir(state: &StateDir, checkpoint_dir: &Path) -> Result<Targets> {
+        let ports = state.ports()?;
+        let certifier = state.certifier_addr()?;
+        let proxies = ports
+            .proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let metrics = ports
+                    .proxy_metrics
+                    .get(i)
+                    .filter(|&&m| m != 0)
+                    .map(|m| format!("127.0.0.1:{m}"));
+                (format!("127.0.0.1:{p}"), metrics)
+            })
+            .collect();
+        Ok(Targets {
+            certifier,
+            proxies,
+            checkpoints: Some(state.checkpoints(checkpoint_dir)),
+        })
+    }
+}
+
+/// What one look found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    pub certifier: CertifierStatus,
+    pub replicas: Vec<ReplicaStatus>,
+    pub newest_checkpoint: Option<CheckpointStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CertifierStatus {
+    pub address: String,
+    /// "up", "poisoned" (its log failed: nothing commits) or "down".
+    pub state: String,
+    /// Why it is down, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub latest_version: u64,
+    pub durable_version: u64,
+    /// Oldest version still in its log.
+    pub first_version: u64,
+    pub checkpoint_version: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaStatus {
+    pub replica_id: u32,
+    pub proxy: String,
+    /// serving, catching_up, apply_stuck, needs_rebuild; "down" when its
+    /// proxy does not answer, "unknown" without a metrics address.
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub applied_version: Option<u64>,
+    pub lag_versions: Option<u64>,
+    pub lag_seconds: Option<f64>,
+    pub connections: Option<u64>,
+    pub commits: Option<u64>,
+    pub aborts: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointStatus {
+    pub version: u64,
+    pub replica_id: u32,
+    pub created_unix_ms: u64,
+    pub age_seconds: f64,
+    pub dir: String,
+}
+
+/// Looks at every part, each within `timeout`.
+pub async fn gather(targets: &Targets, timeout: Duration) -> ClusterStatus {
+    let certifier = certifier_status(&targets.certifier, timeout).await;
+    let mut replicas = Vec::new();
+    for (i, (proxy, metrics)) in targets.proxies.iter().enumerate() {
+        replicas.push(replica_status(i as u32 + 1, proxy, metrics.as_deref(), timeout).await);
+    }
+    let newest_checkpoint = targets
+        .checkpoints
+        .as_deref()
+        .and_then(newest_checkpoint);
+    ClusterStatus {
+        certifier,
+        replicas,
+        newest_checkpoint,
+    }
+}
+
+async fn certifier_status(addr: &str, timeout: Duration) -> CertifierStatus {
+    let asked = tokio::time::timeout(timeout, async {
+        CertifierClient::connect(addr).await?.status().await
+    })
+    .await;
+    let mut s = CertifierStatus {
+        address: addr.to_string(),
+        state: "down".into(),
+        error: None,
+        latest_version: 0,
+        durable_version: 0,
+        first_version: 0,
+        checkpoint_version: 0,
+    };
+    match asked {
+        Err(_) => s.error = Some(format!("no answer within {timeout:?}")),
+        Ok(Err(e)) => s.error = Some(e.to_string()),
+        Ok(Ok(r)) => {
+            s.state = if r.poisoned { "poisoned" } else { "up" }.into();
+            s.latest_version = r.latest_version;
+            s.durable_version = r.durable_version;
+            s.first_version = r.first_version;
+            s.checkpoint_version = r.checkpoint_version;
+        }
+    }
+    s
+}
+
+async fn replica_status(
+    id: u32,
+    proxy: &str,
+    metrics: Option<&str>,
+    timeout: Duration,
+) -> ReplicaStatus {
+    let mut s = ReplicaStatus {
+        replica_id: id,
+        proxy: proxy.to_string(),
+        state: "unknown".into(),
+        error: None,
+        applied_version: None,
+        lag_versions: None,
+        lag_seconds: None,
+        connections: None,
+        commits: None,
+        aborts: None,
+    };
+    let Some(metrics) = metrics else {
+        s.error = Some("its proxy serves no metrics".into());
+        return s;
+    };
+    let scrape = match tashkent_metrics::fetch(metrics, timeout).await {
+        Ok(scrape) => scrape,
+        Err(e) => {
+            s.state = "down".into();
+            s.error = Some(e.to_string());
+            return s;
+        }
+    };
+    let count = |name: &str, labels: &[(&str, &str)]| scrape.value(name, labels).map(|v| v as u64);
+    s.state = ["serving", "catching_up", "apply_stuck", "needs_rebuild"]
+        .into_iter()
+        .find(|st| scrape.value("tashkent_proxy_state", &[("state", st)]) == Some(1.0))
+        .unwrap_or("unknown")
+        .into();
+    s.applied_version = count("tashkent_proxy_version", &[("kind", "applied")]);
+    s.lag_versions = count("tashkent_proxy_apply_lag_versions", &[]);
+    s.lag_seconds = scrape.value("tashkent_proxy_apply_lag_seconds", &[]);
+    s.connections = count("tashkent_proxy_client_connections", &[]);
+    s.commits = Some(scrape.sum("tashkent_proxy_commits_total", &[]) as u64);
+    s.aborts = Some(scrape.sum("tashkent_proxy_aborts_total", &[]) as u64);
+    s
+}
+
+fn newest_checkpoint(dir: &Path) -> Option<CheckpointStatus> {
+    let listed = checkpoint::list(dir).ok()?;
+    let c = listed.into_iter().find_map(|l| l.checked.ok())?;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Some(CheckpointStatus {
+        version: c.manifest.version,
+        replica_id: c.manifest.replica_id,
+        created_unix_ms: c.manifest.created_unix_ms,
+        age_seconds: now_ms.saturating_sub(c.manifest.created_unix_ms) as f64 / 1000.0,
+        dir: c.dir.display().to_string(),
+    })
+}
+
+impl ClusterStatus {
+    /// The one screen `tashkent status` prints.
+    pub fn render(&self) -> String {
+        let c = &self.certifier;
+        let mut out = match &c.error {
+            Some(e) => format!("certifier {}: {} ({e})\n", c.address, c.state),
+            None => format!(
+                "certifier {}: {}, latest version {}, durable {}, log from {}, checkpoint {}\n",
+                c.address,
+                c.state,
+                c.latest_version,
+                c.durable_version,
+                c.first_version,
+                c.checkpoint_version
+            ),
+        };
+        out.push_str(&format!(
+            "{:<8} {:<22} {:<14} {:>10} {:>10} {:>8} {:>6} {:>10} {:>8}\n",
+            "replica", "proxy", "state", "applied", "lag", "lag s", "conns", "commits", "aborts"
+        ));
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        for r in &self.replicas {
+            out.push_str(&format!(
+                "{:<8} {:<22} {:<14} {:>10} {:>10} {:>8} {:>6} {:>10} {:>8}\n",
+                r.replica_id,
+                r.proxy,
+                r.state,
+                opt(r.applied_version),
+                opt(r.lag_versions),
+                r.lag_seconds.map_or("-".to_string(), |s| format!("{s:.1}")),
+                opt(r.connections),
+                opt(r.commits),
+                opt(r.aborts),
+            ));
+            if let Some(e) = &r.error {
+                out.push_str(&format!("         ({e})\n"));
+            }
+        }
+        match &self.newest_checkpoint {
+            Some(k) => out.push_str(&format!(
+                "newest checkpoint: version {} of replica {}, {:.0} s old ({})\n",
+                k.version, k.replica_id, k.age_seconds, k.dir
+            )),
+            None => out.push_str("newest checkpoint: none\n"),
+        }
+        out
+    }
+}
