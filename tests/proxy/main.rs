@@ -13,6 +13,7 @@ mod common;
 
 mod capture;
 mod exact;
+mod extensions;
 mod large;
 mod protocol;
 mod session;
