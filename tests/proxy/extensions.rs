@@ -360,6 +360,8 @@ async fn an_extension_statement_is_one_entry_and_its_script_runs_on_apply() {
         // (gen_random_uuid() is PostgreSQL's own since 13: digest is pgcrypto's.)
         "CREATE TABLE ids (id int PRIMARY KEY, d bytea DEFAULT digest('x', 'sha1'), v int)",
         "CREATE TABLE plain (id int PRIMARY KEY)",
+        "CREATE TABLE parts (id int PRIMARY KEY, h hstore) PARTITION BY RANGE (id)",
+        "CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (10)",
     ] {
         replicate(&a, &b, sql).await;
     }
@@ -369,11 +371,28 @@ async fn an_extension_statement_is_one_entry_and_its_script_runs_on_apply() {
         "INSERT INTO kv VALUES (1, 'a=>b'); INSERT INTO ids (id, v) VALUES (1, 1)",
     )
     .await;
+    // Membership changes are statements like any other.
+    replicate(
+        &a,
+        &b,
+        "CREATE FUNCTION one() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+    )
+    .await;
+    let members = "SELECT count(*)::text FROM pg_depend \
+                   WHERE objid = 'one()'::regprocedure AND deptype = 'e'";
+    for (sql, n) in [
+        ("ALTER EXTENSION hstore ADD FUNCTION one()", "1"),
+        ("ALTER EXTENSION hstore DROP FUNCTION one()", "0"),
+    ] {
+        one_statement(&replicate(&a, &b, sql).await, sql);
+        for c in [&a, &b] {
+            assert_eq!(rows(c, members).await, [[Some(n.to_string())]], "{sql}");
+        }
+    }
     let sql = "DROP EXTENSION hstore CASCADE";
-    assert_eq!(
-        one_statement(&replicate(&a, &b, sql).await, sql),
-        ["public.kv"]
-    );
+    let mut tables = one_statement(&replicate(&a, &b, sql).await, sql);
+    tables.sort();
+    assert_eq!(tables, ["public.kv", "public.parts", "public.parts_1"]);
     let sql = "DROP EXTENSION pgcrypto CASCADE";
     assert_eq!(
         one_statement(&replicate(&a, &b, sql).await, sql),

@@ -164,19 +164,25 @@ BEGIN
     END IF;
     PERFORM tashkent.pend_tables(
         ARRAY(
-            SELECT format('%I.%I', d.address_names[1], d.address_names[2])
-            FROM pg_event_trigger_dropped_objects() WITH ORDINALITY AS d
-            WHERE NOT d.is_temporary
-              AND d.address_names[1] NOT IN ('tashkent', 'pg_catalog', 'information_schema')
-              AND d.address_names[1] NOT LIKE 'pg\_%'
-              AND (d.object_type = 'table'
-                   OR (d.object_type IN ('table column', 'default value', 'table constraint',
-                                         'trigger', 'rule', 'policy')
-                       AND EXISTS (
-                           SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                           WHERE n.nspname = d.address_names[1] AND c.relname = d.address_names[2]
-                             AND c.relkind IN ('r', 'p'))))
-            ORDER BY d.ordinality),
+            SELECT u.t FROM (
+                SELECT format('%I.%I', d.address_names[1], d.address_names[2]), d.ordinality, 0
+                FROM pg_event_trigger_dropped_objects() WITH ORDINALITY AS d
+                WHERE d.object_type = 'table' AND NOT d.is_temporary
+                  AND d.address_names[1] NOT IN ('tashkent', 'pg_catalog', 'information_schema')
+                  AND d.address_names[1] NOT LIKE 'pg\_%'
+                UNION ALL
+                -- The table that keeps living (and its partition root).
+                SELECT r.t, d.ordinality, r.ord
+                FROM pg_event_trigger_dropped_objects() WITH ORDINALITY AS d
+                JOIN pg_namespace n ON n.nspname = d.address_names[1]
+                JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = d.address_names[2]
+                CROSS JOIN LATERAL tashkent.ddl_tables('pg_class'::regclass, c.oid)
+                    WITH ORDINALITY AS r(t, ord)
+                WHERE d.object_type IN ('table column', 'default value', 'table constraint',
+                                        'trigger', 'rule', 'policy')
+                  AND NOT d.is_temporary
+            ) u(t, ord, sub)
+            ORDER BY u.ord, u.sub),
         EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() WHERE NOT is_temporary));
 END
 $$;
