@@ -355,10 +355,18 @@ async fn an_extension_statement_is_one_entry_and_its_script_runs_on_apply() {
     // so it conflicts with their concurrent writers.
     let sql = "CREATE EXTENSION pgcrypto";
     one_statement(&replicate(&a, &b, sql).await, sql);
+    replicate(&a, &b, "CREATE SCHEMA ext").await;
+    let sql = "ALTER EXTENSION pgcrypto SET SCHEMA ext";
+    one_statement(&replicate(&a, &b, sql).await, sql);
+    for c in [&a, &b] {
+        let digest =
+            "SELECT pg_get_function_identity_arguments('ext.digest(text, text)'::regprocedure)";
+        assert_eq!(rows(c, digest).await, [[Some("text, text".to_string())]]);
+    }
     for sql in [
         "CREATE TABLE kv (id int PRIMARY KEY, h hstore)",
         // (gen_random_uuid() is PostgreSQL's own since 13: digest is pgcrypto's.)
-        "CREATE TABLE ids (id int PRIMARY KEY, d bytea DEFAULT digest('x', 'sha1'), v int)",
+        "CREATE TABLE ids (id int PRIMARY KEY, d bytea DEFAULT ext.digest('x', 'sha1'), v int)",
         "CREATE TABLE plain (id int PRIMARY KEY)",
         "CREATE TABLE parts (id int PRIMARY KEY, h hstore) PARTITION BY RANGE (id)",
         "CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (10)",
