@@ -205,6 +205,9 @@ async fn extensions_and_their_values_replicate_through_a_proxy() {
         .unwrap_err();
     assert_eq!(err.code().map(|c| c.code()), Some("2BP01"), "{err}");
     run(&p1, "DROP EXTENSION pg_trgm CASCADE").await;
+    // Both are DDL on no table (the dropped index names none): run on
+    // replica 2 before it applied the first, the second would conflict.
+    cluster.wait_converged().await;
     run(&p2, "DROP EXTENSION pg_stat_statements").await;
     cluster.wait_converged().await;
     let ext = same_on_both(&cluster, EXTENSIONS).await;
