@@ -53,13 +53,14 @@ COMMIT";
 /// A dump's table of contents (`pg_restore -l`) without the capture
 /// library's functions and triggers.
 fn restore_list(toc: &str) -> String {
-    const FUNCTIONS: [&str; 6] = [
+    const FUNCTIONS: [&str; 7] = [
         "capture_row(",
         "capture_truncate(",
         "ws_append_ddl(",
         "ws_read(",
         "ws_size(",
         "capture_version(",
+        "in_extension_script(",
     ];
     toc.lines()
         .filter(|line| {
@@ -350,6 +351,7 @@ mod tests {
 216; 1255 16388 FUNCTION tashkent capture_version() postgres
 217; 1255 16389 FUNCTION tashkent configure_replica(integer, integer) postgres
 218; 1255 16390 FUNCTION tashkent ws_append_ddl(text) postgres
+220; 1255 16392 FUNCTION tashkent in_extension_script() postgres
 219; 1255 16391 FUNCTION public ws_read() postgres
 3210; 2620 16420 TRIGGER public parent tashkent_capture postgres
 3211; 2620 16421 TRIGGER public \"my table\" tashkent_capture_t postgres
@@ -368,6 +370,7 @@ mod tests {
             "capture_row",
             "capture_version",
             "ws_append_ddl",
+            "in_extension_script",
             "tashkent_capture",
         ] {
             assert!(!kept.contains(gone), "{gone} kept:\n{kept}");

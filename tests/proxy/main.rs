@@ -6,6 +6,7 @@
 //! - `protocol`: the wire-protocol edge (psql, COPY, cancel, bad input);
 //! - `capture`: writeset capture on one replica, applied on another;
 //! - `exact`: every accepted type reads back byte-identical (I7);
+//! - `extensions`: CREATE/ALTER/DROP EXTENSION, and values of extension types;
 //! - `large`: transactions of any size in bounded memory (I8).
 
 #[path = "../common/mod.rs"]
@@ -13,6 +14,7 @@ mod common;
 
 mod capture;
 mod exact;
+mod extensions;
 mod large;
 mod protocol;
 mod session;

@@ -337,10 +337,23 @@ pub fn ident(s: &str) -> String {
 }
 
 async fn prepare(client: &Client, table: &str) -> Result<TableStatements> {
+    // A primary key column's equality is its index's, named with its
+    // schema: the applier's search_path need not hold the operator (an
+    // extension's type in a schema of its own), and an `=` found there
+    // could be another one.
     let columns = client
         .query(
             "SELECT a.attname::text, a.attgenerated <> '', a.attidentity = 'a', \
-                    coalesce(a.attnum = ANY (i.indkey::int2[]), false) \
+                    coalesce(a.attnum = ANY (i.indkey::int2[]), false), \
+                    (SELECT format('OPERATOR(%I.%s)', n.nspname, o.oprname) \
+                     FROM unnest(i.indkey::int2[], i.indclass::oid[]) AS k(attnum, opclass) \
+                     JOIN pg_opclass oc ON oc.oid = k.opclass \
+                     JOIN pg_amop ao ON ao.amopfamily = oc.opcfamily \
+                      AND ao.amoplefttype = oc.opcintype AND ao.amoprighttype = oc.opcintype \
+                      AND ao.amopstrategy = 3 AND ao.amopmethod = oc.opcmethod \
+                     JOIN pg_operator o ON o.oid = ao.amopopr \
+                     JOIN pg_namespace n ON n.oid = o.oprnamespace \
+                     WHERE k.attnum = a.attnum) \
              FROM pg_attribute a \
              LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
              WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
@@ -357,12 +370,13 @@ async fn prepare(client: &Client, table: &str) -> Result<TableStatements> {
         let generated: bool = row.get(1);
         let identity_always: bool = row.get(2);
         let in_pk: bool = row.get(3);
+        let equality: Option<String> = row.get(4);
         if generated {
             continue;
         }
         let q = ident(&name);
         if in_pk {
-            pk.push(q.clone());
+            pk.push((q.clone(), equality.unwrap_or_else(|| "=".to_owned())));
         } else if !identity_always {
             set.push(format!("{q} = EXCLUDED.{q}"));
         }
@@ -376,7 +390,8 @@ async fn prepare(client: &Client, table: &str) -> Result<TableStatements> {
         values.join(", ")
     );
     if !pk.is_empty() {
-        write.push_str(&format!(" ON CONFLICT ({}) DO ", pk.join(", ")));
+        let names: Vec<&str> = pk.iter().map(|(c, _)| c.as_str()).collect();
+        write.push_str(&format!(" ON CONFLICT ({}) DO ", names.join(", ")));
         if set.is_empty() {
             write.push_str("NOTHING");
         } else {
@@ -393,7 +408,10 @@ async fn prepare(client: &Client, table: &str) -> Result<TableStatements> {
     let delete = if pk.is_empty() {
         None
     } else {
-        let matches: Vec<String> = pk.iter().map(|c| format!("t.{c} = (s.r).{c}")).collect();
+        let matches: Vec<String> = pk
+            .iter()
+            .map(|(c, eq)| format!("t.{c} {eq} (s.r).{c}"))
+            .collect();
         Some(
             prep(format!(
                 "DELETE FROM {table} AS t USING {rows} WHERE {}",

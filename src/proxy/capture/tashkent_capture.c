@@ -24,6 +24,9 @@
  *   'T' truncate table
  *   'X' DDL      json                 (from the event trigger, see FORMAT.md)
  *
+ * Nothing is captured while an extension's script runs (see
+ * tashkent_in_extension_script).
+ *
  * - table: the schema-qualified, quoted name (of the partitioned root for
  *   rows of a partition; the partition itself for TRUNCATE of one);
  * - row, old_row: the row in record text (record_out's format, columns of
@@ -61,6 +64,7 @@
 #include "catalog/pg_constraint.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -90,6 +94,7 @@ PG_FUNCTION_INFO_V1(tashkent_ws_append_ddl);
 PG_FUNCTION_INFO_V1(tashkent_ws_read);
 PG_FUNCTION_INFO_V1(tashkent_ws_size);
 PG_FUNCTION_INFO_V1(tashkent_capture_version);
+PG_FUNCTION_INFO_V1(tashkent_in_extension_script);
 
 /* Bumped whenever the entry format changes; the proxy checks it. */
 #define CAPTURE_FORMAT 2
@@ -1060,6 +1065,13 @@ tashkent_capture_row(PG_FUNCTION_ARGS)
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
 		!TRIGGER_FIRED_AFTER(td->tg_event))
 		elog(ERROR, "tashkent.capture_row() must run as an AFTER ... FOR EACH ROW trigger");
+	/*
+	 * Rows an extension's script writes are not captured: the client's
+	 * CREATE/ALTER EXTENSION statement is replicated, and running it runs
+	 * the same script on every replica.
+	 */
+	if (creating_extension)
+		return PointerGetDatum(NULL);
 	capture_row(td);
 	return PointerGetDatum(NULL);
 }
@@ -1074,6 +1086,9 @@ tashkent_capture_truncate(PG_FUNCTION_ARGS)
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
 		elog(ERROR, "tashkent.capture_truncate() must run as an AFTER TRUNCATE trigger");
+	/* As for rows: an extension's script runs on every replica. */
+	if (creating_extension)
+		return PointerGetDatum(NULL);
 	if (ws_ddl_statement != 0 && ws_ddl_statement == GetCurrentStatementStartTimestamp())
 		refuse_mixed_query();
 	name = qualified_name(RelationGetRelid(td->tg_relation));
@@ -1144,4 +1159,15 @@ Datum
 tashkent_capture_version(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_INT32(CAPTURE_FORMAT);
+}
+
+/*
+ * True while an extension's script runs (CREATE EXTENSION, ALTER
+ * EXTENSION ... UPDATE): the DDL event triggers then leave the script's
+ * commands to the client's statement, which is replicated whole.
+ */
+Datum
+tashkent_in_extension_script(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(creating_extension);
 }

@@ -11,6 +11,10 @@ CREATE OR REPLACE FUNCTION tashkent.ws_size() RETURNS bigint
 LANGUAGE c AS '@LIBRARY@', 'tashkent_ws_size';
 CREATE OR REPLACE FUNCTION tashkent.capture_version() RETURNS int
 LANGUAGE c IMMUTABLE AS '@LIBRARY@', 'tashkent_capture_version';
+-- True while an extension's script runs (CREATE EXTENSION, ALTER EXTENSION
+-- ... UPDATE): its commands belong to the client's statement.
+CREATE OR REPLACE FUNCTION tashkent.in_extension_script() RETURNS boolean
+LANGUAGE c VOLATILE AS '@LIBRARY@', 'tashkent_in_extension_script';
 
 -- Capture format 1 (before the library): PL/pgSQL generated per table, and
 -- its helpers. Removed wherever an older install left them.

@@ -18,6 +18,22 @@ BEGIN
 END
 $$;
 
+-- Tables (formatted like table_name) a statement touched before its own
+-- ddl_command_end: the objects a DROP removed (sql_drop) and the commands
+-- of an extension's script. Kept transaction-local in tashkent.pending
+-- until on_ddl_end writes the statement's "X" entry.
+CREATE OR REPLACE FUNCTION tashkent.pend_tables(tables text[], persistent boolean) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    prev jsonb := coalesce(nullif(current_setting('tashkent.pending', true), '')::jsonb,
+                           '{"tables": [], "persistent": false}');
+BEGIN
+    PERFORM set_config('tashkent.pending', jsonb_build_object(
+        'tables', (prev->'tables') || to_jsonb(coalesce(tables, '{}')),
+        'persistent', (prev->>'persistent')::boolean OR persistent)::text, true);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION tashkent.on_ddl_end() RETURNS event_trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -26,7 +42,8 @@ DECLARE
     tables text[] := '{}';
     seqs oid[] := '{}';
     persistent boolean := false;
-    dropped jsonb;
+    in_script boolean;
+    pending jsonb;
     ctx text;
     q text;
     stmt text;
@@ -34,8 +51,14 @@ BEGIN
     IF current_setting('tashkent.internal', true) = 'on' THEN
         RETURN;
     END IF;
+    -- Event triggers fire for every command of an extension's script, as
+    -- commands of their own. They are not statements of the client: the
+    -- CREATE/ALTER EXTENSION statement is replicated, and replaying it
+    -- runs the same script everywhere.
+    in_script := tashkent.in_extension_script();
     FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
-        -- Keep capture installed on the table.
+        -- Keep capture installed on the table (an extension's tables too:
+        -- what its script writes is not captured, what users write later is).
         rel := CASE
             WHEN cmd.classid = 'pg_class'::regclass AND cmd.object_type = 'table' THEN cmd.objid
             WHEN cmd.classid = 'pg_class'::regclass AND cmd.object_type = 'index'
@@ -45,6 +68,9 @@ BEGIN
         END;
         IF rel IS NOT NULL THEN
             PERFORM tashkent.install_capture(rel);
+        END IF;
+        IF in_script THEN
+            tables := tables || ARRAY(SELECT tashkent.ddl_tables(cmd.classid, cmd.objid));
         END IF;
         CONTINUE WHEN cmd.in_extension;
         persistent := persistent OR cmd.schema_name IS DISTINCT FROM 'pg_temp';
@@ -65,11 +91,17 @@ BEGIN
     IF current_setting('session_replication_role') = 'replica' THEN
         RETURN;
     END IF;
-    dropped := nullif(current_setting('tashkent.dropped', true), '')::jsonb;
-    IF dropped IS NOT NULL THEN
-        PERFORM set_config('tashkent.dropped', '', true);
-        persistent := persistent OR (dropped->>'persistent')::boolean;
-        tables := tables || ARRAY(SELECT jsonb_array_elements_text(dropped->'tables'));
+    -- A script's tables go to the extension statement's entry, which its
+    -- own ddl_command_end (after the script) writes.
+    IF in_script THEN
+        PERFORM tashkent.pend_tables(tables, false);
+        RETURN;
+    END IF;
+    pending := nullif(current_setting('tashkent.pending', true), '')::jsonb;
+    IF pending IS NOT NULL THEN
+        PERFORM set_config('tashkent.pending', '', true);
+        persistent := persistent OR (pending->>'persistent')::boolean;
+        tables := tables || ARRAY(SELECT jsonb_array_elements_text(pending->'tables'));
     END IF;
     -- Temporary objects only, or nothing changed: nothing to replicate.
     IF NOT persistent THEN
@@ -109,14 +141,17 @@ END
 $$;
 
 -- A dropped table takes its triggers along (and the format-1 functions of
--- an older install with it). Outside the applier, the dropped tables are
--- kept (transaction-local) for the statement's "X" entry, which on_ddl_end
--- writes right after.
+-- an older install with it). Outside the applier, the tables the drop
+-- touched are pended for the statement's "X" entry, which on_ddl_end
+-- writes right after: tables dropped, and tables that lost a column,
+-- default, constraint, trigger, rule or policy (DROP ... CASCADE, e.g. of
+-- an extension whose type a column has). Names are read from
+-- address_names, taken before the objects went; a dropped index names no
+-- table.
 CREATE OR REPLACE FUNCTION tashkent.on_sql_drop() RETURNS event_trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     obj record;
-    prev jsonb;
 BEGIN
     IF current_setting('tashkent.internal', true) = 'on' THEN
         RETURN;
@@ -127,18 +162,28 @@ BEGIN
     IF current_setting('session_replication_role') = 'replica' THEN
         RETURN;
     END IF;
-    prev := coalesce(nullif(current_setting('tashkent.dropped', true), '')::jsonb,
-                     '{"tables": [], "persistent": false}');
-    PERFORM set_config('tashkent.dropped', jsonb_build_object(
-        'tables', (prev->'tables') || coalesce((
-            SELECT jsonb_agg(format('%I.%I', d.schema_name, d.object_name) ORDER BY d.ordinality)
-            FROM pg_event_trigger_dropped_objects() WITH ORDINALITY AS d
-            WHERE d.object_type = 'table' AND NOT d.is_temporary
-              AND d.schema_name NOT IN ('tashkent', 'pg_catalog', 'information_schema')
-              AND d.schema_name NOT LIKE 'pg\_%'), '[]'),
-        'persistent', (prev->>'persistent')::boolean
-            OR EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() WHERE NOT is_temporary)
-    )::text, true);
+    PERFORM tashkent.pend_tables(
+        ARRAY(
+            SELECT u.t FROM (
+                SELECT format('%I.%I', d.address_names[1], d.address_names[2]), d.ordinality, 0
+                FROM pg_event_trigger_dropped_objects() WITH ORDINALITY AS d
+                WHERE d.object_type = 'table' AND NOT d.is_temporary
+                  AND d.address_names[1] NOT IN ('tashkent', 'pg_catalog', 'information_schema')
+                  AND d.address_names[1] NOT LIKE 'pg\_%'
+                UNION ALL
+                -- The table that keeps living (and its partition root).
+                SELECT r.t, d.ordinality, r.ord
+                FROM pg_event_trigger_dropped_objects() WITH ORDINALITY AS d
+                JOIN pg_namespace n ON n.nspname = d.address_names[1]
+                JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = d.address_names[2]
+                CROSS JOIN LATERAL tashkent.ddl_tables('pg_class'::regclass, c.oid)
+                    WITH ORDINALITY AS r(t, ord)
+                WHERE d.object_type IN ('table column', 'default value', 'table constraint',
+                                        'trigger', 'rule', 'policy')
+                  AND NOT d.is_temporary
+            ) u(t, ord, sub)
+            ORDER BY u.ord, u.sub),
+        EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() WHERE NOT is_temporary));
 END
 $$;
 
