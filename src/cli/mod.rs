@@ -1,6 +1,7 @@
 //! The `tashkent` command line: one module per subcommand. This is the
 //! only place that uses anyhow; the libraries have their own error types.
 
+mod admin;
 mod bench;
 mod checkpoint;
 mod proxy;
@@ -54,6 +55,8 @@ enum Command {
     /// Show a running cluster: the certifier, each replica's state,
     /// applied version, lag and connections, the newest checkpoint
     Status(status::StatusArgs),
+    /// Roles on every replica at once (create-role, set-password, drop-role): roles are per server and cannot go through a proxy
+    Admin(admin::AdminArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -61,7 +64,7 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     // The bench draws progress bars on stderr: only warnings may cross them.
     let level = match cli.command {
-        Command::Bench(_) | Command::Status(_) => "warn",
+        Command::Bench(_) | Command::Status(_) | Command::Admin(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -93,6 +96,9 @@ pub fn main() -> Result<()> {
             .context("starting the tokio runtime")?
             .block_on(recover::run(args)),
         Command::Bench(args) => bench::main(args),
+        Command::Admin(args) => tokio::runtime::Runtime::new()
+            .context("starting the tokio runtime")?
+            .block_on(admin::run(args)),
         Command::Status(args) => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")?
             .block_on(status::run(args)),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tashkent::ops::verify::{target_of_proxy, verify, Options, Target, DEFAULT_CHUNK_ROWS};
+use tashkent::ops::verify::{verify, Options, DEFAULT_CHUNK_ROWS};
 
 /// Flags of `tashkent verify`.
 #[derive(Debug, Clone, clap::Args)]
@@ -32,37 +32,15 @@ pub struct VerifyArgs {
 /// the replicas are identical.
 pub async fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     use anyhow::Context as _;
-    let targets = match (&args.state_dir, args.proxies.is_empty()) {
-        (Some(state), true) => {
-            let local = tashkent::ops::state_dir::StateDir::new(state);
-            let mut targets = Vec::new();
-            for id in 1..=local.replicas()? {
-                let port = local.running_port(id)?;
-                targets.push(Target {
-                    name: format!("replica {id}"),
-                    conninfo: format!(
-                        "host=127.0.0.1 port={port} user={} dbname={} application_name=tashkent-verify",
-                        args.user, args.database
-                    ),
-                });
-            }
-            targets
-        }
-        (None, false) => {
-            let mut targets = Vec::new();
-            for p in &args.proxies {
-                targets.push(
-                    target_of_proxy(p, &args.user)
-                        .await
-                        .with_context(|| format!("asking proxy {p} for its replica"))?,
-                );
-            }
-            targets
-        }
-        _ => anyhow::bail!(
-            "say which cluster to verify: --state-dir of a local cluster, or --proxy for each replica's proxy"
-        ),
-    };
+    let targets = tashkent::ops::targets::replicas(
+        args.state_dir.as_deref(),
+        &args.proxies,
+        &args.user,
+        &args.database,
+        "tashkent-verify",
+    )
+    .await
+    .context("finding the replicas")?;
     let opts = Options {
         chunk_rows: args.chunk_rows.max(1),
         catch_up: Duration::from_secs(args.timeout),

@@ -8,7 +8,9 @@
 //!   its parts in this process or as child processes ([`process`]);
 //! - [`checkpoint`], [`recover`]: consistent dumps and rebuilding a replica;
 //! - [`verify`]: are the replicas identical?
-//! - [`status`]: one look at a running cluster (`tashkent status`).
+//! - [`status`]: one look at a running cluster (`tashkent status`);
+//! - [`targets`]: each replica of a cluster, for tools that talk to each;
+//! - [`roles`]: roles created alike on every replica (`tashkent admin`).
 
 pub mod checkpoint;
 pub mod cluster;
@@ -16,6 +18,8 @@ pub mod config;
 pub mod pg;
 pub mod process;
 pub mod recover;
+pub mod roles;
 pub mod state_dir;
 pub mod status;
+pub mod targets;
 pub mod verify;

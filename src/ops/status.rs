@@ -105,10 +105,7 @@ pub async fn gather(targets: &Targets, timeout: Duration) -> ClusterStatus {
     for (i, (proxy, metrics)) in targets.proxies.iter().enumerate() {
         replicas.push(replica_status(i as u32 + 1, proxy, metrics.as_deref(), timeout).await);
     }
-    let newest_checkpoint = targets
-        .checkpoints
-        .as_deref()
-        .and_then(newest_checkpoint);
+    let newest_checkpoint = targets.checkpoints.as_deref().and_then(newest_checkpoint);
     ClusterStatus {
         certifier,
         replicas,

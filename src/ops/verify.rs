@@ -40,14 +40,7 @@ const CANONICAL: &str = "SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgr
      SET TimeZone = 'UTC'; SET extra_float_digits = 3; SET bytea_output = 'hex'; \
      SET application_name = 'tashkent-verify'";
 
-/// One replica to check.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// How it is named in the report.
-    pub name: String,
-    /// libpq conninfo of its PostgreSQL, as a superuser.
-    pub conninfo: String,
-}
+pub use super::targets::Target;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -109,40 +102,6 @@ impl Report {
             )
         }
     }
-}
-
-/// The replicas of a proxy, by asking it (`SHOW tashkent.replica`).
-pub async fn target_of_proxy(proxy: &str, user: &str) -> Result<Target> {
-    let (host, port) = proxy
-        .rsplit_once(':')
-        .ok_or_else(|| Error::Config(format!("proxy address {proxy:?} is not host:port")))?;
-    let client = connect(&format!(
-        "host={host} port={port} user={user} dbname=postgres application_name=tashkent-verify"
-    ))
-    .await?;
-    let ask = |name: &'static str| {
-        let client = &client;
-        async move {
-            let rows = client
-                .simple_query(&format!("SHOW tashkent.{name}"))
-                .await
-                .map_err(Error::sql(format!(
-                    "asking proxy {proxy} for tashkent.{name}"
-                )))?;
-            rows.iter()
-                .find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                    _ => None,
-                })
-                .ok_or_else(|| Error::Config(format!("proxy {proxy} did not say tashkent.{name}")))
-        }
-    };
-    let replica = ask("replica").await?;
-    let id = ask("replica_id").await?;
-    Ok(Target {
-        name: format!("replica {id}"),
-        conninfo: format!("{replica} user={user} application_name=tashkent-verify"),
-    })
 }
 
 /// One replica's two sessions: one freezes, one reads.

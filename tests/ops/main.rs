@@ -5,6 +5,7 @@
 //! - `harness`: starting, stopping and killing real PostgreSQL servers;
 //! - `up`: `tashkent up` as a newcomer runs it;
 //! - `observe`: metrics, `tashkent status` and what `up` prints;
+//! - `roles`: `tashkent admin` roles and SCRAM logins through a proxy;
 //! - `certifier_cli`: `tashkent certifier`;
 //! - `recovery`: kill -9 of every part, checkpoints and rebuilds (I6);
 //! - `bench`: `tashkent bench` writes every figure it promises.
@@ -17,4 +18,5 @@ mod certifier_cli;
 mod harness;
 mod observe;
 mod recovery;
+mod roles;
 mod up;

@@ -199,14 +199,17 @@ impl Apply {
                 .map_err(Error::sql("reading the applier's search_path"))?;
             self.search_path = Some(row.get(0));
         }
-        let settings = |path: &str, tz: &str, ds: &str, is: &str| {
+        // `role` last: setting it may drop the right to set the others.
+        let settings = |path: &str, tz: &str, ds: &str, is: &str, role: &str| {
             format!(
                 "SELECT set_config('search_path', {}, true), set_config('TimeZone', {}, true), \
-                 set_config('DateStyle', {}, true), set_config('IntervalStyle', {}, true)",
+                 set_config('DateStyle', {}, true), set_config('IntervalStyle', {}, true), \
+                 set_config('role', {}, true)",
                 literal(path),
                 literal(tz),
                 literal(ds),
-                literal(is)
+                literal(is),
+                literal(role)
             )
         };
         let sql = line.sql.unwrap_or_default();
@@ -216,6 +219,7 @@ impl Apply {
                 line.tz.as_deref().unwrap_or("UTC"),
                 line.ds.as_deref().unwrap_or("ISO, YMD"),
                 line.is.as_deref().unwrap_or("postgres"),
+                line.role.as_deref().unwrap_or("none"),
             ))
             .await
             .map_err(Error::sql("setting the DDL statement's settings"))?;
@@ -226,8 +230,13 @@ impl Apply {
             .await
             .map_err(Error::sql(format!("replaying DDL {sql:.200}")))?;
         let path = self.search_path.clone().unwrap_or_default();
+        // RESET ROLE first: the statement's role may not set the rest.
         client
-            .batch_execute(&settings(&path, "UTC", "ISO, YMD", "postgres"))
+            .batch_execute("RESET ROLE")
+            .await
+            .map_err(Error::sql("restoring the applier's role"))?;
+        client
+            .batch_execute(&settings(&path, "UTC", "ISO, YMD", "postgres", "none"))
             .await
             .map_err(Error::sql("restoring the applier's settings"))
     }
@@ -314,6 +323,8 @@ struct DdlLine {
     tz: Option<String>,
     ds: Option<String>,
     is: Option<String>,
+    /// The role the statement ran as at the origin (`current_user`).
+    role: Option<String>,
 }
 
 fn texts(rows: &[Bytes]) -> Result<Vec<&str>> {

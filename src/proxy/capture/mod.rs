@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 /// The install script, run in this order as one transaction (`FORMAT.md`
 /// says what each part does); `@LIBRARY@` stands for the capture
 /// library's path.
-const INSTALL_SQL: [&str; 8] = [
+const INSTALL_SQL: [&str; 9] = [
     include_str!("sql/00_schema.sql"),
     include_str!("sql/10_relations.sql"),
     include_str!("sql/20_sequences.sql"),
@@ -31,6 +31,7 @@ const INSTALL_SQL: [&str; 8] = [
     include_str!("sql/40_triggers.sql"),
     include_str!("sql/50_ddl.sql"),
     include_str!("sql/60_commit_order.sql"),
+    include_str!("sql/80_privileges.sql"),
     include_str!("sql/90_existing.sql"),
 ];
 

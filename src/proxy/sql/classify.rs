@@ -538,7 +538,12 @@ fn cluster_wide_refused(verb: &str, object: &str) -> Kind {
              cluster-wide and not replicated by tashkent",
             object.to_ascii_uppercase()
         ),
-        "Run it on every PostgreSQL server directly, not through the tashkent proxy.",
+        if matches!(object, "role" | "user" | "group") {
+            "Roles: `tashkent admin create-role|set-password|drop-role` applies it to every \
+             replica at once. Otherwise run it on every PostgreSQL server directly."
+        } else {
+            "Run it on every PostgreSQL server directly, not through the tashkent proxy."
+        },
     )
 }
 

@@ -136,7 +136,8 @@ BEGIN
         'path', current_setting('search_path'),
         'tz', current_setting('TimeZone'),
         'ds', current_setting('DateStyle'),
-        'is', current_setting('IntervalStyle'))::text);
+        'is', current_setting('IntervalStyle'),
+        'role', current_user)::text);
 END
 $$;
 
