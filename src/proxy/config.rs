@@ -2,6 +2,7 @@
 //! (flags override the file).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,23 @@ pub struct ProxyConfig {
     /// larger transactions fail with 54000 before certification. Must not
     /// exceed the certifier's `max_writeset_bytes`.
     pub max_writeset_bytes: u64,
+    /// PEM file of the certificate chain clients are shown (leaf first).
+    /// With `tls_key`, an SSLRequest is answered `S` and the connection
+    /// continues over TLS; without, it is answered `N`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse a StartupMessage that did not come over TLS (`28000`), as a
+    /// `hostssl`-only pg_hba.conf does. CancelRequests stay accepted in
+    /// plaintext: libpq before PostgreSQL 17 always sends them so.
+    pub tls_required: bool,
+    /// How long a client may take from connecting to being authenticated
+    /// (startup packet, TLS handshake, authentication exchange), as
+    /// PostgreSQL's `authentication_timeout`; then the connection closes.
+    #[serde(with = "secs")]
+    pub authentication_timeout: Duration,
 }
 
 mod secs {
@@ -71,6 +89,10 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(10),
             max_apply_batch: 500,
             max_writeset_bytes: crate::proxy::capture::DEFAULT_MAX_WRITESET_BYTES,
+            tls_cert: None,
+            tls_key: None,
+            tls_required: false,
+            authentication_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -95,6 +117,24 @@ impl ProxyConfig {
             return Err(Error::Config(
                 "max_message_bytes must be at least 1024".into(),
             ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(Error::Config(
+                "tls_cert and tls_key must be set together".into(),
+            ));
+        }
+        if self.tls_required && self.tls_cert.is_none() {
+            return Err(Error::Config(
+                "tls_required needs a certificate (tls_cert and tls_key)".into(),
+            ));
+        }
+        // PostgreSQL's own bounds for authentication_timeout.
+        let timeout = self.authentication_timeout;
+        if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(600) {
+            return Err(Error::Config(format!(
+                "authentication_timeout must be between 1 and 600 seconds, got {}",
+                timeout.as_secs_f64()
+            )));
         }
         Ok(())
     }

@@ -109,6 +109,8 @@ pub struct Shared {
     pub apply_stuck: watch::Sender<Option<ApplyStuck>>,
     /// The commit order on the replica.
     pub order: CommitOrder,
+    /// Answers clients' SSLRequests when a certificate is configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Why the applier cannot go on.
@@ -119,7 +121,12 @@ pub struct ApplyStuck {
 }
 
 impl Shared {
-    pub fn new(cfg: ProxyConfig, certifier: CertifierClient, applied: Version) -> Shared {
+    pub fn new(
+        cfg: ProxyConfig,
+        certifier: CertifierClient,
+        applied: Version,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Shared {
         Shared {
             cfg,
             certifier,
@@ -134,6 +141,7 @@ impl Shared {
             recovery_needed: Mutex::new(None),
             apply_stuck: watch::Sender::new(None),
             order: CommitOrder::new(applied),
+            tls,
         }
     }
 
