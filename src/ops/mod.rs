@@ -7,6 +7,7 @@
 //! - [`cluster`]: a whole local cluster (`tashkent up`, the bench, tests),
 //!   its parts in this process or as child processes ([`process`]);
 //! - [`checkpoint`], [`recover`]: consistent dumps and rebuilding a replica;
+//! - [`tls`]: the self-signed certificate of a local cluster's proxies;
 //! - [`verify`]: are the replicas identical?
 
 pub mod checkpoint;
@@ -16,4 +17,5 @@ pub mod pg;
 pub mod process;
 pub mod recover;
 pub mod state_dir;
+pub mod tls;
 pub mod verify;
