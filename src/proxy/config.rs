@@ -147,3 +147,64 @@ impl ProxyConfig {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let ok = ProxyConfig {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            tls_required: true,
+            ..ProxyConfig::default()
+        };
+        ok.validate().unwrap();
+        let half = ProxyConfig {
+            tls_key: None,
+            ..ok.clone()
+        };
+        assert!(half
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("together"));
+        let no_cert = ProxyConfig {
+            tls_required: true,
+            ..ProxyConfig::default()
+        };
+        assert!(no_cert
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("tls_required"));
+        for secs in [0.5, 601.0] {
+            let c = ProxyConfig {
+                authentication_timeout: Duration::from_secs_f64(secs),
+                ..ProxyConfig::default()
+            };
+            assert!(c.validate().is_err(), "{secs}");
+        }
+    }
+
+    #[test]
+    fn tls_settings_round_trip_through_toml() {
+        let c = ProxyConfig {
+            tls_cert: Some("/etc/t/c.pem".into()),
+            tls_key: Some("/etc/t/k.pem".into()),
+            tls_required: true,
+            authentication_timeout: Duration::from_secs(5),
+            ..ProxyConfig::default()
+        };
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(toml::from_str::<ProxyConfig>(&text).unwrap(), c);
+        // Without a certificate nothing is written for it.
+        let text = toml::to_string(&ProxyConfig::default()).unwrap();
+        assert!(!text.contains("tls_cert"), "{text}");
+        assert_eq!(
+            toml::from_str::<ProxyConfig>(&text).unwrap(),
+            ProxyConfig::default()
+        );
+    }
+}

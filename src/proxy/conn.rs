@@ -139,10 +139,11 @@ impl Conn {
 
     /// Ends a TLS connection with its close_notify, so the client reads
     /// an orderly end after the last message; a no-op for plaintext (the
-    /// socket closes when the connection is dropped).
+    /// socket closes when the connection is dropped). Bounded: a client
+    /// that stopped reading must not keep the session's task.
     pub async fn close(&mut self) {
         if let Stream::Tls(s) = &mut self.stream {
-            let _ = s.shutdown().await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), s.shutdown()).await;
         }
     }
 
