@@ -2,9 +2,10 @@
 # Installs what a fresh Debian 12 with only the Rust toolchain lacks to
 # build, run and test tashkent: the PostgreSQL server (which brings initdb,
 # pgbench, pg_dump and the unprivileged `postgres` account), its client,
-# and its server headers (the writeset-capture trigger library is compiled
-# against them, see build.rs). Idempotent, and silent when everything is
-# already present.
+# its server headers (the writeset-capture trigger library is compiled
+# against them, see build.rs), and psycopg2 for Debian's python3 (a client
+# of the TLS tests). Idempotent, and silent when everything is already
+# present.
 set -euo pipefail
 
 have_server() {
@@ -37,6 +38,9 @@ missing=()
 have_server || missing+=(postgresql postgresql-contrib)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 id postgres >/dev/null 2>&1 || missing+=(postgresql)
+# Debian's package serves Debian's interpreter, whatever python3 is first
+# on PATH (the tests run /usr/bin/python3).
+/usr/bin/python3 -c 'import psycopg2' >/dev/null 2>&1 || missing+=(python3-psycopg2)
 if have_server && ! have_headers; then
     missing+=("postgresql-server-dev-$(server_major)")
 fi

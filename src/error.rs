@@ -97,6 +97,10 @@ pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
 
+    /// A TLS certificate or key cannot be read, used or generated.
+    #[error("TLS: {context}: {reason}")]
+    Tls { context: String, reason: String },
+
     /// A checkpoint is damaged or unreadable; it is never restored.
     #[error("checkpoint {path} is refused: {reason}")]
     CheckpointInvalid { path: PathBuf, reason: String },

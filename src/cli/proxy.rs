@@ -50,6 +50,21 @@ pub struct ProxyArgs {
     /// Serve Prometheus metrics on ADDR (`GET /metrics`; default: off).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// PEM certificate chain for clients' TLS (with --tls-key; without
+    /// one, an SSLRequest is answered N).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse clients that do not use TLS (28000), like hostssl-only
+    /// pg_hba.conf; `--tls-required=false` overrides the file.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub tls_required: Option<bool>,
+    /// Seconds a client may take from connecting to being authenticated
+    /// (PostgreSQL's authentication_timeout).
+    #[arg(long, value_name = "SECONDS")]
+    pub authentication_timeout: Option<f64>,
 }
 
 impl ProxyArgs {
@@ -68,10 +83,21 @@ impl ProxyArgs {
             certifier,
             max_message_bytes,
             max_apply_batch,
-            max_writeset_bytes
+            max_writeset_bytes,
+            tls_required
         );
         if args.metrics_listen.is_some() {
             c.metrics_listen = args.metrics_listen;
+        }
+        if let Some(cert) = args.tls_cert {
+            c.tls_cert = Some(cert);
+        }
+        if let Some(key) = args.tls_key {
+            c.tls_key = Some(key);
+        }
+        if let Some(secs) = args.authentication_timeout {
+            c.authentication_timeout = std::time::Duration::try_from_secs_f64(secs)
+                .map_err(|e| anyhow::anyhow!("--authentication-timeout {secs}: {e}"))?;
         }
         c.validate()?;
         Ok(c)

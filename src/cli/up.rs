@@ -82,6 +82,13 @@ pub fn run(args: UpArgs) -> Result<()> {
             "status: tashkent status --state-dir {}\n",
             cluster.state_dir().display()
         ));
+        if let Some(cert) = cluster.tls_cert() {
+            text.push_str(&format!(
+                "TLS: add sslmode=require, or sslmode=verify-full sslrootcert={} \
+                 (certificate of every proxy)\n",
+                cert.display()
+            ));
+        }
         text.push_str("Ctrl-C stops it.");
         say(&text);
         let signal = shutdown.wait().await;

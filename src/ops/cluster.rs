@@ -62,6 +62,11 @@ pub struct ClusterConfig {
     /// Whether the certifier and every proxy serve Prometheus metrics (on
     /// 127.0.0.1, ports chosen at the first start and kept).
     pub metrics: bool,
+    /// TLS for the proxies' clients: when `[proxy]` names no certificate,
+    /// a self-signed one is generated in the state directory (once, kept)
+    /// and every proxy shows it. false: only a certificate `[proxy]`
+    /// names is used.
+    pub tls: bool,
 }
 
 impl Default for ClusterConfig {
@@ -74,6 +79,7 @@ impl Default for ClusterConfig {
             database: "postgres".into(),
             pg_settings: Vec::new(),
             metrics: true,
+            tls: true,
         }
     }
 }
@@ -152,6 +158,8 @@ impl LocalCluster {
             .map_err(Error::io(format!("creating {}", root.display())))?;
         let state = StateDir::new(&root);
         let ports = state.ports()?;
+        let mut file = file.clone();
+        tls_certificate(&mut file, &state)?;
         let mut replicas = Vec::new();
         for i in 1..=cfg.replicas {
             let base = state.replica_base(i);
@@ -179,7 +187,7 @@ impl LocalCluster {
             proxy_metrics: Vec::new(),
             placement,
             state: state.clone(),
-            config: file.clone(),
+            config: file,
         };
         cluster.start_certifier().await?;
         for i in 0..cluster.replicas.len() {
@@ -289,6 +297,9 @@ impl LocalCluster {
     pub async fn start_proxy(&mut self, i: usize) -> Result<()> {
         self.stop_proxy(i).await;
         let cfg = self.proxy_config(i, self.proxy_listen[i]);
+        // Here rather than only in the proxy: a proxy process would say
+        // why on its stderr alone.
+        cfg.validate()?;
         let part = match &self.placement {
             Placement::InProcess => Part::InProcess(crate::proxy::start(cfg).await?),
             Placement::Processes { exe } => {
@@ -375,6 +386,11 @@ impl LocalCluster {
             metrics_listen: self.config.cluster.metrics.then_some(self.proxy_metrics[i]),
             ..self.config.proxy.clone()
         }
+    }
+
+    /// The certificate the proxies show their clients, if they do TLS.
+    pub fn tls_cert(&self) -> Option<&Path> {
+        self.config.proxy.tls_cert.as_deref()
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -588,6 +604,35 @@ impl Drop for LocalCluster {
         self.proxies.clear();
         self.certifier = None;
     }
+}
+
+/// Fills the `[proxy]` template's certificate: the cluster file's own
+/// (as an absolute path, so proxy processes find it wherever they run),
+/// else with `[cluster] tls` the state directory's self-signed one,
+/// generated at the first start.
+fn tls_certificate(file: &mut ConfigFile, state: &StateDir) -> Result<()> {
+    let proxy = &mut file.proxy;
+    match (&proxy.tls_cert, &proxy.tls_key) {
+        (Some(cert), Some(key)) => {
+            let absolute = |p: &Path| {
+                std::path::absolute(p).map_err(Error::io(format!("resolving {}", p.display())))
+            };
+            let (cert, key) = (absolute(cert)?, absolute(key)?);
+            proxy.tls_cert = Some(cert);
+            proxy.tls_key = Some(key);
+        }
+        (None, None) if file.cluster.tls => {
+            let (cert, key) = (state.tls_cert(), state.tls_key());
+            if crate::ops::tls::ensure_self_signed(&cert, &key)? {
+                tracing::info!("generated a self-signed certificate: {}", cert.display());
+            }
+            proxy.tls_cert = Some(cert);
+            proxy.tls_key = Some(key);
+        }
+        // Neither (no TLS), or half a pair: the proxy's validation says so.
+        _ => {}
+    }
+    Ok(())
 }
 
 fn part_addr<T>(part: &Part<T>, in_process: impl Fn(&T) -> SocketAddr) -> SocketAddr {

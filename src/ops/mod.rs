@@ -7,6 +7,7 @@
 //! - [`cluster`]: a whole local cluster (`tashkent up`, the bench, tests),
 //!   its parts in this process or as child processes ([`process`]);
 //! - [`checkpoint`], [`recover`]: consistent dumps and rebuilding a replica;
+//! - [`tls`]: the self-signed certificate of a local cluster's proxies;
 //! - [`verify`]: are the replicas identical?
 //! - [`status`]: one look at a running cluster (`tashkent status`);
 //! - [`targets`]: each replica of a cluster, for tools that talk to each;
@@ -22,4 +23,5 @@ pub mod roles;
 pub mod state_dir;
 pub mod status;
 pub mod targets;
+pub mod tls;
 pub mod verify;

@@ -81,6 +81,17 @@ impl ChildProcess {
                         )));
                     }
                 }
+                // Its stdout closed without the line: it exited (its
+                // error went to stderr).
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = process
+                        .child
+                        .wait()
+                        .map_err(Error::io(format!("waiting for the {name}")))?;
+                    return Err(Error::Config(format!(
+                        "the {name} exited ({status}) before listening"
+                    )));
+                }
                 Err(_) => {
                     return Err(Error::Config(format!(
                         "the {name} did not print its address in {} s",

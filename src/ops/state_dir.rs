@@ -10,6 +10,9 @@
 //! <state>/ports.json        ports chosen at the first start, kept for the next
 //! <state>/proxy-<i>.toml    settings of proxy i when it runs as a process
 //! <state>/certifier.toml    settings of the certifier when it runs as a process
+//! <state>/tls/server.crt    the proxies' self-signed certificate (PEM), generated
+//!                           at the first start unless the cluster file names one
+//! <state>/tls/server.key    its private key (PEM, mode 0600)
 //! ```
 //!
 //! `ports.json` is a JSON object `{"certifier": <port>, "proxies": [<port>, ...],
@@ -77,6 +80,16 @@ impl StateDir {
     /// The `[certifier]` file a certifier process is started with.
     pub fn certifier_config_file(&self) -> PathBuf {
         self.root.join("certifier.toml")
+    }
+
+    /// The proxies' self-signed certificate (PEM).
+    pub fn tls_cert(&self) -> PathBuf {
+        self.root.join("tls").join("server.crt")
+    }
+
+    /// The private key of [`StateDir::tls_cert`] (PEM).
+    pub fn tls_key(&self) -> PathBuf {
+        self.root.join("tls").join("server.key")
     }
 
     fn ports_file(&self) -> PathBuf {

@@ -2,6 +2,7 @@
 //! (flags override the file).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,23 @@ pub struct ProxyConfig {
     /// Where Prometheus metrics are served (`GET /metrics`); none: off.
     /// Port 0 picks a free port (printed at start as "metrics on ADDR").
     pub metrics_listen: Option<SocketAddr>,
+    /// PEM file of the certificate chain clients are shown (leaf first).
+    /// With `tls_key`, an SSLRequest is answered `S` and the connection
+    /// continues over TLS; without, it is answered `N`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse a StartupMessage that did not come over TLS (`28000`), as a
+    /// `hostssl`-only pg_hba.conf does. CancelRequests stay accepted in
+    /// plaintext: libpq before PostgreSQL 17 always sends them so.
+    pub tls_required: bool,
+    /// How long a client may take from connecting to being authenticated
+    /// (startup packet, TLS handshake, authentication exchange), as
+    /// PostgreSQL's `authentication_timeout`; then the connection closes.
+    #[serde(with = "secs")]
+    pub authentication_timeout: Duration,
 }
 
 mod secs {
@@ -75,6 +93,10 @@ impl Default for ProxyConfig {
             max_apply_batch: 500,
             max_writeset_bytes: crate::proxy::capture::DEFAULT_MAX_WRITESET_BYTES,
             metrics_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_required: false,
+            authentication_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -100,6 +122,24 @@ impl ProxyConfig {
                 "max_message_bytes must be at least 1024".into(),
             ));
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(Error::Config(
+                "tls_cert and tls_key must be set together".into(),
+            ));
+        }
+        if self.tls_required && self.tls_cert.is_none() {
+            return Err(Error::Config(
+                "tls_required needs a certificate (tls_cert and tls_key)".into(),
+            ));
+        }
+        // PostgreSQL's own bounds for authentication_timeout.
+        let timeout = self.authentication_timeout;
+        if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(600) {
+            return Err(Error::Config(format!(
+                "authentication_timeout must be between 1 and 600 seconds, got {}",
+                timeout.as_secs_f64()
+            )));
+        }
         Ok(())
     }
 
@@ -109,5 +149,66 @@ impl ProxyConfig {
             "host={} port={} user={} dbname={} application_name=tashkent-proxy",
             self.pg_host, self.pg_port, self.admin_user, self.database
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let ok = ProxyConfig {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            tls_required: true,
+            ..ProxyConfig::default()
+        };
+        ok.validate().unwrap();
+        let half = ProxyConfig {
+            tls_key: None,
+            ..ok.clone()
+        };
+        assert!(half
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("together"));
+        let no_cert = ProxyConfig {
+            tls_required: true,
+            ..ProxyConfig::default()
+        };
+        assert!(no_cert
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("tls_required"));
+        for secs in [0.5, 601.0] {
+            let c = ProxyConfig {
+                authentication_timeout: Duration::from_secs_f64(secs),
+                ..ProxyConfig::default()
+            };
+            assert!(c.validate().is_err(), "{secs}");
+        }
+    }
+
+    #[test]
+    fn tls_settings_round_trip_through_toml() {
+        let c = ProxyConfig {
+            tls_cert: Some("/etc/t/c.pem".into()),
+            tls_key: Some("/etc/t/k.pem".into()),
+            tls_required: true,
+            authentication_timeout: Duration::from_secs(5),
+            ..ProxyConfig::default()
+        };
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(toml::from_str::<ProxyConfig>(&text).unwrap(), c);
+        // Without a certificate nothing is written for it.
+        let text = toml::to_string(&ProxyConfig::default()).unwrap();
+        assert!(!text.contains("tls_cert"), "{text}");
+        assert_eq!(
+            toml::from_str::<ProxyConfig>(&text).unwrap(),
+            ProxyConfig::default()
+        );
     }
 }

@@ -9,6 +9,8 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 use crate::proxy::wire::{decode_message, decode_startup, Message, StartupPacket, WireError};
 
@@ -23,12 +25,17 @@ pub enum ConnError {
     Protocol(#[from] WireError),
 }
 
-/// A TCP connection (clients; a replica by address) or a Unix-domain
+/// A TCP connection (clients; a replica by address), a Unix-domain
 /// one (a replica on this host, by its socket directory: cheaper per
-/// message).
+/// message), or a client's TCP connection after it switched to TLS.
+///
+/// An enum rather than a generic `Conn<S>`: the session code stays one
+/// type, and a plaintext read or write costs one match. The TLS state is
+/// boxed so the plaintext variants stay small.
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Stream {
@@ -49,6 +56,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.read_buf(buf).await,
             Stream::Unix(s) => s.read_buf(buf).await,
+            Stream::Tls(s) => s.read_buf(buf).await,
         }
     }
 
@@ -56,6 +64,12 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.write_all(buf).await,
             Stream::Unix(s) => s.write_all(buf).await,
+            Stream::Tls(s) => {
+                // rustls may keep records it could not write yet: only a
+                // flush promises they left.
+                s.write_all(buf).await?;
+                s.flush().await
+            }
         }
     }
 }
@@ -92,6 +106,45 @@ impl Conn {
     pub fn check_tags(mut self, valid: fn(u8) -> bool) -> Conn {
         self.valid_tag = Some(valid);
         self
+    }
+
+    /// True for a client connection that runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// True when bytes the client sent are buffered but not yet read as
+    /// a message.
+    pub fn has_buffered_input(&self) -> bool {
+        !self.rbuf.is_empty()
+    }
+
+    /// Runs the server side of a TLS handshake on a client's TCP
+    /// connection (after its SSLRequest was answered `S`); the connection
+    /// goes on over TLS. Nothing may be buffered: bytes read before the
+    /// handshake were not encrypted.
+    pub async fn start_tls(self, acceptor: &TlsAcceptor) -> Result<Conn, ConnError> {
+        debug_assert!(self.rbuf.is_empty() && self.wbuf.is_empty());
+        let Stream::Tcp(tcp) = self.stream else {
+            return Err(ConnError::Io(std::io::Error::other(
+                "TLS is only started on a plaintext TCP connection",
+            )));
+        };
+        let tls = acceptor.accept(tcp).await?;
+        Ok(Conn {
+            stream: Stream::Tls(Box::new(tls)),
+            ..self
+        })
+    }
+
+    /// Ends a TLS connection with its close_notify, so the client reads
+    /// an orderly end after the last message; a no-op for plaintext (the
+    /// socket closes when the connection is dropped). Bounded: a client
+    /// that stopped reading must not keep the session's task.
+    pub async fn close(&mut self) {
+        if let Stream::Tls(s) = &mut self.stream {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), s.shutdown()).await;
+        }
     }
 
     /// True when a whole message is buffered, so `read` will not wait.

@@ -110,6 +110,8 @@ pub struct Shared {
     /// The commit order on the replica.
     pub order: CommitOrder,
     pub metrics: super::metrics::ProxyMetrics,
+    /// Answers clients' SSLRequests when a certificate is configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Why the applier cannot go on.
@@ -120,7 +122,12 @@ pub struct ApplyStuck {
 }
 
 impl Shared {
-    pub fn new(cfg: ProxyConfig, certifier: CertifierClient, applied: Version) -> Shared {
+    pub fn new(
+        cfg: ProxyConfig,
+        certifier: CertifierClient,
+        applied: Version,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Shared {
         Shared {
             cfg,
             certifier,
@@ -136,6 +143,7 @@ impl Shared {
             apply_stuck: watch::Sender::new(None),
             order: CommitOrder::new(applied),
             metrics: Default::default(),
+            tls,
         }
     }
 

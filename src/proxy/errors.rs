@@ -154,6 +154,60 @@ pub fn protocol_violation(what: &str) -> ErrorResponse {
     ErrorResponse::fatal("08P01", format!("protocol violation: {what}"))
 }
 
+/// `08P01` (FATAL): a startup packet whose length is below 8 or above
+/// 10,000 bytes (PostgreSQL only logs this and closes; the client is told
+/// here).
+pub fn invalid_startup_length() -> ErrorResponse {
+    ErrorResponse::fatal("08P01", "invalid length of startup packet")
+}
+
+/// `08P01` (FATAL): a startup packet of a known kind whose contents do
+/// not fit its layout.
+pub fn invalid_startup_packet(reason: &str) -> ErrorResponse {
+    ErrorResponse::fatal("08P01", format!("invalid startup packet layout: {reason}"))
+}
+
+/// `0A000` (FATAL): a startup packet of a protocol version (or request
+/// code) the proxy does not speak, in PostgreSQL's words. Any 3.x goes on
+/// to the replica, which negotiates the minor version.
+pub fn unsupported_protocol(major: u16, minor: u16) -> ErrorResponse {
+    ErrorResponse::fatal(
+        "0A000",
+        format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.x"),
+    )
+}
+
+/// `08P01` (FATAL): bytes that arrived together with an SSLRequest, before
+/// any TLS handshake (PostgreSQL's answer to the same; they may have been
+/// injected on the way).
+pub fn unencrypted_data_after_ssl_request() -> ErrorResponse {
+    ErrorResponse::fatal("08P01", "received unencrypted data after SSL request").with_detail(
+        "This could be either a client-software bug or evidence of an attempted \
+         man-in-the-middle attack.",
+    )
+}
+
+/// `28000` (FATAL): a plaintext StartupMessage while `tls_required` is
+/// set (PostgreSQL says "no pg_hba.conf entry for host …, no encryption"
+/// when only `hostssl` lines match).
+pub fn tls_required(host: &str, user: &str, database: &str) -> ErrorResponse {
+    ErrorResponse::fatal(
+        "28000",
+        format!(
+            "connection for host \"{host}\", user \"{user}\", database \"{database}\" \
+             refused: no encryption, this server accepts SSL connections only"
+        ),
+    )
+    .with_hint("Connect with sslmode=require (or verify-ca, verify-full).")
+}
+
+/// `57014` (FATAL): the client took longer than `authentication_timeout`
+/// from connecting to being authenticated (PostgreSQL's code and words;
+/// PostgreSQL itself closes without telling the client).
+pub fn authentication_timeout() -> ErrorResponse {
+    ErrorResponse::fatal("57014", "canceling authentication due to timeout")
+}
+
 /// `08P01` (FATAL): something else where an authentication answer belongs.
 pub fn expected_authentication() -> ErrorResponse {
     ErrorResponse::fatal("08P01", "expected an authentication response")

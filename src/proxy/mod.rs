@@ -16,6 +16,7 @@ pub mod errors;
 mod metrics;
 mod session;
 pub mod sql;
+mod tls;
 pub mod wire;
 pub mod writeset;
 
@@ -30,6 +31,7 @@ use tokio::task::JoinHandle;
 
 pub use config::ProxyConfig;
 use coordination::Shared;
+pub use tls::acceptor as tls_acceptor;
 
 use crate::error::{Error, Result};
 
@@ -76,6 +78,12 @@ impl Drop for RunningProxy {
 /// to the certifier, and starts serving on `cfg.listen`.
 pub async fn start(cfg: ProxyConfig) -> Result<RunningProxy> {
     cfg.validate()?;
+    // A certificate that cannot be used is an error at start, not at the
+    // first client's SSLRequest.
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let admin = applier::connect_admin(&cfg).await?;
     capture::install(&admin, cfg.max_writeset_bytes).await?;
     capture::configure_replica(&admin, cfg.replica_id, cfg.replicas).await?;
@@ -88,7 +96,7 @@ pub async fn start(cfg: ProxyConfig) -> Result<RunningProxy> {
     let addr = listener
         .local_addr()
         .map_err(Error::io("reading the listening address"))?;
-    let shared = Arc::new(Shared::new(cfg, certifier, applied));
+    let shared = Arc::new(Shared::new(cfg, certifier, applied, tls));
     let metrics = match shared.cfg.metrics_listen {
         Some(at) => {
             let s = shared.clone();

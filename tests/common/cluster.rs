@@ -39,6 +39,12 @@ impl DerefMut for Cluster {
 impl Cluster {
     /// `n` replicas, the certifier configured by `adjust`.
     pub async fn start_with(n: usize, adjust: impl FnOnce(&mut CertifierConfig)) -> Cluster {
+        Cluster::start_file(n, |file| adjust(&mut file.certifier)).await
+    }
+
+    /// `n` replicas, the cluster file adjusted by `adjust` (its state
+    /// directory is the test's own).
+    pub async fn start_file(n: usize, adjust: impl FnOnce(&mut ConfigFile)) -> Cluster {
         let dir = shared_tempdir();
         let mut file = ConfigFile {
             cluster: ClusterConfig {
@@ -48,7 +54,7 @@ impl Cluster {
             },
             ..ConfigFile::default()
         };
-        adjust(&mut file.certifier);
+        adjust(&mut file);
         let placement = Placement::Processes {
             exe: env!("CARGO_BIN_EXE_tashkent").into(),
         };

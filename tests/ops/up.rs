@@ -122,6 +122,27 @@ async fn eventually(client: &tokio_postgres::Client, sql: &str, want: i64) {
     }
 }
 
+/// psql's `\conninfo` through `conninfo` with sslmode=require.
+fn psql_over_tls(conninfo: &str) -> String {
+    let psql = tashkent::ops::pg::PgBinaries::locate()
+        .unwrap()
+        .tool("psql")
+        .unwrap();
+    let out = Command::new(psql)
+        .args(["-X", "-c", "\\conninfo", "-d"])
+        .arg(format!("{conninfo} sslmode=require"))
+        .env("PGSSLROOTCERT", "/nonexistent")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn up_serves_sql_stops_cleanly_and_resumes() {
     let dir = common::shared_tempdir();
@@ -134,6 +155,11 @@ async fn up_serves_sql_stops_cleanly_and_resumes() {
         .await
         .unwrap();
     drop(client);
+    // TLS out of the box: psql with sslmode=require, on the certificate
+    // up generated in the state directory.
+    let cert = state.join("tls/server.crt");
+    let first_cert = std::fs::read(&cert).expect("up generated a certificate");
+    assert!(psql_over_tls(&up.conninfo).contains("SSL connection (protocol: TLS"));
     let pid = postmaster_pid(&state);
     up.interrupt();
     common::assert_exited(&[pid]);
@@ -143,6 +169,12 @@ async fn up_serves_sql_stops_cleanly_and_resumes() {
     );
 
     let up = Up::start(&state);
+    assert_eq!(
+        std::fs::read(&cert).unwrap(),
+        first_cert,
+        "the certificate is kept across restarts"
+    );
+    assert!(psql_over_tls(&up.conninfo).contains("SSL connection (protocol: TLS"));
     let client = common::connect_str(&up.conninfo).await;
     let x: i32 = client
         .query_one("SELECT x FROM survives", &[])

@@ -4,6 +4,8 @@
 //!
 //! - `session`: the transaction life cycle through real clients;
 //! - `protocol`: the wire-protocol edge (psql, COPY, cancel, bad input);
+//! - `tls`: TLS from clients to the proxy (psql, pgbench, tokio-postgres
+//!   with rustls, psycopg2), `tls_required`, no certificate;
 //! - `capture`: writeset capture on one replica, applied on another;
 //! - `exact`: every accepted type reads back byte-identical (I7);
 //! - `extensions`: CREATE/ALTER/DROP EXTENSION, and values of extension types;
@@ -18,3 +20,4 @@ mod extensions;
 mod large;
 mod protocol;
 mod session;
+mod tls;

@@ -501,6 +501,10 @@ impl Running {
                         replicas,
                         durability,
                         database: DATABASE.into(),
+                        // Measured like standalone PostgreSQL, which runs
+                        // without TLS: pgbench's default sslmode=prefer
+                        // would otherwise encrypt every proxy's traffic.
+                        tls: false,
                         ..ClusterConfig::default()
                     },
                     ..ConfigFile::default()

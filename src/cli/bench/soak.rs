@@ -159,6 +159,8 @@ async fn soak(args: &SoakArgs) -> Result<SoakReport> {
         cluster: ClusterConfig {
             state_dir: dir.path().join("state"),
             replicas: args.replicas,
+            // Memory of the plaintext path, as the bench measures it.
+            tls: false,
             ..ClusterConfig::default()
         },
         ..ConfigFile::default()

@@ -52,9 +52,12 @@ type Result<T> = std::result::Result<T, SessionError>;
 
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let _counted = shared.metrics.connection();
-    let mut client = Conn::new(stream, shared.cfg.max_message_bytes)
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.ip().to_string());
+    let client = Conn::new(stream, shared.cfg.max_message_bytes)
         .check_tags(crate::proxy::wire::is_frontend_tag);
-    let (backend, backend_pid) = match handshake(&shared, &mut client).await {
+    let (client, backend, backend_pid) = match handshake(&shared, client, &peer).await {
         Ok(Some(b)) => b,
         Ok(None) => return,
         Err(e) => {
@@ -92,6 +95,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     }
     session.close_txn();
     session.shared.unregister_session(session.backend_pid);
+    session.client.close().await;
 }
 
 fn query(sql: &str) -> Message {

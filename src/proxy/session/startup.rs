@@ -1,24 +1,80 @@
-//! A client's startup: encryption requests refused, cancel requests
-//! passed on, user and database checked, and authentication relayed to the
-//! replica, which decides.
+//! A client's startup: TLS negotiated (or declined), bad first packets
+//! answered as PostgreSQL would, cancel requests passed on, user and
+//! database checked, and authentication relayed to the replica, which
+//! decides. All of it within `authentication_timeout`.
+
+use tokio::time::{timeout_at, Instant};
 
 use super::*;
+use crate::proxy::wire::WireError;
 
-/// Startup: SSL/GSS encryption refused ('N'), cancel requests forwarded,
-/// and authentication relayed to the replica, which decides (the client
-/// runs nothing before the replica says AuthenticationOk).
-pub(super) async fn handshake(shared: &Shared, client: &mut Conn) -> Result<Option<(Conn, i32)>> {
+/// A client that got through startup: its connection (perhaps switched
+/// to TLS), its backend, and the backend's process id.
+pub(super) type Started = Option<(Conn, Conn, i32)>;
+
+/// Startup: an SSLRequest is answered `S` and TLS started when the proxy
+/// has a certificate, `N` otherwise; GSSENCRequest is answered `N`; cancel
+/// requests are forwarded; then authentication is relayed to the replica,
+/// which decides (the client runs nothing before the replica says
+/// AuthenticationOk). `peer` is the client's address, for messages.
+///
+/// Every wait on the client (and on the replica for it) ends at the
+/// deadline `authentication_timeout` after the connection was accepted,
+/// so a client that connects and says nothing holds no task for long.
+pub(super) async fn handshake(shared: &Shared, mut client: Conn, peer: &str) -> Result<Started> {
+    let deadline = Instant::now() + shared.cfg.authentication_timeout;
+    // As PostgreSQL: one SSLRequest and one GSSENCRequest at most, a GSS
+    // request only before TLS, and a repeated one is an unknown protocol.
+    let (mut ssl_done, mut gss_done) = (false, false);
     loop {
-        let packet = client.read_startup().await.map_err(SessionError::Client)?;
+        let packet = match timeout_at(deadline, client.read_startup()).await {
+            Err(_) => return refuse(client, errors::authentication_timeout()).await,
+            Ok(Ok(p)) => p,
+            Ok(Err(ConnError::Protocol(e))) => return refuse(client, startup_error(&e)).await,
+            Ok(Err(e)) => return Err(SessionError::Client(e)),
+        };
         let params = match &packet {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+            StartupPacket::SslRequest if ssl_done => {
+                // 1234.5679 is the SSLRequest code read as a version.
+                return refuse(client, errors::unsupported_protocol(1234, 5679)).await;
+            }
+            StartupPacket::GssEncRequest if gss_done => {
+                return refuse(client, errors::unsupported_protocol(1234, 5680)).await;
+            }
+            StartupPacket::SslRequest => {
+                ssl_done = true;
+                let Some(acceptor) = &shared.tls else {
+                    client.push_raw(b"N");
+                    client.flush().await.map_err(SessionError::Client)?;
+                    continue;
+                };
+                // Bytes sent behind the request were not encrypted: they
+                // must not be read as if they came over TLS.
+                if client.has_buffered_input() {
+                    return refuse(client, errors::unencrypted_data_after_ssl_request()).await;
+                }
+                client.push_raw(b"S");
+                client.flush().await.map_err(SessionError::Client)?;
+                client = match timeout_at(deadline, client.start_tls(acceptor)).await {
+                    // Mid-handshake nothing can be said in either language.
+                    Err(_) => return Ok(None),
+                    Ok(Err(e)) => return Err(SessionError::Client(e)),
+                    Ok(Ok(c)) => c,
+                };
+                gss_done = true;
+                continue;
+            }
+            StartupPacket::GssEncRequest => {
+                gss_done = true;
                 client.push_raw(b"N");
                 client.flush().await.map_err(SessionError::Client)?;
                 continue;
             }
             StartupPacket::Cancel { .. } => {
                 // The client holds the replica's own backend key (relayed
-                // at startup), so the request goes on unchanged.
+                // at startup), so the request goes on unchanged. Accepted
+                // in plaintext even under tls_required: libpq before
+                // PostgreSQL 17 never encrypts a cancel.
                 if let Ok(mut pg) = connect_backend(shared).await {
                     pg.push_raw(&packet.encode());
                     let _ = pg.flush().await;
@@ -32,12 +88,12 @@ pub(super) async fn handshake(shared: &Shared, client: &mut Conn) -> Result<Opti
             return refuse(client, errors::no_user()).await;
         };
         let database = param("database").unwrap_or(user);
+        if shared.cfg.tls_required && !client.is_tls() {
+            return refuse(client, errors::tls_required(peer, user, database)).await;
+        }
         if database != shared.cfg.database {
-            return refuse(
-                client,
-                errors::not_replicated_database(database, &shared.cfg.database),
-            )
-            .await;
+            let e = errors::not_replicated_database(database, &shared.cfg.database);
+            return refuse(client, e).await;
         }
         let mut backend = match connect_backend(shared).await {
             Ok(b) => b,
@@ -49,7 +105,10 @@ pub(super) async fn handshake(shared: &Shared, client: &mut Conn) -> Result<Opti
         backend.flush().await.map_err(SessionError::Backend)?;
         let mut backend_pid = 0;
         loop {
-            let m = backend.read().await.map_err(SessionError::Backend)?;
+            let m = match timeout_at(deadline, backend.read()).await {
+                Err(_) => return refuse(client, errors::authentication_timeout()).await,
+                Ok(m) => m.map_err(SessionError::Backend)?,
+            };
             client.push(&m);
             match m.tag() {
                 b'R' => {
@@ -61,7 +120,12 @@ pub(super) async fn handshake(shared: &Shared, client: &mut Conn) -> Result<Opti
                     // Cleartext, MD5, SASL start and SASL continue expect
                     // the client's answer.
                     if matches!(code, Some(3 | 5 | 10 | 11)) {
-                        let answer = client.read().await.map_err(SessionError::Client)?;
+                        let answer = match timeout_at(deadline, client.read()).await {
+                            Err(_) => {
+                                return refuse(client, errors::authentication_timeout()).await
+                            }
+                            Ok(a) => a.map_err(SessionError::Client)?,
+                        };
                         if answer.tag() != b'p' {
                             return refuse(client, errors::expected_authentication()).await;
                         }
@@ -70,6 +134,7 @@ pub(super) async fn handshake(shared: &Shared, client: &mut Conn) -> Result<Opti
                 }
                 b'E' => {
                     client.flush().await.map_err(SessionError::Client)?;
+                    client.close().await;
                     return Ok(None);
                 }
                 b'K' => {
@@ -79,7 +144,7 @@ pub(super) async fn handshake(shared: &Shared, client: &mut Conn) -> Result<Opti
                 }
                 b'Z' => {
                     client.flush().await.map_err(SessionError::Client)?;
-                    return Ok(Some((backend, backend_pid)));
+                    return Ok(Some((client, backend, backend_pid)));
                 }
                 _ => {}
             }
@@ -87,12 +152,26 @@ pub(super) async fn handshake(shared: &Shared, client: &mut Conn) -> Result<Opti
     }
 }
 
+/// The FATAL error for a first packet the proxy cannot take.
+fn startup_error(e: &WireError) -> ErrorResponse {
+    match e {
+        WireError::LengthTooSmall { .. } | WireError::TooLarge { .. } => {
+            errors::invalid_startup_length()
+        }
+        WireError::UnsupportedProtocol { major, minor } => {
+            errors::unsupported_protocol(*major, *minor)
+        }
+        WireError::Malformed { reason, .. } => errors::invalid_startup_packet(reason),
+    }
+}
+
 /// Sends a FATAL error during startup; the connection then ends.
-async fn refuse(client: &mut Conn, e: ErrorResponse) -> Result<Option<(Conn, i32)>> {
+async fn refuse(mut client: Conn, e: ErrorResponse) -> Result<Started> {
     client
         .send(&e.message())
         .await
         .map_err(SessionError::Client)?;
+    client.close().await;
     Ok(None)
 }
 
