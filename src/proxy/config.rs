@@ -62,6 +62,12 @@ pub struct ProxyConfig {
     /// PostgreSQL's `authentication_timeout`; then the connection closes.
     #[serde(with = "secs")]
     pub authentication_timeout: Duration,
+    /// Whether clients may log in as `admin_user`. With password
+    /// authentication on the replicas, the admin user is trusted on the
+    /// replica's socket (the proxy's own connections need that), and client
+    /// sessions are relayed over the same socket: false closes that door
+    /// (28000).
+    pub allow_admin_login: bool,
 }
 
 mod secs {
@@ -97,6 +103,7 @@ impl Default for ProxyConfig {
             tls_key: None,
             tls_required: false,
             authentication_timeout: Duration::from_secs(60),
+            allow_admin_login: true,
         }
     }
 }

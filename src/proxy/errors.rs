@@ -201,6 +201,16 @@ pub fn tls_required(host: &str, user: &str, database: &str) -> ErrorResponse {
     .with_hint("Connect with sslmode=require (or verify-ca, verify-full).")
 }
 
+/// `28000` (FATAL): a client asked to log in as the proxy's own admin
+/// user, and `allow_admin_login` is off.
+pub fn admin_login_refused(user: &str) -> ErrorResponse {
+    ErrorResponse::fatal(
+        "28000",
+        format!("role \"{user}\" is the proxy's own and may not log in through it"),
+    )
+    .with_hint("Log in as an application role (see `tashkent admin create-role`).")
+}
+
 /// `57014` (FATAL): the client took longer than `authentication_timeout`
 /// from connecting to being authenticated (PostgreSQL's code and words;
 /// PostgreSQL itself closes without telling the client).

@@ -64,7 +64,7 @@ async fn require_scram(cluster: &Cluster) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_creates_roles_alike_everywhere_and_scram_logins_go_through_the_proxy() {
-    let cluster = Cluster::start(2).await;
+    let mut cluster = Cluster::start(2).await;
     let state = cluster.state_dir().display().to_string();
 
     // Through a proxy, role statements are refused with the way to do it.
@@ -109,10 +109,12 @@ async fn admin_creates_roles_alike_everywhere_and_scram_logins_go_through_the_pr
         .await
         .unwrap();
     require_scram(&cluster).await;
+    // Proxies keep their addresses across restarts.
+    let proxies: Vec<String> = (0..2).map(|i| cluster.proxy_conninfo(i)).collect();
     let as_app = |i: usize, password: &str| {
         format!(
             "{} user=app password='{}'",
-            cluster.proxy_conninfo(i),
+            proxies[i],
             password.replace('\'', "\\'")
         )
     };
@@ -170,6 +172,28 @@ async fn admin_creates_roles_alike_everywhere_and_scram_logins_go_through_the_pr
     let (ok, out) = admin(&state, &["drop-role", "readers"], None);
     assert!(ok && out.contains("replica 1, replica 2"), "{out}");
     assert_eq!(secrets(&cluster, "readers").await, vec![None, None]);
+
+    // The admin user is trusted on the replicas' sockets, which client
+    // sessions are relayed over too: `allow_admin_login = false` shuts
+    // that door, and application roles still log in.
+    cluster
+        .restart_proxies_with(|p| p.allow_admin_login = false)
+        .await;
+    let refused = tokio_postgres::connect(&cluster.proxy_conninfo(0), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("the admin user may not log in through a proxy");
+    assert_eq!(
+        refused.as_db_error().map(|d| d.code().code()),
+        Some("28000"),
+        "{refused}"
+    );
+    let a = connect_str(&as_app(0, "second")).await;
+    a.batch_execute("INSERT INTO owned VALUES (2)")
+        .await
+        .unwrap();
+    drop(a);
+    cluster.wait_converged().await;
 
     // Verify still reads the whole cluster with the admin user.
     let (ok, out) = blocking(|| tashkent(&["verify", "--state-dir", &state]));

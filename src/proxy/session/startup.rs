@@ -91,6 +91,9 @@ pub(super) async fn handshake(shared: &Shared, mut client: Conn, peer: &str) -> 
         if shared.cfg.tls_required && !client.is_tls() {
             return refuse(client, errors::tls_required(peer, user, database)).await;
         }
+        if !shared.cfg.allow_admin_login && user == shared.cfg.admin_user {
+            return refuse(client, errors::admin_login_refused(user)).await;
+        }
         if database != shared.cfg.database {
             let e = errors::not_replicated_database(database, &shared.cfg.database);
             return refuse(client, e).await;
