@@ -238,6 +238,42 @@ fn split_unmarked(ws: Writeset, max_chunk_bytes: usize) -> Vec<Writeset> {
 /// `before_item`), then the items after the last one. Any protobuf reader
 /// decodes it as `ws`; a streaming reader meets every statement before
 /// the rows that follow it. Same length as `ws.encoded_len()`.
+/// The header of an encoded writeset (as [`encode_in_order`] writes it:
+/// fields 1 to 4 first): its length in bytes and the txn_id, read without
+/// decoding the items. None when `body` does not start that way.
+pub fn header_prefix(body: &[u8]) -> Option<(usize, &[u8])> {
+    use prost::encoding::{decode_key, decode_varint, WireType};
+    let mut rest = body;
+    let mut txn_id: &[u8] = &[];
+    while !rest.is_empty() {
+        let before = rest.len();
+        let mut peek = rest;
+        let (field, wire) = decode_key(&mut peek).ok()?;
+        if field > 4 {
+            break;
+        }
+        match wire {
+            WireType::Varint => {
+                decode_varint(&mut peek).ok()?;
+            }
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut peek).ok()?).ok()?;
+                if len > peek.len() {
+                    return None;
+                }
+                if field == 2 {
+                    txn_id = &peek[..len];
+                }
+                peek = &peek[len..];
+            }
+            _ => return None,
+        }
+        rest = peek;
+        debug_assert!(rest.len() < before);
+    }
+    Some((body.len() - rest.len(), txn_id))
+}
+
 pub fn encode_in_order(ws: &Writeset, buf: &mut impl bytes::BufMut) {
     use prost::encoding;
     if ws.format_version != 0 {
@@ -467,6 +503,27 @@ mod tests {
             ddl: vec![ddl("CREATE TABLE t (k int primary key)", &["t"], 0)],
             ..Writeset::default()
         }
+    }
+
+    #[test]
+    fn the_header_prefix_is_the_header_alone() {
+        let full = ws(3);
+        let mut buf = Vec::new();
+        encode_in_order(&full, &mut buf);
+        let (len, txn_id) = header_prefix(&buf).unwrap();
+        assert_eq!(txn_id, b"t1");
+        let header = Writeset::decode(&buf[..len]).unwrap();
+        assert_eq!(
+            header,
+            Writeset {
+                items: vec![],
+                ddl: vec![],
+                ..full
+            }
+        );
+        assert_eq!(header_prefix(&[]), Some((0, &[][..])));
+        // A length running past the end is no header.
+        assert_eq!(header_prefix(&[0x12, 0x05, b'a']), None);
     }
 
     #[test]

@@ -526,3 +526,56 @@ mod raw {
         .map(|r| r.into_inner())
     }
 }
+
+#[tokio::test]
+async fn an_origin_gets_its_own_writesets_as_headers_only_and_others_whole() {
+    let dir = TempDir::new().unwrap();
+    let (_running, client) = start(config(&dir)).await;
+    let mut sent = Vec::new();
+    for (i, id) in ["mine-1", "other-1", "mine-2", "mine-3"].iter().enumerate() {
+        let w = ws(id, 0, &[format!("k{i}")]);
+        let v = committed(&client.certify(w.clone()).await.unwrap()).expect("commits");
+        sent.push((v, w));
+    }
+    let read = |elide_from: u64| {
+        let client = client.clone();
+        async move {
+            let frames = client
+                .subscribe_frames_eliding(1, Bytes::from_static(b"mine-"), elide_from)
+                .await
+                .unwrap();
+            frames.take(4).map(|f| f.unwrap()).collect::<Vec<_>>().await
+        }
+    };
+    for (elide_from, elided) in [
+        (0, vec![true, false, true, true]),
+        (3, vec![false, false, true, true]),
+    ] {
+        let frames = read(elide_from).await;
+        for ((frame, (v, w)), want_elided) in frames.iter().zip(&sent).zip(elided) {
+            assert_eq!(frame.version, *v);
+            assert!(frame.last, "one frame each");
+            assert_eq!(frame.elided, want_elided, "version {v} from {elide_from}");
+            let got = <Writeset as prost::Message>::decode(frame.data.clone()).unwrap();
+            let want = if want_elided {
+                Writeset {
+                    items: vec![],
+                    ..w.clone()
+                }
+            } else {
+                w.clone()
+            };
+            assert_eq!(got, want, "version {v}");
+        }
+    }
+    // Without a prefix nothing is elided.
+    let whole: Vec<_> = client
+        .subscribe_frames(1)
+        .await
+        .unwrap()
+        .take(4)
+        .map(|f| f.unwrap())
+        .collect()
+        .await;
+    assert!(whole.iter().all(|f| !f.elided));
+}

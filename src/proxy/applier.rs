@@ -407,6 +407,9 @@ enum Stop {
     /// The commit of this version failed after it was handed over: the
     /// commit order broke there; apply from there from the log.
     Broken(Version),
+    /// This version of a local session came without its changes (elided),
+    /// and no session commits it: subscribe again, with its changes.
+    Refetch(Version),
 }
 
 type Frames = std::pin::Pin<
@@ -425,6 +428,9 @@ pub async fn run(shared: Arc<Shared>) {
     let mut failures = 0u32;
     let mut inflight = InFlight::default();
     let mut verify = true;
+    // This process's own transactions come without their changes (their
+    // sessions hold them), from this version on.
+    let mut elide_from: Version = 0;
     loop {
         let from = *shared.applied.borrow() + 1;
         let sub = match &subscriber {
@@ -441,7 +447,10 @@ pub async fn run(shared: Arc<Shared>) {
                 }
             },
         };
-        let frames = match sub.subscribe_frames(from).await {
+        let frames = match sub
+            .subscribe_frames_eliding(from, shared.txn_prefix(), elide_from)
+            .await
+        {
             Ok(s) => s,
             Err(e) if e.is_purged() => {
                 needs_recovery(&shared, &e);
@@ -475,6 +484,11 @@ pub async fn run(shared: Arc<Shared>) {
                 tracing::debug!(
                     "the commit of version {v} failed: applying from there from the log"
                 );
+                continue;
+            }
+            Stop::Refetch(v) => {
+                tracing::debug!("version {v} is this proxy's, but no session commits it");
+                elide_from = elide_from.max(v + 1);
                 continue;
             }
             Stop::Stream(e) if e.is_purged() => needs_recovery(&shared, &e),
@@ -702,7 +716,7 @@ impl Follower<'_> {
         let mut bytes = 0;
         while batch.len() < self.shared.cfg.max_apply_batch && bytes < MAX_BATCH_BYTES {
             let next = std::pin::Pin::new(&mut self.frames)
-                .next_if(|r| matches!(r, Ok(f) if f.last))
+                .next_if(|r| matches!(r, Ok(f) if f.last && !f.elided))
                 .now_or_never();
             let Some(Some(Ok(frame))) = next else {
                 break;
@@ -722,9 +736,12 @@ impl Follower<'_> {
 
     /// True for a version the applier applies from the log that may share
     /// a replica transaction with others: not a local session's (which
-    /// commits it itself when its turn comes) and without DDL or TRUNCATE.
+    /// commits it itself when its turn comes), with its changes (not
+    /// elided), and without DDL or TRUNCATE.
     fn batchable(&self, c: &CommittedWriteset) -> bool {
-        c.writeset.ddl.is_empty() && !self.local_pending(&c.writeset.txn_id, c.writeset.origin)
+        !c.elided
+            && c.writeset.ddl.is_empty()
+            && !self.local_pending(&c.writeset.txn_id, c.writeset.origin)
     }
 
     fn local_pending(&self, txn_id: &[u8], origin: u32) -> bool {
@@ -789,6 +806,9 @@ impl Follower<'_> {
                     self.inflight.push(first, first, Some(done));
                     return Ok(());
                 }
+            }
+            if c.elided {
+                return Err(Stop::Refetch(first));
             }
         }
         let own = own_tables(self.shared, batch.iter().map(|c| &c.writeset));
@@ -998,6 +1018,7 @@ fn decode(frame: SubscribeFrame) -> std::result::Result<CommittedWriteset, Stop>
         .map(|writeset| CommittedWriteset {
             version: v,
             writeset,
+            elided: frame.elided,
         })
         .map_err(|e| Stop::Apply {
             version: v,

@@ -150,10 +150,19 @@ impl Shared {
     /// A transaction id unique across replicas and proxy restarts.
     pub fn new_txn_id(&self) -> bytes::Bytes {
         let mut id = Vec::with_capacity(20);
-        id.extend_from_slice(&self.cfg.replica_id.to_be_bytes());
-        id.extend_from_slice(&self.nonce.to_be_bytes());
+        id.extend_from_slice(&self.txn_prefix());
         id.extend_from_slice(&self.next_txn.fetch_add(1, Ordering::Relaxed).to_be_bytes());
         id.into()
+    }
+
+    /// What every transaction id of this proxy process starts with (its
+    /// replica and its incarnation): the certifier leaves these
+    /// transactions' changes out of the applier's stream.
+    pub fn txn_prefix(&self) -> bytes::Bytes {
+        let mut p = Vec::with_capacity(12);
+        p.extend_from_slice(&self.cfg.replica_id.to_be_bytes());
+        p.extend_from_slice(&self.nonce.to_be_bytes());
+        p.into()
     }
 
     pub fn expect_turn(&self, txn_id: &[u8]) -> oneshot::Receiver<Turn> {

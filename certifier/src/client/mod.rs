@@ -58,6 +58,9 @@ impl ChunkSender {
 pub struct CommittedWriteset {
     pub version: Version,
     pub writeset: Writeset,
+    /// Only the writeset's header came (its items and statements were
+    /// elided, see [`CertifierClient::subscribe_frames_eliding`]).
+    pub elided: bool,
 }
 
 /// Client-side settings; they must agree with the certifier's.
@@ -191,10 +194,29 @@ impl CertifierClient {
     /// apply a writeset of any size while it streams in (see
     /// [`crate::writeset::StreamDecoder`]).
     pub async fn subscribe_frames(&self, from: Version) -> Result<FrameStream, CertifierError> {
+        self.subscribe_frames_eliding(from, bytes::Bytes::new(), 0)
+            .await
+    }
+
+    /// [`CertifierClient::subscribe_frames`], with the versions from
+    /// `elide_from` on whose txn_id starts with `txn_prefix` (a proxy's
+    /// own transactions, whose changes it holds) as their header only, in
+    /// one frame marked `elided` (those that fit one frame; an empty prefix
+    /// elides nothing).
+    pub async fn subscribe_frames_eliding(
+        &self,
+        from: Version,
+        txn_prefix: bytes::Bytes,
+        elide_from: Version,
+    ) -> Result<FrameStream, CertifierError> {
         let frames = self
             .grpc
             .clone()
-            .subscribe(SubscribeRequest { from_version: from })
+            .subscribe(SubscribeRequest {
+                from_version: from,
+                elide_txn_prefix: txn_prefix,
+                elide_from,
+            })
             .await
             .map_err(|s| {
                 CertifierError::purged_from_status(&s, from.max(1))
@@ -254,6 +276,7 @@ impl CertifierClient {
                         .map(|writeset| CommittedWriteset {
                             version: next,
                             writeset,
+                            elided: frame.elided,
                         })
                         .map_err(|e| CertifierError::Protocol(format!("writeset {next}: {e}")));
                     return Some((item, Some((frames, buf, next + 1))));

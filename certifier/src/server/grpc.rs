@@ -54,7 +54,12 @@ impl proto::certifier_server::Certifier for CertifierService {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let from = request.into_inner().from_version.max(1);
+        let request = request.into_inner();
+        let from = request.from_version.max(1);
+        let elide = subscribe::Elide {
+            txn_prefix: request.elide_txn_prefix,
+            from: request.elide_from,
+        };
         let latest = self.inner.state.lock().latest();
         if from > latest + 1 {
             return Err(CertifierError::InvalidArgument(format!(
@@ -69,7 +74,11 @@ impl proto::certifier_server::Certifier for CertifierService {
             }
             .into());
         }
-        Ok(Response::new(subscribe::stream(self.inner.clone(), from)))
+        Ok(Response::new(subscribe::stream(
+            self.inner.clone(),
+            from,
+            elide,
+        )))
     }
 
     async fn report_applied(

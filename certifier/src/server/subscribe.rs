@@ -55,7 +55,26 @@ impl Outbox {
     }
 }
 
-pub(crate) fn stream(inner: Arc<Inner>, from: Version) -> FrameStream {
+/// Which records a subscriber wants as their header only (its own
+/// transactions, whose changes it holds): see `SubscribeRequest`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Elide {
+    pub txn_prefix: Bytes,
+    pub from: Version,
+}
+
+impl Elide {
+    /// The header's length when `body` (of `version`) is to be elided.
+    fn header_len(&self, version: Version, body: &[u8]) -> Option<usize> {
+        if self.txn_prefix.is_empty() || version < self.from {
+            return None;
+        }
+        let (len, txn_id) = crate::writeset::header_prefix(body)?;
+        txn_id.starts_with(&self.txn_prefix).then_some(len)
+    }
+}
+
+pub(crate) fn stream(inner: Arc<Inner>, from: Version, elide: Elide) -> FrameStream {
     let (tx, rx) = mpsc::channel(CHANNEL_FRAMES);
     let out = Outbox {
         tx,
@@ -64,7 +83,7 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Version) -> FrameStream {
     tokio::spawn(async move {
         let _counted = super::metrics::SubscriberGuard::new(&inner.metrics.subscribers);
         let r = tokio::select! {
-            r = run(&inner, from, &out) => r,
+            r = run(&inner, from, &elide, &out) => r,
             // The client went away.
             () = out.tx.closed() => Ok(()),
         };
@@ -77,7 +96,12 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Version) -> FrameStream {
     }))
 }
 
-async fn run(inner: &Inner, from: Version, tx: &Outbox) -> Result<(), CertifierError> {
+async fn run(
+    inner: &Inner,
+    from: Version,
+    elide: &Elide,
+    tx: &Outbox,
+) -> Result<(), CertifierError> {
     let mut durable_rx = inner.durable.subscribe();
     let frame_max = inner
         .limits
@@ -109,6 +133,19 @@ async fn run(inner: &Inner, from: Version, tx: &Outbox) -> Result<(), CertifierE
             let body = record::body(version, &rec)?;
             if record::is_spooled(&rec) {
                 send_spooled(inner, tx, version, body, frame_max).await?;
+            } else if let Some(len) = elide
+                .header_len(version, &body)
+                .filter(|_| body.len() <= frame_max)
+            {
+                let frame = SubscribeFrame {
+                    version,
+                    data: body.slice(..len),
+                    last: true,
+                    elided: true,
+                };
+                if !tx.send(Ok(frame)).await {
+                    return Ok(());
+                }
             } else {
                 send_record(tx, version, body, frame_max, true).await?;
             }
@@ -242,6 +279,7 @@ async fn send_record(
             version,
             data,
             last,
+            elided: false,
         };
         if !tx.send(Ok(frame)).await {
             // Client gone: the select in `stream` ends the task.
