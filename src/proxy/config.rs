@@ -68,6 +68,13 @@ pub struct ProxyConfig {
     /// sessions are relayed over the same socket: false closes that door
     /// (28000).
     pub allow_admin_login: bool,
+    /// The consistency level sessions start with (`tashkent.consistency`:
+    /// eventual, causal, strong; see `proxy::consistency`).
+    pub consistency: crate::proxy::consistency::Level,
+    /// Longest a transaction waits for its replica to apply what its
+    /// level asks for (`tashkent.consistency_timeout`); then 57014.
+    #[serde(with = "secs")]
+    pub consistency_timeout: Duration,
 }
 
 mod secs {
@@ -104,6 +111,8 @@ impl Default for ProxyConfig {
             tls_required: false,
             authentication_timeout: Duration::from_secs(60),
             allow_admin_login: true,
+            consistency: crate::proxy::consistency::Level::Eventual,
+            consistency_timeout: Duration::from_secs(10),
         }
     }
 }

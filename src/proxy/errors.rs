@@ -119,7 +119,60 @@ pub fn unknown_proxy_setting(name: &str) -> ErrorResponse {
         format!("unrecognized tashkent setting \"tashkent.{name}\""),
     )
     .with_hint(
-        "The proxy shows tashkent.replica, tashkent.replica_id and tashkent.applied_version.",
+        "The proxy shows tashkent.replica, tashkent.replica_id, tashkent.applied_version, \
+         tashkent.last_commit_version, tashkent.consistency and tashkent.consistency_timeout; \
+         it sets tashkent.consistency and tashkent.consistency_timeout.",
+    )
+}
+
+/// `22023`: a value a proxy setting does not take.
+pub fn invalid_proxy_setting(name: &str, value: &str, takes: &str) -> ErrorResponse {
+    ErrorResponse::error(
+        "22023",
+        format!("invalid value for parameter \"tashkent.{name}\": \"{value}\""),
+    )
+    .with_hint(format!("It takes {takes}."))
+}
+
+/// `25001`: a freshness request after the transaction took its snapshot.
+pub fn snapshot_already_taken(what: &str) -> ErrorResponse {
+    ErrorResponse::error(
+        "25001",
+        format!("{what} must come before the transaction's first query: its snapshot is taken"),
+    )
+    .with_hint("Put it right after BEGIN, or before the transaction.")
+}
+
+/// `57014`: the replica did not apply what the consistency level (or a
+/// `tashkent.wait_for`) asked for within `tashkent.consistency_timeout`.
+pub fn consistency_timeout(
+    what: &str,
+    replica: u32,
+    wanted: Version,
+    applied: Version,
+    timeout: std::time::Duration,
+) -> ErrorResponse {
+    ErrorResponse::error(
+        "57014",
+        format!(
+            "canceling statement due to tashkent.consistency_timeout: {what} needs version \
+             {wanted}, replica {replica} has applied {applied} after {timeout:?}"
+        ),
+    )
+    .with_hint(
+        "The replica is behind (see `tashkent status`); retry, raise \
+         tashkent.consistency_timeout, or use another proxy.",
+    )
+}
+
+/// `57014`: the certifier could not say what it acknowledged in time.
+pub fn acknowledged_unknown(why: &str, timeout: std::time::Duration) -> ErrorResponse {
+    ErrorResponse::error(
+        "57014",
+        format!(
+            "canceling statement due to tashkent.consistency_timeout: the certifier did not say \
+             what it acknowledged within {timeout:?} ({why})"
+        ),
     )
 }
 

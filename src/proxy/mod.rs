@@ -11,6 +11,7 @@ pub mod capture;
 mod commit_order;
 mod config;
 mod conn;
+pub mod consistency;
 mod coordination;
 pub mod errors;
 mod metrics;

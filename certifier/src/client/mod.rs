@@ -320,6 +320,17 @@ impl CertifierClient {
             .into_inner())
     }
 
+    /// The newest version the certifier has acknowledged (durable).
+    pub async fn acknowledged(&self) -> Result<Version, CertifierError> {
+        Ok(self
+            .grpc
+            .clone()
+            .acknowledged(crate::proto::AcknowledgedRequest {})
+            .await?
+            .into_inner()
+            .version)
+    }
+
     pub async fn status(&self) -> Result<StatusResponse, CertifierError> {
         Ok(self
             .grpc

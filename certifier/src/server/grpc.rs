@@ -108,4 +108,13 @@ impl proto::certifier_server::Certifier for CertifierService {
     ) -> Result<Response<proto::StatusResponse>, Status> {
         Ok(Response::new(CertifierService::status(self)))
     }
+
+    async fn acknowledged(
+        &self,
+        _request: Request<proto::AcknowledgedRequest>,
+    ) -> Result<Response<proto::AcknowledgedResponse>, Status> {
+        Ok(Response::new(proto::AcknowledgedResponse {
+            version: self.acknowledged(),
+        }))
+    }
 }

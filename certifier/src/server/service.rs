@@ -539,6 +539,13 @@ impl CertifierService {
         Ok((point, inner.wal.first_lsn()))
     }
 
+    /// The newest version any client may have been told is committed:
+    /// only durable versions are answered.
+    pub fn acknowledged(&self) -> Version {
+        let latest = self.inner.state.lock().latest();
+        self.inner.wal.durable_lsn().min(latest)
+    }
+
     pub fn status(&self) -> proto::StatusResponse {
         let inner = &*self.inner;
         let now = Instant::now();

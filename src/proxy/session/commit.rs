@@ -347,6 +347,7 @@ impl Session {
             // it from the log, and the client's COMMIT stands.
             self.shared.wait_applied(v).await;
         }
+        self.committed_version(v);
         Ok(Ok(()))
     }
 
@@ -475,6 +476,7 @@ impl Session {
     async fn applied_from_log(&mut self, v: Version) -> std::result::Result<(), ErrorResponse> {
         self.close_txn();
         self.shared.wait_applied(v).await;
+        self.committed_version(v);
         Ok(())
     }
 }

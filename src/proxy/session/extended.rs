@@ -21,13 +21,29 @@ impl Session {
                 continue;
             }
             if self.txn.is_none() && needs_txn_ahead(&batch[i..], &kinds[i..]) {
+                if forwarded {
+                    // Answers stay in order: what went before first.
+                    forwarded = false;
+                    if !self.sync_point().await? {
+                        skipping = true;
+                        continue;
+                    }
+                }
+                if let Some(e) = self.wait_fresh().await? {
+                    self.client.push(&e.message());
+                    skipping = true;
+                    continue;
+                }
                 self.open_txn(false, false);
             }
             let kind = kinds[i].as_ref();
             let is_execute = matches!(parsed, FrontendMessage::Execute { .. });
             let control = kind.is_some_and(is_control);
             let refused = matches!(parsed, FrontendMessage::Parse { .. })
-                && matches!(kind, Some(Kind::Refused { .. } | Kind::ProxyShow { .. }));
+                && matches!(
+                    kind,
+                    Some(Kind::Refused { .. } | Kind::ProxyShow { .. } | Kind::ProxyWaitFor { .. })
+                );
             let blocked = is_execute && !self.admits(kind);
             if control || refused || blocked {
                 // The proxy answers: everything sent before must be answered first.
@@ -52,6 +68,12 @@ impl Session {
                             message:
                                 "SHOW tashkent.* is answered over the simple query protocol only"
                                     .into(),
+                            hint: "Send it as a plain query (psql does).".into(),
+                        },
+                        Kind::ProxyWaitFor { .. } => Kind::Refused {
+                            message: "tashkent.wait_for is answered over the simple query \
+                                      protocol only"
+                                .into(),
                             hint: "Send it as a plain query (psql does).".into(),
                         },
                         k => k,
@@ -163,8 +185,27 @@ impl Session {
     pub(super) async fn control(&mut self, kind: &Kind) -> Result<bool> {
         match kind {
             Kind::Begin { read_only } => {
+                if self.txn.is_none() {
+                    if let Some(e) = self.wait_fresh().await? {
+                        self.client.push(&e.message());
+                        return Ok(false);
+                    }
+                }
                 self.begin(*read_only);
                 Ok(true)
+            }
+            Kind::ProxySet { name, value, local } => {
+                match self.proxy_set(name, value.as_deref(), *local).await? {
+                    Ok(()) => {
+                        self.client.push(&command_complete("SET"));
+                        Ok(true)
+                    }
+                    Err(e) => {
+                        self.client.push(&e.message());
+                        self.fail_txn();
+                        Ok(false)
+                    }
+                }
             }
             Kind::Commit { chain } => {
                 let ok = self.end_explicit(true).await?;
@@ -236,7 +277,11 @@ impl Session {
 fn is_control(kind: &Kind) -> bool {
     matches!(
         kind,
-        Kind::Begin { .. } | Kind::Commit { .. } | Kind::Rollback { .. } | Kind::SetTransaction
+        Kind::Begin { .. }
+            | Kind::Commit { .. }
+            | Kind::Rollback { .. }
+            | Kind::SetTransaction
+            | Kind::ProxySet { .. }
     )
 }
 

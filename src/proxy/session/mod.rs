@@ -21,6 +21,7 @@ use tashkent_certifier::{Outcome, Version};
 use tokio::net::TcpStream;
 
 use super::conn::{Conn, ConnError, Stream};
+use super::consistency::Consistency;
 use super::coordination::{SessionSignal, Shared};
 use super::errors;
 use super::sql::{classify, drops_prepared, is_copy, split_statements, Kind};
@@ -30,6 +31,7 @@ use crate::proxy::wire::{
 
 mod commit;
 mod extended;
+mod freshness;
 mod own;
 mod relay;
 mod simple;
@@ -57,7 +59,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         .map_or_else(|_| "unknown".to_string(), |a| a.ip().to_string());
     let client = Conn::new(stream, shared.cfg.max_message_bytes)
         .check_tags(crate::proxy::wire::is_frontend_tag);
-    let (client, backend, backend_pid) = match handshake(&shared, client, &peer).await {
+    let (client, backend, backend_pid, settings) = match handshake(&shared, client, &peer).await {
         Ok(Some(b)) => b,
         Ok(None) => return,
         Err(e) => {
@@ -66,7 +68,15 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         }
     };
     let signal = shared.register_session(backend_pid);
+    let consistency = Consistency {
+        level: shared.cfg.consistency,
+        timeout: shared.cfg.consistency_timeout,
+    };
     let mut session = Session {
+        consistency,
+        txn_consistency: None,
+        causal_floor: 0,
+        last_commit: 0,
         shared,
         signal,
         backend_pid,
@@ -86,6 +96,15 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         own: Own::default(),
         dropping: Dropping::default(),
     };
+    for (name, value) in settings {
+        if let Err(e) = session.set_proxy_setting(&name, Some(&value), false) {
+            // As PostgreSQL with a bad `-c` in options: the connection ends.
+            let _ = session.client.send(&e.message()).await;
+            session.shared.unregister_session(session.backend_pid);
+            session.client.close().await;
+            return;
+        }
+    }
     if let Err(e) = session.run().await {
         tracing::debug!("session ended: {e}");
         if let SessionError::Backend(_) = e {
@@ -133,6 +152,15 @@ enum Flow {
 }
 
 struct Session {
+    /// The session's consistency settings (`SET tashkent.consistency`).
+    consistency: Consistency,
+    /// The open transaction's, when `SET LOCAL` changed them.
+    txn_consistency: Option<Consistency>,
+    /// The newest version this session committed or waited for: under
+    /// `causal`, every transaction waits until the replica has it.
+    causal_floor: Version,
+    /// The version of the session's last commit (0: none yet).
+    last_commit: Version,
     shared: Arc<Shared>,
     /// The applier's early-abort signal for this session.
     signal: Arc<SessionSignal>,
@@ -324,8 +352,17 @@ impl Session {
             ),
             "replica_id" => cfg.replica_id.to_string(),
             "applied_version" => self.shared.applied.borrow().to_string(),
-            _ => return Err(errors::unknown_proxy_setting(name)),
+            _ => self
+                .freshness_show(name)
+                .ok_or_else(|| errors::unknown_proxy_setting(name))?,
         };
+        self.push_one_row(name, &value, "SHOW");
+        Ok(())
+    }
+
+    /// Answers a query of the proxy's own: one text column `name`, one
+    /// row `value`, then `tag`.
+    fn push_one_row(&mut self, name: &str, value: &str, tag: &str) {
         let mut desc = BytesMut::new();
         desc.put_i16(1);
         desc.put_slice(name.as_bytes());
@@ -342,8 +379,7 @@ impl Session {
         row.put_slice(value.as_bytes());
         self.client.push(&Message::new(b'T', desc.freeze()));
         self.client.push(&Message::new(b'D', row.freeze()));
-        self.client.push(&command_complete("SHOW"));
-        Ok(())
+        self.client.push(&command_complete(tag));
     }
 
     fn status(&self) -> TransactionStatus {
@@ -368,6 +404,7 @@ impl Session {
     /// connection closes).
     fn close_txn(&mut self) {
         self.early_abort = None;
+        self.txn_consistency = None;
         self.signal.cancels.lock().txn_open = false;
         if let Some(s) = self.txn.take().and_then(|t| t.snapshot()) {
             self.shared.close_snapshot(s);

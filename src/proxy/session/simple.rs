@@ -48,9 +48,36 @@ impl Session {
                 Ok(Flow::Stop)
             }
             Kind::Begin { read_only } => {
+                if self.txn.is_none() {
+                    if let Some(e) = self.wait_fresh().await? {
+                        self.client.push(&e.message());
+                        return Ok(Flow::Stop);
+                    }
+                }
                 self.begin(read_only);
                 Ok(Flow::Continue)
             }
+            Kind::ProxySet { name, value, local } => {
+                match self.proxy_set(&name, value.as_deref(), local).await? {
+                    Ok(()) => {
+                        self.client.push(&command_complete("SET"));
+                        Ok(Flow::Continue)
+                    }
+                    Err(e) => {
+                        self.client.push(&e.message());
+                        self.fail_txn();
+                        Ok(Flow::Stop)
+                    }
+                }
+            }
+            Kind::ProxyWaitFor { version } => match self.wait_for(version).await {
+                Ok(()) => Ok(Flow::Continue),
+                Err(e) => {
+                    self.client.push(&e.message());
+                    self.fail_txn();
+                    Ok(Flow::Stop)
+                }
+            },
             Kind::Commit { chain } => {
                 let ok = self.end_explicit(true).await?;
                 if chain && ok {
@@ -87,6 +114,10 @@ impl Session {
             }
             _ => {
                 if self.txn.is_none() {
+                    if let Some(e) = self.wait_fresh().await? {
+                        self.client.push(&e.message());
+                        return Ok(Flow::Stop);
+                    }
                     self.open_txn(false, false);
                 }
                 self.rollback_to_sent = matches!(kind, Kind::Savepoint { rollback_to: true });

@@ -10,7 +10,9 @@ use crate::proxy::wire::WireError;
 
 /// A client that got through startup: its connection (perhaps switched
 /// to TLS), its backend, and the backend's process id.
-pub(super) type Started = Option<(Conn, Conn, i32)>;
+/// The client and backend connections, the backend's pid, and the
+/// `tashkent.*` settings the client gave in its startup `options`.
+pub(super) type Started = Option<(Conn, Conn, i32, Vec<(String, String)>)>;
 
 /// Startup: an SSLRequest is answered `S` and TLS started when the proxy
 /// has a certificate, `N` otherwise; GSSENCRequest is answered `N`; cancel
@@ -88,6 +90,9 @@ pub(super) async fn handshake(shared: &Shared, mut client: Conn, peer: &str) -> 
             return refuse(client, errors::no_user()).await;
         };
         let database = param("database").unwrap_or(user);
+        let settings = param("options")
+            .map(crate::proxy::consistency::from_startup_options)
+            .unwrap_or_default();
         if shared.cfg.tls_required && !client.is_tls() {
             return refuse(client, errors::tls_required(peer, user, database)).await;
         }
@@ -147,7 +152,7 @@ pub(super) async fn handshake(shared: &Shared, mut client: Conn, peer: &str) -> 
                 }
                 b'Z' => {
                     client.flush().await.map_err(SessionError::Client)?;
-                    return Ok(Some((client, backend, backend_pid)));
+                    return Ok(Some((client, backend, backend_pid, settings)));
                 }
                 _ => {}
             }

@@ -28,6 +28,12 @@ pub(super) fn classify_one(stmt: &str) -> Kind {
     if let Some(show) = proxy_show(&toks) {
         return show;
     }
+    if let Some(wait) = proxy_wait_for(&toks) {
+        return wait;
+    }
+    if let Some(set) = proxy_set_statement(&toks) {
+        return set;
+    }
     if let Some(refusal) = refused_anywhere(&toks) {
         return refusal;
     }
@@ -68,6 +74,73 @@ fn classify_by_head(toks: &[Token]) -> Kind {
         "truncate" => Kind::Truncate,
         "select" | "with" => select_into(toks),
         _ => Kind::Other,
+    }
+}
+
+/// `SET [SESSION | LOCAL] tashkent.<name> ...` or `RESET tashkent.<name>`.
+fn proxy_set_statement(toks: &[Token]) -> Option<Kind> {
+    let mut c = Cursor::new(toks);
+    match c.next_word()?.as_str() {
+        "set" => {
+            let local = c.eat_any(&["session", "local"]) == Some("local");
+            proxy_setting(&mut c, local, false)
+        }
+        "reset" => proxy_setting(&mut c, false, true),
+        _ => None,
+    }
+}
+
+/// `tashkent.<name> {TO | =} value` after SET, or `tashkent.<name>` after
+/// RESET (`reset`): a setting of the proxy's own.
+fn proxy_setting(c: &mut Cursor, local: bool, reset: bool) -> Option<Kind> {
+    let toks = c.rest();
+    let name = match toks {
+        [schema, dot, name, ..]
+            if schema.ident().as_deref() == Some("tashkent") && dot.is_punct(b'.') =>
+        {
+            name.ident()?.into_owned()
+        }
+        _ => return None,
+    };
+    let rest = &toks[3..];
+    let rest = match rest.last() {
+        Some(t) if t.is_punct(b';') => &rest[..rest.len() - 1],
+        _ => rest,
+    };
+    let value = match (reset, rest) {
+        (true, []) => None,
+        (false, [to, v]) if to.is_word("to") || to.is_punct(b'=') => {
+            if v.is_word("default") {
+                None
+            } else {
+                Some(v.setting_value()?)
+            }
+        }
+        _ => return None,
+    };
+    Some(Kind::ProxySet { name, value, local })
+}
+
+/// `SELECT tashkent.wait_for(<version>)`: answered by the proxy itself.
+fn proxy_wait_for(toks: &[Token]) -> Option<Kind> {
+    let toks = match toks.last() {
+        Some(t) if t.is_punct(b';') => &toks[..toks.len() - 1],
+        _ => toks,
+    };
+    match toks {
+        [select, schema, dot, name, open, version, close]
+            if select.is_word("select")
+                && schema.ident().as_deref() == Some("tashkent")
+                && dot.is_punct(b'.')
+                && name.ident().as_deref() == Some("wait_for")
+                && open.is_punct(b'(')
+                && close.is_punct(b')') =>
+        {
+            Some(Kind::ProxyWaitFor {
+                version: version.setting_value()?.parse().ok()?,
+            })
+        }
+        _ => None,
     }
 }
 

@@ -76,6 +76,17 @@ pub enum Kind {
     /// `replica` (how to reach this proxy's PostgreSQL), `replica_id`,
     /// `applied_version`.
     ProxyShow { name: String },
+    /// `SET [SESSION | LOCAL] tashkent.<name> {TO | =} value` (`value`
+    /// None: `... TO DEFAULT` or `RESET tashkent.<name>`): the proxy's own
+    /// settings (`consistency`, `consistency_timeout`), kept by the proxy.
+    ProxySet {
+        name: String,
+        value: Option<String>,
+        local: bool,
+    },
+    /// `SELECT tashkent.wait_for(<version>)`: the proxy waits until its
+    /// replica has applied `version` (simple query protocol).
+    ProxyWaitFor { version: u64 },
     /// Everything else (SELECT, INSERT/UPDATE/DELETE/MERGE, WITH ..., COPY, SET, SHOW, RESET,
     /// PREPARE, EXECUTE, DEALLOCATE, DECLARE/FETCH/MOVE/CLOSE, EXPLAIN, DO, CALL, LOCK, VALUES,
     /// TABLE, ...).

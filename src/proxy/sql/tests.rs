@@ -393,6 +393,53 @@ fn proxy_show_forms() {
 }
 
 #[test]
+fn proxy_settings_and_wait_for() {
+    let set = |name: &str, value: Option<&str>, local: bool| Kind::ProxySet {
+        name: name.into(),
+        value: value.map(Into::into),
+        local,
+    };
+    check(&[
+        (
+            "SET tashkent.consistency = 'strong'",
+            set("consistency", Some("strong"), false),
+        ),
+        (
+            "set local TASHKENT.consistency to Causal;",
+            set("consistency", Some("causal"), true),
+        ),
+        (
+            "SET SESSION tashkent.consistency_timeout = 250",
+            set("consistency_timeout", Some("250"), false),
+        ),
+        (
+            "SET tashkent.consistency TO DEFAULT",
+            set("consistency", None, false),
+        ),
+        (
+            "RESET tashkent.consistency",
+            set("consistency", None, false),
+        ),
+        (
+            "SELECT tashkent.wait_for(42)",
+            Kind::ProxyWaitFor { version: 42 },
+        ),
+        (
+            "select tashkent.wait_for('7');",
+            Kind::ProxyWaitFor { version: 7 },
+        ),
+        ("RESET work_mem", Kind::Other),
+    ]);
+    check_refused(&[
+        ("SELECT tashkent.wait_for(1) FROM t", "schema tashkent"),
+        (
+            "SET tashkent.consistency = strong, eventual",
+            "schema tashkent",
+        ),
+    ]);
+}
+
+#[test]
 fn large_object_refusals() {
     check_refused(&[
         ("SELECT lo_create(0)", "large objects are not replicated"),

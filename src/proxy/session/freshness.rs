@@ -1,0 +1,196 @@
+//! Consistency levels in a session (`proxy::consistency`): the proxy's
+//! own settings (`SET [LOCAL] tashkent.consistency`, `..._timeout`), the
+//! wait before a transaction takes its snapshot, `SELECT
+//! tashkent.wait_for(v)` and what `SHOW tashkent.*` tells of them.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::proxy::consistency::{parse_timeout, Level};
+
+impl Session {
+    /// The settings the next (or open) transaction runs under.
+    pub(super) fn freshness(&self) -> Consistency {
+        self.txn_consistency.unwrap_or(self.consistency)
+    }
+
+    /// `SET [LOCAL] tashkent.<name> = value` (None: the default).
+    pub(super) fn set_proxy_setting(
+        &mut self,
+        name: &str,
+        value: Option<&str>,
+        local: bool,
+    ) -> std::result::Result<(), ErrorResponse> {
+        let mut c = if local {
+            self.freshness()
+        } else {
+            self.consistency
+        };
+        match (name, value) {
+            ("consistency", None) => c.level = self.shared.cfg.consistency,
+            ("consistency", Some(v)) => {
+                c.level = Level::parse(v).ok_or_else(|| {
+                    errors::invalid_proxy_setting(name, v, "eventual, causal or strong")
+                })?;
+            }
+            ("consistency_timeout", None) => c.timeout = self.shared.cfg.consistency_timeout,
+            ("consistency_timeout", Some(v)) => {
+                c.timeout = parse_timeout(v).ok_or_else(|| {
+                    errors::invalid_proxy_setting(
+                        name,
+                        v,
+                        "a time from 1 ms to 1 day (milliseconds, or with ms, s or min)",
+                    )
+                })?;
+            }
+            _ => return Err(errors::unknown_proxy_setting(name)),
+        }
+        if local {
+            // Outside a transaction SET LOCAL does nothing (PostgreSQL
+            // warns); a level raised inside one must still come first.
+            let Some(txn) = &self.txn else {
+                return Ok(());
+            };
+            if c.level != self.freshness().level && txn.snapshot().is_some() {
+                return Err(errors::snapshot_already_taken(
+                    "SET LOCAL tashkent.consistency",
+                ));
+            }
+            self.txn_consistency = Some(c);
+        } else {
+            // As in PostgreSQL, a plain SET also overrides an earlier SET
+            // LOCAL of the open transaction.
+            self.consistency = c;
+            self.txn_consistency = None;
+        }
+        Ok(())
+    }
+
+    /// A proxy setting from a client's statement: set, and when `SET
+    /// LOCAL` raised the level of a transaction that has not taken its
+    /// snapshot yet, the wait for it.
+    pub(super) async fn proxy_set(
+        &mut self,
+        name: &str,
+        value: Option<&str>,
+        local: bool,
+    ) -> Result<std::result::Result<(), ErrorResponse>> {
+        let before = self.freshness();
+        if let Err(e) = self.set_proxy_setting(name, value, local) {
+            return Ok(Err(e));
+        }
+        let opening = self.txn.as_ref().is_some_and(|t| t.snapshot().is_none());
+        if opening && self.freshness().level != before.level {
+            if let Some(e) = self.wait_fresh().await? {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// What `SHOW tashkent.<name>` answers for the freshness settings.
+    pub(super) fn freshness_show(&self, name: &str) -> Option<String> {
+        let c = self.freshness();
+        Some(match name {
+            "consistency" => c.level.name().to_string(),
+            "consistency_timeout" => format!("{}ms", c.timeout.as_millis()),
+            "last_commit_version" => self.last_commit.to_string(),
+            _ => return None,
+        })
+    }
+
+    /// Before a transaction takes its snapshot: waits until the replica
+    /// has applied what the level asks for. `Some(error)` when it did not
+    /// in time (nothing was sent to the replica).
+    pub(super) async fn wait_fresh(&mut self) -> Result<Option<ErrorResponse>> {
+        let c = self.freshness();
+        let started = Instant::now();
+        let deadline = started + c.timeout;
+        let (what, wanted) = match c.level {
+            Level::Eventual => return Ok(None),
+            Level::Causal => ("consistency causal", self.causal_floor),
+            Level::Strong => {
+                let asked = tokio::time::timeout_at(deadline, async {
+                    // The certifier restarting is no reason to give up
+                    // before the timeout.
+                    loop {
+                        match self.shared.certifier.acknowledged().await {
+                            Ok(v) => return Ok(v),
+                            Err(e) if Instant::now() + Duration::from_millis(50) < deadline => {
+                                tracing::debug!("asking the certifier what it acknowledged: {e}");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                })
+                .await;
+                match asked {
+                    Ok(Ok(v)) => ("consistency strong", v.max(self.causal_floor)),
+                    Ok(Err(e)) => {
+                        return Ok(Some(errors::acknowledged_unknown(
+                            &e.to_string(),
+                            c.timeout,
+                        )))
+                    }
+                    Err(_) => {
+                        return Ok(Some(errors::acknowledged_unknown("no answer", c.timeout)))
+                    }
+                }
+            }
+        };
+        Ok(self.wait_applied(what, wanted, deadline, c.timeout).await)
+    }
+
+    /// `SELECT tashkent.wait_for(v)`: answers one row (the replica's
+    /// applied version) once the replica has applied `v`; raises the
+    /// session's causal floor to `v`.
+    pub(super) async fn wait_for(&mut self, v: Version) -> std::result::Result<(), ErrorResponse> {
+        if self.txn.as_ref().is_some_and(|t| t.snapshot().is_some()) {
+            return Err(errors::snapshot_already_taken("tashkent.wait_for"));
+        }
+        let timeout = self.freshness().timeout;
+        let deadline = Instant::now() + timeout;
+        if let Some(e) = self
+            .wait_applied("tashkent.wait_for", v, deadline, timeout)
+            .await
+        {
+            return Err(e);
+        }
+        self.causal_floor = self.causal_floor.max(v);
+        let applied = self.shared.applied.borrow().to_string();
+        self.push_one_row("wait_for", &applied, "SELECT 1");
+        Ok(())
+    }
+
+    /// Waits until the replica has applied `wanted`, at most until
+    /// `deadline`.
+    async fn wait_applied(
+        &self,
+        what: &str,
+        wanted: Version,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Option<ErrorResponse> {
+        let mut rx = self.shared.applied.subscribe();
+        let reached = tokio::time::timeout_at(deadline, rx.wait_for(|&a| a >= wanted)).await;
+        match reached {
+            Ok(Ok(_)) => None,
+            _ => Some(errors::consistency_timeout(
+                what,
+                self.shared.cfg.replica_id,
+                wanted,
+                *self.shared.applied.borrow(),
+                timeout,
+            )),
+        }
+    }
+
+    /// The session committed `v`.
+    pub(super) fn committed_version(&mut self, v: Version) {
+        self.last_commit = self.last_commit.max(v);
+        self.causal_floor = self.causal_floor.max(v);
+    }
+}
