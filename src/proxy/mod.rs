@@ -148,13 +148,22 @@ async fn connect_certifier(cfg: &ProxyConfig, opts: ClientOptions) -> Result<Cer
                 })
             }
             Err(e) if tokio::time::Instant::now() >= deadline => {
+                // Connected, then the call died under the connection: what
+                // a TLS-only certifier does to a plaintext client.
+                let hint = if opts.tls.is_none()
+                    && matches!(e, tashkent_certifier::CertifierError::Rpc(_))
+                {
+                    " (in plaintext: a certifier with tls_cert needs certifier_tls_ca)"
+                } else {
+                    ""
+                };
                 return Err(Error::Certifier {
                     context: format!(
-                        "no connection to the certifier within connect_timeout ({}s)",
+                        "no connection to the certifier within connect_timeout ({}s){hint}",
                         cfg.connect_timeout.as_secs_f64()
                     ),
                     source: e,
-                })
+                });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
