@@ -168,4 +168,28 @@ async fn a_cluster_with_certifier_tls_replicates_and_its_tools_follow() {
         .unwrap();
     let tables = cluster.assert_identical().await;
     assert_eq!(tables["public.t"].0, 3, "{tables:?}");
+
+    // After a kill -9 of the certifier the proxies reconnect, over TLS
+    // again (the applier's log stream on a connection of its own).
+    cluster.restart_certifier().await;
+    let mut wrote = false;
+    for attempt in 0..100 {
+        // ON CONFLICT: a failed attempt may have committed (08007).
+        let insert = "INSERT INTO t VALUES (4, 'd') ON CONFLICT DO NOTHING";
+        match b.execute(insert, &[]).await {
+            Ok(_) => {
+                wrote = true;
+                break;
+            }
+            // Until the proxy's connection is back.
+            Err(e) => println!("attempt {attempt}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        wrote,
+        "no write through proxy 2 after the certifier's restart"
+    );
+    let tables = cluster.assert_identical().await;
+    assert_eq!(tables["public.t"].0, 4, "{tables:?}");
 }
