@@ -741,3 +741,60 @@ fn write_section<T: Serialize>(path: &Path, name: &str, value: &T) -> Result<()>
     std::fs::write(path, table.to_string())
         .map_err(Error::io(format!("writing {}", path.display())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certifier_tls_is_filled_in_recorded_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let file = |edit: &dyn Fn(&mut ConfigFile)| {
+            let mut f = ConfigFile::default();
+            edit(&mut f);
+            f
+        };
+        // On: the generated pair, trusted through the recorded copy.
+        let mut on = file(&|f| f.cluster.certifier_tls = true);
+        certifier_tls(&mut on, &state).unwrap();
+        assert_eq!(on.certifier.tls_cert, Some(state.tls_cert()));
+        assert_eq!(on.certifier.tls_key, Some(state.tls_key()));
+        assert_eq!(on.proxy.certifier_tls_ca, Some(state.certifier_tls_ca()));
+        assert_eq!(
+            std::fs::read(state.certifier_tls_ca()).unwrap(),
+            std::fs::read(state.tls_cert()).unwrap()
+        );
+        // Off again: plaintext, and the record is gone.
+        let mut off = file(&|_| {});
+        certifier_tls(&mut off, &state).unwrap();
+        assert_eq!(off.certifier.tls_cert, None);
+        assert_eq!(off.proxy.certifier_tls_ca, None);
+        assert_eq!(state.certifier_tls_ca_in_use(), None);
+        // A certificate of one's own needs the CA to trust; a CA needs a
+        // certifier that serves TLS.
+        let mut own = file(&|f| {
+            f.certifier.tls_cert = Some("c.pem".into());
+            f.certifier.tls_key = Some("k.pem".into());
+        });
+        let err = certifier_tls(&mut own, &state).unwrap_err().to_string();
+        assert!(err.contains("certifier_tls_ca"), "{err}");
+        let mut ca_only = file(&|f| f.proxy.certifier_tls_ca = Some("ca.pem".into()));
+        let err = certifier_tls(&mut ca_only, &state).unwrap_err().to_string();
+        assert!(err.contains("no certificate"), "{err}");
+        // Both given: used as they are (absolute), the CA copied.
+        let ca = dir.path().join("own-ca.crt");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let mut both = file(&|f| {
+            f.certifier.tls_cert = Some("c.pem".into());
+            f.certifier.tls_key = Some("k.pem".into());
+            f.proxy.certifier_tls_ca = Some(ca.clone());
+        });
+        certifier_tls(&mut both, &state).unwrap();
+        assert!(both.certifier.tls_cert.unwrap().is_absolute());
+        assert_eq!(
+            std::fs::read(state.certifier_tls_ca()).unwrap(),
+            std::fs::read(&ca).unwrap()
+        );
+    }
+}

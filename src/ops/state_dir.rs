@@ -239,4 +239,23 @@ mod tests {
         assert_eq!(s.replica_base(2), dir.path().join("replica-2"));
         assert_eq!(s.checkpoints(Path::new("/abs")), Path::new("/abs"));
     }
+
+    #[test]
+    fn certifier_tls_is_recorded_while_on_and_gone_when_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::new(&dir.path().join("state"));
+        assert_eq!(s.certifier_tls_ca_in_use(), None);
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        s.record_certifier_tls(Some(&ca)).unwrap();
+        let recorded = s.certifier_tls_ca_in_use().expect("recorded");
+        assert_eq!(
+            std::fs::read(recorded).unwrap(),
+            std::fs::read(&ca).unwrap()
+        );
+        s.record_certifier_tls(None).unwrap();
+        assert_eq!(s.certifier_tls_ca_in_use(), None);
+        // Off twice is still off.
+        s.record_certifier_tls(None).unwrap();
+    }
 }
