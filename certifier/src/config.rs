@@ -64,6 +64,15 @@ pub struct CertifierConfig {
     /// Where Prometheus metrics are served (`GET /metrics`); none: off.
     /// Port 0 picks a free port (printed at start as "metrics on ADDR").
     pub metrics_listen: Option<SocketAddr>,
+    /// PEM file of the certificate chain the gRPC server shows (leaf
+    /// first). With `tls_key` the server speaks TLS only, and its clients
+    /// need the CA to trust (`[proxy] certifier_tls_ca`); without, it
+    /// speaks plaintext only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for CertifierConfig {
@@ -82,6 +91,8 @@ impl Default for CertifierConfig {
             tail_cache_bytes: 16 << 20,
             purge_replica_timeout_ms: 30_000,
             metrics_listen: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -122,6 +133,9 @@ impl CertifierConfig {
         }
         if self.wal_segment_bytes < 4096 {
             return bad("wal_segment_bytes must be at least 4096");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert and tls_key must be set together");
         }
         Ok(())
     }
@@ -209,6 +223,12 @@ pub struct CertifierArgs {
     /// Serve Prometheus metrics on ADDR (`GET /metrics`; default: off).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// PEM certificate chain: serve gRPC over TLS only (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl CertifierArgs {
@@ -236,6 +256,12 @@ impl CertifierArgs {
         );
         if self.metrics_listen.is_some() {
             c.metrics_listen = self.metrics_listen;
+        }
+        if self.tls_cert.is_some() {
+            c.tls_cert = self.tls_cert.clone();
+        }
+        if self.tls_key.is_some() {
+            c.tls_key = self.tls_key.clone();
         }
         c.validate()?;
         Ok(c)
@@ -279,6 +305,46 @@ mod tests {
         assert_eq!(c.window_max_versions, 10);
         assert_eq!(c.max_writeset_bytes, 1_000_000);
         assert_eq!(c.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn tls_needs_certificate_and_key_together() {
+        let c = CertifierConfig::from_toml_str(
+            "[certifier]\ntls_cert = \"/t/c.pem\"\ntls_key = \"/t/k.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tls_cert, Some(PathBuf::from("/t/c.pem")));
+        assert_eq!(c.tls_key, Some(PathBuf::from("/t/k.pem")));
+        c.validate().unwrap();
+        // A certificate without its key (or the other way round) is refused,
+        // from the file and from the flags.
+        let half =
+            CertifierConfig::from_toml_str("[certifier]\ntls_cert = \"/t/c.pem\"\n").unwrap();
+        let err = half.validate().unwrap_err().to_string();
+        assert!(err.contains("tls_cert and tls_key"), "{err}");
+        let half = CertifierConfig {
+            tls_cert: None,
+            ..c.clone()
+        };
+        assert!(half.validate().is_err());
+        assert!(Cli::try_parse_from(["x", "--tls-cert", "c.pem"]).is_err());
+        let cli = Cli::parse_from(["x", "--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        let c = cli.args.resolve().unwrap();
+        assert_eq!(
+            (c.tls_cert, c.tls_key),
+            (Some("c.pem".into()), Some("k.pem".into()))
+        );
+        // Round trip through the file a certifier process is started with;
+        // without TLS nothing is written for it.
+        let c = CertifierConfig {
+            tls_cert: Some("/t/c.pem".into()),
+            tls_key: Some("/t/k.pem".into()),
+            ..CertifierConfig::default()
+        };
+        let text = format!("[certifier]\n{}", toml::to_string(&c).unwrap());
+        assert_eq!(CertifierConfig::from_toml_str(&text).unwrap(), c);
+        let text = toml::to_string(&CertifierConfig::default()).unwrap();
+        assert!(!text.contains("tls_"), "{text}");
     }
 
     #[test]

@@ -57,17 +57,79 @@ pub enum CertifierError {
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 
-    /// Client side: could not connect.
-    #[error("transport error: {0}")]
+    /// TLS cannot be set up: a certificate, key or CA file that cannot be
+    /// read or used (server or client side).
+    #[error("TLS: {0}")]
+    Tls(String),
+
+    /// Client side: the address or the transport settings are unusable.
+    #[error("transport error: {}", chain(.0))]
     Transport(#[from] tonic::transport::Error),
 
-    /// Client side: the server answered with an error status.
-    #[error("certifier returned {}: {}", .0.code(), .0.message())]
+    /// Client side: could not connect, or (with TLS) complete the
+    /// handshake; `reason` is the whole chain of causes, e.g. rustls's
+    /// "invalid peer certificate: UnknownIssuer" for a certificate the
+    /// client does not trust.
+    #[error("could not connect to the certifier at {addr}{}: {reason}", over_tls(*.tls))]
+    Connect {
+        addr: String,
+        tls: bool,
+        reason: String,
+    },
+
+    /// Client side: the server answered with an error status (or the
+    /// connection failed under the call: then its cause follows, e.g. a
+    /// connection a TLS-only certifier closed on a plaintext client).
+    #[error("certifier returned {}", status_text(.0))]
     Rpc(#[from] tonic::Status),
 
     /// Client side: the server's answer violates the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+}
+
+/// An error and its causes, outermost first, as one line (tonic's
+/// transport errors say only "transport error" and keep the cause, a
+/// refused connection or a TLS alert, in their sources).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        // Some layers repeat their cause in their own message.
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// "code: message", the message followed by the causes of a status that
+/// carries a transport error (tonic's message is then "transport error"
+/// alone).
+fn status_text(status: &tonic::Status) -> String {
+    let (code, message) = (status.code(), status.message());
+    let Some(source) = std::error::Error::source(status) else {
+        return format!("{code}: {message}");
+    };
+    let causes = chain(source);
+    if causes.starts_with(message) {
+        format!("{code}: {causes}")
+    } else if message.ends_with(&causes) {
+        format!("{code}: {message}")
+    } else {
+        format!("{code}: {message} ({causes})")
+    }
+}
+
+fn over_tls(tls: bool) -> &'static str {
+    if tls {
+        " over TLS"
+    } else {
+        ""
+    }
 }
 
 /// gRPC metadata key of a Purged answer: the oldest version still in the log.
@@ -118,7 +180,9 @@ impl From<CertifierError> for tonic::Status {
             | CertifierError::CorruptRecord { .. }
             | CertifierError::Config(_)
             | CertifierError::Io(_)
+            | CertifierError::Tls(_)
             | CertifierError::Transport(_)
+            | CertifierError::Connect { .. }
             | CertifierError::Protocol(_) => Status::internal(msg),
         }
     }

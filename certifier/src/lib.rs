@@ -11,7 +11,8 @@
 //! - [`server`]: the gRPC service on top of the WAL (certify, the
 //!   pipeline's server half, Subscribe, the spool, recovery, purge);
 //! - [`client`]: what the proxy uses (the pipeline's client half);
-//! - [`config`]: `CertifierConfig` (TOML `[certifier]`) and `CertifierArgs`.
+//! - [`config`]: `CertifierConfig` (TOML `[certifier]`) and `CertifierArgs`;
+//! - [`tls`]: TLS between the certifier and its clients (optional).
 
 mod batch;
 pub mod certifier;
@@ -24,6 +25,7 @@ pub mod outcome;
 pub mod record;
 pub mod rule;
 pub mod server;
+pub mod tls;
 pub mod window;
 pub mod writeset;
 
@@ -46,5 +48,6 @@ pub use proto::{AbortCode, Ddl, Item, Op, ParentRef, Writeset};
 pub use rule::{Abort, ConflictSet};
 pub use server::service::CertifierService;
 pub use server::{run, serve, start, RunningCertifier};
+pub use tls::ClientTls;
 pub use window::{HorizonCause, WindowLimits};
 pub use writeset::WRITESET_FORMAT_VERSION;

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tashkent::ops::certifier::CertifierTarget;
 use tashkent::ops::checkpoint::{checkpoint_and_purge, remove_partial, Source};
 use tashkent::ops::config::ConfigFile;
 use tashkent::ops::pg::PgBinaries;
@@ -49,6 +50,10 @@ pub struct CheckpointArgs {
     /// to it, and it purges the log nobody needs any more.
     #[arg(long, value_name = "ADDR")]
     pub certifier: Option<String>,
+    /// PEM certificate(s) to trust for the certifier's TLS (default: the
+    /// state directory's, when its certifier serves TLS).
+    #[arg(long, value_name = "FILE")]
+    pub certifier_tls_ca: Option<PathBuf>,
     /// Keep running and take a checkpoint every SECS seconds.
     #[arg(long, value_name = "SECS")]
     pub every: Option<u64>,
@@ -56,7 +61,6 @@ pub struct CheckpointArgs {
 
 /// `tashkent checkpoint`.
 pub async fn run(args: CheckpointArgs) -> anyhow::Result<()> {
-    use anyhow::Context as _;
     let file = ConfigFile::load_or_default(args.config.as_deref())?;
     let (mut cfg, cluster) = (file.checkpoint, file.cluster);
     super::override_fields!(args => cfg; replica, keep, jobs);
@@ -66,7 +70,7 @@ pub async fn run(args: CheckpointArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| args.config.as_ref().map(|_| cluster.state_dir.clone()));
     let database = args.database.clone().unwrap_or(cluster.database.clone());
-    let (port, mut certifier, dir) = match (&state_dir, args.pg_port) {
+    let (port, found, dir) = match (&state_dir, args.pg_port) {
         (_, Some(port)) => (
             port,
             None,
@@ -77,7 +81,7 @@ pub async fn run(args: CheckpointArgs) -> anyhow::Result<()> {
             let port = local.running_port(cfg.replica)?;
             (
                 port,
-                local.certifier_addr().ok(),
+                CertifierTarget::of_state_dir(&local).ok(),
                 args.dir.clone().unwrap_or_else(|| local.checkpoints(&cfg.dir)),
             )
         }
@@ -85,9 +89,11 @@ pub async fn run(args: CheckpointArgs) -> anyhow::Result<()> {
             "say which replica to dump: --state-dir of a local cluster, or --pg-port (and --pg-host)"
         ),
     };
-    if args.certifier.is_some() {
-        certifier = args.certifier.clone();
-    }
+    let certifier = CertifierTarget::overridden(
+        found,
+        args.certifier.as_deref(),
+        args.certifier_tls_ca.clone(),
+    );
     let src = Source {
         host: args.pg_host.clone().unwrap_or_else(|| "127.0.0.1".into()),
         port,
@@ -97,11 +103,7 @@ pub async fn run(args: CheckpointArgs) -> anyhow::Result<()> {
         binaries: PgBinaries::locate()?,
     };
     let cert = match &certifier {
-        Some(addr) => Some(
-            tashkent_certifier::CertifierClient::connect(addr)
-                .await
-                .with_context(|| format!("connecting to the certifier at {addr}"))?,
-        ),
+        Some(target) => Some(target.connect().await?),
         None => None,
     };
     remove_partial(&dir)?;

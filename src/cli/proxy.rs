@@ -33,9 +33,18 @@ pub struct ProxyArgs {
     /// Superuser the proxy uses for capture and apply.
     #[arg(long)]
     pub admin_user: Option<String>,
-    /// The certifier's address, host:port.
+    /// The certifier's address, host:port (or https://host:port with
+    /// --certifier-tls-ca).
     #[arg(long, value_name = "ADDR")]
     pub certifier: Option<String>,
+    /// PEM certificate(s) to trust for the certifier's TLS (its CA or its
+    /// self-signed certificate): reach the certifier over TLS only.
+    #[arg(long, value_name = "FILE")]
+    pub certifier_tls_ca: Option<PathBuf>,
+    /// Name the certifier's certificate must be valid for (default: the
+    /// host of --certifier).
+    #[arg(long, value_name = "NAME")]
+    pub certifier_tls_name: Option<String>,
     /// Largest client protocol message in bytes.
     #[arg(long, value_name = "BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -88,6 +97,12 @@ impl ProxyArgs {
         );
         if args.metrics_listen.is_some() {
             c.metrics_listen = args.metrics_listen;
+        }
+        if let Some(ca) = args.certifier_tls_ca {
+            c.certifier_tls_ca = Some(ca);
+        }
+        if let Some(name) = args.certifier_tls_name {
+            c.certifier_tls_name = Some(name);
         }
         if let Some(cert) = args.tls_cert {
             c.tls_cert = Some(cert);

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use tashkent::ops::certifier::CertifierTarget;
 use tashkent::ops::config::ConfigFile;
 use tashkent::ops::recover::{recover_offline, OfflineRecovery};
 use tashkent::ops::state_dir::StateDir;
@@ -39,6 +40,10 @@ pub struct RecoverArgs {
     /// The certifier (host:port), to skip checkpoints older than its log.
     #[arg(long, value_name = "ADDR")]
     pub certifier: Option<String>,
+    /// PEM certificate(s) to trust for the certifier's TLS (default: the
+    /// state directory's, when its certifier serves TLS).
+    #[arg(long, value_name = "FILE")]
+    pub certifier_tls_ca: Option<PathBuf>,
     /// Parallel pg_restore jobs.
     #[arg(long)]
     pub jobs: Option<u32>,
@@ -70,22 +75,33 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
         (None, Some(l)) => l.replicas()?,
         (None, None) => anyhow::bail!("--replicas is needed without --state-dir"),
     };
-    let mut certifier = args.certifier.clone();
-    if certifier.is_none() {
-        if let Some(addr) = local.as_ref().and_then(|l| l.certifier_addr().ok()) {
-            // A stopped cluster's certifier is not there: then the proxy
-            // finds out at its start whether the log still reaches back.
-            let reachable = tokio::time::timeout(
-                std::time::Duration::from_secs(2),
-                tashkent_certifier::CertifierClient::connect(&addr),
-            )
-            .await
-            .is_ok_and(|c| c.is_ok());
-            if reachable {
-                certifier = Some(addr);
+    let certifier = match &args.certifier {
+        Some(addr) => CertifierTarget::overridden(
+            local
+                .as_ref()
+                .and_then(|l| CertifierTarget::of_state_dir(l).ok()),
+            Some(addr),
+            args.certifier_tls_ca.clone(),
+        ),
+        None => match local
+            .as_ref()
+            .and_then(|l| CertifierTarget::of_state_dir(l).ok())
+        {
+            Some(found) => {
+                let target =
+                    CertifierTarget::overridden(Some(found), None, args.certifier_tls_ca.clone())
+                        .expect("an address was found");
+                // A stopped cluster's certifier is not there: then the proxy
+                // finds out at its start whether the log still reaches back.
+                let reachable =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), target.connect())
+                        .await
+                        .is_ok_and(|c| c.is_ok());
+                reachable.then_some(target)
             }
-        }
-    }
+            None => None,
+        },
+    };
     let r = OfflineRecovery {
         base_dir,
         checkpoint_dir: dir,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tashkent::ops::certifier::CertifierTarget;
 use tashkent::ops::config::ConfigFile;
 use tashkent::ops::state_dir::StateDir;
 use tashkent::ops::status::{gather, Targets};
@@ -23,6 +24,10 @@ pub struct StatusArgs {
     /// The certifier (host:port), instead of the state directory's.
     #[arg(long, value_name = "ADDR")]
     pub certifier: Option<String>,
+    /// PEM certificate(s) to trust for the certifier's TLS (default: the
+    /// state directory's, when its certifier serves TLS).
+    #[arg(long, value_name = "FILE")]
+    pub certifier_tls_ca: Option<PathBuf>,
     /// The proxies' metrics endpoints (host:port, replica 1 first),
     /// instead of the state directory's.
     #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
@@ -70,21 +75,24 @@ fn targets(args: &StatusArgs) -> anyhow::Result<Targets> {
     let mut targets = match &state_dir {
         Some(dir) => Targets::of_state_dir(&StateDir::new(dir), &file.checkpoint.dir)?,
         None => Targets {
-            certifier: String::new(),
+            certifier: CertifierTarget::new("", None),
             proxies: Vec::new(),
             checkpoints: None,
         },
     };
-    if let Some(c) = &args.certifier {
-        targets.certifier = c.clone();
-    }
-    if let Some(m) = &args.proxy_metrics {
-        targets.proxies = m.iter().map(|a| (a.clone(), Some(a.clone()))).collect();
-    }
-    if targets.certifier.is_empty() {
+    let found = (!targets.certifier.addr.is_empty()).then(|| targets.certifier.clone());
+    let Some(certifier) = CertifierTarget::overridden(
+        found,
+        args.certifier.as_deref(),
+        args.certifier_tls_ca.clone(),
+    ) else {
         anyhow::bail!(
             "say which cluster: --state-dir (or --config), or --certifier and --proxy-metrics"
         );
+    };
+    targets.certifier = certifier;
+    if let Some(m) = &args.proxy_metrics {
+        targets.proxies = m.iter().map(|a| (a.clone(), Some(a.clone()))).collect();
     }
     Ok(targets)
 }

@@ -31,11 +31,15 @@ pub struct UpArgs {
     /// kept in the state directory).
     #[arg(long)]
     proxy_port: Option<u16>,
+    /// TLS between the proxies and the certifier ([cluster]
+    /// certifier_tls); `--certifier-tls=false` overrides the file.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    certifier_tls: Option<bool>,
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
     let mut file = ConfigFile::load_or_default(args.config.as_deref())?;
-    super::override_fields!(args => file.cluster; state_dir, replicas, durability, proxy_port);
+    super::override_fields!(args => file.cluster; state_dir, replicas, durability, proxy_port, certifier_tls);
     let cfg = file.cluster.clone();
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
@@ -87,6 +91,12 @@ pub fn run(args: UpArgs) -> Result<()> {
                 "TLS: add sslmode=require, or sslmode=verify-full sslrootcert={} \
                  (certificate of every proxy)\n",
                 cert.display()
+            ));
+        }
+        if let Some(ca) = cluster.certifier_tls_ca() {
+            text.push_str(&format!(
+                "certifier: TLS, its clients trust {}\n",
+                ca.display()
             ));
         }
         text.push_str("Ctrl-C stops it.");

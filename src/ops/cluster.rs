@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tashkent_certifier::{CertifierConfig, RunningCertifier};
 
 use crate::error::{Error, Result};
+use crate::ops::certifier::CertifierTarget;
 use crate::ops::config::ConfigFile;
 use crate::ops::pg::{Durability, PgConfig, PgServer};
 use crate::ops::process::ChildProcess;
@@ -67,6 +68,12 @@ pub struct ClusterConfig {
     /// and every proxy shows it. false: only a certificate `[proxy]`
     /// names is used.
     pub tls: bool,
+    /// TLS between the proxies and the certifier: when `[certifier]`
+    /// names no certificate, the certifier serves the state directory's
+    /// self-signed one (the proxies' client certificate, generated if
+    /// need be) and every proxy trusts it. Off by default: on loopback it
+    /// protects nothing and costs every certification a TLS record layer.
+    pub certifier_tls: bool,
 }
 
 impl Default for ClusterConfig {
@@ -80,6 +87,7 @@ impl Default for ClusterConfig {
             pg_settings: Vec::new(),
             metrics: true,
             tls: true,
+            certifier_tls: false,
         }
     }
 }
@@ -160,6 +168,7 @@ impl LocalCluster {
         let ports = state.ports()?;
         let mut file = file.clone();
         tls_certificate(&mut file, &state)?;
+        certifier_tls(&mut file, &state)?;
         let mut replicas = Vec::new();
         for i in 1..=cfg.replicas {
             let base = state.replica_base(i);
@@ -504,21 +513,31 @@ impl LocalCluster {
             self.checkpoint_source(i),
             cfg,
             dir,
-            self.certifier_addr().map(|a| a.to_string()),
+            self.certifier_target(),
         )))
+    }
+
+    /// This cluster's certifier as its clients reach it (None while it
+    /// is stopped).
+    pub fn certifier_target(&self) -> Option<CertifierTarget> {
+        let addr = self.certifier_addr()?;
+        Some(CertifierTarget::new(
+            addr.to_string(),
+            self.config.proxy.certifier_tls_ca.clone(),
+        ))
+    }
+
+    /// What the certifier's clients trust, when it serves TLS.
+    pub fn certifier_tls_ca(&self) -> Option<&Path> {
+        self.config.proxy.certifier_tls_ca.as_deref()
     }
 
     /// A client of this cluster's certifier.
     pub async fn certifier_client(&self) -> Result<tashkent_certifier::CertifierClient> {
-        let addr = self
-            .certifier_addr()
-            .ok_or_else(|| Error::Config("the certifier is not running".into()))?;
-        tashkent_certifier::CertifierClient::connect(addr.to_string())
+        self.certifier_target()
+            .ok_or_else(|| Error::Config("the certifier is not running".into()))?
+            .connect()
             .await
-            .map_err(|source| Error::Certifier {
-                context: format!("connecting to the certifier at {addr}"),
-                source,
-            })
     }
 
     /// Rebuilds replica `i` (0-based) while the others keep serving, as
@@ -635,6 +654,61 @@ fn tls_certificate(file: &mut ConfigFile, state: &StateDir) -> Result<()> {
     Ok(())
 }
 
+/// Fills in TLS between the proxies and the certifier and records it in
+/// the state directory (or that there is none). The certifier serves
+/// `[certifier] tls_cert`/`tls_key` (made absolute), else with `[cluster]
+/// certifier_tls` the state directory's self-signed pair; the proxies
+/// trust `[proxy] certifier_tls_ca`, which may be left out only for the
+/// generated certificate. Proxies and tools then all read the state
+/// directory's copy of what is trusted.
+fn certifier_tls(file: &mut ConfigFile, state: &StateDir) -> Result<()> {
+    let absolute =
+        |p: &Path| std::path::absolute(p).map_err(Error::io(format!("resolving {}", p.display())));
+    let certifier = &mut file.certifier;
+    let generated = match (&certifier.tls_cert, &certifier.tls_key) {
+        (Some(cert), Some(key)) => {
+            let (cert, key) = (absolute(cert)?, absolute(key)?);
+            certifier.tls_cert = Some(cert);
+            certifier.tls_key = Some(key);
+            None
+        }
+        (None, None) if file.cluster.certifier_tls => {
+            let (cert, key) = (state.tls_cert(), state.tls_key());
+            if crate::ops::tls::ensure_self_signed(&cert, &key)? {
+                tracing::info!("generated a self-signed certificate: {}", cert.display());
+            }
+            certifier.tls_cert = Some(cert.clone());
+            certifier.tls_key = Some(key);
+            Some(cert)
+        }
+        // Neither (plaintext), or half a pair: the certifier's validation
+        // says so.
+        _ => None,
+    };
+    let serves_tls = certifier.tls_cert.is_some();
+    let trusted = match (&file.proxy.certifier_tls_ca, serves_tls) {
+        (Some(ca), true) => Some(absolute(ca)?),
+        (None, true) => Some(generated.ok_or_else(|| {
+            Error::Config(
+                "[certifier] tls_cert is set: [proxy] certifier_tls_ca must name the \
+                 certificate (or CA) the proxies trust"
+                    .into(),
+            )
+        })?),
+        (Some(_), false) => {
+            return Err(Error::Config(
+                "[proxy] certifier_tls_ca is set but the certifier has no certificate: set \
+                 [cluster] certifier_tls = true, or [certifier] tls_cert and tls_key"
+                    .into(),
+            ))
+        }
+        (None, false) => None,
+    };
+    state.record_certifier_tls(trusted.as_deref())?;
+    file.proxy.certifier_tls_ca = trusted.map(|_| state.certifier_tls_ca());
+    Ok(())
+}
+
 fn part_addr<T>(part: &Part<T>, in_process: impl Fn(&T) -> SocketAddr) -> SocketAddr {
     match part {
         Part::InProcess(t) => in_process(t),
@@ -666,4 +740,61 @@ fn write_section<T: Serialize>(path: &Path, name: &str, value: &T) -> Result<()>
     );
     std::fs::write(path, table.to_string())
         .map_err(Error::io(format!("writing {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certifier_tls_is_filled_in_recorded_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let file = |edit: &dyn Fn(&mut ConfigFile)| {
+            let mut f = ConfigFile::default();
+            edit(&mut f);
+            f
+        };
+        // On: the generated pair, trusted through the recorded copy.
+        let mut on = file(&|f| f.cluster.certifier_tls = true);
+        certifier_tls(&mut on, &state).unwrap();
+        assert_eq!(on.certifier.tls_cert, Some(state.tls_cert()));
+        assert_eq!(on.certifier.tls_key, Some(state.tls_key()));
+        assert_eq!(on.proxy.certifier_tls_ca, Some(state.certifier_tls_ca()));
+        assert_eq!(
+            std::fs::read(state.certifier_tls_ca()).unwrap(),
+            std::fs::read(state.tls_cert()).unwrap()
+        );
+        // Off again: plaintext, and the record is gone.
+        let mut off = file(&|_| {});
+        certifier_tls(&mut off, &state).unwrap();
+        assert_eq!(off.certifier.tls_cert, None);
+        assert_eq!(off.proxy.certifier_tls_ca, None);
+        assert_eq!(state.certifier_tls_ca_in_use(), None);
+        // A certificate of one's own needs the CA to trust; a CA needs a
+        // certifier that serves TLS.
+        let mut own = file(&|f| {
+            f.certifier.tls_cert = Some("c.pem".into());
+            f.certifier.tls_key = Some("k.pem".into());
+        });
+        let err = certifier_tls(&mut own, &state).unwrap_err().to_string();
+        assert!(err.contains("certifier_tls_ca"), "{err}");
+        let mut ca_only = file(&|f| f.proxy.certifier_tls_ca = Some("ca.pem".into()));
+        let err = certifier_tls(&mut ca_only, &state).unwrap_err().to_string();
+        assert!(err.contains("no certificate"), "{err}");
+        // Both given: used as they are (absolute), the CA copied.
+        let ca = dir.path().join("own-ca.crt");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let mut both = file(&|f| {
+            f.certifier.tls_cert = Some("c.pem".into());
+            f.certifier.tls_key = Some("k.pem".into());
+            f.proxy.certifier_tls_ca = Some(ca.clone());
+        });
+        certifier_tls(&mut both, &state).unwrap();
+        assert!(both.certifier.tls_cert.unwrap().is_absolute());
+        assert_eq!(
+            std::fs::read(state.certifier_tls_ca()).unwrap(),
+            std::fs::read(&ca).unwrap()
+        );
+    }
 }

@@ -3,16 +3,19 @@
 //!
 //! - [`pg`]: the PostgreSQL harness (binaries, initdb, start/stop/kill);
 //! - [`config`]: the cluster file, every section read once;
+//! - [`certifier`]: how tools reach a certifier (address, TLS);
 //! - [`state_dir`]: the layout of a local cluster's state directory;
 //! - [`cluster`]: a whole local cluster (`tashkent up`, the bench, tests),
 //!   its parts in this process or as child processes ([`process`]);
 //! - [`checkpoint`], [`recover`]: consistent dumps and rebuilding a replica;
-//! - [`tls`]: the self-signed certificate of a local cluster's proxies;
+//! - [`tls`]: the self-signed certificate of a local cluster's proxies
+//!   (and of its certifier, with `[cluster] certifier_tls`);
 //! - [`verify`]: are the replicas identical?
 //! - [`status`]: one look at a running cluster (`tashkent status`);
 //! - [`targets`]: each replica of a cluster, for tools that talk to each;
 //! - [`roles`]: roles created alike on every replica (`tashkent admin`).
 
+pub mod certifier;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;

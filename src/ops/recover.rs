@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::ops::certifier::CertifierTarget;
 use crate::ops::checkpoint::{self, Checkpoint, Source};
 use crate::ops::pg::{connect, Durability, PgConfig, PgServer};
 use crate::proxy::capture;
@@ -276,7 +277,7 @@ pub struct OfflineRecovery {
     pub replicas: u32,
     pub database: String,
     /// The certifier, to refuse checkpoints older than its log (optional).
-    pub certifier: Option<String>,
+    pub certifier: Option<CertifierTarget>,
     pub jobs: u32,
 }
 
@@ -284,13 +285,8 @@ pub struct OfflineRecovery {
 /// and stops its server again: its proxy replays the log when it starts.
 pub async fn recover_offline(r: &OfflineRecovery) -> Result<Restored> {
     let first_version = match &r.certifier {
-        Some(addr) => {
-            let c = tashkent_certifier::CertifierClient::connect(addr)
-                .await
-                .map_err(|source| Error::Certifier {
-                    context: format!("connecting to the certifier at {addr}"),
-                    source,
-                })?;
+        Some(target) => {
+            let c = target.connect().await?;
             c.status()
                 .await
                 .map_err(|source| Error::Certifier {

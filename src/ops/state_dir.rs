@@ -11,8 +11,14 @@
 //! <state>/proxy-<i>.toml    settings of proxy i when it runs as a process
 //! <state>/certifier.toml    settings of the certifier when it runs as a process
 //! <state>/tls/server.crt    the proxies' self-signed certificate (PEM), generated
-//!                           at the first start unless the cluster file names one
+//!                           at the first start unless the cluster file names one;
+//!                           with `[cluster] certifier_tls` the certifier's too
 //! <state>/tls/server.key    its private key (PEM, mode 0600)
+//! <state>/tls/certifier-ca.crt  present exactly while the cluster's certifier
+//!                           serves TLS: the certificate(s) its clients trust (PEM;
+//!                           a copy of server.crt, or of `[proxy] certifier_tls_ca`),
+//!                           written at every start, removed by a start without TLS;
+//!                           tools given `--state-dir` use it
 //! ```
 //!
 //! `ports.json` is a JSON object `{"certifier": <port>, "proxies": [<port>, ...],
@@ -90,6 +96,46 @@ impl StateDir {
     /// The private key of [`StateDir::tls_cert`] (PEM).
     pub fn tls_key(&self) -> PathBuf {
         self.root.join("tls").join("server.key")
+    }
+
+    /// What the certifier's clients trust while it serves TLS (PEM); see
+    /// [`StateDir::certifier_tls_ca_in_use`].
+    pub fn certifier_tls_ca(&self) -> PathBuf {
+        self.root.join("tls").join("certifier-ca.crt")
+    }
+
+    /// [`StateDir::certifier_tls_ca`] when the cluster's certifier serves
+    /// TLS (the file is there), `None` when it speaks plaintext.
+    pub fn certifier_tls_ca_in_use(&self) -> Option<PathBuf> {
+        let ca = self.certifier_tls_ca();
+        ca.exists().then_some(ca)
+    }
+
+    /// Records that the certifier serves TLS, its clients trusting the
+    /// PEM `ca` (copied), or (`None`) that it speaks plaintext.
+    pub fn record_certifier_tls(&self, ca: Option<&Path>) -> Result<()> {
+        let record = self.certifier_tls_ca();
+        match ca {
+            Some(ca) => {
+                let pem =
+                    std::fs::read(ca).map_err(Error::io(format!("reading {}", ca.display())))?;
+                let dir = self.root.join("tls");
+                std::fs::create_dir_all(&dir)
+                    .map_err(Error::io(format!("creating {}", dir.display())))?;
+                // Through a rename: a tool never reads half a file.
+                let tmp = record.with_extension("tmp");
+                std::fs::write(&tmp, pem)
+                    .and_then(|()| std::fs::rename(&tmp, &record))
+                    .map_err(Error::io(format!("writing {}", record.display())))
+            }
+            None => match std::fs::remove_file(&record) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+                    context: format!("removing {}", record.display()),
+                    source: e,
+                }),
+                _ => Ok(()),
+            },
+        }
     }
 
     fn ports_file(&self) -> PathBuf {
@@ -192,5 +238,24 @@ mod tests {
         assert_eq!(s.certifier_addr().unwrap(), "127.0.0.1:7400");
         assert_eq!(s.replica_base(2), dir.path().join("replica-2"));
         assert_eq!(s.checkpoints(Path::new("/abs")), Path::new("/abs"));
+    }
+
+    #[test]
+    fn certifier_tls_is_recorded_while_on_and_gone_when_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::new(&dir.path().join("state"));
+        assert_eq!(s.certifier_tls_ca_in_use(), None);
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        s.record_certifier_tls(Some(&ca)).unwrap();
+        let recorded = s.certifier_tls_ca_in_use().expect("recorded");
+        assert_eq!(
+            std::fs::read(recorded).unwrap(),
+            std::fs::read(&ca).unwrap()
+        );
+        s.record_certifier_tls(None).unwrap();
+        assert_eq!(s.certifier_tls_ca_in_use(), None);
+        // Off twice is still off.
+        s.record_certifier_tls(None).unwrap();
     }
 }

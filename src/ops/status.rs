@@ -10,13 +10,14 @@ use serde::Serialize;
 use tashkent_certifier::CertifierClient;
 
 use crate::error::Result;
+use crate::ops::certifier::CertifierTarget;
 use crate::ops::checkpoint;
 use crate::ops::state_dir::StateDir;
 
 /// Where to look.
 #[derive(Debug, Clone)]
 pub struct Targets {
-    pub certifier: String,
+    pub certifier: CertifierTarget,
     /// Each replica's proxy: (client address, metrics address).
     pub proxies: Vec<(String, Option<String>)>,
     /// The checkpoint directory, if known.
@@ -24,10 +25,11 @@ pub struct Targets {
 }
 
 impl Targets {
-    /// The addresses a local cluster's state directory records.
+    /// The addresses a local cluster's state directory records (and the
+    /// certifier's CA, when it serves TLS).
     pub fn of_state_dir(state: &StateDir, checkpoint_dir: &Path) -> Result<Targets> {
         let ports = state.ports()?;
-        let certifier = state.certifier_addr()?;
+        let certifier = CertifierTarget::of_state_dir(state)?;
         let proxies = ports
             .proxies
             .iter()
@@ -60,6 +62,8 @@ pub struct ClusterStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct CertifierStatus {
     pub address: String,
+    /// Whether it was asked over TLS.
+    pub tls: bool,
     /// "up", "poisoned" (its log failed: nothing commits) or "down".
     pub state: String,
     /// Why it is down, when it is.
@@ -113,13 +117,19 @@ pub async fn gather(targets: &Targets, timeout: Duration) -> ClusterStatus {
     }
 }
 
-async fn certifier_status(addr: &str, timeout: Duration) -> CertifierStatus {
+async fn certifier_status(target: &CertifierTarget, timeout: Duration) -> CertifierStatus {
+    // The errors as the client says them: the line names the certifier.
     let asked = tokio::time::timeout(timeout, async {
-        CertifierClient::connect(addr).await?.status().await
+        let opts = target.options().map_err(|e| e.to_string())?;
+        let client = CertifierClient::connect_with(&target.addr, opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        client.status().await.map_err(|e| e.to_string())
     })
     .await;
     let mut s = CertifierStatus {
-        address: addr.to_string(),
+        address: target.addr.clone(),
+        tls: target.tls(),
         state: "down".into(),
         error: None,
         latest_version: 0,
@@ -129,7 +139,7 @@ async fn certifier_status(addr: &str, timeout: Duration) -> CertifierStatus {
     };
     match asked {
         Err(_) => s.error = Some(format!("no answer within {timeout:?}")),
-        Ok(Err(e)) => s.error = Some(e.to_string()),
+        Ok(Err(e)) => s.error = Some(e),
         Ok(Ok(r)) => {
             s.state = if r.poisoned { "poisoned" } else { "up" }.into();
             s.latest_version = r.latest_version;
@@ -205,11 +215,15 @@ impl ClusterStatus {
     /// The one screen `tashkent status` prints.
     pub fn render(&self) -> String {
         let c = &self.certifier;
+        let address = if c.tls {
+            format!("{} (TLS)", c.address)
+        } else {
+            c.address.clone()
+        };
         let mut out = match &c.error {
-            Some(e) => format!("certifier {}: {} ({e})\n", c.address, c.state),
+            Some(e) => format!("certifier {address}: {} ({e})\n", c.state),
             None => format!(
-                "certifier {}: {}, latest version {}, durable {}, log from {}, checkpoint {}\n",
-                c.address,
+                "certifier {address}: {}, latest version {}, durable {}, log from {}, checkpoint {}\n",
                 c.state,
                 c.latest_version,
                 c.durable_version,

@@ -435,7 +435,7 @@ pub async fn run(shared: Arc<Shared>) {
         let from = *shared.applied.borrow() + 1;
         let sub = match &subscriber {
             Some(s) => s.clone(),
-            None => match CertifierClient::connect(&shared.cfg.certifier).await {
+            None => match shared.certifier.connect_again().await {
                 Ok(c) => subscriber.insert(c).clone(),
                 Err(e) => {
                     tracing::warn!(

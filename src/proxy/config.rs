@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tashkent_certifier::{ClientOptions, ClientTls};
 
 use crate::error::{Error, Result};
 use crate::proxy::wire::DEFAULT_MAX_MESSAGE_LEN;
@@ -28,8 +29,20 @@ pub struct ProxyConfig {
     pub database: String,
     /// Superuser the proxy itself uses (capture install, applier).
     pub admin_user: String,
-    /// The certifier's gRPC address (`host:port`).
+    /// The certifier's gRPC address (`host:port`, or `https://host:port`
+    /// with `certifier_tls_ca`).
     pub certifier: String,
+    /// PEM file of the certificate(s) to trust for the certifier's TLS:
+    /// its CA, or its self-signed certificate. Set: the proxy reaches the
+    /// certifier over TLS only (the certifier has `tls_cert`); unset:
+    /// plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certifier_tls_ca: Option<PathBuf>,
+    /// The name the certifier's certificate must be valid for; unset: the
+    /// host of `certifier` (an IP address must then be in the
+    /// certificate as an IP address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certifier_tls_name: Option<String>,
     /// Largest protocol message accepted from a client.
     pub max_message_bytes: usize,
     /// How long startup waits for the certifier.
@@ -101,6 +114,8 @@ impl Default for ProxyConfig {
             database: "postgres".into(),
             admin_user: "postgres".into(),
             certifier: "127.0.0.1:7700".into(),
+            certifier_tls_ca: None,
+            certifier_tls_name: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_LEN,
             connect_timeout: Duration::from_secs(10),
             max_apply_batch: 500,
@@ -148,6 +163,11 @@ impl ProxyConfig {
                 "tls_required needs a certificate (tls_cert and tls_key)".into(),
             ));
         }
+        if self.certifier_tls_name.is_some() && self.certifier_tls_ca.is_none() {
+            return Err(Error::Config(
+                "certifier_tls_name needs certifier_tls_ca (the certificate to trust)".into(),
+            ));
+        }
         // PostgreSQL's own bounds for authentication_timeout.
         let timeout = self.authentication_timeout;
         if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(600) {
@@ -157,6 +177,29 @@ impl ProxyConfig {
             )));
         }
         Ok(())
+    }
+
+    /// How the proxy reaches the certifier: TLS trusting
+    /// `certifier_tls_ca` when it is set (read now: a missing or empty
+    /// file fails the proxy's start).
+    pub fn certifier_options(&self) -> Result<ClientOptions> {
+        let tls = match &self.certifier_tls_ca {
+            None => None,
+            Some(ca) => {
+                let tls = ClientTls::from_ca_file(ca).map_err(|source| Error::Certifier {
+                    context: "certifier_tls_ca".into(),
+                    source,
+                })?;
+                Some(match &self.certifier_tls_name {
+                    Some(name) => tls.with_server_name(name),
+                    None => tls,
+                })
+            }
+        };
+        Ok(ClientOptions {
+            tls,
+            ..ClientOptions::default()
+        })
     }
 
     /// libpq-style connection string for the proxy's own sessions.
@@ -206,6 +249,42 @@ mod tests {
             };
             assert!(c.validate().is_err(), "{secs}");
         }
+    }
+
+    #[test]
+    fn certifier_tls_reads_the_ca_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.crt");
+        let plain = ProxyConfig::default();
+        assert!(plain.certifier_options().unwrap().tls.is_none());
+        let with_ca = ProxyConfig {
+            certifier_tls_ca: Some(ca.clone()),
+            ..ProxyConfig::default()
+        };
+        with_ca.validate().unwrap();
+        // Missing, then not a certificate: errors that name the file.
+        let err = with_ca.certifier_options().unwrap_err().to_string();
+        assert!(err.contains("ca.crt"), "{err}");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let err = with_ca.certifier_options().unwrap_err().to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
+        crate::ops::tls::ensure_self_signed(&ca, &dir.path().join("ca.key")).unwrap();
+        let tls = with_ca.certifier_options().unwrap().tls.unwrap();
+        assert_eq!(tls.server_name, None);
+        let named = ProxyConfig {
+            certifier_tls_name: Some("certifier.internal".into()),
+            ..with_ca.clone()
+        };
+        let tls = named.certifier_options().unwrap().tls.unwrap();
+        assert_eq!(tls.server_name.as_deref(), Some("certifier.internal"));
+        // A name without a CA says nothing to anyone: refused.
+        let name_only = ProxyConfig {
+            certifier_tls_ca: None,
+            ..named.clone()
+        };
+        assert!(name_only.validate().is_err());
+        let text = toml::to_string(&named).unwrap();
+        assert_eq!(toml::from_str::<ProxyConfig>(&text).unwrap(), named);
     }
 
     #[test]

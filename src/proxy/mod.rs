@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tashkent_certifier::CertifierClient;
+use tashkent_certifier::{CertifierClient, ClientOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -85,12 +85,13 @@ pub async fn start(cfg: ProxyConfig) -> Result<RunningProxy> {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
     };
+    let certifier_options = cfg.certifier_options()?;
     let admin = applier::connect_admin(&cfg).await?;
     capture::install(&admin, cfg.max_writeset_bytes).await?;
     capture::configure_replica(&admin, cfg.replica_id, cfg.replicas).await?;
     let applied = capture::applied_version(&admin).await?;
     drop(admin);
-    let certifier = connect_certifier(&cfg).await?;
+    let certifier = connect_certifier(&cfg, certifier_options).await?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(Error::io(format!("listening on {}", cfg.listen)))?;
@@ -123,16 +124,47 @@ pub async fn start(cfg: ProxyConfig) -> Result<RunningProxy> {
     })
 }
 
-async fn connect_certifier(cfg: &ProxyConfig) -> Result<CertifierClient> {
+/// Connects to the certifier and asks for its status, trying again until
+/// `connect_timeout` (it may be starting too); the last error says why, a
+/// TLS handshake's included. The applier's own connection is made later, with the same
+/// options (`CertifierClient::connect_again`).
+async fn connect_certifier(cfg: &ProxyConfig, opts: ClientOptions) -> Result<CertifierClient> {
     let deadline = tokio::time::Instant::now() + cfg.connect_timeout;
     loop {
-        match CertifierClient::connect(&cfg.certifier).await {
+        // One call too: HTTP/2 connects lazily, and a certifier that
+        // closes the connection (TLS-only, and this proxy speaks
+        // plaintext) would otherwise be found out by the first client.
+        let attempt = async {
+            let c = CertifierClient::connect_with(&cfg.certifier, opts.clone()).await?;
+            c.status().await?;
+            Ok(c)
+        };
+        match attempt.await {
             Ok(c) => return Ok(c),
-            Err(e) if tokio::time::Instant::now() >= deadline => {
+            // An address that cannot work never will.
+            Err(e @ tashkent_certifier::CertifierError::Config(_)) => {
                 return Err(Error::Certifier {
-                    context: format!("connecting to the certifier at {}", cfg.certifier),
+                    context: "the certifier's address".into(),
                     source: e,
                 })
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                // Connected, then the call died under the connection: what
+                // a TLS-only certifier does to a plaintext client.
+                let hint = if opts.tls.is_none()
+                    && matches!(e, tashkent_certifier::CertifierError::Rpc(_))
+                {
+                    " (in plaintext: a certifier with tls_cert needs certifier_tls_ca)"
+                } else {
+                    ""
+                };
+                return Err(Error::Certifier {
+                    context: format!(
+                        "no connection to the certifier within connect_timeout ({}s){hint}",
+                        cfg.connect_timeout.as_secs_f64()
+                    ),
+                    source: e,
+                });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }

@@ -13,7 +13,7 @@ use tashkent::ops::cluster::{ClusterConfig, LocalCluster, Placement};
 use tashkent::ops::config::ConfigFile;
 use tashkent::ops::pg::{PgConfig, PgServer};
 use tashkent::proxy::ProxyConfig;
-use tashkent_certifier::{CertifierClient, CertifierConfig};
+use tashkent_certifier::CertifierConfig;
 use tokio_postgres::Client;
 
 use super::{connect, connect_str, shared_tempdir};
@@ -132,7 +132,8 @@ impl Cluster {
     /// Waits until every replica has applied everything the certifier
     /// made durable.
     pub async fn wait_converged(&self) {
-        let cert = CertifierClient::connect(self.certifier()).await.unwrap();
+        // The cluster's own client: over TLS when its certifier serves it.
+        let cert = self.certifier_client().await.unwrap();
         let target = cert.status().await.unwrap().durable_version;
         let deadline = Instant::now() + Duration::from_secs(60);
         for i in 0..self.replicas.len() {

@@ -7,6 +7,7 @@
 //! - `observe`: metrics, `tashkent status` and what `up` prints;
 //! - `roles`: `tashkent admin` roles and SCRAM logins through a proxy;
 //! - `certifier_cli`: `tashkent certifier`;
+//! - `certifier_tls`: TLS between the proxies and the certifier;
 //! - `recovery`: kill -9 of every part, checkpoints and rebuilds (I6);
 //! - `bench`: `tashkent bench` writes every figure it promises.
 
@@ -15,6 +16,7 @@ mod common;
 
 mod bench;
 mod certifier_cli;
+mod certifier_tls;
 mod harness;
 mod observe;
 mod recovery;

@@ -3,6 +3,10 @@
 //! `certify` chunks large writesets transparently; `subscribe` reassembles
 //! the frames of each version and checks that versions arrive dense and in
 //! order. The client is cheap to clone (one HTTP/2 connection shared).
+//!
+//! With [`ClientOptions::tls`] it speaks TLS only (see [`crate::tls`]): the
+//! address is `host:port` or `https://host:port`; `http://` with TLS, or
+//! `https://` without, is refused rather than guessed.
 
 mod pipeline;
 
@@ -22,6 +26,7 @@ use crate::proto::{
     ReportAppliedRequest, ReportCheckpointRequest, ReportCheckpointResponse, StatusRequest,
     StatusResponse, SubscribeRequest, Writeset,
 };
+use crate::tls::ClientTls;
 use crate::writeset;
 use crate::Version;
 use pipeline::PipelineClient;
@@ -64,7 +69,7 @@ pub struct CommittedWriteset {
 }
 
 /// Client-side settings; they must agree with the certifier's.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// The certifier's `max_message_bytes`.
     pub max_message_bytes: usize,
@@ -72,6 +77,9 @@ pub struct ClientOptions {
     pub chunk_bytes: usize,
     /// Largest writeset a subscriber reassembles.
     pub max_writeset_bytes: usize,
+    /// TLS, trusting these certificates (the certifier has `tls_cert`);
+    /// `None`: plaintext.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -80,6 +88,7 @@ impl Default for ClientOptions {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             chunk_bytes: 4 << 20,
             max_writeset_bytes: 1 << 32,
+            tls: None,
         }
     }
 }
@@ -88,11 +97,35 @@ impl Default for ClientOptions {
 pub struct CertifierClient {
     grpc: Grpc<Channel>,
     pipeline: Arc<PipelineClient>,
+    /// Where and how it connected, for [`CertifierClient::connect_again`].
+    addr: Arc<str>,
     opts: ClientOptions,
 }
 
 type SubscribeStream =
     Pin<Box<dyn Stream<Item = Result<CommittedWriteset, CertifierError>> + Send>>;
+
+/// The URI of `addr` ("host:port", or with a scheme): `https` with TLS,
+/// `http` without; a scheme that contradicts the TLS setting is refused,
+/// since tonic would otherwise quietly speak what the scheme says.
+fn uri(addr: &str, tls: bool) -> Result<String, CertifierError> {
+    let scheme = if tls { "https" } else { "http" };
+    match addr.split_once("://") {
+        None => Ok(format!("{scheme}://{addr}")),
+        Some((given, _)) if given.eq_ignore_ascii_case(scheme) => Ok(addr.to_owned()),
+        Some(("https", _)) => Err(CertifierError::Config(format!(
+            "{addr}: https:// needs the certificate to trust (a CA: --certifier-tls-ca, \
+             certifier_tls_ca)"
+        ))),
+        Some(_) if tls => Err(CertifierError::Config(format!(
+            "{addr}: TLS is configured (a CA to trust), so the address must be host:port or \
+             https://host:port"
+        ))),
+        Some((given, _)) => Err(CertifierError::Config(format!(
+            "{addr}: unknown scheme {given}:// (host:port, http:// or https://)"
+        ))),
+    }
+}
 
 /// Raw Subscribe frames, see [`CertifierClient::subscribe_frames`].
 pub type FrameStream =
@@ -104,32 +137,51 @@ impl CertifierClient {
         CertifierClient::connect_with(addr, ClientOptions::default()).await
     }
 
+    /// Connects to `addr` with `opts`: over TLS when `opts.tls` says whom
+    /// to trust (then `addr` is "host:port" or "https://host:port").
     pub async fn connect_with(
         addr: impl AsRef<str>,
         opts: ClientOptions,
     ) -> Result<CertifierClient, CertifierError> {
         let addr = addr.as_ref();
-        let uri = if addr.contains("://") {
-            addr.to_owned()
-        } else {
-            format!("http://{addr}")
-        };
-        let channel = Endpoint::from_shared(uri)?
+        let uri = uri(addr, opts.tls.is_some())?;
+        let mut endpoint = Endpoint::from_shared(uri)?
             .tcp_nodelay(true)
             // One pipeline stream carries every transaction of this client:
             // the default 64 KiB HTTP/2 window would throttle it.
             .initial_stream_window_size(Some(WINDOW_BYTES))
-            .initial_connection_window_size(Some(WINDOW_BYTES))
+            .initial_connection_window_size(Some(WINDOW_BYTES));
+        if let Some(tls) = &opts.tls {
+            endpoint = endpoint.tls_config(tls.tonic_config())?;
+        }
+        let channel = endpoint
             .connect()
-            .await?;
+            .await
+            .map_err(|e| CertifierError::Connect {
+                addr: addr.to_owned(),
+                tls: opts.tls.is_some(),
+                reason: crate::error::chain(&e),
+            })?;
         let grpc = Grpc::new(channel)
             .max_decoding_message_size(opts.max_message_bytes)
             .max_encoding_message_size(opts.max_message_bytes);
         Ok(CertifierClient {
             pipeline: Arc::new(PipelineClient::new(grpc.clone(), opts.max_message_bytes)),
             grpc,
+            addr: addr.into(),
             opts,
         })
+    }
+
+    /// A new client of the same certifier with the same options, on an
+    /// HTTP/2 connection of its own.
+    pub async fn connect_again(&self) -> Result<CertifierClient, CertifierError> {
+        CertifierClient::connect_with(&*self.addr, self.opts.clone()).await
+    }
+
+    /// The address it was connected with.
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 
     /// Certifies `ws` (its txn_id makes retries idempotent: on an error
@@ -338,5 +390,25 @@ impl CertifierClient {
             .status(StatusRequest {})
             .await?
             .into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uri;
+
+    #[test]
+    fn the_scheme_follows_the_tls_setting() {
+        assert_eq!(uri("127.0.0.1:7", false).unwrap(), "http://127.0.0.1:7");
+        assert_eq!(uri("127.0.0.1:7", true).unwrap(), "https://127.0.0.1:7");
+        assert_eq!(uri("http://h:7", false).unwrap(), "http://h:7");
+        assert_eq!(uri("https://h:7", true).unwrap(), "https://h:7");
+        // No quiet downgrade, no TLS without a CA.
+        assert!(uri("http://h:7", true).is_err());
+        assert!(uri("https://h:7", false)
+            .unwrap_err()
+            .to_string()
+            .contains("certifier-tls-ca"));
+        assert!(uri("ftp://h:7", false).is_err());
     }
 }

@@ -83,6 +83,12 @@ impl RunningCertifier {
 /// starts serving in the background.
 pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, CertifierError> {
     config.validate()?;
+    // Before the log is opened: a certificate that cannot be used stops
+    // the start with the file's name, not the first client's handshake.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let (wal, spool, certifier, tail) = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || -> Result<_, CertifierError> {
@@ -130,14 +136,22 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
     let grpc = CertifierServer::new(service.clone())
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
+    let mut server = Server::builder()
+        .initial_stream_window_size(Some(crate::client::WINDOW_BYTES))
+        .initial_connection_window_size(Some(crate::client::WINDOW_BYTES));
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .map_err(|e| CertifierError::Tls(crate::error::chain(&e)))?;
+    }
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let svc = service.clone();
     let svc_on_stop = service.clone();
     let task = tokio::spawn(async move {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let served = Server::builder()
-            .initial_stream_window_size(Some(crate::client::WINDOW_BYTES))
-            .initial_connection_window_size(Some(crate::client::WINDOW_BYTES))
+        // With TLS, a connection whose handshake fails (a plaintext
+        // client, an untrusting one) is dropped alone; serving goes on.
+        let served = server
             .add_service(grpc)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_rx.await;
@@ -159,7 +173,12 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
         Ok(())
     });
     // Debug: `tashkent up` prints the addresses itself, the binary on stdout.
-    tracing::debug!(%local_addr, wal_dir = %config.wal_dir.display(), "certifier listening");
+    tracing::debug!(
+        %local_addr,
+        wal_dir = %config.wal_dir.display(),
+        tls = config.tls_cert.is_some(),
+        "certifier listening"
+    );
     Ok(RunningCertifier {
         local_addr,
         metrics,

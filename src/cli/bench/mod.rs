@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tashkent_certifier::CertifierClient;
 use tashkent_tpcb::{Report, ResultRow, RunConfig, RunStats, Workload, ROWS_PER_SCALE};
 
 use tashkent::ops::cluster::{ClusterConfig, DurabilityMode, LocalCluster, Placement};
@@ -776,12 +775,7 @@ async fn fingerprint(workload: Workload, conninfo: &str) -> Result<String> {
 /// make no progress for [`STALL_TIMEOUT`], with the certifier's view of
 /// them for the bug report.
 async fn wait_applied(cluster: &LocalCluster) -> Result<()> {
-    let addr = cluster
-        .certifier_addr()
-        .context("the cluster has no certifier")?;
-    let certifier = CertifierClient::connect(addr.to_string())
-        .await
-        .context("connecting to the certifier")?;
+    let certifier = cluster.certifier_client().await?;
     let latest = certifier
         .status()
         .await

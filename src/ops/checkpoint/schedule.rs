@@ -10,6 +10,7 @@ use super::store::{remove_partial, retire};
 use super::take::{take, Source};
 use super::Checkpoint;
 use crate::error::{Error, Result};
+use crate::ops::certifier::CertifierTarget;
 
 /// Checkpoint settings: TOML section `[checkpoint]` of the cluster file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,7 +108,7 @@ pub fn periodic(
     src: Source,
     cfg: CheckpointConfig,
     dir: PathBuf,
-    certifier: Option<String>,
+    certifier: Option<CertifierTarget>,
 ) -> Periodic {
     let every = Duration::from_secs(cfg.interval_secs.max(1));
     let task = tokio::spawn(async move {
@@ -117,10 +118,10 @@ pub fn periodic(
         loop {
             tick.tick().await;
             let cert = match &certifier {
-                Some(addr) => match tashkent_certifier::CertifierClient::connect(addr).await {
+                Some(target) => match target.connect().await {
                     Ok(c) => Some(c),
                     Err(e) => {
-                        tracing::warn!("checkpoint: connecting to the certifier at {addr}: {e}");
+                        tracing::warn!("checkpoint: {e}");
                         None
                     }
                 },

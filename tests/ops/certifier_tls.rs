@@ -1,0 +1,195 @@
+//! TLS between the proxies and the certifier (`[cluster] certifier_tls`):
+//! a cluster replicates through it, the tools given `--state-dir` find the
+//! certificate to trust on their own, and a client that speaks plaintext
+//! or trusts another certificate gets an error that says why — a proxy
+//! among them, at its start — never a hang.
+
+use std::time::Duration;
+
+use tashkent::ops::config::ConfigFile;
+use tashkent_certifier::{CertifierClient, ClientOptions, ClientTls};
+
+use crate::common::cluster::{blocking, tashkent, Cluster};
+
+/// A connection and one call, bounded so that a hang fails the test (the
+/// bound detects a hang, it measures nothing).
+async fn first_call(addr: &str, opts: ClientOptions) -> Result<u64, String> {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let client = CertifierClient::connect_with(addr, opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = client.status().await.map_err(|e| e.to_string())?;
+        Ok(status.latest_version)
+    })
+    .await
+    .expect("an answer or an error, not a hang")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_with_certifier_tls_replicates_and_its_tools_follow() {
+    let mut cluster = Cluster::start_file(2, |f| f.cluster.certifier_tls = true).await;
+    let state = cluster.state_dir().to_path_buf();
+    // The certifier serves the state directory's certificate, the proxies
+    // trust the recorded copy of it.
+    let ca = state.join("tls/certifier-ca.crt");
+    assert_eq!(cluster.certifier_tls_ca(), Some(ca.as_path()));
+    assert_eq!(
+        std::fs::read(&ca).unwrap(),
+        std::fs::read(state.join("tls/server.crt")).unwrap()
+    );
+    let certifier_file = ConfigFile::load(&state.join("certifier.toml")).unwrap();
+    assert_eq!(
+        certifier_file.certifier.tls_cert,
+        Some(state.join("tls/server.crt"))
+    );
+
+    // Writes through both proxies replicate (certify over TLS, Subscribe
+    // over TLS).
+    let a = cluster.client(0).await;
+    let b = cluster.client(1).await;
+    a.batch_execute("CREATE TABLE t (k int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    a.execute("INSERT INTO t VALUES (1, 'a')", &[])
+        .await
+        .unwrap();
+    cluster.wait_converged().await;
+    b.execute("INSERT INTO t VALUES (2, 'b')", &[])
+        .await
+        .unwrap();
+    b.execute("UPDATE t SET v = 'a2' WHERE k = 1", &[])
+        .await
+        .unwrap();
+    let tables = cluster.assert_identical().await;
+    assert_eq!(tables["public.t"].0, 2, "{tables:?}");
+
+    // The tools find the certificate in the state directory.
+    let dir = state.display().to_string();
+    let (ok, out) = blocking(|| tashkent(&["status", "--state-dir", &dir, "--json"]));
+    assert!(ok, "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(json["certifier"]["state"], "up", "{out}");
+    assert_eq!(json["certifier"]["tls"], true, "{out}");
+    assert!(
+        json["certifier"]["latest_version"].as_u64() >= Some(4),
+        "{out}"
+    );
+    for r in json["replicas"].as_array().unwrap() {
+        assert_eq!(r["state"], "serving", "{out}");
+    }
+    let (ok, out) = blocking(|| tashkent(&["status", "--state-dir", &dir]));
+    assert!(ok && out.contains("(TLS): up"), "{out}");
+    let (ok, out) = blocking(|| tashkent(&["checkpoint", "--state-dir", &dir]));
+    assert!(ok, "{out}");
+    // It reported the checkpoint to the certifier, so it reached it.
+    assert!(out.contains("certifier log starts at version"), "{out}");
+
+    // `--certifier` alone names a plaintext certifier: status says it is
+    // down and why, with `--certifier-tls-ca` it is up.
+    let addr = cluster.certifier();
+    let (ok, out) = blocking(|| tashkent(&["status", "--certifier", &addr, "--json"]));
+    assert!(ok, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["certifier"]["state"], "down", "{out}");
+    let ca_arg = ca.display().to_string();
+    let (ok, out) = blocking(|| {
+        tashkent(&[
+            "status",
+            "--certifier",
+            &addr,
+            "--certifier-tls-ca",
+            &ca_arg,
+            "--json",
+        ])
+    });
+    assert!(ok, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["certifier"]["state"], "up", "{out}");
+
+    // A plaintext client of the TLS certifier: an error, not a hang.
+    let err = first_call(&addr, ClientOptions::default())
+        .await
+        .unwrap_err();
+    println!("plaintext client: {err}");
+    // A client trusting another certificate: the handshake fails and says so.
+    let other = tempfile::tempdir().unwrap();
+    let (other_ca, other_key) = (other.path().join("ca.crt"), other.path().join("ca.key"));
+    tashkent::ops::tls::ensure_self_signed(&other_ca, &other_key).unwrap();
+    let untrusting = ClientOptions {
+        tls: Some(ClientTls::from_ca_file(&other_ca).unwrap()),
+        ..ClientOptions::default()
+    };
+    let err = first_call(&addr, untrusting).await.unwrap_err();
+    assert!(
+        err.contains("over TLS") && err.contains("certificate"),
+        "{err}"
+    );
+    println!("untrusting client: {err}");
+
+    // A proxy trusting another certificate fails its start, saying TLS;
+    // one that speaks plaintext fails too. Both after connect_timeout.
+    cluster.stop_proxy(1).await;
+    let template = ConfigFile::load(&state.join("proxy-2.toml")).unwrap().proxy;
+    let wrong = tashkent::proxy::ProxyConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: None,
+        connect_timeout: Duration::from_secs(1),
+        certifier_tls_ca: Some(other_ca.clone()),
+        ..template.clone()
+    };
+    let err = tashkent::proxy::start(wrong.clone())
+        .await
+        .err()
+        .expect("a proxy that does not trust the certifier does not start")
+        .to_string();
+    assert!(
+        err.contains("over TLS") && err.contains("certificate"),
+        "{err}"
+    );
+    println!("untrusting proxy: {err}");
+    let plaintext = tashkent::proxy::ProxyConfig {
+        certifier_tls_ca: None,
+        ..wrong
+    };
+    let err = tashkent::proxy::start(plaintext)
+        .await
+        .err()
+        .expect("a plaintext proxy of a TLS certifier does not start")
+        .to_string();
+    assert!(err.contains("certifier_tls_ca"), "{err}");
+    println!("plaintext proxy: {err}");
+
+    // The proxy as the cluster starts it still works.
+    cluster.restart_proxy(1).await;
+    let b = cluster.client(1).await;
+    b.execute("INSERT INTO t VALUES (3, 'c')", &[])
+        .await
+        .unwrap();
+    let tables = cluster.assert_identical().await;
+    assert_eq!(tables["public.t"].0, 3, "{tables:?}");
+
+    // After a kill -9 of the certifier the proxies reconnect, over TLS
+    // again (the applier's log stream on a connection of its own).
+    cluster.restart_certifier().await;
+    let mut wrote = false;
+    for attempt in 0..100 {
+        // ON CONFLICT: a failed attempt may have committed (08007).
+        let insert = "INSERT INTO t VALUES (4, 'd') ON CONFLICT DO NOTHING";
+        match b.execute(insert, &[]).await {
+            Ok(_) => {
+                wrote = true;
+                break;
+            }
+            // Until the proxy's connection is back.
+            Err(e) => println!("attempt {attempt}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        wrote,
+        "no write through proxy 2 after the certifier's restart"
+    );
+    let tables = cluster.assert_identical().await;
+    assert_eq!(tables["public.t"].0, 4, "{tables:?}");
+}
