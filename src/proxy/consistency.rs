@@ -56,6 +56,42 @@ pub struct Consistency {
     pub timeout: Duration,
 }
 
+/// One of the proxy's own settings, read from `SET tashkent.<name>` or
+/// the startup options (None: back to the proxy's default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    Level(Option<Level>),
+    Timeout(Option<Duration>),
+}
+
+impl Setting {
+    pub fn parse(
+        name: &str,
+        value: Option<&str>,
+    ) -> Result<Setting, crate::proxy::wire::ErrorResponse> {
+        use crate::proxy::errors;
+        match (name, value) {
+            ("consistency", None) => Ok(Setting::Level(None)),
+            ("consistency", Some(v)) => Level::parse(v)
+                .map(|l| Setting::Level(Some(l)))
+                .ok_or_else(|| {
+                    errors::invalid_proxy_setting(name, v, "eventual, causal or strong")
+                }),
+            ("consistency_timeout", None) => Ok(Setting::Timeout(None)),
+            ("consistency_timeout", Some(v)) => parse_timeout(v)
+                .map(|t| Setting::Timeout(Some(t)))
+                .ok_or_else(|| {
+                    errors::invalid_proxy_setting(
+                        name,
+                        v,
+                        "a time from 1 ms to 1 day (milliseconds, or with ms, s or min)",
+                    )
+                }),
+            _ => Err(errors::unknown_proxy_setting(name)),
+        }
+    }
+}
+
 /// Reads a `tashkent.consistency_timeout` value as PostgreSQL reads a
 /// time setting: a number of milliseconds, or a number with a unit (`ms`,
 /// `s`, `min`). At least 1 ms, at most a day.

@@ -7,6 +7,7 @@
 //! - `tls`: TLS from clients to the proxy (psql, pgbench, tokio-postgres
 //!   with rustls, psycopg2), `tls_required`, no certificate;
 //! - `capture`: writeset capture on one replica, applied on another;
+//! - `consistency`: the consistency levels (eventual, causal, strong);
 //! - `exact`: every accepted type reads back byte-identical (I7);
 //! - `extensions`: CREATE/ALTER/DROP EXTENSION, and values of extension types;
 //! - `large`: transactions of any size in bounded memory (I8).
@@ -15,6 +16,7 @@
 mod common;
 
 mod capture;
+mod consistency;
 mod exact;
 mod extensions;
 mod large;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::proxy::consistency::{parse_timeout, Level};
+use crate::proxy::consistency::{Level, Setting};
 
 impl Session {
     /// The settings the next (or open) transaction runs under.
@@ -28,24 +28,9 @@ impl Session {
         } else {
             self.consistency
         };
-        match (name, value) {
-            ("consistency", None) => c.level = self.shared.cfg.consistency,
-            ("consistency", Some(v)) => {
-                c.level = Level::parse(v).ok_or_else(|| {
-                    errors::invalid_proxy_setting(name, v, "eventual, causal or strong")
-                })?;
-            }
-            ("consistency_timeout", None) => c.timeout = self.shared.cfg.consistency_timeout,
-            ("consistency_timeout", Some(v)) => {
-                c.timeout = parse_timeout(v).ok_or_else(|| {
-                    errors::invalid_proxy_setting(
-                        name,
-                        v,
-                        "a time from 1 ms to 1 day (milliseconds, or with ms, s or min)",
-                    )
-                })?;
-            }
-            _ => return Err(errors::unknown_proxy_setting(name)),
+        match Setting::parse(name, value)? {
+            Setting::Level(l) => c.level = l.unwrap_or(self.shared.cfg.consistency),
+            Setting::Timeout(t) => c.timeout = t.unwrap_or(self.shared.cfg.consistency_timeout),
         }
         if local {
             // Outside a transaction SET LOCAL does nothing (PostgreSQL

@@ -93,6 +93,13 @@ pub(super) async fn handshake(shared: &Shared, mut client: Conn, peer: &str) -> 
         let settings = param("options")
             .map(crate::proxy::consistency::from_startup_options)
             .unwrap_or_default();
+        // Checked before the replica is asked: a bad one refuses the
+        // connection, as PostgreSQL refuses a bad `-c`.
+        for (name, value) in &settings {
+            if let Err(e) = crate::proxy::consistency::Setting::parse(name, Some(value)) {
+                return refuse(client, e.into_fatal()).await;
+            }
+        }
         if shared.cfg.tls_required && !client.is_tls() {
             return refuse(client, errors::tls_required(peer, user, database)).await;
         }

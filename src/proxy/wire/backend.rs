@@ -81,6 +81,16 @@ impl ErrorResponse {
         e
     }
 
+    /// The same error, FATAL (the connection closes after it).
+    pub fn into_fatal(mut self) -> ErrorResponse {
+        for (code, value) in &mut self.fields {
+            if *code == b'S' || *code == b'V' {
+                *value = "FATAL".into();
+            }
+        }
+        self
+    }
+
     /// Adds a detail line.
     pub fn with_detail(mut self, detail: impl Into<String>) -> ErrorResponse {
         self.fields.push((b'D', detail.into()));
