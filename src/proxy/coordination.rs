@@ -110,8 +110,24 @@ pub struct Shared {
     /// The commit order on the replica.
     pub order: CommitOrder,
     pub metrics: super::metrics::ProxyMetrics,
+    /// Asks of the certifier's acknowledged version, shared (`acknowledged`).
+    acked: AckedAsks,
     /// Answers clients' SSLRequests when a certificate is configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// The asks of the certifier's acknowledged version, one at a time: a
+/// caller may take the answer of an ask that began after it arrived (that
+/// answer covers everything acknowledged before the caller arrived), so
+/// under load one round trip serves every session that was waiting.
+#[derive(Default)]
+struct AckedAsks {
+    /// Asks begun so far.
+    begun: AtomicU64,
+    /// One ask at a time.
+    turn: tokio::sync::Mutex<()>,
+    /// The last answer and the number of the ask that got it.
+    last: Mutex<(u64, Version)>,
 }
 
 /// Why the applier cannot go on.
@@ -143,6 +159,7 @@ impl Shared {
             apply_stuck: watch::Sender::new(None),
             order: CommitOrder::new(applied),
             metrics: Default::default(),
+            acked: AckedAsks::default(),
             tls,
         }
     }
@@ -270,6 +287,21 @@ impl Shared {
     }
 
     /// Waits until the replica has applied `v`.
+    /// The newest version the certifier has acknowledged, asked after
+    /// this call began (strong consistency).
+    pub async fn acknowledged(&self) -> Result<Version, tashkent_certifier::CertifierError> {
+        let arrived = self.acked.begun.load(Ordering::Acquire);
+        let _turn = self.acked.turn.lock().await;
+        let (ask, version) = *self.acked.last.lock();
+        if ask > arrived {
+            return Ok(version);
+        }
+        let ask = self.acked.begun.fetch_add(1, Ordering::AcqRel) + 1;
+        let version = self.certifier.acknowledged().await?;
+        *self.acked.last.lock() = (ask, version);
+        Ok(version)
+    }
+
     pub async fn wait_applied(&self, v: Version) {
         let mut rx = self.applied.subscribe();
         let _ = rx.wait_for(|&a| a >= v).await;

@@ -101,7 +101,7 @@ impl Session {
                     // The certifier restarting is no reason to give up
                     // before the timeout.
                     loop {
-                        match self.shared.certifier.acknowledged().await {
+                        match self.shared.acknowledged().await {
                             Ok(v) => return Ok(v),
                             Err(e) if Instant::now() + Duration::from_millis(50) < deadline => {
                                 tracing::debug!("asking the certifier what it acknowledged: {e}");
