@@ -10,8 +10,15 @@ use crate::Version;
 /// The outcome of a certification, as the client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Committed { version: Version },
-    Aborted { code: AbortCode, reason: String },
+    Committed {
+        version: Version,
+    },
+    Aborted {
+        code: AbortCode,
+        reason: String,
+        /// The committed version it conflicts with (0: none).
+        conflict_version: Version,
+    },
 }
 
 impl Outcome {
@@ -19,6 +26,7 @@ impl Outcome {
         Outcome::Aborted {
             code: AbortCode::try_from(a.code).unwrap_or(AbortCode::Unspecified),
             reason: a.reason,
+            conflict_version: a.conflict_version,
         }
     }
 }
@@ -29,12 +37,15 @@ impl From<Outcome> for CertifyResponse {
             Outcome::Committed { version } => {
                 certify_response::Outcome::Committed(proto::Committed { version })
             }
-            Outcome::Aborted { code, reason } => {
-                certify_response::Outcome::Aborted(proto::Aborted {
-                    code: code as i32,
-                    reason,
-                })
-            }
+            Outcome::Aborted {
+                code,
+                reason,
+                conflict_version,
+            } => certify_response::Outcome::Aborted(proto::Aborted {
+                code: code as i32,
+                reason,
+                conflict_version,
+            }),
         };
         CertifyResponse {
             outcome: Some(outcome),
@@ -64,9 +75,14 @@ pub(crate) fn to_answer(r: Result<Outcome, CertifierError>) -> pipeline_answer::
     use pipeline_answer::Outcome as O;
     match r {
         Ok(Outcome::Committed { version }) => O::Committed(proto::Committed { version }),
-        Ok(Outcome::Aborted { code, reason }) => O::Aborted(proto::Aborted {
+        Ok(Outcome::Aborted {
+            code,
+            reason,
+            conflict_version,
+        }) => O::Aborted(proto::Aborted {
             code: code as i32,
             reason,
+            conflict_version,
         }),
         Err(e) => {
             let s = Status::from(e);

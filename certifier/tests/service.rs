@@ -409,7 +409,7 @@ async fn retries_reports_status_and_restart() {
     );
     // A new transaction with that old snapshot is too old.
     match client.certify(ws("c", 0, &["z".into()])).await.unwrap() {
-        Outcome::Aborted { code, reason } => {
+        Outcome::Aborted { code, reason, .. } => {
             assert_eq!(code, AbortCode::SnapshotTooOld);
             assert!(
                 reason.contains("horizon 16") && reason.contains("memory limit"),

@@ -38,6 +38,9 @@ pub struct SessionSignal {
     /// handed its version only after the applier is past every earlier
     /// one, so a doom from the applier never concerns a known version.
     pub commit_version: AtomicU64,
+    /// The newest version the applier doomed this session's transaction
+    /// for: a retry whose snapshot has it does not block that version.
+    pub doomed_by: AtomicU64,
     /// Statement cancels of the applier, see [`Cancels`].
     pub cancels: Mutex<Cancels>,
     pub wake: Notify,
@@ -265,6 +268,7 @@ impl Shared {
             }
             // Under the lock: the session clears it when it opens its next
             // transaction, so it never dooms that one.
+            signal.doomed_by.fetch_max(applying, Ordering::AcqRel);
             signal.doomed.store(true, Ordering::Release);
             cancel
         };

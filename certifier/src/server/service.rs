@@ -413,6 +413,7 @@ impl CertifierService {
                         Outcome::Aborted {
                             code: a.code,
                             reason: a.reason,
+                            conflict_version: a.conflict_version,
                         },
                         false,
                     ));

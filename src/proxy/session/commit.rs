@@ -268,8 +268,13 @@ impl Session {
                         certified = true;
                         version = Some(v);
                     }
-                    Ok(Outcome::Aborted { reason, .. }) => {
+                    Ok(Outcome::Aborted {
+                        reason,
+                        conflict_version,
+                        ..
+                    }) => {
                         self.shared.metrics.aborted(AbortCause::Certification);
+                        self.retry_floor = self.retry_floor.max(conflict_version);
                         if released {
                             self.close_txn();
                         } else {

@@ -89,12 +89,26 @@ impl Session {
     /// Before a transaction takes its snapshot: waits until the replica
     /// has applied what the level asks for. `Some(error)` when it did not
     /// in time (nothing was sent to the replica).
+    ///
+    /// After a transaction lost (40001), the next one also waits for the
+    /// version it lost to, at any level: its retry then sees that write
+    /// and does not lose to it again, which keeps a replica whose apply
+    /// trails from losing every race on a hot row. Under `eventual` that
+    /// wait is best effort: when it runs out the transaction goes on.
     pub(super) async fn wait_fresh(&mut self) -> Result<Option<ErrorResponse>> {
         let c = self.freshness();
         let started = Instant::now();
         let deadline = started + c.timeout;
+        let retry = std::mem::take(&mut self.retry_floor);
         let (what, wanted) = match c.level {
-            Level::Eventual => return Ok(None),
+            Level::Eventual => {
+                if retry > *self.shared.applied.borrow() {
+                    let _ = self
+                        .wait_applied("a retry", retry, deadline, c.timeout)
+                        .await;
+                }
+                return Ok(None);
+            }
             Level::Causal => ("consistency causal", self.causal_floor),
             Level::Strong => {
                 let asked = tokio::time::timeout_at(deadline, async {
@@ -126,7 +140,9 @@ impl Session {
                 }
             }
         };
-        Ok(self.wait_applied(what, wanted, deadline, c.timeout).await)
+        Ok(self
+            .wait_applied(what, wanted.max(retry), deadline, c.timeout)
+            .await)
     }
 
     /// `SELECT tashkent.wait_for(v)`: answers one row (the replica's

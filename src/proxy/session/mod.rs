@@ -77,6 +77,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         txn_consistency: None,
         causal_floor: 0,
         last_commit: 0,
+        retry_floor: 0,
         shared,
         signal,
         backend_pid,
@@ -161,6 +162,10 @@ struct Session {
     causal_floor: Version,
     /// The version of the session's last commit (0: none yet).
     last_commit: Version,
+    /// The version the last transaction lost to (certification conflict
+    /// or early abort): the next one waits until the replica has it, so
+    /// a retry does not lose to the same write again (fairness).
+    retry_floor: Version,
     shared: Arc<Shared>,
     /// The applier's early-abort signal for this session.
     signal: Arc<SessionSignal>,
@@ -333,6 +338,9 @@ impl Session {
             self.shared
                 .metrics
                 .aborted(crate::proxy::metrics::AbortCause::EarlyAbort);
+            self.retry_floor = self
+                .retry_floor
+                .max(self.signal.doomed_by.load(Ordering::Acquire));
             if let Some(t) = &mut self.txn {
                 t.doom();
             }

@@ -102,6 +102,11 @@ fn proxy_setting(c: &mut Cursor, local: bool, reset: bool) -> Option<Kind> {
         }
         _ => return None,
     };
+    // Only the proxy's own settings: the capture's (tashkent.internal,
+    // tashkent.max_writeset_bytes, ...) stay refused.
+    if !matches!(name.as_str(), "consistency" | "consistency_timeout") {
+        return None;
+    }
     let rest = &toks[3..];
     let rest = match rest.last() {
         Some(t) if t.is_punct(b';') => &rest[..rest.len() - 1],
