@@ -74,6 +74,10 @@ pub struct ProxyArgs {
     /// (PostgreSQL's authentication_timeout).
     #[arg(long, value_name = "SECONDS")]
     pub authentication_timeout: Option<f64>,
+    /// Whether a session's transaction after a 40001 waits for the version
+    /// it lost to (`--fair-retries=false` turns it off).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub fair_retries: Option<bool>,
 }
 
 impl ProxyArgs {
@@ -95,6 +99,9 @@ impl ProxyArgs {
             max_writeset_bytes,
             tls_required
         );
+        if let Some(f) = args.fair_retries {
+            c.fair_retries = f;
+        }
         if args.metrics_listen.is_some() {
             c.metrics_listen = args.metrics_listen;
         }

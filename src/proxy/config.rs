@@ -88,6 +88,11 @@ pub struct ProxyConfig {
     /// level asks for (`tashkent.consistency_timeout`); then 57014.
     #[serde(with = "secs")]
     pub consistency_timeout: Duration,
+    /// After a transaction lost (40001), the session's next one waits
+    /// until the replica has applied the version it lost to, so that a
+    /// replica whose apply trails does not lose every race on a hot row
+    /// (best effort, bounded by `consistency_timeout`).
+    pub fair_retries: bool,
 }
 
 mod secs {
@@ -128,6 +133,7 @@ impl Default for ProxyConfig {
             allow_admin_login: true,
             consistency: crate::proxy::consistency::Level::Eventual,
             consistency_timeout: Duration::from_secs(10),
+            fair_retries: true,
         }
     }
 }

@@ -99,7 +99,10 @@ impl Session {
         let c = self.freshness();
         let started = Instant::now();
         let deadline = started + c.timeout;
-        let retry = std::mem::take(&mut self.retry_floor);
+        let retry = match std::mem::take(&mut self.retry_floor) {
+            v if self.shared.cfg.fair_retries => v,
+            _ => 0,
+        };
         let (what, wanted) = match c.level {
             Level::Eventual => {
                 if retry > *self.shared.applied.borrow() {
