@@ -267,6 +267,13 @@ async fn set_local_lasts_one_transaction_and_connect_options_set_the_level() {
     assert_eq!(code(&e), "25001", "{e:?}");
     c.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(show(&c, "consistency").await, "eventual");
+    // Over the extended protocol too.
+    c.execute("SET tashkent.consistency = 'causal'", &[])
+        .await
+        .unwrap();
+    assert_eq!(show(&c, "consistency").await, "causal");
+    c.execute("RESET tashkent.consistency", &[]).await.unwrap();
+    assert_eq!(show(&c, "consistency").await, "eventual");
     let e = c
         .batch_execute("SET tashkent.consistency = serializable")
         .await
