@@ -3,8 +3,9 @@
 # build, run and test tashkent: the PostgreSQL server (which brings initdb,
 # pgbench, pg_dump and the unprivileged `postgres` account), its client,
 # its server headers (the writeset-capture trigger library is compiled
-# against them, see build.rs), and psycopg2 for Debian's python3 (a client
-# of the TLS tests). Idempotent, and silent when everything is already
+# against them, see build.rs), and the other clients of the TLS tests:
+# psycopg2 for Debian's python3, and pgjdbc with a JDK to compile and run
+# its Java program. Idempotent, and silent when everything is already
 # present.
 set -euo pipefail
 
@@ -41,6 +42,12 @@ id postgres >/dev/null 2>&1 || missing+=(postgresql)
 # Debian's package serves Debian's interpreter, whatever python3 is first
 # on PATH (the tests run /usr/bin/python3).
 /usr/bin/python3 -c 'import psycopg2' >/dev/null 2>&1 || missing+=(python3-psycopg2)
+# pgjdbc: the tests compile with javac and run with java from PATH, against
+# Debian's jar at this path.
+if ! command -v javac >/dev/null 2>&1 || ! command -v java >/dev/null 2>&1; then
+    missing+=(openjdk-17-jdk-headless)
+fi
+[ -f /usr/share/java/postgresql.jar ] || missing+=(libpostgresql-jdbc-java)
 if have_server && ! have_headers; then
     missing+=("postgresql-server-dev-$(server_major)")
 fi

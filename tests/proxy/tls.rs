@@ -1,7 +1,7 @@
 //! TLS between clients and the proxy, with real clients: psql and pgbench
 //! (libpq, OpenSSL), tokio-postgres with rustls, psycopg2 (libpq from
-//! Python); `tls_required` refusing plaintext, and a proxy without a
-//! certificate declining with `N`.
+//! Python), pgjdbc (Java's own TLS); `tls_required` refusing plaintext, and
+//! a proxy without a certificate declining with `N`.
 
 use crate::common;
 
@@ -235,6 +235,139 @@ async fn real_clients_over_tls_and_plaintext_refused_when_required() {
     let before = std::fs::read(&cert).unwrap();
     cluster.restart_proxy(0).await;
     assert_eq!(std::fs::read(&cert).unwrap(), before);
+}
+
+/// Debian's pgjdbc (`libpostgresql-jdbc-java`).
+const PGJDBC_JAR: &str = "/usr/share/java/postgresql.jar";
+
+/// `tests/proxy/jdbc/TlsCheck.java`, compiled into a temporary directory
+/// (removed on drop) that is also the JVM's `user.home`, so that the
+/// user's own `~/.postgresql` does not change what is tested.
+struct Jdbc {
+    dir: tempfile::TempDir,
+}
+
+impl Jdbc {
+    fn compile() -> Jdbc {
+        let setup =
+            "bash scripts/setup.sh installs openjdk-17-jdk-headless and libpostgresql-jdbc-java";
+        assert!(
+            Path::new(PGJDBC_JAR).is_file(),
+            "{PGJDBC_JAR} is missing ({setup})"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("tashkent-jdbc-")
+            .tempdir()
+            .unwrap();
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/proxy/jdbc/TlsCheck.java");
+        let out = Command::new("javac")
+            .arg("-d")
+            .arg(dir.path())
+            .args(["-cp", PGJDBC_JAR])
+            .arg(&source)
+            .output()
+            .unwrap_or_else(|e| panic!("running javac: {e} ({setup})"));
+        assert_ok(&out, "javac TlsCheck.java");
+        Jdbc { dir }
+    }
+
+    /// Runs `TlsCheck` with its (step, JDBC URL) pairs; its stdout (one
+    /// line a step) and stderr (why a connection failed).
+    fn run(&self, steps: &[(&str, &str)]) -> (String, String) {
+        let out = Command::new("java")
+            // A short-lived client on a small machine: start fast.
+            .args(["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"])
+            .arg(format!("-Duser.home={}", self.dir.path().display()))
+            .arg("-cp")
+            .arg(format!("{}:{PGJDBC_JAR}", self.dir.path().display()))
+            .arg("TlsCheck")
+            .args(steps.iter().flat_map(|(step, url)| [step, url]))
+            .output()
+            .unwrap_or_else(|e| panic!("running java: {e}"));
+        assert_ok(&out, "java TlsCheck");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// pgjdbc's URL for proxy `i` with `params` (`&`-separated, URL-encoded).
+fn jdbc_url(cluster: &Cluster, i: usize, params: &str) -> String {
+    let addr = cluster.proxy_addrs()[i];
+    format!(
+        "jdbc:postgresql://{}:{}/postgres?user=postgres&{params}",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pgjdbc_over_tls_and_plaintext_refused_when_required() {
+    let jdbc = common::cluster::blocking(Jdbc::compile);
+    let mut cluster = Cluster::start(2).await;
+    let cert = cluster.tls_cert().expect("a generated certificate");
+    // A certificate the proxies do not show.
+    let (other, other_key) = (jdbc.dir.path().join("x.crt"), jdbc.dir.path().join("x.key"));
+    assert!(tashkent::ops::tls::ensure_self_signed(&other, &other_key).unwrap());
+
+    // sslmode=require (pgjdbc then checks no certificate): DDL, a
+    // PreparedStatement in autocommit and a batch in a transaction on
+    // proxy 0; read back on proxy 1, verifying the generated certificate
+    // (it names 127.0.0.1), as a strong session, which sees them all.
+    let require = jdbc_url(&cluster, 0, "ssl=true&sslmode=require");
+    let verified = jdbc_url(
+        &cluster,
+        1,
+        &format!(
+            "sslmode=verify-full&sslrootcert={}&options=-c%20tashkent.consistency%3Dstrong",
+            cert.display()
+        ),
+    );
+    let untrusted = jdbc_url(
+        &cluster,
+        0,
+        &format!("sslmode=verify-full&sslrootcert={}", other.display()),
+    );
+    let (said, why) = common::cluster::blocking(|| {
+        jdbc.run(&[
+            ("write", &require),
+            ("read", &verified),
+            ("untrusted", &untrusted),
+        ])
+    });
+    assert_eq!(
+        said,
+        "write rows=3\n\
+         read 1=autocommit,2=batch,3=batch\n\
+         untrusted 08006\n",
+        "{why}"
+    );
+    assert!(why.contains("PKIX path"), "{why}");
+    // The writes are on the other replica itself too.
+    cluster.wait_converged().await;
+    let n: i64 = cluster
+        .replica(1)
+        .await
+        .query_one("SELECT count(*) FROM jdbc_t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+
+    // tls_required: pgjdbc's plaintext startup is refused with 28000; over
+    // TLS a statement timeout still cancels (pgjdbc sends its
+    // CancelRequest in plaintext, which the proxy accepts) and the
+    // session goes on.
+    cluster
+        .restart_proxies_with(|p| p.tls_required = true)
+        .await;
+    let plaintext = jdbc_url(&cluster, 0, "sslmode=disable");
+    let require = jdbc_url(&cluster, 1, "sslmode=require");
+    let (said, why) =
+        common::cluster::blocking(|| jdbc.run(&[("refused", &plaintext), ("cancel", &require)]));
+    assert_eq!(said, "refused 28000\ncancel 57014 rows=3\n", "{why}");
+    assert!(why.contains("no encryption"), "{why}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
