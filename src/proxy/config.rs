@@ -91,7 +91,7 @@ pub struct ProxyConfig {
     /// After a transaction lost (40001), the session's next one waits
     /// until the replica has applied the version it lost to, so that a
     /// replica whose apply trails does not lose every race on a hot row
-    /// (best effort, bounded by `consistency_timeout`).
+    /// (best effort under `eventual`: at most 2 s).
     pub fair_retries: bool,
 }
 

@@ -10,6 +10,9 @@ use tokio::time::Instant;
 use super::*;
 use crate::proxy::consistency::{Level, Setting};
 
+/// Longest a retry under `eventual` waits for the version it lost to.
+const RETRY_WAIT: Duration = Duration::from_secs(2);
+
 impl Session {
     /// The settings the next (or open) transaction runs under.
     pub(super) fn freshness(&self) -> Consistency {
@@ -106,8 +109,11 @@ impl Session {
         let (what, wanted) = match c.level {
             Level::Eventual => {
                 if retry > *self.shared.applied.borrow() {
+                    // Best effort, and short: a replica whose applier is
+                    // stuck must not hold every retry for the whole timeout.
+                    let wait = c.timeout.min(RETRY_WAIT);
                     let _ = self
-                        .wait_applied("a retry", retry, deadline, c.timeout)
+                        .wait_applied("a retry", retry, started + wait, wait)
                         .await;
                 }
                 return Ok(None);
