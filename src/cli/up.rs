@@ -23,8 +23,10 @@ pub struct UpArgs {
     #[arg(long)]
     replicas: Option<u32>,
     /// Where durability lives: `middleware` (Tashkent-MW: the certifier's
-    /// log, replicas with fsync off) or `database` (Base: every replica
-    /// commit pays PostgreSQL's own fsync).
+    /// log, replicas with fsync off), `database` (Base: every replica
+    /// commit pays PostgreSQL's own fsync) or `database-grouped`
+    /// (Tashkent-API: replicas fsync on, ordered commits asynchronous, a
+    /// COMMIT acknowledged once one group flush covers it).
     #[arg(long, value_enum)]
     durability: Option<DurabilityMode>,
     /// Port of the first proxy, the others follow (default: free ports,
