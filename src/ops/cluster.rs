@@ -762,6 +762,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn durability_modes_keep_their_spellings() {
+        use clap::ValueEnum;
+        for (text, mode) in [
+            ("middleware", DurabilityMode::Middleware),
+            ("database", DurabilityMode::Database),
+            ("database-grouped", DurabilityMode::DatabaseGrouped),
+        ] {
+            let toml_text = format!("replicas = 1\ndurability = \"{text}\"\n");
+            let cfg: ClusterConfig = toml::from_str(&toml_text).unwrap();
+            assert_eq!(cfg.durability, mode, "{text}");
+            assert_eq!(DurabilityMode::from_str(text, false), Ok(mode), "{text}");
+        }
+        assert!(DurabilityMode::DatabaseGrouped.ack_after_flush());
+        assert!(!DurabilityMode::Database.ack_after_flush());
+        assert_eq!(
+            DurabilityMode::DatabaseGrouped.replica_durability(),
+            Durability::Grouped
+        );
+    }
+
+    #[test]
     fn certifier_tls_is_filled_in_recorded_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path());

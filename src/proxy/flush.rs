@@ -7,8 +7,9 @@
 //! waits here before it answers the client. One task per proxy, with a
 //! replica connection of its own, forces the flushes: while a session waits
 //! for an LSN above the known flushed one, it runs a tiny transaction that
-//! takes an xid, with `synchronous_commit = on` — its commit record's
-//! `XLogFlush` flushes every record before it — and publishes
+//! takes an xid and writes one WAL record, with `synchronous_commit = on` —
+//! its commit record's `XLogFlush` flushes every record before it (see
+//! `FLUSH_SQL`) — and publishes
 //! `pg_current_wal_flush_lsn()`. A round covers every commit that completed
 //! before the round began, so however many sessions wait, one fsync answers
 //! them all.
