@@ -53,9 +53,11 @@ pub fn run(args: UpArgs) -> Result<()> {
             .context("starting the cluster")?;
         let _checkpoints = cluster.periodic_checkpoints()?;
         let mut text = format!(
-            "tashkent is up: {} replica(s), durability {:?} (state in {}).\n",
+            "tashkent is up: {} replica(s), durability {} (state in {}).\n",
             cfg.replicas,
-            cfg.durability,
+            clap::ValueEnum::to_possible_value(&cfg.durability)
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default(),
             cluster.state_dir().display()
         )
         .to_lowercase();
