@@ -78,6 +78,16 @@ pub struct ProxyArgs {
     /// it lost to (`--fair-retries=false` turns it off).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub fair_retries: Option<bool>,
+    /// The cluster's durability mode, as `tashkent up --durability`:
+    /// `database-grouped` (Tashkent-API) acknowledges a COMMIT only once
+    /// the replica's WAL is flushed past it (sets --ack-after-flush); the
+    /// replica must then run fsync on and synchronous_commit off.
+    #[arg(long, value_name = "MODE")]
+    pub durability: Option<tashkent::ops::cluster::DurabilityMode>,
+    /// Acknowledge a COMMIT only once the replica's WAL is flushed past its
+    /// commit record (`--ack-after-flush=false` overrides the file).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub ack_after_flush: Option<bool>,
 }
 
 impl ProxyArgs {
@@ -101,6 +111,12 @@ impl ProxyArgs {
         );
         if let Some(f) = args.fair_retries {
             c.fair_retries = f;
+        }
+        if let Some(mode) = args.durability {
+            c.ack_after_flush = mode.ack_after_flush();
+        }
+        if let Some(f) = args.ack_after_flush {
+            c.ack_after_flush = f;
         }
         if args.metrics_listen.is_some() {
             c.metrics_listen = args.metrics_listen;

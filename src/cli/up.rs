@@ -23,8 +23,10 @@ pub struct UpArgs {
     #[arg(long)]
     replicas: Option<u32>,
     /// Where durability lives: `middleware` (Tashkent-MW: the certifier's
-    /// log, replicas with fsync off) or `database` (Base: every replica
-    /// commit pays PostgreSQL's own fsync).
+    /// log, replicas with fsync off), `database` (Base: every replica
+    /// commit pays PostgreSQL's own fsync) or `database-grouped`
+    /// (Tashkent-API: replicas fsync on, ordered commits asynchronous, a
+    /// COMMIT acknowledged once one group flush covers it).
     #[arg(long, value_enum)]
     durability: Option<DurabilityMode>,
     /// Port of the first proxy, the others follow (default: free ports,
@@ -51,9 +53,11 @@ pub fn run(args: UpArgs) -> Result<()> {
             .context("starting the cluster")?;
         let _checkpoints = cluster.periodic_checkpoints()?;
         let mut text = format!(
-            "tashkent is up: {} replica(s), durability {:?} (state in {}).\n",
+            "tashkent is up: {} replica(s), durability {} (state in {}).\n",
             cfg.replicas,
-            cfg.durability,
+            clap::ValueEnum::to_possible_value(&cfg.durability)
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default(),
             cluster.state_dir().display()
         )
         .to_lowercase();

@@ -35,6 +35,12 @@ pub enum DurabilityMode {
     Middleware,
     /// Base: each replica's serial commits pay PostgreSQL's own fsync.
     Database,
+    /// Tashkent-API: replicas keep fsync on but commit in order with
+    /// `synchronous_commit = off`; a commit is acknowledged once the
+    /// replica's WAL is flushed past it, one flush per group.
+    #[serde(rename = "database-grouped")]
+    #[value(name = "database-grouped")]
+    DatabaseGrouped,
 }
 
 impl DurabilityMode {
@@ -42,7 +48,14 @@ impl DurabilityMode {
         match self {
             DurabilityMode::Middleware => Durability::Off,
             DurabilityMode::Database => Durability::On,
+            DurabilityMode::DatabaseGrouped => Durability::Grouped,
         }
+    }
+
+    /// Whether the proxies acknowledge a commit only once their replica's
+    /// WAL is flushed past it (`[proxy] ack_after_flush`).
+    pub fn ack_after_flush(self) -> bool {
+        self == DurabilityMode::DatabaseGrouped
     }
 }
 
@@ -393,6 +406,8 @@ impl LocalCluster {
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
             metrics_listen: self.config.cluster.metrics.then_some(self.proxy_metrics[i]),
+            ack_after_flush: self.config.proxy.ack_after_flush
+                || self.config.cluster.durability.ack_after_flush(),
             ..self.config.proxy.clone()
         }
     }
@@ -745,6 +760,27 @@ fn write_section<T: Serialize>(path: &Path, name: &str, value: &T) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durability_modes_keep_their_spellings() {
+        use clap::ValueEnum;
+        for (text, mode) in [
+            ("middleware", DurabilityMode::Middleware),
+            ("database", DurabilityMode::Database),
+            ("database-grouped", DurabilityMode::DatabaseGrouped),
+        ] {
+            let toml_text = format!("replicas = 1\ndurability = \"{text}\"\n");
+            let cfg: ClusterConfig = toml::from_str(&toml_text).unwrap();
+            assert_eq!(cfg.durability, mode, "{text}");
+            assert_eq!(DurabilityMode::from_str(text, false), Ok(mode), "{text}");
+        }
+        assert!(DurabilityMode::DatabaseGrouped.ack_after_flush());
+        assert!(!DurabilityMode::Database.ack_after_flush());
+        assert_eq!(
+            DurabilityMode::DatabaseGrouped.replica_durability(),
+            Durability::Grouped
+        );
+    }
 
     #[test]
     fn certifier_tls_is_filled_in_recorded_and_checked() {

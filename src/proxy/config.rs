@@ -93,6 +93,11 @@ pub struct ProxyConfig {
     /// replica whose apply trails does not lose every race on a hot row
     /// (best effort under `eventual`: at most 2 s).
     pub fair_retries: bool,
+    /// Acknowledge a COMMIT only once the replica's WAL is flushed past
+    /// its commit record (Tashkent-API, `durability = "database-grouped"`:
+    /// the replica commits with `synchronous_commit = off`, and one flush
+    /// of the proxy's own covers every commit waiting; `proxy::flush`).
+    pub ack_after_flush: bool,
 }
 
 mod secs {
@@ -134,6 +139,7 @@ impl Default for ProxyConfig {
             consistency: crate::proxy::consistency::Level::Eventual,
             consistency_timeout: Duration::from_secs(10),
             fair_retries: true,
+            ack_after_flush: false,
         }
     }
 }

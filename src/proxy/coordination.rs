@@ -117,6 +117,8 @@ pub struct Shared {
     acked: AckedAsks,
     /// Answers clients' SSLRequests when a certificate is configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The group flush a COMMIT waits for (`ack_after_flush`).
+    pub flusher: Option<Arc<super::flush::Flusher>>,
 }
 
 /// The asks of the certifier's acknowledged version, one at a time: a
@@ -146,6 +148,7 @@ impl Shared {
         certifier: CertifierClient,
         applied: Version,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        flusher: Option<Arc<super::flush::Flusher>>,
     ) -> Shared {
         Shared {
             cfg,
@@ -164,6 +167,7 @@ impl Shared {
             metrics: Default::default(),
             acked: AckedAsks::default(),
             tls,
+            flusher,
         }
     }
 

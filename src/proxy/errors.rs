@@ -55,6 +55,19 @@ pub fn unknown_outcome(why: &str) -> ErrorResponse {
     .with_hint("Check whether the transaction's effects are present before retrying it.")
 }
 
+/// `08007`: certified as version `v` and committed on the replica, which
+/// failed before its WAL was flushed past the commit (`ack_after_flush`).
+pub fn not_durable(version: Version, replica: u32, why: &str) -> ErrorResponse {
+    ErrorResponse::error(
+        "08007",
+        format!(
+            "the outcome of the COMMIT is unknown: version {version} was committed on replica {replica}, which failed before its WAL was flushed past it"
+        ),
+    )
+    .with_detail(why.to_string())
+    .with_hint("The transaction is in the certifier's log and is applied again from there; check whether its effects are present before retrying it.")
+}
+
 /// `08007`: committed in the global order, but this replica cannot apply
 /// the log up to it.
 pub fn committed_elsewhere(

@@ -66,6 +66,7 @@ pub struct ProxyMetrics {
     aborts: Family<Label, Counter>,
     commit_seconds: Histogram,
     turn_wait_seconds: Histogram,
+    flush_wait_seconds: Histogram,
     apply_batch: Histogram,
     connections: Gauge,
     versions: Family<Label, Value>,
@@ -104,6 +105,12 @@ impl Default for ProxyMetrics {
             "turn_wait_seconds",
             "From the certifier's answer until the transaction's turn in the commit order",
             turn_wait_seconds.clone(),
+        );
+        let flush_wait_seconds = Histogram::new(tashkent_metrics::seconds_buckets());
+        registry.register(
+            "flush_wait_seconds",
+            "ack_after_flush: from the ordered commit until the replica's WAL is flushed past it",
+            flush_wait_seconds.clone(),
         );
         let apply_batch = Histogram::new(tashkent_metrics::count_buckets());
         registry.register(
@@ -147,6 +154,7 @@ impl Default for ProxyMetrics {
             aborts,
             commit_seconds,
             turn_wait_seconds,
+            flush_wait_seconds,
             apply_batch,
             connections,
             versions,
@@ -174,6 +182,10 @@ impl ProxyMetrics {
 
     pub fn waited_for_turn(&self, d: Duration) {
         self.turn_wait_seconds.observe(d.as_secs_f64());
+    }
+
+    pub fn waited_for_flush(&self, d: Duration) {
+        self.flush_wait_seconds.observe(d.as_secs_f64());
     }
 
     pub fn applied_batch(&self, versions: usize) {

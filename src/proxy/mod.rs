@@ -14,6 +14,7 @@ mod conn;
 pub mod consistency;
 mod coordination;
 pub mod errors;
+pub mod flush;
 mod metrics;
 mod session;
 pub mod sql;
@@ -98,7 +99,13 @@ pub async fn start(cfg: ProxyConfig) -> Result<RunningProxy> {
     let addr = listener
         .local_addr()
         .map_err(Error::io("reading the listening address"))?;
-    let shared = Arc::new(Shared::new(cfg, certifier, applied, tls));
+    let (flusher, flush_task) = if cfg.ack_after_flush {
+        let (f, t) = flush::Flusher::start(&cfg).await?;
+        (Some(f), Some(t))
+    } else {
+        (None, None)
+    };
+    let shared = Arc::new(Shared::new(cfg, certifier, applied, tls, flusher));
     let metrics = match shared.cfg.metrics_listen {
         Some(at) => {
             let s = shared.clone();
@@ -111,11 +118,12 @@ pub async fn start(cfg: ProxyConfig) -> Result<RunningProxy> {
         None => None,
     };
     let (stop, stopped) = watch::channel(false);
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(applier::run(shared.clone())),
         tokio::spawn(report_ticker(shared.clone())),
         tokio::spawn(accept_loop(shared, listener, stopped)),
     ];
+    tasks.extend(flush_task);
     Ok(RunningProxy {
         addr,
         metrics,

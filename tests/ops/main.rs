@@ -9,6 +9,8 @@
 //! - `certifier_cli`: `tashkent certifier`;
 //! - `certifier_tls`: TLS between the proxies and the certifier;
 //! - `recovery`: kill -9 of every part, checkpoints and rebuilds (I6);
+//! - `grouped`: Tashkent-API (`database-grouped`): kill -9 and a simulated
+//!   host crash of a replica lose nothing acknowledged;
 //! - `bench`: `tashkent bench` writes every figure it promises.
 
 #[path = "../common/mod.rs"]
@@ -17,6 +19,7 @@ mod common;
 mod bench;
 mod certifier_cli;
 mod certifier_tls;
+mod grouped;
 mod harness;
 mod observe;
 mod recovery;

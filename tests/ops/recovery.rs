@@ -53,7 +53,7 @@ async fn load_tpcb(c: &Client) {
 
 /// What the load's clients saw, by transaction tag.
 #[derive(Debug, Default)]
-struct Outcomes {
+pub(crate) struct Outcomes {
     /// COMMIT answered OK.
     acked: Vec<String>,
     /// 40001/40P01: certainly not committed.
@@ -70,17 +70,17 @@ struct Outcomes {
 
 /// Where each client connects: the test updates an entry when it restarts
 /// a proxy on another port.
-type Targets = Arc<Mutex<Vec<String>>>;
+pub(crate) type Targets = Arc<Mutex<Vec<String>>>;
 
 /// TPC-B clients running until stopped; `clients[i]` uses target `i`.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<Outcomes>>,
 }
 
 impl Load {
-    fn start(targets: &Targets, clients: &[usize]) -> Load {
+    pub(crate) fn start(targets: &Targets, clients: &[usize]) -> Load {
         // Tags are unique across the loads of a test.
         static LOADS: AtomicU64 = AtomicU64::new(0);
         let load = LOADS.fetch_add(1, Ordering::Relaxed);
@@ -268,7 +268,7 @@ async fn assert_tpcb_invariant(c: &Client, replica: usize) {
 /// transactions of unknown outcome did commit.
 /// After a fault: the load still commits; then it stops, nothing hung,
 /// and [`check`] holds.
-async fn commits_on_then_check(cluster: &Cluster, load: Load) {
+pub(crate) async fn commits_on_then_check(cluster: &Cluster, load: Load) {
     // The appliers may be backing off after the fault (up to 5 s).
     let before = load.acked();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -281,7 +281,7 @@ async fn commits_on_then_check(cluster: &Cluster, load: Load) {
     check(cluster, &o).await;
 }
 
-async fn check(cluster: &Cluster, o: &Outcomes) -> usize {
+pub(crate) async fn check(cluster: &Cluster, o: &Outcomes) -> usize {
     assert!(!o.acked.is_empty(), "the load committed nothing");
     cluster.assert_identical().await;
     let mut in_doubt_committed = 0;
@@ -308,7 +308,7 @@ async fn check(cluster: &Cluster, o: &Outcomes) -> usize {
     in_doubt_committed
 }
 
-fn targets_of(cluster: &Cluster) -> Targets {
+pub(crate) fn targets_of(cluster: &Cluster) -> Targets {
     Arc::new(Mutex::new(
         (0..cluster.replicas.len())
             .map(|i| cluster.proxy_conninfo(i))
@@ -316,7 +316,7 @@ fn targets_of(cluster: &Cluster) -> Targets {
     ))
 }
 
-async fn setup(cluster: &Cluster) {
+pub(crate) async fn setup(cluster: &Cluster) {
     load_tpcb(&cluster.client(0).await).await;
     cluster.wait_converged().await;
 }

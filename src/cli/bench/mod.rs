@@ -9,6 +9,10 @@
 //!   connected directly;
 //! - `base`: a local cluster with `durability = database` (ordering in the
 //!   middleware, each replica's serial commits pay PostgreSQL's fsync);
+//! - `tashkent-api`: a local cluster with `durability = database-grouped`
+//!   (ordering in the middleware, passed into each replica's WAL by
+//!   committing in order with `synchronous_commit = off`; one forced flush
+//!   acknowledges a whole group);
 //! - `tashkent-mw`: a local cluster with `durability = middleware` (the
 //!   certifier's group-committed log, replicas with fsync off).
 //!
@@ -68,6 +72,11 @@ pub enum System {
     #[value(name = "base")]
     #[serde(rename = "base")]
     Base,
+    /// Ordering in the middleware, durability in every replica's WAL, one
+    /// flush per group (`durability = database-grouped`).
+    #[value(name = "tashkent-api")]
+    #[serde(rename = "tashkent-api")]
+    TashkentApi,
     /// Ordering and durability in the middleware (`durability = middleware`).
     #[value(name = "tashkent-mw")]
     #[serde(rename = "tashkent-mw")]
@@ -82,6 +91,7 @@ impl System {
             System::PostgresNofsync => "postgres-nofsync",
             System::PostgresRr => "postgres-rr",
             System::Base => "base",
+            System::TashkentApi => "tashkent-api",
             System::TashkentMw => "tashkent-mw",
         }
     }
@@ -91,6 +101,7 @@ impl System {
         match self {
             System::PostgresFsync | System::PostgresNofsync | System::PostgresRr => None,
             System::Base => Some(DurabilityMode::Database),
+            System::TashkentApi => Some(DurabilityMode::DatabaseGrouped),
             System::TashkentMw => Some(DurabilityMode::Middleware),
         }
     }
@@ -140,12 +151,13 @@ pub struct BenchArgs {
     /// Systems to measure, comma-separated: postgres-fsync,
     /// postgres-nofsync, postgres-rr (standalone: fsync on, fsync off,
     /// fsync on with repeatable read), base (durability = database),
-    /// tashkent-mw (durability = middleware).
+    /// tashkent-api (durability = database-grouped), tashkent-mw
+    /// (durability = middleware).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "postgres-fsync,postgres-nofsync,postgres-rr,base,tashkent-mw"
+        default_value = "postgres-fsync,postgres-nofsync,postgres-rr,base,tashkent-api,tashkent-mw"
     )]
     pub systems: Vec<System>,
     /// What drives the load: builtin (tashkent-tpcb's driver) or pgbench
@@ -322,7 +334,8 @@ pub struct BenchOutcome {
 
 /// Ratios that the design's claims are about: Tashkent-MW against the
 /// standalone server at one replica, and against Base at every replica
-/// count both ran at.
+/// count both ran at; Tashkent-API against Base, and Tashkent-MW against
+/// Tashkent-API, likewise.
 pub fn ratios(report: &Report) -> Vec<Ratio> {
     let tps = |w: Workload, system: &str, n: u32| {
         report
@@ -332,8 +345,17 @@ pub fn ratios(report: &Report) -> Vec<Ratio> {
     };
     let mut out = Vec::new();
     for w in report.workloads() {
-        let mw = System::TashkentMw.name();
-        let mut push = |n: u32, versus: &str| {
+        let counts_of = |system: System| {
+            let mut counts: Vec<u32> = report
+                .rows(w)
+                .filter(|r| r.system == system.name())
+                .map(|r| r.replicas)
+                .collect();
+            counts.sort_unstable();
+            counts.dedup();
+            counts
+        };
+        let mut push = |mw: &str, n: u32, versus: &str| {
             if let (Some(a), Some(b)) = (tps(w, mw, n), tps(w, versus, n)) {
                 if b > 0.0 {
                     out.push(Ratio {
@@ -346,22 +368,26 @@ pub fn ratios(report: &Report) -> Vec<Ratio> {
                 }
             }
         };
+        let (mw, api, base) = (
+            System::TashkentMw.name(),
+            System::TashkentApi.name(),
+            System::Base.name(),
+        );
         for standalone in [
             System::PostgresFsync,
             System::PostgresNofsync,
             System::PostgresRr,
         ] {
-            push(1, standalone.name());
+            push(mw, 1, standalone.name());
         }
-        let mut counts: Vec<u32> = report
-            .rows(w)
-            .filter(|r| r.system == System::Base.name())
-            .map(|r| r.replicas)
-            .collect();
-        counts.sort_unstable();
-        counts.dedup();
-        for n in counts {
-            push(n, System::Base.name());
+        for n in counts_of(System::Base) {
+            push(mw, n, base);
+        }
+        for n in counts_of(System::Base) {
+            push(api, n, base);
+        }
+        for n in counts_of(System::TashkentApi) {
+            push(mw, n, api);
         }
     }
     out

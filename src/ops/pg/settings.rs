@@ -18,12 +18,26 @@ pub enum Durability {
     /// PostgreSQL's own durability (Base replicas and standalone servers):
     /// every commit pays its own fsync.
     On,
+    /// A Tashkent-API replica: `fsync` and `full_page_writes` on, so the
+    /// data directory survives a host crash, but `synchronous_commit` off:
+    /// the ordered commits enter the WAL in version order without waiting
+    /// for the disk, and the proxy acknowledges a commit only once one
+    /// flush covers it (`proxy::flush`), one flush for a whole group.
+    Grouped,
 }
 
 impl Durability {
     fn onoff(self) -> &'static str {
         match self {
             Durability::Off => "off",
+            Durability::On | Durability::Grouped => "on",
+        }
+    }
+
+    /// `synchronous_commit`: whether a commit waits for its WAL flush.
+    fn synchronous_commit(self) -> &'static str {
+        match self {
+            Durability::Off | Durability::Grouped => "off",
             Durability::On => "on",
         }
     }
@@ -53,7 +67,7 @@ pub(crate) fn render(
         ),
         ("max_connections", "200".into()),
         ("fsync", flag.into()),
-        ("synchronous_commit", flag.into()),
+        ("synchronous_commit", durability.synchronous_commit().into()),
         ("full_page_writes", flag.into()),
         ("shared_buffers", quote("128MB")),
         ("effective_cache_size", quote("1GB")),
@@ -112,6 +126,14 @@ mod tests {
         for key in ["fsync", "synchronous_commit", "full_page_writes"] {
             assert_eq!(value(&conf, key), vec!["on"], "{key}");
         }
+    }
+
+    #[test]
+    fn durability_grouped_keeps_fsync_but_commits_asynchronously() {
+        let conf = render(5555, Path::new("/tmp/x"), Durability::Grouped, &[]);
+        assert_eq!(value(&conf, "fsync"), vec!["on"]);
+        assert_eq!(value(&conf, "full_page_writes"), vec!["on"]);
+        assert_eq!(value(&conf, "synchronous_commit"), vec!["off"]);
     }
 
     #[test]

@@ -344,7 +344,7 @@ impl Session {
             }
         };
         let v = turn.version;
-        let ok = self.commit_in_order(v, *certified_at).await?;
+        let (ok, lsn) = self.commit_in_order(v, *certified_at).await?;
         let _ = turn.done.send(ok);
         self.close_txn();
         if !ok {
@@ -352,8 +352,32 @@ impl Session {
             // it from the log, and the client's COMMIT stands.
             self.shared.wait_applied(v).await;
         }
+        if let Err(e) = self.durable(v, lsn).await {
+            return Ok(Err(e));
+        }
         self.committed_version(v);
         Ok(Ok(()))
+    }
+
+    /// With `ack_after_flush` (Tashkent-API): waits until the replica's
+    /// WAL is flushed past the commit of `v` (its LSN when this session
+    /// committed it, else past every commit made so far: the applier's).
+    async fn durable(
+        &mut self,
+        v: Version,
+        lsn: Option<u64>,
+    ) -> std::result::Result<(), ErrorResponse> {
+        let Some(flusher) = self.shared.flusher.clone() else {
+            return Ok(());
+        };
+        let epoch = flusher.epoch();
+        let waited = std::time::Instant::now();
+        let out = flusher
+            .durable(epoch, lsn)
+            .await
+            .map_err(|e| errors::not_durable(v, self.shared.cfg.replica_id, &e.0));
+        self.shared.metrics.waited_for_flush(waited.elapsed());
+        out
     }
 
     /// Commits version `v` in the replica's commit order (`commit_order`):
@@ -364,7 +388,7 @@ impl Session {
         &mut self,
         v: Version,
         certified_at: Option<std::time::Instant>,
-    ) -> Result<bool> {
+    ) -> Result<(bool, Option<u64>)> {
         // Any way out of here that does not commit (an error, or this
         // future dropped with the client) breaks the order at `v`, so that
         // no later committer waits for a turn that never comes.
@@ -398,7 +422,7 @@ impl Session {
                 self.signal.commit_version.store(0, Ordering::Release);
                 self.shared.order.break_at(v);
                 self.rollback_backend().await?;
-                return Ok(false);
+                return Ok((false, None));
             }
         };
         let (version, prev) = (v.to_string(), (v - 1).to_string());
@@ -414,13 +438,18 @@ impl Session {
             );
         }
         self.own.execute(OwnStatement::Commit, &[], &mut out);
+        if self.shared.flusher.is_some() {
+            // Where the WAL ends right after the commit record: the flush
+            // the client's answer waits for.
+            self.own.execute(OwnStatement::WalInsertLsn, &[], &mut out);
+        }
         out.push(own::sync());
         for m in &out {
             self.backend.push(m);
         }
         let read = self.read_commit_flight(v).await;
         self.signal.commit_version.store(0, Ordering::Release);
-        let error = read?;
+        let (error, lsn) = read?;
         if let Some(e) = error {
             tracing::debug!(
                 "committing version {v} in order failed: {} ({})",
@@ -431,27 +460,37 @@ impl Session {
             self.translate(e);
             self.shared.order.break_at(v);
             self.rollback_backend().await?;
-            return Ok(false);
+            return Ok((false, None));
         }
         guard.armed = false;
         self.shared.order.committed(v);
-        Ok(true)
+        Ok((true, lsn))
     }
 
     /// Reads the answer of the commit flight of `v`: the turn is taken at
     /// the first CommandComplete (the Flush behind it brings it at once);
-    /// the error, if any statement failed.
-    async fn read_commit_flight(&mut self, v: Version) -> Result<Option<ErrorResponse>> {
+    /// the error, if any statement failed; the WAL's insert LSN after the
+    /// COMMIT, if the flight asked for it (the last row, `pg_lsn` text).
+    async fn read_commit_flight(
+        &mut self,
+        v: Version,
+    ) -> Result<(Option<ErrorResponse>, Option<u64>)> {
         self.flush_backend().await?;
         let mut xid: Option<u64> = None;
         let mut turn_taken = false;
         let mut error = None;
+        let mut lsn = None;
         loop {
             let m = self.backend.read().await.map_err(SessionError::Backend)?;
             match m.tag() {
                 b'D' if !turn_taken => {
                     xid = first_column(m.body())
                         .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok());
+                }
+                b'D' => {
+                    lsn = first_column(m.body()).and_then(|b| {
+                        crate::proxy::flush::parse_lsn(std::str::from_utf8(&b).ok()?)
+                    });
                 }
                 b'C' if !turn_taken => {
                     turn_taken = true;
@@ -468,7 +507,7 @@ impl Session {
                             .unwrap_or_else(|_| errors::internal("committing in order failed")),
                     );
                 }
-                b'Z' => return Ok(error),
+                b'Z' => return Ok((error, lsn)),
                 b'A' | b'S' => self.client.push(&m),
                 _ => {}
             }
@@ -481,6 +520,7 @@ impl Session {
     async fn applied_from_log(&mut self, v: Version) -> std::result::Result<(), ErrorResponse> {
         self.close_txn();
         self.shared.wait_applied(v).await;
+        self.durable(v, None).await?;
         self.committed_version(v);
         Ok(())
     }

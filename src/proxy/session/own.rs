@@ -31,6 +31,9 @@ pub(super) enum OwnStatement {
     WaitTurn,
     Commit,
     Rollback,
+    /// `pg_current_wal_insert_lsn()`: where the WAL ends (after a COMMIT:
+    /// past its commit record).
+    WalInsertLsn,
 }
 
 impl OwnStatement {
@@ -44,6 +47,7 @@ impl OwnStatement {
             OwnStatement::WaitTurn => "__tashkent_wait_turn",
             OwnStatement::Commit => "__tashkent_commit",
             OwnStatement::Rollback => "__tashkent_rollback",
+            OwnStatement::WalInsertLsn => "__tashkent_wal_insert_lsn",
         }
     }
 
@@ -57,6 +61,7 @@ impl OwnStatement {
             OwnStatement::WaitTurn => "SELECT tashkent.wait_turn($1, $2)",
             OwnStatement::Commit => "COMMIT",
             OwnStatement::Rollback => "ROLLBACK",
+            OwnStatement::WalInsertLsn => "SELECT pg_current_wal_insert_lsn()",
         }
     }
 
@@ -75,7 +80,7 @@ impl OwnStatement {
 #[derive(Debug, Default)]
 pub(super) struct Own {
     /// Bit `stmt as u8` set: parsed on this backend.
-    prepared: u8,
+    prepared: u16,
     /// The client may have dropped some: close before parsing again.
     close_first: bool,
 }
@@ -91,7 +96,7 @@ impl Own {
     /// Messages that run `stmt` with `params` (text), preceded by its
     /// Parse if the backend lacks it. No Sync: the caller ends the flight.
     pub fn execute(&mut self, stmt: OwnStatement, params: &[Option<&str>], out: &mut Vec<Message>) {
-        let bit = 1u8 << (stmt as u8);
+        let bit = 1u16 << (stmt as u16);
         if self.prepared & bit == 0 {
             if self.close_first {
                 out.push(close(stmt));
@@ -189,5 +194,8 @@ mod tests {
         own.forget();
         assert_eq!(tags(&mut own, OwnStatement::Begin), b"CPBE");
         assert_eq!(tags(&mut own, OwnStatement::Begin), b"BE");
+        // The last statement has a bit of its own too.
+        assert_eq!(tags(&mut own, OwnStatement::WalInsertLsn), b"CPBE");
+        assert_eq!(tags(&mut own, OwnStatement::WalInsertLsn), b"BE");
     }
 }
