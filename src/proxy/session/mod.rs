@@ -414,7 +414,7 @@ impl Session {
         self.early_abort = None;
         self.txn_consistency = None;
         self.signal.cancels.lock().txn_open = false;
-        if let Some(s) = self.txn.take().and_then(|t| t.snapshot()) {
+        if let Some(s) = self.txn.take().and_then(|t| t.registered()) {
             self.shared.close_snapshot(s);
         }
     }

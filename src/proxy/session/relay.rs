@@ -20,7 +20,10 @@ impl Session {
             OwnStatement::Begin
         };
         self.push_own(&[(begin, &[]), (OwnStatement::Snapshot, &[])]);
-        self.txn = Some(Txn::opening(explicit, absorb));
+        // Counted before the opening goes out (see `Txn`'s invariants).
+        let floor = *self.shared.applied.borrow();
+        self.shared.open_snapshot(floor);
+        self.txn = Some(Txn::opening(explicit, absorb, floor));
     }
 
     /// Reads the answers of the outstanding opening query (and of the
@@ -47,8 +50,8 @@ impl Session {
         Ok(Some(match (answer.error, version) {
             (None, Some(v)) => {
                 self.shared.open_snapshot(v);
-                if let Some(t) = &mut self.txn {
-                    t.opened_at(v);
+                if let Some(floor) = self.txn.as_mut().and_then(|t| t.opened_at(v)) {
+                    self.shared.close_snapshot(floor);
                 }
                 let mut c = self.signal.cancels.lock();
                 c.txn_open = true;

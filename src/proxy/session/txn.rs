@@ -14,6 +14,11 @@ use crate::proxy::wire::TransactionStatus;
 /// Invariants:
 /// - `snapshot` is set once the opening query's answer is read, and only
 ///   then (`Pending::Opening` ⇒ `snapshot == None`).
+/// - Until then `floor` (the applied version when the opening was
+///   queued, which the snapshot cannot be older than) stands in for it
+///   among the proxy's open snapshots, so the certifier's horizon never
+///   passes a snapshot whose answer is still on its way; `registered` is
+///   the one the proxy counts.
 /// - `Doomed` is final: an applier's early abort rolled the backend's
 ///   transaction back, so not even `ROLLBACK TO` revives it.
 /// - `Pending::ReadOut` only on a `Running` transaction: the read-out is
@@ -23,6 +28,7 @@ pub(super) struct Txn {
     /// Opened by BEGIN (else: an autocommit statement or extended batch).
     explicit: bool,
     snapshot: Option<Version>,
+    floor: Option<Version>,
     health: Health,
     pending: Pending,
 }
@@ -54,10 +60,11 @@ enum Pending {
 
 impl Txn {
     /// A transaction whose opening query is queued.
-    pub(super) fn opening(explicit: bool, absorb: Option<u64>) -> Self {
+    pub(super) fn opening(explicit: bool, absorb: Option<u64>, floor: Version) -> Self {
         Self {
             explicit,
             snapshot: None,
+            floor: Some(floor),
             health: Health::Running,
             pending: Pending::Opening { absorb },
         }
@@ -70,6 +77,7 @@ impl Txn {
         Self {
             explicit: true,
             snapshot: None,
+            floor: None,
             health: Health::Doomed,
             pending: Pending::Nothing,
         }
@@ -149,9 +157,18 @@ impl Txn {
     }
 
     /// The opening query answered with the snapshot's version.
-    pub(super) fn opened_at(&mut self, snapshot: Version) {
+    /// The opening answered `snapshot`; returns the floor it replaces
+    /// among the open snapshots.
+    pub(super) fn opened_at(&mut self, snapshot: Version) -> Option<Version> {
         debug_assert!(self.snapshot.is_none());
         self.snapshot = Some(snapshot);
+        self.floor.take()
+    }
+
+    /// The version counted for this transaction among the proxy's open
+    /// snapshots: its snapshot, or until that is known its floor.
+    pub(super) fn registered(&self) -> Option<Version> {
+        self.snapshot.or(self.floor)
     }
 
     /// The read-out went out behind the last statement; false (and
@@ -181,7 +198,7 @@ mod tests {
 
     #[test]
     fn a_failed_transaction_admits_only_its_end_and_rollback_to() {
-        let mut t = Txn::opening(true, None);
+        let mut t = Txn::opening(true, None, 0);
         assert!(t.admits(Some(&Kind::Other)));
         t.fail();
         assert!(!t.admits(Some(&Kind::Other)));
@@ -196,7 +213,7 @@ mod tests {
 
     #[test]
     fn doomed_is_final() {
-        let mut t = Txn::opening(true, None);
+        let mut t = Txn::opening(true, None, 0);
         t.doom();
         t.fail();
         t.rolled_back_to();
@@ -208,7 +225,7 @@ mod tests {
 
     #[test]
     fn answers_are_taken_once() {
-        let mut t = Txn::opening(false, Some(3));
+        let mut t = Txn::opening(false, Some(3), 0);
         assert!(!t.read_out_sent(), "no read-out before the opening is read");
         assert_eq!(t.take_opening(), Some(Some(3)));
         assert_eq!(t.take_opening(), None);
