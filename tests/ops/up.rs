@@ -341,3 +341,40 @@ async fn up_honours_the_proxy_and_certifier_sections_of_the_cluster_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("proxies"));
 }
+
+/// `up --durability database-grouped` (Tashkent-API): the replicas keep
+/// fsync on and commit asynchronously, and writes through both proxies
+/// replicate.
+#[tokio::test(flavor = "multi_thread")]
+async fn up_runs_the_database_grouped_mode() {
+    let dir = common::shared_tempdir();
+    let state = dir.path().join("state");
+    let up = Up::start_with(
+        &state,
+        &["--replicas", "2", "--durability", "database-grouped"],
+    );
+    let first = common::connect_str(&up.proxies[0]).await;
+    let second = common::connect_str(&up.proxies[1]).await;
+    first
+        .batch_execute("CREATE TABLE g (k int PRIMARY KEY); INSERT INTO g VALUES (1)")
+        .await
+        .unwrap();
+    eventually(&second, "SELECT count(*) FROM g", 1).await;
+    second
+        .batch_execute("INSERT INTO g VALUES (2)")
+        .await
+        .unwrap();
+    eventually(&first, "SELECT count(*) FROM g", 2).await;
+    for (name, want) in [("fsync", "on"), ("synchronous_commit", "off")] {
+        let v: String = first
+            .query_one(&format!("SELECT current_setting('{name}')"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(v, want, "{name}");
+    }
+    drop((first, second));
+    let pids = [replica_pid(&state, 1), replica_pid(&state, 2)];
+    up.interrupt();
+    common::assert_exited(&pids);
+}
