@@ -44,6 +44,23 @@ pub fn encode(registry: &Registry) -> String {
     out
 }
 
+/// Counts one in a gauge while it lives (an open connection, an open
+/// stream): incremented when made, decremented when dropped.
+pub struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Buckets for durations in seconds: 50 µs to about 3.3 s, doubling.
 pub fn seconds_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 17)

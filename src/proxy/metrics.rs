@@ -193,9 +193,8 @@ impl ProxyMetrics {
     }
 
     /// Counts a client connection while the guard lives.
-    pub fn connection(&self) -> ConnectionGuard {
-        self.connections.inc();
-        ConnectionGuard(self.connections.clone())
+    pub fn connection(&self) -> tashkent_metrics::GaugeGuard {
+        tashkent_metrics::GaugeGuard::new(&self.connections)
     }
 
     /// The certifier's stream brought `v`; `applied` is applied.
@@ -249,14 +248,5 @@ impl ProxyMetrics {
                 .set(i64::from(s == state));
         }
         tashkent_metrics::encode(&self.registry)
-    }
-}
-
-/// Counts an open client connection while it lives.
-pub struct ConnectionGuard(Gauge);
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }

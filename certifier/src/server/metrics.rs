@@ -152,19 +152,3 @@ impl CertifierMetrics {
         tashkent_metrics::encode(&self.registry)
     }
 }
-
-/// Counts an open Subscribe stream while it lives.
-pub(crate) struct SubscriberGuard(pub(crate) Gauge);
-
-impl SubscriberGuard {
-    pub(crate) fn new(g: &Gauge) -> SubscriberGuard {
-        g.inc();
-        SubscriberGuard(g.clone())
-    }
-}
-
-impl Drop for SubscriberGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}

@@ -81,7 +81,7 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Version, elide: Elide) -> FrameStr
         bytes: Arc::new(Semaphore::new(CHANNEL_BYTES)),
     };
     tokio::spawn(async move {
-        let _counted = super::metrics::SubscriberGuard::new(&inner.metrics.subscribers);
+        let _counted = tashkent_metrics::GaugeGuard::new(&inner.metrics.subscribers);
         let r = tokio::select! {
             r = run(&inner, from, &elide, &out) => r,
             // The client went away.
