@@ -4,7 +4,8 @@
 //! A crash of a replica's PostgreSQL — kill -9, and a host crash simulated
 //! by losing every WAL byte after the flushed LSN — loses nothing that was
 //! acknowledged: what a replica's own clients were told is in its own WAL,
-//! and the cluster converges.
+//! and the cluster converges. Base (`durability = "database"`) is held to
+//! the same two tests.
 
 use crate::common;
 use crate::recovery::{commits_on_then_check, setup, targets_of, Load};
@@ -82,7 +83,18 @@ async fn grouped_replicas_fsync_and_commit_asynchronously() {
 /// one is, and the replicas converge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grouped_kill_9_of_a_replica_loses_nothing_acknowledged() {
-    let mut cluster = grouped_cluster(3).await;
+    kill_9_of_replicas_loses_nothing_acknowledged(DurabilityMode::DatabaseGrouped).await;
+}
+
+/// The same kill -9 in Base (`durability = "database"`): each ordered
+/// commit waited for its own fsync before it was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn base_kill_9_of_a_replica_loses_nothing_acknowledged() {
+    kill_9_of_replicas_loses_nothing_acknowledged(DurabilityMode::Database).await;
+}
+
+async fn kill_9_of_replicas_loses_nothing_acknowledged(mode: DurabilityMode) {
+    let mut cluster = cluster_in(3, mode).await;
     setup(&cluster).await;
     let targets = targets_of(&cluster);
     let load = Load::start(&targets, &[0, 0, 1, 1, 2, 2]);
