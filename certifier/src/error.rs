@@ -19,10 +19,21 @@ pub enum CertifierError {
     )]
     WritesetTooLarge { max: u64 },
 
-    /// The WAL failed earlier; this certifier acknowledges nothing any more
-    /// and must be restarted (recovery rebuilds everything from the log).
-    #[error("certifier unavailable, WAL failed: {0}")]
-    Poisoned(String),
+    /// The certifier's log failed (disk full, a write or an fsync error):
+    /// this certifier acknowledges nothing any more and must be restarted
+    /// (recovery rebuilds everything from the log). `outcome_unknown`:
+    /// this request's record was submitted when the log failed, so whether
+    /// it is durable shows only after the restart; otherwise the request
+    /// was refused before anything of it was written (it is not committed).
+    /// Sent as UNAVAILABLE with the `tashkent-log-failure` metadata (and
+    /// `tashkent-outcome: unknown`), which the client turns back into this
+    /// variant.
+    #[error("the certifier's log failed{}: {cause}", failure.describe())]
+    LogFailed {
+        failure: LogFailure,
+        cause: String,
+        outcome_unknown: bool,
+    },
 
     /// The WAL returned an error.
     #[error("WAL error: {0}")]
@@ -81,7 +92,7 @@ pub enum CertifierError {
     /// connection failed under the call: then its cause follows, e.g. a
     /// connection a TLS-only certifier closed on a plaintext client).
     #[error("certifier returned {}", status_text(.0))]
-    Rpc(#[from] tonic::Status),
+    Rpc(tonic::Status),
 
     /// Client side: the server's answer violates the protocol.
     #[error("protocol error: {0}")]
@@ -134,6 +145,85 @@ fn over_tls(tls: bool) -> &'static str {
 
 /// gRPC metadata key of a Purged answer: the oldest version still in the log.
 pub const FIRST_VERSION_METADATA: &str = "tashkent-first-version";
+/// gRPC metadata key of a [`CertifierError::LogFailed`] answer: its
+/// [`LogFailure`].
+pub const LOG_FAILURE_METADATA: &str = "tashkent-log-failure";
+/// gRPC metadata key saying a request's outcome is unknown (`unknown`).
+pub const OUTCOME_METADATA: &str = "tashkent-outcome";
+
+/// How the certifier's log failed, so that clients can name the cause
+/// (PostgreSQL clients get `53100` for a full disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFailure {
+    /// ENOSPC: free space on the log's disk, then restart the certifier.
+    DiskFull,
+    /// Any other write, fsync or consistency failure.
+    Io,
+}
+
+impl LogFailure {
+    /// How `e`, the error that poisoned the log, failed.
+    pub fn of(e: &WalError) -> LogFailure {
+        match e {
+            WalError::DiskFull { .. } => LogFailure::DiskFull,
+            WalError::Poisoned { cause } => LogFailure::of(cause),
+            _ => LogFailure::Io,
+        }
+    }
+
+    /// The wire name (metadata value).
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFailure::DiskFull => "disk-full",
+            LogFailure::Io => "io",
+        }
+    }
+
+    fn from_name(name: &str) -> LogFailure {
+        match name {
+            "disk-full" => LogFailure::DiskFull,
+            _ => LogFailure::Io,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            LogFailure::DiskFull => " (its disk is full)",
+            LogFailure::Io => "",
+        }
+    }
+}
+
+impl From<tonic::Status> for CertifierError {
+    /// A status the server sent: a log failure comes back as
+    /// [`CertifierError::LogFailed`], everything else as
+    /// [`CertifierError::Rpc`].
+    fn from(status: tonic::Status) -> CertifierError {
+        let failure = status
+            .metadata()
+            .get(LOG_FAILURE_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(LogFailure::from_name);
+        let Some(failure) = failure else {
+            return CertifierError::Rpc(status);
+        };
+        let outcome_unknown = status
+            .metadata()
+            .get(OUTCOME_METADATA)
+            .is_some_and(|v| v.as_bytes() == b"unknown");
+        // The message is this error's Display; keep the cause after it.
+        let message = status.message();
+        let cause = message
+            .split_once(": ")
+            .map_or(message, |(_, cause)| cause)
+            .to_owned();
+        CertifierError::LogFailed {
+            failure,
+            cause,
+            outcome_unknown,
+        }
+    }
+}
 
 impl CertifierError {
     /// A Subscribe answer that says the log no longer holds the versions
@@ -165,7 +255,25 @@ impl From<CertifierError> for tonic::Status {
         match e {
             CertifierError::InvalidArgument(_) => Status::invalid_argument(msg),
             CertifierError::WritesetTooLarge { .. } => Status::resource_exhausted(msg),
-            CertifierError::Poisoned(_) => Status::unavailable(msg),
+            CertifierError::LogFailed {
+                failure,
+                outcome_unknown,
+                ..
+            } => {
+                let mut s = Status::unavailable(msg);
+                let md = s.metadata_mut();
+                md.insert(
+                    LOG_FAILURE_METADATA,
+                    tonic::metadata::MetadataValue::from_static(failure.name()),
+                );
+                if outcome_unknown {
+                    md.insert(
+                        OUTCOME_METADATA,
+                        tonic::metadata::MetadataValue::from_static("unknown"),
+                    );
+                }
+                s
+            }
             CertifierError::Wal(ref w) if w.is_poisoned() => Status::unavailable(msg),
             CertifierError::OutcomeUnknown(_) => Status::failed_precondition(msg),
             CertifierError::Purged { first, .. } => {

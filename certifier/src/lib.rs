@@ -42,7 +42,7 @@ pub type Version = u64;
 pub use certifier::{Certifier, Decision, Limits};
 pub use client::{CertifierClient, ChunkSender, ClientOptions, CommittedWriteset, FrameStream};
 pub use config::{CertifierArgs, CertifierConfig, WalBackend};
-pub use error::CertifierError;
+pub use error::{CertifierError, LogFailure};
 pub use outcome::Outcome;
 pub use proto::{AbortCode, Ddl, Item, Op, ParentRef, Writeset};
 pub use rule::{Abort, ConflictSet};

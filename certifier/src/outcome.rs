@@ -1,9 +1,10 @@
 //! The outcome of a certification, and its conversions to and from the
 //! wire (the Certify answer and a CertifyPipeline answer), in one place.
 
+use tonic::metadata::MetadataValue;
 use tonic::Status;
 
-use crate::error::CertifierError;
+use crate::error::{CertifierError, LOG_FAILURE_METADATA, OUTCOME_METADATA};
 use crate::proto::{self, certify_response, pipeline_answer, AbortCode, CertifyResponse};
 use crate::Version;
 
@@ -86,9 +87,17 @@ pub(crate) fn to_answer(r: Result<Outcome, CertifierError>) -> pipeline_answer::
         }),
         Err(e) => {
             let s = Status::from(e);
+            let md = s.metadata();
+            let log_failure = md
+                .get(LOG_FAILURE_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
             O::Error(proto::RequestError {
                 code: s.code() as i32,
                 message: s.message().to_owned(),
+                log_failure,
+                outcome_unknown: md.get(OUTCOME_METADATA).is_some(),
             })
         }
     }
@@ -100,10 +109,19 @@ pub(crate) fn from_answer(o: Option<pipeline_answer::Outcome>) -> Result<Outcome
     match o {
         Some(O::Committed(c)) => Ok(Outcome::Committed { version: c.version }),
         Some(O::Aborted(a)) => Ok(Outcome::aborted(a)),
-        Some(O::Error(e)) => Err(CertifierError::Rpc(Status::new(
-            tonic::Code::from_i32(e.code),
-            e.message,
-        ))),
+        Some(O::Error(e)) => {
+            let mut s = Status::new(tonic::Code::from_i32(e.code), e.message);
+            if let Ok(v) = MetadataValue::try_from(e.log_failure.as_str()) {
+                if !e.log_failure.is_empty() {
+                    s.metadata_mut().insert(LOG_FAILURE_METADATA, v);
+                }
+            }
+            if e.outcome_unknown {
+                s.metadata_mut()
+                    .insert(OUTCOME_METADATA, MetadataValue::from_static("unknown"));
+            }
+            Err(CertifierError::from(s))
+        }
         None => Err(CertifierError::Protocol(
             "pipeline answer without outcome".into(),
         )),

@@ -66,7 +66,7 @@ pub struct CertifierStatus {
     pub tls: bool,
     /// "up", "poisoned" (its log failed: nothing commits) or "down".
     pub state: String,
-    /// Why it is down, when it is.
+    /// Why it is down or poisoned, when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub latest_version: u64,
@@ -142,6 +142,9 @@ async fn certifier_status(target: &CertifierTarget, timeout: Duration) -> Certif
         Ok(Err(e)) => s.error = Some(e),
         Ok(Ok(r)) => {
             s.state = if r.poisoned { "poisoned" } else { "up" }.into();
+            if r.poisoned {
+                s.error = Some(r.poison_cause.clone());
+            }
             s.latest_version = r.latest_version;
             s.durable_version = r.durable_version;
             s.first_version = r.first_version;

@@ -3,7 +3,7 @@
 //! as they are.)
 
 use crate::proxy::wire::{ErrorResponse, Message};
-use tashkent_certifier::Version;
+use tashkent_certifier::{CertifierError, LogFailure, Version};
 
 /// `0A000`: a statement the proxy refuses (see `sql::Kind::Refused`).
 pub fn feature_not_supported(message: impl Into<String>, hint: impl Into<String>) -> ErrorResponse {
@@ -53,6 +53,53 @@ pub fn unknown_outcome(why: &str) -> ErrorResponse {
     )
     .with_detail(why.to_string())
     .with_hint("Check whether the transaction's effects are present before retrying it.")
+}
+
+/// The certifier's log failed before this transaction's record was
+/// written: it is committed nowhere. `53100` when its disk is full,
+/// `58030` for any other failure of the log.
+pub fn certifier_log_failed(failure: LogFailure, cause: &str) -> ErrorResponse {
+    let (code, what) = match failure {
+        LogFailure::DiskFull => ("53100", "the certifier's log is out of disk space"),
+        LogFailure::Io => ("58030", "the certifier's log failed"),
+    };
+    ErrorResponse::error(
+        code,
+        format!("could not commit: {what}; the transaction was not committed"),
+    )
+    .with_detail(cause.to_string())
+    .with_hint(
+        "The certifier commits nothing until it is restarted (`tashkent status` shows it \
+         poisoned); free space on its log's disk, restart it, then retry the transaction.",
+    )
+}
+
+/// `08007`: the certifier's log failed while this transaction's record was
+/// being written: whether it is durable shows once the certifier restarts.
+pub fn unknown_outcome_log_failed(cause: &str) -> ErrorResponse {
+    ErrorResponse::error(
+        "08007",
+        "the outcome of the COMMIT is unknown: the certifier's log failed while the transaction was being written",
+    )
+    .with_detail(cause.to_string())
+    .with_hint(
+        "The certifier commits nothing until it is restarted; once it has recovered its log, \
+         check whether the transaction's effects are present before retrying it.",
+    )
+}
+
+/// The client's error for a certification that failed with `e` after the
+/// writeset was sent (not a conflict, not a refusal before sending).
+pub fn certification_failed(e: &CertifierError) -> ErrorResponse {
+    match e {
+        CertifierError::LogFailed {
+            failure,
+            cause,
+            outcome_unknown: false,
+        } => certifier_log_failed(*failure, cause),
+        CertifierError::LogFailed { .. } => unknown_outcome_log_failed(&e.to_string()),
+        e => unknown_outcome(&e.to_string()),
+    }
 }
 
 /// `08007`: certified as version `v` and committed on the replica, which

@@ -8,6 +8,7 @@
 //! - `roles`: `tashkent admin` roles and SCRAM logins through a proxy;
 //! - `certifier_cli`: `tashkent certifier`;
 //! - `certifier_tls`: TLS between the proxies and the certifier;
+//! - `disk_full`: the certifier's log disk fills up (53100, status);
 //! - `recovery`: kill -9 of every part, checkpoints and rebuilds (I6);
 //! - `grouped`: Tashkent-API (`database-grouped`): kill -9 and a simulated
 //!   host crash of a replica lose nothing acknowledged;
@@ -19,6 +20,7 @@ mod common;
 mod bench;
 mod certifier_cli;
 mod certifier_tls;
+mod disk_full;
 mod grouped;
 mod harness;
 mod observe;

@@ -31,7 +31,7 @@ use super::spool::Spool;
 use super::tail::Tail;
 use crate::certifier::{Certifier, Decision};
 use crate::dedupe::Prior;
-use crate::error::CertifierError;
+use crate::error::{CertifierError, LogFailure};
 use crate::outcome::Outcome;
 use crate::proto::{self, Writeset};
 use crate::rule::{ConflictSet, Names, PartNames};
@@ -62,7 +62,8 @@ pub(crate) struct Inner {
     stopping: AtomicBool,
     /// Flips to true on `stop()`: long-lived streams end.
     pub(crate) stop_signal: watch::Sender<bool>,
-    poison: OnceLock<String>,
+    /// The first WAL failure: how, and its message.
+    poison: OnceLock<(LogFailure, String)>,
     pub(crate) limits: ServiceLimits,
     max_record_bytes: u64,
     /// Highest checkpoint version reported (0: none yet).
@@ -79,21 +80,32 @@ impl Inner {
         self.stopping.load(Ordering::Acquire)
     }
 
+    /// Refuses a request before anything of it is written, once the WAL
+    /// failed.
     pub(crate) fn poisoned(&self) -> Result<(), CertifierError> {
         match self.poison.get() {
-            Some(cause) => Err(CertifierError::Poisoned(cause.clone())),
+            Some((failure, cause)) => Err(CertifierError::LogFailed {
+                failure: *failure,
+                cause: cause.clone(),
+                outcome_unknown: false,
+            }),
             None => Ok(()),
         }
     }
 
     /// Records a WAL failure (the first one wins) and returns the error to
-    /// answer with.
+    /// answer a request with whose record was submitted: its outcome is
+    /// unknown until the certifier restarts and recovers its log.
     fn fail(&self, e: WalError) -> CertifierError {
-        let cause = self.poison.get_or_init(|| {
+        let (failure, cause) = self.poison.get_or_init(|| {
             tracing::error!(error = %e, "WAL failed; certifier stops acknowledging");
-            e.to_string()
+            (LogFailure::of(&e), e.to_string())
         });
-        CertifierError::Poisoned(cause.clone())
+        CertifierError::LogFailed {
+            failure: *failure,
+            cause: cause.clone(),
+            outcome_unknown: true,
+        }
     }
 }
 
@@ -318,10 +330,19 @@ impl CertifierService {
         Ok((cs, names, spool))
     }
 
-    /// A spool failure loses durability like a WAL failure: poison.
+    /// A spool failure loses durability like a WAL failure: poison. The
+    /// transaction's own record was not submitted yet: it is not committed.
     fn spool_failed(&self, e: CertifierError) -> CertifierError {
         match e {
-            CertifierError::Wal(w) => self.inner.fail(w),
+            CertifierError::Wal(w) => {
+                self.inner.fail(w);
+                self.inner
+                    .poisoned()
+                    .err()
+                    .unwrap_or(CertifierError::Protocol(
+                        "a failed spool left the log unpoisoned".into(),
+                    ))
+            }
             e => e,
         }
     }
@@ -571,6 +592,10 @@ impl CertifierService {
                 .collect(),
             first_version: inner.wal.first_lsn(),
             poisoned: inner.poison.get().is_some(),
+            poison_cause: inner
+                .poisoned()
+                .err()
+                .map_or_else(String::new, |e| e.to_string()),
             checkpoint_version: inner.checkpoint.load(Ordering::Acquire),
         }
     }

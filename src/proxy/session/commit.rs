@@ -286,7 +286,7 @@ impl Session {
                     Err(e) => {
                         if released {
                             self.close_txn();
-                            return Ok(Err(errors::unknown_outcome(&e.to_string())));
+                            return Ok(Err(errors::certification_failed(&e)));
                         }
                         if self.shared.withdraw(&txn_id) {
                             self.rollback().await?;
@@ -296,7 +296,7 @@ impl Session {
                                         max: self.shared.cfg.max_writeset_bytes,
                                     })
                                 }
-                                e => errors::unknown_outcome(&e.to_string()),
+                                e => errors::certification_failed(&e),
                             }));
                         }
                         // Already handed to us by the applier: committed.
