@@ -5,7 +5,8 @@
 # its server headers (the writeset-capture trigger library is compiled
 # against them, see build.rs), and the other clients of the TLS tests:
 # psycopg2 for Debian's python3, and pgjdbc with a JDK to compile and run
-# its Java program. Idempotent, and silent when everything is already
+# its Java program; and sysbench (`tashkent bench contention` and its
+# test). Idempotent, and silent when everything is already
 # present.
 set -euo pipefail
 
@@ -48,6 +49,7 @@ if ! command -v javac >/dev/null 2>&1 || ! command -v java >/dev/null 2>&1; then
     missing+=(openjdk-17-jdk-headless)
 fi
 [ -f /usr/share/java/postgresql.jar ] || missing+=(libpostgresql-jdbc-java)
+command -v sysbench >/dev/null 2>&1 || missing+=(sysbench)
 if have_server && ! have_headers; then
     missing+=("postgresql-server-dev-$(server_major)")
 fi

@@ -248,6 +248,55 @@ fn bench_drives_the_load_with_pgbench() {
     assert!(!stdout.contains("PROBLEMS"), "{stdout}");
 }
 
+/// `tashkent bench contention`: sysbench through three proxies at once
+/// (skewed and uniform keys), then `verify`; every proxy commits, and the
+/// table and JSON carry every side and a verdict per goal.
+#[test]
+fn bench_contention_runs_sysbench_through_three_proxies_and_verifies() {
+    let dir = common::shared_tempdir();
+    let results = dir.path().join("results");
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "contention",
+            "--scenarios",
+            "sysbench",
+            "--fairness",
+            "on",
+        ])
+        .args(["--duration", "2", "--table-size", "500"])
+        .arg("--results-dir")
+        .arg(&results)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("running tashkent bench contention");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = std::fs::read_to_string(results.join("contention.json")).expect("contention.json");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    let keys: Vec<&str> = runs.iter().map(|r| r["keys"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["special", "uniform"], "{json}");
+    for r in runs {
+        let sides = r["sides"].as_array().unwrap();
+        assert_eq!(sides.len(), 3, "{json}");
+        for s in sides {
+            assert!(s["committed"].as_u64().unwrap() > 0, "{json}");
+            assert!(s["latency_p95_ms"].as_f64().unwrap() > 0.0, "{json}");
+        }
+    }
+    assert_eq!(v["verdicts"].as_array().unwrap().len(), 1, "{json}");
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{json}");
+    assert!(stdout.contains("skewed p95"), "{stdout}");
+}
+
 #[test]
 fn bench_refuses_bad_flags() {
     let out = Command::new(BIN)

@@ -27,6 +27,7 @@
 //! every figure, one SVG plot per workload of throughput against replica
 //! count) go to stdout and to a results directory.
 
+mod contention;
 mod pgbench;
 mod recovery;
 mod soak;
@@ -211,6 +212,10 @@ pub enum Experiment {
     /// sampled while AllUpdates runs through the proxies; fails if one
     /// grows after the warm-up.
     Soak(soak::SoakArgs),
+    /// Fairness on hot rows: pgbench TPC-B through two proxies at once and
+    /// sysbench (skewed and uniform keys) through three, with the proxies'
+    /// fairness on and off; then `verify`.
+    Contention(contention::ContentionArgs),
 }
 
 fn parse_secs(s: &str) -> std::result::Result<Duration, String> {
@@ -800,7 +805,7 @@ async fn fingerprint(workload: Workload, conninfo: &str) -> Result<String> {
 /// latest version (everything committed so far). Fails if the replicas
 /// make no progress for [`STALL_TIMEOUT`], with the certifier's view of
 /// them for the bug report.
-async fn wait_applied(cluster: &LocalCluster) -> Result<()> {
+pub(crate) async fn wait_applied(cluster: &LocalCluster) -> Result<()> {
     let certifier = cluster.certifier_client().await?;
     let latest = certifier
         .status()
@@ -853,6 +858,26 @@ async fn wait_applied(cluster: &LocalCluster) -> Result<()> {
     }
 }
 
+/// `tashkent verify` over every replica of `cluster`: `None` when they are
+/// identical (or there is one), else the verdict.
+pub(crate) async fn verify_replicas(cluster: &LocalCluster) -> Result<Option<String>> {
+    use tashkent::ops::verify::{verify, Options, Target};
+    if cluster.replicas.len() < 2 {
+        return Ok(None);
+    }
+    let targets: Vec<Target> = cluster
+        .replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Target {
+            name: format!("replica {}", i + 1),
+            conninfo: r.conninfo(DATABASE),
+        })
+        .collect();
+    let report = verify(&targets, &Options::default()).await?;
+    Ok((!report.identical()).then(|| report.verdict()))
+}
+
 /// A fresh temporary directory the PostgreSQL account can traverse.
 pub(crate) fn work_dir(parent: Option<&Path>) -> Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt;
@@ -890,6 +915,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
     match args.experiment {
         Some(Experiment::Recovery(args)) => return recovery::main(args),
         Some(Experiment::Soak(args)) => return soak::main(args),
+        Some(Experiment::Contention(args)) => return contention::main(args),
         None => {}
     }
     let plan = args.plan()?;

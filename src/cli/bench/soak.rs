@@ -256,22 +256,8 @@ async fn soak(args: &SoakArgs) -> Result<SoakReport> {
         }
         applied_rows.push(n);
     }
-    if cluster.replicas.len() > 1 {
-        let targets: Vec<tashkent::ops::verify::Target> = cluster
-            .replicas
-            .iter()
-            .enumerate()
-            .map(|(i, r)| tashkent::ops::verify::Target {
-                name: format!("replica {}", i + 1),
-                conninfo: r.conninfo("postgres"),
-            })
-            .collect();
-        let report =
-            tashkent::ops::verify::verify(&targets, &tashkent::ops::verify::Options::default())
-                .await?;
-        if !report.identical() {
-            problems.push(report.verdict());
-        }
+    if let Some(p) = super::verify_replicas(&cluster).await? {
+        problems.push(p);
     }
     Ok(SoakReport {
         processes: processes.into_iter().map(|(name, _)| name).collect(),
