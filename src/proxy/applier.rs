@@ -431,6 +431,9 @@ pub async fn run(shared: Arc<Shared>) {
     // This process's own transactions come without their changes (their
     // sessions hold them), from this version on.
     let mut elide_from: Version = 0;
+    // Streams that ended in an error in a row without applying anything:
+    // the pause before the next grows, and the log says it at powers of two.
+    let mut stream_errors: u32 = 0;
     loop {
         let from = *shared.applied.borrow() + 1;
         let sub = match &subscriber {
@@ -492,7 +495,20 @@ pub async fn run(shared: Arc<Shared>) {
                 continue;
             }
             Stop::Stream(e) if e.is_purged() => needs_recovery(&shared, &e),
-            Stop::Stream(e) => tracing::warn!("certifier stream: {e}"),
+            Stop::Stream(e) => {
+                if *shared.applied.borrow() >= from {
+                    stream_errors = 0;
+                }
+                stream_errors += 1;
+                if stream_errors.is_power_of_two() {
+                    tracing::warn!("certifier stream ({stream_errors} time(s) in a row): {e}");
+                } else {
+                    tracing::debug!("certifier stream: {e}");
+                }
+                let pause = Duration::from_millis(50u64 << (stream_errors - 1).min(5));
+                tokio::time::sleep(pause).await;
+                continue;
+            }
             Stop::Rewound(db) => {
                 tracing::warn!(
                     "the replica restarted at version {db}, below {}: replaying from version {}",
