@@ -30,6 +30,7 @@
 mod pgbench;
 mod recovery;
 mod soak;
+mod tpcc;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use tashkent_tpcb::tpcc::TpccScale;
 use tashkent_tpcb::{Report, ResultRow, RunConfig, RunStats, Workload, ROWS_PER_SCALE};
 
 use tashkent::ops::cluster::{ClusterConfig, DurabilityMode, LocalCluster, Placement};
@@ -145,9 +147,20 @@ pub struct BenchArgs {
     /// Another experiment instead of the side-by-side comparison.
     #[command(subcommand)]
     pub experiment: Option<Experiment>,
-    /// Workloads to run, comma-separated: allupdates, tpcb.
+    /// Workloads to run, comma-separated: allupdates, tpcb, tpcc.
     #[arg(long, value_delimiter = ',', default_value = "allupdates,tpcb")]
     pub workloads: Vec<Workload>,
+    /// TPC-C warehouses (10 districts, 30,000 customers and 100,000 stock
+    /// rows each).
+    #[arg(long, value_name = "W", default_value_t = 1)]
+    pub warehouses: i32,
+    /// TPC-C items (the specification's 100,000; fewer load faster).
+    #[arg(long, default_value_t = tashkent_tpcb::tpcc::ITEMS, hide = true)]
+    pub tpcc_items: i32,
+    /// TPC-C customers (and initial orders) per district (the
+    /// specification's 3,000).
+    #[arg(long, default_value_t = tashkent_tpcb::tpcc::CUSTOMERS, hide = true)]
+    pub tpcc_customers: i32,
     /// Systems to measure, comma-separated: postgres-fsync,
     /// postgres-nofsync, postgres-rr (standalone: fsync on, fsync off,
     /// fsync on with repeatable read), base (durability = database),
@@ -230,6 +243,8 @@ pub struct BenchPlan {
     pub replicas: Vec<u32>,
     pub scale: u32,
     pub rows_per_scale: u64,
+    /// TPC-C's size (warehouses, items, customers per district).
+    pub tpcc: TpccScale,
     pub clients: usize,
     pub client: Client,
     #[serde(rename = "duration_s", serialize_with = "secs")]
@@ -276,12 +291,24 @@ impl BenchArgs {
         if self.scale == 0 || self.rows_per_scale == 0 {
             bail!("scale and rows per scale must be at least 1");
         }
+        let tpcc = TpccScale {
+            warehouses: self.warehouses,
+            items: self.tpcc_items,
+            customers: self.tpcc_customers,
+        };
+        if workloads.contains(&Workload::Tpcc) {
+            tpcc.validate()?;
+            if self.client == Client::Pgbench {
+                bail!("--client pgbench runs allupdates and tpcb only; TPC-C needs the builtin client");
+            }
+        }
         Ok(BenchPlan {
             workloads,
             systems,
             replicas,
             scale: self.scale,
             rows_per_scale: self.rows_per_scale,
+            tpcc,
             clients: self.clients,
             client: self.client,
             duration: self.duration,
@@ -649,6 +676,12 @@ async fn run_workload(
     report: &mut Report,
     problems: &mut Vec<String>,
 ) -> Result<()> {
+    if workload == Workload::Tpcc {
+        return tpcc::run_workload(
+            plan, system, replicas, running, target, name, spinner, report, problems,
+        )
+        .await;
+    }
     spinner.set_message(format!("{name}: loading (scale {})", plan.scale));
     tashkent_tpcb::load_rows(
         &target.clients[0],
@@ -715,6 +748,7 @@ async fn run_workload(
         system: system.name().to_owned(),
         replicas,
         stats,
+        tpcc: None,
     });
 
     spinner.set_message(format!("{name}: checking the replicas"));
@@ -784,6 +818,8 @@ async fn fingerprint(workload: Workload, conninfo: &str) -> Result<String> {
              (SELECT coalesce(sum(hashtext(tid || ':' || tbalance)), 0) FROM pgbench_tellers)::bigint, \
              (SELECT coalesce(sum(hashtext(bid || ':' || bbalance)), 0) FROM pgbench_branches)::bigint"
         }
+        // Compared by `tashkent verify` instead (bench/tpcc.rs).
+        Workload::Tpcc => bail!("TPC-C's replicas are compared by verify"),
     };
     let client = connect(conninfo).await?;
     let row = client
