@@ -643,11 +643,16 @@ async fn run_setup(
     for &workload in &plan.workloads {
         *done += 1;
         let name = format!("[{done}/{total}] {} {label}", workload.title());
-        if let Err(e) = run_workload(
-            plan, workload, system, replicas, &running, &target, &name, &spinner, report, problems,
-        )
-        .await
-        {
+        let step = Step {
+            plan,
+            system,
+            replicas,
+            running: &running,
+            target: &target,
+            name: &name,
+            spinner: &spinner,
+        };
+        if let Err(e) = run_workload(&step, workload, report, problems).await {
             let msg = format!("{name}: {e:#}");
             eprintln!("!! {msg}");
             problems.push(msg);
@@ -662,26 +667,58 @@ async fn run_setup(
     result
 }
 
-/// Loads one workload, waits for the replicas, runs and checks it.
-#[allow(clippy::too_many_arguments)]
-async fn run_workload(
-    plan: &BenchPlan,
-    workload: Workload,
+/// One workload on one started system: where it runs and what it reports to.
+struct Step<'a> {
+    plan: &'a BenchPlan,
     system: System,
     replicas: u32,
-    running: &Running,
-    target: &Target,
-    name: &str,
-    spinner: &ProgressBar,
+    running: &'a Running,
+    target: &'a Target,
+    /// "[i/n] workload system ×replicas", the prefix of its messages.
+    name: &'a str,
+    spinner: &'a ProgressBar,
+}
+
+impl Step<'_> {
+    /// Swaps the spinner for a progress bar of the measured run.
+    fn run_bar(&self) -> ProgressBar {
+        self.spinner.set_message(String::new());
+        self.spinner.disable_steady_tick();
+        let bar = tashkent_tpcb::progress_bar_for(self.name, self.plan.warmup, self.plan.duration);
+        if let Ok(style) =
+            ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed_precise} {msg}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    }
+
+    /// Clears `bar` and brings the spinner back.
+    fn end_bar(&self, bar: &ProgressBar) {
+        bar.finish_and_clear();
+        self.spinner.enable_steady_tick(Duration::from_millis(120));
+    }
+}
+
+/// Loads one workload, waits for the replicas, runs and checks it.
+async fn run_workload(
+    step: &Step<'_>,
+    workload: Workload,
     report: &mut Report,
     problems: &mut Vec<String>,
 ) -> Result<()> {
     if workload == Workload::Tpcc {
-        return tpcc::run_workload(
-            plan, system, replicas, running, target, name, spinner, report, problems,
-        )
-        .await;
+        return tpcc::run_workload(step, report, problems).await;
     }
+    let Step {
+        plan,
+        system,
+        replicas,
+        running,
+        target,
+        name,
+        spinner,
+    } = *step;
     spinner.set_message(format!("{name}: loading (scale {})", plan.scale));
     tashkent_tpcb::load_rows(
         &target.clients[0],
@@ -705,13 +742,7 @@ async fn run_workload(
         warmup: plan.warmup,
         seed: plan.seed,
     };
-    spinner.set_message(String::new());
-    spinner.disable_steady_tick();
-    let bar = tashkent_tpcb::progress_bar(&cfg);
-    bar.set_prefix(name.to_owned());
-    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed_precise} {msg}") {
-        bar.set_style(style.progress_chars("=> "));
-    }
+    let bar = step.run_bar();
     let stats = match plan.client {
         Client::Builtin => {
             let callback = tashkent_tpcb::bar_callback(&bar);
@@ -739,8 +770,7 @@ async fn run_workload(
             stats
         }
     };
-    bar.finish_and_clear();
-    spinner.enable_steady_tick(Duration::from_millis(120));
+    step.end_bar(&bar);
     let stats = stats.context("running")?;
     eprintln!("{name}: {}", one_line(&stats));
     report.results.push(ResultRow {

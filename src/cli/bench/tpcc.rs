@@ -6,51 +6,49 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use tashkent_tpcb::tpcc::{self, TpccRunConfig};
 use tashkent_tpcb::{Report, ResultRow, Workload};
 
 use tashkent::ops::pg::connect;
 use tashkent::ops::verify;
 
-use super::{one_line, BenchPlan, Running, System, Target};
+use super::{one_line, Step};
 
 /// Connections the loader fills tables over.
 const LOAD_PARALLEL: usize = 4;
 
 /// Loads, runs and checks TPC-C on one running system.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn run_workload(
-    plan: &BenchPlan,
-    system: System,
-    replicas: u32,
-    running: &Running,
-    target: &Target,
-    name: &str,
-    spinner: &ProgressBar,
+    step: &Step<'_>,
     report: &mut Report,
     problems: &mut Vec<String>,
 ) -> Result<()> {
+    let (plan, name, spinner) = (step.plan, step.name, step.spinner);
     spinner.set_message(format!(
         "{name}: loading {} warehouse(s) over {LOAD_PARALLEL} connections",
         plan.tpcc.warehouses
     ));
     let started = Instant::now();
-    tpcc::load(&target.clients[0], &plan.tpcc, LOAD_PARALLEL, plan.seed)
-        .await
-        .context("loading")?;
+    tpcc::load(
+        &step.target.clients[0],
+        &plan.tpcc,
+        LOAD_PARALLEL,
+        plan.seed,
+    )
+    .await
+    .context("loading")?;
     let load_s = started.elapsed().as_secs_f64();
     spinner.set_message(format!(
         "{name}: waiting until every replica applied the load"
     ));
-    running.converge().await?;
+    step.running.converge().await?;
     eprintln!(
         "{name}: loaded in {load_s:.1} s (applied everywhere after {:.1} s)",
         started.elapsed().as_secs_f64()
     );
     // The loader's ANALYZE ran where it was served only: every replica
     // gets its own statistics, so all plan alike.
-    for (i, r) in target.replicas.iter().enumerate() {
+    for (i, r) in step.target.replicas.iter().enumerate() {
         connect(r)
             .await?
             .batch_execute("ANALYZE")
@@ -59,23 +57,17 @@ pub(super) async fn run_workload(
     }
 
     let cfg = TpccRunConfig {
-        targets: target.clients.clone(),
+        targets: step.target.clients.clone(),
         scale: plan.tpcc,
         clients: plan.clients,
         duration: plan.duration,
         warmup: plan.warmup,
         seed: plan.seed,
     };
-    spinner.set_message(String::new());
-    spinner.disable_steady_tick();
-    let bar = tashkent_tpcb::progress_bar_for(name, plan.warmup, plan.duration);
-    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed_precise} {msg}") {
-        bar.set_style(style.progress_chars("=> "));
-    }
+    let bar = step.run_bar();
     let callback = tashkent_tpcb::bar_callback(&bar);
     let result = tpcc::run(&cfg, Some(&callback)).await;
-    bar.finish_and_clear();
-    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    step.end_bar(&bar);
     let (stats, mut figures) = result.context("running")?;
     figures.load_s = load_s;
     eprintln!(
@@ -86,15 +78,15 @@ pub(super) async fn run_workload(
     );
     report.results.push(ResultRow {
         workload: Workload::Tpcc,
-        system: system.name().to_owned(),
-        replicas,
+        system: step.system.name().to_owned(),
+        replicas: step.replicas,
         stats,
         tpcc: Some(figures),
     });
 
     spinner.set_message(format!("{name}: checking the replicas"));
-    running.converge().await?;
-    for p in check(&target.replicas).await? {
+    step.running.converge().await?;
+    for p in check(&step.target.replicas).await? {
         let msg = format!("{name}: {p}");
         eprintln!("!! BUG: {msg}");
         problems.push(msg);
