@@ -11,7 +11,9 @@
 //! - `recovery`: kill -9 of every part, checkpoints and rebuilds (I6);
 //! - `grouped`: Tashkent-API (`database-grouped`): kill -9 and a simulated
 //!   host crash of a replica lose nothing acknowledged;
-//! - `bench`: `tashkent bench` writes every figure it promises.
+//! - `bench`: `tashkent bench` writes every figure it promises;
+//! - `tpcc`: TPC-C through two proxies keeps its consistency conditions
+//!   and converges; `tashkent bench --workloads tpcc`.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -24,4 +26,5 @@ mod harness;
 mod observe;
 mod recovery;
 mod roles;
+mod tpcc;
 mod up;

@@ -1,4 +1,4 @@
-//! tashkent-tpcb: AllUpdates and TPC-B drivers and their reports.
+//! tashkent-tpcb: AllUpdates, TPC-B and TPC-C drivers and their reports.
 //!
 //! `tashkent bench` uses this crate to compare standalone PostgreSQL, Base
 //! replication and Tashkent-MW side by side (ARCHITECTURE.md, "Measuring"):
