@@ -89,8 +89,23 @@ fn chunks(n: i32) -> impl Iterator<Item = (i32, i32)> {
 /// fills them for `scale` over `parallel` connections, then adds the
 /// secondary indexes and foreign keys. `seed` fixes every generated value.
 pub async fn load(conninfo: &str, scale: &TpccScale, parallel: usize, seed: u64) -> Result<()> {
+    load_split(conninfo, conninfo, scale, parallel, seed).await
+}
+
+/// [`load`] with the schema (tables, then indexes and foreign keys) at
+/// `schema` and the rows streamed into `rows`: for a bulk load straight
+/// into one replica, the schema through a proxy (so every replica has
+/// it) and the rows into the replica, whose checkpoint then rebuilds the
+/// others.
+pub async fn load_split(
+    schema: &str,
+    rows: &str,
+    scale: &TpccScale,
+    parallel: usize,
+    seed: u64,
+) -> Result<()> {
     scale.validate()?;
-    let client = connect(conninfo, "loading TPC-C").await?;
+    let client = connect(schema, "loading TPC-C").await?;
     for sql in CREATE {
         exec(&client, sql).await?;
     }
@@ -105,7 +120,7 @@ pub async fn load(conninfo: &str, scale: &TpccScale, parallel: usize, seed: u64)
         let queue = Arc::clone(&queue);
         let now = now.clone();
         async move {
-            let client = connect(conninfo, &format!("TPC-C loader {i}")).await?;
+            let client = connect(rows, &format!("TPC-C loader {i}")).await?;
             loop {
                 let job = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
                 let Some(job) = job else {

@@ -31,7 +31,7 @@ mod stats;
 mod txn;
 
 pub use check::check;
-pub use load::load;
+pub use load::{load, load_split};
 pub use run::{run, TpccRunConfig};
 pub use schema::TABLES;
 pub use stats::{TpccStats, TxnKind, TxnStats};
