@@ -12,7 +12,9 @@
 //! - `recovery`: kill -9 of every part, checkpoints and rebuilds (I6);
 //! - `grouped`: Tashkent-API (`database-grouped`): kill -9 and a simulated
 //!   host crash of a replica lose nothing acknowledged;
-//! - `bench`: `tashkent bench` writes every figure it promises.
+//! - `bench`: `tashkent bench` writes every figure it promises;
+//! - `tpcc`: TPC-C through two proxies keeps its consistency conditions
+//!   and converges; `tashkent bench --workloads tpcc`.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -26,4 +28,5 @@ mod harness;
 mod observe;
 mod recovery;
 mod roles;
+mod tpcc;
 mod up;

@@ -14,7 +14,7 @@ use tokio_postgres::{Client, Statement};
 
 use crate::error::{redact, Error, Result};
 use crate::stats::RunStats;
-use crate::workload::{connect, Size, Workload, ROWS_PER_SCALE};
+use crate::workload::{connect, tpcc_refused, Size, Workload, ROWS_PER_SCALE};
 
 /// What to run and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,14 +87,19 @@ pub type ProgressFn<'a> = &'a (dyn Fn(&Progress) + Sync);
 /// A progress bar for a run of `cfg` (in milliseconds of warm-up plus
 /// measured time); feed it with [`bar_callback`].
 pub fn progress_bar(cfg: &RunConfig) -> ProgressBar {
-    let total = (cfg.warmup + cfg.duration).as_millis() as u64;
+    progress_bar_for(cfg.workload.title(), cfg.warmup, cfg.duration)
+}
+
+/// A progress bar titled `title` for a run of `warmup + duration`.
+pub fn progress_bar_for(title: &str, warmup: Duration, duration: Duration) -> ProgressBar {
+    let total = (warmup + duration).as_millis() as u64;
     let bar = ProgressBar::new(total);
     if let Ok(style) =
         ProgressStyle::with_template("{prefix:>10} [{bar:30}] {elapsed_precise} {msg}")
     {
         bar.set_style(style.progress_chars("=> "));
     }
-    bar.set_prefix(cfg.workload.title());
+    bar.set_prefix(title.to_owned());
     bar
 }
 
@@ -139,6 +144,9 @@ pub async fn run(cfg: &RunConfig, progress: Option<ProgressFn<'_>>) -> Result<Ru
             "the measured duration must not be zero".into(),
         ));
     }
+    if cfg.workload == Workload::Tpcc {
+        return Err(tpcc_refused("this driver"));
+    }
     let size = Size::new(cfg.scale, cfg.rows_per_scale)?;
 
     let sessions = futures::future::try_join_all((0..cfg.clients).map(|i| {
@@ -155,17 +163,54 @@ pub async fn run(cfg: &RunConfig, progress: Option<ProgressFn<'_>>) -> Result<Ru
     }))
     .await?;
 
+    let clients = sessions.into_iter().enumerate().map(|(i, session)| {
+        let rng = client_rng(cfg.seed, i);
+        move |window, shared| client_main(session, window, shared, rng)
+    });
+    let all = drive(cfg.warmup, cfg.duration, clients, progress).await?;
+    let mut total = ClientStats::default();
+    for stats in all {
+        total.merge(stats);
+    }
+    Ok(RunStats::from_samples(
+        total.committed,
+        total.aborts,
+        total.unknown,
+        cfg.duration,
+        &mut total.latencies_us,
+    ))
+}
+
+/// Client `i`'s own stream of random choices from the run's seed.
+pub(crate) fn client_rng(seed: u64, i: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// Runs one task per client for `warmup + duration`, reporting progress
+/// about 5 times a second from the shared counters, and returns every
+/// client's result; the first client error stops all of them and is the
+/// result.
+pub(crate) async fn drive<T, C, F>(
+    warmup: Duration,
+    duration: Duration,
+    clients: impl IntoIterator<Item = C>,
+    progress: Option<ProgressFn<'_>>,
+) -> Result<Vec<T>>
+where
+    T: Send + 'static,
+    C: FnOnce(Window, Arc<Shared>) -> F,
+    F: std::future::Future<Output = Result<T>> + Send + 'static,
+{
     let shared = Arc::new(Shared::default());
     let start = Instant::now();
     let window = Window {
-        start: start + cfg.warmup,
-        end: start + cfg.warmup + cfg.duration,
+        start: start + warmup,
+        end: start + warmup + duration,
     };
     let mut tasks = JoinSet::new();
     let mut ids = HashMap::new();
-    for (i, session) in sessions.into_iter().enumerate() {
-        let rng = StdRng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let handle = tasks.spawn(client_main(session, window, Arc::clone(&shared), rng));
+    for (i, client) in clients.into_iter().enumerate() {
+        let handle = tasks.spawn(client(window, Arc::clone(&shared)));
         ids.insert(handle.id(), i);
     }
 
@@ -173,8 +218,8 @@ pub async fn run(cfg: &RunConfig, progress: Option<ProgressFn<'_>>) -> Result<Ru
         if let Some(f) = progress {
             f(&Progress {
                 phase,
-                elapsed: start.elapsed().min(cfg.warmup + cfg.duration),
-                total: cfg.warmup + cfg.duration,
+                elapsed: start.elapsed().min(warmup + duration),
+                total: warmup + duration,
                 committed: shared.committed.load(Ordering::Relaxed),
                 aborts: shared.aborts.load(Ordering::Relaxed),
             });
@@ -182,12 +227,12 @@ pub async fn run(cfg: &RunConfig, progress: Option<ProgressFn<'_>>) -> Result<Ru
     };
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut total = ClientStats::default();
+    let mut results = Vec::new();
     loop {
         tokio::select! {
             joined = tasks.join_next() => match joined {
                 None => break,
-                Some(Ok(Ok(stats))) => total.merge(stats),
+                Some(Ok(Ok(r))) => results.push(r),
                 Some(Ok(Err(e))) => {
                     shared.stop.store(true, Ordering::Relaxed);
                     tasks.abort_all();
@@ -209,34 +254,28 @@ pub async fn run(cfg: &RunConfig, progress: Option<ProgressFn<'_>>) -> Result<Ru
         }
     }
     report(Phase::Done);
-    Ok(RunStats::from_samples(
-        total.committed,
-        total.aborts,
-        total.unknown,
-        cfg.duration,
-        &mut total.latencies_us,
-    ))
+    Ok(results)
 }
 
 /// The measured window.
 #[derive(Debug, Clone, Copy)]
-struct Window {
-    start: Instant,
-    end: Instant,
+pub(crate) struct Window {
+    pub start: Instant,
+    pub end: Instant,
 }
 
 impl Window {
-    fn contains(&self, t: Instant) -> bool {
+    pub(crate) fn contains(&self, t: Instant) -> bool {
         t >= self.start && t < self.end
     }
 }
 
 /// Live counters (for progress) and the stop flag.
 #[derive(Debug, Default)]
-struct Shared {
-    stop: AtomicBool,
-    committed: AtomicU64,
-    aborts: AtomicU64,
+pub(crate) struct Shared {
+    pub stop: AtomicBool,
+    pub committed: AtomicU64,
+    pub aborts: AtomicU64,
 }
 
 /// One client's measured figures.
@@ -300,7 +339,7 @@ async fn client_main(
 
 /// How an attempt ended (other errors fail the run).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Committed,
     /// 40001 / 40P01: rolled back, retry with new parameters.
     Aborted,
@@ -308,7 +347,7 @@ enum Outcome {
     Unknown,
 }
 
-fn classify(err: &tokio_postgres::Error) -> Option<Outcome> {
+pub(crate) fn classify(err: &tokio_postgres::Error) -> Option<Outcome> {
     let code = err.code()?;
     if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
         Some(Outcome::Aborted)
@@ -478,6 +517,7 @@ async fn prepare(client: &Client, workload: Workload, who: &str) -> Result<State
                  VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)")
             .await?,
         },
+        Workload::Tpcc => return Err(tpcc_refused("this driver")),
     })
 }
 
@@ -499,6 +539,7 @@ async fn check_loaded(client: &Client, workload: Workload, size: Size, who: &str
                 ("pgbench_branches", size.branches),
             ],
         ),
+        Workload::Tpcc => return Err(tpcc_refused("this driver")),
     };
     let row = client
         .query_one(sql, &[])

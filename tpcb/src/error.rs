@@ -35,6 +35,15 @@ pub enum Error {
         history: i64,
     },
 
+    /// A TPC-C consistency condition (clause 3.3.2) does not hold.
+    #[error("TPC-C consistency condition {condition} violated: {detail}")]
+    TpccCondition { condition: u8, detail: String },
+
+    /// A TPC-C transaction found the data broken (a row the load and
+    /// every transaction keep in place is missing).
+    #[error("TPC-C data inconsistent: {0}")]
+    Consistency(String),
+
     /// A client task panicked or was cancelled.
     #[error("client task {client}: {message}")]
     Task { client: usize, message: String },

@@ -1,4 +1,4 @@
-//! tashkent-tpcb: AllUpdates and TPC-B drivers and their reports.
+//! tashkent-tpcb: AllUpdates, TPC-B and TPC-C drivers and their reports.
 //!
 //! `tashkent bench` uses this crate to compare standalone PostgreSQL, Base
 //! replication and Tashkent-MW side by side (ARCHITECTURE.md, "Measuring"):
@@ -13,14 +13,19 @@
 //!    [`RecoveryReport`] renders through the same writers.
 //!
 //! [`tpcb_invariant`] checks TPC-B's consistency condition after a run.
+//! TPC-C has a loader, driver and checks of its own in [`tpcc`], and
+//! reports through the same [`Report`].
 
 mod driver;
 mod error;
 mod report;
 mod stats;
+pub mod tpcc;
 mod workload;
 
-pub use driver::{bar_callback, progress_bar, run, Phase, Progress, ProgressFn, RunConfig};
+pub use driver::{
+    bar_callback, progress_bar, progress_bar_for, run, Phase, Progress, ProgressFn, RunConfig,
+};
 pub use error::{Error, Result};
 pub use report::{write_files, write_table, RecoveryReport, RecoveryRow, Report, ResultRow};
 pub use stats::{percentile_sorted, LatencySummary, RunStats};

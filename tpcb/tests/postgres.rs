@@ -83,6 +83,7 @@ async fn loads_and_runs_both_workloads_against_postgres() {
         system: "postgres".into(),
         replicas: 1,
         stats,
+        tpcc: None,
     });
 
     // A run with another size than loaded is refused.
@@ -115,6 +116,7 @@ async fn loads_and_runs_both_workloads_against_postgres() {
         system: "postgres".into(),
         replicas: 1,
         stats,
+        tpcc: None,
     });
 
     // The invariant check notices a teller out of step.
@@ -169,6 +171,7 @@ async fn loads_and_runs_both_workloads_against_postgres() {
         system: "postgres-rr".into(),
         replicas: 1,
         stats,
+        tpcc: None,
     });
 
     // The measured figures make a report.
@@ -181,4 +184,186 @@ async fn loads_and_runs_both_workloads_against_postgres() {
         Report::from_json(&report.to_json().unwrap()).unwrap(),
         report
     );
+}
+
+/// TPC-C on one server: a small load (1 warehouse, 2,000 items, 100
+/// customers per district), a run of the standard mix under REPEATABLE
+/// READ, the consistency conditions after it, and each condition noticed
+/// when broken on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpcc_loads_runs_and_keeps_its_consistency_conditions() {
+    use tashkent_tpcb::tpcc::{self, TpccRunConfig, TpccScale, TxnKind};
+
+    let server = PgServer::start(PgConfig::default()).expect("starting PostgreSQL");
+    let db = server.conninfo("postgres");
+    let scale = TpccScale {
+        warehouses: 1,
+        items: 2_000,
+        customers: 100,
+    };
+    let cfg = TpccRunConfig {
+        targets: vec![db.clone()],
+        scale,
+        clients: 4,
+        duration: Duration::from_secs(2),
+        warmup: Duration::from_millis(300),
+        seed: 7,
+    };
+    let err = tpcc::run(&cfg, None)
+        .await
+        .expect_err("running without tables");
+    assert!(matches!(err, Error::NotLoaded(_)), "{err}");
+
+    tpcc::load(&db, &scale, 3, 1).await.unwrap();
+    for (table, rows) in [
+        ("warehouse", 1),
+        ("district", 10),
+        ("customer", 1_000),
+        ("history", 1_000),
+        ("orders", 1_000),
+        ("new_order", 300),
+        ("item", 2_000),
+        ("stock", 2_000),
+    ] {
+        assert_eq!(
+            count(&db, &format!("SELECT count(*) FROM {table}")).await,
+            rows,
+            "{table}"
+        );
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT sum(o_ol_cnt)::bigint - (SELECT count(*) FROM order_line) FROM orders"
+        )
+        .await,
+        0
+    );
+    // 10 % "ORIGINAL", 10 % bad credit, names from syllables.
+    let original = count(
+        &db,
+        "SELECT count(*) FROM item WHERE i_data LIKE '%ORIGINAL%'",
+    )
+    .await;
+    assert!((100..=300).contains(&original), "{original}");
+    let bad = count(&db, "SELECT count(*) FROM customer WHERE c_credit = 'BC'").await;
+    assert!((40..=170).contains(&bad), "{bad}");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM customer WHERE c_id = 1 AND c_last = 'BARBARBAR'"
+        )
+        .await,
+        10
+    );
+    // Foreign keys are in place.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f'"
+        )
+        .await,
+        10
+    );
+    tpcc::check(&db).await.unwrap();
+
+    sql(
+        &db,
+        "ALTER DATABASE postgres SET default_transaction_isolation = 'repeatable read'",
+    )
+    .await;
+    let (stats, t) = tpcc::run(&cfg, None).await.unwrap();
+    eprintln!("{stats:?}\n{t:?}");
+    assert!(
+        stats.committed > 0 && stats.throughput_tps > 0.0,
+        "{stats:?}"
+    );
+    for kind in TxnKind::ALL {
+        let s = t.of(kind).unwrap();
+        assert!(s.count > 0, "no {kind} in {t:?}");
+        assert!(s.mean_ms > 0.0 && s.p90_ms > 0.0, "{s:?}");
+        assert_eq!(s.unknown, 0);
+        if kind != TxnKind::NewOrder {
+            assert_eq!(s.rollbacks, 0, "{s:?}");
+        }
+    }
+    let total: u64 = t.transactions.iter().map(|s| s.count).sum();
+    assert_eq!(total, stats.committed);
+    assert_eq!(t.retries(), stats.aborts);
+    let new_orders = t.of(TxnKind::NewOrder).unwrap().count;
+    assert_eq!(t.tpmc, new_orders as f64 * 30.0);
+    // Four clients on one warehouse under REPEATABLE READ: Payments (all
+    // of which update the warehouse row) collide and are retried.
+    assert!(t.retries() > 0, "{t:?}");
+    tpcc::check(&db).await.unwrap();
+    // Every committed Payment (measured or not) left one history row.
+    assert!(
+        count(&db, "SELECT count(*) FROM history").await
+            >= 1_000 + t.of(TxnKind::Payment).unwrap().count as i64
+    );
+
+    // A report holds the per-type table.
+    let row = ResultRow {
+        workload: Workload::Tpcc,
+        system: "postgres-rr".into(),
+        replicas: 1,
+        stats,
+        tpcc: Some(t),
+    };
+    let report = Report { results: vec![row] };
+    let table = report.to_table();
+    eprintln!("{table}");
+    for want in [
+        "TPC-C\n",
+        "tpmC",
+        "New-Order",
+        "Stock-Level",
+        "40001 retries",
+        "share %",
+    ] {
+        assert!(table.contains(want), "{want} missing:\n{table}");
+    }
+    assert_eq!(
+        Report::from_json(&report.to_json().unwrap()).unwrap(),
+        report
+    );
+
+    // Each condition noticed: broken from the last to the first, so each
+    // check reports the one just broken.
+    let broken = |sql_text: &'static str, condition: u8| {
+        let db = db.clone();
+        async move {
+            sql(&db, sql_text).await;
+            match tpcc::check(&db).await {
+                Err(Error::TpccCondition {
+                    condition: c,
+                    detail,
+                }) => {
+                    assert_eq!(c, condition, "{detail}");
+                    assert!(
+                        detail.contains("district 1/") || detail.contains("warehouse 1"),
+                        "{detail}"
+                    );
+                }
+                other => panic!("condition {condition} not noticed: {other:?}"),
+            }
+        }
+    };
+    broken(
+        "DELETE FROM order_line WHERE (ol_w_id, ol_d_id, ol_o_id, ol_number) = (1, 1, 1, 1)",
+        4,
+    )
+    .await;
+    broken(
+        "DELETE FROM new_order WHERE no_w_id = 1 AND no_d_id = 1 AND no_o_id = \
+         (SELECT min(no_o_id) + 1 FROM new_order WHERE no_w_id = 1 AND no_d_id = 1)",
+        3,
+    )
+    .await;
+    broken(
+        "UPDATE district SET d_next_o_id = d_next_o_id + 1 WHERE d_w_id = 1 AND d_id = 1",
+        2,
+    )
+    .await;
+    broken("UPDATE warehouse SET w_ytd = w_ytd + 1", 1).await;
 }

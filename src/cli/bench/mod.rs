@@ -31,6 +31,7 @@ mod contention;
 mod pgbench;
 mod recovery;
 mod soak;
+mod tpcc;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use tashkent_tpcb::tpcc::TpccScale;
 use tashkent_tpcb::{Report, ResultRow, RunConfig, RunStats, Workload, ROWS_PER_SCALE};
 
 use tashkent::ops::cluster::{ClusterConfig, DurabilityMode, LocalCluster, Placement};
@@ -146,9 +148,20 @@ pub struct BenchArgs {
     /// Another experiment instead of the side-by-side comparison.
     #[command(subcommand)]
     pub experiment: Option<Experiment>,
-    /// Workloads to run, comma-separated: allupdates, tpcb.
+    /// Workloads to run, comma-separated: allupdates, tpcb, tpcc.
     #[arg(long, value_delimiter = ',', default_value = "allupdates,tpcb")]
     pub workloads: Vec<Workload>,
+    /// TPC-C warehouses (10 districts, 30,000 customers and 100,000 stock
+    /// rows each).
+    #[arg(long, value_name = "W", default_value_t = 1)]
+    pub warehouses: i32,
+    /// TPC-C items (the specification's 100,000; fewer load faster).
+    #[arg(long, default_value_t = tashkent_tpcb::tpcc::ITEMS, hide = true)]
+    pub tpcc_items: i32,
+    /// TPC-C customers (and initial orders) per district (the
+    /// specification's 3,000).
+    #[arg(long, default_value_t = tashkent_tpcb::tpcc::CUSTOMERS, hide = true)]
+    pub tpcc_customers: i32,
     /// Systems to measure, comma-separated: postgres-fsync,
     /// postgres-nofsync, postgres-rr (standalone: fsync on, fsync off,
     /// fsync on with repeatable read), base (durability = database),
@@ -235,6 +248,8 @@ pub struct BenchPlan {
     pub replicas: Vec<u32>,
     pub scale: u32,
     pub rows_per_scale: u64,
+    /// TPC-C's size (warehouses, items, customers per district).
+    pub tpcc: TpccScale,
     pub clients: usize,
     pub client: Client,
     #[serde(rename = "duration_s", serialize_with = "secs")]
@@ -281,12 +296,24 @@ impl BenchArgs {
         if self.scale == 0 || self.rows_per_scale == 0 {
             bail!("scale and rows per scale must be at least 1");
         }
+        let tpcc = TpccScale {
+            warehouses: self.warehouses,
+            items: self.tpcc_items,
+            customers: self.tpcc_customers,
+        };
+        if workloads.contains(&Workload::Tpcc) {
+            tpcc.validate()?;
+            if self.client == Client::Pgbench {
+                bail!("--client pgbench runs allupdates and tpcb only; TPC-C needs the builtin client");
+            }
+        }
         Ok(BenchPlan {
             workloads,
             systems,
             replicas,
             scale: self.scale,
             rows_per_scale: self.rows_per_scale,
+            tpcc,
             clients: self.clients,
             client: self.client,
             duration: self.duration,
@@ -621,11 +648,16 @@ async fn run_setup(
     for &workload in &plan.workloads {
         *done += 1;
         let name = format!("[{done}/{total}] {} {label}", workload.title());
-        if let Err(e) = run_workload(
-            plan, workload, system, replicas, &running, &target, &name, &spinner, report, problems,
-        )
-        .await
-        {
+        let step = Step {
+            plan,
+            system,
+            replicas,
+            running: &running,
+            target: &target,
+            name: &name,
+            spinner: &spinner,
+        };
+        if let Err(e) = run_workload(&step, workload, report, problems).await {
             let msg = format!("{name}: {e:#}");
             eprintln!("!! {msg}");
             problems.push(msg);
@@ -640,20 +672,58 @@ async fn run_setup(
     result
 }
 
-/// Loads one workload, waits for the replicas, runs and checks it.
-#[allow(clippy::too_many_arguments)]
-async fn run_workload(
-    plan: &BenchPlan,
-    workload: Workload,
+/// One workload on one started system: where it runs and what it reports to.
+struct Step<'a> {
+    plan: &'a BenchPlan,
     system: System,
     replicas: u32,
-    running: &Running,
-    target: &Target,
-    name: &str,
-    spinner: &ProgressBar,
+    running: &'a Running,
+    target: &'a Target,
+    /// "[i/n] workload system ×replicas", the prefix of its messages.
+    name: &'a str,
+    spinner: &'a ProgressBar,
+}
+
+impl Step<'_> {
+    /// Swaps the spinner for a progress bar of the measured run.
+    fn run_bar(&self) -> ProgressBar {
+        self.spinner.set_message(String::new());
+        self.spinner.disable_steady_tick();
+        let bar = tashkent_tpcb::progress_bar_for(self.name, self.plan.warmup, self.plan.duration);
+        if let Ok(style) =
+            ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed_precise} {msg}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    }
+
+    /// Clears `bar` and brings the spinner back.
+    fn end_bar(&self, bar: &ProgressBar) {
+        bar.finish_and_clear();
+        self.spinner.enable_steady_tick(Duration::from_millis(120));
+    }
+}
+
+/// Loads one workload, waits for the replicas, runs and checks it.
+async fn run_workload(
+    step: &Step<'_>,
+    workload: Workload,
     report: &mut Report,
     problems: &mut Vec<String>,
 ) -> Result<()> {
+    if workload == Workload::Tpcc {
+        return tpcc::run_workload(step, report, problems).await;
+    }
+    let Step {
+        plan,
+        system,
+        replicas,
+        running,
+        target,
+        name,
+        spinner,
+    } = *step;
     spinner.set_message(format!("{name}: loading (scale {})", plan.scale));
     tashkent_tpcb::load_rows(
         &target.clients[0],
@@ -677,13 +747,7 @@ async fn run_workload(
         warmup: plan.warmup,
         seed: plan.seed,
     };
-    spinner.set_message(String::new());
-    spinner.disable_steady_tick();
-    let bar = tashkent_tpcb::progress_bar(&cfg);
-    bar.set_prefix(name.to_owned());
-    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed_precise} {msg}") {
-        bar.set_style(style.progress_chars("=> "));
-    }
+    let bar = step.run_bar();
     let stats = match plan.client {
         Client::Builtin => {
             let callback = tashkent_tpcb::bar_callback(&bar);
@@ -711,8 +775,7 @@ async fn run_workload(
             stats
         }
     };
-    bar.finish_and_clear();
-    spinner.enable_steady_tick(Duration::from_millis(120));
+    step.end_bar(&bar);
     let stats = stats.context("running")?;
     eprintln!("{name}: {}", one_line(&stats));
     report.results.push(ResultRow {
@@ -720,6 +783,7 @@ async fn run_workload(
         system: system.name().to_owned(),
         replicas,
         stats,
+        tpcc: None,
     });
 
     spinner.set_message(format!("{name}: checking the replicas"));
@@ -789,6 +853,8 @@ async fn fingerprint(workload: Workload, conninfo: &str) -> Result<String> {
              (SELECT coalesce(sum(hashtext(tid || ':' || tbalance)), 0) FROM pgbench_tellers)::bigint, \
              (SELECT coalesce(sum(hashtext(bid || ':' || bbalance)), 0) FROM pgbench_branches)::bigint"
         }
+        // Compared by `tashkent verify` instead (bench/tpcc.rs).
+        Workload::Tpcc => bail!("TPC-C's replicas are compared by verify"),
     };
     let client = connect(conninfo).await?;
     let row = client

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 mod plot;
 mod recovery;
 mod throughput;
+mod tpcc;
 
 pub use recovery::{RecoveryReport, RecoveryRow};
 pub use throughput::{Report, ResultRow};

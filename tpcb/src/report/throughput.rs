@@ -10,6 +10,7 @@ use super::plot::{self, Marker, Plot, Series, XAxis};
 use super::write_table;
 use crate::error::{Error, Result};
 use crate::stats::RunStats;
+use crate::tpcc::TpccStats;
 use crate::workload::Workload;
 
 /// One measured configuration.
@@ -20,7 +21,12 @@ pub struct ResultRow {
     pub system: String,
     /// Number of replicas (1 for a standalone server).
     pub replicas: u32,
+    /// All transactions together (for TPC-C: every type, `aborts` are
+    /// the retries).
     pub stats: RunStats,
+    /// TPC-C only: tpmC and the figures per transaction type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpcc: Option<TpccStats>,
 }
 
 /// All results of one benchmark run.
@@ -47,7 +53,9 @@ impl Report {
     }
 
     /// An aligned text table per workload: system, replicas, throughput
-    /// (tps), mean/p50/p90/p99 latency (ms) and abort rate (%).
+    /// (tps), mean/p50/p90/p99 latency (ms) and abort rate (%); for TPC-C
+    /// then, per setup, tpmC and a table per transaction type (share,
+    /// mean and p90 response time, count, rollbacks, 40001 retries).
     pub fn to_table(&self) -> String {
         const HEADER: [&str; 8] = [
             "system", "replicas", "tps", "mean ms", "p50 ms", "p90 ms", "p99 ms", "abort %",
@@ -76,6 +84,11 @@ impl Report {
             let _ = writeln!(out, "{}", workload.title());
             // The system name reads left to right, figures align right.
             write_table(&mut out, &HEADER, &cells, true);
+            for r in self.rows(workload) {
+                if let Some(tpcc) = &r.tpcc {
+                    super::tpcc::write_setup(&mut out, r, tpcc);
+                }
+            }
         }
         out
     }
@@ -91,7 +104,8 @@ impl Report {
     }
 
     /// Writes one SVG per workload into `dir` (created if missing), named
-    /// `<workload>-throughput.svg`: throughput against replica count, one
+    /// `<workload>-throughput.svg`: throughput (tpmC for TPC-C) against
+    /// replica count, one
     /// line per system with a marker at every measurement, so a system
     /// measured at a single replica count shows as a lone marker. Returns
     /// the files written.
@@ -128,7 +142,7 @@ impl Report {
                 let mut points: Vec<(f64, f64)> = rows
                     .iter()
                     .filter(|r| r.system == *system)
-                    .map(|r| (f64::from(r.replicas), r.stats.throughput_tps))
+                    .map(|r| (f64::from(r.replicas), plotted(r)))
                     .collect();
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
                 // A system measured at one replica count is a lone marker.
@@ -145,17 +159,26 @@ impl Report {
             })
             .collect();
         let caption = format!("{}: throughput by replica count", workload.title());
+        let tpmc = rows.iter().any(|r| r.tpcc.is_some());
         plot::render(
             &Plot {
                 caption: &caption,
                 x_desc: "replicas",
-                y_desc: "throughput (tps)",
+                y_desc: if tpmc { "tpmC" } else { "throughput (tps)" },
                 y_label_area: 70,
                 x_axis: XAxis::Counts { lo, hi },
                 y_decimals: 0,
             },
             &series,
         )
+    }
+}
+
+/// What a row's plot shows: tpmC for TPC-C, else transactions per second.
+fn plotted(r: &ResultRow) -> f64 {
+    match &r.tpcc {
+        Some(t) => t.tpmc,
+        None => r.stats.throughput_tps,
     }
 }
 
@@ -191,6 +214,7 @@ mod tests {
             system: system.into(),
             replicas,
             stats: s,
+            tpcc: None,
         }
     }
 
