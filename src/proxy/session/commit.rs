@@ -73,7 +73,8 @@ impl Session {
             self.shared.cfg.replica_id,
             snapshot,
             self.shared.cfg.max_writeset_bytes,
-        );
+        )
+        .lock_conflicts(self.freshness().lock_conflicts);
         let streamed = match self.read_captured(&mut builder).await? {
             Readout::Read(streamed) => streamed,
             Readout::Failed(e) | Readout::Refused(e) => {
