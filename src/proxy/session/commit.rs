@@ -327,7 +327,8 @@ impl Session {
                     )));
                 }
                 // The applier waits for a lock this transaction holds (one
-                // its writeset does not show, e.g. SELECT FOR UPDATE), to
+                // its writeset does not show, e.g. SELECT FOR SHARE, or FOR
+                // UPDATE with tashkent.lock_conflicts off), to
                 // apply a version below ours: waiting for our turn would
                 // deadlock. Give the locks up, unless the turn is ours
                 // already (then the applier is past that version).
