@@ -93,20 +93,25 @@ capture_lock(Relation rel, HeapTuple tuple)
 	put_strinfo(&buf, &pk);
 	patch_len(&buf, len_at);
 	ws_append(buf.data, buf.len);
-	pfree(buf.data);
-	pfree(pk.data);
-	pfree(args.values);
-	pfree(args.nulls);
 }
+
+/* Where a locked row is rendered: reset after each row (the executor's
+ * own context would keep every row's until the statement ends). */
+static MemoryContext lock_cxt = NULL;
 
 /* Records the rows `node` locked for the row it just returned. */
 static void
 capture_locked_rows(LockRowsState *node)
 {
 	ListCell   *lc;
+	MemoryContext old;
 
 	if (creating_extension || SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
 		return;
+	if (lock_cxt == NULL)
+		lock_cxt = AllocSetContextCreate(TopMemoryContext, "tashkent lock capture",
+										 ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(lock_cxt);
 	foreach(lc, node->lr_arowMarks)
 	{
 		ExecAuxRowMark *aerm = (ExecAuxRowMark *) lfirst(lc);
@@ -134,6 +139,8 @@ capture_locked_rows(LockRowsState *node)
 		if (should_free)
 			heap_freetuple(tuple);
 	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(lock_cxt);
 }
 
 static TupleTableSlot *
