@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const SOURCE: &str = "src/proxy/capture/tashkent_capture.c";
+/// Included by `SOURCE` (the row-lock capture).
+const INCLUDED: &str = "src/proxy/capture/tashkent_locks.c";
 
 fn main() {
     println!("cargo:rerun-if-changed={SOURCE}");
+    println!("cargo:rerun-if-changed={INCLUDED}");
     println!("cargo:rerun-if-env-changed=PG_CONFIG");
     println!("cargo:rerun-if-env-changed=PG_BIN");
     let pg_config = find_pg_config();

@@ -5,7 +5,9 @@
 //! A transaction `T` with snapshot `s` conflicts with a committed `T'` of
 //! version `v' > s` iff
 //! - they share a **write key** (primary key, old primary key of a re-key,
-//!   any unique-constraint value, old or new) of the same table; or
+//!   any unique-constraint value, old or new, and the primary key of a row
+//!   locked `FOR UPDATE` / `FOR NO KEY UPDATE`: an `OP_LOCK` item) of the
+//!   same table; or
 //! - one **references** a parent key (foreign key) that the other
 //!   **removes** (DELETE of the parent, or UPDATE that changes the parent's
 //!   primary key or the referenced unique value); or
@@ -308,7 +310,7 @@ pub fn check(
             _ => names.item_table(k.src as usize),
         };
         let what = match kind {
-            Kind::Write => "a row or unique key of table",
+            Kind::Write => "(or locked) a row or unique key of table",
             Kind::ParentRemoved => "a parent row (deleted or re-keyed) referenced here, table",
             Kind::ReferencedRemoved => "a row removed here that it references, table",
             Kind::DdlOnRows => "DDL/TRUNCATE on table",

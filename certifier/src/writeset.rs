@@ -10,8 +10,16 @@ use prost::Message;
 use crate::error::CertifierError;
 use crate::proto::{Ddl, Item, Op, Writeset};
 
-/// The only writeset format this release reads and writes.
-pub const WRITESET_FORMAT_VERSION: u32 = 2;
+/// The writeset format this release writes (3: `OP_LOCK` items).
+pub const WRITESET_FORMAT_VERSION: u32 = 3;
+/// The oldest format this release reads: a format 2 writeset is a format
+/// 3 one without lock items.
+pub const OLDEST_FORMAT_VERSION: u32 = 2;
+
+/// Whether this release reads writesets of `format`.
+pub fn readable_format(format: u32) -> bool {
+    (OLDEST_FORMAT_VERSION..=WRITESET_FORMAT_VERSION).contains(&format)
+}
 /// Longest accepted transaction id.
 pub const MAX_TXN_ID_LEN: usize = 64;
 
@@ -35,9 +43,10 @@ pub fn validate(ws: &Writeset) -> Result<(), CertifierError> {
 /// Checks the header fields (format version, transaction id).
 pub fn validate_header(ws: &Writeset) -> Result<(), CertifierError> {
     let bad = |m: String| Err(CertifierError::InvalidArgument(m));
-    if ws.format_version != WRITESET_FORMAT_VERSION {
+    if !readable_format(ws.format_version) {
         return bad(format!(
-            "writeset format_version {} is not supported (expected {WRITESET_FORMAT_VERSION})",
+            "writeset format_version {} is not supported (expected \
+             {OLDEST_FORMAT_VERSION}..={WRITESET_FORMAT_VERSION})",
             ws.format_version
         ));
     }
@@ -90,6 +99,14 @@ fn validate_item(item: &Item) -> Result<(), String> {
         }
         Op::Insert if !item.old_unique_keys.is_empty() => {
             return Err("old_unique_keys is not allowed on INSERT".into())
+        }
+        Op::Lock
+            if item.old_key.is_some()
+                || !item.old_unique_keys.is_empty()
+                || !item.references.is_empty()
+                || !item.row.is_empty() =>
+        {
+            return Err("a LOCK item carries keys only".into())
         }
         _ => {}
     }
@@ -653,6 +670,14 @@ mod tests {
     #[test]
     fn validation_reasons() {
         assert!(validate(&ws(2)).is_ok());
+        // Format 2 (no lock items) is still read; a keys-only lock is valid.
+        let mut older = ws(2);
+        older.format_version = OLDEST_FORMAT_VERSION;
+        assert!(validate(&older).is_ok());
+        let mut lock = ws(2);
+        lock.items[0].op = Op::Lock as i32;
+        lock.items[0].row = Default::default();
+        assert!(validate(&lock).is_ok(), "{:?}", validate(&lock));
         type Mutation = Box<dyn Fn(&mut Writeset)>;
         let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|w| w.format_version = 9), "format_version 9"),
@@ -666,6 +691,14 @@ mod tests {
             (
                 Box::new(|w| w.items[0].old_key = Some(b"x".to_vec().into())),
                 "old_key",
+            ),
+            (Box::new(|w| w.format_version = 1), "format_version 1"),
+            (
+                Box::new(|w| {
+                    w.items[0].op = Op::Lock as i32;
+                    w.items[0].row = b"(1)".to_vec().into();
+                }),
+                "item 0: a LOCK item carries keys only",
             ),
             (Box::new(|w| w.ddl[0].tables.clear()), "ddl 0"),
             (Box::new(|w| w.ddl[0].before_item = 3), "before_item"),

@@ -83,6 +83,42 @@ fn versions_are_dense_and_only_commits_consume_them() {
     assert_eq!(commits(&mut c, &txn("next", 3, vec![upd("t", "k0")])), 4);
 }
 
+fn lock(table: &str, key: &str) -> Item {
+    item(table, Op::Lock, key.as_bytes().to_vec())
+}
+
+#[test]
+fn a_locked_row_conflicts_like_a_written_one_both_ways() {
+    let mut c = Certifier::new(Limits::default());
+    // Two lockers of one row at one snapshot: the first committer wins.
+    assert_eq!(commits(&mut c, &txn("a", 0, vec![lock("jobs", "1")])), 1);
+    let reason = aborts(&mut c, &txn("b", 0, vec![lock("jobs", "1")]));
+    assert!(
+        reason.contains("locked") && reason.contains("jobs"),
+        "{reason}"
+    );
+    // The lock was registered as written at its version: a writer with an
+    // older snapshot loses to it, one that saw it does not.
+    aborts(&mut c, &txn("w", 0, vec![upd("jobs", "1")]));
+    assert_eq!(commits(&mut c, &txn("w2", 1, vec![upd("jobs", "1")])), 2);
+    // And a locker loses to a concurrent writer.
+    aborts(&mut c, &txn("l", 1, vec![lock("jobs", "1")]));
+    // Other rows, and the same key of another table, are free.
+    commits(
+        &mut c,
+        &txn("o", 0, vec![lock("jobs", "2"), lock("other", "1")]),
+    );
+}
+
+#[test]
+fn a_lock_conflicts_with_ddl_on_its_table() {
+    let mut c = Certifier::new(Limits::default());
+    let mut alter = txn("ddl", 0, vec![]);
+    alter.ddl = vec![ddl("ALTER TABLE jobs ADD c int", &["jobs"], 0)];
+    commits(&mut c, &alter);
+    aborts(&mut c, &txn("l", 0, vec![lock("jobs", "1")]));
+}
+
 #[test]
 fn write_skew_is_allowed_gsi_is_not_serializable() {
     // Classic on-call doctors: both read {x, y} at snapshot 0, each updates a

@@ -78,6 +78,10 @@ pub struct ProxyArgs {
     /// it lost to (`--fair-retries=false` turns it off).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub fair_retries: Option<bool>,
+    /// Whether rows locked FOR UPDATE / FOR NO KEY UPDATE conflict across
+    /// proxies like written ones (`--lock-conflicts=false` turns it off).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub lock_conflicts: Option<bool>,
     /// The cluster's durability mode, as `tashkent up --durability`:
     /// `database-grouped` (Tashkent-API) acknowledges a COMMIT only once
     /// the replica's WAL is flushed past it (sets --ack-after-flush); the
@@ -111,6 +115,9 @@ impl ProxyArgs {
         );
         if let Some(f) = args.fair_retries {
             c.fair_retries = f;
+        }
+        if let Some(f) = args.lock_conflicts {
+            c.lock_conflicts = f;
         }
         if let Some(mode) = args.durability {
             c.ack_after_flush = mode.ack_after_flush();

@@ -32,7 +32,9 @@ use std::time::Duration;
 use futures::{FutureExt, Stream, StreamExt};
 use tashkent_certifier::proto::SubscribeFrame;
 use tashkent_certifier::writeset::{Part, StreamDecoder};
-use tashkent_certifier::{CertifierClient, CertifierError, CommittedWriteset, Version, Writeset};
+use tashkent_certifier::{
+    CertifierClient, CertifierError, CommittedWriteset, Op, Version, Writeset,
+};
 use tokio::sync::oneshot;
 use tokio_postgres::{Client, Statement};
 
@@ -908,7 +910,7 @@ impl Follower<'_> {
                 },
             });
         };
-        if header.format_version != tashkent_certifier::WRITESET_FORMAT_VERSION {
+        if !tashkent_certifier::writeset::readable_format(header.format_version) {
             return Err(Stop::Apply {
                 version: v,
                 error: format_error(header.format_version, v),
@@ -943,7 +945,10 @@ impl Follower<'_> {
                         Part::Header(_) => {}
                         Part::Ddl(d) => conn.ddl(shared, &d).await?,
                         Part::Item(item) => {
-                            if own_origin && !tables.contains(&item.table) {
+                            if own_origin
+                                && item.op != Op::Lock as i32
+                                && !tables.contains(&item.table)
+                            {
                                 tables.push(item.table.clone());
                             }
                             conn.item(shared, &item).await?
@@ -1054,15 +1059,16 @@ fn certifier_error(e: CertifierError) -> Error {
 fn format_error(format: u32, v: Version) -> Error {
     Error::Capture {
         reason: format!(
-            "writeset {v} has format {format}; this proxy applies format {} (a log written by \
-             another tashkent release)",
+            "writeset {v} has format {format}; this proxy applies formats {}..={} (a log \
+             written by another tashkent release)",
+            tashkent_certifier::writeset::OLDEST_FORMAT_VERSION,
             tashkent_certifier::WRITESET_FORMAT_VERSION
         ),
     }
 }
 
 fn check_format(ws: &Writeset, v: Version) -> Result<()> {
-    if ws.format_version == tashkent_certifier::WRITESET_FORMAT_VERSION {
+    if tashkent_certifier::writeset::readable_format(ws.format_version) {
         Ok(())
     } else {
         Err(format_error(ws.format_version, v))
@@ -1085,7 +1091,8 @@ fn hand_turn(shared: &Shared, txn_id: &[u8], v: Version) -> Option<oneshot::Rece
 fn own_tables<'a>(shared: &Shared, batch: impl Iterator<Item = &'a Writeset>) -> Vec<String> {
     let mut tables: Vec<String> = batch
         .filter(|ws| ws.origin == shared.cfg.replica_id)
-        .flat_map(|ws| ws.items.iter().map(|i| i.table.clone()))
+        .flat_map(|ws| ws.items.iter().filter(|i| i.op != Op::Lock as i32))
+        .map(|i| i.table.clone())
         .collect();
     tables.sort_unstable();
     tables.dedup();

@@ -93,6 +93,11 @@ pub struct ProxyConfig {
     /// replica whose apply trails does not lose every race on a hot row
     /// (best effort under `eventual`: at most 2 s).
     pub fair_retries: bool,
+    /// Whether rows a transaction locks `FOR UPDATE` / `FOR NO KEY
+    /// UPDATE` are conflict keys of it, like rows it writes, so a lock
+    /// excludes concurrent lockers and writers on every replica (the
+    /// sessions' default of `tashkent.lock_conflicts`).
+    pub lock_conflicts: bool,
     /// Acknowledge a COMMIT only once the replica's WAL is flushed past
     /// its commit record (Tashkent-API, `durability = "database-grouped"`:
     /// the replica commits with `synchronous_commit = off`, and one flush
@@ -139,6 +144,7 @@ impl Default for ProxyConfig {
             consistency: crate::proxy::consistency::Level::Eventual,
             consistency_timeout: Duration::from_secs(10),
             fair_retries: true,
+            lock_conflicts: true,
             ack_after_flush: false,
         }
     }

@@ -15,6 +15,9 @@
 //!
 //! Every wait is bounded by `tashkent.consistency_timeout`; then the
 //! statement fails with 57014 and nothing runs.
+//!
+//! `tashkent.lock_conflicts` (on, off) is set the same ways: whether the
+//! rows a transaction locks `FOR [NO KEY] UPDATE` are conflict keys of it.
 
 use std::time::Duration;
 
@@ -54,6 +57,8 @@ impl Level {
 pub struct Consistency {
     pub level: Level,
     pub timeout: Duration,
+    /// Rows locked `FOR [NO KEY] UPDATE` are conflict keys.
+    pub lock_conflicts: bool,
 }
 
 /// One of the proxy's own settings, read from `SET tashkent.<name>` or
@@ -62,6 +67,7 @@ pub struct Consistency {
 pub enum Setting {
     Level(Option<Level>),
     Timeout(Option<Duration>),
+    LockConflicts(Option<bool>),
 }
 
 impl Setting {
@@ -87,8 +93,27 @@ impl Setting {
                         "a time from 1 ms to 1 day (milliseconds, or with ms, s or min)",
                     )
                 }),
+            ("lock_conflicts", None) => Ok(Setting::LockConflicts(None)),
+            ("lock_conflicts", Some(v)) => parse_bool(v)
+                .map(|b| Setting::LockConflicts(Some(b)))
+                .ok_or_else(|| errors::invalid_proxy_setting(name, v, "a Boolean (on or off)")),
             _ => Err(errors::unknown_proxy_setting(name)),
         }
+    }
+}
+
+/// Reads a Boolean as PostgreSQL does: on, off, true, false, yes, no, 1,
+/// 0, or a unique prefix of one (`o` is not).
+pub fn parse_bool(v: &str) -> Option<bool> {
+    let v = v.trim().to_ascii_lowercase();
+    let any = |words: &[&str]| !v.is_empty() && words.iter().any(|w| w.starts_with(v.as_str()));
+    match v.as_str() {
+        "on" | "1" => Some(true),
+        "off" | "0" => Some(false),
+        "o" => None,
+        _ if any(&["true", "yes"]) => Some(true),
+        _ if any(&["false", "no"]) => Some(false),
+        _ => None,
     }
 }
 
@@ -152,6 +177,12 @@ mod tests {
         assert_eq!(parse_timeout("1min"), Some(Duration::from_secs(60)));
         assert_eq!(parse_timeout("0"), None);
         assert_eq!(parse_timeout("5 parsecs"), None);
+        assert_eq!(parse_bool("off"), Some(false));
+        assert_eq!(parse_bool("TRUE"), Some(true));
+        assert_eq!(parse_bool("ye"), Some(true));
+        assert_eq!(parse_bool("n"), Some(false));
+        assert_eq!(parse_bool("o"), None);
+        assert_eq!(parse_bool("2"), None);
         assert_eq!(
             from_startup_options(
                 "-c tashkent.consistency=strong --tashkent.consistency_timeout=2s -cwork_mem=4MB"

@@ -180,8 +180,8 @@ pub fn unknown_proxy_setting(name: &str) -> ErrorResponse {
     )
     .with_hint(
         "The proxy shows tashkent.replica, tashkent.replica_id, tashkent.applied_version, \
-         tashkent.last_commit_version, tashkent.consistency and tashkent.consistency_timeout; \
-         it sets tashkent.consistency and tashkent.consistency_timeout.",
+         tashkent.last_commit_version, tashkent.consistency, tashkent.consistency_timeout and \
+         tashkent.lock_conflicts; it sets the last three.",
     )
 }
 

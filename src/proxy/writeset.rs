@@ -9,6 +9,15 @@
 //! statement), and at [`RUN_ROWS`] rows or [`RUN_BYTES`] bytes. TRUNCATE
 //! and DDL entries become `Ddl` entries at their position.
 //!
+//! Rows locked `FOR UPDATE` / `FOR NO KEY UPDATE` (lock entries) become
+//! `OP_LOCK` items, keys only, which the certifier treats as written keys
+//! and appliers skip: they wait in `Locks` (at most [`RUN_ROWS`] keys) so
+//! that a row the transaction locks and then updates or deletes is not
+//! keyed twice, and go out as one item per table when that fills up or at
+//! the end. A transaction whose lock conflicts are off
+//! (`tashkent.lock_conflicts`) drops them: one that only locked rows is
+//! then read-only again.
+//!
 //! [`Builder`] takes the entries of a transaction one by one and hands
 //! out chunks of at most about [`CHUNK_BYTES`] as they fill up, so a
 //! transaction of any size is certified in bounded memory; it refuses one
@@ -122,6 +131,69 @@ impl Run {
     }
 }
 
+/// The key of a locked row of a table without a primary key: the whole
+/// table (two lockers of any of its rows conflict; its inserts, keyed
+/// per row, do not).
+pub const TABLE_LOCK_KEY: &[u8] = b"\0table lock";
+
+/// Locked rows not yet made into items, in the order they were locked.
+#[derive(Default)]
+struct Locks {
+    order: Vec<(String, Bytes)>,
+    /// Those still to be keyed (a later write of the row takes them out).
+    pending: HashSet<(String, Bytes)>,
+}
+
+impl Locks {
+    fn add(&mut self, table: String, pk: Bytes) {
+        let pk = if pk.is_empty() {
+            Bytes::from_static(TABLE_LOCK_KEY)
+        } else {
+            pk
+        };
+        if self.pending.insert((table.clone(), pk.clone())) {
+            self.order.push((table, pk));
+        }
+    }
+
+    /// A row change: its keys are written keys now.
+    fn written(&mut self, r: &RowChange) {
+        if self.pending.is_empty() {
+            return;
+        }
+        for pk in [&r.pk, &r.old_pk] {
+            if !pk.is_empty() {
+                self.pending.remove(&(r.table.clone(), pk.clone()));
+            }
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.order.len() >= RUN_ROWS
+    }
+
+    /// One item per run of one table, of the keys still pending.
+    fn take_items(&mut self) -> Vec<Item> {
+        let mut items: Vec<Item> = Vec::new();
+        for (table, pk) in std::mem::take(&mut self.order) {
+            if !self.pending.remove(&(table.clone(), pk.clone())) {
+                continue;
+            }
+            match items.last_mut() {
+                Some(item) if item.table == table => item.unique_keys.push(pk),
+                _ => items.push(Item {
+                    table,
+                    op: Op::Lock as i32,
+                    key: pk,
+                    ..Item::default()
+                }),
+            }
+        }
+        self.pending.clear();
+        items
+    }
+}
+
 /// Builds one transaction's writeset from its entries, in chunks.
 pub struct Builder {
     txn_id: Bytes,
@@ -136,6 +208,9 @@ pub struct Builder {
     chunks: usize,
     pending_bytes: usize,
     total_bytes: u64,
+    /// Whether locked rows are conflict keys (else lock entries are dropped).
+    lock_conflicts: bool,
+    locks: Locks,
 }
 
 impl Builder {
@@ -152,7 +227,16 @@ impl Builder {
             chunks: 0,
             pending_bytes: 0,
             total_bytes: 0,
+            lock_conflicts: true,
+            locks: Locks::default(),
         }
+    }
+
+    /// Whether rows locked `FOR [NO KEY] UPDATE` become conflict keys (on
+    /// by default).
+    pub fn lock_conflicts(mut self, on: bool) -> Builder {
+        self.lock_conflicts = on;
+        self
     }
 
     pub fn txn_id(&self) -> &Bytes {
@@ -173,10 +257,30 @@ impl Builder {
                 let tables = ddl_tables(&json)?;
                 self.statement(json, tables)
             }
+            Entry::Lock { table, pk } => {
+                if self.lock_conflicts {
+                    self.locks.add(table, pk);
+                    if self.locks.full() {
+                        self.end_locks()?;
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
+    /// The pending locked rows become items.
+    fn end_locks(&mut self) -> Result<()> {
+        self.end_run()?;
+        for item in self.locks.take_items() {
+            self.count(item.encoded_len())?;
+            self.items.push(item);
+        }
+        Ok(())
+    }
+
     fn row(&mut self, op: Op, r: RowChange) -> Result<()> {
+        self.locks.written(&r);
         if !self
             .run
             .as_ref()
@@ -238,7 +342,7 @@ impl Builder {
     /// handed out (`None` when nothing was captured: a read-only
     /// transaction), else the last chunk.
     pub fn finish(mut self) -> Result<Option<Writeset>> {
-        self.end_run()?;
+        self.end_locks()?;
         if self.chunks == 0 && self.items.is_empty() && self.ddl.is_empty() {
             return Ok(None);
         }
@@ -480,6 +584,64 @@ mod tests {
         assert!(build(Bytes::from_static(b"t"), 1, 0, b"", u64::MAX)
             .unwrap()
             .is_none());
+    }
+
+    fn lock(table: &str, pk: &str) -> Entry {
+        Entry::Lock {
+            table: table.into(),
+            pk: Bytes::from(pk.to_owned()),
+        }
+    }
+
+    #[test]
+    fn locked_rows_are_key_only_items_without_the_rows_written_anyway() {
+        let ws = build_all(&[
+            lock("public.jobs", "pk\x001"),
+            lock("public.jobs", "pk\x002"),
+            lock("public.jobs", "pk\x002"),
+            lock("public.nopk", ""),
+            // Locked, then updated: written, not also locked.
+            upd("public.jobs", 2, None),
+            ins("public.log", 1),
+        ]);
+        let shape: Vec<(&str, i32)> = ws.items.iter().map(|i| (i.table.as_str(), i.op)).collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("public.jobs", Op::Update as i32),
+                ("public.log", Op::Insert as i32),
+                ("public.jobs", Op::Lock as i32),
+                ("public.nopk", Op::Lock as i32),
+            ]
+        );
+        let jobs = &ws.items[2];
+        assert_eq!(&jobs.key[..], b"pk\x001");
+        assert!(jobs.unique_keys.is_empty() && jobs.row.is_empty());
+        assert_eq!(&ws.items[3].key[..], TABLE_LOCK_KEY);
+        tashkent_certifier::writeset::validate(&ws).unwrap();
+
+        // A transaction that only locked: certified, unless lock conflicts
+        // are off.
+        let only = encode(&[lock("public.jobs", "pk\x001")]);
+        assert!(build(Bytes::from_static(b"t"), 1, 0, &only, u64::MAX)
+            .unwrap()
+            .is_some());
+        let mut b = Builder::new(Bytes::from_static(b"t"), 1, 0, u64::MAX).lock_conflicts(false);
+        for e in crate::proxy::capture::entry::parse_all(&only).unwrap() {
+            b.push(e).unwrap();
+        }
+        assert!(b.finish().unwrap().is_none());
+    }
+
+    #[test]
+    fn many_locked_rows_go_out_in_bounded_items() {
+        let entries: Vec<Entry> = (0..2500)
+            .map(|i| lock("public.jobs", &format!("pk\x00{i}")))
+            .collect();
+        let ws = build_all(&entries);
+        let keys: usize = ws.items.iter().map(|i| 1 + i.unique_keys.len()).sum();
+        assert_eq!(keys, 2500);
+        assert!(ws.items.iter().all(|i| i.unique_keys.len() < RUN_ROWS));
     }
 
     #[test]

@@ -116,7 +116,7 @@ async fn assert_same(p: &Pair, tables: &[&str]) {
     }
 }
 
-/// (table, operation) of each entry; 'I', 'U', 'D', 'T' or 'X'.
+/// (table, operation) of each entry; 'I', 'U', 'D', 'T', 'X' or 'L'.
 fn ops(ws: &[u8]) -> Vec<(String, char)> {
     entries(ws)
         .into_iter()
@@ -125,6 +125,7 @@ fn ops(ws: &[u8]) -> Vec<(String, char)> {
             Entry::Update(r) => (r.table, 'U'),
             Entry::Delete(r) => (r.table, 'D'),
             Entry::Truncate { table } => (table, 'T'),
+            Entry::Lock { table, .. } => (table, 'L'),
             Entry::Ddl { json } => {
                 let v: serde_json::Value = serde_json::from_str(&json).unwrap();
                 (v["t"].as_str().unwrap().to_string(), 'X')
@@ -314,6 +315,93 @@ async fn bulk_copy_then_primary_key_added_later_is_captured() {
     assert!(row(&e[0]).uniques.is_empty());
     apply(&p.b, &ws).await;
     assert_same(&p, &["acc"]).await;
+}
+
+/// The primary keys of a transaction's lock and row entries, in order.
+fn keys(ws: &[u8]) -> Vec<(char, Bytes)> {
+    entries(ws)
+        .into_iter()
+        .filter_map(|e| match e {
+            Entry::Lock { pk, .. } => Some(('L', pk)),
+            Entry::Update(r) => Some(('U', r.pk)),
+            Entry::Insert(r) => Some(('I', r.pk)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_locked_for_update_are_lock_entries_with_their_primary_keys() {
+    let p = pair(
+        "CREATE TABLE j (id int PRIMARY KEY, s text); \
+         CREATE TABLE n (v int); \
+         CREATE TABLE pt (id int PRIMARY KEY, v text) PARTITION BY RANGE (id); \
+         CREATE TABLE pt_1 PARTITION OF pt FOR VALUES FROM (0) TO (100); \
+         INSERT INTO j SELECT g, 'x' FROM generate_series(1, 5) g; \
+         INSERT INTO n VALUES (1); \
+         INSERT INTO pt VALUES (7, 'x')",
+    )
+    .await;
+    let a = &p.a;
+    let locked = |ws: &[u8]| ops(ws);
+    let l = |t: &str| vec![(t.to_string(), 'L')];
+    for strength in ["UPDATE", "NO KEY UPDATE"] {
+        let ws = on_origin(a, &format!("SELECT s FROM j WHERE id = 1 FOR {strength}")).await;
+        assert_eq!(locked(&ws), l("public.j"), "FOR {strength}");
+    }
+    for strength in ["SHARE", "KEY SHARE"] {
+        let ws = on_origin(a, &format!("SELECT s FROM j WHERE id = 1 FOR {strength}")).await;
+        assert!(ws.is_empty(), "FOR {strength} captured {:?}", locked(&ws));
+    }
+    // The key of a lock is the key an update of the row writes.
+    let ws = on_origin(
+        a,
+        "SELECT s FROM j WHERE id = 2 FOR UPDATE; UPDATE j SET s = 'y' WHERE id = 2",
+    )
+    .await;
+    let k = keys(&ws);
+    assert_eq!(k.len(), 2, "{k:?}");
+    assert_eq!((k[0].0, k[1].0), ('L', 'U'));
+    assert_eq!(k[0].1, k[1].1);
+    assert!(!k[0].1.is_empty());
+    // ...so the writeset carries the update only.
+    let built = writeset::build(Bytes::from_static(b"t"), 1, 0, &ws, MAX)
+        .unwrap()
+        .unwrap();
+    assert_eq!(built.items.len(), 1);
+    assert_eq!(built.items[0].op, tashkent_certifier::Op::Update as i32);
+    // Rows this transaction wrote are not locked again.
+    let ws = on_origin(
+        a,
+        "INSERT INTO j VALUES (10, 'new'); UPDATE j SET s = 'z' WHERE id = 3; \
+         SELECT s FROM j WHERE id IN (3, 10) FOR UPDATE",
+    )
+    .await;
+    assert_eq!(
+        ops(&ws),
+        vec![("public.j".to_string(), 'I'), ("public.j".to_string(), 'U')]
+    );
+    // A partition's row under its root's name and key; a table without
+    // a primary key with an empty key; a join's FOR UPDATE OF one table.
+    let ws = on_origin(a, "SELECT v FROM pt WHERE id = 7 FOR UPDATE").await;
+    assert_eq!(locked(&ws), l("public.pt"));
+    let ws = on_origin(a, "SELECT v FROM n FOR UPDATE").await;
+    assert!(matches!(&entries(&ws)[..], [Entry::Lock { pk, .. }] if pk.is_empty()));
+    let ws = on_origin(a, "SELECT j.id FROM j JOIN n ON n.v = j.id FOR UPDATE OF j").await;
+    assert_eq!(locked(&ws), l("public.j"));
+    // Locks taken in a rolled-back savepoint are gone with it.
+    let ws = on_origin(
+        a,
+        "SAVEPOINT s; SELECT s FROM j WHERE id = 4 FOR UPDATE; ROLLBACK TO s",
+    )
+    .await;
+    assert!(ws.is_empty());
+    // A lock-only writeset applies as nothing.
+    let ws = on_origin(a, "SELECT s FROM j WHERE id <= 5 FOR UPDATE").await;
+    assert_eq!(ops(&ws).len(), 5);
+    let before = digest(&p.b, "j").await;
+    apply(&p.b, &ws).await;
+    assert_eq!(digest(&p.b, "j").await, before);
 }
 
 #[tokio::test(flavor = "multi_thread")]

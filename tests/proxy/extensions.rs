@@ -313,6 +313,7 @@ async fn replicate(a: &Client, b: &Client, sql: &str) -> Vec<serde_json::Value> 
                 serde_json::json!({"op": "row", "t": r.table})
             }
             Entry::Truncate { table } => serde_json::json!({"op": "T", "t": table}),
+            Entry::Lock { table, .. } => serde_json::json!({"op": "L", "t": table}),
         })
         .collect()
 }

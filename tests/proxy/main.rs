@@ -8,6 +8,7 @@
 //!   with rustls, psycopg2), `tls_required`, no certificate;
 //! - `capture`: writeset capture on one replica, applied on another;
 //! - `consistency`: the consistency levels (eventual, causal, strong);
+//! - `locks`: rows locked FOR UPDATE conflict across proxies;
 //! - `exact`: every accepted type reads back byte-identical (I7);
 //! - `extensions`: CREATE/ALTER/DROP EXTENSION, and values of extension types;
 //! - `large`: transactions of any size in bounded memory (I8).
@@ -20,6 +21,7 @@ mod consistency;
 mod exact;
 mod extensions;
 mod large;
+mod locks;
 mod protocol;
 mod session;
 mod tls;

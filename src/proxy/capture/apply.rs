@@ -25,7 +25,7 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use tashkent_certifier::{Ddl, Item};
+use tashkent_certifier::{Ddl, Item, Op};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
@@ -150,6 +150,10 @@ impl Apply {
     /// Adds an item's row changes to the current run; runs that are
     /// complete go to `done`.
     fn gather(&mut self, item: &Item, done: &mut Vec<Run>) -> Result<()> {
+        // Locked rows are conflict keys only: nothing to apply.
+        if item.op == Op::Lock as i32 {
+            return Ok(());
+        }
         for c in change::decode(item.row.clone())? {
             let touches = |run: &Run| {
                 (!c.pk.is_empty() && run.pks.contains(&c.pk))

@@ -1,6 +1,7 @@
-//! Capture format 2: the entries `tashkent_capture.c` appends to a
+//! Capture format 3: the entries `tashkent_capture.c` appends to a
 //! transaction's buffer, one per changed row (or TRUNCATE, or DDL
-//! statement), as `tashkent.ws_read()` hands them out in chunks.
+//! statement, or row locked FOR [NO KEY] UPDATE), as `tashkent.ws_read()`
+//! hands them out in chunks.
 //!
 //! The format is documented on the C side (`tashkent_capture.c`, header
 //! comment); this module reads it. Entries may span chunk boundaries:
@@ -12,7 +13,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::error::{Error, Result};
 
 /// The format the library must report (`tashkent.capture_version()`).
-pub const CAPTURE_FORMAT: i32 = 2;
+pub const CAPTURE_FORMAT: i32 = 3;
 
 /// One captured change. Byte fields are slices of the chunk they came in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +29,13 @@ pub enum Entry {
     /// `sql/50_ddl.sql`, `on_ddl_end`; `FORMAT.md`).
     Ddl {
         json: String,
+    },
+    /// A row locked `FOR UPDATE` or `FOR NO KEY UPDATE` (format 3):
+    /// `pk` is its primary-key conflict key, empty when the table has no
+    /// primary key (`tashkent_locks.c`).
+    Lock {
+        table: String,
+        pk: Bytes,
     },
 }
 
@@ -204,13 +212,17 @@ fn parse_entry(mut entry: Bytes) -> Result<Entry> {
         }),
         b'T' => Entry::Truncate { table: f.string()? },
         b'X' => Entry::Ddl { json: f.string()? },
+        b'L' => Entry::Lock {
+            table: f.string()?,
+            pk: f.bytes()?,
+        },
         other => return Err(bad(format!("unknown operation byte {other:#04x}"))),
     };
     f.done()?;
     Ok(e)
 }
 
-/// Encodes entries in capture format 2, as the C library does (for tests
+/// Encodes entries in capture format 3, as the C library does (for tests
 /// and benchmarks that need captured bytes without a database).
 pub fn encode(entries: &[Entry]) -> Vec<u8> {
     fn str_(out: &mut Vec<u8>, b: &[u8]) {
@@ -261,6 +273,11 @@ pub fn encode(entries: &[Entry]) -> Vec<u8> {
                 str_(&mut body, json.as_bytes());
                 b'X'
             }
+            Entry::Lock { table, pk } => {
+                str_(&mut body, table.as_bytes());
+                str_(&mut body, pk);
+                b'L'
+            }
         };
         out.push(op);
         out.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -310,6 +327,14 @@ mod tests {
             },
             Entry::Ddl {
                 json: r#"{"op": "X"}"#.into(),
+            },
+            Entry::Lock {
+                table: "public.a".into(),
+                pk: Bytes::from_static(b"a_pkey\0\x01\0\0\0\0\0\0\0\x07"),
+            },
+            Entry::Lock {
+                table: "public.nopk".into(),
+                pk: Bytes::new(),
             },
         ]
     }

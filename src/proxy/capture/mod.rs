@@ -54,6 +54,14 @@ pub const READ_SQL: &str = "SELECT tashkent.ws_read()";
 /// of that transaction's snapshot.
 pub const SNAPSHOT_VERSION_SQL: &str = "SELECT max(version) FROM tashkent.applied";
 
+/// The snapshot's version as a client session's transactions read it
+/// first: the same, and it loads the capture library into the session
+/// (`tashkent.capture_version()`, immutable: evaluated once, when the
+/// statement is planned), whose executor hook must be in place before
+/// the client's first `SELECT ... FOR UPDATE` (`tashkent_locks.c`).
+pub const OPENING_SQL: &str =
+    "SELECT max(version), tashkent.capture_version() FROM tashkent.applied";
+
 /// Default cap on one transaction's captured bytes (`max_writeset_bytes`).
 pub const DEFAULT_MAX_WRITESET_BYTES: u64 = 256 << 20;
 

@@ -12,7 +12,7 @@
  * PostgreSQL's 1 GB limit is ever built) and refuses to grow past
  * `tashkent.max_writeset_bytes` with SQLSTATE 54000.
  *
- * Entry format (capture format 2; all integers little-endian):
+ * Entry format (capture format 3; all integers little-endian):
  *
  *   entry := op:u8  body_len:u32  body
  *   str   := len:u32  bytes
@@ -23,6 +23,8 @@
  *   'D' delete   table pk old_row uniques
  *   'T' truncate table
  *   'X' DDL      json                 (from the event trigger, see FORMAT.md)
+ *   'L' lock     table pk             (a row locked FOR [NO KEY] UPDATE, see
+ *                                      tashkent_locks.c; format 3)
  *
  * Nothing is captured while an extension's script runs (see
  * tashkent_in_extension_script).
@@ -35,7 +37,8 @@
  *   bytea_output hex, and names of reg* values qualified. Input functions
  *   read that text back to the same value (pg_dump relies on the same
  *   property), so a replica reads back what the origin wrote;
- * - pk: the primary key's conflict key, empty when the table has none;
+ * - pk: the primary key's conflict key, empty when the table has none
+ *   (for 'L' also when the key has a NULL, which a primary key cannot);
  *   old_pk and old_row are empty unless an UPDATE changed the primary key;
  * - uniques: conflict keys of the other unique indexes (no key where a
  *   value is NULL, unless NULLS NOT DISTINCT); gone: an UPDATE's old unique
@@ -97,7 +100,7 @@ PG_FUNCTION_INFO_V1(tashkent_capture_version);
 PG_FUNCTION_INFO_V1(tashkent_in_extension_script);
 
 /* Bumped whenever the entry format changes; the proxy checks it. */
-#define CAPTURE_FORMAT 2
+#define CAPTURE_FORMAT 3
 
 #define CHUNK_MIN ((Size) 8192)
 #define CHUNK_MAX ((Size) 1024 * 1024)
@@ -237,10 +240,13 @@ register_callbacks(void)
 		ws_marks[l] = 0;
 }
 
+static void install_lock_capture(void);
+
 void
 _PG_init(void)
 {
 	register_callbacks();
+	install_lock_capture();
 }
 
 /* The transaction's cap: tashkent.max_writeset_bytes (set by the proxy on
@@ -896,6 +902,150 @@ refuse_mixed_query(void)
 			 errhint("Send each DDL statement as a query of its own.")));
 }
 
+/*
+ * Runs fn(arg) under the fixed output settings (see the header), and with
+ * an empty search path for tables whose values print names (reg* types):
+ * rows and keys render the same whatever the session's settings.
+ */
+static void
+in_canonical_settings(RelInfo *info, void (*fn) (void *), void *arg)
+{
+	OutputSettings saved;
+	volatile bool path_pushed = false;
+
+	settings_push(&saved);
+	PG_TRY();
+	{
+		if (info->reg_types)
+		{
+			OverrideSearchPath path = {NIL, true, false, 0};
+
+			PushOverrideSearchPath(&path);
+			path_pushed = true;
+		}
+		fn(arg);
+	}
+	PG_FINALLY();
+	{
+		if (path_pushed)
+			PopOverrideSearchPath();
+		settings_pop(&saved);
+	}
+	PG_END_TRY();
+}
+
+/* A row change to render into an entry's body (after its table). */
+typedef struct RowArgs
+{
+	RelInfo    *info;
+	char		op;
+	Datum	   *newv;
+	bool	   *newn;
+	Datum	   *oldv;
+	bool	   *oldn;
+	StringInfo	buf;
+} RowArgs;
+
+/* The body of an 'I', 'U' or 'D' entry: keys, rows, references. */
+static void
+render_change(void *arg)
+{
+	RowArgs    *a = (RowArgs *) arg;
+	RelInfo    *info = a->info;
+	char		op = a->op;
+	Datum	   *newv = a->newv,
+			   *oldv = a->oldv;
+	bool	   *newn = a->newn,
+			   *oldn = a->oldn;
+	StringInfo	buf = a->buf;
+
+	if (op == 'I')
+	{
+		RowKeys		k;
+		StringInfoData row;
+
+		row_keys(&k, info, newv, newn);
+		put_strinfo(buf, &k.pk);
+		initStringInfo(&row);
+		render_row(&row, info, newv, newn);
+		put_strinfo(buf, &row);
+		put_keys(buf, &k);
+		put_refs(buf, info, newv, newn, NULL, NULL);
+	}
+	else if (op == 'D')
+	{
+		RowKeys		k;
+		StringInfoData row;
+
+		row_keys(&k, info, oldv, oldn);
+		put_strinfo(buf, &k.pk);
+		initStringInfo(&row);
+		render_row(&row, info, oldv, oldn);
+		put_strinfo(buf, &row);
+		put_keys(buf, &k);
+	}
+	else
+	{
+		RowKeys		nk;
+		StringInfoData row;
+		bool		keys_changed = false;
+		bool		pk_changed;
+
+		row_keys(&nk, info, newv, newn);
+		put_strinfo(buf, &nk.pk);
+		initStringInfo(&row);
+		render_row(&row, info, newv, newn);
+		put_strinfo(buf, &row);
+		pk_changed = key_changed(info, &info->pk, oldv, oldn, newv, newn);
+		for (int i = 0; i < info->nuniques && !keys_changed; i++)
+			keys_changed = key_changed(info, &info->uniques[i], oldv, oldn, newv, newn);
+		if (pk_changed || keys_changed)
+		{
+			RowKeys		ok;
+			int			gone_at;
+			uint32		gone = 0;
+
+			row_keys(&ok, info, oldv, oldn);
+			/* Equal bytes: the values changed but not for the index. */
+			pk_changed = ok.pk.len != nk.pk.len ||
+				memcmp(ok.pk.data, nk.pk.data, nk.pk.len) != 0;
+			if (pk_changed)
+			{
+				put_strinfo(buf, &ok.pk);
+				resetStringInfo(&row);
+				render_row(&row, info, oldv, oldn);
+				put_strinfo(buf, &row);
+			}
+			else
+			{
+				put_u32(buf, 0);
+				put_u32(buf, 0);
+			}
+			put_keys(buf, &nk);
+			gone_at = buf->len;
+			put_u32(buf, 0);
+			for (int i = 0; i < ok.n; i++)
+				if (!key_in(&ok.uniques[i], &nk))
+				{
+					put_strinfo(buf, &ok.uniques[i]);
+					gone++;
+				}
+			buf->data[gone_at] = (char) (gone & 0xff);
+			buf->data[gone_at + 1] = (char) ((gone >> 8) & 0xff);
+			buf->data[gone_at + 2] = (char) ((gone >> 16) & 0xff);
+			buf->data[gone_at + 3] = (char) ((gone >> 24) & 0xff);
+		}
+		else
+		{
+			put_u32(buf, 0);
+			put_u32(buf, 0);
+			put_keys(buf, &nk);
+			put_u32(buf, 0);
+		}
+		put_refs(buf, info, newv, newn, oldv, oldn);
+	}
+}
+
 static void
 capture_row(TriggerData *td)
 {
@@ -908,8 +1058,6 @@ capture_row(TriggerData *td)
 			   *oldn = NULL;
 	StringInfoData buf;
 	int			len_at;
-	OutputSettings saved;
-	bool		path_pushed = false;
 
 	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
 		op = 'I';
@@ -948,109 +1096,11 @@ capture_row(TriggerData *td)
 	put_u32(&buf, 0);
 	put_str(&buf, info->name, strlen(info->name));
 
-	settings_push(&saved);
-	PG_TRY();
 	{
-		if (info->reg_types)
-		{
-			OverrideSearchPath path = {NIL, true, false, 0};
+		RowArgs		args = {info, op, newv, newn, oldv, oldn, &buf};
 
-			PushOverrideSearchPath(&path);
-			path_pushed = true;
-		}
-		if (op == 'I')
-		{
-			RowKeys		k;
-			StringInfoData row;
-
-			row_keys(&k, info, newv, newn);
-			put_strinfo(&buf, &k.pk);
-			initStringInfo(&row);
-			render_row(&row, info, newv, newn);
-			put_strinfo(&buf, &row);
-			put_keys(&buf, &k);
-			put_refs(&buf, info, newv, newn, NULL, NULL);
-		}
-		else if (op == 'D')
-		{
-			RowKeys		k;
-			StringInfoData row;
-
-			row_keys(&k, info, oldv, oldn);
-			put_strinfo(&buf, &k.pk);
-			initStringInfo(&row);
-			render_row(&row, info, oldv, oldn);
-			put_strinfo(&buf, &row);
-			put_keys(&buf, &k);
-		}
-		else
-		{
-			RowKeys		nk;
-			StringInfoData row;
-			bool		keys_changed = false;
-			bool		pk_changed;
-
-			row_keys(&nk, info, newv, newn);
-			put_strinfo(&buf, &nk.pk);
-			initStringInfo(&row);
-			render_row(&row, info, newv, newn);
-			put_strinfo(&buf, &row);
-			pk_changed = key_changed(info, &info->pk, oldv, oldn, newv, newn);
-			for (int i = 0; i < info->nuniques && !keys_changed; i++)
-				keys_changed = key_changed(info, &info->uniques[i], oldv, oldn, newv, newn);
-			if (pk_changed || keys_changed)
-			{
-				RowKeys		ok;
-				int			gone_at;
-				uint32		gone = 0;
-
-				row_keys(&ok, info, oldv, oldn);
-				/* Equal bytes: the values changed but not for the index. */
-				pk_changed = ok.pk.len != nk.pk.len ||
-					memcmp(ok.pk.data, nk.pk.data, nk.pk.len) != 0;
-				if (pk_changed)
-				{
-					put_strinfo(&buf, &ok.pk);
-					resetStringInfo(&row);
-					render_row(&row, info, oldv, oldn);
-					put_strinfo(&buf, &row);
-				}
-				else
-				{
-					put_u32(&buf, 0);
-					put_u32(&buf, 0);
-				}
-				put_keys(&buf, &nk);
-				gone_at = buf.len;
-				put_u32(&buf, 0);
-				for (int i = 0; i < ok.n; i++)
-					if (!key_in(&ok.uniques[i], &nk))
-					{
-						put_strinfo(&buf, &ok.uniques[i]);
-						gone++;
-					}
-				buf.data[gone_at] = (char) (gone & 0xff);
-				buf.data[gone_at + 1] = (char) ((gone >> 8) & 0xff);
-				buf.data[gone_at + 2] = (char) ((gone >> 16) & 0xff);
-				buf.data[gone_at + 3] = (char) ((gone >> 24) & 0xff);
-			}
-			else
-			{
-				put_u32(&buf, 0);
-				put_u32(&buf, 0);
-				put_keys(&buf, &nk);
-				put_u32(&buf, 0);
-			}
-			put_refs(&buf, info, newv, newn, oldv, oldn);
-		}
+		in_canonical_settings(info, render_change, &args);
 	}
-	PG_FINALLY();
-	{
-		if (path_pushed)
-			PopOverrideSearchPath();
-		settings_pop(&saved);
-	}
-	PG_END_TRY();
 
 	patch_len(&buf, len_at);
 	ws_append(buf.data, buf.len);
@@ -1171,3 +1221,6 @@ tashkent_in_extension_script(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(creating_extension);
 }
+
+/* Row locks as conflict keys: the executor hook (a file of its own). */
+#include "tashkent_locks.c"

@@ -73,7 +73,8 @@ impl Session {
             self.shared.cfg.replica_id,
             snapshot,
             self.shared.cfg.max_writeset_bytes,
-        );
+        )
+        .lock_conflicts(self.freshness().lock_conflicts);
         let streamed = match self.read_captured(&mut builder).await? {
             Readout::Read(streamed) => streamed,
             Readout::Failed(e) | Readout::Refused(e) => {
@@ -326,7 +327,8 @@ impl Session {
                     )));
                 }
                 // The applier waits for a lock this transaction holds (one
-                // its writeset does not show, e.g. SELECT FOR UPDATE), to
+                // its writeset does not show, e.g. SELECT FOR SHARE, or FOR
+                // UPDATE with tashkent.lock_conflicts off), to
                 // apply a version below ours: waiting for our turn would
                 // deadlock. Give the locks up, unless the turn is ours
                 // already (then the applier is past that version).

@@ -1,5 +1,6 @@
 //! Consistency levels in a session (`proxy::consistency`): the proxy's
-//! own settings (`SET [LOCAL] tashkent.consistency`, `..._timeout`), the
+//! own settings (`SET [LOCAL] tashkent.consistency`, `..._timeout`,
+//! `tashkent.lock_conflicts`), the
 //! wait before a transaction takes its snapshot, `SELECT
 //! tashkent.wait_for(v)` and what `SHOW tashkent.*` tells of them.
 
@@ -34,6 +35,9 @@ impl Session {
         match Setting::parse(name, value)? {
             Setting::Level(l) => c.level = l.unwrap_or(self.shared.cfg.consistency),
             Setting::Timeout(t) => c.timeout = t.unwrap_or(self.shared.cfg.consistency_timeout),
+            Setting::LockConflicts(b) => {
+                c.lock_conflicts = b.unwrap_or(self.shared.cfg.lock_conflicts)
+            }
         }
         if local {
             // Outside a transaction SET LOCAL does nothing (PostgreSQL
@@ -84,6 +88,7 @@ impl Session {
         Some(match name {
             "consistency" => c.level.name().to_string(),
             "consistency_timeout" => format!("{}ms", c.timeout.as_millis()),
+            "lock_conflicts" => if c.lock_conflicts { "on" } else { "off" }.to_string(),
             "last_commit_version" => self.last_commit.to_string(),
             _ => return None,
         })

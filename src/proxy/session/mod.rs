@@ -71,6 +71,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let consistency = Consistency {
         level: shared.cfg.consistency,
         timeout: shared.cfg.consistency_timeout,
+        lock_conflicts: shared.cfg.lock_conflicts,
     };
     let mut session = Session {
         consistency,

@@ -19,7 +19,7 @@ use crate::proxy::wire::Message;
 pub(super) enum OwnStatement {
     Begin,
     BeginReadOnly,
-    /// The snapshot's version (`capture::SNAPSHOT_VERSION_SQL`).
+    /// The snapshot's version (`capture::OPENING_SQL`).
     Snapshot,
     /// The captured entries (`capture::READ_SQL`), read in binary.
     ReadOut,
@@ -55,7 +55,7 @@ impl OwnStatement {
         match self {
             OwnStatement::Begin => "BEGIN ISOLATION LEVEL REPEATABLE READ",
             OwnStatement::BeginReadOnly => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-            OwnStatement::Snapshot => capture::SNAPSHOT_VERSION_SQL,
+            OwnStatement::Snapshot => capture::OPENING_SQL,
             OwnStatement::ReadOut => capture::READ_SQL,
             OwnStatement::TakeTurn => "SELECT tashkent.take_turns($1, $1)",
             OwnStatement::WaitTurn => "SELECT tashkent.wait_turn($1, $2)",

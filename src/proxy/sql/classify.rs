@@ -104,7 +104,10 @@ fn proxy_setting(c: &mut Cursor, local: bool, reset: bool) -> Option<Kind> {
     };
     // Only the proxy's own settings: the capture's (tashkent.internal,
     // tashkent.max_writeset_bytes, ...) stay refused.
-    if !matches!(name.as_str(), "consistency" | "consistency_timeout") {
+    if !matches!(
+        name.as_str(),
+        "consistency" | "consistency_timeout" | "lock_conflicts"
+    ) {
         return None;
     }
     let rest = &toks[3..];

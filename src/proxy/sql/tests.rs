@@ -421,6 +421,10 @@ fn proxy_settings_and_wait_for() {
             set("consistency", None, false),
         ),
         (
+            "SET LOCAL tashkent.lock_conflicts = off",
+            set("lock_conflicts", Some("off"), true),
+        ),
+        (
             "SELECT tashkent.wait_for(42)",
             Kind::ProxyWaitFor { version: 42 },
         ),
@@ -436,6 +440,8 @@ fn proxy_settings_and_wait_for() {
             "SET tashkent.consistency = strong, eventual",
             "schema tashkent",
         ),
+        // The capture's own settings stay refused.
+        ("SET tashkent.max_writeset_bytes = 1", "schema tashkent"),
     ]);
 }
 

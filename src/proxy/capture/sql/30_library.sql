@@ -1,4 +1,4 @@
--- The capture library (capture format 2, see tashkent_capture.c).
+-- The capture library (capture format 3, see tashkent_capture.c).
 CREATE OR REPLACE FUNCTION tashkent.capture_row() RETURNS trigger
 LANGUAGE c AS '@LIBRARY@', 'tashkent_capture_row';
 CREATE OR REPLACE FUNCTION tashkent.capture_truncate() RETURNS trigger
