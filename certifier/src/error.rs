@@ -86,6 +86,12 @@ pub enum CertifierError {
     /// Client side: the server's answer violates the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+
+    /// The replicated certifier's storage (`raft`): a log entry, the vote
+    /// file or a snapshot that cannot be decoded, or an operation the raft
+    /// log cannot do; `what` names the file or LSN.
+    #[error("raft storage, {what}: {reason}")]
+    RaftStorage { what: String, reason: String },
 }
 
 /// An error and its causes, outermost first, as one line (tonic's
@@ -183,7 +189,8 @@ impl From<CertifierError> for tonic::Status {
             | CertifierError::Tls(_)
             | CertifierError::Transport(_)
             | CertifierError::Connect { .. }
-            | CertifierError::Protocol(_) => Status::internal(msg),
+            | CertifierError::Protocol(_)
+            | CertifierError::RaftStorage { .. } => Status::internal(msg),
         }
     }
 }
