@@ -2,6 +2,8 @@
 //! openraft's own storage test suite, plus what the suite cannot check:
 //! reopening from disk, and applying real certifier entries.
 
+mod raft_common;
+
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
 use tashkent_certifier::raft::{LogStore, StateMachine, TypeConfig};
@@ -41,14 +43,17 @@ mod on_disk {
     use bytes::Bytes;
     use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
     use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder, Vote};
-    use tashkent_certifier::proto::Writeset;
-    use tashkent_certifier::raft::entry::log_id;
     use tashkent_certifier::raft::types::Entry;
+    use tashkent_certifier::raft::types::LogId;
     use tashkent_certifier::raft::{Command, LogStore, Response, StateMachine};
-    use tashkent_certifier::writeset::item;
-    use tashkent_certifier::{record, Limits, Op, WRITESET_FORMAT_VERSION};
+    use tashkent_certifier::Limits;
 
     use super::wal_opts;
+
+    /// A log id proposed by node 0 (the suite's node).
+    fn log_id(term: u64, index: u64) -> LogId {
+        tashkent_certifier::raft::entry::log_id(term, 0, index)
+    }
 
     fn blank(term: u64, index: u64) -> Entry {
         Entry {
@@ -131,19 +136,9 @@ mod on_disk {
     }
 
     fn certify(term: u64, index: u64, id: &str, snapshot: u64, key: &str) -> Entry {
-        let ws = Writeset {
-            format_version: WRITESET_FORMAT_VERSION,
-            txn_id: Bytes::copy_from_slice(id.as_bytes()),
-            origin: 1,
-            snapshot,
-            items: vec![item("t", Op::Update, key.as_bytes().to_vec())],
-            ..Writeset::default()
-        };
         Entry {
             log_id: log_id(term, index),
-            payload: EntryPayload::Normal(Command::Certify {
-                record: record::encode(&ws).freeze(),
-            }),
+            payload: EntryPayload::Normal(super::raft_common::certify(id, snapshot, key)),
         }
     }
 

@@ -13,8 +13,9 @@
 //!   6     1   kind: 0 blank, 1 certify, 2 report, 3 membership
 //!   7     1   reserved, 0
 //!   8     8   term, little-endian
-//!  16     8   index, little-endian (== LSN - 1)
-//!  24     n   body:
+//!  16     8   node id of the leader that proposed it, little-endian
+//!  24     8   index, little-endian (== LSN - 1)
+//!  32     n   body:
 //!               certify:    the certifier record (`record.rs`, version 0)
 //!               report:     replica u32, applied u64, oldest snapshot u64
 //!               membership: openraft's `Membership`, JSON
@@ -33,7 +34,7 @@ use crate::error::CertifierError;
 
 pub const MAGIC: &[u8; 4] = b"TKRE";
 pub const ENTRY_FORMAT_VERSION: u16 = 1;
-pub const HEADER_LEN: usize = 24;
+pub const HEADER_LEN: usize = 32;
 
 const KIND_BLANK: u8 = 0;
 const KIND_CERTIFY: u8 = 1;
@@ -46,10 +47,11 @@ pub fn lsn_of(index: u64) -> u64 {
     index + 1
 }
 
-/// A log id from its stored parts (the node id is not part of a committed
-/// leader id in openraft's default mode, so it is not stored).
-pub fn log_id(term: u64, index: u64) -> LogId {
-    LogId::new(CommittedLeaderId::new(term, NodeId::default()), index)
+/// A log id from its parts. The proposer's node id is part of a committed
+/// leader id in openraft's default mode: log ids that differ only in it are
+/// different entries.
+pub fn log_id(term: u64, node_id: NodeId, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, node_id), index)
 }
 
 /// Encodes `entry` as a WAL payload.
@@ -82,6 +84,7 @@ pub fn encode(entry: &Entry) -> Result<Bytes, CertifierError> {
     buf.put_u8(kind);
     buf.put_u8(0);
     buf.put_u64_le(entry.log_id.leader_id.term);
+    buf.put_u64_le(entry.log_id.leader_id.node_id);
     buf.put_u64_le(entry.log_id.index);
     buf.put_slice(&body);
     Ok(buf.freeze())
@@ -105,7 +108,8 @@ pub fn decode(lsn: u64, rec: &Bytes) -> Result<Entry, CertifierError> {
         return Err(bad(format!("reserved byte is {:#04x}", rec[7])));
     }
     let term = u64_at(rec, 8);
-    let index = u64_at(rec, 16);
+    let node_id = u64_at(rec, 16);
+    let index = u64_at(rec, 24);
     if lsn_of(index) != lsn {
         return Err(bad(format!(
             "entry says index {index}, expected {}",
@@ -133,7 +137,7 @@ pub fn decode(lsn: u64, rec: &Bytes) -> Result<Entry, CertifierError> {
         }
     };
     Ok(Entry {
-        log_id: log_id(term, index),
+        log_id: log_id(term, node_id, index),
         payload,
     })
 }
@@ -156,21 +160,21 @@ mod tests {
         let voters: BTreeSet<NodeId> = [1, 2, 3].into();
         vec![
             Entry {
-                log_id: log_id(0, 0),
+                log_id: log_id(0, 1, 0),
                 payload: EntryPayload::Membership(Membership::new(vec![voters], None)),
             },
             Entry {
-                log_id: log_id(2, 1),
+                log_id: log_id(2, 3, 1),
                 payload: EntryPayload::Blank,
             },
             Entry {
-                log_id: log_id(2, 2),
+                log_id: log_id(2, 3, 2),
                 payload: EntryPayload::Normal(Command::Certify {
                     record: Bytes::from_static(b"TKCW record bytes"),
                 }),
             },
             Entry {
-                log_id: log_id(3, 3),
+                log_id: log_id(3, 2, 3),
                 payload: EntryPayload::Normal(Command::Report {
                     replica: 7,
                     applied: 9,

@@ -119,8 +119,8 @@ mod tests {
         assert_eq!(load(&path).unwrap(), Meta::default());
         let m = Meta {
             vote: Some(openraft::Vote::new_committed(4, 2)),
-            committed: Some(log_id(4, 17)),
-            purged: Some(log_id(3, 9)),
+            committed: Some(log_id(4, 2, 17)),
+            purged: Some(log_id(3, 1, 9)),
         };
         store(&path, &m).unwrap();
         assert_eq!(load(&path).unwrap(), m);

@@ -241,7 +241,7 @@ mod tests {
     fn sample() -> SnapshotState {
         SnapshotState {
             meta: SnapshotMeta {
-                last_log_id: Some(log_id(3, 41)),
+                last_log_id: Some(log_id(3, 2, 41)),
                 last_membership: Default::default(),
                 snapshot_id: "3-41-1".into(),
             },
