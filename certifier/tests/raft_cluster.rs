@@ -3,12 +3,16 @@
 //! leader is killed (shut down, its server stopped), a new leader commits
 //! more with no raft index reused and no version skipped or reused, and a
 //! retried transaction id gets its original version from the new leader.
+//! Then: a follower whose disk is wiped rejoins through a snapshot (the
+//! others purged the log it lacks), a node restarts from its own disk, and
+//! each, made leader, answers from the same certifier state.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{BasicNode, Config};
+use openraft::{BasicNode, Config, SnapshotPolicy};
 use tashkent_certifier::raft::{
     Command, LogStore, Network, NodeId, Raft, RaftService, Response, StateMachine,
 };
@@ -28,27 +32,41 @@ struct Node {
     raft: Raft,
     stop_server: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
-    _dir: TempDir,
+}
+
+/// Elections in 0.3–0.6 s, and with `snapshot_every`, a snapshot after that
+/// many entries and the log purged right behind it.
+fn config(snapshot_every: Option<u64>) -> Arc<Config> {
+    let mut c = Config {
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        ..Config::default()
+    };
+    if let Some(n) = snapshot_every {
+        c.snapshot_policy = SnapshotPolicy::LogsSinceLast(n);
+        c.max_in_snapshot_log_to_keep = 0;
+        c.purge_batch_size = 1;
+    }
+    Arc::new(c.validate().unwrap())
 }
 
 impl Node {
-    async fn start(id: NodeId, listener: tokio::net::TcpListener) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
-            ..Config::default()
-        };
+    /// Starts node `id` on what `dir` holds (nothing, for a new node),
+    /// serving on `listener`.
+    async fn start(
+        id: NodeId,
+        dir: &Path,
+        listener: tokio::net::TcpListener,
+        config: Arc<Config>,
+    ) -> Node {
         let opts = WalOptions {
             segment_size: 1 << 20,
             ..WalOptions::default()
         };
-        let log = LogStore::open(&dir.path().join("log"), opts).unwrap();
-        let sm = StateMachine::open(&dir.path().join("sm"), Limits::default()).unwrap();
-        let raft = Raft::new(id, Arc::new(config.validate().unwrap()), Network, log, sm)
-            .await
-            .unwrap();
+        let log = LogStore::open(&dir.join("log"), opts).unwrap();
+        let sm = StateMachine::open(&dir.join("sm"), Limits::default()).unwrap();
+        let raft = Raft::new(id, config, Network, log, sm).await.unwrap();
         let (stop_server, stopped) = oneshot::channel::<()>();
         let svc = RaftService::new(raft.clone()).into_server();
         let server = tokio::spawn(async move {
@@ -65,7 +83,6 @@ impl Node {
             raft,
             stop_server: Some(stop_server),
             server,
-            _dir: dir,
         }
     }
 
@@ -76,6 +93,51 @@ impl Node {
             let _ = s.send(());
         }
         self.server.await.unwrap();
+    }
+}
+
+/// Three initialized nodes, each in its own directory.
+struct Cluster {
+    nodes: BTreeMap<NodeId, Node>,
+    addrs: BTreeMap<NodeId, String>,
+    dirs: BTreeMap<NodeId, TempDir>,
+}
+
+impl Cluster {
+    async fn start(snapshot_every: Option<u64>) -> Cluster {
+        let mut members = BTreeMap::new();
+        let mut listeners = Vec::new();
+        for id in 1..=3u64 {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap().to_string();
+            members.insert(id, BasicNode { addr });
+            listeners.push((id, l));
+        }
+        let mut c = Cluster {
+            nodes: BTreeMap::new(),
+            addrs: members
+                .iter()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect(),
+            dirs: BTreeMap::new(),
+        };
+        for (id, l) in listeners {
+            let dir = tempfile::tempdir().unwrap();
+            let node = Node::start(id, dir.path(), l, config(snapshot_every)).await;
+            c.nodes.insert(id, node);
+            c.dirs.insert(id, dir);
+        }
+        c.nodes[&1].raft.initialize(members).await.unwrap();
+        c
+    }
+
+    /// Starts node `id` again on its address and directory.
+    async fn restart(&mut self, id: NodeId, snapshot_every: Option<u64>) {
+        let l = tokio::net::TcpListener::bind(&self.addrs[&id])
+            .await
+            .unwrap();
+        let node = Node::start(id, self.dirs[&id].path(), l, config(snapshot_every)).await;
+        self.nodes.insert(id, node);
     }
 }
 
@@ -124,24 +186,8 @@ async fn three_nodes_elect_commit_lose_the_leader_and_carry_on() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let mut members = BTreeMap::new();
-    let mut listeners = Vec::new();
-    for id in 1..=3u64 {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        members.insert(
-            id,
-            BasicNode {
-                addr: l.local_addr().unwrap().to_string(),
-            },
-        );
-        listeners.push((id, l));
-    }
-    let mut nodes = BTreeMap::new();
-    for (id, l) in listeners {
-        nodes.insert(id, Node::start(id, l).await);
-    }
-    nodes[&1].raft.initialize(members).await.unwrap();
-
+    let cluster = Cluster::start(None).await;
+    let mut nodes = cluster.nodes;
     let leader = agreed_leader(&nodes).await;
     let mut indexes = Vec::new();
     let mut versions = Vec::new();
@@ -221,6 +267,97 @@ async fn three_nodes_elect_commit_lose_the_leader_and_carry_on() {
     // The survivor follows.
     all_applied(&nodes, *indexes.last().unwrap()).await;
     for (_, n) in nodes {
+        n.kill().await;
+    }
+}
+
+/// Makes `id` the leader (it must have an up-to-date log).
+async fn make_leader(nodes: &BTreeMap<NodeId, Node>, id: NodeId) {
+    let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+    while agreed_leader(nodes).await != id {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {id} did not become the leader"
+        );
+        nodes[&id].raft.trigger().elect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+}
+
+/// Certifies `t{i}` on row `k{i}` for each `i` and expects version `i`
+/// (the test commits transaction `ti` as the i-th version); returns the
+/// raft index of the last.
+async fn commit_numbered(leader: &Raft, is: std::ops::RangeInclusive<u64>) -> u64 {
+    let mut last = 0;
+    for i in is {
+        let (index, _, r) = write(leader, certify(&format!("t{i}"), i - 1, &format!("k{i}"))).await;
+        assert_eq!(r, Response::Committed { version: i }, "t{i}");
+        last = index;
+    }
+    last
+}
+
+/// What the node the test made leader answers: a retry of `t1` and of
+/// `t{latest}` get their versions, a new transaction the next one, and a
+/// stale write to row `k{latest}` conflicts with version `latest`.
+async fn check_state(leader: &Raft, latest: u64) -> u64 {
+    for i in [1, latest] {
+        let (_, _, r) = write(leader, certify(&format!("t{i}"), i - 1, &format!("k{i}"))).await;
+        assert_eq!(r, Response::Committed { version: i }, "retry of t{i}");
+    }
+    let stale = format!("stale{latest}");
+    let (_, _, r) = write(leader, certify(&stale, latest - 1, &format!("k{latest}"))).await;
+    assert!(
+        matches!(r, Response::Aborted { conflict_version, .. } if conflict_version == latest),
+        "{r:?}"
+    );
+    commit_numbered(leader, latest + 1..=latest + 1).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_follower_rejoins_from_a_snapshot_and_a_restarted_node_from_its_disk() {
+    const SNAPSHOT_EVERY: Option<u64> = Some(20);
+    let mut c = Cluster::start(SNAPSHOT_EVERY).await;
+    let leader = agreed_leader(&c.nodes).await;
+    let followers: Vec<NodeId> = c.nodes.keys().copied().filter(|&n| n != leader).collect();
+    let (wiped, restarted) = (followers[0], followers[1]);
+    let last = commit_numbered(&c.nodes[&leader].raft, 1..=30).await;
+    all_applied(&c.nodes, last).await;
+
+    // A follower loses its disk while the others go on, snapshot and purge
+    // the log it would need.
+    c.nodes.remove(&wiped).unwrap().kill().await;
+    let dir = c.dirs[&wiped].path().to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    let last = commit_numbered(&c.nodes[&leader].raft, 31..=60).await;
+    c.nodes[&leader]
+        .raft
+        .wait(Some(ELECTION_WAIT))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index > 30),
+            "leader purged the log behind a snapshot",
+        )
+        .await
+        .unwrap();
+    // It comes back empty: only a snapshot can bring it up to date.
+    c.restart(wiped, SNAPSHOT_EVERY).await;
+    all_applied(&c.nodes, last).await;
+    let m = c.nodes[&wiped].raft.metrics().borrow().clone();
+    assert!(m.snapshot.is_some(), "installed a snapshot: {m:?}");
+    make_leader(&c.nodes, wiped).await;
+    let last = check_state(&c.nodes[&wiped].raft, 60).await;
+    all_applied(&c.nodes, last).await;
+
+    // Another node restarts from its own disk: snapshot (if it took one),
+    // log, vote.
+    c.nodes.remove(&restarted).unwrap().kill().await;
+    c.restart(restarted, SNAPSHOT_EVERY).await;
+    all_applied(&c.nodes, last).await;
+    make_leader(&c.nodes, restarted).await;
+    check_state(&c.nodes[&restarted].raft, 61).await;
+
+    for (_, n) in c.nodes {
         n.kill().await;
     }
 }

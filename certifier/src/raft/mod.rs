@@ -66,7 +66,9 @@
 //! [`LogStore`] and [`StateMachine`], reopening, purge past the end,
 //! certification at apply, snapshot transfer. `certifier/tests/raft_cluster.rs`:
 //! three nodes over gRPC on loopback elect a leader, commit, lose it, and
-//! carry on with dense versions and no index reused.
+//! carry on with dense versions and no index reused; a wiped follower
+//! rejoins from a snapshot and a restarted node from its disk, each then
+//! answering (as leader) from the same certifier state.
 
 pub mod entry;
 pub mod log_store;
