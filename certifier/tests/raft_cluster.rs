@@ -96,7 +96,7 @@ impl Node {
     }
 }
 
-/// Three initialized nodes, each in its own directory.
+/// Initialized nodes, each in its own directory.
 struct Cluster {
     nodes: BTreeMap<NodeId, Node>,
     addrs: BTreeMap<NodeId, String>,
@@ -104,10 +104,10 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(snapshot_every: Option<u64>) -> Cluster {
+    async fn start(size: u64, snapshot_every: Option<u64>) -> Cluster {
         let mut members = BTreeMap::new();
         let mut listeners = Vec::new();
-        for id in 1..=3u64 {
+        for id in 1..=size {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap().to_string();
             members.insert(id, BasicNode { addr });
@@ -186,7 +186,7 @@ async fn three_nodes_elect_commit_lose_the_leader_and_carry_on() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let cluster = Cluster::start(None).await;
+    let cluster = Cluster::start(3, None).await;
     let mut nodes = cluster.nodes;
     let leader = agreed_leader(&nodes).await;
     let mut indexes = Vec::new();
@@ -317,7 +317,7 @@ async fn check_state(leader: &Raft, latest: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_follower_rejoins_from_a_snapshot_and_a_restarted_node_from_its_disk() {
     const SNAPSHOT_EVERY: Option<u64> = Some(20);
-    let mut c = Cluster::start(SNAPSHOT_EVERY).await;
+    let mut c = Cluster::start(3, SNAPSHOT_EVERY).await;
     let leader = agreed_leader(&c.nodes).await;
     let followers: Vec<NodeId> = c.nodes.keys().copied().filter(|&n| n != leader).collect();
     let (wiped, restarted) = (followers[0], followers[1]);
@@ -360,4 +360,58 @@ async fn a_wiped_follower_rejoins_from_a_snapshot_and_a_restarted_node_from_its_
     for (_, n) in c.nodes {
         n.kill().await;
     }
+}
+
+/// `writers` tasks certify `each` transactions on distinct rows through
+/// the leader of a `size`-node cluster; returns the versions they got and
+/// the commits per second (informational only: no timing is asserted).
+async fn concurrent(size: u64, writers: u64, each: u64) -> (Vec<u64>, f64) {
+    let c = Cluster::start(size, None).await;
+    let leader = c.nodes[&agreed_leader(&c.nodes).await].raft.clone();
+    let started = tokio::time::Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let raft = leader.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for i in 0..each {
+                    let id = format!("w{w}-{i}");
+                    match write(&raft, certify(&id, 0, &id)).await.2 {
+                        Response::Committed { version } => got.push(version),
+                        other => panic!("{id}: {other:?}"),
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.extend(t.await.unwrap());
+    }
+    let rate = versions.len() as f64 / started.elapsed().as_secs_f64();
+    for (_, n) in c.nodes {
+        n.kill().await;
+    }
+    versions.sort_unstable();
+    (versions, rate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_certifications_get_dense_unique_versions_on_one_and_three_nodes() {
+    let (writers, each) = (16, 25);
+    let mut rates = Vec::new();
+    for size in [1, 3] {
+        let (versions, rate) = concurrent(size, writers, each).await;
+        assert_eq!(
+            versions,
+            (1..=writers * each).collect::<Vec<_>>(),
+            "{size} node(s): every commit a distinct version, none skipped"
+        );
+        rates.push(rate);
+    }
+    eprintln!(
+        "certifications/s through raft, {writers} writers: 1 node {:.0}, 3 nodes {:.0}",
+        rates[0], rates[1]
+    );
 }

@@ -83,8 +83,10 @@ mod on_disk {
             log.blocking_append((250..260).map(|i| blank(4, i)))
                 .await
                 .unwrap();
-            log.purge(log_id(2, 199)).await.unwrap();
+            // The committed id is written with the next purge or vote.
             log.save_committed(Some(log_id(4, 255))).await.unwrap();
+            log.purge(log_id(2, 199)).await.unwrap();
+            log.save_committed(Some(log_id(4, 259))).await.unwrap();
         }
         let mut log = LogStore::open(dir.path(), wal_opts()).unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 2)));

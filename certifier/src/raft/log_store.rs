@@ -11,7 +11,8 @@
 //! - when openraft purges past the last entry (a snapshot ahead of this
 //!   node) or a fresh log's first entry is not index 0, the next append
 //!   starts the WAL over at that entry's LSN (`Wal::restart_at`);
-//! - the vote, committed and purged log ids live in `raft-meta` (`meta.rs`).
+//! - the vote, committed and purged log ids live in `raft-meta` (`meta.rs`);
+//!   the committed id is only written along with the other two.
 //!
 //! A failed WAL (poisoned: disk full, fsync error) fails every later append
 //! and so stops this node from acknowledging anything, as today.
@@ -231,13 +232,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.shared.meta.lock().vote)
     }
 
+    /// Kept in memory and written with the next vote or purge, not on
+    /// every commit (that would cost two fsyncs per commit on every node).
+    /// A committed id older than the truth is always safe: at start openraft
+    /// re-applies only up to it and learns the rest from the leader.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        if self.shared.meta.lock().committed == committed {
-            return Ok(());
-        }
-        self.update_meta(|m| m.committed = committed)
-            .await
-            .map_err(|e| storage_err(ErrorSubject::Store, ErrorVerb::Write, e))
+        self.shared.meta.lock().committed = committed;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

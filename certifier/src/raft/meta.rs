@@ -6,8 +6,8 @@
 //! records: the WAL's LSNs *are* the raft indexes (`entry.rs`), so nothing
 //! else may take an LSN, and the vote must be readable before the log.
 //! These change rarely (the vote per election, the purge pointer per
-//! snapshot); `committed` changes with every commit, which costs one fsync
-//! per call: acceptable for this first increment, see the module docs.
+//! snapshot); `committed` changes with every commit and is only written
+//! along with them (see `LogStore::save_committed`), so it may lag.
 //!
 //! ```text
 //! offset size

@@ -12,7 +12,9 @@
 //!   `<dir>/wal` (`entry.rs` has the record format); appends use the WAL's
 //!   group commit unchanged. The vote, the committed and the purged log ids
 //!   are in `<dir>/raft-meta`, a small versioned, checksummed file replaced
-//!   atomically (`meta.rs`), because every LSN is taken by an entry.
+//!   atomically (`meta.rs`), because every LSN is taken by an entry; the
+//!   committed id rides along with vote and purge writes (it may lag, which
+//!   is safe), so a commit costs no extra fsync.
 //! - **Entries.** A normal entry is a [`Command`]: `Certify` carries exactly
 //!   today's certifier WAL record (`record.rs`, version field 0), `Report`
 //!   a replica's progress. Blank entries (a new leader's first) and
@@ -48,8 +50,6 @@
 //!   `record.rs` records with version == LSN. Serving it from the raft log
 //!   needs a version → index map (kept by the state machine) or entries
 //!   stamped with their version at apply.
-//! - `save_committed` costs an fsync of `raft-meta` per call; it could be
-//!   written lazily (losing it only means re-applying from the snapshot).
 //! - The snapshot keeps the window's writesets in memory (a second copy of
 //!   what the log holds); it could read them from the log instead.
 //! - Spooled (very large) writesets are rejected by apply.
