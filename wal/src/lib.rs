@@ -110,8 +110,8 @@
 //!
 //! With the `failpoints` cargo feature, the sites listed in `fault.rs`
 //! (`wal::write`, `wal::short_write`, `wal::before_fsync`, `wal::fsync`,
-//! `wal::segment_roll`, `wal::purge_between`, `wal::truncate_step`) are live; without it they
-//! compile to nothing.
+//! `wal::segment_roll`, `wal::purge_between`, `wal::restart_between`,
+//! `wal::truncate_step`) are live; without it they compile to nothing.
 //!
 //! ## Tests and benchmarks
 //!

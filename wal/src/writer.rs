@@ -394,7 +394,12 @@ impl Writer {
     /// would be a gap or an overlap.
     fn restart(&mut self, next_lsn: Lsn) -> Result<(), WalError> {
         let segs = self.shared.segments.read().clone();
-        for s in &segs {
+        for (i, s) in segs.iter().enumerate() {
+            if i > 0 {
+                if let Some(e) = fault::injected("wal::restart_between") {
+                    return Err(WalError::io(&s.path, e));
+                }
+            }
             self.shared
                 .segments
                 .write()
