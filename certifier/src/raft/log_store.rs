@@ -14,8 +14,10 @@
 //! - the vote, committed and purged log ids live in `raft-meta` (`meta.rs`);
 //!   the committed id is only written along with the other two.
 //!
-//! A failed WAL (poisoned: disk full, fsync error) fails every later append
-//! and so stops this node from acknowledging anything, as today.
+//! A failed WAL (poisoned: disk full, fsync error) fails the append's
+//! callback and every later append; openraft then stops the node (a fatal
+//! storage error), so it neither acknowledges anything again, as today, nor
+//! holds up the others (`tests/raft_faults.rs`).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};

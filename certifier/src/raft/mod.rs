@@ -37,6 +37,15 @@
 //!
 //! ## Known gaps (next steps toward issue 14)
 //!
+//! - openraft 0.9 waits for each `append` to be flushed before it submits
+//!   the next (`RaftCore::append_to_log`), and 0.9 has no batched
+//!   `client_write`: concurrent certifications on a leader get one
+//!   fdatasync *each*, serially, so the WAL's group commit cannot group
+//!   them. The fix is batching at the proposer: certifications arriving
+//!   while an entry is in flight go into the next entry together (a
+//!   `Certify` command of many records, one answer each), which is group
+//!   commit one level up; or openraft 0.10 (non-blocking log IO,
+//!   `client_write_many`) once it is released.
 //! - The leader does not pre-check: every proposal is certified at apply,
 //!   so aborts take a log entry too. The faster shape: the leader certifies
 //!   speculatively (against applied + in-flight entries) and proposes
@@ -68,7 +77,10 @@
 //! three nodes over gRPC on loopback elect a leader, commit, lose it, and
 //! carry on with dense versions and no index reused; a wiped follower
 //! rejoins from a snapshot and a restarted node from its disk, each then
-//! answering (as leader) from the same certifier state.
+//! answering (as leader) from the same certifier state; concurrent writers
+//! get dense, distinct versions. `certifier/tests/raft_faults.rs`: a node
+//! whose WAL fails (injected fdatasync error) stops for good, the two
+//! others carry on, and the certification in flight keeps one version.
 
 pub mod entry;
 pub mod log_store;

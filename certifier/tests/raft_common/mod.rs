@@ -1,4 +1,8 @@
-//! Helpers shared by the raft tests (`raft_storage.rs`, `raft_cluster.rs`).
+//! Helpers shared by the raft tests (`raft_storage.rs`, `raft_cluster.rs`,
+//! `raft_faults.rs`); not every test uses every helper.
+#![allow(dead_code)]
+
+pub mod cluster;
 
 use bytes::Bytes;
 use tashkent_certifier::proto::Writeset;
