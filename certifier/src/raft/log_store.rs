@@ -27,7 +27,7 @@ use std::sync::Arc;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
 use parking_lot::Mutex;
-use tashkent_wal::{Wal, WalOptions};
+use tashkent_wal::{Wal, WalError, WalOptions};
 
 use super::entry::{self, lsn_of};
 use super::meta::{self, Meta, META_FILE};
@@ -158,15 +158,19 @@ async fn read_entries(shared: &Shared, from: u64, to: u64) -> Result<Vec<Entry>,
     // ahead of the local flush); the WAL reader yields durable records only.
     wal.wait_durable(hi).await?;
     let mut out = Vec::with_capacity((hi - lo) as usize);
-    for rec in wal.read_from(lsn_of(lo))?.take((hi - lo) as usize) {
-        let (lsn, payload) = rec?;
-        out.push(entry::decode(lsn, &payload)?);
-    }
-    if out.len() as u64 != hi - lo {
-        return Err(CertifierError::RaftStorage {
-            what: format!("log entries {lo}..{hi}"),
-            reason: format!("only {} readable (truncated underneath?)", out.len()),
-        });
+    let reader = match wal.read_from(lsn_of(lo)) {
+        Err(WalError::Purged { .. }) => return Ok(out),
+        r => r?,
+    };
+    for rec in reader.take((hi - lo) as usize) {
+        match rec {
+            Ok((lsn, payload)) => out.push(entry::decode(lsn, &payload)?),
+            // Purged (or truncated) while we read: openraft accepts a
+            // shorter prefix ("entry that is not found is allowed") and
+            // checks the count itself where it needs all of them.
+            Err(WalError::Purged { .. }) => break,
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(out)
 }
