@@ -87,6 +87,11 @@ pub enum CertifierError {
     #[error("protocol error: {0}")]
     Protocol(String),
 
+    /// The replicated certifier: this node is not the leader; `leader` is
+    /// the one it knows of, if any (retry there).
+    #[error("this certifier node is not the leader (leader: {})", leader.map_or("unknown".to_string(), |l| format!("node {l}")))]
+    NotLeader { leader: Option<u64> },
+
     /// The replicated certifier's storage (`raft`): a log entry, the vote
     /// file or a snapshot that cannot be decoded, or an operation the raft
     /// log cannot do; `what` names the file or LSN.
@@ -171,7 +176,9 @@ impl From<CertifierError> for tonic::Status {
         match e {
             CertifierError::InvalidArgument(_) => Status::invalid_argument(msg),
             CertifierError::WritesetTooLarge { .. } => Status::resource_exhausted(msg),
-            CertifierError::Poisoned(_) => Status::unavailable(msg),
+            CertifierError::Poisoned(_) | CertifierError::NotLeader { .. } => {
+                Status::unavailable(msg)
+            }
             CertifierError::Wal(ref w) if w.is_poisoned() => Status::unavailable(msg),
             CertifierError::OutcomeUnknown(_) => Status::failed_precondition(msg),
             CertifierError::Purged { first, .. } => {

@@ -10,11 +10,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tashkent_certifier::raft::{NodeId, Raft, Response};
+use tashkent_certifier::raft::{NodeId, Proposer, Raft, Response};
+use tashkent_certifier::CertifierError;
 
 mod raft_common;
-use raft_common::certify;
 use raft_common::cluster::{agreed_leader, all_applied, write, Cluster, Node, ELECTION_WAIT};
+use raft_common::{certify, record};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_commit_lose_the_leader_and_carry_on() {
@@ -199,20 +200,27 @@ async fn a_wiped_follower_rejoins_from_a_snapshot_and_a_restarted_node_from_its_
 }
 
 /// `writers` tasks certify `each` transactions on distinct rows through
-/// the leader of a `size`-node cluster; returns the versions they got and
-/// the commits per second (informational only: no timing is asserted).
-async fn concurrent(size: u64, writers: u64, each: u64) -> (Vec<u64>, f64) {
+/// the leader of a `size`-node cluster, one entry each or `batched` by a
+/// [`Proposer`]; returns the versions they got and the commits per second
+/// (informational only: no timing is asserted).
+async fn concurrent(size: u64, writers: u64, each: u64, batched: bool) -> (Vec<u64>, f64) {
     let c = Cluster::start(size, None).await;
     let leader = c.nodes[&agreed_leader(&c.nodes).await].raft.clone();
+    let proposer = Proposer::new(leader.clone(), 256);
     let started = tokio::time::Instant::now();
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
-            let raft = leader.clone();
+            let (raft, proposer) = (leader.clone(), proposer.clone());
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 for i in 0..each {
                     let id = format!("w{w}-{i}");
-                    match write(&raft, certify(&id, 0, &id)).await.2 {
+                    let answer = if batched {
+                        proposer.certify(record(&id, 0, &id)).await.unwrap()
+                    } else {
+                        write(&raft, certify(&id, 0, &id)).await.2
+                    };
+                    match answer {
                         Response::Committed { version } => got.push(version),
                         other => panic!("{id}: {other:?}"),
                     }
@@ -237,17 +245,70 @@ async fn concurrent(size: u64, writers: u64, each: u64) -> (Vec<u64>, f64) {
 async fn concurrent_certifications_get_dense_unique_versions_on_one_and_three_nodes() {
     let (writers, each) = (16, 25);
     let mut rates = Vec::new();
-    for size in [1, 3] {
-        let (versions, rate) = concurrent(size, writers, each).await;
+    for (size, batched) in [(1, false), (3, false), (1, true), (3, true)] {
+        let (versions, rate) = concurrent(size, writers, each, batched).await;
         assert_eq!(
             versions,
             (1..=writers * each).collect::<Vec<_>>(),
-            "{size} node(s): every commit a distinct version, none skipped"
+            "{size} node(s), batched {batched}: every commit a distinct version, none skipped"
         );
         rates.push(rate);
     }
     eprintln!(
-        "certifications/s through raft, {writers} writers: 1 node {:.0}, 3 nodes {:.0}",
-        rates[0], rates[1]
+        "certifications/s through raft, {writers} writers: one entry each: 1 node {:.0}, \
+         3 nodes {:.0}; batched by a Proposer: 1 node {:.0}, 3 nodes {:.0}",
+        rates[0], rates[1], rates[2], rates[3]
     );
+}
+
+/// Current-thread runtime: the proposer's task cannot run before the test
+/// yields, so the ten certifications queued here deterministically arrive
+/// "together".
+#[tokio::test]
+async fn a_proposer_batches_what_arrives_together_and_a_follower_says_who_leads() {
+    let c = Cluster::start(3, None).await;
+    let leader = agreed_leader(&c.nodes).await;
+    let raft = &c.nodes[&leader].raft;
+    let before = raft.metrics().borrow().last_log_index;
+    let proposer = Proposer::new(raft.clone(), 64);
+    let pending: Vec<_> = (1..=10u64)
+        .map(|i| proposer.certify(record(&format!("t{i}"), 0, &format!("k{i}"))))
+        .collect();
+    // One of them conflicts with an earlier one of the same batch.
+    let conflicting = proposer.certify(record("late", 0, "k3"));
+    let mut answers = futures::future::join_all(pending).await;
+    answers.push(conflicting.await);
+    for (i, a) in answers.iter().take(10).enumerate() {
+        let want = Response::Committed {
+            version: i as u64 + 1,
+        };
+        assert_eq!(a.as_ref().unwrap(), &want, "t{}", i + 1);
+    }
+    assert!(
+        matches!(
+            answers[10],
+            Ok(Response::Aborted {
+                conflict_version: 3,
+                ..
+            })
+        ),
+        "{:?}",
+        answers[10]
+    );
+    let after = raft.metrics().borrow().last_log_index;
+    assert_eq!(
+        after.unwrap() - before.unwrap(),
+        1,
+        "eleven certifications in one entry"
+    );
+
+    let follower = *c.nodes.keys().find(|&&n| n != leader).unwrap();
+    let p = Proposer::new(c.nodes[&follower].raft.clone(), 64);
+    match p.certify(record("t99", 0, "k99")).await {
+        Err(CertifierError::NotLeader { leader: Some(l) }) => assert_eq!(l, leader),
+        other => panic!("a follower answered {other:?}"),
+    }
+    for (_, n) in c.nodes {
+        n.kill().await;
+    }
 }

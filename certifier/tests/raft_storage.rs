@@ -249,6 +249,47 @@ mod on_disk {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_is_certified_in_its_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path(), Limits::default()).unwrap();
+        let rec = super::raft_common::record;
+        let batch = Entry {
+            log_id: log_id(1, 0),
+            payload: EntryPayload::Normal(Command::CertifyBatch {
+                records: vec![
+                    rec("a", 0, "k1"),
+                    // Same row, same snapshot: the first in the batch wins.
+                    rec("b", 0, "k1"),
+                    rec("c", 0, "k2"),
+                    // A retry inside the same batch: the first answer.
+                    rec("a", 0, "k1"),
+                    Bytes::from_static(b"garbage"),
+                ],
+            }),
+        };
+        let r = sm.apply([batch]).await.unwrap();
+        let [Response::Batch(answers)] = &r[..] else {
+            panic!("{r:?}")
+        };
+        assert_eq!(answers[0], Response::Committed { version: 1 });
+        assert!(
+            matches!(
+                answers[1],
+                Response::Aborted {
+                    conflict_version: 1,
+                    ..
+                }
+            ),
+            "{:?}",
+            answers[1]
+        );
+        assert_eq!(answers[2], Response::Committed { version: 2 });
+        assert_eq!(answers[3], Response::Committed { version: 1 });
+        assert!(matches!(answers[4], Response::Rejected { .. }));
+        assert_eq!(sm.certifier().latest(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bad_entries_are_rejected_answers_not_storage_failures() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = StateMachine::open(dir.path(), Limits::default()).unwrap();

@@ -10,13 +10,14 @@
 //! offset size
 //!   0     4   magic "TKRE" (tashkent raft entry)
 //!   4     2   entry format version, little-endian (1)
-//!   6     1   kind: 0 blank, 1 certify, 2 report, 3 membership
+//!   6     1   kind: 0 blank, 1 certify, 2 report, 3 membership, 4 batch
 //!   7     1   reserved, 0
 //!   8     8   term, little-endian
 //!  16     8   node id of the leader that proposed it, little-endian
 //!  24     8   index, little-endian (== LSN - 1)
 //!  32     n   body:
 //!               certify:    the certifier record (`record.rs`, version 0)
+//!               batch:      u32 count, then count × (u32 length, record)
 //!               report:     replica u32, applied u64, oldest snapshot u64
 //!               membership: openraft's `Membership`, JSON
 //!               blank:      nothing
@@ -40,6 +41,7 @@ const KIND_BLANK: u8 = 0;
 const KIND_CERTIFY: u8 = 1;
 const KIND_REPORT: u8 = 2;
 const KIND_MEMBERSHIP: u8 = 3;
+const KIND_BATCH: u8 = 4;
 const REPORT_LEN: usize = 4 + 8 + 8;
 
 /// The WAL LSN of raft index `index`.
@@ -59,6 +61,16 @@ pub fn encode(entry: &Entry) -> Result<Bytes, CertifierError> {
     let (kind, body): (u8, Bytes) = match &entry.payload {
         EntryPayload::Blank => (KIND_BLANK, Bytes::new()),
         EntryPayload::Normal(Command::Certify { record }) => (KIND_CERTIFY, record.clone()),
+        EntryPayload::Normal(Command::CertifyBatch { records }) => {
+            let len = 4 + records.iter().map(|r| 4 + r.len()).sum::<usize>();
+            let mut b = BytesMut::with_capacity(len);
+            b.put_u32_le(records.len() as u32);
+            for r in records {
+                b.put_u32_le(r.len() as u32);
+                b.put_slice(r);
+            }
+            (KIND_BATCH, b.freeze())
+        }
         EntryPayload::Normal(Command::Report {
             replica,
             applied,
@@ -125,6 +137,9 @@ pub fn decode(lsn: u64, rec: &Bytes) -> Result<Entry, CertifierError> {
             applied: u64_at(&body, 4),
             oldest_snapshot: u64_at(&body, 12),
         }),
+        KIND_BATCH => EntryPayload::Normal(Command::CertifyBatch {
+            records: split_batch(&body).map_err(bad)?,
+        }),
         KIND_MEMBERSHIP => EntryPayload::Membership(
             serde_json::from_slice(&body)
                 .map_err(|e| bad(format!("undecodable membership: {e}")))?,
@@ -140,6 +155,38 @@ pub fn decode(lsn: u64, rec: &Bytes) -> Result<Entry, CertifierError> {
         log_id: log_id(term, node_id, index),
         payload,
     })
+}
+
+/// The records of a batch body, every length checked against the body.
+fn split_batch(body: &Bytes) -> Result<Vec<Bytes>, String> {
+    let u32_at = |at: usize| -> Result<usize, String> {
+        body.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| format!("batch truncated at byte {at}"))
+    };
+    let count = u32_at(0)?;
+    // Each record takes at least its 4-byte length.
+    if count > (body.len() - 4) / 4 {
+        return Err(format!(
+            "batch count {count} exceeds its {} bytes",
+            body.len()
+        ));
+    }
+    let mut records = Vec::with_capacity(count);
+    let mut at = 4;
+    for _ in 0..count {
+        let len = u32_at(at)?;
+        at += 4;
+        if body.len() - at < len {
+            return Err(format!("batch record of {len} bytes runs past the end"));
+        }
+        records.push(body.slice(at..at + len));
+        at += len;
+    }
+    if at != body.len() {
+        return Err(format!("{} bytes after the batch", body.len() - at));
+    }
+    Ok(records)
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -174,6 +221,16 @@ mod tests {
                 }),
             },
             Entry {
+                log_id: log_id(3, 2, 4),
+                payload: EntryPayload::Normal(Command::CertifyBatch {
+                    records: vec![
+                        Bytes::from_static(b"one"),
+                        Bytes::new(),
+                        Bytes::from_static(b"three"),
+                    ],
+                }),
+            },
+            Entry {
                 log_id: log_id(3, 2, 3),
                 payload: EntryPayload::Normal(Command::Report {
                     replica: 7,
@@ -194,7 +251,7 @@ mod tests {
 
     #[test]
     fn rejects_wrong_lsn_magic_version_kind_and_length() {
-        let e = &entries()[3];
+        let e = &entries()[4];
         let rec = encode(e).unwrap();
         assert!(decode(5, &rec).is_err(), "index must be LSN - 1");
         let flip = |at: usize, v: u8| {
@@ -211,6 +268,22 @@ mod tests {
             "short report"
         );
         assert!(decode(4, &rec.slice(..10)).is_err(), "short header");
+        let batch = encode(&entries()[3]).unwrap();
+        for cut in [HEADER_LEN + 2, HEADER_LEN + 6, batch.len() - 1] {
+            assert!(
+                decode(5, &batch.slice(..cut)).is_err(),
+                "batch cut at {cut}"
+            );
+        }
+        let mut long = batch.to_vec();
+        long.push(7);
+        assert!(
+            decode(5, &Bytes::from(long)).is_err(),
+            "bytes after a batch"
+        );
+        let mut huge = batch.to_vec();
+        huge[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode(5, &Bytes::from(huge)).is_err(), "absurd batch count");
         let blank = encode(&entries()[1]).unwrap();
         let mut long = blank.to_vec();
         long.push(0);

@@ -16,8 +16,9 @@
 //!   committed id rides along with vote and purge writes (it may lag, which
 //!   is safe), so a commit costs no extra fsync.
 //! - **Entries.** A normal entry is a [`Command`]: `Certify` carries exactly
-//!   today's certifier WAL record (`record.rs`, version field 0), `Report`
-//!   a replica's progress. Blank entries (a new leader's first) and
+//!   today's certifier WAL record (`record.rs`, version field 0),
+//!   `CertifyBatch` several of them (certified in order), `Report` a
+//!   replica's progress. Blank entries (a new leader's first) and
 //!   membership entries take indexes but no version.
 //! - **Index ↔ version.** Versions are *not* indexes: a version is assigned
 //!   when a committed `Certify` entry is applied and certifies as a commit
@@ -41,11 +42,11 @@
 //!   the next (`RaftCore::append_to_log`), and 0.9 has no batched
 //!   `client_write`: concurrent certifications on a leader get one
 //!   fdatasync *each*, serially, so the WAL's group commit cannot group
-//!   them. The fix is batching at the proposer: certifications arriving
-//!   while an entry is in flight go into the next entry together (a
-//!   `Certify` command of many records, one answer each), which is group
-//!   commit one level up; or openraft 0.10 (non-blocking log IO,
-//!   `client_write_many`) once it is released.
+//!   them. [`Proposer`] batches one level up: certifications arriving
+//!   while an entry is in flight go into the next entry together
+//!   (`CertifyBatch`, one answer each). It keeps one entry in flight; with
+//!   replication round trips, several in flight (or openraft 0.10's
+//!   non-blocking log IO and `client_write_many`) is the next step.
 //! - The leader does not pre-check: every proposal is certified at apply,
 //!   so aborts take a log entry too. The faster shape: the leader certifies
 //!   speculatively (against applied + in-flight entries) and proposes
@@ -78,7 +79,9 @@
 //! carry on with dense versions and no index reused; a wiped follower
 //! rejoins from a snapshot and a restarted node from its disk, each then
 //! answering (as leader) from the same certifier state; concurrent writers
-//! get dense, distinct versions. `certifier/tests/raft_faults.rs`: a node
+//! get dense, distinct versions, one entry each or batched by a
+//! [`Proposer`] (which puts what arrives together in one entry, and on a
+//! follower answers who leads). `certifier/tests/raft_faults.rs`: a node
 //! whose WAL fails (injected fdatasync error) stops for good, the two
 //! others carry on, and the certification in flight keeps one version.
 
@@ -86,6 +89,7 @@ pub mod entry;
 pub mod log_store;
 pub mod meta;
 pub mod network;
+pub mod proposer;
 pub mod service;
 pub mod snapshot;
 pub mod state_machine;
@@ -100,6 +104,7 @@ pub mod proto {
 
 pub use log_store::{LogReader, LogStore};
 pub use network::Network;
+pub use proposer::Proposer;
 pub use service::RaftService;
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use types::{Command, NodeId, Raft, Response, TypeConfig};

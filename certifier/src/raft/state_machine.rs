@@ -130,22 +130,27 @@ impl StateMachine {
 
     fn apply_command(&mut self, cmd: Command) -> Response {
         let r = match cmd {
-            Command::Certify { record } => self.certify(record),
+            Command::Certify { record } => answer(self.certify(record)),
+            Command::CertifyBatch { records } => Response::Batch(
+                records
+                    .into_iter()
+                    .map(|r| answer(self.certify(r)))
+                    .collect(),
+            ),
             Command::Report {
                 replica,
                 applied,
                 oldest_snapshot,
-            } => self
-                .certifier
-                .report(replica, applied, oldest_snapshot, std::time::Instant::now())
-                .map(|horizon| Response::Horizon { horizon }),
+            } => answer(
+                self.certifier
+                    .report(replica, applied, oldest_snapshot, std::time::Instant::now())
+                    .map(|horizon| Response::Horizon { horizon }),
+            ),
         };
         // The window may have moved up (reports, memory bound).
         let horizon = self.certifier.window().horizon();
         self.window = self.window.split_off(&(horizon + 1));
-        r.unwrap_or_else(|e| Response::Rejected {
-            reason: e.to_string(),
-        })
+        r
     }
 
     fn certify(&mut self, rec: Bytes) -> Result<Response, CertifierError> {
@@ -189,6 +194,13 @@ impl StateMachine {
             window: self.window.iter().map(|(v, r)| (*v, r.clone())).collect(),
         }
     }
+}
+
+/// An error of one command is its answer (every node reaches the same).
+fn answer(r: Result<Response, CertifierError>) -> Response {
+    r.unwrap_or_else(|e| Response::Rejected {
+        reason: e.to_string(),
+    })
 }
 
 /// Writes a snapshot to `<dir>/snapshot` and makes it the current one.

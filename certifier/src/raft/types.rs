@@ -42,6 +42,9 @@ pub enum Command {
     /// version is assigned when the entry is applied, so it is the same on
     /// every node and dense whatever happens to the log's tail.
     Certify { record: Bytes },
+    /// Several `Certify`s in one entry, certified in this order (what the
+    /// [`super::Proposer`] sends when certifications arrive together).
+    CertifyBatch { records: Vec<Bytes> },
     /// A replica's progress: moves the horizon. Replicated because the
     /// horizon decides "snapshot too old" aborts and which versions the
     /// window (and a snapshot) still holds.
@@ -72,4 +75,6 @@ pub enum Response {
     Rejected { reason: String },
     /// A report was applied; the horizon is now this.
     Horizon { horizon: Version },
+    /// The answers of a `CertifyBatch`, in its order.
+    Batch(Vec<Response>),
 }

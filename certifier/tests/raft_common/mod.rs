@@ -10,9 +10,9 @@ use tashkent_certifier::raft::Command;
 use tashkent_certifier::writeset::item;
 use tashkent_certifier::{record, Op, WRITESET_FORMAT_VERSION};
 
-/// A `Certify` command: transaction `id` with `snapshot` updates row `key`
-/// of table `accounts`.
-pub fn certify(id: &str, snapshot: u64, key: &str) -> Command {
+/// A certifier record (version 0): transaction `id` with `snapshot`
+/// updates row `key` of table `accounts`.
+pub fn record(id: &str, snapshot: u64, key: &str) -> Bytes {
     let ws = Writeset {
         format_version: WRITESET_FORMAT_VERSION,
         txn_id: Bytes::copy_from_slice(id.as_bytes()),
@@ -21,7 +21,12 @@ pub fn certify(id: &str, snapshot: u64, key: &str) -> Command {
         items: vec![item("accounts", Op::Update, key.as_bytes().to_vec())],
         ..Writeset::default()
     };
+    record::encode(&ws).freeze()
+}
+
+/// The `Certify` command of [`record`]`(id, snapshot, key)`.
+pub fn certify(id: &str, snapshot: u64, key: &str) -> Command {
     Command::Certify {
-        record: record::encode(&ws).freeze(),
+        record: record(id, snapshot, key),
     }
 }
