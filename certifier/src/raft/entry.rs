@@ -105,8 +105,21 @@ pub fn encode(entry: &Entry) -> Result<Bytes, CertifierError> {
 /// Decodes the entry stored at `lsn`, checking that it is the entry of
 /// index `lsn - 1`.
 pub fn decode(lsn: u64, rec: &Bytes) -> Result<Entry, CertifierError> {
+    decode_at(Some(lsn), rec)
+}
+
+/// Decodes an entry that is not read from a log position (the transport
+/// sends entries in this encoding too).
+pub fn decode_unplaced(rec: &Bytes) -> Result<Entry, CertifierError> {
+    decode_at(None, rec)
+}
+
+fn decode_at(lsn: Option<u64>, rec: &Bytes) -> Result<Entry, CertifierError> {
     let bad = |reason: String| CertifierError::RaftStorage {
-        what: format!("log entry at LSN {lsn}"),
+        what: match lsn {
+            Some(lsn) => format!("log entry at LSN {lsn}"),
+            None => "log entry".into(),
+        },
         reason,
     };
     if rec.len() < HEADER_LEN || &rec[..4] != MAGIC {
@@ -122,7 +135,7 @@ pub fn decode(lsn: u64, rec: &Bytes) -> Result<Entry, CertifierError> {
     let term = u64_at(rec, 8);
     let node_id = u64_at(rec, 16);
     let index = u64_at(rec, 24);
-    if lsn_of(index) != lsn {
+    if let Some(lsn) = lsn.filter(|&l| l != lsn_of(index)) {
         return Err(bad(format!(
             "entry says index {index}, expected {}",
             lsn - 1
@@ -246,6 +259,11 @@ mod tests {
         for e in entries() {
             let rec = encode(&e).unwrap();
             assert_eq!(decode(lsn_of(e.log_id.index), &rec).unwrap(), e);
+            assert_eq!(
+                decode_unplaced(&rec).unwrap(),
+                e,
+                "as the transport sends it"
+            );
         }
     }
 
@@ -260,6 +278,12 @@ mod tests {
             decode(4, &Bytes::from(b))
         };
         assert!(flip(0, b'X').is_err(), "magic");
+        let mut bad = rec.to_vec();
+        bad[4] = 9;
+        assert!(
+            decode_unplaced(&Bytes::from(bad)).is_err(),
+            "unplaced: version"
+        );
         assert!(flip(4, 2).is_err(), "format version");
         assert!(flip(6, 9).is_err(), "kind");
         assert!(flip(7, 1).is_err(), "reserved");

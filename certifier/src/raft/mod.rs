@@ -64,8 +64,9 @@
 //!   what the log holds); it could read them from the log instead.
 //! - Spooled (very large) writesets are rejected by apply.
 //! - The transport (`network.rs`, `service.rs`, `proto/raft.proto`) sends
-//!   openraft's messages as JSON, entries included; a binary encoding
-//!   (`entry.rs`'s) is cheaper. Snapshots go in openraft's chunks.
+//!   openraft's messages as JSON but log entries in their binary log
+//!   encoding; snapshots go in openraft's chunks, inside the JSON (a
+//!   streaming RPC would be cheaper for big windows).
 //! - Not served yet: `tashkent certifier --node-id/--peers`, certification
 //!   through the leader (and forwarding from followers), Subscribe from any
 //!   node, `status`, membership commands, process-level fault tests.

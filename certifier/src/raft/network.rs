@@ -4,7 +4,8 @@
 //! cannot be delivered (connection refused, reset, deadline) is
 //! `Unreachable`, which makes openraft back off and retry; an error the
 //! remote node answered is a `RemoteError`. Payloads are openraft's own
-//! messages as JSON (see the proto file for why, and what comes next).
+//! messages as JSON, except log entries, which travel in the log's binary
+//! encoding (`entry.rs`; see the proto file).
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use super::entry;
 use super::proto::raft_client::RaftClient;
 use super::proto::RaftMessage;
 use super::types::{NodeId, TypeConfig};
@@ -56,11 +58,13 @@ fn protocol(e: impl std::fmt::Display) -> CertifierError {
 }
 
 impl Connection {
-    /// Sends `req` to `method` and decodes the remote `Result`.
+    /// Sends `req` (with `entries` in the log's encoding) to `method` and
+    /// decodes the remote `Result`.
     async fn call<Req, Resp, E>(
         &mut self,
         method: Method,
         req: &Req,
+        entries: Vec<bytes::Bytes>,
         timeout: Duration,
     ) -> Result<Resp, RpcError<E>>
     where
@@ -78,7 +82,10 @@ impl Connection {
             self.client = Some(RaftClient::new(endpoint.connect_lazy()));
         }
         let client = self.client.as_mut().expect("connected above");
-        let mut request = tonic::Request::new(RaftMessage { data: data.into() });
+        let mut request = tonic::Request::new(RaftMessage {
+            data: data.into(),
+            entries,
+        });
         request.set_timeout(timeout);
         let answer = match method {
             Method::Append => client.append_entries(request).await,
@@ -111,7 +118,17 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
-        self.call(Method::Append, &rpc, option.hard_ttl()).await
+        // The entries go in their binary log encoding, not in the JSON.
+        let mut entries = Vec::with_capacity(rpc.entries.len());
+        for e in &rpc.entries {
+            entries.push(entry::encode(e).map_err(|e| RPCError::Network(NetworkError::new(&e)))?);
+        }
+        let header = AppendEntriesRequest {
+            entries: Vec::new(),
+            ..rpc
+        };
+        self.call(Method::Append, &header, entries, option.hard_ttl())
+            .await
     }
 
     async fn install_snapshot(
@@ -119,7 +136,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
-        self.call(Method::Snapshot, &rpc, option.hard_ttl()).await
+        self.call(Method::Snapshot, &rpc, Vec::new(), option.hard_ttl())
+            .await
     }
 
     async fn vote(
@@ -127,6 +145,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcError> {
-        self.call(Method::Vote, &rpc, option.hard_ttl()).await
+        self.call(Method::Vote, &rpc, Vec::new(), option.hard_ttl())
+            .await
     }
 }

@@ -1,7 +1,9 @@
 //! openraft's network over gRPC (`proto/raft.proto`): the server half, a
 //! tonic service handing each request to the local [`Raft`] node.
 //!
-//! A request that does not decode is `INVALID_ARGUMENT`; whatever the raft
+//! AppendEntries brings its entries in the log's binary encoding
+//! (`entry.rs`) beside the JSON request. A request that does not decode is
+//! `INVALID_ARGUMENT`; whatever the raft
 //! node answers, error or not, goes back in the message for the client to
 //! turn into a `RemoteError`.
 
@@ -9,9 +11,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use openraft::raft::AppendEntriesRequest;
+
+use super::entry;
 use super::proto::raft_server::{Raft as RaftRpc, RaftServer};
 use super::proto::RaftMessage;
-use super::types::Raft;
+use super::types::{Raft, TypeConfig};
 
 /// The raft transport's service for one node.
 #[derive(Clone)]
@@ -30,15 +35,18 @@ impl RaftService {
     }
 }
 
-fn decode<T: DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
-    serde_json::from_slice(&req.into_inner().data)
+fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(data)
         .map_err(|e| Status::invalid_argument(format!("undecodable raft request: {e}")))
 }
 
 fn encode<T: Serialize>(result: &T) -> Result<Response<RaftMessage>, Status> {
     let data = serde_json::to_vec(result)
         .map_err(|e| Status::internal(format!("raft answer not encodable: {e}")))?;
-    Ok(Response::new(RaftMessage { data: data.into() }))
+    Ok(Response::new(RaftMessage {
+        data: data.into(),
+        entries: Vec::new(),
+    }))
 }
 
 #[tonic::async_trait]
@@ -47,17 +55,30 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        encode(&self.raft.append_entries(decode(request)?).await)
+        let msg = request.into_inner();
+        let mut req: AppendEntriesRequest<TypeConfig> = decode(&msg.data)?;
+        if !req.entries.is_empty() {
+            return Err(Status::invalid_argument(
+                "raft AppendEntries carries its entries in `entries`, not in the JSON",
+            ));
+        }
+        for e in &msg.entries {
+            let e = entry::decode_unplaced(e)
+                .map_err(|e| Status::invalid_argument(format!("undecodable raft entry: {e}")))?;
+            req.entries.push(e);
+        }
+        encode(&self.raft.append_entries(req).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        encode(&self.raft.vote(decode(request)?).await)
+        encode(&self.raft.vote(decode(&request.into_inner().data)?).await)
     }
 
     async fn install_snapshot(
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        encode(&self.raft.install_snapshot(decode(request)?).await)
+        let req = decode(&request.into_inner().data)?;
+        encode(&self.raft.install_snapshot(req).await)
     }
 }
