@@ -49,6 +49,25 @@ pub struct ReplicaProgress {
     pub reported_at: Instant,
 }
 
+/// A certifier's state without its conflict window's fingerprints (which
+/// are seeded per process, see `rule.rs`): with the writesets of the
+/// versions in the window, enough to rebuild the certifier on another node
+/// ([`Certifier::from_image`]). What a raft snapshot carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertifierImage {
+    pub latest: Version,
+    pub horizon: Version,
+    pub cause: HorizonCause,
+    pub dedupe_floor: Version,
+    /// The dedupe table's committed ids, oldest version first.
+    pub committed: Vec<(Version, Bytes)>,
+    /// The dedupe table's aborts, oldest first.
+    pub aborted: Vec<(Bytes, Abort)>,
+    /// Replica id, applied version, oldest snapshot (the inputs of the
+    /// horizon; report times are local and not carried).
+    pub replicas: Vec<(u32, Version, Version)>,
+}
+
 /// GSI certification with a strictly dense version order.
 ///
 /// Invariants:
@@ -90,6 +109,91 @@ impl Certifier {
 
     pub fn latest(&self) -> Version {
         self.latest
+    }
+
+    /// The state to carry to another node (see [`CertifierImage`]).
+    pub fn image(&self) -> CertifierImage {
+        CertifierImage {
+            latest: self.latest,
+            horizon: self.window.horizon(),
+            cause: self.window.cause(),
+            dedupe_floor: self.dedupe.floor(),
+            committed: self
+                .dedupe
+                .committed_in_order()
+                .map(|(v, id)| (v, id.clone()))
+                .collect(),
+            aborted: self
+                .dedupe
+                .aborted_in_order()
+                .map(|(id, a)| (id.clone(), a.clone()))
+                .collect(),
+            replicas: self
+                .replicas
+                .iter()
+                .map(|(r, p)| (*r, p.applied, p.oldest_snapshot))
+                .collect(),
+        }
+    }
+
+    /// Rebuilds a certifier from `image` and the conflict sets of every
+    /// version in `(horizon, latest]`, in order. `limits` must be those the
+    /// image was taken under (a smaller window would forget differently).
+    pub fn from_image(
+        limits: Limits,
+        image: CertifierImage,
+        window: impl IntoIterator<Item = (Version, ConflictSet)>,
+    ) -> Result<Certifier, CertifierError> {
+        let bad =
+            |reason: String| CertifierError::InvalidArgument(format!("certifier image: {reason}"));
+        if image.horizon > image.latest || image.dedupe_floor > image.latest + 1 {
+            return Err(bad(format!(
+                "horizon {} / dedupe floor {} beyond latest {}",
+                image.horizon, image.dedupe_floor, image.latest
+            )));
+        }
+        let mut w = ConflictWindow::new(limits.window, image.horizon, image.cause);
+        let mut next = image.horizon + 1;
+        for (v, cs) in window {
+            if v != next || v > image.latest {
+                return Err(bad(format!("window version {v}, expected {next}")));
+            }
+            w.insert(v, cs.window_entries());
+            next += 1;
+        }
+        if next != image.latest + 1 {
+            return Err(bad(format!(
+                "window ends at {}, latest is {}",
+                next - 1,
+                image.latest
+            )));
+        }
+        let mut dedupe = Dedupe::new(limits.max_dedupe, image.dedupe_floor);
+        for (v, id) in image.committed {
+            dedupe.committed(id, v);
+        }
+        for (id, a) in image.aborted {
+            dedupe.aborted(id, a);
+        }
+        let now = Instant::now();
+        let replicas = image
+            .replicas
+            .into_iter()
+            .map(|(r, applied, oldest_snapshot)| {
+                let p = ReplicaProgress {
+                    applied,
+                    oldest_snapshot,
+                    reported_at: now,
+                };
+                (r, p)
+            })
+            .collect();
+        Ok(Certifier {
+            window: w,
+            latest: image.latest,
+            dedupe,
+            replicas,
+        })
     }
 
     pub fn window(&self) -> &ConflictWindow {

@@ -104,6 +104,19 @@ impl Dedupe {
         self.floor = floor;
     }
 
+    /// The committed ids remembered, oldest version first (what a raft
+    /// snapshot carries; [`Dedupe::committed`] in this order rebuilds them).
+    pub fn committed_in_order(&self) -> impl Iterator<Item = (Version, &Bytes)> {
+        self.order.iter().map(|(v, id)| (*v, id))
+    }
+
+    /// The aborts remembered, oldest first.
+    pub fn aborted_in_order(&self) -> impl Iterator<Item = (&Bytes, &Abort)> {
+        self.aborted_order
+            .iter()
+            .filter_map(|id| self.aborted.get(id).map(|a| (id, a)))
+    }
+
     pub fn floor(&self) -> Version {
         self.floor
     }

@@ -97,6 +97,17 @@ pub enum CertifierError {
     /// Client side: the server's answer violates the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+
+    /// The replicated certifier: this node is not the leader; `leader` is
+    /// the one it knows of, if any (retry there).
+    #[error("this certifier node is not the leader (leader: {})", leader.map_or("unknown".to_string(), |l| format!("node {l}")))]
+    NotLeader { leader: Option<u64> },
+
+    /// The replicated certifier's storage (`raft`): a log entry, the vote
+    /// file or a snapshot that cannot be decoded, or an operation the raft
+    /// log cannot do; `what` names the file or LSN.
+    #[error("raft storage, {what}: {reason}")]
+    RaftStorage { what: String, reason: String },
 }
 
 /// An error and its causes, outermost first, as one line (tonic's
@@ -255,6 +266,7 @@ impl From<CertifierError> for tonic::Status {
         match e {
             CertifierError::InvalidArgument(_) => Status::invalid_argument(msg),
             CertifierError::WritesetTooLarge { .. } => Status::resource_exhausted(msg),
+            CertifierError::NotLeader { .. } => Status::unavailable(msg),
             CertifierError::LogFailed {
                 failure,
                 outcome_unknown,
@@ -291,7 +303,8 @@ impl From<CertifierError> for tonic::Status {
             | CertifierError::Tls(_)
             | CertifierError::Transport(_)
             | CertifierError::Connect { .. }
-            | CertifierError::Protocol(_) => Status::internal(msg),
+            | CertifierError::Protocol(_)
+            | CertifierError::RaftStorage { .. } => Status::internal(msg),
         }
     }
 }

@@ -12,7 +12,9 @@
 //!   pipeline's server half, Subscribe, the spool, recovery, purge);
 //! - [`client`]: what the proxy uses (the pipeline's client half);
 //! - [`config`]: `CertifierConfig` (TOML `[certifier]`) and `CertifierArgs`;
-//! - [`tls`]: TLS between the certifier and its clients (optional).
+//! - [`tls`]: TLS between the certifier and its clients (optional);
+//! - [`raft`]: the replicated certifier's foundation on openraft (log
+//!   storage on the WAL, the certifier as a state machine); not yet served.
 
 mod batch;
 pub mod certifier;
@@ -22,6 +24,7 @@ pub mod config;
 pub mod dedupe;
 pub mod error;
 pub mod outcome;
+pub mod raft;
 pub mod record;
 pub mod rule;
 pub mod server;

@@ -10,6 +10,7 @@
 //! - `wal::fsync`            - the fdatasync reports failure (`return` = EIO)
 //! - `wal::segment_roll`     - a new segment file was created but not yet renamed into place
 //! - `wal::purge_between`    - purge deleted one segment and is about to delete the next
+//! - `wal::restart_between`  - restart_at deleted one segment and is about to delete the next
 //! - `wal::truncate_step`    - truncate_after (or a recovery) deleted one segment / zeroed one
 //!   chunk of the tail and is about to do the next
 

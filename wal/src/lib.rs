@@ -32,15 +32,17 @@
 //!   Whatever accumulated while the previous group was being written and
 //!   synced becomes the next group: one write, ONE `fdatasync`, then every
 //!   append of the group is acknowledged. Submitting never blocks on I/O.
-//!   `truncate_after` and `purge_below` run on the same thread in queue
-//!   order.
+//!   `truncate_after`, `purge_below` and `restart_at` run on the same
+//!   thread in queue order.
 //! - **Backends.** [`Backend::IoUring`] submits the group as a `Write`
 //!   linked to an `Fsync(DATASYNC)` (short writes resubmitted);
 //!   [`Backend::Portable`] uses `pwrite` + `fdatasync`. [`Backend::Auto`]
 //!   probes io_uring at open and falls back when the kernel refuses it.
 //! - **Raft shape.** `submit` (append with a durability future),
 //!   `truncate_after`, `purge_below` and `read_from` map onto openraft's
-//!   `RaftLogStorage` (`append` + callback, `truncate`, `purge`, log reader).
+//!   `RaftLogStorage` (`append` + callback, `truncate`, `purge`, log reader);
+//!   `restart_at` empties the log and moves its next LSN anywhere (a
+//!   follower's log after a snapshot that is ahead of it).
 //!
 //! ## On-disk format (version 1)
 //!
@@ -108,8 +110,8 @@
 //!
 //! With the `failpoints` cargo feature, the sites listed in `fault.rs`
 //! (`wal::write`, `wal::short_write`, `wal::before_fsync`, `wal::fsync`,
-//! `wal::segment_roll`, `wal::purge_between`, `wal::truncate_step`) are live; without it they
-//! compile to nothing.
+//! `wal::segment_roll`, `wal::purge_between`, `wal::restart_between`,
+//! `wal::truncate_step`) are live; without it they compile to nothing.
 //!
 //! ## Tests and benchmarks
 //!

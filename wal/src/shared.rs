@@ -32,6 +32,11 @@ pub(crate) enum Op {
         lsn: Lsn,
         reply: Reply<()>,
     },
+    /// Drop every record; the next one is `next_lsn`.
+    Restart {
+        next_lsn: Lsn,
+        reply: Reply<()>,
+    },
 }
 
 pub(crate) struct State {

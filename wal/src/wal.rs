@@ -313,6 +313,43 @@ impl Wal {
         rx.await.unwrap_or(Err(WalError::Closed))
     }
 
+    /// Removes every record and makes the next one get `next_lsn` (>= 1,
+    /// below or above the current end). This is what a Raft log needs when
+    /// a snapshot moves it past its last entry: openraft purges beyond the
+    /// end and appends from the snapshot's index on, and LSNs must stay
+    /// dense within the log. Runs after everything submitted before it and
+    /// is durable when it returns; `first_lsn()` is `next_lsn` afterwards.
+    /// A crash in the middle leaves a suffix of the old records (possibly
+    /// none, and then an empty log starts at LSN 1 again): the caller, which
+    /// knows it asked for a restart, repeats it. A failure poisons the log.
+    pub async fn restart_at(&self, next_lsn: Lsn) -> Result<(), WalError> {
+        if next_lsn == 0 {
+            return Err(WalError::InvalidLsn {
+                lsn: next_lsn,
+                reason: "LSNs start at 1".into(),
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = self.shared().state.lock();
+            check_open(self.shared(), &st)?;
+            st.next_lsn = next_lsn;
+            // Nothing below the new start exists any more: no truncate may
+            // reach under it.
+            st.purge_floor = next_lsn;
+            self.shared().last.store(next_lsn - 1, Ordering::Release);
+            st.wake_at = 1;
+            self.shared().enqueue(
+                &mut st,
+                Op::Restart {
+                    next_lsn,
+                    reply: tx,
+                },
+            );
+        }
+        rx.await.unwrap_or(Err(WalError::Closed))
+    }
+
     /// Stops accepting work, lets the writer finish everything submitted,
     /// and waits for it. Returns the poison cause if the log had failed.
     /// Other clones of this handle see `WalError::Closed` afterwards.

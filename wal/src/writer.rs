@@ -4,7 +4,7 @@
 //! submissions pile up in the queue and form the next group, so the group
 //! size adapts to the load by itself (classic group commit).
 //!
-//! It also runs `truncate_after` and `purge_below` in queue order, so they
+//! It also runs `truncate_after`, `purge_below` and `restart_at` in queue order, so they
 //! see exactly the appends submitted before them. Any failed write, fsync or
 //! segment operation poisons the log: the failing group gets the error,
 //! everything queued or submitted later gets `WalError::Poisoned`, and no
@@ -157,6 +157,12 @@ impl Writer {
                     // A failed purge leaves a consistent log (some old
                     // segments deleted), so it does not poison.
                     let r = self.guarded(|w| w.purge(lsn), false);
+                    let _ = reply.send(r);
+                }
+                Op::Restart { next_lsn, reply } => {
+                    self.commit_group(&mut group);
+                    group_bytes = 0;
+                    let r = self.guarded(|w| w.restart(next_lsn), true);
                     let _ = reply.send(r);
                 }
             }
@@ -381,6 +387,39 @@ impl Writer {
         Ok(())
     }
 
+    /// Deletes every segment, oldest first with a directory sync after
+    /// each (so a crash leaves a suffix of the old log, as purge does), then
+    /// creates an empty segment starting at `next_lsn`. Deleting first is
+    /// what keeps recovery's rule intact: a new segment next to old ones
+    /// would be a gap or an overlap.
+    fn restart(&mut self, next_lsn: Lsn) -> Result<(), WalError> {
+        let segs = self.shared.segments.read().clone();
+        for (i, s) in segs.iter().enumerate() {
+            if i > 0 {
+                if let Some(e) = fault::injected("wal::restart_between") {
+                    return Err(WalError::io(&s.path, e));
+                }
+            }
+            self.shared
+                .segments
+                .write()
+                .retain(|x| x.first_lsn != s.first_lsn);
+            remove_if_exists(&s.path)?;
+            segment::sync_dir(&self.shared.dir)?;
+        }
+        let seg =
+            segment::create_segment(&self.shared.dir, next_lsn, self.shared.opts.segment_size)?;
+        *self.shared.segments.write() = vec![SegmentInfo {
+            first_lsn: next_lsn,
+            path: seg.path.clone(),
+        }];
+        self.active = seg;
+        self.shared.first.store(next_lsn, Ordering::Release);
+        self.shared.written.store(next_lsn - 1, Ordering::Release);
+        self.shared.publish_durable(next_lsn - 1);
+        Ok(())
+    }
+
     fn poison(&self, err: WalError) {
         let cause = Arc::new(err);
         let (queued, waiters) = {
@@ -400,7 +439,9 @@ impl Writer {
                 Op::Append { reply, .. } => {
                     let _ = reply.send(Err(err.clone()));
                 }
-                Op::Truncate { reply, .. } | Op::Purge { reply, .. } => {
+                Op::Truncate { reply, .. }
+                | Op::Purge { reply, .. }
+                | Op::Restart { reply, .. } => {
                     let _ = reply.send(Err(err.clone()));
                 }
             }

@@ -331,6 +331,54 @@ async fn purge(b: Backend) {
     ));
 }
 
+async fn restart_at(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let o = small_segments(b, 4096);
+    let wal = Wal::open(dir.path(), o.clone()).unwrap();
+    for i in 1..=100u64 {
+        wal.append(payload(i, 100)).await.unwrap();
+    }
+    assert!(segment_files(dir.path()).len() > 1);
+    // Forward, past the end: the old records are gone, the next is 1000.
+    wal.restart_at(1000).await.unwrap();
+    assert_eq!(
+        (wal.first_lsn(), wal.last_lsn(), wal.durable_lsn()),
+        (1000, 999, 999)
+    );
+    assert_eq!(segment_files(dir.path()).len(), 1);
+    assert!(matches!(
+        wal.read_from(1),
+        Err(WalError::InvalidLsn { .. }) | Err(WalError::Purged { .. })
+    ));
+    assert!(matches!(
+        wal.truncate_after(500).await,
+        Err(WalError::InvalidLsn { .. })
+    ));
+    assert_eq!(wal.append(&b"a"[..]).await.unwrap(), 1000);
+    assert_eq!(wal.append(&b"b"[..]).await.unwrap(), 1001);
+    wal.close().await.unwrap();
+    let wal = Wal::open(dir.path(), o.clone()).unwrap();
+    assert_eq!((wal.first_lsn(), wal.last_lsn()), (1000, 1001));
+    assert_eq!(
+        read_all(&wal, 1000),
+        vec![(1000, b"a".to_vec()), (1001, b"b".to_vec())]
+    );
+    // Backwards, with appends still in flight before it: they are written
+    // first (queue order), then dropped with everything else.
+    let pending = wal.submit(&b"c"[..]).unwrap();
+    wal.restart_at(7).await.unwrap();
+    assert_eq!(pending.await.unwrap(), 1002);
+    assert_eq!(wal.submit(&b"seven"[..]).unwrap().await.unwrap(), 7);
+    assert!(matches!(
+        wal.restart_at(0).await,
+        Err(WalError::InvalidLsn { .. })
+    ));
+    wal.close().await.unwrap();
+    let wal = Wal::open(dir.path(), o).unwrap();
+    assert_eq!(read_all(&wal, 7), vec![(7, b"seven".to_vec())]);
+    assert_eq!(wal.append(&b"eight"[..]).await.unwrap(), 8);
+}
+
 async fn read_while_appending(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let wal = Wal::open(dir.path(), small_segments(b, 16 << 10)).unwrap();
@@ -441,6 +489,7 @@ both_backends!(
     truncate_after,
     truncate_with_appends_in_flight,
     purge,
+    restart_at,
     read_while_appending,
     errors_after_close_and_lock,
     many_clones_dropped_concurrently,

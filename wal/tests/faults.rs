@@ -12,7 +12,7 @@ mod common;
 
 use common::*;
 use fail::FailScenario;
-use tashkent_wal::{Backend, Wal, WalError};
+use tashkent_wal::{Backend, Wal, WalError, WalOptions};
 
 async fn fsync_failure_poisons_forever(b: Backend) {
     let scenario = FailScenario::setup();
@@ -156,14 +156,20 @@ async fn failed_segment_roll_poisons_and_log_reopens(b: Backend) {
     scenario.teardown();
 }
 
-async fn purge_interrupted_between_deletions_loses_nothing(b: Backend) {
-    let scenario = FailScenario::setup();
+/// A log of records 1..=300 (payloads of 100 bytes) in 4 KiB segments.
+async fn three_hundred_records(b: Backend) -> (tempfile::TempDir, WalOptions, Wal) {
     let dir = tempfile::tempdir().unwrap();
     let o = small_segments(b, 4096);
     let wal = Wal::open(dir.path(), o.clone()).unwrap();
     for i in 1..=300u64 {
         wal.append(payload(i, 100)).await.unwrap();
     }
+    (dir, o, wal)
+}
+
+async fn purge_interrupted_between_deletions_loses_nothing(b: Backend) {
+    let scenario = FailScenario::setup();
+    let (dir, o, wal) = three_hundred_records(b).await;
     let before = segment_files(dir.path()).len();
     // "Crash" after the first deletion.
     fail::cfg("wal::purge_between", "return").unwrap();
@@ -184,6 +190,32 @@ async fn purge_interrupted_between_deletions_loses_nothing(b: Backend) {
     // Finishing the purge later works.
     wal.purge_below(200).await.unwrap();
     assert!(wal.first_lsn() > first && wal.first_lsn() <= 200);
+    scenario.teardown();
+}
+
+async fn interrupted_restart_leaves_a_suffix_and_can_be_repeated(b: Backend) {
+    let scenario = FailScenario::setup();
+    let (dir, o, wal) = three_hundred_records(b).await;
+    // "Crash" after the first deletion: the failure poisons the log.
+    fail::cfg("wal::restart_between", "return").unwrap();
+    assert!(wal.restart_at(1000).await.is_err());
+    fail::remove("wal::restart_between");
+    assert!(wal.append(&b"x"[..]).await.unwrap_err().is_poisoned());
+    drop(wal);
+    // What is left is a consistent suffix of the old log, never a mix.
+    let wal = Wal::open(dir.path(), o.clone()).unwrap();
+    let first = wal.first_lsn();
+    assert!(first > 1, "the oldest segment went first");
+    assert_eq!(wal.last_lsn(), 300);
+    for (lsn, p) in read_all(&wal, first) {
+        assert_eq!(p, payload(lsn, 100));
+    }
+    // The caller repeats the restart.
+    wal.restart_at(1000).await.unwrap();
+    assert_eq!(wal.append(&b"y"[..]).await.unwrap(), 1000);
+    drop(wal);
+    let wal = Wal::open(dir.path(), o).unwrap();
+    assert_eq!(read_all(&wal, 1000), vec![(1000, b"y".to_vec())]);
     scenario.teardown();
 }
 
@@ -239,5 +271,6 @@ both_backends!(
     short_writes_are_completed,
     failed_segment_roll_poisons_and_log_reopens,
     purge_interrupted_between_deletions_loses_nothing,
+    interrupted_restart_leaves_a_suffix_and_can_be_repeated,
     interrupted_truncate_leaves_a_prefix,
 );

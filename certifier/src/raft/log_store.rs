@@ -1,0 +1,342 @@
+//! openraft's `RaftLogStorage` on the tashkent WAL.
+//!
+//! - entry index `i` is WAL record `i + 1` (`entry.rs`); appends go
+//!   through `Wal::submit`, so one `append` call of many entries, and
+//!   concurrent calls, share the WAL's group commit (one fdatasync per
+//!   group); the callback fires when the last entry's ticket resolves;
+//! - `truncate` is `Wal::truncate_after`, `purge` records the purge pointer
+//!   in `raft-meta` first and then lets `Wal::purge_below` drop whole
+//!   segments (the WAL may physically keep a few purged entries; they are
+//!   never returned);
+//! - when openraft purges past the last entry (a snapshot ahead of this
+//!   node) or a fresh log's first entry is not index 0, the next append
+//!   starts the WAL over at that entry's LSN (`Wal::restart_at`);
+//! - the vote, committed and purged log ids live in `raft-meta` (`meta.rs`);
+//!   the committed id is only written along with the other two.
+//!
+//! A failed WAL (poisoned: disk full, fsync error) fails the append's
+//! callback and every later append; openraft then stops the node (a fatal
+//! storage error), so it neither acknowledges anything again, as today, nor
+//! holds up the others (`tests/raft_faults.rs`).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
+use parking_lot::Mutex;
+use tashkent_wal::{Wal, WalError, WalOptions};
+
+use super::entry::{self, lsn_of};
+use super::meta::{self, Meta, META_FILE};
+use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::error::CertifierError;
+
+/// Subdirectory of a node's raft directory that holds the WAL.
+pub const WAL_DIR: &str = "wal";
+
+struct Shared {
+    wal: Wal,
+    meta_path: PathBuf,
+    meta: Mutex<Meta>,
+}
+
+/// A node's raft log: the WAL in `<dir>/wal` and `<dir>/raft-meta`.
+pub struct LogStore {
+    shared: Arc<Shared>,
+    /// The last entry the WAL holds above the purge pointer, if any.
+    last: Option<LogId>,
+}
+
+/// Reads entries; cheap to clone, usable while the store appends.
+#[derive(Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
+}
+
+fn storage_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: CertifierError) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+fn logs_err(verb: ErrorVerb) -> impl Fn(CertifierError) -> StorageError {
+    move |e| storage_err(ErrorSubject::Logs, verb, e)
+}
+
+impl LogStore {
+    /// Opens (creating if absent) the log in `dir`. Blocking.
+    pub fn open(dir: &Path, opts: WalOptions) -> Result<LogStore, CertifierError> {
+        std::fs::create_dir_all(dir)?;
+        let meta_path = dir.join(META_FILE);
+        let meta = meta::load(&meta_path)?;
+        let wal = Wal::open(dir.join(WAL_DIR), opts)?;
+        let last = last_above(&wal, meta.purged)?;
+        Ok(LogStore {
+            shared: Arc::new(Shared {
+                wal,
+                meta_path,
+                meta: Mutex::new(meta),
+            }),
+            last,
+        })
+    }
+
+    /// The WAL underneath (for its positions and stats).
+    pub fn wal(&self) -> &Wal {
+        &self.shared.wal
+    }
+
+    fn purged(&self) -> Option<LogId> {
+        self.shared.meta.lock().purged
+    }
+
+    /// Applies `change` to the meta state and writes it durably (off the
+    /// async threads: it fsyncs).
+    async fn update_meta(&self, change: impl FnOnce(&mut Meta)) -> Result<(), CertifierError> {
+        let snapshot = {
+            let mut m = self.shared.meta.lock();
+            change(&mut m);
+            m.clone()
+        };
+        let path = self.shared.meta_path.clone();
+        tokio::task::spawn_blocking(move || meta::store(&path, &snapshot))
+            .await
+            .map_err(|e| CertifierError::RaftStorage {
+                what: META_FILE.into(),
+                reason: format!("writer task failed: {e}"),
+            })?
+    }
+
+    /// The log id of the entry at `index`, read back from the WAL.
+    async fn log_id_at(&self, index: u64) -> Result<LogId, CertifierError> {
+        read_entries(&self.shared, index, index + 1)
+            .await?
+            .pop()
+            .map(|e| e.log_id)
+            .ok_or_else(|| CertifierError::RaftStorage {
+                what: format!("log entry {index}"),
+                reason: "missing".into(),
+            })
+    }
+}
+
+/// The last entry of the WAL if it is above `purged`.
+fn last_above(wal: &Wal, purged: Option<LogId>) -> Result<Option<LogId>, CertifierError> {
+    let last_lsn = wal.last_lsn();
+    if last_lsn == 0 || last_lsn < wal.first_lsn() {
+        return Ok(None);
+    }
+    let index = last_lsn - 1;
+    if purged.is_some_and(|p| index <= p.index) {
+        return Ok(None);
+    }
+    let mut reader = wal.read_from(last_lsn)?;
+    match reader.next() {
+        Some(rec) => {
+            let (lsn, payload) = rec?;
+            Ok(Some(entry::decode(lsn, &payload)?.log_id))
+        }
+        None => Err(CertifierError::RaftStorage {
+            what: format!("log entry at LSN {last_lsn}"),
+            reason: "the WAL's last record is not readable".into(),
+        }),
+    }
+}
+
+/// Entries with index in `from..to` that exist and are not purged.
+async fn read_entries(shared: &Shared, from: u64, to: u64) -> Result<Vec<Entry>, CertifierError> {
+    let wal = &shared.wal;
+    let purged_next = shared.meta.lock().purged.map_or(0, |p| p.index + 1);
+    let lo = from.max(purged_next).max(wal.first_lsn() - 1);
+    // Index `i` is LSN `i + 1`, so the last LSN is one past the last index.
+    let hi = to.min(wal.last_lsn());
+    if lo >= hi {
+        return Ok(Vec::new());
+    }
+    // openraft may read what it has just submitted (replication runs
+    // ahead of the local flush); the WAL reader yields durable records only.
+    wal.wait_durable(hi).await?;
+    let mut out = Vec::with_capacity((hi - lo) as usize);
+    let reader = match wal.read_from(lsn_of(lo)) {
+        Err(WalError::Purged { .. }) => return Ok(out),
+        r => r?,
+    };
+    for rec in reader.take((hi - lo) as usize) {
+        match rec {
+            Ok((lsn, payload)) => out.push(entry::decode(lsn, &payload)?),
+            // Purged (or truncated) while we read: openraft accepts a
+            // shorter prefix ("entry that is not found is allowed") and
+            // checks the count itself where it needs all of them.
+            Err(WalError::Purged { .. }) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+fn index_range<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let from = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (from, to)
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (from, to) = index_range(&range);
+        read_entries(&self.shared, from, to)
+            .await
+            .map_err(logs_err(ErrorVerb::Read))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.get_log_reader().await.try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let purged = self.purged();
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: self.last.or(purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        LogReader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &openraft::Vote<NodeId>) -> Result<(), StorageError> {
+        let vote = *vote;
+        self.update_meta(|m| m.vote = Some(vote))
+            .await
+            .map_err(|e| storage_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<openraft::Vote<NodeId>>, StorageError> {
+        Ok(self.shared.meta.lock().vote)
+    }
+
+    /// Kept in memory and written with the next vote or purge, not on
+    /// every commit (that would cost two fsyncs per commit on every node).
+    /// A committed id older than the truth is always safe: at start openraft
+    /// re-applies only up to it and learns the rest from the leader.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.shared.meta.lock().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.shared.meta.lock().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let wal = &self.shared.wal;
+        let mut last_ticket = None;
+        let purged = self.purged();
+        for e in entries {
+            let err = |e| storage_err(ErrorSubject::Logs, ErrorVerb::Write, e);
+            if purged.is_some_and(|p| e.log_id.index <= p.index) {
+                // Already covered by the snapshot behind the purge pointer
+                // (openraft's suite does this; a running node does not).
+                continue;
+            }
+            let lsn = lsn_of(e.log_id.index);
+            if lsn != wal.last_lsn() + 1 {
+                // Only legal where nothing above the purge pointer is held:
+                // the log continues right after a snapshot.
+                let expected = self.last.or(purged).map_or(0, |l| l.index + 1);
+                if self.last.is_some() || (e.log_id.index != expected && purged.is_some()) {
+                    return Err(err(CertifierError::RaftStorage {
+                        what: format!("append of entry {}", e.log_id),
+                        reason: format!("the log continues at index {expected}"),
+                    }));
+                }
+                wal.restart_at(lsn).await.map_err(|w| err(w.into()))?;
+            }
+            let rec = entry::encode(&e).map_err(err)?;
+            let ticket = wal.submit(rec).map_err(|w| err(w.into()))?;
+            debug_assert_eq!(ticket.lsn, lsn);
+            self.last = Some(e.log_id);
+            last_ticket = Some(ticket);
+        }
+        match last_ticket {
+            None => callback.log_io_completed(Ok(())),
+            // The WAL acknowledges in LSN order, so the last ticket covers
+            // every entry of this call.
+            Some(t) => {
+                tokio::spawn(async move {
+                    let r = t.await.map(|_| ()).map_err(std::io::Error::other);
+                    callback.log_io_completed(r);
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let err = logs_err(ErrorVerb::Delete);
+        let wal = &self.shared.wal;
+        // Keep indexes < log_id.index, i.e. LSNs <= log_id.index.
+        if log_id.index < wal.last_lsn() {
+            wal.truncate_after(log_id.index)
+                .await
+                .map_err(|w| err(w.into()))?;
+        }
+        let purged = self.purged();
+        self.last = match log_id.index.checked_sub(1) {
+            Some(prev) if purged.is_none_or(|p| prev > p.index) && prev < wal.last_lsn() => {
+                Some(self.log_id_at(prev).await.map_err(err)?)
+            }
+            _ => None,
+        };
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let err = logs_err(ErrorVerb::Delete);
+        // The pointer first: a crash after it leaves purged entries on disk,
+        // which are ignored; the reverse could lose entries not yet purged.
+        self.update_meta(|m| m.purged = Some(log_id))
+            .await
+            .map_err(&err)?;
+        if self.last.is_some_and(|l| l.index <= log_id.index) {
+            self.last = None;
+        }
+        // Whole segments whose entries are all <= log_id.index.
+        self.shared
+            .wal
+            .purge_below(lsn_of(log_id.index) + 1)
+            .await
+            .map_err(|w| err(w.into()))
+    }
+}

@@ -1,0 +1,111 @@
+//! # The replicated certifier, first increment: openraft on the WAL
+//!
+//! Issue 14 replaces the single certifier by 2f+1 nodes on openraft. This
+//! module is the foundation: the raft log storage on `tashkent-wal`, the
+//! certifier as a raft state machine, their conformance with openraft's
+//! storage test suite, and a gRPC transport between nodes. The serving path
+//! (`server`), the CLI and today's on-disk format do not use it yet.
+//!
+//! ## What maps to what
+//!
+//! - **Log.** Raft log index `i` is WAL record (LSN) `i + 1` in
+//!   `<dir>/wal` (`entry.rs` has the record format); appends use the WAL's
+//!   group commit unchanged. The vote, the committed and the purged log ids
+//!   are in `<dir>/raft-meta`, a small versioned, checksummed file replaced
+//!   atomically (`meta.rs`), because every LSN is taken by an entry; the
+//!   committed id rides along with vote and purge writes (it may lag, which
+//!   is safe), so a commit costs no extra fsync.
+//! - **Entries.** A normal entry is a [`Command`]: `Certify` carries exactly
+//!   today's certifier WAL record (`record.rs`, version field 0),
+//!   `CertifyBatch` several of them (certified in order), `Report` a
+//!   replica's progress. Blank entries (a new leader's first) and
+//!   membership entries take indexes but no version.
+//! - **Index ↔ version.** Versions are *not* indexes: a version is assigned
+//!   when a committed `Certify` entry is applied and certifies as a commit
+//!   (`state_machine.rs`), as `latest + 1`. So versions are dense and
+//!   strictly increasing whatever raft does to an uncommitted tail: a
+//!   deposed leader's entries that get truncated never had versions, and
+//!   the next leader's entries get the next ones. The term is only raft's.
+//! - **Idempotence.** The dedupe table (txn id → outcome) is state the log
+//!   builds, so a retry proposed to a new leader is answered from it: if the
+//!   first attempt committed, applying the retry returns the same version
+//!   and assigns none.
+//! - **Snapshots.** A snapshot is the certifier's image (latest version,
+//!   horizon, dedupe table, replica progress) plus the writesets of the
+//!   versions in the conflict window, and the applied log id and membership
+//!   (`snapshot.rs`); it is written to `<dir>/snapshot` before the log is
+//!   purged behind it, and a node restarts from it plus the log after it.
+//!
+//! ## Known gaps (next steps toward issue 14)
+//!
+//! - openraft 0.9 waits for each `append` to be flushed before it submits
+//!   the next (`RaftCore::append_to_log`), and 0.9 has no batched
+//!   `client_write`: concurrent certifications on a leader get one
+//!   fdatasync *each*, serially, so the WAL's group commit cannot group
+//!   them. [`Proposer`] batches one level up: certifications arriving
+//!   while an entry is in flight go into the next entry together
+//!   (`CertifyBatch`, one answer each). It keeps one entry in flight; with
+//!   replication round trips, several in flight (or openraft 0.10's
+//!   non-blocking log IO and `client_write_many`) is the next step.
+//! - The leader does not pre-check: every proposal is certified at apply,
+//!   so aborts take a log entry too. The faster shape: the leader certifies
+//!   speculatively (against applied + in-flight entries) and proposes
+//!   commits only; apply re-checks, so a stale speculation cannot commit.
+//! - Fingerprints are seeded per process (`rule.rs`). Apply-time decisions
+//!   are identical on every node except when a fingerprint collision (a
+//!   spurious abort, ~2^-64 per key pair) happens on one node only. Before
+//!   production the seed must become cluster state (chosen at
+//!   `initialize`, carried in snapshots).
+//! - The raft log is not yet *the* certifier log: Subscribe still reads
+//!   `record.rs` records with version == LSN. Serving it from the raft log
+//!   needs a version → index map (kept by the state machine) or entries
+//!   stamped with their version at apply.
+//! - The snapshot keeps the window's writesets in memory (a second copy of
+//!   what the log holds); it could read them from the log instead.
+//! - Spooled (very large) writesets are rejected by apply.
+//! - The transport (`network.rs`, `service.rs`, `proto/raft.proto`) sends
+//!   openraft's messages as JSON but log entries in their binary log
+//!   encoding; snapshots go in openraft's chunks, inside the JSON (a
+//!   streaming RPC would be cheaper for big windows).
+//! - Not served yet: `tashkent certifier --node-id/--peers`, certification
+//!   through the leader (and forwarding from followers), Subscribe from any
+//!   node, `status`, membership commands, process-level fault tests.
+//!
+//! ## Tests
+//!
+//! `certifier/tests/raft_storage.rs`: openraft's storage suite against
+//! [`LogStore`] and [`StateMachine`], reopening, purge past the end,
+//! certification at apply, snapshot transfer. `certifier/tests/raft_cluster.rs`:
+//! three nodes over gRPC on loopback elect a leader, commit, lose it, and
+//! carry on with dense versions and no index reused; a wiped follower
+//! rejoins from a snapshot and a restarted node from its disk, each then
+//! answering (as leader) from the same certifier state; concurrent writers
+//! get dense, distinct versions, one entry each or batched by a
+//! [`Proposer`] (which puts what arrives together in one entry, and on a
+//! follower answers who leads). `certifier/tests/raft_faults.rs`: a node
+//! whose WAL fails (injected fdatasync error) stops for good, the two
+//! others carry on, and the certification in flight keeps one version.
+
+pub mod entry;
+pub mod log_store;
+pub mod meta;
+pub mod network;
+pub mod proposer;
+pub mod service;
+pub mod snapshot;
+pub mod state_machine;
+pub mod types;
+
+/// Generated from `proto/raft.proto`: the transport between certifier
+/// nodes.
+#[allow(clippy::all)]
+pub mod proto {
+    tonic::include_proto!("tashkent.raft.v1");
+}
+
+pub use log_store::{LogReader, LogStore};
+pub use network::Network;
+pub use proposer::Proposer;
+pub use service::RaftService;
+pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use types::{Command, NodeId, Raft, Response, TypeConfig};

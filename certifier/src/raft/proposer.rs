@@ -1,0 +1,113 @@
+//! Batching at the proposer: group commit one level above the log.
+//!
+//! openraft 0.9 flushes each append before it takes the next and writes
+//! one entry per `client_write`, so certifications proposed one by one get
+//! one fdatasync each, in a row (see the module docs). A [`Proposer`] keeps
+//! one entry in flight and gathers the certifications that arrive
+//! meanwhile into the next one (`Command::CertifyBatch`): under load, many
+//! certifications share an entry, its replication and its fdatasync, and
+//! each still gets its own answer. A lone certification is sent at once.
+
+use bytes::Bytes;
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::types::{Command, NodeId, Raft, Response};
+use crate::error::CertifierError;
+
+type Reply = oneshot::Sender<Result<Response, CertifierError>>;
+
+/// Proposes certifications through a raft node, batched. Cheap to clone;
+/// the batching task ends when the last clone is dropped.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::UnboundedSender<(Bytes, Reply)>,
+}
+
+impl Proposer {
+    /// Proposes through `raft` (which must be the leader to succeed), at
+    /// most `max_batch` certifications per entry.
+    pub fn new(raft: Raft, max_batch: usize) -> Proposer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(raft, rx, max_batch.max(1)));
+        Proposer { tx }
+    }
+
+    /// Certifies `record` (a certifier record, version 0): the answer of
+    /// applying it, once committed. Queued at once, so calls made before
+    /// the batching task runs share an entry.
+    pub fn certify(
+        &self,
+        record: Bytes,
+    ) -> impl std::future::Future<Output = Result<Response, CertifierError>> {
+        let (reply, answer) = oneshot::channel();
+        let queued = self.tx.send((record, reply)).is_ok();
+        async move {
+            if !queued {
+                return Err(CertifierError::OutcomeUnknown(
+                    "the proposer has stopped".into(),
+                ));
+            }
+            answer.await.unwrap_or_else(|_| {
+                Err(CertifierError::OutcomeUnknown(
+                    "the proposer stopped before the answer".into(),
+                ))
+            })
+        }
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Bytes, Reply)>, max_batch: usize) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (records, replies): (Vec<Bytes>, Vec<Reply>) = batch.into_iter().unzip();
+        let cmd = match <[Bytes; 1]>::try_from(records) {
+            Ok([record]) => Command::Certify { record },
+            Err(records) => Command::CertifyBatch { records },
+        };
+        match raft.client_write(cmd).await {
+            Ok(r) => match r.data {
+                Response::Batch(answers) if answers.len() == replies.len() => {
+                    for (reply, a) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(a));
+                    }
+                }
+                single if replies.len() == 1 => {
+                    for reply in replies {
+                        let _ = reply.send(Ok(single.clone()));
+                    }
+                }
+                other => {
+                    let e = format!("{} certifications answered {other:?}", replies.len());
+                    for reply in replies {
+                        let _ = reply.send(Err(CertifierError::Protocol(e.clone())));
+                    }
+                }
+            },
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(write_error(&e)));
+                }
+            }
+        }
+    }
+}
+
+/// A failed `client_write`: not the leader (nothing was proposed), or a
+/// failure after proposing, when the outcome is not known here.
+fn write_error(
+    e: &RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
+) -> CertifierError {
+    match e.forward_to_leader() {
+        Some(f) => CertifierError::NotLeader {
+            leader: f.leader_id,
+        },
+        None => CertifierError::OutcomeUnknown(format!("raft: {e}")),
+    }
+}

@@ -1,0 +1,84 @@
+//! openraft's network over gRPC (`proto/raft.proto`): the server half, a
+//! tonic service handing each request to the local [`Raft`] node.
+//!
+//! AppendEntries brings its entries in the log's binary encoding
+//! (`entry.rs`) beside the JSON request. A request that does not decode is
+//! `INVALID_ARGUMENT`; whatever the raft
+//! node answers, error or not, goes back in the message for the client to
+//! turn into a `RemoteError`.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use openraft::raft::AppendEntriesRequest;
+
+use super::entry;
+use super::proto::raft_server::{Raft as RaftRpc, RaftServer};
+use super::proto::RaftMessage;
+use super::types::{Raft, TypeConfig};
+
+/// The raft transport's service for one node.
+#[derive(Clone)]
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl RaftService {
+    pub fn new(raft: Raft) -> RaftService {
+        RaftService { raft }
+    }
+
+    /// The tonic server of this service, to add to a router.
+    pub fn into_server(self) -> RaftServer<RaftService> {
+        RaftServer::new(self)
+    }
+}
+
+fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft request: {e}")))
+}
+
+fn encode<T: Serialize>(result: &T) -> Result<Response<RaftMessage>, Status> {
+    let data = serde_json::to_vec(result)
+        .map_err(|e| Status::internal(format!("raft answer not encodable: {e}")))?;
+    Ok(Response::new(RaftMessage {
+        data: data.into(),
+        entries: Vec::new(),
+    }))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let msg = request.into_inner();
+        let mut req: AppendEntriesRequest<TypeConfig> = decode(&msg.data)?;
+        if !req.entries.is_empty() {
+            return Err(Status::invalid_argument(
+                "raft AppendEntries carries its entries in `entries`, not in the JSON",
+            ));
+        }
+        for e in &msg.entries {
+            let e = entry::decode_unplaced(e)
+                .map_err(|e| Status::invalid_argument(format!("undecodable raft entry: {e}")))?;
+            req.entries.push(e);
+        }
+        encode(&self.raft.append_entries(req).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        encode(&self.raft.vote(decode(&request.into_inner().data)?).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let req = decode(&request.into_inner().data)?;
+        encode(&self.raft.install_snapshot(req).await)
+    }
+}

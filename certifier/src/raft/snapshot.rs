@@ -1,0 +1,291 @@
+//! The bytes of a raft snapshot: the certifier's replicated state at one
+//! applied log id, self-contained (its own metadata inside) so the same
+//! bytes are what is sent to a follower and what `<dir>/snapshot` holds.
+//!
+//! ```text
+//! offset size
+//!   0     8   magic "TKRSNAP\0"
+//!   8     4   format version, little-endian (1)
+//!  12     …   fields, little-endian; `bytes` = u32 length + content:
+//!             bytes   openraft SnapshotMeta, JSON (last applied log id,
+//!                     membership, snapshot id)
+//!             u64     latest version, u64 horizon
+//!             u8      horizon cause: 0 start, 1 restart, 2 reports,
+//!                     3 memory limit (+ u64 max_entries, u64 max_versions)
+//!             u64     dedupe floor
+//!             u64 n,  n × (u64 version, bytes txn id)      dedupe commits
+//!             u64 n,  n × (bytes txn id, i32 code, bytes reason,
+//!                          u64 conflict version)           dedupe aborts
+//!             u64 n,  n × (u32 replica, u64 applied, u64 oldest snapshot)
+//!             u64 n,  n × (u64 version, bytes record)      the writesets of
+//!                     the versions in the window, certifier records
+//! end-4   4   CRC32 (crc32fast) of everything before
+//! ```
+//!
+//! The window travels as writesets, not fingerprints: fingerprints are
+//! seeded per process (`rule.rs`), so the receiver recomputes them.
+
+use bytes::{Buf, BufMut, Bytes};
+
+use super::types::NodeId;
+use crate::certifier::CertifierImage;
+use crate::error::CertifierError;
+use crate::proto::AbortCode;
+use crate::rule::Abort;
+use crate::window::{HorizonCause, WindowLimits};
+use crate::Version;
+
+const MAGIC: &[u8; 8] = b"TKRSNAP\0";
+const FORMAT_VERSION: u32 = 1;
+
+/// openraft's snapshot metadata for our types.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+
+/// Everything a snapshot holds, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotState {
+    pub meta: SnapshotMeta,
+    pub image: CertifierImage,
+    /// (version, certifier record) for every version in the window.
+    pub window: Vec<(Version, Bytes)>,
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.put_u32_le(b.len() as u32);
+    out.put_slice(b);
+}
+
+/// Encodes `s`.
+pub fn encode(s: &SnapshotState) -> Result<Vec<u8>, CertifierError> {
+    let meta = serde_json::to_vec(&s.meta).map_err(|e| bad(format!("meta not encodable: {e}")))?;
+    let img = &s.image;
+    let mut out = Vec::new();
+    out.put_slice(MAGIC);
+    out.put_u32_le(FORMAT_VERSION);
+    put_bytes(&mut out, &meta);
+    out.put_u64_le(img.latest);
+    out.put_u64_le(img.horizon);
+    match img.cause {
+        HorizonCause::Start => out.put_u8(0),
+        HorizonCause::Restart => out.put_u8(1),
+        HorizonCause::Reports => out.put_u8(2),
+        HorizonCause::MemoryLimit(l) => {
+            out.put_u8(3);
+            out.put_u64_le(l.max_entries as u64);
+            out.put_u64_le(l.max_versions as u64);
+        }
+    }
+    out.put_u64_le(img.dedupe_floor);
+    out.put_u64_le(img.committed.len() as u64);
+    for (v, id) in &img.committed {
+        out.put_u64_le(*v);
+        put_bytes(&mut out, id);
+    }
+    out.put_u64_le(img.aborted.len() as u64);
+    for (id, a) in &img.aborted {
+        put_bytes(&mut out, id);
+        out.put_i32_le(a.code as i32);
+        put_bytes(&mut out, a.reason.as_bytes());
+        out.put_u64_le(a.conflict_version);
+    }
+    out.put_u64_le(img.replicas.len() as u64);
+    for (r, applied, oldest) in &img.replicas {
+        out.put_u32_le(*r);
+        out.put_u64_le(*applied);
+        out.put_u64_le(*oldest);
+    }
+    out.put_u64_le(s.window.len() as u64);
+    for (v, rec) in &s.window {
+        out.put_u64_le(*v);
+        put_bytes(&mut out, rec);
+    }
+    let crc = crc32fast::hash(&out);
+    out.put_u32_le(crc);
+    Ok(out)
+}
+
+fn bad(reason: String) -> CertifierError {
+    CertifierError::RaftStorage {
+        what: "snapshot".into(),
+        reason,
+    }
+}
+
+/// A bounds-checked reader over the snapshot's fields.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn need(&self, n: usize) -> Result<(), CertifierError> {
+        if self.0.remaining() < n {
+            return Err(bad("truncated".into()));
+        }
+        Ok(())
+    }
+    fn u8(&mut self) -> Result<u8, CertifierError> {
+        self.need(1)?;
+        Ok(self.0.get_u8())
+    }
+    fn u32(&mut self) -> Result<u32, CertifierError> {
+        self.need(4)?;
+        Ok(self.0.get_u32_le())
+    }
+    fn u64(&mut self) -> Result<u64, CertifierError> {
+        self.need(8)?;
+        Ok(self.0.get_u64_le())
+    }
+    fn bytes(&mut self) -> Result<Bytes, CertifierError> {
+        let n = self.u32()? as usize;
+        self.need(n)?;
+        let b = Bytes::copy_from_slice(&self.0[..n]);
+        self.0.advance(n);
+        Ok(b)
+    }
+    /// A count of items of at least `min_len` bytes each, checked against
+    /// what is left (a damaged count must not allocate wildly).
+    fn count(&mut self, min_len: usize) -> Result<usize, CertifierError> {
+        let n = self.u64()?;
+        if n > (self.0.remaining() / min_len) as u64 {
+            return Err(bad(format!("count {n} exceeds the data")));
+        }
+        Ok(n as usize)
+    }
+}
+
+/// Decodes and checks a snapshot.
+pub fn decode(buf: &[u8]) -> Result<SnapshotState, CertifierError> {
+    if buf.len() < 16 || &buf[..8] != MAGIC {
+        return Err(bad(
+            "not a certifier snapshot (bad magic or too short)".into()
+        ));
+    }
+    let (body, crc) = buf.split_at(buf.len() - 4);
+    if crc32fast::hash(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+        return Err(bad("checksum mismatch".into()));
+    }
+    let mut f = Fields(&body[8..]);
+    let version = f.u32()?;
+    if version != FORMAT_VERSION {
+        return Err(bad(format!("unsupported format version {version}")));
+    }
+    let meta: SnapshotMeta =
+        serde_json::from_slice(&f.bytes()?).map_err(|e| bad(format!("undecodable meta: {e}")))?;
+    let latest = f.u64()?;
+    let horizon = f.u64()?;
+    let cause = match f.u8()? {
+        0 => HorizonCause::Start,
+        1 => HorizonCause::Restart,
+        2 => HorizonCause::Reports,
+        3 => HorizonCause::MemoryLimit(WindowLimits {
+            max_entries: f.u64()? as usize,
+            max_versions: f.u64()? as usize,
+        }),
+        c => return Err(bad(format!("unknown horizon cause {c}"))),
+    };
+    let dedupe_floor = f.u64()?;
+    let n = f.count(12)?;
+    let mut committed = Vec::with_capacity(n);
+    for _ in 0..n {
+        committed.push((f.u64()?, f.bytes()?));
+    }
+    let n = f.count(20)?;
+    let mut aborted = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = f.bytes()?;
+        let code =
+            AbortCode::try_from(f.u32()? as i32).map_err(|_| bad("unknown abort code".into()))?;
+        let reason = String::from_utf8(f.bytes()?.to_vec())
+            .map_err(|_| bad("abort reason is not UTF-8".into()))?;
+        let conflict_version = f.u64()?;
+        aborted.push((
+            id,
+            Abort {
+                code,
+                reason,
+                conflict_version,
+            },
+        ));
+    }
+    let n = f.count(20)?;
+    let mut replicas = Vec::with_capacity(n);
+    for _ in 0..n {
+        replicas.push((f.u32()?, f.u64()?, f.u64()?));
+    }
+    let n = f.count(12)?;
+    let mut window = Vec::with_capacity(n);
+    for _ in 0..n {
+        window.push((f.u64()?, f.bytes()?));
+    }
+    if !f.0.is_empty() {
+        return Err(bad(format!("{} trailing bytes", f.0.len())));
+    }
+    Ok(SnapshotState {
+        meta,
+        image: CertifierImage {
+            latest,
+            horizon,
+            cause,
+            dedupe_floor,
+            committed,
+            aborted,
+            replicas,
+        },
+        window,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::entry::log_id;
+
+    fn sample() -> SnapshotState {
+        SnapshotState {
+            meta: SnapshotMeta {
+                last_log_id: Some(log_id(3, 2, 41)),
+                last_membership: Default::default(),
+                snapshot_id: "3-41-1".into(),
+            },
+            image: CertifierImage {
+                latest: 12,
+                horizon: 10,
+                cause: HorizonCause::MemoryLimit(WindowLimits {
+                    max_entries: 5,
+                    max_versions: 9,
+                }),
+                dedupe_floor: 8,
+                committed: vec![
+                    (8, Bytes::from_static(b"t8")),
+                    (12, Bytes::from_static(b"t12")),
+                ],
+                aborted: vec![(
+                    Bytes::from_static(b"ta"),
+                    Abort {
+                        code: AbortCode::Conflict,
+                        reason: "row k".into(),
+                        conflict_version: 11,
+                    },
+                )],
+                replicas: vec![(1, 12, 10)],
+            },
+            window: vec![
+                (11, Bytes::from_static(b"r11")),
+                (12, Bytes::from_static(b"r12")),
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_every_flip_detected() {
+        let s = sample();
+        let b = encode(&s).unwrap();
+        assert_eq!(decode(&b).unwrap(), s);
+        for i in 0..b.len() {
+            let mut d = b.clone();
+            d[i] ^= 0x04;
+            assert!(decode(&d).is_err(), "flip at {i} accepted");
+        }
+        for cut in [0, 8, 15, b.len() / 2, b.len() - 1] {
+            assert!(decode(&b[..cut]).is_err(), "cut at {cut} accepted");
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! openraft's `RaftStateMachine`: the certifier, fed by committed entries.
+//!
+//! Applying a `Certify` entry *is* certification: the writeset is checked
+//! against the state the log prefix built, and a commit takes the next
+//! version. So the version order is the log order of the committed
+//! writesets, dense by construction and identical on every node; a leader
+//! change cannot skip or reuse a version, because versions are only
+//! assigned to entries raft has committed. The dedupe table is part of this
+//! state, so a retried transaction id is answered its first outcome by
+//! whichever node applies the retry.
+//!
+//! State is in memory and rebuilt at start from the last snapshot
+//! (`<dir>/snapshot`, written atomically) plus the log after it. A snapshot
+//! is the certifier's image (`CertifierImage`) plus the writesets of the
+//! versions in its conflict window (`snapshot.rs`), which this state machine
+//! keeps for that purpose.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
+    StorageIOError, StoredMembership,
+};
+use parking_lot::Mutex;
+
+use super::meta::write_atomically;
+use super::snapshot::{self, SnapshotMeta, SnapshotState};
+use super::types::{Command, Entry, LogId, NodeId, Response, StorageError, TypeConfig};
+use crate::certifier::{Certifier, Decision, Limits};
+use crate::error::CertifierError;
+use crate::rule::ConflictSet;
+use crate::{record, writeset, Version};
+
+/// File of the last snapshot in a node's raft directory.
+pub const SNAPSHOT_FILE: &str = "snapshot";
+
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+
+/// The last snapshot built or installed: its metadata and bytes.
+#[derive(Clone)]
+struct Stored {
+    meta: SnapshotMeta,
+    data: Arc<Vec<u8>>,
+}
+
+/// The certifier as a raft state machine.
+pub struct StateMachine {
+    limits: Limits,
+    certifier: Certifier,
+    /// The record of every version in the window, `(horizon, latest]`.
+    window: BTreeMap<Version, Bytes>,
+    last_applied: Option<LogId>,
+    membership: Membership,
+    dir: PathBuf,
+    current: Arc<Mutex<Option<Stored>>>,
+    /// Distinguishes snapshots built at the same log id.
+    builds: u64,
+}
+
+/// Builds a snapshot from a copy taken when it was asked for.
+pub struct SnapshotBuilder {
+    state: Option<SnapshotState>,
+    dir: PathBuf,
+    current: Arc<Mutex<Option<Stored>>>,
+}
+
+fn snap_err(meta: Option<&SnapshotMeta>, verb: ErrorVerb, e: CertifierError) -> StorageError {
+    let subject = ErrorSubject::Snapshot(meta.map(|m| m.signature()));
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+impl StateMachine {
+    /// The state in `dir` (its snapshot, if any); the log after it is
+    /// re-applied by openraft. `limits` must be the same on every node.
+    pub fn open(dir: &Path, limits: Limits) -> Result<StateMachine, CertifierError> {
+        std::fs::create_dir_all(dir)?;
+        let mut sm = StateMachine {
+            limits,
+            certifier: Certifier::new(limits),
+            window: BTreeMap::new(),
+            last_applied: None,
+            membership: Membership::default(),
+            dir: dir.to_path_buf(),
+            current: Arc::new(Mutex::new(None)),
+            builds: 0,
+        };
+        let path = dir.join(SNAPSHOT_FILE);
+        match std::fs::read(&path) {
+            Ok(data) => {
+                let state = snapshot::decode(&data)?;
+                let meta = state.meta.clone();
+                sm.restore(state)?;
+                *sm.current.lock() = Some(Stored {
+                    meta,
+                    data: Arc::new(data),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(sm)
+    }
+
+    /// The certifier's state as applied so far.
+    pub fn certifier(&self) -> &Certifier {
+        &self.certifier
+    }
+
+    /// The last applied log id.
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.last_applied
+    }
+
+    fn restore(&mut self, s: SnapshotState) -> Result<(), CertifierError> {
+        let mut sets = Vec::with_capacity(s.window.len());
+        for (v, rec) in &s.window {
+            sets.push((*v, ConflictSet::of(&record::decode(0, rec)?)));
+        }
+        self.certifier = Certifier::from_image(self.limits, s.image, sets)?;
+        self.window = s.window.into_iter().collect();
+        self.last_applied = s.meta.last_log_id;
+        self.membership = s.meta.last_membership;
+        Ok(())
+    }
+
+    fn apply_command(&mut self, cmd: Command) -> Response {
+        let r = match cmd {
+            Command::Certify { record } => answer(self.certify(record)),
+            Command::CertifyBatch { records } => Response::Batch(
+                records
+                    .into_iter()
+                    .map(|r| answer(self.certify(r)))
+                    .collect(),
+            ),
+            Command::Report {
+                replica,
+                applied,
+                oldest_snapshot,
+            } => answer(
+                self.certifier
+                    .report(replica, applied, oldest_snapshot, std::time::Instant::now())
+                    .map(|horizon| Response::Horizon { horizon }),
+            ),
+        };
+        // The window may have moved up (reports, memory bound).
+        let horizon = self.certifier.window().horizon();
+        self.window = self.window.split_off(&(horizon + 1));
+        r
+    }
+
+    fn certify(&mut self, rec: Bytes) -> Result<Response, CertifierError> {
+        if record::is_spooled(&rec) {
+            return Err(CertifierError::InvalidArgument(
+                "spooled writesets are not replicated yet".into(),
+            ));
+        }
+        // Version 0: assigned here, not by the proposer.
+        let ws = record::decode(0, &rec)?;
+        writeset::validate(&ws)?;
+        let before = self.certifier.latest();
+        Ok(match self.certifier.certify(&ws)? {
+            Decision::Commit(version) => {
+                if version > before {
+                    self.window.insert(version, rec);
+                }
+                Response::Committed { version }
+            }
+            Decision::Abort(a) => Response::Aborted {
+                code: a.code as i32,
+                reason: a.reason,
+                conflict_version: a.conflict_version,
+            },
+        })
+    }
+
+    fn state(&mut self) -> SnapshotState {
+        self.builds += 1;
+        let id = match self.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.builds),
+            None => format!("none-{}", self.builds),
+        };
+        SnapshotState {
+            meta: SnapshotMeta {
+                last_log_id: self.last_applied,
+                last_membership: self.membership.clone(),
+                snapshot_id: id,
+            },
+            image: self.certifier.image(),
+            window: self.window.iter().map(|(v, r)| (*v, r.clone())).collect(),
+        }
+    }
+}
+
+/// An error of one command is its answer (every node reaches the same).
+fn answer(r: Result<Response, CertifierError>) -> Response {
+    r.unwrap_or_else(|e| Response::Rejected {
+        reason: e.to_string(),
+    })
+}
+
+/// Writes a snapshot to `<dir>/snapshot` and makes it the current one.
+fn keep(
+    dir: &Path,
+    current: &Mutex<Option<Stored>>,
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+) -> Result<Stored, CertifierError> {
+    write_atomically(&dir.join(SNAPSHOT_FILE), &data)?;
+    let s = Stored {
+        meta,
+        data: Arc::new(data),
+    };
+    *current.lock() = Some(s.clone());
+    Ok(s)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let state = self.state.take().ok_or_else(|| {
+            let e = CertifierError::RaftStorage {
+                what: "snapshot".into(),
+                reason: "builder used twice".into(),
+            };
+            snap_err(None, ErrorVerb::Write, e)
+        })?;
+        let meta = state.meta.clone();
+        let (dir, current) = (self.dir.clone(), self.current.clone());
+        let m = meta.clone();
+        // Encoding and the fsync are blocking work.
+        let stored = tokio::task::spawn_blocking(move || {
+            let data = snapshot::encode(&state)?;
+            keep(&dir, &current, m, data)
+        })
+        .await
+        .map_err(|e| {
+            let e = CertifierError::RaftStorage {
+                what: "snapshot".into(),
+                reason: format!("builder task failed: {e}"),
+            };
+            snap_err(Some(&meta), ErrorVerb::Write, e)
+        })?
+        .map_err(|e| snap_err(Some(&meta), ErrorVerb::Write, e))?;
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data.to_vec())),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        for e in entries {
+            self.last_applied = Some(e.log_id);
+            out.push(match e.payload {
+                EntryPayload::Blank => Response::Applied,
+                EntryPayload::Membership(m) => {
+                    self.membership = Membership::new(Some(e.log_id), m);
+                    Response::Applied
+                }
+                EntryPayload::Normal(cmd) => self.apply_command(cmd),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            state: Some(self.state()),
+            dir: self.dir.clone(),
+            current: self.current.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let err = |e| snap_err(Some(meta), ErrorVerb::Write, e);
+        let data = snapshot.into_inner();
+        let mut state = snapshot::decode(&data).map_err(err)?;
+        // The sender's id for these bytes wins over the one inside them.
+        state.meta = meta.clone();
+        self.restore(state).map_err(err)?;
+        keep(&self.dir, &self.current, meta.clone(), data).map_err(err)?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let cur = self.current.lock().clone();
+        Ok(cur.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data.to_vec())),
+        }))
+    }
+}

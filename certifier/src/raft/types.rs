@@ -1,0 +1,80 @@
+//! The openraft type configuration of the replicated certifier: what a log
+//! entry carries ([`Command`]) and what applying it answers ([`Response`]).
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::Version;
+
+/// A certifier node's id in the raft group.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The replicated certifier's raft types.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A raft log entry of ours.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A log position (term and index).
+pub type LogId = openraft::LogId<NodeId>;
+/// openraft's storage error, as our traits return it.
+pub type StorageError = openraft::StorageError<NodeId>;
+/// A node handle running our type configuration.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// The application payload of a normal entry: the inputs of the certifier's
+/// state, and nothing else, so applying the log in order rebuilds the state
+/// (versions, window, dedupe table, horizon) identically on every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Certify a writeset. `record` is a certifier WAL record
+    /// (`record::encode`, not spooled) whose version field is still 0: the
+    /// version is assigned when the entry is applied, so it is the same on
+    /// every node and dense whatever happens to the log's tail.
+    Certify { record: Bytes },
+    /// Several `Certify`s in one entry, certified in this order (what the
+    /// [`super::Proposer`] sends when certifications arrive together).
+    CertifyBatch { records: Vec<Bytes> },
+    /// A replica's progress: moves the horizon. Replicated because the
+    /// horizon decides "snapshot too old" aborts and which versions the
+    /// window (and a snapshot) still holds.
+    Report {
+        replica: u32,
+        applied: Version,
+        oldest_snapshot: Version,
+    },
+}
+
+/// What applying one entry answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// A blank (new leader) or membership entry.
+    Applied,
+    /// The writeset committed with this version (also the answer to a
+    /// retried transaction id that committed before).
+    Committed { version: Version },
+    /// The writeset aborted; `code` is an [`crate::AbortCode`].
+    Aborted {
+        code: i32,
+        reason: String,
+        conflict_version: Version,
+    },
+    /// The entry could not be certified (invalid writeset, report out of
+    /// range, outcome of a retry no longer known). Every node reaches the
+    /// same answer, so this is an answer, not a storage failure.
+    Rejected { reason: String },
+    /// A report was applied; the horizon is now this.
+    Horizon { horizon: Version },
+    /// The answers of a `CertifyBatch`, in its order.
+    Batch(Vec<Response>),
+}

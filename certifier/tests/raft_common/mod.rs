@@ -1,0 +1,32 @@
+//! Helpers shared by the raft tests (`raft_storage.rs`, `raft_cluster.rs`,
+//! `raft_faults.rs`); not every test uses every helper.
+#![allow(dead_code)]
+
+pub mod cluster;
+
+use bytes::Bytes;
+use tashkent_certifier::proto::Writeset;
+use tashkent_certifier::raft::Command;
+use tashkent_certifier::writeset::item;
+use tashkent_certifier::{record, Op, WRITESET_FORMAT_VERSION};
+
+/// A certifier record (version 0): transaction `id` with `snapshot`
+/// updates row `key` of table `accounts`.
+pub fn record(id: &str, snapshot: u64, key: &str) -> Bytes {
+    let ws = Writeset {
+        format_version: WRITESET_FORMAT_VERSION,
+        txn_id: Bytes::copy_from_slice(id.as_bytes()),
+        origin: 1,
+        snapshot,
+        items: vec![item("accounts", Op::Update, key.as_bytes().to_vec())],
+        ..Writeset::default()
+    };
+    record::encode(&ws).freeze()
+}
+
+/// The `Certify` command of [`record`]`(id, snapshot, key)`.
+pub fn certify(id: &str, snapshot: u64, key: &str) -> Command {
+    Command::Certify {
+        record: record(id, snapshot, key),
+    }
+}

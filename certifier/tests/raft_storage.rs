@@ -1,0 +1,313 @@
+//! The WAL-backed raft storage (`tashkent_certifier::raft`) against
+//! openraft's own storage test suite, plus what the suite cannot check:
+//! reopening from disk, and applying real certifier entries.
+
+mod raft_common;
+
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::StorageError;
+use tashkent_certifier::raft::{LogStore, StateMachine, TypeConfig};
+use tashkent_certifier::Limits;
+use tashkent_wal::WalOptions;
+use tempfile::TempDir;
+
+/// Small segments, so purge and truncate cross segment boundaries.
+fn wal_opts() -> WalOptions {
+    WalOptions {
+        segment_size: 8192,
+        ..WalOptions::default()
+    }
+}
+
+/// A log store and a state machine in a fresh temporary directory, which
+/// lives as long as the guard.
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let log = LogStore::open(&dir.path().join("log"), wal_opts()).expect("open log store");
+        let sm = StateMachine::open(&dir.path().join("sm"), Limits::default()).expect("open sm");
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() {
+    Suite::test_all(Builder).expect("openraft storage suite");
+}
+
+mod on_disk {
+    //! Reopening: what openraft's suite (which never reopens) cannot see.
+
+    use bytes::Bytes;
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+    use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder, Vote};
+    use tashkent_certifier::raft::types::Entry;
+    use tashkent_certifier::raft::types::LogId;
+    use tashkent_certifier::raft::{Command, LogStore, Response, StateMachine};
+    use tashkent_certifier::Limits;
+
+    use super::wal_opts;
+
+    /// A log id proposed by node 0 (the suite's node).
+    fn log_id(term: u64, index: u64) -> LogId {
+        tashkent_certifier::raft::entry::log_id(term, 0, index)
+    }
+
+    fn blank(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: log_id(term, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<(u64, u64)> {
+        entries
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn log_vote_truncate_and_purge_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = LogStore::open(dir.path(), wal_opts()).unwrap();
+            log.save_vote(&Vote::new(3, 2)).await.unwrap();
+            log.blocking_append((0..300).map(|i| blank(1 + i / 100, i)))
+                .await
+                .unwrap();
+            // A new leader overwrites the tail from 250 on.
+            log.truncate(log_id(3, 250)).await.unwrap();
+            log.blocking_append((250..260).map(|i| blank(4, i)))
+                .await
+                .unwrap();
+            // The committed id is written with the next purge or vote.
+            log.save_committed(Some(log_id(4, 255))).await.unwrap();
+            log.purge(log_id(2, 199)).await.unwrap();
+            log.save_committed(Some(log_id(4, 259))).await.unwrap();
+        }
+        let mut log = LogStore::open(dir.path(), wal_opts()).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(4, 255)));
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(2, 199)));
+        assert_eq!(st.last_log_id, Some(log_id(4, 259)));
+        let all = log.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(all.len(), 60, "200..260 after the purge");
+        assert_eq!(indexes(&all)[0], (3, 200));
+        assert_eq!(indexes(&all)[49], (3, 249));
+        assert_eq!(indexes(&all)[50], (4, 250));
+        // The physical purge removed whole segments below the pointer
+        // (about 170 blank entries fit in one 8 KiB segment).
+        let first = log.wal().first_lsn();
+        assert!(first > 1 && first <= 200, "first LSN {first}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn purge_past_the_end_then_append_restarts_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = LogStore::open(dir.path(), wal_opts()).unwrap();
+            log.blocking_append((0..10).map(|i| blank(1, i)))
+                .await
+                .unwrap();
+            // A snapshot up to 1000 arrived: everything is purged.
+            log.purge(log_id(2, 1000)).await.unwrap();
+            let st = log.get_log_state().await.unwrap();
+            assert_eq!(st.last_log_id, Some(log_id(2, 1000)));
+            assert!(log.try_get_log_entries(0..).await.unwrap().is_empty());
+            // Appending 1002 would leave a hole: refused.
+            assert!(log.blocking_append([blank(2, 1002)]).await.is_err());
+            log.blocking_append((1001..1005).map(|i| blank(2, i)))
+                .await
+                .unwrap();
+            assert_eq!(log.wal().first_lsn(), 1002);
+        }
+        let mut log = LogStore::open(dir.path(), wal_opts()).unwrap();
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(2, 1000)));
+        assert_eq!(st.last_log_id, Some(log_id(2, 1004)));
+        let got = log.try_get_log_entries(1000..).await.unwrap();
+        assert_eq!(
+            indexes(&got),
+            vec![(2, 1001), (2, 1002), (2, 1003), (2, 1004)]
+        );
+        log.blocking_append([blank(3, 1005)]).await.unwrap();
+    }
+
+    fn certify(term: u64, index: u64, id: &str, snapshot: u64, key: &str) -> Entry {
+        Entry {
+            log_id: log_id(term, index),
+            payload: EntryPayload::Normal(super::raft_common::certify(id, snapshot, key)),
+        }
+    }
+
+    fn report(index: u64, oldest_snapshot: u64, applied: u64) -> Entry {
+        Entry {
+            log_id: log_id(1, index),
+            payload: EntryPayload::Normal(Command::Report {
+                replica: 1,
+                applied,
+                oldest_snapshot,
+            }),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn applying_certifies_and_a_snapshot_carries_the_certifier() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut sm = StateMachine::open(d1.path(), Limits::default()).unwrap();
+        let r = sm
+            .apply([
+                blank(1, 0),
+                certify(1, 1, "a", 0, "k1"),
+                certify(1, 2, "b", 0, "k2"),
+                // Concurrent with "a" on k1: first committer wins.
+                certify(1, 3, "c", 0, "k1"),
+                // A retry of "a" (say, to a new leader): same version, none new.
+                certify(2, 4, "a", 0, "k1"),
+                certify(2, 5, "d", 2, "k3"),
+                report(6, 1, 2),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(r[0], Response::Applied);
+        assert_eq!(r[1], Response::Committed { version: 1 });
+        assert_eq!(r[2], Response::Committed { version: 2 });
+        assert!(
+            matches!(
+                &r[3],
+                Response::Aborted {
+                    conflict_version: 1,
+                    ..
+                }
+            ),
+            "{:?}",
+            r[3]
+        );
+        assert_eq!(r[4], Response::Committed { version: 1 });
+        assert_eq!(r[5], Response::Committed { version: 3 });
+        assert_eq!(r[6], Response::Horizon { horizon: 1 });
+        assert_eq!(sm.certifier().latest(), 3);
+
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(snap.meta.last_log_id, Some(log_id(1, 6)));
+
+        // Install on a new node, then feed both the same entries: same answers.
+        let mut other = StateMachine::open(d2.path(), Limits::default()).unwrap();
+        other
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(other.certifier().image(), sm.certifier().image());
+        let next = || {
+            [
+                // Conflicts with version 2 (k2), snapshot 1 is in the window.
+                certify(3, 7, "e", 1, "k2"),
+                // Below the horizon (1): too old.
+                certify(3, 8, "f", 0, "k9"),
+                certify(3, 9, "g", 3, "k2"),
+                // Retry of "d": its first answer.
+                certify(3, 10, "d", 2, "k3"),
+            ]
+        };
+        let a = sm.apply(next()).await.unwrap();
+        let b = other.apply(next()).await.unwrap();
+        assert_eq!(a, b);
+        assert!(matches!(
+            &a[0],
+            Response::Aborted {
+                conflict_version: 2,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &a[1],
+            Response::Aborted {
+                conflict_version: 0,
+                ..
+            }
+        ));
+        assert_eq!(a[2], Response::Committed { version: 4 });
+        assert_eq!(a[3], Response::Committed { version: 3 });
+
+        // The installed snapshot is on disk: a restart starts from it.
+        drop(other);
+        let mut reopened = StateMachine::open(d2.path(), Limits::default()).unwrap();
+        let (applied, _) = reopened.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(1, 6)));
+        assert_eq!(reopened.certifier().latest(), 3);
+        let again = reopened.apply(next()).await.unwrap();
+        assert_eq!(again, a, "replaying the log after the snapshot");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_is_certified_in_its_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path(), Limits::default()).unwrap();
+        let rec = super::raft_common::record;
+        let batch = Entry {
+            log_id: log_id(1, 0),
+            payload: EntryPayload::Normal(Command::CertifyBatch {
+                records: vec![
+                    rec("a", 0, "k1"),
+                    // Same row, same snapshot: the first in the batch wins.
+                    rec("b", 0, "k1"),
+                    rec("c", 0, "k2"),
+                    // A retry inside the same batch: the first answer.
+                    rec("a", 0, "k1"),
+                    Bytes::from_static(b"garbage"),
+                ],
+            }),
+        };
+        let r = sm.apply([batch]).await.unwrap();
+        let [Response::Batch(answers)] = &r[..] else {
+            panic!("{r:?}")
+        };
+        assert_eq!(answers[0], Response::Committed { version: 1 });
+        assert!(
+            matches!(
+                answers[1],
+                Response::Aborted {
+                    conflict_version: 1,
+                    ..
+                }
+            ),
+            "{:?}",
+            answers[1]
+        );
+        assert_eq!(answers[2], Response::Committed { version: 2 });
+        assert_eq!(answers[3], Response::Committed { version: 1 });
+        assert!(matches!(answers[4], Response::Rejected { .. }));
+        assert_eq!(sm.certifier().latest(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_entries_are_rejected_answers_not_storage_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path(), Limits::default()).unwrap();
+        let garbage = Entry {
+            log_id: log_id(1, 0),
+            payload: EntryPayload::Normal(Command::Certify {
+                record: Bytes::from_static(b"not a record"),
+            }),
+        };
+        let r = sm
+            .apply([garbage, certify(1, 1, "x", 5, "k"), report(2, 0, 9)])
+            .await
+            .unwrap();
+        assert!(
+            r.iter().all(|r| matches!(r, Response::Rejected { .. })),
+            "{r:?}"
+        );
+        assert_eq!(sm.certifier().latest(), 0);
+        assert_eq!(sm.last_applied(), Some(log_id(1, 2)));
+    }
+}
