@@ -24,6 +24,15 @@ fn ws(id: &str, snapshot: u64) -> Writeset {
     }
 }
 
+/// A certifier on any free port with its log in `dir`.
+fn config(dir: &std::path::Path) -> CertifierConfig {
+    CertifierConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        wal_dir: dir.join("wal"),
+        ..CertifierConfig::default()
+    }
+}
+
 /// Failpoints are process-global: one test at a time configures them.
 static FAILPOINTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -48,11 +57,7 @@ fn log_failed(r: Result<Outcome, CertifierError>, want: LogFailure, unknown: boo
 async fn fsync_failure_poisons_and_restart_recovers() {
     let _only = FAILPOINTS.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = CertifierConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        wal_dir: dir.path().join("wal"),
-        ..CertifierConfig::default()
-    };
+    let cfg = config(dir.path());
     let server = tashkent_certifier::start(cfg.clone()).await.unwrap();
     let client = CertifierClient::connect(server.local_addr().to_string())
         .await
@@ -107,11 +112,7 @@ async fn fsync_failure_poisons_and_restart_recovers() {
 async fn a_full_disk_is_reported_as_disk_full() {
     let _only = FAILPOINTS.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = CertifierConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        wal_dir: dir.path().join("wal"),
-        ..CertifierConfig::default()
-    };
+    let cfg = config(dir.path());
     let server = tashkent_certifier::start(cfg).await.unwrap();
     let client = CertifierClient::connect(server.local_addr().to_string())
         .await
