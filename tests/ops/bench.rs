@@ -4,6 +4,7 @@
 
 use crate::common;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use tashkent_tpcb::{Report, Workload};
@@ -19,20 +20,12 @@ const SYSTEMS: [(&str, &[u32]); 6] = [
     ("tashkent-mw", &[1, 2]),
 ];
 
-/// Runs `tashkent bench args…` on small tables (500 rows per scale unit),
-/// 3 clients, 1 s measured; its stdout, after asserting it succeeded.
-fn bench(args: &[&str], results: &std::path::Path, work: &std::path::Path) -> String {
+/// Runs `tashkent bench args… --results-dir results --work-dir work`;
+/// its stdout, after asserting it succeeded.
+pub(crate) fn run_bench(args: &[&str], results: &Path, work: &Path) -> String {
     let out = Command::new(BIN)
         .arg("bench")
         .args(args)
-        .args([
-            "--rows-per-scale",
-            "500",
-            "--clients",
-            "3",
-            "--duration",
-            "1",
-        ])
         .arg("--results-dir")
         .arg(results)
         .arg("--work-dir")
@@ -44,10 +37,25 @@ fn bench(args: &[&str], results: &std::path::Path, work: &std::path::Path) -> St
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "tashkent bench failed ({}):\n{stdout}\n{stderr}",
+        "tashkent bench {} failed ({}):\n{stdout}\n{stderr}",
+        args.join(" "),
         out.status
     );
     stdout
+}
+
+/// Runs `tashkent bench args…` on small tables (500 rows per scale unit),
+/// 3 clients, 1 s measured; its stdout, after asserting it succeeded.
+fn bench(args: &[&str], results: &Path, work: &Path) -> String {
+    let small = [
+        "--rows-per-scale",
+        "500",
+        "--clients",
+        "3",
+        "--duration",
+        "1",
+    ];
+    run_bench(&[args, &small[..]].concat(), results, work)
 }
 
 #[test]
@@ -255,29 +263,20 @@ fn bench_drives_the_load_with_pgbench() {
 fn bench_contention_runs_sysbench_through_three_proxies_and_verifies() {
     let dir = common::shared_tempdir();
     let results = dir.path().join("results");
-    let out = Command::new(BIN)
-        .args([
-            "bench",
+    let stdout = run_bench(
+        &[
             "contention",
             "--scenarios",
             "sysbench",
             "--fairness",
             "on",
-        ])
-        .args(["--duration", "2", "--table-size", "500"])
-        .arg("--results-dir")
-        .arg(&results)
-        .arg("--work-dir")
-        .arg(dir.path().join("work"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("running tashkent bench contention");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+            "--duration",
+            "2",
+            "--table-size",
+            "500",
+        ],
+        &results,
+        &dir.path().join("work"),
     );
     let json = std::fs::read_to_string(results.join("contention.json")).expect("contention.json");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -333,21 +332,18 @@ fn bench_refuses_bad_flags() {
 fn bench_recovery_replays_batched_and_one_by_one() {
     let dir = common::shared_tempdir();
     let results = dir.path().join("results");
-    let out = Command::new(BIN)
-        .args(["bench", "recovery", "--rows", "1000", "--log", "200"])
-        .args(["--baseline-log", "200", "--results-dir"])
-        .arg(&results)
-        .arg("--work-dir")
-        .arg(dir.path().join("work"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("running tashkent bench recovery");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tashkent bench recovery failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    run_bench(
+        &[
+            "recovery",
+            "--rows",
+            "1000",
+            "--log",
+            "200",
+            "--baseline-log",
+            "200",
+        ],
+        &results,
+        &dir.path().join("work"),
     );
     let table = std::fs::read_to_string(results.join("recovery-table.txt")).expect("the table");
     let rows: Vec<&str> = table

@@ -8,7 +8,7 @@
 //! the same two tests.
 
 use crate::common;
-use crate::recovery::{commits_on_then_check, setup, targets_of, Load};
+use crate::recovery::{commits_on_then_check, crash_postgres, setup, targets_of, Load};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -99,18 +99,10 @@ async fn kill_9_of_replicas_loses_nothing_acknowledged(mode: DurabilityMode) {
     let targets = targets_of(&cluster);
     let load = Load::start(&targets, &[0, 0, 1, 1, 2, 2]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    blocking(|| {
-        cluster.replicas[1].kill().unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        cluster.replicas[1].start_postmaster().unwrap();
-    });
+    crash_postgres(&mut cluster, 1);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The origin of most commits crashes too.
-    blocking(|| {
-        cluster.replicas[0].kill().unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        cluster.replicas[0].start_postmaster().unwrap();
-    });
+    crash_postgres(&mut cluster, 0);
     commits_on_then_check(&cluster, load).await;
 }
 

@@ -332,7 +332,16 @@ fn source(pg: &PgServer, replica_id: u32) -> Source {
     }
 }
 
-/// Runs `tashkent` with `args`; returns (success, stdout + stderr).
+/// kill -9 of replica `i`'s PostgreSQL (its proxy stays up), and a start
+/// on the same data directory 300 ms later.
+pub(crate) fn crash_postgres(cluster: &mut Cluster, i: usize) {
+    blocking(|| {
+        cluster.replicas[i].kill().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.replicas[i].start_postmaster().unwrap();
+    });
+}
+
 /// (a) A replica's PostgreSQL and then its proxy are SIGKILLed under load
 /// and restarted on the same data directory: the replica resumes from its
 /// applied version (commits PostgreSQL lost with synchronous_commit off
@@ -345,11 +354,7 @@ async fn restart_with_disk_intact_resumes_from_the_applied_version() {
     let load = Load::start(&targets, &[0, 0, 1, 1, 2, 2]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // PostgreSQL of replica 2 crashes; its proxy stays up.
-    blocking(|| {
-        cluster.replicas[1].kill().unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        cluster.replicas[1].start_postmaster().unwrap();
-    });
+    crash_postgres(&mut cluster, 1);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Then proxy 3 crashes and comes back.
     cluster.kill_proxy(2).await;

@@ -153,23 +153,27 @@ async fn tpcc_loaded_into_replica_1_and_rebuilt_from_its_checkpoint() {
 fn bench_runs_tpcc() {
     let dir = common::shared_tempdir();
     let results = dir.path().join("results");
-    let out = Command::new(env!("CARGO_BIN_EXE_tashkent"))
-        .args(["bench", "--workloads", "tpcc", "--warehouses", "1"])
-        .args(["--tpcc-items", "2000", "--tpcc-customers", "100"])
-        .args(["--systems", "postgres-nofsync", "--clients", "3"])
-        .args(["--duration", "1", "--warmup", "0.2", "--results-dir"])
-        .arg(&results)
-        .arg("--work-dir")
-        .arg(dir.path().join("work"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("running tashkent bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tashkent bench failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = crate::bench::run_bench(
+        &[
+            "--workloads",
+            "tpcc",
+            "--warehouses",
+            "1",
+            "--tpcc-items",
+            "2000",
+            "--tpcc-customers",
+            "100",
+            "--systems",
+            "postgres-nofsync",
+            "--clients",
+            "3",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+        ],
+        &results,
+        &dir.path().join("work"),
     );
     for want in [
         "TPC-C\n",
