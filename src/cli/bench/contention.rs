@@ -292,13 +292,16 @@ async fn tpcb(
     Ok((String::new(), sides))
 }
 
+/// The words after `prefix` on the first line of a summary that starts
+/// with it (leading blanks aside).
+fn words_after<'a>(text: &'a str, prefix: &str) -> Option<std::str::SplitWhitespace<'a>> {
+    let line = text.lines().find(|l| l.trim_start().starts_with(prefix))?;
+    Some(line.trim_start()[prefix.len()..].split_whitespace())
+}
+
 /// pgbench's summary: tps, transactions processed, failed, latency average.
 fn parse_pgbench(name: &str, text: &str) -> Result<Side> {
-    let after = |prefix: &str| -> Option<f64> {
-        let line = text.lines().find(|l| l.trim_start().starts_with(prefix))?;
-        let rest = line.trim_start()[prefix.len()..].trim();
-        rest.split_whitespace().next()?.parse().ok()
-    };
+    let after = |prefix: &str| -> Option<f64> { words_after(text, prefix)?.next()?.parse().ok() };
     let committed = after("number of transactions actually processed:")
         .with_context(|| format!("no transaction count in pgbench's output: {text}"))?
         as u64;
@@ -398,9 +401,7 @@ async fn sysbench(
 /// latency avg and 95th percentile.
 fn parse_sysbench(name: &str, text: &str) -> Result<Side> {
     let field = |prefix: &str| -> Option<(f64, Option<f64>)> {
-        let line = text.lines().find(|l| l.trim_start().starts_with(prefix))?;
-        let rest = line.trim_start()[prefix.len()..].trim();
-        let mut words = rest.split_whitespace();
+        let mut words = words_after(text, prefix)?;
         let first = words.next()?.parse().ok()?;
         // "866 (57.06 per sec.)"
         let second = words
