@@ -248,6 +248,8 @@ impl Session {
         let mut stuck = self.shared.apply_stuck.subscribe();
         // Looked at once certified, even if it was set before.
         stuck.mark_changed();
+        // Whether the turn may still be claimed before the applier hands it.
+        let mut claimable = true;
         let turn = loop {
             tokio::select! {
                 biased;
@@ -304,6 +306,19 @@ impl Session {
                         certified = true;
                     }
                 },
+                // Certified, and the predecessor took its turn before the
+                // applier reached our version (its stream comes after the
+                // certifier's answer): take the turn now, one hop sooner.
+                p = self.shared.order.wait_place(version.unwrap_or(0)),
+                    if claimable && !released && version.is_some() =>
+                {
+                    claimable = false;
+                    if let (Place::Go { .. }, Some(v)) = (p, version) {
+                        if let Some(t) = self.shared.claim(&txn_id, v) {
+                            break t;
+                        }
+                    }
+                }
                 // The applier cannot apply a version up to ours: our turn
                 // does not come while that lasts. The transaction is (or
                 // will be) committed in the global order; say so.
@@ -352,7 +367,9 @@ impl Session {
         if !ok {
             // The writeset is certified and durable: the applier applies
             // it from the log, and the client's COMMIT stands.
-            self.shared.wait_applied(v).await;
+            if let Err(e) = self.applied_or_stuck(v).await {
+                return Ok(Err(e));
+            }
         }
         if let Err(e) = self.durable(v, lsn).await {
             return Ok(Err(e));
@@ -503,11 +520,15 @@ impl Session {
                         ));
                     }
                 }
-                b'E' if error.is_none() => {
-                    error = Some(
-                        ErrorResponse::parse(&m)
-                            .unwrap_or_else(|_| errors::internal("committing in order failed")),
-                    );
+                b'E' => {
+                    // The backend skipped the rest of the flight, Parses too.
+                    self.own.forget();
+                    if error.is_none() {
+                        error =
+                            Some(ErrorResponse::parse(&m).unwrap_or_else(|_| {
+                                errors::internal("committing in order failed")
+                            }));
+                    }
                 }
                 b'Z' => return Ok((error, lsn)),
                 b'A' | b'S' => self.client.push(&m),
@@ -521,10 +542,40 @@ impl Session {
     /// the replica has it.
     async fn applied_from_log(&mut self, v: Version) -> std::result::Result<(), ErrorResponse> {
         self.close_txn();
-        self.shared.wait_applied(v).await;
+        self.applied_or_stuck(v).await?;
         self.durable(v, None).await?;
         self.committed_version(v);
         Ok(())
+    }
+}
+
+impl Session {
+    /// Waits until the replica has applied the certified version `v`;
+    /// should the applier be stuck below or at `v`, says that `v` is
+    /// committed in the global order but not here yet.
+    async fn applied_or_stuck(&self, v: Version) -> std::result::Result<(), ErrorResponse> {
+        let mut stuck = self.shared.apply_stuck.subscribe();
+        stuck.mark_changed();
+        loop {
+            tokio::select! {
+                () = self.shared.wait_applied(v) => return Ok(()),
+                changed = stuck.changed() => {
+                    if changed.is_err() {
+                        self.shared.wait_applied(v).await;
+                        return Ok(());
+                    }
+                    let s = stuck.borrow_and_update().clone();
+                    if let Some(s) = s.filter(|s| s.version <= v) {
+                        return Err(errors::committed_elsewhere(
+                            v,
+                            self.shared.cfg.replica_id,
+                            s.version,
+                            &s.cause,
+                        ));
+                    }
+                }
+            }
+        }
     }
 }
 

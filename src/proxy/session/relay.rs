@@ -227,10 +227,9 @@ impl Session {
                 b'Z' => return Ok(answer),
                 b'E' if answer.error.is_none() => {
                     answer.error = ErrorResponse::parse(&m).ok();
-                    if answer.error.as_ref().and_then(|e| e.sqlstate()) == Some("26000") {
-                        // Our statements are gone from the backend.
-                        self.own.forget();
-                    }
+                    // Our statements are gone from the backend (26000), or
+                    // a Parse of one after the failed statement was skipped.
+                    self.own.forget();
                 }
                 b'D' if first_row => {
                     first_row = false;
