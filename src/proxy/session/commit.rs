@@ -254,7 +254,10 @@ impl Session {
             tokio::select! {
                 biased;
                 t = &mut *turn, if !released => match t {
-                    Ok(t) => break t,
+                    Ok(t) => {
+                        self.shared.metrics.turn(false);
+                        break t;
+                    }
                     // The applier took the hand-off and then dropped it:
                     // it applies the writeset itself.
                     Err(_) => {
@@ -315,6 +318,7 @@ impl Session {
                     claimable = false;
                     if let (Place::Go { .. }, Some(v)) = (p, version) {
                         if let Some(t) = self.shared.claim(&txn_id, v) {
+                            self.shared.metrics.turn(true);
                             break t;
                         }
                     }
