@@ -209,3 +209,75 @@ async fn a_served_cluster_certifies_on_the_leader_redirects_and_fails_over() {
         r.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_every_node_follows_the_leader_across_a_failover() {
+    let mut nodes = Nodes::start(3).await;
+    let leader = nodes.leader().await;
+    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let client = CertifierClient::connect(&all).await.unwrap();
+    // Through the client: a follower named first redirects it.
+    let x = version(client.certify(ws("x", "kx")).await.unwrap());
+    let (writers, each) = (4u64, 40u64);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stopper = {
+        let counted = client.clone();
+        tokio::spawn(async move {
+            // Stop the leader once some commits are through.
+            while counted.acknowledged().await.unwrap_or(0) < 20 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let _ = stop_tx.send(());
+        })
+    };
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..each {
+                let id = format!("w{w}-{i}");
+                got.push(version(c.certify(ws(&id, &id)).await.unwrap()));
+            }
+            got
+        }));
+    }
+    stop_rx.await.unwrap();
+    let stopped = std::time::Instant::now();
+    nodes
+        .running
+        .remove(&leader)
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    stopper.await.unwrap();
+    let mut versions = vec![x];
+    for t in tasks {
+        versions.extend(t.await.unwrap());
+    }
+    let next = nodes.leader().await;
+    eprintln!(
+        "leader {leader} stopped; node {next} leads; all writers done {:?} after the stop",
+        stopped.elapsed()
+    );
+    versions.sort_unstable();
+    let n = 1 + writers * each;
+    assert_eq!(versions, (1..=n).collect::<Vec<_>>(), "dense, each once");
+    // The first transaction again, through the same client: its version.
+    assert_eq!(version(client.certify(ws("x", "kx")).await.unwrap()), x);
+    // Subscribe through the list, one node down.
+    let sub = CertifierClient::connect(&all).await.unwrap();
+    let got: Vec<_> = sub
+        .subscribe(1)
+        .await
+        .unwrap()
+        .take(n as usize)
+        .map(|r| r.unwrap().version)
+        .collect()
+        .await;
+    assert_eq!(got, (1..=n).collect::<Vec<_>>());
+    for (_, r) in std::mem::take(&mut nodes.running) {
+        r.shutdown().await.unwrap();
+    }
+}
