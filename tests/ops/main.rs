@@ -8,6 +8,8 @@
 //! - `roles`: `tashkent admin` roles and SCRAM logins through a proxy;
 //! - `certifier_cli`: `tashkent certifier`;
 //! - `certifier_tls`: TLS between the proxies and the certifier;
+//! - `certifier_raft`: a replicated certifier (3 node processes) serving
+//!   the proxies, `tashkent status` per node;
 //! - `disk_full`: the certifier's log disk fills up (53100, status);
 //! - `recovery`: kill -9 of every part, checkpoints and rebuilds (I6);
 //! - `grouped`: Tashkent-API (`database-grouped`): kill -9 and a simulated
@@ -21,6 +23,7 @@ mod common;
 
 mod bench;
 mod certifier_cli;
+mod certifier_raft;
 mod certifier_tls;
 mod disk_full;
 mod grouped;

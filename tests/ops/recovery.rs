@@ -104,11 +104,11 @@ impl Load {
     }
 
     /// Acknowledged commits so far.
-    fn acked(&self) -> u64 {
+    pub(crate) fn acked(&self) -> u64 {
         self.acked.load(Ordering::Relaxed)
     }
 
-    async fn stop(self) -> Outcomes {
+    pub(crate) async fn stop(self) -> Outcomes {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = Outcomes::default();
         for t in self.tasks {
