@@ -73,6 +73,17 @@ pub struct CertifierConfig {
     /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// This node's id in a replicated certifier (raft, `peers`); none: a
+    /// single certifier, as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    /// Every node of a replicated certifier, `1=host:port,2=host:port,...`:
+    /// one address per node serving both the public API and the raft
+    /// transport. This node listens on its own entry (`listen` is not
+    /// used); the node with the smallest id initializes the membership
+    /// from this list when its raft log is empty (see `server::node`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers: Option<String>,
 }
 
 impl Default for CertifierConfig {
@@ -93,8 +104,28 @@ impl Default for CertifierConfig {
             metrics_listen: None,
             tls_cert: None,
             tls_key: None,
+            node_id: None,
+            peers: None,
         }
     }
+}
+
+/// Parses `1=host:port,2=host:port` (spaces around items allowed).
+pub fn parse_peers(s: &str) -> Result<std::collections::BTreeMap<u64, String>, CertifierError> {
+    let mut peers = std::collections::BTreeMap::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let bad = || CertifierError::Config(format!("peers: `{item}` is not ID=HOST:PORT"));
+        let (id, addr) = item.split_once('=').ok_or_else(bad)?;
+        let id: u64 = id.trim().parse().map_err(|_| bad())?;
+        let addr = addr.trim();
+        if id == 0 || !addr.contains(':') {
+            return Err(bad());
+        }
+        if peers.insert(id, addr.to_owned()).is_some() {
+            return Err(CertifierError::Config(format!("peers: node {id} twice")));
+        }
+    }
+    Ok(peers)
 }
 
 /// A TOML file may hold other sections (the whole cluster's config).
@@ -136,6 +167,18 @@ impl CertifierConfig {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key must be set together");
+        }
+        match (self.node_id, &self.peers) {
+            (None, None) => {}
+            (Some(id), Some(peers)) => {
+                if !parse_peers(peers)?.contains_key(&id) {
+                    return bad("node_id must be one of the peers");
+                }
+                if self.tls_cert.is_some() {
+                    return bad("TLS is not supported by the replicated certifier yet");
+                }
+            }
+            _ => return bad("node_id and peers must be set together"),
         }
         Ok(())
     }
@@ -229,6 +272,13 @@ pub struct CertifierArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Run as node N of a replicated certifier (with --peers).
+    #[arg(long, value_name = "N")]
+    pub node_id: Option<u64>,
+    /// Every node of the replicated certifier: 1=HOST:PORT,2=HOST:PORT,...
+    /// (this node listens on its own entry).
+    #[arg(long, value_name = "LIST")]
+    pub peers: Option<String>,
 }
 
 impl CertifierArgs {
@@ -262,6 +312,12 @@ impl CertifierArgs {
         }
         if self.tls_key.is_some() {
             c.tls_key = self.tls_key.clone();
+        }
+        if self.node_id.is_some() {
+            c.node_id = self.node_id;
+        }
+        if self.peers.is_some() {
+            c.peers = self.peers.clone();
         }
         c.validate()?;
         Ok(c)
@@ -345,6 +401,33 @@ mod tests {
         assert_eq!(CertifierConfig::from_toml_str(&text).unwrap(), c);
         let text = toml::to_string(&CertifierConfig::default()).unwrap();
         assert!(!text.contains("tls_"), "{text}");
+    }
+
+    #[test]
+    fn a_raft_node_needs_its_id_among_the_peers() {
+        let cli = Cli::parse_from([
+            "x",
+            "--node-id",
+            "2",
+            "--peers",
+            "1=127.0.0.1:7401, 2=127.0.0.1:7402,3=h:7403",
+        ]);
+        let c = cli.args.resolve().unwrap();
+        assert_eq!(c.node_id, Some(2));
+        let peers = parse_peers(c.peers.as_deref().unwrap()).unwrap();
+        assert_eq!(peers[&2], "127.0.0.1:7402");
+        assert_eq!(peers.len(), 3);
+        let c =
+            CertifierConfig::from_toml_str("[certifier]\nnode_id = 4\npeers = \"1=a:1,2=b:2\"\n")
+                .unwrap();
+        assert!(c.validate().is_err());
+        assert!(Cli::parse_from(["x", "--node-id", "1"])
+            .args
+            .resolve()
+            .is_err());
+        assert!(parse_peers("1=a:1,1=b:2").is_err());
+        assert!(parse_peers("x=a:1").is_err());
+        assert!(parse_peers("1=nohost").is_err());
     }
 
     #[test]

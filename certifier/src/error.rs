@@ -99,9 +99,15 @@ pub enum CertifierError {
     Protocol(String),
 
     /// The replicated certifier: this node is not the leader; `leader` is
-    /// the one it knows of, if any (retry there).
-    #[error("this certifier node is not the leader (leader: {})", leader.map_or("unknown".to_string(), |l| format!("node {l}")))]
-    NotLeader { leader: Option<u64> },
+    /// the one it knows of, if any, and `addr` its client address (retry
+    /// there). Sent as UNAVAILABLE with the address in the
+    /// `tashkent-leader` metadata, which the client turns back into this
+    /// variant (with `leader` unknown).
+    #[error("this certifier node is not the leader (leader: {})", not_leader_text(*.leader, .addr.as_deref()))]
+    NotLeader {
+        leader: Option<u64>,
+        addr: Option<String>,
+    },
 
     /// The replicated certifier's storage (`raft`): a log entry, the vote
     /// file or a snapshot that cannot be decoded, or an operation the raft
@@ -146,6 +152,15 @@ fn status_text(status: &tonic::Status) -> String {
     }
 }
 
+fn not_leader_text(leader: Option<u64>, addr: Option<&str>) -> String {
+    match (leader, addr) {
+        (Some(l), Some(a)) => format!("node {l} at {a}"),
+        (Some(l), None) => format!("node {l}"),
+        (None, Some(a)) => a.to_owned(),
+        (None, None) => "unknown".to_owned(),
+    }
+}
+
 fn over_tls(tls: bool) -> &'static str {
     if tls {
         " over TLS"
@@ -161,6 +176,11 @@ pub const FIRST_VERSION_METADATA: &str = "tashkent-first-version";
 pub const LOG_FAILURE_METADATA: &str = "tashkent-log-failure";
 /// gRPC metadata key saying a request's outcome is unknown (`unknown`).
 pub const OUTCOME_METADATA: &str = "tashkent-outcome";
+/// gRPC metadata key of a [`CertifierError::NotLeader`] answer: the
+/// leader's client address (`host:port`), when the node knows it.
+pub const LEADER_METADATA: &str = "tashkent-leader";
+/// What a NotLeader answer's message starts with (the metadata is optional).
+const NOT_LEADER_TEXT: &str = "this certifier node is not the leader";
 
 /// How the certifier's log failed, so that clients can name the cause
 /// (PostgreSQL clients get `53100` for a full disk).
@@ -210,6 +230,17 @@ impl From<tonic::Status> for CertifierError {
     /// [`CertifierError::LogFailed`], everything else as
     /// [`CertifierError::Rpc`].
     fn from(status: tonic::Status) -> CertifierError {
+        if status.code() == tonic::Code::Unavailable
+            && status.message().starts_with(NOT_LEADER_TEXT)
+        {
+            let addr = status
+                .metadata()
+                .get(LEADER_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned);
+            return CertifierError::NotLeader { leader: None, addr };
+        }
         let failure = status
             .metadata()
             .get(LOG_FAILURE_METADATA)
@@ -266,7 +297,13 @@ impl From<CertifierError> for tonic::Status {
         match e {
             CertifierError::InvalidArgument(_) => Status::invalid_argument(msg),
             CertifierError::WritesetTooLarge { .. } => Status::resource_exhausted(msg),
-            CertifierError::NotLeader { .. } => Status::unavailable(msg),
+            CertifierError::NotLeader { addr, .. } => {
+                let mut s = Status::unavailable(msg);
+                if let Some(v) = addr.and_then(|a| a.parse().ok()) {
+                    s.metadata_mut().insert(LEADER_METADATA, v);
+                }
+                s
+            }
             CertifierError::LogFailed {
                 failure,
                 outcome_unknown,

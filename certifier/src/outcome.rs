@@ -4,7 +4,7 @@
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
-use crate::error::{CertifierError, LOG_FAILURE_METADATA, OUTCOME_METADATA};
+use crate::error::{CertifierError, LEADER_METADATA, LOG_FAILURE_METADATA, OUTCOME_METADATA};
 use crate::proto::{self, certify_response, pipeline_answer, AbortCode, CertifyResponse};
 use crate::Version;
 
@@ -98,6 +98,11 @@ pub(crate) fn to_answer(r: Result<Outcome, CertifierError>) -> pipeline_answer::
                 message: s.message().to_owned(),
                 log_failure,
                 outcome_unknown: md.get(OUTCOME_METADATA).is_some(),
+                leader: md
+                    .get(LEADER_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned(),
             })
         }
     }
@@ -114,6 +119,11 @@ pub(crate) fn from_answer(o: Option<pipeline_answer::Outcome>) -> Result<Outcome
             if let Ok(v) = MetadataValue::try_from(e.log_failure.as_str()) {
                 if !e.log_failure.is_empty() {
                     s.metadata_mut().insert(LOG_FAILURE_METADATA, v);
+                }
+            }
+            if !e.leader.is_empty() {
+                if let Ok(v) = MetadataValue::try_from(e.leader.as_str()) {
+                    s.metadata_mut().insert(LEADER_METADATA, v);
                 }
             }
             if e.outcome_unknown {

@@ -312,7 +312,9 @@ async fn a_proposer_batches_what_arrives_together_and_a_follower_says_who_leads(
     let p = Proposer::new(c.nodes[&follower].raft.clone(), 64);
     match p.certify(record("t99", 0, "k99")).await {
         // Another node (normally `leader`, unless an election intervened).
-        Err(CertifierError::NotLeader { leader: Some(l) }) => {
+        Err(CertifierError::NotLeader {
+            leader: Some(l), ..
+        }) => {
             assert!(l != follower && c.nodes.contains_key(&l), "leader {l}")
         }
         other => panic!("a follower answered {other:?}"),

@@ -34,7 +34,8 @@ pub struct ProxyArgs {
     #[arg(long)]
     pub admin_user: Option<String>,
     /// The certifier's address, host:port (or https://host:port with
-    /// --certifier-tls-ca).
+    /// --certifier-tls-ca); a replicated certifier's nodes as a
+    /// comma-separated list (commits follow the leader).
     #[arg(long, value_name = "ADDR")]
     pub certifier: Option<String>,
     /// PEM certificate(s) to trust for the certifier's TLS (its CA or its

@@ -37,11 +37,15 @@ pub struct UpArgs {
     /// certifier_tls); `--certifier-tls=false` overrides the file.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     certifier_tls: Option<bool>,
+    /// Certifier nodes: 1 (default) the single certifier, 3 (2f+1) a
+    /// replicated one on raft ([cluster] certifiers).
+    #[arg(long, value_name = "N")]
+    certifiers: Option<u32>,
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
     let mut file = ConfigFile::load_or_default(args.config.as_deref())?;
-    super::override_fields!(args => file.cluster; state_dir, replicas, durability, proxy_port, certifier_tls);
+    super::override_fields!(args => file.cluster; state_dir, replicas, durability, proxy_port, certifier_tls, certifiers);
     let cfg = file.cluster.clone();
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
@@ -76,6 +80,13 @@ pub fn run(args: UpArgs) -> Result<()> {
             "failover: psql \"{}\"\n",
             cluster.multi_host_conninfo()
         ));
+        if cfg.certifiers > 1 {
+            text.push_str(&format!(
+                "certifier: {} raft nodes at {}\n",
+                cfg.certifiers,
+                cluster.certifier_addrs().unwrap_or_default()
+            ));
+        }
         if let (Some(c), Some(p)) = (
             cluster.certifier_metrics_addr(),
             cluster.proxy_metrics_addrs(),

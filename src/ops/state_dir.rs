@@ -6,6 +6,11 @@
 //! <state>/replica-<i>/      harness base directory of replica i (1-based)
 //!         replica-<i>/data  its PostgreSQL data directory
 //! <state>/certifier-wal/    the certifier's log (and spool/ inside it)
+//! <state>/certifier-<n>/    node n's directory of a replicated certifier
+//!                           (`[cluster] certifiers` > 1): its versions log,
+//!                           spool/ and raft/ (see tashkent-certifier's
+//!                           server/node.rs)
+//! <state>/certifier-<n>.toml  settings of node n when it runs as a process
 //! <state>/checkpoints/      checkpoints (`[checkpoint] dir`, relative to <state>)
 //! <state>/ports.json        ports chosen at the first start, kept for the next
 //! <state>/proxy-<i>.toml    settings of proxy i when it runs as a process
@@ -22,9 +27,12 @@
 //! ```
 //!
 //! `ports.json` is a JSON object `{"certifier": <port>, "proxies": [<port>, ...],
-//! "certifier_metrics": <port>, "proxy_metrics": [<port>, ...]}` (one proxy
-//! per replica, replica 1 first; the metrics ports are absent in a state
-//! directory from before metrics), written by [`StateDir::write_ports`].
+//! "certifier_metrics": <port>, "proxy_metrics": [<port>, ...],
+//! "certifier_nodes": [<port>, ...]}` (one proxy per replica, replica 1
+//! first; the metrics ports are absent in a state directory from before
+//! metrics; `certifier_nodes`, node 1 first, only with a replicated
+//! certifier, whose nodes then replace `certifier`), written by
+//! [`StateDir::write_ports`].
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +51,10 @@ pub struct Ports {
     /// Where each proxy serves metrics, replica 1 first.
     #[serde(default)]
     pub proxy_metrics: Vec<u16>,
+    /// A replicated certifier: where each node listens, node 1 first
+    /// (empty: a single certifier on `certifier`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certifier_nodes: Vec<u16>,
 }
 
 /// A local cluster's state directory.
@@ -86,6 +98,16 @@ impl StateDir {
     /// The `[certifier]` file a certifier process is started with.
     pub fn certifier_config_file(&self) -> PathBuf {
         self.root.join("certifier.toml")
+    }
+
+    /// Node `id`'s directory of a replicated certifier (1-based).
+    pub fn certifier_node_dir(&self, id: u32) -> PathBuf {
+        self.root.join(format!("certifier-{id}"))
+    }
+
+    /// Settings of node `id` when it runs as a process.
+    pub fn certifier_node_config_file(&self, id: u32) -> PathBuf {
+        self.root.join(format!("certifier-{id}.toml"))
     }
 
     /// The proxies' self-signed certificate (PEM).
@@ -175,9 +197,19 @@ impl StateDir {
         Ok(ports)
     }
 
-    /// The certifier's address.
+    /// The certifier's address; a replicated certifier's as a list,
+    /// `a,b,c` (what clients and `--certifier` take).
     pub fn certifier_addr(&self) -> Result<String> {
-        Ok(format!("127.0.0.1:{}", self.started_ports()?.certifier))
+        let ports = self.started_ports()?;
+        if !ports.certifier_nodes.is_empty() {
+            let nodes: Vec<String> = ports
+                .certifier_nodes
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect();
+            return Ok(nodes.join(","));
+        }
+        Ok(format!("127.0.0.1:{}", ports.certifier))
     }
 
     /// How many replicas the cluster has.
@@ -223,10 +255,23 @@ mod tests {
             proxies: vec![6432, 6433],
             certifier_metrics: 9400,
             proxy_metrics: vec![9401, 9402],
+            certifier_nodes: vec![],
         };
         s.write_ports(&ports).unwrap();
         assert_eq!(s.ports().unwrap(), ports);
         assert_eq!(s.replicas().unwrap(), 2);
+        assert_eq!(s.certifier_addr().unwrap(), "127.0.0.1:7400");
+        // A replicated certifier: every node, as a list.
+        let nodes = Ports {
+            certifier_nodes: vec![7401, 7402, 7403],
+            ..ports.clone()
+        };
+        s.write_ports(&nodes).unwrap();
+        assert_eq!(
+            s.certifier_addr().unwrap(),
+            "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
+        );
+        s.write_ports(&ports).unwrap();
         // A state directory from before metrics still reads.
         std::fs::write(
             dir.path().join("ports.json"),

@@ -1,5 +1,5 @@
 //! `tashkent status`: one look at a running cluster — the certifier (its
-//! own Status call), each replica as its proxy sees it (the proxy's
+//! own Status call; each node of a replicated one, with its role), each replica as its proxy sees it (the proxy's
 //! metrics endpoint) and the newest checkpoint. A part that does not
 //! answer is reported as down, never as an error of the whole look.
 
@@ -54,7 +54,13 @@ impl Targets {
 /// What one look found.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterStatus {
+    /// The certifier; of a replicated one, the leader (else the first
+    /// node that answered, else the first).
     pub certifier: CertifierStatus,
+    /// Every node of a replicated certifier, node 1 first (empty for a
+    /// single certifier).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certifier_nodes: Vec<CertifierStatus>,
     pub replicas: Vec<ReplicaStatus>,
     pub newest_checkpoint: Option<CheckpointStatus>,
 }
@@ -74,6 +80,15 @@ pub struct CertifierStatus {
     /// Oldest version still in its log.
     pub first_version: u64,
     pub checkpoint_version: u64,
+    /// A replicated certifier's node: its id, role ("leader", "follower",
+    /// "candidate", "learner"), raft term, the leader it knows (0: none)
+    /// and the highest version applied from committed entries (a single
+    /// certifier: 0, empty, 0, 0 and the durable version).
+    pub node_id: u64,
+    pub role: String,
+    pub term: u64,
+    pub leader_id: u64,
+    pub committed_version: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,7 +119,23 @@ pub struct CheckpointStatus {
 
 /// Looks at every part, each within `timeout`.
 pub async fn gather(targets: &Targets, timeout: Duration) -> ClusterStatus {
-    let certifier = certifier_status(&targets.certifier, timeout).await;
+    let nodes: Vec<&str> = targets.certifier.addr.split(',').map(str::trim).collect();
+    let mut certifier_nodes = Vec::new();
+    if nodes.len() > 1 {
+        for addr in nodes {
+            let t = CertifierTarget::new(addr, targets.certifier.tls_ca.clone());
+            certifier_nodes.push(certifier_status(&t, timeout).await);
+        }
+    }
+    let certifier = match certifier_nodes
+        .iter()
+        .find(|n| n.role == "leader")
+        .or_else(|| certifier_nodes.iter().find(|n| n.state != "down"))
+        .or(certifier_nodes.first())
+    {
+        Some(n) => n.clone(),
+        None => certifier_status(&targets.certifier, timeout).await,
+    };
     let mut replicas = Vec::new();
     for (i, (proxy, metrics)) in targets.proxies.iter().enumerate() {
         replicas.push(replica_status(i as u32 + 1, proxy, metrics.as_deref(), timeout).await);
@@ -112,6 +143,7 @@ pub async fn gather(targets: &Targets, timeout: Duration) -> ClusterStatus {
     let newest_checkpoint = targets.checkpoints.as_deref().and_then(newest_checkpoint);
     ClusterStatus {
         certifier,
+        certifier_nodes,
         replicas,
         newest_checkpoint,
     }
@@ -136,6 +168,11 @@ async fn certifier_status(target: &CertifierTarget, timeout: Duration) -> Certif
         durable_version: 0,
         first_version: 0,
         checkpoint_version: 0,
+        node_id: 0,
+        role: String::new(),
+        term: 0,
+        leader_id: 0,
+        committed_version: 0,
     };
     match asked {
         Err(_) => s.error = Some(format!("no answer within {timeout:?}")),
@@ -149,6 +186,11 @@ async fn certifier_status(target: &CertifierTarget, timeout: Duration) -> Certif
             s.durable_version = r.durable_version;
             s.first_version = r.first_version;
             s.checkpoint_version = r.checkpoint_version;
+            s.node_id = r.node_id;
+            s.role = r.role;
+            s.term = r.term;
+            s.leader_id = r.leader_id;
+            s.committed_version = r.committed_version;
         }
     }
     s
@@ -215,6 +257,45 @@ fn newest_checkpoint(dir: &Path) -> Option<CheckpointStatus> {
 }
 
 impl ClusterStatus {
+    /// A replicated certifier: one line per node.
+    fn render_nodes(&self) -> String {
+        let mut out = format!(
+            "{:<10} {:<22} {:<9} {:<10} {:>5} {:>10} {:>10} {:>10} {:>9}\n",
+            "certifier",
+            "address",
+            "state",
+            "role",
+            "term",
+            "committed",
+            "durable",
+            "log from",
+            "leader"
+        );
+        for (i, n) in self.certifier_nodes.iter().enumerate() {
+            let id = if n.node_id == 0 {
+                i as u64 + 1
+            } else {
+                n.node_id
+            };
+            out.push_str(&format!(
+                "{:<10} {:<22} {:<9} {:<10} {:>5} {:>10} {:>10} {:>10} {:>9}\n",
+                format!("node {id}"),
+                n.address,
+                n.state,
+                if n.role.is_empty() { "-" } else { &n.role },
+                n.term,
+                n.committed_version,
+                n.durable_version,
+                n.first_version,
+                n.leader_id,
+            ));
+            if let Some(e) = &n.error {
+                out.push_str(&format!("           ({e})\n"));
+            }
+        }
+        out
+    }
+
     /// The one screen `tashkent status` prints.
     pub fn render(&self) -> String {
         let c = &self.certifier;
@@ -223,7 +304,10 @@ impl ClusterStatus {
         } else {
             c.address.clone()
         };
-        let mut out = match &c.error {
+        let mut out = if !self.certifier_nodes.is_empty() {
+            self.render_nodes()
+        } else {
+            match &c.error {
             Some(e) => format!("certifier {address}: {} ({e})\n", c.state),
             None => format!(
                 "certifier {address}: {}, latest version {}, durable {}, log from {}, checkpoint {}\n",
@@ -233,6 +317,7 @@ impl ClusterStatus {
                 c.first_version,
                 c.checkpoint_version
             ),
+        }
         };
         out.push_str(&format!(
             "{:<8} {:<22} {:<14} {:>10} {:>10} {:>8} {:>6} {:>10} {:>8}\n",

@@ -30,7 +30,9 @@ pub struct ProxyConfig {
     /// Superuser the proxy itself uses (capture install, applier).
     pub admin_user: String,
     /// The certifier's gRPC address (`host:port`, or `https://host:port`
-    /// with `certifier_tls_ca`).
+    /// with `certifier_tls_ca`); a replicated certifier's nodes as a list,
+    /// `a,b,c` (certifications follow the leader, see
+    /// `tashkent_certifier::client`).
     pub certifier: String,
     /// PEM file of the certificate(s) to trust for the certifier's TLS:
     /// its CA, or its self-signed certificate. Set: the proxy reaches the
@@ -216,6 +218,9 @@ impl ProxyConfig {
         };
         Ok(ClientOptions {
             tls,
+            // With several certifier nodes: how long a commit looks for
+            // the leader before the client gets 08007.
+            failover_timeout: self.connect_timeout,
             ..ClientOptions::default()
         })
     }

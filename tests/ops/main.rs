@@ -8,6 +8,10 @@
 //! - `roles`: `tashkent admin` roles and SCRAM logins through a proxy;
 //! - `certifier_cli`: `tashkent certifier`;
 //! - `certifier_tls`: TLS between the proxies and the certifier;
+//! - `certifier_failover`: the replicated certifier's leader SIGKILLed
+//!   under TPC-B load loses nothing; a retry keeps its version;
+//! - `certifier_raft`: a replicated certifier (3 node processes) serving
+//!   the proxies, `tashkent status` per node;
 //! - `disk_full`: the certifier's log disk fills up (53100, status);
 //! - `recovery`: kill -9 of every part, checkpoints and rebuilds (I6);
 //! - `grouped`: Tashkent-API (`database-grouped`): kill -9 and a simulated
@@ -21,6 +25,8 @@ mod common;
 
 mod bench;
 mod certifier_cli;
+mod certifier_failover;
+mod certifier_raft;
 mod certifier_tls;
 mod disk_full;
 mod grouped;

@@ -55,17 +55,17 @@ async fn load_tpcb(c: &Client) {
 #[derive(Debug, Default)]
 pub(crate) struct Outcomes {
     /// COMMIT answered OK.
-    acked: Vec<String>,
+    pub(crate) acked: Vec<String>,
     /// 40001/40P01: certainly not committed.
-    aborted: Vec<String>,
+    pub(crate) aborted: Vec<String>,
     /// Any other error: may or may not have committed.
-    unknown: Vec<String>,
+    pub(crate) unknown: Vec<String>,
     /// Distinct SQLSTATEs / messages of the unknown ones (for the log).
-    errors: HashSet<String>,
+    pub(crate) errors: HashSet<String>,
     /// Transactions that got no answer within the timeout.
-    timeouts: u64,
+    pub(crate) timeouts: u64,
     /// A few abort messages (for the log).
-    abort_reasons: HashSet<String>,
+    pub(crate) abort_reasons: HashSet<String>,
 }
 
 /// Where each client connects: the test updates an entry when it restarts
@@ -104,11 +104,11 @@ impl Load {
     }
 
     /// Acknowledged commits so far.
-    fn acked(&self) -> u64 {
+    pub(crate) fn acked(&self) -> u64 {
         self.acked.load(Ordering::Relaxed)
     }
 
-    async fn stop(self) -> Outcomes {
+    pub(crate) async fn stop(self) -> Outcomes {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = Outcomes::default();
         for t in self.tasks {

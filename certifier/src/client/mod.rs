@@ -7,7 +7,12 @@
 //! With [`ClientOptions::tls`] it speaks TLS only (see [`crate::tls`]): the
 //! address is `host:port` or `https://host:port`; `http://` with TLS, or
 //! `https://` without, is refused rather than guessed.
+//!
+//! A replicated certifier is given as a list, `a,b,c`: calls then follow
+//! the leader (`follow`). With one address the client is the single
+//! certifier's, unchanged: one connection, no retries.
 
+mod follow;
 mod pipeline;
 
 use std::pin::Pin;
@@ -16,7 +21,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use futures::{Stream, StreamExt};
 use prost::Message;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::error::CertifierError;
@@ -80,6 +85,10 @@ pub struct ClientOptions {
     /// TLS, trusting these certificates (the certifier has `tls_cert`);
     /// `None`: plaintext.
     pub tls: Option<ClientTls>,
+    /// Several addresses (a replicated certifier): how long a call keeps
+    /// looking for a node that answers it (the leader, for
+    /// certifications) before its last error is returned.
+    pub failover_timeout: std::time::Duration,
 }
 
 impl Default for ClientOptions {
@@ -89,14 +98,26 @@ impl Default for ClientOptions {
             chunk_bytes: 4 << 20,
             max_writeset_bytes: 1 << 32,
             tls: None,
+            failover_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
 
-#[derive(Clone)]
-pub struct CertifierClient {
+/// A connection to one certifier node.
+pub(crate) struct Conn {
     grpc: Grpc<Channel>,
     pipeline: Arc<PipelineClient>,
+    addr: Arc<str>,
+}
+
+#[derive(Clone)]
+pub struct CertifierClient {
+    /// The node calls go to: the only one, or the leader as far as known.
+    current: Arc<parking_lot::RwLock<Arc<Conn>>>,
+    /// Every address given (one for a single certifier).
+    addrs: Arc<[String]>,
+    /// Serialises switching to another node.
+    switching: Arc<tokio::sync::Mutex<()>>,
     /// Where and how it connected, for [`CertifierClient::connect_again`].
     addr: Arc<str>,
     opts: ClientOptions,
@@ -139,49 +160,72 @@ impl CertifierClient {
 
     /// Connects to `addr` with `opts`: over TLS when `opts.tls` says whom
     /// to trust (then `addr` is "host:port" or "https://host:port").
+    /// `addr` may list the nodes of a replicated certifier, `a,b,c`: the
+    /// first that accepts a connection is used first.
     pub async fn connect_with(
         addr: impl AsRef<str>,
         opts: ClientOptions,
     ) -> Result<CertifierClient, CertifierError> {
         let addr = addr.as_ref();
-        let uri = uri(addr, opts.tls.is_some())?;
-        let mut endpoint = Endpoint::from_shared(uri)?
-            .tcp_nodelay(true)
-            // One pipeline stream carries every transaction of this client:
-            // the default 64 KiB HTTP/2 window would throttle it.
-            .initial_stream_window_size(Some(WINDOW_BYTES))
-            .initial_connection_window_size(Some(WINDOW_BYTES));
-        if let Some(tls) = &opts.tls {
-            endpoint = endpoint.tls_config(tls.tonic_config())?;
+        let addrs: Vec<String> = addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let addrs: Arc<[String]> = match addrs.len() {
+            0 | 1 => Arc::from(vec![addr.trim().to_owned()]),
+            _ => Arc::from(addrs),
+        };
+        let mut last = None;
+        for a in addrs.iter() {
+            match Conn::connect(a, &opts, addrs.len() > 1).await {
+                Ok(conn) => {
+                    return Ok(CertifierClient {
+                        current: Arc::new(parking_lot::RwLock::new(Arc::new(conn))),
+                        addrs: addrs.clone(),
+                        switching: Arc::default(),
+                        addr: addr.into(),
+                        opts,
+                    })
+                }
+                // An address that cannot work never will.
+                Err(e @ CertifierError::Config(_)) => return Err(e),
+                Err(e) => last = Some(e),
+            }
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| CertifierError::Connect {
-                addr: addr.to_owned(),
-                tls: opts.tls.is_some(),
-                reason: crate::error::chain(&e),
-            })?;
-        let grpc = Grpc::new(channel)
-            .max_decoding_message_size(opts.max_message_bytes)
-            .max_encoding_message_size(opts.max_message_bytes);
-        Ok(CertifierClient {
-            pipeline: Arc::new(PipelineClient::new(grpc.clone(), opts.max_message_bytes)),
-            grpc,
-            addr: addr.into(),
-            opts,
-        })
+        Err(last.unwrap_or_else(|| CertifierError::Config("no certifier address".into())))
     }
 
     /// A new client of the same certifier with the same options, on an
     /// HTTP/2 connection of its own.
+    /// Of several nodes, the one this client uses now comes first.
     pub async fn connect_again(&self) -> Result<CertifierClient, CertifierError> {
-        CertifierClient::connect_with(&*self.addr, self.opts.clone()).await
+        if self.addrs.len() == 1 {
+            return CertifierClient::connect_with(&*self.addr, self.opts.clone()).await;
+        }
+        let now = self.conn().addr.clone();
+        let c = CertifierClient::connect_with(&*now, self.opts.clone())
+            .await
+            .ok();
+        match c {
+            Some(c) => Ok(CertifierClient {
+                addrs: self.addrs.clone(),
+                addr: self.addr.clone(),
+                ..c
+            }),
+            None => CertifierClient::connect_with(&*self.addr, self.opts.clone()).await,
+        }
     }
 
-    /// The address it was connected with.
+    /// The address it was connected with (a list for several nodes).
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The node calls go to now.
+    fn conn(&self) -> Arc<Conn> {
+        self.current.read().clone()
     }
 
     /// Certifies `ws` (its txn_id makes retries idempotent: on an error
@@ -193,10 +237,14 @@ impl CertifierClient {
             .opts
             .chunk_bytes
             .min(self.opts.max_message_bytes.saturating_sub(1024));
-        if ws.encoded_len() <= chunk {
-            return self.pipeline.certify(ws).await;
+        if self.addrs.len() == 1 {
+            return self.conn().certify(ws, chunk).await;
         }
-        self.certify_chunked(ws, chunk).await
+        self.following(|c| {
+            let ws = ws.clone();
+            async move { c.certify(ws, chunk).await }
+        })
+        .await
     }
 
     /// Certifies `ws` over a Certify call of its own, in chunks of at most
@@ -207,13 +255,14 @@ impl CertifierClient {
         chunk_bytes: usize,
     ) -> Result<Outcome, CertifierError> {
         let chunks = writeset::split(ws, chunk_bytes);
-        let resp = self
-            .grpc
-            .clone()
-            .certify(futures::stream::iter(chunks))
-            .await?
-            .into_inner();
-        Outcome::try_from(resp)
+        if self.addrs.len() == 1 {
+            return self.conn().certify_chunks(chunks).await;
+        }
+        self.following(|c| {
+            let chunks = chunks.clone();
+            async move { c.certify_chunks(chunks).await }
+        })
+        .await
     }
 
     /// Certifies a writeset sent in chunks as it is produced: chunks go
@@ -227,16 +276,38 @@ impl CertifierClient {
         ChunkSender,
         impl std::future::Future<Output = Result<Outcome, CertifierError>> + Send + 'static,
     ) {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Writeset>(2);
-        let mut grpc = self.grpc.clone();
-        let call =
-            async move {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Writeset>(2);
+        let this = self.clone();
+        let call = async move {
+            if this.addrs.len() == 1 {
                 let chunks = futures::stream::unfold(rx, |mut rx| async move {
                     rx.recv().await.map(|c| (c, rx))
                 });
+                let mut grpc = this.conn().grpc.clone();
                 let resp = grpc.certify(chunks).await?.into_inner();
-                Outcome::try_from(resp)
-            };
+                return Outcome::try_from(resp);
+            }
+            // Several nodes: the chunks are kept, so that the call can be
+            // repeated on another node (the leader may change under it).
+            let mut chunks = Vec::new();
+            while let Some(c) = rx.recv().await {
+                let last = c.last_chunk;
+                chunks.push(c);
+                if last {
+                    break;
+                }
+            }
+            if !chunks.last().is_some_and(|c| c.last_chunk) {
+                return Err(CertifierError::InvalidArgument(
+                    "Certify stream ended without a chunk marked last_chunk: not certified".into(),
+                ));
+            }
+            this.following(|c| {
+                let chunks = chunks.clone();
+                async move { c.certify_chunks(chunks).await }
+            })
+            .await
+        };
         (ChunkSender { tx }, call)
     }
 
@@ -261,20 +332,16 @@ impl CertifierClient {
         txn_prefix: bytes::Bytes,
         elide_from: Version,
     ) -> Result<FrameStream, CertifierError> {
-        let frames = self
-            .grpc
-            .clone()
-            .subscribe(SubscribeRequest {
-                from_version: from,
-                elide_txn_prefix: txn_prefix,
-                elide_from,
-            })
-            .await
-            .map_err(|s| {
-                CertifierError::purged_from_status(&s, from.max(1))
-                    .unwrap_or(CertifierError::Rpc(s))
-            })?
-            .into_inner();
+        let request = SubscribeRequest {
+            from_version: from,
+            elide_txn_prefix: txn_prefix,
+            elide_from,
+        };
+        let frames = if self.addrs.len() == 1 {
+            self.conn().subscribe(request).await?
+        } else {
+            self.subscribe_any(request).await?
+        };
         let state = (frames, from.max(1));
         let s = futures::stream::unfold(Some(state), move |state| async move {
             let (mut frames, next) = state?;
@@ -345,16 +412,16 @@ impl CertifierClient {
         applied_version: Version,
         oldest_snapshot: Version,
     ) -> Result<Version, CertifierError> {
-        let r = self
-            .grpc
-            .clone()
-            .report_applied(ReportAppliedRequest {
-                replica_id,
-                applied_version,
-                oldest_snapshot,
-            })
-            .await?;
-        Ok(r.into_inner().horizon)
+        let request = ReportAppliedRequest {
+            replica_id,
+            applied_version,
+            oldest_snapshot,
+        };
+        self.following(|c| async move {
+            let r = c.grpc.clone().report_applied(request).await?;
+            Ok(r.into_inner().horizon)
+        })
+        .await
     }
 
     /// Reports the oldest kept checkpoint's version; the certifier may then
@@ -364,7 +431,12 @@ impl CertifierClient {
         &self,
         version: Version,
     ) -> Result<ReportCheckpointResponse, CertifierError> {
+        if self.addrs.len() > 1 {
+            // Each node purges its own versions log.
+            return self.report_checkpoint_everywhere(version).await;
+        }
         Ok(self
+            .conn()
             .grpc
             .clone()
             .report_checkpoint(ReportCheckpointRequest { version })
@@ -373,18 +445,40 @@ impl CertifierClient {
     }
 
     /// The newest version the certifier has acknowledged (durable).
+    /// (Of several nodes: the leader's, which is what answered.)
     pub async fn acknowledged(&self) -> Result<Version, CertifierError> {
-        Ok(self
-            .grpc
-            .clone()
-            .acknowledged(crate::proto::AcknowledgedRequest {})
-            .await?
-            .into_inner()
-            .version)
+        if self.addrs.len() == 1 {
+            return Ok(self
+                .conn()
+                .grpc
+                .clone()
+                .acknowledged(crate::proto::AcknowledgedRequest {})
+                .await?
+                .into_inner()
+                .version);
+        }
+        self.following(|c| async move {
+            let r = c.grpc.clone();
+            let s = r.clone().status(StatusRequest {}).await?.into_inner();
+            if !s.role.is_empty() && s.role != "leader" {
+                return Err(CertifierError::NotLeader {
+                    leader: Some(s.leader_id).filter(|l| *l != 0),
+                    addr: Some(s.leader_addr).filter(|a| !a.is_empty()),
+                });
+            }
+            Ok(r.clone()
+                .acknowledged(crate::proto::AcknowledgedRequest {})
+                .await?
+                .into_inner()
+                .version)
+        })
+        .await
     }
 
+    /// The status of the node this client uses now.
     pub async fn status(&self) -> Result<StatusResponse, CertifierError> {
         Ok(self
+            .conn()
             .grpc
             .clone()
             .status(StatusRequest {})

@@ -3,8 +3,24 @@
 //! Issue 14 replaces the single certifier by 2f+1 nodes on openraft. This
 //! module is the foundation: the raft log storage on `tashkent-wal`, the
 //! certifier as a raft state machine, their conformance with openraft's
-//! storage test suite, and a gRPC transport between nodes. The serving path
-//! (`server`), the CLI and today's on-disk format do not use it yet.
+//! storage test suite, and a gRPC transport between nodes. It is served by
+//! `server` when the certifier runs with `--node-id` and `--peers`
+//! (`server::node` opens a node, `server::replicated` routes the calls
+//! that differ); without them the certifier is the single node as before.
+//!
+//! ## How a node serves
+//!
+//! One port per node carries both the public `Certifier` service and the
+//! raft transport. Certify on the leader goes through the [`Proposer`] and
+//! is answered once the entry is committed (durable on a majority) and
+//! applied; on a follower it is UNAVAILABLE with the leader's address in
+//! the `tashkent-leader` metadata ([`crate::CertifierError::NotLeader`]).
+//! Applying a committed certification appends the stamped record to the
+//! node's versions log ([`VersionsLog`], today's format, version == LSN),
+//! from which Subscribe, the tail cache, purge and status work unchanged
+//! on every node. Reports are replicated (at most one entry per replica a
+//! second). Status adds the node's id, role, term, leader and committed
+//! version.
 //!
 //! ## What maps to what
 //!
@@ -56,10 +72,19 @@
 //!   spurious abort, ~2^-64 per key pair) happens on one node only. Before
 //!   production the seed must become cluster state (chosen at
 //!   `initialize`, carried in snapshots).
-//! - The raft log is not yet *the* certifier log: Subscribe still reads
-//!   `record.rs` records with version == LSN. Serving it from the raft log
-//!   needs a version → index map (kept by the state machine) or entries
-//!   stamped with their version at apply.
+//! - Each committed writeset is written twice per node: in the raft log
+//!   and in the versions log Subscribe reads. Serving Subscribe from the
+//!   raft log would need a version → index map (kept by the state
+//!   machine) or entries stamped with their version at apply.
+//! - Purge of the versions log follows checkpoint reports, which reach the
+//!   one node a tool talks to (not replicated); the raft log is purged
+//!   behind snapshots. A follower that installed a snapshot serves only
+//!   the versions after it ("purged: rebuild from a checkpoint" before).
+//! - Chunked Certify calls are assembled in memory on a node (nothing is
+//!   spooled), up to `max_writeset_bytes`; the proposer batches by count
+//!   (256), not bytes, and the raft log's records are capped at twice a
+//!   maximal writeset.
+//! - No TLS between nodes or to a node yet (refused by the config).
 //! - The snapshot keeps the window's writesets in memory (a second copy of
 //!   what the log holds); it could read them from the log instead.
 //! - Spooled (very large) writesets are rejected by apply.
@@ -67,9 +92,8 @@
 //!   openraft's messages as JSON but log entries in their binary log
 //!   encoding; snapshots go in openraft's chunks, inside the JSON (a
 //!   streaming RPC would be cheaper for big windows).
-//! - Not served yet: `tashkent certifier --node-id/--peers`, certification
-//!   through the leader (and forwarding from followers), Subscribe from any
-//!   node, `status`, membership commands, process-level fault tests.
+//! - Followers redirect (the client follows), they do not forward.
+//!   Membership changes (add/remove a node online) have no command yet.
 //!
 //! ## Tests
 //!
@@ -85,6 +109,10 @@
 //! follower answers who leads). `certifier/tests/raft_faults.rs`: a node
 //! whose WAL fails (injected fdatasync error) stops for good, the two
 //! others carry on, and the certification in flight keeps one version.
+//! `certifier/tests/raft_served.rs`: three served nodes certify on the
+//! leader, a follower names the leader, every node serves Subscribe and
+//! Status, and after the leader stops a new one answers retries with
+//! their original versions and the old one catches up from its disk.
 
 pub mod entry;
 pub mod log_store;
@@ -95,6 +123,7 @@ pub mod service;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;
+pub mod versions;
 
 /// Generated from `proto/raft.proto`: the transport between certifier
 /// nodes.
@@ -109,3 +138,4 @@ pub use proposer::Proposer;
 pub use service::RaftService;
 pub use state_machine::{SnapshotBuilder, StateMachine};
 pub use types::{Command, NodeId, Raft, Response, TypeConfig};
+pub use versions::VersionsLog;

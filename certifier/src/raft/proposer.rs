@@ -101,12 +101,13 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Bytes, Reply)>, max_ba
 
 /// A failed `client_write`: not the leader (nothing was proposed), or a
 /// failure after proposing, when the outcome is not known here.
-fn write_error(
+pub(crate) fn write_error(
     e: &RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
 ) -> CertifierError {
     match e.forward_to_leader() {
         Some(f) => CertifierError::NotLeader {
             leader: f.leader_id,
+            addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
         },
         None => CertifierError::OutcomeUnknown(format!("raft: {e}")),
     }

@@ -31,6 +31,7 @@ use parking_lot::Mutex;
 use super::meta::write_atomically;
 use super::snapshot::{self, SnapshotMeta, SnapshotState};
 use super::types::{Command, Entry, LogId, NodeId, Response, StorageError, TypeConfig};
+use super::versions::VersionsLog;
 use crate::certifier::{Certifier, Decision, Limits};
 use crate::error::CertifierError;
 use crate::rule::ConflictSet;
@@ -51,7 +52,12 @@ struct Stored {
 /// The certifier as a raft state machine.
 pub struct StateMachine {
     limits: Limits,
-    certifier: Certifier,
+    /// Shared with the serving node (status, Subscribe's bounds), which
+    /// only reads it.
+    certifier: Arc<Mutex<Certifier>>,
+    /// Where committed versions go (a served node); `None` in tests of the
+    /// state machine alone.
+    versions: Option<Arc<VersionsLog>>,
     /// The record of every version in the window, `(horizon, latest]`.
     window: BTreeMap<Version, Bytes>,
     last_applied: Option<LogId>,
@@ -65,6 +71,7 @@ pub struct StateMachine {
 /// Builds a snapshot from a copy taken when it was asked for.
 pub struct SnapshotBuilder {
     state: Option<SnapshotState>,
+    versions: Option<Arc<VersionsLog>>,
     dir: PathBuf,
     current: Arc<Mutex<Option<Stored>>>,
 }
@@ -78,10 +85,23 @@ impl StateMachine {
     /// The state in `dir` (its snapshot, if any); the log after it is
     /// re-applied by openraft. `limits` must be the same on every node.
     pub fn open(dir: &Path, limits: Limits) -> Result<StateMachine, CertifierError> {
+        StateMachine::open_serving(dir, limits, None)
+    }
+
+    /// [`StateMachine::open`], appending each committed version to
+    /// `versions` (see [`VersionsLog`]). The caller then brings the
+    /// versions log up to the snapshot ([`VersionsLog::restored`] with
+    /// `certifier().latest()`) before raft re-applies the log.
+    pub fn open_serving(
+        dir: &Path,
+        limits: Limits,
+        versions: Option<Arc<VersionsLog>>,
+    ) -> Result<StateMachine, CertifierError> {
         std::fs::create_dir_all(dir)?;
         let mut sm = StateMachine {
             limits,
-            certifier: Certifier::new(limits),
+            certifier: Arc::new(Mutex::new(Certifier::new(limits))),
+            versions,
             window: BTreeMap::new(),
             last_applied: None,
             membership: Membership::default(),
@@ -107,8 +127,13 @@ impl StateMachine {
     }
 
     /// The certifier's state as applied so far.
-    pub fn certifier(&self) -> &Certifier {
-        &self.certifier
+    pub fn certifier(&self) -> parking_lot::MutexGuard<'_, Certifier> {
+        self.certifier.lock()
+    }
+
+    /// The same state, shared (the serving node reads it).
+    pub fn shared_certifier(&self) -> Arc<Mutex<Certifier>> {
+        self.certifier.clone()
     }
 
     /// The last applied log id.
@@ -121,7 +146,7 @@ impl StateMachine {
         for (v, rec) in &s.window {
             sets.push((*v, ConflictSet::of(&record::decode(0, rec)?)));
         }
-        self.certifier = Certifier::from_image(self.limits, s.image, sets)?;
+        *self.certifier.lock() = Certifier::from_image(self.limits, s.image, sets)?;
         self.window = s.window.into_iter().collect();
         self.last_applied = s.meta.last_log_id;
         self.membership = s.meta.last_membership;
@@ -143,12 +168,13 @@ impl StateMachine {
                 oldest_snapshot,
             } => answer(
                 self.certifier
+                    .lock()
                     .report(replica, applied, oldest_snapshot, std::time::Instant::now())
                     .map(|horizon| Response::Horizon { horizon }),
             ),
         };
         // The window may have moved up (reports, memory bound).
-        let horizon = self.certifier.window().horizon();
+        let horizon = self.certifier.lock().window().horizon();
         self.window = self.window.split_off(&(horizon + 1));
         r
     }
@@ -162,10 +188,16 @@ impl StateMachine {
         // Version 0: assigned here, not by the proposer.
         let ws = record::decode(0, &rec)?;
         writeset::validate(&ws)?;
-        let before = self.certifier.latest();
-        Ok(match self.certifier.certify(&ws)? {
+        let (before, decision) = {
+            let mut c = self.certifier.lock();
+            (c.latest(), c.certify(&ws)?)
+        };
+        Ok(match decision {
             Decision::Commit(version) => {
                 if version > before {
+                    if let Some(v) = &self.versions {
+                        v.committed(version, &rec)?;
+                    }
                     self.window.insert(version, rec);
                 }
                 Response::Committed { version }
@@ -190,7 +222,7 @@ impl StateMachine {
                 last_membership: self.membership.clone(),
                 snapshot_id: id,
             },
-            image: self.certifier.image(),
+            image: self.certifier.lock().image(),
             window: self.window.iter().map(|(v, r)| (*v, r.clone())).collect(),
         }
     }
@@ -229,6 +261,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snap_err(None, ErrorVerb::Write, e)
         })?;
         let meta = state.meta.clone();
+        if let Some(v) = &self.versions {
+            // A restart re-applies only the log after this snapshot, so
+            // the versions it covers must be in the versions log for good.
+            let latest = state.image.latest;
+            v.sync_through(latest)
+                .await
+                .map_err(|e| snap_err(Some(&meta), ErrorVerb::Write, e))?;
+        }
         let (dir, current) = (self.dir.clone(), self.current.clone());
         let m = meta.clone();
         // Encoding and the fsync are blocking work.
@@ -282,6 +322,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
             state: Some(self.state()),
+            versions: self.versions.clone(),
             dir: self.dir.clone(),
             current: self.current.clone(),
         }
@@ -302,6 +343,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // The sender's id for these bytes wins over the one inside them.
         state.meta = meta.clone();
         self.restore(state).map_err(err)?;
+        if let Some(v) = &self.versions {
+            let latest = self.certifier.lock().latest();
+            v.restored(latest).await.map_err(err)?;
+        }
         keep(&self.dir, &self.current, meta.clone(), data).map_err(err)?;
         Ok(())
     }

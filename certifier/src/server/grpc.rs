@@ -24,9 +24,23 @@ impl proto::certifier_server::Certifier for CertifierService {
                 CertifierError::InvalidArgument("Certify stream had no chunk".into()).into(),
             );
         };
-        let outcome = if first.last_chunk {
+        let outcome = if first.last_chunk || self.node().is_some() {
+            // A raft node replicates whole writesets (nothing spooled): the
+            // chunks are assembled in memory, up to max_writeset_bytes.
             let mut asm = Assembler::new(self.inner.limits.max_writeset_bytes);
+            let mut last = first.last_chunk;
             asm.push(first)?;
+            while !last {
+                let Some(chunk) = chunks.message().await? else {
+                    return Err(CertifierError::InvalidArgument(
+                        "Certify stream ended without a chunk marked last_chunk: not certified"
+                            .into(),
+                    )
+                    .into());
+                };
+                last = chunk.last_chunk;
+                asm.push(chunk)?;
+            }
             CertifierService::certify(self, asm.finish()?).await?
         } else {
             self.certify_spooled(first, &mut chunks).await?
@@ -61,7 +75,9 @@ impl proto::certifier_server::Certifier for CertifierService {
             from: request.elide_from,
         };
         let latest = self.inner.state.lock().latest();
-        if from > latest + 1 {
+        // A raft node may lag behind the version a subscriber saw
+        // elsewhere: the stream waits until it gets there.
+        if from > latest + 1 && self.node().is_none() {
             return Err(CertifierError::InvalidArgument(format!(
                 "cannot subscribe from version {from}: the latest version is {latest}"
             ))
@@ -86,7 +102,9 @@ impl proto::certifier_server::Certifier for CertifierService {
         request: Request<proto::ReportAppliedRequest>,
     ) -> Result<Response<proto::ReportAppliedResponse>, Status> {
         let r = request.into_inner();
-        let horizon = self.report_applied(r.replica_id, r.applied_version, r.oldest_snapshot)?;
+        let horizon = self
+            .report(r.replica_id, r.applied_version, r.oldest_snapshot)
+            .await?;
         Ok(Response::new(proto::ReportAppliedResponse { horizon }))
     }
 

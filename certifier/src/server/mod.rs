@@ -9,9 +9,11 @@
 
 mod grpc;
 pub mod metrics;
+mod node;
 mod pipeline;
 pub mod purge;
 pub mod recovery;
+mod replicated;
 pub mod service;
 pub mod spool;
 mod subscribe;
@@ -35,7 +37,7 @@ use spool::Spool;
 use tail::Tail;
 
 /// Most records the subscriber tail cache holds (besides its byte bound).
-const TAIL_MAX_RECORDS: usize = 1 << 20;
+pub(crate) const TAIL_MAX_RECORDS: usize = 1 << 20;
 
 /// A certifier serving in this process.
 pub struct RunningCertifier {
@@ -89,37 +91,44 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
         (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
         _ => None,
     };
-    let (wal, spool, certifier, tail) = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || -> Result<_, CertifierError> {
-            let wal = Wal::open(&config.wal_dir, config.wal_options())?;
-            let spool = Spool::open(&config.wal_dir, config.spool_options())?;
-            let mut tail = Tail::new(config.tail_cache_bytes, TAIL_MAX_RECORDS);
-            let certifier = recovery::recover(&wal, &spool, config.limits(), &mut tail)?;
-            Ok((wal, spool, certifier, tail))
-        })
-        .await
-        .map_err(|e| CertifierError::Io(std::io::Error::other(e)))??
-    };
-    let spool = std::sync::Arc::new(spool);
-    // What no retained version and no call needs (chunks of calls that
-    // never finished before a restart).
-    spool.purge(wal.first_lsn()).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let local_addr = listener.local_addr()?;
     let limits = ServiceLimits {
         max_writeset_bytes: config.max_writeset_bytes,
         max_message_bytes: config.max_message_bytes,
         purge_replica_timeout: std::time::Duration::from_millis(config.purge_replica_timeout_ms),
     };
-    let service = CertifierService::new(
-        wal.clone(),
-        spool.clone(),
-        certifier,
-        tail,
-        limits,
-        config.max_record_bytes(),
-    );
+    let (wal, spool, service, raft, listener) = if config.node_id.is_some() {
+        let n = node::open(&config, limits).await?;
+        let listener = tokio::net::TcpListener::bind(n.listen).await?;
+        (n.wal, n.spool, n.service, Some(n.raft), listener)
+    } else {
+        let (wal, spool, certifier, tail) = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || -> Result<_, CertifierError> {
+                let wal = Wal::open(&config.wal_dir, config.wal_options())?;
+                let spool = Spool::open(&config.wal_dir, config.spool_options())?;
+                let mut tail = Tail::new(config.tail_cache_bytes, TAIL_MAX_RECORDS);
+                let certifier = recovery::recover(&wal, &spool, config.limits(), &mut tail)?;
+                Ok((wal, spool, certifier, tail))
+            })
+            .await
+            .map_err(|e| CertifierError::Io(std::io::Error::other(e)))??
+        };
+        let spool = std::sync::Arc::new(spool);
+        // What no retained version and no call needs (chunks of calls that
+        // never finished before a restart).
+        spool.purge(wal.first_lsn()).await?;
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let service = CertifierService::new(
+            wal.clone(),
+            spool.clone(),
+            certifier,
+            tail,
+            limits,
+            config.max_record_bytes(),
+        );
+        (wal, spool, service, None, listener)
+    };
+    let local_addr = listener.local_addr()?;
     let metrics = match config.metrics_listen {
         Some(addr) => {
             let svc = service.clone();
@@ -144,6 +153,9 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
             .tls_config(tls)
             .map_err(|e| CertifierError::Tls(crate::error::chain(&e)))?;
     }
+    let raft_rpc = raft
+        .clone()
+        .map(|r| crate::raft::RaftService::new(r).into_server());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let svc = service.clone();
     let svc_on_stop = service.clone();
@@ -153,6 +165,7 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
         // client, an untrusting one) is dropped alone; serving goes on.
         let served = server
             .add_service(grpc)
+            .add_optional_service(raft_rpc)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_rx.await;
                 // Ends subscriber streams so the graceful drain can finish.
@@ -161,6 +174,13 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
             .await;
         svc.stop();
         drop(svc);
+        if let Some(raft) = raft {
+            // Before the versions log closes: the state machine appends
+            // to it.
+            if let Err(e) = raft.shutdown().await {
+                tracing::warn!("raft shutdown: {e}");
+            }
+        }
         let closed = wal.close().await;
         // The service's tasks may still hold the spool for a moment.
         let spool_closed = match std::sync::Arc::try_unwrap(spool) {

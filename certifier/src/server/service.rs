@@ -51,14 +51,15 @@ pub struct ServiceLimits {
 }
 
 pub(crate) struct Inner {
-    pub(crate) state: Mutex<Certifier>,
-    pub(crate) tail: Mutex<Tail>,
+    /// On a raft node, the state machine's (it writes, this reads).
+    pub(crate) state: Arc<Mutex<Certifier>>,
+    pub(crate) tail: Arc<Mutex<Tail>>,
     pub(crate) wal: Wal,
     /// Chunks of writesets certified in chunks (see `spool`).
     pub(crate) spool: Arc<Spool>,
     /// Highest durable version, for subscribers.
     pub(crate) durable: watch::Sender<Version>,
-    submitted: Notify,
+    submitted: Arc<Notify>,
     stopping: AtomicBool,
     /// Flips to true on `stop()`: long-lived streams end.
     pub(crate) stop_signal: watch::Sender<bool>,
@@ -72,6 +73,8 @@ pub(crate) struct Inner {
     purged: tokio::sync::Mutex<Version>,
     started: Instant,
     pub(crate) metrics: Arc<super::metrics::CertifierMetrics>,
+    /// A node of the replicated certifier: its raft side.
+    pub(crate) node: Option<super::replicated::Node>,
 }
 
 impl Inner {
@@ -109,6 +112,14 @@ impl Inner {
     }
 }
 
+/// What a raft node's state machine and its service share: the certifier
+/// state, the tail cache and the durability follower's wake-up.
+pub(crate) struct Parts {
+    pub(crate) state: Arc<Mutex<Certifier>>,
+    pub(crate) tail: Arc<Mutex<Tail>>,
+    pub(crate) submitted: Arc<Notify>,
+}
+
 /// The certification service; cheap to clone.
 #[derive(Clone)]
 pub struct CertifierService {
@@ -136,17 +147,47 @@ impl CertifierService {
         limits: ServiceLimits,
         max_record_bytes: u64,
     ) -> CertifierService {
+        let parts = Parts {
+            state: Arc::new(Mutex::new(certifier)),
+            tail: Arc::new(Mutex::new(tail)),
+            submitted: Arc::new(Notify::new()),
+        };
+        CertifierService::build(wal, spool, parts, limits, max_record_bytes, None)
+    }
+
+    /// A raft node's service: `parts` are shared with its state machine,
+    /// which appends to `wal` (the versions log); certifications and
+    /// reports go through `node`.
+    pub(crate) fn new_replicated(
+        wal: Wal,
+        spool: Arc<Spool>,
+        parts: Parts,
+        limits: ServiceLimits,
+        max_record_bytes: u64,
+        node: super::replicated::Node,
+    ) -> CertifierService {
+        CertifierService::build(wal, spool, parts, limits, max_record_bytes, Some(node))
+    }
+
+    fn build(
+        wal: Wal,
+        spool: Arc<Spool>,
+        parts: Parts,
+        limits: ServiceLimits,
+        max_record_bytes: u64,
+        node: Option<super::replicated::Node>,
+    ) -> CertifierService {
         let (durable, _) = watch::channel(wal.durable_lsn());
         let checkpoint = super::purge::load_checkpoint(wal.dir(), wal.last_lsn());
         let metrics = Arc::new(super::metrics::CertifierMetrics::default());
         wal.observe_syncs(metrics.sync_observer());
         let inner = Arc::new(Inner {
-            state: Mutex::new(certifier),
-            tail: Mutex::new(tail),
+            state: parts.state,
+            tail: parts.tail,
             wal,
             spool,
             durable,
-            submitted: Notify::new(),
+            submitted: parts.submitted,
             stopping: AtomicBool::new(false),
             stop_signal: watch::channel(false).0,
             poison: OnceLock::new(),
@@ -156,6 +197,7 @@ impl CertifierService {
             purged: tokio::sync::Mutex::new(0),
             started: Instant::now(),
             metrics,
+            node,
         });
         tokio::spawn(follow_durability(inner.clone()));
         let svc = CertifierService { inner };
@@ -192,6 +234,9 @@ impl CertifierService {
             return Err(CertifierError::WritesetTooLarge {
                 max: inner.limits.max_writeset_bytes,
             });
+        }
+        if let Some(node) = &inner.node {
+            return node.certify(rec.freeze()).await;
         }
         let (outcome, _) = self.decide(&ws.txn_id, ws.snapshot, &cs, &ws, rec).await?;
         Ok(outcome)
@@ -484,6 +529,29 @@ impl CertifierService {
         Ok(found)
     }
 
+    /// A replica's progress; returns the horizon. On a raft node it is
+    /// replicated (see `replicated`), else as [`Self::report_applied`].
+    pub async fn report(
+        &self,
+        replica: u32,
+        applied: Version,
+        oldest_snapshot: Version,
+    ) -> Result<Version, CertifierError> {
+        match &self.inner.node {
+            Some(node) => {
+                let horizon = self.inner.state.lock().window().horizon();
+                node.report(replica, applied, oldest_snapshot, horizon)
+                    .await
+            }
+            None => self.report_applied(replica, applied, oldest_snapshot),
+        }
+    }
+
+    /// The node's raft side, when it is one of a replicated certifier.
+    pub(crate) fn node(&self) -> Option<&super::replicated::Node> {
+        self.inner.node.as_ref()
+    }
+
     /// A replica's progress (see the .proto); returns the horizon.
     pub fn report_applied(
         &self,
@@ -565,6 +633,10 @@ impl CertifierService {
     /// only durable versions are answered.
     pub fn acknowledged(&self) -> Version {
         let latest = self.inner.state.lock().latest();
+        if self.inner.node.is_some() {
+            // Applied versions are committed in raft: answered already.
+            return latest;
+        }
         self.inner.wal.durable_lsn().min(latest)
     }
 
@@ -573,7 +645,7 @@ impl CertifierService {
         let now = Instant::now();
         let c = inner.state.lock();
         let w = c.window();
-        proto::StatusResponse {
+        let mut s = proto::StatusResponse {
             latest_version: c.latest(),
             durable_version: inner.wal.durable_lsn().min(c.latest()),
             horizon: w.horizon(),
@@ -597,7 +669,14 @@ impl CertifierService {
                 .err()
                 .map_or_else(String::new, |e| e.to_string()),
             checkpoint_version: inner.checkpoint.load(Ordering::Acquire),
+            ..Default::default()
+        };
+        drop(c);
+        match &inner.node {
+            Some(node) => node.fill_status(&mut s),
+            None => s.committed_version = s.durable_version,
         }
+        s
     }
 }
 

@@ -26,6 +26,8 @@ use crate::ops::state_dir::{Ports, StateDir};
 use crate::ops::{checkpoint, recover};
 use crate::proxy::{ProxyConfig, RunningProxy};
 
+mod nodes;
+
 /// Where durability lives (ARCHITECTURE.md, "Modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -87,6 +89,10 @@ pub struct ClusterConfig {
     /// need be) and every proxy trusts it. Off by default: on loopback it
     /// protects nothing and costs every certification a TLS record layer.
     pub certifier_tls: bool,
+    /// Certifier nodes: 1 is the single certifier; 3 (or any 2f+1) a
+    /// replicated one on raft, each node with its own directory and port
+    /// (`nodes.rs`), the proxies given every node.
+    pub certifiers: u32,
 }
 
 impl Default for ClusterConfig {
@@ -101,6 +107,7 @@ impl Default for ClusterConfig {
             metrics: true,
             tls: true,
             certifier_tls: false,
+            certifiers: 1,
         }
     }
 }
@@ -112,6 +119,17 @@ impl ClusterConfig {
                 "replicas must be between 1 and 16, got {}",
                 self.replicas
             )));
+        }
+        if !(1..=9).contains(&self.certifiers) {
+            return Err(Error::Config(format!(
+                "certifiers must be between 1 and 9, got {}",
+                self.certifiers
+            )));
+        }
+        if self.certifiers > 1 && self.certifier_tls {
+            return Err(Error::Config(
+                "certifier_tls is not supported with several certifiers yet".into(),
+            ));
         }
         Ok(())
     }
@@ -148,6 +166,11 @@ pub struct LocalCluster {
     certifier: Option<Part<RunningCertifier>>,
     /// Where the certifier listens (kept across its restarts).
     certifier_listen: SocketAddr,
+    /// A replicated certifier's nodes (`[cluster] certifiers` > 1), node
+    /// 1 first (`None` while stopped); `certifier` is then unused.
+    nodes: Vec<Option<Part<RunningCertifier>>>,
+    /// Where each node listens (kept across restarts).
+    node_listen: Vec<SocketAddr>,
     /// Where each proxy listens (kept across its restarts).
     proxy_listen: Vec<SocketAddr>,
     /// Where the certifier and each proxy serve metrics (kept likewise;
@@ -204,6 +227,8 @@ impl LocalCluster {
             proxies: Vec::new(),
             certifier: None,
             certifier_listen: SocketAddr::from(([127, 0, 0, 1], ports.certifier)),
+            nodes: Vec::new(),
+            node_listen: nodes::listen_addrs(cfg.certifiers, &ports.certifier_nodes)?,
             proxy_listen: Vec::new(),
             certifier_metrics: SocketAddr::from(([127, 0, 0, 1], ports.certifier_metrics)),
             proxy_metrics: Vec::new(),
@@ -237,13 +262,21 @@ impl LocalCluster {
             proxies: cluster.proxy_listen.iter().map(|a| a.port()).collect(),
             certifier_metrics: cluster.certifier_metrics.port(),
             proxy_metrics: cluster.proxy_metrics.iter().map(|a| a.port()).collect(),
+            certifier_nodes: cluster.node_listen.iter().map(|a| a.port()).collect(),
         })?;
         Ok(cluster)
     }
 
-    /// Starts the certifier (again) on its address with its log.
+    /// Starts the certifier (again) on its address with its log; a
+    /// replicated certifier: every node.
     pub async fn start_certifier(&mut self) -> Result<()> {
         self.stop_certifier().await?;
+        if self.replicated() {
+            for i in 0..self.node_listen.len() {
+                self.start_certifier_node(i).await?;
+            }
+            return Ok(());
+        }
         let cfg = CertifierConfig {
             listen: self.certifier_listen,
             wal_dir: self.state.certifier_wal(),
@@ -285,8 +318,12 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// SIGKILLs the certifier (a child process), or stops it (in process).
+    /// SIGKILLs the certifier (a child process), or stops it (in process);
+    /// a replicated certifier: every node.
     pub async fn kill_certifier(&mut self) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            self.kill_certifier_node(i).await?;
+        }
         match self.certifier.take() {
             Some(Part::Process(p)) => {
                 tokio::task::spawn_blocking(move || p.kill())
@@ -302,6 +339,9 @@ impl LocalCluster {
     }
 
     async fn stop_certifier(&mut self) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            self.stop_certifier_node(i).await?;
+        }
         match self.certifier.take() {
             None => Ok(()),
             Some(Part::InProcess(c)) => c.shutdown().await.map_err(|source| Error::Certifier {
@@ -401,10 +441,7 @@ impl LocalCluster {
             pg_host: pg.socket_dir().display().to_string(),
             pg_port: pg.port(),
             database: self.config.cluster.database.clone(),
-            certifier: self
-                .certifier_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            certifier: self.certifier_addrs().unwrap_or_default(),
             metrics_listen: self.config.cluster.metrics.then_some(self.proxy_metrics[i]),
             ack_after_flush: self.config.proxy.ack_after_flush
                 || self.config.cluster.durability.ack_after_flush(),
@@ -423,6 +460,10 @@ impl LocalCluster {
 
     /// Where the certifier serves metrics (None: metrics are off).
     pub fn certifier_metrics_addr(&self) -> Option<SocketAddr> {
+        if self.replicated() {
+            // Not served by the nodes yet.
+            return None;
+        }
         self.config
             .cluster
             .metrics
@@ -442,8 +483,23 @@ impl LocalCluster {
         self.proxy_listen.clone()
     }
 
+    /// The single certifier's address (None while it is stopped, and for
+    /// a replicated certifier: see [`LocalCluster::certifier_addrs`]).
     pub fn certifier_addr(&self) -> Option<SocketAddr> {
         self.certifier.as_ref().map(|_| self.certifier_listen)
+    }
+
+    /// What clients are given: the single certifier's address, or every
+    /// node's, `a,b,c` (None while nothing runs).
+    pub fn certifier_addrs(&self) -> Option<String> {
+        if !self.replicated() {
+            return self.certifier_addr().map(|a| a.to_string());
+        }
+        if self.nodes.iter().all(Option::is_none) {
+            return None;
+        }
+        let all: Vec<String> = self.node_listen.iter().map(|a| a.to_string()).collect();
+        Some(all.join(","))
     }
 
     /// libpq connection string of proxy `i` (0-based).
@@ -535,9 +591,9 @@ impl LocalCluster {
     /// This cluster's certifier as its clients reach it (None while it
     /// is stopped).
     pub fn certifier_target(&self) -> Option<CertifierTarget> {
-        let addr = self.certifier_addr()?;
+        let addr = self.certifier_addrs()?;
         Some(CertifierTarget::new(
-            addr.to_string(),
+            addr,
             self.config.proxy.certifier_tls_ca.clone(),
         ))
     }
@@ -637,6 +693,7 @@ impl Drop for LocalCluster {
         // certifier. Processes are SIGKILLed, tasks stopped.
         self.proxies.clear();
         self.certifier = None;
+        self.nodes.clear();
     }
 }
 

@@ -1,0 +1,115 @@
+//! The derived versions log of a served raft node.
+//!
+//! Raft log indexes are not versions (blank, membership, report and
+//! aborted entries take indexes too), yet Subscribe, the tail cache, purge
+//! and status read a log whose LSN *is* the version (`record.rs`). So every
+//! node keeps a second WAL in today's format: when the state machine
+//! applies a committed certification, the record, stamped with its
+//! version, is appended here. The serving code of the single certifier
+//! then works on every node unchanged.
+//!
+//! Durability: appends are submitted, not awaited, so applying never waits
+//! for this log's fdatasync; subscribers only see what it made durable.
+//! The raft log is the durable copy that answers clients. Two rules keep
+//! the two logs consistent across crashes:
+//!
+//! - a snapshot is persisted only once this log is durable through the
+//!   snapshot's newest version (`VersionsLog::sync_through`), so a
+//!   restart, which re-applies the raft log after the snapshot, finds every
+//!   version up to the snapshot here, and re-applied versions already here
+//!   are skipped;
+//! - a node that installs a snapshot newer than this log (a wiped or
+//!   lagging follower) restarts it at the snapshot's version + 1
+//!   ([`VersionsLog::restored`]); subscribers asking for older versions get
+//!   the usual "purged: rebuild from a checkpoint".
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tashkent_wal::Wal;
+use tokio::sync::Notify;
+
+use crate::error::CertifierError;
+use crate::server::tail::Tail;
+use crate::{record, Version};
+
+/// The versions log, with the serving node's tail cache and the wake-up of
+/// its durability follower.
+pub struct VersionsLog {
+    wal: Wal,
+    tail: Arc<Mutex<Tail>>,
+    submitted: Arc<Notify>,
+}
+
+fn broken(reason: String) -> CertifierError {
+    CertifierError::RaftStorage {
+        what: "versions log".into(),
+        reason,
+    }
+}
+
+impl VersionsLog {
+    /// Appends to `wal` (version == LSN), pushing into `tail` and waking
+    /// `submitted`'s waiter as the single certifier does.
+    pub(crate) fn new(wal: Wal, tail: Arc<Mutex<Tail>>, submitted: Arc<Notify>) -> VersionsLog {
+        VersionsLog {
+            wal,
+            tail,
+            submitted,
+        }
+    }
+
+    /// `version` committed with `rec` (a record with version field 0):
+    /// append it, unless a run before a restart already did.
+    pub(crate) fn committed(&self, version: Version, rec: &Bytes) -> Result<(), CertifierError> {
+        let last = self.wal.last_lsn();
+        if version <= last {
+            return Ok(());
+        }
+        if version != last + 1 {
+            return Err(broken(format!(
+                "version {version} applied while the log ends at {last}"
+            )));
+        }
+        let mut stamped = BytesMut::from(&rec[..]);
+        record::set_version(&mut stamped, version);
+        let payload = stamped.freeze();
+        // Into the tail first, as the single certifier does: subscribers
+        // only read durable versions.
+        self.tail.lock().push(version, payload.clone());
+        let ticket = self.wal.submit(payload)?;
+        if ticket.lsn != version {
+            return Err(broken(format!(
+                "version {version} got LSN {}: someone else writes this log",
+                ticket.lsn
+            )));
+        }
+        self.submitted.notify_one();
+        Ok(())
+    }
+
+    /// Waits until the versions `<= version` this log holds are durable.
+    pub(crate) async fn sync_through(&self, version: Version) -> Result<(), CertifierError> {
+        let upto = version.min(self.wal.last_lsn());
+        if upto > self.wal.durable_lsn() {
+            self.wal.wait_durable(upto).await?;
+        }
+        Ok(())
+    }
+
+    /// The state is now a snapshot whose newest version is `latest`: when
+    /// this log ends before it, it restarts at `latest + 1`.
+    pub async fn restored(&self, latest: Version) -> Result<(), CertifierError> {
+        if self.wal.last_lsn() < latest {
+            tracing::info!(
+                from = self.wal.last_lsn() + 1,
+                to = latest,
+                "versions log restarts after a snapshot: older versions are not served here"
+            );
+            self.wal.restart_at(latest + 1).await?;
+            self.submitted.notify_one();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! Opening a node of the replicated certifier (`--node-id`, `--peers`).
+//!
+//! Layout of `wal_dir`: the versions log is the WAL in `wal_dir` itself
+//! (today's format, version == LSN; see `raft::versions`), the spool in
+//! `wal_dir/spool` as today, and raft's own state in `wal_dir/raft`: its
+//! log (`raft/wal`), `raft/raft-meta` and `raft/snapshot`.
+//!
+//! Bootstrap: the node with the smallest id in `peers` initializes the
+//! membership (every peer a voter) when its own raft log is empty. Doing it
+//! again is harmless: openraft refuses `initialize` on a node that has a
+//! log or a vote, and a node whose disk was wiped proposes the same
+//! membership at the same log id (0) the others already hold, so it joins
+//! them (their higher term wins) instead of splitting the group. The other
+//! nodes wait to be contacted.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use parking_lot::Mutex;
+use tashkent_wal::{Wal, WalOptions};
+use tokio::sync::Notify;
+
+use super::replicated::Node;
+use super::service::{CertifierService, Parts, ServiceLimits};
+use super::spool::Spool;
+use super::tail::Tail;
+use super::TAIL_MAX_RECORDS;
+use crate::config::{parse_peers, CertifierConfig};
+use crate::error::CertifierError;
+use crate::raft::{LogStore, Network, NodeId, Proposer, Raft, StateMachine, VersionsLog};
+
+/// Certifications per raft entry at most (see [`Proposer`]).
+const MAX_BATCH: usize = 256;
+
+/// A raft node opened and its service built.
+pub(super) struct Opened {
+    pub(super) wal: Wal,
+    pub(super) spool: Arc<Spool>,
+    pub(super) service: CertifierService,
+    pub(super) raft: Raft,
+    /// This node's entry in `peers`: where it listens.
+    pub(super) listen: SocketAddr,
+}
+
+fn raft_error(e: impl std::fmt::Display) -> CertifierError {
+    CertifierError::RaftStorage {
+        what: "raft".into(),
+        reason: e.to_string(),
+    }
+}
+
+/// Timing for a LAN or loopback: a heartbeat every 100 ms, elections after
+/// 0.5–1 s of silence (a loaded 2-core machine must not miss heartbeats
+/// for that long). A snapshot every 10k entries keeps the raft log short.
+fn raft_config() -> Result<Arc<Config>, CertifierError> {
+    let c = Config {
+        cluster_name: "tashkent-certifier".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Config::default()
+    };
+    Ok(Arc::new(c.validate().map_err(raft_error)?))
+}
+
+/// Opens node `config.node_id`'s logs and state, starts its raft core and
+/// bootstraps the membership if it is the first node and new.
+pub(super) async fn open(
+    config: &CertifierConfig,
+    limits: ServiceLimits,
+) -> Result<Opened, CertifierError> {
+    let id: NodeId = config
+        .node_id
+        .ok_or_else(|| CertifierError::Config("a raft node needs node_id".into()))?;
+    let peers = parse_peers(config.peers.as_deref().unwrap_or_default())?;
+    let own = peers
+        .get(&id)
+        .ok_or_else(|| CertifierError::Config(format!("node {id} is not in peers")))?;
+    let listen = tokio::net::lookup_host(own.as_str())
+        .await?
+        .next()
+        .ok_or_else(|| CertifierError::Config(format!("{own}: no address")))?;
+    let tail = Arc::new(Mutex::new(Tail::new(
+        config.tail_cache_bytes,
+        TAIL_MAX_RECORDS,
+    )));
+    let submitted = Arc::new(Notify::new());
+    let (wal, spool, log, sm, versions) = {
+        let (config, tail, submitted) = (config.clone(), tail.clone(), submitted.clone());
+        tokio::task::spawn_blocking(move || -> Result<_, CertifierError> {
+            let wal = Wal::open(&config.wal_dir, config.wal_options())?;
+            let spool = Spool::open(&config.wal_dir, config.spool_options())?;
+            let versions = Arc::new(VersionsLog::new(wal.clone(), tail, submitted));
+            let raft_dir = config.wal_dir.join("raft");
+            // An entry may batch several records.
+            let opts = WalOptions {
+                max_record_size: (config.max_record_bytes() * 2).min(u64::from(u32::MAX)),
+                ..config.wal_options()
+            };
+            let log = LogStore::open(&raft_dir, opts)?;
+            let sm =
+                StateMachine::open_serving(&raft_dir, config.limits(), Some(versions.clone()))?;
+            Ok((wal, spool, log, sm, versions))
+        })
+        .await
+        .map_err(|e| CertifierError::Io(std::io::Error::other(e)))??
+    };
+    let latest = sm.certifier().latest();
+    versions.restored(latest).await?;
+    let state = sm.shared_certifier();
+    let raft = Raft::new(id, raft_config()?, Network, log, sm)
+        .await
+        .map_err(raft_error)?;
+    if Some(&id) == peers.keys().next() && !raft.is_initialized().await.map_err(raft_error)? {
+        let members: BTreeMap<NodeId, BasicNode> = peers
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+            .collect();
+        if let Err(e) = raft.initialize(members).await {
+            tracing::info!("raft membership not initialized here: {e}");
+        }
+    }
+    let spool = Arc::new(spool);
+    spool.purge(wal.first_lsn()).await?;
+    let node = Node::new(
+        id,
+        raft.clone(),
+        Proposer::new(raft.clone(), MAX_BATCH),
+        peers,
+    );
+    let parts = Parts {
+        state,
+        tail,
+        submitted,
+    };
+    let service = CertifierService::new_replicated(
+        wal.clone(),
+        spool.clone(),
+        parts,
+        limits,
+        config.max_record_bytes(),
+        node,
+    );
+    tracing::info!(node = id, %listen, "certifier raft node started");
+    Ok(Opened {
+        wal,
+        spool,
+        service,
+        raft,
+        listen,
+    })
+}

@@ -1,0 +1,160 @@
+//! The service's calls that differ on a node of the replicated certifier
+//! (`--node-id`): certification goes through raft (the leader's
+//! [`Proposer`]; a follower answers who leads), reports are replicated,
+//! and status says the node's role. Everything read from the versions log
+//! (Subscribe, the tail, purge) is the single certifier's code.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openraft::ServerState;
+use parking_lot::Mutex;
+
+use crate::error::CertifierError;
+use crate::outcome::Outcome;
+use crate::proto::{AbortCode, StatusResponse};
+use crate::raft::{Command, NodeId, Proposer, Raft, Response};
+use crate::Version;
+
+/// A replica's progress is proposed at most this often; reports in between
+/// are answered from the replicated state. Proxies report every 100 ms,
+/// and each report proposed is a raft entry with an fdatasync on every
+/// node; the horizon it moves only bounds memory and old snapshots.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// This node's raft side, as the service uses it.
+pub(crate) struct Node {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft,
+    pub(crate) proposer: Proposer,
+    /// Every node's client address (also its raft address).
+    pub(crate) peers: BTreeMap<NodeId, String>,
+    /// When each replica's progress was last proposed.
+    reported: Mutex<HashMap<u32, Instant>>,
+}
+
+impl Node {
+    pub(crate) fn new(
+        id: NodeId,
+        raft: Raft,
+        proposer: Proposer,
+        peers: BTreeMap<NodeId, String>,
+    ) -> Node {
+        Node {
+            id,
+            raft,
+            proposer,
+            peers,
+            reported: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A NotLeader with the leader's client address filled in from
+    /// `peers`; an outcome raft could not tell becomes UNAVAILABLE
+    /// ("retry"), which clients retry under the same txn id.
+    fn retryable(&self, e: CertifierError) -> CertifierError {
+        match e {
+            CertifierError::NotLeader { leader, addr } => CertifierError::NotLeader {
+                leader,
+                addr: addr.or_else(|| leader.and_then(|l| self.peers.get(&l).cloned())),
+            },
+            CertifierError::OutcomeUnknown(m) => CertifierError::Rpc(tonic::Status::unavailable(
+                format!("certifier node {}: outcome unknown, retry: {m}", self.id),
+            )),
+            e => e,
+        }
+    }
+
+    /// Certifies `rec` (a record, version 0) through raft.
+    pub(crate) async fn certify(&self, rec: Bytes) -> Result<Outcome, CertifierError> {
+        let r = self
+            .proposer
+            .certify(rec)
+            .await
+            .map_err(|e| self.retryable(e))?;
+        match r {
+            Response::Committed { version } => Ok(Outcome::Committed { version }),
+            Response::Aborted {
+                code,
+                reason,
+                conflict_version,
+            } => Ok(Outcome::Aborted {
+                code: AbortCode::try_from(code).unwrap_or(AbortCode::Unspecified),
+                reason,
+                conflict_version,
+            }),
+            Response::Rejected { reason } => Err(CertifierError::InvalidArgument(reason)),
+            other => Err(CertifierError::Protocol(format!(
+                "a certification answered {other:?}"
+            ))),
+        }
+    }
+
+    /// A replica's progress: proposed (at most every `REPORT_EVERY` per
+    /// replica), else answered with the replicated horizon `horizon`.
+    pub(crate) async fn report(
+        &self,
+        replica: u32,
+        applied: Version,
+        oldest_snapshot: Version,
+        horizon: Version,
+    ) -> Result<Version, CertifierError> {
+        {
+            let mut seen = self.reported.lock();
+            let now = Instant::now();
+            if seen
+                .get(&replica)
+                .is_some_and(|t| now.duration_since(*t) < REPORT_EVERY)
+            {
+                return Ok(horizon);
+            }
+            seen.insert(replica, now);
+        }
+        let cmd = Command::Report {
+            replica,
+            applied,
+            oldest_snapshot,
+        };
+        let written = self.raft.client_write(cmd).await.map_err(|e| {
+            // Not proposed, or not known: the next report tries again.
+            self.reported.lock().remove(&replica);
+            let e = crate::raft::proposer::write_error(&e);
+            self.retryable(e)
+        })?;
+        match written.data {
+            Response::Horizon { horizon } => Ok(horizon),
+            Response::Rejected { reason } => Err(CertifierError::InvalidArgument(reason)),
+            other => Err(CertifierError::Protocol(format!(
+                "a report answered {other:?}"
+            ))),
+        }
+    }
+
+    /// The raft fields of `status`.
+    pub(crate) fn fill_status(&self, s: &mut StatusResponse) {
+        let m = self.raft.metrics().borrow().clone();
+        s.node_id = self.id;
+        s.role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        }
+        .to_owned();
+        s.term = m.current_term;
+        s.leader_id = m.current_leader.unwrap_or(0);
+        s.leader_addr = m
+            .current_leader
+            .and_then(|l| self.peers.get(&l).cloned())
+            .unwrap_or_default();
+        s.committed_version = s.latest_version;
+        if m.running_state.is_err() && !s.poisoned {
+            // The raft core stopped (its log failed): nothing is
+            // acknowledged here any more.
+            s.poisoned = true;
+            s.poison_cause = format!("raft stopped: {:?}", m.running_state);
+        }
+    }
+}

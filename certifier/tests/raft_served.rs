@@ -1,0 +1,283 @@
+//! Three certifier nodes served as `tashkent certifier --node-id N --peers
+//! ...` would be (`tashkent_certifier::start` with `node_id`/`peers`), in
+//! this process over loopback: the leader certifies through raft, a
+//! follower answers UNAVAILABLE naming the leader, every node serves
+//! Subscribe from its versions log and says its role in Status, and after
+//! the leader stops the others elect a new one that carries on with dense
+//! versions and answers a retried txn id with its original version.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tashkent_certifier::writeset::item;
+use tashkent_certifier::{
+    CertifierClient, CertifierConfig, CertifierError, Item, Op, Outcome, RunningCertifier,
+    Writeset, WRITESET_FORMAT_VERSION,
+};
+use tempfile::TempDir;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+pub fn ws(id: &str, key: &str) -> Writeset {
+    Writeset {
+        format_version: WRITESET_FORMAT_VERSION,
+        txn_id: Bytes::copy_from_slice(id.as_bytes()),
+        origin: 1,
+        snapshot: 0,
+        items: vec![Item {
+            row: Bytes::from(format!("row of {key} by {id}")),
+            ..item("t", Op::Update, key.as_bytes().to_vec())
+        }],
+        ddl: vec![],
+        last_chunk: false,
+        spool: None,
+    }
+}
+
+fn version(o: Outcome) -> u64 {
+    match o {
+        Outcome::Committed { version } => version,
+        other => panic!("not committed: {other:?}"),
+    }
+}
+
+/// Free loopback ports, one per node (bound and released: another test
+/// could take one in between, which these tests accept).
+fn ports(n: usize) -> Vec<String> {
+    let ls: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect()
+}
+
+struct Nodes {
+    addrs: BTreeMap<u64, String>,
+    peers: String,
+    dirs: BTreeMap<u64, TempDir>,
+    running: BTreeMap<u64, RunningCertifier>,
+}
+
+impl Nodes {
+    async fn start(n: u64) -> Nodes {
+        let addrs: BTreeMap<u64, String> = (1..=n).zip(ports(n as usize)).collect();
+        let peers = addrs
+            .iter()
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Nodes {
+            addrs,
+            peers,
+            dirs: BTreeMap::new(),
+            running: BTreeMap::new(),
+        };
+        for id in 1..=n {
+            nodes.dirs.insert(id, tempfile::tempdir().unwrap());
+            nodes.restart(id).await;
+        }
+        nodes
+    }
+
+    async fn restart(&mut self, id: u64) {
+        let cfg = CertifierConfig {
+            wal_dir: self.dirs[&id].path().join("wal"),
+            wal_segment_bytes: 1 << 20,
+            node_id: Some(id),
+            peers: Some(self.peers.clone()),
+            ..CertifierConfig::default()
+        };
+        let r = tashkent_certifier::start(cfg).await.unwrap();
+        assert_eq!(r.local_addr().to_string(), self.addrs[&id]);
+        self.running.insert(id, r);
+    }
+
+    async fn client(&self, id: u64) -> CertifierClient {
+        CertifierClient::connect(&self.addrs[&id]).await.unwrap()
+    }
+
+    /// The leader every running node names, once they agree.
+    async fn leader(&self) -> u64 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut seen = std::collections::BTreeSet::new();
+            for id in self.running.keys() {
+                let s = self.client(*id).await.status().await.unwrap();
+                seen.insert((s.leader_id, s.role == "leader" && s.node_id == s.leader_id));
+            }
+            let leaders: Vec<_> = seen
+                .iter()
+                .map(|(l, _)| *l)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            if let [l] = leaders[..] {
+                if l != 0 && self.running.contains_key(&l) {
+                    return l;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no leader: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_cluster_certifies_on_the_leader_redirects_and_fails_over() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut nodes = Nodes::start(3).await;
+    let leader = nodes.leader().await;
+    let lc = nodes.client(leader).await;
+    for i in 1..=10u64 {
+        let v = version(
+            lc.certify(ws(&format!("t{i}"), &format!("k{i}")))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(v, i);
+    }
+    // Pipelined (one stream) and chunked (a Certify call of its own,
+    // assembled by the node) take the same path through raft.
+    let v = version(lc.certify_chunked(ws("t11", "k11"), 64).await.unwrap());
+    assert_eq!(v, 11);
+    let follower = *nodes.addrs.keys().find(|id| **id != leader).unwrap();
+    let fc = nodes.client(follower).await;
+    match fc.certify(ws("t12", "k12")).await {
+        Err(CertifierError::NotLeader { addr, .. }) => {
+            assert_eq!(addr.as_deref(), Some(nodes.addrs[&leader].as_str()))
+        }
+        other => panic!("a follower certified: {other:?}"),
+    }
+    // Every node serves the versions from its own versions log.
+    for id in nodes.addrs.keys() {
+        let c = nodes.client(*id).await;
+        let got: Vec<_> = c
+            .subscribe(1)
+            .await
+            .unwrap()
+            .take(11)
+            .map(|r| r.unwrap())
+            .collect()
+            .await;
+        let ids: Vec<_> = got.iter().map(|w| w.writeset.txn_id.clone()).collect();
+        assert_eq!(ids[0], Bytes::from_static(b"t1"), "node {id}");
+        assert_eq!(got.last().unwrap().version, 11, "node {id}");
+        let s = c.status().await.unwrap();
+        assert_eq!(s.node_id, *id);
+        assert_eq!(s.leader_id, leader);
+        assert_eq!(s.role, if *id == leader { "leader" } else { "follower" });
+        assert_eq!(s.committed_version, 11);
+        assert_eq!(s.durable_version, 11);
+        assert!(s.term >= 1);
+    }
+    // The leader stops; the others elect one that carries on.
+    let old = nodes.running.remove(&leader).unwrap();
+    old.shutdown().await.unwrap();
+    let next = nodes.leader().await;
+    assert_ne!(next, leader);
+    let nc = nodes.client(next).await;
+    assert_eq!(
+        version(nc.certify(ws("t5", "k5")).await.unwrap()),
+        5,
+        "a retry"
+    );
+    assert_eq!(version(nc.certify(ws("t12", "k12")).await.unwrap()), 12);
+    // The old leader comes back from its disk as a follower and catches up.
+    nodes.restart(leader).await;
+    assert_eq!(nodes.leader().await, next);
+    assert_eq!(version(nc.certify(ws("t13", "k13")).await.unwrap()), 13);
+    let back = nodes.client(leader).await;
+    let got: Vec<_> = back
+        .subscribe(1)
+        .await
+        .unwrap()
+        .take(13)
+        .map(|r| r.unwrap().version)
+        .collect()
+        .await;
+    assert_eq!(got, (1..=13).collect::<Vec<_>>());
+    for (_, r) in std::mem::take(&mut nodes.running) {
+        r.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_given_every_node_follows_the_leader_across_a_failover() {
+    let mut nodes = Nodes::start(3).await;
+    let leader = nodes.leader().await;
+    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let client = CertifierClient::connect(&all).await.unwrap();
+    // Through the client: a follower named first redirects it.
+    let x = version(client.certify(ws("x", "kx")).await.unwrap());
+    let (writers, each) = (4u64, 40u64);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stopper = {
+        let counted = client.clone();
+        tokio::spawn(async move {
+            // Stop the leader once some commits are through.
+            while counted.acknowledged().await.unwrap_or(0) < 20 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let _ = stop_tx.send(());
+        })
+    };
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..each {
+                let id = format!("w{w}-{i}");
+                got.push(version(c.certify(ws(&id, &id)).await.unwrap()));
+            }
+            got
+        }));
+    }
+    stop_rx.await.unwrap();
+    let stopped = std::time::Instant::now();
+    nodes
+        .running
+        .remove(&leader)
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    stopper.await.unwrap();
+    let mut versions = vec![x];
+    for t in tasks {
+        versions.extend(t.await.unwrap());
+    }
+    let next = nodes.leader().await;
+    eprintln!(
+        "leader {leader} stopped; node {next} leads; all writers done {:?} after the stop",
+        stopped.elapsed()
+    );
+    versions.sort_unstable();
+    let n = 1 + writers * each;
+    assert_eq!(versions, (1..=n).collect::<Vec<_>>(), "dense, each once");
+    // The first transaction again, through the same client: its version.
+    assert_eq!(version(client.certify(ws("x", "kx")).await.unwrap()), x);
+    // Subscribe through the list, one node down.
+    let sub = CertifierClient::connect(&all).await.unwrap();
+    let got: Vec<_> = sub
+        .subscribe(1)
+        .await
+        .unwrap()
+        .take(n as usize)
+        .map(|r| r.unwrap().version)
+        .collect()
+        .await;
+    assert_eq!(got, (1..=n).collect::<Vec<_>>());
+    for (_, r) in std::mem::take(&mut nodes.running) {
+        r.shutdown().await.unwrap();
+    }
+}

@@ -1,0 +1,153 @@
+//! A replicated certifier in a local cluster (`[cluster] certifiers` > 1,
+//! `tashkent up --certifiers 3`): one raft node per certifier, each with
+//! its own directory (`StateDir::certifier_node_dir`) and port (chosen at
+//! the first start, kept in `ports.json`), started, SIGKILLed and
+//! restarted one by one; the proxies are given every node's address.
+
+use std::net::SocketAddr;
+
+use tashkent_certifier::{CertifierConfig, RunningCertifier};
+
+use super::{part_addr, path_arg, write_section, LocalCluster, Part, Placement};
+use crate::error::{Error, Result};
+use crate::ops::process::ChildProcess;
+
+/// Where `certifiers` nodes listen: the ports `kept` from the first start,
+/// else free ones (none for a single certifier). Raft needs every address
+/// before any node starts, so they cannot be chosen by binding port 0.
+pub(super) fn listen_addrs(certifiers: u32, kept: &[u16]) -> Result<Vec<SocketAddr>> {
+    if certifiers <= 1 {
+        return Ok(Vec::new());
+    }
+    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    if kept.len() == certifiers as usize {
+        return Ok(kept.iter().map(|p| local(*p)).collect());
+    }
+    // All bound at once, so that they differ; released for the nodes.
+    let held = (0..certifiers)
+        .map(|_| std::net::TcpListener::bind(local(0)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(Error::io("choosing the certifier nodes' ports".to_string()))?;
+    held.iter()
+        .map(|l| {
+            l.local_addr()
+                .map_err(Error::io("a bound port".to_string()))
+        })
+        .collect()
+}
+
+impl LocalCluster {
+    /// Whether the certifier is replicated (several nodes).
+    pub(super) fn replicated(&self) -> bool {
+        !self.node_listen.is_empty()
+    }
+
+    /// How many certifier nodes there are (1: the single certifier).
+    pub fn certifier_nodes(&self) -> usize {
+        self.node_listen.len().max(1)
+    }
+
+    /// Where each certifier node listens, node 1 first (also while one is
+    /// stopped); a single certifier: its address, if it runs.
+    pub fn certifier_node_addrs(&self) -> Vec<SocketAddr> {
+        if self.replicated() {
+            self.node_listen.clone()
+        } else {
+            self.certifier_addr().into_iter().collect()
+        }
+    }
+
+    /// `1=host:port,2=...`: the `peers` of every node.
+    fn peers(&self) -> String {
+        let all: Vec<String> = self
+            .node_listen
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect();
+        all.join(",")
+    }
+
+    /// Starts certifier node `i` (0-based; node id `i + 1`), stopping it
+    /// first if it runs, on its address and directory.
+    pub async fn start_certifier_node(&mut self, i: usize) -> Result<()> {
+        if !self.replicated() {
+            return Err(Error::Config("the certifier is not replicated".into()));
+        }
+        self.stop_certifier_node(i).await?;
+        let id = i as u32 + 1;
+        let cfg = CertifierConfig {
+            listen: self.node_listen[i],
+            wal_dir: self.state.certifier_node_dir(id),
+            node_id: Some(u64::from(id)),
+            peers: Some(self.peers()),
+            // One metrics port per node is not kept yet.
+            metrics_listen: None,
+            ..self.config.certifier.clone()
+        };
+        let name = format!("certifier {id}");
+        let part = match &self.placement {
+            Placement::InProcess => {
+                Part::InProcess(tashkent_certifier::start(cfg).await.map_err(|source| {
+                    Error::Certifier {
+                        context: format!("starting {name}"),
+                        source,
+                    }
+                })?)
+            }
+            Placement::Processes { exe } => {
+                let file = self.state.certifier_node_config_file(id);
+                write_section(&file, "certifier", &cfg)?;
+                let args = vec!["certifier".into(), "--config".into(), path_arg(&file)];
+                let exe = exe.clone();
+                Part::Process(
+                    tokio::task::spawn_blocking(move || ChildProcess::spawn(&exe, &name, &args))
+                        .await
+                        .map_err(|e| Error::Config(format!("starting certifier {id}: {e}")))??,
+                )
+            }
+        };
+        self.node_listen[i] = part_addr(&part, |c: &RunningCertifier| c.local_addr());
+        if self.nodes.len() < self.node_listen.len() {
+            self.nodes.resize_with(self.node_listen.len(), || None);
+        }
+        self.nodes[i] = Some(part);
+        Ok(())
+    }
+
+    /// SIGKILLs certifier node `i` (a child process), or stops it (in
+    /// process).
+    pub async fn kill_certifier_node(&mut self, i: usize) -> Result<()> {
+        self.end_certifier_node(i, true).await
+    }
+
+    /// Stops certifier node `i` gracefully (SIGTERM for a process).
+    pub(super) async fn stop_certifier_node(&mut self, i: usize) -> Result<()> {
+        self.end_certifier_node(i, false).await
+    }
+
+    async fn end_certifier_node(&mut self, i: usize, kill: bool) -> Result<()> {
+        let verb = if kill { "killing" } else { "stopping" };
+        match self.nodes.get_mut(i).and_then(Option::take) {
+            Some(Part::Process(p)) => {
+                tokio::task::spawn_blocking(move || if kill { p.kill() } else { p.terminate() })
+                    .await
+                    .map_err(|e| Error::Config(format!("{verb} certifier {}: {e}", i + 1)))
+            }
+            Some(Part::InProcess(c)) => c.shutdown().await.map_err(|source| Error::Certifier {
+                context: format!("stopping certifier {}", i + 1),
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The process id of certifier node `i`, when it runs as a child
+    /// process.
+    pub fn certifier_node_pid(&self, i: usize) -> Option<u32> {
+        match self.nodes.get(i)?.as_ref()? {
+            Part::Process(p) => Some(p.pid()),
+            Part::InProcess(_) => None,
+        }
+    }
+}

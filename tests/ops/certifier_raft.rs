@@ -1,0 +1,110 @@
+//! A local cluster with a replicated certifier (`[cluster] certifiers =
+//! 3`, as `tashkent up --certifiers 3`): three `tashkent certifier
+//! --config` node processes, the proxies given every node; `tashkent
+//! status` prints each node with its role; a follower SIGKILLed and
+//! restarted catches up while commits go on.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::cluster::{blocking, tashkent, Cluster};
+use common::pid_alive;
+
+/// Inserts rows `from..to` of `t` through proxy `i`.
+async fn insert(cluster: &Cluster, i: usize, from: i32, to: i32) {
+    let c = cluster.client(i).await;
+    for k in from..to {
+        c.execute("INSERT INTO t (k, v) VALUES ($1, $1)", &[&k])
+            .await
+            .unwrap_or_else(|e| panic!("insert {k} through proxy {}: {e}", i + 1));
+    }
+}
+
+/// `tashkent status --json` of the cluster.
+pub(crate) fn status_json(cluster: &Cluster) -> serde_json::Value {
+    let state = cluster.state_dir().display().to_string();
+    let (ok, out) = blocking(|| tashkent(&["status", "--state-dir", &state, "--json"]));
+    assert!(ok, "{out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The leader's index (0-based) as `tashkent status` sees it, once there
+/// is one.
+pub(crate) async fn leader(cluster: &Cluster) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let json = status_json(cluster);
+        let nodes = json["certifier_nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if let Some(n) = nodes.iter().find(|n| n["role"] == "leader") {
+            return n["node_id"].as_u64().unwrap() as usize - 1;
+        }
+        assert!(std::time::Instant::now() < deadline, "no leader: {json}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_certifier_nodes_serve_the_proxies_and_status_names_the_leader() {
+    let mut cluster = Cluster::start_file(2, |f| f.cluster.certifiers = 3).await;
+    assert_eq!(cluster.certifier_nodes(), 3);
+    let addrs = cluster.certifier_addrs().unwrap();
+    assert_eq!(addrs.split(',').count(), 3, "{addrs}");
+    cluster
+        .client(0)
+        .await
+        .batch_execute("CREATE TABLE t (k int PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+    insert(&cluster, 0, 0, 20).await;
+    insert(&cluster, 1, 20, 40).await;
+    cluster.assert_identical().await;
+
+    let leader = leader(&cluster).await;
+    let json = status_json(&cluster);
+    let nodes = json["certifier_nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{json}");
+    for n in nodes {
+        assert_eq!(n["state"], "up", "{json}");
+        assert!(n["committed_version"].as_u64().unwrap() >= 41, "{json}");
+        assert_eq!(
+            n["leader_id"].as_u64().unwrap(),
+            leader as u64 + 1,
+            "{json}"
+        );
+    }
+    assert_eq!(json["certifier"]["role"], "leader", "{json}");
+    let state = cluster.state_dir().display().to_string();
+    let (ok, out) = blocking(|| tashkent(&["status", "--state-dir", &state]));
+    assert!(ok, "{out}");
+    let node_lines: Vec<&str> = out.lines().filter(|l| l.starts_with("node ")).collect();
+    assert_eq!(node_lines.len(), 3, "{out}");
+    assert_eq!(
+        node_lines.iter().filter(|l| l.contains(" leader ")).count(),
+        1,
+        "{out}"
+    );
+
+    // A follower is SIGKILLed: commits go on; restarted, it catches up.
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let pid = cluster.certifier_node_pid(follower).unwrap();
+    cluster.kill_certifier_node(follower).await.unwrap();
+    assert!(!pid_alive(pid as i32));
+    insert(&cluster, 0, 40, 60).await;
+    cluster.start_certifier_node(follower).await.unwrap();
+    insert(&cluster, 1, 60, 80).await;
+    cluster.assert_identical().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let json = status_json(&cluster);
+        let n = &json["certifier_nodes"][follower];
+        if n["durable_version"].as_u64().unwrap_or(0) >= 81 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{json}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
