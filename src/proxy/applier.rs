@@ -39,7 +39,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::{Client, Statement};
 
 use super::commit_order::Place;
-use super::coordination::{ApplyStuck, Shared};
+use super::coordination::{ApplyStuck, Shared, Turn};
 use super::ProxyConfig;
 use crate::error::{Error, Result};
 use crate::proxy::capture::{
@@ -820,7 +820,7 @@ impl Follower<'_> {
         if batch.len() == 1 {
             let c = &batch[0];
             if self.local_pending(&c.writeset.txn_id, c.writeset.origin) {
-                if let Some(done) = self.shared.hand(&c.writeset.txn_id, first) {
+                if let Some(done) = hand_turn(self.shared, &c.writeset.txn_id, first) {
                     self.inflight.push(first, first, Some(done));
                     return Ok(());
                 }
@@ -920,7 +920,7 @@ impl Follower<'_> {
             if !done {
                 self.skip_rest(v).await?;
             }
-            if let Some(done) = self.shared.hand(&header.txn_id, v) {
+            if let Some(done) = hand_turn(self.shared, &header.txn_id, v) {
                 self.inflight.push(v, v, Some(done));
                 return Ok(());
             }
@@ -1012,8 +1012,6 @@ impl Follower<'_> {
         let Some(conn) = self.conn.as_ref() else {
             return;
         };
-        self.shared
-            .forget_claims_through(*self.shared.applied.borrow());
         let keep_from =
             (last / APPLIED_LOG_KEEP * APPLIED_LOG_KEEP).saturating_sub(APPLIED_LOG_KEEP);
         if keep_from == 0 {
@@ -1075,6 +1073,16 @@ fn check_format(ws: &Writeset, v: Version) -> Result<()> {
     } else {
         Err(format_error(ws.format_version, v))
     }
+}
+
+/// Hands version `v` to the local session waiting for it, which commits
+/// it and says on the returned channel whether it did; `None` when no
+/// session takes it (the applier applies it from the log).
+fn hand_turn(shared: &Shared, txn_id: &[u8], v: Version) -> Option<oneshot::Receiver<bool>> {
+    let turn = shared.take_pending(txn_id)?;
+    let (done, committed) = oneshot::channel();
+    turn.send(Turn { version: v, done }).ok()?;
+    Some(committed)
 }
 
 /// Tables this replica's own transactions wrote in `batch`. Applied from

@@ -24,19 +24,6 @@ pub struct Turn {
     pub done: oneshot::Sender<bool>,
 }
 
-/// Where a local transaction's turn stands until the applier reaches its
-/// version.
-enum Handoff {
-    /// The session waits for the applier to hand it its turn.
-    Waiting(oneshot::Sender<Turn>),
-    /// The session took its turn for `version`; it says here whether it
-    /// committed.
-    Claimed {
-        version: Version,
-        committed: oneshot::Receiver<bool>,
-    },
-}
-
 /// How the applier reaches a session whose transaction blocks it.
 #[derive(Default)]
 pub struct SessionSignal {
@@ -93,13 +80,10 @@ impl SessionSignal {
 /// - `applied` only grows, and every version up to it is committed on the
 ///   replica (it is `max(tashkent.applied)` after each commit);
 /// - a local transaction is in `pending` from before its certification
-///   until the applier reaches its version: the applier never reaches a
+///   until the applier hands it its `Turn`: the applier never reaches a
 ///   local version it cannot find, and commits nothing after version `v`
 ///   until `v`'s turn reported back (or was dropped, and `v` applied from
-///   the log instead). Its turn comes from the applier (`hand`), or, when
-///   the certifier's answer comes first and its predecessor has taken its
-///   turn, the session claims it (`claim`) and the applier finds the
-///   claim;
+///   the log instead);
 /// - `snapshots` counts the open transactions by snapshot version: its
 ///   minimum is what the certifier may forget below;
 /// - while `recovery_needed` or `apply_stuck` is set, no write commits.
@@ -110,9 +94,8 @@ pub struct Shared {
     /// there).
     pub applied: watch::Sender<Version>,
     /// Local transactions sent to the certifier, by transaction id: the
-    /// applier hands each its turn when it reaches the version, or finds
-    /// the turn claimed.
-    pending: Mutex<HashMap<Vec<u8>, Handoff>>,
+    /// applier hands each its turn when it reaches the version.
+    pending: Mutex<HashMap<Vec<u8>, oneshot::Sender<Turn>>>,
     /// Snapshot versions of open transactions (with counts).
     snapshots: Mutex<BTreeMap<Version, usize>>,
     /// Client sessions by their backend's process id.
@@ -208,71 +191,23 @@ impl Shared {
 
     pub fn expect_turn(&self, txn_id: &[u8]) -> oneshot::Receiver<Turn> {
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .insert(txn_id.to_vec(), Handoff::Waiting(tx));
+        self.pending.lock().insert(txn_id.to_vec(), tx);
         rx
     }
 
     /// Withdraws a pending hand-off; false when the applier already took it
     /// (the transaction is committed and its turn is on the way).
     pub fn withdraw(&self, txn_id: &[u8]) -> bool {
-        let mut pending = self.pending.lock();
-        match pending.get(txn_id) {
-            Some(Handoff::Waiting(_)) => pending.remove(txn_id).is_some(),
-            _ => false,
-        }
+        self.pending.lock().remove(txn_id).is_some()
     }
 
-    /// True while a local session commits `txn_id` and the applier has
-    /// not reached its version.
+    /// True while a local session waits for the turn of `txn_id`.
     pub fn is_pending(&self, txn_id: &[u8]) -> bool {
         self.pending.lock().contains_key(txn_id)
     }
 
-    /// The applier reached version `v` of the local transaction `txn_id`:
-    /// hands the waiting session its turn, or takes the turn its session
-    /// claimed. The receiver says whether the session committed `v`;
-    /// `None` when no session commits it (the applier applies it).
-    pub fn hand(&self, txn_id: &[u8], v: Version) -> Option<oneshot::Receiver<bool>> {
-        match self.pending.lock().remove(txn_id)? {
-            Handoff::Waiting(session) => {
-                let (done, committed) = oneshot::channel();
-                session.send(Turn { version: v, done }).ok()?;
-                Some(committed)
-            }
-            Handoff::Claimed { version, committed } if version == v => Some(committed),
-            Handoff::Claimed { version, .. } => {
-                tracing::error!("the session of version {version} reached as version {v}");
-                None
-            }
-        }
-    }
-
-    /// The certifier answered `v` for the local transaction `txn_id`
-    /// before the applier reached `v`: the session takes its turn itself
-    /// (the applier will find the claim). `None` when the applier has
-    /// handed the turn already (it is on the session's channel).
-    pub fn claim(&self, txn_id: &[u8], v: Version) -> Option<Turn> {
-        let mut pending = self.pending.lock();
-        let handoff = pending.get_mut(txn_id)?;
-        if !matches!(handoff, Handoff::Waiting(_)) {
-            return None;
-        }
-        let (done, committed) = oneshot::channel();
-        *handoff = Handoff::Claimed {
-            version: v,
-            committed,
-        };
-        Some(Turn { version: v, done })
-    }
-
-    /// Forgets claims of versions up to `applied` that the applier never
-    /// reached (it learnt from the replica that they were committed).
-    pub fn forget_claims_through(&self, applied: Version) {
-        self.pending
-            .lock()
-            .retain(|_, h| !matches!(h, Handoff::Claimed { version, .. } if *version <= applied));
+    pub fn take_pending(&self, txn_id: &[u8]) -> Option<oneshot::Sender<Turn>> {
+        self.pending.lock().remove(txn_id)
     }
 
     pub fn open_snapshot(&self, v: Version) {

@@ -66,7 +66,6 @@ pub struct ProxyMetrics {
     aborts: Family<Label, Counter>,
     commit_seconds: Histogram,
     turn_wait_seconds: Histogram,
-    turns: Family<Label, Counter>,
     flush_wait_seconds: Histogram,
     apply_batch: Histogram,
     connections: Gauge,
@@ -106,13 +105,6 @@ impl Default for ProxyMetrics {
             "turn_wait_seconds",
             "From the certifier's answer until the transaction's turn in the commit order",
             turn_wait_seconds.clone(),
-        );
-        let turns = Family::default();
-        registry.register(
-            "turns",
-            "Turns in the commit order of this proxy's sessions, by how they came (handed: by \
-             the applier reaching the version; claimed: by the session at the certifier's answer)",
-            turns.clone(),
         );
         let flush_wait_seconds = Histogram::new(tashkent_metrics::seconds_buckets());
         registry.register(
@@ -162,7 +154,6 @@ impl Default for ProxyMetrics {
             aborts,
             commit_seconds,
             turn_wait_seconds,
-            turns,
             flush_wait_seconds,
             apply_batch,
             connections,
@@ -191,13 +182,6 @@ impl ProxyMetrics {
 
     pub fn waited_for_turn(&self, d: Duration) {
         self.turn_wait_seconds.observe(d.as_secs_f64());
-    }
-
-    /// A session got its turn: `claimed` at the certifier's answer, else
-    /// handed by the applier.
-    pub fn turn(&self, claimed: bool) {
-        let how = if claimed { "claimed" } else { "handed" };
-        self.turns.get_or_create(&[("how", how)]).inc();
     }
 
     pub fn waited_for_flush(&self, d: Duration) {

@@ -59,6 +59,8 @@ async fn grouped_replicas_fsync_and_commit_asynchronously() {
     c.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
         .await
         .unwrap();
+    // Replica 2 takes the table's rows only once it has the table.
+    cluster.wait_converged().await;
     for i in 0..20 {
         let c = cluster.client(i % 2).await;
         c.execute("INSERT INTO t VALUES ($1, $1)", &[&(i as i32)])

@@ -78,14 +78,6 @@ async fn metrics_count_commits_aborts_and_apply_and_status_reports_each_replica(
     );
     assert!(p1.value("tashkent_proxy_commit_seconds_count", &[]) >= updates);
     assert!(p1.value("tashkent_proxy_turn_wait_seconds_count", &[]) >= updates);
-    // Each of these commits took one turn in the commit order, handed by
-    // the applier or claimed at the certifier's answer.
-    let turns = ["handed", "claimed"].map(|how| {
-        p1.value("tashkent_proxy_turns_total", &[("how", how)])
-            .unwrap_or(0.0)
-    });
-    eprintln!("turns handed {} claimed {}", turns[0], turns[1]);
-    assert_eq!(Some(turns[0] + turns[1]), updates, "turns: {turns:?}");
     assert_eq!(
         p1.value("tashkent_proxy_client_connections", &[]),
         Some(1.0),

@@ -132,6 +132,12 @@ pub mod proto {
     tonic::include_proto!("tashkent.raft.v1");
 }
 
+/// Largest message between nodes, each way. An AppendEntries carries at
+/// most `max_payload_entries` entries (see `server::node`), each at most
+/// twice the largest certifier record; the default limit of tonic (4 MiB)
+/// refused the batches of a bulk load.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
 pub use log_store::{LogReader, LogStore};
 pub use network::Network;
 pub use proposer::Proposer;

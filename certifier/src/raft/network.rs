@@ -79,7 +79,11 @@ impl Connection {
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
                 .connect_timeout(timeout);
             // Connects on first use; a node that is down is Unreachable then.
-            self.client = Some(RaftClient::new(endpoint.connect_lazy()));
+            self.client = Some(
+                RaftClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(super::MAX_MESSAGE_BYTES),
+            );
         }
         let client = self.client.as_mut().expect("connected above");
         let mut request = tonic::Request::new(RaftMessage {

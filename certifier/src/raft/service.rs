@@ -32,6 +32,8 @@ impl RaftService {
     /// The tonic server of this service, to add to a router.
     pub fn into_server(self) -> RaftServer<RaftService> {
         RaftServer::new(self)
+            .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(super::MAX_MESSAGE_BYTES)
     }
 }
 

@@ -51,15 +51,20 @@ fn raft_error(e: impl std::fmt::Display) -> CertifierError {
     }
 }
 
-/// Timing for a LAN or loopback: a heartbeat every 100 ms, elections after
-/// 0.5–1 s of silence (a loaded 2-core machine must not miss heartbeats
-/// for that long). A snapshot every 10k entries keeps the raft log short.
+/// Timing for a LAN or loopback: a heartbeat every 150 ms, elections after
+/// 0.6–1.2 s of silence (a loaded 2-core machine must not miss heartbeats
+/// for that long). openraft 0.9 gives an AppendEntries the heartbeat
+/// interval to be answered, the follower's fdatasync included, so a
+/// message carries few entries (a bulk load's entries are megabytes
+/// each: with openraft's default of 300 per message they timed out over
+/// and over). A snapshot every 10k entries keeps the raft log short.
 fn raft_config() -> Result<Arc<Config>, CertifierError> {
     let c = Config {
         cluster_name: "tashkent-certifier".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
+        heartbeat_interval: 150,
+        election_timeout_min: 600,
+        election_timeout_max: 1200,
+        max_payload_entries: 8,
         install_snapshot_timeout: 10_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
         max_in_snapshot_log_to_keep: 1_000,

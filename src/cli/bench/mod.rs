@@ -14,7 +14,9 @@
 //!   committing in order with `synchronous_commit = off`; one forced flush
 //!   acknowledges a whole group);
 //! - `tashkent-mw`: a local cluster with `durability = middleware` (the
-//!   certifier's group-committed log, replicas with fsync off).
+//!   certifier's group-committed log, replicas with fsync off);
+//! - `tashkent-mw-raft`: the same with a replicated certifier, three raft
+//!   nodes (not in the default set).
 //!
 //! Clusters run at every requested replica count; their clients are spread
 //! over all proxies. Data is loaded through the middleware and every
@@ -84,6 +86,11 @@ pub enum System {
     #[value(name = "tashkent-mw")]
     #[serde(rename = "tashkent-mw")]
     TashkentMw,
+    /// Tashkent-MW with a replicated certifier: three raft nodes, each
+    /// with its own log (`[cluster] certifiers = 3`).
+    #[value(name = "tashkent-mw-raft")]
+    #[serde(rename = "tashkent-mw-raft")]
+    TashkentMwRaft,
 }
 
 impl System {
@@ -96,6 +103,7 @@ impl System {
             System::Base => "base",
             System::TashkentApi => "tashkent-api",
             System::TashkentMw => "tashkent-mw",
+            System::TashkentMwRaft => "tashkent-mw-raft",
         }
     }
 
@@ -105,7 +113,15 @@ impl System {
             System::PostgresFsync | System::PostgresNofsync | System::PostgresRr => None,
             System::Base => Some(DurabilityMode::Database),
             System::TashkentApi => Some(DurabilityMode::DatabaseGrouped),
-            System::TashkentMw => Some(DurabilityMode::Middleware),
+            System::TashkentMw | System::TashkentMwRaft => Some(DurabilityMode::Middleware),
+        }
+    }
+
+    /// Certifier nodes of a cluster.
+    fn certifiers(self) -> u32 {
+        match self {
+            System::TashkentMwRaft => 3,
+            _ => 1,
         }
     }
 
@@ -166,7 +182,8 @@ pub struct BenchArgs {
     /// postgres-nofsync, postgres-rr (standalone: fsync on, fsync off,
     /// fsync on with repeatable read), base (durability = database),
     /// tashkent-api (durability = database-grouped), tashkent-mw
-    /// (durability = middleware).
+    /// (durability = middleware), tashkent-mw-raft (the same with three
+    /// certifier nodes on raft).
     #[arg(
         long,
         value_enum,
@@ -366,8 +383,9 @@ pub struct BenchOutcome {
 
 /// Ratios that the design's claims are about: Tashkent-MW against the
 /// standalone server at one replica, and against Base at every replica
-/// count both ran at; Tashkent-API against Base, and Tashkent-MW against
-/// Tashkent-API, likewise.
+/// count both ran at; Tashkent-API against Base, Tashkent-MW against
+/// Tashkent-API, and Tashkent-MW on three certifier nodes against one,
+/// likewise.
 pub fn ratios(report: &Report) -> Vec<Ratio> {
     let tps = |w: Workload, system: &str, n: u32| {
         report
@@ -420,6 +438,9 @@ pub fn ratios(report: &Report) -> Vec<Ratio> {
         }
         for n in counts_of(System::TashkentApi) {
             push(mw, n, api);
+        }
+        for n in counts_of(System::TashkentMw) {
+            push(System::TashkentMwRaft.name(), n, mw);
         }
     }
     out
@@ -557,6 +578,7 @@ impl Running {
                         state_dir: state.to_owned(),
                         replicas,
                         durability,
+                        certifiers: system.certifiers(),
                         database: DATABASE.into(),
                         // Measured like standalone PostgreSQL, which runs
                         // without TLS: pgbench's default sslmode=prefer

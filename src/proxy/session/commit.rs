@@ -248,16 +248,11 @@ impl Session {
         let mut stuck = self.shared.apply_stuck.subscribe();
         // Looked at once certified, even if it was set before.
         stuck.mark_changed();
-        // Whether the turn may still be claimed before the applier hands it.
-        let mut claimable = true;
         let turn = loop {
             tokio::select! {
                 biased;
                 t = &mut *turn, if !released => match t {
-                    Ok(t) => {
-                        self.shared.metrics.turn(false);
-                        break t;
-                    }
+                    Ok(t) => break t,
                     // The applier took the hand-off and then dropped it:
                     // it applies the writeset itself.
                     Err(_) => {
@@ -309,20 +304,6 @@ impl Session {
                         certified = true;
                     }
                 },
-                // Certified, and the predecessor took its turn before the
-                // applier reached our version (its stream comes after the
-                // certifier's answer): take the turn now, one hop sooner.
-                p = self.shared.order.wait_place(version.unwrap_or(0)),
-                    if claimable && !released && version.is_some() =>
-                {
-                    claimable = false;
-                    if let (Place::Go { .. }, Some(v)) = (p, version) {
-                        if let Some(t) = self.shared.claim(&txn_id, v) {
-                            self.shared.metrics.turn(true);
-                            break t;
-                        }
-                    }
-                }
                 // The applier cannot apply a version up to ours: our turn
                 // does not come while that lasts. The transaction is (or
                 // will be) committed in the global order; say so.
@@ -551,9 +532,7 @@ impl Session {
         self.committed_version(v);
         Ok(())
     }
-}
 
-impl Session {
     /// Waits until the replica has applied the certified version `v`;
     /// should the applier be stuck below or at `v`, says that `v` is
     /// committed in the global order but not here yet.
