@@ -99,6 +99,13 @@
 //!   openraft's messages as JSON but log entries in their binary log
 //!   encoding; snapshots go in openraft's chunks, inside the JSON (a
 //!   streaming RPC would be cheaper for big windows).
+//! - A node whose disk was wiped rejoins as the same member (openraft's
+//!   `loosen-follower-log-revert`, else the leader panics on its emptied
+//!   log): it gets the snapshot and the log after it. It has also
+//!   forgotten its vote, so it could vote twice in the term it was wiped
+//!   in; the safe way is to rejoin as a new member (remove, add: needs the
+//!   membership commands below). Snapshots are taken every
+//!   `raft_snapshot_entries` entries (`[certifier]`, default 10000).
 //! - Followers redirect (the client follows), they do not forward.
 //!   Membership changes (add/remove a node online) have no command yet.
 //!

@@ -53,16 +53,17 @@ fn raft_error(e: impl std::fmt::Display) -> CertifierError {
 
 /// Timing for a LAN or loopback: a heartbeat every 100 ms, elections after
 /// 0.5–1 s of silence (a loaded 2-core machine must not miss heartbeats
-/// for that long). A snapshot every 10k entries keeps the raft log short.
-fn raft_config() -> Result<Arc<Config>, CertifierError> {
+/// for that long). A snapshot every `snapshot_entries` entries (10k by
+/// default) keeps the raft log short.
+fn raft_config(snapshot_entries: u64) -> Result<Arc<Config>, CertifierError> {
     let c = Config {
         cluster_name: "tashkent-certifier".into(),
         heartbeat_interval: 100,
         election_timeout_min: 500,
         election_timeout_max: 1000,
         install_snapshot_timeout: 10_000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_entries),
+        max_in_snapshot_log_to_keep: snapshot_entries / 10,
         ..Config::default()
     };
     Ok(Arc::new(c.validate().map_err(raft_error)?))
@@ -113,9 +114,15 @@ pub(super) async fn open(
     let latest = sm.certifier().latest();
     versions.restored(latest).await?;
     let state = sm.shared_certifier();
-    let raft = Raft::new(id, raft_config()?, Network, log, sm)
-        .await
-        .map_err(raft_error)?;
+    let raft = Raft::new(
+        id,
+        raft_config(config.raft_snapshot_entries)?,
+        Network,
+        log,
+        sm,
+    )
+    .await
+    .map_err(raft_error)?;
     if Some(&id) == peers.keys().next() && !raft.is_initialized().await.map_err(raft_error)? {
         let members: BTreeMap<NodeId, BasicNode> = peers
             .iter()
