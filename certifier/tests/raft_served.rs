@@ -370,3 +370,63 @@ async fn a_wiped_follower_rejoins_from_a_snapshot_and_serves_what_follows_it() {
         r.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_added_and_another_removed_online() {
+    use tashkent_certifier::raft::membership::{change, MembershipChange};
+    let mut nodes = Nodes::start(3).await;
+    let leader = nodes.leader().await;
+    let three = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let client = CertifierClient::connect(&three).await.unwrap();
+    commit_numbered(&client, 1..=30).await;
+    // Node 4 starts knowing every node, itself included, and is added.
+    let addr4 = ports(1).remove(0);
+    nodes.addrs.insert(4, addr4.clone());
+    nodes.peers = format!("{},4={addr4}", nodes.peers);
+    nodes.dirs.insert(4, tempfile::tempdir().unwrap());
+    nodes.restart(4).await;
+    let voters = change(
+        &three,
+        MembershipChange::Add {
+            id: 4,
+            addr: addr4.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(voters, vec![1, 2, 3, 4]);
+    // A follower leaves; the others go on, node 4 among the voters.
+    let gone = *nodes
+        .addrs
+        .keys()
+        .find(|id| **id != leader && **id != 4)
+        .unwrap();
+    let voters = change(&three, MembershipChange::Remove { id: gone })
+        .await
+        .unwrap();
+    assert_eq!(voters.len(), 3);
+    assert!(!voters.contains(&gone) && voters.contains(&4), "{voters:?}");
+    nodes
+        .running
+        .remove(&gone)
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    commit_numbered(&client, 31..=40).await;
+    let c4 = nodes.client(4).await;
+    let got: Vec<_> = c4
+        .subscribe(1)
+        .await
+        .unwrap()
+        .take(40)
+        .map(|r| r.unwrap().version)
+        .collect()
+        .await;
+    assert_eq!(got, (1..=40).collect::<Vec<_>>());
+    let s = c4.status().await.unwrap();
+    assert_eq!((s.node_id, s.leader_id), (4, leader));
+    for (_, r) in std::mem::take(&mut nodes.running) {
+        r.shutdown().await.unwrap();
+    }
+}

@@ -103,11 +103,14 @@
 //!   `loosen-follower-log-revert`, else the leader panics on its emptied
 //!   log): it gets the snapshot and the log after it. It has also
 //!   forgotten its vote, so it could vote twice in the term it was wiped
-//!   in; the safe way is to rejoin as a new member (remove, add: needs the
-//!   membership commands below). Snapshots are taken every
+//!   in; the safe way is to rejoin under a new id (`remove-node` the old,
+//!   `add-node` the new; `membership.rs`). Snapshots are taken every
 //!   `raft_snapshot_entries` entries (`[certifier]`, default 10000).
 //! - Followers redirect (the client follows), they do not forward.
-//!   Membership changes (add/remove a node online) have no command yet.
+//! - Membership (`membership.rs`, `tashkent certifier add-node` /
+//!   `remove-node`): a node added later is not in the other nodes'
+//!   `peers`, so their status and NotLeader answers name it only from the
+//!   raft membership; `tashkent up` does not add or remove nodes.
 //!
 //! ## Tests
 //!
@@ -130,6 +133,7 @@
 
 pub mod entry;
 pub mod log_store;
+pub mod membership;
 pub mod meta;
 pub mod network;
 pub mod proposer;
