@@ -11,6 +11,12 @@
 //!   on the 2-core machine. `grpc/status_rpc` is the floor a unary call
 //!   per transaction would have (the pipeline stream batches instead).
 //!
+//! - `raft/end_to_end_{N}node_4conn_x32`: the same load against a
+//!   replicated certifier of N raft nodes in this process (`--node-id`,
+//!   `--peers`), the clients given every node (they find the leader);
+//!   every node fsyncs its raft log and its versions log. Issue 14's goal:
+//!   3 nodes >= 0.7x one node (compare with `grpc/end_to_end_4conn_x32`).
+//!
 //! The bench runs with mimalloc, as the certifier binary does.
 //!
 //! Run: `cargo bench --bench certify`
@@ -266,5 +272,99 @@ fn end_to_end(c: &mut Criterion) {
     rt.block_on(server.shutdown()).expect("shutdown");
 }
 
-criterion_group!(benches, rule, end_to_end);
+/// `n` raft nodes on free loopback ports, each in its own directory.
+async fn raft_nodes(
+    n: usize,
+    dir: &std::path::Path,
+) -> (Vec<tashkent_certifier::RunningCertifier>, String) {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("port"))
+        .collect();
+    let addrs: Vec<String> = held
+        .iter()
+        .map(|l| l.local_addr().expect("addr").to_string())
+        .collect();
+    drop(held);
+    let peers: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let cfg = CertifierConfig {
+            wal_dir: dir.join(format!("node-{}", i + 1)),
+            node_id: Some(i as u64 + 1),
+            peers: Some(peers.join(",")),
+            ..CertifierConfig::default()
+        };
+        nodes.push(tashkent_certifier::start(cfg).await.expect("start node"));
+    }
+    (nodes, addrs.join(","))
+}
+
+fn replicated(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut g = c.benchmark_group("raft");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(5));
+    for n in [1usize, 3] {
+        let dir = bench_dir();
+        let (nodes, addrs) = rt.block_on(raft_nodes(n, dir.path()));
+        let head = Arc::new(AtomicU64::new(0));
+        let clients: Vec<CertifierClient> = rt
+            .block_on(async {
+                let first = CertifierClient::connect(&addrs).await?;
+                // The election: one address means no retries.
+                while first.status().await?.leader_id == 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+                first.certify(writeset(&mut rng, u64::MAX, 0)).await?;
+                let mut v = vec![first.clone()];
+                for _ in 1..4 {
+                    v.push(first.connect_again().await?);
+                }
+                Ok::<_, tashkent_certifier::CertifierError>(v)
+            })
+            .expect("connect");
+        // A replica reporting as in `end_to_end` (the nodes propose at
+        // most one report a second): without one the conflict window, and
+        // every raft snapshot with it, would grow to its memory bound.
+        let reporter = {
+            let client = clients[0].clone();
+            let head = head.clone();
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let h = head.load(Ordering::Relaxed);
+                    let _ = client.report_applied(1, h, h.saturating_sub(1000)).await;
+                }
+            })
+        };
+        g.bench_function(format!("end_to_end_{n}node_4conn_x32"), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let clients = clients.clone();
+                let head = head.clone();
+                async move {
+                    let next = Arc::new(AtomicU64::new(0));
+                    drive(iters, 4 * 32, head, move |ws| {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let client = clients[i % clients.len()].clone();
+                        async move { client.certify(ws).await.expect("certify") }
+                    })
+                    .await
+                }
+            });
+        });
+        reporter.abort();
+        for node in nodes {
+            rt.block_on(node.shutdown()).expect("shutdown");
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, rule, end_to_end, replicated);
 criterion_main!(benches);

@@ -84,6 +84,10 @@ pub struct CertifierConfig {
     /// from this list when its raft log is empty (see `server::node`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peers: Option<String>,
+    /// A raft node takes a snapshot after this many log entries and purges
+    /// its raft log behind it (keeping a tenth); a follower that lags
+    /// further, or lost its disk, is sent the snapshot.
+    pub raft_snapshot_entries: u64,
 }
 
 impl Default for CertifierConfig {
@@ -106,6 +110,7 @@ impl Default for CertifierConfig {
             tls_key: None,
             node_id: None,
             peers: None,
+            raft_snapshot_entries: 10_000,
         }
     }
 }
@@ -167,6 +172,9 @@ impl CertifierConfig {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key must be set together");
+        }
+        if self.raft_snapshot_entries == 0 {
+            return bad("raft_snapshot_entries must be positive");
         }
         match (self.node_id, &self.peers) {
             (None, None) => {}

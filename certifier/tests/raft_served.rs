@@ -57,12 +57,18 @@ fn ports(n: usize) -> Vec<String> {
 struct Nodes {
     addrs: BTreeMap<u64, String>,
     peers: String,
+    /// `raft_snapshot_entries` of every node.
+    snapshot_entries: u64,
     dirs: BTreeMap<u64, TempDir>,
     running: BTreeMap<u64, RunningCertifier>,
 }
 
 impl Nodes {
     async fn start(n: u64) -> Nodes {
+        Nodes::start_snapshotting(n, CertifierConfig::default().raft_snapshot_entries).await
+    }
+
+    async fn start_snapshotting(n: u64, snapshot_entries: u64) -> Nodes {
         let addrs: BTreeMap<u64, String> = (1..=n).zip(ports(n as usize)).collect();
         let peers = addrs
             .iter()
@@ -72,6 +78,7 @@ impl Nodes {
         let mut nodes = Nodes {
             addrs,
             peers,
+            snapshot_entries,
             dirs: BTreeMap::new(),
             running: BTreeMap::new(),
         };
@@ -88,6 +95,7 @@ impl Nodes {
             wal_segment_bytes: 1 << 20,
             node_id: Some(id),
             peers: Some(self.peers.clone()),
+            raft_snapshot_entries: self.snapshot_entries,
             ..CertifierConfig::default()
         };
         let r = tashkent_certifier::start(cfg).await.unwrap();
@@ -277,6 +285,147 @@ async fn a_client_given_every_node_follows_the_leader_across_a_failover() {
         .collect()
         .await;
     assert_eq!(got, (1..=n).collect::<Vec<_>>());
+    for (_, r) in std::mem::take(&mut nodes.running) {
+        r.shutdown().await.unwrap();
+    }
+}
+
+/// Certifies `a{i}` for each `i` of `is` through `client`: version `i`.
+async fn commit_numbered(client: &CertifierClient, is: std::ops::RangeInclusive<u64>) {
+    for i in is {
+        let got = client.certify(ws(&format!("a{i}"), &format!("k{i}"))).await;
+        assert_eq!(version(got.unwrap()), i);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_follower_rejoins_from_a_snapshot_and_serves_what_follows_it() {
+    let mut nodes = Nodes::start_snapshotting(3, 20).await;
+    let leader = nodes.leader().await;
+    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let client = CertifierClient::connect(&all).await.unwrap();
+    commit_numbered(&client, 1..=100).await;
+    // A follower loses its disk; the others snapshot and purge meanwhile.
+    let follower = *nodes.addrs.keys().find(|id| **id != leader).unwrap();
+    nodes
+        .running
+        .remove(&follower)
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(nodes.dirs[&follower].path().join("wal")).unwrap();
+    commit_numbered(&client, 101..=200).await;
+    nodes.restart(follower).await;
+    let fc = nodes.client(follower).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let s = loop {
+        let s = fc.status().await.unwrap();
+        if s.durable_version >= 200 {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the wiped follower did not catch up: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // It installed a snapshot: its versions log starts after it, and asks
+    // for older ones get the "rebuild from a checkpoint" answer.
+    assert!(s.first_version > 1, "{s:?}");
+    assert_eq!(s.committed_version, 200);
+    match fc.subscribe(1).await {
+        Err(e) => assert!(e.is_purged(), "{e}"),
+        Ok(_) => panic!("versions before the snapshot served"),
+    }
+    let got: Vec<_> = fc
+        .subscribe(s.first_version)
+        .await
+        .unwrap()
+        .take((201 - s.first_version) as usize)
+        .map(|r| r.unwrap().version)
+        .collect()
+        .await;
+    assert_eq!(got, (s.first_version..=200).collect::<Vec<_>>());
+    // Made the only way to a quorum with the leader, it carries on.
+    let other = *nodes
+        .addrs
+        .keys()
+        .find(|id| **id != leader && **id != follower)
+        .unwrap();
+    nodes
+        .running
+        .remove(&other)
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    assert_eq!(
+        version(client.certify(ws("a5", "k5")).await.unwrap()),
+        5,
+        "a retry"
+    );
+    assert_eq!(version(client.certify(ws("b", "kb")).await.unwrap()), 201);
+    for (_, r) in std::mem::take(&mut nodes.running) {
+        r.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_added_and_another_removed_online() {
+    use tashkent_certifier::raft::membership::{change, MembershipChange};
+    let mut nodes = Nodes::start(3).await;
+    let leader = nodes.leader().await;
+    let three = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let client = CertifierClient::connect(&three).await.unwrap();
+    commit_numbered(&client, 1..=30).await;
+    // Node 4 starts knowing every node, itself included, and is added.
+    let addr4 = ports(1).remove(0);
+    nodes.addrs.insert(4, addr4.clone());
+    nodes.peers = format!("{},4={addr4}", nodes.peers);
+    nodes.dirs.insert(4, tempfile::tempdir().unwrap());
+    nodes.restart(4).await;
+    let voters = change(
+        &three,
+        MembershipChange::Add {
+            id: 4,
+            addr: addr4.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(voters, vec![1, 2, 3, 4]);
+    // A follower leaves; the others go on, node 4 among the voters.
+    let gone = *nodes
+        .addrs
+        .keys()
+        .find(|id| **id != leader && **id != 4)
+        .unwrap();
+    let voters = change(&three, MembershipChange::Remove { id: gone })
+        .await
+        .unwrap();
+    assert_eq!(voters.len(), 3);
+    assert!(!voters.contains(&gone) && voters.contains(&4), "{voters:?}");
+    nodes
+        .running
+        .remove(&gone)
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    commit_numbered(&client, 31..=40).await;
+    let c4 = nodes.client(4).await;
+    let got: Vec<_> = c4
+        .subscribe(1)
+        .await
+        .unwrap()
+        .take(40)
+        .map(|r| r.unwrap().version)
+        .collect()
+        .await;
+    assert_eq!(got, (1..=40).collect::<Vec<_>>());
+    let s = c4.status().await.unwrap();
+    assert_eq!((s.node_id, s.leader_id), (4, leader));
     for (_, r) in std::mem::take(&mut nodes.running) {
         r.shutdown().await.unwrap();
     }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod bench;
+mod certifier;
 mod checkpoint;
 mod proxy;
 mod recover;
@@ -38,8 +39,8 @@ pub struct Cli {
 enum Command {
     /// Start a local cluster (replicas, certifier, proxies) and print how to connect; Ctrl-C stops it.
     Up(up::UpArgs),
-    /// Run the certifier: GSI certification, global order, durable log, gRPC.
-    Certifier(tashkent_certifier::CertifierArgs),
+    /// Run the certifier: GSI certification, global order, durable log, gRPC (add-node, remove-node: change a replicated one's membership).
+    Certifier(certifier::CertifierCmd),
     /// Run a replica proxy: PostgreSQL clients connect here.
     Proxy(proxy::ProxyArgs),
     /// Take a checkpoint of a replica (a consistent dump at a known version) while it serves.
@@ -82,10 +83,7 @@ pub fn main() -> Result<()> {
         .init();
     match cli.command {
         Command::Up(args) => up::run(args),
-        Command::Certifier(args) => tokio::runtime::Runtime::new()
-            .context("starting the tokio runtime")?
-            .block_on(tashkent_certifier::run(args))
-            .context("certifier"),
+        Command::Certifier(cmd) => certifier::run(cmd),
         Command::Proxy(args) => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")?
             .block_on(proxy::run(args)),

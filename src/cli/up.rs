@@ -87,13 +87,15 @@ pub fn run(args: UpArgs) -> Result<()> {
                 cluster.certifier_addrs().unwrap_or_default()
             ));
         }
-        if let (Some(c), Some(p)) = (
-            cluster.certifier_metrics_addr(),
-            cluster.proxy_metrics_addrs(),
-        ) {
+        if let Some(p) = cluster.proxy_metrics_addrs() {
             let proxies: Vec<String> = p.iter().map(|a| format!("http://{a}/metrics")).collect();
+            // A replicated certifier's nodes serve no metrics yet.
+            let certifier = cluster
+                .certifier_metrics_addr()
+                .map(|c| format!("http://{c}/metrics (certifier), "))
+                .unwrap_or_default();
             text.push_str(&format!(
-                "metrics: http://{c}/metrics (certifier), {} (proxies)\n",
+                "metrics: {certifier}{} (proxies)\n",
                 proxies.join(", ")
             ));
         }

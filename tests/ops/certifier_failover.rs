@@ -73,23 +73,46 @@ async fn leader_past(
     }
 }
 
-/// Every node serves versions `1..=upto`, dense and in order.
+/// Every node serves versions `1..=upto` (from the first its log holds),
+/// dense and in order.
 async fn assert_dense(addrs: &[String], upto: u64) {
     for a in addrs {
         let c = CertifierClient::connect(a).await.unwrap();
+        let first = c.status().await.unwrap().first_version.max(1);
         let got: Vec<u64> = tokio::time::timeout(
             Duration::from_secs(30),
-            c.subscribe(1)
+            c.subscribe(first)
                 .await
                 .unwrap()
-                .take(upto as usize)
+                .take((upto + 1 - first) as usize)
                 .map(|w| w.unwrap().version)
                 .collect(),
         )
         .await
         .unwrap_or_else(|_| panic!("node {a} does not serve versions 1..={upto}"));
-        assert_eq!(got, (1..=upto).collect::<Vec<_>>(), "node {a}");
+        assert_eq!(got, (first..=upto).collect::<Vec<_>>(), "node {a}");
     }
+}
+
+/// Three replicas with their proxies, three certifier nodes (`adjust`ed),
+/// TPC-B's tables, and the load running through every proxy; the nodes'
+/// addresses.
+async fn loaded(
+    adjust: impl FnOnce(&mut tashkent_certifier::CertifierConfig),
+) -> (Cluster, Vec<String>, Load) {
+    let cluster = Cluster::start_file(3, |f| {
+        f.cluster.certifiers = 3;
+        adjust(&mut f.certifier);
+    })
+    .await;
+    let addrs: Vec<String> = cluster
+        .certifier_node_addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    setup(&cluster).await;
+    let load = Load::start(&targets_of(&cluster), &[0, 0, 1, 1, 2, 2]);
+    (cluster, addrs, load)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -102,15 +125,7 @@ async fn leader_sigkill_under_tpcb_load_loses_nothing() {
         rng ^= rng << 17;
         rng % m
     };
-    let mut cluster = Cluster::start_file(3, |f| f.cluster.certifiers = 3).await;
-    let addrs: Vec<String> = cluster
-        .certifier_node_addrs()
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    setup(&cluster).await;
-    let targets = targets_of(&cluster);
-    let load = Load::start(&targets, &[0, 0, 1, 1, 2, 2]);
+    let (mut cluster, addrs, load) = loaded(|_| {}).await;
     let mut failovers = Vec::new();
     for round in 1..=2 {
         tokio::time::sleep(Duration::from_millis(1000 + next(2000))).await;
@@ -151,11 +166,16 @@ async fn leader_sigkill_under_tpcb_load_loses_nothing() {
         o.errors
     );
     // Every node, the restarted ones too, holds the same dense versions.
-    let (_, s) = leader_past(&addrs, 0, Duration::from_secs(20)).await;
+    nodes_caught_up(&addrs).await;
+}
+
+/// Waits until every node has made `upto` durable, then checks density.
+async fn nodes_caught_up(addrs: &[String]) {
+    let (_, s) = leader_past(addrs, 0, Duration::from_secs(20)).await;
     let upto = s.committed_version;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let all = statuses(&addrs).await;
+        let all = statuses(addrs).await;
         if all
             .iter()
             .all(|s| s.as_ref().is_some_and(|s| s.durable_version >= upto))
@@ -165,7 +185,52 @@ async fn leader_sigkill_under_tpcb_load_loses_nothing() {
         assert!(Instant::now() < deadline, "nodes did not catch up: {all:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_dense(&addrs, upto).await;
+    assert_dense(addrs, upto).await;
+}
+
+/// A follower SIGKILLed and restarted, then another SIGKILLed, its
+/// directory deleted (a lost disk) and restarted empty: it rejoins from
+/// the leader's snapshot (taken every 200 entries here) and log, while
+/// the load commits through both faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_sigkill_and_lost_disk_under_tpcb_load_lose_nothing() {
+    let (mut cluster, addrs, load) = loaded(|c| c.raft_snapshot_entries = 200).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (leader, _) = leader_past(&addrs, 0, Duration::from_secs(20)).await;
+    let (f1, f2) = ((leader + 1) % 3, (leader + 2) % 3);
+    cluster.kill_certifier_node(f1).await.unwrap();
+    let before = load.acked();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(load.acked() > before, "no commit with a follower down");
+    cluster.start_certifier_node(f1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    cluster.kill_certifier_node(f2).await.unwrap();
+    let dir = tashkent::ops::state_dir::StateDir::new(cluster.state_dir())
+        .certifier_node_dir(f2 as u32 + 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let before = load.acked();
+    // Enough entries for the others to snapshot and purge past its log.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while load.acked() < before + 400 {
+        assert!(Instant::now() < deadline, "the load stopped committing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.start_certifier_node(f2).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let o = load.stop().await;
+    assert_eq!(o.timeouts, 0, "transactions hung");
+    check(&cluster, &o).await;
+    nodes_caught_up(&addrs).await;
+    let wiped = CertifierClient::connect(&addrs[f2]).await.unwrap();
+    let s = wiped.status().await.unwrap();
+    eprintln!(
+        "node {} (wiped) serves versions {}..={} after a snapshot; {} unknown outcomes",
+        f2 + 1,
+        s.first_version,
+        s.durable_version,
+        o.unknown.len()
+    );
 }
 
 fn ws(id: &str) -> Writeset {

@@ -41,6 +41,75 @@ struct Shared {
     wal: Wal,
     meta_path: PathBuf,
     meta: Mutex<Meta>,
+    /// The entries appended last, consecutive: openraft reads each entry
+    /// back to apply it (and to replicate it) right after appending it,
+    /// and a WAL reader must walk its segment from the start to find a
+    /// record (checking every CRC on the way), which costs more the
+    /// further the segment has grown.
+    recent: Mutex<Recent>,
+}
+
+/// Most entries and bytes (of records) the recent-entries cache holds.
+const RECENT_ENTRIES: usize = 8192;
+const RECENT_BYTES: usize = 64 << 20;
+
+#[derive(Default)]
+struct Recent {
+    entries: std::collections::VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, e: &Entry, size: usize) {
+        if self
+            .entries
+            .back()
+            .is_some_and(|(b, _)| b.log_id.index + 1 != e.log_id.index)
+        {
+            self.clear();
+        }
+        self.entries.push_back((e.clone(), size));
+        self.bytes += size;
+        while self.entries.len() > RECENT_ENTRIES || self.bytes > RECENT_BYTES {
+            if let Some((_, s)) = self.entries.pop_front() {
+                self.bytes -= s;
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Drops the entries with index >= `index` (a truncation).
+    fn truncate(&mut self, index: u64) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|(b, _)| b.log_id.index >= index)
+        {
+            if let Some((_, s)) = self.entries.pop_back() {
+                self.bytes -= s;
+            }
+        }
+    }
+
+    /// Entries `lo..hi` if all are here.
+    fn get(&self, lo: u64, hi: u64) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.0.log_id.index;
+        let last = self.entries.back()?.0.log_id.index;
+        if lo < first || hi > last + 1 {
+            return None;
+        }
+        let start = (lo - first) as usize;
+        Some(
+            self.entries
+                .range(start..start + (hi - lo) as usize)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
 }
 
 /// A node's raft log: the WAL in `<dir>/wal` and `<dir>/raft-meta`.
@@ -77,6 +146,7 @@ impl LogStore {
                 wal,
                 meta_path,
                 meta: Mutex::new(meta),
+                recent: Mutex::default(),
             }),
             last,
         })
@@ -157,6 +227,9 @@ async fn read_entries(shared: &Shared, from: u64, to: u64) -> Result<Vec<Entry>,
     // openraft may read what it has just submitted (replication runs
     // ahead of the local flush); the WAL reader yields durable records only.
     wal.wait_durable(hi).await?;
+    if let Some(hit) = shared.recent.lock().get(lo, hi) {
+        return Ok(hit);
+    }
     let mut out = Vec::with_capacity((hi - lo) as usize);
     let reader = match wal.read_from(lsn_of(lo)) {
         Err(WalError::Purged { .. }) => return Ok(out),
@@ -282,8 +355,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     }));
                 }
                 wal.restart_at(lsn).await.map_err(|w| err(w.into()))?;
+                self.shared.recent.lock().clear();
             }
             let rec = entry::encode(&e).map_err(err)?;
+            self.shared.recent.lock().push(&e, rec.len());
             let ticket = wal.submit(rec).map_err(|w| err(w.into()))?;
             debug_assert_eq!(ticket.lsn, lsn);
             self.last = Some(e.log_id);
@@ -307,6 +382,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let err = logs_err(ErrorVerb::Delete);
         let wal = &self.shared.wal;
         // Keep indexes < log_id.index, i.e. LSNs <= log_id.index.
+        self.shared.recent.lock().truncate(log_id.index);
         if log_id.index < wal.last_lsn() {
             wal.truncate_after(log_id.index)
                 .await

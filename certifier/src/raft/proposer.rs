@@ -9,6 +9,7 @@
 //! each still gets its own answer. A lone certification is sent at once.
 
 use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -57,43 +58,74 @@ impl Proposer {
     }
 }
 
+/// Entries proposed and not yet answered, at most. More than one lets
+/// the leader replicate an entry while it flushes the next (openraft
+/// sends whatever accumulated in one AppendEntries); each still waits for
+/// its own flush, so a few suffice.
+const IN_FLIGHT: usize = 4;
+
+type Written = Result<
+    openraft::raft::ClientWriteResponse<super::types::TypeConfig>,
+    RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
+>;
+
 async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Bytes, Reply)>, max_batch: usize) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+    let mut inflight = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            first = rx.recv(), if open && inflight.len() < IN_FLIGHT => {
+                let Some(first) = first else {
+                    open = false;
+                    continue;
+                };
+                let mut batch = vec![first];
+                while batch.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (records, replies): (Vec<Bytes>, Vec<Reply>) = batch.into_iter().unzip();
+                let cmd = match <[Bytes; 1]>::try_from(records) {
+                    Ok([record]) => Command::Certify { record },
+                    Err(records) => Command::CertifyBatch { records },
+                };
+                let raft = raft.clone();
+                inflight.push(async move { (replies, raft.client_write(cmd).await) });
             }
+            Some((replies, written)) = inflight.next(), if !inflight.is_empty() => {
+                answer(replies, written);
+            }
+            else => break,
         }
-        let (records, replies): (Vec<Bytes>, Vec<Reply>) = batch.into_iter().unzip();
-        let cmd = match <[Bytes; 1]>::try_from(records) {
-            Ok([record]) => Command::Certify { record },
-            Err(records) => Command::CertifyBatch { records },
-        };
-        match raft.client_write(cmd).await {
-            Ok(r) => match r.data {
-                Response::Batch(answers) if answers.len() == replies.len() => {
-                    for (reply, a) in replies.into_iter().zip(answers) {
-                        let _ = reply.send(Ok(a));
-                    }
+    }
+}
+
+/// Hands each certification of an entry its answer.
+fn answer(replies: Vec<Reply>, written: Written) {
+    match written {
+        Ok(r) => match r.data {
+            Response::Batch(answers) if answers.len() == replies.len() => {
+                for (reply, a) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(a));
                 }
-                single if replies.len() == 1 => {
-                    for reply in replies {
-                        let _ = reply.send(Ok(single.clone()));
-                    }
-                }
-                other => {
-                    let e = format!("{} certifications answered {other:?}", replies.len());
-                    for reply in replies {
-                        let _ = reply.send(Err(CertifierError::Protocol(e.clone())));
-                    }
-                }
-            },
-            Err(e) => {
+            }
+            single if replies.len() == 1 => {
                 for reply in replies {
-                    let _ = reply.send(Err(write_error(&e)));
+                    let _ = reply.send(Ok(single.clone()));
                 }
+            }
+            other => {
+                let e = format!("{} certifications answered {other:?}", replies.len());
+                for reply in replies {
+                    let _ = reply.send(Err(CertifierError::Protocol(e.clone())));
+                }
+            }
+        },
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(write_error(&e)));
             }
         }
     }

@@ -83,4 +83,12 @@ impl RaftRpc for RaftService {
         let req = decode(&request.into_inner().data)?;
         encode(&self.raft.install_snapshot(req).await)
     }
+
+    async fn change_membership(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let change: super::membership::MembershipChange = decode(&request.into_inner().data)?;
+        encode(&super::membership::apply(&self.raft, change).await)
+    }
 }

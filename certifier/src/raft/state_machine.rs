@@ -175,7 +175,14 @@ impl StateMachine {
         };
         // The window may have moved up (reports, memory bound).
         let horizon = self.certifier.lock().window().horizon();
-        self.window = self.window.split_off(&(horizon + 1));
+        // Popped one by one: `split_off` counts what it keeps, a walk of
+        // the whole window on every entry.
+        while let Some(e) = self.window.first_entry() {
+            if *e.key() > horizon {
+                break;
+            }
+            e.remove();
+        }
         r
     }
 

@@ -57,8 +57,9 @@ fn raft_error(e: impl std::fmt::Display) -> CertifierError {
 /// interval to be answered, the follower's fdatasync included, so a
 /// message carries few entries (a bulk load's entries are megabytes
 /// each: with openraft's default of 300 per message they timed out over
-/// and over). A snapshot every 10k entries keeps the raft log short.
-fn raft_config() -> Result<Arc<Config>, CertifierError> {
+/// and over). A snapshot every `snapshot_entries` entries (10k by
+/// default) keeps the raft log short.
+fn raft_config(snapshot_entries: u64) -> Result<Arc<Config>, CertifierError> {
     let c = Config {
         cluster_name: "tashkent-certifier".into(),
         heartbeat_interval: 150,
@@ -66,8 +67,8 @@ fn raft_config() -> Result<Arc<Config>, CertifierError> {
         election_timeout_max: 1200,
         max_payload_entries: 8,
         install_snapshot_timeout: 10_000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_entries),
+        max_in_snapshot_log_to_keep: snapshot_entries / 10,
         ..Config::default()
     };
     Ok(Arc::new(c.validate().map_err(raft_error)?))
@@ -118,9 +119,15 @@ pub(super) async fn open(
     let latest = sm.certifier().latest();
     versions.restored(latest).await?;
     let state = sm.shared_certifier();
-    let raft = Raft::new(id, raft_config()?, Network, log, sm)
-        .await
-        .map_err(raft_error)?;
+    let raft = Raft::new(
+        id,
+        raft_config(config.raft_snapshot_entries)?,
+        Network,
+        log,
+        sm,
+    )
+    .await
+    .map_err(raft_error)?;
     if Some(&id) == peers.keys().next() && !raft.is_initialized().await.map_err(raft_error)? {
         let members: BTreeMap<NodeId, BasicNode> = peers
             .iter()
