@@ -131,6 +131,21 @@ impl Load {
         );
         all
     }
+
+    /// Stops the load and checks what it left: no transaction hung, and
+    /// `check`'s conditions on every replica. Returns the outcomes and how
+    /// many transactions of unknown outcome committed.
+    pub(crate) async fn finish(self, cluster: &Cluster) -> (Outcomes, usize) {
+        let o = self.stop().await;
+        assert_eq!(o.timeouts, 0, "transactions hung");
+        let in_doubt = check(cluster, &o).await;
+        eprintln!(
+            "{} unknown outcomes ({in_doubt} of them committed), errors {:?}",
+            o.unknown.len(),
+            o.errors
+        );
+        (o, in_doubt)
+    }
 }
 
 async fn client(
@@ -276,9 +291,7 @@ pub(crate) async fn commits_on_then_check(cluster: &Cluster, load: Load) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(load.acked() > before + 10, "the load stopped committing");
-    let o = load.stop().await;
-    assert_eq!(o.timeouts, 0, "transactions hung");
-    check(cluster, &o).await;
+    load.finish(cluster).await;
 }
 
 pub(crate) async fn check(cluster: &Cluster, o: &Outcomes) -> usize {
@@ -440,9 +453,7 @@ async fn replica_without_disk_is_rebuilt_from_a_checkpoint_under_load() {
     let before = load.acked();
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(load.acked() > before, "the load stopped committing");
-    let o = load.stop().await;
-    assert_eq!(o.timeouts, 0, "transactions hung");
-    check(&cluster, &o).await;
+    load.finish(&cluster).await;
     // The rebuilt replica draws its own sequence residue again.
     let r = cluster.replica(1).await;
     let row = r
@@ -525,12 +536,9 @@ async fn proxy_killed_between_certification_and_local_commit() {
     let before = load.acked();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(load.acked() > before, "the load stopped committing");
-    let o = load.stop().await;
-    assert_eq!(o.timeouts, 0, "transactions hung");
-    let in_doubt = check(&cluster, &o).await;
     // The transactions whose clients never heard back but were certified
     // were applied at their origin from the log.
-    eprintln!("{in_doubt} load transactions of unknown outcome committed");
+    load.finish(&cluster).await;
     for i in 0..3 {
         let c = cluster.replica(i).await;
         let n: i64 = c
@@ -561,14 +569,7 @@ async fn certifier_sigkill_and_restart_under_load() {
         load.acked() > restarted,
         "no commit after the certifier restart"
     );
-    let o = load.stop().await;
-    assert_eq!(o.timeouts, 0, "transactions hung");
-    let in_doubt = check(&cluster, &o).await;
-    eprintln!(
-        "{} unknown outcomes ({in_doubt} of them committed), errors {:?}",
-        o.unknown.len(),
-        o.errors
-    );
+    load.finish(&cluster).await;
 }
 
 /// Waits until a write through proxy `i` is refused because its replica
