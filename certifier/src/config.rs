@@ -84,6 +84,12 @@ pub struct CertifierConfig {
     /// from this list when its raft log is empty (see `server::node`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peers: Option<String>,
+    /// Where this node sends its raft messages for some peers, when that
+    /// is not their address in `peers` (a tunnel, a NAT, or a test's relay
+    /// that cuts one link): `2=host:port,3=host:port`. Clients are still
+    /// pointed at the addresses in `peers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_routes: Option<String>,
     /// A raft node takes a snapshot after this many log entries and purges
     /// its raft log behind it (keeping a tenth); a follower that lags
     /// further, or lost its disk, is sent the snapshot.
@@ -110,6 +116,7 @@ impl Default for CertifierConfig {
             tls_key: None,
             node_id: None,
             peers: None,
+            peer_routes: None,
             raft_snapshot_entries: 10_000,
         }
     }
@@ -187,6 +194,12 @@ impl CertifierConfig {
                 }
             }
             _ => return bad("node_id and peers must be set together"),
+        }
+        if let Some(routes) = &self.peer_routes {
+            if self.node_id.is_none() {
+                return bad("peer_routes needs node_id and peers");
+            }
+            parse_peers(routes)?;
         }
         Ok(())
     }
@@ -287,6 +300,10 @@ pub struct CertifierArgs {
     /// (this node listens on its own entry).
     #[arg(long, value_name = "LIST")]
     pub peers: Option<String>,
+    /// Send raft messages for these peers to these addresses instead of
+    /// their --peers entry: 2=HOST:PORT,3=HOST:PORT.
+    #[arg(long, value_name = "LIST")]
+    pub peer_routes: Option<String>,
 }
 
 impl CertifierArgs {
@@ -326,6 +343,9 @@ impl CertifierArgs {
         }
         if self.peers.is_some() {
             c.peers = self.peers.clone();
+        }
+        if self.peer_routes.is_some() {
+            c.peer_routes = self.peer_routes.clone();
         }
         c.validate()?;
         Ok(c)
@@ -436,6 +456,36 @@ mod tests {
         assert!(parse_peers("1=a:1,1=b:2").is_err());
         assert!(parse_peers("x=a:1").is_err());
         assert!(parse_peers("1=nohost").is_err());
+    }
+
+    #[test]
+    fn peer_routes_belong_to_a_raft_node_and_parse_like_peers() {
+        let peers = "1=a:1,2=b:2,3=c:3";
+        let c = Cli::parse_from([
+            "x",
+            "--node-id",
+            "1",
+            "--peers",
+            peers,
+            "--peer-routes",
+            "2=relay:9002,3=relay:9003",
+        ])
+        .args
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            parse_peers(c.peer_routes.as_deref().unwrap()).unwrap()[&3],
+            "relay:9003"
+        );
+        assert!(Cli::parse_from(["x", "--peer-routes", "2=relay:9002"])
+            .args
+            .resolve()
+            .is_err());
+        let bad = format!("[certifier]\nnode_id = 1\npeers = \"{peers}\"\npeer_routes = \"2\"\n");
+        assert!(CertifierConfig::from_toml_str(&bad)
+            .unwrap()
+            .validate()
+            .is_err());
     }
 
     #[test]

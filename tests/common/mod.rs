@@ -72,3 +72,4 @@ pub fn assert_gone(dir: &Path) {
 }
 
 pub mod cluster;
+pub mod relay;

@@ -22,7 +22,7 @@ use tashkent_certifier::writeset::item;
 use tashkent_certifier::{CertifierClient, Item, Op, Outcome, Writeset, WRITESET_FORMAT_VERSION};
 
 /// The seed of this run: `TASHKENT_SEED`, else the clock.
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     let seed = std::env::var("TASHKENT_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -37,7 +37,9 @@ fn seed() -> u64 {
 }
 
 /// Each node's status, by index (None: it does not answer).
-async fn statuses(addrs: &[String]) -> Vec<Option<tashkent_certifier::proto::StatusResponse>> {
+pub(crate) async fn statuses(
+    addrs: &[String],
+) -> Vec<Option<tashkent_certifier::proto::StatusResponse>> {
     let mut out = Vec::new();
     for a in addrs {
         let s = tokio::time::timeout(Duration::from_millis(500), async {
@@ -51,15 +53,25 @@ async fn statuses(addrs: &[String]) -> Vec<Option<tashkent_certifier::proto::Sta
 
 /// The leader's index once a running node says it leads and has applied
 /// more than `above`; and its status.
-async fn leader_past(
+pub(crate) async fn leader_past(
     addrs: &[String],
+    above: u64,
+    limit: Duration,
+) -> (usize, tashkent_certifier::proto::StatusResponse) {
+    leader_among(addrs, &[], above, limit).await
+}
+
+/// Like [`leader_past`], among the nodes not in `except`.
+pub(crate) async fn leader_among(
+    addrs: &[String],
+    except: &[usize],
     above: u64,
     limit: Duration,
 ) -> (usize, tashkent_certifier::proto::StatusResponse) {
     let deadline = Instant::now() + limit;
     loop {
         for (i, s) in statuses(addrs).await.into_iter().enumerate() {
-            if let Some(s) = s {
+            if let Some(s) = s.filter(|_| !except.contains(&i)) {
                 if s.role == "leader" && s.committed_version > above {
                     return (i, s);
                 }
@@ -163,7 +175,7 @@ async fn leader_sigkill_under_tpcb_load_loses_nothing() {
 }
 
 /// Waits until every node has made `upto` durable, then checks density.
-async fn nodes_caught_up(addrs: &[String]) {
+pub(crate) async fn nodes_caught_up(addrs: &[String]) {
     let (_, s) = leader_past(addrs, 0, Duration::from_secs(20)).await;
     let upto = s.committed_version;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -224,7 +236,7 @@ async fn follower_sigkill_and_lost_disk_under_tpcb_load_lose_nothing() {
     );
 }
 
-fn ws(id: &str) -> Writeset {
+pub(crate) fn ws(id: &str) -> Writeset {
     Writeset {
         format_version: WRITESET_FORMAT_VERSION,
         txn_id: Bytes::copy_from_slice(id.as_bytes()),

@@ -10,6 +10,8 @@
 //! - `certifier_tls`: TLS between the proxies and the certifier;
 //! - `certifier_failover`: the replicated certifier's leader SIGKILLed
 //!   under TPC-B load loses nothing; a retry keeps its version;
+//! - `certifier_partition`: the replicated certifier's leader cut off
+//!   from the others stops committing; the others carry on; it rejoins;
 //! - `certifier_raft`: a replicated certifier (3 node processes) serving
 //!   the proxies, `tashkent status` per node;
 //! - `disk_full`: the certifier's log disk fills up (53100, status);
@@ -26,6 +28,7 @@ mod common;
 mod bench;
 mod certifier_cli;
 mod certifier_failover;
+mod certifier_partition;
 mod certifier_raft;
 mod certifier_tls;
 mod disk_full;

@@ -107,6 +107,10 @@
 //!   `add-node` the new; `membership.rs`). Snapshots are taken every
 //!   `raft_snapshot_entries` entries (`[certifier]`, default 10000).
 //! - Followers redirect (the client follows), they do not forward.
+//! - A leader cut off from the majority keeps its role until it hears a
+//!   higher term (openraft 0.9 has no check-quorum step-down), but the
+//!   service stops using it: `server::contact` watches the metrics'
+//!   `millis_since_quorum_ack` against the leader lease.
 //! - Membership (`membership.rs`, `tashkent certifier add-node` /
 //!   `remove-node`): a node added later is not in the other nodes'
 //!   `peers`, so their status and NotLeader answers name it only from the

@@ -7,6 +7,8 @@
 //! messages as JSON, except log entries, which travel in the log's binary
 //! encoding (`entry.rs`; see the proto file).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -28,9 +30,24 @@ use super::proto::RaftMessage;
 use super::types::{NodeId, TypeConfig};
 use crate::error::CertifierError;
 
-/// Makes a [`Connection`] per target; `BasicNode::addr` is `host:port`.
+/// Makes a [`Connection`] per target: to the target's own route when this
+/// node has one (`peer_routes`), else to its member address
+/// (`BasicNode::addr`, `host:port`).
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    routes: Arc<BTreeMap<NodeId, String>>,
+}
+
+impl Network {
+    /// A network that reaches the nodes in `routes` at those addresses
+    /// instead of their member addresses (a tunnel, a NAT, a test's relay
+    /// that can cut one link).
+    pub fn with_routes(routes: BTreeMap<NodeId, String>) -> Network {
+        Network {
+            routes: Arc::new(routes),
+        }
+    }
+}
 
 /// A client of one target node.
 pub struct Connection {
@@ -47,7 +64,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
         Connection {
             target,
-            addr: node.addr.clone(),
+            addr: self.routes.get(&target).unwrap_or(&node.addr).clone(),
             client: None,
         }
     }

@@ -16,12 +16,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use parking_lot::Mutex;
 use tashkent_wal::{Wal, WalOptions};
 use tokio::sync::Notify;
 
+use super::contact::Contact;
 use super::replicated::Node;
 use super::service::{CertifierService, Parts, ServiceLimits};
 use super::spool::Spool;
@@ -84,6 +86,7 @@ pub(super) async fn open(
         .node_id
         .ok_or_else(|| CertifierError::Config("a raft node needs node_id".into()))?;
     let peers = parse_peers(config.peers.as_deref().unwrap_or_default())?;
+    let routes = parse_peers(config.peer_routes.as_deref().unwrap_or_default())?;
     let own = peers
         .get(&id)
         .ok_or_else(|| CertifierError::Config(format!("node {id} is not in peers")))?;
@@ -119,15 +122,11 @@ pub(super) async fn open(
     let latest = sm.certifier().latest();
     versions.restored(latest).await?;
     let state = sm.shared_certifier();
-    let raft = Raft::new(
-        id,
-        raft_config(config.raft_snapshot_entries)?,
-        Network,
-        log,
-        sm,
-    )
-    .await
-    .map_err(raft_error)?;
+    let raft_config = raft_config(config.raft_snapshot_entries)?;
+    let lease = Duration::from_millis(raft_config.election_timeout_max);
+    let raft = Raft::new(id, raft_config, Network::with_routes(routes), log, sm)
+        .await
+        .map_err(raft_error)?;
     if Some(&id) == peers.keys().next() && !raft.is_initialized().await.map_err(raft_error)? {
         let members: BTreeMap<NodeId, BasicNode> = peers
             .iter()
@@ -144,6 +143,7 @@ pub(super) async fn open(
         raft.clone(),
         Proposer::new(raft.clone(), MAX_BATCH),
         peers,
+        Contact::watch(raft.clone(), lease),
     );
     let parts = Parts {
         state,

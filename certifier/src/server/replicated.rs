@@ -11,6 +11,7 @@ use bytes::Bytes;
 use openraft::ServerState;
 use parking_lot::Mutex;
 
+use super::contact::Contact;
 use crate::error::CertifierError;
 use crate::outcome::Outcome;
 use crate::proto::{AbortCode, StatusResponse};
@@ -32,6 +33,8 @@ pub(crate) struct Node {
     pub(crate) peers: BTreeMap<NodeId, String>,
     /// When each replica's progress was last proposed.
     reported: Mutex<HashMap<u32, Instant>>,
+    /// Whether this node is in touch with the group (`contact`).
+    pub(crate) contact: Contact,
 }
 
 impl Node {
@@ -40,6 +43,7 @@ impl Node {
         raft: Raft,
         proposer: Proposer,
         peers: BTreeMap<NodeId, String>,
+        contact: Contact,
     ) -> Node {
         Node {
             id,
@@ -47,7 +51,19 @@ impl Node {
             proposer,
             peers,
             reported: Mutex::new(HashMap::new()),
+            contact,
         }
+    }
+
+    /// UNAVAILABLE (clients retry another node) when this node is out of
+    /// contact with its group; `unknown`: a certification was in flight.
+    fn out_of_contact(&self, why: &str, unknown: bool) -> CertifierError {
+        let outcome = if unknown { "; outcome unknown" } else { "" };
+        CertifierError::Rpc(tonic::Status::unavailable(format!(
+            "certifier node {} is out of contact with its group ({why}){outcome}, retry another \
+             node",
+            self.id
+        )))
     }
 
     /// A NotLeader with the leader's client address filled in from
@@ -67,12 +83,20 @@ impl Node {
     }
 
     /// Certifies `rec` (a record, version 0) through raft.
+    /// A leader cut off from the majority answers at once, and fails the
+    /// certifications in flight when it loses contact (see `contact`):
+    /// they cannot commit until the partition heals, and the client gets
+    /// their real answer by retrying on the new leader.
     pub(crate) async fn certify(&self, rec: Bytes) -> Result<Outcome, CertifierError> {
-        let r = self
-            .proposer
-            .certify(rec)
-            .await
-            .map_err(|e| self.retryable(e))?;
+        if let Some(lost) = self.contact.lost() {
+            return Err(self.out_of_contact(lost.why, false));
+        }
+        let r = tokio::select! {
+            r = self.proposer.certify(rec) => r.map_err(|e| self.retryable(e))?,
+            lost = self.contact.lost_for(Duration::ZERO) => {
+                return Err(self.out_of_contact(lost.why, true));
+            }
+        };
         match r {
             Response::Committed { version } => Ok(Outcome::Committed { version }),
             Response::Aborted {

@@ -60,7 +60,9 @@ impl Node {
         let log = LogStore::open(&dir.join("log"), opts).unwrap();
         let wal = log.wal().clone();
         let sm = StateMachine::open(&dir.join("sm"), Limits::default()).unwrap();
-        let raft = Raft::new(id, config, Network, log, sm).await.unwrap();
+        let raft = Raft::new(id, config, Network::default(), log, sm)
+            .await
+            .unwrap();
         let (stop_server, stopped) = oneshot::channel::<()>();
         let svc = RaftService::new(raft.clone()).into_server();
         let server = tokio::spawn(async move {

@@ -171,6 +171,9 @@ pub struct LocalCluster {
     nodes: Vec<Option<Part<RunningCertifier>>>,
     /// Where each node listens (kept across restarts).
     node_listen: Vec<SocketAddr>,
+    /// Each node's `peer_routes`, when a test routes its links (see
+    /// `route_certifier_node`).
+    node_routes: Vec<Option<String>>,
     /// Where each proxy listens (kept across its restarts).
     proxy_listen: Vec<SocketAddr>,
     /// Where the certifier and each proxy serve metrics (kept likewise;
@@ -229,6 +232,7 @@ impl LocalCluster {
             certifier_listen: SocketAddr::from(([127, 0, 0, 1], ports.certifier)),
             nodes: Vec::new(),
             node_listen: nodes::listen_addrs(cfg.certifiers, &ports.certifier_nodes)?,
+            node_routes: Vec::new(),
             proxy_listen: Vec::new(),
             certifier_metrics: SocketAddr::from(([127, 0, 0, 1], ports.certifier_metrics)),
             proxy_metrics: Vec::new(),

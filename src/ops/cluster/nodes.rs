@@ -81,6 +81,7 @@ impl LocalCluster {
             wal_dir: self.state.certifier_node_dir(id),
             node_id: Some(u64::from(id)),
             peers: Some(self.peers()),
+            peer_routes: self.node_routes.get(i).cloned().flatten(),
             // One metrics port per node is not kept yet.
             metrics_listen: None,
             ..self.config.certifier.clone()
@@ -113,6 +114,16 @@ impl LocalCluster {
         }
         self.nodes[i] = Some(part);
         Ok(())
+    }
+
+    /// From its next start, node `i` sends its raft messages for other
+    /// nodes to `routes` (`2=host:port,...`, `[certifier] peer_routes`)
+    /// instead of their addresses: a test puts relays it can cut there.
+    pub fn route_certifier_node(&mut self, i: usize, routes: Option<String>) {
+        if self.node_routes.len() <= i {
+            self.node_routes.resize(i + 1, None);
+        }
+        self.node_routes[i] = routes;
     }
 
     /// SIGKILLs certifier node `i` (a child process), or stops it (in

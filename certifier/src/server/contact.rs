@@ -1,0 +1,143 @@
+//! Whether a raft node is in touch with its group, as its raft metrics
+//! tell: a leader is when a quorum acknowledged it within the leader lease
+//! (after that the others may elect another leader), a follower or learner
+//! when it knows a leader (it forgets it when its election timer fires);
+//! a candidate or a stopped node is not.
+//!
+//! Why it matters: a leader cut off from the majority cannot commit, and
+//! without this its clients would wait for their answers until the
+//! partition heals, and the appliers subscribed to it would wait for
+//! versions it never gets. So a node out of contact answers no
+//! certification, fails those in flight as "outcome unknown, retry"
+//! (clients retry under the same txn id on another node), and once out of
+//! contact for [`STREAM_GRACE`] ends its Subscribe streams and refuses new
+//! ones, so appliers move to a node that gets new versions. The grace is
+//! longer than an election, so a leader's crash does not break the
+//! followers' streams.
+
+use std::time::Duration;
+
+use openraft::ServerState;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::raft::Raft;
+
+/// How often the leader lease is looked at.
+const POLL: Duration = Duration::from_millis(50);
+
+/// How long a node may be out of contact before its Subscribe streams end
+/// (an election here takes 0.6–2 s).
+pub(crate) const STREAM_GRACE: Duration = Duration::from_secs(3);
+
+/// Out of contact since when, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lost {
+    pub(crate) since: Instant,
+    pub(crate) why: &'static str,
+}
+
+/// A node's contact with its group, kept up to date by a task that ends
+/// when the last clone is dropped.
+#[derive(Clone)]
+pub(crate) struct Contact {
+    rx: watch::Receiver<Option<Lost>>,
+}
+
+impl Contact {
+    /// Watches `raft`, whose leader lease is `lease` (openraft's is the
+    /// maximum election timeout).
+    pub(crate) fn watch(raft: Raft, lease: Duration) -> Contact {
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut leading_since = None;
+            // Role and leader changes wake it at once (a new leader must
+            // not refuse its first certifications); the lease is polled.
+            let mut role = raft.server_metrics();
+            let mut core_runs = true;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    // Err: the raft core has ended; its last metrics say why.
+                    r = role.changed(), if core_runs => core_runs = r.is_ok(),
+                    () = tx.closed() => return,
+                }
+                let why = out_of_contact(&raft, lease, &mut leading_since);
+                tx.send_if_modified(|lost: &mut Option<Lost>| match (why, &lost) {
+                    (None, None) => false,
+                    (None, Some(_)) => {
+                        *lost = None;
+                        true
+                    }
+                    (Some(why), Some(l)) if l.why == why => false,
+                    (Some(why), _) => {
+                        let since = lost.map_or_else(Instant::now, |l| l.since);
+                        *lost = Some(Lost { since, why });
+                        true
+                    }
+                });
+            }
+        });
+        Contact { rx }
+    }
+
+    /// Out of contact now: since when and why.
+    pub(crate) fn lost(&self) -> Option<Lost> {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once the node has been out of contact for `grace`
+    /// without a break; with its cause.
+    pub(crate) async fn lost_for(&self, grace: Duration) -> Lost {
+        let mut rx = self.rx.clone();
+        loop {
+            let lost: Option<Lost> = match rx.wait_for(Option::is_some).await {
+                Ok(l) => *l,
+                // The watching task ended: the node is going away.
+                Err(_) => None,
+            };
+            let Some(lost) = lost else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep_until(lost.since + grace).await;
+            let now: Option<Lost> = *rx.borrow_and_update();
+            if let Some(now) = now.filter(|now| now.since == lost.since) {
+                return now;
+            }
+        }
+    }
+}
+
+/// Why `raft` is out of contact with its group, if it is. A new leader
+/// has had no answer yet (openraft counts a quorum's acknowledgements from
+/// its first heartbeat), but a majority just voted for it: it is in
+/// contact for one lease from when `leading_since` saw it lead.
+fn out_of_contact(
+    raft: &Raft,
+    lease: Duration,
+    leading_since: &mut Option<Instant>,
+) -> Option<&'static str> {
+    let m = raft.metrics().borrow().clone();
+    if m.running_state.is_err() {
+        return Some("its raft node has stopped");
+    }
+    if m.state != ServerState::Leader {
+        *leading_since = None;
+    }
+    match m.state {
+        ServerState::Leader => {
+            let since = *leading_since.get_or_insert_with(Instant::now);
+            match m.millis_since_quorum_ack {
+                Some(ms) if u128::from(ms) <= lease.as_millis() => None,
+                None if since.elapsed() <= lease => None,
+                _ => Some("it leads but no majority has answered it within the leader lease"),
+            }
+        }
+        ServerState::Follower | ServerState::Learner if m.current_leader.is_some() => None,
+        ServerState::Follower | ServerState::Learner => Some("it knows no leader"),
+        ServerState::Candidate => Some("an election is under way"),
+        ServerState::Shutdown => Some("its raft node has stopped"),
+    }
+}
