@@ -59,6 +59,8 @@ struct Nodes {
     peers: String,
     /// `raft_snapshot_entries` of every node.
     snapshot_entries: u64,
+    /// `tail_cache_bytes` of every node.
+    tail_bytes: usize,
     dirs: BTreeMap<u64, TempDir>,
     running: BTreeMap<u64, RunningCertifier>,
 }
@@ -79,6 +81,7 @@ impl Nodes {
             addrs,
             peers,
             snapshot_entries,
+            tail_bytes: CertifierConfig::default().tail_cache_bytes,
             dirs: BTreeMap::new(),
             running: BTreeMap::new(),
         };
@@ -96,6 +99,7 @@ impl Nodes {
             node_id: Some(id),
             peers: Some(self.peers.clone()),
             raft_snapshot_entries: self.snapshot_entries,
+            tail_cache_bytes: self.tail_bytes,
             ..CertifierConfig::default()
         };
         let r = tashkent_certifier::start(cfg).await.unwrap();
@@ -426,6 +430,52 @@ async fn a_node_is_added_and_another_removed_online() {
     assert_eq!(got, (1..=40).collect::<Vec<_>>());
     let s = c4.status().await.unwrap();
     assert_eq!((s.node_id, s.leader_id), (4, leader));
+    for (_, r) in std::mem::take(&mut nodes.running) {
+        r.shutdown().await.unwrap();
+    }
+}
+
+/// Subscribers are shown a version once applied, from the tail cache; a
+/// node whose cache holds nothing serves every version from its versions
+/// log, once written there (`raft::versions`). Both get every version, in
+/// order, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_every_version_with_and_without_the_tail_cache() {
+    let mut nodes = Nodes::start(3).await;
+    let leader = nodes.leader().await;
+    let uncached = *nodes.addrs.keys().find(|id| **id != leader).unwrap();
+    nodes
+        .running
+        .remove(&uncached)
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    nodes.tail_bytes = 0;
+    nodes.restart(uncached).await;
+    assert_eq!(nodes.leader().await, leader);
+    let n = 40u64;
+    let mut streams = Vec::new();
+    for id in [leader, uncached] {
+        let c = nodes.client(id).await;
+        streams.push((id, c.subscribe(1).await.unwrap()));
+    }
+    let lc = nodes.client(leader).await;
+    for i in 1..=n {
+        let id = format!("t{i}");
+        assert_eq!(version(lc.certify(ws(&id, &id)).await.unwrap()), i);
+    }
+    for (id, stream) in streams {
+        let got: Vec<_> = tokio::time::timeout(WAIT, stream.take(n as usize).collect::<Vec<_>>())
+            .await
+            .unwrap_or_else(|_| panic!("node {id} did not serve {n} versions"));
+        for (i, w) in got.into_iter().enumerate() {
+            let w = w.unwrap();
+            let want = format!("t{}", i + 1);
+            assert_eq!(w.version, i as u64 + 1, "node {id}");
+            assert_eq!(w.writeset, ws(&want, &want), "node {id}");
+        }
+    }
     for (_, r) in std::mem::take(&mut nodes.running) {
         r.shutdown().await.unwrap();
     }

@@ -9,9 +9,11 @@
 //! then works on every node unchanged.
 //!
 //! Durability: appends are submitted, not awaited, so applying never waits
-//! for this log's fdatasync; subscribers only see what it made durable.
-//! The raft log is the durable copy that answers clients. Two rules keep
-//! the two logs consistent across crashes:
+//! for this log's fdatasync. The raft log is the durable copy that answers
+//! clients, so subscribers are shown a version as soon as it is applied
+//! (it is then durable in the raft logs of a majority), from the tail
+//! cache; what the tail no longer holds they read from this log once it is
+//! written. Two rules keep the two logs consistent across crashes:
 //!
 //! - a snapshot is persisted only once this log is durable through the
 //!   snapshot's newest version (`VersionsLog::sync_through`), so a
@@ -28,18 +30,19 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tashkent_wal::Wal;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::error::CertifierError;
 use crate::server::tail::Tail;
 use crate::{record, Version};
 
-/// The versions log, with the serving node's tail cache and the wake-up of
-/// its durability follower.
+/// The versions log, with the serving node's tail cache, the wake-up of
+/// its durability follower and the newest version subscribers may read.
 pub struct VersionsLog {
     wal: Wal,
     tail: Arc<Mutex<Tail>>,
     submitted: Arc<Notify>,
+    readable: Arc<watch::Sender<Version>>,
 }
 
 fn broken(reason: String) -> CertifierError {
@@ -51,12 +54,19 @@ fn broken(reason: String) -> CertifierError {
 
 impl VersionsLog {
     /// Appends to `wal` (version == LSN), pushing into `tail` and waking
-    /// `submitted`'s waiter as the single certifier does.
-    pub(crate) fn new(wal: Wal, tail: Arc<Mutex<Tail>>, submitted: Arc<Notify>) -> VersionsLog {
+    /// `submitted`'s waiter as the single certifier does, and raising
+    /// `readable` (what Subscribe serves) to each applied version.
+    pub(crate) fn new(
+        wal: Wal,
+        tail: Arc<Mutex<Tail>>,
+        submitted: Arc<Notify>,
+        readable: Arc<watch::Sender<Version>>,
+    ) -> VersionsLog {
         VersionsLog {
             wal,
             tail,
             submitted,
+            readable,
         }
     }
 
@@ -75,8 +85,7 @@ impl VersionsLog {
         let mut stamped = BytesMut::from(&rec[..]);
         record::set_version(&mut stamped, version);
         let payload = stamped.freeze();
-        // Into the tail first, as the single certifier does: subscribers
-        // only read durable versions.
+        // Into the tail first: subscribers read it from there.
         self.tail.lock().push(version, payload.clone());
         let ticket = self.wal.submit(payload)?;
         if ticket.lsn != version {
@@ -86,6 +95,11 @@ impl VersionsLog {
             )));
         }
         self.submitted.notify_one();
+        self.readable.send_if_modified(|r| {
+            let raised = version > *r;
+            *r = (*r).max(version);
+            raised
+        });
         Ok(())
     }
 

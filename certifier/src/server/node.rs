@@ -99,12 +99,18 @@ pub(super) async fn open(
         TAIL_MAX_RECORDS,
     )));
     let submitted = Arc::new(Notify::new());
-    let (wal, spool, log, sm, versions) = {
+    let (wal, spool, log, sm, versions, readable) = {
         let (config, tail, submitted) = (config.clone(), tail.clone(), submitted.clone());
         tokio::task::spawn_blocking(move || -> Result<_, CertifierError> {
             let wal = Wal::open(&config.wal_dir, config.wal_options())?;
             let spool = Spool::open(&config.wal_dir, config.spool_options())?;
-            let versions = Arc::new(VersionsLog::new(wal.clone(), tail, submitted));
+            let readable = Arc::new(tokio::sync::watch::channel(wal.durable_lsn()).0);
+            let versions = Arc::new(VersionsLog::new(
+                wal.clone(),
+                tail,
+                submitted,
+                readable.clone(),
+            ));
             let raft_dir = config.wal_dir.join("raft");
             // An entry may batch several records.
             let opts = WalOptions {
@@ -114,7 +120,7 @@ pub(super) async fn open(
             let log = LogStore::open(&raft_dir, opts)?;
             let sm =
                 StateMachine::open_serving(&raft_dir, config.limits(), Some(versions.clone()))?;
-            Ok((wal, spool, log, sm, versions))
+            Ok((wal, spool, log, sm, versions, readable))
         })
         .await
         .map_err(|e| CertifierError::Io(std::io::Error::other(e)))??
@@ -149,6 +155,7 @@ pub(super) async fn open(
         state,
         tail,
         submitted,
+        readable,
     };
     let service = CertifierService::new_replicated(
         wal.clone(),

@@ -57,8 +57,10 @@ pub(crate) struct Inner {
     pub(crate) wal: Wal,
     /// Chunks of writesets certified in chunks (see `spool`).
     pub(crate) spool: Arc<Spool>,
-    /// Highest durable version, for subscribers.
-    pub(crate) durable: watch::Sender<Version>,
+    /// The newest version subscribers may read: durable in the WAL, or on
+    /// a raft node applied (durable in a majority's raft logs; see
+    /// `raft::versions`).
+    pub(crate) durable: Arc<watch::Sender<Version>>,
     submitted: Arc<Notify>,
     stopping: AtomicBool,
     /// Flips to true on `stop()`: long-lived streams end.
@@ -113,11 +115,13 @@ impl Inner {
 }
 
 /// What a raft node's state machine and its service share: the certifier
-/// state, the tail cache and the durability follower's wake-up.
+/// state, the tail cache, the durability follower's wake-up and the newest
+/// version subscribers may read.
 pub(crate) struct Parts {
     pub(crate) state: Arc<Mutex<Certifier>>,
     pub(crate) tail: Arc<Mutex<Tail>>,
     pub(crate) submitted: Arc<Notify>,
+    pub(crate) readable: Arc<watch::Sender<Version>>,
 }
 
 /// The certification service; cheap to clone.
@@ -151,6 +155,7 @@ impl CertifierService {
             state: Arc::new(Mutex::new(certifier)),
             tail: Arc::new(Mutex::new(tail)),
             submitted: Arc::new(Notify::new()),
+            readable: Arc::new(watch::channel(wal.durable_lsn()).0),
         };
         CertifierService::build(wal, spool, parts, limits, max_record_bytes, None)
     }
@@ -177,7 +182,6 @@ impl CertifierService {
         max_record_bytes: u64,
         node: Option<super::replicated::Node>,
     ) -> CertifierService {
-        let (durable, _) = watch::channel(wal.durable_lsn());
         let checkpoint = super::purge::load_checkpoint(wal.dir(), wal.last_lsn());
         let metrics = Arc::new(super::metrics::CertifierMetrics::default());
         wal.observe_syncs(metrics.sync_observer());
@@ -186,7 +190,7 @@ impl CertifierService {
             tail: parts.tail,
             wal,
             spool,
-            durable,
+            durable: parts.readable,
             submitted: parts.submitted,
             stopping: AtomicBool::new(false),
             stop_signal: watch::channel(false).0,

@@ -141,7 +141,13 @@ async fn run(
         }
         let mut batch = inner.tail.lock().get(next, durable, MAX_BATCH);
         if batch.is_empty() {
-            batch = read_wal(inner, next, durable).await?;
+            // On a raft node `durable` runs ahead of this log's fdatasync
+            // (see `raft::versions`): what the tail lacks is read once written.
+            if next > inner.wal.durable_lsn() {
+                inner.wal.wait_durable(next).await?;
+            }
+            let written = durable.min(inner.wal.durable_lsn());
+            batch = read_wal(inner, next, written).await?;
         }
         for (version, rec) in batch {
             if version != next {
