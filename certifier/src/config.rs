@@ -90,6 +90,13 @@ pub struct CertifierConfig {
     /// pointed at the addresses in `peers`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_routes: Option<String>,
+    /// With `tls_cert`, a raft node speaks TLS to its peers too, trusting
+    /// the PEM certificates of this file (the CA that signed the nodes'
+    /// certificates). Default: `tls_cert` itself, which is right when
+    /// every node shows the same certificate, or when that file holds the
+    /// chain up to the CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_tls_ca: Option<PathBuf>,
     /// A raft node takes a snapshot after this many log entries and purges
     /// its raft log behind it (keeping a tenth); a follower that lags
     /// further, or lost its disk, is sent the snapshot.
@@ -117,6 +124,7 @@ impl Default for CertifierConfig {
             node_id: None,
             peers: None,
             peer_routes: None,
+            peer_tls_ca: None,
             raft_snapshot_entries: 10_000,
         }
     }
@@ -189,11 +197,11 @@ impl CertifierConfig {
                 if !parse_peers(peers)?.contains_key(&id) {
                     return bad("node_id must be one of the peers");
                 }
-                if self.tls_cert.is_some() {
-                    return bad("TLS is not supported by the replicated certifier yet");
-                }
             }
             _ => return bad("node_id and peers must be set together"),
+        }
+        if self.peer_tls_ca.is_some() && (self.node_id.is_none() || self.tls_cert.is_none()) {
+            return bad("peer_tls_ca needs node_id, peers and tls_cert");
         }
         if let Some(routes) = &self.peer_routes {
             if self.node_id.is_none() {
@@ -304,6 +312,10 @@ pub struct CertifierArgs {
     /// their --peers entry: 2=HOST:PORT,3=HOST:PORT.
     #[arg(long, value_name = "LIST")]
     pub peer_routes: Option<String>,
+    /// PEM certificates a raft node trusts when it connects to its peers
+    /// over TLS (default: --tls-cert itself).
+    #[arg(long, value_name = "FILE")]
+    pub peer_tls_ca: Option<PathBuf>,
 }
 
 impl CertifierArgs {
@@ -346,6 +358,9 @@ impl CertifierArgs {
         }
         if self.peer_routes.is_some() {
             c.peer_routes = self.peer_routes.clone();
+        }
+        if self.peer_tls_ca.is_some() {
+            c.peer_tls_ca = self.peer_tls_ca.clone();
         }
         c.validate()?;
         Ok(c)
@@ -481,7 +496,19 @@ mod tests {
             .args
             .resolve()
             .is_err());
-        let bad = format!("[certifier]\nnode_id = 1\npeers = \"{peers}\"\npeer_routes = \"2\"\n");
+        let node = format!("[certifier]\nnode_id = 1\npeers = \"{peers}\"\n");
+        // TLS to the peers needs a certificate of one's own.
+        let ca_alone = format!("{node}peer_tls_ca = \"ca.pem\"\n");
+        assert!(CertifierConfig::from_toml_str(&ca_alone)
+            .unwrap()
+            .validate()
+            .is_err());
+        let with_cert = format!("{ca_alone}tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n");
+        CertifierConfig::from_toml_str(&with_cert)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let bad = format!("{node}peer_routes = \"2\"\n");
         assert!(CertifierConfig::from_toml_str(&bad)
             .unwrap()
             .validate()

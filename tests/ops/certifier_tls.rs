@@ -193,3 +193,72 @@ async fn a_cluster_with_certifier_tls_replicates_and_its_tools_follow() {
     let tables = cluster.assert_identical().await;
     assert_eq!(tables["public.t"].0, 4, "{tables:?}");
 }
+
+/// Three certifier nodes with `certifier_tls`: every node serves the state
+/// directory's certificate, to the proxies and to its peers (raft over
+/// TLS, trusting that certificate: `[certifier] peer_tls_ca` left out).
+/// Writes replicate, the leader's SIGKILL is survived (the election and
+/// the catch-up run over TLS), and a plaintext client of any node gets an
+/// error, not an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_certifier_nodes_speak_tls_to_the_proxies_and_to_each_other() {
+    let mut cluster = Cluster::start_file(2, |f| {
+        f.cluster.certifier_tls = true;
+        f.cluster.certifiers = 3;
+    })
+    .await;
+    let a = cluster.client(0).await;
+    a.batch_execute("CREATE TABLE t (k int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    for k in 0..20 {
+        a.execute("INSERT INTO t VALUES ($1, 'a')", &[&k])
+            .await
+            .unwrap();
+    }
+    let json = crate::certifier_raft::status_json(&cluster);
+    let nodes = json["certifier_nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{json}");
+    for n in nodes {
+        assert_eq!(n["state"], "up", "{json}");
+        assert_eq!(n["tls"], true, "{json}");
+    }
+    for addr in cluster.certifier_node_addrs() {
+        let err = first_call(&addr.to_string(), ClientOptions::default())
+            .await
+            .unwrap_err();
+        println!("plaintext client of node {addr}: {err}");
+    }
+
+    let leader = crate::certifier_raft::leader(&cluster).await;
+    cluster.kill_certifier_node(leader).await.unwrap();
+    let b = cluster.client(1).await;
+    for k in 20..40 {
+        // ON CONFLICT: an attempt during the election may have committed.
+        let insert = "INSERT INTO t VALUES ($1, 'b') ON CONFLICT DO NOTHING";
+        let mut tries = 0;
+        while let Err(e) = b.execute(insert, &[&k]).await {
+            tries += 1;
+            assert!(tries < 100, "insert {k} after the leader's SIGKILL: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let next = crate::certifier_raft::leader(&cluster).await;
+    assert_ne!(next, leader);
+    cluster.start_certifier_node(leader).await.unwrap();
+    let tables = cluster.assert_identical().await;
+    assert_eq!(tables["public.t"].0, 40, "{tables:?}");
+    // The restarted node catches up from the leader, over TLS.
+    let latest = crate::certifier_raft::status_json(&cluster)["certifier"]["committed_version"]
+        .as_u64()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let json = crate::certifier_raft::status_json(&cluster);
+        if json["certifier_nodes"][leader]["durable_version"].as_u64() >= Some(latest) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{json}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

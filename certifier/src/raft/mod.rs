@@ -91,7 +91,10 @@
 //!   spooled), up to `max_writeset_bytes`; the proposer batches by count
 //!   (256), not bytes, and the raft log's records are capped at twice a
 //!   maximal writeset.
-//! - No TLS between nodes or to a node yet (refused by the config).
+//! - TLS between nodes trusts one file (`peer_tls_ca`, by default the
+//!   node's own certificate) and checks the peer's certificate for the
+//!   host of its address; there are no client certificates, so any client
+//!   trusted by the network could send raft messages.
 //! - The snapshot keeps the window's writesets in memory (a second copy of
 //!   what the log holds); it could read them from the log instead.
 //! - Spooled (very large) writesets are rejected by apply.

@@ -5,7 +5,8 @@
 //! `Unreachable`, which makes openraft back off and retry; an error the
 //! remote node answered is a `RemoteError`. Payloads are openraft's own
 //! messages as JSON, except log entries, which travel in the log's binary
-//! encoding (`entry.rs`; see the proto file).
+//! encoding (`entry.rs`; see the proto file). A node with a certificate
+//! (`tls_cert`) speaks TLS to its peers, trusting `peer_tls_ca`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,22 +30,26 @@ use super::proto::raft_client::RaftClient;
 use super::proto::RaftMessage;
 use super::types::{NodeId, TypeConfig};
 use crate::error::CertifierError;
+use crate::tls::ClientTls;
 
 /// Makes a [`Connection`] per target: to the target's own route when this
 /// node has one (`peer_routes`), else to its member address
 /// (`BasicNode::addr`, `host:port`).
+/// With `tls`, it speaks TLS only, trusting what `tls` says.
 #[derive(Debug, Clone, Default)]
 pub struct Network {
     routes: Arc<BTreeMap<NodeId, String>>,
+    tls: Option<ClientTls>,
 }
 
 impl Network {
     /// A network that reaches the nodes in `routes` at those addresses
     /// instead of their member addresses (a tunnel, a NAT, a test's relay
-    /// that can cut one link).
-    pub fn with_routes(routes: BTreeMap<NodeId, String>) -> Network {
+    /// that can cut one link), over TLS with `tls`.
+    pub fn new(routes: BTreeMap<NodeId, String>, tls: Option<ClientTls>) -> Network {
         Network {
             routes: Arc::new(routes),
+            tls,
         }
     }
 }
@@ -52,6 +57,7 @@ impl Network {
 /// A client of one target node.
 pub struct Connection {
     target: NodeId,
+    tls: Option<ClientTls>,
     addr: String,
     client: Option<RaftClient<Channel>>,
 }
@@ -64,6 +70,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
         Connection {
             target,
+            tls: self.tls.clone(),
             addr: self.routes.get(&target).unwrap_or(&node.addr).clone(),
             client: None,
         }
@@ -92,9 +99,15 @@ impl Connection {
         let data = serde_json::to_vec(req)
             .map_err(|e| RPCError::Network(NetworkError::new(&protocol(e))))?;
         if self.client.is_none() {
-            let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.addr))
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
                 .connect_timeout(timeout);
+            if let Some(tls) = &self.tls {
+                endpoint = endpoint
+                    .tls_config(tls.tonic_config())
+                    .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            }
             // Connects on first use; a node that is down is Unreachable then.
             self.client = Some(
                 RaftClient::new(endpoint.connect_lazy())

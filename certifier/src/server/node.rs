@@ -32,6 +32,7 @@ use super::TAIL_MAX_RECORDS;
 use crate::config::{parse_peers, CertifierConfig};
 use crate::error::CertifierError;
 use crate::raft::{LogStore, Network, NodeId, Proposer, Raft, StateMachine, VersionsLog};
+use crate::tls::ClientTls;
 
 /// Certifications per raft entry at most (see [`Proposer`]).
 const MAX_BATCH: usize = 256;
@@ -74,6 +75,16 @@ fn raft_config(snapshot_entries: u64) -> Result<Arc<Config>, CertifierError> {
         ..Config::default()
     };
     Ok(Arc::new(c.validate().map_err(raft_error)?))
+}
+
+/// What a node trusts when it connects to its peers: with a certificate
+/// of its own it speaks TLS to them, trusting `peer_tls_ca`, else its own
+/// certificate's file.
+fn peer_tls(config: &CertifierConfig) -> Result<Option<ClientTls>, CertifierError> {
+    match (&config.peer_tls_ca, &config.tls_cert) {
+        (_, None) => Ok(None),
+        (Some(ca), Some(_)) | (None, Some(ca)) => ClientTls::from_ca_file(ca).map(Some),
+    }
 }
 
 /// Opens node `config.node_id`'s logs and state, starts its raft core and
@@ -130,9 +141,15 @@ pub(super) async fn open(
     let state = sm.shared_certifier();
     let raft_config = raft_config(config.raft_snapshot_entries)?;
     let lease = Duration::from_millis(raft_config.election_timeout_max);
-    let raft = Raft::new(id, raft_config, Network::with_routes(routes), log, sm)
-        .await
-        .map_err(raft_error)?;
+    let raft = Raft::new(
+        id,
+        raft_config,
+        Network::new(routes, peer_tls(config)?),
+        log,
+        sm,
+    )
+    .await
+    .map_err(raft_error)?;
     if Some(&id) == peers.keys().next() && !raft.is_initialized().await.map_err(raft_error)? {
         let members: BTreeMap<NodeId, BasicNode> = peers
             .iter()

@@ -126,11 +126,6 @@ impl ClusterConfig {
                 self.certifiers
             )));
         }
-        if self.certifiers > 1 && self.certifier_tls {
-            return Err(Error::Config(
-                "certifier_tls is not supported with several certifiers yet".into(),
-            ));
-        }
         Ok(())
     }
 }
