@@ -89,11 +89,20 @@ pub fn run(args: UpArgs) -> Result<()> {
         }
         if let Some(p) = cluster.proxy_metrics_addrs() {
             let proxies: Vec<String> = p.iter().map(|a| format!("http://{a}/metrics")).collect();
-            // A replicated certifier's nodes serve no metrics yet.
-            let certifier = cluster
-                .certifier_metrics_addr()
-                .map(|c| format!("http://{c}/metrics (certifier), "))
-                .unwrap_or_default();
+            let certifier = match (
+                cluster.certifier_metrics_addr(),
+                cluster.certifier_node_metrics_addrs(),
+            ) {
+                (Some(c), _) => format!("http://{c}/metrics (certifier), "),
+                (None, Some(nodes)) => {
+                    let nodes: Vec<String> = nodes
+                        .iter()
+                        .map(|a| format!("http://{a}/metrics"))
+                        .collect();
+                    format!("{} (certifier nodes), ", nodes.join(", "))
+                }
+                (None, None) => String::new(),
+            };
             text.push_str(&format!(
                 "metrics: {certifier}{} (proxies)\n",
                 proxies.join(", ")

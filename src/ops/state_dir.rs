@@ -28,10 +28,11 @@
 //!
 //! `ports.json` is a JSON object `{"certifier": <port>, "proxies": [<port>, ...],
 //! "certifier_metrics": <port>, "proxy_metrics": [<port>, ...],
-//! "certifier_nodes": [<port>, ...]}` (one proxy per replica, replica 1
-//! first; the metrics ports are absent in a state directory from before
-//! metrics; `certifier_nodes`, node 1 first, only with a replicated
-//! certifier, whose nodes then replace `certifier`), written by
+//! "certifier_nodes": [<port>, ...], "certifier_node_metrics": [<port>, ...]}`
+//! (one proxy per replica, replica 1 first; the metrics ports are absent in
+//! a state directory from before metrics; `certifier_nodes` and their
+//! metrics ports, node 1 first, only with a replicated certifier, whose
+//! nodes then replace `certifier`), written by
 //! [`StateDir::write_ports`].
 
 use std::path::{Path, PathBuf};
@@ -55,6 +56,10 @@ pub struct Ports {
     /// (empty: a single certifier on `certifier`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certifier_nodes: Vec<u16>,
+    /// Where each node of a replicated certifier serves metrics, node 1
+    /// first (absent: not chosen yet).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certifier_node_metrics: Vec<u16>,
 }
 
 /// A local cluster's state directory.
@@ -256,6 +261,7 @@ mod tests {
             certifier_metrics: 9400,
             proxy_metrics: vec![9401, 9402],
             certifier_nodes: vec![],
+            certifier_node_metrics: vec![],
         };
         s.write_ports(&ports).unwrap();
         assert_eq!(s.ports().unwrap(), ports);
@@ -264,6 +270,7 @@ mod tests {
         // A replicated certifier: every node, as a list.
         let nodes = Ports {
             certifier_nodes: vec![7401, 7402, 7403],
+            certifier_node_metrics: vec![9401, 9402, 9403],
             ..ports.clone()
         };
         s.write_ports(&nodes).unwrap();

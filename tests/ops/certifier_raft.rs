@@ -1,8 +1,8 @@
 //! A local cluster with a replicated certifier (`[cluster] certifiers =
 //! 3`, as `tashkent up --certifiers 3`): three `tashkent certifier
 //! --config` node processes, the proxies given every node; `tashkent
-//! status` prints each node with its role; a follower SIGKILLed and
-//! restarted catches up while commits go on.
+//! status` prints each node with its role, each node serves its metrics;
+//! a follower SIGKILLed and restarted catches up while commits go on.
 
 use crate::common;
 
@@ -87,6 +87,34 @@ async fn three_certifier_nodes_serve_the_proxies_and_status_names_the_leader() {
         1,
         "{out}"
     );
+
+    // Every node serves its own metrics: its raft role and term, and on
+    // the leader what it certified.
+    let metrics = cluster
+        .certifier_node_metrics_addrs()
+        .expect("metrics are on");
+    assert_eq!(metrics.len(), 3);
+    for (i, addr) in metrics.iter().enumerate() {
+        let s = tashkent_metrics::fetch(&addr.to_string(), Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("scraping node {}: {e}", i + 1));
+        let role = |r| s.value("tashkent_certifier_raft_role", &[("role", r)]);
+        let want = if i == leader { "leader" } else { "follower" };
+        assert_eq!(role(want), Some(1.0), "node {}: {s:?}", i + 1);
+        assert_eq!(role("candidate"), Some(0.0), "node {}", i + 1);
+        assert!(s.value("tashkent_certifier_raft_term", &[]) >= Some(1.0));
+        assert_eq!(
+            s.value("tashkent_certifier_raft_out_of_contact", &[]),
+            Some(0.0)
+        );
+        if i == leader {
+            let committed = s.value(
+                "tashkent_certifier_certifications_total",
+                &[("outcome", "committed")],
+            );
+            assert!(committed >= Some(41.0), "{committed:?}");
+        }
+    }
 
     // A follower is SIGKILLed: commits go on; restarted, it catches up.
     let follower = (0..3).find(|i| *i != leader).unwrap();

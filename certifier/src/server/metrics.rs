@@ -29,10 +29,49 @@ pub struct CertifierMetrics {
     replica_silent: Family<Labels, Value>,
     wal_sync: Histogram,
     wal_group: Histogram,
+    /// A node of a replicated certifier: its raft gauges.
+    raft: Option<RaftGauges>,
 }
 
-impl Default for CertifierMetrics {
-    fn default() -> Self {
+/// What a raft node adds: its role, term and contact with its group.
+struct RaftGauges {
+    role: Family<[(&'static str, &'static str); 1], Gauge>,
+    term: Gauge,
+    out_of_contact: Gauge,
+}
+
+/// The roles `raft_role` has a series for.
+const ROLES: [&str; 5] = ["leader", "follower", "candidate", "learner", "shutdown"];
+
+impl RaftGauges {
+    fn register(registry: &mut Registry) -> RaftGauges {
+        let role = Family::default();
+        registry.register(
+            "raft_role",
+            "1 for this node's raft role (leader, follower, candidate, learner, shutdown), \
+             0 for the others",
+            role.clone(),
+        );
+        let term = Gauge::default();
+        registry.register("raft_term", "This node's raft term", term.clone());
+        let out_of_contact = Gauge::default();
+        registry.register(
+            "raft_out_of_contact",
+            "1 while this node is cut off from its group (a leader no majority answered \
+             within the leader lease, a follower that knows no leader): it certifies nothing",
+            out_of_contact.clone(),
+        );
+        RaftGauges {
+            role,
+            term,
+            out_of_contact,
+        }
+    }
+}
+
+impl CertifierMetrics {
+    /// The metrics of a single certifier, or (`raft`) of a raft node.
+    pub(crate) fn new(raft: bool) -> Self {
         let mut registry = Registry::with_prefix("tashkent_certifier");
         let certifications = Family::default();
         registry.register(
@@ -90,7 +129,9 @@ impl Default for CertifierMetrics {
             "Records made durable by one fdatasync (group commit)",
             wal_group.clone(),
         );
+        let raft = raft.then(|| RaftGauges::register(&mut registry));
         CertifierMetrics {
+            raft,
             registry,
             certifications,
             subscribers,
@@ -148,6 +189,16 @@ impl CertifierMetrics {
             self.replica_silent
                 .get_or_create(&labels)
                 .set(r.millis_since_report as f64 / 1000.0);
+        }
+        if let (Some(r), Some(node)) = (&self.raft, svc.node()) {
+            for role in ROLES {
+                r.role
+                    .get_or_create(&[("role", role)])
+                    .set(i64::from(s.role == role));
+            }
+            r.term.set(s.term as i64);
+            r.out_of_contact
+                .set(i64::from(node.contact.lost().is_some()));
         }
         tashkent_metrics::encode(&self.registry)
     }

@@ -183,7 +183,7 @@ impl CertifierService {
         node: Option<super::replicated::Node>,
     ) -> CertifierService {
         let checkpoint = super::purge::load_checkpoint(wal.dir(), wal.last_lsn());
-        let metrics = Arc::new(super::metrics::CertifierMetrics::default());
+        let metrics = Arc::new(super::metrics::CertifierMetrics::new(node.is_some()));
         wal.observe_syncs(metrics.sync_observer());
         let inner = Arc::new(Inner {
             state: parts.state,
@@ -240,7 +240,14 @@ impl CertifierService {
             });
         }
         if let Some(node) = &inner.node {
-            return node.certify(rec.freeze()).await;
+            let outcome = node.certify(rec.freeze()).await?;
+            // A retry's earlier answer counts again here: the state
+            // machine does not tell it apart.
+            inner.metrics.decided(match outcome {
+                Outcome::Committed { .. } => "committed",
+                Outcome::Aborted { .. } => "aborted",
+            });
+            return Ok(outcome);
         }
         let (outcome, _) = self.decide(&ws.txn_id, ws.snapshot, &cs, &ws, rec).await?;
         Ok(outcome)

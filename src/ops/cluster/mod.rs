@@ -169,6 +169,9 @@ pub struct LocalCluster {
     /// Each node's `peer_routes`, when a test routes its links (see
     /// `route_certifier_node`).
     node_routes: Vec<Option<String>>,
+    /// Where each node serves metrics (kept across restarts; port 0 until
+    /// the first start chose one; unused when metrics are off).
+    node_metrics: Vec<SocketAddr>,
     /// Where each proxy listens (kept across its restarts).
     proxy_listen: Vec<SocketAddr>,
     /// Where the certifier and each proxy serve metrics (kept likewise;
@@ -228,6 +231,10 @@ impl LocalCluster {
             nodes: Vec::new(),
             node_listen: nodes::listen_addrs(cfg.certifiers, &ports.certifier_nodes)?,
             node_routes: Vec::new(),
+            node_metrics: (0..nodes::count(cfg.certifiers))
+                .map(|i| ports.certifier_node_metrics.get(i).copied().unwrap_or(0))
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+                .collect(),
             proxy_listen: Vec::new(),
             certifier_metrics: SocketAddr::from(([127, 0, 0, 1], ports.certifier_metrics)),
             proxy_metrics: Vec::new(),
@@ -262,6 +269,10 @@ impl LocalCluster {
             certifier_metrics: cluster.certifier_metrics.port(),
             proxy_metrics: cluster.proxy_metrics.iter().map(|a| a.port()).collect(),
             certifier_nodes: cluster.node_listen.iter().map(|a| a.port()).collect(),
+            certifier_node_metrics: match cluster.replicated() {
+                true => cluster.node_metrics.iter().map(|a| a.port()).collect(),
+                false => Vec::new(),
+            },
         })?;
         Ok(cluster)
     }
@@ -457,10 +468,10 @@ impl LocalCluster {
         self.state.root()
     }
 
-    /// Where the certifier serves metrics (None: metrics are off).
+    /// Where the certifier serves metrics (None: metrics are off, or the
+    /// certifier is replicated: see `certifier_node_metrics_addrs`).
     pub fn certifier_metrics_addr(&self) -> Option<SocketAddr> {
         if self.replicated() {
-            // Not served by the nodes yet.
             return None;
         }
         self.config

@@ -8,15 +8,24 @@ use std::net::SocketAddr;
 
 use tashkent_certifier::{CertifierConfig, RunningCertifier};
 
-use super::{part_addr, path_arg, write_section, LocalCluster, Part, Placement};
+use super::{part_addr, part_metrics_addr, path_arg, write_section, LocalCluster, Part, Placement};
 use crate::error::{Error, Result};
 use crate::ops::process::ChildProcess;
+
+/// How many raft nodes `certifiers` means (none for a single certifier).
+pub(super) fn count(certifiers: u32) -> usize {
+    if certifiers <= 1 {
+        0
+    } else {
+        certifiers as usize
+    }
+}
 
 /// Where `certifiers` nodes listen: the ports `kept` from the first start,
 /// else free ones (none for a single certifier). Raft needs every address
 /// before any node starts, so they cannot be chosen by binding port 0.
 pub(super) fn listen_addrs(certifiers: u32, kept: &[u16]) -> Result<Vec<SocketAddr>> {
-    if certifiers <= 1 {
+    if count(certifiers) == 0 {
         return Ok(Vec::new());
     }
     let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
@@ -57,6 +66,12 @@ impl LocalCluster {
         }
     }
 
+    /// Where each node serves metrics, node 1 first (None: metrics are
+    /// off, or the certifier is not replicated).
+    pub fn certifier_node_metrics_addrs(&self) -> Option<Vec<SocketAddr>> {
+        (self.replicated() && self.config.cluster.metrics).then(|| self.node_metrics.clone())
+    }
+
     /// `1=host:port,2=...`: the `peers` of every node.
     fn peers(&self) -> String {
         let all: Vec<String> = self
@@ -82,8 +97,7 @@ impl LocalCluster {
             node_id: Some(u64::from(id)),
             peers: Some(self.peers()),
             peer_routes: self.node_routes.get(i).cloned().flatten(),
-            // One metrics port per node is not kept yet.
-            metrics_listen: None,
+            metrics_listen: self.config.cluster.metrics.then_some(self.node_metrics[i]),
             ..self.config.certifier.clone()
         };
         let name = format!("certifier {id}");
@@ -109,6 +123,9 @@ impl LocalCluster {
             }
         };
         self.node_listen[i] = part_addr(&part, |c: &RunningCertifier| c.local_addr());
+        if let Some(m) = part_metrics_addr(&part, RunningCertifier::metrics_addr) {
+            self.node_metrics[i] = m;
+        }
         if self.nodes.len() < self.node_listen.len() {
             self.nodes.resize_with(self.node_listen.len(), || None);
         }
