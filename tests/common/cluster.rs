@@ -132,9 +132,7 @@ impl Cluster {
     /// Waits until every replica has applied everything the certifier
     /// made durable.
     pub async fn wait_converged(&self) {
-        // The cluster's own client: over TLS when its certifier serves it.
-        let cert = self.certifier_client().await.unwrap();
-        let target = cert.status().await.unwrap().durable_version;
+        let target = self.acknowledged_version().await;
         let deadline = Instant::now() + Duration::from_secs(60);
         for i in 0..self.replicas.len() {
             let c = self.replica(i).await;
@@ -151,6 +149,32 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+
+    /// The newest version the certifier has acknowledged: a single
+    /// certifier's durable version; with raft nodes the highest version any
+    /// node has committed (what a follower reports may trail the leader).
+    /// Over TLS when the certifier serves it.
+    pub async fn acknowledged_version(&self) -> u64 {
+        if self.certifier_nodes() == 1 {
+            let cert = self.certifier_client().await.unwrap();
+            return cert.status().await.unwrap().durable_version;
+        }
+        let mut newest = None;
+        for addr in self.certifier_node_addrs() {
+            let node = tashkent::ops::certifier::CertifierTarget::new(
+                addr.to_string(),
+                self.certifier_tls_ca().map(std::path::Path::to_path_buf),
+            );
+            let status = tokio::time::timeout(Duration::from_secs(2), async {
+                node.connect().await.ok()?.status().await.ok()
+            })
+            .await;
+            if let Ok(Some(s)) = status {
+                newest = newest.max(Some(s.committed_version));
+            }
+        }
+        newest.expect("no certifier node answers")
     }
 
     /// The replicas as `tashkent verify` targets.

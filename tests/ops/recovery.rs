@@ -272,9 +272,34 @@ async fn assert_tpcb_invariant(c: &Client, replica: usize) {
         .await
         .unwrap();
     let (a, t, b, h): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
-    assert!(
-        a == t && t == b && b == h,
-        "replica {replica}: accounts {a}, tellers {t}, branches {b}, history {h}"
+    if a == t && t == b && b == h {
+        return;
+    }
+    // Which rows lost (or gained) a delta, and the transactions that wrote
+    // them: what a diagnosis starts from.
+    let mut rows = Vec::new();
+    for (table, key, balance) in [
+        ("pgbench_accounts", "aid", "abalance"),
+        ("pgbench_tellers", "tid", "tbalance"),
+        ("pgbench_branches", "bid", "bbalance"),
+    ] {
+        let sql = format!(
+            "SELECT t.{key}, t.{balance}::bigint, coalesce(h.s, 0)::bigint, coalesce(h.tags, '') \
+             FROM {table} t LEFT JOIN (SELECT {key}, sum(delta) s, \
+               string_agg(rtrim(filler) || ':' || delta, ' ' ORDER BY mtime) tags \
+               FROM pgbench_history GROUP BY {key}) h USING ({key}) \
+             WHERE t.{balance} <> coalesce(h.s, 0)"
+        );
+        for r in c.query(&sql, &[]).await.unwrap() {
+            let (k, got, want, tags): (i32, i64, i64, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            rows.push(format!(
+                "{table} {k}: balance {got}, history {want} from [{tags}]"
+            ));
+        }
+    }
+    panic!(
+        "replica {replica}: accounts {a}, tellers {t}, branches {b}, history {h}; rows off: {rows:#?}"
     );
 }
 
