@@ -242,7 +242,28 @@ impl LocalCluster {
             state: state.clone(),
             config: file,
         };
-        cluster.start_certifier().await?;
+        // Freshly chosen node ports were free when chosen, not when the
+        // nodes bind them (another process may take one in between): on
+        // a first start, choose again a few times.
+        let mut attempts = 0;
+        while let Err(e) = cluster.start_certifier().await {
+            attempts += 1;
+            if !cluster.replicated() || !ports.certifier_nodes.is_empty() || attempts >= 3 {
+                return Err(e);
+            }
+            tracing::info!("starting the certifier nodes again on other ports: {e}");
+            cluster.stop_certifier().await?;
+            // A first start's node directories hold nothing but the
+            // membership with the old ports.
+            for id in 1..=cfg.certifiers {
+                let dir = cluster.state.certifier_node_dir(id);
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)
+                        .map_err(Error::io(format!("removing {}", dir.display())))?;
+                }
+            }
+            cluster.node_listen = nodes::listen_addrs(cfg.certifiers, &[])?;
+        }
         for i in 0..cluster.replicas.len() {
             let port = ports
                 .proxies
