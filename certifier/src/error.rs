@@ -114,6 +114,22 @@ pub enum CertifierError {
     /// log cannot do; `what` names the file or LSN.
     #[error("raft storage, {what}: {reason}")]
     RaftStorage { what: String, reason: String },
+
+    /// The replicated certifier: this node is out of contact with its
+    /// group (see `server::contact`) and refused `refused`;
+    /// `outcome_unknown`: a certification was in flight (proposed, maybe
+    /// committed by the others). Sent as UNAVAILABLE: clients retry on
+    /// another node (under the same txn id).
+    #[error(
+        "certifier node {node} is out of contact with its group ({why}){}, {refused}",
+        if *.outcome_unknown { "; outcome unknown" } else { "" }
+    )]
+    OutOfContact {
+        node: u64,
+        why: &'static str,
+        refused: String,
+        outcome_unknown: bool,
+    },
 }
 
 /// An error and its causes, outermost first, as one line (tonic's
@@ -324,6 +340,7 @@ impl From<CertifierError> for tonic::Status {
                 s
             }
             CertifierError::Wal(ref w) if w.is_poisoned() => Status::unavailable(msg),
+            CertifierError::OutOfContact { .. } => Status::unavailable(msg),
             CertifierError::OutcomeUnknown(_) => Status::failed_precondition(msg),
             CertifierError::Purged { first, .. } => {
                 let mut s = Status::failed_precondition(msg);

@@ -72,4 +72,5 @@ pub fn assert_gone(dir: &Path) {
 }
 
 pub mod cluster;
+pub mod mount;
 pub mod relay;

@@ -7,44 +7,8 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use common::cluster::{blocking, tashkent, Cluster};
-
-/// A tmpfs of `size` mounted on `dir` while it lives; unmounted (lazily,
-/// so a process still holding a file cannot keep it) and removed on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0755"),
-                "tmpfs",
-            ])
-            .arg(dir)
-            .output()
-            .expect("running mount");
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs (the test needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::mount::Mount;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_certifier_log_disk_gives_53100_and_status_shows_it() {
@@ -54,7 +18,7 @@ async fn a_full_certifier_log_disk_gives_53100_and_status_shows_it() {
         // Small segments, so that the first ones fit and a later one does not.
         f.certifier.wal_segment_bytes = 1 << 20;
         let wal = f.cluster.state_dir.join("certifier-wal");
-        mounted = Some(Tmpfs::mount(&wal, "4m"));
+        mounted = Some(Mount::tmpfs(&wal, "4m"));
     })
     .await;
     let _mounted = mounted;
@@ -63,11 +27,42 @@ async fn a_full_certifier_log_disk_gives_53100_and_status_shows_it() {
         .await
         .unwrap();
 
-    // 256 KiB rows until the log's disk is full.
+    let (acknowledged, errors) = fill_the_log(&c, 200).await;
+    // At most one transaction can have been in flight from this one client.
+    let unknown = errors.iter().filter(|(code, _)| code == "08007").count();
+    assert!(unknown <= 1, "{errors:?}");
+    // Another proxy's clients are told the same.
+    proxy_gets_53100(&cluster, 1).await;
+
+    let state = cluster.state_dir().display().to_string();
+    let (ok, out) = blocking(|| tashkent(&["status", "--state-dir", &state, "--json"]));
+    assert!(ok, "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(json["certifier"]["state"], "poisoned", "{out}");
+    let cause = json["certifier"]["error"].as_str().unwrap_or_default();
+    assert!(cause.contains("disk is full"), "{out}");
+
+    // Every acknowledged row was durable in the certifier's log before the
+    // client heard of it, and is committed on its origin replica.
+    let durable = json["certifier"]["durable_version"].as_u64().unwrap();
+    assert!(durable > acknowledged.len() as u64, "{out}");
+    assert_on_replica(&cluster, 0, &acknowledged).await;
+}
+
+/// Inserts 256 KiB rows into `blobs (id int, b text)` through `c`, at most
+/// `limit`, until the certifier's log is full; the ids acknowledged and the
+/// errors (SQLSTATE, message). Some rows fit, then clients get `53100`
+/// naming the certifier's log, or `08007` for a transaction in flight when
+/// the log failed; no other error.
+pub(crate) async fn fill_the_log(
+    c: &tokio_postgres::Client,
+    limit: i32,
+) -> (Vec<i32>, Vec<(String, String)>) {
     let row = "x".repeat(256 << 10);
     let mut acknowledged = Vec::new();
     let mut errors = Vec::new();
-    for id in 0..200 {
+    for id in 0..limit {
         match c
             .execute("INSERT INTO blobs VALUES ($1, $2)", &[&id, &row])
             .await
@@ -86,8 +81,8 @@ async fn a_full_certifier_log_disk_gives_53100_and_status_shows_it() {
         acknowledged.len() >= 2,
         "some rows fit: {acknowledged:?} {errors:?}"
     );
-    let full: Vec<_> = errors.iter().filter(|(code, _)| code == "53100").collect();
-    assert!(!full.is_empty(), "no 53100 after 200 inserts: {errors:?}");
+    let full = errors.iter().filter(|(code, _)| code == "53100").count();
+    assert!(full > 0, "no 53100 after {limit} inserts: {errors:?}");
     for (code, message) in &errors {
         match code.as_str() {
             "53100" => assert!(
@@ -99,12 +94,14 @@ async fn a_full_certifier_log_disk_gives_53100_and_status_shows_it() {
             _ => panic!("unexpected error {code}: {message} (all: {errors:?})"),
         }
     }
-    // At most one transaction can have been in flight from this one client.
-    let unknown = errors.iter().filter(|(code, _)| code == "08007").count();
-    assert!(unknown <= 1, "{errors:?}");
-    // Another proxy's clients are told the same.
-    let other = cluster.client(1).await;
-    let e = other
+    (acknowledged, errors)
+}
+
+/// A client of proxy `i` gets `53100` for an insert into `blobs`.
+pub(crate) async fn proxy_gets_53100(cluster: &Cluster, i: usize) {
+    let e = cluster
+        .client(i)
+        .await
         .execute("INSERT INTO blobs VALUES (-1, 'x')", &[])
         .await
         .unwrap_err();
@@ -113,22 +110,12 @@ async fn a_full_certifier_log_disk_gives_53100_and_status_shows_it() {
         Some("53100"),
         "{e:?}"
     );
+}
 
-    let state = cluster.state_dir().display().to_string();
-    let (ok, out) = blocking(|| tashkent(&["status", "--state-dir", &state, "--json"]));
-    assert!(ok, "{out}");
-    let json: serde_json::Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    assert_eq!(json["certifier"]["state"], "poisoned", "{out}");
-    let cause = json["certifier"]["error"].as_str().unwrap_or_default();
-    assert!(cause.contains("disk is full"), "{out}");
-
-    // Every acknowledged row was durable in the certifier's log before the
-    // client heard of it, and is committed on its origin replica.
-    let durable = json["certifier"]["durable_version"].as_u64().unwrap();
-    assert!(durable > acknowledged.len() as u64, "{out}");
-    let ids: Vec<i32> = cluster
-        .replica(0)
+/// Every row of `ids` is in `blobs` on replica `i`.
+pub(crate) async fn assert_on_replica(cluster: &Cluster, i: usize, ids: &[i32]) {
+    let present: Vec<i32> = cluster
+        .replica(i)
         .await
         .query("SELECT id FROM blobs ORDER BY id", &[])
         .await
@@ -136,7 +123,7 @@ async fn a_full_certifier_log_disk_gives_53100_and_status_shows_it() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    for id in &acknowledged {
-        assert!(ids.contains(id), "{id} missing: {ids:?}");
+    for id in ids {
+        assert!(present.contains(id), "{id} missing: {present:?}");
     }
 }

@@ -27,6 +27,7 @@ mod common;
 
 mod bench;
 mod certifier_cli;
+mod certifier_disk_full;
 mod certifier_failover;
 mod certifier_partition;
 mod certifier_raft;

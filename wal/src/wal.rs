@@ -216,6 +216,12 @@ impl Wal {
         self.shared().observer.set(observer).is_ok()
     }
 
+    /// The failure that poisoned this log, if one did: no record is
+    /// acknowledged any more.
+    pub fn poison_cause(&self) -> Option<std::sync::Arc<WalError>> {
+        self.shared().state.lock().poisoned.clone()
+    }
+
     /// The directory of this log.
     pub fn dir(&self) -> &Path {
         &self.shared().dir

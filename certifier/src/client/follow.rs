@@ -53,6 +53,63 @@ fn retryable(e: &CertifierError) -> bool {
     }
 }
 
+/// The log failures one call met while following the leader: the nodes
+/// that answered with one, and the most telling of them, which the call
+/// ends with rather than a later "unavailable" or "not the leader" that
+/// says less. A failure with the outcome unknown stays so: a later node's
+/// refusal does not tell whether the first one's record committed.
+#[derive(Default)]
+struct FailedLogs {
+    nodes: Vec<Arc<str>>,
+    worst: Option<CertifierError>,
+}
+
+impl FailedLogs {
+    /// Notes `e`, `addr`'s answer; returns it.
+    fn note(&mut self, addr: &Arc<str>, e: CertifierError) -> CertifierError {
+        let CertifierError::LogFailed {
+            failure,
+            cause,
+            outcome_unknown,
+        } = &e
+        else {
+            return e;
+        };
+        if !self.nodes.contains(addr) {
+            self.nodes.push(addr.clone());
+        }
+        let unknown_before = matches!(
+            self.worst,
+            Some(CertifierError::LogFailed {
+                outcome_unknown: true,
+                ..
+            })
+        );
+        self.worst = Some(CertifierError::LogFailed {
+            failure: *failure,
+            cause: cause.clone(),
+            outcome_unknown: *outcome_unknown || unknown_before,
+        });
+        e
+    }
+
+    /// Whether a majority of the nodes `addrs` answered with a log
+    /// failure: a node whose log failed never acknowledges again (until it
+    /// is restarted), so no majority can commit.
+    fn on_a_majority(&self, addrs: &[String]) -> bool {
+        let failed = addrs
+            .iter()
+            .filter(|a| self.nodes.iter().any(|n| **n == ***a))
+            .count();
+        failed > addrs.len() / 2
+    }
+
+    /// What the call ends with, its last error being `last`.
+    fn telling(self, last: CertifierError) -> CertifierError {
+        self.worst.unwrap_or(last)
+    }
+}
+
 impl Conn {
     /// Connects to one node; `bounded`: within `NODE_CONNECT_TIMEOUT`.
     pub(crate) async fn connect(
@@ -147,14 +204,19 @@ impl CertifierClient {
         }
         let deadline = tokio::time::Instant::now() + self.opts.failover_timeout;
         let mut backoff = BACKOFF_MIN;
+        let mut failed = FailedLogs::default();
         loop {
             let conn = self.conn();
             let e = match call(conn.clone()).await {
                 Ok(t) => return Ok(t),
                 Err(e) => e,
             };
-            if !retryable(&e) || tokio::time::Instant::now() >= deadline {
+            if !retryable(&e) {
                 return Err(e);
+            }
+            let e = failed.note(&conn.addr, e);
+            if failed.on_a_majority(&self.addrs) || tokio::time::Instant::now() >= deadline {
+                return Err(failed.telling(e));
             }
             let hint = match &e {
                 CertifierError::NotLeader { addr: Some(a), .. } if **a != *conn.addr => {

@@ -74,9 +74,11 @@ impl proto::certifier_server::Certifier for CertifierService {
             txn_prefix: request.elide_txn_prefix,
             from: request.elide_from,
         };
-        if let Some(lost) = self.node().and_then(|n| n.contact.lost()) {
-            if lost.since.elapsed() >= super::contact::STREAM_GRACE {
-                return Err(subscribe::out_of_contact(&self.inner, lost.why).into());
+        if let Some(node) = self.node() {
+            if let Some(lost) = node.contact.lost() {
+                if lost.since.elapsed() >= super::contact::STREAM_GRACE {
+                    return Err(node.streams_refused(lost.why).into());
+                }
             }
         }
         let latest = self.inner.state.lock().latest();

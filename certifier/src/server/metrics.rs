@@ -41,15 +41,22 @@ struct RaftGauges {
 }
 
 /// The roles `raft_role` has a series for.
-const ROLES: [&str; 5] = ["leader", "follower", "candidate", "learner", "shutdown"];
+const ROLES: [&str; 6] = [
+    "leader",
+    "follower",
+    "candidate",
+    "learner",
+    "shutdown",
+    "stopped",
+];
 
 impl RaftGauges {
     fn register(registry: &mut Registry) -> RaftGauges {
         let role = Family::default();
         registry.register(
             "raft_role",
-            "1 for this node's raft role (leader, follower, candidate, learner, shutdown), \
-             0 for the others",
+            "1 for this node's raft role (leader, follower, candidate, learner, shutdown; \
+             stopped once its log failed), 0 for the others",
             role.clone(),
         );
         let term = Gauge::default();

@@ -11,6 +11,7 @@ mod contact;
 mod grpc;
 pub mod metrics;
 mod node;
+mod node_poison;
 mod pipeline;
 pub mod purge;
 pub mod recovery;

@@ -139,6 +139,7 @@ pub(super) async fn open(
     let latest = sm.certifier().latest();
     versions.restored(latest).await?;
     let state = sm.shared_certifier();
+    let raft_wal = log.wal().clone();
     let raft_config = raft_config(config.raft_snapshot_entries)?;
     let lease = Duration::from_millis(raft_config.election_timeout_max);
     let raft = Raft::new(
@@ -167,6 +168,7 @@ pub(super) async fn open(
         Proposer::new(raft.clone(), MAX_BATCH),
         peers,
         Contact::watch(raft.clone(), lease),
+        raft_wal,
     );
     let parts = Parts {
         state,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use openraft::ServerState;
 use parking_lot::Mutex;
 
-use super::contact::Contact;
+use super::contact::{Contact, STREAM_GRACE};
 use crate::error::CertifierError;
 use crate::outcome::Outcome;
 use crate::proto::{AbortCode, StatusResponse};
@@ -24,6 +24,9 @@ use crate::Version;
 /// node; the horizon it moves only bounds memory and old snapshots.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
+/// What a refused certification is told to do.
+const RETRY_ELSEWHERE: &str = "retry another node";
+
 /// This node's raft side, as the service uses it.
 pub(crate) struct Node {
     pub(crate) id: NodeId,
@@ -35,6 +38,9 @@ pub(crate) struct Node {
     reported: Mutex<HashMap<u32, Instant>>,
     /// Whether this node is in touch with the group (`contact`).
     pub(crate) contact: Contact,
+    /// The raft log's WAL, to tell why the raft core stopped
+    /// (`node_poison`).
+    pub(crate) raft_wal: tashkent_wal::Wal,
 }
 
 impl Node {
@@ -44,6 +50,7 @@ impl Node {
         proposer: Proposer,
         peers: BTreeMap<NodeId, String>,
         contact: Contact,
+        raft_wal: tashkent_wal::Wal,
     ) -> Node {
         Node {
             id,
@@ -52,18 +59,31 @@ impl Node {
             peers,
             reported: Mutex::new(HashMap::new()),
             contact,
+            raft_wal,
         }
     }
 
-    /// UNAVAILABLE (clients retry another node) when this node is out of
-    /// contact with its group; `unknown`: a certification was in flight.
-    fn out_of_contact(&self, why: &str, unknown: bool) -> CertifierError {
-        let outcome = if unknown { "; outcome unknown" } else { "" };
-        CertifierError::Rpc(tonic::Status::unavailable(format!(
-            "certifier node {} is out of contact with its group ({why}){outcome}, retry another \
-             node",
-            self.id
-        )))
+    /// This node is out of contact with its group (`why`) and refused
+    /// `refused`; `unknown`: a certification was in flight.
+    pub(crate) fn out_of_contact(
+        &self,
+        why: &'static str,
+        refused: String,
+        unknown: bool,
+    ) -> CertifierError {
+        CertifierError::OutOfContact {
+            node: self.id,
+            why,
+            refused,
+            outcome_unknown: unknown,
+        }
+    }
+
+    /// Why Subscribe streams end here, and new ones are refused, once this
+    /// node has been out of contact (`why`) for `STREAM_GRACE`.
+    pub(crate) fn streams_refused(&self, why: &'static str) -> CertifierError {
+        let refused = format!("for {}s: subscribe at another node", STREAM_GRACE.as_secs());
+        self.out_of_contact(why, refused, false)
     }
 
     /// A NotLeader with the leader's client address filled in from
@@ -89,12 +109,12 @@ impl Node {
     /// their real answer by retrying on the new leader.
     pub(crate) async fn certify(&self, rec: Bytes) -> Result<Outcome, CertifierError> {
         if let Some(lost) = self.contact.lost() {
-            return Err(self.out_of_contact(lost.why, false));
+            return Err(self.out_of_contact(lost.why, RETRY_ELSEWHERE.into(), false));
         }
         let r = tokio::select! {
             r = self.proposer.certify(rec) => r.map_err(|e| self.retryable(e))?,
             lost = self.contact.lost_for(Duration::ZERO) => {
-                return Err(self.out_of_contact(lost.why, true));
+                return Err(self.out_of_contact(lost.why, RETRY_ELSEWHERE.into(), true));
             }
         };
         match r {
@@ -160,6 +180,9 @@ impl Node {
         let m = self.raft.metrics().borrow().clone();
         s.node_id = self.id;
         s.role = match m.state {
+            // A node whose log failed (`node_poison`) is out of the group
+            // whatever its core last said.
+            _ if s.poisoned || m.running_state.is_err() => "stopped",
             ServerState::Leader => "leader",
             ServerState::Follower => "follower",
             ServerState::Candidate => "candidate",

@@ -101,10 +101,20 @@ impl Inner {
     /// Records a WAL failure (the first one wins) and returns the error to
     /// answer a request with whose record was submitted: its outcome is
     /// unknown until the certifier restarts and recovers its log.
-    fn fail(&self, e: WalError) -> CertifierError {
+    pub(crate) fn fail(&self, e: WalError) -> CertifierError {
+        let cause = match &self.node {
+            Some(node) => format!("certifier node {}'s versions log: {e}", node.id),
+            None => e.to_string(),
+        };
+        self.fail_with(LogFailure::of(&e), cause)
+    }
+
+    /// [`Inner::fail`] with the failure already named (a raft node's raft
+    /// log, see `node_poison`).
+    pub(crate) fn fail_with(&self, failure: LogFailure, cause: String) -> CertifierError {
         let (failure, cause) = self.poison.get_or_init(|| {
-            tracing::error!(error = %e, "WAL failed; certifier stops acknowledging");
-            (LogFailure::of(&e), e.to_string())
+            tracing::error!(error = %cause, "log failed; certifier stops acknowledging");
+            (failure, cause)
         });
         CertifierError::LogFailed {
             failure: *failure,
@@ -204,6 +214,9 @@ impl CertifierService {
             node,
         });
         tokio::spawn(follow_durability(inner.clone()));
+        if inner.node.is_some() {
+            tokio::spawn(super::node_poison::watch(Arc::downgrade(&inner)));
+        }
         let svc = CertifierService { inner };
         tokio::spawn(purge_periodically(svc.clone()));
         svc
@@ -240,7 +253,10 @@ impl CertifierService {
             });
         }
         if let Some(node) = &inner.node {
-            let outcome = node.certify(rec.freeze()).await?;
+            let outcome = node
+                .certify(rec.freeze())
+                .await
+                .map_err(|e| super::node_poison::certify_failed(inner, e))?;
             // A retry's earlier answer counts again here: the state
             // machine does not tell it apart.
             inner.metrics.decided(match outcome {

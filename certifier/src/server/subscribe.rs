@@ -83,7 +83,6 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Version, elide: Elide) -> FrameStr
     };
     tokio::spawn(async move {
         let _counted = tashkent_metrics::GaugeGuard::new(&inner.metrics.subscribers);
-        let contact = inner.node.as_ref().map(|n| n.contact.clone());
         let r = tokio::select! {
             r = run(&inner, from, &elide, &out) => r,
             // The client went away.
@@ -91,11 +90,11 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Version, elide: Elide) -> FrameStr
             // A raft node cut off from its group gets no new versions: the
             // subscriber should find one that does (see `contact`).
             lost = async {
-                match &contact {
-                    Some(c) => c.lost_for(STREAM_GRACE).await,
+                match &inner.node {
+                    Some(n) => (n, n.contact.lost_for(STREAM_GRACE).await),
                     None => std::future::pending().await,
                 }
-            } => Err(out_of_contact(&inner, lost.why)),
+            } => Err(lost.0.streams_refused(lost.1.why)),
         };
         if let Err(e) = r {
             let _ = out.send(Err(e.into())).await;
@@ -104,16 +103,6 @@ pub(crate) fn stream(inner: Arc<Inner>, from: Version, elide: Elide) -> FrameStr
     Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|(frame, _permit)| (frame, rx))
     }))
-}
-
-/// UNAVAILABLE: subscribe at another node.
-pub(crate) fn out_of_contact(inner: &Inner, why: &str) -> CertifierError {
-    let id = inner.node.as_ref().map_or(0, |n| n.id);
-    CertifierError::Rpc(Status::unavailable(format!(
-        "certifier node {id} has been out of contact with its group for {}s ({why}): \
-         subscribe at another node",
-        STREAM_GRACE.as_secs()
-    )))
 }
 
 async fn run(

@@ -1,0 +1,91 @@
+//! A raft node whose log fails (disk full, an fsync error) never
+//! acknowledges again, like the single certifier, and also gets out of
+//! the group's way so that the others carry on.
+//!
+//! Two logs can fail on a node:
+//! - its raft log: openraft stops the node's raft core itself (a fatal
+//!   storage error), so it neither leads nor votes; here the failure is
+//!   recorded as the service's poison, so that clients are told what
+//!   failed (`53100` for a full disk) and `status` shows it;
+//! - its versions log (`raft::versions`): the durability follower records
+//!   the poison, and here the raft core is shut down, since the raft log
+//!   may still work and the node would otherwise go on leading (refusing
+//!   every certification) or voting.
+//!
+//! Certifications refused, or failed in flight, on a poisoned node are
+//! answered as a log failure (`certify_failed`), which clients retry on
+//! another node; only when every node failed do they give up with it.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use tashkent_wal::WalError;
+
+use super::service::Inner;
+use crate::error::{CertifierError, LogFailure};
+
+/// How often the two logs are looked at: a failure is rare, and until it
+/// is noticed here the node refuses certifications anyway (its core
+/// stopped: out of contact) or they fail on the poisoned log.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Watches the node of `inner` until it is dropped, stopped, or poisoned
+/// with its raft core shut down.
+pub(crate) async fn watch(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.stopping() {
+            return;
+        }
+        note_raft_log_failure(&inner);
+        if inner.poisoned().is_err() {
+            let Some(node) = &inner.node else { return };
+            tracing::error!(
+                node = node.id,
+                "a log of this certifier node failed: its raft core stops, the others carry on"
+            );
+            if let Err(e) = node.raft.shutdown().await {
+                tracing::warn!(node = node.id, "stopping the raft core: {e}");
+            }
+            return;
+        }
+    }
+}
+
+/// Records a failure of the node's raft log as the service's poison.
+fn note_raft_log_failure(inner: &Inner) {
+    let Some(node) = &inner.node else { return };
+    if let Some(cause) = node.raft_wal.poison_cause() {
+        let failure = LogFailure::of(&WalError::Poisoned {
+            cause: cause.clone(),
+        });
+        inner.fail_with(
+            failure,
+            format!("certifier node {}'s raft log: {cause}", node.id),
+        );
+    }
+}
+
+/// What a raft node answers when certifying failed with `e`: if one of
+/// its logs failed, a log failure (the outcome is unknown unless the
+/// certification was refused before it was proposed), else `e`.
+pub(crate) fn certify_failed(inner: &Inner, e: CertifierError) -> CertifierError {
+    note_raft_log_failure(inner);
+    let Err(CertifierError::LogFailed { failure, cause, .. }) = inner.poisoned() else {
+        return e;
+    };
+    let proposed = !matches!(
+        e,
+        CertifierError::OutOfContact {
+            outcome_unknown: false,
+            ..
+        } | CertifierError::NotLeader { .. }
+    );
+    CertifierError::LogFailed {
+        failure,
+        cause,
+        outcome_unknown: proposed,
+    }
+}
