@@ -480,3 +480,62 @@ async fn subscribers_get_every_version_with_and_without_the_tail_cache() {
         r.shutdown().await.unwrap();
     }
 }
+
+/// Asks node `addr` for its vote in `term` as candidate `candidate`.
+async fn ask_vote(addr: &str, term: u64, candidate: u64) -> Result<(), tonic::Status> {
+    use tashkent_certifier::raft::proto::{raft_client::RaftClient, RaftMessage};
+    let mut c = RaftClient::connect(format!("http://{addr}")).await.unwrap();
+    let req: openraft::raft::VoteRequest<u64> =
+        openraft::raft::VoteRequest::new(openraft::Vote::new(term, candidate), None);
+    let msg = RaftMessage {
+        data: serde_json::to_vec(&req).unwrap().into(),
+        entries: Vec::new(),
+    };
+    c.vote(msg).await.map(|_| ())
+}
+
+/// The first node of `peers` (the one that bootstraps a new group) loses
+/// its disk: restarted empty, it rejoins the running group instead of
+/// bootstrapping another, and casts no vote at first (it may have voted
+/// in the current term before), then does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_first_node_rejoins_without_voting_at_first() {
+    let mut nodes = Nodes::start(3).await;
+    nodes.leader().await;
+    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let client = CertifierClient::connect(&all).await.unwrap();
+    commit_numbered(&client, 1..=30).await;
+    nodes.running.remove(&1).unwrap().shutdown().await.unwrap();
+    std::fs::remove_dir_all(nodes.dirs[&1].path().join("wal")).unwrap();
+    let leader = nodes.leader().await;
+    assert_ne!(leader, 1);
+    commit_numbered(&client, 31..=40).await;
+
+    nodes.restart(1).await;
+    let refused = ask_vote(&nodes.addrs[&1], 1000, 2).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("casts no vote"), "{refused:?}");
+
+    // It follows the running group's leader and catches up.
+    let c1 = nodes.client(1).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = c1.status().await.unwrap();
+        if s.committed_version >= 40 && s.leader_id == leader {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the wiped node did not rejoin: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    commit_numbered(&client, 41..=50).await;
+    // After the hold (two election timeouts of at most 1.2 s) it votes.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    ask_vote(&nodes.addrs[&1], 1, 2).await.unwrap();
+    assert_eq!(nodes.leader().await, leader);
+    for (_, r) in std::mem::take(&mut nodes.running) {
+        r.shutdown().await.unwrap();
+    }
+}

@@ -105,9 +105,14 @@
 //! - A node whose disk was wiped rejoins as the same member (openraft's
 //!   `loosen-follower-log-revert`, else the leader panics on its emptied
 //!   log): it gets the snapshot and the log after it. It has also
-//!   forgotten its vote, so it could vote twice in the term it was wiped
-//!   in; the safe way is to rejoin under a new id (`remove-node` the old,
-//!   `add-node` the new; `membership.rs`). Snapshots are taken every
+//!   forgotten its vote; so that it cannot vote twice in the term it was
+//!   wiped in, a node that starts without raft state while a peer knows
+//!   a leader or has committed a version casts no vote for two election
+//!   timeouts, and does not bootstrap a new group (`server::rejoin`). A
+//!   node wiped during an election of a group that never committed
+//!   anything and knows no leader is not caught; rejoining under a new id
+//!   (`remove-node` the old, `add-node` the new; `membership.rs`) is the
+//!   strictly safe way. Snapshots are taken every
 //!   `raft_snapshot_entries` entries (`[certifier]`, default 10000).
 //! - Followers redirect (the client follows), they do not forward.
 //! - A leader cut off from the majority keeps its role until it hears a

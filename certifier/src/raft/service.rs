@@ -22,11 +22,27 @@ use super::types::{Raft, TypeConfig};
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft,
+    /// Vote requests are refused until then (see
+    /// [`RaftService::votes_held_until`]).
+    votes_held: Option<tokio::time::Instant>,
 }
 
 impl RaftService {
     pub fn new(raft: Raft) -> RaftService {
-        RaftService { raft }
+        RaftService {
+            raft,
+            votes_held: None,
+        }
+    }
+
+    /// Refuses vote requests until `until`. For a node that lost its raft
+    /// state (a wiped disk) and rejoins a running group: it may have voted
+    /// in the current term before, and forgot. Raft's safety rests on one
+    /// vote per node and term, so it casts none until every election that
+    /// could have been running when it lost its state has timed out.
+    pub fn votes_held_until(mut self, until: tokio::time::Instant) -> RaftService {
+        self.votes_held = Some(until);
+        self
     }
 
     /// The tonic server of this service, to add to a router.
@@ -73,6 +89,16 @@ impl RaftRpc for RaftService {
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        if let Some(until) = self.votes_held {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if !left.is_zero() {
+                return Err(Status::unavailable(format!(
+                    "this certifier node lost its raft state and rejoins: it casts no vote for \
+                     another {} ms",
+                    left.as_millis()
+                )));
+            }
+        }
         encode(&self.raft.vote(decode(&request.into_inner().data)?).await)
     }
 

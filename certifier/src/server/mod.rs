@@ -15,6 +15,7 @@ mod node_poison;
 mod pipeline;
 pub mod purge;
 pub mod recovery;
+mod rejoin;
 mod replicated;
 pub mod service;
 pub mod spool;
@@ -101,7 +102,12 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
     let (wal, spool, service, raft, listener) = if config.node_id.is_some() {
         let n = node::open(&config, limits).await?;
         let listener = tokio::net::TcpListener::bind(n.listen).await?;
-        (n.wal, n.spool, n.service, Some(n.raft), listener)
+        let rpc = crate::raft::RaftService::new(n.raft.clone());
+        let rpc = match n.votes_held {
+            Some(until) => rpc.votes_held_until(until),
+            None => rpc,
+        };
+        (n.wal, n.spool, n.service, Some((n.raft, rpc)), listener)
     } else {
         let (wal, spool, certifier, tail) = {
             let config = config.clone();
@@ -155,9 +161,7 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
             .tls_config(tls)
             .map_err(|e| CertifierError::Tls(crate::error::chain(&e)))?;
     }
-    let raft_rpc = raft
-        .clone()
-        .map(|r| crate::raft::RaftService::new(r).into_server());
+    let (raft, raft_rpc) = raft.map(|(r, rpc)| (r, rpc.into_server())).unzip();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let svc = service.clone();
     let svc_on_stop = service.clone();

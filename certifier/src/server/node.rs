@@ -24,6 +24,7 @@ use tashkent_wal::{Wal, WalOptions};
 use tokio::sync::Notify;
 
 use super::contact::Contact;
+use super::rejoin;
 use super::replicated::Node;
 use super::service::{CertifierService, Parts, ServiceLimits};
 use super::spool::Spool;
@@ -45,6 +46,8 @@ pub(super) struct Opened {
     pub(super) raft: Raft,
     /// This node's entry in `peers`: where it listens.
     pub(super) listen: SocketAddr,
+    /// Until when it refuses vote requests (`rejoin`).
+    pub(super) votes_held: Option<tokio::time::Instant>,
 }
 
 fn raft_error(e: impl std::fmt::Display) -> CertifierError {
@@ -151,13 +154,27 @@ pub(super) async fn open(
     )
     .await
     .map_err(raft_error)?;
-    if Some(&id) == peers.keys().next() && !raft.is_initialized().await.map_err(raft_error)? {
-        let members: BTreeMap<NodeId, BasicNode> = peers
-            .iter()
-            .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
-            .collect();
-        if let Err(e) = raft.initialize(members).await {
-            tracing::info!("raft membership not initialized here: {e}");
+    let mut votes_held = None;
+    if !raft.is_initialized().await.map_err(raft_error)? {
+        if rejoin::group_runs(id, &peers, peer_tls(config)?).await {
+            // This node lost its raft state (its disk was wiped) while the
+            // others went on: it catches up from the leader, and must not
+            // vote again in a term it may have voted in.
+            let hold = rejoin::VOTE_HOLD_ELECTIONS * lease;
+            tracing::warn!(
+                node = id,
+                "this node's raft state is new but its group runs: it rejoins, and casts no vote \
+                 for {hold:?}"
+            );
+            votes_held = Some(tokio::time::Instant::now() + hold);
+        } else if Some(&id) == peers.keys().next() {
+            let members: BTreeMap<NodeId, BasicNode> = peers
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::info!("raft membership not initialized here: {e}");
+            }
         }
     }
     let spool = Arc::new(spool);
@@ -191,5 +208,6 @@ pub(super) async fn open(
         service,
         raft,
         listen,
+        votes_held,
     })
 }

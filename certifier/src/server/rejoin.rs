@@ -1,0 +1,64 @@
+//! A raft node that starts with no raft state while its group runs: its
+//! disk was wiped (or replaced), and it rejoins from the others (the
+//! leader sends it a snapshot and the log after it).
+//!
+//! Two things it must not do. It must not bootstrap a new group (the
+//! first node of `peers` initializes the membership when it finds no
+//! state). And it must not vote at once: it may have voted in the current
+//! term before it lost its state, and a second vote in one term can elect
+//! two leaders. So it refuses vote requests for
+//! [`VOTE_HOLD_ELECTIONS`] election timeouts, after which any election
+//! that was running when it lost its state has ended (a candidate whose
+//! term timed out ignores answers for it).
+//!
+//! Whether the group runs is asked of the peers' Status: one that knows a
+//! leader, or has committed a version, says so. A group whose nodes all
+//! start afresh (a first start) knows no leader yet, so first starts are
+//! not held up. Left open: a node wiped during the election of a group
+//! that never committed a version and knows no leader votes at once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::client::{CertifierClient, ClientOptions};
+use crate::raft::NodeId;
+use crate::tls::ClientTls;
+
+/// How many of the longest election timeouts a rejoining node casts no
+/// vote for.
+pub(super) const VOTE_HOLD_ELECTIONS: u32 = 2;
+
+/// How long one peer may take to answer.
+const ASK_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Whether any peer of node `id` says the group runs (see the module
+/// docs); peers that do not answer say nothing.
+pub(super) async fn group_runs(
+    id: NodeId,
+    peers: &BTreeMap<NodeId, String>,
+    tls: Option<ClientTls>,
+) -> bool {
+    let asks = peers.iter().filter(|(p, _)| **p != id).map(|(_, addr)| {
+        let opts = ClientOptions {
+            tls: tls.clone(),
+            ..ClientOptions::default()
+        };
+        async move {
+            let asked = tokio::time::timeout(ASK_TIMEOUT, async {
+                CertifierClient::connect_with(addr, opts)
+                    .await?
+                    .status()
+                    .await
+            })
+            .await;
+            match asked {
+                Ok(Ok(s)) => s.leader_id != 0 || s.committed_version > 0,
+                _ => false,
+            }
+        }
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .any(|runs| runs)
+}
