@@ -1,6 +1,7 @@
 //! Following the leader of a replicated certifier: a client given several
 //! addresses sends each call to the node it believes leads; on a
-//! NotLeader answer it switches to the leader named (`tashkent-leader`),
+//! NotLeader answer it switches to the leader named (`tashkent-leader`;
+//! also a client given a single address, which may be a follower's),
 //! on a broken connection or an unavailable node to the next address, and
 //! tries again with back-off until `failover_timeout`. Certification is
 //! idempotent by txn id (the dedupe table is replicated), so a
@@ -199,9 +200,10 @@ impl CertifierClient {
         F: Fn(Arc<Conn>) -> Fut,
         Fut: Future<Output = Result<T, CertifierError>>,
     {
-        if self.addrs.len() == 1 {
-            return call(self.conn()).await;
-        }
+        // Given one address, only a redirect is followed: a single
+        // certifier's errors are final, and a follower named alone still
+        // leads its client to the leader.
+        let single = self.addrs.len() == 1;
         let deadline = tokio::time::Instant::now() + self.opts.failover_timeout;
         let mut backoff = BACKOFF_MIN;
         let mut failed = FailedLogs::default();
@@ -211,7 +213,8 @@ impl CertifierClient {
                 Ok(t) => return Ok(t),
                 Err(e) => e,
             };
-            if !retryable(&e) {
+            let redirect = matches!(&e, CertifierError::NotLeader { addr: Some(_), .. });
+            if !retryable(&e) || (single && !redirect) {
                 return Err(e);
             }
             let e = failed.note(&conn.addr, e);

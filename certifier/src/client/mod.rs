@@ -232,14 +232,15 @@ impl CertifierClient {
     /// whose outcome is unknown, retry with the same writeset). Writesets
     /// that fit one chunk share the connection's CertifyPipeline stream;
     /// larger ones are sent in chunks over a Certify call of their own.
+    /// Given a follower of a replicated certifier, it follows the
+    /// follower's redirect to the leader (the other calls do not: give a
+    /// client every node).
     pub async fn certify(&self, ws: Writeset) -> Result<Outcome, CertifierError> {
         let chunk = self
             .opts
             .chunk_bytes
             .min(self.opts.max_message_bytes.saturating_sub(1024));
-        if self.addrs.len() == 1 {
-            return self.conn().certify(ws, chunk).await;
-        }
+        // Also with one address: a follower's redirect is followed.
         self.following(|c| {
             let ws = ws.clone();
             async move { c.certify(ws, chunk).await }
