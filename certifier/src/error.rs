@@ -190,8 +190,12 @@ pub const FIRST_VERSION_METADATA: &str = "tashkent-first-version";
 /// gRPC metadata key of a [`CertifierError::LogFailed`] answer: its
 /// [`LogFailure`].
 pub const LOG_FAILURE_METADATA: &str = "tashkent-log-failure";
-/// gRPC metadata key saying a request's outcome is unknown (`unknown`).
+/// gRPC metadata key saying a request's outcome is unknown (`unknown`),
+/// or that it was refused before anything of it was written
+/// ([`OUTCOME_NOT_WRITTEN`]).
 pub const OUTCOME_METADATA: &str = "tashkent-outcome";
+/// [`OUTCOME_METADATA`]'s value for a request refused unwritten.
+pub const OUTCOME_NOT_WRITTEN: &str = "not-written";
 /// gRPC metadata key of a [`CertifierError::NotLeader`] answer: the
 /// leader's client address (`host:port`), when the node knows it.
 pub const LEADER_METADATA: &str = "tashkent-leader";
@@ -340,7 +344,21 @@ impl From<CertifierError> for tonic::Status {
                 s
             }
             CertifierError::Wal(ref w) if w.is_poisoned() => Status::unavailable(msg),
-            CertifierError::OutOfContact { .. } => Status::unavailable(msg),
+            CertifierError::OutOfContact {
+                outcome_unknown, ..
+            } => {
+                let mut s = Status::unavailable(msg);
+                let outcome = if outcome_unknown {
+                    "unknown"
+                } else {
+                    OUTCOME_NOT_WRITTEN
+                };
+                s.metadata_mut().insert(
+                    OUTCOME_METADATA,
+                    tonic::metadata::MetadataValue::from_static(outcome),
+                );
+                s
+            }
             CertifierError::OutcomeUnknown(_) => Status::failed_precondition(msg),
             CertifierError::Purged { first, .. } => {
                 let mut s = Status::failed_precondition(msg);

@@ -20,7 +20,7 @@ use tonic::Code;
 
 use super::pipeline::PipelineClient;
 use super::{uri, CertifierClient, ClientOptions, Conn, Grpc, WINDOW_BYTES};
-use crate::error::CertifierError;
+use crate::error::{CertifierError, LogFailure, OUTCOME_METADATA, OUTCOME_NOT_WRITTEN};
 use crate::outcome::Outcome;
 use crate::proto::{ReportCheckpointRequest, ReportCheckpointResponse, SubscribeRequest, Writeset};
 
@@ -54,60 +54,66 @@ fn retryable(e: &CertifierError) -> bool {
     }
 }
 
-/// The log failures one call met while following the leader: the nodes
-/// that answered with one, and the most telling of them, which the call
-/// ends with rather than a later "unavailable" or "not the leader" that
-/// says less. A failure with the outcome unknown stays so: a later node's
-/// refusal does not tell whether the first one's record committed.
+/// What one call met while following the leader: the nodes that answered
+/// with a log failure, the most telling of those failures (the call ends
+/// with it rather than with a later "unavailable" or "not the leader"
+/// that says less), and whether any attempt may have written the request
+/// (its outcome unknown: a broken call, a failure after proposing). A
+/// later node's refusal does not tell whether an earlier attempt's record
+/// committed, so then the log failure the call ends with says "outcome
+/// unknown" (`08007`), never "not committed".
 #[derive(Default)]
-struct FailedLogs {
-    nodes: Vec<Arc<str>>,
-    worst: Option<CertifierError>,
+struct Attempts {
+    failed_nodes: Vec<Arc<str>>,
+    worst: Option<(LogFailure, String)>,
+    maybe_written: bool,
 }
 
-impl FailedLogs {
-    /// Notes `e`, `addr`'s answer; returns it.
-    fn note(&mut self, addr: &Arc<str>, e: CertifierError) -> CertifierError {
-        let CertifierError::LogFailed {
-            failure,
-            cause,
-            outcome_unknown,
-        } = &e
-        else {
-            return e;
+impl Attempts {
+    /// Notes `e`, `addr`'s answer.
+    fn note(&mut self, addr: &Arc<str>, e: &CertifierError) {
+        let not_written = match e {
+            CertifierError::Connect { .. } | CertifierError::NotLeader { .. } => true,
+            CertifierError::LogFailed {
+                outcome_unknown, ..
+            } => !outcome_unknown,
+            CertifierError::Rpc(s) => s
+                .metadata()
+                .get(OUTCOME_METADATA)
+                .is_some_and(|v| v.as_bytes() == OUTCOME_NOT_WRITTEN.as_bytes()),
+            _ => false,
         };
-        if !self.nodes.contains(addr) {
-            self.nodes.push(addr.clone());
+        self.maybe_written |= !not_written;
+        if let CertifierError::LogFailed { failure, cause, .. } = e {
+            if !self.failed_nodes.contains(addr) {
+                self.failed_nodes.push(addr.clone());
+            }
+            self.worst = Some((*failure, cause.clone()));
         }
-        let unknown_before = matches!(
-            self.worst,
-            Some(CertifierError::LogFailed {
-                outcome_unknown: true,
-                ..
-            })
-        );
-        self.worst = Some(CertifierError::LogFailed {
-            failure: *failure,
-            cause: cause.clone(),
-            outcome_unknown: *outcome_unknown || unknown_before,
-        });
-        e
     }
 
     /// Whether a majority of the nodes `addrs` answered with a log
     /// failure: a node whose log failed never acknowledges again (until it
-    /// is restarted), so no majority can commit.
+    /// is restarted), so no majority can commit. (Of the nodes the client
+    /// was given: give it every node.)
     fn on_a_majority(&self, addrs: &[String]) -> bool {
         let failed = addrs
             .iter()
-            .filter(|a| self.nodes.iter().any(|n| **n == ***a))
+            .filter(|a| self.failed_nodes.iter().any(|n| **n == ***a))
             .count();
         failed > addrs.len() / 2
     }
 
     /// What the call ends with, its last error being `last`.
     fn telling(self, last: CertifierError) -> CertifierError {
-        self.worst.unwrap_or(last)
+        match self.worst {
+            Some((failure, cause)) => CertifierError::LogFailed {
+                failure,
+                cause,
+                outcome_unknown: self.maybe_written,
+            },
+            None => last,
+        }
     }
 }
 
@@ -200,35 +206,41 @@ impl CertifierClient {
         F: Fn(Arc<Conn>) -> Fut,
         Fut: Future<Output = Result<T, CertifierError>>,
     {
-        // Given one address, only a redirect is followed: a single
-        // certifier's errors are final, and a follower named alone still
-        // leads its client to the leader.
+        // Given one address, only a redirect is followed (and, from where
+        // it led, the way back): a single certifier's errors are final, and
+        // a follower named alone still leads its client to the leader.
         let single = self.addrs.len() == 1;
         let deadline = tokio::time::Instant::now() + self.opts.failover_timeout;
         let mut backoff = BACKOFF_MIN;
-        let mut failed = FailedLogs::default();
+        let mut attempts = Attempts::default();
         loop {
             let conn = self.conn();
             let e = match call(conn.clone()).await {
                 Ok(t) => return Ok(t),
                 Err(e) => e,
             };
-            let redirect = matches!(&e, CertifierError::NotLeader { addr: Some(_), .. });
-            if !retryable(&e) || (single && !redirect) {
+            if !retryable(&e) {
                 return Err(e);
             }
-            let e = failed.note(&conn.addr, e);
-            if failed.on_a_majority(&self.addrs) || tokio::time::Instant::now() >= deadline {
-                return Err(failed.telling(e));
+            let redirect = matches!(&e, CertifierError::NotLeader { addr: Some(_), .. });
+            let away = *conn.addr != *self.addrs[0];
+            if single && !redirect && !away {
+                return Err(attempts.telling(e));
+            }
+            attempts.note(&conn.addr, &e);
+            if attempts.on_a_majority(&self.addrs) || tokio::time::Instant::now() >= deadline {
+                return Err(attempts.telling(e));
             }
             let hint = match &e {
                 CertifierError::NotLeader { addr: Some(a), .. } if **a != *conn.addr => {
                     Some(a.clone())
                 }
+                // A leader a redirect led to is gone: back to the address given.
+                _ if single => Some(self.addrs[0].clone()),
                 _ => None,
             };
             tracing::debug!(node = %conn.addr, leader = ?hint, "certifier call failed, trying another node: {e}");
-            if hint.is_none() {
+            if hint.is_none() || !redirect {
                 // No leader known (an election), or the node is gone.
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -316,5 +328,95 @@ impl CertifierClient {
             }
         }
         first.unwrap_or_else(|| Err(CertifierError::Config("no certifier address".into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_failed(outcome_unknown: bool) -> CertifierError {
+        CertifierError::LogFailed {
+            failure: LogFailure::DiskFull,
+            cause: "disk full".into(),
+            outcome_unknown,
+        }
+    }
+
+    fn unavailable(outcome: Option<&'static str>) -> CertifierError {
+        let mut s = tonic::Status::unavailable("out of contact");
+        if let Some(o) = outcome {
+            s.metadata_mut().insert(
+                OUTCOME_METADATA,
+                tonic::metadata::MetadataValue::from_static(o),
+            );
+        }
+        CertifierError::Rpc(s)
+    }
+
+    fn ends_unknown(errors: &[(&str, CertifierError)]) -> Option<bool> {
+        let mut a = Attempts::default();
+        for (addr, e) in errors {
+            a.note(&Arc::from(*addr), e);
+        }
+        match a.telling(CertifierError::Protocol("last".into())) {
+            CertifierError::LogFailed {
+                outcome_unknown, ..
+            } => Some(outcome_unknown),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_call_refused_everywhere_unwritten_ends_not_committed() {
+        let not_leader = CertifierError::NotLeader {
+            leader: None,
+            addr: Some("b".into()),
+        };
+        let errors = [
+            ("a", not_leader),
+            ("b", unavailable(Some(OUTCOME_NOT_WRITTEN))),
+            ("b", log_failed(false)),
+            ("c", log_failed(false)),
+        ];
+        assert_eq!(ends_unknown(&errors), Some(false));
+    }
+
+    #[test]
+    fn an_attempt_that_may_have_written_makes_the_end_unknown() {
+        // A connection broken under the call, a failure after proposing,
+        // an out-of-contact node that had proposed: later refusals do not
+        // tell whether that record committed.
+        for maybe in [
+            CertifierError::Rpc(tonic::Status::unknown("h2 protocol error")),
+            log_failed(true),
+            unavailable(Some("unknown")),
+            unavailable(None),
+        ] {
+            let errors = [
+                ("a", maybe),
+                ("b", log_failed(false)),
+                ("c", log_failed(false)),
+            ];
+            assert_eq!(ends_unknown(&errors), Some(true), "{:?}", errors[0].1);
+        }
+    }
+
+    #[test]
+    fn without_a_log_failure_the_last_error_stands() {
+        assert_eq!(ends_unknown(&[("a", unavailable(None))]), None);
+    }
+
+    #[test]
+    fn a_majority_of_failed_logs_ends_the_call() {
+        let addrs: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let mut a = Attempts::default();
+        a.note(&Arc::from("a"), &log_failed(false));
+        a.note(&Arc::from("a"), &log_failed(false));
+        assert!(!a.on_a_majority(&addrs));
+        a.note(&Arc::from("b"), &unavailable(None));
+        assert!(!a.on_a_majority(&addrs));
+        a.note(&Arc::from("c"), &log_failed(false));
+        assert!(a.on_a_majority(&addrs));
     }
 }

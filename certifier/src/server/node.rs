@@ -148,7 +148,7 @@ pub(super) async fn open(
     let raft = Raft::new(
         id,
         raft_config,
-        Network::new(routes, peer_tls(config)?),
+        Network::new(routes.clone(), peer_tls(config)?),
         log,
         sm,
     )
@@ -156,10 +156,10 @@ pub(super) async fn open(
     .map_err(raft_error)?;
     let mut votes_held = None;
     if !raft.is_initialized().await.map_err(raft_error)? {
-        if rejoin::group_runs(id, &peers, peer_tls(config)?).await {
+        if rejoin::group_runs(id, &peers, &routes, peer_tls(config)?).await {
             // This node lost its raft state (its disk was wiped) while the
             // others went on: it catches up from the leader, and must not
-            // vote again in a term it may have voted in.
+            // vote again in a term it may have voted in (`rejoin`).
             let hold = rejoin::VOTE_HOLD_ELECTIONS * lease;
             tracing::warn!(
                 node = id,
@@ -167,6 +167,14 @@ pub(super) async fn open(
                  for {hold:?}"
             );
             votes_held = Some(tokio::time::Instant::now() + hold);
+            // Nor does it stand for election meanwhile: voting for itself
+            // would be a vote too.
+            raft.runtime_config().elect(false);
+            let campaigner = raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                campaigner.runtime_config().elect(true);
+            });
         } else if Some(&id) == peers.keys().next() {
             let members: BTreeMap<NodeId, BasicNode> = peers
                 .iter()

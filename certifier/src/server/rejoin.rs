@@ -5,17 +5,24 @@
 //! Two things it must not do. It must not bootstrap a new group (the
 //! first node of `peers` initializes the membership when it finds no
 //! state). And it must not vote at once: it may have voted in the current
-//! term before it lost its state, and a second vote in one term can elect
-//! two leaders. So it refuses vote requests for
-//! [`VOTE_HOLD_ELECTIONS`] election timeouts, after which any election
-//! that was running when it lost its state has ended (a candidate whose
-//! term timed out ignores answers for it).
+//! term (or a later one) before it lost its state, and a second vote in
+//! one term can elect two leaders. So for [`VOTE_HOLD_ELECTIONS`] election
+//! timeouts it refuses vote requests and does not stand for election
+//! (which would be a vote for itself); by then any election that was
+//! running when it lost its state has ended (a candidate whose term timed
+//! out ignores answers for it).
 //!
-//! Whether the group runs is asked of the peers' Status: one that knows a
-//! leader, or has committed a version, says so. A group whose nodes all
-//! start afresh (a first start) knows no leader yet, so first starts are
-//! not held up. Left open: a node wiped during the election of a group
-//! that never committed a version and knows no leader votes at once.
+//! Whether the group runs is asked of the peers' Status (where their raft
+//! messages go: `peer_routes`, else `peers`): one that knows a leader, or
+//! has committed a version, says so. A group whose nodes all start afresh
+//! knows no leader yet, so a first start is not held up (a node started
+//! after a leader was elected is held, harmlessly). Not caught: a node
+//! wiped during the election of a group that never committed a version
+//! and knows no leader, and a wiped node none of whose peers answer
+//! within [`ASK_TIMEOUT`] (then the first node bootstraps alone, and
+//! follows the group's leader once it reaches it: its lone group cannot
+//! elect anyone). Rejoining under a new node id (`remove-node`,
+//! `add-node`) is the strictly safe way.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -36,9 +43,11 @@ const ASK_TIMEOUT: Duration = Duration::from_millis(800);
 pub(super) async fn group_runs(
     id: NodeId,
     peers: &BTreeMap<NodeId, String>,
+    routes: &BTreeMap<NodeId, String>,
     tls: Option<ClientTls>,
 ) -> bool {
-    let asks = peers.iter().filter(|(p, _)| **p != id).map(|(_, addr)| {
+    let asks = peers.iter().filter(|(p, _)| **p != id).map(|(p, addr)| {
+        let addr = routes.get(p).unwrap_or(addr);
         let opts = ClientOptions {
             tls: tls.clone(),
             ..ClientOptions::default()
