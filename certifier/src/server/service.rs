@@ -245,7 +245,6 @@ impl CertifierService {
         writeset::validate(&ws)?;
         let inner = &*self.inner;
         inner.poisoned()?;
-        let cs = ConflictSet::of(&ws);
         let rec = record::encode(&ws);
         if rec.len() as u64 > inner.max_record_bytes {
             return Err(CertifierError::WritesetTooLarge {
@@ -253,6 +252,10 @@ impl CertifierService {
             });
         }
         if let Some(node) = &inner.node {
+            // The record is all raft needs (apply finds the conflict keys
+            // in it): the writeset goes now, not after the raft round, so
+            // that a large one is not held twice meanwhile.
+            drop(ws);
             let outcome = node
                 .certify(rec.freeze())
                 .await
@@ -265,6 +268,7 @@ impl CertifierService {
             });
             return Ok(outcome);
         }
+        let cs = ConflictSet::of(&ws);
         let (outcome, _) = self.decide(&ws.txn_id, ws.snapshot, &cs, &ws, rec).await?;
         Ok(outcome)
     }
