@@ -20,6 +20,9 @@ use super::{connect, connect_str, shared_tempdir};
 
 pub struct Cluster {
     inner: LocalCluster,
+    /// Dropped after the cluster's processes, before its directory: the
+    /// mounts a test put inside it (`Cluster::hold`).
+    held: Vec<Box<dyn std::any::Any + Send>>,
     _dir: tempfile::TempDir,
 }
 
@@ -61,7 +64,18 @@ impl Cluster {
         let inner = LocalCluster::start_placed(&file, placement)
             .await
             .expect("starting the cluster");
-        Cluster { inner, _dir: dir }
+        Cluster {
+            inner,
+            held: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    /// Keeps `guard` until the cluster is torn down: dropped once its
+    /// processes are gone and before its directory is removed (a mount in
+    /// the state directory), in the order held.
+    pub fn hold(&mut self, guard: impl std::any::Any + Send) {
+        self.held.push(Box::new(guard));
     }
 
     pub async fn start(n: usize) -> Cluster {

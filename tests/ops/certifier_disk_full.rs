@@ -29,15 +29,11 @@ enum Small {
 
 /// A cluster of `replicas` and 3 certifier nodes, with a tmpfs of `size`
 /// on the directory of each node in `full` (1-based ids); small log
-/// segments so that the first ones fit and a later one does not.
-async fn start(
-    replicas: usize,
-    full: &[u32],
-    size: &str,
-    small: Small,
-) -> (Vec<Mount>, Cluster, Vec<String>) {
+/// segments so that the first ones fit and a later one does not. The
+/// cluster holds the mounts (unmounted after its processes stop).
+async fn start(replicas: usize, full: &[u32], size: &str, small: Small) -> (Cluster, Vec<String>) {
     let mut mounted = Vec::new();
-    let cluster = Cluster::start_file(replicas, |f| {
+    let mut cluster = Cluster::start_file(replicas, |f| {
         f.cluster.certifiers = 3;
         f.certifier.wal_segment_bytes = 1 << 20;
         for id in full {
@@ -45,7 +41,7 @@ async fn start(
             mounted.push(Mount::tmpfs(&dir, size));
             if small == Small::VersionsLog {
                 let roomy = f.cluster.state_dir.join(format!("roomy-{id}"));
-                // Unmounted before the tmpfs it sits on.
+                // Unmounted before the tmpfs it sits on (held first).
                 mounted.insert(0, Mount::bind(&roomy, &dir.join("raft")));
             }
         }
@@ -56,7 +52,10 @@ async fn start(
         .iter()
         .map(|a| a.to_string())
         .collect();
-    (mounted, cluster, addrs)
+    for m in mounted {
+        cluster.hold(m);
+    }
+    (cluster, addrs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -72,8 +71,7 @@ async fn a_node_whose_versions_log_fills_stops_and_the_others_carry_on() {
 /// Node 1's `small` log(s) fill up under inserts through one proxy; the
 /// failure is the one of its `failed_log`.
 async fn one_node_full(small: Small, failed_log: &str) {
-    // Bound before the cluster: dropped after it (processes stopped first).
-    let (_mounted, cluster, addrs) = start(2, &[1], "6m", small).await;
+    let (cluster, addrs) = start(2, &[1], "6m", small).await;
     let c = cluster.client(0).await;
     c.batch_execute("CREATE TABLE blobs (id int PRIMARY KEY, b text)")
         .await
@@ -142,7 +140,7 @@ async fn one_node_full(small: Small, failed_log: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_node_full_gives_53100_naming_the_certifiers_log() {
-    let (_mounted, cluster, addrs) = start(2, &[1, 2, 3], "6m", Small::Both).await;
+    let (cluster, addrs) = start(2, &[1, 2, 3], "6m", Small::Both).await;
     let c = cluster.client(0).await;
     c.batch_execute("CREATE TABLE blobs (id int PRIMARY KEY, b text)")
         .await

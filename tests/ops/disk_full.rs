@@ -13,15 +13,15 @@ use common::mount::Mount;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_certifier_log_disk_gives_53100_and_status_shows_it() {
     let mut mounted = None;
-    // Declared before the cluster: dropped after it (processes stopped first).
-    let cluster = Cluster::start_file(2, |f| {
+    let mut cluster = Cluster::start_file(2, |f| {
         // Small segments, so that the first ones fit and a later one does not.
         f.certifier.wal_segment_bytes = 1 << 20;
         let wal = f.cluster.state_dir.join("certifier-wal");
         mounted = Some(Mount::tmpfs(&wal, "4m"));
     })
     .await;
-    let _mounted = mounted;
+    // Unmounted once the certifier is gone, before the state directory is.
+    cluster.hold(mounted);
     let c = cluster.client(0).await;
     c.batch_execute("CREATE TABLE blobs (id int PRIMARY KEY, b text)")
         .await
