@@ -4,7 +4,9 @@
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
-use crate::error::{CertifierError, LEADER_METADATA, LOG_FAILURE_METADATA, OUTCOME_METADATA};
+use crate::error::{
+    CertifierError, LEADER_METADATA, LOG_FAILURE_METADATA, OUTCOME_METADATA, OUTCOME_NOT_WRITTEN,
+};
 use crate::proto::{self, certify_response, pipeline_answer, AbortCode, CertifyResponse};
 use crate::Version;
 
@@ -97,7 +99,12 @@ pub(crate) fn to_answer(r: Result<Outcome, CertifierError>) -> pipeline_answer::
                 code: s.code() as i32,
                 message: s.message().to_owned(),
                 log_failure,
-                outcome_unknown: md.get(OUTCOME_METADATA).is_some(),
+                outcome_unknown: md
+                    .get(OUTCOME_METADATA)
+                    .is_some_and(|v| v.as_bytes() == b"unknown"),
+                not_written: md
+                    .get(OUTCOME_METADATA)
+                    .is_some_and(|v| v.as_bytes() == OUTCOME_NOT_WRITTEN.as_bytes()),
                 leader: md
                     .get(LEADER_METADATA)
                     .and_then(|v| v.to_str().ok())
@@ -129,11 +136,44 @@ pub(crate) fn from_answer(o: Option<pipeline_answer::Outcome>) -> Result<Outcome
             if e.outcome_unknown {
                 s.metadata_mut()
                     .insert(OUTCOME_METADATA, MetadataValue::from_static("unknown"));
+            } else if e.not_written {
+                s.metadata_mut().insert(
+                    OUTCOME_METADATA,
+                    MetadataValue::from_static(OUTCOME_NOT_WRITTEN),
+                );
             }
             Err(CertifierError::from(s))
         }
         None => Err(CertifierError::Protocol(
             "pipeline answer without outcome".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an out-of-contact refusal says of its outcome survives the
+    /// pipeline (where errors travel as answers, not statuses).
+    #[test]
+    fn an_out_of_contact_refusal_keeps_its_outcome_over_the_pipeline() {
+        for (unknown, value) in [(false, OUTCOME_NOT_WRITTEN), (true, "unknown")] {
+            let e = CertifierError::OutOfContact {
+                node: 3,
+                why: "an election is under way",
+                refused: "retry another node".into(),
+                outcome_unknown: unknown,
+            };
+            let back = from_answer(Some(to_answer(Err(e)))).unwrap_err();
+            let CertifierError::Rpc(s) = back else {
+                panic!("{back:?}")
+            };
+            assert_eq!(s.code(), tonic::Code::Unavailable);
+            assert_eq!(
+                s.metadata().get(OUTCOME_METADATA).map(|v| v.as_bytes()),
+                Some(value.as_bytes())
+            );
+        }
     }
 }
