@@ -194,6 +194,8 @@ pub const LOG_FAILURE_METADATA: &str = "tashkent-log-failure";
 /// or that it was refused before anything of it was written
 /// ([`OUTCOME_NOT_WRITTEN`]).
 pub const OUTCOME_METADATA: &str = "tashkent-outcome";
+/// [`OUTCOME_METADATA`]'s value for a request whose outcome is unknown.
+pub const OUTCOME_UNKNOWN: &str = "unknown";
 /// [`OUTCOME_METADATA`]'s value for a request refused unwritten.
 pub const OUTCOME_NOT_WRITTEN: &str = "not-written";
 /// gRPC metadata key of a [`CertifierError::NotLeader`] answer: the
@@ -272,7 +274,7 @@ impl From<tonic::Status> for CertifierError {
         let outcome_unknown = status
             .metadata()
             .get(OUTCOME_METADATA)
-            .is_some_and(|v| v.as_bytes() == b"unknown");
+            .is_some_and(|v| v.as_bytes() == OUTCOME_UNKNOWN.as_bytes());
         // The message is this error's Display; keep the cause after it.
         let message = status.message();
         let cause = message
@@ -338,7 +340,7 @@ impl From<CertifierError> for tonic::Status {
                 if outcome_unknown {
                     md.insert(
                         OUTCOME_METADATA,
-                        tonic::metadata::MetadataValue::from_static("unknown"),
+                        tonic::metadata::MetadataValue::from_static(OUTCOME_UNKNOWN),
                     );
                 }
                 s
@@ -349,7 +351,7 @@ impl From<CertifierError> for tonic::Status {
             } => {
                 let mut s = Status::unavailable(msg);
                 let outcome = if outcome_unknown {
-                    "unknown"
+                    OUTCOME_UNKNOWN
                 } else {
                     OUTCOME_NOT_WRITTEN
                 };

@@ -6,6 +6,7 @@ use tonic::Status;
 
 use crate::error::{
     CertifierError, LEADER_METADATA, LOG_FAILURE_METADATA, OUTCOME_METADATA, OUTCOME_NOT_WRITTEN,
+    OUTCOME_UNKNOWN,
 };
 use crate::proto::{self, certify_response, pipeline_answer, AbortCode, CertifyResponse};
 use crate::Version;
@@ -90,6 +91,7 @@ pub(crate) fn to_answer(r: Result<Outcome, CertifierError>) -> pipeline_answer::
         Err(e) => {
             let s = Status::from(e);
             let md = s.metadata();
+            let outcome = md.get(OUTCOME_METADATA).map(|v| v.as_bytes());
             let log_failure = md
                 .get(LOG_FAILURE_METADATA)
                 .and_then(|v| v.to_str().ok())
@@ -99,12 +101,8 @@ pub(crate) fn to_answer(r: Result<Outcome, CertifierError>) -> pipeline_answer::
                 code: s.code() as i32,
                 message: s.message().to_owned(),
                 log_failure,
-                outcome_unknown: md
-                    .get(OUTCOME_METADATA)
-                    .is_some_and(|v| v.as_bytes() == b"unknown"),
-                not_written: md
-                    .get(OUTCOME_METADATA)
-                    .is_some_and(|v| v.as_bytes() == OUTCOME_NOT_WRITTEN.as_bytes()),
+                outcome_unknown: outcome == Some(OUTCOME_UNKNOWN.as_bytes()),
+                not_written: outcome == Some(OUTCOME_NOT_WRITTEN.as_bytes()),
                 leader: md
                     .get(LEADER_METADATA)
                     .and_then(|v| v.to_str().ok())
@@ -134,8 +132,10 @@ pub(crate) fn from_answer(o: Option<pipeline_answer::Outcome>) -> Result<Outcome
                 }
             }
             if e.outcome_unknown {
-                s.metadata_mut()
-                    .insert(OUTCOME_METADATA, MetadataValue::from_static("unknown"));
+                s.metadata_mut().insert(
+                    OUTCOME_METADATA,
+                    MetadataValue::from_static(OUTCOME_UNKNOWN),
+                );
             } else if e.not_written {
                 s.metadata_mut().insert(
                     OUTCOME_METADATA,
@@ -158,7 +158,7 @@ mod tests {
     /// pipeline (where errors travel as answers, not statuses).
     #[test]
     fn an_out_of_contact_refusal_keeps_its_outcome_over_the_pipeline() {
-        for (unknown, value) in [(false, OUTCOME_NOT_WRITTEN), (true, "unknown")] {
+        for (unknown, value) in [(false, OUTCOME_NOT_WRITTEN), (true, OUTCOME_UNKNOWN)] {
             let e = CertifierError::OutOfContact {
                 node: 3,
                 why: "an election is under way",

@@ -81,9 +81,10 @@ pub struct CertifierStatus {
     pub first_version: u64,
     pub checkpoint_version: u64,
     /// A replicated certifier's node: its id, role ("leader", "follower",
-    /// "candidate", "learner"; "stopped" once its log failed), raft term, the leader it knows (0: none)
-    /// and the highest version applied from committed entries (a single
-    /// certifier: 0, empty, 0, 0 and the durable version).
+    /// "candidate", "learner"; "stopped" once its log failed), raft term,
+    /// the leader it knows (0: none) and the highest version applied from
+    /// committed entries (a single certifier: 0, empty, 0, 0 and the
+    /// durable version).
     pub node_id: u64,
     pub role: String,
     pub term: u64,

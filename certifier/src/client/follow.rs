@@ -390,7 +390,7 @@ mod tests {
         for maybe in [
             CertifierError::Rpc(tonic::Status::unknown("h2 protocol error")),
             log_failed(true),
-            unavailable(Some("unknown")),
+            unavailable(Some(crate::error::OUTCOME_UNKNOWN)),
             unavailable(None),
         ] {
             let errors = [

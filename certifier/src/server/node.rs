@@ -143,12 +143,13 @@ pub(super) async fn open(
     versions.restored(latest).await?;
     let state = sm.shared_certifier();
     let raft_wal = log.wal().clone();
+    let tls = peer_tls(config)?;
     let raft_config = raft_config(config.raft_snapshot_entries)?;
     let lease = Duration::from_millis(raft_config.election_timeout_max);
     let raft = Raft::new(
         id,
         raft_config,
-        Network::new(routes.clone(), peer_tls(config)?),
+        Network::new(routes.clone(), tls.clone()),
         log,
         sm,
     )
@@ -156,25 +157,11 @@ pub(super) async fn open(
     .map_err(raft_error)?;
     let mut votes_held = None;
     if !raft.is_initialized().await.map_err(raft_error)? {
-        if rejoin::group_runs(id, &peers, &routes, peer_tls(config)?).await {
+        if rejoin::group_runs(id, &peers, &routes, tls).await {
             // This node lost its raft state (its disk was wiped) while the
             // others went on: it catches up from the leader, and must not
             // vote again in a term it may have voted in (`rejoin`).
-            let hold = rejoin::VOTE_HOLD_ELECTIONS * lease;
-            tracing::warn!(
-                node = id,
-                "this node's raft state is new but its group runs: it rejoins, and casts no vote \
-                 for {hold:?}"
-            );
-            votes_held = Some(tokio::time::Instant::now() + hold);
-            // Nor does it stand for election meanwhile: voting for itself
-            // would be a vote too.
-            raft.runtime_config().elect(false);
-            let campaigner = raft.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(hold).await;
-                campaigner.runtime_config().elect(true);
-            });
+            votes_held = Some(rejoin::hold_votes(id, &raft, lease));
         } else if Some(&id) == peers.keys().next() {
             let members: BTreeMap<NodeId, BasicNode> = peers
                 .iter()

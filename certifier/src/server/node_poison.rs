@@ -19,8 +19,6 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use tashkent_wal::WalError;
-
 use super::service::Inner;
 use crate::error::{CertifierError, LogFailure};
 
@@ -58,11 +56,8 @@ pub(crate) async fn watch(inner: Weak<Inner>) {
 fn note_raft_log_failure(inner: &Inner) {
     let Some(node) = &inner.node else { return };
     if let Some(cause) = node.raft_wal.poison_cause() {
-        let failure = LogFailure::of(&WalError::Poisoned {
-            cause: cause.clone(),
-        });
         inner.fail_with(
-            failure,
+            LogFailure::of(&cause),
             format!("certifier node {}'s raft log: {cause}", node.id),
         );
     }

@@ -28,12 +28,37 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::client::{CertifierClient, ClientOptions};
-use crate::raft::NodeId;
+use crate::raft::{NodeId, Raft};
 use crate::tls::ClientTls;
 
 /// How many of the longest election timeouts a rejoining node casts no
 /// vote for.
-pub(super) const VOTE_HOLD_ELECTIONS: u32 = 2;
+const VOTE_HOLD_ELECTIONS: u32 = 2;
+
+/// Holds the votes of node `id` (`raft`, whose longest election timeout
+/// is `election_timeout`): it stands for no election until the hold ends
+/// (its core's own elections are switched off, and on again then); the
+/// caller refuses vote requests until the instant returned
+/// (`RaftService::votes_held_until`).
+pub(super) fn hold_votes(
+    id: NodeId,
+    raft: &Raft,
+    election_timeout: Duration,
+) -> tokio::time::Instant {
+    let hold = VOTE_HOLD_ELECTIONS * election_timeout;
+    tracing::warn!(
+        node = id,
+        "this node's raft state is new but its group runs: it rejoins, and casts no vote for \
+         {hold:?}"
+    );
+    raft.runtime_config().elect(false);
+    let campaigner = raft.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(hold).await;
+        campaigner.runtime_config().elect(true);
+    });
+    tokio::time::Instant::now() + hold
+}
 
 /// How long one peer may take to answer.
 const ASK_TIMEOUT: Duration = Duration::from_millis(800);
