@@ -176,7 +176,17 @@ async fn a_served_cluster_certifies_on_the_leader_redirects_and_fails_over() {
         let ids: Vec<_> = got.iter().map(|w| w.writeset.txn_id.clone()).collect();
         assert_eq!(ids[0], Bytes::from_static(b"t1"), "node {id}");
         assert_eq!(got.last().unwrap().version, 11, "node {id}");
-        let s = c.status().await.unwrap();
+        // A node serves (and applies) a committed version before its
+        // versions log has it durable: that log is written behind the raft
+        // log, which is what made it durable. Wait for it.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let s = loop {
+            let s = c.status().await.unwrap();
+            if s.durable_version >= 11 || tokio::time::Instant::now() > deadline {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         assert_eq!(s.node_id, *id);
         assert_eq!(s.leader_id, leader);
         assert_eq!(s.role, if *id == leader { "leader" } else { "follower" });
