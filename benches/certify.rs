@@ -145,17 +145,22 @@ where
     t.elapsed()
 }
 
+/// `BENCH_WAL_BACKEND` (`portable`, `io_uring`; default auto).
+fn wal_backend() -> tashkent_certifier::WalBackend {
+    match std::env::var("BENCH_WAL_BACKEND").as_deref() {
+        Ok("portable") => tashkent_certifier::WalBackend::Portable,
+        Ok("io_uring") => tashkent_certifier::WalBackend::IoUring,
+        _ => tashkent_certifier::WalBackend::Auto,
+    }
+}
+
 fn end_to_end(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = bench_dir();
     let cfg = CertifierConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         wal_dir: dir.path().join("wal"),
-        wal_backend: match std::env::var("BENCH_WAL_BACKEND").as_deref() {
-            Ok("portable") => tashkent_certifier::WalBackend::Portable,
-            Ok("io_uring") => tashkent_certifier::WalBackend::IoUring,
-            _ => tashkent_certifier::WalBackend::Auto,
-        },
+        wal_backend: wal_backend(),
         ..CertifierConfig::default()
     };
     let server = rt.block_on(tashkent_certifier::start(cfg)).expect("start");
@@ -296,6 +301,7 @@ async fn raft_nodes(
             wal_dir: dir.join(format!("node-{}", i + 1)),
             node_id: Some(i as u64 + 1),
             peers: Some(peers.join(",")),
+            wal_backend: wal_backend(),
             ..CertifierConfig::default()
         };
         nodes.push(tashkent_certifier::start(cfg).await.expect("start node"));

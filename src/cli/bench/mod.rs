@@ -48,6 +48,7 @@ use tashkent_tpcb::{Report, ResultRow, RunConfig, RunStats, Workload, ROWS_PER_S
 use tashkent::ops::cluster::{ClusterConfig, DurabilityMode, LocalCluster, Placement};
 use tashkent::ops::config::ConfigFile;
 use tashkent::ops::pg::{connect, Durability, PgConfig, PgServer};
+use tashkent_certifier::{CertifierConfig, WalBackend};
 
 /// The database every system serves the workloads in.
 const DATABASE: &str = "postgres";
@@ -230,6 +231,9 @@ pub struct BenchArgs {
     /// are part of what is measured.
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// The certifiers' WAL I/O backend (`[certifier] wal_backend`).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub certifier_wal: WalBackend,
 }
 
 /// Experiments of `tashkent bench` other than the side-by-side comparison.
@@ -277,6 +281,7 @@ pub struct BenchPlan {
     pub results_dir: PathBuf,
     #[serde(skip)]
     pub work_dir: Option<PathBuf>,
+    pub certifier_wal: WalBackend,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -338,6 +343,7 @@ impl BenchArgs {
             seed: self.seed,
             results_dir: self.results_dir.clone(),
             work_dir: self.work_dir.clone(),
+            certifier_wal: self.certifier_wal,
         })
     }
 }
@@ -563,7 +569,12 @@ enum Running {
 }
 
 impl Running {
-    async fn start(system: System, replicas: u32, state: &Path) -> Result<Running> {
+    async fn start(
+        system: System,
+        replicas: u32,
+        certifier_wal: WalBackend,
+        state: &Path,
+    ) -> Result<Running> {
         match system.durability() {
             None => {
                 let cfg = system.standalone();
@@ -585,6 +596,10 @@ impl Running {
                         // would otherwise encrypt every proxy's traffic.
                         tls: false,
                         ..ClusterConfig::default()
+                    },
+                    certifier: CertifierConfig {
+                        wal_backend: certifier_wal,
+                        ..CertifierConfig::default()
                     },
                     ..ConfigFile::default()
                 };
@@ -651,7 +666,13 @@ async fn run_setup(
         }
     ));
     let started = Instant::now();
-    let running = Running::start(system, replicas, &state.path().join("state")).await;
+    let running = Running::start(
+        system,
+        replicas,
+        plan.certifier_wal,
+        &state.path().join("state"),
+    )
+    .await;
     let running = match running {
         Ok(r) => r,
         Err(e) => {
