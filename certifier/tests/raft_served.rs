@@ -549,3 +549,69 @@ async fn a_wiped_first_node_rejoins_without_voting_at_first() {
         r.shutdown().await.unwrap();
     }
 }
+
+/// A writeset whose record is larger than one raft entry may be
+/// (`raft::parts`, 1 MiB) is proposed in pieces and certified at the
+/// last: every node serves it byte for byte, a retry of its txn id gets
+/// its version, and versions stay dense around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writeset_larger_than_an_entry_goes_through_raft_in_parts() {
+    let mut nodes = Nodes::start(3).await;
+    let leader = nodes.leader().await;
+    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let client = CertifierClient::connect(&all).await.unwrap();
+    assert_eq!(
+        version(client.certify(ws("before", "k0")).await.unwrap()),
+        1
+    );
+    let mut big = ws("big", "unused");
+    big.items = (0..40u32)
+        .map(|i| Item {
+            // 100 KiB each, every byte value, different per row.
+            row: (0..100 << 10)
+                .map(|j: u32| (j.wrapping_mul(31).wrapping_add(i)) as u8)
+                .collect::<Vec<u8>>()
+                .into(),
+            ..item("t", Op::Update, format!("big{i}").into_bytes())
+        })
+        .collect();
+    let want = big.items.clone();
+    assert_eq!(
+        version(
+            client
+                .certify_chunked(big.clone(), 256 << 10)
+                .await
+                .unwrap()
+        ),
+        2
+    );
+    assert_eq!(
+        version(client.certify_chunked(big, 256 << 10).await.unwrap()),
+        2,
+        "a retry"
+    );
+    assert_eq!(version(client.certify(ws("after", "k1")).await.unwrap()), 3);
+    for id in nodes.addrs.keys() {
+        let got: Vec<_> = nodes
+            .client(*id)
+            .await
+            .subscribe(1)
+            .await
+            .unwrap()
+            .take(3)
+            .map(|r| r.unwrap())
+            .collect()
+            .await;
+        assert_eq!(
+            got.iter().map(|w| w.version).collect::<Vec<_>>(),
+            [1, 2, 3],
+            "node {id}"
+        );
+        assert_eq!(got[1].writeset.txn_id, Bytes::from_static(b"big"));
+        assert!(got[1].writeset.items == want, "node {id}: rows differ");
+    }
+    assert_eq!(nodes.leader().await, leader, "no election on the way");
+    for (_, r) in std::mem::take(&mut nodes.running) {
+        r.shutdown().await.unwrap();
+    }
+}

@@ -155,6 +155,22 @@ mod on_disk {
         }
     }
 
+    /// A new state machine in `dir` that installed a snapshot of `sm`.
+    async fn snapshot_into(sm: &mut StateMachine, dir: &std::path::Path) -> StateMachine {
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut other = StateMachine::open(dir, Limits::default()).unwrap();
+        other
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        other
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn applying_certifies_and_a_snapshot_carries_the_certifier() {
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -192,20 +208,9 @@ mod on_disk {
         assert_eq!(r[6], Response::Horizon { horizon: 1 });
         assert_eq!(sm.certifier().latest(), 3);
 
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        assert_eq!(snap.meta.last_log_id, Some(log_id(1, 6)));
-
         // Install on a new node, then feed both the same entries: same answers.
-        let mut other = StateMachine::open(d2.path(), Limits::default()).unwrap();
-        other
-            .install_snapshot(&snap.meta, snap.snapshot)
-            .await
-            .unwrap();
+        let mut other = snapshot_into(&mut sm, d2.path()).await;
+        assert_eq!(other.last_applied(), Some(log_id(1, 6)));
         assert_eq!(other.certifier().image(), sm.certifier().image());
         let next = || {
             [
@@ -287,6 +292,47 @@ mod on_disk {
         assert_eq!(answers[3], Response::Committed { version: 1 });
         assert!(matches!(answers[4], Response::Rejected { .. }));
         assert_eq!(sm.certifier().latest(), 2);
+    }
+
+    fn part(index: u64, tag: u64, piece: Bytes, last: bool) -> Entry {
+        Entry {
+            log_id: log_id(1, index),
+            payload: EntryPayload::Normal(Command::Part { tag, piece, last }),
+        }
+    }
+
+    /// A record in parts: certified when its last piece is applied, also
+    /// by a node that got the earlier pieces in a snapshot, or after a
+    /// restart from one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_in_parts_certifies_at_its_last_piece_across_a_snapshot() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut sm = StateMachine::open(d1.path(), Limits::default()).unwrap();
+        let rec = super::raft_common::record("big", 0, "kb");
+        let (a, b, c) = (rec.slice(..5), rec.slice(5..9), rec.slice(9..));
+        let r = sm
+            .apply([
+                part(0, 7, a, false),
+                // Another record's pieces and a whole record in between.
+                part(1, 8, Bytes::from_static(b"abandoned"), false),
+                certify(1, 2, "x", 0, "kx"),
+                part(3, 7, b, false),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(r[0], Response::Applied);
+        assert_eq!(r[2], Response::Committed { version: 1 });
+        let mut other = snapshot_into(&mut sm, d2.path()).await;
+        let last = || [part(4, 7, c.clone(), true), part(5, 9, Bytes::new(), true)];
+        let x = sm.apply(last()).await.unwrap();
+        let y = other.apply(last()).await.unwrap();
+        assert_eq!(x, y);
+        assert_eq!(x[0], Response::Committed { version: 2 });
+        // A last piece without its earlier ones: refused, on every node.
+        assert!(matches!(x[1], Response::Rejected { .. }), "{:?}", x[1]);
+        drop(other);
+        let mut reopened = StateMachine::open(d2.path(), Limits::default()).unwrap();
+        assert_eq!(reopened.apply(last()).await.unwrap(), x, "after a restart");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,8 @@
 //! offset size
 //!   0     4   magic "TKRE" (tashkent raft entry)
 //!   4     2   entry format version, little-endian (1)
-//!   6     1   kind: 0 blank, 1 certify, 2 report, 3 membership, 4 batch
+//!   6     1   kind: 0 blank, 1 certify, 2 report, 3 membership, 4 batch,
+//!             5 part
 //!   7     1   reserved, 0
 //!   8     8   term, little-endian
 //!  16     8   node id of the leader that proposed it, little-endian
@@ -19,6 +20,7 @@
 //!               certify:    the certifier record (`record.rs`, version 0)
 //!               batch:      u32 count, then count × (u32 length, record)
 //!               report:     replica u32, applied u64, oldest snapshot u64
+//!               part:       tag u64, last u8 (0 or 1), the piece
 //!               membership: openraft's `Membership`, JSON
 //!               blank:      nothing
 //! ```
@@ -42,6 +44,8 @@ const KIND_CERTIFY: u8 = 1;
 const KIND_REPORT: u8 = 2;
 const KIND_MEMBERSHIP: u8 = 3;
 const KIND_BATCH: u8 = 4;
+const KIND_PART: u8 = 5;
+const PART_HEADER_LEN: usize = 9;
 const REPORT_LEN: usize = 4 + 8 + 8;
 
 /// The WAL LSN of raft index `index`.
@@ -70,6 +74,13 @@ pub fn encode(entry: &Entry) -> Result<Bytes, CertifierError> {
                 b.put_slice(r);
             }
             (KIND_BATCH, b.freeze())
+        }
+        EntryPayload::Normal(Command::Part { tag, piece, last }) => {
+            let mut b = BytesMut::with_capacity(PART_HEADER_LEN + piece.len());
+            b.put_u64_le(*tag);
+            b.put_u8(u8::from(*last));
+            b.put_slice(piece);
+            (KIND_PART, b.freeze())
         }
         EntryPayload::Normal(Command::Report {
             replica,
@@ -153,6 +164,13 @@ fn decode_at(lsn: Option<u64>, rec: &Bytes) -> Result<Entry, CertifierError> {
         KIND_BATCH => EntryPayload::Normal(Command::CertifyBatch {
             records: split_batch(&body).map_err(bad)?,
         }),
+        KIND_PART if body.len() >= PART_HEADER_LEN && body[8] <= 1 => {
+            EntryPayload::Normal(Command::Part {
+                tag: u64_at(&body, 0),
+                last: body[8] == 1,
+                piece: body.slice(PART_HEADER_LEN..),
+            })
+        }
         KIND_MEMBERSHIP => EntryPayload::Membership(
             serde_json::from_slice(&body)
                 .map_err(|e| bad(format!("undecodable membership: {e}")))?,
@@ -251,6 +269,22 @@ mod tests {
                     oldest_snapshot: 4,
                 }),
             },
+            Entry {
+                log_id: log_id(3, 2, 5),
+                payload: EntryPayload::Normal(Command::Part {
+                    tag: 0xfeed_0001,
+                    piece: Bytes::from_static(b"piece"),
+                    last: false,
+                }),
+            },
+            Entry {
+                log_id: log_id(3, 2, 6),
+                payload: EntryPayload::Normal(Command::Part {
+                    tag: u64::MAX,
+                    piece: Bytes::new(),
+                    last: true,
+                }),
+            },
         ]
     }
 
@@ -312,5 +346,13 @@ mod tests {
         let mut long = blank.to_vec();
         long.push(0);
         assert!(decode(2, &Bytes::from(long)).is_err(), "blank with a body");
+        let part = encode(&entries()[5]).unwrap();
+        let mut two = part.to_vec();
+        two[HEADER_LEN + 8] = 2;
+        assert!(decode(6, &Bytes::from(two)).is_err(), "a part's last flag");
+        assert!(
+            decode(6, &part.slice(..HEADER_LEN + 8)).is_err(),
+            "a part without its header"
+        );
     }
 }

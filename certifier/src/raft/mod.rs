@@ -33,8 +33,9 @@
 //!   is safe), so a commit costs no extra fsync.
 //! - **Entries.** A normal entry is a [`Command`]: `Certify` carries exactly
 //!   today's certifier WAL record (`record.rs`, version field 0),
-//!   `CertifyBatch` several of them (certified in order), `Report` a
-//!   replica's progress. Blank entries (a new leader's first) and
+//!   `CertifyBatch` several of them (certified in order), `Part` a piece
+//!   of one too large for an entry ([`parts`]), `Report` a replica's
+//!   progress. Blank entries (a new leader's first) and
 //!   membership entries take indexes but no version.
 //! - **Index ↔ version.** Versions are *not* indexes: a version is assigned
 //!   when a committed `Certify` entry is applied and certifies as a commit
@@ -88,9 +89,13 @@
 //!   behind snapshots. A follower that installed a snapshot serves only
 //!   the versions after it ("purged: rebuild from a checkpoint" before).
 //! - Chunked Certify calls are assembled in memory on a node (nothing is
-//!   spooled), up to `max_writeset_bytes`; the proposer batches by count
-//!   (256), not bytes, and the raft log's records are capped at twice a
-//!   maximal writeset.
+//!   spooled), up to `max_writeset_bytes`. A record over 1 MiB is then
+//!   proposed in pieces, an entry each ([`parts`]), which every node keeps
+//!   in memory until the last piece; the proposer batches up to 256
+//!   records or 1 MiB per entry. So entries stay small (openraft 0.9 gives
+//!   an AppendEntries 150 ms), but memory is not bounded by the entry
+//!   size: the assembled record, its decoded writeset and the window's
+//!   copy of it are whole.
 //! - TLS between nodes trusts one file (`peer_tls_ca`, by default the
 //!   node's own certificate) and checks the peer's certificate for the
 //!   host of its address; there are no client certificates, so any client
@@ -148,6 +153,7 @@ pub mod log_store;
 pub mod membership;
 pub mod meta;
 pub mod network;
+pub mod parts;
 pub mod proposer;
 pub mod service;
 pub mod snapshot;

@@ -13,6 +13,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
+use super::parts::PART_BYTES;
 use super::types::{Command, NodeId, Raft, Response};
 use crate::error::CertifierError;
 
@@ -23,6 +24,7 @@ type Reply = oneshot::Sender<Result<Response, CertifierError>>;
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::UnboundedSender<(Bytes, Reply)>,
+    raft: Raft,
 }
 
 impl Proposer {
@@ -30,20 +32,25 @@ impl Proposer {
     /// most `max_batch` certifications per entry.
     pub fn new(raft: Raft, max_batch: usize) -> Proposer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx, max_batch.max(1)));
-        Proposer { tx }
+        tokio::spawn(run(raft.clone(), rx, max_batch.max(1)));
+        Proposer { tx, raft }
     }
 
     /// Certifies `record` (a certifier record, version 0): the answer of
     /// applying it, once committed. Queued at once, so calls made before
-    /// the batching task runs share an entry.
+    /// the batching task runs share an entry. A record over
+    /// [`PART_BYTES`] is proposed in parts instead (`parts.rs`).
     pub fn certify(
         &self,
         record: Bytes,
     ) -> impl std::future::Future<Output = Result<Response, CertifierError>> {
+        let in_parts = (record.len() > PART_BYTES).then(|| (self.raft.clone(), record.clone()));
         let (reply, answer) = oneshot::channel();
-        let queued = self.tx.send((record, reply)).is_ok();
+        let queued = in_parts.is_none() && self.tx.send((record, reply)).is_ok();
         async move {
+            if let Some((raft, record)) = in_parts {
+                return certify_in_parts(&raft, &record).await;
+            }
             if !queued {
                 return Err(CertifierError::OutcomeUnknown(
                     "the proposer has stopped".into(),
@@ -79,10 +86,17 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Bytes, Reply)>, max_ba
                     open = false;
                     continue;
                 };
+                // Also bounded in bytes: one entry must reach the
+                // followers within openraft's AppendEntries timeout
+                // (`parts.rs`).
+                let mut bytes = first.0.len();
                 let mut batch = vec![first];
-                while batch.len() < max_batch {
+                while batch.len() < max_batch && bytes < PART_BYTES {
                     match rx.try_recv() {
-                        Ok(next) => batch.push(next),
+                        Ok(next) => {
+                            bytes += next.0.len();
+                            batch.push(next);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -100,6 +114,26 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Bytes, Reply)>, max_ba
             else => break,
         }
     }
+}
+
+/// Proposes `record`'s pieces one after the other under a fresh tag; the
+/// last one's answer is the certification's. A failure before the last
+/// piece leaves nothing certified (its pieces expire), so a retry under a
+/// new tag is safe.
+async fn certify_in_parts(raft: &Raft, record: &Bytes) -> Result<Response, CertifierError> {
+    let tag: u64 = rand::random();
+    let pieces = super::parts::split(record);
+    let n = pieces.len();
+    let mut answer = Response::Applied;
+    for (i, piece) in pieces.into_iter().enumerate() {
+        let last = i + 1 == n;
+        let written = raft
+            .client_write(Command::Part { tag, piece, last })
+            .await
+            .map_err(|e| write_error(&e))?;
+        answer = written.data;
+    }
+    Ok(answer)
 }
 
 /// Hands each certification of an entry its answer.

@@ -19,6 +19,9 @@
 //!             u64 n,  n × (u32 replica, u64 applied, u64 oldest snapshot)
 //!             u64 n,  n × (u64 version, bytes record)      the writesets of
 //!                     the versions in the window, certifier records
+//!             u64 n,  n × (u64 tag, u64 newest index, u64 m,
+//!                          m × bytes piece)        records arriving in
+//!                     parts (`parts.rs`); format version 2 on, absent in 1
 //! end-4   4   CRC32 (crc32fast) of everything before
 //! ```
 //!
@@ -27,6 +30,7 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
+use super::parts::{Assembly, Pending};
 use super::types::NodeId;
 use crate::certifier::CertifierImage;
 use crate::error::CertifierError;
@@ -36,7 +40,7 @@ use crate::window::{HorizonCause, WindowLimits};
 use crate::Version;
 
 const MAGIC: &[u8; 8] = b"TKRSNAP\0";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// openraft's snapshot metadata for our types.
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
@@ -48,6 +52,8 @@ pub struct SnapshotState {
     pub image: CertifierImage,
     /// (version, certifier record) for every version in the window.
     pub window: Vec<(Version, Bytes)>,
+    /// Records arriving in parts, not complete yet.
+    pub pending: Pending,
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -98,6 +104,15 @@ pub fn encode(s: &SnapshotState) -> Result<Vec<u8>, CertifierError> {
     for (v, rec) in &s.window {
         out.put_u64_le(*v);
         put_bytes(&mut out, rec);
+    }
+    out.put_u64_le(s.pending.assemblies().count() as u64);
+    for (tag, a) in s.pending.assemblies() {
+        out.put_u64_le(tag);
+        out.put_u64_le(a.newest);
+        out.put_u64_le(a.pieces.len() as u64);
+        for p in &a.pieces {
+            put_bytes(&mut out, p);
+        }
     }
     let crc = crc32fast::hash(&out);
     out.put_u32_le(crc);
@@ -164,7 +179,7 @@ pub fn decode(buf: &[u8]) -> Result<SnapshotState, CertifierError> {
     }
     let mut f = Fields(&body[8..]);
     let version = f.u32()?;
-    if version != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(bad(format!("unsupported format version {version}")));
     }
     let meta: SnapshotMeta =
@@ -215,6 +230,19 @@ pub fn decode(buf: &[u8]) -> Result<SnapshotState, CertifierError> {
     for _ in 0..n {
         window.push((f.u64()?, f.bytes()?));
     }
+    let mut assemblies = Vec::new();
+    if version >= 2 {
+        let n = f.count(24)?;
+        for _ in 0..n {
+            let (tag, newest) = (f.u64()?, f.u64()?);
+            let m = f.count(4)?;
+            let mut pieces = Vec::with_capacity(m);
+            for _ in 0..m {
+                pieces.push(f.bytes()?);
+            }
+            assemblies.push((tag, Assembly { newest, pieces }));
+        }
+    }
     if !f.0.is_empty() {
         return Err(bad(format!("{} trailing bytes", f.0.len())));
     }
@@ -230,6 +258,7 @@ pub fn decode(buf: &[u8]) -> Result<SnapshotState, CertifierError> {
             replicas,
         },
         window,
+        pending: Pending::from_assemblies(assemblies),
     })
 }
 
@@ -271,6 +300,22 @@ mod tests {
                 (11, Bytes::from_static(b"r11")),
                 (12, Bytes::from_static(b"r12")),
             ],
+            pending: Pending::from_assemblies([
+                (
+                    7,
+                    Assembly {
+                        newest: 40,
+                        pieces: vec![Bytes::from_static(b"p1"), Bytes::from_static(b"p2")],
+                    },
+                ),
+                (
+                    9,
+                    Assembly {
+                        newest: 38,
+                        pieces: vec![Bytes::new()],
+                    },
+                ),
+            ]),
         }
     }
 
@@ -287,5 +332,18 @@ mod tests {
         for cut in [0, 8, 15, b.len() / 2, b.len() - 1] {
             assert!(decode(&b[..cut]).is_err(), "cut at {cut} accepted");
         }
+    }
+
+    #[test]
+    fn a_format_1_snapshot_has_no_pending_parts() {
+        let mut s = sample();
+        s.pending = Pending::default();
+        let v2 = encode(&s).unwrap();
+        // Format 1 is format 2 without the (here empty) list of parts.
+        let mut v1 = v2[..v2.len() - 4 - 8].to_vec();
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&v1).unwrap(), s);
     }
 }

@@ -29,6 +29,7 @@ use openraft::{
 use parking_lot::Mutex;
 
 use super::meta::write_atomically;
+use super::parts::Pending;
 use super::snapshot::{self, SnapshotMeta, SnapshotState};
 use super::types::{Command, Entry, LogId, NodeId, Response, StorageError, TypeConfig};
 use super::versions::VersionsLog;
@@ -60,6 +61,8 @@ pub struct StateMachine {
     versions: Option<Arc<VersionsLog>>,
     /// The record of every version in the window, `(horizon, latest]`.
     window: BTreeMap<Version, Bytes>,
+    /// Records arriving in parts, not complete yet (`parts.rs`).
+    pending: Pending,
     last_applied: Option<LogId>,
     membership: Membership,
     dir: PathBuf,
@@ -103,6 +106,7 @@ impl StateMachine {
             certifier: Arc::new(Mutex::new(Certifier::new(limits))),
             versions,
             window: BTreeMap::new(),
+            pending: Pending::default(),
             last_applied: None,
             membership: Membership::default(),
             dir: dir.to_path_buf(),
@@ -148,14 +152,23 @@ impl StateMachine {
         }
         *self.certifier.lock() = Certifier::from_image(self.limits, s.image, sets)?;
         self.window = s.window.into_iter().collect();
+        self.pending = s.pending;
         self.last_applied = s.meta.last_log_id;
         self.membership = s.meta.last_membership;
         Ok(())
     }
 
-    fn apply_command(&mut self, cmd: Command) -> Response {
+    fn apply_command(&mut self, index: u64, cmd: Command) -> Response {
+        self.pending.expire(index);
         let r = match cmd {
             Command::Certify { record } => answer(self.certify(record)),
+            Command::Part { tag, piece, last } => {
+                match self.pending.apply(index, tag, piece, last) {
+                    Ok(None) => Response::Applied,
+                    Ok(Some(record)) => answer(self.certify(record)),
+                    Err(e) => answer(Err(e)),
+                }
+            }
             Command::CertifyBatch { records } => Response::Batch(
                 records
                     .into_iter()
@@ -231,6 +244,7 @@ impl StateMachine {
             },
             image: self.certifier.lock().image(),
             window: self.window.iter().map(|(v, r)| (*v, r.clone())).collect(),
+            pending: self.pending.clone(),
         }
     }
 }
@@ -320,7 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     self.membership = Membership::new(Some(e.log_id), m);
                     Response::Applied
                 }
-                EntryPayload::Normal(cmd) => self.apply_command(cmd),
+                EntryPayload::Normal(cmd) => self.apply_command(e.log_id.index, cmd),
             });
         }
         Ok(out)

@@ -45,6 +45,10 @@ pub enum Command {
     /// Several `Certify`s in one entry, certified in this order (what the
     /// [`super::Proposer`] sends when certifications arrive together).
     CertifyBatch { records: Vec<Bytes> },
+    /// A piece of a record too large for one entry (`parts.rs`): pieces
+    /// with the same `tag` are concatenated in log order, and the one with
+    /// `last` set completes the record and certifies it as `Certify`.
+    Part { tag: u64, piece: Bytes, last: bool },
     /// A replica's progress: moves the horizon. Replicated because the
     /// horizon decides "snapshot too old" aborts and which versions the
     /// window (and a snapshot) still holds.

@@ -1,0 +1,173 @@
+//! A certification too large for one raft entry, replicated in parts.
+//!
+//! openraft 0.9 gives an AppendEntries the heartbeat interval (150 ms) to
+//! be answered, and heartbeats to a follower queue behind the entries sent
+//! to it: a 200 MB entry timed out over and over, the followers heard no
+//! heartbeat meanwhile, elections followed, and clients were told 08007
+//! for transactions that committed. So a record over [`PART_BYTES`] is
+//! cut into pieces of at most that size, each its own entry
+//! (`Command::Part`), proposed one after the other by the leader; the one
+//! with `last` set completes the record, which is then certified as a
+//! `Certify` entry would be. Entries stay small whatever the transaction.
+//!
+//! Until its last piece is applied, an assembly is part of the replicated
+//! state ([`Pending`]): in memory, in snapshots (`snapshot.rs`), rebuilt by
+//! re-applying the log. Pieces of a call that never finished (its leader
+//! failed between two pieces; the client retries under a new tag) are
+//! dropped once [`PENDING_MAX_AGE`] entries have been applied since their
+//! newest piece. Both rules depend on the log alone, so every node keeps
+//! and drops the same assemblies and answers a last piece the same way.
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::CertifierError;
+
+/// Largest piece, and largest record proposed whole. With
+/// `max_payload_entries` 8 an AppendEntries carries at most 8 MiB of them.
+pub const PART_BYTES: usize = 1 << 20;
+
+/// Entries applied after an assembly's newest piece before it is dropped.
+pub const PENDING_MAX_AGE: u64 = 100_000;
+
+/// `record` cut into pieces of at most [`PART_BYTES`] (slices, no copy).
+pub fn split(record: &Bytes) -> Vec<Bytes> {
+    (0..record.len())
+        .step_by(PART_BYTES)
+        .map(|at| record.slice(at..record.len().min(at + PART_BYTES)))
+        .collect()
+}
+
+/// The pieces applied so far of the records not yet complete, by tag.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pending {
+    assemblies: BTreeMap<u64, Assembly>,
+}
+
+/// One record being assembled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assembly {
+    /// Log index of its newest piece.
+    pub newest: u64,
+    pub pieces: Vec<Bytes>,
+}
+
+impl Pending {
+    /// Applies a piece at log index `index`: the whole record when `last`
+    /// completes it. A last piece whose earlier pieces are not here (they
+    /// expired) is an error, the same on every node.
+    pub fn apply(
+        &mut self,
+        index: u64,
+        tag: u64,
+        piece: Bytes,
+        last: bool,
+    ) -> Result<Option<Bytes>, CertifierError> {
+        if !last {
+            let a = self.assemblies.entry(tag).or_insert(Assembly {
+                newest: index,
+                pieces: Vec::new(),
+            });
+            a.newest = index;
+            a.pieces.push(piece);
+            return Ok(None);
+        }
+        let Some(a) = self.assemblies.remove(&tag) else {
+            return Err(CertifierError::OutcomeUnknown(format!(
+                "the earlier parts of this transaction's record (tag {tag:#x}) were dropped \
+                 after {PENDING_MAX_AGE} entries without a new part: it was not certified"
+            )));
+        };
+        let len = a.pieces.iter().map(Bytes::len).sum::<usize>() + piece.len();
+        let mut record = BytesMut::with_capacity(len);
+        for p in a.pieces.iter().chain(std::iter::once(&piece)) {
+            record.extend_from_slice(p);
+        }
+        Ok(Some(record.freeze()))
+    }
+
+    /// Drops the assemblies whose newest piece is more than
+    /// [`PENDING_MAX_AGE`] entries before `index`.
+    pub fn expire(&mut self, index: u64) {
+        if self.assemblies.is_empty() {
+            return;
+        }
+        self.assemblies.retain(|tag, a| {
+            let keep = index.saturating_sub(a.newest) <= PENDING_MAX_AGE;
+            if !keep {
+                tracing::warn!(
+                    tag,
+                    pieces = a.pieces.len(),
+                    "dropped the parts of a large certification that never finished"
+                );
+            }
+            keep
+        });
+    }
+
+    /// Every assembly, by tag (what a snapshot holds).
+    pub fn assemblies(&self) -> impl Iterator<Item = (u64, &Assembly)> {
+        self.assemblies.iter().map(|(t, a)| (*t, a))
+    }
+
+    /// The state a snapshot held.
+    pub fn from_assemblies(assemblies: impl IntoIterator<Item = (u64, Assembly)>) -> Pending {
+        Pending {
+            assemblies: assemblies.into_iter().collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.assemblies.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_and_assemble_give_the_record_back() {
+        // Only records over PART_BYTES are proposed in parts.
+        for len in [PART_BYTES + 1, 2 * PART_BYTES, 3 * PART_BYTES + 7] {
+            let record: Bytes = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let pieces = split(&record);
+            assert!(pieces.len() >= 2);
+            assert!(pieces
+                .iter()
+                .all(|p| p.len() <= PART_BYTES && !p.is_empty()));
+            let mut pending = Pending::default();
+            // Another call's pieces interleave.
+            pending
+                .apply(0, 9, Bytes::from_static(b"other"), false)
+                .unwrap();
+            let n = pieces.len();
+            let mut got = None;
+            for (i, p) in pieces.into_iter().enumerate() {
+                got = pending.apply(i as u64 + 1, 5, p, i + 1 == n).unwrap();
+            }
+            assert_eq!(got.unwrap(), record, "{len} bytes");
+            assert_eq!(pending.assemblies().count(), 1);
+        }
+    }
+
+    #[test]
+    fn an_abandoned_assembly_expires_and_its_last_piece_is_refused() {
+        let mut p = Pending::default();
+        p.apply(10, 1, Bytes::from_static(b"a"), false).unwrap();
+        p.apply(20, 2, Bytes::from_static(b"b"), false).unwrap();
+        p.expire(10 + PENDING_MAX_AGE);
+        assert_eq!(p.assemblies().count(), 2);
+        p.expire(11 + PENDING_MAX_AGE);
+        assert_eq!(p.assemblies().map(|(t, _)| t).collect::<Vec<_>>(), [2]);
+        assert!(p
+            .apply(12 + PENDING_MAX_AGE, 1, Bytes::new(), true)
+            .is_err());
+        let whole = p
+            .apply(12 + PENDING_MAX_AGE, 2, Bytes::from_static(b"c"), true)
+            .unwrap();
+        assert_eq!(whole.unwrap(), Bytes::from_static(b"bc"));
+        assert!(p.is_empty());
+    }
+}
