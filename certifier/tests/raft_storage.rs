@@ -335,6 +335,64 @@ mod on_disk {
         assert_eq!(reopened.apply(last()).await.unwrap(), x, "after a restart");
     }
 
+    /// A large version stays in the window (and in snapshots) by its keys
+    /// only: a node that installed the snapshot still finds the conflict.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_version_is_kept_in_the_window_by_its_keys() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut sm = StateMachine::open(d1.path(), Limits::default()).unwrap();
+        let mut ws =
+            tashkent_certifier::record::decode(0, &super::raft_common::record("large", 0, "k0"))
+                .unwrap();
+        let row = Bytes::from(vec![7u8; 600 << 10]);
+        ws.items = ["k1", "k2"]
+            .map(|k| tashkent_certifier::Item {
+                row: row.clone(),
+                ..tashkent_certifier::writeset::item(
+                    "accounts",
+                    tashkent_certifier::Op::Update,
+                    k.as_bytes().to_vec(),
+                )
+            })
+            .to_vec();
+        let big = tashkent_certifier::record::encode(&ws).freeze();
+        assert!(big.len() > tashkent_certifier::raft::parts::PART_BYTES);
+        let r = sm
+            .apply([Entry {
+                log_id: log_id(1, 0),
+                payload: EntryPayload::Normal(Command::Certify { record: big }),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(r[0], Response::Committed { version: 1 });
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let size = snap.snapshot.get_ref().len();
+        assert!(size < 64 << 10, "the snapshot holds the rows: {size} bytes");
+        let mut other = snapshot_into(&mut sm, d2.path()).await;
+        let late = || [certify(1, 1, "late", 0, "k2")];
+        let (a, b) = (
+            sm.apply(late()).await.unwrap(),
+            other.apply(late()).await.unwrap(),
+        );
+        assert_eq!(a, b);
+        assert!(
+            matches!(
+                a[0],
+                Response::Aborted {
+                    conflict_version: 1,
+                    ..
+                }
+            ),
+            "{:?}",
+            a[0]
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn bad_entries_are_rejected_answers_not_storage_failures() {
         let dir = tempfile::tempdir().unwrap();

@@ -29,7 +29,7 @@ use openraft::{
 use parking_lot::Mutex;
 
 use super::meta::write_atomically;
-use super::parts::Pending;
+use super::parts::{Pending, PART_BYTES};
 use super::snapshot::{self, SnapshotMeta, SnapshotState};
 use super::types::{Command, Entry, LogId, NodeId, Response, StorageError, TypeConfig};
 use super::versions::VersionsLog;
@@ -59,7 +59,9 @@ pub struct StateMachine {
     /// Where committed versions go (a served node); `None` in tests of the
     /// state machine alone.
     versions: Option<Arc<VersionsLog>>,
-    /// The record of every version in the window, `(horizon, latest]`.
+    /// The record of every version in the window, `(horizon, latest]`;
+    /// a large one without its rows ([`keys_only`]): only its conflict
+    /// keys are ever read back.
     window: BTreeMap<Version, Bytes>,
     /// Records arriving in parts, not complete yet (`parts.rs`).
     pending: Pending,
@@ -218,7 +220,12 @@ impl StateMachine {
                     if let Some(v) = &self.versions {
                         v.committed(version, &rec)?;
                     }
-                    self.window.insert(version, rec);
+                    let kept = if rec.len() > PART_BYTES {
+                        keys_only(ws)
+                    } else {
+                        rec
+                    };
+                    self.window.insert(version, kept);
                 }
                 Response::Committed { version }
             }
@@ -247,6 +254,16 @@ impl StateMachine {
             pending: self.pending.clone(),
         }
     }
+}
+
+/// The record of `ws` without its rows: what a snapshot needs of a version
+/// in the window (its conflict keys, `ConflictSet::of`), so a large
+/// transaction is not held whole until the horizon passes it.
+fn keys_only(mut ws: crate::Writeset) -> Bytes {
+    for item in &mut ws.items {
+        item.row = Bytes::new();
+    }
+    record::encode(&ws).freeze()
 }
 
 /// An error of one command is its answer (every node reaches the same).
