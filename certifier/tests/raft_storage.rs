@@ -328,8 +328,9 @@ mod on_disk {
         let y = other.apply(last()).await.unwrap();
         assert_eq!(x, y);
         assert_eq!(x[0], Response::Committed { version: 2 });
-        // A last piece without its earlier ones: refused, on every node.
-        assert!(matches!(x[1], Response::Rejected { .. }), "{:?}", x[1]);
+        // A last piece without its earlier ones: lost (the client
+        // retries), on every node.
+        assert!(matches!(x[1], Response::Lost { .. }), "{:?}", x[1]);
         drop(other);
         let mut reopened = StateMachine::open(d2.path(), Limits::default()).unwrap();
         assert_eq!(reopened.apply(last()).await.unwrap(), x, "after a restart");

@@ -15,14 +15,14 @@
 //! re-applying the log. Pieces of a call that never finished (its leader
 //! failed between two pieces; the client retries under a new tag) are
 //! dropped once [`PENDING_MAX_AGE`] entries have been applied since their
-//! newest piece. Both rules depend on the log alone, so every node keeps
-//! and drops the same assemblies and answers a last piece the same way.
+//! newest piece, or earlier when the assemblies in progress hold more than
+//! [`PENDING_MAX_BYTES`] (the oldest go first). These rules depend on the
+//! log alone, so every node keeps and drops the same assemblies and
+//! answers a last piece the same way.
 
 use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
-
-use crate::error::CertifierError;
 
 /// Largest piece, and largest record proposed whole. With
 /// `max_payload_entries` 8 an AppendEntries carries at most 8 MiB of them.
@@ -30,6 +30,11 @@ pub const PART_BYTES: usize = 1 << 20;
 
 /// Entries applied after an assembly's newest piece before it is dropped.
 pub const PENDING_MAX_AGE: u64 = 100_000;
+
+/// Most bytes of pieces held; past it, the assemblies whose newest piece
+/// is oldest are dropped (abandoned ones, unless many large transactions
+/// are in flight at once: then the dropped one is retried).
+pub const PENDING_MAX_BYTES: usize = 1 << 30;
 
 /// `record` cut into pieces of at most [`PART_BYTES`] (slices, no copy).
 pub fn split(record: &Bytes) -> Vec<Bytes> {
@@ -43,6 +48,8 @@ pub fn split(record: &Bytes) -> Vec<Bytes> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pending {
     assemblies: BTreeMap<u64, Assembly>,
+    /// Bytes of all pieces held.
+    bytes: usize,
 }
 
 /// One record being assembled.
@@ -51,6 +58,12 @@ pub struct Assembly {
     /// Log index of its newest piece.
     pub newest: u64,
     pub pieces: Vec<Bytes>,
+}
+
+impl Assembly {
+    fn bytes(&self) -> usize {
+        self.pieces.iter().map(Bytes::len).sum()
+    }
 }
 
 impl Pending {
@@ -63,22 +76,38 @@ impl Pending {
         tag: u64,
         piece: Bytes,
         last: bool,
-    ) -> Result<Option<Bytes>, CertifierError> {
+    ) -> Result<Option<Bytes>, String> {
+        self.apply_within(index, tag, piece, last, PENDING_MAX_BYTES)
+    }
+
+    /// [`Pending::apply`] holding at most `max_bytes` of pieces.
+    fn apply_within(
+        &mut self,
+        index: u64,
+        tag: u64,
+        piece: Bytes,
+        last: bool,
+        max_bytes: usize,
+    ) -> Result<Option<Bytes>, String> {
         if !last {
+            self.bytes += piece.len();
             let a = self.assemblies.entry(tag).or_insert(Assembly {
                 newest: index,
                 pieces: Vec::new(),
             });
             a.newest = index;
             a.pieces.push(piece);
+            self.shed(max_bytes);
             return Ok(None);
         }
         let Some(a) = self.assemblies.remove(&tag) else {
-            return Err(CertifierError::OutcomeUnknown(format!(
+            return Err(format!(
                 "the earlier parts of this transaction's record (tag {tag:#x}) were dropped \
-                 after {PENDING_MAX_AGE} entries without a new part: it was not certified"
-            )));
+                 ({PENDING_MAX_AGE} entries without a new part, or more than \
+                 {PENDING_MAX_BYTES} bytes of parts in progress): it was not certified"
+            ));
         };
+        self.bytes -= a.bytes();
         let len = a.pieces.iter().map(Bytes::len).sum::<usize>() + piece.len();
         let mut record = BytesMut::with_capacity(len);
         for p in a.pieces.iter().chain(std::iter::once(&piece)) {
@@ -90,20 +119,42 @@ impl Pending {
     /// Drops the assemblies whose newest piece is more than
     /// [`PENDING_MAX_AGE`] entries before `index`.
     pub fn expire(&mut self, index: u64) {
-        if self.assemblies.is_empty() {
-            return;
+        let old: Vec<u64> = self
+            .assemblies
+            .iter()
+            .filter(|(_, a)| index.saturating_sub(a.newest) > PENDING_MAX_AGE)
+            .map(|(t, _)| *t)
+            .collect();
+        for tag in old {
+            self.drop_assembly(tag);
         }
-        self.assemblies.retain(|tag, a| {
-            let keep = index.saturating_sub(a.newest) <= PENDING_MAX_AGE;
-            if !keep {
-                tracing::warn!(
-                    tag,
-                    pieces = a.pieces.len(),
-                    "dropped the parts of a large certification that never finished"
-                );
-            }
-            keep
-        });
+    }
+
+    /// Drops the oldest assemblies while more than `max_bytes` are held.
+    fn shed(&mut self, max_bytes: usize) {
+        while self.bytes > max_bytes {
+            let Some(oldest) = self
+                .assemblies
+                .iter()
+                .min_by_key(|(t, a)| (a.newest, **t))
+                .map(|(t, _)| *t)
+            else {
+                break;
+            };
+            self.drop_assembly(oldest);
+        }
+    }
+
+    fn drop_assembly(&mut self, tag: u64) {
+        if let Some(a) = self.assemblies.remove(&tag) {
+            self.bytes -= a.bytes();
+            tracing::warn!(
+                tag,
+                pieces = a.pieces.len(),
+                bytes = a.bytes(),
+                "dropped the parts of a large certification that never finished"
+            );
+        }
     }
 
     /// Every assembly, by tag (what a snapshot holds).
@@ -113,8 +164,10 @@ impl Pending {
 
     /// The state a snapshot held.
     pub fn from_assemblies(assemblies: impl IntoIterator<Item = (u64, Assembly)>) -> Pending {
+        let assemblies: BTreeMap<u64, Assembly> = assemblies.into_iter().collect();
         Pending {
-            assemblies: assemblies.into_iter().collect(),
+            bytes: assemblies.values().map(Assembly::bytes).sum(),
+            assemblies,
         }
     }
 
@@ -169,5 +222,29 @@ mod tests {
             .unwrap();
         assert_eq!(whole.unwrap(), Bytes::from_static(b"bc"));
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn past_the_byte_cap_the_oldest_assembly_goes() {
+        let mut p = Pending::default();
+        let piece = || Bytes::from_static(b"0123456789");
+        p.apply_within(1, 1, piece(), false, 25).unwrap();
+        p.apply_within(2, 2, piece(), false, 25).unwrap();
+        // Tag 1 gets a newer piece: tag 2 is now the oldest.
+        p.apply_within(3, 1, piece(), false, 25).unwrap();
+        assert_eq!(p.assemblies().map(|(t, _)| t).collect::<Vec<_>>(), [1]);
+        assert_eq!(p.bytes, 20);
+        assert!(p.apply_within(4, 2, piece(), true, 25).is_err());
+        let whole = p.apply_within(4, 1, piece(), true, 25).unwrap().unwrap();
+        assert_eq!(whole.len(), 30);
+        assert_eq!((p.bytes, p.is_empty()), (0, true));
+        let restored = Pending::from_assemblies([(
+            5,
+            Assembly {
+                newest: 9,
+                pieces: vec![piece(), piece()],
+            },
+        )]);
+        assert_eq!(restored.bytes, 20);
     }
 }

@@ -88,7 +88,9 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Bytes, Reply)>, max_ba
                 };
                 // Also bounded in bytes: one entry must reach the
                 // followers within openraft's AppendEntries timeout
-                // (`parts.rs`).
+                // (`parts.rs`). No record joins once 1 MiB is reached, so
+                // an entry stays under 2 MiB (records over 1 MiB go in
+                // parts).
                 let mut bytes = first.0.len();
                 let mut batch = vec![first];
                 while batch.len() < max_batch && bytes < PART_BYTES {

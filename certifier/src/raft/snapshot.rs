@@ -5,7 +5,8 @@
 //! ```text
 //! offset size
 //!   0     8   magic "TKRSNAP\0"
-//!   8     4   format version, little-endian (1)
+//!   8     4   format version, little-endian (2; 1 when nothing is
+//!             pending, which readers of format 1 also read)
 //!  12     …   fields, little-endian; `bytes` = u32 length + content:
 //!             bytes   openraft SnapshotMeta, JSON (last applied log id,
 //!                     membership, snapshot id)
@@ -67,7 +68,14 @@ pub fn encode(s: &SnapshotState) -> Result<Vec<u8>, CertifierError> {
     let img = &s.image;
     let mut out = Vec::new();
     out.put_slice(MAGIC);
-    out.put_u32_le(FORMAT_VERSION);
+    // Format 1 while nothing is pending, so that nodes of the previous
+    // release still read it (a cluster upgrades one node at a time).
+    let format = if s.pending.is_empty() {
+        1
+    } else {
+        FORMAT_VERSION
+    };
+    out.put_u32_le(format);
     put_bytes(&mut out, &meta);
     out.put_u64_le(img.latest);
     out.put_u64_le(img.horizon);
@@ -105,13 +113,15 @@ pub fn encode(s: &SnapshotState) -> Result<Vec<u8>, CertifierError> {
         out.put_u64_le(*v);
         put_bytes(&mut out, rec);
     }
-    out.put_u64_le(s.pending.assemblies().count() as u64);
-    for (tag, a) in s.pending.assemblies() {
-        out.put_u64_le(tag);
-        out.put_u64_le(a.newest);
-        out.put_u64_le(a.pieces.len() as u64);
-        for p in &a.pieces {
-            put_bytes(&mut out, p);
+    if format >= 2 {
+        out.put_u64_le(s.pending.assemblies().count() as u64);
+        for (tag, a) in s.pending.assemblies() {
+            out.put_u64_le(tag);
+            out.put_u64_le(a.newest);
+            out.put_u64_le(a.pieces.len() as u64);
+            for p in &a.pieces {
+                put_bytes(&mut out, p);
+            }
         }
     }
     let crc = crc32fast::hash(&out);
@@ -335,15 +345,20 @@ mod tests {
     }
 
     #[test]
-    fn a_format_1_snapshot_has_no_pending_parts() {
+    fn without_pending_parts_a_snapshot_is_format_1() {
         let mut s = sample();
-        s.pending = Pending::default();
         let v2 = encode(&s).unwrap();
-        // Format 1 is format 2 without the (here empty) list of parts.
-        let mut v1 = v2[..v2.len() - 4 - 8].to_vec();
-        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
-        let crc = crc32fast::hash(&v1);
-        v1.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(v2[8..12], 2u32.to_le_bytes());
+        s.pending = Pending::default();
+        let v1 = encode(&s).unwrap();
+        // Format 1 is format 2 without the list of parts.
+        assert_eq!(v1[8..12], 1u32.to_le_bytes());
         assert_eq!(decode(&v1).unwrap(), s);
+        let mut as_v2 = v1[..v1.len() - 4].to_vec();
+        as_v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        as_v2.extend_from_slice(&0u64.to_le_bytes());
+        let crc = crc32fast::hash(&as_v2);
+        as_v2.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&as_v2).unwrap(), s);
     }
 }

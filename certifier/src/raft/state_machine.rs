@@ -168,7 +168,7 @@ impl StateMachine {
                 match self.pending.apply(index, tag, piece, last) {
                     Ok(None) => Response::Applied,
                     Ok(Some(record)) => answer(self.certify(record)),
-                    Err(e) => answer(Err(e)),
+                    Err(reason) => Response::Lost { reason },
                 }
             }
             Command::CertifyBatch { records } => Response::Batch(

@@ -79,6 +79,9 @@ pub enum Response {
     Rejected { reason: String },
     /// A report was applied; the horizon is now this.
     Horizon { horizon: Version },
+    /// The last piece of a record in parts whose earlier pieces were
+    /// dropped (`parts.rs`): nothing was certified; the client retries.
+    Lost { reason: String },
     /// The answers of a `CertifyBatch`, in its order.
     Batch(Vec<Response>),
 }

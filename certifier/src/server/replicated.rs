@@ -129,6 +129,11 @@ impl Node {
                 conflict_version,
             }),
             Response::Rejected { reason } => Err(CertifierError::InvalidArgument(reason)),
+            // Nothing of this attempt was certified, but an earlier one may
+            // have been: the client retries under the same txn id.
+            Response::Lost { reason } => {
+                Err(self.retryable(CertifierError::OutcomeUnknown(reason)))
+            }
             other => Err(CertifierError::Protocol(format!(
                 "a certification answered {other:?}"
             ))),
