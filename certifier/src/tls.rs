@@ -1,7 +1,10 @@
 //! TLS between the certifier and its clients (the proxies, and the tools
 //! that ask it for its status or report checkpoints): the server's
 //! identity from `[certifier] tls_cert` and `tls_key`, and what a client
-//! trusts ([`ClientTls`]).
+//! trusts ([`ClientTls`]). Between the nodes of a replicated certifier
+//! the client shows a certificate too: a node's raft messages go out with
+//! its own `tls_cert`, and a node accepts raft messages only from a
+//! client whose certificate `peer_tls_ca` signed (`raft::service`).
 //!
 //! tonic's rustls transport with the ring provider, the provider of the
 //! proxies' client-facing TLS too, so the build has one. A certifier with a
@@ -34,6 +37,22 @@ pub struct ClientTls {
     /// the host of the address it is reached at (a name, or an IP address,
     /// which the certificate must then list as an IP address).
     pub server_name: Option<String>,
+    /// The certificate this client shows (a certifier node to its peers).
+    pub identity: Option<ClientIdentity>,
+}
+
+/// A client certificate chain and its private key, PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.write_str("ClientIdentity(..)")
+    }
 }
 
 impl ClientTls {
@@ -54,6 +73,17 @@ impl ClientTls {
         Ok(ClientTls {
             ca_pem: pem,
             server_name: None,
+            identity: None,
+        })
+    }
+
+    /// Shows the certificate `cert` (PEM, leaf first) with the key `key`
+    /// to the server, checked to be usable together.
+    pub fn with_identity(self, cert: &Path, key: &Path) -> Result<ClientTls, CertifierError> {
+        let (cert_pem, key_pem) = read_pair(cert, key)?;
+        Ok(ClientTls {
+            identity: Some(ClientIdentity { cert_pem, key_pem }),
+            ..self
         })
     }
 
@@ -63,6 +93,7 @@ impl ClientTls {
         Ok(ClientTls {
             ca_pem: pem,
             server_name: None,
+            identity: None,
         })
     }
 
@@ -77,9 +108,12 @@ impl ClientTls {
 
     /// tonic's client configuration.
     pub(crate) fn tonic_config(&self) -> ClientTlsConfig {
-        let config = ClientTlsConfig::new()
+        let mut config = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .timeout(HANDSHAKE_TIMEOUT);
+        if let Some(id) = &self.identity {
+            config = config.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+        }
         match &self.server_name {
             Some(name) => config.domain_name(name.clone()),
             None => config,
@@ -88,12 +122,41 @@ impl ClientTls {
 }
 
 /// The server's TLS: the certificate chain of `cert` (PEM, leaf first)
-/// with the private key of `key`, checked to be usable together.
-pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig, CertifierError> {
-    let read = |path: &Path, what: &str| {
-        std::fs::read(path)
-            .map_err(|e| CertifierError::Tls(format!("reading {what} {}: {e}", path.display())))
-    };
+/// with the private key of `key`, checked to be usable together. With
+/// `client_ca` (a certifier node: its peers' CA), a client may show a
+/// certificate, which must be signed by one of `client_ca`'s; whether one
+/// is needed is the service's call (raft messages need one, proxies and
+/// tools show none).
+pub(crate) fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<ServerTlsConfig, CertifierError> {
+    let (cert_pem, key_pem) = read_pair(cert, key)?;
+    let config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert_pem, key_pem))
+        .timeout(HANDSHAKE_TIMEOUT);
+    Ok(match client_ca {
+        None => config,
+        Some(ca) => {
+            let pem = read(ca, "the peers' CA certificate")?;
+            certificates(&pem)
+                .map_err(|e| CertifierError::Tls(format!("{}: {e}", ca.display())))?;
+            config
+                .client_ca_root(Certificate::from_pem(pem))
+                .client_auth_optional(true)
+        }
+    })
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, CertifierError> {
+    std::fs::read(path)
+        .map_err(|e| CertifierError::Tls(format!("reading {what} {}: {e}", path.display())))
+}
+
+/// The PEM texts of the certificate chain `cert` and its key `key`,
+/// checked to be usable together.
+fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), CertifierError> {
     let cert_pem = read(cert, "the certificate")?;
     let key_pem = read(key, "the private key")?;
     let chain = certificates(&cert_pem)
@@ -118,9 +181,7 @@ pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig, 
             key.display()
         ))
     })?;
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, key_pem))
-        .timeout(HANDSHAKE_TIMEOUT))
+    Ok((cert_pem, key_pem))
 }
 
 /// The certificates of a PEM text; none is an error (said as a reason).

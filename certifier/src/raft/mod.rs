@@ -97,9 +97,10 @@
 //!   size: the assembled record, its decoded writeset and the window's
 //!   copy of it are whole.
 //! - TLS between nodes trusts one file (`peer_tls_ca`, by default the
-//!   node's own certificate) and checks the peer's certificate for the
-//!   host of its address; there are no client certificates, so any client
-//!   trusted by the network could send raft messages.
+//!   node's own certificate), checks the peer's certificate for the host
+//!   of its address, and is mutual: raft messages need a client
+//!   certificate that file signed (`service.rs`). Membership changes do
+//!   not (tools have no certificate).
 //! - The snapshot keeps the window's writesets in memory (a second copy of
 //!   what the log holds); it could read them from the log instead.
 //! - Spooled (very large) writesets are rejected by apply.

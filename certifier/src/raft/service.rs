@@ -2,7 +2,13 @@
 //! tonic service handing each request to the local [`Raft`] node.
 //!
 //! AppendEntries brings its entries in the log's binary encoding
-//! (`entry.rs`) beside the JSON request. A request that does not decode is
+//! (`entry.rs`) beside the JSON request. On a node with TLS, AppendEntries,
+//! Vote and InstallSnapshot come only from clients that showed a
+//! certificate the peers' CA signed (the handshake checked the signature;
+//! `PERMISSION_DENIED` without one): a proxy or a tool, trusted to talk
+//! to the certifier, cannot speak raft for a node. ChangeMembership is an
+//! operator's call (`tashkent certifier add-node`), without a client
+//! certificate. A request that does not decode is
 //! `INVALID_ARGUMENT`; whatever the raft
 //! node answers, error or not, goes back in the message for the client to
 //! turn into a `RemoteError`.
@@ -25,6 +31,8 @@ pub struct RaftService {
     /// Vote requests are refused until then (see
     /// [`RaftService::votes_held_until`]).
     votes_held: Option<tokio::time::Instant>,
+    /// Raft messages need a client certificate (TLS on).
+    peer_certs_required: bool,
 }
 
 impl RaftService {
@@ -32,7 +40,25 @@ impl RaftService {
         RaftService {
             raft,
             votes_held: None,
+            peer_certs_required: false,
         }
+    }
+
+    /// Accepts raft messages only from clients that showed a certificate
+    /// (which the server's TLS checked against the peers' CA).
+    pub fn peer_certificates_required(mut self) -> RaftService {
+        self.peer_certs_required = true;
+        self
+    }
+
+    fn check_peer<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if self.peer_certs_required && request.peer_certs().is_none_or(|c| c.is_empty()) {
+            return Err(Status::permission_denied(
+                "raft messages need a client certificate signed by the peers' CA \
+                 (peer_tls_ca): this one showed none",
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses vote requests until `until`. For a node that lost its raft
@@ -73,6 +99,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check_peer(&request)?;
         let msg = request.into_inner();
         let mut req: AppendEntriesRequest<TypeConfig> = decode(&msg.data)?;
         if !req.entries.is_empty() {
@@ -89,6 +116,7 @@ impl RaftRpc for RaftService {
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_peer(&request)?;
         if let Some(until) = self.votes_held {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             if !left.is_zero() {
@@ -106,6 +134,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check_peer(&request)?;
         let req = decode(&request.into_inner().data)?;
         encode(&self.raft.install_snapshot(req).await)
     }

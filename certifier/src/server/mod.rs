@@ -91,7 +91,13 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
     // Before the log is opened: a certificate that cannot be used stops
     // the start with the file's name, not the first client's handshake.
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        (Some(cert), Some(key)) => {
+            // A node's peers show certificates their CA signed (`tls.rs`).
+            let peers_ca = config
+                .node_id
+                .map(|_| config.peer_tls_ca.as_deref().unwrap_or(cert));
+            Some(crate::tls::server_config(cert, key, peers_ca)?)
+        }
         _ => None,
     };
     let limits = ServiceLimits {
@@ -102,7 +108,10 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
     let (wal, spool, service, raft, listener) = if config.node_id.is_some() {
         let n = node::open(&config, limits).await?;
         let listener = tokio::net::TcpListener::bind(n.listen).await?;
-        let rpc = crate::raft::RaftService::new(n.raft.clone());
+        let mut rpc = crate::raft::RaftService::new(n.raft.clone());
+        if tls.is_some() {
+            rpc = rpc.peer_certificates_required();
+        }
         let rpc = match n.votes_held {
             Some(until) => rpc.votes_held_until(until),
             None => rpc,

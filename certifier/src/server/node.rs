@@ -82,12 +82,16 @@ fn raft_config(snapshot_entries: u64) -> Result<Arc<Config>, CertifierError> {
 
 /// What a node trusts when it connects to its peers: with a certificate
 /// of its own it speaks TLS to them, trusting `peer_tls_ca`, else its own
-/// certificate's file.
+/// certificate's file, and shows them its certificate (they accept raft
+/// messages only from a certificate their CA signed).
 fn peer_tls(config: &CertifierConfig) -> Result<Option<ClientTls>, CertifierError> {
-    match (&config.peer_tls_ca, &config.tls_cert) {
-        (_, None) => Ok(None),
-        (Some(ca), Some(_)) | (None, Some(ca)) => ClientTls::from_ca_file(ca).map(Some),
-    }
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let ca = config.peer_tls_ca.as_ref().unwrap_or(cert);
+    ClientTls::from_ca_file(ca)?
+        .with_identity(cert, key)
+        .map(Some)
 }
 
 /// Opens node `config.node_id`'s logs and state, starts its raft core and
