@@ -229,6 +229,14 @@ impl CertifierConfig {
         self.max_writeset_bytes + HEADER_LEN as u64
     }
 
+    /// What a node with TLS trusts of its peers, as their server and as
+    /// their client: `peer_tls_ca`, else its own `tls_cert` file. `None`
+    /// without TLS.
+    pub fn peers_ca(&self) -> Option<&Path> {
+        let cert = self.tls_cert.as_deref()?;
+        Some(self.peer_tls_ca.as_deref().unwrap_or(cert))
+    }
+
     /// The spool log's options: chunks are at most one message.
     pub fn spool_options(&self) -> WalOptions {
         WalOptions {

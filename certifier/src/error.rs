@@ -198,6 +198,21 @@ pub const OUTCOME_METADATA: &str = "tashkent-outcome";
 pub const OUTCOME_UNKNOWN: &str = "unknown";
 /// [`OUTCOME_METADATA`]'s value for a request refused unwritten.
 pub const OUTCOME_NOT_WRITTEN: &str = "not-written";
+
+/// Says `outcome` ([`OUTCOME_UNKNOWN`] or [`OUTCOME_NOT_WRITTEN`]) in
+/// `md` under [`OUTCOME_METADATA`].
+pub(crate) fn say_outcome(md: &mut tonic::metadata::MetadataMap, outcome: &'static str) {
+    md.insert(
+        OUTCOME_METADATA,
+        tonic::metadata::MetadataValue::from_static(outcome),
+    );
+}
+
+/// Whether `md` says `outcome` under [`OUTCOME_METADATA`].
+pub(crate) fn says_outcome(md: &tonic::metadata::MetadataMap, outcome: &str) -> bool {
+    md.get(OUTCOME_METADATA)
+        .is_some_and(|v| v.as_bytes() == outcome.as_bytes())
+}
 /// gRPC metadata key of a [`CertifierError::NotLeader`] answer: the
 /// leader's client address (`host:port`), when the node knows it.
 pub const LEADER_METADATA: &str = "tashkent-leader";
@@ -271,10 +286,7 @@ impl From<tonic::Status> for CertifierError {
         let Some(failure) = failure else {
             return CertifierError::Rpc(status);
         };
-        let outcome_unknown = status
-            .metadata()
-            .get(OUTCOME_METADATA)
-            .is_some_and(|v| v.as_bytes() == OUTCOME_UNKNOWN.as_bytes());
+        let outcome_unknown = says_outcome(status.metadata(), OUTCOME_UNKNOWN);
         // The message is this error's Display; keep the cause after it.
         let message = status.message();
         let cause = message
@@ -338,10 +350,7 @@ impl From<CertifierError> for tonic::Status {
                     tonic::metadata::MetadataValue::from_static(failure.name()),
                 );
                 if outcome_unknown {
-                    md.insert(
-                        OUTCOME_METADATA,
-                        tonic::metadata::MetadataValue::from_static(OUTCOME_UNKNOWN),
-                    );
+                    say_outcome(md, OUTCOME_UNKNOWN);
                 }
                 s
             }
@@ -355,10 +364,7 @@ impl From<CertifierError> for tonic::Status {
                 } else {
                     OUTCOME_NOT_WRITTEN
                 };
-                s.metadata_mut().insert(
-                    OUTCOME_METADATA,
-                    tonic::metadata::MetadataValue::from_static(outcome),
-                );
+                say_outcome(s.metadata_mut(), outcome);
                 s
             }
             CertifierError::OutcomeUnknown(_) => Status::failed_precondition(msg),

@@ -5,8 +5,8 @@ use tonic::metadata::MetadataValue;
 use tonic::Status;
 
 use crate::error::{
-    CertifierError, LEADER_METADATA, LOG_FAILURE_METADATA, OUTCOME_METADATA, OUTCOME_NOT_WRITTEN,
-    OUTCOME_UNKNOWN,
+    say_outcome, says_outcome, CertifierError, LEADER_METADATA, LOG_FAILURE_METADATA,
+    OUTCOME_NOT_WRITTEN, OUTCOME_UNKNOWN,
 };
 use crate::proto::{self, certify_response, pipeline_answer, AbortCode, CertifyResponse};
 use crate::Version;
@@ -91,7 +91,6 @@ pub(crate) fn to_answer(r: Result<Outcome, CertifierError>) -> pipeline_answer::
         Err(e) => {
             let s = Status::from(e);
             let md = s.metadata();
-            let outcome = md.get(OUTCOME_METADATA).map(|v| v.as_bytes());
             let log_failure = md
                 .get(LOG_FAILURE_METADATA)
                 .and_then(|v| v.to_str().ok())
@@ -101,8 +100,8 @@ pub(crate) fn to_answer(r: Result<Outcome, CertifierError>) -> pipeline_answer::
                 code: s.code() as i32,
                 message: s.message().to_owned(),
                 log_failure,
-                outcome_unknown: outcome == Some(OUTCOME_UNKNOWN.as_bytes()),
-                not_written: outcome == Some(OUTCOME_NOT_WRITTEN.as_bytes()),
+                outcome_unknown: says_outcome(md, OUTCOME_UNKNOWN),
+                not_written: says_outcome(md, OUTCOME_NOT_WRITTEN),
                 leader: md
                     .get(LEADER_METADATA)
                     .and_then(|v| v.to_str().ok())
@@ -132,15 +131,9 @@ pub(crate) fn from_answer(o: Option<pipeline_answer::Outcome>) -> Result<Outcome
                 }
             }
             if e.outcome_unknown {
-                s.metadata_mut().insert(
-                    OUTCOME_METADATA,
-                    MetadataValue::from_static(OUTCOME_UNKNOWN),
-                );
+                say_outcome(s.metadata_mut(), OUTCOME_UNKNOWN);
             } else if e.not_written {
-                s.metadata_mut().insert(
-                    OUTCOME_METADATA,
-                    MetadataValue::from_static(OUTCOME_NOT_WRITTEN),
-                );
+                say_outcome(s.metadata_mut(), OUTCOME_NOT_WRITTEN);
             }
             Err(CertifierError::from(s))
         }
@@ -171,7 +164,9 @@ mod tests {
             };
             assert_eq!(s.code(), tonic::Code::Unavailable);
             assert_eq!(
-                s.metadata().get(OUTCOME_METADATA).map(|v| v.as_bytes()),
+                s.metadata()
+                    .get(crate::error::OUTCOME_METADATA)
+                    .map(|v| v.as_bytes()),
                 Some(value.as_bytes())
             );
         }

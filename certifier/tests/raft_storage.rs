@@ -155,14 +155,27 @@ mod on_disk {
         }
     }
 
-    /// A new state machine in `dir` that installed a snapshot of `sm`.
-    async fn snapshot_into(sm: &mut StateMachine, dir: &std::path::Path) -> StateMachine {
-        let snap = sm
-            .get_snapshot_builder()
+    /// A snapshot of `sm` now.
+    async fn snapshot_of(
+        sm: &mut StateMachine,
+    ) -> openraft::storage::Snapshot<tashkent_certifier::raft::TypeConfig> {
+        sm.get_snapshot_builder()
             .await
             .build_snapshot()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A new state machine in `dir` that installed a snapshot of `sm`.
+    async fn snapshot_into(sm: &mut StateMachine, dir: &std::path::Path) -> StateMachine {
+        install_into(snapshot_of(sm).await, dir).await
+    }
+
+    /// A new state machine in `dir` that installed `snap`.
+    async fn install_into(
+        snap: openraft::storage::Snapshot<tashkent_certifier::raft::TypeConfig>,
+        dir: &std::path::Path,
+    ) -> StateMachine {
         let mut other = StateMachine::open(dir, Limits::default()).unwrap();
         other
             .install_snapshot(&snap.meta, snap.snapshot)
@@ -366,15 +379,10 @@ mod on_disk {
             .await
             .unwrap();
         assert_eq!(r[0], Response::Committed { version: 1 });
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snap = snapshot_of(&mut sm).await;
         let size = snap.snapshot.get_ref().len();
         assert!(size < 64 << 10, "the snapshot holds the rows: {size} bytes");
-        let mut other = snapshot_into(&mut sm, d2.path()).await;
+        let mut other = install_into(snap, d2.path()).await;
         let late = || [certify(1, 1, "late", 0, "k2")];
         let (a, b) = (
             sm.apply(late()).await.unwrap(),

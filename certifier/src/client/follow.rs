@@ -20,7 +20,7 @@ use tonic::Code;
 
 use super::pipeline::PipelineClient;
 use super::{uri, CertifierClient, ClientOptions, Conn, Grpc, WINDOW_BYTES};
-use crate::error::{CertifierError, LogFailure, OUTCOME_METADATA, OUTCOME_NOT_WRITTEN};
+use crate::error::{says_outcome, CertifierError, LogFailure, OUTCOME_NOT_WRITTEN};
 use crate::outcome::Outcome;
 use crate::proto::{ReportCheckpointRequest, ReportCheckpointResponse, SubscribeRequest, Writeset};
 
@@ -77,10 +77,7 @@ impl Attempts {
             CertifierError::LogFailed {
                 outcome_unknown, ..
             } => !outcome_unknown,
-            CertifierError::Rpc(s) => s
-                .metadata()
-                .get(OUTCOME_METADATA)
-                .is_some_and(|v| v.as_bytes() == OUTCOME_NOT_WRITTEN.as_bytes()),
+            CertifierError::Rpc(s) => says_outcome(s.metadata(), OUTCOME_NOT_WRITTEN),
             _ => false,
         };
         self.maybe_written |= !not_written;
@@ -346,10 +343,7 @@ mod tests {
     fn unavailable(outcome: Option<&'static str>) -> CertifierError {
         let mut s = tonic::Status::unavailable("out of contact");
         if let Some(o) = outcome {
-            s.metadata_mut().insert(
-                OUTCOME_METADATA,
-                tonic::metadata::MetadataValue::from_static(o),
-            );
+            crate::error::say_outcome(s.metadata_mut(), o);
         }
         CertifierError::Rpc(s)
     }

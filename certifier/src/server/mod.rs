@@ -93,9 +93,7 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             // A node's peers show certificates their CA signed (`tls.rs`).
-            let peers_ca = config
-                .node_id
-                .map(|_| config.peer_tls_ca.as_deref().unwrap_or(cert));
+            let peers_ca = config.node_id.and(config.peers_ca());
             Some(crate::tls::server_config(cert, key, peers_ca)?)
         }
         _ => None,

@@ -85,10 +85,10 @@ fn raft_config(snapshot_entries: u64) -> Result<Arc<Config>, CertifierError> {
 /// certificate's file, and shows them its certificate (they accept raft
 /// messages only from a certificate their CA signed).
 fn peer_tls(config: &CertifierConfig) -> Result<Option<ClientTls>, CertifierError> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+    let (Some(ca), Some(cert), Some(key)) = (config.peers_ca(), &config.tls_cert, &config.tls_key)
+    else {
         return Ok(None);
     };
-    let ca = config.peer_tls_ca.as_ref().unwrap_or(cert);
     ClientTls::from_ca_file(ca)?
         .with_identity(cert, key)
         .map(Some)
