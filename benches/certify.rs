@@ -57,6 +57,8 @@ fn writeset(rng: &mut impl Rng, id: u64, snapshot: u64) -> Writeset {
         ddl: vec![],
         last_chunk: false,
         spool: None,
+        session: 0,
+        losses: 0,
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`client`]: what the proxy uses (the pipeline's client half);
 //! - [`config`]: `CertifierConfig` (TOML `[certifier]`) and `CertifierArgs`;
 //! - [`tls`]: TLS between the certifier and its clients (optional);
+//! - [`turns`]: fair turns for sessions that keep losing on a hot row;
 //! - [`raft`]: the replicated certifier's foundation on openraft (log
 //!   storage on the WAL, the certifier as a state machine); not yet served.
 
@@ -29,6 +30,7 @@ pub mod record;
 pub mod rule;
 pub mod server;
 pub mod tls;
+pub mod turns;
 pub mod window;
 pub mod writeset;
 

@@ -22,6 +22,9 @@ pub enum Outcome {
         reason: String,
         /// The committed version it conflicts with (0: none).
         conflict_version: Version,
+        /// Non-zero: the session is queued for its turn on this key (see
+        /// `turns`).
+        turn_key: u64,
     },
 }
 
@@ -31,13 +34,13 @@ impl Outcome {
             code: AbortCode::try_from(a.code).unwrap_or(AbortCode::Unspecified),
             reason: a.reason,
             conflict_version: a.conflict_version,
+            turn_key: a.turn_key,
         }
     }
-}
 
-impl From<Outcome> for CertifyResponse {
-    fn from(o: Outcome) -> CertifyResponse {
-        let outcome = match o {
+    /// The outcome as the wire carries it in either answer.
+    fn wire(self) -> certify_response::Outcome {
+        match self {
             Outcome::Committed { version } => {
                 certify_response::Outcome::Committed(proto::Committed { version })
             }
@@ -45,14 +48,21 @@ impl From<Outcome> for CertifyResponse {
                 code,
                 reason,
                 conflict_version,
+                turn_key,
             } => certify_response::Outcome::Aborted(proto::Aborted {
                 code: code as i32,
                 reason,
                 conflict_version,
+                turn_key,
             }),
-        };
+        }
+    }
+}
+
+impl From<Outcome> for CertifyResponse {
+    fn from(o: Outcome) -> CertifyResponse {
         CertifyResponse {
-            outcome: Some(outcome),
+            outcome: Some(o.wire()),
         }
     }
 }
@@ -78,16 +88,10 @@ impl TryFrom<CertifyResponse> for Outcome {
 pub(crate) fn to_answer(r: Result<Outcome, CertifierError>) -> pipeline_answer::Outcome {
     use pipeline_answer::Outcome as O;
     match r {
-        Ok(Outcome::Committed { version }) => O::Committed(proto::Committed { version }),
-        Ok(Outcome::Aborted {
-            code,
-            reason,
-            conflict_version,
-        }) => O::Aborted(proto::Aborted {
-            code: code as i32,
-            reason,
-            conflict_version,
-        }),
+        Ok(o) => match o.wire() {
+            certify_response::Outcome::Committed(c) => O::Committed(c),
+            certify_response::Outcome::Aborted(a) => O::Aborted(a),
+        },
         Err(e) => {
             let s = Status::from(e);
             let md = s.metadata();

@@ -274,6 +274,26 @@ impl Names for PartNames {
     }
 }
 
+/// The first write key of `cs` that a version after `snapshot` wrote (the
+/// row a transaction lost on), as the base fingerprint [`ConflictSet`]
+/// keeps in `write`.
+pub fn lost_on(window: &ConflictWindow, snapshot: Version, cs: &ConflictSet) -> Option<u64> {
+    cs.write
+        .iter()
+        .find(|k| {
+            window
+                .get(in_space(k.fp, Space::Write))
+                .is_some_and(|v| v > snapshot)
+        })
+        .map(|k| k.fp)
+}
+
+/// The newest version in `window` that wrote the write key `fp` (0: none
+/// it remembers).
+pub fn last_write(window: &ConflictWindow, fp: u64) -> Version {
+    window.get(in_space(fp, Space::Write)).unwrap_or(0)
+}
+
 /// Why a transaction aborts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Abort {

@@ -221,12 +221,16 @@ fn split_unmarked(ws: Writeset, max_chunk_bytes: usize) -> Vec<Writeset> {
         ddl,
         last_chunk: _,
         spool: _,
+        session,
+        losses,
     } = ws;
     let header = Writeset {
         format_version,
         txn_id,
         origin,
         snapshot,
+        session,
+        losses,
         ..Writeset::default()
     };
     // DDL goes with the first chunk; `before_item` is then already absolute.
@@ -250,11 +254,6 @@ fn split_unmarked(ws: Writeset, max_chunk_bytes: usize) -> Vec<Writeset> {
     out
 }
 
-/// Encodes `ws` as protobuf with its fields in execution order: the header
-/// first, then each `Ddl` right before the item it precedes (stable by
-/// `before_item`), then the items after the last one. Any protobuf reader
-/// decodes it as `ws`; a streaming reader meets every statement before
-/// the rows that follow it. Same length as `ws.encoded_len()`.
 /// The header of an encoded writeset (as [`encode_in_order`] writes it:
 /// fields 1 to 4 first): its length in bytes and the txn_id, read without
 /// decoding the items. None when `body` does not start that way.
@@ -291,6 +290,12 @@ pub fn header_prefix(body: &[u8]) -> Option<(usize, &[u8])> {
     Some((body.len() - rest.len(), txn_id))
 }
 
+/// Encodes `ws` as protobuf with its fields in execution order: the header
+/// first, then each `Ddl` right before the item it precedes (stable by
+/// `before_item`), then the items after the last one. Any protobuf reader
+/// decodes it as `ws`; a streaming reader meets every statement before
+/// the rows that follow it. Same length as `ws.encoded_len()` but for the
+/// fair-turn fields (`session`, `losses`), which are never logged.
 pub fn encode_in_order(ws: &Writeset, buf: &mut impl bytes::BufMut) {
     use prost::encoding;
     if ws.format_version != 0 {

@@ -97,6 +97,8 @@ fn writeset(rng: &mut impl Rng, id: String, snapshot: u64) -> Writeset {
         ddl: vec![],
         last_chunk: false,
         spool: None,
+        session: 0,
+        losses: 0,
     }
 }
 

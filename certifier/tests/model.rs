@@ -208,6 +208,8 @@ fn build(id: usize, snapshot: u64, items: &[GenItem], ddl: &[u8]) -> Writeset {
             .collect(),
         last_chunk: false,
         spool: None,
+        session: 0,
+        losses: 0,
     };
     if ws.items.is_empty() && ws.ddl.is_empty() {
         ws.items.push(tashkent_certifier::writeset::item(

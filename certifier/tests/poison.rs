@@ -21,6 +21,8 @@ fn ws(id: &str, snapshot: u64) -> Writeset {
         ddl: vec![],
         last_chunk: false,
         spool: None,
+        session: 0,
+        losses: 0,
     }
 }
 

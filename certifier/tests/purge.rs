@@ -38,6 +38,8 @@ fn ws(i: u64) -> Writeset {
         ddl: vec![],
         last_chunk: false,
         spool: None,
+        session: 0,
+        losses: 0,
     }
 }
 

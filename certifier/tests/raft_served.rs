@@ -33,6 +33,8 @@ pub fn ws(id: &str, key: &str) -> Writeset {
         ddl: vec![],
         last_chunk: false,
         spool: None,
+        session: 0,
+        losses: 0,
     }
 }
 

@@ -21,6 +21,8 @@ fn txn(id: &str, snapshot: u64, items: Vec<Item>) -> Writeset {
         ddl: vec![],
         last_chunk: false,
         spool: None,
+        session: 0,
+        losses: 0,
     }
 }
 

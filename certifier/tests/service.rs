@@ -54,6 +54,8 @@ fn ws(id: &str, snapshot: u64, keys: &[String]) -> Writeset {
         ddl: vec![],
         last_chunk: false,
         spool: None,
+        session: 0,
+        losses: 0,
     }
 }
 

@@ -93,7 +93,10 @@ pub struct ProxyConfig {
     /// After a transaction lost (40001), the session's next one waits
     /// until the replica has applied the version it lost to, so that a
     /// replica whose apply trails does not lose every race on a hot row
-    /// (best effort under `eventual`: at most 2 s).
+    /// (best effort under `eventual`: at most 2 s); and a session that
+    /// keeps losing on a row takes part in the certifier's fair turns on
+    /// it (see tashkent-certifier's `turns`): it is queued, and its retry
+    /// waits for its turn.
     pub fair_retries: bool,
     /// Whether rows a transaction locks `FOR UPDATE` / `FOR NO KEY
     /// UPDATE` are conflict keys of it, like rows it writes, so a lock

@@ -179,6 +179,18 @@ impl Shared {
         id.into()
     }
 
+    /// A client session's id at the certifier's fair turns: unique among
+    /// this process's sessions, and (by the nonce) unlikely to meet another
+    /// proxy's; never 0.
+    pub fn new_session_id(&self) -> u64 {
+        let n = self.next_txn.fetch_add(1, Ordering::Relaxed);
+        let mixed = self.nonce ^ u64::from(self.cfg.replica_id).rotate_left(40);
+        // An odd multiplier is a bijection: distinct counters, distinct ids.
+        mixed
+            .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .max(1)
+    }
+
     /// What every transaction id of this proxy process starts with (its
     /// replica and its incarnation): the certifier leaves these
     /// transactions' changes out of the applier's stream.

@@ -211,6 +211,10 @@ pub struct Builder {
     /// Whether locked rows are conflict keys (else lock entries are dropped).
     lock_conflicts: bool,
     locks: Locks,
+    /// The client session and its losses in a row (the certifier's fair
+    /// turns; 0: none).
+    session: u64,
+    losses: u32,
 }
 
 impl Builder {
@@ -229,7 +233,17 @@ impl Builder {
             total_bytes: 0,
             lock_conflicts: true,
             locks: Locks::default(),
+            session: 0,
+            losses: 0,
         }
+    }
+
+    /// The client session the transaction runs in and how many of its
+    /// transactions lost in a row before it (see the certifier's `turns`).
+    pub fn fair_turn(mut self, session: u64, losses: u32) -> Builder {
+        self.session = session;
+        self.losses = losses;
+        self
     }
 
     /// Whether rows locked `FOR [NO KEY] UPDATE` become conflict keys (on
@@ -365,6 +379,8 @@ impl Builder {
             },
             origin: if first { self.origin } else { 0 },
             snapshot: if first { self.snapshot } else { 0 },
+            session: if first { self.session } else { 0 },
+            losses: if first { self.losses } else { 0 },
             // Chunks after the first count before_item from their first item.
             ddl: std::mem::take(&mut self.ddl)
                 .into_iter()

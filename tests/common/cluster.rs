@@ -143,6 +143,19 @@ impl Cluster {
         connect(&self.replicas[i], "postgres").await
     }
 
+    /// Holds replica `i`'s applier back at `table` until the returned
+    /// connection commits: a lock taken directly (not through the proxy)
+    /// that lets reads and the replica's other tables through but keeps
+    /// the applier from writing `table`.
+    pub async fn hold_applier(&self, i: usize, table: &str) -> Client {
+        let holder = self.replica(i).await;
+        holder
+            .batch_execute(&format!("BEGIN; LOCK TABLE {table} IN SHARE MODE"))
+            .await
+            .unwrap();
+        holder
+    }
+
     /// Waits until every replica has applied everything the certifier
     /// made durable.
     pub async fn wait_converged(&self) {

@@ -249,6 +249,8 @@ pub(crate) fn ws(id: &str) -> Writeset {
         ddl: vec![],
         last_chunk: false,
         spool: None,
+        session: 0,
+        losses: 0,
     }
 }
 

@@ -130,13 +130,8 @@ async fn strong_reads_see_every_acknowledged_append_and_eventual_ones_may_not() 
     cluster.wait_converged().await;
     let b = cluster.client(1).await;
 
-    // Replica 2 held back: a lock (taken directly, not through its proxy)
-    // lets reads through but keeps its applier from updating.
-    let holder = cluster.replica(1).await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE lists IN SHARE MODE")
-        .await
-        .unwrap();
+    // Replica 2 held back: reads go through, its applier cannot update.
+    let holder = cluster.hold_applier(1, "lists").await;
     let mut history = vec![append(&a, 1, "x1").await];
     let v1: u64 = show(&a, "last_commit_version").await.parse().unwrap();
     assert!(v1 > 0);

@@ -8,6 +8,7 @@
 //!   with rustls, psycopg2), `tls_required`, no certificate;
 //! - `capture`: writeset capture on one replica, applied on another;
 //! - `consistency`: the consistency levels (eventual, causal, strong);
+//! - `fairness`: a session losing on a hot row gets its turn (fair turns);
 //! - `locks`: rows locked FOR UPDATE conflict across proxies;
 //! - `exact`: every accepted type reads back byte-identical (I7);
 //! - `extensions`: CREATE/ALTER/DROP EXTENSION, and values of extension types;
@@ -20,6 +21,7 @@ mod capture;
 mod consistency;
 mod exact;
 mod extensions;
+mod fairness;
 mod large;
 mod locks;
 mod protocol;

@@ -476,6 +476,26 @@ impl CertifierClient {
         .await
     }
 
+    /// Waits until `session` has its turn on `key` (`Aborted.turn_key`) or
+    /// is no longer queued on it (the certifier bounds the wait): the
+    /// newest version that wrote the key, and whether the turn is the
+    /// session's. Only a single certifier queues sessions, so this asks the
+    /// node in use.
+    pub async fn await_turn(
+        &self,
+        session: u64,
+        key: u64,
+    ) -> Result<(Version, bool), CertifierError> {
+        let r = self
+            .conn()
+            .grpc
+            .clone()
+            .await_turn(crate::proto::AwaitTurnRequest { session, key })
+            .await?
+            .into_inner();
+        Ok((r.version, r.granted))
+    }
+
     /// The status of the node this client uses now.
     pub async fn status(&self) -> Result<StatusResponse, CertifierError> {
         Ok(self

@@ -75,6 +75,11 @@
 //!   so aborts take a log entry too. The faster shape: the leader certifies
 //!   speculatively (against applied + in-flight entries) and proposes
 //!   commits only; apply re-checks, so a stale speculation cannot commit.
+//! - No fair turns (`turns`): a turn depends on time, and every node
+//!   certifies at apply as a deterministic state machine. They could live
+//!   on the leader as a pre-check before proposing (refusals are never
+//!   logged), once it can tell a first attempt from a retry of one already
+//!   in the log (a retry must get the logged answer, not a refusal).
 //! - Fingerprints are seeded per process (`rule.rs`). Apply-time decisions
 //!   are identical on every node except when a fingerprint collision (a
 //!   spurious abort, ~2^-64 per key pair) happens on one node only. Before

@@ -134,6 +134,15 @@ impl proto::certifier_server::Certifier for CertifierService {
         Ok(Response::new(CertifierService::status(self)))
     }
 
+    async fn await_turn(
+        &self,
+        request: Request<proto::AwaitTurnRequest>,
+    ) -> Result<Response<proto::AwaitTurnResponse>, Status> {
+        let r = request.into_inner();
+        let (version, granted) = CertifierService::await_turn(self, r.session, r.key).await;
+        Ok(Response::new(proto::AwaitTurnResponse { version, granted }))
+    }
+
     async fn acknowledged(
         &self,
         _request: Request<proto::AcknowledgedRequest>,

@@ -127,6 +127,8 @@ impl Node {
                 code: AbortCode::try_from(code).unwrap_or(AbortCode::Unspecified),
                 reason,
                 conflict_version,
+                // A replicated certifier keeps no turns (see `turns`).
+                turn_key: 0,
             }),
             Response::Rejected { reason } => Err(CertifierError::InvalidArgument(reason)),
             // Nothing of this attempt was certified, but an earlier one may

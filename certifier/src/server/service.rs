@@ -34,9 +34,20 @@ use crate::dedupe::Prior;
 use crate::error::{CertifierError, LogFailure};
 use crate::outcome::Outcome;
 use crate::proto::{self, Writeset};
-use crate::rule::{ConflictSet, Names, PartNames};
+use crate::rule::{self, ConflictSet, Names, PartNames};
+use crate::turns::{Claim, Turn, Turns};
 use crate::writeset::{self};
 use crate::{record, Version};
+
+/// The fingerprints of the rows a transaction writes, as `turns` knows
+/// rows.
+fn write_keys(cs: &ConflictSet) -> Vec<u64> {
+    cs.write.iter().map(|k| k.fp).collect()
+}
+
+/// Longest an `AwaitTurn` call waits: a session's turn comes after each
+/// one queued before it has had its turn, each bounded by `turns::HOLD`.
+const AWAIT_TURN_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Limits the service enforces on requests.
 #[derive(Debug, Clone, Copy)]
@@ -77,6 +88,9 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<super::metrics::CertifierMetrics>,
     /// A node of the replicated certifier: its raft side.
     pub(crate) node: Option<super::replicated::Node>,
+    /// Sessions queued for their turn on hot rows (single certifier only;
+    /// locked after `state` when both are).
+    turns: Mutex<Turns>,
 }
 
 impl Inner {
@@ -146,8 +160,12 @@ const SPOOL_IN_FLIGHT: usize = 2;
 enum Step {
     Ticket(tashkent_wal::AppendTicket, Version),
     Committed(Version),
-    Aborted(crate::rule::Abort),
-    Scan { from: Version, to: Version },
+    /// With the key the session is queued on (0: none).
+    Aborted(crate::rule::Abort, u64),
+    Scan {
+        from: Version,
+        to: Version,
+    },
 }
 
 impl CertifierService {
@@ -212,6 +230,7 @@ impl CertifierService {
             started: Instant::now(),
             metrics,
             node,
+            turns: Mutex::new(Turns::default()),
         });
         tokio::spawn(follow_durability(inner.clone()));
         if inner.node.is_some() {
@@ -269,7 +288,13 @@ impl CertifierService {
             return Ok(outcome);
         }
         let cs = ConflictSet::of(&ws);
-        let (outcome, _) = self.decide(&ws.txn_id, ws.snapshot, &cs, &ws, rec).await?;
+        let turn = Turn {
+            session: ws.session,
+            losses: ws.losses,
+        };
+        let (outcome, _) = self
+            .decide(&ws.txn_id, ws.snapshot, turn, &cs, &ws, rec)
+            .await?;
         Ok(outcome)
     }
 
@@ -288,6 +313,8 @@ impl CertifierService {
             txn_id: first.txn_id.clone(),
             origin: first.origin,
             snapshot: first.snapshot,
+            session: first.session,
+            losses: first.losses,
             ..Writeset::default()
         };
         writeset::validate_header(&header)?;
@@ -307,8 +334,12 @@ impl CertifierService {
             spool: Some(spool),
             ..header.clone()
         });
+        let turn = Turn {
+            session: header.session,
+            losses: header.losses,
+        };
         let decided = self
-            .decide(&header.txn_id, header.snapshot, &cs, &names, rec)
+            .decide(&header.txn_id, header.snapshot, turn, &cs, &names, rec)
             .await;
         match &decided {
             Ok((Outcome::Committed { version }, true)) => {
@@ -431,6 +462,7 @@ impl CertifierService {
         &self,
         txn_id: &Bytes,
         snapshot: Version,
+        turn: Turn,
         cs: &ConflictSet,
         names: &(impl Names + Sync),
         mut rec: bytes::BytesMut,
@@ -451,38 +483,47 @@ impl CertifierService {
                 }
                 match prior {
                     Some(Prior::Committed(v)) => Step::Committed(v),
-                    Some(Prior::Aborted(a)) => Step::Aborted(a),
+                    Some(Prior::Aborted(a)) => Step::Aborted(a, 0),
                     Some(Prior::LookInWal { from, to }) => Step::Scan { from, to },
-                    None => match c.check(snapshot, cs, names)? {
-                        Decision::Commit(v) => {
-                            record::set_version(&mut rec, v);
-                            let payload = std::mem::take(&mut rec).freeze();
-                            // Into the tail first, so that by the time the
-                            // WAL reports `v` durable, subscribers find it in
-                            // memory. Subscribers only read durable versions,
-                            // and if the submit fails nothing becomes durable
-                            // again (poisoned), so the early push is harmless.
-                            inner.tail.lock().push(v, payload.clone());
-                            let ticket = inner.wal.submit(payload).map_err(|e| inner.fail(e))?;
-                            if ticket.lsn != v {
-                                // Someone else wrote to our WAL: nothing we
-                                // answer from here on could be trusted.
-                                let e = WalError::InvalidLsn {
-                                    lsn: ticket.lsn,
-                                    reason: format!("certifier expected version {v}"),
-                                };
-                                return Err(inner.fail(e));
+                    None => {
+                        match self.turn_rule(&c, c.check(snapshot, cs, names)?, turn, cs, snapshot)
+                        {
+                            (Decision::Commit(v), _) => {
+                                record::set_version(&mut rec, v);
+                                let payload = std::mem::take(&mut rec).freeze();
+                                // Into the tail first, so that by the time the
+                                // WAL reports `v` durable, subscribers find it in
+                                // memory. Subscribers only read durable versions,
+                                // and if the submit fails nothing becomes durable
+                                // again (poisoned), so the early push is harmless.
+                                inner.tail.lock().push(v, payload.clone());
+                                let ticket =
+                                    inner.wal.submit(payload).map_err(|e| inner.fail(e))?;
+                                if ticket.lsn != v {
+                                    // Someone else wrote to our WAL: nothing we
+                                    // answer from here on could be trusted.
+                                    let e = WalError::InvalidLsn {
+                                        lsn: ticket.lsn,
+                                        reason: format!("certifier expected version {v}"),
+                                    };
+                                    return Err(inner.fail(e));
+                                }
+                                c.commit(txn_id.clone(), cs);
+                                let keys = cs.write.iter().map(|k| k.fp);
+                                inner
+                                    .turns
+                                    .lock()
+                                    .committed(turn.session, keys, Instant::now());
+                                inner.submitted.notify_one();
+                                Step::Ticket(ticket, v)
                             }
-                            c.commit(txn_id.clone(), cs);
-                            inner.submitted.notify_one();
-                            Step::Ticket(ticket, v)
+                            (Decision::Abort(a), turn_key) => {
+                                inner.metrics.decided("aborted");
+                                c.record_abort(txn_id.clone(), a.clone());
+                                Step::Aborted(a, turn_key)
+                            }
                         }
-                        Decision::Abort(a) => {
-                            inner.metrics.decided("aborted");
-                            c.record_abort(txn_id.clone(), a.clone());
-                            Step::Aborted(a)
-                        }
-                    },
+                    }
                 }
             };
             match step {
@@ -500,7 +541,7 @@ impl CertifierService {
                     inner.poisoned()?;
                     return Ok((Outcome::Committed { version }, false));
                 }
-                Step::Aborted(a) => {
+                Step::Aborted(a, turn_key) => {
                     if a.conflict_version > 0 {
                         let w = inner.wal.wait_durable(a.conflict_version).await;
                         w.map_err(|e| inner.fail(e))?;
@@ -511,6 +552,7 @@ impl CertifierService {
                             code: a.code,
                             reason: a.reason,
                             conflict_version: a.conflict_version,
+                            turn_key,
                         },
                         false,
                     ));
@@ -525,6 +567,77 @@ impl CertifierService {
                 }
             }
         }
+    }
+
+    /// Fair turns (see `turns`) on the rule's decision `d` for a
+    /// transaction of `turn` with `cs` and `snapshot`: a commit writing a row
+    /// another session has its turn on aborts instead, and a loser that has
+    /// been losing is queued. With the key its session is queued on (0:
+    /// none). Called under the state lock (`c`).
+    fn turn_rule(
+        &self,
+        c: &Certifier,
+        d: Decision,
+        turn: Turn,
+        cs: &ConflictSet,
+        snapshot: Version,
+    ) -> (Decision, u64) {
+        let inner = &*self.inner;
+        if inner.node.is_some() {
+            return (d, 0);
+        }
+        let now = Instant::now();
+        let mut turns = inner.turns.lock();
+        match d {
+            Decision::Commit(_) if turns.is_empty() => (d, 0),
+            Decision::Commit(v) => match turns.admit(turn, &write_keys(cs), now) {
+                None => (Decision::Commit(v), 0),
+                Some((key, queued)) => {
+                    let last = rule::last_write(c.window(), key);
+                    let abort = rule::Abort {
+                        code: proto::AbortCode::Conflict,
+                        reason: format!(
+                            "could not serialize access due to concurrent update: another \
+                             session lost on a row this transaction writes (version {last} \
+                             wrote it last) and has its turn on it (fair turns)"
+                        ),
+                        conflict_version: if last > snapshot { last } else { 0 },
+                    };
+                    (Decision::Abort(abort), if queued { key } else { 0 })
+                }
+            },
+            Decision::Abort(a) if a.code == proto::AbortCode::Conflict => {
+                let key = rule::lost_on(c.window(), snapshot, cs)
+                    .and_then(|k| turns.lost(turn, k, &write_keys(cs), now))
+                    .unwrap_or(0);
+                (Decision::Abort(a), key)
+            }
+            d => (d, 0),
+        }
+    }
+
+    /// `AwaitTurn`: waits until `session` has its turn on `key` or is not
+    /// queued on it, at most `AWAIT_TURN_MAX`. The newest version that
+    /// wrote the key, and whether the turn is the session's.
+    pub async fn await_turn(&self, session: u64, key: u64) -> (Version, bool) {
+        let inner = &*self.inner;
+        let give_up = tokio::time::Instant::now() + AWAIT_TURN_MAX;
+        let granted = loop {
+            let claim = inner.turns.lock().claim(session, key, Instant::now());
+            match claim {
+                Claim::Yours => break true,
+                Claim::NotQueued => break false,
+                Claim::Wait { mut changed, until } => {
+                    let until = tokio::time::Instant::from_std(until).min(give_up);
+                    let _ = tokio::time::timeout_at(until, changed.changed()).await;
+                    if tokio::time::Instant::now() >= give_up {
+                        break false;
+                    }
+                }
+            }
+        };
+        let last = rule::last_write(inner.state.lock().window(), key);
+        (last, granted)
     }
 
     /// Looks for `txn_id` in the WAL records `from..=to` (all durable): the

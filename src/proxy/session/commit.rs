@@ -75,6 +75,9 @@ impl Session {
             self.shared.cfg.max_writeset_bytes,
         )
         .lock_conflicts(self.freshness().lock_conflicts);
+        if self.shared.cfg.fair_retries {
+            builder = builder.fair_turn(self.fair_session, self.losses);
+        }
         let streamed = match self.read_captured(&mut builder).await? {
             Readout::Read(streamed) => streamed,
             Readout::Failed(e) | Readout::Refused(e) => {
@@ -272,10 +275,12 @@ impl Session {
                     Ok(Outcome::Aborted {
                         reason,
                         conflict_version,
+                        turn_key,
                         ..
                     }) => {
                         self.shared.metrics.aborted(AbortCause::Certification);
                         self.retry_floor = self.retry_floor.max(conflict_version);
+                        self.fair_key = turn_key;
                         if released {
                             self.close_txn();
                         } else {

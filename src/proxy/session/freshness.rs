@@ -108,7 +108,7 @@ impl Session {
         let started = Instant::now();
         let deadline = started + c.timeout;
         let retry = match std::mem::take(&mut self.retry_floor) {
-            v if self.shared.cfg.fair_retries => v,
+            v if self.shared.cfg.fair_retries => v.max(self.await_fair_turn(c.timeout).await),
             _ => 0,
         };
         let (what, wanted) = match c.level {
@@ -159,6 +159,27 @@ impl Session {
             .await)
     }
 
+    /// After a loss the certifier queued this session on a row for (see
+    /// the certifier's `turns`): waits for the session's turn on it, at
+    /// most `timeout` (then goes on: a turn is for fairness, not
+    /// correctness). The newest version that wrote the row, which the
+    /// retry must see (0: none known).
+    async fn await_fair_turn(&mut self, timeout: Duration) -> Version {
+        let key = std::mem::take(&mut self.fair_key);
+        if key == 0 {
+            return 0;
+        }
+        let asked = self.shared.certifier.await_turn(self.fair_session, key);
+        match tokio::time::timeout(timeout, asked).await {
+            Ok(Ok((version, _))) => version,
+            Ok(Err(e)) => {
+                tracing::debug!("waiting for a fair turn: {e}");
+                0
+            }
+            Err(_) => 0,
+        }
+    }
+
     /// `SELECT tashkent.wait_for(v)`: answers one row (the replica's
     /// applied version) once the replica has applied `v`; raises the
     /// session's causal floor to `v`.
@@ -205,6 +226,7 @@ impl Session {
 
     /// The session committed `v`.
     pub(super) fn committed_version(&mut self, v: Version) {
+        self.losses = 0;
         self.last_commit = self.last_commit.max(v);
         self.causal_floor = self.causal_floor.max(v);
     }

@@ -79,6 +79,9 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         causal_floor: 0,
         last_commit: 0,
         retry_floor: 0,
+        fair_session: shared.new_session_id(),
+        losses: 0,
+        fair_key: 0,
         shared,
         signal,
         backend_pid,
@@ -167,6 +170,13 @@ struct Session {
     /// or early abort): the next one waits until the replica has it, so
     /// a retry does not lose to the same write again (fairness).
     retry_floor: Version,
+    /// This session's id at the certifier's fair turns (random, non-zero).
+    fair_session: u64,
+    /// Transactions of this session that ended in 40001 in a row.
+    losses: u32,
+    /// The key the certifier queued this session on after its last loss
+    /// (0: none): the next transaction first waits for its turn on it.
+    fair_key: u64,
     shared: Arc<Shared>,
     /// The applier's early-abort signal for this session.
     signal: Arc<SessionSignal>,
@@ -330,8 +340,17 @@ impl Session {
     }
 
     /// A statement cancelled while the applier's cancels are outstanding
-    /// is an early abort.
+    /// is an early abort. Counts the session's losses (40001 from any
+    /// cause: the replica, an early abort, certification).
     fn translate(&mut self, e: ErrorResponse) -> ErrorResponse {
+        let e = self.translate_cancel(e);
+        if e.sqlstate() == Some("40001") {
+            self.losses = self.losses.saturating_add(1);
+        }
+        e
+    }
+
+    fn translate_cancel(&mut self, e: ErrorResponse) -> ErrorResponse {
         if e.sqlstate() == Some("57014")
             && self.signal.cancels.lock().requested > self.cancels_settled
         {

@@ -1,0 +1,163 @@
+//! Fair turns through a real certifier over gRPC (see `turns`): a session
+//! that keeps losing on a row is queued for it, others writing the row
+//! abort while it has its turn, turns go in the order sessions lost, and an
+//! unclaimed turn lapses.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tashkent_certifier::turns::{CLAIM, QUEUE_AFTER_LOSSES};
+use tashkent_certifier::writeset::item;
+use tashkent_certifier::{
+    AbortCode, CertifierClient, CertifierConfig, Item, Op, Outcome, RunningCertifier, WalBackend,
+    Writeset, WRITESET_FORMAT_VERSION,
+};
+use tempfile::TempDir;
+
+async fn start(dir: &TempDir) -> (RunningCertifier, CertifierClient) {
+    let cfg = CertifierConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        wal_dir: dir.path().join("wal"),
+        wal_backend: WalBackend::Auto,
+        wal_segment_bytes: 1 << 20,
+        ..CertifierConfig::default()
+    };
+    let running = tashkent_certifier::start(cfg).await.unwrap();
+    let client = CertifierClient::connect(running.local_addr().to_string())
+        .await
+        .unwrap();
+    (running, client)
+}
+
+/// A transaction of `session` (after `losses` lost in a row) writing `key`.
+fn txn(id: &str, snapshot: u64, key: &str, session: u64, losses: u32) -> Writeset {
+    Writeset {
+        format_version: WRITESET_FORMAT_VERSION,
+        txn_id: Bytes::copy_from_slice(id.as_bytes()),
+        origin: 1,
+        snapshot,
+        items: vec![Item {
+            row: Bytes::from(format!("{key} by {id}")),
+            ..item("branches", Op::Update, key.as_bytes().to_vec())
+        }],
+        session,
+        losses,
+        ..Writeset::default()
+    }
+}
+
+fn committed(o: Outcome) -> u64 {
+    match o {
+        Outcome::Committed { version } => version,
+        o => panic!("expected a commit, got {o:?}"),
+    }
+}
+
+/// The abort's (conflict version, turn key).
+fn aborted(o: Outcome) -> (u64, u64) {
+    match o {
+        Outcome::Aborted {
+            code: AbortCode::Conflict,
+            conflict_version,
+            turn_key,
+            ..
+        } => (conflict_version, turn_key),
+        o => panic!("expected a conflict, got {o:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_losing_session_gets_its_turn_before_others_in_the_order_they_lost() {
+    let dir = TempDir::new().unwrap();
+    let (server, c) = start(&dir).await;
+    let losing = QUEUE_AFTER_LOSSES;
+    assert_eq!(
+        committed(c.certify(txn("a", 0, "b1", 1, 0)).await.unwrap()),
+        1
+    );
+    // A first loss is ordinary contention: not queued.
+    let (v, key) = aborted(c.certify(txn("e", 0, "b1", 5, 0)).await.unwrap());
+    assert_eq!((v, key), (1, 0));
+    // Session 2 has been losing: queued on the row, and has the turn.
+    let (v, key) = aborted(c.certify(txn("b", 0, "b1", 2, losing)).await.unwrap());
+    assert_eq!(v, 1);
+    assert_ne!(key, 0, "session 2 is queued");
+    // Session 3 sees version 1 and would commit, but it is 2's turn:
+    // refused, and queued behind 2 on the same key.
+    let (v, key3) = aborted(c.certify(txn("c", 1, "b1", 3, 0)).await.unwrap());
+    assert_eq!((v, key3), (0, key), "nothing it has not seen; same row");
+    // A transaction without a session cannot queue, and is refused too.
+    let (_, none) = aborted(c.certify(txn("n", 1, "b1", 0, 9)).await.unwrap());
+    assert_eq!(none, 0);
+    // Other rows are free.
+    assert_eq!(
+        committed(c.certify(txn("o", 1, "b2", 3, 0)).await.unwrap()),
+        2
+    );
+
+    let c3 = c.clone();
+    let third = tokio::spawn(async move { c3.await_turn(3, key).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!third.is_finished(), "3 waits while 2 has the turn");
+    assert_eq!(c.await_turn(2, key).await.unwrap(), (1, true));
+    assert_eq!(
+        committed(c.certify(txn("b'", 2, "b1", 2, losing + 1)).await.unwrap()),
+        3
+    );
+    // 2 committed on the row: 3's turn, and 3 must see version 3.
+    let (v, granted) = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("3 woken when 2 committed")
+        .unwrap();
+    assert_eq!((v, granted), (3, true));
+    // Session 5 sees version 3 but it is 3's turn.
+    let (_, key5) = aborted(c.certify(txn("e'", 3, "b1", 5, 1)).await.unwrap());
+    assert_eq!(key5, key);
+    assert_eq!(
+        committed(c.certify(txn("c'", 3, "b1", 3, 1)).await.unwrap()),
+        4
+    );
+    assert_eq!(c.await_turn(5, key).await.unwrap(), (4, true));
+    assert_eq!(
+        committed(c.certify(txn("e''", 4, "b1", 5, 2)).await.unwrap()),
+        5
+    );
+    // Nobody is queued any more: everyone commits as the rule says.
+    assert_eq!(c.await_turn(2, key).await.unwrap(), (5, false));
+    assert_eq!(
+        committed(c.certify(txn("z", 5, "b1", 0, 0)).await.unwrap()),
+        6
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_nobody_claims_lapses() {
+    let dir = TempDir::new().unwrap();
+    let (server, c) = start(&dir).await;
+    assert_eq!(
+        committed(c.certify(txn("a", 0, "b1", 1, 0)).await.unwrap()),
+        1
+    );
+    let (_, key) = aborted(
+        c.certify(txn("b", 0, "b1", 2, QUEUE_AFTER_LOSSES))
+            .await
+            .unwrap(),
+    );
+    assert_ne!(key, 0);
+    // Session 2 went away. Others are refused until its turn lapses...
+    aborted(c.certify(txn("c", 1, "b1", 3, 0)).await.unwrap());
+    tokio::time::sleep(CLAIM + Duration::from_millis(100)).await;
+    // ...then 3 (queued behind 2) has it, and claims it by committing.
+    assert_eq!(
+        committed(c.certify(txn("c'", 1, "b1", 3, 1)).await.unwrap()),
+        2
+    );
+    // The queue is empty: a session that never lost commits at once.
+    assert_eq!(
+        committed(c.certify(txn("d", 2, "b1", 4, 0)).await.unwrap()),
+        3
+    );
+    assert_eq!(c.await_turn(2, key).await.unwrap(), (3, false));
+    server.shutdown().await.unwrap();
+}
