@@ -10,7 +10,10 @@
 //! Aborted answers are a convenience (the same reason text on a retry), kept
 //! FIFO up to `max_entries`; correctness does not depend on them, because a
 //! retried aborted transaction aborts again (the conflicting version is still
-//! newer than its snapshot, or its snapshot is now below the horizon).
+//! newer than its snapshot, or its snapshot is now below the horizon). The
+//! exception is a refusal for another session's fair turn (`turns`): once
+//! forgotten, a retry of the same id may commit. That is still sound, since
+//! a client resends an id only when it got no answer for it.
 
 use std::collections::{HashMap, VecDeque};
 

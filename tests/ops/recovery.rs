@@ -649,7 +649,21 @@ async fn purge_then_recover_across_the_purged_range() {
         let cert = CertifierClient::connect(cluster.certifier()).await.unwrap();
         cert.status().await.unwrap().durable_version
     };
+    // Long enough for replica 3 to count as silent (purge_replica_timeout),
+    // and for the load to write well over a segment past it (on a busy
+    // machine, or with sessions waiting for fair turns, 3 s of load was
+    // not always enough).
     tokio::time::sleep(Duration::from_millis(3000)).await;
+    let past = r3_applied + 600;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cert = CertifierClient::connect(cluster.certifier()).await.unwrap();
+    while cert.status().await.unwrap().durable_version < past {
+        assert!(
+            Instant::now() < deadline,
+            "the load did not reach version {past} in a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let ckpt_dir = cluster.dir().join("checkpoints");
     let cfg = CheckpointConfig {
         dir: ckpt_dir.clone(),

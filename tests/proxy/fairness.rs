@@ -60,9 +60,11 @@ async fn a_session_that_keeps_losing_on_a_row_gets_its_turn_before_a_fresh_winne
     assert_eq!(code(&e), "40001", "{e:?}");
     let detail = e.as_db_error().unwrap().detail().unwrap_or("").to_string();
     assert!(detail.contains("has its turn"), "{detail}");
-    // Replica 2 catches up; B's retry commits, then A's.
+    // Replica 2 catches up; B's retry commits.
     holder.batch_execute("COMMIT").await.unwrap();
     bump_hot(&b).await.unwrap();
+    // A was queued behind B: its retry waits for its turn and for B's
+    // commit, and commits.
     bump_hot(&a).await.unwrap();
     cluster.wait_converged().await;
     for c in [&a, &b] {

@@ -105,12 +105,14 @@ impl Session {
     /// wait is best effort: when it runs out the transaction goes on.
     pub(super) async fn wait_fresh(&mut self) -> Result<Option<ErrorResponse>> {
         let c = self.freshness();
-        let started = Instant::now();
-        let deadline = started + c.timeout;
+        // The wait for a fair turn has its own bound; the level's timeout
+        // starts after it.
         let retry = match std::mem::take(&mut self.retry_floor) {
             v if self.shared.cfg.fair_retries => v.max(self.await_fair_turn(c.timeout).await),
             _ => 0,
         };
+        let started = Instant::now();
+        let deadline = started + c.timeout;
         let (what, wanted) = match c.level {
             Level::Eventual => {
                 if retry > *self.shared.applied.borrow() {
@@ -227,6 +229,7 @@ impl Session {
     /// The session committed `v`.
     pub(super) fn committed_version(&mut self, v: Version) {
         self.losses = 0;
+        self.lost_txn = false;
         self.last_commit = self.last_commit.max(v);
         self.causal_floor = self.causal_floor.max(v);
     }

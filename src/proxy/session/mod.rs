@@ -81,6 +81,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         retry_floor: 0,
         fair_session: shared.new_session_id(),
         losses: 0,
+        lost_txn: false,
         fair_key: 0,
         shared,
         signal,
@@ -172,8 +173,13 @@ struct Session {
     retry_floor: Version,
     /// This session's id at the certifier's fair turns (random, non-zero).
     fair_session: u64,
-    /// Transactions of this session that ended in 40001 in a row.
+    /// Transactions of this session that ended in 40001 since its last
+    /// commit of an update (the certifier's fair turns queue a session that
+    /// keeps losing).
     losses: u32,
+    /// The last transaction got a 40001: counted in `losses` once, when
+    /// the next one opens (however often the error was looked at).
+    lost_txn: bool,
     /// The key the certifier queued this session on after its last loss
     /// (0: none): the next transaction first waits for its turn on it.
     fair_key: u64,
@@ -340,14 +346,19 @@ impl Session {
     }
 
     /// A statement cancelled while the applier's cancels are outstanding
-    /// is an early abort. Counts the session's losses (40001 from any
-    /// cause: the replica, an early abort, certification).
+    /// is an early abort. Notes a serialization failure (an early abort, a
+    /// certification conflict) as the transaction's loss.
     fn translate(&mut self, e: ErrorResponse) -> ErrorResponse {
         let e = self.translate_cancel(e);
-        if e.sqlstate() == Some("40001") {
-            self.losses = self.losses.saturating_add(1);
-        }
+        self.note_loss(&e);
         e
+    }
+
+    /// The transaction lost if `e` is a serialization failure.
+    fn note_loss(&mut self, e: &ErrorResponse) {
+        if e.sqlstate() == Some("40001") {
+            self.lost_txn = true;
+        }
     }
 
     fn translate_cancel(&mut self, e: ErrorResponse) -> ErrorResponse {

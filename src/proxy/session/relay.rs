@@ -8,6 +8,9 @@ impl Session {
     /// behind a query that absorbs the applier's outstanding cancels if
     /// there are any (see `coordination::Cancels`).
     pub(super) fn open_txn(&mut self, explicit: bool, read_only: bool) {
+        if std::mem::take(&mut self.lost_txn) {
+            self.losses = self.losses.saturating_add(1);
+        }
         let requested = self.signal.cancels.lock().requested;
         let absorb = (requested > self.cancels_settled).then_some(requested);
         if absorb.is_some() {
@@ -146,7 +149,13 @@ impl Session {
                             let e = self.translate(e);
                             self.client.push(&e.message());
                         }
-                        _ => self.client.push(&m),
+                        Ok(e) => {
+                            // The replica's own serialization failures
+                            // (REPEATABLE READ) are losses too.
+                            self.note_loss(&e);
+                            self.client.push(&m);
+                        }
+                        Err(_) => self.client.push(&m),
                     }
                 }
                 b'G' => {
