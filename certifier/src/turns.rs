@@ -19,9 +19,12 @@
 //!   `k`, does not lose on `k` to a session taking part in turns — unless
 //!   that session has the turn on another row the retry also writes (see
 //!   [`Turns::admit`]).
-//! - The turn passes on when the head commits a transaction writing `k`,
+//! - The turn passes on when the head commits a transaction (writing `k`
+//!   or not: its retry is over),
 //!   when it does not claim it (`AwaitTurn`, or a certification) within
-//!   [`CLAIM`] of getting it, or [`HOLD`] after it claimed it. Lapses run on
+//!   [`CLAIM`] of getting it, or [`HOLD`] after it claimed it, or when it
+//!   leaves (`LeaveTurn`: the proxy's transaction with the turn ended
+//!   without certifying, or the client went away). Lapses run on
 //!   the clock, looked at or not: after a head lapses, the next one's time
 //!   starts at that instant. A session that went away holds a row up for
 //!   [`CLAIM`] once it comes to the head, and a queue holds at most
@@ -240,21 +243,35 @@ impl Turns {
         Some(key)
     }
 
-    /// `session` committed a transaction writing `keys`: its turns on them
-    /// pass on.
-    pub fn committed(&mut self, session: u64, keys: impl IntoIterator<Item = u64>, now: Instant) {
+    /// A transaction of `session` committed: every turn it has passes on,
+    /// whatever rows it wrote. A turn is for the session's retry, and that
+    /// is over; a client whose retry writes other rows (sysbench draws new
+    /// ones) would otherwise hold the row until its turn lapsed.
+    pub fn committed(&mut self, session: u64, now: Instant) {
         if self.queues.is_empty() || session == 0 {
             return;
         }
-        for key in keys {
-            if let Some(q) = self.queues.get_mut(&key) {
-                if q.head() == Some(session) {
-                    q.next(now);
-                }
-                if q.sessions.is_empty() {
-                    self.queues.remove(&key);
-                }
+        self.queues.retain(|_, q| {
+            if q.head() == Some(session) {
+                q.next(now);
             }
+            !q.sessions.is_empty()
+        });
+    }
+
+    /// `session` leaves `key`'s queue; if it had the turn, the turn passes
+    /// on now.
+    pub fn leave(&mut self, session: u64, key: u64, now: Instant) {
+        let Some(q) = self.queues.get_mut(&key) else {
+            return;
+        };
+        if q.head() == Some(session) {
+            q.next(now);
+        } else {
+            q.sessions.retain(|&s| s != session);
+        }
+        if q.sessions.is_empty() {
+            self.queues.remove(&key);
         }
     }
 
@@ -349,7 +366,7 @@ mod tests {
         assert!(matches!(t.claim(2, 7, now), Claim::Wait { .. }));
         assert!(matches!(t.claim(1, 7, now), Claim::Yours));
         assert_eq!(t.admit(losing(1), &[7], now), None);
-        t.committed(1, [7], now);
+        t.committed(1, now);
         assert!(matches!(t.claim(1, 7, now), Claim::NotQueued));
         assert_eq!(
             t.admit(losing(3), &[7], now),
@@ -357,9 +374,9 @@ mod tests {
             "2 lost first"
         );
         assert!(matches!(t.claim(2, 7, now), Claim::Yours));
-        t.committed(2, [7], now);
+        t.committed(2, now);
         assert!(matches!(t.claim(3, 7, now), Claim::Yours));
-        t.committed(3, [7], now);
+        t.committed(3, now);
         assert!(t.is_empty());
     }
 
@@ -375,7 +392,7 @@ mod tests {
         assert_eq!(t.admit(losing(2), &[7, 8], now), None);
         // 1 committed first, so 2 lost on 7: it keeps its turn on 8 and
         // waits there, not behind 7.
-        t.committed(1, [7, 8], now);
+        t.committed(1, now);
         assert_eq!(t.lost(losing(2), 7, &[7, 8], now), Some(8));
         assert!(matches!(t.claim(2, 8, now), Claim::Yours));
         // Session 3, first on neither, is refused.
@@ -433,10 +450,43 @@ mod tests {
             panic!("2 waits");
         };
         assert!(!changed.has_changed().unwrap());
-        t.committed(1, [7], now);
+        t.committed(1, now);
         assert!(changed.has_changed().unwrap(), "woken");
         assert!(matches!(t.claim(2, 7, now), Claim::Yours));
         let _ = changed.borrow_and_update();
+    }
+
+    #[test]
+    fn a_session_that_leaves_passes_its_turn_on_at_once() {
+        let mut t = Turns::default();
+        let now = Instant::now();
+        for s in 1..=3 {
+            assert!(t.lost(losing(s), 7, &[7], now).is_some());
+        }
+        t.leave(2, 7, now);
+        assert!(matches!(t.claim(2, 7, now), Claim::NotQueued));
+        let Claim::Wait { changed, .. } = t.claim(3, 7, now) else {
+            panic!("3 waits for 1");
+        };
+        t.leave(1, 7, now);
+        assert!(changed.has_changed().unwrap(), "woken");
+        assert!(matches!(t.claim(3, 7, now), Claim::Yours));
+        t.leave(3, 7, now);
+        t.leave(3, 8, now);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_commit_of_the_head_passes_on_every_turn_it_has() {
+        let mut t = Turns::default();
+        let now = Instant::now();
+        assert!(t.lost(losing(1), 7, &[7], now).is_some());
+        assert!(t.lost(losing(1), 8, &[8], now).is_some());
+        assert!(t.lost(losing(2), 7, &[7], now).is_some());
+        // 1's retry wrote neither row (new random rows): still done.
+        t.committed(1, now);
+        assert!(matches!(t.claim(2, 7, now), Claim::Yours));
+        assert_eq!(t.keys(), 1, "8 had nobody else");
     }
 
     #[test]

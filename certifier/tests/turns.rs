@@ -131,19 +131,24 @@ async fn a_losing_session_gets_its_turn_before_others_in_the_order_they_lost() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_turn_nobody_claims_lapses() {
-    let dir = TempDir::new().unwrap();
-    let (server, c) = start(&dir).await;
+/// Session 1 commits version 1 on row b1; session 2, losing to it, is
+/// queued and has the turn. The row's key.
+async fn session_2_queued(c: &CertifierClient) -> u64 {
     assert_eq!(
         committed(c.certify(txn("a", 0, "b1", 1, 0)).await.unwrap()),
         1
     );
-    let (_, key) = aborted(
-        c.certify(txn("b", 0, "b1", 2, QUEUE_AFTER_LOSSES))
-            .await
-            .unwrap(),
-    );
+    let lost = c.certify(txn("b", 0, "b1", 2, QUEUE_AFTER_LOSSES)).await;
+    let (_, key) = aborted(lost.unwrap());
+    assert_ne!(key, 0);
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_nobody_claims_lapses() {
+    let dir = TempDir::new().unwrap();
+    let (server, c) = start(&dir).await;
+    let key = session_2_queued(&c).await;
     assert_ne!(key, 0);
     // Session 2 went away; 3 is refused and queued behind it, and goes
     // away too. Both turns lapse unclaimed...
@@ -155,5 +160,32 @@ async fn a_turn_nobody_claims_lapses() {
         2
     );
     assert_eq!(c.await_turn(2, key).await.unwrap(), (2, false));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_leaves_passes_its_turn_on_at_once() {
+    let dir = TempDir::new().unwrap();
+    let (server, c) = start(&dir).await;
+    let key = session_2_queued(&c).await;
+    assert_eq!(c.await_turn(2, key).await.unwrap(), (1, true));
+    // 3 is refused and waits behind 2, which then ends its transaction
+    // without certifying (read only, say) and leaves.
+    aborted(c.certify(txn("c", 1, "b1", 3, 0)).await.unwrap());
+    let c3 = c.clone();
+    let third = tokio::spawn(async move { c3.await_turn(3, key).await.unwrap() });
+    c.leave_turn(2, key).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("3 woken when 2 left")
+        .unwrap();
+    assert_eq!(got, (1, true));
+    assert_eq!(
+        committed(c.certify(txn("c'", 1, "b1", 3, 1)).await.unwrap()),
+        2
+    );
+    // Leaving what one is not queued on changes nothing.
+    c.leave_turn(9, key).await.unwrap();
+    c.leave_turn(9, 12345).await.unwrap();
     server.shutdown().await.unwrap();
 }

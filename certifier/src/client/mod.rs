@@ -496,6 +496,16 @@ impl CertifierClient {
         Ok((r.version, r.granted))
     }
 
+    /// `session` gives up its place on `key` (see [`Self::await_turn`]).
+    pub async fn leave_turn(&self, session: u64, key: u64) -> Result<(), CertifierError> {
+        self.conn()
+            .grpc
+            .clone()
+            .leave_turn(crate::proto::AwaitTurnRequest { session, key })
+            .await?;
+        Ok(())
+    }
+
     /// The status of the node this client uses now.
     pub async fn status(&self) -> Result<StatusResponse, CertifierError> {
         Ok(self

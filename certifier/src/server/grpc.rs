@@ -143,6 +143,15 @@ impl proto::certifier_server::Certifier for CertifierService {
         Ok(Response::new(proto::AwaitTurnResponse { version, granted }))
     }
 
+    async fn leave_turn(
+        &self,
+        request: Request<proto::AwaitTurnRequest>,
+    ) -> Result<Response<proto::LeaveTurnResponse>, Status> {
+        let r = request.into_inner();
+        CertifierService::leave_turn(self, r.session, r.key);
+        Ok(Response::new(proto::LeaveTurnResponse {}))
+    }
+
     async fn acknowledged(
         &self,
         _request: Request<proto::AcknowledgedRequest>,

@@ -509,11 +509,7 @@ impl CertifierService {
                                     return Err(inner.fail(e));
                                 }
                                 c.commit(txn_id.clone(), cs);
-                                let keys = cs.write.iter().map(|k| k.fp);
-                                inner
-                                    .turns
-                                    .lock()
-                                    .committed(turn.session, keys, Instant::now());
+                                inner.turns.lock().committed(turn.session, Instant::now());
                                 inner.submitted.notify_one();
                                 Step::Ticket(ticket, v)
                             }
@@ -638,6 +634,11 @@ impl CertifierService {
         };
         let last = rule::last_write(inner.state.lock().window(), key);
         (last, granted)
+    }
+
+    /// `LeaveTurn`: `session` gives up its place on `key`.
+    pub fn leave_turn(&self, session: u64, key: u64) {
+        self.inner.turns.lock().leave(session, key, Instant::now());
     }
 
     /// Looks for `txn_id` in the WAL records `from..=to` (all durable): the

@@ -264,7 +264,10 @@ impl Session {
                     }
                 },
                 outcome = &mut *certify, if !certified => match outcome {
+                    // Certified either way: a turn held was used (and, on
+                    // an abort, is waited for again as `fair_key`).
                     Ok(Outcome::Committed { version: v }) => {
+                        self.held_turn = 0;
                         *certified_at = Some(std::time::Instant::now());
                         if released {
                             return Ok(self.applied_from_log(v).await);
@@ -281,6 +284,7 @@ impl Session {
                         self.shared.metrics.aborted(AbortCause::Certification);
                         self.retry_floor = self.retry_floor.max(conflict_version);
                         self.fair_key = turn_key;
+                        self.held_turn = 0;
                         if released {
                             self.close_txn();
                         } else {

@@ -173,13 +173,34 @@ impl Session {
         }
         let asked = self.shared.certifier.await_turn(self.fair_session, key);
         match tokio::time::timeout(timeout, asked).await {
-            Ok(Ok((version, _))) => version,
+            Ok(Ok((version, granted))) => {
+                if granted {
+                    self.held_turn = key;
+                }
+                version
+            }
             Ok(Err(e)) => {
                 tracing::debug!("waiting for a fair turn: {e}");
                 0
             }
-            Err(_) => 0,
+            Err(_) => {
+                self.leave_turn_later(key);
+                0
+            }
         }
+    }
+
+    /// Gives up this session's place on `key` at the certifier, in the
+    /// background (best effort: a turn left behind lapses anyway).
+    pub(super) fn leave_turn_later(&self, key: u64) {
+        let certifier = self.shared.certifier.clone();
+        let session = self.fair_session;
+        tokio::spawn(async move {
+            let left = certifier.leave_turn(session, key);
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), left).await {
+                tracing::debug!("leaving a fair turn: {e}");
+            }
+        });
     }
 
     /// `SELECT tashkent.wait_for(v)`: answers one row (the replica's

@@ -83,6 +83,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         losses: 0,
         lost_txn: false,
         fair_key: 0,
+        held_turn: 0,
         shared,
         signal,
         backend_pid,
@@ -119,6 +120,10 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         }
     }
     session.close_txn();
+    if session.fair_key != 0 {
+        let key = std::mem::take(&mut session.fair_key);
+        session.leave_turn_later(key);
+    }
     session.shared.unregister_session(session.backend_pid);
     session.client.close().await;
 }
@@ -183,6 +188,9 @@ struct Session {
     /// The key the certifier queued this session on after its last loss
     /// (0: none): the next transaction first waits for its turn on it.
     fair_key: u64,
+    /// The key whose turn the open transaction has and has not yet used
+    /// in a certification (0: none): given up if it ends without one.
+    held_turn: u64,
     shared: Arc<Shared>,
     /// The applier's early-abort signal for this session.
     signal: Arc<SessionSignal>,
@@ -442,6 +450,12 @@ impl Session {
     /// Forgets the open transaction (the backend rolls it back when the
     /// connection closes).
     fn close_txn(&mut self) {
+        if self.held_turn != 0 {
+            // Ended without a certification (read only, rolled back, an
+            // error): the row's next session need not wait for the lapse.
+            let key = std::mem::take(&mut self.held_turn);
+            self.leave_turn_later(key);
+        }
         self.early_abort = None;
         self.txn_consistency = None;
         self.signal.cancels.lock().txn_open = false;
