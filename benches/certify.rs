@@ -292,17 +292,13 @@ async fn raft_nodes(
         .map(|l| l.local_addr().expect("addr").to_string())
         .collect();
     drop(held);
-    let peers: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect();
+    let peers = tashkent_certifier::config::format_peers(&addrs);
     let mut nodes = Vec::new();
     for i in 0..n {
         let cfg = CertifierConfig {
             wal_dir: dir.join(format!("node-{}", i + 1)),
             node_id: Some(i as u64 + 1),
-            peers: Some(peers.join(",")),
+            peers: Some(peers.clone()),
             wal_backend: wal_backend(),
             ..CertifierConfig::default()
         };

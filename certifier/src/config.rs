@@ -131,6 +131,17 @@ impl Default for CertifierConfig {
     }
 }
 
+/// `1=host:port,2=host:port,...`: the `peers` of nodes `1..` at `addrs`,
+/// in order (what [`parse_peers`] reads).
+pub fn format_peers<A: std::fmt::Display>(addrs: impl IntoIterator<Item = A>) -> String {
+    let all: Vec<String> = addrs
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    all.join(",")
+}
+
 /// Parses `1=host:port,2=host:port` (spaces around items allowed).
 pub fn parse_peers(s: &str) -> Result<std::collections::BTreeMap<u64, String>, CertifierError> {
     let mut peers = std::collections::BTreeMap::new();
@@ -502,6 +513,9 @@ mod tests {
             .args
             .resolve()
             .is_err());
+        let formatted = format_peers(["a:1", "b:2"]);
+        assert_eq!(formatted, "1=a:1,2=b:2");
+        assert_eq!(parse_peers(&formatted).unwrap()[&2], "b:2");
         assert!(parse_peers("1=a:1,1=b:2").is_err());
         assert!(parse_peers("x=a:1").is_err());
         assert!(parse_peers("1=nohost").is_err());

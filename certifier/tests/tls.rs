@@ -251,12 +251,7 @@ async fn raft_messages_need_a_certificate_the_peers_ca_signed() {
         .map(|l| l.local_addr().unwrap().to_string())
         .collect();
     drop(held);
-    let peers = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let peers = tashkent_certifier::config::format_peers(&addrs);
     let mut nodes = Vec::new();
     for i in 0..3u64 {
         let d = dir.path().join(format!("node-{}", i + 1));

@@ -272,12 +272,7 @@ async fn a_retry_after_the_leader_is_sigkilled_gets_its_version() {
         .map(|l| l.local_addr().unwrap().to_string())
         .collect();
     drop(ports);
-    let peers = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let peers = tashkent_certifier::config::format_peers(&addrs);
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tashkent"));
     let start = |i: usize| {
         let wal = dir.path().join(format!("node-{}", i + 1));

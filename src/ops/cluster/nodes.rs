@@ -74,13 +74,7 @@ impl LocalCluster {
 
     /// `1=host:port,2=...`: the `peers` of every node.
     fn peers(&self) -> String {
-        let all: Vec<String> = self
-            .node_listen
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect();
-        all.join(",")
+        tashkent_certifier::config::format_peers(&self.node_listen)
     }
 
     /// Starts certifier node `i` (0-based; node id `i + 1`), stopping it
