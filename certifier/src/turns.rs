@@ -78,6 +78,16 @@ pub struct Turn {
     pub losses: u32,
 }
 
+impl From<&crate::proto::Writeset> for Turn {
+    /// The turn fields of a writeset (of its first chunk, when chunked).
+    fn from(ws: &crate::proto::Writeset) -> Turn {
+        Turn {
+            session: ws.session,
+            losses: ws.losses,
+        }
+    }
+}
+
 /// The queue of one key; its head has the turn.
 #[derive(Debug)]
 struct Queue {

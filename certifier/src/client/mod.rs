@@ -490,7 +490,7 @@ impl CertifierClient {
             .conn()
             .grpc
             .clone()
-            .await_turn(crate::proto::AwaitTurnRequest { session, key })
+            .await_turn(crate::proto::TurnRequest { session, key })
             .await?
             .into_inner();
         Ok((r.version, r.granted))
@@ -501,7 +501,7 @@ impl CertifierClient {
         self.conn()
             .grpc
             .clone()
-            .leave_turn(crate::proto::AwaitTurnRequest { session, key })
+            .leave_turn(crate::proto::TurnRequest { session, key })
             .await?;
         Ok(())
     }

@@ -136,7 +136,7 @@ impl proto::certifier_server::Certifier for CertifierService {
 
     async fn await_turn(
         &self,
-        request: Request<proto::AwaitTurnRequest>,
+        request: Request<proto::TurnRequest>,
     ) -> Result<Response<proto::AwaitTurnResponse>, Status> {
         let r = request.into_inner();
         let (version, granted) = CertifierService::await_turn(self, r.session, r.key).await;
@@ -145,7 +145,7 @@ impl proto::certifier_server::Certifier for CertifierService {
 
     async fn leave_turn(
         &self,
-        request: Request<proto::AwaitTurnRequest>,
+        request: Request<proto::TurnRequest>,
     ) -> Result<Response<proto::LeaveTurnResponse>, Status> {
         let r = request.into_inner();
         CertifierService::leave_turn(self, r.session, r.key);

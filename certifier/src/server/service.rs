@@ -288,12 +288,8 @@ impl CertifierService {
             return Ok(outcome);
         }
         let cs = ConflictSet::of(&ws);
-        let turn = Turn {
-            session: ws.session,
-            losses: ws.losses,
-        };
         let (outcome, _) = self
-            .decide(&ws.txn_id, ws.snapshot, turn, &cs, &ws, rec)
+            .decide(&ws.txn_id, ws.snapshot, Turn::from(&ws), &cs, &ws, rec)
             .await?;
         Ok(outcome)
     }
@@ -334,10 +330,7 @@ impl CertifierService {
             spool: Some(spool),
             ..header.clone()
         });
-        let turn = Turn {
-            session: header.session,
-            losses: header.losses,
-        };
+        let turn = Turn::from(&header);
         let decided = self
             .decide(&header.txn_id, header.snapshot, turn, &cs, &names, rec)
             .await;
