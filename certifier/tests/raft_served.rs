@@ -178,6 +178,10 @@ async fn a_served_cluster_certifies_on_the_leader_redirects_and_fails_over() {
         let ids: Vec<_> = got.iter().map(|w| w.writeset.txn_id.clone()).collect();
         assert_eq!(ids[0], Bytes::from_static(b"t1"), "node {id}");
         assert_eq!(got.last().unwrap().version, 11, "node {id}");
+        // A replica's checkpoint of a version it applied is taken at once,
+        // also where this node's versions log has not synced it yet (it
+        // syncs it then, see `raft::versions`).
+        c.report_checkpoint(11).await.unwrap();
         // A node serves (and applies) a committed version before its
         // versions log has it durable: that log is written behind the raft
         // log, which is what made it durable. Wait for it.

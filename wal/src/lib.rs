@@ -32,6 +32,10 @@
 //!   Whatever accumulated while the previous group was being written and
 //!   synced becomes the next group: one write, ONE `fdatasync`, then every
 //!   append of the group is acknowledged. Submitting never blocks on I/O.
+//!   A log opened with [`Durability::Deferred`] writes each group at once
+//!   and syncs it later (when someone waits for it, before a roll or a log
+//!   operation, at the latest after a delay): for a copy of records that
+//!   another log holds durable.
 //!   `truncate_after`, `purge_below` and `restart_at` run on the same
 //!   thread in queue order.
 //! - **Backends.** [`Backend::IoUring`] submits the group as a `Write`
@@ -184,6 +188,26 @@ pub struct WalOptions {
     /// than half the previous group's write+sync time, and never with a
     /// single appender). Default 200 µs; zero disables it.
     pub max_group_wait: std::time::Duration,
+    /// When written records are made durable. Default: every group.
+    pub durability: Durability,
+}
+
+/// When the writer makes written records durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// One `fdatasync` per group, before anyone in it is acknowledged.
+    #[default]
+    EveryGroup,
+    /// Groups are written at once and synced later: as soon as someone
+    /// calls [`Wal::wait_durable`] for a written record, before a segment
+    /// roll, a truncate, a purge, a restart or close, and at the latest
+    /// `max_delay` after the oldest unsynced write. Tickets resolve at that
+    /// sync (awaiting one does not hurry it). For a log that is a copy of
+    /// what another durable log holds, where an fdatasync per group would
+    /// only halve the disk's flushes for the durable one: a raft node's
+    /// versions log. Recovery is unchanged: records written but not synced
+    /// are a torn tail after a power cut.
+    Deferred { max_delay: std::time::Duration },
 }
 
 impl Default for WalOptions {
@@ -194,6 +218,7 @@ impl Default for WalOptions {
             max_record_size: 256 << 20,
             max_group_records: usize::MAX,
             max_group_wait: std::time::Duration::from_micros(200),
+            durability: Durability::EveryGroup,
         }
     }
 }

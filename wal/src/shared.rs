@@ -59,6 +59,12 @@ pub(crate) struct State {
     /// the size of the previous group while it briefly waits for a group to
     /// fill (see `writer.rs`).
     pub wake_at: usize,
+    /// `Durability::Deferred`: the highest LSN a `wait_durable` caller
+    /// waits for; the writer syncs as soon as it is written.
+    pub sync_wanted: Lsn,
+    /// A truncate, purge or restart is queued: the writer runs it at once
+    /// (a deferred writer lets appends wait).
+    pub urgent: bool,
 }
 
 pub(crate) struct Shared {
@@ -88,8 +94,10 @@ pub(crate) struct Counters {
 impl Shared {
     /// Queues `op` and wakes the writer if it is waiting for that.
     pub fn enqueue(&self, st: &mut State, op: Op) {
+        let urgent = !matches!(op, Op::Append { .. });
         st.queue.push(op);
-        if st.queue.len() >= st.wake_at {
+        st.urgent |= urgent;
+        if urgent || st.queue.len() >= st.wake_at {
             self.wake.notify_one();
         }
     }

@@ -19,7 +19,7 @@ use crate::error::IoContext;
 use crate::reader::WalReader;
 use crate::shared::{Counters, Op, Shared, State};
 use crate::writer::Writer;
-use crate::{backend, format, recovery, segment, Backend, Lsn, WalError, WalOptions};
+use crate::{backend, format, recovery, segment, Backend, Durability, Lsn, WalError, WalOptions};
 
 /// A handle to an open log. Cheap to clone; all clones share one writer.
 /// The writer stops when `close` is called on any clone or the last clone
@@ -101,6 +101,8 @@ impl Wal {
                 waiters: Vec::new(),
                 purge_floor: first,
                 wake_at: 1,
+                sync_wanted: 0,
+                urgent: false,
             }),
             wake: Condvar::new(),
             written: AtomicU64::new(last),
@@ -245,6 +247,11 @@ impl Wal {
             }
             let (tx, rx) = oneshot::channel();
             st.waiters.push((lsn, tx));
+            if let Durability::Deferred { .. } = self.shared().opts.durability {
+                // The writer may be idle with the record written: wake it.
+                st.sync_wanted = st.sync_wanted.max(lsn);
+                self.shared().wake.notify_one();
+            }
             rx
         };
         rx.await.unwrap_or(Err(WalError::Closed))

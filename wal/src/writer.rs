@@ -2,7 +2,9 @@
 //! one write and ONE `fdatasync` (via the backend), then acknowledges
 //! everyone in the group. While it is busy with a group's I/O, new
 //! submissions pile up in the queue and form the next group, so the group
-//! size adapts to the load by itself (classic group commit).
+//! size adapts to the load by itself (classic group commit). With
+//! `Durability::Deferred` it writes each group at once but syncs (and
+//! acknowledges) later, when asked or when due (`sync_due`).
 //!
 //! It also runs `truncate_after`, `purge_below` and `restart_at` in queue order, so they
 //! see exactly the appends submitted before them. Any failed write, fsync or
@@ -23,11 +25,14 @@ use crate::error::IoContext;
 use crate::format::{self, SEGMENT_HEADER_LEN};
 use crate::segment::{self, ActiveSegment, SegmentInfo};
 use crate::shared::{Op, Reply, Shared};
-use crate::{fault, Lsn, WalError};
+use crate::{fault, Durability, Lsn, WalError};
 
 /// Groups larger than this are split (bounds the copy buffer; a single
 /// larger record still goes in a group of its own).
 const MAX_GROUP_BYTES: usize = 16 << 20;
+/// `Durability::Deferred`: a round starts at once when this many ops are
+/// queued (bounds the queue's memory between rounds).
+const DEFERRED_ROUND_OPS: usize = 4096;
 /// The group buffer is shrunk back to this after a huge record.
 const KEEP_BUF_BYTES: usize = 4 << 20;
 
@@ -45,6 +50,12 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
     /// Swapped with the shared queue so both allocations are reused.
     spare: Vec<Op>,
+    /// `Durability::Deferred`: appends of this round written and not yet
+    /// synced (payloads dropped), oldest first, and their bytes.
+    unsynced: Vec<Pending>,
+    unsynced_bytes: usize,
+    /// `Durability::Deferred`: when the queued appends are due.
+    round_due: Option<Instant>,
     /// Holds the directory lock for as long as the writer runs.
     _lock: File,
 }
@@ -62,6 +73,9 @@ impl Writer {
             active,
             buf: Vec::new(),
             spare: Vec::new(),
+            unsynced: Vec::new(),
+            unsynced_bytes: 0,
+            round_due: None,
             _lock: lock,
         }
     }
@@ -86,6 +100,14 @@ impl Writer {
                         self.shared.wake.wait(&mut st);
                         continue;
                     }
+                    if let Some(due) = deferred_until(&self.shared, &st, &mut self.round_due) {
+                        // Deferred: the first append woke us; the next
+                        // ones wait in the queue for the round that writes
+                        // and syncs them all.
+                        st.wake_at = DEFERRED_ROUND_OPS;
+                        self.shared.wake.wait_until(&mut st, due);
+                        continue;
+                    }
                     // Group-fill wait (an adaptive commit_delay). When the
                     // previous group was larger than what is queued now, its
                     // appenders are most likely just resubmitting; waiting a
@@ -105,15 +127,20 @@ impl Writer {
                 }
                 // Busy from here on: submitters need not wake us.
                 st.wake_at = usize::MAX;
+                st.urgent = false;
                 std::mem::swap(&mut st.queue, &mut self.spare);
             }
             let mut ops = std::mem::take(&mut self.spare);
             last_group = ops.len();
             let started = Instant::now();
             self.process(&mut ops);
+            // Deferred: a round happens when its records are due.
+            self.sync_deferred();
+            self.round_due = None;
             last_cost = started.elapsed();
             self.spare = ops;
         }
+        self.sync_deferred();
         match &self.shared.state.lock().poisoned {
             Some(cause) => Err(self.shared.poison_error(cause)),
             None => Ok(()),
@@ -147,12 +174,14 @@ impl Writer {
                 }
                 Op::Truncate { lsn, reply } => {
                     self.commit_group(&mut group);
+                    self.sync_deferred();
                     group_bytes = 0;
                     let r = self.guarded(|w| w.truncate(lsn), true);
                     let _ = reply.send(r);
                 }
                 Op::Purge { lsn, reply } => {
                     self.commit_group(&mut group);
+                    self.sync_deferred();
                     group_bytes = 0;
                     // A failed purge leaves a consistent log (some old
                     // segments deleted), so it does not poison.
@@ -161,6 +190,7 @@ impl Writer {
                 }
                 Op::Restart { next_lsn, reply } => {
                     self.commit_group(&mut group);
+                    self.sync_deferred();
                     group_bytes = 0;
                     let r = self.guarded(|w| w.restart(next_lsn), true);
                     let _ = reply.send(r);
@@ -228,8 +258,10 @@ impl Writer {
                 if i > start {
                     self.flush(&mut group[start..i])?;
                     start = i;
-                    synced = self.shared.durable.load(Ordering::Acquire);
                 }
+                // Recovery wants every segment but the last complete.
+                self.sync_unsynced()?;
+                synced = self.shared.durable.load(Ordering::Acquire);
                 self.roll(group[i].lsn, flen)?;
             }
             format::append_frame(&mut self.buf, group[i].lsn, synced, &group[i].payload);
@@ -245,18 +277,75 @@ impl Writer {
         };
         let shared = &self.shared;
         let started = std::time::Instant::now();
+        let sync = shared.opts.durability == Durability::EveryGroup;
         self.backend.write_and_sync(
             &self.active.file,
             &self.active.path,
             self.active.write_pos,
             &self.buf,
             &mut || shared.written.store(last, Ordering::Release),
+            sync,
         )?;
         self.active.write_pos += self.buf.len() as u64;
+        if !sync {
+            self.unsynced_bytes += self.buf.len();
+            self.unsynced.extend(entries.iter_mut().map(|p| Pending {
+                lsn: p.lsn,
+                payload: Bytes::new(),
+                reply: p.reply.take(),
+            }));
+            self.buf.clear();
+            return Ok(());
+        }
+        self.acknowledge(entries, self.buf.len(), started);
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Syncs the deferred records, if any, and acknowledges them; a
+    /// failure poisons the log.
+    fn sync_deferred(&mut self) {
+        if let Err(e) = self.sync_unsynced() {
+            self.poison(e);
+        }
+    }
+
+    fn sync_unsynced(&mut self) -> Result<(), WalError> {
+        if self.unsynced.is_empty() {
+            return Ok(());
+        }
+        if let Some(cause) = self.shared.state.lock().poisoned.clone() {
+            return Err(self.shared.poison_error(&cause));
+        }
+        let started = Instant::now();
+        self.backend.write_and_sync(
+            &self.active.file,
+            &self.active.path,
+            self.active.write_pos,
+            &[],
+            &mut || {},
+            true,
+        )?;
+        let mut entries = std::mem::take(&mut self.unsynced);
+        let bytes = std::mem::take(&mut self.unsynced_bytes);
+        self.acknowledge(&mut entries, bytes, started);
+        // Kept for the next ones: growing it afresh each time faulted in
+        // new pages at every sync.
+        entries.clear();
+        self.unsynced = entries;
+        Ok(())
+    }
+
+    /// `entries` (`bytes` of frames, written since `started`) are durable:
+    /// counts them, publishes the durable LSN and acknowledges them.
+    fn acknowledge(&self, entries: &mut [Pending], bytes: usize, started: Instant) {
+        let Some(last) = entries.last().map(|p| p.lsn) else {
+            return;
+        };
         if let Some(observe) = self.shared.observer.get() {
             observe(crate::GroupSync {
                 records: entries.len(),
-                bytes: self.buf.len(),
+                bytes,
                 duration: started.elapsed(),
             });
         }
@@ -265,10 +354,7 @@ impl Writer {
         stats
             .appends
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        stats
-            .bytes
-            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-        self.buf.clear();
+        stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         // Durable before acknowledging: whoever gets an ack sees
         // durable_lsn() >= their LSN.
         self.shared.publish_durable(last);
@@ -277,7 +363,6 @@ impl Writer {
                 let _ = r.send(Ok(p.lsn));
             }
         }
-        Ok(())
     }
 
     /// Starts a new segment whose first record is `first_lsn` (a frame of
@@ -420,8 +505,10 @@ impl Writer {
         Ok(())
     }
 
-    fn poison(&self, err: WalError) {
+    fn poison(&mut self, err: WalError) {
         let cause = Arc::new(err);
+        let unsynced = std::mem::take(&mut self.unsynced);
+        self.unsynced_bytes = 0;
         let (queued, waiters) = {
             let mut st = self.shared.state.lock();
             if st.poisoned.is_none() {
@@ -449,7 +536,33 @@ impl Writer {
         for (_, reply) in waiters {
             let _ = reply.send(Err(err.clone()));
         }
+        for p in unsynced {
+            if let Some(r) = p.reply {
+                let _ = r.send(Err(err.clone()));
+            }
+        }
     }
+}
+
+/// `Durability::Deferred` with appends queued: until when they may
+/// wait, or `None` when the round must run now (they are due, someone
+/// waits for durability, a log operation or close is queued, or the
+/// queue is long).
+fn deferred_until(
+    shared: &Shared,
+    st: &crate::shared::State,
+    round_due: &mut Option<Instant>,
+) -> Option<Instant> {
+    let Durability::Deferred { max_delay } = shared.opts.durability else {
+        return None;
+    };
+    let durable = shared.durable.load(Ordering::Acquire);
+    if st.closed || st.urgent || st.sync_wanted > durable || st.queue.len() >= DEFERRED_ROUND_OPS {
+        return None;
+    }
+    let now = Instant::now();
+    let due = *round_due.get_or_insert(now + max_delay);
+    (now < due).then_some(due)
 }
 
 /// In a segment starting at `first_lsn`, the offset of record `target` (or

@@ -12,7 +12,7 @@ mod common;
 
 use common::*;
 use fail::FailScenario;
-use tashkent_wal::{Backend, Wal, WalError, WalOptions};
+use tashkent_wal::{Backend, Durability, Wal, WalError, WalOptions};
 
 async fn fsync_failure_poisons_forever(b: Backend) {
     let scenario = FailScenario::setup();
@@ -38,6 +38,42 @@ async fn fsync_failure_poisons_forever(b: Backend) {
     for (lsn, p) in read_all(&wal, 1).into_iter().take(3) {
         assert_eq!(p, payload(lsn, 10));
     }
+    scenario.teardown();
+}
+
+/// `Durability::Deferred`: a failed deferred fdatasync fails every record
+/// written since the last one, and the log is poisoned as with the default.
+async fn deferred_sync_failure_fails_the_unsynced_and_poisons(b: Backend) {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let o = WalOptions {
+        durability: Durability::Deferred {
+            max_delay: std::time::Duration::from_secs(3600),
+        },
+        ..opts(b)
+    };
+    let wal = Wal::open(dir.path(), o).unwrap();
+    let _first = wal.submit(payload(1, 10)).unwrap();
+    wal.wait_durable(1).await.unwrap();
+    let tickets: Vec<_> = (2..=4)
+        .map(|i| wal.submit(payload(i, 10)).unwrap())
+        .collect();
+    fail::cfg("wal::fsync", "return").unwrap();
+    let err = wal.wait_durable(4).await.unwrap_err();
+    fail::remove("wal::fsync");
+    assert!(
+        err.is_poisoned() || matches!(err, WalError::Io { .. }),
+        "{err}"
+    );
+    for t in tickets {
+        let err = t.await.unwrap_err();
+        assert!(
+            err.is_poisoned() || matches!(err, WalError::Io { .. }),
+            "{err}"
+        );
+    }
+    assert_eq!(wal.durable_lsn(), 1);
+    assert!(wal.submit(payload(5, 10)).unwrap_err().is_poisoned());
     scenario.teardown();
 }
 
@@ -266,6 +302,7 @@ async fn interrupted_truncate_leaves_a_prefix(b: Backend) {
 
 both_backends!(
     fsync_failure_poisons_forever,
+    deferred_sync_failure_fails_the_unsynced_and_poisons,
     failed_group_and_everything_queued_get_errors_never_acks,
     disk_full_fails_the_whole_group,
     short_writes_are_completed,

@@ -224,12 +224,14 @@ async fn read_entries(shared: &Shared, from: u64, to: u64) -> Result<Vec<Entry>,
     if lo >= hi {
         return Ok(Vec::new());
     }
-    // openraft may read what it has just submitted (replication runs
-    // ahead of the local flush); the WAL reader yields durable records only.
-    wal.wait_durable(hi).await?;
+    // Entries just appended are replicated from memory, before they are
+    // durable here: a leader's flush and its followers' then overlap, as
+    // raft allows (an entry commits once a majority has it durable).
     if let Some(hit) = shared.recent.lock().get(lo, hi) {
         return Ok(hit);
     }
+    // The WAL reader yields durable records only.
+    wal.wait_durable(hi).await?;
     let mut out = Vec::with_capacity((hi - lo) as usize);
     let reader = match wal.read_from(lsn_of(lo)) {
         Err(WalError::Purged { .. }) => return Ok(out),

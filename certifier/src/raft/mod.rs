@@ -62,12 +62,24 @@
 //!   them. [`Proposer`] batches one level up: certifications arriving
 //!   while an entry is in flight go into the next entry together
 //!   (`CertifyBatch`, one answer each). It keeps up to four entries in
-//!   flight, so one is replicated while the next is flushed; openraft
-//!   0.10's non-blocking log IO and `client_write_many` are the next step.
-//!   Measured (`cargo bench --bench certify -- 'end_to_end_4conn_x32|raft'`,
-//!   this 2-core machine, another build beside, all nodes and clients in
-//!   one process): single certifier 66.6k/s, one raft node 32.8k/s, three
-//!   17.4k/s (0.26x the single certifier; issue 14's goal is 0.7x).
+//!   flight; openraft 0.10's non-blocking log IO and `client_write_many`
+//!   are the next step. Where the time goes, traced per entry (three
+//!   nodes in one process, one entry of ~75 certifications in flight):
+//!   the leader's raft core is blocked for its own fdatasync (0.3–0.8 ms,
+//!   the three nodes share one disk) *before* it sends the entry, as
+//!   openraft 0.9 issues the replication after the flush returns; then
+//!   the followers' append and fdatasync (~0.5 ms), the answers, and the
+//!   apply (~1 ms for 75 certifications on a contended core): ~3 ms an
+//!   entry, and entries of one leader never share a flush. Log reads are
+//!   served from the recent entries before they are durable here, and
+//!   the versions log syncs late (`versions.rs`), which took the
+//!   in-process figure from 19.3k to 22.9k/s (means of four alternating
+//!   runs each); the process is at ~120 % of its two cores, so what
+//!   remains is that serial path, not CPU. Measured (`cargo bench
+//!   --bench certify -- 'end_to_end_4conn_x32|raft'`, this 2-core
+//!   machine, all nodes and clients in one process): single certifier
+//!   66.6–87.6k/s, one raft node 32.8k/s, three 17.4–24.3k/s (at best
+//!   0.3x the single certifier; issue 14's goal is 0.7x).
 //! - The log store keeps the last 8192 entries (64 MiB) in memory
 //!   (`log_store.rs`): a WAL reader finds a record by walking its segment
 //!   from the start, which made every apply slower as the segment grew.

@@ -9,11 +9,15 @@
 //! then works on every node unchanged.
 //!
 //! Durability: appends are submitted, not awaited, so applying never waits
-//! for this log's fdatasync. The raft log is the durable copy that answers
-//! clients, so subscribers are shown a version as soon as it is applied
+//! for this log's fdatasync, and the log syncs late
+//! (`tashkent_wal::Durability::Deferred`, see `server::node`): when a
+//! snapshot, a subscriber reading it or a checkpoint report waits for it,
+//! else every 50 ms. An fdatasync per group would take half of the disk's
+//! flushes from the raft log, which is the durable copy that answers
+//! clients. So subscribers are shown a version as soon as it is applied
 //! (it is then durable in the raft logs of a majority), from the tail
 //! cache; what the tail no longer holds they read from this log once it is
-//! written. Two rules keep the two logs consistent across crashes:
+//! synced. Two rules keep the two logs consistent across crashes:
 //!
 //! - a snapshot is persisted only once this log is durable through the
 //!   snapshot's newest version (`VersionsLog::sync_through`), so a

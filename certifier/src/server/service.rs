@@ -712,6 +712,17 @@ impl CertifierService {
     ) -> Result<(Version, Version), CertifierError> {
         let inner = &*self.inner;
         inner.poisoned()?;
+        if inner.node.is_some() && version > inner.wal.durable_lsn() {
+            // A raft node's versions log syncs late (`raft::versions`); a
+            // replica reports versions it applied, which it holds.
+            if version <= inner.wal.last_lsn() {
+                inner
+                    .wal
+                    .wait_durable(version)
+                    .await
+                    .map_err(|e| inner.fail(e))?;
+            }
+        }
         let durable = inner.wal.durable_lsn();
         if version > durable {
             return Err(CertifierError::InvalidArgument(format!(
@@ -851,6 +862,14 @@ async fn purge_periodically(svc: CertifierService) {
 }
 
 async fn follow_durability(inner: Arc<Inner>) {
+    if inner.node.is_some() {
+        // A raft node raises `durable` as it applies (`raft::versions`):
+        // waiting here for its versions log would sync it per group.
+        let mut stop = inner.stop_signal.subscribe();
+        let _ = stop.wait_for(|s| *s).await;
+        inner.durable.send_modify(|_| {});
+        return;
+    }
     let mut seen = inner.wal.durable_lsn();
     loop {
         if inner.stopping.load(Ordering::Acquire) {

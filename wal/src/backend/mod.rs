@@ -26,9 +26,11 @@ pub(crate) trait IoBackend: Send {
 
     /// Writes all of `buf` at `offset` in `file` (resubmitting the rest after
     /// a short write), calls `on_written` once every byte has been handed to
-    /// the OS, then `fdatasync`s the file. Returns only when the data is
-    /// durable or the attempt failed; a failure after `on_written` means the
-    /// data may or may not be on disk, which the caller must treat as fatal.
+    /// the OS, then, if `sync`, `fdatasync`s the file. Returns only when the
+    /// data is durable (written, without `sync`) or the attempt failed; a
+    /// failure after `on_written` means the data may or may not be on disk,
+    /// which the caller must treat as fatal. An empty `buf` with `sync` is
+    /// an fdatasync alone.
     fn write_and_sync(
         &mut self,
         file: &File,
@@ -36,6 +38,7 @@ pub(crate) trait IoBackend: Send {
         offset: u64,
         buf: &[u8],
         on_written: &mut dyn FnMut(),
+        sync: bool,
     ) -> Result<(), WalError>;
 }
 

@@ -23,6 +23,7 @@ impl IoBackend for Portable {
         offset: u64,
         buf: &[u8],
         on_written: &mut dyn FnMut(),
+        sync: bool,
     ) -> Result<(), WalError> {
         if let Some(e) = fault::injected("wal::write") {
             return Err(WalError::io(path, e));
@@ -37,6 +38,9 @@ impl IoBackend for Portable {
         file.write_all_at(&buf[done..], offset + done as u64)
             .ctx(path)?;
         on_written();
+        if !sync {
+            return Ok(());
+        }
         if let Some(e) = fault::injected("wal::before_fsync") {
             return Err(WalError::io(path, e));
         }

@@ -97,6 +97,7 @@ impl IoBackend for Uring {
         offset: u64,
         buf: &[u8],
         on_written: &mut dyn FnMut(),
+        sync: bool,
     ) -> Result<(), WalError> {
         if self.broken {
             return Err(WalError::io(
@@ -109,7 +110,14 @@ impl IoBackend for Uring {
         }
         if buf.is_empty() {
             on_written();
-            return file.sync_data().map_err(|e| WalError::io(path, e));
+            if !sync {
+                return Ok(());
+            }
+            file.sync_data().map_err(|e| WalError::io(path, e))?;
+            if let Some(e) = fault::injected("wal::fsync") {
+                return Err(WalError::io(path, e));
+            }
+            return Ok(());
         }
         let fd = types::Fd(file.as_raw_fd());
         let mut done = 0usize;
@@ -124,7 +132,7 @@ impl IoBackend for Uring {
             }
             first = false;
             // Link the fsync only to the write meant to finish the buffer.
-            let with_fsync = len == rest;
+            let with_fsync = sync && len == rest;
             let write = opcode::Write::new(fd, buf[done..].as_ptr(), len as u32)
                 .offset(offset + done as u64)
                 .build()
@@ -192,6 +200,9 @@ impl IoBackend for Uring {
                 // Short write (or a non-final chunk): any linked fsync was
                 // cancelled or is moot; write the remainder.
                 continue;
+            }
+            if !sync {
+                return Ok(());
             }
             if let Some(e) = fault::injected("wal::before_fsync") {
                 return Err(WalError::io(path, e));
