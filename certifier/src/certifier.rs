@@ -304,6 +304,28 @@ impl Certifier {
         Ok(d)
     }
 
+    /// Aborts `txn_id` with `abort` (a fair-turns refusal decided before,
+    /// `raft::Command::Refuse`), unless it was decided already: then that
+    /// decision, as `certify` would answer it.
+    pub fn refuse(
+        &mut self,
+        txn_id: Bytes,
+        snapshot: Version,
+        abort: Abort,
+    ) -> Result<Decision, CertifierError> {
+        match self.prior(&txn_id, snapshot) {
+            Some(Prior::Committed(v)) => Ok(Decision::Commit(v)),
+            Some(Prior::Aborted(a)) => Ok(Decision::Abort(a)),
+            Some(Prior::LookInWal { from, to }) => Err(CertifierError::OutcomeUnknown(format!(
+                "transaction may have committed in versions {from}..={to}, not remembered"
+            ))),
+            None => {
+                self.record_abort(txn_id, abort.clone());
+                Ok(Decision::Abort(abort))
+            }
+        }
+    }
+
     /// A replica's progress; returns the (possibly advanced) horizon.
     pub fn report(
         &mut self,

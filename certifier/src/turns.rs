@@ -6,7 +6,7 @@
 //! replica applies others' writes a moment late, or that is merely unlucky,
 //! can lose every try (issue 15: one side of two pgbench runs gave up on
 //! 14–17 % of its transactions after 20 tries). So, on the single
-//! certifier:
+//! certifier and on a replicated certifier's leader:
 //!
 //! - A transaction of session `S` that aborts on a conflict over write key
 //!   `k`, after `S` has already lost [`QUEUE_AFTER_LOSSES`] transactions in a
@@ -33,10 +33,14 @@
 //!   another client) take no part: never queued, never refused.
 //!
 //! A turn never makes a transaction commit that the rule would abort; it
-//! only aborts more. It is soft state: lost on restart (sessions waiting
-//! are then told they are not queued), never logged, and not kept by a
-//! replicated certifier (its nodes certify as a deterministic state
-//! machine, and a turn depends on time). Memory is bounded: at most
+//! only aborts more. Turns are soft state, never logged: lost on restart,
+//! and a new raft leader starts without any (sessions waiting are then
+//! told they are not queued). On a replicated certifier the leader keeps
+//! them and decides a refusal before proposing (its nodes certify as a
+//! deterministic state machine, and a turn depends on time); the refusal
+//! itself is then proposed as an entry of its own
+//! (`raft::Command::Refuse`), so that a resend of an attempt already in the
+//! log gets that attempt's decision. Memory is bounded: at most
 //! [`MAX_KEYS`] queues of at most [`MAX_QUEUE`] sessions; beyond that a
 //! loser is simply not queued.
 
@@ -44,6 +48,25 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+
+use crate::rule::{self, Abort};
+use crate::window::ConflictWindow;
+use crate::Version;
+
+/// The abort a transaction with `snapshot` gets for writing the row `key`
+/// that another session has its turn on (`window`: the certifier's).
+pub fn refusal(window: &ConflictWindow, key: u64, snapshot: Version) -> Abort {
+    let last = rule::last_write(window, key);
+    Abort {
+        code: crate::proto::AbortCode::Conflict,
+        reason: format!(
+            "could not serialize access due to concurrent update: another session lost on a \
+             row this transaction writes (version {last} wrote it last) and has its turn on it \
+             (fair turns)"
+        ),
+        conflict_version: if last > snapshot { last } else { 0 },
+    }
+}
 
 /// A session is queued when its transaction loses after this many losses
 /// in a row: a loss or two is ordinary contention, which a retry on a

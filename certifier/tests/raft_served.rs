@@ -6,19 +6,15 @@
 //! the leader stops the others elect a new one that carries on with dense
 //! versions and answers a retried txn id with its original version.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use tashkent_certifier::writeset::item;
-use tashkent_certifier::{
-    CertifierClient, CertifierConfig, Item, Op, Outcome, RunningCertifier, Writeset,
-    WRITESET_FORMAT_VERSION,
-};
-use tempfile::TempDir;
+use tashkent_certifier::{CertifierClient, Item, Op, Outcome, Writeset, WRITESET_FORMAT_VERSION};
 
-const WAIT: Duration = Duration::from_secs(20);
+mod raft_common;
+use raft_common::served::{ports, Nodes, WAIT};
 
 pub fn ws(id: &str, key: &str) -> Writeset {
     Writeset {
@@ -42,103 +38,6 @@ fn version(o: Outcome) -> u64 {
     match o {
         Outcome::Committed { version } => version,
         other => panic!("not committed: {other:?}"),
-    }
-}
-
-/// Free loopback ports, one per node (bound and released: another test
-/// could take one in between, which these tests accept).
-fn ports(n: usize) -> Vec<String> {
-    let ls: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect()
-}
-
-struct Nodes {
-    addrs: BTreeMap<u64, String>,
-    peers: String,
-    /// `raft_snapshot_entries` of every node.
-    snapshot_entries: u64,
-    /// `tail_cache_bytes` of every node.
-    tail_bytes: usize,
-    dirs: BTreeMap<u64, TempDir>,
-    running: BTreeMap<u64, RunningCertifier>,
-}
-
-impl Nodes {
-    async fn start(n: u64) -> Nodes {
-        Nodes::start_snapshotting(n, CertifierConfig::default().raft_snapshot_entries).await
-    }
-
-    async fn start_snapshotting(n: u64, snapshot_entries: u64) -> Nodes {
-        let addrs: BTreeMap<u64, String> = (1..=n).zip(ports(n as usize)).collect();
-        let peers = addrs
-            .iter()
-            .map(|(id, a)| format!("{id}={a}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut nodes = Nodes {
-            addrs,
-            peers,
-            snapshot_entries,
-            tail_bytes: CertifierConfig::default().tail_cache_bytes,
-            dirs: BTreeMap::new(),
-            running: BTreeMap::new(),
-        };
-        for id in 1..=n {
-            nodes.dirs.insert(id, tempfile::tempdir().unwrap());
-            nodes.restart(id).await;
-        }
-        nodes
-    }
-
-    async fn restart(&mut self, id: u64) {
-        let cfg = CertifierConfig {
-            wal_dir: self.dirs[&id].path().join("wal"),
-            wal_segment_bytes: 1 << 20,
-            node_id: Some(id),
-            peers: Some(self.peers.clone()),
-            raft_snapshot_entries: self.snapshot_entries,
-            tail_cache_bytes: self.tail_bytes,
-            ..CertifierConfig::default()
-        };
-        let r = tashkent_certifier::start(cfg).await.unwrap();
-        assert_eq!(r.local_addr().to_string(), self.addrs[&id]);
-        self.running.insert(id, r);
-    }
-
-    async fn client(&self, id: u64) -> CertifierClient {
-        CertifierClient::connect(&self.addrs[&id]).await.unwrap()
-    }
-
-    /// The leader every running node names, once they agree.
-    async fn leader(&self) -> u64 {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let mut seen = std::collections::BTreeSet::new();
-            for id in self.running.keys() {
-                let s = self.client(*id).await.status().await.unwrap();
-                seen.insert((s.leader_id, s.role == "leader" && s.node_id == s.leader_id));
-            }
-            let leaders: Vec<_> = seen
-                .iter()
-                .map(|(l, _)| *l)
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            if let [l] = leaders[..] {
-                if l != 0 && self.running.contains_key(&l) {
-                    return l;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no leader: {seen:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }
 

@@ -16,6 +16,8 @@ use tashkent_certifier::{
 };
 use tempfile::TempDir;
 
+mod raft_common;
+
 /// A self-signed certificate for `names` in `dir` as `<stem>.crt` and
 /// `<stem>.key`.
 fn certificate(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
@@ -243,14 +245,7 @@ async fn raft_messages_need_a_certificate_the_peers_ca_signed() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = certificate(dir.path(), "node", &["localhost", "127.0.0.1"]);
     let (stranger, stranger_key) = certificate(dir.path(), "other", &["localhost"]);
-    let held: Vec<_> = (0..3)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let addrs: Vec<String> = held
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
-    drop(held);
+    let addrs = raft_common::served::ports(3);
     let peers = tashkent_certifier::config::format_peers(&addrs);
     let mut nodes = Vec::new();
     for i in 0..3u64 {

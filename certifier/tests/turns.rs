@@ -1,7 +1,8 @@
 //! Fair turns through a real certifier over gRPC (see `turns`): a session
 //! that keeps losing on a row is queued for it, others writing the row
 //! abort while it has its turn, turns go in the order sessions lost, and an
-//! unclaimed turn lapses.
+//! unclaimed turn lapses. The order of turns is checked on the single
+//! certifier and on three raft nodes, whose leader keeps the turns.
 
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ use tashkent_certifier::{
     Writeset, WRITESET_FORMAT_VERSION,
 };
 use tempfile::TempDir;
+
+mod raft_common;
 
 async fn start(dir: &TempDir) -> (RunningCertifier, CertifierClient) {
     let cfg = CertifierConfig {
@@ -70,6 +73,35 @@ fn aborted(o: Outcome) -> (u64, u64) {
 async fn a_losing_session_gets_its_turn_before_others_in_the_order_they_lost() {
     let dir = TempDir::new().unwrap();
     let (server, c) = start(&dir).await;
+    turns_in_the_order_sessions_lost(&c).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_leader_keeps_turns_in_the_order_sessions_lost() {
+    let mut nodes = raft_common::served::Nodes::start(3).await;
+    nodes.leader().await;
+    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let c = CertifierClient::connect(&all).await.unwrap();
+    turns_in_the_order_sessions_lost(&c).await;
+    // Refusals are logged and decided in log order: while session 6 has
+    // the turn, a resend of session 2's committed transaction is refused
+    // by the leader, yet answered with its version, and a resend of a
+    // refused one with its refusal.
+    aborted(c.certify(txn("c", 1, "b1", 3, 0)).await.unwrap());
+    assert_eq!(
+        committed(c.certify(txn("b'", 2, "b1", 2, 9)).await.unwrap()),
+        3
+    );
+    for (_, r) in std::mem::take(&mut nodes.running) {
+        r.shutdown().await.unwrap();
+    }
+}
+
+/// Sessions 2, 3 and 5 lose on one row and get their turns in that order;
+/// others are refused meanwhile, other rows are free, and a transaction
+/// without a session takes no part.
+async fn turns_in_the_order_sessions_lost(c: &CertifierClient) {
     let losing = QUEUE_AFTER_LOSSES;
     assert_eq!(
         committed(c.certify(txn("a", 0, "b1", 1, 0)).await.unwrap()),
@@ -128,7 +160,6 @@ async fn a_losing_session_gets_its_turn_before_others_in_the_order_they_lost() {
         6
     );
     aborted(c.certify(txn("g", 6, "b1", 7, 0)).await.unwrap());
-    server.shutdown().await.unwrap();
 }
 
 /// Session 1 commits version 1 on row b1; session 2, losing to it, is

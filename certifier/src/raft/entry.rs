@@ -11,7 +11,7 @@
 //!   0     4   magic "TKRE" (tashkent raft entry)
 //!   4     2   entry format version, little-endian (1)
 //!   6     1   kind: 0 blank, 1 certify, 2 report, 3 membership, 4 batch,
-//!             5 part
+//!             5 part, 6 refuse
 //!   7     1   reserved, 0
 //!   8     8   term, little-endian
 //!  16     8   node id of the leader that proposed it, little-endian
@@ -21,6 +21,7 @@
 //!               batch:      u32 count, then count × (u32 length, record)
 //!               report:     replica u32, applied u64, oldest snapshot u64
 //!               part:       tag u64, last u8 (0 or 1), the piece
+//!               refuse:     row key u64, then as certify
 //!               membership: openraft's `Membership`, JSON
 //!               blank:      nothing
 //! ```
@@ -45,6 +46,7 @@ const KIND_REPORT: u8 = 2;
 const KIND_MEMBERSHIP: u8 = 3;
 const KIND_BATCH: u8 = 4;
 const KIND_PART: u8 = 5;
+const KIND_REFUSE: u8 = 6;
 const PART_HEADER_LEN: usize = 9;
 const REPORT_LEN: usize = 4 + 8 + 8;
 
@@ -81,6 +83,12 @@ pub fn encode(entry: &Entry) -> Result<Bytes, CertifierError> {
             b.put_u8(u8::from(*last));
             b.put_slice(piece);
             (KIND_PART, b.freeze())
+        }
+        EntryPayload::Normal(Command::Refuse { key, record }) => {
+            let mut b = BytesMut::with_capacity(8 + record.len());
+            b.put_u64_le(*key);
+            b.put_slice(record);
+            (KIND_REFUSE, b.freeze())
         }
         EntryPayload::Normal(Command::Report {
             replica,
@@ -171,6 +179,10 @@ fn decode_at(lsn: Option<u64>, rec: &Bytes) -> Result<Entry, CertifierError> {
                 piece: body.slice(PART_HEADER_LEN..),
             })
         }
+        KIND_REFUSE if body.len() >= 8 => EntryPayload::Normal(Command::Refuse {
+            key: u64_at(&body, 0),
+            record: body.slice(8..),
+        }),
         KIND_MEMBERSHIP => EntryPayload::Membership(
             serde_json::from_slice(&body)
                 .map_err(|e| bad(format!("undecodable membership: {e}")))?,
@@ -283,6 +295,13 @@ mod tests {
                     tag: u64::MAX,
                     piece: Bytes::new(),
                     last: true,
+                }),
+            },
+            Entry {
+                log_id: log_id(3, 2, 7),
+                payload: EntryPayload::Normal(Command::Refuse {
+                    key: 0x0123_4567_89ab_cdef,
+                    record: Bytes::from_static(b"TKCW refused"),
                 }),
             },
         ]

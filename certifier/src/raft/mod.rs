@@ -87,11 +87,15 @@
 //!   so aborts take a log entry too. The faster shape: the leader certifies
 //!   speculatively (against applied + in-flight entries) and proposes
 //!   commits only; apply re-checks, so a stale speculation cannot commit.
-//! - No fair turns (`turns`): a turn depends on time, and every node
-//!   certifies at apply as a deterministic state machine. They could live
-//!   on the leader as a pre-check before proposing (refusals are never
-//!   logged), once it can tell a first attempt from a retry of one already
-//!   in the log (a retry must get the logged answer, not a refusal).
+//! - Fair turns (`turns`) live on the leader, which refuses before
+//!   proposing (a turn depends on time, and every node certifies at apply
+//!   as a deterministic state machine). A refusal is proposed as an entry
+//!   of its own (`Command::Refuse`), so it is decided in log order like
+//!   any certification: a resend of an attempt that is already in the
+//!   log (proposed by this leader or an earlier one) gets that attempt's
+//!   answer, never a refusal. Each refusal costs a raft round. A new
+//!   leader starts without turns, and a transaction over one entry
+//!   (1 MiB) takes no part.
 //! - Fingerprints are seeded per process (`rule.rs`). Apply-time decisions
 //!   are identical on every node except when a fingerprint collision (a
 //!   spurious abort, ~2^-64 per key pair) happens on one node only. Before

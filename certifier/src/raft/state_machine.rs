@@ -177,6 +177,7 @@ impl StateMachine {
                     .map(|r| answer(self.certify(r)))
                     .collect(),
             ),
+            Command::Refuse { key, record } => answer(self.refuse(key, record)),
             Command::Report {
                 replica,
                 applied,
@@ -214,6 +215,32 @@ impl StateMachine {
             let mut c = self.certifier.lock();
             (c.latest(), c.certify(&ws)?)
         };
+        self.decided(rec, ws, before, decision)
+    }
+
+    /// A fair-turns refusal the leader logged (`Command::Refuse`): the
+    /// transaction aborts unless it was decided before.
+    fn refuse(&mut self, key: u64, rec: Bytes) -> Result<Response, CertifierError> {
+        let ws = record::decode(0, &rec)?;
+        writeset::validate(&ws)?;
+        let (before, decision) = {
+            let mut c = self.certifier.lock();
+            let abort = crate::turns::refusal(c.window(), key, ws.snapshot);
+            (c.latest(), c.refuse(ws.txn_id.clone(), ws.snapshot, abort)?)
+        };
+        self.decided(rec, ws, before, decision)
+    }
+
+    /// The answer to `decision` on `rec` (`ws`), taken when the latest
+    /// version was `before`: a new version is appended to the versions
+    /// log and kept in the window.
+    fn decided(
+        &mut self,
+        rec: Bytes,
+        ws: crate::Writeset,
+        before: Version,
+        decision: Decision,
+    ) -> Result<Response, CertifierError> {
         Ok(match decision {
             Decision::Commit(version) => {
                 if version > before {

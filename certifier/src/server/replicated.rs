@@ -108,11 +108,35 @@ impl Node {
     /// they cannot commit until the partition heals, and the client gets
     /// their real answer by retrying on the new leader.
     pub(crate) async fn certify(&self, rec: Bytes) -> Result<Outcome, CertifierError> {
+        self.decide(|| self.proposer.certify(rec)).await
+    }
+
+    /// Refuses `rec` for fair turns on the row `key` (see `turns`):
+    /// proposed on its own, and answered as applying it decides (a
+    /// transaction decided before keeps that decision).
+    pub(crate) async fn refuse(&self, key: u64, rec: Bytes) -> Result<Outcome, CertifierError> {
+        let raft = self.raft.clone();
+        self.decide(|| async move {
+            raft.client_write(Command::Refuse { key, record: rec })
+                .await
+                .map(|w| w.data)
+                .map_err(|e| crate::raft::proposer::write_error(&e))
+        })
+        .await
+    }
+
+    /// The outcome of the proposal `propose` makes, unless this node is
+    /// out of contact (then nothing is proposed) or gets so meanwhile.
+    async fn decide<F>(&self, propose: impl FnOnce() -> F) -> Result<Outcome, CertifierError>
+    where
+        F: std::future::Future<Output = Result<Response, CertifierError>>,
+    {
         if let Some(lost) = self.contact.lost() {
             return Err(self.out_of_contact(lost.why, RETRY_ELSEWHERE.into(), false));
         }
+        let proposed = propose();
         let r = tokio::select! {
-            r = self.proposer.certify(rec) => r.map_err(|e| self.retryable(e))?,
+            r = proposed => r.map_err(|e| self.retryable(e))?,
             lost = self.contact.lost_for(Duration::ZERO) => {
                 return Err(self.out_of_contact(lost.why, RETRY_ELSEWHERE.into(), true));
             }
@@ -127,7 +151,7 @@ impl Node {
                 code: AbortCode::try_from(code).unwrap_or(AbortCode::Unspecified),
                 reason,
                 conflict_version,
-                // A replicated certifier keeps no turns (see `turns`).
+                // Set by the service, which keeps the turns.
                 turn_key: 0,
             }),
             Response::Rejected { reason } => Err(CertifierError::InvalidArgument(reason)),

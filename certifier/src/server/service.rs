@@ -88,8 +88,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<super::metrics::CertifierMetrics>,
     /// A node of the replicated certifier: its raft side.
     pub(crate) node: Option<super::replicated::Node>,
-    /// Sessions queued for their turn on hot rows (single certifier only;
-    /// locked after `state` when both are).
+    /// Sessions queued for their turn on hot rows (on a raft node, used
+    /// while it leads; locked after `state` when both are).
     turns: Mutex<Turns>,
 }
 
@@ -271,14 +271,26 @@ impl CertifierService {
             });
         }
         if let Some(node) = &inner.node {
+            // Fair turns are the leader's (see `turns`). Their conflict
+            // keys are kept for a session's transaction that fits in one
+            // entry; larger ones take no part.
+            let turn = Turn::from(&ws);
+            let cs = (turn.session != 0 && rec.len() <= crate::raft::parts::PART_BYTES)
+                .then(|| ConflictSet::of(&ws));
+            let snapshot = ws.snapshot;
             // The record is all raft needs (apply finds the conflict keys
             // in it): the writeset goes now, not after the raft round, so
             // that a large one is not held twice meanwhile.
             drop(ws);
-            let outcome = node
-                .certify(rec.freeze())
-                .await
-                .map_err(|e| super::node_poison::certify_failed(inner, e))?;
+            let refused = cs.as_ref().and_then(|cs| self.turn_refuses(turn, cs));
+            let proposed = match refused {
+                Some((key, _)) => node.refuse(key, rec.freeze()).await,
+                None => node.certify(rec.freeze()).await,
+            };
+            let mut outcome = proposed.map_err(|e| super::node_poison::certify_failed(inner, e))?;
+            if let Some(cs) = &cs {
+                self.turn_after(turn, cs, snapshot, &mut outcome, refused);
+            }
             // A retry's earlier answer counts again here: the state
             // machine does not tell it apart.
             inner.metrics.decided(match outcome {
@@ -581,19 +593,10 @@ impl CertifierService {
             Decision::Commit(_) if turns.is_empty() => (d, 0),
             Decision::Commit(v) => match turns.admit(turn, &write_keys(cs), now) {
                 None => (Decision::Commit(v), 0),
-                Some((key, queued)) => {
-                    let last = rule::last_write(c.window(), key);
-                    let abort = rule::Abort {
-                        code: proto::AbortCode::Conflict,
-                        reason: format!(
-                            "could not serialize access due to concurrent update: another \
-                             session lost on a row this transaction writes (version {last} \
-                             wrote it last) and has its turn on it (fair turns)"
-                        ),
-                        conflict_version: if last > snapshot { last } else { 0 },
-                    };
-                    (Decision::Abort(abort), if queued { key } else { 0 })
-                }
+                Some((key, queued)) => (
+                    Decision::Abort(crate::turns::refusal(c.window(), key, snapshot)),
+                    if queued { key } else { 0 },
+                ),
             },
             Decision::Abort(a) if a.code == proto::AbortCode::Conflict => {
                 let key = rule::lost_on(c.window(), snapshot, cs)
@@ -602,6 +605,48 @@ impl CertifierService {
                 (Decision::Abort(a), key)
             }
             d => (d, 0),
+        }
+    }
+
+    /// Fair turns on a raft leader, before proposing (see `turns`): the
+    /// row another session has its turn on that `turn`'s transaction
+    /// (conflict keys `cs`) writes, and whether its session was queued
+    /// behind; `None` to certify it.
+    fn turn_refuses(&self, turn: Turn, cs: &ConflictSet) -> Option<(u64, bool)> {
+        let mut turns = self.inner.turns.lock();
+        if turns.is_empty() {
+            return None;
+        }
+        turns.admit(turn, &write_keys(cs), Instant::now())
+    }
+
+    /// Fair turns on a raft leader, once `outcome` is known for `turn`'s
+    /// transaction (`cs`, `snapshot`; `refused` as `turn_refuses` said): a
+    /// commit passes the session's turns on, a loser that has been losing
+    /// is queued. Sets the answer's `turn_key`.
+    fn turn_after(
+        &self,
+        turn: Turn,
+        cs: &ConflictSet,
+        snapshot: Version,
+        outcome: &mut Outcome,
+        refused: Option<(u64, bool)>,
+    ) {
+        let inner = &*self.inner;
+        let now = Instant::now();
+        match outcome {
+            Outcome::Committed { .. } => inner.turns.lock().committed(turn.session, now),
+            Outcome::Aborted { turn_key, .. } if refused.is_some() => {
+                *turn_key = refused.filter(|r| r.1).map_or(0, |r| r.0);
+            }
+            Outcome::Aborted { code, turn_key, .. } if *code == proto::AbortCode::Conflict => {
+                // Lock order: state, then turns.
+                let lost = rule::lost_on(inner.state.lock().window(), snapshot, cs);
+                *turn_key = lost
+                    .and_then(|k| inner.turns.lock().lost(turn, k, &write_keys(cs), now))
+                    .unwrap_or(0);
+            }
+            Outcome::Aborted { .. } => {}
         }
     }
 

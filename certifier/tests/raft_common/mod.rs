@@ -1,8 +1,10 @@
 //! Helpers shared by the raft tests (`raft_storage.rs`, `raft_cluster.rs`,
-//! `raft_faults.rs`); not every test uses every helper.
+//! `raft_faults.rs`, `raft_served.rs`, `turns.rs`, `tls.rs`); not every
+//! test uses every helper.
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod served;
 
 use bytes::Bytes;
 use tashkent_certifier::proto::Writeset;

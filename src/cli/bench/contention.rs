@@ -48,6 +48,10 @@ pub struct ContentionArgs {
     /// Rows per sysbench table (2 tables).
     #[arg(long, default_value_t = 10_000)]
     pub table_size: u64,
+    /// Certifier nodes: 1 (the single certifier) or 3 (raft; its leader
+    /// keeps the turns).
+    #[arg(long, default_value_t = 1)]
+    pub certifiers: u32,
     /// Where contention.json and contention-table.txt are written.
     #[arg(long, value_name = "DIR", default_value = "bench-results")]
     pub results_dir: PathBuf,
@@ -139,6 +143,7 @@ pub struct Verdict {
 #[derive(Debug, Serialize)]
 pub struct ContentionReport {
     pub duration_s: u64,
+    pub certifiers: u32,
     pub runs: Vec<RunResult>,
     pub verdicts: Vec<Verdict>,
     pub problems: Vec<String>,
@@ -151,6 +156,7 @@ pub fn main(args: ContentionArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let mut report = ContentionReport {
         duration_s: args.duration,
+        certifiers: args.certifiers,
         runs: Vec::new(),
         verdicts: Vec::new(),
         problems: Vec::new(),
@@ -215,6 +221,7 @@ async fn run_scenario(
             state_dir: dir.path().join("state"),
             replicas: proxies,
             tls: false,
+            certifiers: args.certifiers,
             ..ClusterConfig::default()
         },
         ..ConfigFile::default()
