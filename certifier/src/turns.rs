@@ -34,7 +34,7 @@
 //!
 //! A turn never makes a transaction commit that the rule would abort; it
 //! only aborts more. Turns are soft state, never logged: lost on restart,
-//! and a new raft leader starts without any (sessions waiting are then
+//! and not handed over to a new raft leader (sessions waiting are then
 //! told they are not queued). On a replicated certifier the leader keeps
 //! them and decides a refusal before proposing (its nodes certify as a
 //! deterministic state machine, and a turn depends on time); the refusal
@@ -56,7 +56,13 @@ use crate::Version;
 /// The abort a transaction with `snapshot` gets for writing the row `key`
 /// that another session has its turn on (`window`: the certifier's).
 pub fn refusal(window: &ConflictWindow, key: u64, snapshot: Version) -> Abort {
-    let last = rule::last_write(window, key);
+    refusal_after(rule::last_write(window, key), snapshot)
+}
+
+/// [`refusal`] where `last` is the newest version that wrote the row.
+/// What a raft leader logs (`raft::Command::Refuse`): fingerprints are
+/// seeded per process, so the row's key would mean nothing to the others.
+pub fn refusal_after(last: Version, snapshot: Version) -> Abort {
     Abort {
         code: crate::proto::AbortCode::Conflict,
         reason: format!(

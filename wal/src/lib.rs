@@ -32,10 +32,10 @@
 //!   Whatever accumulated while the previous group was being written and
 //!   synced becomes the next group: one write, ONE `fdatasync`, then every
 //!   append of the group is acknowledged. Submitting never blocks on I/O.
-//!   A log opened with [`Durability::Deferred`] writes each group at once
-//!   and syncs it later (when someone waits for it, before a roll or a log
-//!   operation, at the latest after a delay): for a copy of records that
-//!   another log holds durable.
+//!   A log opened with [`Durability::Deferred`] lets appends wait in the
+//!   queue and writes and syncs them in rounds (when someone waits for
+//!   one, when a log operation is queued, at the latest after a delay):
+//!   for a copy of records that another log holds durable.
 //!   `truncate_after`, `purge_below` and `restart_at` run on the same
 //!   thread in queue order.
 //! - **Backends.** [`Backend::IoUring`] submits the group as a `Write`
@@ -198,15 +198,16 @@ pub enum Durability {
     /// One `fdatasync` per group, before anyone in it is acknowledged.
     #[default]
     EveryGroup,
-    /// Groups are written at once and synced later: as soon as someone
-    /// calls [`Wal::wait_durable`] for a written record, before a segment
-    /// roll, a truncate, a purge, a restart or close, and at the latest
-    /// `max_delay` after the oldest unsynced write. Tickets resolve at that
-    /// sync (awaiting one does not hurry it). For a log that is a copy of
-    /// what another durable log holds, where an fdatasync per group would
-    /// only halve the disk's flushes for the durable one: a raft node's
-    /// versions log. Recovery is unchanged: records written but not synced
-    /// are a torn tail after a power cut.
+    /// Appends wait in the queue, unwritten, for a round that writes and
+    /// syncs them all: as soon as someone calls [`Wal::wait_durable`], when
+    /// a truncate, a purge, a restart or close is queued, when 4096 ops
+    /// are queued, and at the latest `max_delay` after the first append of
+    /// the round. Tickets resolve at that sync (awaiting one does not hurry
+    /// it). So a crash of the process, not only of the machine, loses the
+    /// appends of the round. For a log that is a copy of what another
+    /// durable log holds, where an fdatasync per group would only take
+    /// flushes from the durable one: a raft node's versions log. Segments
+    /// are synced before a roll, so recovery is unchanged.
     Deferred { max_delay: std::time::Duration },
 }
 

@@ -248,7 +248,7 @@ impl Wal {
             let (tx, rx) = oneshot::channel();
             st.waiters.push((lsn, tx));
             if let Durability::Deferred { .. } = self.shared().opts.durability {
-                // The writer may be idle with the record written: wake it.
+                // The writer lets deferred appends wait: wake it.
                 st.sync_wanted = st.sync_wanted.max(lsn);
                 self.shared().wake.notify_one();
             }

@@ -3,8 +3,8 @@
 //! everyone in the group. While it is busy with a group's I/O, new
 //! submissions pile up in the queue and form the next group, so the group
 //! size adapts to the load by itself (classic group commit). With
-//! `Durability::Deferred` it writes each group at once but syncs (and
-//! acknowledges) later, when asked or when due (`sync_due`).
+//! `Durability::Deferred` it lets appends wait in the queue and writes and
+//! syncs them in rounds, when asked or when due (`deferred_until`).
 //!
 //! It also runs `truncate_after`, `purge_below` and `restart_at` in queue order, so they
 //! see exactly the appends submitted before them. Any failed write, fsync or

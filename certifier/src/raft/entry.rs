@@ -21,7 +21,8 @@
 //!               batch:      u32 count, then count × (u32 length, record)
 //!               report:     replica u32, applied u64, oldest snapshot u64
 //!               part:       tag u64, last u8 (0 or 1), the piece
-//!               refuse:     row key u64, then as certify
+//!               refuse:     the row's last write version u64, then as
+//!                           certify
 //!               membership: openraft's `Membership`, JSON
 //!               blank:      nothing
 //! ```
@@ -84,9 +85,9 @@ pub fn encode(entry: &Entry) -> Result<Bytes, CertifierError> {
             b.put_slice(piece);
             (KIND_PART, b.freeze())
         }
-        EntryPayload::Normal(Command::Refuse { key, record }) => {
+        EntryPayload::Normal(Command::Refuse { last, record }) => {
             let mut b = BytesMut::with_capacity(8 + record.len());
-            b.put_u64_le(*key);
+            b.put_u64_le(*last);
             b.put_slice(record);
             (KIND_REFUSE, b.freeze())
         }
@@ -180,7 +181,7 @@ fn decode_at(lsn: Option<u64>, rec: &Bytes) -> Result<Entry, CertifierError> {
             })
         }
         KIND_REFUSE if body.len() >= 8 => EntryPayload::Normal(Command::Refuse {
-            key: u64_at(&body, 0),
+            last: u64_at(&body, 0),
             record: body.slice(8..),
         }),
         KIND_MEMBERSHIP => EntryPayload::Membership(
@@ -300,7 +301,7 @@ mod tests {
             Entry {
                 log_id: log_id(3, 2, 7),
                 payload: EntryPayload::Normal(Command::Refuse {
-                    key: 0x0123_4567_89ab_cdef,
+                    last: 0x0123_4567_89ab_cdef,
                     record: Bytes::from_static(b"TKCW refused"),
                 }),
             },

@@ -224,9 +224,12 @@ async fn read_entries(shared: &Shared, from: u64, to: u64) -> Result<Vec<Entry>,
     if lo >= hi {
         return Ok(Vec::new());
     }
-    // Entries just appended are replicated from memory, before they are
-    // durable here: a leader's flush and its followers' then overlap, as
-    // raft allows (an entry commits once a majority has it durable).
+    // Entries just appended are read from memory without waiting for their
+    // flush here: raft may replicate an entry before it is durable on the
+    // leader (it commits once a majority has it durable). openraft 0.9
+    // asks for them only after its own flush, so today this saves a wait
+    // only for entries appended since; a non-blocking append (0.10) would
+    // overlap the leader's flush with its followers'.
     if let Some(hit) = shared.recent.lock().get(lo, hi) {
         return Ok(hit);
     }

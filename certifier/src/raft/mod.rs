@@ -70,9 +70,9 @@
 //!   openraft 0.9 issues the replication after the flush returns; then
 //!   the followers' append and fdatasync (~0.5 ms), the answers, and the
 //!   apply (~1 ms for 75 certifications on a contended core): ~3 ms an
-//!   entry, and entries of one leader never share a flush. Log reads are
-//!   served from the recent entries before they are durable here, and
-//!   the versions log syncs late (`versions.rs`), which took the
+//!   entry, and entries of one leader never share a flush. The versions
+//!   log now syncs late (`versions.rs`) and log reads are served from the
+//!   recent entries before they are durable here, which took the
 //!   in-process figure from 19.3k to 22.9k/s (means of four alternating
 //!   runs each); the process is at ~120 % of its two cores, so what
 //!   remains is that serial path, not CPU. Measured (`cargo bench
@@ -93,9 +93,10 @@
 //!   of its own (`Command::Refuse`), so it is decided in log order like
 //!   any certification: a resend of an attempt that is already in the
 //!   log (proposed by this leader or an earlier one) gets that attempt's
-//!   answer, never a refusal. Each refusal costs a raft round. A new
-//!   leader starts without turns, and a transaction over one entry
-//!   (1 MiB) takes no part.
+//!   answer, never a refusal. Each refusal costs a raft round. Turns are
+//!   not handed over: a new leader has none (or, if it led before, what
+//!   it held then, which lapses within `turns::HOLD`), and a transaction
+//!   over one entry (1 MiB) takes no part.
 //! - Fingerprints are seeded per process (`rule.rs`). Apply-time decisions
 //!   are identical on every node except when a fingerprint collision (a
 //!   spurious abort, ~2^-64 per key pair) happens on one node only. Before

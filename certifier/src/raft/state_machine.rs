@@ -71,6 +71,11 @@ pub struct StateMachine {
     current: Arc<Mutex<Option<Stored>>>,
     /// Distinguishes snapshots built at the same log id.
     builds: u64,
+    /// The versions log failed (disk full, an fsync error): this node
+    /// cannot serve what it applies any more. Not an answer to the
+    /// writeset (the other nodes commit it): `apply` fails, which stops
+    /// this node's raft core, and clients retry on the others.
+    versions_failed: Option<String>,
 }
 
 /// Builds a snapshot from a copy taken when it was asked for.
@@ -108,6 +113,7 @@ impl StateMachine {
             certifier: Arc::new(Mutex::new(Certifier::new(limits))),
             versions,
             window: BTreeMap::new(),
+            versions_failed: None,
             pending: Pending::default(),
             last_applied: None,
             membership: Membership::default(),
@@ -177,7 +183,7 @@ impl StateMachine {
                     .map(|r| answer(self.certify(r)))
                     .collect(),
             ),
-            Command::Refuse { key, record } => answer(self.refuse(key, record)),
+            Command::Refuse { last, record } => answer(self.refuse(last, record)),
             Command::Report {
                 replica,
                 applied,
@@ -220,12 +226,12 @@ impl StateMachine {
 
     /// A fair-turns refusal the leader logged (`Command::Refuse`): the
     /// transaction aborts unless it was decided before.
-    fn refuse(&mut self, key: u64, rec: Bytes) -> Result<Response, CertifierError> {
+    fn refuse(&mut self, last: Version, rec: Bytes) -> Result<Response, CertifierError> {
         let ws = record::decode(0, &rec)?;
         writeset::validate(&ws)?;
+        let abort = crate::turns::refusal_after(last, ws.snapshot);
         let (before, decision) = {
             let mut c = self.certifier.lock();
-            let abort = crate::turns::refusal(c.window(), key, ws.snapshot);
             (c.latest(), c.refuse(ws.txn_id.clone(), ws.snapshot, abort)?)
         };
         self.decided(rec, ws, before, decision)
@@ -245,7 +251,10 @@ impl StateMachine {
             Decision::Commit(version) => {
                 if version > before {
                     if let Some(v) = &self.versions {
-                        v.committed(version, &rec)?;
+                        if let Err(e) = v.committed(version, &rec) {
+                            self.versions_failed = Some(e.to_string());
+                            return Err(e);
+                        }
                     }
                     let kept = if rec.len() > PART_BYTES {
                         keys_only(ws)
@@ -380,6 +389,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(cmd) => self.apply_command(e.log_id.index, cmd),
             });
+            if let Some(reason) = self.versions_failed.take() {
+                let e = CertifierError::RaftStorage {
+                    what: format!("applying entry {}", e.log_id),
+                    reason: format!("the versions log failed: {reason}"),
+                };
+                let e = StorageIOError::write_state_machine(AnyError::new(&e));
+                return Err(e.into());
+            }
         }
         Ok(out)
     }

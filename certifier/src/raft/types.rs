@@ -58,13 +58,14 @@ pub enum Command {
         oldest_snapshot: Version,
     },
     /// Abort the writeset in `record` (as `Certify` carries it) for fair
-    /// turns (`crate::turns`): another session has its turn on the row
-    /// whose fingerprint is `key`. The leader decides a refusal (turns
+    /// turns (`crate::turns`): another session has its turn on a row it
+    /// writes, which version `last` wrote last (as the leader saw it; the
+    /// abort says so, every node alike). The leader decides a refusal (turns
     /// depend on time, so apply cannot), and logs it so that it is decided
     /// in log order like any certification: a transaction id decided
     /// before gets that answer instead, so a resend of an attempt that
     /// committed is never told it aborted.
-    Refuse { key: u64, record: Bytes },
+    Refuse { last: Version, record: Bytes },
 }
 
 /// What applying one entry answered.

@@ -7,10 +7,11 @@
 //!   storage error), so it neither leads nor votes; here the failure is
 //!   recorded as the service's poison, so that clients are told what
 //!   failed (`53100` for a full disk) and `status` shows it;
-//! - its versions log (`raft::versions`): the durability follower records
-//!   the poison, and here the raft core is shut down, since the raft log
-//!   may still work and the node would otherwise go on leading (refusing
-//!   every certification) or voting.
+//! - its versions log (`raft::versions`): applying an entry then fails,
+//!   which stops the raft core too (the raft log may still work, and the
+//!   node would otherwise go on leading or voting); here the failure is
+//!   recorded as the service's poison, as for the raft log, and the core
+//!   is shut down if it still runs.
 //!
 //! Certifications refused, or failed in flight, on a poisoned node are
 //! answered as a log failure (`certify_failed`), which clients retry on
@@ -37,7 +38,7 @@ pub(crate) async fn watch(inner: Weak<Inner>) {
         if inner.stopping() {
             return;
         }
-        note_raft_log_failure(&inner);
+        note_log_failures(&inner);
         if inner.poisoned().is_err() {
             let Some(node) = &inner.node else { return };
             tracing::error!(
@@ -52,14 +53,18 @@ pub(crate) async fn watch(inner: Weak<Inner>) {
     }
 }
 
-/// Records a failure of the node's raft log as the service's poison.
-fn note_raft_log_failure(inner: &Inner) {
+/// Records a failure of the node's raft log or versions log as the
+/// service's poison.
+fn note_log_failures(inner: &Inner) {
     let Some(node) = &inner.node else { return };
-    if let Some(cause) = node.raft_wal.poison_cause() {
-        inner.fail_with(
-            LogFailure::of(&cause),
-            format!("certifier node {}'s raft log: {cause}", node.id),
-        );
+    let logs = [(&node.raft_wal, "raft log"), (&inner.wal, "versions log")];
+    for (wal, what) in logs {
+        if let Some(cause) = wal.poison_cause() {
+            inner.fail_with(
+                LogFailure::of(&cause),
+                format!("certifier node {}'s {what}: {cause}", node.id),
+            );
+        }
     }
 }
 
@@ -67,7 +72,7 @@ fn note_raft_log_failure(inner: &Inner) {
 /// its logs failed, a log failure (the outcome is unknown unless the
 /// certification was refused before it was proposed), else `e`.
 pub(crate) fn certify_failed(inner: &Inner, e: CertifierError) -> CertifierError {
-    note_raft_log_failure(inner);
+    note_log_failures(inner);
     let Err(CertifierError::LogFailed { failure, cause, .. }) = inner.poisoned() else {
         return e;
     };

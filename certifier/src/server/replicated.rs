@@ -111,13 +111,17 @@ impl Node {
         self.decide(|| self.proposer.certify(rec)).await
     }
 
-    /// Refuses `rec` for fair turns on the row `key` (see `turns`):
-    /// proposed on its own, and answered as applying it decides (a
-    /// transaction decided before keeps that decision).
-    pub(crate) async fn refuse(&self, key: u64, rec: Bytes) -> Result<Outcome, CertifierError> {
+    /// Refuses `rec` for fair turns on a row that version `last` wrote
+    /// last (see `turns`): proposed on its own, and answered as applying
+    /// it decides (a transaction decided before keeps that decision).
+    pub(crate) async fn refuse(
+        &self,
+        last: Version,
+        rec: Bytes,
+    ) -> Result<Outcome, CertifierError> {
         let raft = self.raft.clone();
         self.decide(|| async move {
-            raft.client_write(Command::Refuse { key, record: rec })
+            raft.client_write(Command::Refuse { last, record: rec })
                 .await
                 .map(|w| w.data)
                 .map_err(|e| crate::raft::proposer::write_error(&e))

@@ -284,7 +284,10 @@ impl CertifierService {
             drop(ws);
             let refused = cs.as_ref().and_then(|cs| self.turn_refuses(turn, cs));
             let proposed = match refused {
-                Some((key, _)) => node.refuse(key, rec.freeze()).await,
+                Some((key, _)) => {
+                    let last = rule::last_write(inner.state.lock().window(), key);
+                    node.refuse(last, rec.freeze()).await
+                }
                 None => node.certify(rec.freeze()).await,
             };
             let mut outcome = proposed.map_err(|e| super::node_poison::certify_failed(inner, e))?;
