@@ -88,11 +88,13 @@ async fn a_raft_leader_keeps_turns_in_the_order_sessions_lost() {
     // the turn, a resend of session 2's committed transaction is refused
     // by the leader, yet answered with its version, and a resend of a
     // refused one with its refusal.
-    aborted(c.certify(txn("c", 1, "b1", 3, 0)).await.unwrap());
+    let (_, key) = aborted(c.certify(txn("c", 1, "b1", 3, 0)).await.unwrap());
     assert_eq!(
         committed(c.certify(txn("b'", 2, "b1", 2, 9)).await.unwrap()),
         3
     );
+    // Session 2 was queued by that refusal; its commit took it out.
+    assert_eq!(c.await_turn(2, key).await.unwrap(), (6, false));
     for (_, r) in std::mem::take(&mut nodes.running) {
         r.shutdown().await.unwrap();
     }

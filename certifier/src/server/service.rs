@@ -638,7 +638,15 @@ impl CertifierService {
         let inner = &*self.inner;
         let now = Instant::now();
         match outcome {
-            Outcome::Committed { .. } => inner.turns.lock().committed(turn.session, now),
+            Outcome::Committed { .. } => {
+                let mut turns = inner.turns.lock();
+                if let Some((key, true)) = refused {
+                    // A resend refused, whose earlier attempt had
+                    // committed: its session was queued for nothing.
+                    turns.leave(turn.session, key, now);
+                }
+                turns.committed(turn.session, now);
+            }
             Outcome::Aborted { turn_key, .. } if refused.is_some() => {
                 *turn_key = refused.filter(|r| r.1).map_or(0, |r| r.0);
             }
