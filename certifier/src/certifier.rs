@@ -50,7 +50,7 @@ pub struct ReplicaProgress {
 }
 
 /// A certifier's state without its conflict window's fingerprints (which
-/// are seeded per process, see `rule.rs`): with the writesets of the
+/// are recomputed from the writesets, see `rule.rs`): with the writesets of the
 /// versions in the window, enough to rebuild the certifier on another node
 /// ([`Certifier::from_image`]). What a raft snapshot carries.
 #[derive(Debug, Clone, PartialEq, Eq)]

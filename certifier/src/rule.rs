@@ -59,14 +59,20 @@ pub struct ConflictSet {
     pub ddl: Vec<Key>,
 }
 
-/// The fingerprint function: foldhash (quality variant) under one seed,
-/// random per process. Fingerprints live in memory only (the window is
-/// rebuilt from the WAL by the process that uses it), and a random seed
-/// means nobody can craft keys that collide on purpose; a collision could
-/// only cause a spurious abort anyway. SipHash cost a tenth of the
-/// certification time; this costs a fraction of that.
-static FINGERPRINTS: std::sync::LazyLock<foldhash::quality::SeedableRandomState> =
-    std::sync::LazyLock::new(foldhash::quality::SeedableRandomState::random);
+/// The fingerprint function: foldhash (quality variant) under one fixed
+/// seed, the same in every process. A replicated certifier's nodes each
+/// certify every committed entry and must decide alike (`raft`), so a key's
+/// fingerprint cannot depend on the process; a collision (~2^-64 per key
+/// pair) then gives the same spurious abort on every node. A public seed
+/// lets someone craft colliding keys, which buys nothing a client cannot
+/// already do by writing the row itself; crafting keys that share a
+/// bucket in the window's table is defeated there (`window.rs` keys its
+/// table per process). Fingerprints are never stored, so only nodes
+/// running builds with different foldhash versions could disagree.
+/// SipHash cost a tenth of the certification time; this costs a fraction
+/// of that.
+static FINGERPRINTS: foldhash::quality::FixedState =
+    foldhash::quality::FixedState::with_seed(0x7461_7368_6b65_6e74);
 
 type FpHasher = foldhash::quality::FoldHasher<'static>;
 

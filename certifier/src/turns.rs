@@ -60,8 +60,9 @@ pub fn refusal(window: &ConflictWindow, key: u64, snapshot: Version) -> Abort {
 }
 
 /// [`refusal`] where `last` is the newest version that wrote the row.
-/// What a raft leader logs (`raft::Command::Refuse`): fingerprints are
-/// seeded per process, so the row's key would mean nothing to the others.
+/// What a raft leader logs (`raft::Command::Refuse`): the version the
+/// abort names, so the entry does not depend on how a build fingerprints
+/// keys (`rule.rs`).
 pub fn refusal_after(last: Version, snapshot: Version) -> Abort {
     Abort {
         code: crate::proto::AbortCode::Conflict,

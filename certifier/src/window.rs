@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, Hasher};
 
 use crate::Version;
 
@@ -58,22 +58,55 @@ impl fmt::Display for HorizonCause {
     }
 }
 
-/// The fingerprints are already uniformly distributed: hash them no further.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FingerprintHasher(u64);
+/// Where a fingerprint goes in the window's table: one multiply under a
+/// key random per process. The fingerprints are uniform but public
+/// (`rule.rs` seeds them alike in every process, so that replicated nodes
+/// decide alike), and hashing them no further would let someone craft
+/// keys that pile into one bucket; the key keeps placement private and
+/// never changes a decision.
+#[derive(Clone, Copy)]
+pub(crate) struct TableState {
+    key: u64,
+}
+
+impl TableState {
+    fn new() -> TableState {
+        static KEY: std::sync::LazyLock<u64> = std::sync::LazyLock::new(rand::random);
+        TableState { key: *KEY }
+    }
+}
+
+impl BuildHasher for TableState {
+    type Hasher = FingerprintHasher;
+    fn build_hasher(&self) -> FingerprintHasher {
+        FingerprintHasher {
+            key: self.key,
+            value: 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct FingerprintHasher {
+    key: u64,
+    value: u64,
+}
 
 impl Hasher for FingerprintHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // A folded multiply (as foldhash's): both halves of the product,
+        // so the low bits hashbrown indexes by depend on every input bit.
+        let p = u128::from(self.value ^ self.key) * 0x9E37_79B9_7F4A_7C15_u128;
+        (p as u64) ^ ((p >> 64) as u64)
     }
     fn write(&mut self, bytes: &[u8]) {
         // Only u64 keys are hashed; fold anything else in case of misuse.
         for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+            self.value = self.value.rotate_left(8) ^ u64::from(b);
         }
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 = v;
+        self.value = v;
     }
 }
 
@@ -88,7 +121,7 @@ impl Hasher for FingerprintHasher {
 /// - `horizon` never decreases; `keys.len() <= max_entries` and
 ///   `versions.len() <= max_versions` after every insert.
 pub struct ConflictWindow {
-    map: HashMap<u64, Version, BuildHasherDefault<FingerprintHasher>>,
+    map: HashMap<u64, Version, TableState>,
     versions: VecDeque<(Version, u32)>,
     keys: VecDeque<u64>,
     horizon: Version,
@@ -100,7 +133,7 @@ impl ConflictWindow {
     /// An empty window that remembers nothing at or below `horizon`.
     pub fn new(limits: WindowLimits, horizon: Version, cause: HorizonCause) -> ConflictWindow {
         ConflictWindow {
-            map: HashMap::default(),
+            map: HashMap::with_hasher(TableState::new()),
             versions: VecDeque::new(),
             keys: VecDeque::new(),
             horizon,

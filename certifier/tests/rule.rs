@@ -359,3 +359,48 @@ fn snapshot_from_the_future_is_invalid() {
         Err(CertifierError::InvalidArgument(m)) if m.contains("ahead")
     ));
 }
+
+/// The fingerprints of `ws`'s conflict keys, one line.
+fn fingerprints(ws: &Writeset) -> String {
+    let cs = tashkent_certifier::ConflictSet::of(ws);
+    let fps: Vec<String> = cs.window_entries().map(|fp| format!("{fp:016x}")).collect();
+    fps.join(",")
+}
+
+/// Replicated certifier nodes each certify every committed entry, in
+/// different processes, and must decide alike: a key's fingerprint cannot
+/// depend on the process. This test runs itself again as a child process
+/// (`TASHKENT_FP_CHILD`), which prints its fingerprints of the same
+/// writeset, and compares.
+#[test]
+fn fingerprints_are_the_same_in_every_process() {
+    const NAME: &str = "fingerprints_are_the_same_in_every_process";
+    let ws = txn(
+        "fp",
+        0,
+        vec![
+            upd("accounts", "1"),
+            upd("tellers", "42"),
+            lock("branches", "7"),
+        ],
+    );
+    let mine = fingerprints(&ws);
+    if std::env::var_os("TASHKENT_FP_CHILD").is_some() {
+        // On a line of its own: the harness prints the test's name first.
+        println!("\nfingerprints={mine}");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env("TASHKENT_FP_CHILD", "1")
+        .output()
+        .expect("run the test binary again");
+    assert!(out.status.success(), "child failed: {out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let theirs = stdout
+        .lines()
+        .find_map(|l| l.split_once("fingerprints=").map(|(_, fps)| fps.trim()))
+        .unwrap_or_else(|| panic!("the child printed no fingerprints: {stdout}"));
+    assert!(!mine.is_empty());
+    assert_eq!(mine, theirs, "fingerprints differ between processes");
+}

@@ -97,11 +97,12 @@
 //!   not handed over: a new leader has none (or, if it led before, what
 //!   it held then, which lapses within `turns::HOLD`), and a transaction
 //!   over one entry (1 MiB) takes no part.
-//! - Fingerprints are seeded per process (`rule.rs`). Apply-time decisions
-//!   are identical on every node except when a fingerprint collision (a
-//!   spurious abort, ~2^-64 per key pair) happens on one node only. Before
-//!   production the seed must become cluster state (chosen at
-//!   `initialize`, carried in snapshots).
+//! - Fingerprints are seeded alike in every process (`rule.rs`), so
+//!   apply-time decisions are identical on every node, a fingerprint
+//!   collision included (the same spurious abort everywhere, ~2^-64 per
+//!   key pair). Only nodes built against different foldhash versions
+//!   could disagree, and only on such a collision (fingerprints are
+//!   recomputed at start, never stored).
 //! - Each committed writeset is written twice per node: in the raft log
 //!   and in the versions log Subscribe reads. Serving Subscribe from the
 //!   raft log would need a version → index map (kept by the state

@@ -26,8 +26,9 @@
 //! end-4   4   CRC32 (crc32fast) of everything before
 //! ```
 //!
-//! The window travels as writesets, not fingerprints: fingerprints are
-//! seeded per process (`rule.rs`), so the receiver recomputes them.
+//! The window travels as writesets, not fingerprints: the receiver
+//! recomputes them (`rule.rs`), so a snapshot does not depend on how a
+//! build fingerprints keys.
 
 use bytes::{Buf, BufMut, Bytes};
 
