@@ -12,6 +12,8 @@ use crate::disk_full::{assert_on_replica, fill_the_log, proxy_gets_53100};
 
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+
 use common::cluster::{blocking, tashkent, Cluster};
 use common::mount::Mount;
 
@@ -33,9 +35,11 @@ enum Small {
 /// cluster holds the mounts (unmounted after its processes stop).
 async fn start(replicas: usize, full: &[u32], size: &str, small: Small) -> (Cluster, Vec<String>) {
     let mut mounted = Vec::new();
-    let mut cluster = Cluster::start_file(replicas, |f| {
+    let mut state_dir = None;
+    let started = std::panic::AssertUnwindSafe(Cluster::start_file(replicas, |f| {
         f.cluster.certifiers = 3;
         f.certifier.wal_segment_bytes = 1 << 20;
+        state_dir = Some(f.cluster.state_dir.clone());
         for id in full {
             let dir = f.cluster.state_dir.join(format!("certifier-{id}"));
             mounted.push(Mount::tmpfs(&dir, size));
@@ -45,8 +49,21 @@ async fn start(replicas: usize, full: &[u32], size: &str, small: Small) -> (Clus
                 mounted.insert(0, Mount::bind(&roomy, &dir.join("raft")));
             }
         }
-    })
+    }))
+    .catch_unwind()
     .await;
+    let mut cluster = match started {
+        Ok(cluster) => cluster,
+        Err(panic) => {
+            // The cluster's directory could not be removed while the
+            // mounts were on it: remove what is left once they are off.
+            drop(mounted);
+            if let Some(parent) = state_dir.as_deref().and_then(|d| d.parent()) {
+                let _ = std::fs::remove_dir_all(parent);
+            }
+            std::panic::resume_unwind(panic);
+        }
+    };
     let addrs = cluster
         .certifier_node_addrs()
         .iter()
