@@ -226,10 +226,9 @@ async fn read_entries(shared: &Shared, from: u64, to: u64) -> Result<Vec<Entry>,
     }
     // Entries just appended are read from memory without waiting for their
     // flush here: raft may replicate an entry before it is durable on the
-    // leader (it commits once a majority has it durable). openraft 0.9
-    // asks for them only after its own flush, so today this saves a wait
-    // only for entries appended since; a non-blocking append (0.10) would
-    // overlap the leader's flush with its followers'.
+    // leader (it commits once a majority has it durable). The patched
+    // openraft (`vendor/README.md`) replicates a leader's entries before
+    // their flush here returns, so the two flushes overlap.
     if let Some(hit) = shared.recent.lock().get(lo, hi) {
         return Ok(hit);
     }

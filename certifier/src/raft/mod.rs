@@ -55,31 +55,28 @@
 //!
 //! ## Known gaps (next steps toward issue 14)
 //!
-//! - openraft 0.9 waits for each `append` to be flushed before it submits
-//!   the next (`RaftCore::append_to_log`), and 0.9 has no batched
-//!   `client_write`: concurrent certifications on a leader get one
-//!   fdatasync *each*, serially, so the WAL's group commit cannot group
-//!   them. [`Proposer`] batches one level up: certifications arriving
-//!   while an entry is in flight go into the next entry together
-//!   (`CertifyBatch`, one answer each). It keeps up to four entries in
-//!   flight; openraft 0.10's non-blocking log IO and `client_write_many`
-//!   are the next step. Where the time goes, traced per entry (three
-//!   nodes in one process, one entry of ~75 certifications in flight):
-//!   the leader's raft core is blocked for its own fdatasync (0.3–0.8 ms,
-//!   the three nodes share one disk) *before* it sends the entry, as
-//!   openraft 0.9 issues the replication after the flush returns; then
-//!   the followers' append and fdatasync (~0.5 ms), the answers, and the
-//!   apply (~1 ms for 75 certifications on a contended core): ~3 ms an
-//!   entry, and entries of one leader never share a flush. The versions
-//!   log now syncs late (`versions.rs`) and log reads are served from the
-//!   recent entries before they are durable here, which took the
-//!   in-process figure from 19.3k to 22.9k/s (means of four alternating
-//!   runs each); the process is at ~120 % of its two cores, so what
-//!   remains is that serial path, not CPU. Measured (`cargo bench
-//!   --bench certify -- 'end_to_end_4conn_x32|raft'`, this 2-core
-//!   machine, all nodes and clients in one process): single certifier
-//!   66.6–87.6k/s, one raft node 32.8k/s, three 17.4–24.3k/s (at best
-//!   0.3x the single certifier; issue 14's goal is 0.7x).
+//! - openraft 0.9 waits for each `append` to be flushed before its core
+//!   takes the next command (`RaftCore::append_to_log`). On a follower
+//!   that is needed (it answers after it); on the leader it cost one
+//!   fdatasync per entry before the entry was replicated, so a leader's
+//!   entries never shared a flush. The vendored openraft is patched
+//!   (`vendor/README.md`): a leader's own appends are not awaited, their
+//!   flush is reported to the core when it completes, and an entry still
+//!   commits only once a majority has it durable. 0.9 also has no batched
+//!   `client_write`: [`Proposer`] batches one level up (certifications
+//!   arriving while entries are in flight go into the next entry
+//!   together, `CertifyBatch`, one answer each; up to four entries in
+//!   flight). Measured (`cargo bench --bench certify --
+//!   'end_to_end_4conn_x32|raft'`, this 2-core machine, all nodes and
+//!   clients in one process, a noisy day): the single certifier
+//!   21–47k/s, one raft node 21–23k/s before the patch and 33–35k/s with
+//!   it, three nodes 0.28–0.34x the single certifier before it and
+//!   0.36–0.40x with it (issue 14's goal is 0.7x). What remains is CPU:
+//!   the process gets ~1.4 of the two cores (the rest is the VM's steal
+//!   and IO wait; the single certifier gets ~1.5), and three nodes spend
+//!   about three times the CPU per certification of one: each decodes,
+//!   certifies and logs every writeset twice (raft log, versions log),
+//!   and the entries cross gRPC twice more.
 //! - The log store keeps the last 8192 entries (64 MiB) in memory
 //!   (`log_store.rs`): a WAL reader finds a record by walking its segment
 //!   from the start, which made every apply slower as the segment grew.

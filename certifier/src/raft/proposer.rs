@@ -1,12 +1,12 @@
 //! Batching at the proposer: group commit one level above the log.
 //!
-//! openraft 0.9 flushes each append before it takes the next and writes
-//! one entry per `client_write`, so certifications proposed one by one get
-//! one fdatasync each, in a row (see the module docs). A [`Proposer`] keeps
-//! one entry in flight and gathers the certifications that arrive
-//! meanwhile into the next one (`Command::CertifyBatch`): under load, many
-//! certifications share an entry, its replication and its fdatasync, and
-//! each still gets its own answer. A lone certification is sent at once.
+//! openraft 0.9 writes one entry per `client_write`, and each entry costs
+//! the core, the replication and the state machine a round of their own.
+//! A [`Proposer`] keeps a few entries in flight and gathers the
+//! certifications that arrive meanwhile into the next one
+//! (`Command::CertifyBatch`): under load, many certifications share an
+//! entry, its replication and its fdatasync, and each still gets its own
+//! answer. A lone certification is sent at once.
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -66,9 +66,10 @@ impl Proposer {
 }
 
 /// Entries proposed and not yet answered, at most. More than one lets
-/// the leader replicate an entry while it flushes the next (openraft
-/// sends whatever accumulated in one AppendEntries); each still waits for
-/// its own flush, so a few suffice.
+/// the leader append and replicate an entry while the one before is
+/// being committed and applied (openraft sends whatever accumulated in
+/// one AppendEntries, and the leader's appends share its flushes: see
+/// `vendor/README.md`); a few suffice.
 const IN_FLIGHT: usize = 4;
 
 type Written = Result<
