@@ -163,7 +163,9 @@
 //! [`Proposer`] (which puts what arrives together in one entry, and on a
 //! follower answers who leads). `certifier/tests/raft_faults.rs`: a node
 //! whose WAL fails (injected fdatasync error) stops for good, the two
-//! others carry on, and the certification in flight keeps one version.
+//! others carry on, and the certification in flight keeps one version;
+//! a leader counts its own copy of an entry only once its fdatasync
+//! returns (the patched openraft, `vendor/README.md`).
 //! `certifier/tests/raft_served.rs`: three served nodes certify on the
 //! leader, a follower names the leader, every node serves Subscribe and
 //! Status, and after the leader stops a new one answers retries with
