@@ -255,6 +255,26 @@ impl Turns {
         Some((key, queued))
     }
 
+    /// `turn`'s transaction (conflict keys `cs`, read at `snapshot`) was
+    /// aborted for a conflict in `window`: [`Turns::lost`] on the row it
+    /// lost on. The key its session waits on, 0 for none. Callers hold
+    /// the certifier's state (`window`) first, then the turns.
+    pub fn lost_conflict(
+        &mut self,
+        window: &ConflictWindow,
+        turn: Turn,
+        snapshot: Version,
+        cs: &rule::ConflictSet,
+        now: Instant,
+    ) -> u64 {
+        rule::lost_on(window, snapshot, cs)
+            .and_then(|key| {
+                let keys: Vec<u64> = cs.write.iter().map(|k| k.fp).collect();
+                self.lost(turn, key, &keys, now)
+            })
+            .unwrap_or(0)
+    }
+
     /// `turn`'s transaction, writing `keys`, lost on `key`: queues its
     /// session there if it has been losing. The key the session waits for
     /// its turn on: one of `keys` it already has the turn on (it stays

@@ -602,9 +602,7 @@ impl CertifierService {
                 ),
             },
             Decision::Abort(a) if a.code == proto::AbortCode::Conflict => {
-                let key = rule::lost_on(c.window(), snapshot, cs)
-                    .and_then(|k| turns.lost(turn, k, &write_keys(cs), now))
-                    .unwrap_or(0);
+                let key = turns.lost_conflict(c.window(), turn, snapshot, cs, now);
                 (Decision::Abort(a), key)
             }
             d => (d, 0),
@@ -652,10 +650,12 @@ impl CertifierService {
             }
             Outcome::Aborted { code, turn_key, .. } if *code == proto::AbortCode::Conflict => {
                 // Lock order: state, then turns.
-                let lost = rule::lost_on(inner.state.lock().window(), snapshot, cs);
-                *turn_key = lost
-                    .and_then(|k| inner.turns.lock().lost(turn, k, &write_keys(cs), now))
-                    .unwrap_or(0);
+                let state = inner.state.lock();
+                *turn_key =
+                    inner
+                        .turns
+                        .lock()
+                        .lost_conflict(state.window(), turn, snapshot, cs, now);
             }
             Outcome::Aborted { .. } => {}
         }
