@@ -105,6 +105,39 @@ mod on_disk {
         assert!(first > 1 && first <= 200, "first LSN {first}");
     }
 
+    /// A leader's committed id can be written (with a vote or a purge)
+    /// before its own flush of those entries returns, so a crash can leave
+    /// the log ending before it: the store then says the log's end is
+    /// committed, not an id past it (openraft would refuse to start).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_committed_id_past_the_log_is_its_end_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = LogStore::open(dir.path(), wal_opts()).unwrap();
+            log.blocking_append((0..10).map(|i| blank(1, i)))
+                .await
+                .unwrap();
+            // Committed through 14 by the followers; 10..15 never reached
+            // this disk before the crash.
+            log.save_committed(Some(log_id(1, 14))).await.unwrap();
+            log.save_vote(&Vote::new_committed(1, 0)).await.unwrap();
+        }
+        let mut log = LogStore::open(dir.path(), wal_opts()).unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 9)));
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_log_id, Some(log_id(1, 9)));
+
+        // Nothing in the log, nothing purged: no committed id.
+        let empty = tempfile::tempdir().unwrap();
+        {
+            let mut log = LogStore::open(empty.path(), wal_opts()).unwrap();
+            log.save_committed(Some(log_id(1, 3))).await.unwrap();
+            log.save_vote(&Vote::new_committed(1, 0)).await.unwrap();
+        }
+        let mut log = LogStore::open(empty.path(), wal_opts()).unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), None);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn purge_past_the_end_then_append_restarts_the_wal() {
         let dir = tempfile::tempdir().unwrap();

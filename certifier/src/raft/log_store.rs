@@ -138,9 +138,20 @@ impl LogStore {
     pub fn open(dir: &Path, opts: WalOptions) -> Result<LogStore, CertifierError> {
         std::fs::create_dir_all(dir)?;
         let meta_path = dir.join(META_FILE);
-        let meta = meta::load(&meta_path)?;
+        let mut meta = meta::load(&meta_path)?;
         let wal = Wal::open(dir.join(WAL_DIR), opts)?;
         let last = last_above(&wal, meta.purged)?;
+        // The committed id rides along with vote and purge writes, which
+        // can come before the leader's own flush of what it commits (a
+        // majority of followers made it committed; `vendor/README.md`).
+        // After a crash the log may then end before it, and openraft
+        // refuses to start on a committed id past the log. What the log
+        // holds is a prefix of what was committed, so its end is a
+        // committed id too (an older one is always safe).
+        let end = last.or(meta.purged);
+        if meta.committed > end {
+            meta.committed = end;
+        }
         Ok(LogStore {
             shared: Arc::new(Shared {
                 wal,
