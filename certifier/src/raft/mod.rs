@@ -62,7 +62,10 @@
 //!   entries never shared a flush. The vendored openraft is patched
 //!   (`vendor/README.md`): a leader's own appends are not awaited, their
 //!   flush is reported to the core when it completes, and an entry still
-//!   commits only once a majority has it durable. 0.9 also has no batched
+//!   commits only once a majority has it durable; a leader that steps
+//!   down waits for its last flush first, and the log store lowers a
+//!   committed id past the log's end at start (a leader may save one
+//!   before its own flush returns). 0.9 also has no batched
 //!   `client_write`: [`Proposer`] batches one level up (certifications
 //!   arriving while entries are in flight go into the next entry
 //!   together, `CertifyBatch`, one answer each; up to four entries in

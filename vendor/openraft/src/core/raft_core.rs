@@ -143,12 +143,18 @@ impl<C: RaftTypeConfig> Debug for ApplyResult<C> {
 pub(crate) struct LeaderData<C: RaftTypeConfig> {
     /// The time to send next heartbeat.
     pub(crate) next_heartbeat: <C::AsyncRuntime as AsyncRuntime>::Instant,
+
+    /// tashkent patch: resolves once the latest of this leader's own
+    /// appends is flushed (or failed); the log store completes flushes in
+    /// order, so it covers every earlier one.
+    pub(crate) own_flushed: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl<C: RaftTypeConfig> LeaderData<C> {
     pub(crate) fn new() -> Self {
         Self {
             next_heartbeat: C::now(),
+            own_flushed: None,
         }
     }
 }
@@ -1647,6 +1653,14 @@ where
                 self.leader_data = Some(LeaderData::new());
             }
             Command::QuitLeader => {
+                // tashkent patch: a former leader must not answer anyone
+                // as a follower while its own appends are still being
+                // flushed (an AppendEntries whose entries it already has
+                // appends nothing and is answered at once), so it waits
+                // for them here, once, when it steps down.
+                if let Some(flushed) = self.leader_data.take().and_then(|l| l.own_flushed) {
+                    let _ = flushed.await;
+                }
                 self.leader_data = None;
             }
             Command::AppendInputEntries { vote, entries } => {
@@ -1663,6 +1677,10 @@ where
                     let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
                     let callback = LogFlushed::new(log_io_id, tx);
                     self.log_store.append(entries, callback).await?;
+                    let (flushed_tx, flushed_rx) = tokio::sync::oneshot::channel();
+                    if let Some(l) = &mut self.leader_data {
+                        l.own_flushed = Some(flushed_rx);
+                    }
                     let tx_notify = self.tx_notify.clone();
                     #[allow(clippy::let_underscore_future)]
                     let _ = C::spawn(async move {
@@ -1671,6 +1689,7 @@ where
                             Ok(Err(e)) => Err(e.to_string()),
                             Err(e) => Err(e.to_string()),
                         };
+                        let _ = flushed_tx.send(());
                         let _ = tx_notify.send(Notify::LocalLogFlushed {
                             vote,
                             last_log_id,
