@@ -268,10 +268,7 @@ impl Turns {
         now: Instant,
     ) -> u64 {
         rule::lost_on(window, snapshot, cs)
-            .and_then(|key| {
-                let keys: Vec<u64> = cs.write.iter().map(|k| k.fp).collect();
-                self.lost(turn, key, &keys, now)
-            })
+            .and_then(|key| self.lost(turn, key, &write_keys(cs), now))
             .unwrap_or(0)
     }
 
@@ -373,6 +370,12 @@ impl Turns {
     pub fn keys(&self) -> usize {
         self.queues.len()
     }
+}
+
+/// The fingerprints of the rows a transaction writes: how turns know
+/// rows.
+pub(crate) fn write_keys(cs: &rule::ConflictSet) -> Vec<u64> {
+    cs.write.iter().map(|k| k.fp).collect()
 }
 
 #[cfg(test)]

@@ -35,15 +35,9 @@ use crate::error::{CertifierError, LogFailure};
 use crate::outcome::Outcome;
 use crate::proto::{self, Writeset};
 use crate::rule::{self, ConflictSet, Names, PartNames};
-use crate::turns::{Claim, Turn, Turns};
+use crate::turns::{write_keys, Claim, Turn, Turns};
 use crate::writeset::{self};
 use crate::{record, Version};
-
-/// The fingerprints of the rows a transaction writes, as `turns` knows
-/// rows.
-fn write_keys(cs: &ConflictSet) -> Vec<u64> {
-    cs.write.iter().map(|k| k.fp).collect()
-}
 
 /// Longest an `AwaitTurn` call waits: a session's turn comes after each
 /// one queued before it has had its turn, each bounded by `turns::HOLD`.

@@ -1661,7 +1661,6 @@ where
                 if let Some(flushed) = self.leader_data.take().and_then(|l| l.own_flushed) {
                     let _ = flushed.await;
                 }
-                self.leader_data = None;
             }
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
