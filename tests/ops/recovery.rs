@@ -736,7 +736,18 @@ async fn damaged_checkpoints_are_refused() {
     let src = source(&cluster.replicas[0], 1);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let older = checkpoint::take(&src, &ckpt_dir, 2).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The newer checkpoint must be at a later version: wait for replica 1
+    // to apply past the older one (a loaded CI machine may take a while).
+    let r0 = cluster.replica(0).await;
+    let until = Instant::now() + Duration::from_secs(60);
+    while tashkent::proxy::capture::applied_version(&r0)
+        .await
+        .unwrap()
+        <= older.manifest.version
+    {
+        assert!(Instant::now() < until, "replica 1 applies nothing new");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let newer = checkpoint::take(&src, &ckpt_dir, 2).await.unwrap();
     assert!(newer.manifest.version > older.manifest.version);
     // Truncate the newest checkpoint's largest data file.
