@@ -714,7 +714,10 @@ async fn purge_then_recover_across_the_purged_range() {
     // transactions' snapshots are too old to pass certification.)
     cluster.wait_converged().await;
     let more = Load::start(&targets, &[2, 2]);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while more.acked() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let o2 = more.stop().await;
     assert!(!o2.acked.is_empty(), "the rebuilt replica commits nothing");
     o.acked.extend(o2.acked);
