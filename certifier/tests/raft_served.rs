@@ -111,7 +111,18 @@ async fn a_served_cluster_certifies_on_the_leader_redirects_and_fails_over() {
     old.shutdown().await.unwrap();
     let next = nodes.leader().await;
     assert_ne!(next, leader);
-    let nc = nodes.client(next).await;
+    // Given the running nodes, new leader first, as a proxy is: an
+    // answer lost in the election's wake ("outcome unknown, retry") is
+    // retried under the same txn id, which is what the retry checks.
+    let others: Vec<&str> = nodes
+        .running
+        .keys()
+        .filter(|id| **id != next)
+        .map(|id| nodes.addrs[id].as_str())
+        .collect();
+    let nc = CertifierClient::connect(&format!("{},{}", nodes.addrs[&next], others.join(",")))
+        .await
+        .unwrap();
     assert_eq!(
         version(nc.certify(ws("t5", "k5")).await.unwrap()),
         5,

@@ -64,7 +64,21 @@ async fn three_certifier_nodes_serve_the_proxies_and_status_names_the_leader() {
     cluster.assert_identical().await;
 
     let leader = leader(&cluster).await;
-    let json = status_json(&cluster);
+    // A follower learns that version 41 committed with the leader's next
+    // message (a heartbeat at most 150 ms later, longer on a loaded
+    // machine), and applies it then.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let json = loop {
+        let json = status_json(&cluster);
+        let all_committed = json["certifier_nodes"].as_array().is_some_and(|ns| {
+            ns.iter()
+                .all(|n| n["committed_version"].as_u64() >= Some(41))
+        });
+        if all_committed || std::time::Instant::now() > deadline {
+            break json;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let nodes = json["certifier_nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3, "{json}");
     for n in nodes {
