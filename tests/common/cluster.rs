@@ -321,3 +321,24 @@ impl Cluster {
         text
     }
 }
+
+/// Waits (up to 30 s) until `query` runs on the server `replica` is
+/// connected to: a cancel sent earlier would find nothing to cancel.
+pub async fn until_running(replica: &Client, query: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running: i64 = replica
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                &[&query],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{query} never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

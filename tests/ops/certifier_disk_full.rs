@@ -6,7 +6,7 @@
 //! When every node's disk is full, clients get `53100` naming the
 //! certifier's log, not "the certifier could not be reached".
 
-use crate::certifier_failover::{leader_among, statuses};
+use crate::certifier_failover::{leader_among, statuses_until};
 use crate::common;
 use crate::disk_full::{assert_on_replica, fill_the_log, proxy_gets_53100};
 
@@ -107,7 +107,7 @@ async fn one_node_full(small: Small, failed_log: &str) {
     }
     eprintln!("60 inserts of 256 KiB took {:?}", started.elapsed());
 
-    let all = statuses(&addrs).await;
+    let all = statuses_until(&addrs, |all| all[0].as_ref().is_some_and(|s| s.poisoned)).await;
     let failed = all[0].as_ref().expect("node 1 answers status");
     assert!(failed.poisoned, "{all:?}");
     assert_eq!(failed.role, "stopped", "{all:?}");
@@ -174,13 +174,14 @@ async fn every_node_full_gives_53100_naming_the_certifiers_log() {
     );
     // A majority stopped (the last node, if its log never got the entry
     // that filled the others', stands for election alone).
-    let all = statuses(&addrs).await;
-    let stopped = all
-        .iter()
-        .flatten()
-        .filter(|s| s.poisoned && s.role == "stopped")
-        .count();
-    assert!(stopped >= 2, "{all:?}");
+    let stopped_of = |all: &[Option<tashkent_certifier::proto::StatusResponse>]| {
+        all.iter()
+            .flatten()
+            .filter(|s| s.poisoned && s.role == "stopped")
+            .count()
+    };
+    let all = statuses_until(&addrs, |all| stopped_of(all) >= 2).await;
+    assert!(stopped_of(&all) >= 2, "{all:?}");
     // Every acknowledged row is committed on its origin replica.
     assert_on_replica(&cluster, 0, &acknowledged).await;
 }

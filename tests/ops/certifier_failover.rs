@@ -42,13 +42,31 @@ pub(crate) async fn statuses(
 ) -> Vec<Option<tashkent_certifier::proto::StatusResponse>> {
     let mut out = Vec::new();
     for a in addrs {
-        let s = tokio::time::timeout(Duration::from_millis(500), async {
+        // Long enough for a node on a loaded machine; a node that is down
+        // refuses the connection at once.
+        let s = tokio::time::timeout(Duration::from_secs(2), async {
             CertifierClient::connect(a).await?.status().await
         })
         .await;
         out.push(s.ok().and_then(Result::ok));
     }
     out
+}
+
+/// [`statuses`], once `done` holds of them (or after 20 s, for the
+/// caller's assertion to say what it saw).
+pub(crate) async fn statuses_until(
+    addrs: &[String],
+    done: impl Fn(&[Option<tashkent_certifier::proto::StatusResponse>]) -> bool,
+) -> Vec<Option<tashkent_certifier::proto::StatusResponse>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = statuses(addrs).await;
+        if done(&all) || std::time::Instant::now() > deadline {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The leader's index once a running node says it leads and has applied
@@ -208,8 +226,8 @@ async fn follower_sigkill_and_lost_disk_under_tpcb_load_lose_nothing() {
     let before = load.acked();
     // Commits go on. A session's fair turn (`turns`) may hold its row up
     // to `turns::HOLD` meanwhile, if its proxy's stream was at the killed
-    // node and has to move; hence the margin.
-    let deadline = Instant::now() + tashkent_certifier::turns::HOLD + Duration::from_secs(2);
+    // node and has to move (and reconnect, backing off); hence the margin.
+    let deadline = Instant::now() + tashkent_certifier::turns::HOLD + Duration::from_secs(10);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     while load.acked() <= before && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -217,7 +217,12 @@ async fn host_crash_keeps_every_acknowledged_commit(mode: DurabilityMode) {
             stop.clone(),
         ));
     }
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // Each commit waits for its own fsync here: gate on a count, not on
+    // a time (a loaded machine's fsyncs are slow).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked0.lock().unwrap().len() <= 50 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Everything acknowledged by now was flushed before the LSN is read.
     let before = acked0.lock().unwrap().len();

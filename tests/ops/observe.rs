@@ -68,7 +68,11 @@ async fn metrics_count_commits_aborts_and_apply_and_status_reports_each_replica(
     );
     cluster.wait_converged().await;
 
-    let p1 = scrape(proxies[0]).await;
+    // The gauge of what proxy 1 applied moves after its local commits.
+    let p1 = scrape_until(proxies[0], |s| {
+        s.value("tashkent_proxy_apply_lag_versions", &[]) == Some(0.0)
+    })
+    .await;
     let updates = p1.value("tashkent_proxy_commits_total", &[("kind", "update")]);
     // CREATE TABLE, 20 inserts, the winning update.
     assert!(updates >= Some(22.0), "update commits: {updates:?}");

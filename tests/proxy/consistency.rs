@@ -289,6 +289,8 @@ async fn set_local_lasts_one_transaction_and_connect_options_set_the_level() {
     .await;
     assert_eq!(show(&strong, "consistency").await, "strong");
     assert_eq!(show(&strong, "consistency_timeout").await, "2000ms");
+    // Replica 2 has the table: a strong transaction waits at most 2 s.
+    cluster.wait_converged().await;
     strong
         .batch_execute("INSERT INTO t VALUES (1)")
         .await

@@ -663,7 +663,10 @@ async fn caught_up(cluster: &Cluster) {
     let a = cluster.replica(0).await;
     let b = cluster.replica(1).await;
     let target = tashkent::proxy::capture::applied_version(&a).await.unwrap();
-    for _ in 0..2000 {
+    // A deadline, not a count of tries: an applier backing off after an
+    // error waits up to 5 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
         if tashkent::proxy::capture::applied_version(&b).await.unwrap() >= target {
             return;
         }

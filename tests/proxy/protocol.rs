@@ -288,8 +288,9 @@ async fn psql_copy_in_and_out_and_cancel_work_through_the_proxy() {
     // A long statement is cancelled through the proxy (CancelRequest
     // routed to the right backend).
     let token = client.cancel_token();
+    let replica = cluster.replica(0).await;
     let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        common::cluster::until_running(&replica, "SELECT pg_sleep(30)").await;
         token.cancel_query(tokio_postgres::NoTls).await
     });
     let err = client

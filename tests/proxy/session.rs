@@ -654,10 +654,18 @@ async fn committing_transaction_gives_up_locks_the_applier_needs() {
     b.batch_execute("BEGIN; UPDATE gate SET v = 1; UPDATE hot SET v = 1; COMMIT")
         .await
         .unwrap();
+    let v_b = cluster.acknowledged_version().await;
     // T commits (certified after v_b: it wrote nothing B wrote) and waits
     // for its turn, behind v_b.
     let committing = tokio::spawn(async move { t.batch_execute("COMMIT").await });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while cluster.acknowledged_version().await <= v_b {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "T was never certified"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // The applier gets past gate and needs hot's row, which T holds.
     x.batch_execute("COMMIT").await.unwrap();
     let outcome = tokio::time::timeout(std::time::Duration::from_secs(20), committing)

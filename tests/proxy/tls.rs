@@ -8,7 +8,6 @@ use crate::common;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::cluster::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -143,8 +142,9 @@ async fn real_clients_over_tls_and_plaintext_refused_when_required() {
     // A cancel over TLS reaches the right backend.
     let token = client.cancel_token();
     let tls = rustls_connector(&cert);
+    let replica = cluster.replica(0).await;
     let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        common::cluster::until_running(&replica, "SELECT pg_sleep(30)").await;
         token.cancel_query(tls).await
     });
     let err = client
@@ -204,20 +204,7 @@ async fn real_clients_over_tls_and_plaintext_refused_when_required() {
         .unwrap();
     // Cancel once the statement runs on the replica.
     let replica = cluster.replica(0).await;
-    loop {
-        let running: i64 = replica
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if running > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::cluster::until_running(&replica, "SELECT pg_sleep(30)").await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
