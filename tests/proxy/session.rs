@@ -441,11 +441,14 @@ async fn proxy_sigkill_under_load_loses_no_acknowledged_commit() {
         .unwrap();
     cluster.wait_converged().await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Commits acknowledged through proxy 2 so far.
+    let through_2 = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut writers = Vec::new();
     for w in 0..6i32 {
         // Writers 0..4 use proxy 2 (killed), 4..6 proxy 1.
         let client = cluster.client(if w < 4 { 1 } else { 0 }).await;
         let stop = stop.clone();
+        let through_2 = through_2.clone();
         writers.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             for k in 0i64.. {
@@ -457,14 +460,26 @@ async fn proxy_sigkill_under_load_loses_no_acknowledged_commit() {
                     .execute("INSERT INTO ack VALUES ($1, $2)", &[&id, &w])
                     .await
                 {
-                    Ok(_) => acked.push(id),
+                    Ok(_) => {
+                        acked.push(id);
+                        if w < 4 {
+                            through_2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
                     Err(_) => break,
                 }
             }
             acked
         }));
     }
+    // Under way for a while (1.5 s), and through proxy 2 too.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while through_2.load(std::sync::atomic::Ordering::Relaxed) < 10
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     cluster.kill_proxy(1).await; // SIGKILL
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
