@@ -342,3 +342,20 @@ pub async fn until_running(replica: &Client, query: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Polls `sql` (one bigint) through `client` until it returns `want`, at
+/// most `within`: replication to the other replicas is asynchronous.
+pub async fn eventually(client: &Client, sql: &str, want: i64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = client.query_one(sql, &[]).await.map(|r| r.get::<_, i64>(0));
+        match got {
+            Ok(v) if v == want => return,
+            other => assert!(
+                Instant::now() < deadline,
+                "{sql}: wanted {want}, still {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -107,7 +107,10 @@ async fn one_node_full(small: Small, failed_log: &str) {
     }
     eprintln!("60 inserts of 256 KiB took {:?}", started.elapsed());
 
-    let all = statuses_until(&addrs, |all| all[0].as_ref().is_some_and(|s| s.poisoned)).await;
+    let all = statuses_until(&addrs, Duration::from_secs(20), |all| {
+        all[0].as_ref().is_some_and(|s| s.poisoned)
+    })
+    .await;
     let failed = all[0].as_ref().expect("node 1 answers status");
     assert!(failed.poisoned, "{all:?}");
     assert_eq!(failed.role, "stopped", "{all:?}");
@@ -180,7 +183,7 @@ async fn every_node_full_gives_53100_naming_the_certifiers_log() {
             .filter(|s| s.poisoned && s.role == "stopped")
             .count()
     };
-    let all = statuses_until(&addrs, |all| stopped_of(all) >= 2).await;
+    let all = statuses_until(&addrs, Duration::from_secs(20), |all| stopped_of(all) >= 2).await;
     assert!(stopped_of(&all) >= 2, "{all:?}");
     // Every acknowledged row is committed on its origin replica.
     assert_on_replica(&cluster, 0, &acknowledged).await;

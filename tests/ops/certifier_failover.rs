@@ -53,16 +53,17 @@ pub(crate) async fn statuses(
     out
 }
 
-/// [`statuses`], once `done` holds of them (or after 20 s, for the
+/// [`statuses`], once `done` holds of them (or after `within`, for the
 /// caller's assertion to say what it saw).
 pub(crate) async fn statuses_until(
     addrs: &[String],
+    within: Duration,
     done: impl Fn(&[Option<tashkent_certifier::proto::StatusResponse>]) -> bool,
 ) -> Vec<Option<tashkent_certifier::proto::StatusResponse>> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + within;
     loop {
         let all = statuses(addrs).await;
-        if done(&all) || std::time::Instant::now() > deadline {
+        if done(&all) || Instant::now() > deadline {
             return all;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -197,18 +198,12 @@ async fn leader_sigkill_under_tpcb_load_loses_nothing() {
 pub(crate) async fn nodes_caught_up(addrs: &[String]) {
     let (_, s) = leader_past(addrs, 0, Duration::from_secs(20)).await;
     let upto = s.committed_version;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let all = statuses(addrs).await;
-        if all
-            .iter()
+    let caught_up = |all: &[Option<tashkent_certifier::proto::StatusResponse>]| {
+        all.iter()
             .all(|s| s.as_ref().is_some_and(|s| s.durable_version >= upto))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "nodes did not catch up: {all:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    let all = statuses_until(addrs, Duration::from_secs(30), caught_up).await;
+    assert!(caught_up(&all), "nodes did not catch up: {all:?}");
     assert_dense(addrs, upto).await;
 }
 
@@ -227,12 +222,13 @@ async fn follower_sigkill_and_lost_disk_under_tpcb_load_lose_nothing() {
     // Commits go on. A session's fair turn (`turns`) may hold its row up
     // to `turns::HOLD` meanwhile, if its proxy's stream was at the killed
     // node and has to move (and reconnect, backing off); hence the margin.
-    let deadline = Instant::now() + tashkent_certifier::turns::HOLD + Duration::from_secs(10);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    while load.acked() <= before && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(load.acked() > before, "no commit with a follower down");
+    let margin = tashkent_certifier::turns::HOLD + Duration::from_secs(10);
+    let pause = Duration::from_millis(1500);
+    tokio::time::sleep(pause).await;
+    assert!(
+        load.acked_past(before, margin - pause).await,
+        "no commit with a follower down"
+    );
     cluster.start_certifier_node(f1).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
 

@@ -108,6 +108,16 @@ impl Load {
         self.acked.load(Ordering::Relaxed)
     }
 
+    /// Waits until more than `n` commits were acknowledged, at most
+    /// `within`; whether they were.
+    pub(crate) async fn acked_past(&self, n: u64, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.acked() <= n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.acked() > n
+    }
+
     pub(crate) async fn stop(self) -> Outcomes {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = Outcomes::default();
@@ -307,31 +317,29 @@ async fn assert_tpcb_invariant(c: &Client, replica: usize) {
 /// proxy may have held a fair turn on a hot row (`turns`), which lapses
 /// within `turns::HOLD`; the rest is margin for a busy machine.
 async fn still_commits(load: &Load) {
-    let before = load.acked();
-    let deadline = Instant::now() + tashkent_certifier::turns::HOLD + Duration::from_secs(5);
-    while load.acked() <= before && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(load.acked() > before, "the load stopped committing");
+    let within = tashkent_certifier::turns::HOLD + Duration::from_secs(5);
+    assert!(
+        load.acked_past(load.acked(), within).await,
+        "the load stopped committing"
+    );
 }
 
-/// The checks after every fault: identical replicas, nothing acknowledged
-/// lost, nothing aborted present, TPC-B's invariant. Returns how many
-/// transactions of unknown outcome did commit.
 /// After a fault: the load still commits; then it stops, nothing hung,
 /// and [`check`] holds.
 pub(crate) async fn commits_on_then_check(cluster: &Cluster, load: Load) {
     // The appliers may be backing off after the fault (up to 5 s), on a
     // loaded machine longer.
-    let before = load.acked();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while load.acked() <= before + 10 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(load.acked() > before + 10, "the load stopped committing");
+    assert!(
+        load.acked_past(load.acked() + 10, Duration::from_secs(30))
+            .await,
+        "the load stopped committing"
+    );
     load.finish(cluster).await;
 }
 
+/// The checks after every fault: identical replicas, nothing acknowledged
+/// lost, nothing aborted present, TPC-B's invariant. Returns how many
+/// transactions of unknown outcome did commit.
 pub(crate) async fn check(cluster: &Cluster, o: &Outcomes) -> usize {
     assert!(!o.acked.is_empty(), "the load committed nothing");
     cluster.assert_identical().await;
@@ -561,19 +569,8 @@ async fn proxy_killed_between_certification_and_local_commit() {
     });
     // Certified once replica 1 (not blocked) has applied it.
     let r0 = cluster.replica(0).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: i64 = r0
-            .query_one("SELECT count(*) FROM side WHERE id = 1", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the insert was never certified");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let side_on_1 = "SELECT count(*) FROM side WHERE id = 1";
+    common::cluster::eventually(&r0, side_on_1, 1, Duration::from_secs(30)).await;
     assert!(
         !side_insert.is_finished(),
         "the insert committed at its origin"
@@ -607,12 +604,8 @@ async fn certifier_sigkill_and_restart_under_load() {
     setup(&cluster).await;
     let targets = targets_of(&cluster);
     let load = Load::start(&targets, &[0, 0, 1, 1, 2, 2]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while load.acked() < 10 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert!(
-        load.acked() >= 10,
+        load.acked_past(9, Duration::from_secs(30)).await,
         "the load committed little before the kill"
     );
     cluster.restart_certifier().await;
@@ -729,10 +722,7 @@ async fn purge_then_recover_across_the_purged_range() {
     // transactions' snapshots are too old to pass certification.)
     cluster.wait_converged().await;
     let more = Load::start(&targets, &[2, 2]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while more.acked() == 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    more.acked_past(0, Duration::from_secs(30)).await;
     let o2 = more.stop().await;
     assert!(!o2.acked.is_empty(), "the rebuilt replica commits nothing");
     o.acked.extend(o2.acked);

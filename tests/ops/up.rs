@@ -7,8 +7,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::cluster::eventually;
+
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+
+/// How long replication to the other replicas may take here.
+const UP_WAIT: Duration = Duration::from_secs(20);
 
 const BIN: &str = env!("CARGO_BIN_EXE_tashkent");
 
@@ -105,23 +110,6 @@ fn replica_pid(state: &Path, replica: usize) -> i32 {
     text.lines().next().unwrap().trim().parse().unwrap()
 }
 
-/// Polls `sql` (one bigint) through `client` until it returns `want`;
-/// replication to the other replicas is asynchronous.
-async fn eventually(client: &tokio_postgres::Client, sql: &str, want: i64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = client.query_one(sql, &[]).await.map(|r| r.get::<_, i64>(0));
-        match got {
-            Ok(v) if v == want => return,
-            other => assert!(
-                std::time::Instant::now() < deadline,
-                "{sql}: wanted {want}, still {other:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// psql's `\conninfo` through `conninfo` with sslmode=require.
 fn psql_over_tls(conninfo: &str) -> String {
     let psql = tashkent::ops::pg::PgBinaries::locate()
@@ -205,12 +193,12 @@ async fn up_with_two_replicas_serves_sql_through_every_proxy_and_resumes() {
         .await
         .unwrap();
     // The table and its row reach the second replica; writes there reach the first.
-    eventually(&second, count, 1).await;
+    eventually(&second, count, 1, UP_WAIT).await;
     second
         .batch_execute("INSERT INTO kv VALUES (2, 'two')")
         .await
         .unwrap();
-    eventually(&first, count, 2).await;
+    eventually(&first, count, 2, UP_WAIT).await;
     drop((first, second));
     let pids = [replica_pid(&state, 1), replica_pid(&state, 2)];
     let proxies = up.proxies.clone();
@@ -232,7 +220,7 @@ async fn up_with_two_replicas_serves_sql_through_every_proxy_and_resumes() {
     );
     for conninfo in &up.proxies {
         let client = common::connect_str(conninfo).await;
-        eventually(&client, count, 2).await;
+        eventually(&client, count, 2, UP_WAIT).await;
     }
     // `tashkent verify` finds the running cluster from its state directory.
     let out = std::process::Command::new(BIN)
@@ -359,12 +347,12 @@ async fn up_runs_the_database_grouped_mode() {
         .batch_execute("CREATE TABLE g (k int PRIMARY KEY); INSERT INTO g VALUES (1)")
         .await
         .unwrap();
-    eventually(&second, "SELECT count(*) FROM g", 1).await;
+    eventually(&second, "SELECT count(*) FROM g", 1, UP_WAIT).await;
     second
         .batch_execute("INSERT INTO g VALUES (2)")
         .await
         .unwrap();
-    eventually(&first, "SELECT count(*) FROM g", 2).await;
+    eventually(&first, "SELECT count(*) FROM g", 2, UP_WAIT).await;
     for (name, want) in [("fsync", "on"), ("synchronous_commit", "off")] {
         let v: String = first
             .query_one(&format!("SELECT current_setting('{name}')"), &[])
