@@ -1,12 +1,17 @@
 //! openraft's network over gRPC (`proto/raft.proto`): the client half.
 //!
-//! One lazily connected tonic channel per target node. A request that
-//! cannot be delivered (connection refused, reset, deadline) is
-//! `Unreachable`, which makes openraft back off and retry; an error the
-//! remote node answered is a `RemoteError`. Payloads are openraft's own
-//! messages as JSON, except log entries, which travel in the log's binary
-//! encoding (`entry.rs`; see the proto file). A node with a certificate
-//! (`tls_cert`) speaks TLS to its peers, trusting `peer_tls_ca`.
+//! One lazily connected tonic channel per target node, and on it one
+//! AppendEntries stream, opened at the first AppendEntries and kept (the
+//! proto file says why): a request is sent on it and its answer awaited
+//! before openraft sends the next. A request that cannot be delivered
+//! (connection refused, reset, deadline) is `Unreachable`, which makes
+//! openraft back off and retry, and drops the stream and the channel, so
+//! the next request starts afresh and can never read an answer meant for
+//! an earlier one; an error the remote node answered is a `RemoteError`.
+//! Payloads are openraft's own messages as JSON, except log entries, which
+//! travel in the log's binary encoding (`entry.rs`; see the proto file). A
+//! node with a certificate (`tls_cert`) speaks TLS to its peers, trusting
+//! `peer_tls_ca`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,7 +28,9 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Status, Streaming};
 
 use super::entry;
 use super::proto::raft_client::RaftClient;
@@ -60,6 +67,13 @@ pub struct Connection {
     tls: Option<ClientTls>,
     addr: String,
     client: Option<RaftClient<Channel>>,
+    appends: Option<AppendStream>,
+}
+
+/// An open AppendEntries stream: requests in, their answers in order.
+struct AppendStream {
+    requests: mpsc::Sender<RaftMessage>,
+    answers: Streaming<RaftMessage>,
 }
 
 type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
@@ -73,6 +87,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             tls: self.tls.clone(),
             addr: self.routes.get(&target).unwrap_or(&node.addr).clone(),
             client: None,
+            appends: None,
         }
     }
 }
@@ -81,14 +96,56 @@ fn protocol(e: impl std::fmt::Display) -> CertifierError {
     CertifierError::Protocol(e.to_string())
 }
 
+fn network_error<E: std::error::Error>(e: &(impl std::error::Error + 'static)) -> RpcError<E> {
+    RPCError::Network(NetworkError::new(e))
+}
+
 impl Connection {
-    /// Sends `req` (with `entries` in the log's encoding) to `method` and
-    /// decodes the remote `Result`.
+    /// The target's client, connected on first use (a node that is down
+    /// is Unreachable then).
+    fn client(&mut self, timeout: Duration) -> Result<&mut RaftClient<Channel>, CertifierError> {
+        if self.client.is_none() {
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.addr))
+                .map_err(protocol)?
+                .connect_timeout(timeout);
+            if let Some(tls) = &self.tls {
+                endpoint = endpoint.tls_config(tls.tonic_config()).map_err(protocol)?;
+            }
+            self.client = Some(
+                RaftClient::new(endpoint.connect_lazy())
+                    .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(super::MAX_MESSAGE_BYTES),
+            );
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// An undelivered request: the next one reconnects.
+    fn unreachable<E: std::error::Error>(&mut self, status: Status) -> RpcError<E> {
+        self.client = None;
+        self.appends = None;
+        RPCError::Unreachable(Unreachable::new(&CertifierError::Rpc(status)))
+    }
+
+    /// Decodes the remote `Result` in `answer`.
+    // openraft's error type, large as it is: the trait's methods return it.
+    #[allow(clippy::result_large_err)]
+    fn result<Resp, E>(&self, answer: &RaftMessage) -> Result<Resp, RpcError<E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            serde_json::from_slice(&answer.data).map_err(|e| network_error(&protocol(e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// Sends `req` to the unary `method` and decodes the remote `Result`.
     async fn call<Req, Resp, E>(
         &mut self,
         method: Method,
         req: &Req,
-        entries: Vec<bytes::Bytes>,
         timeout: Duration,
     ) -> Result<Resp, RpcError<E>>
     where
@@ -96,52 +153,55 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let data = serde_json::to_vec(req)
-            .map_err(|e| RPCError::Network(NetworkError::new(&protocol(e))))?;
-        if self.client.is_none() {
-            let scheme = if self.tls.is_some() { "https" } else { "http" };
-            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.addr))
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
-                .connect_timeout(timeout);
-            if let Some(tls) = &self.tls {
-                endpoint = endpoint
-                    .tls_config(tls.tonic_config())
-                    .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-            }
-            // Connects on first use; a node that is down is Unreachable then.
-            self.client = Some(
-                RaftClient::new(endpoint.connect_lazy())
-                    .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(super::MAX_MESSAGE_BYTES),
-            );
-        }
-        let client = self.client.as_mut().expect("connected above");
+        let data = serde_json::to_vec(req).map_err(|e| network_error(&protocol(e)))?;
+        let client = self.client(timeout).map_err(|e| network_error(&e))?;
         let mut request = tonic::Request::new(RaftMessage {
             data: data.into(),
-            entries,
+            entries: Vec::new(),
         });
         request.set_timeout(timeout);
         let answer = match method {
-            Method::Append => client.append_entries(request).await,
             Method::Vote => client.vote(request).await,
             Method::Snapshot => client.install_snapshot(request).await,
         };
-        let answer = answer.map_err(|status| {
-            // Drop the channel: the next call reconnects.
-            self.client = None;
-            RPCError::Unreachable(Unreachable::new(&CertifierError::Rpc(status)))
-        })?;
-        let result: Result<Resp, RaftError<NodeId, E>> =
-            serde_json::from_slice(&answer.into_inner().data)
-                .map_err(|e| RPCError::Network(NetworkError::new(&protocol(e))))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        let answer = answer.map_err(|status| self.unreachable(status))?;
+        self.result(&answer.into_inner())
+    }
+
+    /// Sends `msg` on the AppendEntries stream (opening it if none is
+    /// open) and awaits its answer.
+    async fn exchange(
+        &mut self,
+        msg: RaftMessage,
+        timeout: Duration,
+    ) -> Result<RaftMessage, Status> {
+        if self.appends.is_none() {
+            let client = self
+                .client(timeout)
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let (requests, rx) = mpsc::channel(1);
+            let outbound =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+                );
+            let answers = client.append_entries(outbound).await?.into_inner();
+            self.appends = Some(AppendStream { requests, answers });
+        }
+        let stream = self.appends.as_mut().expect("opened above");
+        if stream.requests.send(msg).await.is_err() {
+            return Err(Status::unavailable("the AppendEntries stream closed"));
+        }
+        match stream.answers.message().await? {
+            Some(answer) => Ok(answer),
+            None => Err(Status::unavailable("the AppendEntries stream ended")),
+        }
     }
 }
 
 /// Which RPC of the service.
 #[derive(Clone, Copy)]
 enum Method {
-    Append,
     Vote,
     Snapshot,
 }
@@ -161,8 +221,22 @@ impl RaftNetwork<TypeConfig> for Connection {
             entries: Vec::new(),
             ..rpc
         };
-        self.call(Method::Append, &header, entries, option.hard_ttl())
-            .await
+        let data = serde_json::to_vec(&header).map_err(|e| network_error(&protocol(e)))?;
+        let msg = RaftMessage {
+            data: data.into(),
+            entries,
+        };
+        let timeout = option.hard_ttl();
+        match tokio::time::timeout(timeout, self.exchange(msg, timeout)).await {
+            Ok(Ok(answer)) => self.result(&answer),
+            Ok(Err(status)) => Err(self.unreachable(status)),
+            // The answer may still come: this stream can carry no other,
+            // and the connection may be dead (a cut link): both go.
+            Err(_) => Err(self.unreachable(Status::deadline_exceeded(format!(
+                "no AppendEntries answer within {} ms",
+                timeout.as_millis()
+            )))),
+        }
     }
 
     async fn install_snapshot(
@@ -170,8 +244,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
-        self.call(Method::Snapshot, &rpc, Vec::new(), option.hard_ttl())
-            .await
+        self.call(Method::Snapshot, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(
@@ -179,7 +252,6 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcError> {
-        self.call(Method::Vote, &rpc, Vec::new(), option.hard_ttl())
-            .await
+        self.call(Method::Vote, &rpc, option.hard_ttl()).await
     }
 }

@@ -106,7 +106,8 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
     let (wal, spool, service, raft, listener) = if config.node_id.is_some() {
         let n = node::open(&config, limits).await?;
         let listener = tokio::net::TcpListener::bind(n.listen).await?;
-        let mut rpc = crate::raft::RaftService::new(n.raft.clone());
+        let mut rpc = crate::raft::RaftService::new(n.raft.clone())
+            .stops_with(n.service.inner.stop_signal.subscribe());
         if tls.is_some() {
             rpc = rpc.peer_certificates_required();
         }

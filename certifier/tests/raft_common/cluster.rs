@@ -64,13 +64,17 @@ impl Node {
             .await
             .unwrap();
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let svc = RaftService::new(raft.clone()).into_server();
+        let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
+        let svc = RaftService::new(raft.clone())
+            .stops_with(streams_stop)
+            .into_server();
         let server = tokio::spawn(async move {
             let incoming = TcpIncoming::from(listener);
             tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, async {
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stopped.await;
+                    stop_streams.send_replace(true);
                 })
                 .await
                 .unwrap();
