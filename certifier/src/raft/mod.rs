@@ -129,8 +129,10 @@
 //! - Spooled (very large) writesets are rejected by apply.
 //! - The transport (`network.rs`, `service.rs`, `proto/raft.proto`) sends
 //!   openraft's messages as JSON but log entries in their binary log
-//!   encoding; snapshots go in openraft's chunks, inside the JSON (a
-//!   streaming RPC would be cheaper for big windows).
+//!   encoding; AppendEntries go on one gRPC stream per target, kept open
+//!   (a unary call each cost an HTTP/2 stream per message); snapshots go
+//!   in openraft's chunks, inside the JSON (a streaming RPC would be
+//!   cheaper for big windows).
 //! - A node whose disk was wiped rejoins as the same member (openraft's
 //!   `loosen-follower-log-revert`, else the leader panics on its emptied
 //!   log): it gets the snapshot and the log after it. It has also
