@@ -5,12 +5,18 @@
 //! retried transaction id gets its original version from the new leader.
 //! Then: a follower whose disk is wiped rejoins through a snapshot (the
 //! others purged the log it lacks), a node restarts from its own disk, and
-//! each, made leader, answers from the same certifier state.
+//! each, made leader, answers from the same certifier state. And the
+//! transport: an AppendEntries answer that comes after the sender dropped
+//! the call is never taken for the next request's.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tashkent_certifier::raft::{NodeId, Proposer, Raft, Response};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
+use tashkent_certifier::raft::proto::raft_server::{Raft as RaftRpc, RaftServer};
+use tashkent_certifier::raft::proto::RaftMessage;
+use tashkent_certifier::raft::{Network, NodeId, Proposer, Raft, Response, TypeConfig};
 use tashkent_certifier::CertifierError;
 
 mod raft_common;
@@ -322,4 +328,131 @@ async fn a_proposer_batches_what_arrives_together_and_a_follower_says_who_leads(
     for (_, n) in c.nodes {
         n.kill().await;
     }
+}
+
+/// A stand-in node whose first AppendEntries answer comes late (a
+/// `Conflict`, after the sender gave up on it) and every later one at
+/// once (`Success`).
+#[derive(Default)]
+struct LateFirstAnswer {
+    seen: std::sync::atomic::AtomicU64,
+}
+
+type Answers =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftMessage, tonic::Status>> + Send>>;
+
+fn answer(response: AppendEntriesResponse<NodeId>) -> RaftMessage {
+    let result: Result<_, openraft::error::RaftError<NodeId>> = Ok(response);
+    RaftMessage {
+        data: serde_json::to_vec(&result).unwrap().into(),
+        entries: Vec::new(),
+    }
+}
+
+#[tonic::async_trait]
+impl RaftRpc for LateFirstAnswer {
+    type AppendEntriesStream = Answers;
+
+    async fn append_entries(
+        &self,
+        request: tonic::Request<tonic::Streaming<RaftMessage>>,
+    ) -> Result<tonic::Response<Answers>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let first = self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        let answers = async_stream_of(move |tx| async move {
+            while let Ok(Some(_)) = inbound.message().await {
+                let a = if first {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    answer(AppendEntriesResponse::Conflict)
+                } else {
+                    answer(AppendEntriesResponse::Success)
+                };
+                if tx.send(Ok(a)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(tonic::Response::new(answers))
+    }
+
+    async fn vote(
+        &self,
+        _: tonic::Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn install_snapshot(
+        &self,
+        _: tonic::Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn change_membership(
+        &self,
+        _: tonic::Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+}
+
+/// The stream of what `produce` sends.
+fn async_stream_of<F, Fut>(produce: F) -> Answers
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<RaftMessage, tonic::Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(produce(tx));
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|m| (m, rx))
+    }))
+}
+
+/// openraft drops an AppendEntries call at its own deadline, answer or
+/// not. The answer that comes later must never be taken for the next
+/// request's: a `Success` meant for one range counted for another would
+/// count a follower as holding entries it does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_append_entries_answer_is_never_taken_for_the_next_request() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RaftServer::new(LateFirstAnswer::default()))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    let mut network = Network::default();
+    let mut to_node = network
+        .new_client(2, &openraft::BasicNode::new(addr.to_string()))
+        .await;
+    let request = || AppendEntriesRequest::<TypeConfig> {
+        vote: openraft::Vote::new_committed(1, 1),
+        prev_log_id: None,
+        leader_commit: None,
+        entries: Vec::new(),
+    };
+    let option = || RPCOption::new(Duration::from_secs(2));
+    // As openraft's replication does at its deadline: the call is dropped.
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        to_node.append_entries(request(), option()),
+    )
+    .await;
+    assert!(dropped.is_err(), "the first answer came early: {dropped:?}");
+    let next = to_node.append_entries(request(), option()).await.unwrap();
+    assert_eq!(next, AppendEntriesResponse::Success);
+    // And the one after, on the same stream.
+    let after = to_node.append_entries(request(), option()).await.unwrap();
+    assert_eq!(after, AppendEntriesResponse::Success);
+    drop(to_node);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }

@@ -6,8 +6,11 @@
 //! before openraft sends the next. A request that cannot be delivered
 //! (connection refused, reset, deadline) is `Unreachable`, which makes
 //! openraft back off and retry, and drops the stream and the channel, so
-//! the next request starts afresh and can never read an answer meant for
-//! an earlier one; an error the remote node answered is a `RemoteError`.
+//! the next request starts afresh. The stream is out of the connection
+//! while a request is on it, and put back only with its answer read:
+//! openraft drops a call at its own deadline, and the stream goes with
+//! it, so no request can be handed an answer meant for an earlier one.
+//! An error the remote node answered is a `RemoteError`.
 //! Payloads are openraft's own messages as JSON, except log entries, which
 //! travel in the log's binary encoding (`entry.rs`; see the proto file). A
 //! node with a certificate (`tls_cert`) speaks TLS to its peers, trusting
@@ -175,25 +178,32 @@ impl Connection {
         msg: RaftMessage,
         timeout: Duration,
     ) -> Result<RaftMessage, Status> {
-        if self.appends.is_none() {
-            let client = self
-                .client(timeout)
-                .map_err(|e| Status::unavailable(e.to_string()))?;
-            let (requests, rx) = mpsc::channel(1);
-            let outbound =
-                futures::stream::unfold(
-                    rx,
-                    |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
-                );
-            let answers = client.append_entries(outbound).await?.into_inner();
-            self.appends = Some(AppendStream { requests, answers });
-        }
-        let stream = self.appends.as_mut().expect("opened above");
+        // Taken out while a request is on it, put back only once its
+        // answer is read: openraft drops this future at its own deadline,
+        // and a stream dropped with it can never hand the next request
+        // the answer meant for this one.
+        let mut stream = match self.appends.take() {
+            Some(stream) => stream,
+            None => {
+                let client = self
+                    .client(timeout)
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                let (requests, rx) = mpsc::channel(1);
+                let outbound = futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|m| (m, rx))
+                });
+                let answers = client.append_entries(outbound).await?.into_inner();
+                AppendStream { requests, answers }
+            }
+        };
         if stream.requests.send(msg).await.is_err() {
             return Err(Status::unavailable("the AppendEntries stream closed"));
         }
         match stream.answers.message().await? {
-            Some(answer) => Ok(answer),
+            Some(answer) => {
+                self.appends = Some(stream);
+                Ok(answer)
+            }
             None => Err(Status::unavailable("the AppendEntries stream ended")),
         }
     }
@@ -230,8 +240,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         match tokio::time::timeout(timeout, self.exchange(msg, timeout)).await {
             Ok(Ok(answer)) => self.result(&answer),
             Ok(Err(status)) => Err(self.unreachable(status)),
-            // The answer may still come: this stream can carry no other,
-            // and the connection may be dead (a cut link): both go.
+            // The stream went with the future; the connection may be dead
+            // (a cut link), so it goes too.
             Err(_) => Err(self.unreachable(Status::deadline_exceeded(format!(
                 "no AppendEntries answer within {} ms",
                 timeout.as_millis()
