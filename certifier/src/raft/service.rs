@@ -122,7 +122,8 @@ struct AppendStream {
     inbound: Streaming<RaftMessage>,
     raft: Raft,
     stop: Option<watch::Receiver<bool>>,
-    /// An error was answered: the stream ends after it.
+    /// An error, or the answer of a stopped raft node, went out: the
+    /// stream ends after it.
     ended: bool,
 }
 
