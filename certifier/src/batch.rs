@@ -1,6 +1,7 @@
 //! Batching for the CertifyPipeline stream, both halves: whatever is
 //! queued goes out as one message (fewer HTTP/2 frames and wake-ups per
-//! transaction).
+//! transaction). And the unbatched stream of a channel, for the streams
+//! that send each item as it comes.
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -10,6 +11,11 @@ pub(crate) const BATCH: usize = 512;
 /// Most bytes per batch (and never more than the maximum message size
 /// minus room for framing; a single entry always fits).
 const BATCH_BYTES: usize = 1 << 20;
+
+/// Yields each item queued in `rx`, in order; ends when `rx` closes.
+pub(crate) fn received<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|t| (t, rx)) })
+}
 
 /// Yields what is queued in `rx` at once as one batch: at least one item,
 /// then more while the batch stays within `BATCH` items and `max_bytes` (by

@@ -281,9 +281,7 @@ impl CertifierClient {
         let this = self.clone();
         let call = async move {
             if this.addrs.len() == 1 {
-                let chunks = futures::stream::unfold(rx, |mut rx| async move {
-                    rx.recv().await.map(|c| (c, rx))
-                });
+                let chunks = crate::batch::received(rx);
                 let mut grpc = this.conn().grpc.clone();
                 let resp = grpc.certify(chunks).await?.into_inner();
                 return Outcome::try_from(resp);

@@ -189,9 +189,7 @@ impl Connection {
                     .client(timeout)
                     .map_err(|e| Status::unavailable(e.to_string()))?;
                 let (requests, rx) = mpsc::channel(1);
-                let outbound = futures::stream::unfold(rx, |mut rx| async move {
-                    rx.recv().await.map(|m| (m, rx))
-                });
+                let outbound = crate::batch::received(rx);
                 let answers = client.append_entries(outbound).await?.into_inner();
                 AppendStream { requests, answers }
             }

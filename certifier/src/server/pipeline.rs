@@ -95,9 +95,7 @@ pub(crate) fn serve(
             }
         }
     });
-    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|r| (r, rx))
-    }))
+    Box::pin(crate::batch::received(rx))
 }
 
 async fn answer(svc: &CertifierService, ws: Option<Writeset>) -> pipeline_answer::Outcome {
