@@ -230,12 +230,15 @@ async fn commit_numbered(client: &CertifierClient, is: std::ops::RangeInclusive<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_follower_rejoins_from_a_snapshot_and_serves_what_follows_it() {
-    let mut nodes = Nodes::start_snapshotting(3, 20).await;
+    // Purging at once (no replica to wait for).
+    let mut nodes = Nodes::start_purging(3, 20, 0).await;
     let leader = nodes.leader().await;
     let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
     let client = CertifierClient::connect(&all).await.unwrap();
     commit_numbered(&client, 1..=100).await;
-    // A follower loses its disk; the others snapshot and purge meanwhile.
+    // A follower loses its disk; the others snapshot meanwhile, and purge
+    // their logs once a checkpoint allows it (never before: see
+    // `raft::versions`).
     let follower = *nodes.addrs.keys().find(|id| **id != leader).unwrap();
     nodes
         .running
@@ -246,6 +249,7 @@ async fn a_wiped_follower_rejoins_from_a_snapshot_and_serves_what_follows_it() {
         .unwrap();
     std::fs::remove_dir_all(nodes.dirs[&follower].path().join("wal")).unwrap();
     commit_numbered(&client, 101..=200).await;
+    client.report_checkpoint(150).await.unwrap();
     nodes.restart(follower).await;
     let fc = nodes.client(follower).await;
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -277,6 +281,17 @@ async fn a_wiped_follower_rejoins_from_a_snapshot_and_serves_what_follows_it() {
         .collect()
         .await;
     assert_eq!(got, (s.first_version..=200).collect::<Vec<_>>());
+    // The others still serve what the checkpoint needs.
+    let lc = nodes.client(leader).await;
+    let got: Vec<_> = lc
+        .subscribe(151)
+        .await
+        .unwrap()
+        .take(50)
+        .map(|r| r.unwrap().version)
+        .collect()
+        .await;
+    assert_eq!(got, (151..=200).collect::<Vec<_>>());
     // Made the only way to a quorum with the leader, it carries on.
     let other = *nodes
         .addrs

@@ -50,8 +50,11 @@
 //! - **Snapshots.** A snapshot is the certifier's image (latest version,
 //!   horizon, dedupe table, replica progress) plus the writesets of the
 //!   versions in the conflict window, and the applied log id and membership
-//!   (`snapshot.rs`); it is written to `<dir>/snapshot` before the log is
-//!   purged behind it, and a node restarts from it plus the log after it.
+//!   (`snapshot.rs`); it is written to `<dir>/snapshot`, and a node
+//!   restarts from it plus the log after it. The log is purged behind a
+//!   snapshot only once the versions log no longer needs what it covers
+//!   (checkpoints, `versions.rs`), so a node that lagged replays the log
+//!   rather than installing a snapshot, which would drop its versions.
 //!
 //! ## Known gaps (next steps toward issue 14)
 //!
@@ -107,10 +110,14 @@
 //!   and in the versions log Subscribe reads. Serving Subscribe from the
 //!   raft log would need a version → index map (kept by the state
 //!   machine) or entries stamped with their version at apply.
-//! - Purge of the versions log follows checkpoint reports, which reach the
-//!   one node a tool talks to (not replicated); the raft log is purged
-//!   behind snapshots. A follower that installed a snapshot serves only
-//!   the versions after it ("purged: rebuild from a checkpoint" before).
+//! - Purge of the versions log follows checkpoint reports, which a client
+//!   given every node sends to each (not replicated); the raft log follows
+//!   it. A node that lagged behind a purge (or lost its disk) installs a
+//!   snapshot and serves only the versions after it ("purged: rebuild
+//!   from a checkpoint" before, unless another node has them). A node
+//!   that installed one and later leads can make another node do so while
+//!   it still held versions the checkpoint needs: after several long
+//!   outages, versions above the checkpoint may be on no node.
 //! - Chunked Certify calls are assembled in memory on a node (nothing is
 //!   spooled), up to `max_writeset_bytes`. A record over 1 MiB is then
 //!   proposed in pieces, an entry each ([`parts`]), which every node keeps

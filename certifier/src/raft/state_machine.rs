@@ -335,10 +335,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snap_err(None, ErrorVerb::Write, e)
         })?;
         let meta = state.meta.clone();
+        let latest = state.image.latest;
         if let Some(v) = &self.versions {
             // A restart re-applies only the log after this snapshot, so
             // the versions it covers must be in the versions log for good.
-            let latest = state.image.latest;
             v.sync_through(latest)
                 .await
                 .map_err(|e| snap_err(Some(&meta), ErrorVerb::Write, e))?;
@@ -359,6 +359,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snap_err(Some(&meta), ErrorVerb::Write, e)
         })?
         .map_err(|e| snap_err(Some(&meta), ErrorVerb::Write, e))?;
+        if let (Some(v), Some(last)) = (&self.versions, meta.last_log_id) {
+            v.snapshotted(last.index, latest);
+        }
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data.to_vec())),
@@ -430,6 +433,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             v.restored(latest).await.map_err(err)?;
         }
         keep(&self.dir, &self.current, meta.clone(), data).map_err(err)?;
+        if let (Some(v), Some(last)) = (&self.versions, meta.last_log_id) {
+            v.snapshotted(last.index, self.certifier.lock().latest());
+        }
         Ok(())
     }
 

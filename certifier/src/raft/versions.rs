@@ -28,7 +28,19 @@
 //!   lagging follower) restarts it at the snapshot's version + 1
 //!   ([`VersionsLog::restored`]); subscribers asking for older versions get
 //!   the usual "purged: rebuild from a checkpoint".
+//!
+//! A node installs a snapshot only when it lags behind the raft log the
+//! leader still holds, and that restarts its versions log, dropping what
+//! it held. So the raft log must be kept as long as the versions log is:
+//! openraft purges nothing by itself (`server::node`), and when a node's
+//! versions log is purged below a version (checkpoints and replicas, see
+//! `server::purge`), its raft log is purged through the newest snapshot
+//! whose versions are all below it (`VersionsLog::raft_purge_through`).
+//! Without that, a follower that fell a snapshot behind (a restart under
+//! load) dropped versions that no checkpoint allowed to drop, and after a
+//! few such restarts no node held them (`tests/raft_random.rs` found it).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -47,6 +59,9 @@ pub struct VersionsLog {
     tail: Arc<Mutex<Tail>>,
     submitted: Arc<Notify>,
     readable: Arc<watch::Sender<Version>>,
+    /// Snapshots taken or installed here: last raft log index → newest
+    /// version in it; and the raft log index purged through so far.
+    snapshots: Mutex<(BTreeMap<u64, Version>, u64)>,
 }
 
 fn broken(reason: String) -> CertifierError {
@@ -71,7 +86,35 @@ impl VersionsLog {
             tail,
             submitted,
             readable,
+            snapshots: Mutex::new((BTreeMap::new(), 0)),
         }
+    }
+
+    /// A snapshot through raft log index `index` holds versions up to
+    /// `latest`.
+    pub(crate) fn snapshotted(&self, index: u64, latest: Version) {
+        self.snapshots.lock().0.insert(index, latest);
+    }
+
+    /// The raft log index to purge through now that this log needs no
+    /// version below `point`: the newest snapshot's whose versions are
+    /// all below it (openraft purges only what a snapshot holds), if that
+    /// is further than before.
+    pub(crate) fn raft_purge_through(&self, point: Version) -> Option<u64> {
+        let mut s = self.snapshots.lock();
+        let (marks, purged) = &mut *s;
+        let index = marks
+            .iter()
+            .filter(|(_, latest)| **latest < point)
+            .map(|(index, _)| *index)
+            .max()?;
+        // Older snapshots are behind it for good.
+        *marks = marks.split_off(&index);
+        if index <= *purged {
+            return None;
+        }
+        *purged = index;
+        Some(index)
     }
 
     /// `version` committed with `rec` (a record with version field 0):

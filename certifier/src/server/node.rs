@@ -80,7 +80,8 @@ fn raft_config(snapshot_entries: u64) -> Result<Arc<Config>, CertifierError> {
         max_payload_entries: 8,
         install_snapshot_timeout: 10_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_entries),
-        max_in_snapshot_log_to_keep: snapshot_entries / 10,
+        // Purged as the versions log is (`raft::versions`), not by openraft.
+        max_in_snapshot_log_to_keep: u64::MAX,
         ..Config::default()
     };
     Ok(Arc::new(c.validate().map_err(raft_error)?))
@@ -160,6 +161,10 @@ pub(super) async fn open(
     };
     let latest = sm.certifier().latest();
     versions.restored(latest).await?;
+    if let Some(last) = sm.last_applied() {
+        // The snapshot it restarts from.
+        versions.snapshotted(last.index, latest);
+    }
     let state = sm.shared_certifier();
     let raft_wal = log.wal().clone();
     let tls = peer_tls(config)?;
@@ -200,6 +205,7 @@ pub(super) async fn open(
         peers,
         Contact::watch(raft.clone(), lease),
         raft_wal,
+        versions,
     );
     let parts = Parts {
         state,

@@ -5,6 +5,7 @@
 //! (Subscribe, the tail, purge) is the single certifier's code.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use super::contact::{Contact, STREAM_GRACE};
 use crate::error::CertifierError;
 use crate::outcome::Outcome;
 use crate::proto::{AbortCode, StatusResponse};
-use crate::raft::{Command, NodeId, Proposer, Raft, Response};
+use crate::raft::{Command, NodeId, Proposer, Raft, Response, VersionsLog};
 use crate::Version;
 
 /// A replica's progress is proposed at most this often; reports in between
@@ -41,6 +42,9 @@ pub(crate) struct Node {
     /// The raft log's WAL, to tell why the raft core stopped
     /// (`node_poison`).
     pub(crate) raft_wal: tashkent_wal::Wal,
+    /// This node's versions log, which says how far the raft log may be
+    /// purged.
+    versions: Arc<VersionsLog>,
 }
 
 impl Node {
@@ -51,6 +55,7 @@ impl Node {
         peers: BTreeMap<NodeId, String>,
         contact: Contact,
         raft_wal: tashkent_wal::Wal,
+        versions: Arc<VersionsLog>,
     ) -> Node {
         Node {
             id,
@@ -60,6 +65,25 @@ impl Node {
             reported: Mutex::new(HashMap::new()),
             contact,
             raft_wal,
+            versions,
+        }
+    }
+
+    /// Nobody needs the versions below `point` any more (`purge`): the
+    /// raft log goes as far as the snapshots allow (`raft::versions`).
+    pub(crate) async fn purge_raft_log(&self, point: Version) {
+        let Some(index) = self.versions.raft_purge_through(point) else {
+            return;
+        };
+        tracing::info!(
+            node = self.id,
+            through = index,
+            below_version = point,
+            "purging the raft log"
+        );
+        if let Err(e) = self.raft.trigger().purge_log(index).await {
+            // The raft core stopped: nothing is served here any more.
+            tracing::warn!(node = self.id, "raft log not purged: {e}");
         }
     }
 

@@ -825,6 +825,9 @@ impl CertifierService {
             );
         }
         inner.spool.purge(inner.wal.first_lsn()).await?;
+        if let Some(node) = &inner.node {
+            node.purge_raft_log(point).await;
+        }
         Ok((point, inner.wal.first_lsn()))
     }
 

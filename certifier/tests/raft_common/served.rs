@@ -29,6 +29,8 @@ pub struct Nodes {
     pub snapshot_entries: u64,
     /// `tail_cache_bytes` of every node.
     pub tail_bytes: usize,
+    /// `purge_replica_timeout_ms` of every node.
+    pub purge_timeout_ms: u64,
     pub dirs: BTreeMap<u64, TempDir>,
     pub running: BTreeMap<u64, RunningCertifier>,
 }
@@ -39,6 +41,13 @@ impl Nodes {
     }
 
     pub async fn start_snapshotting(n: u64, snapshot_entries: u64) -> Nodes {
+        let purge_timeout_ms = CertifierConfig::default().purge_replica_timeout_ms;
+        Nodes::start_purging(n, snapshot_entries, purge_timeout_ms).await
+    }
+
+    /// Nodes that purge `purge_timeout_ms` after they start (once a
+    /// checkpoint allows it).
+    pub async fn start_purging(n: u64, snapshot_entries: u64, purge_timeout_ms: u64) -> Nodes {
         let addrs: BTreeMap<u64, String> = (1..=n).zip(ports(n as usize)).collect();
         let peers = tashkent_certifier::config::format_peers(addrs.values());
         let mut nodes = Nodes {
@@ -46,6 +55,7 @@ impl Nodes {
             peers,
             snapshot_entries,
             tail_bytes: CertifierConfig::default().tail_cache_bytes,
+            purge_timeout_ms,
             dirs: BTreeMap::new(),
             running: BTreeMap::new(),
         };
@@ -64,6 +74,7 @@ impl Nodes {
             peers: Some(self.peers.clone()),
             raft_snapshot_entries: self.snapshot_entries,
             tail_cache_bytes: self.tail_bytes,
+            purge_replica_timeout_ms: self.purge_timeout_ms,
             ..CertifierConfig::default()
         };
         let r = tashkent_certifier::start(cfg).await.unwrap();
