@@ -1,5 +1,6 @@
 //! Helpers shared by the raft tests (`raft_storage.rs`, `raft_cluster.rs`,
-//! `raft_faults.rs`, `raft_served.rs`, `turns.rs`, `tls.rs`); not every
+//! `raft_faults.rs`, `raft_served.rs`, `raft_random.rs`, `turns.rs`,
+//! `tls.rs`); not every
 //! test uses every helper.
 #![allow(dead_code)]
 

@@ -1,0 +1,409 @@
+//! Seeded randomized test of the replicated certifier's exactness
+//! (`TASHKENT_SEED=n` replays a run; the seed is printed).
+//!
+//! Three nodes served in this process (a snapshot every 40 entries, so
+//! that restarts start from snapshots) take certifications from
+//! concurrent clients: rows of random bytes of every size, from a few
+//! bytes to writesets larger than a raft entry (replicated in parts),
+//! snapshots that make some of them conflict, and retries under the same
+//! txn id. Meanwhile, at seeded moments, the leader or a follower stops
+//! and comes back from its disk, or a follower loses its disk and rejoins
+//! from the others. No checkpoint is reported, so no node may drop a
+//! version: then every node must serve every version, byte-identical,
+//! dense, every acknowledged answer must be what the log holds (a commit
+//! at its version with exactly the rows sent, an abort nowhere), every
+//! retry must have got the first answer, and no two commits may break the
+//! rule (first committer wins on a shared key).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use tashkent_certifier::writeset::item;
+use tashkent_certifier::{
+    AbortCode, CertifierClient, Item, Op, Outcome, Writeset, WRITESET_FORMAT_VERSION,
+};
+
+mod raft_common;
+use raft_common::served::{Nodes, WAIT};
+
+const WORKERS: u64 = 4;
+/// Each client sends at least this many, and goes on while faults run.
+const OPS_PER_WORKER: usize = 60;
+/// ... but at most this many.
+const MAX_OPS_PER_WORKER: usize = 400;
+/// Rows are keyed from this many keys, so that transactions conflict.
+const KEYS: u32 = 16;
+/// Writesets larger than a raft entry (1 MiB) each worker sends at most.
+const LARGE_PER_WORKER: usize = 2;
+/// Stops and restarts during the run.
+const FAULTS: usize = 4;
+
+/// The seed of this run: `TASHKENT_SEED`, else the clock.
+fn seed() -> u64 {
+    let seed = std::env::var("TASHKENT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("raft_random seed {seed} (TASHKENT_SEED={seed} repeats it)");
+    seed
+}
+
+/// What a client was told about one transaction.
+#[derive(Debug, Clone, PartialEq)]
+enum Answer {
+    Committed(u64),
+    Aborted(AbortCode),
+}
+
+impl Answer {
+    fn of(o: Outcome) -> Answer {
+        match o {
+            Outcome::Committed { version } => Answer::Committed(version),
+            Outcome::Aborted { code, .. } => Answer::Aborted(code),
+        }
+    }
+}
+
+/// One transaction a worker sent, and what it was told (`None`: every
+/// attempt so far failed, the outcome is unknown).
+struct Sent {
+    ws: Writeset,
+    answer: Option<Answer>,
+}
+
+/// `len` random bytes (every byte value occurs).
+fn random_bytes(rng: &mut StdRng, len: usize) -> Bytes {
+    let mut b = vec![0u8; len];
+    rng.fill_bytes(&mut b);
+    b.into()
+}
+
+fn row_len(rng: &mut StdRng, large_left: &mut usize) -> usize {
+    match rng.random_range(0..100) {
+        0..=2 if *large_left > 0 => {
+            *large_left -= 1;
+            rng.random_range((1 << 20) + 1..(5 << 19))
+        }
+        3..=9 => rng.random_range(1..64 << 10),
+        _ => rng.random_range(0..200),
+    }
+}
+
+/// A transaction of worker `w` updating 1 to 3 distinct keys.
+fn transaction(
+    rng: &mut StdRng,
+    w: u64,
+    n: usize,
+    snapshot: u64,
+    large_left: &mut usize,
+) -> Writeset {
+    let keys: BTreeSet<u32> = (0..rng.random_range(1..=3))
+        .map(|_| rng.random_range(0..KEYS))
+        .collect();
+    let items = keys
+        .into_iter()
+        .map(|k| {
+            let len = row_len(rng, large_left);
+            Item {
+                row: random_bytes(rng, len),
+                ..item("t", Op::Update, format!("k{k}").into_bytes())
+            }
+        })
+        .collect();
+    Writeset {
+        format_version: WRITESET_FORMAT_VERSION,
+        txn_id: Bytes::from(format!("w{w}-{n}")),
+        origin: 1,
+        snapshot,
+        items,
+        ..Writeset::default()
+    }
+}
+
+/// Sends `ws`, checking a repeated answer against the first.
+async fn send(client: &CertifierClient, sent: &mut Sent, latest: &AtomicU64) {
+    let Ok(o) = client.certify(sent.ws.clone()).await else {
+        return;
+    };
+    let got = Answer::of(o);
+    if let Some(first) = &sent.answer {
+        assert_eq!(
+            &got, first,
+            "a retry of {:?} was answered differently",
+            sent.ws.txn_id
+        );
+    }
+    if let Answer::Committed(v) = got {
+        latest.fetch_max(v, Ordering::Relaxed);
+    }
+    sent.answer = Some(got);
+}
+
+/// One client's run: new transactions on snapshots at or a little behind
+/// the newest version it knows of, and retries of its earlier ones, until
+/// `faulting` is over.
+async fn worker(
+    client: CertifierClient,
+    seed: u64,
+    w: u64,
+    latest: Arc<AtomicU64>,
+    faulting: Arc<AtomicBool>,
+) -> Vec<Sent> {
+    let mut rng = StdRng::seed_from_u64(seed ^ (w << 48));
+    let mut large_left = LARGE_PER_WORKER;
+    let mut sent: Vec<Sent> = Vec::new();
+    for n in 0..MAX_OPS_PER_WORKER {
+        if n >= OPS_PER_WORKER && !faulting.load(Ordering::Relaxed) {
+            break;
+        }
+        if !sent.is_empty() && rng.random_range(0..10) == 0 {
+            let i = rng.random_range(0..sent.len());
+            send(&client, &mut sent[i], &latest).await;
+            continue;
+        }
+        let snapshot = latest
+            .load(Ordering::Relaxed)
+            .saturating_sub(rng.random_range(0..4));
+        let mut s = Sent {
+            ws: transaction(&mut rng, w, n, snapshot, &mut large_left),
+            answer: None,
+        };
+        send(&client, &mut s, &latest).await;
+        sent.push(s);
+    }
+    sent
+}
+
+/// Stops and restarts nodes at seeded moments; a follower's disk is lost
+/// once. Returns the nodes, all running, and the wiped node's id.
+async fn faults(mut nodes: Nodes, seed: u64) -> (Nodes, Option<u64>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xfa17);
+    let mut wiped = None;
+    for f in 0..FAULTS {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
+        let leader = nodes.leader().await;
+        let followers: Vec<u64> = nodes
+            .running
+            .keys()
+            .copied()
+            .filter(|id| *id != leader)
+            .collect();
+        // The leader stops first; in the middle a follower's disk is lost;
+        // else the leader (one time in three) or a follower stops.
+        let wipe = f == FAULTS / 2;
+        let victim = if f == 0 || (!wipe && rng.random_range(0..3) == 0) {
+            leader
+        } else {
+            followers[rng.random_range(0..followers.len())]
+        };
+        eprintln!("fault {f}: node {victim} stops (leader {leader}, wiped: {wipe})");
+        nodes
+            .running
+            .remove(&victim)
+            .unwrap()
+            .shutdown()
+            .await
+            .unwrap();
+        if wipe {
+            std::fs::remove_dir_all(nodes.dirs[&victim].path().join("wal")).unwrap();
+            wiped = Some(victim);
+        }
+        // A leader back before the others elected one (an election
+        // timeout of up to 1.2 s, and the lease they granted it) leads on
+        // in its term; 3 s is long enough for another to be elected.
+        let down = if victim == leader {
+            3000..4000
+        } else {
+            100..800
+        };
+        tokio::time::sleep(Duration::from_millis(rng.random_range(down))).await;
+        nodes.restart(victim).await;
+        nodes.leader().await;
+    }
+    (nodes, wiped)
+}
+
+/// Versions `first..=last` as node `id` serves them.
+async fn versions_of(nodes: &Nodes, id: u64, first: u64, last: u64) -> Vec<(u64, Writeset)> {
+    let c = nodes.client(id).await;
+    let stream = c.subscribe(first).await.unwrap();
+    let n = (last + 1 - first) as usize;
+    let got = tokio::time::timeout(WAIT, stream.take(n).collect::<Vec<_>>())
+        .await
+        .unwrap_or_else(|_| panic!("node {id} did not serve versions {first}..={last}"));
+    got.into_iter()
+        .map(|r| {
+            let w = r.unwrap();
+            (w.version, w.writeset)
+        })
+        .collect()
+}
+
+/// Waits until node `id` has applied version `last`; returns the first
+/// version it serves (a node catching up may install a snapshot, which
+/// restarts its versions log after it).
+async fn caught_up(nodes: &Nodes, id: u64, last: u64) -> u64 {
+    let c = nodes.client(id).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = c.status().await.unwrap();
+        if s.committed_version >= last {
+            return s.first_version.max(1);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {id} did not catch up to {last}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn keys(ws: &Writeset) -> BTreeSet<Bytes> {
+    ws.items.iter().map(|i| i.key.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_holds_exactly_what_clients_were_told_through_faults() {
+    let seed = seed();
+    let nodes = Nodes::start_snapshotting(3, 40).await;
+    nodes.leader().await;
+    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let client = CertifierClient::connect(&all).await.unwrap();
+    let latest = Arc::new(AtomicU64::new(0));
+    let faulting = Arc::new(AtomicBool::new(true));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let (latest, faulting) = (latest.clone(), faulting.clone());
+            tokio::spawn(worker(client.clone(), seed, w, latest, faulting))
+        })
+        .collect();
+    let (nodes, wiped) = faults(nodes, seed).await;
+    faulting.store(false, Ordering::Relaxed);
+    let mut sent: Vec<Sent> = Vec::new();
+    for w in workers {
+        sent.extend(w.await.unwrap());
+    }
+    // Outcomes no attempt learnt: a retry now gets the real one.
+    for s in sent.iter_mut().filter(|s| s.answer.is_none()) {
+        let o = client.certify(s.ws.clone()).await.unwrap();
+        s.answer = Some(Answer::of(o));
+    }
+
+    let leader = nodes.leader().await;
+    let last = nodes
+        .client(leader)
+        .await
+        .status()
+        .await
+        .unwrap()
+        .latest_version;
+    // No checkpoint was reported, so no node may have dropped a version:
+    // a node rejoining after a stop or a wipe replays the raft log, which
+    // is purged only as the versions log is (`raft::versions`).
+    let mut by_version: BTreeMap<u64, Writeset> = BTreeMap::new();
+    let mut served = BTreeMap::new();
+    for id in nodes.running.keys() {
+        let first = caught_up(&nodes, *id, last).await;
+        let log = versions_of(&nodes, *id, first, last).await;
+        served.insert(*id, (first, log.len()));
+        for (v, ws) in log {
+            if let Some(other) = by_version.get(&v) {
+                assert!(
+                    *other == ws,
+                    "node {id} holds another writeset at version {v} (seed {seed})"
+                );
+            } else {
+                by_version.insert(v, ws);
+            }
+        }
+    }
+    assert!(
+        served
+            .values()
+            .all(|(first, n)| *first == 1 && *n as u64 == last),
+        "a node lacks versions: (first version, versions) by node {served:?}, latest {last} \
+         (seed {seed})"
+    );
+    assert_eq!(
+        by_version.keys().copied().collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>(),
+        "versions dense (seed {seed})"
+    );
+
+    let told: HashMap<&Bytes, &Sent> = sent.iter().map(|s| (&s.ws.txn_id, s)).collect();
+    let mut seen = BTreeSet::new();
+    for (v, ws) in &by_version {
+        assert!(seen.insert(ws.txn_id.clone()), "{:?} twice", ws.txn_id);
+        let s = told
+            .get(&ws.txn_id)
+            .unwrap_or_else(|| panic!("version {v}: {:?} was never sent", ws.txn_id));
+        assert_eq!(s.answer, Some(Answer::Committed(*v)), "{:?}", ws.txn_id);
+        assert!(
+            ws.items == s.ws.items && ws.snapshot == s.ws.snapshot,
+            "version {v}: the rows of {:?} differ from what was sent (seed {seed})",
+            ws.txn_id
+        );
+    }
+    let mut committed = 0;
+    for s in &sent {
+        match s.answer.as_ref().unwrap() {
+            Answer::Committed(v) => {
+                committed += 1;
+                assert_eq!(by_version[v].txn_id, s.ws.txn_id);
+            }
+            Answer::Aborted(code) => {
+                assert!(!seen.contains(&s.ws.txn_id), "{:?}", s.ws.txn_id);
+                // An abort for a conflict has a commit to blame.
+                if *code == AbortCode::Conflict {
+                    let mine = keys(&s.ws);
+                    assert!(
+                        by_version
+                            .range(s.ws.snapshot + 1..)
+                            .any(|(_, w)| !keys(w).is_disjoint(&mine)),
+                        "{:?} aborted with nothing to conflict with",
+                        s.ws.txn_id
+                    );
+                }
+            }
+        }
+    }
+    // First committer wins: no commit shares a key with one committed
+    // after its snapshot and before it.
+    for (v, ws) in &by_version {
+        let mine = keys(ws);
+        for (u, other) in by_version.range(ws.snapshot + 1..*v) {
+            assert!(
+                keys(other).is_disjoint(&mine),
+                "versions {u} and {v} share a key, yet {v}'s snapshot is {} (seed {seed})",
+                ws.snapshot
+            );
+        }
+    }
+    let aborted = sent.len() - committed;
+    let large = sent
+        .iter()
+        .filter(|s| s.ws.items.iter().map(|i| i.row.len()).sum::<usize>() > 1 << 20)
+        .count();
+    eprintln!(
+        "{} transactions ({large} over 1 MiB): {committed} committed (versions 1..={last}), \
+         {aborted} aborted; \
+         (first version, versions compared) by node: {served:?}; node wiped: {wiped:?}",
+        sent.len(),
+    );
+    assert_eq!(committed as u64, last);
+    assert!(committed > 0 && aborted > 0, "the run made no conflicts");
+    for (_, r) in nodes.running {
+        r.shutdown().await.unwrap();
+    }
+}
