@@ -98,9 +98,11 @@ pub struct CertifierConfig {
     /// chain up to the CA.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_tls_ca: Option<PathBuf>,
-    /// A raft node takes a snapshot after this many log entries and purges
-    /// its raft log behind it (keeping a tenth); a follower that lags
-    /// further, or lost its disk, is sent the snapshot.
+    /// A raft node takes a snapshot after this many log entries (a restart
+    /// replays the log after it). Its raft log is purged behind a snapshot
+    /// once the versions log no longer needs what it covers (checkpoints);
+    /// a follower that lags further, or lost its disk, is sent the
+    /// snapshot.
     pub raft_snapshot_entries: u64,
 }
 

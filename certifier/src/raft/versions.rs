@@ -60,7 +60,7 @@ pub struct VersionsLog {
     submitted: Arc<Notify>,
     readable: Arc<watch::Sender<Version>>,
     /// Snapshots taken or installed here: last raft log index → newest
-    /// version in it; and the raft log index purged through so far.
+    /// version in it; and the furthest raft purge asked for.
     snapshots: Mutex<(BTreeMap<u64, Version>, u64)>,
 }
 
@@ -98,11 +98,13 @@ impl VersionsLog {
 
     /// The raft log index to purge through now that this log needs no
     /// version below `point`: the newest snapshot's whose versions are
-    /// all below it (openraft purges only what a snapshot holds), if that
-    /// is further than before.
-    pub(crate) fn raft_purge_through(&self, point: Version) -> Option<u64> {
+    /// all below it (openraft purges only what a snapshot holds), and
+    /// whether that is further than the last answer. Asked again, it
+    /// answers the same index: a snapshot is marked here just before
+    /// openraft takes it, and a purge asked in between stops short.
+    pub(crate) fn raft_purge_through(&self, point: Version) -> Option<(u64, bool)> {
         let mut s = self.snapshots.lock();
-        let (marks, purged) = &mut *s;
+        let (marks, told) = &mut *s;
         let index = marks
             .iter()
             .filter(|(_, latest)| **latest < point)
@@ -110,11 +112,9 @@ impl VersionsLog {
             .max()?;
         // Older snapshots are behind it for good.
         *marks = marks.split_off(&index);
-        if index <= *purged {
-            return None;
-        }
-        *purged = index;
-        Some(index)
+        let further = index > *told;
+        *told = (*told).max(index);
+        Some((index, further))
     }
 
     /// `version` committed with `rec` (a record with version field 0):

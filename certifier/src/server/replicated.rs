@@ -72,15 +72,18 @@ impl Node {
     /// Nobody needs the versions below `point` any more (`purge`): the
     /// raft log goes as far as the snapshots allow (`raft::versions`).
     pub(crate) async fn purge_raft_log(&self, point: Version) {
-        let Some(index) = self.versions.raft_purge_through(point) else {
+        let Some((index, further)) = self.versions.raft_purge_through(point) else {
             return;
         };
-        tracing::info!(
-            node = self.id,
-            through = index,
-            below_version = point,
-            "purging the raft log"
-        );
+        if further {
+            tracing::info!(
+                node = self.id,
+                through = index,
+                below_version = point,
+                "purging the raft log"
+            );
+        }
+        // Asked again on every purge: openraft ignores what it did already.
         if let Err(e) = self.raft.trigger().purge_log(index).await {
             // The raft core stopped: nothing is served here any more.
             tracing::warn!(node = self.id, "raft log not purged: {e}");
