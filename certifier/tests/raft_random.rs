@@ -216,7 +216,12 @@ async fn faults(mut nodes: Nodes, seed: u64) -> (Nodes, Option<u64>) {
             .await
             .unwrap();
         if wipe {
-            std::fs::remove_dir_all(nodes.dirs[&victim].path().join("wal")).unwrap();
+            let dir = nodes.dirs[&victim].path().join("wal");
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                // Something of the stopped node still writes there.
+                let left: Vec<_> = walk(&dir);
+                panic!("node {victim}'s directory not removed ({e}): left {left:?}");
+            }
             wiped = Some(victim);
         }
         // A leader back before the others elected one (an election
@@ -232,6 +237,20 @@ async fn faults(mut nodes: Nodes, seed: u64) -> (Nodes, Option<u64>) {
         nodes.leader().await;
     }
     (nodes, wiped)
+}
+
+/// The files under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => walk(&e.path()),
+            _ => vec![e.path()],
+        })
+        .collect()
 }
 
 /// Versions `first..=last` as node `id` serves them.

@@ -217,6 +217,6 @@ pub use log_store::{LogReader, LogStore};
 pub use network::Network;
 pub use proposer::Proposer;
 pub use service::RaftService;
-pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use state_machine::{SnapshotBuilder, SnapshotWrites, StateMachine};
 pub use types::{Command, NodeId, Raft, Response, TypeConfig};
 pub use versions::VersionsLog;

@@ -69,6 +69,7 @@ pub struct StateMachine {
     membership: Membership,
     dir: PathBuf,
     current: Arc<Mutex<Option<Stored>>>,
+    writes: SnapshotWrites,
     /// Distinguishes snapshots built at the same log id.
     builds: u64,
     /// The versions log failed (disk full, an fsync error): this node
@@ -84,6 +85,24 @@ pub struct SnapshotBuilder {
     versions: Option<Arc<VersionsLog>>,
     dir: PathBuf,
     current: Arc<Mutex<Option<Stored>>>,
+    writes: SnapshotWrites,
+}
+
+/// The snapshot writes of one state machine, which its node stops when it
+/// shuts down: openraft runs a snapshot build in a task of its own, which
+/// may still be writing once the raft core has stopped, into a directory
+/// the caller may remove (a wiped node) or reopen.
+#[derive(Clone, Default)]
+pub struct SnapshotWrites {
+    /// Held while a snapshot file is written; `true` once stopped.
+    stopped: Arc<Mutex<bool>>,
+}
+
+impl SnapshotWrites {
+    /// Waits for a snapshot being written, and refuses later ones.
+    pub fn stop(&self) {
+        *self.stopped.lock() = true;
+    }
 }
 
 fn snap_err(meta: Option<&SnapshotMeta>, verb: ErrorVerb, e: CertifierError) -> StorageError {
@@ -119,6 +138,7 @@ impl StateMachine {
             membership: Membership::default(),
             dir: dir.to_path_buf(),
             current: Arc::new(Mutex::new(None)),
+            writes: SnapshotWrites::default(),
             builds: 0,
         };
         let path = dir.join(SNAPSHOT_FILE);
@@ -141,6 +161,11 @@ impl StateMachine {
     /// The certifier's state as applied so far.
     pub fn certifier(&self) -> parking_lot::MutexGuard<'_, Certifier> {
         self.certifier.lock()
+    }
+
+    /// Its snapshot writes, for the node to stop when it shuts down.
+    pub fn snapshot_writes(&self) -> SnapshotWrites {
+        self.writes.clone()
     }
 
     /// The same state, shared (the serving node reads it).
@@ -309,14 +334,24 @@ fn answer(r: Result<Response, CertifierError>) -> Response {
     })
 }
 
-/// Writes a snapshot to `<dir>/snapshot` and makes it the current one.
+/// Writes a snapshot to `<dir>/snapshot` and makes it the current one,
+/// unless the node stopped.
 fn keep(
     dir: &Path,
     current: &Mutex<Option<Stored>>,
+    writes: &SnapshotWrites,
     meta: SnapshotMeta,
     data: Vec<u8>,
 ) -> Result<Stored, CertifierError> {
+    let stopped = writes.stopped.lock();
+    if *stopped {
+        return Err(CertifierError::RaftStorage {
+            what: "snapshot".into(),
+            reason: "the node stopped: not written".into(),
+        });
+    }
     write_atomically(&dir.join(SNAPSHOT_FILE), &data)?;
+    drop(stopped);
     let s = Stored {
         meta,
         data: Arc::new(data),
@@ -343,12 +378,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .await
                 .map_err(|e| snap_err(Some(&meta), ErrorVerb::Write, e))?;
         }
-        let (dir, current) = (self.dir.clone(), self.current.clone());
+        let (dir, current, writes) = (self.dir.clone(), self.current.clone(), self.writes.clone());
         let m = meta.clone();
         // Encoding and the fsync are blocking work.
         let stored = tokio::task::spawn_blocking(move || {
             let data = snapshot::encode(&state)?;
-            keep(&dir, &current, m, data)
+            keep(&dir, &current, &writes, m, data)
         })
         .await
         .map_err(|e| {
@@ -410,6 +445,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             versions: self.versions.clone(),
             dir: self.dir.clone(),
             current: self.current.clone(),
+            writes: self.writes.clone(),
         }
     }
 
@@ -432,7 +468,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let latest = self.certifier.lock().latest();
             v.restored(latest).await.map_err(err)?;
         }
-        keep(&self.dir, &self.current, meta.clone(), data).map_err(err)?;
+        keep(&self.dir, &self.current, &self.writes, meta.clone(), data).map_err(err)?;
         if let (Some(v), Some(last)) = (&self.versions, meta.last_log_id) {
             v.snapshotted(last.index, self.certifier.lock().latest());
         }

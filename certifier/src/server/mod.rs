@@ -115,7 +115,13 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
             Some(until) => rpc.votes_held_until(until),
             None => rpc,
         };
-        (n.wal, n.spool, n.service, Some((n.raft, rpc)), listener)
+        (
+            n.wal,
+            n.spool,
+            n.service,
+            Some((n.raft, n.leftovers, rpc)),
+            listener,
+        )
     } else {
         let (wal, spool, certifier, tail) = {
             let config = config.clone();
@@ -169,7 +175,9 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
             .tls_config(tls)
             .map_err(|e| CertifierError::Tls(crate::error::chain(&e)))?;
     }
-    let (raft, raft_rpc) = raft.map(|(r, rpc)| (r, rpc.into_server())).unzip();
+    let (raft, raft_rpc) = raft
+        .map(|(r, left, rpc)| ((r, left), rpc.into_server()))
+        .unzip();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let svc = service.clone();
     let svc_on_stop = service.clone();
@@ -188,11 +196,14 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
             .await;
         svc.stop();
         drop(svc);
-        if let Some(raft) = raft {
+        if let Some((raft, leftovers)) = raft {
             // Before the versions log closes: the state machine appends
             // to it.
             if let Err(e) = raft.shutdown().await {
                 tracing::warn!("raft shutdown: {e}");
+            }
+            if let Err(e) = leftovers.stop().await {
+                tracing::warn!("raft log close: {e}");
             }
         }
         let closed = wal.close().await;

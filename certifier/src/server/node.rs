@@ -32,7 +32,9 @@ use super::tail::Tail;
 use super::TAIL_MAX_RECORDS;
 use crate::config::{parse_peers, CertifierConfig};
 use crate::error::CertifierError;
-use crate::raft::{LogStore, Network, NodeId, Proposer, Raft, StateMachine, VersionsLog};
+use crate::raft::{
+    LogStore, Network, NodeId, Proposer, Raft, SnapshotWrites, StateMachine, VersionsLog,
+};
 use crate::tls::ClientTls;
 
 /// Certifications per raft entry at most (see [`Proposer`]).
@@ -48,6 +50,30 @@ pub(super) struct Opened {
     pub(super) listen: SocketAddr,
     /// Until when it refuses vote requests (`rejoin`).
     pub(super) votes_held: Option<tokio::time::Instant>,
+    /// What outlives `raft.shutdown()` and must be stopped after it.
+    pub(super) leftovers: Leftovers,
+}
+
+/// The parts of a raft node that its core's shutdown leaves running:
+/// openraft builds snapshots in a task of its own, and the raft log's WAL
+/// is shared. Stopped after the core, so that nothing writes in the
+/// node's directory once it has shut down (a test wipes it then, a new
+/// run reopens it).
+pub(super) struct Leftovers {
+    snapshot_writes: SnapshotWrites,
+    raft_wal: Wal,
+}
+
+impl Leftovers {
+    pub(super) async fn stop(self) -> Result<(), CertifierError> {
+        let writes = self.snapshot_writes;
+        // Waits for a snapshot file being written.
+        tokio::task::spawn_blocking(move || writes.stop())
+            .await
+            .map_err(|e| CertifierError::Io(std::io::Error::other(e)))?;
+        self.raft_wal.close().await?;
+        Ok(())
+    }
 }
 
 fn raft_error(e: impl std::fmt::Display) -> CertifierError {
@@ -166,6 +192,7 @@ pub(super) async fn open(
         versions.snapshotted(last.index, latest);
     }
     let state = sm.shared_certifier();
+    let snapshot_writes = sm.snapshot_writes();
     let raft_wal = log.wal().clone();
     let tls = peer_tls(config)?;
     let raft_config = raft_config(config.raft_snapshot_entries)?;
@@ -204,7 +231,7 @@ pub(super) async fn open(
         Proposer::new(raft.clone(), MAX_BATCH),
         peers,
         Contact::watch(raft.clone(), lease),
-        raft_wal,
+        raft_wal.clone(),
         versions,
     );
     let parts = Parts {
@@ -229,5 +256,9 @@ pub(super) async fn open(
         raft,
         listen,
         votes_held,
+        leftovers: Leftovers {
+            snapshot_writes,
+            raft_wal,
+        },
     })
 }
