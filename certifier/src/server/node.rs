@@ -68,11 +68,10 @@ impl Leftovers {
     pub(super) async fn stop(self) -> Result<(), CertifierError> {
         let writes = self.snapshot_writes;
         // Waits for a snapshot file being written.
-        tokio::task::spawn_blocking(move || writes.stop())
-            .await
-            .map_err(|e| CertifierError::Io(std::io::Error::other(e)))?;
-        self.raft_wal.close().await?;
-        Ok(())
+        let stopped = tokio::task::spawn_blocking(move || writes.stop()).await;
+        let closed = self.raft_wal.close().await;
+        stopped.map_err(|e| CertifierError::Io(std::io::Error::other(e)))?;
+        Ok(closed?)
     }
 }
 
