@@ -147,7 +147,21 @@ async fn connect_certifier(cfg: &ProxyConfig, opts: ClientOptions) -> Result<Cer
             c.status().await?;
             Ok(c)
         };
-        match attempt.await {
+        // Bounded too: a call on a connection the certifier dropped was
+        // once seen pending for good (CI, a plaintext proxy of a TLS
+        // certifier), and the proxy's start hung.
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(100));
+        let attempt = tokio::time::timeout(left, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(tashkent_certifier::CertifierError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the certifier did not answer within {left:?}"),
+                )))
+            });
+        match attempt {
             Ok(c) => return Ok(c),
             // An address that cannot work never will.
             Err(e @ tashkent_certifier::CertifierError::Config(_)) => {
@@ -160,8 +174,11 @@ async fn connect_certifier(cfg: &ProxyConfig, opts: ClientOptions) -> Result<Cer
                 // Connected, then the call died under the connection: what
                 // a TLS-only certifier does to a plaintext client.
                 let hint = if opts.tls.is_none()
-                    && matches!(e, tashkent_certifier::CertifierError::Rpc(_))
-                {
+                    && matches!(
+                        e,
+                        tashkent_certifier::CertifierError::Rpc(_)
+                            | tashkent_certifier::CertifierError::Io(_)
+                    ) {
                     " (in plaintext: a certifier with tls_cert needs certifier_tls_ca)"
                 } else {
                     ""

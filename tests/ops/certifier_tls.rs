@@ -138,11 +138,15 @@ async fn a_cluster_with_certifier_tls_replicates_and_its_tools_follow() {
         certifier_tls_ca: Some(other_ca.clone()),
         ..template.clone()
     };
-    let err = tashkent::proxy::start(wrong.clone())
-        .await
-        .err()
-        .expect("a proxy that does not trust the certifier does not start")
-        .to_string();
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        tashkent::proxy::start(wrong.clone()),
+    )
+    .await
+    .expect("the untrusting proxy's start: an error, not a hang")
+    .err()
+    .expect("a proxy that does not trust the certifier does not start")
+    .to_string();
     assert!(
         err.contains("over TLS") && err.contains("certificate"),
         "{err}"
@@ -152,8 +156,9 @@ async fn a_cluster_with_certifier_tls_replicates_and_its_tools_follow() {
         certifier_tls_ca: None,
         ..wrong
     };
-    let err = tashkent::proxy::start(plaintext)
+    let err = tokio::time::timeout(Duration::from_secs(60), tashkent::proxy::start(plaintext))
         .await
+        .expect("the plaintext proxy's start: an error, not a hang")
         .err()
         .expect("a plaintext proxy of a TLS certifier does not start")
         .to_string();
