@@ -35,7 +35,7 @@
 //! openraft purges nothing by itself (`server::node`), and when a node's
 //! versions log is purged below a version (checkpoints and replicas, see
 //! `server::purge`), its raft log is purged through the newest snapshot
-//! whose versions are all below it (`VersionsLog::raft_purge_through`).
+//! whose versions are all below it (`SnapshotMarks::purge_through`).
 //! Without that, a follower that fell a snapshot behind (a restart under
 //! load) dropped versions that no checkpoint allowed to drop, and after a
 //! few such restarts no node held them (`tests/raft_random.rs` found it).
@@ -59,9 +59,42 @@ pub struct VersionsLog {
     tail: Arc<Mutex<Tail>>,
     submitted: Arc<Notify>,
     readable: Arc<watch::Sender<Version>>,
-    /// Snapshots taken or installed here: last raft log index → newest
-    /// version in it; and the furthest raft purge asked for.
-    snapshots: Mutex<(BTreeMap<u64, Version>, u64)>,
+    snapshots: Mutex<SnapshotMarks>,
+}
+
+/// Snapshots taken or installed on a node (last raft log index → newest
+/// version in it), which say how far its raft log may be purged.
+#[derive(Debug, Default)]
+struct SnapshotMarks {
+    marks: BTreeMap<u64, Version>,
+    /// The furthest purge answered.
+    told: u64,
+}
+
+impl SnapshotMarks {
+    fn snapshotted(&mut self, index: u64, latest: Version) {
+        self.marks.insert(index, latest);
+    }
+
+    /// The raft log index to purge through now that no version below
+    /// `point` is needed: the newest snapshot's whose versions are all
+    /// below it (openraft purges only what a snapshot holds), and whether
+    /// that is further than the last answer. Asked again, it answers the
+    /// same index: a snapshot is marked here just before openraft takes
+    /// it, and a purge asked in between stops short.
+    fn purge_through(&mut self, point: Version) -> Option<(u64, bool)> {
+        let index = self
+            .marks
+            .iter()
+            .filter(|(_, latest)| **latest < point)
+            .map(|(index, _)| *index)
+            .max()?;
+        // Older snapshots are behind it for good.
+        self.marks = self.marks.split_off(&index);
+        let further = index > self.told;
+        self.told = self.told.max(index);
+        Some((index, further))
+    }
 }
 
 fn broken(reason: String) -> CertifierError {
@@ -86,35 +119,19 @@ impl VersionsLog {
             tail,
             submitted,
             readable,
-            snapshots: Mutex::new((BTreeMap::new(), 0)),
+            snapshots: Mutex::new(SnapshotMarks::default()),
         }
     }
 
     /// A snapshot through raft log index `index` holds versions up to
     /// `latest`.
     pub(crate) fn snapshotted(&self, index: u64, latest: Version) {
-        self.snapshots.lock().0.insert(index, latest);
+        self.snapshots.lock().snapshotted(index, latest);
     }
 
-    /// The raft log index to purge through now that this log needs no
-    /// version below `point`: the newest snapshot's whose versions are
-    /// all below it (openraft purges only what a snapshot holds), and
-    /// whether that is further than the last answer. Asked again, it
-    /// answers the same index: a snapshot is marked here just before
-    /// openraft takes it, and a purge asked in between stops short.
+    /// See [`SnapshotMarks::purge_through`].
     pub(crate) fn raft_purge_through(&self, point: Version) -> Option<(u64, bool)> {
-        let mut s = self.snapshots.lock();
-        let (marks, told) = &mut *s;
-        let index = marks
-            .iter()
-            .filter(|(_, latest)| **latest < point)
-            .map(|(index, _)| *index)
-            .max()?;
-        // Older snapshots are behind it for good.
-        *marks = marks.split_off(&index);
-        let further = index > *told;
-        *told = (*told).max(index);
-        Some((index, further))
+        self.snapshots.lock().purge_through(point)
     }
 
     /// `version` committed with `rec` (a record with version field 0):
@@ -172,5 +189,36 @@ impl VersionsLog {
             self.submitted.notify_one();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotMarks;
+
+    #[test]
+    fn the_raft_log_is_purged_through_the_newest_snapshot_below_the_purge_point() {
+        let mut m = SnapshotMarks::default();
+        // Nothing snapshotted: nothing purged.
+        assert_eq!(m.purge_through(100), None);
+        // Snapshots at indexes 40, 80, 120 holding versions up to 30, 70, 110.
+        for (index, latest) in [(40, 30), (80, 70), (120, 110)] {
+            m.snapshotted(index, latest);
+        }
+        // No snapshot has all its versions below 30.
+        assert_eq!(m.purge_through(30), None);
+        assert_eq!(m.purge_through(31), Some((40, true)));
+        // Version 70 is still needed: the snapshot at 80 holds it.
+        assert_eq!(m.purge_through(70), Some((40, false)));
+        assert_eq!(m.purge_through(71), Some((80, true)));
+        // Asked again (openraft may not have taken the snapshot yet).
+        assert_eq!(m.purge_through(71), Some((80, false)));
+        // A purge point that goes back down (a replica reappeared) purges
+        // nothing further, and never less than before.
+        assert_eq!(m.purge_through(50), None);
+        assert_eq!(m.purge_through(1_000), Some((120, true)));
+        m.snapshotted(160, 150);
+        assert_eq!(m.purge_through(1_000), Some((160, true)));
+        assert_eq!(m.marks.len(), 1, "older marks are dropped");
     }
 }
