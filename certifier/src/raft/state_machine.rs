@@ -147,6 +147,8 @@ impl StateMachine {
                 let state = snapshot::decode(&data)?;
                 let meta = state.meta.clone();
                 sm.restore(state)?;
+                // The snapshot this node restarts from.
+                mark(sm.versions.as_ref(), &meta, sm.certifier.lock().latest());
                 *sm.current.lock() = Some(Stored {
                     meta,
                     data: Arc::new(data),
@@ -334,6 +336,14 @@ fn answer(r: Result<Response, CertifierError>) -> Response {
     })
 }
 
+/// Tells `versions` that the snapshot `meta` holds the versions up to
+/// `latest`: how far the raft log may be purged (`versions.rs`).
+fn mark(versions: Option<&Arc<VersionsLog>>, meta: &SnapshotMeta, latest: Version) {
+    if let (Some(v), Some(last)) = (versions, meta.last_log_id) {
+        v.snapshotted(last.index, latest);
+    }
+}
+
 /// Writes a snapshot to `<dir>/snapshot` and makes it the current one,
 /// unless the node stopped.
 fn keep(
@@ -394,9 +404,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snap_err(Some(&meta), ErrorVerb::Write, e)
         })?
         .map_err(|e| snap_err(Some(&meta), ErrorVerb::Write, e))?;
-        if let (Some(v), Some(last)) = (&self.versions, meta.last_log_id) {
-            v.snapshotted(last.index, latest);
-        }
+        mark(self.versions.as_ref(), &meta, latest);
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data.to_vec())),
@@ -469,9 +477,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             v.restored(latest).await.map_err(err)?;
         }
         keep(&self.dir, &self.current, &self.writes, meta.clone(), data).map_err(err)?;
-        if let (Some(v), Some(last)) = (&self.versions, meta.last_log_id) {
-            v.snapshotted(last.index, self.certifier.lock().latest());
-        }
+        mark(self.versions.as_ref(), meta, self.certifier.lock().latest());
         Ok(())
     }
 

@@ -186,10 +186,6 @@ pub(super) async fn open(
     };
     let latest = sm.certifier().latest();
     versions.restored(latest).await?;
-    if let Some(last) = sm.last_applied() {
-        // The snapshot it restarts from.
-        versions.snapshotted(last.index, latest);
-    }
     let state = sm.shared_certifier();
     let snapshot_writes = sm.snapshot_writes();
     let raft_wal = log.wal().clone();
