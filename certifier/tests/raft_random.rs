@@ -269,25 +269,6 @@ async fn versions_of(nodes: &Nodes, id: u64, first: u64, last: u64) -> Vec<(u64,
         .collect()
 }
 
-/// Waits until node `id` has applied version `last`; returns the first
-/// version it serves (a node catching up may install a snapshot, which
-/// restarts its versions log after it).
-async fn caught_up(nodes: &Nodes, id: u64, last: u64) -> u64 {
-    let c = nodes.client(id).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let s = c.status().await.unwrap();
-        if s.committed_version >= last {
-            return s.first_version.max(1);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node {id} did not catch up to {last}: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn keys(ws: &Writeset) -> BTreeSet<Bytes> {
     ws.items.iter().map(|i| i.key.clone()).collect()
 }
@@ -333,7 +314,15 @@ async fn every_node_holds_exactly_what_clients_were_told_through_faults() {
     let mut by_version: BTreeMap<u64, Writeset> = BTreeMap::new();
     let mut served = BTreeMap::new();
     for id in nodes.running.keys() {
-        let first = caught_up(&nodes, *id, last).await;
+        // Once caught up: a node catching up may install a snapshot,
+        // which restarts its versions log after it.
+        let first = nodes
+            .status_when(*id, &format!("did not catch up to {last}"), |s| {
+                s.committed_version >= last
+            })
+            .await
+            .first_version
+            .max(1);
         let log = versions_of(&nodes, *id, first, last).await;
         served.insert(*id, (first, log.len()));
         for (v, ws) in log {

@@ -252,18 +252,11 @@ async fn a_wiped_follower_rejoins_from_a_snapshot_and_serves_what_follows_it() {
     client.report_checkpoint(150).await.unwrap();
     nodes.restart(follower).await;
     let fc = nodes.client(follower).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let s = loop {
-        let s = fc.status().await.unwrap();
-        if s.durable_version >= 200 {
-            break s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the wiped follower did not catch up: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let s = nodes
+        .status_when(follower, "the wiped follower did not catch up", |s| {
+            s.durable_version >= 200
+        })
+        .await;
     // It installed a snapshot: its versions log starts after it, and asks
     // for older ones get the "rebuild from a checkpoint" answer.
     assert!(s.first_version > 1, "{s:?}");
@@ -458,19 +451,11 @@ async fn a_wiped_first_node_rejoins_without_voting_at_first() {
     assert!(refused.message().contains("casts no vote"), "{refused:?}");
 
     // It follows the running group's leader and catches up.
-    let c1 = nodes.client(1).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let s = c1.status().await.unwrap();
-        if s.committed_version >= 40 && s.leader_id == leader {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the wiped node did not rejoin: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    nodes
+        .status_when(1, "the wiped node did not rejoin", |s| {
+            s.committed_version >= 40 && s.leader_id == leader
+        })
+        .await;
     commit_numbered(&client, 41..=50).await;
     // After the hold (two election timeouts of at most 1.2 s) it votes.
     tokio::time::sleep(Duration::from_millis(2500)).await;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tashkent_certifier::proto::StatusResponse;
 use tashkent_certifier::{CertifierClient, CertifierConfig, RunningCertifier};
 use tempfile::TempDir;
 
@@ -84,6 +85,29 @@ impl Nodes {
 
     pub async fn client(&self, id: u64) -> CertifierClient {
         CertifierClient::connect(&self.addrs[&id]).await.unwrap()
+    }
+
+    /// Node `id`'s status once `ready` holds of it; fails, saying `what`
+    /// was awaited, if that takes longer than [`WAIT`].
+    pub async fn status_when(
+        &self,
+        id: u64,
+        what: &str,
+        ready: impl Fn(&StatusResponse) -> bool,
+    ) -> StatusResponse {
+        let c = self.client(id).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let s = c.status().await.unwrap();
+            if ready(&s) {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {id}: {what}: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The leader every running node names, once they agree.
