@@ -16,6 +16,10 @@
 //!   `--peers`), the clients given every node (they find the leader);
 //!   every node fsyncs its raft log and its versions log. Issue 14's goal:
 //!   3 nodes >= 0.7x one node (compare with `grpc/end_to_end_4conn_x32`).
+//! - `grpc/lone_1conn_x1`, `raft/lone_{N}node_1conn_x1`: one client
+//!   certifying alone, one call after the other: the latency of a
+//!   certification at rest (the time per element), with the single
+//!   certifier and with N raft nodes.
 //!
 //! The bench runs with mimalloc, as the certifier binary does.
 //!
@@ -147,6 +151,21 @@ where
     t.elapsed()
 }
 
+/// `iters` certifications one after the other: a lone client's latency.
+async fn lone(iters: u64, client: CertifierClient, head: Arc<AtomicU64>) -> Duration {
+    static ID: AtomicU64 = AtomicU64::new(1 << 50);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let t = Instant::now();
+    for _ in 0..iters {
+        let id = ID.fetch_add(1, Ordering::Relaxed);
+        let ws = writeset(&mut rng, id, head.load(Ordering::Relaxed));
+        if let Outcome::Committed { version } = client.certify(ws).await.expect("certify") {
+            head.fetch_max(version, Ordering::Relaxed);
+        }
+    }
+    t.elapsed()
+}
+
 /// `BENCH_WAL_BACKEND` (`portable`, `io_uring`; default auto).
 fn wal_backend() -> tashkent_certifier::WalBackend {
     match std::env::var("BENCH_WAL_BACKEND").as_deref() {
@@ -237,6 +256,11 @@ fn end_to_end(c: &mut Criterion) {
                 t.elapsed()
             }
         });
+    });
+    g.bench_function("lone_1conn_x1", |b| {
+        let client = status_clients[0].clone();
+        b.to_async(&rt)
+            .iter_custom(|iters| lone(iters, client.clone(), head.clone()));
     });
     for (conns, per_conn) in [(4u64, 32u64), (8, 32), (4, 256)] {
         let clients: Vec<CertifierClient> = rt
@@ -361,6 +385,11 @@ fn replicated(c: &mut Criterion) {
                     .await
                 }
             });
+        });
+        g.bench_function(format!("lone_{n}node_1conn_x1"), |b| {
+            let client = clients[0].clone();
+            b.to_async(&rt)
+                .iter_custom(|iters| lone(iters, client.clone(), head.clone()));
         });
         reporter.abort();
         for node in nodes {
