@@ -153,17 +153,11 @@ where
 
 /// `iters` certifications one after the other: a lone client's latency.
 async fn lone(iters: u64, client: CertifierClient, head: Arc<AtomicU64>) -> Duration {
-    static ID: AtomicU64 = AtomicU64::new(1 << 50);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let t = Instant::now();
-    for _ in 0..iters {
-        let id = ID.fetch_add(1, Ordering::Relaxed);
-        let ws = writeset(&mut rng, id, head.load(Ordering::Relaxed));
-        if let Outcome::Committed { version } = client.certify(ws).await.expect("certify") {
-            head.fetch_max(version, Ordering::Relaxed);
-        }
-    }
-    t.elapsed()
+    drive(iters, 1, head, move |ws| {
+        let client = client.clone();
+        async move { client.certify(ws).await.expect("certify") }
+    })
+    .await
 }
 
 /// `BENCH_WAL_BACKEND` (`portable`, `io_uring`; default auto).
