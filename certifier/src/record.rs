@@ -35,12 +35,20 @@ pub const FLAG_SPOOLED: u16 = 1;
 /// Encodes `ws` with version 0; [`set_version`] fills it in once known (so
 /// the encoding happens outside the certifier's lock).
 pub fn encode(ws: &Writeset) -> BytesMut {
-    let mut buf = BytesMut::with_capacity(HEADER_LEN + ws.encoded_len());
+    let mut buf = header(0, ws.encoded_len());
+    crate::writeset::encode_in_order(ws, &mut buf);
+    buf
+}
+
+/// The header of a (not spooled) record of `version`, with room for a body
+/// of `body_len` bytes: append the writeset's encoding (what Subscribe
+/// streams) to complete it.
+pub fn header(version: Version, body_len: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + body_len);
     buf.put_slice(MAGIC);
     buf.put_u16_le(RECORD_FORMAT_VERSION);
     buf.put_u16_le(0);
-    buf.put_u64_le(0);
-    crate::writeset::encode_in_order(ws, &mut buf);
+    buf.put_u64_le(version);
     buf
 }
 

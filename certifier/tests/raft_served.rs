@@ -182,13 +182,7 @@ async fn a_client_given_every_node_follows_the_leader_across_a_failover() {
     }
     stop_rx.await.unwrap();
     let stopped = std::time::Instant::now();
-    nodes
-        .running
-        .remove(&leader)
-        .unwrap()
-        .shutdown()
-        .await
-        .unwrap();
+    nodes.stop(leader).await;
     stopper.await.unwrap();
     let mut versions = vec![x];
     for t in tasks {
@@ -228,8 +222,20 @@ async fn commit_numbered(client: &CertifierClient, is: std::ops::RangeInclusive<
     }
 }
 
+/// The versions from `from` through `to` that `client` serves.
+async fn served(client: &CertifierClient, from: u64, to: u64) -> Vec<u64> {
+    client
+        .subscribe(from)
+        .await
+        .unwrap()
+        .take((to + 1 - from) as usize)
+        .map(|r| r.unwrap().version)
+        .collect()
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wiped_follower_rejoins_from_a_snapshot_and_serves_what_follows_it() {
+async fn wiped_nodes_rejoin_from_snapshots_and_keep_what_the_checkpoint_needs() {
     // Purging at once (no replica to wait for).
     let mut nodes = Nodes::start_purging(3, 20, 0).await;
     let leader = nodes.leader().await;
@@ -240,14 +246,14 @@ async fn a_wiped_follower_rejoins_from_a_snapshot_and_serves_what_follows_it() {
     // their logs once a checkpoint allows it (never before: see
     // `raft::versions`).
     let follower = *nodes.addrs.keys().find(|id| **id != leader).unwrap();
-    nodes
-        .running
-        .remove(&follower)
-        .unwrap()
-        .shutdown()
-        .await
+    let other = *nodes
+        .addrs
+        .keys()
+        .find(|id| **id != leader && **id != follower)
         .unwrap();
-    std::fs::remove_dir_all(nodes.dirs[&follower].path().join("wal")).unwrap();
+    let wal_dir = |nodes: &Nodes, id: u64| nodes.dirs[&id].path().join("wal");
+    nodes.stop(follower).await;
+    std::fs::remove_dir_all(wal_dir(&nodes, follower)).unwrap();
     commit_numbered(&client, 101..=200).await;
     client.report_checkpoint(150).await.unwrap();
     nodes.restart(follower).await;
@@ -257,53 +263,46 @@ async fn a_wiped_follower_rejoins_from_a_snapshot_and_serves_what_follows_it() {
             s.durable_version >= 200
         })
         .await;
-    // It installed a snapshot: its versions log starts after it, and asks
-    // for older ones get the "rebuild from a checkpoint" answer.
-    assert!(s.first_version > 1, "{s:?}");
     assert_eq!(s.committed_version, 200);
-    match fc.subscribe(1).await {
-        Err(e) => assert!(e.is_purged(), "{e}"),
-        Ok(_) => panic!("versions before the snapshot served"),
+    // It installed a snapshot (the log it lacked was purged), and copied
+    // the versions before it from a peer: it starts where the leader does,
+    // which holds what the checkpoint needs and no more than it must.
+    let ls = nodes.client(leader).await.status().await.unwrap();
+    assert!(ls.first_version <= 151, "{ls:?}");
+    assert_eq!(s.first_version, ls.first_version, "{s:?}");
+    assert_eq!(served(&fc, 151, 200).await, (151..=200).collect::<Vec<_>>());
+    if s.first_version > 1 {
+        match fc.subscribe(1).await {
+            Err(e) => assert!(e.is_purged(), "{e}"),
+            Ok(_) => panic!("versions purged everywhere served"),
+        }
     }
-    let got: Vec<_> = fc
-        .subscribe(s.first_version)
-        .await
-        .unwrap()
-        .take((201 - s.first_version) as usize)
-        .map(|r| r.unwrap().version)
-        .collect()
-        .await;
-    assert_eq!(got, (s.first_version..=200).collect::<Vec<_>>());
-    // The others still serve what the checkpoint needs.
-    let lc = nodes.client(leader).await;
-    let got: Vec<_> = lc
-        .subscribe(151)
-        .await
-        .unwrap()
-        .take(50)
-        .map(|r| r.unwrap().version)
-        .collect()
-        .await;
-    assert_eq!(got, (151..=200).collect::<Vec<_>>());
-    // Made the only way to a quorum with the leader, it carries on.
-    let other = *nodes
-        .addrs
-        .keys()
-        .find(|id| **id != leader && **id != follower)
-        .unwrap();
-    nodes
-        .running
-        .remove(&other)
-        .unwrap()
-        .shutdown()
-        .await
-        .unwrap();
+    // Made the only way to a quorum with the leader, it carries on; the
+    // third node loses its disk too.
+    nodes.stop(other).await;
+    std::fs::remove_dir_all(wal_dir(&nodes, other)).unwrap();
     assert_eq!(
         version(client.certify(ws("a5", "k5")).await.unwrap()),
         5,
         "a retry"
     );
     assert_eq!(version(client.certify(ws("b", "kb")).await.unwrap()), 201);
+    // The leader stops for good. The follower that rejoined leads, and the
+    // third rejoins from its snapshot: the versions the checkpoint needs
+    // are still on a node, and the third copies them from it (without
+    // the copy, both would have skipped the versions from 151 up to their
+    // snapshot's, which only the stopped leader held).
+    nodes.stop(leader).await;
+    nodes.restart(other).await;
+    let s = nodes
+        .status_when(other, "the wiped third node did not catch up", |s| {
+            s.durable_version >= 201
+        })
+        .await;
+    assert!(s.first_version <= 151, "{s:?}");
+    let oc = nodes.client(other).await;
+    assert_eq!(served(&oc, 151, 201).await, (151..=201).collect::<Vec<_>>());
+    assert_eq!(version(client.certify(ws("c", "kc")).await.unwrap()), 202);
     for (_, r) in std::mem::take(&mut nodes.running) {
         r.shutdown().await.unwrap();
     }
@@ -344,13 +343,7 @@ async fn a_node_is_added_and_another_removed_online() {
         .unwrap();
     assert_eq!(voters.len(), 3);
     assert!(!voters.contains(&gone) && voters.contains(&4), "{voters:?}");
-    nodes
-        .running
-        .remove(&gone)
-        .unwrap()
-        .shutdown()
-        .await
-        .unwrap();
+    nodes.stop(gone).await;
     commit_numbered(&client, 31..=40).await;
     let c4 = nodes.client(4).await;
     let got: Vec<_> = c4
@@ -378,13 +371,7 @@ async fn subscribers_get_every_version_with_and_without_the_tail_cache() {
     let mut nodes = Nodes::start(3).await;
     let leader = nodes.leader().await;
     let uncached = *nodes.addrs.keys().find(|id| **id != leader).unwrap();
-    nodes
-        .running
-        .remove(&uncached)
-        .unwrap()
-        .shutdown()
-        .await
-        .unwrap();
+    nodes.stop(uncached).await;
     nodes.tail_bytes = 0;
     nodes.restart(uncached).await;
     assert_eq!(nodes.leader().await, leader);
@@ -439,7 +426,7 @@ async fn a_wiped_first_node_rejoins_without_voting_at_first() {
     let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
     let client = CertifierClient::connect(&all).await.unwrap();
     commit_numbered(&client, 1..=30).await;
-    nodes.running.remove(&1).unwrap().shutdown().await.unwrap();
+    nodes.stop(1).await;
     std::fs::remove_dir_all(nodes.dirs[&1].path().join("wal")).unwrap();
     let leader = nodes.leader().await;
     assert_ne!(leader, 1);

@@ -114,11 +114,12 @@
 //! - Purge of the versions log follows checkpoint reports, which a client
 //!   given every node sends to each (not replicated); the raft log follows
 //!   it. A node that lagged behind a purge (or lost its disk) installs a
-//!   snapshot and serves only the versions after it ("purged: rebuild
-//!   from a checkpoint" before, unless another node has them). A node
-//!   that installed one and later leads can make another node do so while
-//!   it still held versions the checkpoint needs: after several long
-//!   outages, versions above the checkpoint may be on no node.
+//!   snapshot, and first copies the versions it lacks from the peer whose
+//!   versions log starts earliest ([`gap`]), so the versions a checkpoint
+//!   needs stay on every node that has caught up, however many outages
+//!   follow one another. Only versions no reachable peer holds are
+//!   skipped (then "purged: rebuild from a checkpoint" for them there).
+//!   The peers are the node's `peers` (a node added later is not asked).
 //! - Chunked Certify calls are assembled in memory on a node (nothing is
 //!   spooled), up to `max_writeset_bytes`. A record over 1 MiB is then
 //!   proposed in pieces, an entry each ([`parts`]), which every node keeps
@@ -189,6 +190,7 @@
 //! without a peer certificate refused, in `certifier/tests/tls.rs`.
 
 pub mod entry;
+pub mod gap;
 pub mod log_store;
 pub mod membership;
 pub mod meta;
@@ -214,6 +216,7 @@ pub mod proto {
 /// refused the batches of a bulk load.
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
+pub use gap::PeerVersions;
 pub use log_store::{LogReader, LogStore};
 pub use network::Network;
 pub use proposer::Proposer;

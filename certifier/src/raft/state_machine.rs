@@ -474,7 +474,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.restore(state).map_err(err)?;
         if let Some(v) = &self.versions {
             let latest = self.certifier.lock().latest();
-            v.restored(latest).await.map_err(err)?;
+            v.installed(latest).await.map_err(err)?;
         }
         keep(&self.dir, &self.current, &self.writes, meta.clone(), data).map_err(err)?;
         mark(self.versions.as_ref(), meta, self.certifier.lock().latest());

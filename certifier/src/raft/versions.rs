@@ -25,8 +25,10 @@
 //!   version up to the snapshot here, and re-applied versions already here
 //!   are skipped;
 //! - a node that installs a snapshot newer than this log (a wiped or
-//!   lagging follower) restarts it at the snapshot's version + 1
-//!   ([`VersionsLog::restored`]); subscribers asking for older versions get
+//!   lagging follower) first copies the versions it lacks from a peer
+//!   ([`VersionsLog::installed`], `gap.rs`) and makes them durable; only
+//!   what no peer holds any more is skipped: the log then restarts after
+//!   it ([`VersionsLog::restored`]), and subscribers asking for those get
 //!   the usual "purged: rebuild from a checkpoint".
 //!
 //! A node installs a snapshot only when it lags behind the raft log the
@@ -44,10 +46,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use parking_lot::Mutex;
 use tashkent_wal::Wal;
 use tokio::sync::{watch, Notify};
 
+use super::gap::{PeerVersions, PEER_WAIT};
+use crate::client::CertifierClient;
 use crate::error::CertifierError;
 use crate::server::tail::Tail;
 use crate::{record, Version};
@@ -60,6 +65,8 @@ pub struct VersionsLog {
     submitted: Arc<Notify>,
     readable: Arc<watch::Sender<Version>>,
     snapshots: Mutex<SnapshotMarks>,
+    /// Where versions a snapshot skips are copied from (`gap.rs`).
+    peers: Option<PeerVersions>,
 }
 
 /// Snapshots taken or installed on a node (last raft log index → newest
@@ -120,6 +127,15 @@ impl VersionsLog {
             submitted,
             readable,
             snapshots: Mutex::new(SnapshotMarks::default()),
+            peers: None,
+        }
+    }
+
+    /// Copies the versions an installed snapshot skips from `peers`.
+    pub(crate) fn with_peers(self, peers: PeerVersions) -> VersionsLog {
+        VersionsLog {
+            peers: Some(peers),
+            ..self
         }
     }
 
@@ -148,7 +164,12 @@ impl VersionsLog {
         }
         let mut stamped = BytesMut::from(&rec[..]);
         record::set_version(&mut stamped, version);
-        let payload = stamped.freeze();
+        self.append(version, stamped.freeze())
+    }
+
+    /// Appends `payload`, the record of `version` (stamped), which must be
+    /// the next LSN.
+    fn append(&self, version: Version, payload: Bytes) -> Result<(), CertifierError> {
         // Into the tail first: subscribers read it from there.
         self.tail.lock().push(version, payload.clone());
         let ticket = self.wal.submit(payload)?;
@@ -174,6 +195,71 @@ impl VersionsLog {
             self.wal.wait_durable(upto).await?;
         }
         Ok(())
+    }
+
+    /// A snapshot whose newest version is `latest` was installed: when this
+    /// log ends before it, the versions it lacks are copied from the peer
+    /// whose log starts earliest (`gap.rs`), from its first version if
+    /// that is later than this log's end (what is older was purged behind
+    /// a checkpoint), and made durable; if no peer has them, the log
+    /// restarts after the snapshot ([`VersionsLog::restored`]).
+    pub async fn installed(&self, latest: Version) -> Result<(), CertifierError> {
+        if let (Some(peers), true) = (&self.peers, self.wal.last_lsn() < latest) {
+            for (peer, first) in peers.holding(latest).await {
+                match self.copy_from(&peer, first, latest).await {
+                    Ok(()) => break,
+                    // A WAL that failed fails the install.
+                    Err(e @ CertifierError::Wal(_)) => return Err(e),
+                    Err(e) => tracing::warn!(
+                        peer = peer.addr(),
+                        "copying versions up to {latest} from a peer failed: {e}"
+                    ),
+                }
+            }
+        }
+        self.restored(latest).await
+    }
+
+    /// Copies the versions after this log's end through `latest` from
+    /// `peer`, whose log starts at `first`.
+    async fn copy_from(
+        &self,
+        peer: &CertifierClient,
+        first: Version,
+        latest: Version,
+    ) -> Result<(), CertifierError> {
+        let end = self.wal.last_lsn();
+        if first > end + 1 {
+            tracing::info!(
+                from = end + 1,
+                to = first - 1,
+                "versions purged on every peer are not copied"
+            );
+            self.wal.restart_at(first).await?;
+            self.submitted.notify_one();
+        }
+        let from = self.wal.last_lsn() + 1;
+        let mut frames = peer.subscribe_frames(from).await?;
+        let mut rec = BytesMut::new();
+        let mut next = from;
+        while next <= latest {
+            let frame = tokio::time::timeout(PEER_WAIT, frames.next())
+                .await
+                .map_err(|_| broken(format!("the peer sent nothing for {PEER_WAIT:?}")))?
+                .ok_or_else(|| broken(format!("the peer's stream ended before {next}")))??;
+            if rec.is_empty() {
+                rec = record::header(next, frame.data.len());
+            }
+            rec.extend_from_slice(&frame.data);
+            if frame.last {
+                self.append(next, rec.split().freeze())?;
+                next += 1;
+            }
+        }
+        tracing::info!(from, to = latest, peer = peer.addr(), "versions copied");
+        // The snapshot is kept only after this: a restart re-applies the
+        // log after it, and must find these versions here.
+        self.sync_through(latest).await
     }
 
     /// The state is now a snapshot whose newest version is `latest`: when

@@ -33,7 +33,8 @@ use super::TAIL_MAX_RECORDS;
 use crate::config::{parse_peers, CertifierConfig};
 use crate::error::CertifierError;
 use crate::raft::{
-    LogStore, Network, NodeId, Proposer, Raft, SnapshotWrites, StateMachine, VersionsLog,
+    LogStore, Network, NodeId, PeerVersions, Proposer, Raft, SnapshotWrites, StateMachine,
+    VersionsLog,
 };
 use crate::tls::ClientTls;
 
@@ -149,6 +150,15 @@ pub(super) async fn open(
         TAIL_MAX_RECORDS,
     )));
     let submitted = Arc::new(Notify::new());
+    let tls = peer_tls(config)?;
+    // Where an installed snapshot's missing versions are copied from: the
+    // other nodes, by the route raft uses to reach them.
+    let others = peers
+        .iter()
+        .filter(|(peer, _)| **peer != id)
+        .map(|(peer, addr)| routes.get(peer).unwrap_or(addr).clone())
+        .collect();
+    let peer_versions = PeerVersions::new(others, tls.clone());
     let (wal, spool, log, sm, versions, readable) = {
         let (config, tail, submitted) = (config.clone(), tail.clone(), submitted.clone());
         tokio::task::spawn_blocking(move || -> Result<_, CertifierError> {
@@ -164,12 +174,10 @@ pub(super) async fn open(
             let wal = Wal::open(&config.wal_dir, versions_opts)?;
             let spool = Spool::open(&config.wal_dir, config.spool_options())?;
             let readable = Arc::new(tokio::sync::watch::channel(wal.durable_lsn()).0);
-            let versions = Arc::new(VersionsLog::new(
-                wal.clone(),
-                tail,
-                submitted,
-                readable.clone(),
-            ));
+            let versions = Arc::new(
+                VersionsLog::new(wal.clone(), tail, submitted, readable.clone())
+                    .with_peers(peer_versions),
+            );
             let raft_dir = config.wal_dir.join("raft");
             // An entry may batch several records.
             let opts = WalOptions {
@@ -189,7 +197,6 @@ pub(super) async fn open(
     let state = sm.shared_certifier();
     let snapshot_writes = sm.snapshot_writes();
     let raft_wal = log.wal().clone();
-    let tls = peer_tls(config)?;
     let raft_config = raft_config(config.raft_snapshot_entries)?;
     let lease = Duration::from_millis(raft_config.election_timeout_max);
     let raft = Raft::new(

@@ -83,6 +83,11 @@ impl Nodes {
         self.running.insert(id, r);
     }
 
+    /// Shuts node `id` down (its directory stays).
+    pub async fn stop(&mut self, id: u64) {
+        self.running.remove(&id).unwrap().shutdown().await.unwrap();
+    }
+
     pub async fn client(&self, id: u64) -> CertifierClient {
         CertifierClient::connect(&self.addrs[&id]).await.unwrap()
     }
