@@ -237,10 +237,18 @@ async fn served(client: &CertifierClient, from: u64, to: u64) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_nodes_rejoin_from_snapshots_and_keep_what_the_checkpoint_needs() {
     // Purging at once (no replica to wait for).
-    let mut nodes = Nodes::start_purging(3, 20, 0).await;
+    wiped_nodes_rejoin(Nodes::start_purging(3, 20, 0).await).await;
+}
+
+/// The same over TLS: a node copies from its peers as a TLS client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_nodes_keep_what_the_checkpoint_needs_over_tls() {
+    wiped_nodes_rejoin(Nodes::start_purging_over_tls(3, 20, 0).await).await;
+}
+
+async fn wiped_nodes_rejoin(mut nodes: Nodes) {
     let leader = nodes.leader().await;
-    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
-    let client = CertifierClient::connect(&all).await.unwrap();
+    let client = nodes.client_of_all().await;
     commit_numbered(&client, 1..=100).await;
     // A follower loses its disk; the others snapshot meanwhile, and purge
     // their logs once a checkpoint allows it (never before: see

@@ -17,23 +17,7 @@ use tashkent_certifier::{
 use tempfile::TempDir;
 
 mod raft_common;
-
-/// A self-signed certificate for `names` in `dir` as `<stem>.crt` and
-/// `<stem>.key`.
-fn certificate(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let (c, k) = (
-        dir.join(format!("{stem}.crt")),
-        dir.join(format!("{stem}.key")),
-    );
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c, k)
-}
+use raft_common::certificate;
 
 fn config(dir: &TempDir, tls: Option<(PathBuf, PathBuf)>) -> CertifierConfig {
     let (tls_cert, tls_key) = tls.unzip();

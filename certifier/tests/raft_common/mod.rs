@@ -7,6 +7,8 @@
 pub mod cluster;
 pub mod served;
 
+use std::path::{Path, PathBuf};
+
 use bytes::Bytes;
 use tashkent_certifier::proto::Writeset;
 use tashkent_certifier::raft::Command;
@@ -32,4 +34,21 @@ pub fn certify(id: &str, snapshot: u64, key: &str) -> Command {
     Command::Certify {
         record: record(id, snapshot, key),
     }
+}
+
+/// A self-signed certificate for `names` in `dir` as `<stem>.crt` and
+/// `<stem>.key`.
+pub fn certificate(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (c, k) = (
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
 }

@@ -3,10 +3,13 @@
 //! with `node_id`/`peers`), over loopback.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tashkent_certifier::proto::StatusResponse;
-use tashkent_certifier::{CertifierClient, CertifierConfig, RunningCertifier};
+use tashkent_certifier::{
+    CertifierClient, CertifierConfig, ClientOptions, ClientTls, RunningCertifier,
+};
 use tempfile::TempDir;
 
 /// How long the tests wait for an election or a catch-up.
@@ -34,6 +37,9 @@ pub struct Nodes {
     pub purge_timeout_ms: u64,
     pub dirs: BTreeMap<u64, TempDir>,
     pub running: BTreeMap<u64, RunningCertifier>,
+    /// The certificate and key every node serves (and trusts its peers
+    /// by), in the directory that holds them; `None`: plaintext.
+    pub tls: Option<(PathBuf, PathBuf, TempDir)>,
 }
 
 impl Nodes {
@@ -49,6 +55,33 @@ impl Nodes {
     /// Nodes that purge `purge_timeout_ms` after they start (once a
     /// checkpoint allows it).
     pub async fn start_purging(n: u64, snapshot_entries: u64, purge_timeout_ms: u64) -> Nodes {
+        Nodes::start_all(n, snapshot_entries, purge_timeout_ms, None).await
+    }
+
+    /// [`Nodes::start_purging`], over TLS to and between the nodes (one
+    /// certificate for 127.0.0.1, which every node shows and trusts).
+    pub async fn start_purging_over_tls(
+        n: u64,
+        snapshot_entries: u64,
+        purge_timeout_ms: u64,
+    ) -> Nodes {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = super::certificate(dir.path(), "node", &["127.0.0.1"]);
+        Nodes::start_all(
+            n,
+            snapshot_entries,
+            purge_timeout_ms,
+            Some((cert, key, dir)),
+        )
+        .await
+    }
+
+    async fn start_all(
+        n: u64,
+        snapshot_entries: u64,
+        purge_timeout_ms: u64,
+        tls: Option<(PathBuf, PathBuf, TempDir)>,
+    ) -> Nodes {
         let addrs: BTreeMap<u64, String> = (1..=n).zip(ports(n as usize)).collect();
         let peers = tashkent_certifier::config::format_peers(addrs.values());
         let mut nodes = Nodes {
@@ -59,6 +92,7 @@ impl Nodes {
             purge_timeout_ms,
             dirs: BTreeMap::new(),
             running: BTreeMap::new(),
+            tls,
         };
         for id in 1..=n {
             nodes.dirs.insert(id, tempfile::tempdir().unwrap());
@@ -76,6 +110,8 @@ impl Nodes {
             raft_snapshot_entries: self.snapshot_entries,
             tail_cache_bytes: self.tail_bytes,
             purge_replica_timeout_ms: self.purge_timeout_ms,
+            tls_cert: self.tls.as_ref().map(|(cert, _, _)| cert.clone()),
+            tls_key: self.tls.as_ref().map(|(_, key, _)| key.clone()),
             ..CertifierConfig::default()
         };
         let r = tashkent_certifier::start(cfg).await.unwrap();
@@ -89,7 +125,27 @@ impl Nodes {
     }
 
     pub async fn client(&self, id: u64) -> CertifierClient {
-        CertifierClient::connect(&self.addrs[&id]).await.unwrap()
+        CertifierClient::connect_with(&self.addrs[&id], self.client_options())
+            .await
+            .unwrap()
+    }
+
+    /// A client given every node (it follows the leader).
+    pub async fn client_of_all(&self) -> CertifierClient {
+        let all = self.addrs.values().cloned().collect::<Vec<_>>().join(",");
+        CertifierClient::connect_with(&all, self.client_options())
+            .await
+            .unwrap()
+    }
+
+    fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            tls: self
+                .tls
+                .as_ref()
+                .map(|(cert, _, _)| ClientTls::from_ca_file(cert).unwrap()),
+            ..ClientOptions::default()
+        }
     }
 
     /// Node `id`'s status once `ready` holds of it; fails, saying `what`
