@@ -11,8 +11,17 @@
 //! oldest checkpoint were on no node. So before it goes on, the installing
 //! node copies what it lacks from the peer whose versions log starts
 //! earliest ([`VersionsLog::installed`](super::VersionsLog::installed)),
-//! reading it as a replica does (Subscribe). Only what no reachable peer
-//! holds any more (purged behind a checkpoint everywhere) is skipped.
+//! reading it as a replica does (Subscribe). Only what no peer holds any
+//! more (purged behind a checkpoint everywhere), or what none reachable
+//! holds within [`GAP_PATIENCE`], is skipped.
+//!
+//! The copy does not run inside openraft's snapshot install: the raft
+//! core waits for an install before it answers anything else, so a long
+//! copy there would silence the node (no heartbeats answered, and a group
+//! that needs its vote stalled). The install only notes the gap; the copy
+//! runs at once in a task of its own, and the state machine waits for it
+//! before it applies the next entry or keeps a snapshot (which openraft's
+//! core does not wait for).
 
 use std::time::Duration;
 
@@ -24,6 +33,10 @@ use crate::Version;
 /// How long a peer may take to connect and answer Status, and to send the
 /// next frame of what it streams, before the next peer is tried.
 pub(crate) const PEER_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a gap is retried while no reachable peer holds it (peers
+/// restarting with this one, or still catching up) before it is skipped.
+pub(crate) const GAP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A node's peers, as its public service reaches them.
 #[derive(Clone)]
@@ -45,33 +58,57 @@ impl PeerVersions {
         }
     }
 
-    /// The peers that have applied version `to`, each with the first
-    /// version its versions log holds, the earliest first. Peers that do
-    /// not answer within [`PEER_WAIT`] are left out.
-    pub(crate) async fn holding(&self, to: Version) -> Vec<(CertifierClient, Version)> {
-        let mut found = Vec::new();
-        for addr in &self.addrs {
+    /// Asks every peer at once what its versions log holds (each within
+    /// [`PEER_WAIT`]): the peers that hold version `to`, each with the
+    /// first version it holds, the earliest first.
+    pub(crate) async fn holding(&self, to: Version) -> Holders {
+        let asks = self.addrs.iter().map(|addr| async move {
             let asked = tokio::time::timeout(PEER_WAIT, async {
                 let c = CertifierClient::connect_with(addr, self.opts.clone()).await?;
                 let s = c.status().await?;
                 Ok::<_, CertifierError>((c, s))
             })
             .await;
+            (addr, asked)
+        });
+        let mut h = Holders::default();
+        for (addr, asked) in futures::future::join_all(asks).await {
             match asked {
-                Ok(Ok((c, s))) if s.committed_version >= to && s.first_version <= to => {
-                    found.push((c, s.first_version.max(1)));
+                // `durable_version`: what its versions log holds (a node
+                // that is itself filling a gap has applied more).
+                Ok(Ok((c, s))) if s.durable_version >= to && s.first_version <= to => {
+                    h.found.push((c, s.first_version.max(1)));
                 }
-                Ok(Ok((_, s))) => tracing::info!(
-                    peer = %addr,
-                    first = s.first_version,
-                    applied = s.committed_version,
-                    "peer does not hold version {to}"
-                ),
+                Ok(Ok((_, s))) => {
+                    h.purged += usize::from(s.first_version > to);
+                    tracing::info!(
+                        peer = %addr,
+                        first = s.first_version,
+                        durable = s.durable_version,
+                        "peer does not hold version {to}"
+                    );
+                }
                 Ok(Err(e)) => tracing::info!(peer = %addr, "peer not asked for versions: {e}"),
                 Err(_) => tracing::info!(peer = %addr, "peer did not answer within {PEER_WAIT:?}"),
             }
         }
-        found.sort_by_key(|(_, first)| *first);
-        found
+        h.found.sort_by_key(|(_, first)| *first);
+        h
     }
+
+    /// True when every peer answered that it purged version `to`, which
+    /// asking again cannot change.
+    pub(crate) fn all_purged(&self, h: &Holders) -> bool {
+        h.purged == self.addrs.len()
+    }
+}
+
+/// What [`PeerVersions::holding`] found.
+#[derive(Default)]
+pub(crate) struct Holders {
+    /// The peers that hold the version, with their first version, the
+    /// earliest first.
+    pub(crate) found: Vec<(CertifierClient, Version)>,
+    /// Peers whose log starts after it (purged there).
+    purged: usize,
 }

@@ -384,6 +384,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         if let Some(v) = &self.versions {
             // A restart re-applies only the log after this snapshot, so
             // the versions it covers must be in the versions log for good.
+            v.fill_gap()
+                .await
+                .map_err(|e| snap_err(Some(&meta), ErrorVerb::Write, e))?;
             v.sync_through(latest)
                 .await
                 .map_err(|e| snap_err(Some(&meta), ErrorVerb::Write, e))?;
@@ -424,6 +427,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        if let Some(v) = &self.versions {
+            // The versions an installed snapshot skipped come first.
+            v.fill_gap().await.map_err(|e| {
+                let e = CertifierError::RaftStorage {
+                    what: "the versions an installed snapshot skips".into(),
+                    reason: e.to_string(),
+                };
+                StorageError::from(StorageIOError::write_state_machine(AnyError::new(&e)))
+            })?;
+        }
         let mut out = Vec::new();
         for e in entries {
             self.last_applied = Some(e.log_id);

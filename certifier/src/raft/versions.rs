@@ -25,8 +25,9 @@
 //!   version up to the snapshot here, and re-applied versions already here
 //!   are skipped;
 //! - a node that installs a snapshot newer than this log (a wiped or
-//!   lagging follower) first copies the versions it lacks from a peer
-//!   ([`VersionsLog::installed`], `gap.rs`) and makes them durable; only
+//!   lagging follower) copies the versions it lacks from a peer
+//!   ([`VersionsLog::installed`], `gap.rs`) and makes them durable before
+//!   it applies the next entry or keeps a snapshot; only
 //!   what no peer holds any more is skipped: the log then restarts after
 //!   it ([`VersionsLog::restored`]), and subscribers asking for those get
 //!   the usual "purged: rebuild from a checkpoint".
@@ -44,6 +45,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -51,7 +53,7 @@ use parking_lot::Mutex;
 use tashkent_wal::Wal;
 use tokio::sync::{watch, Notify};
 
-use super::gap::{PeerVersions, PEER_WAIT};
+use super::gap::{PeerVersions, GAP_PATIENCE, PEER_WAIT};
 use crate::client::CertifierClient;
 use crate::error::CertifierError;
 use crate::server::tail::Tail;
@@ -67,6 +69,11 @@ pub struct VersionsLog {
     snapshots: Mutex<SnapshotMarks>,
     /// Where versions a snapshot skips are copied from (`gap.rs`).
     peers: Option<PeerVersions>,
+    /// The newest version of an installed snapshot this log does not
+    /// reach yet: the versions up to it are being copied.
+    gap: Mutex<Option<Version>>,
+    /// Held while a gap is filled.
+    filling: tokio::sync::Mutex<()>,
 }
 
 /// Snapshots taken or installed on a node (last raft log index → newest
@@ -128,6 +135,8 @@ impl VersionsLog {
             readable,
             snapshots: Mutex::new(SnapshotMarks::default()),
             peers: None,
+            gap: Mutex::new(None),
+            filling: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -197,18 +206,68 @@ impl VersionsLog {
         Ok(())
     }
 
-    /// A snapshot whose newest version is `latest` was installed: when this
-    /// log ends before it, the versions it lacks are copied from the peer
-    /// whose log starts earliest (`gap.rs`), from its first version if
-    /// that is later than this log's end (what is older was purged behind
-    /// a checkpoint), and made durable; if no peer has them, the log
-    /// restarts after the snapshot ([`VersionsLog::restored`]).
-    pub async fn installed(&self, latest: Version) -> Result<(), CertifierError> {
+    /// A snapshot whose newest version is `latest` was installed (or a
+    /// node restarts from it): when this log ends before it, the versions
+    /// it lacks are copied from a peer in a task of its own (`gap.rs`);
+    /// [`VersionsLog::fill_gap`] waits for that. Without peers it restarts
+    /// after the snapshot ([`VersionsLog::restored`]).
+    pub async fn installed(self: &Arc<Self>, latest: Version) -> Result<(), CertifierError> {
+        if self.wal.last_lsn() >= latest {
+            return Ok(());
+        }
+        if self.peers.is_none() {
+            return self.restored(latest).await;
+        }
+        {
+            let mut gap = self.gap.lock();
+            *gap = Some(gap.map_or(latest, |g| g.max(latest)));
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.fill_gap().await {
+                tracing::error!("copying the versions a snapshot skips failed: {e}");
+            }
+        });
+        Ok(())
+    }
+
+    /// Waits until the gap an installed snapshot left (if any) is filled:
+    /// the versions up to the snapshot's copied from the peer whose log
+    /// starts earliest, from its first version if that is later than this
+    /// log's end (what is older was purged behind a checkpoint), and made
+    /// durable; what no peer holds is skipped (the log restarts after it).
+    /// Only a failure of this log is an error.
+    pub(crate) async fn fill_gap(&self) -> Result<(), CertifierError> {
+        if self.gap.lock().is_none() {
+            return Ok(());
+        }
+        let _one = self.filling.lock().await;
+        let Some(latest) = *self.gap.lock() else {
+            return Ok(());
+        };
         if let (Some(peers), true) = (&self.peers, self.wal.last_lsn() < latest) {
-            for (peer, first) in peers.holding(latest).await {
-                match self.copy_from(&peer, first, latest).await {
-                    Ok(()) => break,
-                    // A WAL that failed fails the install.
+            self.copy_gap(peers, latest).await?;
+        }
+        self.restored(latest).await?;
+        self.sync_through(latest).await?;
+        // A later install may have widened it meanwhile.
+        let mut gap = self.gap.lock();
+        if *gap == Some(latest) {
+            *gap = None;
+        }
+        Ok(())
+    }
+
+    /// Copies the versions after this log's end through `latest` from the
+    /// first peer that holds them, asking again for [`GAP_PATIENCE`] while
+    /// none reachable does.
+    async fn copy_gap(&self, peers: &PeerVersions, latest: Version) -> Result<(), CertifierError> {
+        let deadline = tokio::time::Instant::now() + GAP_PATIENCE;
+        loop {
+            let holders = peers.holding(latest).await;
+            for (peer, first) in &holders.found {
+                match self.copy_from(peer, *first, latest).await {
+                    Ok(()) => return Ok(()),
                     Err(e @ CertifierError::Wal(_)) => return Err(e),
                     Err(e) => tracing::warn!(
                         peer = peer.addr(),
@@ -216,8 +275,16 @@ impl VersionsLog {
                     ),
                 }
             }
+            if peers.all_purged(&holders) || tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    from = self.wal.last_lsn() + 1,
+                    to = latest,
+                    "no peer holds these versions: they are not served here"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        self.restored(latest).await
     }
 
     /// Copies the versions after this log's end through `latest` from
@@ -257,9 +324,7 @@ impl VersionsLog {
             }
         }
         tracing::info!(from, to = latest, peer = peer.addr(), "versions copied");
-        // The snapshot is kept only after this: a restart re-applies the
-        // log after it, and must find these versions here.
-        self.sync_through(latest).await
+        Ok(())
     }
 
     /// The state is now a snapshot whose newest version is `latest`: when

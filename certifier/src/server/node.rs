@@ -193,7 +193,8 @@ pub(super) async fn open(
         .map_err(|e| CertifierError::Io(std::io::Error::other(e)))??
     };
     let latest = sm.certifier().latest();
-    versions.restored(latest).await?;
+    // A snapshot kept before the versions it skipped were copied.
+    versions.installed(latest).await?;
     let state = sm.shared_certifier();
     let snapshot_writes = sm.snapshot_writes();
     let raft_wal = log.wal().clone();

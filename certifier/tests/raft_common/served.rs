@@ -37,6 +37,8 @@ pub struct Nodes {
     pub purge_timeout_ms: u64,
     pub dirs: BTreeMap<u64, TempDir>,
     pub running: BTreeMap<u64, RunningCertifier>,
+    /// `wal_segment_bytes` of every node.
+    pub segment_bytes: u64,
     /// The certificate and key every node serves (and trusts its peers
     /// by), in the directory that holds them; `None`: plaintext.
     pub tls: Option<(PathBuf, PathBuf, TempDir)>,
@@ -49,13 +51,14 @@ impl Nodes {
 
     pub async fn start_snapshotting(n: u64, snapshot_entries: u64) -> Nodes {
         let purge_timeout_ms = CertifierConfig::default().purge_replica_timeout_ms;
-        Nodes::start_purging(n, snapshot_entries, purge_timeout_ms).await
+        Nodes::start_all(n, snapshot_entries, purge_timeout_ms, 1 << 20, None).await
     }
 
     /// Nodes that purge `purge_timeout_ms` after they start (once a
-    /// checkpoint allows it).
+    /// checkpoint allows it), their logs in the smallest segments (4 KiB),
+    /// so that a checkpoint purges whole segments of small records.
     pub async fn start_purging(n: u64, snapshot_entries: u64, purge_timeout_ms: u64) -> Nodes {
-        Nodes::start_all(n, snapshot_entries, purge_timeout_ms, None).await
+        Nodes::start_all(n, snapshot_entries, purge_timeout_ms, 4096, None).await
     }
 
     /// [`Nodes::start_purging`], over TLS to and between the nodes (one
@@ -67,19 +70,15 @@ impl Nodes {
     ) -> Nodes {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = super::certificate(dir.path(), "node", &["127.0.0.1"]);
-        Nodes::start_all(
-            n,
-            snapshot_entries,
-            purge_timeout_ms,
-            Some((cert, key, dir)),
-        )
-        .await
+        let tls = Some((cert, key, dir));
+        Nodes::start_all(n, snapshot_entries, purge_timeout_ms, 4096, tls).await
     }
 
     async fn start_all(
         n: u64,
         snapshot_entries: u64,
         purge_timeout_ms: u64,
+        segment_bytes: u64,
         tls: Option<(PathBuf, PathBuf, TempDir)>,
     ) -> Nodes {
         let addrs: BTreeMap<u64, String> = (1..=n).zip(ports(n as usize)).collect();
@@ -92,6 +91,7 @@ impl Nodes {
             purge_timeout_ms,
             dirs: BTreeMap::new(),
             running: BTreeMap::new(),
+            segment_bytes,
             tls,
         };
         for id in 1..=n {
@@ -104,7 +104,7 @@ impl Nodes {
     pub async fn restart(&mut self, id: u64) {
         let cfg = CertifierConfig {
             wal_dir: self.dirs[&id].path().join("wal"),
-            wal_segment_bytes: 1 << 20,
+            wal_segment_bytes: self.segment_bytes,
             node_id: Some(id),
             peers: Some(self.peers.clone()),
             raft_snapshot_entries: self.snapshot_entries,
