@@ -13,7 +13,7 @@
 //! earliest ([`VersionsLog::installed`](super::VersionsLog::installed)),
 //! reading it as a replica does (Subscribe). Only what no peer holds any
 //! more (purged behind a checkpoint everywhere), or what none reachable
-//! holds within [`GAP_PATIENCE`], is skipped.
+//! holds within `GAP_PATIENCE`, is skipped.
 //!
 //! The copy does not run inside openraft's snapshot install: the raft
 //! core waits for an install before it answers anything else, so a long

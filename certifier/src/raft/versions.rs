@@ -209,7 +209,7 @@ impl VersionsLog {
     /// A snapshot whose newest version is `latest` was installed (or a
     /// node restarts from it): when this log ends before it, the versions
     /// it lacks are copied from a peer in a task of its own (`gap.rs`);
-    /// [`VersionsLog::fill_gap`] waits for that. Without peers it restarts
+    /// `VersionsLog::fill_gap` waits for that. Without peers it restarts
     /// after the snapshot ([`VersionsLog::restored`]).
     pub async fn installed(self: &Arc<Self>, latest: Version) -> Result<(), CertifierError> {
         if self.wal.last_lsn() >= latest {
