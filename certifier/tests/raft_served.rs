@@ -306,7 +306,10 @@ async fn wiped_nodes_rejoin(mut nodes: Nodes) {
     // third rejoins from its snapshot: the versions the checkpoint needs
     // are still on a node, and the third copies them from it (without
     // the copy, both would have skipped the versions from 151 up to their
-    // snapshot's, which only the stopped leader held).
+    // snapshot's, which only the stopped leader held). As the stopped
+    // leader does not answer, and might hold versions older than the
+    // follower's first, the third waits `GAP_PATIENCE` before it skips
+    // those.
     nodes.stop(leader).await;
     nodes.restart(other).await;
     let s = nodes

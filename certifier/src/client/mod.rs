@@ -514,6 +514,27 @@ impl CertifierClient {
             .await?
             .into_inner())
     }
+
+    /// Connects to the one node at `addr` and asks its status, all within
+    /// `within` (a node asking its peers: one that does not answer in
+    /// time says nothing).
+    pub async fn status_within(
+        addr: &str,
+        opts: ClientOptions,
+        within: std::time::Duration,
+    ) -> Result<(CertifierClient, StatusResponse), CertifierError> {
+        let asked = tokio::time::timeout(within, async {
+            let c = CertifierClient::connect_with(addr, opts).await?;
+            let s = c.status().await?;
+            Ok((c, s))
+        })
+        .await;
+        asked.unwrap_or_else(|_| {
+            Err(CertifierError::Rpc(tonic::Status::deadline_exceeded(
+                format!("{addr} did not answer within {within:?}"),
+            )))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -21,12 +21,13 @@
 //! that needs its vote stalled). The install only notes the gap; the copy
 //! runs at once in a task of its own, and the state machine waits for it
 //! before it applies the next entry or keeps a snapshot (which openraft's
-//! core does not wait for).
+//! core does not wait for). Meanwhile the node does not stand for
+//! election (`server::standing`): as leader it would answer nothing until
+//! the copy ends. It still votes, and answers the leader.
 
 use std::time::Duration;
 
 use crate::client::{CertifierClient, ClientOptions};
-use crate::error::CertifierError;
 use crate::tls::ClientTls;
 use crate::Version;
 
@@ -35,8 +36,11 @@ use crate::Version;
 pub(crate) const PEER_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a gap is retried while no reachable peer holds it (peers
-/// restarting with this one, or still catching up) before it is skipped.
-pub(crate) const GAP_PATIENCE: Duration = Duration::from_secs(30);
+/// restarting with this one, or still catching up), or while a peer that
+/// may hold versions older than every answering peer's does not answer,
+/// before they are skipped. A node filling a gap applies nothing, so this
+/// is as long as a restarting peer takes, not longer.
+pub(crate) const GAP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// A node's peers, as its public service reaches them.
 #[derive(Clone)]
@@ -63,23 +67,19 @@ impl PeerVersions {
     /// first version it holds, the earliest first.
     pub(crate) async fn holding(&self, to: Version) -> Holders {
         let asks = self.addrs.iter().map(|addr| async move {
-            let asked = tokio::time::timeout(PEER_WAIT, async {
-                let c = CertifierClient::connect_with(addr, self.opts.clone()).await?;
-                let s = c.status().await?;
-                Ok::<_, CertifierError>((c, s))
-            })
-            .await;
+            let asked = CertifierClient::status_within(addr, self.opts.clone(), PEER_WAIT).await;
             (addr, asked)
         });
         let mut h = Holders::default();
         for (addr, asked) in futures::future::join_all(asks).await {
+            h.answered += usize::from(asked.is_ok());
             match asked {
                 // `durable_version`: what its versions log holds (a node
                 // that is itself filling a gap has applied more).
-                Ok(Ok((c, s))) if s.durable_version >= to && s.first_version <= to => {
+                Ok((c, s)) if s.durable_version >= to && s.first_version <= to => {
                     h.found.push((c, s.first_version.max(1)));
                 }
-                Ok(Ok((_, s))) => {
+                Ok((_, s)) => {
                     h.purged += usize::from(s.first_version > to);
                     tracing::info!(
                         peer = %addr,
@@ -88,8 +88,7 @@ impl PeerVersions {
                         "peer does not hold version {to}"
                     );
                 }
-                Ok(Err(e)) => tracing::info!(peer = %addr, "peer not asked for versions: {e}"),
-                Err(_) => tracing::info!(peer = %addr, "peer did not answer within {PEER_WAIT:?}"),
+                Err(e) => tracing::info!(peer = %addr, "peer not asked for versions: {e}"),
             }
         }
         h.found.sort_by_key(|(_, first)| *first);
@@ -101,6 +100,13 @@ impl PeerVersions {
     pub(crate) fn all_purged(&self, h: &Holders) -> bool {
         h.purged == self.addrs.len()
     }
+
+    /// True when every peer said what it holds: only then may the versions
+    /// below the earliest holder's first be skipped (one that did not
+    /// answer may hold them).
+    pub(crate) fn all_answered(&self, h: &Holders) -> bool {
+        h.answered == self.addrs.len()
+    }
 }
 
 /// What [`PeerVersions::holding`] found.
@@ -111,4 +117,6 @@ pub(crate) struct Holders {
     pub(crate) found: Vec<(CertifierClient, Version)>,
     /// Peers whose log starts after it (purged there).
     purged: usize,
+    /// Peers that answered.
+    answered: usize,
 }

@@ -74,6 +74,8 @@ pub struct VersionsLog {
     gap: Mutex<Option<Version>>,
     /// Held while a gap is filled.
     filling: tokio::sync::Mutex<()>,
+    /// True while a gap is pending (`server::standing` watches it).
+    gap_pending: watch::Sender<bool>,
 }
 
 /// Snapshots taken or installed on a node (last raft log index → newest
@@ -137,6 +139,7 @@ impl VersionsLog {
             peers: None,
             gap: Mutex::new(None),
             filling: tokio::sync::Mutex::new(()),
+            gap_pending: watch::channel(false).0,
         }
     }
 
@@ -221,6 +224,7 @@ impl VersionsLog {
         {
             let mut gap = self.gap.lock();
             *gap = Some(gap.map_or(latest, |g| g.max(latest)));
+            self.gap_pending.send_replace(true);
         }
         let me = self.clone();
         tokio::spawn(async move {
@@ -229,6 +233,12 @@ impl VersionsLog {
             }
         });
         Ok(())
+    }
+
+    /// Whether a gap an installed snapshot left is being filled, as it
+    /// changes.
+    pub(crate) fn gap_pending(&self) -> watch::Receiver<bool> {
+        self.gap_pending.subscribe()
     }
 
     /// Waits until the gap an installed snapshot left (if any) is filled:
@@ -254,18 +264,25 @@ impl VersionsLog {
         let mut gap = self.gap.lock();
         if *gap == Some(latest) {
             *gap = None;
+            self.gap_pending.send_replace(false);
         }
         Ok(())
     }
 
     /// Copies the versions after this log's end through `latest` from the
     /// first peer that holds them, asking again for [`GAP_PATIENCE`] while
-    /// none reachable does.
+    /// none reachable does. Versions below every holder's first are
+    /// skipped only once every peer has answered, or patience ran out.
     async fn copy_gap(&self, peers: &PeerVersions, latest: Version) -> Result<(), CertifierError> {
         let deadline = tokio::time::Instant::now() + GAP_PATIENCE;
         loop {
             let holders = peers.holding(latest).await;
+            let late = tokio::time::Instant::now() >= deadline;
+            let may_skip = late || peers.all_answered(&holders);
             for (peer, first) in &holders.found {
+                if *first > self.wal.last_lsn() + 1 && !may_skip {
+                    continue;
+                }
                 match self.copy_from(peer, *first, latest).await {
                     Ok(()) => return Ok(()),
                     Err(e @ CertifierError::Wal(_)) => return Err(e),
@@ -275,7 +292,7 @@ impl VersionsLog {
                     ),
                 }
             }
-            if peers.all_purged(&holders) || tokio::time::Instant::now() >= deadline {
+            if peers.all_purged(&holders) || late {
                 tracing::warn!(
                     from = self.wal.last_lsn() + 1,
                     to = latest,

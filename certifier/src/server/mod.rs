@@ -19,6 +19,7 @@ mod rejoin;
 mod replicated;
 pub mod service;
 pub mod spool;
+mod standing;
 mod subscribe;
 pub(crate) mod tail;
 

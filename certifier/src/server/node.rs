@@ -28,6 +28,7 @@ use super::rejoin;
 use super::replicated::Node;
 use super::service::{CertifierService, Parts, ServiceLimits};
 use super::spool::Spool;
+use super::standing;
 use super::tail::Tail;
 use super::TAIL_MAX_RECORDS;
 use crate::config::{parse_peers, CertifierConfig};
@@ -226,6 +227,11 @@ pub(super) async fn open(
             }
         }
     }
+    tokio::spawn(standing::guard(
+        raft.clone(),
+        versions.gap_pending(),
+        votes_held,
+    ));
     let spool = Arc::new(spool);
     spool.purge(wal.first_lsn()).await?;
     let node = Node::new(

@@ -37,9 +37,9 @@ const VOTE_HOLD_ELECTIONS: u32 = 2;
 
 /// Holds the votes of node `id` (`raft`, whose longest election timeout
 /// is `election_timeout`): it stands for no election until the hold ends
-/// (its core's own elections are switched off, and on again then); the
-/// caller refuses vote requests until the instant returned
-/// (`RaftService::votes_held_until`).
+/// (its core's own elections are switched off here, and on again by
+/// `standing::guard` then); the caller refuses vote requests until the
+/// instant returned (`RaftService::votes_held_until`).
 pub(super) fn hold_votes(
     id: NodeId,
     raft: &Raft,
@@ -52,11 +52,6 @@ pub(super) fn hold_votes(
          {hold:?}"
     );
     raft.runtime_config().elect(false);
-    let campaigner = raft.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(hold).await;
-        campaigner.runtime_config().elect(true);
-    });
     tokio::time::Instant::now() + hold
 }
 
@@ -78,16 +73,9 @@ pub(super) async fn group_runs(
             ..ClientOptions::default()
         };
         async move {
-            let asked = tokio::time::timeout(ASK_TIMEOUT, async {
-                CertifierClient::connect_with(addr, opts)
-                    .await?
-                    .status()
-                    .await
-            })
-            .await;
-            match asked {
-                Ok(Ok(s)) => s.leader_id != 0 || s.committed_version > 0,
-                _ => false,
+            match CertifierClient::status_within(addr, opts, ASK_TIMEOUT).await {
+                Ok((_, s)) => s.leader_id != 0 || s.committed_version > 0,
+                Err(_) => false,
             }
         }
     });

@@ -1,0 +1,38 @@
+//! When a raft node stands for election.
+//!
+//! A node campaigns (raft's own elections, openraft's `elect`) only while
+//! it could serve as leader at once. Not while its votes are held after
+//! it lost its raft state (`rejoin`): standing is a vote for itself. And
+//! not while its versions log fills the gap an installed snapshot left
+//! (`raft::gap`): its state machine applies nothing until the copy ends,
+//! so as leader it would answer no certification for that long, while a
+//! peer could lead at once. It still votes for others, so it never keeps
+//! the group from electing a leader.
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::raft::Raft;
+
+/// Keeps `raft`'s elections off while votes are held (until `held_until`)
+/// or a gap is pending (`gap_pending`), on otherwise; ends when the
+/// versions log that sends `gap_pending` is gone.
+pub(super) async fn guard(
+    raft: Raft,
+    mut gap_pending: watch::Receiver<bool>,
+    held_until: Option<Instant>,
+) {
+    loop {
+        let held = held_until.filter(|until| Instant::now() < *until);
+        let filling = *gap_pending.borrow_and_update();
+        raft.runtime_config().elect(held.is_none() && !filling);
+        tokio::select! {
+            changed = gap_pending.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(held.unwrap_or_else(Instant::now)), if held.is_some() => {}
+        }
+    }
+}
