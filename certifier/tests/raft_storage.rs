@@ -456,4 +456,71 @@ mod on_disk {
         assert_eq!(sm.certifier().latest(), 0);
         assert_eq!(sm.last_applied(), Some(log_id(1, 2)));
     }
+
+    /// A build that started before an install and ends after it does not
+    /// replace the installed (newer) snapshot on disk: the raft log may
+    /// already be purged through that one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_build_does_not_replace_an_installed_snapshot() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut leader = StateMachine::open(d1.path(), Limits::default()).unwrap();
+        let mut node = StateMachine::open(d2.path(), Limits::default()).unwrap();
+        let first = [blank(1, 0), certify(1, 1, "a", 0, "k1")];
+        leader.apply(first.clone()).await.unwrap();
+        node.apply(first).await.unwrap();
+        // The node starts a build at index 1 ...
+        let mut build = node.get_snapshot_builder().await;
+        // ... and installs the leader's snapshot at 3 before it ends.
+        leader
+            .apply([certify(1, 2, "b", 1, "k2"), certify(1, 3, "c", 2, "k3")])
+            .await
+            .unwrap();
+        let snap = snapshot_of(&mut leader).await;
+        node.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        let built = build.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id, Some(log_id(1, 3)), "the newer one");
+        drop(node);
+        let mut reopened = StateMachine::open(d2.path(), Limits::default()).unwrap();
+        let (applied, _) = reopened.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(1, 3)));
+        assert_eq!(reopened.certifier().latest(), 3);
+    }
+
+    /// A purge through a snapshot waits until that snapshot is on disk
+    /// (openraft purges through one it installs as soon as it hands it to
+    /// the state machine).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_waits_for_the_snapshot_it_follows_to_be_kept() {
+        let (d1, d2, d3) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let mut leader = StateMachine::open(d1.path(), Limits::default()).unwrap();
+        leader
+            .apply([blank(1, 0), certify(1, 1, "a", 0, "k1")])
+            .await
+            .unwrap();
+        let snap = snapshot_of(&mut leader).await;
+        let mut node = StateMachine::open(d2.path(), Limits::default()).unwrap();
+        let mut log = LogStore::open(d3.path(), wal_opts()).unwrap();
+        log.purge_behind(node.snapshot_writes().kept());
+        let mut purge = tokio::spawn(async move {
+            log.purge(log_id(1, 1)).await.unwrap();
+            log
+        });
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(300), &mut purge).await;
+        assert!(waited.is_err(), "purged before the snapshot was kept");
+        node.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        let mut log = tokio::time::timeout(std::time::Duration::from_secs(10), purge)
+            .await
+            .expect("the purge goes on once the snapshot is kept")
+            .unwrap();
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(1, 1)));
+    }
 }

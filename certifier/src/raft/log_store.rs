@@ -49,6 +49,9 @@ struct Shared {
     recent: Mutex<Recent>,
 }
 
+/// Longest a purge waits for the snapshot it follows to be on disk.
+const KEPT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Most entries and bytes (of records) the recent-entries cache holds.
 const RECENT_ENTRIES: usize = 8192;
 const RECENT_BYTES: usize = 64 << 20;
@@ -117,6 +120,9 @@ pub struct LogStore {
     shared: Arc<Shared>,
     /// The last entry the WAL holds above the purge pointer, if any.
     last: Option<LogId>,
+    /// The last index of the snapshot on disk, when purges wait for it
+    /// ([`LogStore::purge_behind`]).
+    kept: Option<tokio::sync::watch::Receiver<Option<u64>>>,
 }
 
 /// Reads entries; cheap to clone, usable while the store appends.
@@ -160,7 +166,17 @@ impl LogStore {
                 recent: Mutex::default(),
             }),
             last,
+            kept: None,
         })
+    }
+
+    /// Purges only behind the snapshot on disk (`kept`, the state
+    /// machine's `SnapshotWrites::kept`): openraft purges through a
+    /// snapshot it installs as soon as it hands it to the state machine,
+    /// and a crash before the snapshot file is written would leave a log
+    /// purged past the snapshot a restart finds, which nothing rebuilds.
+    pub fn purge_behind(&mut self, kept: tokio::sync::watch::Receiver<Option<u64>>) {
+        self.kept = Some(kept);
     }
 
     /// The WAL underneath (for its positions and stats).
@@ -415,6 +431,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let err = logs_err(ErrorVerb::Delete);
+        if let Some(kept) = &mut self.kept {
+            // The install is quick (the versions it skips are copied
+            // beside it, `raft::gap`). One that failed never keeps its
+            // snapshot, and the node stops: the purge then goes on after
+            // a while rather than hold up the raft core's shutdown.
+            let kept_through = kept.wait_for(|k| k.is_some_and(|k| k >= log_id.index));
+            if tokio::time::timeout(KEPT_WAIT, kept_through).await.is_err() {
+                tracing::warn!(
+                    "raft log purged through {log_id} before a snapshot through it was kept"
+                );
+            }
+        }
         // The pointer first: a crash after it leaves purged entries on disk,
         // which are ignored; the reverse could lose entries not yet purged.
         self.update_meta(|m| m.purged = Some(log_id))

@@ -27,6 +27,7 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 use parking_lot::Mutex;
+use tokio::sync::watch;
 
 use super::meta::write_atomically;
 use super::parts::{Pending, PART_BYTES};
@@ -92,16 +93,42 @@ pub struct SnapshotBuilder {
 /// shuts down: openraft runs a snapshot build in a task of its own, which
 /// may still be writing once the raft core has stopped, into a directory
 /// the caller may remove (a wiped node) or reopen.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct SnapshotWrites {
     /// Held while a snapshot file is written; `true` once stopped.
     stopped: Arc<Mutex<bool>>,
+    /// The last log index of the snapshot in `<dir>/snapshot`.
+    kept: Arc<watch::Sender<Option<u64>>>,
+}
+
+impl Default for SnapshotWrites {
+    fn default() -> Self {
+        SnapshotWrites {
+            stopped: Arc::default(),
+            kept: Arc::new(watch::channel(None).0),
+        }
+    }
 }
 
 impl SnapshotWrites {
     /// Waits for a snapshot being written, and refuses later ones.
     pub fn stop(&self) {
         *self.stopped.lock() = true;
+    }
+
+    /// The last log index of the snapshot on disk, as it rises: the log
+    /// store purges no further (`LogStore::purge_behind`).
+    pub fn kept(&self) -> watch::Receiver<Option<u64>> {
+        self.kept.subscribe()
+    }
+
+    fn kept_through(&self, meta: &SnapshotMeta) {
+        let index = meta.last_log_id.map(|l| l.index);
+        self.kept.send_if_modified(|k| {
+            let raised = index > *k;
+            *k = (*k).max(index);
+            raised
+        });
     }
 }
 
@@ -149,6 +176,7 @@ impl StateMachine {
                 sm.restore(state)?;
                 // The snapshot this node restarts from.
                 mark(sm.versions.as_ref(), &meta, sm.certifier.lock().latest());
+                sm.writes.kept_through(&meta);
                 *sm.current.lock() = Some(Stored {
                     meta,
                     data: Arc::new(data),
@@ -345,7 +373,9 @@ fn mark(versions: Option<&Arc<VersionsLog>>, meta: &SnapshotMeta, latest: Versio
 }
 
 /// Writes a snapshot to `<dir>/snapshot` and makes it the current one,
-/// unless the node stopped.
+/// unless the node stopped, or a newer one is there already: a build that
+/// started before an install may end after it, and the raft log may be
+/// purged through the installed one (then the current one is returned).
 fn keep(
     dir: &Path,
     current: &Mutex<Option<Stored>>,
@@ -360,13 +390,21 @@ fn keep(
             reason: "the node stopped: not written".into(),
         });
     }
+    if let Some(newer) = current
+        .lock()
+        .as_ref()
+        .filter(|c| c.meta.last_log_id > meta.last_log_id)
+    {
+        return Ok(newer.clone());
+    }
     write_atomically(&dir.join(SNAPSHOT_FILE), &data)?;
-    drop(stopped);
+    writes.kept_through(&meta);
     let s = Stored {
         meta,
         data: Arc::new(data),
     };
     *current.lock() = Some(s.clone());
+    drop(stopped);
     Ok(s)
 }
 
@@ -407,7 +445,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snap_err(Some(&meta), ErrorVerb::Write, e)
         })?
         .map_err(|e| snap_err(Some(&meta), ErrorVerb::Write, e))?;
-        mark(self.versions.as_ref(), &meta, latest);
+        if stored.meta.last_log_id == meta.last_log_id {
+            mark(self.versions.as_ref(), &meta, latest);
+        }
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data.to_vec())),

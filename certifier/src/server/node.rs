@@ -185,9 +185,10 @@ pub(super) async fn open(
                 max_record_size: (config.max_record_bytes() * 2).min(u64::from(u32::MAX)),
                 ..config.wal_options()
             };
-            let log = LogStore::open(&raft_dir, opts)?;
+            let mut log = LogStore::open(&raft_dir, opts)?;
             let sm =
                 StateMachine::open_serving(&raft_dir, config.limits(), Some(versions.clone()))?;
+            log.purge_behind(sm.snapshot_writes().kept());
             Ok((wal, spool, log, sm, versions, readable))
         })
         .await
