@@ -8,12 +8,15 @@
 //! snapshots that make some of them conflict, and retries under the same
 //! txn id. Meanwhile, at seeded moments, the leader or a follower stops
 //! and comes back from its disk, or a follower loses its disk and rejoins
-//! from the others. No checkpoint is reported, so no node may drop a
-//! version: then every node must serve every version, byte-identical,
-//! dense, every acknowledged answer must be what the log holds (a commit
-//! at its version with exactly the rows sent, an abort nowhere), every
-//! retry must have got the first answer, and no two commits may break the
-//! rule (first committer wins on a shared key).
+//! from the others; while a node is down, a checkpoint at half the newest
+//! version is reported, so the others purge their logs behind it and the
+//! node may come back to a log it can only follow from a snapshot. No node
+//! may drop a version above the checkpoint: then every node must serve
+//! every version from the checkpoint on, byte-identical, dense, every
+//! acknowledged answer must be what the log holds (a commit at its version
+//! with exactly the rows sent, an abort nowhere), every retry must have
+//! got the first answer, and no two commits may break the rule (first
+//! committer wins on a shared key).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -186,10 +189,18 @@ async fn worker(
 }
 
 /// Stops and restarts nodes at seeded moments; a follower's disk is lost
-/// once. Returns the nodes, all running, and the wiped node's id.
-async fn faults(mut nodes: Nodes, seed: u64) -> (Nodes, Option<u64>) {
+/// once; while a node is down, a checkpoint at half the newest version
+/// `client` knows of is reported. Returns the nodes, all running, the
+/// wiped node's id and the newest checkpoint reported.
+async fn faults(
+    mut nodes: Nodes,
+    seed: u64,
+    client: &CertifierClient,
+    latest: &AtomicU64,
+) -> (Nodes, Option<u64>, u64) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xfa17);
     let mut wiped = None;
+    let mut checkpoint = 0;
     for f in 0..FAULTS {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
         let leader = nodes.leader().await;
@@ -233,10 +244,16 @@ async fn faults(mut nodes: Nodes, seed: u64) -> (Nodes, Option<u64>) {
             100..800
         };
         tokio::time::sleep(Duration::from_millis(rng.random_range(down))).await;
+        // The running nodes purge behind it; the stopped one does not hear
+        // of it.
+        checkpoint = checkpoint.max(latest.load(Ordering::Relaxed) / 2);
+        if let Err(e) = client.report_checkpoint(checkpoint).await {
+            eprintln!("checkpoint {checkpoint} not reported everywhere: {e}");
+        }
         nodes.restart(victim).await;
         nodes.leader().await;
     }
-    (nodes, wiped)
+    (nodes, wiped, checkpoint)
 }
 
 /// The files under `dir`.
@@ -276,7 +293,8 @@ fn keys(ws: &Writeset) -> BTreeSet<Bytes> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_holds_exactly_what_clients_were_told_through_faults() {
     let seed = seed();
-    let nodes = Nodes::start_snapshotting(3, 40).await;
+    // Purging once a checkpoint allows it, as soon as the nodes start.
+    let nodes = Nodes::start_with_segments(3, 40, 0, 1 << 20).await;
     nodes.leader().await;
     let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
     let client = CertifierClient::connect(&all).await.unwrap();
@@ -288,7 +306,7 @@ async fn every_node_holds_exactly_what_clients_were_told_through_faults() {
             tokio::spawn(worker(client.clone(), seed, w, latest, faulting))
         })
         .collect();
-    let (nodes, wiped) = faults(nodes, seed).await;
+    let (nodes, wiped, checkpoint) = faults(nodes, seed, &client, &latest).await;
     faulting.store(false, Ordering::Relaxed);
     let mut sent: Vec<Sent> = Vec::new();
     for w in workers {
@@ -308,14 +326,14 @@ async fn every_node_holds_exactly_what_clients_were_told_through_faults() {
         .await
         .unwrap()
         .latest_version;
-    // No checkpoint was reported, so no node may have dropped a version:
-    // a node rejoining after a stop or a wipe replays the raft log, which
-    // is purged only as the versions log is (`raft::versions`).
+    // No node may have dropped a version above the checkpoint: a node
+    // rejoining after a stop or a wipe replays the raft log, which is
+    // purged only as the versions log is (`raft::versions`), or installs a
+    // snapshot and copies the versions it skips from a peer (`raft::gap`).
     let mut by_version: BTreeMap<u64, Writeset> = BTreeMap::new();
     let mut served = BTreeMap::new();
     for id in nodes.running.keys() {
-        // Once caught up: a node catching up may install a snapshot,
-        // which restarts its versions log after it.
+        // Once caught up (a node catching up may still be copying).
         let first = nodes
             .status_when(*id, &format!("did not catch up to {last}"), |s| {
                 s.committed_version >= last
@@ -323,6 +341,10 @@ async fn every_node_holds_exactly_what_clients_were_told_through_faults() {
             .await
             .first_version
             .max(1);
+        assert!(
+            first <= checkpoint + 1,
+            "node {id} starts at {first}, after the checkpoint {checkpoint} (seed {seed})"
+        );
         let log = versions_of(&nodes, *id, first, last).await;
         served.insert(*id, (first, log.len()));
         for (v, ws) in log {
@@ -339,13 +361,15 @@ async fn every_node_holds_exactly_what_clients_were_told_through_faults() {
     assert!(
         served
             .values()
-            .all(|(first, n)| *first == 1 && *n as u64 == last),
+            .all(|(first, n)| *n as u64 == last + 1 - first),
         "a node lacks versions: (first version, versions) by node {served:?}, latest {last} \
          (seed {seed})"
     );
+    // Versions purged on every node are not compared.
+    let kept = served.values().map(|(first, _)| *first).min().unwrap();
     assert_eq!(
         by_version.keys().copied().collect::<Vec<_>>(),
-        (1..=last).collect::<Vec<_>>(),
+        (kept..=last).collect::<Vec<_>>(),
         "versions dense (seed {seed})"
     );
 
@@ -368,12 +392,15 @@ async fn every_node_holds_exactly_what_clients_were_told_through_faults() {
         match s.answer.as_ref().unwrap() {
             Answer::Committed(v) => {
                 committed += 1;
-                assert_eq!(by_version[v].txn_id, s.ws.txn_id);
+                if *v >= kept {
+                    assert_eq!(by_version[v].txn_id, s.ws.txn_id);
+                }
             }
             Answer::Aborted(code) => {
                 assert!(!seen.contains(&s.ws.txn_id), "{:?}", s.ws.txn_id);
-                // An abort for a conflict has a commit to blame.
-                if *code == AbortCode::Conflict {
+                // An abort for a conflict has a commit to blame (unless
+                // it may be purged everywhere).
+                if *code == AbortCode::Conflict && s.ws.snapshot >= kept {
                     let mine = keys(&s.ws);
                     assert!(
                         by_version
@@ -406,7 +433,8 @@ async fn every_node_holds_exactly_what_clients_were_told_through_faults() {
     eprintln!(
         "{} transactions ({large} over 1 MiB): {committed} committed (versions 1..={last}), \
          {aborted} aborted; \
-         (first version, versions compared) by node: {served:?}; node wiped: {wiped:?}",
+         (first version, versions compared) by node: {served:?}; node wiped: {wiped:?}; \
+         checkpoint {checkpoint}",
         sent.len(),
     );
     assert_eq!(committed as u64, last);

@@ -74,6 +74,17 @@ impl Nodes {
         Nodes::start_all(n, snapshot_entries, purge_timeout_ms, 4096, tls).await
     }
 
+    /// Nodes as [`Nodes::start_purging`] makes them, with segments of
+    /// `segment_bytes`.
+    pub async fn start_with_segments(
+        n: u64,
+        snapshot_entries: u64,
+        purge_timeout_ms: u64,
+        segment_bytes: u64,
+    ) -> Nodes {
+        Nodes::start_all(n, snapshot_entries, purge_timeout_ms, segment_bytes, None).await
+    }
+
     async fn start_all(
         n: u64,
         snapshot_entries: u64,
