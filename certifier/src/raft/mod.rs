@@ -168,7 +168,9 @@
 //!
 //! `certifier/tests/raft_storage.rs`: openraft's storage suite against
 //! [`LogStore`] and [`StateMachine`], reopening, purge past the end,
-//! certification at apply, snapshot transfer. `certifier/tests/raft_cluster.rs`:
+//! certification at apply, snapshot transfer, an older build that does
+//! not replace an installed snapshot, a purge that waits for the snapshot
+//! it follows. `certifier/tests/raft_cluster.rs`:
 //! three nodes over gRPC on loopback elect a leader, commit, lose it, and
 //! carry on with dense versions and no index reused; a wiped follower
 //! rejoins from a snapshot and a restarted node from its disk, each then
@@ -185,7 +187,11 @@
 //! Status, and after the leader stops a new one answers retries with
 //! their original versions and the old one catches up from its disk; a
 //! 4 MiB writeset goes through in parts and every node serves it byte for
-//! byte. Records in parts across a snapshot and a restart, and a large
+//! byte; nodes wiped one after the other rejoin from snapshots and copy
+//! the versions they skip ([`gap`]), plaintext and over TLS.
+//! `certifier/tests/raft_random.rs`: seeded clients and faults (stops, a
+//! wipe, checkpoints while a node is down); every node holds every
+//! version above the checkpoint, exactly as answered. Records in parts across a snapshot and a restart, and a large
 //! version kept by its keys, are in `raft_storage.rs`; raft messages
 //! without a peer certificate refused, in `certifier/tests/tls.rs`.
 
