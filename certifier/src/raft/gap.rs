@@ -1,5 +1,5 @@
-//! Where a node finds the versions a snapshot it installs skips: in its
-//! peers' versions logs.
+//! The gap a snapshot leaves in a node's versions log, and how it is
+//! filled from the peers' versions logs.
 //!
 //! A node installs a snapshot only when it lags behind the raft log the
 //! leader still holds (a wiped disk, a long outage). The snapshot brings
@@ -25,11 +25,19 @@
 //! election (`server::standing`): as leader it would answer nothing until
 //! the copy ends. It still votes, and answers the leader.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::VersionsLog;
 use crate::client::{CertifierClient, ClientOptions};
+use crate::error::CertifierError;
 use crate::tls::ClientTls;
-use crate::Version;
+use crate::{record, Version};
 
 /// How long a peer may take to connect and answer Status, and to send the
 /// next frame of what it streams, before the next peer is tried.
@@ -119,4 +127,171 @@ pub(crate) struct Holders {
     purged: usize,
     /// Peers that answered.
     answered: usize,
+}
+
+/// A versions log's gap: where it is copied from, and how far it goes.
+#[derive(Default)]
+pub(crate) struct Gap {
+    /// Where the versions are copied from; none: they are skipped.
+    peers: Option<PeerVersions>,
+    /// The newest version of an installed snapshot the log does not reach
+    /// yet: the versions up to it are being copied.
+    pending: Mutex<Option<Version>>,
+    /// Held while the gap is filled.
+    filling: tokio::sync::Mutex<()>,
+    /// True while a gap is pending (`server::standing` watches it).
+    watch: watch::Sender<bool>,
+}
+
+impl From<PeerVersions> for Gap {
+    fn from(peers: PeerVersions) -> Gap {
+        Gap {
+            peers: Some(peers),
+            ..Gap::default()
+        }
+    }
+}
+
+fn gap_err(reason: String) -> CertifierError {
+    CertifierError::RaftStorage {
+        what: "copying versions from a peer".into(),
+        reason,
+    }
+}
+
+impl VersionsLog {
+    /// A snapshot whose newest version is `latest` was installed (or a
+    /// node restarts from it): when this log ends before it, the versions
+    /// it lacks are copied from a peer in a task of its own (`gap.rs`);
+    /// `VersionsLog::fill_gap` waits for that. Without peers it restarts
+    /// after the snapshot ([`VersionsLog::restored`]).
+    pub async fn installed(self: &Arc<Self>, latest: Version) -> Result<(), CertifierError> {
+        if self.wal.last_lsn() >= latest {
+            return Ok(());
+        }
+        if self.gap.peers.is_none() {
+            return self.restored(latest).await;
+        }
+        {
+            let mut gap = self.gap.pending.lock();
+            *gap = Some(gap.map_or(latest, |g| g.max(latest)));
+            self.gap.watch.send_replace(true);
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.fill_gap().await {
+                tracing::error!("copying the versions a snapshot skips failed: {e}");
+            }
+        });
+        Ok(())
+    }
+
+    /// Whether a gap an installed snapshot left is being filled, as it
+    /// changes.
+    pub(crate) fn gap_pending(&self) -> watch::Receiver<bool> {
+        self.gap.watch.subscribe()
+    }
+
+    /// Waits until the gap an installed snapshot left (if any) is filled:
+    /// the versions up to the snapshot's copied from the peer whose log
+    /// starts earliest, from its first version if that is later than this
+    /// log's end (what is older was purged behind a checkpoint), and made
+    /// durable; what no peer holds is skipped (the log restarts after it).
+    /// Only a failure of this log is an error.
+    pub(crate) async fn fill_gap(&self) -> Result<(), CertifierError> {
+        if self.gap.pending.lock().is_none() {
+            return Ok(());
+        }
+        let _one = self.gap.filling.lock().await;
+        let Some(latest) = *self.gap.pending.lock() else {
+            return Ok(());
+        };
+        if let (Some(peers), true) = (&self.gap.peers, self.wal.last_lsn() < latest) {
+            self.copy_gap(peers, latest).await?;
+        }
+        self.restored(latest).await?;
+        self.sync_through(latest).await?;
+        // A later install may have widened it meanwhile.
+        let mut gap = self.gap.pending.lock();
+        if *gap == Some(latest) {
+            *gap = None;
+            self.gap.watch.send_replace(false);
+        }
+        Ok(())
+    }
+
+    /// Copies the versions after this log's end through `latest` from the
+    /// first peer that holds them, asking again for [`GAP_PATIENCE`] while
+    /// none reachable does. Versions below every holder's first are
+    /// skipped only once every peer has answered, or patience ran out.
+    async fn copy_gap(&self, peers: &PeerVersions, latest: Version) -> Result<(), CertifierError> {
+        let deadline = tokio::time::Instant::now() + GAP_PATIENCE;
+        loop {
+            let holders = peers.holding(latest).await;
+            let late = tokio::time::Instant::now() >= deadline;
+            let may_skip = late || peers.all_answered(&holders);
+            for (peer, first) in &holders.found {
+                if *first > self.wal.last_lsn() + 1 && !may_skip {
+                    continue;
+                }
+                match self.copy_from(peer, *first, latest).await {
+                    Ok(()) => return Ok(()),
+                    Err(e @ CertifierError::Wal(_)) => return Err(e),
+                    Err(e) => tracing::warn!(
+                        peer = peer.addr(),
+                        "copying versions up to {latest} from a peer failed: {e}"
+                    ),
+                }
+            }
+            if peers.all_purged(&holders) || late {
+                tracing::warn!(
+                    from = self.wal.last_lsn() + 1,
+                    to = latest,
+                    "no peer holds these versions: they are not served here"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Copies the versions after this log's end through `latest` from
+    /// `peer`, whose log starts at `first`.
+    async fn copy_from(
+        &self,
+        peer: &CertifierClient,
+        first: Version,
+        latest: Version,
+    ) -> Result<(), CertifierError> {
+        let end = self.wal.last_lsn();
+        if first > end + 1 {
+            tracing::info!(
+                from = end + 1,
+                to = first - 1,
+                "versions purged on every peer are not copied"
+            );
+            self.wal.restart_at(first).await?;
+            self.submitted.notify_one();
+        }
+        let from = self.wal.last_lsn() + 1;
+        let mut frames = peer.subscribe_frames(from).await?;
+        let mut rec = BytesMut::new();
+        let mut next = from;
+        while next <= latest {
+            let frame = tokio::time::timeout(PEER_WAIT, frames.next())
+                .await
+                .map_err(|_| gap_err(format!("the peer sent nothing for {PEER_WAIT:?}")))?
+                .ok_or_else(|| gap_err(format!("the peer's stream ended before {next}")))??;
+            if rec.is_empty() {
+                rec = record::header(next, frame.data.len());
+            }
+            rec.extend_from_slice(&frame.data);
+            if frame.last {
+                self.append(next, rec.split().freeze())?;
+                next += 1;
+            }
+        }
+        tracing::info!(from, to = latest, peer = peer.addr(), "versions copied");
+        Ok(())
+    }
 }

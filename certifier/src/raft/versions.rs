@@ -45,16 +45,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use parking_lot::Mutex;
 use tashkent_wal::Wal;
 use tokio::sync::{watch, Notify};
 
-use super::gap::{PeerVersions, GAP_PATIENCE, PEER_WAIT};
-use crate::client::CertifierClient;
+use super::gap::{Gap, PeerVersions};
 use crate::error::CertifierError;
 use crate::server::tail::Tail;
 use crate::{record, Version};
@@ -62,20 +59,13 @@ use crate::{record, Version};
 /// The versions log, with the serving node's tail cache, the wake-up of
 /// its durability follower and the newest version subscribers may read.
 pub struct VersionsLog {
-    wal: Wal,
+    pub(super) wal: Wal,
     tail: Arc<Mutex<Tail>>,
-    submitted: Arc<Notify>,
+    pub(super) submitted: Arc<Notify>,
     readable: Arc<watch::Sender<Version>>,
     snapshots: Mutex<SnapshotMarks>,
-    /// Where versions a snapshot skips are copied from (`gap.rs`).
-    peers: Option<PeerVersions>,
-    /// The newest version of an installed snapshot this log does not
-    /// reach yet: the versions up to it are being copied.
-    gap: Mutex<Option<Version>>,
-    /// Held while a gap is filled.
-    filling: tokio::sync::Mutex<()>,
-    /// True while a gap is pending (`server::standing` watches it).
-    gap_pending: watch::Sender<bool>,
+    /// The versions an installed snapshot skips, being copied (`gap.rs`).
+    pub(super) gap: Gap,
 }
 
 /// Snapshots taken or installed on a node (last raft log index → newest
@@ -136,17 +126,14 @@ impl VersionsLog {
             submitted,
             readable,
             snapshots: Mutex::new(SnapshotMarks::default()),
-            peers: None,
-            gap: Mutex::new(None),
-            filling: tokio::sync::Mutex::new(()),
-            gap_pending: watch::channel(false).0,
+            gap: Gap::default(),
         }
     }
 
     /// Copies the versions an installed snapshot skips from `peers`.
     pub(crate) fn with_peers(self, peers: PeerVersions) -> VersionsLog {
         VersionsLog {
-            peers: Some(peers),
+            gap: Gap::from(peers),
             ..self
         }
     }
@@ -181,7 +168,7 @@ impl VersionsLog {
 
     /// Appends `payload`, the record of `version` (stamped), which must be
     /// the next LSN.
-    fn append(&self, version: Version, payload: Bytes) -> Result<(), CertifierError> {
+    pub(super) fn append(&self, version: Version, payload: Bytes) -> Result<(), CertifierError> {
         // Into the tail first: subscribers read it from there.
         self.tail.lock().push(version, payload.clone());
         let ticket = self.wal.submit(payload)?;
@@ -206,141 +193,6 @@ impl VersionsLog {
         if upto > self.wal.durable_lsn() {
             self.wal.wait_durable(upto).await?;
         }
-        Ok(())
-    }
-
-    /// A snapshot whose newest version is `latest` was installed (or a
-    /// node restarts from it): when this log ends before it, the versions
-    /// it lacks are copied from a peer in a task of its own (`gap.rs`);
-    /// `VersionsLog::fill_gap` waits for that. Without peers it restarts
-    /// after the snapshot ([`VersionsLog::restored`]).
-    pub async fn installed(self: &Arc<Self>, latest: Version) -> Result<(), CertifierError> {
-        if self.wal.last_lsn() >= latest {
-            return Ok(());
-        }
-        if self.peers.is_none() {
-            return self.restored(latest).await;
-        }
-        {
-            let mut gap = self.gap.lock();
-            *gap = Some(gap.map_or(latest, |g| g.max(latest)));
-            self.gap_pending.send_replace(true);
-        }
-        let me = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = me.fill_gap().await {
-                tracing::error!("copying the versions a snapshot skips failed: {e}");
-            }
-        });
-        Ok(())
-    }
-
-    /// Whether a gap an installed snapshot left is being filled, as it
-    /// changes.
-    pub(crate) fn gap_pending(&self) -> watch::Receiver<bool> {
-        self.gap_pending.subscribe()
-    }
-
-    /// Waits until the gap an installed snapshot left (if any) is filled:
-    /// the versions up to the snapshot's copied from the peer whose log
-    /// starts earliest, from its first version if that is later than this
-    /// log's end (what is older was purged behind a checkpoint), and made
-    /// durable; what no peer holds is skipped (the log restarts after it).
-    /// Only a failure of this log is an error.
-    pub(crate) async fn fill_gap(&self) -> Result<(), CertifierError> {
-        if self.gap.lock().is_none() {
-            return Ok(());
-        }
-        let _one = self.filling.lock().await;
-        let Some(latest) = *self.gap.lock() else {
-            return Ok(());
-        };
-        if let (Some(peers), true) = (&self.peers, self.wal.last_lsn() < latest) {
-            self.copy_gap(peers, latest).await?;
-        }
-        self.restored(latest).await?;
-        self.sync_through(latest).await?;
-        // A later install may have widened it meanwhile.
-        let mut gap = self.gap.lock();
-        if *gap == Some(latest) {
-            *gap = None;
-            self.gap_pending.send_replace(false);
-        }
-        Ok(())
-    }
-
-    /// Copies the versions after this log's end through `latest` from the
-    /// first peer that holds them, asking again for [`GAP_PATIENCE`] while
-    /// none reachable does. Versions below every holder's first are
-    /// skipped only once every peer has answered, or patience ran out.
-    async fn copy_gap(&self, peers: &PeerVersions, latest: Version) -> Result<(), CertifierError> {
-        let deadline = tokio::time::Instant::now() + GAP_PATIENCE;
-        loop {
-            let holders = peers.holding(latest).await;
-            let late = tokio::time::Instant::now() >= deadline;
-            let may_skip = late || peers.all_answered(&holders);
-            for (peer, first) in &holders.found {
-                if *first > self.wal.last_lsn() + 1 && !may_skip {
-                    continue;
-                }
-                match self.copy_from(peer, *first, latest).await {
-                    Ok(()) => return Ok(()),
-                    Err(e @ CertifierError::Wal(_)) => return Err(e),
-                    Err(e) => tracing::warn!(
-                        peer = peer.addr(),
-                        "copying versions up to {latest} from a peer failed: {e}"
-                    ),
-                }
-            }
-            if peers.all_purged(&holders) || late {
-                tracing::warn!(
-                    from = self.wal.last_lsn() + 1,
-                    to = latest,
-                    "no peer holds these versions: they are not served here"
-                );
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
-    /// Copies the versions after this log's end through `latest` from
-    /// `peer`, whose log starts at `first`.
-    async fn copy_from(
-        &self,
-        peer: &CertifierClient,
-        first: Version,
-        latest: Version,
-    ) -> Result<(), CertifierError> {
-        let end = self.wal.last_lsn();
-        if first > end + 1 {
-            tracing::info!(
-                from = end + 1,
-                to = first - 1,
-                "versions purged on every peer are not copied"
-            );
-            self.wal.restart_at(first).await?;
-            self.submitted.notify_one();
-        }
-        let from = self.wal.last_lsn() + 1;
-        let mut frames = peer.subscribe_frames(from).await?;
-        let mut rec = BytesMut::new();
-        let mut next = from;
-        while next <= latest {
-            let frame = tokio::time::timeout(PEER_WAIT, frames.next())
-                .await
-                .map_err(|_| broken(format!("the peer sent nothing for {PEER_WAIT:?}")))?
-                .ok_or_else(|| broken(format!("the peer's stream ended before {next}")))??;
-            if rec.is_empty() {
-                rec = record::header(next, frame.data.len());
-            }
-            rec.extend_from_slice(&frame.data);
-            if frame.last {
-                self.append(next, rec.split().freeze())?;
-                next += 1;
-            }
-        }
-        tracing::info!(from, to = latest, peer = peer.addr(), "versions copied");
         Ok(())
     }
 
