@@ -30,7 +30,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::StreamExt;
-use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::VersionsLog;
@@ -135,12 +134,11 @@ pub(crate) struct Gap {
     /// Where the versions are copied from; none: they are skipped.
     peers: Option<PeerVersions>,
     /// The newest version of an installed snapshot the log does not reach
-    /// yet: the versions up to it are being copied.
-    pending: Mutex<Option<Version>>,
+    /// yet: the versions up to it are being copied (`server::standing`
+    /// watches whether there is one).
+    pending: watch::Sender<Option<Version>>,
     /// Held while the gap is filled.
     filling: tokio::sync::Mutex<()>,
-    /// True while a gap is pending (`server::standing` watches it).
-    watch: watch::Sender<bool>,
 }
 
 impl From<PeerVersions> for Gap {
@@ -172,11 +170,9 @@ impl VersionsLog {
         if self.gap.peers.is_none() {
             return self.restored(latest).await;
         }
-        {
-            let mut gap = self.gap.pending.lock();
-            *gap = Some(gap.map_or(latest, |g| g.max(latest)));
-            self.gap.watch.send_replace(true);
-        }
+        self.gap
+            .pending
+            .send_modify(|g| *g = Some(g.map_or(latest, |g| g.max(latest))));
         let me = self.clone();
         tokio::spawn(async move {
             if let Err(e) = me.fill_gap().await {
@@ -186,10 +182,10 @@ impl VersionsLog {
         Ok(())
     }
 
-    /// Whether a gap an installed snapshot left is being filled, as it
-    /// changes.
-    pub(crate) fn gap_pending(&self) -> watch::Receiver<bool> {
-        self.gap.watch.subscribe()
+    /// The gap an installed snapshot left and is being filled (the newest
+    /// version it reaches), as it changes.
+    pub(crate) fn gap_pending(&self) -> watch::Receiver<Option<Version>> {
+        self.gap.pending.subscribe()
     }
 
     /// Waits until the gap an installed snapshot left (if any) is filled:
@@ -199,11 +195,11 @@ impl VersionsLog {
     /// durable; what no peer holds is skipped (the log restarts after it).
     /// Only a failure of this log is an error.
     pub(crate) async fn fill_gap(&self) -> Result<(), CertifierError> {
-        if self.gap.pending.lock().is_none() {
+        if self.gap.pending.borrow().is_none() {
             return Ok(());
         }
         let _one = self.gap.filling.lock().await;
-        let Some(latest) = *self.gap.pending.lock() else {
+        let Some(latest) = *self.gap.pending.borrow() else {
             return Ok(());
         };
         if let (Some(peers), true) = (&self.gap.peers, self.wal.last_lsn() < latest) {
@@ -212,11 +208,13 @@ impl VersionsLog {
         self.restored(latest).await?;
         self.sync_through(latest).await?;
         // A later install may have widened it meanwhile.
-        let mut gap = self.gap.pending.lock();
-        if *gap == Some(latest) {
-            *gap = None;
-            self.gap.watch.send_replace(false);
-        }
+        self.gap.pending.send_if_modified(|g| {
+            let filled = *g == Some(latest);
+            if filled {
+                *g = None;
+            }
+            filled
+        });
         Ok(())
     }
 
@@ -268,7 +266,7 @@ impl VersionsLog {
             tracing::info!(
                 from = end + 1,
                 to = first - 1,
-                "versions purged on every peer are not copied"
+                "versions no answering peer holds are not copied"
             );
             self.wal.restart_at(first).await?;
             self.submitted.notify_one();

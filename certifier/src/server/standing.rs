@@ -13,21 +13,22 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::raft::Raft;
+use crate::Version;
 
 /// Keeps `raft`'s elections off while votes are held (until `held_until`)
-/// or a gap is pending (`gap_pending`), on otherwise; ends when the
-/// versions log that sends `gap_pending` is gone.
+/// or a gap is pending (`gap`), on otherwise; ends when the versions log
+/// that sends `gap` is gone.
 pub(super) async fn guard(
     raft: Raft,
-    mut gap_pending: watch::Receiver<bool>,
+    mut gap: watch::Receiver<Option<Version>>,
     held_until: Option<Instant>,
 ) {
     loop {
         let held = held_until.filter(|until| Instant::now() < *until);
-        let filling = *gap_pending.borrow_and_update();
+        let filling = gap.borrow_and_update().is_some();
         raft.runtime_config().elect(held.is_none() && !filling);
         tokio::select! {
-            changed = gap_pending.changed() => {
+            changed = gap.changed() => {
                 if changed.is_err() {
                     return;
                 }
