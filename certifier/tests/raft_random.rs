@@ -294,10 +294,9 @@ fn keys(ws: &Writeset) -> BTreeSet<Bytes> {
 async fn every_node_holds_exactly_what_clients_were_told_through_faults() {
     let seed = seed();
     // Purging once a checkpoint allows it, as soon as the nodes start.
-    let nodes = Nodes::start_with_segments(3, 40, 0, 1 << 20).await;
+    let nodes = Nodes::start_purging(3, 40, 0, 1 << 20).await;
     nodes.leader().await;
-    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
-    let client = CertifierClient::connect(&all).await.unwrap();
+    let client = nodes.client_of_all().await;
     let latest = Arc::new(AtomicU64::new(0));
     let faulting = Arc::new(AtomicBool::new(true));
     let workers: Vec<_> = (0..WORKERS)

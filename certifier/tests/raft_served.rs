@@ -236,14 +236,15 @@ async fn served(client: &CertifierClient, from: u64, to: u64) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_nodes_rejoin_from_snapshots_and_keep_what_the_checkpoint_needs() {
-    // Purging at once (no replica to wait for).
-    wiped_nodes_rejoin(Nodes::start_purging(3, 20, 0).await).await;
+    // Purging at once (no replica to wait for), in 4 KiB segments, so
+    // that the checkpoint purges whole ones.
+    wiped_nodes_rejoin(Nodes::start_purging(3, 20, 0, 4096).await).await;
 }
 
 /// The same over TLS: a node copies from its peers as a TLS client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_nodes_keep_what_the_checkpoint_needs_over_tls() {
-    wiped_nodes_rejoin(Nodes::start_purging_over_tls(3, 20, 0).await).await;
+    wiped_nodes_rejoin(Nodes::start_purging_over_tls(3, 20, 0, 4096).await).await;
 }
 
 async fn wiped_nodes_rejoin(mut nodes: Nodes) {
@@ -441,8 +442,7 @@ async fn ask_vote(addr: &str, term: u64, candidate: u64) -> Result<(), tonic::St
 async fn a_wiped_first_node_rejoins_without_voting_at_first() {
     let mut nodes = Nodes::start(3).await;
     nodes.leader().await;
-    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
-    let client = CertifierClient::connect(&all).await.unwrap();
+    let client = nodes.client_of_all().await;
     commit_numbered(&client, 1..=30).await;
     nodes.stop(1).await;
     std::fs::remove_dir_all(nodes.dirs[&1].path().join("wal")).unwrap();
@@ -479,8 +479,7 @@ async fn a_wiped_first_node_rejoins_without_voting_at_first() {
 async fn a_writeset_larger_than_an_entry_goes_through_raft_in_parts() {
     let mut nodes = Nodes::start(3).await;
     let leader = nodes.leader().await;
-    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
-    let client = CertifierClient::connect(&all).await.unwrap();
+    let client = nodes.client_of_all().await;
     assert_eq!(
         version(client.certify(ws("before", "k0")).await.unwrap()),
         1

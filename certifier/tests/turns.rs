@@ -81,8 +81,7 @@ async fn a_losing_session_gets_its_turn_before_others_in_the_order_they_lost() {
 async fn a_raft_leader_keeps_turns_in_the_order_sessions_lost() {
     let mut nodes = raft_common::served::Nodes::start(3).await;
     nodes.leader().await;
-    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
-    let c = CertifierClient::connect(&all).await.unwrap();
+    let c = nodes.client_of_all().await;
     turns_in_the_order_sessions_lost(&c).await;
     // Refusals are logged and decided in log order: while session 6 has
     // the turn, a resend of session 2's committed transaction is refused

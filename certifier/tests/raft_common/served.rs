@@ -55,10 +55,16 @@ impl Nodes {
     }
 
     /// Nodes that purge `purge_timeout_ms` after they start (once a
-    /// checkpoint allows it), their logs in the smallest segments (4 KiB),
-    /// so that a checkpoint purges whole segments of small records.
-    pub async fn start_purging(n: u64, snapshot_entries: u64, purge_timeout_ms: u64) -> Nodes {
-        Nodes::start_all(n, snapshot_entries, purge_timeout_ms, 4096, None).await
+    /// checkpoint allows it), their logs in segments of `segment_bytes`
+    /// (the smallest, 4 KiB, make a checkpoint purge whole segments of
+    /// small records).
+    pub async fn start_purging(
+        n: u64,
+        snapshot_entries: u64,
+        purge_timeout_ms: u64,
+        segment_bytes: u64,
+    ) -> Nodes {
+        Nodes::start_all(n, snapshot_entries, purge_timeout_ms, segment_bytes, None).await
     }
 
     /// [`Nodes::start_purging`], over TLS to and between the nodes (one
@@ -67,22 +73,12 @@ impl Nodes {
         n: u64,
         snapshot_entries: u64,
         purge_timeout_ms: u64,
+        segment_bytes: u64,
     ) -> Nodes {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = super::certificate(dir.path(), "node", &["127.0.0.1"]);
         let tls = Some((cert, key, dir));
-        Nodes::start_all(n, snapshot_entries, purge_timeout_ms, 4096, tls).await
-    }
-
-    /// Nodes as [`Nodes::start_purging`] makes them, with segments of
-    /// `segment_bytes`.
-    pub async fn start_with_segments(
-        n: u64,
-        snapshot_entries: u64,
-        purge_timeout_ms: u64,
-        segment_bytes: u64,
-    ) -> Nodes {
-        Nodes::start_all(n, snapshot_entries, purge_timeout_ms, segment_bytes, None).await
+        Nodes::start_all(n, snapshot_entries, purge_timeout_ms, segment_bytes, tls).await
     }
 
     async fn start_all(
