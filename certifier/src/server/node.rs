@@ -152,14 +152,15 @@ pub(super) async fn open(
     )));
     let submitted = Arc::new(Notify::new());
     let tls = peer_tls(config)?;
-    // Where an installed snapshot's missing versions are copied from: the
-    // other nodes, by the route raft uses to reach them.
-    let others = peers
+    // The other nodes, by the route raft uses to reach them: asked whether
+    // the group runs (`rejoin`), and where an installed snapshot's missing
+    // versions are copied from.
+    let others: Vec<String> = peers
         .iter()
         .filter(|(peer, _)| **peer != id)
         .map(|(peer, addr)| routes.get(peer).unwrap_or(addr).clone())
         .collect();
-    let peer_versions = PeerVersions::new(others, tls.clone());
+    let peer_versions = PeerVersions::new(others.clone(), tls.clone());
     let (wal, spool, log, sm, versions, readable) = {
         let (config, tail, submitted) = (config.clone(), tail.clone(), submitted.clone());
         tokio::task::spawn_blocking(move || -> Result<_, CertifierError> {
@@ -213,7 +214,7 @@ pub(super) async fn open(
     .map_err(raft_error)?;
     let mut votes_held = None;
     if !raft.is_initialized().await.map_err(raft_error)? {
-        if rejoin::group_runs(id, &peers, &routes, tls).await {
+        if rejoin::group_runs(&others, tls).await {
             // This node lost its raft state (its disk was wiped) while the
             // others went on: it catches up from the leader, and must not
             // vote again in a term it may have voted in (`rejoin`).

@@ -24,7 +24,6 @@
 //! elect anyone). Rejoining under a new node id (`remove-node`,
 //! `add-node`) is the strictly safe way.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::client::{CertifierClient, ClientOptions};
@@ -58,16 +57,11 @@ pub(super) fn hold_votes(
 /// How long one peer may take to answer.
 const ASK_TIMEOUT: Duration = Duration::from_millis(800);
 
-/// Whether any peer of node `id` says the group runs (see the module
-/// docs); peers that do not answer say nothing.
-pub(super) async fn group_runs(
-    id: NodeId,
-    peers: &BTreeMap<NodeId, String>,
-    routes: &BTreeMap<NodeId, String>,
-    tls: Option<ClientTls>,
-) -> bool {
-    let asks = peers.iter().filter(|(p, _)| **p != id).map(|(p, addr)| {
-        let addr = routes.get(p).unwrap_or(addr);
+/// Whether any of the other nodes (`others`: where their raft messages
+/// go) says the group runs (see the module docs); nodes that do not
+/// answer say nothing.
+pub(super) async fn group_runs(others: &[String], tls: Option<ClientTls>) -> bool {
+    let asks = others.iter().map(|addr| {
         let opts = ClientOptions {
             tls: tls.clone(),
             ..ClientOptions::default()
