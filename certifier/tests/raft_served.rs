@@ -327,6 +327,84 @@ async fn wiped_nodes_rejoin(mut nodes: Nodes) {
     }
 }
 
+/// A wiped node installs a snapshot while the peer that might hold older
+/// versions than the leader's is down, so its copy waits (`raft::gap`).
+/// Meanwhile the leader stops too. Alone, the node must not campaign
+/// (`server::standing`): as leader it would answer nothing until the copy
+/// ends. Once `GAP_PATIENCE` (10 s) has passed with no peer holding the
+/// versions, it skips them, stands again, and tells subscribers that those
+/// versions are gone here. The others then come back and the group goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_filling_a_gap_does_not_campaign_and_skips_what_no_peer_serves() {
+    let mut nodes = Nodes::start_purging(3, 20, 0, 4096).await;
+    let leader = nodes.leader().await;
+    let client = nodes.client_of_all().await;
+    commit_numbered(&client, 1..=100).await;
+    let wiped = *nodes.addrs.keys().find(|id| **id != leader).unwrap();
+    let other = *nodes
+        .addrs
+        .keys()
+        .find(|id| **id != leader && **id != wiped)
+        .unwrap();
+    nodes.stop(wiped).await;
+    std::fs::remove_dir_all(nodes.dirs[&wiped].path().join("wal")).unwrap();
+    commit_numbered(&client, 101..=200).await;
+    client.report_checkpoint(150).await.unwrap();
+    for id in [leader, other] {
+        nodes
+            .status_when(id, "no purge after the checkpoint", |s| s.first_version > 1)
+            .await;
+    }
+    nodes.stop(other).await;
+    let started = tokio::time::Instant::now();
+    nodes.restart(wiped).await;
+    // The snapshot gives it the certifier's state; its versions log stays
+    // empty, as the leader's starts after the checkpoint and `other`, which
+    // might hold more, does not answer.
+    let s = nodes
+        .status_when(wiped, "no snapshot installed", |s| s.committed_version > 0)
+        .await;
+    let latest = s.committed_version;
+    assert_eq!(s.durable_version, 0, "{s:?}");
+    nodes.stop(leader).await;
+    // Its votes are held for two election timeouts after a rejoin (2.4
+    // s); from then on only the pending copy keeps it from campaigning.
+    tokio::time::sleep_until(started + Duration::from_millis(3500)).await;
+    let wc = nodes.client(wiped).await;
+    let before = wc.status().await.unwrap();
+    // Over two of its longest election timeouts (1.2 s), with no leader.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = wc.status().await.unwrap();
+    assert_eq!(after.durable_version, 0, "the copy ended early: {after:?}");
+    assert_eq!(
+        (after.term, after.role.as_str()),
+        (before.term, "follower"),
+        "a node filling a gap campaigned: {before:?} then {after:?}"
+    );
+    // Patience runs out: the versions are skipped, and it stands again
+    // (alone, in vain).
+    let s = nodes
+        .status_when(wiped, "the gap was not given up", |s| {
+            s.first_version == latest + 1
+        })
+        .await;
+    assert!(started.elapsed() >= Duration::from_secs(10), "{s:?}");
+    nodes
+        .status_when(wiped, "no campaign after the gap", |s| s.term > before.term)
+        .await;
+    match wc.subscribe(151).await {
+        Err(e) => assert!(e.is_purged(), "{e}"),
+        Ok(_) => panic!("skipped versions served"),
+    }
+    nodes.restart(leader).await;
+    nodes.restart(other).await;
+    assert_eq!(version(client.certify(ws("b", "kb")).await.unwrap()), 201);
+    assert_eq!(version(client.certify(ws("a7", "k7")).await.unwrap()), 7);
+    for (_, r) in std::mem::take(&mut nodes.running) {
+        r.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_is_added_and_another_removed_online() {
     use tashkent_certifier::raft::membership::{change, MembershipChange};
