@@ -78,12 +78,14 @@
 //!   clients in one process, a noisy day): the single certifier
 //!   21–47k/s, one raft node 21–23k/s before the patch and 33–35k/s with
 //!   it, three nodes 0.28–0.34x the single certifier before it and
-//!   0.36–0.40x with it (issue 14's goal is 0.7x). What remains is CPU:
-//!   the process gets ~1.4 of the two cores (the rest is the VM's steal
-//!   and IO wait; the single certifier gets ~1.5), and three nodes spend
-//!   about three times the CPU per certification of one: each decodes,
-//!   certifies and logs every writeset twice (raft log, versions log),
-//!   and the entries cross gRPC twice more.
+//!   0.36–0.40x with it (issue 14's goal is 0.7x). What binds most is
+//!   the flush in each replication round: 0.9 keeps one AppendEntries in
+//!   flight per follower, a follower answers after its fdatasync, and the
+//!   three nodes' flushes share this machine's one disk. With the raft
+//!   logs' fdatasync patched out (an unsafe experiment) three nodes reach
+//!   0.68–0.82x; with the followers' apply patched out instead, 0.54–0.62x
+//!   (README, "With a replicated certifier"). Each node still decodes,
+//!   certifies and logs every writeset twice (raft log, versions log).
 //! - The log store keeps the last 8192 entries (64 MiB) in memory
 //!   (`log_store.rs`): a WAL reader finds a record by walking its segment
 //!   from the start, which made every apply slower as the segment grew.
