@@ -254,15 +254,8 @@ async fn wiped_nodes_rejoin(mut nodes: Nodes) {
     // A follower loses its disk; the others snapshot meanwhile, and purge
     // their logs once a checkpoint allows it (never before: see
     // `raft::versions`).
-    let follower = *nodes.addrs.keys().find(|id| **id != leader).unwrap();
-    let other = *nodes
-        .addrs
-        .keys()
-        .find(|id| **id != leader && **id != follower)
-        .unwrap();
-    let wal_dir = |nodes: &Nodes, id: u64| nodes.dirs[&id].path().join("wal");
-    nodes.stop(follower).await;
-    std::fs::remove_dir_all(wal_dir(&nodes, follower)).unwrap();
+    let (follower, other) = nodes.others(leader);
+    nodes.wipe(follower).await;
     commit_numbered(&client, 101..=200).await;
     client.report_checkpoint(150).await.unwrap();
     // Both purge whole segments below the checkpoint (never a version
@@ -295,8 +288,7 @@ async fn wiped_nodes_rejoin(mut nodes: Nodes) {
     }
     // Made the only way to a quorum with the leader, it carries on; the
     // third node loses its disk too.
-    nodes.stop(other).await;
-    std::fs::remove_dir_all(wal_dir(&nodes, other)).unwrap();
+    nodes.wipe(other).await;
     assert_eq!(
         version(client.certify(ws("a5", "k5")).await.unwrap()),
         5,
@@ -340,14 +332,8 @@ async fn a_node_filling_a_gap_does_not_campaign_and_skips_what_no_peer_serves() 
     let leader = nodes.leader().await;
     let client = nodes.client_of_all().await;
     commit_numbered(&client, 1..=100).await;
-    let wiped = *nodes.addrs.keys().find(|id| **id != leader).unwrap();
-    let other = *nodes
-        .addrs
-        .keys()
-        .find(|id| **id != leader && **id != wiped)
-        .unwrap();
-    nodes.stop(wiped).await;
-    std::fs::remove_dir_all(nodes.dirs[&wiped].path().join("wal")).unwrap();
+    let (wiped, other) = nodes.others(leader);
+    nodes.wipe(wiped).await;
     commit_numbered(&client, 101..=200).await;
     client.report_checkpoint(150).await.unwrap();
     for id in [leader, other] {
@@ -522,8 +508,7 @@ async fn a_wiped_first_node_rejoins_without_voting_at_first() {
     nodes.leader().await;
     let client = nodes.client_of_all().await;
     commit_numbered(&client, 1..=30).await;
-    nodes.stop(1).await;
-    std::fs::remove_dir_all(nodes.dirs[&1].path().join("wal")).unwrap();
+    nodes.wipe(1).await;
     let leader = nodes.leader().await;
     assert_ne!(leader, 1);
     commit_numbered(&client, 31..=40).await;

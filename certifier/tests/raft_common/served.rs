@@ -131,6 +131,20 @@ impl Nodes {
         self.running.remove(&id).unwrap().shutdown().await.unwrap();
     }
 
+    /// Stops node `id` and removes its WAL directory: its disk is lost.
+    pub async fn wipe(&mut self, id: u64) {
+        self.stop(id).await;
+        std::fs::remove_dir_all(self.dirs[&id].path().join("wal")).unwrap();
+    }
+
+    /// The two nodes of three other than `leader`.
+    pub fn others(&self, leader: u64) -> (u64, u64) {
+        let mut others = self.addrs.keys().copied().filter(|id| *id != leader);
+        let pair = (others.next().unwrap(), others.next().unwrap());
+        assert!(others.next().is_none(), "more than three nodes");
+        pair
+    }
+
     pub async fn client(&self, id: u64) -> CertifierClient {
         CertifierClient::connect_with(&self.addrs[&id], self.client_options())
             .await
