@@ -352,6 +352,7 @@ async fn a_node_filling_a_gap_does_not_campaign_and_skips_what_no_peer_serves() 
         .await;
     let latest = s.committed_version;
     assert_eq!(s.durable_version, 0, "{s:?}");
+    assert_eq!(s.copying_through, latest, "status names the copy: {s:?}");
     nodes.stop(leader).await;
     // Its votes are held for two election timeouts after a rejoin (2.4
     // s); from then on only the pending copy keeps it from campaigning.
@@ -362,6 +363,7 @@ async fn a_node_filling_a_gap_does_not_campaign_and_skips_what_no_peer_serves() 
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let after = wc.status().await.unwrap();
     assert_eq!(after.durable_version, 0, "the copy ended early: {after:?}");
+    assert_eq!(after.copying_through, latest, "{after:?}");
     assert_eq!(
         (after.term, after.role.as_str()),
         (before.term, "follower"),
@@ -371,7 +373,7 @@ async fn a_node_filling_a_gap_does_not_campaign_and_skips_what_no_peer_serves() 
     // (alone, in vain).
     let s = nodes
         .status_when(wiped, "the gap was not given up", |s| {
-            s.first_version == latest + 1
+            s.first_version == latest + 1 && s.copying_through == 0
         })
         .await;
     assert!(started.elapsed() >= Duration::from_secs(10), "{s:?}");

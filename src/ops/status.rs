@@ -90,6 +90,10 @@ pub struct CertifierStatus {
     pub term: u64,
     pub leader_id: u64,
     pub committed_version: u64,
+    /// A node that installed a snapshot newer than its versions log: the
+    /// snapshot's newest version, through which it copies the versions it
+    /// lacks from a peer, applying nothing meanwhile (0: none).
+    pub copying_through: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,6 +154,28 @@ pub async fn gather(targets: &Targets, timeout: Duration) -> ClusterStatus {
     }
 }
 
+impl CertifierStatus {
+    /// A certifier at `address` that has not answered (yet).
+    fn down(address: &str, tls: bool) -> CertifierStatus {
+        CertifierStatus {
+            address: address.to_owned(),
+            tls,
+            state: "down".into(),
+            error: None,
+            latest_version: 0,
+            durable_version: 0,
+            first_version: 0,
+            checkpoint_version: 0,
+            node_id: 0,
+            role: String::new(),
+            term: 0,
+            leader_id: 0,
+            committed_version: 0,
+            copying_through: 0,
+        }
+    }
+}
+
 async fn certifier_status(target: &CertifierTarget, timeout: Duration) -> CertifierStatus {
     // The errors as the client says them: the line names the certifier.
     let asked = tokio::time::timeout(timeout, async {
@@ -160,21 +186,7 @@ async fn certifier_status(target: &CertifierTarget, timeout: Duration) -> Certif
         client.status().await.map_err(|e| e.to_string())
     })
     .await;
-    let mut s = CertifierStatus {
-        address: target.addr.clone(),
-        tls: target.tls(),
-        state: "down".into(),
-        error: None,
-        latest_version: 0,
-        durable_version: 0,
-        first_version: 0,
-        checkpoint_version: 0,
-        node_id: 0,
-        role: String::new(),
-        term: 0,
-        leader_id: 0,
-        committed_version: 0,
-    };
+    let mut s = CertifierStatus::down(&target.addr, target.tls());
     match asked {
         Err(_) => s.error = Some(format!("no answer within {timeout:?}")),
         Ok(Err(e)) => s.error = Some(e),
@@ -192,6 +204,7 @@ async fn certifier_status(target: &CertifierTarget, timeout: Duration) -> Certif
             s.term = r.term;
             s.leader_id = r.leader_id;
             s.committed_version = r.committed_version;
+            s.copying_through = r.copying_through;
         }
     }
     s
@@ -293,6 +306,13 @@ impl ClusterStatus {
             if let Some(e) = &n.error {
                 out.push_str(&format!("           ({e})\n"));
             }
+            if n.copying_through > 0 {
+                out.push_str(&format!(
+                    "           (copying versions through {} from a peer; applies nothing \
+                     until then)\n",
+                    n.copying_through
+                ));
+            }
         }
         out
     }
@@ -350,5 +370,38 @@ impl ClusterStatus {
             None => out.push_str("newest checkpoint: none\n"),
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_copying_versions_says_so() {
+        let node = |id: u64, role: &str, copying: u64| CertifierStatus {
+            state: "up".into(),
+            node_id: id,
+            role: role.into(),
+            term: 3,
+            committed_version: 200,
+            copying_through: copying,
+            ..CertifierStatus::down(&format!("127.0.0.1:{id}"), false)
+        };
+        let s = ClusterStatus {
+            certifier: node(1, "leader", 0),
+            certifier_nodes: vec![node(1, "leader", 0), node(2, "follower", 198)],
+            replicas: vec![],
+            newest_checkpoint: None,
+        };
+        let out = s.render();
+        let copying: Vec<_> = out.lines().filter(|l| l.contains("copying")).collect();
+        assert_eq!(
+            copying,
+            ["           (copying versions through 198 from a peer; applies nothing until then)"],
+            "{out}"
+        );
+        let below = out.lines().skip_while(|l| !l.starts_with("node 2")).nth(1);
+        assert_eq!(below, copying.first().copied(), "under its node: {out}");
     }
 }

@@ -188,6 +188,11 @@ impl VersionsLog {
         self.gap.pending.subscribe()
     }
 
+    /// The newest version of the gap being filled now, if any.
+    pub(crate) fn copying_through(&self) -> Option<Version> {
+        *self.gap.pending.borrow()
+    }
+
     /// Waits until the gap an installed snapshot left (if any) is filled:
     /// the versions up to the snapshot's copied from the peer whose log
     /// starts earliest, from its first version if that is later than this

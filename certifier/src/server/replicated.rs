@@ -259,6 +259,7 @@ impl Node {
             .and_then(|l| self.peers.get(&l).cloned())
             .unwrap_or_default();
         s.committed_version = s.latest_version;
+        s.copying_through = self.versions.copying_through().unwrap_or(0);
         if m.running_state.is_err() && !s.poisoned {
             // The raft core stopped (its log failed): nothing is
             // acknowledged here any more.
