@@ -6,6 +6,7 @@
 //! the leader stops the others elect a new one that carries on with dense
 //! versions and answers a retried txn id with its original version.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use tashkent_certifier::{CertifierClient, Item, Op, Outcome, Writeset, WRITESET_
 
 mod raft_common;
 use raft_common::served::{ports, Nodes, WAIT};
+use raft_common::slow_link::SlowLink;
 
 pub fn ws(id: &str, key: &str) -> Writeset {
     Writeset {
@@ -596,6 +598,92 @@ async fn a_writeset_larger_than_an_entry_goes_through_raft_in_parts() {
         assert!(got[1].writeset.items == want, "node {id}: rows differ");
     }
     assert_eq!(nodes.leader().await, leader, "no election on the way");
+    for (_, r) in std::mem::take(&mut nodes.running) {
+        r.shutdown().await.unwrap();
+    }
+}
+
+/// A node copying the versions a snapshot skips goes on from another
+/// peer when the one it copies from goes away mid-way (its link cut, then
+/// it stops; slow links make the copy take seconds): it ends with every version the
+/// checkpoint needs, byte for byte what the others serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_copy_goes_on_from_another_peer_when_its_source_goes_away() {
+    let mut nodes = Nodes::start_purging(3, 20, 0, 64 << 10).await;
+    let leader = nodes.leader().await;
+    let client = nodes.client_of_all().await;
+    commit_numbered(&client, 1..=100).await;
+    let (wiped, _) = nodes.others(leader);
+    nodes.wipe(wiped).await;
+    // 16 KiB each: about 4 MiB to copy above the checkpoint.
+    for i in 101..=400u64 {
+        let mut w = ws(&format!("a{i}"), &format!("k{i}"));
+        w.items[0].row = Bytes::from(vec![i as u8; 16 << 10]);
+        assert_eq!(version(client.certify(w).await.unwrap()), i);
+    }
+    client.report_checkpoint(150).await.unwrap();
+    let peers = <[u64; 2]>::from(nodes.others(wiped));
+    for id in &peers {
+        nodes
+            .status_when(*id, "no purge after the checkpoint", |s| {
+                s.first_version > 1
+            })
+            .await;
+    }
+    // What the peers send the wiped node comes at 1 MB/s.
+    let mut links = BTreeMap::new();
+    for id in &peers {
+        links.insert(
+            *id,
+            SlowLink::start(nodes.addrs[id].parse().unwrap(), 1000).await,
+        );
+    }
+    let routes: Vec<String> = links
+        .iter()
+        .map(|(id, l)| format!("{id}={}", l.addr()))
+        .collect();
+    nodes.routes.insert(wiped, routes.join(","));
+    nodes.restart(wiped).await;
+    let s = nodes
+        .status_when(wiped, "the copy is not under way", |s| {
+            s.copying_through > 0 && s.durable_version >= 200
+        })
+        .await;
+    assert!(
+        s.durable_version < 350,
+        "copied too fast to stop mid-way: {s:?}"
+    );
+    let first = s.first_version;
+    assert!(first <= 151, "{s:?}");
+    // The peer it copies from is the one whose link carried the most. Its
+    // link goes first, as when it dies (a node shut down here would finish
+    // the stream), then the node.
+    let source = *links.iter().max_by_key(|(_, l)| l.passed()).unwrap().0;
+    let rest = *peers.iter().find(|id| **id != source).unwrap();
+    drop(links.remove(&source));
+    nodes.stop(source).await;
+    let s = nodes
+        .status_when(wiped, "the copy did not go on from the other peer", |s| {
+            s.copying_through == 0 && s.durable_version >= 400
+        })
+        .await;
+    assert_eq!(s.first_version, first, "{s:?}");
+    let (wc, rc) = (nodes.client(wiped).await, nodes.client(rest).await);
+    let served = |c: CertifierClient| async move {
+        c.subscribe(151)
+            .await
+            .unwrap()
+            .take(250)
+            .map(|r| {
+                let r = r.unwrap();
+                (r.version, r.writeset)
+            })
+            .collect::<Vec<_>>()
+            .await
+    };
+    let (mine, theirs) = (served(wc).await, served(rc).await);
+    assert_eq!(mine.len(), 250);
+    assert!(mine == theirs, "the copied versions differ from the peer's");
     for (_, r) in std::mem::take(&mut nodes.running) {
         r.shutdown().await.unwrap();
     }

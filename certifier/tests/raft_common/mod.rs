@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod served;
+pub mod slow_link;
 
 use std::path::{Path, PathBuf};
 

@@ -42,6 +42,8 @@ pub struct Nodes {
     /// The certificate and key every node serves (and trusts its peers
     /// by), in the directory that holds them; `None`: plaintext.
     pub tls: Option<(PathBuf, PathBuf, TempDir)>,
+    /// `peer_routes` of a node, when it has them (`1=host:port,...`).
+    pub routes: BTreeMap<u64, String>,
 }
 
 impl Nodes {
@@ -100,6 +102,7 @@ impl Nodes {
             running: BTreeMap::new(),
             segment_bytes,
             tls,
+            routes: BTreeMap::new(),
         };
         for id in 1..=n {
             nodes.dirs.insert(id, tempfile::tempdir().unwrap());
@@ -119,6 +122,7 @@ impl Nodes {
             purge_replica_timeout_ms: self.purge_timeout_ms,
             tls_cert: self.tls.as_ref().map(|(cert, _, _)| cert.clone()),
             tls_key: self.tls.as_ref().map(|(_, key, _)| key.clone()),
+            peer_routes: self.routes.get(&id).cloned(),
             ..CertifierConfig::default()
         };
         let r = tashkent_certifier::start(cfg).await.unwrap();
@@ -137,9 +141,9 @@ impl Nodes {
         std::fs::remove_dir_all(self.dirs[&id].path().join("wal")).unwrap();
     }
 
-    /// The two nodes of three other than `leader`.
-    pub fn others(&self, leader: u64) -> (u64, u64) {
-        let mut others = self.addrs.keys().copied().filter(|id| *id != leader);
+    /// The two nodes of three other than `id`.
+    pub fn others(&self, id: u64) -> (u64, u64) {
+        let mut others = self.addrs.keys().copied().filter(|other| *other != id);
         let pair = (others.next().unwrap(), others.next().unwrap());
         assert!(others.next().is_none(), "more than three nodes");
         pair
