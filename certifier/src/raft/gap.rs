@@ -227,12 +227,16 @@ impl VersionsLog {
     /// first peer that holds them, asking again for [`GAP_PATIENCE`] while
     /// none reachable does. Versions below every holder's first are
     /// skipped only once every peer has answered, or patience ran out.
+    /// Patience counts from the last progress: a long copy whose peer goes
+    /// away is not skipped (which would drop what it copied, the log
+    /// restarting after the snapshot) while another peer may take over.
     async fn copy_gap(&self, peers: &PeerVersions, latest: Version) -> Result<(), CertifierError> {
-        let deadline = tokio::time::Instant::now() + GAP_PATIENCE;
+        let mut deadline = tokio::time::Instant::now() + GAP_PATIENCE;
         loop {
             let holders = peers.holding(latest).await;
             let late = tokio::time::Instant::now() >= deadline;
             let may_skip = late || peers.all_answered(&holders);
+            let end = self.wal.last_lsn();
             for (peer, first) in &holders.found {
                 if *first > self.wal.last_lsn() + 1 && !may_skip {
                     continue;
@@ -245,6 +249,10 @@ impl VersionsLog {
                         "copying versions up to {latest} from a peer failed: {e}"
                     ),
                 }
+            }
+            if self.wal.last_lsn() > end {
+                deadline = tokio::time::Instant::now() + GAP_PATIENCE;
+                continue;
             }
             if peers.all_purged(&holders) || late {
                 tracing::warn!(

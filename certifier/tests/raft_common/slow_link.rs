@@ -1,8 +1,9 @@
-//! A TCP relay that passes on what its target sends at a bounded rate, so
-//! that a test can make a stream from a node (a gap copy reading
-//! Subscribe) take seconds, and tell from the bytes it passed which node a
-//! client is streaming from. Requests go through unthrottled. It stops,
-//! with every connection, when dropped.
+//! A TCP relay that passes on what its target sends at a bounded rate (per
+//! connection), so that a test can make a stream from a node (a gap copy
+//! reading Subscribe) take seconds, tell from the bytes it passed which
+//! node a client is streaming from, and close the link for a while.
+//! Requests go through unthrottled. It stops, with every connection, when
+//! dropped.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,34 +12,43 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 pub struct SlowLink {
     addr: SocketAddr,
     passed: Arc<AtomicU64>,
+    closed: Arc<watch::Sender<bool>>,
     accept: JoinHandle<()>,
 }
 
 impl SlowLink {
     /// A link on a free local port to `target`, passing on at most
-    /// `bytes_per_ms` of what the target sends.
+    /// `bytes_per_ms` of what the target sends on each connection.
     pub async fn start(target: SocketAddr, bytes_per_ms: u64) -> SlowLink {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let passed = Arc::new(AtomicU64::new(0));
+        let closed = Arc::new(watch::channel(false).0);
         let accept = {
-            let passed = passed.clone();
+            let (passed, closed) = (passed.clone(), closed.clone());
             tokio::spawn(async move {
                 // Dropped with this task: every connection ends with it.
                 let mut conns = JoinSet::new();
                 while let Ok((conn, _)) = listener.accept().await {
-                    conns.spawn(pass(conn, target, bytes_per_ms, passed.clone()));
+                    while conns.try_join_next().is_some() {}
+                    if *closed.borrow() {
+                        continue;
+                    }
+                    let link = (bytes_per_ms.max(1), passed.clone(), closed.subscribe());
+                    conns.spawn(pass(conn, target, link));
                 }
             })
         };
         SlowLink {
             addr,
             passed,
+            closed,
             accept,
         }
     }
@@ -52,6 +62,15 @@ impl SlowLink {
     pub fn passed(&self) -> u64 {
         self.passed.load(Ordering::Relaxed)
     }
+
+    /// Closes every connection, and each new one at once, until `open`.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    pub fn open(&self) {
+        self.closed.send_replace(false);
+    }
 }
 
 impl Drop for SlowLink {
@@ -60,11 +79,16 @@ impl Drop for SlowLink {
     }
 }
 
-/// Relays `conn` to `target` until either side closes.
-async fn pass(conn: TcpStream, target: SocketAddr, bytes_per_ms: u64, passed: Arc<AtomicU64>) {
+/// Relays `conn` to `target` until either side closes, or the link.
+async fn pass(
+    conn: TcpStream,
+    target: SocketAddr,
+    (bytes_per_ms, passed, mut closed): (u64, Arc<AtomicU64>, watch::Receiver<bool>),
+) {
     let Ok(out) = TcpStream::connect(target).await else {
         return;
     };
+    let _ = (conn.set_nodelay(true), out.set_nodelay(true));
     let (mut from_client, mut to_client) = conn.into_split();
     let (mut from_target, mut to_target) = out.into_split();
     let requests = tokio::io::copy(&mut from_client, &mut to_target);
@@ -83,5 +107,6 @@ async fn pass(conn: TcpStream, target: SocketAddr, bytes_per_ms: u64, passed: Ar
     tokio::select! {
         _ = requests => {}
         _ = answers => {}
+        _ = closed.wait_for(|c| *c) => {}
     }
 }
