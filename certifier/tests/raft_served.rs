@@ -349,18 +349,21 @@ async fn a_node_filling_a_gap_does_not_campaign_and_skips_what_no_peer_serves() 
     // The snapshot gives it the certifier's state; its versions log stays
     // empty, as the leader's starts after the checkpoint and `other`, which
     // might hold more, does not answer.
+    let restarted = tokio::time::Instant::now();
     let s = nodes
-        .status_when(wiped, "no snapshot installed", |s| s.committed_version > 0)
+        .status_when(wiped, "no snapshot installed", |s| s.copying_through > 0)
         .await;
-    let latest = s.committed_version;
+    let latest = s.copying_through;
+    assert_eq!(s.committed_version, latest, "{s:?}");
     assert_eq!(s.durable_version, 0, "{s:?}");
-    assert_eq!(s.copying_through, latest, "status names the copy: {s:?}");
     nodes.stop(leader).await;
-    // Its votes are held for two election timeouts after a rejoin (2.4
-    // s); from then on only the pending copy keeps it from campaigning.
-    tokio::time::sleep_until(started + Duration::from_millis(3500)).await;
+    // Its votes are held for two election timeouts (2.4 s) from its
+    // start, which has returned; from then on only the pending copy keeps
+    // it from campaigning.
+    tokio::time::sleep_until(restarted + Duration::from_millis(2900)).await;
     let wc = nodes.client(wiped).await;
     let before = wc.status().await.unwrap();
+    assert_eq!(before.role, "follower", "{before:?}");
     // Over two of its longest election timeouts (1.2 s), with no leader.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let after = wc.status().await.unwrap();
