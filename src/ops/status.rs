@@ -91,8 +91,9 @@ pub struct CertifierStatus {
     pub leader_id: u64,
     pub committed_version: u64,
     /// A node that installed a snapshot newer than its versions log: the
-    /// snapshot's newest version, through which it copies the versions it
-    /// lacks from a peer, applying nothing meanwhile (0: none).
+    /// snapshot's newest version, through which it fills that log (copied
+    /// from a peer, or skipped if none holds the versions), applying
+    /// nothing meanwhile (0: no gap).
     pub copying_through: u64,
 }
 
@@ -308,8 +309,8 @@ impl ClusterStatus {
             }
             if n.copying_through > 0 {
                 out.push_str(&format!(
-                    "           (copying versions through {} from a peer; applies nothing \
-                     until then)\n",
+                    "           (filling its versions log through {}: copied from a peer, or \
+                     skipped after 10 s if none holds them; applies nothing until then)\n",
                     n.copying_through
                 ));
             }
@@ -378,7 +379,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_node_copying_versions_says_so() {
+    fn a_node_filling_its_versions_gap_says_so() {
         let node = |id: u64, role: &str, copying: u64| CertifierStatus {
             state: "up".into(),
             node_id: id,
@@ -395,10 +396,13 @@ mod tests {
             newest_checkpoint: None,
         };
         let out = s.render();
-        let copying: Vec<_> = out.lines().filter(|l| l.contains("copying")).collect();
+        let copying: Vec<_> = out.lines().filter(|l| l.contains("filling")).collect();
         assert_eq!(
             copying,
-            ["           (copying versions through 198 from a peer; applies nothing until then)"],
+            [
+                "           (filling its versions log through 198: copied from a peer, or skipped \
+                 after 10 s if none holds them; applies nothing until then)"
+            ],
             "{out}"
         );
         let below = out.lines().skip_while(|l| !l.starts_with("node 2")).nth(1);
