@@ -249,16 +249,20 @@ async fn wiped_nodes_keep_what_the_checkpoint_needs_over_tls() {
     wiped_nodes_rejoin(Nodes::start_purging_over_tls(3, 20, 0, 4096).await).await;
 }
 
-async fn wiped_nodes_rejoin(mut nodes: Nodes) {
-    let leader = nodes.leader().await;
-    let client = nodes.client_of_all().await;
-    commit_numbered(&client, 1..=100).await;
-    // A follower loses its disk; the others snapshot meanwhile, and purge
-    // their logs once a checkpoint allows it (never before: see
-    // `raft::versions`).
+/// Commits versions 1..=200 through `client` while a follower loses its
+/// disk after version 100; the others snapshot meanwhile, and purge their
+/// logs once checkpoint 150 allows it (never before: see
+/// `raft::versions`). Returns the wiped follower, the other one, and the
+/// earliest first version the two running nodes keep.
+async fn wipe_a_follower_behind_a_checkpoint(
+    nodes: &mut Nodes,
+    client: &CertifierClient,
+    leader: u64,
+) -> (u64, u64, u64) {
+    commit_numbered(client, 1..=100).await;
     let (follower, other) = nodes.others(leader);
     nodes.wipe(follower).await;
-    commit_numbered(&client, 101..=200).await;
+    commit_numbered(client, 101..=200).await;
     client.report_checkpoint(150).await.unwrap();
     // Both purge whole segments below the checkpoint (never a version
     // above it), and their raft logs behind a snapshot below it.
@@ -270,6 +274,14 @@ async fn wiped_nodes_rejoin(mut nodes: Nodes) {
         assert!(s.first_version <= 151, "{s:?}");
         first = first.min(s.first_version);
     }
+    (follower, other, first)
+}
+
+async fn wiped_nodes_rejoin(mut nodes: Nodes) {
+    let leader = nodes.leader().await;
+    let client = nodes.client_of_all().await;
+    let (follower, other, first) =
+        wipe_a_follower_behind_a_checkpoint(&mut nodes, &client, leader).await;
     nodes.restart(follower).await;
     let fc = nodes.client(follower).await;
     let s = nodes
@@ -333,16 +345,7 @@ async fn a_node_filling_a_gap_does_not_campaign_and_skips_what_no_peer_serves() 
     let mut nodes = Nodes::start_purging(3, 20, 0, 4096).await;
     let leader = nodes.leader().await;
     let client = nodes.client_of_all().await;
-    commit_numbered(&client, 1..=100).await;
-    let (wiped, other) = nodes.others(leader);
-    nodes.wipe(wiped).await;
-    commit_numbered(&client, 101..=200).await;
-    client.report_checkpoint(150).await.unwrap();
-    for id in [leader, other] {
-        nodes
-            .status_when(id, "no purge after the checkpoint", |s| s.first_version > 1)
-            .await;
-    }
+    let (wiped, other, _) = wipe_a_follower_behind_a_checkpoint(&mut nodes, &client, leader).await;
     nodes.stop(other).await;
     let started = tokio::time::Instant::now();
     nodes.restart(wiped).await;
