@@ -16,6 +16,10 @@
 //!   `--peers`), the clients given every node (they find the leader);
 //!   every node fsyncs its raft log and its versions log. Issue 14's goal:
 //!   3 nodes >= 0.7x one node (compare with `grpc/end_to_end_4conn_x32`).
+//! - `raft/end_to_end_{N}node_4conn_x256`: the same with 1024 concurrent
+//!   certifications, near saturation (compare with
+//!   `grpc/end_to_end_4conn_x256`): whether three nodes fall behind for
+//!   want of CPU or of latency.
 //! - `grpc/lone_1conn_x1`, `raft/lone_{N}node_1conn_x1`: one client
 //!   certifying alone, one call after the other: the latency of a
 //!   certification at rest (the time per element), with the single
@@ -365,21 +369,23 @@ fn replicated(c: &mut Criterion) {
                 }
             })
         };
-        g.bench_function(format!("end_to_end_{n}node_4conn_x32"), |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let clients = clients.clone();
-                let head = head.clone();
-                async move {
-                    let next = Arc::new(AtomicU64::new(0));
-                    drive(iters, 4 * 32, head, move |ws| {
-                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                        let client = clients[i % clients.len()].clone();
-                        async move { client.certify(ws).await.expect("certify") }
-                    })
-                    .await
-                }
+        for per_conn in [32u64, 256] {
+            g.bench_function(format!("end_to_end_{n}node_4conn_x{per_conn}"), |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let clients = clients.clone();
+                    let head = head.clone();
+                    async move {
+                        let next = Arc::new(AtomicU64::new(0));
+                        drive(iters, 4 * per_conn, head, move |ws| {
+                            let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                            let client = clients[i % clients.len()].clone();
+                            async move { client.certify(ws).await.expect("certify") }
+                        })
+                        .await
+                    }
+                });
             });
-        });
+        }
         g.bench_function(format!("lone_{n}node_1conn_x1"), |b| {
             let client = clients[0].clone();
             b.to_async(&rt)

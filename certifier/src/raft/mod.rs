@@ -79,9 +79,13 @@
 //!   21–47k/s, one raft node 21–23k/s before the patch and 33–35k/s with
 //!   it, three nodes 0.28–0.34x the single certifier before it and
 //!   0.36–0.40x with it (issue 14's goal is 0.7x). What binds most is
-//!   the flush in each replication round: 0.9 keeps one AppendEntries in
-//!   flight per follower, a follower answers after its fdatasync, and the
-//!   three nodes' flushes share this machine's one disk. With the raft
+//!   the replication round: 0.9 keeps one AppendEntries in flight per
+//!   follower, and a follower answers after its fdatasync and some 13
+//!   task and thread hand-offs on the way (0.8–1.1 ms a round under
+//!   load, ~0.2–0.3 ms of it the flush; the disk takes the nodes' flushes
+//!   side by side). The CPU idles meanwhile (43–45 % idle), and more
+//!   clients do not close the gap (README, "With a replicated
+//!   certifier", eighth session). With the raft
 //!   logs' fdatasync patched out (an unsafe experiment) three nodes reach
 //!   0.68–0.82x; with the followers' apply patched out instead, 0.54–0.62x
 //!   (README, "With a replicated certifier"). Each node still decodes,
