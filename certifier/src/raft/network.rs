@@ -2,21 +2,23 @@
 //!
 //! One lazily connected tonic channel per target node, and on it one
 //! AppendEntries stream, opened at the first AppendEntries and kept (the
-//! proto file says why): a request is sent on it and its answer awaited
-//! before openraft sends the next. A request that cannot be delivered
-//! (connection refused, reset, deadline) is `Unreachable`, which makes
-//! openraft back off and retry, and drops the stream and the channel, so
-//! the next request starts afresh. The stream is out of the connection
-//! while a request is on it, and put back only with its answer read:
-//! openraft drops a call at its own deadline, and the stream goes with
-//! it, so no request can be handed an answer meant for an earlier one.
+//! proto file says why). Requests go on it in the order sent, and a
+//! reader task hands each answer, in the same order, to whoever waits for
+//! it, so the patched openraft can have several in flight
+//! (`send_append_entries`, `vendor/README.md`). A request that cannot be
+//! delivered (connection refused, reset, deadline) is `Unreachable`, which
+//! makes openraft back off and retry. An answer given up on (openraft's
+//! deadline) marks the stream broken: the link may be dead, so the next
+//! request opens a new stream on a new channel. Answers still due on the
+//! old one go nowhere, so none can reach a request it was not meant for.
 //! An error the remote node answered is a `RemoteError`.
 //! Payloads are openraft's own messages as JSON, except log entries, which
 //! travel in the log's binary encoding (`entry.rs`; see the proto file). A
 //! node with a certificate (`tls_cert`) speaks TLS to its peers, trusting
 //! `peer_tls_ca`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,11 +31,12 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::entry;
 use super::proto::raft_client::RaftClient;
@@ -73,10 +76,122 @@ pub struct Connection {
     appends: Option<AppendStream>,
 }
 
-/// An open AppendEntries stream: requests in, their answers in order.
+/// An open AppendEntries stream: requests in; their answers, in the same
+/// order, handed by a reader task to whoever waits for each.
 struct AppendStream {
-    requests: mpsc::Sender<RaftMessage>,
-    answers: Streaming<RaftMessage>,
+    requests: mpsc::UnboundedSender<RaftMessage>,
+    waiting: Arc<Mutex<VecDeque<Waiter>>>,
+    /// Set when the stream broke or an answer was given up on: the next
+    /// request opens a new stream (the link may be dead).
+    broken: Arc<AtomicBool>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+type Waiter = oneshot::Sender<Result<RaftMessage, Status>>;
+
+impl Drop for AppendStream {
+    fn drop(&mut self) {
+        // Its waiters hear of it as their senders go.
+        self.reader.abort();
+    }
+}
+
+/// Marks the stream broken when an answer is given up on before it came:
+/// after a deadline the link may be dead, so the next request reconnects.
+struct GivenUp {
+    broken: Option<Arc<AtomicBool>>,
+}
+
+impl GivenUp {
+    fn answered(mut self) {
+        self.broken = None;
+    }
+}
+
+impl Drop for GivenUp {
+    fn drop(&mut self) {
+        if let Some(b) = self.broken.take() {
+            b.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl AppendStream {
+    /// Opens one on `client`, with its reader.
+    async fn open(client: &mut RaftClient<Channel>) -> Result<AppendStream, Status> {
+        let (requests, rx) = mpsc::unbounded_channel();
+        let outbound =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|t| (t, rx)) });
+        let mut answers = client.append_entries(outbound).await?.into_inner();
+        let waiting: Arc<Mutex<VecDeque<Waiter>>> = Arc::default();
+        let broken = Arc::new(AtomicBool::new(false));
+        let reader = tokio::spawn({
+            let waiting = waiting.clone();
+            let broken = broken.clone();
+            async move {
+                loop {
+                    let end = match answers.message().await {
+                        Ok(Some(answer)) => {
+                            if let Some(w) = waiting.lock().pop_front() {
+                                let _ = w.send(Ok(answer));
+                            }
+                            continue;
+                        }
+                        Ok(None) => Status::unavailable("the AppendEntries stream ended"),
+                        Err(status) => status,
+                    };
+                    broken.store(true, Ordering::Release);
+                    for w in waiting.lock().drain(..) {
+                        let _ = w.send(Err(end.clone()));
+                    }
+                    return;
+                }
+            }
+        });
+        Ok(AppendStream {
+            requests,
+            waiting,
+            broken,
+            reader,
+        })
+    }
+
+    fn usable(&self) -> bool {
+        !self.broken.load(Ordering::Acquire)
+    }
+
+    /// Sends `msg` after everything sent before; its answer comes on the
+    /// receiver.
+    fn send(
+        &self,
+        msg: RaftMessage,
+    ) -> Result<oneshot::Receiver<Result<RaftMessage, Status>>, Status> {
+        let (tx, rx) = oneshot::channel();
+        // Queued before it is sent: the answer may come at once.
+        self.waiting.lock().push_back(tx);
+        if self.requests.send(msg).is_err() {
+            self.broken.store(true, Ordering::Release);
+            return Err(Status::unavailable("the AppendEntries stream closed"));
+        }
+        Ok(rx)
+    }
+
+    /// The answer on `rx`, or the stream marked broken if it is given up on.
+    fn answer(
+        &self,
+        rx: oneshot::Receiver<Result<RaftMessage, Status>>,
+    ) -> impl std::future::Future<Output = Result<RaftMessage, Status>> + Send + 'static {
+        let given_up = GivenUp {
+            broken: Some(self.broken.clone()),
+        };
+        async move {
+            let r = rx
+                .await
+                .unwrap_or_else(|_| Err(Status::unavailable("the AppendEntries stream went away")));
+            given_up.answered();
+            r
+        }
+    }
 }
 
 type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
@@ -139,9 +254,7 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let result: Result<Resp, RaftError<NodeId, E>> =
-            serde_json::from_slice(&answer.data).map_err(|e| network_error(&protocol(e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        remote_result(self.target, answer)
     }
 
     /// Sends `req` to the unary `method` and decodes the remote `Result`.
@@ -172,54 +285,32 @@ impl Connection {
     }
 
     /// Sends `msg` on the AppendEntries stream (opening it if none is
-    /// open) and awaits its answer.
+    /// open, or the last one broke) and awaits its answer.
     async fn exchange(
         &mut self,
         msg: RaftMessage,
         timeout: Duration,
     ) -> Result<RaftMessage, Status> {
-        // Taken out while a request is on it, put back only once its
-        // answer is read: openraft drops this future at its own deadline,
-        // and a stream dropped with it can never hand the next request
-        // the answer meant for this one.
-        let mut stream = match self.appends.take() {
-            Some(stream) => stream,
-            None => {
-                let client = self
-                    .client(timeout)
-                    .map_err(|e| Status::unavailable(e.to_string()))?;
-                let (requests, rx) = mpsc::channel(1);
-                let outbound = crate::batch::received(rx);
-                let answers = client.append_entries(outbound).await?.into_inner();
-                AppendStream { requests, answers }
+        if !self.appends.as_ref().is_some_and(AppendStream::usable) {
+            if self.appends.take().is_some() {
+                // It broke, or an answer was given up on: the link may be
+                // dead, so the connection goes too.
+                self.client = None;
             }
-        };
-        if stream.requests.send(msg).await.is_err() {
-            return Err(Status::unavailable("the AppendEntries stream closed"));
+            let client = self
+                .client(timeout)
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            self.appends = Some(AppendStream::open(client).await?);
         }
-        match stream.answers.message().await? {
-            Some(answer) => {
-                self.appends = Some(stream);
-                Ok(answer)
-            }
-            None => Err(Status::unavailable("the AppendEntries stream ended")),
-        }
+        let stream = self.appends.as_ref().expect("opened above");
+        let rx = stream.send(msg)?;
+        stream.answer(rx).await
     }
-}
 
-/// Which RPC of the service.
-#[derive(Clone, Copy)]
-enum Method {
-    Vote,
-    Snapshot,
-}
-
-impl RaftNetwork<TypeConfig> for Connection {
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+    /// The request openraft's `AppendEntriesRequest` goes as.
+    // openraft's error type, large as it is: the trait's methods return it.
+    #[allow(clippy::result_large_err)]
+    fn append_message(rpc: AppendEntriesRequest<TypeConfig>) -> Result<RaftMessage, RpcError> {
         // The entries go in their binary log encoding, not in the JSON.
         let mut entries = Vec::with_capacity(rpc.entries.len());
         for e in &rpc.entries {
@@ -230,10 +321,74 @@ impl RaftNetwork<TypeConfig> for Connection {
             ..rpc
         };
         let data = serde_json::to_vec(&header).map_err(|e| network_error(&protocol(e)))?;
-        let msg = RaftMessage {
+        Ok(RaftMessage {
             data: data.into(),
             entries,
+        })
+    }
+}
+
+/// Decodes the remote `Result` in `answer`, from `target`.
+#[allow(clippy::result_large_err)]
+fn remote_result<Resp, E>(target: NodeId, answer: &RaftMessage) -> Result<Resp, RpcError<E>>
+where
+    Resp: DeserializeOwned,
+    E: std::error::Error + DeserializeOwned,
+{
+    let result: Result<Resp, RaftError<NodeId, E>> =
+        serde_json::from_slice(&answer.data).map_err(|e| network_error(&protocol(e)))?;
+    result.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+}
+
+/// Which RPC of the service.
+#[derive(Clone, Copy)]
+enum Method {
+    Vote,
+    Snapshot,
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    /// Pipelined AppendEntries (the patched openraft's replication sends
+    /// entries ahead while it awaits an answer): on the open stream only;
+    /// with none open, or a broken one, openraft sends through
+    /// `append_entries`, which opens one.
+    fn send_append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        futures::future::BoxFuture<'static, Result<AppendEntriesResponse<NodeId>, RpcError>>,
+        AppendEntriesRequest<TypeConfig>,
+    > {
+        let Some(stream) = self.appends.as_ref().filter(|s| s.usable()) else {
+            return Err(rpc);
         };
+        let target = self.target;
+        let answer = match Self::append_message(rpc) {
+            Ok(msg) => stream.send(msg).map(|rx| stream.answer(rx)),
+            Err(e) => return Ok(Box::pin(async move { Err(e) })),
+        };
+        Ok(Box::pin(async move {
+            match answer {
+                Ok(answer) => match answer.await {
+                    Ok(answer) => remote_result(target, &answer),
+                    Err(status) => Err(RPCError::Unreachable(Unreachable::new(
+                        &CertifierError::Rpc(status),
+                    ))),
+                },
+                Err(status) => Err(RPCError::Unreachable(Unreachable::new(
+                    &CertifierError::Rpc(status),
+                ))),
+            }
+        }))
+    }
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        let msg = Self::append_message(rpc)?;
         let timeout = option.hard_ttl();
         match tokio::time::timeout(timeout, self.exchange(msg, timeout)).await {
             Ok(Ok(answer)) => self.result(&answer),

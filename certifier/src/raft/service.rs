@@ -2,8 +2,9 @@
 //! tonic service handing each request to the local [`Raft`] node.
 //!
 //! AppendEntries is a stream each way per sending node (the proto file
-//! says why): each request is handed to the raft node and answered before
-//! the next is read, so answers keep the requests' order. It brings its
+//! says why), answered in the requests' order. Requests queued on it that
+//! continue each other go to the raft node as one (`AppendStream::next`),
+//! so a leader's pipelined requests share a flush here. It brings its
 //! entries in the log's binary encoding (`entry.rs`) beside the JSON
 //! request. The stream ends when the node stops serving or its raft node
 //! stops (else it would hold the server's graceful shutdown open), at the
@@ -19,9 +20,10 @@
 //! node answers, error or not, goes back in the message for the client to
 //! turn into a `RemoteError`.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -122,14 +124,46 @@ struct AppendStream {
     inbound: Streaming<RaftMessage>,
     raft: Raft,
     stop: Option<watch::Receiver<bool>>,
-    /// An error, or the answer of a stopped raft node, went out: the
-    /// stream ends after it.
+    /// An error, or the answer of a stopped raft node, went out, or the
+    /// sender closed: the stream ends once `answers` are out.
     ended: bool,
+    /// Answers decided and not yet sent, in the requests' order.
+    answers: VecDeque<Result<RaftMessage, Status>>,
 }
 
+/// At most this many queued requests go to the raft node as one.
+const MAX_GATHERED: usize = 16;
+
 impl AppendStream {
-    /// Reads the next request and answers it; `None` ends the stream.
+    fn new(
+        inbound: Streaming<RaftMessage>,
+        raft: Raft,
+        stop: Option<watch::Receiver<bool>>,
+    ) -> Self {
+        AppendStream {
+            inbound,
+            raft,
+            stop,
+            ended: false,
+            answers: VecDeque::new(),
+        }
+    }
+
+    /// The next answer: one decided before, or those of the requests read
+    /// next; `None` ends the stream.
+    ///
+    /// A leader that pipelines its AppendEntries has several queued here
+    /// at once. Those that continue each other (one leader's vote, each
+    /// one's `prev_log_id` the last entry of the one before) go to the
+    /// raft node as one request, so they share one append and one
+    /// fdatasync, and each gets that request's answer: it is about all
+    /// their entries (a follower's answer is success, conflict at the
+    /// first one's `prev_log_id`, which the later ones continue, or a
+    /// higher vote).
     async fn next(mut self) -> Option<(Result<RaftMessage, Status>, AppendStream)> {
+        if let Some(answer) = self.answers.pop_front() {
+            return Some((answer, self));
+        }
         if self.ended {
             return None;
         }
@@ -139,13 +173,70 @@ impl AppendStream {
         };
         // The sender went away or closed: nothing to answer.
         let msg = msg.ok()??;
-        let (answer, stopped) = match append(&self.raft, msg).await {
-            Ok((answer, stopped)) => (Ok(answer), stopped),
-            Err(status) => (Err(status), true),
-        };
-        self.ended = stopped;
+        let mut queued = vec![msg];
+        while queued.len() < MAX_GATHERED {
+            match self.inbound.message().now_or_never() {
+                Some(Ok(Some(msg))) => queued.push(msg),
+                None => break,
+                // Closed or broken: these are the last.
+                Some(_) => {
+                    self.ended = true;
+                    break;
+                }
+            }
+        }
+        let mut run: Vec<AppendEntriesRequest<TypeConfig>> = Vec::new();
+        for msg in queued {
+            let req = match request(msg) {
+                Ok(req) => req,
+                Err(status) => {
+                    self.answer_run(std::mem::take(&mut run)).await;
+                    self.answers.push_back(Err(status));
+                    self.ended = true;
+                    break;
+                }
+            };
+            if !run.last().is_some_and(|last| continues(last, &req)) {
+                self.answer_run(std::mem::take(&mut run)).await;
+            }
+            run.push(req);
+        }
+        self.answer_run(run).await;
+        let answer = self.answers.pop_front()?;
         Some((answer, self))
     }
+
+    /// Hands `run` (requests each continuing the one before) to the raft
+    /// node as one, and queues its answer once for each.
+    async fn answer_run(&mut self, run: Vec<AppendEntriesRequest<TypeConfig>>) {
+        if self.ended || run.is_empty() {
+            return;
+        }
+        let n = run.len();
+        let mut run = run.into_iter();
+        let mut req = run.next().expect("not empty");
+        for more in run {
+            req.leader_commit = req.leader_commit.max(more.leader_commit);
+            req.entries.extend(more.entries);
+        }
+        let result = self.raft.append_entries(req).await;
+        let stopped = matches!(result, Err(RaftError::Fatal(_)));
+        let answer = encode(&result).map(|r| r.into_inner());
+        self.ended = stopped || answer.is_err();
+        for _ in 0..n {
+            self.answers.push_back(answer.clone());
+        }
+    }
+}
+
+/// Whether `next` continues `last`: the same leader's, starting right
+/// after `last`'s entries.
+fn continues(
+    last: &AppendEntriesRequest<TypeConfig>,
+    next: &AppendEntriesRequest<TypeConfig>,
+) -> bool {
+    let end = last.entries.last().map(|e| e.log_id).or(last.prev_log_id);
+    last.vote == next.vote && next.prev_log_id == end && end.is_some()
 }
 
 /// Resolves once `stop` says so (never without one).
@@ -157,10 +248,8 @@ async fn stopped(stop: Option<&mut watch::Receiver<bool>>) {
     }
 }
 
-/// One AppendEntries: decodes it, hands it to `raft`, encodes the result,
-/// and says whether the raft node has stopped for good (a fatal error: the
-/// stream ends after this answer, as a stopped node serves no more).
-async fn append(raft: &Raft, msg: RaftMessage) -> Result<(RaftMessage, bool), Status> {
+/// One AppendEntries, decoded: the JSON request and its entries.
+fn request(msg: RaftMessage) -> Result<AppendEntriesRequest<TypeConfig>, Status> {
     let mut req: AppendEntriesRequest<TypeConfig> = decode(&msg.data)?;
     if !req.entries.is_empty() {
         return Err(Status::invalid_argument(
@@ -172,9 +261,7 @@ async fn append(raft: &Raft, msg: RaftMessage) -> Result<(RaftMessage, bool), St
             .map_err(|e| Status::invalid_argument(format!("undecodable raft entry: {e}")))?;
         req.entries.push(e);
     }
-    let result = raft.append_entries(req).await;
-    let stopped = matches!(result, Err(RaftError::Fatal(_)));
-    Ok((encode(&result)?.into_inner(), stopped))
+    Ok(req)
 }
 
 #[tonic::async_trait]
@@ -186,12 +273,7 @@ impl RaftRpc for RaftService {
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<AppendAnswers>, Status> {
         self.check_peer(&request)?;
-        let state = AppendStream {
-            inbound: request.into_inner(),
-            raft: self.raft.clone(),
-            stop: self.stop.clone(),
-            ended: false,
-        };
+        let state = AppendStream::new(request.into_inner(), self.raft.clone(), self.stop.clone());
         Ok(Response::new(Box::pin(futures::stream::unfold(
             state,
             AppendStream::next,
@@ -228,5 +310,59 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftMessage>, Status> {
         let change: super::membership::MembershipChange = decode(&request.into_inner().data)?;
         encode(&super::membership::apply(&self.raft, change).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, Vote};
+
+    use super::*;
+    use crate::raft::types::{Entry, LogId};
+
+    fn id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn req(term: u64, prev: Option<u64>, entries: &[u64]) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(term, 1),
+            prev_log_id: prev.map(|i| id(term, i)),
+            leader_commit: None,
+            entries: entries
+                .iter()
+                .map(|&i| Entry {
+                    log_id: id(term, i),
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_requests_that_continue_each_other_go_as_one() {
+        assert!(continues(&req(2, Some(4), &[5, 6]), &req(2, Some(6), &[7])));
+        assert!(
+            continues(&req(2, Some(6), &[]), &req(2, Some(6), &[7])),
+            "after a heartbeat at its prev"
+        );
+        assert!(
+            !continues(&req(2, Some(4), &[5, 6]), &req(2, Some(5), &[6])),
+            "overlaps"
+        );
+        assert!(
+            !continues(&req(2, Some(4), &[5, 6]), &req(2, Some(7), &[8])),
+            "a gap"
+        );
+        let mut later_vote = req(2, Some(6), &[7]);
+        later_vote.vote = Vote::new_committed(3, 2);
+        assert!(
+            !continues(&req(2, Some(4), &[5, 6]), &later_vote),
+            "another vote"
+        );
+        assert!(
+            !continues(&req(2, None, &[]), &req(2, None, &[0])),
+            "nothing to continue from"
+        );
     }
 }

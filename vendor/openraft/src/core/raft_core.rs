@@ -1680,6 +1680,11 @@ where
                     if let Some(l) = &mut self.leader_data {
                         l.own_flushed = Some(flushed_rx);
                     }
+                    // tashkent patch: streams waiting for an answer may send
+                    // these entries now (pipelined AppendEntries).
+                    for h in self.replications.values() {
+                        let _ = h.tx_repl.send(Replicate::Extend(last_log_id.clone()));
+                    }
                     let tx_notify = self.tx_notify.clone();
                     #[allow(clippy::let_underscore_future)]
                     let _ = C::spawn(async move {

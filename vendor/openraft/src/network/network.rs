@@ -44,6 +44,27 @@ where C: RaftTypeConfig
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C::NodeId>, RPCError<C::NodeId, C::Node, RaftError<C::NodeId>>>;
 
+    /// tashkent patch: sends `rpc` at once, after every AppendEntries sent
+    /// before it on this connection, and returns its answer as a future of
+    /// its own, so that a replication stream can have several in flight.
+    /// The target must answer them in the order sent. `Err(rpc)` when this
+    /// connection cannot (then `append_entries` is used).
+    #[allow(clippy::type_complexity)]
+    fn send_append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<
+        futures::future::BoxFuture<
+            'static,
+            Result<AppendEntriesResponse<C::NodeId>, RPCError<C::NodeId, C::Node, RaftError<C::NodeId>>>,
+        >,
+        AppendEntriesRequest<C>,
+    > {
+        let _ = option;
+        Err(rpc)
+    }
+
     /// Send an InstallSnapshot RPC to the target.
     #[cfg(feature = "generic-snapshot-data")]
     #[deprecated(

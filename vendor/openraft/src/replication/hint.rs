@@ -15,6 +15,11 @@ impl ReplicationHint {
         Self { n, ttl }
     }
 
+    /// tashkent patch: whether a hint is in force (without using it up).
+    pub(crate) fn is_active(&self) -> bool {
+        self.ttl > 0
+    }
+
     pub(crate) fn get(&mut self) -> Option<u64> {
         if self.ttl > 0 {
             self.ttl -= 1;

@@ -145,6 +145,52 @@ where
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
+
+    /// tashkent patch: AppendEntries sent ahead of the engine, oldest
+    /// first, each continuing the one before it (see [`Ahead`]).
+    ahead: std::collections::VecDeque<Ahead<C>>,
+
+    /// tashkent patch: where the leader's log ends, as far as this stream
+    /// was told (`Replicate::Extend`).
+    leader_last: Option<LogId<C::NodeId>>,
+
+    /// tashkent patch: while an AppendEntries that starts at the follower's
+    /// matching log id is awaited, the last log id it carries: entries
+    /// after it may be sent ahead. `None` otherwise.
+    ahead_after: Option<Option<LogId<C::NodeId>>>,
+}
+
+/// tashkent patch: at most this many AppendEntries sent ahead.
+const MAX_AHEAD: usize = 4;
+
+type AppendAnswer<C> = futures::future::BoxFuture<
+    'static,
+    Result<
+        AppendEntriesResponse<<C as RaftTypeConfig>::NodeId>,
+        RPCError<<C as RaftTypeConfig>::NodeId, <C as RaftTypeConfig>::Node, crate::error::RaftError<<C as RaftTypeConfig>::NodeId>>,
+    >,
+>;
+
+/// tashkent patch: pipelined AppendEntries.
+///
+/// openraft 0.9's engine keeps one request in flight per follower, and a
+/// request is sent only once the one before is answered. While a stream
+/// waits for an answer, it sends the leader's newer entries ahead (on a
+/// network that can, `RaftNetwork::send_append_entries`, which keeps them
+/// in order after the awaited one). The engine does not know of them: when
+/// it then asks for entries whose range starts where the oldest one ahead
+/// starts, that one's answer is taken as the answer to the engine's
+/// request (a partial one when it carried less, and the stream goes on with
+/// the rest as it does after any partial answer). The engine's view is thus
+/// unchanged, one request at a time, answered in order, each answer about
+/// entries the follower acknowledged; only the waiting between requests
+/// goes. An answer that is not adopted is dropped, and every request ahead
+/// is dropped at the first one that does not fit (an error, a conflict, a
+/// snapshot, a request from elsewhere in the log).
+struct Ahead<C: RaftTypeConfig> {
+    range: LogIdRange<C::NodeId>,
+    sent_at: InstantOf<C>,
+    answer: AppendAnswer<C>,
 }
 
 impl<C, N, LS> ReplicationCore<C, N, LS>
@@ -198,6 +244,9 @@ where
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
             entries_hint: Default::default(),
+            ahead: Default::default(),
+            leader_last: None,
+            ahead_after: None,
         };
 
         let join_handle = C::AsyncRuntime::spawn(this.main().instrument(span));
@@ -238,7 +287,10 @@ where
                     log_data = Some(log.clone());
                     self.send_log_entries(log).await
                 }
-                Data::Snapshot(snap) => self.stream_snapshot(snap).await,
+                Data::Snapshot(snap) => {
+                    self.ahead.clear();
+                    self.stream_snapshot(snap).await
+                }
                 Data::SnapshotCallback(resp) => self.handle_snapshot_callback(resp),
             };
 
@@ -256,6 +308,7 @@ where
                 }
                 Err(err) => {
                     tracing::warn!(error=%err, "error replication to target={}", self.target);
+                    self.ahead.clear();
 
                     match err {
                         ReplicationError::Closed(closed) => {
@@ -371,94 +424,121 @@ where
             "send_log_entries",
         );
 
-        // Series of logs to send, and the last log id to send
-        let (logs, sending_range) = {
-            let rng = log_ids.data();
+        // tashkent patch: the oldest request sent ahead answers this one if
+        // it starts where this one does; else whatever went ahead is
+        // dropped (a heartbeat leaves it be: it sends nothing to displace).
+        let rng = log_ids.data().clone();
+        let is_heartbeat = rng.prev == rng.last;
+        let adopt = matches!(
+            self.ahead.front(),
+            Some(a) if !is_heartbeat && a.range.prev == rng.prev && a.range.last <= rng.last
+        );
+        if !adopt && !is_heartbeat {
+            self.ahead.clear();
+        }
 
-            // The log index start and end to send.
-            let (start, end) = {
-                let start = rng.prev.next_index();
-                let end = rng.last.next_index();
+        let the_timeout = Duration::from_millis(self.config.heartbeat_interval);
+        let (sending_range, leader_time, res) = if adopt {
+            let a = self.ahead.pop_front().expect("checked above");
+            self.ahead_after = (a.range.prev == self.matching).then(|| a.range.last.clone());
+            let res = self.await_answer(a.answer, the_timeout).await?;
+            (a.range, a.sent_at, res)
+        } else {
+            // Series of logs to send, and the last log id to send
+            let (logs, sending_range) = {
+                let rng = log_ids.data();
 
-                if let Some(hint) = self.entries_hint.get() {
-                    let hint_end = start + hint;
-                    (start, std::cmp::min(end, hint_end))
-                } else {
-                    (start, end)
-                }
-            };
+                // The log index start and end to send.
+                let (start, end) = {
+                    let start = rng.prev.next_index();
+                    let end = rng.last.next_index();
 
-            if start == end {
-                // Heartbeat RPC, no logs to send, last log id is the same as prev_log_id
-                let r = LogIdRange::new(rng.prev.clone(), rng.prev.clone());
-                (vec![], r)
-            } else {
-                // limited_get_log_entries will return logs smaller than the range [start, end).
-                let logs = self.log_reader.limited_get_log_entries(start, end).await?;
+                    if let Some(hint) = self.entries_hint.get() {
+                        let hint_end = start + hint;
+                        (start, std::cmp::min(end, hint_end))
+                    } else {
+                        (start, end)
+                    }
+                };
 
-                // Handle an empty result gracefully by treating it as a heartbeat.
-                // Returning nothing for a non-empty range violates the API contract, but a
-                // faulty store must not panic replication. Sleep briefly first: `log_id_range`
-                // does not advance when no logs are returned, so retrying at once would spin.
-                if logs.is_empty() {
-                    let sleep_duration = Duration::from_millis(10);
-                    tracing::warn!(
-                        "limited_get_log_entries({}, {}) returned empty; \
-                         this violates the API contract but is handled gracefully as a heartbeat. \
-                         Sleeping {:?} to avoid a tight loop.",
-                        start,
-                        end,
-                        sleep_duration
-                    );
-                    C::sleep(sleep_duration).await;
-
+                if start == end {
+                    // Heartbeat RPC, no logs to send, last log id is the same as prev_log_id
                     let r = LogIdRange::new(rng.prev.clone(), rng.prev.clone());
                     (vec![], r)
                 } else {
-                    let first = logs.first().map(|x| x.get_log_id().clone()).unwrap();
-                    let last = logs.last().map(|x| x.get_log_id().clone()).unwrap();
+                    // limited_get_log_entries will return logs smaller than the range [start, end).
+                    let logs = self.log_reader.limited_get_log_entries(start, end).await?;
 
-                    debug_assert!(
-                        logs.len() <= (end - start) as usize,
-                        "expect logs ⊆ [{}..{}) but got {} entries, first: {}, last: {}",
-                        start,
-                        end,
-                        logs.len(),
-                        first,
-                        last
-                    );
+                    // Handle an empty result gracefully by treating it as a heartbeat.
+                    // Returning nothing for a non-empty range violates the API contract, but a
+                    // faulty store must not panic replication. Sleep briefly first: `log_id_range`
+                    // does not advance when no logs are returned, so retrying at once would spin.
+                    if logs.is_empty() {
+                        let sleep_duration = Duration::from_millis(10);
+                        tracing::warn!(
+                            "limited_get_log_entries({}, {}) returned empty; \
+                             this violates the API contract but is handled gracefully as a heartbeat. \
+                             Sleeping {:?} to avoid a tight loop.",
+                            start,
+                            end,
+                            sleep_duration
+                        );
+                        C::sleep(sleep_duration).await;
 
-                    let r = LogIdRange::new(rng.prev.clone(), Some(last));
-                    (logs, r)
+                        let r = LogIdRange::new(rng.prev.clone(), rng.prev.clone());
+                        (vec![], r)
+                    } else {
+                        let first = logs.first().map(|x| x.get_log_id().clone()).unwrap();
+                        let last = logs.last().map(|x| x.get_log_id().clone()).unwrap();
+
+                        debug_assert!(
+                            logs.len() <= (end - start) as usize,
+                            "expect logs ⊆ [{}..{}) but got {} entries, first: {}, last: {}",
+                            start,
+                            end,
+                            logs.len(),
+                            first,
+                            last
+                        );
+
+                        let r = LogIdRange::new(rng.prev.clone(), Some(last));
+                        (logs, r)
+                    }
                 }
-            }
+            };
+
+            let leader_time = C::now();
+
+            // Build the heartbeat frame to be sent to the follower.
+            let payload = AppendEntriesRequest {
+                vote: self.session_id.vote_ref().clone(),
+                prev_log_id: sending_range.prev.clone(),
+                leader_commit: self.committed.clone(),
+                entries: logs,
+            };
+
+            tracing::debug!(
+                payload=%payload.summary(),
+                now = debug(leader_time),
+                "start sending append_entries, timeout: {:?}",
+                self.config.heartbeat_interval
+            );
+
+            let option = RPCOption::new(the_timeout);
+            let res = match self.network.send_append_entries(payload, option.clone()) {
+                Ok(answer) => {
+                    self.ahead_after = (sending_range.prev == self.matching).then(|| sending_range.last.clone());
+                    self.await_answer(answer, the_timeout).await?
+                }
+                Err(payload) => C::timeout(the_timeout, self.network.append_entries(payload, option)).await.ok(),
+            };
+            (sending_range, leader_time, res)
         };
-
-        let leader_time = C::now();
-
-        // Build the heartbeat frame to be sent to the follower.
-        let payload = AppendEntriesRequest {
-            vote: self.session_id.vote_ref().clone(),
-            prev_log_id: sending_range.prev.clone(),
-            leader_commit: self.committed.clone(),
-            entries: logs,
-        };
-
-        // Send the payload.
-        tracing::debug!(
-            payload=%payload.summary(),
-            now = debug(leader_time),
-            "start sending append_entries, timeout: {:?}",
-            self.config.heartbeat_interval
-        );
-
-        let the_timeout = Duration::from_millis(self.config.heartbeat_interval);
-        let option = RPCOption::new(the_timeout);
-        let res = C::timeout(the_timeout, self.network.append_entries(payload, option)).await;
+        self.ahead_after = None;
 
         tracing::debug!("append_entries res: {:?}", res);
 
-        let append_res = res.map_err(|_e| {
+        let append_res = res.ok_or_else(|| {
             let to = Timeout {
                 action: RPCTypes::AppendEntries,
                 id: self.session_id.vote_ref().leader_id().voted_for().unwrap(),
@@ -509,6 +589,76 @@ where
                 self.send_progress(request_id, ReplicationResult::new(leader_time, Err(conflict)));
 
                 Ok(None)
+            }
+        }
+    }
+
+    /// tashkent patch: awaits `answer` for at most `timeout` (`None` then),
+    /// and meanwhile takes the events RaftCore sends, sending the leader's
+    /// newer entries ahead as they come (`Replicate::Extend`).
+    #[allow(clippy::type_complexity)]
+    async fn await_answer(
+        &mut self,
+        mut answer: AppendAnswer<C>,
+        timeout: Duration,
+    ) -> Result<
+        Option<Result<AppendEntriesResponse<C::NodeId>, RPCError<C::NodeId, C::Node, crate::error::RaftError<C::NodeId>>>>,
+        ReplicationError<C::NodeId, C::Node>,
+    > {
+        let deadline = C::now() + timeout;
+        self.send_ahead().await;
+        loop {
+            let sleep = C::sleep_until(deadline);
+            select! {
+                res = &mut answer => return Ok(Some(res)),
+                _ = sleep => return Ok(None),
+                event = self.rx_event.recv() => {
+                    let event = event.ok_or(ReplicationClosed::new("rx_repl is closed while awaiting an answer"))?;
+                    self.process_event(event);
+                    self.send_ahead().await;
+                }
+            }
+        }
+    }
+
+    /// tashkent patch: sends the leader's entries after those in flight,
+    /// while the awaited request allows it ([`Self::ahead_after`]) and at
+    /// most [`MAX_AHEAD`] are ahead. Stops quietly at anything it cannot
+    /// do: the engine sends those entries itself later.
+    async fn send_ahead(&mut self) {
+        let Some(after) = self.ahead_after.clone() else {
+            return;
+        };
+        while self.ahead.len() < MAX_AHEAD && !self.entries_hint.is_active() {
+            let sent_last = self.ahead.back().map(|a| a.range.last.clone()).unwrap_or_else(|| after.clone());
+            if self.leader_last.is_none() || self.leader_last <= sent_last {
+                return;
+            }
+            let start = sent_last.next_index();
+            let end = std::cmp::min(self.leader_last.next_index(), start + self.config.max_payload_entries);
+            let logs = match self.log_reader.limited_get_log_entries(start, end).await {
+                Ok(logs) if !logs.is_empty() => logs,
+                _ => return,
+            };
+            if logs[0].get_log_id().index != start {
+                return;
+            }
+            let last = logs.last().map(|x| x.get_log_id().clone());
+            let payload = AppendEntriesRequest {
+                vote: self.session_id.vote_ref().clone(),
+                prev_log_id: sent_last.clone(),
+                leader_commit: self.committed.clone(),
+                entries: logs,
+            };
+            let option = RPCOption::new(Duration::from_millis(self.config.heartbeat_interval));
+            let sent_at = C::now();
+            match self.network.send_append_entries(payload, option) {
+                Ok(answer) => self.ahead.push_back(Ahead {
+                    range: LogIdRange::new(sent_last, last),
+                    sent_at,
+                    answer,
+                }),
+                Err(_) => return,
             }
         }
     }
@@ -682,6 +832,11 @@ where
                 // If there is no action, fill in an heartbeat action to send committed index.
                 if self.next_action.is_none() {
                     self.next_action = Some(Data::new_heartbeat());
+                }
+            }
+            Replicate::Extend(last) => {
+                if Some(&last) > self.leader_last.as_ref() {
+                    self.leader_last = Some(last);
                 }
             }
             Replicate::Heartbeat => {

@@ -16,6 +16,10 @@ where C: RaftTypeConfig
 
     /// Send a chunk of data, e.g., logs or snapshot.
     Data(Data<C>),
+
+    /// tashkent patch: the leader's log now ends at this id; a stream
+    /// waiting for an answer may send the entries after what it sent.
+    Extend(LogIdOf<C>),
 }
 
 impl<C> Replicate<C>
@@ -40,6 +44,7 @@ impl<C: RaftTypeConfig> fmt::Display for Replicate<C> {
             Self::Committed(c) => write!(f, "Committed({})", c.display()),
             Self::Heartbeat => write!(f, "Heartbeat"),
             Self::Data(d) => write!(f, "Data({})", d),
+            Self::Extend(l) => write!(f, "Extend({})", l),
         }
     }
 }
