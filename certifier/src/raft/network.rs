@@ -7,10 +7,12 @@
 //! it, so the patched openraft can have several in flight
 //! (`send_append_entries`, `vendor/README.md`). A request that cannot be
 //! delivered (connection refused, reset, deadline) is `Unreachable`, which
-//! makes openraft back off and retry. An answer given up on (openraft's
-//! deadline) marks the stream broken: the link may be dead, so the next
+//! makes openraft back off and retry. An answer not come by openraft's
+//! deadline marks the stream broken: the link may be dead, so the next
 //! request opens a new stream on a new channel. Answers still due on the
 //! old one go nowhere, so none can reach a request it was not meant for.
+//! A request sent ahead whose answer openraft drops unread (it did not
+//! adopt it) leaves the stream as it is.
 //! An error the remote node answered is a `RemoteError`.
 //! Payloads are openraft's own messages as JSON, except log entries, which
 //! travel in the log's binary encoding (`entry.rs`; see the proto file). A
@@ -96,8 +98,9 @@ impl Drop for AppendStream {
     }
 }
 
-/// Marks the stream broken when an answer is given up on before it came:
-/// after a deadline the link may be dead, so the next request reconnects.
+/// Marks the stream broken when an awaited answer is given up on before it
+/// came (openraft's deadline, which drops the call): the link may be dead,
+/// so the next request reconnects.
 struct GivenUp {
     broken: Option<Arc<AtomicBool>>,
 }
@@ -190,6 +193,32 @@ impl AppendStream {
                 .unwrap_or_else(|_| Err(Status::unavailable("the AppendEntries stream went away")));
             given_up.answered();
             r
+        }
+    }
+
+    /// The answer on `rx` within `ttl`, for a request sent ahead: its
+    /// answer may be dropped unread (openraft drops what it does not
+    /// adopt), which says nothing about the link, so only the deadline
+    /// marks the stream broken.
+    fn answer_within(
+        &self,
+        rx: oneshot::Receiver<Result<RaftMessage, Status>>,
+        ttl: Duration,
+    ) -> impl std::future::Future<Output = Result<RaftMessage, Status>> + Send + 'static {
+        let broken = self.broken.clone();
+        async move {
+            match tokio::time::timeout(ttl, rx).await {
+                Ok(r) => r.unwrap_or_else(|_| {
+                    Err(Status::unavailable("the AppendEntries stream went away"))
+                }),
+                Err(_) => {
+                    broken.store(true, Ordering::Release);
+                    Err(Status::deadline_exceeded(format!(
+                        "no AppendEntries answer within {} ms",
+                        ttl.as_millis()
+                    )))
+                }
+            }
         }
     }
 }
@@ -355,7 +384,7 @@ impl RaftNetwork<TypeConfig> for Connection {
     fn send_append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<
         futures::future::BoxFuture<'static, Result<AppendEntriesResponse<NodeId>, RpcError>>,
         AppendEntriesRequest<TypeConfig>,
@@ -365,7 +394,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         };
         let target = self.target;
         let answer = match Self::append_message(rpc) {
-            Ok(msg) => stream.send(msg).map(|rx| stream.answer(rx)),
+            Ok(msg) => stream
+                .send(msg)
+                .map(|rx| stream.answer_within(rx, option.hard_ttl())),
             Err(e) => return Ok(Box::pin(async move { Err(e) })),
         };
         Ok(Box::pin(async move {

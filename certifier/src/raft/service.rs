@@ -124,9 +124,13 @@ struct AppendStream {
     inbound: Streaming<RaftMessage>,
     raft: Raft,
     stop: Option<watch::Receiver<bool>>,
-    /// An error, or the answer of a stopped raft node, went out, or the
-    /// sender closed: the stream ends once `answers` are out.
+    /// An error, or the answer of a stopped raft node, went out: nothing
+    /// more is handed to the raft node, and the stream ends once `answers`
+    /// are out.
     ended: bool,
+    /// The sender closed (or its side broke) after the requests read: the
+    /// stream ends once they are answered.
+    closed: bool,
     /// Answers decided and not yet sent, in the requests' order.
     answers: VecDeque<Result<RaftMessage, Status>>,
 }
@@ -145,6 +149,7 @@ impl AppendStream {
             raft,
             stop,
             ended: false,
+            closed: false,
             answers: VecDeque::new(),
         }
     }
@@ -164,7 +169,7 @@ impl AppendStream {
         if let Some(answer) = self.answers.pop_front() {
             return Some((answer, self));
         }
-        if self.ended {
+        if self.ended || self.closed {
             return None;
         }
         let msg = tokio::select! {
@@ -180,7 +185,7 @@ impl AppendStream {
                 None => break,
                 // Closed or broken: these are the last.
                 Some(_) => {
-                    self.ended = true;
+                    self.closed = true;
                     break;
                 }
             }

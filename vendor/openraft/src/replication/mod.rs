@@ -501,6 +501,17 @@ where
                             last
                         );
 
+                        // tashkent patch: a newer leader's entries in this
+                        // log mean it truncated what this stream's leader
+                        // wrote: this leader stepped down, and sending them
+                        // after a `prev_log_id` of its own would break log
+                        // matching on the follower.
+                        if !self.of_this_leader_or_before(&logs) {
+                            return Err(ReplicationError::Closed(ReplicationClosed::new(
+                                "the log holds a newer leader's entries: this stream's leader stepped down",
+                            )));
+                        }
+
                         let r = LogIdRange::new(rng.prev.clone(), Some(last));
                         (logs, r)
                     }
@@ -593,6 +604,14 @@ where
         }
     }
 
+    /// tashkent patch: whether every entry in `logs` was proposed by this
+    /// stream's leader or an earlier one (a leader's log holds no later
+    /// one while it leads).
+    fn of_this_leader_or_before(&self, logs: &[C::Entry]) -> bool {
+        let mine = self.session_id.vote_ref().leader_id().to_committed();
+        logs.iter().all(|e| e.get_log_id().leader_id <= mine)
+    }
+
     /// tashkent patch: awaits `answer` for at most `timeout` (`None` then),
     /// and meanwhile takes the events RaftCore sends, sending the leader's
     /// newer entries ahead as they come (`Replicate::Extend`).
@@ -631,7 +650,7 @@ where
         };
         while self.ahead.len() < MAX_AHEAD && !self.entries_hint.is_active() {
             let sent_last = self.ahead.back().map(|a| a.range.last.clone()).unwrap_or_else(|| after.clone());
-            if self.leader_last.is_none() || self.leader_last <= sent_last {
+            if sent_last.is_none() || self.leader_last.is_none() || self.leader_last <= sent_last {
                 return;
             }
             let start = sent_last.next_index();
@@ -640,7 +659,9 @@ where
                 Ok(logs) if !logs.is_empty() => logs,
                 _ => return,
             };
-            if logs[0].get_log_id().index != start {
+            // Only this leader's own entries right after what went before:
+            // a log truncated by a newer leader holds its entries there.
+            if logs[0].get_log_id().index != start || !self.of_this_leader_or_before(&logs) {
                 return;
             }
             let last = logs.last().map(|x| x.get_log_id().clone());
