@@ -12,7 +12,7 @@
 //! request opens a new stream on a new channel. Answers still due on the
 //! old one go nowhere, so none can reach a request it was not meant for.
 //! A request sent ahead whose answer openraft drops unread (it did not
-//! adopt it) leaves the stream as it is.
+//! adopt it, so never awaited it) leaves the stream as it is.
 //! An error the remote node answered is a `RemoteError`.
 //! Payloads are openraft's own messages as JSON, except log entries, which
 //! travel in the log's binary encoding (`entry.rs`; see the proto file). A
@@ -179,46 +179,25 @@ impl AppendStream {
         Ok(rx)
     }
 
-    /// The answer on `rx`, or the stream marked broken if it is given up on.
+    /// The answer on `rx`. Given up on once awaited (openraft drops the
+    /// call at its deadline), the stream is marked broken: the link may be
+    /// dead. A request sent ahead whose answer openraft drops unread, never
+    /// awaited, says nothing about the link and leaves the stream as it is;
+    /// hence the mark is armed at the first poll.
     fn answer(
         &self,
         rx: oneshot::Receiver<Result<RaftMessage, Status>>,
     ) -> impl std::future::Future<Output = Result<RaftMessage, Status>> + Send + 'static {
-        let given_up = GivenUp {
-            broken: Some(self.broken.clone()),
-        };
+        let broken = self.broken.clone();
         async move {
+            let given_up = GivenUp {
+                broken: Some(broken),
+            };
             let r = rx
                 .await
                 .unwrap_or_else(|_| Err(Status::unavailable("the AppendEntries stream went away")));
             given_up.answered();
             r
-        }
-    }
-
-    /// The answer on `rx` within `ttl`, for a request sent ahead: its
-    /// answer may be dropped unread (openraft drops what it does not
-    /// adopt), which says nothing about the link, so only the deadline
-    /// marks the stream broken.
-    fn answer_within(
-        &self,
-        rx: oneshot::Receiver<Result<RaftMessage, Status>>,
-        ttl: Duration,
-    ) -> impl std::future::Future<Output = Result<RaftMessage, Status>> + Send + 'static {
-        let broken = self.broken.clone();
-        async move {
-            match tokio::time::timeout(ttl, rx).await {
-                Ok(r) => r.unwrap_or_else(|_| {
-                    Err(Status::unavailable("the AppendEntries stream went away"))
-                }),
-                Err(_) => {
-                    broken.store(true, Ordering::Release);
-                    Err(Status::deadline_exceeded(format!(
-                        "no AppendEntries answer within {} ms",
-                        ttl.as_millis()
-                    )))
-                }
-            }
         }
     }
 }
@@ -384,7 +363,7 @@ impl RaftNetwork<TypeConfig> for Connection {
     fn send_append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<
         futures::future::BoxFuture<'static, Result<AppendEntriesResponse<NodeId>, RpcError>>,
         AppendEntriesRequest<TypeConfig>,
@@ -394,9 +373,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         };
         let target = self.target;
         let answer = match Self::append_message(rpc) {
-            Ok(msg) => stream
-                .send(msg)
-                .map(|rx| stream.answer_within(rx, option.hard_ttl())),
+            Ok(msg) => stream.send(msg).map(|rx| stream.answer(rx)),
             Err(e) => return Ok(Box::pin(async move { Err(e) })),
         };
         Ok(Box::pin(async move {

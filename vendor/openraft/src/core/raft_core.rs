@@ -858,6 +858,8 @@ where
         );
 
         for (target, s) in nodes {
+            // tashkent patch: a removed stream sends no more entries.
+            s.depose();
             let handle = s.join_handle;
 
             // Drop sender to notify the task to shutdown
@@ -1658,6 +1660,12 @@ where
                 // flushed (an AppendEntries whose entries it already has
                 // appends nothing and is answered at once), so it waits
                 // for them here, once, when it steps down.
+                // tashkent patch: its streams send no more entries (see
+                // `ReplicationHandle::deposed`), before any later command
+                // can truncate its log.
+                for h in self.replications.values() {
+                    h.depose();
+                }
                 if let Some(flushed) = self.leader_data.take().and_then(|l| l.own_flushed) {
                     let _ = flushed.await;
                 }

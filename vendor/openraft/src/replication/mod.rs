@@ -72,6 +72,18 @@ where C: RaftTypeConfig
 
     /// The channel used for communicating with the replication task.
     pub(crate) tx_repl: mpsc::UnboundedSender<Replicate<C>>,
+
+    /// tashkent patch: set when this stream's leader steps down or the
+    /// stream is removed, before the core takes any later command (such as
+    /// a truncation by a newer leader): the stream sends no more entries.
+    pub(crate) deposed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<C: RaftTypeConfig> ReplicationHandle<C> {
+    /// tashkent patch: see `deposed`.
+    pub(crate) fn depose(&self) {
+        self.deposed.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// A task responsible for sending replication events to a target follower in the Raft cluster.
@@ -154,6 +166,10 @@ where
     /// was told (`Replicate::Extend`).
     leader_last: Option<LogId<C::NodeId>>,
 
+    /// tashkent patch: set by the core when this stream's leader steps down
+    /// (see `ReplicationHandle::deposed`).
+    deposed: Arc<std::sync::atomic::AtomicBool>,
+
     /// tashkent patch: while an AppendEntries that starts at the follower's
     /// matching log id is awaited, the last log id it carries: entries
     /// after it may be sent ahead. `None` otherwise.
@@ -226,6 +242,7 @@ where
 
         // other component to ReplicationStream
         let (tx_event, rx_event) = mpsc::unbounded_channel();
+        let deposed = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
         let this = Self {
             target,
@@ -245,6 +262,7 @@ where
             next_action: None,
             entries_hint: Default::default(),
             ahead: Default::default(),
+            deposed: deposed.clone(),
             leader_last: None,
             ahead_after: None,
         };
@@ -254,6 +272,7 @@ where
         ReplicationHandle {
             join_handle,
             tx_repl: tx_event,
+            deposed,
         }
     }
 
@@ -506,7 +525,7 @@ where
                         // wrote: this leader stepped down, and sending them
                         // after a `prev_log_id` of its own would break log
                         // matching on the follower.
-                        if !self.of_this_leader_or_before(&logs) {
+                        if self.is_deposed() || !self.of_this_leader_or_before(&logs) {
                             return Err(ReplicationError::Closed(ReplicationClosed::new(
                                 "the log holds a newer leader's entries: this stream's leader stepped down",
                             )));
@@ -604,6 +623,16 @@ where
         }
     }
 
+    /// tashkent patch: whether this stream's leader stepped down. Checked
+    /// after each read of entries to send: the core sets it before it takes
+    /// any later command, so a read that could see a newer leader's
+    /// truncation or entries sees it set, and a read before it holds only
+    /// this leader's log, which is safe to send at any time (a delayed
+    /// message of its term).
+    fn is_deposed(&self) -> bool {
+        self.deposed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// tashkent patch: whether every entry in `logs` was proposed by this
     /// stream's leader or an earlier one (a leader's log holds no later
     /// one while it leads).
@@ -661,7 +690,7 @@ where
             };
             // Only this leader's own entries right after what went before:
             // a log truncated by a newer leader holds its entries there.
-            if logs[0].get_log_id().index != start || !self.of_this_leader_or_before(&logs) {
+            if logs[0].get_log_id().index != start || self.is_deposed() || !self.of_this_leader_or_before(&logs) {
                 return;
             }
             let last = logs.last().map(|x| x.get_log_id().clone());
