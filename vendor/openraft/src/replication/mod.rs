@@ -527,7 +527,7 @@ where
                         // matching on the follower.
                         if self.is_deposed() || !self.of_this_leader_or_before(&logs) {
                             return Err(ReplicationError::Closed(ReplicationClosed::new(
-                                "the log holds a newer leader's entries: this stream's leader stepped down",
+                                "this stream's leader stepped down (or its log holds a newer leader's entries)",
                             )));
                         }
 
@@ -630,6 +630,9 @@ where
     /// this leader's log, which is safe to send at any time (a delayed
     /// message of its term).
     fn is_deposed(&self) -> bool {
+        // The read may have seen the log through plain memory (a mapped
+        // segment): the fence keeps it before this load.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         self.deposed.load(std::sync::atomic::Ordering::Acquire)
     }
 
