@@ -251,7 +251,7 @@ impl Connection {
     fn unreachable<E: std::error::Error>(&mut self, status: Status) -> RpcError<E> {
         self.client = None;
         self.appends = None;
-        RPCError::Unreachable(Unreachable::new(&CertifierError::Rpc(status)))
+        undelivered(status)
     }
 
     /// Decodes the remote `Result` in `answer`.
@@ -336,6 +336,11 @@ impl Connection {
     }
 }
 
+/// A request that did not get its answer (`status` says why).
+fn undelivered<E: std::error::Error>(status: Status) -> RpcError<E> {
+    RPCError::Unreachable(Unreachable::new(&CertifierError::Rpc(status)))
+}
+
 /// Decodes the remote `Result` in `answer`, from `target`.
 #[allow(clippy::result_large_err)]
 fn remote_result<Resp, E>(target: NodeId, answer: &RaftMessage) -> Result<Resp, RpcError<E>>
@@ -377,16 +382,13 @@ impl RaftNetwork<TypeConfig> for Connection {
             Err(e) => return Ok(Box::pin(async move { Err(e) })),
         };
         Ok(Box::pin(async move {
+            let answer = match answer {
+                Ok(answer) => answer.await,
+                Err(status) => Err(status),
+            };
             match answer {
-                Ok(answer) => match answer.await {
-                    Ok(answer) => remote_result(target, &answer),
-                    Err(status) => Err(RPCError::Unreachable(Unreachable::new(
-                        &CertifierError::Rpc(status),
-                    ))),
-                },
-                Err(status) => Err(RPCError::Unreachable(Unreachable::new(
-                    &CertifierError::Rpc(status),
-                ))),
+                Ok(answer) => remote_result(target, &answer),
+                Err(status) => Err(undelivered(status)),
             }
         }))
     }
