@@ -272,21 +272,22 @@ pub async fn serve(
 /// file, serve until SIGINT or SIGTERM.
 pub async fn run(args: CertifierArgs) -> Result<(), CertifierError> {
     let config = args.resolve()?;
-    serve(config, shutdown_signal()).await
+    // Installed before `serve` prints its address: whoever reads that line
+    // may signal at once, and a signal before the handlers exist would
+    // kill the process with the default action instead of stopping it.
+    let shutdown = shutdown_signal()?;
+    serve(config, shutdown).await
 }
 
-async fn shutdown_signal() {
+fn shutdown_signal() -> Result<impl Future<Output = ()>, CertifierError> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("certifier shutting down");
+        tracing::info!("certifier shutting down");
+    })
 }
