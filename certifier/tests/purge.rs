@@ -56,6 +56,7 @@ async fn serve(cfg: &CertifierConfig) -> (tashkent_certifier::RunningCertifier, 
 async fn checkpoint_report_purges_what_nobody_needs() {
     let dir = TempDir::new().unwrap();
     let cfg = config(&dir);
+    let started = std::time::Instant::now();
     let (server, client) = serve(&cfg).await;
     for i in 0..300 {
         assert_eq!(
@@ -63,9 +64,13 @@ async fn checkpoint_report_purges_what_nobody_needs() {
             Outcome::Committed { version: i + 1 }
         );
         if i == 10 {
-            // Too soon after the start: nothing is purged yet.
+            // Too soon after the start (within `purge_replica_timeout_ms`;
+            // a loaded machine may not get here that soon, and then
+            // there is nothing to check): nothing is purged yet.
             let r = client.report_checkpoint(10).await.unwrap();
-            assert_eq!((r.purge_below, r.first_version), (0, 1));
+            if started.elapsed() < Duration::from_millis(1400) {
+                assert_eq!((r.purge_below, r.first_version), (0, 1));
+            }
         }
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;

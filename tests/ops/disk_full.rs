@@ -99,9 +99,12 @@ pub(crate) async fn fill_the_log(
 
 /// A client of proxy `i` gets `53100` for an insert into `blobs`.
 pub(crate) async fn proxy_gets_53100(cluster: &Cluster, i: usize) {
-    let e = cluster
-        .client(i)
-        .await
+    gets_53100(&cluster.client(i).await).await;
+}
+
+/// A commit through `client` (connected to a proxy) fails with 53100.
+pub(crate) async fn gets_53100(client: &tokio_postgres::Client) {
+    let e = client
         .execute("INSERT INTO blobs VALUES (-1, 'x')", &[])
         .await
         .unwrap_err();

@@ -842,15 +842,21 @@ async fn overlapping_commits_become_visible_in_version_order() {
         .await
         .unwrap();
     cluster.wait_converged().await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Counted as they go: the load runs until both are enough (a loaded
+    // machine may need longer than the first seconds), not for a fixed time.
+    let committed = Arc::new(AtomicU32::new(0));
+    let looks: Vec<Arc<AtomicU32>> = (0..2).map(|_| Arc::new(AtomicU32::new(0))).collect();
     let mut writers = Vec::new();
     for w in 0..8i32 {
         let c = cluster.client((w % 2) as usize).await;
         let stop = stop.clone();
+        let committed = committed.clone();
         writers.push(tokio::spawn(async move {
-            let mut committed = 0u32;
             let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 let id = w * 1_000_000 + i;
                 c.execute("INSERT INTO hit VALUES ($1, 1)", &[&id])
                     .await
@@ -858,19 +864,18 @@ async fn overlapping_commits_become_visible_in_version_order() {
                 c.execute("UPDATE hit SET n = n + 1 WHERE id = $1", &[&id])
                     .await
                     .unwrap();
-                committed += 2;
+                committed.fetch_add(2, Ordering::Relaxed);
                 i += 1;
             }
-            committed
         }));
     }
     let mut watchers = Vec::new();
     for r in 0..2 {
         let c = cluster.replica(r).await;
         let stop = stop.clone();
+        let looks = looks[r].clone();
         watchers.push(tokio::spawn(async move {
-            let mut looks = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 let row = c
                     .query_one(
                         "SELECT count(*), min(version), max(version) FROM tashkent.applied",
@@ -885,20 +890,28 @@ async fn overlapping_commits_become_visible_in_version_order() {
                     "replica {} shows versions {lo}..={hi} with a gap ({n} rows)",
                     r + 1
                 );
-                looks += 1;
+                looks.fetch_add(1, Ordering::Relaxed);
             }
-            looks
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut committed = 0;
-    for w in writers {
-        committed += w.await.unwrap();
+    let enough = || {
+        committed.load(Ordering::Relaxed) > 100
+            && looks.iter().all(|l| l.load(Ordering::Relaxed) > 10)
+    };
+    let began = std::time::Instant::now();
+    while began.elapsed() < std::time::Duration::from_secs(4)
+        || (!enough() && began.elapsed() < std::time::Duration::from_secs(60))
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    for w in watchers {
-        assert!(w.await.unwrap() > 10, "the watcher barely looked");
+    stop.store(true, Ordering::Relaxed);
+    for w in writers.into_iter().chain(watchers) {
+        w.await.unwrap();
     }
+    for l in &looks {
+        assert!(l.load(Ordering::Relaxed) > 10, "a watcher barely looked");
+    }
+    let committed = committed.load(Ordering::Relaxed);
     assert!(committed > 100, "only {committed} commits");
     cluster.assert_identical().await;
 }
