@@ -65,7 +65,9 @@ async fn a_cluster_with_certifier_tls_replicates_and_its_tools_follow() {
 
     // The tools find the certificate in the state directory.
     let dir = state.display().to_string();
-    let (ok, out) = blocking(|| tashkent(&["status", "--state-dir", &dir, "--json"]));
+    // A generous answer time: each part must read "up" on a loaded machine.
+    let (ok, out) =
+        blocking(|| tashkent(&["status", "--state-dir", &dir, "--json", "--timeout", "30"]));
     assert!(ok, "{out}");
     let json: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
@@ -78,7 +80,7 @@ async fn a_cluster_with_certifier_tls_replicates_and_its_tools_follow() {
     for r in json["replicas"].as_array().unwrap() {
         assert_eq!(r["state"], "serving", "{out}");
     }
-    let (ok, out) = blocking(|| tashkent(&["status", "--state-dir", &dir]));
+    let (ok, out) = blocking(|| tashkent(&["status", "--state-dir", &dir, "--timeout", "30"]));
     assert!(ok && out.contains("(TLS): up"), "{out}");
     let (ok, out) = blocking(|| tashkent(&["checkpoint", "--state-dir", &dir]));
     assert!(ok, "{out}");
@@ -101,6 +103,8 @@ async fn a_cluster_with_certifier_tls_replicates_and_its_tools_follow() {
             "--certifier-tls-ca",
             &ca_arg,
             "--json",
+            "--timeout",
+            "30",
         ])
     });
     assert!(ok, "{out}");

@@ -137,7 +137,10 @@ async fn metrics_count_commits_aborts_and_apply_and_status_reports_each_replica(
     // `tashkent status --json`, from the state directory.
     let state = cluster.state_dir().display().to_string();
     let (ok, out) =
-        common::cluster::blocking(|| tashkent(&["status", "--state-dir", &state, "--json"]));
+        // A generous answer time: every part must read "up" here.
+        common::cluster::blocking(|| {
+            tashkent(&["status", "--state-dir", &state, "--json", "--timeout", "30"])
+        });
     assert!(ok, "{out}");
     let json: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
