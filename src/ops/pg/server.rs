@@ -70,6 +70,9 @@ pub struct PgServer {
     run_as: RunAs,
     base: PathBuf,
     port: u16,
+    /// The port is not ours to change: it was given, or the server has
+    /// served on it (its proxy and clients know it, so a restart after a
+    /// crash must come back there or fail, never move silently).
     port_fixed: bool,
     durability: Durability,
     settings: Vec<(String, String)>,
@@ -256,7 +259,11 @@ impl PgServer {
                 {
                     continue
                 }
-                other => return other,
+                Ok(()) => {
+                    self.port_fixed = true;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
             }
         }
     }
