@@ -5,8 +5,8 @@
 # its server headers (the writeset-capture trigger library is compiled
 # against them, see build.rs), and the other clients of the TLS tests:
 # psycopg2 for Debian's python3, and pgjdbc with a JDK to compile and run
-# its Java program; and sysbench (`tashkent bench contention` and its
-# test). Idempotent, and silent when everything is already
+# its Java program; sysbench (`tashkent bench contention` and its
+# test); and pgbouncer (a system of `tashkent bench`). Idempotent, and silent when everything is already
 # present.
 set -euo pipefail
 
@@ -50,6 +50,8 @@ if ! command -v javac >/dev/null 2>&1 || ! command -v java >/dev/null 2>&1; then
 fi
 [ -f /usr/share/java/postgresql.jar ] || missing+=(libpostgresql-jdbc-java)
 command -v sysbench >/dev/null 2>&1 || missing+=(sysbench)
+# pgbouncer: `tashkent bench --systems pgbouncer` (in the default systems).
+[ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || missing+=(pgbouncer)
 if have_server && ! have_headers; then
     missing+=("postgresql-server-dev-$(server_major)")
 fi

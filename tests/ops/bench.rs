@@ -224,7 +224,7 @@ fn bench_drives_the_load_with_pgbench() {
             "--replicas",
             "2",
             "--systems",
-            "postgres-nofsync,tashkent-mw",
+            "postgres-nofsync,pgbouncer,tashkent-mw",
             "--scale",
             "1",
             "--warmup",
@@ -244,7 +244,11 @@ fn bench_drives_the_load_with_pgbench() {
             .collect();
         assert_eq!(
             got,
-            vec![("postgres-nofsync".into(), 1), ("tashkent-mw".into(), 2)],
+            vec![
+                ("postgres-nofsync".into(), 1),
+                ("pgbouncer".into(), 1),
+                ("tashkent-mw".into(), 2)
+            ],
             "{w}"
         );
         for r in report.rows(w) {
@@ -254,6 +258,11 @@ fn bench_drives_the_load_with_pgbench() {
         }
     }
     assert!(!stdout.contains("PROBLEMS"), "{stdout}");
+    // The pooler's cost, measured in the same run.
+    assert!(
+        stdout.contains("pgbouncer ÷ postgres-nofsync, 1 replica"),
+        "{stdout}"
+    );
 }
 
 /// `tashkent bench contention`: sysbench through three proxies at once

@@ -31,6 +31,7 @@
 
 mod contention;
 mod pgbench;
+mod pgbouncer;
 mod recovery;
 mod soak;
 mod tpcc;
@@ -74,6 +75,11 @@ pub enum System {
     #[value(name = "postgres-rr")]
     #[serde(rename = "postgres-rr")]
     PostgresRr,
+    /// pgbouncer (session mode) in front of one standalone PostgreSQL with
+    /// fsync off: the proxy users would pick instead (`pgbouncer.rs`).
+    #[value(name = "pgbouncer")]
+    #[serde(rename = "pgbouncer")]
+    Pgbouncer,
     /// Ordering in the middleware, durability in every replica (`durability = database`).
     #[value(name = "base")]
     #[serde(rename = "base")]
@@ -101,6 +107,7 @@ impl System {
             System::PostgresFsync => "postgres-fsync",
             System::PostgresNofsync => "postgres-nofsync",
             System::PostgresRr => "postgres-rr",
+            System::Pgbouncer => "pgbouncer",
             System::Base => "base",
             System::TashkentApi => "tashkent-api",
             System::TashkentMw => "tashkent-mw",
@@ -111,7 +118,10 @@ impl System {
     /// The cluster mode, or `None` for a standalone server.
     fn durability(self) -> Option<DurabilityMode> {
         match self {
-            System::PostgresFsync | System::PostgresNofsync | System::PostgresRr => None,
+            System::PostgresFsync
+            | System::PostgresNofsync
+            | System::PostgresRr
+            | System::Pgbouncer => None,
             System::Base => Some(DurabilityMode::Database),
             System::TashkentApi => Some(DurabilityMode::DatabaseGrouped),
             System::TashkentMw | System::TashkentMwRaft => Some(DurabilityMode::Middleware),
@@ -129,7 +139,7 @@ impl System {
     /// A standalone server's configuration.
     fn standalone(self) -> PgConfig {
         let (durability, settings) = match self {
-            System::PostgresNofsync => (Durability::Off, vec![]),
+            System::PostgresNofsync | System::Pgbouncer => (Durability::Off, vec![]),
             System::PostgresRr => (
                 Durability::On,
                 vec![(
@@ -189,7 +199,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "postgres-fsync,postgres-nofsync,postgres-rr,base,tashkent-api,tashkent-mw"
+        default_value = "postgres-fsync,postgres-nofsync,postgres-rr,pgbouncer,base,tashkent-api,tashkent-mw"
     )]
     pub systems: Vec<System>,
     /// What drives the load: builtin (tashkent-tpcb's driver) or pgbench
@@ -433,9 +443,12 @@ pub fn ratios(report: &Report) -> Vec<Ratio> {
             System::PostgresFsync,
             System::PostgresNofsync,
             System::PostgresRr,
+            System::Pgbouncer,
         ] {
             push(mw, 1, standalone.name());
         }
+        // The pooler's own cost: the same server, directly and through it.
+        push(System::Pgbouncer.name(), 1, System::PostgresNofsync.name());
         for n in counts_of(System::Base) {
             push(mw, n, base);
         }
@@ -565,6 +578,8 @@ struct Target {
 /// A running system; stopped by [`Running::stop`] (or on drop).
 enum Running {
     Standalone(PgServer),
+    /// pgbouncer and the server behind it (dropped in this order).
+    Pooled(pgbouncer::Pgbouncer, PgServer),
     Cluster(Box<LocalCluster>),
 }
 
@@ -581,7 +596,15 @@ impl Running {
                 let server = tokio::task::spawn_blocking(move || PgServer::start(cfg))
                     .await
                     .context("starting PostgreSQL")??;
-                Ok(Running::Standalone(server))
+                if system != System::Pgbouncer {
+                    return Ok(Running::Standalone(server));
+                }
+                tokio::task::spawn_blocking(move || {
+                    let bouncer = pgbouncer::Pgbouncer::start(&server)?;
+                    Ok(Running::Pooled(bouncer, server))
+                })
+                .await
+                .context("starting pgbouncer")?
             }
             Some(durability) => {
                 let file = ConfigFile {
@@ -619,6 +642,10 @@ impl Running {
                 clients: vec![s.conninfo(DATABASE)],
                 replicas: vec![s.conninfo(DATABASE)],
             },
+            Running::Pooled(b, s) => Target {
+                clients: vec![b.conninfo(s.user(), DATABASE)],
+                replicas: vec![s.conninfo(DATABASE)],
+            },
             Running::Cluster(c) => Target {
                 clients: (0..c.replicas.len()).map(|i| c.proxy_conninfo(i)).collect(),
                 replicas: c.replicas.iter().map(|r| r.conninfo(DATABASE)).collect(),
@@ -629,7 +656,7 @@ impl Running {
     /// Waits until every replica applied every certified version.
     async fn converge(&self) -> Result<()> {
         match self {
-            Running::Standalone(_) => Ok(()),
+            Running::Standalone(_) | Running::Pooled(..) => Ok(()),
             Running::Cluster(c) => wait_applied(c).await,
         }
     }
@@ -640,6 +667,13 @@ impl Running {
                 .await
                 .context("stopping PostgreSQL")?
                 .context("stopping PostgreSQL"),
+            Running::Pooled(b, mut s) => tokio::task::spawn_blocking(move || {
+                let bouncer = b.stop().context("stopping pgbouncer");
+                s.stop().context("stopping PostgreSQL")?;
+                bouncer
+            })
+            .await
+            .context("stopping pgbouncer and PostgreSQL")?,
             Running::Cluster(c) => c.shutdown().await.context("stopping the cluster"),
         }
     }
@@ -661,6 +695,7 @@ async fn run_setup(
     let spinner = spinner(format!(
         "{label}: starting {}",
         match system {
+            System::Pgbouncer => "PostgreSQL and pgbouncer".to_owned(),
             s if s.durability().is_none() => "PostgreSQL".to_owned(),
             _ => format!("{replicas} replica(s), certifier and proxies"),
         }

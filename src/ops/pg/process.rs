@@ -62,7 +62,7 @@ impl RunAs {
     }
 
     /// Makes `cmd` run as this account.
-    pub(crate) fn apply(&self, cmd: &mut Command) {
+    pub fn apply(&self, cmd: &mut Command) {
         if self.switch {
             // std drops supplementary groups when switching uid as root.
             cmd.uid(self.uid).gid(self.gid);
@@ -70,7 +70,7 @@ impl RunAs {
     }
 
     /// Gives `path` to this account, so the server may write there.
-    pub(crate) fn own(&self, path: &Path) -> Result<()> {
+    pub fn own(&self, path: &Path) -> Result<()> {
         if self.switch {
             std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid)).map_err(Error::io(
                 format!("chown {} to {}", path.display(), self.name),
