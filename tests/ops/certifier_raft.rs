@@ -92,6 +92,7 @@ async fn three_certifier_nodes_serve_the_proxies_and_status_names_the_leader() {
     };
     let nodes = json["certifier_nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3, "{json}");
+    assert_eq!(nodes[leader]["role"], "leader", "{json}");
     for n in nodes {
         assert_eq!(n["state"], "up", "{json}");
         assert!(n["committed_version"].as_u64().unwrap() >= 41, "{json}");

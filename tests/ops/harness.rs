@@ -203,3 +203,23 @@ fn dropping_a_server_that_was_killed_is_quiet_and_clean() {
     }
     assert_gone(&base);
 }
+
+/// A server that has served keeps its port across a restart (its proxy
+/// and clients know it): while another process holds the port, the
+/// restart fails rather than move; once the port is free, it comes back
+/// there.
+#[test]
+fn a_restart_keeps_its_port_or_fails_while_another_process_holds_it() {
+    let mut server = start(Durability::Off);
+    let port = server.port();
+    server.kill().unwrap();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("the freed port");
+    let err = server
+        .start_postmaster()
+        .expect_err("the port is another process's");
+    assert!(format!("{err}").contains("Address already in use"), "{err}");
+    assert_eq!(server.port(), port);
+    drop(squatter);
+    server.start_postmaster().unwrap();
+    assert_eq!(server.port(), port);
+}

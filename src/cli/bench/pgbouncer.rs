@@ -22,6 +22,9 @@ use tashkent::ops::pg::PgServer;
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Starts on a fresh port after a port turned out taken, this many times.
+const PORT_ATTEMPTS: u32 = 5;
+
 /// Where Debian installs it, then `PATH`.
 fn locate() -> Result<PathBuf> {
     let debian = Path::new("/usr/sbin/pgbouncer");
@@ -45,17 +48,36 @@ pub struct Pgbouncer {
 
 impl Pgbouncer {
     /// Starts pgbouncer in front of `server`, on a free loopback port, as
-    /// the server's account (pgbouncer refuses to run as root).
+    /// the server's account (pgbouncer refuses to run as root). A port
+    /// another process took meanwhile makes it exit: then it starts again
+    /// on another.
     pub fn start(server: &PgServer) -> Result<Pgbouncer> {
         let exe = locate()?;
         let dir = server.base_dir().join("pgbouncer");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         server.run_as().own(&dir)?;
+        let mut attempt = 1;
+        loop {
+            match Pgbouncer::start_on_free_port(&exe, &dir, server) {
+                Err(e)
+                    if attempt < PORT_ATTEMPTS
+                        && format!("{e:#}").contains("Address already in use") =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_on_free_port(exe: &Path, dir: &Path, server: &PgServer) -> Result<Pgbouncer> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .context("finding a free port for pgbouncer")?
             .port();
         let log = dir.join("pgbouncer.log");
+        // A fresh log per attempt: its tail explains a failed start.
+        let _ = std::fs::remove_file(&log);
         let users = dir.join("userlist.txt");
         std::fs::write(&users, format!("\"{}\" \"\"\n", server.user()))
             .with_context(|| format!("writing {}", users.display()))?;
@@ -86,7 +108,7 @@ impl Pgbouncer {
         for f in [&users, &ini] {
             server.run_as().own(f)?;
         }
-        let mut cmd = Command::new(&exe);
+        let mut cmd = Command::new(exe);
         cmd.arg(&ini)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -112,9 +134,12 @@ impl Pgbouncer {
         )
     }
 
+    /// Until its log says it listens on its port (so the port is its own,
+    /// not another process's) and a connection goes through.
     fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let listening = format!("listening on 127.0.0.1:{}", self.port);
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait().context("waiting for pgbouncer")? {
@@ -122,7 +147,8 @@ impl Pgbouncer {
                     bail!("pgbouncer exited at start ({status}): {}", self.log_tail());
                 }
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            let logged = std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(&listening));
+            if logged && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -151,10 +177,15 @@ impl Pgbouncer {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
-            if child.try_wait().context("waiting for pgbouncer")?.is_some() {
-                return Ok(());
+            match child.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(e).context("waiting for pgbouncer to stop");
+                }
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
         let _ = child.wait();
