@@ -11,11 +11,10 @@ use tashkent_tpcb::{Report, Workload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tashkent");
 
-const SYSTEMS: [(&str, &[u32]); 7] = [
+const SYSTEMS: [(&str, &[u32]); 6] = [
     ("postgres-fsync", &[1]),
     ("postgres-nofsync", &[1]),
     ("postgres-rr", &[1]),
-    ("pgbouncer", &[1]),
     ("base", &[1, 2]),
     ("tashkent-api", &[1, 2]),
     ("tashkent-mw", &[1, 2]),
@@ -173,10 +172,9 @@ fn bench_prints_tables_and_writes_json_and_plots() {
         "{json}"
     );
     let ratios = value["ratios"].as_array().expect("ratios");
-    // Per workload: MW against the three standalone servers, pgbouncer
-    // and Base at 1 and 2; pgbouncer against the server behind it; API
-    // against Base and MW against API at 1 and 2.
-    assert_eq!(ratios.len(), 22, "{json}");
+    // Per workload: MW against the three standalone servers and against
+    // Base at 1 and 2; API against Base and MW against API at 1 and 2.
+    assert_eq!(ratios.len(), 18, "{json}");
     assert!(
         ratios.iter().all(|r| r["ratio"].as_f64().unwrap() > 0.0),
         "{json}"

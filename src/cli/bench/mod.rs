@@ -199,7 +199,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "postgres-fsync,postgres-nofsync,postgres-rr,pgbouncer,base,tashkent-api,tashkent-mw"
+        default_value = "postgres-fsync,postgres-nofsync,postgres-rr,base,tashkent-api,tashkent-mw"
     )]
     pub systems: Vec<System>,
     /// What drives the load: builtin (tashkent-tpcb's driver) or pgbench
