@@ -47,13 +47,18 @@ pub(crate) fn run_bench(args: &[&str], results: &Path, work: &Path) -> String {
 /// Runs `tashkent bench args…` on small tables (500 rows per scale unit),
 /// 3 clients, 1 s measured; its stdout, after asserting it succeeded.
 fn bench(args: &[&str], results: &Path, work: &Path) -> String {
+    // 2 s: on a CPU-starved machine, contended TPC-B through the
+    // middleware has ended almost nothing for a whole second (7 commits
+    // in one 1 s window, two CPU hogs running; once in CI, none). The
+    // cause is not found yet (fair turns lapsing is the suspect: the ninth
+    // session's note on issue 14). Every row must show commits.
     let small = [
         "--rows-per-scale",
         "500",
         "--clients",
         "3",
         "--duration",
-        "1",
+        "2",
     ];
     run_bench(&[args, &small[..]].concat(), results, work)
 }
@@ -165,7 +170,7 @@ fn bench_prints_tables_and_writes_json_and_plots() {
         assert!(first["stats"]["latency_ms"][p].is_number(), "{p} in {json}");
     }
     assert_eq!(value["plan"]["clients"], 3, "{json}");
-    assert_eq!(value["plan"]["duration_s"], 1.0, "{json}");
+    assert_eq!(value["plan"]["duration_s"], 2.0, "{json}");
     assert_eq!(
         value["problems"].as_array().map(Vec::len),
         Some(0),
