@@ -144,19 +144,38 @@ impl ChildProcess {
     /// Sends `signal` and waits up to 10 s for the process to exit: its
     /// exit status, or `None` when it had to be killed.
     pub fn stop_with(mut self, signal: Signal) -> Option<ExitStatus> {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        if nix::sys::signal::kill(pid, signal).is_ok() {
-            let deadline = Instant::now() + TERM_TIMEOUT;
-            while Instant::now() < deadline {
-                if let Ok(Some(status)) = self.child.try_wait() {
-                    return Some(status);
-                }
-                std::thread::sleep(Duration::from_millis(10));
+        stop_child(&mut self.child, signal, TERM_TIMEOUT)
+    }
+}
+
+/// Sends `signal` to `child` and waits up to `timeout` for it to exit:
+/// its exit status, or `None` when it had to be SIGKILLed (it is reaped
+/// either way). The one stop loop of every process we start.
+pub fn stop_child(child: &mut Child, signal: Signal, timeout: Duration) -> Option<ExitStatus> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    if nix::sys::signal::kill(pid, signal).is_ok() {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(_) => break,
             }
         }
-        self.kill_now();
-        None
     }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// A loopback TCP port that was free when asked. Another process may
+/// take it before the caller binds it, so callers that start a server on
+/// it retry on a fresh one when it turns out taken.
+pub fn free_loopback_port() -> Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(Error::io("finding a free TCP port"))
 }
 
 impl Drop for ChildProcess {

@@ -11,6 +11,7 @@ use common::cluster::eventually;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use tashkent::ops::process::stop_child;
 
 /// How long replication to the other replicas may take here.
 const UP_WAIT: Duration = Duration::from_secs(20);
@@ -75,19 +76,9 @@ impl Up {
 
     /// Ctrl-C, then waits for a clean exit.
     fn interrupt(mut self) {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "tashkent up exited with {status}");
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "tashkent up did not stop"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let status = stop_child(&mut self.child, Signal::SIGINT, Duration::from_secs(60))
+            .expect("tashkent up did not stop within 60 s of SIGINT");
+        assert!(status.success(), "tashkent up exited with {status}");
     }
 }
 

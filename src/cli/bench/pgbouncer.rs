@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tashkent::ops::pg::PgServer;
+use tashkent::ops::process::{free_loopback_port, stop_child, Signal};
 
 /// How long pgbouncer may take to accept connections, and to stop.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -71,10 +72,7 @@ impl Pgbouncer {
     }
 
     fn start_on_free_port(exe: &Path, dir: &Path, server: &PgServer) -> Result<Pgbouncer> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("finding a free port for pgbouncer")?
-            .port();
+        let port = free_loopback_port()?;
         let log = dir.join("pgbouncer.log");
         // A fresh log per attempt: its tail explains a failed start.
         let _ = std::fs::remove_file(&log);
@@ -173,23 +171,10 @@ impl Pgbouncer {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            match child.try_wait() {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(e).context("waiting for pgbouncer to stop");
-                }
-            }
+        match stop_child(&mut child, Signal::SIGTERM, STOP_TIMEOUT) {
+            Some(_) => Ok(()),
+            None => bail!("pgbouncer did not stop within {STOP_TIMEOUT:?}; killed"),
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        bail!("pgbouncer did not stop within {STOP_TIMEOUT:?}; killed")
     }
 }
 

@@ -10,7 +10,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,6 +23,7 @@ use super::binaries::PgBinaries;
 use super::process::{server_processes, RunAs, ServerIdentity};
 use super::settings::{self, Durability};
 use crate::error::{Error, Result};
+use crate::ops::process::{free_loopback_port, stop_child};
 
 /// How long a server may take to accept connections or to shut down.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -249,7 +249,7 @@ impl PgServer {
         loop {
             attempts += 1;
             if self.port == 0 || (attempts > 1 && !self.port_fixed) {
-                self.port = free_port()?;
+                self.port = free_loopback_port()?;
             }
             match self.spawn_and_wait() {
                 Err(Error::PgStart { log_tail, .. })
@@ -275,27 +275,15 @@ impl PgServer {
             return Ok(());
         };
         let pid = child.id() as i32;
-        let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    self.kill_leftovers()?;
-                    return Err(Error::PgStop {
-                        pid,
-                        reason: format!(
-                            "no exit within {}s of SIGINT; killed",
-                            STOP_TIMEOUT.as_secs()
-                        ),
-                    });
-                }
-            }
+        if stop_child(&mut child, Signal::SIGINT, STOP_TIMEOUT).is_none() {
+            self.kill_leftovers()?;
+            return Err(Error::PgStop {
+                pid,
+                reason: format!(
+                    "no exit within {}s of SIGINT; killed",
+                    STOP_TIMEOUT.as_secs()
+                ),
+            });
         }
         self.kill_leftovers()
     }
@@ -488,13 +476,6 @@ fn postmaster_ready(data: &Path, pid: i32) -> bool {
 }
 
 /// A port on 127.0.0.1 that nothing listens on right now.
-fn free_port() -> Result<u16> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(Error::io("finding a free TCP port"))
-}
-
 /// A name no concurrent harness (in this or another process) uses.
 fn unique_name() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
