@@ -20,7 +20,8 @@
 //!   that session has the turn on another row the retry also writes (see
 //!   [`Turns::admit`]).
 //! - The turn passes on when the head commits a transaction (writing `k`
-//!   or not: its retry is over),
+//!   or not: its retry is over), or has one aborted without being queued
+//!   on `k` again (`Turns::aborted`: a turn is for one try),
 //!   when it does not claim it (`AwaitTurn`, or a certification) within
 //!   [`CLAIM`] of getting it, or [`HOLD`] after it claimed it, or when it
 //!   leaves (`LeaveTurn`: the proxy's transaction with the turn ended
@@ -29,6 +30,10 @@
 //!   starts at that instant. A session that went away holds a row up for
 //!   [`CLAIM`] once it comes to the head, and a queue holds at most
 //!   [`MAX_QUEUE`] sessions.
+//! - A session is in one queue at most: queued on a row, it leaves every
+//!   other queue, and a turn it had there passes on (`Turns::leave_others`).
+//!   So no session that waits for a turn holds one, and turns cannot wait
+//!   for each other in a cycle.
 //! - Transactions without a session (a proxy with `fair_retries` off,
 //!   another client) take no part: never queued, never refused.
 //!
@@ -252,6 +257,9 @@ impl Turns {
         let key = keys.iter().copied().find(|k| self.queues.contains_key(k))?;
         let q = self.queues.get_mut(&key)?;
         let queued = q.enqueue(turn.session);
+        if queued {
+            self.leave_others(turn.session, key, now);
+        }
         Some((key, queued))
     }
 
@@ -274,22 +282,31 @@ impl Turns {
 
     /// `turn`'s transaction, writing `keys`, lost on `key`: queues its
     /// session there if it has been losing. The key the session waits for
-    /// its turn on: one of `keys` it already has the turn on (it stays
-    /// first there; queued elsewhere it could wait for a session waiting for
-    /// it), else `key`; `None` when not queued.
+    /// its turn on: one of `keys` it already has the turn on, however few
+    /// its losses (it stays first there, for its next try of the same
+    /// rows; queued elsewhere it could wait for a session waiting for it),
+    /// else `key`; `None` when not queued.
     pub fn lost(&mut self, turn: Turn, key: u64, keys: &[u64], now: Instant) -> Option<u64> {
-        if turn.session == 0 || turn.losses < QUEUE_AFTER_LOSSES {
+        if turn.session == 0 {
             return None;
         }
         if let Some(own) = self.own_turn(turn.session, keys, now) {
             return Some(own);
         }
+        if turn.losses < QUEUE_AFTER_LOSSES {
+            return None;
+        }
         if let Some(q) = self.queues.get_mut(&key) {
             q.expire(now);
             if q.head().is_some() {
-                return q.enqueue(turn.session).then_some(key);
+                let queued = q.enqueue(turn.session);
+                if queued {
+                    self.leave_others(turn.session, key, now);
+                }
+                return queued.then_some(key);
             }
         }
+        self.leave_others(turn.session, key, now);
         if self.queues.len() >= MAX_KEYS && !self.queues.contains_key(&key) {
             self.sweep(now);
             if self.queues.len() >= MAX_KEYS {
@@ -300,7 +317,7 @@ impl Turns {
         Some(key)
     }
 
-    /// A transaction of `session` committed: every turn it has passes on,
+    /// A transaction of `session` committed: the turn it has passes on,
     /// whatever rows it wrote. A turn is for the session's retry, and that
     /// is over; a client whose retry writes other rows (sysbench draws new
     /// ones) would otherwise hold the row until its turn lapsed.
@@ -314,6 +331,18 @@ impl Turns {
             }
             !q.sessions.is_empty()
         });
+    }
+
+    /// A transaction of `session` was aborted, and the session is now
+    /// queued on `key` (0: nowhere): every other turn it had passes on.
+    /// A turn is for one try: the proxy waits for the key the abort names,
+    /// never again for one it had, so a turn kept would only hold its row
+    /// until it lapsed (`HOLD`), for every session waiting behind, while
+    /// this one's client went on to other rows, or went idle.
+    pub fn aborted(&mut self, session: u64, key: u64, now: Instant) {
+        if session != 0 && !self.queues.is_empty() {
+            self.leave_others(session, key, now);
+        }
     }
 
     /// `session` leaves `key`'s queue; if it had the turn, the turn passes
@@ -330,6 +359,27 @@ impl Turns {
         if q.sessions.is_empty() {
             self.queues.remove(&key);
         }
+    }
+
+    /// `session`, now queued on `key`, leaves every other queue; a turn it
+    /// had there passes on now. A session waits in one queue at most: its
+    /// proxy waits for one key (the last the certifier named), and a head
+    /// queued elsewhere would hold its row while it waits, possibly for a
+    /// session waiting for that row. With TPC-B's branch rows that cycle
+    /// formed (a head's next transaction drew the other branch and was
+    /// refused there, behind a session waiting for the first): every
+    /// client of the run then stood still until the turns lapsed (`HOLD`).
+    fn leave_others(&mut self, session: u64, key: u64, now: Instant) {
+        self.queues.retain(|k, q| {
+            if *k != key {
+                if q.head() == Some(session) {
+                    q.next(now);
+                } else {
+                    q.sessions.retain(|&s| s != session);
+                }
+            }
+            !q.sessions.is_empty()
+        });
     }
 
     /// Whether `session` has its turn on `key` now (claiming it if so).
@@ -540,16 +590,75 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_of_the_head_passes_on_every_turn_it_has() {
+    fn a_commit_of_the_head_passes_its_turn_on_whatever_it_wrote() {
         let mut t = Turns::default();
         let now = Instant::now();
         assert!(t.lost(losing(1), 7, &[7], now).is_some());
-        assert!(t.lost(losing(1), 8, &[8], now).is_some());
         assert!(t.lost(losing(2), 7, &[7], now).is_some());
-        // 1's retry wrote neither row (new random rows): still done.
+        assert!(t.lost(losing(3), 8, &[8], now).is_some());
+        // 1 claims 7 and its retry, on new random rows, writes neither.
+        assert!(matches!(t.claim(1, 7, now), Claim::Yours));
         t.committed(1, now);
         assert!(matches!(t.claim(2, 7, now), Claim::Yours));
-        assert_eq!(t.keys(), 1, "8 had nobody else");
+        t.committed(2, now);
+        assert_eq!(t.keys(), 1, "7 had nobody else; 8 stays 3's");
+    }
+
+    #[test]
+    fn a_session_queued_on_a_row_leaves_its_other_queues() {
+        let mut t = Turns::default();
+        let now = Instant::now();
+        // 1 has the turn on branch 7, 2 on branch 8; each queued behind
+        // the other's row, as TPC-B's next transactions draw new branches.
+        assert_eq!(t.lost(losing(1), 7, &[7], now), Some(7));
+        assert_eq!(t.lost(losing(2), 8, &[8], now), Some(8));
+        assert!(matches!(t.claim(1, 7, now), Claim::Yours));
+        assert!(matches!(t.claim(2, 8, now), Claim::Yours));
+        // 1's next transaction writes only 8: refused, queued behind 2,
+        // and its turn on 7 is gone (nobody else wanted 7).
+        assert_eq!(t.admit(losing(1), &[8], now), Some((8, true)));
+        assert_eq!(t.keys(), 1);
+        // 2's next writes only 7: nobody's turn there now, so it is not
+        // refused and nobody waits for anybody holding a turn.
+        assert_eq!(t.admit(losing(2), &[7], now), None);
+        // A loss queues the same way: 3 heads 9, then loses on 8.
+        assert_eq!(t.lost(losing(3), 9, &[9], now), Some(9));
+        assert!(matches!(t.claim(3, 9, now), Claim::Yours));
+        assert!(t.lost(losing(4), 9, &[9], now).is_some());
+        assert_eq!(t.lost(losing(3), 8, &[8], now), Some(8));
+        assert!(
+            matches!(t.claim(4, 9, now), Claim::Yours),
+            "3 left 9, so 4 has it at once"
+        );
+        assert!(matches!(t.claim(3, 9, now), Claim::NotQueued));
+    }
+
+    #[test]
+    fn a_turn_is_for_one_try() {
+        let mut t = Turns::default();
+        let now = Instant::now();
+        assert!(t.lost(losing(1), 7, &[7], now).is_some());
+        assert!(t.lost(losing(2), 7, &[7], now).is_some());
+        assert!(matches!(t.claim(1, 7, now), Claim::Yours));
+        // 1's try lost on another row and was not queued again (its
+        // client may go idle now): 2 need not wait for 1's HOLD.
+        t.aborted(1, 0, now);
+        assert!(matches!(t.claim(2, 7, now), Claim::Yours));
+        // 2's try wrote 7 and lost (on 7 to a session without turns, say):
+        // it keeps its turn for its next try of the same rows, however
+        // few its losses (it was queued by a refusal, losing none).
+        let fresh = Turn {
+            session: 2,
+            losses: 0,
+        };
+        assert_eq!(t.lost(fresh, 7, &[7], now), Some(7));
+        t.aborted(2, 7, now);
+        assert_eq!(t.admit(losing(3), &[7], now), Some((7, true)));
+        assert!(matches!(t.claim(2, 7, now), Claim::Yours));
+        // A session without turns changes nothing.
+        t.aborted(0, 0, now);
+        t.aborted(9, 0, now);
+        assert!(matches!(t.claim(2, 7, now), Claim::Yours));
     }
 
     #[test]
@@ -561,15 +670,16 @@ mod tests {
         }
         assert!(t.lost(losing(10_000), 7, &[7], now).is_none(), "queue full");
         for k in 1..MAX_KEYS as u64 {
-            assert!(t.lost(losing(1), 100 + k, &[100 + k], now).is_some());
+            let s = 100_000 + k;
+            assert!(t.lost(losing(s), 100 + k, &[100 + k], now).is_some());
         }
         assert_eq!(t.keys(), MAX_KEYS);
         assert!(
-            t.lost(losing(1), 1, &[1], now).is_none(),
+            t.lost(losing(50_000), 1, &[1], now).is_none(),
             "keys full, none lapsed"
         );
         // Once turns lapse, room is made.
         let later = now + CLAIM * (MAX_QUEUE as u32 + 1);
-        assert!(t.lost(losing(1), 1, &[1], later).is_some());
+        assert!(t.lost(losing(50_000), 1, &[1], later).is_some());
     }
 }

@@ -1,13 +1,14 @@
 //! Fair turns through a real certifier over gRPC (see `turns`): a session
 //! that keeps losing on a row is queued for it, others writing the row
 //! abort while it has its turn, turns go in the order sessions lost, and an
-//! unclaimed turn lapses. The order of turns is checked on the single
-//! certifier and on three raft nodes, whose leader keeps the turns.
+//! unclaimed turn lapses. The order of turns, and that a turn is for one
+//! try, are checked on the single certifier and on three raft nodes, whose
+//! leader keeps the turns.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use tashkent_certifier::turns::{CLAIM, QUEUE_AFTER_LOSSES};
+use tashkent_certifier::turns::{CLAIM, HOLD, QUEUE_AFTER_LOSSES};
 use tashkent_certifier::writeset::item;
 use tashkent_certifier::{
     AbortCode, CertifierClient, CertifierConfig, Item, Op, Outcome, RunningCertifier, WalBackend,
@@ -220,4 +221,58 @@ async fn a_session_that_leaves_passes_its_turn_on_at_once() {
     c.leave_turn(9, key).await.unwrap();
     c.leave_turn(9, 12345).await.unwrap();
     server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_that_loses_elsewhere_passes_the_turn_on_at_once() {
+    let dir = TempDir::new().unwrap();
+    let (server, c) = start(&dir).await;
+    a_turn_is_for_one_try(&c).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_leader_passes_the_turn_on_after_one_try() {
+    let mut nodes = raft_common::served::Nodes::start(3).await;
+    nodes.leader().await;
+    let c = nodes.client_of_all().await;
+    a_turn_is_for_one_try(&c).await;
+    for (_, r) in std::mem::take(&mut nodes.running) {
+        r.shutdown().await.unwrap();
+    }
+}
+
+/// Session 2 has its turn on b1 and 3 waits behind it; 2's try, on new
+/// rows (TPC-B draws a new branch), loses on b2 and is queued there. Its
+/// turn on b1 passes to 3 at once, not when it lapses ([`HOLD`]): before,
+/// 2 could wait on b2 behind a session waiting for b1, and both stood
+/// still until the turns lapsed.
+async fn a_turn_is_for_one_try(c: &CertifierClient) {
+    let b1 = session_2_queued(c).await;
+    aborted(c.certify(txn("c", 1, "b1", 3, 0)).await.unwrap());
+    let claimed = std::time::Instant::now();
+    assert_eq!(c.await_turn(2, b1).await.unwrap(), (1, true));
+    let c3 = c.clone();
+    let third = tokio::spawn(async move { c3.await_turn(3, b1).await.unwrap() });
+    assert_eq!(
+        committed(c.certify(txn("x", 1, "b2", 4, 0)).await.unwrap()),
+        2
+    );
+    let elsewhere = txn("b'", 1, "b2", 2, QUEUE_AFTER_LOSSES + 1);
+    let (v, b2) = aborted(c.certify(elsewhere).await.unwrap());
+    assert_eq!(v, 2);
+    assert!(b2 != 0 && b2 != b1, "2 is queued on b2 now");
+    let got = tokio::time::timeout(HOLD * 2, third)
+        .await
+        .expect("3 gets the turn")
+        .unwrap();
+    assert_eq!(got, (1, true));
+    assert!(
+        claimed.elapsed() < HOLD,
+        "3 got the turn {:?} after 2 claimed it: it waited for 2's turn to lapse",
+        claimed.elapsed()
+    );
+    // 2 is in one queue, b2's, where it has the turn.
+    assert_eq!(c.await_turn(2, b1).await.unwrap(), (1, false));
+    assert_eq!(c.await_turn(2, b2).await.unwrap(), (2, true));
 }

@@ -586,7 +586,7 @@ impl CertifierService {
         }
         let now = Instant::now();
         let mut turns = inner.turns.lock();
-        match d {
+        let decided = match d {
             Decision::Commit(_) if turns.is_empty() => (d, 0),
             Decision::Commit(v) => match turns.admit(turn, &write_keys(cs), now) {
                 None => (Decision::Commit(v), 0),
@@ -600,7 +600,11 @@ impl CertifierService {
                 (Decision::Abort(a), key)
             }
             d => (d, 0),
+        };
+        if matches!(decided.0, Decision::Abort(_)) {
+            turns.aborted(turn.session, decided.1, now);
         }
+        decided
     }
 
     /// Fair turns on a raft leader, before proposing (see `turns`): the
@@ -641,17 +645,16 @@ impl CertifierService {
             }
             Outcome::Aborted { turn_key, .. } if refused.is_some() => {
                 *turn_key = refused.filter(|r| r.1).map_or(0, |r| r.0);
+                inner.turns.lock().aborted(turn.session, *turn_key, now);
             }
             Outcome::Aborted { code, turn_key, .. } if *code == proto::AbortCode::Conflict => {
                 // Lock order: state, then turns.
                 let state = inner.state.lock();
-                *turn_key =
-                    inner
-                        .turns
-                        .lock()
-                        .lost_conflict(state.window(), turn, snapshot, cs, now);
+                let mut turns = inner.turns.lock();
+                *turn_key = turns.lost_conflict(state.window(), turn, snapshot, cs, now);
+                turns.aborted(turn.session, *turn_key, now);
             }
-            Outcome::Aborted { .. } => {}
+            Outcome::Aborted { .. } => inner.turns.lock().aborted(turn.session, 0, now),
         }
     }
 
