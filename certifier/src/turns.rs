@@ -159,6 +159,14 @@ impl Queue {
     fn expire(&mut self, now: Instant) {
         while !self.sessions.is_empty() && now >= self.deadline() {
             let lapsed_at = self.deadline();
+            if self.claimed {
+                // Sessions behind it waited the whole HOLD: worth seeing.
+                tracing::debug!(
+                    session = self.head(),
+                    waiting = self.sessions.len() - 1,
+                    "a claimed turn lapsed without a commit"
+                );
+            }
             self.next(lapsed_at);
         }
     }
