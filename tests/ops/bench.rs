@@ -47,11 +47,11 @@ pub(crate) fn run_bench(args: &[&str], results: &Path, work: &Path) -> String {
 /// Runs `tashkent bench args…` on small tables (500 rows per scale unit),
 /// 3 clients, 1 s measured; its stdout, after asserting it succeeded.
 fn bench(args: &[&str], results: &Path, work: &Path) -> String {
-    // 2 s: on a CPU-starved machine, contended TPC-B through the
-    // middleware has ended almost nothing for a whole second (7 commits
-    // in one 1 s window, two CPU hogs running; once in CI, none). The
-    // cause is not found yet (fair turns lapsing is the suspect: the ninth
-    // session's note on issue 14). Every row must show commits.
+    // 2 s of load: the windows are short, and the machine is shared with
+    // other tests. Contended TPC-B through the middleware used to end
+    // nothing for a whole second now and then (fair turns waiting for each
+    // other until they lapsed; fixed, see `certifier/src/turns.rs`). Every
+    // row must show commits.
     let small = [
         "--rows-per-scale",
         "500",
