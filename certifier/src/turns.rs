@@ -20,8 +20,9 @@
 //!   that session has the turn on another row the retry also writes (see
 //!   [`Turns::admit`]).
 //! - The turn passes on when the head commits a transaction (writing `k`
-//!   or not: its retry is over), or has one aborted without being queued
-//!   on `k` again (`Turns::aborted`: a turn is for one try),
+//!   or not: its retry is over), or has one aborted that does not keep
+//!   its place on `k` (`Turns::aborted`: a turn lasts while the head's
+//!   tries write `k` and lose on a write conflict),
 //!   when it does not claim it (`AwaitTurn`, or a certification) within
 //!   [`CLAIM`] of getting it, or [`HOLD`] after it claimed it, or when it
 //!   leaves (`LeaveTurn`: the proxy's transaction with the turn ended
@@ -342,11 +343,12 @@ impl Turns {
     }
 
     /// A transaction of `session` was aborted, and the session is now
-    /// queued on `key` (0: nowhere): every other turn it had passes on.
-    /// A turn is for one try: the proxy waits for the key the abort names,
-    /// never again for one it had, so a turn kept would only hold its row
-    /// until it lapsed (`HOLD`), for every session waiting behind, while
-    /// this one's client went on to other rows, or went idle.
+    /// queued on `key` (0: nowhere): it leaves every other queue, and a
+    /// turn it had there passes on. The proxy waits only for the key the
+    /// abort names, so a turn kept would hold its row until it lapsed
+    /// (`HOLD`), for every session waiting behind, while this one's client
+    /// went on to other rows, or went idle. A head whose try wrote its row
+    /// and lost keeps the turn: [`Turns::lost`] names that row again.
     pub fn aborted(&mut self, session: u64, key: u64, now: Instant) {
         if session != 0 && !self.queues.is_empty() {
             self.leave_others(session, key, now);
@@ -642,7 +644,7 @@ mod tests {
     }
 
     #[test]
-    fn a_turn_is_for_one_try() {
+    fn a_turn_lasts_while_the_heads_tries_write_its_row() {
         let mut t = Turns::default();
         let now = Instant::now();
         assert!(t.lost(losing(1), 7, &[7], now).is_some());

@@ -224,55 +224,88 @@ async fn a_session_that_leaves_passes_its_turn_on_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_try_that_loses_elsewhere_passes_the_turn_on_at_once() {
+async fn a_turn_passes_on_at_once_when_its_holder_moves_on() {
     let dir = TempDir::new().unwrap();
     let (server, c) = start(&dir).await;
-    a_turn_is_for_one_try(&c).await;
+    holder_moves_on(&c, "p", 10, 0).await;
+    holder_moves_on(&c, "q", 20, QUEUE_AFTER_LOSSES + 1).await;
     server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_raft_leader_passes_the_turn_on_after_one_try() {
+async fn a_raft_leader_passes_the_turn_on_when_its_holder_moves_on() {
     let mut nodes = raft_common::served::Nodes::start(3).await;
     nodes.leader().await;
     let c = nodes.client_of_all().await;
-    a_turn_is_for_one_try(&c).await;
+    holder_moves_on(&c, "p", 10, 0).await;
+    holder_moves_on(&c, "q", 20, QUEUE_AFTER_LOSSES + 1).await;
     for (_, r) in std::mem::take(&mut nodes.running) {
         r.shutdown().await.unwrap();
     }
 }
 
-/// Session 2 has its turn on b1 and 3 waits behind it; 2's try, on new
-/// rows (TPC-B draws a new branch), loses on b2 and is queued there. Its
-/// turn on b1 passes to 3 at once, not when it lapses ([`HOLD`]): before,
-/// 2 could wait on b2 behind a session waiting for b1, and both stood
-/// still until the turns lapsed.
-async fn a_turn_is_for_one_try(c: &CertifierClient) {
-    let b1 = session_2_queued(c).await;
-    aborted(c.certify(txn("c", 1, "b1", 3, 0)).await.unwrap());
-    let claimed = std::time::Instant::now();
-    assert_eq!(c.await_turn(2, b1).await.unwrap(), (1, true));
-    let c3 = c.clone();
-    let third = tokio::spawn(async move { c3.await_turn(3, b1).await.unwrap() });
-    assert_eq!(
-        committed(c.certify(txn("x", 1, "b2", 4, 0)).await.unwrap()),
-        2
+/// Session `s + 2` has its turn on row `{tag}1` and `s + 3` waits behind
+/// it; `s + 2`'s try, on other rows (TPC-B draws a new branch), loses on
+/// `{tag}2` after `losses` losses: queued there if that is enough, else
+/// nowhere. Either way its turn on `{tag}1` passes on at once, not when it
+/// lapses ([`HOLD`]): before, with enough losses it waited on `{tag}2`,
+/// maybe behind a session waiting for `{tag}1`, and both stood still until
+/// the turns lapsed; with fewer it held `{tag}1` while its client went on.
+async fn holder_moves_on(c: &CertifierClient, tag: &str, s: u64, losses: u32) {
+    let (row1, row2) = (format!("{tag}1"), format!("{tag}2"));
+    let id = |name: &str| format!("{tag}-{name}");
+    let (winner, holder, waiter, other) = (s + 1, s + 2, s + 3, s + 4);
+    let v1 = committed(c.certify(txn(&id("a"), 0, &row1, winner, 0)).await.unwrap());
+    let lost = txn(&id("b"), v1 - 1, &row1, holder, QUEUE_AFTER_LOSSES);
+    let (_, key1) = aborted(c.certify(lost).await.unwrap());
+    assert_ne!(key1, 0, "the holder is queued");
+    let (_, behind) = aborted(
+        c.certify(txn(&id("c"), v1, &row1, waiter, 0))
+            .await
+            .unwrap(),
     );
-    let elsewhere = txn("b'", 1, "b2", 2, QUEUE_AFTER_LOSSES + 1);
-    let (v, b2) = aborted(c.certify(elsewhere).await.unwrap());
-    assert_eq!(v, 2);
-    assert!(b2 != 0 && b2 != b1, "2 is queued on b2 now");
-    let got = tokio::time::timeout(HOLD * 2, third)
+    assert_eq!(behind, key1, "refused, queued behind the holder");
+    let claimed = std::time::Instant::now();
+    assert_eq!(c.await_turn(holder, key1).await.unwrap(), (v1, true));
+    let c3 = c.clone();
+    let waiting = tokio::spawn(async move { c3.await_turn(waiter, key1).await.unwrap() });
+    let v2 = committed(c.certify(txn(&id("x"), v1, &row2, other, 0)).await.unwrap());
+    let elsewhere = txn(&id("b'"), v1, &row2, holder, losses);
+    let (v, key2) = aborted(c.certify(elsewhere).await.unwrap());
+    assert_eq!(v, v2);
+    let got = tokio::time::timeout(HOLD * 2, waiting)
         .await
-        .expect("3 gets the turn")
+        .expect("the waiter gets the turn")
         .unwrap();
-    assert_eq!(got, (1, true));
+    assert_eq!(got, (v1, true));
     assert!(
         claimed.elapsed() < HOLD,
-        "3 got the turn {:?} after 2 claimed it: it waited for 2's turn to lapse",
+        "the waiter got the turn {:?} after the holder claimed it: it waited for it to lapse",
         claimed.elapsed()
     );
-    // 2 is in one queue, b2's, where it has the turn.
-    assert_eq!(c.await_turn(2, b1).await.unwrap(), (1, false));
-    assert_eq!(c.await_turn(2, b2).await.unwrap(), (2, true));
+    assert_eq!(c.await_turn(holder, key1).await.unwrap(), (v1, false));
+    if losses >= QUEUE_AFTER_LOSSES {
+        assert!(key2 != 0 && key2 != key1, "queued on the second row");
+        assert_eq!(c.await_turn(holder, key2).await.unwrap(), (v2, true));
+    } else {
+        assert_eq!(key2, 0, "too few losses to be queued");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_abort_takes_the_session_out_of_its_queue() {
+    let dir = TempDir::new().unwrap();
+    let (server, c) = start(&dir).await;
+    let key = session_2_queued(&c).await;
+    // The resend is answered from the dedupe table, without a turn key:
+    // the session waits for no turn, so it must hold no place either.
+    let resent = c.certify(txn("b", 0, "b1", 2, QUEUE_AFTER_LOSSES)).await;
+    assert_eq!(aborted(resent.unwrap()), (1, 0));
+    assert_eq!(c.await_turn(2, key).await.unwrap(), (1, false));
+    assert_eq!(
+        committed(c.certify(txn("c", 1, "b1", 3, 0)).await.unwrap()),
+        2,
+        "nobody has the row's turn"
+    );
+    server.shutdown().await.unwrap();
 }

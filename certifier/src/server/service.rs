@@ -285,8 +285,18 @@ impl CertifierService {
                 None => node.certify(rec.freeze()).await,
             };
             let mut outcome = proposed.map_err(|e| super::node_poison::certify_failed(inner, e))?;
-            if let Some(cs) = &cs {
-                self.turn_after(turn, cs, snapshot, &mut outcome, refused);
+            match &cs {
+                Some(cs) => self.turn_after(turn, cs, snapshot, &mut outcome, refused),
+                // Too large to take part, but its end still ends the
+                // session's turn.
+                None if turn.session != 0 => {
+                    let mut turns = inner.turns.lock();
+                    match outcome {
+                        Outcome::Committed { .. } => turns.committed(turn.session, Instant::now()),
+                        _ => turns.aborted(turn.session, 0, Instant::now()),
+                    }
+                }
+                None => {}
             }
             // A retry's earlier answer counts again here: the state
             // machine does not tell it apart.
@@ -485,7 +495,12 @@ impl CertifierService {
                 }
                 match prior {
                     Some(Prior::Committed(v)) => Step::Committed(v),
-                    Some(Prior::Aborted(a)) => Step::Aborted(a, 0),
+                    Some(Prior::Aborted(a)) => {
+                        // Answered without a turn key: the session waits
+                        // for none, so it holds no place (state, then turns).
+                        inner.turns.lock().aborted(turn.session, 0, Instant::now());
+                        Step::Aborted(a, 0)
+                    }
                     Some(Prior::LookInWal { from, to }) => Step::Scan { from, to },
                     None => {
                         match self.turn_rule(&c, c.check(snapshot, cs, names)?, turn, cs, snapshot)
