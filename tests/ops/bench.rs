@@ -45,7 +45,7 @@ pub(crate) fn run_bench(args: &[&str], results: &Path, work: &Path) -> String {
 }
 
 /// Runs `tashkent bench args…` on small tables (500 rows per scale unit),
-/// 3 clients, 1 s measured; its stdout, after asserting it succeeded.
+/// 3 clients, 2 s measured; its stdout, after asserting it succeeded.
 fn bench(args: &[&str], results: &Path, work: &Path) -> String {
     // 2 s of load: the windows are short, and the machine is shared with
     // other tests. Contended TPC-B through the middleware used to end

@@ -475,7 +475,6 @@ fn postmaster_ready(data: &Path, pid: i32) -> bool {
         && lines.get(7).map(|l| l.trim()) == Some("ready")
 }
 
-/// A port on 127.0.0.1 that nothing listens on right now.
 /// A name no concurrent harness (in this or another process) uses.
 fn unique_name() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
