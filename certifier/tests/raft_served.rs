@@ -145,9 +145,7 @@ async fn a_served_cluster_certifies_on_the_leader_redirects_and_fails_over() {
         .collect()
         .await;
     assert_eq!(got, (1..=13).collect::<Vec<_>>());
-    for (_, r) in std::mem::take(&mut nodes.running) {
-        r.shutdown().await.unwrap();
-    }
+    nodes.stop_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,9 +209,7 @@ async fn a_client_given_every_node_follows_the_leader_across_a_failover() {
         .collect()
         .await;
     assert_eq!(got, (1..=n).collect::<Vec<_>>());
-    for (_, r) in std::mem::take(&mut nodes.running) {
-        r.shutdown().await.unwrap();
-    }
+    nodes.stop_all().await;
 }
 
 /// Certifies `a{i}` for each `i` of `is` through `client`: version `i`.
@@ -328,9 +324,7 @@ async fn wiped_nodes_rejoin(mut nodes: Nodes) {
     let oc = nodes.client(other).await;
     assert_eq!(served(&oc, 151, 201).await, (151..=201).collect::<Vec<_>>());
     assert_eq!(version(client.certify(ws("c", "kc")).await.unwrap()), 202);
-    for (_, r) in std::mem::take(&mut nodes.running) {
-        r.shutdown().await.unwrap();
-    }
+    nodes.stop_all().await;
 }
 
 /// A wiped node installs a snapshot while the peer that might hold older
@@ -396,9 +390,7 @@ async fn a_node_filling_a_gap_does_not_campaign_and_skips_what_no_peer_serves() 
     nodes.restart(other).await;
     assert_eq!(version(client.certify(ws("b", "kb")).await.unwrap()), 201);
     assert_eq!(version(client.certify(ws("a7", "k7")).await.unwrap()), 7);
-    for (_, r) in std::mem::take(&mut nodes.running) {
-        r.shutdown().await.unwrap();
-    }
+    nodes.stop_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,9 +442,7 @@ async fn a_node_is_added_and_another_removed_online() {
     assert_eq!(got, (1..=40).collect::<Vec<_>>());
     let s = c4.status().await.unwrap();
     assert_eq!((s.node_id, s.leader_id), (4, leader));
-    for (_, r) in std::mem::take(&mut nodes.running) {
-        r.shutdown().await.unwrap();
-    }
+    nodes.stop_all().await;
 }
 
 /// Subscribers are shown a version once applied, from the tail cache; a
@@ -490,9 +480,7 @@ async fn subscribers_get_every_version_with_and_without_the_tail_cache() {
             assert_eq!(w.writeset, ws(&want, &want), "node {id}");
         }
     }
-    for (_, r) in std::mem::take(&mut nodes.running) {
-        r.shutdown().await.unwrap();
-    }
+    nodes.stop_all().await;
 }
 
 /// Asks node `addr` for its vote in `term` as candidate `candidate`.
@@ -539,9 +527,7 @@ async fn a_wiped_first_node_rejoins_without_voting_at_first() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     ask_vote(&nodes.addrs[&1], 1, 2).await.unwrap();
     assert_eq!(nodes.leader().await, leader);
-    for (_, r) in std::mem::take(&mut nodes.running) {
-        r.shutdown().await.unwrap();
-    }
+    nodes.stop_all().await;
 }
 
 /// A writeset whose record is larger than one raft entry may be
@@ -604,9 +590,7 @@ async fn a_writeset_larger_than_an_entry_goes_through_raft_in_parts() {
         assert!(got[1].writeset.items == want, "node {id}: rows differ");
     }
     assert_eq!(nodes.leader().await, leader, "no election on the way");
-    for (_, r) in std::mem::take(&mut nodes.running) {
-        r.shutdown().await.unwrap();
-    }
+    nodes.stop_all().await;
 }
 
 /// A node copying the versions a snapshot skips goes on from another
@@ -706,7 +690,5 @@ async fn a_gap_copy_goes_on_from_another_peer_when_its_source_goes_away() {
     let (mine, theirs) = (served(wc).await, served(rc).await);
     assert_eq!(mine.len(), 250);
     assert!(mine == theirs, "the copied versions differ from the peer's");
-    for (_, r) in std::mem::take(&mut nodes.running) {
-        r.shutdown().await.unwrap();
-    }
+    nodes.stop_all().await;
 }

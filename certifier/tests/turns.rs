@@ -95,9 +95,7 @@ async fn a_raft_leader_keeps_turns_in_the_order_sessions_lost() {
     );
     // Session 2 was queued by that refusal; its commit took it out.
     assert_eq!(c.await_turn(2, key).await.unwrap(), (6, false));
-    for (_, r) in std::mem::take(&mut nodes.running) {
-        r.shutdown().await.unwrap();
-    }
+    nodes.stop_all().await;
 }
 
 /// Sessions 2, 3 and 5 lose on one row and get their turns in that order;
@@ -239,9 +237,7 @@ async fn a_raft_leader_passes_the_turn_on_when_its_holder_moves_on() {
     let c = nodes.client_of_all().await;
     holder_moves_on(&c, "p", 10, 0).await;
     holder_moves_on(&c, "q", 20, QUEUE_AFTER_LOSSES + 1).await;
-    for (_, r) in std::mem::take(&mut nodes.running) {
-        r.shutdown().await.unwrap();
-    }
+    nodes.stop_all().await;
 }
 
 /// Session `s + 2` has its turn on row `{tag}1` and `s + 3` waits behind

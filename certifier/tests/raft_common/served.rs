@@ -135,6 +135,13 @@ impl Nodes {
         self.running.remove(&id).unwrap().shutdown().await.unwrap();
     }
 
+    /// Shuts every running node down (their directories stay).
+    pub async fn stop_all(&mut self) {
+        for (_, r) in std::mem::take(&mut self.running) {
+            r.shutdown().await.unwrap();
+        }
+    }
+
     /// Stops node `id` and removes its WAL directory: its disk is lost.
     pub async fn wipe(&mut self, id: u64) {
         self.stop(id).await;
