@@ -221,6 +221,51 @@ async fn a_session_that_leaves_passes_its_turn_on_at_once() {
     server.shutdown().await.unwrap();
 }
 
+/// A session whose `AwaitTurn` the certifier ends unanswered (after 5 s,
+/// twice [`HOLD`]) is told "not yours" and goes on without the turn, so
+/// the certifier takes it out of the queue: a place kept would hold the
+/// row against those behind it once it reached the head. Sessions 2, 3
+/// and 4 are ahead of 5, and each claims its turn when it comes, so 5 is
+/// still behind one of them when its wait ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_wait_ends_unanswered_leaves_the_queue() {
+    let dir = TempDir::new().unwrap();
+    let (server, c) = start(&dir).await;
+    let key = session_2_queued(&c).await;
+    for (id, s) in [("c", 3), ("d", 4), ("e", 5)] {
+        assert_eq!(
+            aborted(c.certify(txn(id, 1, "b1", s, 0)).await.unwrap()).1,
+            key
+        );
+    }
+    assert_eq!(c.await_turn(2, key).await.unwrap(), (1, true));
+    let c2 = c.clone();
+    let ahead = tokio::spawn(async move {
+        // 3 gets the turn when 2's lapses (HOLD), 4 when 3's does.
+        assert_eq!(c2.await_turn(3, key).await.unwrap(), (1, true));
+        assert_eq!(c2.await_turn(4, key).await.unwrap(), (1, true));
+    });
+    let asked = std::time::Instant::now();
+    assert_eq!(c.await_turn(5, key).await.unwrap(), (1, false));
+    assert!(asked.elapsed() >= 2 * HOLD, "{:?}", asked.elapsed());
+    tokio::time::timeout(Duration::from_secs(10), ahead)
+        .await
+        .expect("4 got its turn")
+        .unwrap();
+    for s in [3, 4] {
+        c.leave_turn(s, key).await.unwrap();
+    }
+    // Nobody is left ahead of 5, and 5 is not queued either: before, it
+    // kept its place and now had the turn.
+    assert_eq!(c.await_turn(5, key).await.unwrap(), (1, false));
+    assert_eq!(
+        committed(c.certify(txn("f", 1, "b1", 6, 0)).await.unwrap()),
+        2,
+        "the row is free"
+    );
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_passes_on_at_once_when_its_holder_moves_on() {
     let dir = TempDir::new().unwrap();

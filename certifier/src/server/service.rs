@@ -674,8 +674,9 @@ impl CertifierService {
     }
 
     /// `AwaitTurn`: waits until `session` has its turn on `key` or is not
-    /// queued on it, at most `AWAIT_TURN_MAX`. The newest version that
-    /// wrote the key, and whether the turn is the session's.
+    /// queued on it, at most `AWAIT_TURN_MAX` (then it leaves the queue).
+    /// The newest version that wrote the key, and whether the turn is the
+    /// session's.
     pub async fn await_turn(&self, session: u64, key: u64) -> (Version, bool) {
         let inner = &*self.inner;
         let give_up = tokio::time::Instant::now() + AWAIT_TURN_MAX;
@@ -688,6 +689,11 @@ impl CertifierService {
                     let until = tokio::time::Instant::from_std(until).min(give_up);
                     let _ = tokio::time::timeout_at(until, changed.changed()).await;
                     if tokio::time::Instant::now() >= give_up {
+                        // The proxy goes on without the turn when told
+                        // "not yours": a place it kept would hold the row
+                        // against everyone behind it once it reached the
+                        // head, until its unclaimed turn lapsed.
+                        inner.turns.lock().leave(session, key, Instant::now());
                         break false;
                     }
                 }
