@@ -530,6 +530,38 @@ async fn a_wiped_first_node_rejoins_without_voting_at_first() {
     nodes.stop_all().await;
 }
 
+/// A node wiped while its group elects a leader, before any version was
+/// committed, may have voted in that election: a peer that knows no
+/// leader and committed nothing still has the entry its first leader
+/// appended, so the wiped node holds its vote as above. Before, it voted
+/// at once, and a candidate could win with its second vote in the term of
+/// its first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_wiped_during_an_election_before_any_commit_holds_its_vote() {
+    let mut nodes = Nodes::start(3).await;
+    let leader = nodes.leader().await;
+    let (survivor, wiped) = nodes.others(leader);
+    nodes.wipe(wiped).await;
+    nodes.stop(leader).await;
+    let s = nodes
+        .status_when(survivor, "the survivor did not lose its leader", |s| {
+            s.leader_id == 0
+        })
+        .await;
+    assert_eq!(s.committed_version, 0, "{s:?}");
+    assert!(s.last_log_index > 0, "{s:?}");
+
+    nodes.restart(wiped).await;
+    let refused = ask_vote(&nodes.addrs[&wiped], s.term + 100, survivor)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("casts no vote"), "{refused:?}");
+    // After the hold it votes, and the two elect a leader.
+    assert_ne!(nodes.leader().await, leader);
+    nodes.stop_all().await;
+}
+
 /// A writeset whose record is larger than one raft entry may be
 /// (`raft::parts`, 1 MiB) is proposed in pieces and certified at the
 /// last: every node serves it byte for byte, a retry of its txn id gets

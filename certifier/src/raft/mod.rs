@@ -155,10 +155,12 @@
 //!   log): it gets the snapshot and the log after it. It has also
 //!   forgotten its vote; so that it cannot vote twice in the term it was
 //!   wiped in, a node that starts without raft state while a peer knows
-//!   a leader or has committed a version casts no vote for two election
-//!   timeouts, and does not bootstrap a new group (`server::rejoin`). A
-//!   node wiped during an election of a group that never committed
-//!   anything and knows no leader is not caught; rejoining under a new id
+//!   a leader, has committed a version or has had a leader (an entry past
+//!   the first membership in its log) casts no vote for two election
+//!   timeouts, and does not bootstrap a new group (`server::rejoin`).
+//!   Before a group's first leader only its first node stands, so a
+//!   second vote then goes to the same candidate. A wiped node none of
+//!   whose peers answer is not caught; rejoining under a new id
 //!   (`remove-node` the old, `add-node` the new; `membership.rs`) is the
 //!   strictly safe way. Snapshots are taken every
 //!   `raft_snapshot_entries` entries (`[certifier]`, default 10000).

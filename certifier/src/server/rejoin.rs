@@ -13,16 +13,20 @@
 //! out ignores answers for it).
 //!
 //! Whether the group runs is asked of the peers' Status (where their raft
-//! messages go: `peer_routes`, else `peers`): one that knows a leader, or
-//! has committed a version, says so. A group whose nodes all start afresh
-//! knows no leader yet, so a first start is not held up (a node started
-//! after a leader was elected is held, harmlessly). Not caught: a node
-//! wiped during the election of a group that never committed a version
-//! and knows no leader, and a wiped node none of whose peers answer
-//! within [`ASK_TIMEOUT`] (then the first node bootstraps alone, and
-//! follows the group's leader once it reaches it: its lone group cannot
-//! elect anyone). Rejoining under a new node id (`remove-node`,
-//! `add-node`) is the strictly safe way.
+//! messages go: `peer_routes`, else `peers`): one that knows a leader, has
+//! committed a version, or has an entry in its raft log past the group's
+//! first membership (every leader appends one when elected) says so; an
+//! election after the first leader's failure, before any version was
+//! committed, is therefore caught too. A group whose nodes all start
+//! afresh has had no leader yet, so a first start is not held up (a node
+//! started after a leader was elected is held, harmlessly). Before its
+//! first leader only the first node, which holds the group's membership,
+//! stands for election, so a second vote of a wiped node then goes to the
+//! candidate it voted for already: it cannot elect two leaders. Not caught:
+//! a wiped node none of whose peers answer within [`ASK_TIMEOUT`] (then
+//! the first node bootstraps alone, and follows the group's leader once it
+//! reaches it: its lone group cannot elect anyone). Rejoining under a new
+//! node id (`remove-node`, `add-node`) is the strictly safe way.
 
 use std::time::Duration;
 
@@ -68,7 +72,7 @@ pub(super) async fn group_runs(others: &[String], tls: Option<ClientTls>) -> boo
         };
         async move {
             match CertifierClient::status_within(addr, opts, ASK_TIMEOUT).await {
-                Ok((_, s)) => s.leader_id != 0 || s.committed_version > 0,
+                Ok((_, s)) => s.leader_id != 0 || s.committed_version > 0 || s.last_log_index > 0,
                 Err(_) => false,
             }
         }

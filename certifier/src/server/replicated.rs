@@ -260,6 +260,7 @@ impl Node {
             .unwrap_or_default();
         s.committed_version = s.latest_version;
         s.copying_through = self.versions.copying_through().unwrap_or(0);
+        s.last_log_index = m.last_log_index.unwrap_or(0);
         if m.running_state.is_err() && !s.poisoned {
             // The raft core stopped (its log failed): nothing is
             // acknowledged here any more.
