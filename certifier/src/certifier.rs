@@ -283,7 +283,19 @@ impl Certifier {
     /// `prior`, `check`, then `commit`/`record_abort` in one step; for callers
     /// without a log (tests, benchmarks).
     pub fn certify(&mut self, ws: &Writeset) -> Result<Decision, CertifierError> {
-        match self.prior(&ws.txn_id, ws.snapshot) {
+        self.certify_set(&ws.txn_id, ws.snapshot, &ConflictSet::of(ws), ws)
+    }
+
+    /// [`Self::certify`] of a writeset known by its conflict keys `cs` and
+    /// `names` (one that arrived in chunks, whose rows are not in memory).
+    pub fn certify_set(
+        &mut self,
+        txn_id: &Bytes,
+        snapshot: Version,
+        cs: &ConflictSet,
+        names: &impl rule::Names,
+    ) -> Result<Decision, CertifierError> {
+        match self.prior(txn_id, snapshot) {
             Some(Prior::Committed(v)) => return Ok(Decision::Commit(v)),
             Some(Prior::Aborted(a)) => return Ok(Decision::Abort(a)),
             Some(Prior::LookInWal { from, to }) => {
@@ -293,13 +305,12 @@ impl Certifier {
             }
             None => {}
         }
-        let cs = ConflictSet::of(ws);
-        let d = self.check(ws.snapshot, &cs, ws)?;
+        let d = self.check(snapshot, cs, names)?;
         match &d {
             Decision::Commit(_) => {
-                self.commit(ws.txn_id.clone(), &cs);
+                self.commit(txn_id.clone(), cs);
             }
-            Decision::Abort(a) => self.record_abort(ws.txn_id.clone(), a.clone()),
+            Decision::Abort(a) => self.record_abort(txn_id.clone(), a.clone()),
         }
         Ok(d)
     }

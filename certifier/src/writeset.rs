@@ -40,6 +40,21 @@ pub fn validate(ws: &Writeset) -> Result<(), CertifierError> {
     validate_part(ws)
 }
 
+/// Checks that a later chunk of a Certify stream repeats the header of
+/// `first` or leaves it out.
+pub fn check_later_chunk(first: &Writeset, chunk: &Writeset) -> Result<(), CertifierError> {
+    let header_ok = (chunk.format_version == 0 || chunk.format_version == first.format_version)
+        && (chunk.txn_id.is_empty() || chunk.txn_id == first.txn_id)
+        && (chunk.origin == 0 || chunk.origin == first.origin)
+        && (chunk.snapshot == 0 || chunk.snapshot == first.snapshot);
+    if !header_ok || chunk.spool.is_some() {
+        return Err(CertifierError::InvalidArgument(
+            "a later Certify chunk has a header different from the first chunk's".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the header fields (format version, transaction id).
 pub fn validate_header(ws: &Writeset) -> Result<(), CertifierError> {
     let bad = |m: String| Err(CertifierError::InvalidArgument(m));

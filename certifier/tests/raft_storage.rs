@@ -382,6 +382,83 @@ mod on_disk {
         assert_eq!(reopened.apply(last()).await.unwrap(), x, "after a restart");
     }
 
+    fn chunk(index: u64, tag: u64, piece: Bytes, last: bool) -> Entry {
+        Entry {
+            log_id: log_id(1, index),
+            payload: EntryPayload::Normal(Command::Chunk { tag, piece, last }),
+        }
+    }
+
+    /// A writeset in chunks: certified when its last chunk is applied,
+    /// also by a node that got the earlier chunks in a snapshot, or after
+    /// a restart from one, and kept in the window by its keys.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writeset_in_chunks_certifies_at_its_last_chunk_across_a_snapshot() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut sm = StateMachine::open(d1.path(), Limits::default()).unwrap();
+        let mut ws =
+            tashkent_certifier::record::decode(0, &super::raft_common::record("big", 0, "kb"))
+                .unwrap();
+        ws.items = (0..30u32)
+            .map(|i| tashkent_certifier::Item {
+                row: Bytes::from(vec![i as u8; 1000]),
+                ..tashkent_certifier::writeset::item(
+                    "accounts",
+                    tashkent_certifier::Op::Update,
+                    format!("k{i}").into_bytes(),
+                )
+            })
+            .collect();
+        let pieces = tashkent_certifier::raft::chunks::pieces(ws, 4000);
+        assert!(pieces.len() >= 4, "{} pieces", pieces.len());
+        let n = pieces.len() as u64;
+        let early: Vec<Entry> = pieces[..pieces.len() - 1]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| chunk(2 + i as u64, 7, p.clone(), false))
+            .collect();
+        let mut entries = vec![
+            // Another writeset's first chunk, and a whole one in between.
+            chunk(0, 8, pieces[0].clone(), false),
+            certify(1, 1, "x", 0, "kx"),
+        ];
+        entries.extend(early);
+        let r = sm.apply(entries).await.unwrap();
+        assert_eq!(r[1], Response::Committed { version: 1 });
+        for (i, answer) in r.iter().enumerate().filter(|(i, _)| *i != 1) {
+            assert_eq!(*answer, Response::Applied, "chunk {i}");
+        }
+        let mut other = snapshot_into(&mut sm, d2.path()).await;
+        let last = || {
+            [
+                chunk(n + 1, 7, pieces[pieces.len() - 1].clone(), true),
+                // A last chunk whose earlier ones were never applied.
+                chunk(n + 2, 9, pieces[pieces.len() - 1].clone(), true),
+                // Writes k5 after the big one's snapshot: a conflict.
+                certify(1, n + 3, "late", 1, "k5"),
+            ]
+        };
+        let x = sm.apply(last()).await.unwrap();
+        let y = other.apply(last()).await.unwrap();
+        assert_eq!(x, y);
+        assert_eq!(x[0], Response::Committed { version: 2 });
+        assert!(matches!(x[1], Response::Lost { .. }), "{:?}", x[1]);
+        assert!(
+            matches!(
+                x[2],
+                Response::Aborted {
+                    conflict_version: 2,
+                    ..
+                }
+            ),
+            "{:?}",
+            x[2]
+        );
+        drop(other);
+        let mut reopened = StateMachine::open(d2.path(), Limits::default()).unwrap();
+        assert_eq!(reopened.apply(last()).await.unwrap(), x, "after a restart");
+    }
+
     /// A large version stays in the window (and in snapshots) by its keys
     /// only: a node that installed the snapshot still finds the conflict.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

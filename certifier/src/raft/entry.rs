@@ -11,7 +11,7 @@
 //!   0     4   magic "TKRE" (tashkent raft entry)
 //!   4     2   entry format version, little-endian (1)
 //!   6     1   kind: 0 blank, 1 certify, 2 report, 3 membership, 4 batch,
-//!             5 part, 6 refuse
+//!             5 part, 6 refuse, 7 chunk
 //!   7     1   reserved, 0
 //!   8     8   term, little-endian
 //!  16     8   node id of the leader that proposed it, little-endian
@@ -21,6 +21,7 @@
 //!               batch:      u32 count, then count × (u32 length, record)
 //!               report:     replica u32, applied u64, oldest snapshot u64
 //!               part:       tag u64, last u8 (0 or 1), the piece
+//!               chunk:      as part, the piece a protobuf `Writeset`
 //!               refuse:     the row's last write version u64, then as
 //!                           certify
 //!               membership: openraft's `Membership`, JSON
@@ -48,6 +49,7 @@ const KIND_MEMBERSHIP: u8 = 3;
 const KIND_BATCH: u8 = 4;
 const KIND_PART: u8 = 5;
 const KIND_REFUSE: u8 = 6;
+const KIND_CHUNK: u8 = 7;
 const PART_HEADER_LEN: usize = 9;
 const REPORT_LEN: usize = 4 + 8 + 8;
 
@@ -79,11 +81,10 @@ pub fn encode(entry: &Entry) -> Result<Bytes, CertifierError> {
             (KIND_BATCH, b.freeze())
         }
         EntryPayload::Normal(Command::Part { tag, piece, last }) => {
-            let mut b = BytesMut::with_capacity(PART_HEADER_LEN + piece.len());
-            b.put_u64_le(*tag);
-            b.put_u8(u8::from(*last));
-            b.put_slice(piece);
-            (KIND_PART, b.freeze())
+            (KIND_PART, piece_body(*tag, piece, *last))
+        }
+        EntryPayload::Normal(Command::Chunk { tag, piece, last }) => {
+            (KIND_CHUNK, piece_body(*tag, piece, *last))
         }
         EntryPayload::Normal(Command::Refuse { last, record }) => {
             let mut b = BytesMut::with_capacity(8 + record.len());
@@ -120,6 +121,15 @@ pub fn encode(entry: &Entry) -> Result<Bytes, CertifierError> {
     buf.put_u64_le(entry.log_id.index);
     buf.put_slice(&body);
     Ok(buf.freeze())
+}
+
+/// The body of a part or chunk entry.
+fn piece_body(tag: u64, piece: &Bytes, last: bool) -> Bytes {
+    let mut b = BytesMut::with_capacity(PART_HEADER_LEN + piece.len());
+    b.put_u64_le(tag);
+    b.put_u8(u8::from(last));
+    b.put_slice(piece);
+    b.freeze()
 }
 
 /// Decodes the entry stored at `lsn`, checking that it is the entry of
@@ -175,6 +185,13 @@ fn decode_at(lsn: Option<u64>, rec: &Bytes) -> Result<Entry, CertifierError> {
         }),
         KIND_PART if body.len() >= PART_HEADER_LEN && body[8] <= 1 => {
             EntryPayload::Normal(Command::Part {
+                tag: u64_at(&body, 0),
+                last: body[8] == 1,
+                piece: body.slice(PART_HEADER_LEN..),
+            })
+        }
+        KIND_CHUNK if body.len() >= PART_HEADER_LEN && body[8] <= 1 => {
+            EntryPayload::Normal(Command::Chunk {
                 tag: u64_at(&body, 0),
                 last: body[8] == 1,
                 piece: body.slice(PART_HEADER_LEN..),
@@ -295,6 +312,14 @@ mod tests {
                 payload: EntryPayload::Normal(Command::Part {
                     tag: u64::MAX,
                     piece: Bytes::new(),
+                    last: true,
+                }),
+            },
+            Entry {
+                log_id: log_id(3, 2, 8),
+                payload: EntryPayload::Normal(Command::Chunk {
+                    tag: 0xfeed_0002,
+                    piece: Bytes::from_static(b"chunk"),
                     last: true,
                 }),
             },

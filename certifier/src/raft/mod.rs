@@ -205,6 +205,7 @@
 //! version kept by its keys, are in `raft_storage.rs`; raft messages
 //! without a peer certificate refused, in `certifier/tests/tls.rs`.
 
+pub mod chunks;
 pub mod entry;
 pub mod gap;
 pub mod log_store;

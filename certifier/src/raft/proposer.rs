@@ -175,19 +175,35 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Bytes, Reply)>, max_ba
     }
 }
 
-/// Proposes `record`'s pieces one after the other under a fresh tag; the
-/// last one's answer is the certification's. A failure before the last
-/// piece leaves nothing certified (its pieces expire), so a retry under a
-/// new tag is safe.
+/// Proposes the writeset of `record` in chunks (`chunks.rs`), one after
+/// the other under a fresh tag; the last one's answer is the
+/// certification's. A failure before the last chunk leaves nothing
+/// certified (its chunks expire), so a retry under a new tag is safe.
 async fn certify_in_parts(raft: &Raft, record: &Bytes) -> Result<Response, CertifierError> {
-    let tag: u64 = rand::random();
-    let pieces = super::parts::split(record);
+    let ws = crate::record::decode(0, record)?;
+    propose_pieces(
+        raft,
+        rand::random(),
+        super::chunks::pieces(ws, PART_BYTES),
+        true,
+    )
+    .await
+}
+
+/// Proposes `pieces` of writeset `tag` one after the other, the last one
+/// marked `last` if `ends` says so; the last one's answer.
+pub(crate) async fn propose_pieces(
+    raft: &Raft,
+    tag: u64,
+    pieces: Vec<Bytes>,
+    ends: bool,
+) -> Result<Response, CertifierError> {
     let n = pieces.len();
     let mut answer = Response::Applied;
     for (i, piece) in pieces.into_iter().enumerate() {
-        let last = i + 1 == n;
+        let last = ends && i + 1 == n;
         let written = raft
-            .client_write(Command::Part { tag, piece, last })
+            .client_write(Command::Chunk { tag, piece, last })
             .await
             .map_err(|e| write_error(&e))?;
         answer = written.data;

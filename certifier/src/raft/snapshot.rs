@@ -5,8 +5,9 @@
 //! ```text
 //! offset size
 //!   0     8   magic "TKRSNAP\0"
-//!   8     4   format version, little-endian (2; 1 when nothing is
-//!             pending, which readers of format 1 also read)
+//!   8     4   format version, little-endian (3; 2 when no chunked
+//!             writeset is pending, 1 when nothing is, which readers of
+//!             the earlier formats also read)
 //!  12     …   fields, little-endian; `bytes` = u32 length + content:
 //!             bytes   openraft SnapshotMeta, JSON (last applied log id,
 //!                     membership, snapshot id)
@@ -23,6 +24,11 @@
 //!             u64 n,  n × (u64 tag, u64 newest index, u64 m,
 //!                          m × bytes piece)        records arriving in
 //!                     parts (`parts.rs`); format version 2 on, absent in 1
+//!             u64 n,  n × (u64 tag, u64 newest index, bytes header,
+//!                          u64 m, m × bytes part)  writesets arriving in
+//!                     chunks (`chunks.rs`): the header's protobuf
+//!                     encoding, then the spooled items and statements;
+//!                     format version 3 on
 //! end-4   4   CRC32 (crc32fast) of everything before
 //! ```
 //!
@@ -32,6 +38,7 @@
 
 use bytes::{Buf, BufMut, Bytes};
 
+use super::chunks::SnapshotAssembly;
 use super::parts::{Assembly, Pending};
 use super::types::NodeId;
 use crate::certifier::CertifierImage;
@@ -42,7 +49,7 @@ use crate::window::{HorizonCause, WindowLimits};
 use crate::Version;
 
 const MAGIC: &[u8; 8] = b"TKRSNAP\0";
-const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION: u32 = 3;
 
 /// openraft's snapshot metadata for our types.
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
@@ -56,6 +63,8 @@ pub struct SnapshotState {
     pub window: Vec<(Version, Bytes)>,
     /// Records arriving in parts, not complete yet.
     pub pending: Pending,
+    /// Writesets arriving in chunks, not complete yet.
+    pub chunked: Vec<SnapshotAssembly>,
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -69,12 +78,15 @@ pub fn encode(s: &SnapshotState) -> Result<Vec<u8>, CertifierError> {
     let img = &s.image;
     let mut out = Vec::new();
     out.put_slice(MAGIC);
-    // Format 1 while nothing is pending, so that nodes of the previous
-    // release still read it (a cluster upgrades one node at a time).
-    let format = if s.pending.is_empty() {
-        1
-    } else {
+    // The oldest format that holds what is pending, so that nodes of
+    // earlier releases still read it (a cluster upgrades one node at a
+    // time).
+    let format = if !s.chunked.is_empty() {
         FORMAT_VERSION
+    } else if !s.pending.is_empty() {
+        2
+    } else {
+        1
     };
     out.put_u32_le(format);
     put_bytes(&mut out, &meta);
@@ -121,6 +133,18 @@ pub fn encode(s: &SnapshotState) -> Result<Vec<u8>, CertifierError> {
             out.put_u64_le(a.newest);
             out.put_u64_le(a.pieces.len() as u64);
             for p in &a.pieces {
+                put_bytes(&mut out, p);
+            }
+        }
+    }
+    if format >= 3 {
+        out.put_u64_le(s.chunked.len() as u64);
+        for a in &s.chunked {
+            out.put_u64_le(a.tag);
+            out.put_u64_le(a.newest);
+            put_bytes(&mut out, &a.header);
+            out.put_u64_le(a.parts.len() as u64);
+            for p in &a.parts {
                 put_bytes(&mut out, p);
             }
         }
@@ -254,6 +278,24 @@ pub fn decode(buf: &[u8]) -> Result<SnapshotState, CertifierError> {
             assemblies.push((tag, Assembly { newest, pieces }));
         }
     }
+    let mut chunked = Vec::new();
+    if version >= 3 {
+        let n = f.count(28)?;
+        for _ in 0..n {
+            let (tag, newest, header) = (f.u64()?, f.u64()?, f.bytes()?);
+            let m = f.count(4)?;
+            let mut parts = Vec::with_capacity(m);
+            for _ in 0..m {
+                parts.push(f.bytes()?);
+            }
+            chunked.push(SnapshotAssembly {
+                tag,
+                newest,
+                header,
+                parts,
+            });
+        }
+    }
     if !f.0.is_empty() {
         return Err(bad(format!("{} trailing bytes", f.0.len())));
     }
@@ -270,6 +312,7 @@ pub fn decode(buf: &[u8]) -> Result<SnapshotState, CertifierError> {
         },
         window,
         pending: Pending::from_assemblies(assemblies),
+        chunked,
     })
 }
 
@@ -327,6 +370,12 @@ mod tests {
                     },
                 ),
             ]),
+            chunked: vec![SnapshotAssembly {
+                tag: 5,
+                newest: 41,
+                header: Bytes::from_static(b"header"),
+                parts: vec![Bytes::from_static(b"items"), Bytes::new()],
+            }],
         }
     }
 
@@ -346,8 +395,10 @@ mod tests {
     }
 
     #[test]
-    fn without_pending_parts_a_snapshot_is_format_1() {
+    fn a_snapshot_has_the_oldest_format_that_holds_what_is_pending() {
         let mut s = sample();
+        assert_eq!(encode(&s).unwrap()[8..12], 3u32.to_le_bytes());
+        s.chunked.clear();
         let v2 = encode(&s).unwrap();
         assert_eq!(v2[8..12], 2u32.to_le_bytes());
         s.pending = Pending::default();

@@ -29,6 +29,7 @@ use openraft::{
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
+use super::chunks::{ChunkError, Chunked, Complete};
 use super::meta::write_atomically;
 use super::parts::{Pending, PART_BYTES};
 use super::snapshot::{self, SnapshotMeta, SnapshotState};
@@ -37,6 +38,7 @@ use super::versions::VersionsLog;
 use crate::certifier::{Certifier, Decision, Limits};
 use crate::error::CertifierError;
 use crate::rule::ConflictSet;
+use crate::server::spool::Spool;
 use crate::{record, writeset, Version};
 
 /// File of the last snapshot in a node's raft directory.
@@ -64,8 +66,13 @@ pub struct StateMachine {
     /// a large one without its rows ([`keys_only`]): only its conflict
     /// keys are ever read back.
     window: BTreeMap<Version, Bytes>,
-    /// Records arriving in parts, not complete yet (`parts.rs`).
+    /// Records arriving in parts, not complete yet (`parts.rs`; only
+    /// from logs and snapshots of earlier builds).
     pending: Pending,
+    /// Writesets arriving in chunks, not complete yet (`chunks.rs`).
+    chunked: Chunked,
+    /// Where chunked writesets' rows go (the node's spool).
+    spool: Arc<Spool>,
     last_applied: Option<LogId>,
     membership: Membership,
     dir: PathBuf,
@@ -82,7 +89,7 @@ pub struct StateMachine {
 
 /// Builds a snapshot from a copy taken when it was asked for.
 pub struct SnapshotBuilder {
-    state: Option<SnapshotState>,
+    state: Option<Result<SnapshotState, CertifierError>>,
     versions: Option<Arc<VersionsLog>>,
     dir: PathBuf,
     current: Arc<Mutex<Option<Stored>>>,
@@ -140,18 +147,26 @@ fn snap_err(meta: Option<&SnapshotMeta>, verb: ErrorVerb, e: CertifierError) -> 
 impl StateMachine {
     /// The state in `dir` (its snapshot, if any); the log after it is
     /// re-applied by openraft. `limits` must be the same on every node.
+    /// Chunked writesets are spooled in `<dir>/spool`.
     pub fn open(dir: &Path, limits: Limits) -> Result<StateMachine, CertifierError> {
-        StateMachine::open_serving(dir, limits, None)
+        let opts = tashkent_wal::WalOptions {
+            segment_size: 4 << 20,
+            ..tashkent_wal::WalOptions::default()
+        };
+        let spool = Arc::new(Spool::open(dir, opts)?);
+        StateMachine::open_serving(dir, limits, None, spool)
     }
 
     /// [`StateMachine::open`], appending each committed version to
-    /// `versions` (see [`VersionsLog`]). The caller then brings the
+    /// `versions` (see [`VersionsLog`]), the rows of chunked writesets
+    /// spooled in `spool` (which Subscribe reads them from). The caller then brings the
     /// versions log up to the snapshot ([`VersionsLog::restored`] with
     /// `certifier().latest()`) before raft re-applies the log.
     pub fn open_serving(
         dir: &Path,
         limits: Limits,
         versions: Option<Arc<VersionsLog>>,
+        spool: Arc<Spool>,
     ) -> Result<StateMachine, CertifierError> {
         std::fs::create_dir_all(dir)?;
         let mut sm = StateMachine {
@@ -161,6 +176,8 @@ impl StateMachine {
             window: BTreeMap::new(),
             versions_failed: None,
             pending: Pending::default(),
+            chunked: Chunked::default(),
+            spool,
             last_applied: None,
             membership: Membership::default(),
             dir: dir.to_path_buf(),
@@ -216,14 +233,15 @@ impl StateMachine {
         *self.certifier.lock() = Certifier::from_image(self.limits, s.image, sets)?;
         self.window = s.window.into_iter().collect();
         self.pending = s.pending;
+        self.chunked.restore(&self.spool, &s.chunked)?;
         self.last_applied = s.meta.last_log_id;
         self.membership = s.meta.last_membership;
         Ok(())
     }
 
     fn apply_command(&mut self, index: u64, cmd: Command) -> Response {
-        self.pending.expire(index);
         let r = match cmd {
+            Command::Chunk { .. } => unreachable!("chunks are applied by apply_chunk"),
             Command::Certify { record } => answer(self.certify(record)),
             Command::Part { tag, piece, last } => {
                 match self.pending.apply(index, tag, piece, last) {
@@ -250,7 +268,13 @@ impl StateMachine {
                     .map(|horizon| Response::Horizon { horizon }),
             ),
         };
-        // The window may have moved up (reports, memory bound).
+        self.trim_window();
+        r
+    }
+
+    /// Drops the window's records at or below the horizon, which may have
+    /// moved up (reports, memory bound).
+    fn trim_window(&mut self) {
         let horizon = self.certifier.lock().window().horizon();
         // Popped one by one: `split_off` counts what it keeps, a walk of
         // the whole window on every entry.
@@ -260,7 +284,77 @@ impl StateMachine {
             }
             e.remove();
         }
+    }
+
+    /// Applies chunk `piece` of writeset `tag` (`Command::Chunk`), and
+    /// certifies the writeset at its last.
+    async fn apply_chunk(&mut self, index: u64, tag: u64, piece: Bytes, last: bool) -> Response {
+        let r = match self.chunked.apply(&self.spool, index, tag, &piece, last) {
+            Ok(None) => Response::Applied,
+            Ok(Some(c)) => match self.certify_chunked(c).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.spool.finished(tag, None);
+                    answer(Err(e))
+                }
+            },
+            Err(ChunkError::Lost(reason)) => Response::Lost { reason },
+            Err(ChunkError::Invalid(reason)) => Response::Rejected { reason },
+            Err(ChunkError::Spool(e)) => {
+                self.versions_failed = Some(format!("the spool failed: {e}"));
+                Response::Rejected {
+                    reason: e.to_string(),
+                }
+            }
+        };
+        self.trim_window();
         r
+    }
+
+    /// Certifies a writeset whose chunks were all applied; a commit's
+    /// record in the versions log references its spool records, durable
+    /// first.
+    async fn certify_chunked(&mut self, c: Complete) -> Result<Response, CertifierError> {
+        let tag = c.spool.tag;
+        let (before, decision) = {
+            let mut cert = self.certifier.lock();
+            let before = cert.latest();
+            let d = cert.certify_set(&c.header.txn_id, c.header.snapshot, &c.cs, &c.names)?;
+            (before, d)
+        };
+        Ok(match decision {
+            Decision::Commit(version) => {
+                let new = version > before;
+                let logged = match &self.versions {
+                    Some(v) if new && !v.holds(version) => {
+                        let appended = async {
+                            self.spool.wal().wait_durable(c.spool.last).await?;
+                            v.committed(version, &c.spooled_record())
+                        };
+                        if let Err(e) = appended.await {
+                            self.versions_failed = Some(e.to_string());
+                            return Err(e);
+                        }
+                        true
+                    }
+                    _ => false,
+                };
+                let kept = logged.then_some((version, c.spool.first));
+                self.spool.finished(tag, kept);
+                if new {
+                    self.window.insert(version, c.keys_record);
+                }
+                Response::Committed { version }
+            }
+            Decision::Abort(a) => {
+                self.spool.finished(tag, None);
+                Response::Aborted {
+                    code: a.code as i32,
+                    reason: a.reason,
+                    conflict_version: a.conflict_version,
+                }
+            }
+        })
     }
 
     fn certify(&mut self, rec: Bytes) -> Result<Response, CertifierError> {
@@ -328,13 +422,15 @@ impl StateMachine {
         })
     }
 
-    fn state(&mut self) -> SnapshotState {
+    /// The replicated state, for a snapshot; the chunks of the writesets
+    /// in progress are read back from the spool (blocking: rarely any).
+    fn state(&mut self) -> Result<SnapshotState, CertifierError> {
         self.builds += 1;
         let id = match self.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.builds),
             None => format!("none-{}", self.builds),
         };
-        SnapshotState {
+        Ok(SnapshotState {
             meta: SnapshotMeta {
                 last_log_id: self.last_applied,
                 last_membership: self.membership.clone(),
@@ -343,7 +439,8 @@ impl StateMachine {
             image: self.certifier.lock().image(),
             window: self.window.iter().map(|(v, r)| (*v, r.clone())).collect(),
             pending: self.pending.clone(),
-        }
+            chunked: self.chunked.snapshot(&self.spool)?,
+        })
     }
 }
 
@@ -417,6 +514,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             };
             snap_err(None, ErrorVerb::Write, e)
         })?;
+        let state = state.map_err(|e| snap_err(None, ErrorVerb::Read, e))?;
         let meta = state.meta.clone();
         let latest = state.image.latest;
         if let Some(v) = &self.versions {
@@ -486,7 +584,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     self.membership = Membership::new(Some(e.log_id), m);
                     Response::Applied
                 }
-                EntryPayload::Normal(cmd) => self.apply_command(e.log_id.index, cmd),
+                EntryPayload::Normal(cmd) => {
+                    let index = e.log_id.index;
+                    self.pending.expire(index);
+                    self.chunked.expire(&self.spool, index);
+                    match cmd {
+                        Command::Chunk { tag, piece, last } => {
+                            self.apply_chunk(index, tag, piece, last).await
+                        }
+                        cmd => self.apply_command(index, cmd),
+                    }
+                }
             });
             if let Some(reason) = self.versions_failed.take() {
                 let e = CertifierError::RaftStorage {
@@ -501,6 +609,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        if !self.chunked.is_empty() {
+            // The spool's writer may not have written the newest chunks
+            // to its file yet.
+            let last = self.spool.wal().last_lsn();
+            if let Err(e) = self.spool.wal().wait_durable(last).await {
+                self.versions_failed = Some(format!("the spool failed: {e}"));
+            }
+        }
         SnapshotBuilder {
             state: Some(self.state()),
             versions: self.versions.clone(),

@@ -49,6 +49,12 @@ pub enum Command {
     /// with the same `tag` are concatenated in log order, and the one with
     /// `last` set completes the record and certifies it as `Certify`.
     Part { tag: u64, piece: Bytes, last: bool },
+    /// A chunk of a writeset too large for one entry (`chunks.rs`): a
+    /// protobuf `Writeset`, the first of a `tag` with the header. Applied,
+    /// its rows go to the node's spool; the one with `last` set certifies
+    /// the writeset. (What a leader proposes; `Part`s are only read from
+    /// logs and snapshots of earlier builds.)
+    Chunk { tag: u64, piece: Bytes, last: bool },
     /// A replica's progress: moves the horizon. Replicated because the
     /// horizon decides "snapshot too old" aborts and which versions the
     /// window (and a snapshot) still holds.

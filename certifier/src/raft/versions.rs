@@ -149,6 +149,12 @@ impl VersionsLog {
         self.snapshots.lock().purge_through(point)
     }
 
+    /// Whether `version` is in this log already (appended by a run before
+    /// a restart).
+    pub(crate) fn holds(&self, version: Version) -> bool {
+        version <= self.wal.last_lsn()
+    }
+
     /// `version` committed with `rec` (a record with version field 0):
     /// append it, unless a run before a restart already did.
     pub(crate) fn committed(&self, version: Version, rec: &Bytes) -> Result<(), CertifierError> {

@@ -24,24 +24,13 @@ impl proto::certifier_server::Certifier for CertifierService {
                 CertifierError::InvalidArgument("Certify stream had no chunk".into()).into(),
             );
         };
-        let outcome = if first.last_chunk || self.node().is_some() {
-            // A raft node replicates whole writesets (nothing spooled): the
-            // chunks are assembled in memory, up to max_writeset_bytes.
+        let outcome = if first.last_chunk {
             let mut asm = Assembler::new(self.inner.limits.max_writeset_bytes);
-            let mut last = first.last_chunk;
             asm.push(first)?;
-            while !last {
-                let Some(chunk) = chunks.message().await? else {
-                    return Err(CertifierError::InvalidArgument(
-                        "Certify stream ended without a chunk marked last_chunk: not certified"
-                            .into(),
-                    )
-                    .into());
-                };
-                last = chunk.last_chunk;
-                asm.push(chunk)?;
-            }
             CertifierService::certify(self, asm.finish()?).await?
+        } else if self.node().is_some() {
+            // Replicated chunk by chunk, spooled on every node.
+            self.certify_in_chunks(first, &mut chunks).await?
         } else {
             self.certify_spooled(first, &mut chunks).await?
         };

@@ -7,6 +7,7 @@
 //! the WAL, the `spool`, the `tail` cache and `purge`; `recovery` rebuilds
 //! its state at start.
 
+mod chunked;
 mod contact;
 mod grpc;
 pub mod metrics;

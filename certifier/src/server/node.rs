@@ -174,7 +174,10 @@ pub(super) async fn open(
                 ..config.wal_options()
             };
             let wal = Wal::open(&config.wal_dir, versions_opts)?;
-            let spool = Spool::open(&config.wal_dir, config.spool_options())?;
+            // The rows of chunked writesets (`raft::chunks`), which the
+            // versions log's spooled records reference.
+            let spool = Arc::new(Spool::open(&config.wal_dir, config.spool_options())?);
+            spool.retain_spooled(&wal, wal.last_lsn() + 1)?;
             let readable = Arc::new(tokio::sync::watch::channel(wal.durable_lsn()).0);
             let versions = Arc::new(
                 VersionsLog::new(wal.clone(), tail, submitted, readable.clone())
@@ -187,8 +190,12 @@ pub(super) async fn open(
                 ..config.wal_options()
             };
             let mut log = LogStore::open(&raft_dir, opts)?;
-            let sm =
-                StateMachine::open_serving(&raft_dir, config.limits(), Some(versions.clone()))?;
+            let sm = StateMachine::open_serving(
+                &raft_dir,
+                config.limits(),
+                Some(versions.clone()),
+                spool.clone(),
+            )?;
             log.purge_behind(sm.snapshot_writes().kept());
             Ok((wal, spool, log, sm, versions, readable))
         })
@@ -234,7 +241,6 @@ pub(super) async fn open(
         versions.gap_pending(),
         votes_held,
     ));
-    let spool = Arc::new(spool);
     spool.purge(wal.first_lsn()).await?;
     let node = Node::new(
         id,

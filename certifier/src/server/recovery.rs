@@ -46,19 +46,7 @@ pub fn recover(
     let mut c = Certifier::resume(limits, start - 1, HorizonCause::Restart);
     // Spooled versions older than the replayed ones: only their spool
     // references matter.
-    if first < start {
-        for r in wal.read_from(first)? {
-            let (lsn, rec) = r?;
-            if lsn >= start {
-                break;
-            }
-            if record::is_spooled(&rec) {
-                if let Some(s) = record::decode(lsn, &rec)?.spool {
-                    spool.retained(lsn, s.first);
-                }
-            }
-        }
-    }
+    spool.retain_spooled(wal, start)?;
     if start > last {
         return Ok(c);
     }

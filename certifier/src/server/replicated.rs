@@ -156,9 +156,33 @@ impl Node {
         .await
     }
 
-    /// The outcome of the proposal `propose` makes, unless this node is
-    /// out of contact (then nothing is proposed) or gets so meanwhile.
-    async fn decide<F>(&self, propose: impl FnOnce() -> F) -> Result<Outcome, CertifierError>
+    /// Proposes writeset `tag`'s chunks `pieces` (`raft::chunks`); the
+    /// certification's outcome once `ends` (they include its last chunk).
+    pub(crate) async fn propose_chunks(
+        &self,
+        tag: u64,
+        pieces: Vec<Bytes>,
+        ends: bool,
+    ) -> Result<Option<Outcome>, CertifierError> {
+        let raft = &self.raft;
+        let proposed = || crate::raft::proposer::propose_pieces(raft, tag, pieces, ends);
+        if ends {
+            return self.decide(proposed).await.map(Some);
+        }
+        // Nothing is certified before the last chunk: a failure here
+        // leaves only chunks that expire, and the client retries.
+        self.propose(proposed, false).await?;
+        Ok(None)
+    }
+
+    /// The answer to the proposal `propose` makes, unless this node is out
+    /// of contact (then nothing is proposed) or gets so meanwhile
+    /// (`unknown`: the outcome is then not known).
+    async fn propose<F>(
+        &self,
+        propose: impl FnOnce() -> F,
+        unknown: bool,
+    ) -> Result<Response, CertifierError>
     where
         F: std::future::Future<Output = Result<Response, CertifierError>>,
     {
@@ -166,13 +190,21 @@ impl Node {
             return Err(self.out_of_contact(lost.why, RETRY_ELSEWHERE.into(), false));
         }
         let proposed = propose();
-        let r = tokio::select! {
-            r = proposed => r.map_err(|e| self.retryable(e))?,
+        tokio::select! {
+            r = proposed => r.map_err(|e| self.retryable(e)),
             lost = self.contact.lost_for(Duration::ZERO) => {
-                return Err(self.out_of_contact(lost.why, RETRY_ELSEWHERE.into(), true));
+                Err(self.out_of_contact(lost.why, RETRY_ELSEWHERE.into(), unknown))
             }
-        };
-        match r {
+        }
+    }
+
+    /// The outcome of the proposal `propose` makes, unless this node is
+    /// out of contact (then nothing is proposed) or gets so meanwhile.
+    async fn decide<F>(&self, propose: impl FnOnce() -> F) -> Result<Outcome, CertifierError>
+    where
+        F: std::future::Future<Output = Result<Response, CertifierError>>,
+    {
+        match self.propose(propose, true).await? {
             Response::Committed { version } => Ok(Outcome::Committed { version }),
             Response::Aborted {
                 code,

@@ -286,24 +286,12 @@ impl CertifierService {
             };
             let mut outcome = proposed.map_err(|e| super::node_poison::certify_failed(inner, e))?;
             match &cs {
-                Some(cs) => self.turn_after(turn, cs, snapshot, &mut outcome, refused),
-                // Too large to take part, but its end still ends the
-                // session's turn.
-                None if turn.session != 0 => {
-                    let mut turns = inner.turns.lock();
-                    match outcome {
-                        Outcome::Committed { .. } => turns.committed(turn.session, Instant::now()),
-                        _ => turns.aborted(turn.session, 0, Instant::now()),
-                    }
+                Some(cs) => {
+                    self.turn_after(turn, cs, snapshot, &mut outcome, refused);
+                    self.raft_decided(&outcome);
                 }
-                None => {}
+                None => self.large_decided(turn, &outcome),
             }
-            // A retry's earlier answer counts again here: the state
-            // machine does not tell it apart.
-            inner.metrics.decided(match outcome {
-                Outcome::Committed { .. } => "committed",
-                Outcome::Aborted { .. } => "aborted",
-            });
             return Ok(outcome);
         }
         let cs = ConflictSet::of(&ws);
@@ -311,6 +299,28 @@ impl CertifierService {
             .decide(&ws.txn_id, ws.snapshot, Turn::from(&ws), &cs, &ws, rec)
             .await?;
         Ok(outcome)
+    }
+
+    /// A raft node's transaction too large to take part in fair turns
+    /// was decided: its end still ends the session's turn.
+    pub(crate) fn large_decided(&self, turn: Turn, outcome: &Outcome) {
+        if turn.session != 0 {
+            let mut turns = self.inner.turns.lock();
+            match outcome {
+                Outcome::Committed { .. } => turns.committed(turn.session, Instant::now()),
+                _ => turns.aborted(turn.session, 0, Instant::now()),
+            }
+        }
+        self.raft_decided(outcome);
+    }
+
+    /// Counts a raft node's decision. A retry's earlier answer counts again
+    /// here: the state machine does not tell it apart.
+    fn raft_decided(&self, outcome: &Outcome) {
+        self.inner.metrics.decided(match outcome {
+            Outcome::Committed { .. } => "committed",
+            Outcome::Aborted { .. } => "aborted",
+        });
     }
 
     /// Certifies a writeset that arrives in chunks (`first`, then the rest
@@ -398,16 +408,7 @@ impl CertifierService {
                         )),
                     },
                 };
-            let header_ok = (chunk.format_version == 0
-                || chunk.format_version == first.format_version)
-                && (chunk.txn_id.is_empty() || chunk.txn_id == first.txn_id)
-                && (chunk.origin == 0 || chunk.origin == first.origin)
-                && (chunk.snapshot == 0 || chunk.snapshot == first.snapshot);
-            if !header_ok || chunk.spool.is_some() {
-                return Err(CertifierError::InvalidArgument(
-                    "a later Certify chunk has a header different from the first chunk's".into(),
-                ));
-            }
+            writeset::check_later_chunk(&first, &chunk)?;
             bytes = bytes.saturating_add(chunk.encoded_len() as u64);
             if bytes > max {
                 return Err(CertifierError::WritesetTooLarge { max });

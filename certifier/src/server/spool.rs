@@ -98,6 +98,26 @@ impl Spool {
         self.needed.lock().versions.insert(version, first);
     }
 
+    /// Registers the spooled versions of `wal` (the certifier's WAL, or a
+    /// raft node's versions log) below `until` as retained: read at start.
+    pub fn retain_spooled(&self, wal: &Wal, until: Lsn) -> Result<(), CertifierError> {
+        if wal.first_lsn() >= until {
+            return Ok(());
+        }
+        for r in wal.read_from(wal.first_lsn())? {
+            let (lsn, rec) = r?;
+            if lsn >= until {
+                break;
+            }
+            if crate::record::is_spooled(&rec) {
+                if let Some(s) = crate::record::decode(lsn, &rec)?.spool {
+                    self.retained(lsn, s.first);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Versions below `first_version` were purged from the WAL: purges the
     /// spool records nothing needs any more.
     pub async fn purge(&self, first_version: Version) -> Result<(), CertifierError> {

@@ -1,0 +1,529 @@
+//! A certification too large for one raft entry, replicated chunk by chunk
+//! and spooled on every node: no node holds its rows in memory.
+//!
+//! The leader proposes a large writeset as `Command::Chunk` entries, each
+//! a protobuf `Writeset` of at most about [`super::parts::PART_BYTES`]: the
+//! first carries the header (format version, txn id, origin, snapshot) and
+//! its items, the later ones only items and statements (`before_item`
+//! counted from the chunk's first item, as a Certify stream's chunks are).
+//! Applying a chunk, a node appends its items and statements to its spool
+//! (`server::spool`, the single certifier's format) and keeps only what
+//! certification needs: the conflict keys and table names, and the
+//! writeset without its rows (what the conflict window and snapshots keep
+//! of a large version). The chunk with `last` set certifies the writeset;
+//! a commit's record in the versions log references the spool records, so
+//! Subscribe streams the rows from the spool as the single certifier does.
+//!
+//! Until its last chunk is applied, an assembly is part of the replicated
+//! state ([`Chunked`]); a snapshot carries its chunks, read back from the
+//! spool (`Chunked::snapshot`), and a node restoring the snapshot spools
+//! them again. Abandoned assemblies (the leader failed between two
+//! chunks; the client retries under a new tag) are dropped by the rules of
+//! `parts` ([`PENDING_MAX_AGE`] entries after their newest chunk, oldest
+//! first past [`PENDING_MAX_BYTES`]), which depend on the log alone, so
+//! every node keeps and drops the same assemblies and answers a last chunk
+//! the same way. A chunk that does not decode or validate drops its
+//! assembly (the leader validated it, so only a bug sends one): the last
+//! chunk then answers "lost", and the retry gets the leader's error.
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+
+use super::parts::{PENDING_MAX_AGE, PENDING_MAX_BYTES};
+use crate::error::CertifierError;
+use crate::proto::{SpoolRef, Writeset};
+use crate::rule::{ConflictSet, PartNames};
+use crate::server::spool::Spool;
+use crate::{record, writeset};
+
+/// The assemblies of chunked writesets not complete yet, by tag.
+#[derive(Debug, Default)]
+pub struct Chunked {
+    assemblies: BTreeMap<u64, Assembly>,
+    /// Bytes spooled for the assemblies in progress.
+    bytes: usize,
+}
+
+/// One writeset arriving in chunks.
+#[derive(Debug)]
+struct Assembly {
+    /// Log index of its newest chunk.
+    newest: u64,
+    /// The header fields, no items.
+    header: Writeset,
+    /// Its items without their rows, and its statements, in execution
+    /// order (`writeset::encode_parts`).
+    keys: BytesMut,
+    cs: ConflictSet,
+    names: PartNames,
+    items: usize,
+    ddls: usize,
+    /// Bytes of its items and statements spooled.
+    bytes: usize,
+    /// Its records in the spool (`first` 0: none yet).
+    spool: SpoolRef,
+}
+
+/// A writeset whose last chunk was applied: what certifying it needs.
+#[derive(Debug)]
+pub struct Complete {
+    pub header: Writeset,
+    pub cs: ConflictSet,
+    pub names: PartNames,
+    /// The record the window keeps: the writeset without its rows.
+    pub keys_record: Bytes,
+    /// Where its items and statements are in the spool.
+    pub spool: SpoolRef,
+}
+
+impl Complete {
+    /// Its versions-log record: the header and the spool reference.
+    pub fn spooled_record(&self) -> Bytes {
+        record::encode_spooled(&Writeset {
+            spool: Some(self.spool),
+            ..self.header.clone()
+        })
+        .freeze()
+    }
+}
+
+/// Why a chunk got no certification.
+#[derive(Debug)]
+pub enum ChunkError {
+    /// The assembly's earlier chunks were dropped (or one was invalid):
+    /// nothing is certified, the client retries.
+    Lost(String),
+    /// The last chunk itself is invalid.
+    Invalid(String),
+    /// The spool failed: this node cannot go on.
+    Spool(CertifierError),
+}
+
+/// A snapshot's copy of one assembly: its header, then its spool records'
+/// contents (items and statements, `before_item` counted over the whole
+/// writeset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotAssembly {
+    pub tag: u64,
+    pub newest: u64,
+    pub header: Bytes,
+    pub parts: Vec<Bytes>,
+}
+
+impl Chunked {
+    /// Applies chunk `piece` of writeset `tag` at log index `index`; the
+    /// writeset once `last` completes it.
+    pub fn apply(
+        &mut self,
+        spool: &Spool,
+        index: u64,
+        tag: u64,
+        piece: &Bytes,
+        last: bool,
+    ) -> Result<Option<Complete>, ChunkError> {
+        let added = Writeset::decode(piece.clone())
+            .map_err(|e| CertifierError::InvalidArgument(format!("undecodable chunk: {e}")))
+            .and_then(|chunk| self.add(spool, index, tag, chunk, false));
+        match added {
+            Ok(true) => {}
+            Ok(false) => {
+                return if last {
+                    Err(ChunkError::Lost(lost(tag)))
+                } else {
+                    Ok(None)
+                };
+            }
+            Err(CertifierError::Wal(e)) => return Err(ChunkError::Spool(e.into())),
+            Err(e) => {
+                self.drop_assembly(spool, tag, &e.to_string());
+                return if last {
+                    Err(ChunkError::Invalid(e.to_string()))
+                } else {
+                    Ok(None)
+                };
+            }
+        }
+        self.shed(spool, PENDING_MAX_BYTES);
+        if !last {
+            return Ok(None);
+        }
+        let Some(a) = self.assemblies.remove(&tag) else {
+            return Err(ChunkError::Lost(lost(tag)));
+        };
+        self.bytes -= a.bytes;
+        if a.items == 0 && a.ddls == 0 {
+            spool.finished(tag, None);
+            return Err(ChunkError::Invalid(
+                "empty writeset: read-only transactions are not certified".into(),
+            ));
+        }
+        let mut keys_record = record::encode(&a.header);
+        keys_record.extend_from_slice(&a.keys);
+        Ok(Some(Complete {
+            header: a.header,
+            cs: a.cs,
+            names: a.names,
+            keys_record: keys_record.freeze(),
+            spool: a.spool,
+        }))
+    }
+
+    /// Adds `chunk` to assembly `tag`, starting it
+    /// when the chunk has a header; false when there is no assembly to add
+    /// to (its earlier chunks were dropped). `absolute`: `before_item`
+    /// already counts over the whole writeset (a snapshot's copy).
+    fn add(
+        &mut self,
+        spool: &Spool,
+        index: u64,
+        tag: u64,
+        mut chunk: Writeset,
+        absolute: bool,
+    ) -> Result<bool, CertifierError> {
+        if !chunk.txn_id.is_empty() {
+            let header = Writeset {
+                format_version: chunk.format_version,
+                txn_id: chunk.txn_id.clone(),
+                origin: chunk.origin,
+                snapshot: chunk.snapshot,
+                ..Writeset::default()
+            };
+            writeset::validate_header(&header)?;
+            if let Some(old) = self.assemblies.remove(&tag) {
+                // A tag is random per call: only a bug reuses one.
+                self.bytes -= old.bytes;
+                spool.finished(tag, None);
+            }
+            self.assemblies.insert(
+                tag,
+                Assembly {
+                    newest: index,
+                    header,
+                    keys: BytesMut::new(),
+                    cs: ConflictSet::default(),
+                    names: PartNames::default(),
+                    items: 0,
+                    ddls: 0,
+                    bytes: 0,
+                    spool: SpoolRef {
+                        tag,
+                        ..SpoolRef::default()
+                    },
+                },
+            );
+        } else if chunk.format_version != 0 || chunk.origin != 0 || chunk.snapshot != 0 {
+            return Err(CertifierError::InvalidArgument(
+                "a later chunk carries header fields".into(),
+            ));
+        }
+        let Some(a) = self.assemblies.get_mut(&tag) else {
+            return Ok(false);
+        };
+        if chunk.spool.is_some() {
+            return Err(CertifierError::InvalidArgument(
+                "the spool field is the certifier's own".into(),
+            ));
+        }
+        a.newest = index;
+        if chunk.items.is_empty() && chunk.ddl.is_empty() {
+            return Ok(true);
+        }
+        if !absolute {
+            writeset::validate_part(&chunk)?;
+            for d in &mut chunk.ddl {
+                d.before_item += a.items as u64;
+            }
+        }
+        a.cs.add(&chunk.items, &chunk.ddl, a.items, a.ddls);
+        a.names.add(&chunk.items, &chunk.ddl, a.items);
+        let base = a.items as u64;
+        let mut parts = Vec::with_capacity(chunk.encoded_len());
+        writeset::encode_parts(&chunk.items, &chunk.ddl, base, &mut parts);
+        let first = (a.spool.first != 0).then_some(a.spool.first);
+        let ticket = spool.append(tag, &parts, first)?;
+        if a.spool.first == 0 {
+            a.spool.first = ticket.lsn;
+        }
+        a.spool.last = ticket.lsn;
+        a.spool.bytes += parts.len() as u64;
+        // Counted as spooled, so a node that restored the assembly from a
+        // snapshot counts it as the others do.
+        a.bytes += parts.len();
+        self.bytes += parts.len();
+        a.items += chunk.items.len();
+        a.ddls += chunk.ddl.len();
+        for item in &mut chunk.items {
+            item.row = Bytes::new();
+        }
+        writeset::encode_parts(&chunk.items, &chunk.ddl, base, &mut a.keys);
+        Ok(true)
+    }
+
+    /// Drops the assemblies whose newest chunk is more than
+    /// [`PENDING_MAX_AGE`] entries before `index`.
+    pub fn expire(&mut self, spool: &Spool, index: u64) {
+        let old: Vec<u64> = self
+            .assemblies
+            .iter()
+            .filter(|(_, a)| index.saturating_sub(a.newest) > PENDING_MAX_AGE)
+            .map(|(t, _)| *t)
+            .collect();
+        for tag in old {
+            self.drop_assembly(spool, tag, "no new chunk for too long");
+        }
+    }
+
+    /// Drops the oldest assemblies while more than `max_bytes` are held.
+    fn shed(&mut self, spool: &Spool, max_bytes: usize) {
+        while self.bytes > max_bytes {
+            let Some(oldest) = self
+                .assemblies
+                .iter()
+                .min_by_key(|(t, a)| (a.newest, **t))
+                .map(|(t, _)| *t)
+            else {
+                break;
+            };
+            self.drop_assembly(spool, oldest, "too many bytes of chunks in progress");
+        }
+    }
+
+    fn drop_assembly(&mut self, spool: &Spool, tag: u64, why: &str) {
+        if let Some(a) = self.assemblies.remove(&tag) {
+            self.bytes -= a.bytes;
+            spool.finished(tag, None);
+            tracing::warn!(
+                tag,
+                items = a.items,
+                bytes = a.bytes,
+                "dropped the chunks of a large certification: {why}"
+            );
+        }
+    }
+
+    /// Every assembly as a snapshot holds it, its chunks read back from
+    /// `spool` (blocking).
+    pub fn snapshot(&self, spool: &Spool) -> Result<Vec<SnapshotAssembly>, CertifierError> {
+        let mut out = Vec::with_capacity(self.assemblies.len());
+        for (tag, a) in &self.assemblies {
+            let parts = if a.spool.first == 0 {
+                Vec::new()
+            } else {
+                spool.chunks(&a.spool)?.collect::<Result<Vec<_>, _>>()?
+            };
+            let mut header = Vec::with_capacity(a.header.encoded_len());
+            writeset::encode_in_order(&a.header, &mut header);
+            out.push(SnapshotAssembly {
+                tag: *tag,
+                newest: a.newest,
+                header: header.into(),
+                parts,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The assemblies a snapshot held, spooled again here; drops (and
+    /// releases) the ones held before.
+    pub fn restore(
+        &mut self,
+        spool: &Spool,
+        assemblies: &[SnapshotAssembly],
+    ) -> Result<(), CertifierError> {
+        for tag in std::mem::take(&mut self.assemblies).into_keys() {
+            spool.finished(tag, None);
+        }
+        self.bytes = 0;
+        for s in assemblies {
+            let header = Writeset::decode(s.header.clone()).map_err(|e| {
+                CertifierError::InvalidArgument(format!("snapshot: undecodable header: {e}"))
+            })?;
+            self.add(spool, s.newest, s.tag, header, true)?;
+            for p in &s.parts {
+                let chunk = Writeset::decode(p.clone()).map_err(|e| {
+                    CertifierError::InvalidArgument(format!("snapshot: undecodable chunk: {e}"))
+                })?;
+                self.add(spool, s.newest, s.tag, chunk, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.assemblies.is_empty()
+    }
+}
+
+/// `chunk` (a writeset, or one chunk of a Certify stream: `before_item`
+/// counted from its first item) cut into pieces of about `max` bytes at
+/// most, encoded for `Command::Chunk`: the header fields (if any) on the
+/// first, each statement in the piece of the item it comes before (the
+/// last piece: after the last item), counted from that piece's first item.
+pub fn pieces(chunk: Writeset, max: usize) -> Vec<Bytes> {
+    let Writeset {
+        format_version,
+        txn_id,
+        origin,
+        snapshot,
+        items,
+        ddl,
+        ..
+    } = chunk;
+    // (first item, items) of each piece.
+    let mut runs: Vec<(usize, Vec<crate::Item>)> = vec![(0, Vec::new())];
+    let mut len = 0;
+    for (i, item) in items.into_iter().enumerate() {
+        // Field tag + length prefix of an embedded message: at most 1 + 10.
+        let n = item.encoded_len() + 11;
+        let run = runs.last_mut().expect("one run at least");
+        if len + n > max && !run.1.is_empty() {
+            runs.push((i, Vec::new()));
+            len = 0;
+        }
+        len += n;
+        runs.last_mut().expect("just pushed").1.push(item);
+    }
+    let starts: Vec<u64> = runs.iter().map(|(first, _)| *first as u64).collect();
+    let mut ddls: Vec<Vec<crate::Ddl>> = vec![Vec::new(); runs.len()];
+    for mut d in ddl {
+        let at = starts.partition_point(|s| *s <= d.before_item) - 1;
+        d.before_item -= starts[at];
+        ddls[at].push(d);
+    }
+    runs.into_iter()
+        .zip(ddls)
+        .enumerate()
+        .map(|(i, ((_, items), ddl))| {
+            let mut piece = Writeset {
+                items,
+                ddl,
+                ..Writeset::default()
+            };
+            if i == 0 {
+                piece.format_version = format_version;
+                piece.txn_id = txn_id.clone();
+                piece.origin = origin;
+                piece.snapshot = snapshot;
+            }
+            let mut buf = Vec::with_capacity(piece.encoded_len());
+            writeset::encode_in_order(&piece, &mut buf);
+            Bytes::from(buf)
+        })
+        .collect()
+}
+
+fn lost(tag: u64) -> String {
+    format!(
+        "the earlier chunks of this transaction (tag {tag:#x}) were dropped ({PENDING_MAX_AGE} \
+         entries without a new chunk, more than {PENDING_MAX_BYTES} bytes of chunks in \
+         progress, or an invalid chunk): it was not certified"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::writeset::{ddl, item};
+    use crate::{Op, WRITESET_FORMAT_VERSION};
+
+    fn sample() -> Writeset {
+        Writeset {
+            format_version: WRITESET_FORMAT_VERSION,
+            txn_id: Bytes::from_static(b"big"),
+            origin: 2,
+            snapshot: 9,
+            items: (0..10u8)
+                .map(|i| crate::Item {
+                    row: Bytes::from(vec![i; 100]),
+                    ..item("t", Op::Insert, vec![i])
+                })
+                .collect(),
+            ddl: [0, 3, 4, 7, 10]
+                .iter()
+                .map(|&at| ddl(&format!("-- before {at}"), &["t"], at))
+                .collect(),
+            ..Writeset::default()
+        }
+    }
+
+    #[test]
+    fn pieces_keep_every_statement_before_its_item_and_the_header_first() {
+        let ws = sample();
+        let mut whole = Vec::new();
+        writeset::encode_parts(&ws.items, &ws.ddl, 0, &mut whole);
+        for max in [1, 150, 300, 1 << 20] {
+            let pieces = pieces(ws.clone(), max);
+            if max < 300 {
+                assert!(pieces.len() > 3, "{max}: {} pieces", pieces.len());
+            }
+            // As a node spools them: each piece's statements counted from
+            // the items before it.
+            let (mut stream, mut base) = (Vec::new(), 0u64);
+            for (i, p) in pieces.iter().enumerate() {
+                let mut c = Writeset::decode(p.clone()).unwrap();
+                assert_eq!(
+                    c.txn_id.is_empty(),
+                    i > 0,
+                    "{max}: the header on the first only"
+                );
+                for d in &mut c.ddl {
+                    d.before_item += base;
+                }
+                writeset::encode_parts(&c.items, &c.ddl, base, &mut stream);
+                base += c.items.len() as u64;
+            }
+            assert_eq!(stream, whole, "{max}: the same execution order");
+        }
+    }
+
+    #[test]
+    fn chunks_spool_their_rows_and_keep_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), tashkent_wal::WalOptions::default()).unwrap();
+        let ws = sample();
+        let pieces = pieces(ws.clone(), 300);
+        let n = pieces.len();
+        let mut c = Chunked::default();
+        let mut done = None;
+        for (i, p) in pieces.iter().enumerate() {
+            done = c.apply(&spool, i as u64, 5, p, i + 1 == n).unwrap();
+            // Another writeset's later chunk, whose start was never seen.
+            assert!(c
+                .apply(&spool, 99, 6, &pieces[n - 1], false)
+                .unwrap()
+                .is_none());
+        }
+        let done = done.expect("complete at the last chunk");
+        assert!(c.is_empty());
+        let (got, want): (Vec<u64>, Vec<u64>) = (
+            done.cs.window_entries().collect(),
+            crate::rule::ConflictSet::of(&ws).window_entries().collect(),
+        );
+        assert_eq!(got, want);
+        let keys = record::decode(0, &done.keys_record).unwrap();
+        assert_eq!((keys.txn_id.clone(), keys.snapshot), (ws.txn_id.clone(), 9));
+        assert_eq!(keys.items.len(), 10);
+        assert!(keys.items.iter().all(|i| i.row.is_empty()));
+        assert_eq!(keys.ddl, ws.ddl);
+        // The spooled chunks after the header are the writeset's encoding.
+        let block = tokio::runtime::Runtime::new().unwrap();
+        block
+            .block_on(spool.wal().wait_durable(done.spool.last))
+            .unwrap();
+        let mut body = Vec::new();
+        writeset::encode_in_order(&done.header, &mut body);
+        for chunk in spool.chunks(&done.spool).unwrap() {
+            body.extend_from_slice(&chunk.unwrap());
+        }
+        let mut want = Vec::new();
+        writeset::encode_in_order(&ws, &mut want);
+        assert_eq!(body, want);
+        // A last chunk whose start was never seen: lost.
+        assert!(matches!(
+            c.apply(&spool, 100, 6, &pieces[n - 1], true),
+            Err(ChunkError::Lost(_))
+        ));
+    }
+}
