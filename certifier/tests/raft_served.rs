@@ -625,6 +625,71 @@ async fn a_writeset_larger_than_an_entry_goes_through_raft_in_parts() {
     nodes.stop_all().await;
 }
 
+/// A Certify stream from a client given every node (as a proxy's is)
+/// whose leader goes away before the last chunk goes again, from the
+/// chunks the client kept on disk, to the next leader, which replicates it
+/// chunk by chunk: committed once, served byte for byte by the nodes that
+/// run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_writeset_goes_again_to_the_next_leader() {
+    let mut nodes = Nodes::start(3).await;
+    let leader = nodes.leader().await;
+    let client = nodes.client_of_all().await;
+    assert_eq!(
+        version(client.certify(ws("before", "k0")).await.unwrap()),
+        1
+    );
+    let mut big = ws("big", "unused");
+    big.items = (0..24u32)
+        .map(|i| Item {
+            row: (0..128 << 10)
+                .map(|j: u32| (j.wrapping_mul(17).wrapping_add(i)) as u8)
+                .collect::<Vec<u8>>()
+                .into(),
+            ..item("t", Op::Insert, format!("s{i}").into_bytes())
+        })
+        .collect();
+    let want = big.items.clone();
+    let mut chunks = tashkent_certifier::writeset::split(big, 400 << 10);
+    assert!(chunks.len() > 4, "{} chunks", chunks.len());
+    let last = chunks.pop().unwrap();
+    let (tx, call) = client.certify_stream();
+    let call = tokio::spawn(call);
+    for c in chunks {
+        tx.send(c).await.unwrap();
+    }
+    nodes.stop(leader).await;
+    tx.finish(last).await.unwrap();
+    let got = tokio::time::timeout(WAIT, call)
+        .await
+        .expect("answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(version(got), 2);
+    let next = nodes.leader().await;
+    assert_ne!(next, leader);
+    assert_eq!(version(client.certify(ws("after", "k1")).await.unwrap()), 3);
+    for id in nodes.running.keys() {
+        let got: Vec<_> = nodes
+            .client(*id)
+            .await
+            .subscribe(1)
+            .await
+            .unwrap()
+            .take(3)
+            .map(|r| r.unwrap())
+            .collect()
+            .await;
+        assert_eq!(
+            got.iter().map(|w| w.version).collect::<Vec<_>>(),
+            [1, 2, 3],
+            "node {id}"
+        );
+        assert!(got[1].writeset.items == want, "node {id}: rows differ");
+    }
+    nodes.stop_all().await;
+}
+
 /// A node copying the versions a snapshot skips goes on from another
 /// peer when the one it copies from goes away mid-way, after the copy has
 /// run longer than `GAP_PATIENCE` (10 s) and while the other peer cannot

@@ -162,19 +162,15 @@ impl Conn {
         if prost::Message::encoded_len(&ws) <= chunk {
             return self.pipeline.certify(ws).await;
         }
-        self.certify_chunks(crate::writeset::split(ws, chunk)).await
+        let chunks = crate::writeset::split(ws, chunk);
+        self.certify_chunks(futures::stream::iter(chunks)).await
     }
 
     pub(crate) async fn certify_chunks(
         &self,
-        chunks: Vec<Writeset>,
+        chunks: impl futures::Stream<Item = Writeset> + Send + 'static,
     ) -> Result<Outcome, CertifierError> {
-        let resp = self
-            .grpc
-            .clone()
-            .certify(futures::stream::iter(chunks))
-            .await?
-            .into_inner();
+        let resp = self.grpc.clone().certify(chunks).await?.into_inner();
         Outcome::try_from(resp)
     }
 

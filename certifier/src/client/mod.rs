@@ -14,6 +14,7 @@
 
 mod follow;
 mod pipeline;
+mod spill;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -257,10 +258,13 @@ impl CertifierClient {
     ) -> Result<Outcome, CertifierError> {
         let chunks = writeset::split(ws, chunk_bytes);
         if self.addrs.len() == 1 {
-            return self.conn().certify_chunks(chunks).await;
+            return self
+                .conn()
+                .certify_chunks(futures::stream::iter(chunks))
+                .await;
         }
         self.following(|c| {
-            let chunks = chunks.clone();
+            let chunks = futures::stream::iter(chunks.clone());
             async move { c.certify_chunks(chunks).await }
         })
         .await
@@ -286,23 +290,25 @@ impl CertifierClient {
                 let resp = grpc.certify(chunks).await?.into_inner();
                 return Outcome::try_from(resp);
             }
-            // Several nodes: the chunks are kept, so that the call can be
-            // repeated on another node (the leader may change under it).
-            let mut chunks = Vec::new();
+            // Several nodes: the chunks are kept (on disk, `spill`), so
+            // that the call can be repeated on another node (the leader
+            // may change under it).
+            let mut chunks = spill::Spill::new()?;
+            let mut ended = false;
             while let Some(c) = rx.recv().await {
-                let last = c.last_chunk;
-                chunks.push(c);
-                if last {
+                chunks.push(&c).await?;
+                if c.last_chunk {
+                    ended = true;
                     break;
                 }
             }
-            if !chunks.last().is_some_and(|c| c.last_chunk) {
+            if !ended {
                 return Err(CertifierError::InvalidArgument(
                     "Certify stream ended without a chunk marked last_chunk: not certified".into(),
                 ));
             }
             this.following(|c| {
-                let chunks = chunks.clone();
+                let chunks = chunks.replay();
                 async move { c.certify_chunks(chunks).await }
             })
             .await

@@ -1,0 +1,126 @@
+//! The chunks of a Certify stream, kept on disk while a client given
+//! several certifier nodes sends them: the leader may change under the
+//! call, and then the whole stream goes again to the next leader. Held in
+//! memory, a transaction's chunks cost the client as much memory as the
+//! transaction's changes; in an unnamed temporary file (deleted when the
+//! last handle closes) they cost one chunk at a time.
+//!
+//! ```text
+//! file := ( u32 length, little-endian   protobuf Writeset ) *
+//! ```
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use futures::Stream;
+use prost::Message;
+
+use crate::error::CertifierError;
+use crate::proto::Writeset;
+
+/// Chunks written one after the other, read back as often as needed.
+pub(crate) struct Spill {
+    file: Arc<File>,
+    /// Bytes written.
+    len: u64,
+}
+
+fn io(what: &str, e: std::io::Error) -> CertifierError {
+    CertifierError::Io(std::io::Error::new(
+        e.kind(),
+        format!("{what} the chunks kept to resend: {e}"),
+    ))
+}
+
+impl Spill {
+    /// An empty spill in the temporary directory (`TMPDIR`).
+    pub(crate) fn new() -> Result<Spill, CertifierError> {
+        let file = tempfile::tempfile().map_err(|e| io("creating a file for", e))?;
+        Ok(Spill {
+            file: Arc::new(file),
+            len: 0,
+        })
+    }
+
+    /// Appends `chunk` (blocking work in a blocking thread).
+    pub(crate) async fn push(&mut self, chunk: &Writeset) -> Result<(), CertifierError> {
+        let mut buf = Vec::with_capacity(4 + chunk.encoded_len());
+        buf.extend_from_slice(&(chunk.encoded_len() as u32).to_le_bytes());
+        chunk
+            .encode(&mut buf)
+            .map_err(|e| CertifierError::Protocol(format!("chunk not encodable: {e}")))?;
+        let (file, at, n) = (self.file.clone(), self.len, buf.len() as u64);
+        tokio::task::spawn_blocking(move || {
+            file.write_all_at(&buf, at)?;
+            (&*file).flush()
+        })
+        .await
+        .map_err(|e| io("writing", std::io::Error::other(e)))?
+        .map_err(|e| io("writing", e))?;
+        self.len += n;
+        Ok(())
+    }
+
+    /// The chunks from the first, read as they are sent. A read that fails
+    /// ends the stream early, without its last chunk: the certifier then
+    /// refuses the call, and nothing is certified.
+    pub(crate) fn replay(&self) -> impl Stream<Item = Writeset> + Send + 'static {
+        let (file, len) = (self.file.clone(), self.len);
+        futures::stream::unfold(0u64, move |at| {
+            let file = file.clone();
+            async move {
+                if at >= len {
+                    return None;
+                }
+                let read =
+                    tokio::task::spawn_blocking(move || -> std::io::Result<(Writeset, u64)> {
+                        let mut n = [0u8; 4];
+                        file.read_exact_at(&mut n, at)?;
+                        let n = u32::from_le_bytes(n);
+                        let mut buf = vec![0u8; n as usize];
+                        file.read_exact_at(&mut buf, at + 4)?;
+                        let chunk = Writeset::decode(&buf[..]).map_err(std::io::Error::other)?;
+                        Ok((chunk, at + 4 + u64::from(n)))
+                    })
+                    .await;
+                match read {
+                    Ok(Ok((chunk, next))) => Some((chunk, next)),
+                    Ok(Err(e)) => {
+                        tracing::warn!("reading back the chunks kept to resend: {e}");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!("reading back the chunks kept to resend: {e}");
+                        None
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn chunks_read_back_as_written_as_often_as_asked() {
+        let chunks: Vec<Writeset> = (0..5u8)
+            .map(|i| Writeset {
+                txn_id: bytes::Bytes::from(vec![i; 1 + i as usize * 1000]),
+                last_chunk: i == 4,
+                ..Writeset::default()
+            })
+            .collect();
+        let mut spill = Spill::new().unwrap();
+        for c in &chunks {
+            spill.push(c).await.unwrap();
+        }
+        for _ in 0..2 {
+            assert_eq!(spill.replay().collect::<Vec<_>>().await, chunks);
+        }
+    }
+}
