@@ -211,6 +211,11 @@ impl CertifierConfig {
                 if !parse_peers(peers)?.contains_key(&id) {
                     return bad("node_id must be one of the peers");
                 }
+                if self.max_writeset_bytes > crate::raft::parts::PENDING_MAX_BYTES as u64 {
+                    // Its chunks would be dropped as too many in progress
+                    // before its last one came (`raft::chunks`).
+                    return bad("a raft node takes max_writeset_bytes up to 1 GiB");
+                }
             }
             _ => return bad("node_id and peers must be set together"),
         }

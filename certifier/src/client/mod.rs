@@ -308,8 +308,8 @@ impl CertifierClient {
                 ));
             }
             this.following(|c| {
-                let chunks = chunks.replay();
-                async move { c.certify_chunks(chunks).await }
+                let (chunks, read) = chunks.replay();
+                async move { read.failed(c.certify_chunks(chunks).await) }
             })
             .await
         };

@@ -63,13 +63,18 @@ impl Spill {
         Ok(())
     }
 
-    /// The chunks from the first, read as they are sent. A read that fails
-    /// ends the stream early, without its last chunk: the certifier then
-    /// refuses the call, and nothing is certified.
-    pub(crate) fn replay(&self) -> impl Stream<Item = Writeset> + Send + 'static {
+    /// The chunks from the first, read as they are sent, and where a read
+    /// that failed says so. Such a read ends the stream early, without its
+    /// last chunk, so the certifier refuses this attempt; the caller must
+    /// not take that refusal for the outcome (an earlier attempt may have
+    /// committed): see [`ReadBack::failed`].
+    pub(crate) fn replay(&self) -> (impl Stream<Item = Writeset> + Send + 'static, ReadBack) {
         let (file, len) = (self.file.clone(), self.len);
-        futures::stream::unfold(0u64, move |at| {
+        let failed = ReadBack::default();
+        let noted = failed.clone();
+        let stream = futures::stream::unfold(0u64, move |at| {
             let file = file.clone();
+            let noted = noted.clone();
             async move {
                 if at >= len {
                     return None;
@@ -85,19 +90,35 @@ impl Spill {
                         Ok((chunk, at + 4 + u64::from(n)))
                     })
                     .await;
-                match read {
-                    Ok(Ok((chunk, next))) => Some((chunk, next)),
-                    Ok(Err(e)) => {
-                        tracing::warn!("reading back the chunks kept to resend: {e}");
-                        None
-                    }
-                    Err(e) => {
-                        tracing::warn!("reading back the chunks kept to resend: {e}");
-                        None
-                    }
-                }
+                let e = match read {
+                    Ok(Ok((chunk, next))) => return Some((chunk, next)),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::warn!("reading back the chunks kept to resend: {e}");
+                *noted.0.lock() = Some(e);
+                None
             }
-        })
+        });
+        (stream, failed)
+    }
+}
+
+/// Whether reading a [`Spill`] back failed, and why.
+#[derive(Clone, Default)]
+pub(crate) struct ReadBack(Arc<parking_lot::Mutex<Option<String>>>);
+
+impl ReadBack {
+    /// The attempt's result `r` unless the read failed: then the outcome is
+    /// not known (this attempt was refused, an earlier one may have
+    /// committed).
+    pub(crate) fn failed<T>(&self, r: Result<T, CertifierError>) -> Result<T, CertifierError> {
+        match self.0.lock().take() {
+            Some(e) => Err(CertifierError::OutcomeUnknown(format!(
+                "reading back the chunks kept to resend failed: {e}"
+            ))),
+            None => r,
+        }
     }
 }
 
@@ -120,7 +141,15 @@ mod tests {
             spill.push(c).await.unwrap();
         }
         for _ in 0..2 {
-            assert_eq!(spill.replay().collect::<Vec<_>>().await, chunks);
+            let (stream, read) = spill.replay();
+            let got = read.failed(Ok(stream.collect::<Vec<_>>().await)).unwrap();
+            assert_eq!(got, chunks);
         }
+        // A read that fails: the attempt's answer is not the outcome.
+        spill.file.set_len(10).unwrap();
+        let (stream, read) = spill.replay();
+        assert!(stream.collect::<Vec<_>>().await.len() < chunks.len());
+        let r: Result<(), _> = read.failed(Err(CertifierError::InvalidArgument("refused".into())));
+        assert!(matches!(r, Err(CertifierError::OutcomeUnknown(_))), "{r:?}");
     }
 }

@@ -38,6 +38,12 @@ use crate::rule::{ConflictSet, PartNames};
 use crate::server::spool::Spool;
 use crate::{record, writeset};
 
+/// Largest chunk a node spools: the largest message between nodes. A raft
+/// node's spool takes records this large whatever its configuration
+/// (`server::node`), so that a committed chunk is never refused by one
+/// node's log and not by another's.
+pub const SPOOL_PART_MAX: usize = super::MAX_MESSAGE_BYTES;
+
 /// The assemblies of chunked writesets not complete yet, by tag.
 #[derive(Debug, Default)]
 pub struct Chunked {
@@ -236,11 +242,23 @@ impl Chunked {
                 d.before_item += a.items as u64;
             }
         }
+        // In execution order, as the spool and a snapshot's copy hold
+        // them: the conflict keys' order (which names the first conflict)
+        // is then the same on a node that restored the assembly.
+        chunk.ddl.sort_by_key(|d| d.before_item);
         a.cs.add(&chunk.items, &chunk.ddl, a.items, a.ddls);
         a.names.add(&chunk.items, &chunk.ddl, a.items);
         let base = a.items as u64;
         let mut parts = Vec::with_capacity(chunk.encoded_len());
         writeset::encode_parts(&chunk.items, &chunk.ddl, base, &mut parts);
+        if parts.len() > SPOOL_PART_MAX {
+            // Refused alike on every node, before the spool could refuse it
+            // as a failure of this node's log.
+            return Err(CertifierError::InvalidArgument(format!(
+                "a chunk of {} bytes: at most {SPOOL_PART_MAX} are spooled",
+                parts.len()
+            )));
+        }
         let first = (a.spool.first != 0).then_some(a.spool.first);
         let ticket = spool.append(tag, &parts, first)?;
         if a.spool.first == 0 {
@@ -340,7 +358,12 @@ impl Chunked {
             let header = Writeset::decode(s.header.clone()).map_err(|e| {
                 CertifierError::InvalidArgument(format!("snapshot: undecodable header: {e}"))
             })?;
-            self.add(spool, s.newest, s.tag, header, true)?;
+            if !self.add(spool, s.newest, s.tag, header, true)? {
+                return Err(CertifierError::InvalidArgument(format!(
+                    "snapshot: the chunks of {:#x} have no header",
+                    s.tag
+                )));
+            }
             for p in &s.parts {
                 let chunk = Writeset::decode(p.clone()).map_err(|e| {
                     CertifierError::InvalidArgument(format!("snapshot: undecodable chunk: {e}"))
@@ -357,10 +380,12 @@ impl Chunked {
 }
 
 /// `chunk` (a writeset, or one chunk of a Certify stream: `before_item`
-/// counted from its first item) cut into pieces of about `max` bytes at
-/// most, encoded for `Command::Chunk`: the header fields (if any) on the
-/// first, each statement in the piece of the item it comes before (the
-/// last piece: after the last item), counted from that piece's first item.
+/// counted from its first item) cut into pieces of at most `max` encoded
+/// bytes (a single larger item or statement gets a piece of its own),
+/// encoded for `Command::Chunk`: the header fields (if any) on the first,
+/// items and statements in execution order, each statement in the piece
+/// where it runs, its `before_item` counted from the items before that
+/// piece.
 pub fn pieces(chunk: Writeset, max: usize) -> Vec<Bytes> {
     let Writeset {
         format_version,
@@ -368,39 +393,36 @@ pub fn pieces(chunk: Writeset, max: usize) -> Vec<Bytes> {
         origin,
         snapshot,
         items,
-        ddl,
+        mut ddl,
         ..
     } = chunk;
-    // (first item, items) of each piece.
-    let mut runs: Vec<(usize, Vec<crate::Item>)> = vec![(0, Vec::new())];
-    let mut len = 0;
-    for (i, item) in items.into_iter().enumerate() {
-        // Field tag + length prefix of an embedded message: at most 1 + 10.
-        let n = item.encoded_len() + 11;
-        let run = runs.last_mut().expect("one run at least");
-        if len + n > max && !run.1.is_empty() {
-            runs.push((i, Vec::new()));
-            len = 0;
+    ddl.sort_by_key(|d| d.before_item);
+    let mut ddl = ddl.into_iter().peekable();
+    let mut cut = Cutter {
+        out: vec![(0, Writeset::default())],
+        len: 0,
+        max,
+    };
+    let mut seen = 0u64;
+    for item in items {
+        while let Some(mut d) = ddl.next_if(|d| d.before_item <= seen) {
+            let (start, p) = cut.piece(d.encoded_len(), seen);
+            d.before_item = d.before_item.saturating_sub(*start);
+            p.ddl.push(d);
         }
-        len += n;
-        runs.last_mut().expect("just pushed").1.push(item);
+        let (_, p) = cut.piece(item.encoded_len(), seen);
+        p.items.push(item);
+        seen += 1;
     }
-    let starts: Vec<u64> = runs.iter().map(|(first, _)| *first as u64).collect();
-    let mut ddls: Vec<Vec<crate::Ddl>> = vec![Vec::new(); runs.len()];
     for mut d in ddl {
-        let at = starts.partition_point(|s| *s <= d.before_item) - 1;
-        d.before_item -= starts[at];
-        ddls[at].push(d);
+        let (start, p) = cut.piece(d.encoded_len(), seen);
+        d.before_item = d.before_item.saturating_sub(*start);
+        p.ddl.push(d);
     }
-    runs.into_iter()
-        .zip(ddls)
+    let out = cut.out;
+    out.into_iter()
         .enumerate()
-        .map(|(i, ((_, items), ddl))| {
-            let mut piece = Writeset {
-                items,
-                ddl,
-                ..Writeset::default()
-            };
+        .map(|(i, (_, mut piece))| {
             if i == 0 {
                 piece.format_version = format_version;
                 piece.txn_id = txn_id.clone();
@@ -412,6 +434,30 @@ pub fn pieces(chunk: Writeset, max: usize) -> Vec<Bytes> {
             Bytes::from(buf)
         })
         .collect()
+}
+
+/// The pieces [`pieces`] cuts, each with the number of items before it.
+struct Cutter {
+    out: Vec<(u64, Writeset)>,
+    /// Encoded bytes of the last piece.
+    len: usize,
+    max: usize,
+}
+
+impl Cutter {
+    /// The piece an element of `n` bytes goes in, `seen` items in: a new
+    /// one when the last would grow past `max`.
+    fn piece(&mut self, n: usize, seen: u64) -> &mut (u64, Writeset) {
+        // Field tag + length prefix of an embedded message: at most 1 + 10.
+        let n = n + 11;
+        let cur = &self.out.last().expect("one piece at least").1;
+        if self.len + n > self.max && !(cur.items.is_empty() && cur.ddl.is_empty()) {
+            self.out.push((seen, Writeset::default()));
+            self.len = 0;
+        }
+        self.len += n;
+        self.out.last_mut().expect("one piece at least")
+    }
 }
 
 fn lost(tag: u64) -> String {
@@ -457,6 +503,12 @@ mod tests {
             let pieces = pieces(ws.clone(), max);
             if max < 300 {
                 assert!(pieces.len() > 3, "{max}: {} pieces", pieces.len());
+            }
+            if max >= 150 {
+                // Statements count too: no piece grows past `max`.
+                for p in &pieces[1..] {
+                    assert!(p.len() <= max, "{max}: a piece of {}", p.len());
+                }
             }
             // As a node spools them: each piece's statements counted from
             // the items before it.

@@ -33,9 +33,10 @@
 //!   is safe), so a commit costs no extra fsync.
 //! - **Entries.** A normal entry is a [`Command`]: `Certify` carries exactly
 //!   today's certifier WAL record (`record.rs`, version field 0),
-//!   `CertifyBatch` several of them (certified in order), `Part` a piece
-//!   of one too large for an entry ([`parts`]), `Report` a replica's
-//!   progress. Blank entries (a new leader's first) and
+//!   `CertifyBatch` several of them (certified in order), `Chunk` a
+//!   piece of a writeset too large for an entry ([`chunks`]; `Part`, a
+//!   raw piece of a record, only from earlier builds, [`parts`]),
+//!   `Report` a replica's progress. Blank entries (a new leader's first) and
 //!   membership entries take indexes but no version.
 //! - **Index ↔ version.** Versions are *not* indexes: a version is assigned
 //!   when a committed `Certify` entry is applied and certifies as a commit
@@ -128,14 +129,27 @@
 //!   follow one another. Only versions no reachable peer holds are
 //!   skipped (then "purged: rebuild from a checkpoint" for them there).
 //!   The peers are the node's `peers` (a node added later is not asked).
-//! - Chunked Certify calls are assembled in memory on a node (nothing is
-//!   spooled), up to `max_writeset_bytes`. A record over 1 MiB is then
-//!   proposed in pieces, an entry each ([`parts`]), which every node keeps
-//!   in memory until the last piece; the proposer batches up to 256
-//!   records or 1 MiB per entry. So entries stay small (openraft 0.9 gives
-//!   an AppendEntries 150 ms), but memory is not bounded by the entry
-//!   size: the assembled record, its decoded writeset and the window's
-//!   copy of it are whole.
+//! - A Certify call of several chunks goes to the group chunk by chunk as
+//!   it streams in (`server::chunked`), and a whole writeset over 1 MiB
+//!   is cut into chunks by the proposer; each is an entry of about 1 MiB
+//!   at most (openraft 0.9 gives an AppendEntries 150 ms). Every node
+//!   spools a chunk's items and statements as it applies it and keeps
+//!   only its conflict keys and the writeset without rows ([`chunks`]);
+//!   the last chunk certifies, and a commit's versions-log record points
+//!   into the spool. So no node holds the rows of a large transaction,
+//!   but its keys (the conflict window's share, as on the single
+//!   certifier). A snapshot taken while a writeset's chunks arrive carries
+//!   them whole (openraft 0.9's snapshots are in memory), and a version a
+//!   node copies from a peer to fill a snapshot's gap ([`gap`]) is held
+//!   whole while it is copied. Chunks arrive at the client's pace, so a
+//!   stream slower than `parts::PENDING_MAX_AGE` entries between two of
+//!   its chunks is dropped (and retried), and a raft node refuses a
+//!   `max_writeset_bytes` over `parts::PENDING_MAX_BYTES` (1 GiB). Nodes
+//!   of builds before chunks cannot read `Chunk` entries: upgrade every
+//!   node before the first writeset over 1 MiB. A node's start reads its
+//!   whole versions log for the spooled versions it references (as the
+//!   single certifier's start reads its WAL). The proposer batches up to
+//!   256 records or 1 MiB per entry.
 //! - TLS between nodes trusts one file (`peer_tls_ca`, by default the
 //!   node's own certificate), checks the peer's certificate for the host
 //!   of its address, and is mutual: raft messages need a client
@@ -143,7 +157,6 @@
 //!   not (tools have no certificate).
 //! - The snapshot keeps the window's writesets in memory (a second copy of
 //!   what the log holds); it could read them from the log instead.
-//! - Spooled (very large) writesets are rejected by apply.
 //! - The transport (`network.rs`, `service.rs`, `proto/raft.proto`) sends
 //!   openraft's messages as JSON but log entries in their binary log
 //!   encoding; AppendEntries go on one gRPC stream per target, kept open
@@ -196,14 +209,17 @@
 //! leader, a follower names the leader, every node serves Subscribe and
 //! Status, and after the leader stops a new one answers retries with
 //! their original versions and the old one catches up from its disk; a
-//! 4 MiB writeset goes through in parts and every node serves it byte for
-//! byte; nodes wiped one after the other rejoin from snapshots and copy
-//! the versions they skip ([`gap`]), plaintext and over TLS.
+//! 4 MiB writeset goes through in chunks and every node serves it byte
+//! for byte, also when its client's stream goes again to the next leader;
+//! nodes wiped one after the other rejoin from snapshots and copy the
+//! versions they skip ([`gap`]), plaintext and over TLS.
 //! `certifier/tests/raft_random.rs`: seeded clients and faults (stops, a
-//! wipe, checkpoints while a node is down); every node holds every
-//! version above the checkpoint, exactly as answered. Records in parts across a snapshot and a restart, and a large
-//! version kept by its keys, are in `raft_storage.rs`; raft messages
-//! without a peer certificate refused, in `certifier/tests/tls.rs`.
+//! wipe, checkpoints while a node is down), large writesets whole or in
+//! streams of chunks; every node holds every version above the
+//! checkpoint, exactly as answered. Writesets in chunks and records in
+//! parts across a snapshot and a restart, and a large version kept by its
+//! keys, are in `raft_storage.rs`; raft messages without a peer
+//! certificate refused, in `certifier/tests/tls.rs`.
 
 pub mod chunks;
 pub mod entry;

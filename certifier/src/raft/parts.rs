@@ -1,4 +1,7 @@
-//! A certification too large for one raft entry, replicated in parts.
+//! A certification too large for one raft entry, replicated in parts: what
+//! earlier builds proposed, still applied from their logs and snapshots.
+//! Leaders now propose such a writeset in chunks, spooled on every node
+//! (`chunks.rs`), which share this module's rules for abandoned ones.
 //!
 //! openraft 0.9 gives an AppendEntries the heartbeat interval (150 ms) to
 //! be answered, and heartbeats to a follower queue behind the entries sent

@@ -79,8 +79,10 @@ pub fn encode(s: &SnapshotState) -> Result<Vec<u8>, CertifierError> {
     let mut out = Vec::new();
     out.put_slice(MAGIC);
     // The oldest format that holds what is pending, so that nodes of
-    // earlier releases still read it (a cluster upgrades one node at a
-    // time).
+    // earlier releases still read it while nothing is in chunks (a
+    // cluster upgrades one node at a time; its first writeset over 1 MiB
+    // must wait until every node runs a build that reads `Chunk`
+    // entries).
     let format = if !s.chunked.is_empty() {
         FORMAT_VERSION
     } else if !s.pending.is_empty() {

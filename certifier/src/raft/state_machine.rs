@@ -13,7 +13,9 @@
 //! (`<dir>/snapshot`, written atomically) plus the log after it. A snapshot
 //! is the certifier's image (`CertifierImage`) plus the writesets of the
 //! versions in its conflict window (`snapshot.rs`), which this state machine
-//! keeps for that purpose.
+//! keeps for that purpose, and the writesets arriving in parts or chunks
+//! (`parts.rs`, `chunks.rs`; a chunked one's chunks read back from the
+//! spool, blocking, while the snapshot is taken).
 
 use std::collections::BTreeMap;
 use std::io::Cursor;

@@ -176,7 +176,12 @@ pub(super) async fn open(
             let wal = Wal::open(&config.wal_dir, versions_opts)?;
             // The rows of chunked writesets (`raft::chunks`), which the
             // versions log's spooled records reference.
-            let spool = Arc::new(Spool::open(&config.wal_dir, config.spool_options())?);
+            let spool_opts = WalOptions {
+                max_record_size: (crate::raft::chunks::SPOOL_PART_MAX as u64 + 8)
+                    .max(config.spool_options().max_record_size),
+                ..config.spool_options()
+            };
+            let spool = Arc::new(Spool::open(&config.wal_dir, spool_opts)?);
             spool.retain_spooled(&wal, wal.last_lsn() + 1)?;
             let readable = Arc::new(tokio::sync::watch::channel(wal.durable_lsn()).0);
             let versions = Arc::new(

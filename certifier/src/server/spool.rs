@@ -19,10 +19,16 @@
 //! those chunks, concatenated, is the writeset's encoding, which is what
 //! Subscribe streams.
 //!
+//! On a raft node the state machine writes the spool instead, as it
+//! applies each chunk of a writeset the group replicates in chunks
+//! (`raft::chunks`; `tag` is the chunks' tag), and the versions log holds
+//! the spooled records.
+//!
 //! Spool records of calls that were aborted, refused or never finished are
 //! never referenced; the spool is purged below the oldest record that a
 //! retained version or a call in progress still needs (in memory; rebuilt
-//! from the WAL at start).
+//! at start from the WAL, or the versions log, whose every record is read
+//! for it, and on a raft node from the assemblies its snapshot holds).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
