@@ -690,6 +690,65 @@ async fn a_streamed_writeset_goes_again_to_the_next_leader() {
     nodes.stop_all().await;
 }
 
+/// A leader proposes the chunks of as many Certify streams at once as
+/// fit, each at `max_writeset_bytes`, in the 1 GiB of chunks a node keeps
+/// in progress: with 1 GiB allowed, one. A second stream waits for the
+/// first (more would have the nodes drop the oldest before its last
+/// chunk), then commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_streams_only_as_many_writesets_as_the_nodes_keep() {
+    let mut nodes = Nodes::start(3).await;
+    nodes.leader().await;
+    nodes.max_writeset_bytes = Some(1 << 30);
+    for id in 1..=3 {
+        nodes.stop(id).await;
+        nodes.restart(id).await;
+    }
+    // One address: the client streams chunks as they come (given every
+    // node it would keep them until the last).
+    let leader = nodes.leader().await;
+    let client = nodes.client(leader).await;
+    let before = client.status().await.unwrap().last_log_index;
+    let writeset = |id: &str, key: &str| {
+        let mut w = ws(id, "unused");
+        w.items = (0..4)
+            .map(|i| Item {
+                row: vec![b'r'; 100].into(),
+                ..item("t", Op::Insert, format!("{key}{i}").into_bytes())
+            })
+            .collect();
+        w
+    };
+    let mut a = tashkent_certifier::writeset::split(writeset("a", "ka"), 200);
+    assert!(a.len() > 2, "{} chunks", a.len());
+    let a_last = a.pop().unwrap();
+    let (a_tx, a_call) = client.certify_stream();
+    let a_call = tokio::spawn(a_call);
+    for c in a {
+        a_tx.send(c).await.unwrap();
+    }
+    // a's first chunk is in the log: its stream has the leader's turn.
+    nodes
+        .status_when(leader, "a's first chunk was not proposed", |s| {
+            s.last_log_index > before
+        })
+        .await;
+    let b = writeset("b", "kb");
+    let b_call = tokio::spawn({
+        let client = client.clone();
+        async move { client.certify_chunked(b, 200).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if b_call.is_finished() {
+        panic!("b went while a's stream was open: {:?}", b_call.await);
+    }
+    a_tx.finish(a_last).await.unwrap();
+    assert_eq!(version(a_call.await.unwrap().unwrap()), 1);
+    let b = tokio::time::timeout(WAIT, b_call).await.unwrap().unwrap();
+    assert_eq!(version(b.unwrap()), 2);
+    nodes.stop_all().await;
+}
+
 /// A node copying the versions a snapshot skips goes on from another
 /// peer when the one it copies from goes away mid-way, after the copy has
 /// run longer than `GAP_PATIENCE` (10 s) and while the other peer cannot

@@ -32,6 +32,9 @@ impl CertifierService {
             CertifierError::Protocol("certifying in chunks through raft needs a raft node".into())
         })?;
         writeset::validate_header(&first)?;
+        let _stream_permit = node.streams.clone().acquire_owned().await.map_err(|_| {
+            CertifierError::Protocol("the node's stream permits were closed".into())
+        })?;
         let turn = Turn::from(&first);
         let max = inner.limits.max_writeset_bytes;
         let tag: u64 = rand::random();

@@ -255,7 +255,8 @@ pub(super) async fn open(
         Contact::watch(raft.clone(), lease),
         raft_wal.clone(),
         versions,
-    );
+    )
+    .streaming(config.max_writeset_bytes);
     let parts = Parts {
         state,
         tail,

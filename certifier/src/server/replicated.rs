@@ -45,6 +45,9 @@ pub(crate) struct Node {
     /// This node's versions log, which says how far the raft log may be
     /// purged.
     versions: Arc<VersionsLog>,
+    /// Certify streams whose chunks this node proposes at once
+    /// ([`Node::streaming`]).
+    pub(crate) streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Node {
@@ -66,7 +69,20 @@ impl Node {
             contact,
             raft_wal,
             versions,
+            streams: Arc::new(tokio::sync::Semaphore::new(1)),
         }
+    }
+
+    /// Lets as many Certify streams propose chunks at once as fit, each at
+    /// its largest (`max_writeset_bytes`), in the bytes of chunks a node
+    /// keeps in progress (`parts::PENDING_MAX_BYTES`): more would make the
+    /// nodes drop the oldest assembly before its last chunk, and its retry
+    /// would drop another. Later streams wait (HTTP/2 holds their
+    /// clients back).
+    pub(crate) fn streaming(mut self, max_writeset_bytes: u64) -> Node {
+        let fit = crate::raft::parts::PENDING_MAX_BYTES as u64 / max_writeset_bytes.max(1);
+        self.streams = Arc::new(tokio::sync::Semaphore::new(fit.clamp(1, 64) as usize));
+        self
     }
 
     /// Nobody needs the versions below `point` any more (`purge`): the

@@ -44,6 +44,9 @@ pub struct Nodes {
     pub tls: Option<(PathBuf, PathBuf, TempDir)>,
     /// `peer_routes` of a node, when it has them (`1=host:port,...`).
     pub routes: BTreeMap<u64, String>,
+    /// `max_writeset_bytes` of every node restarted from now on (`None`:
+    /// the default).
+    pub max_writeset_bytes: Option<u64>,
 }
 
 impl Nodes {
@@ -103,6 +106,7 @@ impl Nodes {
             segment_bytes,
             tls,
             routes: BTreeMap::new(),
+            max_writeset_bytes: None,
         };
         for id in 1..=n {
             nodes.dirs.insert(id, tempfile::tempdir().unwrap());
@@ -123,6 +127,9 @@ impl Nodes {
             tls_cert: self.tls.as_ref().map(|(cert, _, _)| cert.clone()),
             tls_key: self.tls.as_ref().map(|(_, key, _)| key.clone()),
             peer_routes: self.routes.get(&id).cloned(),
+            max_writeset_bytes: self
+                .max_writeset_bytes
+                .unwrap_or(CertifierConfig::default().max_writeset_bytes),
             ..CertifierConfig::default()
         };
         let r = tashkent_certifier::start(cfg).await.unwrap();
