@@ -627,9 +627,9 @@ async fn a_writeset_larger_than_an_entry_goes_through_raft_in_parts() {
 
 /// A Certify stream from a client given every node (as a proxy's is)
 /// whose leader goes away before the last chunk goes again, from the
-/// chunks the client kept on disk, to the next leader, which replicates it
-/// chunk by chunk: committed once, served byte for byte by the nodes that
-/// run.
+/// chunks the client keeps on disk as they come, to the next leader,
+/// which replicates it chunk by chunk: committed once, served byte for
+/// byte by the nodes that run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_writeset_goes_again_to_the_next_leader() {
     let mut nodes = Nodes::start(3).await;
@@ -658,7 +658,11 @@ async fn a_streamed_writeset_goes_again_to_the_next_leader() {
     for c in chunks {
         tx.send(c).await.unwrap();
     }
-    nodes.stop(leader).await;
+    // The leader gets the chunks as they come; stopping, it ends the
+    // stream unanswered (nothing of it certified).
+    tokio::time::timeout(WAIT, nodes.stop(leader))
+        .await
+        .expect("the stop waited for the stream");
     tx.finish(last).await.unwrap();
     let got = tokio::time::timeout(WAIT, call)
         .await

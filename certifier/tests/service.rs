@@ -581,3 +581,31 @@ async fn an_origin_gets_its_own_writesets_as_headers_only_and_others_whole() {
         .await;
     assert!(whole.iter().all(|f| !f.elided));
 }
+
+/// A Certify stream waiting for its next chunk does not hold a shutdown
+/// up: it is answered UNAVAILABLE (nothing of it was certified; retry),
+/// and the certifier stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_ends_a_certify_stream_that_waits_for_chunks() {
+    let dir = TempDir::new().unwrap();
+    let (server, client) = start(config(&dir)).await;
+    let (tx, call) = client.certify_stream();
+    let call = tokio::spawn(call);
+    tx.send(ws("waits", 0, &["k1".to_owned()])).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+        .await
+        .expect("the shutdown waited for the stream")
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .unwrap()
+        .unwrap();
+    match answer {
+        Err(tashkent_certifier::CertifierError::Rpc(s)) => {
+            assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+            assert!(s.message().contains("shutting down"), "{s:?}");
+        }
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+    drop(tx);
+}

@@ -290,28 +290,44 @@ impl CertifierClient {
                 let resp = grpc.certify(chunks).await?.into_inner();
                 return Outcome::try_from(resp);
             }
-            // Several nodes: the chunks are kept (on disk, `spill`), so
-            // that the call can be repeated on another node (the leader
-            // may change under it).
-            let mut chunks = spill::Spill::new()?;
-            let mut ended = false;
-            while let Some(c) = rx.recv().await {
-                chunks.push(&c).await?;
-                if c.last_chunk {
-                    ended = true;
-                    break;
+            // Several nodes: the chunks are kept (on disk, `spill`) as they
+            // come, so that the call can be repeated on another node (the
+            // leader may change under it); each attempt reads them back
+            // as they are written.
+            let chunks = Arc::new(spill::Spill::new()?);
+            let writer = tokio::spawn({
+                let chunks = chunks.clone();
+                async move {
+                    let written = async {
+                        while let Some(c) = rx.recv().await {
+                            chunks.push(&c).await?;
+                            if c.last_chunk {
+                                return Ok(true);
+                            }
+                        }
+                        Ok::<_, CertifierError>(false)
+                    }
+                    .await;
+                    chunks.close();
+                    written
                 }
-            }
-            if !ended {
-                return Err(CertifierError::InvalidArgument(
+            });
+            let answer = this
+                .following(|c| {
+                    let (chunks, read) = chunks.replay();
+                    async move { read.failed(c.certify_chunks(chunks).await) }
+                })
+                .await;
+            // Without its last chunk no attempt was certified: the writer
+            // says why.
+            match writer.await {
+                Ok(Ok(true)) => answer,
+                Ok(Ok(false)) => Err(CertifierError::InvalidArgument(
                     "Certify stream ended without a chunk marked last_chunk: not certified".into(),
-                ));
+                )),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(CertifierError::Io(std::io::Error::other(e))),
             }
-            this.following(|c| {
-                let (chunks, read) = chunks.replay();
-                async move { read.failed(c.certify_chunks(chunks).await) }
-            })
-            .await
         };
         (ChunkSender { tx }, call)
     }

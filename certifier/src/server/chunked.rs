@@ -44,12 +44,7 @@ impl CertifierService {
         let outcome = loop {
             let mut chunk = match next.take() {
                 Some(c) => c,
-                None => rest.message().await?.ok_or_else(|| {
-                    CertifierError::InvalidArgument(
-                        "Certify stream ended without a chunk marked last_chunk: not certified"
-                            .into(),
-                    )
-                })?,
+                None => self.next_chunk(rest).await?,
             };
             writeset::check_later_chunk(&first, &chunk)?;
             bytes = bytes.saturating_add(chunk.encoded_len() as u64);

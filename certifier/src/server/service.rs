@@ -372,6 +372,31 @@ impl CertifierService {
         decided.map(|(o, _)| o)
     }
 
+    /// The next chunk of a Certify stream, unless the server stops first:
+    /// a stream whose client is slow must not hold a shutdown up, and
+    /// nothing of it is certified before its last chunk, so the client is
+    /// told to retry (elsewhere, when it knows other nodes).
+    pub(crate) async fn next_chunk(
+        &self,
+        chunks: &mut Streaming<Writeset>,
+    ) -> Result<Writeset, CertifierError> {
+        let mut stop = self.inner.stop_signal.subscribe();
+        let next = tokio::select! {
+            next = chunks.message() => next?,
+            _ = stop.wait_for(|stopped| *stopped) => {
+                return Err(CertifierError::Rpc(tonic::Status::unavailable(
+                    "the certifier is shutting down: nothing of this Certify stream was \
+                     certified; retry",
+                )));
+            }
+        };
+        next.ok_or_else(|| {
+            CertifierError::InvalidArgument(
+                "Certify stream ended without a chunk marked last_chunk: not certified".into(),
+            )
+        })
+    }
+
     /// Spools the chunks of one Certify call; returns their conflict keys,
     /// names, and where they are once durable.
     async fn spool_chunks(
@@ -397,17 +422,10 @@ impl CertifierService {
         let mut unwritten: std::collections::VecDeque<tashkent_wal::AppendTicket> =
             Default::default();
         let ticket = loop {
-            let mut chunk =
-                match next.take() {
-                    Some(c) => c,
-                    None => match rest.message().await? {
-                        Some(c) => c,
-                        None => return Err(CertifierError::InvalidArgument(
-                            "Certify stream ended without a chunk marked last_chunk: not certified"
-                                .into(),
-                        )),
-                    },
-                };
+            let mut chunk = match next.take() {
+                Some(c) => c,
+                None => self.next_chunk(rest).await?,
+            };
             writeset::check_later_chunk(&first, &chunk)?;
             bytes = bytes.saturating_add(chunk.encoded_len() as u64);
             if bytes > max {
