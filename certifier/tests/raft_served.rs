@@ -562,47 +562,26 @@ async fn a_node_wiped_during_an_election_before_any_commit_holds_its_vote() {
     nodes.stop_all().await;
 }
 
-/// A writeset whose record is larger than one raft entry may be
-/// (`raft::parts`, 1 MiB) is proposed in pieces and certified at the
-/// last: every node serves it byte for byte, a retry of its txn id gets
-/// its version, and versions stay dense around it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writeset_larger_than_an_entry_goes_through_raft_in_parts() {
-    let mut nodes = Nodes::start(3).await;
-    let leader = nodes.leader().await;
-    let client = nodes.client_of_all().await;
-    assert_eq!(
-        version(client.certify(ws("before", "k0")).await.unwrap()),
-        1
-    );
+/// Writeset "big" of `rows` rows of `row_bytes` each, keys `{key}0`,
+/// `{key}1`, ..., every byte value, different per row.
+fn big_writeset(rows: u32, row_bytes: u32, key: &str) -> Writeset {
     let mut big = ws("big", "unused");
-    big.items = (0..40u32)
+    big.items = (0..rows)
         .map(|i| Item {
-            // 100 KiB each, every byte value, different per row.
-            row: (0..100 << 10)
+            row: (0..row_bytes)
                 .map(|j: u32| (j.wrapping_mul(31).wrapping_add(i)) as u8)
                 .collect::<Vec<u8>>()
                 .into(),
-            ..item("t", Op::Update, format!("big{i}").into_bytes())
+            ..item("t", Op::Update, format!("{key}{i}").into_bytes())
         })
         .collect();
-    let want = big.items.clone();
-    assert_eq!(
-        version(
-            client
-                .certify_chunked(big.clone(), 256 << 10)
-                .await
-                .unwrap()
-        ),
-        2
-    );
-    assert_eq!(
-        version(client.certify_chunked(big, 256 << 10).await.unwrap()),
-        2,
-        "a retry"
-    );
-    assert_eq!(version(client.certify(ws("after", "k1")).await.unwrap()), 3);
-    for id in nodes.addrs.keys() {
+    big
+}
+
+/// Every running node serves versions 1 to 3, version 2 with exactly the
+/// rows `want`.
+async fn every_node_serves_three(nodes: &Nodes, want: &[Item]) {
+    for id in nodes.running.keys() {
         let got: Vec<_> = nodes
             .client(*id)
             .await
@@ -621,6 +600,39 @@ async fn a_writeset_larger_than_an_entry_goes_through_raft_in_parts() {
         assert_eq!(got[1].writeset.txn_id, Bytes::from_static(b"big"));
         assert!(got[1].writeset.items == want, "node {id}: rows differ");
     }
+}
+
+/// A writeset whose record is larger than one raft entry may be
+/// (`raft::parts`, 1 MiB) is proposed in pieces and certified at the
+/// last: every node serves it byte for byte, a retry of its txn id gets
+/// its version, and versions stay dense around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writeset_larger_than_an_entry_goes_through_raft_in_parts() {
+    let mut nodes = Nodes::start(3).await;
+    let leader = nodes.leader().await;
+    let client = nodes.client_of_all().await;
+    assert_eq!(
+        version(client.certify(ws("before", "k0")).await.unwrap()),
+        1
+    );
+    let big = big_writeset(40, 100 << 10, "big");
+    let want = big.items.clone();
+    assert_eq!(
+        version(
+            client
+                .certify_chunked(big.clone(), 256 << 10)
+                .await
+                .unwrap()
+        ),
+        2
+    );
+    assert_eq!(
+        version(client.certify_chunked(big, 256 << 10).await.unwrap()),
+        2,
+        "a retry"
+    );
+    assert_eq!(version(client.certify(ws("after", "k1")).await.unwrap()), 3);
+    every_node_serves_three(&nodes, &want).await;
     assert_eq!(nodes.leader().await, leader, "no election on the way");
     nodes.stop_all().await;
 }
@@ -639,16 +651,7 @@ async fn a_streamed_writeset_goes_again_to_the_next_leader() {
         version(client.certify(ws("before", "k0")).await.unwrap()),
         1
     );
-    let mut big = ws("big", "unused");
-    big.items = (0..24u32)
-        .map(|i| Item {
-            row: (0..128 << 10)
-                .map(|j: u32| (j.wrapping_mul(17).wrapping_add(i)) as u8)
-                .collect::<Vec<u8>>()
-                .into(),
-            ..item("t", Op::Insert, format!("s{i}").into_bytes())
-        })
-        .collect();
+    let big = big_writeset(24, 128 << 10, "s");
     let want = big.items.clone();
     let mut chunks = tashkent_certifier::writeset::split(big, 400 << 10);
     assert!(chunks.len() > 4, "{} chunks", chunks.len());
@@ -673,24 +676,7 @@ async fn a_streamed_writeset_goes_again_to_the_next_leader() {
     let next = nodes.leader().await;
     assert_ne!(next, leader);
     assert_eq!(version(client.certify(ws("after", "k1")).await.unwrap()), 3);
-    for id in nodes.running.keys() {
-        let got: Vec<_> = nodes
-            .client(*id)
-            .await
-            .subscribe(1)
-            .await
-            .unwrap()
-            .take(3)
-            .map(|r| r.unwrap())
-            .collect()
-            .await;
-        assert_eq!(
-            got.iter().map(|w| w.version).collect::<Vec<_>>(),
-            [1, 2, 3],
-            "node {id}"
-        );
-        assert!(got[1].writeset.items == want, "node {id}: rows differ");
-    }
+    every_node_serves_three(&nodes, &want).await;
     nodes.stop_all().await;
 }
 

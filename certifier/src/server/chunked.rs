@@ -4,7 +4,6 @@
 //! this node nor any other holds the writeset's rows in memory: each node
 //! spools them as it applies the chunks.
 
-use prost::Message;
 use tonic::Streaming;
 
 use super::service::CertifierService;
@@ -36,22 +35,14 @@ impl CertifierService {
             CertifierError::Protocol("the node's stream permits were closed".into())
         })?;
         let turn = Turn::from(&first);
-        let max = inner.limits.max_writeset_bytes;
         let tag: u64 = rand::random();
         let (mut bytes, mut any) = (0u64, false);
         let mut next = Some(first.clone());
         let mut later = false;
         let outcome = loop {
-            let mut chunk = match next.take() {
-                Some(c) => c,
-                None => self.next_chunk(rest).await?,
-            };
-            writeset::check_later_chunk(&first, &chunk)?;
-            bytes = bytes.saturating_add(chunk.encoded_len() as u64);
-            if bytes > max {
-                return Err(CertifierError::WritesetTooLarge { max });
-            }
-            writeset::validate_part(&chunk)?;
+            let mut chunk = self
+                .next_checked_chunk(&first, &mut next, rest, &mut bytes)
+                .await?;
             any |= !chunk.items.is_empty() || !chunk.ddl.is_empty();
             let last = chunk.last_chunk;
             if last && !any {

@@ -397,6 +397,31 @@ impl CertifierService {
         })
     }
 
+    /// The next chunk of a Certify stream whose first chunk is `first`
+    /// (`pending`: the first itself until it is taken), checked: its header
+    /// agrees with the first's, its items and statements are valid, and the
+    /// stream (`bytes` so far) stays within `max_writeset_bytes`.
+    pub(crate) async fn next_checked_chunk(
+        &self,
+        first: &Writeset,
+        pending: &mut Option<Writeset>,
+        rest: &mut Streaming<Writeset>,
+        bytes: &mut u64,
+    ) -> Result<Writeset, CertifierError> {
+        let chunk = match pending.take() {
+            Some(c) => c,
+            None => self.next_chunk(rest).await?,
+        };
+        writeset::check_later_chunk(first, &chunk)?;
+        *bytes = bytes.saturating_add(chunk.encoded_len() as u64);
+        let max = self.inner.limits.max_writeset_bytes;
+        if *bytes > max {
+            return Err(CertifierError::WritesetTooLarge { max });
+        }
+        writeset::validate_part(&chunk)?;
+        Ok(chunk)
+    }
+
     /// Spools the chunks of one Certify call; returns their conflict keys,
     /// names, and where they are once durable.
     async fn spool_chunks(
@@ -406,7 +431,6 @@ impl CertifierService {
         tag: u64,
     ) -> Result<(ConflictSet, PartNames, crate::proto::SpoolRef), CertifierError> {
         let inner = &*self.inner;
-        let max = inner.limits.max_writeset_bytes;
         let mut cs = ConflictSet::default();
         let mut names = PartNames::default();
         let mut spool = crate::proto::SpoolRef {
@@ -422,16 +446,9 @@ impl CertifierService {
         let mut unwritten: std::collections::VecDeque<tashkent_wal::AppendTicket> =
             Default::default();
         let ticket = loop {
-            let mut chunk = match next.take() {
-                Some(c) => c,
-                None => self.next_chunk(rest).await?,
-            };
-            writeset::check_later_chunk(&first, &chunk)?;
-            bytes = bytes.saturating_add(chunk.encoded_len() as u64);
-            if bytes > max {
-                return Err(CertifierError::WritesetTooLarge { max });
-            }
-            writeset::validate_part(&chunk)?;
+            let mut chunk = self
+                .next_checked_chunk(&first, &mut next, rest, &mut bytes)
+                .await?;
             for d in &mut chunk.ddl {
                 d.before_item += items as u64;
             }
