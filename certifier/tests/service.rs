@@ -592,6 +592,9 @@ async fn a_shutdown_ends_a_certify_stream_that_waits_for_chunks() {
     let (tx, call) = client.certify_stream();
     let call = tokio::spawn(call);
     tx.send(ws("waits", 0, &["k1".to_owned()])).await.unwrap();
+    // Time for the stream to reach the server, which spools the chunk and
+    // waits for the next.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     tokio::time::timeout(Duration::from_secs(10), server.shutdown())
         .await
         .expect("the shutdown waited for the stream")
@@ -601,10 +604,12 @@ async fn a_shutdown_ends_a_certify_stream_that_waits_for_chunks() {
         .unwrap()
         .unwrap();
     match answer {
-        Err(tashkent_certifier::CertifierError::Rpc(s)) => {
-            assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+        Err(tashkent_certifier::CertifierError::Rpc(s)) if s.code() == tonic::Code::Unavailable => {
             assert!(s.message().contains("shutting down"), "{s:?}");
         }
+        // On a loaded machine the server may stop before the stream
+        // reaches it: the connection's GOAWAY ends the call instead.
+        Err(e) if format!("{e:?}").contains("GoAway") => {}
         other => panic!("expected UNAVAILABLE, got {other:?}"),
     }
     drop(tx);
