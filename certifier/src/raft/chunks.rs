@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 
-use super::parts::{PENDING_MAX_AGE, PENDING_MAX_BYTES};
+use super::parts::{self, PENDING_MAX_AGE, PENDING_MAX_BYTES};
 use crate::error::CertifierError;
 use crate::proto::{SpoolRef, Writeset};
 use crate::rule::{ConflictSet, PartNames};
@@ -282,13 +282,7 @@ impl Chunked {
     /// Drops the assemblies whose newest chunk is more than
     /// [`PENDING_MAX_AGE`] entries before `index`.
     pub fn expire(&mut self, spool: &Spool, index: u64) {
-        let old: Vec<u64> = self
-            .assemblies
-            .iter()
-            .filter(|(_, a)| index.saturating_sub(a.newest) > PENDING_MAX_AGE)
-            .map(|(t, _)| *t)
-            .collect();
-        for tag in old {
+        for tag in parts::expired(self.assemblies.iter().map(|(t, a)| (*t, a.newest)), index) {
             self.drop_assembly(spool, tag, "no new chunk for too long");
         }
     }
@@ -296,12 +290,8 @@ impl Chunked {
     /// Drops the oldest assemblies while more than `max_bytes` are held.
     fn shed(&mut self, spool: &Spool, max_bytes: usize) {
         while self.bytes > max_bytes {
-            let Some(oldest) = self
-                .assemblies
-                .iter()
-                .min_by_key(|(t, a)| (a.newest, **t))
-                .map(|(t, _)| *t)
-            else {
+            let newest = self.assemblies.iter().map(|(t, a)| (*t, a.newest));
+            let Some(oldest) = parts::oldest(newest) else {
                 break;
             };
             self.drop_assembly(spool, oldest, "too many bytes of chunks in progress");

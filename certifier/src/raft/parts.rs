@@ -47,6 +47,24 @@ pub fn split(record: &Bytes) -> Vec<Bytes> {
         .collect()
 }
 
+/// The tags of the assemblies (tag, index of the newest entry) whose
+/// newest entry is more than [`PENDING_MAX_AGE`] entries before `index`:
+/// the ones to drop, for parts and chunks alike.
+pub(super) fn expired(assemblies: impl Iterator<Item = (u64, u64)>, index: u64) -> Vec<u64> {
+    assemblies
+        .filter(|(_, newest)| index.saturating_sub(*newest) > PENDING_MAX_AGE)
+        .map(|(tag, _)| tag)
+        .collect()
+}
+
+/// The tag of the assembly (tag, index of the newest entry) to drop first
+/// when too many bytes are held: the one whose newest entry is oldest.
+pub(super) fn oldest(assemblies: impl Iterator<Item = (u64, u64)>) -> Option<u64> {
+    assemblies
+        .min_by_key(|(tag, newest)| (*newest, *tag))
+        .map(|(tag, _)| tag)
+}
+
 /// The pieces applied so far of the records not yet complete, by tag.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pending {
@@ -122,13 +140,7 @@ impl Pending {
     /// Drops the assemblies whose newest piece is more than
     /// [`PENDING_MAX_AGE`] entries before `index`.
     pub fn expire(&mut self, index: u64) {
-        let old: Vec<u64> = self
-            .assemblies
-            .iter()
-            .filter(|(_, a)| index.saturating_sub(a.newest) > PENDING_MAX_AGE)
-            .map(|(t, _)| *t)
-            .collect();
-        for tag in old {
+        for tag in expired(self.assemblies.iter().map(|(t, a)| (*t, a.newest)), index) {
             self.drop_assembly(tag);
         }
     }
@@ -136,12 +148,7 @@ impl Pending {
     /// Drops the oldest assemblies while more than `max_bytes` are held.
     fn shed(&mut self, max_bytes: usize) {
         while self.bytes > max_bytes {
-            let Some(oldest) = self
-                .assemblies
-                .iter()
-                .min_by_key(|(t, a)| (a.newest, **t))
-                .map(|(t, _)| *t)
-            else {
+            let Some(oldest) = oldest(self.assemblies.iter().map(|(t, a)| (*t, a.newest))) else {
                 break;
             };
             self.drop_assembly(oldest);
