@@ -490,7 +490,7 @@ mod on_disk {
             .unwrap();
         assert_eq!(r[0], Response::Committed { version: 1 });
         let snap = snapshot_of(&mut sm).await;
-        let size = snap.snapshot.get_ref().len();
+        let size = snap.snapshot.len().await.unwrap();
         assert!(size < 64 << 10, "the snapshot holds the rows: {size} bytes");
         let mut other = install_into(snap, d2.path()).await;
         let late = || [certify(1, 1, "late", 0, "k2")];

@@ -16,7 +16,8 @@
 //!
 //! Until its last chunk is applied, an assembly is part of the replicated
 //! state ([`Chunked`]); a snapshot carries its chunks, read back from the
-//! spool (`Chunked::snapshot`), and a node restoring the snapshot spools
+//! spool one by one as the snapshot is written (`Chunked::snapshot`, the
+//! spool keeps them meanwhile), and a node restoring the snapshot spools
 //! them again. Abandoned assemblies (the leader failed between two
 //! chunks; the client retries under a new tag) are dropped by the rules of
 //! `parts` ([`PENDING_MAX_AGE`] entries after their newest chunk, oldest
@@ -32,10 +33,11 @@ use bytes::{Bytes, BytesMut};
 use prost::Message;
 
 use super::parts::{self, PENDING_MAX_AGE, PENDING_MAX_BYTES};
+use super::snapshot::{ChunkedIn, ChunkedOut, PartsIter};
 use crate::error::CertifierError;
 use crate::proto::{SpoolRef, Writeset};
 use crate::rule::{ConflictSet, PartNames};
-use crate::server::spool::Spool;
+use crate::server::spool::{Spool, SpoolHold};
 use crate::{record, writeset};
 
 /// Largest chunk a node spools: the largest message between nodes. A raft
@@ -70,6 +72,8 @@ struct Assembly {
     bytes: usize,
     /// Its records in the spool (`first` 0: none yet).
     spool: SpoolRef,
+    /// How many there are (its tag's records in `spool.first..=last`).
+    records: u64,
 }
 
 /// A writeset whose last chunk was applied: what certifying it needs.
@@ -107,15 +111,45 @@ pub enum ChunkError {
     Spool(CertifierError),
 }
 
-/// A snapshot's copy of one assembly: its header, then its spool records'
-/// contents (items and statements, `before_item` counted over the whole
-/// writeset).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a snapshot copies of one assembly: its header's encoding, then
+/// its spool records' contents (items and statements, `before_item`
+/// counted over the whole writeset), read when the snapshot is written.
+/// The spool keeps those records while this lives.
 pub struct SnapshotAssembly {
     pub tag: u64,
     pub newest: u64,
     pub header: Bytes,
-    pub parts: Vec<Bytes>,
+    pub records: u64,
+    pub spool: SpoolRef,
+    _hold: Option<SpoolHold>,
+}
+
+impl SnapshotAssembly {
+    /// The assembly as the snapshot writes it, its records read from
+    /// `spool` as the writer goes (blocking).
+    pub fn copy<'a>(&self, spool: &'a Spool) -> Result<ChunkedOut<'a>, CertifierError> {
+        let read: PartsIter<'a> = if self.records == 0 {
+            Box::new(std::iter::empty())
+        } else {
+            Box::new(spool.chunks(&self.spool)?)
+        };
+        Ok(ChunkedOut {
+            tag: self.tag,
+            newest: self.newest,
+            header: self.header.clone(),
+            parts: self.records,
+            read,
+        })
+    }
+}
+
+/// The assemblies a snapshot holds, spooled again as [`super::snapshot::read`]
+/// finds them. Into a [`Chunked`] of their own: the state machine takes it
+/// once the whole snapshot has been read ([`Restoring::done`]), and one
+/// dropped unfinished gives its records back to the spool.
+pub struct Restoring<'a> {
+    spool: &'a Spool,
+    chunked: Chunked,
 }
 
 impl Chunked {
@@ -217,6 +251,7 @@ impl Chunked {
                         tag,
                         ..SpoolRef::default()
                     },
+                    records: 0,
                 },
             );
         } else if chunk.format_version != 0 || chunk.origin != 0 || chunk.snapshot != 0 {
@@ -266,6 +301,7 @@ impl Chunked {
         }
         a.spool.last = ticket.lsn;
         a.spool.bytes += parts.len() as u64;
+        a.records += 1;
         // Counted as spooled, so a node that restored the assembly from a
         // snapshot counts it as the others do.
         a.bytes += parts.len();
@@ -311,61 +347,82 @@ impl Chunked {
         }
     }
 
-    /// Every assembly as a snapshot holds it, its chunks read back from
-    /// `spool` (blocking).
-    pub fn snapshot(&self, spool: &Spool) -> Result<Vec<SnapshotAssembly>, CertifierError> {
-        let mut out = Vec::with_capacity(self.assemblies.len());
-        for (tag, a) in &self.assemblies {
-            let parts = if a.spool.first == 0 {
-                Vec::new()
-            } else {
-                spool.chunks(&a.spool)?.collect::<Result<Vec<_>, _>>()?
-            };
-            let mut header = Vec::with_capacity(a.header.encoded_len());
-            writeset::encode_in_order(&a.header, &mut header);
-            out.push(SnapshotAssembly {
-                tag: *tag,
-                newest: a.newest,
-                header: header.into(),
-                parts,
-            });
-        }
-        Ok(out)
+    /// Every assembly as a snapshot holds it: what to read back from
+    /// `spool`, which keeps it until the snapshot is written.
+    pub fn snapshot(&self, spool: &Spool) -> Vec<SnapshotAssembly> {
+        self.assemblies
+            .iter()
+            .map(|(tag, a)| {
+                let mut header = Vec::with_capacity(a.header.encoded_len());
+                writeset::encode_in_order(&a.header, &mut header);
+                SnapshotAssembly {
+                    tag: *tag,
+                    newest: a.newest,
+                    header: header.into(),
+                    records: a.records,
+                    spool: a.spool,
+                    _hold: (a.records > 0).then(|| spool.hold(a.spool.first)),
+                }
+            })
+            .collect()
     }
 
-    /// The assemblies a snapshot held, spooled again here; drops (and
-    /// releases) the ones held before.
-    pub fn restore(
-        &mut self,
-        spool: &Spool,
-        assemblies: &[SnapshotAssembly],
-    ) -> Result<(), CertifierError> {
-        for tag in std::mem::take(&mut self.assemblies).into_keys() {
+    /// Drops every assembly, giving its records back to `spool`.
+    pub fn release(self, spool: &Spool) {
+        for tag in self.assemblies.into_keys() {
             spool.finished(tag, None);
         }
-        self.bytes = 0;
-        for s in assemblies {
-            let header = Writeset::decode(s.header.clone()).map_err(|e| {
-                CertifierError::InvalidArgument(format!("snapshot: undecodable header: {e}"))
-            })?;
-            if !self.add(spool, s.newest, s.tag, header, true)? {
-                return Err(CertifierError::InvalidArgument(format!(
-                    "snapshot: the chunks of {:#x} have no header",
-                    s.tag
-                )));
-            }
-            for p in &s.parts {
-                let chunk = Writeset::decode(p.clone()).map_err(|e| {
-                    CertifierError::InvalidArgument(format!("snapshot: undecodable chunk: {e}"))
-                })?;
-                self.add(spool, s.newest, s.tag, chunk, true)?;
-            }
-        }
-        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
         self.assemblies.is_empty()
+    }
+}
+
+impl<'a> Restoring<'a> {
+    pub fn new(spool: &'a Spool) -> Restoring<'a> {
+        Restoring {
+            spool,
+            chunked: Chunked::default(),
+        }
+    }
+
+    /// The assemblies restored: the whole snapshot was read.
+    pub fn done(mut self) -> Chunked {
+        std::mem::take(&mut self.chunked)
+    }
+}
+
+impl Drop for Restoring<'_> {
+    fn drop(&mut self) {
+        std::mem::take(&mut self.chunked).release(self.spool);
+    }
+}
+
+impl ChunkedIn for Restoring<'_> {
+    fn header(&mut self, tag: u64, newest: u64, header: Bytes) -> Result<(), CertifierError> {
+        let header = Writeset::decode(header).map_err(|e| {
+            CertifierError::InvalidArgument(format!("snapshot: undecodable header: {e}"))
+        })?;
+        if header.txn_id.is_empty() {
+            return Err(CertifierError::InvalidArgument(format!(
+                "snapshot: the chunks of {tag:#x} have no header"
+            )));
+        }
+        self.chunked.add(self.spool, newest, tag, header, true)?;
+        Ok(())
+    }
+
+    fn part(&mut self, tag: u64, newest: u64, part: Bytes) -> Result<(), CertifierError> {
+        let chunk = Writeset::decode(part).map_err(|e| {
+            CertifierError::InvalidArgument(format!("snapshot: undecodable chunk: {e}"))
+        })?;
+        if chunk.txn_id.is_empty() && self.chunked.add(self.spool, newest, tag, chunk, true)? {
+            return Ok(());
+        }
+        Err(CertifierError::InvalidArgument(format!(
+            "snapshot: a part of {tag:#x} out of place"
+        )))
     }
 }
 
@@ -567,5 +624,72 @@ mod tests {
             c.apply(&spool, 100, 6, &pieces[n - 1], true),
             Err(ChunkError::Lost(_))
         ));
+    }
+
+    /// A snapshot reads an assembly's chunks after the state machine moved
+    /// on: the spool keeps them until the snapshot is written, even when
+    /// the assembly is dropped and the spool purged meanwhile, and a node
+    /// restoring the copy certifies the writeset as the others do.
+    #[test]
+    fn a_snapshot_keeps_the_chunks_it_copies_until_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = tashkent_wal::WalOptions {
+            segment_size: 4096,
+            ..tashkent_wal::WalOptions::default()
+        };
+        let spool = Spool::open(dir.path(), opts.clone()).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let mut ws = sample();
+        // Rows that fill several of the spool's segments.
+        for (i, item) in ws.items.iter_mut().enumerate() {
+            item.row = Bytes::from(vec![i as u8; 1500]);
+        }
+        let pieces = pieces(ws.clone(), 150);
+        let n = pieces.len();
+        let mut c = Chunked::default();
+        for (i, p) in pieces[..n - 1].iter().enumerate() {
+            assert!(c.apply(&spool, i as u64, 5, p, false).unwrap().is_none());
+        }
+        rt.block_on(spool.wal().wait_durable(spool.wal().last_lsn()))
+            .unwrap();
+        let snap = c.snapshot(&spool);
+        let read = |a: &SnapshotAssembly| {
+            let copy = a.copy(&spool).unwrap();
+            assert_eq!(copy.tag, 5);
+            let parts: Vec<Bytes> = copy.read.map(Result::unwrap).collect();
+            assert_eq!(parts.len() as u64, copy.parts);
+            (copy.header, parts)
+        };
+        let before = read(&snap[0]);
+        assert!(before.1.len() > 2, "{} parts", before.1.len());
+        // Its client went away: dropped, and the spool purged behind it.
+        c.expire(&spool, (n as u64) + PENDING_MAX_AGE + 1);
+        assert!(c.is_empty());
+        let first = spool.wal().first_lsn();
+        rt.block_on(spool.purge(1)).unwrap();
+        assert_eq!(spool.wal().first_lsn(), first, "purged under a snapshot");
+        assert_eq!(read(&snap[0]), before);
+        // A node restoring the copy, then applying the last chunk.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = Spool::open(other_dir.path(), opts).unwrap();
+        let mut restoring = Restoring::new(&other);
+        restoring.header(5, n as u64, before.0.clone()).unwrap();
+        for p in &before.1 {
+            restoring.part(5, n as u64, p.clone()).unwrap();
+        }
+        let mut restored = restoring.done();
+        let done = restored
+            .apply(&other, n as u64, 5, &pieces[n - 1], true)
+            .unwrap()
+            .expect("complete at the last chunk");
+        let (got, want): (Vec<u64>, Vec<u64>) = (
+            done.cs.window_entries().collect(),
+            crate::rule::ConflictSet::of(&ws).window_entries().collect(),
+        );
+        assert_eq!(got, want);
+        // Once written, the records go with the next purge.
+        drop(snap);
+        rt.block_on(spool.purge(1)).unwrap();
+        assert!(spool.wal().first_lsn() > first, "kept after the snapshot");
     }
 }

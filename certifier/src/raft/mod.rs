@@ -138,10 +138,13 @@
 //!   the last chunk certifies, and a commit's versions-log record points
 //!   into the spool. So no node holds the rows of a large transaction,
 //!   but its keys (the conflict window's share, as on the single
-//!   certifier). A snapshot taken while a writeset's chunks arrive carries
-//!   them whole (openraft 0.9's snapshots are in memory), and a version a
-//!   node copies from a peer to fill a snapshot's gap ([`gap`]) is held
-//!   whole while it is copied. Chunks arrive at the client's pace, so a
+//!   certifier). A snapshot is a file (`snapshot_file.rs`), built, sent,
+//!   received and installed as a stream: one taken while a writeset's
+//!   chunks arrive copies them from the spool one by one (which keeps
+//!   them until the snapshot is written), and a node installing it
+//!   spools them again as it reads them. A version a node copies from a
+//!   peer to fill a snapshot's gap ([`gap`]) is held whole while it is
+//!   copied. Chunks arrive at the client's pace, so a
 //!   stream slower than `parts::PENDING_MAX_AGE` entries between two of
 //!   its chunks is dropped (and retried), and a raft node refuses a
 //!   `max_writeset_bytes` over `parts::PENDING_MAX_BYTES` (1 GiB). Nodes
@@ -232,6 +235,7 @@ pub mod parts;
 pub mod proposer;
 pub mod service;
 pub mod snapshot;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 pub mod versions;

@@ -1,6 +1,9 @@
 //! The bytes of a raft snapshot: the certifier's replicated state at one
 //! applied log id, self-contained (its own metadata inside) so the same
 //! bytes are what is sent to a follower and what `<dir>/snapshot` holds.
+//! Written and read as a stream ([`write()`], [`read()`]): the parts of the
+//! writesets arriving in chunks, which may add up to a gigabyte, pass
+//! through one at a time, never all in memory.
 //!
 //! ```text
 //! offset size
@@ -36,9 +39,10 @@
 //! recomputes them (`rule.rs`), so a snapshot does not depend on how a
 //! build fingerprints keys.
 
-use bytes::{Buf, BufMut, Bytes};
+use std::io::{Read, Seek, SeekFrom, Write};
 
-use super::chunks::SnapshotAssembly;
+use bytes::Bytes;
+
 use super::parts::{Assembly, Pending};
 use super::types::NodeId;
 use crate::certifier::CertifierImage;
@@ -54,7 +58,8 @@ const FORMAT_VERSION: u32 = 3;
 /// openraft's snapshot metadata for our types.
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
 
-/// Everything a snapshot holds, decoded.
+/// What a snapshot holds in memory: everything but the writesets arriving
+/// in chunks, whose parts are streamed ([`ChunkedOut`], [`ChunkedIn`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotState {
     pub meta: SnapshotMeta,
@@ -63,97 +68,129 @@ pub struct SnapshotState {
     pub window: Vec<(Version, Bytes)>,
     /// Records arriving in parts, not complete yet.
     pub pending: Pending,
-    /// Writesets arriving in chunks, not complete yet.
-    pub chunked: Vec<SnapshotAssembly>,
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.put_u32_le(b.len() as u32);
-    out.put_slice(b);
+/// The parts of a writeset arriving in chunks, as a snapshot reads them
+/// (from the spool): one at a time, so a snapshot never holds them.
+pub type PartsIter<'a> = Box<dyn Iterator<Item = Result<Bytes, CertifierError>> + 'a>;
+
+/// One writeset arriving in chunks, as [`write()`] copies it: its header's
+/// encoding, then `parts` spool records' contents (items and statements,
+/// `before_item` counted over the whole writeset) that `read` yields.
+pub struct ChunkedOut<'a> {
+    pub tag: u64,
+    pub newest: u64,
+    pub header: Bytes,
+    pub parts: u64,
+    pub read: PartsIter<'a>,
 }
 
-/// Encodes `s`.
-pub fn encode(s: &SnapshotState) -> Result<Vec<u8>, CertifierError> {
+/// What takes the writesets arriving in chunks that [`read()`] finds, one
+/// piece at a time: a header starts an assembly, its parts follow.
+pub trait ChunkedIn {
+    fn header(&mut self, tag: u64, newest: u64, header: Bytes) -> Result<(), CertifierError>;
+    fn part(&mut self, tag: u64, newest: u64, part: Bytes) -> Result<(), CertifierError>;
+}
+
+/// Writes `s` and the assemblies `chunked` to `w`, the checksum last. The
+/// oldest format that holds what is pending, so that nodes of earlier
+/// releases still read it while nothing is in chunks (a cluster upgrades
+/// one node at a time; its first writeset over 1 MiB must wait until
+/// every node runs a build that reads `Chunk` entries).
+pub fn write(
+    w: impl Write,
+    s: &SnapshotState,
+    chunked: Vec<ChunkedOut<'_>>,
+) -> Result<(), CertifierError> {
     let meta = serde_json::to_vec(&s.meta).map_err(|e| bad(format!("meta not encodable: {e}")))?;
     let img = &s.image;
-    let mut out = Vec::new();
-    out.put_slice(MAGIC);
-    // The oldest format that holds what is pending, so that nodes of
-    // earlier releases still read it while nothing is in chunks (a
-    // cluster upgrades one node at a time; its first writeset over 1 MiB
-    // must wait until every node runs a build that reads `Chunk`
-    // entries).
-    let format = if !s.chunked.is_empty() {
+    let mut out = Out {
+        w,
+        crc: crc32fast::Hasher::new(),
+    };
+    out.raw(MAGIC)?;
+    let format = if !chunked.is_empty() {
         FORMAT_VERSION
     } else if !s.pending.is_empty() {
         2
     } else {
         1
     };
-    out.put_u32_le(format);
-    put_bytes(&mut out, &meta);
-    out.put_u64_le(img.latest);
-    out.put_u64_le(img.horizon);
+    out.u32(format)?;
+    out.bytes(&meta)?;
+    out.u64(img.latest)?;
+    out.u64(img.horizon)?;
     match img.cause {
-        HorizonCause::Start => out.put_u8(0),
-        HorizonCause::Restart => out.put_u8(1),
-        HorizonCause::Reports => out.put_u8(2),
+        HorizonCause::Start => out.u8(0)?,
+        HorizonCause::Restart => out.u8(1)?,
+        HorizonCause::Reports => out.u8(2)?,
         HorizonCause::MemoryLimit(l) => {
-            out.put_u8(3);
-            out.put_u64_le(l.max_entries as u64);
-            out.put_u64_le(l.max_versions as u64);
+            out.u8(3)?;
+            out.u64(l.max_entries as u64)?;
+            out.u64(l.max_versions as u64)?;
         }
     }
-    out.put_u64_le(img.dedupe_floor);
-    out.put_u64_le(img.committed.len() as u64);
+    out.u64(img.dedupe_floor)?;
+    out.u64(img.committed.len() as u64)?;
     for (v, id) in &img.committed {
-        out.put_u64_le(*v);
-        put_bytes(&mut out, id);
+        out.u64(*v)?;
+        out.bytes(id)?;
     }
-    out.put_u64_le(img.aborted.len() as u64);
+    out.u64(img.aborted.len() as u64)?;
     for (id, a) in &img.aborted {
-        put_bytes(&mut out, id);
-        out.put_i32_le(a.code as i32);
-        put_bytes(&mut out, a.reason.as_bytes());
-        out.put_u64_le(a.conflict_version);
+        out.bytes(id)?;
+        out.u32(a.code as i32 as u32)?;
+        out.bytes(a.reason.as_bytes())?;
+        out.u64(a.conflict_version)?;
     }
-    out.put_u64_le(img.replicas.len() as u64);
+    out.u64(img.replicas.len() as u64)?;
     for (r, applied, oldest) in &img.replicas {
-        out.put_u32_le(*r);
-        out.put_u64_le(*applied);
-        out.put_u64_le(*oldest);
+        out.u32(*r)?;
+        out.u64(*applied)?;
+        out.u64(*oldest)?;
     }
-    out.put_u64_le(s.window.len() as u64);
+    out.u64(s.window.len() as u64)?;
     for (v, rec) in &s.window {
-        out.put_u64_le(*v);
-        put_bytes(&mut out, rec);
+        out.u64(*v)?;
+        out.bytes(rec)?;
     }
     if format >= 2 {
-        out.put_u64_le(s.pending.assemblies().count() as u64);
+        out.u64(s.pending.assemblies().count() as u64)?;
         for (tag, a) in s.pending.assemblies() {
-            out.put_u64_le(tag);
-            out.put_u64_le(a.newest);
-            out.put_u64_le(a.pieces.len() as u64);
+            out.u64(tag)?;
+            out.u64(a.newest)?;
+            out.u64(a.pieces.len() as u64)?;
             for p in &a.pieces {
-                put_bytes(&mut out, p);
+                out.bytes(p)?;
             }
         }
     }
     if format >= 3 {
-        out.put_u64_le(s.chunked.len() as u64);
-        for a in &s.chunked {
-            out.put_u64_le(a.tag);
-            out.put_u64_le(a.newest);
-            put_bytes(&mut out, &a.header);
-            out.put_u64_le(a.parts.len() as u64);
-            for p in &a.parts {
-                put_bytes(&mut out, p);
+        out.u64(chunked.len() as u64)?;
+        for a in chunked {
+            out.u64(a.tag)?;
+            out.u64(a.newest)?;
+            out.bytes(&a.header)?;
+            out.u64(a.parts)?;
+            let mut n = 0;
+            for p in a.read {
+                n += 1;
+                if n > a.parts {
+                    break;
+                }
+                out.bytes(&p?)?;
+            }
+            if n != a.parts {
+                return Err(bad(format!(
+                    "the chunks of {:#x}: {n} parts read where {} were counted",
+                    a.tag, a.parts
+                )));
             }
         }
     }
-    let crc = crc32fast::hash(&out);
-    out.put_u32_le(crc);
-    Ok(out)
+    let crc = out.crc.clone().finalize();
+    out.w.write_all(&crc.to_le_bytes()).map_err(io)?;
+    out.w.flush().map_err(io)
 }
 
 fn bad(reason: String) -> CertifierError {
@@ -163,58 +200,134 @@ fn bad(reason: String) -> CertifierError {
     }
 }
 
-/// A bounds-checked reader over the snapshot's fields.
-struct Fields<'a>(&'a [u8]);
+fn io(e: std::io::Error) -> CertifierError {
+    bad(format!("cannot read or write: {e}"))
+}
 
-impl Fields<'_> {
-    fn need(&self, n: usize) -> Result<(), CertifierError> {
-        if self.0.remaining() < n {
+/// The writer's side: fields, little-endian, checksummed as written.
+struct Out<W> {
+    w: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Out<W> {
+    fn raw(&mut self, b: &[u8]) -> Result<(), CertifierError> {
+        self.crc.update(b);
+        self.w.write_all(b).map_err(io)
+    }
+    fn u8(&mut self, v: u8) -> Result<(), CertifierError> {
+        self.raw(&[v])
+    }
+    fn u32(&mut self, v: u32) -> Result<(), CertifierError> {
+        self.raw(&v.to_le_bytes())
+    }
+    fn u64(&mut self, v: u64) -> Result<(), CertifierError> {
+        self.raw(&v.to_le_bytes())
+    }
+    fn bytes(&mut self, b: &[u8]) -> Result<(), CertifierError> {
+        let n = u32::try_from(b.len()).map_err(|_| bad(format!("a field of {} bytes", b.len())))?;
+        self.u32(n)?;
+        self.raw(b)
+    }
+}
+
+/// A bounds-checked reader over the snapshot's fields: `left` is what the
+/// body still holds, so a damaged length never allocates past the file.
+struct Fields<R> {
+    r: R,
+    left: u64,
+}
+
+impl<R: Read> Fields<R> {
+    fn exact(&mut self, n: usize) -> Result<Vec<u8>, CertifierError> {
+        if n as u64 > self.left {
             return Err(bad("truncated".into()));
         }
-        Ok(())
+        let mut buf = vec![0; n];
+        self.r.read_exact(&mut buf).map_err(io)?;
+        self.left -= n as u64;
+        Ok(buf)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CertifierError> {
+        let b = self.exact(N)?;
+        let mut a = [0; N];
+        a.copy_from_slice(&b);
+        Ok(a)
     }
     fn u8(&mut self) -> Result<u8, CertifierError> {
-        self.need(1)?;
-        Ok(self.0.get_u8())
+        Ok(self.array::<1>()?[0])
     }
     fn u32(&mut self) -> Result<u32, CertifierError> {
-        self.need(4)?;
-        Ok(self.0.get_u32_le())
+        Ok(u32::from_le_bytes(self.array()?))
     }
     fn u64(&mut self) -> Result<u64, CertifierError> {
-        self.need(8)?;
-        Ok(self.0.get_u64_le())
+        Ok(u64::from_le_bytes(self.array()?))
     }
     fn bytes(&mut self) -> Result<Bytes, CertifierError> {
         let n = self.u32()? as usize;
-        self.need(n)?;
-        let b = Bytes::copy_from_slice(&self.0[..n]);
-        self.0.advance(n);
-        Ok(b)
+        Ok(self.exact(n)?.into())
     }
     /// A count of items of at least `min_len` bytes each, checked against
     /// what is left (a damaged count must not allocate wildly).
-    fn count(&mut self, min_len: usize) -> Result<usize, CertifierError> {
+    fn count(&mut self, min_len: u64) -> Result<usize, CertifierError> {
         let n = self.u64()?;
-        if n > (self.0.remaining() / min_len) as u64 {
+        if n > self.left / min_len {
             return Err(bad(format!("count {n} exceeds the data")));
         }
         Ok(n as usize)
     }
 }
 
-/// Decodes and checks a snapshot.
-pub fn decode(buf: &[u8]) -> Result<SnapshotState, CertifierError> {
-    if buf.len() < 16 || &buf[..8] != MAGIC {
-        return Err(bad(
-            "not a certifier snapshot (bad magic or too short)".into()
-        ));
+/// Checks the snapshot in `r` (its magic and checksum, reading it through
+/// once) and reads it, handing the writesets arriving in chunks to `sink`
+/// piece by piece. Nothing reaches `sink` unless the checksum holds.
+pub fn read(
+    mut r: impl Read + Seek,
+    sink: &mut dyn ChunkedIn,
+) -> Result<SnapshotState, CertifierError> {
+    let len = r.seek(SeekFrom::End(0)).map_err(io)?;
+    r.seek(SeekFrom::Start(0)).map_err(io)?;
+    if len < 16 {
+        return Err(bad("not a certifier snapshot (too short)".into()));
     }
-    let (body, crc) = buf.split_at(buf.len() - 4);
-    if crc32fast::hash(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+    let body = len - 4;
+    let mut crc = crc32fast::Hasher::new();
+    let mut buf = vec![0; 256 << 10];
+    let mut at = 0;
+    let mut magic = [0; 8];
+    while at < body {
+        let n = buf.len().min((body - at) as usize);
+        r.read_exact(&mut buf[..n]).map_err(io)?;
+        if at == 0 {
+            magic.copy_from_slice(&buf[..8]);
+        }
+        crc.update(&buf[..n]);
+        at += n as u64;
+    }
+    if &magic != MAGIC {
+        return Err(bad("not a certifier snapshot (bad magic)".into()));
+    }
+    let mut stored = [0; 4];
+    r.read_exact(&mut stored).map_err(io)?;
+    if crc.finalize() != u32::from_le_bytes(stored) {
         return Err(bad("checksum mismatch".into()));
     }
-    let mut f = Fields(&body[8..]);
+    r.seek(SeekFrom::Start(8)).map_err(io)?;
+    let mut f = Fields {
+        r: std::io::BufReader::with_capacity(256 << 10, r),
+        left: body - 8,
+    };
+    let s = read_fields(&mut f, sink)?;
+    if f.left != 0 {
+        return Err(bad(format!("{} trailing bytes", f.left)));
+    }
+    Ok(s)
+}
+
+fn read_fields<R: Read>(
+    f: &mut Fields<R>,
+    sink: &mut dyn ChunkedIn,
+) -> Result<SnapshotState, CertifierError> {
     let version = f.u32()?;
     if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(bad(format!("unsupported format version {version}")));
@@ -280,26 +393,16 @@ pub fn decode(buf: &[u8]) -> Result<SnapshotState, CertifierError> {
             assemblies.push((tag, Assembly { newest, pieces }));
         }
     }
-    let mut chunked = Vec::new();
     if version >= 3 {
         let n = f.count(28)?;
         for _ in 0..n {
             let (tag, newest, header) = (f.u64()?, f.u64()?, f.bytes()?);
+            sink.header(tag, newest, header)?;
             let m = f.count(4)?;
-            let mut parts = Vec::with_capacity(m);
             for _ in 0..m {
-                parts.push(f.bytes()?);
+                sink.part(tag, newest, f.bytes()?)?;
             }
-            chunked.push(SnapshotAssembly {
-                tag,
-                newest,
-                header,
-                parts,
-            });
         }
-    }
-    if !f.0.is_empty() {
-        return Err(bad(format!("{} trailing bytes", f.0.len())));
     }
     Ok(SnapshotState {
         meta,
@@ -314,7 +417,6 @@ pub fn decode(buf: &[u8]) -> Result<SnapshotState, CertifierError> {
         },
         window,
         pending: Pending::from_assemblies(assemblies),
-        chunked,
     })
 }
 
@@ -372,20 +474,63 @@ mod tests {
                     },
                 ),
             ]),
-            chunked: vec![SnapshotAssembly {
-                tag: 5,
-                newest: 41,
-                header: Bytes::from_static(b"header"),
-                parts: vec![Bytes::from_static(b"items"), Bytes::new()],
-            }],
         }
+    }
+
+    /// An assembly in chunks: tag, newest index, header, parts.
+    type Held = (u64, u64, Bytes, Vec<Bytes>);
+
+    fn held() -> Vec<Held> {
+        vec![(
+            5,
+            41,
+            Bytes::from_static(b"header"),
+            vec![Bytes::from_static(b"items"), Bytes::new()],
+        )]
+    }
+
+    impl ChunkedIn for Vec<Held> {
+        fn header(&mut self, tag: u64, newest: u64, header: Bytes) -> Result<(), CertifierError> {
+            self.push((tag, newest, header, Vec::new()));
+            Ok(())
+        }
+        fn part(&mut self, tag: u64, _: u64, part: Bytes) -> Result<(), CertifierError> {
+            let last = self
+                .last_mut()
+                .filter(|h| h.0 == tag)
+                .expect("a header first");
+            last.3.push(part);
+            Ok(())
+        }
+    }
+
+    fn encode(s: &SnapshotState, chunked: &[Held]) -> Vec<u8> {
+        let out = chunked
+            .iter()
+            .map(|(tag, newest, header, parts)| ChunkedOut {
+                tag: *tag,
+                newest: *newest,
+                header: header.clone(),
+                parts: parts.len() as u64,
+                read: Box::new(parts.iter().cloned().map(Ok)),
+            })
+            .collect();
+        let mut b = Vec::new();
+        write(&mut b, s, out).unwrap();
+        b
+    }
+
+    fn decode(b: &[u8]) -> Result<(SnapshotState, Vec<Held>), CertifierError> {
+        let mut got = Vec::new();
+        let s = read(std::io::Cursor::new(b), &mut got)?;
+        Ok((s, got))
     }
 
     #[test]
     fn round_trip_and_every_flip_detected() {
         let s = sample();
-        let b = encode(&s).unwrap();
-        assert_eq!(decode(&b).unwrap(), s);
+        let b = encode(&s, &held());
+        assert_eq!(decode(&b).unwrap(), (s, held()));
         for i in 0..b.len() {
             let mut d = b.clone();
             d[i] ^= 0x04;
@@ -399,20 +544,39 @@ mod tests {
     #[test]
     fn a_snapshot_has_the_oldest_format_that_holds_what_is_pending() {
         let mut s = sample();
-        assert_eq!(encode(&s).unwrap()[8..12], 3u32.to_le_bytes());
-        s.chunked.clear();
-        let v2 = encode(&s).unwrap();
+        assert_eq!(encode(&s, &held())[8..12], 3u32.to_le_bytes());
+        let v2 = encode(&s, &[]);
         assert_eq!(v2[8..12], 2u32.to_le_bytes());
         s.pending = Pending::default();
-        let v1 = encode(&s).unwrap();
+        let v1 = encode(&s, &[]);
         // Format 1 is format 2 without the list of parts.
         assert_eq!(v1[8..12], 1u32.to_le_bytes());
-        assert_eq!(decode(&v1).unwrap(), s);
+        assert_eq!(decode(&v1).unwrap().0, s);
         let mut as_v2 = v1[..v1.len() - 4].to_vec();
         as_v2[8..12].copy_from_slice(&2u32.to_le_bytes());
         as_v2.extend_from_slice(&0u64.to_le_bytes());
         let crc = crc32fast::hash(&as_v2);
         as_v2.extend_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode(&as_v2).unwrap(), s);
+        assert_eq!(decode(&as_v2).unwrap().0, s);
+    }
+
+    #[test]
+    fn parts_that_do_not_add_up_to_their_count_are_an_error() {
+        let s = sample();
+        for parts in [1, 3] {
+            let out = vec![ChunkedOut {
+                tag: 5,
+                newest: 41,
+                header: Bytes::from_static(b"header"),
+                parts,
+                read: Box::new(
+                    [Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+                        .into_iter()
+                        .map(Ok),
+                ),
+            }];
+            let e = write(&mut Vec::new(), &s, out).unwrap_err();
+            assert!(e.to_string().contains("parts read"), "{e}");
+        }
     }
 }

@@ -10,15 +10,15 @@
 //! whichever node applies the retry.
 //!
 //! State is in memory and rebuilt at start from the last snapshot
-//! (`<dir>/snapshot`, written atomically) plus the log after it. A snapshot
+//! (`<dir>/snapshot`, replaced atomically, `snapshot_file.rs`) plus the
+//! log after it. A snapshot
 //! is the certifier's image (`CertifierImage`) plus the writesets of the
 //! versions in its conflict window (`snapshot.rs`), which this state machine
 //! keeps for that purpose, and the writesets arriving in parts or chunks
 //! (`parts.rs`, `chunks.rs`; a chunked one's chunks read back from the
-//! spool, blocking, while the snapshot is taken).
+//! spool as the snapshot's file is written, off this task).
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -31,10 +31,10 @@ use openraft::{
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::chunks::{ChunkError, Chunked, Complete};
-use super::meta::write_atomically;
+use super::chunks::{ChunkError, Chunked, Complete, Restoring, SnapshotAssembly};
 use super::parts::{Pending, PART_BYTES};
 use super::snapshot::{self, SnapshotMeta, SnapshotState};
+use super::snapshot_file::{self, NewSnapshot, SnapshotFile};
 use super::types::{Command, Entry, LogId, NodeId, Response, StorageError, TypeConfig};
 use super::versions::VersionsLog;
 use crate::certifier::{Certifier, Decision, Limits};
@@ -43,17 +43,12 @@ use crate::rule::ConflictSet;
 use crate::server::spool::Spool;
 use crate::{record, writeset, Version};
 
-/// File of the last snapshot in a node's raft directory.
-pub const SNAPSHOT_FILE: &str = "snapshot";
-
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 
-/// The last snapshot built or installed: its metadata and bytes.
-#[derive(Clone)]
-struct Stored {
-    meta: SnapshotMeta,
-    data: Arc<Vec<u8>>,
-}
+/// The metadata of the snapshot in `<dir>/snapshot` (`snapshot_file.rs`),
+/// the last one built or installed; its file is replaced and opened under
+/// this lock, so the two match.
+type Current = Arc<Mutex<Option<SnapshotMeta>>>;
 
 /// The certifier as a raft state machine.
 pub struct StateMachine {
@@ -78,7 +73,7 @@ pub struct StateMachine {
     last_applied: Option<LogId>,
     membership: Membership,
     dir: PathBuf,
-    current: Arc<Mutex<Option<Stored>>>,
+    current: Current,
     writes: SnapshotWrites,
     /// Distinguishes snapshots built at the same log id.
     builds: u64,
@@ -91,10 +86,11 @@ pub struct StateMachine {
 
 /// Builds a snapshot from a copy taken when it was asked for.
 pub struct SnapshotBuilder {
-    state: Option<Result<SnapshotState, CertifierError>>,
+    /// The copy, and the spool to read its chunks from; taken by the build.
+    state: Option<(SnapshotState, Vec<SnapshotAssembly>, Arc<Spool>)>,
     versions: Option<Arc<VersionsLog>>,
     dir: PathBuf,
-    current: Arc<Mutex<Option<Stored>>>,
+    current: Current,
     writes: SnapshotWrites,
 }
 
@@ -187,19 +183,14 @@ impl StateMachine {
             writes: SnapshotWrites::default(),
             builds: 0,
         };
-        let path = dir.join(SNAPSHOT_FILE);
-        match std::fs::read(&path) {
-            Ok(data) => {
-                let state = snapshot::decode(&data)?;
-                let meta = state.meta.clone();
-                sm.restore(state)?;
+        snapshot_file::remove_unkept(dir)?;
+        match snapshot_file::open_current(dir) {
+            Ok(file) => {
+                let meta = sm.install(file)?;
                 // The snapshot this node restarts from.
                 mark(sm.versions.as_ref(), &meta, sm.certifier.lock().latest());
                 sm.writes.kept_through(&meta);
-                *sm.current.lock() = Some(Stored {
-                    meta,
-                    data: Arc::new(data),
-                });
+                *sm.current.lock() = Some(meta);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
@@ -227,7 +218,12 @@ impl StateMachine {
         self.last_applied
     }
 
-    fn restore(&mut self, s: SnapshotState) -> Result<(), CertifierError> {
+    /// Reads the snapshot in `file` (blocking) and takes its state; its
+    /// metadata.
+    fn install(&mut self, file: std::fs::File) -> Result<SnapshotMeta, CertifierError> {
+        let spool = self.spool.clone();
+        let mut chunked = Restoring::new(&spool);
+        let s = snapshot::read(file, &mut chunked)?;
         let mut sets = Vec::with_capacity(s.window.len());
         for (v, rec) in &s.window {
             sets.push((*v, ConflictSet::of(&record::decode(0, rec)?)));
@@ -235,10 +231,10 @@ impl StateMachine {
         *self.certifier.lock() = Certifier::from_image(self.limits, s.image, sets)?;
         self.window = s.window.into_iter().collect();
         self.pending = s.pending;
-        self.chunked.restore(&self.spool, &s.chunked)?;
+        std::mem::replace(&mut self.chunked, chunked.done()).release(&spool);
         self.last_applied = s.meta.last_log_id;
-        self.membership = s.meta.last_membership;
-        Ok(())
+        self.membership = s.meta.last_membership.clone();
+        Ok(s.meta)
     }
 
     fn apply_command(&mut self, index: u64, cmd: Command) -> Response {
@@ -425,14 +421,14 @@ impl StateMachine {
     }
 
     /// The replicated state, for a snapshot; the chunks of the writesets
-    /// in progress are read back from the spool (blocking: rarely any).
-    fn state(&mut self) -> Result<SnapshotState, CertifierError> {
+    /// in progress are read back from the spool as it is written.
+    fn state(&mut self) -> (SnapshotState, Vec<SnapshotAssembly>, Arc<Spool>) {
         self.builds += 1;
         let id = match self.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.builds),
             None => format!("none-{}", self.builds),
         };
-        Ok(SnapshotState {
+        let state = SnapshotState {
             meta: SnapshotMeta {
                 last_log_id: self.last_applied,
                 last_membership: self.membership.clone(),
@@ -441,8 +437,12 @@ impl StateMachine {
             image: self.certifier.lock().image(),
             window: self.window.iter().map(|(v, r)| (*v, r.clone())).collect(),
             pending: self.pending.clone(),
-            chunked: self.chunked.snapshot(&self.spool)?,
-        })
+        };
+        (
+            state,
+            self.chunked.snapshot(&self.spool),
+            self.spool.clone(),
+        )
     }
 }
 
@@ -471,17 +471,18 @@ fn mark(versions: Option<&Arc<VersionsLog>>, meta: &SnapshotMeta, latest: Versio
     }
 }
 
-/// Writes a snapshot to `<dir>/snapshot` and makes it the current one,
+/// Makes the snapshot `meta` in `new` (durable already) `<dir>/snapshot`,
 /// unless the node stopped, or a newer one is there already: a build that
 /// started before an install may end after it, and the raft log may be
-/// purged through the installed one (then the current one is returned).
+/// purged through the installed one. The current snapshot then, and its
+/// file to read.
 fn keep(
     dir: &Path,
-    current: &Mutex<Option<Stored>>,
+    current: &Mutex<Option<SnapshotMeta>>,
     writes: &SnapshotWrites,
     meta: SnapshotMeta,
-    data: Vec<u8>,
-) -> Result<Stored, CertifierError> {
+    new: NewSnapshot,
+) -> Result<(SnapshotMeta, std::fs::File), CertifierError> {
     let stopped = writes.stopped.lock();
     if *stopped {
         return Err(CertifierError::RaftStorage {
@@ -489,22 +490,17 @@ fn keep(
             reason: "the node stopped: not written".into(),
         });
     }
-    if let Some(newer) = current
-        .lock()
-        .as_ref()
-        .filter(|c| c.meta.last_log_id > meta.last_log_id)
-    {
-        return Ok(newer.clone());
+    let mut current = current.lock();
+    match current.as_ref() {
+        Some(newer) if newer.last_log_id > meta.last_log_id => {}
+        _ => {
+            new.keep()?;
+            writes.kept_through(&meta);
+            *current = Some(meta);
+        }
     }
-    write_atomically(&dir.join(SNAPSHOT_FILE), &data)?;
-    writes.kept_through(&meta);
-    let s = Stored {
-        meta,
-        data: Arc::new(data),
-    };
-    *current.lock() = Some(s.clone());
-    drop(stopped);
-    Ok(s)
+    let kept = current.clone().expect("a snapshot was kept");
+    Ok((kept, snapshot_file::open_current(dir)?))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -516,7 +512,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             };
             snap_err(None, ErrorVerb::Write, e)
         })?;
-        let state = state.map_err(|e| snap_err(None, ErrorVerb::Read, e))?;
+        let (state, chunked, spool) = state;
         let meta = state.meta.clone();
         let latest = state.image.latest;
         if let Some(v) = &self.versions {
@@ -531,10 +527,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         }
         let (dir, current, writes) = (self.dir.clone(), self.current.clone(), self.writes.clone());
         let m = meta.clone();
-        // Encoding and the fsync are blocking work.
-        let stored = tokio::task::spawn_blocking(move || {
-            let data = snapshot::encode(&state)?;
-            keep(&dir, &current, &writes, m, data)
+        // Writing, reading the spool and the fsync are blocking work.
+        let (kept, file) = tokio::task::spawn_blocking(move || {
+            let copies = chunked
+                .iter()
+                .map(|a| a.copy(&spool))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (file, new) = NewSnapshot::create(&dir)?;
+            snapshot::write(
+                std::io::BufWriter::with_capacity(256 << 10, &file),
+                &state,
+                copies,
+            )?;
+            snapshot_file::durable(&file)?;
+            drop(chunked);
+            keep(&dir, &current, &writes, m, new)
         })
         .await
         .map_err(|e| {
@@ -545,12 +552,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snap_err(Some(&meta), ErrorVerb::Write, e)
         })?
         .map_err(|e| snap_err(Some(&meta), ErrorVerb::Write, e))?;
-        if stored.meta.last_log_id == meta.last_log_id {
+        if kept.last_log_id == meta.last_log_id {
             mark(self.versions.as_ref(), &meta, latest);
         }
         Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data.to_vec())),
+            meta: kept,
+            snapshot: Box::new(SnapshotFile::reading(file)),
         })
     }
 }
@@ -628,35 +635,43 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let file = SnapshotFile::receiving(&self.dir)
+            .map_err(|e| snap_err(None, ErrorVerb::Write, CertifierError::from(e)))?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
         let err = |e| snap_err(Some(meta), ErrorVerb::Write, e);
-        let data = snapshot.into_inner();
-        let mut state = snapshot::decode(&data).map_err(err)?;
+        let (file, new) = snapshot.into_new_in(&self.dir).await.map_err(err)?;
+        snapshot_file::durable(&file).map_err(err)?;
+        self.install(file).map_err(err)?;
         // The sender's id for these bytes wins over the one inside them.
-        state.meta = meta.clone();
-        self.restore(state).map_err(err)?;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
         if let Some(v) = &self.versions {
             let latest = self.certifier.lock().latest();
             v.installed(latest).await.map_err(err)?;
         }
-        keep(&self.dir, &self.current, &self.writes, meta.clone(), data).map_err(err)?;
+        keep(&self.dir, &self.current, &self.writes, meta.clone(), new).map_err(err)?;
         mark(self.versions.as_ref(), meta, self.certifier.lock().latest());
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let cur = self.current.lock().clone();
-        Ok(cur.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data.to_vec())),
+        let current = self.current.lock();
+        let Some(meta) = current.clone() else {
+            return Ok(None);
+        };
+        let file = snapshot_file::open_current(&self.dir)
+            .map_err(|e| snap_err(Some(&meta), ErrorVerb::Read, CertifierError::from(e)))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotFile::reading(file)),
         }))
     }
 }

@@ -32,6 +32,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -44,7 +45,20 @@ use crate::Version;
 /// The spool log and what is still needed of it.
 pub struct Spool {
     wal: Wal,
-    needed: Mutex<Needed>,
+    needed: Arc<Mutex<Needed>>,
+}
+
+/// Keeps the spool's records from one LSN on while it lives (a snapshot
+/// being written reads them after the state machine moved on).
+pub struct SpoolHold {
+    needed: Arc<Mutex<Needed>>,
+    id: u64,
+}
+
+impl Drop for SpoolHold {
+    fn drop(&mut self) {
+        self.needed.lock().holds.remove(&self.id);
+    }
 }
 
 #[derive(Default)]
@@ -53,6 +67,9 @@ struct Needed {
     versions: BTreeMap<Version, Lsn>,
     /// First spool record of each call in progress, by tag.
     calls: HashMap<u64, Lsn>,
+    /// First spool record each [`SpoolHold`] keeps, by hold.
+    holds: HashMap<u64, Lsn>,
+    next_hold: u64,
 }
 
 impl Spool {
@@ -60,7 +77,7 @@ impl Spool {
     pub fn open(wal_dir: &Path, opts: WalOptions) -> Result<Spool, CertifierError> {
         Ok(Spool {
             wal: Wal::open(wal_dir.join("spool"), opts)?,
-            needed: Mutex::new(Needed::default()),
+            needed: Arc::new(Mutex::new(Needed::default())),
         })
     }
 
@@ -99,6 +116,18 @@ impl Spool {
         }
     }
 
+    /// Keeps the records from `first` on until the hold is dropped.
+    pub fn hold(&self, first: Lsn) -> SpoolHold {
+        let mut needed = self.needed.lock();
+        needed.next_hold += 1;
+        let id = needed.next_hold;
+        needed.holds.insert(id, first);
+        SpoolHold {
+            needed: self.needed.clone(),
+            id,
+        }
+    }
+
     /// A retained spooled version found in the WAL at start.
     pub fn retained(&self, version: Version, first: Lsn) {
         self.needed.lock().versions.insert(version, first);
@@ -134,6 +163,7 @@ impl Spool {
                 .versions
                 .values()
                 .chain(needed.calls.values())
+                .chain(needed.holds.values())
                 .min()
                 .copied();
             oldest.unwrap_or(self.wal.last_lsn() + 1)
