@@ -684,7 +684,8 @@ async fn a_streamed_writeset_goes_again_to_the_next_leader() {
 /// fit, each at `max_writeset_bytes`, in the 1 GiB of chunks a node keeps
 /// in progress: with 1 GiB allowed, one. A second stream waits for the
 /// first (more would have the nodes drop the oldest before its last
-/// chunk), then commits.
+/// chunk), then commits; so does a whole writeset over one entry, which
+/// the leader proposes in chunks too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_streams_only_as_many_writesets_as_the_nodes_keep() {
     let mut nodes = Nodes::start(3).await;
@@ -728,14 +729,32 @@ async fn a_leader_streams_only_as_many_writesets_as_the_nodes_keep() {
         let client = client.clone();
         async move { client.certify_chunked(b, 200).await }
     });
+    // Two rows of 1 MiB: one message, over one entry.
+    let mut c = ws("c", "unused");
+    c.items = (0..2)
+        .map(|i| Item {
+            row: vec![b'c'; 1 << 20].into(),
+            ..item("t", Op::Insert, format!("kc{i}").into_bytes())
+        })
+        .collect();
+    let c_call = tokio::spawn({
+        let client = client.clone();
+        async move { client.certify(c).await }
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     if b_call.is_finished() {
         panic!("b went while a's stream was open: {:?}", b_call.await);
     }
+    if c_call.is_finished() {
+        panic!("c went while a's stream was open: {:?}", c_call.await);
+    }
     a_tx.finish(a_last).await.unwrap();
     assert_eq!(version(a_call.await.unwrap().unwrap()), 1);
     let b = tokio::time::timeout(WAIT, b_call).await.unwrap().unwrap();
-    assert_eq!(version(b.unwrap()), 2);
+    let c = tokio::time::timeout(WAIT, c_call).await.unwrap().unwrap();
+    let mut later = [version(b.unwrap()), version(c.unwrap())];
+    later.sort();
+    assert_eq!(later, [2, 3]);
     nodes.stop_all().await;
 }
 

@@ -31,9 +31,7 @@ impl CertifierService {
             CertifierError::Protocol("certifying in chunks through raft needs a raft node".into())
         })?;
         writeset::validate_header(&first)?;
-        let _stream_permit = node.streams.clone().acquire_owned().await.map_err(|_| {
-            CertifierError::Protocol("the node's stream permits were closed".into())
-        })?;
+        let _stream_permit = node.stream_permit().await?;
         let turn = Turn::from(&first);
         let tag: u64 = rand::random();
         let (mut bytes, mut any) = (0u64, false);

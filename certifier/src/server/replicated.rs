@@ -47,7 +47,7 @@ pub(crate) struct Node {
     versions: Arc<VersionsLog>,
     /// Certify streams whose chunks this node proposes at once
     /// ([`Node::streaming`]).
-    pub(crate) streams: Arc<tokio::sync::Semaphore>,
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Node {
@@ -83,6 +83,17 @@ impl Node {
         let fit = crate::raft::parts::PENDING_MAX_BYTES as u64 / max_writeset_bytes.max(1);
         self.streams = Arc::new(tokio::sync::Semaphore::new(fit.clamp(1, 64) as usize));
         self
+    }
+
+    /// One of the permits of [`Node::streaming`], waited for.
+    pub(crate) async fn stream_permit(
+        &self,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, CertifierError> {
+        self.streams
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CertifierError::Protocol("the node's stream permits were closed".into()))
     }
 
     /// Nobody needs the versions below `point` any more (`purge`): the
@@ -150,7 +161,14 @@ impl Node {
     /// certifications in flight when it loses contact (see `contact`):
     /// they cannot commit until the partition heals, and the client gets
     /// their real answer by retrying on the new leader.
+    /// A record too large for one entry goes in chunks, as a Certify
+    /// stream does, and takes one of the stream permits as one does.
     pub(crate) async fn certify(&self, rec: Bytes) -> Result<Outcome, CertifierError> {
+        let _stream_permit = if rec.len() > crate::raft::parts::PART_BYTES {
+            Some(self.stream_permit().await?)
+        } else {
+            None
+        };
         self.decide(|| self.proposer.certify(rec)).await
     }
 
