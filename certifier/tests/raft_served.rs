@@ -259,18 +259,24 @@ async fn wipe_a_follower_behind_a_checkpoint(
     let (follower, other) = nodes.others(leader);
     nodes.wipe(follower).await;
     commit_numbered(client, 101..=200).await;
-    client.report_checkpoint(150).await.unwrap();
-    // Both purge whole segments below the checkpoint (never a version
-    // above it), and their raft logs behind a snapshot below it.
+    let first = checkpoint_purges(nodes, client, 150, [leader, other]).await;
+    (follower, other, first)
+}
+
+/// Reports checkpoint `at`: `ids` purge whole segments below it (never a
+/// version above it), and their raft logs behind a snapshot below it.
+/// The earliest first version they keep.
+async fn checkpoint_purges(nodes: &Nodes, client: &CertifierClient, at: u64, ids: [u64; 2]) -> u64 {
+    client.report_checkpoint(at).await.unwrap();
     let mut first = u64::MAX;
-    for id in [leader, other] {
+    for id in ids {
         let s = nodes
             .status_when(id, "no purge after the checkpoint", |s| s.first_version > 1)
             .await;
-        assert!(s.first_version <= 151, "{s:?}");
+        assert!(s.first_version <= at + 1, "{s:?}");
         first = first.min(s.first_version);
     }
-    (follower, other, first)
+    first
 }
 
 async fn wiped_nodes_rejoin(mut nodes: Nodes) {
@@ -792,12 +798,7 @@ async fn a_gap_copy_goes_on_from_another_peer_when_its_source_goes_away() {
         w.items[0].row = Bytes::from(vec![i as u8; 16 << 10]);
         assert_eq!(version(client.certify(w).await.unwrap()), i);
     }
-    client.report_checkpoint(150).await.unwrap();
-    for id in peers {
-        nodes
-            .status_when(id, "no purge after the checkpoint", |s| s.first_version > 1)
-            .await;
-    }
+    checkpoint_purges(&nodes, &client, 150, peers).await;
     nodes.restart(wiped).await;
     let s = nodes
         .status_when(wiped, "the copy is not under way", |s| {
@@ -855,5 +856,82 @@ async fn a_gap_copy_goes_on_from_another_peer_when_its_source_goes_away() {
     let (mine, theirs) = (served(wc).await, served(rc).await);
     assert_eq!(mine.len(), 250);
     assert!(mine == theirs, "the copied versions differ from the peer's");
+    nodes.stop_all().await;
+}
+
+/// Bytes of the files under `dir`.
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+/// A node filling a snapshot's gap copies a large version into its spool
+/// as the frames come (`raft::gap_copy`), not whole into memory: it
+/// serves the version byte for byte as the peer does, its spool holds the
+/// rows, and a restart keeps them (its versions log references them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_filling_a_gap_spools_the_large_versions_it_copies() {
+    let mut nodes = Nodes::start_purging(3, 20, 0, 4096).await;
+    let leader = nodes.leader().await;
+    let client = nodes.client_of_all().await;
+    // Two versions to a 4 KiB segment up to the big one, so that the
+    // checkpoint purges the versions logs up to it.
+    for i in 1..=30 {
+        let mut w = ws(&format!("a{i}"), &format!("k{i}"));
+        w.items[0].row = vec![b'p'; 1800].into();
+        assert_eq!(version(client.certify(w).await.unwrap()), i);
+    }
+    let (wiped, other) = nodes.others(leader);
+    nodes.wipe(wiped).await;
+    let big = big_writeset(6, 1 << 20, "kbig");
+    assert_eq!(version(client.certify(big.clone()).await.unwrap()), 31);
+    for i in 32..=120 {
+        let got = client.certify(ws(&format!("a{i}"), &format!("k{i}"))).await;
+        assert_eq!(version(got.unwrap()), i);
+    }
+    // The raft logs go behind a snapshot, so the wiped node installs the
+    // newest and copies the versions it skips, the big one among them
+    // (the versions logs keep it: no segment wholly below 32 holds it).
+    let first = checkpoint_purges(&nodes, &client, 32, [leader, other]).await;
+    assert!(first <= 31, "the big version was purged: {first}");
+    let spool = nodes.dirs[&wiped].path().join("wal").join("spool");
+    nodes.restart(wiped).await;
+    let s = nodes
+        .status_when(wiped, "the wiped node did not catch up", |s| {
+            s.copying_through == 0 && s.durable_version >= 120
+        })
+        .await;
+    // Copied, not replayed: its log starts where the peer's does.
+    assert_eq!(s.first_version, first, "{s:?}");
+    assert!(
+        bytes_under(&spool) >= 6 << 20,
+        "the copy's rows are not spooled"
+    );
+    let serve = |c: CertifierClient| async move {
+        let got = c
+            .subscribe(31)
+            .await
+            .unwrap()
+            .next()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.version, 31);
+        got.writeset
+    };
+    let theirs = serve(nodes.client(other).await).await;
+    assert!(theirs.items == big.items, "the peer's rows differ");
+    assert!(
+        serve(nodes.client(wiped).await).await == theirs,
+        "the copy differs"
+    );
+    nodes.stop(wiped).await;
+    nodes.restart(wiped).await;
+    assert!(
+        serve(nodes.client(wiped).await).await == theirs,
+        "after a restart"
+    );
     nodes.stop_all().await;
 }

@@ -28,15 +28,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures::StreamExt;
 use tokio::sync::watch;
 
+use super::gap_copy::VersionCopy;
 use super::VersionsLog;
 use crate::client::{CertifierClient, ClientOptions};
 use crate::error::CertifierError;
+use crate::server::spool::Spool;
 use crate::tls::ClientTls;
-use crate::{record, Version};
+use crate::Version;
 
 /// How long a peer may take to connect and answer Status, and to send the
 /// next frame of what it streams, before the next peer is tried.
@@ -133,6 +134,9 @@ pub(crate) struct Holders {
 pub(crate) struct Gap {
     /// Where the versions are copied from; none: they are skipped.
     peers: Option<PeerVersions>,
+    /// Where a large version copied goes (`gap_copy.rs`): the node's
+    /// spool, given with the peers.
+    spool: Option<Arc<Spool>>,
     /// The newest version of an installed snapshot the log does not reach
     /// yet: the versions up to it are being copied (`server::standing`
     /// watches whether there is one).
@@ -141,10 +145,11 @@ pub(crate) struct Gap {
     filling: tokio::sync::Mutex<()>,
 }
 
-impl From<PeerVersions> for Gap {
-    fn from(peers: PeerVersions) -> Gap {
+impl Gap {
+    pub(crate) fn new(peers: PeerVersions, spool: Arc<Spool>) -> Gap {
         Gap {
             peers: Some(peers),
+            spool: Some(spool),
             ..Gap::default()
         }
     }
@@ -286,19 +291,30 @@ impl VersionsLog {
         }
         let from = self.wal.last_lsn() + 1;
         let mut frames = peer.subscribe_frames(from).await?;
-        let mut rec = BytesMut::new();
+        let spool = self
+            .gap
+            .spool
+            .as_deref()
+            .ok_or_else(|| gap_err("no spool to copy large versions into".into()))?;
+        let mut version = None;
         let mut next = from;
         while next <= latest {
             let frame = tokio::time::timeout(PEER_WAIT, frames.next())
                 .await
                 .map_err(|_| gap_err(format!("the peer sent nothing for {PEER_WAIT:?}")))?
                 .ok_or_else(|| gap_err(format!("the peer's stream ended before {next}")))??;
-            if rec.is_empty() {
-                rec = record::header(next, frame.data.len());
-            }
-            rec.extend_from_slice(&frame.data);
+            let copy = version.get_or_insert_with(|| VersionCopy::new(spool, next));
+            copy.push(&frame.data)?;
             if frame.last {
-                self.append(next, rec.split().freeze())?;
+                let copied = version
+                    .take()
+                    .expect("a version being copied")
+                    .finish()
+                    .await?;
+                self.append(next, copied.record)?;
+                if let Some(r) = copied.spooled {
+                    VersionCopy::logged(spool, next, r);
+                }
                 next += 1;
             }
         }

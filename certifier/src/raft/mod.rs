@@ -142,9 +142,9 @@
 //!   received and installed as a stream: one taken while a writeset's
 //!   chunks arrive copies them from the spool one by one (which keeps
 //!   them until the snapshot is written), and a node installing it
-//!   spools them again as it reads them. A version a node copies from a
-//!   peer to fill a snapshot's gap ([`gap`]) is held whole while it is
-//!   copied. Chunks arrive at the client's pace, so a
+//!   spools them again as it reads them. A large version a node copies
+//!   from a peer to fill a snapshot's gap ([`gap`]) goes to its spool as
+//!   the frames come (`gap_copy.rs`). Chunks arrive at the client's pace, so a
 //!   stream slower than `parts::PENDING_MAX_AGE` entries between two of
 //!   its chunks is dropped (and retried), and a raft node refuses a
 //!   `max_writeset_bytes` over `parts::PENDING_MAX_BYTES` (1 GiB). Nodes
@@ -227,6 +227,7 @@
 pub mod chunks;
 pub mod entry;
 pub mod gap;
+mod gap_copy;
 pub mod log_store;
 pub mod membership;
 pub mod meta;

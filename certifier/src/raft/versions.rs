@@ -53,6 +53,7 @@ use tokio::sync::{watch, Notify};
 
 use super::gap::{Gap, PeerVersions};
 use crate::error::CertifierError;
+use crate::server::spool::Spool;
 use crate::server::tail::Tail;
 use crate::{record, Version};
 
@@ -131,9 +132,11 @@ impl VersionsLog {
     }
 
     /// Copies the versions an installed snapshot skips from `peers`.
-    pub(crate) fn with_peers(self, peers: PeerVersions) -> VersionsLog {
+    /// A large version copied goes to `spool` as it comes
+    /// (`gap_copy.rs`).
+    pub(crate) fn with_peers(self, peers: PeerVersions, spool: Arc<Spool>) -> VersionsLog {
         VersionsLog {
-            gap: Gap::from(peers),
+            gap: Gap::new(peers, spool),
             ..self
         }
     }

@@ -186,7 +186,7 @@ pub(super) async fn open(
             let readable = Arc::new(tokio::sync::watch::channel(wal.durable_lsn()).0);
             let versions = Arc::new(
                 VersionsLog::new(wal.clone(), tail, submitted, readable.clone())
-                    .with_peers(peer_versions),
+                    .with_peers(peer_versions, spool.clone()),
             );
             let raft_dir = config.wal_dir.join("raft");
             // An entry may batch several records.
