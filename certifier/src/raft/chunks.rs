@@ -150,7 +150,14 @@ impl SnapshotAssembly {
 pub struct Restoring<'a> {
     spool: &'a Spool,
     chunked: Chunked,
+    /// Bytes spooled since the spool was last waited for.
+    ahead: usize,
 }
+
+/// Bytes of chunks spooled ahead of the spool's writer before the node
+/// waits for it: the spool queues what it has not written in memory, and
+/// a snapshot is read, or a log replayed, faster than it is written.
+pub const SPOOL_AHEAD: usize = 16 << 20;
 
 impl Chunked {
     /// Applies chunk `piece` of writeset `tag` at log index `index`; the
@@ -384,7 +391,20 @@ impl<'a> Restoring<'a> {
         Restoring {
             spool,
             chunked: Chunked::default(),
+            ahead: 0,
         }
+    }
+
+    /// Waits for the spool's writer once [`SPOOL_AHEAD`] bytes are
+    /// queued (blocking: a restore runs on a blocking thread, or at start).
+    fn spooled(&mut self, bytes: usize) -> Result<(), CertifierError> {
+        self.ahead += bytes;
+        if self.ahead >= SPOOL_AHEAD {
+            let wal = self.spool.wal();
+            futures::executor::block_on(wal.wait_durable(wal.last_lsn()))?;
+            self.ahead = 0;
+        }
+        Ok(())
     }
 
     /// The assemblies restored: the whole snapshot was read.
@@ -414,11 +434,12 @@ impl ChunkedIn for Restoring<'_> {
     }
 
     fn part(&mut self, tag: u64, newest: u64, part: Bytes) -> Result<(), CertifierError> {
+        let len = part.len();
         let chunk = Writeset::decode(part).map_err(|e| {
             CertifierError::InvalidArgument(format!("snapshot: undecodable chunk: {e}"))
         })?;
         if chunk.txn_id.is_empty() && self.chunked.add(self.spool, newest, tag, chunk, true)? {
-            return Ok(());
+            return self.spooled(len);
         }
         Err(CertifierError::InvalidArgument(format!(
             "snapshot: a part of {tag:#x} out of place"

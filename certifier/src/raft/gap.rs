@@ -311,10 +311,11 @@ impl VersionsLog {
                     .expect("a version being copied")
                     .finish()
                     .await?;
-                self.append(next, copied.record)?;
+                let appended = self.append(next, copied.record);
                 if let Some(r) = copied.spooled {
-                    VersionCopy::logged(spool, next, r);
+                    VersionCopy::logged(spool, appended.as_ref().ok().map(|_| next), r);
                 }
+                appended?;
                 next += 1;
             }
         }

@@ -10,8 +10,9 @@
 //! spool holds them), and the other fields make the header. Its record in
 //! the versions log is then a spooled one, the header and a `SpoolRef`,
 //! as a chunked commit's is, so Subscribe streams the same bytes from
-//! this node as from the peer. Only one field (one item) is ever held
-//! whole.
+//! this node as from the peer (the same writeset, fields in another
+//! order, if the peer's record was not spooled: an earlier build's). Only
+//! one field (one item) is ever held whole.
 
 use bytes::{Bytes, BytesMut};
 use prost::Message;
@@ -25,8 +26,10 @@ use crate::{record, Version};
 /// not spooled on its node (at most one raft entry, 1 MiB, and its
 /// framing), so those are logged as they were.
 pub(crate) const HOLD_MAX: usize = 2 << 20;
-/// Spool records of about this size (one larger item gets its own).
+/// Spool records of at most this size (a larger item gets its own).
 const PART_BYTES: usize = 1 << 20;
+/// Largest field copied: the largest spool record.
+const FIELD_MAX: usize = super::chunks::SPOOL_PART_MAX;
 
 /// Protobuf field numbers of a writeset's items and statements.
 const ITEMS: u64 = 5;
@@ -103,6 +106,9 @@ impl<'a> VersionCopy<'a> {
         while let Some((number, len)) = next_field(&self.held).map_err(|e| bad(self.version, e))? {
             let field = self.held.split_to(len);
             if number == ITEMS || number == DDL {
+                if !s.part.is_empty() && s.part.len() + field.len() > PART_BYTES {
+                    s.spool_part(self.spool)?;
+                }
                 s.part.extend_from_slice(&field);
                 if s.part.len() >= PART_BYTES {
                     s.spool_part(self.spool)?;
@@ -155,10 +161,10 @@ impl<'a> VersionCopy<'a> {
         })
     }
 
-    /// The copied version was logged: the spool keeps its records while
-    /// the version is retained.
-    pub(crate) fn logged(spool: &Spool, version: Version, spooled: SpoolRef) {
-        spool.finished(spooled.tag, Some((version, spooled.first)));
+    /// The copied version was logged as `version` (the spool keeps its
+    /// records while the version is retained), or could not be (`None`).
+    pub(crate) fn logged(spool: &Spool, version: Option<Version>, spooled: SpoolRef) {
+        spool.finished(spooled.tag, version.map(|v| (v, spooled.first)));
     }
 }
 
@@ -217,10 +223,11 @@ fn next_field(buf: &[u8]) -> Result<Option<(u64, usize)>, String> {
         1 => 8,
         5 => 4,
         2 => match varint(&buf[k..])? {
-            Some((len, n)) => {
-                let len = usize::try_from(len).map_err(|_| format!("a field of {len} bytes"))?;
-                n.checked_add(len).ok_or("a field too long")?
+            // No larger field is spooled (nor sent between nodes).
+            Some((len, _)) if len > FIELD_MAX as u64 => {
+                return Err(format!("a field of {len} bytes"));
             }
+            Some((len, n)) => n + len as usize,
             None => return Ok(None),
         },
         t => return Err(format!("wire type {t} in a writeset")),
@@ -318,5 +325,8 @@ mod tests {
         assert!(next_field(&[0x0b]).is_err(), "wire type 3");
         assert!(next_field(&[0xff; 11]).is_err(), "an endless varint");
         assert_eq!(next_field(&[0x2a, 0x80]).unwrap(), None, "a length cut");
+        let mut huge = vec![0x2a];
+        huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+        assert!(next_field(&huge).is_err(), "a length past any record");
     }
 }

@@ -6,8 +6,8 @@
 //! In `<dir>`:
 //!
 //! - `snapshot`: the current one (`snapshot.rs` has the format), replaced
-//!   by a rename (after an fsync of the new file, then of the directory),
-//!   so a crash leaves the old or the new one;
+//!   by a rename (the new file synced first, the directory after), so a
+//!   crash leaves the old or the new one;
 //! - `snapshot.new-<n>`: one being written, built here or received from
 //!   the leader; removed when dropped without being kept, and at start
 //!   (what a crash left).
@@ -50,22 +50,18 @@ impl NewSnapshot {
         self.path.as_deref().and_then(Path::parent)
     }
 
-    /// Makes this file `dir`'s current snapshot (its content must be
-    /// durable already: see [`durable`]).
-    pub fn keep(mut self) -> Result<(), CertifierError> {
+    /// Makes this file its directory's current snapshot (its content
+    /// must be durable already: see [`durable`]); [`sync_dir`] then makes
+    /// that durable.
+    pub fn rename(mut self) -> Result<(), CertifierError> {
         let Some(path) = self.path.take() else {
             return Ok(());
         };
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let target = dir.join(SNAPSHOT_FILE);
-        let io = |e: io::Error| CertifierError::RaftStorage {
+        let target = path.with_file_name(SNAPSHOT_FILE);
+        std::fs::rename(&path, &target).map_err(|e| CertifierError::RaftStorage {
             what: format!("snapshot {}", target.display()),
             reason: format!("cannot replace: {e}"),
-        };
-        std::fs::rename(&path, &target).map_err(io)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)
+        })
     }
 }
 
@@ -85,12 +81,27 @@ pub fn durable(file: &std::fs::File) -> Result<(), CertifierError> {
     })
 }
 
-/// Removes the files of snapshots a crash left half written.
+/// Makes a rename in `dir` durable. A failure is this node's end: the
+/// snapshot a restart finds is then not known.
+pub fn sync_dir(dir: &Path) -> Result<(), CertifierError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| CertifierError::RaftStorage {
+            what: format!("snapshot directory {}", dir.display()),
+            reason: format!("cannot sync: {e}"),
+        })
+}
+
+/// Removes the files of snapshots a crash left half written (or that a
+/// stopped node's build still removes itself).
 pub fn remove_unkept(dir: &Path) -> io::Result<()> {
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         if e.file_name().to_string_lossy().starts_with(NEW_PREFIX) {
-            std::fs::remove_file(e.path())?;
+            match std::fs::remove_file(e.path()) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
     }
     Ok(())

@@ -28,10 +28,10 @@ use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
     StorageIOError, StoredMembership,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use tokio::sync::watch;
 
-use super::chunks::{ChunkError, Chunked, Complete, Restoring, SnapshotAssembly};
+use super::chunks::{ChunkError, Chunked, Complete, Restoring, SnapshotAssembly, SPOOL_AHEAD};
 use super::parts::{Pending, PART_BYTES};
 use super::snapshot::{self, SnapshotMeta, SnapshotState};
 use super::snapshot_file::{self, NewSnapshot, SnapshotFile};
@@ -70,6 +70,8 @@ pub struct StateMachine {
     chunked: Chunked,
     /// Where chunked writesets' rows go (the node's spool).
     spool: Arc<Spool>,
+    /// Bytes of chunks applied since the spool was last waited for.
+    spool_ahead: usize,
     last_applied: Option<LogId>,
     membership: Membership,
     dir: PathBuf,
@@ -100,8 +102,8 @@ pub struct SnapshotBuilder {
 /// the caller may remove (a wiped node) or reopen.
 #[derive(Clone)]
 pub struct SnapshotWrites {
-    /// Held while a snapshot file is written; `true` once stopped.
-    stopped: Arc<Mutex<bool>>,
+    /// Held (read) while a snapshot file is written; `true` once stopped.
+    stopped: Arc<RwLock<bool>>,
     /// The last log index of the snapshot in `<dir>/snapshot`.
     kept: Arc<watch::Sender<Option<u64>>>,
 }
@@ -118,7 +120,19 @@ impl Default for SnapshotWrites {
 impl SnapshotWrites {
     /// Waits for a snapshot being written, and refuses later ones.
     pub fn stop(&self) {
-        *self.stopped.lock() = true;
+        *self.stopped.write() = true;
+    }
+
+    /// Leave to write a snapshot file, held while it is written.
+    fn writing(&self) -> Result<RwLockReadGuard<'_, bool>, CertifierError> {
+        let stopped = self.stopped.read();
+        if *stopped {
+            return Err(CertifierError::RaftStorage {
+                what: "snapshot".into(),
+                reason: "the node stopped: not written".into(),
+            });
+        }
+        Ok(stopped)
     }
 
     /// The last log index of the snapshot on disk, as it rises: the log
@@ -176,6 +190,7 @@ impl StateMachine {
             pending: Pending::default(),
             chunked: Chunked::default(),
             spool,
+            spool_ahead: 0,
             last_applied: None,
             membership: Membership::default(),
             dir: dir.to_path_buf(),
@@ -186,7 +201,8 @@ impl StateMachine {
         snapshot_file::remove_unkept(dir)?;
         match snapshot_file::open_current(dir) {
             Ok(file) => {
-                let meta = sm.install(file)?;
+                let (state, chunked) = read_snapshot(&sm.spool, file)?;
+                let meta = sm.take(state, chunked)?;
                 // The snapshot this node restarts from.
                 mark(sm.versions.as_ref(), &meta, sm.certifier.lock().latest());
                 sm.writes.kept_through(&meta);
@@ -218,12 +234,9 @@ impl StateMachine {
         self.last_applied
     }
 
-    /// Reads the snapshot in `file` (blocking) and takes its state; its
-    /// metadata.
-    fn install(&mut self, file: std::fs::File) -> Result<SnapshotMeta, CertifierError> {
-        let spool = self.spool.clone();
-        let mut chunked = Restoring::new(&spool);
-        let s = snapshot::read(file, &mut chunked)?;
+    /// Takes the state a snapshot held ([`read_snapshot`]), this state
+    /// machine holding no assembly; its metadata.
+    fn take(&mut self, s: SnapshotState, chunked: Chunked) -> Result<SnapshotMeta, CertifierError> {
         let mut sets = Vec::with_capacity(s.window.len());
         for (v, rec) in &s.window {
             sets.push((*v, ConflictSet::of(&record::decode(0, rec)?)));
@@ -231,7 +244,7 @@ impl StateMachine {
         *self.certifier.lock() = Certifier::from_image(self.limits, s.image, sets)?;
         self.window = s.window.into_iter().collect();
         self.pending = s.pending;
-        std::mem::replace(&mut self.chunked, chunked.done()).release(&spool);
+        self.chunked = chunked;
         self.last_applied = s.meta.last_log_id;
         self.membership = s.meta.last_membership.clone();
         Ok(s.meta)
@@ -305,6 +318,16 @@ impl StateMachine {
                 }
             }
         };
+        self.spool_ahead += piece.len();
+        if self.spool_ahead >= SPOOL_AHEAD {
+            // Applied at the pace of the spool's disk (a replay would
+            // otherwise queue a whole writeset's chunks in memory).
+            let wal = self.spool.wal();
+            if let Err(e) = wal.wait_durable(wal.last_lsn()).await {
+                self.versions_failed = Some(format!("the spool failed: {e}"));
+            }
+            self.spool_ahead = 0;
+        }
         self.trim_window();
         r
     }
@@ -463,6 +486,17 @@ fn answer(r: Result<Response, CertifierError>) -> Response {
     })
 }
 
+/// Reads the snapshot in `file` (blocking): its state, and its writesets
+/// arriving in chunks, spooled again in `spool`.
+fn read_snapshot(
+    spool: &Spool,
+    file: std::fs::File,
+) -> Result<(SnapshotState, Chunked), CertifierError> {
+    let mut chunked = Restoring::new(spool);
+    let state = snapshot::read(file, &mut chunked)?;
+    Ok((state, chunked.done()))
+}
+
 /// Tells `versions` that the snapshot `meta` holds the versions up to
 /// `latest`: how far the raft log may be purged (`versions.rs`).
 fn mark(versions: Option<&Arc<VersionsLog>>, meta: &SnapshotMeta, latest: Version) {
@@ -472,10 +506,10 @@ fn mark(versions: Option<&Arc<VersionsLog>>, meta: &SnapshotMeta, latest: Versio
 }
 
 /// Makes the snapshot `meta` in `new` (durable already) `<dir>/snapshot`,
-/// unless the node stopped, or a newer one is there already: a build that
-/// started before an install may end after it, and the raft log may be
-/// purged through the installed one. The current snapshot then, and its
-/// file to read.
+/// unless a newer one is there already: a build that started before an
+/// install may end after it, and the raft log may be purged through the
+/// installed one. The current snapshot then, and its file to read. The
+/// caller holds `writes` ([`SnapshotWrites::writing`]).
 fn keep(
     dir: &Path,
     current: &Mutex<Option<SnapshotMeta>>,
@@ -483,21 +517,13 @@ fn keep(
     meta: SnapshotMeta,
     new: NewSnapshot,
 ) -> Result<(SnapshotMeta, std::fs::File), CertifierError> {
-    let stopped = writes.stopped.lock();
-    if *stopped {
-        return Err(CertifierError::RaftStorage {
-            what: "snapshot".into(),
-            reason: "the node stopped: not written".into(),
-        });
-    }
     let mut current = current.lock();
-    match current.as_ref() {
-        Some(newer) if newer.last_log_id > meta.last_log_id => {}
-        _ => {
-            new.keep()?;
-            writes.kept_through(&meta);
-            *current = Some(meta);
-        }
+    if !matches!(current.as_ref(), Some(newer) if newer.last_log_id > meta.last_log_id) {
+        new.rename()?;
+        // What is sent from now on matches the file, whatever follows.
+        *current = Some(meta.clone());
+        snapshot_file::sync_dir(dir)?;
+        writes.kept_through(&meta);
     }
     let kept = current.clone().expect("a snapshot was kept");
     Ok((kept, snapshot_file::open_current(dir)?))
@@ -529,6 +555,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let m = meta.clone();
         // Writing, reading the spool and the fsync are blocking work.
         let (kept, file) = tokio::task::spawn_blocking(move || {
+            // Held while the file is written: a node that stops waits.
+            let _writing = writes.writing()?;
             let copies = chunked
                 .iter()
                 .map(|a| a.copy(&spool))
@@ -648,8 +676,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let err = |e| snap_err(Some(meta), ErrorVerb::Write, e);
         let (file, new) = snapshot.into_new_in(&self.dir).await.map_err(err)?;
-        snapshot_file::durable(&file).map_err(err)?;
-        self.install(file).map_err(err)?;
+        // The assemblies held go first: the snapshot may hold the same
+        // ones (a follower that applied part of a stream), and the spool
+        // keeps one registration per tag.
+        std::mem::take(&mut self.chunked).release(&self.spool);
+        let spool = self.spool.clone();
+        // Reading it (and spooling its chunks again) is blocking work.
+        let (state, chunked) = tokio::task::spawn_blocking(move || {
+            snapshot_file::durable(&file)?;
+            read_snapshot(&spool, file)
+        })
+        .await
+        .map_err(|e| {
+            err(CertifierError::RaftStorage {
+                what: "snapshot".into(),
+                reason: format!("install task failed: {e}"),
+            })
+        })?
+        .map_err(err)?;
+        self.take(state, chunked).map_err(err)?;
         // The sender's id for these bytes wins over the one inside them.
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -657,7 +702,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let latest = self.certifier.lock().latest();
             v.installed(latest).await.map_err(err)?;
         }
+        let writing = self.writes.writing().map_err(err)?;
         keep(&self.dir, &self.current, &self.writes, meta.clone(), new).map_err(err)?;
+        drop(writing);
         mark(self.versions.as_ref(), meta, self.certifier.lock().latest());
         Ok(())
     }
@@ -673,5 +720,88 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(SnapshotFile::reading(file)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::entry::log_id;
+    use crate::writeset::item;
+    use crate::{Op, WRITESET_FORMAT_VERSION};
+
+    fn chunk(index: u64, piece: &Bytes, last: bool) -> Entry {
+        Entry {
+            log_id: log_id(1, 0, index),
+            payload: EntryPayload::Normal(Command::Chunk {
+                tag: 7,
+                piece: piece.clone(),
+                last,
+            }),
+        }
+    }
+
+    /// A follower that applied part of a stream installs a snapshot that
+    /// holds the same writeset's chunks: the spool keeps what it spools
+    /// again through a purge, and a snapshot of it can still be written
+    /// (the spool keeps one registration per tag; releasing the ones held
+    /// before after restoring the snapshot's took that one away).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_installed_mid_stream_keeps_its_chunks_through_a_purge() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut leader = StateMachine::open(d1.path(), Limits::default()).unwrap();
+        let mut follower = StateMachine::open(d2.path(), Limits::default()).unwrap();
+        let ws = crate::Writeset {
+            format_version: WRITESET_FORMAT_VERSION,
+            txn_id: Bytes::from_static(b"big"),
+            origin: 1,
+            items: (0..12u8)
+                .map(|i| crate::Item {
+                    row: Bytes::from(vec![i; 1 << 20]),
+                    ..item("t", Op::Insert, vec![i])
+                })
+                .collect(),
+            ..crate::Writeset::default()
+        };
+        let pieces = super::super::chunks::pieces(ws, 1 << 20);
+        let n = pieces.len();
+        for (i, p) in pieces[..n - 1].iter().enumerate() {
+            leader.apply([chunk(i as u64 + 1, p, false)]).await.unwrap();
+            if i < 3 {
+                follower
+                    .apply([chunk(i as u64 + 1, p, false)])
+                    .await
+                    .unwrap();
+            }
+        }
+        let snap = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        follower
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        let wal = follower.spool.wal();
+        wal.wait_durable(wal.last_lsn()).await.unwrap();
+        let first = wal.first_lsn();
+        follower.spool.purge(1).await.unwrap();
+        assert!(
+            follower.spool.wal().first_lsn() > first,
+            "the purge took nothing: the test shows nothing"
+        );
+        follower
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("the restored chunks were purged");
+        let done = follower
+            .apply([chunk(n as u64, &pieces[n - 1], true)])
+            .await
+            .unwrap();
+        assert_eq!(done, [Response::Committed { version: 1 }]);
     }
 }
