@@ -389,6 +389,13 @@ impl RaftRpc for LateFirstAnswer {
         Err(tonic::Status::unimplemented("not in this test"))
     }
 
+    async fn install_snapshot_chunk(
+        &self,
+        _: tonic::Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
     async fn change_membership(
         &self,
         _: tonic::Request<RaftMessage>,

@@ -15,7 +15,8 @@
 //! adopt it, so never awaited it) leaves the stream as it is.
 //! An error the remote node answered is a `RemoteError`.
 //! Payloads are openraft's own messages as JSON, except log entries, which
-//! travel in the log's binary encoding (`entry.rs`; see the proto file). A
+//! travel in the log's binary encoding (`entry.rs`; see the proto file),
+//! and snapshot chunks, as bytes (but to a node of an earlier build). A
 //! node with a certificate (`tls_cert`) speaks TLS to its peers, trusting
 //! `peer_tls_ca`.
 
@@ -23,6 +24,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -38,7 +41,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
-use tonic::Status;
+use tonic::{Code, Status};
 
 use super::entry;
 use super::proto::raft_client::RaftClient;
@@ -76,6 +79,9 @@ pub struct Connection {
     addr: String,
     client: Option<RaftClient<Channel>>,
     appends: Option<AppendStream>,
+    /// The target answered InstallSnapshotChunk UNIMPLEMENTED (an earlier
+    /// build): snapshots go to it as JSON.
+    json_snapshots: bool,
 }
 
 /// An open AppendEntries stream: requests in; their answers, in the same
@@ -214,6 +220,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: self.routes.get(&target).unwrap_or(&node.addr).clone(),
             client: None,
             appends: None,
+            json_snapshots: false,
         }
     }
 }
@@ -277,19 +284,34 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        match self.send(method, req, Vec::new(), timeout).await? {
+            Ok(answer) => self.result(&answer),
+            Err(status) => Err(self.unreachable(status)),
+        }
+    }
+
+    /// Sends `req` (as JSON) and `entries` to the unary `method`: the
+    /// answer, or the status the call failed with.
+    async fn send<Req: Serialize, E: std::error::Error>(
+        &mut self,
+        method: Method,
+        req: &Req,
+        entries: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Result<Result<RaftMessage, Status>, RpcError<E>> {
         let data = serde_json::to_vec(req).map_err(|e| network_error(&protocol(e)))?;
         let client = self.client(timeout).map_err(|e| network_error(&e))?;
         let mut request = tonic::Request::new(RaftMessage {
             data: data.into(),
-            entries: Vec::new(),
+            entries,
         });
         request.set_timeout(timeout);
         let answer = match method {
             Method::Vote => client.vote(request).await,
             Method::Snapshot => client.install_snapshot(request).await,
+            Method::SnapshotChunk => client.install_snapshot_chunk(request).await,
         };
-        let answer = answer.map_err(|status| self.unreachable(status))?;
-        self.result(&answer.into_inner())
+        Ok(answer.map(tonic::Response::into_inner))
     }
 
     /// Sends `msg` on the AppendEntries stream (opening it if none is
@@ -358,6 +380,7 @@ where
 enum Method {
     Vote,
     Snapshot,
+    SnapshotChunk,
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
@@ -412,12 +435,31 @@ impl RaftNetwork<TypeConfig> for Connection {
         }
     }
 
+    /// The chunk's bytes as bytes (InstallSnapshotChunk), or in the JSON
+    /// to a node of an earlier build.
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        mut rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
-        self.call(Method::Snapshot, &rpc, option.hard_ttl()).await
+        let ttl = option.hard_ttl();
+        if !self.json_snapshots {
+            let chunk = Bytes::from(std::mem::take(&mut rpc.data));
+            let sent = self.send(Method::SnapshotChunk, &rpc, vec![chunk.clone()], ttl);
+            match sent.await? {
+                Ok(answer) => return self.result(&answer),
+                Err(s) if s.code() == Code::Unimplemented => {
+                    tracing::info!(
+                        target = self.target,
+                        "a node of an earlier build: snapshots go to it as JSON"
+                    );
+                    self.json_snapshots = true;
+                    rpc.data = chunk.to_vec();
+                }
+                Err(s) => return Err(self.unreachable(s)),
+            }
+        }
+        self.call(Method::Snapshot, &rpc, ttl).await
     }
 
     async fn vote(
@@ -426,5 +468,143 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcError> {
         self.call(Method::Vote, &rpc, option.hard_ttl()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+
+    use openraft::{SnapshotMeta, Vote};
+    use tonic::transport::server::TcpIncoming;
+    use tonic::{Request, Response, Streaming};
+
+    use super::*;
+    use crate::raft::proto::raft_server::{Raft as RaftRpc, RaftServer};
+
+    /// Snapshot bytes a target got, by the method that got them.
+    type Got = Vec<(&'static str, Vec<u8>)>;
+
+    /// A target that has InstallSnapshotChunk, or not (an earlier build).
+    struct Target {
+        chunks: bool,
+        got: Arc<Mutex<Got>>,
+    }
+
+    fn installed() -> Result<Response<RaftMessage>, Status> {
+        let r: Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> =
+            Ok(InstallSnapshotResponse {
+                vote: Vote::new(1, 1),
+            });
+        Ok(Response::new(RaftMessage {
+            data: serde_json::to_vec(&r).unwrap().into(),
+            entries: Vec::new(),
+        }))
+    }
+
+    #[tonic::async_trait]
+    impl RaftRpc for Target {
+        type AppendEntriesStream =
+            Pin<Box<dyn futures::Stream<Item = Result<RaftMessage, Status>> + Send>>;
+
+        async fn append_entries(
+            &self,
+            _: Request<Streaming<RaftMessage>>,
+        ) -> Result<Response<Self::AppendEntriesStream>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            r: Request<RaftMessage>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            let req: InstallSnapshotRequest<TypeConfig> =
+                serde_json::from_slice(&r.into_inner().data).unwrap();
+            self.got.lock().push(("json", req.data));
+            installed()
+        }
+
+        async fn install_snapshot_chunk(
+            &self,
+            r: Request<RaftMessage>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            self.got.lock().push(("asked", Vec::new()));
+            if !self.chunks {
+                return Err(Status::unimplemented("an earlier build"));
+            }
+            let msg = r.into_inner();
+            let req: InstallSnapshotRequest<TypeConfig> =
+                serde_json::from_slice(&msg.data).unwrap();
+            assert!(req.data.is_empty(), "the bytes went in the JSON too");
+            self.got.lock().push(("bytes", msg.entries[0].to_vec()));
+            installed()
+        }
+
+        async fn change_membership(
+            &self,
+            _: Request<RaftMessage>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    /// Sends two chunks to a target with or without InstallSnapshotChunk:
+    /// what it got.
+    async fn send_two(chunks: bool) -> Got {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let target = Target {
+            chunks,
+            got: got.clone(),
+        };
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServer::new(target))
+                .serve_with_incoming(TcpIncoming::from(listener)),
+        );
+        let mut conn = Network::default()
+            .new_client(2, &BasicNode::new(addr.to_string()))
+            .await;
+        for (offset, data) in [(0, vec![0u8, 1, 255]), (3, vec![7u8; 1000])] {
+            let req = InstallSnapshotRequest::<TypeConfig> {
+                vote: Vote::new(1, 1),
+                meta: SnapshotMeta::default(),
+                offset,
+                data,
+                done: offset > 0,
+            };
+            let answer = conn
+                .install_snapshot(req, RPCOption::new(Duration::from_secs(5)))
+                .await
+                .unwrap();
+            assert_eq!(answer.vote, Vote::new(1, 1));
+        }
+        server.abort();
+        let got = got.lock().clone();
+        got
+    }
+
+    #[tokio::test]
+    async fn snapshot_chunks_go_as_bytes_and_as_json_to_an_earlier_build() {
+        let (a, b) = (vec![0u8, 1, 255], vec![7u8; 1000]);
+        assert_eq!(
+            send_two(true).await,
+            [
+                ("asked", vec![]),
+                ("bytes", a.clone()),
+                ("asked", vec![]),
+                ("bytes", b.clone())
+            ]
+        );
+        // Asked once; then the JSON only.
+        assert_eq!(
+            send_two(false).await,
+            [("asked", vec![]), ("json", a), ("json", b)]
+        );
     }
 }

@@ -23,6 +23,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 
+use bytes::Bytes;
 use futures::{FutureExt, Stream};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -30,7 +31,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use openraft::error::RaftError;
-use openraft::raft::AppendEntriesRequest;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
 
 use super::entry;
 use super::proto::raft_server::{Raft as RaftRpc, RaftServer};
@@ -306,6 +307,23 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftMessage>, Status> {
         self.check_peer(&request)?;
         let req = decode(&request.into_inner().data)?;
+        encode(&self.raft.install_snapshot(req).await)
+    }
+
+    async fn install_snapshot_chunk(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.check_peer(&request)?;
+        let msg = request.into_inner();
+        let mut req: InstallSnapshotRequest<TypeConfig> = decode(&msg.data)?;
+        let [chunk] = <[Bytes; 1]>::try_from(msg.entries).map_err(|e| {
+            Status::invalid_argument(format!("a snapshot chunk in {} pieces", e.len()))
+        })?;
+        if !req.data.is_empty() {
+            return Err(Status::invalid_argument("a snapshot chunk's bytes twice"));
+        }
+        req.data = chunk.into();
         encode(&self.raft.install_snapshot(req).await)
     }
 
