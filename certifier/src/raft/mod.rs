@@ -164,8 +164,8 @@
 //!   openraft's messages as JSON but log entries in their binary log
 //!   encoding; AppendEntries go on one gRPC stream per target, kept open
 //!   (a unary call each cost an HTTP/2 stream per message); snapshots go
-//!   in openraft's chunks, inside the JSON (a streaming RPC would be
-//!   cheaper for big windows).
+//!   in openraft's chunks (3 MiB), one unary call each, the bytes beside
+//!   the JSON (in it, as numbers, to a node of an earlier build).
 //! - A node whose disk was wiped rejoins as the same member (openraft's
 //!   `loosen-follower-log-revert`, else the leader panics on its emptied
 //!   log): it gets the snapshot and the log after it. It has also
