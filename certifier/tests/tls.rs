@@ -190,6 +190,16 @@ async fn vote_over_tls(
     ca: &Path,
     identity: Option<(&Path, &Path)>,
 ) -> Result<(), tonic::Status> {
+    raft_call_over_tls(addr, ca, identity, false).await
+}
+
+/// A Vote, or with `snapshot_chunk` an InstallSnapshotChunk, to `addr`.
+async fn raft_call_over_tls(
+    addr: &str,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    snapshot_chunk: bool,
+) -> Result<(), tonic::Status> {
     use tashkent_certifier::raft::proto::{raft_client::RaftClient, RaftMessage};
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
     let mut tls =
@@ -214,7 +224,16 @@ async fn vote_over_tls(
         data: serde_json::to_vec(&req).unwrap().into(),
         entries: Vec::new(),
     };
-    tokio::time::timeout(Duration::from_secs(30), RaftClient::new(channel).vote(msg))
+    let mut client = RaftClient::new(channel);
+    let call = async {
+        if snapshot_chunk {
+            // Refused before it is read: its content does not matter.
+            client.install_snapshot_chunk(msg).await
+        } else {
+            client.vote(msg).await
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), call)
         .await
         .expect("an answer, not a hang")
         .map(|_| ())
@@ -266,6 +285,14 @@ async fn raft_messages_need_a_certificate_the_peers_ca_signed() {
     assert!(
         no_cert.message().contains("client certificate"),
         "{no_cert}"
+    );
+    let no_cert = raft_call_over_tls(&addrs[0], &cert, None, true)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        no_cert.code(),
+        tonic::Code::PermissionDenied,
+        "a snapshot chunk: {no_cert}"
     );
     assert!(
         vote_over_tls(&addrs[0], &cert, Some((&stranger, &stranger_key)))

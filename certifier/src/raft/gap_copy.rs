@@ -28,7 +28,8 @@ use crate::{record, Version};
 pub(crate) const HOLD_MAX: usize = 2 << 20;
 /// Spool records of at most this size (a larger item gets its own).
 const PART_BYTES: usize = 1 << 20;
-/// Largest field copied: the largest spool record.
+/// Largest field copied, key and length included: the largest spool
+/// record.
 const FIELD_MAX: usize = super::chunks::SPOOL_PART_MAX;
 
 /// Protobuf field numbers of a writeset's items and statements.
@@ -224,7 +225,7 @@ fn next_field(buf: &[u8]) -> Result<Option<(u64, usize)>, String> {
         5 => 4,
         2 => match varint(&buf[k..])? {
             // No larger field is spooled (nor sent between nodes).
-            Some((len, _)) if len > FIELD_MAX as u64 => {
+            Some((len, n)) if len > (FIELD_MAX - k - n) as u64 => {
                 return Err(format!("a field of {len} bytes"));
             }
             Some((len, n)) => n + len as usize,

@@ -80,7 +80,7 @@ pub struct Connection {
     client: Option<RaftClient<Channel>>,
     appends: Option<AppendStream>,
     /// The target answered InstallSnapshotChunk UNIMPLEMENTED (an earlier
-    /// build): snapshots go to it as JSON.
+    /// build): the rest of this snapshot goes to it as JSON.
     json_snapshots: bool,
 }
 
@@ -443,6 +443,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
         let ttl = option.hard_ttl();
+        if rpc.offset == 0 {
+            // Each snapshot asks again: the target may have been upgraded.
+            self.json_snapshots = false;
+        }
         if !self.json_snapshots {
             let chunk = Bytes::from(std::mem::take(&mut rpc.data));
             let sent = self.send(Method::SnapshotChunk, &rpc, vec![chunk.clone()], ttl);
@@ -552,8 +556,8 @@ mod tests {
         }
     }
 
-    /// Sends two chunks to a target with or without InstallSnapshotChunk:
-    /// what it got.
+    /// Sends two snapshots, in two chunks and in one, to a target with or
+    /// without InstallSnapshotChunk: what it got.
     async fn send_two(chunks: bool) -> Got {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -570,7 +574,8 @@ mod tests {
         let mut conn = Network::default()
             .new_client(2, &BasicNode::new(addr.to_string()))
             .await;
-        for (offset, data) in [(0, vec![0u8, 1, 255]), (3, vec![7u8; 1000])] {
+        // A snapshot in two chunks, then another.
+        for (offset, data) in [(0, vec![0u8, 1, 255]), (3, vec![7u8; 1000]), (0, vec![9])] {
             let req = InstallSnapshotRequest::<TypeConfig> {
                 vote: Vote::new(1, 1),
                 meta: SnapshotMeta::default(),
@@ -598,13 +603,21 @@ mod tests {
                 ("asked", vec![]),
                 ("bytes", a.clone()),
                 ("asked", vec![]),
-                ("bytes", b.clone())
+                ("bytes", b.clone()),
+                ("asked", vec![]),
+                ("bytes", vec![9]),
             ]
         );
-        // Asked once; then the JSON only.
+        // Asked once per snapshot; then the JSON only.
         assert_eq!(
             send_two(false).await,
-            [("asked", vec![]), ("json", a), ("json", b)]
+            [
+                ("asked", vec![]),
+                ("json", a),
+                ("json", b),
+                ("asked", vec![]),
+                ("json", vec![9])
+            ]
         );
     }
 }

@@ -159,7 +159,9 @@ fn snap_err(meta: Option<&SnapshotMeta>, verb: ErrorVerb, e: CertifierError) -> 
 impl StateMachine {
     /// The state in `dir` (its snapshot, if any); the log after it is
     /// re-applied by openraft. `limits` must be the same on every node.
-    /// Chunked writesets are spooled in `<dir>/spool`.
+    /// Chunked writesets are spooled in `<dir>/spool`. Blocking: it reads
+    /// the snapshot and spools its chunks again, waiting for the spool's
+    /// writer as it goes; a node calls it on a blocking thread.
     pub fn open(dir: &Path, limits: Limits) -> Result<StateMachine, CertifierError> {
         let opts = tashkent_wal::WalOptions {
             segment_size: 4 << 20,
@@ -237,11 +239,21 @@ impl StateMachine {
     /// Takes the state a snapshot held ([`read_snapshot`]), this state
     /// machine holding no assembly; its metadata.
     fn take(&mut self, s: SnapshotState, chunked: Chunked) -> Result<SnapshotMeta, CertifierError> {
-        let mut sets = Vec::with_capacity(s.window.len());
-        for (v, rec) in &s.window {
-            sets.push((*v, ConflictSet::of(&record::decode(0, rec)?)));
-        }
-        *self.certifier.lock() = Certifier::from_image(self.limits, s.image, sets)?;
+        let certifier = (|| {
+            let mut sets = Vec::with_capacity(s.window.len());
+            for (v, rec) in &s.window {
+                sets.push((*v, ConflictSet::of(&record::decode(0, rec)?)));
+            }
+            Certifier::from_image(self.limits, s.image, sets)
+        })();
+        let certifier = match certifier {
+            Ok(c) => c,
+            Err(e) => {
+                chunked.release(&self.spool);
+                return Err(e);
+            }
+        };
+        *self.certifier.lock() = certifier;
         self.window = s.window.into_iter().collect();
         self.pending = s.pending;
         self.chunked = chunked;
