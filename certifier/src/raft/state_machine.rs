@@ -11,12 +11,12 @@
 //!
 //! State is in memory and rebuilt at start from the last snapshot
 //! (`<dir>/snapshot`, replaced atomically, `snapshot_file.rs`) plus the
-//! log after it. A snapshot
-//! is the certifier's image (`CertifierImage`) plus the writesets of the
-//! versions in its conflict window (`snapshot.rs`), which this state machine
-//! keeps for that purpose, and the writesets arriving in parts or chunks
-//! (`parts.rs`, `chunks.rs`; a chunked one's chunks read back from the
-//! spool as the snapshot's file is written, off this task).
+//! log after it. A snapshot is the certifier's image (`CertifierImage`)
+//! plus the writesets of the versions in its conflict window
+//! (`snapshot.rs`), which this state machine keeps for that purpose, and
+//! the writesets arriving in parts or chunks (`parts.rs`, `chunks.rs`; a
+//! chunked one's chunks read back from the spool as the snapshot's file
+//! is written, off this task).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
