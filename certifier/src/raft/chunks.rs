@@ -150,14 +150,7 @@ impl SnapshotAssembly {
 pub struct Restoring<'a> {
     spool: &'a Spool,
     chunked: Chunked,
-    /// Bytes spooled since the spool was last waited for.
-    ahead: usize,
 }
-
-/// Bytes of chunks spooled ahead of the spool's writer before the node
-/// waits for it: the spool queues what it has not written in memory, and
-/// a snapshot is read, or a log replayed, faster than it is written.
-pub const SPOOL_AHEAD: usize = 16 << 20;
 
 impl Chunked {
     /// Applies chunk `piece` of writeset `tag` at log index `index`; the
@@ -301,13 +294,8 @@ impl Chunked {
                 parts.len()
             )));
         }
-        let first = (a.spool.first != 0).then_some(a.spool.first);
-        let ticket = spool.append(tag, &parts, first)?;
-        if a.spool.first == 0 {
-            a.spool.first = ticket.lsn;
-        }
-        a.spool.last = ticket.lsn;
-        a.spool.bytes += parts.len() as u64;
+        // Waited for at the last chunk, before the writeset is certified.
+        let _written_later = spool.append(&mut a.spool, &parts)?;
         a.records += 1;
         // Counted as spooled, so a node that restored the assembly from a
         // snapshot counts it as the others do.
@@ -391,20 +379,7 @@ impl<'a> Restoring<'a> {
         Restoring {
             spool,
             chunked: Chunked::default(),
-            ahead: 0,
         }
-    }
-
-    /// Waits for the spool's writer once [`SPOOL_AHEAD`] bytes are
-    /// queued (blocking: a restore runs on a blocking thread, or at start).
-    fn spooled(&mut self, bytes: usize) -> Result<(), CertifierError> {
-        self.ahead += bytes;
-        if self.ahead >= SPOOL_AHEAD {
-            let wal = self.spool.wal();
-            futures::executor::block_on(wal.wait_durable(wal.last_lsn()))?;
-            self.ahead = 0;
-        }
-        Ok(())
     }
 
     /// The assemblies restored: the whole snapshot was read.
@@ -434,12 +409,12 @@ impl ChunkedIn for Restoring<'_> {
     }
 
     fn part(&mut self, tag: u64, newest: u64, part: Bytes) -> Result<(), CertifierError> {
-        let len = part.len();
         let chunk = Writeset::decode(part).map_err(|e| {
             CertifierError::InvalidArgument(format!("snapshot: undecodable chunk: {e}"))
         })?;
         if chunk.txn_id.is_empty() && self.chunked.add(self.spool, newest, tag, chunk, true)? {
-            return self.spooled(len);
+            // Blocking: a restore runs on a blocking thread, or at start.
+            return futures::executor::block_on(self.spool.keep_up());
         }
         Err(CertifierError::InvalidArgument(format!(
             "snapshot: a part of {tag:#x} out of place"

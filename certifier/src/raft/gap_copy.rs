@@ -181,14 +181,8 @@ impl Drop for VersionCopy<'_> {
 
 impl Spooling {
     fn spool_part(&mut self, spool: &Spool) -> Result<(), CertifierError> {
-        let r = &mut self.spooled;
-        let first = (r.first != 0).then_some(r.first);
-        let ticket = spool.append(r.tag, &self.part, first)?;
-        if r.first == 0 {
-            r.first = ticket.lsn;
-        }
-        r.last = ticket.lsn;
-        r.bytes += self.part.len() as u64;
+        // Waited for in `finish`, before the version is logged.
+        let _written_later = spool.append(&mut self.spooled, &self.part)?;
         self.part.clear();
         Ok(())
     }

@@ -31,7 +31,7 @@ use openraft::{
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use tokio::sync::watch;
 
-use super::chunks::{ChunkError, Chunked, Complete, Restoring, SnapshotAssembly, SPOOL_AHEAD};
+use super::chunks::{ChunkError, Chunked, Complete, Restoring, SnapshotAssembly};
 use super::parts::{Pending, PART_BYTES};
 use super::snapshot::{self, SnapshotMeta, SnapshotState};
 use super::snapshot_file::{self, NewSnapshot, SnapshotFile};
@@ -70,8 +70,6 @@ pub struct StateMachine {
     chunked: Chunked,
     /// Where chunked writesets' rows go (the node's spool).
     spool: Arc<Spool>,
-    /// Bytes of chunks applied since the spool was last waited for.
-    spool_ahead: usize,
     last_applied: Option<LogId>,
     membership: Membership,
     dir: PathBuf,
@@ -192,7 +190,6 @@ impl StateMachine {
             pending: Pending::default(),
             chunked: Chunked::default(),
             spool,
-            spool_ahead: 0,
             last_applied: None,
             membership: Membership::default(),
             dir: dir.to_path_buf(),
@@ -330,15 +327,10 @@ impl StateMachine {
                 }
             }
         };
-        self.spool_ahead += piece.len();
-        if self.spool_ahead >= SPOOL_AHEAD {
-            // Applied at the pace of the spool's disk (a replay would
-            // otherwise queue a whole writeset's chunks in memory).
-            let wal = self.spool.wal();
-            if let Err(e) = wal.wait_durable(wal.last_lsn()).await {
-                self.versions_failed = Some(format!("the spool failed: {e}"));
-            }
-            self.spool_ahead = 0;
+        // Applied at the pace of the spool's disk (a replay would
+        // otherwise queue a whole writeset's chunks in memory).
+        if let Err(e) = self.spool.keep_up().await {
+            self.versions_failed = Some(format!("the spool failed: {e}"));
         }
         self.trim_window();
         r

@@ -438,7 +438,6 @@ impl CertifierService {
             ..Default::default()
         };
         let (mut items, mut ddls, mut bytes) = (0usize, 0usize, 0u64);
-        let mut first_lsn = None;
         let mut next = Some(first.clone());
         // Chunks handed to the spool and not yet written: bounded, so a
         // client faster than the disk waits (HTTP/2 flow control) instead
@@ -463,11 +462,8 @@ impl CertifierService {
             }
             let t = inner
                 .spool
-                .append(tag, &parts, first_lsn)
+                .append(&mut spool, &parts)
                 .map_err(|e| self.spool_failed(e))?;
-            first_lsn.get_or_insert(t.lsn);
-            spool.last = t.lsn;
-            spool.bytes += parts.len() as u64;
             items += chunk.items.len();
             ddls += chunk.ddl.len();
             if chunk.last_chunk {
@@ -480,7 +476,6 @@ impl CertifierService {
                 "empty writeset: read-only transactions are not certified".into(),
             ));
         }
-        spool.first = first_lsn.unwrap_or_default();
         ticket.await.map_err(|e| self.spool_failed(e.into()))?;
         Ok((cs, names, spool))
     }

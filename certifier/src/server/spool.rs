@@ -32,6 +32,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -42,10 +43,16 @@ use crate::error::CertifierError;
 use crate::proto::SpoolRef;
 use crate::Version;
 
+/// Bytes appended ahead of the spool's writer before [`Spool::keep_up`]
+/// waits for it.
+pub const SPOOL_AHEAD: usize = 16 << 20;
+
 /// The spool log and what is still needed of it.
 pub struct Spool {
     wal: Wal,
     needed: Arc<Mutex<Needed>>,
+    /// Bytes appended since [`Spool::keep_up`] last waited.
+    ahead: AtomicUsize,
 }
 
 /// Keeps the spool's records from one LSN on while it lives (a snapshot
@@ -78,6 +85,7 @@ impl Spool {
         Ok(Spool {
             wal: Wal::open(wal_dir.join("spool"), opts)?,
             needed: Arc::new(Mutex::new(Needed::default())),
+            ahead: AtomicUsize::new(0),
         })
     }
 
@@ -85,25 +93,40 @@ impl Spool {
         &self.wal
     }
 
-    /// Appends one chunk of call `tag` (`first`: its first chunk so far,
-    /// `None` for the first chunk); returns the record's ticket.
-    pub fn append(
-        &self,
-        tag: u64,
-        parts: &[u8],
-        first: Option<Lsn>,
-    ) -> Result<AppendTicket, CertifierError> {
+    /// Appends one chunk of the call `r` names (its tag; its records so
+    /// far, none while `first` is 0) and counts it in `r`; returns the
+    /// record's ticket.
+    pub fn append(&self, r: &mut SpoolRef, parts: &[u8]) -> Result<AppendTicket, CertifierError> {
         let mut rec = BytesMut::with_capacity(8 + parts.len());
-        rec.put_u64_le(tag);
+        rec.put_u64_le(r.tag);
         rec.put_slice(parts);
-        // Registered under the lock purges take: a purge never removes a
-        // record of a call in progress.
-        let mut needed = self.needed.lock();
-        let ticket = self.wal.submit(rec.freeze())?;
-        if first.is_none() {
-            needed.calls.insert(tag, ticket.lsn);
-        }
+        let ticket = {
+            // Registered under the lock purges take: a purge never removes
+            // a record of a call in progress.
+            let mut needed = self.needed.lock();
+            let ticket = self.wal.submit(rec.freeze())?;
+            if r.first == 0 {
+                needed.calls.insert(r.tag, ticket.lsn);
+                r.first = ticket.lsn;
+            }
+            ticket
+        };
+        r.last = ticket.lsn;
+        r.bytes += parts.len() as u64;
+        self.ahead.fetch_add(parts.len(), Ordering::Relaxed);
         Ok(ticket)
+    }
+
+    /// Waits for the spool's writer once [`SPOOL_AHEAD`] bytes were
+    /// appended since the last wait: the spool queues in memory what it
+    /// has not written, and a replay, a restore or a copy appends faster
+    /// than a disk writes.
+    pub async fn keep_up(&self) -> Result<(), CertifierError> {
+        if self.ahead.load(Ordering::Relaxed) >= SPOOL_AHEAD {
+            self.ahead.store(0, Ordering::Relaxed);
+            self.wal.wait_durable(self.wal.last_lsn()).await?;
+        }
+        Ok(())
     }
 
     /// The call `tag` ended: committed as `version` (its records are
