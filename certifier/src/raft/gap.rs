@@ -305,6 +305,8 @@ impl VersionsLog {
                 .ok_or_else(|| gap_err(format!("the peer's stream ended before {next}")))??;
             let copy = version.get_or_insert_with(|| VersionCopy::new(spool, next));
             copy.push(&frame.data)?;
+            // A large version is copied at the pace of the spool's disk.
+            spool.keep_up().await?;
             if frame.last {
                 let copied = version
                     .take()
