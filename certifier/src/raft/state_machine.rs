@@ -490,6 +490,14 @@ fn answer(r: Result<Response, CertifierError>) -> Response {
     })
 }
 
+/// A snapshot's blocking task that panicked or was cancelled.
+fn task_failed(task: &str, e: tokio::task::JoinError) -> CertifierError {
+    CertifierError::RaftStorage {
+        what: "snapshot".into(),
+        reason: format!("{task} task failed: {e}"),
+    }
+}
+
 /// Reads the snapshot in `file` (blocking): its state, and its writesets
 /// arriving in chunks, spooled again in `spool`.
 fn read_snapshot(
@@ -576,13 +584,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             keep(&dir, &current, &writes, m, new)
         })
         .await
-        .map_err(|e| {
-            let e = CertifierError::RaftStorage {
-                what: "snapshot".into(),
-                reason: format!("builder task failed: {e}"),
-            };
-            snap_err(Some(&meta), ErrorVerb::Write, e)
-        })?
+        .unwrap_or_else(|e| Err(task_failed("builder", e)))
         .map_err(|e| snap_err(Some(&meta), ErrorVerb::Write, e))?;
         if kept.last_log_id == meta.last_log_id {
             mark(self.versions.as_ref(), &meta, latest);
@@ -691,12 +693,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             read_snapshot(&spool, file)
         })
         .await
-        .map_err(|e| {
-            err(CertifierError::RaftStorage {
-                what: "snapshot".into(),
-                reason: format!("install task failed: {e}"),
-            })
-        })?
+        .unwrap_or_else(|e| Err(task_failed("install", e)))
         .map_err(err)?;
         self.take(state, chunked).map_err(err)?;
         // The sender's id for these bytes wins over the one inside them.
