@@ -85,10 +85,22 @@ impl Node {
         self
     }
 
-    /// One of the permits of [`Node::streaming`], waited for.
+    /// One of the permits of [`Node::streaming`], waited for. A node
+    /// that does not lead says so first: only a leader proposes (and
+    /// holds permits), so a follower would make a stream wait for
+    /// nothing before redirecting it.
     pub(crate) async fn stream_permit(
         &self,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, CertifierError> {
+        let (state, leader) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.state, m.current_leader)
+        };
+        if state != ServerState::Leader {
+            let not_leader = CertifierError::NotLeader { leader, addr: None };
+            return Err(self.retryable(not_leader));
+        }
         self.streams
             .clone()
             .acquire_owned()
