@@ -44,6 +44,13 @@ pub mod proto {
 /// is version 1, each commit adds exactly one; 0 means "nothing".
 pub type Version = u64;
 
+/// The log filter a process serving the certifier uses when `RUST_LOG`
+/// is not set. openraft logs its core's every step (votes, elections,
+/// its whole state at start) at `info`, which buried an operator's
+/// terminal under `tashkent up --certifiers 3`; its warnings and errors
+/// (an unreachable peer, a failed append) still show.
+pub const LOG_FILTER: &str = "info,openraft=warn";
+
 pub use certifier::{Certifier, Decision, Limits};
 pub use client::{CertifierClient, ChunkSender, ClientOptions, CommittedWriteset, FrameStream};
 pub use config::{CertifierArgs, CertifierConfig, WalBackend};

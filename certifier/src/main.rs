@@ -21,8 +21,9 @@ struct Cli {
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(tashkent_certifier::LOG_FILTER)
+            }),
         )
         .with_writer(std::io::stderr)
         // Colour only on a terminal: never escape codes in a file or pipe.

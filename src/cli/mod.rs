@@ -66,7 +66,7 @@ pub fn main() -> Result<()> {
     // The bench draws progress bars on stderr: only warnings may cross them.
     let level = match cli.command {
         Command::Bench(_) | Command::Status(_) | Command::Admin(_) => "warn",
-        _ => "info",
+        _ => tashkent_certifier::LOG_FILTER,
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -234,6 +234,7 @@ pub mod meta;
 pub mod network;
 pub mod parts;
 pub mod proposer;
+pub mod reach;
 pub mod service;
 pub mod snapshot;
 pub mod snapshot_file;

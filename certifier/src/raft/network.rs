@@ -19,6 +19,8 @@
 //! and snapshot chunks, as bytes (but to a node of an earlier build). A
 //! node with a certificate (`tls_cert`) speaks TLS to its peers, trusting
 //! `peer_tls_ca`.
+//! Each request's fate goes to the peer's `Reach`, which logs a peer
+//! lost, refusing and answering again once each (`reach.rs`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +48,7 @@ use tonic::{Code, Status};
 use super::entry;
 use super::proto::raft_client::RaftClient;
 use super::proto::RaftMessage;
+use super::reach::{Peers, Reach};
 use super::types::{NodeId, TypeConfig};
 use crate::error::CertifierError;
 use crate::tls::ClientTls;
@@ -58,17 +61,24 @@ use crate::tls::ClientTls;
 pub struct Network {
     routes: Arc<BTreeMap<NodeId, String>>,
     tls: Option<ClientTls>,
+    peers: Arc<Peers>,
 }
 
 impl Network {
-    /// A network that reaches the nodes in `routes` at those addresses
-    /// instead of their member addresses (a tunnel, a NAT, a test's relay
-    /// that can cut one link), over TLS with `tls`.
-    pub fn new(routes: BTreeMap<NodeId, String>, tls: Option<ClientTls>) -> Network {
+    /// Node `node`'s network: it reaches the nodes in `routes` at those
+    /// addresses instead of their member addresses (a tunnel, a NAT, a
+    /// test's relay that can cut one link), over TLS with `tls`.
+    pub fn new(node: NodeId, routes: BTreeMap<NodeId, String>, tls: Option<ClientTls>) -> Network {
         Network {
             routes: Arc::new(routes),
             tls,
+            peers: Arc::new(Peers::new(node)),
         }
+    }
+
+    /// How the peers answered this node (shared: see `reach.rs`).
+    pub fn peers(&self) -> Arc<Peers> {
+        self.peers.clone()
     }
 }
 
@@ -77,6 +87,7 @@ pub struct Connection {
     target: NodeId,
     tls: Option<ClientTls>,
     addr: String,
+    reach: Arc<Reach>,
     client: Option<RaftClient<Channel>>,
     appends: Option<AppendStream>,
     /// The target answered InstallSnapshotChunk UNIMPLEMENTED (an earlier
@@ -109,6 +120,7 @@ impl Drop for AppendStream {
 /// so the next request reconnects.
 struct GivenUp {
     broken: Option<Arc<AtomicBool>>,
+    reach: Arc<Reach>,
 }
 
 impl GivenUp {
@@ -121,6 +133,9 @@ impl Drop for GivenUp {
     fn drop(&mut self) {
         if let Some(b) = self.broken.take() {
             b.store(true, Ordering::Release);
+            self.reach.failed(&Status::deadline_exceeded(
+                "no AppendEntries answer by openraft's deadline",
+            ));
         }
     }
 }
@@ -193,11 +208,13 @@ impl AppendStream {
     fn answer(
         &self,
         rx: oneshot::Receiver<Result<RaftMessage, Status>>,
+        reach: Arc<Reach>,
     ) -> impl std::future::Future<Output = Result<RaftMessage, Status>> + Send + 'static {
         let broken = self.broken.clone();
         async move {
             let given_up = GivenUp {
                 broken: Some(broken),
+                reach,
             };
             let r = rx
                 .await
@@ -214,10 +231,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+        let addr = self.routes.get(&target).unwrap_or(&node.addr).clone();
+        let reach = self.peers.reach(target, &addr);
         Connection {
             target,
             tls: self.tls.clone(),
-            addr: self.routes.get(&target).unwrap_or(&node.addr).clone(),
+            addr,
+            reach,
             client: None,
             appends: None,
             json_snapshots: false,
@@ -258,6 +278,7 @@ impl Connection {
     fn unreachable<E: std::error::Error>(&mut self, status: Status) -> RpcError<E> {
         self.client = None;
         self.appends = None;
+        self.reach.failed(&status);
         undelivered(status)
     }
 
@@ -269,6 +290,7 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        self.reach.answered();
         remote_result(self.target, answer)
     }
 
@@ -334,7 +356,7 @@ impl Connection {
         }
         let stream = self.appends.as_ref().expect("opened above");
         let rx = stream.send(msg)?;
-        stream.answer(rx).await
+        stream.answer(rx, self.reach.clone()).await
     }
 
     /// The request openraft's `AppendEntriesRequest` goes as.
@@ -399,9 +421,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         let Some(stream) = self.appends.as_ref().filter(|s| s.usable()) else {
             return Err(rpc);
         };
-        let target = self.target;
+        let (target, reach) = (self.target, self.reach.clone());
         let answer = match Self::append_message(rpc) {
-            Ok(msg) => stream.send(msg).map(|rx| stream.answer(rx)),
+            Ok(msg) => stream.send(msg).map(|rx| stream.answer(rx, reach.clone())),
             Err(e) => return Ok(Box::pin(async move { Err(e) })),
         };
         Ok(Box::pin(async move {
@@ -410,8 +432,14 @@ impl RaftNetwork<TypeConfig> for Connection {
                 Err(status) => Err(status),
             };
             match answer {
-                Ok(answer) => remote_result(target, &answer),
-                Err(status) => Err(undelivered(status)),
+                Ok(answer) => {
+                    reach.answered();
+                    remote_result(target, &answer)
+                }
+                Err(status) => {
+                    reach.failed(&status);
+                    Err(undelivered(status))
+                }
             }
         }))
     }
@@ -592,6 +620,54 @@ mod tests {
         server.abort();
         let got = got.lock().clone();
         got
+    }
+
+    fn snapshot_request() -> InstallSnapshotRequest<TypeConfig> {
+        InstallSnapshotRequest {
+            vote: Vote::new(1, 1),
+            meta: SnapshotMeta::default(),
+            offset: 0,
+            data: vec![1],
+            done: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_connection_to_a_peer_tells_its_reach() {
+        // A port nothing listens on, for now.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        let mut network = Network::default();
+        let node = BasicNode::new(addr.to_string());
+        let mut a = network.new_client(2, &node).await;
+        let b = network.new_client(2, &node).await;
+        assert!(Arc::ptr_eq(&a.reach, &b.reach), "one state per peer");
+        let option = RPCOption::new(Duration::from_secs(5));
+        for _ in 0..2 {
+            let sent = a.install_snapshot(snapshot_request(), option.clone()).await;
+            assert!(matches!(sent, Err(RPCError::Unreachable(_))), "{sent:?}");
+        }
+        assert!(a.reach.lost());
+        // Every later failure, through any connection, is old news.
+        assert!(!b.reach.failed(&Status::unavailable("again")));
+
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let target = Target {
+            chunks: true,
+            got: Arc::default(),
+        };
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServer::new(target))
+                .serve_with_incoming(TcpIncoming::from(listener)),
+        );
+        a.install_snapshot(snapshot_request(), option)
+            .await
+            .unwrap();
+        assert!(!b.reach.lost());
+        assert!(!b.reach.answered(), "found again once");
+        server.abort();
     }
 
     #[tokio::test]

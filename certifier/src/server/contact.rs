@@ -15,13 +15,17 @@
 //! longer than an election, so a leader's crash does not break the
 //! followers' streams.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::raft::Raft;
+use crate::raft::reach::Peers;
+use crate::raft::{NodeId, Raft};
+
+type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
 
 /// How often the leader lease is looked at.
 const POLL: Duration = Duration::from_millis(50);
@@ -47,7 +51,9 @@ pub(crate) struct Contact {
 impl Contact {
     /// Watches `raft`, whose leader lease is `lease` (openraft's is the
     /// maximum election timeout).
-    pub(crate) fn watch(raft: Raft, lease: Duration) -> Contact {
+    /// What it sees goes to the log, with `peers` forgotten whenever the
+    /// node follows (`raft::reach`).
+    pub(crate) fn watch(raft: Raft, lease: Duration, peers: Arc<Peers>) -> Contact {
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLL);
@@ -57,6 +63,13 @@ impl Contact {
             // not refuse its first certifications); the lease is polled.
             let mut role = raft.server_metrics();
             let mut core_runs = true;
+            let mut log = Log {
+                peers,
+                node: 0,
+                role: None,
+                lost: None,
+                had_contact: false,
+            };
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -64,7 +77,10 @@ impl Contact {
                     r = role.changed(), if core_runs => core_runs = r.is_ok(),
                     () = tx.closed() => return,
                 }
-                let why = out_of_contact(&raft, lease, &mut leading_since);
+                let m = raft.metrics().borrow().clone();
+                log.role(&m);
+                let why = out_of_contact(&m, lease, &mut leading_since);
+                log.contact(why);
                 tx.send_if_modified(|lost: &mut Option<Lost>| match (why, &lost) {
                     (None, None) => false,
                     (None, Some(_)) => {
@@ -115,11 +131,10 @@ impl Contact {
 /// its first heartbeat), but a majority just voted for it: it is in
 /// contact for one lease from when `leading_since` saw it lead.
 fn out_of_contact(
-    raft: &Raft,
+    m: &RaftMetrics,
     lease: Duration,
     leading_since: &mut Option<Instant>,
 ) -> Option<&'static str> {
-    let m = raft.metrics().borrow().clone();
     if m.running_state.is_err() {
         return Some("its raft node has stopped");
     }
@@ -139,5 +154,69 @@ fn out_of_contact(
         ServerState::Follower | ServerState::Learner => Some("it knows no leader"),
         ServerState::Candidate => Some("an election is under way"),
         ServerState::Shutdown => Some("its raft node has stopped"),
+    }
+}
+
+/// The word `tashkent status` and the logs use for a raft role.
+pub(crate) fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// What the operator's log was last told: a line when the node's role or
+/// leader changes, and when it loses contact after having had it, and
+/// finds it again (openraft's own account of its core is at `debug`,
+/// `crate::LOG_FILTER`).
+struct Log {
+    peers: Arc<Peers>,
+    node: NodeId,
+    role: Option<(ServerState, Option<NodeId>)>,
+    lost: Option<&'static str>,
+    had_contact: bool,
+}
+
+impl Log {
+    fn role(&mut self, m: &RaftMetrics) {
+        self.node = m.id;
+        let now = (m.state, m.current_leader);
+        if self.role == Some(now) {
+            return;
+        }
+        self.role = Some(now);
+        if matches!(now.0, ServerState::Follower | ServerState::Learner) {
+            self.peers.forget();
+        }
+        let (node, term) = (m.id, m.current_term);
+        let role = role_name(now.0);
+        match now {
+            (ServerState::Leader, _) => tracing::info!(node, term, "raft: this node leads"),
+            (_, Some(leader)) => tracing::info!(node, term, "raft: {role}, node {leader} leads"),
+            (_, None) => tracing::info!(node, term, "raft: {role}, no leader known"),
+        }
+    }
+
+    fn contact(&mut self, why: Option<&'static str>) {
+        match (self.lost, why) {
+            (None, Some(why)) if self.had_contact => {
+                tracing::warn!(
+                    node = self.node,
+                    "raft: this node is out of contact with its group: {why}"
+                )
+            }
+            (Some(_), None) if self.had_contact => {
+                tracing::info!(
+                    node = self.node,
+                    "raft: this node is in contact with its group again"
+                )
+            }
+            _ => {}
+        }
+        self.had_contact |= why.is_none();
+        self.lost = why;
     }
 }

@@ -215,15 +215,11 @@ pub(super) async fn open(
     let raft_wal = log.wal().clone();
     let raft_config = raft_config(config.raft_snapshot_entries)?;
     let lease = Duration::from_millis(raft_config.election_timeout_max);
-    let raft = Raft::new(
-        id,
-        raft_config,
-        Network::new(routes.clone(), tls.clone()),
-        log,
-        sm,
-    )
-    .await
-    .map_err(raft_error)?;
+    let network = Network::new(id, routes.clone(), tls.clone());
+    let peers_reached = network.peers();
+    let raft = Raft::new(id, raft_config, network, log, sm)
+        .await
+        .map_err(raft_error)?;
     let mut votes_held = None;
     if !raft.is_initialized().await.map_err(raft_error)? {
         if rejoin::group_runs(&others, tls).await {
@@ -252,7 +248,7 @@ pub(super) async fn open(
         raft.clone(),
         Proposer::new(raft.clone(), MAX_BATCH),
         peers,
-        Contact::watch(raft.clone(), lease),
+        Contact::watch(raft.clone(), lease, peers_reached),
         raft_wal.clone(),
         versions,
     )

@@ -323,11 +323,7 @@ impl Node {
             // A node whose log failed (`node_poison`) is out of the group
             // whatever its core last said.
             _ if s.poisoned || m.running_state.is_err() => "stopped",
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
+            state => super::contact::role_name(state),
         }
         .to_owned();
         s.term = m.current_term;

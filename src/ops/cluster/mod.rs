@@ -303,7 +303,9 @@ impl LocalCluster {
     pub async fn start_certifier(&mut self) -> Result<()> {
         self.stop_certifier().await?;
         if self.replicated() {
-            for i in 0..self.node_listen.len() {
+            // Node 1 initializes the group and asks the others for votes
+            // at once: started last, it finds them listening.
+            for i in (0..self.node_listen.len()).rev() {
                 self.start_certifier_node(i).await?;
             }
             return Ok(());

@@ -1117,7 +1117,9 @@ where
                                     sender_vote: vote,
                                 });
                             }
-                            Err(err) => tracing::error!({error=%err, target=display(&target)}, "while requesting vote"),
+                            // tashkent patch: debug; the network logs a peer lost and found once
+                            // (`certifier/src/raft/network.rs`).
+                            Err(err) => tracing::debug!({error=%err, target=display(&target)}, "while requesting vote"),
                         }
                     }
                 }
@@ -1574,7 +1576,10 @@ where
         };
 
         if Some(sender_vote) != my_vote.as_ref() {
-            tracing::warn!(
+            // tashkent patch: debug, not warn. Every election ends with
+            // votes answered after the candidate won, and each logged a
+            // warning an operator could do nothing about.
+            tracing::debug!(
                 "A message will be ignored because vote changed: msg sent by vote: {}; current my vote: {}; when ({})",
                 sender_vote,
                 my_vote.display(),

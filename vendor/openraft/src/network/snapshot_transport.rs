@@ -214,7 +214,8 @@ where C::SnapshotData: tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io:
                     resp
                 }
                 Ok(Err(err)) => {
-                    tracing::warn!(error=%err, "error sending InstallSnapshot RPC");
+                    // tashkent patch: debug (each try, while a peer is down).
+                    tracing::debug!(error=%err, "error sending InstallSnapshot RPC");
 
                     // Handle terminal and stream-reset variants up front — they skip the retry
                     // budget.

@@ -326,7 +326,9 @@ where
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(error=%err, "error replication to target={}", self.target);
+                    // tashkent patch: debug, as the RPC errors below; storage errors are logged as
+                    // errors there.
+                    tracing::debug!(error=%err, "error replication to target={}", self.target);
                     self.ahead.clear();
 
                     match err {
@@ -353,7 +355,10 @@ where
                             return Ok(());
                         }
                         ReplicationError::RPCError(err) => {
-                            tracing::error!(err = display(&err), "RPCError");
+                            // tashkent patch: debug, not an error each try (twice a second while a
+                            // peer is down); the network logs a peer lost and found once
+                            // (`certifier/src/raft/network.rs`).
+                            tracing::debug!(err = display(&err), "RPCError");
 
                             let retry = match &err {
                                 RPCError::Timeout(_) => false,
@@ -796,7 +801,8 @@ where
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn backoff_drain_events(&mut self, until: InstantOf<C>) -> Result<(), ReplicationClosed> {
         let d = until - C::now();
-        tracing::warn!(
+        // tashkent patch: debug (each backoff, while a peer is down).
+        tracing::debug!(
             interval = debug(d),
             "{} backoff mode: drain events without processing them",
             func_name!()
@@ -1003,7 +1009,8 @@ where
 
         let res = net.full_snapshot(vote, snapshot, cancel, option).await;
         if let Err(e) = &res {
-            tracing::warn!(error = display(e), "failed to send snapshot");
+            // tashkent patch: debug (each try, while a peer is down).
+            tracing::debug!(error = display(e), "failed to send snapshot");
         }
 
         let res = res.decompose_infallible();
