@@ -95,6 +95,13 @@ pub struct CertifierStatus {
     /// from a peer, or skipped if none holds the versions), applying
     /// nothing meanwhile (0: no gap).
     pub copying_through: u64,
+    /// Peers whose answer to this node's last request did not come, and
+    /// peers that refused it; only a leader or candidate sends to its
+    /// peers, so a follower's are empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_peers: Vec<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refusing_peers: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -173,6 +180,8 @@ impl CertifierStatus {
             leader_id: 0,
             committed_version: 0,
             copying_through: 0,
+            unreachable_peers: Vec::new(),
+            refusing_peers: Vec::new(),
         }
     }
 }
@@ -206,6 +215,8 @@ async fn certifier_status(target: &CertifierTarget, timeout: Duration) -> Certif
             s.leader_id = r.leader_id;
             s.committed_version = r.committed_version;
             s.copying_through = r.copying_through;
+            s.unreachable_peers = r.unreachable_peers;
+            s.refusing_peers = r.refusing_peers;
         }
     }
     s
@@ -307,6 +318,15 @@ impl ClusterStatus {
             if let Some(e) = &n.error {
                 out.push_str(&format!("           ({e})\n"));
             }
+            for (peers, what) in [
+                (&n.unreachable_peers, "gets no answer from"),
+                (&n.refusing_peers, "is refused by"),
+            ] {
+                if !peers.is_empty() {
+                    let list: Vec<String> = peers.iter().map(|p| format!("node {p}")).collect();
+                    out.push_str(&format!("           (it {what} {})\n", list.join(", ")));
+                }
+            }
             if n.copying_through > 0 {
                 out.push_str(&format!(
                     "           (filling its versions log through {}: copied from a peer, or \
@@ -407,5 +427,46 @@ mod tests {
         );
         let below = out.lines().skip_while(|l| !l.starts_with("node 2")).nth(1);
         assert_eq!(below, copying.first().copied(), "under its node: {out}");
+    }
+
+    #[test]
+    fn a_node_names_the_peers_that_do_not_answer_it_under_its_line() {
+        let leader = CertifierStatus {
+            state: "up".into(),
+            node_id: 1,
+            role: "leader".into(),
+            unreachable_peers: vec![2, 3],
+            refusing_peers: vec![4],
+            ..CertifierStatus::down("127.0.0.1:1", false)
+        };
+        let s = ClusterStatus {
+            certifier: leader.clone(),
+            certifier_nodes: vec![leader, CertifierStatus::down("127.0.0.1:2", false)],
+            replicas: vec![],
+            newest_checkpoint: None,
+        };
+        let out = s.render();
+        let under: Vec<_> = out
+            .lines()
+            .skip_while(|l| !l.starts_with("node 1"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("node "))
+            .collect();
+        assert_eq!(
+            under,
+            [
+                "           (it gets no answer from node 2, node 3)",
+                "           (it is refused by node 4)"
+            ],
+            "{out}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["certifier_nodes"][0]["unreachable_peers"],
+            serde_json::json!([2, 3])
+        );
+        assert!(json["certifier_nodes"][1]
+            .get("unreachable_peers")
+            .is_none());
     }
 }

@@ -95,6 +95,22 @@ async fn a_leader_cut_off_from_the_majority_stops_committing_and_rejoins() {
         cut.elapsed()
     );
 
+    // The new leader's status names the cut-off node as unreachable.
+    let cut_off = old as u64 + 1;
+    let new_leader = CertifierClient::connect(&addrs[new]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = new_leader.status().await.unwrap();
+        if s.unreachable_peers == [cut_off] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new leader does not name node {cut_off} unreachable: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The old leader, asked alone, commits nothing.
     let alone = CertifierClient::connect(&addrs[old]).await.unwrap();
     let asked = Instant::now();
@@ -130,6 +146,11 @@ async fn a_leader_cut_off_from_the_majority_stops_committing_and_rejoins() {
         still.committed_version, frozen.committed_version,
         "the cut-off node committed"
     );
+    if still.role == "leader" {
+        // It still tries both others, and names them.
+        let others: Vec<u64> = (1..=3).filter(|n| *n != cut_off).collect();
+        assert_eq!(still.unreachable_peers, others, "{still:?}");
+    }
 
     links.isolate(old, false);
     let healed = Instant::now();
@@ -155,6 +176,23 @@ async fn a_leader_cut_off_from_the_majority_stops_committing_and_rejoins() {
         old + 1,
         healed.elapsed()
     );
+    // The leader's status forgets the cut once the node answers it.
+    loop {
+        let all = statuses(&addrs).await;
+        let leaders: Vec<_> = all
+            .iter()
+            .flatten()
+            .filter(|s| s.role == "leader")
+            .collect();
+        let answers = leaders.len() == 1
+            && leaders[0].unreachable_peers.is_empty()
+            && leaders[0].refusing_peers.is_empty();
+        if answers {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still unreachable: {all:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_millis(1000)).await;
     load.finish(&cluster).await;
     nodes_caught_up(&addrs).await;

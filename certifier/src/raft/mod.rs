@@ -165,7 +165,11 @@
 //!   encoding; AppendEntries go on one gRPC stream per target, kept open
 //!   (a unary call each cost an HTTP/2 stream per message); snapshots go
 //!   in openraft's chunks (3 MiB), one unary call each, the bytes beside
-//!   the JSON (in it, as numbers, to a node of an earlier build).
+//!   the JSON (in it, as numbers, to a node of an earlier build). How
+//!   each peer last answered is kept per peer (`reach.rs`): the log says
+//!   once that a peer was lost, refuses, or answers again (openraft's
+//!   per-try lines are at debug), and `status` names the peers a leader
+//!   cannot reach.
 //! - A node whose disk was wiped rejoins as the same member (openraft's
 //!   `loosen-follower-log-revert`, else the leader panics on its emptied
 //!   log): it gets the snapshot and the log after it. It has also

@@ -115,26 +115,38 @@ impl Drop for AppendStream {
     }
 }
 
-/// Marks the stream broken when an awaited answer is given up on before it
-/// came (openraft's deadline, which drops the call): the link may be dead,
-/// so the next request reconnects.
+/// Tells the peer's `reach` when an awaited answer is given up on before
+/// it came (openraft's deadline drops the call, unseen otherwise), and
+/// marks an AppendEntries stream broken then: the link may be dead, so the
+/// next request reconnects.
 struct GivenUp {
+    armed: bool,
     broken: Option<Arc<AtomicBool>>,
     reach: Arc<Reach>,
 }
 
 impl GivenUp {
+    fn new(reach: Arc<Reach>, broken: Option<Arc<AtomicBool>>) -> GivenUp {
+        GivenUp {
+            armed: true,
+            broken,
+            reach,
+        }
+    }
+
     fn answered(mut self) {
-        self.broken = None;
+        self.armed = false;
     }
 }
 
 impl Drop for GivenUp {
     fn drop(&mut self) {
-        if let Some(b) = self.broken.take() {
-            b.store(true, Ordering::Release);
+        if self.armed {
+            if let Some(b) = &self.broken {
+                b.store(true, Ordering::Release);
+            }
             self.reach.failed(&Status::deadline_exceeded(
-                "no AppendEntries answer by openraft's deadline",
+                "no answer by openraft's deadline",
             ));
         }
     }
@@ -212,10 +224,7 @@ impl AppendStream {
     ) -> impl std::future::Future<Output = Result<RaftMessage, Status>> + Send + 'static {
         let broken = self.broken.clone();
         async move {
-            let given_up = GivenUp {
-                broken: Some(broken),
-                reach,
-            };
+            let given_up = GivenUp::new(reach, Some(broken));
             let r = rx
                 .await
                 .unwrap_or_else(|_| Err(Status::unavailable("the AppendEntries stream went away")));
@@ -306,7 +315,10 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        match self.send(method, req, Vec::new(), timeout).await? {
+        let given_up = GivenUp::new(self.reach.clone(), None);
+        let sent = self.send(method, req, Vec::new(), timeout).await;
+        given_up.answered();
+        match sent? {
             Ok(answer) => self.result(&answer),
             Err(status) => Err(self.unreachable(status)),
         }

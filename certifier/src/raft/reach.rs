@@ -49,6 +49,20 @@ impl Peers {
         r.clone()
     }
 
+    /// The peers whose last answer did not come, and those that refused:
+    /// each in id order.
+    pub fn troubled(&self) -> (Vec<NodeId>, Vec<NodeId>) {
+        let (mut lost, mut refusing) = (Vec::new(), Vec::new());
+        for (id, r) in self.reach.lock().iter() {
+            match r.state.load(Ordering::Relaxed) {
+                LOST => lost.push(*id),
+                REFUSES => refusing.push(*id),
+                _ => {}
+            }
+        }
+        (lost, refusing)
+    }
+
     /// This node no longer sends to its peers (it follows): what it saw
     /// of them is forgotten, without a word. Sending again later (as a
     /// candidate or leader) starts a new account.
@@ -144,11 +158,14 @@ mod tests {
         assert!(b.lost());
         assert!(a.failed(&Status::failed_precondition("holding its vote")));
         assert!(!a.lost(), "a refusal is an answer of a kind");
+        peers.reach(3, "h:3").failed(&Status::cancelled("reset"));
+        assert_eq!(peers.troubled(), (vec![3], vec![2]));
         assert!(!b.failed(&Status::permission_denied("no certificate")));
         assert!(b.answered());
         assert!(!a.answered());
         assert!(a.failed(&Status::unavailable("gone again")));
         peers.forget();
+        assert_eq!(peers.troubled(), (vec![], vec![]));
         assert!(!a.lost());
         assert!(!a.answered(), "forgotten without a word");
         assert!(

@@ -46,6 +46,7 @@ pub(crate) struct Lost {
 #[derive(Clone)]
 pub(crate) struct Contact {
     rx: watch::Receiver<Option<Lost>>,
+    peers: Arc<Peers>,
 }
 
 impl Contact {
@@ -55,6 +56,7 @@ impl Contact {
     /// node follows (`raft::reach`).
     pub(crate) fn watch(raft: Raft, lease: Duration, peers: Arc<Peers>) -> Contact {
         let (tx, rx) = watch::channel(None);
+        let forgets = peers.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -64,7 +66,7 @@ impl Contact {
             let mut role = raft.server_metrics();
             let mut core_runs = true;
             let mut log = Log {
-                peers,
+                peers: forgets,
                 node: 0,
                 role: None,
                 lost: None,
@@ -96,7 +98,12 @@ impl Contact {
                 });
             }
         });
-        Contact { rx }
+        Contact { rx, peers }
+    }
+
+    /// How this node's peers answered it (`raft::reach`).
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     /// Out of contact now: since when and why.

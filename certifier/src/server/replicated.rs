@@ -334,6 +334,16 @@ impl Node {
             .unwrap_or_default();
         s.committed_version = s.latest_version;
         s.copying_through = self.versions.copying_through().unwrap_or(0);
+        // Only a leader or candidate sends to its peers (a follower's
+        // requests still in flight may fail after it forgot them), and
+        // only to members (a removed one is not tried again).
+        if matches!(m.state, ServerState::Leader | ServerState::Candidate) {
+            let members = m.membership_config.membership();
+            let member = |p: &NodeId| members.get_node(p).is_some();
+            let (lost, refusing) = self.contact.peers().troubled();
+            s.unreachable_peers = lost.into_iter().filter(member).collect();
+            s.refusing_peers = refusing.into_iter().filter(member).collect();
+        }
         s.last_log_index = m.last_log_index.unwrap_or(0);
         if m.running_state.is_err() && !s.poisoned {
             // The raft core stopped (its log failed): nothing is
