@@ -85,27 +85,30 @@ impl Node {
         self
     }
 
-    /// One of the permits of [`Node::streaming`], waited for. A node
-    /// that does not lead says so first: only a leader proposes (and
-    /// holds permits), so a follower would make a stream wait for
-    /// nothing before redirecting it.
+    /// One of the permits of [`Node::streaming`], waited for while this
+    /// node leads. A node that does not lead (or stops leading meanwhile)
+    /// says so instead: only a leader proposes, so the stream would wait
+    /// for nothing before being redirected.
     pub(crate) async fn stream_permit(
         &self,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, CertifierError> {
-        let (state, leader) = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            (m.state, m.current_leader)
+        let mut role = self.raft.server_metrics();
+        let not_leader = |leader| self.retryable(CertifierError::NotLeader { leader, addr: None });
+        let deposed = async {
+            match role.wait_for(|m| m.state != ServerState::Leader).await {
+                Ok(m) => m.current_leader,
+                // The raft core has ended: no leader known here.
+                Err(_) => None,
+            }
         };
-        if state != ServerState::Leader {
-            let not_leader = CertifierError::NotLeader { leader, addr: None };
-            return Err(self.retryable(not_leader));
+        tokio::select! {
+            // A node that does not lead is told at once, permits free or not.
+            biased;
+            leader = deposed => Err(not_leader(leader)),
+            permit = self.streams.clone().acquire_owned() => permit.map_err(|_| {
+                CertifierError::Protocol("the node's stream permits were closed".into())
+            }),
         }
-        self.streams
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| CertifierError::Protocol("the node's stream permits were closed".into()))
     }
 
     /// Nobody needs the versions below `point` any more (`purge`): the
