@@ -10,7 +10,9 @@
 //! lost, no aborted one present, replicas identical, TPC-B's invariant,
 //! versions dense on every node.
 
-use crate::certifier_failover::{leader_among, leader_past, nodes_caught_up, statuses, ws};
+use crate::certifier_failover::{
+    leader_among, leader_past, nodes_caught_up, statuses, statuses_until, ws,
+};
 use crate::common;
 use crate::recovery::{setup, targets_of, Load};
 
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
 use common::relay::Relay;
+use tashkent_certifier::proto::StatusResponse;
 use tashkent_certifier::{CertifierClient, Outcome};
 
 /// One relay per directed link between the nodes: `links[(i, j)]` carries
@@ -97,19 +100,16 @@ async fn a_leader_cut_off_from_the_majority_stops_committing_and_rejoins() {
 
     // The new leader's status names the cut-off node as unreachable.
     let cut_off = old as u64 + 1;
-    let new_leader = CertifierClient::connect(&addrs[new]).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = new_leader.status().await.unwrap();
-        if s.unreachable_peers == [cut_off] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new leader does not name node {cut_off} unreachable: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let names_it = |all: &[Option<StatusResponse>]| {
+        all[new]
+            .as_ref()
+            .is_some_and(|s| s.unreachable_peers == [cut_off])
+    };
+    let all = statuses_until(&addrs, Duration::from_secs(10), names_it).await;
+    assert!(
+        names_it(&all),
+        "the new leader does not name node {cut_off} unreachable: {all:?}"
+    );
 
     // The old leader, asked alone, commits nothing.
     let alone = CertifierClient::connect(&addrs[old]).await.unwrap();
@@ -177,22 +177,19 @@ async fn a_leader_cut_off_from_the_majority_stops_committing_and_rejoins() {
         healed.elapsed()
     );
     // The leader's status forgets the cut once the node answers it.
-    loop {
-        let all = statuses(&addrs).await;
+    let answered = |all: &[Option<StatusResponse>]| {
         let leaders: Vec<_> = all
             .iter()
             .flatten()
             .filter(|s| s.role == "leader")
             .collect();
-        let answers = leaders.len() == 1
+        leaders.len() == 1
             && leaders[0].unreachable_peers.is_empty()
-            && leaders[0].refusing_peers.is_empty();
-        if answers {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still unreachable: {all:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            && leaders[0].refusing_peers.is_empty()
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    let all = statuses_until(&addrs, left, answered).await;
+    assert!(answered(&all), "still unreachable: {all:?}");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     load.finish(&cluster).await;
     nodes_caught_up(&addrs).await;

@@ -67,7 +67,6 @@ impl Contact {
             let mut core_runs = true;
             let mut log = Log {
                 peers: forgets,
-                node: 0,
                 role: None,
                 lost: None,
                 had_contact: false,
@@ -82,7 +81,7 @@ impl Contact {
                 let m = raft.metrics().borrow().clone();
                 log.role(&m);
                 let why = out_of_contact(&m, lease, &mut leading_since);
-                log.contact(why);
+                log.contact(m.id, why);
                 tx.send_if_modified(|lost: &mut Option<Lost>| match (why, &lost) {
                     (None, None) => false,
                     (None, Some(_)) => {
@@ -181,7 +180,6 @@ pub(crate) fn role_name(state: ServerState) -> &'static str {
 /// `crate::LOG_FILTER`).
 struct Log {
     peers: Arc<Peers>,
-    node: NodeId,
     role: Option<(ServerState, Option<NodeId>)>,
     lost: Option<&'static str>,
     had_contact: bool,
@@ -189,7 +187,6 @@ struct Log {
 
 impl Log {
     fn role(&mut self, m: &RaftMetrics) {
-        self.node = m.id;
         let now = (m.state, m.current_leader);
         if self.role == Some(now) {
             return;
@@ -207,19 +204,16 @@ impl Log {
         }
     }
 
-    fn contact(&mut self, why: Option<&'static str>) {
+    fn contact(&mut self, node: NodeId, why: Option<&'static str>) {
         match (self.lost, why) {
             (None, Some(why)) if self.had_contact => {
                 tracing::warn!(
-                    node = self.node,
+                    node,
                     "raft: this node is out of contact with its group: {why}"
                 )
             }
             (Some(_), None) if self.had_contact => {
-                tracing::info!(
-                    node = self.node,
-                    "raft: this node is in contact with its group again"
-                )
+                tracing::info!(node, "raft: this node is in contact with its group again")
             }
             _ => {}
         }
