@@ -18,6 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::error::Fatal;
 use openraft::ServerState;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -81,7 +82,7 @@ impl Contact {
                 let m = raft.metrics().borrow().clone();
                 log.role(&m);
                 let why = out_of_contact(&m, lease, &mut leading_since);
-                log.contact(m.id, why);
+                log.contact(&m, why);
                 tx.send_if_modified(|lost: &mut Option<Lost>| match (why, &lost) {
                     (None, None) => false,
                     (None, Some(_)) => {
@@ -199,14 +200,18 @@ impl Log {
         let role = role_name(now.0);
         match now {
             (ServerState::Leader, _) => tracing::info!(node, term, "raft: this node leads"),
+            (ServerState::Shutdown, _) => tracing::info!(node, term, "raft: this node stopped"),
             (_, Some(leader)) => tracing::info!(node, term, "raft: {role}, node {leader} leads"),
             (_, None) => tracing::info!(node, term, "raft: {role}, no leader known"),
         }
     }
 
-    fn contact(&mut self, node: NodeId, why: Option<&'static str>) {
+    fn contact(&mut self, m: &RaftMetrics, why: Option<&'static str>) {
+        let node = m.id;
+        // A node told to stop (Ctrl-C, the end of a bench) loses nothing.
+        let stopping = matches!(m.running_state, Err(Fatal::Stopped));
         match (self.lost, why) {
-            (None, Some(why)) if self.had_contact => {
+            (None, Some(why)) if self.had_contact && !stopping => {
                 tracing::warn!(
                     node,
                     "raft: this node is out of contact with its group: {why}"
