@@ -48,7 +48,7 @@ use tonic::{Code, Status};
 use super::entry;
 use super::proto::raft_client::RaftClient;
 use super::proto::RaftMessage;
-use super::reach::{Peers, Reach};
+use super::reach::{Peers, Reach, Sent};
 use super::types::{NodeId, TypeConfig};
 use crate::error::CertifierError;
 use crate::tls::ClientTls;
@@ -122,15 +122,15 @@ impl Drop for AppendStream {
 struct GivenUp {
     armed: bool,
     broken: Option<Arc<AtomicBool>>,
-    reach: Arc<Reach>,
+    sent: Sent,
 }
 
 impl GivenUp {
-    fn new(reach: Arc<Reach>, broken: Option<Arc<AtomicBool>>) -> GivenUp {
+    fn new(sent: Sent, broken: Option<Arc<AtomicBool>>) -> GivenUp {
         GivenUp {
             armed: true,
             broken,
-            reach,
+            sent,
         }
     }
 
@@ -145,7 +145,7 @@ impl Drop for GivenUp {
             if let Some(b) = &self.broken {
                 b.store(true, Ordering::Release);
             }
-            self.reach.failed(&Status::deadline_exceeded(
+            self.sent.failed(&Status::deadline_exceeded(
                 "no answer by openraft's deadline",
             ));
         }
@@ -220,11 +220,11 @@ impl AppendStream {
     fn answer(
         &self,
         rx: oneshot::Receiver<Result<RaftMessage, Status>>,
-        reach: Arc<Reach>,
+        sent: Sent,
     ) -> impl std::future::Future<Output = Result<RaftMessage, Status>> + Send + 'static {
         let broken = self.broken.clone();
         async move {
-            let given_up = GivenUp::new(reach, Some(broken));
+            let given_up = GivenUp::new(sent, Some(broken));
             let r = rx
                 .await
                 .unwrap_or_else(|_| Err(Status::unavailable("the AppendEntries stream went away")));
@@ -283,23 +283,23 @@ impl Connection {
         Ok(self.client.as_mut().expect("connected above"))
     }
 
-    /// An undelivered request: the next one reconnects.
-    fn unreachable<E: std::error::Error>(&mut self, status: Status) -> RpcError<E> {
+    /// An undelivered request (`sent`): the next one reconnects.
+    fn unreachable<E: std::error::Error>(&mut self, sent: &Sent, status: Status) -> RpcError<E> {
         self.client = None;
         self.appends = None;
-        self.reach.failed(&status);
+        sent.failed(&status);
         undelivered(status)
     }
 
     /// Decodes the remote `Result` in `answer`.
     // openraft's error type, large as it is: the trait's methods return it.
     #[allow(clippy::result_large_err)]
-    fn result<Resp, E>(&self, answer: &RaftMessage) -> Result<Resp, RpcError<E>>
+    fn result<Resp, E>(&self, sent: &Sent, answer: &RaftMessage) -> Result<Resp, RpcError<E>>
     where
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        self.reach.answered();
+        sent.answered();
         remote_result(self.target, answer)
     }
 
@@ -315,12 +315,13 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let given_up = GivenUp::new(self.reach.clone(), None);
-        let sent = self.send(method, req, Vec::new(), timeout).await;
+        let sent = self.reach.send();
+        let given_up = GivenUp::new(sent.clone(), None);
+        let answer = self.send(method, req, Vec::new(), timeout).await;
         given_up.answered();
-        match sent? {
-            Ok(answer) => self.result(&answer),
-            Err(status) => Err(self.unreachable(status)),
+        match answer? {
+            Ok(answer) => self.result(&sent, &answer),
+            Err(status) => Err(self.unreachable(&sent, status)),
         }
     }
 
@@ -352,6 +353,7 @@ impl Connection {
     /// open, or the last one broke) and awaits its answer.
     async fn exchange(
         &mut self,
+        sent: Sent,
         msg: RaftMessage,
         timeout: Duration,
     ) -> Result<RaftMessage, Status> {
@@ -368,7 +370,7 @@ impl Connection {
         }
         let stream = self.appends.as_ref().expect("opened above");
         let rx = stream.send(msg)?;
-        stream.answer(rx, self.reach.clone()).await
+        stream.answer(rx, sent).await
     }
 
     /// The request openraft's `AppendEntriesRequest` goes as.
@@ -433,9 +435,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         let Some(stream) = self.appends.as_ref().filter(|s| s.usable()) else {
             return Err(rpc);
         };
-        let (target, reach) = (self.target, self.reach.clone());
+        let (target, sent) = (self.target, self.reach.send());
         let answer = match Self::append_message(rpc) {
-            Ok(msg) => stream.send(msg).map(|rx| stream.answer(rx, reach.clone())),
+            Ok(msg) => stream.send(msg).map(|rx| stream.answer(rx, sent.clone())),
             Err(e) => return Ok(Box::pin(async move { Err(e) })),
         };
         Ok(Box::pin(async move {
@@ -445,11 +447,11 @@ impl RaftNetwork<TypeConfig> for Connection {
             };
             match answer {
                 Ok(answer) => {
-                    reach.answered();
+                    sent.answered();
                     remote_result(target, &answer)
                 }
                 Err(status) => {
-                    reach.failed(&status);
+                    sent.failed(&status);
                     Err(undelivered(status))
                 }
             }
@@ -463,15 +465,20 @@ impl RaftNetwork<TypeConfig> for Connection {
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
         let msg = Self::append_message(rpc)?;
         let timeout = option.hard_ttl();
-        match tokio::time::timeout(timeout, self.exchange(msg, timeout)).await {
-            Ok(Ok(answer)) => self.result(&answer),
-            Ok(Err(status)) => Err(self.unreachable(status)),
+        let sent = self.reach.send();
+        let exchange = self.exchange(sent.clone(), msg, timeout);
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(answer)) => self.result(&sent, &answer),
+            Ok(Err(status)) => Err(self.unreachable(&sent, status)),
             // The stream went with the future; the connection may be dead
             // (a cut link), so it goes too.
-            Err(_) => Err(self.unreachable(Status::deadline_exceeded(format!(
-                "no AppendEntries answer within {} ms",
-                timeout.as_millis()
-            )))),
+            Err(_) => Err(self.unreachable(
+                &sent,
+                Status::deadline_exceeded(format!(
+                    "no AppendEntries answer within {} ms",
+                    timeout.as_millis()
+                )),
+            )),
         }
     }
 
@@ -489,9 +496,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         }
         if !self.json_snapshots {
             let chunk = Bytes::from(std::mem::take(&mut rpc.data));
-            let sent = self.send(Method::SnapshotChunk, &rpc, vec![chunk.clone()], ttl);
-            match sent.await? {
-                Ok(answer) => return self.result(&answer),
+            let sent = self.reach.send();
+            let answer = self.send(Method::SnapshotChunk, &rpc, vec![chunk.clone()], ttl);
+            match answer.await? {
+                Ok(answer) => return self.result(&sent, &answer),
                 Err(s) if s.code() == Code::Unimplemented => {
                     tracing::info!(
                         target = self.target,
@@ -500,7 +508,7 @@ impl RaftNetwork<TypeConfig> for Connection {
                     self.json_snapshots = true;
                     rpc.data = chunk.to_vec();
                 }
-                Err(s) => return Err(self.unreachable(s)),
+                Err(s) => return Err(self.unreachable(&sent, s)),
             }
         }
         self.call(Method::Snapshot, &rpc, ttl).await
@@ -662,7 +670,7 @@ mod tests {
         }
         assert!(a.reach.lost());
         // Every later failure, through any connection, is old news.
-        assert!(!b.reach.failed(&Status::unavailable("again")));
+        assert!(!b.reach.send().failed(&Status::unavailable("again")));
 
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let target = Target {
@@ -678,7 +686,7 @@ mod tests {
             .await
             .unwrap();
         assert!(!b.reach.lost());
-        assert!(!b.reach.answered(), "found again once");
+        assert!(!b.reach.send().answered(), "found again once");
         server.abort();
     }
 

@@ -10,10 +10,12 @@
 //! Only a leader or a candidate sends to its peers. A node that goes back
 //! to following forgets what it saw ([`Peers::forget`]): it would
 //! otherwise never hear that a peer it lost came back, and its log's last
-//! word on that peer would stay "unreachable".
+//! word on that peer would stay "unreachable". A request is told apart by
+//! when it was sent ([`Sent`]): one still in flight when its node forgot
+//! its peers says nothing of them afterwards, whatever becomes of it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -54,7 +56,7 @@ impl Peers {
     pub fn troubled(&self) -> (Vec<NodeId>, Vec<NodeId>) {
         let (mut lost, mut refusing) = (Vec::new(), Vec::new());
         for (id, r) in self.reach.lock().iter() {
-            match r.state.load(Ordering::Relaxed) {
+            match r.word.load(Ordering::Relaxed) & STATE {
                 LOST => lost.push(*id),
                 REFUSES => refusing.push(*id),
                 _ => {}
@@ -68,22 +70,55 @@ impl Peers {
     /// candidate or leader) starts a new account.
     pub fn forget(&self) {
         for r in self.reach.lock().values() {
-            r.state.store(ANSWERS, Ordering::Relaxed);
+            // A new account: requests sent before it no longer count.
+            let _ = r
+                .word
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                    Some(((w >> EPOCH_SHIFT) + 1) << EPOCH_SHIFT | ANSWERS)
+                });
         }
     }
 }
 
-const ANSWERS: u8 = 0;
-const LOST: u8 = 1;
-const REFUSES: u8 = 2;
+// A peer's state: in the low bits of its word, under the account's epoch.
+const ANSWERS: u64 = 0;
+const LOST: u64 = 1;
+const REFUSES: u64 = 2;
+const STATE: u64 = 3;
+const EPOCH_SHIFT: u32 = 2;
 
-/// How one peer answered this node's last request to it.
+/// How one peer answered this node's last request to it, in this node's
+/// current account of it (see [`Peers::forget`]).
 #[derive(Debug)]
 pub(super) struct Reach {
     node: NodeId,
     target: NodeId,
     addr: String,
-    state: AtomicU8,
+    /// The account's epoch (high bits) and the peer's state in it (low
+    /// bits), in one word so that a request's news and a new account
+    /// cannot interleave.
+    word: AtomicU64,
+}
+
+/// A request to a peer, sent in the account current then: what becomes
+/// of it is news only while that account lasts.
+#[derive(Debug, Clone)]
+pub(super) struct Sent {
+    reach: Arc<Reach>,
+    epoch: u64,
+}
+
+impl Sent {
+    /// It got no answer, or an error status (`why`): see
+    /// [`Reach::failed`]. True when that is news.
+    pub(super) fn failed(&self, why: &Status) -> bool {
+        self.reach.failed(self.epoch, why)
+    }
+
+    /// It got an answer. True when that is news.
+    pub(super) fn answered(&self) -> bool {
+        self.reach.answered(self.epoch)
+    }
 }
 
 impl Reach {
@@ -92,21 +127,40 @@ impl Reach {
             node,
             target,
             addr: addr.to_owned(),
-            state: AtomicU8::new(ANSWERS),
+            word: AtomicU64::new(ANSWERS),
         }
     }
 
-    /// A request got no answer, or an error status (`why`): lost when the
-    /// status says the transport failed, else the peer refused (it holds
-    /// its vote after losing its disk, wants a client certificate, runs
-    /// another build). True when that is news.
-    pub(super) fn failed(&self, why: &Status) -> bool {
+    /// A request about to be sent.
+    pub(super) fn send(self: &Arc<Self>) -> Sent {
+        Sent {
+            reach: self.clone(),
+            epoch: self.word.load(Ordering::Relaxed) >> EPOCH_SHIFT,
+        }
+    }
+
+    /// Sets the state to `now` if the account is still `epoch`'s: true
+    /// when it was another state before.
+    fn set(&self, epoch: u64, now: u64) -> bool {
+        let was = self
+            .word
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                (w >> EPOCH_SHIFT == epoch && w & STATE != now)
+                    .then_some(epoch << EPOCH_SHIFT | now)
+            });
+        was.is_ok()
+    }
+
+    /// A request sent in account `epoch` got no answer, or an error status
+    /// (`why`): lost when the status says the transport failed, else the
+    /// peer refused (it holds its vote after losing its disk, wants a
+    /// client certificate, runs another build). True when that is news.
+    fn failed(&self, epoch: u64, why: &Status) -> bool {
         let lost = matches!(
             why.code(),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
         );
-        let now = if lost { LOST } else { REFUSES };
-        let news = self.state.swap(now, Ordering::Relaxed) != now;
+        let news = self.set(epoch, if lost { LOST } else { REFUSES });
         if news {
             let (node, peer, addr) = (self.node, self.target, &self.addr);
             let why = CertifierError::Rpc(why.clone());
@@ -119,12 +173,12 @@ impl Reach {
         news
     }
 
-    /// The peer answered (a raft error it sent counts). True when that is
-    /// news.
-    pub(super) fn answered(&self) -> bool {
+    /// The peer answered a request sent in account `epoch` (a raft error
+    /// it sent counts). True when that is news.
+    fn answered(&self, epoch: u64) -> bool {
         // A load first: the common case writes nothing.
-        let news = self.state.load(Ordering::Relaxed) != ANSWERS
-            && self.state.swap(ANSWERS, Ordering::Relaxed) != ANSWERS;
+        let w = self.word.load(Ordering::Relaxed);
+        let news = w & STATE != ANSWERS && self.set(epoch, ANSWERS);
         if news {
             let (node, peer, addr) = (self.node, self.target, &self.addr);
             tracing::info!(node, peer, addr, "raft peer answers again");
@@ -135,7 +189,7 @@ impl Reach {
     /// Whether the last request got no answer.
     #[cfg(test)]
     pub(super) fn lost(&self) -> bool {
-        self.state.load(Ordering::Relaxed) == LOST
+        self.word.load(Ordering::Relaxed) & STATE == LOST
     }
 }
 
@@ -149,31 +203,56 @@ mod tests {
         let a = peers.reach(2, "h:1");
         let b = peers.reach(2, "h:1");
         assert!(Arc::ptr_eq(&a, &b), "one state per peer");
-        assert!(!a.answered(), "a peer answers until it does not");
-        assert!(a.failed(&Status::unavailable("connection refused")));
+        assert!(!a.send().answered(), "a peer answers until it does not");
+        assert!(a.send().failed(&Status::unavailable("connection refused")));
         assert!(
-            !b.failed(&Status::deadline_exceeded("no answer")),
+            !b.send().failed(&Status::deadline_exceeded("no answer")),
             "still lost"
         );
         assert!(b.lost());
-        assert!(a.failed(&Status::failed_precondition("holding its vote")));
+        assert!(a
+            .send()
+            .failed(&Status::failed_precondition("holding its vote")));
         assert!(!a.lost(), "a refusal is an answer of a kind");
-        peers.reach(3, "h:3").failed(&Status::cancelled("reset"));
+        peers
+            .reach(3, "h:3")
+            .send()
+            .failed(&Status::cancelled("reset"));
         assert_eq!(peers.troubled(), (vec![3], vec![2]));
-        assert!(!b.failed(&Status::permission_denied("no certificate")));
-        assert!(b.answered());
-        assert!(!a.answered());
-        assert!(a.failed(&Status::unavailable("gone again")));
+        assert!(!b
+            .send()
+            .failed(&Status::permission_denied("no certificate")));
+        assert!(b.send().answered());
+        assert!(!a.send().answered());
+        assert!(a.send().failed(&Status::unavailable("gone again")));
         peers.forget();
         assert_eq!(peers.troubled(), (vec![], vec![]));
         assert!(!a.lost());
-        assert!(!a.answered(), "forgotten without a word");
+        assert!(!a.send().answered(), "forgotten without a word");
         assert!(
-            a.failed(&Status::unavailable("still gone")),
+            a.send().failed(&Status::unavailable("still gone")),
             "a new account"
         );
         let moved = peers.reach(2, "h:2");
         assert!(!Arc::ptr_eq(&moved, &a), "a new address starts afresh");
         assert!(!moved.lost());
+    }
+
+    #[test]
+    fn a_request_sent_before_the_node_forgot_its_peers_says_nothing_after() {
+        let peers = Peers::new(1);
+        let a = peers.reach(2, "h:2");
+        let (old_fails, old_answers) = (a.send(), a.send());
+        peers.forget();
+        assert!(
+            !old_fails.failed(&Status::unavailable("late")),
+            "no stale \"unreachable\" line"
+        );
+        assert_eq!(peers.troubled(), (vec![], vec![]));
+        let new = a.send();
+        assert!(new.failed(&Status::unavailable("down")));
+        assert!(!old_answers.answered(), "a late answer does not clear it");
+        assert!(a.lost());
+        assert!(a.send().answered());
     }
 }
