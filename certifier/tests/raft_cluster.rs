@@ -402,6 +402,20 @@ impl RaftRpc for LateFirstAnswer {
     ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
         Err(tonic::Status::unimplemented("not in this test"))
     }
+
+    async fn transfer_leader(
+        &self,
+        _: tonic::Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn elect(
+        &self,
+        _: tonic::Request<RaftMessage>,
+    ) -> Result<tonic::Response<RaftMessage>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
 }
 
 /// The stream of what `produce` sends.

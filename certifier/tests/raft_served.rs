@@ -686,6 +686,63 @@ async fn a_streamed_writeset_goes_again_to_the_next_leader() {
     nodes.stop_all().await;
 }
 
+/// Three nodes that stream one writeset at a time (each may be 1 GiB);
+/// the leader, and a client of the leader alone (it streams chunks as
+/// they come: given every node it would keep them until the last).
+async fn nodes_of_one_stream_permit() -> (Nodes, u64, CertifierClient) {
+    let mut nodes = Nodes::start(3).await;
+    nodes.leader().await;
+    nodes.max_writeset_bytes = Some(1 << 30);
+    for id in 1..=3 {
+        nodes.stop(id).await;
+        nodes.restart(id).await;
+    }
+    let leader = nodes.leader().await;
+    let client = nodes.client(leader).await;
+    (nodes, leader, client)
+}
+
+/// Streams writeset "a" to `leader` through `client`, but for its last
+/// chunk (returned, with the sender and the call), once its first chunk
+/// is in the log: its stream holds the leader's permit.
+async fn a_stream_holding_the_permit(
+    nodes: &Nodes,
+    leader: u64,
+    client: &CertifierClient,
+) -> (
+    tashkent_certifier::ChunkSender,
+    tokio::task::JoinHandle<Result<Outcome, tashkent_certifier::CertifierError>>,
+    Writeset,
+) {
+    let before = client.status().await.unwrap().last_log_index;
+    let mut a = tashkent_certifier::writeset::split(four_rows("a", "ka"), 200);
+    assert!(a.len() > 2, "{} chunks", a.len());
+    let a_last = a.pop().unwrap();
+    let (a_tx, a_call) = client.certify_stream();
+    let a_call = tokio::spawn(a_call);
+    for c in a {
+        a_tx.send(c).await.unwrap();
+    }
+    nodes
+        .status_when(leader, "a's first chunk was not proposed", |s| {
+            s.last_log_index > before
+        })
+        .await;
+    (a_tx, a_call, a_last)
+}
+/// Writeset `id` of four rows of 100 bytes, keys `{key}0`..`{key}3`: in
+/// chunks of 200 bytes, more than two.
+fn four_rows(id: &str, key: &str) -> Writeset {
+    let mut w = ws(id, "unused");
+    w.items = (0..4)
+        .map(|i| Item {
+            row: vec![b'r'; 100].into(),
+            ..item("t", Op::Insert, format!("{key}{i}").into_bytes())
+        })
+        .collect();
+    w
+}
+
 /// A leader proposes the chunks of as many Certify streams at once as
 /// fit, each at `max_writeset_bytes`, in the 1 GiB of chunks a node keeps
 /// in progress: with 1 GiB allowed, one. A second stream waits for the
@@ -694,43 +751,9 @@ async fn a_streamed_writeset_goes_again_to_the_next_leader() {
 /// the leader proposes in chunks too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_streams_only_as_many_writesets_as_the_nodes_keep() {
-    let mut nodes = Nodes::start(3).await;
-    nodes.leader().await;
-    nodes.max_writeset_bytes = Some(1 << 30);
-    for id in 1..=3 {
-        nodes.stop(id).await;
-        nodes.restart(id).await;
-    }
-    // One address: the client streams chunks as they come (given every
-    // node it would keep them until the last).
-    let leader = nodes.leader().await;
-    let client = nodes.client(leader).await;
-    let before = client.status().await.unwrap().last_log_index;
-    let writeset = |id: &str, key: &str| {
-        let mut w = ws(id, "unused");
-        w.items = (0..4)
-            .map(|i| Item {
-                row: vec![b'r'; 100].into(),
-                ..item("t", Op::Insert, format!("{key}{i}").into_bytes())
-            })
-            .collect();
-        w
-    };
-    let mut a = tashkent_certifier::writeset::split(writeset("a", "ka"), 200);
-    assert!(a.len() > 2, "{} chunks", a.len());
-    let a_last = a.pop().unwrap();
-    let (a_tx, a_call) = client.certify_stream();
-    let a_call = tokio::spawn(a_call);
-    for c in a {
-        a_tx.send(c).await.unwrap();
-    }
-    // a's first chunk is in the log: its stream has the leader's turn.
-    nodes
-        .status_when(leader, "a's first chunk was not proposed", |s| {
-            s.last_log_index > before
-        })
-        .await;
-    let b = writeset("b", "kb");
+    let (mut nodes, leader, client) = nodes_of_one_stream_permit().await;
+    let (a_tx, a_call, a_last) = a_stream_holding_the_permit(&nodes, leader, &client).await;
+    let b = four_rows("b", "kb");
     let b_call = tokio::spawn({
         let client = client.clone();
         async move { client.certify_chunked(b, 200).await }
@@ -933,5 +956,114 @@ async fn a_node_filling_a_gap_spools_the_large_versions_it_copies() {
         serve(nodes.client(wiped).await).await == theirs,
         "after a restart"
     );
+    nodes.stop_all().await;
+}
+
+/// A hand-over under load (`tashkent certifier transfer-leader`): the
+/// target leads afterwards, every certification of eight clients given
+/// every node commits (none fails or is lost in the pause), versions stay
+/// dense, and a second hand-over goes back. Asked of a follower, it names
+/// the leader; to a node that is not a member, it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_hands_over_under_load_and_no_certification_fails() {
+    let mut nodes = Nodes::start(3).await;
+    let first = nodes.leader().await;
+    let (target, _) = nodes.others(first);
+    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for w in 0..8 {
+        let client = nodes.client_of_all().await;
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("w{w}-{i}");
+                match client.certify(ws(&id, &id)).await {
+                    Ok(Outcome::Committed { version }) => versions.push(version),
+                    other => panic!("{id}: {other:?}"),
+                }
+                i += 1;
+            }
+            versions
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let follower_says = tashkent_certifier::raft::transfer::request(&nodes.addrs[&target], target)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        follower_says.contains(&format!("node {first} does")),
+        "{follower_says}"
+    );
+    let stranger = tashkent_certifier::raft::transfer::request(&all, 9)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(stranger.contains("node 9 is not a voter"), "{stranger}");
+
+    let t = std::time::Instant::now();
+    let handed = tashkent_certifier::raft::transfer::request(&all, target)
+        .await
+        .unwrap();
+    let took = t.elapsed();
+    assert_eq!(handed.leader, target);
+    eprintln!("handed over from node {first} to node {target} in {took:?}");
+    assert_eq!(nodes.leader().await, target);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let back = tashkent_certifier::raft::transfer::request(&all, first)
+        .await
+        .unwrap();
+    assert_eq!(back.leader, first);
+    assert!(back.term > handed.term);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut versions = Vec::new();
+    for l in load {
+        versions.extend(l.await.unwrap());
+    }
+    versions.sort_unstable();
+    let n = versions.len() as u64;
+    assert!(n > 50, "only {n} certifications");
+    assert_eq!(versions, (1..=n).collect::<Vec<_>>(), "dense, none twice");
+    nodes.stop_all().await;
+}
+
+/// A Certify stream waiting for the leader's stream permit is redirected
+/// as soon as its node hands leadership over, while another stream holds
+/// the permit (the leader then waits for nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_waiting_for_a_permit_is_redirected_when_its_leader_hands_over() {
+    let (mut nodes, leader, client) = nodes_of_one_stream_permit().await;
+    let (target, _) = nodes.others(leader);
+    let (a_tx, a_call, a_last) = a_stream_holding_the_permit(&nodes, leader, &client).await;
+    // b's own connection to the leader alone: it is refused, not followed.
+    let b_client = nodes.client(leader).await;
+    let b_call =
+        tokio::spawn(async move { b_client.certify_chunked(four_rows("b", "kb"), 200).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!b_call.is_finished(), "b went while a's stream was open");
+
+    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let handed = tashkent_certifier::raft::transfer::request(&all, target)
+        .await
+        .unwrap();
+    assert_eq!(handed.leader, target);
+    let b = tokio::time::timeout(WAIT, b_call).await.unwrap().unwrap();
+    let said = format!("{b:?}");
+    assert!(
+        b.is_err() && said.contains(&nodes.addrs[&target]),
+        "b was not redirected to node {target}: {said}"
+    );
+    drop(a_tx.finish(a_last).await);
+    drop(a_call.await);
+    // A client given every node commits on the new leader.
+    let c = nodes.client_of_all().await;
+    version(c.certify(ws("c", "kc")).await.unwrap());
+    assert_eq!(c.status().await.unwrap().node_id, target);
     nodes.stop_all().await;
 }

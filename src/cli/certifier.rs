@@ -1,9 +1,10 @@
 //! `tashkent certifier`: run a certifier (or a node of a replicated one),
-//! or change a replicated certifier's membership online: `add-node`,
-//! `remove-node` (asked of any node; the leader applies it).
+//! or change a replicated certifier online: `add-node`, `remove-node`,
+//! `transfer-leader` (asked of any node; the leader does it).
 
 use anyhow::{Context, Result};
 use tashkent_certifier::raft::membership::{self, MembershipChange};
+use tashkent_certifier::raft::transfer;
 use tashkent_certifier::CertifierArgs;
 
 #[derive(clap::Args)]
@@ -36,6 +37,15 @@ enum NodeAction {
         #[arg(long, value_name = "N")]
         node_id: u64,
     },
+    /// Hand the leadership to node N (before stopping the leader's
+    /// machine): certifications pause for a moment, then go on there.
+    TransferLeader {
+        #[arg(long, value_name = "LIST")]
+        certifier: String,
+        /// The node to lead (a voter).
+        #[arg(long, value_name = "N")]
+        to: u64,
+    },
 }
 
 pub fn run(cmd: CertifierCmd) -> Result<()> {
@@ -53,6 +63,19 @@ pub fn run(cmd: CertifierCmd) -> Result<()> {
         }) => (certifier, MembershipChange::Add { id: node_id, addr }),
         Some(NodeAction::RemoveNode { certifier, node_id }) => {
             (certifier, MembershipChange::Remove { id: node_id })
+        }
+        Some(NodeAction::TransferLeader { certifier, to }) => {
+            let started = std::time::Instant::now();
+            let handed = runtime
+                .block_on(transfer::request(&certifier, to))
+                .with_context(|| format!("handing the leadership to node {to}"))?;
+            println!(
+                "node {} leads (term {}), handed over in {} ms",
+                handed.leader,
+                handed.term,
+                started.elapsed().as_millis()
+            );
+            return Ok(());
         }
     };
     let voters = runtime

@@ -2,7 +2,8 @@
 //! 3`, as `tashkent up --certifiers 3`): three `tashkent certifier
 //! --config` node processes, the proxies given every node; `tashkent
 //! status` prints each node with its role, each node serves its metrics;
-//! a follower SIGKILLed and restarted catches up while commits go on.
+//! a follower SIGKILLed and restarted catches up while commits go on;
+//! `tashkent certifier transfer-leader` hands the leadership to it.
 
 use crate::common;
 
@@ -151,6 +152,27 @@ async fn three_certifier_nodes_serve_the_proxies_and_status_names_the_leader() {
         assert!(std::time::Instant::now() < deadline, "{json}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // The leader hands over to the restarted follower, on the operator's
+    // word; the proxies follow it, and commits go on there.
+    let leader = self::leader(&cluster).await;
+    let to = (0..3).find(|i| *i != leader).unwrap() + 1;
+    let (ok, out) = blocking(|| {
+        tashkent(&[
+            "certifier",
+            "transfer-leader",
+            "--certifier",
+            &addrs,
+            "--to",
+            &to.to_string(),
+        ])
+    });
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("node {to} leads")), "{out}");
+    assert_eq!(self::leader(&cluster).await + 1, to);
+    insert(&cluster, 0, 80, 100).await;
+    insert(&cluster, 1, 100, 120).await;
+    cluster.assert_identical().await;
 }
 
 /// A transaction of some megabytes (certified in chunks, replicated as

@@ -8,8 +8,9 @@
 use std::collections::BTreeSet;
 
 use openraft::BasicNode;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 use super::proto::raft_client::RaftClient;
 use super::proto::RaftMessage;
@@ -67,34 +68,51 @@ pub(crate) async fn apply(raft: &Raft, change: MembershipChange) -> Result<Vec<N
 /// Asks the nodes at `addrs` (`a,b,c`) in turn to apply `change`: the
 /// leader does; returns the voters afterwards.
 pub async fn change(addrs: &str, change: MembershipChange) -> Result<Vec<NodeId>, CertifierError> {
-    let data = serde_json::to_vec(&change).map_err(|e| CertifierError::Protocol(e.to_string()))?;
-    let mut last = CertifierError::Config("no certifier address".into());
+    ask(addrs, &change, |mut client, msg| async move {
+        Ok(client.change_membership(msg).await?.into_inner())
+    })
+    .await
+}
+
+/// Sends `request` (as JSON) by `call` to the nodes at `addrs` (`a,b,c`)
+/// in turn, until one answers `Ok` (the leader, for an operator's call):
+/// that answer, or every node's error.
+pub(crate) async fn ask<Req, T, F, Fut>(
+    addrs: &str,
+    request: &Req,
+    call: F,
+) -> Result<T, CertifierError>
+where
+    Req: Serialize,
+    T: DeserializeOwned,
+    F: Fn(RaftClient<Channel>, RaftMessage) -> Fut,
+    Fut: std::future::Future<Output = Result<RaftMessage, CertifierError>>,
+{
+    let data = serde_json::to_vec(request).map_err(|e| CertifierError::Protocol(e.to_string()))?;
+    let mut errors = Vec::new();
     for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))?;
-        let mut client = match endpoint.connect().await {
+        let client = match endpoint.connect().await {
             Ok(c) => RaftClient::new(c),
             Err(e) => {
-                last = CertifierError::Connect {
-                    addr: addr.to_owned(),
-                    tls: false,
-                    reason: crate::error::chain(&e),
-                };
+                errors.push(format!("{addr}: {}", crate::error::chain(&e)));
                 continue;
             }
         };
-        let answer = client
-            .change_membership(RaftMessage {
-                data: data.clone().into(),
-                entries: Vec::new(),
-            })
-            .await?
-            .into_inner();
-        let r: Result<Vec<NodeId>, String> = serde_json::from_slice(&answer.data)
+        let msg = RaftMessage {
+            data: data.clone().into(),
+            entries: Vec::new(),
+        };
+        let answer = call(client, msg).await?;
+        let r: Result<T, String> = serde_json::from_slice(&answer.data)
             .map_err(|e| CertifierError::Protocol(e.to_string()))?;
         match r {
-            Ok(voters) => return Ok(voters),
-            Err(e) => last = CertifierError::InvalidArgument(format!("node at {addr}: {e}")),
+            Ok(t) => return Ok(t),
+            Err(e) => errors.push(format!("{addr}: {e}")),
         }
     }
-    Err(last)
+    Err(match errors.is_empty() {
+        true => CertifierError::Config("no certifier address".into()),
+        false => CertifierError::InvalidArgument(errors.join("; ")),
+    })
 }

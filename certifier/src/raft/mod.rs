@@ -20,7 +20,9 @@
 //! from which Subscribe, the tail cache, purge and status work unchanged
 //! on every node. Reports are replicated (at most one entry per replica a
 //! second). Status adds the node's id, role, term, leader and committed
-//! version.
+//! version. Every entry a node proposes passes one gate ([`Writes`]),
+//! which a leadership hand-over closes while the target catches up
+//! ([`transfer`]).
 //!
 //! ## What maps to what
 //!
@@ -243,8 +245,10 @@ pub mod service;
 pub mod snapshot;
 pub mod snapshot_file;
 pub mod state_machine;
+pub mod transfer;
 pub mod types;
 pub mod versions;
+pub mod writes;
 
 /// Generated from `proto/raft.proto`: the transport between certifier
 /// nodes.
@@ -267,3 +271,4 @@ pub use service::RaftService;
 pub use state_machine::{SnapshotBuilder, SnapshotWrites, StateMachine};
 pub use types::{Command, NodeId, Raft, Response, TypeConfig};
 pub use versions::VersionsLog;
+pub use writes::Writes;

@@ -343,6 +343,7 @@ impl Connection {
         request.set_timeout(timeout);
         let answer = match method {
             Method::Vote => client.vote(request).await,
+            Method::Elect => client.elect(request).await,
             Method::Snapshot => client.install_snapshot(request).await,
             Method::SnapshotChunk => client.install_snapshot_chunk(request).await,
         };
@@ -371,6 +372,21 @@ impl Connection {
         let stream = self.appends.as_ref().expect("opened above");
         let rx = stream.send(msg)?;
         stream.answer(rx, sent).await
+    }
+
+    /// Asks the target to stand for election, for leader `from` handing
+    /// over to it (`transfer.rs`): the term it leads in, or why not.
+    pub(super) async fn elect(&mut self, from: NodeId) -> Result<u64, String> {
+        let timeout = super::transfer::STAND_FOR + Duration::from_secs(2);
+        let target = self.target;
+        let sent =
+            self.send::<_, openraft::error::Infallible>(Method::Elect, &from, Vec::new(), timeout);
+        match sent.await {
+            Err(e) => Err(format!("node {target}: {e}")),
+            Ok(Err(status)) => Err(format!("node {target}: {}", CertifierError::Rpc(status))),
+            Ok(Ok(answer)) => serde_json::from_slice::<Result<u64, String>>(&answer.data)
+                .map_err(|e| format!("node {target}: {}", protocol(e)))?,
+        }
     }
 
     /// The request openraft's `AppendEntriesRequest` goes as.
@@ -415,6 +431,7 @@ where
 #[derive(Clone, Copy)]
 enum Method {
     Vote,
+    Elect,
     Snapshot,
     SnapshotChunk,
 }
@@ -600,6 +617,17 @@ mod tests {
             &self,
             _: Request<RaftMessage>,
         ) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn transfer_leader(
+            &self,
+            _: Request<RaftMessage>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn elect(&self, _: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
     }

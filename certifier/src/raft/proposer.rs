@@ -17,7 +17,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::parts::PART_BYTES;
-use super::types::{Command, NodeId, Raft, Response};
+use super::types::{Command, NodeId, Response};
+use super::writes::{Writes, Written};
 use crate::error::CertifierError;
 
 type Reply = oneshot::Sender<Result<Response, CertifierError>>;
@@ -27,16 +28,17 @@ type Reply = oneshot::Sender<Result<Response, CertifierError>>;
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::UnboundedSender<(Bytes, Reply)>,
-    raft: Raft,
+    writes: Writes,
 }
 
 impl Proposer {
-    /// Proposes through `raft` (which must be the leader to succeed), at
-    /// most `max_batch` certifications per entry.
-    pub fn new(raft: Raft, max_batch: usize) -> Proposer {
+    /// Proposes through `writes` (a raft node, which must be the leader to
+    /// succeed), at most `max_batch` certifications per entry.
+    pub fn new(writes: impl Into<Writes>, max_batch: usize) -> Proposer {
+        let writes = writes.into();
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft.clone(), rx, max_batch.max(1)));
-        Proposer { tx, raft }
+        tokio::spawn(run(writes.clone(), rx, max_batch.max(1)));
+        Proposer { tx, writes }
     }
 
     /// Certifies `record` (a certifier record, version 0): the answer of
@@ -47,12 +49,12 @@ impl Proposer {
         &self,
         record: Bytes,
     ) -> impl std::future::Future<Output = Result<Response, CertifierError>> {
-        let in_parts = (record.len() > PART_BYTES).then(|| (self.raft.clone(), record.clone()));
+        let in_parts = (record.len() > PART_BYTES).then(|| (self.writes.clone(), record.clone()));
         let (reply, answer) = oneshot::channel();
         let queued = in_parts.is_none() && self.tx.send((record, reply)).is_ok();
         async move {
-            if let Some((raft, record)) = in_parts {
-                return certify_in_parts(&raft, &record).await;
+            if let Some((writes, record)) = in_parts {
+                return certify_in_parts(&writes, &record).await;
             }
             if !queued {
                 return Err(CertifierError::OutcomeUnknown(
@@ -88,11 +90,6 @@ impl Proposer {
 /// AppendEntries in flight, so entries proposed meanwhile wait for its
 /// flush anyway.
 const IN_FLIGHT: usize = 4;
-
-type Written = Result<
-    openraft::raft::ClientWriteResponse<super::types::TypeConfig>,
-    RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
->;
 
 /// Certifications waiting for an entry, in arrival order.
 struct Queue {
@@ -136,7 +133,7 @@ impl Queue {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Bytes, Reply)>, max_batch: usize) {
+async fn run(writes: Writes, mut rx: mpsc::UnboundedReceiver<(Bytes, Reply)>, max_batch: usize) {
     let mut inflight = FuturesUnordered::new();
     let mut queue = Queue {
         waiting: VecDeque::new(),
@@ -151,8 +148,8 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Bytes, Reply)>, max_ba
                 Ok([record]) => Command::Certify { record },
                 Err(records) => Command::CertifyBatch { records },
             };
-            let raft = raft.clone();
-            inflight.push(async move { (replies, raft.client_write(cmd).await) });
+            let writes = writes.clone();
+            inflight.push(async move { (replies, writes.write(cmd).await) });
         }
         tokio::select! {
             got = rx.recv(), if open => {
@@ -179,10 +176,10 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<(Bytes, Reply)>, max_ba
 /// the other under a fresh tag; the last one's answer is the
 /// certification's. A failure before the last chunk leaves nothing
 /// certified (its chunks expire), so a retry under a new tag is safe.
-async fn certify_in_parts(raft: &Raft, record: &Bytes) -> Result<Response, CertifierError> {
+async fn certify_in_parts(writes: &Writes, record: &Bytes) -> Result<Response, CertifierError> {
     let ws = crate::record::decode(0, record)?;
     propose_pieces(
-        raft,
+        writes,
         rand::random(),
         super::chunks::pieces(ws, PART_BYTES),
         true,
@@ -193,7 +190,7 @@ async fn certify_in_parts(raft: &Raft, record: &Bytes) -> Result<Response, Certi
 /// Proposes `pieces` of writeset `tag` one after the other, the last one
 /// marked `last` if `ends` says so; the last one's answer.
 pub(crate) async fn propose_pieces(
-    raft: &Raft,
+    writes: &Writes,
     tag: u64,
     pieces: Vec<Bytes>,
     ends: bool,
@@ -202,8 +199,8 @@ pub(crate) async fn propose_pieces(
     let mut answer = Response::Applied;
     for (i, piece) in pieces.into_iter().enumerate() {
         let last = ends && i + 1 == n;
-        let written = raft
-            .client_write(Command::Chunk { tag, piece, last })
+        let written = writes
+            .write(Command::Chunk { tag, piece, last })
             .await
             .map_err(|e| write_error(&e))?;
         answer = written.data;

@@ -11,7 +11,7 @@
 //! to following forgets what it saw ([`Peers::forget`]): it would
 //! otherwise never hear that a peer it lost came back, and its log's last
 //! word on that peer would stay "unreachable". A request is told apart by
-//! when it was sent ([`Sent`]): one still in flight when its node forgot
+//! when it was sent (`Sent`): one still in flight when its node forgot
 //! its peers says nothing of them afterwards, whatever becomes of it.
 
 use std::collections::BTreeMap;

@@ -10,12 +10,12 @@
 //! stops (else it would hold the server's graceful shutdown open), at the
 //! first request that does not decode (`INVALID_ARGUMENT`), or when the
 //! sender closes it. On a node with TLS, AppendEntries,
-//! Vote and InstallSnapshot come only from clients that showed a
+//! Vote, InstallSnapshot and Elect come only from clients that showed a
 //! certificate the peers' CA signed (the handshake checked the signature;
 //! `PERMISSION_DENIED` without one): a proxy or a tool, trusted to talk
-//! to the certifier, cannot speak raft for a node. ChangeMembership is an
-//! operator's call (`tashkent certifier add-node`), without a client
-//! certificate. A request that does not decode is
+//! to the certifier, cannot speak raft for a node. ChangeMembership and
+//! TransferLeader are an operator's calls (`tashkent certifier add-node`,
+//! `transfer-leader`), without a client certificate. A request that does not decode is
 //! `INVALID_ARGUMENT`; whatever the raft
 //! node answers, error or not, goes back in the message for the client to
 //! turn into a `RemoteError`.
@@ -34,9 +34,11 @@ use openraft::error::RaftError;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
 
 use super::entry;
+use super::network::Network;
 use super::proto::raft_server::{Raft as RaftRpc, RaftServer};
 use super::proto::RaftMessage;
-use super::types::{Raft, TypeConfig};
+use super::types::{NodeId, Raft, TypeConfig};
+use super::writes::Writes;
 
 /// The raft transport's service for one node.
 #[derive(Clone)]
@@ -49,6 +51,9 @@ pub struct RaftService {
     peer_certs_required: bool,
     /// Becomes true when the node stops serving: AppendEntries streams end.
     stop: Option<watch::Receiver<bool>>,
+    /// What a leadership hand-over needs (`transfer.rs`): the node's
+    /// writes and its network to the target.
+    hand_over: Option<(Writes, Network)>,
 }
 
 impl RaftService {
@@ -58,7 +63,15 @@ impl RaftService {
             votes_held: None,
             peer_certs_required: false,
             stop: None,
+            hand_over: None,
         }
+    }
+
+    /// Hands leadership over on request (TransferLeader), holding
+    /// `writes` meanwhile and reaching the target through `network`.
+    pub fn hands_over(mut self, writes: Writes, network: Network) -> RaftService {
+        self.hand_over = Some((writes, network));
+        self
     }
 
     /// Ends the AppendEntries streams once `stop` is true (the serving
@@ -333,6 +346,26 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftMessage>, Status> {
         let change: super::membership::MembershipChange = decode(&request.into_inner().data)?;
         encode(&super::membership::apply(&self.raft, change).await)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let to: NodeId = decode(&request.into_inner().data)?;
+        let handed = match &self.hand_over {
+            Some((writes, network)) => {
+                super::transfer::hand_over(&self.raft, writes, network, to).await
+            }
+            None => Err("this node cannot hand its leadership over".into()),
+        };
+        encode(&handed)
+    }
+
+    async fn elect(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_peer(&request)?;
+        let from: NodeId = decode(&request.into_inner().data)?;
+        encode(&super::transfer::stand(&self.raft, from).await)
     }
 }
 

@@ -108,8 +108,10 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
     let (wal, spool, service, raft, listener) = if config.node_id.is_some() {
         let n = node::open(&config, limits).await?;
         let listener = tokio::net::TcpListener::bind(n.listen).await?;
+        let (writes, network) = n.hand_over;
         let mut rpc = crate::raft::RaftService::new(n.raft.clone())
-            .stops_with(n.service.inner.stop_signal.subscribe());
+            .stops_with(n.service.inner.stop_signal.subscribe())
+            .hands_over(writes, network);
         if tls.is_some() {
             rpc = rpc.peer_certificates_required();
         }

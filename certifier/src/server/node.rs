@@ -35,7 +35,7 @@ use crate::config::{parse_peers, CertifierConfig};
 use crate::error::CertifierError;
 use crate::raft::{
     LogStore, Network, NodeId, PeerVersions, Proposer, Raft, SnapshotWrites, StateMachine,
-    VersionsLog,
+    VersionsLog, Writes,
 };
 use crate::tls::ClientTls;
 
@@ -52,6 +52,8 @@ pub(super) struct Opened {
     pub(super) listen: SocketAddr,
     /// Until when it refuses vote requests (`rejoin`).
     pub(super) votes_held: Option<tokio::time::Instant>,
+    /// What a leadership hand-over needs (`raft::transfer`).
+    pub(super) hand_over: (Writes, Network),
     /// What outlives `raft.shutdown()` and must be stopped after it.
     pub(super) leftovers: Leftovers,
 }
@@ -217,7 +219,7 @@ pub(super) async fn open(
     let lease = Duration::from_millis(raft_config.election_timeout_max);
     let network = Network::new(id, routes.clone(), tls.clone());
     let peers_reached = network.peers();
-    let raft = Raft::new(id, raft_config, network, log, sm)
+    let raft = Raft::new(id, raft_config, network.clone(), log, sm)
         .await
         .map_err(raft_error)?;
     let mut votes_held = None;
@@ -243,10 +245,11 @@ pub(super) async fn open(
         votes_held,
     ));
     spool.purge(wal.first_lsn()).await?;
+    let writes = Writes::from(raft.clone());
     let node = Node::new(
         id,
-        raft.clone(),
-        Proposer::new(raft.clone(), MAX_BATCH),
+        writes.clone(),
+        Proposer::new(writes.clone(), MAX_BATCH),
         peers,
         Contact::watch(raft.clone(), lease, peers_reached),
         raft_wal.clone(),
@@ -275,6 +278,7 @@ pub(super) async fn open(
         raft,
         listen,
         votes_held,
+        hand_over: (writes, network),
         leftovers: Leftovers {
             snapshot_writes,
             raft_wal,

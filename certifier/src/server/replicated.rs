@@ -16,7 +16,7 @@ use super::contact::{Contact, STREAM_GRACE};
 use crate::error::CertifierError;
 use crate::outcome::Outcome;
 use crate::proto::{AbortCode, StatusResponse};
-use crate::raft::{Command, NodeId, Proposer, Raft, Response, VersionsLog};
+use crate::raft::{Command, NodeId, Proposer, Raft, Response, VersionsLog, Writes};
 use crate::Version;
 
 /// A replica's progress is proposed at most this often; reports in between
@@ -25,6 +25,11 @@ use crate::Version;
 /// node; the horizon it moves only bounds memory and old snapshots.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a leader that stepped down may wait to name the next one to a
+/// stream it redirects: about an election's time (a hand-over takes a few
+/// hundred milliseconds).
+const LEADER_NAMED: Duration = Duration::from_millis(1500);
+
 /// What a refused certification is told to do.
 const RETRY_ELSEWHERE: &str = "retry another node";
 
@@ -32,6 +37,8 @@ const RETRY_ELSEWHERE: &str = "retry another node";
 pub(crate) struct Node {
     pub(crate) id: NodeId,
     pub(crate) raft: Raft,
+    /// Every entry this node proposes goes through it (`raft::writes`).
+    pub(crate) writes: Writes,
     pub(crate) proposer: Proposer,
     /// Every node's client address (also its raft address).
     pub(crate) peers: BTreeMap<NodeId, String>,
@@ -53,7 +60,7 @@ pub(crate) struct Node {
 impl Node {
     pub(crate) fn new(
         id: NodeId,
-        raft: Raft,
+        writes: Writes,
         proposer: Proposer,
         peers: BTreeMap<NodeId, String>,
         contact: Contact,
@@ -62,7 +69,8 @@ impl Node {
     ) -> Node {
         Node {
             id,
-            raft,
+            raft: writes.raft().clone(),
+            writes,
             proposer,
             peers,
             reported: Mutex::new(HashMap::new()),
@@ -88,18 +96,28 @@ impl Node {
     /// One of the permits of [`Node::streaming`], waited for while this
     /// node leads. A node that does not lead (or stops leading meanwhile)
     /// says so instead: only a leader proposes, so the stream would wait
-    /// for nothing before being redirected.
+    /// for nothing before being redirected. Stepped down, it names the
+    /// next leader once it knows it, within [`LEADER_NAMED`].
     pub(crate) async fn stream_permit(
         &self,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, CertifierError> {
         let mut role = self.raft.server_metrics();
         let not_leader = |leader| self.retryable(CertifierError::NotLeader { leader, addr: None });
         let deposed = async {
-            match role.wait_for(|m| m.state != ServerState::Leader).await {
-                Ok(m) => m.current_leader,
+            if role
+                .wait_for(|m| m.state != ServerState::Leader)
+                .await
+                .is_err()
+            {
                 // The raft core has ended: no leader known here.
-                Err(_) => None,
+                return None;
             }
+            let named = role.wait_for(|m| m.current_leader.is_some_and(|l| l != self.id));
+            let named = async { named.await.ok().and_then(|m| m.current_leader) };
+            tokio::time::timeout(LEADER_NAMED, named)
+                .await
+                .ok()
+                .flatten()
         };
         tokio::select! {
             // A node that does not lead is told at once, permits free or not.
@@ -195,9 +213,10 @@ impl Node {
         last: Version,
         rec: Bytes,
     ) -> Result<Outcome, CertifierError> {
-        let raft = self.raft.clone();
+        let writes = self.writes.clone();
         self.decide(|| async move {
-            raft.client_write(Command::Refuse { last, record: rec })
+            writes
+                .write(Command::Refuse { last, record: rec })
                 .await
                 .map(|w| w.data)
                 .map_err(|e| crate::raft::proposer::write_error(&e))
@@ -213,8 +232,8 @@ impl Node {
         pieces: Vec<Bytes>,
         ends: bool,
     ) -> Result<Option<Outcome>, CertifierError> {
-        let raft = &self.raft;
-        let proposed = || crate::raft::proposer::propose_pieces(raft, tag, pieces, ends);
+        let writes = &self.writes;
+        let proposed = || crate::raft::proposer::propose_pieces(writes, tag, pieces, ends);
         if ends {
             return self.decide(proposed).await.map(Some);
         }
@@ -303,7 +322,7 @@ impl Node {
             applied,
             oldest_snapshot,
         };
-        let written = self.raft.client_write(cmd).await.map_err(|e| {
+        let written = self.writes.write(cmd).await.map_err(|e| {
             // Not proposed, or not known: the next report tries again.
             self.reported.lock().remove(&replica);
             let e = crate::raft::proposer::write_error(&e);

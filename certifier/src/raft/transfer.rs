@@ -1,0 +1,178 @@
+//! Handing leadership to another node (`tashkent certifier
+//! transfer-leader`), for a planned stop of the leader's machine.
+//!
+//! openraft 0.9 has no hand-over of its own; this one is built from raft's
+//! rules:
+//!
+//! 1. The leader closes its write gate (`writes.rs`): the entries in flight
+//!    get their answers, and later certifications wait.
+//! 2. It waits until the target's log matches its own, so that every voter
+//!    can grant the target its vote.
+//! 3. It asks the target to stand (`stand`, over the peers' raft
+//!    transport): the target starts an election in a newer term. The
+//!    leader's next AppendEntries to it is refused with that newer vote,
+//!    and the leader steps down. The other voters still hold the leader's
+//!    lease and refuse, so the target stands again every `RESTAND` until
+//!    it has the old leader's vote too, which makes a majority of three.
+//! 4. Once it leads, the old leader reopens its gate: the certifications
+//!    that waited are redirected to the new leader (NotLeader), as after
+//!    any leader change, and proxies follow.
+//!
+//! Certifications pause for the length of it: a few hundred milliseconds
+//! against the two seconds of a leader's SIGKILL (the lease, then an
+//! election timeout). If the target does not win by `STAND_FOR`, the
+//! hand-over fails and says so; another node may lead by then, elected as
+//! after any failure.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::{RaftNetworkFactory, ServerState};
+use serde::{Deserialize, Serialize};
+
+use super::network::Network;
+use super::types::{NodeId, Raft};
+use super::writes::Writes;
+
+/// How long the entries in flight may take to be answered.
+const DRAIN: Duration = Duration::from_secs(5);
+/// How long the target may take to catch up.
+const CATCH_UP: Duration = Duration::from_secs(5);
+/// How long the target stands for election at most.
+pub const STAND_FOR: Duration = Duration::from_secs(3);
+/// How often the target stands again while it does not lead: longer than
+/// a vote's round trip, shorter than any node's election timeout (the old
+/// leader, now a follower, would otherwise stand itself).
+const RESTAND: Duration = Duration::from_millis(250);
+
+/// A hand-over's result: who leads, in which term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handed {
+    pub leader: NodeId,
+    pub term: u64,
+}
+
+/// On the leader `raft`: hands leadership to node `to` (steps 1–4 above),
+/// over `network`. An error says why not, or names the leader when this
+/// node does not lead.
+pub(crate) async fn hand_over(
+    raft: &Raft,
+    writes: &Writes,
+    network: &Network,
+    to: NodeId,
+) -> Result<Handed, String> {
+    let (id, node) = {
+        let m = raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return Err(match m.current_leader {
+                Some(l) => format!("node {} does not lead; node {l} does", m.id),
+                None => format!("node {} does not lead, and knows no leader", m.id),
+            });
+        }
+        if to == m.id {
+            return Ok(Handed {
+                leader: to,
+                term: m.current_term,
+            });
+        }
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let node = membership.get_node(&to).filter(|_| voters.contains(&to));
+        let Some(node) = node.cloned() else {
+            return Err(format!("node {to} is not a voter (voters: {voters:?})"));
+        };
+        (m.id, node)
+    };
+    let Some(closed) = writes.close(DRAIN).await else {
+        return Err(format!(
+            "the entries in flight were not committed within {} s",
+            DRAIN.as_secs()
+        ));
+    };
+    let mut metrics = raft.metrics();
+    let last = metrics.borrow().last_log_index;
+    let level = tokio::time::timeout(
+        CATCH_UP,
+        metrics.wait_for(|m| {
+            m.state != ServerState::Leader
+                || m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&to))
+                    .is_some_and(|matched| matched.map(|l| l.index) >= last)
+        }),
+    )
+    .await
+    .map(|waited| waited.map(|m| m.state));
+    match level {
+        Err(_) => {
+            return Err(format!(
+                "node {to} did not catch up with this node's log within {} s",
+                CATCH_UP.as_secs()
+            ))
+        }
+        Ok(Err(_)) => return Err("this node's raft core stopped".into()),
+        Ok(Ok(state)) if state != ServerState::Leader => {
+            return Err(format!("node {id} stopped leading meanwhile"))
+        }
+        Ok(Ok(_)) => {}
+    }
+    tracing::info!(node = id, to, "raft: handing leadership over");
+    let stood = network.clone().new_client(to, &node).await.elect(id).await;
+    // Stepped down at the target's newer vote; the certifications waiting
+    // at the gate are then redirected, not proposed here.
+    let stepped_down = metrics.wait_for(|m| m.state != ServerState::Leader);
+    let _ = tokio::time::timeout(RESTAND, async { stepped_down.await.map(|_| ()) }).await;
+    drop(closed);
+    stood.map(|term| Handed { leader: to, term })
+}
+
+/// On the target: stands for election until this node leads, for
+/// [`STAND_FOR`] at most; the term it leads in.
+pub(crate) async fn stand(raft: &Raft, from: NodeId) -> Result<u64, String> {
+    let mut metrics = raft.metrics();
+    let id = metrics.borrow().id;
+    tracing::info!(
+        node = id,
+        from,
+        "raft: standing for election, as node {from} asks"
+    );
+    let deadline = tokio::time::Instant::now() + STAND_FOR;
+    loop {
+        raft.trigger()
+            .elect()
+            .await
+            .map_err(|e| format!("node {id}: {e}"))?;
+        let led = tokio::time::timeout(RESTAND, async {
+            let m = metrics.wait_for(|m| m.state == ServerState::Leader).await;
+            m.map(|m| m.current_term)
+        })
+        .await;
+        match led {
+            Ok(Ok(term)) => return Ok(term),
+            Ok(Err(_)) => return Err(format!("node {id}: its raft core stopped")),
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                let leader = metrics.borrow().current_leader;
+                return Err(match leader {
+                    Some(l) => format!(
+                        "node {id} did not win an election within {} s; node {l} leads",
+                        STAND_FOR.as_secs()
+                    ),
+                    None => format!(
+                        "node {id} did not win an election within {} s",
+                        STAND_FOR.as_secs()
+                    ),
+                });
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Asks the nodes at `addrs` (`a,b,c`) in turn to hand leadership to node
+/// `to`: the leader does.
+pub async fn request(addrs: &str, to: NodeId) -> Result<Handed, crate::error::CertifierError> {
+    super::membership::ask(addrs, &to, |mut client, msg| async move {
+        Ok(client.transfer_leader(msg).await?.into_inner())
+    })
+    .await
+}

@@ -1,0 +1,69 @@
+//! The one way this node proposes raft entries, and the gate a leadership
+//! hand-over closes.
+//!
+//! Every `client_write` of a served node (the proposer's batches, chunks,
+//! refusals, reports) goes through [`Writes::write`], which holds a shared
+//! pass through the gate until the entry is committed and applied. A hand-
+//! over (`transfer.rs`) closes the gate: it waits for the entries in
+//! flight to finish, and later writes wait until it reopens. So the node
+//! taking over can be brought level with this one's log, which raft asks
+//! of a candidate before any node votes for it; with writes coming in,
+//! the leader would always hold an entry the candidate lacks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
+use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
+
+use super::types::{Command, NodeId, Raft, TypeConfig};
+
+/// What `client_write` returns.
+pub type Written = Result<
+    ClientWriteResponse<TypeConfig>,
+    RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
+>;
+
+/// Proposes entries through `raft`, past a gate. Cheap to clone; clones
+/// share the gate.
+#[derive(Clone)]
+pub struct Writes {
+    raft: Raft,
+    /// Writes hold it shared; a hand-over holds it alone. tokio's lock is
+    /// fair: once a hand-over waits for it, later writes queue behind.
+    gate: Arc<RwLock<()>>,
+}
+
+/// The gate, closed: writes wait until it is dropped.
+pub(crate) type Closed = OwnedRwLockWriteGuard<()>;
+
+impl From<Raft> for Writes {
+    fn from(raft: Raft) -> Writes {
+        Writes {
+            raft,
+            gate: Arc::default(),
+        }
+    }
+}
+
+impl Writes {
+    /// The raft node written to.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Proposes `cmd` once the gate is open, and awaits its answer.
+    pub async fn write(&self, cmd: Command) -> Written {
+        let _pass = self.gate.read().await;
+        self.raft.client_write(cmd).await
+    }
+
+    /// Closes the gate, once the writes in flight have their answers; none
+    /// if they have not within `within` (the gate then stays open).
+    pub(crate) async fn close(&self, within: Duration) -> Option<Closed> {
+        tokio::time::timeout(within, self.gate.clone().write_owned())
+            .await
+            .ok()
+    }
+}
