@@ -6,7 +6,8 @@
 //! concurrent clients: rows of random bytes of every size, from a few
 //! bytes to writesets larger than a raft entry (replicated in parts),
 //! snapshots that make some of them conflict, and retries under the same
-//! txn id. Meanwhile, at seeded moments, the leader or a follower stops
+//! txn id. Meanwhile, at seeded moments, the leader (handing its
+//! leadership over first, or not) or a follower stops
 //! and comes back from its disk, or a follower loses its disk and rejoins
 //! from the others; while a node is down, a checkpoint at half the newest
 //! version is reported, so the others purge their logs behind it and the
@@ -247,7 +248,8 @@ async fn faults(
         }
         // A leader back before the others elected one (an election
         // timeout of up to 1.2 s, and the lease they granted it) leads on
-        // in its term; 3 s is long enough for another to be elected.
+        // in its term; 3 s is long enough for another to be elected. (A
+        // leader that handed over on stopping has a successor already.)
         let down = if victim == leader {
             3000..4000
         } else {
@@ -260,6 +262,13 @@ async fn faults(
         if let Err(e) = client.report_checkpoint(checkpoint).await {
             eprintln!("checkpoint {checkpoint} not reported everywhere: {e}");
         }
+        // Stopped as leader later, it hands over first, or leaves the
+        // others to elect one (every node hands over until restarted).
+        nodes.hand_over_on_stop = rng.random_bool(0.5);
+        eprintln!(
+            "node {victim} restarts, handing over on stop: {}",
+            nodes.hand_over_on_stop
+        );
         nodes.restart(victim).await;
         nodes.leader().await;
     }

@@ -7,6 +7,8 @@
 //! versions and answers a retried txn id with its original version.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -544,7 +546,7 @@ async fn a_wiped_first_node_rejoins_without_voting_at_first() {
 /// its first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_wiped_during_an_election_before_any_commit_holds_its_vote() {
-    let mut nodes = Nodes::start(3).await;
+    let mut nodes = Nodes::start_without_hand_over(3).await;
     let leader = nodes.leader().await;
     let (survivor, wiped) = nodes.others(leader);
     nodes.wipe(wiped).await;
@@ -970,25 +972,9 @@ async fn a_leader_hands_over_under_load_and_no_certification_fails() {
     let first = nodes.leader().await;
     let (target, _) = nodes.others(first);
     let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut load = Vec::new();
-    for w in 0..8 {
-        let client = nodes.client_of_all().await;
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
-            let mut versions = Vec::new();
-            let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let id = format!("w{w}-{i}");
-                match client.certify(ws(&id, &id)).await {
-                    Ok(Outcome::Committed { version }) => versions.push(version),
-                    other => panic!("{id}: {other:?}"),
-                }
-                i += 1;
-            }
-            versions
-        }));
-    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let load = load(&nodes, 8, &stop, &failed).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let follower_says = tashkent_certifier::raft::transfer::request(&nodes.addrs[&target], target)
@@ -1021,15 +1007,9 @@ async fn a_leader_hands_over_under_load_and_no_certification_fails() {
     assert!(back.term > handed.term);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut versions = Vec::new();
-    for l in load {
-        versions.extend(l.await.unwrap());
-    }
-    versions.sort_unstable();
-    let n = versions.len() as u64;
-    assert!(n > 50, "only {n} certifications");
-    assert_eq!(versions, (1..=n).collect::<Vec<_>>(), "dense, none twice");
+    stop.store(true, Ordering::Relaxed);
+    assert_dense(load).await;
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "a certification failed");
     nodes.stop_all().await;
 }
 
@@ -1066,4 +1046,117 @@ async fn a_stream_waiting_for_a_permit_is_redirected_when_its_leader_hands_over(
     version(c.certify(ws("c", "kc")).await.unwrap());
     assert_eq!(c.status().await.unwrap().node_id, target);
     nodes.stop_all().await;
+}
+
+/// A leader told to stop hands over first (`hand_over_on_stop`, on by
+/// default): when its stop returns, another node leads already (an
+/// election could not have begun: the others hold its lease, 1.2 s, then
+/// wait an election timeout), and no certification of four clients given
+/// every node fails. With it off, the others elect a leader after a
+/// failover's pause, and the certifications that waited commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_told_to_stop_hands_over_first() {
+    let mut nodes = Nodes::start(3).await;
+    let first = nodes.leader().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let load = load(&nodes, 4, &stop, &failed).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = std::time::Instant::now();
+    nodes.stop(first).await;
+    eprintln!("stopped, handing over first, in {:?}", t.elapsed());
+    let leaders = leading(&nodes).await;
+    assert_eq!(leaders.len(), 1, "no node led when node {first} stopped");
+    let second = leaders[0];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "a certification failed");
+
+    // Off: the stop leaves the group leaderless until an election.
+    nodes.hand_over_on_stop = false;
+    nodes.restart(first).await;
+    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    tashkent_certifier::raft::transfer::request(&all, first)
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    nodes.stop(first).await;
+    let leaders = leading(&nodes).await;
+    eprintln!("stopped without a hand-over in {:?}", t.elapsed());
+    if t.elapsed() < Duration::from_secs(1) {
+        assert!(
+            leaders.is_empty(),
+            "{leaders:?} led at once without a hand-over"
+        );
+    }
+    let third = nodes.leader().await;
+    assert_ne!(third, first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    assert_dense(load).await;
+    eprintln!(
+        "node {first} handed over to node {second} on stopping; then node {third} was elected"
+    );
+    nodes.stop_all().await;
+}
+
+/// `workers` clients given every node, each certifying writesets of its
+/// own keys one after the other until `stop`; a failed call is counted in
+/// `failed` and retried under the same txn id, as a proxy does. Each
+/// returns the versions it got.
+async fn load(
+    nodes: &Nodes,
+    workers: u64,
+    stop: &Arc<AtomicBool>,
+    failed: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<Vec<u64>>> {
+    let mut load = Vec::new();
+    for w in 0..workers {
+        let client = nodes.client_of_all().await;
+        let (stop, failed) = (stop.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("w{w}-{i}");
+                loop {
+                    match client.certify(ws(&id, &id)).await {
+                        Ok(Outcome::Committed { version }) => break versions.push(version),
+                        Ok(other) => panic!("{id}: {other:?}"),
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                i += 1;
+            }
+            versions
+        }));
+    }
+    load
+}
+
+/// The versions `load` got: some, dense from 1, none twice.
+async fn assert_dense(load: Vec<tokio::task::JoinHandle<Vec<u64>>>) {
+    let mut versions = Vec::new();
+    for l in load {
+        versions.extend(l.await.unwrap());
+    }
+    versions.sort_unstable();
+    let n = versions.len() as u64;
+    assert!(n > 50, "only {n} certifications");
+    assert_eq!(versions, (1..=n).collect::<Vec<_>>(), "dense, none twice");
+}
+
+/// The running nodes that say they lead.
+async fn leading(nodes: &Nodes) -> Vec<u64> {
+    let mut leading = Vec::new();
+    for id in nodes.running.keys() {
+        let s = nodes.client(*id).await.status().await.unwrap();
+        if s.role == "leader" {
+            leading.push(s.node_id);
+        }
+    }
+    leading
 }

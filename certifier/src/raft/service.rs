@@ -54,6 +54,9 @@ pub struct RaftService {
     /// What a leadership hand-over needs (`transfer.rs`): the node's
     /// writes and its network to the target.
     hand_over: Option<(Writes, Network)>,
+    /// Whether this node may stand for election now: not while it holds
+    /// its votes or fills a gap (`server::standing`). Always, without.
+    may_stand: Option<watch::Receiver<bool>>,
 }
 
 impl RaftService {
@@ -64,7 +67,15 @@ impl RaftService {
             peer_certs_required: false,
             stop: None,
             hand_over: None,
+            may_stand: None,
         }
+    }
+
+    /// Stands for election on a peer's request (Elect) only while
+    /// `may_stand` says it may.
+    pub fn stands_when(mut self, may_stand: watch::Receiver<bool>) -> RaftService {
+        self.may_stand = Some(may_stand);
+        self
     }
 
     /// Hands leadership over on request (TransferLeader), holding
@@ -365,6 +376,14 @@ impl RaftRpc for RaftService {
     async fn elect(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_peer(&request)?;
         let from: NodeId = decode(&request.into_inner().data)?;
+        if self.may_stand.as_ref().is_some_and(|may| !*may.borrow()) {
+            let id = self.raft.metrics().borrow().id;
+            let no: Result<u64, String> = Err(format!(
+                "node {id} may not stand for election now: it rejoins after losing its raft \
+                 state, or copies the versions a snapshot skipped"
+            ));
+            return encode(&no);
+        }
         encode(&super::transfer::stand(&self.raft, from).await)
     }
 }

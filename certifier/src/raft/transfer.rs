@@ -18,6 +18,9 @@
 //!    that waited are redirected to the new leader (NotLeader), as after
 //!    any leader change, and proxies follow.
 //!
+//! A leader told to stop does the same first (`before_stopping`, unless
+//! `hand_over_on_stop` is off).
+//!
 //! Certifications pause for the length of it: a few hundred milliseconds
 //! against the two seconds of a leader's SIGKILL (the lease, then an
 //! election timeout). If the target does not win by `STAND_FOR`, the
@@ -40,10 +43,16 @@ const DRAIN: Duration = Duration::from_secs(5);
 const CATCH_UP: Duration = Duration::from_secs(5);
 /// How long the target stands for election at most.
 pub const STAND_FOR: Duration = Duration::from_secs(3);
+/// How long a leader told to stop spends handing over at most.
+pub const BEFORE_STOPPING: Duration = Duration::from_secs(2);
+/// How far behind the leader's log a peer it hands over to on stopping
+/// may be: the entries in flight under load (`proposer::IN_FLIGHT`, each
+/// sent ahead once), with room to spare.
+const STOPPING_SLACK: u64 = 16;
 /// How often the target stands again while it does not lead: longer than
 /// a vote's round trip, shorter than any node's election timeout (the old
 /// leader, now a follower, would otherwise stand itself).
-const RESTAND: Duration = Duration::from_millis(250);
+const RESTAND: Duration = Duration::from_millis(100);
 
 /// A hand-over's result: who leads, in which term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +174,65 @@ pub(crate) async fn stand(raft: &Raft, from: NodeId) -> Result<u64, String> {
             }
             Err(_) => {}
         }
+    }
+}
+
+/// On a node told to stop: if it leads, hands leadership to the voter
+/// whose log is furthest along (the lowest id among equals; the next one
+/// if it may not stand), within
+/// [`BEFORE_STOPPING`], so that commits go on at once rather than after the
+/// lease and an election. Only a peer that answers and has all but the
+/// last [`STOPPING_SLACK`] entries is asked: one that is down, or already
+/// stopping, would only make the stop wait. Without one, the others
+/// elect a leader as after a failure.
+pub(crate) async fn before_stopping(raft: &Raft, writes: &Writes, network: &Network) {
+    let (id, targets) = {
+        let m = raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return;
+        }
+        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let (lost, _) = network.peers().troubled();
+        let last = m.last_log_index.unwrap_or(0);
+        let mut targets: Vec<(u64, NodeId)> = m
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(peer, _)| **peer != m.id && voters.contains(peer) && !lost.contains(peer))
+            .filter_map(|(peer, matched)| Some((matched.as_ref()?.index, *peer)))
+            .filter(|(matched, _)| matched + STOPPING_SLACK >= last)
+            .collect();
+        // Furthest along first, then by id.
+        targets.sort_by_key(|(matched, peer)| (std::cmp::Reverse(*matched), *peer));
+        (m.id, targets)
+    };
+    let each = async {
+        let mut why = Vec::new();
+        for (_, to) in targets {
+            match hand_over(raft, writes, network, to).await {
+                Ok(h) => return Ok(h),
+                Err(e) => why.push(e),
+            }
+        }
+        Err(why.join("; "))
+    };
+    match tokio::time::timeout(BEFORE_STOPPING, each).await {
+        Ok(Ok(h)) => tracing::info!(
+            node = id,
+            term = h.term,
+            "raft: node {} leads; this node stops",
+            h.leader
+        ),
+        Ok(Err(e)) if e.is_empty() => {}
+        Ok(Err(e)) => tracing::info!(
+            node = id,
+            "raft: leadership not handed over before stopping: {e}"
+        ),
+        Err(_) => tracing::info!(
+            node = id,
+            "raft: leadership not handed over within {} s before stopping",
+            BEFORE_STOPPING.as_secs()
+        ),
     }
 }
 

@@ -105,13 +105,19 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
         max_message_bytes: config.max_message_bytes,
         purge_replica_timeout: std::time::Duration::from_millis(config.purge_replica_timeout_ms),
     };
+    // A raft node's leader hands over before it stops (`raft::transfer`).
+    let mut hand_over_on_stop = None;
     let (wal, spool, service, raft, listener) = if config.node_id.is_some() {
         let n = node::open(&config, limits).await?;
         let listener = tokio::net::TcpListener::bind(n.listen).await?;
         let (writes, network) = n.hand_over;
+        hand_over_on_stop = config
+            .hand_over_on_stop
+            .then(|| (n.raft.clone(), writes.clone(), network.clone()));
         let mut rpc = crate::raft::RaftService::new(n.raft.clone())
             .stops_with(n.service.inner.stop_signal.subscribe())
-            .hands_over(writes, network);
+            .hands_over(writes, network)
+            .stands_when(n.may_stand);
         if tls.is_some() {
             rpc = rpc.peer_certificates_required();
         }
@@ -194,6 +200,11 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
             .add_optional_service(raft_rpc)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_rx.await;
+                // While this node still serves: the target's vote request
+                // comes to it.
+                if let Some((raft, writes, network)) = hand_over_on_stop {
+                    crate::raft::transfer::before_stopping(&raft, &writes, &network).await;
+                }
                 // Ends subscriber streams so the graceful drain can finish.
                 svc_on_stop.stop();
             })

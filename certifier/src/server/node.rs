@@ -54,6 +54,8 @@ pub(super) struct Opened {
     pub(super) votes_held: Option<tokio::time::Instant>,
     /// What a leadership hand-over needs (`raft::transfer`).
     pub(super) hand_over: (Writes, Network),
+    /// Whether this node may stand for election now (`standing`).
+    pub(super) may_stand: tokio::sync::watch::Receiver<bool>,
     /// What outlives `raft.shutdown()` and must be stopped after it.
     pub(super) leftovers: Leftovers,
 }
@@ -239,10 +241,12 @@ pub(super) async fn open(
             }
         }
     }
+    let (may_stand_tx, may_stand) = tokio::sync::watch::channel(false);
     tokio::spawn(standing::guard(
         raft.clone(),
         versions.gap_pending(),
         votes_held,
+        may_stand_tx,
     ));
     spool.purge(wal.first_lsn()).await?;
     let writes = Writes::from(raft.clone());
@@ -279,6 +283,7 @@ pub(super) async fn open(
         listen,
         votes_held,
         hand_over: (writes, network),
+        may_stand,
         leftovers: Leftovers {
             snapshot_writes,
             raft_wal,

@@ -7,7 +7,8 @@
 //! (`raft::gap`): its state machine applies nothing until the copy ends,
 //! so as leader it would answer no certification for that long, while a
 //! peer could lead at once. It still votes for others, so it never keeps
-//! the group from electing a leader.
+//! the group from electing a leader. A leader handing over asks such a
+//! node in vain (`raft::transfer`): it says it may not stand.
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -16,17 +17,20 @@ use crate::raft::Raft;
 use crate::Version;
 
 /// Keeps `raft`'s elections off while votes are held (until `held_until`)
-/// or a gap is pending (`gap`), on otherwise; ends when the versions log
-/// that sends `gap` is gone.
+/// or a gap is pending (`gap`), on otherwise, and says which in
+/// `may_stand`; ends when the versions log that sends `gap` is gone.
 pub(super) async fn guard(
     raft: Raft,
     mut gap: watch::Receiver<Option<Version>>,
     held_until: Option<Instant>,
+    may_stand: watch::Sender<bool>,
 ) {
     loop {
         let held = held_until.filter(|until| Instant::now() < *until);
         let filling = gap.borrow_and_update().is_some();
-        raft.runtime_config().elect(held.is_none() && !filling);
+        let may = held.is_none() && !filling;
+        raft.runtime_config().elect(may);
+        may_stand.send_replace(may);
         tokio::select! {
             changed = gap.changed() => {
                 if changed.is_err() {

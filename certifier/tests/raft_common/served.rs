@@ -47,6 +47,8 @@ pub struct Nodes {
     /// `max_writeset_bytes` of every node restarted from now on (`None`:
     /// the default).
     pub max_writeset_bytes: Option<u64>,
+    /// `hand_over_on_stop` of every node (re)started from now on.
+    pub hand_over_on_stop: bool,
 }
 
 impl Nodes {
@@ -54,9 +56,20 @@ impl Nodes {
         Nodes::start_snapshotting(n, CertifierConfig::default().raft_snapshot_entries).await
     }
 
+    /// Nodes whose leader, stopped, leaves the others to elect one after
+    /// its lease, as after a crash (`hand_over_on_stop` off).
+    pub async fn start_without_hand_over(n: u64) -> Nodes {
+        let defaults = CertifierConfig::default();
+        let (snapshots, purge) = (
+            defaults.raft_snapshot_entries,
+            defaults.purge_replica_timeout_ms,
+        );
+        Nodes::start_all(n, snapshots, purge, 1 << 20, None, false).await
+    }
+
     pub async fn start_snapshotting(n: u64, snapshot_entries: u64) -> Nodes {
         let purge_timeout_ms = CertifierConfig::default().purge_replica_timeout_ms;
-        Nodes::start_all(n, snapshot_entries, purge_timeout_ms, 1 << 20, None).await
+        Nodes::start_all(n, snapshot_entries, purge_timeout_ms, 1 << 20, None, true).await
     }
 
     /// Nodes that purge `purge_timeout_ms` after they start (once a
@@ -69,7 +82,15 @@ impl Nodes {
         purge_timeout_ms: u64,
         segment_bytes: u64,
     ) -> Nodes {
-        Nodes::start_all(n, snapshot_entries, purge_timeout_ms, segment_bytes, None).await
+        Nodes::start_all(
+            n,
+            snapshot_entries,
+            purge_timeout_ms,
+            segment_bytes,
+            None,
+            true,
+        )
+        .await
     }
 
     /// [`Nodes::start_purging`], over TLS to and between the nodes (one
@@ -83,7 +104,15 @@ impl Nodes {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = super::certificate(dir.path(), "node", &["127.0.0.1"]);
         let tls = Some((cert, key, dir));
-        Nodes::start_all(n, snapshot_entries, purge_timeout_ms, segment_bytes, tls).await
+        Nodes::start_all(
+            n,
+            snapshot_entries,
+            purge_timeout_ms,
+            segment_bytes,
+            tls,
+            true,
+        )
+        .await
     }
 
     async fn start_all(
@@ -92,6 +121,7 @@ impl Nodes {
         purge_timeout_ms: u64,
         segment_bytes: u64,
         tls: Option<(PathBuf, PathBuf, TempDir)>,
+        hand_over_on_stop: bool,
     ) -> Nodes {
         let addrs: BTreeMap<u64, String> = (1..=n).zip(ports(n as usize)).collect();
         let peers = tashkent_certifier::config::format_peers(addrs.values());
@@ -107,6 +137,7 @@ impl Nodes {
             tls,
             routes: BTreeMap::new(),
             max_writeset_bytes: None,
+            hand_over_on_stop,
         };
         for id in 1..=n {
             nodes.dirs.insert(id, tempfile::tempdir().unwrap());
@@ -130,6 +161,7 @@ impl Nodes {
             max_writeset_bytes: self
                 .max_writeset_bytes
                 .unwrap_or(CertifierConfig::default().max_writeset_bytes),
+            hand_over_on_stop: self.hand_over_on_stop,
             ..CertifierConfig::default()
         };
         let r = tashkent_certifier::start(cfg).await.unwrap();
