@@ -103,7 +103,13 @@ where
             data: data.clone().into(),
             entries: Vec::new(),
         };
-        let answer = call(client, msg).await?;
+        let answer = match call(client, msg).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                errors.push(format!("{addr}: {e}"));
+                continue;
+            }
+        };
         let r: Result<T, String> = serde_json::from_slice(&answer.data)
             .map_err(|e| CertifierError::Protocol(e.to_string()))?;
         match r {

@@ -37,6 +37,7 @@ use super::entry;
 use super::network::Network;
 use super::proto::raft_server::{Raft as RaftRpc, RaftServer};
 use super::proto::RaftMessage;
+use super::transfer::Handed;
 use super::types::{NodeId, Raft, TypeConfig};
 use super::writes::Writes;
 
@@ -356,6 +357,11 @@ impl RaftRpc for RaftService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let change: super::membership::MembershipChange = decode(&request.into_inner().data)?;
+        // Not while a hand-over waits for the target to catch up.
+        let _pass = match &self.hand_over {
+            Some((writes, _)) => Some(writes.pass().await),
+            None => None,
+        };
         encode(&super::membership::apply(&self.raft, change).await)
     }
 
@@ -364,11 +370,16 @@ impl RaftRpc for RaftService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let to: NodeId = decode(&request.into_inner().data)?;
-        let handed = match &self.hand_over {
-            Some((writes, network)) => {
-                super::transfer::hand_over(&self.raft, writes, network, to).await
-            }
-            None => Err("this node cannot hand its leadership over".into()),
+        let Some((writes, network)) = &self.hand_over else {
+            let no: Result<Handed, String> =
+                Err("this node cannot hand its leadership over".into());
+            return encode(&no);
+        };
+        // Given up when the node stops: its drain would wait for it.
+        let mut stop = self.stop.clone();
+        let handed = tokio::select! {
+            handed = super::transfer::hand_over(&self.raft, writes, network, to) => handed,
+            () = stopped(stop.as_mut()) => Err("the node is stopping".into()),
         };
         encode(&handed)
     }
@@ -384,7 +395,12 @@ impl RaftRpc for RaftService {
             ));
             return encode(&no);
         }
-        encode(&super::transfer::stand(&self.raft, from).await)
+        let mut stop = self.stop.clone();
+        let stood = tokio::select! {
+            stood = super::transfer::stand(&self.raft, from) => stood,
+            () = stopped(stop.as_mut()) => Err("the node is stopping".into()),
+        };
+        encode(&stood)
     }
 }
 

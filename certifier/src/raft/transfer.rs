@@ -12,11 +12,16 @@
 //!    transport): the target starts an election in a newer term. The
 //!    leader's next AppendEntries to it is refused with that newer vote,
 //!    and the leader steps down. The other voters still hold the leader's
-//!    lease and refuse, so the target stands again every `RESTAND` until
-//!    it has the old leader's vote too, which makes a majority of three.
+//!    lease and refuse, so the target stands again after `RESTAND` (then
+//!    after longer waits) until it has the old leader's vote too, which
+//!    makes a majority of three. With five voters it also needs one whose
+//!    lease (1.2 s from the leader's last heartbeat) has run out, so the
+//!    hand-over takes that long.
 //! 4. Once it leads, the old leader reopens its gate: the certifications
-//!    that waited are redirected to the new leader (NotLeader), as after
-//!    any leader change, and proxies follow.
+//!    that waited are proposed nowhere. They are told to go elsewhere, as
+//!    after any leader change: NotLeader, or, while the old leader knows
+//!    no leader yet, out of contact with the outcome unknown. Either way
+//!    the proxies retry under the same txn id and find the new leader.
 //!
 //! A leader told to stop does the same first (`before_stopping`, unless
 //! `hand_over_on_stop` is off).
@@ -49,10 +54,14 @@ pub const BEFORE_STOPPING: Duration = Duration::from_secs(2);
 /// may be: the entries in flight under load (`proposer::IN_FLIGHT`, each
 /// sent ahead once), with room to spare.
 const STOPPING_SLACK: u64 = 16;
-/// How often the target stands again while it does not lead: longer than
-/// a vote's round trip, shorter than any node's election timeout (the old
-/// leader, now a follower, would otherwise stand itself).
+/// How long the target waits before it stands again while it does not
+/// lead, at first: longer than a vote's round trip (two vote saves and a
+/// message each way), shorter than any node's election timeout (the old
+/// leader, now a follower, would otherwise stand itself). Each try waits
+/// twice as long as the one before, up to [`RESTAND_MAX`].
 const RESTAND: Duration = Duration::from_millis(100);
+/// The longest wait between two tries.
+const RESTAND_MAX: Duration = Duration::from_millis(400);
 
 /// A hand-over's result: who leads, in which term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,40 +148,52 @@ pub(crate) async fn hand_over(
 /// [`STAND_FOR`] at most; the term it leads in.
 pub(crate) async fn stand(raft: &Raft, from: NodeId) -> Result<u64, String> {
     let mut metrics = raft.metrics();
-    let id = metrics.borrow().id;
+    let (id, since) = {
+        let m = metrics.borrow();
+        (m.id, m.current_term)
+    };
     tracing::info!(
         node = id,
         from,
         "raft: standing for election, as node {from} asks"
     );
     let deadline = tokio::time::Instant::now() + STAND_FOR;
+    let mut wait = RESTAND;
     loop {
         raft.trigger()
             .elect()
             .await
             .map_err(|e| format!("node {id}: {e}"))?;
-        let led = tokio::time::timeout(RESTAND, async {
-            let m = metrics.wait_for(|m| m.state == ServerState::Leader).await;
-            m.map(|m| m.current_term)
+        // This node leads, or another won an election since it was asked
+        // (standing again would only depose it).
+        let decided = tokio::time::timeout(wait, async {
+            let m = metrics
+                .wait_for(|m| {
+                    m.state == ServerState::Leader
+                        || (m.current_term > since && m.current_leader.is_some_and(|l| l != id))
+                })
+                .await;
+            m.map(|m| (m.state, m.current_term, m.current_leader))
         })
         .await;
-        match led {
-            Ok(Ok(term)) => return Ok(term),
+        match decided {
+            Ok(Ok((ServerState::Leader, term, _))) => return Ok(term),
+            Ok(Ok((_, term, leader))) => {
+                return Err(format!(
+                    "node {id} did not win: node {} was elected in term {term}",
+                    leader.unwrap_or_default()
+                ))
+            }
             Ok(Err(_)) => return Err(format!("node {id}: its raft core stopped")),
             Err(_) if tokio::time::Instant::now() >= deadline => {
-                let leader = metrics.borrow().current_leader;
-                return Err(match leader {
-                    Some(l) => format!(
-                        "node {id} did not win an election within {} s; node {l} leads",
-                        STAND_FOR.as_secs()
-                    ),
-                    None => format!(
-                        "node {id} did not win an election within {} s",
-                        STAND_FOR.as_secs()
-                    ),
-                });
+                return Err(format!(
+                    "node {id} did not win an election within {} s",
+                    STAND_FOR.as_secs()
+                ));
             }
-            Err(_) => {}
+            // A vote round takes milliseconds; one not done by now may be
+            // slow rather than lost, so the next try waits longer.
+            Err(_) => wait = (wait * 2).min(RESTAND_MAX),
         }
     }
 }

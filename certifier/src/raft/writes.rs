@@ -2,7 +2,8 @@
 //! hand-over closes.
 //!
 //! Every `client_write` of a served node (the proposer's batches, chunks,
-//! refusals, reports) goes through [`Writes::write`], which holds a shared
+//! refusals, reports; membership changes take `Writes::pass`) goes
+//! through [`Writes::write`], which holds a shared
 //! pass through the gate until the entry is committed and applied. A hand-
 //! over (`transfer.rs`) closes the gate: it waits for the entries in
 //! flight to finish, and later writes wait until it reopens. So the node
@@ -57,6 +58,13 @@ impl Writes {
     pub async fn write(&self, cmd: Command) -> Written {
         let _pass = self.gate.read().await;
         self.raft.client_write(cmd).await
+    }
+
+    /// A pass through the gate, for a change of the log that is not a
+    /// `client_write` (membership): a hand-over waits for it, and it waits
+    /// for a hand-over.
+    pub(crate) async fn pass(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().await
     }
 
     /// Closes the gate, once the writes in flight have their answers; none

@@ -103,26 +103,29 @@ impl Node {
     ) -> Result<tokio::sync::OwnedSemaphorePermit, CertifierError> {
         let mut role = self.raft.server_metrics();
         let not_leader = |leader| self.retryable(CertifierError::NotLeader { leader, addr: None });
-        let deposed = async {
-            if role
-                .wait_for(|m| m.state != ServerState::Leader)
-                .await
-                .is_err()
-            {
-                // The raft core has ended: no leader known here.
-                return None;
-            }
-            let named = role.wait_for(|m| m.current_leader.is_some_and(|l| l != self.id));
-            let named = async { named.await.ok().and_then(|m| m.current_leader) };
-            tokio::time::timeout(LEADER_NAMED, named)
-                .await
-                .ok()
-                .flatten()
-        };
+        // A node that does not lead is told at once, permits free or not.
+        let now = role.borrow().clone();
+        if now.state != ServerState::Leader {
+            return Err(not_leader(now.current_leader));
+        }
         tokio::select! {
-            // A node that does not lead is told at once, permits free or not.
             biased;
-            leader = deposed => Err(not_leader(leader)),
+            deposed = async {
+                role.wait_for(|m| m.state != ServerState::Leader).await.map(|_| ())
+            } => {
+                if deposed.is_err() {
+                    // The raft core has ended: no leader known here.
+                    return Err(not_leader(None));
+                }
+                // Stepped down while the stream waited: its redirect names
+                // the next leader once known (a hand-over's target at once).
+                let named = async {
+                    let m = role.wait_for(|m| m.current_leader.is_some_and(|l| l != self.id));
+                    m.await.ok().and_then(|m| m.current_leader)
+                };
+                let leader = tokio::time::timeout(LEADER_NAMED, named).await.ok().flatten();
+                Err(not_leader(leader))
+            }
             permit = self.streams.clone().acquire_owned() => permit.map_err(|_| {
                 CertifierError::Protocol("the node's stream permits were closed".into())
             }),
