@@ -417,6 +417,7 @@ async fn a_node_is_added_and_another_removed_online() {
     nodes.restart(4).await;
     let voters = change(
         &three,
+        None,
         MembershipChange::Add {
             id: 4,
             addr: addr4.clone(),
@@ -431,7 +432,7 @@ async fn a_node_is_added_and_another_removed_online() {
         .keys()
         .find(|id| **id != leader && **id != 4)
         .unwrap();
-    let voters = change(&three, MembershipChange::Remove { id: gone })
+    let voters = change(&three, None, MembershipChange::Remove { id: gone })
         .await
         .unwrap();
     assert_eq!(voters.len(), 3);
@@ -977,22 +978,23 @@ async fn a_leader_hands_over_under_load_and_no_certification_fails() {
     let load = load(&nodes, 8, &stop, &failed).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let follower_says = tashkent_certifier::raft::transfer::request(&nodes.addrs[&target], target)
-        .await
-        .unwrap_err()
-        .to_string();
+    let follower_says =
+        tashkent_certifier::raft::transfer::request(&nodes.addrs[&target], None, target)
+            .await
+            .unwrap_err()
+            .to_string();
     assert!(
         follower_says.contains(&format!("node {first} does")),
         "{follower_says}"
     );
-    let stranger = tashkent_certifier::raft::transfer::request(&all, 9)
+    let stranger = tashkent_certifier::raft::transfer::request(&all, None, 9)
         .await
         .unwrap_err()
         .to_string();
     assert!(stranger.contains("node 9 is not a voter"), "{stranger}");
 
     let t = std::time::Instant::now();
-    let handed = tashkent_certifier::raft::transfer::request(&all, target)
+    let handed = tashkent_certifier::raft::transfer::request(&all, None, target)
         .await
         .unwrap();
     let took = t.elapsed();
@@ -1000,7 +1002,7 @@ async fn a_leader_hands_over_under_load_and_no_certification_fails() {
     eprintln!("handed over from node {first} to node {target} in {took:?}");
     assert_eq!(nodes.leader().await, target);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let back = tashkent_certifier::raft::transfer::request(&all, first)
+    let back = tashkent_certifier::raft::transfer::request(&all, None, first)
         .await
         .unwrap();
     assert_eq!(back.leader, first);
@@ -1029,7 +1031,7 @@ async fn a_stream_waiting_for_a_permit_is_redirected_when_its_leader_hands_over(
     assert!(!b_call.is_finished(), "b went while a's stream was open");
 
     let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
-    let handed = tashkent_certifier::raft::transfer::request(&all, target)
+    let handed = tashkent_certifier::raft::transfer::request(&all, None, target)
         .await
         .unwrap();
     assert_eq!(handed.leader, target);
@@ -1075,7 +1077,7 @@ async fn a_leader_told_to_stop_hands_over_first() {
     nodes.hand_over_on_stop = false;
     nodes.restart(first).await;
     let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
-    tashkent_certifier::raft::transfer::request(&all, first)
+    tashkent_certifier::raft::transfer::request(&all, None, first)
         .await
         .unwrap();
     let t = std::time::Instant::now();

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use tashkent_certifier::raft::membership::{self, MembershipChange};
 use tashkent_certifier::raft::transfer;
-use tashkent_certifier::CertifierArgs;
+use tashkent_certifier::{CertifierArgs, ClientTls};
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -16,14 +16,35 @@ pub struct CertifierCmd {
     args: CertifierArgs,
 }
 
+/// The running nodes an operator's call goes to.
+#[derive(clap::Args)]
+struct Nodes {
+    /// The running nodes, a,b,c (any of them; the leader does it).
+    #[arg(long, value_name = "LIST")]
+    certifier: String,
+    /// PEM certificate(s) to trust when the nodes serve TLS (the CA that
+    /// signed their certificates); without it, plaintext.
+    #[arg(long, value_name = "FILE")]
+    certifier_tls_ca: Option<std::path::PathBuf>,
+}
+
+impl Nodes {
+    fn tls(&self) -> Result<Option<ClientTls>> {
+        self.certifier_tls_ca
+            .as_deref()
+            .map(ClientTls::from_ca_file)
+            .transpose()
+            .context("the nodes' CA certificate")
+    }
+}
+
 #[derive(clap::Subcommand)]
 enum NodeAction {
     /// Add node N (already started with --node-id N and --peers naming
     /// it): it catches up as a learner, then becomes a voter.
     AddNode {
-        /// The running nodes, a,b,c (any of them; the leader applies it).
-        #[arg(long, value_name = "LIST")]
-        certifier: String,
+        #[command(flatten)]
+        nodes: Nodes,
         #[arg(long, value_name = "N")]
         node_id: u64,
         /// The new node's host:port (its public and raft port).
@@ -32,16 +53,16 @@ enum NodeAction {
     },
     /// Remove node N from the voters (then stop it).
     RemoveNode {
-        #[arg(long, value_name = "LIST")]
-        certifier: String,
+        #[command(flatten)]
+        nodes: Nodes,
         #[arg(long, value_name = "N")]
         node_id: u64,
     },
     /// Hand the leadership to node N (before stopping the leader's
     /// machine): certifications pause for a moment, then go on there.
     TransferLeader {
-        #[arg(long, value_name = "LIST")]
-        certifier: String,
+        #[command(flatten)]
+        nodes: Nodes,
         /// The node to lead (a voter).
         #[arg(long, value_name = "N")]
         to: u64,
@@ -50,24 +71,25 @@ enum NodeAction {
 
 pub fn run(cmd: CertifierCmd) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    let (certifier, change) = match cmd.action {
+    let (nodes, change) = match cmd.action {
         None => {
             return runtime
                 .block_on(tashkent_certifier::run(cmd.args))
                 .context("certifier")
         }
         Some(NodeAction::AddNode {
-            certifier,
+            nodes,
             node_id,
             addr,
-        }) => (certifier, MembershipChange::Add { id: node_id, addr }),
-        Some(NodeAction::RemoveNode { certifier, node_id }) => {
-            (certifier, MembershipChange::Remove { id: node_id })
+        }) => (nodes, MembershipChange::Add { id: node_id, addr }),
+        Some(NodeAction::RemoveNode { nodes, node_id }) => {
+            (nodes, MembershipChange::Remove { id: node_id })
         }
-        Some(NodeAction::TransferLeader { certifier, to }) => {
+        Some(NodeAction::TransferLeader { nodes, to }) => {
+            let tls = nodes.tls()?;
             let started = std::time::Instant::now();
             let handed = runtime
-                .block_on(transfer::request(&certifier, to))
+                .block_on(transfer::request(&nodes.certifier, tls.as_ref(), to))
                 .with_context(|| format!("handing the leadership to node {to}"))?;
             println!(
                 "node {} leads (term {}), handed over in {} ms",
@@ -79,7 +101,11 @@ pub fn run(cmd: CertifierCmd) -> Result<()> {
         }
     };
     let voters = runtime
-        .block_on(membership::change(&certifier, change))
+        .block_on(membership::change(
+            &nodes.certifier,
+            nodes.tls()?.as_ref(),
+            change,
+        ))
         .context("changing the certifier's membership")?;
     println!("voters: {voters:?}");
     Ok(())

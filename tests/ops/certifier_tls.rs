@@ -270,4 +270,37 @@ async fn three_certifier_nodes_speak_tls_to_the_proxies_and_to_each_other() {
         assert!(std::time::Instant::now() < deadline, "{json}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // The operator's raft calls speak TLS too, given the nodes' CA; in
+    // plaintext they fail, saying so for each node.
+    let ca = tashkent::ops::state_dir::StateDir::new(cluster.state_dir()).certifier_tls_ca();
+    let ca = ca.display().to_string();
+    let addrs = cluster.certifier_addrs().unwrap();
+    let leader = crate::certifier_raft::leader(&cluster).await;
+    let to = ((leader + 1) % 3 + 1).to_string();
+    let hand_over = |tls: bool| {
+        let mut args = vec![
+            "certifier",
+            "transfer-leader",
+            "--certifier",
+            &addrs,
+            "--to",
+            &to,
+        ];
+        if tls {
+            args.extend(["--certifier-tls-ca", &ca]);
+        }
+        blocking(|| tashkent(&args))
+    };
+    let (ok, out) = hand_over(false);
+    assert!(!ok, "{out}");
+    let (ok, out) = hand_over(true);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("node {to} leads")), "{out}");
+    assert_eq!(
+        (crate::certifier_raft::leader(&cluster).await + 1).to_string(),
+        to
+    );
+    let tables = cluster.assert_identical().await;
+    assert_eq!(tables["public.t"].0, 40, "{tables:?}");
 }

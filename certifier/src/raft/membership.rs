@@ -16,6 +16,7 @@ use super::proto::raft_client::RaftClient;
 use super::proto::RaftMessage;
 use super::types::{NodeId, Raft};
 use crate::error::CertifierError;
+use crate::tls::ClientTls;
 
 /// One change of the voters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,19 +67,24 @@ pub(crate) async fn apply(raft: &Raft, change: MembershipChange) -> Result<Vec<N
 }
 
 /// Asks the nodes at `addrs` (`a,b,c`) in turn to apply `change`: the
-/// leader does; returns the voters afterwards.
-pub async fn change(addrs: &str, change: MembershipChange) -> Result<Vec<NodeId>, CertifierError> {
-    ask(addrs, &change, |mut client, msg| async move {
+/// leader does; returns the voters afterwards. Over TLS with `tls`.
+pub async fn change(
+    addrs: &str,
+    tls: Option<&ClientTls>,
+    change: MembershipChange,
+) -> Result<Vec<NodeId>, CertifierError> {
+    ask(addrs, tls, &change, |mut client, msg| async move {
         Ok(client.change_membership(msg).await?.into_inner())
     })
     .await
 }
 
 /// Sends `request` (as JSON) by `call` to the nodes at `addrs` (`a,b,c`)
-/// in turn, until one answers `Ok` (the leader, for an operator's call):
-/// that answer, or every node's error.
+/// in turn, over TLS with `tls`, until one answers `Ok` (the leader, for
+/// an operator's call): that answer, or every node's error.
 pub(crate) async fn ask<Req, T, F, Fut>(
     addrs: &str,
+    tls: Option<&ClientTls>,
     request: &Req,
     call: F,
 ) -> Result<T, CertifierError>
@@ -91,7 +97,13 @@ where
     let data = serde_json::to_vec(request).map_err(|e| CertifierError::Protocol(e.to_string()))?;
     let mut errors = Vec::new();
     for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls.tonic_config())
+                .map_err(|e| CertifierError::Tls(crate::error::chain(&e)))?;
+        }
         let client = match endpoint.connect().await {
             Ok(c) => RaftClient::new(c),
             Err(e) => {

@@ -258,9 +258,13 @@ pub(crate) async fn before_stopping(raft: &Raft, writes: &Writes, network: &Netw
 }
 
 /// Asks the nodes at `addrs` (`a,b,c`) in turn to hand leadership to node
-/// `to`: the leader does.
-pub async fn request(addrs: &str, to: NodeId) -> Result<Handed, crate::error::CertifierError> {
-    super::membership::ask(addrs, &to, |mut client, msg| async move {
+/// `to`: the leader does. Over TLS with `tls`.
+pub async fn request(
+    addrs: &str,
+    tls: Option<&crate::tls::ClientTls>,
+    to: NodeId,
+) -> Result<Handed, crate::error::CertifierError> {
+    super::membership::ask(addrs, tls, &to, |mut client, msg| async move {
         Ok(client.transfer_leader(msg).await?.into_inner())
     })
     .await
