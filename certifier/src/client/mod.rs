@@ -130,7 +130,7 @@ type SubscribeStream =
 /// The URI of `addr` ("host:port", or with a scheme): `https` with TLS,
 /// `http` without; a scheme that contradicts the TLS setting is refused,
 /// since tonic would otherwise quietly speak what the scheme says.
-fn uri(addr: &str, tls: bool) -> Result<String, CertifierError> {
+pub(crate) fn uri(addr: &str, tls: bool) -> Result<String, CertifierError> {
     let scheme = if tls { "https" } else { "http" };
     match addr.split_once("://") {
         None => Ok(format!("{scheme}://{addr}")),

@@ -97,12 +97,9 @@ where
     let data = serde_json::to_vec(request).map_err(|e| CertifierError::Protocol(e.to_string()))?;
     let mut errors = Vec::new();
     for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+        let mut endpoint = Endpoint::from_shared(crate::client::uri(addr, tls.is_some())?)?;
         if let Some(tls) = tls {
-            endpoint = endpoint
-                .tls_config(tls.tonic_config())
-                .map_err(|e| CertifierError::Tls(crate::error::chain(&e)))?;
+            endpoint = endpoint.tls_config(tls.tonic_config())?;
         }
         let client = match endpoint.connect().await {
             Ok(c) => RaftClient::new(c),

@@ -267,8 +267,8 @@ impl Connection {
     /// is Unreachable then).
     fn client(&mut self, timeout: Duration) -> Result<&mut RaftClient<Channel>, CertifierError> {
         if self.client.is_none() {
-            let scheme = if self.tls.is_some() { "https" } else { "http" };
-            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.addr))
+            let uri = crate::client::uri(&self.addr, self.tls.is_some())?;
+            let mut endpoint = Endpoint::from_shared(uri)
                 .map_err(protocol)?
                 .connect_timeout(timeout);
             if let Some(tls) = &self.tls {

@@ -378,7 +378,7 @@ impl RaftRpc for RaftService {
         // Given up when the node stops: its drain would wait for it.
         let mut stop = self.stop.clone();
         let handed = tokio::select! {
-            handed = super::transfer::hand_over(&self.raft, writes, network, to) => handed,
+            handed = super::transfer::hand_over(writes, network, to) => handed,
             () = stopped(stop.as_mut()) => Err("the node is stopping".into()),
         };
         encode(&handed)

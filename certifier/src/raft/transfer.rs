@@ -70,15 +70,15 @@ pub struct Handed {
     pub term: u64,
 }
 
-/// On the leader `raft`: hands leadership to node `to` (steps 1–4 above),
-/// over `network`. An error says why not, or names the leader when this
+/// On the leader whose writes are `writes`: hands leadership to node `to`
+/// (steps 1–4 above), over `network`. An error says why not, or names the leader when this
 /// node does not lead.
 pub(crate) async fn hand_over(
-    raft: &Raft,
     writes: &Writes,
     network: &Network,
     to: NodeId,
 ) -> Result<Handed, String> {
+    let raft = writes.raft();
     let (id, node) = {
         let m = raft.metrics().borrow().clone();
         if m.state != ServerState::Leader {
@@ -206,9 +206,9 @@ pub(crate) async fn stand(raft: &Raft, from: NodeId) -> Result<u64, String> {
 /// last [`STOPPING_SLACK`] entries is asked: one that is down, or already
 /// stopping, would only make the stop wait. Without one, the others
 /// elect a leader as after a failure.
-pub(crate) async fn before_stopping(raft: &Raft, writes: &Writes, network: &Network) {
+pub(crate) async fn before_stopping(writes: &Writes, network: &Network) {
     let (id, targets) = {
-        let m = raft.metrics().borrow().clone();
+        let m = writes.raft().metrics().borrow().clone();
         if m.state != ServerState::Leader {
             return;
         }
@@ -230,7 +230,7 @@ pub(crate) async fn before_stopping(raft: &Raft, writes: &Writes, network: &Netw
     let each = async {
         let mut why = Vec::new();
         for (_, to) in targets {
-            match hand_over(raft, writes, network, to).await {
+            match hand_over(writes, network, to).await {
                 Ok(h) => return Ok(h),
                 Err(e) => why.push(e),
             }

@@ -113,7 +113,7 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
         let (writes, network) = n.hand_over;
         hand_over_on_stop = config
             .hand_over_on_stop
-            .then(|| (n.raft.clone(), writes.clone(), network.clone()));
+            .then(|| (writes.clone(), network.clone()));
         let mut rpc = crate::raft::RaftService::new(n.raft.clone())
             .stops_with(n.service.inner.stop_signal.subscribe())
             .hands_over(writes, network)
@@ -202,8 +202,8 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
                 let _ = stop_rx.await;
                 // While this node still serves: the target's vote request
                 // comes to it.
-                if let Some((raft, writes, network)) = hand_over_on_stop {
-                    crate::raft::transfer::before_stopping(&raft, &writes, &network).await;
+                if let Some((writes, network)) = hand_over_on_stop {
+                    crate::raft::transfer::before_stopping(&writes, &network).await;
                 }
                 // Ends subscriber streams so the graceful drain can finish.
                 svc_on_stop.stop();

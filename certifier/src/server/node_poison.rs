@@ -45,7 +45,7 @@ pub(crate) async fn watch(inner: Weak<Inner>) {
                 node = node.id,
                 "a log of this certifier node failed: its raft core stops, the others carry on"
             );
-            if let Err(e) = node.raft.shutdown().await {
+            if let Err(e) = node.raft().shutdown().await {
                 tracing::warn!(node = node.id, "stopping the raft core: {e}");
             }
             return;

@@ -36,8 +36,8 @@ const RETRY_ELSEWHERE: &str = "retry another node";
 /// This node's raft side, as the service uses it.
 pub(crate) struct Node {
     pub(crate) id: NodeId,
-    pub(crate) raft: Raft,
-    /// Every entry this node proposes goes through it (`raft::writes`).
+    /// Every entry this node proposes goes through it (`raft::writes`);
+    /// it holds the raft node ([`Node::raft`]).
     pub(crate) writes: Writes,
     pub(crate) proposer: Proposer,
     /// Every node's client address (also its raft address).
@@ -69,7 +69,6 @@ impl Node {
     ) -> Node {
         Node {
             id,
-            raft: writes.raft().clone(),
             writes,
             proposer,
             peers,
@@ -93,6 +92,11 @@ impl Node {
         self
     }
 
+    /// This node's raft node.
+    pub(crate) fn raft(&self) -> &Raft {
+        self.writes.raft()
+    }
+
     /// One of the permits of [`Node::streaming`], waited for while this
     /// node leads. A node that does not lead (or stops leading meanwhile)
     /// says so instead: only a leader proposes, so the stream would wait
@@ -101,12 +105,15 @@ impl Node {
     pub(crate) async fn stream_permit(
         &self,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, CertifierError> {
-        let mut role = self.raft.server_metrics();
+        let mut role = self.raft().server_metrics();
         let not_leader = |leader| self.retryable(CertifierError::NotLeader { leader, addr: None });
         // A node that does not lead is told at once, permits free or not.
-        let now = role.borrow().clone();
-        if now.state != ServerState::Leader {
-            return Err(not_leader(now.current_leader));
+        let (state, leader) = {
+            let m = role.borrow();
+            (m.state, m.current_leader)
+        };
+        if state != ServerState::Leader {
+            return Err(not_leader(leader));
         }
         tokio::select! {
             biased;
@@ -147,7 +154,7 @@ impl Node {
             );
         }
         // Asked again on every purge: openraft ignores what it did already.
-        if let Err(e) = self.raft.trigger().purge_log(index).await {
+        if let Err(e) = self.raft().trigger().purge_log(index).await {
             // The raft core stopped: nothing is served here any more.
             tracing::warn!(node = self.id, "raft log not purged: {e}");
         }
@@ -342,7 +349,7 @@ impl Node {
 
     /// The raft fields of `status`.
     pub(crate) fn fill_status(&self, s: &mut StatusResponse) {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft().metrics().borrow().clone();
         s.node_id = self.id;
         s.role = match m.state {
             // A node whose log failed (`node_poison`) is out of the group
