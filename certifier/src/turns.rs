@@ -39,9 +39,12 @@
 //!   another client) take no part: never queued, never refused.
 //!
 //! A turn never makes a transaction commit that the rule would abort; it
-//! only aborts more. Turns are soft state, never logged: lost on restart,
-//! and not handed over to a new raft leader (sessions waiting are then
-//! told they are not queued). On a replicated certifier the leader keeps
+//! only aborts more. Turns are soft state, never logged: lost on restart
+//! and when a raft leader fails. A leader that steps down forgets them
+//! (sessions waiting on it are told they are not queued, and their
+//! proxies go on to the next leader), and a planned hand-over carries
+//! them to the next leader ([`TurnsImage`], `raft::transfer`), each
+//! queue as it stood, the time its head has held the turn included. On a replicated certifier the leader keeps
 //! them and decides a refusal before proposing (its nodes certify as a
 //! deterministic state machine, and a turn depends on time); the refusal
 //! itself is then proposed as an entry of its own
@@ -53,6 +56,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::rule::{self, Abort};
@@ -430,6 +434,81 @@ impl Turns {
     pub fn keys(&self) -> usize {
         self.queues.len()
     }
+
+    /// Every queue whose turn has not lapsed by `now`, as it stands: what a
+    /// leader handing over gives the next one.
+    pub fn image(&mut self, now: Instant) -> TurnsImage {
+        self.sweep(now);
+        let queues = self
+            .queues
+            .iter()
+            .map(|(&key, q)| QueueImage {
+                key,
+                sessions: q.sessions.iter().copied().collect(),
+                held_ms: now.saturating_duration_since(q.since).as_millis() as u64,
+                claimed: q.claimed,
+            })
+            .collect();
+        TurnsImage { queues }
+    }
+
+    /// Takes the queues of `image` (a leader's, handing over to this
+    /// node) in place of this node's own: each head's time runs on from
+    /// where it stood. What exceeds the bounds ([`MAX_KEYS`],
+    /// [`MAX_QUEUE`]), session 0 and repeats are dropped: the image comes
+    /// from another process.
+    pub fn adopt(&mut self, image: TurnsImage, now: Instant) {
+        self.forget();
+        for q in image.queues {
+            if self.queues.len() >= MAX_KEYS {
+                break;
+            }
+            let mut sessions = VecDeque::new();
+            for s in q.sessions {
+                if s != 0 && !sessions.contains(&s) && sessions.len() < MAX_QUEUE {
+                    sessions.push_back(s);
+                }
+            }
+            if sessions.is_empty() {
+                continue;
+            }
+            let held = Duration::from_millis(q.held_ms).min(HOLD);
+            let mut queue = Queue {
+                sessions,
+                since: now.checked_sub(held).unwrap_or(now),
+                claimed: q.claimed,
+                changed: watch::Sender::new(0),
+            };
+            queue.expire(now);
+            if !queue.sessions.is_empty() {
+                self.queues.insert(q.key, queue);
+            }
+        }
+    }
+
+    /// Drops every queue, as a leader that steps down does: the sessions
+    /// waiting for a turn are woken (their queues' senders go) and told
+    /// they are not queued.
+    pub fn forget(&mut self) {
+        self.queues.clear();
+    }
+}
+
+/// The fair turns a leader hands over (see [`Turns::image`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnsImage {
+    pub queues: Vec<QueueImage>,
+}
+
+/// One key's queue in a [`TurnsImage`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueImage {
+    pub key: u64,
+    /// The head (which has the turn) first.
+    pub sessions: Vec<u64>,
+    /// How long the head has had the turn, or held it since claiming it.
+    pub held_ms: u64,
+    pub claimed: bool,
 }
 
 /// The fingerprints of the rows a transaction writes: how turns know
@@ -691,5 +770,89 @@ mod tests {
         // Once turns lapse, room is made.
         let later = now + CLAIM * (MAX_QUEUE as u32 + 1);
         assert!(t.lost(losing(50_000), 1, &[1], later).is_some());
+    }
+
+    #[test]
+    fn an_adopted_image_holds_the_queues_and_their_clocks() {
+        let mut old = Turns::default();
+        let t0 = Instant::now();
+        assert!(old.lost(losing(1), 7, &[7], t0).is_some());
+        assert!(old.lost(losing(2), 7, &[7], t0).is_some());
+        assert!(old.lost(losing(3), 9, &[9], t0).is_some());
+        assert!(matches!(old.claim(1, 7, t0), Claim::Yours));
+        let t1 = t0 + Duration::from_millis(100);
+        let image = old.image(t1);
+        assert_eq!(image.queues.len(), 2);
+
+        // Another node, another clock: what counts is how long each head
+        // has held its turn.
+        let mut new = Turns::default();
+        assert!(new.lost(losing(8), 8, &[8], t1).is_some());
+        let n0 = t1 + Duration::from_secs(60);
+        new.adopt(image.clone(), n0);
+        assert_eq!(new.keys(), 2, "its own queue gave way to the image");
+        assert!(matches!(new.claim(8, 8, n0), Claim::NotQueued));
+        // 1 claimed its turn on 7 100 ms before: it keeps it for the rest
+        // of HOLD, and 2 waits behind.
+        assert_eq!(new.admit(losing(4), &[7], n0), Some((7, true)));
+        let Claim::Wait { until, .. } = new.claim(2, 7, n0) else {
+            panic!("2 waits");
+        };
+        assert_eq!(until, n0 + HOLD - Duration::from_millis(100));
+        // 3 never claimed its turn on 9: it lapses CLAIM after it began.
+        let lapse = n0 + CLAIM - Duration::from_millis(100);
+        assert!(matches!(
+            new.claim(3, 9, lapse - Duration::from_millis(1)),
+            Claim::Yours
+        ));
+        let mut lapsing = Turns::default();
+        lapsing.adopt(image, n0);
+        assert!(
+            matches!(lapsing.claim(3, 9, lapse), Claim::NotQueued),
+            "lapsed"
+        );
+    }
+
+    #[test]
+    fn an_adopted_image_is_held_to_the_bounds() {
+        let queues = (0..MAX_KEYS as u64 + 10)
+            .map(|key| QueueImage {
+                key,
+                sessions: std::iter::once(0)
+                    .chain(1..MAX_QUEUE as u64 + 10)
+                    .chain([5, 5])
+                    .collect(),
+                held_ms: u64::MAX,
+                claimed: false,
+            })
+            .chain([QueueImage {
+                key: u64::MAX,
+                sessions: vec![0],
+                held_ms: 0,
+                claimed: true,
+            }])
+            .collect();
+        let mut t = Turns::default();
+        let now = Instant::now();
+        t.adopt(TurnsImage { queues }, now);
+        assert!(t.keys() <= MAX_KEYS);
+        for q in t.queues.values() {
+            assert!(q.sessions.len() <= MAX_QUEUE && !q.sessions.contains(&0));
+        }
+    }
+
+    #[test]
+    fn forgotten_turns_wake_those_waiting() {
+        let mut t = Turns::default();
+        let now = Instant::now();
+        assert!(t.lost(losing(1), 7, &[7], now).is_some());
+        assert!(t.lost(losing(2), 7, &[7], now).is_some());
+        let Claim::Wait { changed, .. } = t.claim(2, 7, now) else {
+            panic!("2 waits");
+        };
+        t.forget();
+        assert!(changed.has_changed().is_err(), "the sender went");
+        assert!(matches!(t.claim(2, 7, now), Claim::NotQueued));
+        assert!(t.is_empty());
     }
 }

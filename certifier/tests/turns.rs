@@ -3,7 +3,7 @@
 //! abort while it has its turn, turns go in the order sessions lost, and an
 //! unclaimed turn lapses. The order of turns, and that a turn is for one
 //! try, are checked on the single certifier and on three raft nodes, whose
-//! leader keeps the turns.
+//! leader keeps the turns and hands them over with its leadership.
 
 use std::time::Duration;
 
@@ -95,6 +95,61 @@ async fn a_raft_leader_keeps_turns_in_the_order_sessions_lost() {
     );
     // Session 2 was queued by that refusal; its commit took it out.
     assert_eq!(c.await_turn(2, key).await.unwrap(), (6, false));
+    nodes.stop_all().await;
+}
+
+/// A planned hand-over (`tashkent certifier transfer-leader`) carries the
+/// leader's fair turns to the next leader: session 2, which has the turn,
+/// keeps it there (session 5, writing the row on the new leader, is
+/// refused, and 2's retry commits), and session 3, behind it, has its turn
+/// next. Session 3, waiting for its turn on the old leader, is told at the
+/// step-down that it is not queued there any more (its proxy goes on to
+/// the new leader), not when 2's turn lapses ([`HOLD`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_leader_hands_its_turns_over_with_its_leadership() {
+    let mut nodes = raft_common::served::Nodes::start(3).await;
+    let first = nodes.leader().await;
+    let (target, _) = nodes.others(first);
+    let c = nodes.client_of_all().await;
+    let key = session_2_queued(&c).await;
+    assert_eq!(
+        aborted(c.certify(txn("c", 1, "b1", 3, 0)).await.unwrap()),
+        (0, key),
+        "3 is refused and queued behind 2"
+    );
+    assert_eq!(c.await_turn(2, key).await.unwrap(), (1, true));
+    let claimed = std::time::Instant::now();
+    let on_first = nodes.client(first).await;
+    let waiting = tokio::spawn(async move { on_first.await_turn(3, key).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "3 waits while 2 has the turn");
+
+    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let handed = tashkent_certifier::raft::transfer::request(&all, None, target)
+        .await
+        .unwrap();
+    assert_eq!(handed.leader, target);
+    let (_, granted) = tokio::time::timeout(Duration::from_secs(1), waiting)
+        .await
+        .expect("3's wait on the old leader ends when it steps down")
+        .unwrap();
+    assert!(!granted, "the old leader gives no turns");
+    let took = claimed.elapsed();
+    if took > HOLD - Duration::from_millis(500) {
+        // 2's turn lapses (or nearly) on any leader: nothing to check.
+        eprintln!("the hand-over took {took:?}: turns not checked");
+        nodes.stop_all().await;
+        return;
+    }
+    assert_eq!(
+        aborted(c.certify(txn("e", 1, "b1", 5, 0)).await.unwrap()),
+        (0, key),
+        "2 still has the turn, on the new leader"
+    );
+    assert_eq!(c.status().await.unwrap().node_id, target);
+    let retry = txn("b'", 1, "b1", 2, QUEUE_AFTER_LOSSES + 1);
+    assert_eq!(committed(c.certify(retry).await.unwrap()), 2);
+    assert_eq!(c.await_turn(3, key).await.unwrap(), (2, true), "3's turn");
     nodes.stop_all().await;
 }
 

@@ -499,8 +499,9 @@ impl CertifierClient {
     /// Waits until `session` has its turn on `key` (`Aborted.turn_key`) or
     /// is no longer queued on it (the certifier bounds the wait): the
     /// newest version that wrote the key, and whether the turn is the
-    /// session's. Only a single certifier queues sessions, so this asks the
-    /// node in use.
+    /// session's. Only a single certifier or a raft leader queues sessions;
+    /// this asks the node in use (a node that stopped leading answers "not
+    /// queued", and the next certification finds the new leader).
     pub async fn await_turn(
         &self,
         session: u64,

@@ -108,10 +108,11 @@
 //!   of its own (`Command::Refuse`), so it is decided in log order like
 //!   any certification: a resend of an attempt that is already in the
 //!   log (proposed by this leader or an earlier one) gets that attempt's
-//!   answer, never a refusal. Each refusal costs a raft round. Turns are
-//!   not handed over: a new leader has none (or, if it led before, what
-//!   it held then, which lapses within `turns::HOLD`), and a transaction
-//!   over one entry (1 MiB) takes no part.
+//!   answer, never a refusal. Each refusal costs a raft round. A
+//!   leader that steps down forgets its turns; a planned hand-over
+//!   carries them to the target with its `Elect` request ([`transfer`]),
+//!   and a failover loses them (a new leader starts with none). A
+//!   transaction over one entry (1 MiB) takes no part.
 //! - Fingerprints are seeded alike in every process (`rule.rs`), so
 //!   apply-time decisions are identical on every node, a fingerprint
 //!   collision included (the same spurious abort everywhere, ~2^-64 per

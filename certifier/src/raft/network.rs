@@ -374,13 +374,16 @@ impl Connection {
         stream.answer(rx, sent).await
     }
 
-    /// Asks the target to stand for election, for leader `from` handing
-    /// over to it (`transfer.rs`): the term it leads in, or why not.
-    pub(super) async fn elect(&mut self, from: NodeId) -> Result<u64, String> {
+    /// Asks the target to stand for election, for the leader handing over
+    /// to it (`transfer.rs`): the term it leads in, or why not.
+    pub(super) async fn elect(
+        &mut self,
+        asked: &super::transfer::ElectRequest,
+    ) -> Result<u64, String> {
         let timeout = super::transfer::STAND_FOR + Duration::from_secs(2);
         let target = self.target;
         let sent =
-            self.send::<_, openraft::error::Infallible>(Method::Elect, &from, Vec::new(), timeout);
+            self.send::<_, openraft::error::Infallible>(Method::Elect, asked, Vec::new(), timeout);
         match sent.await {
             Err(e) => Err(format!("node {target}: {e}")),
             Ok(Err(status)) => Err(format!("node {target}: {}", CertifierError::Rpc(status))),

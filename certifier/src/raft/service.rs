@@ -34,12 +34,10 @@ use openraft::error::RaftError;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest};
 
 use super::entry;
-use super::network::Network;
 use super::proto::raft_server::{Raft as RaftRpc, RaftServer};
 use super::proto::RaftMessage;
-use super::transfer::Handed;
+use super::transfer::{ElectRequest, HandOver, Handed};
 use super::types::{NodeId, Raft, TypeConfig};
-use super::writes::Writes;
 
 /// The raft transport's service for one node.
 #[derive(Clone)]
@@ -52,9 +50,9 @@ pub struct RaftService {
     peer_certs_required: bool,
     /// Becomes true when the node stops serving: AppendEntries streams end.
     stop: Option<watch::Receiver<bool>>,
-    /// What a leadership hand-over needs (`transfer.rs`): the node's
-    /// writes and its network to the target.
-    hand_over: Option<(Writes, Network)>,
+    /// What a leadership hand-over needs (`transfer.rs`), both as the
+    /// leader and as the target (its fair turns).
+    hand_over: Option<HandOver>,
     /// Whether this node may stand for election now: not while it holds
     /// its votes or fills a gap (`server::standing`). Always, without.
     may_stand: Option<watch::Receiver<bool>>,
@@ -79,10 +77,10 @@ impl RaftService {
         self
     }
 
-    /// Hands leadership over on request (TransferLeader), holding
-    /// `writes` meanwhile and reaching the target through `network`.
-    pub fn hands_over(mut self, writes: Writes, network: Network) -> RaftService {
-        self.hand_over = Some((writes, network));
+    /// Hands leadership over on request (TransferLeader) with `h`, and
+    /// takes a leader's fair turns into `h`'s when asked to stand.
+    pub(crate) fn hands_over(mut self, h: HandOver) -> RaftService {
+        self.hand_over = Some(h);
         self
     }
 
@@ -359,7 +357,7 @@ impl RaftRpc for RaftService {
         let change: super::membership::MembershipChange = decode(&request.into_inner().data)?;
         // Not while a hand-over waits for the target to catch up.
         let _pass = match &self.hand_over {
-            Some((writes, _)) => Some(writes.pass().await),
+            Some(h) => Some(h.writes.pass().await),
             None => None,
         };
         encode(&super::membership::apply(&self.raft, change).await)
@@ -370,7 +368,7 @@ impl RaftRpc for RaftService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let to: NodeId = decode(&request.into_inner().data)?;
-        let Some((writes, network)) = &self.hand_over else {
+        let Some(h) = &self.hand_over else {
             let no: Result<Handed, String> =
                 Err("this node cannot hand its leadership over".into());
             return encode(&no);
@@ -378,7 +376,7 @@ impl RaftRpc for RaftService {
         // Given up when the node stops: its drain would wait for it.
         let mut stop = self.stop.clone();
         let handed = tokio::select! {
-            handed = super::transfer::hand_over(writes, network, to) => handed,
+            handed = super::transfer::hand_over(h, to) => handed,
             () = stopped(stop.as_mut()) => Err("the node is stopping".into()),
         };
         encode(&handed)
@@ -386,7 +384,8 @@ impl RaftRpc for RaftService {
 
     async fn elect(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_peer(&request)?;
-        let from: NodeId = decode(&request.into_inner().data)?;
+        let asked: ElectRequest = decode(&request.into_inner().data)?;
+        let from = asked.from();
         if self.may_stand.as_ref().is_some_and(|may| !*may.borrow()) {
             let id = self.raft.metrics().borrow().id;
             let no: Result<u64, String> = Err(format!(
@@ -394,6 +393,13 @@ impl RaftRpc for RaftService {
                  state, or copies the versions a snapshot skipped"
             ));
             return encode(&no);
+        }
+        // Taken now, not once this node leads: its first certifications
+        // must find them. Should it not win, they lapse on the clock.
+        if let Some(h) = &self.hand_over {
+            h.turns
+                .lock()
+                .adopt(asked.turns(), std::time::Instant::now());
         }
         let mut stop = self.stop.clone();
         let stood = tokio::select! {

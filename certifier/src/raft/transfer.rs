@@ -9,7 +9,8 @@
 //! 2. It waits until the target's log matches its own, so that every voter
 //!    can grant the target its vote.
 //! 3. It asks the target to stand (`stand`, over the peers' raft
-//!    transport): the target starts an election in a newer term. The
+//!    transport), handing it its fair turns (`turns`): the target takes
+//!    them in place of its own and starts an election in a newer term. The
 //!    leader's next AppendEntries to it is refused with that newer vote,
 //!    and the leader steps down. The other voters still hold the leader's
 //!    lease and refuse, so the target stands again after `RESTAND` (then
@@ -33,14 +34,17 @@
 //! after any failure.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::{RaftNetworkFactory, ServerState};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::network::Network;
 use super::types::{NodeId, Raft};
 use super::writes::Writes;
+use crate::turns::{Turns, TurnsImage};
 
 /// How long the entries in flight may take to be answered.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -63,6 +67,41 @@ const RESTAND: Duration = Duration::from_millis(100);
 /// The longest wait between two tries.
 const RESTAND_MAX: Duration = Duration::from_millis(400);
 
+/// What a node needs to hand its leadership over: the gate its entries
+/// pass, its network to the target, and the fair turns it keeps while it
+/// leads (shared with its certifier service).
+#[derive(Clone)]
+pub(crate) struct HandOver {
+    pub(crate) writes: Writes,
+    pub(crate) network: Network,
+    pub(crate) turns: Arc<Mutex<Turns>>,
+}
+
+/// What the leader sends the target with `Elect`: who asks, and its fair
+/// turns. A bare node id (the first builds with hand-over) carries none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum ElectRequest {
+    Bare(NodeId),
+    With { from: NodeId, turns: TurnsImage },
+}
+
+impl ElectRequest {
+    pub(crate) fn from(&self) -> NodeId {
+        match self {
+            ElectRequest::Bare(from) | ElectRequest::With { from, .. } => *from,
+        }
+    }
+
+    /// The turns, which the target takes in place of its own.
+    pub(crate) fn turns(self) -> TurnsImage {
+        match self {
+            ElectRequest::Bare(_) => TurnsImage::default(),
+            ElectRequest::With { turns, .. } => turns,
+        }
+    }
+}
+
 /// A hand-over's result: who leads, in which term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handed {
@@ -70,14 +109,14 @@ pub struct Handed {
     pub term: u64,
 }
 
-/// On the leader whose writes are `writes`: hands leadership to node `to`
-/// (steps 1–4 above), over `network`. An error says why not, or names the leader when this
-/// node does not lead.
-pub(crate) async fn hand_over(
-    writes: &Writes,
-    network: &Network,
-    to: NodeId,
-) -> Result<Handed, String> {
+/// On the leader: hands leadership to node `to` (steps 1–4 above). An
+/// error says why not, or names the leader when this node does not lead.
+pub(crate) async fn hand_over(h: &HandOver, to: NodeId) -> Result<Handed, String> {
+    let HandOver {
+        writes,
+        network,
+        turns,
+    } = h;
     let raft = writes.raft();
     let (id, node) = {
         let m = raft.metrics().borrow().clone();
@@ -134,8 +173,25 @@ pub(crate) async fn hand_over(
         }
         Ok(Ok(_)) => {}
     }
-    tracing::info!(node = id, to, "raft: handing leadership over");
-    let stood = network.clone().new_client(to, &node).await.elect(id).await;
+    // Taken once no certification is decided here any more; the turns
+    // this node keeps are forgotten when it steps down.
+    let image = turns.lock().image(Instant::now());
+    tracing::info!(
+        node = id,
+        to,
+        turn_queues = image.queues.len(),
+        "raft: handing leadership over"
+    );
+    let asked = ElectRequest::With {
+        from: id,
+        turns: image,
+    };
+    let stood = network
+        .clone()
+        .new_client(to, &node)
+        .await
+        .elect(&asked)
+        .await;
     // Stepped down at the target's newer vote; the certifications waiting
     // at the gate are then redirected, not proposed here.
     let stepped_down = metrics.wait_for(|m| m.state != ServerState::Leader);
@@ -206,14 +262,14 @@ pub(crate) async fn stand(raft: &Raft, from: NodeId) -> Result<u64, String> {
 /// last [`STOPPING_SLACK`] entries is asked: one that is down, or already
 /// stopping, would only make the stop wait. Without one, the others
 /// elect a leader as after a failure.
-pub(crate) async fn before_stopping(writes: &Writes, network: &Network) {
+pub(crate) async fn before_stopping(h: &HandOver) {
     let (id, targets) = {
-        let m = writes.raft().metrics().borrow().clone();
+        let m = h.writes.raft().metrics().borrow().clone();
         if m.state != ServerState::Leader {
             return;
         }
         let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
-        let (lost, _) = network.peers().troubled();
+        let (lost, _) = h.network.peers().troubled();
         let last = m.last_log_index.unwrap_or(0);
         let mut targets: Vec<(u64, NodeId)> = m
             .replication
@@ -230,7 +286,7 @@ pub(crate) async fn before_stopping(writes: &Writes, network: &Network) {
     let each = async {
         let mut why = Vec::new();
         for (_, to) in targets {
-            match hand_over(writes, network, to).await {
+            match hand_over(h, to).await {
                 Ok(h) => return Ok(h),
                 Err(e) => why.push(e),
             }
@@ -268,4 +324,32 @@ pub async fn request(
         Ok(client.transfer_leader(msg).await?.into_inner())
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::turns::QueueImage;
+
+    #[test]
+    fn an_elect_request_carries_the_turns_and_a_bare_id_none() {
+        let turns = TurnsImage {
+            queues: vec![QueueImage {
+                key: 7,
+                sessions: vec![2, 3],
+                held_ms: 120,
+                claimed: true,
+            }],
+        };
+        let asked = ElectRequest::With {
+            from: 1,
+            turns: turns.clone(),
+        };
+        let sent: ElectRequest =
+            serde_json::from_slice(&serde_json::to_vec(&asked).unwrap()).unwrap();
+        assert_eq!((sent.from(), sent.turns()), (1, turns));
+        // What a build before turns were handed over sends.
+        let bare: ElectRequest = serde_json::from_slice(b"3").unwrap();
+        assert_eq!((bare.from(), bare.turns()), (3, TurnsImage::default()));
+    }
 }

@@ -110,13 +110,10 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
     let (wal, spool, service, raft, listener) = if config.node_id.is_some() {
         let n = node::open(&config, limits).await?;
         let listener = tokio::net::TcpListener::bind(n.listen).await?;
-        let (writes, network) = n.hand_over;
-        hand_over_on_stop = config
-            .hand_over_on_stop
-            .then(|| (writes.clone(), network.clone()));
+        hand_over_on_stop = config.hand_over_on_stop.then(|| n.hand_over.clone());
         let mut rpc = crate::raft::RaftService::new(n.raft.clone())
             .stops_with(n.service.inner.stop_signal.subscribe())
-            .hands_over(writes, network)
+            .hands_over(n.hand_over)
             .stands_when(n.may_stand);
         if tls.is_some() {
             rpc = rpc.peer_certificates_required();
@@ -202,8 +199,8 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
                 let _ = stop_rx.await;
                 // While this node still serves: the target's vote request
                 // comes to it.
-                if let Some((writes, network)) = hand_over_on_stop {
-                    crate::raft::transfer::before_stopping(&writes, &network).await;
+                if let Some(h) = hand_over_on_stop {
+                    crate::raft::transfer::before_stopping(&h).await;
                 }
                 // Ends subscriber streams so the graceful drain can finish.
                 svc_on_stop.stop();

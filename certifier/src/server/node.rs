@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{BasicNode, Config, SnapshotPolicy};
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
 use tashkent_wal::{Durability, Wal, WalOptions};
 use tokio::sync::Notify;
@@ -33,11 +33,13 @@ use super::tail::Tail;
 use super::TAIL_MAX_RECORDS;
 use crate::config::{parse_peers, CertifierConfig};
 use crate::error::CertifierError;
+use crate::raft::transfer::HandOver;
 use crate::raft::{
     LogStore, Network, NodeId, PeerVersions, Proposer, Raft, SnapshotWrites, StateMachine,
     VersionsLog, Writes,
 };
 use crate::tls::ClientTls;
+use crate::turns::Turns;
 
 /// Certifications per raft entry at most (see [`Proposer`]).
 const MAX_BATCH: usize = 256;
@@ -53,7 +55,7 @@ pub(super) struct Opened {
     /// Until when it refuses vote requests (`rejoin`).
     pub(super) votes_held: Option<tokio::time::Instant>,
     /// What a leadership hand-over needs (`raft::transfer`).
-    pub(super) hand_over: (Writes, Network),
+    pub(super) hand_over: HandOver,
     /// Whether this node may stand for election now (`standing`).
     pub(super) may_stand: tokio::sync::watch::Receiver<bool>,
     /// What outlives `raft.shutdown()` and must be stopped after it.
@@ -260,11 +262,14 @@ pub(super) async fn open(
         versions,
     )
     .streaming(config.max_writeset_bytes);
+    let turns = Arc::new(Mutex::new(Turns::default()));
+    tokio::spawn(forget_turns_when_deposed(raft.clone(), turns.clone()));
     let parts = Parts {
         state,
         tail,
         submitted,
         readable,
+        turns: turns.clone(),
     };
     let service = CertifierService::new_replicated(
         wal.clone(),
@@ -282,11 +287,38 @@ pub(super) async fn open(
         raft,
         listen,
         votes_held,
-        hand_over: (writes, network),
+        hand_over: HandOver {
+            writes,
+            network,
+            turns,
+        },
         may_stand,
         leftovers: Leftovers {
             snapshot_writes,
             raft_wal,
         },
     })
+}
+
+/// Forgets the fair turns whenever this node stops leading (see `turns`):
+/// a follower decides no certification, and a session waiting for its turn
+/// here is told it is not queued, so its proxy goes on to the next leader
+/// rather than wait for a turn nobody passes on.
+async fn forget_turns_when_deposed(raft: Raft, turns: Arc<Mutex<Turns>>) {
+    let mut role = raft.server_metrics();
+    loop {
+        let led = role
+            .wait_for(|m| m.state == ServerState::Leader)
+            .await
+            .is_ok();
+        let deposed = led
+            && role
+                .wait_for(|m| m.state != ServerState::Leader)
+                .await
+                .is_ok();
+        turns.lock().forget();
+        if !deposed {
+            return;
+        }
+    }
 }

@@ -83,8 +83,9 @@ pub(crate) struct Inner {
     /// A node of the replicated certifier: its raft side.
     pub(crate) node: Option<super::replicated::Node>,
     /// Sessions queued for their turn on hot rows (on a raft node, used
-    /// while it leads; locked after `state` when both are).
-    turns: Mutex<Turns>,
+    /// while it leads, forgotten when it steps down and handed over with
+    /// its leadership; locked after `state` when both are).
+    turns: Arc<Mutex<Turns>>,
 }
 
 impl Inner {
@@ -140,6 +141,8 @@ pub(crate) struct Parts {
     pub(crate) tail: Arc<Mutex<Tail>>,
     pub(crate) submitted: Arc<Notify>,
     pub(crate) readable: Arc<watch::Sender<Version>>,
+    /// Fair turns; on a raft node shared with its hand-over.
+    pub(crate) turns: Arc<Mutex<Turns>>,
 }
 
 /// The certification service; cheap to clone.
@@ -178,6 +181,7 @@ impl CertifierService {
             tail: Arc::new(Mutex::new(tail)),
             submitted: Arc::new(Notify::new()),
             readable: Arc::new(watch::channel(wal.durable_lsn()).0),
+            turns: Arc::default(),
         };
         CertifierService::build(wal, spool, parts, limits, max_record_bytes, None)
     }
@@ -224,7 +228,7 @@ impl CertifierService {
             started: Instant::now(),
             metrics,
             node,
-            turns: Mutex::new(Turns::default()),
+            turns: parts.turns,
         });
         tokio::spawn(follow_durability(inner.clone()));
         if inner.node.is_some() {
