@@ -78,6 +78,15 @@ impl Cluster {
         self.held.push(Box::new(guard));
     }
 
+    /// Stops everything gracefully (`LocalCluster::shutdown`); the
+    /// directory the cluster lived in, kept until dropped.
+    pub async fn shutdown(self) -> tempfile::TempDir {
+        let Cluster { inner, held, _dir } = self;
+        inner.shutdown().await.expect("stopping the cluster");
+        drop(held);
+        _dir
+    }
+
     pub async fn start(n: usize) -> Cluster {
         Cluster::start_with(n, |_| {}).await
     }

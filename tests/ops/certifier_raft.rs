@@ -3,7 +3,8 @@
 //! --config` node processes, the proxies given every node; `tashkent
 //! status` prints each node with its role, each node serves its metrics;
 //! a follower SIGKILLed and restarted catches up while commits go on;
-//! `tashkent certifier transfer-leader` hands the leadership to it.
+//! `tashkent certifier transfer-leader` hands the leadership to it; the
+//! whole group stops without handing over.
 
 use crate::common;
 
@@ -249,4 +250,34 @@ async fn node_metrics_agree(metrics: &[std::net::SocketAddr], leader: usize) -> 
         ));
     }
     Ok(())
+}
+
+/// A whole group stopped at once (`tashkent up`'s Ctrl-C, the end of each
+/// system in `tashkent bench`) stops without a hand-over: its leader finds
+/// its peers stopping, so no node stands for election, and every node
+/// keeps the vote it had. Stopped one by one, the leader handed over to
+/// the next node to stop, and that one to the last: new terms, a few
+/// hundred milliseconds, and warnings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_whole_group_stops_without_handing_over() {
+    let cluster = Cluster::start_file(1, |f| f.cluster.certifiers = 3).await;
+    let leader = leader(&cluster).await;
+    let term = status_json(&cluster)["certifier_nodes"][leader]["term"]
+        .as_u64()
+        .unwrap();
+    let state = cluster.state_dir().to_path_buf();
+    let dir = cluster.shutdown().await;
+    for id in 1..=3 {
+        let path = state.join(format!("certifier-{id}/raft/raft-meta"));
+        let meta = tashkent_certifier::raft::meta::load(&path).unwrap();
+        let vote = meta
+            .vote
+            .unwrap_or_else(|| panic!("node {id} holds no vote"));
+        assert_eq!(
+            (vote.leader_id().term, vote.leader_id().voted_for()),
+            (term, Some(leader as u64 + 1)),
+            "node {id}'s vote: an election after the stop began"
+        );
+    }
+    drop(dir);
 }

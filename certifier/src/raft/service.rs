@@ -386,6 +386,12 @@ impl RaftRpc for RaftService {
         self.check_peer(&request)?;
         let asked: ElectRequest = decode(&request.into_inner().data)?;
         let from = asked.from();
+        if self.stop.as_ref().is_some_and(|stop| *stop.borrow()) {
+            // Stopping with the rest of its group, say: standing would
+            // only start an election nobody finishes.
+            let no: Result<u64, String> = Err("the node is stopping".into());
+            return encode(&no);
+        }
         if self.may_stand.as_ref().is_some_and(|may| !*may.borrow()) {
             let id = self.raft.metrics().borrow().id;
             let no: Result<u64, String> = Err(format!(

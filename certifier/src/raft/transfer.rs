@@ -193,9 +193,12 @@ pub(crate) async fn hand_over(h: &HandOver, to: NodeId) -> Result<Handed, String
         .elect(&asked)
         .await;
     // Stepped down at the target's newer vote; the certifications waiting
-    // at the gate are then redirected, not proposed here.
-    let stepped_down = metrics.wait_for(|m| m.state != ServerState::Leader);
-    let _ = tokio::time::timeout(RESTAND, async { stepped_down.await.map(|_| ()) }).await;
+    // at the gate are then redirected, not proposed here. A target that
+    // refused (stopping, say) starts no election: nothing to wait for.
+    if stood.is_ok() {
+        let stepped_down = metrics.wait_for(|m| m.state != ServerState::Leader);
+        let _ = tokio::time::timeout(RESTAND, async { stepped_down.await.map(|_| ()) }).await;
+    }
     drop(closed);
     stood.map(|term| Handed { leader: to, term })
 }

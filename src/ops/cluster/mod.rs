@@ -372,9 +372,7 @@ impl LocalCluster {
     }
 
     async fn stop_certifier(&mut self) -> Result<()> {
-        for i in 0..self.nodes.len() {
-            self.stop_certifier_node(i).await?;
-        }
+        self.stop_certifier_nodes().await?;
         match self.certifier.take() {
             None => Ok(()),
             Some(Part::InProcess(c)) => c.shutdown().await.map_err(|source| Error::Certifier {

@@ -5,11 +5,14 @@
 //! restarted one by one; the proxies are given every node's address.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
 
 use tashkent_certifier::{CertifierConfig, RunningCertifier};
 
 use super::{part_addr, part_metrics_addr, path_arg, write_section, LocalCluster, Part, Placement};
 use crate::error::{Error, Result};
+use crate::ops::certifier::CertifierTarget;
 use crate::ops::process::ChildProcess;
 
 /// How many raft nodes `certifiers` means (none for a single certifier).
@@ -149,19 +152,47 @@ impl LocalCluster {
     }
 
     async fn end_certifier_node(&mut self, i: usize, kill: bool) -> Result<()> {
-        let verb = if kill { "killing" } else { "stopping" };
         match self.nodes.get_mut(i).and_then(Option::take) {
-            Some(Part::Process(p)) => {
-                tokio::task::spawn_blocking(move || if kill { p.kill() } else { p.terminate() })
-                    .await
-                    .map_err(|e| Error::Config(format!("{verb} certifier {}: {e}", i + 1)))
-            }
-            Some(Part::InProcess(c)) => c.shutdown().await.map_err(|source| Error::Certifier {
-                context: format!("stopping certifier {}", i + 1),
-                source,
-            }),
+            Some(part) => end_node(i, part, kill).await,
             None => Ok(()),
         }
+    }
+
+    /// Stops every certifier node gracefully: the followers first, all at
+    /// once, then the leader, which finds no peer to hand over to and
+    /// stops at once. In id order, the leader would hand over to the next
+    /// node to stop, and that one to the last (new terms, a few hundred
+    /// milliseconds, warnings); all at once, a follower not yet told to
+    /// stop when the leader's request came could stand.
+    pub(super) async fn stop_certifier_nodes(&mut self) -> Result<()> {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_some())
+            .collect();
+        let leading = futures::future::join_all(running.iter().map(|&i| self.leads(i))).await;
+        let (leaders, followers): (Vec<_>, Vec<_>) = running
+            .into_iter()
+            .zip(leading)
+            .partition(|(_, leads)| *leads);
+        for group in [followers, leaders] {
+            let stops = group
+                .into_iter()
+                .filter_map(|(i, _)| Some(end_node(i, self.nodes[i].take()?, false)));
+            futures::future::join_all(stops)
+                .await
+                .into_iter()
+                .collect::<Result<()>>()?;
+        }
+        Ok(())
+    }
+
+    /// Whether node `i` says it leads (no answer within a second: no).
+    async fn leads(&self, i: usize) -> bool {
+        let ca = self.certifier_tls_ca().map(Path::to_path_buf);
+        let target = CertifierTarget::new(self.node_listen[i].to_string(), ca);
+        let asked = tokio::time::timeout(Duration::from_secs(1), async {
+            target.connect().await.ok()?.status().await.ok()
+        });
+        matches!(asked.await, Ok(Some(s)) if s.role == "leader")
     }
 
     /// The process id of certifier node `i`, when it runs as a child
@@ -171,5 +202,21 @@ impl LocalCluster {
             Part::Process(p) => Some(p.pid()),
             Part::InProcess(_) => None,
         }
+    }
+}
+
+/// SIGKILLs (`kill`) or stops certifier node `i`, run as `part`.
+async fn end_node(i: usize, part: Part<RunningCertifier>, kill: bool) -> Result<()> {
+    let verb = if kill { "killing" } else { "stopping" };
+    match part {
+        Part::Process(p) => {
+            tokio::task::spawn_blocking(move || if kill { p.kill() } else { p.terminate() })
+                .await
+                .map_err(|e| Error::Config(format!("{verb} certifier {}: {e}", i + 1)))
+        }
+        Part::InProcess(c) => c.shutdown().await.map_err(|source| Error::Certifier {
+            context: format!("stopping certifier {}", i + 1),
+            source,
+        }),
     }
 }
