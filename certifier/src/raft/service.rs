@@ -386,6 +386,14 @@ impl RaftRpc for RaftService {
         self.check_peer(&request)?;
         let asked: ElectRequest = decode(&request.into_inner().data)?;
         let from = asked.from();
+        {
+            // A request that comes late, from a leader deposed since: this
+            // node's own turns stand, and standing would depose it.
+            let m = self.raft.metrics().borrow().clone();
+            if m.state == openraft::ServerState::Leader {
+                return encode(&Ok::<u64, String>(m.current_term));
+            }
+        }
         if self.stop.as_ref().is_some_and(|stop| *stop.borrow()) {
             // Stopping with the rest of its group, say: standing would
             // only start an election nobody finishes.
