@@ -53,7 +53,7 @@
 //! [`MAX_KEYS`] queues of at most [`MAX_QUEUE`] sessions; beyond that a
 //! loser is simply not queued.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -214,6 +214,8 @@ pub enum Claim {
 #[derive(Debug, Default)]
 pub struct Turns {
     queues: HashMap<u64, Queue>,
+    /// Counts the images adopted (see [`Turns::adoptions`]).
+    adoptions: u64,
 }
 
 impl Turns {
@@ -453,26 +455,37 @@ impl Turns {
     }
 
     /// Takes the queues of `image` (a leader's, handing over to this
-    /// node) in place of this node's own: each head's time runs on from
-    /// where it stood. What exceeds the bounds ([`MAX_KEYS`],
-    /// [`MAX_QUEUE`]), session 0 and repeats are dropped: the image comes
-    /// from another process.
+    /// node) in place of this node's own. A claimed turn's time runs on
+    /// from where it stood ([`HOLD`] from its claim); an unclaimed one
+    /// starts again: its session was told at the old leader's step-down to
+    /// go on, and finds this node only once it leads. What exceeds the
+    /// bounds ([`MAX_KEYS`], [`MAX_QUEUE`]), session 0, and a session
+    /// already seen (here or in an earlier queue: a session waits in one
+    /// queue at most) are dropped: the image comes from another process.
     pub fn adopt(&mut self, image: TurnsImage, now: Instant) {
         self.forget();
+        self.adoptions += 1;
+        let mut seen = HashSet::new();
         for q in image.queues {
             if self.queues.len() >= MAX_KEYS {
                 break;
             }
             let mut sessions = VecDeque::new();
             for s in q.sessions {
-                if s != 0 && !sessions.contains(&s) && sessions.len() < MAX_QUEUE {
+                if sessions.len() >= MAX_QUEUE {
+                    break;
+                }
+                if s != 0 && seen.insert(s) {
                     sessions.push_back(s);
                 }
             }
-            if sessions.is_empty() {
+            if sessions.is_empty() || self.queues.contains_key(&q.key) {
                 continue;
             }
-            let held = Duration::from_millis(q.held_ms).min(HOLD);
+            let held = match q.claimed {
+                true => Duration::from_millis(q.held_ms).min(HOLD),
+                false => Duration::ZERO,
+            };
             let mut queue = Queue {
                 sessions,
                 since: now.checked_sub(held).unwrap_or(now),
@@ -491,6 +504,13 @@ impl Turns {
     /// they are not queued.
     pub fn forget(&mut self) {
         self.queues.clear();
+    }
+
+    /// How many images this node has adopted: a leader that steps down
+    /// forgets its turns only if it adopted none since it began to lead
+    /// (one adopted since is a newer leader's, handing back).
+    pub fn adoptions(&self) -> u64 {
+        self.adoptions
     }
 }
 
@@ -799,8 +819,9 @@ mod tests {
             panic!("2 waits");
         };
         assert_eq!(until, n0 + HOLD - Duration::from_millis(100));
-        // 3 never claimed its turn on 9: it lapses CLAIM after it began.
-        let lapse = n0 + CLAIM - Duration::from_millis(100);
+        // 3 never claimed its turn on 9 (100 ms before): it has CLAIM
+        // again from the adoption.
+        let lapse = n0 + CLAIM;
         assert!(matches!(
             new.claim(3, 9, lapse - Duration::from_millis(1)),
             Claim::Yours
@@ -815,30 +836,35 @@ mod tests {
 
     #[test]
     fn an_adopted_image_is_held_to_the_bounds() {
-        let queues = (0..MAX_KEYS as u64 + 10)
-            .map(|key| QueueImage {
-                key,
-                sessions: std::iter::once(0)
-                    .chain(1..MAX_QUEUE as u64 + 10)
-                    .chain([5, 5])
-                    .collect(),
-                held_ms: u64::MAX,
-                claimed: false,
-            })
-            .chain([QueueImage {
-                key: u64::MAX,
-                sessions: vec![0],
-                held_ms: 0,
-                claimed: true,
-            }])
+        let session = |key: u64, i: u64| key * 1_000 + i + 1;
+        // Session 0, a repeat, a session of an earlier queue and some
+        // over the bound, in every queue.
+        let queue = |key: u64| QueueImage {
+            key,
+            sessions: [0, session(key, 0), session(key.saturating_sub(1), 0)]
+                .into_iter()
+                .chain((0..MAX_QUEUE as u64 + 10).map(|i| session(key, i)))
+                .collect(),
+            held_ms: u64::MAX,
+            claimed: true,
+        };
+        let queues = [queue(0), queue(0)] // a key twice
+            .into_iter()
+            .chain((1..MAX_KEYS as u64 + 10).map(queue))
             .collect();
         let mut t = Turns::default();
+        // Long claimed turns lapse at once: HOLD is the most they held.
         let now = Instant::now();
         t.adopt(TurnsImage { queues }, now);
-        assert!(t.keys() <= MAX_KEYS);
-        for q in t.queues.values() {
-            assert!(q.sessions.len() <= MAX_QUEUE && !q.sessions.contains(&0));
+        assert_eq!(t.keys(), MAX_KEYS);
+        let mut seen = HashSet::new();
+        for (key, q) in &t.queues {
+            assert!(!q.sessions.contains(&0));
+            assert!(q.sessions.len() < MAX_QUEUE, "key {key}: one lapsed");
+            assert!(q.sessions.iter().all(|s| s / 1_000 == *key), "key {key}");
+            assert!(q.sessions.iter().all(|s| seen.insert(*s)), "one queue each");
         }
+        assert_eq!(t.adoptions(), 1);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tashkent_certifier::writeset::item;
 use tashkent_certifier::{CertifierClient, Item, Op, Outcome, Writeset, WRITESET_FORMAT_VERSION};
 
 mod raft_common;
-use raft_common::served::{ports, Nodes, WAIT};
+use raft_common::served::{elect, ports, Nodes, WAIT};
 use raft_common::slow_link::SlowLink;
 
 pub fn ws(id: &str, key: &str) -> Writeset {
@@ -503,6 +503,22 @@ async fn ask_vote(addr: &str, term: u64, candidate: u64) -> Result<(), tonic::St
         entries: Vec::new(),
     };
     c.vote(msg).await.map(|_| ())
+}
+
+/// An `Elect` request over the size the most turns take is refused before
+/// it is decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_elect_request_over_the_turns_bound_is_refused_unread() {
+    let mut nodes = Nodes::start(3).await;
+    let leader = nodes.leader().await;
+    let (other, _) = nodes.others(leader);
+    let huge = format!("[{}1]", "1,".repeat(5 << 20));
+    let refused = elect(&nodes.addrs[&other], huge.into_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("at most"), "{refused:?}");
+    nodes.stop_all().await;
 }
 
 /// The first node of `peers` (the one that bootstraps a new group) loses

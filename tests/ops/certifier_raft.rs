@@ -252,12 +252,13 @@ async fn node_metrics_agree(metrics: &[std::net::SocketAddr], leader: usize) -> 
     Ok(())
 }
 
-/// A whole group stopped at once (`tashkent up`'s Ctrl-C, the end of each
-/// system in `tashkent bench`) stops without a hand-over: its leader finds
-/// its peers stopping, so no node stands for election, and every node
-/// keeps the vote it had. Stopped one by one, the leader handed over to
-/// the next node to stop, and that one to the last: new terms, a few
-/// hundred milliseconds, and warnings.
+/// A whole group stopped (`tashkent up`'s Ctrl-C, the end of each system in
+/// `tashkent bench`) stops without a hand-over: the followers stop first,
+/// then the leader, which finds no peer to hand over to, so no node stands
+/// for election and every node keeps the vote it had. Stopped one by one
+/// in id order, the leader (node 1 here, the one that bootstraps) handed
+/// over to the next node to stop, and that one to the last: new terms, a
+/// few hundred milliseconds, and warnings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_whole_group_stops_without_handing_over() {
     let cluster = Cluster::start_file(1, |f| f.cluster.certifiers = 3).await;

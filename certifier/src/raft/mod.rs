@@ -111,7 +111,8 @@
 //!   answer, never a refusal. Each refusal costs a raft round. A
 //!   leader that steps down forgets its turns; a planned hand-over
 //!   carries them to the target with its `Elect` request ([`transfer`]),
-//!   and a failover loses them (a new leader starts with none). A
+//!   and a failover loses them. Only a leader's turns are live
+//!   (`AwaitTurn` on a node that does not lead answers "not queued"). A
 //!   transaction over one entry (1 MiB) takes no part.
 //! - Fingerprints are seeded alike in every process (`rule.rs`), so
 //!   apply-time decisions are identical on every node, a fingerprint

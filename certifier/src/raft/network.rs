@@ -380,11 +380,21 @@ impl Connection {
         &mut self,
         asked: &super::transfer::ElectRequest,
     ) -> Result<u64, String> {
+        use super::transfer::ElectRequest;
         let timeout = super::transfer::STAND_FOR + Duration::from_secs(2);
         let target = self.target;
-        let sent =
-            self.send::<_, openraft::error::Infallible>(Method::Elect, asked, Vec::new(), timeout);
-        match sent.await {
+        let mut sent = self
+            .send::<_, openraft::error::Infallible>(Method::Elect, asked, Vec::new(), timeout)
+            .await;
+        if let (Ok(Err(status)), ElectRequest::With { from, .. }) = (&sent, asked) {
+            if status.code() == tonic::Code::InvalidArgument {
+                // A node of an earlier build reads a bare node id only:
+                // asked again, without the turns.
+                let bare = ElectRequest::Bare(*from);
+                sent = self.send(Method::Elect, &bare, Vec::new(), timeout).await;
+            }
+        }
+        match sent {
             Err(e) => Err(format!("node {target}: {e}")),
             Ok(Err(status)) => Err(format!("node {target}: {}", CertifierError::Rpc(status))),
             Ok(Ok(answer)) => serde_json::from_slice::<Result<u64, String>>(&answer.data)

@@ -384,7 +384,16 @@ impl RaftRpc for RaftService {
 
     async fn elect(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_peer(&request)?;
-        let asked: ElectRequest = decode(&request.into_inner().data)?;
+        let data = request.into_inner().data;
+        if data.len() > super::transfer::ELECT_MAX_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "an Elect request of {} bytes: at most {} (the turns of {} rows)",
+                data.len(),
+                super::transfer::ELECT_MAX_BYTES,
+                crate::turns::MAX_KEYS
+            )));
+        }
+        let asked: ElectRequest = decode(&data)?;
         let from = asked.from();
         {
             // A request that comes late, from a leader deposed since: this

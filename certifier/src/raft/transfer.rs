@@ -102,6 +102,12 @@ impl ElectRequest {
     }
 }
 
+/// The largest `Elect` request a node reads: the most turns a leader keeps
+/// ([`crate::turns::MAX_KEYS`] queues of [`crate::turns::MAX_QUEUE`]
+/// sessions, about 21 bytes each in JSON: 5.5 MB), with room to spare. A
+/// larger one is refused before it is decoded.
+pub(crate) const ELECT_MAX_BYTES: usize = 8 << 20;
+
 /// A hand-over's result: who leads, in which term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handed {
@@ -182,9 +188,13 @@ pub(crate) async fn hand_over(h: &HandOver, to: NodeId) -> Result<Handed, String
         turn_queues = image.queues.len(),
         "raft: handing leadership over"
     );
-    let asked = ElectRequest::With {
-        from: id,
-        turns: image,
+    // Without turns, as the first builds with hand-over read it.
+    let asked = match image.queues.is_empty() {
+        true => ElectRequest::Bare(id),
+        false => ElectRequest::With {
+            from: id,
+            turns: image,
+        },
     };
     let stood = network
         .clone()
@@ -354,5 +364,24 @@ mod tests {
         // What a build before turns were handed over sends.
         let bare: ElectRequest = serde_json::from_slice(b"3").unwrap();
         assert_eq!((bare.from(), bare.turns()), (3, TurnsImage::default()));
+    }
+
+    #[test]
+    fn the_most_turns_a_leader_keeps_fit_in_an_elect_request() {
+        use crate::turns::{MAX_KEYS, MAX_QUEUE};
+        let queues = (0..MAX_KEYS as u64)
+            .map(|k| QueueImage {
+                key: u64::MAX - k,
+                sessions: (0..MAX_QUEUE as u64).map(|s| u64::MAX - s).collect(),
+                held_ms: u64::from(u32::MAX),
+                claimed: true,
+            })
+            .collect();
+        let asked = ElectRequest::With {
+            from: u64::MAX,
+            turns: TurnsImage { queues },
+        };
+        let len = serde_json::to_vec(&asked).unwrap().len();
+        assert!(len < ELECT_MAX_BYTES, "{len} bytes");
     }
 }

@@ -303,7 +303,9 @@ pub(super) async fn open(
 /// Forgets the fair turns whenever this node stops leading (see `turns`):
 /// a follower decides no certification, and a session waiting for its turn
 /// here is told it is not queued, so its proxy goes on to the next leader
-/// rather than wait for a turn nobody passes on.
+/// rather than wait for a turn nobody passes on. Not the turns of a newer
+/// leader handing back, should they come before this task sees the
+/// step-down.
 async fn forget_turns_when_deposed(raft: Raft, turns: Arc<Mutex<Turns>>) {
     let mut role = raft.server_metrics();
     loop {
@@ -311,12 +313,16 @@ async fn forget_turns_when_deposed(raft: Raft, turns: Arc<Mutex<Turns>>) {
             .wait_for(|m| m.state == ServerState::Leader)
             .await
             .is_ok();
+        let adopted = turns.lock().adoptions();
         let deposed = led
             && role
                 .wait_for(|m| m.state != ServerState::Leader)
                 .await
                 .is_ok();
-        turns.lock().forget();
+        let mut turns = turns.lock();
+        if turns.adoptions() == adopted {
+            turns.forget();
+        }
         if !deposed {
             return;
         }

@@ -97,6 +97,11 @@ impl Node {
         self.writes.raft()
     }
 
+    /// Whether this node leads now.
+    pub(crate) fn leads(&self) -> bool {
+        self.raft().server_metrics().borrow().state == ServerState::Leader
+    }
+
     /// One of the permits of [`Node::streaming`], waited for while this
     /// node leads. A node that does not lead (or stops leading meanwhile)
     /// says so instead: only a leader proposes, so the stream would wait

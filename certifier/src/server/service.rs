@@ -715,7 +715,14 @@ impl CertifierService {
     pub async fn await_turn(&self, session: u64, key: u64) -> (Version, bool) {
         let inner = &*self.inner;
         let give_up = tokio::time::Instant::now() + AWAIT_TURN_MAX;
+        // Only a leader's turns are live: a node that stepped down may
+        // still see a decision of its last moments land in them, or hold
+        // those a leader handing over gave it.
+        let leads = || inner.node.as_ref().is_none_or(|n| n.leads());
         let granted = loop {
+            if !leads() {
+                break false;
+            }
             let claim = inner.turns.lock().claim(session, key, Instant::now());
             match claim {
                 Claim::Yours => break true,

@@ -270,3 +270,16 @@ impl Nodes {
         }
     }
 }
+
+/// Sends node `addr` a peer's `Elect` request with `data` (JSON): its
+/// answer, the term it leads in or why not.
+pub async fn elect(addr: &str, data: Vec<u8>) -> Result<Result<u64, String>, tonic::Status> {
+    use tashkent_certifier::raft::proto::{raft_client::RaftClient, RaftMessage};
+    let mut c = RaftClient::connect(format!("http://{addr}")).await.unwrap();
+    let msg = RaftMessage {
+        data: data.into(),
+        entries: Vec::new(),
+    };
+    let answer = c.elect(msg).await?.into_inner();
+    Ok(serde_json::from_slice(&answer.data).unwrap())
+}

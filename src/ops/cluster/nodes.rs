@@ -185,11 +185,11 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Whether node `i` says it leads (no answer within a second: no).
+    /// Whether node `i` says it leads (no answer within 3 s: no).
     async fn leads(&self, i: usize) -> bool {
         let ca = self.certifier_tls_ca().map(Path::to_path_buf);
         let target = CertifierTarget::new(self.node_listen[i].to_string(), ca);
-        let asked = tokio::time::timeout(Duration::from_secs(1), async {
+        let asked = tokio::time::timeout(Duration::from_secs(3), async {
             target.connect().await.ok()?.status().await.ok()
         });
         matches!(asked.await, Ok(Some(s)) if s.role == "leader")
