@@ -263,7 +263,10 @@ pub(super) async fn open(
     )
     .streaming(config.max_writeset_bytes);
     let turns = Arc::new(Mutex::new(Turns::default()));
-    tokio::spawn(forget_turns_when_deposed(raft.clone(), turns.clone()));
+    tokio::spawn(forget_turns_when_deposed(
+        raft.server_metrics(),
+        turns.clone(),
+    ));
     let parts = Parts {
         state,
         tail,
@@ -306,8 +309,11 @@ pub(super) async fn open(
 /// rather than wait for a turn nobody passes on. Not the turns of a newer
 /// leader handing back, should they come before this task sees the
 /// step-down.
-async fn forget_turns_when_deposed(raft: Raft, turns: Arc<Mutex<Turns>>) {
-    let mut role = raft.server_metrics();
+/// It ends with the raft core, which holds the sender of `role`.
+async fn forget_turns_when_deposed(
+    mut role: tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, BasicNode>>,
+    turns: Arc<Mutex<Turns>>,
+) {
     loop {
         let led = role
             .wait_for(|m| m.state == ServerState::Leader)
