@@ -44,7 +44,8 @@
 //! (sessions waiting on it are told they are not queued, and their
 //! proxies go on to the next leader), and a planned hand-over carries
 //! them to the next leader ([`TurnsImage`], `raft::transfer`), each
-//! queue as it stood, the time its head has held the turn included. On a replicated certifier the leader keeps
+//! queue as it stood (a claimed turn keeps its clock, see
+//! [`Turns::adopt`]). On a replicated certifier the leader keeps
 //! them and decides a refusal before proposing (its nodes certify as a
 //! deterministic state machine, and a turn depends on time); the refusal
 //! itself is then proposed as an entry of its own

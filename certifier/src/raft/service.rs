@@ -397,7 +397,8 @@ impl RaftRpc for RaftService {
         let from = asked.from();
         {
             // A request that comes late, from a leader deposed since: this
-            // node's own turns stand, and standing would depose it.
+            // node's own turns stand (openraft ignores an election trigger
+            // on a leader anyway).
             let m = self.raft.metrics().borrow().clone();
             if m.state == openraft::ServerState::Leader {
                 return encode(&Ok::<u64, String>(m.current_term));
