@@ -154,7 +154,7 @@ async fn a_served_cluster_certifies_on_the_leader_redirects_and_fails_over() {
 async fn a_client_given_every_node_follows_the_leader_across_a_failover() {
     let mut nodes = Nodes::start(3).await;
     let leader = nodes.leader().await;
-    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let all = nodes.all_addrs();
     let client = CertifierClient::connect(&all).await.unwrap();
     // Through the client: a follower named first redirects it.
     let x = version(client.certify(ws("x", "kx")).await.unwrap());
@@ -406,7 +406,7 @@ async fn a_node_is_added_and_another_removed_online() {
     use tashkent_certifier::raft::membership::{change, MembershipChange};
     let mut nodes = Nodes::start(3).await;
     let leader = nodes.leader().await;
-    let three = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let three = nodes.all_addrs();
     let client = CertifierClient::connect(&three).await.unwrap();
     commit_numbered(&client, 1..=30).await;
     // Node 4 starts knowing every node, itself included, and is added.
@@ -988,7 +988,7 @@ async fn a_leader_hands_over_under_load_and_no_certification_fails() {
     let mut nodes = Nodes::start(3).await;
     let first = nodes.leader().await;
     let (target, _) = nodes.others(first);
-    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let all = nodes.all_addrs();
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicU64::new(0));
     let load = load(&nodes, 8, &stop, &failed).await;
@@ -1046,7 +1046,7 @@ async fn a_stream_waiting_for_a_permit_is_redirected_when_its_leader_hands_over(
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!b_call.is_finished(), "b went while a's stream was open");
 
-    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let all = nodes.all_addrs();
     let handed = tashkent_certifier::raft::transfer::request(&all, None, target)
         .await
         .unwrap();
@@ -1092,7 +1092,7 @@ async fn a_leader_told_to_stop_hands_over_first() {
     // Off: the stop leaves the group leaderless until an election.
     nodes.hand_over_on_stop = false;
     nodes.restart(first).await;
-    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let all = nodes.all_addrs();
     tashkent_certifier::raft::transfer::request(&all, None, first)
         .await
         .unwrap();

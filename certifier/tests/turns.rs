@@ -124,7 +124,7 @@ async fn a_raft_leader_hands_its_turns_over_with_its_leadership() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!waiting.is_finished(), "3 waits while 2 has the turn");
 
-    let all = nodes.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let all = nodes.all_addrs();
     let handed = tashkent_certifier::raft::transfer::request(&all, None, target)
         .await
         .unwrap();

@@ -186,7 +186,10 @@ impl CertifierStatus {
     }
 }
 
-async fn certifier_status(target: &CertifierTarget, timeout: Duration) -> CertifierStatus {
+pub(crate) async fn certifier_status(
+    target: &CertifierTarget,
+    timeout: Duration,
+) -> CertifierStatus {
     // The errors as the client says them: the line names the certifier.
     let asked = tokio::time::timeout(timeout, async {
         let opts = target.options().map_err(|e| e.to_string())?;

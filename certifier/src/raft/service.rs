@@ -140,6 +140,12 @@ fn encode<T: Serialize>(result: &T) -> Result<Response<RaftMessage>, Status> {
     }))
 }
 
+/// The answer of a call the node declines, `why`: an `Err` in the message
+/// (of a call whose success would be a `T`), for the client to report.
+fn declined<T: Serialize>(why: impl Into<String>) -> Result<Response<RaftMessage>, Status> {
+    encode(&Err::<T, String>(why.into()))
+}
+
 /// The answers of one AppendEntries stream.
 pub type AppendAnswers = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
 
@@ -369,9 +375,7 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftMessage>, Status> {
         let to: NodeId = decode(&request.into_inner().data)?;
         let Some(h) = &self.hand_over else {
-            let no: Result<Handed, String> =
-                Err("this node cannot hand its leadership over".into());
-            return encode(&no);
+            return declined::<Handed>("this node cannot hand its leadership over");
         };
         // Given up when the node stops: its drain would wait for it.
         let mut stop = self.stop.clone();
@@ -395,28 +399,27 @@ impl RaftRpc for RaftService {
         }
         let asked: ElectRequest = decode(&data)?;
         let from = asked.from();
-        {
+        let (id, state, term) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.id, m.state, m.current_term)
+        };
+        if state == openraft::ServerState::Leader {
             // A request that comes late, from a leader deposed since: this
             // node's own turns stand (openraft ignores an election trigger
             // on a leader anyway).
-            let m = self.raft.metrics().borrow().clone();
-            if m.state == openraft::ServerState::Leader {
-                return encode(&Ok::<u64, String>(m.current_term));
-            }
+            return encode(&Ok::<u64, String>(term));
         }
         if self.stop.as_ref().is_some_and(|stop| *stop.borrow()) {
             // Stopping with the rest of its group, say: standing would
             // only start an election nobody finishes.
-            let no: Result<u64, String> = Err("the node is stopping".into());
-            return encode(&no);
+            return declined::<u64>("the node is stopping");
         }
         if self.may_stand.as_ref().is_some_and(|may| !*may.borrow()) {
-            let id = self.raft.metrics().borrow().id;
-            let no: Result<u64, String> = Err(format!(
+            return declined::<u64>(format!(
                 "node {id} may not stand for election now: it rejoins after losing its raft \
                  state, or copies the versions a snapshot skipped"
             ));
-            return encode(&no);
         }
         // Taken now, not once this node leads: its first certifications
         // must find them. Should it not win, they lapse on the clock.

@@ -201,10 +201,14 @@ impl Nodes {
             .unwrap()
     }
 
+    /// Every node's address, `a,b,c`, as clients and operators give them.
+    pub fn all_addrs(&self) -> String {
+        self.addrs.values().cloned().collect::<Vec<_>>().join(",")
+    }
+
     /// A client given every node (it follows the leader).
     pub async fn client_of_all(&self) -> CertifierClient {
-        let all = self.addrs.values().cloned().collect::<Vec<_>>().join(",");
-        CertifierClient::connect_with(&all, self.client_options())
+        CertifierClient::connect_with(&self.all_addrs(), self.client_options())
             .await
             .unwrap()
     }

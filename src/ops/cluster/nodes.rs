@@ -189,10 +189,10 @@ impl LocalCluster {
     async fn leads(&self, i: usize) -> bool {
         let ca = self.certifier_tls_ca().map(Path::to_path_buf);
         let target = CertifierTarget::new(self.node_listen[i].to_string(), ca);
-        let asked = tokio::time::timeout(Duration::from_secs(3), async {
-            target.connect().await.ok()?.status().await.ok()
-        });
-        matches!(asked.await, Ok(Some(s)) if s.role == "leader")
+        crate::ops::status::certifier_status(&target, Duration::from_secs(3))
+            .await
+            .role
+            == "leader"
     }
 
     /// The process id of certifier node `i`, when it runs as a child
