@@ -392,6 +392,16 @@ fn replicated(c: &mut Criterion) {
                 .iter_custom(|iters| lone(iters, client.clone(), head.clone()));
         });
         reporter.abort();
+        // How well the proposer batched: versions committed per raft entry.
+        let st = rt
+            .block_on(clients[0].status())
+            .expect("status of the leader");
+        eprintln!(
+            "raft, {n} node(s): {} versions in {} log entries, {:.1} per entry",
+            st.latest_version,
+            st.last_log_index,
+            st.latest_version as f64 / st.last_log_index.max(1) as f64
+        );
         for node in nodes {
             rt.block_on(node.shutdown()).expect("shutdown");
         }
