@@ -22,7 +22,9 @@ pub(crate) enum Op {
     Append {
         lsn: Lsn,
         payload: Bytes,
-        reply: Reply<Lsn>,
+        /// `None` for records of `Wal::submit_many`, which nobody awaits
+        /// one by one.
+        reply: Option<Reply<Lsn>>,
     },
     Truncate {
         lsn: Lsn,

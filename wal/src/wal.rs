@@ -166,12 +166,43 @@ impl Wal {
                 Op::Append {
                     lsn,
                     payload,
-                    reply,
+                    reply: Some(reply),
                 },
             );
             lsn
         };
         Ok(AppendTicket { lsn, rx })
+    }
+
+    /// Queues `payloads` as the next records, in order, under one lock and
+    /// without a ticket each (for a caller that follows durability with
+    /// [`Wal::durable_lsn`] or [`Wal::wait_durable`]), and returns the LSN
+    /// of the first. Nothing is queued if one of them is too large.
+    pub fn submit_many(&self, payloads: Vec<Bytes>) -> Result<Lsn, WalError> {
+        let max = self.shared().opts.max_record_size;
+        if let Some(p) = payloads.iter().find(|p| p.len() as u64 > max) {
+            return Err(WalError::RecordTooLarge {
+                size: p.len() as u64,
+                max,
+            });
+        }
+        let mut st = self.shared().state.lock();
+        check_open(self.shared(), &st)?;
+        let first = st.next_lsn;
+        for payload in payloads {
+            let lsn = st.next_lsn;
+            st.next_lsn += 1;
+            self.shared().enqueue(
+                &mut st,
+                Op::Append {
+                    lsn,
+                    payload,
+                    reply: None,
+                },
+            );
+        }
+        self.shared().last.store(st.next_lsn - 1, Ordering::Release);
+        Ok(first)
     }
 
     /// Appends a record and waits until it is durable; returns its LSN.

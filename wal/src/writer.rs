@@ -169,7 +169,7 @@ impl Writer {
                     group.push(Pending {
                         lsn,
                         payload,
-                        reply: Some(reply),
+                        reply,
                     });
                 }
                 Op::Truncate { lsn, reply } => {
@@ -524,7 +524,9 @@ impl Writer {
         for op in queued {
             match op {
                 Op::Append { reply, .. } => {
-                    let _ = reply.send(Err(err.clone()));
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(err.clone()));
+                    }
                 }
                 Op::Truncate { reply, .. }
                 | Op::Purge { reply, .. }

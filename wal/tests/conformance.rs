@@ -148,6 +148,42 @@ async fn submit_pipelines_and_assigns_in_order(b: Backend) {
     ));
 }
 
+/// `submit_many` queues its records in order after what `submit` queued,
+/// across segment rolls, and a batch with one record too large queues
+/// none of them.
+async fn submit_many_queues_in_order_or_not_at_all(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), small_segments(b, 4096)).unwrap();
+    let first = wal.submit(payload(1, 10)).unwrap();
+    let batch = |from: u64, n: u64| -> Vec<bytes::Bytes> {
+        (from..from + n)
+            .map(|k| payload(k, 40 + (k % 90) as usize).into())
+            .collect()
+    };
+    assert_eq!(wal.submit_many(batch(2, 200)).unwrap(), 2);
+    assert_eq!(wal.submit_many(Vec::new()).unwrap(), 202);
+    assert_eq!(wal.last_lsn(), 201);
+    let mut too_big = batch(202, 3);
+    too_big[1] = vec![0u8; (256 << 20) + 1].into();
+    assert!(matches!(
+        wal.submit_many(too_big),
+        Err(WalError::RecordTooLarge { .. })
+    ));
+    assert_eq!(wal.last_lsn(), 201);
+    assert_eq!(wal.submit_many(batch(202, 5)).unwrap(), 202);
+    wal.wait_durable(206).await.unwrap();
+    assert_eq!(first.await.unwrap(), 1);
+    assert!(segment_files(dir.path()).len() > 1, "the batches rolled");
+    wal.close().await.unwrap();
+    let wal = Wal::open(dir.path(), small_segments(b, 4096)).unwrap();
+    let all = read_all(&wal, 1);
+    assert_eq!(all.len(), 206);
+    assert_eq!(all[0], (1, payload(1, 10)));
+    for (lsn, p) in &all[1..] {
+        assert_eq!(*p, payload(*lsn, 40 + (*lsn % 90) as usize), "LSN {lsn}");
+    }
+}
+
 async fn large_records(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     // Default segment size (64 MiB): the 64 MiB record needs a segment of
@@ -484,6 +520,7 @@ both_backends!(
     zero_byte_records,
     concurrent_appenders,
     submit_pipelines_and_assigns_in_order,
+    submit_many_queues_in_order_or_not_at_all,
     large_records,
     segment_roll,
     truncate_after,

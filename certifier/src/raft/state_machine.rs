@@ -82,6 +82,9 @@ pub struct StateMachine {
     /// writeset (the other nodes commit it): `apply` fails, which stops
     /// this node's raft core, and clients retry on the others.
     versions_failed: Option<String>,
+    /// Versions the entry being applied committed, with their records,
+    /// for the versions log once the entry is done (one append each).
+    unlogged: Vec<(Version, Bytes)>,
 }
 
 /// Builds a snapshot from a copy taken when it was asked for.
@@ -187,6 +190,7 @@ impl StateMachine {
             versions,
             window: BTreeMap::new(),
             versions_failed: None,
+            unlogged: Vec::new(),
             pending: Pending::default(),
             chunked: Chunked::default(),
             spool,
@@ -398,6 +402,20 @@ impl StateMachine {
         self.decided(rec, ws, before, decision)
     }
 
+    /// Appends the versions the entry just applied committed to the
+    /// versions log; a failure fails the entry (`versions_failed`).
+    fn log_versions(&mut self) {
+        if self.unlogged.is_empty() {
+            return;
+        }
+        let recs = std::mem::take(&mut self.unlogged);
+        if let Some(v) = &self.versions {
+            if let Err(e) = v.committed_many(recs) {
+                self.versions_failed = Some(e.to_string());
+            }
+        }
+    }
+
     /// A fair-turns refusal the leader logged (`Command::Refuse`): the
     /// transaction aborts unless it was decided before.
     fn refuse(&mut self, last: Version, rec: Bytes) -> Result<Response, CertifierError> {
@@ -424,11 +442,8 @@ impl StateMachine {
         Ok(match decision {
             Decision::Commit(version) => {
                 if version > before {
-                    if let Some(v) = &self.versions {
-                        if let Err(e) = v.committed(version, &rec) {
-                            self.versions_failed = Some(e.to_string());
-                            return Err(e);
-                        }
+                    if self.versions.is_some() {
+                        self.unlogged.push((version, rec.clone()));
                     }
                     let kept = if rec.len() > PART_BYTES {
                         keys_only(ws)
@@ -639,6 +654,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             });
+            self.log_versions();
             if let Some(reason) = self.versions_failed.take() {
                 let e = CertifierError::RaftStorage {
                     what: format!("applying entry {}", e.log_id),

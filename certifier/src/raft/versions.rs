@@ -161,36 +161,63 @@ impl VersionsLog {
     /// `version` committed with `rec` (a record with version field 0):
     /// append it, unless a run before a restart already did.
     pub(crate) fn committed(&self, version: Version, rec: &Bytes) -> Result<(), CertifierError> {
+        self.committed_many(vec![(version, rec.clone())])
+    }
+
+    /// The versions one raft entry committed, in order, each with its
+    /// record (version field 0): appended together (one lock, one wake-up
+    /// of subscribers), skipping those a run before a restart appended.
+    pub(crate) fn committed_many(&self, recs: Vec<(Version, Bytes)>) -> Result<(), CertifierError> {
         let last = self.wal.last_lsn();
-        if version <= last {
-            return Ok(());
+        let mut stamped = Vec::with_capacity(recs.len());
+        for (version, rec) in recs {
+            if version <= last {
+                continue;
+            }
+            let next = last + 1 + stamped.len() as u64;
+            if version != next {
+                return Err(broken(format!(
+                    "version {version} applied while the log ends at {}",
+                    next - 1
+                )));
+            }
+            let mut s = BytesMut::from(&rec[..]);
+            record::set_version(&mut s, version);
+            stamped.push(s.freeze());
         }
-        if version != last + 1 {
-            return Err(broken(format!(
-                "version {version} applied while the log ends at {last}"
-            )));
-        }
-        let mut stamped = BytesMut::from(&rec[..]);
-        record::set_version(&mut stamped, version);
-        self.append(version, stamped.freeze())
+        self.append_many(last + 1, stamped)
     }
 
     /// Appends `payload`, the record of `version` (stamped), which must be
     /// the next LSN.
     pub(super) fn append(&self, version: Version, payload: Bytes) -> Result<(), CertifierError> {
+        self.append_many(version, vec![payload])
+    }
+
+    /// Appends `payloads`, the stamped records of the versions from
+    /// `first` on, which must be the next LSNs.
+    fn append_many(&self, first: Version, payloads: Vec<Bytes>) -> Result<(), CertifierError> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        let last = first + payloads.len() as u64 - 1;
         // Into the tail first: subscribers read it from there.
-        self.tail.lock().push(version, payload.clone());
-        let ticket = self.wal.submit(payload)?;
-        if ticket.lsn != version {
+        {
+            let mut tail = self.tail.lock();
+            for (version, p) in (first..).zip(&payloads) {
+                tail.push(version, p.clone());
+            }
+        }
+        let lsn = self.wal.submit_many(payloads)?;
+        if lsn != first {
             return Err(broken(format!(
-                "version {version} got LSN {}: someone else writes this log",
-                ticket.lsn
+                "version {first} got LSN {lsn}: someone else writes this log"
             )));
         }
         self.submitted.notify_one();
         self.readable.send_if_modified(|r| {
-            let raised = version > *r;
-            *r = (*r).max(version);
+            let raised = last > *r;
+            *r = (*r).max(last);
             raised
         });
         Ok(())
