@@ -147,13 +147,7 @@ impl Wal {
     /// ticket resolves when it is durable. Never waits for I/O.
     pub fn submit(&self, payload: impl Into<Bytes>) -> Result<AppendTicket, WalError> {
         let payload = payload.into();
-        let max = self.shared().opts.max_record_size;
-        if payload.len() as u64 > max {
-            return Err(WalError::RecordTooLarge {
-                size: payload.len() as u64,
-                max,
-            });
-        }
+        self.check_size(&payload)?;
         let (reply, rx) = oneshot::channel();
         let lsn = {
             let mut st = self.shared().state.lock();
@@ -179,13 +173,7 @@ impl Wal {
     /// [`Wal::durable_lsn`] or [`Wal::wait_durable`]), and returns the LSN
     /// of the first. Nothing is queued if one of them is too large.
     pub fn submit_many(&self, payloads: Vec<Bytes>) -> Result<Lsn, WalError> {
-        let max = self.shared().opts.max_record_size;
-        if let Some(p) = payloads.iter().find(|p| p.len() as u64 > max) {
-            return Err(WalError::RecordTooLarge {
-                size: p.len() as u64,
-                max,
-            });
-        }
+        payloads.iter().try_for_each(|p| self.check_size(p))?;
         let mut st = self.shared().state.lock();
         check_open(self.shared(), &st)?;
         let first = st.next_lsn;
@@ -203,6 +191,18 @@ impl Wal {
         }
         self.shared().last.store(st.next_lsn - 1, Ordering::Release);
         Ok(first)
+    }
+
+    /// A record over `max_record_size` is refused before it is queued.
+    fn check_size(&self, payload: &Bytes) -> Result<(), WalError> {
+        let max = self.shared().opts.max_record_size;
+        if payload.len() as u64 > max {
+            return Err(WalError::RecordTooLarge {
+                size: payload.len() as u64,
+                max,
+            });
+        }
+        Ok(())
     }
 
     /// Appends a record and waits until it is durable; returns its LSN.
