@@ -27,6 +27,7 @@ pub mod error;
 pub mod outcome;
 pub mod raft;
 pub mod record;
+mod record_view;
 pub mod rule;
 pub mod server;
 pub mod tls;

@@ -48,7 +48,7 @@ pub struct Key {
 }
 
 /// The conflict keys of one writeset.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConflictSet {
     pub write: Vec<Key>,
     pub removed: Vec<Key>,
@@ -129,13 +129,36 @@ impl ConflictSet {
     /// Adds the keys of a part of a writeset (a chunk): `items` are items
     /// `item_base..` of the whole, `ddl` its statements `ddl_base..`.
     pub fn add(&mut self, items: &[Item], ddl: &[Ddl], item_base: usize, ddl_base: usize) {
+        self.add_items(items.iter(), item_base);
+        for (i, d) in ddl.iter().enumerate() {
+            let src = u32::try_from(ddl_base + i).unwrap_or(u32::MAX);
+            for t in &d.tables {
+                push_unique(
+                    &mut self.ddl,
+                    Key {
+                        fp: table_fp(t),
+                        src,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Adds the keys of `items`, items `item_base..` of a writeset: decoded
+    /// ones, or views of them in a record (`record_view.rs`), which must
+    /// give the same keys.
+    pub(crate) fn add_items<'a, I: ItemKeys<'a>>(
+        &mut self,
+        items: impl Iterator<Item = I>,
+        item_base: usize,
+    ) {
         let cs = self;
         // (table name, its row hasher, its table fingerprint) of the
         // previous item: consecutive items mostly share a table.
         let mut cur: Option<(&str, FpHasher, u64)> = None;
-        for (i, item) in items.iter().enumerate() {
+        for (i, item) in items.enumerate() {
             let src = u32::try_from(item_base + i).unwrap_or(u32::MAX);
-            let t = item.table.as_str();
+            let t = item.table();
             if cur.as_ref().is_none_or(|(name, _, _)| *name != t) {
                 cur = Some((t, row_hasher(t), table_fp(t)));
             }
@@ -146,26 +169,26 @@ impl ConflictSet {
                 fp: row_fp(hasher, k),
                 src,
             };
-            let pk = key(&item.key);
+            let pk = key(item.key());
             cs.write.push(pk);
             let uniques_start = cs.write.len();
-            for u in &item.unique_keys {
+            for u in item.unique_keys() {
                 cs.write.push(key(u));
             }
             let uniques_end = cs.write.len();
-            for u in &item.old_unique_keys {
+            for u in item.old_unique_keys() {
                 let k = key(u);
                 cs.write.push(k);
                 cs.removed.push(k);
             }
-            match Op::try_from(item.op) {
+            match Op::try_from(item.op()) {
                 Ok(Op::Delete) => {
                     cs.removed.push(pk);
                     cs.removed
                         .extend_from_slice(&cs.write[uniques_start..uniques_end]);
                 }
                 Ok(Op::Update) => {
-                    if let Some(old) = &item.old_key {
+                    if let Some(old) = item.old_key() {
                         let k = key(old);
                         cs.write.push(k);
                         cs.removed.push(k);
@@ -173,25 +196,13 @@ impl ConflictSet {
                 }
                 _ => {}
             }
-            for r in &item.references {
+            for (table, k) in item.references() {
                 cs.references.push(Key {
-                    fp: row_fp(&row_hasher(&r.table), &r.key),
+                    fp: row_fp(&row_hasher(table), k),
                     src,
                 });
             }
             push_unique(&mut cs.tables, Key { fp: *tfp, src });
-        }
-        for (i, d) in ddl.iter().enumerate() {
-            let src = u32::try_from(ddl_base + i).unwrap_or(u32::MAX);
-            for t in &d.tables {
-                push_unique(
-                    &mut cs.ddl,
-                    Key {
-                        fp: table_fp(t),
-                        src,
-                    },
-                );
-            }
         }
     }
 
@@ -218,6 +229,46 @@ impl ConflictSet {
             .chain(s(&self.references, Space::Reference))
             .chain(s(&self.tables, Space::TableRows))
             .chain(s(&self.ddl, Space::TableDdl))
+    }
+}
+
+/// What the conflict keys of one item are made of: a decoded [`Item`], or
+/// a view of one in a record's bytes (`record_view.rs`).
+pub(crate) trait ItemKeys<'a> {
+    fn table(&self) -> &'a str;
+    /// The `Op`, as the decoded item's `op` field holds it.
+    fn op(&self) -> i32;
+    fn key(&self) -> &'a [u8];
+    fn old_key(&self) -> Option<&'a [u8]>;
+    fn unique_keys(&self) -> impl Iterator<Item = &'a [u8]>;
+    fn old_unique_keys(&self) -> impl Iterator<Item = &'a [u8]>;
+    /// (table, key) of each parent referenced.
+    fn references(&self) -> impl Iterator<Item = (&'a str, &'a [u8])>;
+}
+
+impl<'a> ItemKeys<'a> for &'a Item {
+    fn table(&self) -> &'a str {
+        &self.table
+    }
+    fn op(&self) -> i32 {
+        self.op
+    }
+    fn key(&self) -> &'a [u8] {
+        &self.key
+    }
+    fn old_key(&self) -> Option<&'a [u8]> {
+        self.old_key.as_deref()
+    }
+    fn unique_keys(&self) -> impl Iterator<Item = &'a [u8]> {
+        self.unique_keys.iter().map(|k| &k[..])
+    }
+    fn old_unique_keys(&self) -> impl Iterator<Item = &'a [u8]> {
+        self.old_unique_keys.iter().map(|k| &k[..])
+    }
+    fn references(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> {
+        self.references
+            .iter()
+            .map(|r| (r.table.as_str(), &r.key[..]))
     }
 }
 

@@ -39,6 +39,7 @@ use super::types::{Command, Entry, LogId, NodeId, Response, StorageError, TypeCo
 use super::versions::VersionsLog;
 use crate::certifier::{Certifier, Decision, Limits};
 use crate::error::CertifierError;
+use crate::record_view::{RecordNames, RecordView};
 use crate::rule::ConflictSet;
 use crate::server::spool::Spool;
 use crate::{record, writeset, Version};
@@ -392,6 +393,18 @@ impl StateMachine {
                 "spooled writesets are not replicated yet".into(),
             ));
         }
+        if rec.len() <= PART_BYTES {
+            if let Some(view) = RecordView::parse(&rec) {
+                let (before, decision) = {
+                    let mut c = self.certifier.lock();
+                    let before = c.latest();
+                    let names = RecordNames(&rec);
+                    let d = c.certify_set(&view.txn_id, view.snapshot, &view.cs, &names)?;
+                    (before, d)
+                };
+                return self.decided(rec, None, before, decision);
+            }
+        }
         // Version 0: assigned here, not by the proposer.
         let ws = record::decode(0, &rec)?;
         writeset::validate(&ws)?;
@@ -399,7 +412,7 @@ impl StateMachine {
             let mut c = self.certifier.lock();
             (c.latest(), c.certify(&ws)?)
         };
-        self.decided(rec, ws, before, decision)
+        self.decided(rec, Some(ws), before, decision)
     }
 
     /// Appends the versions the entry just applied committed to the
@@ -426,16 +439,16 @@ impl StateMachine {
             let mut c = self.certifier.lock();
             (c.latest(), c.refuse(ws.txn_id.clone(), ws.snapshot, abort)?)
         };
-        self.decided(rec, ws, before, decision)
+        self.decided(rec, Some(ws), before, decision)
     }
 
-    /// The answer to `decision` on `rec` (`ws`), taken when the latest
-    /// version was `before`: a new version is appended to the versions
-    /// log and kept in the window.
+    /// The answer to `decision` on `rec` (`ws`, if decoded), taken when
+    /// the latest version was `before`: a new version is appended to the
+    /// versions log and kept in the window.
     fn decided(
         &mut self,
         rec: Bytes,
-        ws: crate::Writeset,
+        ws: Option<crate::Writeset>,
         before: Version,
         decision: Decision,
     ) -> Result<Response, CertifierError> {
@@ -446,6 +459,10 @@ impl StateMachine {
                         self.unlogged.push((version, rec.clone()));
                     }
                     let kept = if rec.len() > PART_BYTES {
+                        let ws = match ws {
+                            Some(ws) => ws,
+                            None => record::decode(0, &rec)?,
+                        };
                         keys_only(ws)
                     } else {
                         rec
