@@ -132,3 +132,100 @@ impl Dedupe {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::AbortCode;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Commit(u8),
+        Abort(u8),
+        Prune { horizon_back: u64 },
+        Lookup { id: u8, snapshot_back: u64 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0u8..40).prop_map(Step::Commit),
+            1 => (0u8..40).prop_map(Step::Abort),
+            1 => (0u64..8).prop_map(|horizon_back| Step::Prune { horizon_back }),
+            4 => (0u8..40, 0u64..12).prop_map(|(id, snapshot_back)| Step::Lookup { id, snapshot_back }),
+        ]
+    }
+
+    fn id(i: u8) -> Bytes {
+        // Ids of different lengths, some sharing a prefix.
+        Bytes::from(vec![i % 7; 1 + usize::from(i / 7)])
+    }
+
+    proptest! {
+        /// The table answers as a plain list of what it was told would,
+        /// pruned by the rule in the module header.
+        #[test]
+        fn answers_like_a_list_of_what_it_was_told(
+            max in 1usize..10,
+            steps in prop::collection::vec(step(), 1..200),
+        ) {
+            let mut d = Dedupe::new(max, 1);
+            // The model: every commit, and the floor.
+            let (mut commits, mut floor, mut latest) = (Vec::<(Version, Bytes)>::new(), 1, 0);
+            let mut aborts = VecDeque::<(Bytes, Abort)>::new();
+            for s in steps {
+                match s {
+                    Step::Commit(i) => {
+                        if commits.iter().any(|(_, c)| *c == id(i)) {
+                            continue; // the certifier answers a retry instead
+                        }
+                        latest += 1;
+                        d.committed(id(i), latest);
+                        commits.push((latest, id(i)));
+                    }
+                    Step::Abort(i) => {
+                        let a = Abort {
+                            code: AbortCode::Conflict,
+                            reason: format!("r{i}"),
+                            conflict_version: latest,
+                        };
+                        d.aborted(id(i), a.clone());
+                        if let Some(old) = aborts.iter_mut().find(|(x, _)| *x == id(i)) {
+                            old.1 = a;
+                        } else {
+                            aborts.push_back((id(i), a));
+                        }
+                        while aborts.len() > max {
+                            aborts.pop_front();
+                        }
+                    }
+                    Step::Prune { horizon_back } => {
+                        let horizon = latest.saturating_sub(horizon_back);
+                        d.prune(horizon, latest);
+                        let by_size = (latest + 1).saturating_sub(max as u64);
+                        floor = (horizon + 1).min(by_size).max(floor);
+                        commits.retain(|(v, _)| *v >= floor);
+                    }
+                    Step::Lookup { id: i, snapshot_back } => {
+                        let snapshot = latest.saturating_sub(snapshot_back);
+                        let want = if let Some((v, _)) = commits.iter().find(|(_, c)| *c == id(i)) {
+                            Some(Prior::Committed(*v))
+                        } else if let Some((_, a)) = aborts.iter().find(|(x, _)| *x == id(i)) {
+                            Some(Prior::Aborted(a.clone()))
+                        } else {
+                            (snapshot + 1 < floor).then(|| Prior::LookInWal {
+                                from: snapshot + 1,
+                                to: floor - 1,
+                            })
+                        };
+                        prop_assert_eq!(d.lookup(&id(i), snapshot), want);
+                    }
+                }
+                let listed: Vec<_> = d.committed_in_order().map(|(v, c)| (v, c.clone())).collect();
+                prop_assert_eq!(&listed, &commits);
+                prop_assert_eq!(d.len(), commits.len() + aborts.len());
+                prop_assert_eq!(d.floor(), floor);
+            }
+        }
+    }
+}
