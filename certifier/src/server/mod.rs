@@ -38,6 +38,11 @@ use crate::config::{CertifierArgs, CertifierConfig};
 use crate::error::CertifierError;
 use crate::proto::certifier_server::CertifierServer;
 use service::{CertifierService, ServiceLimits};
+
+/// Largest HTTP/2 frame peers may send us (the protocol's default is
+/// 16 KiB): a raft entry of many writesets, or a Subscribe batch, goes in
+/// one DATA frame instead of many.
+const MAX_FRAME_BYTES: u32 = 1 << 20;
 use spool::Spool;
 use tail::Tail;
 
@@ -176,7 +181,8 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
         .max_encoding_message_size(config.max_message_bytes);
     let mut server = Server::builder()
         .initial_stream_window_size(Some(crate::client::WINDOW_BYTES))
-        .initial_connection_window_size(Some(crate::client::WINDOW_BYTES));
+        .initial_connection_window_size(Some(crate::client::WINDOW_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES));
     if let Some(tls) = tls {
         server = server
             .tls_config(tls)
