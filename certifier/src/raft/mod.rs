@@ -93,8 +93,10 @@
 //!   appends queued ones together): +12 %. With the raft
 //!   logs' fdatasync patched out (an unsafe experiment) three nodes reach
 //!   0.68–0.82x; with the followers' apply patched out instead, 0.54–0.62x
-//!   (README, "With a replicated certifier"). Each node still decodes,
-//!   certifies and logs every writeset twice (raft log, versions log).
+//!   (README, "With a replicated certifier"). Each node still reads,
+//!   certifies and logs every writeset twice (raft log, versions log);
+//!   it reads the common shape from the record's bytes in place
+//!   (`record_view.rs`), without decoding it whole.
 //! - The log store keeps the last 8192 entries (64 MiB) in memory
 //!   (`log_store.rs`): a WAL reader finds a record by walking its segment
 //!   from the start, which made every apply slower as the segment grew.
