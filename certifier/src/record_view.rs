@@ -18,7 +18,8 @@
 //! Protobuf semantics the parser keeps: a scalar or bytes field seen twice
 //! keeps its last value, a repeated one appends, an integer is truncated to
 //! its field's width as prost does (`op` to `i32`, `format_version` to
-//! `u32`).
+//! `u32`), and every occurrence of a string must be UTF-8, not only the
+//! last.
 
 use bytes::Bytes;
 
@@ -60,10 +61,11 @@ impl<'a> Iterator for Fields<'a> {
 impl<'a> Fields<'a> {
     fn field(&mut self) -> Result<(u32, Value<'a>), ()> {
         let key = self.varint()?;
-        let number = u32::try_from(key >> 3).map_err(|_| ())?;
-        if number == 0 {
+        // prost refuses keys beyond u32 and field number 0.
+        if key > u64::from(u32::MAX) || key >> 3 == 0 {
             return Err(());
         }
+        let number = (key >> 3) as u32;
         match key & 7 {
             0 => Ok((number, Value::Varint(self.varint()?))),
             2 => {
@@ -115,11 +117,13 @@ struct ItemView<'a> {
 
 impl<'a> ItemView<'a> {
     fn parse(encoded: &'a [u8]) -> Result<ItemView<'a>, ()> {
-        let (mut table, mut op, mut key, mut row_empty) = (&[][..], 0i32, &[][..], true);
+        let (mut table, mut op, mut key, mut row_empty) = ("", 0i32, &[][..], true);
         let mut uniques = &[][..];
         for field in (Fields { buf: encoded }) {
             match field? {
-                (1, Value::Bytes(b)) => table = b,
+                // prost checks every occurrence of a string, not only
+                // the last, which wins.
+                (1, Value::Bytes(b)) => table = std::str::from_utf8(b).map_err(|_| ())?,
                 (2, Value::Varint(v)) => op = v as i32,
                 (3, Value::Bytes(b)) => key = b,
                 (5, Value::Bytes(b)) => row_empty = b.is_empty(),
@@ -127,7 +131,6 @@ impl<'a> ItemView<'a> {
                 _ => return Err(()),
             }
         }
-        let table = std::str::from_utf8(table).map_err(|_| ())?;
         let op_ok = match crate::proto::Op::try_from(op) {
             Ok(crate::proto::Op::Unspecified) | Err(_) => false,
             Ok(crate::proto::Op::Lock) => row_empty,
@@ -376,6 +379,31 @@ mod tests {
                 prop_assert_eq!(Some(v), full(&rec));
             }
         }
+    }
+
+    /// A table name that is not UTF-8, followed by one that is: prost
+    /// refuses the record, so the view must not read it (a review found
+    /// the view checking only the last occurrence).
+    #[test]
+    fn every_occurrence_of_a_table_name_must_be_utf8() {
+        let body = [
+            0x08, 0x03, 0x12, 0x01, b't', 0x2a, 0x0b, 0x0a, 0x01, 0xff, 0x0a, 0x01, b'a', 0x10,
+            0x01, 0x1a, 0x01, b'k',
+        ];
+        let mut rec = record::header(0, body.len()).to_vec();
+        rec.extend_from_slice(&body);
+        let rec = Bytes::from(rec);
+        assert!(
+            full(&rec).is_none(),
+            "prost reads it: the test shows nothing"
+        );
+        assert_eq!(RecordView::parse(&rec), None);
+        // The same with a UTF-8 first name is read alike on both paths.
+        let mut ok = rec.to_vec();
+        ok[record::HEADER_LEN + 9] = b'x';
+        let ok = Bytes::from(ok);
+        assert_eq!(RecordView::parse(&ok), full(&ok));
+        assert!(RecordView::parse(&ok).is_some());
     }
 
     /// Repeated fields and values wider than their field, as another
