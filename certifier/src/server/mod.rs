@@ -38,13 +38,13 @@ use crate::config::{CertifierArgs, CertifierConfig};
 use crate::error::CertifierError;
 use crate::proto::certifier_server::CertifierServer;
 use service::{CertifierService, ServiceLimits};
-
-/// Largest HTTP/2 frame peers may send us (the protocol's default is
-/// 16 KiB): a raft entry of many writesets, or a Subscribe batch, goes in
-/// one DATA frame instead of many.
-const MAX_FRAME_BYTES: u32 = 1 << 20;
 use spool::Spool;
 use tail::Tail;
+
+/// Largest HTTP/2 frame peers may send us (the protocol's default is
+/// 16 KiB): a leader's raft entry of many writesets reaches a follower in
+/// one DATA frame instead of many.
+const MAX_FRAME_BYTES: u32 = 1 << 20;
 
 /// Most records the subscriber tail cache holds (besides its byte bound).
 pub(crate) const TAIL_MAX_RECORDS: usize = 1 << 20;
