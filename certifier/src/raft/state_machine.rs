@@ -393,17 +393,15 @@ impl StateMachine {
                 "spooled writesets are not replicated yet".into(),
             ));
         }
-        if rec.len() <= PART_BYTES {
-            if let Some(view) = RecordView::parse(&rec) {
-                let (before, decision) = {
-                    let mut c = self.certifier.lock();
-                    let before = c.latest();
-                    let names = RecordNames(&rec);
-                    let d = c.certify_set(&view.txn_id, view.snapshot, &view.cs, &names)?;
-                    (before, d)
-                };
-                return self.decided(rec, None, before, decision);
-            }
+        if let Some(view) = RecordView::parse(&rec) {
+            let (before, decision) = {
+                let mut c = self.certifier.lock();
+                let before = c.latest();
+                let names = RecordNames(&rec);
+                let d = c.certify_set(&view.txn_id, view.snapshot, &view.cs, &names)?;
+                (before, d)
+            };
+            return self.decided(rec, None, before, decision);
         }
         // Version 0: assigned here, not by the proposer.
         let ws = record::decode(0, &rec)?;
@@ -459,6 +457,8 @@ impl StateMachine {
                         self.unlogged.push((version, rec.clone()));
                     }
                     let kept = if rec.len() > PART_BYTES {
+                        // A view's record is decoded here, once, and only
+                        // when it commits.
                         let ws = match ws {
                             Some(ws) => ws,
                             None => record::decode(0, &rec)?,
