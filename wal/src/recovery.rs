@@ -96,13 +96,8 @@ pub(crate) fn recover(dir: &Path, segment_size: u64) -> Result<Recovered, WalErr
             );
             segment::zero_range_backwards(&file, &seg.path, end as u64, dirty_end as u64)?;
         }
-        let active = ActiveSegment {
-            first_lsn: seg.first_lsn,
-            path: seg.path.clone(),
-            file,
-            capacity,
-            write_pos: end as u64,
-        };
+        let active =
+            ActiveSegment::new(seg.first_lsn, seg.path.clone(), file, capacity, end as u64);
         return Ok(Recovered {
             segments: segments.clone(),
             active,

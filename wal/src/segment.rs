@@ -29,6 +29,71 @@ pub(crate) struct ActiveSegment {
     pub capacity: u64,
     /// Where the next frame goes.
     pub write_pos: u64,
+    /// Every byte from `write_pos` up to here has been written (zeroes),
+    /// not just allocated: see [`ActiveSegment::zero_ahead`].
+    pub zeroed_to: u64,
+}
+
+/// How far ahead of the records a segment's space is written with zeroes.
+pub(crate) const ZERO_AHEAD: u64 = 1 << 20;
+
+/// Groups of at least this many bytes write no zeroes ahead: every byte
+/// zeroed is written twice, and for a group this large its own bytes
+/// outweigh the one conversion its sync does (`wal_append` bench, c64 ×
+/// 16 KiB, groups of ~1 MiB: 25 % slower with zeroes ahead).
+pub(crate) const ZERO_AHEAD_BELOW: usize = 256 << 10;
+
+static ZEROES: [u8; ZERO_AHEAD as usize] = [0; ZERO_AHEAD as usize];
+
+impl ActiveSegment {
+    /// The segment, open at `write_pos`, whose space after it is only
+    /// known to be allocated.
+    pub(crate) fn new(
+        first_lsn: Lsn,
+        path: PathBuf,
+        file: File,
+        capacity: u64,
+        write_pos: u64,
+    ) -> ActiveSegment {
+        ActiveSegment {
+            first_lsn,
+            path,
+            file,
+            capacity,
+            write_pos,
+            zeroed_to: write_pos,
+        }
+    }
+
+    /// Before a group of `group` bytes ending at `end` is written: writes
+    /// zeroes over the segment's space from `end` to [`ZERO_AHEAD`] beyond,
+    /// unless that space was written already or the group is large
+    /// ([`ZERO_AHEAD_BELOW`]).
+    ///
+    /// `fallocate` leaves the space *unwritten* (ext4, XFS): the first
+    /// write to each block converts its extent, and the `fdatasync` after
+    /// it must then write that metadata too. On this project's machine
+    /// that made each group's fdatasync cost ~2.5x the CPU and ~2x the
+    /// time of one over written space (`pwrite` 20 KiB + `fdatasync`,
+    /// 3,000 times: 150–220 µs CPU and 300–400 µs against 80 µs and
+    /// 185 µs). Zeroes written a MiB ahead convert the extents in one
+    /// sync per MiB instead of in every one. (PostgreSQL zero-fills its WAL
+    /// segments for the same reason, `wal_init_zero`.) Recovery reads the
+    /// zeroes as it read the unwritten space: no more records.
+    pub(crate) fn zero_ahead(&mut self, end: u64, group: usize) -> Result<(), WalError> {
+        if end <= self.zeroed_to || group >= ZERO_AHEAD_BELOW {
+            return Ok(());
+        }
+        let to = end.saturating_add(ZERO_AHEAD).min(self.capacity);
+        if to > end {
+            let len = (to - end) as usize;
+            self.file
+                .write_all_at(&ZEROES[..len], end)
+                .ctx(&self.path)?;
+        }
+        self.zeroed_to = to.max(end);
+        Ok(())
+    }
 }
 
 pub(crate) fn segment_path(dir: &Path, first_lsn: Lsn) -> PathBuf {
@@ -69,13 +134,13 @@ pub(crate) fn create_segment(
     }
     fs::rename(&tmp, &path).ctx(&path)?;
     sync_dir(dir)?;
-    Ok(ActiveSegment {
+    Ok(ActiveSegment::new(
         first_lsn,
         path,
         file,
-        capacity: size,
-        write_pos: SEGMENT_HEADER_LEN as u64,
-    })
+        size,
+        SEGMENT_HEADER_LEN as u64,
+    ))
 }
 
 /// Reserves the blocks up front so appends do not allocate (and a full disk
@@ -192,4 +257,148 @@ pub(crate) fn map_file(file: &File, path: &Path) -> Result<Option<memmap2::Mmap>
     // concurrently rewritten are re-validated by CRC before use.
     let map = unsafe { memmap2::Mmap::map(file) }.ctx(path)?;
     Ok(Some(map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The unwritten (allocated, never written) bytes of `file` in
+    /// `from..to`, per FIEMAP; `None` where the filesystem cannot say.
+    fn unwritten_bytes(file: &File, from: u64, to: u64) -> Option<u64> {
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Extent {
+            logical: u64,
+            physical: u64,
+            length: u64,
+            reserved64: [u64; 2],
+            flags: u32,
+            reserved: [u32; 3],
+        }
+        #[repr(C)]
+        struct Fiemap {
+            start: u64,
+            length: u64,
+            flags: u32,
+            mapped_extents: u32,
+            extent_count: u32,
+            reserved: u32,
+            extents: [Extent; 64],
+        }
+        const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+        const FIEMAP_FLAG_SYNC: u32 = 1;
+        const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+        let mut map = Fiemap {
+            start: from,
+            length: to - from,
+            flags: FIEMAP_FLAG_SYNC,
+            mapped_extents: 0,
+            extent_count: 64,
+            reserved: 0,
+            extents: [Extent::default(); 64],
+        };
+        // SAFETY: FS_IOC_FIEMAP on an fd we own, with a buffer sized for
+        // the `extent_count` extents it may fill in.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP as _, &mut map) };
+        if rc != 0 {
+            return None;
+        }
+        let found = &map.extents[..map.mapped_extents as usize];
+        Some(
+            found
+                .iter()
+                .filter(|e| e.flags & FIEMAP_EXTENT_UNWRITTEN != 0)
+                .map(|e| {
+                    let lo = e.logical.max(from);
+                    let hi = (e.logical + e.length).min(to);
+                    hi.saturating_sub(lo)
+                })
+                .sum(),
+        )
+    }
+
+    fn segment(dir: &Path, size: u64) -> ActiveSegment {
+        create_segment(dir, 1, size).expect("create segment")
+    }
+
+    #[test]
+    fn zeroes_go_a_window_ahead_of_the_frames_and_never_over_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = segment(dir.path(), 4 * ZERO_AHEAD);
+        let frames = vec![0xabu8; 5000];
+        let at = seg.write_pos;
+        seg.file.write_all_at(&frames, at).unwrap();
+        let end = at + frames.len() as u64;
+        seg.zero_ahead(end, frames.len()).unwrap();
+        assert_eq!(seg.zeroed_to, end + ZERO_AHEAD);
+        let mut back = vec![0u8; frames.len()];
+        seg.file.read_exact_at(&mut back, at).unwrap();
+        assert_eq!(back, frames, "the frames are untouched");
+
+        // Within the window: nothing written (a byte put there stays).
+        seg.file.write_all_at(&[7], end + 10).unwrap();
+        seg.zero_ahead(end + 100, 100).unwrap();
+        let mut b = [0u8; 1];
+        seg.file.read_exact_at(&mut b, end + 10).unwrap();
+        assert_eq!(b, [7]);
+
+        // A large group past it: none.
+        let zeroed = seg.zeroed_to;
+        seg.zero_ahead(zeroed + 1, ZERO_AHEAD_BELOW).unwrap();
+        assert_eq!(seg.zeroed_to, zeroed);
+        // A small one: the next window, capped at the segment's end.
+        seg.zero_ahead(seg.zeroed_to + 1, 1).unwrap();
+        assert_eq!(seg.zeroed_to, end + 2 * ZERO_AHEAD + 1);
+        seg.zero_ahead(4 * ZERO_AHEAD - 8, 8).unwrap();
+        assert_eq!(seg.zeroed_to, 4 * ZERO_AHEAD);
+    }
+
+    #[test]
+    fn the_space_ahead_of_the_frames_is_written_not_just_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = segment(dir.path(), 8 * ZERO_AHEAD);
+        let end = seg.write_pos + 4096;
+        // Before: fallocate left the space unwritten, if this filesystem
+        // says so at all (ext4 and XFS do; tmpfs has no extents).
+        match unwritten_bytes(&seg.file, end, end + ZERO_AHEAD) {
+            Some(n) if n > 0 => {}
+            other => {
+                eprintln!("skipped: this filesystem shows no unwritten extents ({other:?})");
+                return;
+            }
+        }
+        seg.file.write_all_at(&[1u8; 4096], seg.write_pos).unwrap();
+        seg.zero_ahead(end, 4096).unwrap();
+        assert_eq!(unwritten_bytes(&seg.file, end, end + ZERO_AHEAD), Some(0));
+        // Beyond the window it still is.
+        let beyond = unwritten_bytes(&seg.file, end + 2 * ZERO_AHEAD, end + 3 * ZERO_AHEAD);
+        assert!(beyond.is_some_and(|n| n > 0), "{beyond:?}");
+    }
+
+    #[test]
+    fn a_logs_writer_writes_the_space_ahead_of_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = crate::Wal::open(dir.path(), crate::WalOptions::default()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut last = None;
+        for i in 0..10u8 {
+            last = Some(wal.submit(vec![i; 3000]).unwrap());
+        }
+        rt.block_on(last.unwrap()).unwrap();
+        let path = segment_path(dir.path(), 1);
+        let file = File::open(&path).unwrap();
+        let frame = format::frame_len(3000) as u64;
+        let end = SEGMENT_HEADER_LEN as u64 + 10 * frame;
+        // The first group wrote at least the first record, and a window
+        // of zeroes after its end.
+        let zeroed = SEGMENT_HEADER_LEN as u64 + frame + ZERO_AHEAD;
+        match unwritten_bytes(&file, end, zeroed) {
+            None => eprintln!("skipped: this filesystem shows no extents"),
+            Some(n) => assert_eq!(n, 0, "unwritten bytes right after the records"),
+        }
+        drop(wal);
+    }
 }

@@ -278,6 +278,8 @@ impl Writer {
         let shared = &self.shared;
         let started = std::time::Instant::now();
         let sync = shared.opts.durability == Durability::EveryGroup;
+        let end = self.active.write_pos + self.buf.len() as u64;
+        self.active.zero_ahead(end, self.buf.len())?;
         self.backend.write_and_sync(
             &self.active.file,
             &self.active.path,
@@ -417,13 +419,14 @@ impl Writer {
                 .open(&target.path)
                 .ctx(&target.path)?;
             let capacity = file.metadata().ctx(&target.path)?.len();
-            self.active = ActiveSegment {
-                first_lsn: target.first_lsn,
-                path: target.path.clone(),
+            // At its end until the cut is found below.
+            self.active = ActiveSegment::new(
+                target.first_lsn,
+                target.path.clone(),
                 file,
                 capacity,
-                write_pos: capacity, // fixed up below
-            };
+                capacity,
+            );
         }
         let (cut, end) = {
             let map = segment::map_file(&self.active.file, &self.active.path)?;
@@ -432,6 +435,8 @@ impl Writer {
         };
         segment::zero_range_backwards(&self.active.file, &self.active.path, cut, end)?;
         self.active.write_pos = cut;
+        // Written up to `end` now (zeroes); beyond it, maybe not.
+        self.active.zeroed_to = end.max(cut);
         self.shared.written.store(lsn, Ordering::Release);
         self.shared.publish_durable(lsn);
         Ok(())
