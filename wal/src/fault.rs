@@ -9,6 +9,7 @@
 //!   `sleep(ms)`, `pause`); with io_uring the linked fsync has run by then
 //! - `wal::fsync`            - the fdatasync reports failure (`return` = EIO)
 //! - `wal::segment_roll`     - a new segment file was created but not yet renamed into place
+//! - `wal::zero_ahead`       - writing zeroes ahead of a group's records fails
 //! - `wal::purge_between`    - purge deleted one segment and is about to delete the next
 //! - `wal::restart_between`  - restart_at deleted one segment and is about to delete the next
 //! - `wal::truncate_step`    - truncate_after (or a recovery) deleted one segment / zeroed one

@@ -192,6 +192,40 @@ async fn failed_segment_roll_poisons_and_log_reopens(b: Backend) {
     scenario.teardown();
 }
 
+async fn failed_zeroes_ahead_poison_and_lose_nothing(b: Backend) {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), opts(b)).unwrap();
+    // The first group zeroes a MiB ahead; the failure comes at a group
+    // past it.
+    assert_eq!(wal.append(payload(1, 16 << 10)).await.unwrap(), 1);
+    fail::cfg("wal::zero_ahead", "return(enospc)").unwrap();
+    let mut ok = 1;
+    let err = loop {
+        if ok > 200 {
+            eprintln!("skipped: zeroes ahead do not pay on this filesystem (not ext4 or XFS)");
+            scenario.teardown();
+            return;
+        }
+        match wal.append(payload(ok + 1, 16 << 10)).await {
+            Ok(_) => ok += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, WalError::DiskFull { .. }), "{err}");
+    assert!(ok > 50, "the first MiB holds many records: {ok}");
+    fail::remove("wal::zero_ahead");
+    assert!(wal.append(&b"x"[..]).await.unwrap_err().is_poisoned());
+    drop(wal);
+    let wal = Wal::open(dir.path(), opts(b)).unwrap();
+    assert_eq!(wal.last_lsn(), ok);
+    for (lsn, p) in read_all(&wal, 1) {
+        assert_eq!(p, payload(lsn, 16 << 10));
+    }
+    assert_eq!(wal.append(&b"y"[..]).await.unwrap(), ok + 1);
+    scenario.teardown();
+}
+
 /// A log of records 1..=300 (payloads of 100 bytes) in 4 KiB segments.
 async fn three_hundred_records(b: Backend) -> (tempfile::TempDir, WalOptions, Wal) {
     let dir = tempfile::tempdir().unwrap();
@@ -307,6 +341,7 @@ both_backends!(
     disk_full_fails_the_whole_group,
     short_writes_are_completed,
     failed_segment_roll_poisons_and_log_reopens,
+    failed_zeroes_ahead_poison_and_lose_nothing,
     purge_interrupted_between_deletions_loses_nothing,
     interrupted_restart_leaves_a_suffix_and_can_be_repeated,
     interrupted_truncate_leaves_a_prefix,
