@@ -55,10 +55,11 @@
 //! record, zero-padded to 20 digits: `00000000000000000001.wal`. It is
 //! created under `<name>.wal.tmp`, preallocated (`fallocate`, or `set_len`
 //! where unsupported) to `segment_size` bytes, given its header, synced,
-//! renamed into place, and the directory is synced. The writer writes its
-//! space with zeroes a MiB ahead of the records, so a group's fdatasync
-//! does not also convert the blocks it wrote from unwritten to written
-//! (`ActiveSegment::zero_ahead`). All integers are little-endian.
+//! renamed into place, and the directory is synced. On ext4 and XFS the
+//! writer writes its space with zeroes a MiB ahead of the records, so a
+//! group's fdatasync does not also convert the blocks it wrote from
+//! unwritten to written (`ActiveSegment::zero_ahead`). All integers are
+//! little-endian.
 //!
 //! ```text
 //! segment header (32 bytes)
