@@ -161,19 +161,33 @@ async fn short_writes_are_completed(b: Backend) {
     scenario.teardown();
 }
 
+/// Appends `payload(lsn, len)` after record `last`, at most `limit` of
+/// them, until one fails: the last LSN appended, and the failure (`None`:
+/// none failed).
+async fn append_until_error(
+    wal: &Wal,
+    mut last: u64,
+    len: usize,
+    limit: u64,
+) -> (u64, Option<WalError>) {
+    let stop = last + limit;
+    while last < stop {
+        match wal.append(payload(last + 1, len)).await {
+            Ok(_) => last += 1,
+            Err(e) => return (last, Some(e)),
+        }
+    }
+    (last, None)
+}
+
 async fn failed_segment_roll_poisons_and_log_reopens(b: Backend) {
     let scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let o = small_segments(b, 4096);
     let wal = Wal::open(dir.path(), o.clone()).unwrap();
-    let mut ok = 0;
     fail::cfg("wal::segment_roll", "return").unwrap();
-    let err = loop {
-        match wal.append(payload(ok + 1, 100)).await {
-            Ok(_) => ok += 1,
-            Err(e) => break e,
-        }
-    };
+    let (ok, err) = append_until_error(&wal, 0, 100, 10_000).await;
+    let err = err.expect("a segment roll within 10,000 records");
     assert!(matches!(err, WalError::Io { .. }), "{err}");
     assert!(ok > 10, "the first segment holds many records");
     fail::remove("wal::segment_roll");
@@ -200,17 +214,11 @@ async fn failed_zeroes_ahead_poison_and_lose_nothing(b: Backend) {
     // past it.
     assert_eq!(wal.append(payload(1, 16 << 10)).await.unwrap(), 1);
     fail::cfg("wal::zero_ahead", "return(enospc)").unwrap();
-    let mut ok = 1;
-    let err = loop {
-        if ok > 200 {
-            eprintln!("skipped: zeroes ahead do not pay on this filesystem (not ext4 or XFS)");
-            scenario.teardown();
-            return;
-        }
-        match wal.append(payload(ok + 1, 16 << 10)).await {
-            Ok(_) => ok += 1,
-            Err(e) => break e,
-        }
+    let (ok, err) = append_until_error(&wal, 1, 16 << 10, 200).await;
+    let Some(err) = err else {
+        eprintln!("skipped: zeroes ahead do not pay on this filesystem (not ext4 or XFS)");
+        scenario.teardown();
+        return;
     };
     assert!(matches!(err, WalError::DiskFull { .. }), "{err}");
     assert!(ok > 50, "the first MiB holds many records: {ok}");
