@@ -25,6 +25,11 @@
 //!   certification at rest (the time per element), with the single
 //!   certifier and with N raft nodes.
 //!
+//! Each end-to-end benchmark also prints the process's CPU time per
+//! certification over its run (every thread: clients, server or nodes,
+//! WAL writers), which bounds throughput once the two cores are busy and
+//! moves less with the VM's state than throughput does.
+//!
 //! The bench runs with mimalloc, as the certifier binary does.
 //!
 //! Run: `cargo bench --bench certify`
@@ -155,6 +160,57 @@ where
     t.elapsed()
 }
 
+/// The CPU time this process spent per certification over one
+/// benchmark's iterations (warm-up included), printed at its end.
+#[derive(Default)]
+struct CpuPerCert {
+    certs: AtomicU64,
+    ticks: AtomicU64,
+}
+
+impl CpuPerCert {
+    /// Runs `run`, which certifies `iters` times, counting its CPU time.
+    async fn count(
+        &self,
+        iters: u64,
+        run: impl std::future::Future<Output = Duration>,
+    ) -> Duration {
+        let before = cpu_ticks();
+        let took = run.await;
+        self.ticks
+            .fetch_add(cpu_ticks().saturating_sub(before), Ordering::Relaxed);
+        self.certs.fetch_add(iters, Ordering::Relaxed);
+        took
+    }
+
+    /// Prints the figure, unless the benchmark did not run (a filter).
+    fn report(&self, name: &str) {
+        let certs = self.certs.load(Ordering::Relaxed);
+        if certs == 0 {
+            return;
+        }
+        // A tick is 10 ms (USER_HZ, 100 on Linux): in µs, ticks * 10_000.
+        let us = self.ticks.load(Ordering::Relaxed) as f64 * 10_000.0 / certs as f64;
+        eprintln!("{name}: {us:.1} µs of CPU per certification ({certs} certifications)");
+    }
+}
+
+/// This process's CPU time so far, user and system, of all its threads,
+/// in clock ticks (`/proc/self/stat`'s utime and stime).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // After the command name (in parentheses, maybe with spaces) come the
+    // fields from the third on; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let field = |i: usize| -> u64 {
+        rest.split_whitespace()
+            .nth(i - 3)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(0)
+    };
+    field(14) + field(15)
+}
+
 /// `iters` certifications one after the other: a lone client's latency.
 async fn lone(iters: u64, client: CertifierClient, head: Arc<AtomicU64>) -> Duration {
     drive(iters, 1, head, move |ws| {
@@ -255,11 +311,13 @@ fn end_to_end(c: &mut Criterion) {
             }
         });
     });
+    let cpu = CpuPerCert::default();
     g.bench_function("lone_1conn_x1", |b| {
         let client = status_clients[0].clone();
         b.to_async(&rt)
-            .iter_custom(|iters| lone(iters, client.clone(), head.clone()));
+            .iter_custom(|iters| cpu.count(iters, lone(iters, client.clone(), head.clone())));
     });
+    cpu.report("grpc/lone_1conn_x1");
     for (conns, per_conn) in [(4u64, 32u64), (8, 32), (4, 256)] {
         let clients: Vec<CertifierClient> = rt
             .block_on(async {
@@ -271,21 +329,21 @@ fn end_to_end(c: &mut Criterion) {
             })
             .expect("connect");
         let name = format!("end_to_end_{conns}conn_x{per_conn}");
-        g.bench_function(name, |b| {
+        let cpu = CpuPerCert::default();
+        g.bench_function(&name, |b| {
             b.to_async(&rt).iter_custom(|iters| {
                 let clients = clients.clone();
                 let head = head.clone();
-                async move {
-                    let next = Arc::new(AtomicU64::new(0));
-                    drive(iters, conns * per_conn, head, move |ws| {
-                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                        let client = clients[i % clients.len()].clone();
-                        async move { client.certify(ws).await.expect("certify") }
-                    })
-                    .await
-                }
+                let next = Arc::new(AtomicU64::new(0));
+                let run = drive(iters, conns * per_conn, head, move |ws| {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let client = clients[i % clients.len()].clone();
+                    async move { client.certify(ws).await.expect("certify") }
+                });
+                cpu.count(iters, run)
             });
         });
+        cpu.report(&format!("grpc/{name}"));
     }
     g.finish();
     // How well group commit amortised the fdatasync over everything above.
@@ -370,27 +428,31 @@ fn replicated(c: &mut Criterion) {
             })
         };
         for per_conn in [32u64, 256] {
-            g.bench_function(format!("end_to_end_{n}node_4conn_x{per_conn}"), |b| {
+            let name = format!("end_to_end_{n}node_4conn_x{per_conn}");
+            let cpu = CpuPerCert::default();
+            g.bench_function(&name, |b| {
                 b.to_async(&rt).iter_custom(|iters| {
                     let clients = clients.clone();
                     let head = head.clone();
-                    async move {
-                        let next = Arc::new(AtomicU64::new(0));
-                        drive(iters, 4 * per_conn, head, move |ws| {
-                            let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                            let client = clients[i % clients.len()].clone();
-                            async move { client.certify(ws).await.expect("certify") }
-                        })
-                        .await
-                    }
+                    let next = Arc::new(AtomicU64::new(0));
+                    let run = drive(iters, 4 * per_conn, head, move |ws| {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let client = clients[i % clients.len()].clone();
+                        async move { client.certify(ws).await.expect("certify") }
+                    });
+                    cpu.count(iters, run)
                 });
             });
+            cpu.report(&format!("raft/{name}"));
         }
-        g.bench_function(format!("lone_{n}node_1conn_x1"), |b| {
+        let name = format!("lone_{n}node_1conn_x1");
+        let cpu = CpuPerCert::default();
+        g.bench_function(&name, |b| {
             let client = clients[0].clone();
             b.to_async(&rt)
-                .iter_custom(|iters| lone(iters, client.clone(), head.clone()));
+                .iter_custom(|iters| cpu.count(iters, lone(iters, client.clone(), head.clone())));
         });
+        cpu.report(&format!("raft/{name}"));
         reporter.abort();
         // How well the proposer batched: versions committed per raft entry.
         let st = rt
