@@ -211,6 +211,23 @@ fn cpu_ticks() -> u64 {
     field(14) + field(15)
 }
 
+/// `iters` certifications from `tasks` workers, each call on the next of
+/// `clients` in turn.
+async fn spread(
+    iters: u64,
+    tasks: u64,
+    head: Arc<AtomicU64>,
+    clients: Vec<CertifierClient>,
+) -> Duration {
+    let next = Arc::new(AtomicU64::new(0));
+    drive(iters, tasks, head, move |ws| {
+        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+        let client = clients[i % clients.len()].clone();
+        async move { client.certify(ws).await.expect("certify") }
+    })
+    .await
+}
+
 /// `iters` certifications one after the other: a lone client's latency.
 async fn lone(iters: u64, client: CertifierClient, head: Arc<AtomicU64>) -> Duration {
     drive(iters, 1, head, move |ws| {
@@ -332,14 +349,7 @@ fn end_to_end(c: &mut Criterion) {
         let cpu = CpuPerCert::default();
         g.bench_function(&name, |b| {
             b.to_async(&rt).iter_custom(|iters| {
-                let clients = clients.clone();
-                let head = head.clone();
-                let next = Arc::new(AtomicU64::new(0));
-                let run = drive(iters, conns * per_conn, head, move |ws| {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    let client = clients[i % clients.len()].clone();
-                    async move { client.certify(ws).await.expect("certify") }
-                });
+                let run = spread(iters, conns * per_conn, head.clone(), clients.clone());
                 cpu.count(iters, run)
             });
         });
@@ -432,14 +442,7 @@ fn replicated(c: &mut Criterion) {
             let cpu = CpuPerCert::default();
             g.bench_function(&name, |b| {
                 b.to_async(&rt).iter_custom(|iters| {
-                    let clients = clients.clone();
-                    let head = head.clone();
-                    let next = Arc::new(AtomicU64::new(0));
-                    let run = drive(iters, 4 * per_conn, head, move |ws| {
-                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                        let client = clients[i % clients.len()].clone();
-                        async move { client.certify(ws).await.expect("certify") }
-                    });
+                    let run = spread(iters, 4 * per_conn, head.clone(), clients.clone());
                     cpu.count(iters, run)
                 });
             });
