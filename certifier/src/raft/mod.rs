@@ -104,6 +104,24 @@
 //!   so aborts take a log entry too. The faster shape: the leader certifies
 //!   speculatively (against applied + in-flight entries) and proposes
 //!   commits only; apply re-checks, so a stale speculation cannot commit.
+//! - Followers keep the whole certifier state (conflict window, dedupe
+//!   table, the window's records for snapshots) only so that they can
+//!   lead after a failover, and they keep it by certifying every writeset
+//!   again. On two shared cores that is most of what three nodes cost
+//!   over one: followers that only count versions and log records (an
+//!   unsafe hack, README "With a replicated certifier", twenty-second
+//!   session) take three nodes from ~0.71x to ~0.82x of the single
+//!   certifier at peak load. Doing it safely needs both halves: the
+//!   leader's decisions reach the followers (the speculation above, or
+//!   the decisions of entry `i` carried by a later entry, followers
+//!   holding `i` until then), and a follower rebuilds window and dedupe
+//!   table from its versions log, horizon to head, before it first
+//!   applies an entry of its own term or builds a snapshot (certifying
+//!   any entries still without decisions then, which gives the answers
+//!   the leader gave: certification is deterministic). Aborts must still
+//!   reach every follower's dedupe table (a refusal forgotten could
+//!   commit on a retry), and the window's memory-bound horizon, which
+//!   depends on each version's key count, must travel with the decisions.
 //! - Fair turns (`turns`) live on the leader, which refuses before
 //!   proposing (a turn depends on time, and every node certifies at apply
 //!   as a deterministic state machine). A refusal is proposed as an entry
