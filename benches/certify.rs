@@ -28,7 +28,10 @@
 //! Each end-to-end benchmark also prints the process's CPU time per
 //! certification over its run (every thread: clients, server or nodes,
 //! WAL writers), which bounds throughput once the two cores are busy and
-//! moves less with the VM's state than throughput does.
+//! moves less with the VM's state than throughput does. When a run
+//! measures both the single certifier and three nodes at one load, it
+//! prints their ratio (certifications per second over every iteration of
+//! each, warm-up included), issue 14's figure.
 //!
 //! The bench runs with mimalloc, as the certifier binary does.
 //!
@@ -161,12 +164,19 @@ where
 }
 
 /// The CPU time this process spent per certification over one
-/// benchmark's iterations (warm-up included), printed at its end.
+/// benchmark's iterations (warm-up included), and their throughput,
+/// printed at its end.
 #[derive(Default)]
 struct CpuPerCert {
     certs: AtomicU64,
     ticks: AtomicU64,
+    /// The iterations' own time, as criterion is told it, in ns.
+    nanos: AtomicU64,
 }
+
+/// Throughput of the single certifier's end-to-end benchmarks of this
+/// run, by load (`4conn_x32`), for the ratio issue 14 sets a goal on.
+static SINGLE: std::sync::Mutex<Vec<(String, f64)>> = std::sync::Mutex::new(Vec::new());
 
 impl CpuPerCert {
     /// Runs `run`, which certifies `iters` times, counting its CPU time.
@@ -180,18 +190,45 @@ impl CpuPerCert {
         self.ticks
             .fetch_add(cpu_ticks().saturating_sub(before), Ordering::Relaxed);
         self.certs.fetch_add(iters, Ordering::Relaxed);
+        self.nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
         took
     }
 
-    /// Prints the figure, unless the benchmark did not run (a filter).
-    fn report(&self, name: &str) {
+    /// Prints the figure, unless the benchmark did not run (a filter);
+    /// the certifications per second over all its iterations.
+    fn report(&self, name: &str) -> Option<f64> {
         let certs = self.certs.load(Ordering::Relaxed);
         if certs == 0 {
-            return;
+            return None;
         }
         // A tick is 10 ms (USER_HZ, 100 on Linux): in µs, ticks * 10_000.
         let us = self.ticks.load(Ordering::Relaxed) as f64 * 10_000.0 / certs as f64;
         eprintln!("{name}: {us:.1} µs of CPU per certification ({certs} certifications)");
+        let secs = self.nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        Some(certs as f64 / secs.max(1e-9))
+    }
+}
+
+/// Remembers the single certifier's throughput at `load`.
+fn single_at(load: &str, per_sec: Option<f64>) {
+    if let Some(r) = per_sec {
+        SINGLE.lock().expect("lock").push((load.to_string(), r));
+    }
+}
+
+/// Prints three nodes ÷ one certifier at `load` when this run measured
+/// both (the single certifier's benchmarks run first).
+fn ratio_at(load: &str, three: Option<f64>) {
+    let single = SINGLE.lock().expect("lock");
+    if let (Some(three), Some((_, one))) = (three, single.iter().find(|(l, _)| l == load)) {
+        eprintln!(
+            "three nodes ÷ one certifier at {load}: {:.2} ({:.1}k ÷ {:.1}k certifications/s over \
+             every iteration of both; issue 14's goal: >= 0.7)",
+            three / one,
+            three / 1e3,
+            one / 1e3
+        );
     }
 }
 
@@ -353,7 +390,10 @@ fn end_to_end(c: &mut Criterion) {
                 cpu.count(iters, run)
             });
         });
-        cpu.report(&format!("grpc/{name}"));
+        single_at(
+            &format!("{conns}conn_x{per_conn}"),
+            cpu.report(&format!("grpc/{name}")),
+        );
     }
     g.finish();
     // How well group commit amortised the fdatasync over everything above.
@@ -446,7 +486,10 @@ fn replicated(c: &mut Criterion) {
                     cpu.count(iters, run)
                 });
             });
-            cpu.report(&format!("raft/{name}"));
+            let per_sec = cpu.report(&format!("raft/{name}"));
+            if n == 3 {
+                ratio_at(&format!("4conn_x{per_conn}"), per_sec);
+            }
         }
         let name = format!("lone_{n}node_1conn_x1");
         let cpu = CpuPerCert::default();
