@@ -20,7 +20,10 @@ use tashkent_certifier::raft::{Network, NodeId, Proposer, Raft, Response, TypeCo
 use tashkent_certifier::CertifierError;
 
 mod raft_common;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
 use raft_common::cluster::{agreed_leader, all_applied, write, Cluster, Node, ELECTION_WAIT};
+use raft_common::slow_link::SlowLink;
 use raft_common::{certify, record};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,6 +204,107 @@ async fn a_wiped_follower_rejoins_from_a_snapshot_and_a_restarted_node_from_its_
     check_state(&c.nodes[&restarted].raft, 61).await;
 
     for (_, n) in c.nodes {
+        n.kill().await;
+    }
+}
+
+/// A leader cut off with a write in flight comes back to a group that
+/// moved on and purged its log past the leader's: the snapshot it is sent
+/// reaches beyond its last entry, so nothing is truncated, and openraft
+/// 0.9 left the write waiting forever (its proposer stuck with it). Now
+/// the write is answered ForwardToLeader once its entry is purged
+/// (`vendor/README.md`), and the node catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_a_cut_off_leader_is_answered_once_a_snapshot_passes_it() {
+    const SNAPSHOT_EVERY: Option<u64> = Some(20);
+    let fast = 1 << 30;
+    let mut listeners = BTreeMap::new();
+    let mut addrs = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.insert(id, l.local_addr().unwrap());
+        listeners.insert(id, l);
+    }
+    // Everything into node 1 and out of it goes through links the test
+    // cuts.
+    let into_1 = SlowLink::start(addrs[&1], fast).await;
+    let mut from_1 = BTreeMap::new();
+    for id in [2u64, 3] {
+        from_1.insert(id, SlowLink::start(addrs[&id], fast).await);
+    }
+    let routes_1: BTreeMap<NodeId, String> = from_1
+        .iter()
+        .map(|(id, l)| (*id, l.addr().to_string()))
+        .collect();
+    let mut members = BTreeMap::new();
+    members.insert(1, BasicNode::new(into_1.addr().to_string()));
+    for id in [2u64, 3] {
+        members.insert(id, BasicNode::new(addrs[&id].to_string()));
+    }
+    let dirs: BTreeMap<NodeId, tempfile::TempDir> = (1..=3)
+        .map(|id| (id, tempfile::tempdir().unwrap()))
+        .collect();
+    let mut nodes = BTreeMap::new();
+    for (id, l) in listeners {
+        let network = if id == 1 {
+            Network::new(1, routes_1.clone(), None)
+        } else {
+            Network::default()
+        };
+        let cfg = raft_common::cluster::config(SNAPSHOT_EVERY);
+        nodes.insert(
+            id,
+            Node::start_with(id, dirs[&id].path(), l, cfg, network).await,
+        );
+    }
+    nodes[&1].raft.initialize(members).await.unwrap();
+    make_leader(&nodes, 1).await;
+    let last = commit_numbered(&nodes[&1].raft, 1..=5).await;
+    all_applied(&nodes, last).await;
+
+    into_1.close();
+    for l in from_1.values() {
+        l.close();
+    }
+    let cut = nodes.remove(&1).unwrap();
+    let pending = {
+        let raft = cut.raft.clone();
+        tokio::spawn(async move { raft.client_write(certify("cut", 5, "kc")).await })
+    };
+    // The others elect one of them and go on, past a snapshot and a purge
+    // of everything node 1 holds.
+    let leader = agreed_leader(&nodes).await;
+    let end = commit_numbered(&nodes[&leader].raft, 6..=45).await;
+    nodes[&leader]
+        .raft
+        .wait(Some(ELECTION_WAIT))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index > last + 5),
+            "the new leader purged past node 1's log",
+        )
+        .await
+        .unwrap();
+    assert!(
+        !pending.is_finished(),
+        "answered while cut off: {pending:?}"
+    );
+
+    // Only the way in heals: node 1 is sent a snapshot.
+    into_1.open();
+    let answered = tokio::time::timeout(Duration::from_secs(30), pending)
+        .await
+        .expect("the write on the cut-off leader was never answered")
+        .unwrap();
+    assert!(
+        matches!(
+            answered,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
+        ),
+        "{answered:?}"
+    );
+    nodes.insert(1, cut);
+    all_applied(&nodes, end).await;
+    for (_, n) in nodes {
         n.kill().await;
     }
 }

@@ -237,8 +237,11 @@ fn answer(replies: Vec<Reply>, written: Written) {
     }
 }
 
-/// A failed `client_write`: not the leader (nothing was proposed), or a
-/// failure after proposing, when the outcome is not known here.
+/// A failed `client_write`: not the leader (nothing was proposed, or the
+/// entry left this node's log unapplied, truncated by a new leader or
+/// purged behind its snapshot; a retry of the same transaction id on the
+/// leader gets its first answer, if it had one), or a failure after
+/// proposing, when the outcome is not known here.
 pub(crate) fn write_error(
     e: &RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
 ) -> CertifierError {

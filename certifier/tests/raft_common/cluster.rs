@@ -53,6 +53,17 @@ impl Node {
         listener: tokio::net::TcpListener,
         config: Arc<Config>,
     ) -> Node {
+        Node::start_with(id, dir, listener, config, Network::default()).await
+    }
+
+    /// [`Node::start`], reaching the others through `network`.
+    pub async fn start_with(
+        id: NodeId,
+        dir: &Path,
+        listener: tokio::net::TcpListener,
+        config: Arc<Config>,
+        network: Network,
+    ) -> Node {
         let opts = WalOptions {
             segment_size: 1 << 20,
             ..WalOptions::default()
@@ -60,9 +71,7 @@ impl Node {
         let log = LogStore::open(&dir.join("log"), opts).unwrap();
         let wal = log.wal().clone();
         let sm = StateMachine::open(&dir.join("sm"), Limits::default()).unwrap();
-        let raft = Raft::new(id, config, Network::default(), log, sm)
-            .await
-            .unwrap();
+        let raft = Raft::new(id, config, network, log, sm).await.unwrap();
         let (stop_server, stopped) = oneshot::channel::<()>();
         let (stop_streams, streams_stop) = tokio::sync::watch::channel(false);
         let svc = RaftService::new(raft.clone())

@@ -1736,7 +1736,34 @@ where
             }
             Command::PurgeLog { upto } => {
                 self.log_store.purge(upto.clone()).await?;
-                self.engine.state.io_state_mut().update_purged(Some(upto));
+                self.engine.state.io_state_mut().update_purged(Some(upto.clone()));
+
+                // tashkent patch: a purged entry is never applied by this
+                // core (a snapshot covers it), so a client still waiting for
+                // one is answered now. That happens to a leader cut off with
+                // a write in flight that comes back to a group which purged
+                // past its log: it installs a snapshot beyond its last
+                // entry, which truncates nothing, and the write would wait
+                // forever. Whether the entry made it into the snapshot is
+                // unknown here: ForwardToLeader, as for a truncated one.
+                let rest = self.client_resp_channels.split_off(&(upto.index + 1));
+                let purged = std::mem::replace(&mut self.client_resp_channels, rest);
+                if !purged.is_empty() {
+                    let leader_id = self.current_leader();
+                    let leader_node = self.get_leader_node(leader_id.clone());
+
+                    #[allow(clippy::let_underscore_future)]
+                    let _ = C::spawn(async move {
+                        for (log_index, tx) in purged.into_iter() {
+                            tx.send(Err(ClientWriteError::ForwardToLeader(ForwardToLeader {
+                                leader_id: leader_id.clone(),
+                                leader_node: leader_node.clone(),
+                            })));
+
+                            tracing::debug!("sent ForwardToLeader for purged log_index: {}", log_index,);
+                        }
+                    });
+                }
             }
             Command::DeleteConflictLog { since } => {
                 self.log_store.truncate(since.clone()).await?;
