@@ -122,6 +122,17 @@
 //!   reach every follower's dedupe table (a refusal forgotten could
 //!   commit on a retry), and the window's memory-bound horizon, which
 //!   depends on each version's key count, must travel with the decisions.
+//! - A purge through a snapshot a node installs waits for that snapshot
+//!   to be on disk at most `KEPT_WAIT` (30 s, `log_store.rs`): the raft
+//!   core waits in it, and a failed install, or the node's shutdown,
+//!   would otherwise hold it for good. An install slower than that (a
+//!   snapshot re-spooling a large chunked writeset) lets the purge go
+//!   ahead; a kill -9 before the snapshot is kept then leaves a log
+//!   purged past the snapshot the node restarts from, and the node
+//!   stops at each restart until its directory is wiped and it rejoins
+//!   (nothing is lost: the others hold it). Waiting without a bound needs
+//!   a failed install and the start of a shutdown to end the wait (found
+//!   by a review, not reproduced).
 //! - Fair turns (`turns`) live on the leader, which refuses before
 //!   proposing (a turn depends on time, and every node certifies at apply
 //!   as a deterministic state machine). A refusal is proposed as an entry
