@@ -790,6 +790,39 @@ where
         }
     }
 
+    /// tashkent patch: answers every client still waiting for an entry at
+    /// or below `upto`, the last index of a snapshot just installed. Those
+    /// entries are never applied here (the snapshot covers them, and every
+    /// apply before the install has been answered: the state machine
+    /// worker reports in order). That happens to a leader cut off with a
+    /// write in flight that comes back to a group which purged its log past
+    /// the leader's: the snapshot it installs reaches beyond its last entry,
+    /// which truncates nothing, and the write would wait forever. Whether
+    /// the entry made it into the snapshot is not known here:
+    /// `ForwardToLeader`, as for a truncated entry, and a retry by the
+    /// application's own id finds out.
+    fn answer_unapplied(&mut self, upto: u64) {
+        let rest = self.client_resp_channels.split_off(&(upto + 1));
+        let unapplied = std::mem::replace(&mut self.client_resp_channels, rest);
+        if unapplied.is_empty() {
+            return;
+        }
+        let leader_id = self.current_leader();
+        let leader_node = self.get_leader_node(leader_id.clone());
+
+        #[allow(clippy::let_underscore_future)]
+        let _ = C::spawn(async move {
+            for (log_index, tx) in unapplied.into_iter() {
+                tx.send(Err(ClientWriteError::ForwardToLeader(ForwardToLeader {
+                    leader_id: leader_id.clone(),
+                    leader_node: leader_node.clone(),
+                })));
+
+                tracing::debug!("sent ForwardToLeader for log_index {} under an installed snapshot", log_index);
+            }
+        });
+    }
+
     /// Send result of applying a log entry to its client.
     #[tracing::instrument(level = "debug", skip_all)]
     pub(super) fn send_response(entry: ApplyingEntry<C::NodeId, C::Node>, resp: C::R, tx: Option<ResponderOf<C>>) {
@@ -1446,6 +1479,10 @@ where
                         );
 
                         if let Some(meta) = meta {
+                            // tashkent patch: see `answer_unapplied`.
+                            if let Some(last) = &meta.last_log_id {
+                                self.answer_unapplied(last.index);
+                            }
                             let st = self.engine.state.io_state_mut();
                             st.update_applied(meta.last_log_id.clone());
                             st.update_snapshot(meta.last_log_id);
@@ -1736,34 +1773,7 @@ where
             }
             Command::PurgeLog { upto } => {
                 self.log_store.purge(upto.clone()).await?;
-                self.engine.state.io_state_mut().update_purged(Some(upto.clone()));
-
-                // tashkent patch: a purged entry is never applied by this
-                // core (a snapshot covers it), so a client still waiting for
-                // one is answered now. That happens to a leader cut off with
-                // a write in flight that comes back to a group which purged
-                // past its log: it installs a snapshot beyond its last
-                // entry, which truncates nothing, and the write would wait
-                // forever. Whether the entry made it into the snapshot is
-                // unknown here: ForwardToLeader, as for a truncated one.
-                let rest = self.client_resp_channels.split_off(&(upto.index + 1));
-                let purged = std::mem::replace(&mut self.client_resp_channels, rest);
-                if !purged.is_empty() {
-                    let leader_id = self.current_leader();
-                    let leader_node = self.get_leader_node(leader_id.clone());
-
-                    #[allow(clippy::let_underscore_future)]
-                    let _ = C::spawn(async move {
-                        for (log_index, tx) in purged.into_iter() {
-                            tx.send(Err(ClientWriteError::ForwardToLeader(ForwardToLeader {
-                                leader_id: leader_id.clone(),
-                                leader_node: leader_node.clone(),
-                            })));
-
-                            tracing::debug!("sent ForwardToLeader for purged log_index: {}", log_index,);
-                        }
-                    });
-                }
+                self.engine.state.io_state_mut().update_purged(Some(upto));
             }
             Command::DeleteConflictLog { since } => {
                 self.log_store.truncate(since.clone()).await?;
