@@ -212,8 +212,8 @@ async fn a_wiped_follower_rejoins_from_a_snapshot_and_a_restarted_node_from_its_
 /// moved on and purged its log past the leader's: the snapshot it is sent
 /// reaches beyond its last entry, so nothing is truncated, and openraft
 /// 0.9 left the write waiting forever (its proposer stuck with it). Now
-/// the write is answered ForwardToLeader once its entry is purged
-/// (`vendor/README.md`), and the node catches up.
+/// the write is answered ForwardToLeader once the snapshot over its entry
+/// is installed (`vendor/README.md`), and the node catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_a_cut_off_leader_is_answered_once_a_snapshot_passes_it() {
     const SNAPSHOT_EVERY: Option<u64> = Some(20);

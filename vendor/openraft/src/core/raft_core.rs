@@ -804,21 +804,30 @@ where
     fn answer_unapplied(&mut self, upto: u64) {
         let rest = self.client_resp_channels.split_off(&(upto + 1));
         let unapplied = std::mem::replace(&mut self.client_resp_channels, rest);
-        if unapplied.is_empty() {
+        self.forward_to_leader(unapplied);
+    }
+
+    /// tashkent patch: answers the clients `waiting` (log index ->
+    /// responder) with `ForwardToLeader`, in a task of their own; what
+    /// `Command::DeleteConflictLog` did inline, shared with
+    /// `answer_unapplied`.
+    fn forward_to_leader(&self, waiting: BTreeMap<u64, ResponderOf<C>>) {
+        if waiting.is_empty() {
             return;
         }
         let leader_id = self.current_leader();
         let leader_node = self.get_leader_node(leader_id.clone());
 
+        // False positive lint warning(`non-binding `let` on a future`): https://github.com/rust-lang/rust-clippy/issues/9932
         #[allow(clippy::let_underscore_future)]
         let _ = C::spawn(async move {
-            for (log_index, tx) in unapplied.into_iter() {
+            for (log_index, tx) in waiting.into_iter() {
                 tx.send(Err(ClientWriteError::ForwardToLeader(ForwardToLeader {
                     leader_id: leader_id.clone(),
                     leader_node: leader_node.clone(),
                 })));
 
-                tracing::debug!("sent ForwardToLeader for log_index {} under an installed snapshot", log_index);
+                tracing::debug!("sent ForwardToLeader for log_index: {}", log_index,);
             }
         });
     }
@@ -1780,23 +1789,9 @@ where
 
                 // Inform clients waiting for logs to be applied.
                 let removed = self.client_resp_channels.split_off(&since.index);
-                if !removed.is_empty() {
-                    let leader_id = self.current_leader();
-                    let leader_node = self.get_leader_node(leader_id.clone());
-
-                    // False positive lint warning(`non-binding `let` on a future`): https://github.com/rust-lang/rust-clippy/issues/9932
-                    #[allow(clippy::let_underscore_future)]
-                    let _ = C::spawn(async move {
-                        for (log_index, tx) in removed.into_iter() {
-                            tx.send(Err(ClientWriteError::ForwardToLeader(ForwardToLeader {
-                                leader_id: leader_id.clone(),
-                                leader_node: leader_node.clone(),
-                            })));
-
-                            tracing::debug!("sent ForwardToLeader for log_index: {}", log_index,);
-                        }
-                    });
-                }
+                // tashkent patch: one way to send them, shared with
+                // `answer_unapplied`.
+                self.forward_to_leader(removed);
             }
             Command::SendVote { vote_req } => {
                 self.spawn_parallel_vote_requests(&vote_req).await;
