@@ -118,11 +118,7 @@ impl Certifier {
             horizon: self.window.horizon(),
             cause: self.window.cause(),
             dedupe_floor: self.dedupe.floor(),
-            committed: self
-                .dedupe
-                .committed_in_order()
-                .map(|(v, id)| (v, id.clone()))
-                .collect(),
+            committed: self.dedupe.committed_in_order(),
             aborted: self
                 .dedupe
                 .aborted_in_order()
@@ -170,10 +166,10 @@ impl Certifier {
         }
         let mut dedupe = Dedupe::new(limits.max_dedupe, image.dedupe_floor);
         for (v, id) in image.committed {
-            dedupe.committed(id, v);
+            dedupe.committed(&id, v);
         }
         for (id, a) in image.aborted {
-            dedupe.aborted(id, a);
+            dedupe.aborted(&id, a);
         }
         let now = Instant::now();
         let replicas = image
@@ -248,7 +244,7 @@ impl Certifier {
 
     /// Commits the transaction [`Self::check`] approved: assigns
     /// `latest + 1` and records its keys.
-    pub fn commit(&mut self, txn_id: Bytes, cs: &ConflictSet) -> Version {
+    pub fn commit(&mut self, txn_id: &[u8], cs: &ConflictSet) -> Version {
         let v = self.latest + 1;
         self.latest = v;
         self.window.insert(v, cs.window_entries());
@@ -262,7 +258,7 @@ impl Certifier {
     pub fn replay(
         &mut self,
         version: Version,
-        txn_id: Bytes,
+        txn_id: &[u8],
         cs: &ConflictSet,
     ) -> Result<(), CertifierError> {
         if version != self.latest + 1 {
@@ -276,7 +272,7 @@ impl Certifier {
     }
 
     /// Remembers an abort so a retry gets the same reason.
-    pub fn record_abort(&mut self, txn_id: Bytes, abort: Abort) {
+    pub fn record_abort(&mut self, txn_id: &[u8], abort: Abort) {
         self.dedupe.aborted(txn_id, abort);
     }
 
@@ -308,9 +304,9 @@ impl Certifier {
         let d = self.check(snapshot, cs, names)?;
         match &d {
             Decision::Commit(_) => {
-                self.commit(txn_id.clone(), cs);
+                self.commit(txn_id, cs);
             }
-            Decision::Abort(a) => self.record_abort(txn_id.clone(), a.clone()),
+            Decision::Abort(a) => self.record_abort(txn_id, a.clone()),
         }
         Ok(d)
     }
@@ -320,11 +316,11 @@ impl Certifier {
     /// decision, as `certify` would answer it.
     pub fn refuse(
         &mut self,
-        txn_id: Bytes,
+        txn_id: &[u8],
         snapshot: Version,
         abort: Abort,
     ) -> Result<Decision, CertifierError> {
-        match self.prior(&txn_id, snapshot) {
+        match self.prior(txn_id, snapshot) {
             Some(Prior::Committed(v)) => Ok(Decision::Commit(v)),
             Some(Prior::Aborted(a)) => Ok(Decision::Abort(a)),
             Some(Prior::LookInWal { from, to }) => Err(CertifierError::OutcomeUnknown(format!(

@@ -16,10 +16,12 @@
 //! a client resends an id only when it got no answer for it.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 
 use bytes::Bytes;
 
 use crate::rule::Abort;
+use crate::window::TableState;
 use crate::Version;
 
 /// What a transaction id was answered before.
@@ -40,8 +42,7 @@ pub enum Prior {
 type IdMap<V> = HashMap<Bytes, V, foldhash::fast::RandomState>;
 
 pub struct Dedupe {
-    committed: IdMap<Version>,
-    order: VecDeque<(Version, Bytes)>,
+    committed: CommittedIds,
     floor: Version,
     aborted: IdMap<Abort>,
     aborted_order: VecDeque<Bytes>,
@@ -51,9 +52,23 @@ pub struct Dedupe {
 impl Dedupe {
     /// Remembers commits from version `floor` on.
     pub fn new(max_entries: usize, floor: Version) -> Dedupe {
+        Dedupe::with_fingerprint_mask(max_entries, floor, u64::MAX)
+    }
+
+    /// [`Dedupe::new`] keeping only the fingerprint bits in `mask` (tests
+    /// narrow it to make ids collide).
+    fn with_fingerprint_mask(max_entries: usize, floor: Version, mask: u64) -> Dedupe {
         Dedupe {
-            committed: IdMap::default(),
-            order: VecDeque::new(),
+            committed: CommittedIds {
+                by_fingerprint: HashMap::default(),
+                order: VecDeque::new(),
+                bytes: Vec::new(),
+                head: 0,
+                dropped: 0,
+                collided: HashMap::default(),
+                seed: foldhash::fast::RandomState::default(),
+                mask,
+            },
             floor,
             aborted: IdMap::default(),
             aborted_order: VecDeque::new(),
@@ -62,7 +77,7 @@ impl Dedupe {
     }
 
     pub fn lookup(&self, txn_id: &[u8], snapshot: Version) -> Option<Prior> {
-        if let Some(&v) = self.committed.get(txn_id) {
+        if let Some(v) = self.committed.get(txn_id) {
             return Some(Prior::Committed(v));
         }
         if let Some(a) = self.aborted.get(txn_id) {
@@ -76,12 +91,16 @@ impl Dedupe {
         })
     }
 
-    pub fn committed(&mut self, txn_id: Bytes, version: Version) {
-        self.committed.insert(txn_id.clone(), version);
-        self.order.push_back((version, txn_id));
+    /// Remembers that `txn_id` committed at `version` (greater than every
+    /// version remembered before).
+    pub fn committed(&mut self, txn_id: &[u8], version: Version) {
+        self.committed.push(txn_id, version);
     }
 
-    pub fn aborted(&mut self, txn_id: Bytes, abort: Abort) {
+    pub fn aborted(&mut self, txn_id: &[u8], abort: Abort) {
+        // A copy: the caller's bytes are usually a slice of a whole request
+        // or raft entry, which a table this long-lived must not keep alive.
+        let txn_id = Bytes::copy_from_slice(txn_id);
         if self.aborted.insert(txn_id.clone(), abort).is_none() {
             self.aborted_order.push_back(txn_id);
         }
@@ -96,21 +115,14 @@ impl Dedupe {
     pub fn prune(&mut self, horizon: Version, latest: Version) {
         let by_size = (latest + 1).saturating_sub(self.max_entries as u64);
         let floor = (horizon + 1).min(by_size).max(self.floor);
-        while let Some((v, _)) = self.order.front() {
-            if *v >= floor {
-                break;
-            }
-            if let Some((_, id)) = self.order.pop_front() {
-                self.committed.remove(&id);
-            }
-        }
+        self.committed.forget_below(floor);
         self.floor = floor;
     }
 
     /// The committed ids remembered, oldest version first (what a raft
     /// snapshot carries; [`Dedupe::committed`] in this order rebuilds them).
-    pub fn committed_in_order(&self) -> impl Iterator<Item = (Version, &Bytes)> {
-        self.order.iter().map(|(v, id)| (*v, id))
+    pub fn committed_in_order(&self) -> Vec<(Version, Bytes)> {
+        self.committed.in_order()
     }
 
     /// The aborts remembered, oldest first.
@@ -130,6 +142,139 @@ impl Dedupe {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The committed ids, compactly: every certification on every node adds one
+/// and prunes one, so this is on the hot path of the replicated certifier.
+///
+/// Layout and invariants:
+/// - `order` lists the remembered commits by increasing version; commit `i`'s
+///   id is `bytes[order[i].start - dropped ..][.. order[i].len]` — the ids
+///   are copied end to end into one buffer (a caller's id is a slice of its
+///   request or raft entry, which must not be kept alive this long), and
+///   `bytes[.. head]` is what forgotten ids left behind;
+/// - `by_fingerprint` maps a 64-bit fingerprint of an id (foldhash under a
+///   random per-process seed) to a remembered version whose id has that
+///   fingerprint; every remembered id is either found there under its own
+///   fingerprint or, when a later id with the same fingerprint took its
+///   place, in `collided`. A fingerprint match is only a candidate: the id's
+///   bytes decide.
+struct CommittedIds {
+    by_fingerprint: HashMap<u64, Version, TableState>,
+    order: VecDeque<Remembered>,
+    bytes: Vec<u8>,
+    head: usize,
+    dropped: u64,
+    collided: HashMap<Bytes, Version, foldhash::fast::RandomState>,
+    seed: foldhash::fast::RandomState,
+    mask: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Remembered {
+    version: Version,
+    fingerprint: u64,
+    start: u64,
+    len: u8,
+}
+
+impl CommittedIds {
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    fn fingerprint(&self, txn_id: &[u8]) -> u64 {
+        self.seed.hash_one(txn_id) & self.mask
+    }
+
+    fn id(&self, r: &Remembered) -> &[u8] {
+        let at = usize::try_from(r.start - self.dropped).expect("ids fit in memory");
+        &self.bytes[at..at + usize::from(r.len)]
+    }
+
+    /// The id remembered at `version`, if any.
+    fn id_at(&self, version: Version) -> Option<&[u8]> {
+        let i = self
+            .order
+            .binary_search_by_key(&version, |r| r.version)
+            .ok()?;
+        Some(self.id(&self.order[i]))
+    }
+
+    fn get(&self, txn_id: &[u8]) -> Option<Version> {
+        let fingerprint = self.fingerprint(txn_id);
+        if let Some(&v) = self.by_fingerprint.get(&fingerprint) {
+            if self.id_at(v) == Some(txn_id) {
+                return Some(v);
+            }
+        }
+        if self.collided.is_empty() {
+            return None;
+        }
+        self.collided.get(txn_id).copied()
+    }
+
+    fn push(&mut self, txn_id: &[u8], version: Version) {
+        debug_assert!(self.order.back().is_none_or(|r| r.version < version));
+        // Ids are at most `MAX_TXN_ID_LEN` (64) bytes, checked where they
+        // are parsed.
+        let len = u8::try_from(txn_id.len()).expect("a transaction id is at most 64 bytes");
+        let fingerprint = self.fingerprint(txn_id);
+        if let Some(other) = self.by_fingerprint.insert(fingerprint, version) {
+            if let Some(id) = self.id_at(other).filter(|id| *id != txn_id) {
+                let id = Bytes::copy_from_slice(id);
+                self.collided.insert(id, other);
+            }
+        }
+        let start = self.dropped + self.bytes.len() as u64;
+        self.bytes.extend_from_slice(txn_id);
+        self.order.push_back(Remembered {
+            version,
+            fingerprint,
+            start,
+            len,
+        });
+    }
+
+    fn forget_below(&mut self, floor: Version) {
+        while let Some(&r) = self.order.front() {
+            if r.version >= floor {
+                break;
+            }
+            if self.by_fingerprint.get(&r.fingerprint) == Some(&r.version) {
+                self.by_fingerprint.remove(&r.fingerprint);
+            } else if !self.collided.is_empty() {
+                let id = self.id(&r);
+                if self.collided.get(id) == Some(&r.version) {
+                    let id = Bytes::copy_from_slice(id);
+                    self.collided.remove(&id);
+                }
+            }
+            self.order.pop_front();
+            self.head += usize::from(r.len);
+        }
+        // Move the live ids to the front once the dead ones are the larger
+        // part: amortised, every byte is copied at most once per halving.
+        if self.head > 4096 && self.head * 2 > self.bytes.len() {
+            self.bytes.drain(..self.head);
+            self.dropped += self.head as u64;
+            self.head = 0;
+        }
+    }
+
+    /// Every remembered commit, oldest first; the ids share one copy of
+    /// the buffer.
+    fn in_order(&self) -> Vec<(Version, Bytes)> {
+        let live = Bytes::copy_from_slice(&self.bytes[self.head..]);
+        let base = self.dropped + self.head as u64;
+        self.order
+            .iter()
+            .map(|r| {
+                let at = usize::try_from(r.start - base).expect("ids fit in memory");
+                (r.version, live.slice(at..at + usize::from(r.len)))
+            })
+            .collect()
     }
 }
 
@@ -161,6 +306,36 @@ mod tests {
         Bytes::from(vec![i % 7; 1 + usize::from(i / 7)])
     }
 
+    /// Long ids through many prunes: the buffer is compacted again and
+    /// again, and every id still remembered reads back the same.
+    #[test]
+    fn ids_survive_compaction_of_the_buffer() {
+        let id = |v: u64| Bytes::from(format!("{v:0>40}-{}", v % 13));
+        for mask in [u64::MAX, 0b111] {
+            let mut d = Dedupe::with_fingerprint_mask(100, 1, mask);
+            for v in 1..=10_000u64 {
+                d.committed(&id(v), v);
+                d.prune(v, v);
+                if v % 997 == 0 {
+                    let listed = d.committed_in_order();
+                    assert_eq!(listed.len(), 100);
+                    for (w, got) in listed {
+                        assert_eq!(got, id(w));
+                        assert_eq!(d.lookup(&id(w), 0), Some(Prior::Committed(w)));
+                    }
+                    assert!(matches!(
+                        d.lookup(&id(v - 100), v - 101),
+                        Some(Prior::LookInWal { .. })
+                    ));
+                }
+            }
+            assert!(
+                d.committed.bytes.len() < 2 * 4096 + 100 * 60,
+                "the buffer is compacted"
+            );
+        }
+    }
+
     proptest! {
         /// The table answers as a plain list of what it was told would,
         /// pruned by the rule in the module header.
@@ -168,8 +343,12 @@ mod tests {
         fn answers_like_a_list_of_what_it_was_told(
             max in 1usize..10,
             steps in prop::collection::vec(step(), 1..200),
+            colliding in any::<bool>(),
         ) {
-            let mut d = Dedupe::new(max, 1);
+            // Two fingerprint bits make most ids share a fingerprint with
+            // another remembered one.
+            let mask = if colliding { 0b11 } else { u64::MAX };
+            let mut d = Dedupe::with_fingerprint_mask(max, 1, mask);
             // The model: every commit, and the floor.
             let (mut commits, mut floor, mut latest) = (Vec::<(Version, Bytes)>::new(), 1, 0);
             let mut aborts = VecDeque::<(Bytes, Abort)>::new();
@@ -180,7 +359,7 @@ mod tests {
                             continue; // the certifier answers a retry instead
                         }
                         latest += 1;
-                        d.committed(id(i), latest);
+                        d.committed(&id(i), latest);
                         commits.push((latest, id(i)));
                     }
                     Step::Abort(i) => {
@@ -189,7 +368,7 @@ mod tests {
                             reason: format!("r{i}"),
                             conflict_version: latest,
                         };
-                        d.aborted(id(i), a.clone());
+                        d.aborted(&id(i), a.clone());
                         if let Some(old) = aborts.iter_mut().find(|(x, _)| *x == id(i)) {
                             old.1 = a;
                         } else {
@@ -221,10 +400,11 @@ mod tests {
                         prop_assert_eq!(d.lookup(&id(i), snapshot), want);
                     }
                 }
-                let listed: Vec<_> = d.committed_in_order().map(|(v, c)| (v, c.clone())).collect();
+                let listed = d.committed_in_order();
                 prop_assert_eq!(&listed, &commits);
                 prop_assert_eq!(d.len(), commits.len() + aborts.len());
                 prop_assert_eq!(d.floor(), floor);
+                prop_assert!(d.committed.collided.len() <= d.committed.len());
             }
         }
     }

@@ -76,6 +76,12 @@ impl TableState {
     }
 }
 
+impl Default for TableState {
+    fn default() -> Self {
+        TableState::new()
+    }
+}
+
 impl BuildHasher for TableState {
     type Hasher = FingerprintHasher;
     fn build_hasher(&self) -> FingerprintHasher {

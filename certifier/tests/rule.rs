@@ -351,6 +351,36 @@ fn retried_transaction_gets_its_original_answer() {
     assert_eq!(c.latest(), 2);
 }
 
+/// A transaction id arrives as a slice of its whole request (or raft
+/// entry); the answers remembered for retries must not keep that alive,
+/// or a hundred thousand remembered ids would hold as many writesets.
+#[test]
+fn remembered_answers_keep_no_request_alive() {
+    let mut c = Certifier::new(Limits::default());
+    let request: Bytes = (0..1u32 << 20).map(|i| i as u8).collect();
+    let id = |i: usize| request.slice(i * 8..i * 8 + 8);
+    let first: Vec<Decision> = ["1", "1", "2"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let mut ws = txn("", 0, vec![upd("t", key)]);
+            ws.txn_id = id(i);
+            c.certify(&ws).unwrap()
+        })
+        .collect();
+    assert!(matches!(first[1], Decision::Abort(_)), "{first:?}");
+    for (i, want) in first.iter().enumerate() {
+        // A retry with the same id in a buffer of its own.
+        let mut ws = txn("", 0, vec![upd("t", "3")]);
+        ws.txn_id = Bytes::copy_from_slice(&id(i));
+        assert_eq!(&c.certify(&ws).unwrap(), want, "retry of the {i}th");
+    }
+    assert!(
+        request.is_unique(),
+        "the certifier still holds a slice of the request"
+    );
+}
+
 #[test]
 fn snapshot_from_the_future_is_invalid() {
     let mut c = Certifier::new(Limits::default());

@@ -435,7 +435,7 @@ impl StateMachine {
         let abort = crate::turns::refusal_after(last, ws.snapshot);
         let (before, decision) = {
             let mut c = self.certifier.lock();
-            (c.latest(), c.refuse(ws.txn_id.clone(), ws.snapshot, abort)?)
+            (c.latest(), c.refuse(&ws.txn_id, ws.snapshot, abort)?)
         };
         self.decided(rec, Some(ws), before, decision)
     }

@@ -60,7 +60,7 @@ pub fn recover(
             }
             _ => ConflictSet::of(&ws),
         };
-        c.replay(lsn, ws.txn_id.clone(), &cs)?;
+        c.replay(lsn, &ws.txn_id, &cs)?;
         tail.push(lsn, rec);
     }
     if c.latest() != last {

@@ -560,14 +560,14 @@ impl CertifierService {
                                     };
                                     return Err(inner.fail(e));
                                 }
-                                c.commit(txn_id.clone(), cs);
+                                c.commit(txn_id, cs);
                                 inner.turns.lock().committed(turn.session, Instant::now());
                                 inner.submitted.notify_one();
                                 Step::Ticket(ticket, v)
                             }
                             (Decision::Abort(a), turn_key) => {
                                 inner.metrics.decided("aborted");
-                                c.record_abort(txn_id.clone(), a.clone());
+                                c.record_abort(txn_id, a.clone());
                                 Step::Aborted(a, turn_key)
                             }
                         }
