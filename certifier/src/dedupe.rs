@@ -41,6 +41,11 @@ pub enum Prior {
 /// (std's default) was a measurable share of certification time.
 type IdMap<V> = HashMap<Bytes, V, foldhash::fast::RandomState>;
 
+/// Forgotten fingerprints the table may hold beyond as many as the live
+/// ones before it sweeps them (so a small table does not sweep at every
+/// version).
+const SWEEP_SLACK: usize = 4096;
+
 pub struct Dedupe {
     committed: CommittedIds,
     floor: Version,
@@ -52,12 +57,13 @@ pub struct Dedupe {
 impl Dedupe {
     /// Remembers commits from version `floor` on.
     pub fn new(max_entries: usize, floor: Version) -> Dedupe {
-        Dedupe::with_fingerprint_mask(max_entries, floor, u64::MAX)
+        Dedupe::with_table(max_entries, floor, u64::MAX, SWEEP_SLACK)
     }
 
     /// [`Dedupe::new`] keeping only the fingerprint bits in `mask` (tests
-    /// narrow it to make ids collide).
-    fn with_fingerprint_mask(max_entries: usize, floor: Version, mask: u64) -> Dedupe {
+    /// narrow it to make ids collide) and sweeping forgotten fingerprints
+    /// once they exceed the live ones by `sweep_slack`.
+    fn with_table(max_entries: usize, floor: Version, mask: u64, sweep_slack: usize) -> Dedupe {
         Dedupe {
             committed: CommittedIds {
                 by_fingerprint: HashMap::default(),
@@ -68,6 +74,7 @@ impl Dedupe {
                 collided: HashMap::default(),
                 seed: foldhash::fast::RandomState::default(),
                 mask,
+                sweep_slack,
             },
             floor,
             aborted: IdMap::default(),
@@ -155,11 +162,16 @@ impl Dedupe {
 ///   request or raft entry, which must not be kept alive this long), and
 ///   `bytes[.. head]` is what forgotten ids left behind;
 /// - `by_fingerprint` maps a 64-bit fingerprint of an id (foldhash under a
-///   random per-process seed) to a remembered version whose id has that
-///   fingerprint; every remembered id is either found there under its own
-///   fingerprint or, when a later id with the same fingerprint took its
-///   place, in `collided`. A fingerprint match is only a candidate: the id's
-///   bytes decide.
+///   random per-process seed) to a version whose id has that fingerprint;
+///   every remembered id is either found there under its own fingerprint
+///   or, when a later id with the same fingerprint took its place, in
+///   `collided`. A fingerprint match is only a candidate: the id's bytes,
+///   looked up by version in `order`, decide;
+/// - the table may also map fingerprints to forgotten versions (below the
+///   oldest in `order`, so never confirmed): forgetting an id leaves its
+///   entry, and such entries are swept in one pass once they could be as
+///   many as the live ones. A removal per forgotten id cost a cache miss
+///   on every certification; the sweep reads the table in order.
 struct CommittedIds {
     by_fingerprint: HashMap<u64, Version, TableState>,
     order: VecDeque<Remembered>,
@@ -169,12 +181,12 @@ struct CommittedIds {
     collided: HashMap<Bytes, Version, foldhash::fast::RandomState>,
     seed: foldhash::fast::RandomState,
     mask: u64,
+    sweep_slack: usize,
 }
 
 #[derive(Clone, Copy)]
 struct Remembered {
     version: Version,
-    fingerprint: u64,
     start: u64,
     len: u8,
 }
@@ -195,10 +207,16 @@ impl CommittedIds {
 
     /// The id remembered at `version`, if any.
     fn id_at(&self, version: Version) -> Option<&[u8]> {
-        let i = self
-            .order
-            .binary_search_by_key(&version, |r| r.version)
-            .ok()?;
+        let first = self.order.front()?.version;
+        // Remembered versions are usually dense (every commit is one).
+        let guess = usize::try_from(version.checked_sub(first)?).ok()?;
+        let i = match self.order.get(guess) {
+            Some(r) if r.version == version => guess,
+            _ => self
+                .order
+                .binary_search_by_key(&version, |r| r.version)
+                .ok()?,
+        };
         Some(self.id(&self.order[i]))
     }
 
@@ -231,7 +249,6 @@ impl CommittedIds {
         self.bytes.extend_from_slice(txn_id);
         self.order.push_back(Remembered {
             version,
-            fingerprint,
             start,
             len,
         });
@@ -242,9 +259,7 @@ impl CommittedIds {
             if r.version >= floor {
                 break;
             }
-            if self.by_fingerprint.get(&r.fingerprint) == Some(&r.version) {
-                self.by_fingerprint.remove(&r.fingerprint);
-            } else if !self.collided.is_empty() {
+            if !self.collided.is_empty() {
                 let id = self.id(&r);
                 if self.collided.get(id) == Some(&r.version) {
                     let id = Bytes::copy_from_slice(id);
@@ -253,6 +268,10 @@ impl CommittedIds {
             }
             self.order.pop_front();
             self.head += usize::from(r.len);
+        }
+        if self.by_fingerprint.len() > 2 * self.order.len() + self.sweep_slack {
+            let first = self.order.front().map_or(Version::MAX, |r| r.version);
+            self.by_fingerprint.retain(|_, v| *v >= first);
         }
         // Move the live ids to the front once the dead ones are the larger
         // part: amortised, every byte is copied at most once per halving.
@@ -311,8 +330,8 @@ mod tests {
     #[test]
     fn ids_survive_compaction_of_the_buffer() {
         let id = |v: u64| Bytes::from(format!("{v:0>40}-{}", v % 13));
-        for mask in [u64::MAX, 0b111] {
-            let mut d = Dedupe::with_fingerprint_mask(100, 1, mask);
+        for (mask, sweep_slack) in [(u64::MAX, SWEEP_SLACK), (0b111, 0)] {
+            let mut d = Dedupe::with_table(100, 1, mask, sweep_slack);
             for v in 1..=10_000u64 {
                 d.committed(&id(v), v);
                 d.prune(v, v);
@@ -344,11 +363,12 @@ mod tests {
             max in 1usize..10,
             steps in prop::collection::vec(step(), 1..200),
             colliding in any::<bool>(),
+            sweep_slack in 0usize..4,
         ) {
             // Two fingerprint bits make most ids share a fingerprint with
             // another remembered one.
             let mask = if colliding { 0b11 } else { u64::MAX };
-            let mut d = Dedupe::with_fingerprint_mask(max, 1, mask);
+            let mut d = Dedupe::with_table(max, 1, mask, sweep_slack);
             // The model: every commit, and the floor.
             let (mut commits, mut floor, mut latest) = (Vec::<(Version, Bytes)>::new(), 1, 0);
             let mut aborts = VecDeque::<(Bytes, Abort)>::new();
@@ -405,6 +425,10 @@ mod tests {
                 prop_assert_eq!(d.len(), commits.len() + aborts.len());
                 prop_assert_eq!(d.floor(), floor);
                 prop_assert!(d.committed.collided.len() <= d.committed.len());
+                prop_assert!(
+                    d.committed.by_fingerprint.len()
+                        <= 2 * d.committed.len() + d.committed.sweep_slack + 1
+                );
             }
         }
     }

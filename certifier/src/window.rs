@@ -16,6 +16,8 @@ use crate::Version;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowLimits {
     /// Maximum number of key entries held (summed over remembered versions).
+    /// The table behind them holds at most twice as many (and a few
+    /// thousand): keys of forgotten versions are swept in batches.
     pub max_entries: usize,
     /// Maximum number of versions remembered.
     pub max_versions: usize,
@@ -116,12 +118,23 @@ impl Hasher for FingerprintHasher {
     }
 }
 
+/// Forgotten keys the window's table may hold beyond as many as the live
+/// ones before it sweeps them (so a small window does not sweep at every
+/// version).
+const SWEEP_SLACK: usize = 4096;
+
 /// Key → last writer version, for versions in `(horizon, latest]`.
 ///
 /// Invariants:
 /// - every version in `(horizon, latest]` that was inserted has all its keys
 ///   in `map` unless a later version overwrote them, so for any snapshot
 ///   `s >= horizon`, `get(k) > s` iff some version `> s` wrote `k`;
+/// - `map` may also hold keys of forgotten versions (`<= horizon`), which
+///   `get` hides: forgetting a version leaves its keys in place, and they
+///   are swept in one pass over the table once they could be as many as
+///   the live ones (`map.len() > 2 * keys.len() + SWEEP_SLACK`). A random
+///   removal per key cost a cache miss each, several per certification;
+///   the sweep reads the table in order;
 /// - versions are inserted in increasing order, `versions` lists them oldest
 ///   first and `keys` holds their keys in the same order;
 /// - `horizon` never decreases; `keys.len() <= max_entries` and
@@ -133,6 +146,7 @@ pub struct ConflictWindow {
     horizon: Version,
     cause: HorizonCause,
     limits: WindowLimits,
+    sweep_slack: usize,
 }
 
 impl ConflictWindow {
@@ -145,13 +159,14 @@ impl ConflictWindow {
             horizon,
             cause,
             limits,
+            sweep_slack: SWEEP_SLACK,
         }
     }
 
     /// The last version `> horizon` that wrote `fp`, if any.
     #[inline]
     pub fn get(&self, fp: u64) -> Option<Version> {
-        self.map.get(&fp).copied()
+        self.map.get(&fp).copied().filter(|&v| v > self.horizon)
     }
 
     pub fn horizon(&self) -> Version {
@@ -215,22 +230,75 @@ impl ConflictWindow {
                 break;
             }
             self.versions.pop_front();
-            for _ in 0..n {
-                if let Some(fp) = self.keys.pop_front() {
-                    // Only drop the entry if no later version overwrote it.
-                    if self.map.get(&fp) == Some(&v) {
-                        self.map.remove(&fp);
-                    }
-                }
-            }
+            self.keys.drain(..(n as usize).min(self.keys.len()));
         }
         self.horizon = self.horizon.max(h);
+        if self.map.len() > 2 * self.keys.len() + self.sweep_slack {
+            let horizon = self.horizon;
+            self.map.retain(|_, v| *v > horizon);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Insert(Vec<u64>),
+        Advance(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => prop::collection::vec(0u64..30, 0..6).prop_map(Step::Insert),
+            1 => (0u64..6).prop_map(Step::Advance),
+        ]
+    }
+
+    proptest! {
+        /// The window answers as the list of every version's keys would,
+        /// cut at the horizon, whether or not forgotten keys were swept;
+        /// the table stays within its bound.
+        #[test]
+        fn answers_like_the_list_of_writes_above_the_horizon(
+            steps in prop::collection::vec(step(), 1..150),
+            max_entries in 1usize..40,
+            max_versions in 1usize..20,
+            sweep_slack in 0usize..8,
+        ) {
+            let limits = WindowLimits { max_entries, max_versions };
+            let mut w = ConflictWindow::new(limits, 0, HorizonCause::Start);
+            w.sweep_slack = sweep_slack;
+            let mut writes: Vec<(Version, Vec<u64>)> = Vec::new();
+            for s in steps {
+                match s {
+                    Step::Insert(fps) => {
+                        let v = writes.last().map_or(1, |(v, _)| v + 1);
+                        w.insert(v, fps.iter().copied());
+                        writes.push((v, fps));
+                    }
+                    Step::Advance(back) => {
+                        let latest = writes.last().map_or(0, |(v, _)| *v);
+                        w.advance(latest.saturating_sub(back), HorizonCause::Reports);
+                    }
+                }
+                let h = w.horizon();
+                for fp in 0..30 {
+                    let want = writes
+                        .iter()
+                        .filter(|(v, fps)| *v > h && fps.contains(&fp))
+                        .map(|(v, _)| *v)
+                        .max();
+                    prop_assert_eq!(w.get(fp), want, "key {} at horizon {}", fp, h);
+                }
+                prop_assert!(w.entries() <= max_entries && w.versions() <= max_versions);
+                prop_assert!(w.map.len() <= 2 * w.entries() + sweep_slack + 6);
+            }
+        }
+    }
 
     #[test]
     fn remembers_last_writer_and_forgets_below_horizon() {
