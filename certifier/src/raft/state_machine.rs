@@ -18,7 +18,7 @@
 //! chunked one's chunks read back from the spool as the snapshot's file
 //! is written, off this task).
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -60,10 +60,11 @@ pub struct StateMachine {
     /// Where committed versions go (a served node); `None` in tests of the
     /// state machine alone.
     versions: Option<Arc<VersionsLog>>,
-    /// The record of every version in the window, `(horizon, latest]`;
-    /// a large one without its rows ([`keys_only`]): only its conflict
-    /// keys are ever read back.
-    window: BTreeMap<Version, Bytes>,
+    /// The record of every version in the window, `(horizon, latest]`,
+    /// oldest first (versions are dense: `Certifier::from_image` checks a
+    /// snapshot's, and each commit is the next); a large one without its
+    /// rows ([`keys_only`]): only its conflict keys are ever read back.
+    window: VecDeque<(Version, Bytes)>,
     /// Records arriving in parts, not complete yet (`parts.rs`; only
     /// from logs and snapshots of earlier builds).
     pending: Pending,
@@ -189,7 +190,7 @@ impl StateMachine {
             limits,
             certifier: Arc::new(Mutex::new(Certifier::new(limits))),
             versions,
-            window: BTreeMap::new(),
+            window: VecDeque::new(),
             versions_failed: None,
             unlogged: Vec::new(),
             pending: Pending::default(),
@@ -301,13 +302,8 @@ impl StateMachine {
     /// moved up (reports, memory bound).
     fn trim_window(&mut self) {
         let horizon = self.certifier.lock().window().horizon();
-        // Popped one by one: `split_off` counts what it keeps, a walk of
-        // the whole window on every entry.
-        while let Some(e) = self.window.first_entry() {
-            if *e.key() > horizon {
-                break;
-            }
-            e.remove();
+        while self.window.front().is_some_and(|(v, _)| *v <= horizon) {
+            self.window.pop_front();
         }
     }
 
@@ -372,7 +368,7 @@ impl StateMachine {
                 let kept = logged.then_some((version, c.spool.first));
                 self.spool.finished(tag, kept);
                 if new {
-                    self.window.insert(version, c.keys_record);
+                    self.window.push_back((version, c.keys_record));
                 }
                 Response::Committed { version }
             }
@@ -467,7 +463,7 @@ impl StateMachine {
                     } else {
                         rec
                     };
-                    self.window.insert(version, kept);
+                    self.window.push_back((version, kept));
                 }
                 Response::Committed { version }
             }
@@ -494,7 +490,7 @@ impl StateMachine {
                 snapshot_id: id,
             },
             image: self.certifier.lock().image(),
-            window: self.window.iter().map(|(v, r)| (*v, r.clone())).collect(),
+            window: self.window.iter().cloned().collect(),
             pending: self.pending.clone(),
         };
         (
