@@ -5,6 +5,7 @@
 //! ([`crate::proto`]); this module holds the rules the type system cannot
 //! express (see the field comments in the .proto).
 
+use bytes::Bytes;
 use prost::Message;
 
 use crate::error::CertifierError;
@@ -38,6 +39,22 @@ pub fn validate(ws: &Writeset) -> Result<(), CertifierError> {
         ));
     }
     validate_part(ws)
+}
+
+/// The header fields of `ws` (format version, transaction id, origin,
+/// snapshot, session, losses) without its items, with the id copied: a
+/// decoded id is a slice of the whole message it came in, which a header
+/// kept for a stream's life must not hold.
+pub fn header_of(ws: &Writeset) -> Writeset {
+    Writeset {
+        format_version: ws.format_version,
+        txn_id: Bytes::copy_from_slice(&ws.txn_id),
+        origin: ws.origin,
+        snapshot: ws.snapshot,
+        session: ws.session,
+        losses: ws.losses,
+        ..Writeset::default()
+    }
 }
 
 /// Checks that a later chunk of a Certify stream repeats the header of

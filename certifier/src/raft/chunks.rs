@@ -225,7 +225,9 @@ impl Chunked {
         if !chunk.txn_id.is_empty() {
             let header = Writeset {
                 format_version: chunk.format_version,
-                txn_id: chunk.txn_id.clone(),
+                // A copy: the decoded id is a slice of the whole entry
+                // (on a follower, of the whole AppendEntries message).
+                txn_id: Bytes::copy_from_slice(&chunk.txn_id),
                 origin: chunk.origin,
                 snapshot: chunk.snapshot,
                 ..Writeset::default()

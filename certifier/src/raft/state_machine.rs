@@ -461,7 +461,11 @@ impl StateMachine {
                         };
                         keys_only(ws)
                     } else {
-                        rec
+                        // A copy: `rec` is a slice of its whole entry (on a
+                        // follower, of the whole AppendEntries message, which
+                        // may carry a chunk's megabyte of rows), and the
+                        // window keeps it until the horizon passes it.
+                        Bytes::copy_from_slice(&rec)
                     };
                     self.window.push_back((version, kept));
                 }
@@ -768,6 +772,95 @@ mod tests {
                 piece: piece.clone(),
                 last,
             }),
+        }
+    }
+
+    /// A follower's records are slices of the message they came in (which
+    /// may carry a chunk's megabyte of rows): what the state machine keeps
+    /// after applying them — the window's records for snapshots, the
+    /// dedupe table's ids — must hold none of it.
+    #[tokio::test]
+    async fn applied_records_keep_no_message_alive() {
+        let d = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(d.path(), Limits::default()).unwrap();
+        let records = (0..3u8)
+            .map(|i| {
+                let ws = crate::Writeset {
+                    format_version: WRITESET_FORMAT_VERSION,
+                    txn_id: Bytes::copy_from_slice(&[b't', i]),
+                    origin: 1,
+                    items: vec![item("t", Op::Update, vec![i])],
+                    ..crate::Writeset::default()
+                };
+                record::encode(&ws).freeze()
+            })
+            .collect();
+        let entry = Entry {
+            log_id: log_id(1, 0, 1),
+            payload: EntryPayload::Normal(Command::CertifyBatch { records }),
+        };
+        // The entry as a follower decodes it: out of a larger message.
+        let mut message = bytes::BytesMut::from(&super::super::entry::encode(&entry).unwrap()[..]);
+        let len = message.len();
+        message.resize(len + (4 << 20), 0);
+        let message = message.freeze();
+        let received = super::super::entry::decode_unplaced(&message.slice(..len)).unwrap();
+        let received = Entry {
+            log_id: entry.log_id,
+            ..received
+        };
+        let answers = sm.apply([received]).await.unwrap();
+        let versions: Vec<Response> = (1..=3)
+            .map(|version| Response::Committed { version })
+            .collect();
+        assert_eq!(answers, [Response::Batch(versions)]);
+        assert!(
+            message.is_unique(),
+            "the state machine still holds a slice of the message"
+        );
+    }
+
+    /// The same for a writeset arriving in chunks: while it is assembled,
+    /// the first chunk's message stays alive for none of its header.
+    #[tokio::test]
+    async fn a_chunked_writeset_in_progress_keeps_no_message_alive() {
+        let d = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(d.path(), Limits::default()).unwrap();
+        let ws = crate::Writeset {
+            format_version: WRITESET_FORMAT_VERSION,
+            txn_id: Bytes::from_static(b"chunked"),
+            origin: 1,
+            items: (0..3u8)
+                .map(|i| crate::Item {
+                    row: Bytes::from(vec![i; 1 << 10]),
+                    ..item("t", Op::Insert, vec![i])
+                })
+                .collect(),
+            ..crate::Writeset::default()
+        };
+        let pieces = super::super::chunks::pieces(ws, 1 << 10);
+        assert!(pieces.len() > 1);
+        let mut message = bytes::BytesMut::from(&pieces[0][..]);
+        message.resize(pieces[0].len() + (4 << 20), 0);
+        let message = message.freeze();
+        let first = chunk(1, &message.slice(..pieces[0].len()), false);
+        assert_eq!(sm.apply([first]).await.unwrap(), [Response::Applied]);
+        assert!(
+            message.is_unique(),
+            "the assembly holds a slice of the first chunk's message"
+        );
+        let n = pieces.len();
+        for (i, p) in pieces.iter().enumerate().skip(1) {
+            let done = sm
+                .apply([chunk(i as u64 + 1, p, i == n - 1)])
+                .await
+                .unwrap();
+            let want = if i == n - 1 {
+                Response::Committed { version: 1 }
+            } else {
+                Response::Applied
+            };
+            assert_eq!(done, [want]);
         }
     }
 

@@ -35,11 +35,13 @@ impl CertifierService {
         let turn = Turn::from(&first);
         let tag: u64 = rand::random();
         let (mut bytes, mut any) = (0u64, false);
-        let mut next = Some(first.clone());
+        // Only the header is kept for the stream's life (see `header_of`).
+        let header = writeset::header_of(&first);
+        let mut next = Some(first);
         let mut later = false;
         let outcome = loop {
             let mut chunk = self
-                .next_checked_chunk(&first, &mut next, rest, &mut bytes)
+                .next_checked_chunk(&header, &mut next, rest, &mut bytes)
                 .await?;
             any |= !chunk.items.is_empty() || !chunk.ddl.is_empty();
             let last = chunk.last_chunk;

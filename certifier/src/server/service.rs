@@ -337,15 +337,7 @@ impl CertifierService {
     ) -> Result<Outcome, CertifierError> {
         let inner = &*self.inner;
         inner.poisoned()?;
-        let header = Writeset {
-            format_version: first.format_version,
-            txn_id: first.txn_id.clone(),
-            origin: first.origin,
-            snapshot: first.snapshot,
-            session: first.session,
-            losses: first.losses,
-            ..Writeset::default()
-        };
+        let header = writeset::header_of(&first);
         writeset::validate_header(&header)?;
         // Unique among the calls in progress, which is all it must be: a
         // call's records are the ones after its first with its tag.
@@ -442,7 +434,10 @@ impl CertifierService {
             ..Default::default()
         };
         let (mut items, mut ddls, mut bytes) = (0usize, 0usize, 0u64);
-        let mut next = Some(first.clone());
+        // Only the header is kept for the stream's life: `first` and its
+        // rows go to the spool like every other chunk.
+        let header = writeset::header_of(&first);
+        let mut next = Some(first);
         // Chunks handed to the spool and not yet written: bounded, so a
         // client faster than the disk waits (HTTP/2 flow control) instead
         // of filling the spool's queue.
@@ -450,7 +445,7 @@ impl CertifierService {
             Default::default();
         let ticket = loop {
             let mut chunk = self
-                .next_checked_chunk(&first, &mut next, rest, &mut bytes)
+                .next_checked_chunk(&header, &mut next, rest, &mut bytes)
                 .await?;
             for d in &mut chunk.ddl {
                 d.before_item += items as u64;
