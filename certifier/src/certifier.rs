@@ -41,6 +41,19 @@ pub enum Decision {
     Abort(Abort),
 }
 
+/// A remembered transaction id read back (a snapshot, the WAL) is one a
+/// client could have sent: `1..=MAX_TXN_ID_LEN` bytes.
+fn check_id(txn_id: &[u8]) -> Result<(), String> {
+    if txn_id.is_empty() || txn_id.len() > crate::writeset::MAX_TXN_ID_LEN {
+        return Err(format!(
+            "a transaction id of {} bytes (1..={} expected)",
+            txn_id.len(),
+            crate::writeset::MAX_TXN_ID_LEN
+        ));
+    }
+    Ok(())
+}
+
 /// What a replica last reported.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplicaProgress {
@@ -165,10 +178,21 @@ impl Certifier {
             )));
         }
         let mut dedupe = Dedupe::new(limits.max_dedupe, image.dedupe_floor);
+        let mut after = image.dedupe_floor.saturating_sub(1);
         for (v, id) in image.committed {
+            if v <= after || v > image.latest {
+                return Err(bad(format!(
+                    "remembered commit at version {v}, expected one in {}..={}",
+                    after + 1,
+                    image.latest
+                )));
+            }
+            check_id(&id).map_err(bad)?;
             dedupe.committed(&id, v);
+            after = v;
         }
         for (id, a) in image.aborted {
+            check_id(&id).map_err(bad)?;
             dedupe.aborted(&id, a);
         }
         let now = Instant::now();
@@ -267,6 +291,7 @@ impl Certifier {
                 reason: format!("expected version {}", self.latest + 1),
             });
         }
+        check_id(txn_id).map_err(|reason| CertifierError::CorruptRecord { version, reason })?;
         self.commit(txn_id, cs);
         Ok(())
     }

@@ -188,7 +188,7 @@ struct CommittedIds {
 struct Remembered {
     version: Version,
     start: u64,
-    len: u8,
+    len: usize,
 }
 
 impl CommittedIds {
@@ -202,7 +202,7 @@ impl CommittedIds {
 
     fn id(&self, r: &Remembered) -> &[u8] {
         let at = usize::try_from(r.start - self.dropped).expect("ids fit in memory");
-        &self.bytes[at..at + usize::from(r.len)]
+        &self.bytes[at..at + r.len]
     }
 
     /// The id remembered at `version`, if any.
@@ -235,9 +235,7 @@ impl CommittedIds {
 
     fn push(&mut self, txn_id: &[u8], version: Version) {
         debug_assert!(self.order.back().is_none_or(|r| r.version < version));
-        // Ids are at most `MAX_TXN_ID_LEN` (64) bytes, checked where they
-        // are parsed.
-        let len = u8::try_from(txn_id.len()).expect("a transaction id is at most 64 bytes");
+        let len = txn_id.len();
         let fingerprint = self.fingerprint(txn_id);
         if let Some(other) = self.by_fingerprint.insert(fingerprint, version) {
             if let Some(id) = self.id_at(other).filter(|id| *id != txn_id) {
@@ -267,11 +265,12 @@ impl CommittedIds {
                 }
             }
             self.order.pop_front();
-            self.head += usize::from(r.len);
+            self.head += r.len;
         }
         if self.by_fingerprint.len() > 2 * self.order.len() + self.sweep_slack {
             let first = self.order.front().map_or(Version::MAX, |r| r.version);
             self.by_fingerprint.retain(|_, v| *v >= first);
+            crate::window::shrink_after_sweep(&mut self.by_fingerprint, self.sweep_slack);
         }
         // Move the live ids to the front once the dead ones are the larger
         // part: amortised, every byte is copied at most once per halving.
@@ -291,7 +290,7 @@ impl CommittedIds {
             .iter()
             .map(|r| {
                 let at = usize::try_from(r.start - base).expect("ids fit in memory");
-                (r.version, live.slice(at..at + usize::from(r.len)))
+                (r.version, live.slice(at..at + r.len))
             })
             .collect()
     }

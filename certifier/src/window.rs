@@ -236,7 +236,20 @@ impl ConflictWindow {
         if self.map.len() > 2 * self.keys.len() + self.sweep_slack {
             let horizon = self.horizon;
             self.map.retain(|_, v| *v > horizon);
+            shrink_after_sweep(&mut self.map, self.sweep_slack);
         }
+    }
+}
+
+/// A sweep reads every bucket, so a table that grew for a peak and now
+/// holds few entries would make each sweep cost its peak: shrink it to
+/// twice what is left once it is four times too large.
+pub(crate) fn shrink_after_sweep<K: Eq + std::hash::Hash, V, S: BuildHasher>(
+    map: &mut HashMap<K, V, S>,
+    sweep_slack: usize,
+) {
+    if map.capacity() > 4 * map.len().max(sweep_slack) {
+        map.shrink_to(2 * map.len());
     }
 }
 
@@ -314,6 +327,28 @@ mod tests {
         w.advance(0, HorizonCause::Start);
         assert_eq!(w.horizon(), 1, "the horizon never goes back");
         assert_eq!(w.cause(), HorizonCause::Reports);
+    }
+
+    /// After a peak the table shrinks with what it holds, so a sweep
+    /// (which reads every bucket) costs what is left, not the peak.
+    #[test]
+    fn the_table_shrinks_after_a_peak() {
+        let mut w = ConflictWindow::new(WindowLimits::default(), 0, HorizonCause::Start);
+        for v in 1..=200_000u64 {
+            w.insert(v, [v]);
+        }
+        let peak = w.map.capacity();
+        for v in 200_001..=220_000u64 {
+            w.insert(v, [v]);
+            w.advance(v - 10, HorizonCause::Reports);
+        }
+        assert_eq!(w.get(219_995), Some(219_995));
+        assert_eq!(w.get(200_000), None);
+        assert!(
+            w.map.capacity() * 8 < peak,
+            "capacity {} after a peak of {peak}",
+            w.map.capacity()
+        );
     }
 
     #[test]

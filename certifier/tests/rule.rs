@@ -381,6 +381,54 @@ fn remembered_answers_keep_no_request_alive() {
     );
 }
 
+/// A certifier rebuilt from an image (what a raft snapshot carries)
+/// answers retries as the original; an image whose remembered commits are
+/// out of order or whose ids no client could send is refused, not
+/// half-believed.
+#[test]
+fn an_image_rebuilds_the_answers_and_a_damaged_one_is_refused() {
+    use tashkent_certifier::ConflictSet;
+    let mut c = Certifier::new(Limits::default());
+    let txns: Vec<Writeset> = (0..3)
+        .map(|i| txn(&format!("t{i}"), 0, vec![upd("t", &i.to_string())]))
+        .collect();
+    for ws in &txns {
+        commits(&mut c, ws);
+    }
+    let sets = || {
+        txns.iter()
+            .enumerate()
+            .map(|(i, ws)| (i as u64 + 1, ConflictSet::of(ws)))
+    };
+    let image = c.image();
+    let mut again = Certifier::from_image(Limits::default(), image.clone(), sets()).unwrap();
+    for (i, ws) in txns.iter().enumerate() {
+        assert_eq!(commits(&mut again, ws), i as u64 + 1, "retry of {i}");
+    }
+    let mut swapped = image.clone();
+    swapped.committed.swap(0, 1);
+    let long = {
+        let mut i = image.clone();
+        i.committed[1].1 = Bytes::from(vec![b'x'; 300]);
+        i
+    };
+    let beyond = {
+        let mut i = image.clone();
+        i.committed[2].0 = 9;
+        i
+    };
+    for (what, bad) in [
+        ("swapped", swapped),
+        ("long id", long),
+        ("beyond latest", beyond),
+    ] {
+        assert!(
+            Certifier::from_image(Limits::default(), bad, sets()).is_err(),
+            "{what}: accepted"
+        );
+    }
+}
+
 #[test]
 fn snapshot_from_the_future_is_invalid() {
     let mut c = Certifier::new(Limits::default());
