@@ -242,14 +242,17 @@ impl ConflictWindow {
 }
 
 /// A sweep reads every bucket, so a table that grew for a peak and now
-/// holds few entries would make each sweep cost its peak: shrink it to
-/// twice what is left once it is four times too large.
+/// holds few entries would make each sweep cost its peak: once it could
+/// hold eight times what is left, it shrinks to four times. Between sweeps
+/// a table grows to at most twice its live entries and the slack, so in a
+/// steady state it never shrinks only to grow again.
 pub(crate) fn shrink_after_sweep<K: Eq + std::hash::Hash, V, S: BuildHasher>(
     map: &mut HashMap<K, V, S>,
     sweep_slack: usize,
 ) {
-    if map.capacity() > 4 * map.len().max(sweep_slack) {
-        map.shrink_to(2 * map.len());
+    let room = map.len().max(sweep_slack);
+    if map.capacity() > 8 * room {
+        map.shrink_to(4 * room);
     }
 }
 
@@ -345,7 +348,7 @@ mod tests {
         assert_eq!(w.get(219_995), Some(219_995));
         assert_eq!(w.get(200_000), None);
         assert!(
-            w.map.capacity() * 8 < peak,
+            w.map.capacity() * 4 < peak,
             "capacity {} after a peak of {peak}",
             w.map.capacity()
         );
