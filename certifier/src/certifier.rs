@@ -44,7 +44,7 @@ pub enum Decision {
 /// A remembered transaction id read back (a snapshot, the WAL) is one a
 /// client could have sent: `1..=MAX_TXN_ID_LEN` bytes.
 fn check_id(txn_id: &[u8]) -> Result<(), String> {
-    if txn_id.is_empty() || txn_id.len() > crate::writeset::MAX_TXN_ID_LEN {
+    if !crate::writeset::txn_id_fits(txn_id) {
         return Err(format!(
             "a transaction id of {} bytes (1..={} expected)",
             txn_id.len(),

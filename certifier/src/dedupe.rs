@@ -21,7 +21,7 @@ use std::hash::BuildHasher;
 use bytes::Bytes;
 
 use crate::rule::Abort;
-use crate::window::TableState;
+use crate::window::{sweep_if_due, TableState, SWEEP_SLACK};
 use crate::Version;
 
 /// What a transaction id was answered before.
@@ -40,11 +40,6 @@ pub enum Prior {
 /// Transaction ids are hashed with foldhash under a random seed: SipHash
 /// (std's default) was a measurable share of certification time.
 type IdMap<V> = HashMap<Bytes, V, foldhash::fast::RandomState>;
-
-/// Forgotten fingerprints the table may hold beyond as many as the live
-/// ones before it sweeps them (so a small table does not sweep at every
-/// version).
-const SWEEP_SLACK: usize = 4096;
 
 pub struct Dedupe {
     committed: CommittedIds,
@@ -267,11 +262,13 @@ impl CommittedIds {
             self.order.pop_front();
             self.head += r.len;
         }
-        if self.by_fingerprint.len() > 2 * self.order.len() + self.sweep_slack {
-            let first = self.order.front().map_or(Version::MAX, |r| r.version);
-            self.by_fingerprint.retain(|_, v| *v >= first);
-            crate::window::shrink_after_sweep(&mut self.by_fingerprint, self.sweep_slack);
-        }
+        let first = self.order.front().map_or(Version::MAX, |r| r.version);
+        sweep_if_due(
+            &mut self.by_fingerprint,
+            self.order.len(),
+            self.sweep_slack,
+            |v| *v >= first,
+        );
         // Move the live ids to the front once the dead ones are the larger
         // part: amortised, every byte is copied at most once per halving.
         if self.head > 4096 && self.head * 2 > self.bytes.len() {

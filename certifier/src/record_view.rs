@@ -24,7 +24,7 @@
 use bytes::Bytes;
 
 use crate::rule::{ConflictSet, ItemKeys, Names};
-use crate::writeset::{readable_format, MAX_TXN_ID_LEN};
+use crate::writeset::{readable_format, txn_id_fits};
 use crate::{record, Version};
 
 /// A record's certification inputs.
@@ -195,11 +195,7 @@ impl RecordView {
                 _ => return None,
             }
         }
-        if !readable_format(format)
-            || txn_id.is_empty()
-            || txn_id.len() > MAX_TXN_ID_LEN
-            || items.is_empty()
-        {
+        if !readable_format(format) || !txn_id_fits(txn_id) || items.is_empty() {
             return None;
         }
         let mut cs = ConflictSet {

@@ -118,10 +118,10 @@ impl Hasher for FingerprintHasher {
     }
 }
 
-/// Forgotten keys the window's table may hold beyond as many as the live
-/// ones before it sweeps them (so a small window does not sweep at every
-/// version).
-const SWEEP_SLACK: usize = 4096;
+/// Forgotten entries a table swept by [`sweep_if_due`] may hold beyond as
+/// many as the live ones before it is swept (so a small table is not swept
+/// at every version).
+pub(crate) const SWEEP_SLACK: usize = 4096;
 
 /// Key → last writer version, for versions in `(horizon, latest]`.
 ///
@@ -233,23 +233,31 @@ impl ConflictWindow {
             self.keys.drain(..(n as usize).min(self.keys.len()));
         }
         self.horizon = self.horizon.max(h);
-        if self.map.len() > 2 * self.keys.len() + self.sweep_slack {
-            let horizon = self.horizon;
-            self.map.retain(|_, v| *v > horizon);
-            shrink_after_sweep(&mut self.map, self.sweep_slack);
-        }
+        let horizon = self.horizon;
+        sweep_if_due(&mut self.map, self.keys.len(), self.sweep_slack, |v| {
+            *v > horizon
+        });
     }
 }
 
-/// A sweep reads every bucket, so a table that grew for a peak and now
-/// holds few entries would make each sweep cost its peak: once it could
-/// hold eight times what is left, it shrinks to four times. Between sweeps
-/// a table grows to at most twice its live entries and the slack, so in a
-/// steady state it never shrinks only to grow again.
-pub(crate) fn shrink_after_sweep<K: Eq + std::hash::Hash, V, S: BuildHasher>(
+/// Sweeps a table whose forgotten entries are left in place (the window's
+/// and the dedupe table's): once it holds more than twice its `live`
+/// entries and the slack, keeps only the entries `keep` accepts. A sweep
+/// reads every bucket, so a table that grew for a peak and now holds few
+/// entries would make each sweep cost its peak: once it could hold eight
+/// times what is left, it shrinks to four times. Between sweeps a table
+/// grows to at most twice its live entries and the slack, so in a steady
+/// state it never shrinks only to grow again.
+pub(crate) fn sweep_if_due<K: Eq + std::hash::Hash, V, S: BuildHasher>(
     map: &mut HashMap<K, V, S>,
+    live: usize,
     sweep_slack: usize,
+    mut keep: impl FnMut(&V) -> bool,
 ) {
+    if map.len() <= 2 * live + sweep_slack {
+        return;
+    }
+    map.retain(|_, v| keep(v));
     let room = map.len().max(sweep_slack);
     if map.capacity() > 8 * room {
         map.shrink_to(4 * room);

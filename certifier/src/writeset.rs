@@ -41,6 +41,11 @@ pub fn validate(ws: &Writeset) -> Result<(), CertifierError> {
     validate_part(ws)
 }
 
+/// Whether `txn_id` is one a client may send: `1..=MAX_TXN_ID_LEN` bytes.
+pub fn txn_id_fits(txn_id: &[u8]) -> bool {
+    (1..=MAX_TXN_ID_LEN).contains(&txn_id.len())
+}
+
 /// The header fields of `ws` (format version, transaction id, origin,
 /// snapshot, session, losses) without its items, with the id copied: a
 /// decoded id is a slice of the whole message it came in, which a header
@@ -82,7 +87,7 @@ pub fn validate_header(ws: &Writeset) -> Result<(), CertifierError> {
             ws.format_version
         ));
     }
-    if ws.txn_id.is_empty() || ws.txn_id.len() > MAX_TXN_ID_LEN {
+    if !txn_id_fits(&ws.txn_id) {
         return bad(format!(
             "txn_id must be 1..={MAX_TXN_ID_LEN} bytes, got {}",
             ws.txn_id.len()

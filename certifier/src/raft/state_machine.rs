@@ -775,6 +775,16 @@ mod tests {
         }
     }
 
+    /// `bytes` as they arrive on a follower: at the front of a message
+    /// 4 MiB larger; the message, and the slice of it that is `bytes`.
+    fn inside_a_larger_message(bytes: &[u8]) -> (Bytes, Bytes) {
+        let mut message = bytes::BytesMut::from(bytes);
+        message.resize(bytes.len() + (4 << 20), 0);
+        let message = message.freeze();
+        let slice = message.slice(..bytes.len());
+        (message, slice)
+    }
+
     /// A follower's records are slices of the message they came in (which
     /// may carry a chunk's megabyte of rows): what the state machine keeps
     /// after applying them — the window's records for snapshots, the
@@ -800,11 +810,10 @@ mod tests {
             payload: EntryPayload::Normal(Command::CertifyBatch { records }),
         };
         // The entry as a follower decodes it: out of a larger message.
-        let mut message = bytes::BytesMut::from(&super::super::entry::encode(&entry).unwrap()[..]);
-        let len = message.len();
-        message.resize(len + (4 << 20), 0);
-        let message = message.freeze();
-        let received = super::super::entry::decode_unplaced(&message.slice(..len)).unwrap();
+        let (message, encoded) =
+            inside_a_larger_message(&super::super::entry::encode(&entry).unwrap());
+        let received = super::super::entry::decode_unplaced(&encoded).unwrap();
+        drop(encoded);
         let received = Entry {
             log_id: entry.log_id,
             ..received
@@ -840,10 +849,9 @@ mod tests {
         };
         let pieces = super::super::chunks::pieces(ws, 1 << 10);
         assert!(pieces.len() > 1);
-        let mut message = bytes::BytesMut::from(&pieces[0][..]);
-        message.resize(pieces[0].len() + (4 << 20), 0);
-        let message = message.freeze();
-        let first = chunk(1, &message.slice(..pieces[0].len()), false);
+        let (message, piece) = inside_a_larger_message(&pieces[0]);
+        let first = chunk(1, &piece, false);
+        drop(piece);
         assert_eq!(sm.apply([first]).await.unwrap(), [Response::Applied]);
         assert!(
             message.is_unique(),
