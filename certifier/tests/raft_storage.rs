@@ -600,4 +600,86 @@ mod on_disk {
         let st = log.get_log_state().await.unwrap();
         assert_eq!(st.last_purged_log_id, Some(log_id(1, 1)));
     }
+
+    /// A purge waiting for a snapshot being installed is refused, the log
+    /// left whole, when the install fails (the node stops: its log must
+    /// still reach back to the snapshot it restarts from), however long
+    /// the wait had been.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_behind_a_failed_install_is_refused() {
+        use tokio::io::AsyncWriteExt;
+
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut node = StateMachine::open(d1.path(), Limits::default()).unwrap();
+        let mut log = LogStore::open(d2.path(), wal_opts()).unwrap();
+        log.blocking_append((0..3).map(|i| blank(1, i)))
+            .await
+            .unwrap();
+        log.purge_behind(node.snapshot_writes().kept());
+        let mut purge = tokio::spawn(async move {
+            let r = log.purge(log_id(1, 1)).await;
+            (r, log)
+        });
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(300), &mut purge).await;
+        assert!(waited.is_err(), "purged before any snapshot was kept");
+
+        let mut garbage =
+            tashkent_certifier::raft::snapshot_file::SnapshotFile::receiving(d1.path()).unwrap();
+        garbage.write_all(b"not a snapshot").await.unwrap();
+        garbage.flush().await.unwrap();
+        let meta = openraft::SnapshotMeta {
+            last_log_id: Some(log_id(1, 1)),
+            last_membership: Default::default(),
+            snapshot_id: "garbage".into(),
+        };
+        node.install_snapshot(&meta, Box::new(garbage))
+            .await
+            .expect_err("a snapshot that does not parse is not installed");
+        let (purged, mut log) = tokio::time::timeout(std::time::Duration::from_secs(10), purge)
+            .await
+            .expect("the failed install ends the wait")
+            .unwrap();
+        purged.expect_err("nothing purged past the snapshot on disk");
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, None);
+        let entries = log.try_get_log_entries(0..3).await.unwrap();
+        assert_eq!(indexes(&entries), vec![(1, 0), (1, 1), (1, 2)]);
+    }
+
+    /// A node stopping ends a purge waiting for a snapshot still being
+    /// installed (the raft core waits in it, and its shutdown with it),
+    /// without purging; a purge the snapshot on disk covers goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopping_ends_a_purge_waiting_for_a_snapshot() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut leader = StateMachine::open(d1.path(), Limits::default()).unwrap();
+        leader
+            .apply([blank(1, 0), certify(1, 1, "a", 0, "k1")])
+            .await
+            .unwrap();
+        snapshot_of(&mut leader).await;
+        let mut log = LogStore::open(d2.path(), wal_opts()).unwrap();
+        log.blocking_append((0..4).map(|i| blank(1, i)))
+            .await
+            .unwrap();
+        let writes = leader.snapshot_writes();
+        log.purge_behind(writes.kept());
+        log.purge(log_id(1, 1))
+            .await
+            .expect("the snapshot on disk reaches index 1");
+        let mut purge = tokio::spawn(async move {
+            let r = log.purge(log_id(1, 3)).await;
+            (r, log)
+        });
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(300), &mut purge).await;
+        assert!(waited.is_err(), "purged past the snapshot on disk");
+        writes.no_more_kept();
+        let (purged, mut log) = tokio::time::timeout(std::time::Duration::from_secs(10), purge)
+            .await
+            .expect("stopping ends the wait")
+            .unwrap();
+        purged.expect_err("not purged past the snapshot on disk");
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, Some(log_id(1, 1)));
+    }
 }

@@ -31,6 +31,7 @@ use tashkent_wal::{Wal, WalError, WalOptions};
 
 use super::entry::{self, lsn_of};
 use super::meta::{self, Meta, META_FILE};
+use super::state_machine::KeptSnapshot;
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::error::CertifierError;
 
@@ -48,9 +49,6 @@ struct Shared {
     /// further the segment has grown.
     recent: Mutex<Recent>,
 }
-
-/// Longest a purge waits for the snapshot it follows to be on disk.
-const KEPT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Most entries and bytes (of records) the recent-entries cache holds.
 const RECENT_ENTRIES: usize = 8192;
@@ -122,7 +120,7 @@ pub struct LogStore {
     last: Option<LogId>,
     /// The last index of the snapshot on disk, when purges wait for it
     /// ([`LogStore::purge_behind`]).
-    kept: Option<tokio::sync::watch::Receiver<Option<u64>>>,
+    kept: Option<tokio::sync::watch::Receiver<KeptSnapshot>>,
 }
 
 /// Reads entries; cheap to clone, usable while the store appends.
@@ -175,7 +173,7 @@ impl LogStore {
     /// snapshot it installs as soon as it hands it to the state machine,
     /// and a crash before the snapshot file is written would leave a log
     /// purged past the snapshot a restart finds, which nothing rebuilds.
-    pub fn purge_behind(&mut self, kept: tokio::sync::watch::Receiver<Option<u64>>) {
+    pub fn purge_behind(&mut self, kept: tokio::sync::watch::Receiver<KeptSnapshot>) {
         self.kept = Some(kept);
     }
 
@@ -432,15 +430,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let err = logs_err(ErrorVerb::Delete);
         if let Some(kept) = &mut self.kept {
-            // The install is quick (the versions it skips are copied
-            // beside it, `raft::gap`). One that failed never keeps its
-            // snapshot, and the node stops: the purge then goes on after
-            // a while rather than hold up the raft core's shutdown.
-            let kept_through = kept.wait_for(|k| k.is_some_and(|k| k >= log_id.index));
-            if tokio::time::timeout(KEPT_WAIT, kept_through).await.is_err() {
-                tracing::warn!(
-                    "raft log purged through {log_id} before a snapshot through it was kept"
-                );
+            // However long the install takes (one re-spooling a large
+            // chunked writeset may take minutes): one that fails, and the
+            // node's shutdown, end the wait (`KeptSnapshot::no_more`).
+            let index = log_id.index;
+            let seen = kept.wait_for(|k| k.covers(index) || k.no_more).await;
+            if !seen.is_ok_and(|k| k.covers(index)) {
+                return Err(err(CertifierError::RaftStorage {
+                    what: "raft log".into(),
+                    reason: format!(
+                        "not purged through {log_id}: no snapshot through it will be kept \
+                         (the install failed, or the node is stopping)"
+                    ),
+                }));
             }
         }
         // The pointer first: a crash after it leaves purged entries on disk,

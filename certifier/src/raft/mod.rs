@@ -58,6 +58,11 @@
 //!   snapshot only once the versions log no longer needs what it covers
 //!   (checkpoints, `versions.rs`), so a node that lagged replays the log
 //!   rather than installing a snapshot, which would drop its versions.
+//!   openraft purges through a snapshot it installs as soon as it hands it
+//!   to the state machine; the purge waits until that snapshot is on disk
+//!   however long the install takes, and is refused when the install fails
+//!   or the node stops (`KeptSnapshot`), so a crash never leaves a log
+//!   purged past the snapshot the node restarts from.
 //!
 //! ## Known gaps (next steps toward issue 14)
 //!
@@ -122,17 +127,6 @@
 //!   reach every follower's dedupe table (a refusal forgotten could
 //!   commit on a retry), and the window's memory-bound horizon, which
 //!   depends on each version's key count, must travel with the decisions.
-//! - A purge through a snapshot a node installs waits for that snapshot
-//!   to be on disk at most `KEPT_WAIT` (30 s, `log_store.rs`): the raft
-//!   core waits in it, and a failed install, or the node's shutdown,
-//!   would otherwise hold it for good. An install slower than that (a
-//!   snapshot re-spooling a large chunked writeset) lets the purge go
-//!   ahead; a kill -9 before the snapshot is kept then leaves a log
-//!   purged past the snapshot the node restarts from, and the node
-//!   stops at each restart until its directory is wiped and it rejoins
-//!   (nothing is lost: the others hold it). Waiting without a bound needs
-//!   a failed install and the start of a shutdown to end the wait (found
-//!   by a review, not reproduced).
 //! - Fair turns (`turns`) live on the leader, which refuses before
 //!   proposing (a turn depends on time, and every node certifies at apply
 //!   as a deterministic state machine). A refusal is proposed as an entry
@@ -235,9 +229,9 @@
 //! [`LogStore`] and [`StateMachine`], reopening, purge past the end,
 //! certification at apply, snapshot transfer, an older build that does
 //! not replace an installed snapshot, a purge that waits for the snapshot
-//! it follows. `certifier/tests/raft_cluster.rs`:
-//! three nodes over gRPC on loopback elect a leader, commit, lose it, and
-//! carry on with dense versions and no index reused; a wiped follower
+//! it follows and is refused when the install fails or the node stops.
+//! `certifier/tests/raft_cluster.rs`: three nodes over gRPC on loopback
+//! elect a leader, commit, lose it, and carry on with dense versions and no index reused; a wiped follower
 //! rejoins from a snapshot and a restarted node from its disk, each then
 //! answering (as leader) from the same certifier state; concurrent writers
 //! get dense, distinct versions, one entry each or batched by a
@@ -301,7 +295,7 @@ pub use log_store::{LogReader, LogStore};
 pub use network::Network;
 pub use proposer::Proposer;
 pub use service::RaftService;
-pub use state_machine::{SnapshotBuilder, SnapshotWrites, StateMachine};
+pub use state_machine::{KeptSnapshot, SnapshotBuilder, SnapshotWrites, StateMachine};
 pub use types::{Command, NodeId, Raft, Response, TypeConfig};
 pub use versions::VersionsLog;
 pub use writes::Writes;

@@ -108,14 +108,33 @@ pub struct SnapshotWrites {
     /// Held (read) while a snapshot file is written; `true` once stopped.
     stopped: Arc<RwLock<bool>>,
     /// The last log index of the snapshot in `<dir>/snapshot`.
-    kept: Arc<watch::Sender<Option<u64>>>,
+    kept: Arc<watch::Sender<KeptSnapshot>>,
+}
+
+/// What a purge of the raft log waits for ([`SnapshotWrites::kept`]):
+/// the last log index of the snapshot on disk, as it rises, and whether
+/// this node keeps no further snapshot (an install failed, which stops
+/// the node, or the node is stopping). A purge past the snapshot on disk
+/// waits until one reaching it is kept, however long the install takes,
+/// and is refused once none will be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeptSnapshot {
+    pub through: Option<u64>,
+    pub no_more: bool,
+}
+
+impl KeptSnapshot {
+    /// Whether the snapshot on disk reaches log index `index`.
+    pub fn covers(&self, index: u64) -> bool {
+        self.through.is_some_and(|t| t >= index)
+    }
 }
 
 impl Default for SnapshotWrites {
     fn default() -> Self {
         SnapshotWrites {
             stopped: Arc::default(),
-            kept: Arc::new(watch::channel(None).0),
+            kept: Arc::new(watch::channel(KeptSnapshot::default()).0),
         }
     }
 }
@@ -123,7 +142,16 @@ impl Default for SnapshotWrites {
 impl SnapshotWrites {
     /// Waits for a snapshot being written, and refuses later ones.
     pub fn stop(&self) {
+        self.no_more_kept();
         *self.stopped.write() = true;
+    }
+
+    /// No snapshot will be kept any more: a purge waiting for one is
+    /// refused (and the raft core, waiting in it, can stop). Called before
+    /// the core is shut down, and when an install fails.
+    pub fn no_more_kept(&self) {
+        self.kept
+            .send_if_modified(|k| !std::mem::replace(&mut k.no_more, true));
     }
 
     /// Leave to write a snapshot file, held while it is written.
@@ -140,15 +168,15 @@ impl SnapshotWrites {
 
     /// The last log index of the snapshot on disk, as it rises: the log
     /// store purges no further (`LogStore::purge_behind`).
-    pub fn kept(&self) -> watch::Receiver<Option<u64>> {
+    pub fn kept(&self) -> watch::Receiver<KeptSnapshot> {
         self.kept.subscribe()
     }
 
     fn kept_through(&self, meta: &SnapshotMeta) {
         let index = meta.last_log_id.map(|l| l.index);
         self.kept.send_if_modified(|k| {
-            let raised = index > *k;
-            *k = (*k).max(index);
+            let raised = index > k.through;
+            k.through = k.through.max(index);
             raised
         });
     }
@@ -628,6 +656,44 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+impl StateMachine {
+    /// [`RaftStateMachine::install_snapshot`]'s work.
+    async fn install(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<SnapshotFile>,
+    ) -> Result<(), StorageError> {
+        let err = |e| snap_err(Some(meta), ErrorVerb::Write, e);
+        let (file, new) = snapshot.into_new_in(&self.dir).await.map_err(err)?;
+        // The assemblies held go first: the snapshot may hold the same
+        // ones (a follower that applied part of a stream), and the spool
+        // keeps one registration per tag.
+        std::mem::take(&mut self.chunked).release(&self.spool);
+        let spool = self.spool.clone();
+        // Reading it (and spooling its chunks again) is blocking work.
+        let (state, chunked) = tokio::task::spawn_blocking(move || {
+            snapshot_file::durable(&file)?;
+            read_snapshot(&spool, file)
+        })
+        .await
+        .unwrap_or_else(|e| Err(task_failed("install", e)))
+        .map_err(err)?;
+        self.take(state, chunked).map_err(err)?;
+        // The sender's id for these bytes wins over the one inside them.
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        if let Some(v) = &self.versions {
+            let latest = self.certifier.lock().latest();
+            v.installed(latest).await.map_err(err)?;
+        }
+        let writing = self.writes.writing().map_err(err)?;
+        keep(&self.dir, &self.current, &self.writes, meta.clone(), new).map_err(err)?;
+        drop(writing);
+        mark(self.versions.as_ref(), meta, self.certifier.lock().latest());
+        Ok(())
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -713,36 +779,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
-        let err = |e| snap_err(Some(meta), ErrorVerb::Write, e);
-        let (file, new) = snapshot.into_new_in(&self.dir).await.map_err(err)?;
-        // The assemblies held go first: the snapshot may hold the same
-        // ones (a follower that applied part of a stream), and the spool
-        // keeps one registration per tag.
-        std::mem::take(&mut self.chunked).release(&self.spool);
-        let spool = self.spool.clone();
-        // Reading it (and spooling its chunks again) is blocking work.
-        let (state, chunked) = tokio::task::spawn_blocking(move || {
-            snapshot_file::durable(&file)?;
-            read_snapshot(&spool, file)
-        })
-        .await
-        .unwrap_or_else(|e| Err(task_failed("install", e)))
-        .map_err(err)?;
-        self.take(state, chunked).map_err(err)?;
-        // The sender's id for these bytes wins over the one inside them.
-        self.last_applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
-        if let Some(v) = &self.versions {
-            let latest = self.certifier.lock().latest();
-            v.installed(latest).await.map_err(err)?;
+        let installed = self.install(meta, snapshot).await;
+        if installed.is_err() {
+            // The raft core purges its log through this snapshot as soon
+            // as it hands it over; the error stops the node, and the purge
+            // must not go ahead of a snapshot that will never be on disk.
+            self.writes.no_more_kept();
         }
-        let writing = self.writes.writing().map_err(err)?;
-        keep(&self.dir, &self.current, &self.writes, meta.clone(), new).map_err(err)?;
-        drop(writing);
-        mark(self.versions.as_ref(), meta, self.certifier.lock().latest());
-        Ok(())
+        installed
     }
-
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let current = self.current.lock();
         let Some(meta) = current.clone() else {

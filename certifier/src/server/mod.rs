@@ -215,6 +215,7 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
         svc.stop();
         drop(svc);
         if let Some((raft, leftovers)) = raft {
+            leftovers.core_stopping();
             // Before the versions log closes: the state machine appends
             // to it.
             if let Err(e) = raft.shutdown().await {

@@ -73,6 +73,13 @@ pub(super) struct Leftovers {
 }
 
 impl Leftovers {
+    /// Before the core is shut down: a purge it waits in for a snapshot
+    /// being installed ends, refused, rather than hold up the shutdown
+    /// (`raft::KeptSnapshot`).
+    pub(super) fn core_stopping(&self) {
+        self.snapshot_writes.no_more_kept();
+    }
+
     pub(super) async fn stop(self) -> Result<(), CertifierError> {
         let writes = self.snapshot_writes;
         // Waits for a snapshot file being written.
