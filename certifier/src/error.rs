@@ -100,13 +100,22 @@ pub enum CertifierError {
 
     /// The replicated certifier: this node is not the leader; `leader` is
     /// the one it knows of, if any, and `addr` its client address (retry
-    /// there). Sent as UNAVAILABLE with the address in the
-    /// `tashkent-leader` metadata, which the client turns back into this
+    /// there). `outcome_unknown`: this node proposed the request as leader
+    /// and lost its entry unapplied (truncated, or purged behind a
+    /// snapshot that may hold it), so it may have committed; a retry under
+    /// the same txn id finds out. Sent as UNAVAILABLE with the address in
+    /// the `tashkent-leader` metadata (and the outcome in
+    /// [`OUTCOME_METADATA`]), which the client turns back into this
     /// variant (with `leader` unknown).
-    #[error("this certifier node is not the leader (leader: {})", not_leader_text(*.leader, .addr.as_deref()))]
+    #[error(
+        "this certifier node is not the leader (leader: {}){}",
+        not_leader_text(*.leader, .addr.as_deref()),
+        if *.outcome_unknown { "; outcome unknown" } else { "" }
+    )]
     NotLeader {
         leader: Option<u64>,
         addr: Option<String>,
+        outcome_unknown: bool,
     },
 
     /// The replicated certifier's storage (`raft`): a log entry, the vote
@@ -276,7 +285,11 @@ impl From<tonic::Status> for CertifierError {
                 .and_then(|v| v.to_str().ok())
                 .filter(|a| !a.is_empty())
                 .map(str::to_owned);
-            return CertifierError::NotLeader { leader: None, addr };
+            return CertifierError::NotLeader {
+                leader: None,
+                addr,
+                outcome_unknown: says_outcome(status.metadata(), OUTCOME_UNKNOWN),
+            };
         }
         let failure = status
             .metadata()
@@ -331,10 +344,17 @@ impl From<CertifierError> for tonic::Status {
         match e {
             CertifierError::InvalidArgument(_) => Status::invalid_argument(msg),
             CertifierError::WritesetTooLarge { .. } => Status::resource_exhausted(msg),
-            CertifierError::NotLeader { addr, .. } => {
+            CertifierError::NotLeader {
+                addr,
+                outcome_unknown,
+                ..
+            } => {
                 let mut s = Status::unavailable(msg);
                 if let Some(v) = addr.and_then(|a| a.parse().ok()) {
                     s.metadata_mut().insert(LEADER_METADATA, v);
+                }
+                if outcome_unknown {
+                    say_outcome(s.metadata_mut(), OUTCOME_UNKNOWN);
                 }
                 s
             }

@@ -213,7 +213,11 @@ async fn a_wiped_follower_rejoins_from_a_snapshot_and_a_restarted_node_from_its_
 /// reaches beyond its last entry, so nothing is truncated, and openraft
 /// 0.9 left the write waiting forever (its proposer stuck with it). Now
 /// the write is answered ForwardToLeader once the snapshot over its entry
-/// is installed (`vendor/README.md`), and the node catches up.
+/// is installed (`vendor/README.md`), and the node catches up. The
+/// certification may be in that snapshot, so its proposer answers "not
+/// the leader; outcome unknown" (a retry under its id finds out), and a
+/// second write, asked when the node no longer leads, plainly "not the
+/// leader".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_a_cut_off_leader_is_answered_once_a_snapshot_passes_it() {
     const SNAPSHOT_EVERY: Option<u64> = Some(20);
@@ -271,6 +275,11 @@ async fn a_write_on_a_cut_off_leader_is_answered_once_a_snapshot_passes_it() {
         let raft = cut.raft.clone();
         tokio::spawn(async move { raft.client_write(certify("cut", 5, "kc")).await })
     };
+    let proposer = Proposer::new(cut.raft.clone(), 64);
+    let certifying = {
+        let proposer = proposer.clone();
+        tokio::spawn(async move { proposer.certify(record("cut2", 5, "kc2")).await })
+    };
     // The others elect one of them and go on, past a snapshot and a purge
     // of everything node 1 holds.
     let leader = agreed_leader(&nodes).await;
@@ -301,6 +310,31 @@ async fn a_write_on_a_cut_off_leader_is_answered_once_a_snapshot_passes_it() {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
         ),
         "{answered:?}"
+    );
+    let certified = tokio::time::timeout(Duration::from_secs(30), certifying)
+        .await
+        .expect("the certification on the cut-off leader was never answered")
+        .unwrap();
+    assert!(
+        matches!(
+            certified,
+            Err(CertifierError::NotLeader {
+                outcome_unknown: true,
+                ..
+            })
+        ),
+        "{certified:?}"
+    );
+    let after = proposer.certify(record("cut3", 5, "kc3")).await;
+    assert!(
+        matches!(
+            after,
+            Err(CertifierError::NotLeader {
+                outcome_unknown: false,
+                ..
+            })
+        ),
+        "{after:?}"
     );
     nodes.insert(1, cut);
     all_applied(&nodes, end).await;
@@ -423,7 +457,9 @@ async fn a_proposer_batches_what_arrives_together_and_a_follower_says_who_leads(
     match p.certify(record("t99", 0, "k99")).await {
         // Another node (normally `leader`, unless an election intervened).
         Err(CertifierError::NotLeader {
-            leader: Some(l), ..
+            leader: Some(l),
+            outcome_unknown: false,
+            ..
         }) => {
             assert!(l != follower && c.nodes.contains_key(&l), "leader {l}")
         }

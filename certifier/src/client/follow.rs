@@ -73,7 +73,10 @@ impl Attempts {
     /// Notes `e`, `addr`'s answer.
     fn note(&mut self, addr: &Arc<str>, e: &CertifierError) {
         let not_written = match e {
-            CertifierError::Connect { .. } | CertifierError::NotLeader { .. } => true,
+            CertifierError::Connect { .. } => true,
+            CertifierError::NotLeader {
+                outcome_unknown, ..
+            } => !outcome_unknown,
             CertifierError::LogFailed {
                 outcome_unknown, ..
             } => !outcome_unknown,
@@ -359,10 +362,15 @@ mod tests {
 
     #[test]
     fn a_call_refused_everywhere_unwritten_ends_not_committed() {
-        let not_leader = CertifierError::NotLeader {
+        let not_leader = CertifierError::from(tonic::Status::from(CertifierError::NotLeader {
             leader: None,
-            addr: Some("b".into()),
-        };
+            addr: Some("b:1".into()),
+            outcome_unknown: false,
+        }));
+        assert!(
+            matches!(&not_leader, CertifierError::NotLeader { addr: Some(a), outcome_unknown: false, .. } if a == "b:1"),
+            "{not_leader:?}"
+        );
         let errors = [
             ("a", not_leader),
             ("b", unavailable(Some(OUTCOME_NOT_WRITTEN))),
@@ -382,6 +390,12 @@ mod tests {
             log_failed(true),
             unavailable(Some(crate::error::OUTCOME_UNKNOWN)),
             unavailable(None),
+            // A leader that lost its entry unapplied, as the wire brings it.
+            CertifierError::from(tonic::Status::from(CertifierError::NotLeader {
+                leader: Some(2),
+                addr: Some("b:1".into()),
+                outcome_unknown: true,
+            })),
         ] {
             let errors = [
                 ("a", maybe),

@@ -485,6 +485,7 @@ impl CertifierClient {
                 return Err(CertifierError::NotLeader {
                     leader: Some(s.leader_id).filter(|l| *l != 0),
                     addr: Some(s.leader_addr).filter(|a| !a.is_empty()),
+                    outcome_unknown: false,
                 });
             }
             Ok(r.clone()

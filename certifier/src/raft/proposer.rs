@@ -13,12 +13,11 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
-use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::parts::PART_BYTES;
-use super::types::{Command, NodeId, Response};
-use super::writes::{Writes, Written};
+use super::types::{Command, Response};
+use super::writes::{WriteFailed, Writes, Written};
 use crate::error::CertifierError;
 
 type Reply = oneshot::Sender<Result<Response, CertifierError>>;
@@ -237,20 +236,20 @@ fn answer(replies: Vec<Reply>, written: Written) {
     }
 }
 
-/// A failed `client_write`: not the leader (nothing was proposed, or the
-/// entry left this node's log unapplied, truncated by a new leader or
-/// purged behind its snapshot; a retry of the same transaction id on the
-/// leader gets its first answer, if it had one), or a failure after
-/// proposing, when the outcome is not known here.
-pub(crate) fn write_error(
-    e: &RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
-) -> CertifierError {
-    match e.forward_to_leader() {
+/// A failed `client_write`: not the leader (nothing was proposed, or —
+/// when this node led as it was asked — the entry may have left its log
+/// unapplied, truncated by a new leader or purged behind a snapshot that
+/// may hold it: the outcome is unknown; a retry of the same transaction
+/// id on the leader gets its first answer, if it had one), or a failure
+/// after proposing, when the outcome is not known here.
+pub(crate) fn write_error(e: &WriteFailed) -> CertifierError {
+    match e.error.forward_to_leader() {
         Some(f) => CertifierError::NotLeader {
             leader: f.leader_id,
             addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+            outcome_unknown: e.as_leader,
         },
-        None => CertifierError::OutcomeUnknown(format!("raft: {e}")),
+        None => CertifierError::OutcomeUnknown(format!("raft: {}", e.error)),
     }
 }
 

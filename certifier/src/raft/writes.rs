@@ -16,15 +16,24 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
+use openraft::ServerState;
 use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
 
 use super::types::{Command, NodeId, Raft, TypeConfig};
 
-/// What `client_write` returns.
-pub type Written = Result<
-    ClientWriteResponse<TypeConfig>,
-    RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
->;
+/// What `client_write` returns, and whether this node led when asked.
+pub type Written = Result<ClientWriteResponse<TypeConfig>, WriteFailed>;
+
+/// A `client_write` that failed.
+#[derive(Debug)]
+pub struct WriteFailed {
+    pub error: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
+    /// This node led when the write was asked of it: it may have appended
+    /// the entry, which may have committed although it answers
+    /// ForwardToLeader (an entry left unapplied behind a snapshot it
+    /// installs, see the vendored core's `answer_unapplied`).
+    pub as_leader: bool,
+}
 
 /// Proposes entries through `raft`, past a gate. Cheap to clone; clones
 /// share the gate.
@@ -57,7 +66,11 @@ impl Writes {
     /// Proposes `cmd` once the gate is open, and awaits its answer.
     pub async fn write(&self, cmd: Command) -> Written {
         let _pass = self.gate.read().await;
-        self.raft.client_write(cmd).await
+        let as_leader = self.raft.server_metrics().borrow().state == ServerState::Leader;
+        self.raft
+            .client_write(cmd)
+            .await
+            .map_err(|error| WriteFailed { error, as_leader })
     }
 
     /// A pass through the gate, for a change of the log that is not a

@@ -111,7 +111,13 @@ impl Node {
         &self,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, CertifierError> {
         let mut role = self.raft().server_metrics();
-        let not_leader = |leader| self.retryable(CertifierError::NotLeader { leader, addr: None });
+        let not_leader = |leader| {
+            self.retryable(CertifierError::NotLeader {
+                leader,
+                addr: None,
+                outcome_unknown: false,
+            })
+        };
         // A node that does not lead is told at once, permits free or not.
         let (state, leader) = {
             let m = role.borrow();
@@ -193,8 +199,13 @@ impl Node {
     /// ("retry"), which clients retry under the same txn id.
     fn retryable(&self, e: CertifierError) -> CertifierError {
         match e {
-            CertifierError::NotLeader { leader, addr } => CertifierError::NotLeader {
+            CertifierError::NotLeader {
                 leader,
+                addr,
+                outcome_unknown,
+            } => CertifierError::NotLeader {
+                leader,
+                outcome_unknown,
                 addr: addr.or_else(|| leader.and_then(|l| self.peers.get(&l).cloned())),
             },
             CertifierError::OutcomeUnknown(m) => CertifierError::Rpc(tonic::Status::unavailable(
