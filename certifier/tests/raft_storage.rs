@@ -601,6 +601,47 @@ mod on_disk {
         assert_eq!(st.last_purged_log_id, Some(log_id(1, 1)));
     }
 
+    /// A purge of `log` through `index`, started and still waiting after
+    /// a while: what it answered, and the log, once it ends.
+    async fn waiting_purge(
+        mut log: LogStore,
+        index: u64,
+    ) -> tokio::task::JoinHandle<(Result<(), openraft::StorageError<u64>>, LogStore)> {
+        let mut purge = tokio::spawn(async move {
+            let r = log.purge(log_id(1, index)).await;
+            (r, log)
+        });
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(300), &mut purge).await;
+        assert!(waited.is_err(), "purged past the snapshot on disk");
+        purge
+    }
+
+    /// The purge `purge` refused, once `why` (what the test did) ended it;
+    /// the log it left.
+    async fn refused(
+        purge: tokio::task::JoinHandle<(Result<(), openraft::StorageError<u64>>, LogStore)>,
+        why: &str,
+    ) -> LogStore {
+        let (purged, log) = tokio::time::timeout(std::time::Duration::from_secs(10), purge)
+            .await
+            .unwrap_or_else(|_| panic!("{why} did not end the wait"))
+            .unwrap();
+        purged.expect_err("nothing purged past the snapshot on disk");
+        log
+    }
+
+    /// A log of blank entries 0..n in a fresh directory (kept by the
+    /// guard) whose purges wait behind `sm`'s snapshots.
+    async fn log_behind(sm: &StateMachine, n: u64) -> (LogStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path(), wal_opts()).unwrap();
+        log.blocking_append((0..n).map(|i| blank(1, i)))
+            .await
+            .unwrap();
+        log.purge_behind(sm.snapshot_writes().kept());
+        (log, dir)
+    }
+
     /// A purge waiting for a snapshot being installed is refused, the log
     /// left whole, when the install fails (the node stops: its log must
     /// still reach back to the snapshot it restarts from), however long
@@ -609,19 +650,10 @@ mod on_disk {
     async fn a_purge_behind_a_failed_install_is_refused() {
         use tokio::io::AsyncWriteExt;
 
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let d1 = tempfile::tempdir().unwrap();
         let mut node = StateMachine::open(d1.path(), Limits::default()).unwrap();
-        let mut log = LogStore::open(d2.path(), wal_opts()).unwrap();
-        log.blocking_append((0..3).map(|i| blank(1, i)))
-            .await
-            .unwrap();
-        log.purge_behind(node.snapshot_writes().kept());
-        let mut purge = tokio::spawn(async move {
-            let r = log.purge(log_id(1, 1)).await;
-            (r, log)
-        });
-        let waited = tokio::time::timeout(std::time::Duration::from_millis(300), &mut purge).await;
-        assert!(waited.is_err(), "purged before any snapshot was kept");
+        let (log, _d2) = log_behind(&node, 3).await;
+        let purge = waiting_purge(log, 1).await;
 
         let mut garbage =
             tashkent_certifier::raft::snapshot_file::SnapshotFile::receiving(d1.path()).unwrap();
@@ -635,11 +667,7 @@ mod on_disk {
         node.install_snapshot(&meta, Box::new(garbage))
             .await
             .expect_err("a snapshot that does not parse is not installed");
-        let (purged, mut log) = tokio::time::timeout(std::time::Duration::from_secs(10), purge)
-            .await
-            .expect("the failed install ends the wait")
-            .unwrap();
-        purged.expect_err("nothing purged past the snapshot on disk");
+        let mut log = refused(purge, "the failed install").await;
         let st = log.get_log_state().await.unwrap();
         assert_eq!(st.last_purged_log_id, None);
         let entries = log.try_get_log_entries(0..3).await.unwrap();
@@ -651,35 +679,39 @@ mod on_disk {
     /// without purging; a purge the snapshot on disk covers goes on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stopping_ends_a_purge_waiting_for_a_snapshot() {
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let d1 = tempfile::tempdir().unwrap();
         let mut leader = StateMachine::open(d1.path(), Limits::default()).unwrap();
         leader
             .apply([blank(1, 0), certify(1, 1, "a", 0, "k1")])
             .await
             .unwrap();
         snapshot_of(&mut leader).await;
-        let mut log = LogStore::open(d2.path(), wal_opts()).unwrap();
-        log.blocking_append((0..4).map(|i| blank(1, i)))
-            .await
-            .unwrap();
-        let writes = leader.snapshot_writes();
-        log.purge_behind(writes.kept());
+        let (mut log, _d2) = log_behind(&leader, 4).await;
         log.purge(log_id(1, 1))
             .await
             .expect("the snapshot on disk reaches index 1");
-        let mut purge = tokio::spawn(async move {
-            let r = log.purge(log_id(1, 3)).await;
-            (r, log)
-        });
-        let waited = tokio::time::timeout(std::time::Duration::from_millis(300), &mut purge).await;
-        assert!(waited.is_err(), "purged past the snapshot on disk");
-        writes.no_more_kept();
-        let (purged, mut log) = tokio::time::timeout(std::time::Duration::from_secs(10), purge)
-            .await
-            .expect("stopping ends the wait")
-            .unwrap();
-        purged.expect_err("not purged past the snapshot on disk");
+        let purge = waiting_purge(log, 3).await;
+        leader.snapshot_writes().no_more_kept();
+        let mut log = refused(purge, "stopping").await;
         let st = log.get_log_state().await.unwrap();
         assert_eq!(st.last_purged_log_id, Some(log_id(1, 1)));
+    }
+
+    /// openraft's state machine worker drops the state machine when a
+    /// command fails, and the install queued behind it with it: a purge
+    /// waiting for that install ends, refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_state_machine_ends_a_purge_waiting_for_its_install() {
+        let d1 = tempfile::tempdir().unwrap();
+        let node = StateMachine::open(d1.path(), Limits::default()).unwrap();
+        let (log, _d2) = log_behind(&node, 3).await;
+        let purge = waiting_purge(log, 1).await;
+        // The served node keeps its snapshot writes beyond the state
+        // machine (to stop them), so the watch outlives the drop.
+        let _held = node.snapshot_writes();
+        drop(node);
+        let mut log = refused(purge, "dropping the state machine").await;
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id, None);
     }
 }

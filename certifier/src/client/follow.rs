@@ -220,10 +220,10 @@ impl CertifierClient {
             }
             let redirect = matches!(&e, CertifierError::NotLeader { addr: Some(_), .. });
             let away = *conn.addr != *self.addrs[0];
+            attempts.note(&conn.addr, &e);
             if single && !redirect && !away {
                 return Err(attempts.telling(e));
             }
-            attempts.note(&conn.addr, &e);
             if attempts.on_a_majority(&self.addrs) || tokio::time::Instant::now() >= deadline {
                 return Err(attempts.telling(e));
             }

@@ -201,7 +201,17 @@ pub(crate) async fn propose_pieces(
         let written = writes
             .write(Command::Chunk { tag, piece, last })
             .await
-            .map_err(|e| write_error(&e))?;
+            .map_err(|e| {
+                let mut e = write_error(&e);
+                // Nothing is certified before the last chunk.
+                if let CertifierError::NotLeader {
+                    outcome_unknown, ..
+                } = &mut e
+                {
+                    *outcome_unknown &= last;
+                }
+                e
+            })?;
         answer = written.data;
     }
     Ok(answer)

@@ -694,6 +694,16 @@ impl StateMachine {
     }
 }
 
+impl Drop for StateMachine {
+    /// openraft's state machine worker owns this and drops it when it
+    /// stops, after a failed command or a panic, dropping the commands
+    /// still queued: an install queued behind a failed apply never runs,
+    /// and a purge waiting for its snapshot must end.
+    fn drop(&mut self) {
+        self.writes.no_more_kept();
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 

@@ -28,10 +28,11 @@ pub type Written = Result<ClientWriteResponse<TypeConfig>, WriteFailed>;
 #[derive(Debug)]
 pub struct WriteFailed {
     pub error: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
-    /// This node led when the write was asked of it: it may have appended
-    /// the entry, which may have committed although it answers
-    /// ForwardToLeader (an entry left unapplied behind a snapshot it
-    /// installs, see the vendored core's `answer_unapplied`).
+    /// This node may have led when the write was asked of it (it was not
+    /// a follower in an unchanged term): it may have appended the entry,
+    /// which may have committed although it answers ForwardToLeader (an
+    /// entry left unapplied behind a snapshot it installs, see the
+    /// vendored core's `answer_unapplied`).
     pub as_leader: bool,
 }
 
@@ -66,11 +67,21 @@ impl Writes {
     /// Proposes `cmd` once the gate is open, and awaits its answer.
     pub async fn write(&self, cmd: Command) -> Written {
         let _pass = self.gate.read().await;
-        let as_leader = self.raft.server_metrics().borrow().state == ServerState::Leader;
-        self.raft
-            .client_write(cmd)
-            .await
-            .map_err(|error| WriteFailed { error, as_leader })
+        let (state, term) = self.role();
+        self.raft.client_write(cmd).await.map_err(|error| {
+            // The metrics lag the core: a follower may have been elected
+            // since (a new term), a candidate may lead in its term.
+            let follower = matches!(state, ServerState::Follower | ServerState::Learner);
+            let as_leader = !(follower && self.role().1 == term);
+            WriteFailed { error, as_leader }
+        })
+    }
+
+    /// This node's role and term, as its metrics last said.
+    fn role(&self) -> (ServerState, u64) {
+        let m = self.raft.server_metrics();
+        let m = m.borrow();
+        (m.state, m.vote.leader_id().term)
     }
 
     /// A pass through the gate, for a change of the log that is not a

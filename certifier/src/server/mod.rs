@@ -191,6 +191,7 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
     let (raft, raft_rpc) = raft
         .map(|(r, left, rpc)| ((r, left), rpc.into_server()))
         .unzip();
+    let purge_waits = raft.as_ref().map(|(_, left)| left.purge_waits());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let svc = service.clone();
     let svc_on_stop = service.clone();
@@ -210,12 +211,16 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
                 }
                 // Ends subscriber streams so the graceful drain can finish.
                 svc_on_stop.stop();
+                if let Some(p) = purge_waits {
+                    p.no_more_kept();
+                }
             })
             .await;
         svc.stop();
         drop(svc);
         if let Some((raft, leftovers)) = raft {
-            leftovers.core_stopping();
+            // Also when serving failed before its drain.
+            leftovers.purge_waits().no_more_kept();
             // Before the versions log closes: the state machine appends
             // to it.
             if let Err(e) = raft.shutdown().await {

@@ -73,11 +73,12 @@ pub(super) struct Leftovers {
 }
 
 impl Leftovers {
-    /// Before the core is shut down: a purge it waits in for a snapshot
+    /// Once the node stops: a purge its core waits in for a snapshot
     /// being installed ends, refused, rather than hold up the shutdown
-    /// (`raft::KeptSnapshot`).
-    pub(super) fn core_stopping(&self) {
-        self.snapshot_writes.no_more_kept();
+    /// (`raft::KeptSnapshot`), and the raft calls waiting on the core
+    /// with it. Called before the server's graceful drain.
+    pub(super) fn purge_waits(&self) -> SnapshotWrites {
+        self.snapshot_writes.clone()
     }
 
     pub(super) async fn stop(self) -> Result<(), CertifierError> {

@@ -76,16 +76,52 @@ pub(crate) fn certify_failed(inner: &Inner, e: CertifierError) -> CertifierError
     let Err(CertifierError::LogFailed { failure, cause, .. }) = inner.poisoned() else {
         return e;
     };
-    let proposed = !matches!(
+    CertifierError::LogFailed {
+        failure,
+        cause,
+        outcome_unknown: maybe_proposed(&e),
+    }
+}
+
+/// Whether the certification that failed with `e` may have been proposed
+/// (and so may have committed): all but a refusal before proposing.
+fn maybe_proposed(e: &CertifierError) -> bool {
+    !matches!(
         e,
         CertifierError::OutOfContact {
             outcome_unknown: false,
             ..
-        } | CertifierError::NotLeader { .. }
-    );
-    CertifierError::LogFailed {
-        failure,
-        cause,
-        outcome_unknown: proposed,
+        } | CertifierError::NotLeader {
+            outcome_unknown: false,
+            ..
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refusal_before_proposing_says_not_proposed() {
+        let not_leader = |outcome_unknown| CertifierError::NotLeader {
+            leader: Some(2),
+            addr: None,
+            outcome_unknown,
+        };
+        let out_of_contact = |outcome_unknown| CertifierError::OutOfContact {
+            node: 1,
+            why: "no heartbeat",
+            refused: "certify".into(),
+            outcome_unknown,
+        };
+        assert!(!maybe_proposed(&not_leader(false)));
+        assert!(!maybe_proposed(&out_of_contact(false)));
+        // A leader that lost its entry unapplied: it may be in a snapshot.
+        assert!(maybe_proposed(&not_leader(true)));
+        assert!(maybe_proposed(&out_of_contact(true)));
+        assert!(maybe_proposed(&CertifierError::OutcomeUnknown(
+            "raft".into()
+        )));
     }
 }
