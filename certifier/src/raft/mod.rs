@@ -106,8 +106,8 @@
 //!   (`log_store.rs`): a WAL reader finds a record by walking its segment
 //!   from the start, which made every apply slower as the segment grew.
 //! - The leader does not pre-check: every proposal is certified at apply,
-//!   so aborts take a log entry too (certifying at proposal, below, would
-//!   answer them without one).
+//!   so an abort's whole writeset goes through the log too (certifying at
+//!   proposal, below, would send only its id and decision).
 //! - Followers keep the whole certifier state (conflict window, dedupe
 //!   table, the window's records for snapshots) only so that they can
 //!   lead after a failover, and they keep it by certifying every writeset
