@@ -257,7 +257,7 @@ pub(crate) fn write_error(e: &WriteFailed) -> CertifierError {
         Some(f) => CertifierError::NotLeader {
             leader: f.leader_id,
             addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
-            outcome_unknown: e.as_leader,
+            outcome_unknown: e.may_have_led,
         },
         None => CertifierError::OutcomeUnknown(format!("raft: {}", e.error)),
     }

@@ -21,7 +21,8 @@ use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
 
 use super::types::{Command, NodeId, Raft, TypeConfig};
 
-/// What `client_write` returns, and whether this node led when asked.
+/// What `client_write` returns; a failure says whether this node may have
+/// led when asked.
 pub type Written = Result<ClientWriteResponse<TypeConfig>, WriteFailed>;
 
 /// A `client_write` that failed.
@@ -33,7 +34,7 @@ pub struct WriteFailed {
     /// which may have committed although it answers ForwardToLeader (an
     /// entry left unapplied behind a snapshot it installs, see the
     /// vendored core's `answer_unapplied`).
-    pub as_leader: bool,
+    pub may_have_led: bool,
 }
 
 /// Proposes entries through `raft`, past a gate. Cheap to clone; clones
@@ -72,8 +73,11 @@ impl Writes {
             // The metrics lag the core: a follower may have been elected
             // since (a new term), a candidate may lead in its term.
             let follower = matches!(state, ServerState::Follower | ServerState::Learner);
-            let as_leader = !(follower && self.role().1 == term);
-            WriteFailed { error, as_leader }
+            let may_have_led = !(follower && self.role().1 == term);
+            WriteFailed {
+                error,
+                may_have_led,
+            }
         })
     }
 
