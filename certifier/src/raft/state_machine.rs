@@ -830,6 +830,23 @@ mod tests {
         }
     }
 
+    /// A writeset `txn_id` inserting `rows` rows of `row_bytes` bytes each
+    /// (row `i` all `i`, key `[i]`), to be proposed in chunks.
+    fn rows_writeset(txn_id: &'static [u8], rows: u8, row_bytes: usize) -> crate::Writeset {
+        crate::Writeset {
+            format_version: WRITESET_FORMAT_VERSION,
+            txn_id: Bytes::from_static(txn_id),
+            origin: 1,
+            items: (0..rows)
+                .map(|i| crate::Item {
+                    row: Bytes::from(vec![i; row_bytes]),
+                    ..item("t", Op::Insert, vec![i])
+                })
+                .collect(),
+            ..crate::Writeset::default()
+        }
+    }
+
     /// `bytes` as they arrive on a follower: at the front of a message
     /// 4 MiB larger; the message, and the slice of it that is `bytes`.
     fn inside_a_larger_message(bytes: &[u8]) -> (Bytes, Bytes) {
@@ -890,19 +907,7 @@ mod tests {
     async fn a_chunked_writeset_in_progress_keeps_no_message_alive() {
         let d = tempfile::tempdir().unwrap();
         let mut sm = StateMachine::open(d.path(), Limits::default()).unwrap();
-        let ws = crate::Writeset {
-            format_version: WRITESET_FORMAT_VERSION,
-            txn_id: Bytes::from_static(b"chunked"),
-            origin: 1,
-            items: (0..3u8)
-                .map(|i| crate::Item {
-                    row: Bytes::from(vec![i; 1 << 10]),
-                    ..item("t", Op::Insert, vec![i])
-                })
-                .collect(),
-            ..crate::Writeset::default()
-        };
-        let pieces = super::super::chunks::pieces(ws, 1 << 10);
+        let pieces = super::super::chunks::pieces(rows_writeset(b"chunked", 3, 1 << 10), 1 << 10);
         assert!(pieces.len() > 1);
         let (message, piece) = inside_a_larger_message(&pieces[0]);
         let first = chunk(1, &piece, false);
@@ -937,19 +942,7 @@ mod tests {
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut leader = StateMachine::open(d1.path(), Limits::default()).unwrap();
         let mut follower = StateMachine::open(d2.path(), Limits::default()).unwrap();
-        let ws = crate::Writeset {
-            format_version: WRITESET_FORMAT_VERSION,
-            txn_id: Bytes::from_static(b"big"),
-            origin: 1,
-            items: (0..12u8)
-                .map(|i| crate::Item {
-                    row: Bytes::from(vec![i; 1 << 20]),
-                    ..item("t", Op::Insert, vec![i])
-                })
-                .collect(),
-            ..crate::Writeset::default()
-        };
-        let pieces = super::super::chunks::pieces(ws, 1 << 20);
+        let pieces = super::super::chunks::pieces(rows_writeset(b"big", 12, 1 << 20), 1 << 20);
         let n = pieces.len();
         for (i, p) in pieces[..n - 1].iter().enumerate() {
             leader.apply([chunk(i as u64 + 1, p, false)]).await.unwrap();
