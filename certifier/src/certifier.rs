@@ -95,9 +95,14 @@ pub struct CertifierImage {
 ///   reporting holds it where it was), or further when the window's memory
 ///   bound is hit;
 /// - a transaction id that committed is answered with its version again
-///   (see `dedupe` for how long).
+///   (see `dedupe` for how long);
+/// - a certifier that applied a decision taken elsewhere
+///   ([`Certifier::apply_commit`]) holds no conflict keys for it: it is
+///   not `tabled` any more, and refuses to check until it is rebuilt
+///   ([`Certifier::from_image`] with its window's writesets).
 pub struct Certifier {
     window: ConflictWindow,
+    tabled: bool,
     latest: Version,
     dedupe: Dedupe,
     replicas: BTreeMap<u32, ReplicaProgress>,
@@ -114,6 +119,7 @@ impl Certifier {
     pub fn resume(limits: Limits, latest: Version, cause: HorizonCause) -> Certifier {
         Certifier {
             window: ConflictWindow::new(limits.window, latest, cause),
+            tabled: true,
             latest,
             dedupe: Dedupe::new(limits.max_dedupe, latest + 1),
             replicas: BTreeMap::new(),
@@ -210,6 +216,7 @@ impl Certifier {
             .collect();
         Ok(Certifier {
             window: w,
+            tabled: true,
             latest: image.latest,
             dedupe,
             replicas,
@@ -242,6 +249,11 @@ impl Certifier {
         cs: &ConflictSet,
         names: &impl rule::Names,
     ) -> Result<Decision, CertifierError> {
+        if !self.tabled {
+            return Err(CertifierError::Protocol(
+                "certifying on a state that applied decisions without their conflict keys".into(),
+            ));
+        }
         if snapshot > self.latest {
             return Err(CertifierError::InvalidArgument(format!(
                 "snapshot {snapshot} is ahead of the latest version {}",
@@ -275,6 +287,44 @@ impl Certifier {
         self.dedupe.committed(txn_id, v);
         self.dedupe.prune(self.window.horizon(), v);
         v
+    }
+
+    /// Whether the conflict window holds every version's keys (see the
+    /// invariants).
+    pub fn tabled(&self) -> bool {
+        self.tabled
+    }
+
+    /// Applies a commit decided elsewhere (`raft::decided`): `txn_id`
+    /// committed as `version`, which must be `latest + 1`, after which the
+    /// deciding window's horizon was `horizon` for `cause`. Its keys are
+    /// not recorded: this certifier stops being `tabled`.
+    pub fn apply_commit(
+        &mut self,
+        txn_id: &[u8],
+        version: Version,
+        horizon: Version,
+        cause: HorizonCause,
+    ) -> Result<(), CertifierError> {
+        if version != self.latest + 1 || horizon > version {
+            return Err(CertifierError::CorruptRecord {
+                version,
+                reason: format!(
+                    "decided as version {version} with horizon {horizon}, the next version is {}",
+                    self.latest + 1
+                ),
+            });
+        }
+        check_id(txn_id).map_err(|reason| CertifierError::CorruptRecord { version, reason })?;
+        if self.tabled {
+            self.window.forget_keys();
+            self.tabled = false;
+        }
+        self.latest = version;
+        self.window.advance(horizon, cause);
+        self.dedupe.committed(txn_id, version);
+        self.dedupe.prune(self.window.horizon(), version);
+        Ok(())
     }
 
     /// Re-applies a version read back from the WAL at restart; `version`
@@ -316,15 +366,20 @@ impl Certifier {
         cs: &ConflictSet,
         names: &impl rule::Names,
     ) -> Result<Decision, CertifierError> {
-        match self.prior(txn_id, snapshot) {
-            Some(Prior::Committed(v)) => return Ok(Decision::Commit(v)),
-            Some(Prior::Aborted(a)) => return Ok(Decision::Abort(a)),
-            Some(Prior::LookInWal { from, to }) => {
-                return Err(CertifierError::OutcomeUnknown(format!(
-                    "transaction may have committed in versions {from}..={to}, not remembered"
-                )))
-            }
-            None => {}
+        self.decide_set(txn_id, snapshot, cs, names).map(|(d, _)| d)
+    }
+
+    /// [`Self::certify_set`], also saying whether the decision is new
+    /// (`false`: the one `txn_id` got before).
+    pub fn decide_set(
+        &mut self,
+        txn_id: &Bytes,
+        snapshot: Version,
+        cs: &ConflictSet,
+        names: &impl rule::Names,
+    ) -> Result<(Decision, bool), CertifierError> {
+        if let Some(d) = self.decided_before(txn_id, snapshot)? {
+            return Ok((d, false));
         }
         let d = self.check(snapshot, cs, names)?;
         match &d {
@@ -333,7 +388,23 @@ impl Certifier {
             }
             Decision::Abort(a) => self.record_abort(txn_id, a.clone()),
         }
-        Ok(d)
+        Ok((d, true))
+    }
+
+    /// The decision `txn_id` got before, if it must get it again.
+    fn decided_before(
+        &self,
+        txn_id: &[u8],
+        snapshot: Version,
+    ) -> Result<Option<Decision>, CertifierError> {
+        match self.prior(txn_id, snapshot) {
+            Some(Prior::Committed(v)) => Ok(Some(Decision::Commit(v))),
+            Some(Prior::Aborted(a)) => Ok(Some(Decision::Abort(a))),
+            Some(Prior::LookInWal { from, to }) => Err(CertifierError::OutcomeUnknown(format!(
+                "transaction may have committed in versions {from}..={to}, not remembered"
+            ))),
+            None => Ok(None),
+        }
     }
 
     /// Aborts `txn_id` with `abort` (a fair-turns refusal decided before,
@@ -345,17 +416,21 @@ impl Certifier {
         snapshot: Version,
         abort: Abort,
     ) -> Result<Decision, CertifierError> {
-        match self.prior(txn_id, snapshot) {
-            Some(Prior::Committed(v)) => Ok(Decision::Commit(v)),
-            Some(Prior::Aborted(a)) => Ok(Decision::Abort(a)),
-            Some(Prior::LookInWal { from, to }) => Err(CertifierError::OutcomeUnknown(format!(
-                "transaction may have committed in versions {from}..={to}, not remembered"
-            ))),
-            None => {
-                self.record_abort(txn_id, abort.clone());
-                Ok(Decision::Abort(abort))
-            }
+        self.decide_refusal(txn_id, snapshot, abort).map(|(d, _)| d)
+    }
+
+    /// [`Self::refuse`], also saying whether the decision is new.
+    pub fn decide_refusal(
+        &mut self,
+        txn_id: &[u8],
+        snapshot: Version,
+        abort: Abort,
+    ) -> Result<(Decision, bool), CertifierError> {
+        if let Some(d) = self.decided_before(txn_id, snapshot)? {
+            return Ok((d, false));
         }
+        self.record_abort(txn_id, abort.clone());
+        Ok((Decision::Abort(abort), true))
     }
 
     /// A replica's progress; returns the (possibly advanced) horizon.

@@ -45,6 +45,30 @@ pub enum HorizonCause {
     MemoryLimit(WindowLimits),
 }
 
+impl HorizonCause {
+    /// The cause as one byte (`raft::decided`), the limits left out: every
+    /// node of a group runs with the same ones.
+    pub fn code(&self) -> u8 {
+        match self {
+            HorizonCause::Start => 0,
+            HorizonCause::Restart => 1,
+            HorizonCause::Reports => 2,
+            HorizonCause::MemoryLimit(_) => 3,
+        }
+    }
+
+    /// The cause of `code`, a memory bound being `limits`.
+    pub fn from_code(code: u8, limits: WindowLimits) -> Option<HorizonCause> {
+        Some(match code {
+            0 => HorizonCause::Start,
+            1 => HorizonCause::Restart,
+            2 => HorizonCause::Reports,
+            3 => HorizonCause::MemoryLimit(limits),
+            _ => return None,
+        })
+    }
+}
+
 impl fmt::Display for HorizonCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -212,6 +236,14 @@ impl ConflictWindow {
             self.forget_through(v);
             self.cause = HorizonCause::MemoryLimit(self.limits);
         }
+    }
+
+    /// Forgets every version's keys, keeping the horizon: a window that
+    /// will no longer be checked against (`Certifier::apply_commit`).
+    pub fn forget_keys(&mut self) {
+        self.map = HashMap::with_hasher(TableState::new());
+        self.versions = VecDeque::new();
+        self.keys = VecDeque::new();
     }
 
     /// Moves the horizon up to `h` (no-op if it is already there), forgetting

@@ -11,7 +11,7 @@
 //!   0     4   magic "TKRE" (tashkent raft entry)
 //!   4     2   entry format version, little-endian (1)
 //!   6     1   kind: 0 blank, 1 certify, 2 report, 3 membership, 4 batch,
-//!             5 part, 6 refuse, 7 chunk
+//!             5 part, 6 refuse, 7 chunk, 8 decided
 //!   7     1   reserved, 0
 //!   8     8   term, little-endian
 //!  16     8   node id of the leader that proposed it, little-endian
@@ -24,6 +24,7 @@
 //!               chunk:      as part, the piece a protobuf `Writeset`
 //!               refuse:     the row's last write version u64, then as
 //!                           certify
+//!               decided:    the decisions (`decided.rs`)
 //!               membership: openraft's `Membership`, JSON
 //!               blank:      nothing
 //! ```
@@ -50,6 +51,7 @@ const KIND_BATCH: u8 = 4;
 const KIND_PART: u8 = 5;
 const KIND_REFUSE: u8 = 6;
 const KIND_CHUNK: u8 = 7;
+const KIND_DECIDED: u8 = 8;
 const PART_HEADER_LEN: usize = 9;
 const REPORT_LEN: usize = 4 + 8 + 8;
 
@@ -91,6 +93,9 @@ pub fn encode(entry: &Entry) -> Result<Bytes, CertifierError> {
             b.put_u64_le(*last);
             b.put_slice(record);
             (KIND_REFUSE, b.freeze())
+        }
+        EntryPayload::Normal(Command::Decided { term, items }) => {
+            (KIND_DECIDED, super::decided::encode(*term, items))
         }
         EntryPayload::Normal(Command::Report {
             replica,
@@ -201,6 +206,10 @@ fn decode_at(lsn: Option<u64>, rec: &Bytes) -> Result<Entry, CertifierError> {
             last: u64_at(&body, 0),
             record: body.slice(8..),
         }),
+        KIND_DECIDED => {
+            let (term, items) = super::decided::decode(&body).map_err(bad)?;
+            EntryPayload::Normal(Command::Decided { term, items })
+        }
         KIND_MEMBERSHIP => EntryPayload::Membership(
             serde_json::from_slice(&body)
                 .map_err(|e| bad(format!("undecodable membership: {e}")))?,
@@ -328,6 +337,13 @@ mod tests {
                 payload: EntryPayload::Normal(Command::Refuse {
                     last: 0x0123_4567_89ab_cdef,
                     record: Bytes::from_static(b"TKCW refused"),
+                }),
+            },
+            Entry {
+                log_id: log_id(4, 1, 9),
+                payload: EntryPayload::Normal(Command::Decided {
+                    term: 4,
+                    items: super::super::decided::tests::items(),
                 }),
             },
         ]

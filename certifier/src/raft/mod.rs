@@ -105,52 +105,37 @@
 //! - The log store keeps the last 8192 entries (64 MiB) in memory
 //!   (`log_store.rs`): a WAL reader finds a record by walking its segment
 //!   from the start, which made every apply slower as the segment grew.
-//! - The leader does not pre-check: every proposal is certified at apply,
-//!   so an abort's whole writeset goes through the log too (certifying at
-//!   proposal, below, would send only its id and decision).
-//! - Followers keep the whole certifier state (conflict window, dedupe
-//!   table, the window's records for snapshots) only so that they can
-//!   lead after a failover, and they keep it by certifying every writeset
-//!   again. On two shared cores that is most of what three nodes cost
-//!   over one: followers that only count versions and log records (an
-//!   unsafe hack, README "With a replicated certifier", twenty-second
-//!   session) take three nodes from ~0.71x to ~0.82x of the single
-//!   certifier at peak load. Doing it safely needs both halves: the
-//!   leader's decisions reach the followers (the speculation above, or
-//!   the decisions of entry `i` carried by a later entry, followers
-//!   holding `i` until then), and a follower rebuilds window and dedupe
-//!   table from its versions log, horizon to head, before it first
-//!   applies an entry of its own term or builds a snapshot (certifying
-//!   any entries still without decisions then, which gives the answers
-//!   the leader gave: certification is deterministic). Aborts must still
-//!   reach every follower's dedupe table (a refusal forgotten could
-//!   commit on a retry), and the window's memory-bound horizon, which
-//!   depends on each version's key count, must travel with the decisions.
-//!   The shape that needs no holding (worked out in the twenty-fourth
-//!   session, not built): the leader certifies at proposal, against its
-//!   applied state plus its entries in flight, and each entry carries its
-//!   decisions (commit, abort with the conflicting version, the answer a
-//!   retry gets, the horizon after it); every node, the leader too,
-//!   applies decisions (versions log, dedupe table, the window's records)
-//!   and no node keeps a conflict table but the leader's proposal-time
-//!   one. That is sound because an entry's decisions are a function of
-//!   the log before it, which raft's log matching makes the same on every
-//!   node holding the entry. A new leader proposes no certification until
-//!   its own first (blank) entry is applied, which applies every entry of
-//!   earlier terms, then builds its table from the window's records,
-//!   horizon to head; a leader that steps down drops it. Entries whose
-//!   decision needs the assembled state at apply (a chunked writeset's
-//!   last chunk) stay certified at apply on every node and stop the
-//!   proposer until they are applied. Each certification is then checked
-//!   once, not three times; the bound measured for followers that keep no
-//!   state (~0.82x at peak) is what it could reach.
+//! - Each certification is checked once, by the leader as it proposes it
+//!   (`decider.rs`, `decided.rs`, twenty-fifth session): the leader
+//!   decides against its proposal table (the state applied through its
+//!   first entry of the term, or through its last entry certified at
+//!   apply, plus every entry it decided since), and the entry
+//!   (`Command::Decided`) carries the decisions: a commit's version,
+//!   record and the horizon after it, an abort's reason without its
+//!   writeset, or the answer a retry gets. Every node, the leader too,
+//!   applies them without checking or recording conflict keys; its
+//!   certifier then stops being `tabled` and is rebuilt from its window's
+//!   records only when an entry must be certified at apply (a chunked
+//!   writeset's last chunk, entries of earlier builds). Sound because a
+//!   decision depends only on the log before its entry, the same on every
+//!   node holding it; an entry appended in a term other than the one it
+//!   was decided in answers `Lost` on every node. A new leader certifies
+//!   nothing until its first entry is applied and its table built
+//!   (certifications wait up to `decider::TABLE_WAIT`). Measured against
+//!   certifying on every node (`cargo bench --bench certify`, alternating
+//!   builds): three nodes' CPU per certification fell ~4 % at 4 × 256
+//!   (24.3–25.3 µs against 25.4–26.1), throughput rose ~4 %. Less than
+//!   the ~0.82x the hack of followers that keep no state reached (README,
+//!   twenty-second session): that hack also skipped the dedupe table, the
+//!   window's records and the versions log, which a follower needs to
+//!   lead and to serve.
 //! - Fair turns (`turns`) live on the leader, which refuses before
 //!   proposing (a turn depends on time, and every node certifies at apply
-//!   as a deterministic state machine). A refusal is proposed as an entry
-//!   of its own (`Command::Refuse`), so it is decided in log order like
-//!   any certification: a resend of an attempt that is already in the
-//!   log (proposed by this leader or an earlier one) gets that attempt's
-//!   answer, never a refusal. Each refusal costs a raft round. A
+//!   as a deterministic state machine). A refusal is decided in log order
+//!   like any certification (by the proposal table, in a decided entry;
+//!   a `Command::Refuse` entry is still applied): a resend of an attempt
+//!   that is already in the log (proposed by this leader or an earlier
+//!   one) gets that attempt's answer, never a refusal. Each refusal costs a raft round. A
 //!   leader that steps down forgets its turns; a planned hand-over
 //!   carries them to the target with its `Elect` request ([`transfer`]),
 //!   and a failover loses them. Only a leader's turns are live
@@ -275,6 +260,8 @@
 //! certificate refused, in `certifier/tests/tls.rs`.
 
 pub mod chunks;
+pub mod decided;
+pub mod decider;
 pub mod entry;
 pub mod gap;
 mod gap_copy;

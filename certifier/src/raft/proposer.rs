@@ -10,11 +10,13 @@
 //! is sent at once.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
+use super::decider::{Decider, Proposal, Proposed};
 use super::parts::PART_BYTES;
 use super::types::{Command, Response};
 use super::writes::{WriteFailed, Writes, Written};
@@ -132,8 +134,11 @@ impl Queue {
     }
 }
 
+/// One entry's certifications, from proposal to answers.
+type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 async fn run(writes: Writes, mut rx: mpsc::UnboundedReceiver<(Bytes, Reply)>, max_batch: usize) {
-    let mut inflight = FuturesUnordered::new();
+    let mut inflight = FuturesUnordered::<InFlight>::new();
     let mut queue = Queue {
         waiting: VecDeque::new(),
         bytes: 0,
@@ -143,12 +148,20 @@ async fn run(writes: Writes, mut rx: mpsc::UnboundedReceiver<(Bytes, Reply)>, ma
     loop {
         while let Some(batch) = queue.next_entry(inflight.len()) {
             let (records, replies): (Vec<Bytes>, Vec<Reply>) = batch.into_iter().unzip();
-            let cmd = match <[Bytes; 1]>::try_from(records) {
-                Ok([record]) => Command::Certify { record },
-                Err(records) => Command::CertifyBatch { records },
-            };
             let writes = writes.clone();
-            inflight.push(async move { (replies, writes.write(cmd).await) });
+            // Proposed inside the future, which the loop polls with the
+            // others: an entry waiting for the gate must not keep those in
+            // flight from finishing (a hand-over waits for them).
+            inflight.push(match writes.decider().cloned() {
+                Some(d) => Box::pin(async move { decided(&d, &writes, records, replies).await }),
+                None => Box::pin(async move {
+                    let cmd = match <[Bytes; 1]>::try_from(records) {
+                        Ok([record]) => Command::Certify { record },
+                        Err(records) => Command::CertifyBatch { records },
+                    };
+                    answer(replies, writes.write(cmd).await)
+                }),
+            });
         }
         tokio::select! {
             got = rx.recv(), if open => {
@@ -161,13 +174,60 @@ async fn run(writes: Writes, mut rx: mpsc::UnboundedReceiver<(Bytes, Reply)>, ma
                     queue.push(next);
                 }
             }
-            Some((replies, written)) = inflight.next(), if !inflight.is_empty() => {
-                answer(replies, written);
-            }
+            Some(()) = inflight.next(), if !inflight.is_empty() => {}
             // Closed with nothing in flight: the queue is empty too (it
             // is proposed whenever nothing is in flight).
             else => break,
         }
+    }
+}
+
+/// Certifies `records` at proposal (`decider.rs`) and hands each its
+/// answer: at once for one that needs no entry, else once the entry of
+/// the others is applied.
+async fn decided(d: &Arc<Decider>, writes: &Writes, records: Vec<Bytes>, replies: Vec<Reply>) {
+    let proposals = records.into_iter().map(Proposal::Certify).collect();
+    let Proposed { direct, entry } = match d.propose(writes, proposals).await {
+        Ok(p) => p,
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(each(&e)));
+            }
+            return;
+        }
+    };
+    let mut rest = Vec::with_capacity(replies.len());
+    for (reply, answer) in replies.into_iter().zip(direct) {
+        match answer {
+            Some(a) => {
+                let _ = reply.send(Ok(a));
+            }
+            None => rest.push(reply),
+        }
+    }
+    if let Some((term, submitted)) = entry {
+        let written = submitted.answer().await;
+        if written.is_err() {
+            d.lost(term);
+        }
+        answer(rest, written);
+    }
+}
+
+/// `e`, for one of several certifications that share it.
+fn each(e: &CertifierError) -> CertifierError {
+    match e {
+        CertifierError::NotLeader {
+            leader,
+            addr,
+            outcome_unknown,
+        } => CertifierError::NotLeader {
+            leader: *leader,
+            addr: addr.clone(),
+            outcome_unknown: *outcome_unknown,
+        },
+        CertifierError::Rpc(status) => CertifierError::Rpc(status.clone()),
+        e => CertifierError::OutcomeUnknown(e.to_string()),
     }
 }
 
@@ -198,20 +258,23 @@ pub(crate) async fn propose_pieces(
     let mut answer = Response::Applied;
     for (i, piece) in pieces.into_iter().enumerate() {
         let last = ends && i + 1 == n;
-        let written = writes
-            .write(Command::Chunk { tag, piece, last })
-            .await
-            .map_err(|e| {
-                let mut e = write_error(&e);
-                // Nothing is certified before the last chunk.
-                if let CertifierError::NotLeader {
-                    outcome_unknown, ..
-                } = &mut e
-                {
-                    *outcome_unknown &= last;
-                }
-                e
-            })?;
+        let cmd = Command::Chunk { tag, piece, last };
+        let written = if last {
+            writes.certified_at_apply(cmd).await
+        } else {
+            writes.write(cmd).await
+        };
+        let written = written.map_err(|e| {
+            let mut e = write_error(&e);
+            // Nothing is certified before the last chunk.
+            if let CertifierError::NotLeader {
+                outcome_unknown, ..
+            } = &mut e
+            {
+                *outcome_unknown &= last;
+            }
+            e
+        })?;
         answer = written.data;
     }
     Ok(answer)

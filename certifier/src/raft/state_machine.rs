@@ -2,7 +2,9 @@
 //!
 //! Applying a `Certify` entry *is* certification: the writeset is checked
 //! against the state the log prefix built, and a commit takes the next
-//! version. So the version order is the log order of the committed
+//! version. A `Decided` entry carries the decisions its leader took at
+//! proposal from that same state (`decided.rs`), and applying it records
+//! them without checking again. So the version order is the log order of the committed
 //! writesets, dense by construction and identical on every node; a leader
 //! change cannot skip or reuse a version, because versions are only
 //! assigned to entries raft has committed. The dedupe table is part of this
@@ -32,6 +34,8 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use tokio::sync::watch;
 
 use super::chunks::{ChunkError, Chunked, Complete, Restoring, SnapshotAssembly};
+use super::decided::Item;
+use super::decider::{Base, TableSlot};
 use super::parts::{Pending, PART_BYTES};
 use super::snapshot::{self, SnapshotMeta, SnapshotState};
 use super::snapshot_file::{self, NewSnapshot, SnapshotFile};
@@ -42,6 +46,7 @@ use crate::error::CertifierError;
 use crate::record_view::{RecordNames, RecordView};
 use crate::rule::ConflictSet;
 use crate::server::spool::Spool;
+use crate::window::HorizonCause;
 use crate::{record, writeset, Version};
 
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
@@ -79,14 +84,19 @@ pub struct StateMachine {
     writes: SnapshotWrites,
     /// Distinguishes snapshots built at the same log id.
     builds: u64,
-    /// The versions log failed (disk full, an fsync error): this node
-    /// cannot serve what it applies any more. Not an answer to the
+    /// The versions log or the spool failed (disk full, an fsync error),
+    /// or a decision did not fit the applied state: this node cannot
+    /// serve what it applies any more. Not an answer to the
     /// writeset (the other nodes commit it): `apply` fails, which stops
     /// this node's raft core, and clients retry on the others.
-    versions_failed: Option<String>,
+    failed: Option<String>,
     /// Versions the entry being applied committed, with their records,
     /// for the versions log once the entry is done (one append each).
     unlogged: Vec<(Version, Bytes)>,
+    /// This node's id and where its proposal tables go (`decider.rs`): a
+    /// table is built from the applied state after this node's first entry
+    /// of a term and after each of its entries certified here.
+    deciding: Option<(NodeId, Arc<TableSlot>)>,
 }
 
 /// Builds a snapshot from a copy taken when it was asked for.
@@ -219,7 +229,7 @@ impl StateMachine {
             certifier: Arc::new(Mutex::new(Certifier::new(limits))),
             versions,
             window: VecDeque::new(),
-            versions_failed: None,
+            failed: None,
             unlogged: Vec::new(),
             pending: Pending::default(),
             chunked: Chunked::default(),
@@ -230,6 +240,7 @@ impl StateMachine {
             current: Arc::new(Mutex::new(None)),
             writes: SnapshotWrites::default(),
             builds: 0,
+            deciding: None,
         };
         snapshot_file::remove_unkept(dir)?;
         match snapshot_file::open_current(dir) {
@@ -245,6 +256,13 @@ impl StateMachine {
             Err(e) => return Err(e.into()),
         }
         Ok(sm)
+    }
+
+    /// Builds a proposal table for node `me` into `slot` after each entry
+    /// of `me` that a leader's deciding waits for (`decider.rs`).
+    pub fn deciding_for(mut self, me: NodeId, slot: Arc<TableSlot>) -> StateMachine {
+        self.deciding = Some((me, slot));
+        self
     }
 
     /// The certifier's state as applied so far.
@@ -270,13 +288,7 @@ impl StateMachine {
     /// Takes the state a snapshot held ([`read_snapshot`]), this state
     /// machine holding no assembly; its metadata.
     fn take(&mut self, s: SnapshotState, chunked: Chunked) -> Result<SnapshotMeta, CertifierError> {
-        let certifier = (|| {
-            let mut sets = Vec::with_capacity(s.window.len());
-            for (v, rec) in &s.window {
-                sets.push((*v, ConflictSet::of(&record::decode(0, rec)?)));
-            }
-            Certifier::from_image(self.limits, s.image, sets)
-        })();
+        let certifier = rebuild(self.limits, s.image, &s.window);
         let certifier = match certifier {
             Ok(c) => c,
             Err(e) => {
@@ -293,7 +305,7 @@ impl StateMachine {
         Ok(s.meta)
     }
 
-    fn apply_command(&mut self, index: u64, cmd: Command) -> Response {
+    fn apply_command(&mut self, index: u64, log_term: u64, cmd: Command) -> Response {
         let r = match cmd {
             Command::Chunk { .. } => unreachable!("chunks are applied by apply_chunk"),
             Command::Certify { record } => answer(self.certify(record)),
@@ -311,6 +323,7 @@ impl StateMachine {
                     .collect(),
             ),
             Command::Refuse { last, record } => answer(self.refuse(last, record)),
+            Command::Decided { term, items } => self.apply_decided(log_term, term, items),
             Command::Report {
                 replica,
                 applied,
@@ -350,7 +363,7 @@ impl StateMachine {
             Err(ChunkError::Lost(reason)) => Response::Lost { reason },
             Err(ChunkError::Invalid(reason)) => Response::Rejected { reason },
             Err(ChunkError::Spool(e)) => {
-                self.versions_failed = Some(format!("the spool failed: {e}"));
+                self.failed = Some(format!("the spool failed: {e}"));
                 Response::Rejected {
                     reason: e.to_string(),
                 }
@@ -359,7 +372,7 @@ impl StateMachine {
         // Applied at the pace of the spool's disk (a replay would
         // otherwise queue a whole writeset's chunks in memory).
         if let Err(e) = self.spool.keep_up().await {
-            self.versions_failed = Some(format!("the spool failed: {e}"));
+            self.failed = Some(format!("the spool failed: {e}"));
         }
         self.trim_window();
         r
@@ -370,6 +383,7 @@ impl StateMachine {
     /// first.
     async fn certify_chunked(&mut self, c: Complete) -> Result<Response, CertifierError> {
         let tag = c.spool.tag;
+        self.ensure_table()?;
         let (before, decision) = {
             let mut cert = self.certifier.lock();
             let before = cert.latest();
@@ -386,7 +400,7 @@ impl StateMachine {
                             v.committed(version, &c.spooled_record())
                         };
                         if let Err(e) = appended.await {
-                            self.versions_failed = Some(e.to_string());
+                            self.failed = Some(format!("the versions log failed: {e}"));
                             return Err(e);
                         }
                         true
@@ -412,6 +426,7 @@ impl StateMachine {
     }
 
     fn certify(&mut self, rec: Bytes) -> Result<Response, CertifierError> {
+        self.ensure_table()?;
         if record::is_spooled(&rec) {
             return Err(CertifierError::InvalidArgument(
                 "spooled writesets are not replicated yet".into(),
@@ -438,7 +453,7 @@ impl StateMachine {
     }
 
     /// Appends the versions the entry just applied committed to the
-    /// versions log; a failure fails the entry (`versions_failed`).
+    /// versions log; a failure fails the entry (`failed`).
     fn log_versions(&mut self) {
         if self.unlogged.is_empty() {
             return;
@@ -446,7 +461,7 @@ impl StateMachine {
         let recs = std::mem::take(&mut self.unlogged);
         if let Some(v) = &self.versions {
             if let Err(e) = v.committed_many(recs) {
-                self.versions_failed = Some(e.to_string());
+                self.failed = Some(format!("the versions log failed: {e}"));
             }
         }
     }
@@ -477,25 +492,7 @@ impl StateMachine {
         Ok(match decision {
             Decision::Commit(version) => {
                 if version > before {
-                    if self.versions.is_some() {
-                        self.unlogged.push((version, rec.clone()));
-                    }
-                    let kept = if rec.len() > PART_BYTES {
-                        // A view's record is decoded here, once, and only
-                        // when it commits.
-                        let ws = match ws {
-                            Some(ws) => ws,
-                            None => record::decode(0, &rec)?,
-                        };
-                        keys_only(ws)
-                    } else {
-                        // A copy: `rec` is a slice of its whole entry (on a
-                        // follower, of the whole AppendEntries message, which
-                        // may carry a chunk's megabyte of rows), and the
-                        // window keeps it until the horizon passes it.
-                        Bytes::copy_from_slice(&rec)
-                    };
-                    self.window.push_back((version, kept));
+                    self.keep_version(version, rec, ws)?;
                 }
                 Response::Committed { version }
             }
@@ -505,6 +502,143 @@ impl StateMachine {
                 conflict_version: a.conflict_version,
             },
         })
+    }
+
+    /// Keeps new version `version` of record `rec` (`ws`, if decoded): for
+    /// the versions log, and in the window.
+    fn keep_version(
+        &mut self,
+        version: Version,
+        rec: Bytes,
+        ws: Option<crate::Writeset>,
+    ) -> Result<(), CertifierError> {
+        if self.versions.is_some() {
+            self.unlogged.push((version, rec.clone()));
+        }
+        let kept = if rec.len() > PART_BYTES {
+            // A view's record is decoded here, once, and only when it
+            // commits.
+            let ws = match ws {
+                Some(ws) => ws,
+                None => record::decode(0, &rec)?,
+            };
+            keys_only(ws)
+        } else {
+            // A copy: `rec` is a slice of its whole entry (on a follower,
+            // of the whole AppendEntries message, which may carry a chunk's
+            // megabyte of rows), and the window keeps it until the horizon
+            // passes it.
+            Bytes::copy_from_slice(&rec)
+        };
+        self.window.push_back((version, kept));
+        Ok(())
+    }
+
+    /// Makes the certifier able to certify here again (an entry of an
+    /// earlier build, a chunked writeset's last chunk) after it applied
+    /// decisions without their conflict keys: rebuilt from its image and
+    /// its window's records.
+    fn ensure_table(&mut self) -> Result<(), CertifierError> {
+        if self.certifier.lock().tabled() {
+            return Ok(());
+        }
+        let image = self.certifier.lock().image();
+        let rebuilt = rebuild(self.limits, image, &self.window)?;
+        *self.certifier.lock() = rebuilt;
+        Ok(())
+    }
+
+    /// Applies the decisions of an entry of term `log_term` that the leader
+    /// of `term` took (`decided.rs`); they hold only in that term.
+    fn apply_decided(&mut self, log_term: u64, term: u64, items: Vec<Item>) -> Response {
+        if term != log_term {
+            let reason = format!(
+                "decided by the leader of term {term}, appended in term {log_term}: not certified"
+            );
+            return Response::Batch(
+                items
+                    .iter()
+                    .map(|_| Response::Lost {
+                        reason: reason.clone(),
+                    })
+                    .collect(),
+            );
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let answer = item.response();
+            if let Err(e) = self.apply_item(item) {
+                // Every node applies the same decisions to the same state:
+                // one that does not fit is a bug, and stopping this node
+                // beats diverging.
+                self.failed = Some(format!("a decision does not fit the applied state: {e}"));
+            }
+            out.push(answer);
+        }
+        Response::Batch(out)
+    }
+
+    fn apply_item(&mut self, item: Item) -> Result<(), CertifierError> {
+        match item {
+            Item::Commit {
+                version,
+                horizon,
+                cause,
+                txn_id,
+                record,
+            } => {
+                let cause =
+                    HorizonCause::from_code(cause, self.limits.window).ok_or_else(|| {
+                        CertifierError::CorruptRecord {
+                            version,
+                            reason: format!("unknown horizon cause {cause}"),
+                        }
+                    })?;
+                self.certifier
+                    .lock()
+                    .apply_commit(&txn_id, version, horizon, cause)?;
+                self.keep_version(version, record, None)
+            }
+            Item::Abort {
+                txn_id,
+                code,
+                conflict_version,
+                reason,
+            } => {
+                let abort = crate::rule::Abort {
+                    code: crate::proto::AbortCode::try_from(code)
+                        .unwrap_or(crate::proto::AbortCode::Unspecified),
+                    reason,
+                    conflict_version,
+                };
+                self.certifier.lock().record_abort(&txn_id, abort);
+                Ok(())
+            }
+            Item::CommittedBefore { .. } | Item::AbortedBefore { .. } => Ok(()),
+        }
+    }
+
+    /// After entry `id` of this node's, which a leader deciding waits for
+    /// (its first of a term, one certified here): the proposal table the
+    /// leader decides its next entries with.
+    fn publish_table(&mut self, id: LogId) {
+        let Some((me, slot)) = &self.deciding else {
+            return;
+        };
+        if id.leader_id.node_id != *me {
+            return;
+        }
+        let image = self.certifier.lock().image();
+        match rebuild(self.limits, image, &self.window) {
+            Ok(certifier) => slot.publish(Base {
+                term: id.leader_id.term,
+                index: id.index,
+                certifier,
+            }),
+            Err(e) => {
+                self.failed = Some(format!("no proposal table after entry {id}: {e}"));
+            }
+        }
     }
 
     /// The replicated state, for a snapshot; the chunks of the writesets
@@ -531,6 +665,21 @@ impl StateMachine {
             self.spool.clone(),
         )
     }
+}
+
+/// A certifier from `image` and the records of its window's versions,
+/// with every version's conflict keys (`Certifier::tabled`).
+fn rebuild<'a>(
+    limits: Limits,
+    image: crate::certifier::CertifierImage,
+    window: impl IntoIterator<Item = &'a (Version, Bytes)>,
+) -> Result<Certifier, CertifierError> {
+    let window = window.into_iter();
+    let mut sets = Vec::with_capacity(window.size_hint().0);
+    for (v, rec) in window {
+        sets.push((*v, ConflictSet::of(&record::decode(0, rec)?)));
+    }
+    Certifier::from_image(limits, image, sets)
 }
 
 /// The record of `ws` without its rows: what a snapshot needs of a version
@@ -729,6 +878,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         for e in entries {
             self.last_applied = Some(e.log_id);
+            // What a leader deciding waits for (`decider.rs`): its first
+            // entry of a term, a chunked writeset's last chunk.
+            let waited = matches!(
+                &e.payload,
+                EntryPayload::Blank | EntryPayload::Normal(Command::Chunk { last: true, .. })
+            );
             out.push(match e.payload {
                 EntryPayload::Blank => Response::Applied,
                 EntryPayload::Membership(m) => {
@@ -743,15 +898,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Command::Chunk { tag, piece, last } => {
                             self.apply_chunk(index, tag, piece, last).await
                         }
-                        cmd => self.apply_command(index, cmd),
+                        cmd => self.apply_command(index, e.log_id.leader_id.term, cmd),
                     }
                 }
             });
             self.log_versions();
-            if let Some(reason) = self.versions_failed.take() {
+            if waited {
+                self.publish_table(e.log_id);
+            }
+            if let Some(reason) = self.failed.take() {
                 let e = CertifierError::RaftStorage {
                     what: format!("applying entry {}", e.log_id),
-                    reason: format!("the versions log failed: {reason}"),
+                    reason,
                 };
                 let e = StorageIOError::write_state_machine(AnyError::new(&e));
                 return Err(e.into());
@@ -766,7 +924,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // to its file yet.
             let last = self.spool.wal().last_lsn();
             if let Err(e) = self.spool.wal().wait_durable(last).await {
-                self.versions_failed = Some(format!("the spool failed: {e}"));
+                self.failed = Some(format!("the spool failed: {e}"));
             }
         }
         SnapshotBuilder {

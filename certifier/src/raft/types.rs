@@ -70,6 +70,14 @@ pub enum Command {
     /// before gets that answer instead, so a resend of an attempt that
     /// committed is never told it aborted.
     Refuse { last: Version, record: Bytes },
+    /// Certifications the leader of `term` decided as it proposed them
+    /// (`decided.rs`), applied without certifying again. Only an entry of
+    /// that same term carries decisions that hold: one appended in a later
+    /// term answers `Lost` for each and changes nothing.
+    Decided {
+        term: u64,
+        items: Vec<super::decided::Item>,
+    },
 }
 
 /// What applying one entry answered.

@@ -14,11 +14,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, Fatal, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::ServerState;
-use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
+use super::decider::Decider;
 use super::types::{Command, NodeId, Raft, TypeConfig};
 
 /// What `client_write` returns; a failure says whether this node may have
@@ -37,6 +38,48 @@ pub struct WriteFailed {
     pub may_have_led: bool,
 }
 
+/// An entry handed to the raft core, holding its pass through the gate
+/// until its answer.
+pub struct Submitted {
+    writes: Writes,
+    state: ServerState,
+    term: u64,
+    answer: Option<tokio::sync::oneshot::Receiver<ClientWriteResult>>,
+    _pass: OwnedRwLockReadGuard<()>,
+}
+
+type ClientWriteResult =
+    Result<ClientWriteResponse<TypeConfig>, ClientWriteError<NodeId, openraft::BasicNode>>;
+
+impl Submitted {
+    /// The entry's answer: once committed and applied, or why not.
+    pub async fn answer(mut self) -> Written {
+        let Some(rx) = self.answer.take() else {
+            return Err(self.failed(RaftError::Fatal(Fatal::Stopped)));
+        };
+        match rx.await {
+            Ok(Ok(written)) => Ok(written),
+            Ok(Err(e)) => Err(self.failed(RaftError::APIError(e))),
+            // The core dropped the answer: it stopped.
+            Err(_) => Err(self.failed(RaftError::Fatal(Fatal::Stopped))),
+        }
+    }
+
+    fn failed(
+        &self,
+        error: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
+    ) -> WriteFailed {
+        // The metrics lag the core: a follower may have been elected
+        // since (a new term), a candidate may lead in its term.
+        let follower = matches!(self.state, ServerState::Follower | ServerState::Learner);
+        let may_have_led = !(follower && self.writes.role().1 == self.term);
+        WriteFailed {
+            error,
+            may_have_led,
+        }
+    }
+}
+
 /// Proposes entries through `raft`, past a gate. Cheap to clone; clones
 /// share the gate.
 #[derive(Clone)]
@@ -45,6 +88,9 @@ pub struct Writes {
     /// Writes hold it shared; a hand-over holds it alone. tokio's lock is
     /// fair: once a hand-over waits for it, later writes queue behind.
     gate: Arc<RwLock<()>>,
+    /// Certifies at proposal (`decider.rs`); without it, entries are
+    /// certified at apply on every node.
+    decider: Option<Arc<Decider>>,
 }
 
 /// The gate, closed: writes wait until it is dropped.
@@ -55,6 +101,7 @@ impl From<Raft> for Writes {
         Writes {
             raft,
             gate: Arc::default(),
+            decider: None,
         }
     }
 }
@@ -65,20 +112,59 @@ impl Writes {
         &self.raft
     }
 
+    /// These writes, certifying at proposal with `decider`.
+    pub fn deciding(mut self, decider: Arc<Decider>) -> Writes {
+        self.decider = Some(decider);
+        self
+    }
+
+    /// The decider, if these writes certify at proposal.
+    pub fn decider(&self) -> Option<&Arc<Decider>> {
+        self.decider.as_ref()
+    }
+
+    /// Proposes a replica's report (`Command::Report`).
+    pub async fn report(&self, cmd: Command) -> Written {
+        match &self.decider {
+            Some(d) => d.report(self, cmd).await,
+            None => self.write(cmd).await,
+        }
+    }
+
+    /// Proposes an entry that is certified at apply (a chunked writeset's
+    /// last chunk).
+    pub async fn certified_at_apply(&self, cmd: Command) -> Written {
+        match &self.decider {
+            Some(d) => d.barrier(self, cmd).await,
+            None => self.write(cmd).await,
+        }
+    }
+
     /// Proposes `cmd` once the gate is open, and awaits its answer.
     pub async fn write(&self, cmd: Command) -> Written {
-        let _pass = self.gate.read().await;
+        self.submit(cmd).await?.answer().await
+    }
+
+    /// Hands `cmd` to the raft core once the gate is open, without
+    /// awaiting its answer: entries submitted one after the other reach
+    /// the core, and its log, in that order.
+    pub async fn submit(&self, cmd: Command) -> Result<Submitted, WriteFailed> {
+        let pass = self.gate.clone().read_owned().await;
         let (state, term) = self.role();
-        self.raft.client_write(cmd).await.map_err(|error| {
-            // The metrics lag the core: a follower may have been elected
-            // since (a new term), a candidate may lead in its term.
-            let follower = matches!(state, ServerState::Follower | ServerState::Learner);
-            let may_have_led = !(follower && self.role().1 == term);
-            WriteFailed {
-                error,
-                may_have_led,
-            }
-        })
+        let submitted = Submitted {
+            writes: self.clone(),
+            state,
+            term,
+            answer: None,
+            _pass: pass,
+        };
+        match self.raft.client_write_ff(cmd).await {
+            Ok(rx) => Ok(Submitted {
+                answer: Some(rx),
+                ..submitted
+            }),
+            Err(fatal) => Err(submitted.failed(RaftError::Fatal(fatal))),
+        }
     }
 
     /// This node's role and term, as its metrics last said.

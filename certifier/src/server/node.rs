@@ -33,6 +33,7 @@ use super::tail::Tail;
 use super::TAIL_MAX_RECORDS;
 use crate::config::{parse_peers, CertifierConfig};
 use crate::error::CertifierError;
+use crate::raft::decider::{Decider, TableSlot};
 use crate::raft::transfer::HandOver;
 use crate::raft::{
     LogStore, Network, NodeId, PeerVersions, Proposer, Raft, SnapshotWrites, StateMachine,
@@ -175,8 +176,11 @@ pub(super) async fn open(
         .map(|(peer, addr)| routes.get(peer).unwrap_or(addr).clone())
         .collect();
     let peer_versions = PeerVersions::new(others.clone(), tls.clone());
+    // The leader's proposal tables, built by the state machine (`decider`).
+    let table_slot = Arc::new(TableSlot::default());
     let (wal, spool, log, sm, versions, readable) = {
         let (config, tail, submitted) = (config.clone(), tail.clone(), submitted.clone());
+        let table_slot = table_slot.clone();
         tokio::task::spawn_blocking(move || -> Result<_, CertifierError> {
             // The versions log is a copy of what the raft log holds
             // durable: syncing it per group would halve the disk's flushes
@@ -214,7 +218,8 @@ pub(super) async fn open(
                 config.limits(),
                 Some(versions.clone()),
                 spool.clone(),
-            )?;
+            )?
+            .deciding_for(id, table_slot.clone());
             log.purge_behind(sm.snapshot_writes().kept());
             Ok((wal, spool, log, sm, versions, readable))
         })
@@ -259,7 +264,7 @@ pub(super) async fn open(
         may_stand_tx,
     ));
     spool.purge(wal.first_lsn()).await?;
-    let writes = Writes::from(raft.clone());
+    let writes = Writes::from(raft.clone()).deciding(Arc::new(Decider::new(table_slot)));
     let node = Node::new(
         id,
         writes.clone(),

@@ -16,6 +16,7 @@ use super::contact::{Contact, STREAM_GRACE};
 use crate::error::CertifierError;
 use crate::outcome::Outcome;
 use crate::proto::{AbortCode, StatusResponse};
+use crate::raft::decider::Proposal;
 use crate::raft::{Command, NodeId, Proposer, Raft, Response, VersionsLog, Writes};
 use crate::Version;
 
@@ -215,6 +216,15 @@ impl Node {
         }
     }
 
+    /// `f` of this leader's proposal table's window, if it has one
+    /// (`raft::decider`).
+    pub(crate) fn with_decided_window<R>(
+        &self,
+        f: impl FnOnce(&crate::window::ConflictWindow) -> R,
+    ) -> Option<R> {
+        self.writes.decider()?.with_window(f)
+    }
+
     /// Certifies `rec` (a record, version 0) through raft.
     /// A leader cut off from the majority answers at once, and fails the
     /// certifications in flight when it loses contact (see `contact`):
@@ -241,11 +251,32 @@ impl Node {
     ) -> Result<Outcome, CertifierError> {
         let writes = self.writes.clone();
         self.decide(|| async move {
-            writes
-                .write(Command::Refuse { last, record: rec })
-                .await
-                .map(|w| w.data)
-                .map_err(|e| crate::raft::proposer::write_error(&e))
+            let Some(d) = writes.decider().cloned() else {
+                return writes
+                    .write(Command::Refuse { last, record: rec })
+                    .await
+                    .map(|w| w.data)
+                    .map_err(|e| crate::raft::proposer::write_error(&e));
+            };
+            let proposed = d
+                .propose(&writes, vec![Proposal::Refuse { last, record: rec }])
+                .await?;
+            if let Some(Some(answer)) = proposed.direct.into_iter().next() {
+                return Ok(answer);
+            }
+            let Some((term, submitted)) = proposed.entry else {
+                return Err(CertifierError::Protocol("a refusal decided nothing".into()));
+            };
+            match submitted.answer().await {
+                Ok(w) => match w.data {
+                    Response::Batch(mut answers) if answers.len() == 1 => Ok(answers.remove(0)),
+                    other => Ok(other),
+                },
+                Err(e) => {
+                    d.lost(term);
+                    Err(crate::raft::proposer::write_error(&e))
+                }
+            }
         })
         .await
     }
@@ -348,7 +379,7 @@ impl Node {
             applied,
             oldest_snapshot,
         };
-        let written = self.writes.write(cmd).await.map_err(|e| {
+        let written = self.writes.report(cmd).await.map_err(|e| {
             // Not proposed, or not known: the next report tries again.
             self.reported.lock().remove(&replica);
             let e = crate::raft::proposer::write_error(&e);

@@ -36,6 +36,7 @@ use crate::outcome::Outcome;
 use crate::proto::{self, Writeset};
 use crate::rule::{self, ConflictSet, Names, PartNames};
 use crate::turns::{write_keys, Claim, Turn, Turns};
+use crate::window::ConflictWindow;
 use crate::writeset::{self};
 use crate::{record, Version};
 
@@ -283,7 +284,7 @@ impl CertifierService {
             let refused = cs.as_ref().and_then(|cs| self.turn_refuses(turn, cs));
             let proposed = match refused {
                 Some((key, _)) => {
-                    let last = rule::last_write(inner.state.lock().window(), key);
+                    let last = self.with_window(|w| rule::last_write(w, key));
                     node.refuse(last, rec.freeze()).await
                 }
                 None => node.certify(rec.freeze()).await,
@@ -320,6 +321,20 @@ impl CertifierService {
 
     /// Counts a raft node's decision. A retry's earlier answer counts again
     /// here: the state machine does not tell it apart.
+    /// `f` of the conflict window the turns read: a leader's proposal
+    /// table, which decides (`raft::decider`), else the applied state's.
+    fn with_window<R>(&self, mut f: impl FnMut(&ConflictWindow) -> R) -> R {
+        let inner = &*self.inner;
+        if let Some(r) = inner
+            .node
+            .as_ref()
+            .and_then(|n| n.with_decided_window(&mut f))
+        {
+            return r;
+        }
+        f(inner.state.lock().window())
+    }
+
     fn raft_decided(&self, outcome: &Outcome) {
         self.inner.metrics.decided(match outcome {
             Outcome::Committed { .. } => "committed",
@@ -693,11 +708,13 @@ impl CertifierService {
                 inner.turns.lock().aborted(turn.session, *turn_key, now);
             }
             Outcome::Aborted { code, turn_key, .. } if *code == proto::AbortCode::Conflict => {
-                // Lock order: state, then turns.
-                let state = inner.state.lock();
-                let mut turns = inner.turns.lock();
-                *turn_key = turns.lost_conflict(state.window(), turn, snapshot, cs, now);
-                turns.aborted(turn.session, *turn_key, now);
+                // Lock order: the window's, then turns.
+                *turn_key = self.with_window(|w| {
+                    let mut turns = inner.turns.lock();
+                    let key = turns.lost_conflict(w, turn, snapshot, cs, now);
+                    turns.aborted(turn.session, key, now);
+                    key
+                });
             }
             Outcome::Aborted { .. } => inner.turns.lock().aborted(turn.session, 0, now),
         }
@@ -736,7 +753,7 @@ impl CertifierService {
                 }
             }
         };
-        let last = rule::last_write(inner.state.lock().window(), key);
+        let last = self.with_window(|w| rule::last_write(w, key));
         (last, granted)
     }
 
@@ -906,6 +923,9 @@ impl CertifierService {
     pub fn status(&self) -> proto::StatusResponse {
         let inner = &*self.inner;
         let now = Instant::now();
+        // A leader deciding at proposal holds the keys in its proposal
+        // table; a node applying decisions holds none.
+        let (entries, versions) = self.with_window(|w| (w.entries(), w.versions()));
         let c = inner.state.lock();
         let w = c.window();
         let mut s = proto::StatusResponse {
@@ -913,8 +933,8 @@ impl CertifierService {
             durable_version: inner.wal.durable_lsn().min(c.latest()),
             horizon: w.horizon(),
             horizon_cause: w.cause().to_string(),
-            window_entries: w.entries() as u64,
-            window_versions: w.versions() as u64,
+            window_entries: entries as u64,
+            window_versions: versions as u64,
             replicas: c
                 .replicas()
                 .iter()
