@@ -100,6 +100,7 @@ pub struct CertifierImage {
 ///   ([`Certifier::apply_commit`]) holds no conflict keys for it: it is
 ///   not `tabled` any more, and refuses to check until it is rebuilt
 ///   ([`Certifier::from_image`] with its window's writesets).
+#[derive(Clone)]
 pub struct Certifier {
     window: ConflictWindow,
     tabled: bool,

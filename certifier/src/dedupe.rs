@@ -41,6 +41,7 @@ pub enum Prior {
 /// (std's default) was a measurable share of certification time.
 type IdMap<V> = HashMap<Bytes, V, foldhash::fast::RandomState>;
 
+#[derive(Clone)]
 pub struct Dedupe {
     committed: CommittedIds,
     floor: Version,
@@ -167,6 +168,7 @@ impl Dedupe {
 ///   entry, and such entries are swept in one pass once they could be as
 ///   many as the live ones. A removal per forgotten id cost a cache miss
 ///   on every certification; the sweep reads the table in order.
+#[derive(Clone)]
 struct CommittedIds {
     by_fingerprint: HashMap<u64, Version, TableState>,
     order: VecDeque<Remembered>,

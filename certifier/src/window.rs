@@ -163,6 +163,7 @@ pub(crate) const SWEEP_SLACK: usize = 4096;
 ///   first and `keys` holds their keys in the same order;
 /// - `horizon` never decreases; `keys.len() <= max_entries` and
 ///   `versions.len() <= max_versions` after every insert.
+#[derive(Clone)]
 pub struct ConflictWindow {
     map: HashMap<u64, Version, TableState>,
     versions: VecDeque<(Version, u32)>,

@@ -8,9 +8,9 @@
 //! the other gets a leader's decided entries, decided with the proposal
 //! table its state machine builds (`raft::decider`), or now and then an
 //! entry certified at apply, after which the leader waits for the table
-//! built after its next entry. Every answer, the certifier image and the version
+//! built after its next base. Every answer, the certifier image and the version
 //! records must be equal; a decided entry appended in a term other than
-//! its own must change nothing.
+//! its own, or whose version is not the next, must change nothing.
 
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use bytes::Bytes;
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 use proptest::prelude::*;
+use tashkent_certifier::raft::decided::Item;
 use tashkent_certifier::raft::decider::{decide, Proposal, TableSlot};
 use tashkent_certifier::raft::types::Entry;
 use tashkent_certifier::raft::{Command, Response, StateMachine};
@@ -107,6 +108,19 @@ fn single(r: Response) -> Response {
     }
 }
 
+/// `d` with its commit's version one too far, if it commits.
+fn shifted(d: &Command) -> Option<Command> {
+    let Command::Decided { term, items } = d else {
+        return None;
+    };
+    let mut items = items.clone();
+    match items.first_mut()? {
+        Item::Commit { version, .. } => *version += 1,
+        _ => return None,
+    }
+    Some(Command::Decided { term: *term, items })
+}
+
 async fn run(steps: Vec<Step>) {
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut at_apply = StateMachine::open(dirs.0.path(), limits()).unwrap();
@@ -114,17 +128,14 @@ async fn run(steps: Vec<Step>) {
     let mut decided = StateMachine::open(dirs.1.path(), limits())
         .unwrap()
         .deciding_for(ME, slot.clone());
-    // The leader's first entry of its term: its table is built after it.
+    // The leader's base: its table is built after it.
     let mut index = 1;
-    let blank = Entry {
-        log_id: LogId::new(CommittedLeaderId::new(TERM, ME), index),
-        payload: EntryPayload::Blank,
-    };
-    decided.apply([blank.clone()]).await.unwrap();
-    at_apply.apply([blank]).await.unwrap();
+    let base = entry(TERM, index, Command::Base);
+    decided.apply([base.clone()]).await.unwrap();
+    at_apply.apply([base]).await.unwrap();
     let mut table: Certifier = slot
         .take(TERM, index)
-        .expect("a table after the blank")
+        .expect("a table after the base")
         .certifier;
 
     for s in steps {
@@ -174,11 +185,16 @@ async fn run(steps: Vec<Step>) {
                         term: TERM,
                         items: vec![item],
                     };
-                    // Appended in a later term, it must change nothing.
+                    // Appended in a later term, or with its version
+                    // shifted, it must change nothing.
                     let image = decided.certifier().image();
                     let stale =
                         single(apply(&mut decided, entry(TERM + 1, index, d.clone())).await);
                     assert!(matches!(stale, Response::Lost { .. }), "{stale:?}");
+                    if let Some(shifted) = shifted(&d) {
+                        let r = single(apply(&mut decided, entry(TERM, index, shifted)).await);
+                        assert!(matches!(r, Response::Lost { .. }), "{r:?}");
+                    }
                     assert_eq!(decided.certifier().image(), image);
                     single(apply(&mut decided, entry(TERM, index, d)).await)
                 }
@@ -189,18 +205,15 @@ async fn run(steps: Vec<Step>) {
             None => {
                 // Certified at apply (rebuilding the conflict keys the
                 // decisions left out); the leader then decides with the
-                // table built after an entry of its own that follows.
+                // table built after its next base.
                 let r = apply(&mut decided, entry(TERM, index, cmd)).await;
                 index += 1;
-                let blank = Entry {
-                    log_id: LogId::new(CommittedLeaderId::new(TERM, ME), index),
-                    payload: EntryPayload::Blank,
-                };
-                decided.apply([blank.clone()]).await.unwrap();
-                at_apply.apply([blank]).await.unwrap();
+                let base = entry(TERM, index, Command::Base);
+                decided.apply([base.clone()]).await.unwrap();
+                at_apply.apply([base]).await.unwrap();
                 table = slot
                     .take(TERM, index)
-                    .expect("a table after an entry of this leader's")
+                    .expect("a table after a base")
                     .certifier;
                 r
             }

@@ -214,6 +214,25 @@ async fn a_client_given_every_node_follows_the_leader_across_a_failover() {
     nodes.stop_all().await;
 }
 
+/// A node restarted as leader of its term (openraft restores a leader
+/// whose vote is committed without a new blank entry, as a one-node group
+/// always is) decides with a table built after a base of its own: the
+/// versions go on densely, across snapshots taken before the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_restarted_in_its_term_goes_on_deciding() {
+    let mut nodes = Nodes::start_snapshotting(1, 4).await;
+    commit_numbered(&nodes.client(1).await, 1..=10).await;
+    for round in 1..=2u64 {
+        nodes.stop(1).await;
+        nodes.restart(1).await;
+        let from = 10 * round + 1;
+        commit_numbered(&nodes.client(1).await, from..=from + 9).await;
+    }
+    let client = nodes.client(1).await;
+    assert_eq!(served(&client, 1, 30).await, (1..=30).collect::<Vec<_>>());
+    nodes.stop_all().await;
+}
+
 /// Certifies `a{i}` for each `i` of `is` through `client`: version `i`.
 async fn commit_numbered(client: &CertifierClient, is: std::ops::RangeInclusive<u64>) {
     for i in is {

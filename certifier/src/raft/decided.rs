@@ -11,13 +11,16 @@
 //! Why it is sound: a decision depends only on the log before its entry,
 //! and raft's log matching makes that log the same on every node holding
 //! the entry. The leader of term `t` is the only node appending entries of
-//! term `t`, in the order it proposed them, after its first (blank) entry;
-//! its table is built from the state applied through that blank entry (or
-//! through one of its own entries certified at apply, a chunked
-//! writeset's last chunk, which it awaits before deciding anything more).
-//! An entry decided in term `t` but appended in a later term (the node led
-//! again, with entries of `t` possibly truncated) is refused at apply on
-//! every node alike (`Command::Decided` says the term it was decided in).
+//! term `t`, in the order it proposed them; its table is built from the
+//! state applied through a base entry it proposed and awaited
+//! (`decider.rs`), and every entry of its after the base was decided with
+//! that table, in order. An entry decided in term `t` but appended in a
+//! later term (the node led again, with entries of `t` possibly truncated)
+//! is refused at apply on every node alike (`Command::Decided` says the
+//! term it was decided in), and so is one whose decisions do not fit the
+//! applied state (a version that is not the next one): every node finds
+//! the same, so a leader's mistake costs its clients a retry, not the
+//! group its log.
 //!
 //! Body of a decided entry (`entry.rs` kind 8), little-endian:
 //!

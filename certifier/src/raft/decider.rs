@@ -7,29 +7,32 @@
 //! sound only while the log after the base holds exactly the entries it
 //! decided, in that order, so:
 //!
-//! - a base is an entry of this node's: its first (blank) entry of a term,
-//!   whose application applies every earlier term's, or an entry
-//!   certified at apply (a chunked writeset's last chunk), which the
-//!   state machine builds the table after ([`TableSlot`]);
+//! - a base is an entry this process proposed and awaited, with nothing
+//!   of this node's in between: a [`Command::Base`] when it needs a table
+//!   (leading without one), or an entry certified at apply (a chunked
+//!   writeset's last chunk). The state machine builds the table from the
+//!   state applied through it ([`TableSlot`]), before answering it. Not
+//!   openraft's blank entry: a node restarted as leader of its term
+//!   appends none;
 //! - every entry that changes what certifying decides (decided entries,
-//!   refusals, entries certified at apply) is handed to the core under
-//!   one lock (`order`), so the core appends them in the order decided;
-//! - an entry certified at apply is a barrier: the table is dropped before
-//!   it, and the next one is the one built after it; if its answer is an
-//!   error, only a table of a later term will do;
-//! - a decided entry whose answer is an error drops its table: the node no
-//!   longer leads that term, and any entry decided after it and appended
-//!   in a later term is refused at apply (`Command::Decided` carries its
-//!   term).
+//!   refusals, bases, entries certified at apply) is handed to the core
+//!   under one lock (`order`), in a task of its own so that a caller
+//!   giving up cannot leave the table ahead of the log, and the core
+//!   appends them in that order: within one term only its leader
+//!   appends, and after a base only this process;
+//! - a decided entry that gets no answer, or is refused at apply, drops
+//!   the table (the node may no longer lead its term), as does a term
+//!   change in the metrics; an entry decided in one term and appended in
+//!   a later one (the node led again) is refused at apply on every node
+//!   (`Command::Decided` carries its term), as is one whose decisions do
+//!   not fit the applied state.
 //!
-//! Reports go through the same lock and also move the table's horizon;
-//! a table whose horizon is ahead of the applied one (a report that never
-//! got into the log) only aborts more as "snapshot too old", which is
-//! always safe.
+//! Reports go through the same lock and also move the table's horizon
+//! (see [`Decider::report`]).
 //!
-//! A new leader certifies nothing until its blank entry is applied and its
-//! table built; certifications arriving meanwhile wait (up to
-//! [`TABLE_WAIT`], then they are refused unproposed).
+//! A leader without a table certifies nothing until its base is applied
+//! (certifications wait up to [`TABLE_WAIT`], then they are refused
+//! unproposed).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +41,6 @@ use bytes::Bytes;
 use openraft::error::{Fatal, RaftError};
 use openraft::ServerState;
 use parking_lot::Mutex;
-use tokio::sync::watch;
 
 use super::decided::Item;
 use super::types::{Command, Response};
@@ -63,25 +65,15 @@ pub struct Base {
 
 /// Where the state machine leaves the newest proposal table it built for
 /// this node; the [`Decider`] takes it.
+#[derive(Default)]
 pub struct TableSlot {
     base: Mutex<Option<Base>>,
-    published: watch::Sender<u64>,
-}
-
-impl Default for TableSlot {
-    fn default() -> Self {
-        TableSlot {
-            base: Mutex::new(None),
-            published: watch::channel(0).0,
-        }
-    }
 }
 
 impl TableSlot {
     /// Leaves `base`, replacing any older one.
     pub fn publish(&self, base: Base) {
         *self.base.lock() = Some(base);
-        self.published.send_modify(|n| *n += 1);
     }
 
     /// The table built for `term` at or after log index `from`, taken; one
@@ -127,8 +119,6 @@ pub struct Decider {
 #[derive(Default)]
 struct State {
     table: Option<Table>,
-    /// The oldest base (term, log index) a table may be built at.
-    from: (u64, u64),
 }
 
 struct Table {
@@ -158,13 +148,16 @@ impl Decider {
         // short between deciding (the table moved on) and handing the
         // entry to the core.
         let (this, writes) = (self.clone(), writes.clone());
-        tokio::spawn(async move { this.propose_now(&writes, proposals).await })
-            .await
-            .unwrap_or_else(|e| {
+        match tokio::spawn(async move { this.propose_now(&writes, proposals).await }).await {
+            Ok(proposed) => proposed,
+            Err(e) => {
+                // It may have decided without handing the entry over.
+                self.lost(u64::MAX);
                 Err(CertifierError::OutcomeUnknown(format!(
                     "deciding failed: {e}"
                 )))
-            })
+            }
+        }
     }
 
     async fn propose_now(
@@ -211,24 +204,44 @@ impl Decider {
         }
     }
 
-    /// An entry decided in `term` got no answer: this node no longer
-    /// leads that term, and decides nothing more with its table.
+    /// An entry decided in `term` got no answer, or was refused at apply:
+    /// the table may hold decisions the log does not, and decides nothing
+    /// more (the next proposal starts a new one).
     pub fn lost(&self, term: u64) {
         let mut state = self.state.lock();
         if state.table.as_ref().is_some_and(|t| t.term <= term) {
             state.table = None;
         }
-        state.from = state.from.max((term + 1, 0));
+    }
+
+    /// Notes how an entry decided in `term` was answered (see `lost`).
+    pub fn answered(&self, term: u64, written: &Written) {
+        let refused = match written {
+            Ok(w) => match &w.data {
+                Response::Batch(answers) => {
+                    answers.iter().any(|a| matches!(a, Response::Lost { .. }))
+                }
+                other => matches!(other, Response::Lost { .. }),
+            },
+            Err(_) => true,
+        };
+        if refused {
+            self.lost(term);
+        }
     }
 
     /// Proposes `cmd`, an entry certified at apply (a chunked writeset's
-    /// last chunk), as a barrier: nothing is decided past it until the
-    /// table built after it is taken.
+    /// last chunk), as a barrier: the table is dropped before it, and the
+    /// one built after it is taken.
     pub async fn barrier(self: &Arc<Self>, writes: &Writes, cmd: Command) -> Written {
-        // In a task of its own, as `propose`: the table must learn where
-        // the barrier went.
+        // In a task of its own, as `propose`: the table must be the one
+        // built after the barrier.
         let (this, writes) = (self.clone(), writes.clone());
-        match tokio::spawn(async move { this.barrier_now(&writes, cmd).await }).await {
+        let task = tokio::spawn(async move {
+            let _order = this.order.lock().await;
+            this.rebase(&writes, cmd).await
+        });
+        match task.await {
             Ok(written) => written,
             Err(_) => Err(WriteFailed {
                 error: RaftError::Fatal(Fatal::Panicked),
@@ -237,29 +250,29 @@ impl Decider {
         }
     }
 
-    async fn barrier_now(&self, writes: &Writes, cmd: Command) -> Written {
-        let _order = self.order.lock().await;
+    /// Proposes `cmd` (a base, or an entry certified at apply) with the
+    /// table dropped, and takes the table the state machine built once it
+    /// applied it (before it answers). The caller holds `order`, so no
+    /// entry of this node's comes between.
+    async fn rebase(&self, writes: &Writes, cmd: Command) -> Written {
         self.state.lock().table = None;
         let written = writes.write(cmd).await;
-        let from = match &written {
-            Ok(w) => (w.log_id.leader_id.term, w.log_id.index),
-            // It may be in the log of any term this node led until now.
-            Err(_) => match writes
-                .raft()
-                .with_raft_state(|st| st.vote_ref().leader_id().term)
-                .await
-            {
-                Ok(term) => (term + 1, 0),
-                Err(_) => (u64::MAX, 0),
-            },
-        };
-        let mut state = self.state.lock();
-        state.from = state.from.max(from);
+        if let Ok(w) = &written {
+            let (term, index) = (w.log_id.leader_id.term, w.log_id.index);
+            if let Some(base) = self.slot.take(term, index) {
+                self.state.lock().table = Some(Table {
+                    term,
+                    certifier: base.certifier,
+                });
+            }
+        }
         written
     }
 
     /// Proposes a report `cmd`, moving the table's horizon as applying it
-    /// will.
+    /// will (a table that misses a report only keeps more history; one
+    /// ahead of the applied horizon, a report never logged, only aborts
+    /// more as "snapshot too old": both are safe).
     pub async fn report(&self, writes: &Writes, cmd: Command) -> Written {
         let submitted = {
             let _order = self.order.lock().await;
@@ -291,57 +304,46 @@ impl Decider {
             .map(|t| f(t.certifier.window()))
     }
 
-    /// The term this node leads with a table for, once it has one: taken
-    /// from the slot when the state machine has built it.
+    /// The term of the table to decide with: the one held, unless this
+    /// node has left its term since; else, if this node leads, one started
+    /// with a base entry of its own ([`Command::Base`]): its first entry
+    /// of a term is not enough, as a node restarted as leader of its term
+    /// appends none, and the log before a base is all applied when the
+    /// table is built. The caller holds `order`.
     async fn ready(&self, writes: &Writes) -> Result<u64, CertifierError> {
-        let mut metrics = writes.raft().server_metrics();
-        let mut published = self.slot.published.subscribe();
-        let deadline = tokio::time::Instant::now() + TABLE_WAIT;
-        loop {
-            let (state, term, leader) = {
-                let m = metrics.borrow_and_update();
-                (m.state, m.vote.leader_id().term, m.current_leader)
-            };
-            published.borrow_and_update();
+        let (state, term, leader) = {
+            let m = writes.raft().server_metrics();
+            let m = m.borrow();
+            (m.state, m.vote.leader_id().term, m.current_leader)
+        };
+        {
+            let mut s = self.state.lock();
+            // A table's term is that of an entry this node appended as
+            // leader: the metrics may lag behind it, never the other way.
+            if s.table
+                .as_ref()
+                .is_some_and(|t| t.term < term || (t.term == term && state != ServerState::Leader))
             {
-                let mut s = self.state.lock();
-                if s.table.as_ref().is_some_and(|t| {
-                    t.term < term || (t.term == term && state != ServerState::Leader)
-                }) {
-                    s.table = None;
-                }
-                if state != ServerState::Leader {
-                    return Err(CertifierError::NotLeader {
-                        leader,
-                        addr: None,
-                        outcome_unknown: false,
-                    });
-                }
-                if s.table.as_ref().is_some_and(|t| t.term == term) {
-                    return Ok(term);
-                }
-                if s.table.is_none() && term >= s.from.0 {
-                    let from = if term == s.from.0 { s.from.1 } else { 0 };
-                    if let Some(base) = self.slot.take(term, from) {
-                        s.table = Some(Table {
-                            term,
-                            certifier: base.certifier,
-                        });
-                        return Ok(term);
-                    }
-                }
+                s.table = None;
             }
-            tokio::select! {
-                changed = metrics.changed() => {
-                    if changed.is_err() {
-                        return Err(not_ready("its raft core stopped"));
-                    }
-                }
-                _ = published.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err(not_ready("it is still applying the log of earlier leaders"));
-                }
+            if let Some(t) = &s.table {
+                return Ok(t.term);
             }
+        }
+        if state != ServerState::Leader {
+            return Err(CertifierError::NotLeader {
+                leader,
+                addr: None,
+                outcome_unknown: false,
+            });
+        }
+        let written = tokio::time::timeout(TABLE_WAIT, self.rebase(writes, Command::Base))
+            .await
+            .map_err(|_| not_ready("it is still applying the log of earlier leaders"))?;
+        written.map_err(|e| super::proposer::write_error(&e))?;
+        match &self.state.lock().table {
+            Some(t) => Ok(t.term),
+            None => Err(not_ready("no proposal table was built")),
         }
     }
 }

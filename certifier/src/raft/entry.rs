@@ -11,7 +11,7 @@
 //!   0     4   magic "TKRE" (tashkent raft entry)
 //!   4     2   entry format version, little-endian (1)
 //!   6     1   kind: 0 blank, 1 certify, 2 report, 3 membership, 4 batch,
-//!             5 part, 6 refuse, 7 chunk, 8 decided
+//!             5 part, 6 refuse, 7 chunk, 8 decided, 9 base
 //!   7     1   reserved, 0
 //!   8     8   term, little-endian
 //!  16     8   node id of the leader that proposed it, little-endian
@@ -25,6 +25,7 @@
 //!               refuse:     the row's last write version u64, then as
 //!                           certify
 //!               decided:    the decisions (`decided.rs`)
+//!               base:       nothing
 //!               membership: openraft's `Membership`, JSON
 //!               blank:      nothing
 //! ```
@@ -52,6 +53,7 @@ const KIND_PART: u8 = 5;
 const KIND_REFUSE: u8 = 6;
 const KIND_CHUNK: u8 = 7;
 const KIND_DECIDED: u8 = 8;
+const KIND_BASE: u8 = 9;
 const PART_HEADER_LEN: usize = 9;
 const REPORT_LEN: usize = 4 + 8 + 8;
 
@@ -94,6 +96,7 @@ pub fn encode(entry: &Entry) -> Result<Bytes, CertifierError> {
             b.put_slice(record);
             (KIND_REFUSE, b.freeze())
         }
+        EntryPayload::Normal(Command::Base) => (KIND_BASE, Bytes::new()),
         EntryPayload::Normal(Command::Decided { term, items }) => {
             (KIND_DECIDED, super::decided::encode(*term, items))
         }
@@ -206,6 +209,7 @@ fn decode_at(lsn: Option<u64>, rec: &Bytes) -> Result<Entry, CertifierError> {
             last: u64_at(&body, 0),
             record: body.slice(8..),
         }),
+        KIND_BASE if body.is_empty() => EntryPayload::Normal(Command::Base),
         KIND_DECIDED => {
             let (term, items) = super::decided::decode(&body).map_err(bad)?;
             EntryPayload::Normal(Command::Decided { term, items })
@@ -345,6 +349,10 @@ mod tests {
                     term: 4,
                     items: super::super::decided::tests::items(),
                 }),
+            },
+            Entry {
+                log_id: log_id(4, 1, 10),
+                payload: EntryPayload::Normal(Command::Base),
             },
         ]
     }

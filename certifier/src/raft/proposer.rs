@@ -207,9 +207,7 @@ async fn decided(d: &Arc<Decider>, writes: &Writes, records: Vec<Bytes>, replies
     }
     if let Some((term, submitted)) = entry {
         let written = submitted.answer().await;
-        if written.is_err() {
-            d.lost(term);
-        }
+        d.answered(term, &written);
         answer(rest, written);
     }
 }

@@ -94,8 +94,8 @@ pub struct StateMachine {
     /// for the versions log once the entry is done (one append each).
     unlogged: Vec<(Version, Bytes)>,
     /// This node's id and where its proposal tables go (`decider.rs`): a
-    /// table is built from the applied state after this node's first entry
-    /// of a term and after each of its entries certified here.
+    /// table is built from the applied state after each base entry of
+    /// this node's and each of its entries certified here.
     deciding: Option<(NodeId, Arc<TableSlot>)>,
 }
 
@@ -324,6 +324,7 @@ impl StateMachine {
             ),
             Command::Refuse { last, record } => answer(self.refuse(last, record)),
             Command::Decided { term, items } => self.apply_decided(log_term, term, items),
+            Command::Base => Response::Applied,
             Command::Report {
                 replica,
                 applied,
@@ -549,12 +550,21 @@ impl StateMachine {
     }
 
     /// Applies the decisions of an entry of term `log_term` that the leader
-    /// of `term` took (`decided.rs`); they hold only in that term.
+    /// of `term` took (`decided.rs`); they hold only in that term, and only
+    /// if they fit the applied state (the versions next, the causes
+    /// known), which every node finds alike: an entry that does not is
+    /// answered `Lost` whole and changes nothing, so a leader's mistake
+    /// costs retries, not the group.
     fn apply_decided(&mut self, log_term: u64, term: u64, items: Vec<Item>) -> Response {
-        if term != log_term {
-            let reason = format!(
-                "decided by the leader of term {term}, appended in term {log_term}: not certified"
-            );
+        let misfit = if term != log_term {
+            Some(format!(
+                "decided by the leader of term {term}, appended in term {log_term}"
+            ))
+        } else {
+            self.misfit(&items)
+        };
+        if let Some(why) = misfit {
+            let reason = format!("{why}: not certified, retry");
             return Response::Batch(
                 items
                     .iter()
@@ -568,14 +578,41 @@ impl StateMachine {
         for item in items {
             let answer = item.response();
             if let Err(e) = self.apply_item(item) {
-                // Every node applies the same decisions to the same state:
-                // one that does not fit is a bug, and stopping this node
-                // beats diverging.
+                // Checked above: only a broken invariant gets here.
                 self.failed = Some(format!("a decision does not fit the applied state: {e}"));
             }
             out.push(answer);
         }
         Response::Batch(out)
+    }
+
+    /// Why `items` do not fit the applied state, if they do not.
+    fn misfit(&self, items: &[Item]) -> Option<String> {
+        let mut next = self.certifier.lock().latest() + 1;
+        for item in items {
+            if let Item::Commit {
+                version,
+                horizon,
+                cause,
+                txn_id,
+                ..
+            } = item
+            {
+                if *version != next || horizon > version {
+                    return Some(format!(
+                        "version {version} (horizon {horizon}) decided where {next} is next"
+                    ));
+                }
+                if HorizonCause::from_code(*cause, self.limits.window).is_none() {
+                    return Some(format!("unknown horizon cause {cause}"));
+                }
+                if !crate::writeset::txn_id_fits(txn_id) {
+                    return Some(format!("a transaction id of {} bytes", txn_id.len()));
+                }
+                next += 1;
+            }
+        }
+        None
     }
 
     fn apply_item(&mut self, item: Item) -> Result<(), CertifierError> {
@@ -619,8 +656,8 @@ impl StateMachine {
     }
 
     /// After entry `id` of this node's, which a leader deciding waits for
-    /// (its first of a term, one certified here): the proposal table the
-    /// leader decides its next entries with.
+    /// (its base, one certified here): the proposal table the leader
+    /// decides its next entries with.
     fn publish_table(&mut self, id: LogId) {
         let Some((me, slot)) = &self.deciding else {
             return;
@@ -628,8 +665,18 @@ impl StateMachine {
         if id.leader_id.node_id != *me {
             return;
         }
-        let image = self.certifier.lock().image();
-        match rebuild(self.limits, image, &self.window) {
+        let tabled = {
+            let c = self.certifier.lock();
+            c.tabled().then(|| c.clone())
+        };
+        let table = match tabled {
+            Some(c) => Ok(c),
+            None => {
+                let image = self.certifier.lock().image();
+                rebuild(self.limits, image, &self.window)
+            }
+        };
+        match table {
             Ok(certifier) => slot.publish(Base {
                 term: id.leader_id.term,
                 index: id.index,
@@ -878,11 +925,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         for e in entries {
             self.last_applied = Some(e.log_id);
-            // What a leader deciding waits for (`decider.rs`): its first
-            // entry of a term, a chunked writeset's last chunk.
+            // What a leader deciding waits for (`decider.rs`): its base,
+            // a chunked writeset's last chunk.
             let waited = matches!(
                 &e.payload,
-                EntryPayload::Blank | EntryPayload::Normal(Command::Chunk { last: true, .. })
+                EntryPayload::Normal(Command::Base | Command::Chunk { last: true, .. })
             );
             out.push(match e.payload {
                 EntryPayload::Blank => Response::Applied,

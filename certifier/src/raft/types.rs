@@ -70,6 +70,10 @@ pub enum Command {
     /// before gets that answer instead, so a resend of an attempt that
     /// committed is never told it aborted.
     Refuse { last: Version, record: Bytes },
+    /// A leader deciding at proposal starts its proposal table here
+    /// (`decider.rs`): applying it changes nothing; the node that proposed
+    /// it builds the table from the state applied through it.
+    Base,
     /// Certifications the leader of `term` decided as it proposed them
     /// (`decided.rs`), applied without certifying again. Only an entry of
     /// that same term carries decisions that hold: one appended in a later

@@ -267,15 +267,14 @@ impl Node {
             let Some((term, submitted)) = proposed.entry else {
                 return Err(CertifierError::Protocol("a refusal decided nothing".into()));
             };
-            match submitted.answer().await {
+            let written = submitted.answer().await;
+            d.answered(term, &written);
+            match written {
                 Ok(w) => match w.data {
                     Response::Batch(mut answers) if answers.len() == 1 => Ok(answers.remove(0)),
                     other => Ok(other),
                 },
-                Err(e) => {
-                    d.lost(term);
-                    Err(crate::raft::proposer::write_error(&e))
-                }
+                Err(e) => Err(crate::raft::proposer::write_error(&e)),
             }
         })
         .await

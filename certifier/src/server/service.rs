@@ -319,10 +319,10 @@ impl CertifierService {
         self.raft_decided(outcome);
     }
 
-    /// Counts a raft node's decision. A retry's earlier answer counts again
-    /// here: the state machine does not tell it apart.
     /// `f` of the conflict window the turns read: a leader's proposal
-    /// table, which decides (`raft::decider`), else the applied state's.
+    /// table, which decides (`raft::decider`), else the applied state's
+    /// (which holds no keys once it has applied decisions: then turns
+    /// see no last writer until the leader's next table).
     fn with_window<R>(&self, mut f: impl FnMut(&ConflictWindow) -> R) -> R {
         let inner = &*self.inner;
         if let Some(r) = inner
@@ -335,6 +335,8 @@ impl CertifierService {
         f(inner.state.lock().window())
     }
 
+    /// Counts a raft node's decision. A retry's earlier answer counts again
+    /// here: the state machine does not tell it apart.
     fn raft_decided(&self, outcome: &Outcome) {
         self.inner.metrics.decided(match outcome {
             Outcome::Committed { .. } => "committed",
