@@ -107,28 +107,36 @@
 //!   from the start, which made every apply slower as the segment grew.
 //! - Each certification is checked once, by the leader as it proposes it
 //!   (`decider.rs`, `decided.rs`, twenty-fifth session): the leader
-//!   decides against its proposal table (the state applied through its
-//!   first entry of the term, or through its last entry certified at
-//!   apply, plus every entry it decided since), and the entry
-//!   (`Command::Decided`) carries the decisions: a commit's version,
-//!   record and the horizon after it, an abort's reason without its
-//!   writeset, or the answer a retry gets. Every node, the leader too,
-//!   applies them without checking or recording conflict keys; its
+//!   decides against its proposal table (the state applied through a
+//!   base entry of its own, `Command::Base`, or through its last entry
+//!   certified at apply, plus every entry it decided since), and the
+//!   entry (`Command::Decided`) carries the decisions: a commit's
+//!   version, record and the horizon after it, an abort's reason without
+//!   its writeset, or the answer a retry gets. Every node, the leader
+//!   too, applies them without checking or recording conflict keys; its
 //!   certifier then stops being `tabled` and is rebuilt from its window's
 //!   records only when an entry must be certified at apply (a chunked
 //!   writeset's last chunk, entries of earlier builds). Sound because a
 //!   decision depends only on the log before its entry, the same on every
 //!   node holding it; an entry appended in a term other than the one it
-//!   was decided in answers `Lost` on every node. A new leader certifies
-//!   nothing until its first entry is applied and its table built
-//!   (certifications wait up to `decider::TABLE_WAIT`). Measured against
-//!   certifying on every node (`cargo bench --bench certify`, alternating
-//!   builds): three nodes' CPU per certification fell ~4 % at 4 × 256
-//!   (24.3–25.3 µs against 25.4–26.1), throughput rose ~4 %. Less than
-//!   the ~0.82x the hack of followers that keep no state reached (README,
-//!   twenty-second session): that hack also skipped the dedupe table, the
-//!   window's records and the versions log, which a follower needs to
-//!   lead and to serve.
+//!   was decided in, or whose versions are not the next, answers `Lost`
+//!   on every node and changes nothing. A leader without a table
+//!   certifies nothing until its base is applied (certifications wait up
+//!   to `decider::TABLE_WAIT`); openraft's blank entry is not used as the
+//!   base, because a node restarted as leader of its term appends none.
+//!   Measured against certifying on every node (`cargo bench --bench
+//!   certify`, alternating builds, README "With a replicated
+//!   certifier"): three nodes' CPU per certification fell 4–6 %, and
+//!   throughput rose ~4 % at 4 × 256; at 4 × 32 an entry's round trip,
+//!   not the CPU, bounds three nodes, and their throughput did not move.
+//!   Less than the ~0.82x the hack of followers that keep no state
+//!   reached (twenty-second session): that hack also skipped the dedupe
+//!   table, the window's records and the versions log, which a follower
+//!   needs to lead and to serve. Gaps: turns read the proposal table's
+//!   window, so while a leader has none (after an election, during a
+//!   chunked writeset's last chunk) they see no last writer; a chunked
+//!   writeset's last chunk makes every node rebuild its conflict keys
+//!   from the window's records (about a second of versions).
 //! - Fair turns (`turns`) live on the leader, which refuses before
 //!   proposing (a turn depends on time, and every node certifies at apply
 //!   as a deterministic state machine). A refusal is decided in log order
