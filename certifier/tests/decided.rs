@@ -10,7 +10,8 @@
 //! entry certified at apply, after which the leader waits for the table
 //! built after its next base. Every answer, the certifier image and the version
 //! records must be equal; a decided entry appended in a term other than
-//! its own, or whose version is not the next, must change nothing.
+//! its own, or on another latest version, or whose version is not the
+//! next, must change nothing.
 
 use std::sync::Arc;
 
@@ -110,7 +111,12 @@ fn single(r: Response) -> Response {
 
 /// `d` with its commit's version one too far, if it commits.
 fn shifted(d: &Command) -> Option<Command> {
-    let Command::Decided { term, items } = d else {
+    let Command::Decided {
+        term,
+        latest,
+        items,
+    } = d
+    else {
         return None;
     };
     let mut items = items.clone();
@@ -118,7 +124,11 @@ fn shifted(d: &Command) -> Option<Command> {
         Item::Commit { version, .. } => *version += 1,
         _ => return None,
     }
-    Some(Command::Decided { term: *term, items })
+    Some(Command::Decided {
+        term: *term,
+        latest: *latest,
+        items,
+    })
 }
 
 async fn run(steps: Vec<Step>) {
@@ -183,6 +193,7 @@ async fn run(steps: Vec<Step>) {
                 Ok(item) => {
                     let d = Command::Decided {
                         term: TERM,
+                        latest,
                         items: vec![item],
                     };
                     // Appended in a later term, or with its version
@@ -195,6 +206,16 @@ async fn run(steps: Vec<Step>) {
                         let r = single(apply(&mut decided, entry(TERM, index, shifted)).await);
                         assert!(matches!(r, Response::Lost { .. }), "{r:?}");
                     }
+                    let elsewhere = Command::Decided {
+                        term: TERM,
+                        latest: latest + 1,
+                        items: match &d {
+                            Command::Decided { items, .. } => items.clone(),
+                            _ => unreachable!(),
+                        },
+                    };
+                    let r = single(apply(&mut decided, entry(TERM, index, elsewhere)).await);
+                    assert!(matches!(r, Response::Lost { .. }), "{r:?}");
                     assert_eq!(decided.certifier().image(), image);
                     single(apply(&mut decided, entry(TERM, index, d)).await)
                 }

@@ -25,7 +25,8 @@
 //! Body of a decided entry (`entry.rs` kind 8), little-endian:
 //!
 //! ```text
-//!   term u64, count u32, then count items, each a tag byte and:
+//!   term u64, latest version before the entry u64, count u32, then
+//!   count items, each a tag byte and:
 //!   0 commit:          version u64, horizon u64, horizon cause u8,
 //!                      txn id (u16 length, bytes), record (u32 length,
 //!                      bytes: the certifier record, version field 0)
@@ -46,6 +47,8 @@ const TAG_COMMIT: u8 = 0;
 const TAG_ABORT: u8 = 1;
 const TAG_COMMITTED_BEFORE: u8 = 2;
 const TAG_ABORTED_BEFORE: u8 = 3;
+/// Term, latest version, count.
+const HEAD_LEN: usize = 8 + 8 + 4;
 
 /// One certification's decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,10 +108,11 @@ impl Item {
 }
 
 /// The body of a decided entry.
-pub fn encode(term: u64, items: &[Item]) -> Bytes {
-    let len = 12 + items.iter().map(encoded_len).sum::<usize>();
+pub fn encode(term: u64, latest: Version, items: &[Item]) -> Bytes {
+    let len = HEAD_LEN + items.iter().map(encoded_len).sum::<usize>();
     let mut b = BytesMut::with_capacity(len);
     b.put_u64_le(term);
+    b.put_u64_le(latest);
     b.put_u32_le(items.len() as u32);
     for item in items {
         match item {
@@ -171,11 +175,12 @@ fn encoded_len(item: &Item) -> usize {
     }
 }
 
-/// Reads a decided entry's body: its term and items, every length
-/// checked against the body before anything is taken.
-pub fn decode(body: &Bytes) -> Result<(u64, Vec<Item>), String> {
+/// Reads a decided entry's body: its term, latest version and items,
+/// every length checked against the body before anything is taken.
+pub fn decode(body: &Bytes) -> Result<(u64, Version, Vec<Item>), String> {
     let mut r = Reader { body, at: 0 };
     let term = r.u64()?;
+    let latest = r.u64()?;
     let count = r.u32()? as usize;
     // Each item takes at least 9 bytes.
     if count > r.left() / 9 {
@@ -209,7 +214,7 @@ pub fn decode(body: &Bytes) -> Result<(u64, Vec<Item>), String> {
     if r.left() != 0 {
         return Err(format!("{} bytes after the decisions", r.left()));
     }
-    Ok((term, items))
+    Ok((term, latest, items))
 }
 
 /// A cursor over a body; every read checks the length first.
@@ -312,18 +317,18 @@ pub(crate) mod tests {
 
     #[test]
     fn round_trip() {
-        let body = encode(9, &items());
+        let body = encode(9, 41, &items());
         assert_eq!(
             body.len(),
-            12 + items().iter().map(encoded_len).sum::<usize>()
+            HEAD_LEN + items().iter().map(encoded_len).sum::<usize>()
         );
-        assert_eq!(decode(&body).unwrap(), (9, items()));
-        assert_eq!(decode(&encode(1, &[])).unwrap(), (1, vec![]));
+        assert_eq!(decode(&body).unwrap(), (9, 41, items()));
+        assert_eq!(decode(&encode(1, 0, &[])).unwrap(), (1, 0, vec![]));
     }
 
     #[test]
     fn every_truncation_and_extension_is_an_error() {
-        let body = encode(9, &items());
+        let body = encode(9, 41, &items());
         for cut in 0..body.len() {
             assert!(decode(&body.slice(..cut)).is_err(), "cut at {cut}");
         }
@@ -331,10 +336,10 @@ pub(crate) mod tests {
         long.push(0);
         assert!(decode(&Bytes::from(long)).is_err());
         let mut tag = body.to_vec();
-        tag[12] = 9;
+        tag[HEAD_LEN] = 9;
         assert!(decode(&Bytes::from(tag)).is_err(), "unknown tag");
         let mut count = body.to_vec();
-        count[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        count[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode(&Bytes::from(count)).is_err(), "absurd count");
     }
 }

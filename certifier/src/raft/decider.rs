@@ -31,11 +31,11 @@
 //! (see [`Decider::report`]).
 //!
 //! A leader without a table certifies nothing until its base is applied
-//! (certifications wait up to [`TABLE_WAIT`], then they are refused
-//! unproposed).
+//! (certifications wait for it: they could not be answered before the log
+//! ahead of them is applied anyway).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use openraft::error::{Fatal, RaftError};
@@ -51,9 +51,6 @@ use crate::record_view::{RecordNames, RecordView};
 use crate::rule::ConflictSet;
 use crate::window::ConflictWindow;
 use crate::{record, writeset, Version};
-
-/// How long certifications wait for a new leader's table.
-pub const TABLE_WAIT: Duration = Duration::from_secs(5);
 
 /// A proposal table, built from the state applied through log entry
 /// `index` of `term`.
@@ -169,11 +166,12 @@ impl Decider {
         let term = self.ready(writes).await?;
         let mut direct = Vec::with_capacity(proposals.len());
         let mut items = Vec::with_capacity(proposals.len());
-        {
+        let latest = {
             let mut state = self.state.lock();
             let Some(table) = state.table.as_mut().filter(|t| t.term == term) else {
                 return Err(not_ready("its proposal table was dropped"));
             };
+            let latest = table.certifier.latest();
             for p in proposals {
                 match decide(&mut table.certifier, p) {
                     Ok(item) => {
@@ -185,14 +183,20 @@ impl Decider {
                     })),
                 }
             }
-        }
+            latest
+        };
         if items.is_empty() {
             return Ok(Proposed {
                 direct,
                 entry: None,
             });
         }
-        match writes.submit(Command::Decided { term, items }).await {
+        let cmd = Command::Decided {
+            term,
+            latest,
+            items,
+        };
+        match writes.submit(cmd).await {
             Ok(submitted) => Ok(Proposed {
                 direct,
                 entry: Some((term, submitted)),
@@ -214,8 +218,27 @@ impl Decider {
         }
     }
 
+    /// The answer of `submitted`, an entry decided in `term`, noted (see
+    /// `lost`) in a task of its own, so that a caller giving up does not
+    /// skip the note.
+    pub async fn answer(self: &Arc<Self>, term: u64, submitted: Submitted) -> Written {
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let written = submitted.answer().await;
+            this.answered(term, &written);
+            written
+        });
+        match task.await {
+            Ok(written) => written,
+            Err(_) => Err(WriteFailed {
+                error: RaftError::Fatal(Fatal::Panicked),
+                may_have_led: true,
+            }),
+        }
+    }
+
     /// Notes how an entry decided in `term` was answered (see `lost`).
-    pub fn answered(&self, term: u64, written: &Written) {
+    fn answered(&self, term: u64, written: &Written) {
         let refused = match written {
             Ok(w) => match &w.data {
                 Response::Batch(answers) => {
@@ -337,10 +360,20 @@ impl Decider {
                 outcome_unknown: false,
             });
         }
-        let written = tokio::time::timeout(TABLE_WAIT, self.rebase(writes, Command::Base))
-            .await
-            .map_err(|_| not_ready("it is still applying the log of earlier leaders"))?;
-        written.map_err(|e| super::proposer::write_error(&e))?;
+        // No time limit: a certification proposed now is answered only
+        // once the log before it is applied anyway, and one base at a time
+        // (`order`) keeps a slow apply from piling bases up.
+        if let Err(e) = self.rebase(writes, Command::Base).await {
+            // Nothing was proposed for the certifications waiting here.
+            return Err(match e.error.forward_to_leader() {
+                Some(f) => CertifierError::NotLeader {
+                    leader: f.leader_id,
+                    addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+                    outcome_unknown: false,
+                },
+                None => not_ready("its base entry failed"),
+            });
+        }
         match &self.state.lock().table {
             Some(t) => Ok(t.term),
             None => Err(not_ready("no proposal table was built")),

@@ -97,9 +97,11 @@ pub fn encode(entry: &Entry) -> Result<Bytes, CertifierError> {
             (KIND_REFUSE, b.freeze())
         }
         EntryPayload::Normal(Command::Base) => (KIND_BASE, Bytes::new()),
-        EntryPayload::Normal(Command::Decided { term, items }) => {
-            (KIND_DECIDED, super::decided::encode(*term, items))
-        }
+        EntryPayload::Normal(Command::Decided {
+            term,
+            latest,
+            items,
+        }) => (KIND_DECIDED, super::decided::encode(*term, *latest, items)),
         EntryPayload::Normal(Command::Report {
             replica,
             applied,
@@ -211,8 +213,12 @@ fn decode_at(lsn: Option<u64>, rec: &Bytes) -> Result<Entry, CertifierError> {
         }),
         KIND_BASE if body.is_empty() => EntryPayload::Normal(Command::Base),
         KIND_DECIDED => {
-            let (term, items) = super::decided::decode(&body).map_err(bad)?;
-            EntryPayload::Normal(Command::Decided { term, items })
+            let (term, latest, items) = super::decided::decode(&body).map_err(bad)?;
+            EntryPayload::Normal(Command::Decided {
+                term,
+                latest,
+                items,
+            })
         }
         KIND_MEMBERSHIP => EntryPayload::Membership(
             serde_json::from_slice(&body)
@@ -347,6 +353,7 @@ mod tests {
                 log_id: log_id(4, 1, 9),
                 payload: EntryPayload::Normal(Command::Decided {
                     term: 4,
+                    latest: 6,
                     items: super::super::decided::tests::items(),
                 }),
             },

@@ -119,11 +119,12 @@
 //!   writeset's last chunk, entries of earlier builds). Sound because a
 //!   decision depends only on the log before its entry, the same on every
 //!   node holding it; an entry appended in a term other than the one it
-//!   was decided in, or whose versions are not the next, answers `Lost`
-//!   on every node and changes nothing. A leader without a table
-//!   certifies nothing until its base is applied (certifications wait up
-//!   to `decider::TABLE_WAIT`); openraft's blank entry is not used as the
-//!   base, because a node restarted as leader of its term appends none.
+//!   was decided in, or on another latest version, or whose versions are
+//!   not the next, answers `Lost` on every node and changes nothing. A
+//!   leader without a table certifies nothing until its base is applied
+//!   (certifications wait for it); openraft's blank entry is not used as
+//!   the base, because a node restarted as leader of its term appends
+//!   none.
 //!   Measured against certifying on every node (`cargo bench --bench
 //!   certify`, alternating builds, README "With a replicated
 //!   certifier"): three nodes' CPU per certification fell 4–6 %, and

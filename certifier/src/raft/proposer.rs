@@ -206,9 +206,7 @@ async fn decided(d: &Arc<Decider>, writes: &Writes, records: Vec<Bytes>, replies
         }
     }
     if let Some((term, submitted)) = entry {
-        let written = submitted.answer().await;
-        d.answered(term, &written);
-        answer(rest, written);
+        answer(rest, d.answer(term, submitted).await);
     }
 }
 

@@ -323,7 +323,11 @@ impl StateMachine {
                     .collect(),
             ),
             Command::Refuse { last, record } => answer(self.refuse(last, record)),
-            Command::Decided { term, items } => self.apply_decided(log_term, term, items),
+            Command::Decided {
+                term,
+                latest,
+                items,
+            } => self.apply_decided(log_term, term, latest, items),
             Command::Base => Response::Applied,
             Command::Report {
                 replica,
@@ -550,15 +554,27 @@ impl StateMachine {
     }
 
     /// Applies the decisions of an entry of term `log_term` that the leader
-    /// of `term` took (`decided.rs`); they hold only in that term, and only
-    /// if they fit the applied state (the versions next, the causes
-    /// known), which every node finds alike: an entry that does not is
+    /// of `term` took (`decided.rs`) where the latest version was `latest`;
+    /// they hold only in that term, on that latest version, and only if
+    /// they fit the applied state (the versions next, the causes known),
+    /// which every node finds alike: an entry that does not is
     /// answered `Lost` whole and changes nothing, so a leader's mistake
     /// costs retries, not the group.
-    fn apply_decided(&mut self, log_term: u64, term: u64, items: Vec<Item>) -> Response {
+    fn apply_decided(
+        &mut self,
+        log_term: u64,
+        term: u64,
+        latest: Version,
+        items: Vec<Item>,
+    ) -> Response {
+        let applied = self.certifier.lock().latest();
         let misfit = if term != log_term {
             Some(format!(
                 "decided by the leader of term {term}, appended in term {log_term}"
+            ))
+        } else if latest != applied {
+            Some(format!(
+                "decided where the latest version was {latest}, applied where it is {applied}"
             ))
         } else {
             self.misfit(&items)
@@ -659,33 +675,26 @@ impl StateMachine {
     /// (its base, one certified here): the proposal table the leader
     /// decides its next entries with.
     fn publish_table(&mut self, id: LogId) {
-        let Some((me, slot)) = &self.deciding else {
+        let Some(slot) = self
+            .deciding
+            .as_ref()
+            .filter(|(me, _)| id.leader_id.node_id == *me)
+            .map(|(_, slot)| slot.clone())
+        else {
             return;
         };
-        if id.leader_id.node_id != *me {
+        // Rebuilt into the applied state itself, so that the next base
+        // (after one whose answer was lost) needs a clone only.
+        if let Err(e) = self.ensure_table() {
+            self.failed = Some(format!("no proposal table after entry {id}: {e}"));
             return;
         }
-        let tabled = {
-            let c = self.certifier.lock();
-            c.tabled().then(|| c.clone())
-        };
-        let table = match tabled {
-            Some(c) => Ok(c),
-            None => {
-                let image = self.certifier.lock().image();
-                rebuild(self.limits, image, &self.window)
-            }
-        };
-        match table {
-            Ok(certifier) => slot.publish(Base {
-                term: id.leader_id.term,
-                index: id.index,
-                certifier,
-            }),
-            Err(e) => {
-                self.failed = Some(format!("no proposal table after entry {id}: {e}"));
-            }
-        }
+        let certifier = self.certifier.lock().clone();
+        slot.publish(Base {
+            term: id.leader_id.term,
+            index: id.index,
+            certifier,
+        });
     }
 
     /// The replicated state, for a snapshot; the chunks of the writesets

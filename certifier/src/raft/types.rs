@@ -75,11 +75,13 @@ pub enum Command {
     /// it builds the table from the state applied through it.
     Base,
     /// Certifications the leader of `term` decided as it proposed them
-    /// (`decided.rs`), applied without certifying again. Only an entry of
-    /// that same term carries decisions that hold: one appended in a later
-    /// term answers `Lost` for each and changes nothing.
+    /// (`decided.rs`) on a state whose latest version was `latest`,
+    /// applied without certifying again. Only an entry of that same term,
+    /// applied where the latest version is `latest`, carries decisions
+    /// that hold: any other answers `Lost` for each and changes nothing.
     Decided {
         term: u64,
+        latest: crate::Version,
         items: Vec<super::decided::Item>,
     },
 }

@@ -267,9 +267,7 @@ impl Node {
             let Some((term, submitted)) = proposed.entry else {
                 return Err(CertifierError::Protocol("a refusal decided nothing".into()));
             };
-            let written = submitted.answer().await;
-            d.answered(term, &written);
-            match written {
+            match d.answer(term, submitted).await {
                 Ok(w) => match w.data {
                     Response::Batch(mut answers) if answers.len() == 1 => Ok(answers.remove(0)),
                     other => Ok(other),
