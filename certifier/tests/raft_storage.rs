@@ -138,6 +138,35 @@ mod on_disk {
         assert_eq!(log.read_committed().await.unwrap(), None);
     }
 
+    /// A leader of a group of several voters restarts as a follower: its
+    /// own committed vote reads back uncommitted, in the same term, so the
+    /// next leader is elected in a new term (`LogStore::start_as_follower`);
+    /// another node's committed vote is left as it is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_restarts_as_a_follower_of_its_term() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = LogStore::open(dir.path(), wal_opts()).unwrap();
+            log.save_vote(&Vote::new_committed(4, 2)).await.unwrap();
+        }
+        let mut log = LogStore::open(dir.path(), wal_opts()).unwrap();
+        log.start_as_follower(3);
+        assert_eq!(
+            log.read_vote().await.unwrap(),
+            Some(Vote::new_committed(4, 2)),
+            "another node's leadership"
+        );
+        log.start_as_follower(2);
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)));
+        drop(log);
+        let mut log = LogStore::open(dir.path(), wal_opts()).unwrap();
+        assert_eq!(
+            log.read_vote().await.unwrap(),
+            Some(Vote::new_committed(4, 2)),
+            "only in memory"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn purge_past_the_end_then_append_restarts_the_wal() {
         let dir = tempfile::tempdir().unwrap();

@@ -168,6 +168,25 @@ impl LogStore {
         })
     }
 
+    /// Starts node `me`, of a group of several voters, as a follower even
+    /// if it led when it stopped: its own committed vote, if that is the
+    /// saved one, is read back uncommitted (same term, still its own, so
+    /// it votes for nobody else in that term). openraft would restore it
+    /// as leader of the same term, and a leader's entries reach followers
+    /// before its own flush (`vendor/README.md`): entries it sent and
+    /// lost in a crash would get their log ids reused by its next ones,
+    /// which followers holding the lost ones would take as matching. As a
+    /// follower, the next leader is elected in a new term. Only in memory:
+    /// the next vote openraft saves replaces it.
+    pub fn start_as_follower(&mut self, me: NodeId) {
+        let mut m = self.shared.meta.lock();
+        if let Some(v) = m.vote {
+            if v.is_committed() && v.leader_id().voted_for() == Some(me) {
+                m.vote = Some(openraft::Vote::new(v.leader_id().term, me));
+            }
+        }
+    }
+
     /// Purges only behind the snapshot on disk (`kept`, the state
     /// machine's `SnapshotWrites::kept`): openraft purges through a
     /// snapshot it installs as soon as it hands it to the state machine,

@@ -178,6 +178,7 @@ pub(super) async fn open(
     let peer_versions = PeerVersions::new(others.clone(), tls.clone());
     // The leader's proposal tables, built by the state machine (`decider`).
     let table_slot = Arc::new(TableSlot::default());
+    let peers_n = peers.len();
     let (wal, spool, log, sm, versions, readable) = {
         let (config, tail, submitted) = (config.clone(), tail.clone(), submitted.clone());
         let table_slot = table_slot.clone();
@@ -213,6 +214,9 @@ pub(super) async fn open(
                 ..config.wal_options()
             };
             let mut log = LogStore::open(&raft_dir, opts)?;
+            if peers_n > 1 {
+                log.start_as_follower(id);
+            }
             let sm = StateMachine::open_serving(
                 &raft_dir,
                 config.limits(),
