@@ -54,6 +54,23 @@ fn check_id(txn_id: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a commit decided elsewhere (`raft::decided`) of `txn_id` as
+/// `version`, the window's horizon then `horizon`, does not fit where
+/// `next` is the next version, if it does not.
+pub fn commit_misfit(
+    next: Version,
+    txn_id: &[u8],
+    version: Version,
+    horizon: Version,
+) -> Option<String> {
+    if version != next || horizon > version {
+        return Some(format!(
+            "version {version} (horizon {horizon}) decided where {next} is next"
+        ));
+    }
+    check_id(txn_id).err()
+}
+
 /// What a replica last reported.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplicaProgress {
@@ -307,16 +324,9 @@ impl Certifier {
         horizon: Version,
         cause: HorizonCause,
     ) -> Result<(), CertifierError> {
-        if version != self.latest + 1 || horizon > version {
-            return Err(CertifierError::CorruptRecord {
-                version,
-                reason: format!(
-                    "decided as version {version} with horizon {horizon}, the next version is {}",
-                    self.latest + 1
-                ),
-            });
+        if let Some(reason) = commit_misfit(self.latest + 1, txn_id, version, horizon) {
+            return Err(CertifierError::CorruptRecord { version, reason });
         }
-        check_id(txn_id).map_err(|reason| CertifierError::CorruptRecord { version, reason })?;
         if self.tabled {
             self.window.forget_keys();
             self.tabled = false;

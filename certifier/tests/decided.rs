@@ -111,24 +111,15 @@ fn single(r: Response) -> Response {
 
 /// `d` with its commit's version one too far, if it commits.
 fn shifted(d: &Command) -> Option<Command> {
-    let Command::Decided {
-        term,
-        latest,
-        items,
-    } = d
-    else {
+    let mut d = d.clone();
+    let Command::Decided { items, .. } = &mut d else {
         return None;
     };
-    let mut items = items.clone();
     match items.first_mut()? {
         Item::Commit { version, .. } => *version += 1,
         _ => return None,
     }
-    Some(Command::Decided {
-        term: *term,
-        latest: *latest,
-        items,
-    })
+    Some(d)
 }
 
 async fn run(steps: Vec<Step>) {
@@ -206,14 +197,10 @@ async fn run(steps: Vec<Step>) {
                         let r = single(apply(&mut decided, entry(TERM, index, shifted)).await);
                         assert!(matches!(r, Response::Lost { .. }), "{r:?}");
                     }
-                    let elsewhere = Command::Decided {
-                        term: TERM,
-                        latest: latest + 1,
-                        items: match &d {
-                            Command::Decided { items, .. } => items.clone(),
-                            _ => unreachable!(),
-                        },
-                    };
+                    let mut elsewhere = d.clone();
+                    if let Command::Decided { latest, .. } = &mut elsewhere {
+                        *latest += 1;
+                    }
                     let r = single(apply(&mut decided, entry(TERM, index, elsewhere)).await);
                     assert!(matches!(r, Response::Lost { .. }), "{r:?}");
                     assert_eq!(decided.certifier().image(), image);

@@ -110,12 +110,7 @@ pub struct Decider {
     slot: Arc<TableSlot>,
     /// Held from deciding an entry until the core has it.
     order: tokio::sync::Mutex<()>,
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    table: Option<Table>,
+    table: Mutex<Option<Table>>,
 }
 
 struct Table {
@@ -129,7 +124,7 @@ impl Decider {
         Decider {
             slot,
             order: tokio::sync::Mutex::new(()),
-            state: Mutex::new(State::default()),
+            table: Mutex::new(None),
         }
     }
 
@@ -167,8 +162,8 @@ impl Decider {
         let mut direct = Vec::with_capacity(proposals.len());
         let mut items = Vec::with_capacity(proposals.len());
         let latest = {
-            let mut state = self.state.lock();
-            let Some(table) = state.table.as_mut().filter(|t| t.term == term) else {
+            let mut table = self.table.lock();
+            let Some(table) = table.as_mut().filter(|t| t.term == term) else {
                 return Err(not_ready("its proposal table was dropped"));
             };
             let latest = table.certifier.latest();
@@ -178,9 +173,7 @@ impl Decider {
                         items.push(item);
                         direct.push(None);
                     }
-                    Err(e) => direct.push(Some(Response::Rejected {
-                        reason: e.to_string(),
-                    })),
+                    Err(e) => direct.push(Some(super::state_machine::answer(Err(e)))),
                 }
             }
             latest
@@ -212,9 +205,9 @@ impl Decider {
     /// the table may hold decisions the log does not, and decides nothing
     /// more (the next proposal starts a new one).
     pub fn lost(&self, term: u64) {
-        let mut state = self.state.lock();
-        if state.table.as_ref().is_some_and(|t| t.term <= term) {
-            state.table = None;
+        let mut table = self.table.lock();
+        if table.as_ref().is_some_and(|t| t.term <= term) {
+            *table = None;
         }
     }
 
@@ -223,18 +216,12 @@ impl Decider {
     /// skip the note.
     pub async fn answer(self: &Arc<Self>, term: u64, submitted: Submitted) -> Written {
         let this = self.clone();
-        let task = tokio::spawn(async move {
+        in_task(async move {
             let written = submitted.answer().await;
             this.answered(term, &written);
             written
-        });
-        match task.await {
-            Ok(written) => written,
-            Err(_) => Err(WriteFailed {
-                error: RaftError::Fatal(Fatal::Panicked),
-                may_have_led: true,
-            }),
-        }
+        })
+        .await
     }
 
     /// Notes how an entry decided in `term` was answered (see `lost`).
@@ -260,17 +247,11 @@ impl Decider {
         // In a task of its own, as `propose`: the table must be the one
         // built after the barrier.
         let (this, writes) = (self.clone(), writes.clone());
-        let task = tokio::spawn(async move {
+        in_task(async move {
             let _order = this.order.lock().await;
             this.rebase(&writes, cmd).await
-        });
-        match task.await {
-            Ok(written) => written,
-            Err(_) => Err(WriteFailed {
-                error: RaftError::Fatal(Fatal::Panicked),
-                may_have_led: true,
-            }),
-        }
+        })
+        .await
     }
 
     /// Proposes `cmd` (a base, or an entry certified at apply) with the
@@ -278,12 +259,12 @@ impl Decider {
     /// applied it (before it answers). The caller holds `order`, so no
     /// entry of this node's comes between.
     async fn rebase(&self, writes: &Writes, cmd: Command) -> Written {
-        self.state.lock().table = None;
+        *self.table.lock() = None;
         let written = writes.write(cmd).await;
         if let Ok(w) = &written {
             let (term, index) = (w.log_id.leader_id.term, w.log_id.index);
             if let Some(base) = self.slot.take(term, index) {
-                self.state.lock().table = Some(Table {
+                *self.table.lock() = Some(Table {
                     term,
                     certifier: base.certifier,
                 });
@@ -296,22 +277,26 @@ impl Decider {
     /// will (a table that misses a report only keeps more history; one
     /// ahead of the applied horizon, a report never logged, only aborts
     /// more as "snapshot too old": both are safe).
-    pub async fn report(&self, writes: &Writes, cmd: Command) -> Written {
+    pub async fn report(
+        &self,
+        writes: &Writes,
+        replica: u32,
+        applied: Version,
+        oldest_snapshot: Version,
+    ) -> Written {
         let submitted = {
             let _order = self.order.lock().await;
-            if let Command::Report {
+            if let Some(t) = self.table.lock().as_mut() {
+                // One the applied state would refuse changes nothing.
+                let _ = t
+                    .certifier
+                    .report(replica, applied, oldest_snapshot, Instant::now());
+            }
+            let cmd = Command::Report {
                 replica,
                 applied,
                 oldest_snapshot,
-            } = &cmd
-            {
-                if let Some(t) = self.state.lock().table.as_mut() {
-                    // One the applied state would refuse changes nothing.
-                    let _ =
-                        t.certifier
-                            .report(*replica, *applied, *oldest_snapshot, Instant::now());
-                }
-            }
+            };
             writes.submit(cmd).await?
         };
         submitted.answer().await
@@ -320,11 +305,7 @@ impl Decider {
     /// `f` of the proposal table's window, if there is a table: the
     /// versions this leader decided, in flight or applied.
     pub fn with_window<R>(&self, f: impl FnOnce(&ConflictWindow) -> R) -> Option<R> {
-        self.state
-            .lock()
-            .table
-            .as_ref()
-            .map(|t| f(t.certifier.window()))
+        self.table.lock().as_ref().map(|t| f(t.certifier.window()))
     }
 
     /// The term of the table to decide with: the one held, unless this
@@ -340,16 +321,16 @@ impl Decider {
             (m.state, m.vote.leader_id().term, m.current_leader)
         };
         {
-            let mut s = self.state.lock();
+            let mut table = self.table.lock();
             // A table's term is that of an entry this node appended as
             // leader: the metrics may lag behind it, never the other way.
-            if s.table
+            if table
                 .as_ref()
                 .is_some_and(|t| t.term < term || (t.term == term && state != ServerState::Leader))
             {
-                s.table = None;
+                *table = None;
             }
-            if let Some(t) = &s.table {
+            if let Some(t) = &*table {
                 return Ok(t.term);
             }
         }
@@ -365,19 +346,31 @@ impl Decider {
         // (`order`) keeps a slow apply from piling bases up.
         if let Err(e) = self.rebase(writes, Command::Base).await {
             // Nothing was proposed for the certifications waiting here.
-            return Err(match e.error.forward_to_leader() {
-                Some(f) => CertifierError::NotLeader {
-                    leader: f.leader_id,
-                    addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+            return Err(match super::proposer::write_error(&e) {
+                CertifierError::NotLeader { leader, addr, .. } => CertifierError::NotLeader {
+                    leader,
+                    addr,
                     outcome_unknown: false,
                 },
-                None => not_ready("its base entry failed"),
+                _ => not_ready("its base entry failed"),
             });
         }
-        match &self.state.lock().table {
+        match &*self.table.lock() {
             Some(t) => Ok(t.term),
             None => Err(not_ready("no proposal table was built")),
         }
+    }
+}
+
+/// `write` run in a task of its own, which a caller giving up does not
+/// cut short.
+async fn in_task(write: impl std::future::Future<Output = Written> + Send + 'static) -> Written {
+    match tokio::spawn(write).await {
+        Ok(written) => written,
+        Err(_) => Err(WriteFailed {
+            error: RaftError::Fatal(Fatal::Panicked),
+            may_have_led: true,
+        }),
     }
 }
 

@@ -614,16 +614,12 @@ impl StateMachine {
                 ..
             } = item
             {
-                if *version != next || horizon > version {
-                    return Some(format!(
-                        "version {version} (horizon {horizon}) decided where {next} is next"
-                    ));
+                if let Some(why) = crate::certifier::commit_misfit(next, txn_id, *version, *horizon)
+                {
+                    return Some(why);
                 }
                 if HorizonCause::from_code(*cause, self.limits.window).is_none() {
                     return Some(format!("unknown horizon cause {cause}"));
-                }
-                if !crate::writeset::txn_id_fits(txn_id) {
-                    return Some(format!("a transaction id of {} bytes", txn_id.len()));
                 }
                 next += 1;
             }
@@ -748,8 +744,9 @@ fn keys_only(mut ws: crate::Writeset) -> Bytes {
     record::encode(&ws).freeze()
 }
 
-/// An error of one command is its answer (every node reaches the same).
-fn answer(r: Result<Response, CertifierError>) -> Response {
+/// An error of one command is its answer (every node reaches the same;
+/// a leader deciding at proposal answers so at once, `decider.rs`).
+pub(super) fn answer(r: Result<Response, CertifierError>) -> Response {
     r.unwrap_or_else(|e| Response::Rejected {
         reason: e.to_string(),
     })

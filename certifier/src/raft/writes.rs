@@ -21,6 +21,7 @@ use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 use super::decider::Decider;
 use super::types::{Command, NodeId, Raft, TypeConfig};
+use crate::Version;
 
 /// What `client_write` returns; a failure says whether this node may have
 /// led when asked.
@@ -42,10 +43,34 @@ pub struct WriteFailed {
 /// until its answer.
 pub struct Submitted {
     writes: Writes,
+    asked: Asked,
+    answer: tokio::sync::oneshot::Receiver<ClientWriteResult>,
+    _pass: OwnedRwLockReadGuard<()>,
+}
+
+/// This node's role and term when a write was asked of it.
+#[derive(Clone, Copy)]
+struct Asked {
     state: ServerState,
     term: u64,
-    answer: Option<tokio::sync::oneshot::Receiver<ClientWriteResult>>,
-    _pass: OwnedRwLockReadGuard<()>,
+}
+
+impl Asked {
+    /// `error`, for a write asked as `self` of `writes`.
+    fn failed(
+        self,
+        writes: &Writes,
+        error: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
+    ) -> WriteFailed {
+        // The metrics lag the core: a follower may have been elected
+        // since (a new term), a candidate may lead in its term.
+        let follower = matches!(self.state, ServerState::Follower | ServerState::Learner);
+        let may_have_led = !(follower && writes.role().1 == self.term);
+        WriteFailed {
+            error,
+            may_have_led,
+        }
+    }
 }
 
 type ClientWriteResult =
@@ -53,29 +78,18 @@ type ClientWriteResult =
 
 impl Submitted {
     /// The entry's answer: once committed and applied, or why not.
-    pub async fn answer(mut self) -> Written {
-        let Some(rx) = self.answer.take() else {
-            return Err(self.failed(RaftError::Fatal(Fatal::Stopped)));
-        };
-        match rx.await {
+    pub async fn answer(self) -> Written {
+        let Submitted {
+            writes,
+            asked,
+            answer,
+            _pass,
+        } = self;
+        match answer.await {
             Ok(Ok(written)) => Ok(written),
-            Ok(Err(e)) => Err(self.failed(RaftError::APIError(e))),
+            Ok(Err(e)) => Err(asked.failed(&writes, RaftError::APIError(e))),
             // The core dropped the answer: it stopped.
-            Err(_) => Err(self.failed(RaftError::Fatal(Fatal::Stopped))),
-        }
-    }
-
-    fn failed(
-        &self,
-        error: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
-    ) -> WriteFailed {
-        // The metrics lag the core: a follower may have been elected
-        // since (a new term), a candidate may lead in its term.
-        let follower = matches!(self.state, ServerState::Follower | ServerState::Learner);
-        let may_have_led = !(follower && self.writes.role().1 == self.term);
-        WriteFailed {
-            error,
-            may_have_led,
+            Err(_) => Err(asked.failed(&writes, RaftError::Fatal(Fatal::Stopped))),
         }
     }
 }
@@ -123,11 +137,23 @@ impl Writes {
         self.decider.as_ref()
     }
 
-    /// Proposes a replica's report (`Command::Report`).
-    pub async fn report(&self, cmd: Command) -> Written {
+    /// Proposes replica `replica`'s report (`Command::Report`).
+    pub async fn report(
+        &self,
+        replica: u32,
+        applied: Version,
+        oldest_snapshot: Version,
+    ) -> Written {
         match &self.decider {
-            Some(d) => d.report(self, cmd).await,
-            None => self.write(cmd).await,
+            Some(d) => d.report(self, replica, applied, oldest_snapshot).await,
+            None => {
+                let cmd = Command::Report {
+                    replica,
+                    applied,
+                    oldest_snapshot,
+                };
+                self.write(cmd).await
+            }
         }
     }
 
@@ -151,19 +177,15 @@ impl Writes {
     pub async fn submit(&self, cmd: Command) -> Result<Submitted, WriteFailed> {
         let pass = self.gate.clone().read_owned().await;
         let (state, term) = self.role();
-        let submitted = Submitted {
-            writes: self.clone(),
-            state,
-            term,
-            answer: None,
-            _pass: pass,
-        };
+        let asked = Asked { state, term };
         match self.raft.client_write_ff(cmd).await {
-            Ok(rx) => Ok(Submitted {
-                answer: Some(rx),
-                ..submitted
+            Ok(answer) => Ok(Submitted {
+                writes: self.clone(),
+                asked,
+                answer,
+                _pass: pass,
             }),
-            Err(fatal) => Err(submitted.failed(RaftError::Fatal(fatal))),
+            Err(fatal) => Err(asked.failed(self, RaftError::Fatal(fatal))),
         }
     }
 

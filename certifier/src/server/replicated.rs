@@ -371,17 +371,16 @@ impl Node {
             }
             seen.insert(replica, now);
         }
-        let cmd = Command::Report {
-            replica,
-            applied,
-            oldest_snapshot,
-        };
-        let written = self.writes.report(cmd).await.map_err(|e| {
-            // Not proposed, or not known: the next report tries again.
-            self.reported.lock().remove(&replica);
-            let e = crate::raft::proposer::write_error(&e);
-            self.retryable(e)
-        })?;
+        let written = self
+            .writes
+            .report(replica, applied, oldest_snapshot)
+            .await
+            .map_err(|e| {
+                // Not proposed, or not known: the next report tries again.
+                self.reported.lock().remove(&replica);
+                let e = crate::raft::proposer::write_error(&e);
+                self.retryable(e)
+            })?;
         match written.data {
             Response::Horizon { horizon } => Ok(horizon),
             Response::Rejected { reason } => Err(CertifierError::InvalidArgument(reason)),
