@@ -23,6 +23,7 @@ pub struct Cluster {
     /// Dropped after the cluster's processes, before its directory: the
     /// mounts a test put inside it (`Cluster::hold`).
     held: Vec<Box<dyn std::any::Any + Send>>,
+    _watch: super::watchdog::Watch,
     _dir: tempfile::TempDir,
 }
 
@@ -49,6 +50,7 @@ impl Cluster {
     /// directory is the test's own).
     pub async fn start_file(n: usize, adjust: impl FnOnce(&mut ConfigFile)) -> Cluster {
         let dir = shared_tempdir();
+        let watch = super::watchdog::Watch::new(dir.path());
         let mut file = ConfigFile {
             cluster: ClusterConfig {
                 state_dir: dir.path().join("state"),
@@ -67,6 +69,7 @@ impl Cluster {
         Cluster {
             inner,
             held: Vec::new(),
+            _watch: watch,
             _dir: dir,
         }
     }
@@ -81,7 +84,9 @@ impl Cluster {
     /// Stops everything gracefully (`LocalCluster::shutdown`); the
     /// directory the cluster lived in, kept until dropped.
     pub async fn shutdown(self) -> tempfile::TempDir {
-        let Cluster { inner, held, _dir } = self;
+        let Cluster {
+            inner, held, _dir, ..
+        } = self;
         inner.shutdown().await.expect("stopping the cluster");
         drop(held);
         _dir

@@ -74,3 +74,4 @@ pub fn assert_gone(dir: &Path) {
 pub mod cluster;
 pub mod mount;
 pub mod relay;
+pub mod watchdog;
