@@ -52,6 +52,10 @@ use prost::Message;
 const MAX_BATCH_BYTES: usize = 4 << 20;
 /// How often the applier reports progress to the certifier at most.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
+/// How long a report may take: the applier waits for it between batches,
+/// and a certifier that does not answer (a node deposed mid-call) must not
+/// stop the replica applying. A report missed is sent again.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Versions of `tashkent.applied` rows kept behind the newest.
 const APPLIED_LOG_KEEP: u64 = 1000;
 /// Longest pause between attempts at a failing version.
@@ -581,12 +585,16 @@ pub async fn report(shared: &Shared) {
     }
     let applied = *shared.applied.borrow();
     let oldest = shared.oldest_snapshot();
-    if let Err(e) = shared
+    let reported = shared
         .certifier
-        .report_applied(shared.cfg.replica_id, applied, oldest)
-        .await
-    {
-        tracing::debug!("reporting progress: {e}");
+        .report_applied(shared.cfg.replica_id, applied, oldest);
+    match tokio::time::timeout(REPORT_TIMEOUT, reported).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!("reporting progress: {e}"),
+        Err(_) => tracing::debug!(
+            "reporting progress: no answer in {} s",
+            REPORT_TIMEOUT.as_secs()
+        ),
     }
 }
 
