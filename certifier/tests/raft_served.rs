@@ -233,6 +233,30 @@ async fn a_leader_restarted_in_its_term_goes_on_deciding() {
     nodes.stop_all().await;
 }
 
+/// A leader whose followers are gone answers a replica's report and a
+/// certification with an error within seconds (its contact with the
+/// majority is lost), rather than holding them for an entry that cannot
+/// commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_its_majority_answers_reports_and_certifications() {
+    let mut nodes = Nodes::start(3).await;
+    let leader = nodes.leader().await;
+    let lc = nodes.client(leader).await;
+    // A proposal table is built, reports pass through it.
+    assert_eq!(version(lc.certify(ws("a", "ka")).await.unwrap()), 1);
+    lc.report_applied(1, 1, 0).await.unwrap();
+    let (f1, f2) = nodes.others(leader);
+    nodes.stop(f1).await;
+    nodes.stop(f2).await;
+    // Another replica's: its first report is proposed, not answered from
+    // the last one's horizon.
+    let asked = tokio::time::timeout(Duration::from_secs(10), lc.report_applied(2, 1, 0)).await;
+    assert!(matches!(asked, Ok(Err(_))), "the report: {asked:?}");
+    let asked = tokio::time::timeout(Duration::from_secs(10), lc.certify(ws("b", "kb"))).await;
+    assert!(matches!(asked, Ok(Err(_))), "the certification: {asked:?}");
+    nodes.stop_all().await;
+}
+
 /// Certifies `a{i}` for each `i` of `is` through `client`: version `i`.
 async fn commit_numbered(client: &CertifierClient, is: std::ops::RangeInclusive<u64>) {
     for i in is {

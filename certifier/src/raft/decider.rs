@@ -35,7 +35,7 @@
 //! ahead of them is applied anyway).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use openraft::error::{Fatal, RaftError};
@@ -51,6 +51,13 @@ use crate::record_view::{RecordNames, RecordView};
 use crate::rule::ConflictSet;
 use crate::window::ConflictWindow;
 use crate::{record, writeset, Version};
+
+/// How long a leader's certifications wait for its base entry: a base
+/// normally commits within milliseconds, but one appended just before the
+/// node was deposed is answered only once the next leader reaches it.
+/// Past this, the table is dropped and the certifications are refused
+/// (retried); a later base builds the next table.
+const BASE_WAIT: Duration = Duration::from_secs(5);
 
 /// A proposal table, built from the state applied through log entry
 /// `index` of `term`.
@@ -157,6 +164,9 @@ impl Decider {
         writes: &Writes,
         proposals: Vec<Proposal>,
     ) -> Result<Proposed, CertifierError> {
+        // A follower answers at once rather than queueing behind a base
+        // that waits for the next leader.
+        leading(writes)?;
         let _order = self.order.lock().await;
         let term = self.ready(writes).await?;
         let mut direct = Vec::with_capacity(proposals.len());
@@ -284,6 +294,17 @@ impl Decider {
         applied: Version,
         oldest_snapshot: Version,
     ) -> Written {
+        let cmd = Command::Report {
+            replica,
+            applied,
+            oldest_snapshot,
+        };
+        // Without a table there is no horizon to move, and a report must
+        // not queue behind a base (which may wait for the next leader): a
+        // table built after it then misses it, which is safe (above).
+        if self.table.lock().is_none() {
+            return writes.write(cmd).await;
+        }
         let submitted = {
             let _order = self.order.lock().await;
             if let Some(t) = self.table.lock().as_mut() {
@@ -292,11 +313,6 @@ impl Decider {
                     .certifier
                     .report(replica, applied, oldest_snapshot, Instant::now());
             }
-            let cmd = Command::Report {
-                replica,
-                applied,
-                oldest_snapshot,
-            };
             writes.submit(cmd).await?
         };
         submitted.answer().await
@@ -315,11 +331,7 @@ impl Decider {
     /// appends none, and the log before a base is all applied when the
     /// table is built. The caller holds `order`.
     async fn ready(&self, writes: &Writes) -> Result<u64, CertifierError> {
-        let (state, term, leader) = {
-            let m = writes.raft().server_metrics();
-            let m = m.borrow();
-            (m.state, m.vote.leader_id().term, m.current_leader)
-        };
+        let (state, term) = writes.role();
         {
             let mut table = self.table.lock();
             // A table's term is that of an entry this node appended as
@@ -334,31 +346,58 @@ impl Decider {
                 return Ok(t.term);
             }
         }
-        if state != ServerState::Leader {
-            return Err(CertifierError::NotLeader {
-                leader,
-                addr: None,
-                outcome_unknown: false,
-            });
-        }
-        // No time limit: a certification proposed now is answered only
-        // once the log before it is applied anyway, and one base at a time
-        // (`order`) keeps a slow apply from piling bases up.
-        if let Err(e) = self.rebase(writes, Command::Base).await {
+        leading(writes)?;
+        // One base at a time (`order`), so a slow apply cannot pile bases
+        // up; bounded, so a base left behind by a lost leadership does not
+        // hold every certification (and `order`) until the next leader
+        // reaches this node. A base answered after that is harmless: the
+        // next one takes only a table built at or after itself.
+        match tokio::time::timeout(BASE_WAIT, self.rebase(writes, Command::Base)).await {
+            Err(_) => {
+                *self.table.lock() = None;
+                return Err(not_ready("its base entry was not applied in time"));
+            }
             // Nothing was proposed for the certifications waiting here.
-            return Err(match super::proposer::write_error(&e) {
-                CertifierError::NotLeader { leader, addr, .. } => CertifierError::NotLeader {
-                    leader,
-                    addr,
-                    outcome_unknown: false,
-                },
-                _ => not_ready("its base entry failed"),
-            });
+            Ok(Err(e)) => {
+                return Err(match super::proposer::write_error(&e) {
+                    CertifierError::NotLeader { leader, addr, .. } => CertifierError::NotLeader {
+                        leader,
+                        addr,
+                        outcome_unknown: false,
+                    },
+                    _ => not_ready("its base entry failed"),
+                })
+            }
+            Ok(Ok(_)) => {}
         }
-        match &*self.table.lock() {
+        let mut table = self.table.lock();
+        // A base the next leader committed is answered here too: a table
+        // of a term this node no longer leads decides nothing.
+        let (state, term) = writes.role();
+        if table
+            .as_ref()
+            .is_some_and(|t| t.term != term || state != ServerState::Leader)
+        {
+            *table = None;
+        }
+        match &*table {
             Some(t) => Ok(t.term),
             None => Err(not_ready("no proposal table was built")),
         }
+    }
+}
+
+/// Refuses (nothing proposed) unless this node's metrics say it leads.
+fn leading(writes: &Writes) -> Result<(), CertifierError> {
+    let m = writes.raft().server_metrics();
+    let m = m.borrow();
+    match m.state {
+        ServerState::Leader => Ok(()),
+        _ => Err(CertifierError::NotLeader {
+            leader: m.current_leader,
+            addr: None,
+            outcome_unknown: false,
+        }),
     }
 }
 

@@ -190,7 +190,7 @@ impl Writes {
     }
 
     /// This node's role and term, as its metrics last said.
-    fn role(&self) -> (ServerState, u64) {
+    pub(super) fn role(&self) -> (ServerState, u64) {
         let m = self.raft.server_metrics();
         let m = m.borrow();
         (m.state, m.vote.leader_id().term)

@@ -105,6 +105,10 @@ fn raft_error(e: impl std::fmt::Display) -> CertifierError {
 /// at once when they need it.
 const VERSIONS_SYNC_DELAY: Duration = Duration::from_millis(50);
 
+/// How many of the longest election timeouts a node that led before its
+/// restart waits before it may stand (see `open`).
+const STAND_OFF_ELECTIONS: u32 = 2;
+
 /// Timing for a LAN or loopback: a heartbeat every 150 ms, elections after
 /// 0.6–1.2 s of silence (a loaded 2-core machine must not miss heartbeats
 /// for that long). openraft 0.9 gives an AppendEntries the heartbeat
@@ -179,7 +183,7 @@ pub(super) async fn open(
     // The leader's proposal tables, built by the state machine (`decider`).
     let table_slot = Arc::new(TableSlot::default());
     let peers_n = peers.len();
-    let (wal, spool, log, sm, versions, readable) = {
+    let (wal, spool, log, sm, versions, readable, led) = {
         let (config, tail, submitted) = (config.clone(), tail.clone(), submitted.clone());
         let table_slot = table_slot.clone();
         tokio::task::spawn_blocking(move || -> Result<_, CertifierError> {
@@ -214,9 +218,7 @@ pub(super) async fn open(
                 ..config.wal_options()
             };
             let mut log = LogStore::open(&raft_dir, opts)?;
-            if peers_n > 1 {
-                log.start_as_follower(id);
-            }
+            let led = peers_n > 1 && log.start_as_follower(id);
             let sm = StateMachine::open_serving(
                 &raft_dir,
                 config.limits(),
@@ -225,7 +227,7 @@ pub(super) async fn open(
             )?
             .deciding_for(id, table_slot.clone());
             log.purge_behind(sm.snapshot_writes().kept());
-            Ok((wal, spool, log, sm, versions, readable))
+            Ok((wal, spool, log, sm, versions, readable, led))
         })
         .await
         .map_err(|e| CertifierError::Io(std::io::Error::other(e)))??
@@ -260,11 +262,18 @@ pub(super) async fn open(
             }
         }
     }
+    // A node that led stands for no election until the group's leader has
+    // had time to reach it: its restored vote is uncommitted
+    // (`LogStore::start_as_follower`), so it would campaign at its first
+    // election timeout and could depose a leader elected while it was
+    // down. It still votes, and stands when a leader hands over to it.
+    let quiet = led.then(|| tokio::time::Instant::now() + STAND_OFF_ELECTIONS * lease);
     let (may_stand_tx, may_stand) = tokio::sync::watch::channel(false);
     tokio::spawn(standing::guard(
         raft.clone(),
         versions.gap_pending(),
         votes_held,
+        quiet,
         may_stand_tx,
     ));
     spool.purge(wal.first_lsn()).await?;

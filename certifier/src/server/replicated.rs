@@ -371,17 +371,25 @@ impl Node {
             }
             seen.insert(replica, now);
         }
-        let written = self
-            .writes
-            .report(replica, applied, oldest_snapshot)
-            .await
-            .map_err(|e| {
-                // Not proposed, or not known: the next report tries again.
-                self.reported.lock().remove(&replica);
-                let e = crate::raft::proposer::write_error(&e);
-                self.retryable(e)
-            })?;
-        match written.data {
+        let writes = self.writes.clone();
+        // Like a certification, refused out of contact: a leader cut off
+        // from its majority would never get it committed.
+        let proposed = self
+            .propose(
+                || async move {
+                    let written = writes.report(replica, applied, oldest_snapshot).await;
+                    written
+                        .map(|w| w.data)
+                        .map_err(|e| crate::raft::proposer::write_error(&e))
+                },
+                false,
+            )
+            .await;
+        // Not proposed, or not known: the next report tries again.
+        let data = proposed.inspect_err(|_| {
+            self.reported.lock().remove(&replica);
+        })?;
+        match data {
             Response::Horizon { horizon } => Ok(horizon),
             Response::Rejected { reason } => Err(CertifierError::InvalidArgument(reason)),
             other => Err(CertifierError::Protocol(format!(

@@ -19,25 +19,31 @@ use crate::Version;
 /// Keeps `raft`'s elections off while votes are held (until `held_until`)
 /// or a gap is pending (`gap`), on otherwise, and says which in
 /// `may_stand`; ends when the versions log that sends `gap` is gone.
+/// Until `quiet_until` its own elections are off too, but it may stand
+/// when a leader hands over to it.
 pub(super) async fn guard(
     raft: Raft,
     mut gap: watch::Receiver<Option<Version>>,
     held_until: Option<Instant>,
+    quiet_until: Option<Instant>,
     may_stand: watch::Sender<bool>,
 ) {
     loop {
-        let held = held_until.filter(|until| Instant::now() < *until);
+        let now = Instant::now();
+        let held = held_until.filter(|until| now < *until);
+        let quiet = quiet_until.filter(|until| now < *until);
         let filling = gap.borrow_and_update().is_some();
         let may = held.is_none() && !filling;
-        raft.runtime_config().elect(may);
+        raft.runtime_config().elect(may && quiet.is_none());
         may_stand.send_replace(may);
+        let wake = held.max(quiet);
         tokio::select! {
             changed = gap.changed() => {
                 if changed.is_err() {
                     return;
                 }
             }
-            _ = tokio::time::sleep_until(held.unwrap_or_else(Instant::now)), if held.is_some() => {}
+            _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
         }
     }
 }
