@@ -32,7 +32,8 @@
 //!
 //! A leader without a table certifies nothing until its base is applied
 //! (certifications wait for it: they could not be answered before the log
-//! ahead of them is applied anyway).
+//! ahead of them is applied anyway), for `BASE_WAIT` at most. A follower
+//! refuses at once, without queueing on `order`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
