@@ -117,9 +117,11 @@ fn the_watchdog_kills_only_the_children_naming_the_directory() {
     let dir = super::shared_tempdir();
     let other = super::shared_tempdir();
     let spawn = |d: &Path| {
+        // A shell waiting in a builtin on its stdin: no child of its own
+        // to outlive it, and `d` stays in its command line.
         std::process::Command::new("sh")
-            // Not a lone command, which the shell would exec, losing `d`.
-            .args(["-c", "sleep 600; exit 0", d.to_str().unwrap()])
+            .args(["-c", "read _", d.to_str().unwrap()])
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     };

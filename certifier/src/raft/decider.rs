@@ -27,8 +27,8 @@
 //!   (`Command::Decided` carries its term), as is one whose decisions do
 //!   not fit the applied state.
 //!
-//! Reports go through the same lock and also move the table's horizon
-//! (see [`Decider::report`]).
+//! While there is a table, reports go through the same lock and also
+//! move its horizon (see [`Decider::report`]).
 //!
 //! A leader without a table certifies nothing until its base is applied
 //! (certifications wait for it: they could not be answered before the log
@@ -356,6 +356,11 @@ impl Decider {
         match tokio::time::timeout(BASE_WAIT, self.rebase(writes, Command::Base)).await {
             Err(_) => {
                 *self.table.lock() = None;
+                tracing::warn!(
+                    "raft: this leader's base entry was not applied within {} s; \
+                     certifications are refused until one is",
+                    BASE_WAIT.as_secs()
+                );
                 return Err(not_ready("its base entry was not applied in time"));
             }
             // Nothing was proposed for the certifications waiting here.

@@ -36,7 +36,8 @@ pub(super) async fn guard(
         let may = held.is_none() && !filling;
         raft.runtime_config().elect(may && quiet.is_none());
         may_stand.send_replace(may);
-        let wake = held.max(quiet);
+        // The earlier end: each changes what is decided above.
+        let wake = [held, quiet].into_iter().flatten().min();
         tokio::select! {
             changed = gap.changed() => {
                 if changed.is_err() {
