@@ -34,16 +34,20 @@ pub fn shared_tempdir() -> tempfile::TempDir {
     dir
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name (which may
+/// hold spaces and parentheses): the state first, then the parent's pid;
+/// None once the process is gone.
+pub fn proc_stat(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
 /// True while a process with this pid exists and is not a zombie.
 pub fn pid_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_owned));
-            !matches!(state.as_deref(), Some("Z") | Some("X"))
-        }
-        Err(_) => false,
+    match proc_stat(pid) {
+        Some(fields) => !matches!(fields.first().map(String::as_str), Some("Z") | Some("X")),
+        None => false,
     }
 }
 

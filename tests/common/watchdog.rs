@@ -101,11 +101,7 @@ fn children_naming(dir: &Path) -> Vec<i32> {
     procs
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // The parent's pid is the second field after the command's `)`.
-            let ppid = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().nth(1).map(str::to_owned));
+            let ppid = super::proc_stat(*pid).and_then(|f| f.get(1).cloned());
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             ppid.as_deref() == Some(me.as_str()) && String::from_utf8_lossy(&cmdline).contains(&dir)
         })

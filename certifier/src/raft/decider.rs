@@ -354,8 +354,8 @@ impl Decider {
         // reaches this node. A base answered after that is harmless: the
         // next one takes only a table built at or after itself.
         match tokio::time::timeout(BASE_WAIT, self.rebase(writes, Command::Base)).await {
+            // `rebase` dropped the table before proposing.
             Err(_) => {
-                *self.table.lock() = None;
                 tracing::warn!(
                     "raft: this leader's base entry was not applied within {} s; \
                      certifications are refused until one is",

@@ -171,16 +171,16 @@ impl LogStore {
     /// Starts node `me`, of a group of several voters, as a follower even
     /// if it led when it stopped: its own committed vote, if that is the
     /// saved one, is read back uncommitted (same term, still its own).
-    /// openraft would restore it
-    /// as leader of the same term, and a leader's entries reach followers
-    /// before its own flush (`vendor/README.md`): entries it sent and
-    /// lost in a crash would get their log ids reused by its next ones,
-    /// which followers holding the lost ones would take as matching. As a
-    /// follower, the next leader is elected in a new term. Only in memory:
-    /// the next vote openraft saves replaces it. Returns whether the vote
-    /// was changed (the node led): the caller keeps it from standing for
-    /// a while (`server::node`), since an uncommitted vote of its own, in
-    /// a term above the group's leader's, would depose that leader.
+    /// openraft would restore it as leader of the same term, and a
+    /// leader's entries reach followers before its own flush
+    /// (`vendor/README.md`): entries it sent and lost in a crash would get
+    /// their log ids reused by its next ones, which followers holding the
+    /// lost ones would take as matching. As a follower, the next leader is
+    /// elected in a new term. Only in memory: the next vote openraft saves
+    /// replaces it. Returns whether the vote was changed (the node led):
+    /// the caller keeps it from standing for a while (`server::node`),
+    /// since an uncommitted vote of its own, in a term above the group's
+    /// leader's, would depose that leader.
     pub fn start_as_follower(&mut self, me: NodeId) -> bool {
         let mut m = self.shared.meta.lock();
         match m.vote {
