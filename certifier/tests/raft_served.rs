@@ -225,6 +225,14 @@ async fn a_leader_restarted_in_its_term_goes_on_deciding() {
     for round in 1..=2u64 {
         nodes.stop(1).await;
         nodes.restart(1).await;
+        // Its raft core restores it as leader once it has started, which
+        // may come after a first call: a client given one address takes
+        // "no leader known" as final.
+        nodes
+            .status_when(1, "the restarted node does not lead", |s| {
+                s.role == "leader"
+            })
+            .await;
         let from = 10 * round + 1;
         commit_numbered(&nodes.client(1).await, from..=from + 9).await;
     }
@@ -254,6 +262,54 @@ async fn a_leader_without_its_majority_answers_reports_and_certifications() {
     assert!(matches!(asked, Ok(Err(_))), "the report: {asked:?}");
     let asked = tokio::time::timeout(Duration::from_secs(10), lc.certify(ws("b", "kb"))).await;
     assert!(matches!(asked, Ok(Err(_))), "the certification: {asked:?}");
+    nodes.stop_all().await;
+}
+
+/// A client whose link to the leader goes silent (a partition: nothing
+/// closed, nothing answered) with a certification in flight does not wait
+/// for TCP to give up (a quarter of an hour): HTTP/2 keep-alive pings go
+/// unanswered, the connection is dropped within seconds, and the
+/// certification is asked again of the others, which lead it to the
+/// leader's own address: it commits, once. A subscriber on that link is
+/// told its stream broke, within seconds too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_link_to_the_leader_goes_silent_moves_on() {
+    let mut nodes = Nodes::start(3).await;
+    let leader = nodes.leader().await;
+    let (f1, f2) = nodes.others(leader);
+    let link = SlowLink::start(nodes.addrs[&leader].parse().unwrap(), 1 << 20).await;
+    let addrs = format!("{},{},{}", link.addr(), nodes.addrs[&f1], nodes.addrs[&f2]);
+    let client = CertifierClient::connect(&addrs).await.unwrap();
+    assert_eq!(version(client.certify(ws("a", "ka")).await.unwrap()), 1);
+    let subscriber = CertifierClient::connect(link.addr().to_string())
+        .await
+        .unwrap();
+    let mut stream = subscriber.subscribe(1).await.unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap().version, 1);
+    let passed = link.passed();
+    assert!(passed > 0, "the client did not go through the link");
+    link.stall();
+    let asked = std::time::Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(30), client.certify(ws("b", "kb"))).await;
+    assert!(
+        matches!(got, Ok(Ok(Outcome::Committed { version: 2 }))),
+        "the certification sent into the silent link: {got:?} after {:?}",
+        asked.elapsed()
+    );
+    eprintln!(
+        "committed through another way {:?} after the link went silent",
+        asked.elapsed()
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
+    assert!(
+        matches!(ended, Ok(Some(Err(_)))),
+        "the subscription on the silent link: {ended:?}"
+    );
+    assert_eq!(link.passed(), passed, "the link passed bytes while silent");
+    // Once only: a retry of `b` is answered from the dedupe table.
+    assert_eq!(version(client.certify(ws("b", "kb")).await.unwrap()), 2);
+    assert_eq!(version(client.certify(ws("c", "kc")).await.unwrap()), 3);
+    drop(link);
     nodes.stop_all().await;
 }
 
@@ -846,6 +902,42 @@ async fn a_leader_streams_only_as_many_writesets_as_the_nodes_keep() {
     let mut later = [version(b.unwrap()), version(c.unwrap())];
     later.sort();
     assert_eq!(later, [2, 3]);
+    nodes.stop_all().await;
+}
+
+/// A client that goes silent (a partition) while its streamed writeset
+/// holds the leader's one permit does not hold it for TCP's quarter of an
+/// hour: the leader's keep-alive pings go unanswered, it drops the
+/// connection and the stream within seconds, and another client's
+/// streamed writeset goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_lets_go_of_the_leaders_stream_permit() {
+    let (mut nodes, leader, direct) = nodes_of_one_stream_permit().await;
+    let link = SlowLink::start(nodes.addrs[&leader].parse().unwrap(), 1 << 20).await;
+    let silent = CertifierClient::connect(link.addr().to_string())
+        .await
+        .unwrap();
+    let (_a_tx, a_call, _a_last) = a_stream_holding_the_permit(&nodes, leader, &silent).await;
+    link.stall();
+    let stalled = std::time::Instant::now();
+    let b = tokio::time::timeout(
+        Duration::from_secs(30),
+        direct.certify_chunked(four_rows("b", "kb"), 200),
+    )
+    .await;
+    assert!(
+        matches!(b, Ok(Ok(Outcome::Committed { version: 1 }))),
+        "b, streamed while a silent client held the permit: {b:?} after {:?}",
+        stalled.elapsed()
+    );
+    eprintln!(
+        "b committed {:?} after a's link went silent",
+        stalled.elapsed()
+    );
+    // The silent client learns of it through its own pings.
+    let a = tokio::time::timeout(Duration::from_secs(30), a_call).await;
+    assert!(matches!(a, Ok(Ok(Err(_)))), "a: {a:?}");
+    drop(link);
     nodes.stop_all().await;
 }
 

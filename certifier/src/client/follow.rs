@@ -19,7 +19,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use super::pipeline::PipelineClient;
-use super::{uri, CertifierClient, ClientOptions, Conn, Grpc, WINDOW_BYTES};
+use super::{
+    uri, CertifierClient, ClientOptions, Conn, Grpc, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
+    WINDOW_BYTES,
+};
 use crate::error::{says_outcome, CertifierError, LogFailure, OUTCOME_NOT_WRITTEN};
 use crate::outcome::Outcome;
 use crate::proto::{ReportCheckpointRequest, ReportCheckpointResponse, SubscribeRequest, Writeset};
@@ -130,7 +133,9 @@ impl Conn {
             // One pipeline stream carries every transaction of this client:
             // the default 64 KiB HTTP/2 window would throttle it.
             .initial_stream_window_size(Some(WINDOW_BYTES))
-            .initial_connection_window_size(Some(WINDOW_BYTES));
+            .initial_connection_window_size(Some(WINDOW_BYTES))
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
         if bounded {
             endpoint = endpoint.connect_timeout(NODE_CONNECT_TIMEOUT);
         }

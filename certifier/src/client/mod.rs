@@ -40,6 +40,23 @@ use pipeline::PipelineClient;
 /// HTTP/2 flow-control window, per stream and per connection.
 pub(crate) const WINDOW_BYTES: u32 = 8 << 20;
 
+/// After this long without a byte from the other end, a connection with
+/// a call open (client) or any connection (server) sends an HTTP/2 ping.
+///
+/// Why: a partitioned link closes nothing and refuses nothing, and TCP
+/// retransmits for about a quarter of an hour before it gives up, so a
+/// client's COMMIT (or a replica's Subscribe, or a server's stream
+/// holding a permit) would wait that long on a peer that is gone. A link
+/// that still carries bytes, however slowly, sends no ping.
+pub(crate) const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a ping may go unanswered before the connection is dropped
+/// (its calls fail as unavailable, outcome unknown, and a client given
+/// several nodes asks the others). Interval plus timeout stays under the
+/// default failover timeout (10 s), so a certification that met a silent
+/// link still has time to be asked again elsewhere.
+pub(crate) const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The sending half of a streamed Certify call (see
 /// [`CertifierClient::certify_stream`]).
 pub struct ChunkSender {

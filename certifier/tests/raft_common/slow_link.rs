@@ -1,9 +1,10 @@
 //! A TCP relay that passes on what its target sends at a bounded rate (per
 //! connection), so that a test can make a stream from a node (a gap copy
 //! reading Subscribe) take seconds, tell from the bytes it passed which
-//! node a client is streaming from, and close the link for a while.
-//! Requests go through unthrottled. It stops, with every connection, when
-//! dropped.
+//! node a client is streaming from, close the link for a while, or make
+//! it go silent (`stall`: a partition, every connection left open and
+//! nothing passed either way). Requests go through unthrottled. It stops,
+//! with every connection, when dropped.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,7 @@ pub struct SlowLink {
     addr: SocketAddr,
     passed: Arc<AtomicU64>,
     closed: Arc<watch::Sender<bool>>,
+    stalled: Arc<watch::Sender<bool>>,
     accept: JoinHandle<()>,
 }
 
@@ -30,8 +32,9 @@ impl SlowLink {
         let addr = listener.local_addr().unwrap();
         let passed = Arc::new(AtomicU64::new(0));
         let closed = Arc::new(watch::channel(false).0);
+        let stalled = Arc::new(watch::channel(false).0);
         let accept = {
-            let (passed, closed) = (passed.clone(), closed.clone());
+            let (passed, closed, stalled) = (passed.clone(), closed.clone(), stalled.clone());
             tokio::spawn(async move {
                 // Dropped with this task: every connection ends with it.
                 let mut conns = JoinSet::new();
@@ -40,7 +43,12 @@ impl SlowLink {
                     if *closed.borrow() {
                         continue;
                     }
-                    let link = (bytes_per_ms.max(1), passed.clone(), closed.subscribe());
+                    let link = (
+                        bytes_per_ms.max(1),
+                        passed.clone(),
+                        closed.subscribe(),
+                        stalled.subscribe(),
+                    );
                     conns.spawn(pass(conn, target, link));
                 }
             })
@@ -49,6 +57,7 @@ impl SlowLink {
             addr,
             passed,
             closed,
+            stalled,
             accept,
         }
     }
@@ -71,6 +80,13 @@ impl SlowLink {
     pub fn open(&self) {
         self.closed.send_replace(false);
     }
+
+    /// Stops passing anything, either way, on every connection, and
+    /// leaves them open: the link goes silent, as a partitioned network
+    /// does (nothing is closed or refused). New connections stall too.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
 }
 
 impl Drop for SlowLink {
@@ -83,7 +99,12 @@ impl Drop for SlowLink {
 async fn pass(
     conn: TcpStream,
     target: SocketAddr,
-    (bytes_per_ms, passed, mut closed): (u64, Arc<AtomicU64>, watch::Receiver<bool>),
+    (bytes_per_ms, passed, mut closed, mut stalled): (
+        u64,
+        Arc<AtomicU64>,
+        watch::Receiver<bool>,
+        watch::Receiver<bool>,
+    ),
 ) {
     let Ok(out) = TcpStream::connect(target).await else {
         return;
@@ -104,9 +125,16 @@ async fn pass(
             tokio::time::sleep(Duration::from_micros(n as u64 * 1000 / bytes_per_ms)).await;
         }
     };
-    tokio::select! {
-        _ = requests => {}
-        _ = answers => {}
-        _ = closed.wait_for(|c| *c) => {}
+    let silent = tokio::select! {
+        _ = requests => false,
+        _ = answers => false,
+        _ = closed.wait_for(|c| *c) => false,
+        _ = stalled.wait_for(|s| *s) => true,
+    };
+    if silent {
+        // Both sockets stay open, unread and unwritten, until the link is
+        // closed or dropped.
+        let _held = (from_client, to_client, from_target, to_target);
+        let _ = closed.wait_for(|c| *c).await;
     }
 }
