@@ -171,15 +171,88 @@ pub fn stop_child(child: &mut Child, signal: Signal, timeout: Duration) -> Optio
 /// A loopback TCP port that was free when asked. Another process may
 /// take it before the caller binds it, so callers that start a server on
 /// it retry on a fresh one when it turns out taken.
+///
+/// It is chosen at random below the kernel's range of ephemeral ports
+/// (`ip_local_port_range`), from [`FIRST_CHOSEN_PORT`] up, when that
+/// leaves room: a server keeps its port across restarts (a replica's
+/// PostgreSQL, stopped for a checkpoint or killed), and while it is down
+/// a port from that range may be handed to any outgoing connection on
+/// the machine, after which the server cannot start again (a test saw
+/// exactly that). Below the range the kernel hands out no port by itself.
 pub fn free_loopback_port() -> Result<u16> {
+    let ephemeral_from = ephemeral_ports_from();
+    if ephemeral_from > FIRST_CHOSEN_PORT + 1_000 {
+        for _ in 0..64 {
+            let span = u64::from(ephemeral_from - FIRST_CHOSEN_PORT);
+            let port = FIRST_CHOSEN_PORT + (random_u64() % span) as u16;
+            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                if let Ok(a) = l.local_addr() {
+                    return Ok(a.port());
+                }
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(Error::io("finding a free TCP port"))
 }
 
+/// The lowest port [`free_loopback_port`] chooses (above the well-known
+/// ports and the usual fixed ones: PostgreSQL's 5432, our 6432 and 7400).
+pub const FIRST_CHOSEN_PORT: u16 = 10_000;
+
+/// The first port of the kernel's ephemeral range (32768 when unknown).
+fn ephemeral_ports_from() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// A random number (std's randomly keyed hasher over a counter and the
+/// time): enough to spread the ports of concurrent callers.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
 impl Drop for ChildProcess {
     fn drop(&mut self) {
         self.kill_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chosen_port_is_free_and_below_the_ephemeral_range() {
+        let from = ephemeral_ports_from();
+        let ports: Vec<u16> = (0..20).map(|_| free_loopback_port().unwrap()).collect();
+        for p in &ports {
+            if from > FIRST_CHOSEN_PORT + 1_000 {
+                assert!(
+                    (FIRST_CHOSEN_PORT..from).contains(p),
+                    "port {p}, range from {from}"
+                );
+            }
+            std::net::TcpListener::bind(("127.0.0.1", *p)).unwrap();
+        }
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(distinct.len() > 15, "not spread: {ports:?}");
     }
 }

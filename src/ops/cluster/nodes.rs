@@ -13,7 +13,7 @@ use tashkent_certifier::{CertifierConfig, RunningCertifier};
 use super::{part_addr, part_metrics_addr, path_arg, write_section, LocalCluster, Part, Placement};
 use crate::error::{Error, Result};
 use crate::ops::certifier::CertifierTarget;
-use crate::ops::process::ChildProcess;
+use crate::ops::process::{free_loopback_port, ChildProcess};
 
 /// How many raft nodes `certifiers` means (none for a single certifier).
 pub(super) fn count(certifiers: u32) -> usize {
@@ -35,17 +35,16 @@ pub(super) fn listen_addrs(certifiers: u32, kept: &[u16]) -> Result<Vec<SocketAd
     if kept.len() == certifiers as usize {
         return Ok(kept.iter().map(|p| local(*p)).collect());
     }
-    // All bound at once, so that they differ; released for the nodes.
-    let held = (0..certifiers)
-        .map(|_| std::net::TcpListener::bind(local(0)))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(Error::io("choosing the certifier nodes' ports".to_string()))?;
-    held.iter()
-        .map(|l| {
-            l.local_addr()
-                .map_err(Error::io("a bound port".to_string()))
-        })
-        .collect()
+    // Kept across the nodes' restarts, so chosen where the kernel hands
+    // out none by itself (`free_loopback_port`); distinct.
+    let mut ports: Vec<u16> = Vec::new();
+    while ports.len() < certifiers as usize {
+        let p = free_loopback_port()?;
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    Ok(ports.into_iter().map(local).collect())
 }
 
 impl LocalCluster {
