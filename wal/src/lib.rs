@@ -42,9 +42,11 @@
 //!   linked to an `Fsync(DATASYNC)` (short writes resubmitted);
 //!   [`Backend::Portable`] uses `pwrite` + `fdatasync`. [`Backend::Auto`]
 //!   probes io_uring at open and falls back when the kernel refuses it.
-//! - **Raft shape.** `submit` (append with a durability future),
-//!   `truncate_after`, `purge_below` and `read_from` map onto openraft's
-//!   `RaftLogStorage` (`append` + callback, `truncate`, `purge`, log reader);
+//! - **Raft shape.** `submit` (append with a durability future) or
+//!   `submit_then` (with a callback the writer thread calls once the
+//!   record is durable), `truncate_after`, `purge_below` and `read_from`
+//!   map onto openraft's `RaftLogStorage` (`append` + callback,
+//!   `truncate`, `purge`, log reader);
 //!   `restart_at` empties the log and moves its next LSN anywhere (a
 //!   follower's log after a snapshot that is ahead of it).
 //!

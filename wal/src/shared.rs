@@ -17,6 +17,52 @@ use crate::{Lsn, WalError, WalOptions};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, WalError>>;
 
+/// Who hears of one append's outcome.
+pub(crate) enum AppendReply {
+    /// An [`crate::AppendTicket`]'s sender.
+    Ticket(Reply<Lsn>),
+    /// A callback of [`crate::Wal::submit_then`].
+    Call(Callback),
+}
+
+impl AppendReply {
+    pub(crate) fn send(self, r: Result<Lsn, WalError>) {
+        match self {
+            // A dropped ticket is nobody's business.
+            AppendReply::Ticket(t) => drop(t.send(r)),
+            AppendReply::Call(c) => c.call(r),
+        }
+    }
+}
+
+/// A callback run on the writer's thread (it must be quick and must not
+/// block), exactly once: dropped uncalled (the log closed with the
+/// append still queued), it is called with [`WalError::Closed`], as a
+/// ticket then resolves.
+pub(crate) struct Callback(Option<AppendDone>);
+
+type AppendDone = Box<dyn FnOnce(Result<Lsn, WalError>) + Send>;
+
+impl Callback {
+    pub(crate) fn new(f: impl FnOnce(Result<Lsn, WalError>) + Send + 'static) -> Callback {
+        Callback(Some(Box::new(f)))
+    }
+
+    fn call(mut self, r: Result<Lsn, WalError>) {
+        if let Some(f) = self.0.take() {
+            f(r);
+        }
+    }
+}
+
+impl Drop for Callback {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(WalError::Closed));
+        }
+    }
+}
+
 /// Work for the writer thread, executed strictly in queue order.
 pub(crate) enum Op {
     Append {
@@ -24,7 +70,7 @@ pub(crate) enum Op {
         payload: Bytes,
         /// `None` for records of `Wal::submit_many`, which nobody awaits
         /// one by one.
-        reply: Option<Reply<Lsn>>,
+        reply: Option<AppendReply>,
     },
     Truncate {
         lsn: Lsn,

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::error::IoContext;
 use crate::reader::WalReader;
-use crate::shared::{Counters, Op, Shared, State};
+use crate::shared::{AppendReply, Callback, Counters, Op, Shared, State};
 use crate::writer::Writer;
 use crate::{backend, format, recovery, segment, Backend, Durability, Lsn, WalError, WalOptions};
 
@@ -146,26 +146,52 @@ impl Wal {
     /// Queues `payload` as the next record and returns its LSN at once; the
     /// ticket resolves when it is durable. Never waits for I/O.
     pub fn submit(&self, payload: impl Into<Bytes>) -> Result<AppendTicket, WalError> {
-        let payload = payload.into();
-        self.check_size(&payload)?;
         let (reply, rx) = oneshot::channel();
-        let lsn = {
-            let mut st = self.shared().state.lock();
-            check_open(self.shared(), &st)?;
-            let lsn = st.next_lsn;
-            st.next_lsn += 1;
-            self.shared().last.store(lsn, Ordering::Release);
-            self.shared().enqueue(
-                &mut st,
-                Op::Append {
-                    lsn,
-                    payload,
-                    reply: Some(reply),
-                },
-            );
-            lsn
-        };
+        let lsn = self.enqueue_append(payload.into(), || AppendReply::Ticket(reply))?;
         Ok(AppendTicket { lsn, rx })
+    }
+
+    /// Queues `payload` as the next record and returns its LSN at once;
+    /// `done` is called with the outcome a ticket would resolve to, on the
+    /// writer's thread, right after the fdatasync that made the record
+    /// durable (or with the error that means it never will be; also when
+    /// the log closes first). It must be quick and must not block: it
+    /// holds up the acknowledgement of the records after it. When this
+    /// returns an error, `done` is dropped uncalled.
+    ///
+    /// Why: a caller that only passes the outcome on (a raft log's flush
+    /// callback) saves the task that would await a ticket, one hand-off
+    /// between threads per append.
+    pub fn submit_then(
+        &self,
+        payload: impl Into<Bytes>,
+        done: impl FnOnce(Result<Lsn, WalError>) + Send + 'static,
+    ) -> Result<Lsn, WalError> {
+        self.enqueue_append(payload.into(), || AppendReply::Call(Callback::new(done)))
+    }
+
+    /// Queues an append answered by `reply()`, made only once it is
+    /// queued (a refused append answers nobody).
+    fn enqueue_append(
+        &self,
+        payload: Bytes,
+        reply: impl FnOnce() -> AppendReply,
+    ) -> Result<Lsn, WalError> {
+        self.check_size(&payload)?;
+        let mut st = self.shared().state.lock();
+        check_open(self.shared(), &st)?;
+        let lsn = st.next_lsn;
+        st.next_lsn += 1;
+        self.shared().last.store(lsn, Ordering::Release);
+        self.shared().enqueue(
+            &mut st,
+            Op::Append {
+                lsn,
+                payload,
+                reply: Some(reply()),
+            },
+        );
+        Ok(lsn)
     }
 
     /// Queues `payloads` as the next records, in order, under one lock and

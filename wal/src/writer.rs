@@ -24,7 +24,7 @@ use crate::backend::IoBackend;
 use crate::error::IoContext;
 use crate::format::{self, SEGMENT_HEADER_LEN};
 use crate::segment::{self, ActiveSegment, SegmentInfo};
-use crate::shared::{Op, Reply, Shared};
+use crate::shared::{AppendReply, Op, Shared};
 use crate::{fault, Durability, Lsn, WalError};
 
 /// Groups larger than this are split (bounds the copy buffer; a single
@@ -39,7 +39,7 @@ const KEEP_BUF_BYTES: usize = 4 << 20;
 struct Pending {
     lsn: Lsn,
     payload: Bytes,
-    reply: Option<Reply<Lsn>>,
+    reply: Option<AppendReply>,
 }
 
 pub(crate) struct Writer {
@@ -227,7 +227,7 @@ impl Writer {
             let err = self.shared.poison_error(&cause);
             for p in group.drain(..) {
                 if let Some(r) = p.reply {
-                    let _ = r.send(Err(err.clone()));
+                    r.send(Err(err.clone()));
                 }
             }
             return;
@@ -236,7 +236,7 @@ impl Writer {
             // Entries still holding their reply were not acknowledged.
             for p in group.iter_mut() {
                 if let Some(r) = p.reply.take() {
-                    let _ = r.send(Err(e.clone()));
+                    r.send(Err(e.clone()));
                 }
             }
             self.poison(e);
@@ -362,7 +362,7 @@ impl Writer {
         self.shared.publish_durable(last);
         for p in entries.iter_mut() {
             if let Some(r) = p.reply.take() {
-                let _ = r.send(Ok(p.lsn));
+                r.send(Ok(p.lsn));
             }
         }
     }
@@ -530,7 +530,7 @@ impl Writer {
             match op {
                 Op::Append { reply, .. } => {
                     if let Some(reply) = reply {
-                        let _ = reply.send(Err(err.clone()));
+                        reply.send(Err(err.clone()));
                     }
                 }
                 Op::Truncate { reply, .. }
@@ -545,7 +545,7 @@ impl Writer {
         }
         for p in unsynced {
             if let Some(r) = p.reply {
-                let _ = r.send(Err(err.clone()));
+                r.send(Err(err.clone()));
             }
         }
     }

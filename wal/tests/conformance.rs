@@ -515,7 +515,51 @@ async fn many_clones_dropped_concurrently(b: Backend) {
     assert_eq!(wal.last_lsn(), 16);
 }
 
+/// `submit_then`: each callback is called once, in LSN order, with its
+/// LSN, once that record is durable; tickets and callbacks mix.
+async fn submit_then_calls_back_once_durable(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Arc::new(Wal::open(dir.path(), opts(b)).unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tickets = Vec::new();
+    for i in 1..=200u64 {
+        if i % 3 == 0 {
+            tickets.push(wal.submit(payload(i, 50)).unwrap());
+            continue;
+        }
+        let (tx, w) = (tx.clone(), wal.clone());
+        let lsn = wal
+            .submit_then(payload(i, 50), move |r| {
+                // Durable before the callback runs.
+                let durable = w.durable_lsn();
+                tx.send((r.unwrap(), durable)).unwrap();
+            })
+            .unwrap();
+        assert_eq!(lsn, i);
+    }
+    drop(tx);
+    let mut called = Vec::new();
+    while let Some((lsn, durable)) = rx.recv().await {
+        assert!(
+            durable >= lsn,
+            "record {lsn} called back at durable {durable}"
+        );
+        called.push(lsn);
+    }
+    let want: Vec<u64> = (1..=200).filter(|i| i % 3 != 0).collect();
+    assert_eq!(called, want, "each once, in order");
+    for t in tickets {
+        t.await.unwrap();
+    }
+    assert_eq!(read_all(&wal, 1).len(), 200);
+    // A refused append calls nobody back.
+    let big = vec![0u8; WalOptions::default().max_record_size as usize + 1];
+    let refused = wal.submit_then(big, |_| panic!("called back"));
+    assert!(refused.is_err());
+}
+
 both_backends!(
+    submit_then_calls_back_once_durable,
     append_read_reopen,
     zero_byte_records,
     concurrent_appenders,

@@ -29,6 +29,10 @@ async fn fsync_failure_poisons_forever(b: Backend) {
     let err = wal.append(payload(5, 10)).await.unwrap_err();
     assert!(err.is_poisoned(), "{err}");
     assert!(wal.submit(payload(6, 10)).unwrap_err().is_poisoned());
+    assert!(wal
+        .submit_then(payload(6, 10), |_| panic!("called back"))
+        .unwrap_err()
+        .is_poisoned());
     assert!(wal.truncate_after(2).await.unwrap_err().is_poisoned());
     assert_eq!(wal.durable_lsn(), 3);
     assert!(wal.close().await.unwrap_err().is_poisoned());

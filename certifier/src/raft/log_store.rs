@@ -387,9 +387,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let wal = &self.shared.wal;
+        let mut callback = Some(callback);
         let mut last_ticket = None;
         let purged = self.purged();
-        for e in entries {
+        let mut entries = entries.into_iter().peekable();
+        while let Some(e) = entries.next() {
             let err = |e| storage_err(ErrorSubject::Logs, ErrorVerb::Write, e);
             if purged.is_some_and(|p| e.log_id.index <= p.index) {
                 // Already covered by the snapshot behind the purge pointer
@@ -412,20 +414,41 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             let rec = entry::encode(&e).map_err(err)?;
             self.shared.recent.lock().push(&e, rec.len());
-            let ticket = wal.submit(rec).map_err(|w| err(w.into()))?;
-            debug_assert_eq!(ticket.lsn, lsn);
+            let submitted = match (entries.peek(), callback.take()) {
+                // The WAL acknowledges in LSN order, so the last entry's
+                // flush covers every entry of this call: its callback is
+                // called by the WAL's writer right after it (no task in
+                // between to await a ticket).
+                (None, Some(cb)) => {
+                    last_ticket = None;
+                    wal.submit_then(rec, move |r| {
+                        cb.log_io_completed(r.map(|_| ()).map_err(std::io::Error::other))
+                    })
+                }
+                (_, cb) => {
+                    callback = cb;
+                    wal.submit(rec).map(|t| {
+                        let lsn = t.lsn;
+                        last_ticket = Some(t);
+                        lsn
+                    })
+                }
+            };
+            let submitted = submitted.map_err(|w| err(w.into()))?;
+            debug_assert_eq!(submitted, lsn);
             self.last = Some(e.log_id);
-            last_ticket = Some(ticket);
         }
-        match last_ticket {
-            None => callback.log_io_completed(Ok(())),
-            // The WAL acknowledges in LSN order, so the last ticket covers
-            // every entry of this call.
-            Some(t) => {
-                tokio::spawn(async move {
-                    let r = t.await.map(|_| ()).map_err(std::io::Error::other);
-                    callback.log_io_completed(r);
-                });
+        // Not handed to the WAL: nothing appended, or the last entries
+        // were behind the purge pointer.
+        if let Some(cb) = callback {
+            match last_ticket {
+                None => cb.log_io_completed(Ok(())),
+                Some(t) => {
+                    tokio::spawn(async move {
+                        let r = t.await.map(|_| ()).map_err(std::io::Error::other);
+                        cb.log_io_completed(r);
+                    });
+                }
             }
         }
         Ok(())
