@@ -89,7 +89,9 @@
 //!   0.36–0.40x with it (issue 14's goal is 0.7x). What binds most is
 //!   the replication round: 0.9 keeps one AppendEntries in flight per
 //!   follower, and a follower answers after its fdatasync and some 13
-//!   task and thread hand-offs on the way (0.8–1.1 ms a round under
+//!   task and thread hand-offs on the way (12 since the WAL's writer
+//!   calls the flush callback itself, `Wal::submit_then`, which measured
+//!   no faster: twenty-seventh session) (0.8–1.1 ms a round under
 //!   load, ~0.2–0.3 ms of it the flush; the disk takes the nodes' flushes
 //!   side by side). The CPU idles meanwhile (43–45 % idle), and more
 //!   clients do not close the gap (README, "With a replicated
