@@ -10,35 +10,40 @@ bash scripts/setup.sh
 # whole suite takes 10 to 18 minutes on two cores). `timeout` signals its
 # own process group: cargo, the test binaries and the certifier and proxy
 # processes they started. PostgreSQL servers run in groups of their own,
-# so after a timeout `stop_leftover_servers` stops those whose data
-# directory a test of this run created, and removes those directories.
-# `timeout` runs in the background so that an interrupt of this script
-# reaches it (it is not in our process group).
+# so after a timeout `stop_leftover_servers` stops those left in this
+# run's own temporary directory, which every test's directories are made
+# in (TMPDIR), and removes it. `timeout` runs in the background so that
+# an interrupt of this script reaches it (it is not in our process group).
 limit=${TEST_TIME_LIMIT:-2400}
-tmp=${TMPDIR:-/tmp}
-started=$(mktemp "$tmp/tashkent-test-run.XXXXXX")
-trap 'rm -f "$started"' EXIT
+run_tmp=$(mktemp -d "${TMPDIR:-/tmp}/tashkent-run.XXXXXX")
+# The unprivileged server account must reach the tests' directories.
+chmod 755 "$run_tmp"
+export TMPDIR=$run_tmp
+trap 'rm -rf "$run_tmp" 2>/dev/null || true' EXIT
 
 # The PostgreSQL servers (their postmasters' PIDs, from postmaster.pid)
-# left behind in test directories (tests/common::shared_tempdir) created
-# since this script started; each is checked to be the server of that
-# data directory before it gets SIGQUIT (PostgreSQL's immediate stop).
+# left behind under this run's temporary directory; each is checked to
+# be the server of that data directory (its command line names it)
+# before it gets SIGQUIT (PostgreSQL's immediate stop), and waited for.
 stop_leftover_servers() {
-    local d pidfile pid data
-    for d in "$tmp"/tashkent-test-*/; do
-        [ -d "$d" ] && [ "$d" -nt "$started" ] || continue
-        while IFS= read -r pidfile; do
-            pid=$(head -n1 "$pidfile" 2>/dev/null || true)
-            data=$(dirname "$pidfile")
-            case "$pid" in '' | *[!0-9]*) continue ;; esac
-            if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$data"; then
-                echo "scripts/test.sh: stopping PostgreSQL $pid left running in $data" >&2
-                kill -QUIT "$pid" 2>/dev/null || true
-            fi
-        done < <(find "$d" -name postmaster.pid 2>/dev/null)
-        sleep 1
-        rm -rf "$d"
+    local pidfile pid data pids=() i
+    while IFS= read -r pidfile; do
+        pid=$(head -n1 "$pidfile" 2>/dev/null || true)
+        data=$(dirname "$pidfile")
+        case "$pid" in '' | *[!0-9]*) continue ;; esac
+        if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$data"; then
+            echo "scripts/test.sh: stopping PostgreSQL $pid left running in $data" >&2
+            kill -QUIT "$pid" 2>/dev/null || true
+            pids+=("$pid")
+        fi
+    done < <(find "$run_tmp" -name postmaster.pid 2>/dev/null || true)
+    for pid in "${pids[@]}"; do
+        for i in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
     done
+    rm -rf "$run_tmp"/* 2>/dev/null || true
 }
 bounded() {
     local rc pid

@@ -207,7 +207,11 @@ impl Writer {
         f: impl FnOnce(&mut Self) -> Result<(), WalError>,
         fatal: bool,
     ) -> Result<(), WalError> {
-        if let Some(cause) = self.shared.state.lock().poisoned.clone() {
+        // Not `if let` on the lock: its guard would live through the body,
+        // and the replies below (callbacks, `submit_then`) must not run
+        // under the state lock.
+        let poisoned = self.shared.state.lock().poisoned.clone();
+        if let Some(cause) = poisoned {
             return Err(self.shared.poison_error(&cause));
         }
         let r = f(self);

@@ -40,14 +40,18 @@ use pipeline::PipelineClient;
 /// HTTP/2 flow-control window, per stream and per connection.
 pub(crate) const WINDOW_BYTES: u32 = 8 << 20;
 
-/// After this long without a byte from the other end, a connection with
-/// a call open (client) or any connection (server) sends an HTTP/2 ping.
+/// While a call is open, after this long without a frame received from
+/// the certifier, a client's connection sends an HTTP/2 ping.
 ///
 /// Why: a partitioned link closes nothing and refuses nothing, and TCP
 /// retransmits for about a quarter of an hour before it gives up, so a
-/// client's COMMIT (or a replica's Subscribe, or a server's stream
-/// holding a permit) would wait that long on a peer that is gone. A link
-/// that still carries bytes, however slowly, sends no ping.
+/// proxy's COMMIT in flight (or a replica's Subscribe) would wait that
+/// long on a node it can no longer reach. A stream that keeps bringing
+/// data (a Subscribe catching up, however slowly) sends no ping; an idle
+/// one is answered at once by a live certifier. Only the client pings:
+/// a server's ping would wait behind what it already queued for a slow
+/// subscriber and could drop a healthy stream (the server bounds what a
+/// silent client holds instead: `server::service::CHUNK_PATIENCE`).
 pub(crate) const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a ping may go unanswered before the connection is dropped

@@ -182,11 +182,7 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
     let mut server = Server::builder()
         .initial_stream_window_size(Some(crate::client::WINDOW_BYTES))
         .initial_connection_window_size(Some(crate::client::WINDOW_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES))
-        // A client gone silent (a partition) lets go of its streams, and
-        // of the permit a streamed writeset holds, within seconds.
-        .http2_keepalive_interval(Some(crate::client::KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(crate::client::KEEPALIVE_TIMEOUT));
+        .max_frame_size(Some(MAX_FRAME_BYTES));
     if let Some(tls) = tls {
         server = server
             .tls_config(tls)

@@ -40,6 +40,14 @@ use crate::window::ConflictWindow;
 use crate::writeset::{self};
 use crate::{record, Version};
 
+/// How long a Certify stream may wait for its client's next chunk. A
+/// client that went silent (a partitioned link closes nothing; TCP gives
+/// up only after about a quarter of an hour) would otherwise hold the
+/// stream, and with it the leader's permit for streamed writesets, which
+/// every other large writeset waits for. The client has its writeset at
+/// hand when it streams it, so a live one is never this slow.
+pub(crate) const CHUNK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Longest an `AwaitTurn` call waits: a session's turn comes after each
 /// one queued before it has had its turn, each bounded by `turns::HOLD`.
 const AWAIT_TURN_MAX: std::time::Duration = std::time::Duration::from_secs(5);
@@ -385,17 +393,28 @@ impl CertifierService {
         decided.map(|(o, _)| o)
     }
 
-    /// The next chunk of a Certify stream, unless the server stops first:
-    /// a stream whose client is slow must not hold a shutdown up, and
-    /// nothing of it is certified before its last chunk, so the client is
-    /// told to retry (elsewhere, when it knows other nodes).
+    /// The next chunk of a Certify stream, unless the server stops first
+    /// or it does not come within [`CHUNK_PATIENCE`]: a stream whose
+    /// client is slow must not hold a shutdown up, nor one whose client
+    /// went silent (a partition) the leader's stream permit, and nothing
+    /// of it is certified before its last chunk, so the client is told to
+    /// retry (elsewhere, when it knows other nodes).
     pub(crate) async fn next_chunk(
         &self,
         chunks: &mut Streaming<Writeset>,
     ) -> Result<Writeset, CertifierError> {
         let mut stop = self.inner.stop_signal.subscribe();
         let next = tokio::select! {
-            next = chunks.message() => next?,
+            next = tokio::time::timeout(CHUNK_PATIENCE, chunks.message()) => match next {
+                Ok(next) => next?,
+                Err(_) => {
+                    return Err(CertifierError::Rpc(tonic::Status::unavailable(format!(
+                        "no chunk of this Certify stream came for {} s: nothing of it was \
+                         certified; retry",
+                        CHUNK_PATIENCE.as_secs()
+                    ))))
+                }
+            },
             _ = stop.wait_for(|stopped| *stopped) => {
                 return Err(CertifierError::Rpc(tonic::Status::unavailable(
                     "the certifier is shutting down: nothing of this Certify stream was \
