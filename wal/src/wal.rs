@@ -156,8 +156,10 @@ impl Wal {
     /// writer's thread, right after the fdatasync that made the record
     /// durable (or with the error that means it never will be; also when
     /// the log closes first). It must be quick and must not block: it
-    /// holds up the acknowledgement of the records after it. When this
-    /// returns an error, `done` is dropped uncalled.
+    /// holds up the acknowledgement of the records after it. It must not
+    /// panic (that would end the writer thread) and must not own the
+    /// log's last handle (dropping it there would join the writer from
+    /// itself). When this returns an error, `done` is dropped uncalled.
     ///
     /// Why: a caller that only passes the outcome on (a raft log's flush
     /// callback) saves the task that would await a ticket, one hand-off
