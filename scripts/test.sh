@@ -16,8 +16,9 @@ bash scripts/setup.sh
 # an interrupt of this script reaches it (it is not in our process group).
 limit=${TEST_TIME_LIMIT:-2400}
 run_tmp=$(mktemp -d "${TMPDIR:-/tmp}/tashkent-run.XXXXXX")
-# The unprivileged server account must reach the tests' directories.
-chmod 755 "$run_tmp"
+# Like /tmp: the unprivileged server account reaches the tests'
+# directories, and puts its socket here when their paths are too long.
+chmod 1777 "$run_tmp"
 export TMPDIR=$run_tmp
 trap 'rm -rf "$run_tmp" 2>/dev/null || true' EXIT
 
