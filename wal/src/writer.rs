@@ -207,11 +207,7 @@ impl Writer {
         f: impl FnOnce(&mut Self) -> Result<(), WalError>,
         fatal: bool,
     ) -> Result<(), WalError> {
-        // Not `if let` on the lock: its guard would live through the body,
-        // and the replies below (callbacks, `submit_then`) must not run
-        // under the state lock.
-        let poisoned = self.shared.state.lock().poisoned.clone();
-        if let Some(cause) = poisoned {
+        if let Some(cause) = self.shared.state.lock().poisoned.clone() {
             return Err(self.shared.poison_error(&cause));
         }
         let r = f(self);
@@ -227,7 +223,11 @@ impl Writer {
         if group.is_empty() {
             return;
         }
-        if let Some(cause) = self.shared.state.lock().poisoned.clone() {
+        // Not `if let` on the lock: its guard would live through the body,
+        // and the replies below (`submit_then` callbacks) must not run
+        // under the state lock.
+        let poisoned = self.shared.state.lock().poisoned.clone();
+        if let Some(cause) = poisoned {
             let err = self.shared.poison_error(&cause);
             for p in group.drain(..) {
                 if let Some(r) = p.reply {

@@ -81,6 +81,52 @@ async fn deferred_sync_failure_fails_the_unsynced_and_poisons(b: Backend) {
     scenario.teardown();
 }
 
+/// The appends queued behind a failed group are answered with the poison
+/// outside the WAL's state lock: a `submit_then` callback may call the
+/// log (here `poison_cause`, which takes that lock) without deadlocking
+/// the writer.
+async fn callbacks_of_a_poisoned_batch_run_outside_the_lock(b: Backend) {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let o = WalOptions {
+        max_group_records: 1,
+        ..opts(b)
+    };
+    let wal = std::sync::Arc::new(Wal::open(dir.path(), o).unwrap());
+    // The first group stalls before its fsync while the others queue up
+    // behind it; the second group's fsync fails.
+    fail::cfg("wal::before_fsync", "1*sleep(300)->return").unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 1..=4u64 {
+        let (tx, w) = (tx.clone(), wal.clone());
+        wal.submit_then(payload(i, 10), move |r| {
+            let poisoned = w.poison_cause().is_some();
+            tx.send((i, r.is_ok(), poisoned)).unwrap();
+        })
+        .unwrap();
+    }
+    drop(tx);
+    let mut answered = Vec::new();
+    while let Ok(Some(a)) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await
+    {
+        answered.push(a);
+    }
+    fail::remove("wal::before_fsync");
+    let ids: Vec<u64> = answered.iter().map(|a| a.0).collect();
+    assert_eq!(
+        ids,
+        [1, 2, 3, 4],
+        "every callback, once, in order: {answered:?}"
+    );
+    assert!(answered[0].1, "the first group was durable: {answered:?}");
+    assert!(
+        answered[2..].iter().all(|a| !a.1 && a.2),
+        "the rest failed on a poisoned log: {answered:?}"
+    );
+    scenario.teardown();
+}
+
 async fn failed_group_and_everything_queued_get_errors_never_acks(b: Backend) {
     let scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
@@ -347,6 +393,7 @@ async fn interrupted_truncate_leaves_a_prefix(b: Backend) {
 }
 
 both_backends!(
+    callbacks_of_a_poisoned_batch_run_outside_the_lock,
     fsync_failure_poisons_forever,
     deferred_sync_failure_fails_the_unsynced_and_poisons,
     failed_group_and_everything_queued_get_errors_never_acks,
