@@ -388,7 +388,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let wal = &self.shared.wal;
         let mut callback = Some(callback);
-        let mut last_ticket = None;
         let purged = self.purged();
         let mut entries = entries.into_iter().peekable();
         while let Some(e) = entries.next() {
@@ -414,42 +413,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             let rec = entry::encode(&e).map_err(err)?;
             self.shared.recent.lock().push(&e, rec.len());
-            let submitted = match (entries.peek(), callback.take()) {
+            let is_last = entries.peek().is_none();
+            let submitted = match callback.take_if(|_| is_last) {
                 // The WAL acknowledges in LSN order, so the last entry's
                 // flush covers every entry of this call: its callback is
                 // called by the WAL's writer right after it (no task in
                 // between to await a ticket).
-                (None, Some(cb)) => {
-                    last_ticket = None;
-                    wal.submit_then(rec, move |r| {
-                        cb.log_io_completed(r.map(|_| ()).map_err(std::io::Error::other))
-                    })
-                }
-                (_, cb) => {
-                    callback = cb;
-                    wal.submit(rec).map(|t| {
-                        let lsn = t.lsn;
-                        last_ticket = Some(t);
-                        lsn
-                    })
-                }
+                Some(cb) => wal.submit_then(rec, move |r| {
+                    cb.log_io_completed(r.map(|_| ()).map_err(std::io::Error::other))
+                }),
+                None => wal.submit(rec).map(|t| t.lsn),
             };
             let submitted = submitted.map_err(|w| err(w.into()))?;
             debug_assert_eq!(submitted, lsn);
             self.last = Some(e.log_id);
         }
-        // Not handed to the WAL: nothing appended, or the last entries
-        // were behind the purge pointer.
+        // Nothing handed to the WAL: no entries, or all of them behind the
+        // purge pointer. (Entries come in index order, so those skipped
+        // are a prefix: whenever one was appended, so was the last, which
+        // took the callback.)
         if let Some(cb) = callback {
-            match last_ticket {
-                None => cb.log_io_completed(Ok(())),
-                Some(t) => {
-                    tokio::spawn(async move {
-                        let r = t.await.map(|_| ()).map_err(std::io::Error::other);
-                        cb.log_io_completed(r);
-                    });
-                }
-            }
+            cb.log_io_completed(Ok(()));
         }
         Ok(())
     }
