@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::ops::certifier::CertifierTarget;
 use crate::ops::config::ConfigFile;
 use crate::ops::pg::{Durability, PgConfig, PgServer};
-use crate::ops::process::ChildProcess;
+use crate::ops::process::{free_loopback_port, ChildProcess};
 use crate::ops::state_dir::{Ports, StateDir};
 use crate::ops::{checkpoint, recover};
 use crate::proxy::{ProxyConfig, RunningProxy};
@@ -185,6 +185,23 @@ pub struct LocalCluster {
     config: ConfigFile,
 }
 
+/// A loopback address on `port`.
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `port`, or for 0 (a first start, nothing configured) a free one below
+/// the ephemeral range (`free_loopback_port`): a part keeps its port
+/// across restarts, and one bound to port 0 got it from the ephemeral
+/// range, where any outgoing connection may take it while the part is
+/// down (a killed proxy then could not start again).
+fn kept_or_free(port: u16) -> Result<u16> {
+    match port {
+        0 => free_loopback_port(),
+        p => Ok(p),
+    }
+}
+
 impl LocalCluster {
     /// Starts (or resumes) the cluster `file` describes, all in this
     /// process.
@@ -203,6 +220,9 @@ impl LocalCluster {
             .map_err(Error::io(format!("creating {}", root.display())))?;
         let state = StateDir::new(&root);
         let ports = state.ports()?;
+        // A metrics port is chosen only when the endpoints run (one kept
+        // unused could be taken by the time they are enabled).
+        let metrics_port = |p| if cfg.metrics { kept_or_free(p) } else { Ok(p) };
         let mut file = file.clone();
         tls_certificate(&mut file, &state)?;
         certifier_tls(&mut file, &state)?;
@@ -227,42 +247,53 @@ impl LocalCluster {
             replicas,
             proxies: Vec::new(),
             certifier: None,
-            certifier_listen: SocketAddr::from(([127, 0, 0, 1], ports.certifier)),
+            certifier_listen: local(kept_or_free(ports.certifier)?),
             nodes: Vec::new(),
             node_listen: nodes::listen_addrs(cfg.certifiers, &ports.certifier_nodes)?,
             node_routes: Vec::new(),
             node_metrics: (0..nodes::count(cfg.certifiers))
-                .map(|i| ports.certifier_node_metrics.get(i).copied().unwrap_or(0))
-                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
-                .collect(),
+                .map(|i| metrics_port(ports.certifier_node_metrics.get(i).copied().unwrap_or(0)))
+                .map(|p| p.map(local))
+                .collect::<Result<_>>()?,
             proxy_listen: Vec::new(),
-            certifier_metrics: SocketAddr::from(([127, 0, 0, 1], ports.certifier_metrics)),
+            certifier_metrics: local(metrics_port(ports.certifier_metrics)?),
             proxy_metrics: Vec::new(),
             placement,
             state: state.clone(),
             config: file,
         };
-        // Freshly chosen node ports were free when chosen, not when the
-        // nodes bind them (another process may take one in between): on
-        // a first start, choose again a few times.
+        // Freshly chosen ports were free when chosen, not when the parts
+        // bind them (another process may take one in between): on a first
+        // start, choose again a few times.
         let mut attempts = 0;
         while let Err(e) = cluster.start_certifier().await {
             attempts += 1;
-            if !cluster.replicated() || !ports.certifier_nodes.is_empty() || attempts >= 3 {
+            let chosen = match cluster.replicated() {
+                true => ports.certifier_nodes.is_empty(),
+                false => ports.certifier == 0,
+            };
+            if !chosen || attempts >= 3 {
                 return Err(e);
             }
-            tracing::info!("starting the certifier nodes again on other ports: {e}");
+            tracing::info!("starting the certifier again on other ports: {e}");
             cluster.stop_certifier().await?;
-            // A first start's node directories hold nothing but the
-            // membership with the old ports.
-            for id in 1..=cfg.certifiers {
-                let dir = cluster.state.certifier_node_dir(id);
-                if dir.exists() {
-                    std::fs::remove_dir_all(&dir)
-                        .map_err(Error::io(format!("removing {}", dir.display())))?;
+            if cluster.replicated() {
+                // A first start's node directories hold nothing but the
+                // membership with the old ports.
+                for id in 1..=cfg.certifiers {
+                    let dir = cluster.state.certifier_node_dir(id);
+                    if dir.exists() {
+                        std::fs::remove_dir_all(&dir)
+                            .map_err(Error::io(format!("removing {}", dir.display())))?;
+                    }
+                }
+                cluster.node_listen = nodes::listen_addrs(cfg.certifiers, &[])?;
+            } else {
+                cluster.certifier_listen = local(free_loopback_port()?);
+                if ports.certifier_metrics == 0 {
+                    cluster.certifier_metrics = local(metrics_port(0)?);
                 }
             }
-            cluster.node_listen = nodes::listen_addrs(cfg.certifiers, &[])?;
         }
         for i in 0..cluster.replicas.len() {
             let port = ports
@@ -274,15 +305,24 @@ impl LocalCluster {
                 } else {
                     cfg.proxy_port + i as u16
                 });
-            cluster
-                .proxy_listen
-                .push(SocketAddr::from(([127, 0, 0, 1], port)));
-            let metrics_port = ports.proxy_metrics.get(i).copied().unwrap_or(0);
+            cluster.proxy_listen.push(local(kept_or_free(port)?));
+            let kept_metrics = ports.proxy_metrics.get(i).copied().unwrap_or(0);
             cluster
                 .proxy_metrics
-                .push(SocketAddr::from(([127, 0, 0, 1], metrics_port)));
+                .push(local(metrics_port(kept_metrics)?));
             cluster.proxies.push(None);
-            cluster.start_proxy(i).await?;
+            let mut attempts = 0;
+            while let Err(e) = cluster.start_proxy(i).await {
+                attempts += 1;
+                if port != 0 || attempts >= 3 {
+                    return Err(e);
+                }
+                tracing::info!("starting proxy {} again on another port: {e}", i + 1);
+                cluster.proxy_listen[i] = local(free_loopback_port()?);
+                if kept_metrics == 0 {
+                    cluster.proxy_metrics[i] = local(metrics_port(0)?);
+                }
+            }
         }
         state.write_ports(&Ports {
             certifier: cluster.certifier_listen.port(),

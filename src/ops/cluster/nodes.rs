@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use tashkent_certifier::{CertifierConfig, RunningCertifier};
 
-use super::{part_addr, part_metrics_addr, path_arg, write_section, LocalCluster, Part, Placement};
+use super::{
+    local, part_addr, part_metrics_addr, path_arg, write_section, LocalCluster, Part, Placement,
+};
 use crate::error::{Error, Result};
 use crate::ops::certifier::CertifierTarget;
 use crate::ops::process::{free_loopback_port, ChildProcess};
@@ -31,7 +33,6 @@ pub(super) fn listen_addrs(certifiers: u32, kept: &[u16]) -> Result<Vec<SocketAd
     if count(certifiers) == 0 {
         return Ok(Vec::new());
     }
-    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
     if kept.len() == certifiers as usize {
         return Ok(kept.iter().map(|p| local(*p)).collect());
     }
