@@ -288,18 +288,7 @@ impl Decider {
     /// will (a table that misses a report only keeps more history; one
     /// ahead of the applied horizon, a report never logged, only aborts
     /// more as "snapshot too old": both are safe).
-    pub async fn report(
-        &self,
-        writes: &Writes,
-        replica: u32,
-        applied: Version,
-        oldest_snapshot: Version,
-    ) -> Written {
-        let cmd = Command::Report {
-            replica,
-            applied,
-            oldest_snapshot,
-        };
+    pub async fn report(&self, writes: &Writes, cmd: Command) -> Written {
         // Without a table there is no horizon to move, and a report must
         // not queue behind a base (which may wait for the next leader): a
         // table built after it then misses it, which is safe (above).
@@ -308,11 +297,19 @@ impl Decider {
         }
         let submitted = {
             let _order = self.order.lock().await;
-            if let Some(t) = self.table.lock().as_mut() {
+            if let (
+                Some(t),
+                Command::Report {
+                    replica,
+                    applied,
+                    oldest_snapshot,
+                },
+            ) = (self.table.lock().as_mut(), &cmd)
+            {
                 // One the applied state would refuse changes nothing.
                 let _ = t
                     .certifier
-                    .report(replica, applied, oldest_snapshot, Instant::now());
+                    .report(*replica, *applied, *oldest_snapshot, Instant::now());
             }
             writes.submit(cmd).await?
         };

@@ -144,16 +144,14 @@ impl Writes {
         applied: Version,
         oldest_snapshot: Version,
     ) -> Written {
+        let cmd = Command::Report {
+            replica,
+            applied,
+            oldest_snapshot,
+        };
         match &self.decider {
-            Some(d) => d.report(self, replica, applied, oldest_snapshot).await,
-            None => {
-                let cmd = Command::Report {
-                    replica,
-                    applied,
-                    oldest_snapshot,
-                };
-                self.write(cmd).await
-            }
+            Some(d) => d.report(self, cmd).await,
+            None => self.write(cmd).await,
         }
     }
 

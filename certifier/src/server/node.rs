@@ -105,9 +105,12 @@ fn raft_error(e: impl std::fmt::Display) -> CertifierError {
 /// at once when they need it.
 const VERSIONS_SYNC_DELAY: Duration = Duration::from_millis(50);
 
-/// How many of the longest election timeouts a node that led before its
-/// restart waits before it may stand (see `open`).
-const STAND_OFF_ELECTIONS: u32 = 2;
+/// How many of the longest election timeouts outlast any election that
+/// was running when a node stopped or lost its state (a candidate whose
+/// term timed out ignores answers for it): a node that led before its
+/// restart waits this long before it may stand (see `open`), and a
+/// rejoining node casts no vote for as long (`rejoin.rs`).
+pub(super) const ELECTIONS_TO_OUTLAST: u32 = 2;
 
 /// Timing for a LAN or loopback: a heartbeat every 150 ms, elections after
 /// 0.6–1.2 s of silence (a loaded 2-core machine must not miss heartbeats
@@ -267,7 +270,7 @@ pub(super) async fn open(
     // (`LogStore::start_as_follower`), so it would campaign at its first
     // election timeout and could depose a leader elected while it was
     // down. It still votes, and stands when a leader hands over to it.
-    let quiet = led.then(|| tokio::time::Instant::now() + STAND_OFF_ELECTIONS * lease);
+    let quiet = led.then(|| tokio::time::Instant::now() + ELECTIONS_TO_OUTLAST * lease);
     let (may_stand_tx, may_stand) = tokio::sync::watch::channel(false);
     tokio::spawn(standing::guard(
         raft.clone(),

@@ -6,11 +6,11 @@
 //! first node of `peers` initializes the membership when it finds no
 //! state). And it must not vote at once: it may have voted in the current
 //! term (or a later one) before it lost its state, and a second vote in
-//! one term can elect two leaders. So for [`VOTE_HOLD_ELECTIONS`] election
-//! timeouts it refuses vote requests and does not stand for election
-//! (which would be a vote for itself); by then any election that was
-//! running when it lost its state has ended (a candidate whose term timed
-//! out ignores answers for it).
+//! one term can elect two leaders. So for a few election timeouts
+//! (`ELECTIONS_TO_OUTLAST`, `node.rs`) it refuses vote requests and does
+//! not stand for election (which would be a vote for itself); by then any
+//! election that was running when it lost its state has ended (a
+//! candidate whose term timed out ignores answers for it).
 //!
 //! Whether the group runs is asked of the peers' Status (where their raft
 //! messages go: `peer_routes`, else `peers`): one that knows a leader, has
@@ -34,10 +34,6 @@ use crate::client::{CertifierClient, ClientOptions};
 use crate::raft::{NodeId, Raft};
 use crate::tls::ClientTls;
 
-/// How many of the longest election timeouts a rejoining node casts no
-/// vote for.
-const VOTE_HOLD_ELECTIONS: u32 = 2;
-
 /// Holds the votes of node `id` (`raft`, whose longest election timeout
 /// is `election_timeout`): it stands for no election until the hold ends
 /// (its core's own elections are switched off here, and on again by
@@ -48,7 +44,7 @@ pub(super) fn hold_votes(
     raft: &Raft,
     election_timeout: Duration,
 ) -> tokio::time::Instant {
-    let hold = VOTE_HOLD_ELECTIONS * election_timeout;
+    let hold = super::node::ELECTIONS_TO_OUTLAST * election_timeout;
     tracing::warn!(
         node = id,
         "this node's raft state is new but its group runs: it rejoins, and casts no vote for \
