@@ -286,9 +286,11 @@ async fn a_client_whose_link_to_the_leader_goes_silent_moves_on() {
         .unwrap();
     let mut stream = subscriber.subscribe(1).await.unwrap();
     assert_eq!(stream.next().await.unwrap().unwrap().version, 1);
-    let passed = link.passed();
-    assert!(passed > 0, "the client did not go through the link");
+    assert!(link.passed() > 0, "the client did not go through the link");
     link.stall();
+    // A relay in the middle of a chunk when stalled still passes it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let passed = link.passed();
     let asked = std::time::Instant::now();
     let got = tokio::time::timeout(Duration::from_secs(30), client.certify(ws("b", "kb"))).await;
     assert!(

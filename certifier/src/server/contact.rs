@@ -31,6 +31,13 @@ type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
 /// How often the leader lease is looked at.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long a request waits for the watcher to catch up with a role
+/// change the raft metrics already show (see [`Contact::lost_now`]).
+const CATCH_UP: Duration = Duration::from_secs(1);
+
+/// Why a leader is out of contact.
+const LEASE_LAPSED: &str = "it leads but no majority has answered it within the leader lease";
+
 /// How long a node may be out of contact before its Subscribe streams end
 /// (an election here takes 0.6–2 s).
 pub(crate) const STREAM_GRACE: Duration = Duration::from_secs(3);
@@ -48,6 +55,9 @@ pub(crate) struct Lost {
 pub(crate) struct Contact {
     rx: watch::Receiver<Option<Lost>>,
     peers: Arc<Peers>,
+    /// The node's role as its raft core last reported it, which the
+    /// watcher follows a task hand-off late.
+    role: watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, openraft::BasicNode>>,
 }
 
 impl Contact {
@@ -58,6 +68,7 @@ impl Contact {
     pub(crate) fn watch(raft: Raft, lease: Duration, peers: Arc<Peers>) -> Contact {
         let (tx, rx) = watch::channel(None);
         let forgets = peers.clone();
+        let role_now = raft.server_metrics();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -98,7 +109,11 @@ impl Contact {
                 });
             }
         });
-        Contact { rx, peers }
+        Contact {
+            rx,
+            peers,
+            role: role_now,
+        }
     }
 
     /// How this node's peers answered it (`raft::reach`).
@@ -109,6 +124,36 @@ impl Contact {
     /// Out of contact now: since when and why.
     pub(crate) fn lost(&self) -> Option<Lost> {
         *self.rx.borrow()
+    }
+
+    /// Out of contact now, for a request about to be refused for it: when
+    /// the raft metrics already show the node leading or following a
+    /// leader, and the watcher has not seen that yet (a node just elected,
+    /// or restarted as the leader of its term, must not refuse its first
+    /// certifications), waits for the watcher, at most [`CATCH_UP`]. A
+    /// leader whose lease lapsed is refused at once.
+    pub(crate) async fn lost_now(&self) -> Option<Lost> {
+        let lost = self.lost()?;
+        let in_touch = {
+            let m = self.role.borrow();
+            match m.state {
+                ServerState::Leader => lost.why != LEASE_LAPSED,
+                ServerState::Follower | ServerState::Learner => m.current_leader.is_some(),
+                ServerState::Candidate | ServerState::Shutdown => false,
+            }
+        };
+        if !in_touch {
+            return Some(lost);
+        }
+        let mut rx = self.rx.clone();
+        let caught_up = tokio::time::timeout(CATCH_UP, rx.wait_for(Option::is_none))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if caught_up {
+            None
+        } else {
+            self.lost()
+        }
     }
 
     /// Resolves once the node has been out of contact for `grace`
@@ -154,7 +199,7 @@ fn out_of_contact(
             match m.millis_since_quorum_ack {
                 Some(ms) if u128::from(ms) <= lease.as_millis() => None,
                 None if since.elapsed() <= lease => None,
-                _ => Some("it leads but no majority has answered it within the leader lease"),
+                _ => Some(LEASE_LAPSED),
             }
         }
         ServerState::Follower | ServerState::Learner if m.current_leader.is_some() => None,

@@ -308,7 +308,7 @@ impl Node {
     where
         F: std::future::Future<Output = Result<Response, CertifierError>>,
     {
-        if let Some(lost) = self.contact.lost() {
+        if let Some(lost) = self.contact.lost_now().await {
             return Err(self.out_of_contact(lost.why, RETRY_ELSEWHERE.into(), false));
         }
         let proposed = propose();

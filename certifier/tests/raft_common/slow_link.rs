@@ -125,11 +125,13 @@ async fn pass(
             tokio::time::sleep(Duration::from_micros(n as u64 * 1000 / bytes_per_ms)).await;
         }
     };
+    // Biased, the stall first: once it is seen, nothing more is relayed.
     let silent = tokio::select! {
+        biased;
+        _ = stalled.wait_for(|s| *s) => true,
+        _ = closed.wait_for(|c| *c) => false,
         _ = requests => false,
         _ = answers => false,
-        _ = closed.wait_for(|c| *c) => false,
-        _ = stalled.wait_for(|s| *s) => true,
     };
     if silent {
         // Both sockets stay open, unread and unwritten, until the link is
