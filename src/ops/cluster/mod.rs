@@ -169,8 +169,8 @@ pub struct LocalCluster {
     /// Each node's `peer_routes`, when a test routes its links (see
     /// `route_certifier_node`).
     node_routes: Vec<Option<String>>,
-    /// Where each node serves metrics (kept across restarts; port 0 until
-    /// the first start chose one; unused when metrics are off).
+    /// Where each node serves metrics (kept across restarts; unused when
+    /// metrics are off).
     node_metrics: Vec<SocketAddr>,
     /// Where each proxy listens (kept across its restarts).
     proxy_listen: Vec<SocketAddr>,
@@ -190,15 +190,34 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// `port`, or for 0 (a first start, nothing configured) a free one below
-/// the ephemeral range (`free_loopback_port`): a part keeps its port
-/// across restarts, and one bound to port 0 got it from the ephemeral
-/// range, where any outgoing connection may take it while the part is
-/// down (a killed proxy then could not start again).
-fn kept_or_free(port: u16) -> Result<u16> {
-    match port {
-        0 => free_loopback_port(),
-        p => Ok(p),
+/// The ports of a start: each part's kept or configured one, else (a
+/// first start, nothing configured) one chosen free below the ephemeral
+/// range (`free_loopback_port`), distinct from the others chosen. Not
+/// port 0: a part keeps its port across restarts, and one bound to port
+/// 0 got it from the ephemeral range, where any outgoing connection may
+/// take it while the part is down (a killed proxy then could not start
+/// again).
+#[derive(Default)]
+pub(super) struct FreshPorts {
+    chosen: Vec<u16>,
+}
+
+impl FreshPorts {
+    /// `kept`, or a port chosen for a part that runs when `kept` is 0; 0
+    /// for a part that does not run (a metrics endpoint switched off):
+    /// one chosen for it could be taken by the time it is switched on.
+    pub(super) fn port(&mut self, runs: bool, kept: u16) -> Result<u16> {
+        if kept != 0 || !runs {
+            return Ok(kept);
+        }
+        for _ in 0..64 {
+            let p = free_loopback_port()?;
+            if !self.chosen.contains(&p) {
+                self.chosen.push(p);
+                return Ok(p);
+            }
+        }
+        Err(Error::Config("no free loopback port to choose".into()))
     }
 }
 
@@ -220,9 +239,8 @@ impl LocalCluster {
             .map_err(Error::io(format!("creating {}", root.display())))?;
         let state = StateDir::new(&root);
         let ports = state.ports()?;
-        // A metrics port is chosen only when the endpoints run (one kept
-        // unused could be taken by the time they are enabled).
-        let metrics_port = |p| if cfg.metrics { kept_or_free(p) } else { Ok(p) };
+        let mut fresh = FreshPorts::default();
+        let single = nodes::count(cfg.certifiers) == 0;
         let mut file = file.clone();
         tls_certificate(&mut file, &state)?;
         certifier_tls(&mut file, &state)?;
@@ -247,53 +265,42 @@ impl LocalCluster {
             replicas,
             proxies: Vec::new(),
             certifier: None,
-            certifier_listen: local(kept_or_free(ports.certifier)?),
+            certifier_listen: local(fresh.port(single, ports.certifier)?),
             nodes: Vec::new(),
-            node_listen: nodes::listen_addrs(cfg.certifiers, &ports.certifier_nodes)?,
+            node_listen: nodes::listen_addrs(cfg.certifiers, &ports.certifier_nodes, &mut fresh)?,
             node_routes: Vec::new(),
-            node_metrics: (0..nodes::count(cfg.certifiers))
-                .map(|i| metrics_port(ports.certifier_node_metrics.get(i).copied().unwrap_or(0)))
-                .map(|p| p.map(local))
-                .collect::<Result<_>>()?,
+            node_metrics: nodes::metrics_addrs(cfg, &ports.certifier_node_metrics, &mut fresh)?,
             proxy_listen: Vec::new(),
-            certifier_metrics: local(metrics_port(ports.certifier_metrics)?),
+            certifier_metrics: local(fresh.port(single && cfg.metrics, ports.certifier_metrics)?),
             proxy_metrics: Vec::new(),
             placement,
             state: state.clone(),
             config: file,
         };
-        // Freshly chosen ports were free when chosen, not when the parts
-        // bind them (another process may take one in between): on a first
-        // start, choose again a few times.
+        // Freshly chosen node ports were free when chosen, not when the
+        // nodes bind them (another process may take one in between, and
+        // the nodes start one after the other): on a first start, choose
+        // again a few times.
         let mut attempts = 0;
         while let Err(e) = cluster.start_certifier().await {
             attempts += 1;
-            let chosen = match cluster.replicated() {
-                true => ports.certifier_nodes.is_empty(),
-                false => ports.certifier == 0,
-            };
-            if !chosen || attempts >= 3 {
+            if single || !ports.certifier_nodes.is_empty() || attempts >= 3 {
                 return Err(e);
             }
-            tracing::info!("starting the certifier again on other ports: {e}");
+            tracing::info!("starting the certifier nodes again on other ports: {e}");
             cluster.stop_certifier().await?;
-            if cluster.replicated() {
-                // A first start's node directories hold nothing but the
-                // membership with the old ports.
-                for id in 1..=cfg.certifiers {
-                    let dir = cluster.state.certifier_node_dir(id);
-                    if dir.exists() {
-                        std::fs::remove_dir_all(&dir)
-                            .map_err(Error::io(format!("removing {}", dir.display())))?;
-                    }
-                }
-                cluster.node_listen = nodes::listen_addrs(cfg.certifiers, &[])?;
-            } else {
-                cluster.certifier_listen = local(free_loopback_port()?);
-                if ports.certifier_metrics == 0 {
-                    cluster.certifier_metrics = local(metrics_port(0)?);
+            // A first start's node directories hold nothing but the
+            // membership with the old ports.
+            for id in 1..=cfg.certifiers {
+                let dir = cluster.state.certifier_node_dir(id);
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)
+                        .map_err(Error::io(format!("removing {}", dir.display())))?;
                 }
             }
+            cluster.node_listen = nodes::listen_addrs(cfg.certifiers, &[], &mut fresh)?;
+            cluster.node_metrics =
+                nodes::metrics_addrs(cfg, &ports.certifier_node_metrics, &mut fresh)?;
         }
         for i in 0..cluster.replicas.len() {
             let port = ports
@@ -305,24 +312,13 @@ impl LocalCluster {
                 } else {
                     cfg.proxy_port + i as u16
                 });
-            cluster.proxy_listen.push(local(kept_or_free(port)?));
+            cluster.proxy_listen.push(local(fresh.port(true, port)?));
             let kept_metrics = ports.proxy_metrics.get(i).copied().unwrap_or(0);
             cluster
                 .proxy_metrics
-                .push(local(metrics_port(kept_metrics)?));
+                .push(local(fresh.port(cfg.metrics, kept_metrics)?));
             cluster.proxies.push(None);
-            let mut attempts = 0;
-            while let Err(e) = cluster.start_proxy(i).await {
-                attempts += 1;
-                if port != 0 || attempts >= 3 {
-                    return Err(e);
-                }
-                tracing::info!("starting proxy {} again on another port: {e}", i + 1);
-                cluster.proxy_listen[i] = local(free_loopback_port()?);
-                if kept_metrics == 0 {
-                    cluster.proxy_metrics[i] = local(metrics_port(0)?);
-                }
-            }
+            cluster.start_proxy(i).await?;
         }
         state.write_ports(&Ports {
             certifier: cluster.certifier_listen.port(),
@@ -888,6 +884,19 @@ fn write_section<T: Serialize>(path: &Path, name: &str, value: &T) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ports_of_a_start_are_kept_or_chosen_distinct() {
+        let mut fresh = FreshPorts::default();
+        assert_eq!(fresh.port(true, 7400).unwrap(), 7400, "kept");
+        assert_eq!(fresh.port(false, 0).unwrap(), 0, "a part that does not run");
+        let chosen: Vec<u16> = (0..40).map(|_| fresh.port(true, 0).unwrap()).collect();
+        assert!(chosen.iter().all(|p| *p != 0));
+        let mut distinct = chosen.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), chosen.len(), "{chosen:?}");
+    }
 
     #[test]
     fn durability_modes_keep_their_spellings() {

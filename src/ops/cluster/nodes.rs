@@ -11,11 +11,12 @@ use std::time::Duration;
 use tashkent_certifier::{CertifierConfig, RunningCertifier};
 
 use super::{
-    local, part_addr, part_metrics_addr, path_arg, write_section, LocalCluster, Part, Placement,
+    local, part_addr, part_metrics_addr, path_arg, write_section, ClusterConfig, FreshPorts,
+    LocalCluster, Part, Placement,
 };
 use crate::error::{Error, Result};
 use crate::ops::certifier::CertifierTarget;
-use crate::ops::process::{free_loopback_port, ChildProcess};
+use crate::ops::process::ChildProcess;
 
 /// How many raft nodes `certifiers` means (none for a single certifier).
 pub(super) fn count(certifiers: u32) -> usize {
@@ -27,25 +28,37 @@ pub(super) fn count(certifiers: u32) -> usize {
 }
 
 /// Where `certifiers` nodes listen: the ports `kept` from the first start,
-/// else free ones (none for a single certifier). Raft needs every address
-/// before any node starts, so they cannot be chosen by binding port 0.
-pub(super) fn listen_addrs(certifiers: u32, kept: &[u16]) -> Result<Vec<SocketAddr>> {
+/// else ones chosen by `fresh` (none for a single certifier). Raft needs
+/// every address before any node starts, so they cannot be chosen by
+/// binding port 0.
+pub(super) fn listen_addrs(
+    certifiers: u32,
+    kept: &[u16],
+    fresh: &mut FreshPorts,
+) -> Result<Vec<SocketAddr>> {
     if count(certifiers) == 0 {
         return Ok(Vec::new());
     }
-    if kept.len() == certifiers as usize {
-        return Ok(kept.iter().map(|p| local(*p)).collect());
-    }
-    // Kept across the nodes' restarts, so chosen where the kernel hands
-    // out none by itself (`free_loopback_port`); distinct.
-    let mut ports: Vec<u16> = Vec::new();
-    while ports.len() < certifiers as usize {
-        let p = free_loopback_port()?;
-        if !ports.contains(&p) {
-            ports.push(p);
-        }
-    }
-    Ok(ports.into_iter().map(local).collect())
+    let kept = |i: usize| match kept.len() == certifiers as usize {
+        true => kept[i],
+        false => 0,
+    };
+    (0..certifiers as usize)
+        .map(|i| fresh.port(true, kept(i)).map(local))
+        .collect()
+}
+
+/// Where the nodes of `cfg` serve metrics: the ports `kept` from the
+/// first start, else ones chosen by `fresh` when metrics are on.
+pub(super) fn metrics_addrs(
+    cfg: &ClusterConfig,
+    kept: &[u16],
+    fresh: &mut FreshPorts,
+) -> Result<Vec<SocketAddr>> {
+    (0..count(cfg.certifiers))
+        .map(|i| fresh.port(cfg.metrics, kept.get(i).copied().unwrap_or(0)))
+        .map(|p| p.map(local))
+        .collect()
 }
 
 impl LocalCluster {
