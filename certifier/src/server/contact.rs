@@ -38,6 +38,10 @@ const CATCH_UP: Duration = Duration::from_secs(1);
 /// Why a leader is out of contact.
 const LEASE_LAPSED: &str = "it leads but no majority has answered it within the leader lease";
 
+/// Why a node whose raft core ended is out of contact (its server metrics
+/// keep the role it had).
+const STOPPED: &str = "its raft node has stopped";
+
 /// How long a node may be out of contact before its Subscribe streams end
 /// (an election here takes 0.6–2 s).
 pub(crate) const STREAM_GRACE: Duration = Duration::from_secs(3);
@@ -131,28 +135,30 @@ impl Contact {
     /// leader, and the watcher has not seen that yet (a node just elected,
     /// or restarted as the leader of its term, must not refuse its first
     /// certifications), waits for the watcher, at most [`CATCH_UP`]. A
-    /// leader whose lease lapsed is refused at once.
+    /// leader whose lease lapsed, and a node whose core stopped, are
+    /// refused at once.
     pub(crate) async fn lost_now(&self) -> Option<Lost> {
-        let lost = self.lost()?;
-        let in_touch = {
-            let m = self.role.borrow();
-            match m.state {
-                ServerState::Leader => lost.why != LEASE_LAPSED,
-                ServerState::Follower | ServerState::Learner => m.current_leader.is_some(),
-                ServerState::Candidate | ServerState::Shutdown => false,
-            }
-        };
-        if !in_touch {
-            return Some(lost);
-        }
+        let deadline = Instant::now() + CATCH_UP;
         let mut rx = self.rx.clone();
-        let caught_up = tokio::time::timeout(CATCH_UP, rx.wait_for(Option::is_none))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if caught_up {
-            None
-        } else {
-            self.lost()
+        loop {
+            let lost = (*rx.borrow_and_update())?;
+            let in_touch = {
+                let m = self.role.borrow();
+                match m.state {
+                    _ if lost.why == STOPPED || lost.why == LEASE_LAPSED => false,
+                    ServerState::Leader => true,
+                    ServerState::Follower | ServerState::Learner => m.current_leader.is_some(),
+                    ServerState::Candidate | ServerState::Shutdown => false,
+                }
+            };
+            if !in_touch {
+                return Some(lost);
+            }
+            // Looked at again whenever the watcher says anything new.
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return self.lost(),
+            }
         }
     }
 
@@ -188,7 +194,7 @@ fn out_of_contact(
     leading_since: &mut Option<Instant>,
 ) -> Option<&'static str> {
     if m.running_state.is_err() {
-        return Some("its raft node has stopped");
+        return Some(STOPPED);
     }
     if m.state != ServerState::Leader {
         *leading_since = None;
@@ -205,7 +211,7 @@ fn out_of_contact(
         ServerState::Follower | ServerState::Learner if m.current_leader.is_some() => None,
         ServerState::Follower | ServerState::Learner => Some("it knows no leader"),
         ServerState::Candidate => Some("an election is under way"),
-        ServerState::Shutdown => Some("its raft node has stopped"),
+        ServerState::Shutdown => Some(STOPPED),
     }
 }
 
