@@ -221,6 +221,9 @@ async fn a_client_given_every_node_follows_the_leader_across_a_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_restarted_in_its_term_goes_on_deciding() {
     let mut nodes = Nodes::start_snapshotting(1, 4).await;
+    // A node just started is not yet leader, and a client given one
+    // address takes "no leader known" as final.
+    assert_eq!(nodes.leader().await, 1);
     commit_numbered(&nodes.client(1).await, 1..=10).await;
     for round in 1..=2u64 {
         nodes.stop(1).await;
