@@ -179,13 +179,22 @@ pub fn stop_child(child: &mut Child, signal: Signal, timeout: Duration) -> Optio
 /// a port from that range may be handed to any outgoing connection on
 /// the machine, after which the server cannot start again (a test saw
 /// exactly that). Below the range the kernel hands out no port by itself.
+///
+/// A port is handed out once per process: one chosen before belongs to a
+/// server that may be down for a while (killed, restarting) and must find
+/// it free when it comes back, which another part of the same process
+/// (parallel tests start clusters side by side) would otherwise choose
+/// meanwhile (a CI run failed that way: a certifier node's metrics port).
 pub fn free_loopback_port() -> Result<u16> {
+    static CHOSEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let ephemeral_from = ephemeral_ports_from();
     if ephemeral_from > FIRST_CHOSEN_PORT + 1_000 {
+        let mut chosen = CHOSEN.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..64 {
             let span = u64::from(ephemeral_from - FIRST_CHOSEN_PORT);
             let port = FIRST_CHOSEN_PORT + (random_u64() % span) as u16;
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            if !chosen.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                chosen.push(port);
                 return Ok(port);
             }
         }

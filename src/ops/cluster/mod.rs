@@ -190,35 +190,20 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// The ports of a start: each part's kept or configured one, else (a
-/// first start, nothing configured) one chosen free below the ephemeral
-/// range (`free_loopback_port`), distinct from the others chosen. Not
-/// port 0: a part keeps its port across restarts, and one bound to port
-/// 0 got it from the ephemeral range, where any outgoing connection may
+/// A part's port: its kept or configured one, else (a first start,
+/// nothing configured) one chosen free below the ephemeral range
+/// (`free_loopback_port`, which hands each out once); 0 for a part that
+/// does not run (a metrics endpoint switched off: one chosen for it could
+/// be taken by the time it is switched on). Not port 0 for a part that
+/// runs: a part keeps its port across restarts, and one bound to port 0
+/// got it from the ephemeral range, where any outgoing connection may
 /// take it while the part is down (a killed proxy then could not start
 /// again).
-#[derive(Default)]
-pub(super) struct FreshPorts {
-    chosen: Vec<u16>,
-}
-
-impl FreshPorts {
-    /// `kept`, or a port chosen for a part that runs when `kept` is 0; 0
-    /// for a part that does not run (a metrics endpoint switched off):
-    /// one chosen for it could be taken by the time it is switched on.
-    pub(super) fn port(&mut self, runs: bool, kept: u16) -> Result<u16> {
-        if kept != 0 || !runs {
-            return Ok(kept);
-        }
-        for _ in 0..64 {
-            let p = free_loopback_port()?;
-            if !self.chosen.contains(&p) {
-                self.chosen.push(p);
-                return Ok(p);
-            }
-        }
-        Err(Error::Config("no free loopback port to choose".into()))
+pub(super) fn part_port(runs: bool, kept: u16) -> Result<u16> {
+    if kept != 0 || !runs {
+        return Ok(kept);
     }
+    free_loopback_port()
 }
 
 impl LocalCluster {
@@ -239,7 +224,6 @@ impl LocalCluster {
             .map_err(Error::io(format!("creating {}", root.display())))?;
         let state = StateDir::new(&root);
         let ports = state.ports()?;
-        let mut fresh = FreshPorts::default();
         let single = nodes::count(cfg.certifiers) == 0;
         let mut file = file.clone();
         tls_certificate(&mut file, &state)?;
@@ -265,13 +249,13 @@ impl LocalCluster {
             replicas,
             proxies: Vec::new(),
             certifier: None,
-            certifier_listen: local(fresh.port(single, ports.certifier)?),
+            certifier_listen: local(part_port(single, ports.certifier)?),
             nodes: Vec::new(),
-            node_listen: nodes::listen_addrs(cfg.certifiers, &ports.certifier_nodes, &mut fresh)?,
+            node_listen: nodes::listen_addrs(cfg.certifiers, &ports.certifier_nodes)?,
             node_routes: Vec::new(),
-            node_metrics: nodes::metrics_addrs(cfg, &ports.certifier_node_metrics, &mut fresh)?,
+            node_metrics: nodes::metrics_addrs(cfg, &ports.certifier_node_metrics)?,
             proxy_listen: Vec::new(),
-            certifier_metrics: local(fresh.port(single && cfg.metrics, ports.certifier_metrics)?),
+            certifier_metrics: local(part_port(single && cfg.metrics, ports.certifier_metrics)?),
             proxy_metrics: Vec::new(),
             placement,
             state: state.clone(),
@@ -298,9 +282,8 @@ impl LocalCluster {
                         .map_err(Error::io(format!("removing {}", dir.display())))?;
                 }
             }
-            cluster.node_listen = nodes::listen_addrs(cfg.certifiers, &[], &mut fresh)?;
-            cluster.node_metrics =
-                nodes::metrics_addrs(cfg, &ports.certifier_node_metrics, &mut fresh)?;
+            cluster.node_listen = nodes::listen_addrs(cfg.certifiers, &[])?;
+            cluster.node_metrics = nodes::metrics_addrs(cfg, &ports.certifier_node_metrics)?;
         }
         for i in 0..cluster.replicas.len() {
             let port = ports
@@ -312,11 +295,11 @@ impl LocalCluster {
                 } else {
                     cfg.proxy_port + i as u16
                 });
-            cluster.proxy_listen.push(local(fresh.port(true, port)?));
+            cluster.proxy_listen.push(local(part_port(true, port)?));
             let kept_metrics = ports.proxy_metrics.get(i).copied().unwrap_or(0);
             cluster
                 .proxy_metrics
-                .push(local(fresh.port(cfg.metrics, kept_metrics)?));
+                .push(local(part_port(cfg.metrics, kept_metrics)?));
             cluster.proxies.push(None);
             cluster.start_proxy(i).await?;
         }
@@ -887,10 +870,9 @@ mod tests {
 
     #[test]
     fn the_ports_of_a_start_are_kept_or_chosen_distinct() {
-        let mut fresh = FreshPorts::default();
-        assert_eq!(fresh.port(true, 7400).unwrap(), 7400, "kept");
-        assert_eq!(fresh.port(false, 0).unwrap(), 0, "a part that does not run");
-        let chosen: Vec<u16> = (0..40).map(|_| fresh.port(true, 0).unwrap()).collect();
+        assert_eq!(part_port(true, 7400).unwrap(), 7400, "kept");
+        assert_eq!(part_port(false, 0).unwrap(), 0, "a part that does not run");
+        let chosen: Vec<u16> = (0..40).map(|_| part_port(true, 0).unwrap()).collect();
         assert!(chosen.iter().all(|p| *p != 0));
         let mut distinct = chosen.clone();
         distinct.sort_unstable();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tashkent_certifier::{CertifierConfig, RunningCertifier};
 
 use super::{
-    local, part_addr, part_metrics_addr, path_arg, write_section, ClusterConfig, FreshPorts,
+    local, part_addr, part_metrics_addr, part_port, path_arg, write_section, ClusterConfig,
     LocalCluster, Part, Placement,
 };
 use crate::error::{Error, Result};
@@ -28,14 +28,10 @@ pub(super) fn count(certifiers: u32) -> usize {
 }
 
 /// Where `certifiers` nodes listen: the ports `kept` from the first start,
-/// else ones chosen by `fresh` (none for a single certifier). Raft needs
+/// else chosen ones (`part_port`; none for a single certifier). Raft needs
 /// every address before any node starts, so they cannot be chosen by
 /// binding port 0.
-pub(super) fn listen_addrs(
-    certifiers: u32,
-    kept: &[u16],
-    fresh: &mut FreshPorts,
-) -> Result<Vec<SocketAddr>> {
+pub(super) fn listen_addrs(certifiers: u32, kept: &[u16]) -> Result<Vec<SocketAddr>> {
     if count(certifiers) == 0 {
         return Ok(Vec::new());
     }
@@ -44,19 +40,15 @@ pub(super) fn listen_addrs(
         false => 0,
     };
     (0..certifiers as usize)
-        .map(|i| fresh.port(true, kept(i)).map(local))
+        .map(|i| part_port(true, kept(i)).map(local))
         .collect()
 }
 
 /// Where the nodes of `cfg` serve metrics: the ports `kept` from the
-/// first start, else ones chosen by `fresh` when metrics are on.
-pub(super) fn metrics_addrs(
-    cfg: &ClusterConfig,
-    kept: &[u16],
-    fresh: &mut FreshPorts,
-) -> Result<Vec<SocketAddr>> {
+/// first start, else chosen ones when metrics are on (`part_port`).
+pub(super) fn metrics_addrs(cfg: &ClusterConfig, kept: &[u16]) -> Result<Vec<SocketAddr>> {
     (0..count(cfg.certifiers))
-        .map(|i| fresh.port(cfg.metrics, kept.get(i).copied().unwrap_or(0)))
+        .map(|i| part_port(cfg.metrics, kept.get(i).copied().unwrap_or(0)))
         .map(|p| p.map(local))
         .collect()
 }
