@@ -31,15 +31,7 @@ type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
 /// How often the leader lease is looked at.
 const POLL: Duration = Duration::from_millis(50);
 
-/// How long a request waits for the watcher to catch up with a role
-/// change the raft metrics already show (see [`Contact::lost_now`]).
-const CATCH_UP: Duration = Duration::from_secs(1);
-
-/// Why a leader is out of contact.
-const LEASE_LAPSED: &str = "it leads but no majority has answered it within the leader lease";
-
-/// Why a node whose raft core ended is out of contact (its server metrics
-/// keep the role it had).
+/// Why a node whose raft core ended is out of contact.
 const STOPPED: &str = "its raft node has stopped";
 
 /// How long a node may be out of contact before its Subscribe streams end
@@ -59,9 +51,6 @@ pub(crate) struct Lost {
 pub(crate) struct Contact {
     rx: watch::Receiver<Option<Lost>>,
     peers: Arc<Peers>,
-    /// The node's role as its raft core last reported it, which the
-    /// watcher follows a task hand-off late.
-    role: watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, openraft::BasicNode>>,
 }
 
 impl Contact {
@@ -72,7 +61,6 @@ impl Contact {
     pub(crate) fn watch(raft: Raft, lease: Duration, peers: Arc<Peers>) -> Contact {
         let (tx, rx) = watch::channel(None);
         let forgets = peers.clone();
-        let role_now = raft.server_metrics();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -94,7 +82,20 @@ impl Contact {
                     r = role.changed(), if core_runs => core_runs = r.is_ok(),
                     () = tx.closed() => return,
                 }
-                let m = raft.metrics().borrow().clone();
+                // The full metrics go out right after the server metrics
+                // that woke it: read them once they show the same role,
+                // else a new leader would be out of contact until the
+                // next poll (waited for one poll at most).
+                let (state, leader) = {
+                    let r = role.borrow();
+                    (r.state, r.current_leader)
+                };
+                let mut full = raft.metrics();
+                let caught_up = |m: &RaftMetrics| {
+                    (m.state == state && m.current_leader == leader) || m.running_state.is_err()
+                };
+                let _ = tokio::time::timeout(POLL, full.wait_for(caught_up)).await;
+                let m = full.borrow().clone();
                 log.role(&m);
                 let why = out_of_contact(&m, lease, &mut leading_since);
                 log.contact(&m, why);
@@ -113,11 +114,7 @@ impl Contact {
                 });
             }
         });
-        Contact {
-            rx,
-            peers,
-            role: role_now,
-        }
+        Contact { rx, peers }
     }
 
     /// How this node's peers answered it (`raft::reach`).
@@ -128,38 +125,6 @@ impl Contact {
     /// Out of contact now: since when and why.
     pub(crate) fn lost(&self) -> Option<Lost> {
         *self.rx.borrow()
-    }
-
-    /// Out of contact now, for a request about to be refused for it: when
-    /// the raft metrics already show the node leading or following a
-    /// leader, and the watcher has not seen that yet (a node just elected,
-    /// or restarted as the leader of its term, must not refuse its first
-    /// certifications), waits for the watcher, at most [`CATCH_UP`]. A
-    /// leader whose lease lapsed, and a node whose core stopped, are
-    /// refused at once.
-    pub(crate) async fn lost_now(&self) -> Option<Lost> {
-        let deadline = Instant::now() + CATCH_UP;
-        let mut rx = self.rx.clone();
-        loop {
-            let lost = (*rx.borrow_and_update())?;
-            let in_touch = {
-                let m = self.role.borrow();
-                match m.state {
-                    _ if lost.why == STOPPED || lost.why == LEASE_LAPSED => false,
-                    ServerState::Leader => true,
-                    ServerState::Follower | ServerState::Learner => m.current_leader.is_some(),
-                    ServerState::Candidate | ServerState::Shutdown => false,
-                }
-            };
-            if !in_touch {
-                return Some(lost);
-            }
-            // Looked at again whenever the watcher says anything new.
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return self.lost(),
-            }
-        }
     }
 
     /// Resolves once the node has been out of contact for `grace`
@@ -205,7 +170,7 @@ fn out_of_contact(
             match m.millis_since_quorum_ack {
                 Some(ms) if u128::from(ms) <= lease.as_millis() => None,
                 None if since.elapsed() <= lease => None,
-                _ => Some(LEASE_LAPSED),
+                _ => Some("it leads but no majority has answered it within the leader lease"),
             }
         }
         ServerState::Follower | ServerState::Learner if m.current_leader.is_some() => None,

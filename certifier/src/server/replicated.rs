@@ -308,7 +308,7 @@ impl Node {
     where
         F: std::future::Future<Output = Result<Response, CertifierError>>,
     {
-        if let Some(lost) = self.contact.lost_now().await {
+        if let Some(lost) = self.contact.lost() {
             return Err(self.out_of_contact(lost.why, RETRY_ELSEWHERE.into(), false));
         }
         let proposed = propose();
