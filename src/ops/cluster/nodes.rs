@@ -35,12 +35,14 @@ pub(super) fn listen_addrs(certifiers: u32, kept: &[u16]) -> Result<Vec<SocketAd
     if count(certifiers) == 0 {
         return Ok(Vec::new());
     }
-    let kept = |i: usize| match kept.len() == certifiers as usize {
-        true => kept[i],
-        false => 0,
+    // All kept, or all chosen afresh.
+    let kept: &[u16] = if kept.len() == certifiers as usize {
+        kept
+    } else {
+        &[]
     };
     (0..certifiers as usize)
-        .map(|i| part_port(true, kept(i)).map(local))
+        .map(|i| part_port(true, kept.get(i).copied().unwrap_or(0)).map(local))
         .collect()
 }
 
