@@ -244,6 +244,36 @@ async fn a_leader_restarted_in_its_term_goes_on_deciding() {
     nodes.stop_all().await;
 }
 
+/// A node whose start fails after it opened its logs and started its
+/// raft core (its metrics port taken) leaves neither running nor locked:
+/// started again on the same directory, it leads and goes on deciding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_start_failed_starts_again_on_its_logs() {
+    let mut nodes = Nodes::start_snapshotting(1, 4).await;
+    assert_eq!(nodes.leader().await, 1);
+    commit_numbered(&nodes.client(1).await, 1..=5).await;
+    nodes.stop(1).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap();
+    let failed = nodes
+        .try_start(1, |c| c.metrics_listen = Some(port))
+        .await
+        .err()
+        .expect("the metrics port is taken");
+    assert!(failed.to_string().contains("metrics"), "{failed}");
+    drop(taken);
+    nodes.restart(1).await;
+    nodes
+        .status_when(1, "the node started again does not lead", |s| {
+            s.role == "leader"
+        })
+        .await;
+    commit_numbered(&nodes.client(1).await, 6..=10).await;
+    let client = nodes.client(1).await;
+    assert_eq!(served(&client, 1, 10).await, (1..=10).collect::<Vec<_>>());
+    nodes.stop_all().await;
+}
+
 /// A leader whose followers are gone answers a replica's report and a
 /// certification with an error within seconds (its contact with the
 /// majority is lost), rather than holding them for an entry that cannot

@@ -358,6 +358,30 @@ async fn subscribe_while_committing(tail_cache_bytes: usize) {
     server.shutdown().await.unwrap();
 }
 
+/// A start that fails after opening the log (its metrics port taken)
+/// leaves the log free: the next start on it serves what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_failed_leaves_the_log_to_the_next() {
+    let dir = TempDir::new().unwrap();
+    let (running, client) = start(config(&dir)).await;
+    let first = client.certify(ws("t1", 0, &["a".into()])).await.unwrap();
+    assert_eq!(committed(&first), Some(1));
+    running.shutdown().await.unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let failed = tashkent_certifier::start(CertifierConfig {
+        metrics_listen: Some(taken.local_addr().unwrap()),
+        ..config(&dir)
+    })
+    .await
+    .err()
+    .expect("the metrics port is taken");
+    assert!(failed.to_string().contains("metrics"), "{failed}");
+    let (running, client) = start(config(&dir)).await;
+    let second = client.certify(ws("t2", 1, &["b".into()])).await.unwrap();
+    assert_eq!(committed(&second), Some(2));
+    running.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_reports_status_and_restart() {
     let dir = TempDir::new().unwrap();

@@ -91,6 +91,51 @@ impl RunningCertifier {
     }
 }
 
+/// What a start opened before it serves: the logs, the service on them
+/// and, on a raft node, its core. Closed by [`Parts::close`] when serving
+/// ends, and also when the start fails after opening them (a port taken),
+/// so that no failed start leaves a log locked or a raft core running.
+struct Parts {
+    wal: Wal,
+    spool: std::sync::Arc<Spool>,
+    service: CertifierService,
+    raft: Option<(crate::raft::Raft, node::Leftovers)>,
+}
+
+impl Parts {
+    async fn close(self) -> Result<(), CertifierError> {
+        let Parts {
+            wal,
+            spool,
+            service,
+            raft,
+        } = self;
+        service.stop();
+        drop(service);
+        if let Some((raft, leftovers)) = raft {
+            // Also when serving failed before its drain.
+            leftovers.purge_waits().no_more_kept();
+            // Before the versions log closes: the state machine appends
+            // to it.
+            if let Err(e) = raft.shutdown().await {
+                tracing::warn!("raft shutdown: {e}");
+            }
+            if let Err(e) = leftovers.stop().await {
+                tracing::warn!("raft log close: {e}");
+            }
+        }
+        let closed = wal.close().await;
+        // The service's tasks may still hold the spool for a moment.
+        let spool_closed = match std::sync::Arc::try_unwrap(spool) {
+            Ok(spool) => spool.close().await,
+            Err(_) => Ok(()),
+        };
+        closed?;
+        spool_closed?;
+        Ok(())
+    }
+}
+
 /// Opens the WAL, rebuilds the state from it, binds `config.listen` and
 /// starts serving in the background.
 pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, CertifierError> {
@@ -112,9 +157,8 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
     };
     // A raft node's leader hands over before it stops (`raft::transfer`).
     let mut hand_over_on_stop = None;
-    let (wal, spool, service, raft, listener) = if config.node_id.is_some() {
+    let (parts, listen, raft_rpc) = if config.node_id.is_some() {
         let n = node::open(&config, limits).await?;
-        let listener = tokio::net::TcpListener::bind(n.listen).await?;
         hand_over_on_stop = config.hand_over_on_stop.then(|| n.hand_over.clone());
         let mut rpc = crate::raft::RaftService::new(n.raft.clone())
             .stops_with(n.service.inner.stop_signal.subscribe())
@@ -127,13 +171,13 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
             Some(until) => rpc.votes_held_until(until),
             None => rpc,
         };
-        (
-            n.wal,
-            n.spool,
-            n.service,
-            Some((n.raft, n.leftovers, rpc)),
-            listener,
-        )
+        let parts = Parts {
+            wal: n.wal,
+            spool: n.spool,
+            service: n.service,
+            raft: Some((n.raft, n.leftovers)),
+        };
+        (parts, n.listen, Some(rpc.into_server()))
     } else {
         let (wal, spool, certifier, tail) = {
             let config = config.clone();
@@ -148,10 +192,6 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
             .map_err(|e| CertifierError::Io(std::io::Error::other(e)))??
         };
         let spool = std::sync::Arc::new(spool);
-        // What no retained version and no call needs (chunks of calls that
-        // never finished before a restart).
-        spool.purge(wal.first_lsn()).await?;
-        let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let service = CertifierService::new(
             wal.clone(),
             spool.clone(),
@@ -160,40 +200,64 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
             limits,
             config.max_record_bytes(),
         );
-        (wal, spool, service, None, listener)
+        let parts = Parts {
+            wal,
+            spool,
+            service,
+            raft: None,
+        };
+        (parts, config.listen, None)
+    };
+    let up = async {
+        if parts.raft.is_none() {
+            // What no retained version and no call needs (chunks of calls
+            // that never finished before a restart).
+            parts.spool.purge(parts.wal.first_lsn()).await?;
+        }
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => {
+                let svc = parts.service.clone();
+                let render: tashkent_metrics::Render =
+                    std::sync::Arc::new(move || svc.render_metrics());
+                let server = tashkent_metrics::MetricsServer::serve(addr, render)
+                    .await
+                    .map_err(|e| CertifierError::Io(std::io::Error::other(e)))?;
+                tracing::debug!(addr = %server.local_addr(), "certifier metrics");
+                Some(server)
+            }
+            None => None,
+        };
+        let mut server = Server::builder()
+            .initial_stream_window_size(Some(crate::client::WINDOW_BYTES))
+            .initial_connection_window_size(Some(crate::client::WINDOW_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES));
+        if let Some(tls) = tls {
+            server = server
+                .tls_config(tls)
+                .map_err(|e| CertifierError::Tls(crate::error::chain(&e)))?;
+        }
+        Ok::<_, CertifierError>((listener, metrics, server))
+    }
+    .await;
+    let (listener, metrics, mut server) = match up {
+        Ok(up) => up,
+        Err(e) => {
+            // A port taken: nothing may stay locked or running behind the
+            // error (a caller starts again, on this log).
+            if let Err(closing) = parts.close().await {
+                tracing::warn!("closing the certifier after a failed start: {closing}");
+            }
+            return Err(e);
+        }
     };
     let local_addr = listener.local_addr()?;
-    let metrics = match config.metrics_listen {
-        Some(addr) => {
-            let svc = service.clone();
-            let render: tashkent_metrics::Render =
-                std::sync::Arc::new(move || svc.render_metrics());
-            let server = tashkent_metrics::MetricsServer::serve(addr, render)
-                .await
-                .map_err(|e| CertifierError::Io(std::io::Error::other(e)))?;
-            tracing::debug!(addr = %server.local_addr(), "certifier metrics");
-            Some(server)
-        }
-        None => None,
-    };
+    let service = parts.service.clone();
     let grpc = CertifierServer::new(service.clone())
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    let mut server = Server::builder()
-        .initial_stream_window_size(Some(crate::client::WINDOW_BYTES))
-        .initial_connection_window_size(Some(crate::client::WINDOW_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES));
-    if let Some(tls) = tls {
-        server = server
-            .tls_config(tls)
-            .map_err(|e| CertifierError::Tls(crate::error::chain(&e)))?;
-    }
-    let (raft, raft_rpc) = raft
-        .map(|(r, left, rpc)| ((r, left), rpc.into_server()))
-        .unzip();
-    let purge_waits = raft.as_ref().map(|(_, left)| left.purge_waits());
+    let purge_waits = parts.raft.as_ref().map(|(_, left)| left.purge_waits());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let svc = service.clone();
     let svc_on_stop = service.clone();
     let task = tokio::spawn(async move {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -216,30 +280,9 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
                 }
             })
             .await;
-        svc.stop();
-        drop(svc);
-        if let Some((raft, leftovers)) = raft {
-            // Also when serving failed before its drain.
-            leftovers.purge_waits().no_more_kept();
-            // Before the versions log closes: the state machine appends
-            // to it.
-            if let Err(e) = raft.shutdown().await {
-                tracing::warn!("raft shutdown: {e}");
-            }
-            if let Err(e) = leftovers.stop().await {
-                tracing::warn!("raft log close: {e}");
-            }
-        }
-        let closed = wal.close().await;
-        // The service's tasks may still hold the spool for a moment.
-        let spool_closed = match std::sync::Arc::try_unwrap(spool) {
-            Ok(spool) => spool.close().await,
-            Err(_) => Ok(()),
-        };
+        let closed = parts.close().await;
         served?;
-        closed?;
-        spool_closed?;
-        Ok(())
+        closed
     });
     // Debug: `tashkent up` prints the addresses itself, the binary on stdout.
     tracing::debug!(

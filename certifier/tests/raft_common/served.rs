@@ -147,7 +147,19 @@ impl Nodes {
     }
 
     pub async fn restart(&mut self, id: u64) {
-        let cfg = CertifierConfig {
+        let r = self.try_start(id, |_| {}).await.unwrap();
+        assert_eq!(r.local_addr().to_string(), self.addrs[&id]);
+        self.running.insert(id, r);
+    }
+
+    /// Starts node `id` with its settings changed by `edit`; the node
+    /// started or why not.
+    pub async fn try_start(
+        &self,
+        id: u64,
+        edit: impl FnOnce(&mut CertifierConfig),
+    ) -> Result<RunningCertifier, tashkent_certifier::CertifierError> {
+        let mut cfg = CertifierConfig {
             wal_dir: self.dirs[&id].path().join("wal"),
             wal_segment_bytes: self.segment_bytes,
             node_id: Some(id),
@@ -164,9 +176,8 @@ impl Nodes {
             hand_over_on_stop: self.hand_over_on_stop,
             ..CertifierConfig::default()
         };
-        let r = tashkent_certifier::start(cfg).await.unwrap();
-        assert_eq!(r.local_addr().to_string(), self.addrs[&id]);
-        self.running.insert(id, r);
+        edit(&mut cfg);
+        tashkent_certifier::start(cfg).await
     }
 
     /// Shuts node `id` down (its directory stays).
