@@ -51,6 +51,17 @@ impl Cluster {
     pub async fn start_file(n: usize, adjust: impl FnOnce(&mut ConfigFile)) -> Cluster {
         let dir = shared_tempdir();
         let watch = super::watchdog::Watch::new(dir.path());
+        let file = Cluster::file_in(&dir, n, adjust);
+        Cluster::start_in(dir, watch, &file).await
+    }
+
+    /// The cluster file of `n` replicas with its state directory in
+    /// `dir`, adjusted by `adjust`.
+    pub fn file_in(
+        dir: &tempfile::TempDir,
+        n: usize,
+        adjust: impl FnOnce(&mut ConfigFile),
+    ) -> ConfigFile {
         let mut file = ConfigFile {
             cluster: ClusterConfig {
                 state_dir: dir.path().join("state"),
@@ -60,10 +71,25 @@ impl Cluster {
             ..ConfigFile::default()
         };
         adjust(&mut file);
-        let placement = Placement::Processes {
+        file
+    }
+
+    /// Where the tests' clusters run their certifier and proxies: as
+    /// processes of the binary under test.
+    pub fn placement() -> Placement {
+        Placement::Processes {
             exe: env!("CARGO_BIN_EXE_tashkent").into(),
-        };
-        let inner = LocalCluster::start_placed(&file, placement)
+        }
+    }
+
+    /// The cluster `file` describes, started (or resumed from what an
+    /// earlier start left) in `dir`, which `watch` watches.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        watch: super::watchdog::Watch,
+        file: &ConfigFile,
+    ) -> Cluster {
+        let inner = LocalCluster::start_placed(file, Cluster::placement())
             .await
             .expect("starting the cluster");
         Cluster {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::cluster::{blocking, tashkent, Cluster};
 use common::pid_alive;
+use tashkent::ops::cluster::LocalCluster;
 
 /// Inserts rows `from..to` of `t` through proxy `i`.
 async fn insert(cluster: &Cluster, i: usize, from: i32, to: i32) {
@@ -281,4 +282,37 @@ async fn a_whole_group_stops_without_handing_over() {
         );
     }
     drop(dir);
+}
+
+/// A first `tashkent up` that initialized its certifier nodes and then
+/// failed (a proxy's port taken) resumes on the next start: the nodes'
+/// ports were kept, so the group finds itself again under the membership
+/// it wrote, and commits go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_first_start_that_failed_after_the_nodes_began_resumes_them() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = common::shared_tempdir();
+    let watch = common::watchdog::Watch::new(dir.path());
+    let file = Cluster::file_in(&dir, 1, |f| {
+        f.cluster.certifiers = 3;
+        f.cluster.proxy_port = port;
+    });
+    let first = LocalCluster::start_placed(&file, Cluster::placement()).await;
+    assert!(first.is_err(), "the proxy's port {port} is taken");
+    drop(first);
+    assert!(dir.path().join("state/certifier-1/raft").exists());
+    drop(taken);
+
+    let cluster = Cluster::start_in(dir, watch, &file).await;
+    let c = cluster.client(0).await;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        c.batch_execute("CREATE TABLE t (k int PRIMARY KEY, v int)"),
+    )
+    .await
+    .expect("the resumed group certifies")
+    .unwrap();
+    insert(&cluster, 0, 0, 5).await;
+    leader(&cluster).await;
 }

@@ -264,17 +264,15 @@ impl LocalCluster {
         // Freshly chosen node ports were free when chosen, not when the
         // nodes bind them (another process may take one in between, and
         // the nodes start one after the other): on a first start, choose
-        // again a few times.
+        // again a few times. A first start that fails leaves no node
+        // directory: theirs hold nothing but the membership with ports
+        // never kept.
         let mut attempts = 0;
         while let Err(e) = cluster.start_certifier().await {
-            attempts += 1;
-            if single || !ports.certifier_nodes.is_empty() || attempts >= 3 {
+            if single || !ports.certifier_nodes.is_empty() {
                 return Err(e);
             }
-            tracing::info!("starting the certifier nodes again on other ports: {e}");
             cluster.stop_certifier().await?;
-            // A first start's node directories hold nothing but the
-            // membership with the old ports.
             for id in 1..=cfg.certifiers {
                 let dir = cluster.state.certifier_node_dir(id);
                 if dir.exists() {
@@ -282,9 +280,18 @@ impl LocalCluster {
                         .map_err(Error::io(format!("removing {}", dir.display())))?;
                 }
             }
+            attempts += 1;
+            if attempts >= 3 {
+                return Err(e);
+            }
+            tracing::info!("starting the certifier nodes again on other ports: {e}");
             cluster.node_listen = nodes::listen_addrs(cfg.certifiers, &[])?;
             cluster.node_metrics = nodes::metrics_addrs(cfg, &ports.certifier_node_metrics)?;
         }
+        // Kept at once: node directories initialized now name these ports
+        // in their membership, and a start that fails later (a proxy's
+        // port taken) must find them again next time.
+        state.write_ports(&cluster.ports())?;
         for i in 0..cluster.replicas.len() {
             let port = ports
                 .proxies
@@ -303,18 +310,24 @@ impl LocalCluster {
             cluster.proxies.push(None);
             cluster.start_proxy(i).await?;
         }
-        state.write_ports(&Ports {
-            certifier: cluster.certifier_listen.port(),
-            proxies: cluster.proxy_listen.iter().map(|a| a.port()).collect(),
-            certifier_metrics: cluster.certifier_metrics.port(),
-            proxy_metrics: cluster.proxy_metrics.iter().map(|a| a.port()).collect(),
-            certifier_nodes: cluster.node_listen.iter().map(|a| a.port()).collect(),
-            certifier_node_metrics: match cluster.replicated() {
-                true => cluster.node_metrics.iter().map(|a| a.port()).collect(),
+        state.write_ports(&cluster.ports())?;
+        Ok(cluster)
+    }
+
+    /// The ports the parts started so far listen on, to keep for the
+    /// next start.
+    fn ports(&self) -> Ports {
+        Ports {
+            certifier: self.certifier_listen.port(),
+            proxies: self.proxy_listen.iter().map(|a| a.port()).collect(),
+            certifier_metrics: self.certifier_metrics.port(),
+            proxy_metrics: self.proxy_metrics.iter().map(|a| a.port()).collect(),
+            certifier_nodes: self.node_listen.iter().map(|a| a.port()).collect(),
+            certifier_node_metrics: match self.replicated() {
+                true => self.node_metrics.iter().map(|a| a.port()).collect(),
                 false => Vec::new(),
             },
-        })?;
-        Ok(cluster)
+        }
     }
 
     /// Starts the certifier (again) on its address with its log; a
