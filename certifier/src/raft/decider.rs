@@ -45,7 +45,7 @@ use parking_lot::Mutex;
 
 use super::decided::Item;
 use super::types::{Command, Response};
-use super::writes::{Submitted, WriteFailed, Writes, Written};
+use super::writes::{Report, Submitted, WriteFailed, Writes, Written};
 use crate::certifier::{Certifier, Decision};
 use crate::error::CertifierError;
 use crate::record_view::{RecordNames, RecordView};
@@ -288,30 +288,25 @@ impl Decider {
     /// will (a table that misses a report only keeps more history; one
     /// ahead of the applied horizon, a report never logged, only aborts
     /// more as "snapshot too old": both are safe).
-    pub async fn report(&self, writes: &Writes, cmd: Command) -> Written {
+    pub async fn report(&self, writes: &Writes, report: Report) -> Written {
         // Without a table there is no horizon to move, and a report must
         // not queue behind a base (which may wait for the next leader): a
         // table built after it then misses it, which is safe (above).
         if self.table.lock().is_none() {
-            return writes.write(cmd).await;
+            return writes.write(report.command()).await;
         }
         let submitted = {
             let _order = self.order.lock().await;
-            if let (
-                Some(t),
-                Command::Report {
-                    replica,
-                    applied,
-                    oldest_snapshot,
-                },
-            ) = (self.table.lock().as_mut(), &cmd)
-            {
+            if let Some(t) = self.table.lock().as_mut() {
                 // One the applied state would refuse changes nothing.
-                let _ = t
-                    .certifier
-                    .report(*replica, *applied, *oldest_snapshot, Instant::now());
+                let _ = t.certifier.report(
+                    report.replica,
+                    report.applied,
+                    report.oldest_snapshot,
+                    Instant::now(),
+                );
             }
-            writes.submit(cmd).await?
+            writes.submit(report.command()).await?
         };
         submitted.answer().await
     }

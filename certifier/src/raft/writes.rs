@@ -120,6 +120,26 @@ impl From<Raft> for Writes {
     }
 }
 
+/// A replica's report, as proposed: only a report moves the proposal
+/// table's horizon ([`Decider::report`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Report {
+    pub replica: u32,
+    pub applied: Version,
+    pub oldest_snapshot: Version,
+}
+
+impl Report {
+    /// The entry that logs it.
+    pub fn command(self) -> Command {
+        Command::Report {
+            replica: self.replica,
+            applied: self.applied,
+            oldest_snapshot: self.oldest_snapshot,
+        }
+    }
+}
+
 impl Writes {
     /// The raft node written to.
     pub fn raft(&self) -> &Raft {
@@ -144,14 +164,14 @@ impl Writes {
         applied: Version,
         oldest_snapshot: Version,
     ) -> Written {
-        let cmd = Command::Report {
+        let report = Report {
             replica,
             applied,
             oldest_snapshot,
         };
         match &self.decider {
-            Some(d) => d.report(self, cmd).await,
-            None => self.write(cmd).await,
+            Some(d) => d.report(self, report).await,
+            None => self.write(report.command()).await,
         }
     }
 
