@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::cluster::{blocking, tashkent, Cluster};
 use common::pid_alive;
 use tashkent::ops::cluster::LocalCluster;
+use tashkent::ops::state_dir::StateDir;
 
 /// Inserts rows `from..to` of `t` through proxy `i`.
 async fn insert(cluster: &Cluster, i: usize, from: i32, to: i32) {
@@ -290,17 +291,21 @@ async fn a_whole_group_stops_without_handing_over() {
 /// it wrote, and commits go through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_first_start_that_failed_after_the_nodes_began_resumes_them() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
+    // Not from the ephemeral range: freed, it must stay free for the
+    // second start.
+    let port = tashkent::ops::process::free_loopback_port().unwrap();
+    let taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let dir = common::shared_tempdir();
     let watch = common::watchdog::Watch::new(dir.path());
     let file = Cluster::file_in(&dir, 1, |f| {
         f.cluster.certifiers = 3;
         f.cluster.proxy_port = port;
     });
-    let first = LocalCluster::start_placed(&file, Cluster::placement()).await;
-    assert!(first.is_err(), "the proxy's port {port} is taken");
-    drop(first);
+    let failed = LocalCluster::start_placed(&file, Cluster::placement())
+        .await
+        .err()
+        .expect("the proxy's port is taken");
+    assert!(failed.to_string().contains("proxy"), "{failed}");
     assert!(dir.path().join("state/certifier-1/raft").exists());
     drop(taken);
 
@@ -315,4 +320,22 @@ async fn a_first_start_that_failed_after_the_nodes_began_resumes_them() {
     .unwrap();
     insert(&cluster, 0, 0, 5).await;
     leader(&cluster).await;
+
+    // A later start that fails at the proxy keeps the ports it had.
+    let state = StateDir::new(cluster.state_dir());
+    let saved = state.ports().unwrap();
+    assert_eq!(saved.proxies, vec![port]);
+    assert_eq!(saved.certifier_nodes.len(), 3);
+    let dir = cluster.shutdown().await;
+    let taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let watch = common::watchdog::Watch::new(dir.path());
+    let failed = LocalCluster::start_placed(&file, Cluster::placement())
+        .await
+        .err()
+        .expect("the proxy's port is taken");
+    assert!(failed.to_string().contains("proxy"), "{failed}");
+    assert_eq!(state.ports().unwrap(), saved);
+    drop(taken);
+    let cluster = Cluster::start_in(dir, watch, &file).await;
+    insert(&cluster, 0, 5, 10).await;
 }

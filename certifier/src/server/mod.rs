@@ -209,12 +209,11 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
         (parts, config.listen, None)
     };
     let up = async {
-        if parts.raft.is_none() {
-            // What no retained version and no call needs (chunks of calls
-            // that never finished before a restart).
-            parts.spool.purge(parts.wal.first_lsn()).await?;
-        }
+        // What no retained version and no call needs (chunks of calls that
+        // never finished before a restart).
+        parts.spool.purge(parts.wal.first_lsn()).await?;
         let listener = tokio::net::TcpListener::bind(listen).await?;
+        let local_addr = listener.local_addr()?;
         let metrics = match config.metrics_listen {
             Some(addr) => {
                 let svc = parts.service.clone();
@@ -237,10 +236,10 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
                 .tls_config(tls)
                 .map_err(|e| CertifierError::Tls(crate::error::chain(&e)))?;
         }
-        Ok::<_, CertifierError>((listener, metrics, server))
+        Ok::<_, CertifierError>((listener, local_addr, metrics, server))
     }
     .await;
-    let (listener, metrics, mut server) = match up {
+    let (listener, local_addr, metrics, mut server) = match up {
         Ok(up) => up,
         Err(e) => {
             // A port taken: nothing may stay locked or running behind the
@@ -251,7 +250,6 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
             return Err(e);
         }
     };
-    let local_addr = listener.local_addr()?;
     let service = parts.service.clone();
     let grpc = CertifierServer::new(service.clone())
         .max_decoding_message_size(config.max_message_bytes)

@@ -248,8 +248,22 @@ pub(super) async fn open(
     let raft = Raft::new(id, raft_config, network.clone(), log, sm)
         .await
         .map_err(raft_error)?;
+    let leftovers = Leftovers {
+        snapshot_writes,
+        raft_wal: raft_wal.clone(),
+    };
+    let initialized = match raft.is_initialized().await {
+        Ok(initialized) => initialized,
+        Err(e) => {
+            // Its core is gone: what outlives it must not keep the logs.
+            if let Err(e) = leftovers.stop().await {
+                tracing::warn!("raft log close: {e}");
+            }
+            return Err(raft_error(e));
+        }
+    };
     let mut votes_held = None;
-    if !raft.is_initialized().await.map_err(raft_error)? {
+    if !initialized {
         if rejoin::group_runs(&others, tls).await {
             // This node lost its raft state (its disk was wiped) while the
             // others went on: it catches up from the leader, and must not
@@ -279,7 +293,6 @@ pub(super) async fn open(
         quiet,
         may_stand_tx,
     ));
-    spool.purge(wal.first_lsn()).await?;
     let writes = Writes::from(raft.clone()).deciding(Arc::new(Decider::new(table_slot)));
     let node = Node::new(
         id,
@@ -325,10 +338,7 @@ pub(super) async fn open(
             turns,
         },
         may_stand,
-        leftovers: Leftovers {
-            snapshot_writes,
-            raft_wal,
-        },
+        leftovers,
     })
 }
 

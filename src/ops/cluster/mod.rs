@@ -263,16 +263,21 @@ impl LocalCluster {
         };
         // Freshly chosen node ports were free when chosen, not when the
         // nodes bind them (another process may take one in between, and
-        // the nodes start one after the other): on a first start, choose
-        // again a few times. A first start that fails leaves no node
-        // directory: theirs hold nothing but the membership with ports
-        // never kept.
+        // the nodes start one after the other): on a first start (no node
+        // directory yet), choose again a few times. A first start that
+        // fails leaves no node directory: theirs hold nothing but the
+        // membership with ports never kept.
+        let fresh = !single
+            && ports.certifier_nodes.is_empty()
+            && (1..=cfg.certifiers).all(|id| !state.certifier_node_dir(id).exists());
         let mut attempts = 0;
         while let Err(e) = cluster.start_certifier().await {
-            if single || !ports.certifier_nodes.is_empty() {
+            if !fresh {
                 return Err(e);
             }
-            cluster.stop_certifier().await?;
+            if let Err(stop) = cluster.stop_certifier().await {
+                tracing::warn!("stopping the certifier nodes of a failed start: {stop}");
+            }
             for id in 1..=cfg.certifiers {
                 let dir = cluster.state.certifier_node_dir(id);
                 if dir.exists() {
@@ -290,8 +295,13 @@ impl LocalCluster {
         }
         // Kept at once: node directories initialized now name these ports
         // in their membership, and a start that fails later (a proxy's
-        // port taken) must find them again next time.
-        state.write_ports(&cluster.ports())?;
+        // port taken) must find them again next time. The proxies' ports
+        // as they were until the proxies run.
+        state.write_ports(&Ports {
+            proxies: ports.proxies.clone(),
+            proxy_metrics: ports.proxy_metrics.clone(),
+            ..cluster.ports()
+        })?;
         for i in 0..cluster.replicas.len() {
             let port = ports
                 .proxies
