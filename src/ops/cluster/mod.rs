@@ -14,121 +14,24 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tashkent_certifier::{CertifierConfig, RunningCertifier};
 
 use crate::error::{Error, Result};
 use crate::ops::certifier::CertifierTarget;
 use crate::ops::config::ConfigFile;
-use crate::ops::pg::{Durability, PgConfig, PgServer};
+use crate::ops::pg::{PgConfig, PgServer};
 use crate::ops::process::{free_loopback_port, ChildProcess};
 use crate::ops::state_dir::{Ports, StateDir};
 use crate::ops::{checkpoint, recover};
 use crate::proxy::{ProxyConfig, RunningProxy};
 
+mod config;
 mod nodes;
+mod tls;
 
-/// Where durability lives (ARCHITECTURE.md, "Modes").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DurabilityMode {
-    /// Tashkent-MW: the certifier's group-committed log; replicas fsync off.
-    #[default]
-    Middleware,
-    /// Base: each replica's serial commits pay PostgreSQL's own fsync.
-    Database,
-    /// Tashkent-API: replicas keep fsync on but commit in order with
-    /// `synchronous_commit = off`; a commit is acknowledged once the
-    /// replica's WAL is flushed past it, one flush per group.
-    #[serde(rename = "database-grouped")]
-    #[value(name = "database-grouped")]
-    DatabaseGrouped,
-}
-
-impl DurabilityMode {
-    pub fn replica_durability(self) -> Durability {
-        match self {
-            DurabilityMode::Middleware => Durability::Off,
-            DurabilityMode::Database => Durability::On,
-            DurabilityMode::DatabaseGrouped => Durability::Grouped,
-        }
-    }
-
-    /// Whether the proxies acknowledge a commit only once their replica's
-    /// WAL is flushed past it (`[proxy] ack_after_flush`).
-    pub fn ack_after_flush(self) -> bool {
-        self == DurabilityMode::DatabaseGrouped
-    }
-}
-
-/// One cluster's description: TOML section `[cluster]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClusterConfig {
-    pub state_dir: PathBuf,
-    pub replicas: u32,
-    pub durability: DurabilityMode,
-    /// Port of the first proxy; the others follow (0: free ports, chosen
-    /// at first start and kept in the state directory).
-    pub proxy_port: u16,
-    /// The replicated database.
-    pub database: String,
-    /// Extra `postgresql.conf` settings for every replica.
-    pub pg_settings: Vec<(String, String)>,
-    /// Whether the certifier and every proxy serve Prometheus metrics (on
-    /// 127.0.0.1, ports chosen at the first start and kept).
-    pub metrics: bool,
-    /// TLS for the proxies' clients: when `[proxy]` names no certificate,
-    /// a self-signed one is generated in the state directory (once, kept)
-    /// and every proxy shows it. false: only a certificate `[proxy]`
-    /// names is used.
-    pub tls: bool,
-    /// TLS between the proxies and the certifier: when `[certifier]`
-    /// names no certificate, the certifier serves the state directory's
-    /// self-signed one (the proxies' client certificate, generated if
-    /// need be) and every proxy trusts it. Off by default: on loopback it
-    /// protects nothing and costs every certification a TLS record layer.
-    pub certifier_tls: bool,
-    /// Certifier nodes: 1 is the single certifier; 3 (or any 2f+1) a
-    /// replicated one on raft, each node with its own directory and port
-    /// (`nodes.rs`), the proxies given every node.
-    pub certifiers: u32,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        ClusterConfig {
-            state_dir: PathBuf::from("tashkent-state"),
-            replicas: 3,
-            durability: DurabilityMode::Middleware,
-            proxy_port: 0,
-            database: "postgres".into(),
-            pg_settings: Vec::new(),
-            metrics: true,
-            tls: true,
-            certifier_tls: false,
-            certifiers: 1,
-        }
-    }
-}
-
-impl ClusterConfig {
-    pub fn validate(&self) -> Result<()> {
-        if !(1..=16).contains(&self.replicas) {
-            return Err(Error::Config(format!(
-                "replicas must be between 1 and 16, got {}",
-                self.replicas
-            )));
-        }
-        if !(1..=9).contains(&self.certifiers) {
-            return Err(Error::Config(format!(
-                "certifiers must be between 1 and 9, got {}",
-                self.certifiers
-            )));
-        }
-        Ok(())
-    }
-}
+pub use config::{ClusterConfig, DurabilityMode};
+use tls::{certifier_tls, tls_certificate};
 
 /// Where the certifier and the proxies run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -770,90 +673,6 @@ impl Drop for LocalCluster {
     }
 }
 
-/// Fills the `[proxy]` template's certificate: the cluster file's own
-/// (as an absolute path, so proxy processes find it wherever they run),
-/// else with `[cluster] tls` the state directory's self-signed one,
-/// generated at the first start.
-fn tls_certificate(file: &mut ConfigFile, state: &StateDir) -> Result<()> {
-    let proxy = &mut file.proxy;
-    match (&proxy.tls_cert, &proxy.tls_key) {
-        (Some(cert), Some(key)) => {
-            let absolute = |p: &Path| {
-                std::path::absolute(p).map_err(Error::io(format!("resolving {}", p.display())))
-            };
-            let (cert, key) = (absolute(cert)?, absolute(key)?);
-            proxy.tls_cert = Some(cert);
-            proxy.tls_key = Some(key);
-        }
-        (None, None) if file.cluster.tls => {
-            let (cert, key) = (state.tls_cert(), state.tls_key());
-            if crate::ops::tls::ensure_self_signed(&cert, &key)? {
-                tracing::info!("generated a self-signed certificate: {}", cert.display());
-            }
-            proxy.tls_cert = Some(cert);
-            proxy.tls_key = Some(key);
-        }
-        // Neither (no TLS), or half a pair: the proxy's validation says so.
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Fills in TLS between the proxies and the certifier and records it in
-/// the state directory (or that there is none). The certifier serves
-/// `[certifier] tls_cert`/`tls_key` (made absolute), else with `[cluster]
-/// certifier_tls` the state directory's self-signed pair; the proxies
-/// trust `[proxy] certifier_tls_ca`, which may be left out only for the
-/// generated certificate. Proxies and tools then all read the state
-/// directory's copy of what is trusted.
-fn certifier_tls(file: &mut ConfigFile, state: &StateDir) -> Result<()> {
-    let absolute =
-        |p: &Path| std::path::absolute(p).map_err(Error::io(format!("resolving {}", p.display())));
-    let certifier = &mut file.certifier;
-    let generated = match (&certifier.tls_cert, &certifier.tls_key) {
-        (Some(cert), Some(key)) => {
-            let (cert, key) = (absolute(cert)?, absolute(key)?);
-            certifier.tls_cert = Some(cert);
-            certifier.tls_key = Some(key);
-            None
-        }
-        (None, None) if file.cluster.certifier_tls => {
-            let (cert, key) = (state.tls_cert(), state.tls_key());
-            if crate::ops::tls::ensure_self_signed(&cert, &key)? {
-                tracing::info!("generated a self-signed certificate: {}", cert.display());
-            }
-            certifier.tls_cert = Some(cert.clone());
-            certifier.tls_key = Some(key);
-            Some(cert)
-        }
-        // Neither (plaintext), or half a pair: the certifier's validation
-        // says so.
-        _ => None,
-    };
-    let serves_tls = certifier.tls_cert.is_some();
-    let trusted = match (&file.proxy.certifier_tls_ca, serves_tls) {
-        (Some(ca), true) => Some(absolute(ca)?),
-        (None, true) => Some(generated.ok_or_else(|| {
-            Error::Config(
-                "[certifier] tls_cert is set: [proxy] certifier_tls_ca must name the \
-                 certificate (or CA) the proxies trust"
-                    .into(),
-            )
-        })?),
-        (Some(_), false) => {
-            return Err(Error::Config(
-                "[proxy] certifier_tls_ca is set but the certifier has no certificate: set \
-                 [cluster] certifier_tls = true, or [certifier] tls_cert and tls_key"
-                    .into(),
-            ))
-        }
-        (None, false) => None,
-    };
-    state.record_certifier_tls(trusted.as_deref())?;
-    file.proxy.certifier_tls_ca = trusted.map(|_| state.certifier_tls_ca());
-    Ok(())
-}
-
 fn part_addr<T>(part: &Part<T>, in_process: impl Fn(&T) -> SocketAddr) -> SocketAddr {
     match part {
         Part::InProcess(t) => in_process(t),
@@ -901,78 +720,5 @@ mod tests {
         distinct.sort_unstable();
         distinct.dedup();
         assert_eq!(distinct.len(), chosen.len(), "{chosen:?}");
-    }
-
-    #[test]
-    fn durability_modes_keep_their_spellings() {
-        use clap::ValueEnum;
-        for (text, mode) in [
-            ("middleware", DurabilityMode::Middleware),
-            ("database", DurabilityMode::Database),
-            ("database-grouped", DurabilityMode::DatabaseGrouped),
-        ] {
-            let toml_text = format!("replicas = 1\ndurability = \"{text}\"\n");
-            let cfg: ClusterConfig = toml::from_str(&toml_text).unwrap();
-            assert_eq!(cfg.durability, mode, "{text}");
-            assert_eq!(DurabilityMode::from_str(text, false), Ok(mode), "{text}");
-        }
-        assert!(DurabilityMode::DatabaseGrouped.ack_after_flush());
-        assert!(!DurabilityMode::Database.ack_after_flush());
-        assert_eq!(
-            DurabilityMode::DatabaseGrouped.replica_durability(),
-            Durability::Grouped
-        );
-    }
-
-    #[test]
-    fn certifier_tls_is_filled_in_recorded_and_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
-        let file = |edit: &dyn Fn(&mut ConfigFile)| {
-            let mut f = ConfigFile::default();
-            edit(&mut f);
-            f
-        };
-        // On: the generated pair, trusted through the recorded copy.
-        let mut on = file(&|f| f.cluster.certifier_tls = true);
-        certifier_tls(&mut on, &state).unwrap();
-        assert_eq!(on.certifier.tls_cert, Some(state.tls_cert()));
-        assert_eq!(on.certifier.tls_key, Some(state.tls_key()));
-        assert_eq!(on.proxy.certifier_tls_ca, Some(state.certifier_tls_ca()));
-        assert_eq!(
-            std::fs::read(state.certifier_tls_ca()).unwrap(),
-            std::fs::read(state.tls_cert()).unwrap()
-        );
-        // Off again: plaintext, and the record is gone.
-        let mut off = file(&|_| {});
-        certifier_tls(&mut off, &state).unwrap();
-        assert_eq!(off.certifier.tls_cert, None);
-        assert_eq!(off.proxy.certifier_tls_ca, None);
-        assert_eq!(state.certifier_tls_ca_in_use(), None);
-        // A certificate of one's own needs the CA to trust; a CA needs a
-        // certifier that serves TLS.
-        let mut own = file(&|f| {
-            f.certifier.tls_cert = Some("c.pem".into());
-            f.certifier.tls_key = Some("k.pem".into());
-        });
-        let err = certifier_tls(&mut own, &state).unwrap_err().to_string();
-        assert!(err.contains("certifier_tls_ca"), "{err}");
-        let mut ca_only = file(&|f| f.proxy.certifier_tls_ca = Some("ca.pem".into()));
-        let err = certifier_tls(&mut ca_only, &state).unwrap_err().to_string();
-        assert!(err.contains("no certificate"), "{err}");
-        // Both given: used as they are (absolute), the CA copied.
-        let ca = dir.path().join("own-ca.crt");
-        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
-        let mut both = file(&|f| {
-            f.certifier.tls_cert = Some("c.pem".into());
-            f.certifier.tls_key = Some("k.pem".into());
-            f.proxy.certifier_tls_ca = Some(ca.clone());
-        });
-        certifier_tls(&mut both, &state).unwrap();
-        assert!(both.certifier.tls_cert.unwrap().is_absolute());
-        assert_eq!(
-            std::fs::read(state.certifier_tls_ca()).unwrap(),
-            std::fs::read(&ca).unwrap()
-        );
     }
 }
