@@ -25,7 +25,6 @@
 //! refuse writes and committers waiting for a later version are told,
 //! instead of hanging silently.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,17 +35,19 @@ use tashkent_certifier::{
     CertifierClient, CertifierError, CommittedWriteset, Op, Version, Writeset,
 };
 use tokio::sync::oneshot;
-use tokio_postgres::{Client, Statement};
 
 use super::commit_order::Place;
 use super::coordination::{ApplyStuck, Shared, Turn};
-use super::ProxyConfig;
 use crate::error::{Error, Result};
-use crate::proxy::capture::{
-    self,
-    apply::{Apply, Planned},
-};
+use crate::proxy::capture;
 use prost::Message;
+
+mod conn;
+mod in_flight;
+
+pub use conn::{connect, connect_admin, ApplierConn};
+use conn::{predecessor_failed, unblocked};
+use in_flight::InFlight;
 
 /// Batches stop growing past this many bytes of writesets.
 const MAX_BATCH_BYTES: usize = 4 << 20;
@@ -60,212 +61,6 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 const APPLIED_LOG_KEEP: u64 = 1000;
 /// Longest pause between attempts at a failing version.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long an apply may wait on locks before blocking local transactions
-/// are aborted.
-const BLOCKED_CHECK: Duration = Duration::from_millis(20);
-
-/// A session of the proxy's own on its replica.
-pub async fn connect_admin(cfg: &ProxyConfig) -> Result<Client> {
-    let (client, conn) = tokio_postgres::connect(&cfg.admin_conninfo(), tokio_postgres::NoTls)
-        .await
-        .map_err(Error::sql(format!(
-            "connecting to the replica at {}:{}",
-            cfg.pg_host, cfg.pg_port
-        )))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
-/// The applier's session, a second one that watches for local
-/// transactions blocking it, and its prepared statements.
-pub struct ApplierConn {
-    client: Client,
-    pid: i32,
-    monitor: Client,
-    apply: Apply,
-    /// `tashkent.take_turns($1, $2)` and `tashkent.wait_turn($1, $2)`.
-    take_turns: Statement,
-    wait_turn: Statement,
-    /// The first version of the transaction being applied.
-    applying: Version,
-}
-
-impl ApplierConn {
-    /// Applies an item, aborting local transactions that block it.
-    async fn item(&mut self, shared: &Shared, item: &tashkent_certifier::Item) -> Result<()> {
-        unblocked(
-            shared,
-            &self.monitor,
-            self.pid,
-            self.applying,
-            self.apply.item(&self.client, item),
-        )
-        .await
-    }
-
-    /// Runs a statement, aborting local transactions that block it.
-    async fn ddl(&mut self, shared: &Shared, d: &tashkent_certifier::Ddl) -> Result<()> {
-        unblocked(
-            shared,
-            &self.monitor,
-            self.pid,
-            self.applying,
-            self.apply.ddl(&self.client, d),
-        )
-        .await
-    }
-
-    /// Applies what is gathered.
-    async fn finish(&mut self, shared: &Shared) -> Result<()> {
-        unblocked(
-            shared,
-            &self.monitor,
-            self.pid,
-            self.applying,
-            self.apply.finish(&self.client),
-        )
-        .await
-    }
-
-    /// Opens the transaction of versions `first..=last` and takes their
-    /// turn in the commit order (in one round trip).
-    async fn begin(&mut self, shared: &Shared, first: Version, last: Version) -> Result<()> {
-        self.applying = first;
-        let (begun, turn) = futures::join!(
-            self.client.batch_execute("BEGIN"),
-            take_turn(&self.client, &self.take_turns, shared, first, last)
-        );
-        begun.map_err(Error::sql("opening the applier's transaction"))?;
-        turn
-    }
-
-    /// Versions `first..=last` whose row changes are `planned`, in one
-    /// pipeline: BEGIN, the turn, the rows, sequences moved past rows of
-    /// this replica's own (`own_tables`), the wait for the predecessor
-    /// (transaction `prev_xid`) and COMMIT ([`Self::run_steps`]).
-    async fn commit_planned(
-        &mut self,
-        shared: &Shared,
-        first: Version,
-        last: Version,
-        prev_xid: Option<u64>,
-        own_tables: &[String],
-        planned: &[Planned],
-    ) -> Result<()> {
-        self.applying = first;
-        let advance =
-            (!own_tables.is_empty()).then(|| capture::advance_sequences_sql(Some(own_tables)));
-        let prev_xid = prev_xid.map(|x| x.to_string());
-        let client = &self.client;
-        let mut steps: Vec<Step<'_>> = Vec::with_capacity(planned.len() + 5);
-        steps.push(Box::pin(async {
-            client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(Error::sql("opening the applier's transaction"))
-        }));
-        steps.push(Box::pin(take_turn(
-            client,
-            &self.take_turns,
-            shared,
-            first,
-            last,
-        )));
-        for p in planned {
-            steps.push(Box::pin(p.execute(client)));
-        }
-        self.push_commit(&mut steps, first, prev_xid.as_deref(), advance.as_deref());
-        self.run_steps(shared, first, last, steps).await
-    }
-
-    /// Waits for the predecessor of `first` (transaction `prev_xid`) to
-    /// commit, moves sequences past rows of this replica's own that came
-    /// from the log (`own_tables`), and commits, in one pipeline.
-    async fn end(
-        &mut self,
-        shared: &Shared,
-        first: Version,
-        last: Version,
-        prev_xid: Option<u64>,
-        own_tables: &[String],
-    ) -> Result<()> {
-        let advance =
-            (!own_tables.is_empty()).then(|| capture::advance_sequences_sql(Some(own_tables)));
-        let prev_xid = prev_xid.map(|x| x.to_string());
-        let mut steps: Vec<Step<'_>> = Vec::with_capacity(3);
-        self.push_commit(&mut steps, first, prev_xid.as_deref(), advance.as_deref());
-        self.run_steps(shared, first, last, steps).await
-    }
-
-    /// The end of the transaction of `first..`: the sequences moved
-    /// (`advance`), the wait for the predecessor (transaction `prev_xid`;
-    /// none when it is known committed) and COMMIT.
-    fn push_commit<'a>(
-        &'a self,
-        steps: &mut Vec<Step<'a>>,
-        first: Version,
-        prev_xid: Option<&'a str>,
-        advance: Option<&'a str>,
-    ) {
-        let client = &self.client;
-        if let Some(sql) = advance {
-            steps.push(Box::pin(async move {
-                client
-                    .batch_execute(sql)
-                    .await
-                    .map_err(Error::sql("advancing sequences past replayed rows"))
-            }));
-        }
-        if let Some(prev_xid) = prev_xid {
-            let prev = first as i64 - 1;
-            let wait_turn = &self.wait_turn;
-            steps.push(Box::pin(async move {
-                client
-                    .execute(wait_turn, &[&prev, &prev_xid])
-                    .await
-                    .map(drop)
-                    .map_err(Error::sql(format!("waiting for version {prev} to commit")))
-            }));
-        }
-        steps.push(Box::pin(async move {
-            client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(Error::sql(format!("committing version {first}")))
-        }));
-    }
-
-    /// Sends `steps` in one pipeline (each is sent when first polled, in
-    /// order) while watching for local transactions that block them. A
-    /// statement that fails aborts the transaction, so the COMMIT behind
-    /// it rolls back: the first error is the outcome.
-    async fn run_steps(
-        &self,
-        shared: &Shared,
-        first: Version,
-        last: Version,
-        steps: Vec<Step<'_>>,
-    ) -> Result<()> {
-        let results = unblocked(
-            shared,
-            &self.monitor,
-            self.pid,
-            first,
-            futures::future::join_all(steps),
-        )
-        .await;
-        let r: Result<()> = results.into_iter().collect();
-        if r.is_ok() {
-            shared.order.committed(last);
-        }
-        r
-    }
-}
-
-/// One statement of a pipelined replica transaction.
-type Step<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
 
 /// The next frame of version `v`, which has not ended yet: another
 /// version's frame, or the end of the stream, is a protocol error.
@@ -283,121 +78,6 @@ async fn frame_of(
         None => Err(CertifierError::Protocol(format!(
             "stream ended inside version {v}"
         ))),
-    }
-}
-
-/// `wait_turn`'s error: the predecessor did not commit.
-fn predecessor_failed(e: &Error) -> bool {
-    matches!(e, Error::Sql { source, .. }
-        if source.code().map(|c| c.code()) == Some(capture::PREDECESSOR_FAILED))
-}
-
-/// Takes the turn of versions `first..=last` in the open transaction
-/// (`take_turns`, the prepared `tashkent.take_turns`) and says so to the
-/// commit order.
-async fn take_turn(
-    client: &Client,
-    take_turns: &Statement,
-    shared: &Shared,
-    first: Version,
-    last: Version,
-) -> Result<()> {
-    let (f, l) = (first as i64, last as i64);
-    let xid: String = client
-        .query_one(take_turns, &[&f, &l])
-        .await
-        .map_err(Error::sql(format!("taking the turn of version {first}")))?
-        .get(0);
-    let xid = xid.parse().map_err(|_| Error::Capture {
-        reason: format!("take_turns answered the transaction id {xid:?}"),
-    })?;
-    if shared.order.took_turn(first, last, xid) {
-        Ok(())
-    } else {
-        Err(Error::Capture {
-            reason: format!("versions {first}..={last} took their turn out of order"),
-        })
-    }
-}
-
-/// Connects the applier's sessions to the replica.
-pub async fn connect(shared: &Shared) -> Result<ApplierConn> {
-    let client = connect_admin(&shared.cfg).await?;
-    let monitor = connect_admin(&shared.cfg).await?;
-    capture::become_applier(&client).await?;
-    // The applier must never be the victim of a deadlock with a local
-    // transaction: with a longer timeout the other side's check fires
-    // first and aborts the local transaction.
-    client
-        .batch_execute(
-            "SET deadlock_timeout = '10s'; SET standard_conforming_strings = on; \
-             SET statement_timeout = 0",
-        )
-        .await
-        .map_err(Error::sql("preparing the applier session"))?;
-    let pid = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .map_err(Error::sql("reading the applier's backend pid"))?
-        .get(0);
-    let take_turns = client
-        .prepare("SELECT tashkent.take_turns($1, $2)::text")
-        .await
-        .map_err(Error::sql("preparing the applier's statements"))?;
-    let wait_turn = client
-        .prepare("SELECT tashkent.wait_turn($1, $2::text::xid8)")
-        .await
-        .map_err(Error::sql("preparing the applier's statements"))?;
-    Ok(ApplierConn {
-        client,
-        pid,
-        monitor,
-        apply: Apply::new(),
-        take_turns,
-        wait_turn,
-        applying: 0,
-    })
-}
-
-/// Early abort (ARCHITECTURE.md, step 7): local transactions that hold locks the
-/// applier waits for and are not being certified are doomed and their
-/// statements cancelled.
-async fn release_blockers(shared: &Shared, monitor: &Client, pid: i32, applying: Version) {
-    let Ok(rows) = monitor
-        .query("SELECT unnest(pg_blocking_pids($1))", &[&pid])
-        .await
-    else {
-        return;
-    };
-    for row in rows {
-        let pid: i32 = row.get(0);
-        if let Some(session) = shared.doom(pid, applying) {
-            tracing::debug!("aborting local transaction on backend {pid}: it blocks the applier");
-            let _ = monitor
-                .execute("SELECT pg_cancel_backend($1)", &[&pid])
-                .await;
-            session.cancel_delivered();
-        }
-    }
-}
-
-/// Runs `fut` (a statement of the applier) while aborting local
-/// transactions that block it.
-async fn unblocked<T>(
-    shared: &Shared,
-    monitor: &Client,
-    pid: i32,
-    applying: Version,
-    fut: impl std::future::Future<Output = T>,
-) -> T {
-    tokio::pin!(fut);
-    let mut check =
-        tokio::time::interval_at(tokio::time::Instant::now() + BLOCKED_CHECK, BLOCKED_CHECK);
-    loop {
-        tokio::select! {
-            r = &mut fut => return r,
-            _ = check.tick() => release_blockers(shared, monitor, pid, applying).await,
-        }
     }
 }
 
@@ -787,7 +467,7 @@ impl Follower<'_> {
         if !fresh && !self.verify {
             return Ok(());
         }
-        if fresh && !self.inflight.queue.is_empty() {
+        if fresh && !self.inflight.is_empty() {
             // What the replica holds is read back once the commits in
             // flight are over.
             return Err(Stop::Apply {
@@ -1105,113 +785,4 @@ fn own_tables<'a>(shared: &Shared, batch: impl Iterator<Item = &'a Writeset>) ->
     tables.sort_unstable();
     tables.dedup();
     tables
-}
-
-/// Commits not yet seen to finish, in version order: versions handed to
-/// their sessions (which say on a channel whether they committed) and
-/// versions the applier committed itself. The applied version moves as
-/// the front finishes; a commit that failed breaks the commit order, and
-/// everything after it is applied from the log again.
-#[derive(Default)]
-struct InFlight {
-    queue: VecDeque<Handed>,
-}
-
-struct Handed {
-    first: Version,
-    last: Version,
-    outcome: Outcome,
-}
-
-enum Outcome {
-    /// The session says on this channel whether it committed.
-    Waiting(oneshot::Receiver<bool>),
-    Known(bool),
-}
-
-impl InFlight {
-    /// Versions `first..=last` handed to a session (`done`), or committed
-    /// by the applier (`None`).
-    fn push(&mut self, first: Version, last: Version, done: Option<oneshot::Receiver<bool>>) {
-        let outcome = match done {
-            Some(rx) => Outcome::Waiting(rx),
-            None => Outcome::Known(true),
-        };
-        self.queue.push_back(Handed {
-            first,
-            last,
-            outcome,
-        });
-    }
-
-    /// The last version handed or committed (0: none in flight).
-    fn last(&self) -> Version {
-        self.queue.back().map_or(0, |h| h.last)
-    }
-
-    /// True when the front waits for a session.
-    fn waiting(&self) -> bool {
-        self.queue
-            .front()
-            .is_some_and(|h| matches!(h.outcome, Outcome::Waiting(_)))
-    }
-
-    /// Moves the applied version past the commits that finished; the
-    /// first version of a failed one, if the front failed.
-    fn settle_ready(&mut self, shared: &Shared) -> Option<Version> {
-        while let Some(front) = self.queue.front_mut() {
-            if let Outcome::Waiting(rx) = &mut front.outcome {
-                match rx.try_recv() {
-                    Ok(ok) => front.outcome = Outcome::Known(ok),
-                    Err(oneshot::error::TryRecvError::Empty) => return None,
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        front.outcome = Outcome::Known(false)
-                    }
-                }
-            }
-            if matches!(front.outcome, Outcome::Known(false)) {
-                return Some(front.first);
-            }
-            shared.applied.send_replace(front.last);
-            self.queue.pop_front();
-        }
-        None
-    }
-
-    /// Waits for the front session's commit, then settles.
-    async fn settle_next(&mut self, shared: &Shared) -> Option<Version> {
-        if let Some(front) = self.queue.front_mut() {
-            if let Outcome::Waiting(rx) = &mut front.outcome {
-                front.outcome = Outcome::Known(rx.await.unwrap_or(false));
-            }
-        }
-        self.settle_ready(shared)
-    }
-
-    /// Waits until every commit in flight finished (after a failure, the
-    /// later ones fail too: the order is broken at the first failure so
-    /// that none waits for a turn that never comes), then starts the
-    /// commit order over from the applied version.
-    async fn drain(&mut self, shared: &Shared) {
-        let mut failed = false;
-        while let Some(h) = self.queue.pop_front() {
-            let ok = match h.outcome {
-                Outcome::Known(ok) => ok,
-                Outcome::Waiting(rx) => rx.await.unwrap_or(false),
-            };
-            if ok && !failed {
-                shared.applied.send_replace(h.last);
-            } else if ok {
-                tracing::error!(
-                    "versions {}..={} committed after an earlier version failed",
-                    h.first,
-                    h.last
-                );
-            } else if !failed {
-                failed = true;
-                shared.order.break_at(h.first);
-            }
-        }
-        shared.order.reset(*shared.applied.borrow());
-    }
 }
