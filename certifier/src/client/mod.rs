@@ -51,7 +51,7 @@ pub(crate) const WINDOW_BYTES: u32 = 8 << 20;
 /// one is answered at once by a live certifier. Only the client pings:
 /// a server's ping would wait behind what it already queued for a slow
 /// subscriber and could drop a healthy stream (the server bounds what a
-/// silent client holds instead: `server::service::CHUNK_PATIENCE`).
+/// silent client holds instead: `server::streamed::CHUNK_PATIENCE`).
 pub(crate) const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a ping may go unanswered before the connection is dropped

@@ -21,6 +21,7 @@ mod replicated;
 pub mod service;
 pub mod spool;
 mod standing;
+mod streamed;
 mod subscribe;
 pub(crate) mod tail;
 
