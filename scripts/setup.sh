@@ -6,7 +6,8 @@
 # against them, see build.rs), and the other clients of the TLS tests:
 # psycopg2 for Debian's python3, and pgjdbc with a JDK to compile and run
 # its Java program; sysbench (`tashkent bench contention` and its
-# test); and pgbouncer (a system of `tashkent bench`). Idempotent, and silent when everything is already
+# test); pgbouncer (a system of `tashkent bench`); and nftables (a test
+# drops a link's packets). Idempotent, and silent when everything is already
 # present.
 set -euo pipefail
 
@@ -52,6 +53,9 @@ fi
 command -v sysbench >/dev/null 2>&1 || missing+=(sysbench)
 # pgbouncer: `tashkent bench --systems pgbouncer` (in the default systems).
 [ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || missing+=(pgbouncer)
+# nft: a test silences a link by dropping its packets (the certifier
+# drops a peer that acknowledges nothing).
+[ -x /usr/sbin/nft ] || command -v nft >/dev/null 2>&1 || missing+=(nftables)
 if have_server && ! have_headers; then
     missing+=("postgresql-server-dev-$(server_major)")
 fi

@@ -62,6 +62,14 @@ pub struct CertifierConfig {
     /// checkpoint if it needs purged versions), and nothing is purged this
     /// soon after the certifier starts.
     pub purge_replica_timeout_ms: u64,
+    /// A connection whose peer acknowledges nothing for this long is
+    /// dropped (`TCP_USER_TIMEOUT`, and TCP keepalive probes when it is
+    /// idle): a subscriber or a peer node behind a link that went silent
+    /// (a partition closes nothing) would otherwise keep its stream and
+    /// what is queued for it until TCP gives up, about a quarter of an
+    /// hour later. A live peer acknowledges at once, however slowly it
+    /// reads. 0: the kernel's defaults.
+    pub silent_peer_timeout_ms: u64,
     /// Where Prometheus metrics are served (`GET /metrics`); none: off.
     /// Port 0 picks a free port (printed at start as "metrics on ADDR").
     pub metrics_listen: Option<SocketAddr>,
@@ -126,6 +134,7 @@ impl Default for CertifierConfig {
             dedupe_max_entries: limits.max_dedupe,
             tail_cache_bytes: 16 << 20,
             purge_replica_timeout_ms: 30_000,
+            silent_peer_timeout_ms: 30_000,
             metrics_listen: None,
             tls_cert: None,
             tls_key: None,
@@ -333,6 +342,10 @@ pub struct CertifierArgs {
     /// nothing this soon after start (default 30000).
     #[arg(long, value_name = "MS")]
     pub purge_replica_timeout_ms: Option<u64>,
+    /// Drop a connection whose peer acknowledges nothing this long
+    /// (default 30000; 0: the kernel's defaults).
+    #[arg(long, value_name = "MS")]
+    pub silent_peer_timeout_ms: Option<u64>,
     /// Serve Prometheus metrics on ADDR (`GET /metrics`; default: off).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -380,7 +393,8 @@ impl CertifierArgs {
             window_max_versions,
             dedupe_max_entries,
             tail_cache_bytes,
-            purge_replica_timeout_ms
+            purge_replica_timeout_ms,
+            silent_peer_timeout_ms
         );
         if self.metrics_listen.is_some() {
             c.metrics_listen = self.metrics_listen;

@@ -638,3 +638,118 @@ async fn a_shutdown_ends_a_certify_stream_that_waits_for_chunks() {
     }
     drop(tx);
 }
+
+/// Drops every TCP packet to or from a port of this machine (a table of
+/// nftables of its own; needs root, as the whole suite does), until
+/// dropped: a link that goes silent, closing nothing and refusing nothing.
+struct Silenced {
+    table: String,
+}
+
+impl Silenced {
+    fn port(port: u16) -> Silenced {
+        let table = format!("tashkent_silent_{}_{port}", std::process::id());
+        let script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} out {{ type filter hook output priority 0; }}\n\
+             add rule inet {table} out tcp sport {port} drop\n\
+             add rule inet {table} out tcp dport {port} drop\n"
+        );
+        nft(&["-f", "-"], &script);
+        Silenced { table }
+    }
+}
+
+impl Drop for Silenced {
+    fn drop(&mut self) {
+        nft(&["delete", "table", "inet", &self.table], "");
+    }
+}
+
+fn nft(args: &[&str], stdin: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft (package nftables, bash scripts/setup.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The certifier's open Subscribe streams, as its metrics say.
+fn subscribers(running: &RunningCertifier) -> f64 {
+    let text = running.service().render_metrics();
+    tashkent_metrics::Scrape::parse(&text)
+        .unwrap()
+        .value("tashkent_certifier_subscribers", &[])
+        .unwrap()
+}
+
+/// A subscriber whose link goes silent (every packet dropped) is dropped
+/// by the certifier, with its stream and what was queued for it, once it
+/// has acknowledged nothing for `silent_peer_timeout_ms`, rather than
+/// when TCP gives up a quarter of an hour later; the next subscriber is
+/// served every version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_whose_link_goes_silent_is_dropped() {
+    let dir = TempDir::new().unwrap();
+    let (running, client) = start(CertifierConfig {
+        silent_peer_timeout_ms: 2_000,
+        ..config(&dir)
+    })
+    .await;
+    let first = client.certify(ws("s0", 0, &["k0".into()])).await.unwrap();
+    assert_eq!(committed(&first), Some(1));
+    let mut stream = client.subscribe(1).await.unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap().version, 1);
+    assert_eq!(subscribers(&running), 1.0);
+
+    let silenced = Silenced::port(running.local_addr().port());
+    let since = std::time::Instant::now();
+    let mut n = 1;
+    // Versions go on committing (in process: no client reaches the
+    // certifier now), so data waits unacknowledged for the subscriber.
+    while subscribers(&running) > 0.0 {
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "the silent subscriber is still served after {:?}",
+            since.elapsed()
+        );
+        n += 1;
+        let o = running
+            .service()
+            .certify(ws(&format!("s{n}"), 0, &[format!("k{n}")]))
+            .await
+            .unwrap();
+        assert_eq!(committed(&o), Some(n));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(silenced);
+    drop(stream);
+
+    let again = CertifierClient::connect(running.local_addr().to_string())
+        .await
+        .unwrap();
+    let versions: Vec<u64> = again
+        .subscribe(1)
+        .await
+        .unwrap()
+        .take(n as usize)
+        .map(|r| r.unwrap().version)
+        .collect()
+        .await;
+    assert_eq!(versions, (1..=n).collect::<Vec<_>>());
+    running.shutdown().await.unwrap();
+}

@@ -258,8 +258,12 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
     let purge_waits = parts.raft.as_ref().map(|(_, left)| left.purge_waits());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let svc_on_stop = service.clone();
+    let silent_peer_timeout = std::time::Duration::from_millis(config.silent_peer_timeout_ms);
     let task = tokio::spawn(async move {
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = silent_peers_dropped(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            silent_peer_timeout,
+        );
         // With TLS, a connection whose handshake fails (a plaintext
         // client, an untrusting one) is dropped alone; serving goes on.
         let served = server
@@ -296,6 +300,36 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
         service,
         stop: Some(stop_tx),
         task,
+    })
+}
+
+/// The connections `incoming` accepts, each dropped once its peer has
+/// acknowledged nothing for `timeout` (none: the kernel's defaults). Data
+/// queued for a silent peer goes unacknowledged and `TCP_USER_TIMEOUT`
+/// ends the connection; an idle one is probed (TCP keepalive, after
+/// `timeout` idle) and ends the same way. A peer that reads slowly still
+/// acknowledges (its zero window's probes too), so only a silent one is
+/// dropped, and with it its streams.
+fn silent_peers_dropped(
+    incoming: TcpIncoming,
+    timeout: std::time::Duration,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    let on = !timeout.is_zero();
+    let incoming = match on {
+        true => incoming
+            .with_keepalive(Some(timeout))
+            .with_keepalive_interval(Some((timeout / 4).max(std::time::Duration::from_secs(1)))),
+        false => incoming,
+    };
+    incoming.map(move |accepted| {
+        let stream = accepted?;
+        if on {
+            if let Err(e) = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(timeout)) {
+                tracing::warn!("TCP_USER_TIMEOUT on an accepted connection: {e}");
+            }
+        }
+        Ok(stream)
     })
 }
 
