@@ -62,13 +62,16 @@ pub struct CertifierConfig {
     /// checkpoint if it needs purged versions), and nothing is purged this
     /// soon after the certifier starts.
     pub purge_replica_timeout_ms: u64,
-    /// A connection whose peer acknowledges nothing for this long is
-    /// dropped (`TCP_USER_TIMEOUT`, and TCP keepalive probes when it is
-    /// idle): a subscriber or a peer node behind a link that went silent
-    /// (a partition closes nothing) would otherwise keep its stream and
-    /// what is queued for it until TCP gives up, about a quarter of an
-    /// hour later. A live peer acknowledges at once, however slowly it
-    /// reads. 0: the kernel's defaults.
+    /// An accepted connection whose peer acknowledges nothing for this
+    /// long, or reads nothing at all while data waits for it, is dropped
+    /// (`TCP_USER_TIMEOUT`, and TCP keepalive probes while it is idle): a
+    /// subscriber or a peer node behind a link that went silent (a
+    /// partition closes nothing) would otherwise keep its stream and what
+    /// is queued for it until TCP gives up, about a quarter of an hour
+    /// later (an idle one: never). A peer whose process runs reads its
+    /// socket into HTTP/2's buffers however slowly its application
+    /// consumes them, so only a silent link or a stopped process is
+    /// dropped. 0: off (the kernel's defaults); else 2000 to 3600000.
     pub silent_peer_timeout_ms: u64,
     /// Where Prometheus metrics are served (`GET /metrics`); none: off.
     /// Port 0 picks a free port (printed at start as "metrics on ADDR").
@@ -220,6 +223,13 @@ impl CertifierConfig {
         if self.raft_snapshot_entries == 0 {
             return bad("raft_snapshot_entries must be positive");
         }
+        // Keepalive starts after half of it, in whole seconds, and the
+        // kernel takes at most 32767 s.
+        if self.silent_peer_timeout_ms != 0
+            && !(2_000..=3_600_000).contains(&self.silent_peer_timeout_ms)
+        {
+            return bad("silent_peer_timeout_ms must be 0 (off) or between 2000 and 3600000");
+        }
         match (self.node_id, &self.peers) {
             (None, None) => {}
             (Some(id), Some(peers)) => {
@@ -342,8 +352,8 @@ pub struct CertifierArgs {
     /// nothing this soon after start (default 30000).
     #[arg(long, value_name = "MS")]
     pub purge_replica_timeout_ms: Option<u64>,
-    /// Drop a connection whose peer acknowledges nothing this long
-    /// (default 30000; 0: the kernel's defaults).
+    /// Drop an accepted connection whose peer acknowledges nothing this
+    /// long (default 30000; 0: off).
     #[arg(long, value_name = "MS")]
     pub silent_peer_timeout_ms: Option<u64>,
     /// Serve Prometheus metrics on ADDR (`GET /metrics`; default: off).
@@ -459,6 +469,27 @@ mod tests {
         assert_eq!(c.window_max_versions, 10);
         assert_eq!(c.max_writeset_bytes, 1_000_000);
         assert_eq!(c.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn the_silent_peer_timeout_is_off_or_within_what_the_kernel_takes() {
+        let cli = Cli::parse_from(["x", "--silent-peer-timeout-ms", "5000"]);
+        assert_eq!(cli.args.resolve().unwrap().silent_peer_timeout_ms, 5000);
+        for ms in [0, 2_000, 30_000, 3_600_000] {
+            let c = CertifierConfig {
+                silent_peer_timeout_ms: ms,
+                ..CertifierConfig::default()
+            };
+            assert!(c.validate().is_ok(), "{ms}");
+        }
+        for ms in [1, 1_999, 3_600_001] {
+            let c = CertifierConfig {
+                silent_peer_timeout_ms: ms,
+                ..CertifierConfig::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("silent_peer_timeout_ms"), "{ms}: {e}");
+        }
     }
 
     #[test]

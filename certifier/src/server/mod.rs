@@ -304,12 +304,12 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
 }
 
 /// The connections `incoming` accepts, each dropped once its peer has
-/// acknowledged nothing for `timeout` (none: the kernel's defaults). Data
-/// queued for a silent peer goes unacknowledged and `TCP_USER_TIMEOUT`
-/// ends the connection; an idle one is probed (TCP keepalive, after
-/// `timeout` idle) and ends the same way. A peer that reads slowly still
-/// acknowledges (its zero window's probes too), so only a silent one is
-/// dropped, and with it its streams.
+/// acknowledged nothing for `timeout` (zero: the kernel's defaults), and
+/// with it its streams. Data queued for a silent peer goes
+/// unacknowledged, or stays behind a window its stopped process never
+/// opens again, and `TCP_USER_TIMEOUT` ends the connection; an idle one
+/// is probed (TCP keepalive, after half of `timeout` idle, about four
+/// probes before it ends), so one lost probe does not end it.
 fn silent_peers_dropped(
     incoming: TcpIncoming,
     timeout: std::time::Duration,
@@ -318,8 +318,8 @@ fn silent_peers_dropped(
     let on = !timeout.is_zero();
     let incoming = match on {
         true => incoming
-            .with_keepalive(Some(timeout))
-            .with_keepalive_interval(Some((timeout / 4).max(std::time::Duration::from_secs(1)))),
+            .with_keepalive(Some(timeout / 2))
+            .with_keepalive_interval(Some((timeout / 8).max(std::time::Duration::from_secs(1)))),
         false => incoming,
     };
     incoming.map(move |accepted| {
