@@ -62,6 +62,20 @@ pub struct Ports {
     pub certifier_node_metrics: Vec<u16>,
 }
 
+/// The certifier whose log a state directory holds
+/// ([`StateDir::certifier_held`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertifierHeld {
+    /// Neither yet: a first start.
+    None,
+    /// `certifier-wal/`: a single certifier.
+    Single,
+    /// `certifier-1/` … `certifier-<n>/`: a replicated certifier.
+    Nodes(u32),
+    /// Both (a directory started both ways before starts were checked).
+    Both(u32),
+}
+
 /// A local cluster's state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -108,6 +122,21 @@ impl StateDir {
     /// Node `id`'s directory of a replicated certifier (1-based).
     pub fn certifier_node_dir(&self, id: u32) -> PathBuf {
         self.root.join(format!("certifier-{id}"))
+    }
+
+    /// Which certifier this state directory holds the log of: a single
+    /// certifier's, or the number of a replicated one's node directories
+    /// (nodes 1, 2, … as long as they exist), or neither yet.
+    pub fn certifier_held(&self) -> CertifierHeld {
+        let nodes = (1..)
+            .take_while(|id| self.certifier_node_dir(*id).exists())
+            .count() as u32;
+        match (self.certifier_wal().exists(), nodes) {
+            (false, 0) => CertifierHeld::None,
+            (true, 0) => CertifierHeld::Single,
+            (false, n) => CertifierHeld::Nodes(n),
+            (true, n) => CertifierHeld::Both(n),
+        }
     }
 
     /// Settings of node `id` when it runs as a process.

@@ -339,3 +339,40 @@ async fn a_first_start_that_failed_after_the_nodes_began_resumes_them() {
     let cluster = Cluster::start_in(dir, watch, &file).await;
     insert(&cluster, 0, 5, 10).await;
 }
+
+/// The number of certifier nodes is the state directory's: a start with
+/// another number is refused before anything starts, naming the number
+/// its state holds (a single certifier's log lacks what the nodes
+/// committed, and nodes started over a single certifier's state would
+/// lack what it committed: either would meet replicas ahead of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_with_another_number_of_certifiers_is_refused() {
+    let dir = common::shared_tempdir();
+    let watch = common::watchdog::Watch::new(dir.path());
+    let three = Cluster::file_in(&dir, 1, |f| f.cluster.certifiers = 3);
+    let one = Cluster::file_in(&dir, 1, |f| f.cluster.certifiers = 1);
+    let cluster = Cluster::start_in(dir, watch, &three).await;
+    let c = cluster.client(0).await;
+    c.batch_execute("CREATE TABLE t (k int PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+    insert(&cluster, 0, 0, 5).await;
+    drop(c);
+    let dir = cluster.shutdown().await;
+
+    let watch = common::watchdog::Watch::new(dir.path());
+    let refused = LocalCluster::start_placed(&one, Cluster::placement())
+        .await
+        .err()
+        .expect("a single certifier over three nodes' state");
+    assert!(refused.to_string().contains("certifiers = 3"), "{refused}");
+    let cluster = Cluster::start_in(dir, watch, &three).await;
+    let n: i64 = cluster
+        .client(0)
+        .await
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5);
+}

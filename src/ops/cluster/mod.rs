@@ -22,7 +22,7 @@ use crate::ops::certifier::CertifierTarget;
 use crate::ops::config::ConfigFile;
 use crate::ops::pg::{PgConfig, PgServer};
 use crate::ops::process::{free_loopback_port, ChildProcess};
-use crate::ops::state_dir::{Ports, StateDir};
+use crate::ops::state_dir::{CertifierHeld, Ports, StateDir};
 use crate::ops::{checkpoint, recover};
 use crate::proxy::{ProxyConfig, RunningProxy};
 
@@ -93,6 +93,30 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// Refuses a start with another kind of certifier than the state
+/// directory holds the log of: a single certifier over nodes' state would
+/// lack what they committed, and nodes over a single certifier's log what
+/// it committed (every commit then failed as ahead of the certifier).
+fn same_certifier(certifiers: u32, state: &StateDir) -> Result<()> {
+    let held = state.certifier_held();
+    let refused = match (held, certifiers) {
+        (CertifierHeld::Nodes(n), 1) => format!(
+            "holds a replicated certifier of {n} nodes (certifier-1/ …): start it with \
+             `certifiers = {n}` (`tashkent up --certifiers {n}`); a single certifier would \
+             lack what the nodes committed"
+        ),
+        (CertifierHeld::Single, n) if n > 1 => "holds a single certifier's log \
+             (certifier-wal/): start it with `certifiers = 1`; nodes started over it would \
+             lack what it committed"
+            .to_owned(),
+        _ => return Ok(()),
+    };
+    Err(Error::Config(format!(
+        "{} {refused}",
+        state.root().display()
+    )))
+}
+
 /// A part's port: its kept or configured one, else (a first start,
 /// nothing configured) one chosen free below the ephemeral range
 /// (`free_loopback_port`, which hands each out once); 0 for a part that
@@ -126,6 +150,7 @@ impl LocalCluster {
         std::fs::create_dir_all(&root)
             .map_err(Error::io(format!("creating {}", root.display())))?;
         let state = StateDir::new(&root);
+        same_certifier(cfg.certifiers, &state)?;
         let ports = state.ports()?;
         let single = nodes::count(cfg.certifiers) == 0;
         let mut file = file.clone();
@@ -709,6 +734,32 @@ fn write_section<T: Serialize>(path: &Path, name: &str, value: &T) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_keeps_the_kind_of_certifier_its_state_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        assert_eq!(state.certifier_held(), CertifierHeld::None);
+        same_certifier(1, &state).unwrap();
+        same_certifier(3, &state).unwrap();
+        std::fs::create_dir(state.certifier_wal()).unwrap();
+        assert_eq!(state.certifier_held(), CertifierHeld::Single);
+        same_certifier(1, &state).unwrap();
+        let e = same_certifier(3, &state).unwrap_err().to_string();
+        assert!(e.contains("certifiers = 1"), "{e}");
+        std::fs::remove_dir(state.certifier_wal()).unwrap();
+        for id in 1..=3 {
+            std::fs::create_dir(state.certifier_node_dir(id)).unwrap();
+        }
+        assert_eq!(state.certifier_held(), CertifierHeld::Nodes(3));
+        same_certifier(3, &state).unwrap();
+        same_certifier(5, &state).unwrap();
+        let e = same_certifier(1, &state).unwrap_err().to_string();
+        assert!(e.contains("certifiers = 3"), "{e}");
+        std::fs::create_dir(state.certifier_wal()).unwrap();
+        assert_eq!(state.certifier_held(), CertifierHeld::Both(3));
+        same_certifier(1, &state).unwrap();
+    }
 
     #[test]
     fn the_ports_of_a_start_are_kept_or_chosen_distinct() {
