@@ -125,18 +125,32 @@ impl StateDir {
     }
 
     /// Which certifier this state directory holds the log of: a single
-    /// certifier's, or the number of a replicated one's node directories
-    /// (nodes 1, 2, … as long as they exist), or neither yet.
-    pub fn certifier_held(&self) -> CertifierHeld {
-        let nodes = (1..)
-            .take_while(|id| self.certifier_node_dir(*id).exists())
-            .count() as u32;
-        match (self.certifier_wal().exists(), nodes) {
+    /// certifier's, or a replicated one's of N nodes, N as `ports.json`
+    /// keeps their ports (the group's membership), else the highest
+    /// `certifier-<n>/` (a wiped node's directory may be missing), or
+    /// neither yet.
+    pub fn certifier_held(&self) -> Result<CertifierHeld> {
+        let kept = self.ports()?.certifier_nodes.len() as u32;
+        let highest = std::fs::read_dir(&self.root)
+            .map_err(Error::io(format!("reading {}", self.root.display())))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| {
+                let name = e.file_name();
+                name.to_str()?
+                    .strip_prefix("certifier-")?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0);
+        let nodes = if kept > 0 { kept } else { highest };
+        Ok(match (self.certifier_wal().exists(), nodes) {
             (false, 0) => CertifierHeld::None,
             (true, 0) => CertifierHeld::Single,
             (false, n) => CertifierHeld::Nodes(n),
             (true, n) => CertifierHeld::Both(n),
-        }
+        })
     }
 
     /// Settings of node `id` when it runs as a process.

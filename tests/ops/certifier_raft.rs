@@ -340,9 +340,8 @@ async fn a_first_start_that_failed_after_the_nodes_began_resumes_them() {
     insert(&cluster, 0, 5, 10).await;
 }
 
-/// The number of certifier nodes is the state directory's: a start with
-/// another number is refused before anything starts, naming the number
-/// its state holds (a single certifier's log lacks what the nodes
+/// The certifier is the state directory's: a start with another kind is
+/// refused before anything starts, naming the number its state holds (a single certifier's log lacks what the nodes
 /// committed, and nodes started over a single certifier's state would
 /// lack what it committed: either would meet replicas ahead of it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -366,7 +365,10 @@ async fn a_start_with_another_number_of_certifiers_is_refused() {
         .err()
         .expect("a single certifier over three nodes' state");
     assert!(refused.to_string().contains("certifiers = 3"), "{refused}");
+    // Refused before anything started: no single certifier's log either.
+    assert!(!dir.path().join("state/certifier-wal").exists());
     let cluster = Cluster::start_in(dir, watch, &three).await;
+    insert(&cluster, 0, 5, 10).await;
     let n: i64 = cluster
         .client(0)
         .await
@@ -374,5 +376,5 @@ async fn a_start_with_another_number_of_certifiers_is_refused() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 5);
+    assert_eq!(n, 10);
 }

@@ -93,26 +93,25 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// Refuses a start with another kind of certifier than the state
-/// directory holds the log of: a single certifier over nodes' state would
-/// lack what they committed, and nodes over a single certifier's log what
-/// it committed (every commit then failed as ahead of the certifier).
+/// Refuses a start with another certifier than the state directory holds
+/// the log of: a single certifier over nodes' state would lack what they
+/// committed, and nodes over a single certifier's log what it committed
+/// (every commit then failed as ahead of the certifier); another number
+/// of nodes would choose new ports for all of them, which their
+/// membership does not name. There is no conversion: another kind or
+/// number starts in another state directory.
 fn same_certifier(certifiers: u32, state: &StateDir) -> Result<()> {
-    let held = state.certifier_held();
-    let refused = match (held, certifiers) {
-        (CertifierHeld::Nodes(n), 1) => format!(
-            "holds a replicated certifier of {n} nodes (certifier-1/ …): start it with \
-             `certifiers = {n}` (`tashkent up --certifiers {n}`); a single certifier would \
-             lack what the nodes committed"
-        ),
-        (CertifierHeld::Single, n) if n > 1 => "holds a single certifier's log \
-             (certifier-wal/): start it with `certifiers = 1`; nodes started over it would \
-             lack what it committed"
-            .to_owned(),
+    let (held, n) = match state.certifier_held()? {
+        CertifierHeld::Nodes(n) if n != certifiers => {
+            (format!("a replicated certifier of {n} nodes"), n)
+        }
+        CertifierHeld::Single if certifiers != 1 => ("a single certifier's log".to_owned(), 1),
         _ => return Ok(()),
     };
     Err(Error::Config(format!(
-        "{} {refused}",
+        "{} holds {held}: start it with `certifiers = {n}` (`tashkent up --certifiers {n}`), \
+         or use another state directory (`--state-dir`) for {certifiers}: a certifier of \
+         another kind or size does not take over this one's log",
         state.root().display()
     )))
 }
@@ -736,28 +735,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_start_keeps_the_kind_of_certifier_its_state_holds() {
+    fn a_start_keeps_the_certifier_its_state_holds() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path());
-        assert_eq!(state.certifier_held(), CertifierHeld::None);
+        let held = || state.certifier_held().unwrap();
+        assert_eq!(held(), CertifierHeld::None);
         same_certifier(1, &state).unwrap();
         same_certifier(3, &state).unwrap();
         std::fs::create_dir(state.certifier_wal()).unwrap();
-        assert_eq!(state.certifier_held(), CertifierHeld::Single);
+        assert_eq!(held(), CertifierHeld::Single);
         same_certifier(1, &state).unwrap();
         let e = same_certifier(3, &state).unwrap_err().to_string();
-        assert!(e.contains("certifiers = 1"), "{e}");
+        assert!(
+            e.contains("certifiers = 1") && e.contains("--state-dir"),
+            "{e}"
+        );
         std::fs::remove_dir(state.certifier_wal()).unwrap();
-        for id in 1..=3 {
+        // Node 1's directory wiped: the highest one still tells.
+        for id in 2..=3 {
             std::fs::create_dir(state.certifier_node_dir(id)).unwrap();
         }
-        assert_eq!(state.certifier_held(), CertifierHeld::Nodes(3));
+        std::fs::write(state.certifier_node_config_file(7), "").unwrap();
+        assert_eq!(held(), CertifierHeld::Nodes(3));
         same_certifier(3, &state).unwrap();
-        same_certifier(5, &state).unwrap();
-        let e = same_certifier(1, &state).unwrap_err().to_string();
-        assert!(e.contains("certifiers = 3"), "{e}");
+        for other in [1, 5] {
+            let e = same_certifier(other, &state).unwrap_err().to_string();
+            assert!(e.contains("certifiers = 3"), "{other}: {e}");
+        }
+        // The kept ports are the membership.
+        state
+            .write_ports(&Ports {
+                certifier_nodes: vec![7401, 7402, 7403, 7404, 7405],
+                ..Ports::default()
+            })
+            .unwrap();
+        assert_eq!(held(), CertifierHeld::Nodes(5));
         std::fs::create_dir(state.certifier_wal()).unwrap();
-        assert_eq!(state.certifier_held(), CertifierHeld::Both(3));
+        assert_eq!(held(), CertifierHeld::Both(5));
         same_certifier(1, &state).unwrap();
     }
 
