@@ -125,16 +125,18 @@ impl StateDir {
     }
 
     /// Which certifier this state directory holds the log of: a single
-    /// certifier's, or a replicated one's of N nodes, N as `ports.json`
-    /// keeps their ports (the group's membership), else the highest
-    /// `certifier-<n>/` (a wiped node's directory may be missing), or
-    /// neither yet.
+    /// certifier's (`certifier-wal/` holds a log), or a replicated one's
+    /// of N nodes, N as `ports.json` keeps their ports (the group's
+    /// membership), else the highest `certifier-<n>/` that holds a log (a
+    /// wiped node's may be missing), or neither yet. A directory that
+    /// holds no log yet (made for a mount before a first start) counts
+    /// for nothing.
     pub fn certifier_held(&self) -> Result<CertifierHeld> {
         let kept = self.ports()?.certifier_nodes.len() as u32;
         let highest = std::fs::read_dir(&self.root)
             .map_err(Error::io(format!("reading {}", self.root.display())))?
             .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
+            .filter(|e| tashkent_wal::holds_segments(&e.path()))
             .filter_map(|e| {
                 let name = e.file_name();
                 name.to_str()?
@@ -145,7 +147,8 @@ impl StateDir {
             .max()
             .unwrap_or(0);
         let nodes = if kept > 0 { kept } else { highest };
-        Ok(match (self.certifier_wal().exists(), nodes) {
+        let single = tashkent_wal::holds_segments(&self.certifier_wal());
+        Ok(match (single, nodes) {
             (false, 0) => CertifierHeld::None,
             (true, 0) => CertifierHeld::Single,
             (false, n) => CertifierHeld::Nodes(n),

@@ -35,6 +35,19 @@ pub fn segment_file_name(first_lsn: Lsn) -> String {
     format!("{first_lsn:020}{SEGMENT_SUFFIX}")
 }
 
+/// Whether `dir` holds segment files: a log was opened there (opening
+/// creates its first segment). False for a directory that is missing,
+/// unreadable or holds anything else.
+pub fn holds_segments(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(|e| e.ok()).any(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| parse_segment_file_name(n).is_some())
+        })
+    })
+}
+
 /// Inverse of [`segment_file_name`]; `None` for any other file name.
 pub fn parse_segment_file_name(name: &str) -> Option<Lsn> {
     let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
@@ -176,6 +189,18 @@ fn read_u64(b: &[u8], at: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_holds_segments_once_a_log_was_opened_there() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!holds_segments(&dir.path().join("missing")));
+        assert!(!holds_segments(dir.path()));
+        std::fs::write(dir.path().join("1.wal"), "").unwrap();
+        std::fs::write(dir.path().join("LOCK"), "").unwrap();
+        assert!(!holds_segments(dir.path()));
+        std::fs::write(dir.path().join(segment_file_name(1)), "").unwrap();
+        assert!(holds_segments(dir.path()));
+    }
 
     #[test]
     fn names_round_trip_and_sort_numerically() {

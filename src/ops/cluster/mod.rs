@@ -191,12 +191,10 @@ impl LocalCluster {
         // Freshly chosen node ports were free when chosen, not when the
         // nodes bind them (another process may take one in between, and
         // the nodes start one after the other): on a first start (no node
-        // directory yet), choose again a few times. A first start that
-        // fails leaves no node directory: theirs hold nothing but the
-        // membership with ports never kept.
-        let fresh = !single
-            && ports.certifier_nodes.is_empty()
-            && (1..=cfg.certifiers).all(|id| !state.certifier_node_dir(id).exists());
+        // directory holds a log yet), choose again a few times. A first
+        // start that fails leaves no node directory: theirs hold nothing
+        // but the membership with ports never kept.
+        let fresh = !single && state.certifier_held()? == CertifierHeld::None;
         let mut attempts = 0;
         while let Err(e) = cluster.start_certifier().await {
             if !fresh {
@@ -734,15 +732,25 @@ fn write_section<T: Serialize>(path: &Path, name: &str, value: &T) -> Result<()>
 mod tests {
     use super::*;
 
+    /// Makes `dir` hold a log: its first segment file.
+    fn with_log(dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("00000000000000000001.wal"), "").unwrap();
+    }
+
     #[test]
     fn a_start_keeps_the_certifier_its_state_holds() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path());
         let held = || state.certifier_held().unwrap();
+        // Directories made for mounts before a first start hold no log.
+        std::fs::create_dir(state.certifier_wal()).unwrap();
+        std::fs::create_dir(state.certifier_node_dir(1)).unwrap();
         assert_eq!(held(), CertifierHeld::None);
         same_certifier(1, &state).unwrap();
         same_certifier(3, &state).unwrap();
-        std::fs::create_dir(state.certifier_wal()).unwrap();
+        std::fs::remove_dir(state.certifier_node_dir(1)).unwrap();
+        with_log(&state.certifier_wal());
         assert_eq!(held(), CertifierHeld::Single);
         same_certifier(1, &state).unwrap();
         let e = same_certifier(3, &state).unwrap_err().to_string();
@@ -750,10 +758,10 @@ mod tests {
             e.contains("certifiers = 1") && e.contains("--state-dir"),
             "{e}"
         );
-        std::fs::remove_dir(state.certifier_wal()).unwrap();
+        std::fs::remove_dir_all(state.certifier_wal()).unwrap();
         // Node 1's directory wiped: the highest one still tells.
         for id in 2..=3 {
-            std::fs::create_dir(state.certifier_node_dir(id)).unwrap();
+            with_log(&state.certifier_node_dir(id));
         }
         std::fs::write(state.certifier_node_config_file(7), "").unwrap();
         assert_eq!(held(), CertifierHeld::Nodes(3));
@@ -770,7 +778,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(held(), CertifierHeld::Nodes(5));
-        std::fs::create_dir(state.certifier_wal()).unwrap();
+        with_log(&state.certifier_wal());
         assert_eq!(held(), CertifierHeld::Both(5));
         same_certifier(1, &state).unwrap();
     }
