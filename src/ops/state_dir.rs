@@ -62,6 +62,9 @@ pub struct Ports {
     pub certifier_node_metrics: Vec<u16>,
 }
 
+/// What a certifier node's directory is named by, before its id.
+const NODE_DIR_PREFIX: &str = "certifier-";
+
 /// The certifier whose log a state directory holds
 /// ([`StateDir::certifier_held`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +124,7 @@ impl StateDir {
 
     /// Node `id`'s directory of a replicated certifier (1-based).
     pub fn certifier_node_dir(&self, id: u32) -> PathBuf {
-        self.root.join(format!("certifier-{id}"))
+        self.root.join(format!("{NODE_DIR_PREFIX}{id}"))
     }
 
     /// Which certifier this state directory holds the log of: a single
@@ -136,14 +139,14 @@ impl StateDir {
         let highest = std::fs::read_dir(&self.root)
             .map_err(Error::io(format!("reading {}", self.root.display())))?
             .filter_map(|e| e.ok())
-            .filter(|e| tashkent_wal::holds_segments(&e.path()))
             .filter_map(|e| {
                 let name = e.file_name();
                 name.to_str()?
-                    .strip_prefix("certifier-")?
+                    .strip_prefix(NODE_DIR_PREFIX)?
                     .parse::<u32>()
                     .ok()
             })
+            .filter(|id| tashkent_wal::holds_segments(&self.certifier_node_dir(*id)))
             .max()
             .unwrap_or(0);
         let nodes = if kept > 0 { kept } else { highest };

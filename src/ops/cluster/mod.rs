@@ -100,8 +100,8 @@ fn local(port: u16) -> SocketAddr {
 /// of nodes would choose new ports for all of them, which their
 /// membership does not name. There is no conversion: another kind or
 /// number starts in another state directory.
-fn same_certifier(certifiers: u32, state: &StateDir) -> Result<()> {
-    let (held, n) = match state.certifier_held()? {
+fn same_certifier(certifiers: u32, held: CertifierHeld, state: &StateDir) -> Result<()> {
+    let (held, n) = match held {
         CertifierHeld::Nodes(n) if n != certifiers => {
             (format!("a replicated certifier of {n} nodes"), n)
         }
@@ -149,7 +149,8 @@ impl LocalCluster {
         std::fs::create_dir_all(&root)
             .map_err(Error::io(format!("creating {}", root.display())))?;
         let state = StateDir::new(&root);
-        same_certifier(cfg.certifiers, &state)?;
+        let held = state.certifier_held()?;
+        same_certifier(cfg.certifiers, held, &state)?;
         let ports = state.ports()?;
         let single = nodes::count(cfg.certifiers) == 0;
         let mut file = file.clone();
@@ -194,7 +195,7 @@ impl LocalCluster {
         // directory holds a log yet), choose again a few times. A first
         // start that fails leaves no node directory: theirs hold nothing
         // but the membership with ports never kept.
-        let fresh = !single && state.certifier_held()? == CertifierHeld::None;
+        let fresh = !single && held == CertifierHeld::None;
         let mut attempts = 0;
         while let Err(e) = cluster.start_certifier().await {
             if !fresh {
@@ -747,13 +748,13 @@ mod tests {
         std::fs::create_dir(state.certifier_wal()).unwrap();
         std::fs::create_dir(state.certifier_node_dir(1)).unwrap();
         assert_eq!(held(), CertifierHeld::None);
-        same_certifier(1, &state).unwrap();
-        same_certifier(3, &state).unwrap();
+        same_certifier(1, held(), &state).unwrap();
+        same_certifier(3, held(), &state).unwrap();
         std::fs::remove_dir(state.certifier_node_dir(1)).unwrap();
         with_log(&state.certifier_wal());
         assert_eq!(held(), CertifierHeld::Single);
-        same_certifier(1, &state).unwrap();
-        let e = same_certifier(3, &state).unwrap_err().to_string();
+        same_certifier(1, held(), &state).unwrap();
+        let e = same_certifier(3, held(), &state).unwrap_err().to_string();
         assert!(
             e.contains("certifiers = 1") && e.contains("--state-dir"),
             "{e}"
@@ -765,9 +766,11 @@ mod tests {
         }
         std::fs::write(state.certifier_node_config_file(7), "").unwrap();
         assert_eq!(held(), CertifierHeld::Nodes(3));
-        same_certifier(3, &state).unwrap();
+        same_certifier(3, held(), &state).unwrap();
         for other in [1, 5] {
-            let e = same_certifier(other, &state).unwrap_err().to_string();
+            let e = same_certifier(other, held(), &state)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("certifiers = 3"), "{other}: {e}");
         }
         // The kept ports are the membership.
@@ -780,7 +783,7 @@ mod tests {
         assert_eq!(held(), CertifierHeld::Nodes(5));
         with_log(&state.certifier_wal());
         assert_eq!(held(), CertifierHeld::Both(5));
-        same_certifier(1, &state).unwrap();
+        same_certifier(1, held(), &state).unwrap();
     }
 
     #[test]
