@@ -42,7 +42,7 @@
 //!   membership entries take indexes but no version.
 //! - **Index ↔ version.** Versions are *not* indexes: a version is assigned
 //!   when a committed `Certify` entry is applied and certifies as a commit
-//!   (`state_machine.rs`), as `latest + 1`. So versions are dense and
+//!   (`state_machine/`), as `latest + 1`. So versions are dense and
 //!   strictly increasing whatever raft does to an uncommitted tail: a
 //!   deposed leader's entries that get truncated never had versions, and
 //!   the next leader's entries get the next ones. The term is only raft's.

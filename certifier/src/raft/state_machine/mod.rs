@@ -19,6 +19,9 @@
 //! the writesets arriving in parts or chunks (`parts.rs`, `chunks.rs`; a
 //! chunked one's chunks read back from the spool as the snapshot's file
 //! is written, off this task).
+//!
+//! `snapshots.rs` builds, installs and keeps those snapshots; this module
+//! applies entries.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -26,19 +29,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{
-    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
-    StorageIOError, StoredMembership,
-};
-use parking_lot::{Mutex, RwLock, RwLockReadGuard};
-use tokio::sync::watch;
+use openraft::{AnyError, EntryPayload, ErrorVerb, OptionalSend, StorageIOError, StoredMembership};
+use parking_lot::Mutex;
 
-use super::chunks::{ChunkError, Chunked, Complete, Restoring, SnapshotAssembly};
+use super::chunks::{ChunkError, Chunked, Complete, SnapshotAssembly};
 use super::decided::Item;
 use super::decider::{Base, TableSlot};
 use super::parts::{Pending, PART_BYTES};
-use super::snapshot::{self, SnapshotMeta, SnapshotState};
-use super::snapshot_file::{self, NewSnapshot, SnapshotFile};
+use super::snapshot::{SnapshotMeta, SnapshotState};
+use super::snapshot_file::{self, SnapshotFile};
 use super::types::{Command, Entry, LogId, NodeId, Response, StorageError, TypeConfig};
 use super::versions::VersionsLog;
 use crate::certifier::{Certifier, Decision, Limits};
@@ -48,6 +47,13 @@ use crate::rule::ConflictSet;
 use crate::server::spool::Spool;
 use crate::window::HorizonCause;
 use crate::{record, writeset, Version};
+
+mod snapshots;
+#[cfg(test)]
+mod tests;
+
+use snapshots::{mark, read_snapshot, snap_err};
+pub use snapshots::{KeptSnapshot, SnapshotBuilder, SnapshotWrites};
 
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 
@@ -97,104 +103,6 @@ pub struct StateMachine {
     /// table is built from the applied state after each base entry of
     /// this node's and each of its entries certified here.
     deciding: Option<(NodeId, Arc<TableSlot>)>,
-}
-
-/// Builds a snapshot from a copy taken when it was asked for.
-pub struct SnapshotBuilder {
-    /// The copy, and the spool to read its chunks from; taken by the build.
-    state: Option<(SnapshotState, Vec<SnapshotAssembly>, Arc<Spool>)>,
-    versions: Option<Arc<VersionsLog>>,
-    dir: PathBuf,
-    current: Current,
-    writes: SnapshotWrites,
-}
-
-/// The snapshot writes of one state machine, which its node stops when it
-/// shuts down: openraft runs a snapshot build in a task of its own, which
-/// may still be writing once the raft core has stopped, into a directory
-/// the caller may remove (a wiped node) or reopen.
-#[derive(Clone)]
-pub struct SnapshotWrites {
-    /// Held (read) while a snapshot file is written; `true` once stopped.
-    stopped: Arc<RwLock<bool>>,
-    /// The last log index of the snapshot in `<dir>/snapshot`.
-    kept: Arc<watch::Sender<KeptSnapshot>>,
-}
-
-/// What a purge of the raft log waits for ([`SnapshotWrites::kept`]):
-/// the last log index of the snapshot on disk, as it rises, and whether
-/// this node keeps no further snapshot (an install failed, which stops
-/// the node, or the node is stopping). A purge past the snapshot on disk
-/// waits until one reaching it is kept, however long the install takes,
-/// and is refused once none will be.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KeptSnapshot {
-    pub through: Option<u64>,
-    pub no_more: bool,
-}
-
-impl KeptSnapshot {
-    /// Whether the snapshot on disk reaches log index `index`.
-    pub fn covers(&self, index: u64) -> bool {
-        self.through.is_some_and(|t| t >= index)
-    }
-}
-
-impl Default for SnapshotWrites {
-    fn default() -> Self {
-        SnapshotWrites {
-            stopped: Arc::default(),
-            kept: Arc::new(watch::channel(KeptSnapshot::default()).0),
-        }
-    }
-}
-
-impl SnapshotWrites {
-    /// Waits for a snapshot being written, and refuses later ones.
-    pub fn stop(&self) {
-        self.no_more_kept();
-        *self.stopped.write() = true;
-    }
-
-    /// No snapshot will be kept any more: a purge waiting for one is
-    /// refused (and the raft core, waiting in it, can stop). Called before
-    /// the core is shut down, and when an install fails.
-    pub fn no_more_kept(&self) {
-        self.kept
-            .send_if_modified(|k| !std::mem::replace(&mut k.no_more, true));
-    }
-
-    /// Leave to write a snapshot file, held while it is written.
-    fn writing(&self) -> Result<RwLockReadGuard<'_, bool>, CertifierError> {
-        let stopped = self.stopped.read();
-        if *stopped {
-            return Err(CertifierError::RaftStorage {
-                what: "snapshot".into(),
-                reason: "the node stopped: not written".into(),
-            });
-        }
-        Ok(stopped)
-    }
-
-    /// The last log index of the snapshot on disk, as it rises: the log
-    /// store purges no further (`LogStore::purge_behind`).
-    pub fn kept(&self) -> watch::Receiver<KeptSnapshot> {
-        self.kept.subscribe()
-    }
-
-    fn kept_through(&self, meta: &SnapshotMeta) {
-        let index = meta.last_log_id.map(|l| l.index);
-        self.kept.send_if_modified(|k| {
-            let raised = index > k.through;
-            k.through = k.through.max(index);
-            raised
-        });
-    }
-}
-
-fn snap_err(meta: Option<&SnapshotMeta>, verb: ErrorVerb, e: CertifierError) -> StorageError {
-    let subject = ErrorSubject::Snapshot(meta.map(|m| m.signature()));
-    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
 impl StateMachine {
@@ -752,150 +660,6 @@ pub(super) fn answer(r: Result<Response, CertifierError>) -> Response {
     })
 }
 
-/// A snapshot's blocking task that panicked or was cancelled.
-fn task_failed(task: &str, e: tokio::task::JoinError) -> CertifierError {
-    CertifierError::RaftStorage {
-        what: "snapshot".into(),
-        reason: format!("{task} task failed: {e}"),
-    }
-}
-
-/// Reads the snapshot in `file` (blocking): its state, and its writesets
-/// arriving in chunks, spooled again in `spool`.
-fn read_snapshot(
-    spool: &Spool,
-    file: std::fs::File,
-) -> Result<(SnapshotState, Chunked), CertifierError> {
-    let mut chunked = Restoring::new(spool);
-    let state = snapshot::read(file, &mut chunked)?;
-    Ok((state, chunked.done()))
-}
-
-/// Tells `versions` that the snapshot `meta` holds the versions up to
-/// `latest`: how far the raft log may be purged (`versions.rs`).
-fn mark(versions: Option<&Arc<VersionsLog>>, meta: &SnapshotMeta, latest: Version) {
-    if let (Some(v), Some(last)) = (versions, meta.last_log_id) {
-        v.snapshotted(last.index, latest);
-    }
-}
-
-/// Makes the snapshot `meta` in `new` (durable already) `<dir>/snapshot`,
-/// unless a newer one is there already: a build that started before an
-/// install may end after it, and the raft log may be purged through the
-/// installed one. The current snapshot then, and its file to read. The
-/// caller holds `writes` ([`SnapshotWrites::writing`]).
-fn keep(
-    dir: &Path,
-    current: &Mutex<Option<SnapshotMeta>>,
-    writes: &SnapshotWrites,
-    meta: SnapshotMeta,
-    new: NewSnapshot,
-) -> Result<(SnapshotMeta, std::fs::File), CertifierError> {
-    let mut current = current.lock();
-    if !matches!(current.as_ref(), Some(newer) if newer.last_log_id > meta.last_log_id) {
-        new.rename()?;
-        // What is sent from now on matches the file, whatever follows.
-        *current = Some(meta.clone());
-        snapshot_file::sync_dir(dir)?;
-        writes.kept_through(&meta);
-    }
-    let kept = current.clone().expect("a snapshot was kept");
-    Ok((kept, snapshot_file::open_current(dir)?))
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let state = self.state.take().ok_or_else(|| {
-            let e = CertifierError::RaftStorage {
-                what: "snapshot".into(),
-                reason: "builder used twice".into(),
-            };
-            snap_err(None, ErrorVerb::Write, e)
-        })?;
-        let (state, chunked, spool) = state;
-        let meta = state.meta.clone();
-        let latest = state.image.latest;
-        if let Some(v) = &self.versions {
-            // A restart re-applies only the log after this snapshot, so
-            // the versions it covers must be in the versions log for good.
-            v.fill_gap()
-                .await
-                .map_err(|e| snap_err(Some(&meta), ErrorVerb::Write, e))?;
-            v.sync_through(latest)
-                .await
-                .map_err(|e| snap_err(Some(&meta), ErrorVerb::Write, e))?;
-        }
-        let (dir, current, writes) = (self.dir.clone(), self.current.clone(), self.writes.clone());
-        let m = meta.clone();
-        // Writing, reading the spool and the fsync are blocking work.
-        let (kept, file) = tokio::task::spawn_blocking(move || {
-            // Held while the file is written: a node that stops waits.
-            let _writing = writes.writing()?;
-            let copies = chunked
-                .iter()
-                .map(|a| a.copy(&spool))
-                .collect::<Result<Vec<_>, _>>()?;
-            let (file, new) = NewSnapshot::create(&dir)?;
-            snapshot::write(
-                std::io::BufWriter::with_capacity(256 << 10, &file),
-                &state,
-                copies,
-            )?;
-            snapshot_file::durable(&file)?;
-            drop(chunked);
-            keep(&dir, &current, &writes, m, new)
-        })
-        .await
-        .unwrap_or_else(|e| Err(task_failed("builder", e)))
-        .map_err(|e| snap_err(Some(&meta), ErrorVerb::Write, e))?;
-        if kept.last_log_id == meta.last_log_id {
-            mark(self.versions.as_ref(), &meta, latest);
-        }
-        Ok(Snapshot {
-            meta: kept,
-            snapshot: Box::new(SnapshotFile::reading(file)),
-        })
-    }
-}
-
-impl StateMachine {
-    /// [`RaftStateMachine::install_snapshot`]'s work.
-    async fn install(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<SnapshotFile>,
-    ) -> Result<(), StorageError> {
-        let err = |e| snap_err(Some(meta), ErrorVerb::Write, e);
-        let (file, new) = snapshot.into_new_in(&self.dir).await.map_err(err)?;
-        // The assemblies held go first: the snapshot may hold the same
-        // ones (a follower that applied part of a stream), and the spool
-        // keeps one registration per tag.
-        std::mem::take(&mut self.chunked).release(&self.spool);
-        let spool = self.spool.clone();
-        // Reading it (and spooling its chunks again) is blocking work.
-        let (state, chunked) = tokio::task::spawn_blocking(move || {
-            snapshot_file::durable(&file)?;
-            read_snapshot(&spool, file)
-        })
-        .await
-        .unwrap_or_else(|e| Err(task_failed("install", e)))
-        .map_err(err)?;
-        self.take(state, chunked).map_err(err)?;
-        // The sender's id for these bytes wins over the one inside them.
-        self.last_applied = meta.last_log_id;
-        self.membership = meta.last_membership.clone();
-        if let Some(v) = &self.versions {
-            let latest = self.certifier.lock().latest();
-            v.installed(latest).await.map_err(err)?;
-        }
-        let writing = self.writes.writing().map_err(err)?;
-        keep(&self.dir, &self.current, &self.writes, meta.clone(), new).map_err(err)?;
-        drop(writing);
-        mark(self.versions.as_ref(), meta, self.certifier.lock().latest());
-        Ok(())
-    }
-}
-
 impl Drop for StateMachine {
     /// openraft's state machine worker owns this and drops it when it
     /// stops, after a failed command or a panic, dropping the commands
@@ -1020,178 +784,5 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(SnapshotFile::reading(file)),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::raft::entry::log_id;
-    use crate::writeset::item;
-    use crate::{Op, WRITESET_FORMAT_VERSION};
-
-    fn chunk(index: u64, piece: &Bytes, last: bool) -> Entry {
-        Entry {
-            log_id: log_id(1, 0, index),
-            payload: EntryPayload::Normal(Command::Chunk {
-                tag: 7,
-                piece: piece.clone(),
-                last,
-            }),
-        }
-    }
-
-    /// A writeset `txn_id` inserting `rows` rows of `row_bytes` bytes each
-    /// (row `i` all `i`, key `[i]`), to be proposed in chunks.
-    fn rows_writeset(txn_id: &'static [u8], rows: u8, row_bytes: usize) -> crate::Writeset {
-        crate::Writeset {
-            format_version: WRITESET_FORMAT_VERSION,
-            txn_id: Bytes::from_static(txn_id),
-            origin: 1,
-            items: (0..rows)
-                .map(|i| crate::Item {
-                    row: Bytes::from(vec![i; row_bytes]),
-                    ..item("t", Op::Insert, vec![i])
-                })
-                .collect(),
-            ..crate::Writeset::default()
-        }
-    }
-
-    /// `bytes` as they arrive on a follower: at the front of a message
-    /// 4 MiB larger; the message, and the slice of it that is `bytes`.
-    fn inside_a_larger_message(bytes: &[u8]) -> (Bytes, Bytes) {
-        let mut message = bytes::BytesMut::from(bytes);
-        message.resize(bytes.len() + (4 << 20), 0);
-        let message = message.freeze();
-        let slice = message.slice(..bytes.len());
-        (message, slice)
-    }
-
-    /// A follower's records are slices of the message they came in (which
-    /// may carry a chunk's megabyte of rows): what the state machine keeps
-    /// after applying them — the window's records for snapshots, the
-    /// dedupe table's ids — must hold none of it.
-    #[tokio::test]
-    async fn applied_records_keep_no_message_alive() {
-        let d = tempfile::tempdir().unwrap();
-        let mut sm = StateMachine::open(d.path(), Limits::default()).unwrap();
-        let records = (0..3u8)
-            .map(|i| {
-                let ws = crate::Writeset {
-                    format_version: WRITESET_FORMAT_VERSION,
-                    txn_id: Bytes::copy_from_slice(&[b't', i]),
-                    origin: 1,
-                    items: vec![item("t", Op::Update, vec![i])],
-                    ..crate::Writeset::default()
-                };
-                record::encode(&ws).freeze()
-            })
-            .collect();
-        let entry = Entry {
-            log_id: log_id(1, 0, 1),
-            payload: EntryPayload::Normal(Command::CertifyBatch { records }),
-        };
-        // The entry as a follower decodes it: out of a larger message.
-        let (message, encoded) =
-            inside_a_larger_message(&super::super::entry::encode(&entry).unwrap());
-        let received = super::super::entry::decode_unplaced(&encoded).unwrap();
-        drop(encoded);
-        let received = Entry {
-            log_id: entry.log_id,
-            ..received
-        };
-        let answers = sm.apply([received]).await.unwrap();
-        let versions: Vec<Response> = (1..=3)
-            .map(|version| Response::Committed { version })
-            .collect();
-        assert_eq!(answers, [Response::Batch(versions)]);
-        assert!(
-            message.is_unique(),
-            "the state machine still holds a slice of the message"
-        );
-    }
-
-    /// The same for a writeset arriving in chunks: while it is assembled,
-    /// the first chunk's message stays alive for none of its header.
-    #[tokio::test]
-    async fn a_chunked_writeset_in_progress_keeps_no_message_alive() {
-        let d = tempfile::tempdir().unwrap();
-        let mut sm = StateMachine::open(d.path(), Limits::default()).unwrap();
-        let pieces = super::super::chunks::pieces(rows_writeset(b"chunked", 3, 1 << 10), 1 << 10);
-        assert!(pieces.len() > 1);
-        let (message, piece) = inside_a_larger_message(&pieces[0]);
-        let first = chunk(1, &piece, false);
-        drop(piece);
-        assert_eq!(sm.apply([first]).await.unwrap(), [Response::Applied]);
-        assert!(
-            message.is_unique(),
-            "the assembly holds a slice of the first chunk's message"
-        );
-        let n = pieces.len();
-        for (i, p) in pieces.iter().enumerate().skip(1) {
-            let done = sm
-                .apply([chunk(i as u64 + 1, p, i == n - 1)])
-                .await
-                .unwrap();
-            let want = if i == n - 1 {
-                Response::Committed { version: 1 }
-            } else {
-                Response::Applied
-            };
-            assert_eq!(done, [want]);
-        }
-    }
-
-    /// A follower that applied part of a stream installs a snapshot that
-    /// holds the same writeset's chunks: the spool keeps what it spools
-    /// again through a purge, and a snapshot of it can still be written
-    /// (the spool keeps one registration per tag; releasing the ones held
-    /// before after restoring the snapshot's took that one away).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_snapshot_installed_mid_stream_keeps_its_chunks_through_a_purge() {
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut leader = StateMachine::open(d1.path(), Limits::default()).unwrap();
-        let mut follower = StateMachine::open(d2.path(), Limits::default()).unwrap();
-        let pieces = super::super::chunks::pieces(rows_writeset(b"big", 12, 1 << 20), 1 << 20);
-        let n = pieces.len();
-        for (i, p) in pieces[..n - 1].iter().enumerate() {
-            leader.apply([chunk(i as u64 + 1, p, false)]).await.unwrap();
-            if i < 3 {
-                follower
-                    .apply([chunk(i as u64 + 1, p, false)])
-                    .await
-                    .unwrap();
-            }
-        }
-        let snap = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-        follower
-            .install_snapshot(&snap.meta, snap.snapshot)
-            .await
-            .unwrap();
-        let wal = follower.spool.wal();
-        wal.wait_durable(wal.last_lsn()).await.unwrap();
-        let first = wal.first_lsn();
-        follower.spool.purge(1).await.unwrap();
-        assert!(
-            follower.spool.wal().first_lsn() > first,
-            "the purge took nothing: the test shows nothing"
-        );
-        follower
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("the restored chunks were purged");
-        let done = follower
-            .apply([chunk(n as u64, &pieces[n - 1], true)])
-            .await
-            .unwrap();
-        assert_eq!(done, [Response::Committed { version: 1 }]);
     }
 }
