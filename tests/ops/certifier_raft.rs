@@ -378,3 +378,58 @@ async fn a_start_with_another_number_of_certifiers_is_refused() {
         .get(0);
     assert_eq!(n, 10);
 }
+
+/// A single certifier's log without a record (a cluster started and
+/// stopped before its first commit) gives way to certifier nodes, which
+/// start afresh; one with a record is kept and the start refused, since
+/// it is the only durable copy of what that certifier acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_certifier_that_committed_nothing_gives_way_to_nodes() {
+    for committed in [true, false] {
+        let dir = common::shared_tempdir();
+        let watch = common::watchdog::Watch::new(dir.path());
+        let one = Cluster::file_in(&dir, 1, |f| f.cluster.certifiers = 1);
+        let three = Cluster::file_in(&dir, 1, |f| f.cluster.certifiers = 3);
+        let log = dir.path().join("state/certifier-wal");
+        let cluster = Cluster::start_in(dir, watch, &one).await;
+        if committed {
+            let c = cluster.client(0).await;
+            c.batch_execute("CREATE TABLE t (k int PRIMARY KEY, v int)")
+                .await
+                .unwrap();
+        }
+        let dir = cluster.shutdown().await;
+        assert!(tashkent_wal::holds_segments(&log), "{}", log.display());
+
+        let watch = common::watchdog::Watch::new(dir.path());
+        if committed {
+            let refused = LocalCluster::start_placed(&three, Cluster::placement())
+                .await
+                .err()
+                .expect("nodes over a single certifier's log with a record");
+            assert!(refused.to_string().contains("certifiers = 1"), "{refused}");
+            assert!(
+                tashkent_wal::holds_segments(&log),
+                "the log with a record is kept"
+            );
+            assert!(!dir.path().join("state/certifier-1").exists());
+            drop(watch);
+            continue;
+        }
+        let cluster = Cluster::start_in(dir, watch, &three).await;
+        assert!(!log.exists(), "the empty log is removed");
+        let c = cluster.client(0).await;
+        c.batch_execute("CREATE TABLE t (k int PRIMARY KEY, v int)")
+            .await
+            .unwrap();
+        insert(&cluster, 0, 0, 5).await;
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 5);
+        let nodes = status_json(&cluster);
+        assert!(nodes.to_string().contains("leader"), "{nodes}");
+    }
+}

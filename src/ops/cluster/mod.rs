@@ -93,13 +93,58 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// A single certifier's log that holds no record (a cluster started and
+/// stopped before its first commit) is nothing to keep: a start with
+/// certifier nodes removes it and is a first start. A log with any
+/// record is kept, and `same_certifier` refuses the start: that log is the
+/// only durable copy of what the single certifier acknowledged. Opening
+/// the log locks it, so a certifier still running on it is an error here.
+async fn forget_an_empty_single_log(
+    held: CertifierHeld,
+    certifiers: u32,
+    state: &StateDir,
+    opts: tashkent_wal::WalOptions,
+) -> Result<CertifierHeld> {
+    if held != CertifierHeld::Single || certifiers == 1 {
+        return Ok(held);
+    }
+    let dir = state.certifier_wal();
+    let open = dir.clone();
+    let empty = tokio::task::spawn_blocking(move || -> Result<bool, tashkent_wal::WalError> {
+        let wal = tashkent_wal::Wal::open(&open, opts)?;
+        let empty = wal.last_lsn() == 0;
+        futures::executor::block_on(wal.close())?;
+        Ok(empty)
+    })
+    .await
+    .map_err(|e| Error::Config(format!("reading {}: {e}", dir.display())))?
+    .map_err(|e| Error::Certifier {
+        context: format!("reading the single certifier's log in {}", dir.display()),
+        source: e.into(),
+    })?;
+    if !empty {
+        return Ok(held);
+    }
+    tracing::info!(
+        "{} holds a single certifier's log without a record: removed, the {certifiers} nodes start afresh",
+        dir.display()
+    );
+    std::fs::remove_dir_all(&dir).map_err(Error::io(format!("removing {}", dir.display())))?;
+    // Gone for good before the nodes' directories appear beside it.
+    std::fs::File::open(state.root())
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(format!("syncing {}", state.root().display())))?;
+    state.certifier_held()
+}
+
 /// Refuses a start with another certifier than the state directory holds
 /// the log of: a single certifier over nodes' state would lack what they
 /// committed, and nodes over a single certifier's log what it committed
 /// (every commit then failed as ahead of the certifier); another number
 /// of nodes would choose new ports for all of them, which their
 /// membership does not name. There is no conversion: another kind or
-/// number starts in another state directory.
+/// number starts in another state directory (a single certifier's log
+/// without a record gives way first: `forget_an_empty_single_log`).
 fn same_certifier(certifiers: u32, held: CertifierHeld, state: &StateDir) -> Result<()> {
     let (held, n) = match held {
         CertifierHeld::Nodes(n) if n != certifiers => {
@@ -150,6 +195,9 @@ impl LocalCluster {
             .map_err(Error::io(format!("creating {}", root.display())))?;
         let state = StateDir::new(&root);
         let held = state.certifier_held()?;
+        let held =
+            forget_an_empty_single_log(held, cfg.certifiers, &state, file.certifier.wal_options())
+                .await?;
         same_certifier(cfg.certifiers, held, &state)?;
         let ports = state.ports()?;
         let single = nodes::count(cfg.certifiers) == 0;
