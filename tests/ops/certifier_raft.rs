@@ -380,9 +380,10 @@ async fn a_start_with_another_number_of_certifiers_is_refused() {
 }
 
 /// A single certifier's log without a record (a cluster started and
-/// stopped before its first commit) gives way to certifier nodes, which
-/// start afresh; one with a record is kept and the start refused, since
-/// it is the only durable copy of what that certifier acknowledged.
+/// stopped before its certifier logged a version) gives way to certifier
+/// nodes, which start afresh; one with a record is kept and the start
+/// refused, since it is the only durable copy of what that certifier
+/// acknowledged (which it still serves after the refusal).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_single_certifier_that_committed_nothing_gives_way_to_nodes() {
     for committed in [true, false] {
@@ -413,11 +414,23 @@ async fn a_single_certifier_that_committed_nothing_gives_way_to_nodes() {
                 "the log with a record is kept"
             );
             assert!(!dir.path().join("state/certifier-1").exists());
-            drop(watch);
+            // And it still serves what it committed.
+            let cluster = Cluster::start_in(dir, watch, &one).await;
+            let c = cluster.client(0).await;
+            c.execute("INSERT INTO t (k, v) VALUES (1, 1)", &[])
+                .await
+                .unwrap();
             continue;
         }
         let cluster = Cluster::start_in(dir, watch, &three).await;
-        assert!(!log.exists(), "the empty log is removed");
+        assert!(
+            log.exists(),
+            "the directory stays (it may be a mount point)"
+        );
+        assert!(
+            !tashkent_wal::holds_segments(&log),
+            "the empty log is emptied"
+        );
         let c = cluster.client(0).await;
         c.batch_execute("CREATE TABLE t (k int PRIMARY KEY, v int)")
             .await

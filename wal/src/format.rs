@@ -48,6 +48,22 @@ pub fn holds_segments(dir: &std::path::Path) -> bool {
     })
 }
 
+/// The first LSN of each segment file in `dir`, ascending, read from
+/// the files' names alone (no lock, nothing opened): a log whose only
+/// segment starts at LSN 1 may hold no record yet; any other has held
+/// one. Empty for a directory that is missing, unreadable or holds none.
+pub fn segment_first_lsns(dir: &std::path::Path) -> Vec<Lsn> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut firsts: Vec<Lsn> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| parse_segment_file_name(e.file_name().to_str()?))
+        .collect();
+    firsts.sort_unstable();
+    firsts
+}
+
 /// Inverse of [`segment_file_name`]; `None` for any other file name.
 pub fn parse_segment_file_name(name: &str) -> Option<Lsn> {
     let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
@@ -200,6 +216,18 @@ mod tests {
         assert!(!holds_segments(dir.path()));
         std::fs::write(dir.path().join(segment_file_name(1)), "").unwrap();
         assert!(holds_segments(dir.path()));
+    }
+
+    #[test]
+    fn a_directory_lists_its_segments_first_lsns_ascending() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(segment_first_lsns(&dir.path().join("missing")).is_empty());
+        std::fs::write(dir.path().join("LOCK"), "").unwrap();
+        assert!(segment_first_lsns(dir.path()).is_empty());
+        for first in [1_000, 1, 20] {
+            std::fs::write(dir.path().join(segment_file_name(first)), "").unwrap();
+        }
+        assert_eq!(segment_first_lsns(dir.path()), vec![1, 20, 1_000]);
     }
 
     #[test]

@@ -94,47 +94,96 @@ fn local(port: u16) -> SocketAddr {
 }
 
 /// A single certifier's log that holds no record (a cluster started and
-/// stopped before its first commit) is nothing to keep: a start with
-/// certifier nodes removes it and is a first start. A log with any
-/// record is kept, and `same_certifier` refuses the start: that log is the
-/// only durable copy of what the single certifier acknowledged. Opening
-/// the log locks it, so a certifier still running on it is an error here.
+/// stopped before its certifier logged a version) is nothing to keep: a
+/// start with certifier nodes empties it and is a first start. A log that
+/// has held a record is kept, and `same_certifier` refuses the start: it
+/// is the only durable copy of what the single certifier acknowledged.
+///
+/// Only a log whose one segment starts at LSN 1 may be empty (the
+/// segments' names say so, nothing opened); that one is opened, which
+/// locks it (a certifier still running on it keeps it, and the start is
+/// refused), and emptied while locked, so no certifier started meanwhile
+/// writes into files being removed. The directory itself stays, empty (it
+/// may be a mount point): it holds no segment, so it counts for nothing.
 async fn forget_an_empty_single_log(
     held: CertifierHeld,
     certifiers: u32,
     state: &StateDir,
     opts: tashkent_wal::WalOptions,
 ) -> Result<CertifierHeld> {
-    if held != CertifierHeld::Single || certifiers == 1 {
+    let dir = state.certifier_wal();
+    if held != CertifierHeld::Single
+        || certifiers == 1
+        || tashkent_wal::segment_first_lsns(&dir) != [1]
+    {
         return Ok(held);
     }
-    let dir = state.certifier_wal();
-    let open = dir.clone();
-    let empty = tokio::task::spawn_blocking(move || -> Result<bool, tashkent_wal::WalError> {
-        let wal = tashkent_wal::Wal::open(&open, opts)?;
-        let empty = wal.last_lsn() == 0;
-        futures::executor::block_on(wal.close())?;
-        Ok(empty)
-    })
-    .await
-    .map_err(|e| Error::Config(format!("reading {}: {e}", dir.display())))?
-    .map_err(|e| Error::Certifier {
-        context: format!("reading the single certifier's log in {}", dir.display()),
+    let emptied = dir.clone();
+    let emptied = tokio::task::spawn_blocking(move || empty_unless_logged(&emptied, opts))
+        .await
+        .map_err(|e| Error::Config(format!("reading {}: {e}", dir.display())))?;
+    match emptied {
+        Ok(true) => {
+            tracing::info!(
+                "{} held a single certifier's log without a record: emptied, the {certifiers} \
+                 certifier nodes start afresh",
+                dir.display()
+            );
+            state.certifier_held()
+        }
+        Ok(false) => Ok(held),
+        Err(e) => {
+            tracing::warn!(
+                "{}: could not tell whether the single certifier's log holds a record \
+                 (is a certifier still running on it?): {e}",
+                dir.display()
+            );
+            Ok(held)
+        }
+    }
+}
+
+/// Empties the log in `dir` if it holds no record, while it is open and
+/// so locked (all but its lock file, which goes with the lock); whether
+/// it did.
+fn empty_unless_logged(dir: &Path, opts: tashkent_wal::WalOptions) -> Result<bool> {
+    let io = |what: String| Error::io(what);
+    let wal = tashkent_wal::Wal::open(dir, opts).map_err(|e| Error::Certifier {
+        context: format!("opening {}", dir.display()),
         source: e.into(),
     })?;
-    if !empty {
-        return Ok(held);
+    let empty = wal.last_lsn() == 0;
+    let removed = if empty {
+        std::fs::read_dir(dir)
+            .map_err(io(format!("reading {}", dir.display())))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name() != "LOCK")
+            .try_for_each(|e| {
+                let path = e.path();
+                let gone = match e.file_type() {
+                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+                    _ => std::fs::remove_file(&path),
+                };
+                gone.map_err(io(format!("removing {}", path.display())))
+            })
+            .and_then(|()| {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io(format!("syncing {}", dir.display())))
+            })
+    } else {
+        Ok(())
+    };
+    futures::executor::block_on(wal.close()).map_err(|e| Error::Certifier {
+        context: format!("closing {}", dir.display()),
+        source: e.into(),
+    })?;
+    removed?;
+    if empty {
+        let lock = dir.join("LOCK");
+        std::fs::remove_file(&lock).map_err(io(format!("removing {}", lock.display())))?;
     }
-    tracing::info!(
-        "{} holds a single certifier's log without a record: removed, the {certifiers} nodes start afresh",
-        dir.display()
-    );
-    std::fs::remove_dir_all(&dir).map_err(Error::io(format!("removing {}", dir.display())))?;
-    // Gone for good before the nodes' directories appear beside it.
-    std::fs::File::open(state.root())
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io(format!("syncing {}", state.root().display())))?;
-    state.certifier_held()
+    Ok(empty)
 }
 
 /// Refuses a start with another certifier than the state directory holds

@@ -230,7 +230,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 impl StateMachine {
-    /// [`RaftStateMachine::install_snapshot`]'s work.
+    /// [`openraft::storage::RaftStateMachine::install_snapshot`]'s work.
     pub(super) async fn install(
         &mut self,
         meta: &SnapshotMeta,
