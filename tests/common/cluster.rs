@@ -127,11 +127,10 @@ impl Cluster {
         self._dir.path()
     }
 
-    /// The certifier's address.
+    /// The certifier's address (every node's, `a,b,c`, for a replicated
+    /// certifier).
     pub fn certifier(&self) -> String {
-        self.certifier_addr()
-            .expect("the certifier runs")
-            .to_string()
+        self.certifier_addrs().expect("the certifier runs")
     }
 
     /// SIGKILLs the certifier and starts it again on the same address
