@@ -237,13 +237,15 @@ impl Writer {
             return;
         }
         if let Err(e) = self.write_group(group) {
-            // Entries still holding their reply were not acknowledged.
+            // The records written before this group (unsynced) are
+            // answered first, in LSN order; then this group's entries
+            // still holding their reply, which were not acknowledged.
+            self.poison(e.clone());
             for p in group.iter_mut() {
                 if let Some(r) = p.reply.take() {
                     r.send(Err(e.clone()));
                 }
             }
-            self.poison(e);
         }
         group.clear();
         if self.buf.capacity() > KEEP_BUF_BYTES {
@@ -514,50 +516,40 @@ impl Writer {
         Ok(())
     }
 
+    /// Marks the log failed and answers, in LSN order, the records written
+    /// and not yet synced, then whoever waits for durability. Operations
+    /// still queued are not answered here: the loop takes them after the
+    /// ones it already drained (`process`), and `commit_group` and
+    /// `guarded` answer each with the poison then, so every append's
+    /// answer comes in LSN order (a `submit_then` caller may rely on it).
     fn poison(&mut self, err: WalError) {
         let cause = Arc::new(err);
         let unsynced = std::mem::take(&mut self.unsynced);
         self.unsynced_bytes = 0;
-        let (queued, waiters) = {
+        let waiters = {
             let mut st = self.shared.state.lock();
             if st.poisoned.is_none() {
                 st.poisoned = Some(cause.clone());
             }
-            (
-                std::mem::take(&mut st.queue),
-                std::mem::take(&mut st.waiters),
-            )
+            std::mem::take(&mut st.waiters)
         };
         tracing::error!(error = %cause, "WAL poisoned; no further appends will be acknowledged");
         let err = self.shared.poison_error(&cause);
-        for op in queued {
-            match op {
-                Op::Append { reply, .. } => {
-                    if let Some(reply) = reply {
-                        reply.send(Err(err.clone()));
-                    }
-                }
-                Op::Truncate { reply, .. }
-                | Op::Purge { reply, .. }
-                | Op::Restart { reply, .. } => {
-                    let _ = reply.send(Err(err.clone()));
-                }
-            }
-        }
-        for (_, reply) in waiters {
-            let _ = reply.send(Err(err.clone()));
-        }
         for p in unsynced {
             if let Some(r) = p.reply {
                 r.send(Err(err.clone()));
             }
         }
+        for (_, reply) in waiters {
+            let _ = reply.send(Err(err.clone()));
+        }
     }
 }
 
 /// `Durability::Deferred` with appends queued: until when they may
-/// wait, or `None` when the round must run now (they are due, someone
-/// waits for durability, a log operation or close is queued, or the
+/// wait, or `None` when the round must run now (they are due, the log
+/// failed and they get its poison, someone waits for durability, a log
+/// operation or close is queued, or the
 /// queue is long).
 fn deferred_until(
     shared: &Shared,
@@ -568,7 +560,12 @@ fn deferred_until(
         return None;
     };
     let durable = shared.durable.load(Ordering::Acquire);
-    if st.closed || st.urgent || st.sync_wanted > durable || st.queue.len() >= DEFERRED_ROUND_OPS {
+    if st.closed
+        || st.urgent
+        || st.poisoned.is_some()
+        || st.sync_wanted > durable
+        || st.queue.len() >= DEFERRED_ROUND_OPS
+    {
         return None;
     }
     let now = Instant::now();

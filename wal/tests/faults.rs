@@ -84,7 +84,10 @@ async fn deferred_sync_failure_fails_the_unsynced_and_poisons(b: Backend) {
 /// The appends queued behind a failed group are answered with the poison
 /// outside the WAL's state lock: a `submit_then` callback may call the
 /// log (here `poison_cause`, which takes that lock) without deadlocking
-/// the writer.
+/// the writer. And in LSN order: record 3 was already taken from the
+/// queue with the failing group (2), record 4 still waited in it when the
+/// log failed (CI once saw 4 answered before 3 when the poison answered
+/// the queue at once).
 async fn callbacks_of_a_poisoned_batch_run_outside_the_lock(b: Backend) {
     let scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
@@ -93,18 +96,25 @@ async fn callbacks_of_a_poisoned_batch_run_outside_the_lock(b: Backend) {
         ..opts(b)
     };
     let wal = std::sync::Arc::new(Wal::open(dir.path(), o).unwrap());
-    // The first group stalls before its fsync while the others queue up
-    // behind it; the second group's fsync fails.
+    // Group 1 stalls before its fsync while 2 and 3 queue up behind it;
+    // group 2 stalls in its write while 4 queues, then its fsync fails.
     fail::cfg("wal::before_fsync", "1*sleep(300)->return").unwrap();
+    fail::cfg("wal::write", "1*off->1*sleep(300)").unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    for i in 1..=4u64 {
+    let submit = |i: u64| {
         let (tx, w) = (tx.clone(), wal.clone());
         wal.submit_then(payload(i, 10), move |r| {
             let poisoned = w.poison_cause().is_some();
             tx.send((i, r.is_ok(), poisoned)).unwrap();
         })
         .unwrap();
-    }
+    };
+    submit(1);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    submit(2);
+    submit(3);
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    submit(4);
     drop(tx);
     let mut answered = Vec::new();
     while let Ok(Some(a)) =
@@ -113,6 +123,7 @@ async fn callbacks_of_a_poisoned_batch_run_outside_the_lock(b: Backend) {
         answered.push(a);
     }
     fail::remove("wal::before_fsync");
+    fail::remove("wal::write");
     let ids: Vec<u64> = answered.iter().map(|a| a.0).collect();
     assert_eq!(
         ids,
