@@ -46,7 +46,8 @@ pub struct CheckpointArgs {
     /// Parallel pg_dump jobs.
     #[arg(long)]
     pub jobs: Option<u32>,
-    /// The certifier (host:port): the oldest kept checkpoint is reported
+    /// The certifier (host:port; every node's, a,b,c, for a replicated
+    /// one): the oldest kept checkpoint is reported
     /// to it, and it purges the log nobody needs any more.
     #[arg(long, value_name = "ADDR")]
     pub certifier: Option<String>,

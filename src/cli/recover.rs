@@ -37,7 +37,8 @@ pub struct RecoverArgs {
     /// The replicated database (default postgres).
     #[arg(long)]
     pub database: Option<String>,
-    /// The certifier (host:port), to skip checkpoints older than its log.
+    /// The certifier (host:port; every node's, a,b,c, for a replicated
+    /// one), to skip checkpoints older than its log.
     #[arg(long, value_name = "ADDR")]
     pub certifier: Option<String>,
     /// PEM certificate(s) to trust for the certifier's TLS (default: the

@@ -681,12 +681,17 @@ async fn every_value_reads_back_identical_on_every_apply_path() {
     every_value_reads_back_identical(Cluster::start(2).await).await;
 }
 
-/// The same through three certifier nodes: the replicas' streams come
-/// from the nodes' versions logs (stamped at apply, copied between nodes),
-/// and catch-up and replay after a rebuild read them there.
+/// The same through three certifier nodes, with no tail cache: the
+/// replicas' streams, catch-up and replay after a rebuild read the
+/// versions the nodes stamped into their versions logs at apply, from
+/// disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_value_reads_back_identical_through_three_certifier_nodes() {
-    let cluster = Cluster::start_file(2, |f| f.cluster.certifiers = 3).await;
+    let cluster = Cluster::start_file(2, |f| {
+        f.cluster.certifiers = 3;
+        f.certifier.tail_cache_bytes = 0;
+    })
+    .await;
     every_value_reads_back_identical(cluster).await;
 }
 

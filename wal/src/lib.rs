@@ -145,7 +145,7 @@ mod writer;
 
 pub use backend::io_uring_available;
 pub use error::WalError;
-pub use format::{holds_segments, segment_first_lsns};
+pub use format::{holds_segments, segment_file_name, segment_first_lsns};
 pub use reader::WalReader;
 pub use wal::{AppendTicket, Wal, WalStats};
 

@@ -103,8 +103,9 @@ fn local(port: u16) -> SocketAddr {
 /// segments' names say so, nothing opened); that one is opened, which
 /// locks it (a certifier still running on it keeps it, and the start is
 /// refused), and emptied while locked, so no certifier started meanwhile
-/// writes into files being removed. The directory itself stays, empty (it
-/// may be a mount point): it holds no segment, so it counts for nothing.
+/// writes into files being removed. The directory itself stays, with
+/// whatever else it holds (it may be a mount point): it holds no segment,
+/// so it counts for nothing.
 async fn forget_an_empty_single_log(
     held: CertifierHeld,
     certifiers: u32,
@@ -144,46 +145,40 @@ async fn forget_an_empty_single_log(
 }
 
 /// Empties the log in `dir` if it holds no record, while it is open and
-/// so locked (all but its lock file, which goes with the lock); whether
-/// it did.
+/// so locked: its segment files and its spool go, nothing else in the
+/// directory (its lock file stays, as any closed log's does, so a
+/// certifier opening it next locks the same file); whether it did.
 fn empty_unless_logged(dir: &Path, opts: tashkent_wal::WalOptions) -> Result<bool> {
-    let io = |what: String| Error::io(what);
     let wal = tashkent_wal::Wal::open(dir, opts).map_err(|e| Error::Certifier {
         context: format!("opening {}", dir.display()),
         source: e.into(),
     })?;
     let empty = wal.last_lsn() == 0;
-    let removed = if empty {
-        std::fs::read_dir(dir)
-            .map_err(io(format!("reading {}", dir.display())))?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name() != "LOCK")
-            .try_for_each(|e| {
-                let path = e.path();
-                let gone = match e.file_type() {
-                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
-                    _ => std::fs::remove_file(&path),
-                };
-                gone.map_err(io(format!("removing {}", path.display())))
-            })
-            .and_then(|()| {
-                std::fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io(format!("syncing {}", dir.display())))
-            })
-    } else {
-        Ok(())
-    };
-    futures::executor::block_on(wal.close()).map_err(|e| Error::Certifier {
+    let removed = if empty { remove_log_files(dir) } else { Ok(()) };
+    let closed = futures::executor::block_on(wal.close());
+    removed?;
+    closed.map_err(|e| Error::Certifier {
         context: format!("closing {}", dir.display()),
         source: e.into(),
     })?;
-    removed?;
-    if empty {
-        let lock = dir.join("LOCK");
-        std::fs::remove_file(&lock).map_err(io(format!("removing {}", lock.display())))?;
-    }
     Ok(empty)
+}
+
+/// Removes the segment files of the log in `dir` and its spool, then
+/// makes that durable.
+fn remove_log_files(dir: &Path) -> Result<()> {
+    for first in tashkent_wal::segment_first_lsns(dir) {
+        let path = dir.join(tashkent_wal::segment_file_name(first));
+        std::fs::remove_file(&path).map_err(Error::io(format!("removing {}", path.display())))?;
+    }
+    let spool = dir.join("spool");
+    if spool.exists() {
+        std::fs::remove_dir_all(&spool)
+            .map_err(Error::io(format!("removing {}", spool.display())))?;
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(format!("syncing {}", dir.display())))
 }
 
 /// Refuses a start with another certifier than the state directory holds
