@@ -81,13 +81,88 @@ async fn deferred_sync_failure_fails_the_unsynced_and_poisons(b: Backend) {
     scenario.teardown();
 }
 
+/// How an append was answered, and whether its callback saw the log
+/// failed.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Ok,
+    Failed,
+    Poisoned,
+}
+
+impl Answer {
+    fn of(r: &Result<u64, WalError>) -> Answer {
+        match r {
+            Ok(_) => Answer::Ok,
+            Err(e) if e.is_poisoned() => Answer::Poisoned,
+            Err(_) => Answer::Failed,
+        }
+    }
+}
+
+/// Makes the writer wait at its `held` passes (1-based) through
+/// failpoint `name`: the returned receiver hears when it is at one, and
+/// each send on the sender lets it go on.
+fn hold_at(
+    name: &str,
+    held: &'static [usize],
+) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Mutex};
+    let (there_tx, there_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (there_tx, go_rx) = (Mutex::new(there_tx), Mutex::new(go_rx));
+    let passes = AtomicUsize::new(0);
+    fail::cfg_callback(name, move || {
+        if held.contains(&(passes.fetch_add(1, Ordering::SeqCst) + 1)) {
+            let _ = there_tx.lock().unwrap().send(());
+            let _ = go_rx
+                .lock()
+                .unwrap()
+                .recv_timeout(std::time::Duration::from_secs(10));
+        }
+    })
+    .unwrap();
+    (there_rx, go_tx)
+}
+
+/// Appends `ids` with `submit_then`, each callback sending its id, how it
+/// was answered and whether the log was failed by then.
+fn submit_each(
+    wal: &std::sync::Arc<Wal>,
+    ids: impl IntoIterator<Item = u64>,
+    tx: &tokio::sync::mpsc::UnboundedSender<(u64, Answer, bool)>,
+) {
+    for i in ids {
+        let (tx, w) = (tx.clone(), wal.clone());
+        wal.submit_then(payload(i, 10), move |r| {
+            let poisoned = w.poison_cause().is_some();
+            tx.send((i, Answer::of(&r), poisoned)).unwrap();
+        })
+        .unwrap();
+    }
+}
+
+async fn every_answer(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(u64, Answer, bool)>,
+) -> Vec<(u64, Answer, bool)> {
+    let mut answered = Vec::new();
+    while let Ok(Some(a)) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await
+    {
+        answered.push(a);
+    }
+    answered
+}
+
 /// The appends queued behind a failed group are answered with the poison
 /// outside the WAL's state lock: a `submit_then` callback may call the
 /// log (here `poison_cause`, which takes that lock) without deadlocking
-/// the writer. And in LSN order: record 3 was already taken from the
-/// queue with the failing group (2), record 4 still waited in it when the
-/// log failed (CI once saw 4 answered before 3 when the poison answered
-/// the queue at once).
+/// the writer. And in LSN order: record 3 was taken from the queue with
+/// the failing group (2), record 4 still waited in it when the log failed
+/// (CI once saw 4 answered before 3, when the poison answered the queue
+/// at once). The writer is held at its writes while the test queues, so
+/// the interleaving does not depend on timing.
 async fn callbacks_of_a_poisoned_batch_run_outside_the_lock(b: Backend) {
     let scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
@@ -96,44 +171,66 @@ async fn callbacks_of_a_poisoned_batch_run_outside_the_lock(b: Backend) {
         ..opts(b)
     };
     let wal = std::sync::Arc::new(Wal::open(dir.path(), o).unwrap());
-    // Group 1 stalls before its fsync while 2 and 3 queue up behind it;
-    // group 2 stalls in its write while 4 queues, then its fsync fails.
-    fail::cfg("wal::before_fsync", "1*sleep(300)->return").unwrap();
-    fail::cfg("wal::write", "1*off->1*sleep(300)").unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let submit = |i: u64| {
-        let (tx, w) = (tx.clone(), wal.clone());
-        wal.submit_then(payload(i, 10), move |r| {
-            let poisoned = w.poison_cause().is_some();
-            tx.send((i, r.is_ok(), poisoned)).unwrap();
-        })
-        .unwrap();
-    };
-    submit(1);
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    submit(2);
-    submit(3);
-    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
-    submit(4);
+    let (in_write, go) = hold_at("wal::write", &[1, 2]);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let held = std::time::Duration::from_secs(10);
+    submit_each(&wal, [1], &tx);
+    // Group 1 is in its write: 2 and 3 queue behind it, and the writer
+    // takes them together once it is done.
+    in_write.recv_timeout(held).unwrap();
+    submit_each(&wal, [2, 3], &tx);
+    go.send(()).unwrap();
+    // Group 2 is in its write (3 taken with it): 4 queues, then group
+    // 2's fsync fails.
+    in_write.recv_timeout(held).unwrap();
+    fail::cfg("wal::before_fsync", "return").unwrap();
+    submit_each(&wal, [4], &tx);
+    go.send(()).unwrap();
     drop(tx);
-    let mut answered = Vec::new();
-    while let Ok(Some(a)) =
-        tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await
-    {
-        answered.push(a);
-    }
+    let answered = every_answer(rx).await;
     fail::remove("wal::before_fsync");
     fail::remove("wal::write");
-    let ids: Vec<u64> = answered.iter().map(|a| a.0).collect();
     assert_eq!(
-        ids,
-        [1, 2, 3, 4],
-        "every callback, once, in order: {answered:?}"
+        answered,
+        [
+            (1, Answer::Ok, false),
+            (2, Answer::Failed, true),
+            (3, Answer::Poisoned, true),
+            (4, Answer::Poisoned, true),
+        ],
+        "every callback, once, in LSN order, the failing group's with its own error"
     );
-    assert!(answered[0].1, "the first group was durable: {answered:?}");
-    assert!(
-        answered[2..].iter().all(|a| !a.1 && a.2),
-        "the rest failed on a poisoned log: {answered:?}"
+    scenario.teardown();
+}
+
+/// With deferred durability a record written but not synced yet is
+/// answered before a later group whose write fails.
+async fn a_failed_group_behind_unsynced_records_is_answered_after_them(b: Backend) {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let o = WalOptions {
+        max_group_records: 1,
+        durability: Durability::Deferred {
+            max_delay: std::time::Duration::from_secs(5),
+        },
+        ..opts(b)
+    };
+    let wal = std::sync::Arc::new(Wal::open(dir.path(), o).unwrap());
+    fail::cfg("wal::write", "1*off->return").unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    submit_each(&wal, [1, 2, 3], &tx);
+    drop(tx);
+    assert!(wal.wait_durable(3).await.unwrap_err().is_poisoned());
+    let answered = every_answer(rx).await;
+    fail::remove("wal::write");
+    assert_eq!(
+        answered,
+        [
+            (1, Answer::Poisoned, true),
+            (2, Answer::Failed, true),
+            (3, Answer::Poisoned, true),
+        ],
+        "in LSN order: the unsynced record, the failing group, the rest"
     );
     scenario.teardown();
 }
@@ -405,6 +502,7 @@ async fn interrupted_truncate_leaves_a_prefix(b: Backend) {
 
 both_backends!(
     callbacks_of_a_poisoned_batch_run_outside_the_lock,
+    a_failed_group_behind_unsynced_records_is_answered_after_them,
     fsync_failure_poisons_forever,
     deferred_sync_failure_fails_the_unsynced_and_poisons,
     failed_group_and_everything_queued_get_errors_never_acks,
