@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::cluster::{blocking, tashkent, Cluster};
 use common::pid_alive;
 use tashkent::ops::cluster::LocalCluster;
+use tashkent::ops::config::ConfigFile;
 use tashkent::ops::state_dir::StateDir;
 
 /// Inserts rows `from..to` of `t` through proxy `i`.
@@ -23,6 +24,15 @@ async fn insert(cluster: &Cluster, i: usize, from: i32, to: i32) {
             .await
             .unwrap_or_else(|e| panic!("insert {k} through proxy {}: {e}", i + 1));
     }
+}
+
+/// A start of `file` that must fail (`why`), with an error saying `says`.
+async fn start_fails(file: &ConfigFile, why: &str, says: &str) {
+    let e = LocalCluster::start_placed(file, Cluster::placement())
+        .await
+        .err()
+        .expect(why);
+    assert!(e.to_string().contains(says), "{e}");
 }
 
 /// `tashkent status --json` of the cluster.
@@ -301,11 +311,7 @@ async fn a_first_start_that_failed_after_the_nodes_began_resumes_them() {
         f.cluster.certifiers = 3;
         f.cluster.proxy_port = port;
     });
-    let failed = LocalCluster::start_placed(&file, Cluster::placement())
-        .await
-        .err()
-        .expect("the proxy's port is taken");
-    assert!(failed.to_string().contains("proxy"), "{failed}");
+    start_fails(&file, "the proxy's port is taken", "proxy").await;
     assert!(dir.path().join("state/certifier-1/raft").exists());
     drop(taken);
 
@@ -329,11 +335,7 @@ async fn a_first_start_that_failed_after_the_nodes_began_resumes_them() {
     let dir = cluster.shutdown().await;
     let taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let watch = common::watchdog::Watch::new(dir.path());
-    let failed = LocalCluster::start_placed(&file, Cluster::placement())
-        .await
-        .err()
-        .expect("the proxy's port is taken");
-    assert!(failed.to_string().contains("proxy"), "{failed}");
+    start_fails(&file, "the proxy's port is taken", "proxy").await;
     assert_eq!(state.ports().unwrap(), saved);
     drop(taken);
     let cluster = Cluster::start_in(dir, watch, &file).await;
@@ -360,11 +362,12 @@ async fn a_start_with_another_number_of_certifiers_is_refused() {
     let dir = cluster.shutdown().await;
 
     let watch = common::watchdog::Watch::new(dir.path());
-    let refused = LocalCluster::start_placed(&one, Cluster::placement())
-        .await
-        .err()
-        .expect("a single certifier over three nodes' state");
-    assert!(refused.to_string().contains("certifiers = 3"), "{refused}");
+    start_fails(
+        &one,
+        "a single certifier over three nodes' state",
+        "certifiers = 3",
+    )
+    .await;
     // Refused before anything started: no single certifier's log either.
     assert!(!dir.path().join("state/certifier-wal").exists());
     let cluster = Cluster::start_in(dir, watch, &three).await;
@@ -404,11 +407,12 @@ async fn a_single_certifier_that_committed_nothing_gives_way_to_nodes() {
 
         let watch = common::watchdog::Watch::new(dir.path());
         if committed {
-            let refused = LocalCluster::start_placed(&three, Cluster::placement())
-                .await
-                .err()
-                .expect("nodes over a single certifier's log with a record");
-            assert!(refused.to_string().contains("certifiers = 1"), "{refused}");
+            start_fails(
+                &three,
+                "nodes over a single certifier's log with a record",
+                "certifiers = 1",
+            )
+            .await;
             assert!(
                 tashkent_wal::holds_segments(&log),
                 "the log with a record is kept"

@@ -39,13 +39,7 @@ pub fn segment_file_name(first_lsn: Lsn) -> String {
 /// creates its first segment). False for a directory that is missing,
 /// unreadable or holds anything else.
 pub fn holds_segments(dir: &std::path::Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries.filter_map(|e| e.ok()).any(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| parse_segment_file_name(n).is_some())
-        })
-    })
+    !segment_first_lsns(dir).is_empty()
 }
 
 /// The first LSN of each segment file in `dir`, ascending, read from

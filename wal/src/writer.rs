@@ -549,8 +549,7 @@ impl Writer {
 /// `Durability::Deferred` with appends queued: until when they may
 /// wait, or `None` when the round must run now (they are due, the log
 /// failed and they get its poison, someone waits for durability, a log
-/// operation or close is queued, or the
-/// queue is long).
+/// operation or close is queued, or the queue is long).
 fn deferred_until(
     shared: &Shared,
     st: &crate::shared::State,

@@ -828,7 +828,7 @@ mod tests {
     /// Makes `dir` hold a log: its first segment file.
     fn with_log(dir: &Path) {
         std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("00000000000000000001.wal"), "").unwrap();
+        std::fs::write(dir.join(tashkent_wal::segment_file_name(1)), "").unwrap();
     }
 
     #[test]
