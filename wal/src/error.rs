@@ -40,6 +40,15 @@ pub enum WalError {
     #[error("WAL disk full (ENOSPC) on {}", path.display())]
     DiskFull { path: PathBuf },
 
+    /// A write, `fdatasync` or segment operation on the log in `dir` has
+    /// not returned for `after` (a hung disk); the log is failed as if it
+    /// had returned an error (`WalOptions::stall_timeout`).
+    #[error("WAL I/O in {} has not returned for {} s (a hung disk?)", dir.display(), after.as_secs_f64())]
+    Stalled {
+        dir: PathBuf,
+        after: std::time::Duration,
+    },
+
     /// An earlier write or `fdatasync` failed, so nothing more can be
     /// acknowledged through this handle. Reopen the log to recover.
     #[error("WAL is poisoned by an earlier failure: {cause}")]

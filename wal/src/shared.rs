@@ -6,7 +6,7 @@
 //! disk. `segments` is written only by the writer thread.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -130,6 +130,13 @@ pub(crate) struct Shared {
     pub stats: Counters,
     /// Told of every group written and synced (metrics), once set.
     pub observer: std::sync::OnceLock<crate::SyncObserver>,
+    /// When the writer's current I/O started, in nanoseconds after
+    /// `epoch` plus one; 0 while it is not doing I/O (`stall.rs` reads it).
+    pub busy_since: AtomicU64,
+    pub epoch: std::time::Instant,
+    /// The stall watchdog failed the log (`WalError::Stalled`): whatever
+    /// the writer's stuck I/O returns, it acknowledges nothing.
+    pub stalled: AtomicBool,
 }
 
 #[derive(Default)]
@@ -150,6 +157,23 @@ impl Shared {
         }
     }
 
+    /// The writer starts I/O that may block (`idle` when done).
+    pub fn busy(&self) {
+        let since = self.epoch.elapsed().as_nanos() as u64 + 1;
+        self.busy_since.store(since, Ordering::Release);
+    }
+
+    pub fn idle(&self) {
+        self.busy_since.store(0, Ordering::Release);
+    }
+
+    /// How long the writer's current I/O has been running, if it is in one.
+    pub fn busy_for(&self) -> Option<std::time::Duration> {
+        let since = self.busy_since.load(Ordering::Acquire);
+        let now = self.epoch.elapsed().as_nanos() as u64 + 1;
+        (since != 0).then(|| std::time::Duration::from_nanos(now.saturating_sub(since)))
+    }
+
     pub fn poison_error(&self, cause: &std::sync::Arc<WalError>) -> WalError {
         WalError::Poisoned {
             cause: cause.clone(),
@@ -157,11 +181,17 @@ impl Shared {
     }
 
     /// Publishes a new durable LSN and wakes the `wait_durable` callers it
-    /// satisfies. The store happens under `state` so a waiter registering
-    /// concurrently either sees the new value or is woken here.
-    pub fn publish_durable(&self, lsn: Lsn) {
+    /// satisfies; false, publishing nothing, once the stall watchdog has
+    /// failed the log. The store happens under `state` so a waiter
+    /// registering concurrently either sees the new value or is woken
+    /// here, and the watchdog (which fails the log under `state` too)
+    /// either comes before, and nothing is published, or after.
+    pub fn publish_durable(&self, lsn: Lsn) -> bool {
         let ready: Vec<Reply<()>> = {
             let mut st = self.state.lock();
+            if self.stalled.load(Ordering::Acquire) {
+                return false;
+            }
             self.durable.store(lsn, Ordering::Release);
             let mut ready = Vec::new();
             let mut i = 0;
@@ -177,5 +207,6 @@ impl Shared {
         for r in ready {
             let _ = r.send(Ok(()));
         }
+        true
     }
 }

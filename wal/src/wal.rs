@@ -112,6 +112,9 @@ impl Wal {
             segments: RwLock::new(rec.segments),
             stats: Counters::default(),
             observer: std::sync::OnceLock::new(),
+            busy_since: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+            stalled: std::sync::atomic::AtomicBool::new(false),
         });
         let writer = Writer::new(shared.clone(), backend, rec.active, lock);
         let (done_tx, done_rx) = oneshot::channel();
@@ -128,6 +131,9 @@ impl Wal {
                 let _ = done_tx.send(r);
             })
             .ctx(&dir)?;
+        if let Some(timeout) = shared.opts.stall_timeout {
+            crate::stall::watch(Arc::downgrade(&shared), timeout).ctx(&dir)?;
+        }
         tracing::debug!(dir = %dir.display(), backend = ?backend_kind, next_lsn = last + 1, "WAL open");
         Ok(Wal {
             inner: Arc::new(Handle {
@@ -427,6 +433,10 @@ impl Wal {
     /// Other clones of this handle see `WalError::Closed` afterwards.
     pub async fn close(self) -> Result<(), WalError> {
         self.inner.shutdown();
+        if let Some(stalled) = self.inner.stalled() {
+            // Its writer may never come back from the disk.
+            return Err(stalled);
+        }
         let done = self.inner.done.lock().take();
         let r = match done {
             Some(rx) => rx.await.unwrap_or(Err(WalError::Closed)),
@@ -455,7 +465,21 @@ impl Handle {
         self.shared.wake.notify_all();
     }
 
+    /// The poison, if the stall watchdog failed the log.
+    fn stalled(&self) -> Option<WalError> {
+        if !self.shared.stalled.load(Ordering::Acquire) {
+            return None;
+        }
+        let cause = self.shared.state.lock().poisoned.clone()?;
+        Some(self.shared.poison_error(&cause))
+    }
+
+    /// Waits for the writer to exit, unless it is stuck on a hung disk
+    /// (then it is left behind: it exits if the disk ever returns).
     fn join(&self) {
+        if self.stalled().is_some() {
+            return;
+        }
         if let Some(t) = self.thread.lock().take() {
             // The writer never panics on I/O errors; if it panicked on a
             // bug, the panic was already reported and pending tickets
@@ -468,7 +492,8 @@ impl Handle {
 impl Drop for Handle {
     /// Stops the writer after it has finished what was submitted. Joining
     /// cannot hang: the writer only ever waits for the disk or for work,
-    /// and `shutdown` wakes it.
+    /// `shutdown` wakes it, and a writer stuck on a hung disk is not
+    /// waited for once the stall watchdog has failed the log.
     fn drop(&mut self) {
         self.shutdown();
         self.join();

@@ -210,7 +210,9 @@ impl Writer {
         if let Some(cause) = self.shared.state.lock().poisoned.clone() {
             return Err(self.shared.poison_error(&cause));
         }
+        self.shared.busy();
         let r = f(self);
+        self.shared.idle();
         if let (Err(e), true) = (&r, fatal) {
             self.poison(e.clone());
         }
@@ -236,7 +238,10 @@ impl Writer {
             }
             return;
         }
-        if let Err(e) = self.write_group(group) {
+        self.shared.busy();
+        let written = self.write_group(group);
+        self.shared.idle();
+        if let Err(e) = written {
             // The records written before this group (unsynced) are
             // answered first, in LSN order; then this group's entries
             // still holding their reply, which were not acknowledged.
@@ -313,7 +318,10 @@ impl Writer {
     /// Syncs the deferred records, if any, and acknowledges them; a
     /// failure poisons the log.
     fn sync_deferred(&mut self) {
-        if let Err(e) = self.sync_unsynced() {
+        self.shared.busy();
+        let synced = self.sync_unsynced();
+        self.shared.idle();
+        if let Err(e) = synced {
             self.poison(e);
         }
     }
@@ -365,10 +373,14 @@ impl Writer {
         stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         // Durable before acknowledging: whoever gets an ack sees
         // durable_lsn() >= their LSN.
-        self.shared.publish_durable(last);
+        let answer = match self.shared.publish_durable(last) {
+            true => Ok(()),
+            // Failed by the stall watchdog while this I/O was stuck.
+            false => Err(self.stall_error()),
+        };
         for p in entries.iter_mut() {
             if let Some(r) = p.reply.take() {
-                r.send(Ok(p.lsn));
+                r.send(answer.clone().map(|()| p.lsn));
             }
         }
     }
@@ -444,8 +456,7 @@ impl Writer {
         // Written up to `end` now (zeroes); beyond it, maybe not.
         self.active.zeroed_to = end.max(cut);
         self.shared.written.store(lsn, Ordering::Release);
-        self.shared.publish_durable(lsn);
-        Ok(())
+        self.published(lsn)
     }
 
     /// Deletes the oldest segments while every record in them is < `lsn`,
@@ -512,8 +523,24 @@ impl Writer {
         self.active = seg;
         self.shared.first.store(next_lsn, Ordering::Release);
         self.shared.written.store(next_lsn - 1, Ordering::Release);
-        self.shared.publish_durable(next_lsn - 1);
-        Ok(())
+        self.published(next_lsn - 1)
+    }
+
+    /// The poison the stall watchdog set.
+    fn stall_error(&self) -> WalError {
+        match self.shared.state.lock().poisoned.clone() {
+            Some(cause) => self.shared.poison_error(&cause),
+            None => WalError::Closed,
+        }
+    }
+
+    /// Publishes `lsn` as durable after a truncate or a restart, unless
+    /// the stall watchdog failed the log meanwhile.
+    fn published(&self, lsn: Lsn) -> Result<(), WalError> {
+        match self.shared.publish_durable(lsn) {
+            true => Ok(()),
+            false => Err(self.stall_error()),
+        }
     }
 
     /// Marks the log failed and answers, in LSN order, the records written

@@ -235,6 +235,72 @@ async fn a_failed_group_behind_unsynced_records_is_answered_after_them(b: Backen
     scenario.teardown();
 }
 
+/// A hung disk (here the writer held at its fdatasync): once the stall
+/// timeout passes, the log is failed with `Stalled`, new appends are
+/// refused at once, durability waiters are answered and closing does not
+/// wait for the writer; when the disk returns, the held group and what
+/// queued behind it get the poison, in LSN order, although the fdatasync
+/// succeeded. An idle log is never taken for a stalled one.
+async fn a_stalled_fsync_fails_the_log_and_acknowledges_nothing_after(b: Backend) {
+    use std::time::{Duration, Instant};
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let timeout = Duration::from_millis(200);
+    let o = WalOptions {
+        max_group_records: 1,
+        stall_timeout: Some(timeout),
+        ..opts(b)
+    };
+    let wal = std::sync::Arc::new(Wal::open(dir.path(), o).unwrap());
+    wal.append(payload(1, 10)).await.unwrap();
+    tokio::time::sleep(timeout * 3).await;
+    wal.append(payload(2, 10)).await.unwrap();
+    assert!(wal.poison_cause().is_none(), "idle is not stalled");
+
+    let (at_fsync, go) = hold_at("wal::before_fsync", &[1]);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    submit_each(&wal, [3], &tx);
+    at_fsync.recv_timeout(Duration::from_secs(10)).unwrap();
+    submit_each(&wal, [4], &tx);
+    let waiter = {
+        let wal = wal.clone();
+        tokio::spawn(async move { wal.wait_durable(4).await })
+    };
+    let held = Instant::now();
+    let cause = loop {
+        if let Some(cause) = wal.poison_cause() {
+            break cause;
+        }
+        assert!(held.elapsed() < Duration::from_secs(5), "no stall seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(matches!(*cause, WalError::Stalled { .. }), "{cause}");
+    assert!(cause.to_string().contains("has not returned"), "{cause}");
+    let refused = wal.submit(payload(5, 10)).unwrap_err();
+    assert!(refused.is_poisoned(), "{refused}");
+    let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("a durability waiter is answered while the disk hangs")
+        .unwrap();
+    assert!(waited.unwrap_err().is_poisoned());
+    let closed = tokio::time::timeout(Duration::from_secs(5), Wal::clone(&wal).close())
+        .await
+        .expect("close does not wait for a writer stuck on the disk");
+    assert!(closed.unwrap_err().is_poisoned());
+
+    go.send(()).unwrap();
+    drop(tx);
+    let answered = every_answer(rx).await;
+    fail::remove("wal::before_fsync");
+    assert_eq!(
+        answered,
+        [(3, Answer::Poisoned, true), (4, Answer::Poisoned, true)],
+        "the held group and the one behind it, with the poison, in order"
+    );
+    assert_eq!(wal.durable_lsn(), 2);
+    scenario.teardown();
+}
+
 async fn failed_group_and_everything_queued_get_errors_never_acks(b: Backend) {
     let scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
@@ -502,6 +568,7 @@ async fn interrupted_truncate_leaves_a_prefix(b: Backend) {
 
 both_backends!(
     callbacks_of_a_poisoned_batch_run_outside_the_lock,
+    a_stalled_fsync_fails_the_log_and_acknowledges_nothing_after,
     a_failed_group_behind_unsynced_records_is_answered_after_them,
     fsync_failure_poisons_forever,
     deferred_sync_failure_fails_the_unsynced_and_poisons,
