@@ -56,6 +56,10 @@ command -v sysbench >/dev/null 2>&1 || missing+=(sysbench)
 # nft: a test silences a link by dropping its packets (the certifier
 # drops a peer that acknowledges nothing).
 [ -x /usr/sbin/nft ] || command -v nft >/dev/null 2>&1 || missing+=(nftables)
+# mkfs.ext4 and fsfreeze: a test hangs a certifier's disk by freezing an
+# ext4 image it mounts on a loop device (both are in Debian's base system).
+[ -x /usr/sbin/mkfs.ext4 ] || command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+[ -x /usr/sbin/fsfreeze ] || command -v fsfreeze >/dev/null 2>&1 || missing+=(util-linux)
 if have_server && ! have_headers; then
     missing+=("postgresql-server-dev-$(server_major)")
 fi

@@ -73,6 +73,16 @@ pub struct CertifierConfig {
     /// consumes them, so only a silent link or a stopped process is
     /// dropped. 0: off (the kernel's defaults); else 2000 to 3600000.
     pub silent_peer_timeout_ms: u64,
+    /// A write or fdatasync of one of the certifier's logs that has not
+    /// returned after this long fails the log, as an I/O error would (a
+    /// hung disk: a dead device, a frozen filesystem, a stuck network
+    /// volume). A raft node then leaves the group to the others instead of
+    /// looking alive to them while it cannot commit; a single certifier
+    /// answers with the failure instead of waiting without end. Either
+    /// needs a restart once the disk is back, as after any log failure.
+    /// 0: off (wait for the disk however long it takes); else 100 to
+    /// 3600000.
+    pub log_stall_timeout_ms: u64,
     /// Where Prometheus metrics are served (`GET /metrics`); none: off.
     /// Port 0 picks a free port (printed at start as "metrics on ADDR").
     pub metrics_listen: Option<SocketAddr>,
@@ -138,6 +148,7 @@ impl Default for CertifierConfig {
             tail_cache_bytes: 16 << 20,
             purge_replica_timeout_ms: 30_000,
             silent_peer_timeout_ms: 30_000,
+            log_stall_timeout_ms: 10_000,
             metrics_listen: None,
             tls_cert: None,
             tls_key: None,
@@ -230,6 +241,10 @@ impl CertifierConfig {
         {
             return bad("silent_peer_timeout_ms must be 0 (off) or between 2000 and 3600000");
         }
+        if self.log_stall_timeout_ms != 0 && !(100..=3_600_000).contains(&self.log_stall_timeout_ms)
+        {
+            return bad("log_stall_timeout_ms must be 0 (off) or between 100 and 3600000");
+        }
         match (self.node_id, &self.peers) {
             (None, None) => {}
             (Some(id), Some(peers)) => {
@@ -305,6 +320,8 @@ impl CertifierConfig {
             },
             segment_size: self.wal_segment_bytes,
             max_record_size: self.max_record_bytes(),
+            stall_timeout: (self.log_stall_timeout_ms != 0)
+                .then(|| std::time::Duration::from_millis(self.log_stall_timeout_ms)),
             ..WalOptions::default()
         }
     }

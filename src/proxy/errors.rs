@@ -59,19 +59,27 @@ pub fn unknown_outcome(why: &str) -> ErrorResponse {
 /// written: it is committed nowhere. `53100` when its disk is full,
 /// `58030` for any other failure of the log.
 pub fn certifier_log_failed(failure: LogFailure, cause: &str) -> ErrorResponse {
-    let (code, what) = match failure {
-        LogFailure::DiskFull => ("53100", "the certifier's log is out of disk space"),
-        LogFailure::Io => ("58030", "the certifier's log failed"),
+    let (code, what, fix) = match failure {
+        LogFailure::DiskFull => (
+            "53100",
+            "the certifier's log is out of disk space",
+            "free space on its log's disk",
+        ),
+        LogFailure::Io => (
+            "58030",
+            "the certifier's log failed",
+            "repair its log's disk (the detail says what failed)",
+        ),
     };
     ErrorResponse::error(
         code,
         format!("could not commit: {what}; the transaction was not committed"),
     )
     .with_detail(cause.to_string())
-    .with_hint(
+    .with_hint(format!(
         "The certifier commits nothing until it is restarted (`tashkent status` shows it \
-         poisoned); free space on its log's disk, restart it, then retry the transaction.",
-    )
+         poisoned); {fix}, restart it, then retry the transaction."
+    ))
 }
 
 /// `08007`: the certifier's log failed while this transaction's record was

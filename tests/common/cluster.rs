@@ -55,6 +55,42 @@ impl Cluster {
         Cluster::start_in(dir, watch, &file).await
     }
 
+    /// Like [`Cluster::start_file`], where `adjust` also mounts file
+    /// systems in the state directory (a small or a freezable disk under a
+    /// certifier's log); the cluster holds them (`Cluster::hold`). If the
+    /// start fails, what is left of the directory is removed once they are
+    /// off (it could not be while they were on).
+    pub async fn start_mounted(
+        n: usize,
+        adjust: impl FnOnce(&mut ConfigFile) -> Vec<super::mount::Mount>,
+    ) -> Cluster {
+        use futures::FutureExt;
+        let dir = shared_tempdir();
+        let parent = dir.path().to_path_buf();
+        let watch = super::watchdog::Watch::new(dir.path());
+        let mut mounted = Vec::new();
+        let file = Cluster::file_in(&dir, n, |f| {
+            std::fs::create_dir_all(&f.cluster.state_dir).unwrap();
+            mounted = adjust(f);
+        });
+        let started = std::panic::AssertUnwindSafe(Cluster::start_in(dir, watch, &file))
+            .catch_unwind()
+            .await;
+        match started {
+            Ok(mut cluster) => {
+                for m in mounted {
+                    cluster.hold(m);
+                }
+                cluster
+            }
+            Err(panic) => {
+                drop(mounted);
+                let _ = std::fs::remove_dir_all(parent);
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+
     /// The cluster file of `n` replicas with its state directory in
     /// `dir`, adjusted by `adjust`.
     pub fn file_in(
@@ -131,6 +167,12 @@ impl Cluster {
     /// certifier).
     pub fn certifier(&self) -> String {
         self.certifier_addrs().expect("the certifier runs")
+    }
+
+    /// Each certifier node's address, as the status helpers take them.
+    pub fn node_addrs(&self) -> Vec<String> {
+        let addrs = self.certifier_node_addrs();
+        addrs.iter().map(|a| a.to_string()).collect()
     }
 
     /// SIGKILLs the certifier and starts it again on the same address

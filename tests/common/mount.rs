@@ -1,6 +1,8 @@
 //! Mounts that live as long as a guard: a small tmpfs that fills up (a real
-//! ENOSPC under a process's log, for the disk-full tests), and a bind mount
-//! that puts part of such a directory back on a roomy disk.
+//! ENOSPC under a process's log, for the disk-full tests), a bind mount
+//! that puts part of such a directory back on a roomy disk, and an ext4
+//! image on a loop device that can be frozen (a real hung disk: every
+//! write and fdatasync on it blocks in the kernel until it is thawed).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +22,26 @@ impl Mount {
     pub fn bind(src: &Path, dir: &Path) -> Mount {
         std::fs::create_dir_all(src).unwrap();
         Mount::run(dir, &["--bind", src.to_str().unwrap()])
+    }
+
+    /// An ext4 file system of `bytes` in the image file `image` (created,
+    /// sparse), mounted through a loop device on `dir`: one that
+    /// [`Frozen`] can freeze, which tmpfs cannot.
+    pub fn ext4(image: &Path, bytes: u64, dir: &Path) -> Mount {
+        let f = std::fs::File::create(image).unwrap();
+        f.set_len(bytes).unwrap();
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(image)
+            .output()
+            .expect("running mkfs.ext4");
+        assert!(
+            out.status.success(),
+            "mkfs.ext4 {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount::run(dir, &["-o", "loop", image.to_str().unwrap()])
     }
 
     fn run(dir: &Path, args: &[&str]) -> Mount {
@@ -43,5 +65,36 @@ impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The file system mounted on a directory, frozen (`fsfreeze`) for as
+/// long as this guard lives: a process that writes or syncs a file on it
+/// blocks, uninterruptibly, as on a disk that stopped answering. Thawed on
+/// drop, which must come before whatever waits for such a process to end
+/// (declare it after the cluster: locals drop in reverse order, on a
+/// panic too).
+pub struct Frozen(PathBuf);
+
+impl Frozen {
+    pub fn freeze(dir: &Path) -> Frozen {
+        let out = Command::new("fsfreeze")
+            .arg("-f")
+            .arg(dir)
+            .output()
+            .expect("running fsfreeze");
+        assert!(
+            out.status.success(),
+            "fsfreeze -f {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Frozen(dir.to_path_buf())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).status();
     }
 }

@@ -12,8 +12,6 @@ use crate::disk_full::{assert_on_replica, fill_the_log, gets_53100};
 
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
-
 use common::cluster::{blocking, tashkent, Cluster};
 use common::mount::Mount;
 
@@ -37,12 +35,10 @@ enum Small {
 /// segments so that the first ones fit and a later one does not. The
 /// cluster holds the mounts (unmounted after its processes stop).
 async fn start(replicas: usize, full: &[u32], size: &str, small: Small) -> (Cluster, Vec<String>) {
-    let mut mounted = Vec::new();
-    let mut state_dir = None;
-    let started = std::panic::AssertUnwindSafe(Cluster::start_file(replicas, |f| {
+    let cluster = Cluster::start_mounted(replicas, |f| {
         f.cluster.certifiers = 3;
         f.certifier.wal_segment_bytes = 1 << 20;
-        state_dir = Some(f.cluster.state_dir.clone());
+        let mut mounted = Vec::new();
         for id in full {
             let dir = f.cluster.state_dir.join(format!("certifier-{id}"));
             if small == Small::RaftLog {
@@ -56,29 +52,10 @@ async fn start(replicas: usize, full: &[u32], size: &str, small: Small) -> (Clus
                 mounted.insert(0, Mount::bind(&roomy, &dir.join("raft")));
             }
         }
-    }))
-    .catch_unwind()
+        mounted
+    })
     .await;
-    let mut cluster = match started {
-        Ok(cluster) => cluster,
-        Err(panic) => {
-            // The cluster's directory could not be removed while the
-            // mounts were on it: remove what is left once they are off.
-            drop(mounted);
-            if let Some(parent) = state_dir.as_deref().and_then(|d| d.parent()) {
-                let _ = std::fs::remove_dir_all(parent);
-            }
-            std::panic::resume_unwind(panic);
-        }
-    };
-    let addrs = cluster
-        .certifier_node_addrs()
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    for m in mounted {
-        cluster.hold(m);
-    }
+    let addrs = cluster.node_addrs();
     (cluster, addrs)
 }
 

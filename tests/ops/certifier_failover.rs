@@ -136,11 +136,7 @@ async fn loaded(
         adjust(&mut f.certifier);
     })
     .await;
-    let addrs: Vec<String> = cluster
-        .certifier_node_addrs()
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+    let addrs: Vec<String> = cluster.node_addrs();
     setup(&cluster).await;
     let load = Load::start(&targets_of(&cluster), &[0, 0, 1, 1, 2, 2]);
     (cluster, addrs, load)

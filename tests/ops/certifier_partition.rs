@@ -67,11 +67,7 @@ impl Links {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_cut_off_from_the_majority_stops_committing_and_rejoins() {
     let mut cluster = Cluster::start_file(3, |f| f.cluster.certifiers = 3).await;
-    let addrs: Vec<String> = cluster
-        .certifier_node_addrs()
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+    let addrs: Vec<String> = cluster.node_addrs();
     let links = Links::route(&mut cluster).await;
     setup(&cluster).await;
     let load = Load::start(&targets_of(&cluster), &[0, 0, 1, 1, 2, 2]);

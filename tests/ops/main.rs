@@ -12,6 +12,8 @@
 //!   under TPC-B load loses nothing; a retry keeps its version;
 //! - `certifier_partition`: the replicated certifier's leader cut off
 //!   from the others stops committing; the others carry on; it rejoins;
+//! - `certifier_stalled_disk`: the replicated certifier's leader on a
+//!   disk that hangs (a frozen file system) leaves the group to the others;
 //! - `certifier_raft`: a replicated certifier (3 node processes) serving
 //!   the proxies, `tashkent status` per node;
 //! - `disk_full`: the certifier's log disk fills up (53100, status);
@@ -31,6 +33,7 @@ mod certifier_disk_full;
 mod certifier_failover;
 mod certifier_partition;
 mod certifier_raft;
+mod certifier_stalled_disk;
 mod certifier_tls;
 mod disk_full;
 mod grouped;
