@@ -73,15 +73,16 @@ pub struct CertifierConfig {
     /// consumes them, so only a silent link or a stopped process is
     /// dropped. 0: off (the kernel's defaults); else 2000 to 3600000.
     pub silent_peer_timeout_ms: u64,
-    /// A write or fdatasync of one of the certifier's logs that has not
-    /// returned after this long fails the log, as an I/O error would (a
+    /// A write, fdatasync or directory sync of one of the certifier's logs
+    /// that has not returned after this long fails the log, as an I/O error would (a
     /// hung disk: a dead device, a frozen filesystem, a stuck network
     /// volume). A raft node then leaves the group to the others instead of
-    /// looking alive to them while it cannot commit; a single certifier
-    /// answers with the failure instead of waiting without end. Either
-    /// needs a restart once the disk is back, as after any log failure.
-    /// 0: off (wait for the disk however long it takes); else 100 to
-    /// 3600000.
+    /// leading or voting on while its log cannot be written; a single
+    /// certifier answers with the failure instead of waiting without end.
+    /// Either needs a restart once the disk is back, as after any log
+    /// failure. A raft node's vote and snapshot files are not timed (a
+    /// node stuck on those stops answering its peers). 0: off (wait for
+    /// the disk however long it takes); else 100 to 3600000.
     pub log_stall_timeout_ms: u64,
     /// Where Prometheus metrics are served (`GET /metrics`); none: off.
     /// Port 0 picks a free port (printed at start as "metrics on ADDR").
@@ -373,6 +374,10 @@ pub struct CertifierArgs {
     /// long (default 30000; 0: off).
     #[arg(long, value_name = "MS")]
     pub silent_peer_timeout_ms: Option<u64>,
+    /// Fail a log whose write or fdatasync has not returned this long, as
+    /// an I/O error would (a hung disk; default 10000; 0: off).
+    #[arg(long, value_name = "MS")]
+    pub log_stall_timeout_ms: Option<u64>,
     /// Serve Prometheus metrics on ADDR (`GET /metrics`; default: off).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -421,7 +426,8 @@ impl CertifierArgs {
             dedupe_max_entries,
             tail_cache_bytes,
             purge_replica_timeout_ms,
-            silent_peer_timeout_ms
+            silent_peer_timeout_ms,
+            log_stall_timeout_ms
         );
         if self.metrics_listen.is_some() {
             c.metrics_listen = self.metrics_listen;
@@ -506,6 +512,37 @@ mod tests {
             };
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains("silent_peer_timeout_ms"), "{ms}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_log_stall_timeout_is_off_or_bounded_and_reaches_every_log() {
+        let cli = Cli::parse_from(["x", "--log-stall-timeout-ms", "2500"]);
+        let c = cli.args.resolve().unwrap();
+        assert_eq!(c.log_stall_timeout_ms, 2500);
+        assert_eq!(
+            c.spool_options().stall_timeout,
+            Some(std::time::Duration::from_millis(2500))
+        );
+        let off = CertifierConfig {
+            log_stall_timeout_ms: 0,
+            ..CertifierConfig::default()
+        };
+        assert_eq!(off.wal_options().stall_timeout, None);
+        for ms in [0, 100, 10_000, 3_600_000] {
+            let c = CertifierConfig {
+                log_stall_timeout_ms: ms,
+                ..CertifierConfig::default()
+            };
+            assert!(c.validate().is_ok(), "{ms}");
+        }
+        for ms in [1, 99, 3_600_001] {
+            let c = CertifierConfig {
+                log_stall_timeout_ms: ms,
+                ..CertifierConfig::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("log_stall_timeout_ms"), "{ms}: {e}");
         }
     }
 

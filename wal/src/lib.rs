@@ -111,13 +111,15 @@
 //!   disk) is fixed; recovery discards the unacknowledged tail.
 //!   ENOSPC poisons too, for the same reason and because LSNs were already
 //!   handed out for the failed records.
-//! - With [`WalOptions::stall_timeout`], a write or `fdatasync` that does
-//!   not return in time (a hung disk) poisons the log with
+//! - With [`WalOptions::stall_timeout`], an I/O step of the writer that
+//!   does not return in time (a hung disk) poisons the log with
 //!   [`WalError::Stalled`]: appends submitted from then on are refused at
 //!   once, `wait_durable` callers are answered, and the stuck group and
 //!   everything queued behind it get the poison when (if) the disk
-//!   returns, even if their fdatasync succeeded. Dropping or closing the
-//!   handle then leaves the writer thread behind instead of waiting for it.
+//!   returns, even if their fdatasync succeeded. Closing or dropping the
+//!   handle stops waiting for the writer thread once the log is failed so,
+//!   and leaves it behind (it still holds the directory's lock, so the log
+//!   cannot be opened again until the disk returns).
 //! - `purge_below` deletes oldest-first with a directory fsync after each
 //!   deletion; its failure does not poison (the log stays consistent).
 //! - The submission queue is unbounded; callers bound their own concurrency.
@@ -204,11 +206,12 @@ pub struct WalOptions {
     pub max_group_wait: std::time::Duration,
     /// When written records are made durable. Default: every group.
     pub durability: Durability,
-    /// A write, fdatasync or segment operation of the writer that has not
-    /// returned after this long fails the log with [`WalError::Stalled`]
-    /// (a hung disk: nothing can cancel a syscall blocked in the kernel,
-    /// and until it returns nobody is answered). Default `None`: wait for
-    /// the disk however long it takes.
+    /// One I/O step of the writer (a group's write and fdatasync, a
+    /// segment's creation, a segment's deletion with its directory sync)
+    /// that has not returned after this long fails the log with
+    /// [`WalError::Stalled`] (a hung disk: nothing can cancel a syscall
+    /// blocked in the kernel, and until it returns nobody is answered).
+    /// Default `None`: wait for the disk however long it takes.
     pub stall_timeout: Option<std::time::Duration>,
 }
 

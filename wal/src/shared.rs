@@ -137,6 +137,9 @@ pub(crate) struct Shared {
     /// The stall watchdog failed the log (`WalError::Stalled`): whatever
     /// the writer's stuck I/O returns, it acknowledges nothing.
     pub stalled: AtomicBool,
+    /// Woken when the stall watchdog fails the log (`Wal::close` stops
+    /// waiting for the writer then).
+    pub stall_seen: tokio::sync::Notify,
 }
 
 #[derive(Default)]

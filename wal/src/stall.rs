@@ -59,11 +59,13 @@ fn watched(shared: &Shared, timeout: Duration) -> bool {
             dir: shared.dir.clone(),
             after: busy,
         });
-        tracing::error!(error = %cause, "WAL poisoned; no further appends will be acknowledged");
         st.poisoned = Some(cause.clone());
         shared.stalled.store(true, Ordering::Release);
         (cause, std::mem::take(&mut st.waiters))
     };
+    // Not under the lock: the log's own lines may go to the hung disk.
+    tracing::error!(error = %cause, "WAL poisoned; no further appends will be acknowledged");
+    shared.stall_seen.notify_waiters();
     let err = shared.poison_error(&cause);
     for (_, reply) in waiters {
         let _ = reply.send(Err(err.clone()));

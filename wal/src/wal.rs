@@ -115,6 +115,7 @@ impl Wal {
             busy_since: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             stalled: std::sync::atomic::AtomicBool::new(false),
+            stall_seen: tokio::sync::Notify::new(),
         });
         let writer = Writer::new(shared.clone(), backend, rec.active, lock);
         let (done_tx, done_rx) = oneshot::channel();
@@ -433,13 +434,20 @@ impl Wal {
     /// Other clones of this handle see `WalError::Closed` afterwards.
     pub async fn close(self) -> Result<(), WalError> {
         self.inner.shutdown();
+        // A writer stuck on a hung disk may never come back: once the
+        // stall watchdog has failed the log, it is not waited for.
+        let stall_seen = self.inner.shared.stall_seen.notified();
+        tokio::pin!(stall_seen);
+        stall_seen.as_mut().enable();
         if let Some(stalled) = self.inner.stalled() {
-            // Its writer may never come back from the disk.
             return Err(stalled);
         }
         let done = self.inner.done.lock().take();
         let r = match done {
-            Some(rx) => rx.await.unwrap_or(Err(WalError::Closed)),
+            Some(rx) => tokio::select! {
+                r = rx => r.unwrap_or(Err(WalError::Closed)),
+                () = stall_seen => return Err(self.inner.stalled().unwrap_or(WalError::Closed)),
+            },
             None => Ok(()), // another clone is closing it
         };
         self.inner.join();
@@ -477,15 +485,21 @@ impl Handle {
     /// Waits for the writer to exit, unless it is stuck on a hung disk
     /// (then it is left behind: it exits if the disk ever returns).
     fn join(&self) {
-        if self.stalled().is_some() {
+        let Some(t) = self.thread.lock().take() else {
             return;
+        };
+        // Polled, not joined at once, under a stall watchdog: it may fail
+        // the log while the writer finishes what was queued.
+        while self.shared.opts.stall_timeout.is_some() && !t.is_finished() {
+            if self.stalled().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        if let Some(t) = self.thread.lock().take() {
-            // The writer never panics on I/O errors; if it panicked on a
-            // bug, the panic was already reported and pending tickets
-            // resolved to `Closed` when their senders dropped.
-            let _ = t.join();
-        }
+        // The writer never panics on I/O errors; if it panicked on a bug,
+        // the panic was already reported and pending tickets resolved to
+        // `Closed` when their senders dropped.
+        let _ = t.join();
     }
 }
 
@@ -511,6 +525,11 @@ fn check_open(shared: &Shared, st: &State) -> Result<(), WalError> {
 }
 
 fn validate(opts: &WalOptions) -> Result<(), WalError> {
+    if opts.stall_timeout.is_some_and(|t| t.is_zero()) {
+        return Err(WalError::Config(
+            "stall_timeout must be positive (None: no watchdog)".into(),
+        ));
+    }
     if opts.segment_size < 4096 {
         return Err(WalError::Config(format!(
             "segment_size {} is below the minimum of 4096 bytes",

@@ -230,6 +230,9 @@ impl Writer {
         // under the state lock.
         let poisoned = self.shared.state.lock().poisoned.clone();
         if let Some(cause) = poisoned {
+            // The stall watchdog fails the log from its own thread: what
+            // was written before this group is answered first.
+            self.fail_unsynced();
             let err = self.shared.poison_error(&cause);
             for p in group.drain(..) {
                 if let Some(r) = p.reply {
@@ -238,10 +241,7 @@ impl Writer {
             }
             return;
         }
-        self.shared.busy();
-        let written = self.write_group(group);
-        self.shared.idle();
-        if let Err(e) = written {
+        if let Err(e) = self.write_group(group) {
             // The records written before this group (unsynced) are
             // answered first, in LSN order; then this group's entries
             // still holding their reply, which were not acknowledged.
@@ -290,15 +290,20 @@ impl Writer {
         let started = std::time::Instant::now();
         let sync = shared.opts.durability == Durability::EveryGroup;
         let end = self.active.write_pos + self.buf.len() as u64;
-        self.active.zero_ahead(end, self.buf.len())?;
-        self.backend.write_and_sync(
-            &self.active.file,
-            &self.active.path,
-            self.active.write_pos,
-            &self.buf,
-            &mut || shared.written.store(last, Ordering::Release),
-            sync,
-        )?;
+        shared.busy();
+        let written = self.active.zero_ahead(end, self.buf.len()).and_then(|()| {
+            self.backend.write_and_sync(
+                &self.active.file,
+                &self.active.path,
+                self.active.write_pos,
+                &self.buf,
+                &mut || shared.written.store(last, Ordering::Release),
+                sync,
+            )
+        });
+        // Before acknowledging: the stall watchdog times I/O only.
+        shared.idle();
+        written?;
         self.active.write_pos += self.buf.len() as u64;
         if !sync {
             self.unsynced_bytes += self.buf.len();
@@ -318,10 +323,7 @@ impl Writer {
     /// Syncs the deferred records, if any, and acknowledges them; a
     /// failure poisons the log.
     fn sync_deferred(&mut self) {
-        self.shared.busy();
-        let synced = self.sync_unsynced();
-        self.shared.idle();
-        if let Err(e) = synced {
+        if let Err(e) = self.sync_unsynced() {
             self.poison(e);
         }
     }
@@ -334,14 +336,17 @@ impl Writer {
             return Err(self.shared.poison_error(&cause));
         }
         let started = Instant::now();
-        self.backend.write_and_sync(
+        self.shared.busy();
+        let synced = self.backend.write_and_sync(
             &self.active.file,
             &self.active.path,
             self.active.write_pos,
             &[],
             &mut || {},
             true,
-        )?;
+        );
+        self.shared.idle();
+        synced?;
         let mut entries = std::mem::take(&mut self.unsynced);
         let bytes = std::mem::take(&mut self.unsynced_bytes);
         self.acknowledge(&mut entries, bytes, started);
@@ -376,7 +381,7 @@ impl Writer {
         let answer = match self.shared.publish_durable(last) {
             true => Ok(()),
             // Failed by the stall watchdog while this I/O was stuck.
-            false => Err(self.stall_error()),
+            false => Err(self.poisoned_error()),
         };
         for p in entries.iter_mut() {
             if let Some(r) = p.reply.take() {
@@ -395,7 +400,10 @@ impl Writer {
             .segment_size
             .max(SEGMENT_HEADER_LEN as u64 + frame_len);
         let replaces_empty = self.active.write_pos == SEGMENT_HEADER_LEN as u64;
-        let seg = segment::create_segment(&self.shared.dir, first_lsn, size)?;
+        self.shared.busy();
+        let seg = segment::create_segment(&self.shared.dir, first_lsn, size);
+        self.shared.idle();
+        let seg = seg?;
         if !replaces_empty {
             // An empty active segment has this very name and was just
             // atomically replaced by a bigger one; otherwise it is sealed.
@@ -426,6 +434,7 @@ impl Writer {
                 }
             }
             self.shared.segments.write().pop();
+            self.shared.busy();
             remove_if_exists(&s.path)?;
             segment::sync_dir(&self.shared.dir)?;
         }
@@ -487,6 +496,7 @@ impl Writer {
                     self.shared.first.store(s.first_lsn, Ordering::Release);
                 }
             }
+            self.shared.busy();
             remove_if_exists(&victim.path)?;
             segment::sync_dir(&self.shared.dir)?;
             deleted += 1;
@@ -511,9 +521,11 @@ impl Writer {
                 .segments
                 .write()
                 .retain(|x| x.first_lsn != s.first_lsn);
+            self.shared.busy();
             remove_if_exists(&s.path)?;
             segment::sync_dir(&self.shared.dir)?;
         }
+        self.shared.busy();
         let seg =
             segment::create_segment(&self.shared.dir, next_lsn, self.shared.opts.segment_size)?;
         *self.shared.segments.write() = vec![SegmentInfo {
@@ -526,8 +538,8 @@ impl Writer {
         self.published(next_lsn - 1)
     }
 
-    /// The poison the stall watchdog set.
-    fn stall_error(&self) -> WalError {
+    /// What an append of the failed log is answered (its poison).
+    fn poisoned_error(&self) -> WalError {
         match self.shared.state.lock().poisoned.clone() {
             Some(cause) => self.shared.poison_error(&cause),
             None => WalError::Closed,
@@ -539,7 +551,7 @@ impl Writer {
     fn published(&self, lsn: Lsn) -> Result<(), WalError> {
         match self.shared.publish_durable(lsn) {
             true => Ok(()),
-            false => Err(self.stall_error()),
+            false => Err(self.poisoned_error()),
         }
     }
 
@@ -551,8 +563,6 @@ impl Writer {
     /// answer comes in LSN order (a `submit_then` caller may rely on it).
     fn poison(&mut self, err: WalError) {
         let cause = Arc::new(err);
-        let unsynced = std::mem::take(&mut self.unsynced);
-        self.unsynced_bytes = 0;
         let waiters = {
             let mut st = self.shared.state.lock();
             if st.poisoned.is_none() {
@@ -561,14 +571,26 @@ impl Writer {
             std::mem::take(&mut st.waiters)
         };
         tracing::error!(error = %cause, "WAL poisoned; no further appends will be acknowledged");
+        self.fail_unsynced();
         let err = self.shared.poison_error(&cause);
+        for (_, reply) in waiters {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+
+    /// Answers the records written and not yet synced with the poison of
+    /// the failed log, in LSN order.
+    fn fail_unsynced(&mut self) {
+        let unsynced = std::mem::take(&mut self.unsynced);
+        self.unsynced_bytes = 0;
+        if unsynced.is_empty() {
+            return;
+        }
+        let err = self.poisoned_error();
         for p in unsynced {
             if let Some(r) = p.reply {
                 r.send(Err(err.clone()));
             }
-        }
-        for (_, reply) in waiters {
-            let _ = reply.send(Err(err.clone()));
         }
     }
 }

@@ -245,7 +245,7 @@ async fn a_stalled_fsync_fails_the_log_and_acknowledges_nothing_after(b: Backend
     use std::time::{Duration, Instant};
     let scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let timeout = Duration::from_millis(200);
+    let timeout = Duration::from_secs(1);
     let o = WalOptions {
         max_group_records: 1,
         stall_timeout: Some(timeout),
@@ -253,7 +253,7 @@ async fn a_stalled_fsync_fails_the_log_and_acknowledges_nothing_after(b: Backend
     };
     let wal = std::sync::Arc::new(Wal::open(dir.path(), o).unwrap());
     wal.append(payload(1, 10)).await.unwrap();
-    tokio::time::sleep(timeout * 3).await;
+    tokio::time::sleep(timeout * 3 / 2).await;
     wal.append(payload(2, 10)).await.unwrap();
     assert!(wal.poison_cause().is_none(), "idle is not stalled");
 
@@ -298,6 +298,49 @@ async fn a_stalled_fsync_fails_the_log_and_acknowledges_nothing_after(b: Backend
         "the held group and the one behind it, with the poison, in order"
     );
     assert_eq!(wal.durable_lsn(), 2);
+    scenario.teardown();
+}
+
+/// With deferred durability, a stall in the middle of a round: the
+/// records written before the held one, the held one and the one taken
+/// with them are answered with the poison in LSN order (the watchdog
+/// fails the log from its own thread, so the writer finds it failed
+/// while records it wrote are still unsynced).
+async fn a_stall_in_a_deferred_round_answers_in_lsn_order(b: Backend) {
+    use std::time::{Duration, Instant};
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let o = WalOptions {
+        max_group_records: 1,
+        durability: Durability::Deferred {
+            max_delay: Duration::from_millis(300),
+        },
+        stall_timeout: Some(Duration::from_secs(1)),
+        ..opts(b)
+    };
+    let wal = std::sync::Arc::new(Wal::open(dir.path(), o).unwrap());
+    let (at_write, go) = hold_at("wal::write", &[2]);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    submit_each(&wal, [1, 2, 3], &tx);
+    at_write.recv_timeout(Duration::from_secs(10)).unwrap();
+    let held = Instant::now();
+    while wal.poison_cause().is_none() {
+        assert!(held.elapsed() < Duration::from_secs(5), "no stall seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    go.send(()).unwrap();
+    drop(tx);
+    let answered = every_answer(rx).await;
+    fail::remove("wal::write");
+    assert_eq!(
+        answered,
+        [
+            (1, Answer::Poisoned, true),
+            (2, Answer::Poisoned, true),
+            (3, Answer::Poisoned, true),
+        ],
+        "in LSN order"
+    );
     scenario.teardown();
 }
 
@@ -569,6 +612,7 @@ async fn interrupted_truncate_leaves_a_prefix(b: Backend) {
 both_backends!(
     callbacks_of_a_poisoned_batch_run_outside_the_lock,
     a_stalled_fsync_fails_the_log_and_acknowledges_nothing_after,
+    a_stall_in_a_deferred_round_answers_in_lsn_order,
     a_failed_group_behind_unsynced_records_is_answered_after_them,
     fsync_failure_poisons_forever,
     deferred_sync_failure_fails_the_unsynced_and_poisons,

@@ -65,7 +65,7 @@ impl CertifierService {
             match proposed {
                 Ok(None) => {}
                 Ok(Some(outcome)) => break outcome,
-                Err(e) => return Err(super::node_poison::certify_failed(inner, e)),
+                Err(e) => return Err(super::log_watch::certify_failed(inner, e)),
             }
         };
         self.large_decided(turn, &outcome);

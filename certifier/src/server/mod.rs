@@ -10,9 +10,9 @@
 mod chunked;
 mod contact;
 mod grpc;
+mod log_watch;
 pub mod metrics;
 mod node;
-mod node_poison;
 mod pipeline;
 pub mod purge;
 pub mod recovery;

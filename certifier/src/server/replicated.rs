@@ -48,7 +48,7 @@ pub(crate) struct Node {
     /// Whether this node is in touch with the group (`contact`).
     pub(crate) contact: Contact,
     /// The raft log's WAL, to tell why the raft core stopped
-    /// (`node_poison`).
+    /// (`log_watch`).
     pub(crate) raft_wal: tashkent_wal::Wal,
     /// This node's versions log, which says how far the raft log may be
     /// purged.
@@ -403,7 +403,7 @@ impl Node {
         let m = self.raft().metrics().borrow().clone();
         s.node_id = self.id;
         s.role = match m.state {
-            // A node whose log failed (`node_poison`) is out of the group
+            // A node whose log failed (`log_watch`) is out of the group
             // whatever its core last said.
             _ if s.poisoned || m.running_state.is_err() => "stopped",
             state => super::contact::role_name(state),

@@ -72,6 +72,10 @@ pub(crate) struct Inner {
     pub(crate) stop_signal: watch::Sender<bool>,
     /// The first WAL failure: how, and its message.
     poison: OnceLock<(LogFailure, String)>,
+    /// Woken once `poison` is set: a certification waiting for its
+    /// record's fdatasync is then answered that its outcome is unknown,
+    /// rather than when (if ever) a hung disk returns.
+    log_failed: Notify,
     pub(crate) limits: ServiceLimits,
     max_record_bytes: u64,
     /// Highest checkpoint version reported (0: none yet).
@@ -119,16 +123,57 @@ impl Inner {
     }
 
     /// [`Inner::fail`] with the failure already named (a raft node's raft
-    /// log, see `node_poison`).
+    /// log, see `log_watch`).
     pub(crate) fn fail_with(&self, failure: LogFailure, cause: String) -> CertifierError {
+        let mut first = false;
         let (failure, cause) = self.poison.get_or_init(|| {
             tracing::error!(error = %cause, "log failed; certifier stops acknowledging");
+            first = true;
             (failure, cause)
         });
+        if first {
+            self.log_failed.notify_waiters();
+        }
         CertifierError::LogFailed {
             failure: *failure,
             cause: cause.clone(),
             outcome_unknown: true,
+        }
+    }
+
+    /// `f`'s output, or `None` if the log fails first: a WAL ticket waits
+    /// for a disk that, once a log failed, may never answer (a hung one;
+    /// its stall is seen by the WAL's watchdog, then by `log_watch`).
+    pub(crate) async fn unless_failed<T>(
+        &self,
+        f: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let failed = self.log_failed.notified();
+        tokio::pin!(failed);
+        // Registered before looking, so a failure after the look wakes it.
+        failed.as_mut().enable();
+        let already = self.poison.get().is_some();
+        tokio::select! {
+            biased;
+            r = f => Some(r),
+            () = async {
+                if !already {
+                    failed.await;
+                }
+            } => None,
+        }
+    }
+
+    /// The log failure to answer a request with whose record was
+    /// submitted and is not known durable.
+    fn failed_in_flight(&self) -> CertifierError {
+        match self.poison.get() {
+            Some((failure, cause)) => CertifierError::LogFailed {
+                failure: *failure,
+                cause: cause.clone(),
+                outcome_unknown: true,
+            },
+            None => CertifierError::OutcomeUnknown("the certifier's log failed".into()),
         }
     }
 }
@@ -218,6 +263,7 @@ impl CertifierService {
             stopping: AtomicBool::new(false),
             stop_signal: watch::channel(false).0,
             poison: OnceLock::new(),
+            log_failed: Notify::new(),
             limits,
             max_record_bytes,
             checkpoint: AtomicU64::new(checkpoint),
@@ -228,9 +274,7 @@ impl CertifierService {
             turns: parts.turns,
         });
         tokio::spawn(follow_durability(inner.clone()));
-        if inner.node.is_some() {
-            tokio::spawn(super::node_poison::watch(Arc::downgrade(&inner)));
-        }
+        tokio::spawn(super::log_watch::watch(Arc::downgrade(&inner)));
         let svc = CertifierService { inner };
         tokio::spawn(purge_periodically(svc.clone()));
         svc
@@ -285,7 +329,7 @@ impl CertifierService {
                 }
                 None => node.certify(rec.freeze()).await,
             };
-            let mut outcome = proposed.map_err(|e| super::node_poison::certify_failed(inner, e))?;
+            let mut outcome = proposed.map_err(|e| super::log_watch::certify_failed(inner, e))?;
             match &cs {
                 Some(cs) => {
                     self.turn_after(turn, cs, snapshot, &mut outcome, refused);
@@ -415,7 +459,10 @@ impl CertifierService {
             };
             match step {
                 Step::Ticket(ticket, version) => {
-                    ticket.await.map_err(|e| inner.fail(e))?;
+                    let durable = inner.unless_failed(ticket).await;
+                    durable
+                        .ok_or_else(|| inner.failed_in_flight())?
+                        .map_err(|e| inner.fail(e))?;
                     inner.metrics.decided("committed");
                     return Ok((Outcome::Committed { version }, true));
                 }
@@ -751,6 +798,9 @@ impl CertifierService {
 
     pub fn status(&self) -> proto::StatusResponse {
         let inner = &*self.inner;
+        // A failed log shows with its cause at once, not after the next
+        // look of `log_watch` (nor as the raft core's stop it caused).
+        super::log_watch::note_log_failures(inner);
         let now = Instant::now();
         // A leader deciding at proposal holds the keys in its proposal
         // table; a node applying decisions holds none.

@@ -168,7 +168,7 @@ impl CertifierService {
             writeset::encode_parts(&chunk.items, &chunk.ddl, items as u64, &mut parts);
             while unwritten.len() >= SPOOL_IN_FLIGHT {
                 if let Some(t) = unwritten.pop_front() {
-                    t.await.map_err(|e| self.spool_failed(e.into()))?;
+                    self.spooled(t).await?;
                 }
             }
             let t = inner
@@ -187,8 +187,20 @@ impl CertifierService {
                 "empty writeset: read-only transactions are not certified".into(),
             ));
         }
-        ticket.await.map_err(|e| self.spool_failed(e.into()))?;
+        self.spooled(ticket).await?;
         Ok((cs, names, spool))
+    }
+
+    /// Waits until a chunk is in the spool, or the certifier's logs
+    /// failed (the transaction's own record was not submitted: it is not
+    /// committed).
+    async fn spooled(&self, ticket: tashkent_wal::AppendTicket) -> Result<(), CertifierError> {
+        match self.inner.unless_failed(ticket).await {
+            Some(r) => r.map(drop).map_err(|e| self.spool_failed(e.into())),
+            None => Err(self.inner.poisoned().err().unwrap_or_else(|| {
+                CertifierError::Protocol("the log failed, and no failure is recorded".into())
+            })),
+        }
     }
 
     /// A spool failure loses durability like a WAL failure: poison. The

@@ -1,17 +1,20 @@
-//! A raft node whose log fails (disk full, an fsync error) never
-//! acknowledges again, like the single certifier, and also gets out of
-//! the group's way so that the others carry on.
+//! A certifier whose log fails (disk full, an fsync error, a write that
+//! hangs past `log_stall_timeout_ms`) never acknowledges again; a raft
+//! node also gets out of the group's way so that the others carry on.
 //!
-//! Two logs can fail on a node:
-//! - its raft log: openraft stops the node's raft core itself (a fatal
-//!   storage error), so it neither leads nor votes; here the failure is
-//!   recorded as the service's poison, so that clients are told what
-//!   failed (`53100` for a full disk) and `status` shows it;
-//! - its versions log (`raft::versions`): applying an entry then fails,
-//!   which stops the raft core too (the raft log may still work, and the
-//!   node would otherwise go on leading or voting); here the failure is
-//!   recorded as the service's poison, as for the raft log, and the core
-//!   is shut down if it still runs.
+//! Every log of the certifier is watched here, so that a failure is
+//! recorded as the service's poison (clients are told what failed,
+//! `53100` for a full disk, and `status` shows it) even when no request
+//! of its own ran into it: a log whose disk hangs answers nobody, and a
+//! certification waiting for its record is then answered that its
+//! outcome is unknown (`Inner::durable`). The logs:
+//! - a single certifier's log and its spool;
+//! - a raft node's raft log: openraft stops the node's raft core itself
+//!   (a fatal storage error), so it neither leads nor votes;
+//! - a raft node's versions log (`raft::versions`) and spool: applying an
+//!   entry then fails, which stops the raft core too (the raft log may
+//!   still work, and the node would otherwise go on leading or voting);
+//!   the core is shut down here if it still runs.
 //!
 //! Certifications refused, or failed in flight, on a poisoned node are
 //! answered as a log failure (`certify_failed`), which clients retry on
@@ -28,8 +31,8 @@ use crate::error::{CertifierError, LogFailure};
 /// stopped: out of contact) or they fail on the poisoned log.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Watches the node of `inner` until it is dropped, stopped, or poisoned
-/// with its raft core shut down.
+/// Watches the logs of `inner` until it is dropped or stopped, or until
+/// one failed (and, on a raft node, its raft core is shut down).
 pub(crate) async fn watch(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(POLL);
     loop {
@@ -53,17 +56,27 @@ pub(crate) async fn watch(inner: Weak<Inner>) {
     }
 }
 
-/// Records a failure of the node's raft log or versions log as the
-/// service's poison.
-fn note_log_failures(inner: &Inner) {
-    let Some(node) = &inner.node else { return };
-    let logs = [(&node.raft_wal, "raft log"), (&inner.wal, "versions log")];
+/// Records a failure of one of the certifier's logs as the service's
+/// poison (the first one wins).
+pub(crate) fn note_log_failures(inner: &Inner) {
+    let spool = (inner.spool.wal(), "spool");
+    let (logs, whose) = match &inner.node {
+        Some(node) => (
+            vec![
+                (&node.raft_wal, "raft log"),
+                (&inner.wal, "versions log"),
+                spool,
+            ],
+            format!("certifier node {}'s", node.id),
+        ),
+        None => (
+            vec![(&inner.wal, "log"), spool],
+            "the certifier's".to_owned(),
+        ),
+    };
     for (wal, what) in logs {
         if let Some(cause) = wal.poison_cause() {
-            inner.fail_with(
-                LogFailure::of(&cause),
-                format!("certifier node {}'s {what}: {cause}", node.id),
-            );
+            inner.fail_with(LogFailure::of(&cause), format!("{whose} {what}: {cause}"));
         }
     }
 }
