@@ -374,8 +374,9 @@ pub struct CertifierArgs {
     /// long (default 30000; 0: off).
     #[arg(long, value_name = "MS")]
     pub silent_peer_timeout_ms: Option<u64>,
-    /// Fail a log whose write or fdatasync has not returned this long, as
-    /// an I/O error would (a hung disk; default 10000; 0: off).
+    /// Fail a log whose write, fdatasync or directory sync has not
+    /// returned this long, as an I/O error would (a hung disk; default
+    /// 10000; 0: off).
     #[arg(long, value_name = "MS")]
     pub log_stall_timeout_ms: Option<u64>,
     /// Serve Prometheus metrics on ADDR (`GET /metrics`; default: off).

@@ -117,9 +117,9 @@
 //!   once, `wait_durable` callers are answered, and the stuck group and
 //!   everything queued behind it get the poison when (if) the disk
 //!   returns, even if their fdatasync succeeded. Closing or dropping the
-//!   handle stops waiting for the writer thread once the log is failed so,
-//!   and leaves it behind (it still holds the directory's lock, so the log
-//!   cannot be opened again until the disk returns).
+//!   handle stops waiting for the writer thread once the watchdog has
+//!   failed the log, and leaves it behind (it still holds the directory's
+//!   lock, so the log cannot be opened again until the disk returns).
 //! - `purge_below` deletes oldest-first with a directory fsync after each
 //!   deletion; its failure does not poison (the log stays consistent).
 //! - The submission queue is unbounded; callers bound their own concurrency.

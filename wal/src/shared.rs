@@ -140,6 +140,8 @@ pub(crate) struct Shared {
     /// Woken when the stall watchdog fails the log (`Wal::close` stops
     /// waiting for the writer then).
     pub stall_seen: tokio::sync::Notify,
+    /// The writer thread has exited (the watchdog stops watching then).
+    pub writer_done: AtomicBool,
 }
 
 #[derive(Default)]

@@ -39,7 +39,8 @@ pub(crate) fn watch(shared: Weak<Shared>, timeout: Duration) -> io::Result<()> {
         .map(drop)
 }
 
-/// Whether to go on watching: false once the log is closed or failed.
+/// Whether to go on watching: false once the log's writer has exited
+/// (a closed log's writer still drains its queue first) or the log failed.
 /// Fails it if its writer has been in one I/O for `timeout`. Under the
 /// state lock, as the writer publishes what its I/O made durable
 /// (`Shared::publish_durable`): either that comes first, or nothing of
@@ -53,7 +54,7 @@ fn watched(shared: &Shared, timeout: Duration) -> bool {
         let busy = match shared.busy_for() {
             Some(busy) if busy >= timeout => busy,
             Some(_) => return true,
-            None => return !st.closed,
+            None => return !shared.writer_done.load(Ordering::Acquire),
         };
         let cause = Arc::new(WalError::Stalled {
             dir: shared.dir.clone(),
@@ -63,12 +64,13 @@ fn watched(shared: &Shared, timeout: Duration) -> bool {
         shared.stalled.store(true, Ordering::Release);
         (cause, std::mem::take(&mut st.waiters))
     };
-    // Not under the lock: the log's own lines may go to the hung disk.
-    tracing::error!(error = %cause, "WAL poisoned; no further appends will be acknowledged");
     shared.stall_seen.notify_waiters();
     let err = shared.poison_error(&cause);
     for (_, reply) in waiters {
         let _ = reply.send(Err(err.clone()));
     }
+    // Last, and not under the lock: the process's log may be on the hung
+    // disk too, and whoever waits is answered by now.
+    tracing::error!(error = %cause, "WAL poisoned; no further appends will be acknowledged");
     false
 }

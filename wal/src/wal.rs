@@ -116,6 +116,7 @@ impl Wal {
             epoch: std::time::Instant::now(),
             stalled: std::sync::atomic::AtomicBool::new(false),
             stall_seen: tokio::sync::Notify::new(),
+            writer_done: std::sync::atomic::AtomicBool::new(false),
         });
         let writer = Writer::new(shared.clone(), backend, rec.active, lock);
         let (done_tx, done_rx) = oneshot::channel();
@@ -124,6 +125,7 @@ impl Wal {
             .name("tashkent-wal-writer".into())
             .spawn(move || {
                 let r = writer.run();
+                thread_shared.writer_done.store(true, Ordering::Release);
                 // Nothing can make these durable any more.
                 let waiters = std::mem::take(&mut thread_shared.state.lock().waiters);
                 for (_, w) in waiters {

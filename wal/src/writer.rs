@@ -394,6 +394,11 @@ impl Writer {
     /// `frame_len` bytes that did not fit). A record larger than the segment
     /// size gets a segment of exactly its size.
     fn roll(&mut self, first_lsn: Lsn, frame_len: u64) -> Result<(), WalError> {
+        // A group's first part may have found the log failed by the stall
+        // watchdog (and been answered so): no more I/O for the rest.
+        if self.shared.stalled.load(Ordering::Acquire) {
+            return Err(self.poisoned_error());
+        }
         let size = self
             .shared
             .opts
@@ -465,6 +470,7 @@ impl Writer {
         // Written up to `end` now (zeroes); beyond it, maybe not.
         self.active.zeroed_to = end.max(cut);
         self.shared.written.store(lsn, Ordering::Release);
+        self.shared.idle();
         self.published(lsn)
     }
 
@@ -535,6 +541,7 @@ impl Writer {
         self.active = seg;
         self.shared.first.store(next_lsn, Ordering::Release);
         self.shared.written.store(next_lsn - 1, Ordering::Release);
+        self.shared.idle();
         self.published(next_lsn - 1)
     }
 

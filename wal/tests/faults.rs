@@ -313,7 +313,7 @@ async fn a_stall_in_a_deferred_round_answers_in_lsn_order(b: Backend) {
     let o = WalOptions {
         max_group_records: 1,
         durability: Durability::Deferred {
-            max_delay: Duration::from_millis(300),
+            max_delay: Duration::from_secs(3600),
         },
         stall_timeout: Some(Duration::from_secs(1)),
         ..opts(b)
@@ -322,12 +322,18 @@ async fn a_stall_in_a_deferred_round_answers_in_lsn_order(b: Backend) {
     let (at_write, go) = hold_at("wal::write", &[2]);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     submit_each(&wal, [1, 2, 3], &tx);
+    // The three go in one round, which this starts.
+    let waiter = {
+        let wal = wal.clone();
+        tokio::spawn(async move { wal.wait_durable(3).await })
+    };
     at_write.recv_timeout(Duration::from_secs(10)).unwrap();
     let held = Instant::now();
     while wal.poison_cause().is_none() {
         assert!(held.elapsed() < Duration::from_secs(5), "no stall seen");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(waiter.await.unwrap().unwrap_err().is_poisoned());
     go.send(()).unwrap();
     drop(tx);
     let answered = every_answer(rx).await;
@@ -341,6 +347,36 @@ async fn a_stall_in_a_deferred_round_answers_in_lsn_order(b: Backend) {
         ],
         "in LSN order"
     );
+    scenario.teardown();
+}
+
+/// `close` called while the writer hangs, before the stall timeout has
+/// passed, returns once the watchdog fails the log, not when the disk
+/// returns.
+async fn close_during_a_hang_returns_at_the_stall(b: Backend) {
+    use std::time::{Duration, Instant};
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let o = WalOptions {
+        stall_timeout: Some(Duration::from_secs(1)),
+        ..opts(b)
+    };
+    let wal = Wal::open(dir.path(), o).unwrap();
+    let (at_fsync, go) = hold_at("wal::before_fsync", &[1]);
+    let ticket = wal.submit(payload(1, 10)).unwrap();
+    at_fsync.recv_timeout(Duration::from_secs(10)).unwrap();
+    let closing = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), wal.close())
+        .await
+        .expect("close returns at the stall, while the writer still hangs");
+    assert!(closed.unwrap_err().is_poisoned());
+    assert!(
+        closing.elapsed() >= Duration::from_millis(500),
+        "{closing:?}"
+    );
+    go.send(()).unwrap();
+    assert!(ticket.await.unwrap_err().is_poisoned());
+    fail::remove("wal::before_fsync");
     scenario.teardown();
 }
 
@@ -613,6 +649,7 @@ both_backends!(
     callbacks_of_a_poisoned_batch_run_outside_the_lock,
     a_stalled_fsync_fails_the_log_and_acknowledges_nothing_after,
     a_stall_in_a_deferred_round_answers_in_lsn_order,
+    close_during_a_hang_returns_at_the_stall,
     a_failed_group_behind_unsynced_records_is_answered_after_them,
     fsync_failure_poisons_forever,
     deferred_sync_failure_fails_the_unsynced_and_poisons,

@@ -7,7 +7,7 @@
 //! `53100` for a full disk, and `status` shows it) even when no request
 //! of its own ran into it: a log whose disk hangs answers nobody, and a
 //! certification waiting for its record is then answered that its
-//! outcome is unknown (`Inner::durable`). The logs:
+//! outcome is unknown (`Inner::unless_failed`). The logs:
 //! - a single certifier's log and its spool;
 //! - a raft node's raft log: openraft stops the node's raft core itself
 //!   (a fatal storage error), so it neither leads nor votes;
@@ -26,9 +26,10 @@ use std::time::Duration;
 use super::service::Inner;
 use crate::error::{CertifierError, LogFailure};
 
-/// How often the two logs are looked at: a failure is rare, and until it
-/// is noticed here the node refuses certifications anyway (its core
-/// stopped: out of contact) or they fail on the poisoned log.
+/// How often the logs are looked at: a failure is rare, and until it is
+/// noticed here a request that meets the failed log fails on it, a raft
+/// node whose core stopped refuses certifications (out of contact), and
+/// `status` looks for itself.
 const POLL: Duration = Duration::from_millis(100);
 
 /// Watches the logs of `inner` until it is dropped or stopped, or until

@@ -122,17 +122,17 @@ impl Inner {
         self.fail_with(LogFailure::of(&e), cause)
     }
 
-    /// [`Inner::fail`] with the failure already named (a raft node's raft
-    /// log, see `log_watch`).
+    /// [`Inner::fail`] with the failure already named (see `log_watch`).
     pub(crate) fn fail_with(&self, failure: LogFailure, cause: String) -> CertifierError {
         let mut first = false;
         let (failure, cause) = self.poison.get_or_init(|| {
-            tracing::error!(error = %cause, "log failed; certifier stops acknowledging");
             first = true;
             (failure, cause)
         });
         if first {
             self.log_failed.notify_waiters();
+            // After the wake-up: the process's log may be on the failed disk.
+            tracing::error!(error = %cause, "log failed; certifier stops acknowledging");
         }
         CertifierError::LogFailed {
             failure: *failure,
@@ -148,10 +148,9 @@ impl Inner {
         &self,
         f: impl std::future::Future<Output = T>,
     ) -> Option<T> {
+        // Woken by `notify_waiters` from its creation on, so a failure
+        // after the look below is not missed.
         let failed = self.log_failed.notified();
-        tokio::pin!(failed);
-        // Registered before looking, so a failure after the look wakes it.
-        failed.as_mut().enable();
         let already = self.poison.get().is_some();
         tokio::select! {
             biased;

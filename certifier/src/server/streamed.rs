@@ -9,7 +9,7 @@ use prost::Message as _;
 use tonic::Streaming;
 
 use super::service::CertifierService;
-use crate::error::CertifierError;
+use crate::error::{CertifierError, LogFailure};
 use crate::outcome::Outcome;
 use crate::proto::Writeset;
 use crate::rule::{ConflictSet, PartNames};
@@ -208,7 +208,13 @@ impl CertifierService {
     fn spool_failed(&self, e: CertifierError) -> CertifierError {
         match e {
             CertifierError::Wal(w) => {
-                self.inner.fail(w);
+                match &self.inner.node {
+                    Some(node) => {
+                        let cause = format!("certifier node {}'s spool: {w}", node.id);
+                        self.inner.fail_with(LogFailure::of(&w), cause)
+                    }
+                    None => self.inner.fail(w),
+                };
                 self.inner
                     .poisoned()
                     .err()
