@@ -30,35 +30,28 @@ impl Mount {
     pub fn ext4(image: &Path, bytes: u64, dir: &Path) -> Mount {
         let f = std::fs::File::create(image).unwrap();
         f.set_len(bytes).unwrap();
-        let out = Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .arg(image)
-            .output()
-            .expect("running mkfs.ext4");
-        assert!(
-            out.status.success(),
-            "mkfs.ext4 {}: {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeds(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image));
         Mount::run(dir, &["-o", "loop", image.to_str().unwrap()])
     }
 
     fn run(dir: &Path, args: &[&str]) -> Mount {
         std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
-            .args(args)
-            .arg(dir)
-            .output()
-            .expect("running mount");
-        assert!(
-            out.status.success(),
-            "mount {args:?} {} (the test needs root): {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeds(Command::new("mount").args(args).arg(dir));
         Mount(dir.to_path_buf())
     }
+}
+
+/// Runs `cmd` (these need root), failing the test with its stderr if it
+/// fails.
+fn succeeds(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} (the test needs root): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for Mount {
@@ -78,17 +71,7 @@ pub struct Frozen(PathBuf);
 
 impl Frozen {
     pub fn freeze(dir: &Path) -> Frozen {
-        let out = Command::new("fsfreeze")
-            .arg("-f")
-            .arg(dir)
-            .output()
-            .expect("running fsfreeze");
-        assert!(
-            out.status.success(),
-            "fsfreeze -f {}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeds(Command::new("fsfreeze").arg("-f").arg(dir));
         Frozen(dir.to_path_buf())
     }
 }

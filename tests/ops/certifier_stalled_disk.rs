@@ -233,12 +233,7 @@ async fn a_single_certifier_whose_disk_hangs_answers_58030_naming_the_stall() {
         .await
         .expect("a COMMIT after the stall is answered at once")
         .unwrap_err();
-    let db = e.as_db_error().unwrap_or_else(|| panic!("{e:?}"));
-    assert_eq!(db.code().code(), "58030", "{db:?}");
-    assert!(
-        db.detail().unwrap_or_default().contains("has not returned"),
-        "{db:?}"
-    );
+    answered_for_the_stall(&e, "58030");
     eprintln!(
         "stall seen {seen:?} after the freeze; a new COMMIT answered 58030 in {:?}",
         asked.elapsed()
@@ -249,12 +244,7 @@ async fn a_single_certifier_whose_disk_hangs_answers_58030_naming_the_stall() {
         .expect("the COMMIT in flight is answered while the disk hangs")
         .unwrap()
         .unwrap_err();
-    let db = e.as_db_error().unwrap_or_else(|| panic!("{e:?}"));
-    assert_eq!(db.code().code(), "08007", "{db:?}");
-    assert!(
-        db.detail().unwrap_or_default().contains("has not returned"),
-        "{db:?}"
-    );
+    answered_for_the_stall(&e, "08007");
 
     drop(frozen);
 
@@ -269,4 +259,15 @@ async fn a_single_certifier_whose_disk_hangs_answers_58030_naming_the_stall() {
         assert_on_replica(&cluster, i, &acknowledged).await;
     }
     cluster.assert_identical().await;
+}
+
+/// `e` is a COMMIT's error with SQLSTATE `code`, its detail naming the
+/// stall.
+fn answered_for_the_stall(e: &tokio_postgres::Error, code: &str) {
+    let db = e.as_db_error().unwrap_or_else(|| panic!("{e:?}"));
+    assert_eq!(db.code().code(), code, "{db:?}");
+    assert!(
+        db.detail().unwrap_or_default().contains("has not returned"),
+        "{db:?}"
+    );
 }

@@ -179,6 +179,13 @@ impl Shared {
         (since != 0).then(|| std::time::Duration::from_nanos(now.saturating_sub(since)))
     }
 
+    /// What an operation on the failed log is answered, if it failed.
+    /// Takes the state lock.
+    pub fn poisoned(&self) -> Option<WalError> {
+        let cause = self.state.lock().poisoned.clone()?;
+        Some(self.poison_error(&cause))
+    }
+
     pub fn poison_error(&self, cause: &std::sync::Arc<WalError>) -> WalError {
         WalError::Poisoned {
             cause: cause.clone(),

@@ -480,8 +480,7 @@ impl Handle {
         if !self.shared.stalled.load(Ordering::Acquire) {
             return None;
         }
-        let cause = self.shared.state.lock().poisoned.clone()?;
-        Some(self.shared.poison_error(&cause))
+        self.shared.poisoned()
     }
 
     /// Waits for the writer to exit, unless it is stuck on a hung disk

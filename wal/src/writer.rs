@@ -207,8 +207,8 @@ impl Writer {
         f: impl FnOnce(&mut Self) -> Result<(), WalError>,
         fatal: bool,
     ) -> Result<(), WalError> {
-        if let Some(cause) = self.shared.state.lock().poisoned.clone() {
-            return Err(self.shared.poison_error(&cause));
+        if let Some(e) = self.shared.poisoned() {
+            return Err(e);
         }
         self.shared.busy();
         let r = f(self);
@@ -225,15 +225,12 @@ impl Writer {
         if group.is_empty() {
             return;
         }
-        // Not `if let` on the lock: its guard would live through the body,
-        // and the replies below (`submit_then` callbacks) must not run
-        // under the state lock.
-        let poisoned = self.shared.state.lock().poisoned.clone();
-        if let Some(cause) = poisoned {
+        // `poisoned` releases the state lock before the replies below
+        // (`submit_then` callbacks) run.
+        if let Some(err) = self.shared.poisoned() {
             // The stall watchdog fails the log from its own thread: what
             // was written before this group is answered first.
             self.fail_unsynced();
-            let err = self.shared.poison_error(&cause);
             for p in group.drain(..) {
                 if let Some(r) = p.reply {
                     r.send(Err(err.clone()));
@@ -332,8 +329,8 @@ impl Writer {
         if self.unsynced.is_empty() {
             return Ok(());
         }
-        if let Some(cause) = self.shared.state.lock().poisoned.clone() {
-            return Err(self.shared.poison_error(&cause));
+        if let Some(e) = self.shared.poisoned() {
+            return Err(e);
         }
         let started = Instant::now();
         self.shared.busy();
@@ -378,11 +375,7 @@ impl Writer {
         stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         // Durable before acknowledging: whoever gets an ack sees
         // durable_lsn() >= their LSN.
-        let answer = match self.shared.publish_durable(last) {
-            true => Ok(()),
-            // Failed by the stall watchdog while this I/O was stuck.
-            false => Err(self.poisoned_error()),
-        };
+        let answer = self.published(last);
         for p in entries.iter_mut() {
             if let Some(r) = p.reply.take() {
                 r.send(answer.clone().map(|()| p.lsn));
@@ -547,14 +540,12 @@ impl Writer {
 
     /// What an append of the failed log is answered (its poison).
     fn poisoned_error(&self) -> WalError {
-        match self.shared.state.lock().poisoned.clone() {
-            Some(cause) => self.shared.poison_error(&cause),
-            None => WalError::Closed,
-        }
+        self.shared.poisoned().unwrap_or(WalError::Closed)
     }
 
-    /// Publishes `lsn` as durable after a truncate or a restart, unless
-    /// the stall watchdog failed the log meanwhile.
+    /// Publishes `lsn` as durable (after a group's fdatasync, a truncate
+    /// or a restart), unless the stall watchdog failed the log while that
+    /// I/O was stuck.
     fn published(&self, lsn: Lsn) -> Result<(), WalError> {
         match self.shared.publish_durable(lsn) {
             true => Ok(()),

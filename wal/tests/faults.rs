@@ -235,6 +235,19 @@ async fn a_failed_group_behind_unsynced_records_is_answered_after_them(b: Backen
     scenario.teardown();
 }
 
+/// What failed `wal`, within 5 s while its writer is held.
+async fn stall_seen(wal: &Wal) -> std::sync::Arc<WalError> {
+    use std::time::{Duration, Instant};
+    let held = Instant::now();
+    loop {
+        if let Some(cause) = wal.poison_cause() {
+            return cause;
+        }
+        assert!(held.elapsed() < Duration::from_secs(5), "no stall seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A hung disk (here the writer held at its fdatasync): once the stall
 /// timeout passes, the log is failed with `Stalled`, new appends are
 /// refused at once, durability waiters are answered and closing does not
@@ -242,7 +255,7 @@ async fn a_failed_group_behind_unsynced_records_is_answered_after_them(b: Backen
 /// queued behind it get the poison, in LSN order, although the fdatasync
 /// succeeded. An idle log is never taken for a stalled one.
 async fn a_stalled_fsync_fails_the_log_and_acknowledges_nothing_after(b: Backend) {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let timeout = Duration::from_secs(1);
@@ -266,14 +279,7 @@ async fn a_stalled_fsync_fails_the_log_and_acknowledges_nothing_after(b: Backend
         let wal = wal.clone();
         tokio::spawn(async move { wal.wait_durable(4).await })
     };
-    let held = Instant::now();
-    let cause = loop {
-        if let Some(cause) = wal.poison_cause() {
-            break cause;
-        }
-        assert!(held.elapsed() < Duration::from_secs(5), "no stall seen");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let cause = stall_seen(&wal).await;
     assert!(matches!(*cause, WalError::Stalled { .. }), "{cause}");
     assert!(cause.to_string().contains("has not returned"), "{cause}");
     let refused = wal.submit(payload(5, 10)).unwrap_err();
@@ -307,7 +313,7 @@ async fn a_stalled_fsync_fails_the_log_and_acknowledges_nothing_after(b: Backend
 /// fails the log from its own thread, so the writer finds it failed
 /// while records it wrote are still unsynced).
 async fn a_stall_in_a_deferred_round_answers_in_lsn_order(b: Backend) {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let scenario = FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
     let o = WalOptions {
@@ -328,11 +334,7 @@ async fn a_stall_in_a_deferred_round_answers_in_lsn_order(b: Backend) {
         tokio::spawn(async move { wal.wait_durable(3).await })
     };
     at_write.recv_timeout(Duration::from_secs(10)).unwrap();
-    let held = Instant::now();
-    while wal.poison_cause().is_none() {
-        assert!(held.elapsed() < Duration::from_secs(5), "no stall seen");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    stall_seen(&wal).await;
     assert!(waiter.await.unwrap().unwrap_err().is_poisoned());
     go.send(()).unwrap();
     drop(tx);

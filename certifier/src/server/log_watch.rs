@@ -24,7 +24,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use super::service::Inner;
-use crate::error::{CertifierError, LogFailure};
+use crate::error::CertifierError;
 
 /// How often the logs are looked at: a failure is rare, and until it is
 /// noticed here a request that meets the failed log fails on it, a raft
@@ -61,23 +61,17 @@ pub(crate) async fn watch(inner: Weak<Inner>) {
 /// poison (the first one wins).
 pub(crate) fn note_log_failures(inner: &Inner) {
     let spool = (inner.spool.wal(), "spool");
-    let (logs, whose) = match &inner.node {
-        Some(node) => (
-            vec![
-                (&node.raft_wal, "raft log"),
-                (&inner.wal, "versions log"),
-                spool,
-            ],
-            format!("certifier node {}'s", node.id),
-        ),
-        None => (
-            vec![(&inner.wal, "log"), spool],
-            "the certifier's".to_owned(),
-        ),
+    let logs = match &inner.node {
+        Some(node) => vec![
+            (&node.raft_wal, "raft log"),
+            (&inner.wal, "versions log"),
+            spool,
+        ],
+        None => vec![(&inner.wal, "log"), spool],
     };
-    for (wal, what) in logs {
+    for (wal, log) in logs {
         if let Some(cause) = wal.poison_cause() {
-            inner.fail_with(LogFailure::of(&cause), format!("{whose} {what}: {cause}"));
+            inner.fail_log(log, &cause);
         }
     }
 }

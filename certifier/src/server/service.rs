@@ -102,43 +102,41 @@ impl Inner {
     /// failed.
     pub(crate) fn poisoned(&self) -> Result<(), CertifierError> {
         match self.poison.get() {
-            Some((failure, cause)) => Err(CertifierError::LogFailed {
-                failure: *failure,
-                cause: cause.clone(),
-                outcome_unknown: false,
-            }),
+            Some(poison) => Err(answer(poison, false)),
             None => Ok(()),
         }
     }
 
-    /// Records a WAL failure (the first one wins) and returns the error to
-    /// answer a request with whose record was submitted: its outcome is
-    /// unknown until the certifier restarts and recovers its log.
+    /// Records a failure of the WAL that holds the versions (the first
+    /// failure of any log wins) and returns the error to answer a request
+    /// with whose record was submitted: its outcome is unknown until the
+    /// certifier restarts and recovers its log.
     pub(crate) fn fail(&self, e: WalError) -> CertifierError {
-        let cause = match &self.node {
-            Some(node) => format!("certifier node {}'s versions log: {e}", node.id),
-            None => e.to_string(),
+        let log = match self.node {
+            Some(_) => "versions log",
+            None => "log",
         };
-        self.fail_with(LogFailure::of(&e), cause)
+        self.fail_log(log, &e)
     }
 
-    /// [`Inner::fail`] with the failure already named (see `log_watch`).
-    pub(crate) fn fail_with(&self, failure: LogFailure, cause: String) -> CertifierError {
+    /// [`Inner::fail`] for the certifier's log called `log` (`log_watch`
+    /// names them), the cause naming the node and the log.
+    pub(crate) fn fail_log(&self, log: &str, e: &WalError) -> CertifierError {
+        let cause = match &self.node {
+            Some(node) => format!("certifier node {}'s {log}: {e}", node.id),
+            None => format!("the certifier's {log}: {e}"),
+        };
         let mut first = false;
-        let (failure, cause) = self.poison.get_or_init(|| {
+        let poison = self.poison.get_or_init(|| {
             first = true;
-            (failure, cause)
+            (LogFailure::of(e), cause)
         });
         if first {
             self.log_failed.notify_waiters();
             // After the wake-up: the process's log may be on the failed disk.
-            tracing::error!(error = %cause, "log failed; certifier stops acknowledging");
+            tracing::error!(error = %poison.1, "log failed; certifier stops acknowledging");
         }
-        CertifierError::LogFailed {
-            failure: *failure,
-            cause: cause.clone(),
-            outcome_unknown: true,
-        }
+        answer(poison, true)
     }
 
     /// `f`'s output, or `None` if the log fails first: a WAL ticket waits
@@ -167,13 +165,20 @@ impl Inner {
     /// submitted and is not known durable.
     fn failed_in_flight(&self) -> CertifierError {
         match self.poison.get() {
-            Some((failure, cause)) => CertifierError::LogFailed {
-                failure: *failure,
-                cause: cause.clone(),
-                outcome_unknown: true,
-            },
+            Some(poison) => answer(poison, true),
             None => CertifierError::OutcomeUnknown("the certifier's log failed".into()),
         }
+    }
+}
+
+/// The answer to a request once a log failed (`poison`): whether the
+/// request's own record may have been written.
+fn answer(poison: &(LogFailure, String), outcome_unknown: bool) -> CertifierError {
+    let (failure, cause) = poison;
+    CertifierError::LogFailed {
+        failure: *failure,
+        cause: cause.clone(),
+        outcome_unknown,
     }
 }
 

@@ -9,7 +9,7 @@ use prost::Message as _;
 use tonic::Streaming;
 
 use super::service::CertifierService;
-use crate::error::{CertifierError, LogFailure};
+use crate::error::CertifierError;
 use crate::outcome::Outcome;
 use crate::proto::Writeset;
 use crate::rule::{ConflictSet, PartNames};
@@ -197,9 +197,7 @@ impl CertifierService {
     async fn spooled(&self, ticket: tashkent_wal::AppendTicket) -> Result<(), CertifierError> {
         match self.inner.unless_failed(ticket).await {
             Some(r) => r.map(drop).map_err(|e| self.spool_failed(e.into())),
-            None => Err(self.inner.poisoned().err().unwrap_or_else(|| {
-                CertifierError::Protocol("the log failed, and no failure is recorded".into())
-            })),
+            None => Err(self.refused_after_a_log_failure()),
         }
     }
 
@@ -208,21 +206,21 @@ impl CertifierService {
     fn spool_failed(&self, e: CertifierError) -> CertifierError {
         match e {
             CertifierError::Wal(w) => {
-                match &self.inner.node {
-                    Some(node) => {
-                        let cause = format!("certifier node {}'s spool: {w}", node.id);
-                        self.inner.fail_with(LogFailure::of(&w), cause)
-                    }
-                    None => self.inner.fail(w),
-                };
-                self.inner
-                    .poisoned()
-                    .err()
-                    .unwrap_or(CertifierError::Protocol(
-                        "a failed spool left the log unpoisoned".into(),
-                    ))
+                self.inner.fail_log("spool", &w);
+                self.refused_after_a_log_failure()
             }
             e => e,
         }
+    }
+
+    /// What a writeset whose record was not submitted is answered once a
+    /// log failed: not committed.
+    fn refused_after_a_log_failure(&self) -> CertifierError {
+        self.inner
+            .poisoned()
+            .err()
+            .unwrap_or(CertifierError::Protocol(
+                "a log failed, and no failure is recorded".into(),
+            ))
     }
 }
