@@ -1350,3 +1350,102 @@ async fn leading(nodes: &Nodes) -> Vec<u64> {
     }
     leading
 }
+
+/// A cluster that began with one certifier goes on with three nodes: the
+/// single certifier's log, a streamed (spooled) writeset among its
+/// versions, seeds node 1 in place (`raft::seed`; only the node that
+/// would form a group may be seeded, and a single certifier no longer
+/// runs over the seeded directory); the group it leads goes
+/// on at the next version, answers a retried transaction id with its
+/// first version and a writeset older than a conflicting version with an
+/// abort (its dedupe table and window came along), and every node serves
+/// every version exactly as the single certifier did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_certifiers_log_seeds_a_group_that_goes_on_from_it() {
+    let mut nodes = Nodes::prepared(3);
+    let single = tashkent_certifier::CertifierConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        wal_dir: nodes.dirs[&1].path().join("wal"),
+        wal_segment_bytes: nodes.segment_bytes,
+        ..tashkent_certifier::CertifierConfig::default()
+    };
+    let running = tashkent_certifier::start(single.clone()).await.unwrap();
+    let client = CertifierClient::connect(&running.local_addr().to_string())
+        .await
+        .unwrap();
+    commit_numbered(&client, 1..=40).await;
+    let mut chunks =
+        tashkent_certifier::writeset::split(big_writeset(12, 64 << 10, "s"), 200 << 10);
+    assert!(chunks.len() > 2, "{} chunks", chunks.len());
+    let last = chunks.pop().unwrap();
+    let (tx, call) = client.certify_stream();
+    let call = tokio::spawn(call);
+    for c in chunks {
+        tx.send(c).await.unwrap();
+    }
+    tx.finish(last).await.unwrap();
+    assert_eq!(version(call.await.unwrap().unwrap()), 41);
+    commit_numbered(&client, 42..=42).await;
+    let before: Vec<_> = client
+        .subscribe(1)
+        .await
+        .unwrap()
+        .take(42)
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+    drop(client);
+    running.shutdown().await.unwrap();
+
+    let not_first = tashkent_certifier::raft::seed::seed(&single, 2, &nodes.addrs).unwrap_err();
+    assert!(not_first.to_string().contains("smallest id"), "{not_first}");
+    let seeded = tashkent_certifier::raft::seed::seed(&single, 1, &nodes.addrs).unwrap();
+    assert_eq!((seeded.first, seeded.latest), (1, 42));
+    assert_eq!(seeded.window, 42, "a restarted certifier's window");
+    let again = tashkent_certifier::raft::seed::seed(&single, 1, &nodes.addrs).unwrap_err();
+    assert!(
+        again.to_string().contains("holds raft state already"),
+        "{again}"
+    );
+    let Err(alone) = tashkent_certifier::start(single.clone()).await else {
+        panic!("a single certifier started over a node's directory");
+    };
+    assert!(alone.to_string().contains("node's directory"), "{alone}");
+
+    for id in [3, 2, 1] {
+        nodes.restart(id).await;
+    }
+    assert_eq!(nodes.leader().await, 1, "only the seeded node may lead");
+    let client = nodes.client_of_all().await;
+    let retried = client.certify(ws("a7", "k7")).await.unwrap();
+    assert_eq!(version(retried), 7, "a retry gets its first answer");
+    let mut late = ws("late", "k42");
+    late.snapshot = 41;
+    match client.certify(late).await.unwrap() {
+        Outcome::Aborted {
+            conflict_version, ..
+        } => assert_eq!(conflict_version, 42),
+        other => panic!("not aborted: {other:?}"),
+    }
+    assert_eq!(version(client.certify(ws("b1", "n1")).await.unwrap()), 43);
+    for id in 1..=3 {
+        let got: Vec<_> = tokio::time::timeout(
+            WAIT,
+            nodes
+                .client(id)
+                .await
+                .subscribe(1)
+                .await
+                .unwrap()
+                .take(43)
+                .map(|r| r.unwrap())
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("node {id} does not serve versions 1 to 43"));
+        assert!(got[..42] == before[..], "node {id} serves other versions");
+        assert_eq!(got[42].version, 43, "node {id}");
+        assert_eq!(got[42].writeset.txn_id, Bytes::from_static(b"b1"));
+    }
+    nodes.stop_all().await;
+}

@@ -1,6 +1,7 @@
 //! `tashkent certifier`: run a certifier (or a node of a replicated one),
-//! or change a replicated certifier online: `add-node`, `remove-node`,
-//! `transfer-leader` (asked of any node; the leader does it).
+//! change a replicated certifier online: `add-node`, `remove-node`,
+//! `transfer-leader` (asked of any node; the leader does it), or turn a
+//! single certifier's log into a node's directory: `seed`.
 
 use anyhow::{Context, Result};
 use tashkent_certifier::raft::membership::{self, MembershipChange};
@@ -67,6 +68,15 @@ enum NodeAction {
         #[arg(long, value_name = "N")]
         to: u64,
     },
+    /// Turn the single certifier's log in --wal-dir, in place, into node
+    /// --node-id's directory of the group --peers names, to go on with
+    /// replicated certifier nodes (the single certifier stopped; the
+    /// other nodes start with empty directories and copy what they lack
+    /// from this one). Give the settings the node will run with.
+    Seed {
+        #[command(flatten)]
+        args: Box<CertifierArgs>,
+    },
 }
 
 pub fn run(cmd: CertifierCmd) -> Result<()> {
@@ -85,6 +95,7 @@ pub fn run(cmd: CertifierCmd) -> Result<()> {
         Some(NodeAction::RemoveNode { nodes, node_id }) => {
             (nodes, MembershipChange::Remove { id: node_id })
         }
+        Some(NodeAction::Seed { args }) => return seed(*args),
         Some(NodeAction::TransferLeader { nodes, to }) => {
             let tls = nodes.tls()?;
             let started = std::time::Instant::now();
@@ -108,5 +119,24 @@ pub fn run(cmd: CertifierCmd) -> Result<()> {
         ))
         .context("changing the certifier's membership")?;
     println!("voters: {voters:?}");
+    Ok(())
+}
+
+fn seed(args: CertifierArgs) -> Result<()> {
+    let config = args.resolve().context("the node's settings")?;
+    let (Some(id), Some(peers)) = (config.node_id, config.peers.as_deref()) else {
+        anyhow::bail!("seed needs the node's --node-id and the group's --peers");
+    };
+    let peers = tashkent_certifier::config::parse_peers(peers).context("--peers")?;
+    let seeded = tashkent_certifier::raft::seed::seed(&config, id, &peers)
+        .with_context(|| format!("seeding node {id} from {}", config.wal_dir.display()))?;
+    println!(
+        "{} is node {id}'s directory now: versions {} to {} ({} in the conflict window); \
+         start it with the same settings, and its peers with empty directories",
+        config.wal_dir.display(),
+        seeded.first,
+        seeded.latest,
+        seeded.window
+    );
     Ok(())
 }

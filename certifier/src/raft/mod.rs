@@ -283,6 +283,7 @@ pub mod network;
 pub mod parts;
 pub mod proposer;
 pub mod reach;
+pub mod seed;
 pub mod service;
 pub mod snapshot;
 pub mod snapshot_file;

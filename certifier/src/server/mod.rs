@@ -184,6 +184,7 @@ pub async fn start(config: CertifierConfig) -> Result<RunningCertifier, Certifie
             let config = config.clone();
             tokio::task::spawn_blocking(move || -> Result<_, CertifierError> {
                 let wal = Wal::open(&config.wal_dir, config.wal_options())?;
+                crate::raft::seed::single_may_run_in(&config.wal_dir)?;
                 let spool = Spool::open(&config.wal_dir, config.spool_options())?;
                 let mut tail = Tail::new(config.tail_cache_bytes, TAIL_MAX_RECORDS);
                 let certifier = recovery::recover(&wal, &spool, config.limits(), &mut tail)?;

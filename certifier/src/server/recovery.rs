@@ -86,24 +86,36 @@ fn spooled_conflicts(
 ) -> Result<ConflictSet, CertifierError> {
     let mut cs = ConflictSet::default();
     let (mut items, mut ddls) = (0usize, 0usize);
+    spooled_parts(spool, r, version, |part| match part {
+        Part::Header(_) => {}
+        Part::Item(i) => {
+            cs.add(std::slice::from_ref(&i), &[], items, ddls);
+            items += 1;
+        }
+        Part::Ddl(d) => {
+            cs.add(&[], std::slice::from_ref(&d), items, ddls);
+            ddls += 1;
+        }
+    })?;
+    Ok(cs)
+}
+
+/// Hands `each` the parts of spooled version `version` (`r`), read back
+/// from the spool, in order (blocking).
+pub(crate) fn spooled_parts(
+    spool: &Spool,
+    r: &crate::proto::SpoolRef,
+    version: u64,
+    mut each: impl FnMut(Part),
+) -> Result<(), CertifierError> {
     let mut decoder = StreamDecoder::new(usize::MAX);
     let corrupt = |reason: String| CertifierError::CorruptRecord { version, reason };
     for chunk in spool.chunks(r)? {
         let chunk = chunk.map_err(|e| corrupt(e.to_string()))?;
         for part in decoder.push(&chunk).map_err(|e| corrupt(e.to_string()))? {
-            match part {
-                Part::Header(_) => {}
-                Part::Item(i) => {
-                    cs.add(std::slice::from_ref(&i), &[], items, ddls);
-                    items += 1;
-                }
-                Part::Ddl(d) => {
-                    cs.add(&[], std::slice::from_ref(&d), items, ddls);
-                    ddls += 1;
-                }
-            }
+            each(part);
         }
     }
     decoder.finish().map_err(|e| corrupt(e.to_string()))?;
-    Ok(cs)
+    Ok(())
 }

@@ -123,27 +123,40 @@ impl Nodes {
         tls: Option<(PathBuf, PathBuf, TempDir)>,
         hand_over_on_stop: bool,
     ) -> Nodes {
-        let addrs: BTreeMap<u64, String> = (1..=n).zip(ports(n as usize)).collect();
-        let peers = tashkent_certifier::config::format_peers(addrs.values());
-        let mut nodes = Nodes {
-            addrs,
-            peers,
-            snapshot_entries,
-            tail_bytes: CertifierConfig::default().tail_cache_bytes,
-            purge_timeout_ms,
-            dirs: BTreeMap::new(),
-            running: BTreeMap::new(),
-            segment_bytes,
-            tls,
-            routes: BTreeMap::new(),
-            max_writeset_bytes: None,
-            hand_over_on_stop,
-        };
+        let mut nodes = Nodes::prepared(n);
+        nodes.snapshot_entries = snapshot_entries;
+        nodes.purge_timeout_ms = purge_timeout_ms;
+        nodes.segment_bytes = segment_bytes;
+        nodes.tls = tls;
+        nodes.hand_over_on_stop = hand_over_on_stop;
         for id in 1..=n {
-            nodes.dirs.insert(id, tempfile::tempdir().unwrap());
             nodes.restart(id).await;
         }
         nodes
+    }
+
+    /// `n` nodes' ports and directories, with the default settings, none
+    /// started.
+    pub fn prepared(n: u64) -> Nodes {
+        let defaults = CertifierConfig::default();
+        let addrs: BTreeMap<u64, String> = (1..=n).zip(ports(n as usize)).collect();
+        let peers = tashkent_certifier::config::format_peers(addrs.values());
+        Nodes {
+            addrs,
+            peers,
+            snapshot_entries: defaults.raft_snapshot_entries,
+            tail_bytes: defaults.tail_cache_bytes,
+            purge_timeout_ms: defaults.purge_replica_timeout_ms,
+            dirs: (1..=n)
+                .map(|id| (id, tempfile::tempdir().unwrap()))
+                .collect(),
+            running: BTreeMap::new(),
+            segment_bytes: 1 << 20,
+            tls: None,
+            routes: BTreeMap::new(),
+            max_writeset_bytes: None,
+            hand_over_on_stop: true,
+        }
     }
 
     pub async fn restart(&mut self, id: u64) {

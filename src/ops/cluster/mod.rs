@@ -28,6 +28,7 @@ use crate::proxy::{ProxyConfig, RunningProxy};
 
 mod config;
 mod nodes;
+mod seed;
 mod tls;
 
 pub use config::{ClusterConfig, DurabilityMode};
@@ -96,8 +97,8 @@ fn local(port: u16) -> SocketAddr {
 /// A single certifier's log that holds no record (a cluster started and
 /// stopped before its certifier logged a version) is nothing to keep: a
 /// start with certifier nodes empties it and is a first start. A log that
-/// has held a record is kept, and `same_certifier` refuses the start: it
-/// is the only durable copy of what the single certifier acknowledged.
+/// has held a record becomes node 1's directory (`seed.rs`): it is the
+/// only durable copy of what the single certifier acknowledged.
 ///
 /// Only a log whose one segment starts at LSN 1 may be empty (the
 /// segments' names say so, nothing opened); that one is opened, which
@@ -182,19 +183,17 @@ fn remove_log_files(dir: &Path) -> Result<()> {
 }
 
 /// Refuses a start with another certifier than the state directory holds
-/// the log of: a single certifier over nodes' state would lack what they
-/// committed, and nodes over a single certifier's log what it committed
-/// (every commit then failed as ahead of the certifier); another number
-/// of nodes would choose new ports for all of them, which their
-/// membership does not name. There is no conversion: another kind or
-/// number starts in another state directory (a single certifier's log
-/// without a record gives way first: `forget_an_empty_single_log`).
+/// the nodes of: a single certifier over nodes' state would lack what they
+/// committed (every commit then failed as ahead of the certifier), and
+/// another number of nodes would choose new ports for all of them, which
+/// their membership does not name. Those start in another state
+/// directory. (Nodes over a single certifier's log take it over,
+/// `seed.rs`; a log without a record gives way, `forget_an_empty_single_log`.)
 fn same_certifier(certifiers: u32, held: CertifierHeld, state: &StateDir) -> Result<()> {
     let (held, n) = match held {
         CertifierHeld::Nodes(n) if n != certifiers => {
             (format!("a replicated certifier of {n} nodes"), n)
         }
-        CertifierHeld::Single if certifiers != 1 => ("a single certifier's log".to_owned(), 1),
         _ => return Ok(()),
     };
     Err(Error::Config(format!(
@@ -242,7 +241,10 @@ impl LocalCluster {
         let held =
             forget_an_empty_single_log(held, cfg.certifiers, &state, file.certifier.wal_options())
                 .await?;
-        same_certifier(cfg.certifiers, held, &state)?;
+        let seeding = seed::seeds_nodes(cfg.certifiers, &state);
+        if !seeding {
+            same_certifier(cfg.certifiers, held, &state)?;
+        }
         let ports = state.ports()?;
         let single = nodes::count(cfg.certifiers) == 0;
         let mut file = file.clone();
@@ -287,6 +289,9 @@ impl LocalCluster {
         // directory holds a log yet), choose again a few times. A first
         // start that fails leaves no node directory: theirs hold nothing
         // but the membership with ports never kept.
+        if seeding {
+            cluster.seed_nodes_from_single_log(&ports).await?;
+        }
         let fresh = !single && held == CertifierHeld::None;
         let mut attempts = 0;
         while let Err(e) = cluster.start_certifier().await {
@@ -846,11 +851,11 @@ mod tests {
         with_log(&state.certifier_wal());
         assert_eq!(held(), CertifierHeld::Single);
         same_certifier(1, held(), &state).unwrap();
-        let e = same_certifier(3, held(), &state).unwrap_err().to_string();
-        assert!(
-            e.contains("certifiers = 1") && e.contains("--state-dir"),
-            "{e}"
-        );
+        assert!(!seed::seeds_nodes(1, &state));
+        assert!(seed::seeds_nodes(3, &state), "nodes take the log over");
+        with_log(&state.certifier_node_dir(2));
+        assert!(!seed::seeds_nodes(3, &state), "a node's log is no seed's");
+        std::fs::remove_dir_all(state.certifier_node_dir(2)).unwrap();
         std::fs::remove_dir_all(state.certifier_wal()).unwrap();
         // Node 1's directory wiped: the highest one still tells.
         for id in 2..=3 {

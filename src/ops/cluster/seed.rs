@@ -1,0 +1,91 @@
+//! A local cluster that ran one certifier, started with certifier nodes
+//! (`tashkent up --certifiers 3` over a state directory whose
+//! `certifier-wal/` holds a log): that log becomes node 1's directory
+//! (`tashkent_certifier::raft::seed`), and the other nodes start empty
+//! and copy what they lack from it. The cluster goes on at the single
+//! certifier's next version; there is no way back to one certifier.
+//!
+//! The steps, each safe to crash after: `raft/` is seeded inside
+//! `certifier-wal/` (a seed that crashed leaves none or a whole one,
+//! removed and done again: no node ever runs in `certifier-wal/`); the
+//! nodes' ports are kept (the seed's membership names them); then
+//! `certifier-wal/` is renamed `certifier-1/`, after which the state
+//! directory holds nodes.
+
+use tashkent_certifier::raft::seed;
+use tashkent_certifier::CertifierConfig;
+
+use super::{nodes, LocalCluster};
+use crate::error::{Error, Result};
+use crate::ops::state_dir::{Ports, StateDir};
+
+/// Whether a start with `certifiers` turns the single certifier's log in
+/// `state` into node 1's directory: nodes are asked for, the single
+/// certifier's log holds records (one without is emptied before this,
+/// `forget_an_empty_single_log`), and no node's directory holds a log.
+pub(super) fn seeds_nodes(certifiers: u32, state: &StateDir) -> bool {
+    nodes::count(certifiers) > 0
+        && tashkent_wal::holds_segments(&state.certifier_wal())
+        && (1..=certifiers).all(|id| !tashkent_wal::holds_segments(&state.certifier_node_dir(id)))
+}
+
+impl LocalCluster {
+    /// Seeds node 1 from the single certifier's log ([`seeds_nodes`]),
+    /// keeping the nodes' ports beside the `kept` ones.
+    pub(super) async fn seed_nodes_from_single_log(&self, kept: &Ports) -> Result<()> {
+        let from = self.state.certifier_wal();
+        let to = self.state.certifier_node_dir(1);
+        let leftover = from.join(seed::RAFT_DIR);
+        if leftover.exists() {
+            std::fs::remove_dir_all(&leftover)
+                .map_err(Error::io(format!("removing {}", leftover.display())))?;
+        }
+        let peers = tashkent_certifier::config::format_peers(&self.node_listen);
+        let members =
+            tashkent_certifier::config::parse_peers(&peers).map_err(|source| Error::Certifier {
+                context: "the certifier nodes' addresses".into(),
+                source,
+            })?;
+        let cfg = CertifierConfig {
+            wal_dir: from.clone(),
+            node_id: Some(1),
+            peers: Some(peers),
+            ..self.config.certifier.clone()
+        };
+        let seeded = tokio::task::spawn_blocking(move || seed::seed(&cfg, 1, &members))
+            .await
+            .map_err(|e| Error::Config(format!("seeding certifier node 1: {e}")))?
+            .map_err(|source| Error::Certifier {
+                context: format!(
+                    "turning the single certifier's log in {} into certifier node 1's",
+                    from.display()
+                ),
+                source,
+            })?;
+        self.state.write_ports(&Ports {
+            proxies: kept.proxies.clone(),
+            proxy_metrics: kept.proxy_metrics.clone(),
+            ..self.ports()
+        })?;
+        std::fs::rename(&from, &to).map_err(Error::io(format!(
+            "moving {} to {} (the single certifier's log, now node 1's)",
+            from.display(),
+            to.display()
+        )))?;
+        std::fs::File::open(self.state.root())
+            .and_then(|d| d.sync_all())
+            .map_err(Error::io(format!(
+                "syncing {}",
+                self.state.root().display()
+            )))?;
+        tracing::info!(
+            "the single certifier's log (versions {} to {}) is certifier node 1's now, in {}; \
+             the other {} nodes copy it as they join",
+            seeded.first,
+            seeded.latest,
+            to.display(),
+            self.node_listen.len() - 1
+        );
+        Ok(())
+    }
+}
