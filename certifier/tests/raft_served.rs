@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use tashkent_certifier::raft::seed::{seed, Earlier};
 use tashkent_certifier::writeset::item;
 use tashkent_certifier::{CertifierClient, Item, Op, Outcome, Writeset, WRITESET_FORMAT_VERSION};
 
@@ -1357,9 +1358,11 @@ async fn leading(nodes: &Nodes) -> Vec<u64> {
 /// would form a group may be seeded, and a single certifier no longer
 /// runs over the seeded directory); the group it leads goes
 /// on at the next version, answers a retried transaction id with its
-/// first version and a writeset older than a conflicting version with an
-/// abort (its dedupe table and window came along), and every node serves
-/// every version exactly as the single certifier did.
+/// first version and a writeset older than a conflicting version (a
+/// small, a streamed and a large one) with an abort (its dedupe table and
+/// window came along), and every node serves every version exactly as
+/// the single certifier did. A node over a single certifier's log that
+/// was not seeded refuses to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_certifiers_log_seeds_a_group_that_goes_on_from_it() {
     let mut nodes = Nodes::prepared(3);
@@ -1386,23 +1389,32 @@ async fn a_single_certifiers_log_seeds_a_group_that_goes_on_from_it() {
     tx.finish(last).await.unwrap();
     assert_eq!(version(call.await.unwrap().unwrap()), 41);
     commit_numbered(&client, 42..=42).await;
+    // Over 1 MiB but not streamed: a record the window keeps by its keys.
+    let mut large = big_writeset(3, 400 << 10, "l");
+    large.txn_id = Bytes::from_static(b"large");
+    assert_eq!(version(client.certify(large).await.unwrap()), 43);
+    commit_numbered(&client, 44..=44).await;
     let before: Vec<_> = client
         .subscribe(1)
         .await
         .unwrap()
-        .take(42)
+        .take(44)
         .map(|r| r.unwrap())
         .collect()
         .await;
     drop(client);
     running.shutdown().await.unwrap();
 
-    let not_first = tashkent_certifier::raft::seed::seed(&single, 2, &nodes.addrs).unwrap_err();
+    let Err(unseeded) = nodes.try_start(1, |_| {}).await else {
+        panic!("a node started over a single certifier's log");
+    };
+    assert!(unseeded.to_string().contains("no raft state"), "{unseeded}");
+    let not_first = seed(&single, 2, &nodes.addrs, Earlier::Refuse).unwrap_err();
     assert!(not_first.to_string().contains("smallest id"), "{not_first}");
-    let seeded = tashkent_certifier::raft::seed::seed(&single, 1, &nodes.addrs).unwrap();
-    assert_eq!((seeded.first, seeded.latest), (1, 42));
-    assert_eq!(seeded.window, 42, "a restarted certifier's window");
-    let again = tashkent_certifier::raft::seed::seed(&single, 1, &nodes.addrs).unwrap_err();
+    let seeded = seed(&single, 1, &nodes.addrs, Earlier::Refuse).unwrap();
+    assert_eq!((seeded.first, seeded.latest), (1, 44));
+    assert_eq!(seeded.window, 44, "a restarted certifier's window");
+    let again = seed(&single, 1, &nodes.addrs, Earlier::Refuse).unwrap_err();
     assert!(
         again.to_string().contains("holds raft state already"),
         "{again}"
@@ -1419,15 +1431,19 @@ async fn a_single_certifiers_log_seeds_a_group_that_goes_on_from_it() {
     let client = nodes.client_of_all().await;
     let retried = client.certify(ws("a7", "k7")).await.unwrap();
     assert_eq!(version(retried), 7, "a retry gets its first answer");
-    let mut late = ws("late", "k42");
-    late.snapshot = 41;
-    match client.certify(late).await.unwrap() {
-        Outcome::Aborted {
-            conflict_version, ..
-        } => assert_eq!(conflict_version, 42),
-        other => panic!("not aborted: {other:?}"),
+    // The window came along, the streamed and the large version by
+    // their keys.
+    for (key, conflicting) in [("k42", 42), ("s3", 41), ("l2", 43)] {
+        let mut late = ws(&format!("late-{key}"), key);
+        late.snapshot = conflicting - 1;
+        match client.certify(late).await.unwrap() {
+            Outcome::Aborted {
+                conflict_version, ..
+            } => assert_eq!(conflict_version, conflicting, "{key}"),
+            other => panic!("{key}: not aborted: {other:?}"),
+        }
     }
-    assert_eq!(version(client.certify(ws("b1", "n1")).await.unwrap()), 43);
+    assert_eq!(version(client.certify(ws("b1", "n1")).await.unwrap()), 45);
     for id in 1..=3 {
         let got: Vec<_> = tokio::time::timeout(
             WAIT,
@@ -1437,15 +1453,15 @@ async fn a_single_certifiers_log_seeds_a_group_that_goes_on_from_it() {
                 .subscribe(1)
                 .await
                 .unwrap()
-                .take(43)
+                .take(45)
                 .map(|r| r.unwrap())
                 .collect::<Vec<_>>(),
         )
         .await
-        .unwrap_or_else(|_| panic!("node {id} does not serve versions 1 to 43"));
-        assert!(got[..42] == before[..], "node {id} serves other versions");
-        assert_eq!(got[42].version, 43, "node {id}");
-        assert_eq!(got[42].writeset.txn_id, Bytes::from_static(b"b1"));
+        .unwrap_or_else(|_| panic!("node {id} does not serve versions 1 to 45"));
+        assert!(got[..44] == before[..], "node {id} serves other versions");
+        assert_eq!(got[44].version, 45, "node {id}");
+        assert_eq!(got[44].writeset.txn_id, Bytes::from_static(b"b1"));
     }
     nodes.stop_all().await;
 }

@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result};
 use tashkent_certifier::raft::membership::{self, MembershipChange};
+use tashkent_certifier::raft::seed::Earlier;
 use tashkent_certifier::raft::transfer;
 use tashkent_certifier::{CertifierArgs, ClientTls};
 
@@ -128,7 +129,7 @@ fn seed(args: CertifierArgs) -> Result<()> {
         anyhow::bail!("seed needs the node's --node-id and the group's --peers");
     };
     let peers = tashkent_certifier::config::parse_peers(peers).context("--peers")?;
-    let seeded = tashkent_certifier::raft::seed::seed(&config, id, &peers)
+    let seeded = tashkent_certifier::raft::seed::seed(&config, id, &peers, Earlier::Refuse)
         .with_context(|| format!("seeding node {id} from {}", config.wal_dir.display()))?;
     println!(
         "{} is node {id}'s directory now: versions {} to {} ({} in the conflict window); \

@@ -90,14 +90,16 @@ async fn certifier_seed_turns_a_single_log_into_a_node() {
     let exit = tokio::task::block_in_place(|| single.stop_with(Signal::SIGINT)).unwrap();
     assert!(exit.success(), "{exit}");
 
-    let held: Vec<_> = (0..3)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+    // Ports below the ephemeral range: a node dialing one not bound yet
+    // cannot take it for its own end of the connection.
+    let addrs: Vec<String> = (0..3)
+        .map(|_| {
+            format!(
+                "127.0.0.1:{}",
+                tashkent::ops::process::free_loopback_port().unwrap()
+            )
+        })
         .collect();
-    let addrs: Vec<String> = held
-        .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
-        .collect();
-    drop(held);
     let peers = tashkent_certifier::config::format_peers(&addrs);
     let node_args = |i: usize| -> Vec<String> {
         let mut a = certifier_args(dirs[i].path());
@@ -117,6 +119,12 @@ async fn certifier_seed_turns_a_single_log_into_a_node() {
     };
     let (ok, out) = seed(&certifier_args(dirs[0].path()));
     assert!(!ok && out.contains("--peers"), "{out}");
+    let (ok, out) = seed(&node_args(1));
+    assert!(!ok && out.contains("smallest id"), "{out}");
+    let mut elsewhere = node_args(0);
+    elsewhere[4] = dirs[1].path().join("none").display().to_string();
+    let (ok, out) = seed(&elsewhere);
+    assert!(!ok && out.contains("holds no certifier log"), "{out}");
     let (ok, out) = seed(&node_args(0));
     assert!(ok && out.contains("versions 1 to 3"), "{out}");
     let (ok, out) = seed(&node_args(0));

@@ -467,9 +467,15 @@ async fn a_single_certifier_that_committed_goes_on_as_three_nodes() {
     let single_version = cluster.acknowledged_version().await;
     let dir = cluster.shutdown().await;
     assert!(tashkent_wal::holds_segments(&log));
-    // What a start that crashed while seeding left is seeded again.
-    std::fs::create_dir(log.join("raft")).unwrap();
-    std::fs::write(log.join("raft/raft-meta"), "torn").unwrap();
+    // What a start that crashed after seeding, before it moved the log,
+    // left (a seed for other ports) is seeded again.
+    let other_ports = (1..=3).map(|i| (i, format!("127.0.0.1:{i}"))).collect();
+    let crashed = tashkent_certifier::CertifierConfig {
+        wal_dir: log.clone(),
+        ..one.certifier.clone()
+    };
+    let earlier = tashkent_certifier::raft::seed::Earlier::Refuse;
+    tashkent_certifier::raft::seed::seed(&crashed, 1, &other_ports, earlier).unwrap();
 
     let watch = common::watchdog::Watch::new(dir.path());
     let mut cluster = Cluster::start_in(dir, watch, &three).await;
@@ -481,6 +487,23 @@ async fn a_single_certifier_that_committed_goes_on_as_three_nodes() {
     insert(&cluster, 1, 30, 40).await;
     let version = cluster.acknowledged_version().await;
     assert_eq!(version, single_version + 10, "versions go on, none reused");
+    // Until the others have copied the single certifier's versions, node
+    // 1 holds the only copy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let json = status_json(&cluster);
+        let copied = |i: usize| {
+            let n = &json["certifier_nodes"][i];
+            n["first_version"].as_u64() == Some(1)
+                && n["copying_through"].as_u64() == Some(0)
+                && n["durable_version"].as_u64() >= Some(version)
+        };
+        if copied(1) && copied(2) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{json}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     cluster.kill_certifier_node(0).await.unwrap();
     for k in 40..50i32 {

@@ -63,14 +63,27 @@ pub struct Seeded {
     pub window: usize,
 }
 
+/// What to do with a `raft/` the directory holds already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Earlier {
+    /// Refuse: it may be a node's (`tashkent certifier seed`).
+    Refuse,
+    /// Seed again over it: it can only be what a seed left that its
+    /// caller did not go on with (`tashkent up`, whose nodes never run in
+    /// a single certifier's directory).
+    SeedAgain,
+}
+
 /// Turns the single certifier's log in `config.wal_dir` into node `id`'s
 /// directory of the group `peers` (id → host:port; `id` the smallest).
-/// Refused when the directory holds raft state already (a node's, or a
-/// seed done before). Blocking: reads the log.
+/// Refused when the directory holds no log or one without a version (the
+/// nodes start afresh), and, as `earlier` says, when it holds raft state
+/// already. Blocking: reads the log.
 pub fn seed(
     config: &CertifierConfig,
     id: NodeId,
     peers: &BTreeMap<NodeId, String>,
+    earlier: Earlier,
 ) -> Result<Seeded, CertifierError> {
     let dir = &config.wal_dir;
     // The smallest id forms a group when its log is empty (`server::node`):
@@ -85,34 +98,51 @@ pub fn seed(
             named(peers)
         )));
     }
-    let raft_dir = dir.join(RAFT_DIR);
-    if raft_dir.exists() {
+    if !tashkent_wal::holds_segments(dir) {
         return Err(CertifierError::InvalidArgument(format!(
-            "{} holds raft state already: {} is a certifier node's directory, not a single \
-             certifier's log",
-            raft_dir.display(),
+            "{} holds no certifier log",
             dir.display()
         )));
     }
+    let raft_dir = dir.join(RAFT_DIR);
     let seeding = dir.join(SEEDING_DIR);
-    if seeding.exists() {
-        // What a seed that crashed left: never read by anything.
-        std::fs::remove_dir_all(&seeding).map_err(|e| io(&seeding, "removing", e))?;
-    }
     let wal = Wal::open(dir, config.wal_options())?;
-    let spool = Spool::open(dir, config.spool_options())?;
-    // Written while the log is open, so locked: a single certifier that
-    // opens it next finds `raft/` and refuses to run ([`single_may_run_in`]).
-    let written = state_of(config, &wal, &spool, peers).and_then(|(state, seeded)| {
+    // Everything from here runs with the log open, so locked: no other
+    // seed, single certifier or node works in `dir` meanwhile, and one
+    // that opens it next finds `raft/` whole or not at all.
+    let written = (|| {
+        if wal.last_lsn() == 0 {
+            return Err(CertifierError::InvalidArgument(format!(
+                "{} holds a log without a version: start the nodes with empty directories",
+                dir.display()
+            )));
+        }
+        if raft_dir.exists() {
+            if earlier == Earlier::Refuse {
+                return Err(CertifierError::InvalidArgument(format!(
+                    "{} holds raft state already: {} is a certifier node's directory, not a \
+                     single certifier's log",
+                    raft_dir.display(),
+                    dir.display()
+                )));
+            }
+            std::fs::remove_dir_all(&raft_dir).map_err(|e| io(&raft_dir, "removing", e))?;
+        }
+        if seeding.exists() {
+            // What a seed that crashed left: never read by anything.
+            std::fs::remove_dir_all(&seeding).map_err(|e| io(&seeding, "removing", e))?;
+        }
+        let spool = Spool::open(dir, config.spool_options())?;
+        let built = state_of(config, &wal, &spool, peers);
+        let spool_closed = futures::executor::block_on(spool.close());
+        let (state, seeded) = built?;
+        spool_closed?;
         write_raft_dir(&seeding, &state)?;
         std::fs::rename(&seeding, &raft_dir).map_err(|e| io(&raft_dir, "renaming into", e))?;
         snapshot_file::sync_dir(dir)?;
         Ok(seeded)
-    });
-    let closed = futures::executor::block_on(async {
-        let spool_closed = spool.close().await;
-        wal.close().await.and(spool_closed)
-    });
+    })();
+    let closed = futures::executor::block_on(wal.close());
     let seeded = written?;
     closed?;
     tracing::info!(
@@ -126,13 +156,36 @@ pub fn seed(
     Ok(seeded)
 }
 
+/// Refuses a raft node over `dir` whose versions log (`wal`, open) holds
+/// versions while `raft_dir` holds no raft state: a single certifier's log
+/// (not seeded, or copied), over which the node would form or join a
+/// group from version 1, answering versions the log holds other
+/// writesets for. A wiped node's directory is empty.
+pub fn node_may_run_in(wal: &Wal, raft_dir: &Path) -> Result<(), CertifierError> {
+    let stated =
+        raft_dir.join(META_FILE).exists() || raft_dir.join(snapshot_file::SNAPSHOT_FILE).exists();
+    if wal.last_lsn() > 0 && !stated {
+        return Err(CertifierError::InvalidArgument(format!(
+            "{} holds versions {} to {} but no raft state in {}: a single certifier's log? \
+             Turn it into the first node's with `tashkent certifier seed` (or `tashkent up \
+             --certifiers N`), or start this node with an empty directory to copy the group's",
+            raft_dir.parent().unwrap_or(raft_dir).display(),
+            wal.first_lsn(),
+            wal.last_lsn(),
+            raft_dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses a single certifier over `dir` (its log open, so locked) once
 /// `dir` is a node's: it would commit versions the group does not know.
 pub fn single_may_run_in(dir: &Path) -> Result<(), CertifierError> {
     if dir.join(RAFT_DIR).exists() {
         return Err(CertifierError::InvalidArgument(format!(
             "{} is a certifier node's directory (it holds {RAFT_DIR}/): start it as a node \
-             (--node-id and --peers); a single certifier there would commit versions its \
+             (--node-id and --peers, or `tashkent up --certifiers N`); a single certifier there \
+             would commit versions its \
              group does not know",
             dir.display()
         )));

@@ -200,6 +200,8 @@ pub(super) async fn open(
                 ..config.wal_options()
             };
             let wal = Wal::open(&config.wal_dir, versions_opts)?;
+            let raft_dir = config.wal_dir.join(crate::raft::seed::RAFT_DIR);
+            crate::raft::seed::node_may_run_in(&wal, &raft_dir)?;
             // The rows of chunked writesets (`raft::chunks`), which the
             // versions log's spooled records reference.
             let spool_opts = WalOptions {
@@ -214,7 +216,6 @@ pub(super) async fn open(
                 VersionsLog::new(wal.clone(), tail, submitted, readable.clone())
                     .with_peers(peer_versions, spool.clone()),
             );
-            let raft_dir = config.wal_dir.join("raft");
             // An entry may batch several records.
             let opts = WalOptions {
                 max_record_size: (config.max_record_bytes() * 2).min(u64::from(u32::MAX)),

@@ -35,11 +35,6 @@ impl LocalCluster {
     pub(super) async fn seed_nodes_from_single_log(&self, kept: &Ports) -> Result<()> {
         let from = self.state.certifier_wal();
         let to = self.state.certifier_node_dir(1);
-        let leftover = from.join(seed::RAFT_DIR);
-        if leftover.exists() {
-            std::fs::remove_dir_all(&leftover)
-                .map_err(Error::io(format!("removing {}", leftover.display())))?;
-        }
         let peers = tashkent_certifier::config::format_peers(&self.node_listen);
         let members =
             tashkent_certifier::config::parse_peers(&peers).map_err(|source| Error::Certifier {
@@ -52,26 +47,39 @@ impl LocalCluster {
             peers: Some(peers),
             ..self.config.certifier.clone()
         };
-        let seeded = tokio::task::spawn_blocking(move || seed::seed(&cfg, 1, &members))
-            .await
-            .map_err(|e| Error::Config(format!("seeding certifier node 1: {e}")))?
-            .map_err(|source| Error::Certifier {
-                context: format!(
-                    "turning the single certifier's log in {} into certifier node 1's",
-                    from.display()
-                ),
-                source,
-            })?;
+        let seeded = tokio::task::spawn_blocking(move || {
+            seed::seed(&cfg, 1, &members, seed::Earlier::SeedAgain)
+        })
+        .await
+        .map_err(|e| Error::Config(format!("seeding certifier node 1: {e}")))?
+        .map_err(|source| Error::Certifier {
+            context: format!(
+                "turning the single certifier's log in {} into certifier node 1's",
+                from.display()
+            ),
+            source,
+        })?;
         self.state.write_ports(&Ports {
             proxies: kept.proxies.clone(),
             proxy_metrics: kept.proxy_metrics.clone(),
             ..self.ports()
         })?;
-        std::fs::rename(&from, &to).map_err(Error::io(format!(
-            "moving {} to {} (the single certifier's log, now node 1's)",
-            from.display(),
-            to.display()
-        )))?;
+        if let Err(e) = std::fs::rename(&from, &to) {
+            // Back to a single certifier's directory, which `certifiers =
+            // 1` runs again; the next start with nodes seeds it again.
+            let raft = from.join(seed::RAFT_DIR);
+            if let Err(e) = std::fs::remove_dir_all(&raft) {
+                tracing::warn!("removing {}: {e}", raft.display());
+            }
+            return Err(Error::Config(format!(
+                "the single certifier's log in {} cannot become node 1's {}: {e} (a mount \
+                 point, or {} not empty?). Nothing changed: it runs as before with \
+                 `certifiers = 1`",
+                from.display(),
+                to.display(),
+                to.display()
+            )));
+        }
         std::fs::File::open(self.state.root())
             .and_then(|d| d.sync_all())
             .map_err(Error::io(format!(
