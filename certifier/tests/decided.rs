@@ -115,7 +115,7 @@ fn shifted(d: &Command) -> Option<Command> {
     let Command::Decided { items, .. } = &mut d else {
         return None;
     };
-    match items.first_mut()? {
+    match std::sync::Arc::make_mut(items).first_mut()? {
         Item::Commit { version, .. } => *version += 1,
         _ => return None,
     }
@@ -185,7 +185,7 @@ async fn run(steps: Vec<Step>) {
                     let d = Command::Decided {
                         term: TERM,
                         latest,
-                        items: vec![item],
+                        items: std::sync::Arc::new(vec![item]),
                     };
                     // Appended in a later term, or with its version
                     // shifted, it must change nothing.

@@ -198,7 +198,7 @@ impl Decider {
         let cmd = Command::Decided {
             term,
             latest,
-            items,
+            items: std::sync::Arc::new(items),
         };
         match writes.submit(cmd).await {
             Ok(submitted) => Ok(Proposed {

@@ -217,7 +217,7 @@ fn decode_at(lsn: Option<u64>, rec: &Bytes) -> Result<Entry, CertifierError> {
             EntryPayload::Normal(Command::Decided {
                 term,
                 latest,
-                items,
+                items: std::sync::Arc::new(items),
             })
         }
         KIND_MEMBERSHIP => EntryPayload::Membership(
@@ -354,7 +354,7 @@ mod tests {
                 payload: EntryPayload::Normal(Command::Decided {
                     term: 4,
                     latest: 6,
-                    items: super::super::decided::tests::items(),
+                    items: std::sync::Arc::new(super::super::decided::tests::items()),
                 }),
             },
             Entry {

@@ -79,10 +79,12 @@ pub enum Command {
     /// applied without certifying again. Only an entry of that same term,
     /// applied where the latest version is `latest`, carries decisions
     /// that hold: any other answers `Lost` for each and changes nothing.
+    /// Shared: openraft clones an entry each time it reads it (to apply
+    /// it, to send it to each follower), and the items are only read.
     Decided {
         term: u64,
         latest: crate::Version,
-        items: Vec<super::decided::Item>,
+        items: std::sync::Arc<Vec<super::decided::Item>>,
     },
 }
 

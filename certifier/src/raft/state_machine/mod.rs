@@ -473,7 +473,7 @@ impl StateMachine {
         log_term: u64,
         term: u64,
         latest: Version,
-        items: Vec<Item>,
+        items: Arc<Vec<Item>>,
     ) -> Response {
         let applied = self.certifier.lock().latest();
         let misfit = if term != log_term {
@@ -499,7 +499,7 @@ impl StateMachine {
             );
         }
         let mut out = Vec::with_capacity(items.len());
-        for item in items {
+        for item in items.iter() {
             let answer = item.response();
             if let Err(e) = self.apply_item(item) {
                 // Checked above: only a broken invariant gets here.
@@ -535,7 +535,7 @@ impl StateMachine {
         None
     }
 
-    fn apply_item(&mut self, item: Item) -> Result<(), CertifierError> {
+    fn apply_item(&mut self, item: &Item) -> Result<(), CertifierError> {
         match item {
             Item::Commit {
                 version,
@@ -545,16 +545,16 @@ impl StateMachine {
                 record,
             } => {
                 let cause =
-                    HorizonCause::from_code(cause, self.limits.window).ok_or_else(|| {
+                    HorizonCause::from_code(*cause, self.limits.window).ok_or_else(|| {
                         CertifierError::CorruptRecord {
-                            version,
+                            version: *version,
                             reason: format!("unknown horizon cause {cause}"),
                         }
                     })?;
                 self.certifier
                     .lock()
-                    .apply_commit(&txn_id, version, horizon, cause)?;
-                self.keep_version(version, record, None)
+                    .apply_commit(txn_id, *version, *horizon, cause)?;
+                self.keep_version(*version, record.clone(), None)
             }
             Item::Abort {
                 txn_id,
@@ -563,12 +563,12 @@ impl StateMachine {
                 reason,
             } => {
                 let abort = crate::rule::Abort {
-                    code: crate::proto::AbortCode::try_from(code)
+                    code: crate::proto::AbortCode::try_from(*code)
                         .unwrap_or(crate::proto::AbortCode::Unspecified),
-                    reason,
-                    conflict_version,
+                    reason: reason.clone(),
+                    conflict_version: *conflict_version,
                 };
-                self.certifier.lock().record_abort(&txn_id, abort);
+                self.certifier.lock().record_abort(txn_id, abort);
                 Ok(())
             }
             Item::CommittedBefore { .. } | Item::AbortedBefore { .. } => Ok(()),
