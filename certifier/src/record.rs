@@ -69,6 +69,22 @@ pub fn set_version(buf: &mut BytesMut, version: Version) {
     buf[8..16].copy_from_slice(&version.to_le_bytes());
 }
 
+/// The version field of `record`'s header, if it has one.
+pub fn version_field(record: &[u8]) -> Option<Version> {
+    let field: [u8; 8] = record.get(8..HEADER_LEN)?.try_into().ok()?;
+    Some(u64::from_le_bytes(field))
+}
+
+/// Decodes the record a raft node keeps for `version` in its conflict
+/// window: stamped with `version`, or with version field 0 (as a raft
+/// entry carries it, or an earlier build kept it).
+pub fn decode_kept(version: Version, record: &Bytes) -> Result<Writeset, CertifierError> {
+    match version_field(record) {
+        Some(0) => decode(0, record),
+        _ => decode(version, record),
+    }
+}
+
 /// Checks the header of the record at `lsn` and returns the writeset bytes.
 pub fn body(lsn: u64, record: &Bytes) -> Result<Bytes, CertifierError> {
     let bad = |reason: String| CertifierError::CorruptRecord {

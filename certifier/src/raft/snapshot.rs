@@ -152,7 +152,7 @@ pub fn write(
     out.u64(s.window.len() as u64)?;
     for (v, rec) in &s.window {
         out.u64(*v)?;
-        out.bytes(rec)?;
+        out.unstamped(rec)?;
     }
     if format >= 2 {
         out.u64(s.pending.assemblies().count() as u64)?;
@@ -228,6 +228,20 @@ impl<W: Write> Out<W> {
         let n = u32::try_from(b.len()).map_err(|_| bad(format!("a field of {} bytes", b.len())))?;
         self.u32(n)?;
         self.raw(b)
+    }
+
+    /// A window's certifier record with its version field 0, as every
+    /// build's snapshot holds it (a node keeps it stamped).
+    fn unstamped(&mut self, rec: &[u8]) -> Result<(), CertifierError> {
+        if rec.len() < crate::record::HEADER_LEN {
+            return self.bytes(rec);
+        }
+        let n =
+            u32::try_from(rec.len()).map_err(|_| bad(format!("a field of {} bytes", rec.len())))?;
+        self.u32(n)?;
+        self.raw(&rec[..8])?;
+        self.raw(&[0; 8])?;
+        self.raw(&rec[crate::record::HEADER_LEN..])
     }
 }
 
@@ -539,6 +553,29 @@ mod tests {
         for cut in [0, 8, 15, b.len() / 2, b.len() - 1] {
             assert!(decode(&b[..cut]).is_err(), "cut at {cut} accepted");
         }
+    }
+
+    /// A node keeps its window's records stamped with their versions; a
+    /// snapshot holds them with version field 0, as every build reads it.
+    #[test]
+    fn window_records_go_into_a_snapshot_unstamped() {
+        let ws = crate::Writeset {
+            txn_id: Bytes::from_static(b"t12"),
+            ..crate::Writeset::default()
+        };
+        let unstamped = crate::record::encode(&ws).freeze();
+        let mut stamped = bytes::BytesMut::from(&unstamped[..]);
+        crate::record::set_version(&mut stamped, 12);
+        let mut s = sample();
+        s.window = vec![(11, Bytes::from_static(b"r11")), (12, stamped.freeze())];
+        let (got, _) = decode(&encode(&s, &[])).unwrap();
+        assert_eq!(got.window[1], (12, unstamped.clone()));
+        assert_eq!(crate::record::decode(0, &got.window[1].1).unwrap(), ws);
+        assert_eq!(
+            got.window[0],
+            (11, Bytes::from_static(b"r11")),
+            "too short to stamp"
+        );
     }
 
     #[test]

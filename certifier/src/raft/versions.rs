@@ -158,15 +158,16 @@ impl VersionsLog {
         version <= self.wal.last_lsn()
     }
 
-    /// `version` committed with `rec` (a record with version field 0):
-    /// append it, unless a run before a restart already did.
+    /// `version` committed with `rec` (a record with version field 0 or
+    /// `version`): append it, unless a run before a restart already did.
     pub(crate) fn committed(&self, version: Version, rec: &Bytes) -> Result<(), CertifierError> {
         self.committed_many(vec![(version, rec.clone())])
     }
 
     /// The versions one raft entry committed, in order, each with its
-    /// record (version field 0): appended together (one lock, one wake-up
-    /// of subscribers), skipping those a run before a restart appended.
+    /// record (version field 0, stamped here, or its version already):
+    /// appended together (one lock, one wake-up of subscribers), skipping
+    /// those a run before a restart appended.
     pub(crate) fn committed_many(&self, recs: Vec<(Version, Bytes)>) -> Result<(), CertifierError> {
         let last = self.wal.last_lsn();
         let mut stamped = Vec::with_capacity(recs.len());
@@ -181,9 +182,13 @@ impl VersionsLog {
                     next - 1
                 )));
             }
-            let mut s = BytesMut::from(&rec[..]);
-            record::set_version(&mut s, version);
-            stamped.push(s.freeze());
+            if record::version_field(&rec) == Some(version) {
+                stamped.push(rec);
+            } else {
+                let mut s = BytesMut::from(&rec[..]);
+                record::set_version(&mut s, version);
+                stamped.push(s.freeze());
+            }
         }
         self.append_many(last + 1, stamped)
     }

@@ -425,9 +425,6 @@ impl StateMachine {
         rec: Bytes,
         ws: Option<crate::Writeset>,
     ) -> Result<(), CertifierError> {
-        if self.versions.is_some() {
-            self.unlogged.push((version, rec.clone()));
-        }
         let kept = if rec.len() > PART_BYTES {
             // A view's record is decoded here, once, and only when it
             // commits.
@@ -440,9 +437,20 @@ impl StateMachine {
             // A copy: `rec` is a slice of its whole entry (on a follower,
             // of the whole AppendEntries message, which may carry a chunk's
             // megabyte of rows), and the window keeps it until the horizon
-            // passes it.
-            Bytes::copy_from_slice(&rec)
+            // passes it. Stamped with its version, as the versions log
+            // takes it: the one copy serves both.
+            let mut stamped = bytes::BytesMut::from(&rec[..]);
+            record::set_version(&mut stamped, version);
+            let stamped = stamped.freeze();
+            if self.versions.is_some() {
+                self.unlogged.push((version, stamped.clone()));
+            }
+            self.window.push_back((version, stamped));
+            return Ok(());
         };
+        if self.versions.is_some() {
+            self.unlogged.push((version, rec));
+        }
         self.window.push_back((version, kept));
         Ok(())
     }
@@ -637,7 +645,7 @@ fn rebuild<'a>(
     let window = window.into_iter();
     let mut sets = Vec::with_capacity(window.size_hint().0);
     for (v, rec) in window {
-        sets.push((*v, ConflictSet::of(&record::decode(0, rec)?)));
+        sets.push((*v, ConflictSet::of(&record::decode_kept(*v, rec)?)));
     }
     Certifier::from_image(limits, image, sets)
 }
