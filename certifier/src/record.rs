@@ -69,6 +69,16 @@ pub fn set_version(buf: &mut BytesMut, version: Version) {
     buf[8..16].copy_from_slice(&version.to_le_bytes());
 }
 
+/// A copy of `record` stamped with `version` (a record too short for a
+/// header, which no check lets through, is copied as it is).
+pub fn stamped(record: &[u8], version: Version) -> Bytes {
+    let mut b = BytesMut::from(record);
+    if b.len() >= HEADER_LEN {
+        set_version(&mut b, version);
+    }
+    b.freeze()
+}
+
 /// The version field of `record`'s header, if it has one.
 pub fn version_field(record: &[u8]) -> Option<Version> {
     let field: [u8; 8] = record.get(8..HEADER_LEN)?.try_into().ok()?;
@@ -123,6 +133,27 @@ pub fn decode(lsn: u64, record: &Bytes) -> Result<Writeset, CertifierError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_record_is_read_stamped_or_not() {
+        let ws = Writeset {
+            format_version: 1,
+            txn_id: Bytes::from_static(b"x"),
+            ..Writeset::default()
+        };
+        let unstamped = encode(&ws).freeze();
+        assert_eq!(version_field(&unstamped), Some(0));
+        let kept = stamped(&unstamped, 9);
+        assert_eq!(version_field(&kept), Some(9));
+        assert_eq!(decode_kept(9, &kept).unwrap(), ws);
+        assert_eq!(decode_kept(9, &unstamped).unwrap(), ws);
+        assert!(
+            decode_kept(8, &kept).is_err(),
+            "stamped with another version"
+        );
+        assert_eq!(version_field(b"TKCW"), None);
+        assert_eq!(stamped(b"TKCW", 9), Bytes::from_static(b"TKCW"));
+    }
 
     #[test]
     fn round_trip_and_checks() {

@@ -237,7 +237,7 @@ fn state_of(
 }
 
 /// What a node's window keeps of version `version`'s record `rec`: the
-/// record as a raft entry carries it (version 0), or, for a large one, its conflict keys without its rows
+/// record, or, for a large one, its conflict keys without its rows
 /// (`state_machine::keep_version`); a spooled one's are read back from
 /// the spool.
 fn windowed(spool: &Spool, version: Version, rec: Bytes) -> Result<Bytes, CertifierError> {
@@ -252,10 +252,8 @@ fn windowed(spool: &Spool, version: Version, rec: Bytes) -> Result<Bytes, Certif
             Part::Ddl(d) => ws.ddl.push(d),
         })?;
     } else if rec.len() <= PART_BYTES {
-        // As a raft entry carries it: its version is the window's to say.
-        let mut unstamped = bytes::BytesMut::from(&rec[..]);
-        record::set_version(&mut unstamped, 0);
-        return Ok(unstamped.freeze());
+        // Stamped, as a node keeps it (`record::decode_kept`).
+        return Ok(rec);
     }
     for item in &mut ws.items {
         item.row = Bytes::new();

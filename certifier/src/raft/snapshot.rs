@@ -233,7 +233,7 @@ impl<W: Write> Out<W> {
     /// A window's certifier record with its version field 0, as every
     /// build's snapshot holds it (a node keeps it stamped).
     fn unstamped(&mut self, rec: &[u8]) -> Result<(), CertifierError> {
-        if rec.len() < crate::record::HEADER_LEN {
+        if rec.len() < crate::record::HEADER_LEN || !rec.starts_with(crate::record::MAGIC) {
             return self.bytes(rec);
         }
         let n =

@@ -46,7 +46,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tashkent_wal::Wal;
 use tokio::sync::{watch, Notify};
@@ -185,9 +185,7 @@ impl VersionsLog {
             if record::version_field(&rec) == Some(version) {
                 stamped.push(rec);
             } else {
-                let mut s = BytesMut::from(&rec[..]);
-                record::set_version(&mut s, version);
-                stamped.push(s.freeze());
+                stamped.push(record::stamped(&rec, version));
             }
         }
         self.append_many(last + 1, stamped)

@@ -425,33 +425,29 @@ impl StateMachine {
         rec: Bytes,
         ws: Option<crate::Writeset>,
     ) -> Result<(), CertifierError> {
-        let kept = if rec.len() > PART_BYTES {
+        if rec.len() > PART_BYTES {
+            if self.versions.is_some() {
+                self.unlogged.push((version, rec.clone()));
+            }
             // A view's record is decoded here, once, and only when it
             // commits.
             let ws = match ws {
                 Some(ws) => ws,
                 None => record::decode(0, &rec)?,
             };
-            keys_only(ws)
-        } else {
-            // A copy: `rec` is a slice of its whole entry (on a follower,
-            // of the whole AppendEntries message, which may carry a chunk's
-            // megabyte of rows), and the window keeps it until the horizon
-            // passes it. Stamped with its version, as the versions log
-            // takes it: the one copy serves both.
-            let mut stamped = bytes::BytesMut::from(&rec[..]);
-            record::set_version(&mut stamped, version);
-            let stamped = stamped.freeze();
-            if self.versions.is_some() {
-                self.unlogged.push((version, stamped.clone()));
-            }
-            self.window.push_back((version, stamped));
+            self.window.push_back((version, keys_only(ws)));
             return Ok(());
-        };
-        if self.versions.is_some() {
-            self.unlogged.push((version, rec));
         }
-        self.window.push_back((version, kept));
+        // A copy: `rec` is a slice of its whole entry (on a follower, of
+        // the whole AppendEntries message, which may carry a chunk's
+        // megabyte of rows), and the window keeps it until the horizon
+        // passes it. Stamped with its version, as the versions log takes
+        // it: the one copy serves both.
+        let stamped = record::stamped(&rec, version);
+        if self.versions.is_some() {
+            self.unlogged.push((version, stamped.clone()));
+        }
+        self.window.push_back((version, stamped));
         Ok(())
     }
 
