@@ -1409,12 +1409,19 @@ async fn a_single_certifiers_log_seeds_a_group_that_goes_on_from_it() {
         panic!("a node started over a single certifier's log");
     };
     assert!(unseeded.to_string().contains("no raft state"), "{unseeded}");
-    let not_first = seed(&single, 2, &nodes.addrs, Earlier::Refuse).unwrap_err();
+    // The settings node `id` of the group runs with, over the single
+    // certifier's log.
+    let as_node = |id: u64| tashkent_certifier::CertifierConfig {
+        node_id: Some(id),
+        peers: Some(nodes.peers.clone()),
+        ..single.clone()
+    };
+    let not_first = seed(&as_node(2), Earlier::Refuse).unwrap_err();
     assert!(not_first.to_string().contains("smallest id"), "{not_first}");
-    let seeded = seed(&single, 1, &nodes.addrs, Earlier::Refuse).unwrap();
+    let seeded = seed(&as_node(1), Earlier::Refuse).unwrap();
     assert_eq!((seeded.first, seeded.latest), (1, 44));
     assert_eq!(seeded.window, 44, "a restarted certifier's window");
-    let again = seed(&single, 1, &nodes.addrs, Earlier::Refuse).unwrap_err();
+    let again = seed(&as_node(1), Earlier::Refuse).unwrap_err();
     assert!(
         again.to_string().contains("holds raft state already"),
         "{again}"

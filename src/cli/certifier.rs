@@ -125,16 +125,13 @@ pub fn run(cmd: CertifierCmd) -> Result<()> {
 
 fn seed(args: CertifierArgs) -> Result<()> {
     let config = args.resolve().context("the node's settings")?;
-    let (Some(id), Some(peers)) = (config.node_id, config.peers.as_deref()) else {
-        anyhow::bail!("seed needs the node's --node-id and the group's --peers");
-    };
-    let peers = tashkent_certifier::config::parse_peers(peers).context("--peers")?;
-    let seeded = tashkent_certifier::raft::seed::seed(&config, id, &peers, Earlier::Refuse)
-        .with_context(|| format!("seeding node {id} from {}", config.wal_dir.display()))?;
+    let seeded = tashkent_certifier::raft::seed::seed(&config, Earlier::Refuse)
+        .with_context(|| format!("seeding a node from {}", config.wal_dir.display()))?;
     println!(
-        "{} is node {id}'s directory now: versions {} to {} ({} in the conflict window); \
+        "{} is node {}'s directory now: versions {} to {} ({} in the conflict window); \
          start it with the same settings, and its peers with empty directories",
         config.wal_dir.display(),
+        config.node_id.unwrap_or_default(),
         seeded.first,
         seeded.latest,
         seeded.window

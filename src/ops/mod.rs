@@ -28,3 +28,14 @@ pub mod status;
 pub mod targets;
 pub mod tls;
 pub mod verify;
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Makes what was created, renamed or removed in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(format!("syncing directory {}", dir.display())))
+}

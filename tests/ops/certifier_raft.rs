@@ -469,13 +469,14 @@ async fn a_single_certifier_that_committed_goes_on_as_three_nodes() {
     assert!(tashkent_wal::holds_segments(&log));
     // What a start that crashed after seeding, before it moved the log,
     // left (a seed for other ports) is seeded again.
-    let other_ports = (1..=3).map(|i| (i, format!("127.0.0.1:{i}"))).collect();
     let crashed = tashkent_certifier::CertifierConfig {
         wal_dir: log.clone(),
+        node_id: Some(1),
+        peers: Some("1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3".into()),
         ..one.certifier.clone()
     };
     let earlier = tashkent_certifier::raft::seed::Earlier::Refuse;
-    tashkent_certifier::raft::seed::seed(&crashed, 1, &other_ports, earlier).unwrap();
+    tashkent_certifier::raft::seed::seed(&crashed, earlier).unwrap();
 
     let watch = common::watchdog::Watch::new(dir.path());
     let mut cluster = Cluster::start_in(dir, watch, &three).await;

@@ -40,6 +40,7 @@ use super::meta::{self, Meta, META_FILE};
 use super::parts::{Pending, PART_BYTES};
 use super::snapshot::{self, SnapshotMeta, SnapshotState};
 use super::snapshot_file::{self, NewSnapshot};
+use super::state_machine::keys_only;
 use super::types::{LogId, NodeId};
 use crate::config::CertifierConfig;
 use crate::error::CertifierError;
@@ -74,18 +75,20 @@ pub enum Earlier {
     SeedAgain,
 }
 
-/// Turns the single certifier's log in `config.wal_dir` into node `id`'s
-/// directory of the group `peers` (id → host:port; `id` the smallest).
-/// Refused when the directory holds no log or one without a version (the
-/// nodes start afresh), and, as `earlier` says, when it holds raft state
-/// already. Blocking: reads the log.
-pub fn seed(
-    config: &CertifierConfig,
-    id: NodeId,
-    peers: &BTreeMap<NodeId, String>,
-    earlier: Earlier,
-) -> Result<Seeded, CertifierError> {
+/// Turns the single certifier's log in `config.wal_dir` into the
+/// directory of node `config.node_id` of the group `config.peers` (the
+/// settings the node runs with; its id the smallest). Refused when the
+/// directory holds no log or one without a version (the nodes start
+/// afresh), and, as `earlier` says, when it holds raft state already.
+/// Blocking: reads the log.
+pub fn seed(config: &CertifierConfig, earlier: Earlier) -> Result<Seeded, CertifierError> {
     let dir = &config.wal_dir;
+    let (Some(id), Some(named)) = (config.node_id, config.peers.as_deref()) else {
+        return Err(CertifierError::InvalidArgument(
+            "a seed needs the node's id (--node-id) and the group's peers (--peers)".into(),
+        ));
+    };
+    let peers = &crate::config::parse_peers(named)?;
     // The smallest id forms a group when its log is empty (`server::node`):
     // left empty, it would form one beside the seeded node's, from version 1.
     let Some(&forms) = peers.keys().next() else {
@@ -95,7 +98,7 @@ pub fn seed(
         return Err(CertifierError::InvalidArgument(format!(
             "node {id} is not the node with the smallest id in the peers {} (node {forms}): \
              seed that one, which would otherwise form a group of its own when it starts empty",
-            named(peers)
+            named
         )));
     }
     if !tashkent_wal::holds_segments(dir) {
@@ -151,7 +154,7 @@ pub fn seed(
         window = seeded.window,
         "{}: the single certifier's log is node {id}'s now, of {}",
         dir.display(),
-        named(peers)
+        named
     );
     Ok(seeded)
 }
@@ -241,24 +244,25 @@ fn state_of(
 /// (`state_machine::keep_version`); a spooled one's are read back from
 /// the spool.
 fn windowed(spool: &Spool, version: Version, rec: Bytes) -> Result<Bytes, CertifierError> {
+    let spooled = record::is_spooled(&rec);
+    if !spooled && rec.len() <= PART_BYTES {
+        // Stamped, as a node keeps it (`record::decode_kept`).
+        return Ok(rec);
+    }
     let mut ws = record::decode(version, &rec)?;
-    if let Some(r) = ws.spool.take().filter(|_| record::is_spooled(&rec)) {
+    if let Some(r) = ws.spool.take().filter(|_| spooled) {
         spooled_parts(spool, &r, version, |part| match part {
             Part::Header(_) => {}
+            // Its rows dropped as they come: a spooled writeset may be
+            // a gigabyte.
             Part::Item(mut i) => {
                 i.row = Bytes::new();
                 ws.items.push(i);
             }
             Part::Ddl(d) => ws.ddl.push(d),
         })?;
-    } else if rec.len() <= PART_BYTES {
-        // Stamped, as a node keeps it (`record::decode_kept`).
-        return Ok(rec);
     }
-    for item in &mut ws.items {
-        item.row = Bytes::new();
-    }
-    Ok(record::encode(&ws).freeze())
+    Ok(keys_only(ws))
 }
 
 /// Writes `raft/`'s content into `dir` (new) and makes it durable.
@@ -284,12 +288,6 @@ fn write_raft_dir(dir: &Path, state: &SnapshotState) -> Result<(), CertifierErro
         },
     )?;
     snapshot_file::sync_dir(dir)
-}
-
-/// `peers` as `--peers` gives them.
-fn named(peers: &BTreeMap<NodeId, String>) -> String {
-    let all: Vec<String> = peers.iter().map(|(id, a)| format!("{id}={a}")).collect();
-    all.join(",")
 }
 
 fn io(path: &Path, what: &str, e: std::io::Error) -> CertifierError {

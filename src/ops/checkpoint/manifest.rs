@@ -217,8 +217,4 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
-pub(super) fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io(format!("syncing directory {}", dir.display())))
-}
+pub(super) use crate::ops::sync_dir;

@@ -177,9 +177,7 @@ fn remove_log_files(dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(&spool)
             .map_err(Error::io(format!("removing {}", spool.display())))?;
     }
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io(format!("syncing {}", dir.display())))
+    crate::ops::sync_dir(dir)
 }
 
 /// Refuses a start with another certifier than the state directory holds

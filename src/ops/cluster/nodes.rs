@@ -83,7 +83,7 @@ impl LocalCluster {
     }
 
     /// `1=host:port,2=...`: the `peers` of every node.
-    fn peers(&self) -> String {
+    pub(super) fn peers(&self) -> String {
         tashkent_certifier::config::format_peers(&self.node_listen)
     }
 

@@ -35,30 +35,23 @@ impl LocalCluster {
     pub(super) async fn seed_nodes_from_single_log(&self, kept: &Ports) -> Result<()> {
         let from = self.state.certifier_wal();
         let to = self.state.certifier_node_dir(1);
-        let peers = tashkent_certifier::config::format_peers(&self.node_listen);
-        let members =
-            tashkent_certifier::config::parse_peers(&peers).map_err(|source| Error::Certifier {
-                context: "the certifier nodes' addresses".into(),
-                source,
-            })?;
         let cfg = CertifierConfig {
             wal_dir: from.clone(),
             node_id: Some(1),
-            peers: Some(peers),
+            peers: Some(self.peers()),
             ..self.config.certifier.clone()
         };
-        let seeded = tokio::task::spawn_blocking(move || {
-            seed::seed(&cfg, 1, &members, seed::Earlier::SeedAgain)
-        })
-        .await
-        .map_err(|e| Error::Config(format!("seeding certifier node 1: {e}")))?
-        .map_err(|source| Error::Certifier {
-            context: format!(
-                "turning the single certifier's log in {} into certifier node 1's",
-                from.display()
-            ),
-            source,
-        })?;
+        let seeded =
+            tokio::task::spawn_blocking(move || seed::seed(&cfg, seed::Earlier::SeedAgain))
+                .await
+                .map_err(|e| Error::Config(format!("seeding certifier node 1: {e}")))?
+                .map_err(|source| Error::Certifier {
+                    context: format!(
+                        "turning the single certifier's log in {} into certifier node 1's",
+                        from.display()
+                    ),
+                    source,
+                })?;
         self.state.write_ports(&Ports {
             proxies: kept.proxies.clone(),
             proxy_metrics: kept.proxy_metrics.clone(),
@@ -80,12 +73,7 @@ impl LocalCluster {
                 to.display()
             )));
         }
-        std::fs::File::open(self.state.root())
-            .and_then(|d| d.sync_all())
-            .map_err(Error::io(format!(
-                "syncing {}",
-                self.state.root().display()
-            )))?;
+        crate::ops::sync_dir(self.state.root())?;
         tracing::info!(
             "the single certifier's log (versions {} to {}) is certifier node 1's now, in {}; \
              the other {} nodes copy it as they join",

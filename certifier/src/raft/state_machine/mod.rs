@@ -649,7 +649,7 @@ fn rebuild<'a>(
 /// The record of `ws` without its rows: what a snapshot needs of a version
 /// in the window (its conflict keys, `ConflictSet::of`), so a large
 /// transaction is not held whole until the horizon passes it.
-fn keys_only(mut ws: crate::Writeset) -> Bytes {
+pub(super) fn keys_only(mut ws: crate::Writeset) -> Bytes {
     for item in &mut ws.items {
         item.row = Bytes::new();
     }
