@@ -287,9 +287,10 @@ impl LocalCluster {
         // directory holds a log yet), choose again a few times. A first
         // start that fails leaves no node directory: theirs hold nothing
         // but the membership with ports never kept.
-        if seeding {
-            cluster.seed_nodes_from_single_log(&ports).await?;
-        }
+        let seeded = match seeding {
+            true => Some(cluster.seed_nodes_from_single_log(&ports).await?),
+            false => None,
+        };
         let fresh = !single && held == CertifierHeld::None;
         let mut attempts = 0;
         while let Err(e) = cluster.start_certifier().await {
@@ -342,6 +343,10 @@ impl LocalCluster {
             cluster.start_proxy(i).await?;
         }
         state.write_ports(&cluster.ports())?;
+        // Served meanwhile: the proxies commit through node 1.
+        if let Some(seeded) = &seeded {
+            cluster.wait_for_the_copy(seeded).await;
+        }
         Ok(cluster)
     }
 
