@@ -136,7 +136,7 @@ impl ShutdownSignal {
         })
     }
 
-    pub(crate) async fn wait(mut self) -> &'static str {
+    pub(crate) async fn wait(&mut self) -> &'static str {
         tokio::select! {
             _ = self.int.recv() => "SIGINT",
             _ = self.term.recv() => "SIGTERM",

@@ -154,7 +154,7 @@ impl ProxyArgs {
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let cfg = args.config()?;
-    let shutdown = super::ShutdownSignal::install()?;
+    let mut shutdown = super::ShutdownSignal::install()?;
     let proxy = proxy::start(cfg).await.context("starting the proxy")?;
     // Before the address line: whoever waits for that one has both.
     if let Some(m) = proxy.metrics_addr() {

@@ -51,10 +51,20 @@ pub fn run(args: UpArgs) -> Result<()> {
     runtime.block_on(async {
         // Signals are caught before anything starts, so a Ctrl-C during
         // startup still ends in an orderly stop.
-        let shutdown = ShutdownSignal::install()?;
+        let mut shutdown = ShutdownSignal::install()?;
         let cluster = LocalCluster::start(&file)
             .await
             .context("starting the cluster")?;
+        // A single certifier's log that became node 1's: up once every
+        // node holds its versions (the proxies serve meanwhile).
+        let copied = tokio::select! {
+            () = cluster.wait_for_the_copy() => None,
+            signal = shutdown.wait() => Some(signal),
+        };
+        if let Some(signal) = copied {
+            eprintln!("{signal}: stopping");
+            return cluster.shutdown().await.context("stopping the cluster");
+        }
         let _checkpoints = cluster.periodic_checkpoints()?;
         let mut text = format!(
             "tashkent is up: {} replica(s), durability {} (state in {}).\n",

@@ -164,7 +164,7 @@ pub async fn gather(targets: &Targets, timeout: Duration) -> ClusterStatus {
 
 impl CertifierStatus {
     /// A certifier at `address` that has not answered (yet).
-    fn down(address: &str, tls: bool) -> CertifierStatus {
+    pub(crate) fn down(address: &str, tls: bool) -> CertifierStatus {
         CertifierStatus {
             address: address.to_owned(),
             tls,

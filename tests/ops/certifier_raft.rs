@@ -485,7 +485,9 @@ async fn a_single_certifier_that_committed_goes_on_as_three_nodes() {
         &cluster.state_dir().join("certifier-1")
     ));
     // Until the others have copied the single certifier's versions, node
-    // 1 holds the only copy: the start waited for the copy.
+    // 1 holds the only copy: `up` waits for the copy (`wait_for_the_copy`)
+    // before it says the cluster is up.
+    cluster.wait_for_the_copy().await;
     let json = status_json(&cluster);
     for i in 1..3 {
         let n = &json["certifier_nodes"][i];
@@ -503,7 +505,7 @@ async fn a_single_certifier_that_committed_goes_on_as_three_nodes() {
         );
         assert!(
             n["durable_version"].as_u64() >= Some(single_version),
-            "node {} holds the versions when the start returns: {json}",
+            "node {} holds the versions once the wait returns: {json}",
             i + 1
         );
     }

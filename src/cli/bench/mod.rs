@@ -520,7 +520,7 @@ pub fn main(args: BenchArgs) -> Result<()> {
     let plan = args.plan()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let outcome = runtime.block_on(async {
-        let shutdown = super::ShutdownSignal::install()?;
+        let mut shutdown = super::ShutdownSignal::install()?;
         eprintln!(
             "tashkent bench: {} on {} ({} setups), {} clients, {} s + {} s warm-up each; results in {}",
             plan.workloads

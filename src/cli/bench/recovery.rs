@@ -479,7 +479,7 @@ pub fn main(args: RecoveryBenchArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let report = runtime.block_on(async {
-        let shutdown = crate::cli::ShutdownSignal::install()?;
+        let mut shutdown = crate::cli::ShutdownSignal::install()?;
         let progress = |s: &str| eprintln!("{s}");
         tokio::select! {
             r = recovery_experiment(&plan, &progress) => Ok(r?),

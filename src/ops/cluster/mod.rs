@@ -84,6 +84,9 @@ pub struct LocalCluster {
     proxy_metrics: Vec<SocketAddr>,
     placement: Placement,
     state: StateDir,
+    /// What this start seeded node 1 with, from a single certifier's log
+    /// (`seed.rs`): the versions the other nodes copy.
+    seeded: Option<tashkent_certifier::raft::seed::Seeded>,
     /// The configuration it was started with (recovery rebuilds replicas
     /// and proxies from it).
     config: ConfigFile,
@@ -279,6 +282,7 @@ impl LocalCluster {
             proxy_metrics: Vec::new(),
             placement,
             state: state.clone(),
+            seeded: None,
             config: file,
         };
         // Freshly chosen node ports were free when chosen, not when the
@@ -287,10 +291,9 @@ impl LocalCluster {
         // directory holds a log yet), choose again a few times. A first
         // start that fails leaves no node directory: theirs hold nothing
         // but the membership with ports never kept.
-        let seeded = match seeding {
-            true => Some(cluster.seed_nodes_from_single_log(&ports).await?),
-            false => None,
-        };
+        if seeding {
+            cluster.seed_nodes_from_single_log(&ports).await?;
+        }
         let fresh = !single && held == CertifierHeld::None;
         let mut attempts = 0;
         while let Err(e) = cluster.start_certifier().await {
@@ -343,10 +346,6 @@ impl LocalCluster {
             cluster.start_proxy(i).await?;
         }
         state.write_ports(&cluster.ports())?;
-        // Served meanwhile: the proxies commit through node 1.
-        if let Some(seeded) = &seeded {
-            cluster.wait_for_the_copy(seeded).await;
-        }
         Ok(cluster)
     }
 

@@ -13,10 +13,10 @@
 //! directory holds nodes.
 //!
 //! Until the other nodes have copied them, node 1 holds the only copy of
-//! the single certifier's versions, so the start waits for that copy
+//! the single certifier's versions, so `up` waits for that copy
 //! ([`LocalCluster::wait_for_the_copy`]) before it says the cluster is
-//! up (the proxies serve meanwhile): its disk lost a minute later would
-//! otherwise lose them all.
+//! up (the proxies serve meanwhile): node 1's disk lost a minute later
+//! would otherwise lose them all.
 
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,7 @@ pub(super) fn seeds_nodes(certifiers: u32, state: &StateDir) -> bool {
 impl LocalCluster {
     /// Seeds node 1 from the single certifier's log ([`seeds_nodes`]),
     /// keeping the nodes' ports beside the `kept` ones.
-    pub(super) async fn seed_nodes_from_single_log(&self, kept: &Ports) -> Result<seed::Seeded> {
+    pub(super) async fn seed_nodes_from_single_log(&mut self, kept: &Ports) -> Result<()> {
         let from = self.state.certifier_wal();
         let to = self.state.certifier_node_dir(1);
         let cfg = CertifierConfig {
@@ -96,13 +96,19 @@ impl LocalCluster {
             to.display(),
             self.node_listen.len() - 1
         );
-        Ok(seeded)
+        self.seeded = Some(seeded);
+        Ok(())
     }
 
-    /// Waits, at most [`COPY_WAIT`], until every node holds durable the
-    /// versions `seeded` names; says which do not when the wait ends
-    /// first (the cluster runs meanwhile: they go on copying).
-    pub(super) async fn wait_for_the_copy(&self, seeded: &seed::Seeded) {
+    /// Waits, at most a minute, until every node holds durable the
+    /// versions of the single certifier's log this start seeded node 1
+    /// with (none seeded: returns at once), or gave up copying some; says
+    /// which nodes do not hold them when it ends. The cluster runs
+    /// meanwhile. `up` waits for this before it says the cluster is up.
+    pub async fn wait_for_the_copy(&self) {
+        let Some(seeded) = &self.seeded else {
+            return;
+        };
         let started = Instant::now();
         let tls_ca = self.state.certifier_tls_ca_in_use();
         let targets: Vec<CertifierTarget> = self
@@ -111,14 +117,18 @@ impl LocalCluster {
             .map(|a| CertifierTarget::new(a.to_string(), tls_ca.clone()))
             .collect();
         loop {
-            let mut lacking = Vec::new();
-            for (i, t) in targets.iter().enumerate() {
-                let s = certifier_status(t, Duration::from_secs(2)).await;
-                if !holds(&s, seeded) {
-                    lacking.push((i + 1, s));
-                }
-            }
-            if lacking.is_empty() {
+            let asked = targets
+                .iter()
+                .map(|t| certifier_status(t, Duration::from_secs(2)));
+            let nodes = futures::future::join_all(asked).await;
+            // Versions purged meanwhile (checkpoints) are no node's to copy.
+            let floor = match nodes.first() {
+                Some(n) if n.state == "up" => seeded.first.max(n.first_version),
+                _ => seeded.first,
+            };
+            let copies: Vec<Copy> = nodes.iter().map(|n| copy_of(n, floor, seeded)).collect();
+            let waiting = copies.contains(&Copy::Under);
+            if !waiting && !copies.contains(&Copy::Skipped) {
                 tracing::info!(
                     "every certifier node holds versions {} to {} ({:.1} s)",
                     seeded.first,
@@ -127,41 +137,106 @@ impl LocalCluster {
                 );
                 return;
             }
-            if started.elapsed() >= COPY_WAIT {
-                let which: Vec<String> = lacking
-                    .iter()
-                    .map(|(id, s)| match &s.error {
-                        Some(e) => format!("node {id} ({e})"),
-                        None => format!(
-                            "node {id} (from version {}, durable through {}{})",
-                            s.first_version,
-                            s.durable_version,
-                            match s.copying_through {
-                                0 => String::new(),
-                                c => format!(", copying through {c}"),
-                            }
-                        ),
-                    })
-                    .collect();
-                tracing::warn!(
-                    "after {COPY_WAIT:?}, not every certifier node holds the single \
-                     certifier's versions {} to {}: {}. Until they do, node 1 may hold the \
-                     only copy; `tashkent status` shows the copy",
-                    seeded.first,
-                    seeded.latest,
-                    which.join(", ")
-                );
-                return;
+            if waiting && started.elapsed() < COPY_WAIT {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let lacking: Vec<String> = nodes
+                .iter()
+                .zip(&copies)
+                .enumerate()
+                .filter(|(_, (_, c))| **c != Copy::Held)
+                .map(|(i, (n, c))| lacking(i + 1, n, *c))
+                .collect();
+            tracing::warn!(
+                "not every certifier node holds the single certifier's versions {} to {}: \
+                 {}. Node 1 may hold the only copy of what they lack; `tashkent status` \
+                 shows each node's versions",
+                seeded.first,
+                seeded.latest,
+                lacking.join("; ")
+            );
+            return;
         }
     }
 }
 
-/// Whether a node's status shows every version of `seeded` durable.
-fn holds(s: &CertifierStatus, seeded: &seed::Seeded) -> bool {
-    s.state == "up"
-        && s.copying_through == 0
-        && s.first_version <= seeded.first.max(1)
-        && s.durable_version >= seeded.latest
+/// Where a node stands in copying the seeded versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Copy {
+    /// Every one from `floor` on, durable.
+    Held,
+    /// Not yet (down, not joined, copying, or not yet durable).
+    Under,
+    /// Its versions log restarted after a gap it could not copy (no peer
+    /// answered in time, `raft::gap`): those it will never hold.
+    Skipped,
+}
+
+fn copy_of(s: &CertifierStatus, floor: u64, seeded: &seed::Seeded) -> Copy {
+    if s.state != "up" || s.copying_through != 0 {
+        Copy::Under
+    } else if s.first_version > floor {
+        Copy::Skipped
+    } else if s.durable_version >= seeded.latest {
+        Copy::Held
+    } else {
+        Copy::Under
+    }
+}
+
+/// What node `id` lacks, for the warning.
+fn lacking(id: usize, s: &CertifierStatus, copy: Copy) -> String {
+    match (copy, &s.error) {
+        (_, Some(e)) => format!("node {id} did not answer ({e})"),
+        (Copy::Skipped, None) => format!(
+            "node {id} skipped the versions before {} (it could not copy them)",
+            s.first_version
+        ),
+        _ => format!(
+            "node {id} is still copying after {COPY_WAIT:?} (durable through {}{})",
+            s.durable_version,
+            match s.copying_through {
+                0 => String::new(),
+                c => format!(", filling through {c}"),
+            }
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(first: u64, durable: u64, copying: u64) -> CertifierStatus {
+        let mut s = CertifierStatus::down("127.0.0.1:1", false);
+        s.state = "up".into();
+        (s.first_version, s.durable_version, s.copying_through) = (first, durable, copying);
+        s
+    }
+
+    #[test]
+    fn a_node_holds_the_seeded_versions_only_once_durable_and_not_copying() {
+        let seeded = seed::Seeded {
+            first: 1,
+            latest: 100,
+            window: 10,
+        };
+        assert_eq!(copy_of(&node(1, 100, 0), 1, &seeded), Copy::Held);
+        assert_eq!(copy_of(&node(1, 120, 0), 1, &seeded), Copy::Held);
+        // An empty node (not joined yet), one filling its log, one whose
+        // copy is not durable yet.
+        assert_eq!(copy_of(&node(1, 0, 0), 1, &seeded), Copy::Under);
+        assert_eq!(copy_of(&node(1, 0, 100), 1, &seeded), Copy::Under);
+        assert_eq!(copy_of(&node(1, 99, 0), 1, &seeded), Copy::Under);
+        assert_eq!(
+            copy_of(&CertifierStatus::down("127.0.0.1:1", false), 1, &seeded),
+            Copy::Under
+        );
+        // Restarted after a gap it could not copy.
+        assert_eq!(copy_of(&node(101, 130, 0), 1, &seeded), Copy::Skipped);
+        // Versions purged meanwhile on every node are no gap.
+        assert_eq!(copy_of(&node(40, 130, 0), 40, &seeded), Copy::Held);
+        assert_eq!(copy_of(&node(40, 130, 0), 1, &seeded), Copy::Skipped);
+    }
 }
