@@ -13,6 +13,10 @@
 //! <state>/certifier-<n>.toml  settings of node n when it runs as a process
 //! <state>/checkpoints/      checkpoints (`[checkpoint] dir`, relative to <state>)
 //! <state>/ports.json        ports chosen at the first start, kept for the next
+//! <state>/seeded.json       present while node 1 may hold the only copy of the
+//!                           versions a single certifier's log seeded it with:
+//!                           `{"first": <version>, "latest": <version>}`
+//!                           ([`StateDir::record_seeded`])
 //! <state>/proxy-<i>.toml    settings of proxy i when it runs as a process
 //! <state>/certifier.toml    settings of the certifier when it runs as a process
 //! <state>/tls/server.crt    the proxies' self-signed certificate (PEM), generated
@@ -40,6 +44,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+/// The versions of a single certifier's log that became node 1's
+/// (`cluster/seed.rs`), which the other nodes copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeededVersions {
+    pub first: u64,
+    pub latest: u64,
+}
 
 /// Ports a local cluster chose at its first start.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +251,55 @@ impl StateDir {
         )))
     }
 
+    fn seeded_file(&self) -> PathBuf {
+        self.root.join("seeded.json")
+    }
+
+    /// The versions node 1 was seeded with, while not every node is known
+    /// to hold them.
+    pub fn seeded(&self) -> Result<Option<SeededVersions>> {
+        let file = self.seeded_file();
+        match std::fs::read(&file) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::Config(format!("{}: {e}", file.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Io {
+                context: format!("reading {}", file.display()),
+                source: e,
+            }),
+        }
+    }
+
+    /// Records `seeded` durably (written aside and renamed), or with
+    /// `None` forgets it.
+    pub fn record_seeded(&self, seeded: Option<&SeededVersions>) -> Result<()> {
+        let file = self.seeded_file();
+        match seeded {
+            Some(v) => {
+                let aside = self.root.join("seeded.json.tmp");
+                let json = serde_json::to_vec(v).expect("versions serialise");
+                std::fs::File::create(&aside)
+                    .and_then(|mut f| {
+                        std::io::Write::write_all(&mut f, &json)?;
+                        f.sync_all()
+                    })
+                    .and_then(|()| std::fs::rename(&aside, &file))
+                    .map_err(Error::io(format!("writing {}", file.display())))?;
+            }
+            None => match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::Io {
+                        context: format!("removing {}", file.display()),
+                        source: e,
+                    })
+                }
+                _ => {}
+            },
+        }
+        crate::ops::sync_dir(&self.root)
+    }
+
     /// The ports of a cluster that has started before.
     fn started_ports(&self) -> Result<Ports> {
         let ports = self.ports()?;
@@ -358,5 +419,27 @@ mod tests {
         assert_eq!(s.certifier_tls_ca_in_use(), None);
         // Off twice is still off.
         s.record_certifier_tls(None).unwrap();
+    }
+
+    #[test]
+    fn seeded_versions_are_kept_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::new(dir.path());
+        assert_eq!(s.seeded().unwrap(), None);
+        let v = SeededVersions {
+            first: 3,
+            latest: 20_505,
+        };
+        s.record_seeded(Some(&v)).unwrap();
+        assert_eq!(s.seeded().unwrap(), Some(v));
+        assert!(!dir.path().join("seeded.json.tmp").exists());
+        s.record_seeded(None).unwrap();
+        assert_eq!(s.seeded().unwrap(), None);
+        s.record_seeded(None).unwrap();
+        std::fs::write(dir.path().join("seeded.json"), b"{").unwrap();
+        assert!(
+            s.seeded().is_err(),
+            "a damaged record is an error, not forgotten"
+        );
     }
 }

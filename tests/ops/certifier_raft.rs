@@ -487,7 +487,13 @@ async fn a_single_certifier_that_committed_goes_on_as_three_nodes() {
     // Until the others have copied the single certifier's versions, node
     // 1 holds the only copy: `up` waits for the copy (`wait_for_the_copy`)
     // before it says the cluster is up.
+    let seeded = cluster.state_dir().join("seeded.json");
+    assert!(seeded.exists(), "kept until the copy is known complete");
     cluster.wait_for_the_copy().await;
+    assert!(
+        !seeded.exists(),
+        "forgotten once every node holds the versions"
+    );
     let json = status_json(&cluster);
     for i in 1..3 {
         let n = &json["certifier_nodes"][i];

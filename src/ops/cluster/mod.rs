@@ -22,7 +22,7 @@ use crate::ops::certifier::CertifierTarget;
 use crate::ops::config::ConfigFile;
 use crate::ops::pg::{PgConfig, PgServer};
 use crate::ops::process::{free_loopback_port, ChildProcess};
-use crate::ops::state_dir::{CertifierHeld, Ports, StateDir};
+use crate::ops::state_dir::{CertifierHeld, Ports, SeededVersions, StateDir};
 use crate::ops::{checkpoint, recover};
 use crate::proxy::{ProxyConfig, RunningProxy};
 
@@ -84,9 +84,9 @@ pub struct LocalCluster {
     proxy_metrics: Vec<SocketAddr>,
     placement: Placement,
     state: StateDir,
-    /// What this start seeded node 1 with, from a single certifier's log
-    /// (`seed.rs`): the versions the other nodes copy.
-    seeded: Option<tashkent_certifier::raft::seed::Seeded>,
+    /// The versions node 1 was seeded with from a single certifier's log
+    /// (`seed.rs`), while not every node is known to hold them.
+    seeded: Option<SeededVersions>,
     /// The configuration it was started with (recovery rebuilds replicas
     /// and proxies from it).
     config: ConfigFile,
@@ -293,6 +293,9 @@ impl LocalCluster {
         // but the membership with ports never kept.
         if seeding {
             cluster.seed_nodes_from_single_log(&ports).await?;
+        }
+        if !single {
+            cluster.seeded = state.seeded()?;
         }
         let fresh = !single && held == CertifierHeld::None;
         let mut attempts = 0;

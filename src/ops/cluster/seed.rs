@@ -26,7 +26,7 @@ use tashkent_certifier::CertifierConfig;
 use super::{nodes, LocalCluster};
 use crate::error::{Error, Result};
 use crate::ops::certifier::CertifierTarget;
-use crate::ops::state_dir::{Ports, StateDir};
+use crate::ops::state_dir::{Ports, SeededVersions, StateDir};
 use crate::ops::status::{certifier_status, CertifierStatus};
 
 /// How long a start waits for the other nodes to copy a seeded log
@@ -46,7 +46,7 @@ pub(super) fn seeds_nodes(certifiers: u32, state: &StateDir) -> bool {
 impl LocalCluster {
     /// Seeds node 1 from the single certifier's log ([`seeds_nodes`]),
     /// keeping the nodes' ports beside the `kept` ones.
-    pub(super) async fn seed_nodes_from_single_log(&mut self, kept: &Ports) -> Result<()> {
+    pub(super) async fn seed_nodes_from_single_log(&self, kept: &Ports) -> Result<()> {
         let from = self.state.certifier_wal();
         let to = self.state.certifier_node_dir(1);
         let cfg = CertifierConfig {
@@ -71,12 +71,21 @@ impl LocalCluster {
             proxy_metrics: kept.proxy_metrics.clone(),
             ..self.ports()
         })?;
+        // Before the rename: from there on, a start that does not seed
+        // must still wait for the copy.
+        self.state.record_seeded(Some(&SeededVersions {
+            first: seeded.first,
+            latest: seeded.latest,
+        }))?;
         if let Err(e) = std::fs::rename(&from, &to) {
             // Back to a single certifier's directory, which `certifiers =
             // 1` runs again; the next start with nodes seeds it again.
             let raft = from.join(seed::RAFT_DIR);
             if let Err(e) = std::fs::remove_dir_all(&raft) {
                 tracing::warn!("removing {}: {e}", raft.display());
+            }
+            if let Err(e) = self.state.record_seeded(None) {
+                tracing::warn!("{e}");
             }
             return Err(Error::Config(format!(
                 "the single certifier's log in {} cannot become node 1's {}: {e} (a mount \
@@ -96,19 +105,25 @@ impl LocalCluster {
             to.display(),
             self.node_listen.len() - 1
         );
-        self.seeded = Some(seeded);
         Ok(())
     }
 
-    /// Waits, at most a minute, until every node holds durable the
-    /// versions of the single certifier's log this start seeded node 1
-    /// with (none seeded: returns at once), or gave up copying some; says
-    /// which nodes do not hold them when it ends. The cluster runs
-    /// meanwhile. `up` waits for this before it says the cluster is up.
+    /// Waits, about a minute at most, until every node holds durable the
+    /// versions of the single certifier's log node 1 was seeded with
+    /// (`seeded.json`; none: returns at once), or no node is copying any
+    /// more and one gave up copying some; says which nodes do not hold
+    /// them when it ends, else forgets them. The cluster runs meanwhile.
+    /// `up` waits for this before it says the cluster is up, at every
+    /// start until the copy is known complete.
     pub async fn wait_for_the_copy(&self) {
         let Some(seeded) = &self.seeded else {
             return;
         };
+        tracing::info!(
+            "waiting until every certifier node holds versions {} to {} (at most {COPY_WAIT:?})",
+            seeded.first,
+            seeded.latest
+        );
         let started = Instant::now();
         let tls_ca = self.state.certifier_tls_ca_in_use();
         let targets: Vec<CertifierTarget> = self
@@ -135,6 +150,9 @@ impl LocalCluster {
                     seeded.latest,
                     started.elapsed().as_secs_f64()
                 );
+                if let Err(e) = self.state.record_seeded(None) {
+                    tracing::warn!("{e}");
+                }
                 return;
             }
             if waiting && started.elapsed() < COPY_WAIT {
@@ -173,7 +191,7 @@ enum Copy {
     Skipped,
 }
 
-fn copy_of(s: &CertifierStatus, floor: u64, seeded: &seed::Seeded) -> Copy {
+fn copy_of(s: &CertifierStatus, floor: u64, seeded: &SeededVersions) -> Copy {
     if s.state != "up" || s.copying_through != 0 {
         Copy::Under
     } else if s.first_version > floor {
@@ -188,6 +206,7 @@ fn copy_of(s: &CertifierStatus, floor: u64, seeded: &seed::Seeded) -> Copy {
 /// What node `id` lacks, for the warning.
 fn lacking(id: usize, s: &CertifierStatus, copy: Copy) -> String {
     match (copy, &s.error) {
+        (_, Some(e)) if s.state == "poisoned" => format!("node {id}'s log failed ({e})"),
         (_, Some(e)) => format!("node {id} did not answer ({e})"),
         (Copy::Skipped, None) => format!(
             "node {id} skipped the versions before {} (it could not copy them)",
@@ -217,10 +236,9 @@ mod tests {
 
     #[test]
     fn a_node_holds_the_seeded_versions_only_once_durable_and_not_copying() {
-        let seeded = seed::Seeded {
+        let seeded = SeededVersions {
             first: 1,
             latest: 100,
-            window: 10,
         };
         assert_eq!(copy_of(&node(1, 100, 0), 1, &seeded), Copy::Held);
         assert_eq!(copy_of(&node(1, 120, 0), 1, &seeded), Copy::Held);
