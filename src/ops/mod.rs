@@ -39,3 +39,23 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .and_then(|d| d.sync_all())
         .map_err(Error::io(format!("syncing directory {}", dir.display())))
 }
+
+/// Writes `path` so that it is either absent or complete after a crash:
+/// a temporary file, fsync, rename, fsync of the directory.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).map_err(Error::io(format!("creating {}", tmp.display())))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(Error::io(format!("writing {}", tmp.display())))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(Error::io(format!(
+        "renaming {} to {}",
+        tmp.display(),
+        path.display()
+    )))?;
+    sync_dir(dir)
+}

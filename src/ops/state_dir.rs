@@ -275,29 +275,17 @@ impl StateDir {
     /// `None` forgets it.
     pub fn record_seeded(&self, seeded: Option<&SeededVersions>) -> Result<()> {
         let file = self.seeded_file();
-        match seeded {
-            Some(v) => {
-                let aside = self.root.join("seeded.json.tmp");
-                let json = serde_json::to_vec(v).expect("versions serialise");
-                std::fs::File::create(&aside)
-                    .and_then(|mut f| {
-                        std::io::Write::write_all(&mut f, &json)?;
-                        f.sync_all()
-                    })
-                    .and_then(|()| std::fs::rename(&aside, &file))
-                    .map_err(Error::io(format!("writing {}", file.display())))?;
-            }
-            None => match std::fs::remove_file(&file) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::Io {
-                        context: format!("removing {}", file.display()),
-                        source: e,
-                    })
-                }
-                _ => {}
-            },
-        }
-        crate::ops::sync_dir(&self.root)
+        let Some(v) = seeded else {
+            return match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+                    context: format!("removing {}", file.display()),
+                    source: e,
+                }),
+                _ => crate::ops::sync_dir(&self.root),
+            };
+        };
+        let json = serde_json::to_vec(v).expect("versions serialise");
+        crate::ops::write_atomically(&file, &json)
     }
 
     /// The ports of a cluster that has started before.
@@ -432,7 +420,7 @@ mod tests {
         };
         s.record_seeded(Some(&v)).unwrap();
         assert_eq!(s.seeded().unwrap(), Some(v));
-        assert!(!dir.path().join("seeded.json.tmp").exists());
+        assert!(!dir.path().join("seeded.tmp").exists());
         s.record_seeded(None).unwrap();
         assert_eq!(s.seeded().unwrap(), None);
         s.record_seeded(None).unwrap();

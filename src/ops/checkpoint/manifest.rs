@@ -1,7 +1,7 @@
 //! The manifest: what a checkpoint holds, its on-disk format, and how a
 //! checkpoint directory is checked and written crash-safely.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -198,23 +198,5 @@ fn checksum_file(path: &Path) -> Result<(u64, u32)> {
     Ok((n, h.finalize()))
 }
 
-/// Writes `path` so that it is either absent or complete after a crash:
-/// a temporary file, fsync, rename, fsync of the directory.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).map_err(Error::io(format!("creating {}", tmp.display())))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(Error::io(format!("writing {}", tmp.display())))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(Error::io(format!(
-        "renaming {} to {}",
-        tmp.display(),
-        path.display()
-    )))?;
-    sync_dir(dir)
-}
-
 pub(super) use crate::ops::sync_dir;
+pub(super) use crate::ops::write_atomically;

@@ -37,10 +37,9 @@ mod store;
 mod take;
 
 #[cfg(test)]
-use manifest::{checksum_tree, PREFIX};
+use manifest::{checksum_tree, write_atomically, PREFIX};
 pub use manifest::{
-    verify, write_atomically, Checkpoint, Manifest, ManifestFile, DUMP_DIR, MANIFEST_FILE,
-    MANIFEST_FORMAT_VERSION,
+    verify, Checkpoint, Manifest, ManifestFile, DUMP_DIR, MANIFEST_FILE, MANIFEST_FORMAT_VERSION,
 };
 pub use schedule::{checkpoint_and_purge, periodic, CheckpointConfig, Periodic};
 pub use store::{list, newest_usable, remove_partial, retire, Choice, Listed};
