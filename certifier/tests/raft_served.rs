@@ -1356,7 +1356,8 @@ async fn leading(nodes: &Nodes) -> Vec<u64> {
 /// single certifier's log, a streamed (spooled) writeset among its
 /// versions, seeds node 1 in place (`raft::seed`; only the node that
 /// would form a group may be seeded, and a single certifier no longer
-/// runs over the seeded directory); the group it leads goes
+/// runs over the seeded directory, and a seed is made again over an
+/// earlier one only when asked); the group it leads goes
 /// on at the next version, answers a retried transaction id with its
 /// first version and a writeset older than a conflicting version (a
 /// small, a streamed and a large one) with an abort (its dedupe table and
@@ -1418,14 +1419,22 @@ async fn a_single_certifiers_log_seeds_a_group_that_goes_on_from_it() {
     };
     let not_first = seed(&as_node(2), Earlier::Refuse).unwrap_err();
     assert!(not_first.to_string().contains("smallest id"), "{not_first}");
-    let seeded = seed(&as_node(1), Earlier::Refuse).unwrap();
-    assert_eq!((seeded.first, seeded.latest), (1, 44));
-    assert_eq!(seeded.window, 44, "a restarted certifier's window");
+    // A seed for other ports, as a start that did not go on with it left.
+    let elsewhere = tashkent_certifier::CertifierConfig {
+        peers: Some("1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3".into()),
+        ..as_node(1)
+    };
+    seed(&elsewhere, Earlier::Refuse).unwrap();
     let again = seed(&as_node(1), Earlier::Refuse).unwrap_err();
     assert!(
         again.to_string().contains("holds raft state already"),
         "{again}"
     );
+    // Seeded again over it (`tashkent up`): the group below forms under
+    // these peers, which it could not under the earlier seed's.
+    let seeded = seed(&as_node(1), Earlier::SeedAgain).unwrap();
+    assert_eq!((seeded.first, seeded.latest), (1, 44));
+    assert_eq!(seeded.window, 44, "a restarted certifier's window");
     let Err(alone) = tashkent_certifier::start(single.clone()).await else {
         panic!("a single certifier started over a node's directory");
     };

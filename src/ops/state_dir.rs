@@ -243,12 +243,11 @@ impl StateDir {
         }
     }
 
+    /// Keeps `ports`, whole or not at all after a crash (a node's
+    /// membership names them, so a torn file would stop every later start).
     pub fn write_ports(&self, ports: &Ports) -> Result<()> {
         let json = serde_json::to_vec_pretty(ports).expect("ports serialise");
-        std::fs::write(self.ports_file(), json).map_err(Error::io(format!(
-            "writing {}",
-            self.ports_file().display()
-        )))
+        crate::ops::write_atomically(&self.ports_file(), &json)
     }
 
     fn seeded_file(&self) -> PathBuf {

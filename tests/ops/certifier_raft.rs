@@ -446,7 +446,8 @@ async fn insert_across_a_failover(cluster: &Cluster, i: usize, k: i32) {
 /// node 1's directory, the versions go on after its last one, and the
 /// other nodes take everything from it: once node 1 is SIGKILLed, the
 /// others lead and commit, and the replicas hold every row, identical. A
-/// seed that a crash interrupted is done again.
+/// seed that a crash interrupted is done again, and one whose nodes could
+/// not start (a port taken) is undone and done on other ports.
 /// There is no way back: one certifier over the nodes is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_single_certifier_that_committed_goes_on_as_three_nodes() {
@@ -477,9 +478,24 @@ async fn a_single_certifier_that_committed_goes_on_as_three_nodes() {
     };
     let earlier = tashkent_certifier::raft::seed::Earlier::Refuse;
     tashkent_certifier::raft::seed::seed(&crashed, earlier).unwrap();
+    // Node 1's port, kept, is taken: node 1 runs its raft state until it
+    // cannot bind; the start undoes its seed and seeds on other ports.
+    let state = StateDir::new(&dir.path().join("state"));
+    let free = || tashkent::ops::process::free_loopback_port().unwrap();
+    let taken_port = free();
+    let taken = std::net::TcpListener::bind(("127.0.0.1", taken_port)).unwrap();
+    let planted = tashkent::ops::state_dir::Ports {
+        certifier_nodes: vec![taken_port, free(), free()],
+        ..state.ports().unwrap()
+    };
+    state.write_ports(&planted).unwrap();
 
     let watch = common::watchdog::Watch::new(dir.path());
     let mut cluster = Cluster::start_in(dir, watch, &three).await;
+    drop(taken);
+    let nodes = state.ports().unwrap().certifier_nodes;
+    assert_eq!(nodes.len(), 3);
+    assert!(!nodes.contains(&taken_port), "{nodes:?}");
     assert!(!log.exists(), "the single certifier's log moved");
     assert!(tashkent_wal::holds_segments(
         &cluster.state_dir().join("certifier-1")

@@ -71,7 +71,9 @@ pub enum Earlier {
     Refuse,
     /// Seed again over it: it can only be what a seed left that its
     /// caller did not go on with (`tashkent up`, whose nodes never run in
-    /// a single certifier's directory).
+    /// a single certifier's directory), or what node 1 wrote before a
+    /// start undid its seed (`tashkent up`, its nodes failed to start; no
+    /// certification ran).
     SeedAgain,
 }
 

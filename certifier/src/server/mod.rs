@@ -126,11 +126,10 @@ impl Parts {
             }
         }
         let closed = wal.close().await;
-        // The service's tasks may still hold the spool for a moment.
-        let spool_closed = match std::sync::Arc::try_unwrap(spool) {
-            Ok(spool) => spool.close().await,
-            Err(_) => Ok(()),
-        };
+        // Also while the service's tasks still hold it for a moment: a
+        // start again on this directory (a failed start tried once more)
+        // must find it unlocked.
+        let spool_closed = spool.close().await;
         closed?;
         spool_closed?;
         Ok(())

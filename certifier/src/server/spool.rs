@@ -208,9 +208,10 @@ impl Spool {
         })
     }
 
-    /// Flushes and closes the spool log.
-    pub async fn close(self) -> Result<(), WalError> {
-        self.wal.close().await
+    /// Flushes and closes the spool log, which unlocks its directory;
+    /// whoever still holds this spool finds it closed.
+    pub async fn close(&self) -> Result<(), WalError> {
+        self.wal.clone().close().await
     }
 }
 

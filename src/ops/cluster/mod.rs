@@ -287,10 +287,12 @@ impl LocalCluster {
         };
         // Freshly chosen node ports were free when chosen, not when the
         // nodes bind them (another process may take one in between, and
-        // the nodes start one after the other): on a first start (no node
-        // directory holds a log yet), choose again a few times. A first
-        // start that fails leaves no node directory: theirs hold nothing
-        // but the membership with ports never kept.
+        // the nodes start one after the other): in a start whose nodes
+        // had never run before (a first start, or one that seeded node 1
+        // just now), choose again a few times. A failed first start leaves
+        // no node directory (theirs hold nothing but the membership that
+        // names them), a failed seeding one the single certifier's log
+        // (`unseed`).
         if seeding {
             cluster.seed_nodes_from_single_log(&ports).await?;
         }
@@ -300,18 +302,20 @@ impl LocalCluster {
         let fresh = !single && held == CertifierHeld::None;
         let mut attempts = 0;
         while let Err(e) = cluster.start_certifier().await {
-            if !fresh {
+            if !fresh && !seeding {
                 return Err(e);
             }
             if let Err(stop) = cluster.stop_certifier().await {
                 tracing::warn!("stopping the certifier nodes of a failed start: {stop}");
             }
-            for id in 1..=cfg.certifiers {
-                let dir = cluster.state.certifier_node_dir(id);
-                if dir.exists() {
-                    std::fs::remove_dir_all(&dir)
-                        .map_err(Error::io(format!("removing {}", dir.display())))?;
-                }
+            let undone = match seeding {
+                true => cluster.unseed(),
+                false => cluster.remove_node_dirs(1),
+            };
+            if let Err(undo) = undone {
+                return Err(Error::Config(format!(
+                    "{e}; then, undoing what the start began: {undo}"
+                )));
             }
             attempts += 1;
             if attempts >= 3 {
@@ -319,7 +323,11 @@ impl LocalCluster {
             }
             tracing::info!("starting the certifier nodes again on other ports: {e}");
             cluster.node_listen = nodes::listen_addrs(cfg.certifiers, &[])?;
-            cluster.node_metrics = nodes::metrics_addrs(cfg, &ports.certifier_node_metrics)?;
+            cluster.node_metrics = nodes::metrics_addrs(cfg, &[])?;
+            if seeding {
+                cluster.seed_nodes_from_single_log(&ports).await?;
+                cluster.seeded = state.seeded()?;
+            }
         }
         // Kept at once: node directories initialized now name these ports
         // in their membership, and a start that fails later (a proxy's

@@ -87,6 +87,20 @@ impl LocalCluster {
         tashkent_certifier::config::format_peers(&self.node_listen)
     }
 
+    /// Removes the directories of nodes `from` to the last, stopped: what
+    /// a start whose nodes never served left (a membership naming ports
+    /// it gives up, versions copied from node 1).
+    pub(super) fn remove_node_dirs(&self, from: u32) -> Result<()> {
+        for id in from..=self.node_listen.len() as u32 {
+            let dir = self.state.certifier_node_dir(id);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(Error::io(format!("removing {}", dir.display())))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Starts certifier node `i` (0-based; node id `i + 1`), stopping it
     /// first if it runs, on its address and directory.
     pub async fn start_certifier_node(&mut self, i: usize) -> Result<()> {

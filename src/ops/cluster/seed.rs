@@ -10,7 +10,10 @@
 //! removed and done again: no node ever runs in `certifier-wal/`); the
 //! nodes' ports are kept (the seed's membership names them); then
 //! `certifier-wal/` is renamed `certifier-1/`, after which the state
-//! directory holds nodes.
+//! directory holds nodes. A start whose nodes then fail to start (a port
+//! taken) undoes its seed ([`LocalCluster::unseed`]) and seeds again on
+//! other ports; once they started, the seed stays (a start that fails
+//! later, or one after a crash, resumes the nodes on their ports).
 //!
 //! Until the other nodes have copied them, node 1 holds the only copy of
 //! the single certifier's versions, so `up` waits for that copy
@@ -104,6 +107,45 @@ impl LocalCluster {
             seeded.latest,
             to.display(),
             self.node_listen.len() - 1
+        );
+        Ok(())
+    }
+
+    /// Undoes the seed this start made once its nodes failed to start,
+    /// stopped: node 1's directory becomes the single certifier's log
+    /// again and the others go, so that the next try (or start) seeds
+    /// afresh on ports chosen anew. No proxy ran, so no node holds a
+    /// version the single certifier's log lacks: whatever node 1 wrote as
+    /// a node (a vote, a blank entry, a membership) is in its `raft/`,
+    /// which goes. In this order, a crash at any step leaves what a
+    /// start with nodes seeds again or resumes: the other nodes' copies
+    /// go before node 1's directory moves (a node left beside a single
+    /// certifier's log would form a group of its own), its `raft/` goes
+    /// after (a single certifier's log holding one is seeded over).
+    pub(super) fn unseed(&self) -> Result<()> {
+        self.remove_node_dirs(2)?;
+        let node = self.state.certifier_node_dir(1);
+        let single = self.state.certifier_wal();
+        std::fs::rename(&node, &single).map_err(Error::io(format!(
+            "moving certifier node 1's {} back to the single certifier's {}",
+            node.display(),
+            single.display()
+        )))?;
+        let raft = single.join(seed::RAFT_DIR);
+        std::fs::remove_dir_all(&raft)
+            .map_err(Error::io(format!("removing {}", raft.display())))?;
+        crate::ops::sync_dir(&single)?;
+        let ports = self.state.ports()?;
+        self.state.write_ports(&Ports {
+            certifier_nodes: Vec::new(),
+            certifier_node_metrics: Vec::new(),
+            ..ports
+        })?;
+        self.state.record_seeded(None)?;
+        crate::ops::sync_dir(self.state.root())?;
+        tracing::warn!(
+            "certifier node 1's directory is the single certifier's log again, in {}",
+            single.display()
         );
         Ok(())
     }
