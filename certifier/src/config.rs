@@ -18,6 +18,9 @@ use crate::window::WindowLimits;
 /// and Subscribe frames are cut to fit.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
 
+/// The most worker threads a serving process's runtime may be given.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
 /// Which WAL I/O backend to use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -84,6 +87,10 @@ pub struct CertifierConfig {
     /// node stuck on those stops answering its peers). 0: off (wait for
     /// the disk however long it takes); else 100 to 3600000.
     pub log_stall_timeout_ms: u64,
+    /// Worker threads of the serving process's tokio runtime (`tashkent
+    /// certifier`, `tashkent-certifier`); 0: half the cores, at least one,
+    /// or `TOKIO_WORKER_THREADS` when set (`runtime`). At most 1024.
+    pub worker_threads: usize,
     /// Where Prometheus metrics are served (`GET /metrics`); none: off.
     /// Port 0 picks a free port (printed at start as "metrics on ADDR").
     pub metrics_listen: Option<SocketAddr>,
@@ -150,6 +157,7 @@ impl Default for CertifierConfig {
             purge_replica_timeout_ms: 30_000,
             silent_peer_timeout_ms: 30_000,
             log_stall_timeout_ms: 10_000,
+            worker_threads: 0,
             metrics_listen: None,
             tls_cert: None,
             tls_key: None,
@@ -245,6 +253,9 @@ impl CertifierConfig {
         if self.log_stall_timeout_ms != 0 && !(100..=3_600_000).contains(&self.log_stall_timeout_ms)
         {
             return bad("log_stall_timeout_ms must be 0 (off) or between 100 and 3600000");
+        }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return bad("worker_threads must be at most 1024 (0: half the cores)");
         }
         match (self.node_id, &self.peers) {
             (None, None) => {}
@@ -379,6 +390,10 @@ pub struct CertifierArgs {
     /// 10000; 0: off).
     #[arg(long, value_name = "MS")]
     pub log_stall_timeout_ms: Option<u64>,
+    /// Worker threads of the process's runtime (default 0: half the
+    /// cores, at least one, or TOKIO_WORKER_THREADS when set).
+    #[arg(long, value_name = "N")]
+    pub worker_threads: Option<usize>,
     /// Serve Prometheus metrics on ADDR (`GET /metrics`; default: off).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -428,7 +443,8 @@ impl CertifierArgs {
             tail_cache_bytes,
             purge_replica_timeout_ms,
             silent_peer_timeout_ms,
-            log_stall_timeout_ms
+            log_stall_timeout_ms,
+            worker_threads
         );
         if self.metrics_listen.is_some() {
             c.metrics_listen = self.metrics_listen;
@@ -514,6 +530,25 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains("silent_peer_timeout_ms"), "{ms}: {e}");
         }
+    }
+
+    #[test]
+    fn worker_threads_come_from_the_flag_or_file_and_are_bounded() {
+        let cli = Cli::parse_from(["x", "--worker-threads", "3"]);
+        assert_eq!(cli.args.resolve().unwrap().worker_threads, 3);
+        let file = CertifierConfig::from_toml_str("[certifier]\nworker_threads = 2\n").unwrap();
+        assert_eq!(file.worker_threads, 2);
+        assert_eq!(
+            CertifierConfig::default().worker_threads,
+            0,
+            "half the cores"
+        );
+        let many = CertifierConfig {
+            worker_threads: MAX_WORKER_THREADS + 1,
+            ..CertifierConfig::default()
+        };
+        let e = many.validate().unwrap_err().to_string();
+        assert!(e.contains("worker_threads"), "{e}");
     }
 
     #[test]

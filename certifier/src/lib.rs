@@ -29,6 +29,7 @@ pub mod raft;
 pub mod record;
 mod record_view;
 pub mod rule;
+pub mod runtime;
 pub mod server;
 pub mod tls;
 pub mod turns;

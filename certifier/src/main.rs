@@ -17,8 +17,7 @@ struct Cli {
     args: CertifierArgs,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -32,7 +31,11 @@ async fn main() -> std::process::ExitCode {
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         )
         .init();
-    match tashkent_certifier::run(Cli::parse().args).await {
+    let served = Cli::parse().args.resolve().and_then(|config| {
+        tashkent_certifier::runtime::build(config.worker_threads)?
+            .block_on(tashkent_certifier::run(config))
+    });
+    match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tashkent-certifier: {e}");

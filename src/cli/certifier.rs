@@ -81,23 +81,25 @@ enum NodeAction {
 }
 
 pub fn run(cmd: CertifierCmd) -> Result<()> {
+    let Some(action) = cmd.action else {
+        let config = cmd.args.resolve().context("certifier")?;
+        return tashkent_certifier::runtime::build(config.worker_threads)
+            .context("starting the tokio runtime")?
+            .block_on(tashkent_certifier::run(config))
+            .context("certifier");
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    let (nodes, change) = match cmd.action {
-        None => {
-            return runtime
-                .block_on(tashkent_certifier::run(cmd.args))
-                .context("certifier")
-        }
-        Some(NodeAction::AddNode {
+    let (nodes, change) = match action {
+        NodeAction::AddNode {
             nodes,
             node_id,
             addr,
-        }) => (nodes, MembershipChange::Add { id: node_id, addr }),
-        Some(NodeAction::RemoveNode { nodes, node_id }) => {
+        } => (nodes, MembershipChange::Add { id: node_id, addr }),
+        NodeAction::RemoveNode { nodes, node_id } => {
             (nodes, MembershipChange::Remove { id: node_id })
         }
-        Some(NodeAction::Seed { args }) => return seed(*args),
-        Some(NodeAction::TransferLeader { nodes, to }) => {
+        NodeAction::Seed { args } => return seed(*args),
+        NodeAction::TransferLeader { nodes, to } => {
             let tls = nodes.tls()?;
             let started = std::time::Instant::now();
             let handed = runtime

@@ -84,9 +84,12 @@ pub fn main() -> Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args),
         Command::Certifier(cmd) => certifier::run(cmd),
-        Command::Proxy(args) => tokio::runtime::Runtime::new()
-            .context("starting the tokio runtime")?
-            .block_on(proxy::run(args)),
+        Command::Proxy(args) => {
+            let cfg = args.config()?;
+            tashkent_certifier::runtime::build(cfg.worker_threads)
+                .context("starting the tokio runtime")?
+                .block_on(proxy::run(cfg))
+        }
         Command::Checkpoint(args) => tokio::runtime::Runtime::new()
             .context("starting the tokio runtime")?
             .block_on(checkpoint::run(args)),

@@ -75,6 +75,10 @@ pub struct ProxyArgs {
     /// (PostgreSQL's authentication_timeout).
     #[arg(long, value_name = "SECONDS")]
     pub authentication_timeout: Option<f64>,
+    /// Worker threads of the proxy's runtime (default 0: half the cores,
+    /// at least one, or TOKIO_WORKER_THREADS when set).
+    #[arg(long, value_name = "N")]
+    pub worker_threads: Option<usize>,
     /// Whether a session's transaction after a 40001 waits for the version
     /// it lost to (`--fair-retries=false` turns it off).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
@@ -97,7 +101,7 @@ pub struct ProxyArgs {
 
 impl ProxyArgs {
     /// The file's `[proxy]` section (or the defaults), flags over it.
-    fn config(self) -> anyhow::Result<ProxyConfig> {
+    pub fn config(self) -> anyhow::Result<ProxyConfig> {
         let args = self;
         let mut c = ConfigFile::load_or_default(args.config.as_deref())?.proxy;
         super::override_fields!(args => c;
@@ -112,7 +116,8 @@ impl ProxyArgs {
             max_message_bytes,
             max_apply_batch,
             max_writeset_bytes,
-            tls_required
+            tls_required,
+            worker_threads
         );
         if let Some(f) = args.fair_retries {
             c.fair_retries = f;
@@ -150,10 +155,11 @@ impl ProxyArgs {
     }
 }
 
-/// Runs a proxy until SIGINT/SIGTERM (the `tashkent proxy` command).
-pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+/// Runs a proxy with `cfg` (`ProxyArgs::config`, resolved before the
+/// runtime is built: it says how many workers) until SIGINT/SIGTERM (the
+/// `tashkent proxy` command).
+pub async fn run(cfg: ProxyConfig) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let cfg = args.config()?;
     let mut shutdown = super::ShutdownSignal::install()?;
     let proxy = proxy::start(cfg).await.context("starting the proxy")?;
     // Before the address line: whoever waits for that one has both.

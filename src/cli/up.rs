@@ -47,7 +47,10 @@ pub fn run(args: UpArgs) -> Result<()> {
     let mut file = ConfigFile::load_or_default(args.config.as_deref())?;
     super::override_fields!(args => file.cluster; state_dir, replicas, durability, proxy_port, certifier_tls, certifiers);
     let cfg = file.cluster.clone();
-    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    // Every part runs in this process: on the larger of their settings.
+    let workers = file.proxy.worker_threads.max(file.certifier.worker_threads);
+    let runtime =
+        tashkent_certifier::runtime::build(workers).context("starting the tokio runtime")?;
     runtime.block_on(async {
         // Signals are caught before anything starts, so a Ctrl-C during
         // startup still ends in an orderly stop.

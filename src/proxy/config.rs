@@ -108,6 +108,10 @@ pub struct ProxyConfig {
     /// the replica commits with `synchronous_commit = off`, and one flush
     /// of the proxy's own covers every commit waiting; `proxy::flush`).
     pub ack_after_flush: bool,
+    /// Worker threads of the `tashkent proxy` process's tokio runtime; 0:
+    /// half the cores, at least one, or `TOKIO_WORKER_THREADS` when set
+    /// (`tashkent_certifier::runtime`). At most 1024.
+    pub worker_threads: usize,
 }
 
 mod secs {
@@ -151,6 +155,7 @@ impl Default for ProxyConfig {
             fair_retries: true,
             lock_conflicts: true,
             ack_after_flush: false,
+            worker_threads: 0,
         }
     }
 }
@@ -190,6 +195,12 @@ impl ProxyConfig {
             return Err(Error::Config(
                 "certifier_tls_name needs certifier_tls_ca (the certificate to trust)".into(),
             ));
+        }
+        if self.worker_threads > tashkent_certifier::config::MAX_WORKER_THREADS {
+            return Err(Error::Config(format!(
+                "worker_threads must be at most {} (0: half the cores)",
+                tashkent_certifier::config::MAX_WORKER_THREADS
+            )));
         }
         // PostgreSQL's own bounds for authentication_timeout.
         let timeout = self.authentication_timeout;

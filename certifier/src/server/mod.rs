@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
-use crate::config::{CertifierArgs, CertifierConfig};
+use crate::config::CertifierConfig;
 use crate::error::CertifierError;
 use crate::proto::certifier_server::CertifierServer;
 use service::{CertifierService, ServiceLimits};
@@ -367,10 +367,10 @@ pub async fn serve(
     joined.map_err(|e| CertifierError::Io(std::io::Error::other(e)))?
 }
 
-/// `tashkent certifier` / `tashkent-certifier`: resolve the flags and config
-/// file, serve until SIGINT or SIGTERM.
-pub async fn run(args: CertifierArgs) -> Result<(), CertifierError> {
-    let config = args.resolve()?;
+/// `tashkent certifier` / `tashkent-certifier`: serves `config` (the flags
+/// and config file resolved, `crate::CertifierArgs::resolve`, before the runtime
+/// is built: it says how many workers, `runtime`) until SIGINT or SIGTERM.
+pub async fn run(config: CertifierConfig) -> Result<(), CertifierError> {
     // Installed before `serve` prints its address: whoever reads that line
     // may signal at once, and a signal before the handlers exist would
     // kill the process with the default action instead of stopping it.
