@@ -88,8 +88,10 @@ pub struct CertifierConfig {
     /// the disk however long it takes); else 100 to 3600000.
     pub log_stall_timeout_ms: u64,
     /// Worker threads of the serving process's tokio runtime (`tashkent
-    /// certifier`, `tashkent-certifier`); 0: half the cores, at least one,
-    /// or `TOKIO_WORKER_THREADS` when set (`runtime`). At most 1024.
+    /// certifier`, `tashkent-certifier`; `tashkent up`, which runs every
+    /// part in one process, on this and the proxies' together);
+    /// 0: half the cores, at least one, or `TOKIO_WORKER_THREADS` when set
+    /// (`runtime`). At most 1024.
     pub worker_threads: usize,
     /// Where Prometheus metrics are served (`GET /metrics`); none: off.
     /// Port 0 picks a free port (printed at start as "metrics on ADDR").

@@ -10,10 +10,14 @@
 //! two workers spent ~50 % more CPU per certification than on one, and
 //! through pgbench a single certifier on one worker committed ~15 %
 //! more. `TOKIO_WORKER_THREADS`, when set, is the default instead.
+//! `tashkent up`, which hosts the certifier and the proxies in one
+//! process, runs on their two counts together.
 
 use std::io;
 
 use tokio::runtime::{Builder, Runtime};
+
+use crate::config::MAX_WORKER_THREADS;
 
 /// The worker threads `configured` asks for (0: the default, above).
 pub fn worker_threads(configured: usize) -> usize {
@@ -26,14 +30,20 @@ pub fn worker_threads(configured: usize) -> usize {
 
 fn default_workers(cores: usize, env: Option<&str>) -> usize {
     match env.and_then(|v| v.trim().parse::<usize>().ok()) {
-        Some(n) if n > 0 => n,
+        Some(n) if (1..=MAX_WORKER_THREADS).contains(&n) => n,
         _ => (cores / 2).max(1),
     }
 }
 
 /// A multi-thread runtime with [`worker_threads`]`(configured)` workers,
-/// timers and I/O enabled.
+/// timers and I/O enabled; more than [`MAX_WORKER_THREADS`] are refused.
 pub fn build(configured: usize) -> io::Result<Runtime> {
+    if configured > MAX_WORKER_THREADS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("worker_threads must be at most {MAX_WORKER_THREADS}, got {configured}"),
+        ));
+    }
     Builder::new_multi_thread()
         .worker_threads(worker_threads(configured))
         .enable_all()
@@ -52,8 +62,11 @@ mod tests {
         assert_eq!(default_workers(2, Some("3")), 3);
         assert_eq!(default_workers(8, Some("0")), 4, "tokio refuses 0");
         assert_eq!(default_workers(8, Some("many")), 4);
+        assert_eq!(default_workers(8, Some("100000")), 4);
         assert_eq!(worker_threads(3), 3);
         assert!(worker_threads(0) >= 1);
         assert_eq!(build(1).unwrap().metrics().num_workers(), 1);
+        let many = build(MAX_WORKER_THREADS + 1).unwrap_err();
+        assert!(many.to_string().contains("worker_threads"), "{many}");
     }
 }

@@ -47,10 +47,15 @@ pub fn run(args: UpArgs) -> Result<()> {
     let mut file = ConfigFile::load_or_default(args.config.as_deref())?;
     super::override_fields!(args => file.cluster; state_dir, replicas, durability, proxy_port, certifier_tls, certifiers);
     let cfg = file.cluster.clone();
-    // Every part runs in this process: on the larger of their settings.
-    let workers = file.proxy.worker_threads.max(file.certifier.worker_threads);
-    let runtime =
-        tashkent_certifier::runtime::build(workers).context("starting the tokio runtime")?;
+    // Every part runs in this process: on the workers the proxies and the
+    // certifier would each have had apart (on two cores, two: one worker
+    // for all of them measured no faster, README "Performance").
+    let workers = [file.proxy.worker_threads, file.certifier.worker_threads]
+        .map(tashkent_certifier::runtime::worker_threads);
+    let runtime = tashkent_certifier::runtime::build(
+        (workers[0] + workers[1]).min(tashkent_certifier::config::MAX_WORKER_THREADS),
+    )
+    .context("starting the tokio runtime")?;
     runtime.block_on(async {
         // Signals are caught before anything starts, so a Ctrl-C during
         // startup still ends in an orderly stop.

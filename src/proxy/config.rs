@@ -108,7 +108,8 @@ pub struct ProxyConfig {
     /// the replica commits with `synchronous_commit = off`, and one flush
     /// of the proxy's own covers every commit waiting; `proxy::flush`).
     pub ack_after_flush: bool,
-    /// Worker threads of the `tashkent proxy` process's tokio runtime; 0:
+    /// Worker threads of the `tashkent proxy` process's tokio runtime (`up`
+    /// runs on this and the certifier's together); 0:
     /// half the cores, at least one, or `TOKIO_WORKER_THREADS` when set
     /// (`tashkent_certifier::runtime`). At most 1024.
     pub worker_threads: usize,
