@@ -257,7 +257,9 @@ impl CertifierConfig {
             return bad("log_stall_timeout_ms must be 0 (off) or between 100 and 3600000");
         }
         if self.worker_threads > MAX_WORKER_THREADS {
-            return bad("worker_threads must be at most 1024 (0: half the cores)");
+            return bad(&format!(
+                "worker_threads must be at most {MAX_WORKER_THREADS} (0: half the cores)"
+            ));
         }
         match (self.node_id, &self.peers) {
             (None, None) => {}

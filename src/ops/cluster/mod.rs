@@ -295,8 +295,7 @@ impl LocalCluster {
         // (`unseed`).
         if seeding {
             cluster.seed_nodes_from_single_log(&ports).await?;
-        }
-        if !single {
+        } else if !single {
             cluster.seeded = state.seeded()?;
         }
         let fresh = !single && held == CertifierHeld::None;
@@ -326,7 +325,6 @@ impl LocalCluster {
             cluster.node_metrics = nodes::metrics_addrs(cfg, &[])?;
             if seeding {
                 cluster.seed_nodes_from_single_log(&ports).await?;
-                cluster.seeded = state.seeded()?;
             }
         }
         // Kept at once: node directories initialized now name these ports

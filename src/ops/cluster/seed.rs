@@ -48,8 +48,9 @@ pub(super) fn seeds_nodes(certifiers: u32, state: &StateDir) -> bool {
 
 impl LocalCluster {
     /// Seeds node 1 from the single certifier's log ([`seeds_nodes`]),
-    /// keeping the nodes' ports beside the `kept` ones.
-    pub(super) async fn seed_nodes_from_single_log(&self, kept: &Ports) -> Result<()> {
+    /// keeping the nodes' ports beside the `kept` ones, and the seeded
+    /// versions until every node holds them.
+    pub(super) async fn seed_nodes_from_single_log(&mut self, kept: &Ports) -> Result<()> {
         let from = self.state.certifier_wal();
         let to = self.state.certifier_node_dir(1);
         let cfg = CertifierConfig {
@@ -76,10 +77,11 @@ impl LocalCluster {
         })?;
         // Before the rename: from there on, a start that does not seed
         // must still wait for the copy.
-        self.state.record_seeded(Some(&SeededVersions {
+        let versions = SeededVersions {
             first: seeded.first,
             latest: seeded.latest,
-        }))?;
+        };
+        self.state.record_seeded(Some(&versions))?;
         if let Err(e) = std::fs::rename(&from, &to) {
             // Back to a single certifier's directory, which `certifiers =
             // 1` runs again; the next start with nodes seeds it again.
@@ -100,6 +102,7 @@ impl LocalCluster {
             )));
         }
         crate::ops::sync_dir(self.state.root())?;
+        self.seeded = Some(versions);
         tracing::info!(
             "the single certifier's log (versions {} to {}) is certifier node 1's now, in {}; \
              the other {} nodes copy it as they join",
@@ -141,8 +144,8 @@ impl LocalCluster {
             certifier_node_metrics: Vec::new(),
             ..ports
         })?;
+        // Also makes the rename and `ports.json` durable (one directory).
         self.state.record_seeded(None)?;
-        crate::ops::sync_dir(self.state.root())?;
         tracing::warn!(
             "certifier node 1's directory is the single certifier's log again, in {}",
             single.display()
