@@ -326,7 +326,7 @@ impl CertifierConfig {
                 // others on the same cores: pwrite + fdatasync in each
                 // log's writer thread costs less CPU than io_uring, whose
                 // fdatasync runs on a kernel worker thread of its own.
-                // Measured (README, "With a replicated certifier"): MW
+                // Measured (docs/performance-history.md): MW
                 // with three nodes 15 % faster under pgbench, while one
                 // certifier is ~10 % faster on io_uring.
                 WalBackend::Auto if self.node_id.is_some() => Backend::Portable,

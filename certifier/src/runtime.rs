@@ -6,7 +6,7 @@
 //! certifier node with the proxies or other nodes of a local cluster),
 //! and a worker more than the part keeps busy costs CPU without adding
 //! any: idle workers are woken to steal tasks and hand them back across
-//! threads. Measured on two cores (README, "Performance"): a certifier on
+//! threads. Measured on two cores (docs/performance-history.md): a certifier on
 //! two workers spent ~50 % more CPU per certification than on one, and
 //! through pgbench a single certifier on one worker committed ~15 %
 //! more. `TOKIO_WORKER_THREADS`, when set, is the default instead.

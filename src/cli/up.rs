@@ -49,7 +49,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     let cfg = file.cluster.clone();
     // Every part runs in this process: on the workers the proxies and the
     // certifier would each have had apart (on two cores, two: one worker
-    // for all of them measured no faster, README "Performance").
+    // for all of them measured no faster, docs/performance-history.md).
     let workers = [file.proxy.worker_threads, file.certifier.worker_threads]
         .map(tashkent_certifier::runtime::worker_threads);
     let runtime = tashkent_certifier::runtime::build(

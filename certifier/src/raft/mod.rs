@@ -94,13 +94,13 @@
 //!   no faster: twenty-seventh session) (0.8–1.1 ms a round under
 //!   load, ~0.2–0.3 ms of it the flush; the disk takes the nodes' flushes
 //!   side by side). The CPU idles meanwhile (43–45 % idle), and more
-//!   clients do not close the gap (README, "With a replicated
-//!   certifier", eighth session). A second patch pipelines AppendEntries
+//!   clients do not close the gap (docs/performance-history.md,
+//!   eighth session). A second patch pipelines AppendEntries
 //!   (a stream sends newer entries ahead while it waits, and the follower
 //!   appends queued ones together): +12 %. With the raft
 //!   logs' fdatasync patched out (an unsafe experiment) three nodes reach
 //!   0.68–0.82x; with the followers' apply patched out instead, 0.54–0.62x
-//!   (README, "With a replicated certifier"). Each node still reads,
+//!   (docs/performance-history.md). Each node still reads,
 //!   certifies and logs every writeset twice (raft log, versions log);
 //!   it reads the common shape from the record's bytes in place
 //!   (`record_view.rs`), without decoding it whole.
@@ -128,8 +128,8 @@
 //!   the base, because a node restarted as leader of its term appends
 //!   none.
 //!   Measured against certifying on every node (`cargo bench --bench
-//!   certify`, alternating builds, README "With a replicated
-//!   certifier"): three nodes' CPU per certification fell 4–6 %, and
+//!   certify`, alternating builds, docs/performance-history.md):
+//!   three nodes' CPU per certification fell 4–6 %, and
 //!   throughput rose ~4 % at 4 × 256; at 4 × 32 an entry's round trip,
 //!   not the CPU, bounds three nodes, and their throughput did not move.
 //!   Less than the ~0.82x the hack of followers that keep no state
