@@ -105,6 +105,98 @@ mod on_disk {
         assert!(first > 1 && first <= 200, "first LSN {first}");
     }
 
+    /// A vote whose write hangs (a hung disk) fails the raft log after the
+    /// WAL's stall timeout, as a WAL write would: the vote is refused (so
+    /// openraft stops the node's raft core), the failure is recorded for
+    /// `log_watch`, no later meta write runs beside the hung one, and the
+    /// log is not opened again until the hung write has returned.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vote_whose_write_hangs_fails_the_raft_log_after_the_stall_timeout() {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let first = Vote::new(1, 2);
+        LogStore::open(dir.path(), wal_opts())
+            .unwrap()
+            .save_vote(&first)
+            .await
+            .unwrap();
+        let limit = Duration::from_secs(1);
+        let opts = || tashkent_wal::WalOptions {
+            stall_timeout: Some(limit),
+            ..wal_opts()
+        };
+        let mut log = LogStore::open(dir.path(), opts()).unwrap();
+        let failure = log.meta_failure();
+        assert!(failure.get().is_none());
+        // The meta file is written through a temporary file beside it.
+        // Made a FIFO, opening it to write blocks until someone reads it,
+        // as a write to a frozen disk does.
+        let tmp = dir.path().join("raft-meta.tmp");
+        nix::unistd::mkfifo(&tmp, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let hung = ReleaseOnDrop(tmp.clone());
+        let started = Instant::now();
+        let e = log.save_vote(&Vote::new(2, 2)).await.unwrap_err();
+        let waited = started.elapsed();
+        assert!(
+            waited >= limit && waited < limit * 10,
+            "refused after {waited:?}"
+        );
+        assert!(e.to_string().contains("raft-meta"), "{e}");
+        assert!(
+            matches!(
+                failure.get().as_deref(),
+                Some(tashkent_wal::WalError::Stalled { .. })
+            ),
+            "{:?}",
+            failure.get()
+        );
+        // Refused at once from now on, without a write.
+        let started = Instant::now();
+        let again = log.save_vote(&Vote::new(3, 2)).await.unwrap_err();
+        assert!(started.elapsed() < limit, "{again}");
+        assert!(again.to_string().contains("raft-meta"), "{again}");
+        // Not opened again while the hung write may still land.
+        drop(log);
+        let refused = LogStore::open(dir.path(), opts()).err().expect("opened");
+        assert!(
+            refused.to_string().contains("has not returned"),
+            "{refused}"
+        );
+        // Let the hung write go on: it opens the FIFO, writes into it and
+        // fails to sync it, so the meta file is never replaced.
+        drop(hung);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut log = loop {
+            match LogStore::open(dir.path(), opts()) {
+                Ok(log) => break log,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("not opened once the write returned: {e}"),
+            }
+        };
+        assert_eq!(log.read_vote().await.unwrap(), Some(first));
+    }
+
+    /// Opens the FIFO at its path for reading when dropped (without
+    /// blocking), so a write blocked opening it goes on, whether the test
+    /// passed or failed; then removes it.
+    struct ReleaseOnDrop(std::path::PathBuf);
+
+    impl Drop for ReleaseOnDrop {
+        fn drop(&mut self) {
+            use std::os::unix::fs::OpenOptionsExt;
+            let reader = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(&self.0);
+            // The writer needs its reader until it has written.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(reader);
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
     /// A leader's committed id can be written (with a vote or a purge)
     /// before its own flush of those entries returns, so a crash can leave
     /// the log ending before it: the store then says the log's end is

@@ -78,7 +78,7 @@ pub enum WalError {
 impl WalError {
     /// An I/O error with the path it happened on. ENOSPC becomes
     /// [`WalError::DiskFull`] so callers can tell "free some space" apart.
-    pub(crate) fn io(path: &Path, source: io::Error) -> WalError {
+    pub fn io(path: &Path, source: io::Error) -> WalError {
         if source.raw_os_error() == Some(libc::ENOSPC) {
             return WalError::DiskFull {
                 path: path.to_path_buf(),

@@ -17,12 +17,16 @@
 //! A failed WAL (poisoned: disk full, fsync error) fails the append's
 //! callback and every later append; openraft then stops the node (a fatal
 //! storage error), so it neither acknowledges anything again, as today, nor
-//! holds up the others (`tests/raft_faults.rs`).
+//! holds up the others (`tests/raft_faults.rs`). A write of `raft-meta`
+//! that fails, or has not returned within the WAL's stall timeout, fails
+//! the raft log the same way ([`MetaFailure`]).
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
@@ -42,6 +46,10 @@ struct Shared {
     wal: Wal,
     meta_path: PathBuf,
     meta: Mutex<Meta>,
+    /// How long a write of the meta file may take before the raft log is
+    /// failed (`WalOptions::stall_timeout`, the WAL's own bound).
+    meta_stall_timeout: Option<Duration>,
+    meta_failure: MetaFailure,
     /// The entries appended last, consecutive: openraft reads each entry
     /// back to apply it (and to replicate it) right after appending it,
     /// and a WAL reader must walk its segment from the start to find a
@@ -113,6 +121,41 @@ impl Recent {
     }
 }
 
+/// Why the raft log's meta file (the vote, the purge point) can no longer
+/// be written, once a write of it failed or did not return within the
+/// WAL's stall timeout. Set once; from then on the store writes the file
+/// no more: a write left hanging may still land, and another one would
+/// race it on the same temporary file. openraft stops the node's raft
+/// core on the failed write (a fatal storage error); `server::log_watch`
+/// reads this to tell why, as it does for the WAL's own failures.
+#[derive(Clone, Default)]
+pub struct MetaFailure(Arc<OnceLock<Arc<WalError>>>);
+
+impl MetaFailure {
+    /// The failure, if the meta file failed.
+    pub fn get(&self) -> Option<Arc<WalError>> {
+        self.0.get().cloned()
+    }
+
+    /// Records `e` unless a failure is recorded already; the recorded one.
+    fn set(&self, e: WalError) -> Arc<WalError> {
+        self.0.get_or_init(|| Arc::new(e)).clone()
+    }
+}
+
+/// Meta files of this process with a write in flight. A write that hung
+/// may outlive its store and still land (a rename of an older vote), so
+/// the file is not opened again until the write has returned.
+static WRITING: Mutex<BTreeSet<PathBuf>> = parking_lot::const_mutex(BTreeSet::new());
+
+/// What a meta write answers once the meta file failed.
+fn meta_failed(cause: &WalError) -> CertifierError {
+    CertifierError::RaftStorage {
+        what: META_FILE.into(),
+        reason: cause.to_string(),
+    }
+}
+
 /// A node's raft log: the WAL in `<dir>/wal` and `<dir>/raft-meta`.
 pub struct LogStore {
     shared: Arc<Shared>,
@@ -142,7 +185,18 @@ impl LogStore {
     pub fn open(dir: &Path, opts: WalOptions) -> Result<LogStore, CertifierError> {
         std::fs::create_dir_all(dir)?;
         let meta_path = dir.join(META_FILE);
+        if WRITING.lock().contains(&meta_path) {
+            return Err(CertifierError::RaftStorage {
+                what: META_FILE.into(),
+                reason: format!(
+                    "an earlier write of {} has not returned (a hung disk?): not opened until it \
+                     does",
+                    meta_path.display()
+                ),
+            });
+        }
         let mut meta = meta::load(&meta_path)?;
+        let meta_stall_timeout = opts.stall_timeout;
         let wal = Wal::open(dir.join(WAL_DIR), opts)?;
         let last = last_above(&wal, meta.purged)?;
         // The committed id rides along with vote and purge writes, which
@@ -161,6 +215,8 @@ impl LogStore {
                 wal,
                 meta_path,
                 meta: Mutex::new(meta),
+                meta_stall_timeout,
+                meta_failure: MetaFailure::default(),
                 recent: Mutex::default(),
             }),
             last,
@@ -206,25 +262,69 @@ impl LogStore {
         &self.shared.wal
     }
 
+    /// The meta file's failure, shared: set once a write of it failed.
+    pub fn meta_failure(&self) -> MetaFailure {
+        self.shared.meta_failure.clone()
+    }
+
     fn purged(&self) -> Option<LogId> {
         self.shared.meta.lock().purged
     }
 
-    /// Applies `change` to the meta state and writes it durably (off the
-    /// async threads: it fsyncs).
+    /// Applies `change` to the meta state and writes it durably, on a
+    /// thread of its own: it fsyncs, and a write that hangs must not keep
+    /// tokio's blocking pool, and so the runtime's shutdown, waiting. A
+    /// write that fails, or has not returned within the stall timeout,
+    /// fails the meta file for good ([`MetaFailure`]); the bound covers
+    /// the whole write (temporary file, fsync, rename, directory fsync).
     async fn update_meta(&self, change: impl FnOnce(&mut Meta)) -> Result<(), CertifierError> {
-        let snapshot = {
+        let failure = &self.shared.meta_failure;
+        if let Some(cause) = failure.get() {
+            return Err(meta_failed(&cause));
+        }
+        let path = &self.shared.meta_path;
+        let bytes = {
             let mut m = self.shared.meta.lock();
             change(&mut m);
-            m.clone()
+            meta::encode(path, &m)?
         };
-        let path = self.shared.meta_path.clone();
-        tokio::task::spawn_blocking(move || meta::store(&path, &snapshot))
-            .await
-            .map_err(|e| CertifierError::RaftStorage {
-                what: META_FILE.into(),
-                reason: format!("writer task failed: {e}"),
-            })?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        WRITING.lock().insert(path.clone());
+        let writing = path.clone();
+        let spawned = std::thread::Builder::new()
+            .name("raft-meta".into())
+            .spawn(move || {
+                let written = meta::write_atomically(&writing, &bytes);
+                WRITING.lock().remove(&writing);
+                let _ = tx.send(written);
+            });
+        let outcome = match spawned {
+            Err(e) => {
+                WRITING.lock().remove(path);
+                Some(Err(e))
+            }
+            Ok(_) => match self.shared.meta_stall_timeout {
+                Some(limit) => tokio::time::timeout(limit, rx)
+                    .await
+                    .ok()
+                    .map(|r| r.unwrap_or_else(|_| Err(std::io::Error::other("meta writer ended")))),
+                None => Some(
+                    rx.await
+                        .unwrap_or_else(|_| Err(std::io::Error::other("meta writer ended"))),
+                ),
+            },
+        };
+        let failed = match outcome {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(e)) => WalError::io(path, e),
+            None => WalError::Stalled {
+                dir: path.parent().unwrap_or(path).to_path_buf(),
+                after: self.shared.meta_stall_timeout.unwrap_or_default(),
+            },
+        };
+        let cause = failure.set(failed);
+        tracing::error!(error = %cause, "the raft log's meta file failed; the node stops");
+        Err(meta_failed(&cause))
     }
 
     /// The log id of the entry at `index`, read back from the WAL.

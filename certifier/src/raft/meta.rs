@@ -78,6 +78,12 @@ pub fn load(path: &Path) -> Result<Meta, CertifierError> {
 
 /// Writes `meta` to `path` durably and atomically.
 pub fn store(path: &Path, meta: &Meta) -> Result<(), CertifierError> {
+    write_atomically(path, &encode(path, meta)?)
+        .map_err(|e| bad(path, format!("cannot write: {e}")))
+}
+
+/// `meta` as [`store`] writes it to `path`.
+pub fn encode(path: &Path, meta: &Meta) -> Result<Vec<u8>, CertifierError> {
     let body = serde_json::to_vec(meta).map_err(|e| bad(path, format!("not encodable: {e}")))?;
     let mut buf = Vec::with_capacity(body.len() + 20);
     buf.extend_from_slice(MAGIC);
@@ -86,25 +92,26 @@ pub fn store(path: &Path, meta: &Meta) -> Result<(), CertifierError> {
     buf.extend_from_slice(&body);
     let crc = crc32fast::hash(&buf);
     buf.extend_from_slice(&crc.to_le_bytes());
-    write_atomically(path, &buf)
+    Ok(buf)
 }
 
 /// Replaces `path` with `data` so that a crash leaves the old or the new
-/// content, never a mix: temporary file, fsync, rename, directory fsync.
-pub fn write_atomically(path: &Path, data: &[u8]) -> Result<(), CertifierError> {
-    let io = |e: std::io::Error| bad(path, format!("cannot write: {e}"));
+/// content, never a mix: temporary file (`<path>.tmp`), fsync, rename,
+/// directory fsync. The I/O error is kept as it is, so that a full disk
+/// can be told apart.
+pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
-        .ok_or_else(|| bad(path, "no parent directory"))?;
+        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp_name);
-    let mut f = File::create(&tmp).map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)?;
+    let mut f = File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
     drop(f);
-    fs::rename(&tmp, path).map_err(io)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    fs::rename(&tmp, path)?;
+    File::open(dir).and_then(|d| d.sync_all())
 }
 
 #[cfg(test)]

@@ -9,8 +9,10 @@
 //! certification waiting for its record is then answered that its
 //! outcome is unknown (`Inner::unless_failed`). The logs:
 //! - a single certifier's log and its spool;
-//! - a raft node's raft log: openraft stops the node's raft core itself
-//!   (a fatal storage error), so it neither leads nor votes;
+//! - a raft node's raft log, its WAL and its meta file (the vote, written
+//!   with the same stall bound, `raft::MetaFailure`): openraft stops the
+//!   node's raft core itself (a fatal storage error), so it neither leads
+//!   nor votes;
 //! - a raft node's versions log (`raft::versions`) and spool: applying an
 //!   entry then fails, which stops the raft core too (the raft log may
 //!   still work, and the node would otherwise go on leading or voting);
@@ -60,17 +62,17 @@ pub(crate) async fn watch(inner: Weak<Inner>) {
 /// Records a failure of one of the certifier's logs as the service's
 /// poison (the first one wins).
 pub(crate) fn note_log_failures(inner: &Inner) {
-    let spool = (inner.spool.wal(), "spool");
+    let spool = (inner.spool.wal().poison_cause(), "spool");
     let logs = match &inner.node {
         Some(node) => vec![
-            (&node.raft_wal, "raft log"),
-            (&inner.wal, "versions log"),
+            (node.raft_log_failure(), "raft log"),
+            (inner.wal.poison_cause(), "versions log"),
             spool,
         ],
-        None => vec![(&inner.wal, "log"), spool],
+        None => vec![(inner.wal.poison_cause(), "log"), spool],
     };
-    for (wal, log) in logs {
-        if let Some(cause) = wal.poison_cause() {
+    for (failure, log) in logs {
+        if let Some(cause) = failure {
             inner.fail_log(log, &cause);
         }
     }

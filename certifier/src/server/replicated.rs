@@ -17,7 +17,7 @@ use crate::error::CertifierError;
 use crate::outcome::Outcome;
 use crate::proto::{AbortCode, StatusResponse};
 use crate::raft::decider::Proposal;
-use crate::raft::{Command, NodeId, Proposer, Raft, Response, VersionsLog, Writes};
+use crate::raft::{Command, MetaFailure, NodeId, Proposer, Raft, Response, VersionsLog, Writes};
 use crate::Version;
 
 /// A replica's progress is proposed at most this often; reports in between
@@ -47,9 +47,10 @@ pub(crate) struct Node {
     reported: Mutex<HashMap<u32, Instant>>,
     /// Whether this node is in touch with the group (`contact`).
     pub(crate) contact: Contact,
-    /// The raft log's WAL, to tell why the raft core stopped
-    /// (`log_watch`).
-    pub(crate) raft_wal: tashkent_wal::Wal,
+    /// The raft log's WAL and meta file, to tell why the raft core
+    /// stopped (`log_watch`).
+    raft_wal: tashkent_wal::Wal,
+    raft_meta: MetaFailure,
     /// This node's versions log, which says how far the raft log may be
     /// purged.
     versions: Arc<VersionsLog>,
@@ -65,7 +66,7 @@ impl Node {
         proposer: Proposer,
         peers: BTreeMap<NodeId, String>,
         contact: Contact,
-        raft_wal: tashkent_wal::Wal,
+        (raft_wal, raft_meta): (tashkent_wal::Wal, MetaFailure),
         versions: Arc<VersionsLog>,
     ) -> Node {
         Node {
@@ -76,9 +77,17 @@ impl Node {
             reported: Mutex::new(HashMap::new()),
             contact,
             raft_wal,
+            raft_meta,
             versions,
             streams: Arc::new(tokio::sync::Semaphore::new(1)),
         }
+    }
+
+    /// Why the raft log failed, if it did: its WAL, or its meta file.
+    pub(crate) fn raft_log_failure(&self) -> Option<Arc<tashkent_wal::WalError>> {
+        self.raft_wal
+            .poison_cause()
+            .or_else(|| self.raft_meta.get())
     }
 
     /// Lets as many Certify streams propose chunks at once as fit, each at
