@@ -148,6 +148,48 @@ impl MetaFailure {
 /// the file is not opened again until the write has returned.
 static WRITING: Mutex<BTreeSet<PathBuf>> = parking_lot::const_mutex(BTreeSet::new());
 
+/// A meta path in [`WRITING`] while this lives: however its write ends
+/// (returned, panicked, or its thread never started).
+struct Writing(PathBuf);
+
+impl Writing {
+    fn start(path: PathBuf) -> Writing {
+        WRITING.lock().insert(path.clone());
+        Writing(path)
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        WRITING.lock().remove(&self.0);
+    }
+}
+
+/// Waits until no write of `meta_path` from an earlier store of this
+/// process is in flight (one cut short by a stop returns in moments), at
+/// most `stall_timeout` (without end when there is none, as the WAL
+/// waits); refuses after that: the write hung and may still land.
+fn wait_for_earlier_write(
+    meta_path: &Path,
+    stall_timeout: Option<Duration>,
+) -> Result<(), CertifierError> {
+    let started = std::time::Instant::now();
+    while WRITING.lock().contains(meta_path) {
+        if stall_timeout.is_some_and(|limit| started.elapsed() >= limit) {
+            return Err(CertifierError::RaftStorage {
+                what: META_FILE.into(),
+                reason: format!(
+                    "an earlier write of {} has not returned (a hung disk?): not opened until it \
+                     does",
+                    meta_path.display()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
 /// What a meta write answers once the meta file failed.
 fn meta_failed(cause: &WalError) -> CertifierError {
     CertifierError::RaftStorage {
@@ -185,16 +227,7 @@ impl LogStore {
     pub fn open(dir: &Path, opts: WalOptions) -> Result<LogStore, CertifierError> {
         std::fs::create_dir_all(dir)?;
         let meta_path = dir.join(META_FILE);
-        if WRITING.lock().contains(&meta_path) {
-            return Err(CertifierError::RaftStorage {
-                what: META_FILE.into(),
-                reason: format!(
-                    "an earlier write of {} has not returned (a hung disk?): not opened until it \
-                     does",
-                    meta_path.display()
-                ),
-            });
-        }
+        wait_for_earlier_write(&meta_path, opts.stall_timeout)?;
         let mut meta = meta::load(&meta_path)?;
         let meta_stall_timeout = opts.stall_timeout;
         let wal = Wal::open(dir.join(WAL_DIR), opts)?;
@@ -289,20 +322,16 @@ impl LogStore {
             meta::encode(path, &m)?
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        WRITING.lock().insert(path.clone());
-        let writing = path.clone();
+        let writing = Writing::start(path.clone());
         let spawned = std::thread::Builder::new()
             .name("raft-meta".into())
             .spawn(move || {
-                let written = meta::write_atomically(&writing, &bytes);
-                WRITING.lock().remove(&writing);
+                let written = meta::write_atomically(&writing.0, &bytes);
+                drop(writing);
                 let _ = tx.send(written);
             });
         let outcome = match spawned {
-            Err(e) => {
-                WRITING.lock().remove(path);
-                Some(Err(e))
-            }
+            Err(e) => Some(Err(e)),
             Ok(_) => match self.shared.meta_stall_timeout {
                 Some(limit) => tokio::time::timeout(limit, rx)
                     .await
