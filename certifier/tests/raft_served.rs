@@ -1204,6 +1204,57 @@ async fn a_leader_hands_over_under_load_and_no_certification_fails() {
     nodes.stop_all().await;
 }
 
+/// A follower whose vote cannot be written (its raft log's meta file
+/// hangs, `HungMetaWrite`) fails its raft log once the write has not
+/// returned for `log_stall_timeout_ms`, as a hung WAL write would: its
+/// `status` says `stopped` and names the raft log, and the other two go on
+/// committing under the leader they elected meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_vote_cannot_be_written_stops_and_the_others_carry_on() {
+    let mut nodes = Nodes::prepared(3);
+    for id in 1..=3 {
+        let node = nodes
+            .try_start(id, |c| c.log_stall_timeout_ms = 1000)
+            .await
+            .unwrap();
+        nodes.running.insert(id, node);
+    }
+    let first = nodes.leader().await;
+    let (stuck, target) = nodes.others(first);
+    let client = nodes.client_of_all().await;
+    commit_numbered(&client, 1..=5).await;
+
+    let raft_dir = nodes.dirs[&stuck].path().join("wal").join("raft");
+    let hung = raft_common::HungMetaWrite::under(&raft_dir);
+    // A new term: every node writes its vote.
+    let handed = tashkent_certifier::raft::transfer::request(&nodes.all_addrs(), None, target)
+        .await
+        .unwrap();
+    assert_eq!(handed.leader, target);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        let s = nodes.client(stuck).await.status().await.unwrap();
+        if s.role == "stopped" {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {stuck} is still {} with its vote unwritten",
+            s.role
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.poisoned, "{status:?}");
+    assert!(
+        status.poison_cause.contains("raft log") && status.poison_cause.contains("not returned"),
+        "{}",
+        status.poison_cause
+    );
+    commit_numbered(&client, 6..=10).await;
+    drop(hung);
+    nodes.stop_all().await;
+}
+
 /// A Certify stream waiting for the leader's stream permit is redirected
 /// as soon as its node hands leadership over, while another stream holds
 /// the permit (the leader then waits for nothing).

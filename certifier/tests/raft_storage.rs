@@ -130,10 +130,8 @@ mod on_disk {
         assert!(failure.get().is_none());
         // The meta file is written through a temporary file beside it.
         // Made a FIFO, opening it to write blocks until someone reads it,
-        // as a write to a frozen disk does.
-        let tmp = dir.path().join("raft-meta.tmp");
-        nix::unistd::mkfifo(&tmp, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let hung = ReleaseOnDrop(tmp.clone());
+        // as a write to a frozen disk does (`HungMetaWrite`).
+        let hung = crate::raft_common::HungMetaWrite::under(dir.path());
         let started = Instant::now();
         let e = log.save_vote(&Vote::new(2, 2)).await.unwrap_err();
         let waited = started.elapsed();
@@ -176,25 +174,6 @@ mod on_disk {
             }
         };
         assert_eq!(log.read_vote().await.unwrap(), Some(first));
-    }
-
-    /// Opens the FIFO at its path for reading when dropped (without
-    /// blocking), so a write blocked opening it goes on, whether the test
-    /// passed or failed; then removes it.
-    struct ReleaseOnDrop(std::path::PathBuf);
-
-    impl Drop for ReleaseOnDrop {
-        fn drop(&mut self) {
-            use std::os::unix::fs::OpenOptionsExt;
-            let reader = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-                .open(&self.0);
-            // The writer needs its reader until it has written.
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            drop(reader);
-            let _ = std::fs::remove_file(&self.0);
-        }
     }
 
     /// A leader's committed id can be written (with a vote or a purge)

@@ -53,3 +53,33 @@ pub fn certificate(dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf)
     std::fs::write(&k, key.serialize_pem()).unwrap();
     (c, k)
 }
+
+/// A raft log's meta file (`raft-meta`, in the raft directory `dir`) whose
+/// next write hangs as on a frozen disk: its temporary file is a FIFO,
+/// which a write opens and blocks in until someone reads it. Dropped, it
+/// opens the FIFO for reading without blocking, so a write blocked there
+/// goes on (and fails to sync a FIFO: the meta file is not replaced),
+/// whether the test passed or failed; then removes the FIFO.
+pub struct HungMetaWrite(PathBuf);
+
+impl HungMetaWrite {
+    pub fn under(dir: &Path) -> HungMetaWrite {
+        let fifo = dir.join("raft-meta.tmp");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        HungMetaWrite(fifo)
+    }
+}
+
+impl Drop for HungMetaWrite {
+    fn drop(&mut self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&self.0);
+        // The writer needs its reader until it has written.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(reader);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
