@@ -126,7 +126,7 @@ mod on_disk {
             ..wal_opts()
         };
         let mut log = LogStore::open(dir.path(), opts()).unwrap();
-        let failure = log.meta_failure();
+        let failure = log.failure();
         assert!(failure.get().is_none());
         // The meta file is written through a temporary file beside it.
         // Made a FIFO, opening it to write blocks until someone reads it,
@@ -153,8 +153,9 @@ mod on_disk {
         let again = log.save_vote(&Vote::new(3, 2)).await.unwrap_err();
         assert!(started.elapsed() < limit, "{again}");
         assert!(again.to_string().contains("raft-meta"), "{again}");
-        // Not opened again while the hung write may still land.
-        drop(log);
+        // Not opened again while the hung write may still land (the
+        // failure's handle holds the WAL too).
+        drop((log, failure));
         let refused = LogStore::open(dir.path(), opts()).err().expect("opened");
         assert!(
             refused.to_string().contains("has not returned"),

@@ -19,7 +19,7 @@
 //! storage error), so it neither acknowledges anything again, as today, nor
 //! holds up the others (`tests/raft_faults.rs`). A write of `raft-meta`
 //! that fails, or has not returned within the WAL's stall timeout, fails
-//! the raft log the same way ([`MetaFailure`]).
+//! the raft log the same way ([`RaftLogFailure`]).
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -127,19 +127,34 @@ impl Recent {
 /// no more: a write left hanging may still land, and another one would
 /// race it on the same temporary file. openraft stops the node's raft
 /// core on the failed write (a fatal storage error); `server::log_watch`
-/// reads this to tell why, as it does for the WAL's own failures.
+/// tells why ([`RaftLogFailure`]), as it does for the WAL's own failures.
 #[derive(Clone, Default)]
-pub struct MetaFailure(Arc<OnceLock<Arc<WalError>>>);
+struct MetaFailure(Arc<OnceLock<Arc<WalError>>>);
 
 impl MetaFailure {
-    /// The failure, if the meta file failed.
-    pub fn get(&self) -> Option<Arc<WalError>> {
+    fn get(&self) -> Option<Arc<WalError>> {
         self.0.get().cloned()
     }
 
     /// Records `e` unless a failure is recorded already; the recorded one.
     fn set(&self, e: WalError) -> Arc<WalError> {
         self.0.get_or_init(|| Arc::new(e)).clone()
+    }
+}
+
+/// Why a node's raft log failed, if it did: its WAL (poisoned) or its meta
+/// file (`MetaFailure`). Cheap to clone, and usable once the store has
+/// gone to openraft (`server::log_watch` reads it).
+#[derive(Clone)]
+pub struct RaftLogFailure {
+    wal: Wal,
+    meta: MetaFailure,
+}
+
+impl RaftLogFailure {
+    /// The failure, if the raft log failed.
+    pub fn get(&self) -> Option<Arc<WalError>> {
+        self.wal.poison_cause().or_else(|| self.meta.get())
     }
 }
 
@@ -295,9 +310,12 @@ impl LogStore {
         &self.shared.wal
     }
 
-    /// The meta file's failure, shared: set once a write of it failed.
-    pub fn meta_failure(&self) -> MetaFailure {
-        self.shared.meta_failure.clone()
+    /// Whether this raft log failed, shared ([`RaftLogFailure`]).
+    pub fn failure(&self) -> RaftLogFailure {
+        RaftLogFailure {
+            wal: self.shared.wal.clone(),
+            meta: self.shared.meta_failure.clone(),
+        }
     }
 
     fn purged(&self) -> Option<LogId> {
@@ -330,18 +348,14 @@ impl LogStore {
                 drop(writing);
                 let _ = tx.send(written);
             });
-        let outcome = match spawned {
-            Err(e) => Some(Err(e)),
-            Ok(_) => match self.shared.meta_stall_timeout {
-                Some(limit) => tokio::time::timeout(limit, rx)
-                    .await
-                    .ok()
-                    .map(|r| r.unwrap_or_else(|_| Err(std::io::Error::other("meta writer ended")))),
-                None => Some(
-                    rx.await
-                        .unwrap_or_else(|_| Err(std::io::Error::other("meta writer ended"))),
-                ),
-            },
+        let answer = async {
+            rx.await
+                .unwrap_or_else(|_| Err(std::io::Error::other("meta writer ended")))
+        };
+        let outcome = match (spawned, self.shared.meta_stall_timeout) {
+            (Err(e), _) => Some(Err(e)),
+            (Ok(_), Some(limit)) => tokio::time::timeout(limit, answer).await.ok(),
+            (Ok(_), None) => Some(answer.await),
         };
         let failed = match outcome {
             Some(Ok(())) => return Ok(()),

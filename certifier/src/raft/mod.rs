@@ -307,7 +307,7 @@ pub mod proto {
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
 pub use gap::PeerVersions;
-pub use log_store::{LogReader, LogStore, MetaFailure};
+pub use log_store::{LogReader, LogStore, RaftLogFailure};
 pub use network::Network;
 pub use proposer::Proposer;
 pub use service::RaftService;

@@ -10,7 +10,7 @@
 //! outcome is unknown (`Inner::unless_failed`). The logs:
 //! - a single certifier's log and its spool;
 //! - a raft node's raft log, its WAL and its meta file (the vote, written
-//!   with the same stall bound, `raft::MetaFailure`): openraft stops the
+//!   with the same stall bound, `raft::RaftLogFailure`): openraft stops the
 //!   node's raft core itself (a fatal storage error), so it neither leads
 //!   nor votes;
 //! - a raft node's versions log (`raft::versions`) and spool: applying an
@@ -65,7 +65,7 @@ pub(crate) fn note_log_failures(inner: &Inner) {
     let spool = (inner.spool.wal().poison_cause(), "spool");
     let logs = match &inner.node {
         Some(node) => vec![
-            (node.raft_log_failure(), "raft log"),
+            (node.raft_log.get(), "raft log"),
             (inner.wal.poison_cause(), "versions log"),
             spool,
         ],

@@ -242,7 +242,7 @@ pub(super) async fn open(
     let state = sm.shared_certifier();
     let snapshot_writes = sm.snapshot_writes();
     let raft_wal = log.wal().clone();
-    let raft_meta = log.meta_failure();
+    let raft_log = log.failure();
     let raft_config = raft_config(config.raft_snapshot_entries)?;
     let lease = Duration::from_millis(raft_config.election_timeout_max);
     let network = Network::new(id, routes.clone(), tls.clone());
@@ -302,7 +302,7 @@ pub(super) async fn open(
         Proposer::new(writes.clone(), MAX_BATCH),
         peers,
         Contact::watch(raft.clone(), lease, peers_reached),
-        (raft_wal.clone(), raft_meta),
+        raft_log,
         versions,
     )
     .streaming(config.max_writeset_bytes);

@@ -17,7 +17,7 @@ use crate::error::CertifierError;
 use crate::outcome::Outcome;
 use crate::proto::{AbortCode, StatusResponse};
 use crate::raft::decider::Proposal;
-use crate::raft::{Command, MetaFailure, NodeId, Proposer, Raft, Response, VersionsLog, Writes};
+use crate::raft::{Command, NodeId, Proposer, Raft, RaftLogFailure, Response, VersionsLog, Writes};
 use crate::Version;
 
 /// A replica's progress is proposed at most this often; reports in between
@@ -47,10 +47,9 @@ pub(crate) struct Node {
     reported: Mutex<HashMap<u32, Instant>>,
     /// Whether this node is in touch with the group (`contact`).
     pub(crate) contact: Contact,
-    /// The raft log's WAL and meta file, to tell why the raft core
-    /// stopped (`log_watch`).
-    raft_wal: tashkent_wal::Wal,
-    raft_meta: MetaFailure,
+    /// Why the raft log failed, to tell why the raft core stopped
+    /// (`log_watch`).
+    pub(crate) raft_log: RaftLogFailure,
     /// This node's versions log, which says how far the raft log may be
     /// purged.
     versions: Arc<VersionsLog>,
@@ -66,7 +65,7 @@ impl Node {
         proposer: Proposer,
         peers: BTreeMap<NodeId, String>,
         contact: Contact,
-        (raft_wal, raft_meta): (tashkent_wal::Wal, MetaFailure),
+        raft_log: RaftLogFailure,
         versions: Arc<VersionsLog>,
     ) -> Node {
         Node {
@@ -76,18 +75,10 @@ impl Node {
             peers,
             reported: Mutex::new(HashMap::new()),
             contact,
-            raft_wal,
-            raft_meta,
+            raft_log,
             versions,
             streams: Arc::new(tokio::sync::Semaphore::new(1)),
         }
-    }
-
-    /// Why the raft log failed, if it did: its WAL, or its meta file.
-    pub(crate) fn raft_log_failure(&self) -> Option<Arc<tashkent_wal::WalError>> {
-        self.raft_wal
-            .poison_cause()
-            .or_else(|| self.raft_meta.get())
     }
 
     /// Lets as many Certify streams propose chunks at once as fit, each at
